@@ -1,0 +1,171 @@
+"""Typed settings from ``CREDITGATE_*`` environment variables and an optional YAML file.
+
+Precedence: environment > YAML file (``CREDITGATE_CONFIG`` or ``--config``) > defaults.
+Money settings are decimal strings (``"500.00"``) or whole dollars (``500``) and are held
+as integer micro-dollars; every duration is seconds, so tests can shrink them.
+Bad input raises :class:`SettingsError` naming the setting, which stops start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.money import InvalidAmount, parse_amount
+
+ENV_PREFIX = "CREDITGATE_"
+
+
+def _money(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal amount such as '500.00'")
+    if isinstance(value, int):
+        return value * 1_000_000
+    try:
+        return parse_amount(value)
+    except InvalidAmount:
+        raise ValueError("must be a plain decimal amount such as '500.00'") from None
+
+
+Micros = Annotated[int, BeforeValidator(_money)]
+Seconds = Annotated[float, Field(gt=0)]
+DAY = 86_400.0
+
+
+class ChannelRule(BaseModel):
+    """How to read one channel's callbacks (DESIGN §3)."""
+
+    model_config = {"extra": "forbid"}
+
+    user_pointer: str | None = None
+    idempotency_pointer: str | None = None
+    # A callback is billable unless the JSON value at a pointer matches one of its values
+    # (e.g. ``{"/type": ["typing"]}``) or a pointer in ``skip_if_present`` exists.
+    skip_if_equals: dict[str, list[str]] = Field(default_factory=dict)
+    skip_if_present: list[str] = Field(default_factory=list)
+    # Pointers that must exist for a callback to be billable (e.g. WhatsApp ``messages``).
+    bill_only_if_present: list[str] = Field(default_factory=list)
+    delivery_url: str | None = None
+
+
+class Settings(BaseSettings):
+    """Every knob of creditgate, with the defaults of DESIGN §1."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # Where things are.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    store_url: str = "sqlite:///creditgate.db"
+    host: str = "0.0.0.0"
+    traffic_port: int = Field(8080, ge=0, le=65535)
+    admin_port: int = Field(8081, ge=0, le=65535)
+    workers: int = Field(0, ge=0, description="traffic worker processes; 0 = CPU count")
+    operator_token: str | None = Field(None, min_length=16)
+    catalog_path: str | None = None
+
+    # Plans and credits.
+    free_credits: Micros = "500.00"
+    free_credit_validity_s: Seconds = 90 * DAY
+    low_balance_threshold: Micros = "50.00"
+    topup_min: Micros = "100.00"
+    topup_max: Micros = "20000.00"
+    deduction_order: Literal["free_first", "paid_first"] = "free_first"
+
+    # Sessions and limits.
+    session_block_s: Seconds = 900.0
+    session_idle_s: Seconds = 900.0
+    rate_per_minute: int = Field(600, ge=1)
+    rate_per_hour: int = Field(18_000, ge=1)
+    rate_minute_window_s: Seconds = 60.0
+    rate_hour_window_s: Seconds = 3600.0
+    idempotency_ttl_s: Seconds = DAY
+
+    # Admission engine.
+    fail_mode: Literal["closed", "open"] = "closed"
+    redis_timeout_s: Seconds = 0.5
+    batch_max: int = Field(256, ge=1, le=10_000)
+
+    # Proxy.
+    default_upstream_url: str | None = None
+    upstream_connect_timeout_s: Seconds = 2.0
+    upstream_read_timeout_s: Seconds = 30.0
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    refund_on: list[Literal["connect", "timeout", "5xx"]] = ["connect", "timeout", "5xx"]
+    shutdown_grace_s: Seconds = 20.0
+    channels: dict[str, ChannelRule] = Field(default_factory=dict)
+
+    # Durable usage.
+    flush_interval_s: Seconds = 5.0
+    flush_bucket_s: int = Field(60, ge=1, le=3600)
+    flush_grace_s: Seconds = 5.0
+
+    # Owner notifications.
+    webhook_timeout_s: Seconds = 5.0
+    webhook_max_attempts: int = Field(12, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.topup_min > self.topup_max:
+            raise ValueError("topup_min must not exceed topup_max")
+        if self.rate_minute_window_s > self.rate_hour_window_s:
+            raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
+        if not self.redis_url.startswith(("redis://", "rediss://", "redis+cluster://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or redis+cluster://")
+        if not self.store_url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("store_url must start with sqlite:// or postgresql://")
+        return self
+
+    @property
+    def redis_cluster(self) -> bool:
+        return self.redis_url.startswith("redis+cluster://")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the YAML file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+
+class SettingsError(ValueError):
+    """Settings that cannot start creditgate; the message names each bad setting."""
+
+
+def load_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from ``path`` (or ``$CREDITGATE_CONFIG``), env and overrides."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} must hold a mapping")
+        data.update(loaded)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,309 @@
+"""Admission: one atomic Redis step decides whether a message is served and what it costs.
+
+Callers await :meth:`Admitter.admit` per message. Admissions that arrive while the event
+loop is busy are gathered per workspace and sent as one ``admit.lua`` call each, so
+concurrent messages share round trips; a call carries at most ``batch_max`` admissions
+and at most ``max_inflight`` calls are outstanding at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, Literal, NamedTuple
+
+from redis.exceptions import NoScriptError, RedisError
+
+from config import Settings
+from meter import keys
+from meter.errors import InvalidInput, MeteringUnavailable
+from meter.redis_client import RedisClient
+from meter.scripts import register
+
+Clock = Callable[[], float]
+Kind = Literal["m", "n"]
+
+MAX_USER_LEN = 256
+MAX_KEY_LEN = 256
+_FORBIDDEN = str.maketrans("", "", "\t\r\n")
+
+
+class Code(IntEnum):
+    """Result codes of ``admit.lua`` (0 admitted, the rest refusals)."""
+
+    ADMITTED = 0
+    UNKNOWN_APP = 1
+    APP_SUSPENDED = 2
+    PRODUCT_NOT_LICENSED = 3
+    RATE_LIMITED = 4
+    USAGE_LIMIT_REACHED = 5
+    CREDITS_EXHAUSTED = 6
+    FREE_CREDITS_EXPIRED = 7
+
+
+REASONS: dict[int, str] = {c.value: c.name.lower() for c in Code if c is not Code.ADMITTED}
+
+
+class Decision(NamedTuple):
+    """What Redis decided for one message. Amounts are micro-dollars."""
+
+    code: int
+    units: int
+    free: int
+    app_paid: int
+    pool_paid: int
+    invoiced: int
+    retry_after_ms: int
+    bsid: str
+    duplicate: bool
+    new_session: bool
+    key: str
+    token: str
+
+    @property
+    def admitted(self) -> bool:
+        return self.code == 0
+
+    @property
+    def reason(self) -> str | None:
+        """The refusal code of DESIGN §3, or ``None`` when admitted."""
+        return REASONS.get(self.code)
+
+    @property
+    def charged(self) -> int:
+        """Money debited from the workspace's balances by this admission."""
+        return self.free + self.app_paid + self.pool_paid
+
+
+def unknown_app(key: str = "", token: str = "") -> Decision:
+    return Decision(Code.UNKNOWN_APP, 0, 0, 0, 0, 0, 0, "", False, False, key, token)
+
+
+def _clean(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidInput(field, f"longer than {limit} characters")
+    if value.translate(_FORBIDDEN) != value:
+        raise InvalidInput(field, "contains tab or newline characters")
+    return value
+
+
+def billing_period(now_s: float) -> str:
+    """The enterprise billing period (calendar month, UTC) as ``YYYYMM``."""
+    t = time.gmtime(now_s)
+    return f"{t.tm_year:04d}{t.tm_mon:02d}"
+
+
+class _Pending(NamedTuple):
+    arg: str
+    key: str
+    token: str
+    future: asyncio.Future[Decision]
+
+
+class Admitter:
+    """Batches admissions into ``admit.lua`` calls; also refunds charged admissions."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: Settings,
+        *,
+        clock: Clock = time.time,
+        max_inflight: int = 4,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._clock = clock
+        self._admit = register(client, "admit")
+        self._refund = register(client, "refund")
+        self._max_inflight = max_inflight
+        self._batch_max = settings.batch_max
+        self._timeout = settings.redis_timeout_s
+        self._pending: dict[str, list[_Pending]] = {}
+        self._scheduled = False
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tokens = itertools.count(1)
+        self._token_prefix = os.urandom(5).hex() + "."
+        s = settings
+        self._static = (
+            int(s.session_block_s * 1000),
+            int(s.session_idle_s * 1000),
+            int(s.idempotency_ttl_s * 1000),
+            s.flush_bucket_s,
+            s.low_balance_threshold,
+            "p" if s.deduction_order == "paid_first" else "f",
+            s.rate_per_minute,
+            s.rate_per_hour,
+            int(s.rate_minute_window_s * 1000),
+            int(s.rate_hour_window_s * 1000),
+        )
+        # A charge record without a channel key lives as long as the bot may take.
+        self._refund_ttl_ms = int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000) + 60_000
+
+    def new_token(self) -> str:
+        """A token unique to this process and attempt."""
+        return self._token_prefix + format(next(self._tokens), "x")
+
+    async def admit(
+        self,
+        app_id: str,
+        channel: str,
+        user: str,
+        key: str = "",
+        *,
+        kind: Kind = "m",
+        token: str | None = None,
+    ) -> Decision:
+        """Decide one message. Raises :class:`MeteringUnavailable` if Redis does not answer.
+
+        ``key`` is the channel's idempotency key ("" when it has none); ``token`` names this
+        attempt's charge record (generated when omitted; fail-open settlement passes the
+        token of the original attempt so a charge that did happen is not taken twice).
+        """
+        token = token or self.new_token()
+        ws = keys.workspace_of(app_id)
+        if ws is None or not keys.CHANNEL_RE.match(channel):
+            return unknown_app(key, token)
+        if user == "":
+            raise InvalidInput("user", "a channel user id is required")
+        _clean("user", user, MAX_USER_LEN)
+        _clean("idempotency_key", key, MAX_KEY_LEN)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Decision] = loop.create_future()
+        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}"
+        batch = self._pending.get(ws)
+        if batch is None:
+            self._pending[ws] = [_Pending(arg, key, token, fut)]
+        else:
+            batch.append(_Pending(arg, key, token, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await fut
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self._max_inflight:
+            # Each call carries at most batch_max admissions of a workspace; the rest
+            # waits for the next free slot (and grows into a bigger batch meanwhile).
+            send: list[tuple[str, list[_Pending]]] = []
+            for ws in list(self._pending):
+                items = self._pending[ws]
+                if len(items) <= self._batch_max:
+                    del self._pending[ws]
+                    send.append((ws, items))
+                else:
+                    send.append((ws, items[: self._batch_max]))
+                    self._pending[ws] = items[self._batch_max :]
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._send(send))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, send: list[tuple[str, list[_Pending]]]) -> None:
+        try:
+            now = self._clock()
+            head = [int(now * 1000), *self._static, billing_period(now), self._refund_ttl_ms]
+            try:
+                results = await asyncio.wait_for(self._execute(head, send), self._timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                err = MeteringUnavailable(f"redis: {exc!r}", ambiguous=True)
+                for _, chunk in send:
+                    for p in chunk:
+                        if not p.future.done():
+                            p.future.set_exception(err)
+                return
+            for (_, chunk), raw in zip(send, results, strict=True):
+                _resolve(chunk, raw)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._dispatch()
+
+    async def _execute(self, head: list[object], send: list[tuple[str, list[_Pending]]]) -> list[Any]:
+        if len(send) == 1:
+            ws, chunk = send[0]
+            return [await self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)])]
+        # Several workspaces: one pipelined round trip. redis-py's pipeline would check
+        # SCRIPT EXISTS on every execute, so NOSCRIPT is handled here instead.
+        sha = self._admit.sha
+        async with self._client.pipeline(transaction=False) as pipe:
+            for ws, chunk in send:
+                pipe.evalsha(sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk))
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, res in enumerate(results):
+            if isinstance(res, NoScriptError):
+                ws, chunk = send[i]
+                results[i] = await self._admit(
+                    keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)]
+                )
+            elif isinstance(res, Exception):
+                raise res
+        return results
+
+    async def refund(self, app_id: str, decision: Decision) -> bool:
+        """Reverse a charged admission whose message was not served. Idempotent.
+
+        Returns whether something was refunded (False for duplicates, uncharged messages,
+        a second call, or a token whose record was already replaced by a retry).
+        """
+        if decision.duplicate or (decision.units == 0 and decision.code == 0):
+            return False
+        return await self.void(app_id, decision.key, decision.token)
+
+    async def void(self, app_id: str, key: str, token: str) -> bool:
+        """Refund the charge of attempt ``token`` if it exists (e.g. after an ambiguous timeout)."""
+        ws = keys.workspace_of(app_id)
+        if ws is None:
+            return False
+        now = self._clock()
+        res = await self._refund(
+            keys=[keys.ws_prefix(ws)],
+            args=[
+                int(now * 1000),
+                app_id,
+                key or token,
+                token,
+                self._settings.flush_bucket_s,
+                billing_period(now),
+            ],
+        )
+        return bool(res[0])
+
+    async def close(self) -> None:
+        """Wait for outstanding calls to finish."""
+        while self._tasks or self._pending:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+
+
+def _resolve(chunk: list[_Pending], raw: list[Any]) -> None:
+    for i, p in enumerate(chunk):
+        if p.future.done():  # the caller gave up (cancelled)
+            continue
+        j = i * 9
+        flags = raw[j + 8]
+        bsid = raw[j + 7]
+        p.future.set_result(
+            Decision(
+                raw[j],
+                raw[j + 1],
+                raw[j + 2],
+                raw[j + 3],
+                raw[j + 4],
+                raw[j + 5],
+                raw[j + 6],
+                bsid.decode() if isinstance(bsid, bytes) else str(bsid),
+                bool(flags & 1),
+                bool(flags & 2),
+                p.key,
+                p.token,
+            )
+        )

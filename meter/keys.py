@@ -1,0 +1,121 @@
+"""Every Redis key creditgate uses, built in this one module.
+
+All keys of one workspace share the hash tag ``{w}`` (the workspace id), so every
+script touching them runs unchanged on Redis Cluster. Scripts receive the
+workspace prefix as ``KEYS[1]`` and derive the keys below from it; the suffixes
+are mirrored in ``meter/lua/*.lua`` and must change together with this module.
+
+Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
+
+``P:ws``              hash   workspace: ``type`` standard|enterprise, ``free`` free micro-dollars
+                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``, ``paid`` shared
+                             pool, ``u:<product>``/``p:<product>`` unit and price, ``np`` notification
+                             price, ``l:<product>`` licence ``limit,per_minute,per_hour`` (enterprise),
+                             ``low`` 1 while under the low-balance threshold, ``fx`` 1 once the
+                             free-exhausted event fired, ``pz`` 1 while paid funds are zero.
+``P:a:<app>``         hash   app: ``product``, ``owner``, ``use_free`` 0|1, ``suspended`` 0|1,
+                             ``paid`` app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
+                             ``v`` config version, ``up`` upstream url.
+``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total, ``h`` head.
+``P:rh:<app>``        hash   rolling per-hour window, same shape.
+``P:s:<app>:<ch>:<user>`` string live conversation state ``conv_start,last,blocks,bsid,bucket``.
+``P:i:<app>:<key>``   string idempotency record of an admitted message (the original decision).
+``P:lu:<product>:<period>`` string enterprise usage counted in the billing period.
+``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field
+                             ``<app>|<channel>|<product>|<unit>|<metric>`` -> integer.
+``P:agi``             zset   bucket starts (score = member) of ``P:ag:*`` hashes not yet claimed.
+``P:sr:<bucket_s>``   hash   billing-session records by block start bucket: ``<bsid>`` ->
+                             ``app\\tchannel\\tuser\\tproduct\\tstart\\tlast\\tmsgs\\tamount``.
+``P:sri``             zset   bucket starts of ``P:sr:*`` hashes not yet claimed.
+``P:ev``              list   events (JSON) for the ledger and owner notifications.
+``P:seq``             string counter for billing-session ids, event ids and claim generations.
+``P:g:<reference>``   string idempotency marker of a grant (free credits, funds added).
+``P:apps``            set    app ids of the workspace.
+``P:c:<kind>:<bucket_s>:<gen>`` a claimed bucket (``kind`` = ``ag``|``sr``|``ev``) awaiting ack.
+``P:lease:<kind>:<bucket_s>`` string the flusher currently holding that claim.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "cg"
+
+ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
+APP_RE = re.compile(r"^([a-z0-9]{4,32})_([a-z0-9]{4,32})$")
+CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def ws_prefix(ws: str) -> str:
+    """``KEYS[1]`` of every workspace script: the prefix carrying the hash tag."""
+    return f"{PREFIX}:{{{ws}}}"
+
+
+def workspace_of(app_id: str) -> str | None:
+    """The workspace an app id belongs to, or ``None`` for a malformed id.
+
+    App ids are ``<workspace>_<suffix>``, so admission needs no lookup to find the
+    hash tag, and an app can never move to another workspace.
+    """
+    m = APP_RE.match(app_id)
+    return m.group(1) if m else None
+
+
+def ws_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:ws"
+
+
+def app_key(ws: str, app: str) -> str:
+    return f"{ws_prefix(ws)}:a:{app}"
+
+
+def session_key(ws: str, app: str, channel: str, user: str) -> str:
+    return f"{ws_prefix(ws)}:s:{app}:{channel}:{user}"
+
+
+def idem_key(ws: str, app: str, key: str) -> str:
+    return f"{ws_prefix(ws)}:i:{app}:{key}"
+
+
+def agg_key(ws: str, bucket_s: int) -> str:
+    return f"{ws_prefix(ws)}:ag:{bucket_s}"
+
+
+def agg_index_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:agi"
+
+
+def sessions_key(ws: str, bucket_s: int) -> str:
+    return f"{ws_prefix(ws)}:sr:{bucket_s}"
+
+
+def sessions_index_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:sri"
+
+
+def events_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:ev"
+
+
+def usage_limit_key(ws: str, product: str, period: str) -> str:
+    return f"{ws_prefix(ws)}:lu:{product}:{period}"
+
+
+def rate_keys(ws: str, app: str) -> tuple[str, str]:
+    return f"{ws_prefix(ws)}:rm:{app}", f"{ws_prefix(ws)}:rh:{app}"
+
+
+# Workspace ids known to Redis (for the flusher and reconcile on a store-less path).
+# Not hash-tagged by workspace: only written by the admin path, never by a script.
+WORKSPACES = f"{PREFIX}:workspaces"
+# Pub/sub channel announcing config changes (app id or workspace id as payload).
+CHANGES = f"{PREFIX}:changes"
+
+
+def apps_key(ws: str) -> str:
+    """Set of the workspace's app ids (grants clear their ``inactive`` flag)."""
+    return f"{ws_prefix(ws)}:apps"
+
+
+def grant_marker_key(ws: str, reference: str) -> str:
+    return f"{ws_prefix(ws)}:g:{reference}"

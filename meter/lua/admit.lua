@@ -1,0 +1,378 @@
+-- admit.lua: decide a batch of inbound messages for ONE workspace, atomically.
+--
+-- KEYS[1]   workspace prefix "cg:{<ws>}". Every key touched is derived from it (see
+--           meter/keys.py), so all share one hash slot and the script runs on Redis Cluster.
+-- ARGV[1]   now (ms)
+-- ARGV[2]   session block (ms)            ARGV[3]  conversation idle end (ms)
+-- ARGV[4]   idempotency window (ms)       ARGV[5]  flush bucket (s)
+-- ARGV[6]   low-balance threshold (micro-dollars)
+-- ARGV[7]   deduction order: "f" free first | "p" paid first
+-- ARGV[8]   default per-minute limit      ARGV[9]  default per-hour limit
+-- ARGV[10]  minute window (ms)            ARGV[11] hour window (ms)
+-- ARGV[12]  enterprise billing period id (e.g. "202611")
+-- ARGV[13]  refund window (ms): how long the charge record of a message without a
+--           channel idempotency key is kept (long enough for the bot to answer)
+-- ARGV[14..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind"
+--           key: the channel's idempotency key or "" (then the token is the key);
+--           token: unique per attempt, names the charge record a refund must match;
+--           kind "m" (channel message, billed by the product's unit) or "n" (notification).
+-- A charged admission leaves P:i:<app>:<key> = "token\tbsid\tsession_bucket\tfree\tapp\tpool\t
+-- inv\tchannel\tunit\tuser": the duplicate check for retries and what refund.lua reverses.
+-- Returns a flat array, 9 entries per admission, in order:
+--   code, units, free, app_paid, pool_paid, invoiced, retry_after_ms, bsid, flags
+--   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
+--         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired
+--   flags: 1 duplicate (idempotency hit, nothing charged), 2 opened a billing session
+--
+-- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
+-- written back once at the end: the script is atomic, so this equals writing as we go,
+-- and it makes a batch of N admissions cost far fewer than N times the commands.
+
+local P = KEYS[1]
+local now = tonumber(ARGV[1])
+local BLOCK, IDLE, IDEM_TTL = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local FB = tonumber(ARGV[5])
+local LOW = tonumber(ARGV[6])
+local PAID_FIRST = ARGV[7] == 'p'
+local DEF_PM, DEF_PH = tonumber(ARGV[8]), tonumber(ARGV[9])
+local WIN_M, WIN_H = tonumber(ARGV[10]), tonumber(ARGV[11])
+local PERIOD = ARGV[12]
+local REFUND_TTL = tonumber(ARGV[13])
+local FIRST = 14
+local NB = 60 -- buckets per rolling window
+
+local D = function(x) return string.format('%d', x) end
+local bucket = math.floor(now / 1000 / FB) * FB
+local out = {}
+local n_adm = #ARGV - FIRST + 1
+
+local function refuse_all(code)
+  for _ = 1, n_adm do
+    for _, v in ipairs({code, 0, 0, 0, 0, 0, 0, '', 0}) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- Workspace ---------------------------------------------------------------------------
+local wsk = P .. ':ws'
+local wr = redis.call('HMGET', wsk, 'type', 'free', 'free_exp', 'paid', 'apaid', 'lapsed',
+  'low', 'np', 'seq')
+if not wr[1] then return refuse_all(1) end
+local W = {
+  ent = wr[1] == 'enterprise', free = tonumber(wr[2] or '0'), free_exp = tonumber(wr[3] or '0'),
+  paid = tonumber(wr[4] or '0'), apaid = tonumber(wr[5] or '0'), lapsed = tonumber(wr[6] or '0'),
+  low = wr[7] == '1', np = tonumber(wr[8] or '0'), seq = tonumber(wr[9] or '0'),
+}
+local W0 = {free = W.free, paid = W.paid, apaid = W.apaid, seq = W.seq, low = W.low}
+local events = {}
+local function event(kind, fields)
+  W.seq = W.seq + 1
+  fields.id = 'e' .. D(W.seq)
+  fields.type = kind
+  fields.at = now
+  events[#events + 1] = cjson.encode(fields)
+end
+
+-- Free credits past their validity lapse once, remainder recorded.
+if W.free > 0 and now >= W.free_exp then
+  event('free_credits.expired', {amount = W.free})
+  W.lapsed = W.lapsed + W.free
+  W.free = 0
+  W0.free = 0
+end
+local free_valid = now < W.free_exp
+
+-- Per-batch caches --------------------------------------------------------------------
+local apps, prods, rates, usage, agg = {}, {}, {}, {}, {}
+
+local function app_of(id)
+  local a = apps[id]
+  if a == nil then
+    local r = redis.call('HMGET', P .. ':a:' .. id, 'product', 'suspended', 'use_free', 'paid',
+      'pm', 'ph', 'inactive')
+    if not r[1] then
+      a = false
+    else
+      a = {product = r[1], suspended = r[2] == '1', use_free = r[3] ~= '0',
+        paid = tonumber(r[4] or '0'), pm = tonumber(r[5] or ''), ph = tonumber(r[6] or ''),
+        inactive = r[7] == '1', dirty = false}
+      a.paid0 = a.paid
+    end
+    apps[id] = a
+  end
+  return a
+end
+
+local function prod_of(p)
+  local x = prods[p]
+  if x == nil then
+    local r = redis.call('HMGET', wsk, 'u:' .. p, 'p:' .. p, 'l:' .. p)
+    x = {unit = r[1] or 'session', price = tonumber(r[2] or '0')}
+    if r[3] then
+      local lim, pm, ph = string.match(r[3], '^(%d+),(%d+),(%d+)$')
+      x.lic = {limit = tonumber(lim), pm = tonumber(pm), ph = tonumber(ph)}
+    end
+    prods[p] = x
+  end
+  return x
+end
+
+-- Rolling window: NB buckets of WIN/NB ms; fields <bucket index> -> count, plus t (total),
+-- o (oldest index possibly present) and n (newest written). Counting buckets from
+-- cur-NB on covers a little more than the window, so the limit is never exceeded.
+local function window(key, win)
+  local g = win / NB
+  local cur = math.floor(now / g)
+  local r = redis.call('HMGET', key, 't', 'o', 'n')
+  local w = {key = key, g = g, cur = cur, t = tonumber(r[1] or '0'), o = tonumber(r[2] or cur),
+    n = tonumber(r[3] or cur), add = 0, new = r[1] == false}
+  local minv = cur - NB
+  if w.n < minv then
+    if not w.new then redis.call('DEL', key) end
+    w.t, w.o, w.n, w.new = 0, cur, cur, true
+  elseif w.o < minv then
+    for i = w.o, minv - 1 do
+      local c = redis.call('HGET', key, i)
+      if c then
+        w.t = w.t - tonumber(c)
+        redis.call('HDEL', key, i)
+      end
+    end
+    w.o = minv
+  end
+  return w
+end
+
+local function wait_ms(w, limit)
+  -- Time until enough old buckets fall out for one more message.
+  local excess = w.t + 1 - limit
+  local acc = 0
+  for i = w.o, w.cur do
+    local c = tonumber(redis.call('HGET', w.key, i) or '0')
+    if i == w.cur then c = c + w.add end
+    acc = acc + c
+    if acc >= excess then return (i + NB + 1) * w.g - now end
+  end
+  return w.g
+end
+
+local function rates_of(id)
+  local r = rates[id]
+  if r == nil then
+    r = {m = window(P .. ':rm:' .. id, WIN_M), h = window(P .. ':rh:' .. id, WIN_H)}
+    rates[id] = r
+  end
+  return r
+end
+
+local function add(field, v)
+  if v ~= 0 then agg[field] = (agg[field] or 0) + v end
+end
+
+-- Decide each admission ----------------------------------------------------------------
+local function result(code, units, f, a, p, inv, retry, bsid, flags)
+  out[#out + 1] = code
+  out[#out + 1] = units
+  out[#out + 1] = f
+  out[#out + 1] = a
+  out[#out + 1] = p
+  out[#out + 1] = inv
+  out[#out + 1] = retry
+  out[#out + 1] = bsid
+  out[#out + 1] = flags
+end
+
+local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate_limited',
+  [5] = 'usage_limit_reached', [6] = 'credits_exhausted', [7] = 'free_credits_expired'}
+
+for i = FIRST, #ARGV do
+  local app_id, ch, user, idem, token, kind =
+    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([mn])$')
+  local a = app_id and app_of(app_id)
+  if not a then
+    result(1, 0, 0, 0, 0, 0, 0, '', 0)
+  else
+    local ttl = IDEM_TTL
+    if idem == '' then idem, ttl = token, REFUND_TTL end
+    local ik = P .. ':i:' .. app_id .. ':' .. idem
+    local seen = redis.call('GET', ik)
+    if seen then
+      result(0, 0, 0, 0, 0, 0, 0, string.match(seen, '^[^\t]*\t([^\t]*)') or '', 1)
+    else
+      local pr = prod_of(a.product)
+      local unit, price = pr.unit, pr.price
+      if kind == 'n' then unit, price = 'notification', W.np end
+      local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
+      local code, retry = 0, 0
+      local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
+      if a.suspended then
+        code = 2
+      elseif W.ent and not pr.lic then
+        code = 3
+      end
+      if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
+      local rt
+      if code == 0 then
+        rt = rates_of(app_id)
+        if rt.m.t + 1 > pm then
+          code, retry = 4, wait_ms(rt.m, pm)
+        elseif rt.h.t + 1 > ph then
+          code, retry = 4, wait_ms(rt.h, ph)
+        end
+      end
+      -- Session logic: does this message open a new billing session?
+      local sk, cs, blocks, bsid, sbucket, msgs, amount, bstart
+      local charge = true
+      if code == 0 and unit == 'session' then
+        sk = P .. ':s:' .. app_id .. ':' .. ch .. ':' .. user
+        local st = redis.call('GET', sk)
+        if st then
+          local c1, l1, b1, s1, k1, m1, a1, t1 =
+            string.match(st, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(%d+),(%d+)$')
+          if c1 and now - tonumber(l1) < IDLE then
+            cs, blocks, bsid, sbucket = tonumber(c1), tonumber(b1), s1, tonumber(k1)
+            msgs, amount, bstart = tonumber(m1), tonumber(a1), tonumber(t1)
+          end
+        end
+        if not cs then cs, blocks = now, 0 end
+        local need = math.floor((math.max(now, cs) - cs) / BLOCK) + 1
+        charge = need > blocks
+        if charge then blocks, bstart = need, cs + (need - 1) * BLOCK end
+      end
+      local f, ap, pp, inv = 0, 0, 0, 0
+      if code == 0 and charge then
+        if W.ent then
+          local uk = P .. ':lu:' .. a.product .. ':' .. PERIOD
+          local u = usage[uk]
+          if u == nil then
+            u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
+            usage[uk] = u
+          end
+          if u.used + u.add + 1 > pr.lic.limit then
+            code = 5
+            local fk = 'ul:' .. a.product
+            if redis.call('HGET', wsk, fk) ~= PERIOD then
+              redis.call('HSET', wsk, fk, PERIOD)
+              event('usage_limit.reached', {product = a.product, period = PERIOD,
+                limit = pr.lic.limit})
+            end
+          else
+            u.add = u.add + 1
+            inv = price
+          end
+        else
+          local fr = (a.use_free and free_valid) and W.free or 0
+          if fr + a.paid + W.paid < price then
+            if not free_valid and W.free_exp > 0 then code = 7 else code = 6 end
+            if not a.inactive then
+              a.inactive, a.dirty = true, true
+              event('app.inactive', {app = app_id, reason = REASON[code]})
+            end
+          else
+            local need = price
+            local function take(avail)
+              local t = math.min(avail, need)
+              need = need - t
+              return t
+            end
+            if PAID_FIRST then
+              ap = take(a.paid); pp = take(W.paid); f = take(fr)
+            else
+              f = take(fr); ap = take(a.paid); pp = take(W.paid)
+            end
+            W.free, a.paid, W.paid, W.apaid = W.free - f, a.paid - ap, W.paid - pp, W.apaid - ap
+            if ap ~= 0 then a.dirty = true end
+          end
+        end
+      end
+      if code ~= 0 then
+        add(fkey .. 'r:' .. REASON[code], 1)
+        result(code, 0, 0, 0, 0, 0, retry, '', 0)
+      else
+        local flags, units = 0, 0
+        if charge then units = 1 end
+        if a.inactive then a.inactive, a.dirty = false, true end
+        rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
+        rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+        if unit == 'session' then
+          if charge then
+            W.seq = W.seq + 1
+            bsid = 's' .. D(W.seq)
+            sbucket = math.floor(bstart / 1000 / FB) * FB
+            msgs, amount, flags = 0, 0, 2
+            redis.call('ZADD', P .. ':sri', sbucket, sbucket)
+          end
+          msgs, amount = msgs + 1, amount + f + ap + pp + inv
+          redis.call('SET', sk, D(cs) .. ',' .. D(now) .. ',' .. D(blocks) .. ',' .. bsid .. ','
+            .. D(sbucket) .. ',' .. D(msgs) .. ',' .. D(amount) .. ',' .. D(bstart), 'PX', IDLE)
+          redis.call('HSET', P .. ':sr:' .. D(sbucket), bsid, app_id .. '\t' .. ch .. '\t' .. user
+            .. '\t' .. a.product .. '\t' .. D(bstart) .. '\t' .. D(now) .. '\t' .. D(msgs) .. '\t'
+            .. D(amount))
+        else
+          bsid = ''
+        end
+        add(fkey .. 'n', units)
+        add(fkey .. 'm', 1)
+        add(fkey .. 'f', f)
+        add(fkey .. 'a', ap)
+        add(fkey .. 'p', pp)
+        add(fkey .. 'i', inv)
+        if units > 0 then
+          redis.call('SET', ik, token .. '\t' .. bsid .. '\t' .. D(sbucket or 0) .. '\t' .. D(f)
+            .. '\t' .. D(ap) .. '\t' .. D(pp) .. '\t' .. D(inv) .. '\t' .. ch .. '\t' .. unit
+            .. '\t' .. user, 'PX', ttl)
+        end
+        result(0, units, f, ap, pp, inv, 0, bsid, flags)
+      end
+    end
+  end
+end
+
+-- Crossings, each announced once ------------------------------------------------------
+if W0.free > 0 and W.free == 0 then event('free_credits.exhausted', {}) end
+local paid_total = W.paid + W.apaid
+if W0.paid + W0.apaid > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
+local usable = (free_valid and W.free or 0) + paid_total
+if not W.ent and not W.low and usable < LOW and (W0.free + W0.paid + W0.apaid) >= LOW then
+  W.low = true
+  event('balance.low', {balance = usable, threshold = LOW})
+end
+
+-- Write back --------------------------------------------------------------------------
+local wset = {}
+if W.free ~= W0.free or W.lapsed ~= tonumber(wr[6] or '0') then
+  wset[#wset + 1] = 'free'; wset[#wset + 1] = D(W.free)
+  wset[#wset + 1] = 'lapsed'; wset[#wset + 1] = D(W.lapsed)
+end
+if W.paid ~= W0.paid then wset[#wset + 1] = 'paid'; wset[#wset + 1] = D(W.paid) end
+if W.apaid ~= W0.apaid then wset[#wset + 1] = 'apaid'; wset[#wset + 1] = D(W.apaid) end
+if W.seq ~= W0.seq then wset[#wset + 1] = 'seq'; wset[#wset + 1] = D(W.seq) end
+if W.low ~= W0.low then wset[#wset + 1] = 'low'; wset[#wset + 1] = W.low and '1' or '0' end
+if #wset > 0 then redis.call('HSET', wsk, unpack(wset)) end
+
+for id, a in pairs(apps) do
+  if a and a.dirty then
+    redis.call('HSET', P .. ':a:' .. id, 'paid', D(a.paid), 'inactive', a.inactive and '1' or '0')
+  end
+end
+for _, r in pairs(rates) do
+  for _, w in ipairs({r.m, r.h}) do
+    if w.add > 0 then
+      redis.call('HINCRBY', w.key, w.cur, w.add)
+      redis.call('HSET', w.key, 't', D(w.t), 'o', D(w.o), 'n', D(w.cur))
+      if w.new or w.n ~= w.cur then redis.call('PEXPIRE', w.key, math.ceil(w.g * (NB + 2))) end
+    end
+  end
+end
+for uk, u in pairs(usage) do
+  if u.add > 0 then redis.call('INCRBY', uk, u.add) end
+end
+local agk = P .. ':ag:' .. D(bucket)
+local touched = false
+for field, v in pairs(agg) do
+  redis.call('HINCRBY', agk, field, v)
+  touched = true
+end
+if touched then redis.call('ZADD', P .. ':agi', bucket, bucket) end
+if #events > 0 then redis.call('RPUSH', P .. ':ev', unpack(events)) end
+return out

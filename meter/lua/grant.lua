@@ -1,0 +1,41 @@
+-- grant.lua: add credit to a workspace's live balances, idempotent by reference.
+--
+-- KEYS[1]  workspace prefix "cg:{<ws>}"
+-- ARGV[1]  reference (unique per workspace; the ledger entry's reference)
+-- ARGV[2]  kind: "free" (free-credit grant) | "funds" (paid top-up)
+-- ARGV[3]  amount (micro-dollars, > 0)
+-- ARGV[4]  app id for funds tied to one app, "" for the shared pool
+-- ARGV[5]  free-credit expiry (ms; kind "free" only)
+-- ARGV[6]  low-balance threshold (micro-dollars)
+-- Returns 1 when applied, 0 when the reference was already applied,
+-- -1 unknown workspace, -2 unknown app.
+
+local P = KEYS[1]
+local ref, kind, amount, app = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local wsk = P .. ':ws'
+if redis.call('EXISTS', wsk) == 0 then return -1 end
+if app ~= '' and redis.call('EXISTS', P .. ':a:' .. app) == 0 then return -2 end
+if redis.call('SET', P .. ':g:' .. ref, '1', 'NX') == false then return 0 end
+
+if kind == 'free' then
+  redis.call('HINCRBY', wsk, 'free', amount)
+  redis.call('HINCRBY', wsk, 'free_granted', amount)
+  local exp = tonumber(ARGV[5])
+  if exp > tonumber(redis.call('HGET', wsk, 'free_exp') or '0') then
+    redis.call('HSET', wsk, 'free_exp', ARGV[5])
+  end
+elseif app ~= '' then
+  redis.call('HINCRBY', P .. ':a:' .. app, 'paid', amount)
+  redis.call('HINCRBY', wsk, 'apaid', amount)
+else
+  redis.call('HINCRBY', wsk, 'paid', amount)
+end
+
+-- Money arrived: apps may serve again and the low-balance alert may fire anew.
+for _, id in ipairs(redis.call('SMEMBERS', P .. ':apps')) do
+  redis.call('HSET', P .. ':a:' .. id, 'inactive', '0')
+end
+local w = redis.call('HMGET', wsk, 'free', 'paid', 'apaid')
+local total = tonumber(w[1] or '0') + tonumber(w[2] or '0') + tonumber(w[3] or '0')
+if total >= tonumber(ARGV[6]) then redis.call('HSET', wsk, 'low', '0') end
+return 1

@@ -1,0 +1,164 @@
+"""The live projection in Redis of what the store holds: workspaces, apps, balances.
+
+The durable store is the source of truth; these functions write the fields that
+``admit.lua`` reads. Live balances change only through ``grant.lua`` (credit in),
+``admit.lua`` (debit) and ``refund.lua`` (reversal), so rebuilding them is explicit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from config import Catalog
+from config.catalog import PRODUCTS
+from meter import keys
+from meter.errors import InvalidInput, NotFound
+from meter.redis_client import RedisClient
+from meter.scripts import register
+
+
+@dataclass(frozen=True, slots=True)
+class Licence:
+    """An enterprise licence of one product: usage limit per period and rate limits."""
+
+    usage_limit: int
+    per_minute: int
+    per_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    """Live balances of a workspace (micro-dollars)."""
+
+    plan: str
+    free: int
+    free_granted: int
+    free_expires_ms: int
+    lapsed: int
+    pool: int
+    app_paid: dict[str, int]
+
+
+def _s(v: bytes | None) -> str:
+    return v.decode() if v is not None else ""
+
+
+async def put_workspace(
+    client: RedisClient,
+    ws: str,
+    *,
+    plan: Literal["standard", "enterprise"],
+    catalog: Catalog,
+    licences: Mapping[str, Licence] | None = None,
+) -> None:
+    """Write a workspace's plan, prices and licences (balances are left alone)."""
+    if not keys.ID_RE.match(ws):
+        raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
+    fields: dict[str, str | int] = {"type": plan}
+    for product in PRODUCTS:
+        price = catalog.price(plan, product)
+        fields[f"u:{product}"] = price.unit
+        fields[f"p:{product}"] = price.price
+    fields["np"] = catalog.price(plan, "notification").price
+    lic = licences or {}
+    for product, li in lic.items():
+        if product not in PRODUCTS:
+            raise InvalidInput(f"licences.{product}", "unknown product")
+        fields[f"l:{product}"] = f"{li.usage_limit},{li.per_minute},{li.per_hour}"
+    wk = keys.ws_key(ws)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hset(wk, mapping=fields)
+        stale = [f"l:{p}" for p in PRODUCTS if p not in lic]
+        if stale:
+            pipe.hdel(wk, *stale)
+        await pipe.execute()
+    await client.sadd(keys.WORKSPACES, ws)
+
+
+async def put_app(
+    client: RedisClient,
+    app_id: str,
+    *,
+    product: str,
+    use_free_credits: bool = True,
+    suspended: bool = False,
+    upstream_url: str | None = None,
+    per_minute: int | None = None,
+    per_hour: int | None = None,
+) -> None:
+    """Write an app's configuration; bumps its version so caches see the change."""
+    ws = keys.workspace_of(app_id)
+    if ws is None:
+        raise InvalidInput("app_id", "malformed app id")
+    if product not in PRODUCTS:
+        raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
+    if not await client.exists(keys.ws_key(ws)):
+        raise NotFound("workspace", ws)
+    ak = keys.app_key(ws, app_id)
+    fields: dict[str, str | int] = {
+        "product": product,
+        "use_free": int(use_free_credits),
+        "suspended": int(suspended),
+        "up": upstream_url or "",
+    }
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hset(ak, mapping=fields)
+        for name, value in (("pm", per_minute), ("ph", per_hour)):
+            if value is None:
+                pipe.hdel(ak, name)
+            else:
+                pipe.hset(ak, name, value)
+        pipe.hincrby(ak, "v", 1)
+        pipe.sadd(keys.apps_key(ws), app_id)
+        await pipe.execute()
+
+
+async def grant(
+    client: RedisClient,
+    ws: str,
+    *,
+    reference: str,
+    kind: Literal["free", "funds"],
+    amount: int,
+    low_threshold: int,
+    app_id: str = "",
+    free_expires_ms: int = 0,
+) -> bool:
+    """Add credit, idempotent by ``reference``; returns False if it was already applied."""
+    if amount <= 0:
+        raise InvalidInput("amount", "must be positive")
+    if not reference or len(reference) > 128:
+        raise InvalidInput("reference", "must be 1-128 characters")
+    res = await register(client, "grant")(
+        keys=[keys.ws_prefix(ws)],
+        args=[reference, kind, amount, app_id, free_expires_ms, low_threshold],
+    )
+    if res == -1:
+        raise NotFound("workspace", ws)
+    if res == -2:
+        raise NotFound("app", app_id)
+    return bool(res == 1)
+
+
+async def read_balances(client: RedisClient, ws: str) -> Balances:
+    """Live balances of a workspace and of each of its apps."""
+    raw = await client.hmget(
+        keys.ws_key(ws), ["type", "free", "free_granted", "free_exp", "lapsed", "paid"]
+    )
+    if raw[0] is None:
+        raise NotFound("workspace", ws)
+    app_ids = sorted(_s(a) for a in await client.smembers(keys.apps_key(ws)))
+    app_paid: dict[str, int] = {}
+    for app_id in app_ids:
+        app_paid[app_id] = int(await client.hget(keys.app_key(ws, app_id), "paid") or 0)
+    return Balances(
+        plan=_s(raw[0]),
+        free=int(raw[1] or 0),
+        free_granted=int(raw[2] or 0),
+        free_expires_ms=int(raw[3] or 0),
+        lapsed=int(raw[4] or 0),
+        pool=int(raw[5] or 0),
+        app_paid=app_paid,
+    )

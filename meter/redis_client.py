@@ -1,0 +1,32 @@
+"""Redis connections: a single server or a Redis Cluster, chosen by the URL."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+
+RedisClient = Redis | RedisCluster
+
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> RedisClient:
+    """Client for ``redis://`` / ``rediss://`` / ``unix://`` or ``redis+cluster://host:port``."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_keepalive": True,
+        "decode_responses": False,
+    }
+    if url.startswith(CLUSTER_SCHEME):
+        parts = urlsplit("redis://" + url[len(CLUSTER_SCHEME) :])
+        return RedisCluster(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            password=parts.password,
+            max_connections=max_connections,
+            **common,
+        )
+    client: Redis = Redis.from_url(url, max_connections=max_connections, **common)
+    return client
