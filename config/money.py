@@ -18,10 +18,16 @@ class InvalidAmount(ValueError):
     """A money string that is not a plain non-negative decimal with <= 6 decimals."""
 
 
-def parse_amount(text: object) -> int:
-    """Parse ``"12.50"`` into micro-dollars; reject anything that is not plain decimal."""
+def parse_amount(text: object, *, places: int = 6) -> int:
+    """Parse ``"12.50"`` into micro-dollars; reject anything that is not plain decimal.
+
+    ``places`` caps the decimals accepted: prices may use six, top-ups only cents (2).
+    """
     if not isinstance(text, str) or not _AMOUNT.match(text):
         raise InvalidAmount(f"not a plain decimal amount: {text!r}")
+    _, _, frac = text.partition(".")
+    if len(frac) > places:
+        raise InvalidAmount(f"at most {places} decimal places: {text!r}")
     return int(Decimal(text) * MICROS_PER_DOLLAR)
 
 

@@ -333,7 +333,8 @@ if W0.free > 0 and W.free == 0 then event('free_credits.exhausted', {}) end
 local paid_total = W.paid + W.apaid
 if W0.paid + W0.apaid > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
 local usable = (free_valid and W.free or 0) + paid_total
-if not W.ent and not W.low and usable < LOW and (W0.free + W0.paid + W0.apaid) >= LOW then
+local debited = W.free ~= W0.free or W.paid ~= W0.paid or W.apaid ~= W0.apaid
+if debited and not W.low and usable < LOW then
   W.low = true
   event('balance.low', {balance = usable, threshold = LOW})
 end

@@ -1,0 +1,389 @@
+"""Acceptance tests of the metering core against a real redis-server and a real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from metering import Clock, admitter, agg_totals, events, seed, settings
+from servers import RedisCluster, RedisServer
+
+from config.money import InvalidAmount, parse_amount
+from meter import keys, projection
+from meter.admission import Code
+from meter.errors import InvalidInput, MeteringUnavailable, NotFound
+from meter.redis_client import RedisClient, connect
+
+PRICE = 200_000  # $0.20 per session, the standard catalog price
+USD = 1_000_000
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def client(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[RedisClient]:
+    """A real single Redis and a real 3-master Redis Cluster, for tests that must hold on both."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
+    else:
+        if not redis_server.running:
+            redis_server.start()
+        url = redis_server.url
+    c = connect(url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def single(redis_url: str) -> AsyncIterator[RedisClient]:
+    c = connect(redis_url)
+    yield c
+    await c.aclose()
+
+
+# --- billing sessions --------------------------------------------------------------------
+
+
+async def test_31_minute_conversation_is_three_sessions(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(client, cfg, clock, free=100 * USD)
+    adm = admitter(client, cfg, clock)
+    units = []
+    for minute in (0, 10, 14, 20, 29, 31):
+        clock.now = clock.now - clock.now % 1 if minute == 0 else clock.now
+        d = await adm.admit(w.apps[0], "slack", "U1")
+        units.append(d.units)
+        if minute != 31:
+            nxt = {0: 10, 10: 14, 14: 20, 20: 29, 29: 31}[minute]
+            clock.advance((nxt - minute) * 60)
+    assert units == [1, 0, 0, 1, 0, 1]
+    bal = await projection.read_balances(client, w.ws)
+    assert bal.free == 100 * USD - 3 * PRICE
+
+
+async def test_five_messages_within_a_minute_are_one_session(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(client, cfg, clock, free=10 * USD)
+    adm = admitter(client, cfg, clock)
+    decisions = []
+    for _ in range(5):
+        decisions.append(await adm.admit(w.apps[0], "msteams", "user-1"))
+        clock.advance(12)
+    assert [d.units for d in decisions] == [1, 0, 0, 0, 0]
+    assert len({d.bsid for d in decisions}) == 1
+    assert (await agg_totals(client, w.ws))["m"] == 5
+
+
+async def test_message_after_idle_timeout_starts_a_new_session(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings(session_block_s=60, session_idle_s=10)
+    w = await seed(client, cfg, clock, free=10 * USD)
+    adm = admitter(client, cfg, clock)
+    first = await adm.admit(w.apps[0], "web", "u")
+    clock.advance(9)
+    inside = await adm.admit(w.apps[0], "web", "u")
+    clock.advance(10)  # 10 s of silence: the conversation ended
+    after = await adm.admit(w.apps[0], "web", "u")
+    assert (first.units, inside.units, after.units) == (1, 0, 1)
+    assert first.bsid == inside.bsid != after.bsid
+
+
+async def test_paid_session_keeps_serving_when_credit_runs_out(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(client, cfg, clock, free=PRICE)
+    adm = admitter(client, cfg, clock)
+    assert (await adm.admit(w.apps[0], "web", "a")).units == 1
+    assert (await adm.admit(w.apps[0], "web", "b")).reason == "credits_exhausted"
+    clock.advance(60)
+    assert (await adm.admit(w.apps[0], "web", "a")).admitted  # inside the paid session
+
+
+# --- concurrency and exactness ------------------------------------------------------------
+
+
+async def test_2000_concurrent_users_with_credit_for_1500(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings(rate_per_minute=10_000, rate_per_hour=100_000)
+    w = await seed(client, cfg, clock, free=1500 * PRICE)
+    adm = admitter(client, cfg, clock)
+    ds = await asyncio.gather(*(adm.admit(w.apps[0], "web", f"u{i}") for i in range(2000)))
+    outcome = Counter(d.reason for d in ds)
+    assert outcome == {None: 1500, "credits_exhausted": 500}
+    bal = await projection.read_balances(client, w.ws)
+    assert bal.free == 0
+    totals = await agg_totals(client, w.ws)
+    assert totals["n"] == 1500
+    assert totals["f"] == 1500 * PRICE
+    assert totals["r:credits_exhausted"] == 500
+    assert sum(d.charged for d in ds) == 1500 * PRICE
+
+
+async def test_retries_of_the_same_keys_are_never_charged_twice(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings(rate_per_minute=10_000, rate_per_hour=100_000)
+    w = await seed(client, cfg, clock, free=1500 * PRICE)
+    adm = admitter(client, cfg, clock)
+    rng = random.Random(7)
+    calls = [(f"u{i}", f"evt-{i}") for i in range(2000)]
+    calls += [calls[rng.randrange(2000)] for _ in range(1500)]  # retried deliveries
+    rng.shuffle(calls)
+    ds = await asyncio.gather(*(adm.admit(w.apps[0], "slack", u, k) for u, k in calls))
+    charged_keys = Counter(d.key for d in ds if d.units)
+    assert sum(charged_keys.values()) == 1500
+    assert max(charged_keys.values()) == 1
+    assert all(d.units == 0 and d.charged == 0 for d in ds if d.duplicate)
+    assert (await projection.read_balances(client, w.ws)).free == 0
+    assert (await agg_totals(client, w.ws))["n"] == 1500
+
+
+# --- credits ---------------------------------------------------------------------------------
+
+
+async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
+    client: RedisClient,
+) -> None:
+    clock, cfg = Clock(), settings(free_credit_validity_s=3600)
+    w = await seed(client, cfg, clock, free=500 * USD)
+    adm = admitter(client, cfg, clock)
+    assert (await adm.admit(w.apps[0], "web", "a")).units == 1
+    clock.advance(3600)
+    d = await adm.admit(w.apps[0], "web", "b")
+    assert d.reason == "free_credits_expired"
+    bal = await projection.read_balances(client, w.ws)
+    assert (bal.free, bal.lapsed) == (0, 500 * USD - PRICE)
+    assert "free_credits.expired" in await events(client, w.ws)
+    # Paid funds serve once the free credits are gone.
+    await projection.grant(
+        client, w.ws, reference="topup-1", kind="funds", amount=100 * USD,
+        low_threshold=cfg.low_balance_threshold,
+    )
+    d = await adm.admit(w.apps[0], "web", "b")
+    assert (d.units, d.pool_paid, d.free) == (1, PRICE, 0)
+    assert (await projection.read_balances(client, w.ws)).lapsed == 500 * USD - PRICE
+
+
+@pytest.mark.parametrize("order", ["free_first", "paid_first"])
+async def test_deduction_order_and_app_funds(single: RedisClient, order: str) -> None:
+    clock, cfg = Clock(), settings(deduction_order=order)
+    w = await seed(single, cfg, clock, free=PRICE // 2, pool=PRICE)
+    await projection.grant(
+        single, w.ws, reference="app-funds", kind="funds", amount=PRICE // 4, app_id=w.apps[0],
+        low_threshold=cfg.low_balance_threshold,
+    )
+    d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
+    if order == "free_first":
+        assert (d.free, d.app_paid, d.pool_paid) == (PRICE // 2, PRICE // 4, PRICE // 4)
+    else:
+        assert (d.free, d.app_paid, d.pool_paid) == (0, PRICE // 4, 3 * PRICE // 4)
+    assert d.charged == PRICE
+
+
+async def test_app_denied_free_credits_uses_paid_only(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=100 * USD, use_free=False)
+    d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
+    assert d.reason == "credits_exhausted"
+
+
+async def test_grant_is_idempotent_by_reference(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock)
+    args = dict(reference="r1", kind="funds", amount=100 * USD, low_threshold=1)
+    assert await projection.grant(single, w.ws, **args)  # type: ignore[arg-type]
+    assert not await projection.grant(single, w.ws, **args)  # type: ignore[arg-type]
+    assert (await projection.read_balances(single, w.ws)).pool == 100 * USD
+
+
+async def test_crossing_events_fire_once(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=3 * PRICE)
+    adm = admitter(single, cfg, clock)
+    for i in range(6):
+        await adm.admit(w.apps[0], "web", f"u{i}")
+    evs = Counter(await events(single, w.ws))
+    assert evs["free_credits.exhausted"] == 1
+    assert evs["app.inactive"] == 1
+    assert evs["balance.low"] == 1
+
+
+# --- refunds -----------------------------------------------------------------------------
+
+
+async def test_refund_restores_balance_and_reopens_the_session(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(client, cfg, clock, free=10 * USD)
+    adm = admitter(client, cfg, clock)
+    d = await adm.admit(w.apps[0], "slack", "U1", "ev1")
+    assert d.units == 1
+    assert await adm.refund(w.apps[0], d)
+    assert not await adm.refund(w.apps[0], d)  # idempotent
+    bal = await projection.read_balances(client, w.ws)
+    assert bal.free == 10 * USD
+    totals = await agg_totals(client, w.ws)
+    assert (totals["n"], totals["f"], totals["x"]) == (0, 0, 1)
+    # The retry of the same delivery is charged afresh, not taken as a duplicate.
+    again = await adm.admit(w.apps[0], "slack", "U1", "ev1")
+    assert (again.units, again.duplicate) == (1, False)
+    # A stale refund of the first attempt no longer matches and changes nothing.
+    assert not await adm.void(w.apps[0], "ev1", d.token)
+    assert (await projection.read_balances(client, w.ws)).free == 10 * USD - PRICE
+
+
+async def test_duplicates_and_in_session_messages_are_not_refunded(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    first = await adm.admit(w.apps[0], "web", "u", "k")
+    dup = await adm.admit(w.apps[0], "web", "u", "k")
+    inside = await adm.admit(w.apps[0], "web", "u")
+    assert dup.duplicate
+    assert not await adm.refund(w.apps[0], dup)
+    assert not await adm.refund(w.apps[0], inside)
+    assert first.units == 1
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD - PRICE
+
+
+# --- rate limits --------------------------------------------------------------------------
+
+
+async def test_minute_limit_refuses_with_seconds_to_wait(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings(rate_per_minute=5, rate_per_hour=1000)
+    w = await seed(client, cfg, clock, free=100 * USD)
+    adm = admitter(client, cfg, clock)
+    ds = [await adm.admit(w.apps[0], "web", f"u{i}") for i in range(6)]
+    assert [d.reason for d in ds] == [None] * 5 + ["rate_limited"]
+    assert 0 < ds[-1].retry_after_ms <= 62_000
+    clock.advance(ds[-1].retry_after_ms / 1000)
+    assert (await adm.admit(w.apps[0], "web", "later")).admitted
+
+
+async def test_hour_limit_holds_while_every_minute_is_under_its_own(
+    client: RedisClient,
+) -> None:
+    clock, cfg = Clock(), settings(rate_per_minute=4, rate_per_hour=10)
+    w = await seed(client, cfg, clock, free=100 * USD)
+    adm = admitter(client, cfg, clock)
+    reasons = []
+    for minute in range(4):
+        for i in range(3):  # 3 per minute: always under the minute limit
+            reasons.append((await adm.admit(w.apps[0], "web", f"u{minute}-{i}")).reason)
+        clock.advance(61)
+    assert reasons.count(None) == 10
+    assert reasons[10:] == ["rate_limited"] * 2
+    refused = await adm.admit(w.apps[0], "web", "x")
+    assert refused.reason == "rate_limited"
+    assert refused.retry_after_ms > 60_000  # waits for the hour window, not the minute
+
+
+# --- enterprise --------------------------------------------------------------------------
+
+
+async def test_enterprise_licences_count_not_debit_and_cap_usage(client: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    lic = {"search": projection.Licence(usage_limit=3, per_minute=100, per_hour=1000)}
+    w = await seed(
+        client, cfg, clock, plan="enterprise", licences=lic, products=("automation", "search")
+    )
+    adm = admitter(client, cfg, clock)
+    assert (await adm.admit(w.apps[0], "web", "u")).reason == "product_not_licensed"
+    ds = [await adm.admit(w.apps[1], "web", f"u{i}") for i in range(4)]
+    assert [d.reason for d in ds] == [None, None, None, "usage_limit_reached"]
+    assert all(d.charged == 0 and d.invoiced == PRICE for d in ds[:3])
+    bal = await projection.read_balances(client, w.ws)
+    assert (bal.free, bal.pool) == (0, 0)
+    assert (await agg_totals(client, w.ws))["i"] == 3 * PRICE
+    assert (await events(client, w.ws)).count("usage_limit.reached") == 1
+    # Licensing the product takes effect on the next message: no restart, no cache.
+    lic["automation"] = projection.Licence(usage_limit=10, per_minute=10, per_hour=100)
+    await projection.put_workspace(
+        client, w.ws, plan="enterprise", catalog=__import__("config").load_catalog(), licences=lic
+    )
+    assert (await adm.admit(w.apps[0], "web", "u")).admitted
+
+
+async def test_suspended_app_is_refused(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    await projection.put_app(single, w.apps[0], product="automation", suspended=True)
+    d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
+    assert d.reason == "app_suspended"
+
+
+# --- bad input and failures -------------------------------------------------------------------
+
+
+async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
+    single: RedisClient,
+) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    before = sorted(await single.keys("*"))
+    for app in (f"{w.ws}_nosuchapp", "nows1234_app1", "Bad-Id", "", "a" * 80, "x_y"):
+        assert (await adm.admit(app, "web", "u")).code == Code.UNKNOWN_APP
+    assert (await adm.admit(w.apps[0], "BAD CHANNEL", "u")).code == Code.UNKNOWN_APP
+    with pytest.raises(InvalidInput):
+        await adm.admit(w.apps[0], "web", "tab\tuser")
+    with pytest.raises(InvalidInput):
+        await adm.admit(w.apps[0], "web", "")
+    with pytest.raises(InvalidInput):
+        await adm.admit(w.apps[0], "web", "u", "k" * 300)
+    with pytest.raises(InvalidInput):
+        await projection.grant(single, w.ws, reference="r", kind="funds", amount=-5, low_threshold=1)
+    with pytest.raises(NotFound):
+        await projection.grant(single, "nows1234", reference="r", kind="funds", amount=5, low_threshold=1)
+    with pytest.raises(NotFound):
+        await projection.grant(
+            single, w.ws, reference="r2", kind="funds", amount=5, app_id=f"{w.ws}_zz99",
+            low_threshold=1,
+        )
+    for bad in ("-5", "1e3", "NaN", "Infinity", "1,000", " 1", "", "0x10", "1.0000001"):
+        with pytest.raises(InvalidAmount):
+            parse_amount(bad)
+    with pytest.raises(InvalidAmount):
+        parse_amount("100.001", places=2)
+    assert sorted(await single.keys("*")) == before
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD
+
+
+async def test_survives_script_flush(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    await adm.admit(w.apps[0], "web", "u1")
+    await single.script_flush()
+    assert (await adm.admit(w.apps[0], "web", "u2")).units == 1
+
+
+async def test_redis_down_is_reported_distinctly_then_recovers(redis_server: RedisServer) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    clock, cfg = Clock(), settings(redis_timeout_s=0.5)
+    c = connect(redis_server.url, timeout=0.5)
+    try:
+        w = await seed(c, cfg, clock, free=10 * USD)
+        adm = admitter(c, cfg, clock)
+        await adm.admit(w.apps[0], "web", "u1")
+        redis_server.kill()
+        with pytest.raises(MeteringUnavailable):
+            await adm.admit(w.apps[0], "web", "u2")
+        redis_server.start()
+        # Data is gone (no persistence): the reconnected client sees an unknown app, not an error.
+        assert (await adm.admit(w.apps[0], "web", "u3")).code == Code.UNKNOWN_APP
+    finally:
+        await c.aclose()
+        if not redis_server.running:
+            redis_server.start()
+
+
+async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    ws = "wabc123"
+    made = [
+        keys.ws_key(ws), keys.app_key(ws, f"{ws}_a1"), keys.session_key(ws, f"{ws}_a1", "c", "u"),
+        keys.idem_key(ws, f"{ws}_a1", "k"), keys.agg_key(ws, 60), keys.events_key(ws),
+        *keys.rate_keys(ws, f"{ws}_a1"), keys.apps_key(ws),
+    ]
+    assert len({key_slot(k.encode()) for k in made}) == 1
