@@ -70,11 +70,11 @@ class Settings(BaseSettings):
     catalog_path: str | None = None
 
     # Plans and credits.
-    free_credits: Micros = "500.00"
+    free_credits: Micros = Field("500.00", validate_default=True)
     free_credit_validity_s: Seconds = 90 * DAY
-    low_balance_threshold: Micros = "50.00"
-    topup_min: Micros = "100.00"
-    topup_max: Micros = "20000.00"
+    low_balance_threshold: Micros = Field("50.00", validate_default=True)
+    topup_min: Micros = Field("100.00", validate_default=True)
+    topup_max: Micros = Field("20000.00", validate_default=True)
     deduction_order: Literal["free_first", "paid_first"] = "free_first"
 
     # Sessions and limits.

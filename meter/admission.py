@@ -17,6 +17,7 @@ from enum import IntEnum
 from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
 
 from config import Settings
 from meter import keys
@@ -143,7 +144,9 @@ class Admitter:
             int(s.rate_hour_window_s * 1000),
         )
         # A charge record without a channel key lives as long as the bot may take.
-        self._refund_ttl_ms = int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000) + 60_000
+        self._refund_ttl_ms = (
+            int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000) + 60_000
+        )
 
     def new_token(self) -> str:
         """A token unique to this process and attempt."""
@@ -208,7 +211,12 @@ class Admitter:
     async def _send(self, send: list[tuple[str, list[_Pending]]]) -> None:
         try:
             now = self._clock()
-            head = [int(now * 1000), *self._static, billing_period(now), self._refund_ttl_ms]
+            head: list[EncodableT] = [
+                int(now * 1000),
+                *self._static,
+                billing_period(now),
+                self._refund_ttl_ms,
+            ]
             try:
                 results = await asyncio.wait_for(self._execute(head, send), self._timeout)
             except (RedisError, OSError, TimeoutError) as exc:
@@ -225,10 +233,14 @@ class Admitter:
             if self._pending and not self._scheduled:
                 self._dispatch()
 
-    async def _execute(self, head: list[object], send: list[tuple[str, list[_Pending]]]) -> list[Any]:
+    async def _execute(
+        self, head: list[EncodableT], send: list[tuple[str, list[_Pending]]]
+    ) -> list[Any]:
         if len(send) == 1:
             ws, chunk = send[0]
-            return [await self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)])]
+            return [
+                await self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)])
+            ]
         # Several workspaces: one pipelined round trip. redis-py's pipeline would check
         # SCRIPT EXISTS on every execute, so NOSCRIPT is handled here instead.
         sha = self._admit.sha

@@ -35,3 +35,26 @@ class MeteringUnavailable(MeterError):
     def __init__(self, message: str, *, ambiguous: bool) -> None:
         super().__init__(message)
         self.ambiguous = ambiguous
+
+
+class Unauthorized(MeterError):
+    """No credentials, or credentials that match no user (HTTP 401)."""
+
+
+class Forbidden(MeterError):
+    """The caller can see the resource but its role may not do this (HTTP 403)."""
+
+    def __init__(
+        self, message: str = "your role may not do this", *, code: str = "forbidden"
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Conflict(MeterError):
+    """The request contradicts the current state (HTTP 409), e.g. a reused reference."""
+
+    def __init__(self, message: str, *, code: str = "conflict", field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field

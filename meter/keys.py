@@ -7,16 +7,17 @@ are mirrored in ``meter/lua/*.lua`` and must change together with this module.
 
 Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 
-``P:ws``              hash   workspace: ``type`` standard|enterprise, ``free`` free micro-dollars
-                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``, ``paid`` shared
-                             pool, ``u:<product>``/``p:<product>`` unit and price, ``np`` notification
-                             price, ``l:<product>`` licence ``limit,per_minute,per_hour`` (enterprise),
-                             ``low`` 1 while under the low-balance threshold, ``fx`` 1 once the
-                             free-exhausted event fired, ``pz`` 1 while paid funds are zero.
-``P:a:<app>``         hash   app: ``product``, ``owner``, ``use_free`` 0|1, ``suspended`` 0|1,
-                             ``paid`` app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
+``P:ws``              hash   workspace: ``type`` standard|enterprise; ``free`` free credit
+                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``; ``paid``
+                             shared pool, ``apaid`` sum of app-tied funds; ``u:<product>`` and
+                             ``p:<product>`` unit and price, ``np`` notification price;
+                             ``l:<product>`` licence ``limit,per_minute,per_hour``; ``seq`` id
+                             counter; ``low`` 1 once the low-balance alert fired.
+``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``paid``
+                             app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
                              ``v`` config version, ``up`` upstream url.
-``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total, ``h`` head.
+``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
+                             ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.
 ``P:s:<app>:<ch>:<user>`` string live conversation state ``conv_start,last,blocks,bsid,bucket``.
 ``P:i:<app>:<key>``   string idempotency record of an admitted message (the original decision).
@@ -32,7 +33,10 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:g:<reference>``   string idempotency marker of a grant (free credits, funds added).
 ``P:apps``            set    app ids of the workspace.
 ``P:c:<kind>:<bucket_s>:<gen>`` a claimed bucket (``kind`` = ``ag``|``sr``|``ev``) awaiting ack.
-``P:lease:<kind>:<bucket_s>`` string the flusher currently holding that claim.
+``P:lease:<kind>:<bucket_s>`` string the flusher currently holding that claim (PX lease).
+``P:cl``              hash   outstanding claims: ``<kind>:<bucket_s>`` -> gen, until acked
+                             (how a restarted flusher finds a crashed one's claims).
+                             The events list is claimed as bucket ``0``.
 """
 
 from __future__ import annotations
@@ -119,3 +123,17 @@ def apps_key(ws: str) -> str:
 
 def grant_marker_key(ws: str, reference: str) -> str:
     return f"{ws_prefix(ws)}:g:{reference}"
+
+
+def claim_key(ws: str, kind: str, bucket_s: int, gen: int) -> str:
+    """A claimed bucket (``kind`` = ``ag``|``sr``|``ev``), immutable until acked."""
+    return f"{ws_prefix(ws)}:c:{kind}:{bucket_s}:{gen}"
+
+
+def lease_key(ws: str, kind: str, bucket_s: int) -> str:
+    return f"{ws_prefix(ws)}:lease:{kind}:{bucket_s}"
+
+
+def claims_key(ws: str) -> str:
+    """Hash of outstanding claims ``<kind>:<bucket_s>`` -> gen."""
+    return f"{ws_prefix(ws)}:cl"

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from redis.typing import EncodableT, FieldT
+
 from config import Catalog
 from config.catalog import PRODUCTS
 from meter import keys
@@ -41,8 +43,8 @@ class Balances:
     app_paid: dict[str, int]
 
 
-def _s(v: bytes | None) -> str:
-    return v.decode() if v is not None else ""
+def _s(v: bytes | str | None) -> str:
+    return v.decode() if isinstance(v, bytes) else (v or "")
 
 
 async def put_workspace(
@@ -56,7 +58,7 @@ async def put_workspace(
     """Write a workspace's plan, prices and licences (balances are left alone)."""
     if not keys.ID_RE.match(ws):
         raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
-    fields: dict[str, str | int] = {"type": plan}
+    fields: dict[FieldT, EncodableT] = {"type": plan}
     for product in PRODUCTS:
         price = catalog.price(plan, product)
         fields[f"u:{product}"] = price.unit
@@ -97,7 +99,7 @@ async def put_app(
     if not await client.exists(keys.ws_key(ws)):
         raise NotFound("workspace", ws)
     ak = keys.app_key(ws, app_id)
-    fields: dict[str, str | int] = {
+    fields: dict[FieldT, EncodableT] = {
         "product": product,
         "use_free": int(use_free_credits),
         "suspended": int(suspended),

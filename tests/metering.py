@@ -61,7 +61,11 @@ async def seed(
     """A workspace with one app per product, ``free`` free credits and ``pool`` paid funds."""
     ws = new_ws_id()
     await projection.put_workspace(
-        client, ws, plan=plan, catalog=load_catalog(), licences=licences  # type: ignore[arg-type]
+        client,
+        ws,
+        plan=plan,
+        catalog=load_catalog(),
+        licences=licences,  # type: ignore[arg-type]
     )
     out = Workspace(ws)
     for product in products:
@@ -81,7 +85,11 @@ async def seed(
         )
     if pool:
         await projection.grant(
-            client, ws, reference="pool", kind="funds", amount=pool,
+            client,
+            ws,
+            reference="pool",
+            kind="funds",
+            amount=pool,
             low_threshold=cfg.low_balance_threshold,
         )
     return out

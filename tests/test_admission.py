@@ -155,7 +155,11 @@ async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
     assert "free_credits.expired" in await events(client, w.ws)
     # Paid funds serve once the free credits are gone.
     await projection.grant(
-        client, w.ws, reference="topup-1", kind="funds", amount=100 * USD,
+        client,
+        w.ws,
+        reference="topup-1",
+        kind="funds",
+        amount=100 * USD,
         low_threshold=cfg.low_balance_threshold,
     )
     d = await adm.admit(w.apps[0], "web", "b")
@@ -168,7 +172,12 @@ async def test_deduction_order_and_app_funds(single: RedisClient, order: str) ->
     clock, cfg = Clock(), settings(deduction_order=order)
     w = await seed(single, cfg, clock, free=PRICE // 2, pool=PRICE)
     await projection.grant(
-        single, w.ws, reference="app-funds", kind="funds", amount=PRICE // 4, app_id=w.apps[0],
+        single,
+        w.ws,
+        reference="app-funds",
+        kind="funds",
+        amount=PRICE // 4,
+        app_id=w.apps[0],
         low_threshold=cfg.low_balance_threshold,
     )
     d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
@@ -330,12 +339,21 @@ async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
     with pytest.raises(InvalidInput):
         await adm.admit(w.apps[0], "web", "u", "k" * 300)
     with pytest.raises(InvalidInput):
-        await projection.grant(single, w.ws, reference="r", kind="funds", amount=-5, low_threshold=1)
-    with pytest.raises(NotFound):
-        await projection.grant(single, "nows1234", reference="r", kind="funds", amount=5, low_threshold=1)
+        await projection.grant(
+            single, w.ws, reference="r", kind="funds", amount=-5, low_threshold=1
+        )
     with pytest.raises(NotFound):
         await projection.grant(
-            single, w.ws, reference="r2", kind="funds", amount=5, app_id=f"{w.ws}_zz99",
+            single, "nows1234", reference="r", kind="funds", amount=5, low_threshold=1
+        )
+    with pytest.raises(NotFound):
+        await projection.grant(
+            single,
+            w.ws,
+            reference="r2",
+            kind="funds",
+            amount=5,
+            app_id=f"{w.ws}_zz99",
             low_threshold=1,
         )
     for bad in ("-5", "1e3", "NaN", "Infinity", "1,000", " 1", "", "0x10", "1.0000001"):
@@ -382,8 +400,13 @@ async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
 
     ws = "wabc123"
     made = [
-        keys.ws_key(ws), keys.app_key(ws, f"{ws}_a1"), keys.session_key(ws, f"{ws}_a1", "c", "u"),
-        keys.idem_key(ws, f"{ws}_a1", "k"), keys.agg_key(ws, 60), keys.events_key(ws),
-        *keys.rate_keys(ws, f"{ws}_a1"), keys.apps_key(ws),
+        keys.ws_key(ws),
+        keys.app_key(ws, f"{ws}_a1"),
+        keys.session_key(ws, f"{ws}_a1", "c", "u"),
+        keys.idem_key(ws, f"{ws}_a1", "k"),
+        keys.agg_key(ws, 60),
+        keys.events_key(ws),
+        *keys.rate_keys(ws, f"{ws}_a1"),
+        keys.apps_key(ws),
     ]
     assert len({key_slot(k.encode()) for k in made}) == 1

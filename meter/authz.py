@@ -1,0 +1,198 @@
+"""Who may do what in the admin API (DESIGN §3).
+
+Callers authenticate with ``Authorization: Bearer <token>``: the operator token from the
+settings, or a user token (stored only as its SHA-256 hash). Then each rule names the
+roles allowed to act:
+
+* workspace rules: ``operator``, ``owner`` (the workspace owner), ``member``, and
+  ``app_owner`` (a member who owns at least one app of the workspace);
+* app rules: ``operator``, ``workspace_owner``, ``app_owner``, ``collaborator``, ``member``.
+
+Semantics: no or unknown token is :class:`Unauthorized` (401); a workspace is visible to
+the operator and its members, an app also to its collaborators; what is not visible is
+:class:`NotFound` (404) even when it exists; visible but not allowed is :class:`Forbidden`
+(403).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from meter.errors import Forbidden, NotFound, Unauthorized
+from meter.store import App, Store, Workspace
+
+WsAction = Literal[
+    "workspace.read",
+    "members.add",
+    "apps.create",
+    "funds.add",
+    "upgrade",
+    "upgrade_requests.create",
+    "plan_usage.read",
+    "usage.read",
+    "webhook.set",
+]
+AppAction = Literal["app.read", "app.update", "collaborators.add", "app.transfer"]
+
+WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
+    "workspace.read": frozenset({"member"}),
+    "members.add": frozenset({"owner"}),
+    "apps.create": frozenset({"member"}),
+    "funds.add": frozenset({"owner"}),
+    "upgrade": frozenset({"operator"}),
+    "upgrade_requests.create": frozenset({"owner"}),
+    "plan_usage.read": frozenset({"owner", "operator"}),
+    "usage.read": frozenset({"owner", "operator", "app_owner"}),
+    "webhook.set": frozenset({"owner"}),
+}
+APP_RULES: dict[AppAction, frozenset[str]] = {
+    "app.read": frozenset({"app_owner", "workspace_owner"}),
+    "app.update": frozenset({"app_owner", "workspace_owner"}),
+    "collaborators.add": frozenset({"app_owner", "workspace_owner"}),
+    "app.transfer": frozenset({"app_owner", "workspace_owner"}),
+}
+
+TOKEN_PREFIX = "cgu_"
+MAX_TOKEN_LEN = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: the platform operator or one user."""
+
+    user_id: str | None
+    operator: bool = False
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller."""
+        return "operator" if self.operator else f"user:{self.user_id}"
+
+
+OPERATOR = Principal(user_id=None, operator=True)
+
+
+def new_token() -> str:
+    """A fresh user token (shown once; only its hash is stored)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header, or :class:`Unauthorized`."""
+    if not header:
+        raise Unauthorized("missing Authorization: Bearer <token>")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LEN:
+        raise Unauthorized("malformed Authorization header; expected Bearer <token>")
+    return token
+
+
+async def authenticate(store: Store, operator_token: str | None, header: str | None) -> Principal:
+    """Resolve the caller of a request from its ``Authorization`` header."""
+    token = bearer(header)
+    if operator_token and hmac.compare_digest(token.encode(), operator_token.encode()):
+        return OPERATOR
+    digest = token_hash(token)
+    user = await store.get_user_by_token_hash(digest)
+    if user is None or not hmac.compare_digest(user.token_hash, digest):
+        raise Unauthorized("unknown or revoked token")
+    return Principal(user_id=user.id)
+
+
+def require_operator(principal: Principal) -> None:
+    if not principal.operator:
+        raise Forbidden("only platform operators may do this")
+
+
+def require_user(principal: Principal) -> str:
+    """The caller's user id; operators act through the internal tool, not as users."""
+    if principal.user_id is None:
+        raise Forbidden("this needs a user token, not the operator token")
+    return principal.user_id
+
+
+async def workspace_roles(store: Store, principal: Principal, ws_id: str) -> tuple[Workspace, set[str]]:
+    """The workspace and the caller's roles in it; :class:`NotFound` if not visible."""
+    ws = await store.get_workspace(ws_id)
+    if ws is None:
+        raise NotFound("workspace", ws_id)
+    if principal.operator:
+        return ws, {"operator"}
+    uid = principal.user_id or ""
+    if not await store.is_member(ws_id, uid):
+        raise NotFound("workspace", ws_id)
+    roles = {"member"}
+    if ws.owner_id == uid:
+        roles.add("owner")
+    if await store.list_apps(ws_id, owner_id=uid):
+        roles.add("app_owner")
+    return ws, roles
+
+
+async def authorize_workspace(
+    store: Store, principal: Principal, ws_id: str, action: WsAction
+) -> tuple[Workspace, set[str]]:
+    """Check ``action`` on a workspace; returns it with the caller's roles."""
+    ws, roles = await workspace_roles(store, principal, ws_id)
+    if not roles & WORKSPACE_RULES[action]:
+        raise Forbidden(f"your role in workspace {ws_id} may not do this ({action})")
+    return ws, roles
+
+
+async def app_roles(store: Store, principal: Principal, app_id: str) -> tuple[App, set[str]]:
+    """The app and the caller's roles on it; :class:`NotFound` if not visible."""
+    app = await store.get_app(app_id)
+    if app is None:
+        raise NotFound("app", app_id)
+    if principal.operator:
+        return app, {"operator"}
+    uid = principal.user_id or ""
+    roles: set[str] = set()
+    if await store.is_member(app.workspace_id, uid):
+        roles.add("member")
+        ws = await store.get_workspace(app.workspace_id)
+        if ws is not None and ws.owner_id == uid:
+            roles.add("workspace_owner")
+        if app.owner_id == uid:
+            roles.add("app_owner")
+    if await store.get_collaborator_role(app_id, uid) is not None:
+        roles.add("collaborator")
+    if not roles:
+        raise NotFound("app", app_id)
+    return app, roles
+
+
+async def authorize_app(
+    store: Store, principal: Principal, app_id: str, action: AppAction
+) -> tuple[App, set[str]]:
+    """Check ``action`` on an app; returns it with the caller's roles."""
+    app, roles = await app_roles(store, principal, app_id)
+    if not roles & APP_RULES[action]:
+        raise Forbidden(f"your role on app {app_id} may not do this ({action})")
+    return app, roles
+
+
+async def usage_scope(
+    store: Store, principal: Principal, ws_id: str, app_id: str | None
+) -> list[str] | None:
+    """Apps whose usage the caller may read (``None``: all of the workspace).
+
+    The owner and operators see everything; an app owner only the apps they own, and
+    asking for another app's usage is :class:`Forbidden`.
+    """
+    _, roles = await authorize_workspace(store, principal, ws_id, "usage.read")
+    if roles & {"owner", "operator"}:
+        return None
+    own = [a.id for a in await store.list_apps(ws_id, owner_id=principal.user_id or "")]
+    if app_id is not None and app_id not in own:
+        raise Forbidden(f"you may read the usage of your own apps only, not {app_id}")
+    return own

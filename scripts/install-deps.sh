@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install everything creditgate's tests (and, with --bench, its benchmarks) need.
+#
+# Idempotent: runs `apt-get update` at most once and only when a package is
+# missing, and skips the pip step while .venv/.stamp is newer than pyproject.toml.
+# Meant to run as root on Debian 12 (CI, dev machines); as non-root it uses sudo
+# for apt-get when available.
+#
+#   scripts/install-deps.sh           # test dependencies
+#   scripts/install-deps.sh --bench   # + wrk and nginx-light
+set -euo pipefail
+
+BENCH=0
+for arg in "$@"; do
+    case "$arg" in
+        --bench) BENCH=1 ;;
+        -h | --help)
+            sed -n '2,11p' "$0"
+            exit 0
+            ;;
+        *)
+            echo "install-deps: unknown argument: $arg" >&2
+            exit 2
+            ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'install-deps: %s\n' "$*"; }
+
+# ---------------------------------------------------------------- system packages
+missing=()
+command -v redis-server > /dev/null 2>&1 && command -v redis-cli > /dev/null 2>&1 ||
+    missing+=(redis-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' > /dev/null || missing+=(postgresql)
+command -v psql > /dev/null 2>&1 || missing+=(postgresql-client)
+command -v promtool > /dev/null 2>&1 || missing+=(prometheus)
+# Debian's python3 lacks ensurepip/venv unless python3-venv is installed.
+if [[ ! -x .venv/bin/python ]] && ! "$PYTHON" -c 'import ensurepip, venv' > /dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if ((BENCH)); then
+    command -v wrk > /dev/null 2>&1 || missing+=(wrk)
+    command -v nginx > /dev/null 2>&1 || missing+=(nginx-light)
+fi
+
+if ((${#missing[@]})); then
+    SUDO=()
+    if ((EUID != 0)); then
+        command -v sudo > /dev/null 2>&1 || {
+            echo "install-deps: need root to install: ${missing[*]}" >&2
+            exit 1
+        }
+        SUDO=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep the packages' own services (redis on 6379, postgres on 5432, prometheus
+    # on 9090) from starting: the tests start their own servers on free ports.
+    if [[ ! -e /usr/sbin/policy-rc.d ]] && ((EUID == 0)); then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    log "apt-get update (missing: ${missing[*]})"
+    "${SUDO[@]}" apt-get update -qq
+    log "apt-get install ${missing[*]}"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+else
+    log "system packages present"
+fi
+
+# -------------------------------------------------------------------- python venv
+if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+if [[ -f .venv/.stamp && .venv/.stamp -nt pyproject.toml ]]; then
+    log ".venv up to date"
+else
+    log "pip install -e '.[dev]'"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch .venv/.stamp
+fi
+log "done"
