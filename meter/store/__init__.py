@@ -1,0 +1,79 @@
+"""The durable store: source of truth for accounts, licences, the credit ledger, usage.
+
+``open_store(url)`` picks the backend from the URL:
+
+* ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` - embedded default;
+* ``postgresql://user@host:port/db`` (or ``postgres://``) - production, an asyncpg pool.
+
+Money is ``int`` micro-dollars and every time ``int`` epoch milliseconds (UTC), stored
+as ``BIGINT`` in both backends. Call ``await store.migrate()`` before first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from meter.store.base import Store
+from meter.store.errors import Conflict, NotFound, Retryable, StoreError
+from meter.store.models import (
+    App,
+    AuditEntry,
+    Collaborator,
+    FlushBatch,
+    LedgerEntry,
+    Licence,
+    OutboxEvent,
+    PoolTotals,
+    SessionRow,
+    UpgradeRequest,
+    UsagePoint,
+    UsageRow,
+    User,
+    Workspace,
+    now_ms,
+)
+
+__all__ = [
+    "App",
+    "AuditEntry",
+    "Collaborator",
+    "Conflict",
+    "FlushBatch",
+    "LedgerEntry",
+    "Licence",
+    "NotFound",
+    "OutboxEvent",
+    "PoolTotals",
+    "Retryable",
+    "SessionRow",
+    "Store",
+    "StoreError",
+    "UpgradeRequest",
+    "UsagePoint",
+    "UsageRow",
+    "User",
+    "Workspace",
+    "now_ms",
+    "open_store",
+]
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """A store for ``url``; nothing is opened until first use or ``await store.connect()``.
+
+    ``options`` go to the backend: ``busy_timeout_s`` (SQLite); ``min_size``,
+    ``max_size``, ``command_timeout`` (PostgreSQL pool).
+    """
+    if url.startswith("sqlite://"):
+        from meter.store.sqlite import SqliteStore
+
+        path = unquote(url.removeprefix("sqlite://").split("?", 1)[0])
+        if not path.startswith("/") or len(path) < 2:
+            raise ValueError(f"store URL {url!r}: expected sqlite:///path/to/file.db")
+        return SqliteStore(path[1:], **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        from meter.store.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise ValueError(f"store URL {url!r}: expected sqlite:///... or postgresql://...")

@@ -1,0 +1,23 @@
+"""The :class:`Store`: the one async interface of the durable store.
+
+Backends (:mod:`meter.store.sqlite`, :mod:`meter.store.postgres`) subclass it and
+provide connections and migrations; everything else is shared, portable SQL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+
+from meter.store.accounts import Accounts
+from meter.store.flush import Flush
+from meter.store.ledger import Ledger
+from meter.store.outbox import Outbox
+from meter.store.usage import Usage
+
+
+class Store(Accounts, Ledger, Flush, Usage, Outbox, ABC):
+    """Durable store: accounts, ledger, usage, billing sessions, audit log, outbox.
+
+    Open one with :func:`meter.store.open_store`; connections open lazily on first use
+    (or ``await store.connect()``, or ``async with open_store(url) as store``).
+    """

@@ -1,0 +1,136 @@
+"""What every backend provides: connections that run portable SQL.
+
+SQL in ``meter.store`` is written once, with ``?`` placeholders, in the subset that
+SQLite >= 3.35 and PostgreSQL >= 13 share (``ON CONFLICT ... DO UPDATE``, ``RETURNING``,
+row values, partial indexes). The PostgreSQL connection rewrites ``?`` to ``$n``.
+The only dialect-specific pieces are the functions named by :attr:`StoreCore.greatest`
+and :attr:`StoreCore.least`, :attr:`StoreCore.skip_locked`, the migration lock and the
+bulk upserts of a flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, Self, TypeVar
+
+import orjson
+
+from meter.store.errors import Retryable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Row(Protocol):
+    """A result row addressable by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+
+class Conn(ABC):
+    """One connection (inside a transaction when obtained from ``transaction()``)."""
+
+    @abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each parameter tuple."""
+
+    @abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+
+def dumps(value: Any) -> str | None:
+    """A JSON column value (``None`` stays SQL NULL)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def loads(value: Any) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+class StoreCore(ABC):
+    """Connection management shared by the store's parts; backends implement it."""
+
+    dialect: ClassVar[str]
+    greatest: ClassVar[str]  # two-argument max() as a scalar SQL function
+    least: ClassVar[str]
+    skip_locked: ClassVar[str]  # appended to a SELECT that claims rows for an update
+    url: str
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Conn]:
+        """A write transaction (on SQLite it holds the database write lock from the start)."""
+
+    @abstractmethod
+    def connection(self) -> AbstractAsyncContextManager[Conn]:
+        """An autocommit connection for reads and single statements."""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the connection(s); called lazily by the first operation."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply missing migration steps in order; return the versions applied now."""
+
+    async def ping(self, wait_s: float = 5.0) -> bool:
+        """``True`` when the database answers a trivial query within ``wait_s`` seconds."""
+        try:
+            async with asyncio.timeout(wait_s), self.connection() as conn:
+                return bool(await conn.fetchval("SELECT 1 AS ok") == 1)
+        except Exception:
+            log.debug("store ping failed", exc_info=True)
+            return False
+
+    async def schema_version(self) -> int:
+        """The highest applied migration (0 on an empty database)."""
+        async with self.connection() as conn:
+            exists = await conn.fetchval(_TABLE_EXISTS[self.dialect])
+            if not exists:
+                return 0
+            return int(await conn.fetchval("SELECT MAX(version) AS v FROM schema_migrations") or 0)
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+        """Run ``fn`` again when it lost a deadlock or serialization race."""
+        for attempt in range(attempts):
+            try:
+                return await fn()
+            except Retryable:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+_TABLE_EXISTS = {
+    "sqlite": "SELECT 1 AS x FROM sqlite_master WHERE name = 'schema_migrations'",
+    "postgresql": "SELECT to_regclass('schema_migrations') IS NOT NULL AS x",
+}

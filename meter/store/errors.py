@@ -1,0 +1,19 @@
+"""Exceptions of the durable store (the same for every backend)."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The store failed (unreachable, misconfigured, or an unexpected database error)."""
+
+
+class Conflict(StoreError):
+    """A row with the same unique key already exists (id, email, token hash, ...)."""
+
+
+class NotFound(StoreError):
+    """A referenced row (workspace, user, app) does not exist."""
+
+
+class Retryable(StoreError):
+    """A transient conflict between concurrent transactions (deadlock, serialization)."""

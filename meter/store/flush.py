@@ -1,0 +1,235 @@
+"""The exactly-once write path of the flusher: one batch, one transaction.
+
+``write_flush_batch`` first inserts the batch id into ``flush_batches``; if that id is
+already there the transaction does nothing else and the call returns ``False``, so a
+re-flush after a crash (or a second flusher racing for the same claim) is a no-op.
+
+Merge rules, for rows of the same key coming from different batches (a late write after
+a claim produces a second batch for the same bucket) or repeated within one batch:
+
+* usage rows, key ``(workspace, bucket_start, app, channel, product, unit)``: every counter
+  (units, messages, the four amounts, each refusal reason) is **added**;
+* session rows, key ``(workspace, id)``: ``start_ms`` takes the minimum, ``end_ms`` and
+  ``messages`` the maximum; ``amount`` (and ``seq``) come from the snapshot with the
+  higher ``seq``, and on equal ``seq`` from the one written last (the newest batch, or the
+  later row within a batch). ``app_id``, ``channel``, ``channel_user`` and ``product``
+  never change once written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from meter.store.db import Conn, StoreCore
+from meter.store.ledger import insert_ledger_entries, ledger_params
+from meter.store.models import (
+    REFUSAL_REASONS,
+    FlushBatch,
+    LedgerEntry,
+    OutboxEvent,
+    SessionRow,
+    UsageRow,
+    normalise_refused,
+    now_ms,
+)
+from meter.store.outbox import insert_events
+
+USAGE_KEY = ("workspace_id", "bucket_start", "app_id", "channel", "product", "unit")
+USAGE_COUNTERS = (
+    "units",
+    "messages",
+    "amount_free",
+    "amount_app",
+    "amount_pool",
+    "amount_invoiced",
+    *(f"refused_{r}" for r in REFUSAL_REASONS),
+)
+USAGE_COLUMNS = (*USAGE_KEY, *USAGE_COUNTERS)
+SESSION_COLUMNS = (
+    "workspace_id",
+    "id",
+    "app_id",
+    "channel",
+    "channel_user",
+    "product",
+    "start_ms",
+    "end_ms",
+    "messages",
+    "amount",
+    "seq",
+)
+
+
+def usage_upsert_tail() -> str:
+    sets = ", ".join(f"{c} = usage_buckets.{c} + excluded.{c}" for c in USAGE_COUNTERS)
+    return f"ON CONFLICT ({', '.join(USAGE_KEY)}) DO UPDATE SET {sets}"
+
+
+def session_upsert_tail(greatest: str, least: str) -> str:
+    t = "billing_sessions"
+    return (
+        "ON CONFLICT (workspace_id, id) DO UPDATE SET "
+        f"start_ms = {least}({t}.start_ms, excluded.start_ms), "
+        f"end_ms = {greatest}({t}.end_ms, excluded.end_ms), "
+        f"messages = {greatest}({t}.messages, excluded.messages), "
+        f"amount = CASE WHEN excluded.seq >= {t}.seq THEN excluded.amount ELSE {t}.amount END, "
+        f"seq = {greatest}({t}.seq, excluded.seq)"
+    )
+
+
+def merge_usage(workspace_id: str, rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
+    """Rows as column tuples (:data:`USAGE_COLUMNS`), duplicates summed, sorted by key."""
+    merged: dict[tuple[int, str, str, str, str], list[int]] = {}
+    width = len(USAGE_COUNTERS)
+    for row in rows:
+        if row.workspace_id != workspace_id:
+            raise ValueError(f"usage row of workspace {row.workspace_id!r} in another batch")
+        refused = normalise_refused(row.refused)
+        counters = (
+            row.units,
+            row.messages,
+            row.amount_free,
+            row.amount_app,
+            row.amount_pool,
+            row.amount_invoiced,
+            *(refused.get(r, 0) for r in REFUSAL_REASONS),
+        )
+        acc = merged.setdefault(row.key, [0] * width)
+        for i, v in enumerate(counters):
+            acc[i] += int(v)
+    return [(workspace_id, *key, *merged[key]) for key in sorted(merged)]
+
+
+def merge_sessions(workspace_id: str, rows: Sequence[SessionRow]) -> list[tuple[Any, ...]]:
+    """Rows as column tuples (:data:`SESSION_COLUMNS`), merged per id, sorted by id."""
+    merged: dict[str, SessionRow] = {}
+    for row in rows:
+        if row.workspace_id != workspace_id:
+            raise ValueError(f"session row of workspace {row.workspace_id!r} in another batch")
+        old = merged.get(row.id)
+        if old is None:
+            merged[row.id] = row
+            continue
+        newer = row if row.seq >= old.seq else old
+        merged[row.id] = SessionRow(
+            workspace_id=workspace_id,
+            id=row.id,
+            app_id=old.app_id,
+            channel=old.channel,
+            channel_user=old.channel_user,
+            product=old.product,
+            start_ms=min(old.start_ms, row.start_ms),
+            end_ms=max(old.end_ms, row.end_ms),
+            messages=max(old.messages, row.messages),
+            amount=newer.amount,
+            seq=max(old.seq, row.seq),
+        )
+    return [
+        (
+            workspace_id,
+            s.id,
+            s.app_id,
+            s.channel,
+            s.channel_user,
+            s.product,
+            int(s.start_ms),
+            int(s.end_ms),
+            int(s.messages),
+            int(s.amount),
+            int(s.seq),
+        )
+        for s in (merged[k] for k in sorted(merged))
+    ]
+
+
+class Flush(StoreCore):
+    async def write_flush_batch(
+        self,
+        batch_id: str,
+        workspace_id: str,
+        kind: str,
+        bucket_start: int,
+        *,
+        usage_rows: Sequence[UsageRow] = (),
+        session_rows: Sequence[SessionRow] = (),
+        ledger_entries: Sequence[LedgerEntry] = (),
+        outbox_events: Sequence[OutboxEvent] = (),
+        flushed_at: int | None = None,
+    ) -> bool:
+        """Write one claimed batch exactly once (see the module doc for merge rules).
+
+        Returns ``True`` when this call committed the batch, ``False`` when a batch with
+        this id was already committed (nothing is written). Ledger entries and outbox
+        events already present (same reference / event id) are skipped, not duplicated.
+        """
+        usage = merge_usage(workspace_id, usage_rows)
+        sessions = merge_sessions(workspace_id, session_rows)
+        for entry in ledger_entries:
+            ledger_params(entry)  # validate before the transaction
+            if entry.workspace_id != workspace_id:
+                raise ValueError("ledger entry of another workspace in the batch")
+        if any(e.workspace_id != workspace_id for e in outbox_events):
+            raise ValueError("outbox event of another workspace in the batch")
+        count = len(usage_rows) + len(session_rows) + len(ledger_entries) + len(outbox_events)
+        at = now_ms() if flushed_at is None else flushed_at
+
+        async def attempt() -> bool:
+            async with self.transaction() as c:
+                claimed = await c.execute(
+                    "INSERT INTO flush_batches (id, workspace_id, kind, bucket_start, rows, "
+                    "flushed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    batch_id,
+                    workspace_id,
+                    kind,
+                    bucket_start,
+                    count,
+                    at,
+                )
+                if not claimed:
+                    return False
+                if usage:
+                    await self._upsert_usage(c, usage)
+                if sessions:
+                    await self._upsert_sessions(c, sessions)
+                await insert_ledger_entries(c, ledger_entries)
+                await insert_events(c, outbox_events)
+                return True
+
+        return await self._retry(attempt)
+
+    async def get_flush_batch(self, batch_id: str) -> FlushBatch | None:
+        """The committed batch with this id, if any (lets a flusher ack after a crash)."""
+        async with self.connection() as c:
+            r = await c.fetchrow(
+                "SELECT id, workspace_id, kind, bucket_start, rows, flushed_at "
+                "FROM flush_batches WHERE id = ?",
+                batch_id,
+            )
+        if r is None:
+            return None
+        return FlushBatch(
+            r["id"],
+            r["workspace_id"],
+            r["kind"],
+            int(r["bucket_start"]),
+            int(r["rows"]),
+            int(r["flushed_at"]),
+        )
+
+    async def _upsert_usage(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        """Portable bulk path: one upsert per row via ``executemany``."""
+        marks = ", ".join("?" for _ in USAGE_COLUMNS)
+        await c.executemany(
+            f"INSERT INTO usage_buckets ({', '.join(USAGE_COLUMNS)}) VALUES ({marks}) "
+            + usage_upsert_tail(),
+            rows,
+        )
+
+    async def _upsert_sessions(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        marks = ", ".join("?" for _ in SESSION_COLUMNS)
+        await c.executemany(
+            f"INSERT INTO billing_sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({marks}) "
+            + session_upsert_tail(self.greatest, self.least),
+            rows,
+        )

@@ -1,0 +1,275 @@
+"""Typed rows of the durable store.
+
+Conventions, the same in both backends:
+
+* money is ``int`` micro-dollars (signed where a row can take money away);
+* every time is ``int`` epoch **milliseconds** (UTC), stored as ``BIGINT``;
+* JSON values (``detail``, ``payload``, audit ``before``/``after``) are plain dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+WorkspaceType = Literal["standard", "enterprise"]
+Role = Literal["developer", "tester", "viewer"]
+LedgerKind = Literal["grant_free", "lapse", "topup", "refund_adjust", "reconcile"]
+Pool = Literal["free", "paid"]
+Granularity = Literal["hour", "day", "week", "month"]
+
+WORKSPACE_TYPES: tuple[str, ...] = ("standard", "enterprise")
+ROLES: tuple[str, ...] = ("developer", "tester", "viewer")
+LEDGER_KINDS: tuple[str, ...] = ("grant_free", "lapse", "topup", "refund_adjust", "reconcile")
+POOLS: tuple[str, ...] = ("free", "paid")
+GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+APP_FIELDS: frozenset[str] = frozenset(
+    {"name", "owner_id", "upstream_url", "use_free_credits", "suspended"}
+)
+# Refusal reasons kept as one counter column each (``refused_<reason>``); a reason not in
+# this list is counted under ``other`` rather than dropped.
+REFUSAL_REASONS: tuple[str, ...] = (
+    "unknown_app",
+    "credits_exhausted",
+    "free_credits_expired",
+    "product_not_licensed",
+    "app_suspended",
+    "rate_limited",
+    "usage_limit_reached",
+    "metering_unavailable",
+    "other",
+)
+
+
+def now_ms() -> int:
+    """The current time as epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def normalise_refused(refused: Mapping[str, int]) -> dict[str, int]:
+    """Fold ``refused`` onto :data:`REFUSAL_REASONS` (unknown reasons go to ``other``)."""
+    out: dict[str, int] = {}
+    for reason, count in refused.items():
+        key = reason if reason in REFUSAL_REASONS else "other"
+        out[key] = out.get(key, 0) + int(count)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str
+    name: str
+    token_hash: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    name: str
+    owner_id: str
+    created_at: int
+    type: WorkspaceType = "standard"
+    free_expires_at: int | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    id: str
+    workspace_id: str
+    name: str
+    product: str
+    owner_id: str
+    created_at: int
+    upstream_url: str | None = None
+    use_free_credits: bool = True
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Collaborator:
+    app_id: str
+    user_id: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Licence:
+    workspace_id: str
+    product: str
+    usage_limit: int
+    per_minute: int
+    per_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    id: str
+    workspace_id: str
+    products: tuple[str, ...]
+    created_at: int
+    message: str | None = None
+    status: Literal["open", "granted"] = "open"
+    granted_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One credit movement. ``reference`` is unique per workspace (idempotency key).
+
+    ``pool`` defaults from ``kind``: ``grant_free``/``lapse`` move free credits, every
+    other kind paid funds (``app_id`` set = funds tied to that app, else the shared pool).
+    """
+
+    workspace_id: str
+    kind: LedgerKind
+    amount: int
+    reference: str
+    created_at: int
+    app_id: str | None = None
+    pool: Pool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    @property
+    def resolved_pool(self) -> Pool:
+        if self.pool is not None:
+            return self.pool
+        return "free" if self.kind in ("grant_free", "lapse") else "paid"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTotals:
+    """Money per pool: free credits, the shared paid pool, and paid funds tied to apps."""
+
+    free: int = 0
+    shared: int = 0
+    apps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def paid(self) -> int:
+        return self.shared + sum(self.apps.values())
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Counters of one flush bucket for one ``(app, channel, product, unit)``."""
+
+    workspace_id: str
+    bucket_start: int
+    app_id: str
+    channel: str
+    product: str
+    unit: str
+    units: int = 0
+    messages: int = 0
+    amount_free: int = 0
+    amount_app: int = 0
+    amount_pool: int = 0
+    amount_invoiced: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, str, str, str, str]:
+        return (self.bucket_start, self.app_id, self.channel, self.product, self.unit)
+
+    @property
+    def amount(self) -> int:
+        return self.amount_free + self.amount_app + self.amount_pool + self.amount_invoiced
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One billing session (one started block of a conversation).
+
+    ``seq`` orders snapshots of the same session: see ``write_flush_batch``.
+    """
+
+    workspace_id: str
+    id: str
+    app_id: str
+    channel: str
+    channel_user: str
+    product: str
+    start_ms: int
+    end_ms: int
+    messages: int
+    amount: int
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePoint:
+    """Sums over one period of a usage series (or over a whole range, for totals)."""
+
+    start: int
+    units: dict[str, int] = field(default_factory=dict)  # by unit: session|request|...
+    messages: int = 0
+    amount_free: int = 0
+    amount_app: int = 0
+    amount_pool: int = 0
+    amount_invoiced: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sessions(self) -> int:
+        return self.units.get("session", 0)
+
+    @property
+    def requests(self) -> int:
+        return self.units.get("request", 0)
+
+    @property
+    def notifications(self) -> int:
+        return self.units.get("notification", 0)
+
+    @property
+    def total_units(self) -> int:
+        return sum(self.units.values())
+
+    @property
+    def amount(self) -> int:
+        """Everything charged: debited from credits plus counted for invoicing."""
+        return self.amount_free + self.amount_app + self.amount_pool + self.amount_invoiced
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    id: str
+    workspace_id: str
+    kind: str
+    bucket_start: int
+    rows: int
+    flushed_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: int
+    actor: str
+    action: str
+    target: str
+    before: Any = None
+    after: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An owner notification waiting for delivery; ``event_id`` makes enqueueing idempotent."""
+
+    workspace_id: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    created_at: int
+    id: int | None = None
+    attempts: int = 0
+    next_attempt_at: int | None = None
+    delivered_at: int | None = None
+    last_error: str | None = None

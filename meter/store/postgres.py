@@ -1,0 +1,189 @@
+"""PostgreSQL backend on an asyncpg pool.
+
+Portable ``?`` SQL is rewritten to ``$n``. A flush writes its usage and session rows
+with one ``INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT DO UPDATE`` each
+(one round trip per table, whatever the row count); rows arrive pre-merged and sorted
+by key, so concurrent flushes lock rows in the same order. Migrations run under a
+session advisory lock, so concurrent ``migrate()`` calls from any number of processes
+apply each step once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, cast
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from meter.store.base import Store
+from meter.store.db import Conn, Row
+from meter.store.errors import Conflict, NotFound, Retryable, StoreError
+from meter.store.flush import SESSION_COLUMNS, USAGE_COLUMNS, session_upsert_tail, usage_upsert_tail
+from meter.store.models import now_ms
+from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
+
+_MIGRATION_LOCK = 0x6372656469746761  # "creditga"
+_USAGE_TYPES = ("text", "bigint", "text", "text", "text", "text")  # then bigint counters
+_SESSION_TYPES = ("text", "text", "text", "text", "text", "text")  # then bigint numbers
+
+
+@functools.lru_cache(maxsize=2048)
+def to_pg(sql: str) -> str:
+    """Rewrite ``?`` placeholders (outside string literals) to ``$1, $2, ...``."""
+    out: list[str] = []
+    n = 0
+    quoted = False
+    for ch in sql:
+        if ch == "'":
+            quoted = not quoted
+        if ch == "?" and not quoted:
+            n += 1
+            out.append(f"${n}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(str(exc)) from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise NotFound(str(exc)) from exc
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+        raise Retryable(str(exc)) from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"postgresql: {exc}") from exc
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise StoreError(f"postgresql unreachable: {exc}") from exc
+
+
+def _rowcount(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class _PgConn(Conn):
+    def __init__(self, raw: asyncpg.Connection | PoolConnectionProxy) -> None:
+        self._raw = raw
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        with _errors():
+            return _rowcount(await self._raw.execute(to_pg(sql), *args))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with _errors():
+            await self._raw.executemany(to_pg(sql), rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        with _errors():
+            return cast(list[Row], await self._raw.fetch(to_pg(sql), *args))
+
+
+def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+    greatest = "GREATEST"
+    least = "LEAST"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self, dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0
+    ) -> None:
+        self.url = dsn
+        self._pool_args: dict[str, Any] = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "command_timeout": command_timeout,
+        }
+        self._pool: asyncpg.Pool | None = None
+        self._connect_lock = asyncio.Lock()
+        n_usage = len(USAGE_COLUMNS) - len(_USAGE_TYPES)
+        n_session = len(SESSION_COLUMNS) - len(_SESSION_TYPES)
+        self._usage_sql = (
+            _unnest_insert("usage_buckets", USAGE_COLUMNS, (*_USAGE_TYPES, *["bigint"] * n_usage))
+            + usage_upsert_tail()
+        )
+        self._session_sql = _unnest_insert(
+            "billing_sessions", SESSION_COLUMNS, (*_SESSION_TYPES, *["bigint"] * n_session)
+        ) + session_upsert_tail(self.greatest, self.least)
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            await self.connect()
+        assert self._pool is not None
+        return self._pool
+
+    async def connect(self) -> None:
+        if self._pool is not None:
+            return
+        async with self._connect_lock:
+            if self._pool is None:
+                with _errors():
+                    self._pool = await asyncpg.create_pool(self.url, **self._pool_args)
+
+    async def close(self) -> None:
+        async with self._connect_lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        pool = await self._get_pool()
+        with _errors():
+            async with pool.acquire() as raw:
+                yield _PgConn(raw)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        pool = await self._get_pool()
+        with _errors():
+            async with pool.acquire() as raw, raw.transaction():
+                yield _PgConn(raw)
+
+    async def _upsert_usage(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        await c.execute(self._usage_sql, *(list(col) for col in zip(*rows, strict=True)))
+
+    async def _upsert_sessions(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        await c.execute(self._session_sql, *(list(col) for col in zip(*rows, strict=True)))
+
+    async def migrate(self) -> list[int]:
+        pool = await self._get_pool()
+        applied: list[int] = []
+        with _errors():
+            async with pool.acquire() as raw:
+                await raw.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+                try:
+                    await raw.execute(CREATE_MIGRATIONS_TABLE)
+                    done = {
+                        r["version"]
+                        for r in await raw.fetch("SELECT version FROM schema_migrations")
+                    }
+                    for step in MIGRATIONS:
+                        if step.version in done:
+                            continue
+                        async with raw.transaction():
+                            for statement in step.statements(self.dialect):
+                                await raw.execute(statement)
+                            await raw.execute(
+                                "INSERT INTO schema_migrations (version, name, applied_at) "
+                                "VALUES ($1, $2, $3)",
+                                step.version,
+                                step.name,
+                                now_ms(),
+                            )
+                        applied.append(step.version)
+                finally:
+                    await raw.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
