@@ -120,7 +120,9 @@ def require_user(principal: Principal) -> str:
     return principal.user_id
 
 
-async def workspace_roles(store: Store, principal: Principal, ws_id: str) -> tuple[Workspace, set[str]]:
+async def workspace_roles(
+    store: Store, principal: Principal, ws_id: str
+) -> tuple[Workspace, set[str]]:
     """The workspace and the caller's roles in it; :class:`NotFound` if not visible."""
     ws = await store.get_workspace(ws_id)
     if ws is None:

@@ -1,0 +1,50 @@
+"""The admin API under ``/v1`` (DESIGN §3), its OpenAPI document and the ``/ui`` dashboard.
+
+``setup_admin_api(app)`` mounts everything on the admin application, whose resources
+(``gateway.appkeys``: settings, store, Redis, catalog, clock, HTTP session) the
+handlers read through ``request.config_dict``; it also starts the delivery loop of owner
+notifications (:mod:`gateway.webhooks`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import webhooks
+from gateway.admin_api.http import endpoint, errors
+from gateway.admin_api.openapi import document_bytes
+from gateway.admin_api.routes import ROUTES
+
+__all__ = ["ROUTES", "admin_api", "setup_admin_api"]
+
+STATIC = Path(str(resources.files("gateway").joinpath("static")))
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=document_bytes(), content_type="application/json")
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+def admin_api() -> web.Application:
+    """The ``/v1`` sub-application: every route of :data:`ROUTES` plus ``/openapi.json``."""
+    api = web.Application(middlewares=[errors])
+    for route in ROUTES:
+        api.router.add_route(route.method, route.path.removeprefix("/v1"), endpoint(route))
+    api.router.add_get("/openapi.json", openapi_json)
+    return api
+
+
+def setup_admin_api(app: web.Application, *, deliver_webhooks: bool = True) -> None:
+    """Mount ``/v1``, ``/ui`` and (unless disabled) the webhook delivery loop on ``app``."""
+    app.add_subapp("/v1", admin_api())
+    app.router.add_get("/ui", dashboard)
+    app.router.add_get("/ui/", dashboard)
+    app.router.add_static("/ui/static", STATIC, follow_symlinks=False)
+    if deliver_webhooks:
+        app.cleanup_ctx.append(webhooks.delivery_ctx)

@@ -1,0 +1,117 @@
+"""Handlers of the account routes: users, workspaces, members, upgrade, webhook."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admin_api import schemas as s
+from gateway.admin_api.http import Call, json_response
+from meter import accounts, authz, projection
+from meter.plan_usage import iso
+from meter.store import UpgradeRequest, Workspace
+
+
+async def workspace_out(call: Call, ws: Workspace) -> s.WorkspaceOut:
+    licences = {
+        li.product: s.LicenceOut(
+            usage_limit=li.usage_limit, per_minute=li.per_minute, per_hour=li.per_hour
+        )
+        for li in await call.deps.store.get_licences(ws.id)
+    }
+    return s.WorkspaceOut(
+        id=ws.id,
+        name=ws.name,
+        type=ws.type,
+        owner_id=ws.owner_id,
+        created_at=iso(ws.created_at) or "",
+        free_credits_expire_at=iso(ws.free_expires_at),
+        licences=licences,
+    )
+
+
+def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
+    return s.UpgradeRequestOut(
+        id=req.id,
+        workspace_id=req.workspace_id,
+        products=list(req.products),
+        message=req.message,
+        status=req.status,
+        created_at=iso(req.created_at) or "",
+    )
+
+
+async def create_user(call: Call) -> web.Response:
+    authz.require_operator(call.principal)
+    body = call.parsed(s.UserCreate)
+    user, token = await accounts.create_user(call.deps, call.principal.actor, body.email, body.name)
+    out = s.UserOut(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        token=token,
+        created_at=iso(user.created_at) or "",
+    )
+    return json_response(out, 201)
+
+
+async def create_workspace(call: Call) -> web.Response:
+    owner = authz.require_user(call.principal)
+    body = call.parsed(s.WorkspaceCreate)
+    ws = await accounts.create_workspace(call.deps, owner, body.name)
+    return json_response(await workspace_out(call, ws), 201)
+
+
+async def get_workspace(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "workspace.read"
+    )
+    return json_response(await workspace_out(call, ws))
+
+
+async def add_member(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "members.add"
+    )
+    body = call.parsed(s.MemberAdd)
+    added = await accounts.add_member(call.deps, call.principal.actor, ws, body.user_id)
+    out = s.MemberOut(workspace_id=ws.id, user_id=body.user_id, added=added)
+    return json_response(out, 201 if added else 200)
+
+
+async def upgrade(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "upgrade"
+    )
+    body = call.parsed(s.Upgrade)
+    licences: dict[str, projection.Licence] = {
+        product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
+        for product, li in body.licences.items()
+    }
+    updated = await accounts.upgrade(call.deps, call.principal.actor, ws, licences)
+    return json_response(await workspace_out(call, updated))
+
+
+async def create_upgrade_request(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "upgrade_requests.create"
+    )
+    body = call.parsed(s.UpgradeRequestCreate)
+    req = await accounts.request_upgrade(
+        call.deps, call.principal.actor, ws, list(body.products), body.message
+    )
+    return json_response(request_out(req), 201)
+
+
+async def list_upgrade_requests(call: Call) -> web.Response:
+    authz.require_operator(call.principal)
+    reqs = await call.deps.store.list_upgrade_requests(status="open")
+    return json_response(s.UpgradeRequestList(requests=[request_out(r) for r in reqs]))
+
+
+async def set_webhook(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "webhook.set"
+    )
+    body = call.parsed(s.WebhookSet)
+    await accounts.set_webhook(call.deps, call.principal.actor, ws, body.url, body.secret)
+    return json_response(s.WebhookOut(workspace_id=ws.id, url=body.url, secret_set=True))

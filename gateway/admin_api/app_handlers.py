@@ -1,0 +1,77 @@
+"""Handlers of the app routes: create, read, change, collaborators, transfer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admin_api import schemas as s
+from gateway.admin_api.http import Call, json_response
+from meter import apps, authz
+from meter.plan_usage import iso
+from meter.store import App
+
+
+async def app_out(call: Call, app: App) -> s.AppOut:
+    collaborators = [
+        s.CollaboratorOut(app_id=c.app_id, user_id=c.user_id, role=c.role)
+        for c in await call.deps.store.list_collaborators(app.id)
+    ]
+    return s.AppOut(
+        id=app.id,
+        workspace_id=app.workspace_id,
+        name=app.name,
+        product=app.product,  # type: ignore[arg-type]  # checked on creation
+        owner_id=app.owner_id,
+        upstream_url=app.upstream_url,
+        use_free_credits=app.use_free_credits,
+        suspended=app.suspended,
+        created_at=iso(app.created_at) or "",
+        collaborators=collaborators,
+    )
+
+
+async def create_app(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "apps.create"
+    )
+    owner = authz.require_user(call.principal)
+    body = call.parsed(s.AppCreate)
+    app = await apps.create_app(call.deps, owner, ws, body.name, body.product, body.upstream_url)
+    return json_response(await app_out(call, app), 201)
+
+
+async def get_app(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "app.read"
+    )
+    return json_response(await app_out(call, app))
+
+
+async def patch_app(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "app.update"
+    )
+    body = call.parsed(s.AppPatch)
+    changes = body.model_dump(include=body.model_fields_set)
+    updated = await apps.update_app(call.deps, call.principal.actor, app, changes)
+    return json_response(await app_out(call, updated))
+
+
+async def add_collaborator(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "collaborators.add"
+    )
+    body = call.parsed(s.CollaboratorAdd)
+    role = await apps.add_collaborator(
+        call.deps, call.principal.actor, app, body.user_id, body.role
+    )
+    return json_response(s.CollaboratorOut(app_id=app.id, user_id=body.user_id, role=role), 201)
+
+
+async def transfer(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "app.transfer"
+    )
+    body = call.parsed(s.Transfer)
+    updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id)
+    return json_response(await app_out(call, updated))

@@ -1,0 +1,259 @@
+"""The admin API's request pipeline: authenticate, validate, run, answer; and its errors.
+
+Every route is a :class:`Route` of the table in :mod:`gateway.admin_api.routes`. Its
+:func:`endpoint` authenticates the caller (401), checks the path ids (404), parses the
+query and the JSON body with the route's models (400 for malformed JSON, 422 naming the
+field), and only then runs the handler, which authorizes (403/404) and acts. Nothing is
+changed before all of this succeeded. Errors become problem+json in :func:`errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import UnionType
+from typing import Any, TypeVar, Union, get_origin
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from redis.exceptions import RedisError
+
+from gateway import appkeys
+from gateway.admin_api.schemas import PATTERN_HINTS
+from gateway.problems import CONTENT_TYPE, problem_response
+from meter.accounts import Deps
+from meter.authz import Principal, authenticate
+from meter.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MeteringUnavailable,
+    NotFound,
+    Unauthorized,
+)
+from meter.store import Conflict as StoreConflict
+from meter.store import StoreError
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+KINDS = {"ws": "workspace", "app": "app"}  # path parameter -> what it names
+Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One admin API operation: the single source for routing, validation and OpenAPI."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    who: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses (e.g. 200 for an idempotent repeat)
+    params: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
+    csv: bool = False
+    errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A validated request, handed to a route handler."""
+
+    request: web.Request
+    principal: Principal
+    deps: Deps
+    body: BaseModel | None
+    query: BaseModel | None
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def parsed(self, model: type[M]) -> M:
+        assert isinstance(self.body, model), f"route body is not {model.__name__}"
+        return self.body
+
+    def query_as(self, model: type[M]) -> M:
+        assert isinstance(self.query, model), f"route query is not {model.__name__}"
+        return self.query
+
+
+class BadRequest(Exception):
+    """Input that is not even well-formed (400), e.g. malformed JSON."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Invalid(Exception):
+    """Well-formed input that breaks the schema (422): every problem, by field."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+        self.problems = problems
+
+
+def deps(request: web.Request) -> Deps:
+    cd = request.config_dict
+    return Deps(
+        store=cd[appkeys.STORE],
+        redis=cd[appkeys.REDIS],
+        settings=cd[appkeys.SETTINGS],
+        catalog=cd[appkeys.CATALOG],
+        clock=cd.get(appkeys.CLOCK) or time.time,
+    )
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    body = orjson.dumps(model.model_dump(mode="json", by_alias=True))
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _unions(model: type[BaseModel]) -> set[str]:
+    """Members (by JSON name) whose type is a union: pydantic tags their errors' loc."""
+    return {
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if get_origin(info.annotation) in (Union, UnionType)
+    }
+
+
+def _field(err: ErrorDetails, unions: set[str]) -> str:
+    loc = list(err["loc"])
+    if len(loc) > 1 and loc[0] in unions:
+        del loc[1]  # the union member's tag, e.g. "constrained-str"
+    return ".".join(str(p) for p in loc if p != "[key]") or "body"
+
+
+def _message(err: ErrorDetails) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown member"
+    if err["type"] == "missing":
+        return "is required"
+    if err["type"] == "string_pattern_mismatch":
+        pattern = str((err.get("ctx") or {}).get("pattern", ""))
+        return PATTERN_HINTS.get(pattern, f"must match {pattern}")
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or :class:`Invalid` naming every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        unions = _unions(model)
+        problems: list[dict[str, str]] = []
+        for err in exc.errors():
+            if err["type"] == "none_required":  # the "or null" member of an optional
+                continue
+            problem = {"field": _field(err, unions), "message": _message(err)}
+            if problem not in problems:
+                problems.append(problem)
+        raise Invalid(problems or [{"field": "body", "message": "invalid"}]) from None
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("body", "a JSON object is required")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("body", f"malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body", "must be a JSON object")
+    return validate(model, data)
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    data: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in data:
+            raise Invalid([{"field": name, "message": "given more than once"}])
+        data[name] = value
+    return validate(model, data)
+
+
+def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of ``route``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        d = deps(request)
+        auth = request.headers.get("Authorization")
+        principal = await authenticate(d.store, d.settings.operator_token, auth)
+        for name, pattern in route.params.items():
+            if not pattern.match(request.match_info[name]):
+                raise NotFound(KINDS.get(name, name), request.match_info[name])
+        query = read_query(request, route.query) if route.query else None
+        body = await read_body(request, route.body) if route.body else None
+        return await route.handler(Call(request, principal, d, body, query))
+
+    handle.__name__ = route.handler.__name__
+    return handle
+
+
+def _problem(
+    status: int, code: str, title: str, detail: str, *, field: str | None = None, **extra: Any
+) -> web.Response:
+    more: dict[str, Any] = dict(extra)
+    if field is not None:
+        more["field"] = field
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return problem_response(status, code, title, detail, headers=headers, extra=more)
+
+
+@web.middleware
+async def errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map every error of the admin API to problem+json (one place, DESIGN §3)."""
+    try:
+        return await handler(request)
+    except Unauthorized as exc:
+        return _problem(401, "unauthorized", "Unauthorized", str(exc))
+    except BadRequest as exc:
+        return _problem(400, "malformed_request", "Malformed request", str(exc), field=exc.field)
+    except Invalid as exc:
+        first = exc.problems[0]["field"]
+        return _problem(
+            422, "invalid_input", "Invalid input", str(exc), field=first, errors=exc.problems
+        )
+    except InvalidInput as exc:
+        problems = [{"field": exc.field, "message": exc.message}]
+        return _problem(
+            422, "invalid_input", "Invalid input", str(exc), field=exc.field, errors=problems
+        )
+    except Forbidden as exc:
+        return _problem(403, exc.code, "Forbidden", str(exc))
+    except NotFound as exc:
+        return _problem(
+            404, "not_found", "Not found", f"no {exc.kind} {exc.ident!r} (or not yours)"
+        )
+    except Conflict as exc:
+        return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
+    except StoreConflict as exc:
+        return _problem(409, "conflict", "Conflict", str(exc))
+    except (MeteringUnavailable, RedisError, ConnectionError) as exc:
+        log.warning("admin API: redis unavailable: %r", exc)
+        return _problem(503, "metering_unavailable", "Metering unavailable", "retry later")
+    except StoreError as exc:
+        log.warning("admin API: store unavailable: %r", exc)
+        return _problem(503, "store_unavailable", "Store unavailable", "retry later")
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+            raise
+        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(exc.status, code, exc.reason, headers=allow)
+    except Exception:
+        log.exception("admin API: %s %s failed", request.method, request.path)
+        return _problem(500, "internal_error", "Internal error", "see the server log")

@@ -1,0 +1,108 @@
+"""Response bodies of the money and usage routes: plan-usage, usage series, sessions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from gateway.admin_api.schemas import Money, Out, Product, Status, Timestamp
+
+
+class FreeCreditsOut(Out):
+    granted: Money
+    remaining: Money
+    expires_at: Timestamp | None
+    lapsed: Money = Field(description="free credits that expired unused")
+
+
+class AppStatusOut(Out):
+    id: str
+    name: str
+    owner_id: str
+    product: Product
+    unit: Literal["session", "request", "notification"]
+    unit_price: Money
+    use_free_credits: bool
+    suspended: bool
+    paid_balance: Money = Field(description="paid funds tied to this app")
+    remaining: Money | None = Field(description="what this app can still spend (standard)")
+    allowed_units: int
+    status: Status
+
+
+class LicenceUsageOut(Out):
+    product: Product
+    usage_limit: int
+    used: int
+    remaining: int
+    per_minute: int
+    per_hour: int
+    period: str
+
+
+class SubscriptionOut(Out):
+    support_plan: str
+    type: str
+    fee: Money
+    renewal_due: Timestamp | None
+
+
+class PlanUsageOut(Out):
+    workspace_id: str
+    plan: Literal["standard", "enterprise"]
+    free_credits: FreeCreditsOut
+    paid_balance: Money = Field(description="shared pool plus funds tied to apps")
+    shared_pool: Money
+    usable_balance: Money = Field(description="valid free credits plus paid balance")
+    low_balance_threshold: Money
+    session_price: Money
+    request_price: Money
+    allowed_sessions: int = Field(description="usable balance / session price, rounded down")
+    allowed_requests: int = Field(description="usable balance / request price, rounded down")
+    apps: list[AppStatusOut]
+    paid_apps: int = Field(description="apps whose next unit is paid from funds")
+    inactive_apps: int
+    licences: list[LicenceUsageOut]
+    subscription: SubscriptionOut
+
+
+class UsagePointOut(Out):
+    start: Timestamp
+    sessions: int
+    requests: int
+    notifications: int
+    messages: int
+    amount: Money = Field(description="everything charged: credits debited plus invoiced")
+    amount_free: Money
+    amount_paid: Money
+    amount_invoiced: Money
+    refused: dict[str, int]
+
+
+class UsageOut(Out):
+    workspace_id: str
+    from_: Timestamp = Field(alias="from")
+    to: Timestamp
+    granularity: Literal["hour", "day", "week", "month"]
+    app_id: str | None
+    channel: str | None
+    series: list[UsagePointOut]
+    totals: UsagePointOut
+
+
+class SessionOut(Out):
+    app_id: str
+    channel: str
+    channel_user: str
+    billing_session_id: str
+    start: Timestamp
+    end: Timestamp
+    messages: int
+    amount: Money
+
+
+class SessionsOut(Out):
+    workspace_id: str
+    sessions: list[SessionOut]
+    truncated: bool = Field(description="true when more rows exist than returned")

@@ -1,0 +1,252 @@
+"""Request and response bodies of the admin API, as pydantic models.
+
+These models are the one definition of every body: requests are validated with them
+(strict types, unknown fields rejected, limits on every string) and
+:mod:`gateway.admin_api.openapi` renders the OpenAPI document from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from meter import keys
+
+Product = Literal["automation", "search", "contact_center", "agent"]
+CollaboratorRole = Literal["developer", "tester", "viewer"]
+Status = Literal["using_free_credits", "sufficient_funds", "low_balance", "inactive"]
+
+ID_PATTERN = keys.ID_RE.pattern
+APP_PATTERN = keys.APP_RE.pattern
+# Top-ups are whole cents; the configured minimum and maximum are checked on top.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2,6}$"
+URL_PATTERN = r"^https?://[^\s/?#]+"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,100}$"
+
+# What a value failing each pattern should have looked like (for 422 messages).
+PATTERN_HINTS = {
+    ID_PATTERN: "must be an id of 4-32 lowercase letters or digits",
+    APP_PATTERN: "must be an app id such as w1a2b3c4d5e6f_0a1b2c3d4e5f",
+    AMOUNT_PATTERN: "must be a plain decimal string with at most 2 decimals, e.g. '100.00'",
+    URL_PATTERN: "must be an absolute http:// or https:// URL",
+    EMAIL_PATTERN: "must be an email address",
+    REFERENCE_PATTERN: "must be 1-100 of A-Z a-z 0-9 . _ : -",
+    keys.CHANNEL_RE.pattern: "must be a channel name: lowercase letters, digits, _ or -",
+}
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN)]
+UserId = Annotated[str, Field(pattern=ID_PATTERN, examples=["u1a2b3c4d5e6f"])]
+AppId = Annotated[str, Field(pattern=APP_PATTERN)]
+Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=URL_PATTERN)]
+Amount = Annotated[str, Field(pattern=AMOUNT_PATTERN, examples=["100.00"])]
+Money = Annotated[str, Field(pattern=MONEY_PATTERN, examples=["499.80"])]
+Reference = Annotated[str, Field(pattern=REFERENCE_PATTERN)]
+Timestamp = Annotated[str, Field(description="ISO 8601 UTC", examples=["2027-01-15T08:00:00.000Z"])]
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def optional(**kw: Any) -> Any:
+    """An optional member: may be omitted, but not sent as ``null`` (unless nullable)."""
+    return Field(default=None, json_schema_extra=_drop_default, **kw)
+
+
+class Body(BaseModel):
+    """A request body: strict JSON types, no unknown members, no stray ``null``s."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*")
+    @classmethod
+    def _no_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name not in cls.NULLABLE:
+            raise ValueError("must not be null; omit the member instead")
+        return value
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------- requests
+
+
+class UserCreate(Body):
+    email: Email
+    name: Name
+
+
+class WorkspaceCreate(Body):
+    name: Name
+
+
+class MemberAdd(Body):
+    user_id: UserId
+
+
+class AppCreate(Body):
+    name: Name
+    product: Product
+    upstream_url: Url | SkipJsonSchema[None] = optional()
+
+
+class AppPatch(Body):
+    """Only the members sent change; ``upstream_url: null`` clears the URL."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"upstream_url"})
+    use_free_credits: bool | SkipJsonSchema[None] = optional()
+    upstream_url: Url | None = optional()
+    suspended: bool | SkipJsonSchema[None] = optional()
+
+
+class CollaboratorAdd(Body):
+    user_id: UserId
+    role: CollaboratorRole
+
+
+class Transfer(Body):
+    user_id: UserId
+
+
+class FundsAdd(Body):
+    amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
+    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
+    reference: Reference | SkipJsonSchema[None] = optional(
+        description="idempotency key: the same reference adds the funds once"
+    )
+
+
+class LicenceIn(Body):
+    usage_limit: int = Field(ge=1, le=10**12, description="billable units per billing period")
+    per_minute: int = Field(ge=1, le=10**7)
+    per_hour: int = Field(ge=1, le=10**9)
+
+
+class Upgrade(Body):
+    licences: dict[Product, LicenceIn] = Field(min_length=1)
+
+
+class UpgradeRequestCreate(Body):
+    products: list[Product] = Field(min_length=1, max_length=4)
+    message: Annotated[str, Field(max_length=2000)] | SkipJsonSchema[None] = optional()
+
+
+class WebhookSet(Body):
+    url: Url
+    secret: str = Field(min_length=16, max_length=256)
+
+
+class UsageQuery(Body):
+    """Query of the usage and sessions routes (strings, as they come in the URL)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    from_: Annotated[str, Field(max_length=40)] | SkipJsonSchema[None] = optional(
+        alias="from",
+        description="start, ISO 8601 date or date-time (UTC) or epoch ms; default 30 days ago",
+    )
+    to: Annotated[str, Field(max_length=40)] | SkipJsonSchema[None] = optional(
+        description="end (exclusive), same formats; default now"
+    )
+    granularity: Literal["hour", "day", "week", "month"] | SkipJsonSchema[None] = optional()
+    app_id: AppId | SkipJsonSchema[None] = optional()
+    channel: Annotated[str, Field(pattern=keys.CHANNEL_RE.pattern)] | SkipJsonSchema[None] = (
+        optional()
+    )
+
+
+# ------------------------------------------------------------------------ responses
+
+
+class Problem(Out):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    field: str | None = None
+
+
+class UserOut(Out):
+    id: str
+    email: str
+    name: str
+    token: str = Field(description="shown once; only its hash is stored")
+    created_at: Timestamp
+
+
+class LicenceOut(Out):
+    usage_limit: int
+    per_minute: int
+    per_hour: int
+
+
+class WorkspaceOut(Out):
+    id: str
+    name: str
+    type: Literal["standard", "enterprise"]
+    owner_id: str
+    created_at: Timestamp
+    free_credits_expire_at: Timestamp | None
+    licences: dict[str, LicenceOut]
+
+
+class MemberOut(Out):
+    workspace_id: str
+    user_id: str
+    added: bool
+
+
+class CollaboratorOut(Out):
+    app_id: str
+    user_id: str
+    role: CollaboratorRole
+
+
+class AppOut(Out):
+    id: str
+    workspace_id: str
+    name: str
+    product: Product
+    owner_id: str
+    upstream_url: str | None
+    use_free_credits: bool
+    suspended: bool
+    created_at: Timestamp
+    collaborators: list[CollaboratorOut]
+
+
+class FundsOut(Out):
+    workspace_id: str
+    reference: str
+    amount: Money
+    app_id: str | None
+    created: bool = Field(description="false when this reference was applied before")
+    created_at: Timestamp
+
+
+class UpgradeRequestOut(Out):
+    id: str
+    workspace_id: str
+    products: list[str]
+    message: str | None
+    status: Literal["open", "granted"]
+    created_at: Timestamp
+
+
+class UpgradeRequestList(Out):
+    requests: list[UpgradeRequestOut]
+
+
+class WebhookOut(Out):
+    workspace_id: str
+    url: str
+    secret_set: bool

@@ -1,0 +1,233 @@
+"""``create_app``: the one place that wires creditgate's web applications.
+
+It builds two ``web.Application``s that share settings, the price catalog, the clock
+and the metrics:
+
+* **traffic** (``/hooks``, ``/notify``) - run by each worker process;
+* **admin** (``/healthz``, ``/readyz``, ``/metrics``, the admin API) - run by the parent.
+
+Resources are opened and closed by ``cleanup_ctx`` generators, in this order (closed in
+reverse), and stored under the typed keys of :mod:`gateway.appkeys`:
+
+traffic: REDIS (client) -> HTTP (upstream ``ClientSession``), ADMITTER, OWED (its
+settlement task), PROXY (everything the handlers use);
+admin: REDIS -> STORE -> the flusher (``run_flusher=True`` only).
+
+A ``redis`` client or ``store`` passed in is used as is and left open (the caller owns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from config import Settings, load_catalog
+from gateway.appkeys import (
+    ADMITTER,
+    CATALOG,
+    CLOCK,
+    HTTP,
+    METRICS,
+    OWED,
+    PROXY,
+    REDIS,
+    SETTINGS,
+    STORE,
+    WEBSOCKETS,
+)
+from gateway.channels import Channels
+from gateway.health import setup_health
+from gateway.metering import Meter
+from gateway.metrics import Metrics
+from gateway.owed import Owed
+from gateway.problems import problem_middleware
+from gateway.proxy import Proxy
+from gateway.routes import setup_traffic_routes
+from gateway.upstreams import Upstreams
+from gateway.websocket import close_all
+from meter.admission import Admitter
+from meter.redis_client import RedisClient, connect
+from meter.store import Store, open_store
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+Ctx = Callable[[web.Application], AsyncIterator[None]]
+UPSTREAM_POOL = 1024  # upstream connections per worker process
+# aiohttp adds these when absent; a transparent proxy must not.
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The two applications of one creditgate process."""
+
+    settings: Settings
+    traffic: web.Application
+    admin: web.Application
+    metrics: Metrics
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = time.time,
+    redis: RedisClient | None = None,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+    run_flusher: bool = False,
+    metering: bool = True,
+) -> Gateway:
+    """Build the traffic and admin applications (nothing is opened until startup).
+
+    ``metering=False`` proxies without admission (benchmark baseline only).
+    """
+    channels = Channels(settings.channels)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry(), channels.names)
+    catalog = load_catalog(settings.catalog_path)
+
+    traffic = web.Application(
+        middlewares=[problem_middleware],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
+    admin = web.Application(middlewares=[problem_middleware])
+    for app in (traffic, admin):
+        app[SETTINGS] = settings
+        app[CATALOG] = catalog
+        app[CLOCK] = clock
+        app[METRICS] = metrics
+        app.cleanup_ctx.append(_redis_ctx(settings, redis))
+
+    traffic[WEBSOCKETS] = weakref.WeakSet()
+    traffic.cleanup_ctx.append(_traffic_ctx(settings, clock, channels, metrics, metering))
+    traffic.on_shutdown.append(_close_websockets)
+    setup_traffic_routes(traffic)
+
+    admin.cleanup_ctx.append(_store_ctx(settings, store))
+    if run_flusher:
+        admin.cleanup_ctx.append(run_flusher_ctx)
+    setup_health(admin)
+    # ---- admin API (gateway/admin_api, written separately) -------------------------
+    try:
+        from gateway.admin_api import setup_admin_api
+    except ImportError:
+        log.debug("gateway.admin_api not available: admin port serves probes only")
+    else:
+        setup_admin_api(admin)
+    return Gateway(settings, traffic, admin, metrics)
+
+
+def _redis_ctx(settings: Settings, given: RedisClient | None) -> Ctx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[REDIS] = given
+            yield
+            return
+        client = connect(settings.redis_url, timeout=settings.redis_timeout_s)
+        app[REDIS] = client
+        yield
+        await client.aclose()
+
+    return ctx
+
+
+def _traffic_ctx(
+    settings: Settings, clock: Clock, channels: Channels, metrics: Metrics, metering: bool
+) -> Ctx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        client = app[REDIS]
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=UPSTREAM_POOL, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.upstream_connect_timeout_s,
+                sock_read=settings.upstream_read_timeout_s,
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+        )
+        admitter = Admitter(client, settings, clock=clock)
+        owed = Owed(admitter, metrics, timeout=settings.redis_timeout_s)
+        meter = Meter(
+            admitter,
+            owed,
+            metrics,
+            fail_open=settings.fail_mode == "open",
+            refund_on=frozenset(settings.refund_on),
+            timeout=settings.redis_timeout_s,
+        )
+        upstreams = Upstreams(
+            client, default_url=settings.default_upstream_url, timeout=settings.redis_timeout_s
+        )
+        app[HTTP] = session
+        app[ADMITTER] = admitter
+        app[OWED] = owed
+        app[PROXY] = Proxy(
+            session, upstreams, channels, meter, metrics, settings.max_body_bytes, metering
+        )
+        settler = asyncio.create_task(owed.run(), name="creditgate-settle")
+        try:
+            yield
+        finally:
+            settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await settler
+            await owed.close(min(5.0, settings.shutdown_grace_s))
+            await admitter.close()
+            await session.close()
+
+    return ctx
+
+
+async def _close_websockets(app: web.Application) -> None:
+    await close_all(app[WEBSOCKETS])
+
+
+def _store_ctx(settings: Settings, given: Store | None) -> Ctx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[STORE] = given
+            yield
+            return
+        # Opened lazily: an unreachable store shows on /readyz instead of failing start-up.
+        store = open_store(settings.store_url)
+        app[STORE] = store
+        yield
+        await store.close()
+
+    return ctx
+
+
+async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hook: run ``meter.flusher`` beside the admin port (parent process of ``serve``).
+
+    A no-op when ``meter.flusher`` is not available.
+    """
+    try:
+        from meter.flusher import Flusher
+    except ImportError:
+        log.info("meter.flusher not available: usage is not flushed by this process")
+        yield
+        return
+    settings = app[SETTINGS]
+    flusher = Flusher(app[REDIS], app[STORE], settings, clock=app[CLOCK])
+    stop = asyncio.Event()
+    task = asyncio.create_task(flusher.run(stop), name="creditgate-flusher")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
+        except Exception:
+            log.exception("flusher did not stop cleanly")

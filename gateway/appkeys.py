@@ -1,0 +1,34 @@
+"""Typed keys for the resources ``create_app`` stores on the aiohttp applications.
+
+Both applications (traffic and admin) carry SETTINGS, CATALOG, CLOCK, REDIS and
+METRICS; the traffic one adds ADMITTER, HTTP, OWED and PROXY; the admin one STORE
+(absent when no store could be opened).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from config import Catalog, Settings
+from gateway.metrics import Metrics
+from gateway.owed import Owed
+from gateway.proxy import Proxy
+from meter.admission import Admitter
+from meter.redis_client import RedisClient
+from meter.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+CATALOG = web.AppKey("catalog", Catalog)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
+STORE = web.AppKey("store", Store)
+ADMITTER = web.AppKey("admitter", Admitter)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
+OWED = web.AppKey("owed", Owed)
+PROXY = web.AppKey("proxy", Proxy)
+WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")

@@ -1,0 +1,195 @@
+"""Per-channel rules: who the channel user is, what the idempotency key is, and whether a
+callback is a billable user message at all (DESIGN §3, ``shared/channels/README.md``).
+
+``slack``, ``msteams`` and ``whatsapp`` come built in; ``settings.channels`` adds channels
+and overrides the fields it sets explicitly of a built-in one (e.g. only
+``delivery_url``). Any other well-formed channel name works with header-only rules: every
+callback is billable, the user comes from ``X-Channel-User-Id``.
+
+Look-up order:
+
+* user: header ``X-Channel-User-Id``, else the channel's user pointer;
+* idempotency key: header ``Idempotency-Key``, else the channel's pointer, else header
+  ``X-Request-Id`` (a weaker hint: infrastructure often generates it per delivery).
+
+The body is parsed (orjson) only for a channel that has a pointer or a skip rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from config.settings import ChannelRule
+
+USER_HEADER = "X-Channel-User-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REQUEST_ID_HEADER = "X-Request-Id"
+
+Pointer = tuple[str, ...]
+
+BUILTIN: dict[str, ChannelRule] = {
+    "slack": ChannelRule(
+        user_pointer="/event/user",
+        idempotency_pointer="/event_id",
+        skip_if_equals={"/type": ["url_verification", "app_rate_limited"]},
+        # The bot's own messages echoed back are not user messages.
+        skip_if_present=["/event/bot_id"],
+    ),
+    "msteams": ChannelRule(
+        user_pointer="/from/id",
+        idempotency_pointer="/id",
+        skip_if_equals={
+            "/type": [
+                "typing",
+                "conversationUpdate",
+                "installationUpdate",
+                "contactRelationUpdate",
+                "messageReaction",
+                "endOfConversation",
+            ]
+        },
+    ),
+    "whatsapp": ChannelRule(
+        user_pointer="/entry/0/changes/0/value/messages/0/from",
+        idempotency_pointer="/entry/0/changes/0/value/messages/0/id",
+        bill_only_if_present=["/entry/0/changes/0/value/messages"],
+    ),
+}
+
+
+def parse_pointer(text: str) -> Pointer:
+    """RFC 6901 JSON pointer -> reference tokens (``""`` is the whole document)."""
+    if text == "":
+        return ()
+    if not text.startswith("/"):
+        raise ValueError(f"JSON pointer must start with '/': {text!r}")
+    return tuple(t.replace("~1", "/").replace("~0", "~") for t in text[1:].split("/"))
+
+
+_MISSING = object()
+
+
+def resolve(doc: Any, pointer: Pointer) -> Any:
+    """The value at ``pointer`` in ``doc``, or ``_MISSING``."""
+    for token in pointer:
+        if isinstance(doc, dict):
+            doc = doc.get(token, _MISSING)
+        elif isinstance(doc, list) and token.isdigit():
+            i = int(token)
+            doc = doc[i] if i < len(doc) else _MISSING
+        else:
+            return _MISSING
+        if doc is _MISSING:
+            return _MISSING
+    return doc
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+class Message(NamedTuple):
+    """What a callback is: billable or not, and its channel user and idempotency key."""
+
+    billable: bool
+    user: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel's compiled rule."""
+
+    label: str  # metrics label: the channel's name if known, else "other"
+    user_pointer: Pointer | None
+    key_pointer: Pointer | None
+    skip_if_equals: tuple[tuple[Pointer, frozenset[str]], ...]
+    skip_if_present: tuple[Pointer, ...]
+    bill_only_if_present: tuple[Pointer, ...]
+    delivery_url: str | None
+
+    @property
+    def needs_body(self) -> bool:
+        return bool(
+            self.user_pointer
+            or self.key_pointer
+            or self.skip_if_equals
+            or self.skip_if_present
+            or self.bill_only_if_present
+        )
+
+    def inspect(self, headers: Mapping[str, str], body: bytes | None) -> Message:
+        """Classify one callback; ``body`` is given only when :attr:`needs_body`."""
+        user = headers.get(USER_HEADER, "")
+        key = headers.get(IDEMPOTENCY_HEADER, "")
+        if body is None:
+            return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+        try:
+            doc = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            doc = None
+        for pointer, values in self.skip_if_equals:
+            value = resolve(doc, pointer)
+            if isinstance(value, str) and value in values:
+                return Message(False, user, key)
+        for pointer in self.skip_if_present:
+            if resolve(doc, pointer) is not _MISSING:
+                return Message(False, user, key)
+        for pointer in self.bill_only_if_present:
+            if resolve(doc, pointer) is _MISSING:
+                return Message(False, user, key)
+        if not user and self.user_pointer is not None:
+            user = _scalar(resolve(doc, self.user_pointer))
+        if not key and self.key_pointer is not None:
+            key = _scalar(resolve(doc, self.key_pointer))
+        return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+
+
+def compile_rule(label: str, rule: ChannelRule) -> Channel:
+    return Channel(
+        label=label,
+        user_pointer=parse_pointer(rule.user_pointer) if rule.user_pointer is not None else None,
+        key_pointer=(
+            parse_pointer(rule.idempotency_pointer)
+            if rule.idempotency_pointer is not None
+            else None
+        ),
+        skip_if_equals=tuple(
+            (parse_pointer(p), frozenset(v)) for p, v in rule.skip_if_equals.items()
+        ),
+        skip_if_present=tuple(parse_pointer(p) for p in rule.skip_if_present),
+        bill_only_if_present=tuple(parse_pointer(p) for p in rule.bill_only_if_present),
+        delivery_url=rule.delivery_url,
+    )
+
+
+def merge(builtin: ChannelRule, configured: ChannelRule) -> ChannelRule:
+    """A built-in rule with the fields ``configured`` set explicitly replaced."""
+    changes = {name: getattr(configured, name) for name in configured.model_fields_set}
+    return builtin.model_copy(update=changes)
+
+
+class Channels:
+    """The rules of every channel, compiled once at start-up."""
+
+    def __init__(self, configured: Mapping[str, ChannelRule]) -> None:
+        rules = dict(BUILTIN)
+        for name, rule in configured.items():
+            rules[name] = merge(rules[name], rule) if name in rules else rule
+        self._known = {name: compile_rule(name, rule) for name, rule in rules.items()}
+        self._default = compile_rule("other", ChannelRule())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._known)
+
+    def get(self, name: str) -> Channel:
+        return self._known.get(name, self._default)

@@ -1,0 +1,110 @@
+"""What a proxy changes on the way through: target URL and headers (RFC 9110 §7.6.1).
+
+Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
+``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
+ways; ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto``/``-Host`` are set, and
+an ``X-Request-Id`` is generated when the request has none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Mapping
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+HOP_BY_HOP: tuple[str, ...] = (
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+)
+# Request headers the client side re-creates for the upstream connection.
+_REQUEST_ONLY = (*HOP_BY_HOP, "Host")
+# The WebSocket handshake is negotiated anew with the upstream.
+WS_HANDSHAKE = (
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Accept",
+)
+
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex() + "-"
+
+
+def new_request_id() -> str:
+    """Unique per process and request; cheaper than a UUID on the hot path."""
+    return _id_prefix + format(next(_ids), "x")
+
+
+def _strip(headers: CIMultiDict[str], names: Iterable[str], original: Mapping[str, str]) -> None:
+    for name in names:
+        headers.popall(name, None)
+    conn = original.get("Connection")
+    if conn:
+        for token in conn.split(","):
+            token = token.strip()
+            if token:
+                headers.popall(token, None)
+    for name in list(headers.keys()):
+        if name[:6].lower() == "proxy-":
+            del headers[name]
+
+
+def upstream_headers(
+    request: web.Request, *, drop: Iterable[str] = ()
+) -> tuple[CIMultiDict[str], str]:
+    """End-to-end request headers plus the X-Forwarded-* set, and the request id."""
+    src = request.headers
+    out = CIMultiDict(src)
+    _strip(out, (*_REQUEST_ONLY, *drop), src)
+    peer = request.remote or ""
+    xff = src.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
+    out["X-Forwarded-Proto"] = request.scheme
+    host = src.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    rid = src.get("X-Request-Id")
+    if not rid:
+        rid = new_request_id()
+        out["X-Request-Id"] = rid
+    return out, rid
+
+
+def downstream_headers(src: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """End-to-end response headers of the upstream's answer."""
+    out = CIMultiDict(src)
+    _strip(out, HOP_BY_HOP, src)
+    if "Transfer-Encoding" in src:  # framing changes here; a stray length would lie
+        out.popall("Content-Length", None)
+    return out
+
+
+def target_url(base: str, request: web.Request, prefix: str) -> URL:
+    """``base`` + "/" + the route's tail, with the query string, as the client sent them.
+
+    ``prefix`` is the route's fixed part (``/hooks/<channel>/<app_id>``); the raw
+    (still percent-encoded) tail is reused so the upstream sees the exact bytes.
+    """
+    raw = request.raw_path
+    path, sep, query = raw.partition("?")
+    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+        tail = path[len(prefix) :]
+    else:  # the client percent-encoded part of the prefix itself
+        tail = "/" + quote(request.match_info.get("tail", ""), safe="/:@!$&'()*+,;=-._~")
+    url = base + (tail or "/")
+    if sep and query:
+        url += "?" + query
+    return URL(url, encoded=True)

@@ -1,0 +1,53 @@
+"""Admin-port probes: ``/healthz`` (alive), ``/readyz`` (Redis, and the store if wired,
+answer) and ``/metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway.appkeys import METRICS, REDIS, SETTINGS, STORE
+from gateway.metrics import CONTENT_TYPE, exposition
+from gateway.problems import problem_response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    timeout = app[SETTINGS].redis_timeout_s
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(app[REDIS].ping(), timeout)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    store = app.get(STORE)
+    if store is not None:
+        try:
+            ok = await asyncio.wait_for(store.ping(), max(timeout, 2.0))
+        except Exception as exc:
+            checks["store"] = f"error: {type(exc).__name__}"
+        else:
+            checks["store"] = "ok" if ok else "error: ping failed"
+    if all(v == "ok" for v in checks.values()):
+        return web.json_response({"status": "ready", "checks": checks})
+    return problem_response(
+        503, "not_ready", "Not ready", "a dependency does not answer", extra={"checks": checks}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = exposition(request.app[METRICS])
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    return resp
+
+
+def setup_health(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,98 @@
+"""The gateway's side of admission: fail modes, refunds and metrics around the Admitter.
+
+:meth:`Meter.admit` either returns an :class:`Admission` (serve the message) or raises
+:class:`~gateway.problems.Refused` / a 503 :class:`~gateway.problems.Problem`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Literal, NamedTuple
+
+from redis.exceptions import RedisError
+
+from gateway.metrics import Metrics
+from gateway.owed import Debt, Owed
+from gateway.problems import Refused, metering_unavailable
+from meter.admission import Admitter, Decision, Kind
+from meter.errors import MeteringUnavailable
+
+log = logging.getLogger(__name__)
+Failure = Literal["connect", "timeout", "5xx"]
+
+
+class Admission(NamedTuple):
+    """A message cleared to be served: decided by Redis, or owed (fail-open)."""
+
+    app_id: str
+    decision: Decision | None
+    debt: Debt | None
+
+
+class Meter:
+    """Admits messages and reverses the charge of those the bot failed to serve."""
+
+    def __init__(
+        self,
+        admitter: Admitter,
+        owed: Owed,
+        metrics: Metrics,
+        *,
+        fail_open: bool,
+        refund_on: frozenset[str],
+        timeout: float,
+    ) -> None:
+        self._admitter = admitter
+        self._owed = owed
+        self._metrics = metrics
+        self._fail_open = fail_open
+        self._refund_on = refund_on
+        self._timeout = timeout
+        self._observe = metrics.admission_seconds.observe
+
+    async def admit(
+        self, app_id: str, channel: str, user: str, key: str, kind: Kind = "m"
+    ) -> Admission:
+        token = self._admitter.new_token()
+        t0 = time.perf_counter()
+        try:
+            dec = await self._admitter.admit(app_id, channel, user, key, kind=kind, token=token)
+        except MeteringUnavailable as exc:
+            self._metrics.redis_errors.inc()
+            if self._fail_open:
+                debt = Debt(app_id, channel, user, key, token, kind)
+                if self._owed.owe(debt):
+                    return Admission(app_id, None, debt)
+            elif exc.ambiguous:
+                self._owed.void_later(app_id, key, token)
+            self._metrics.refused("metering_unavailable")
+            raise metering_unavailable() from None
+        self._observe(time.perf_counter() - t0)
+        if dec.code:
+            self._metrics.refused(dec.reason or "unknown")
+            raise Refused.of(dec)
+        if dec.units:
+            self._metrics.charge(dec.free, dec.app_paid, dec.pool_paid)
+            if dec.new_session:
+                self._metrics.sessions_started.inc()
+        return Admission(app_id, dec, None)
+
+    async def failed(self, admission: Admission, failure: Failure) -> None:
+        """The bot failed to serve an admitted message: refund it per ``refund_on``."""
+        if failure not in self._refund_on:
+            return
+        if admission.debt is not None:
+            self._owed.forgive(admission.debt)
+            return
+        dec = admission.decision
+        if dec is None or dec.duplicate or not dec.units:
+            return
+        try:
+            if await asyncio.wait_for(self._admitter.refund(admission.app_id, dec), self._timeout):
+                self._metrics.refunds.inc()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("refund of %s deferred: %r", dec.token, exc)
+            self._metrics.redis_errors.inc()
+            self._owed.void_later(admission.app_id, dec.key, dec.token)

@@ -1,0 +1,165 @@
+"""Prometheus metrics of the gateway, one :class:`Metrics` object per process.
+
+Names follow ``creditgate_<thing>_<unit>``; no label carries an unbounded value (the
+channel label is a known channel name or ``other``). Across worker processes the values
+live in ``PROMETHEUS_MULTIPROC_DIR`` (set by ``creditgate serve`` before any worker
+starts) and :func:`exposition` merges them; tests pass a fresh ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+OUTCOMES = ("admitted", "refused", "unmetered", "error")
+POOLS = ("free", "app", "pool")
+UPSTREAM_OUTCOMES = ("ok", "5xx", "connect", "timeout")
+REFUSALS = (
+    "unknown_app",
+    "credits_exhausted",
+    "free_credits_expired",
+    "product_not_licensed",
+    "app_suspended",
+    "rate_limited",
+    "usage_limit_reached",
+    "metering_unavailable",
+)
+OTHER = "other"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when several processes serve, else ``None``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every creditgate metric, registered on ``registry``.
+
+    Label children of the per-request counters are bound once here, so the hot path
+    does a dict lookup instead of ``labels()``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, channels: Iterable[str] = ()) -> None:
+        self.registry = registry
+        r = registry
+        self.requests = Counter(
+            "creditgate_requests_total",
+            "Inbound traffic requests and WebSocket messages by channel and outcome.",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "creditgate_refusals_total", "Messages refused, by reason.", ["reason"], registry=r
+        )
+        self.admission_seconds = Histogram(
+            "creditgate_admission_seconds",
+            "Time to an admission decision (Redis round trip included).",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "creditgate_upstream_seconds",
+            "Time from forwarding a request to the bot's response headers.",
+            ["outcome"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.charged = Counter(
+            "creditgate_charged_dollars_total",
+            "Money debited by admissions (gross of refunds), by balance.",
+            ["pool"],
+            registry=r,
+        )
+        self.sessions_started = Counter(
+            "creditgate_sessions_started_total", "Billing sessions opened.", registry=r
+        )
+        self.refunds = Counter(
+            "creditgate_refunds_total", "Charged admissions reversed (bot failed).", registry=r
+        )
+        self.redis_errors = Counter(
+            "creditgate_redis_errors_total",
+            "Admissions or look-ups that Redis did not answer in time.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "creditgate_in_flight_requests",
+            "Traffic requests being handled now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.unsettled = Gauge(
+            "creditgate_unsettled_admissions",
+            "Fail-open admissions served but not yet settled, plus charges awaiting a void.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.flush_lag = Gauge(
+            "creditgate_flush_lag_seconds",
+            "Age of the oldest usage bucket not yet written to the durable store.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.flushed_rows = Counter(
+            "creditgate_flushed_rows_total",
+            "Rows written to the durable store by the flusher.",
+            ["kind"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "creditgate_webhook_outbox_pending",
+            "Owner notifications waiting for delivery.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.batch_size = Histogram(
+            "creditgate_admission_batch_size",
+            "Admissions carried by one admit.lua call.",
+            buckets=_BATCH,
+            registry=r,
+        )
+        labels = {*channels, OTHER}
+        self.request_children = {
+            (ch, o): self.requests.labels(ch, o) for ch in labels for o in OUTCOMES
+        }
+        self.refusal_children = {reason: self.refusals.labels(reason) for reason in REFUSALS}
+        self.charged_children = tuple(self.charged.labels(p) for p in POOLS)
+        self.upstream_children = {o: self.upstream_seconds.labels(o) for o in UPSTREAM_OUTCOMES}
+
+    def count(self, channel_label: str, outcome: str) -> None:
+        self.request_children[(channel_label, outcome)].inc()
+
+    def refused(self, reason: str) -> None:
+        child = self.refusal_children.get(reason)
+        if child is None:
+            child = self.refusal_children[reason] = self.refusals.labels(reason)
+        child.inc()
+
+    def charge(self, free: int, app_paid: int, pool_paid: int) -> None:
+        """Record a debit given in micro-dollars."""
+        for child, micros in zip(self.charged_children, (free, app_paid, pool_paid), strict=True):
+            if micros:
+                child.inc(micros / 1_000_000)
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The Prometheus text exposition: this process's registry, or all processes' values."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(metrics.registry)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+    return generate_latest(merged)

@@ -1,0 +1,181 @@
+"""Admissions Redis could not decide, settled once it answers again.
+
+Two lists, worked off by one background task with a back-off:
+
+* **debts** (fail mode ``open``): messages served without a decision. Each is settled with
+  ``admitter.admit(..., token=<the original attempt's token>)``, so a charge that did reach
+  Redis before the error is found by its idempotency record and not taken twice. A debt
+  whose app is unknown to Redis (e.g. Redis restarted empty and the projection is not
+  rebuilt yet) stays owed until it is; a debt Redis refuses (e.g. the credits ran out
+  meanwhile) is logged, and counted by Redis under its refusal reason.
+* **voids** (both modes): charges that may exist although the message was not served
+  (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
+
+Nothing is forgiven silently, but the lists live in this process's memory: a process
+crash loses what is unsettled (logged on shutdown if Redis is still down then). Both
+lists are bounded by ``limit``; when full, :meth:`owe` returns False and the caller
+refuses the message as in fail mode ``closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import NamedTuple
+
+from redis.exceptions import RedisError
+
+from gateway.metrics import Metrics
+from meter.admission import Admitter, Decision, Kind
+from meter.errors import MeteringUnavailable
+
+log = logging.getLogger(__name__)
+_UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
+
+
+class Debt(NamedTuple):
+    app_id: str
+    channel: str
+    user: str
+    key: str
+    token: str
+    kind: Kind
+
+
+class Void(NamedTuple):
+    app_id: str
+    key: str
+    token: str
+
+
+class Owed:
+    """The process's unsettled admissions and the task that settles them."""
+
+    def __init__(
+        self,
+        admitter: Admitter,
+        metrics: Metrics,
+        *,
+        timeout: float,
+        chunk: int = 256,
+        limit: int = 100_000,
+        retry_s: float = 0.5,
+        max_retry_s: float = 5.0,
+    ) -> None:
+        self._admitter = admitter
+        self._metrics = metrics
+        self._timeout = timeout
+        self._chunk = chunk
+        self._limit = limit
+        self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
+        self.debts: list[Debt] = []
+        self.voids: list[Void] = []
+        self._wake = asyncio.Event()
+        self._settling = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self.debts) + len(self.voids)
+
+    def owe(self, debt: Debt) -> bool:
+        """Remember a served message; False when the list is full (refuse it instead)."""
+        if len(self.debts) >= self._limit:
+            return False
+        self.debts.append(debt)
+        self._changed()
+        return True
+
+    def void_later(self, app_id: str, key: str, token: str) -> None:
+        """Void the charge of attempt ``token`` (if any) when Redis answers again."""
+        if len(self.voids) >= self._limit:
+            log.error("void list full: charge %s of app %s may stay", token, app_id)
+            return
+        self.voids.append(Void(app_id, key, token))
+        self._changed()
+
+    def forgive(self, debt: Debt) -> None:
+        """The served message failed after all: drop it, and void any charge it left."""
+        with contextlib.suppress(ValueError):
+            self.debts.remove(debt)
+        self.void_later(debt.app_id, debt.key, debt.token)
+
+    def _changed(self) -> None:
+        self._metrics.unsettled.set(len(self))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Settle forever (cancel to stop)."""
+        delay = self._retry_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if await self.settle():
+                delay = self._retry_s
+                if self:  # work left that cannot be settled yet (unknown apps)
+                    await asyncio.sleep(delay)
+                    self._wake.set()
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_s)
+                self._wake.set()
+
+    async def settle(self) -> bool:
+        """One pass over both lists; False when Redis did not answer."""
+        async with self._settling:
+            return await self._settle_pass()
+
+    async def _settle_pass(self) -> bool:
+        try:
+            while self.debts:
+                chunk = self.debts[: self._chunk]
+                results = await asyncio.gather(*(self._settle(d) for d in chunk))
+                del self.debts[: len(chunk)]
+                self.debts.extend(d for d, keep in zip(chunk, results, strict=True) if keep)
+                if all(results):
+                    break
+            while self.voids:
+                v = self.voids[0]
+                if await asyncio.wait_for(
+                    self._admitter.void(v.app_id, v.key, v.token), self._timeout
+                ):
+                    self._metrics.refunds.inc()
+                self.voids.pop(0)
+        except _UNAVAILABLE as exc:
+            log.warning("settlement waits for redis (%d owed): %r", len(self), exc)
+            return False
+        finally:
+            self._metrics.unsettled.set(len(self))
+        return True
+
+    async def _settle(self, d: Debt) -> bool:
+        """Settle one debt; True when it must stay owed."""
+        dec: Decision = await self._admitter.admit(
+            d.app_id, d.channel, d.user, d.key, kind=d.kind, token=d.token
+        )
+        if dec.reason == "unknown_app":
+            return True
+        if dec.admitted:
+            if not dec.duplicate:
+                self._metrics.charge(dec.free, dec.app_paid, dec.pool_paid)
+                if dec.new_session:
+                    self._metrics.sessions_started.inc()
+        else:
+            log.warning(
+                "served message of app %s settled as refused (%s): not charged",
+                d.app_id,
+                dec.reason,
+            )
+        return False
+
+    async def close(self, grace_s: float) -> None:
+        """A last settlement attempt; logs what is lost if Redis still does not answer."""
+        if self:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.settle(), grace_s)
+        if self:
+            log.error(
+                "shutting down with %d unsettled debts and %d pending voids (lost)",
+                len(self.debts),
+                len(self.voids),
+            )

@@ -1,0 +1,147 @@
+"""RFC 9457 ``application/problem+json`` responses, and the one middleware that maps
+errors of the gateway and of the metering core to them.
+
+Every problem carries a machine-readable ``code`` (DESIGN §3), e.g.::
+
+    {"type": "urn:creditgate:problem:credits_exhausted", "title": "Credits exhausted",
+     "status": 402, "code": "credits_exhausted", "detail": "..."}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from meter.admission import Decision
+from meter.errors import InvalidInput, MeteringUnavailable, NotFound
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:creditgate:problem:"
+
+# Status and title of each refusal of admit.lua (DESIGN §3).
+REFUSAL_STATUS: dict[str, tuple[int, str]] = {
+    "unknown_app": (404, "Unknown app"),
+    "credits_exhausted": (402, "Credits exhausted"),
+    "free_credits_expired": (402, "Free credits expired"),
+    "product_not_licensed": (403, "Product not licensed"),
+    "app_suspended": (403, "App suspended"),
+    "rate_limited": (429, "Rate limited"),
+    "usage_limit_reached": (429, "Usage limit reached"),
+}
+
+
+class Problem(Exception):
+    """An error answered as problem+json; raise it from a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail or title}")
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return problem_response(
+            self.status, self.code, self.title, self.detail, headers=self.headers, extra=self.extra
+        )
+
+
+class Refused(Problem):
+    """Admission refused the message; the bot is not called."""
+
+    def __init__(self, reason: str, *, retry_after_ms: int = 0) -> None:
+        status, title = REFUSAL_STATUS.get(reason, (403, reason.replace("_", " ").capitalize()))
+        headers: dict[str, str] | None = None
+        extra: dict[str, Any] | None = None
+        if reason == "rate_limited":
+            seconds = max(1, math.ceil(retry_after_ms / 1000))
+            headers = {"Retry-After": str(seconds)}
+            extra = {"retry_after": seconds}
+        super().__init__(status, reason, title, headers=headers, extra=extra)
+        self.reason = reason
+
+    @classmethod
+    def of(cls, decision: Decision) -> Refused:
+        return cls(decision.reason or "unknown_app", retry_after_ms=decision.retry_after_ms)
+
+
+def unknown_app(app_id: str) -> Refused:
+    exc = Refused("unknown_app")
+    exc.detail = f"no app {app_id!r}"
+    return exc
+
+
+def metering_unavailable() -> Problem:
+    return Problem(
+        503,
+        "metering_unavailable",
+        "Metering unavailable",
+        "the usage meter did not answer; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"type": TYPE_PREFIX + code, "title": title, "status": status}
+    body["code"] = code
+    if detail:
+        body["detail"] = detail
+    if extra:
+        body.update(extra)
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map :class:`Problem` and the metering core's errors to problem+json."""
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return exc.response()
+    except MeteringUnavailable:
+        return metering_unavailable().response()
+    except InvalidInput as exc:
+        return problem_response(400, "invalid_input", "Invalid input", str(exc))
+    except NotFound as exc:
+        return problem_response(404, "not_found", "Not found", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+            raise
+        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+        return problem_response(exc.status, code, exc.reason, headers=_keep(exc.headers))
+
+
+def _keep(headers: Mapping[str, str]) -> dict[str, str] | None:
+    # e.g. Allow on 405; the rest (Content-Type/-Length) belongs to the old body.
+    kept = {k: v for k, v in headers.items() if k.lower() in ("allow", "retry-after")}
+    return kept or None

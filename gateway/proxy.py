@@ -1,0 +1,261 @@
+"""HTTP proxying of ``/hooks`` (channel -> bot) and ``/notify`` (bot -> channel).
+
+A request is admitted before anything is forwarded; the bot is called only for an
+admitted or non-billable message. Bodies stream both ways: small request bodies with a
+known length are passed as bytes (cheaper), others are streamed (and counted against
+``max_body_bytes`` while streaming); responses are written back chunk by chunk as they
+arrive. A bot that fails is answered 502/504 and its message refunded per ``refund_on``:
+
+* connection refused or reset before a response: ``connect``, 502 (504 for a connect
+  timeout);
+* no response within ``upstream_read_timeout_s``: ``timeout``, 504;
+* a 5xx response: ``5xx``; the bot's own response is passed through unchanged.
+
+A failure after the response started cannot be answered any more: the client connection
+is aborted (truncated body) and nothing is refunded (the bot did answer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from gateway.channels import USER_HEADER, Channels
+from gateway.forwarding import downstream_headers, target_url, upstream_headers
+from gateway.metering import Admission, Failure, Meter
+from gateway.metrics import Metrics
+from gateway.problems import Problem, Refused, unknown_app
+from gateway.upstreams import NO_UPSTREAM, Upstreams
+
+log = logging.getLogger(__name__)
+SMALL_BODY = 64 * 1024
+Body = bytes | io.BytesIO | AsyncIterator[bytes] | None
+
+
+class BodyTooLarge(Exception):
+    """A streamed request body passed ``max_body_bytes``."""
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "body_too_large", "Body too large", f"the limit is {limit} bytes")
+
+
+def missing_user() -> Problem:
+    return Problem(
+        400,
+        "missing_channel_user",
+        "Missing channel user",
+        f"a billable message needs the {USER_HEADER} header or the channel's user field",
+    )
+
+
+@dataclass(slots=True)
+class Proxy:
+    """Everything the traffic handlers use, built once per process."""
+
+    session: aiohttp.ClientSession
+    upstreams: Upstreams
+    channels: Channels
+    meter: Meter
+    metrics: Metrics
+    max_body: int
+    metering: bool = True
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The whole request body, at most ``max_body`` bytes (413 beyond)."""
+        buf = bytearray()
+        async for chunk in request.content.iter_any():
+            buf += chunk
+            if len(buf) > self.max_body:
+                raise too_large(self.max_body)
+        return bytes(buf)
+
+    async def _limited(self, request: web.Request, state: list[bool]) -> AsyncIterator[bytes]:
+        n = 0
+        async for chunk in request.content.iter_any():
+            n += len(chunk)
+            if n > self.max_body:
+                state[0] = True
+                raise BodyTooLarge
+            yield chunk
+
+    def check_length(self, request: web.Request) -> None:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise too_large(self.max_body)
+
+    async def body_of(self, request: web.Request, state: list[bool]) -> Body:
+        """What to send upstream: small bodies as bytes, others as a counted stream."""
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY:
+            return await self.read_body(request) if length else None
+        if not request.body_exists:
+            return None
+        return self._limited(request, state)
+
+    async def forward(
+        self,
+        request: web.Request,
+        url: URL,
+        body: Body,
+        admission: Admission | None,
+        state: list[bool],
+    ) -> web.StreamResponse:
+        """Send the request upstream and stream the answer back."""
+        headers, _ = upstream_headers(request)
+        if isinstance(body, bytes) and len(body) > SMALL_BODY:
+            body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
+        failure: Failure
+        t0 = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except aiohttp.ConnectionTimeoutError:
+            failure, status = "connect", 504
+        except aiohttp.ClientConnectorError:
+            failure, status = "connect", 502
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            failure, status = "timeout", 504
+        except (aiohttp.ClientError, BodyTooLarge) as exc:
+            if state[0]:
+                await self._failed(admission, "connect")
+                raise too_large(self.max_body) from None
+            log.info("upstream %s failed: %r", url.host, exc)
+            failure, status = "5xx", 502
+        else:
+            return await self._stream_back(request, upstream, admission, t0)
+        self.metrics.upstream_children[failure].observe(time.perf_counter() - t0)
+        await self._failed(admission, failure)
+        if status == 504:
+            raise Problem(
+                504, "upstream_timeout", "Bot timed out", "the bot did not answer in time"
+            )
+        raise Problem(
+            502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
+        )
+
+    async def _failed(self, admission: Admission | None, failure: Failure) -> None:
+        if admission is not None:
+            await self.meter.failed(admission, failure)
+
+    async def _stream_back(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        admission: Admission | None,
+        t0: float,
+    ) -> web.StreamResponse:
+        try:
+            status = upstream.status
+            if status >= 500:
+                self.metrics.upstream_children["5xx"].observe(time.perf_counter() - t0)
+                await self._failed(admission, "5xx")
+            else:
+                self.metrics.upstream_children["ok"].observe(time.perf_counter() - t0)
+            resp = web.StreamResponse(
+                status=status, reason=upstream.reason, headers=downstream_headers(upstream.headers)
+            )
+            await resp.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The answer is half sent: abort so the client sees a truncated body.
+                log.info("upstream failed mid-response: %r", exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            await resp.write_eof()
+            return resp
+        finally:
+            upstream.release()
+
+
+def _prefix(kind: str, channel: str, app_id: str) -> str:
+    return f"/{kind}/{channel}/{app_id}"
+
+
+async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """``ANY /hooks/{channel}/{app_id}[/{tail}]``: meter, then proxy to the bot."""
+    match = request.match_info
+    channel, app_id = match["channel"], match["app_id"]
+    rule = proxy.channels.get(channel)
+    metrics = proxy.metrics
+    outcome = "error"
+    metrics.in_flight.inc()
+    try:
+        base = await proxy.upstreams.resolve(app_id)
+        if base is None:
+            metrics.refused("unknown_app")
+            raise unknown_app(app_id)
+        if base == NO_UPSTREAM:
+            raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
+        proxy.check_length(request)
+        state = [False]
+        body: Body = None
+        if rule.needs_body:
+            body = await proxy.read_body(request)
+            msg = rule.inspect(request.headers, body)
+        else:
+            msg = rule.inspect(request.headers, None)
+        admission = None
+        if msg.billable and proxy.metering:
+            if not msg.user:
+                raise missing_user()
+            admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key)
+        if not rule.needs_body:
+            body = await proxy.body_of(request, state)
+        url = target_url(base, request, _prefix("hooks", channel, app_id))
+        resp = await proxy.forward(request, url, body, admission, state)
+        outcome = "unmetered" if admission is None else "admitted"
+        return resp
+    except Refused:
+        outcome = "refused"
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.count(rule.label, outcome)
+
+
+async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """``ANY /notify/{channel}/{app_id}[/{tail}]``: one ``notification`` unit, then out to
+    the channel's ``delivery_url``."""
+    match = request.match_info
+    channel, app_id = match["channel"], match["app_id"]
+    rule = proxy.channels.get(channel)
+    metrics = proxy.metrics
+    outcome = "error"
+    metrics.in_flight.inc()
+    try:
+        if not rule.delivery_url:
+            raise Problem(
+                404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"
+            )
+        proxy.check_length(request)
+        headers = request.headers
+        # The recipient is not part of the price of a notification; it is recorded if given.
+        user = headers.get(USER_HEADER) or "-"
+        key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
+        admission = None
+        if proxy.metering:
+            admission = await proxy.meter.admit(app_id, channel, user, key, "n")
+        state = [False]
+        body = await proxy.body_of(request, state)
+        url = target_url(rule.delivery_url.rstrip("/"), request, _prefix("notify", channel, app_id))
+        resp = await proxy.forward(request, url, body, admission, state)
+        outcome = "unmetered" if admission is None else "admitted"
+        return resp
+    except Refused:
+        outcome = "refused"
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.count(rule.label, outcome)

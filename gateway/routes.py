@@ -1,0 +1,37 @@
+"""Traffic routes: ``/hooks`` (HTTP and WebSocket) and ``/notify``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.appkeys import PROXY, WEBSOCKETS
+from gateway.problems import Problem, unknown_app
+from gateway.proxy import hooks, notify
+from gateway.upstreams import NO_UPSTREAM
+from gateway.websocket import is_upgrade, proxy_websocket
+
+
+async def hooks_handler(request: web.Request) -> web.StreamResponse:
+    proxy = request.app[PROXY]
+    if not is_upgrade(request):
+        return await hooks(proxy, request)
+    match = request.match_info
+    channel, app_id = match["channel"], match["app_id"]
+    base = await proxy.upstreams.resolve(app_id)
+    if base is None:
+        proxy.metrics.refused("unknown_app")
+        raise unknown_app(app_id)
+    if base == NO_UPSTREAM:
+        raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
+    prefix = f"/hooks/{channel}/{app_id}"
+    return await proxy_websocket(proxy, request, base, prefix, request.app[WEBSOCKETS])
+
+
+async def notify_handler(request: web.Request) -> web.StreamResponse:
+    return await notify(request.app[PROXY], request)
+
+
+def setup_traffic_routes(app: web.Application) -> None:
+    for prefix, handler in (("/hooks", hooks_handler), ("/notify", notify_handler)):
+        app.router.add_route("*", prefix + "/{channel}/{app_id}", handler)
+        app.router.add_route("*", prefix + "/{channel}/{app_id}/{tail:.*}", handler)

@@ -1,0 +1,205 @@
+"""``creditgate serve``: N traffic workers sharing one port, the admin port in the parent.
+
+Each worker process binds the traffic port itself with ``SO_REUSEPORT`` (the kernel
+spreads connections across them) and runs the traffic application on uvloop. The parent
+serves the admin port (probes, metrics of all processes, admin API) and runs the flusher.
+Prometheus values of every process meet in ``PROMETHEUS_MULTIPROC_DIR``, which the
+parent sets (to a temporary directory it removes at exit) before anything imports
+``prometheus_client``.
+
+SIGTERM or SIGINT: the parent forwards SIGTERM to the workers, which stop accepting,
+finish in-flight requests within ``shutdown_grace_s`` and exit; then the parent closes
+the admin port and exits 0. A worker that dies on its own is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from config import Settings
+from gateway.logs import setup_logging
+
+log = logging.getLogger(__name__)
+_ctx = mp.get_context("spawn")
+
+
+def serve(settings: Settings, *, metering: bool = True) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging(settings)
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="creditgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    reserve = None
+    try:
+        if settings.traffic_port == 0:
+            # Every worker must bind the same port: pick it here and hold it meanwhile.
+            reserve = _reuseport_socket(settings.host, 0)
+            settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
+        import uvloop
+
+        return uvloop.run(_parent(settings, metering, reserve))
+    finally:
+        if reserve is not None:
+            reserve.close()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class _Workers:
+    def __init__(self, settings: Settings, metering: bool) -> None:
+        self.settings = settings
+        self.metering = metering
+        self.count = settings.workers or os.cpu_count() or 1
+        self.ready: Any = _ctx.Queue()
+        self.procs: list[BaseProcess] = []
+        self.stopping = False
+
+    def spawn(self) -> BaseProcess:
+        proc = _ctx.Process(
+            target=worker_main,
+            args=(self.settings, self.ready, self.metering),
+            name="creditgate-worker",
+            daemon=False,
+        )
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    async def wait_ready(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(n):
+            await loop.run_in_executor(None, self.ready.get, True, 60)
+
+    async def supervise(self) -> None:
+        """Replace a worker that exits while the gateway is not stopping."""
+        from prometheus_client import multiprocess
+
+        while not self.stopping:
+            await asyncio.sleep(0.5)
+            for proc in list(self.procs):
+                if proc.is_alive() or self.stopping:
+                    continue
+                log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                self.procs.remove(proc)
+                if proc.pid is not None:
+                    multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                self.spawn()
+
+    async def stop(self) -> None:
+        from prometheus_client import multiprocess
+
+        self.stopping = True
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = self.settings.shutdown_grace_s + 10
+        for proc in self.procs:
+            await loop.run_in_executor(None, proc.join, deadline)
+            if proc.is_alive():
+                log.error("worker %s did not stop in time: killing it", proc.pid)
+                proc.kill()
+                await loop.run_in_executor(None, proc.join, 5)
+            if proc.pid is not None:
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+
+
+async def _parent(settings: Settings, metering: bool, reserve: socket.socket | None) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    workers = _Workers(settings, metering)
+    for _ in range(workers.count):
+        workers.spawn()
+    await workers.wait_ready(workers.count)
+    if reserve is not None:
+        reserve.close()
+    gw = create_app(settings, run_flusher=True)
+    runner = web.AppRunner(gw.admin, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.admin_port).start()
+    admin_port = runner.addresses[0][1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = asyncio.create_task(workers.supervise())
+    print(
+        f"creditgate: traffic on http://{settings.host}:{settings.traffic_port} "
+        f"({workers.count} workers), admin on http://{settings.host}:{admin_port}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests (grace %.0fs)", settings.shutdown_grace_s)
+    supervisor.cancel()
+    await workers.stop()
+    await runner.cleanup()
+    return 0
+
+
+def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
+    """Entry point of a worker process."""
+    import uvloop
+
+    setup_logging(settings)
+    try:
+        uvloop.run(_worker(settings, ready, metering))
+    except Exception:
+        log.exception("worker failed")
+        sys.exit(1)
+
+
+async def _worker(settings: Settings, ready: Any, metering: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gw = create_app(settings, metering=metering)
+    runner = web.AppRunner(gw.traffic, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.traffic_port, reuse_port=True, backlog=1024)
+    await site.start()
+    ready.put(os.getpid())
+    watch = asyncio.create_task(_orphan_watch(stop))
+    await stop.wait()
+    watch.cancel()
+    # Stops accepting, lets in-flight requests finish (up to the grace), then cleans up.
+    await runner.cleanup()
+
+
+async def _orphan_watch(stop: asyncio.Event) -> None:
+    """Stop gracefully when the parent is gone (killed): never serve as an orphan."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    log.error("parent process %s is gone: stopping", parent)
+    stop.set()

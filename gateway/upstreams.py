@@ -1,0 +1,92 @@
+"""Where an app's bot runtime lives: ``app_id`` -> upstream base URL.
+
+Read from the app hash field ``up`` in Redis (:func:`meter.keys.app_key`), falling back
+to ``settings.default_upstream_url``. Each process caches an answer for at most
+``max_age`` seconds (so an app changed through the admin API is followed within a
+second), coalesces concurrent look-ups of one app, and keeps serving a stale answer
+while Redis does not answer (traffic that fail-open mode serves still needs a target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import NamedTuple
+
+from redis.exceptions import RedisError
+
+from meter import keys
+from meter.errors import MeteringUnavailable
+from meter.redis_client import RedisClient
+
+NO_UPSTREAM = ""  # the app exists but has no upstream and there is no default
+MAX_ENTRIES = 100_000
+
+
+class _Entry(NamedTuple):
+    expires: float
+    url: str | None  # None: no such app
+
+
+class Upstreams:
+    """Cached app -> upstream URL resolution."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        default_url: str | None,
+        timeout: float,
+        max_age: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._default = (default_url or "").rstrip("/")
+        self._timeout = timeout
+        self._max_age = max_age
+        self._cache: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future[str | None]] = {}
+
+    async def resolve(self, app_id: str) -> str | None:
+        """Base URL without a trailing slash; ``None`` for an unknown app;
+        :data:`NO_UPSTREAM` when the app has none. Raises :class:`MeteringUnavailable`
+        when Redis does not answer and nothing is cached."""
+        entry = self._cache.get(app_id)
+        if entry is not None and entry.expires > time.monotonic():
+            return entry.url
+        ws = keys.workspace_of(app_id)
+        if ws is None:
+            return None
+        pending = self._loading.get(app_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._loading[app_id] = fut
+        try:
+            url = await self._fetch(ws, app_id, entry)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters get it, no "never retrieved" warning
+            raise
+        else:
+            fut.set_result(url)
+            return url
+        finally:
+            del self._loading[app_id]
+
+    async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
+        try:
+            product, up = await asyncio.wait_for(
+                self._client.hmget(keys.app_key(ws, app_id), ["product", "up"]), self._timeout
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            if stale is not None:
+                return stale.url
+            raise MeteringUnavailable(f"redis: {exc!r}", ambiguous=False) from None
+        url = None
+        if product is not None:
+            text = up.decode() if isinstance(up, bytes) else (up or "")
+            url = text.rstrip("/") or self._default
+        if len(self._cache) >= MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[app_id] = _Entry(time.monotonic() + self._max_age, url)
+        return url

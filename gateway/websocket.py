@@ -1,0 +1,165 @@
+"""WebSocket proxying on the ``/hooks`` routes.
+
+The gateway opens a WebSocket to the bot (same URL rules as HTTP, ``ws``/``wss``),
+then accepts the client's upgrade with the sub-protocol the bot chose, and pumps
+messages both ways. Every client -> bot text or binary message is one metered message
+(channel user from ``X-Channel-User-Id`` or the ``user`` query parameter, no
+idempotency key), admitted before it is forwarded.
+
+Closing codes sent to the client:
+
+* ``1008`` (policy violation) with the refusal code as reason (e.g. ``credits_exhausted``)
+  when a message is refused; the refused message is not forwarded, and neither is
+  anything after it;
+* ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
+  answer in fail mode ``closed``;
+* ``1001`` (going away) when the gateway shuts down;
+* otherwise the bot's own close code is passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from gateway.channels import USER_HEADER
+from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
+from gateway.metering import Admission
+from gateway.problems import Problem, Refused
+from gateway.proxy import Proxy, missing_user
+
+log = logging.getLogger(__name__)
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+GOING_AWAY = 1001
+
+
+def is_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def proxy_websocket(
+    proxy: Proxy,
+    request: web.Request,
+    base: str,
+    prefix: str,
+    open_sockets: weakref.WeakSet[web.WebSocketResponse],
+) -> web.StreamResponse:
+    """Proxy one WebSocket connection until either side closes."""
+    match = request.match_info
+    channel, app_id = match["channel"], match["app_id"]
+    user = request.headers.get(USER_HEADER) or request.query.get("user", "")
+    if not user:
+        raise missing_user()
+    headers, _ = upstream_headers(request, drop=WS_HANDSHAKE)
+    url = target_url(base, request, prefix)
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    try:
+        upstream = await proxy.session.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            max_msg_size=proxy.max_body,
+            autoping=True,
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("websocket upstream %s failed: %r", url.host, exc)
+        raise Problem(
+            502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
+        ) from None
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        max_msg_size=proxy.max_body,
+        autoping=True,
+    )
+    await client.prepare(request)
+    open_sockets.add(client)
+    label = proxy.channels.get(channel).label
+    try:
+        to_bot = asyncio.create_task(
+            _client_to_bot(proxy, client, upstream, app_id, channel, user, label)
+        )
+        to_client = asyncio.create_task(_bot_to_client(upstream, client))
+        done, pending = await asyncio.wait((to_bot, to_client), return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        code, reason = (to_bot if to_bot in done else to_client).result()
+    finally:
+        open_sockets.discard(client)
+    code = _sendable(code)
+    if not upstream.closed:
+        await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
+    if not client.closed:
+        await client.close(code=code, message=reason.encode()[:123])
+    return client
+
+
+async def _client_to_bot(
+    proxy: Proxy,
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    app_id: str,
+    channel: str,
+    user: str,
+    label: str,
+) -> tuple[int, str]:
+    metrics = proxy.metrics
+    async for msg in client:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        admission: Admission | None = None
+        try:
+            if proxy.metering:
+                admission = await proxy.meter.admit(app_id, channel, user, "")
+        except Refused as exc:
+            metrics.count(label, "refused")
+            return POLICY_VIOLATION, exc.reason
+        except Problem as exc:
+            metrics.count(label, "error")
+            return TRY_AGAIN_LATER, exc.code
+        try:
+            if msg.type is WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            else:
+                await upstream.send_bytes(msg.data)
+        except (aiohttp.ClientError, ConnectionError):
+            if admission is not None:
+                await proxy.meter.failed(admission, "connect")
+            metrics.count(label, "error")
+            return 1011, "upstream_unavailable"
+        metrics.count(label, "admitted")
+    return client.close_code or 1000, ""
+
+
+async def _bot_to_client(
+    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse
+) -> tuple[int, str]:
+    async for msg in upstream:
+        if msg.type is WSMsgType.TEXT:
+            await client.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await client.send_bytes(msg.data)
+    return upstream.close_code or 1000, ""
+
+
+def _sendable(code: int) -> int:
+    """1005/1006/1015 only describe a close; they must not be sent in a close frame."""
+    if code in (1005, 1006, 1015) or not (1000 <= code < 5000):
+        return 1011 if code in (1006, 1015) else 1000
+    return code
+
+
+async def close_all(open_sockets: weakref.WeakSet[web.WebSocketResponse]) -> None:
+    """On shutdown: tell every connected client the gateway is going away."""
+    for ws in list(open_sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=GOING_AWAY, message=b"shutting down")

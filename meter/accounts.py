@@ -1,0 +1,263 @@
+"""Accounts: users, workspaces, members, the enterprise upgrade and webhook settings.
+
+Each change writes the durable store first (the source of truth), then the Redis
+projection that ``admit.lua`` reads on every call (so a change reaches every gateway
+worker at once), announces it on ``keys.CHANGES`` for caches, and is audited with who,
+what, when and the before/after values. Authorization is checked by the caller
+(:mod:`meter.authz`); these functions check the semantics of their input and raise
+:class:`InvalidInput` naming the field before anything is changed.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from config import Catalog, Settings
+from config.catalog import PRODUCTS
+from meter import authz, keys, projection
+from meter.errors import Conflict, InvalidInput, NotFound
+from meter.redis_client import RedisClient
+from meter.store import Conflict as StoreConflict
+from meter.store import LedgerEntry, Licence, Store, UpgradeRequest, User, Workspace
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_NAME = 200
+MAX_URL = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What account operations work on: the store, Redis and the configuration."""
+
+    store: Store
+    redis: RedisClient
+    settings: Settings
+    catalog: Catalog
+    clock: Callable[[], float] = time.time
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def new_id(prefix: str = "") -> str:
+    """A random lowercase id matching ``keys.ID_RE`` (13 characters)."""
+    return prefix + secrets.token_hex(6) if prefix else "w" + secrets.token_hex(6)
+
+
+def check_url(field: str, url: str) -> str:
+    """An absolute ``http(s)`` URL, or :class:`InvalidInput` naming ``field``."""
+    if len(url) > MAX_URL:
+        raise InvalidInput(field, f"longer than {MAX_URL} characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InvalidInput(field, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidInput(field, "must be an absolute http:// or https:// URL")
+    return url
+
+
+def check_text(field: str, value: str, limit: int = MAX_NAME) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(field, f"longer than {limit} characters")
+    return value
+
+
+async def audit(d: Deps, actor: str, action: str, target: str, before: Any, after: Any) -> None:
+    await d.store.add_audit(actor, action, target, before, after, at=d.now_ms())
+
+
+async def announce(d: Deps, ident: str) -> None:
+    """Tell caches in every worker that the config of an app or workspace changed."""
+    await d.redis.publish(keys.CHANGES, ident)
+
+
+def free_reference(ws_id: str) -> str:
+    """The ledger reference (and Redis grant marker) of a workspace's free credits."""
+    return f"free:{ws_id}"
+
+
+# -------------------------------------------------------------------------------- users
+
+
+async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User, str]:
+    """Create a user; returns it with its token (shown once, stored as a hash)."""
+    email = check_text("email", email, 254)
+    if not EMAIL_RE.match(email):
+        raise InvalidInput("email", "must be an email address such as ada@example.com")
+    name = check_text("name", name)
+    if await d.store.get_user_by_email(email) is not None:
+        raise Conflict(f"a user with email {email} exists", code="email_taken", field="email")
+    token = authz.new_token()
+    user = User(new_id("u"), email, name, authz.token_hash(token), d.now_ms())
+    try:
+        await d.store.create_user(user)
+    except StoreConflict:
+        raise Conflict(
+            f"a user with email {email} exists", code="email_taken", field="email"
+        ) from None
+    await audit(d, actor, "user.create", f"user:{user.id}", None, {"email": email, "name": name})
+    return user, token
+
+
+async def existing_user(d: Deps, field: str, user_id: str) -> User:
+    user = await d.store.get_user(user_id)
+    if user is None:
+        raise InvalidInput(field, f"no user {user_id}")
+    return user
+
+
+# --------------------------------------------------------------------------- workspaces
+
+
+async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
+    """A standard workspace owned by ``owner_id`` with its free-credit grant.
+
+    The workspace, the owner's membership and the grant's ledger entry commit in one
+    transaction; the live balance is then granted in Redis with the same reference,
+    so a repeated grant is a no-op on both sides.
+    """
+    name = check_text("name", name)
+    now = d.now_ms()
+    ws = Workspace(
+        id=new_id(),
+        name=name,
+        owner_id=owner_id,
+        created_at=now,
+        type="standard",
+        free_expires_at=now + int(d.settings.free_credit_validity_s * 1000),
+    )
+    amount = d.settings.free_credits
+    grant = None
+    if amount > 0:
+        grant = LedgerEntry(
+            workspace_id=ws.id,
+            kind="grant_free",
+            amount=amount,
+            reference=free_reference(ws.id),
+            created_at=now,
+            detail={"expires_at": ws.free_expires_at},
+        )
+    await d.store.create_workspace(ws, grant=grant)
+    await project_workspace(d, ws)
+    after = {"name": name, "owner_id": owner_id, "type": "standard", "free_credits": amount}
+    await audit(d, f"user:{owner_id}", "workspace.create", f"workspace:{ws.id}", None, after)
+    return ws
+
+
+async def project_workspace(d: Deps, ws: Workspace) -> None:
+    """Write a workspace's plan, licences and free-credit grant to Redis (idempotent)."""
+    lic = {
+        li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
+        for li in await d.store.get_licences(ws.id)
+    }
+    await projection.put_workspace(d.redis, ws.id, plan=ws.type, catalog=d.catalog, licences=lic)
+    if d.settings.free_credits > 0 and ws.free_expires_at is not None:
+        await projection.grant(
+            d.redis,
+            ws.id,
+            reference=free_reference(ws.id),
+            kind="free",
+            amount=d.settings.free_credits,
+            low_threshold=d.settings.low_balance_threshold,
+            free_expires_ms=ws.free_expires_at,
+        )
+    await announce(d, ws.id)
+
+
+async def add_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> bool:
+    """Add a user to the workspace; ``False`` if already a member."""
+    await existing_user(d, "user_id", user_id)
+    added = await d.store.add_member(ws.id, user_id)
+    if added:
+        await audit(d, actor, "member.add", f"workspace:{ws.id}", None, {"user_id": user_id})
+    return added
+
+
+async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:
+    """Where the workspace's owner notifications go, and the key they are signed with."""
+    check_url("url", url)
+    if not 16 <= len(secret) <= 256:
+        raise InvalidInput("secret", "must be 16-256 characters")
+    if not await d.store.set_webhook(ws.id, url, secret):
+        raise NotFound("workspace", ws.id)
+    before = {"url": ws.webhook_url}
+    await audit(d, actor, "webhook.set", f"workspace:{ws.id}", before, {"url": url})
+
+
+# ------------------------------------------------------------------------------ upgrade
+
+
+def check_products(field: str, products: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if not products:
+        raise InvalidInput(field, "name at least one product")
+    for i, p in enumerate(products):
+        if p not in PRODUCTS:
+            raise InvalidInput(f"{field}.{i}", f"must be one of {', '.join(PRODUCTS)}")
+    if len(set(products)) != len(products):
+        raise InvalidInput(field, "lists a product twice")
+    return tuple(products)
+
+
+async def upgrade(
+    d: Deps, actor: str, ws: Workspace, licences: Mapping[str, projection.Licence]
+) -> Workspace:
+    """Make the workspace enterprise with exactly these per-product licences.
+
+    Grants its open upgrade requests. ``admit.lua`` reads the licences from Redis on
+    every call, so traffic to an unlicensed product is refused from the next message.
+    """
+    check_products("licences", list(licences))
+    for product, li in licences.items():
+        if li.per_minute > li.per_hour:
+            raise InvalidInput(f"licences.{product}.per_hour", "must be at least per_minute")
+    rows = [
+        Licence(ws.id, p, li.usage_limit, li.per_minute, li.per_hour) for p, li in licences.items()
+    ]
+    before_lic = {li.product: _licence_dict(li) for li in await d.store.get_licences(ws.id)}
+    if not await d.store.upgrade_workspace(ws.id, rows):
+        raise NotFound("workspace", ws.id)
+    await projection.put_workspace(
+        d.redis, ws.id, plan="enterprise", catalog=d.catalog, licences=licences
+    )
+    await announce(d, ws.id)
+    after = {"type": "enterprise", "licences": {r.product: _licence_dict(r) for r in rows}}
+    before = {"type": ws.type, "licences": before_lic}
+    await audit(d, actor, "workspace.upgrade", f"workspace:{ws.id}", before, after)
+    updated = await d.store.get_workspace(ws.id)
+    if updated is None:
+        raise NotFound("workspace", ws.id)
+    return updated
+
+
+def _licence_dict(li: Licence) -> dict[str, int]:
+    return {"usage_limit": li.usage_limit, "per_minute": li.per_minute, "per_hour": li.per_hour}
+
+
+async def request_upgrade(
+    d: Deps, actor: str, ws: Workspace, products: list[str], message: str | None
+) -> UpgradeRequest:
+    """Record an owner's request to become enterprise for ``products``."""
+    prods = check_products("products", products)
+    if message is not None and len(message) > 2000:
+        raise InvalidInput("message", "longer than 2000 characters")
+    req = UpgradeRequest(
+        id=new_id("r"), workspace_id=ws.id, products=prods, created_at=d.now_ms(), message=message
+    )
+    await d.store.create_upgrade_request(req)
+    after = {"id": req.id, "products": list(prods), "message": message}
+    await audit(d, actor, "upgrade_request.create", f"workspace:{ws.id}", None, after)
+    return req

@@ -1,0 +1,134 @@
+"""Apps (bots) of a workspace: creation, settings, collaborators and ownership.
+
+The store holds the app; ``projection.put_app`` writes what ``admit.lua`` reads on every
+call (product, free-credit use, suspension, upstream URL), so a change takes effect on
+every gateway worker with the next message. Every change is audited.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from config.catalog import PRODUCTS
+from meter import keys, projection
+from meter.accounts import Deps, announce, audit, check_text, check_url, existing_user
+from meter.errors import Forbidden, InvalidInput, NotFound
+from meter.store import App, Workspace
+from meter.store.models import ROLES, Role
+
+UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
+
+
+def new_app_id(ws_id: str) -> str:
+    """``<workspace>_<random suffix>``: admission finds the workspace without a lookup."""
+    app_id = f"{ws_id}_{secrets.token_hex(6)}"
+    assert keys.APP_RE.match(app_id), app_id
+    return app_id
+
+
+async def project_app(d: Deps, app: App) -> None:
+    """Write the app's live configuration to Redis and tell the workers' caches."""
+    await projection.put_app(
+        d.redis,
+        app.id,
+        product=app.product,
+        use_free_credits=app.use_free_credits,
+        suspended=app.suspended,
+        upstream_url=app.upstream_url,
+    )
+    await announce(d, app.id)
+
+
+def app_dict(app: App) -> dict[str, Any]:
+    return {
+        "name": app.name,
+        "product": app.product,
+        "owner_id": app.owner_id,
+        "upstream_url": app.upstream_url,
+        "use_free_credits": app.use_free_credits,
+        "suspended": app.suspended,
+    }
+
+
+async def create_app(
+    d: Deps, owner_id: str, ws: Workspace, name: str, product: str, upstream_url: str | None
+) -> App:
+    """An app owned by ``owner_id``; enterprise workspaces only for licensed products."""
+    name = check_text("name", name)
+    if product not in PRODUCTS:
+        raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
+    if upstream_url is not None:
+        check_url("upstream_url", upstream_url)
+    if ws.type == "enterprise":
+        licensed = {li.product for li in await d.store.get_licences(ws.id)}
+        if product not in licensed:
+            raise Forbidden(
+                f"workspace {ws.id} holds no licence for {product}", code="product_not_licensed"
+            )
+    app = App(
+        id=new_app_id(ws.id),
+        workspace_id=ws.id,
+        name=name,
+        product=product,
+        owner_id=owner_id,
+        created_at=d.now_ms(),
+        upstream_url=upstream_url,
+    )
+    await d.store.create_app(app)
+    await project_app(d, app)
+    await audit(d, f"user:{owner_id}", "app.create", f"app:{app.id}", None, app_dict(app))
+    return app
+
+
+async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> App:
+    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it) or ``suspended``."""
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "cannot be changed")
+    if changes.get("upstream_url") is not None:
+        check_url("upstream_url", changes["upstream_url"])
+    if not changes:
+        return app
+    updated = await d.store.update_app(app.id, **changes)
+    if updated is None:
+        raise NotFound("app", app.id)
+    await project_app(d, updated)
+    before = {k: app_dict(app)[k] for k in changes}
+    after = {k: app_dict(updated)[k] for k in changes}
+    await audit(d, actor, "app.update", f"app:{app.id}", before, after)
+    return updated
+
+
+async def add_collaborator(d: Deps, actor: str, app: App, user_id: str, role: str) -> Role:
+    """Invite ``user_id`` as ``developer``, ``tester`` or ``viewer`` (or change the role)."""
+    if role not in ROLES:
+        raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
+    await existing_user(d, "user_id", user_id)
+    if user_id == app.owner_id:
+        raise InvalidInput("user_id", "the app owner cannot also be a collaborator")
+    before = await d.store.get_collaborator_role(app.id, user_id)
+    checked: Role = role  # type: ignore[assignment]  # checked against ROLES above
+    await d.store.add_collaborator(app.id, user_id, checked)
+    target = f"app:{app.id}"
+    after = {"user_id": user_id, "role": role}
+    prior = {"user_id": user_id, "role": before} if before else None
+    await audit(d, actor, "collaborator.add", target, prior, after)
+    return checked
+
+
+async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
+    """Hand the app to another user of its workspace, who gets all the owner's rights."""
+    await existing_user(d, "user_id", user_id)
+    if not await d.store.is_member(app.workspace_id, user_id):
+        raise InvalidInput("user_id", f"{user_id} is not a member of workspace {app.workspace_id}")
+    if user_id == app.owner_id:
+        return app
+    updated = await d.store.update_app(app.id, owner_id=user_id)
+    if updated is None:
+        raise NotFound("app", app.id)
+    # The owner's rights include everything a collaborator role gave; keep one truth.
+    await d.store.remove_collaborator(app.id, user_id)
+    before, after = {"owner_id": app.owner_id}, {"owner_id": user_id}
+    await audit(d, actor, "app.transfer", f"app:{app.id}", before, after)
+    return updated

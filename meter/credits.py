@@ -1,0 +1,118 @@
+"""Paid funds: top-ups of the shared workspace pool or of one app.
+
+A top-up is idempotent by its ``reference`` across three writes, each keyed by it:
+the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
+(``grant.lua``'s marker) and the ``funds.added`` outbox event (its ``event_id``). A retry
+with the same reference after a crash between them completes the missing parts and
+changes nothing twice; the same reference with a different amount or app is a conflict.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from config.money import MICROS_PER_DOLLAR, InvalidAmount, format_amount, parse_amount
+from meter import projection
+from meter.accounts import Deps, audit
+from meter.errors import Conflict, InvalidInput
+from meter.store import LedgerEntry, OutboxEvent, Workspace
+
+REFERENCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+CENT = MICROS_PER_DOLLAR // 100
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """The ledger entry of a top-up and whether this call created it."""
+
+    entry: LedgerEntry
+    created: bool
+
+
+def parse_topup(d: Deps, amount: str) -> int:
+    """A top-up amount in micro-dollars: plain decimal, whole cents, within the limits."""
+    try:
+        micros = parse_amount(amount)
+    except InvalidAmount:
+        raise InvalidInput("amount", "must be a plain decimal string such as '100.00'") from None
+    if micros % CENT:
+        raise InvalidInput("amount", "must be whole cents (at most 2 decimals)")
+    lo, hi = d.settings.topup_min, d.settings.topup_max
+    if not lo <= micros <= hi:
+        raise InvalidInput("amount", f"must be between {format_amount(lo)} and {format_amount(hi)}")
+    return micros
+
+
+def funds_reference(reference: str | None) -> str:
+    if reference is None:
+        return "funds:" + secrets.token_hex(12)
+    if not REFERENCE_RE.match(reference):
+        raise InvalidInput("reference", "must be 1-100 of A-Z a-z 0-9 . _ : -")
+    return "funds:" + reference
+
+
+async def add_funds(
+    d: Deps,
+    actor: str,
+    ws: Workspace,
+    amount: str,
+    *,
+    app_id: str | None = None,
+    reference: str | None = None,
+) -> TopUp:
+    """Add paid funds to the shared pool, or to ``app_id`` only."""
+    if ws.type != "standard":
+        raise Conflict(
+            f"workspace {ws.id} is enterprise: usage is invoiced, not prepaid",
+            code="postpaid_workspace",
+        )
+    micros = parse_topup(d, amount)
+    if app_id is not None:
+        app = await d.store.get_app(app_id)
+        if app is None or app.workspace_id != ws.id:
+            raise InvalidInput("app_id", f"no app {app_id} in workspace {ws.id}")
+    ref = funds_reference(reference)
+    entry = LedgerEntry(
+        workspace_id=ws.id,
+        kind="topup",
+        amount=micros,
+        reference=ref,
+        created_at=d.now_ms(),
+        app_id=app_id,
+        detail={"by": actor},
+    )
+    created = await d.store.add_ledger_entry(entry)
+    if not created:
+        prior = await d.store.get_ledger_entry(ws.id, ref)
+        if prior is None or prior.amount != micros or prior.app_id != app_id:
+            raise Conflict(
+                f"reference {reference} was used for another top-up",
+                code="reference_reused",
+                field="reference",
+            )
+        entry = prior
+    await projection.grant(
+        d.redis,
+        ws.id,
+        reference=ref,
+        kind="funds",
+        amount=micros,
+        low_threshold=d.settings.low_balance_threshold,
+        app_id=app_id or "",
+    )
+    payload = {"amount": format_amount(micros), "app_id": app_id, "reference": reference or ref}
+    await d.store.enqueue(
+        OutboxEvent(
+            workspace_id=ws.id,
+            event_id=f"{ws.id}:{ref}",
+            event_type="funds.added",
+            payload=payload,
+            created_at=entry.created_at,
+        )
+    )
+    if created:
+        after = {"amount": format_amount(micros), "app_id": app_id, "reference": ref}
+        await audit(d, actor, "funds.add", f"workspace:{ws.id}", None, after)
+    return TopUp(entry=entry, created=created)

@@ -1,0 +1,150 @@
+"""Test helpers for the admin API: a real admin server (real socket, real Redis, real store).
+
+``admin_server`` wires the admin application with :func:`gateway.app.create_app` (the
+production wiring) on a free 127.0.0.1 port; ``Admin.api`` makes one HTTP call and
+returns status and decoded body; ``snapshot`` captures every row of the store and every
+key of Redis, so a test can prove that a refused request changed nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient, TestServer
+from bot import serve
+
+from config import Settings, load_settings
+from gateway.app import Gateway, create_app
+from gateway.webhooks import OPTIONS, WebhookOptions
+from meter.redis_client import RedisClient, connect
+from meter.store import Store, open_store
+
+OPERATOR_TOKEN = "operator-token-" + "x" * 24
+TABLES = (
+    "users",
+    "workspaces",
+    "memberships",
+    "apps",
+    "collaborators",
+    "licences",
+    "upgrade_requests",
+    "ledger",
+    "audit_log",
+    "outbox",
+)
+
+
+def admin_settings(store_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a test admin server; never reads the environment."""
+    return load_settings(
+        env={},
+        store_url=store_url,
+        redis_url=redis_url,
+        operator_token=OPERATOR_TOKEN,
+        **overrides,
+    )
+
+
+@dataclass
+class Admin:
+    client: TestClient[Any, Any]
+    store: Store
+    redis: RedisClient
+    settings: Settings
+    gateway: Gateway
+    traffic_url: str = ""
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("/")).rstrip("/")
+
+    async def api(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        json: Any = None,
+        *,
+        data: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """One call; the body is decoded JSON (or text when not JSON)."""
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        if json is not None:
+            data = orjson.dumps(json)
+            h.setdefault("Content-Type", "application/json")
+        async with self.client.request(method, path, data=data, headers=h) as resp:
+            raw = await resp.read()
+            if "json" in resp.headers.get("Content-Type", ""):
+                return resp.status, orjson.loads(raw) if raw else None
+            return resp.status, raw.decode()
+
+    async def ok(self, method: str, path: str, token: str | None, json: Any = None) -> Any:
+        status, body = await self.api(method, path, token, json)
+        assert 200 <= status < 300, (method, path, status, body)
+        return body
+
+    async def new_user(self, name: str) -> tuple[str, str]:
+        """Create a user through the API; returns ``(id, token)``."""
+        email = f"{name}.{time.time_ns()}@example.com"
+        body = await self.ok("POST", "/v1/users", OPERATOR_TOKEN, {"email": email, "name": name})
+        return body["id"], body["token"]
+
+
+@asynccontextmanager
+async def admin_server(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    webhooks: WebhookOptions | None = None,
+    traffic: bool = False,
+    run_flusher: bool = False,
+) -> AsyncIterator[Admin]:
+    """The admin application of ``create_app`` serving on a free loopback port; with
+    ``traffic`` also its traffic application (``Admin.traffic_url``)."""
+    store = open_store(settings.store_url)
+    await store.migrate()
+    redis = connect(settings.redis_url)
+    gw = create_app(settings, clock=clock, redis=redis, store=store, run_flusher=run_flusher)
+    gw.admin[OPTIONS] = webhooks or WebhookOptions(poll_s=0.05, backoff_base_s=0.05)
+    client: TestClient[Any, Any] = TestClient(TestServer(gw.admin, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        async with AsyncExitStack() as stack:
+            url = await stack.enter_async_context(serve(gw.traffic)) if traffic else ""
+            yield Admin(client, store, redis, settings, gw, url)
+    finally:
+        await client.close()
+        await redis.aclose()
+        await store.close()
+
+
+async def snapshot(admin: Admin) -> dict[str, Any]:
+    """Every row of the account tables and every Redis key with its value."""
+    out: dict[str, Any] = {}
+    async with admin.store.connection() as c:
+        for table in TABLES:
+            rows = await c.fetch(f"SELECT * FROM {table}")
+            out[table] = sorted(repr(tuple(r)) for r in rows)
+    redis: dict[str, Any] = {}
+    for key in await admin.redis.keys("*"):
+        kind = (await admin.redis.type(key)).decode()
+        if kind == "hash":
+            redis[key.decode()] = await admin.redis.hgetall(key)
+        elif kind == "set":
+            redis[key.decode()] = sorted(await admin.redis.smembers(key))
+        elif kind == "list":
+            redis[key.decode()] = await admin.redis.lrange(key, 0, -1)
+        elif kind == "zset":
+            redis[key.decode()] = await admin.redis.zrange(key, 0, -1, withscores=True)
+        else:
+            redis[key.decode()] = await admin.redis.get(key)
+    out["redis"] = redis
+    return out

@@ -1,0 +1,309 @@
+"""A real counting test bot, and helpers to run a gateway in-process on real sockets.
+
+The bot is an aiohttp app on a free 127.0.0.1 port that records every call. Paths:
+
+* ``/ws`` - WebSocket echo (each received message is recorded in ``ws_messages``);
+* ``/status/<code>`` - answers with that status;
+* ``/slow/<seconds>`` - answers after sleeping;
+* ``/stream/<bytes>`` - streams that many bytes (64 KiB chunks); the first chunk is sent
+  at once, the rest only after ``bot.release`` is set (so a test can prove the gateway
+  streams instead of buffering);
+* ``/hop`` - answers with hop-by-hop headers that must not reach the client;
+* anything else - echoes method, path, query, headers and body as JSON.
+
+Usage::
+
+    async with running_bot() as bot:
+        ...  bot.url, bot.calls, bot.count()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry
+
+from config import Settings, load_catalog
+from gateway.app import Gateway, create_app
+from meter import projection
+from meter.redis_client import RedisClient, connect
+from meter.store import open_store
+
+HOST = "127.0.0.1"
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Call:
+    method: str
+    path_qs: str
+    headers: CIMultiDict[str]
+    raw_headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class Bot:
+    """State of a running test bot."""
+
+    url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    ws_messages: list[str | bytes] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self, path_prefix: str = "") -> int:
+        return sum(1 for c in self.calls if c.path_qs.startswith(path_prefix))
+
+
+def bot_app(bot: Bot) -> web.Application:
+    async def ws(request: web.Request) -> web.StreamResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                bot.ws_messages.append(msg.data)
+                await sock.send_str("echo:" + msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                bot.ws_messages.append(msg.data)
+                await sock.send_bytes(msg.data)
+        return sock
+
+    async def any_route(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        bot.calls.append(
+            Call(
+                request.method,
+                request.raw_path,
+                CIMultiDict(request.headers),
+                [(k, v) for k, v in request.headers.items()],
+                body,
+            )
+        )
+        parts = request.path.split("/")
+        head = parts[1] if len(parts) > 1 else ""
+        if head == "status":
+            return web.Response(status=int(parts[2]), text="bot says " + parts[2])
+        if head == "slow":
+            await asyncio.sleep(float(parts[2]))
+            return web.Response(text="slow done")
+        if head == "stream":
+            return await _stream(bot, request, int(parts[2]))
+        if head == "hop":
+            return web.Response(
+                text="hop",
+                headers={
+                    "Connection": "X-Resp-Hop",
+                    "X-Resp-Hop": "1",
+                    "Keep-Alive": "timeout=5",
+                    "Proxy-Authenticate": "Basic",
+                    "X-End-To-End": "kept",
+                },
+            )
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "raw_path": request.raw_path,
+                "query": request.query_string,
+                "body": body.decode("latin-1"),
+            },
+            headers={"X-Bot": "1"},
+            status=201 if request.method == "PUT" else 200,
+        )
+
+    app = web.Application(client_max_size=64 * 1024 * 1024, handler_args={"auto_decompress": False})
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/{tail:.*}", any_route)
+    return app
+
+
+async def _stream(bot: Bot, request: web.Request, size: int) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = size
+    await resp.prepare(request)
+    sent = 0
+    pattern = bytes(range(256)) * (CHUNK // 256)
+    first = True
+    while sent < size:
+        n = min(CHUNK, size - sent)
+        await resp.write(pattern[:n])
+        sent += n
+        if first:
+            first = False
+            await bot.release.wait()
+    await resp.write_eof()
+    bot.finished.set()
+    return resp
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, port: int = 0, **runner_kw: Any) -> AsyncIterator[str]:
+    """Run ``app`` on 127.0.0.1 (a free port unless given); yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, **runner_kw)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, port)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_bot() -> AsyncIterator[Bot]:
+    bot = Bot()
+    async with serve(bot_app(bot)) as url:
+        bot.url = url
+        yield bot
+
+
+@dataclass
+class Running:
+    """A gateway served in-process: traffic and admin base URLs."""
+
+    gateway: Gateway
+    url: str
+    admin_url: str
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Running]:
+    store = open_store(settings.store_url)
+    await store.migrate()
+    try:
+        gw = create_app(settings, clock=clock, store=store, registry=CollectorRegistry())
+        async with serve(gw.traffic) as url, serve(gw.admin) as admin_url:
+            yield Running(gw, url, admin_url)
+    finally:
+        await store.close()
+
+
+class FakeClock:
+    """A settable clock for ``create_app(clock=...)``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def seed(
+    client: RedisClient,
+    settings: Settings,
+    ws: str,
+    apps: dict[str, dict[str, Any]],
+    *,
+    plan: str = "standard",
+    free: int = 0,
+    free_expires_ms: int | None = None,
+    pool: int = 0,
+    licences: dict[str, projection.Licence] | None = None,
+    now: float | None = None,
+) -> None:
+    """A workspace with apps (``put_app`` kwargs, plus ``funds`` micro-dollars tied to it)."""
+    catalog = load_catalog(settings.catalog_path)
+    await projection.put_workspace(
+        client,
+        ws,
+        plan=plan,  # type: ignore[arg-type]
+        catalog=catalog,
+        licences=licences,
+    )
+    for app_id, kw in apps.items():
+        kw = dict(kw)
+        funds = kw.pop("funds", 0)
+        await projection.put_app(client, app_id, **kw)
+        if funds:
+            await projection.grant(
+                client,
+                ws,
+                reference=f"funds-{app_id}",
+                kind="funds",
+                amount=funds,
+                app_id=app_id,
+                low_threshold=settings.low_balance_threshold,
+            )
+    now = time.time() if now is None else now
+    if free:
+        expires = free_expires_ms or int((now + settings.free_credit_validity_s) * 1000)
+        await projection.grant(
+            client,
+            ws,
+            reference="free",
+            kind="free",
+            amount=free,
+            free_expires_ms=expires,
+            low_threshold=settings.low_balance_threshold,
+        )
+    if pool:
+        await projection.grant(
+            client,
+            ws,
+            reference="pool",
+            kind="funds",
+            amount=pool,
+            low_threshold=settings.low_balance_threshold,
+        )
+
+
+def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
+    """Settings for a test: only loopback, a temp SQLite file, no environment."""
+    from config import load_settings
+
+    return load_settings(
+        env={},
+        redis_url=redis_url,
+        store_url=f"sqlite:///{tmp_path}/creditgate.db",
+        host=HOST,
+        **overrides,
+    )
+
+
+# ---------------------------------------------------------------------- fixtures
+# Import them into a test module (``from bot import bot_fixture, ...`` with noqa F401);
+# the fixtures are named ``bot``, ``http`` and ``rclient``.
+
+
+@pytest.fixture(name="bot")
+async def bot_fixture() -> AsyncIterator[Bot]:
+    """A fresh counting bot per test."""
+    async with running_bot() as b:
+        yield b
+
+
+@pytest.fixture(name="http")
+async def http_fixture() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that leaves bodies as they come (no decompression)."""
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        yield s
+
+
+@pytest.fixture(name="rclient")
+async def rclient_fixture(redis_url: str) -> AsyncIterator[RedisClient]:
+    """A redis-py client on the (FLUSHALLed) test Redis."""
+    c = connect(redis_url)
+    yield c
+    await c.aclose()
+
+
+async def eventually(cond: Callable[[], bool], within_s: float = 15.0) -> bool:
+    """Poll ``cond`` (state owned by another task or process) until true or timeout."""
+    for _ in range(int(within_s / 0.05)):
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return cond()

@@ -1,0 +1,67 @@
+"""A real HTTP receiver of owner notifications on a loopback port, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from meter.notifier import SIGNATURE_HEADER, verify
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, object]:
+        data: dict[str, object] = orjson.loads(self.body)
+        return data
+
+
+@dataclass
+class Receiver:
+    """Records every POST; answers ``fail_with`` to the next ``fail`` requests."""
+
+    url: str = ""
+    got: list[Received] = field(default_factory=list)
+    fail: int = 0
+    fail_with: int = 500
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def valid(self, secret: str) -> list[Received]:
+        return [r for r in self.got if verify(secret, r.body, r.headers.get(SIGNATURE_HEADER))]
+
+    def types(self) -> list[object]:
+        return [r.json["type"] for r in self.got]
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+
+    async def hook(request: web.Request) -> web.Response:
+        rec.got.append(Received(dict(request.headers), await request.read()))
+        rec.arrived.set()
+        if rec.fail > 0:
+            rec.fail -= 1
+            return web.Response(status=rec.fail_with)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,178 @@
+"""Every admin route x every role -> the status DESIGN §3 prescribes, from ONE table.
+
+Real HTTP through the admin application of ``create_app`` on a loopback socket, with a
+real redis-server and a real SQLite store; a smaller smoke subset runs on PostgreSQL.
+
+Roles: ``op`` operator token; ``owner`` the workspace owner; ``appown`` a member who owns
+the app; ``collab`` a developer invited to the app who is not a workspace member;
+``member`` a plain member; ``other`` a user of another workspace; ``none`` no token;
+``bad`` an unknown token. 404 = the caller may not even see the resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+
+ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
+
+
+@dataclass
+class World:
+    """One workspace with an app, and a user in each role."""
+
+    admin: Admin
+    ws: str
+    app: str
+    tokens: dict[str, str | None]
+    users: dict[str, str]
+
+
+Req = Callable[[World], tuple[str, str, Any]]
+
+# route -> statuses in ROLES order. THE table.
+MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
+    ("POST /v1/users",
+     lambda w: ("POST", "/v1/users", {"email": f"n{id(w)}@example.com", "name": "N"}),
+     (201, 403, 403, 403, 403, 403, 401, 401)),
+    ("POST /v1/workspaces",
+     lambda w: ("POST", "/v1/workspaces", {"name": "Another"}),
+     (403, 201, 201, 201, 201, 201, 401, 401)),
+    ("GET /v1/workspaces/{ws}",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}", None),
+     (403, 200, 200, 404, 200, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/members",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/members", {"user_id": w.users["spare"]}),
+     (403, 201, 403, 404, 403, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/apps",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/apps", {"name": "b", "product": "search"}),
+     (403, 201, 201, 404, 201, 404, 401, 401)),
+    ("GET /v1/apps/{app}",
+     lambda w: ("GET", f"/v1/apps/{w.app}", None),
+     (403, 200, 200, 403, 403, 404, 401, 401)),
+    ("PATCH /v1/apps/{app}",
+     lambda w: ("PATCH", f"/v1/apps/{w.app}", {"use_free_credits": True}),
+     (403, 200, 200, 403, 403, 404, 401, 401)),
+    ("POST /v1/apps/{app}/collaborators",
+     lambda w: ("POST", f"/v1/apps/{w.app}/collaborators",
+                {"user_id": w.users["spare"], "role": "viewer"}),
+     (403, 201, 201, 403, 403, 404, 401, 401)),
+    ("POST /v1/apps/{app}/transfer",
+     lambda w: ("POST", f"/v1/apps/{w.app}/transfer", {"user_id": w.users["appown"]}),
+     (403, 200, 200, 403, 403, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/funds",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/funds", {"amount": "100.00", "reference": "m"}),
+     (403, 201, 403, 404, 403, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/upgrade",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/upgrade",
+                {"licences": {"automation": {"usage_limit": 9, "per_minute": 1, "per_hour": 2}}}),
+     (200, 403, 403, 404, 403, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/upgrade-requests",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/upgrade-requests", {"products": ["search"]}),
+     (403, 201, 403, 404, 403, 404, 401, 401)),
+    ("GET /v1/upgrade-requests",
+     lambda w: ("GET", "/v1/upgrade-requests", None),
+     (200, 403, 403, 403, 403, 403, 401, 401)),
+    ("GET /v1/workspaces/{ws}/plan-usage",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/plan-usage", None),
+     (200, 200, 403, 404, 403, 404, 401, 401)),
+    ("GET /v1/workspaces/{ws}/usage",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/usage?granularity=day", None),
+     (200, 200, 200, 404, 403, 404, 401, 401)),
+    ("GET /v1/workspaces/{ws}/sessions",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/sessions", None),
+     (200, 200, 200, 404, 403, 404, 401, 401)),
+    ("PUT /v1/workspaces/{ws}/webhook",
+     lambda w: ("PUT", f"/v1/workspaces/{w.ws}/webhook",
+                {"url": "http://127.0.0.1:9/hook", "secret": "s" * 32}),
+     (403, 200, 403, 404, 403, 404, 401, 401)),
+    ("GET /v1/openapi.json",
+     lambda w: ("GET", "/v1/openapi.json", None),
+     (200, 200, 200, 200, 200, 200, 200, 200)),
+]  # fmt: skip
+SMOKE = {
+    "GET /v1/workspaces/{ws}",
+    "POST /v1/workspaces/{ws}/funds",
+    "GET /v1/apps/{app}",
+    "GET /v1/workspaces/{ws}/usage",
+}
+
+
+async def build_world(admin: Admin) -> World:
+    """Users in every role around one workspace and its app, all through the API."""
+    users: dict[str, str] = {}
+    tokens: dict[str, str | None] = {"op": OPERATOR_TOKEN, "none": None, "bad": "cgu_not-a-token"}
+    for role in ("owner", "appown", "collab", "member", "other", "spare"):
+        users[role], token = await admin.new_user(role)
+        tokens[role] = token
+    ws = (await admin.ok("POST", "/v1/workspaces", tokens["owner"], {"name": "Acme"}))["id"]
+    await admin.ok("POST", "/v1/workspaces", tokens["other"], {"name": "Elsewhere"})
+    for role in ("appown", "member"):
+        await admin.ok("POST", f"/v1/workspaces/{ws}/members", tokens["owner"],
+                       {"user_id": users[role]})  # fmt: skip
+    app = await admin.ok(
+        "POST", f"/v1/workspaces/{ws}/apps", tokens["appown"],
+        {"name": "Helpdesk", "product": "automation"},
+    )  # fmt: skip
+    await admin.ok(
+        "POST", f"/v1/apps/{app['id']}/collaborators", tokens["appown"],
+        {"user_id": users["collab"], "role": "developer"},
+    )  # fmt: skip
+    return World(admin, ws, app["id"], tokens, users)
+
+
+@pytest.fixture
+async def sqlite_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
+    async with admin_server(admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)) as a:
+        yield a
+
+
+async def check_route(admin: Admin, name: str, req: Req, expected: tuple[int, ...]) -> list[str]:
+    """Call one route as every role (in a fresh world); return the mismatches."""
+    world = await build_world(admin)
+    wrong = []
+    for role, want in zip(ROLES, expected, strict=True):
+        method, path, body = req(world)
+        status, answer = await admin.api(method, path, world.tokens[role], body)
+        if status != want:
+            wrong.append(f"{name} as {role}: {status} (want {want}) {answer}")
+        elif status >= 400:
+            assert answer["status"] == status and answer["code"], answer
+    return wrong
+
+
+def test_the_table_covers_every_route() -> None:
+    from gateway.admin_api import ROUTES
+
+    listed = {name for name, _, _ in MATRIX}
+    assert {f"{r.method} {r.path}" for r in ROUTES} <= listed
+
+
+async def test_authorization_matrix(sqlite_admin: Admin) -> None:
+    wrong: list[str] = []
+    for name, req, expected in MATRIX:
+        wrong += await check_route(sqlite_admin, name, req, expected)
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_authorization_smoke_on_postgres(redis_url: str, pg_dsn: str) -> None:
+    async with admin_server(admin_settings(pg_dsn, redis_url)) as admin:
+        wrong: list[str] = []
+        for name, req, expected in MATRIX:
+            if name in SMOKE:
+                wrong += await check_route(admin, name, req, expected)
+        assert not wrong, "\n".join(wrong)
+
+
+async def test_malformed_authorization_headers_are_401(sqlite_admin: Admin) -> None:
+    for header in ("", "Bearer", "Basic abc", "Bearer " + "x" * 600, "bearer  "):
+        status, body = await sqlite_admin.api(
+            "GET", "/v1/upgrade-requests", headers={"Authorization": header}
+        )
+        assert status == 401, (header, body)
+        assert body["code"] == "unauthorized"

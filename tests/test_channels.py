@@ -1,0 +1,210 @@
+"""Channel rules: user and idempotency key from headers or JSON pointers, billable or not,
+with the real payload samples of ``shared/channels``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from bot import (  # noqa: F401
+    Bot,
+    Running,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_gateway,
+    seed,
+)
+
+from config.settings import ChannelRule
+from gateway.channels import Channels, parse_pointer, resolve
+from meter import keys
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+
+
+def _find_samples() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        for cand in (parent / "shared" / "channels", parent.parent / "shared" / "channels"):
+            if (cand / "slack-message.json").exists():
+                return cand
+    pytest.skip("shared/channels payload samples not found beside the repository")
+
+
+SAMPLES = _find_samples()
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+# ------------------------------------------------------------------ unit rules
+
+
+def test_json_pointer() -> None:
+    doc = {"a": [{"b/c": 1, "d~e": "x"}], "": 2}
+    assert resolve(doc, parse_pointer("/a/0/b~1c")) == 1
+    assert resolve(doc, parse_pointer("/a/0/d~0e")) == "x"
+    assert resolve(doc, parse_pointer("/")) == 2
+    assert resolve(doc, parse_pointer("")) == doc
+    missing = resolve(doc, parse_pointer("/a/1"))
+    assert missing is resolve(doc, parse_pointer("/nope"))
+    with pytest.raises(ValueError):
+        parse_pointer("a/b")
+
+
+@pytest.mark.parametrize(
+    ("channel", "file", "billable", "user", "key"),
+    [
+        ("slack", "slack-message.json", True, "U2147483697", "Ev0PV52K21"),
+        ("slack", "slack-url-verification.json", False, "", ""),
+        (
+            "msteams",
+            "msteams-message.json",
+            True,
+            "29:1XJKJMvc5GBtc2JwZq0oj8tHZmzrQgFmB39ATiQWA85gQtHieVkKilBZ9XHoq9j7Zaqt7CZ-NJWi7me2kHTL3Bw",
+            "1485983408511",
+        ),
+        ("msteams", "msteams-typing.json", False, "", ""),
+        (
+            "whatsapp",
+            "whatsapp-message.json",
+            True,
+            "16505551234",
+            "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+        ),
+        ("whatsapp", "whatsapp-status.json", False, "", ""),
+    ],
+)
+def test_builtin_rules_on_samples(
+    channel: str, file: str, billable: bool, user: str, key: str
+) -> None:
+    rule = Channels({}).get(channel)
+    assert rule.needs_body
+    msg = rule.inspect({}, sample(file))
+    assert msg.billable is billable
+    if billable:
+        assert (msg.user, msg.key) == (user, key)
+
+
+def test_headers_win_and_request_id_is_the_last_resort() -> None:
+    rule = Channels({}).get("slack")
+    body = sample("slack-message.json")
+    msg = rule.inspect({"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body)
+    assert (msg.user, msg.key) == ("hdr", "k")
+    msg = rule.inspect({"X-Request-Id": "rid"}, body)
+    assert msg.key == "Ev0PV52K21"
+    other = Channels({}).get("web")
+    assert not other.needs_body
+    assert other.label == "other"
+    assert other.inspect({"X-Request-Id": "rid"}, None).key == "rid"
+
+
+def test_configured_channels_and_overrides() -> None:
+    chans = Channels(
+        {
+            "voice": ChannelRule(user_pointer="/caller", skip_if_equals={"/kind": ["ping"]}),
+            "slack": ChannelRule(delivery_url="http://127.0.0.1:9/slack"),
+        }
+    )
+    voice = chans.get("voice")
+    assert voice.label == "voice"
+    assert voice.inspect({}, b'{"caller": 42}').user == "42"
+    assert not voice.inspect({}, b'{"kind": "ping"}').billable
+    assert voice.inspect({}, b"not json").billable
+    slack = chans.get("slack")  # only delivery_url overridden; built-in pointers stay
+    assert slack.delivery_url == "http://127.0.0.1:9/slack"
+    assert slack.inspect({}, sample("slack-message.json")).user == "U2147483697"
+
+
+# ----------------------------------------------------------- through the gateway
+
+WS = "chans"
+APP = f"{WS}_app1"
+BROKE = f"{WS}_broke"
+
+
+@pytest.fixture
+async def gw(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> AsyncIterator[Running]:
+    settings = make_settings(redis_url, tmp_path)
+    apps: dict[str, dict[str, Any]] = {
+        APP: {"product": "contact_center", "upstream_url": bot.url, "funds": 1_000_000},
+        BROKE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False},
+    }
+    await seed(rclient, settings, WS, apps)
+    async with running_gateway(settings) as running:
+        yield running
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes, **headers: str) -> int:
+    h = {"Content-Type": "application/json", **headers}
+    async with http.post(url, data=body, headers=h) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_slack_retry_reaches_bot_twice_charged_once(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    url = f"{gw.url}/hooks/slack/{APP}/slack/events"
+    body = sample("slack-message.json")
+    assert await post(http, url, body) == 200
+    assert await post(http, url, body, **{"X-Slack-Retry-Num": "1"}) == 200
+    assert bot.count("/slack/events") == 2
+    assert bot.calls[1].body == body
+    # contact_center bills per request ($0.01): one charge for the two deliveries
+    assert (await read_balances(rclient, WS)).app_paid[APP] == 1_000_000 - 10_000
+    agg = await rclient.hgetall(keys.agg_key(WS, await _bucket(rclient)))
+    field = f"{APP}|slack|contact_center|request|m".encode()
+    assert int(agg[field]) == 1
+
+
+async def _bucket(rclient: RedisClient) -> int:
+    [b] = await rclient.zrange(keys.agg_index_key(WS), 0, -1)
+    return int(b)
+
+
+@pytest.mark.parametrize(
+    ("channel", "file"),
+    [
+        ("slack", "slack-url-verification.json"),
+        ("msteams", "msteams-typing.json"),
+        ("whatsapp", "whatsapp-status.json"),
+    ],
+)
+async def test_non_billable_callbacks_pass_even_without_credit(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, channel: str, file: str
+) -> None:
+    body = sample(file)
+    assert await post(http, f"{gw.url}/hooks/{channel}/{BROKE}/cb", body) == 200
+    assert bot.calls[0].body == body
+    # ...while a real message of the same channel is refused
+    billable = file.split("-")[0] + "-message.json"
+    assert await post(http, f"{gw.url}/hooks/{channel}/{BROKE}/cb", sample(billable)) == 402
+    assert bot.count() == 1
+    async with http.get(f"{gw.admin_url}/metrics") as resp:
+        text = await resp.text()
+    assert f'creditgate_requests_total{{channel="{channel}",outcome="unmetered"}} 1.0' in text
+
+
+async def test_msteams_and_whatsapp_messages_are_metered_by_pointer(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    for channel in ("msteams", "whatsapp"):
+        body = sample(f"{channel}-message.json")
+        assert await post(http, f"{gw.url}/hooks/{channel}/{APP}", body) == 200
+        assert await post(http, f"{gw.url}/hooks/{channel}/{APP}", body) == 200  # retry
+    assert bot.count() == 4
+    assert (await read_balances(rclient, WS)).app_paid[APP] == 1_000_000 - 2 * 10_000
+    payload = json.loads(sample("msteams-message.json"))
+    payload["id"] = "another"
+    del payload["from"]
+    assert await post(http, f"{gw.url}/hooks/msteams/{APP}", json.dumps(payload).encode()) == 400

@@ -1,0 +1,103 @@
+"""A bot that fails costs nothing: 5xx, unreachable and too slow bots are refunded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from bot import (  # noqa: F401
+    Bot,
+    Running,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_gateway,
+    seed,
+)
+from servers import free_port
+
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+
+WS = "refund"
+APP = f"{WS}_app1"
+DOWN = f"{WS}_down"
+FUNDS = 1_000_000  # $1.00 tied to each app: five sessions
+
+
+@pytest.fixture
+async def gw(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> AsyncIterator[Running]:
+    settings = make_settings(redis_url, tmp_path, upstream_read_timeout_s=0.3)
+    apps = {
+        APP: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS},
+        DOWN: {
+            "product": "automation",
+            "upstream_url": f"http://127.0.0.1:{free_port()}",
+            "funds": FUNDS,
+        },
+    }
+    await seed(rclient, settings, WS, apps)
+    async with running_gateway(settings) as running:
+        yield running
+
+
+async def balance(rclient: RedisClient, app: str = APP) -> int:
+    return (await read_balances(rclient, WS)).app_paid[app]
+
+
+async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, str, bytes]:
+    async with http.post(url, headers={"X-Channel-User-Id": user}, data=b"hi") as resp:
+        return resp.status, resp.content_type, await resp.read()
+
+
+async def test_bot_500_is_passed_through_and_refunded(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    status, _, body = await post(http, f"{gw.url}/hooks/web/{APP}/status/500", "u1")
+    assert (status, body) == (500, b"bot says 500")
+    assert bot.count() == 1
+    assert await balance(rclient) == FUNDS
+    # the refund undid the session: the user's next message opens (and pays) it afresh
+    assert (await post(http, f"{gw.url}/hooks/web/{APP}/ok", "u1"))[0] == 200
+    assert await balance(rclient) == FUNDS - 200_000
+
+
+async def test_bot_4xx_is_charged(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    assert (await post(http, f"{gw.url}/hooks/web/{APP}/status/404", "u1"))[0] == 404
+    assert await balance(rclient) == FUNDS - 200_000
+
+
+async def test_bot_down_is_502_and_refunded(
+    gw: Running, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    status, ctype, _ = await post(http, f"{gw.url}/hooks/web/{DOWN}", "u1")
+    assert (status, ctype) == (502, "application/problem+json")
+    assert await balance(rclient, DOWN) == FUNDS
+
+
+async def test_bot_slow_is_504_and_refunded(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    status, ctype, body = await post(http, f"{gw.url}/hooks/web/{APP}/slow/2", "u1")
+    assert (status, ctype) == (504, "application/problem+json")
+    assert b"upstream_timeout" in body
+    assert bot.count() == 1
+    assert await balance(rclient) == FUNDS
+
+
+async def test_refunds_are_counted_in_metrics(
+    gw: Running, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    await post(http, f"{gw.url}/hooks/web/{DOWN}", "u1")
+    async with http.get(f"{gw.admin_url}/metrics") as resp:
+        text = await resp.text()
+    assert "creditgate_refunds_total 1.0" in text
+    assert 'creditgate_requests_total{channel="other",outcome="error"} 1.0' in text
+    assert 'creditgate_upstream_seconds_count{outcome="connect"} 1.0' in text

@@ -1,0 +1,151 @@
+"""Owner notifications: signed, delivered once to a real HTTP receiver, retried with backoff."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from metering import T0, Clock
+from receiver import Receiver, receiver
+
+from gateway.webhooks import http_post
+from meter.notifier import SIGNATURE_HEADER, Notifier, render, signature
+from meter.store import OutboxEvent, Store, User, Workspace, open_store
+
+SECRET = "whsec-" + "k" * 26
+WS = "wsnotify1"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path}/store.db")
+    await s.migrate()
+    await s.create_user(User("u0001", "o@example.com", "O", "h" * 64, 0))
+    await s.create_workspace(Workspace(WS, "Acme", "u0001", 0))
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def rec() -> AsyncIterator[Receiver]:
+    async with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock, **kw: float) -> Notifier:
+    return Notifier(
+        store, http_post(session, 2.0), clock=clock, backoff_base_s=1.0, timeout_s=2.0, **kw
+    )  # type: ignore[arg-type]
+
+
+async def enqueue(store: Store, event_id: str, kind: str, **payload: object) -> None:
+    ev = OutboxEvent(WS, f"{WS}:{event_id}", kind, {"id": event_id, **payload}, int(T0 * 1000))
+    await store.enqueue(ev)
+
+
+def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+    body = b'{"a":1}'
+    want = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert signature(SECRET, body) == f"sha256={want}"
+
+
+def test_money_in_payloads_becomes_decimal_strings() -> None:
+    ev = OutboxEvent(WS, f"{WS}:e7", "free_credits.expired", {"id": "e7", "type": "x",
+                     "at": 5, "amount": 48_000_000, "app": "a_b"}, 1_800_000_000_000)  # fmt: skip
+    import orjson
+
+    body = orjson.loads(render(ev))
+    assert body == {
+        "id": f"{WS}:e7",
+        "type": "free_credits.expired",
+        "workspace_id": WS,
+        "created_at": "2027-01-15T08:00:00.000Z",
+        "data": {"amount": "48.00", "app_id": "a_b"},
+    }
+
+
+async def test_delivered_once_with_a_valid_signature(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    await enqueue(store, "e1", "balance.low", balance=49_800_000, threshold=50_000_000)
+    n = notifier(store, session, clock)
+    assert await n.deliver_due() == 1
+    assert await n.deliver_due() == 0
+    clock.advance(3600)
+    assert await n.deliver_due() == 0
+    assert len(rec.got) == 1 and len(rec.valid(SECRET)) == 1
+    got = rec.got[0]
+    assert got.json["data"] == {"balance": "49.80", "threshold": "50.00"}
+    assert got.headers["X-Creditgate-Event"] == "balance.low"
+    assert got.headers["X-Creditgate-Delivery"] == f"{WS}:e1"
+    assert not rec.valid("another-secret-entirely")
+    stored = await store.get_event(f"{WS}:e1")
+    assert stored is not None and stored.delivered_at is not None and stored.attempts == 1
+
+
+async def test_failures_retry_with_exponential_backoff(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    await enqueue(store, "e2", "paid_balance.zero")
+    n = notifier(store, session, clock)
+    rec.fail = 3
+    delays = []
+    for _ in range(3):
+        assert await n.deliver_due() == 0
+        ev = await store.get_event(f"{WS}:e2")
+        assert ev is not None and ev.next_attempt_at is not None
+        delays.append(ev.next_attempt_at - int(clock.now * 1000))
+        assert await n.deliver_due() == 0  # not due yet
+        clock.now = ev.next_attempt_at / 1000
+    assert 750 <= delays[0] <= 1000 and 1500 <= delays[1] <= 2000 and 3000 <= delays[2] <= 4000
+    assert await n.deliver_due() == 1
+    ev = await store.get_event(f"{WS}:e2")
+    assert ev is not None and ev.attempts == 4 and ev.delivered_at is not None
+    assert len(rec.got) == 4 and ev.last_error is None
+
+
+async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await store.set_webhook(WS, "http://127.0.0.1:9/nothing-listens", SECRET)
+    await enqueue(store, "e3", "app.inactive", app="x_y")
+    n = notifier(store, session, clock, max_attempts=2)
+    assert await n.deliver_due() == 0
+    clock.advance(10)
+    assert await n.deliver_due() == 0
+    ev = await store.get_event(f"{WS}:e3")
+    assert ev is not None and ev.attempts == 2 and ev.next_attempt_at is None
+    assert ev.delivered_at is None and ev.last_error  # kept, never delivered
+    clock.advance(86400)
+    assert await store.due_events(int(clock.now * 1000)) == []
+
+
+async def test_events_wait_for_a_webhook_to_be_configured(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await enqueue(store, "e4", "free_credits.exhausted")
+    n = notifier(store, session, clock)
+    assert await n.deliver_due() == 0
+    await store.set_webhook(WS, rec.url, SECRET)
+    clock.advance(3600)  # past the delivery lease
+    assert await n.deliver_due() == 1
+    assert rec.types() == ["free_credits.exhausted"]
+    ev = await store.get_event(f"{WS}:e4")
+    assert ev is not None and ev.attempts == 1
+    assert rec.got[0].headers[SIGNATURE_HEADER].startswith("sha256=")
