@@ -1,0 +1,138 @@
+"""Turn the contents of a claimed Redis bucket into rows of one store batch.
+
+Aggregate fields are ``<app>|<channel>|<product>|<unit>|<metric>`` (see ``admit.lua``);
+session records ``app\\tchannel\\tuser\\tproduct\\tstart\\tlast\\tmsgs\\tamount``; events
+JSON objects with ``id``, ``type`` and ``at``. Refund counts (metric ``x``) have no store
+column: refunds are already netted out of the other counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from meter.claims import Claim
+from meter.store import LedgerEntry, OutboxEvent, SessionRow, UsageRow
+
+_METRICS = {
+    "n": "units",
+    "m": "messages",
+    "f": "amount_free",
+    "a": "amount_app",
+    "p": "amount_pool",
+    "i": "amount_invoiced",
+}
+AggKey = tuple[str, str, str, str]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows of one claimed bucket, ready for ``Store.write_flush_batch``."""
+
+    usage: list[UsageRow] = field(default_factory=list)
+    sessions: list[SessionRow] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    events: list[OutboxEvent] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.usage) + len(self.sessions) + len(self.ledger) + len(self.events)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def fold_aggregates(items: Sequence[bytes | str]) -> dict[AggKey, dict[str, Any]]:
+    """Flat ``field, value`` pairs of an aggregate hash -> counters per row key."""
+    by_prefix: dict[bytes | str, dict[str, Any]] = {}
+    it = iter(items)
+    for raw, value in zip(it, it, strict=True):
+        # Split off the metric only; the row key is decoded once per row, not per field.
+        prefix, _, m = raw.rpartition(b"|" if isinstance(raw, bytes) else "|")  # type: ignore[arg-type]
+        metric = _text(m)
+        acc = by_prefix.get(prefix)
+        if acc is None:
+            acc = by_prefix[prefix] = {"refused": {}}
+        name = _METRICS.get(metric)
+        if name is not None:
+            acc[name] = acc.get(name, 0) + int(value)
+        elif metric.startswith("r:"):
+            refused = acc["refused"]
+            refused[metric[2:]] = refused.get(metric[2:], 0) + int(value)
+    out: dict[AggKey, dict[str, Any]] = {}
+    for prefix, acc in by_prefix.items():
+        app, channel, product, unit = _text(prefix).split("|")
+        out[(app, channel, product, unit)] = acc
+    return out
+
+
+def usage_rows(ws: str, bucket_s: int, items: Sequence[bytes | str]) -> list[UsageRow]:
+    """Usage rows of one aggregate bucket (``bucket_start`` in ms, as the store keeps it)."""
+    return [
+        UsageRow(ws, bucket_s * 1000, app, channel, product, unit, **counters)
+        for (app, channel, product, unit), counters in fold_aggregates(items).items()
+    ]
+
+
+def session_rows(ws: str, gen: int, items: Sequence[bytes | str]) -> list[SessionRow]:
+    """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins."""
+    rows = []
+    for i in range(0, len(items) - 1, 2):
+        app, channel, user, product, start, last, msgs, amount = _text(items[i + 1]).split("\t")
+        rows.append(
+            SessionRow(
+                workspace_id=ws,
+                id=_text(items[i]),
+                app_id=app,
+                channel=channel,
+                channel_user=user,
+                product=product,
+                start_ms=int(start),
+                end_ms=int(last),
+                messages=int(msgs),
+                amount=int(amount),
+                seq=gen,
+            )
+        )
+    return rows
+
+
+def event_rows(
+    ws: str, items: Sequence[bytes | str]
+) -> tuple[list[LedgerEntry], list[OutboxEvent]]:
+    """Events -> owner notifications (outbox), and a ``lapse`` ledger entry per expiry."""
+    ledger: list[LedgerEntry] = []
+    outbox: list[OutboxEvent] = []
+    for raw in items:
+        ev: dict[str, Any] = orjson.loads(raw)
+        event_id = f"{ws}:{ev['id']}"
+        at = int(ev.get("at", 0))
+        payload = {**ev, "id": event_id, "workspace_id": ws}
+        outbox.append(OutboxEvent(ws, event_id, str(ev["type"]), payload, at))
+        if ev["type"] == "free_credits.expired" and int(ev.get("amount", 0)) > 0:
+            ledger.append(
+                LedgerEntry(
+                    workspace_id=ws,
+                    kind="lapse",
+                    amount=-int(ev["amount"]),
+                    reference=event_id,
+                    created_at=at,
+                    pool="free",
+                    detail={"event": ev["id"]},
+                )
+            )
+    return ledger, outbox
+
+
+def build(claim: Claim) -> Batch:
+    """The store rows of a claimed bucket."""
+    if claim.kind == "ag":
+        return Batch(usage=usage_rows(claim.ws, claim.bucket, claim.items))
+    if claim.kind == "sr":
+        return Batch(sessions=session_rows(claim.ws, claim.gen, claim.items))
+    ledger, events = event_rows(claim.ws, claim.items)
+    return Batch(ledger=ledger, events=events)

@@ -1,0 +1,180 @@
+"""``creditgate migrate | flush | export | reconcile``: the commands ``gateway/cli.py`` delegates.
+
+Each is ``name(settings, args) -> int`` (exit code) on an argparse ``Namespace``;
+:func:`add_arguments` declares the flags each one reads. Missing attributes fall back to
+defaults, and ``--fix`` is accepted for ``reconcile --apply``. Output goes to stdout
+(or ``--output FILE``), messages to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, BinaryIO
+
+from config import Settings
+from meter.errors import InvalidInput
+from meter.export import export_stream, parse_time
+from meter.store.periods import DAY_MS
+
+
+def add_arguments(sub: Any) -> None:
+    """Add the four subcommands with their flags to an ``add_subparsers()`` object."""
+    sub.add_parser("migrate", help="create or upgrade the durable store's schema")
+    p = sub.add_parser("flush", help="run the usage flusher alone")
+    add_flush_arguments(p)
+    p = sub.add_parser("export", help="export billing usage as CSV or NDJSON")
+    add_export_arguments(p)
+    p = sub.add_parser("reconcile", help="compare Redis balances with the store")
+    add_reconcile_arguments(p)
+
+
+def add_flush_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true", help="flush what is closed, then exit")
+    p.add_argument("--force", action="store_true", help="also flush buckets still open")
+    p.add_argument("--lease", type=float, default=None, help="claim lease (s)")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_", metavar="TIME", help="start, ISO 8601 (UTC)")
+    p.add_argument("--to", metavar="TIME", help="end, exclusive (default: now)")
+    p.add_argument("--workspace", help="one workspace only")
+    p.add_argument("--granularity", choices=("hour", "day", "week", "month"), default="day")
+    p.add_argument("--format", choices=("csv", "ndjson"), default="csv")
+    p.add_argument("--sessions", action="store_true", help="billing-session detail rows")
+    p.add_argument("--output", "-o", default="-", help="file, or - for stdout")
+
+
+def add_reconcile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", help="one workspace only")
+    p.add_argument("--apply", action="store_true", help="write the store-derived values")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ------------------------------------------------------------------ migrate
+
+
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Apply missing schema migrations."""
+    return asyncio.run(_migrate(settings))
+
+
+async def _migrate(settings: Settings) -> int:
+    from meter.store import open_store
+
+    async with open_store(settings.store_url) as store:
+        applied = await store.migrate()
+        version = await store.schema_version()
+    _err(f"schema at version {version}" + (f" (applied {applied})" if applied else ""))
+    return 0
+
+
+# -------------------------------------------------------------------- flush
+
+
+def flush(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the flusher until SIGTERM, or ``--once``: drain what is closed and exit."""
+    from meter.flusher import serve_flusher
+
+    once, force = bool(getattr(args, "once", False)), bool(getattr(args, "force", False))
+    res = asyncio.run(
+        serve_flusher(settings, once=once, force=force, lease_s=getattr(args, "lease", None))
+    )
+    if once:
+        _err(f"flushed {res.batches} batches, {res.rows} rows ({res.duplicates} already written)")
+        if res.busy or res.failed:
+            _err(f"{res.busy} buckets held by other flushers, {res.failed} failed")
+            return 1
+    return 0
+
+
+# ------------------------------------------------------------------- export
+
+
+def export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a usage or billing-session export; exit 2 on invalid input."""
+    try:
+        to_ms = parse_time(args.to, "to") if getattr(args, "to", None) else int(time.time() * 1000)
+        raw_from = getattr(args, "from_", None) or getattr(args, "from", None)
+        from_ms = parse_time(raw_from, "from") if raw_from else to_ms - 30 * DAY_MS
+    except InvalidInput as exc:
+        _err(f"creditgate export: {exc}")
+        return 2
+    return asyncio.run(_export(settings, args, from_ms, to_ms))
+
+
+async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
+    from meter.store import open_store
+
+    async with open_store(settings.store_url) as store:
+        try:
+            chunks = export_stream(
+                store,
+                kind="sessions" if getattr(args, "sessions", False) else "usage",
+                fmt=getattr(args, "format", "csv") or "csv",
+                from_ms=from_ms,
+                to_ms=to_ms,
+                granularity=getattr(args, "granularity", None) or "day",
+                workspace=getattr(args, "workspace", None),
+            )
+        except InvalidInput as exc:
+            _err(f"creditgate export: {exc}")
+            return 2
+        with _output(getattr(args, "output", "-") or "-") as out:
+            await _copy(chunks, out)
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+    else:
+        with open(path, "wb") as f:
+            yield f
+
+
+async def _copy(chunks: AsyncIterator[bytes], out: BinaryIO) -> None:
+    async for chunk in chunks:
+        out.write(chunk)
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """Print every difference; exit 1 if any is not explained by unflushed usage."""
+    apply = bool(getattr(args, "apply", False) or getattr(args, "fix", False))
+    return asyncio.run(_reconcile(settings, getattr(args, "workspace", None), apply))
+
+
+async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> int:
+    from meter.reconcile import reconcile as run
+    from meter.redis_client import connect
+    from meter.store import open_store
+
+    client = connect(settings.redis_url)
+    try:
+        async with open_store(settings.store_url) as store:
+            reports = await run(store, client, settings, workspace=workspace, apply=apply)
+    finally:
+        await client.aclose()
+    bad = 0
+    for rep in reports:
+        for d in rep.differences:
+            print(d.line())
+        if rep.reprovisioned:
+            print(f"{rep.workspace_id}: re-provisioned from the store")
+        if rep.applied and rep.mismatches:
+            print(f"{rep.workspace_id}: applied {len(rep.mismatches)} corrections")
+        bad += len(rep.mismatches)
+    _err(f"{len(reports)} workspaces, {bad} mismatches" + (" corrected" if apply else ""))
+    return 1 if bad and not apply else 0

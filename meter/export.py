@@ -1,0 +1,274 @@
+"""Billing export: usage summaries or billing-session detail as CSV or NDJSON, streamed.
+
+Rows come from the durable store page by page and leave as text chunks, so an export
+of any size holds neither a transaction nor the whole result. Money is a decimal string
+(``"499.80"``), times are UTC ISO-8601 (``2026-11-26T20:00:00Z``). Usage is summed per
+period (``hour``, ``day``, ISO ``week`` from Monday, calendar ``month``) and per app,
+channel, product and unit. A range may span at most 90 days.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable
+from contextlib import aclosing
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import orjson
+
+from config.money import format_amount
+from meter.errors import InvalidInput
+from meter.store import SessionRow, Store, UsageRow
+from meter.store.models import GRANULARITIES, REFUSAL_REASONS
+from meter.store.periods import DAY_MS, next_period, period_start
+
+Format = Literal["csv", "ndjson"]
+FORMATS: tuple[str, ...] = ("csv", "ndjson")
+MAX_RANGE_MS = 90 * DAY_MS
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+
+USAGE_FIELDS: tuple[str, ...] = (
+    "workspace_id",
+    "period_start",
+    "period_end",
+    "app_id",
+    "channel",
+    "product",
+    "unit",
+    "units",
+    "messages",
+    "amount",
+    "amount_free",
+    "amount_app_paid",
+    "amount_pool",
+    "amount_invoiced",
+    *(f"refused_{r}" for r in REFUSAL_REASONS),
+)
+SESSION_FIELDS: tuple[str, ...] = (
+    "workspace_id",
+    "app_id",
+    "channel",
+    "channel_user",
+    "billing_session_id",
+    "product",
+    "start",
+    "end",
+    "messages",
+    "amount",
+)
+
+
+def iso(ms: int) -> str:
+    """UTC ISO-8601 with a ``Z`` and whole seconds (milliseconds when not whole)."""
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str, field: str = "time") -> int:
+    """``2026-11-01``, ``2026-11-01T20:00:00Z`` (or with an offset) -> epoch ms (UTC)."""
+    try:
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        else:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidInput(field, "must be an ISO-8601 date or time, e.g. 2026-11-01") from None
+    return int(dt.timestamp() * 1000)
+
+
+def check_range(from_ms: int, to_ms: int) -> None:
+    """Refuse an empty, reversed or longer-than-90-days range."""
+    if to_ms <= from_ms:
+        raise InvalidInput("to", "must be after from")
+    if to_ms - from_ms > MAX_RANGE_MS:
+        raise InvalidInput("to", "the range may span at most 90 days; export it in parts")
+
+
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise InvalidInput("granularity", f"must be one of {', '.join(GRANULARITIES)}")
+
+
+def _usage_record(
+    ws: str, start: int, granularity: str, key: tuple[str, str, str, str], acc: list[int]
+) -> dict[str, Any]:
+    app, channel, product, unit = key
+    units, messages, free, app_paid, pool, invoiced, *refused = acc
+    rec: dict[str, Any] = {
+        "workspace_id": ws,
+        "period_start": iso(start),
+        "period_end": iso(next_period(start, granularity)),
+        "app_id": app,
+        "channel": channel,
+        "product": product,
+        "unit": unit,
+        "units": units,
+        "messages": messages,
+        "amount": format_amount(free + app_paid + pool + invoiced),
+        "amount_free": format_amount(free),
+        "amount_app_paid": format_amount(app_paid),
+        "amount_pool": format_amount(pool),
+        "amount_invoiced": format_amount(invoiced),
+    }
+    for reason, n in zip(REFUSAL_REASONS, refused, strict=True):
+        rec[f"refused_{reason}"] = n
+    return rec
+
+
+def _counters(r: UsageRow) -> list[int]:
+    head = [r.units, r.messages, r.amount_free, r.amount_app, r.amount_pool, r.amount_invoiced]
+    return head + [r.refused.get(reason, 0) for reason in REFUSAL_REASONS]
+
+
+async def usage_records(
+    store: Store,
+    from_ms: int,
+    to_ms: int,
+    granularity: str = "day",
+    *,
+    workspace: str | None = None,
+    app_id: str | None = None,
+    app_ids: Collection[str] | None = None,
+    channel: str | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Usage summed per (workspace, period, app, channel, product, unit), in that order."""
+    check_range(from_ms, to_ms)
+    check_granularity(granularity)
+    group: tuple[str, int] | None = None
+    acc: dict[tuple[str, str, str, str], list[int]] = {}
+    rows = store.iter_usage(
+        workspace, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+    )
+    async with aclosing(rows):
+        # Rows arrive by workspace then bucket start, so a (workspace, period) group is
+        # complete as soon as the next one begins.
+        async for r in rows:
+            g = (r.workspace_id, period_start(r.bucket_start, granularity))
+            if g != group:
+                if group is not None:
+                    for key in sorted(acc):
+                        yield _usage_record(group[0], group[1], granularity, key, acc[key])
+                group, acc = g, {}
+            key = (r.app_id, r.channel, r.product, r.unit)
+            prev = acc.get(key)
+            cur = _counters(r)
+            acc[key] = cur if prev is None else [a + b for a, b in zip(prev, cur, strict=True)]
+    if group is not None:
+        for key in sorted(acc):
+            yield _usage_record(group[0], group[1], granularity, key, acc[key])
+
+
+def _session_record(s: SessionRow) -> dict[str, Any]:
+    return {
+        "workspace_id": s.workspace_id,
+        "app_id": s.app_id,
+        "channel": s.channel,
+        "channel_user": s.channel_user,
+        "billing_session_id": s.id,
+        "product": s.product,
+        "start": iso(s.start_ms),
+        "end": iso(s.end_ms),
+        "messages": s.messages,
+        "amount": format_amount(s.amount),
+    }
+
+
+async def session_records(
+    store: Store,
+    from_ms: int,
+    to_ms: int,
+    *,
+    workspace: str | None = None,
+    app_id: str | None = None,
+    app_ids: Collection[str] | None = None,
+    channel: str | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Billing sessions that started in the range, by workspace, start, id."""
+    check_range(from_ms, to_ms)
+    spaces = [workspace] if workspace is not None else await store.list_workspaces()
+    for ws in spaces:
+        rows = store.iter_sessions(
+            ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+        )
+        async with aclosing(rows):
+            async for s in rows:
+                yield _session_record(s)
+
+
+def _cell(name: str, value: Any) -> Any:
+    """Channel user ids come from outside: a spreadsheet must not run them as formulas."""
+    if name == "channel_user" and isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+async def encode(
+    records: AsyncGenerator[dict[str, Any], None], fields: Iterable[str], fmt: str
+) -> AsyncIterator[bytes]:
+    """Records as CSV (header row first) or NDJSON (one object a line), in chunks."""
+    if fmt not in FORMATS:
+        raise InvalidInput("format", "must be csv or ndjson")
+    names = list(fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\r\n")
+    if fmt == "csv":
+        writer.writeheader()
+    chunk: list[bytes] = [buf.getvalue().encode()] if fmt == "csv" else []
+    size = sum(map(len, chunk))
+    async with aclosing(records):
+        async for rec in records:
+            if fmt == "csv":
+                buf.seek(0)
+                buf.truncate()
+                writer.writerow({k: _cell(k, v) for k, v in rec.items()})
+                line = buf.getvalue().encode()
+            else:
+                line = orjson.dumps(rec) + b"\n"
+            chunk.append(line)
+            size += len(line)
+            if size >= 65536:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)
+
+
+def export_stream(
+    store: Store,
+    *,
+    kind: Literal["usage", "sessions"],
+    fmt: str,
+    from_ms: int,
+    to_ms: int,
+    granularity: str = "day",
+    workspace: str | None = None,
+    app_id: str | None = None,
+    app_ids: Collection[str] | None = None,
+    channel: str | None = None,
+) -> AsyncIterator[bytes]:
+    """The whole export as byte chunks (validates the range and format up front)."""
+    check_range(from_ms, to_ms)
+    if fmt not in FORMATS:
+        raise InvalidInput("format", "must be csv or ndjson")
+    if kind == "sessions":
+        recs = session_records(
+            store, from_ms, to_ms, workspace=workspace, app_id=app_id, app_ids=app_ids,
+            channel=channel,
+        )  # fmt: skip
+        return encode(recs, SESSION_FIELDS, fmt)
+    check_granularity(granularity)
+    recs = usage_records(
+        store, from_ms, to_ms, granularity, workspace=workspace, app_id=app_id,
+        app_ids=app_ids, channel=channel,
+    )  # fmt: skip
+    return encode(recs, USAGE_FIELDS, fmt)

@@ -1,0 +1,359 @@
+"""The flusher: moves closed usage buckets from Redis into the durable store, exactly once.
+
+Each pass visits every workspace (the store's list plus the Redis set ``cg:workspaces``)
+and, per workspace: re-takes outstanding claims whose lease expired (a crashed
+flusher's), claims closed aggregate and billing-session buckets and the events list,
+writes each claim as ONE store transaction keyed ``<ws>:<kind>:<bucket>:<gen>`` and acks
+it in Redis only after the commit (see :mod:`meter.claims`). Any number of flushers may
+run at once, on one Redis or a Redis Cluster; a killed one loses nothing.
+
+A database that fails is retried with exponential backoff (capped) while the claim is
+kept; at shutdown retries stop after ``shutdown_grace_s`` and the claim stays in Redis
+for the next flusher. Run alone with ``python -m meter.flusher`` (``creditgate flush``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from config import Settings
+from meter import keys
+from meter.batches import Batch, build
+from meter.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
+from meter.redis_client import RedisClient
+from meter.store import Store
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+BatchHook = Callable[[Claim, Batch, bool], None]
+KIND_NAMES: dict[Kind, str] = {"ag": "usage", "sr": "sessions", "ev": "events"}
+_BAD_DATA = (ValueError, TypeError, KeyError)
+
+
+@dataclass(slots=True)
+class FlushStats:
+    """Cumulative counters and gauges, read by the gateway's metrics exporter.
+
+    ``rows`` counts rows written by kind (``usage``, ``sessions``, ``events``);
+    ``lag_seconds`` is the age of the oldest closed-but-unflushed bucket, measured at
+    the start of the latest pass.
+    """
+
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
+    batches: int = 0
+    duplicates: int = 0
+    retaken: int = 0
+    write_errors: int = 0
+    redis_errors: int = 0
+    passes: int = 0
+    lag_seconds: float = 0.0
+    last_pass_at: float = 0.0
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one pass did."""
+
+    batches: int = 0
+    duplicates: int = 0
+    rows: int = 0
+    busy: int = 0
+    failed: int = 0
+    lag_seconds: float = 0.0
+
+    def add(self, other: PassResult) -> None:
+        self.batches += other.batches
+        self.duplicates += other.duplicates
+        self.rows += other.rows
+        self.busy += other.busy
+        self.failed += other.failed
+        self.lag_seconds = max(self.lag_seconds, other.lag_seconds)
+
+
+def new_owner() -> str:
+    """A token naming this flusher in leases (host, pid and a random part)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+class Flusher:
+    """Flushes closed buckets of every workspace; see the module doc."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Clock = time.time,
+        owner: str | None = None,
+        lease_s: float | None = None,
+        concurrency: int = 4,
+        backoff_start_s: float = 0.05,
+        backoff_cap_s: float = 5.0,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._clock = clock
+        self.owner = owner or new_owner()
+        self.lease_s = lease_s if lease_s is not None else max(10.0, 4 * settings.flush_interval_s)
+        self._claims = Claims(client, self.owner, int(self.lease_s * 1000))
+        self._interval = settings.flush_interval_s
+        self._fb = settings.flush_bucket_s
+        self._grace = settings.flush_grace_s
+        self._block = settings.session_block_s
+        self._shutdown_grace = settings.shutdown_grace_s
+        self._sem = asyncio.Semaphore(concurrency)
+        self._backoff = (backoff_start_s, backoff_cap_s)
+        self._on_batch = on_batch
+        self._stop: asyncio.Event | None = None
+        self._give_up_at = float("inf")
+        self.stats = FlushStats()
+
+    # ------------------------------------------------------------------ passes
+
+    async def workspaces(self) -> list[str]:
+        """Workspaces to visit: the store's and those Redis knows, union."""
+        found: set[str] = set()
+        try:
+            found.update(await self._store.list_workspaces())
+        except Exception as exc:  # the store may be down: Redis still knows them
+            log.warning("flusher: cannot list workspaces from the store: %r", exc)
+        for m in await self._client.smembers(keys.WORKSPACES):
+            found.add(m.decode() if isinstance(m, bytes) else m)
+        return sorted(found)
+
+    async def flush_once(self, force: bool = False) -> PassResult:
+        """One pass over every workspace. ``force`` also flushes buckets still open."""
+        total = PassResult()
+        try:
+            spaces = await self.workspaces()
+        except (RedisError, OSError) as exc:
+            self.stats.redis_errors += 1
+            log.warning("flusher: redis unavailable: %r", exc)
+            total.failed += 1
+            return total
+        now = self._clock()
+        results = await asyncio.gather(*(self._guarded(ws, now, force) for ws in spaces))
+        for r in results:
+            total.add(r)
+        self.stats.passes += 1
+        self.stats.lag_seconds = total.lag_seconds
+        self.stats.last_pass_at = now
+        return total
+
+    async def drain(self, *, force: bool = True, within_s: float = 60.0) -> PassResult:
+        """Passes until nothing is left that another flusher holds (or ``within_s``)."""
+        total = PassResult()
+        deadline = time.monotonic() + within_s
+        while True:
+            r = await self.flush_once(force=force)
+            total.add(r)
+            if (r.busy == 0 and r.failed == 0 and r.batches == 0) or time.monotonic() > deadline:
+                total.busy, total.failed = r.busy, r.failed
+                return total
+            if r.batches == 0:
+                await asyncio.sleep(min(0.25, self.lease_s / 4))
+
+    async def run(self, stop: asyncio.Event, *, force_on_stop: bool = False) -> None:
+        """Flush every ``flush_interval_s`` until ``stop`` is set, then a final pass."""
+        self._stop = stop
+        while not stop.is_set():
+            try:
+                await self.flush_once()
+            except Exception:
+                log.exception("flusher: pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval)
+        self._giving_up(0.0)
+        try:
+            await self.flush_once(force=force_on_stop)
+        except Exception:
+            log.exception("flusher: final pass failed")
+
+    # -------------------------------------------------------------- workspace
+
+    def _closed_at(self, kind: Kind, bucket: int) -> float:
+        if kind == "ag":
+            return bucket + self._fb + self._grace
+        if kind == "sr":
+            return bucket + self._fb + self._block + self._grace
+        return 0.0
+
+    async def _guarded(self, ws: str, now: float, force: bool) -> PassResult:
+        async with self._sem:
+            try:
+                return await self._flush_ws(ws, now, force)
+            except (RedisError, OSError) as exc:
+                self.stats.redis_errors += 1
+                log.warning("flusher: redis error in workspace %s: %r", ws, exc)
+                return PassResult(failed=1)
+
+    async def _flush_ws(self, ws: str, now: float, force: bool) -> PassResult:
+        inf = float("inf")
+        ag_cut = inf if force else now - self._fb - self._grace
+        sr_cut = inf if force else now - self._fb - self._block - self._grace
+        pending, ag, sr, has_events = await self._claims.scan(ws, ag_cut, sr_cut)
+        targets: dict[tuple[Kind, int], None] = {}
+        for p in pending:
+            targets[(p.kind, p.bucket)] = None
+        for b in ag:
+            targets[("ag", b)] = None
+        for b in sr:
+            targets[("sr", b)] = None
+        if has_events:
+            targets[("ev", EVENTS_BUCKET)] = None
+        res = PassResult()
+        closes = [self._closed_at(k, b) for k, b in targets if k != "ev"]
+        closed = [c for c in closes if c <= now]
+        if closed:
+            res.lag_seconds = now - min(closed)
+        for kind, bucket in targets:
+            keep = kind != "ev" and self._closed_at(kind, bucket) > now
+            # A re-taken claim may hide newer live writes of the same bucket: go again.
+            for _ in range(2):
+                code, claim = await self._claims.claim(ws, kind, bucket, keep_index=keep)
+                if claim is None:
+                    res.busy += code is ClaimCode.BUSY
+                    break
+                if not await self._process(claim, res) or not claim.retaken:
+                    break
+        return res
+
+    async def _process(self, claim: Claim, res: PassResult) -> bool:
+        """Write and ack one claim; ``False`` if it stays claimed (write failed)."""
+        if claim.retaken:
+            self.stats.retaken += 1
+            log.warning("flusher: re-took unacked claim %s", claim.batch_id)
+        try:
+            batch = build(claim)
+        except _BAD_DATA:
+            log.exception("flusher: cannot read claimed bucket %s; left claimed", claim.batch_id)
+            res.failed += 1
+            return False
+        written = await self._write(claim, batch)
+        if written is None:
+            res.failed += 1
+            return False
+        await self._claims.ack(claim)
+        name = KIND_NAMES[claim.kind]
+        if written:
+            res.batches += 1
+            res.rows += batch.rows
+            self.stats.batches += 1
+            self.stats.rows[name] += batch.rows
+        else:
+            res.duplicates += 1
+            self.stats.duplicates += 1
+        if self._on_batch is not None:
+            self._on_batch(claim, batch, written)
+        return True
+
+    def _giving_up(self, delay: float) -> bool:
+        """At shutdown, retries end ``shutdown_grace_s`` after the stop request."""
+        stopping = self._stop is not None and self._stop.is_set()
+        if stopping and self._give_up_at == float("inf"):
+            self._give_up_at = time.monotonic() + self._shutdown_grace
+        return time.monotonic() + delay > self._give_up_at
+
+    async def _write(self, claim: Claim, batch: Batch) -> bool | None:
+        """Commit the batch, retrying a failing database; ``None`` when giving up."""
+        delay, cap = self._backoff
+        while True:
+            try:
+                return await self._store.write_flush_batch(
+                    claim.batch_id,
+                    claim.ws,
+                    claim.kind,
+                    claim.bucket * 1000,
+                    usage_rows=batch.usage,
+                    session_rows=batch.sessions,
+                    ledger_entries=batch.ledger,
+                    outbox_events=batch.events,
+                )
+            except _BAD_DATA:
+                log.exception("flusher: batch %s rejected; left claimed", claim.batch_id)
+                return None
+            except Exception as exc:
+                self.stats.write_errors += 1
+                if self._giving_up(delay):
+                    log.warning("flusher: giving up on %s at shutdown: %r", claim.batch_id, exc)
+                    return None
+                log.warning(
+                    "flusher: writing %s failed (%r); retry in %.2fs", claim.batch_id, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+async def serve_flusher(
+    settings: Settings,
+    *,
+    once: bool = False,
+    force: bool = False,
+    lease_s: float | None = None,
+    stop: asyncio.Event | None = None,
+) -> PassResult:
+    """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return."""
+    import signal
+
+    from meter.redis_client import connect
+    from meter.store import open_store
+
+    client = connect(settings.redis_url)
+    store = open_store(settings.store_url)
+    try:
+        flusher = Flusher(client, store, settings, lease_s=lease_s)
+        if once:
+            return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
+        await flusher.run(stop, force_on_stop=force)
+        return PassResult()
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m meter.flusher [--once] [--force] [--lease S] [--config FILE]``."""
+    import argparse
+
+    from config import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m meter.flusher", description=__doc__)
+    parser.add_argument("--config", help="YAML settings file (the environment wins)")
+    parser.add_argument("--once", action="store_true", help="flush what is closed, then exit")
+    parser.add_argument("--force", action="store_true", help="also flush buckets still open")
+    parser.add_argument("--lease", type=float, default=None, help="claim lease in seconds")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    res = asyncio.run(serve_flusher(settings, once=args.once, force=args.force, lease_s=args.lease))
+    if args.once:
+        print(
+            f"batches={res.batches} rows={res.rows} duplicates={res.duplicates} "
+            f"busy={res.busy} failed={res.failed}"
+        )
+        return 0 if res.busy == 0 and res.failed == 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Reconcile: live balances in Redis against what the durable store says they must be.
+
+For each workspace the store gives ``ledger - flushed usage`` per pool: free credits,
+the shared paid pool, and the funds tied to each app (plus the granted and lapsed free
+totals). Usage Redis has not flushed yet (live and claimed buckets) explains part of any
+gap, so each field is reported with the raw store value, the unflushed part and the
+value Redis should hold. Every field where Redis differs from the store is listed.
+
+``apply`` writes what Redis should hold. After Redis lost its data (``FLUSHALL``) it
+first re-provisions the workspace and its apps from the store, restores the grant
+idempotency markers and moves the id counter past anything used before (so new event,
+session and claim ids cannot collide with flushed ones). Usage that was never flushed is
+gone with the data: it shows as a difference and is not charged. Run ``apply`` with
+traffic stopped; balances are corrected by increments, not overwritten.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import Settings, load_catalog
+from meter import keys, projection
+from meter.admission import billing_period
+from meter.batches import fold_aggregates
+from meter.redis_client import RedisClient
+from meter.scripts import register
+from meter.store import Store
+
+# After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
+# any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.
+SEQ_FLOOR_PER_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One field where Redis and the store disagree (micro-dollars or units)."""
+
+    workspace_id: str
+    field: str
+    redis: int | None  # None: missing from Redis
+    store: int
+    unflushed: int  # signed: what unflushed usage changes (balances go down)
+
+    @property
+    def expected(self) -> int:
+        """What Redis should hold: the store's value moved by the unflushed usage."""
+        return self.store + self.unflushed
+
+    @property
+    def explained(self) -> bool:
+        """The whole gap is usage Redis has not flushed yet."""
+        return self.redis == self.expected
+
+    def line(self) -> str:
+        shown = "missing" if self.redis is None else str(self.redis)
+        tag = "unflushed usage" if self.explained else "MISMATCH"
+        return (
+            f"{self.workspace_id} {self.field}: redis={shown} store={self.store} "
+            f"unflushed={self.unflushed} expected={self.expected} ({tag})"
+        )
+
+
+@dataclass(slots=True)
+class Report:
+    """Differences of one workspace; ``applied`` when Redis was corrected."""
+
+    workspace_id: str
+    differences: list[Difference] = field(default_factory=list)
+    reprovisioned: bool = False
+    applied: bool = False
+
+    @property
+    def mismatches(self) -> list[Difference]:
+        return [d for d in self.differences if not d.explained]
+
+
+async def _unflushed(store: Store, client: RedisClient, ws: str) -> dict[str, int]:
+    """Usage in Redis not in the store yet, as signed changes per reconciled field."""
+    snapshot: list[Any] = await register(client, "peek")(keys=[keys.ws_prefix(ws)], args=[0, 2**52])
+    out: dict[str, int] = {}
+    period = billing_period(time.time())
+    for bucket, gen, items in snapshot:
+        if int(gen) and await store.get_flush_batch(f"{ws}:ag:{int(bucket)}:{int(gen)}"):
+            continue
+        in_period = billing_period(int(bucket)) == period
+        for (app, _ch, product, _unit), c in fold_aggregates(items).items():
+            out["free"] = out.get("free", 0) - int(c.get("amount_free", 0))
+            out["paid"] = out.get("paid", 0) - int(c.get("amount_pool", 0))
+            a = int(c.get("amount_app", 0))
+            out[f"app:{app}"] = out.get(f"app:{app}", 0) - a
+            out["apaid"] = out.get("apaid", 0) - a
+            if in_period and int(c.get("amount_invoiced", 0)):
+                out[f"lu:{product}"] = out.get(f"lu:{product}", 0) + int(c.get("units", 0))
+    return out
+
+
+async def store_values(store: Store, ws: str, now_s: float) -> dict[str, int]:
+    """What the store says each field must be (before unflushed usage)."""
+    ledger = await store.ledger_balance(ws)
+    spent = await store.usage_spent(ws)
+    apps = {a.id for a in await store.list_apps(ws)} | set(ledger.apps) | set(spent.apps)
+    out = {
+        "free": ledger.free - spent.free,
+        "paid": ledger.shared - spent.shared,
+        "free_granted": sum(e.amount for e in await store.ledger_entries(ws, kind="grant_free")),
+        "lapsed": -sum(e.amount for e in await store.ledger_entries(ws, kind="lapse")),
+    }
+    apaid = 0
+    for app in sorted(apps):
+        v = ledger.apps.get(app, 0) - spent.apps.get(app, 0)
+        out[f"app:{app}"] = v
+        apaid += v
+    out["apaid"] = apaid
+    w = await store.get_workspace(ws)
+    if w is not None and w.type == "enterprise":
+        start = _month_start_ms(now_s)
+        for lic in await store.get_licences(ws):
+            series = await store.usage_series(
+                ws, start, int(now_s * 1000) + 1, "month", product=lic.product
+            )
+            out[f"lu:{lic.product}"] = sum(p.total_units for p in series if p.amount_invoiced)
+    return out
+
+
+def _month_start_ms(now_s: float) -> int:
+    t = time.gmtime(now_s)
+    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) * 1000
+
+
+async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[str, int | None]:
+    """The same fields as held by Redis (``None`` where missing)."""
+    wk = keys.ws_key(ws)
+    out: dict[str, int | None] = {}
+    period = billing_period(time.time())
+    for name in names:
+        if name.startswith("app:"):
+            raw = await client.hget(keys.app_key(ws, name[4:]), "paid")
+            exists = await client.exists(keys.app_key(ws, name[4:]))
+        elif name.startswith("lu:"):
+            raw = await client.get(keys.usage_limit_key(ws, name[3:], period))
+            exists = 1
+        else:
+            raw = await client.hget(wk, name)
+            exists = await client.exists(wk)
+        out[name] = int(raw) if raw is not None else (0 if exists else None)
+    return out
+
+
+async def reconcile_workspace(
+    store: Store, client: RedisClient, settings: Settings, ws: str, *, apply: bool = False
+) -> Report:
+    """Compare (and with ``apply`` correct) one workspace."""
+    now = time.time()
+    expected = await store_values(store, ws, now)
+    live = await _unflushed(store, client, ws)
+    actual = await redis_values(client, ws, sorted(expected))
+    report = Report(ws)
+    for name in sorted(expected):
+        if actual[name] != expected[name]:
+            report.differences.append(
+                Difference(ws, name, actual[name], expected[name], live.get(name, 0))
+            )
+    if apply:
+        report.reprovisioned = await reprovision(store, client, settings, ws)
+        await _correct(client, ws, report.mismatches, await redis_values(
+            client, ws, [d.field for d in report.mismatches]
+        ))  # fmt: skip
+        if report.reprovisioned:
+            await _restore_flags(client, ws, settings)
+        report.applied = True
+    return report
+
+
+async def _correct(
+    client: RedisClient, ws: str, diffs: list[Difference], now: dict[str, int | None]
+) -> None:
+    period = billing_period(time.time())
+    for d in diffs:
+        delta = d.expected - (now[d.field] or 0)
+        if not delta:
+            continue
+        if d.field.startswith("app:"):
+            await client.hincrby(keys.app_key(ws, d.field[4:]), "paid", delta)
+        elif d.field.startswith("lu:"):
+            await client.incrby(keys.usage_limit_key(ws, d.field[3:], period), delta)
+        else:
+            await client.hincrby(keys.ws_key(ws), d.field, delta)
+
+
+async def reprovision(store: Store, client: RedisClient, settings: Settings, ws: str) -> bool:
+    """Rebuild a workspace's projection from the store if Redis lost it; ``True`` if it did."""
+    w = await store.get_workspace(ws)
+    if w is None:
+        return False
+    lost = not await client.hexists(keys.ws_key(ws), "type")
+    if lost:
+        licences = {
+            lic.product: projection.Licence(lic.usage_limit, lic.per_minute, lic.per_hour)
+            for lic in await store.get_licences(ws)
+        }
+        await projection.put_workspace(
+            client, ws, plan=w.type, catalog=load_catalog(settings.catalog_path),
+            licences=licences,
+        )  # fmt: skip
+        if w.free_expires_at:
+            await client.hset(keys.ws_key(ws), "free_exp", w.free_expires_at)
+        floor = int(time.time() * 1000) * SEQ_FLOOR_PER_MS
+        seq = int(await client.hget(keys.ws_key(ws), "seq") or 0)
+        if seq < floor:
+            await client.hset(keys.ws_key(ws), "seq", floor)
+        for e in await store.ledger_entries(ws):
+            if e.kind in ("grant_free", "topup"):
+                await client.set(keys.grant_marker_key(ws, e.reference), "1")
+    present = await client.smembers(keys.apps_key(ws))
+    for app in await store.list_apps(ws):
+        if app.id.encode() in present and not lost:
+            continue
+        await projection.put_app(
+            client, app.id, product=app.product, use_free_credits=app.use_free_credits,
+            suspended=app.suspended, upstream_url=app.upstream_url,
+        )  # fmt: skip
+    return lost
+
+
+async def _restore_flags(client: RedisClient, ws: str, settings: Settings) -> None:
+    """Alert flags consistent with the balances, so restoring fires no stale alert."""
+    r = await client.hmget(keys.ws_key(ws), ["free", "paid", "apaid", "free_exp"])
+    free, paid, apaid, exp = (int(v or 0) for v in r)
+    usable = (free if time.time() * 1000 < exp else 0) + paid + apaid
+    await client.hset(
+        keys.ws_key(ws),
+        mapping={
+            "low": int(usable < settings.low_balance_threshold),
+            "pz": int(paid + apaid == 0),
+            "fx": int(free == 0),
+        },
+    )
+
+
+async def reconcile(
+    store: Store,
+    client: RedisClient,
+    settings: Settings,
+    *,
+    workspace: str | None = None,
+    apply: bool = False,
+) -> list[Report]:
+    """Reports for one workspace or every workspace of the store."""
+    spaces = [workspace] if workspace else await store.list_workspaces()
+    return [await reconcile_workspace(store, client, settings, ws, apply=apply) for ws in spaces]

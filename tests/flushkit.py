@@ -1,0 +1,147 @@
+"""Helpers shared by the flusher, export and reconcile tests: stores, seeding, totals."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from metering import Clock, new_ws_id
+
+from config import Settings, load_catalog, load_settings
+from meter import projection
+from meter.admission import Decision
+from meter.redis_client import RedisClient
+from meter.store import LedgerEntry, Store, User, Workspace, open_store
+
+USD = 1_000_000
+SCALE = float(os.environ.get("CREDITGATE_TEST_SCALE", "1"))
+
+
+def scaled(n: int, minimum: int = 1) -> int:
+    """``n`` times ``CREDITGATE_TEST_SCALE`` (default 1), at least ``minimum``."""
+    return max(minimum, int(n * SCALE))
+
+
+def past_clock(hours: float = 30.0) -> Clock:
+    """A manual clock starting ``hours`` ago on a whole hour, so buckets are really closed."""
+    start = time.time() - hours * 3600
+    return Clock(start - start % 3600)
+
+
+def flush_settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "flush_bucket_s": 1,
+        "flush_grace_s": 0.5,
+        "flush_interval_s": 0.05,
+        "session_block_s": 60.0,
+        "session_idle_s": 60.0,
+        "rate_per_minute": 10_000_000,
+        "rate_per_hour": 10_000_000,
+        "redis_timeout_s": 30.0,  # a busy 2-core CI box must not turn into refusals
+    }
+    base.update(overrides)
+    return load_settings(env={}, **base)
+
+
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        return dsn
+    return f"sqlite:///{tmp_path / 'creditgate.db'}"
+
+
+async def opened_store(url: str) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.migrate()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@dataclass
+class Seeded:
+    ws: str
+    apps: list[str] = field(default_factory=list)
+
+
+async def seed_ws(
+    client: RedisClient,
+    store: Store | None,
+    cfg: Settings,
+    clock: Clock,
+    *,
+    products: list[str],
+    free: int = 0,
+    pool: int = 0,
+    app_funds: int = 0,
+) -> Seeded:
+    """A workspace in Redis (and in the store with its ledger, when given)."""
+    ws = new_ws_id()
+    now_ms = int(clock.now * 1000)
+    expires = int((clock.now + cfg.free_credit_validity_s) * 1000)
+    await projection.put_workspace(client, ws, plan="standard", catalog=load_catalog())
+    if store is not None:
+        owner = "u" + ws
+        await store.create_user(User(owner, f"{owner}@example.com", "Owner", "h" + ws, now_ms))
+        await store.create_workspace(Workspace(ws, "test", owner, now_ms, free_expires_at=expires))
+    out = Seeded(ws)
+    for i, product in enumerate(products):
+        app = f"{ws}_app{i:04d}"
+        await projection.put_app(client, app, product=product)
+        if store is not None:
+            from meter.store import App
+
+            await store.create_app(App(app, ws, f"app {i}", product, "u" + ws, now_ms))
+        out.apps.append(app)
+
+    async def grant(ref: str, kind: str, amount: int, app_id: str = "") -> None:
+        await projection.grant(
+            client, ws, reference=ref, kind="free" if kind == "grant_free" else "funds",
+            amount=amount, low_threshold=cfg.low_balance_threshold, app_id=app_id,
+            free_expires_ms=expires,
+        )  # fmt: skip
+        if store is not None:
+            await store.add_ledger_entry(
+                LedgerEntry(ws, kind, amount, ref, now_ms, app_id=app_id or None)  # type: ignore[arg-type]
+            )
+
+    if free:
+        await grant("free", "grant_free", free)
+    if pool:
+        await grant("pool", "topup", pool)
+    if app_funds:
+        for app in out.apps:
+            await grant(f"funds-{app}", "topup", app_funds, app)
+    return out
+
+
+@dataclass
+class Expected:
+    """Sums over admission decisions, to compare with the store."""
+
+    units: int = 0
+    messages: int = 0
+    free: int = 0
+    app_paid: int = 0
+    pool: int = 0
+    refused: int = 0
+
+    def add(self, d: Decision) -> None:
+        if d.admitted:
+            if not d.duplicate:
+                self.messages += 1
+            self.units += d.units
+            self.free += d.free
+            self.app_paid += d.app_paid
+            self.pool += d.pool_paid
+        else:
+            self.refused += 1
+
+    @property
+    def amount(self) -> int:
+        return self.free + self.app_paid + self.pool

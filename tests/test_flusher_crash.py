@@ -1,0 +1,338 @@
+"""Exactly-once under crashes: flusher subprocesses SIGKILLed, racing, and a dead database.
+
+100,000 admitted request-unit messages over 50 apps (5 workspaces x 10 apps; scaled by
+``CREDITGATE_TEST_SCALE``) are flushed by ``python -m meter.flusher`` subprocesses that
+are SIGKILLed at random moments and restarted; then one ``--once --force`` run drains
+what is left. The store must then hold exactly the units and amounts admission decided.
+
+The admission clock starts 30 hours ago and advances 0.25 s per round, so every bucket
+it writes is already closed for the flushers (which use the real time): they claim
+buckets that are still being written, and the late writes get their own generation.
+
+Database outage: PostgreSQL is really stopped (``pg_ctl stop``) for 30 s. SQLite has no
+server to stop: another connection holds an EXCLUSIVE transaction on the file for the
+same time, so every flusher write blocks and fails until it is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from flushkit import (
+    SCALE,
+    USD,
+    Expected,
+    Seeded,
+    flush_settings,
+    opened_store,
+    past_clock,
+    scaled,
+    seed_ws,
+    store_url,
+)
+from metering import Clock, admitter
+from servers import PostgresServer
+
+from config import Settings
+from meter import keys
+from meter.redis_client import RedisClient, connect
+from meter.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKSPACES = 5
+APPS_PER_WS = 10
+ROUND = 500  # messages admitted concurrently per clock step
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[RedisClient]:
+    c = connect(redis_url)
+    yield c
+    await c.aclose()
+
+
+class FlusherProc:
+    """One ``python -m meter.flusher`` child process."""
+
+    def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
+        self.env, self.log, self.extra = env, log, extra
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meter.flusher", "--lease", "1", *self.extra,
+                env=self.env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=out,
+            )  # fmt: skip
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+        self.proc = None
+
+    async def stop(self) -> int:
+        """SIGTERM: it finishes the closed buckets and exits."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 60)
+
+
+def child_env(cfg: Settings, redis_url: str, url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
+    env.update(
+        CREDITGATE_REDIS_URL=redis_url,
+        CREDITGATE_STORE_URL=url,
+        CREDITGATE_FLUSH_BUCKET_S=str(cfg.flush_bucket_s),
+        CREDITGATE_FLUSH_GRACE_S=str(cfg.flush_grace_s),
+        CREDITGATE_FLUSH_INTERVAL_S=str(cfg.flush_interval_s),
+        CREDITGATE_SESSION_BLOCK_S=str(cfg.session_block_s),
+        CREDITGATE_SHUTDOWN_GRACE_S="5",
+        CREDITGATE_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+async def chaos(
+    procs: list[FlusherProc], done: asyncio.Event, min_kills: int, rng: random.Random
+) -> int:
+    """Kill a random flusher at random moments (and restart it) until done and enough kills."""
+    for p in procs:
+        await p.start()
+    kills = 0
+    while not (done.is_set() and kills >= min_kills):
+        await asyncio.sleep(rng.uniform(0.25, 0.9))
+        p = rng.choice(procs)
+        await p.kill()
+        kills += 1
+        await p.start()
+    return kills
+
+
+async def admit_all(
+    client: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], total: int
+) -> Expected:
+    adm = admitter(client, cfg, clock)
+    apps = [a for w in spaces for a in w.apps]
+    exp = Expected()
+    sent = 0
+    while sent < total:
+        n = min(ROUND, total - sent)
+        decisions = await asyncio.gather(
+            *(
+                adm.admit(apps[(sent + i) % len(apps)], "web", f"u{(sent + i) % 97}")
+                for i in range(n)
+            )
+        )
+        for d in decisions:
+            exp.add(d)
+        sent += n
+        clock.advance(0.25)
+        await asyncio.sleep(0.02)  # pace: the run spans many kills
+    await adm.close()
+    return exp
+
+
+async def setup(client: RedisClient, store: Store, cfg: Settings, clock: Clock) -> list[Seeded]:
+    spaces = []
+    for _ in range(WORKSPACES):
+        products = ["contact_center" if i % 2 else "agent" for i in range(APPS_PER_WS)]
+        spaces.append(
+            await seed_ws(
+                client, store, cfg, clock, products=products,
+                free=200 * USD, pool=150 * USD, app_funds=3 * USD,
+            )
+        )  # fmt: skip
+    return spaces
+
+
+async def drain(env: dict[str, str], log: Path) -> None:
+    final = FlusherProc(env, log, "--once", "--force")
+    await final.start()
+    assert final.proc is not None
+    rc = await asyncio.wait_for(final.proc.wait(), 120)
+    assert rc == 0, (await asyncio.to_thread(log.read_text))[-3000:]
+
+
+async def verify(client: RedisClient, store: Store, spaces: list[Seeded], exp: Expected) -> None:
+    units = messages = free = app_paid = pool = 0
+    for w in spaces:
+        t = await store.usage_totals(w.ws)
+        units += t.total_units
+        messages += t.messages
+        free += t.amount_free
+        app_paid += t.amount_app
+        pool += t.amount_pool
+        # Nothing left in Redis: no live bucket, no claim, no event.
+        assert await client.zcard(keys.agg_index_key(w.ws)) == 0
+        assert await client.hlen(keys.claims_key(w.ws)) == 0
+        assert await client.llen(keys.events_key(w.ws)) == 0
+        # Lapsed free credits reached the ledger exactly once.
+        lapsed = int(await client.hget(keys.ws_key(w.ws), "lapsed") or 0)
+        lapses = await store.ledger_entries(w.ws, kind="lapse")
+        assert -sum(e.amount for e in lapses) == lapsed
+        assert len(await store.list_events(w.ws, limit=10_000)) >= len(lapses)
+    assert (units, messages) == (exp.units, exp.messages)
+    assert (free, app_paid, pool) == (exp.free, exp.app_paid, exp.pool)
+
+
+async def run_scenario(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    client: RedisClient,
+    backend: str,
+    *,
+    flushers: int,
+    min_kills: int,
+    outage_s: float = 0.0,
+) -> None:
+    cfg = flush_settings(free_credit_validity_s=30.0)
+    clock = past_clock()
+    url = store_url(backend, request, tmp_path)
+    redis_url = request.getfixturevalue("redis_url")
+    rng = random.Random(f"{backend}-{flushers}-{outage_s}")
+    log = tmp_path / "flusher.log"
+    env = child_env(cfg, redis_url, url)
+    total = scaled(100_000, 2_000)
+    async for store in opened_store(url):
+        spaces = await setup(client, store, cfg, clock)
+        procs = [FlusherProc(env, log) for _ in range(flushers)]
+        done = asyncio.Event()
+        killer = asyncio.create_task(chaos(procs, done, min_kills, rng))
+        try:
+            if outage_s:
+                exp = await admit_during_outage(
+                    request, backend, url, client, cfg, clock, spaces, total, outage_s
+                )
+            else:
+                exp = await admit_all(client, cfg, clock, spaces, total)
+            done.set()
+            kills = await killer
+        finally:
+            done.set()
+            if not killer.done():
+                killer.cancel()
+            for p in procs:
+                await p.kill()
+        assert kills >= min_kills
+        assert exp.units == total - exp.refused and exp.refused == 0
+        before = sum([(await store.usage_totals(w.ws)).total_units for w in spaces])
+        assert before > 0, "the flushers wrote nothing while running"
+        retakes = (await asyncio.to_thread(log.read_text)).count("re-took unacked claim")
+        print(f"{backend}: {kills} kills, {retakes} claims re-taken, {before}/{exp.units} units")
+        await drain(env, log)
+        await verify(client, store, spaces, exp)
+
+
+async def admit_during_outage(
+    request: pytest.FixtureRequest,
+    backend: str,
+    url: str,
+    client: RedisClient,
+    cfg: Settings,
+    clock: Clock,
+    spaces: list[Seeded],
+    total: int,
+    outage_s: float,
+) -> Expected:
+    """Admit a third, take the database away for ``outage_s`` while admitting the rest."""
+    first = await admit_all(client, cfg, clock, spaces, total // 3)
+    if backend == "postgres":
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        await asyncio.to_thread(pg.stop)
+        try:
+            rest = await paced(client, cfg, clock, spaces, total - total // 3, outage_s)
+        finally:
+            await asyncio.to_thread(pg.start)
+    else:
+        lock = sqlite3.connect(
+            url.removeprefix("sqlite:///"),
+            timeout=60,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            await asyncio.to_thread(lock.execute, "BEGIN EXCLUSIVE")
+            rest = await paced(client, cfg, clock, spaces, total - total // 3, outage_s)
+            lock.execute("COMMIT")
+        finally:
+            lock.close()
+    for f in ("units", "messages", "free", "app_paid", "pool", "refused"):
+        setattr(first, f, getattr(first, f) + getattr(rest, f))
+    return first
+
+
+async def paced(
+    client: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], n: int, span_s: float
+) -> Expected:
+    """Admit ``n`` messages spread over at least ``span_s`` seconds of real time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + span_s
+    exp = Expected()
+    parts = 10
+    for i in range(parts):
+        part = n // parts + (1 if i < n % parts else 0)
+        got = await admit_all(client, cfg, clock, spaces, part)
+        for f in ("units", "messages", "free", "app_paid", "pool", "refused"):
+            setattr(exp, f, getattr(exp, f) + getattr(got, f))
+        await asyncio.sleep(max(0.0, (end - loop.time()) / (parts - i)))
+    return exp
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_flusher_killed_20_times_counts_exactly_once(
+    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
+) -> None:
+    await run_scenario(request, tmp_path, client, backend, flushers=1, min_kills=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_two_racing_flushers_killed_count_exactly_once(
+    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
+) -> None:
+    await run_scenario(request, tmp_path, client, backend, flushers=2, min_kills=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_database_down_30s_loses_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
+) -> None:
+    await run_scenario(
+        request, tmp_path, client, backend, flushers=2, min_kills=4, outage_s=30.0 * min(SCALE, 1.0)
+    )
+
+
+async def test_sigterm_flushes_what_is_closed_and_exits_0(
+    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient
+) -> None:
+    cfg, clock = flush_settings(), past_clock()
+    url = store_url("sqlite", request, tmp_path)
+    log = tmp_path / "flusher.log"
+    async for store in opened_store(url):
+        w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=50 * USD)
+        exp = await admit_all(client, cfg, clock, [w], 50)
+        proc = FlusherProc(child_env(cfg, request.getfixturevalue("redis_url"), url), log)
+        await proc.start()
+        for _ in range(200):  # running once it has flushed something
+            if (await store.usage_totals(w.ws)).requests:
+                break
+            await asyncio.sleep(0.05)
+        more = await admit_all(client, cfg, clock, [w], 70)
+        assert await proc.stop() == 0
+        assert (await store.usage_totals(w.ws)).requests == exp.units + more.units == 120
