@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     rate_hour_window_s: Seconds = 3600.0
     idempotency_ttl_s: Seconds = DAY
 
-    # Admission engine.
+    # Admission engine. metering=false proxies without admission: a benchmark
+    # baseline, never for production.
+    metering: bool = True
     fail_mode: Literal["closed", "open"] = "closed"
     redis_timeout_s: Seconds = 0.5
     batch_max: int = Field(256, ge=1, le=10_000)

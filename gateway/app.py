@@ -55,6 +55,8 @@ from gateway.routes import setup_traffic_routes
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
 from meter.admission import Admitter
+from meter.batches import Batch
+from meter.claims import Claim
 from meter.redis_client import RedisClient, connect
 from meter.store import Store, open_store
 
@@ -84,12 +86,15 @@ def create_app(
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
     run_flusher: bool = False,
-    metering: bool = True,
+    metering: bool | None = None,
 ) -> Gateway:
     """Build the traffic and admin applications (nothing is opened until startup).
 
-    ``metering=False`` proxies without admission (benchmark baseline only).
+    ``metering`` defaults to ``settings.metering``; off proxies without admission
+    (a benchmark baseline only).
     """
+    if metering is None:
+        metering = settings.metering
     channels = Channels(settings.channels)
     metrics = Metrics(registry if registry is not None else CollectorRegistry(), channels.names)
     catalog = load_catalog(settings.catalog_path)
@@ -209,24 +214,35 @@ def _store_ctx(settings: Settings, given: Store | None) -> Ctx:
 
 
 async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Hook: run ``meter.flusher`` beside the admin port (parent process of ``serve``).
+    """Run the flusher beside the admin port (parent process of ``serve``) and export
+    its progress: rows flushed, flush lag and the owner-notification backlog."""
+    from meter.flusher import KIND_NAMES, Flusher
 
-    A no-op when ``meter.flusher`` is not available.
-    """
-    try:
-        from meter.flusher import Flusher
-    except ImportError:
-        log.info("meter.flusher not available: usage is not flushed by this process")
-        yield
-        return
-    settings = app[SETTINGS]
-    flusher = Flusher(app[REDIS], app[STORE], settings, clock=app[CLOCK])
+    settings, metrics, store = app[SETTINGS], app[METRICS], app[STORE]
+
+    def on_batch(claim: Claim, batch: Batch, written: bool) -> None:
+        if written:
+            metrics.flushed_rows.labels(KIND_NAMES[claim.kind]).inc(batch.rows)
+
+    flusher = Flusher(app[REDIS], store, settings, clock=app[CLOCK], on_batch=on_batch)
+
+    async def gauges() -> None:
+        while True:
+            await asyncio.sleep(settings.flush_interval_s)
+            metrics.flush_lag.set(flusher.stats.lag_seconds)
+            try:
+                metrics.outbox_pending.set(await store.pending_events())
+            except Exception:  # the store being down shows on /readyz
+                log.debug("outbox backlog not readable", exc_info=True)
+
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop), name="creditgate-flusher")
+    gauge_task = asyncio.create_task(gauges(), name="creditgate-flush-gauges")
     try:
         yield
     finally:
         stop.set()
+        gauge_task.cancel()
         try:
             await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
         except Exception:

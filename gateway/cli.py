@@ -5,27 +5,18 @@ everything locally on embedded defaults; ``migrate``, ``flush``, ``export`` and
 ``reconcile`` are carried out by ``meter.cli_commands.<name>(settings, args)``.
 
 Settings come from ``CREDITGATE_*`` variables and ``--config FILE`` (the environment
-wins); invalid settings print the reason and exit 2. ``CREDITGATE_METERING=off`` makes
-``serve`` proxy without admission: a benchmark baseline, never for production.
+wins); invalid settings print the reason and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import inspect
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from config import Settings, SettingsError, load_settings
-
-DELEGATED = ("migrate", "flush", "export", "reconcile")
-# Not a setting (settings reject unknown CREDITGATE_* names): read here, removed from
-# the environment before settings are loaded.
-METERING_ENV = "CREDITGATE_METERING"
+from meter import cli_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,18 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(traffic_port=None)
 
     _add("migrate", help="create or upgrade the durable store's schema")
-    flush = _add("flush", help="run the usage flusher alone")
-    flush.add_argument("--once", action="store_true", help="flush what is closed, then exit")
-    flush.add_argument("--force", action="store_true", help="also flush open buckets")
-    export = _add("export", help="export billing usage")
-    export.add_argument("--format", choices=("csv", "ndjson"), default="csv")
-    export.add_argument("--workspace", help="one workspace only")
-    export.add_argument("--from", dest="from_", metavar="TIME", help="start (ISO 8601)")
-    export.add_argument("--to", metavar="TIME", help="end (ISO 8601, exclusive)")
-    export.add_argument("--output", "-o", default="-", help="file, or - for stdout")
-    reconcile = _add("reconcile", help="compare Redis balances with the ledger")
-    reconcile.add_argument("--workspace", help="one workspace only")
-    reconcile.add_argument("--fix", action="store_true", help="rebuild what differs")
+    cli_commands.add_flush_arguments(_add("flush", help="run the usage flusher alone"))
+    cli_commands.add_export_arguments(_add("export", help="export billing usage (CSV/NDJSON)"))
+    cli_commands.add_reconcile_arguments(
+        _add("reconcile", help="compare Redis balances with ledger minus flushed usage")
+    )
     return parser
 
 
@@ -74,14 +58,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _metering() -> bool:
-    value = os.environ.pop(METERING_ENV, "on").strip().lower()
-    return value not in ("off", "0", "false", "no")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    metering = _metering()
     try:
         if args.command == "demo":
             from gateway.demo import run_demo
@@ -94,28 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from gateway.serve import serve
 
-        return serve(settings, metering=metering)
+        return serve(settings)
     return delegate(args.command, settings, args)
 
 
 def delegate(name: str, settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``meter.cli_commands.<name>(settings, args)`` (sync or async)."""
-    try:
-        cli_commands = importlib.import_module("meter.cli_commands")
-    except ImportError:
-        cli_commands = None
-    func = getattr(cli_commands, name, None)
-    if func is None:
-        print(f"creditgate {name}: not available in this build", file=sys.stderr)
-        return 2
-    result = func(settings, args)
-    if inspect.isawaitable(result):
-        result = asyncio.run(_await(result))
-    return int(result or 0)
-
-
-async def _await(aw: Any) -> Any:
-    return await aw
+    """Run ``meter.cli_commands.<name>(settings, args)``; its result is the exit code."""
+    command = getattr(cli_commands, name)
+    return int(command(settings, args) or 0)
 
 
 if __name__ == "__main__":

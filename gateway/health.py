@@ -35,6 +35,10 @@ async def readyz(request: web.Request) -> web.Response:
             checks["store"] = "ok" if ok else "error: ping failed"
     if all(v == "ok" for v in checks.values()):
         return web.json_response({"status": "ready", "checks": checks})
+    # Fail-open serves without Redis (and settles later): taking every replica out of
+    # the Service when Redis blips would turn that into an outage.
+    if app[SETTINGS].fail_mode == "open" and checks.get("store", "ok") == "ok":
+        return web.json_response({"status": "degraded", "checks": checks})
     return problem_response(
         503, "not_ready", "Not ready", "a dependency does not answer", extra={"checks": checks}
     )

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _ctx = mp.get_context("spawn")
 
 
-def serve(settings: Settings, *, metering: bool = True) -> int:
+def serve(settings: Settings) -> int:
     """Run the gateway until SIGTERM/SIGINT; returns the exit code."""
     setup_logging(settings)
     own_dir = None
@@ -49,7 +49,7 @@ def serve(settings: Settings, *, metering: bool = True) -> int:
             settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
         import uvloop
 
-        return uvloop.run(_parent(settings, metering, reserve))
+        return uvloop.run(_parent(settings, settings.metering, reserve))
     finally:
         if reserve is not None:
             reserve.close()

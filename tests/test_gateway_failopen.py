@@ -76,3 +76,21 @@ async def test_served_while_redis_down_then_settled_exactly(
             text = await resp.text()
         assert "creditgate_unsettled_admissions 0.0" in text
         assert 'creditgate_requests_total{channel="other",outcome="admitted"} 8.0' in text
+
+
+async def test_readyz_stays_ready_in_fail_open_but_not_in_fail_closed(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    for mode, degraded_status in (("open", 200), ("closed", 503)):
+        settings = make_settings(redis_url, tmp_path, fail_mode=mode, redis_timeout_s=0.3)
+        async with running_gateway(settings) as gw:
+            async with http.get(f"{gw.admin_url}/readyz") as resp:
+                assert resp.status == 200
+            redis_server.kill()
+            try:
+                async with http.get(f"{gw.admin_url}/readyz") as resp:
+                    body = await resp.json(content_type=None)
+                    assert resp.status == degraded_status
+                    assert body["checks"]["redis"].startswith("error")
+            finally:
+                redis_server.start()

@@ -70,6 +70,15 @@ class Outbox(StoreCore):
             )
         return [_event(r) for r in rows]
 
+    async def pending_events(self) -> int:
+        """How many events still wait for delivery (those given up on excluded)."""
+        async with self.connection() as c:
+            row = await c.fetchrow(
+                "SELECT COUNT(*) AS n FROM outbox "
+                "WHERE delivered_at IS NULL AND next_attempt_at IS NOT NULL"
+            )
+        return int(row["n"]) if row else 0
+
     async def due_events(
         self, now_ms: int, limit: int = 100, *, lease_ms: int = 0
     ) -> list[OutboxEvent]:
