@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Literal, NamedTuple
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
@@ -25,12 +27,15 @@ from meter.errors import InvalidInput, MeteringUnavailable
 from meter.redis_client import RedisClient
 from meter.scripts import register
 
+log = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
 Kind = Literal["m", "n"]
 
 MAX_USER_LEN = 256
 MAX_KEY_LEN = 256
 _FORBIDDEN = str.maketrans("", "", "\t\r\n")
+_CACHE_MAX = 100_000  # app ids / channels remembered as well-formed
 
 
 class Code(IntEnum):
@@ -84,6 +89,11 @@ def unknown_app(key: str = "", token: str = "") -> Decision:
     return Decision(Code.UNKNOWN_APP, 0, 0, 0, 0, 0, 0, "", False, False, key, token)
 
 
+def _plain(value: str, limit: int) -> bool:
+    """Fast check: short enough and free of tab and newline characters."""
+    return len(value) <= limit and "\t" not in value and "\n" not in value and "\r" not in value
+
+
 def _clean(field: str, value: str, limit: int) -> str:
     if len(value) > limit:
         raise InvalidInput(field, f"longer than {limit} characters")
@@ -117,6 +127,7 @@ class Admitter:
         max_inflight: int = 4,
     ) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._settings = settings
         self._clock = clock
         self._admit = register(client, "admit")
@@ -125,6 +136,8 @@ class Admitter:
         self._batch_max = settings.batch_max
         self._timeout = settings.redis_timeout_s
         self._pending: dict[str, list[_Pending]] = {}
+        self._ws_of: dict[str, str] = {}  # app id -> workspace, for well-formed ids
+        self._channels: set[str] = set()  # well-formed channel names
         self._scheduled = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,13 +182,24 @@ class Admitter:
         token of the original attempt so a charge that did happen is not taken twice).
         """
         token = token or self.new_token()
-        ws = keys.workspace_of(app_id)
-        if ws is None or not keys.CHANNEL_RE.match(channel):
-            return unknown_app(key, token)
+        ws = self._ws_of.get(app_id)
+        if ws is None:
+            ws = keys.workspace_of(app_id)
+            if ws is None:
+                return unknown_app(key, token)
+            if len(self._ws_of) < _CACHE_MAX:
+                self._ws_of[app_id] = ws
+        if channel not in self._channels:
+            if not keys.CHANNEL_RE.match(channel):
+                return unknown_app(key, token)
+            if len(self._channels) < _CACHE_MAX:
+                self._channels.add(channel)
         if user == "":
             raise InvalidInput("user", "a channel user id is required")
-        _clean("user", user, MAX_USER_LEN)
-        _clean("idempotency_key", key, MAX_KEY_LEN)
+        if not _plain(user, MAX_USER_LEN):
+            _clean("user", user, MAX_USER_LEN)
+        if key and not _plain(key, MAX_KEY_LEN):
+            _clean("idempotency_key", key, MAX_KEY_LEN)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
         arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}"
@@ -191,18 +215,24 @@ class Admitter:
 
     def _dispatch(self) -> None:
         self._scheduled = False
-        while self._pending and self._inflight < self._max_inflight:
-            # Each call carries at most batch_max admissions of a workspace; the rest
-            # waits for the next free slot (and grows into a bigger batch meanwhile).
+        pending = self._pending
+        cap = self._batch_max
+        while pending and self._inflight < self._max_inflight:
+            # A call takes whole per-workspace batches of at most batch_max admissions
+            # until it holds batch_max in all, so several calls overlap (Redis runs one
+            # while this process prepares the next); the rest waits for a free slot. A
+            # workspace with admissions left goes to the back, so none starves the others.
             send: list[tuple[str, list[_Pending]]] = []
-            for ws in list(self._pending):
-                items = self._pending[ws]
-                if len(items) <= self._batch_max:
-                    del self._pending[ws]
-                    send.append((ws, items))
-                else:
-                    send.append((ws, items[: self._batch_max]))
-                    self._pending[ws] = items[self._batch_max :]
+            total = 0
+            for ws in list(pending):
+                items = pending.pop(ws)
+                if len(items) > cap:
+                    pending[ws] = items[cap:]
+                    items = items[:cap]
+                send.append((ws, items))
+                total += len(items)
+                if total >= cap:
+                    break
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._send(send))
             self._tasks.add(task)
@@ -217,46 +247,55 @@ class Admitter:
                 billing_period(now),
                 self._refund_ttl_ms,
             ]
-            try:
-                results = await asyncio.wait_for(self._execute(head, send), self._timeout)
-            except (RedisError, OSError, TimeoutError) as exc:
-                err = MeteringUnavailable(f"redis: {exc!r}", ambiguous=True)
-                for _, chunk in send:
-                    for p in chunk:
-                        if not p.future.done():
-                            p.future.set_exception(err)
-                return
-            for (_, chunk), raw in zip(send, results, strict=True):
-                _resolve(chunk, raw)
+            if len(send) == 1 or self._cluster:
+                # On a cluster each workspace lives on its own master: separate calls keep
+                # one failing master from failing (or stalling) the others' admissions.
+                await asyncio.gather(*(self._call(head, ws, chunk) for ws, chunk in send))
+            else:
+                await self._pipelined(head, send)
         finally:
             self._inflight -= 1
             if self._pending and not self._scheduled:
                 self._dispatch()
 
-    async def _execute(
+    async def _call(self, head: list[EncodableT], ws: str, chunk: list[_Pending]) -> None:
+        try:
+            raw = await asyncio.wait_for(
+                self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)]),
+                self._timeout,
+            )
+        except Exception as exc:  # see _fail
+            _fail(chunk, exc)
+            return
+        _resolve(chunk, raw)
+
+    async def _pipelined(
         self, head: list[EncodableT], send: list[tuple[str, list[_Pending]]]
-    ) -> list[Any]:
-        if len(send) == 1:
-            ws, chunk = send[0]
-            return [
-                await self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)])
-            ]
-        # Several workspaces: one pipelined round trip. redis-py's pipeline would check
-        # SCRIPT EXISTS on every execute, so NOSCRIPT is handled here instead.
+    ) -> None:
+        """Several workspaces on one server: one pipelined round trip.
+
+        redis-py's pipeline would run SCRIPT EXISTS on every execute, so NOSCRIPT is
+        handled here instead.
+        """
         sha = self._admit.sha
-        async with self._client.pipeline(transaction=False) as pipe:
-            for ws, chunk in send:
-                pipe.evalsha(sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk))
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, res in enumerate(results):
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ws, chunk in send:
+                    pipe.execute_command(
+                        "EVALSHA", sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk)
+                    )
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
+        except Exception as exc:  # see _fail
+            for _, chunk in send:
+                _fail(chunk, exc)
+            return
+        for (ws, chunk), res in zip(send, results, strict=True):
             if isinstance(res, NoScriptError):
-                ws, chunk = send[i]
-                results[i] = await self._admit(
-                    keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)]
-                )
+                await self._call(head, ws, chunk)
             elif isinstance(res, Exception):
-                raise res
-        return results
+                _fail(chunk, res)
+            else:
+                _resolve(chunk, res)
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
         """Reverse a charged admission whose message was not served. Idempotent.
@@ -296,26 +335,40 @@ class Admitter:
                 await asyncio.sleep(0)
 
 
+def _fail(chunk: list[_Pending], exc: BaseException) -> None:
+    """No decision: every waiter learns Redis did not answer.
+
+    Anything, not only RedisError: redis-py's cluster client also raises
+    RedisClusterException and, racing its own reconnects, other errors; a future left
+    unresolved would hang its caller for good.
+    """
+    if not isinstance(exc, (RedisError, OSError, TimeoutError)):
+        log.error("admission call failed unexpectedly", exc_info=exc)
+    err = MeteringUnavailable(f"redis: {exc!r}", ambiguous=True)
+    for p in chunk:
+        if not p.future.done():
+            p.future.set_exception(err)
+
+
 def _resolve(chunk: list[_Pending], raw: list[Any]) -> None:
+    new = tuple.__new__  # what Decision(...) does, minus a Python-level call per item
     for i, p in enumerate(chunk):
-        if p.future.done():  # the caller gave up (cancelled)
+        fut = p.future
+        if fut.done():  # the caller gave up (cancelled)
             continue
         j = i * 9
         flags = raw[j + 8]
         bsid = raw[j + 7]
-        p.future.set_result(
-            Decision(
-                raw[j],
-                raw[j + 1],
-                raw[j + 2],
-                raw[j + 3],
-                raw[j + 4],
-                raw[j + 5],
-                raw[j + 6],
-                bsid.decode() if isinstance(bsid, bytes) else str(bsid),
-                bool(flags & 1),
-                bool(flags & 2),
-                p.key,
-                p.token,
+        fut.set_result(
+            new(
+                Decision,
+                (
+                    *raw[j : j + 7],
+                    bsid.decode() if isinstance(bsid, bytes) else str(bsid),
+                    bool(flags & 1),
+                    bool(flags & 2),
+                    p.key,
+                    p.token,
+                ),
             )
         )

@@ -83,7 +83,11 @@ end
 local free_valid = now < W.free_exp
 
 -- Per-batch caches --------------------------------------------------------------------
-local apps, prods, rates, usage, agg = {}, {}, {}, {}, {}
+local apps, prods, rates, usage = {}, {}, {}, {}
+-- Aggregates: per field prefix "<app>|<ch>|<product>|<unit>|" the sums of the metrics
+-- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
+local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
+local sri, srk = {}, {} -- session-record buckets touched; their hash keys
 
 local function app_of(id)
   local a = apps[id]
@@ -138,7 +142,7 @@ local function window(key, win)
         redis.call('HDEL', key, i)
       end
     end
-    w.o = minv
+    w.o, w.trimmed = minv, true
   end
   return w
 end
@@ -165,21 +169,22 @@ local function rates_of(id)
   return r
 end
 
-local function add(field, v)
-  if v ~= 0 then agg[field] = (agg[field] or 0) + v end
+local function tally(fkey, units, f, ap, pp, inv)
+  local g = agg[fkey]
+  if g == nil then
+    g = {0, 0, 0, 0, 0, 0}
+    agg[fkey] = g
+  end
+  g[1], g[2], g[3], g[4], g[5], g[6] = g[1] + units, g[2] + 1, g[3] + f, g[4] + ap, g[5] + pp,
+    g[6] + inv
 end
 
 -- Decide each admission ----------------------------------------------------------------
+local no = 0
 local function result(code, units, f, a, p, inv, retry, bsid, flags)
-  out[#out + 1] = code
-  out[#out + 1] = units
-  out[#out + 1] = f
-  out[#out + 1] = a
-  out[#out + 1] = p
-  out[#out + 1] = inv
-  out[#out + 1] = retry
-  out[#out + 1] = bsid
-  out[#out + 1] = flags
+  out[no + 1], out[no + 2], out[no + 3], out[no + 4], out[no + 5] = code, units, f, a, p
+  out[no + 6], out[no + 7], out[no + 8], out[no + 9] = inv, retry, bsid, flags
+  no = no + 9
 end
 
 local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate_limited',
@@ -286,12 +291,15 @@ for i = FIRST, #ARGV do
         end
       end
       if code ~= 0 then
-        add(fkey .. 'r:' .. REASON[code], 1)
+        local rk = fkey .. 'r:' .. REASON[code]
+        refused[rk] = (refused[rk] or 0) + 1
         result(code, 0, 0, 0, 0, 0, retry, '', 0)
       else
         local flags, units = 0, 0
         if charge then units = 1 end
-        if a.inactive then a.inactive, a.dirty = false, true end
+        -- Only a charged unit shows the app can pay again; a message inside an already
+        -- paid session does not (else app.inactive would be announced again and again).
+        if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
         rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
         rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
         if unit == 'session' then
@@ -300,27 +308,25 @@ for i = FIRST, #ARGV do
             bsid = 's' .. D(W.seq)
             sbucket = math.floor(bstart / 1000 / FB) * FB
             msgs, amount, flags = 0, 0, 2
-            redis.call('ZADD', P .. ':sri', sbucket, sbucket)
+            sri[sbucket] = true
           end
           msgs, amount = msgs + 1, amount + f + ap + pp + inv
-          redis.call('SET', sk, D(cs) .. ',' .. D(now) .. ',' .. D(blocks) .. ',' .. bsid .. ','
-            .. D(sbucket) .. ',' .. D(msgs) .. ',' .. D(amount) .. ',' .. D(bstart), 'PX', IDLE)
-          redis.call('HSET', P .. ':sr:' .. D(sbucket), bsid, app_id .. '\t' .. ch .. '\t' .. user
-            .. '\t' .. a.product .. '\t' .. D(bstart) .. '\t' .. D(now) .. '\t' .. D(msgs) .. '\t'
-            .. D(amount))
+          redis.call('SET', sk, string.format('%d,%d,%d,%s,%d,%d,%d,%d', cs, now, blocks, bsid,
+            sbucket, msgs, amount, bstart), 'PX', IDLE)
+          local rk = srk[sbucket]
+          if rk == nil then
+            rk = P .. ':sr:' .. D(sbucket)
+            srk[sbucket] = rk
+          end
+          redis.call('HSET', rk, bsid, string.format('%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d', app_id, ch,
+            user, a.product, bstart, now, msgs, amount))
         else
           bsid = ''
         end
-        add(fkey .. 'n', units)
-        add(fkey .. 'm', 1)
-        add(fkey .. 'f', f)
-        add(fkey .. 'a', ap)
-        add(fkey .. 'p', pp)
-        add(fkey .. 'i', inv)
+        tally(fkey, units, f, ap, pp, inv)
         if units > 0 then
-          redis.call('SET', ik, token .. '\t' .. bsid .. '\t' .. D(sbucket or 0) .. '\t' .. D(f)
-            .. '\t' .. D(ap) .. '\t' .. D(pp) .. '\t' .. D(inv) .. '\t' .. ch .. '\t' .. unit
-            .. '\t' .. user, 'PX', ttl)
+          redis.call('SET', ik, string.format('%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token,
+            bsid, sbucket or 0, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
         end
         result(0, units, f, ap, pp, inv, 0, bsid, flags)
       end
@@ -362,6 +368,9 @@ for _, r in pairs(rates) do
       redis.call('HINCRBY', w.key, w.cur, w.add)
       redis.call('HSET', w.key, 't', D(w.t), 'o', D(w.o), 'n', D(w.cur))
       if w.new or w.n ~= w.cur then redis.call('PEXPIRE', w.key, math.ceil(w.g * (NB + 2))) end
+    elseif w.trimmed then
+      -- Old buckets were dropped but nothing admitted: keep the total in step with them.
+      redis.call('HSET', w.key, 't', D(w.t), 'o', D(w.o))
     end
   end
 end
@@ -370,10 +379,17 @@ for uk, u in pairs(usage) do
 end
 local agk = P .. ':ag:' .. D(bucket)
 local touched = false
-for field, v in pairs(agg) do
+for fkey, g in pairs(agg) do
+  for j = 1, 6 do
+    if g[j] ~= 0 then redis.call('HINCRBY', agk, fkey .. METRICS[j], g[j]) end
+  end
+  touched = true
+end
+for field, v in pairs(refused) do
   redis.call('HINCRBY', agk, field, v)
   touched = true
 end
 if touched then redis.call('ZADD', P .. ':agi', bucket, bucket) end
+for b in pairs(sri) do redis.call('ZADD', P .. ':sri', b, b) end
 if #events > 0 then redis.call('RPUSH', P .. ':ev', unpack(events)) end
 return out
