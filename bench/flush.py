@@ -49,9 +49,11 @@ async def fill(client: RedisClient, kind: str, spaces: int, buckets: int, rows: 
                     pipe.zadd(keys.agg_index_key(ws), {str(bucket): bucket})
                 else:
                     start = bucket * 1000
+                    # The session entry admit.lua writes (see its header).
                     sessions = {
-                        f"s{b}x{r}": f"{ws}_app{r % 50:04d}\tweb\tuser{r}\tautomation\t{start}\t"
-                        f"{start + 5000}\t4\t200000"
+                        f"{ws}_app{r % 50:04d}\tweb\tuser{r}": (
+                            f"{start},5000,1,s{b}x{r},4,200000,automation"
+                        )
                         for r in range(rows)
                     }
                     pipe.hset(keys.sessions_key(ws, bucket), mapping=sessions)

@@ -322,6 +322,8 @@ class Admitter:
                 token,
                 self._settings.flush_bucket_s,
                 billing_period(now),
+                self._static[0],
+                self._static[1],
             ],
         )
         return bool(res[0])

@@ -78,21 +78,29 @@ def usage_rows(ws: str, bucket_s: int, items: Sequence[bytes | str]) -> list[Usa
     ]
 
 
-def session_rows(ws: str, gen: int, items: Sequence[bytes | str]) -> list[SessionRow]:
-    """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins."""
+def session_rows(
+    ws: str, gen: int, items: Sequence[bytes | str], block_ms: int
+) -> list[SessionRow]:
+    """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins.
+
+    Field ``app\tchannel\tuser[\tbsid]``; value ``conv_start,last-conv_start,blocks,bsid,
+    msgs,amount,product`` (see admit.lua). The block started ``blocks - 1`` block lengths
+    after the conversation.
+    """
     rows = []
     for i in range(0, len(items) - 1, 2):
-        app, channel, user, product, start, last, msgs, amount = _text(items[i + 1]).split("\t")
+        app, channel, user = _text(items[i]).split("\t")[:3]
+        cs, dl, blocks, bsid, msgs, amount, product = _text(items[i + 1]).split(",")
         rows.append(
             SessionRow(
                 workspace_id=ws,
-                id=_text(items[i]),
+                id=bsid,
                 app_id=app,
                 channel=channel,
                 channel_user=user,
                 product=product,
-                start_ms=int(start),
-                end_ms=int(last),
+                start_ms=int(cs) + max(int(blocks) - 1, 0) * block_ms,
+                end_ms=int(cs) + int(dl),
                 messages=int(msgs),
                 amount=int(amount),
                 seq=gen,
@@ -128,11 +136,11 @@ def event_rows(
     return ledger, outbox
 
 
-def build(claim: Claim) -> Batch:
-    """The store rows of a claimed bucket."""
+def build(claim: Claim, block_ms: int = 900_000) -> Batch:
+    """The store rows of a claimed bucket (``block_ms``: the billing-session block)."""
     if claim.kind == "ag":
         return Batch(usage=usage_rows(claim.ws, claim.bucket, claim.items))
     if claim.kind == "sr":
-        return Batch(sessions=session_rows(claim.ws, claim.gen, claim.items))
+        return Batch(sessions=session_rows(claim.ws, claim.gen, claim.items, block_ms))
     ledger, events = event_rows(claim.ws, claim.items)
     return Batch(ledger=ledger, events=events)

@@ -111,6 +111,11 @@ class Flusher:
         self._fb = settings.flush_bucket_s
         self._grace = settings.flush_grace_s
         self._block = settings.session_block_s
+        # A session bucket (width = the block length) is read by admissions until its
+        # last block has ended and that conversation has been idle long enough to end.
+        self._sr_open = (
+            max(1, int(settings.session_block_s)) + self._block + settings.session_idle_s
+        )
         self._shutdown_grace = settings.shutdown_grace_s
         self._sem = asyncio.Semaphore(concurrency)
         self._backoff = (backoff_start_s, backoff_cap_s)
@@ -186,7 +191,7 @@ class Flusher:
         if kind == "ag":
             return bucket + self._fb + self._grace
         if kind == "sr":
-            return bucket + self._fb + self._block + self._grace
+            return bucket + self._sr_open + self._grace
         return 0.0
 
     async def _guarded(self, ws: str, now: float, force: bool) -> PassResult:
@@ -201,7 +206,7 @@ class Flusher:
     async def _flush_ws(self, ws: str, now: float, force: bool) -> PassResult:
         inf = float("inf")
         ag_cut = inf if force else now - self._fb - self._grace
-        sr_cut = inf if force else now - self._fb - self._block - self._grace
+        sr_cut = inf if force else now - self._sr_open - self._grace
         pending, ag, sr, has_events = await self._claims.scan(ws, ag_cut, sr_cut)
         targets: dict[tuple[Kind, int], None] = {}
         for p in pending:
@@ -235,7 +240,7 @@ class Flusher:
             self.stats.retaken += 1
             log.warning("flusher: re-took unacked claim %s", claim.batch_id)
         try:
-            batch = build(claim)
+            batch = build(claim, int(self._block * 1000))
         except _BAD_DATA:
             log.exception("flusher: cannot read claimed bucket %s; left claimed", claim.batch_id)
             res.failed += 1

@@ -19,17 +19,19 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.
-``P:s:<app>:<ch>:<user>`` string live conversation state ``conv_start,last,blocks,bsid,bucket``.
-``P:i:<app>:<key>``   string idempotency record of an admitted message (the original decision).
+``P:i:<app>:<key>``   string charge record of a charged message (see admit.lua): the
+                             duplicate check for its channel key, what a refund reverses.
 ``P:lu:<product>:<period>`` string enterprise usage counted in the billing period.
 ``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field
                              ``<app>|<channel>|<product>|<unit>|<metric>`` -> integer.
 ``P:agi``             zset   bucket starts (score = member) of ``P:ag:*`` hashes not yet claimed.
-``P:sr:<bucket_s>``   hash   billing-session records by block start bucket: ``<bsid>`` ->
-                             ``app\\tchannel\\tuser\\tproduct\\tstart\\tlast\\tmsgs\\tamount``.
+``P:sr:<bucket_s>``   hash   billing sessions by block start (buckets as wide as the session
+                             block): field ``app\tchannel\tuser`` -> ``conv_start,last-conv_start,
+                             blocks,bsid,msgs,amount,product``, the live conversation and the record
+                             the flusher writes in one entry; a displaced older entry keeps its
+                             record under ``app\tchannel\tuser\tbsid``.
 ``P:sri``             zset   bucket starts of ``P:sr:*`` hashes not yet claimed.
 ``P:ev``              list   events (JSON) for the ledger and owner notifications.
-``P:seq``             string counter for billing-session ids, event ids and claim generations.
 ``P:g:<reference>``   string idempotency marker of a grant (free credits, funds added).
 ``P:apps``            set    app ids of the workspace.
 ``P:c:<kind>:<bucket_s>:<gen>`` a claimed bucket (``kind`` = ``ag``|``sr``|``ev``) awaiting ack.
@@ -71,10 +73,6 @@ def ws_key(ws: str) -> str:
 
 def app_key(ws: str, app: str) -> str:
     return f"{ws_prefix(ws)}:a:{app}"
-
-
-def session_key(ws: str, app: str, channel: str, user: str) -> str:
-    return f"{ws_prefix(ws)}:s:{app}:{channel}:{user}"
 
 
 def idem_key(ws: str, app: str, key: str) -> str:

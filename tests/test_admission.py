@@ -402,7 +402,7 @@ async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
     made = [
         keys.ws_key(ws),
         keys.app_key(ws, f"{ws}_a1"),
-        keys.session_key(ws, f"{ws}_a1", "c", "u"),
+        keys.sessions_key(ws, 900),
         keys.idem_key(ws, f"{ws}_a1", "k"),
         keys.agg_key(ws, 60),
         keys.events_key(ws),

@@ -63,7 +63,7 @@ async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Sto
 
 
 async def test_billing_sessions_flush_with_late_writes(client: RedisClient, store: Store) -> None:
-    """Session records close a block later; forced early claims keep late writes findable."""
+    """Session records close after block + idle; forced early claims snapshot, not move."""
     cfg, clock = flush_settings(), past_clock()
     w = await seed_ws(client, store, cfg, clock, products=["automation"], pool=100 * USD)
     adm = admitter(client, cfg, clock)
@@ -78,7 +78,8 @@ async def test_billing_sessions_flush_with_late_writes(client: RedisClient, stor
         clock.advance(0.5)
         if step % 40 == 39:
             await flusher.flush_once(force=step % 80 == 79)
-    clock.advance(cfg.session_block_s + cfg.flush_bucket_s + cfg.flush_grace_s + 1)
+    # A session bucket closes once its last block ended and that conversation idled out.
+    clock.advance(2 * cfg.session_block_s + cfg.session_idle_s + cfg.flush_grace_s + 1)
     await flusher.drain(force=False)
     assert await client.zcard(keys.sessions_index_key(w.ws)) == 0
     assert not [k async for k in client.scan_iter(match=f"{keys.ws_prefix(w.ws)}:sr:*")]

@@ -16,8 +16,13 @@
 --           key: the channel's idempotency key or "" (then the token is the key);
 --           token: unique per attempt, names the charge record a refund must match;
 --           kind "m" (channel message, billed by the product's unit) or "n" (notification).
--- A charged admission leaves P:i:<app>:<key> = "token\tbsid\tsession_bucket\tfree\tapp\tpool\t
--- inv\tchannel\tunit\tuser": the duplicate check for retries and what refund.lua reverses.
+-- A charged admission leaves P:i:<app>:<key> = "token\tbsid\tfree\tapp\tpool\tinv\tchannel\t
+-- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
+-- retries and what refund.lua reverses.
+-- Billing sessions live in P:sr:<b> (b = block start, bucketed by the block length in s),
+-- field "app\tchannel\tuser" = "conv_start,last-conv_start,blocks,bsid,msgs,amount,product":
+-- the live conversation state and the record the flusher writes, in one entry. An older
+-- entry displaced from its field is kept under "app\tchannel\tuser\tbsid".
 -- Returns a flat array, 9 entries per admission, in order:
 --   code, units, free, app_paid, pool_paid, invoiced, retry_after_ms, bsid, flags
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
@@ -87,7 +92,19 @@ local apps, prods, rates, usage = {}, {}, {}, {}
 -- Aggregates: per field prefix "<app>|<ch>|<product>|<unit>|" the sums of the metrics
 -- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
 local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
-local sri, srk = {}, {} -- session-record buckets touched; their hash keys
+local sri = {} -- session-record buckets that got a new entry
+
+-- Session entries are bucketed by block start; an alive conversation's newest entry is
+-- at most IDLE + BLOCK old, so a lookup walks a few buckets, newest first.
+local SB = math.max(1, math.floor(BLOCK / 1000))
+local function sbucket_of(ms) return math.floor(ms / 1000 / SB) * SB end
+local S_HIGH, S_LOW = sbucket_of(now), sbucket_of(now - IDLE - BLOCK)
+local function session_find(fld)
+  for b = S_HIGH, S_LOW, -SB do
+    local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
+    if v then return v, b end
+  end
+end
 
 local function app_of(id)
   local a = apps[id]
@@ -197,6 +214,9 @@ for i = FIRST, #ARGV do
   if not a then
     result(1, 0, 0, 0, 0, 0, 0, '', 0)
   else
+    local pr = prod_of(a.product)
+    local unit, price = pr.unit, pr.price
+    if kind == 'n' then unit, price = 'notification', W.np end
     local ttl = IDEM_TTL
     if idem == '' then idem, ttl = token, REFUND_TTL end
     local ik = P .. ':i:' .. app_id .. ':' .. idem
@@ -204,9 +224,6 @@ for i = FIRST, #ARGV do
     if seen then
       result(0, 0, 0, 0, 0, 0, 0, string.match(seen, '^[^\t]*\t([^\t]*)') or '', 1)
     else
-      local pr = prod_of(a.product)
-      local unit, price = pr.unit, pr.price
-      if kind == 'n' then unit, price = 'notification', W.np end
       local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
       local code, retry = 0, 0
       local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
@@ -226,23 +243,21 @@ for i = FIRST, #ARGV do
         end
       end
       -- Session logic: does this message open a new billing session?
-      local sk, cs, blocks, bsid, sbucket, msgs, amount, bstart
+      local fld, found, fkb, cs, blocks, bsid, msgs, amount
       local charge = true
       if code == 0 and unit == 'session' then
-        sk = P .. ':s:' .. app_id .. ':' .. ch .. ':' .. user
-        local st = redis.call('GET', sk)
-        if st then
-          local c1, l1, b1, s1, k1, m1, a1, t1 =
-            string.match(st, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(%d+),(%d+)$')
-          if c1 and now - tonumber(l1) < IDLE then
-            cs, blocks, bsid, sbucket = tonumber(c1), tonumber(b1), s1, tonumber(k1)
-            msgs, amount, bstart = tonumber(m1), tonumber(a1), tonumber(t1)
+        fld = app_id .. '\t' .. ch .. '\t' .. user
+        found, fkb = session_find(fld)
+        if found then
+          local c1, d1, b1, s1, m1, a1 = string.match(found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),')
+          if now - tonumber(c1) - tonumber(d1) < IDLE then
+            cs, blocks, bsid, msgs, amount = tonumber(c1), tonumber(b1), s1, tonumber(m1), tonumber(a1)
           end
         end
         if not cs then cs, blocks = now, 0 end
         local need = math.floor((math.max(now, cs) - cs) / BLOCK) + 1
         charge = need > blocks
-        if charge then blocks, bstart = need, cs + (need - 1) * BLOCK end
+        if charge then blocks = need end
       end
       local f, ap, pp, inv = 0, 0, 0, 0
       if code == 0 and charge then
@@ -306,27 +321,26 @@ for i = FIRST, #ARGV do
           if charge then
             W.seq = W.seq + 1
             bsid = 's' .. D(W.seq)
-            sbucket = math.floor(bstart / 1000 / FB) * FB
-            msgs, amount, flags = 0, 0, 2
-            sri[sbucket] = true
+            local nb = sbucket_of(cs + (blocks - 1) * BLOCK)
+            if found and fkb == nb then
+              -- An earlier block or conversation already has this field: keep its record.
+              redis.call('HSET', P .. ':sr:' .. D(nb), fld .. '\t' .. string.match(found,
+                '^%d+,%d+,%d+,([^,]+),'), found)
+            end
+            fkb, msgs, amount, flags = nb, 1, f + ap + pp + inv, 2
+            sri[nb] = true
+          else
+            msgs = msgs + 1
           end
-          msgs, amount = msgs + 1, amount + f + ap + pp + inv
-          redis.call('SET', sk, string.format('%d,%d,%d,%s,%d,%d,%d,%d', cs, now, blocks, bsid,
-            sbucket, msgs, amount, bstart), 'PX', IDLE)
-          local rk = srk[sbucket]
-          if rk == nil then
-            rk = P .. ':sr:' .. D(sbucket)
-            srk[sbucket] = rk
-          end
-          redis.call('HSET', rk, bsid, string.format('%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d', app_id, ch,
-            user, a.product, bstart, now, msgs, amount))
+          redis.call('HSET', P .. ':sr:' .. D(fkb), fld, string.format('%d,%d,%d,%s,%d,%d,%s', cs,
+            now - cs, blocks, bsid, msgs, amount, a.product))
         else
           bsid = ''
         end
         tally(fkey, units, f, ap, pp, inv)
         if units > 0 then
-          redis.call('SET', ik, string.format('%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token,
-            bsid, sbucket or 0, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
+          redis.call('SET', ik, string.format('%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token,
+            bsid, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
         end
         result(0, units, f, ap, pp, inv, 0, bsid, flags)
       end

@@ -8,7 +8,9 @@
 -- ARGV[3]  lease (ms)
 -- ARGV[4]  owner: the claiming flusher's token
 -- ARGV[5]  "1" to keep the bucket in its index (claimed before it closed: writes may follow
---          into a fresh live hash, which then must still be found)
+--          into a fresh live hash, which then must still be found). An open billing-session
+--          bucket is copied, not moved: admissions still read its conversations, and the
+--          store keeps the newest snapshot of each session.
 -- Returns {code, gen, items}
 --   code 0: claimed now under a new gen; items = the claimed contents
 --   code 1: re-taken: an unacked claim whose lease expired (or is ours), SAME gen, contents
@@ -47,7 +49,11 @@ if redis.call('EXISTS', live) == 0 then
 end
 gen = redis.call('HINCRBY', P .. ':ws', 'seq', 1)
 local ck = P .. ':c:' .. field .. ':' .. gen
-redis.call('RENAME', live, ck)
+if keep and kind == 'sr' then
+  redis.call('COPY', live, ck)
+else
+  redis.call('RENAME', live, ck)
+end
 if index and not keep then redis.call('ZREM', index, b) end
 redis.call('HSET', reg, field, gen)
 redis.call('SET', lease, owner, 'PX', lease_ms)

@@ -6,21 +6,34 @@
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
 -- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] key (channel idempotency key or token)
 -- ARGV[4]  token        ARGV[5] flush bucket (s)   ARGV[6] enterprise billing period id
+-- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
 -- Returns {refunded (0|1), free, app_paid, pool_paid, invoiced}
+-- The charge is read from its record P:i:<app>:<key> (see admit.lua).
 
 local P = KEYS[1]
 local now, app, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local FB, PERIOD = tonumber(ARGV[5]), ARGV[6]
+local BLOCK, IDLE = tonumber(ARGV[7]), tonumber(ARGV[8])
 local D = function(x) return string.format('%d', x) end
+local NONE = {0, 0, 0, 0, 0}
 
+local SB = math.max(1, math.floor(BLOCK / 1000))
+local function session_find(fld)
+  local high = math.floor(now / 1000 / SB) * SB
+  local low = math.floor((now - IDLE - BLOCK) / 1000 / SB) * SB
+  for b = high, low, -SB do
+    local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
+    if v then return v, b end
+  end
+end
 local ik = P .. ':i:' .. app .. ':' .. key
 local rec = redis.call('GET', ik)
-if not rec then return {0, 0, 0, 0, 0} end
-local tok, bsid, sb, f, ap, pp, inv, ch, unit, user = string.match(rec,
-  '^([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
-if tok ~= token then return {0, 0, 0, 0, 0} end
-f, ap, pp, inv = tonumber(f), tonumber(ap), tonumber(pp), tonumber(inv)
+if not rec then return NONE end
+local tok, bsid, f, ap, pp, inv, ch, unit, user = string.match(rec,
+  '^([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+if tok ~= token then return NONE end
 redis.call('DEL', ik)
+f, ap, pp, inv = tonumber(f), tonumber(ap), tonumber(pp), tonumber(inv)
 
 local wsk = P .. ':ws'
 local product = redis.call('HGET', P .. ':a:' .. app, 'product') or ''
@@ -41,33 +54,21 @@ end
 
 -- The billing session this message opened is undone: the next message opens it again.
 if bsid ~= '' then
-  local sk = P .. ':s:' .. app .. ':' .. ch .. ':' .. user
-  local st = redis.call('GET', sk)
-  if st then
-    local c1, l1, b1, s1, k1, m1, a1, t1 =
-      string.match(st, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(%d+),(%d+)$')
+  local fld = app .. '\t' .. ch .. '\t' .. user
+  local e, b = session_find(fld)
+  if e then
+    local cs, dl, blocks, s1, msgs, amount, prod =
+      string.match(e, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$')
     if s1 == bsid then
-      local blocks = tonumber(b1) - 1
-      if blocks <= 0 then
-        redis.call('DEL', sk)
+      blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
+      local sk = P .. ':sr:' .. D(b)
+      if blocks <= 0 and msgs <= 0 then
+        redis.call('HDEL', sk, fld)
       else
-        local amount = math.max(0, tonumber(a1) - f - ap - pp - inv)
-        redis.call('SET', sk, table.concat({c1, l1, D(blocks), s1, k1, m1, D(amount), t1}, ','),
-          'KEEPTTL')
+        amount = math.max(0, tonumber(amount) - f - ap - pp - inv)
+        redis.call('HSET', sk, fld, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
+          msgs, amount, prod))
       end
-    end
-  end
-  local srk = P .. ':sr:' .. sb
-  local r = redis.call('HGET', srk, bsid)
-  if r then
-    local a_, c_, u_, p_, st_, la_, ms_, am_ =
-      string.match(r, '^([^\t]*)\t([^\t]*)\t(.-)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)$')
-    local msgs = tonumber(ms_) - 1
-    if msgs <= 0 then
-      redis.call('HDEL', srk, bsid)
-    else
-      local amount = math.max(0, tonumber(am_) - f - ap - pp - inv)
-      redis.call('HSET', srk, bsid, table.concat({a_, c_, u_, p_, st_, la_, D(msgs), D(amount)}, '\t'))
     end
   end
 end

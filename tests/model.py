@@ -1,0 +1,274 @@
+"""A small pure-Python model of one standard workspace's metering rules (DESIGN §1).
+
+It restates, for a standard (prepaid) workspace, what ``meter/lua/admit.lua``,
+``refund.lua`` and ``grant.lua`` decide, written the plain way: no caches, no
+write-back, rolling windows as "all buckets ever, count those still in range".
+``tests/test_admission_model.py`` runs it side by side with the real scripts.
+Times are integer milliseconds; money is integer micro-dollars.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+NB = 60  # buckets per rolling window, as in admit.lua
+REASON = {
+    2: "app_suspended",
+    4: "rate_limited",
+    6: "credits_exhausted",
+    7: "free_credits_expired",
+}
+
+
+class Result(NamedTuple):
+    """The fields of ``meter.admission.Decision`` that Redis decides."""
+
+    code: int
+    units: int
+    free: int
+    app_paid: int
+    pool_paid: int
+    invoiced: int
+    retry_after_ms: int
+    bsid: str
+    duplicate: bool
+    new_session: bool
+
+
+NOTHING = Result(0, 0, 0, 0, 0, 0, 0, "", False, False)  # template: nothing charged
+
+
+@dataclass
+class App:
+    product: str
+    unit: str  # "session" | "request"
+    price: int
+    use_free: bool = True
+    suspended: bool = False
+    pm: int | None = None  # rate-limit overrides
+    ph: int | None = None
+    paid: int = 0
+    inactive: bool = False
+
+
+@dataclass
+class Window:
+    """Rolling window of NB buckets; counts every bucket whose index is >= cur - NB."""
+
+    win_ms: int
+    buckets: Counter[int] = field(default_factory=Counter)
+
+    def _g(self) -> int:
+        assert self.win_ms % NB == 0, "keep windows a multiple of 60 ms: integer buckets"
+        return self.win_ms // NB
+
+    def count(self, now: int) -> int:
+        cur = now // self._g()
+        return sum(c for i, c in self.buckets.items() if i >= cur - NB)
+
+    def add(self, now: int) -> None:
+        self.buckets[now // self._g()] += 1
+
+    def wait_ms(self, now: int, limit: int) -> int:
+        """Time until enough old buckets fall out of the window for one more message."""
+        g = self._g()
+        cur = now // g
+        excess, acc = self.count(now) + 1 - limit, 0
+        for i in range(cur - NB, cur + 1):
+            acc += self.buckets.get(i, 0)
+            if acc >= excess:
+                return (i + NB + 1) * g - now
+        return g
+
+
+@dataclass
+class Session:
+    start: int
+    last: int
+    blocks: int
+    bsid: str
+
+
+class Record(NamedTuple):
+    """The charge record ``P:i:<app>:<key>``: duplicate check and what a refund reverses."""
+
+    token: str
+    bsid: str
+    free: int
+    app_paid: int
+    pool_paid: int
+    channel: str
+    unit: str
+    user: str
+
+
+@dataclass
+class Workspace:
+    """One standard workspace and its apps, under the given settings."""
+
+    block_ms: int
+    idle_ms: int
+    low: int  # low-balance threshold
+    paid_first: bool
+    per_minute: int
+    per_hour: int
+    minute_ms: int
+    hour_ms: int
+    notification_price: int
+    apps: dict[str, App] = field(default_factory=dict)
+    free: int = 0
+    free_granted: int = 0
+    free_exp: int = 0
+    lapsed: int = 0
+    pool: int = 0
+    is_low: bool = False
+    seq: int = 0
+    events: list[str] = field(default_factory=list)  # "<type>:<id>"
+    grants: set[str] = field(default_factory=set)
+    rates: dict[str, tuple[Window, Window]] = field(default_factory=dict)
+    sessions: dict[tuple[str, str, str], Session] = field(default_factory=dict)
+    records: dict[tuple[str, str], Record] = field(default_factory=dict)
+    agg: Counter[str] = field(default_factory=Counter)  # "<app>|<ch>|<product>|<unit>|<metric>"
+
+    def paid_total(self) -> int:
+        return self.pool + sum(a.paid for a in self.apps.values())
+
+    def _funds(self) -> tuple[int, int, int]:
+        return self.free, self.pool, self.paid_total()
+
+    def _event(self, kind: str) -> None:
+        self.seq += 1
+        self.events.append(f"{kind}:e{self.seq}")
+
+    # -- grant.lua ------------------------------------------------------------------------
+    def grant(self, ref: str, kind: str, amount: int, app: str = "", expires: int = 0) -> bool:
+        if ref in self.grants:
+            return False
+        self.grants.add(ref)
+        if kind == "free":
+            self.free += amount
+            self.free_granted += amount
+            self.free_exp = max(self.free_exp, expires)
+        elif app:
+            self.apps[app].paid += amount
+        else:
+            self.pool += amount
+        for a in self.apps.values():
+            a.inactive = False
+        if self.free + self.paid_total() >= self.low:
+            self.is_low = False
+        return True
+
+    # -- admit.lua: one batch, all at the same instant ------------------------------------
+    def admit(self, now: int, msgs: list[tuple[str, str, str, str, str, str]]) -> list[Result]:
+        """``msgs``: (app, channel, user, idempotency key or "", token, kind "m"|"n")."""
+        if self.free > 0 and now >= self.free_exp:
+            self._event("free_credits.expired")
+            self.lapsed, self.free = self.lapsed + self.free, 0
+        free0, paid0, before = self.free, self.paid_total(), self._funds()
+        out = [self._admit_one(now, *m) for m in msgs]
+        if free0 > 0 and self.free == 0:
+            self._event("free_credits.exhausted")
+        if paid0 > 0 and self.paid_total() == 0:
+            self._event("paid_balance.zero")
+        usable = (self.free if now < self.free_exp else 0) + self.paid_total()
+        if self._funds() != before and not self.is_low and usable < self.low:
+            self.is_low = True  # fires on the first debit that leaves the balance low
+            self._event("balance.low")
+        return out
+
+    def _admit_one(
+        self, now: int, app_id: str, ch: str, user: str, key: str, token: str, kind: str
+    ) -> Result:
+        a = self.apps.get(app_id)
+        if a is None:
+            return NOTHING._replace(code=1)
+        rec = self.records.get((app_id, key or token))
+        if rec is not None:
+            return NOTHING._replace(bsid=rec.bsid, duplicate=True)
+        unit, price = (
+            (a.unit, a.price) if kind == "m" else ("notification", self.notification_price)
+        )
+        fkey = f"{app_id}|{ch}|{a.product}|{unit}|"
+        code, retry = 0, 0
+        rm, rh = self.rates.setdefault(app_id, (Window(self.minute_ms), Window(self.hour_ms)))
+        if a.suspended:
+            code = 2
+        else:
+            for w, limit in ((rm, a.pm or self.per_minute), (rh, a.ph or self.per_hour)):
+                if w.count(now) + 1 > limit:
+                    code, retry = 4, w.wait_ms(now, limit)
+                    break
+        # Session unit: each started block of a conversation is charged once.
+        sk, charge = (app_id, ch, user), True
+        s = self.sessions.get(sk) if unit == "session" else None
+        if s is None or now - s.last >= self.idle_ms:
+            s = Session(now, now, 0, "")  # a new conversation
+        need = (now - s.start) // self.block_ms + 1
+        if code == 0 and unit == "session":
+            charge = need > s.blocks
+        f = ap = pp = 0
+        if code == 0 and charge:
+            fr = self.free if (a.use_free and now < self.free_exp) else 0
+            if fr + a.paid + self.pool < price:
+                code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
+                if not a.inactive:
+                    a.inactive = True
+                    self._event("app.inactive")
+            else:
+                avail, got, left = {"f": fr, "a": a.paid, "p": self.pool}, {}, price
+                for pool in "apf" if self.paid_first else "fap":
+                    got[pool] = min(avail[pool], left)
+                    left -= got[pool]
+                f, ap, pp = got["f"], got["a"], got["p"]
+                self.free, a.paid, self.pool = self.free - f, a.paid - ap, self.pool - pp
+        if code != 0:
+            self.agg[fkey + "r:" + REASON[code]] += 1
+            return NOTHING._replace(code=code, retry_after_ms=retry)
+        units = 1 if charge else 0
+        if units:
+            a.inactive = False  # a charged unit shows the app can pay again
+        rm.add(now)
+        rh.add(now)
+        bsid = ""
+        if unit == "session":
+            if charge:
+                self.seq += 1
+                s.blocks, s.bsid = need, f"s{self.seq}"
+            s.last = now
+            self.sessions[sk] = s
+            bsid = s.bsid
+        for metric, v in (("n", units), ("m", 1), ("f", f), ("a", ap), ("p", pp)):
+            self.agg[fkey + metric] += v
+        if units:
+            self.records[(app_id, key or token)] = Record(token, bsid, f, ap, pp, ch, unit, user)
+        return Result(0, units, f, ap, pp, 0, 0, bsid, False, charge and unit == "session")
+
+    # -- refund.lua (through Admitter.refund) ---------------------------------------------
+    def refund(self, now: int, app_id: str, d: Result, key: str, token: str) -> bool:
+        if d.duplicate or (d.code == 0 and d.units == 0):
+            return False
+        rec = self.records.get((app_id, key or token))
+        if rec is None or rec.token != token:
+            return False
+        del self.records[(app_id, key or token)]
+        a = self.apps[app_id]
+        if now < self.free_exp:
+            self.free += rec.free
+        else:
+            self.lapsed += rec.free
+        a.paid += rec.app_paid
+        self.pool += rec.pool_paid
+        s = self.sessions.get((app_id, rec.channel, rec.user))
+        if rec.bsid and s is not None and s.bsid == rec.bsid:
+            s.blocks -= 1
+            if s.blocks <= 0:
+                del self.sessions[(app_id, rec.channel, rec.user)]
+        fkey = f"{app_id}|{rec.channel}|{a.product}|{rec.unit}|"
+        for metric, v in (("n", -1), ("m", -1), ("x", 1), ("f", -rec.free)):
+            self.agg[fkey + metric] += v
+        self.agg[fkey + "a"] -= rec.app_paid
+        self.agg[fkey + "p"] -= rec.pool_paid
+        return True
