@@ -161,7 +161,7 @@ def _traffic_ctx(
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=SKIP_AUTO_HEADERS,
         )
-        admitter = Admitter(client, settings, clock=clock)
+        admitter = Admitter(client, settings, clock=clock, on_batch=metrics.batch_size.observe)
         owed = Owed(admitter, metrics, timeout=settings.redis_timeout_s)
         meter = Meter(
             admitter,

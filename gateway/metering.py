@@ -62,7 +62,7 @@ class Meter:
         except MeteringUnavailable as exc:
             self._metrics.redis_errors.inc()
             if self._fail_open:
-                debt = Debt(app_id, channel, user, key, token, kind)
+                debt = Debt(app_id, channel, user, key, token, kind, self._admitter.clock())
                 if self._owed.owe(debt):
                     return Admission(app_id, None, debt)
             elif exc.ambiguous:

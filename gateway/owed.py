@@ -41,6 +41,7 @@ class Debt(NamedTuple):
     key: str
     token: str
     kind: Kind
+    at: float  # when it was served: settled as of then
 
 
 class Void(NamedTuple):
@@ -129,7 +130,9 @@ class Owed:
         try:
             while self.debts:
                 chunk = self.debts[: self._chunk]
-                results = await asyncio.gather(*(self._settle(d) for d in chunk))
+                # One at a time, in the order served: a conversation's messages must meet
+                # its billing session in order.
+                results = [await self._settle(d) for d in chunk]
                 del self.debts[: len(chunk)]
                 self.debts.extend(d for d, keep in zip(chunk, results, strict=True) if keep)
                 if all(results):
@@ -150,8 +153,11 @@ class Owed:
 
     async def _settle(self, d: Debt) -> bool:
         """Settle one debt; True when it must stay owed."""
-        dec: Decision = await self._admitter.admit(
-            d.app_id, d.channel, d.user, d.key, kind=d.kind, token=d.token
+        dec: Decision = await asyncio.wait_for(
+            self._admitter.settle(
+                d.app_id, d.channel, d.user, d.key, kind=d.kind, token=d.token, at=d.at
+            ),
+            self._timeout,
         )
         if dec.reason == "unknown_app":
             return True

@@ -125,9 +125,12 @@ class Admitter:
         *,
         clock: Clock = time.time,
         max_inflight: int = 4,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_batch`` is told the size of every ``admit.lua`` call (for metrics)."""
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        self._on_batch = on_batch
         self._settings = settings
         self._clock = clock
         self._admit = register(client, "admit")
@@ -182,24 +185,9 @@ class Admitter:
         token of the original attempt so a charge that did happen is not taken twice).
         """
         token = token or self.new_token()
-        ws = self._ws_of.get(app_id)
+        ws = self._workspace(app_id, channel, user, key)
         if ws is None:
-            ws = keys.workspace_of(app_id)
-            if ws is None:
-                return unknown_app(key, token)
-            if len(self._ws_of) < _CACHE_MAX:
-                self._ws_of[app_id] = ws
-        if channel not in self._channels:
-            if not keys.CHANNEL_RE.match(channel):
-                return unknown_app(key, token)
-            if len(self._channels) < _CACHE_MAX:
-                self._channels.add(channel)
-        if user == "":
-            raise InvalidInput("user", "a channel user id is required")
-        if not _plain(user, MAX_USER_LEN):
-            _clean("user", user, MAX_USER_LEN)
-        if key and not _plain(key, MAX_KEY_LEN):
-            _clean("idempotency_key", key, MAX_KEY_LEN)
+            return unknown_app(key, token)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
         arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}"
@@ -259,6 +247,8 @@ class Admitter:
                 self._dispatch()
 
     async def _call(self, head: list[EncodableT], ws: str, chunk: list[_Pending]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(chunk))
         try:
             raw = await asyncio.wait_for(
                 self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)]),
@@ -278,6 +268,9 @@ class Admitter:
         handled here instead.
         """
         sha = self._admit.sha
+        if self._on_batch is not None:
+            for _, chunk in send:
+                self._on_batch(len(chunk))
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for ws, chunk in send:
@@ -296,6 +289,57 @@ class Admitter:
                 _fail(chunk, res)
             else:
                 _resolve(chunk, res)
+
+    def _workspace(self, app_id: str, channel: str, user: str, key: str) -> str | None:
+        """The app's workspace, or None for an app id or channel that cannot exist."""
+        ws = self._ws_of.get(app_id)
+        if ws is None:
+            ws = keys.workspace_of(app_id)
+            if ws is None:
+                return None
+            if len(self._ws_of) < _CACHE_MAX:
+                self._ws_of[app_id] = ws
+        if channel not in self._channels:
+            if not keys.CHANNEL_RE.match(channel):
+                return None
+            if len(self._channels) < _CACHE_MAX:
+                self._channels.add(channel)
+        if user == "":
+            raise InvalidInput("user", "a channel user id is required")
+        if not _plain(user, MAX_USER_LEN):
+            _clean("user", user, MAX_USER_LEN)
+        if key and not _plain(key, MAX_KEY_LEN):
+            _clean("idempotency_key", key, MAX_KEY_LEN)
+        return ws
+
+    async def settle(
+        self, app_id: str, channel: str, user: str, key: str, *, kind: Kind, token: str, at: float
+    ) -> Decision:
+        """Charge a message served while Redis was down (fail-open), as of ``at``.
+
+        Decided at the time it was served (same billing session, same bucket) and outside
+        the rate limits (it was served already). The original ``token`` makes a charge
+        that did land before the outage a duplicate, so nothing is taken twice.
+        """
+        ws = self._workspace(app_id, channel, user, key)
+        if ws is None:
+            return unknown_app(key, token)
+        head: list[EncodableT] = [
+            int(at * 1000),
+            *self._static,
+            billing_period(at),
+            self._refund_ttl_ms,
+        ]
+        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind.upper()}"
+        loop = asyncio.get_running_loop()
+        pending = _Pending(arg, key, token, loop.create_future())
+        await self._call(head, ws, [pending])
+        return await pending.future
+
+    @property
+    def clock(self) -> Clock:
+        """The clock admissions are stamped with."""
+        return self._clock
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
         """Reverse a charged admission whose message was not served. Idempotent.

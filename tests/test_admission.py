@@ -410,3 +410,37 @@ async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
         keys.apps_key(ws),
     ]
     assert len({key_slot(k.encode()) for k in made}) == 1
+
+
+# --- fail-open settlement -------------------------------------------------------------------
+
+
+async def test_settlement_charges_as_of_when_served_and_ignores_rate_limits(
+    single: RedisClient,
+) -> None:
+    clock, cfg = Clock(), settings(rate_per_minute=2)
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    served = clock.now
+    owed = [(served + minute * 60, "u1") for minute in (0, 10, 20)]  # one conversation
+    owed += [(served, f"other{i}") for i in range(4)]  # a burst over the minute limit
+    clock.advance(3600)  # Redis came back an hour later
+    ds = [
+        await adm.settle(w.apps[0], "web", user, "", kind="m", token=f"t{i}", at=at)
+        for i, (at, user) in enumerate(owed)
+    ]
+    assert [d.reason for d in ds] == [None] * 7
+    assert [d.units for d in ds] == [1, 0, 1, 1, 1, 1, 1]  # 20 min of talk = 2 sessions
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD - 6 * PRICE
+    # The rate windows did not count them: two fresh messages still fit in this minute.
+    assert [(await adm.admit(w.apps[0], "web", f"n{i}")).reason for i in range(2)] == [None] * 2
+
+
+async def test_settling_a_charge_that_did_land_takes_nothing_more(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD, products=("agent",))
+    adm = admitter(single, cfg, clock)
+    landed = await adm.admit(w.apps[0], "web", "u", token="tok-1")  # answer lost in transit
+    again = await adm.settle(w.apps[0], "web", "u", "", kind="m", token="tok-1", at=clock.now)
+    assert (landed.units, again.duplicate, again.charged) == (1, True, 0)
+    assert (await agg_totals(single, w.ws))["n"] == 1

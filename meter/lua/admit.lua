@@ -15,7 +15,9 @@
 -- ARGV[14..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind"
 --           key: the channel's idempotency key or "" (then the token is the key);
 --           token: unique per attempt, names the charge record a refund must match;
---           kind "m" (channel message, billed by the product's unit) or "n" (notification).
+--           kind "m" (channel message, billed by the product's unit) or "n" (notification);
+--           "M"/"N": the same, settled after a fail-open outage (ARGV[1] is then when it was
+--           served): already served, so rate limits neither apply nor count it.
 -- A charged admission leaves P:i:<app>:<key> = "token\tbsid\tfree\tapp\tpool\tinv\tchannel\t
 -- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
 -- retries and what refund.lua reverses.
@@ -209,14 +211,15 @@ local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate
 
 for i = FIRST, #ARGV do
   local app_id, ch, user, idem, token, kind =
-    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([mn])$')
+    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([mnMN])$')
   local a = app_id and app_of(app_id)
   if not a then
     result(1, 0, 0, 0, 0, 0, 0, '', 0)
   else
     local pr = prod_of(a.product)
     local unit, price = pr.unit, pr.price
-    if kind == 'n' then unit, price = 'notification', W.np end
+    local settle = kind == 'M' or kind == 'N'
+    if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
     local ttl = IDEM_TTL
     if idem == '' then idem, ttl = token, REFUND_TTL end
     local ik = P .. ':i:' .. app_id .. ':' .. idem
@@ -234,7 +237,7 @@ for i = FIRST, #ARGV do
       end
       if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
       local rt
-      if code == 0 then
+      if code == 0 and not settle then
         rt = rates_of(app_id)
         if rt.m.t + 1 > pm then
           code, retry = 4, wait_ms(rt.m, pm)
@@ -315,8 +318,10 @@ for i = FIRST, #ARGV do
         -- Only a charged unit shows the app can pay again; a message inside an already
         -- paid session does not (else app.inactive would be announced again and again).
         if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
-        rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
-        rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+        if rt then
+          rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
+          rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+        end
         if unit == 'session' then
           if charge then
             W.seq = W.seq + 1
