@@ -4,7 +4,9 @@ Contestants, all in front of the same bot:
 
 * nginx ``proxy_pass`` (1 and all workers) - the ceiling for a proxy;
 * ``bench/naive_proxy.py`` - aiohttp with one unbatched EVALSHA per request;
-* creditgate with metering off (``CREDITGATE_METERING=off``) and on, 1 and all workers.
+* creditgate with metering off (``CREDITGATE_METERING=off``) and on, 1 and all workers;
+* creditgate 1 worker, metering off and on, paced at half the unmetered max rate (hey),
+  for the p99 that metering adds below saturation.
 
 The bot is an nginx ``return 200`` on its own port (so the bot is never the bottleneck);
 Redis is a throwaway ``redis-server``. Each message comes from one channel user, so
@@ -137,6 +139,25 @@ def wrk(name: str, url: str, duration: int, connections: int) -> Result:
     return Result(name, rps, _latency(out, "50%"), _latency(out, "99%"))
 
 
+def paced(name: str, url: str, duration: int, rate: float, connections: int = 16) -> Result:
+    """A fixed request rate (``hey -q`` per connection): latency below saturation."""
+    per_conn = max(1, round(rate / connections))
+    out = subprocess.run(
+        ["hey", "-z", f"{duration}s", "-c", str(connections), "-q", str(per_conn),
+         "-H", "X-Channel-User-Id: bench-user", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    if re.search(r"\[(?!200\])\d{3}\]", out.split("Status code distribution:")[-1]):
+        raise RuntimeError(f"{name}: non-200 responses\n{out}")
+
+    def pct(p: str) -> float:
+        m = re.search(rf"{p}% in ([\d.]+) secs", out)
+        return float(m.group(1)) * 1000 if m else float("nan")
+
+    return Result(name, rps, pct("50"), pct("99"))
+
+
 def _latency(out: str, pct: str) -> float:
     m = re.search(rf"^\s+{pct}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     if m is None:
@@ -189,9 +210,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per contestant")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    for tool in ("nginx", "wrk", "redis-server"):
+    for tool in ("nginx", "wrk", "hey", "redis-server"):
         if shutil.which(tool) is None:
-            sys.exit(f"bench/proxy.py needs {tool} (apt-get install nginx wrk redis-server)")
+            sys.exit(f"bench/proxy.py needs {tool}: run `make bench` (installs nginx, wrk, hey)")
     all_workers = os.cpu_count() or 2
     creditgate = str(Path(sys.executable).parent / "creditgate")
     path = f"/hooks/web/{APP}/chat"
@@ -220,6 +241,7 @@ def main() -> None:
                          "--port", str(port), "--redis", redis.url, "--upstream", bot]  # fmt: skip
                 with process(naive, port):
                     run("naive aiohttp+EVALSHA 1w", port)
+                half = 0.0
                 for metering in (False, True):
                     for w in (1, all_workers):
                         port = free_port()
@@ -227,6 +249,13 @@ def main() -> None:
                         label = "on" if metering else "off"
                         with process([creditgate, "serve"], port, env):
                             run(f"creditgate metering {label} {w}w", port)
+                            if w != 1:
+                                continue
+                            # Latency below saturation: both at half the unmetered max rate.
+                            half = half or results[-1].rps / 2
+                            name = f"creditgate metering {label} 1w @{half:,.0f}/s"
+                            results.append(paced(name, f"http://{HOST}:{port}{path}",
+                                                 args.duration, half))  # fmt: skip
         finally:
             redis.stop()
     print_table(results, all_workers, args)
@@ -246,6 +275,10 @@ def print_table(results: list[Result], all_workers: int, args: argparse.Namespac
         print(f"metered / unmetered, {w} worker(s): {on.rps / off.rps:.2f}")
     naive = by["naive aiohttp+EVALSHA 1w"]
     print(f"metered 1w / naive: {by['creditgate metering on 1w'].rps / naive.rps:.2f}")
+    paced_on = next(r for r in results if r.name.startswith("creditgate metering on 1w @"))
+    paced_off = next(r for r in results if r.name.startswith("creditgate metering off 1w @"))
+    print(f"p99 added by metering at half the max rate (hey): "
+          f"{paced_on.p99_ms - paced_off.p99_ms:+.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

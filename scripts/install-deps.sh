@@ -7,7 +7,7 @@
 # for apt-get when available.
 #
 #   scripts/install-deps.sh           # test dependencies
-#   scripts/install-deps.sh --bench   # + wrk and nginx-light
+#   scripts/install-deps.sh --bench   # + wrk, hey and nginx-light
 set -euo pipefail
 
 BENCH=0
@@ -45,6 +45,7 @@ fi
 if ((BENCH)); then
     command -v wrk > /dev/null 2>&1 || missing+=(wrk)
     command -v nginx > /dev/null 2>&1 || missing+=(nginx-light)
+    command -v hey > /dev/null 2>&1 || missing+=(hey)
 fi
 
 if ((${#missing[@]})); then
