@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 RedisClient = Redis | RedisCluster
 
@@ -28,5 +28,9 @@ def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Red
             max_connections=max_connections,
             **common,
         )
-    client: Redis = Redis.from_url(url, max_connections=max_connections, **common)
-    return client
+    # A blocking pool waits (up to the timeout) for a free connection instead of failing
+    # a burst that momentarily needs more than max_connections.
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **common
+    )
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
