@@ -104,7 +104,11 @@ def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> I
 
 @contextlib.contextmanager
 def process(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[None]:
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Output goes to a file beside the run, so a failing contestant can be diagnosed.
+    log = Path(tempfile.gettempdir()) / f"creditgate-bench-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    print(f"  (log of {Path(argv[1]).name if len(argv) > 1 else argv[0]}: {log})", file=sys.stderr)
     try:
         _wait_port(port)
         yield

@@ -444,3 +444,19 @@ async def test_settling_a_charge_that_did_land_takes_nothing_more(single: RedisC
     again = await adm.settle(w.apps[0], "web", "u", "", kind="m", token="tok-1", at=clock.now)
     assert (landed.units, again.duplicate, again.charged) == (1, True, 0)
     assert (await agg_totals(single, w.ws))["n"] == 1
+
+
+async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
+    single: RedisClient,
+) -> None:
+    """Replicas stamp batches with their own clocks: time may step back a little."""
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    first = await adm.admit(w.apps[0], "web", "u")
+    clock.advance(-2)  # another replica, 2 s behind
+    behind = await adm.admit(w.apps[0], "web", "u")
+    clock.advance(5)
+    after = await adm.admit(w.apps[0], "web", "u")
+    assert (first.units, behind.units, after.units) == (1, 0, 0)
+    assert first.bsid == behind.bsid == after.bsid

@@ -100,7 +100,8 @@ local sri = {} -- session-record buckets that got a new entry
 -- at most IDLE + BLOCK old, so a lookup walks a few buckets, newest first.
 local SB = math.max(1, math.floor(BLOCK / 1000))
 local function sbucket_of(ms) return math.floor(ms / 1000 / SB) * SB end
-local S_HIGH, S_LOW = sbucket_of(now), sbucket_of(now - IDLE - BLOCK)
+-- The newest bucket looked at allows for a replica whose clock is up to a minute behind.
+local S_HIGH, S_LOW = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK)
 local function session_find(fld)
   for b = S_HIGH, S_LOW, -SB do
     local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
@@ -246,18 +247,21 @@ for i = FIRST, #ARGV do
         end
       end
       -- Session logic: does this message open a new billing session?
-      local fld, found, fkb, cs, blocks, bsid, msgs, amount
+      local fld, found, fkb, cs, last, blocks, bsid, msgs, amount
       local charge = true
       if code == 0 and unit == 'session' then
         fld = app_id .. '\t' .. ch .. '\t' .. user
         found, fkb = session_find(fld)
         if found then
           local c1, d1, b1, s1, m1, a1 = string.match(found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),')
-          if now - tonumber(c1) - tonumber(d1) < IDLE then
+          -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
+          -- the last message, so times only ever move forward here.
+          if c1 and now - tonumber(c1) - tonumber(d1) < IDLE then
             cs, blocks, bsid, msgs, amount = tonumber(c1), tonumber(b1), s1, tonumber(m1), tonumber(a1)
+            last = math.max(now, cs + tonumber(d1))
           end
         end
-        if not cs then cs, blocks = now, 0 end
+        if not cs then cs, last, blocks = now, now, 0 end
         local need = math.floor((math.max(now, cs) - cs) / BLOCK) + 1
         charge = need > blocks
         if charge then blocks = need end
@@ -338,7 +342,7 @@ for i = FIRST, #ARGV do
             msgs = msgs + 1
           end
           redis.call('HSET', P .. ':sr:' .. D(fkb), fld, string.format('%d,%d,%d,%s,%d,%d,%s', cs,
-            now - cs, blocks, bsid, msgs, amount, a.product))
+            last - cs, blocks, bsid, msgs, amount, a.product))
         else
           bsid = ''
         end

@@ -19,7 +19,7 @@ local NONE = {0, 0, 0, 0, 0}
 
 local SB = math.max(1, math.floor(BLOCK / 1000))
 local function session_find(fld)
-  local high = math.floor(now / 1000 / SB) * SB
+  local high = math.floor((now + 60000) / 1000 / SB) * SB
   local low = math.floor((now - IDLE - BLOCK) / 1000 / SB) * SB
   for b = high, low, -SB do
     local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
