@@ -57,7 +57,7 @@ from gateway.websocket import close_all
 from meter.admission import Admitter
 from meter.batches import Batch
 from meter.claims import Claim
-from meter.redis_client import RedisClient, connect
+from meter.redis_client import RedisClient, connect, warm_up
 from meter.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def _redis_ctx(settings: Settings, given: RedisClient | None) -> Ctx:
             yield
             return
         client = connect(settings.redis_url, timeout=settings.redis_timeout_s)
+        await warm_up(client)
         app[REDIS] = client
         yield
         await client.aclose()

@@ -25,7 +25,7 @@ from config import Settings
 from meter import keys
 from meter.errors import InvalidInput, MeteringUnavailable
 from meter.redis_client import RedisClient
-from meter.scripts import register
+from meter.scripts import register, run
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,12 @@ class Admitter:
             self._on_batch(len(chunk))
         try:
             raw = await asyncio.wait_for(
-                self._admit(keys=[keys.ws_prefix(ws)], args=[*head, *(p.arg for p in chunk)]),
+                run(
+                    self._admit,
+                    self._client,
+                    [keys.ws_prefix(ws)],
+                    [*head, *(p.arg for p in chunk)],
+                ),
                 self._timeout,
             )
         except Exception as exc:  # see _fail
@@ -357,9 +362,11 @@ class Admitter:
         if ws is None:
             return False
         now = self._clock()
-        res = await self._refund(
-            keys=[keys.ws_prefix(ws)],
-            args=[
+        res = await run(
+            self._refund,
+            self._client,
+            [keys.ws_prefix(ws)],
+            [
                 int(now * 1000),
                 app_id,
                 key or token,

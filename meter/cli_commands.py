@@ -158,10 +158,11 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> int:
     from meter.reconcile import reconcile as run
-    from meter.redis_client import connect
+    from meter.redis_client import connect, warm_up
     from meter.store import open_store
 
     client = connect(settings.redis_url)
+    await warm_up(client)
     try:
         async with open_store(settings.store_url) as store:
             reports = await run(store, client, settings, workspace=workspace, apply=apply)

@@ -314,10 +314,11 @@ async def serve_flusher(
     """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return."""
     import signal
 
-    from meter.redis_client import connect
+    from meter.redis_client import connect, warm_up
     from meter.store import open_store
 
     client = connect(settings.redis_url)
+    await warm_up(client)
     store = open_store(settings.store_url)
     try:
         flusher = Flusher(client, store, settings, lease_s=lease_s)

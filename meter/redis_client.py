@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
+log = logging.getLogger(__name__)
 
 RedisClient = Redis | RedisCluster
 
@@ -34,3 +37,17 @@ def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Red
         url, max_connections=max_connections, timeout=timeout, **common
     )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+async def warm_up(client: RedisClient) -> None:
+    """Load a cluster client's slot map before traffic arrives.
+
+    redis-py's async cluster client, first used by many coroutines at once, can hand a
+    half-set-up connection to a command (AttributeError on its writer); initializing
+    once up front avoids that race. Best effort: an unreachable cluster shows later.
+    """
+    if isinstance(client, RedisCluster):
+        try:
+            await client.initialize()
+        except Exception:  # reported by /readyz and by the first admission
+            log.warning("redis cluster not reachable at start-up", exc_info=True)

@@ -442,8 +442,10 @@ async def test_settling_a_charge_that_did_land_takes_nothing_more(single: RedisC
     adm = admitter(single, cfg, clock)
     landed = await adm.admit(w.apps[0], "web", "u", token="tok-1")  # answer lost in transit
     again = await adm.settle(w.apps[0], "web", "u", "", kind="m", token="tok-1", at=clock.now)
-    assert (landed.units, again.duplicate, again.charged) == (1, True, 0)
+    # The settlement learns the decision that landed; nothing is debited a second time.
+    assert again[:8] == landed[:8]
     assert (await agg_totals(single, w.ws))["n"] == 1
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD - 20_000
 
 
 async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
@@ -460,3 +462,18 @@ async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
     after = await adm.admit(w.apps[0], "web", "u")
     assert (first.units, behind.units, after.units) == (1, 0, 0)
     assert first.bsid == behind.bsid == after.bsid
+
+
+async def test_the_same_attempt_replayed_gets_its_original_decision(single: RedisClient) -> None:
+    """A client retry of a call whose reply was lost is not a duplicate: still refundable."""
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD, products=("agent",))
+    adm = admitter(single, cfg, clock)
+    first = await adm.admit(w.apps[0], "web", "u", token="attempt-1")
+    replay = await adm.admit(w.apps[0], "web", "u", token="attempt-1")
+    assert first[:8] == replay[:8] and not replay.duplicate
+    assert await adm.refund(w.apps[0], replay)
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD
+    other = await adm.admit(w.apps[0], "web", "u", "k1", token="attempt-2")
+    dup = await adm.admit(w.apps[0], "web", "u", "k1", token="attempt-3")  # a channel retry
+    assert (other.units, dup.duplicate, dup.charged) == (1, True, 0)

@@ -225,8 +225,18 @@ for i = FIRST, #ARGV do
     if idem == '' then idem, ttl = token, REFUND_TTL end
     local ik = P .. ':i:' .. app_id .. ':' .. idem
     local seen = redis.call('GET', ik)
+    local stok, sbsid, sf, sa, sp, si = nil, '', 0, 0, 0, 0
     if seen then
-      result(0, 0, 0, 0, 0, 0, 0, string.match(seen, '^[^\t]*\t([^\t]*)') or '', 1)
+      stok, sbsid, sf, sa, sp, si =
+        string.match(seen, '^([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t')
+    end
+    if seen and stok == token then
+      -- The same attempt again (the client retried a call whose reply was lost): the
+      -- original decision, not a duplicate, so a failed bot call is still refunded.
+      result(0, 1, tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si), 0, sbsid,
+        sbsid ~= '' and 2 or 0)
+    elseif seen then
+      result(0, 0, 0, 0, 0, 0, 0, sbsid or '', 1)
     else
       local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
       local code, retry = 0, 0
