@@ -1,5 +1,5 @@
 """Per-channel rules: who the channel user is, what the idempotency key is, and whether a
-callback is a billable user message at all (DESIGN §3, ``shared/channels/README.md``).
+callback is a billable user message at all (DESIGN §3; samples in ``tests/data/channels``).
 
 ``slack``, ``msteams`` and ``whatsapp`` come built in; ``settings.channels`` adds channels
 and overrides the fields it sets explicitly of a built-in one (e.g. only

@@ -1,5 +1,5 @@
 """Channel rules: user and idempotency key from headers or JSON pointers, billable or not,
-with the real payload samples of ``shared/channels``."""
+with real channel payload samples (``tests/data/channels``)."""
 
 from __future__ import annotations
 
@@ -27,17 +27,9 @@ from meter import keys
 from meter.projection import read_balances
 from meter.redis_client import RedisClient
 
-
-def _find_samples() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        for cand in (parent / "shared" / "channels", parent.parent / "shared" / "channels"):
-            if (cand / "slack-message.json").exists():
-                return cand
-    pytest.skip("shared/channels payload samples not found beside the repository")
-
-
-SAMPLES = _find_samples()
+# Copies of the platform payload samples the product contract ships; kept in the repo so
+# the tests never depend on anything outside it.
+SAMPLES = Path(__file__).resolve().parent / "data" / "channels"
 
 
 def sample(name: str) -> bytes:
