@@ -7,6 +7,7 @@ The durable store is the source of truth; these functions write the fields that
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -127,15 +128,28 @@ async def grant(
     low_threshold: int,
     app_id: str = "",
     free_expires_ms: int = 0,
+    now_ms: int | None = None,
 ) -> bool:
-    """Add credit, idempotent by ``reference``; returns False if it was already applied."""
+    """Add credit, idempotent by ``reference``; returns False if it was already applied.
+
+    ``now_ms`` (default: the wall clock) lets a new free grant first lapse free credits
+    already past their validity, so they cannot become spendable again.
+    """
     if amount <= 0:
         raise InvalidInput("amount", "must be positive")
     if not reference or len(reference) > 128:
         raise InvalidInput("reference", "must be 1-128 characters")
     res = await register(client, "grant")(
         keys=[keys.ws_prefix(ws)],
-        args=[reference, kind, amount, app_id, free_expires_ms, low_threshold],
+        args=[
+            reference,
+            kind,
+            amount,
+            app_id,
+            free_expires_ms,
+            low_threshold,
+            int(time.time() * 1000) if now_ms is None else now_ms,
+        ],
     )
     if res == -1:
         raise NotFound("workspace", ws)

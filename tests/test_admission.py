@@ -477,3 +477,20 @@ async def test_the_same_attempt_replayed_gets_its_original_decision(single: Redi
     other = await adm.admit(w.apps[0], "web", "u", "k1", token="attempt-2")
     dup = await adm.admit(w.apps[0], "web", "u", "k1", token="attempt-3")  # a channel retry
     assert (other.units, dup.duplicate, dup.charged) == (1, True, 0)
+
+
+async def test_a_new_free_grant_lapses_expired_credits_first(single: RedisClient) -> None:
+    clock, cfg = Clock(), settings(free_credit_validity_s=3600)
+    w = await seed(single, cfg, clock, free=5 * USD)
+    clock.advance(7200)  # expired, but no message has lapsed it yet
+    expires = int((clock.now + 3600) * 1000)
+    await projection.grant(
+        single, w.ws, reference="free-2", kind="free", amount=1 * USD,
+        low_threshold=cfg.low_balance_threshold, free_expires_ms=expires,
+        now_ms=int(clock.now * 1000),
+    )  # fmt: skip
+    bal = await projection.read_balances(single, w.ws)
+    assert (bal.free, bal.lapsed) == (1 * USD, 5 * USD)
+    assert (await events(single, w.ws)).count("free_credits.expired") == 1
+    ds = [await admitter(single, cfg, clock).admit(w.apps[0], "web", f"u{i}") for i in range(6)]
+    assert [d.units for d in ds] == [1] * 5 + [0]  # only the new $1 is spendable

@@ -7,6 +7,8 @@
 -- ARGV[4]  app id for funds tied to one app, "" for the shared pool
 -- ARGV[5]  free-credit expiry (ms; kind "free" only)
 -- ARGV[6]  low-balance threshold (micro-dollars)
+-- ARGV[7]  now (ms): free credits already past their validity lapse before a new free
+--          grant extends it (admit.lua lapses them lazily, so they may still be there)
 -- Returns 1 when applied, 0 when the reference was already applied,
 -- -1 unknown workspace, -2 unknown app.
 
@@ -18,6 +20,16 @@ if app ~= '' and redis.call('EXISTS', P .. ':a:' .. app) == 0 then return -2 end
 if redis.call('SET', P .. ':g:' .. ref, '1', 'NX') == false then return 0 end
 
 if kind == 'free' then
+  local w = redis.call('HMGET', wsk, 'free', 'free_exp')
+  local left, exp = tonumber(w[1] or '0'), tonumber(w[2] or '0')
+  local now = tonumber(ARGV[7])
+  if left > 0 and exp > 0 and now >= exp then
+    redis.call('HINCRBY', wsk, 'lapsed', left)
+    redis.call('HSET', wsk, 'free', '0')
+    local seq = redis.call('HINCRBY', wsk, 'seq', 1)
+    redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. seq, type = 'free_credits.expired',
+      at = now, amount = left}))
+  end
   redis.call('HINCRBY', wsk, 'free', amount)
   redis.call('HINCRBY', wsk, 'free_granted', amount)
   local exp = tonumber(ARGV[5])
