@@ -4,11 +4,9 @@ load, settings errors, and the subcommands other parts carry out."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,31 +20,13 @@ from bot import (  # noqa: F401
     rclient_fixture,
     seed,
 )
-from servers import free_port
+from serving import CREDITGATE, Served, creditgate_env, creditgate_serve
 
 from meter.redis_client import RedisClient
 from meter.store import open_store
 
 WS = "clitest"
 APP = f"{WS}_app1"
-CREDITGATE = str(Path(sys.executable).parent / "creditgate")
-
-
-def _env(**settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({f"CREDITGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
-class Served:
-    def __init__(
-        self, proc: asyncio.subprocess.Process, traffic: str, admin: str, store_url: str
-    ) -> None:
-        self.proc = proc
-        self.traffic = traffic
-        self.admin = admin
-        self.store_url = store_url
 
 
 @pytest.fixture
@@ -61,43 +41,15 @@ async def served(
         {APP: {"product": "contact_center", "upstream_url": bot.url}},
         pool=100_000_000,
     )
-    traffic, admin = free_port(), free_port()
-    env = _env(
-        redis_url=redis_url,
-        store_url=settings.store_url,
-        host="127.0.0.1",
-        traffic_port=traffic,
-        admin_port=admin,
-        workers=2,
+    async with creditgate_serve(
+        redis_url,
+        tmp_path,
         shutdown_grace_s=15,
-        log_format="text",
         flush_bucket_s=1,
         flush_grace_s=0.2,
         flush_interval_s=0.2,
-    )
-    store = open_store(settings.store_url)
-    await store.migrate()
-    await store.close()
-    log = (tmp_path / "serve.log").open("wb")  # a pipe nobody reads would fill up
-    proc = await asyncio.create_subprocess_exec(
-        CREDITGATE, "serve", env=env, stdout=subprocess.PIPE, stderr=log
-    )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert b"creditgate: traffic on" in line, line
-        yield Served(
-            proc, f"http://127.0.0.1:{traffic}", f"http://127.0.0.1:{admin}", settings.store_url
-        )
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
+    ) as served:
+        yield served
 
 
 async def _send(http: aiohttp.ClientSession, url: str, user: str) -> int:
@@ -168,7 +120,7 @@ async def test_sigterm_under_load_drops_no_in_flight_request(
 
 def _run(*args: str, **env: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CREDITGATE, *args], env=_env(**env), capture_output=True, text=True, timeout=60
+        [CREDITGATE, *args], env=creditgate_env(**env), capture_output=True, text=True, timeout=60
     )
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,73 +22,15 @@ from bot import (  # noqa: F401
     seed,
 )
 from servers import free_port
+from serving import creditgate_serve, stop, tail
 
 from meter.redis_client import RedisClient
-from meter.store import open_store
 
 WS = "promtest"
 APP = f"{WS}_app1"
 N = 23  # requests sent through the gateway
-CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 QUERY = 'sum(creditgate_requests_total{outcome="admitted"})'
 WAIT_S = 60.0
-
-
-def _env(**settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({f"CREDITGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
-def _tail(path: Path, limit: int = 3000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-
-
-async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace_s)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def creditgate_serve(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
-    """``creditgate serve`` with 2 workers; yields (traffic URL, admin port)."""
-    settings = make_settings(redis_url, tmp_path)
-    store = open_store(settings.store_url)
-    await store.migrate()
-    await store.close()
-    traffic, admin = free_port(), free_port()
-    env = _env(
-        redis_url=redis_url,
-        store_url=settings.store_url,
-        host="127.0.0.1",
-        traffic_port=traffic,
-        admin_port=admin,
-        workers=2,
-        shutdown_grace_s=5,
-        log_format="text",
-    )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:  # a pipe nobody reads would fill up
-        proc = await asyncio.create_subprocess_exec(
-            CREDITGATE, "serve", env=env, stdout=subprocess.PIPE, stderr=log
-        )
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert b"creditgate: traffic on" in line, (line, _tail(log_path))
-            yield f"http://127.0.0.1:{traffic}", admin
-        finally:
-            await _stop(proc)
 
 
 def _prometheus_binary() -> str:
@@ -143,7 +82,7 @@ async def prometheus_server(tmp_path: Path, target: str) -> AsyncIterator[str]:
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            await _stop(proc, 15)
+            await stop(proc, 15)
 
 
 async def _query(http: aiohttp.ClientSession, prom: str, q: str) -> list[dict[str, Any]] | None:
@@ -175,7 +114,8 @@ async def test_prometheus_scrapes_the_request_counter(
         {APP: {"product": "contact_center", "upstream_url": bot.url}},
         pool=100_000_000,
     )
-    async with creditgate_serve(redis_url, tmp_path) as (traffic, admin_port):
+    async with creditgate_serve(redis_url, tmp_path, shutdown_grace_s=5) as served:
+        traffic, admin_port = served.traffic, int(served.admin.rsplit(":", 1)[1])
         url = f"{traffic}/hooks/web/{APP}/msg"
         # Fresh connections, so the kernel spreads them over both workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
@@ -206,7 +146,7 @@ async def test_prometheus_scrapes_the_request_counter(
                 await asyncio.sleep(0.25)
             assert value == N, (
                 f"Prometheus answered {result!r} for {QUERY} after {WAIT_S}s:\n"
-                f"{_tail(tmp_path / 'prometheus.log')}"
+                f"{tail(tmp_path / 'prometheus.log')}"
             )
             # The target was really scraped (not a stale or synthetic series).
             up = await _query(http, prom, 'up{job="creditgate"}')
