@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -92,11 +92,26 @@ def downstream_headers(src: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+class InvalidTail(ValueError):
+    """A route tail with ``.`` or ``..`` segments (raw or percent-encoded)."""
+
+
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _has_dot_segment(tail: str) -> bool:
+    # Decoded per segment: "%2e%2E" is ".." to every server that normalizes paths.
+    return any(unquote(seg) in _DOT_SEGMENTS for seg in tail.split("/"))
+
+
 def target_url(base: str, request: web.Request, prefix: str) -> URL:
-    """``base`` + "/" + the route's tail, with the query string, as the client sent them.
+    """``base`` with the route's tail appended exactly, plus the query string.
 
     ``prefix`` is the route's fixed part (``/hooks/<channel>/<app_id>``); the raw
-    (still percent-encoded) tail is reused so the upstream sees the exact bytes.
+    (still percent-encoded) tail is reused so the upstream sees the exact bytes. With no
+    tail the upstream URL is used as it is: no slash is added (a Slack Bolt app at
+    ``/slack/events`` answers 404 to ``/slack/events/``). A tail with ``.``/``..``
+    segments raises :class:`InvalidTail`: it would climb out of the app's URL space.
     """
     raw = request.raw_path
     path, sep, query = raw.partition("?")
@@ -104,7 +119,13 @@ def target_url(base: str, request: web.Request, prefix: str) -> URL:
         tail = path[len(prefix) :]
     else:  # the client percent-encoded part of the prefix itself
         tail = "/" + quote(request.match_info.get("tail", ""), safe="/:@!$&'()*+,;=-._~")
-    url = base + (tail or "/")
+        if tail == "/":
+            tail = ""
+    if tail and _has_dot_segment(tail):
+        raise InvalidTail(tail)
+    if tail and base.endswith("/"):
+        base = base[:-1]  # "http://bot/api/" + "/x" is "http://bot/api/x", not "api//x"
+    url = base + tail
     if sep and query:
         url += "?" + query
     return URL(url, encoded=True)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.forwarding import InvalidTail
 from meter.admission import Decision
 from meter.errors import InvalidInput, MeteringUnavailable, NotFound
 
@@ -132,6 +133,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return metering_unavailable().response()
     except InvalidInput as exc:
         return problem_response(400, "invalid_input", "Invalid input", str(exc))
+    except InvalidTail:
+        return problem_response(
+            400, "invalid_path", "Invalid path", "the path may not contain '.' or '..' segments"
+        )
     except NotFound as exc:
         return problem_response(404, "not_found", "Not found", str(exc))
     except web.HTTPException as exc:

@@ -198,6 +198,7 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             raise unknown_app(app_id)
         if base == NO_UPSTREAM:
             raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
+        url = target_url(base, request, _prefix("hooks", channel, app_id))
         proxy.check_length(request)
         state = [False]
         body: Body = None
@@ -213,7 +214,6 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key)
         if not rule.needs_body:
             body = await proxy.body_of(request, state)
-        url = target_url(base, request, _prefix("hooks", channel, app_id))
         resp = await proxy.forward(request, url, body, admission, state)
         outcome = "unmetered" if admission is None else "admitted"
         return resp
@@ -239,6 +239,7 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             raise Problem(
                 404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"
             )
+        url = target_url(rule.delivery_url, request, _prefix("notify", channel, app_id))
         proxy.check_length(request)
         headers = request.headers
         # The recipient is not part of the price of a notification; it is recorded if given.
@@ -249,7 +250,6 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             admission = await proxy.meter.admit(app_id, channel, user, key, "n")
         state = [False]
         body = await proxy.body_of(request, state)
-        url = target_url(rule.delivery_url.rstrip("/"), request, _prefix("notify", channel, app_id))
         resp = await proxy.forward(request, url, body, admission, state)
         outcome = "unmetered" if admission is None else "admitted"
         return resp

@@ -40,14 +40,14 @@ class Upstreams:
         max_age: float = 1.0,
     ) -> None:
         self._client = client
-        self._default = (default_url or "").rstrip("/")
+        self._default = default_url or ""
         self._timeout = timeout
         self._max_age = max_age
         self._cache: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[str | None]] = {}
 
     async def resolve(self, app_id: str) -> str | None:
-        """Base URL without a trailing slash; ``None`` for an unknown app;
+        """Base URL as configured; ``None`` for an unknown app;
         :data:`NO_UPSTREAM` when the app has none. Raises :class:`MeteringUnavailable`
         when Redis does not answer and nothing is cached."""
         entry = self._cache.get(app_id)
@@ -85,7 +85,7 @@ class Upstreams:
         url = None
         if product is not None:
             text = up.decode() if isinstance(up, bytes) else (up or "")
-            url = text.rstrip("/") or self._default
+            url = text or self._default
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
         self._cache[app_id] = _Entry(time.monotonic() + self._max_age, url)
