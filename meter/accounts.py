@@ -104,7 +104,7 @@ async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User,
     token = authz.new_token()
     user = User(new_id("u"), email, name, authz.token_hash(token), d.now_ms())
     try:
-        await d.store.create_user(user)
+        await d.store.create_user(user, token_hint=token[-4:])
     except StoreConflict:
         raise Conflict(
             f"a user with email {email} exists", code="email_taken", field="email"
@@ -187,6 +187,23 @@ async def add_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> bool:
     return added
 
 
+async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> None:
+    """Take a user out of the workspace. The owner stays; a member who still owns apps
+    must hand them over first (their apps would otherwise have no reachable owner)."""
+    if user_id == ws.owner_id:
+        raise Conflict("the workspace owner cannot be removed", code="owner_cannot_be_removed")
+    owned = await d.store.list_apps(ws.id, owner_id=user_id)
+    if owned:
+        names = ", ".join(a.id for a in owned[:5])
+        raise Conflict(
+            f"{user_id} owns apps of this workspace ({names}); transfer them first",
+            code="member_owns_apps",
+        )
+    if not await d.store.remove_member(ws.id, user_id):
+        raise NotFound("member", user_id)
+    await audit(d, actor, "member.remove", f"workspace:{ws.id}", {"user_id": user_id}, None)
+
+
 async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:
     """Where the workspace's owner notifications go, and the key they are signed with."""
     check_url("url", url)
@@ -261,3 +278,19 @@ async def request_upgrade(
     after = {"id": req.id, "products": list(prods), "message": message}
     await audit(d, actor, "upgrade_request.create", f"workspace:{ws.id}", None, after)
     return req
+
+
+async def decline_upgrade(d: Deps, actor: str, request_id: str, reason: str) -> UpgradeRequest:
+    """An operator declines an open upgrade request, saying why (the owner sees it)."""
+    reason = check_text("reason", reason, 2000)
+    req = await d.store.get_upgrade_request(request_id)
+    if req is None:
+        raise NotFound("upgrade request", request_id)
+    if not await d.store.decline_upgrade_request(request_id, reason, d.now_ms()):
+        raise Conflict(f"request {request_id} is {req.status}, not open", code="request_not_open")
+    await audit(d, actor, "upgrade_request.decline", f"workspace:{req.workspace_id}",
+                {"id": request_id, "status": req.status},
+                {"id": request_id, "status": "declined", "reason": reason})  # fmt: skip
+    declined = await d.store.get_upgrade_request(request_id)
+    assert declined is not None
+    return declined

@@ -117,6 +117,15 @@ async def add_collaborator(d: Deps, actor: str, app: App, user_id: str, role: st
     return checked
 
 
+async def remove_collaborator(d: Deps, actor: str, app: App, user_id: str) -> None:
+    """Take a collaborator off the app; 404 if they are not one."""
+    role = await d.store.get_collaborator_role(app.id, user_id)
+    if role is None or not await d.store.remove_collaborator(app.id, user_id):
+        raise NotFound("collaborator", user_id)
+    await audit(d, actor, "collaborator.remove", f"app:{app.id}",
+                {"user_id": user_id, "role": role}, None)  # fmt: skip
+
+
 async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
     """Hand the app to another user of its workspace, who gets all the owner's rights."""
     await existing_user(d, "user_id", user_id)

@@ -35,8 +35,19 @@ WsAction = Literal[
     "plan_usage.read",
     "usage.read",
     "webhook.set",
+    "apps.list",
+    "members.read",
+    "members.remove",
+    "upgrade_requests.read",
 ]
-AppAction = Literal["app.read", "app.update", "collaborators.add", "app.transfer"]
+AppAction = Literal[
+    "app.read",
+    "app.update",
+    "collaborators.add",
+    "app.transfer",
+    "collaborators.read",
+    "collaborators.remove",
+]
 
 WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
     "workspace.read": frozenset({"member"}),
@@ -48,12 +59,20 @@ WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
     "plan_usage.read": frozenset({"owner", "operator"}),
     "usage.read": frozenset({"owner", "operator", "app_owner"}),
     "webhook.set": frozenset({"owner"}),
+    # Lists beside the writes (collaborators who are not members: see apps_scope).
+    "apps.list": frozenset({"member", "operator"}),
+    "members.read": frozenset({"owner", "operator"}),
+    "members.remove": frozenset({"owner"}),
+    "upgrade_requests.read": frozenset({"owner", "operator"}),
 }
 APP_RULES: dict[AppAction, frozenset[str]] = {
-    "app.read": frozenset({"app_owner", "workspace_owner"}),
+    # Collaborators read the app they work on; its view carries no money figures.
+    "app.read": frozenset({"app_owner", "workspace_owner", "collaborator"}),
     "app.update": frozenset({"app_owner", "workspace_owner"}),
     "collaborators.add": frozenset({"app_owner", "workspace_owner"}),
     "app.transfer": frozenset({"app_owner", "workspace_owner"}),
+    "collaborators.read": frozenset({"app_owner", "workspace_owner", "operator"}),
+    "collaborators.remove": frozenset({"app_owner", "workspace_owner"}),
 }
 
 TOKEN_PREFIX = "cgu_"
@@ -66,6 +85,7 @@ class Principal:
 
     user_id: str | None
     operator: bool = False
+    token_id: str | None = None  # the API token the caller authenticated with
 
     @property
     def actor(self) -> str:
@@ -101,11 +121,16 @@ async def authenticate(store: Store, operator_token: str | None, header: str | N
     token = bearer(header)
     if operator_token and hmac.compare_digest(token.encode(), operator_token.encode()):
         return OPERATOR
+    return await user_principal(store, token)
+
+
+async def user_principal(store: Store, token: str) -> Principal:
+    """The user holding the unrevoked API token ``token``, or :class:`Unauthorized`."""
     digest = token_hash(token)
-    user = await store.get_user_by_token_hash(digest)
-    if user is None or not hmac.compare_digest(user.token_hash, digest):
+    row = await store.get_active_token(digest)
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise Unauthorized("unknown or revoked token")
-    return Principal(user_id=user.id)
+    return Principal(user_id=row.user_id, token_id=row.id)
 
 
 def require_operator(principal: Principal) -> None:
@@ -181,6 +206,25 @@ async def authorize_app(
     if not roles & APP_RULES[action]:
         raise Forbidden(f"your role on app {app_id} may not do this ({action})")
     return app, roles
+
+
+async def apps_scope(
+    store: Store, principal: Principal, ws_id: str
+) -> tuple[Workspace, str | None]:
+    """Who may list a workspace's apps: members and operators see all (``None``); a
+    collaborator who is not a member sees the apps they work on (their user id is the
+    filter); anyone else gets :class:`NotFound`."""
+    ws = await store.get_workspace(ws_id)
+    uid = principal.user_id or ""
+    if (
+        ws is not None
+        and not principal.operator
+        and not await store.is_member(ws_id, uid)
+        and await store.collaborating_apps(ws_id, uid)
+    ):
+        return ws, uid
+    ws, _ = await authorize_workspace(store, principal, ws_id, "apps.list")
+    return ws, None
 
 
 async def usage_scope(

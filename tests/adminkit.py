@@ -33,6 +33,7 @@ TABLES = (
     "collaborators",
     "licences",
     "upgrade_requests",
+    "api_tokens",
     "ledger",
     "audit_log",
     "outbox",

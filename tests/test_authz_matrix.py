@@ -7,6 +7,9 @@ Roles: ``op`` operator token; ``owner`` the workspace owner; ``appown`` a member
 the app; ``collab`` a developer invited to the app who is not a workspace member;
 ``member`` a plain member; ``other`` a user of another workspace; ``none`` no token;
 ``bad`` an unknown token. 404 = the caller may not even see the resource.
+
+Each route runs as every role in that order in one world, so after a successful removal
+the later roles meet what is left (e.g. the collaborator the owner just removed).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import pytest
 from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+
+from meter.authz import token_hash
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
 
@@ -31,6 +36,11 @@ class World:
     app: str
     tokens: dict[str, str | None]
     users: dict[str, str]
+    request: str  # an open upgrade request of the workspace
+
+    def token_id(self, role: str) -> str:
+        """The id of the API token ``role`` was created with."""
+        return "t" + token_hash(self.tokens[role] or "")[:16]
 
 
 Req = Callable[[World], tuple[str, str, Any]]
@@ -54,7 +64,7 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
      (403, 201, 201, 404, 201, 404, 401, 401)),
     ("GET /v1/apps/{app}",
      lambda w: ("GET", f"/v1/apps/{w.app}", None),
-     (403, 200, 200, 403, 403, 404, 401, 401)),
+     (403, 200, 200, 200, 403, 404, 401, 401)),
     ("PATCH /v1/apps/{app}",
      lambda w: ("PATCH", f"/v1/apps/{w.app}", {"use_free_credits": True}),
      (403, 200, 200, 403, 403, 404, 401, 401)),
@@ -91,6 +101,42 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
      lambda w: ("PUT", f"/v1/workspaces/{w.ws}/webhook",
                 {"url": "http://127.0.0.1:9/hook", "secret": "s" * 32}),
      (403, 200, 403, 404, 403, 404, 401, 401)),
+    ("GET /v1/workspaces",
+     lambda w: ("GET", "/v1/workspaces", None),
+     (200, 200, 200, 200, 200, 200, 401, 401)),
+    ("GET /v1/workspaces/{ws}/apps",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/apps", None),
+     (200, 200, 200, 200, 200, 404, 401, 401)),
+    ("GET /v1/workspaces/{ws}/members",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/members", None),
+     (200, 200, 403, 404, 403, 404, 401, 401)),
+    ("DELETE /v1/workspaces/{ws}/members/{user}",
+     lambda w: ("DELETE", f"/v1/workspaces/{w.ws}/members/{w.users['extra']}", None),
+     (403, 204, 403, 404, 403, 404, 401, 401)),
+    ("GET /v1/apps/{app}/collaborators",
+     lambda w: ("GET", f"/v1/apps/{w.app}/collaborators", None),
+     (200, 200, 200, 403, 403, 404, 401, 401)),
+    # The owner removes the collaborator: the app owner then finds none (404), and the
+    # removed collaborator no longer sees the app (404).
+    ("DELETE /v1/apps/{app}/collaborators/{user}",
+     lambda w: ("DELETE", f"/v1/apps/{w.app}/collaborators/{w.users['collab']}", None),
+     (403, 204, 404, 404, 403, 404, 401, 401)),
+    ("GET /v1/workspaces/{ws}/upgrade-requests",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/upgrade-requests", None),
+     (200, 200, 403, 404, 403, 404, 401, 401)),
+    ("POST /v1/upgrade-requests/{request}/decline",
+     lambda w: ("POST", f"/v1/upgrade-requests/{w.request}/decline", {"reason": "not yet"}),
+     (200, 403, 403, 403, 403, 403, 401, 401)),
+    ("GET /v1/tokens",
+     lambda w: ("GET", "/v1/tokens", None),
+     (403, 200, 200, 200, 200, 200, 401, 401)),
+    ("POST /v1/tokens",
+     lambda w: ("POST", "/v1/tokens", {"name": "ci"}),
+     (403, 201, 201, 201, 201, 201, 401, 401)),
+    # Nobody but its holder may revoke a token: to anyone else it does not exist.
+    ("DELETE /v1/tokens/{token}",
+     lambda w: ("DELETE", f"/v1/tokens/{w.token_id('spare')}", None),
+     (403, 404, 404, 404, 404, 404, 401, 401)),
     ("GET /v1/openapi.json",
      lambda w: ("GET", "/v1/openapi.json", None),
      (200, 200, 200, 200, 200, 200, 200, 200)),
@@ -107,12 +153,12 @@ async def build_world(admin: Admin) -> World:
     """Users in every role around one workspace and its app, all through the API."""
     users: dict[str, str] = {}
     tokens: dict[str, str | None] = {"op": OPERATOR_TOKEN, "none": None, "bad": "cgu_not-a-token"}
-    for role in ("owner", "appown", "collab", "member", "other", "spare"):
+    for role in ("owner", "appown", "collab", "member", "other", "spare", "extra"):
         users[role], token = await admin.new_user(role)
         tokens[role] = token
     ws = (await admin.ok("POST", "/v1/workspaces", tokens["owner"], {"name": "Acme"}))["id"]
     await admin.ok("POST", "/v1/workspaces", tokens["other"], {"name": "Elsewhere"})
-    for role in ("appown", "member"):
+    for role in ("appown", "member", "extra"):
         await admin.ok("POST", f"/v1/workspaces/{ws}/members", tokens["owner"],
                        {"user_id": users[role]})  # fmt: skip
     app = await admin.ok(
@@ -123,7 +169,10 @@ async def build_world(admin: Admin) -> World:
         "POST", f"/v1/apps/{app['id']}/collaborators", tokens["appown"],
         {"user_id": users["collab"], "role": "developer"},
     )  # fmt: skip
-    return World(admin, ws, app["id"], tokens, users)
+    request = await admin.ok(
+        "POST", f"/v1/workspaces/{ws}/upgrade-requests", tokens["owner"], {"products": ["search"]}
+    )
+    return World(admin, ws, app["id"], tokens, users, request["id"])
 
 
 @pytest.fixture

@@ -37,6 +37,8 @@ def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
         message=req.message,
         status=req.status,
         created_at=iso(req.created_at) or "",
+        decided_at=iso(req.decided_at),
+        reason=req.reason,
     )
 
 

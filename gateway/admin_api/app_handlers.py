@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from meter import apps, authz
+from meter.errors import MeteringUnavailable
 from meter.plan_usage import iso
 from meter.store import App
+from meter.usage import usage
+
+log = logging.getLogger(__name__)
+USAGE_DAYS = 30
+
+
+async def app_usage(call: Call, app: App) -> s.AppUsageOut:
+    """The app's counts over the last 30 days (no money: collaborators see this too)."""
+    d = call.deps
+    to_ms = d.now_ms()
+    since = to_ms - USAGE_DAYS * 86_400_000
+    live = True
+    try:
+        points = await usage(d.store, d.redis, app.workspace_id, since, to_ms, "month", app.id)
+    except (RedisError, OSError, MeteringUnavailable) as exc:
+        log.warning("app %s: redis unavailable, stored counts only: %r", app.id, exc)
+        points = await usage(d.store, None, app.workspace_id, since, to_ms, "month", app.id)
+        live = False
+    return s.AppUsageOut(
+        since=iso(since) or "",
+        sessions=sum(p.sessions for p in points),
+        requests=sum(p.requests for p in points),
+        notifications=sum(p.notifications for p in points),
+        messages=sum(p.messages for p in points),
+        live=live,
+    )
 
 
 async def app_out(call: Call, app: App) -> s.AppOut:
@@ -27,6 +57,7 @@ async def app_out(call: Call, app: App) -> s.AppOut:
         suspended=app.suspended,
         created_at=iso(app.created_at) or "",
         collaborators=collaborators,
+        usage=await app_usage(call, app),
     )
 
 

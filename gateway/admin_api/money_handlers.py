@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from datetime import UTC, datetime
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from config.money import format_amount
+from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from meter import authz, credits
-from meter.errors import InvalidInput
+from meter.errors import InvalidInput, MeteringUnavailable
+from meter.live_sessions import sessions_page
+from meter.pages import limit_of
 from meter.plan_usage import iso, plan_usage
 from meter.store import UsagePoint
 from meter.usage import usage
 
+log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 MAX_RANGE_MS = 400 * DAY_MS
 MAX_HOURLY_MS = 62 * DAY_MS
@@ -124,19 +130,21 @@ async def get_usage(call: Call) -> web.Response:
     granularity = q.granularity or "day"
     if granularity == "hour" and to_ms - from_ms > MAX_HOURLY_MS:
         raise InvalidInput("granularity", "hourly series may span at most 62 days")
-    # Flushed usage from the store plus what Redis has not flushed yet.
-    series = await usage(
-        call.deps.store,
-        call.deps.redis,
-        ws_id,
-        from_ms,
-        to_ms,
-        granularity,
-        q.app_id,
-        q.channel,
-        include_live=True,
-        app_ids=scope,
-    )
+    # Flushed usage from the store plus what Redis has not flushed yet; when Redis does
+    # not answer, the stored history still is (marked: live figures unavailable).
+    live = True
+    try:
+        series = await usage(
+            call.deps.store, call.deps.redis, ws_id, from_ms, to_ms, granularity,
+            q.app_id, q.channel, include_live=True, app_ids=scope,
+        )  # fmt: skip
+    except (RedisError, OSError, MeteringUnavailable) as exc:
+        log.warning("usage of %s: redis unavailable, stored usage only: %r", ws_id, exc)
+        live = False
+        series = await usage(
+            call.deps.store, None, ws_id, from_ms, to_ms, granularity,
+            q.app_id, q.channel, include_live=False, app_ids=scope,
+        )  # fmt: skip
     out = r.UsageOut.model_validate(
         {
             "workspace_id": ws_id,
@@ -147,6 +155,7 @@ async def get_usage(call: Call) -> web.Response:
             "channel": q.channel,
             "series": [point_out(p) for p in series],
             "totals": point_out(_sum(series, from_ms)),
+            "live": live,
         }
     )
     return json_response(out)
@@ -160,41 +169,51 @@ def _cell(value: object) -> object:
 
 
 async def get_sessions(call: Call) -> web.StreamResponse:
-    q = call.query_as(s.UsageQuery)
+    q = call.query_as(ls.SessionsQuery)
     ws_id = call.path("ws")
     scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id)
     if q.granularity is not None:
         raise InvalidInput("granularity", "not a parameter of the sessions route")
     from_ms, to_ms = time_range(call, q)
-    rows = await call.deps.store.sessions(
-        ws_id,
-        from_ms,
-        to_ms,
-        app_id=q.app_id,
-        app_ids=scope,
-        channel=q.channel,
-        limit=MAX_SESSIONS + 1,
-    )
-    truncated = len(rows) > MAX_SESSIONS
+    csv_wanted = "text/csv" in call.request.headers.get("Accept", "")
+    # A CSV without paging arguments is the whole range (as many rows as a file may hold).
+    whole = csv_wanted and q.cursor is None and q.limit is None
+    d = call.deps
+    found = await sessions_page(
+        d.store, d.redis, ws_id, from_ms, to_ms,
+        app_id=q.app_id, app_ids=scope, channel=q.channel, cursor=q.cursor,
+        limit=MAX_SESSIONS if whole else limit_of(q.limit), desc=q.order == "desc",
+        block_ms=int(d.settings.session_block_s * 1000),
+        idle_ms=int(d.settings.session_idle_s * 1000), now_ms=d.now_ms(),
+    )  # fmt: skip
     items = [
         r.SessionOut(
-            app_id=x.app_id,
-            channel=x.channel,
-            channel_user=x.channel_user,
-            billing_session_id=x.id,
-            start=iso(x.start_ms) or "",
-            end=iso(x.end_ms) or "",
-            messages=x.messages,
-            amount=format_amount(x.amount),
+            app_id=x.row.app_id,
+            channel=x.row.channel,
+            channel_user=x.row.channel_user,
+            billing_session_id=x.row.id,
+            start=iso(x.row.start_ms) or "",
+            end=iso(x.row.end_ms) or "",
+            messages=x.row.messages,
+            amount=format_amount(x.row.amount),
+            open=x.open,
         )
-        for x in rows[:MAX_SESSIONS]
+        for x in found.items
     ]
-    if "text/csv" in call.request.headers.get("Accept", ""):
+    if csv_wanted:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         fields = list(r.SessionOut.model_fields)
         writer.writerow(fields)
         for item in items:
             writer.writerow([_cell(getattr(item, f)) for f in fields])
-        return web.Response(text=buf.getvalue(), content_type="text/csv")
-    return json_response(r.SessionsOut(workspace_id=ws_id, sessions=items, truncated=truncated))
+        headers = {"X-Next-Cursor": found.next_cursor} if found.next_cursor else None
+        return web.Response(text=buf.getvalue(), content_type="text/csv", headers=headers)
+    out = r.SessionsOut(
+        workspace_id=ws_id,
+        sessions=items,
+        truncated=found.next_cursor is not None,
+        next_cursor=found.next_cursor,
+        live=found.live,
+    )
+    return json_response(out)

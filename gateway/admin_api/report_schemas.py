@@ -89,6 +89,9 @@ class UsageOut(Out):
     channel: str | None
     series: list[UsagePointOut]
     totals: UsagePointOut
+    live: bool = Field(
+        default=True, description="false when Redis did not answer: flushed usage only"
+    )
 
 
 class SessionOut(Out):
@@ -100,9 +103,12 @@ class SessionOut(Out):
     end: Timestamp
     messages: int
     amount: Money
+    open: bool = Field(description="live from Redis: the block runs and the talk goes on")
 
 
 class SessionsOut(Out):
     workspace_id: str
     sessions: list[SessionOut]
     truncated: bool = Field(description="true when more rows exist than returned")
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+    live: bool = Field(description="false when Redis did not answer: stored sessions only")

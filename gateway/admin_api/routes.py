@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gateway.admin_api import account_handlers as acc
 from gateway.admin_api import app_handlers as apps
+from gateway.admin_api import list_handlers as lists
+from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import money_handlers as money
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
@@ -12,6 +14,8 @@ from meter import keys
 
 WS = {"ws": keys.ID_RE}
 APP = {"app": keys.APP_RE}
+WS_USER = {"ws": keys.ID_RE, "user": keys.ID_RE}
+APP_USER = {"app": keys.APP_RE, "user": keys.ID_RE}
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/users", acc.create_user, "Create a user", "operator",
@@ -56,8 +60,41 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/workspaces/{ws}/sessions", money.get_sessions,
           "Billing-session detail (JSON, or CSV with Accept: text/csv)",
           "workspace owner, operator, app owner (own apps)",
-          query=s.UsageQuery, response=r.SessionsOut, params=WS, csv=True),
+          query=ls.SessionsQuery, response=r.SessionsOut, params=WS, csv=True),
     Route("PUT", "/v1/workspaces/{ws}/webhook", acc.set_webhook,
           "Where owner notifications go (HMAC-SHA256 signed)", "workspace owner",
           body=s.WebhookSet, response=s.WebhookOut, params=WS),
+    # The owner's console (issue 11): lists beside the writes, removals, API tokens.
+    Route("GET", "/v1/workspaces", lists.list_workspaces,
+          "The caller's workspaces (operators: all), with the caller's role", "any user",
+          query=ls.ListQuery, response=ls.WorkspaceList),
+    Route("GET", "/v1/workspaces/{ws}/apps", lists.list_apps,
+          "Apps of the workspace (a collaborator: the apps they work on)", "members",
+          query=ls.ListQuery, response=ls.AppList, params=WS),
+    Route("GET", "/v1/workspaces/{ws}/members", lists.list_members, "Members of the workspace",
+          "workspace owner, operator", query=ls.ListQuery, response=ls.MemberList, params=WS),
+    Route("DELETE", "/v1/workspaces/{ws}/members/{user}", lists.remove_member,
+          "Take a user out of the workspace (not its owner; apps transferred first)",
+          "workspace owner", status=204, params=WS_USER),
+    Route("GET", "/v1/apps/{app}/collaborators", lists.list_collaborators,
+          "Collaborators of the app", "app owner, workspace owner, operator",
+          query=ls.ListQuery, response=ls.CollaboratorList, params=APP),
+    Route("DELETE", "/v1/apps/{app}/collaborators/{user}", lists.remove_collaborator,
+          "Take a collaborator off the app", "app owner, workspace owner", status=204,
+          params=APP_USER),
+    Route("GET", "/v1/workspaces/{ws}/upgrade-requests",
+          lists.list_workspace_upgrade_requests,
+          "The workspace's upgrade requests with their status, newest first",
+          "workspace owner, operator", query=ls.ListQuery, response=ls.UpgradeRequestPage,
+          params=WS),
+    Route("POST", "/v1/upgrade-requests/{request}/decline", lists.decline_upgrade_request,
+          "Decline an open upgrade request, saying why", "operator", body=ls.UpgradeDecline,
+          response=ls.UpgradeRequestItem, params={"request": keys.ID_RE}),
+    Route("GET", "/v1/tokens", lists.list_tokens, "Your API tokens (never the secrets)",
+          "any user", query=ls.ListQuery, response=ls.TokenList),
+    Route("POST", "/v1/tokens", lists.create_token, "Create an API token (shown once)",
+          "any user", body=ls.TokenCreate, response=ls.TokenCreated, status=201),
+    Route("DELETE", "/v1/tokens/{token}", lists.revoke_token,
+          "Revoke one of your API tokens (401 for it from the next request)", "any user",
+          status=204, params={"token": keys.ID_RE}),
 )  # fmt: skip

@@ -211,6 +211,17 @@ class CollaboratorOut(Out):
     role: CollaboratorRole
 
 
+class AppUsageOut(Out):
+    """Counts a collaborator may see (no money): the last 30 days, live buckets included."""
+
+    since: Timestamp
+    sessions: int
+    requests: int
+    notifications: int
+    messages: int
+    live: bool = Field(description="false when Redis did not answer: stored counts only")
+
+
 class AppOut(Out):
     id: str
     workspace_id: str
@@ -222,6 +233,7 @@ class AppOut(Out):
     suspended: bool
     created_at: Timestamp
     collaborators: list[CollaboratorOut]
+    usage: AppUsageOut | None = None
 
 
 class FundsOut(Out):
@@ -238,8 +250,10 @@ class UpgradeRequestOut(Out):
     workspace_id: str
     products: list[str]
     message: str | None
-    status: Literal["open", "granted"]
+    status: Literal["open", "granted", "declined"]
     created_at: Timestamp
+    decided_at: Timestamp | None = None
+    reason: str | None = Field(default=None, description="why an operator declined it")
 
 
 class UpgradeRequestList(Out):

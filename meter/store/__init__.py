@@ -15,8 +15,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from meter.store.base import Store
+from meter.store.directory import Person
 from meter.store.errors import Conflict, NotFound, Retryable, StoreError
 from meter.store.models import (
+    ApiToken,
     App,
     AuditEntry,
     Collaborator,
@@ -35,6 +37,7 @@ from meter.store.models import (
 )
 
 __all__ = [
+    "ApiToken",
     "App",
     "AuditEntry",
     "Collaborator",
@@ -44,6 +47,7 @@ __all__ = [
     "Licence",
     "NotFound",
     "OutboxEvent",
+    "Person",
     "PoolTotals",
     "Retryable",
     "SessionRow",

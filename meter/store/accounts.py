@@ -28,7 +28,7 @@ _APP = (
     "id, workspace_id, name, product, owner_id, upstream_url, use_free_credits, suspended, "
     "created_at"
 )
-_REQ = "id, workspace_id, products, message, status, created_at, granted_at"
+_REQ = "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
 
 
 def _user(r: Row) -> User:
@@ -71,6 +71,8 @@ def _request(r: Row) -> UpgradeRequest:
         status=r["status"],
         created_at=int(r["created_at"]),
         granted_at=r["granted_at"],
+        decided_at=r["decided_at"],
+        reason=r["reason"],
     )
 
 
@@ -89,14 +91,25 @@ class Accounts(StoreCore):
 
     # ------------------------------------------------------------------ users
 
-    async def create_user(self, user: User) -> None:
-        async with self.connection() as c:
+    async def create_user(self, user: User, *, token_hint: str = "") -> None:
+        """Insert the user and, as their first API token, the token they were created with."""
+        async with self.transaction() as c:
             await c.execute(
                 f"INSERT INTO users ({_USER}) VALUES (?, ?, ?, ?, ?)",
                 user.id,
                 user.email,
                 user.name,
                 user.token_hash,
+                user.created_at,
+            )
+            await c.execute(
+                "INSERT INTO api_tokens (id, user_id, name, token_hash, hint, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                "t" + user.token_hash[:16],
+                user.id,
+                "initial token",
+                user.token_hash,
+                token_hint,
                 user.created_at,
             )
 
@@ -323,6 +336,7 @@ class Accounts(StoreCore):
     async def upgrade_workspace(self, workspace_id: str, licences: Sequence[Licence]) -> bool:
         """Make the workspace enterprise with exactly these licences and grant its open
         upgrade requests, in one transaction; ``False`` if there is no such workspace."""
+        now = now_ms()
         async with self.transaction() as c:
             n = await c.execute(
                 "UPDATE workspaces SET type = 'enterprise' WHERE id = ?", workspace_id
@@ -331,9 +345,10 @@ class Accounts(StoreCore):
                 return False
             await _replace_licences(c, workspace_id, licences)
             await c.execute(
-                "UPDATE upgrade_requests SET status = 'granted', granted_at = ? "
+                "UPDATE upgrade_requests SET status = 'granted', granted_at = ?, decided_at = ? "
                 "WHERE workspace_id = ? AND status = 'open'",
-                now_ms(),
+                now,
+                now,
                 workspace_id,
             )
         return True
@@ -344,7 +359,7 @@ class Accounts(StoreCore):
         q = request
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO upgrade_requests ({_REQ}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO upgrade_requests ({_REQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 q.id,
                 q.workspace_id,
                 dumps(list(q.products)),
@@ -352,6 +367,8 @@ class Accounts(StoreCore):
                 q.status,
                 q.created_at,
                 q.granted_at,
+                q.decided_at,
+                q.reason,
             )
 
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:

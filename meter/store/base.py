@@ -9,13 +9,15 @@ from __future__ import annotations
 from abc import ABC
 
 from meter.store.accounts import Accounts
+from meter.store.directory import Directory
 from meter.store.flush import Flush
 from meter.store.ledger import Ledger
 from meter.store.outbox import Outbox
+from meter.store.tokens import Tokens
 from meter.store.usage import Usage
 
 
-class Store(Accounts, Ledger, Flush, Usage, Outbox, ABC):
+class Store(Accounts, Directory, Tokens, Ledger, Flush, Usage, Outbox, ABC):
     """Durable store: accounts, ledger, usage, billing sessions, audit log, outbox.
 
     Open one with :func:`meter.store.open_store`; connections open lazily on first use

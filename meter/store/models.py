@@ -114,8 +114,24 @@ class UpgradeRequest:
     products: tuple[str, ...]
     created_at: int
     message: str | None = None
-    status: Literal["open", "granted"] = "open"
+    status: Literal["open", "granted", "declined"] = "open"
     granted_at: int | None = None
+    decided_at: int | None = None  # when it was granted or declined
+    reason: str | None = None  # why an operator declined it
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One of a user's API tokens: only its hash is stored, and ``hint`` (its last
+    characters, empty for the token a user was created with before tokens were listed)."""
+
+    id: str
+    user_id: str
+    name: str
+    token_hash: str
+    hint: str
+    created_at: int
+    revoked_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,6 +183,47 @@ CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
 """
 
 
+# The owner's console (issue 11): API tokens a user can list, create and revoke (the
+# token each user was created with becomes their first), and upgrade requests that an
+# operator can decline with a reason. SQLite cannot change a CHECK constraint in place,
+# so the requests table is rebuilt (the same statements work on PostgreSQL).
+_CONSOLE = """
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    hint TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX api_tokens_user ON api_tokens (user_id, created_at);
+INSERT INTO api_tokens (id, user_id, name, token_hash, hint, created_at)
+    SELECT 't' || substr(token_hash, 1, 16), id, 'initial token', token_hash, '', created_at
+    FROM users;
+
+CREATE TABLE upgrade_requests_v5 (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
+    products {json} NOT NULL,
+    message TEXT,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'granted', 'declined')),
+    created_at BIGINT NOT NULL,
+    granted_at BIGINT,
+    decided_at BIGINT,
+    reason TEXT
+);
+INSERT INTO upgrade_requests_v5
+    (id, workspace_id, products, message, status, created_at, granted_at, decided_at)
+    SELECT id, workspace_id, products, message, status, created_at, granted_at, granted_at
+    FROM upgrade_requests;
+DROP TABLE upgrade_requests;
+ALTER TABLE upgrade_requests_v5 RENAME TO upgrade_requests;
+CREATE INDEX upgrade_requests_status ON upgrade_requests (status, created_at);
+CREATE INDEX upgrade_requests_workspace ON upgrade_requests (workspace_id, created_at)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -197,7 +238,10 @@ class Migration:
 
 
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _INITIAL),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _INITIAL),
+    Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
+)
 
 
 def latest_version() -> int:

@@ -281,3 +281,32 @@ class Usage(StoreCore):
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    async def sessions_page(
+        self,
+        workspace_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        app_id: str | None = None,
+        app_ids: Collection[str] | None = None,
+        channel: str | None = None,
+        after: tuple[int, str] | None = None,
+        desc: bool = False,
+        limit: int = PAGE,
+    ) -> list[SessionRow]:
+        """Billing sessions that started in ``[from_ms, to_ms)`` ordered by
+        ``(start_ms, id)`` (newest first with ``desc``), after the key ``after``."""
+        where, args = _filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
+        if after is not None:
+            where.append(f"(start_ms, id) {'<' if desc else '>'} (?, ?)")
+            args.extend(after)
+        order = "start_ms DESC, id DESC" if desc else "start_ms, id"
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions "
+                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
+                *args,
+                limit,
+            )
+        return [_session(r) for r in rows]

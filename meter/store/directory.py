@@ -1,0 +1,169 @@
+"""Pages of the account lists the console reads: workspaces, apps, members, collaborators,
+upgrade requests; and the removals beside them.
+
+Every list is keyset-paginated on a unique sort key (``after`` = the key of the last row
+of the previous page), so pages stay stable while rows are added or removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meter.store.accounts import _APP, _REQ, _WS, _app, _request, _workspace
+from meter.store.db import StoreCore
+from meter.store.models import App, UpgradeRequest, Workspace
+
+WsRole = str  # "owner" | "member" | "collaborator" ("operator" is decided by the caller)
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A user as a list of members or collaborators shows them."""
+
+    user_id: str
+    email: str
+    name: str
+    role: str  # members: "owner" | "member"; collaborators: their role on the app
+
+
+def _cols(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
+class Directory(StoreCore):
+    async def workspaces_page(
+        self, user_id: str | None, *, after: tuple[int, str] | None, limit: int
+    ) -> list[tuple[Workspace, WsRole]]:
+        """Workspaces by ``(created_at, id)``: all of them (``user_id=None``), or those the
+        user is a member of or collaborates in, with the user's role there."""
+        where: list[str] = []
+        args: list[Any] = []
+        role = "'operator'"
+        if user_id is not None:
+            role = (
+                "CASE WHEN w.owner_id = ? THEN 'owner' WHEN EXISTS (SELECT 1 FROM memberships m "
+                "WHERE m.workspace_id = w.id AND m.user_id = ?) THEN 'member' "
+                "ELSE 'collaborator' END"
+            )
+            where.append(
+                "(EXISTS (SELECT 1 FROM memberships m WHERE m.workspace_id = w.id "
+                "AND m.user_id = ?) OR EXISTS (SELECT 1 FROM apps a JOIN collaborators c "
+                "ON c.app_id = a.id WHERE a.workspace_id = w.id AND c.user_id = ?))"
+            )
+            args += [user_id, user_id]
+        if after is not None:
+            where.append("(w.created_at, w.id) > (?, ?)")
+            args += list(after)
+        head = [user_id, user_id] if user_id is not None else []
+        sql = (
+            f"SELECT {_cols('w', _WS)}, {role} AS role FROM workspaces w "
+            f"WHERE {' AND '.join(where) or '1 = 1'} ORDER BY w.created_at, w.id LIMIT ?"
+        )
+        async with self.connection() as c:
+            rows = await c.fetch(sql, *head, *args, limit)
+        return [(_workspace(r), str(r["role"])) for r in rows]
+
+    async def apps_page(
+        self,
+        workspace_id: str,
+        *,
+        collaborator: str | None = None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[App]:
+        """Apps of the workspace by ``(created_at, id)``; only those ``collaborator``
+        works on when given."""
+        sql = f"SELECT {_cols('a', _APP)} FROM apps a"
+        args: list[Any] = []
+        if collaborator is not None:
+            sql += " JOIN collaborators c ON c.app_id = a.id AND c.user_id = ?"
+            args.append(collaborator)
+        sql += " WHERE a.workspace_id = ?"
+        args.append(workspace_id)
+        if after is not None:
+            sql += " AND (a.created_at, a.id) > (?, ?)"
+            args += list(after)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY a.created_at, a.id LIMIT ?", *args, limit)
+        return [_app(r) for r in rows]
+
+    async def collaborating_apps(self, workspace_id: str, user_id: str) -> list[str]:
+        """Ids of the workspace's apps that ``user_id`` collaborates on."""
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT a.id FROM apps a JOIN collaborators c ON c.app_id = a.id "
+                "WHERE a.workspace_id = ? AND c.user_id = ? ORDER BY a.id",
+                workspace_id,
+                user_id,
+            )
+        return [r["id"] for r in rows]
+
+    async def members_page(
+        self, workspace_id: str, owner_id: str, *, after: str | None, limit: int
+    ) -> list[Person]:
+        """Members of the workspace by user id, with their email and name."""
+        sql = (
+            "SELECT u.id, u.email, u.name FROM memberships m JOIN users u ON u.id = m.user_id "
+            "WHERE m.workspace_id = ?"
+        )
+        args: list[Any] = [workspace_id]
+        if after is not None:
+            sql += " AND u.id > ?"
+            args.append(after)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY u.id LIMIT ?", *args, limit)
+        return [
+            Person(r["id"], r["email"], r["name"], "owner" if r["id"] == owner_id else "member")
+            for r in rows
+        ]
+
+    async def remove_member(self, workspace_id: str, user_id: str) -> bool:
+        async with self.connection() as c:
+            n = await c.execute(
+                "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?",
+                workspace_id,
+                user_id,
+            )
+        return n > 0
+
+    async def collaborators_page(
+        self, app_id: str, *, after: str | None, limit: int
+    ) -> list[Person]:
+        """Collaborators of the app by user id, with their email, name and role."""
+        sql = (
+            "SELECT u.id, u.email, u.name, c.role FROM collaborators c "
+            "JOIN users u ON u.id = c.user_id WHERE c.app_id = ?"
+        )
+        args: list[Any] = [app_id]
+        if after is not None:
+            sql += " AND u.id > ?"
+            args.append(after)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY u.id LIMIT ?", *args, limit)
+        return [Person(r["id"], r["email"], r["name"], r["role"]) for r in rows]
+
+    async def upgrade_requests_page(
+        self, workspace_id: str, *, after: tuple[int, str] | None, limit: int
+    ) -> list[UpgradeRequest]:
+        """Every upgrade request of the workspace (any status), newest first."""
+        sql = f"SELECT {_REQ} FROM upgrade_requests WHERE workspace_id = ?"
+        args: list[Any] = [workspace_id]
+        if after is not None:
+            sql += " AND (created_at, id) < (?, ?)"
+            args += list(after)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", *args, limit)
+        return [_request(r) for r in rows]
+
+    async def decline_upgrade_request(self, request_id: str, reason: str, at: int) -> bool:
+        """Decline an open request; ``False`` if it is not open (or does not exist)."""
+        async with self.connection() as c:
+            n = await c.execute(
+                "UPDATE upgrade_requests SET status = 'declined', decided_at = ?, reason = ? "
+                "WHERE id = ? AND status = 'open'",
+                at,
+                reason,
+                request_id,
+            )
+        return n > 0

@@ -1,0 +1,83 @@
+"""API tokens: each user's bearer tokens, stored as SHA-256 hashes, revocable one by one."""
+
+from __future__ import annotations
+
+from meter.store.db import Row, StoreCore
+from meter.store.models import ApiToken
+
+_TOKEN = "id, user_id, name, token_hash, hint, created_at, revoked_at"
+
+
+def _token(r: Row) -> ApiToken:
+    return ApiToken(
+        id=r["id"],
+        user_id=r["user_id"],
+        name=r["name"],
+        token_hash=r["token_hash"],
+        hint=r["hint"],
+        created_at=int(r["created_at"]),
+        revoked_at=r["revoked_at"],
+    )
+
+
+class Tokens(StoreCore):
+    async def create_token(self, token: ApiToken) -> None:
+        t = token
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO api_tokens ({_TOKEN}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                t.id,
+                t.user_id,
+                t.name,
+                t.token_hash,
+                t.hint,
+                t.created_at,
+                t.revoked_at,
+            )
+
+    async def get_active_token(self, token_hash: str) -> ApiToken | None:
+        """The unrevoked token with this hash (how every API call is authenticated)."""
+        async with self.connection() as c:
+            r = await c.fetchrow(
+                f"SELECT {_TOKEN} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                token_hash,
+            )
+        return _token(r) if r else None
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(f"SELECT {_TOKEN} FROM api_tokens WHERE id = ?", token_id)
+        return _token(r) if r else None
+
+    async def list_tokens(
+        self, user_id: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ApiToken]:
+        """The user's unrevoked tokens, oldest first, after the ``(created_at, id)`` key."""
+        sql = f"SELECT {_TOKEN} FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL"
+        args: list[object] = [user_id]
+        if after is not None:
+            sql += " AND (created_at, id) > (?, ?)"
+            args.extend(after)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY created_at, id LIMIT ?", *args, limit)
+        return [_token(r) for r in rows]
+
+    async def count_tokens(self, user_id: str) -> int:
+        async with self.connection() as c:
+            n = await c.fetchval(
+                "SELECT COUNT(*) AS n FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL",
+                user_id,
+            )
+        return int(n or 0)
+
+    async def revoke_token(self, user_id: str, token_id: str, at: int) -> bool:
+        """Revoke one of ``user_id``'s tokens; ``False`` if they hold no such live token."""
+        async with self.connection() as c:
+            n = await c.execute(
+                "UPDATE api_tokens SET revoked_at = ? "
+                "WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+                at,
+                token_id,
+                user_id,
+            )
+        return n > 0

@@ -1,0 +1,54 @@
+"""A user's own API tokens: list, create (the secret is shown once), revoke.
+
+Only a token's SHA-256 hash is stored, with its last four characters as a hint for
+telling tokens apart. Revocation takes effect on the next request: every call looks the
+token up among the unrevoked ones (:func:`meter.authz.user_principal`).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from meter import authz
+from meter.accounts import Deps, audit, check_text
+from meter.errors import Conflict, NotFound
+from meter.pages import Page, decode, page
+from meter.store import ApiToken
+
+MAX_TOKENS = 50  # live tokens per user
+HINT = 4
+
+
+async def create(d: Deps, user_id: str, name: str) -> tuple[ApiToken, str]:
+    """A new token for ``user_id``; returns its row and the secret (shown once)."""
+    name = check_text("name", name, 100)
+    if await d.store.count_tokens(user_id) >= MAX_TOKENS:
+        raise Conflict(f"you hold {MAX_TOKENS} tokens; revoke one first", code="too_many_tokens")
+    secret = authz.new_token()
+    row = ApiToken(
+        id="t" + secrets.token_hex(8),
+        user_id=user_id,
+        name=name,
+        token_hash=authz.token_hash(secret),
+        hint=secret[-HINT:],
+        created_at=d.now_ms(),
+    )
+    await d.store.create_token(row)
+    await audit(d, f"user:{user_id}", "token.create", f"user:{user_id}", None,
+                {"id": row.id, "name": name})  # fmt: skip
+    return row, secret
+
+
+async def listing(d: Deps, user_id: str, cursor: str | None, limit: int) -> Page[ApiToken]:
+    after = decode("tokens", cursor, (int, str))
+    rows = await d.store.list_tokens(
+        user_id, after=(after[0], after[1]) if after else None, limit=limit + 1
+    )
+    return page("tokens", rows, limit, lambda t: (t.created_at, t.id))
+
+
+async def revoke(d: Deps, user_id: str, token_id: str) -> None:
+    """Revoke one of the user's tokens; another user's (or an unknown) token is 404."""
+    if not await d.store.revoke_token(user_id, token_id, d.now_ms()):
+        raise NotFound("token", token_id)
+    await audit(d, f"user:{user_id}", "token.revoke", f"user:{user_id}", {"id": token_id}, None)

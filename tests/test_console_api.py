@@ -1,0 +1,418 @@
+"""The console's API: paginated lists, removals, API tokens, upgrade-request status,
+collaborators reading their app, and sessions live from Redis (issue 11).
+
+Real sockets, a real redis-server and a real SQLite store (PostgreSQL for the store's
+pages); the gateway's clock is a test clock where session blocks must end.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from bot import Bot, running_bot
+
+from gateway.webhooks import WebhookOptions
+from meter.authz import token_hash
+from meter.flusher import Flusher
+from meter.store import User, open_store
+from meter.store.schema import MIGRATIONS
+
+MONEY_WORDS = ("amount", "balance", "remaining", "paid", "price", "credit", "fund")
+
+
+@pytest.fixture
+async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+        yield a
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_admin(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+) -> AsyncIterator[Admin]:
+    """The admin server on either store (the lists' keyset SQL runs on both)."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_dsn")
+    settings = admin_settings(url, redis_url)
+    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+        yield a
+
+
+async def everything(admin: Admin, path: str, token: str, member: str, limit: int) -> list[Any]:
+    """Every item of a list, following ``next_cursor`` page by page."""
+    items: list[Any] = []
+    cursor = None
+    sep = "&" if "?" in path else "?"
+    for _ in range(100):
+        url = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        page = await admin.ok("GET", url, token)
+        assert len(page[member]) <= limit
+        items += page[member]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("the cursor never ended")
+
+
+async def test_workspace_and_app_lists_paginate_in_a_stable_order(any_admin: Admin) -> None:
+    admin = any_admin
+    _, tok = await admin.new_user("owner")
+    _, other_tok = await admin.new_user("other")
+    wss = [(await admin.ok("POST", "/v1/workspaces", tok, {"name": f"W{i}"}))["id"]
+           for i in range(5)]  # fmt: skip
+    theirs = (await admin.ok("POST", "/v1/workspaces", other_tok, {"name": "Theirs"}))["id"]
+
+    mine = await everything(admin, "/v1/workspaces", tok, "workspaces", 2)
+    assert [w["id"] for w in mine] == wss
+    assert {w["role"] for w in mine} == {"owner"}
+    assert [w["id"] for w in await everything(admin, "/v1/workspaces", other_tok,
+                                              "workspaces", 2)] == [theirs]  # fmt: skip
+    seen = {w["id"] for w in await everything(admin, "/v1/workspaces", OPERATOR_TOKEN,
+                                              "workspaces", 3)}  # fmt: skip
+    assert set(wss) | {theirs} <= seen
+
+    ws = wss[0]
+    apps = []
+    for i in range(5):
+        body = {"name": f"bot{i}", "product": "automation"}
+        apps.append((await admin.ok("POST", f"/v1/workspaces/{ws}/apps", tok, body))["id"])
+    listed = await everything(admin, f"/v1/workspaces/{ws}/apps", tok, "apps", 2)
+    assert [a["id"] for a in listed] == apps
+    assert {a["role"] for a in listed} == {"owner"}
+
+    # A plain member sees every app; a collaborator who is not a member only theirs.
+    member, member_tok = await admin.new_user("member")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": member})
+    listed = await everything(admin, f"/v1/workspaces/{ws}/apps", member_tok, "apps", 50)
+    assert [a["id"] for a in listed] == apps and {a["role"] for a in listed} == {"member"}
+    collab, collab_tok = await admin.new_user("collab")
+    body = {"user_id": collab, "role": "viewer"}
+    await admin.ok("POST", f"/v1/apps/{apps[3]}/collaborators", tok, body)
+    listed = await everything(admin, f"/v1/workspaces/{ws}/apps", collab_tok, "apps", 1)
+    assert [(a["id"], a["role"]) for a in listed] == [(apps[3], "collaborator")]
+    theirs_ws = await admin.ok("GET", "/v1/workspaces", collab_tok)
+    assert [(w["id"], w["role"]) for w in theirs_ws["workspaces"]] == [(ws, "collaborator")]
+    status, _ = await admin.api("GET", f"/v1/workspaces/{wss[1]}/apps", collab_tok)
+    assert status == 404
+
+    # Cursors are checked: garbage, another list's cursor and bad limits are 422.
+    page = await admin.ok("GET", f"/v1/workspaces/{ws}/apps?limit=1", tok)
+    foreign = page["next_cursor"]
+    for query, field in (
+        ("cursor=not-a-cursor", "cursor"),
+        (f"cursor={foreign}", "cursor"),
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=x", "limit"),
+    ):
+        status, problem = await admin.api("GET", f"/v1/workspaces?{query}", tok)
+        assert (status, problem["field"]) == (422, field), (query, problem)
+
+
+async def test_members_list_and_removal(any_admin: Admin) -> None:
+    admin = any_admin
+    owner, tok = await admin.new_user("owner")
+    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    people = {}
+    for name in ("amy", "bob", "cyd"):
+        uid, utok = await admin.new_user(name)
+        people[name] = (uid, utok)
+        await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": uid})
+    listed = await everything(admin, f"/v1/workspaces/{ws}/members", tok, "members", 2)
+    assert [m["user_id"] for m in listed] == sorted([owner] + [u for u, _ in people.values()])
+    roles = {m["user_id"]: m["role"] for m in listed}
+    assert roles[owner] == "owner" and list(roles.values()).count("owner") == 1
+    assert all("@example.com" in m["email"] for m in listed)
+
+    # Refusals change nothing: the owner stays, and so does a member owning apps.
+    amy, amy_tok = people["amy"]
+    app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", amy_tok,
+                          {"name": "a", "product": "search"}))["id"]  # fmt: skip
+    before = await snapshot(admin)
+    for user, code in ((owner, "owner_cannot_be_removed"), (amy, "member_owns_apps")):
+        status, problem = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{user}", tok)
+        assert (status, problem["code"]) == (409, code), problem
+    bob, bob_tok = people["bob"]
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{bob}", amy_tok)
+    assert status == 403  # a member may not remove another
+    assert await snapshot(admin) == before
+
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{bob}", tok)
+    assert status == 204
+    status, _ = await admin.api("GET", f"/v1/workspaces/{ws}", bob_tok)
+    assert status == 404  # gone at once
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{bob}", tok)
+    assert status == 404  # not a member any more
+
+    await admin.ok("POST", f"/v1/apps/{app}/transfer", tok, {"user_id": owner})
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{amy}", tok)
+    assert status == 204
+    listed = await everything(admin, f"/v1/workspaces/{ws}/members", tok, "members", 50)
+    assert [m["user_id"] for m in listed] == sorted([owner, people["cyd"][0]])
+
+
+def money_keys(value: Any, path: str = "") -> list[str]:
+    """Members that name or hold money (decimal strings) anywhere in ``value``."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            named = any(word in k for word in MONEY_WORDS) and k != "use_free_credits"
+            if named or (isinstance(v, str) and re.fullmatch(r"-?[0-9]+\.[0-9]{2,6}", v)):
+                found.append(f"{path}.{k}")
+            found += money_keys(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += money_keys(v, f"{path}[{i}]")
+    return found
+
+
+async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> None:
+    _, tok = await admin.new_user("owner")
+    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    appown, appown_tok = await admin.new_user("appown")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": appown})
+    app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", appown_tok,
+                          {"name": "Helpdesk", "product": "automation"}))["id"]  # fmt: skip
+    collabs = {}
+    for name, role in (("dev", "developer"), ("qa", "tester"), ("viewer", "viewer")):
+        uid, utok = await admin.new_user(name)
+        collabs[name] = (uid, utok)
+        body = {"user_id": uid, "role": role}
+        await admin.ok("POST", f"/v1/apps/{app}/collaborators", appown_tok, body)
+    listed = await everything(admin, f"/v1/apps/{app}/collaborators", appown_tok,
+                              "collaborators", 2)  # fmt: skip
+    assert [c["user_id"] for c in listed] == sorted(u for u, _ in collabs.values())
+    assert {c["user_id"]: c["role"] for c in listed}[collabs["qa"][0]] == "tester"
+
+    # The collaborator reads the app they work on: settings and counts, no money.
+    dev, dev_tok = collabs["dev"]
+    view = await admin.ok("GET", f"/v1/apps/{app}", dev_tok)
+    assert view["id"] == app and view["usage"]["sessions"] == 0
+    assert set(view["usage"]) >= {"sessions", "requests", "messages", "notifications"}
+    assert money_keys(view) == []
+    for method, path, body in (
+        ("PATCH", f"/v1/apps/{app}", {"suspended": True}),
+        ("GET", f"/v1/apps/{app}/collaborators", None),
+        ("DELETE", f"/v1/apps/{app}/collaborators/{collabs['qa'][0]}", None),
+        ("GET", f"/v1/workspaces/{ws}/plan-usage", None),
+    ):
+        status, _ = await admin.api(method, path, dev_tok, body)
+        assert status in (403, 404), (method, path, status)
+
+    # Removal: at once, once.
+    status, _ = await admin.api("DELETE", f"/v1/apps/{app}/collaborators/{dev}", appown_tok)
+    assert status == 204
+    status, _ = await admin.api("GET", f"/v1/apps/{app}", dev_tok)
+    assert status == 404
+    status, _ = await admin.api("DELETE", f"/v1/apps/{app}/collaborators/{dev}", tok)
+    assert status == 404
+    listed = await everything(admin, f"/v1/apps/{app}/collaborators", tok, "collaborators", 9)
+    assert dev not in [c["user_id"] for c in listed] and len(listed) == 2
+
+
+async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
+    admin = any_admin
+    me, tok = await admin.new_user("me")
+    _, other_tok = await admin.new_user("other")
+    first = await admin.ok("GET", "/v1/tokens", tok)
+    [initial] = first["tokens"]
+    assert initial["id"] == "t" + token_hash(tok)[:16] and initial["current"] is True
+    assert initial["hint"] == tok[-4:] and initial["prefix"] == "cgu_"
+
+    created = await admin.ok("POST", "/v1/tokens", tok, {"name": "ci"})
+    secret = created["token"]
+    assert secret.startswith("cgu_") and created["hint"] == secret[-4:]
+    listing = await admin.api("GET", "/v1/tokens", tok)
+    text = orjson.dumps(listing[1]).decode()
+    assert secret not in text and tok not in text  # never the secrets again
+    assert [t["name"] for t in listing[1]["tokens"]] == ["initial token", "ci"]
+    mine = await admin.ok("GET", "/v1/tokens", secret)
+    assert [t["current"] for t in mine["tokens"]] == [False, True]
+
+    # Another user's token does not exist for them; it keeps working.
+    status, _ = await admin.api("DELETE", f"/v1/tokens/{created['id']}", other_tok)
+    assert status == 404
+    assert (await admin.api("GET", "/v1/tokens", secret))[0] == 200
+
+    # Revoked: 401 from the very next request; the other token is unaffected.
+    status, _ = await admin.api("DELETE", f"/v1/tokens/{created['id']}", tok)
+    assert status == 204
+    status, problem = await admin.api("GET", "/v1/tokens", secret)
+    assert (status, problem["code"]) == (401, "unauthorized")
+    assert (await admin.api("DELETE", f"/v1/tokens/{created['id']}", tok))[0] == 404
+    assert [t["id"] for t in (await admin.ok("GET", "/v1/tokens", tok))["tokens"]] == [
+        initial["id"]
+    ]
+    # Revoking the token in use signs that caller out too.
+    assert (await admin.api("DELETE", f"/v1/tokens/{initial['id']}", tok))[0] == 204
+    assert (await admin.api("GET", "/v1/workspaces", tok))[0] == 401
+    assert (await admin.api("GET", "/v1/tokens", OPERATOR_TOKEN))[0] == 403
+    assert me
+
+
+async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
+    admin = any_admin
+    _, tok = await admin.new_user("owner")
+    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    first = await admin.ok("POST", f"/v1/workspaces/{ws}/upgrade-requests", tok,
+                           {"products": ["search"], "message": "please"})  # fmt: skip
+    listed = await admin.ok("GET", f"/v1/workspaces/{ws}/upgrade-requests", tok)
+    assert [(r["id"], r["status"]) for r in listed["requests"]] == [(first["id"], "open")]
+
+    status, _ = await admin.api("POST", f"/v1/upgrade-requests/{first['id']}/decline", tok,
+                                {"reason": "mine"})  # fmt: skip
+    assert status == 403  # owners cannot decide their own requests
+    declined = await admin.ok("POST", f"/v1/upgrade-requests/{first['id']}/decline",
+                              OPERATOR_TOKEN, {"reason": "no contract yet"})  # fmt: skip
+    assert declined["status"] == "declined" and declined["reason"] == "no contract yet"
+    status, problem = await admin.api("POST", f"/v1/upgrade-requests/{first['id']}/decline",
+                                      OPERATOR_TOKEN, {"reason": "again"})  # fmt: skip
+    assert (status, problem["code"]) == (409, "request_not_open")
+    status, _ = await admin.api("POST", "/v1/upgrade-requests/rnothere0000/decline",
+                                OPERATOR_TOKEN, {"reason": "x"})  # fmt: skip
+    assert status == 404
+    open_ids = [r["id"] for r in (await admin.ok("GET", "/v1/upgrade-requests",
+                                                 OPERATOR_TOKEN))["requests"]]  # fmt: skip
+    assert first["id"] not in open_ids
+
+    second = await admin.ok("POST", f"/v1/workspaces/{ws}/upgrade-requests", tok,
+                            {"products": ["search", "agent"]})  # fmt: skip
+    lic = {"search": {"usage_limit": 1000, "per_minute": 10, "per_hour": 100}}
+    await admin.ok("POST", f"/v1/workspaces/{ws}/upgrade", OPERATOR_TOKEN, {"licences": lic})
+    pages = await everything(admin, f"/v1/workspaces/{ws}/upgrade-requests", tok, "requests", 1)
+    assert [(r["id"], r["status"]) for r in pages] == [
+        (second["id"], "granted"),
+        (first["id"], "declined"),
+    ]
+    assert pages[0]["decided_at"] and pages[1]["reason"] == "no contract yet"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def send(http: aiohttp.ClientSession, base: str, app: str, user: str) -> None:
+    url = f"{base}/hooks/web/{app}/msg"
+    async with http.post(url, json={"t": 1}, headers={"X-Channel-User-Id": user}) as r:
+        assert r.status == 200, await r.text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    settings = admin_settings(store_url, redis_url, session_block_s=60, session_idle_s=30)
+    clock = FakeClock()
+    bot: Bot
+    async with (
+        running_bot() as bot,
+        admin_server(settings, clock=clock, traffic=True) as admin,
+        aiohttp.ClientSession() as http,
+    ):
+        _, tok = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
+        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", tok, body))["id"]
+        for i in range(5):
+            await send(http, admin.traffic_url, app, f"user{i}")
+            clock.now += 0.01
+        await send(http, admin.traffic_url, app, "user0")  # inside user0's paid session
+        clock.now += 1
+
+        # Before any flush the store holds nothing; /sessions still lists all five, open,
+        # as /usage counts them.
+        assert await admin.store.sessions(ws, 0, 2**62) == []
+        sessions = f"/v1/workspaces/{ws}/sessions"
+        rows = await everything(admin, sessions, tok, "sessions", 2)
+        assert len(rows) == 5 and all(r["open"] for r in rows)
+        assert len({r["billing_session_id"] for r in rows}) == 5
+        assert sorted(r["messages"] for r in rows) == [1, 1, 1, 1, 2]
+        assert [r["start"] for r in rows] == sorted(r["start"] for r in rows)
+        usage = await admin.ok("GET", f"/v1/workspaces/{ws}/usage", tok)
+        assert usage["totals"]["sessions"] == 5 and usage["live"] is True
+        newest = await everything(admin, sessions + "?order=desc", tok, "sessions", 2)
+        assert [r["billing_session_id"] for r in newest] == [
+            r["billing_session_id"] for r in reversed(rows)
+        ]
+
+        # Flushed (open buckets are copied, not moved): still five, none twice.
+        await Flusher(admin.redis, admin.store, settings, clock=clock).flush_once(force=True)
+        assert len(await admin.store.sessions(ws, 0, 2**62)) == 5
+        rows = await everything(admin, sessions, tok, "sessions", 3)
+        assert len(rows) == 5 and len({r["billing_session_id"] for r in rows}) == 5
+
+        # Once the block ran out and the talk went idle, the sessions are closed.
+        clock.now += 120
+        rows = await everything(admin, sessions, tok, "sessions", 50)
+        assert len(rows) == 5 and not any(r["open"] for r in rows)
+        status, text = await admin.api("GET", sessions, tok, headers={"Accept": "text/csv"})
+        lines = text.strip().split("\n")
+        assert status == 200 and lines[0].endswith(",open") and len(lines) == 6
+
+        await Flusher(admin.redis, admin.store, settings, clock=clock).flush_once(force=True)
+
+    # Redis down: the stored history is still served, marked as not live.
+    dead = admin_settings(store_url, f"redis://127.0.0.1:{free_port()}/0")
+    async with admin_server(dead, clock=clock) as down:
+        got = await down.ok("GET", f"/v1/workspaces/{ws}/usage", tok)
+        assert got["live"] is False and got["totals"]["sessions"] == 5
+        got = await down.ok("GET", f"/v1/workspaces/{ws}/sessions", tok)
+        assert got["live"] is False and len(got["sessions"]) == 5
+        got = await down.ok("GET", f"/v1/apps/{app}", tok)
+        assert got["usage"]["live"] is False and got["usage"]["sessions"] == 5
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+async def test_migration_keeps_user_tokens_and_request_statuses(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meter.store.postgres as pg
+    import meter.store.sqlite as lite
+
+    for module in (lite, pg):
+        monkeypatch.setattr(module, "MIGRATIONS", MIGRATIONS[:1])
+    store = open_store(store_url)
+    try:
+        await store.migrate()
+        async with store.connection() as c:
+            await c.execute(
+                "INSERT INTO users (id, email, name, token_hash, created_at) "
+                "VALUES ('uold1', 'old@example.com', 'Old', ?, 5)",
+                token_hash("cgu_old-token"),
+            )
+        for module in (lite, pg):
+            monkeypatch.setattr(module, "MIGRATIONS", MIGRATIONS)
+        assert 5 in await store.migrate()
+        row = await store.get_active_token(token_hash("cgu_old-token"))
+        assert row is not None and row.user_id == "uold1" and row.name == "initial token"
+        await store.create_user(User("unew1", "new@example.com", "New", "hash-new", 6))
+        assert [t.user_id for t in await store.list_tokens("unew1")] == ["unew1"]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/m.db"
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return dsn
