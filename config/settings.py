@@ -8,14 +8,17 @@ Bad input raises :class:`SettingsError` naming the setting, which stops start-up
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.money import InvalidAmount, parse_amount
 
@@ -34,6 +37,40 @@ def _money(value: object) -> int:
 
 
 Micros = Annotated[int, BeforeValidator(_money)]
+_HOST_PATTERN = re.compile(
+    r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
+)
+
+
+def _allow_list(value: object) -> object:
+    """Egress allow-list entries: a list, or comma-separated text or a JSON list
+    (environment)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+    if not isinstance(value, list | tuple):
+        return value
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError("entries must be strings")
+        entry = item.strip().lower()
+        if not entry:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(entry)))
+            continue
+        except ValueError:
+            pass
+        last = entry.rsplit(".", 1)[-1]
+        if not _HOST_PATTERN.match(entry) or last.isdigit() or last.startswith("0x"):
+            raise ValueError(
+                f"{item!r} is neither a network (CIDR, host bits zero) nor a host name"
+            )
+        out.append(entry)
+    return out
+
+
+EgressAllow = Annotated[list[str], NoDecode, BeforeValidator(_allow_list)]
 Seconds = Annotated[float, Field(gt=0)]
 DAY = 86_400.0
 
@@ -110,6 +147,11 @@ class Settings(BaseSettings):
     # Owner notifications.
     webhook_timeout_s: Seconds = 5.0
     webhook_max_attempts: int = Field(12, ge=1)
+
+    # Egress (SSRF guard, DESIGN §3): networks (CIDR) and host names ("bot.internal",
+    # "*.internal") that upstream and webhook URLs may reach although they are loopback,
+    # private or link-local. The gateway's own host and ports stay refused regardless.
+    egress_allow: EgressAllow = Field(default_factory=list)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -45,6 +45,7 @@ from gateway.appkeys import (
     WEBSOCKETS,
 )
 from gateway.channels import Channels
+from gateway.egress import guarded_session
 from gateway.health import setup_health
 from gateway.metering import Meter
 from gateway.metrics import Metrics
@@ -57,6 +58,7 @@ from gateway.websocket import close_all
 from meter.admission import Admitter
 from meter.batches import Batch
 from meter.claims import Claim
+from meter.egress import check_settings
 from meter.redis_client import RedisClient, connect, warm_up
 from meter.store import Store, open_store
 
@@ -95,6 +97,7 @@ def create_app(
     """
     if metering is None:
         metering = settings.metering
+    check_settings(settings)  # operator-set targets obey the egress policy too
     channels = Channels(settings.channels)
     metrics = Metrics(registry if registry is not None else CollectorRegistry(), channels.names)
     catalog = load_catalog(settings.catalog_path)
@@ -151,8 +154,9 @@ def _traffic_ctx(
 ) -> Ctx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         client = app[REDIS]
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=UPSTREAM_POOL, keepalive_timeout=30),
+        session = guarded_session(
+            settings,
+            connector={"limit": UPSTREAM_POOL, "keepalive_timeout": 30},
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.upstream_connect_timeout_s,

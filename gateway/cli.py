@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args.config, _overrides(args))
         settings = load_settings(args.config, **_overrides(args))
+        if args.command == "serve":
+            from meter.egress import check_settings
+
+            check_settings(settings)  # before any worker starts
     except SettingsError as exc:
         print(f"creditgate: {exc}", file=sys.stderr)
         return 2

@@ -107,6 +107,9 @@ def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
                 "operator_token": secrets.token_urlsafe(24),
                 "topup_min": "0.20",
                 "log_format": "text",
+                # The sample bot listens on loopback, which the egress policy refuses
+                # unless allowed; only its address is (the gateway's own ports stay shut).
+                "egress_allow": [HOST],
                 **overrides,
             },
         )

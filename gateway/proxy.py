@@ -9,7 +9,9 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * connection refused or reset before a response: ``connect``, 502 (504 for a connect
   timeout);
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
-* a 5xx response: ``5xx``; the bot's own response is passed through unchanged.
+* a 5xx response: ``5xx``; the bot's own response is passed through unchanged;
+* an address the egress policy refuses (:mod:`gateway.egress`): 502
+  ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 
 A failure after the response started cannot be answered any more: the client connection
 is aborted (truncated body) and nothing is refunded (the bot did answer).
@@ -28,6 +30,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.channels import USER_HEADER, Channels
+from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, target_url, upstream_headers
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
@@ -45,6 +48,15 @@ class BodyTooLarge(Exception):
 
 def too_large(limit: int) -> Problem:
     return Problem(413, "body_too_large", "Body too large", f"the limit is {limit} bytes")
+
+
+def forbidden() -> Problem:
+    return Problem(
+        502,
+        "upstream_forbidden",
+        "Upstream forbidden",
+        "the bot's address may not be reached from the gateway",
+    )
 
 
 def missing_user() -> Problem:
@@ -118,6 +130,11 @@ class Proxy:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False
             )
+        except UpstreamForbidden as exc:
+            # The egress policy refused the address: nothing was sent, the bot not called.
+            log.warning("upstream %s refused by the egress policy: %s", url.host, exc.reason)
+            await self._failed(admission, "connect")
+            raise forbidden() from None
         except aiohttp.ConnectionTimeoutError:
             failure, status = "connect", 504
         except aiohttp.ClientConnectorError:

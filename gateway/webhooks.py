@@ -1,7 +1,9 @@
 """Delivery of owner notifications: the loop that drives :class:`meter.notifier.Notifier`.
 
 The notifier decides what to send, signs it and keeps the outbox; this module only does
-the HTTP POST, with the application's shared ``ClientSession``. ``delivery_ctx`` is a
+the HTTP POST, with the application's shared ``ClientSession`` (or its own), which
+obeys the egress policy (:mod:`gateway.egress`): a refused address is never connected
+to and the attempt fails like any transport error. ``delivery_ctx`` is a
 ``cleanup_ctx`` generator: it starts the loop with the application and stops it (letting
 a running round finish its current request) at shutdown. Replicas may all run it: the
 outbox leases each event to one of them.
@@ -20,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import appkeys
+from gateway.egress import guarded_session
 from meter.notifier import Notifier, Post
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ async def run(app: web.Application, stop: asyncio.Event) -> None:
                 if notifier is None and appkeys.STORE in app:
                     session = app.get(appkeys.HTTP)
                     if session is None:
-                        own = session = aiohttp.ClientSession()
+                        own = session = guarded_session(app[appkeys.SETTINGS])
                     notifier = notifier_for(app, session)
                 if notifier is not None:
                     delivered = await notifier.deliver_due()

@@ -28,10 +28,11 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.channels import USER_HEADER
+from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.metering import Admission
 from gateway.problems import Problem, Refused
-from gateway.proxy import Proxy, missing_user
+from gateway.proxy import Proxy, forbidden, missing_user
 
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
@@ -69,6 +70,9 @@ async def proxy_websocket(
             max_msg_size=proxy.max_body,
             autoping=True,
         )
+    except UpstreamForbidden as exc:
+        log.warning("websocket upstream %s refused by the egress policy: %s", url.host, exc.reason)
+        raise forbidden() from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("websocket upstream %s failed: %r", url.host, exc)
         raise Problem(

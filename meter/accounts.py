@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from config import Catalog, Settings
 from config.catalog import PRODUCTS
-from meter import authz, keys, projection
+from meter import authz, egress, keys, projection
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.redis_client import RedisClient
 from meter.store import Conflict as StoreConflict
@@ -64,6 +64,19 @@ def check_url(field: str, url: str) -> str:
         ok = False
     if not ok:
         raise InvalidInput(field, "must be an absolute http:// or https:// URL")
+    return url
+
+
+async def check_reachable(d: Deps, field: str, url: str) -> str:
+    """:func:`check_url`, then the egress policy (DESIGN §3): the URL's host, resolved
+    now, may not be loopback, private, link-local or the gateway's own address unless the
+    operator allows it (checked again at every connection)."""
+    check_url(field, url)
+    policy = egress.Policy.from_settings(d.settings)
+    try:
+        await policy.check_url(url, resolve_s=d.settings.upstream_connect_timeout_s)
+    except egress.EgressRefused as exc:
+        raise InvalidInput(field, f"may not be reached: {exc}") from None
     return url
 
 
@@ -206,9 +219,9 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
 
 async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:
     """Where the workspace's owner notifications go, and the key they are signed with."""
-    check_url("url", url)
     if not 16 <= len(secret) <= 256:
         raise InvalidInput("secret", "must be 16-256 characters")
+    await check_reachable(d, "url", url)
     if not await d.store.set_webhook(ws.id, url, secret):
         raise NotFound("workspace", ws.id)
     before = {"url": ws.webhook_url}

@@ -12,7 +12,7 @@ from typing import Any
 
 from config.catalog import PRODUCTS
 from meter import keys, projection
-from meter.accounts import Deps, announce, audit, check_text, check_url, existing_user
+from meter.accounts import Deps, announce, audit, check_reachable, check_text, existing_user
 from meter.errors import Forbidden, InvalidInput, NotFound
 from meter.store import App, Workspace
 from meter.store.models import ROLES, Role
@@ -59,7 +59,7 @@ async def create_app(
     if product not in PRODUCTS:
         raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
     if upstream_url is not None:
-        check_url("upstream_url", upstream_url)
+        await check_reachable(d, "upstream_url", upstream_url)
     if ws.type == "enterprise":
         licensed = {li.product for li in await d.store.get_licences(ws.id)}
         if product not in licensed:
@@ -87,7 +87,7 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "cannot be changed")
     if changes.get("upstream_url") is not None:
-        check_url("upstream_url", changes["upstream_url"])
+        await check_reachable(d, "upstream_url", changes["upstream_url"])
     if not changes:
         return app
     updated = await d.store.update_app(app.id, **changes)

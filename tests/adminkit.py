@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
-from bot import serve
+from bot import LOOPBACK, serve
 
 from config import Settings, load_settings
 from gateway.app import Gateway, create_app
@@ -41,7 +41,9 @@ TABLES = (
 
 
 def admin_settings(store_url: str, redis_url: str, **overrides: Any) -> Settings:
-    """Settings for a test admin server; never reads the environment."""
+    """Settings for a test admin server; never reads the environment. Loopback (the test
+    bots and receivers) is allowed by the egress policy."""
+    overrides.setdefault("egress_allow", LOOPBACK)
     return load_settings(
         env={},
         store_url=store_url,

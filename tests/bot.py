@@ -39,6 +39,7 @@ from meter.redis_client import RedisClient, connect
 from meter.store import open_store
 
 HOST = "127.0.0.1"
+LOOPBACK = ["127.0.0.0/8", "::1"]  # egress_allow of test settings: the bots' addresses
 CHUNK = 64 * 1024
 
 
@@ -261,9 +262,11 @@ async def seed(
 
 
 def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
-    """Settings for a test: only loopback, a temp SQLite file, no environment."""
+    """Settings for a test: only loopback, a temp SQLite file, no environment. Test bots
+    live on loopback, which the egress policy refuses unless allowed: allowed here."""
     from config import load_settings
 
+    overrides.setdefault("egress_allow", LOOPBACK)
     return load_settings(
         env={},
         redis_url=redis_url,

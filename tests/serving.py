@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import make_settings
+from bot import LOOPBACK, make_settings
 from servers import free_port
 
 from meter.store import open_store
@@ -74,7 +74,7 @@ async def creditgate_serve(
         admin_port=admin,
         workers=2,
         log_format="text",
-        **settings,
+        **{"egress_allow": ",".join(LOOPBACK), **settings},
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:  # a pipe nobody reads would fill up

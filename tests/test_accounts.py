@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bot import LOOPBACK
 from metering import Clock
 
 from config import load_catalog, load_settings
@@ -26,13 +27,14 @@ async def deps(redis_url: str, tmp_path: Path) -> AsyncIterator[Deps]:
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     await store.migrate()
     redis = connect(redis_url)
-    cfg = load_settings(env={}, operator_token="o" * 32)
+    cfg = load_settings(env={}, operator_token="o" * 32, egress_allow=LOOPBACK)
     yield Deps(store, redis, cfg, load_catalog(), Clock())
     await redis.aclose()
     await store.close()
 
 
 def with_settings(d: Deps, **overrides: Any) -> Deps:
+    overrides.setdefault("egress_allow", LOOPBACK)
     cfg = load_settings(env={}, operator_token="o" * 32, **overrides)
     return Deps(d.store, d.redis, cfg, d.catalog, d.clock)
 

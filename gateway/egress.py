@@ -1,0 +1,120 @@
+"""The egress policy (:mod:`meter.egress`) applied where the gateway connects.
+
+Two public aiohttp hooks together see every address a connection is opened to:
+
+* :class:`GuardedResolver` resolves host names and drops every address the policy
+  refuses (checked at each connection, so DNS rebinding after the URL was saved does
+  not help); nothing left fails the connection with :class:`UpstreamForbidden`.
+* :func:`egress_middleware`, a client middleware, checks each request's URL before it is
+  sent (also each redirect hop): aiohttp never asks the resolver about IP literals, so
+  ``http://10.0.0.1/`` or ``http://[::ffff:127.0.0.1]/`` are refused here, as are
+  schemes other than http(s)/ws(s) and legacy numeric hosts (``2130706433``).
+
+:func:`guarded_session` builds a ``ClientSession`` with both; the traffic proxy
+(HTTP and WebSocket) and the owner-webhook sender use it.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
+from aiohttp.resolver import DefaultResolver
+
+from config import Settings
+from meter.egress import EgressRefused, Policy, check_host_name, parse_ip
+
+SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class UpstreamForbidden(aiohttp.ClientConnectionError):
+    """The egress policy refused the destination; no connection was attempted."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with ``inner`` and keeps only the addresses ``policy`` allows."""
+
+    def __init__(self, policy: Policy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._inner = inner if inner is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            name = check_host_name(host)
+        except EgressRefused as exc:
+            raise UpstreamForbidden(host, str(exc)) from None
+        results = await self._inner.resolve(name, port, family)
+        kept: list[ResolveResult] = []
+        last = "no address"
+        for res in results:
+            try:
+                self.policy.check_address(res["host"], res["port"] or port, name)
+            except EgressRefused as exc:
+                last = str(exc)
+            else:
+                kept.append(res)
+        if not kept:
+            raise UpstreamForbidden(host, last)
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def check_request_url(policy: Policy, url: Any) -> None:
+    """Refuse ``url`` (a ``yarl.URL``) if its scheme, host form or literal address may
+    not be reached; host names are left to :class:`GuardedResolver`."""
+    host = url.raw_host or ""
+    scheme = (url.scheme or "").lower()
+    if scheme not in SCHEMES:
+        raise UpstreamForbidden(host, f"scheme {scheme!r} is not allowed")
+    port = url.port or SCHEMES[scheme]
+    ip = parse_ip(host)
+    try:
+        if ip is None:
+            name = check_host_name(host)  # refuses legacy numeric IPv4 forms
+            ip = parse_ip(name)
+        if ip is not None:
+            policy.check_address(ip, port)
+    except EgressRefused as exc:
+        raise UpstreamForbidden(host, str(exc)) from None
+
+
+def egress_middleware(policy: Policy) -> ClientMiddlewareType:
+    """A client middleware refusing what :func:`check_request_url` refuses."""
+
+    async def middleware(
+        req: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        check_request_url(policy, req.url)
+        return await handler(req)
+
+    return middleware
+
+
+def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(resolver=GuardedResolver(policy), **kw)
+
+
+def guarded_session(
+    settings: Settings, *, connector: dict[str, Any] | None = None, **kw: Any
+) -> aiohttp.ClientSession:
+    """A ``ClientSession`` that only connects where the egress policy allows; ``connector``
+    holds ``TCPConnector`` options, ``kw`` those of the session."""
+    policy = Policy.from_settings(settings)
+    return aiohttp.ClientSession(
+        connector=guarded_connector(policy, **(connector or {})),
+        middlewares=(egress_middleware(policy),),
+        trust_env=False,  # proxies from the environment would bypass the address check
+        **kw,
+    )

@@ -1,0 +1,329 @@
+"""Where the gateway may connect to: the SSRF policy for upstream and webhook URLs.
+
+DESIGN §3: upstream and webhook URLs are ``http(s)`` and may not reach loopback,
+link-local, private or the gateway's own addresses unless an operator setting
+(``egress_allow``: networks and host names) allows them. The gateway's own listen
+addresses (``host`` on ``traffic_port``/``admin_port``; any local address when ``host``
+is unspecified) are refused even where the allow-list permits the network, so loopback
+bots never expose the admin port.
+
+This module only decides; it opens no connection. :meth:`Policy.parse` checks a URL's
+form (scheme, no user info, a host, no legacy numeric IPv4 forms such as ``2130706433``
+that libc would still map onto an address), :meth:`Policy.check_address` one resolved
+address, and :meth:`Policy.check_url` both, resolving host names without blocking the
+event loop. The gateway applies :meth:`Policy.check_address` again to every address it
+is about to connect to (``gateway/egress.py``), so a name that resolves elsewhere later
+(DNS rebinding) is still refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from config import Settings, SettingsError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+SCHEMES = {"http": 80, "https": 443}
+MAX_URL = 2048
+# A host name: ASCII letters, digits, '-' and '_' in dot-separated labels (international
+# names in their xn-- form), so the name checked is the name connected to.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
+
+# Address classes that are refused unless allowed, checked in this order; the name is
+# what a refusal says. Anything else that is not globally routable is "reserved".
+_V4_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("unspecified", ("0.0.0.0/8",)),
+    ("loopback", ("127.0.0.0/8",)),
+    ("link-local", ("169.254.0.0/16",)),
+    ("private", ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+    ("shared (CGNAT)", ("100.64.0.0/10",)),
+    ("multicast", ("224.0.0.0/4",)),
+    ("broadcast", ("255.255.255.255/32",)),
+)
+_V6_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("unspecified", ("::/128",)),
+    ("loopback", ("::1/128",)),
+    ("link-local", ("fe80::/10",)),
+    ("site-local", ("fec0::/10",)),
+    ("private", ("fc00::/7",)),
+    ("multicast", ("ff00::/8",)),
+)
+
+
+def _nets(table: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, list[Network]]]:
+    return [(name, [ipaddress.ip_network(n) for n in nets]) for name, nets in table]
+
+
+_CLASSES = {4: _nets(_V4_CLASSES), 6: _nets(_V6_CLASSES)}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V4_COMPAT = ipaddress.IPv6Network("::/96")
+
+
+class EgressRefused(ValueError):
+    """A URL or address the gateway may not reach; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A URL's destination, normalized: lowercase host name or IP address, and port."""
+
+    scheme: str
+    host: str
+    port: int
+    ip: IPAddress | None  # set when the host is an address literal
+
+
+def unwrap(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), or
+    ``ip``: ``::ffff:127.0.0.1`` reaches 127.0.0.1 and is judged as such."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in _NAT64 or (ip in _V4_COMPAT and int(ip) > 1):
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def classify(ip: IPAddress) -> str | None:
+    """Why ``ip`` is refused by default ("loopback", "private", ...), or ``None`` for a
+    public address."""
+    ip = unwrap(ip)
+    for name, nets in _CLASSES[ip.version]:
+        if any(ip in net for net in nets):
+            return name
+    return None if ip.is_global else "reserved"
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """``text`` as an IP address (IPv6 with or without brackets), else ``None``."""
+    try:
+        return ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+def _legacy_ipv4(host: str) -> str:
+    """Why a host that ends in a number is refused (WHATWG: it is an IPv4 address, and
+    only the dotted-quad form is accepted)."""
+    try:
+        meant = socket.inet_aton(host)
+    except OSError:
+        return f"host {host!r} is not a valid IPv4 address"
+    return (
+        f"host {host!r} is a non-canonical IPv4 address (it means "
+        f"{ipaddress.IPv4Address(meant)}); write four decimal numbers"
+    )
+
+
+def check_host_name(host: str) -> str:
+    """``host`` lowercased without one trailing dot, if it is a well-formed host name (or
+    a canonical IPv4 address); :class:`EgressRefused` otherwise."""
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise EgressRefused(f"host {host!r} is not a valid host name")
+    if _NUMERIC_LABEL.match(labels[-1]):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise EgressRefused(_legacy_ipv4(name)) from None
+    return name
+
+
+def _bind_local(ip: IPAddress) -> bool:
+    """Whether ``ip`` is an address of this host: binding to it succeeds (no packet)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+class Policy:
+    """The egress rules of one gateway configuration."""
+
+    def __init__(
+        self,
+        allow: Iterable[str] = (),
+        *,
+        own_host: str = "0.0.0.0",
+        own_ports: Iterable[int] = (),
+        is_local: Callable[[IPAddress], bool] = _bind_local,
+    ) -> None:
+        self.networks: list[Network] = []
+        self.names: set[str] = set()
+        self.suffixes: list[str] = []
+        for entry in allow:
+            entry = entry.strip().lower()
+            try:
+                self.networks.append(ipaddress.ip_network(entry))
+            except ValueError:
+                if entry.startswith("*."):
+                    self.suffixes.append(entry[1:])
+                else:
+                    self.names.add(check_host_name(entry))
+        own = parse_ip(own_host)
+        # A name or an unspecified address listens on (or may listen on) every local one.
+        self.own_ip = None if own is None or own.is_unspecified else unwrap(own)
+        self.own_ports = frozenset(p for p in own_ports if p)
+        self._is_local = is_local
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return _policy(
+            tuple(settings.egress_allow),
+            settings.host,
+            (settings.traffic_port, settings.admin_port),
+        )
+
+    def name_allowed(self, host: str) -> bool:
+        host = host.lower().removesuffix(".")
+        return host in self.names or any(host.endswith(s) for s in self.suffixes)
+
+    def is_own(self, ip: IPAddress, port: int) -> bool:
+        """Whether ``ip:port`` is one of the gateway's own listening sockets."""
+        if port not in self.own_ports:
+            return False
+        ip = unwrap(ip)
+        if ip.is_unspecified:
+            return True
+        if self.own_ip is not None:
+            return ip == self.own_ip
+        return self._is_local(ip)
+
+    def check_address(self, ip: IPAddress | str, port: int, host: str | None = None) -> None:
+        """Refuse ``ip:port`` (reached through the URL host ``host``) unless it is
+        public or allowed; the gateway's own sockets and unspecified addresses always."""
+        addr = ip if not isinstance(ip, str) else parse_ip(ip)
+        if addr is None:
+            raise EgressRefused(f"{ip!r} is not an IP address")
+        if self.is_own(addr, port):
+            raise EgressRefused(f"{addr}:{port} is the gateway's own address")
+        kind = classify(addr)
+        if kind is None:
+            return
+        if kind == "unspecified":
+            raise EgressRefused(f"{addr} is an unspecified address")
+        plain = unwrap(addr)
+        if host is not None and self.name_allowed(host):
+            return
+        if any(plain in net or addr in net for net in self.networks):
+            return
+        shown = f"{addr} ({plain})" if plain != addr else str(addr)
+        raise EgressRefused(f"{shown} is a {kind} address")
+
+    def parse(self, url: str) -> Target:
+        """The destination of ``url`` if its form is acceptable (nothing is resolved)."""
+        if len(url) > MAX_URL:
+            raise EgressRefused(f"longer than {MAX_URL} characters")
+        if not url.isascii() or any(ch.isspace() or not ch.isprintable() for ch in url):
+            raise EgressRefused("must be ASCII without spaces or control characters")
+        if "\\" in url:
+            raise EgressRefused("must not contain a backslash")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise EgressRefused(f"not a valid URL ({exc})") from None
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES or not parts.netloc:
+            raise EgressRefused("must be an absolute http:// or https:// URL")
+        if "@" in parts.netloc:
+            raise EgressRefused("must not carry a user name or password")
+        raw = parts.hostname or ""
+        if not raw:
+            raise EgressRefused("must name a host")
+        if port == 0:
+            raise EgressRefused("port 0 cannot be connected to")
+        port = port or SCHEMES[scheme]
+        if "[" in parts.netloc:
+            ip = parse_ip(raw)
+            if not isinstance(ip, ipaddress.IPv6Address) or "%" in raw:
+                raise EgressRefused(f"host [{raw}] is not an IPv6 address (zone ids refused)")
+            return Target(scheme, ip.compressed, port, ip)
+        host = check_host_name(raw)
+        ip = parse_ip(host)
+        return Target(scheme, host if ip is None else ip.compressed, port, ip)
+
+    def check_target(self, target: Target, addresses: Iterable[str] = ()) -> None:
+        """Refuse ``target`` if its literal address, or any of ``addresses`` it resolved
+        to, may not be reached."""
+        if target.ip is not None:
+            self.check_address(target.ip, target.port)
+            return
+        if _is_localhost(target.host) and not self.name_allowed(target.host):
+            # RFC 6761: such names are loopback whatever a resolver says.
+            addresses = [*addresses, "127.0.0.1"]
+        for addr in addresses:
+            self.check_address(addr, target.port, target.host)
+
+    async def check_url(
+        self, url: str, *, resolve: Resolve | None = None, resolve_s: float = 5.0
+    ) -> Target:
+        """:meth:`parse` ``url`` and check every address its host resolves to now. A name
+        that does not resolve (yet) passes: it is checked again at each connection."""
+        target = self.parse(url)
+        addresses: list[str] = []
+        if target.ip is None:
+            try:
+                addresses = await asyncio.wait_for(
+                    (resolve or getaddrinfo)(target.host, target.port), resolve_s
+                )
+            except (OSError, TimeoutError):
+                addresses = []
+        self.check_target(target, addresses)
+        return target
+
+
+def _is_localhost(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")
+
+
+async def getaddrinfo(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, without blocking the event loop."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    return [str(info[4][0]) for info in infos]
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(allow: tuple[str, ...], host: str, ports: tuple[int, ...]) -> Policy:
+    return Policy(allow, own_host=host, own_ports=ports)
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse operator-configured targets that the policy refuses (start-up check; host
+    names are checked when connecting). Raises :class:`~config.SettingsError` naming the setting."""
+    policy = Policy.from_settings(settings)
+    targets = {"default_upstream_url": settings.default_upstream_url}
+    for name, rule in settings.channels.items():
+        targets[f"channels.{name}.delivery_url"] = rule.delivery_url
+    for setting, url in targets.items():
+        if url is None:
+            continue
+        try:
+            policy.check_target(policy.parse(url))
+        except EgressRefused as exc:
+            raise SettingsError(
+                f"CREDITGATE_{setting.upper()}: {exc} (see CREDITGATE_EGRESS_ALLOW)"
+            ) from None
