@@ -55,7 +55,7 @@ def forbidden() -> Problem:
         502,
         "upstream_forbidden",
         "Upstream forbidden",
-        "the bot's address may not be reached from the gateway",
+        "the upstream address may not be reached from the gateway",
     )
 
 

@@ -1,0 +1,538 @@
+"""SSRF: upstream and webhook URLs may not reach internal or the gateway's own addresses.
+
+Checked when saved (admin API, 422) and again when connecting (502 ``upstream_forbidden``,
+bot not called, message refunded; webhook deliveries fail and stay in the outbox), so a
+host name that resolves to a refused address later (DNS rebinding) gains nothing.
+
+Every test here watches the process's ``socket.connect`` calls (a Python audit hook):
+only loopback may ever be connected to, and the refused private and metadata addresses
+must be refused before any connection attempt; the hook also blocks such a connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adminkit import Admin, admin_server, admin_settings
+from aiohttp.abc import AbstractResolver, ResolveResult
+from bot import (  # noqa: F401
+    LOOPBACK,
+    Bot,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    seed,
+    serve,
+)
+from prometheus_client import CollectorRegistry
+from receiver import Receiver, receiver
+from servers import free_port
+
+from config import Settings, SettingsError, load_settings
+from gateway import cli
+from gateway.app import create_app
+from gateway.egress import GuardedResolver, UpstreamForbidden, guarded_session
+from gateway.webhooks import http_post
+from meter.egress import EgressRefused, Policy, check_settings, unwrap
+from meter.notifier import Notifier
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from meter.store import OutboxEvent, open_store
+
+WS = "egress"
+APP = f"{WS}_app1"
+FUNDS = 1_000_000
+SECRET = "whsec-" + "e" * 26
+
+# ------------------------------------------------------------------ connect watch
+
+_connects: list[Any] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event != "socket.connect" or _connects is None:
+        return
+    address = args[1]
+    _connects.append(address)
+    if isinstance(address, tuple) and not _loopback(address):
+        raise PermissionError(f"test tried to connect to {address}")
+
+
+sys.addaudithook(_audit)  # inert unless a test below watches
+
+
+def _loopback(address: tuple[Any, ...]) -> bool:
+    return unwrap(ipaddress.ip_address(str(address[0]).split("%", 1)[0])).is_loopback
+
+
+@pytest.fixture
+def connects() -> Iterator[list[Any]]:
+    """Every address connected to during the test (only loopback ones can succeed)."""
+    global _connects
+    _connects = seen = []
+    try:
+        yield seen
+    finally:
+        _connects = None
+
+
+def non_loopback(seen: list[Any]) -> list[Any]:
+    return [a for a in seen if isinstance(a, tuple) and not _loopback(a)]
+
+
+# ------------------------------------------------------------------ the policy itself
+
+BARE = Policy([], own_host="127.0.0.1", own_ports=(8080, 8081))
+LOOP = Policy(LOOPBACK, own_host="127.0.0.1", own_ports=(8080, 8081))
+
+REFUSED_ALWAYS = [
+    ("http://2130706433/", "non-canonical"),
+    ("http://0x7f.1/", "non-canonical"),
+    ("http://0177.0.0.1/", "non-canonical"),
+    ("http://127.1/", "non-canonical"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://10.0.0.1/", "private"),
+    ("http://172.16.0.1/", "private"),
+    ("http://192.168.1.1/", "private"),
+    ("http://100.64.0.1/", "CGNAT"),
+    ("http://0.0.0.0:9000/", "unspecified"),
+    ("http://[::]/", "unspecified"),
+    ("http://[fe80::1]/", "link-local"),
+    ("http://[fc00::1]/", "private"),
+    ("http://[::ffff:10.0.0.1]/", "private"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),  # NAT64 of 169.254.169.254
+    ("http://224.0.0.1/", "multicast"),
+    ("http://255.255.255.255/", "broadcast"),
+    ("http://192.0.2.1/", "reserved"),
+    ("file:///etc/passwd", "http"),
+    ("ftp://files.example/x", "http"),
+    ("gopher://127.0.0.1:70/", "http"),
+    ("http://user:pass@bot.example/", "user name"),
+    ("http://bot.example@127.0.0.1/", "user name"),
+    ("http://127.0.0.1:8081/metrics", "own address"),  # the admin port
+    ("http://127.0.0.1:8080/hooks/web/x_y", "own address"),  # the traffic port
+    ("http://[::ffff:127.0.0.1]:8081/metrics", "own address"),
+    ("http://[fe80::1%25eth0]/", "zone"),
+    ("http:///no-host", "http"),
+    ("http://a..b/", "host name"),
+]
+REFUSED_UNLESS_LOOPBACK_ALLOWED = [
+    "http://127.0.0.1/",
+    "http://127.0.0.2:9000/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://localhost:9000/",
+    "http://sub.localhost/",
+    "http://127.0.0.1./",
+]
+
+
+@pytest.mark.parametrize(("url", "why"), REFUSED_ALWAYS)
+async def test_refused_whatever_loopback_allows(url: str, why: str, connects: list[Any]) -> None:
+    for policy in (BARE, LOOP):
+        with pytest.raises(EgressRefused, match=why):
+            await policy.check_url(url)
+    assert connects == []
+
+
+@pytest.mark.parametrize("url", REFUSED_UNLESS_LOOPBACK_ALLOWED)
+async def test_loopback_only_where_allowed(url: str, connects: list[Any]) -> None:
+    with pytest.raises(EgressRefused, match="loopback"):
+        await BARE.check_url(url)
+    await LOOP.check_url(url)
+    assert connects == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://8.8.8.8/", "https://[2606:4700::1111]:8443/x", "http://bot.invalid/"]
+)
+async def test_public_addresses_and_unresolvable_names_pass(url: str) -> None:
+    # a name that does not resolve yet passes on save; connecting checks it again
+    await BARE.check_url(url, resolve_s=2.0)
+
+
+def test_allow_list_by_network_and_name() -> None:
+    p = Policy(["10.1.0.0/16", "bot.internal", "*.corp"], own_ports=(8081,))
+    p.check_address("10.1.2.3", 80)
+    with pytest.raises(EgressRefused, match="private"):
+        p.check_address("10.2.0.1", 80)
+    p.check_address("192.168.0.7", 80, host="bot.internal")
+    p.check_address("192.168.0.7", 80, host="a.b.corp")
+    with pytest.raises(EgressRefused, match="private"):
+        p.check_address("192.168.0.7", 80, host="corp-evil.example")
+    with pytest.raises(EgressRefused, match="unspecified"):
+        Policy(["0.0.0.0/0"]).check_address("0.0.0.0", 80)
+
+
+def test_own_address_when_listening_on_every_interface() -> None:
+    """host 0.0.0.0: every local address on the gateway's ports is refused, even allowed."""
+    p = Policy(["0.0.0.0/0", "::/0"], own_host="0.0.0.0", own_ports=(8080, 8081))
+    for addr in ("127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1", "0.0.0.0"):
+        with pytest.raises(EgressRefused, match="own address"):
+            p.check_address(addr, 8081)
+    p.check_address("127.0.0.1", 9000)  # another port: allowed by the list
+    p.check_address("192.0.2.1", 8081)  # TEST-NET: never an address of this host
+
+
+def test_egress_allow_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDITGATE_EGRESS_ALLOW", " 127.0.0.0/8, ::1 ,Bot.Internal,*.corp")
+    assert load_settings(env={}).egress_allow == [
+        "127.0.0.0/8",
+        "::1/128",
+        "bot.internal",
+        "*.corp",
+    ]
+    monkeypatch.setenv("CREDITGATE_EGRESS_ALLOW", '["10.0.0.0/8"]')
+    assert load_settings(env={}).egress_allow == ["10.0.0.0/8"]
+    monkeypatch.delenv("CREDITGATE_EGRESS_ALLOW")
+    assert load_settings(env={}).egress_allow == []
+    for bad in ("127.1", "10.0.0.1/8", "no spaces please", "0x7f000001"):
+        with pytest.raises(SettingsError, match="CREDITGATE_EGRESS_ALLOW"):
+            load_settings(env={}, egress_allow=[bad])
+
+
+def test_operator_targets_are_checked_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta = "http://169.254.169.254/latest"
+    with pytest.raises(SettingsError, match=r"CREDITGATE_DEFAULT_UPSTREAM_URL: .*link-local"):
+        check_settings(load_settings(env={}, default_upstream_url=meta))
+    with pytest.raises(SettingsError, match=r"CHANNELS\.SLACK\.DELIVERY_URL: .*loopback"):
+        create_app(load_settings(env={}, channels={"slack": {"delivery_url": "http://[::1]/"}}))
+    own = load_settings(env={}, egress_allow=LOOPBACK, default_upstream_url="http://127.0.0.1:8081")
+    with pytest.raises(SettingsError, match="own address"):
+        check_settings(own)
+    check_settings(
+        load_settings(env={}, egress_allow=LOOPBACK, default_upstream_url="http://127.0.0.1:9")
+    )
+    # `creditgate serve` refuses to start (exit 2, the reason on stderr) before any worker
+    monkeypatch.setenv("CREDITGATE_DEFAULT_UPSTREAM_URL", "http://10.0.0.1/")
+    assert cli.main(["serve"]) == 2
+    assert "CREDITGATE_DEFAULT_UPSTREAM_URL" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ on save: the admin API
+
+SAVE_REFUSED = [
+    "http://127.0.0.1:9/x",
+    "http://[::1]:9/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "http://0177.0.0.1/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.1/",
+    "http://172.16.0.1/",
+    "http://192.168.1.1/",
+    "http://100.64.0.1/",
+    "http://0.0.0.0/",
+    "http://[fe80::1]/",
+    "http://localhost:9/",  # a host name, resolved on save
+    "http://user:pass@bot.example/",
+    "file:///etc/passwd",
+    "ftp://bot.example/",
+]
+
+
+@pytest.fixture
+async def strict_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
+    """An admin server whose egress policy allows nothing internal (loopback neither)."""
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    async with admin_server(settings) as admin:
+        yield admin
+
+
+async def test_admin_api_refuses_internal_urls_on_save(
+    strict_admin: Admin, connects: list[Any]
+) -> None:
+    admin = strict_admin
+    _, token = await admin.new_user("owner")
+    ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+    app = (
+        await admin.ok(
+            "POST", f"/v1/workspaces/{ws}/apps", token, {"name": "b", "product": "search"}
+        )
+    )["id"]
+    new = {"name": "x", "product": "search"}
+    for url in SAVE_REFUSED:
+        calls = [
+            ("POST", f"/v1/workspaces/{ws}/apps", new | {"upstream_url": url}, "upstream_url"),
+            ("PATCH", f"/v1/apps/{app}", {"upstream_url": url}, "upstream_url"),
+            ("PUT", f"/v1/workspaces/{ws}/webhook", {"url": url, "secret": SECRET}, "url"),
+        ]  # fmt: skip
+        for method, path, body, field in calls:
+            status, problem = await admin.api(method, path, token, body)
+            assert (status, problem["code"], problem["field"]) == (422, "invalid_input", field), (
+                url,
+                path,
+                problem,
+            )
+    # nothing was changed by any of them
+    assert [a.id for a in await admin.store.list_apps(ws)] == [app]
+    assert (await admin.ok("GET", f"/v1/apps/{app}", token))["upstream_url"] is None
+    stored = await admin.store.get_workspace(ws)
+    assert stored is not None and stored.webhook_url is None
+    # decided without connecting anywhere (the test client and Redis are all there is)
+    assert non_loopback(connects) == []
+    assert [a for a in connects if a[1] in (9, 80)] == []
+
+
+async def test_admin_api_refuses_the_gateways_own_port_even_with_loopback_allowed(
+    redis_url: str, tmp_path: Path, bot: Bot
+) -> None:
+    port = free_port()
+    settings = admin_settings(
+        f"sqlite:///{tmp_path}/store.db", redis_url, host="127.0.0.1", admin_port=port
+    )
+    async with admin_server(settings) as admin:
+        _, token = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        body = {"name": "b", "product": "search", "upstream_url": bot.url}
+        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        for url in (f"http://127.0.0.1:{port}/metrics", f"http://localhost:{port}/readyz"):
+            status, problem = await admin.api(
+                "PATCH", f"/v1/apps/{app}", token, {"upstream_url": url}
+            )
+            assert status == 422 and problem["field"] == "upstream_url"
+            assert "own address" in problem["detail"]
+        assert (await admin.ok("GET", f"/v1/apps/{app}", token))["upstream_url"] == bot.url
+
+
+# ------------------------------------------------------------------ on connect: the proxy
+
+
+@asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[tuple[str, str]]:
+    """The gateway in-process on the traffic and admin ports its settings name."""
+    store = open_store(settings.store_url)
+    await store.migrate()
+    try:
+        gw = create_app(settings, store=store, registry=CollectorRegistry())
+        async with (
+            serve(gw.traffic, settings.traffic_port) as url,
+            serve(gw.admin, settings.admin_port) as admin_url,
+        ):
+            yield url, admin_url
+    finally:
+        await store.close()
+
+
+async def post(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with http.post(url, headers={"X-Channel-User-Id": "u1"}, data=b"hi") as resp:
+        body = await resp.json(content_type=None)
+        return resp.status, body
+
+
+def app_with(upstream: str) -> dict[str, Any]:
+    return {"product": "automation", "upstream_url": upstream, "funds": FUNDS}
+
+
+async def balance(rclient: RedisClient, app: str) -> int:
+    return (await read_balances(rclient, WS)).app_paid[app]
+
+
+async def test_upstream_refused_at_connect_time_is_502_uncharged(
+    redis_url: str,
+    tmp_path: Path,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+    connects: list[Any],
+) -> None:
+    """Loopback not allowed: upstreams stored past the save check (the name resolved
+    elsewhere then: DNS rebinding) are refused when connecting."""
+    port = bot.url.rsplit(":", 1)[1]
+    upstreams = {
+        f"{WS}_name": f"http://localhost:{port}",  # resolved at connect time: 127.0.0.1
+        f"{WS}_literal": bot.url,  # an IP literal: aiohttp skips the resolver
+        f"{WS}_mapped": f"http://[::ffff:127.0.0.1]:{port}",
+        f"{WS}_legacy": f"http://2130706433:{port}",
+        f"{WS}_meta": "http://169.254.169.254/latest/meta-data",
+        f"{WS}_private": "http://10.0.0.1:8080",
+        f"{WS}_v6ll": "http://[fe80::1]:8080",
+    }
+    settings = make_settings(
+        redis_url, tmp_path, egress_allow=[], traffic_port=free_port(), admin_port=free_port()
+    )
+    apps = {
+        a: {"product": "automation", "upstream_url": u, "funds": FUNDS}
+        for a, u in upstreams.items()
+    }
+    await seed(rclient, settings, WS, apps)
+    async with gateway(settings) as (url, _):
+        for app in upstreams:
+            status, problem = await post(http, f"{url}/hooks/web/{app}/chat")
+            assert (status, problem["code"]) == (502, "upstream_forbidden"), (app, problem)
+            assert await balance(rclient, app) == FUNDS, app  # refunded
+    assert bot.count() == 0
+    # not one connection towards a refused address, nor to the bot's port
+    assert non_loopback(connects) == []
+    assert [a for a in connects if isinstance(a, tuple) and a[1] == int(port)] == []
+
+
+async def test_the_gateways_own_ports_are_refused_with_loopback_allowed(
+    redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    traffic, admin = free_port(), free_port()
+    settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
+    upstreams = {
+        f"{WS}_good": bot.url,
+        f"{WS}_admin": f"http://127.0.0.1:{admin}",
+        f"{WS}_adminname": f"http://localhost:{admin}",
+        f"{WS}_self": f"http://127.0.0.1:{traffic}/hooks/web/{WS}_self",
+    }
+    apps = {
+        a: {"product": "automation", "upstream_url": u, "funds": FUNDS}
+        for a, u in upstreams.items()
+    }
+    await seed(rclient, settings, WS, apps)
+    async with gateway(settings) as (url, admin_url):
+        async with http.get(f"{admin_url}/metrics") as resp:
+            assert resp.status == 200  # it is there, and it serves metrics
+        assert (await post(http, f"{url}/hooks/web/{WS}_good/ok"))[0] == 200
+        assert await balance(rclient, f"{WS}_good") == FUNDS - 200_000
+        for app in (f"{WS}_admin", f"{WS}_adminname"):
+            for tail in ("/metrics", "/readyz"):
+                status, problem = await post(http, f"{url}/hooks/web/{app}{tail}")
+                assert (status, problem["code"]) == (502, "upstream_forbidden")
+            assert await balance(rclient, app) == FUNDS
+        status, problem = await post(http, f"{url}/hooks/web/{WS}_self")
+        assert (status, problem["code"]) == (502, "upstream_forbidden")
+        assert await balance(rclient, f"{WS}_self") == FUNDS
+    assert bot.count() == 1
+
+
+async def test_websocket_upstream_refused_at_the_upgrade(
+    redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    port = bot.url.rsplit(":", 1)[1]
+    settings = make_settings(
+        redis_url, tmp_path, egress_allow=[], traffic_port=free_port(), admin_port=free_port()
+    )
+    await seed(rclient, settings, WS, {APP: app_with(f"http://localhost:{port}")})
+    async with gateway(settings) as (url, _):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(f"{url}/hooks/web/{APP}/ws?user=u1")
+        assert err.value.status == 502
+    assert bot.ws_messages == [] and bot.count() == 0
+    assert await balance(rclient, APP) == FUNDS
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+class StaticDNS(AbstractResolver):
+    """A DNS answer fixed by the test: what a rebinding name resolves to right now."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=a,
+                port=port,
+                family=_family(a),
+                proto=0,
+                flags=0,
+            )
+            for a in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_resolver_drops_refused_addresses_before_connecting(
+    bot: Bot, connects: list[Any]
+) -> None:
+    port = int(bot.url.rsplit(":", 1)[1])
+    dns = StaticDNS(
+        {
+            "mixed.test": ["10.0.0.1", "169.254.169.254", "127.0.0.1"],
+            "meta.test": ["169.254.169.254", "fd00::1"],
+        }
+    )
+    policy = Policy(LOOPBACK, own_host="127.0.0.1", own_ports=(8081,))
+    conn = aiohttp.TCPConnector(resolver=GuardedResolver(policy, dns), use_dns_cache=False)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get(f"http://mixed.test:{port}/ok") as resp:
+            assert resp.status == 200  # over the one allowed address
+        with pytest.raises(UpstreamForbidden, match="private"):
+            await s.get(f"http://meta.test:{port}/")
+        with pytest.raises(UpstreamForbidden, match="non-canonical"):
+            await s.get(f"http://0x7f.1:{port}/")  # such a name never reaches DNS
+    assert bot.count() == 1
+    assert connects == [("127.0.0.1", port)]
+
+
+# ------------------------------------------------------------------ owner webhooks
+
+
+async def enqueue(admin_or_store: Any, ws: str, event_id: str) -> None:
+    ev = OutboxEvent(ws, f"{ws}:{event_id}", "balance.low", {"id": event_id}, 0)
+    await admin_or_store.enqueue(ev)
+
+
+async def test_webhook_to_a_refused_address_is_never_attempted(
+    redis_url: str, tmp_path: Path, connects: list[Any]
+) -> None:
+    settings = make_settings(redis_url, tmp_path)  # loopback allowed
+    store = open_store(settings.store_url)
+    await store.migrate()
+    try:
+        from meter.store import User, Workspace
+
+        await store.create_user(User("u0001", "o@example.com", "O", "h" * 64, 0))
+        await store.create_workspace(Workspace(WS, "Acme", "u0001", 0))
+        async with guarded_session(settings) as session:
+            notifier = Notifier(store, http_post(session, 2.0), timeout_s=2.0)
+            for i, url in enumerate(
+                ["http://169.254.169.254/hook", "http://10.0.0.1/hook", "http://[fd00::1]/hook"]
+            ):
+                await store.set_webhook(WS, url, SECRET)  # past the save check
+                await enqueue(store, WS, f"e{i}")
+                assert await notifier.deliver_due() == 0
+                ev = await store.get_event(f"{WS}:e{i}")
+                assert ev is not None and ev.delivered_at is None and ev.attempts == 1
+                assert ev.last_error and "UpstreamForbidden" in ev.last_error
+                assert ev.next_attempt_at is not None  # kept for a retry
+    finally:
+        await store.close()
+    assert connects == []
+
+
+async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: Path) -> None:
+    """The admin application's delivery loop: a real receiver on loopback (not allowed
+    here) is never called; the event stays in the outbox with the reason."""
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    rec: Receiver
+    async with receiver() as rec, admin_server(settings) as admin:
+        port = rec.url.split(":")[2].split("/")[0]
+        _, token = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        await admin.store.set_webhook(ws, f"http://localhost:{port}/hook", SECRET)
+        await enqueue(admin.store, ws, "e1")
+        ev: OutboxEvent | None = None
+        for _ in range(400):  # the loop polls every 50 ms here
+            ev = await admin.store.get_event(f"{ws}:e1")
+            if ev is not None and ev.attempts:
+                break
+            await asyncio.sleep(0.05)
+        assert ev is not None and ev.attempts >= 1 and ev.delivered_at is None
+        assert ev.last_error and "loopback" in ev.last_error
+    assert rec.got == []
