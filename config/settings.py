@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.money import InvalidAmount, parse_amount
@@ -153,6 +160,20 @@ class Settings(BaseSettings):
     # private or link-local. The gateway's own host and ports stay refused regardless.
     egress_allow: EgressAllow = Field(default_factory=list)
 
+    # Payments: free credits once per user, paid top-ups through Stripe Checkout. Checkout
+    # answers 503 payments_not_configured until the secret key is set; the provider
+    # webhook likewise until the webhook secret is set. Secrets never appear in reprs.
+    free_credits_once_per_user: bool = True
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_webhook_tolerance_s: int = Field(300, ge=1, le=86_400)
+    stripe_timeout_s: Seconds = 20.0
+    stripe_max_network_retries: int = Field(2, ge=0, le=5)
+    checkout_currency: Literal["usd"] = "usd"
+    checkout_success_url: str = "http://localhost:8081/ui?checkout=success"
+    checkout_cancel_url: str = "http://localhost:8081/ui?checkout=cancelled"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -166,6 +187,8 @@ class Settings(BaseSettings):
             raise ValueError("redis_url must start with redis://, rediss:// or redis+cluster://")
         if not self.store_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("store_url must start with sqlite:// or postgresql://")
+        if not self.stripe_api_base.startswith(("https://", "http://")):
+            raise ValueError("stripe_api_base must be an http(s) URL")
         return self
 
     @property

@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,8 +137,11 @@ async def existing_user(d: Deps, field: str, user_id: str) -> User:
 
 
 async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
-    """A standard workspace owned by ``owner_id`` with its free-credit grant.
+    """A standard workspace owned by ``owner_id``, with the free-credit grant if due.
 
+    The grant is due once per user (``free_credits_once_per_user``, decided by the
+    store's unique key on the user, so concurrent creations grant once); later
+    workspaces of the same user start without free credits and without an expiry.
     The workspace, the owner's membership and the grant's ledger entry commit in one
     transaction; the live balance is then granted in Redis with the same reference,
     so a repeated grant is a no-op on both sides.
@@ -164,27 +167,41 @@ async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
             created_at=now,
             detail={"expires_at": ws.free_expires_at},
         )
-    await d.store.create_workspace(ws, grant=grant)
+    granted = await d.store.create_workspace(
+        ws, grant=grant, once_per_user=d.settings.free_credits_once_per_user
+    )
+    if not granted:
+        ws = replace(ws, free_expires_at=None)
     await project_workspace(d, ws)
-    after = {"name": name, "owner_id": owner_id, "type": "standard", "free_credits": amount}
+    after = {
+        "name": name,
+        "owner_id": owner_id,
+        "type": "standard",
+        "free_credits": amount if granted else 0,
+    }
     await audit(d, f"user:{owner_id}", "workspace.create", f"workspace:{ws.id}", None, after)
     return ws
 
 
 async def project_workspace(d: Deps, ws: Workspace) -> None:
-    """Write a workspace's plan, licences and free-credit grant to Redis (idempotent)."""
+    """Write a workspace's plan, licences and free-credit grant to Redis (idempotent).
+
+    The grant is the one the ledger holds, if any: a workspace created without free
+    credits (not its owner's first) gets none here either.
+    """
     lic = {
         li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
         for li in await d.store.get_licences(ws.id)
     }
     await projection.put_workspace(d.redis, ws.id, plan=ws.type, catalog=d.catalog, licences=lic)
-    if d.settings.free_credits > 0 and ws.free_expires_at is not None:
+    grant = await d.store.get_ledger_entry(ws.id, free_reference(ws.id))
+    if grant is not None and grant.amount > 0 and ws.free_expires_at is not None:
         await projection.grant(
             d.redis,
             ws.id,
             reference=free_reference(ws.id),
             kind="free",
-            amount=d.settings.free_credits,
+            amount=grant.amount,
             low_threshold=d.settings.low_balance_threshold,
             free_expires_ms=ws.free_expires_at,
         )

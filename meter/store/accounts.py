@@ -132,13 +132,25 @@ class Accounts(StoreCore):
     # ------------------------------------------------------------- workspaces
 
     async def create_workspace(
-        self, workspace: Workspace, *, grant: LedgerEntry | None = None
-    ) -> None:
+        self,
+        workspace: Workspace,
+        *,
+        grant: LedgerEntry | None = None,
+        once_per_user: bool = False,
+    ) -> bool:
         """Insert the workspace, its owner's membership and (optionally) the free-credit
-        grant in one transaction."""
+        grant in one transaction; ``True`` when the grant was recorded.
+
+        Every grant claims the owner's row in ``free_grants`` (primary key: the user).
+        With ``once_per_user`` a grant whose claim finds the row taken is not recorded
+        and the workspace gets no free-credit expiry: the unique key decides, so
+        concurrent creations by one user grant exactly once.
+        """
         if workspace.type not in WORKSPACE_TYPES:
             raise ValueError(f"unknown workspace type {workspace.type!r}")
         w = workspace
+        if grant is not None and grant.workspace_id != w.id:
+            raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
             await c.execute(
                 f"INSERT INTO workspaces ({_WS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -154,10 +166,23 @@ class Accounts(StoreCore):
             await c.execute(
                 "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?)", w.id, w.owner_id
             )
-            if grant is not None:
-                if grant.workspace_id != w.id:
-                    raise ValueError("grant belongs to another workspace")
-                await insert_ledger_entry(c, grant)
+            if grant is None:
+                return False
+            claimed = (
+                await c.execute(
+                    "INSERT INTO free_grants (user_id, workspace_id, created_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT (user_id) DO NOTHING",
+                    w.owner_id,
+                    w.id,
+                    w.created_at,
+                )
+                > 0
+            )
+            if once_per_user and not claimed:
+                await c.execute("UPDATE workspaces SET free_expires_at = NULL WHERE id = ?", w.id)
+                return False
+            await insert_ledger_entry(c, grant)
+            return True
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
         async with self.connection() as c:

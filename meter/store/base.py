@@ -13,12 +13,13 @@ from meter.store.directory import Directory
 from meter.store.flush import Flush
 from meter.store.ledger import Ledger
 from meter.store.outbox import Outbox
+from meter.store.payments import Payments
 from meter.store.tokens import Tokens
 from meter.store.usage import Usage
 
 
-class Store(Accounts, Directory, Tokens, Ledger, Flush, Usage, Outbox, ABC):
-    """Durable store: accounts, ledger, usage, billing sessions, audit log, outbox.
+class Store(Accounts, Directory, Tokens, Ledger, Flush, Usage, Outbox, Payments, ABC):
+    """Durable store: accounts, ledger, usage, billing sessions, audit log, outbox, payments.
 
     Open one with :func:`meter.store.open_store`; connections open lazily on first use
     (or ``await store.connect()``, or ``async with open_store(url) as store``).

@@ -92,6 +92,20 @@ class Ledger(StoreCore):
             rows = await c.fetch(sql + " ORDER BY id", *args)
         return [_entry(r) for r in rows]
 
+    async def ledger_page(
+        self, workspace_id: str, *, before_id: int | None = None, limit: int = 50
+    ) -> list[LedgerEntry]:
+        """Up to ``limit`` entries, newest first, older than entry ``before_id`` if given
+        (a cursor: entries added meanwhile never shift a page)."""
+        sql = f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ?"
+        args: list[Any] = [workspace_id]
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+        return [_entry(r) for r in rows]
+
     async def ledger_balance(self, workspace_id: str) -> PoolTotals:
         """Sum of the ledger per pool: ``free``, ``shared`` (paid, no app) and per-app paid.
 

@@ -289,3 +289,32 @@ class OutboxEvent:
     next_attempt_at: int | None = None
     delivered_at: int | None = None
     last_error: str | None = None
+
+
+CheckoutStatus = Literal["creating", "open", "paid", "expired", "failed", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A top-up paid through the payment provider.
+
+    ``creating`` until the provider answered with its session, then ``open``; ``paid``
+    once credited (exactly once: the ledger reference is ``checkout:<session_id>``);
+    ``expired``/``failed`` when the provider says so; ``rejected`` when a paid event did
+    not match what was recorded here (not credited: an operator looks at it).
+    """
+
+    id: str
+    workspace_id: str
+    amount: int
+    currency: str
+    provider: str
+    status: CheckoutStatus
+    created_by: str
+    created_at: int
+    app_id: str | None = None
+    session_id: str | None = None
+    payment_intent: str | None = None
+    url: str | None = None
+    completed_at: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)

@@ -182,6 +182,57 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
 """
 
+# Payments: the one free-credit grant per user, checkouts with the payment provider and
+# every provider event received, and an index for the transactions list (newest first).
+# A checkout is credited once: the ledger's unique
+# (workspace_id, reference) with reference 'checkout:<provider session id>', and the
+# session and payment intent ids are unique here. Users who already hold a grant from
+# before this step keep it as their one grant.
+_PAYMENTS = """
+CREATE TABLE free_grants (
+    user_id TEXT PRIMARY KEY REFERENCES users (id),
+    workspace_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+INSERT INTO free_grants (user_id, workspace_id, created_at)
+SELECT w.owner_id, MIN(w.id), MIN(w.created_at) FROM workspaces w
+JOIN ledger l ON l.workspace_id = w.id AND l.kind = 'grant_free'
+GROUP BY w.owner_id;
+
+CREATE TABLE checkouts (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
+    app_id TEXT,
+    amount BIGINT NOT NULL CHECK (amount > 0),
+    currency TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    session_id TEXT UNIQUE,
+    payment_intent TEXT UNIQUE,
+    url TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('creating', 'open', 'paid', 'expired', 'failed', 'rejected')),
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    completed_at BIGINT,
+    detail {json} NOT NULL
+);
+CREATE INDEX checkouts_workspace ON checkouts (workspace_id, created_at);
+
+CREATE TABLE payment_events (
+    event_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    type TEXT NOT NULL,
+    session_id TEXT,
+    checkout_id TEXT,
+    outcome TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX payment_events_session ON payment_events (session_id);
+
+CREATE INDEX ledger_workspace_id ON ledger (workspace_id, id)
+"""
+
 
 # The owner's console (issue 11): API tokens a user can list, create and revoke (the
 # token each user was created with becomes their first), and upgrade requests that an
@@ -240,6 +291,7 @@ class Migration:
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
+    Migration(3, "payments", _PAYMENTS),
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
 )
 

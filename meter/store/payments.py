@@ -1,0 +1,186 @@
+"""Checkouts with the payment provider, the events it sent, and the free-grant claims.
+
+Crediting a checkout is one transaction: the checkout becomes ``paid`` and the ledger
+gets its top-up, keyed by ``checkout:<provider session id>`` (unique per workspace), so
+redelivered or concurrent provider events credit a payment once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meter.store.db import Row, StoreCore, dumps, loads
+from meter.store.ledger import insert_ledger_entry
+from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
+
+_COLS = (
+    "id, workspace_id, app_id, amount, currency, provider, session_id, payment_intent, url, "
+    "status, created_by, created_at, completed_at, detail"
+)
+
+
+def _checkout(r: Row) -> Checkout:
+    return Checkout(
+        id=r["id"],
+        workspace_id=r["workspace_id"],
+        app_id=r["app_id"],
+        amount=int(r["amount"]),
+        currency=r["currency"],
+        provider=r["provider"],
+        session_id=r["session_id"],
+        payment_intent=r["payment_intent"],
+        url=r["url"],
+        status=r["status"],
+        created_by=r["created_by"],
+        created_at=int(r["created_at"]),
+        completed_at=r["completed_at"],
+        detail=loads(r["detail"]) or {},
+    )
+
+
+class Payments(StoreCore):
+    async def create_checkout(self, co: Checkout) -> None:
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO checkouts ({_COLS}) VALUES ({', '.join('?' * 14)})",
+                co.id,
+                co.workspace_id,
+                co.app_id,
+                co.amount,
+                co.currency,
+                co.provider,
+                co.session_id,
+                co.payment_intent,
+                co.url,
+                co.status,
+                co.created_by,
+                co.created_at,
+                co.completed_at,
+                dumps(co.detail),
+            )
+
+    async def get_checkout(self, checkout_id: str) -> Checkout | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(f"SELECT {_COLS} FROM checkouts WHERE id = ?", checkout_id)
+        return _checkout(r) if r else None
+
+    async def get_checkout_by_session(self, session_id: str) -> Checkout | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id)
+        return _checkout(r) if r else None
+
+    async def list_checkouts(self, workspace_id: str) -> list[Checkout]:
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {_COLS} FROM checkouts WHERE workspace_id = ? ORDER BY created_at, id",
+                workspace_id,
+            )
+        return [_checkout(r) for r in rows]
+
+    async def open_checkout(self, checkout_id: str, session_id: str, url: str) -> bool:
+        """Bind the provider's session to a checkout (once) and mark it ``open``."""
+        async with self.connection() as c:
+            n = await c.execute(
+                "UPDATE checkouts SET session_id = ?, url = ?, "
+                "status = CASE WHEN status = 'creating' THEN 'open' ELSE status END "
+                "WHERE id = ? AND (session_id IS NULL OR session_id = ?)",
+                session_id,
+                url,
+                checkout_id,
+                session_id,
+            )
+        return n > 0
+
+    async def set_checkout_status(
+        self,
+        checkout_id: str,
+        status: CheckoutStatus,
+        *,
+        only_from: tuple[CheckoutStatus, ...],
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a checkout to ``status`` if it is in one of ``only_from`` (events may come
+        in any order: a paid checkout never becomes expired)."""
+        marks = ", ".join("?" for _ in only_from)
+        sql = f"UPDATE checkouts SET status = ?{', detail = ?' if detail else ''} "
+        args: list[Any] = [status, *([dumps(detail)] if detail else [])]
+        async with self.connection() as c:
+            n = await c.execute(
+                sql + f"WHERE id = ? AND status IN ({marks})", *args, checkout_id, *only_from
+            )
+        return n > 0
+
+    async def complete_checkout(
+        self,
+        checkout_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        entry: LedgerEntry,
+        at: int,
+    ) -> bool:
+        """Mark the checkout paid and record its top-up in one transaction; ``False`` when
+        the top-up was recorded before (a redelivery: nothing changes)."""
+        async with self.transaction() as c:
+            await c.execute(
+                "UPDATE checkouts SET status = 'paid', session_id = ?, "
+                "payment_intent = COALESCE(payment_intent, ?), completed_at = ? "
+                "WHERE id = ? AND status <> 'paid' AND (session_id IS NULL OR session_id = ?)",
+                session_id,
+                payment_intent,
+                at,
+                checkout_id,
+                session_id,
+            )
+            return await insert_ledger_entry(c, entry)
+
+    async def record_payment_event(
+        self,
+        event_id: str,
+        *,
+        provider: str,
+        event_type: str,
+        session_id: str | None,
+        checkout_id: str | None,
+        outcome: str,
+        at: int,
+    ) -> None:
+        """Keep every provider event (a redelivery counts ``deliveries`` up)."""
+        async with self.connection() as c:
+            await c.execute(
+                "INSERT INTO payment_events (event_id, provider, type, session_id, checkout_id, "
+                "outcome, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) "
+                "DO UPDATE SET deliveries = payment_events.deliveries + 1, "
+                "outcome = excluded.outcome",
+                event_id,
+                provider,
+                event_type,
+                session_id,
+                checkout_id,
+                outcome,
+                at,
+            )
+
+    async def payment_events(self, session_id: str) -> list[dict[str, Any]]:
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT event_id, type, outcome, deliveries FROM payment_events "
+                "WHERE session_id = ? ORDER BY received_at, event_id",
+                session_id,
+            )
+        return [
+            {
+                "event_id": r["event_id"],
+                "type": r["type"],
+                "outcome": r["outcome"],
+                "deliveries": int(r["deliveries"]),
+            }
+            for r in rows
+        ]
+
+    async def free_grant_of(self, user_id: str) -> str | None:
+        """The workspace that holds the user's one free-credit grant, if any."""
+        async with self.connection() as c:
+            ws: str | None = await c.fetchval(
+                "SELECT workspace_id FROM free_grants WHERE user_id = ?", user_id
+            )
+        return ws
