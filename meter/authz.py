@@ -30,6 +30,8 @@ WsAction = Literal[
     "members.add",
     "apps.create",
     "funds.add",
+    "checkout.create",
+    "transactions.read",
     "upgrade",
     "upgrade_requests.create",
     "plan_usage.read",
@@ -53,7 +55,10 @@ WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
     "workspace.read": frozenset({"member"}),
     "members.add": frozenset({"owner"}),
     "apps.create": frozenset({"member"}),
-    "funds.add": frozenset({"owner"}),
+    # Funds are paid for: owners top up through a checkout; operators credit by hand.
+    "funds.add": frozenset({"operator"}),
+    "checkout.create": frozenset({"owner"}),
+    "transactions.read": frozenset({"owner", "operator"}),
     "upgrade": frozenset({"operator"}),
     "upgrade_requests.create": frozenset({"owner"}),
     "plan_usage.read": frozenset({"owner", "operator"}),
@@ -94,6 +99,8 @@ class Principal:
 
 
 OPERATOR = Principal(user_id=None, operator=True)
+# The caller of a public route (no bearer token): no role anywhere.
+ANONYMOUS = Principal(user_id=None, operator=False)
 
 
 def new_token() -> str:

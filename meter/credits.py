@@ -1,7 +1,11 @@
 """Paid funds: top-ups of the shared workspace pool or of one app.
 
-A top-up is idempotent by its ``reference`` across three writes, each keyed by it:
-the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
+Funds are paid for: an owner's top-up is a checkout with the payment provider
+(:mod:`meter.payments`), credited when the provider confirms; operators credit funds by
+hand (e.g. a bank transfer) with :func:`add_funds`, always with a reference.
+
+A top-up is idempotent by its ledger ``reference`` across three writes, each keyed by
+it: the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
 (``grant.lua``'s marker) and the ``funds.added`` outbox event (its ``event_id``). A retry
 with the same reference after a crash between them completes the missing parts and
 changes nothing twice; the same reference with a different amount or app is a conflict.
@@ -10,7 +14,6 @@ changes nothing twice; the same reference with a different amount or app is a co
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 
 from config.money import MICROS_PER_DOLLAR, InvalidAmount, format_amount, parse_amount
@@ -45,9 +48,7 @@ def parse_topup(d: Deps, amount: str) -> int:
     return micros
 
 
-def funds_reference(reference: str | None) -> str:
-    if reference is None:
-        return "funds:" + secrets.token_hex(12)
+def funds_reference(reference: str) -> str:
     if not REFERENCE_RE.match(reference):
         raise InvalidInput("reference", "must be 1-100 of A-Z a-z 0-9 . _ : -")
     return "funds:" + reference
@@ -60,9 +61,9 @@ async def add_funds(
     amount: str,
     *,
     app_id: str | None = None,
-    reference: str | None = None,
+    reference: str,
 ) -> TopUp:
-    """Add paid funds to the shared pool, or to ``app_id`` only."""
+    """Credit paid funds by hand (operators) to the shared pool, or to ``app_id`` only."""
     if ws.type != "standard":
         raise Conflict(
             f"workspace {ws.id} is enterprise: usage is invoiced, not prepaid",
@@ -81,7 +82,7 @@ async def add_funds(
         reference=ref,
         created_at=d.now_ms(),
         app_id=app_id,
-        detail={"by": actor},
+        detail={"by": actor, "source": "manual"},
     )
     created = await d.store.add_ledger_entry(entry)
     if not created:
@@ -93,26 +94,41 @@ async def add_funds(
                 field="reference",
             )
         entry = prior
+    await apply_topup(d, entry, shown_reference=reference)
+    if created:
+        after = {"amount": format_amount(micros), "app_id": app_id, "reference": ref}
+        await audit(d, actor, "funds.add", f"workspace:{ws.id}", None, after)
+    return TopUp(entry=entry, created=created)
+
+
+async def apply_topup(d: Deps, entry: LedgerEntry, *, shown_reference: str, **extra: str) -> None:
+    """The live balance and the ``funds.added`` notification of a recorded top-up.
+
+    Both are idempotent by the entry's reference, so this runs again on every retry: a
+    crash after the ledger commit is completed by the next attempt, never doubled.
+    """
+    ws_id = entry.workspace_id
     await projection.grant(
         d.redis,
-        ws.id,
-        reference=ref,
+        ws_id,
+        reference=entry.reference,
         kind="funds",
-        amount=micros,
+        amount=entry.amount,
         low_threshold=d.settings.low_balance_threshold,
-        app_id=app_id or "",
+        app_id=entry.app_id or "",
     )
-    payload = {"amount": format_amount(micros), "app_id": app_id, "reference": reference or ref}
+    payload = {
+        "amount": format_amount(entry.amount),
+        "app_id": entry.app_id,
+        "reference": shown_reference,
+        **extra,
+    }
     await d.store.enqueue(
         OutboxEvent(
-            workspace_id=ws.id,
-            event_id=f"{ws.id}:{ref}",
+            workspace_id=ws_id,
+            event_id=f"{ws_id}:{entry.reference}",
             event_type="funds.added",
             payload=payload,
             created_at=entry.created_at,
         )
     )
-    if created:
-        after = {"amount": format_amount(micros), "app_id": app_id, "reference": ref}
-        await audit(d, actor, "funds.add", f"workspace:{ws.id}", None, after)
-    return TopUp(entry=entry, created=created)

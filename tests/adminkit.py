@@ -37,6 +37,9 @@ TABLES = (
     "ledger",
     "audit_log",
     "outbox",
+    "free_grants",
+    "checkouts",
+    "payment_events",
 )
 
 

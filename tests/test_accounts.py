@@ -91,17 +91,21 @@ async def test_funds_are_idempotent_by_reference(deps: Deps) -> None:
 async def test_funds_tied_to_an_app_and_their_limits(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
-    await credits.add_funds(deps, "user:x", ws, "100", app_id=app.id)
+    await credits.add_funds(deps, "user:x", ws, "100", app_id=app.id, reference="a1")
     bal = await projection.read_balances(deps.redis, ws.id)
     assert bal.app_paid == {app.id: 100 * USD} and bal.pool == 0
     for bad in ("99.99", "20000.01", "-5", "1e3", "100.001", "NaN", "", "0100"):
         with pytest.raises(InvalidInput) as exc:
-            await credits.add_funds(deps, "user:x", ws, bad)
+            await credits.add_funds(deps, "user:x", ws, bad, reference="bad")
         assert exc.value.field == "amount", bad
     with pytest.raises(InvalidInput, match="app_id"):
-        await credits.add_funds(deps, "user:x", ws, "100.00", app_id=f"{ws.id}_nosuchapp")
+        await credits.add_funds(
+            deps, "user:x", ws, "100.00", app_id=f"{ws.id}_nosuchapp", reference="a2"
+        )
     small = with_settings(deps, topup_min="5.00", topup_max="10.00")
-    assert (await credits.add_funds(small, "user:x", ws, "7.50")).entry.amount == 7_500_000
+    assert (await credits.add_funds(small, "user:x", ws, "7.50", reference="a3")).entry.amount == (
+        7_500_000
+    )
 
 
 async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
@@ -121,7 +125,7 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
         await apps.create_app(deps, owner, upgraded, "Agent", "agent", None)
     assert exc.value.code == "product_not_licensed"
     with pytest.raises(Conflict):
-        await credits.add_funds(deps, "user:x", upgraded, "100.00")
+        await credits.add_funds(deps, "user:x", upgraded, "100.00", reference="e1")
     with pytest.raises(InvalidInput, match="per_hour"):
         bad = {"search": projection.Licence(usage_limit=1, per_minute=10, per_hour=5)}
         await accounts.upgrade(deps, "operator", upgraded, bad)
@@ -205,7 +209,7 @@ async def test_plan_usage_statuses(deps: Deps) -> None:
     paid = await apps.create_app(d, owner, ws, "paid", "automation", None)
     await apps.update_app(d, "x", paid, {"use_free_credits": False})
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "inactive"}
-    await credits.add_funds(d, "x", ws, "100.00", app_id=paid.id)
+    await credits.add_funds(d, "x", ws, "100.00", app_id=paid.id, reference="p1")
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "sufficient_funds"}
     admitter = Admitter(d.redis, d.settings, clock=d.clock)
     for i in range(60):  # $12 of sessions: free falls to $48, under the $50 threshold

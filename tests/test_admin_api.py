@@ -109,7 +109,7 @@ async def test_owner_journey_from_free_credits_to_funds(
         assert inactive["data"]["app_id"] == support  # type: ignore[index]
 
         funds = {"amount": "100.00", "reference": "invoice-7"}
-        added = await admin.ok("POST", f"/v1/workspaces/{ws}/funds", token, funds)
+        added = await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, funds)
         assert added["created"] is True and added["amount"] == "100.00"
         await send(http, admin.traffic_url, support, range(9001, 9006))
         assert bot.count() == 2505
@@ -164,29 +164,36 @@ async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
 
 
 LONG = "x" * 3000
+R9 = {"reference": "r9"}  # manual funds need a reference: rows testing another field
 LIC = {"usage_limit": 10, "per_minute": 5, "per_hour": 50}
 # (method, path template, body: JSON value or raw bytes, status, field named)
 BAD: list[tuple[str, str, Any, int, str]] = [
-    ("POST", "{ws}/funds", b'{"amount": "100.00"', 400, "body"),
-    ("POST", "{ws}/funds", b"[]", 400, "body"),
-    ("POST", "{ws}/funds", b"", 400, "body"),
-    ("POST", "{ws}/funds", b'{"amount": NaN}', 400, "body"),
-    ("POST", "{ws}/funds", {}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": 100}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "-5"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "1e3"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "100.001"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "NaN"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "Infinity"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "99.99"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "20000.01"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": " 100.00"}, 422, "amount"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "bonus": True}, 422, "bonus"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "app_id": "nope"}, 422, "app_id"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "app_id": "{other_app}"}, 422, "app_id"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "reference": LONG}, 422, "reference"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "reference": None}, 422, "reference"),
-    ("POST", "{ws}/funds", {"amount": "100.00", "reference": "{used_ref}"}, 409, "reference"),
+    ("POST", "op:{ws}/funds", b'{"amount": "100.00"', 400, "body"),
+    ("POST", "op:{ws}/funds", b"[]", 400, "body"),
+    ("POST", "op:{ws}/funds", b"", 400, "body"),
+    ("POST", "op:{ws}/funds", b'{"amount": NaN}', 400, "body"),
+    ("POST", "op:{ws}/funds", {}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": 100, **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "-5", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "1e3", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "100.001", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "NaN", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "Infinity", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "99.99", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "20000.01", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": " 100.00", **R9}, 422, "amount"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "bonus": True, **R9}, 422, "bonus"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "app_id": "nope", **R9}, 422, "app_id"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "app_id": "{other_app}", **R9}, 422, "app_id"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "reference": LONG}, 422, "reference"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "reference": None}, 422, "reference"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00", "reference": "{used_ref}"}, 409, "reference"),
+    ("POST", "op:{ws}/funds", {"amount": "100.00"}, 422, "reference"),
+    ("POST", "{ws}/checkout", {"amount": "99.99"}, 422, "amount"),
+    ("POST", "{ws}/checkout", {"amount": "100.00", "app_id": "{other_app}"}, 422, "app_id"),
+    ("POST", "{ws}/checkout", {"amount": "100.00", "reference": "x"}, 422, "reference"),
+    ("GET", "{ws}/transactions?limit=0", None, 422, "limit"),
+    ("GET", "{ws}/transactions?cursor=abc", None, 422, "cursor"),
     ("POST", "/v1/users", {"email": "not-an-email", "name": "x"}, 422, "email"),
     ("POST", "/v1/users", {"email": "a@b.co", "name": LONG}, 422, "name"),
     ("POST", "/v1/users", {"email": ["a@b.co"], "name": "x"}, 422, "email"),
@@ -239,7 +246,7 @@ async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(admin: 
     app_id = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, app))["id"]
     other_app = await admin.ok("POST", f"/v1/workspaces/{other}/apps", stranger_token, app)
     await admin.ok(
-        "POST", f"/v1/workspaces/{ws}/funds", token, {"amount": "100", "reference": "r1"}
+        "POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, {"amount": "100", "reference": "r1"}
     )
     names = {"ws": ws, "app": app_id, "other_app": other_app["id"], "member": member,
              "stranger": stranger, "used_ref": "r1"}  # fmt: skip
@@ -283,7 +290,8 @@ async def test_openapi_document_matches_the_routes(admin: Admin) -> None:
     funds = doc["paths"]["/v1/workspaces/{ws}/funds"]["post"]
     schema_ref = funds["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = doc["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
-    assert schema["additionalProperties"] is False and schema["required"] == ["amount"]
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["amount", "reference"]
     assert {"201", "200", "401", "403", "404", "422"} <= set(funds["responses"])
 
 

@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
+
+from config import Settings
 
 from meter.authz import token_hash
 
@@ -77,7 +80,17 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
      (403, 200, 200, 403, 403, 404, 401, 401)),
     ("POST /v1/workspaces/{ws}/funds",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/funds", {"amount": "100.00", "reference": "m"}),
+     (201, 403, 403, 404, 403, 404, 401, 401)),
+    ("POST /v1/workspaces/{ws}/checkout",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/checkout", {"amount": "100.00"}),
      (403, 201, 403, 404, 403, 404, 401, 401)),
+    # The provider's route takes no bearer token: unsigned is 400 whoever calls.
+    ("POST /v1/payments/stripe/webhook",
+     lambda w: ("POST", "/v1/payments/stripe/webhook", {"id": "evt_1", "type": "x"}),
+     (400, 400, 400, 400, 400, 400, 400, 400)),
+    ("GET /v1/workspaces/{ws}/transactions",
+     lambda w: ("GET", f"/v1/workspaces/{w.ws}/transactions", None),
+     (200, 200, 403, 404, 403, 404, 401, 401)),
     ("POST /v1/workspaces/{ws}/upgrade",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/upgrade",
                 {"licences": {"automation": {"usage_limit": 9, "per_minute": 1, "per_hour": 2}}}),
@@ -175,9 +188,24 @@ async def build_world(admin: Admin) -> World:
     return World(admin, ws, app["id"], tokens, users, request["id"])
 
 
+def settings_with_stripe(store_url: str, redis_url: str, standin: StripeStandIn) -> Settings:
+    """Payments configured against the local Stripe stand-in, so checkout can succeed."""
+    return admin_settings(
+        store_url,
+        redis_url,
+        stripe_api_base=standin.url,
+        stripe_secret_key=SECRET_KEY,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+    )
+
+
 @pytest.fixture
 async def sqlite_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    async with admin_server(admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)) as a:
+    url = f"sqlite:///{tmp_path}/store.db"
+    async with (
+        stripe_standin() as standin,
+        admin_server(settings_with_stripe(url, redis_url, standin)) as a,
+    ):
         yield a
 
 
@@ -210,7 +238,10 @@ async def test_authorization_matrix(sqlite_admin: Admin) -> None:
 
 
 async def test_authorization_smoke_on_postgres(redis_url: str, pg_dsn: str) -> None:
-    async with admin_server(admin_settings(pg_dsn, redis_url)) as admin:
+    async with (
+        stripe_standin() as standin,
+        admin_server(settings_with_stripe(pg_dsn, redis_url, standin)) as admin,
+    ):
         wrong: list[str] = []
         for name, req, expected in MATRIX:
             if name in SMOKE:

@@ -17,6 +17,7 @@ from gateway import webhooks
 from gateway.admin_api.http import endpoint, errors
 from gateway.admin_api.openapi import document_bytes
 from gateway.admin_api.routes import ROUTES
+from gateway.payments import payments_ctx
 
 __all__ = ["ROUTES", "admin_api", "setup_admin_api"]
 
@@ -46,5 +47,6 @@ def setup_admin_api(app: web.Application, *, deliver_webhooks: bool = True) -> N
     app.router.add_get("/ui", dashboard)
     app.router.add_get("/ui/", dashboard)
     app.router.add_static("/ui/static", STATIC, follow_symlinks=False)
+    app.cleanup_ctx.append(payments_ctx)
     if deliver_webhooks:
         app.cleanup_ctx.append(webhooks.delivery_ctx)

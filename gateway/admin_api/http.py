@@ -27,7 +27,7 @@ from gateway import appkeys
 from gateway.admin_api.schemas import PATTERN_HINTS
 from gateway.problems import CONTENT_TYPE, problem_response
 from meter.accounts import Deps
-from meter.authz import Principal, authenticate
+from meter.authz import ANONYMOUS, Principal, authenticate
 from meter.errors import (
     Conflict,
     Forbidden,
@@ -36,6 +36,7 @@ from meter.errors import (
     NotFound,
     Unauthorized,
 )
+from meter.payments import PaymentsNotConfigured, ProviderError
 from meter.store import Conflict as StoreConflict
 from meter.store import StoreError
 
@@ -62,6 +63,8 @@ class Route:
     params: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
     csv: bool = False
     errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
+    # No bearer token: the caller proves itself otherwise (the payment provider signs).
+    public: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +191,11 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handle(request: web.Request) -> web.StreamResponse:
         d = deps(request)
-        auth = request.headers.get("Authorization")
-        principal = await authenticate(d.store, d.settings.operator_token, auth)
+        if route.public:
+            principal = ANONYMOUS
+        else:
+            auth = request.headers.get("Authorization")
+            principal = await authenticate(d.store, d.settings.operator_token, auth)
         for name, pattern in route.params.items():
             if not pattern.match(request.match_info[name]):
                 raise NotFound(KINDS.get(name, name), request.match_info[name])
@@ -242,6 +248,10 @@ async def errors(
         return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
     except StoreConflict as exc:
         return _problem(409, "conflict", "Conflict", str(exc))
+    except PaymentsNotConfigured as exc:
+        return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
+    except ProviderError as exc:
+        return _problem(502, "payment_provider_error", "Payment provider error", str(exc))
     except (MeteringUnavailable, RedisError, ConnectionError) as exc:
         log.warning("admin API: redis unavailable: %r", exc)
         return _problem(503, "metering_unavailable", "Metering unavailable", "retry later")

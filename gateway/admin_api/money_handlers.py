@@ -46,7 +46,7 @@ async def add_funds(call: Call) -> web.Response:
     e = top.entry
     out = s.FundsOut(
         workspace_id=ws.id,
-        reference=body.reference or e.reference.removeprefix("funds:"),
+        reference=body.reference,
         amount=format_amount(e.amount),
         app_id=e.app_id,
         created=top.created,

@@ -29,6 +29,7 @@ ERROR_TEXT = {
     409: "Conflicts with the current state",
     413: "Body too large",
     422: "Invalid input; `field` names the member",
+    502: "The payment provider failed; nothing was charged",
     503: "Redis or the store is unavailable; retry",
 }
 
@@ -81,7 +82,9 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         ok["content"] = content
     responses: dict[str, Any] = {str(code): ok for code in (route.status, *route.also)}
     problem = {PROBLEM_TYPE: {"schema": refs[(Problem, "serialization")]}}
-    errors = set(route.errors) | {401, 503} | ({413} if route.body else set())
+    errors = set(route.errors) | {503} | ({413} if route.body else set())
+    if not route.public:
+        errors.add(401)
     for code in sorted(errors):
         responses[str(code)] = {"description": ERROR_TEXT[code], "content": problem}
     op: dict[str, Any] = {
@@ -89,7 +92,7 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         "summary": route.summary,
         "description": f"Allowed: {route.who}.",
         "tags": [route.path.split("/")[2]],
-        "security": [{"bearer": []}],
+        "security": [] if route.public else [{"bearer": []}],
         "responses": responses,
     }
     if params:
@@ -98,6 +101,11 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
+        }
+    elif route.public and route.method == "POST":  # a provider's signed event, read raw
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
         }
     return op
 

@@ -7,6 +7,7 @@ from gateway.admin_api import app_handlers as apps
 from gateway.admin_api import list_handlers as lists
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import money_handlers as money
+from gateway.admin_api import payment_handlers as pay
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Route
@@ -41,8 +42,20 @@ ROUTES: tuple[Route, ...] = (
           "Hand the app to another workspace user", "app owner, workspace owner",
           body=s.Transfer, response=s.AppOut, params=APP),
     Route("POST", "/v1/workspaces/{ws}/funds", money.add_funds,
-          "Add paid funds (idempotent by reference)", "workspace owner",
-          body=s.FundsAdd, response=s.FundsOut, status=201, also=(200,), params=WS),
+          "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
+          "operator", body=s.FundsAdd, response=s.FundsOut, status=201, also=(200,), params=WS),
+    Route("POST", "/v1/workspaces/{ws}/checkout", pay.create_checkout,
+          "Start a top-up with the payment provider; funds arrive when it confirms",
+          "workspace owner", body=s.CheckoutCreate, response=s.CheckoutOut, status=201,
+          params=WS, errors=(400, 401, 403, 404, 409, 422, 502)),
+    Route("POST", "/v1/payments/stripe/webhook", pay.stripe_webhook,
+          "The provider's signed event: credits a confirmed payment exactly once",
+          "the provider (Stripe-Signature)", response=s.PaymentWebhookOut, public=True,
+          errors=(400,)),
+    Route("GET", "/v1/workspaces/{ws}/transactions", pay.list_transactions,
+          "The ledger, newest first: free grants, lapses, top-ups, manual credits",
+          "workspace owner, operator", query=s.TransactionsQuery, response=s.TransactionsOut,
+          params=WS),
     Route("POST", "/v1/workspaces/{ws}/upgrade", acc.upgrade,
           "Make the workspace enterprise with per-product licences", "operator",
           body=s.Upgrade, response=s.WorkspaceOut, params=WS),

@@ -26,6 +26,8 @@ MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2,6}$"
 URL_PATTERN = r"^https?://[^\s/?#]+"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,100}$"
+CURSOR_PATTERN = r"^[1-9][0-9]{0,17}$"
+LIMIT_PATTERN = r"^([1-9]|[1-9][0-9]|1[0-9][0-9]|200)$"
 
 # What a value failing each pattern should have looked like (for 422 messages).
 PATTERN_HINTS = {
@@ -35,6 +37,8 @@ PATTERN_HINTS = {
     URL_PATTERN: "must be an absolute http:// or https:// URL",
     EMAIL_PATTERN: "must be an email address",
     REFERENCE_PATTERN: "must be 1-100 of A-Z a-z 0-9 . _ : -",
+    CURSOR_PATTERN: "must be the next_cursor of a previous page",
+    LIMIT_PATTERN: "must be a whole number from 1 to 200",
     keys.CHANNEL_RE.pattern: "must be a channel name: lowercase letters, digits, _ or -",
 }
 
@@ -119,8 +123,22 @@ class Transfer(Body):
 class FundsAdd(Body):
     amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
     app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
-    reference: Reference | SkipJsonSchema[None] = optional(
-        description="idempotency key: the same reference adds the funds once"
+    reference: Reference = Field(
+        description="required (e.g. the bank transfer's id): the same reference credits once"
+    )
+
+
+class CheckoutCreate(Body):
+    amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
+    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
+
+
+class TransactionsQuery(Body):
+    cursor: Annotated[str, Field(pattern=CURSOR_PATTERN)] | SkipJsonSchema[None] = optional(
+        description="next_cursor of the previous page"
+    )
+    limit: Annotated[str, Field(pattern=LIMIT_PATTERN)] | SkipJsonSchema[None] = optional(
+        description="entries per page, 1-200 (default 50)"
     )
 
 
@@ -264,3 +282,38 @@ class WebhookOut(Out):
     workspace_id: str
     url: str
     secret_set: bool
+
+
+class CheckoutOut(Out):
+    id: str
+    url: str = Field(description="the provider's hosted payment page: send the payer there")
+    amount: Money
+    app_id: str | None
+    status: Literal["creating", "open", "paid", "expired", "failed", "rejected"]
+    created_at: Timestamp
+
+
+TransactionType = Literal[
+    "free_grant", "free_lapse", "checkout", "manual_credit", "refund_adjustment", "reconcile"
+]
+
+
+class TransactionOut(Out):
+    id: str
+    type: TransactionType
+    amount: Money = Field(description="signed: credits in are positive, lapses negative")
+    pool: Literal["free", "paid"]
+    app_id: str | None
+    reference: str
+    created_at: Timestamp
+
+
+class TransactionsOut(Out):
+    workspace_id: str
+    transactions: list[TransactionOut]
+    next_cursor: str | None = Field(description="pass as cursor for older entries; null at end")
+
+
+class PaymentWebhookOut(Out):
+    received: bool
+    outcome: str = Field(description="what the event did: credited, already_credited, ...")

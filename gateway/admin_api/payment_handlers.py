@@ -1,0 +1,106 @@
+"""Handlers of the payment routes: checkout, the provider's webhook, the transactions list."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from config.money import format_amount
+from gateway.admin_api import schemas as s
+from gateway.admin_api.http import Call, json_response
+from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
+from gateway.problems import problem_response
+from meter import authz, payments
+from meter.payments import PaymentsNotConfigured
+from meter.plan_usage import iso
+from meter.store import LedgerEntry
+
+DEFAULT_PAGE = 50
+SHOWN_PREFIXES = ("funds:", "checkout:")  # stripped: the reference as its owner knows it
+
+
+async def create_checkout(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "checkout.create"
+    )
+    body = call.parsed(s.CheckoutCreate)
+    provider = call.request.config_dict[PAYMENTS]
+    co = await payments.start_checkout(
+        call.deps,
+        call.principal.actor,
+        ws,
+        body.amount,
+        app_id=body.app_id,
+        create=provider.create_session if provider.can_checkout else None,
+    )
+    out = s.CheckoutOut(
+        id=co.id,
+        url=co.url or "",
+        amount=format_amount(co.amount),
+        app_id=co.app_id,
+        status=co.status,
+        created_at=iso(co.created_at) or "",
+    )
+    return json_response(out, 201)
+
+
+async def stripe_webhook(call: Call) -> web.Response:
+    """The provider's signed event: 400 (nothing changes) unless the signature holds."""
+    provider = call.request.config_dict[PAYMENTS]
+    if not provider.can_verify:
+        raise PaymentsNotConfigured("no webhook secret is configured")
+    payload = await call.request.read()
+    try:
+        event = provider.parse_event(payload, call.request.headers.get(SIGNATURE_HEADER))
+    except BadSignature as exc:
+        return problem_response(400, "invalid_signature", "Invalid signature", str(exc))
+    outcome = await payments.handle_event(call.deps, event)
+    # Acknowledged whatever the outcome (recorded): a retry could not change it.
+    return json_response(s.PaymentWebhookOut(received=True, outcome=outcome))
+
+
+def transaction_type(e: LedgerEntry) -> s.TransactionType:
+    if e.kind == "grant_free":
+        return "free_grant"
+    if e.kind == "lapse":
+        return "free_lapse"
+    if e.kind == "topup":
+        return "checkout" if e.reference.startswith("checkout:") else "manual_credit"
+    return "refund_adjustment" if e.kind == "refund_adjust" else "reconcile"
+
+
+def shown_reference(reference: str) -> str:
+    for prefix in SHOWN_PREFIXES:
+        if reference.startswith(prefix):
+            return reference.removeprefix(prefix)
+    return reference
+
+
+async def list_transactions(call: Call) -> web.Response:
+    ws, _ = await authz.authorize_workspace(
+        call.deps.store, call.principal, call.path("ws"), "transactions.read"
+    )
+    q = call.query_as(s.TransactionsQuery)
+    limit = int(q.limit) if q.limit is not None else DEFAULT_PAGE
+    before = int(q.cursor) if q.cursor is not None else None
+    # One more than the page: whether an older page exists, without a second query.
+    rows = await call.deps.store.ledger_page(ws.id, before_id=before, limit=limit + 1)
+    page = rows[:limit]
+    items = [
+        s.TransactionOut(
+            id=str(e.id),
+            type=transaction_type(e),
+            amount=format_amount(e.amount),
+            pool=e.resolved_pool,
+            app_id=e.app_id,
+            reference=shown_reference(e.reference),
+            created_at=iso(e.created_at) or "",
+        )
+        for e in page
+    ]
+    more = len(rows) > limit and page[-1].id is not None
+    out = s.TransactionsOut(
+        workspace_id=ws.id,
+        transactions=items,
+        next_cursor=str(page[-1].id) if more else None,
+    )
+    return json_response(out)

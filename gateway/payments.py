@@ -1,0 +1,180 @@
+"""Stripe, through its official library: Checkout Sessions and webhook signatures.
+
+:class:`StripeProvider` creates checkout sessions with ``StripeClient`` over the
+library's asyncio HTTP client (on its own ``aiohttp`` session, so the event loop is
+never blocked) against ``stripe_api_base`` (tests point it at a local stand-in), and
+verifies the ``Stripe-Signature`` of webhook deliveries with
+``stripe.Webhook.construct_event`` (timestamp tolerance ``stripe_webhook_tolerance_s``).
+The secret key and the webhook secret never reach a log line or an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import stripe
+from aiohttp import web
+
+from config import Settings
+from gateway.appkeys import SETTINGS
+from meter.payments import ProviderError, ProviderSession, SessionEvent, SessionRequest
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "Stripe-Signature"
+
+
+class BadSignature(Exception):
+    """A webhook delivery whose signature is missing, forged or stale, or not an event."""
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _id(value: Any) -> str | None:
+    """An id field that the provider may also send expanded (as the object itself)."""
+    if isinstance(value, Mapping):
+        return _str(value.get("id"))
+    return _str(value)
+
+
+class StripeProvider:
+    """The payment provider of one admin application (opened and closed with it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._client: stripe.StripeClient | None = None
+
+    @property
+    def can_checkout(self) -> bool:
+        return self._settings.stripe_secret_key is not None
+
+    @property
+    def can_verify(self) -> bool:
+        return self._settings.stripe_webhook_secret is not None
+
+    def _stripe(self) -> stripe.StripeClient:
+        key = self._settings.stripe_secret_key
+        if key is None:
+            raise ProviderError("the payment provider is not configured")
+        if self._client is None:
+            timeout = aiohttp.ClientTimeout(total=self._settings.stripe_timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._client = stripe.StripeClient(
+                key.get_secret_value(),
+                base_addresses={"api": self._settings.stripe_api_base.rstrip("/")},
+                http_client=stripe.AIOHTTPClient(session=self._session, timeout=None),
+                max_network_retries=self._settings.stripe_max_network_retries,
+            )
+        return self._client
+
+    async def create_session(self, req: SessionRequest) -> ProviderSession:
+        """A Checkout Session (mode ``payment``) for one line item of the amount."""
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": req.currency,
+                        "unit_amount": req.amount_cents,
+                        "product_data": {"name": "creditgate funds"},
+                    },
+                }
+            ],
+            "metadata": req.metadata,
+            "payment_intent_data": {"metadata": req.metadata},
+            "client_reference_id": req.checkout_id,
+            "success_url": req.success_url,
+            "cancel_url": req.cancel_url,
+        }
+        try:
+            session = await self._stripe().v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": f"creditgate-checkout-{req.checkout_id}"},
+            )
+        except stripe.StripeError as exc:
+            # Stripe's own messages never carry the key; ours name only the kind of error.
+            log.warning(
+                "stripe: checkout session for %s failed: %s (HTTP %s, request %s)",
+                req.checkout_id,
+                type(exc).__name__,
+                exc.http_status,
+                exc.request_id,
+            )
+            raise ProviderError("the payment provider did not create the session") from None
+        url = _str(session.url)
+        sid = _str(session.id)
+        if sid is None or url is None:
+            raise ProviderError("the payment provider answered without a session id or URL")
+        total = session.amount_total
+        return ProviderSession(
+            id=sid,
+            url=url,
+            amount_total=total if isinstance(total, int) else None,
+            currency=_str(session.currency),
+        )
+
+    def parse_event(self, payload: bytes, header: str | None) -> SessionEvent:
+        """The verified event of a webhook delivery, or :class:`BadSignature`."""
+        secret = self._settings.stripe_webhook_secret
+        if secret is None:
+            raise ProviderError("the payment provider is not configured")
+        if not header:
+            raise BadSignature(f"missing {SIGNATURE_HEADER} header")
+        try:
+            event = stripe.Webhook.construct_event(
+                payload,
+                header,
+                secret.get_secret_value(),
+                tolerance=self._settings.stripe_webhook_tolerance_s,
+            )
+        except stripe.SignatureVerificationError:
+            raise BadSignature("signature does not match, or its timestamp is stale") from None
+        except ValueError:  # signed, but not a JSON event (or not UTF-8)
+            raise BadSignature("the payload is not a provider event") from None
+        raw: Mapping[str, Any] = event.to_dict()  # plain dicts, recursively
+        event_id, event_type = _str(raw.get("id")), _str(raw.get("type"))
+        if event_id is None or event_type is None:
+            raise BadSignature("the payload is not a provider event")
+        data = raw.get("data")
+        obj = data.get("object") if isinstance(data, Mapping) else None
+        if not isinstance(obj, Mapping) or obj.get("object") != "checkout.session":
+            return SessionEvent(event_id=event_id, type=event_type)
+        total = obj.get("amount_total")
+        meta = obj.get("metadata")
+        metadata = (
+            {str(k): v for k, v in meta.items() if isinstance(v, str)}
+            if isinstance(meta, Mapping)
+            else {}
+        )
+        return SessionEvent(
+            event_id=event_id,
+            type=event_type,
+            session_id=_str(obj.get("id")),
+            payment_status=_str(obj.get("payment_status")),
+            amount_total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+            currency=_str(obj.get("currency")),
+            payment_intent=_id(obj.get("payment_intent")),
+            metadata=metadata,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = self._client = None
+
+
+PAYMENTS = web.AppKey("payments", StripeProvider)
+
+
+async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the provider with the admin application; close its HTTP session after."""
+    provider = StripeProvider(app[SETTINGS])
+    app[PAYMENTS] = provider
+    yield
+    await provider.close()

@@ -1,0 +1,288 @@
+"""Paid top-ups through the payment provider's hosted checkout (Stripe Checkout).
+
+1. :func:`start_checkout` (the workspace owner): checks the amount and the app, records
+   a ``creating`` checkout, asks the provider for a checkout session (the HTTP call is a
+   :data:`CreateSession` supplied by the gateway, so the metering core stays free of
+   HTTP clients) and records the session as ``open``. Nothing is credited yet.
+2. The provider calls the webhook with a signed event; the gateway verifies the
+   signature and hands the event's session to :func:`handle_event`, which credits a
+   paid session **exactly once per payment**: the checkout becomes ``paid`` and the
+   ledger gets the top-up in one transaction keyed by ``checkout:<session id>``
+   (unique), then the live balance and the ``funds.added`` notification follow, each
+   idempotent by that same reference. Redeliveries, concurrent deliveries and a retry
+   after a crash between these steps change nothing twice.
+
+Events that must not credit (unknown session, an amount or currency that differs from
+the checkout, an amount outside the top-up limits, a workspace that is no longer
+prepaid) are recorded with their outcome and acknowledged, so the provider stops
+retrying; the checkout becomes ``rejected`` for an operator to look at. Events arrive
+in any order: a paid checkout never becomes ``expired`` or ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from config.money import format_amount
+from meter import credits
+from meter.accounts import Deps, audit, new_id
+from meter.errors import Conflict, InvalidInput, MeterError
+from meter.store import Checkout, LedgerEntry, Workspace
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "stripe"
+COMPLETED = "checkout.session.completed"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
+EXPIRED = "checkout.session.expired"
+HANDLED = frozenset({COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED, EXPIRED})
+
+Outcome = Literal[
+    "credited",
+    "already_credited",
+    "pending",
+    "expired",
+    "failed",
+    "ignored",
+    "unknown_checkout",
+    "amount_mismatch",
+    "outside_limits",
+    "not_prepaid",
+]
+
+REJECTED: dict[str, Outcome] = {
+    "amount_mismatch": "amount_mismatch",
+    "outside_limits": "outside_limits",
+    "not_prepaid": "not_prepaid",
+}
+
+
+class PaymentsNotConfigured(MeterError):
+    """The payment provider is not configured (no secret key or webhook secret)."""
+
+
+class ProviderError(MeterError):
+    """The provider refused or could not be reached; nothing was charged (HTTP 502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    """What the provider is asked for: one line item of ``amount_cents``."""
+
+    checkout_id: str
+    workspace_id: str
+    app_id: str | None
+    amount_cents: int
+    currency: str
+    success_url: str
+    cancel_url: str
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {
+            "checkout_id": self.checkout_id,
+            "workspace_id": self.workspace_id,
+            "app_id": self.app_id or "",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSession:
+    """The provider's answer: its session id, where to send the payer, what it charges."""
+
+    id: str
+    url: str
+    amount_total: int | None
+    currency: str | None
+
+
+CreateSession = Callable[[SessionRequest], Awaitable[ProviderSession]]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A verified provider event about a checkout session (only the fields used)."""
+
+    event_id: str
+    type: str
+    session_id: str | None = None
+    payment_status: str | None = None
+    amount_total: int | None = None
+    currency: str | None = None
+    payment_intent: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def cents(micros: int) -> int:
+    return micros // credits.CENT
+
+
+async def start_checkout(
+    d: Deps,
+    actor: str,
+    ws: Workspace,
+    amount: str,
+    *,
+    app_id: str | None,
+    create: CreateSession | None,
+) -> Checkout:
+    """Start an owner's top-up: a checkout session with the provider, funds to come."""
+    if ws.type != "standard":
+        raise Conflict(
+            f"workspace {ws.id} is enterprise: usage is invoiced, not prepaid",
+            code="postpaid_workspace",
+        )
+    micros = credits.parse_topup(d, amount)
+    if app_id is not None:
+        app = await d.store.get_app(app_id)
+        if app is None or app.workspace_id != ws.id:
+            raise InvalidInput("app_id", f"no app {app_id} in workspace {ws.id}")
+    if create is None:
+        raise PaymentsNotConfigured("the payment provider is not configured")
+    co = Checkout(
+        id=new_id("co"),
+        workspace_id=ws.id,
+        app_id=app_id,
+        amount=micros,
+        currency=d.settings.checkout_currency,
+        provider=PROVIDER,
+        status="creating",
+        created_by=actor,
+        created_at=d.now_ms(),
+    )
+    await d.store.create_checkout(co)
+    request = SessionRequest(
+        checkout_id=co.id,
+        workspace_id=ws.id,
+        app_id=app_id,
+        amount_cents=cents(micros),
+        currency=co.currency,
+        success_url=d.settings.checkout_success_url,
+        cancel_url=d.settings.checkout_cancel_url,
+    )
+    try:
+        session = await create(request)
+        if session.amount_total not in (None, request.amount_cents):
+            raise ProviderError(f"the provider's session charges {session.amount_total} cents")
+    except ProviderError:
+        await d.store.set_checkout_status(co.id, "failed", only_from=("creating",))
+        raise
+    await d.store.open_checkout(co.id, session.id, session.url)
+    after = {"checkout_id": co.id, "amount": format_amount(micros), "app_id": app_id}
+    await audit(d, actor, "checkout.create", f"workspace:{ws.id}", None, after)
+    opened = await d.store.get_checkout(co.id)
+    assert opened is not None
+    return opened
+
+
+async def _find(d: Deps, ev: SessionEvent) -> Checkout | None:
+    """The checkout an event is about: by session id, or by the checkout id in the
+    metadata for a checkout whose session was not recorded yet."""
+    if not ev.session_id:
+        return None
+    co = await d.store.get_checkout_by_session(ev.session_id)
+    if co is not None:
+        return co
+    checkout_id = ev.metadata.get("checkout_id", "")
+    co = await d.store.get_checkout(checkout_id) if checkout_id else None
+    if co is None or co.session_id is not None:
+        return None
+    return co
+
+
+async def handle_event(d: Deps, ev: SessionEvent) -> Outcome:
+    """Act on one verified provider event; returns (and records) what it did."""
+    co = await _find(d, ev) if ev.type in HANDLED else None
+    outcome = await _decide(d, ev, co)
+    await d.store.record_payment_event(
+        ev.event_id,
+        provider=PROVIDER,
+        event_type=ev.type,
+        session_id=ev.session_id,
+        checkout_id=co.id if co else None,
+        outcome=outcome,
+        at=d.now_ms(),
+    )
+    if outcome in ("unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid"):
+        log.warning(
+            "payment event %s (%s) for session %s not credited: %s",
+            ev.event_id,
+            ev.type,
+            ev.session_id,
+            outcome,
+        )
+    return outcome
+
+
+async def _decide(d: Deps, ev: SessionEvent, co: Checkout | None) -> Outcome:
+    if ev.type not in HANDLED:
+        return "ignored"
+    if co is None or ev.session_id is None:
+        return "unknown_checkout"
+    if ev.metadata.get("workspace_id", co.workspace_id) != co.workspace_id:
+        return "unknown_checkout"
+    if ev.type == EXPIRED:
+        await d.store.set_checkout_status(co.id, "expired", only_from=("creating", "open"))
+        return "expired"
+    if ev.type == ASYNC_FAILED:
+        await d.store.set_checkout_status(co.id, "failed", only_from=("creating", "open"))
+        return "failed"
+    if ev.payment_status != "paid":
+        return "pending"  # completed, the payment itself still on its way (async methods)
+    rejected = await _reject_reason(d, ev, co)
+    if rejected is not None:
+        detail = {**co.detail, "rejected": rejected, "event_id": ev.event_id,
+                  "amount_total": ev.amount_total, "currency": ev.currency}  # fmt: skip
+        await d.store.set_checkout_status(
+            co.id, "rejected", only_from=("creating", "open", "expired", "failed"), detail=detail
+        )
+        return rejected
+    entry = LedgerEntry(
+        workspace_id=co.workspace_id,
+        kind="topup",
+        amount=co.amount,
+        reference=f"checkout:{ev.session_id}",
+        created_at=d.now_ms(),
+        app_id=co.app_id,
+        detail={
+            "source": "checkout",
+            "checkout_id": co.id,
+            "session_id": ev.session_id,
+            "payment_intent": ev.payment_intent,
+            "event_id": ev.event_id,
+            "by": co.created_by,
+        },
+    )
+    created = await d.store.complete_checkout(
+        co.id, ev.session_id, ev.payment_intent, entry, entry.created_at
+    )
+    if not created:
+        prior = await d.store.get_ledger_entry(co.workspace_id, entry.reference)
+        entry = prior if prior is not None else entry
+    await credits.apply_topup(d, entry, shown_reference=ev.session_id, checkout_id=co.id)
+    if created:
+        after = {"checkout_id": co.id, "amount": format_amount(co.amount),
+                 "app_id": co.app_id, "session_id": ev.session_id}  # fmt: skip
+        await audit(d, f"provider:{PROVIDER}", "checkout.paid", f"workspace:{co.workspace_id}",
+                    None, after)  # fmt: skip
+    return "credited" if created else "already_credited"
+
+
+async def _reject_reason(d: Deps, ev: SessionEvent, co: Checkout) -> Outcome | None:
+    """Why a paid event must not be credited, if it must not."""
+    if co.status == "paid":
+        return None  # credited before: the redelivery is harmless (and acknowledged)
+    if co.status == "rejected":  # stays rejected, whatever changed since
+        return REJECTED.get(str(co.detail.get("rejected")), "amount_mismatch")
+    if ev.amount_total != cents(co.amount) or (ev.currency or "").lower() != co.currency:
+        return "amount_mismatch"
+    if not d.settings.topup_min <= co.amount <= d.settings.topup_max:
+        return "outside_limits"
+    ws = await d.store.get_workspace(co.workspace_id)
+    if ws is None or ws.type != "standard":
+        return "not_prepaid"
+    return None

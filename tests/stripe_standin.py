@@ -1,0 +1,134 @@
+"""A local stand-in for Stripe's REST API, and signed webhook events, for tests.
+
+``stripe_standin()`` serves ``POST /v1/checkout/sessions`` on a free 127.0.0.1 port the
+way Stripe does (form-encoded request, bearer secret key, a ``checkout.session`` JSON
+answer), so the real ``stripe`` library talks real HTTP to it. Every request is kept
+(its decoded form and headers) for the test to check. ``signed`` builds a webhook
+delivery exactly as Stripe signs one (``t=<unix time>,v1=<HMAC-SHA256 of
+"<t>.<payload>">``), so the gateway verifies it with the library like a real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+SECRET_KEY = "sk_test_" + "k" * 24
+WEBHOOK_SECRET = "whsec_" + "w" * 32
+
+
+@dataclass
+class Seen:
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
+class StripeStandIn:
+    url: str = ""
+    seen: list[Seen] = field(default_factory=list)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fail_with: int | None = None  # answer the next requests with this error status
+    amount_offset: int = 0  # a provider that charges something else than asked
+
+    def session_for(self, checkout_id: str) -> dict[str, Any]:
+        return next(
+            s for s in self.sessions.values() if s["metadata"]["checkout_id"] == checkout_id
+        )
+
+
+def _session(form: dict[str, str], offset: int) -> dict[str, Any]:
+    sid = "cs_test_" + secrets.token_hex(12)
+    metadata = {
+        k.removeprefix("metadata[").removesuffix("]"): v
+        for k, v in form.items()
+        if k.startswith("metadata[")
+    }
+    amount = int(form["line_items[0][price_data][unit_amount]"]) * int(
+        form.get("line_items[0][quantity]", "1")
+    )
+    return {
+        "id": sid,
+        "object": "checkout.session",
+        "mode": form["mode"],
+        "status": "open",
+        "payment_status": "unpaid",
+        "amount_total": amount + offset,
+        "currency": form["line_items[0][price_data][currency]"],
+        "metadata": metadata,
+        "client_reference_id": form.get("client_reference_id"),
+        "success_url": form["success_url"],
+        "cancel_url": form["cancel_url"],
+        "payment_intent": None,
+        "url": f"https://checkout.stripe.test/c/pay/{sid}",
+    }
+
+
+@asynccontextmanager
+async def stripe_standin() -> AsyncIterator[StripeStandIn]:
+    standin = StripeStandIn()
+
+    async def create(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        standin.seen.append(Seen(form, dict(request.headers)))
+        if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
+            error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
+            return web.json_response(error, status=401)
+        if standin.fail_with is not None:
+            error = {"error": {"type": "api_error", "message": "stand-in failure"}}
+            return web.json_response(error, status=standin.fail_with)
+        session = _session(form, standin.amount_offset)
+        standin.sessions[session["id"]] = session
+        return web.json_response(session)
+
+    app = web.Application()
+    app.router.add_post("/v1/checkout/sessions", create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    standin.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield standin
+    finally:
+        await runner.cleanup()
+
+
+def event(
+    event_type: str, session: dict[str, Any], *, event_id: str | None = None, **changes: Any
+) -> bytes:
+    """A provider event about ``session`` (with ``changes`` to the session object)."""
+    obj = {**session, **changes}
+    body = {
+        "id": event_id or "evt_" + secrets.token_hex(12),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "livemode": False,
+        "type": event_type,
+        "data": {"object": obj},
+    }
+    return orjson.dumps(body)
+
+
+def paid(session: dict[str, Any], **changes: Any) -> bytes:
+    """``checkout.session.completed`` of a paid session."""
+    pi = "pi_" + session["id"].removeprefix("cs_test_")
+    fields = {"status": "complete", "payment_status": "paid", "payment_intent": pi, **changes}
+    return event("checkout.session.completed", session, **fields)
+
+
+def signed(payload: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None) -> str:
+    """The ``Stripe-Signature`` header Stripe would send with ``payload``."""
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
