@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, stripe_standin
 
 from gateway.webhooks import WebhookOptions
 
@@ -44,10 +45,18 @@ def schemathesis_bin() -> str:
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
-    # Delivery stays idle: fuzzed webhook URLs must never be called (loopback only).
-    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
-        yield a
+    async with stripe_standin() as standin:
+        # Payments configured against the local Stripe stand-in (a 503 would be a failure).
+        settings = admin_settings(
+            f"sqlite:///{tmp_path}/store.db",
+            redis_url,
+            stripe_api_base=standin.url,
+            stripe_secret_key=SECRET_KEY,
+            stripe_webhook_secret=WEBHOOK_SECRET,
+        )
+        # Delivery stays idle: fuzzed webhook URLs must never be called (loopback only).
+        async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+            yield a
 
 
 def write_config(path: Path, params: dict[str, str]) -> Path:
