@@ -24,7 +24,6 @@ from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
 from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
 from config import Settings
-
 from meter.authz import token_hash
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")

@@ -492,7 +492,7 @@ async def test_migration_keeps_existing_grants_as_the_one_per_user(
 ) -> None:
     """A user who got free credits before the payments step gets none again after it."""
     import meter.store.sqlite as sqlite_backend
-    from meter.store import LedgerEntry, User, Workspace
+    from meter.store import LedgerEntry, Workspace
     from meter.store.schema import MIGRATIONS
 
     store = open_store(f"sqlite:///{tmp_path}/store.db")
@@ -500,9 +500,13 @@ async def test_migration_keeps_existing_grants_as_the_one_per_user(
         with monkeypatch.context() as m:
             m.setattr(sqlite_backend, "MIGRATIONS", MIGRATIONS[:1])
             assert await store.migrate() == [1]
-        await store.create_user(User("u1", "a@example.com", "A", "h1", 1))
         old = "wold00000001"  # created by the code of before: no free_grants table yet
         async with store.connection() as c:
+            await c.execute(
+                "INSERT INTO users (id, email, name, token_hash, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                "u1", "a@example.com", "A", "h1", 1,
+            )  # fmt: skip
             await c.execute(
                 "INSERT INTO workspaces (id, name, owner_id, created_at) VALUES (?, ?, ?, ?)",
                 old, "Old", "u1", 1,
