@@ -37,7 +37,7 @@ from gateway.webhooks import WebhookOptions
 from meter import accounts, payments, projection
 from meter.accounts import Deps
 from meter.flusher import Flusher
-from meter.store import open_store
+from meter.store import LedgerEntry, open_store
 
 USD = 1_000_000
 HOOK = "/v1/payments/stripe/webhook"
@@ -423,6 +423,46 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
         await store.close()
 
 
+async def test_crashes_between_the_steps_are_completed_by_the_redelivery(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
+        token, ws = await owner_ws(admin)
+        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+        session = standin.session_for(co["id"])
+        # A crash after the ledger commit, before Redis and the outbox: Stripe got no 2xx.
+        entry = LedgerEntry(ws, "topup", 100 * USD, f"checkout:{session['id']}", 1)
+        assert await admin.store.complete_checkout(co["id"], session["id"], None, entry, 1)
+        assert await paid_state(admin, ws) == (1, 0, 0, 0)
+        payload = paid(session)
+        for want in ("already_credited", "already_credited"):
+            assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == want
+        assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
+
+        # A crash after the provider created the session, before it was recorded here.
+        ws_row = await admin.store.get_workspace(ws)
+        assert ws_row is not None
+        d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
+
+        async def crashing(req: payments.SessionRequest) -> payments.ProviderSession:
+            raise payments.ProviderError("connection reset after the session was created")
+
+        with pytest.raises(payments.ProviderError):
+            await payments.start_checkout(d, "user:x", ws_row, "200.00", app_id=None,
+                                          create=crashing)  # fmt: skip
+        [failed] = [c for c in await admin.store.list_checkouts(ws) if c.status == "failed"]
+        meta = {"checkout_id": failed.id, "workspace_id": ws, "app_id": ""}
+        orphan = {**session, "id": "cs_test_lost", "amount_total": 20000, "metadata": meta}
+        payload = paid(orphan)
+        assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == "credited"
+        assert await paid_state(admin, ws) == (2, 2, 300 * USD, 0)
+        stored = await admin.store.get_checkout(failed.id)
+        assert stored is not None and (stored.status, stored.session_id) == (
+            "paid",
+            "cs_test_lost",
+        )
+
+
 # ------------------------------------------------------------------ transactions
 
 
@@ -481,7 +521,8 @@ async def test_transactions_list_every_kind_newest_first_with_a_cursor(
         ]
         assert whole["next_cursor"] is None
         for bad, field in (("limit=0", "limit"), ("limit=201", "limit"), ("cursor=abc", "cursor"),
-                           ("cursor=-1", "cursor"), ("limit=1.5", "limit")):  # fmt: skip
+                           ("cursor=-1", "cursor"), ("limit=1.5", "limit"),
+                           (f"cursor={page['next_cursor']}x", "cursor")):  # fmt: skip
             status, body = await admin.api("GET", f"{path}?{bad}", token)
             assert (status, body["field"]) == (422, field), bad
         assert bot.count() == 1
@@ -492,7 +533,7 @@ async def test_migration_keeps_existing_grants_as_the_one_per_user(
 ) -> None:
     """A user who got free credits before the payments step gets none again after it."""
     import meter.store.sqlite as sqlite_backend
-    from meter.store import LedgerEntry, Workspace
+    from meter.store import Workspace
     from meter.store.schema import MIGRATIONS
 
     store = open_store(f"sqlite:///{tmp_path}/store.db")

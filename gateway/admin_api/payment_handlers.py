@@ -5,16 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.money import format_amount
+from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
 from meter import authz, payments
+from meter.pages import decode, limit_of, page
 from meter.payments import PaymentsNotConfigured
 from meter.plan_usage import iso
 from meter.store import LedgerEntry
 
-DEFAULT_PAGE = 50
 SHOWN_PREFIXES = ("funds:", "checkout:")  # stripped: the reference as its owner knows it
 
 
@@ -79,12 +80,14 @@ async def list_transactions(call: Call) -> web.Response:
     ws, _ = await authz.authorize_workspace(
         call.deps.store, call.principal, call.path("ws"), "transactions.read"
     )
-    q = call.query_as(s.TransactionsQuery)
-    limit = int(q.limit) if q.limit is not None else DEFAULT_PAGE
-    before = int(q.cursor) if q.cursor is not None else None
-    # One more than the page: whether an older page exists, without a second query.
-    rows = await call.deps.store.ledger_page(ws.id, before_id=before, limit=limit + 1)
-    page = rows[:limit]
+    q = call.query_as(ls.ListQuery)
+    key = decode("transactions", q.cursor, (int,))
+    limit = limit_of(q.limit)
+    # Newest first by ledger id: entries added meanwhile never shift a page.
+    rows = await call.deps.store.ledger_page(
+        ws.id, before_id=key[0] if key else None, limit=limit + 1
+    )
+    p = page("transactions", rows, limit, lambda e: (e.id,))
     items = [
         s.TransactionOut(
             id=str(e.id),
@@ -95,12 +98,8 @@ async def list_transactions(call: Call) -> web.Response:
             reference=shown_reference(e.reference),
             created_at=iso(e.created_at) or "",
         )
-        for e in page
+        for e in p.items
     ]
-    more = len(rows) > limit and page[-1].id is not None
-    out = s.TransactionsOut(
-        workspace_id=ws.id,
-        transactions=items,
-        next_cursor=str(page[-1].id) if more else None,
+    return json_response(
+        s.TransactionsOut(workspace_id=ws.id, transactions=items, next_cursor=p.next_cursor)
     )
-    return json_response(out)

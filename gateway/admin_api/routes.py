@@ -54,7 +54,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(400,)),
     Route("GET", "/v1/workspaces/{ws}/transactions", pay.list_transactions,
           "The ledger, newest first: free grants, lapses, top-ups, manual credits",
-          "workspace owner, operator", query=s.TransactionsQuery, response=s.TransactionsOut,
+          "workspace owner, operator", query=ls.ListQuery, response=s.TransactionsOut,
           params=WS),
     Route("POST", "/v1/workspaces/{ws}/upgrade", acc.upgrade,
           "Make the workspace enterprise with per-product licences", "operator",
