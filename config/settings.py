@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     rate_minute_window_s: Seconds = 60.0
     rate_hour_window_s: Seconds = 3600.0
     idempotency_ttl_s: Seconds = DAY
+    # Deliveries of one idempotency key that are served (the original included); the
+    # next is refused 409 duplicate_delivery.
+    idempotency_max_deliveries: int = Field(5, ge=1, le=1000)
+    # A charge not confirmed as forwarded within this window (the gateway died between
+    # the charge and the forward) is refunded by the sweeper.
+    refund_window_s: Seconds = 120.0
+    # Local state that must survive a crash of the process (forward confirmations).
+    state_dir: str = "creditgate-state"
 
     # Admission engine. metering=false proxies without admission: a benchmark
     # baseline, never for production.
@@ -144,6 +152,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: list[Literal["connect", "timeout", "5xx"]] = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0
+    # A connection must deliver a complete request head within this many seconds of
+    # opening (or of its previous response): slow-header clients are cut off.
+    header_timeout_s: Seconds = 15.0
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
     # Durable usage.

@@ -60,6 +60,7 @@ from meter.batches import Batch
 from meter.claims import Claim
 from meter.egress import check_settings
 from meter.redis_client import RedisClient, connect, warm_up
+from meter.reservations import Confirmations, Sweeper, replay
 from meter.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def _traffic_ctx(
         )
         admitter = Admitter(client, settings, clock=clock, on_batch=metrics.batch_size.observe)
         owed = Owed(admitter, metrics, timeout=settings.redis_timeout_s)
+        confirmations = Confirmations(client, settings.state_dir) if metering else None
         meter = Meter(
             admitter,
             owed,
@@ -175,6 +177,7 @@ def _traffic_ctx(
             fail_open=settings.fail_mode == "open",
             refund_on=frozenset(settings.refund_on),
             timeout=settings.redis_timeout_s,
+            confirmations=confirmations,
         )
         upstreams = Upstreams(
             client, default_url=settings.default_upstream_url, timeout=settings.redis_timeout_s
@@ -194,6 +197,8 @@ def _traffic_ctx(
                 await settler
             await owed.close(min(5.0, settings.shutdown_grace_s))
             await admitter.close()
+            if confirmations is not None:
+                await confirmations.close(min(5.0, settings.shutdown_grace_s))
             await session.close()
 
     return ctx
@@ -230,6 +235,19 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics.flushed_rows.labels(KIND_NAMES[claim.kind]).inc(batch.rows)
 
     flusher = Flusher(app[REDIS], store, settings, clock=app[CLOCK], on_batch=on_batch)
+    # Confirmations journaled by processes that died are replayed before the sweeper
+    # may refund what they forwarded.
+    try:
+        await replay(app[REDIS], settings.state_dir)
+    except Exception:  # Redis down: the sweeper waits for it below
+        log.warning("journal replay deferred: redis unavailable", exc_info=True)
+    refunds = Admitter(app[REDIS], settings, clock=app[CLOCK])
+    sweeper = Sweeper(
+        app[REDIS],
+        flusher.workspaces,
+        lambda app_id, rid: refunds.void(app_id, rid, ""),
+        clock=app[CLOCK],
+    )
 
     async def gauges() -> None:
         while True:
@@ -243,11 +261,15 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop), name="creditgate-flusher")
     gauge_task = asyncio.create_task(gauges(), name="creditgate-flush-gauges")
+    sweep_every = min(5.0, settings.refund_window_s / 4)
+    sweep_task = asyncio.create_task(sweeper.run(stop, sweep_every), name="creditgate-sweeper")
     try:
         yield
     finally:
         stop.set()
         gauge_task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sweep_task, 5)
         try:
             await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
         except Exception:

@@ -102,6 +102,7 @@ def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
             **{
                 "redis_url": f"redis://{HOST}:{redis_port}/0",
                 "store_url": f"sqlite:///{base}/creditgate.db",
+                "state_dir": f"{base}/state",
                 "host": HOST,
                 "workers": 1,
                 "operator_token": secrets.token_urlsafe(24),

@@ -2,8 +2,8 @@
 
 Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
-ways; ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto``/``-Host`` are set, and
-an ``X-Request-Id`` is generated when the request has none.
+ways; ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host``
+are set, and an ``X-Request-Id`` is generated when the request has none.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ WS_HANDSHAKE = (
     "Sec-WebSocket-Protocol",
     "Sec-WebSocket-Accept",
 )
+
+# This gateway's entry in ``Via`` (RFC 9110 §7.6.3): a request that comes back with it
+# has looped through an upstream pointing at the gateway (answered 508).
+VIA_TOKEN = "creditgate"
+_VIA = "1.1 " + VIA_TOKEN
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex() + "-"
@@ -76,6 +81,8 @@ def upstream_headers(
     host = src.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
+    via = src.get("Via")
+    out["Via"] = f"{via}, {_VIA}" if via else _VIA
     rid = src.get("X-Request-Id")
     if not rid:
         rid = new_request_id()

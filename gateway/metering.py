@@ -18,6 +18,8 @@ from gateway.owed import Debt, Owed
 from gateway.problems import Refused, metering_unavailable
 from meter.admission import Admitter, Decision, Kind
 from meter.errors import MeteringUnavailable
+from meter.keys import record_id
+from meter.reservations import Confirmations
 
 log = logging.getLogger(__name__)
 Failure = Literal["connect", "timeout", "5xx"]
@@ -43,8 +45,10 @@ class Meter:
         fail_open: bool,
         refund_on: frozenset[str],
         timeout: float,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._admitter = admitter
+        self._confirmations = confirmations
         self._owed = owed
         self._metrics = metrics
         self._fail_open = fail_open
@@ -66,7 +70,7 @@ class Meter:
                 if self._owed.owe(debt):
                     return Admission(app_id, None, debt)
             elif exc.ambiguous:
-                self._owed.void_later(app_id, key, token)
+                self._owed.void_later(app_id, record_id(channel, user, key, token), token)
             self._metrics.refused("metering_unavailable")
             raise metering_unavailable() from None
         self._observe(time.perf_counter() - t0)
@@ -79,9 +83,32 @@ class Meter:
                 self._metrics.sessions_started.inc()
         return Admission(app_id, dec, None)
 
+    async def check(self, app_id: str, channel: str, user: str) -> None:
+        """Could the app be served now (suspension, licence, credit)? Charges nothing;
+        raises :class:`Refused` or 503 like :meth:`admit` (a WebSocket upgrade)."""
+        try:
+            dec = await self._admitter.admit(app_id, channel, user, "", kind="c")
+        except MeteringUnavailable:
+            self._metrics.redis_errors.inc()
+            if self._fail_open:
+                return
+            raise metering_unavailable() from None
+        if dec.code:
+            raise Refused.of(dec)
+
+    def forwarded(self, admission: Admission | None) -> None:
+        """The message's request is with the bot: its charge stands (see
+        :mod:`meter.reservations`). Call right after handing it to the socket."""
+        if admission is None or self._confirmations is None:
+            return
+        dec = admission.decision
+        if dec is not None and dec.units and not dec.duplicate:
+            self._confirmations.forwarded(admission.app_id, dec.rid)
+
     async def failed(self, admission: Admission, failure: Failure) -> None:
         """The bot failed to serve an admitted message: refund it per ``refund_on``."""
         if failure not in self._refund_on:
+            self.forwarded(admission)  # kept charged by choice: not for the sweeper
             return
         if admission.debt is not None:
             self._owed.forgive(admission.debt)
@@ -95,4 +122,4 @@ class Meter:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("refund of %s deferred: %r", dec.token, exc)
             self._metrics.redis_errors.inc()
-            self._owed.void_later(admission.app_id, dec.key, dec.token)
+            self._owed.void_later(admission.app_id, dec.rid, dec.token)

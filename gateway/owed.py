@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from gateway.metrics import Metrics
 from meter.admission import Admitter, Decision, Kind
 from meter.errors import MeteringUnavailable
+from meter.keys import record_id
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
@@ -46,7 +47,7 @@ class Debt(NamedTuple):
 
 class Void(NamedTuple):
     app_id: str
-    key: str
+    rid: str  # charge record id
     token: str
 
 
@@ -87,19 +88,22 @@ class Owed:
         self._changed()
         return True
 
-    def void_later(self, app_id: str, key: str, token: str) -> None:
-        """Void the charge of attempt ``token`` (if any) when Redis answers again."""
+    def void_later(self, app_id: str, rid: str, token: str) -> None:
+        """Void the charge of attempt ``token`` (if any) when Redis answers again;
+        ``rid`` is its charge record's id (:func:`meter.keys.record_id`)."""
         if len(self.voids) >= self._limit:
             log.error("void list full: charge %s of app %s may stay", token, app_id)
             return
-        self.voids.append(Void(app_id, key, token))
+        self.voids.append(Void(app_id, rid, token))
         self._changed()
 
     def forgive(self, debt: Debt) -> None:
         """The served message failed after all: drop it, and void any charge it left."""
         with contextlib.suppress(ValueError):
             self.debts.remove(debt)
-        self.void_later(debt.app_id, debt.key, debt.token)
+        self.void_later(
+            debt.app_id, record_id(debt.channel, debt.user, debt.key, debt.token), debt.token
+        )
 
     def _changed(self) -> None:
         self._metrics.unsettled.set(len(self))
@@ -140,7 +144,7 @@ class Owed:
             while self.voids:
                 v = self.voids[0]
                 if await asyncio.wait_for(
-                    self._admitter.void(v.app_id, v.key, v.token), self._timeout
+                    self._admitter.void(v.app_id, v.rid, v.token), self._timeout
                 ):
                     self._metrics.refunds.inc()
                 self.voids.pop(0)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.forwarding import InvalidTail
 from meter.admission import Decision
-from meter.errors import InvalidInput, MeteringUnavailable, NotFound
+from meter.errors import InvalidChannelUser, InvalidInput, MeteringUnavailable, NotFound
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
@@ -34,6 +34,8 @@ REFUSAL_STATUS: dict[str, tuple[int, str]] = {
     "app_suspended": (403, "App suspended"),
     "rate_limited": (429, "Rate limited"),
     "usage_limit_reached": (429, "Usage limit reached"),
+    "duplicate_delivery": (409, "Duplicate delivery"),
+    "invalid_channel_user": (400, "Invalid channel user"),
 }
 
 
@@ -131,6 +133,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return exc.response()
     except MeteringUnavailable:
         return metering_unavailable().response()
+    except InvalidChannelUser as exc:
+        return problem_response(400, "invalid_channel_user", "Invalid channel user", str(exc))
     except InvalidInput as exc:
         return problem_response(400, "invalid_input", "Invalid input", str(exc))
     except InvalidTail:

@@ -9,12 +9,19 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * connection refused or reset before a response: ``connect``, 502 (504 for a connect
   timeout);
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
-* a 5xx response: ``5xx``; the bot's own response is passed through unchanged;
+* a 5xx response: ``5xx``, 502; the bot's body is never passed on for a metered message
+  (a bot cannot answer for free by answering 5xx).
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 
 A failure after the response started cannot be answered any more: the client connection
 is aborted (truncated body) and nothing is refunded (the bot did answer).
+
+A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) right after its
+request was handed to the bot's socket: by the body payload once written, or just before
+sending a request without a body. A charge never confirmed is refunded by the sweeper.
+A request that already passed this gateway (its ``Via`` names it) is refused 508
+``loop_detected`` before anything is metered.
 """
 
 from __future__ import annotations
@@ -22,16 +29,17 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import payload, web
 from yarl import URL
 
 from gateway.channels import USER_HEADER, Channels
 from gateway.egress import UpstreamForbidden
-from gateway.forwarding import downstream_headers, target_url, upstream_headers
+from gateway.forwarding import VIA_TOKEN, downstream_headers, target_url, upstream_headers
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, Refused, unknown_app
@@ -57,6 +65,57 @@ def forbidden() -> Problem:
         "Upstream forbidden",
         "the upstream address may not be reached from the gateway",
     )
+
+
+def loop_detected() -> Problem:
+    return Problem(
+        508,
+        "loop_detected",
+        "Loop detected",
+        "this request already passed through the gateway: an upstream points back at it",
+    )
+
+
+def check_loop(request: web.Request) -> None:
+    """508 for a request that carries this gateway's ``Via`` entry (DESIGN §3)."""
+    for via in request.headers.getall("Via", ()):
+        if VIA_TOKEN in via:
+            raise loop_detected()
+
+
+def bot_failed() -> Problem:
+    return Problem(502, "upstream_error", "Bot failed", "the bot answered with an error")
+
+
+class _SentBytes(payload.BytesPayload):
+    """A request body that reports when it has been handed to the socket."""
+
+    def __init__(self, value: bytes, on_sent: Callable[[], None]) -> None:
+        super().__init__(value)
+        self._on_sent = on_sent
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        await super().write_with_length(writer, content_length)
+        self._on_sent()
+
+
+class _SentBytesIO(payload.BytesIOPayload):
+    def __init__(self, value: io.BytesIO, on_sent: Callable[[], None]) -> None:
+        super().__init__(value)
+        self._on_sent = on_sent
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        await super().write_with_length(writer, content_length)
+        self._on_sent()
+
+
+async def _sent_stream(
+    stream: AsyncIterator[bytes], on_sent: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield chunk
+    # Asked for more after the last chunk was written: all of it is with the socket.
+    on_sent()
 
 
 def missing_user() -> Problem:
@@ -124,11 +183,25 @@ class Proxy:
         headers, _ = upstream_headers(request)
         if isinstance(body, bytes) and len(body) > SMALL_BODY:
             body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
+        data: Body | payload.Payload = body
+        if admission is not None:
+
+            def sent() -> None:
+                self.meter.forwarded(admission)
+
+            if isinstance(body, bytes):
+                data = _SentBytes(body, sent)
+            elif isinstance(body, io.BytesIO):
+                data = _SentBytesIO(body, sent)
+            elif body is None:
+                sent()  # no body: the headers go out with no await in between
+            else:
+                data = _sent_stream(body, sent)
         failure: Failure
         t0 = time.perf_counter()
         try:
             upstream = await self.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
+                request.method, url, headers=headers, data=data, allow_redirects=False
             )
         except UpstreamForbidden as exc:
             # The egress policy refused the address: nothing was sent, the bot not called.
@@ -175,6 +248,8 @@ class Proxy:
             if status >= 500:
                 self.metrics.upstream_children["5xx"].observe(time.perf_counter() - t0)
                 await self._failed(admission, "5xx")
+                if admission is not None:
+                    raise bot_failed()
             else:
                 self.metrics.upstream_children["ok"].observe(time.perf_counter() - t0)
             resp = web.StreamResponse(
@@ -209,6 +284,7 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     outcome = "error"
     metrics.in_flight.inc()
     try:
+        check_loop(request)
         base = await proxy.upstreams.resolve(app_id)
         if base is None:
             metrics.refused("unknown_app")
@@ -252,6 +328,7 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     outcome = "error"
     metrics.in_flight.inc()
     try:
+        check_loop(request)
         if not rule.delivery_url:
             raise Problem(
                 404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"

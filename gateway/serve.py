@@ -130,6 +130,7 @@ async def _parent(settings: Settings, metering: bool, reserve: socket.socket | N
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.http_server import GatewayRunner
 
     workers = _Workers(settings, metering)
     for _ in range(workers.count):
@@ -138,7 +139,7 @@ async def _parent(settings: Settings, metering: bool, reserve: socket.socket | N
     if reserve is not None:
         reserve.close()
     gw = create_app(settings, run_flusher=True)
-    runner = web.AppRunner(gw.admin, access_log=None, shutdown_timeout=5.0)
+    runner = GatewayRunner(gw.admin, settings, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.admin_port).start()
     admin_port = runner.addresses[0][1]
@@ -176,13 +177,14 @@ async def _worker(settings: Settings, ready: Any, metering: bool) -> None:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.http_server import GatewayRunner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = create_app(settings, metering=metering)
-    runner = web.AppRunner(gw.traffic, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    runner = GatewayRunner(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.traffic_port, reuse_port=True, backlog=1024)
     await site.start()

@@ -14,6 +14,9 @@ Closing codes sent to the client:
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down;
+
+The upgrade itself is checked first (suspension, licence, credit: problem+json
+402/403/429 before the bot connection is opened).
 * otherwise the bot's own close code is passed on.
 """
 
@@ -32,7 +35,7 @@ from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.metering import Admission
 from gateway.problems import Problem, Refused
-from gateway.proxy import Proxy, forbidden, missing_user
+from gateway.proxy import Proxy, check_loop, forbidden, missing_user
 
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
@@ -52,6 +55,7 @@ async def proxy_websocket(
     open_sockets: weakref.WeakSet[web.WebSocketResponse],
 ) -> web.StreamResponse:
     """Proxy one WebSocket connection until either side closes."""
+    check_loop(request)
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
     user = request.headers.get(USER_HEADER) or request.query.get("user", "")
@@ -59,6 +63,9 @@ async def proxy_websocket(
         raise missing_user()
     headers, _ = upstream_headers(request, drop=WS_HANDSHAKE)
     url = target_url(base, request, prefix)
+    if proxy.metering:
+        # Suspension, licence and credit decide before the bot connection is opened.
+        await proxy.meter.check(app_id, channel, user)
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
@@ -135,6 +142,7 @@ async def _client_to_bot(
                 await upstream.send_str(msg.data)
             else:
                 await upstream.send_bytes(msg.data)
+            proxy.meter.forwarded(admission)
         except (aiohttp.ClientError, ConnectionError):
             if admission is not None:
                 await proxy.meter.failed(admission, "connect")

@@ -23,18 +23,17 @@ from redis.typing import EncodableT
 
 from config import Settings
 from meter import keys
-from meter.errors import InvalidInput, MeteringUnavailable
+from meter.errors import InvalidChannelUser, MeteringUnavailable
 from meter.redis_client import RedisClient
 from meter.scripts import register, run
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Kind = Literal["m", "n"]
+Kind = Literal["m", "n", "c"]  # message, notification, check (WebSocket upgrade)
 
 MAX_USER_LEN = 256
 MAX_KEY_LEN = 256
-_FORBIDDEN = str.maketrans("", "", "\t\r\n")
 _CACHE_MAX = 100_000  # app ids / channels remembered as well-formed
 
 
@@ -49,6 +48,8 @@ class Code(IntEnum):
     USAGE_LIMIT_REACHED = 5
     CREDITS_EXHAUSTED = 6
     FREE_CREDITS_EXPIRED = 7
+    DUPLICATE_DELIVERY = 8
+    INVALID_CHANNEL_USER = 9  # a malformed member of a batch (the edge should stop these)
 
 
 REASONS: dict[int, str] = {c.value: c.name.lower() for c in Code if c is not Code.ADMITTED}
@@ -69,6 +70,7 @@ class Decision(NamedTuple):
     new_session: bool
     key: str
     token: str
+    rid: str  # the charge record's id (meter.keys.record_id)
 
     @property
     def admitted(self) -> bool:
@@ -86,20 +88,23 @@ class Decision(NamedTuple):
 
 
 def unknown_app(key: str = "", token: str = "") -> Decision:
-    return Decision(Code.UNKNOWN_APP, 0, 0, 0, 0, 0, 0, "", False, False, key, token)
+    return Decision(Code.UNKNOWN_APP, 0, 0, 0, 0, 0, 0, "", False, False, key, token, "")
 
 
-def _plain(value: str, limit: int) -> bool:
-    """Fast check: short enough and free of tab and newline characters."""
-    return len(value) <= limit and "\t" not in value and "\n" not in value and "\r" not in value
+def check_channel_text(field: str, value: str, limit: int = MAX_USER_LEN) -> None:
+    """A channel user id or idempotency key: 1-``limit`` printable characters.
 
-
-def _clean(field: str, value: str, limit: int) -> str:
+    Printable excludes control characters (tab, newline, NUL: separators in Redis
+    records, rejected by PostgreSQL text) and lone surrogates (what invalid UTF-8 in a
+    header decodes to): such a value would fail the shared Redis call or the store.
+    Raises :class:`InvalidChannelUser`.
+    """
+    if not value:
+        raise InvalidChannelUser(field, "is required")
     if len(value) > limit:
-        raise InvalidInput(field, f"longer than {limit} characters")
-    if value.translate(_FORBIDDEN) != value:
-        raise InvalidInput(field, "contains tab or newline characters")
-    return value
+        raise InvalidChannelUser(field, f"longer than {limit} characters")
+    if not value.isprintable():
+        raise InvalidChannelUser(field, "must be printable UTF-8 text")
 
 
 def billing_period(now_s: float) -> str:
@@ -109,9 +114,10 @@ def billing_period(now_s: float) -> str:
 
 
 class _Pending(NamedTuple):
-    arg: str
+    arg: bytes
     key: str
     token: str
+    rid: str
     future: asyncio.Future[Decision]
 
 
@@ -159,9 +165,20 @@ class Admitter:
             int(s.rate_minute_window_s * 1000),
             int(s.rate_hour_window_s * 1000),
         )
-        # A charge record without a channel key lives as long as the bot may take.
+        # A charge record without a channel key lives as long as the bot may take, and
+        # at least as long as its reservation (the sweeper refunds from the record).
+        self._reserve_ms = int(s.refund_window_s * 1000)
         self._refund_ttl_ms = (
-            int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000) + 60_000
+            max(
+                int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000),
+                self._reserve_ms,
+            )
+            + 60_000
+        )
+        self._tail: tuple[EncodableT, ...] = (
+            self._refund_ttl_ms,
+            s.idempotency_max_deliveries,
+            self._reserve_ms,
         )
 
     def new_token(self) -> str:
@@ -190,12 +207,14 @@ class Admitter:
             return unknown_app(key, token)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
-        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}"
+        # Encoded here, so a value Redis cannot take fails this message alone.
+        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}".encode()
+        item = _Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
         batch = self._pending.get(ws)
         if batch is None:
-            self._pending[ws] = [_Pending(arg, key, token, fut)]
+            self._pending[ws] = [item]
         else:
-            batch.append(_Pending(arg, key, token, fut))
+            batch.append(item)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
@@ -233,7 +252,7 @@ class Admitter:
                 int(now * 1000),
                 *self._static,
                 billing_period(now),
-                self._refund_ttl_ms,
+                *self._tail,
             ]
             if len(send) == 1 or self._cluster:
                 # On a cluster each workspace lives on its own master: separate calls keep
@@ -309,12 +328,9 @@ class Admitter:
                 return None
             if len(self._channels) < _CACHE_MAX:
                 self._channels.add(channel)
-        if user == "":
-            raise InvalidInput("user", "a channel user id is required")
-        if not _plain(user, MAX_USER_LEN):
-            _clean("user", user, MAX_USER_LEN)
-        if key and not _plain(key, MAX_KEY_LEN):
-            _clean("idempotency_key", key, MAX_KEY_LEN)
+        check_channel_text("user", user, MAX_USER_LEN)
+        if key:
+            check_channel_text("idempotency_key", key, MAX_KEY_LEN)
         return ws
 
     async def settle(
@@ -333,11 +349,12 @@ class Admitter:
             int(at * 1000),
             *self._static,
             billing_period(at),
-            self._refund_ttl_ms,
+            *self._tail,
         ]
-        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind.upper()}"
+        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind.upper()}".encode()
         loop = asyncio.get_running_loop()
-        pending = _Pending(arg, key, token, loop.create_future())
+        rid = keys.record_id(channel, user, key, token)
+        pending = _Pending(arg, key, token, rid, loop.create_future())
         await self._call(head, ws, [pending])
         return await pending.future
 
@@ -354,10 +371,12 @@ class Admitter:
         """
         if decision.duplicate or (decision.units == 0 and decision.code == 0):
             return False
-        return await self.void(app_id, decision.key, decision.token)
+        return await self.void(app_id, decision.rid, decision.token)
 
-    async def void(self, app_id: str, key: str, token: str) -> bool:
-        """Refund the charge of attempt ``token`` if it exists (e.g. after an ambiguous timeout)."""
+    async def void(self, app_id: str, rid: str, token: str) -> bool:
+        """Refund the charge of attempt ``token`` if it exists (e.g. after an ambiguous
+        timeout). ``rid`` is the charge record's id (:func:`meter.keys.record_id`); an
+        empty ``token`` refunds it only while it is still reserved (the sweeper)."""
         ws = keys.workspace_of(app_id)
         if ws is None:
             return False
@@ -369,7 +388,7 @@ class Admitter:
             [
                 int(now * 1000),
                 app_id,
-                key or token,
+                rid,
                 token,
                 self._settings.flush_bucket_s,
                 billing_period(now),
@@ -422,6 +441,7 @@ def _resolve(chunk: list[_Pending], raw: list[Any]) -> None:
                     bool(flags & 2),
                     p.key,
                     p.token,
+                    p.rid,
                 ),
             )
         )

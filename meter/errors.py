@@ -16,6 +16,10 @@ class InvalidInput(MeterError, ValueError):
         self.message = message
 
 
+class InvalidChannelUser(InvalidInput):
+    """A channel user id or idempotency key that is not 1-256 printable characters."""
+
+
 class NotFound(MeterError):
     """A workspace, app or user that does not exist (or may not be seen)."""
 

@@ -19,8 +19,12 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.
-``P:i:<app>:<key>``   string charge record of a charged message (see admit.lua): the
-                             duplicate check for its channel key, what a refund reverses.
+``P:i:<app>:<rid>``   string charge record of an admitted message (see admit.lua): the
+                             redelivery check for its channel key, what a refund reverses;
+                             ``rid`` is :func:`record_id` (the key belongs to one app,
+                             channel and channel user).
+``P:rsv``             zset   charged messages not yet confirmed as forwarded: ``<app>:<rid>`` ->
+                             deadline (ms); the sweeper refunds those past it.
 ``P:lu:<product>:<period>`` string enterprise usage counted in the billing period.
 ``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field
                              ``<app>|<channel>|<product>|<unit>|<metric>`` -> integer.
@@ -77,6 +81,17 @@ def app_key(ws: str, app: str) -> str:
 
 def idem_key(ws: str, app: str, key: str) -> str:
     return f"{ws_prefix(ws)}:i:{app}:{key}"
+
+
+def record_id(channel: str, user: str, key: str, token: str) -> str:
+    """The charge record's id: a channel idempotency key is scoped to the channel and
+    channel user (the same key from another user is another message); without a key,
+    the attempt's token. Mirrored in admit.lua."""
+    return f"k:{channel}\t{user}\t{key}" if key else f"t:{token}"
+
+
+def reservations_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:rsv"
 
 
 def agg_key(ws: str, bucket_s: int) -> str:

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings, load_catalog
 from gateway.app import Gateway, create_app
+from gateway.http_server import GatewayRunner
 from meter import projection
 from meter.redis_client import RedisClient, connect
 from meter.store import open_store
@@ -148,9 +149,16 @@ async def _stream(bot: Bot, request: web.Request, size: int) -> web.StreamRespon
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, port: int = 0, **runner_kw: Any) -> AsyncIterator[str]:
-    """Run ``app`` on 127.0.0.1 (a free port unless given); yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, **runner_kw)
+async def serve(
+    app: web.Application, port: int = 0, *, settings: Settings | None = None, **runner_kw: Any
+) -> AsyncIterator[str]:
+    """Run ``app`` on 127.0.0.1 (a free port unless given); yields its base URL. With
+    ``settings``, as the gateway runs its ports (:class:`gateway.http_server.GatewayRunner`)."""
+    runner = (
+        GatewayRunner(app, settings, **runner_kw)
+        if settings is not None
+        else web.AppRunner(app, access_log=None, **runner_kw)
+    )
     await runner.setup()
     site = web.TCPSite(runner, HOST, port)
     await site.start()
@@ -186,7 +194,10 @@ async def running_gateway(
     await store.migrate()
     try:
         gw = create_app(settings, clock=clock, store=store, registry=CollectorRegistry())
-        async with serve(gw.traffic) as url, serve(gw.admin) as admin_url:
+        async with (
+            serve(gw.traffic, settings=settings) as url,
+            serve(gw.admin, settings=settings) as admin_url,
+        ):
             yield Running(gw, url, admin_url)
     finally:
         await store.close()
@@ -272,7 +283,7 @@ def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
         redis_url=redis_url,
         store_url=f"sqlite:///{tmp_path}/creditgate.db",
         host=HOST,
-        **overrides,
+        **{"state_dir": f"{tmp_path}/state", **overrides},
     )
 
 

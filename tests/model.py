@@ -19,7 +19,14 @@ REASON = {
     4: "rate_limited",
     6: "credits_exhausted",
     7: "free_credits_expired",
+    8: "duplicate_delivery",
 }
+MAX_DELIVERIES = 5  # settings.idempotency_max_deliveries, the default
+
+
+def record_id(ch: str, user: str, key: str, token: str) -> str:
+    """A channel key belongs to one channel and channel user (as meter.keys.record_id)."""
+    return f"k:{ch}\t{user}\t{key}" if key else f"t:{token}"
 
 
 class Result(NamedTuple):
@@ -92,9 +99,11 @@ class Session:
 
 
 class Record(NamedTuple):
-    """The charge record ``P:i:<app>:<key>``: duplicate check and what a refund reverses."""
+    """The charge record ``P:i:<app>:<rid>``: redelivery check and what a refund reverses."""
 
     token: str
+    deliveries: int
+    units: int
     bsid: str
     free: int
     app_paid: int
@@ -185,9 +194,6 @@ class Workspace:
         a = self.apps.get(app_id)
         if a is None:
             return NOTHING._replace(code=1)
-        rec = self.records.get((app_id, key or token))
-        if rec is not None:
-            return NOTHING._replace(bsid=rec.bsid, duplicate=True)
         unit, price = (
             (a.unit, a.price) if kind == "m" else ("notification", self.notification_price)
         )
@@ -201,6 +207,23 @@ class Workspace:
                 if w.count(now) + 1 > limit:
                     code, retry = 4, w.wait_ms(now, limit)
                     break
+        rid = record_id(ch, user, key, token)
+        rec = self.records.get((app_id, rid))
+        if rec is not None:
+            # A redelivery: charged nothing, but it obeys status, credit and rate limits.
+            if code == 0:
+                fr = self.free if (a.use_free and now < self.free_exp) else 0
+                if fr + a.paid + self.pool < price:
+                    code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
+                elif rec.deliveries >= MAX_DELIVERIES:
+                    code = 8
+            if code != 0:
+                self.agg[fkey + "r:" + REASON[code]] += 1
+                return NOTHING._replace(code=code, retry_after_ms=retry)
+            rm.add(now)
+            rh.add(now)
+            self.records[(app_id, rid)] = rec._replace(deliveries=rec.deliveries + 1)
+            return NOTHING._replace(bsid=rec.bsid, duplicate=True)
         # Session unit: each started block of a conversation is charged once.
         sk, charge = (app_id, ch, user), True
         s = self.sessions.get(sk) if unit == "session" else None
@@ -242,18 +265,18 @@ class Workspace:
             bsid = s.bsid
         for metric, v in (("n", units), ("m", 1), ("f", f), ("a", ap), ("p", pp)):
             self.agg[fkey + metric] += v
-        if units:
-            self.records[(app_id, key or token)] = Record(token, bsid, f, ap, pp, ch, unit, user)
+        if units or key:
+            self.records[(app_id, rid)] = Record(token, 1, units, bsid, f, ap, pp, ch, unit, user)
         return Result(0, units, f, ap, pp, 0, 0, bsid, False, charge and unit == "session")
 
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
-    def refund(self, now: int, app_id: str, d: Result, key: str, token: str) -> bool:
+    def refund(self, now: int, app_id: str, d: Result, rid: str, token: str) -> bool:
         if d.duplicate or (d.code == 0 and d.units == 0):
             return False
-        rec = self.records.get((app_id, key or token))
-        if rec is None or rec.token != token:
+        rec = self.records.get((app_id, rid))
+        if rec is None or rec.token != token or not rec.units:
             return False
-        del self.records[(app_id, key or token)]
+        del self.records[(app_id, rid)]
         a = self.apps[app_id]
         if now < self.free_exp:
             self.free += rec.free

@@ -74,7 +74,7 @@ async def creditgate_serve(
         admin_port=admin,
         workers=2,
         log_format="text",
-        **{"egress_allow": ",".join(LOOPBACK), **settings},
+        **{"egress_allow": ",".join(LOOPBACK), "state_dir": tmp_path / "state", **settings},
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:  # a pipe nobody reads would fill up

@@ -4,6 +4,8 @@ what it should not, and asserts the bot call count and the balance before and af
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from bot import (  # noqa: F401
 )
 from yarl import URL
 
-from meter import keys
+from meter import keys, projection
 from meter.redis_client import RedisClient
 
 WS = "edge"
@@ -84,3 +86,275 @@ async def test_dots_inside_a_segment_are_not_dot_segments(
     async with http.get(url, headers=USER) as resp:
         assert resp.status == 200
     assert [c.path_qs for c in bot.calls] == ["/slack/events/v1.2/..x/.well-known"]
+
+
+# --------------------------------------------------------------- idempotency keys
+
+REQ_APP = f"{WS}_req1"  # contact_center: every message costs $0.01
+REQ_PRICE = 10_000
+
+
+@pytest.fixture
+async def keyed(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> AsyncIterator[Running]:
+    settings = make_settings(redis_url, tmp_path, rate_per_minute=8)
+    await seed(
+        rclient,
+        settings,
+        WS,
+        {
+            APP: {"product": "automation", "upstream_url": bot.url},
+            REQ_APP: {"product": "contact_center", "upstream_url": bot.url},
+        },
+        free=FREE,
+    )
+    async with running_gateway(settings) as running:
+        yield running
+
+
+async def send(
+    http: aiohttp.ClientSession, url: str, user: str, key: str = "", body: bytes = b"{}"
+) -> int:
+    headers = {"X-Channel-User-Id": user}
+    if key:
+        headers["Idempotency-Key"] = key
+    async with http.post(url, data=body, headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_the_same_key_from_50_users_is_50_messages(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        statuses = await asyncio.gather(*(send(http, url, f"user{i}", "same") for i in range(50)))
+    assert statuses == [200] * 50
+    assert bot.count() == 50
+    assert await free_left(rclient) == FREE - 50 * 200_000  # 50 sessions opened and paid
+
+
+async def test_a_key_is_honoured_at_most_5_times_and_charged_once(
+    keyed: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    url = f"{keyed.url}/hooks/web/{REQ_APP}"
+    statuses = [await send(http, url, "u1", "evt-1") for _ in range(7)]
+    assert statuses == [200] * 5 + [409] * 2
+    assert bot.count() == 5
+    assert await free_left(rclient) == FREE - REQ_PRICE
+
+
+async def test_redeliveries_count_against_the_rate_limit(
+    keyed: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    url = f"{keyed.url}/hooks/web/{REQ_APP}"
+    # 8 per minute: one key redelivered 4 times + 4 other messages fill the window.
+    statuses = [await send(http, url, "u1", "evt-1") for _ in range(4)]
+    statuses += [await send(http, url, "u1", f"other-{i}") for i in range(4)]
+    assert statuses == [200] * 8
+    assert await send(http, url, "u1", "evt-1") == 429
+    assert bot.count() == 8
+    assert await free_left(rclient) == FREE - 5 * REQ_PRICE
+
+
+async def test_a_redelivery_to_a_suspended_app_is_refused(
+    keyed: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    url = f"{keyed.url}/hooks/web/{REQ_APP}"
+    assert await send(http, url, "u1", "evt-1") == 200
+    await projection.put_app(rclient, REQ_APP, product="contact_center", suspended=True,
+                             upstream_url=keyed.gateway.settings.default_upstream_url)  # fmt: skip
+    await _wait_refused(http, url)
+    before = bot.count()
+    assert await send(http, url, "u1", "evt-1") == 403
+    assert bot.count() == before
+    assert await free_left(rclient) == FREE - REQ_PRICE
+
+
+async def _wait_refused(http: aiohttp.ClientSession, url: str) -> None:
+    # The gateway's app cache follows a change within about a second: wait for it.
+    for _ in range(200):
+        if await send(http, url, "probe", "") == 403:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the suspension never took effect")
+
+
+async def test_a_redelivery_without_credit_is_refused(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
+               free=REQ_PRICE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{REQ_APP}"
+        assert await send(http, url, "u1", "evt-1") == 200  # spends the last cent
+        assert await send(http, url, "u1", "evt-1") == 402
+    assert bot.count() == 1
+    assert await free_left(rclient) == 0
+
+
+# ------------------------------------------------------------ bad channel users
+
+OTHER_WS = "edgeother"
+OTHER_APP = f"{OTHER_WS}_app1"
+
+
+async def raw_request(url: str, head: bytes) -> bytes:
+    """Send raw bytes (what aiohttp's client refuses to send) and read the answer."""
+    u = URL(url)
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "user",
+    [b"\xff\xfe bad utf-8", b"nul\\u0000".replace(b"\\u0000", b"\x00"), b"tab\tin", b"x" * 257],
+)
+async def test_bad_channel_users_are_400_and_never_fail_other_workspaces(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    user: bytes,
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    await seed(rclient, settings, OTHER_WS,
+               {OTHER_APP: {"product": "automation", "upstream_url": bot.url}},
+               free=100 * FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        head = (
+            (
+                f"POST /hooks/web/{APP} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                "Connection: close\r\nX-Channel-User-Id: "
+            ).encode()
+            + user
+            + b"\r\n\r\n{}"
+        )
+        other = f"{gw.url}/hooks/web/{OTHER_APP}"
+        bad = [raw_request(gw.url, head) for _ in range(30)]
+        good = [send(http, other, f"user{i}") for i in range(300)]
+        results = await asyncio.gather(*bad, *good)
+    for answer in results[:30]:
+        assert isinstance(answer, bytes)
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+        assert b"application/problem+json" in answer
+    assert results[30:] == [200] * 300
+    assert bot.count() == 300
+    assert await free_left(rclient) == FREE
+    assert await free_left(rclient, OTHER_WS) == 100 * FREE - 300 * 200_000
+
+
+# ---------------------------------------------------------------- loops, sockets
+
+
+async def test_an_app_pointing_at_the_gateway_itself_loops_once_and_pays_nothing(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    async with running_gateway(settings) as gw:
+        await seed(rclient, settings, WS,
+                   {APP: {"product": "automation", "upstream_url": f"{gw.url}/hooks/web/{APP}"}},
+                   free=FREE)  # fmt: skip
+        async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=USER) as resp:
+            assert resp.status in (502, 508)
+            assert resp.content_type == "application/problem+json"
+    assert bot.count() == 0
+    assert await free_left(rclient) == FREE  # the one charge was refunded
+
+
+async def test_a_request_that_passed_the_gateway_is_508_uncharged(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    headers = {**USER, "Via": "1.1 edge-proxy, 1.1 creditgate"}
+    async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=headers) as resp:
+        assert resp.status == 508
+        assert (await resp.json(content_type=None))["code"] == "loop_detected"
+    assert bot.count() == 0
+    assert await free_left(rclient) == FREE
+
+
+async def test_the_bot_sees_the_gateway_in_via(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=USER) as resp:
+        assert resp.status == 200
+    assert bot.calls[0].headers["Via"] == "1.1 creditgate"
+
+
+async def test_a_websocket_to_a_suspended_app_is_refused_at_the_upgrade(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {APP: {"product": "automation", "upstream_url": bot.url, "suspended": True}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws", headers=USER)
+    assert err.value.status == 403
+    assert bot.count() == 0 and bot.ws_messages == []
+
+
+async def test_a_websocket_without_credit_is_refused_at_the_upgrade(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}})
+    async with running_gateway(settings) as gw:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws", headers=USER)
+    assert err.value.status == 402
+    assert bot.count() == 0
+
+
+async def test_slow_header_connections_are_closed(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    settings = make_settings(redis_url, tmp_path, header_timeout_s=1.0)
+    async with running_gateway(settings) as gw:
+        u = URL(gw.url)
+        conns = [await asyncio.open_connection(u.host, u.port) for _ in range(20)]
+        for _, writer in conns:
+            writer.write(b"POST /hooks/web/" + APP.encode() + b" HTTP/1.1\r\nX-Slow: ")
+        # Keep trickling bytes; the server must cut every connection off by itself.
+        closed = 0
+        for _ in range(600):  # a generous bound: 60 s on a busy machine
+            closed = 0
+            for reader, writer in conns:
+                if reader.at_eof():
+                    closed += 1
+                    continue
+                writer.write(b"a")
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(reader.read(1024), 0.005) == b"":
+                        closed += 1
+            if closed == len(conns):
+                break
+            await asyncio.sleep(0.1)
+        for _, writer in conns:
+            writer.close()
+    assert closed == len(conns)
+    assert bot.count() == 0
+
+
+async def test_parser_errors_are_problem_json_without_the_input(gw: Running) -> None:
+    secret = b"Bearer sk_live_SHOULD_NOT_ECHO"
+    answer = await raw_request(gw.url, b"GET /hooks/web/x HTTP/1.1\r\nAuthorization: " + secret
+                               + b"\r\nBad Header Line\r\n\r\n")  # fmt: skip
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert b"application/problem+json" in answer
+    assert b"sk_live" not in answer

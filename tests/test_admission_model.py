@@ -199,7 +199,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def refund(self, i: int, again: bool) -> None:
         app, d, r = self.decisions[-1 - i % len(self.decisions)]
         for _ in range(2 if again else 1):
-            want = self.model.refund(self.now(), app, r, d.key, d.token)
+            want = self.model.refund(self.now(), app, r, d.rid, d.token)
             assert self.run(self.adm.refund(app, d)) == want, (app, d)
 
     @rule(

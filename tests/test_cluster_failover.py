@@ -302,7 +302,7 @@ async def books(client: RedisClient, run: Run, shops: list[Shop]) -> dict[str, B
         mine = [m for m in run.msgs if m.shop is s]
         async with client.pipeline(transaction=False) as pipe:
             for m in mine:
-                pipe.get(keys.idem_key(s.ws, s.app, m.key))
+                pipe.get(keys.idem_key(s.ws, s.app, keys.record_id("web", m.user, m.key, m.token)))
             raw: list[bytes | None] = await pipe.execute()
         tokens = [r.decode().split("\t", 1)[0] for r in raw if r is not None]
         own = {m.token for m in mine}

@@ -207,7 +207,9 @@ async def test_bot_500_is_refunded(env: Env) -> None:
         (env.post(f"/hooks/web/{app_of(ws)}/status/500", user="u1") for ws in spaces),
         "failing bot",
     )
-    assert results == [(500, b"bot says 500")] * len(spaces)
+    # The bot's failed body is withheld: the client gets the 502 problem document.
+    assert [status for status, _ in results] == [502] * len(spaces)
+    assert not any(b"bot says" in body for _, body in results)
     assert env.bot.count("/status/500") == len(spaces)
     for ws in spaces:
         assert await env.paid(ws) == FUNDS
@@ -228,7 +230,7 @@ async def test_flusher_moves_exactly_the_admitted_units_into_the_store(env: Env)
         )
         assert [s for s, _ in oks] == [200] * per_ws
         assert await env.paid(ws) == FUNDS - per_ws * PRICE, "admitted"
-        assert (await env.post(f"/hooks/web/{app}/status/500"))[0] == 500
+        assert (await env.post(f"/hooks/web/{app}/status/500"))[0] == 502
         assert await env.paid(ws) == FUNDS - per_ws * PRICE, "bot 500 not refunded"
         body, h = slack_message(f"Ev{ws}"), {"Content-Type": "application/json"}
         url = f"/hooks/slack/{app}/events"

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from bot import (  # noqa: F401
     Bot,
@@ -55,11 +56,14 @@ async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, s
         return resp.status, resp.content_type, await resp.read()
 
 
-async def test_bot_500_is_passed_through_and_refunded(
+async def test_bot_500_is_withheld_and_refunded(
     gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    status, _, body = await post(http, f"{gw.url}/hooks/web/{APP}/status/500", "u1")
-    assert (status, body) == (500, b"bot says 500")
+    # A bot cannot answer for free by answering 5xx: its body never reaches the client.
+    status, ctype, body = await post(http, f"{gw.url}/hooks/web/{APP}/status/500", "u1")
+    assert (status, ctype) == (502, "application/problem+json")
+    assert b"bot says" not in body
+    assert orjson.loads(body)["code"] == "upstream_error"
     assert bot.count() == 1
     assert await balance(rclient) == FUNDS
     # the refund undid the session: the user's next message opens (and pays) it afresh

@@ -12,15 +12,28 @@
 -- ARGV[12]  enterprise billing period id (e.g. "202611")
 -- ARGV[13]  refund window (ms): how long the charge record of a message without a
 --           channel idempotency key is kept (long enough for the bot to answer)
--- ARGV[14..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind"
---           key: the channel's idempotency key or "" (then the token is the key);
+-- ARGV[14]  deliveries honoured per idempotency key (the original included)
+-- ARGV[15]  reservation window (ms): a charge not confirmed as forwarded within it is
+--           refunded by the sweeper (the gateway died between charge and forward)
+-- ARGV[16..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind"
+--           key: the channel's idempotency key or "". A key belongs to one app, channel
+--           and channel user: the record id is "k:<channel>\t<user>\t<key>", else
+--           "t:<token>";
 --           token: unique per attempt, names the charge record a refund must match;
 --           kind "m" (channel message, billed by the product's unit) or "n" (notification);
 --           "M"/"N": the same, settled after a fail-open outage (ARGV[1] is then when it was
---           served): already served, so rate limits neither apply nor count it.
--- A charged admission leaves P:i:<app>:<key> = "token\tbsid\tfree\tapp\tpool\tinv\tchannel\t
--- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
--- retries and what refund.lua reverses.
+--           served): already served, so rate limits neither apply nor count it;
+--           "c": a check (WebSocket upgrade): suspension, licence and credit for one more
+--           unit, nothing charged, counted or recorded.
+-- A charged admission (and any admitted one with a channel key) leaves the charge record
+-- P:i:<app>:<rid> = "token\tdeliveries\tunits\tbsid\tfree\tapp\tpool\tinv\tchannel\tunit\t
+-- user" (expiring with the idempotency or refund window): the duplicate check for
+-- redeliveries and what refund.lua reverses. A charged, not yet settled one is also
+-- reserved in P:rsv ("<app>:<rid>" -> deadline ms) until the gateway confirms that it
+-- was forwarded; the sweeper refunds what is still reserved past its deadline.
+-- A redelivery (same rid, another token) is charged nothing but still obeys suspension,
+-- licence, credit and rate limits, and counts against them; past the delivery bound it
+-- is refused (code 8).
 -- Billing sessions live in P:sr:<b> (b = block start, bucketed by the block length in s),
 -- field "app\tchannel\tuser" = "conv_start,last-conv_start,blocks,bsid,msgs,amount,product":
 -- the live conversation state and the record the flusher writes, in one entry. An older
@@ -28,7 +41,8 @@
 -- Returns a flat array, 9 entries per admission, in order:
 --   code, units, free, app_paid, pool_paid, invoiced, retry_after_ms, bsid, flags
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
---         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired
+--         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired,
+--         8 duplicate_delivery, 9 invalid (a malformed member; the others are decided)
 --   flags: 1 duplicate (idempotency hit, nothing charged), 2 opened a billing session
 --
 -- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
@@ -45,7 +59,9 @@ local DEF_PM, DEF_PH = tonumber(ARGV[8]), tonumber(ARGV[9])
 local WIN_M, WIN_H = tonumber(ARGV[10]), tonumber(ARGV[11])
 local PERIOD = ARGV[12]
 local REFUND_TTL = tonumber(ARGV[13])
-local FIRST = 14
+local MAX_DELIVERIES = tonumber(ARGV[14])
+local RESERVE = tonumber(ARGV[15])
+local FIRST = 16
 local NB = 60 -- buckets per rolling window
 
 local D = function(x) return string.format('%d', x) end
@@ -208,162 +224,240 @@ local function result(code, units, f, a, p, inv, retry, bsid, flags)
 end
 
 local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate_limited',
-  [5] = 'usage_limit_reached', [6] = 'credits_exhausted', [7] = 'free_credits_expired'}
+  [5] = 'usage_limit_reached', [6] = 'credits_exhausted', [7] = 'free_credits_expired',
+  [8] = 'duplicate_delivery'}
 
-for i = FIRST, #ARGV do
-  local app_id, ch, user, idem, token, kind =
-    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([mnMN])$')
-  local a = app_id and app_of(app_id)
-  if not a then
-    result(1, 0, 0, 0, 0, 0, 0, '', 0)
-  else
-    local pr = prod_of(a.product)
-    local unit, price = pr.unit, pr.price
-    local settle = kind == 'M' or kind == 'N'
-    if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
-    local ttl = IDEM_TTL
-    if idem == '' then idem, ttl = token, REFUND_TTL end
-    local ik = P .. ':i:' .. app_id .. ':' .. idem
-    local seen = redis.call('GET', ik)
-    local stok, sbsid, sf, sa, sp, si = nil, '', 0, 0, 0, 0
-    if seen then
-      stok, sbsid, sf, sa, sp, si =
-        string.match(seen, '^([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t')
+local RECORD_RE = '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
+
+-- Refusal reasons as aggregate fields; code 9 (invalid) never reaches the aggregates.
+local function refuse(fkey, code, retry)
+  local rk = fkey .. 'r:' .. REASON[code]
+  refused[rk] = (refused[rk] or 0) + 1
+  result(code, 0, 0, 0, 0, 0, retry or 0, '', 0)
+end
+
+-- Suspension and licence: code or 0.
+local function status_code(a, pr)
+  if a.suspended then return 2 end
+  if W.ent and not pr.lic then return 3 end
+  return 0
+end
+
+-- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
+local function rate_check(app_id, a, pr)
+  local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
+  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
+  local rt = rates_of(app_id)
+  if rt.m.t + 1 > pm then return 4, wait_ms(rt.m, pm), rt end
+  if rt.h.t + 1 > ph then return 4, wait_ms(rt.h, ph), rt end
+  return 0, 0, rt
+end
+
+local function count_rate(rt)
+  if rt then
+    rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
+    rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+  end
+end
+
+local function usage_of(product)
+  local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+  local u = usage[uk]
+  if u == nil then
+    u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
+    usage[uk] = u
+  end
+  return u
+end
+
+-- Can the workspace pay this app's next unit? 0, or the refusal code (5, 6 or 7).
+local function credit_code(a, pr, price)
+  if W.ent then
+    local u = usage_of(a.product)
+    if u.used + u.add + 1 > pr.lic.limit then return 5 end
+    return 0
+  end
+  local fr = (a.use_free and free_valid) and W.free or 0
+  if fr + a.paid + W.paid < price then
+    if not free_valid and W.free_exp > 0 then return 7 end
+    return 6
+  end
+  return 0
+end
+
+-- A redelivery of an admitted message: charged nothing, but it obeys the app's status,
+-- its credit and the rate limits (and counts in them), at most MAX_DELIVERIES times.
+local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle)
+  local stok, cnt, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
+    '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
+  if not stok then cnt, sbsid, rest = 1, '', nil end
+  cnt = tonumber(cnt)
+  local code, retry, rt = status_code(a, pr), 0, nil
+  if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
+  if code == 0 then code = credit_code(a, pr, price) end
+  if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
+  if code ~= 0 then return refuse(fkey, code, retry) end
+  count_rate(rt)
+  if rest then
+    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1, units,
+      sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
+  end
+  result(0, 0, 0, 0, 0, 0, 0, sbsid, 1)
+end
+
+-- Does this message open a new billing session (or a new block of one)? Returns the
+-- session state to write after a successful charge.
+local function session_of(app_id, ch, user)
+  local S = {fld = app_id .. '\t' .. ch .. '\t' .. user}
+  S.found, S.fkb = session_find(S.fld)
+  if S.found then
+    local c1, d1, b1, s1, m1, a1 = string.match(S.found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),')
+    -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
+    -- the last message, so times only ever move forward here.
+    if c1 and now - tonumber(c1) - tonumber(d1) < IDLE then
+      S.cs, S.blocks, S.bsid, S.msgs, S.amount = tonumber(c1), tonumber(b1), s1, tonumber(m1),
+        tonumber(a1)
+      S.last = math.max(now, S.cs + tonumber(d1))
     end
-    if seen and stok == token then
+  end
+  if not S.cs then S.cs, S.last, S.blocks = now, now, 0 end
+  local need = math.floor((math.max(now, S.cs) - S.cs) / BLOCK) + 1
+  S.charge = need > S.blocks
+  if S.charge then S.blocks = need end
+  return S
+end
+
+-- Debit one unit: free first (or paid first) from what the app may use.
+local function debit(a, price)
+  local fr = (a.use_free and free_valid) and W.free or 0
+  local need = price
+  local function take(avail)
+    local t = math.min(avail, need)
+    need = need - t
+    return t
+  end
+  local f, ap, pp
+  if PAID_FIRST then
+    ap = take(a.paid); pp = take(W.paid); f = take(fr)
+  else
+    f = take(fr); ap = take(a.paid); pp = take(W.paid)
+  end
+  W.free, a.paid, W.paid, W.apaid = W.free - f, a.paid - ap, W.paid - pp, W.apaid - ap
+  if ap ~= 0 then a.dirty = true end
+  return f, ap, pp
+end
+
+local function write_session(S, a, charged)
+  if charged then
+    W.seq = W.seq + 1
+    S.bsid = 's' .. D(W.seq)
+    local nb = sbucket_of(S.cs + (S.blocks - 1) * BLOCK)
+    if S.found and S.fkb == nb then
+      -- An earlier block or conversation already has this field: keep its record.
+      redis.call('HSET', P .. ':sr:' .. D(nb), S.fld .. '\t' .. string.match(S.found,
+        '^%d+,%d+,%d+,([^,]+),'), S.found)
+    end
+    S.fkb, S.msgs, S.amount = nb, 1, charged
+    sri[nb] = true
+  else
+    S.msgs = S.msgs + 1
+  end
+  redis.call('HSET', P .. ':sr:' .. D(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
+    S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product))
+end
+
+local function admit_one(arg)
+  local app_id, ch, user, idem, token, kind =
+    string.match(arg, '^([^\t]*)\t([^\t]*)\t([^\t]+)\t([^\t]*)\t([^\t]+)\t([mnMNc])$')
+  if not app_id then return result(9, 0, 0, 0, 0, 0, 0, '', 0) end
+  local a = app_of(app_id)
+  if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
+  local pr = prod_of(a.product)
+  local unit, price = pr.unit, pr.price
+  if kind == 'c' then
+    -- A check (a WebSocket upgrade): could the app be served? Nothing is charged or counted.
+    local code = status_code(a, pr)
+    if code == 0 then code = credit_code(a, pr, price) end
+    return result(code, 0, 0, 0, 0, 0, 0, '', 0)
+  end
+  local settle = kind == 'M' or kind == 'N'
+  if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
+  local rid, ttl = 'k:' .. ch .. '\t' .. user .. '\t' .. idem, IDEM_TTL
+  if idem == '' then rid, ttl = 't:' .. token, REFUND_TTL end
+  local ik = P .. ':i:' .. app_id .. ':' .. rid
+  local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
+  local seen = redis.call('GET', ik)
+  if seen then
+    local stok, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
+    if stok == token then
       -- The same attempt again (the client retried a call whose reply was lost): the
       -- original decision, not a duplicate, so a failed bot call is still refunded.
-      result(0, 1, tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si), 0, sbsid,
-        sbsid ~= '' and 2 or 0)
-    elseif seen then
-      result(0, 0, 0, 0, 0, 0, 0, sbsid or '', 1)
-    else
-      local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
-      local code, retry = 0, 0
-      local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
-      if a.suspended then
-        code = 2
-      elseif W.ent and not pr.lic then
-        code = 3
+      return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
+        0, sbsid, sbsid ~= '' and 2 or 0)
+    end
+    return redelivery(app_id, a, pr, price, fkey, ik, seen, settle)
+  end
+  local code, retry, rt = status_code(a, pr), 0, nil
+  if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
+  if code ~= 0 then return refuse(fkey, code, retry) end
+  local S
+  local charge = true
+  if unit == 'session' then
+    S = session_of(app_id, ch, user)
+    charge = S.charge
+  end
+  local f, ap, pp, inv = 0, 0, 0, 0
+  if charge then
+    code = credit_code(a, pr, price)
+    if code == 5 then
+      local fk = 'ul:' .. a.product
+      if redis.call('HGET', wsk, fk) ~= PERIOD then
+        redis.call('HSET', wsk, fk, PERIOD)
+        event('usage_limit.reached', {product = a.product, period = PERIOD, limit = pr.lic.limit})
       end
-      if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
-      local rt
-      if code == 0 and not settle then
-        rt = rates_of(app_id)
-        if rt.m.t + 1 > pm then
-          code, retry = 4, wait_ms(rt.m, pm)
-        elseif rt.h.t + 1 > ph then
-          code, retry = 4, wait_ms(rt.h, ph)
-        end
-      end
-      -- Session logic: does this message open a new billing session?
-      local fld, found, fkb, cs, last, blocks, bsid, msgs, amount
-      local charge = true
-      if code == 0 and unit == 'session' then
-        fld = app_id .. '\t' .. ch .. '\t' .. user
-        found, fkb = session_find(fld)
-        if found then
-          local c1, d1, b1, s1, m1, a1 = string.match(found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),')
-          -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
-          -- the last message, so times only ever move forward here.
-          if c1 and now - tonumber(c1) - tonumber(d1) < IDLE then
-            cs, blocks, bsid, msgs, amount = tonumber(c1), tonumber(b1), s1, tonumber(m1), tonumber(a1)
-            last = math.max(now, cs + tonumber(d1))
-          end
-        end
-        if not cs then cs, last, blocks = now, now, 0 end
-        local need = math.floor((math.max(now, cs) - cs) / BLOCK) + 1
-        charge = need > blocks
-        if charge then blocks = need end
-      end
-      local f, ap, pp, inv = 0, 0, 0, 0
-      if code == 0 and charge then
-        if W.ent then
-          local uk = P .. ':lu:' .. a.product .. ':' .. PERIOD
-          local u = usage[uk]
-          if u == nil then
-            u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
-            usage[uk] = u
-          end
-          if u.used + u.add + 1 > pr.lic.limit then
-            code = 5
-            local fk = 'ul:' .. a.product
-            if redis.call('HGET', wsk, fk) ~= PERIOD then
-              redis.call('HSET', wsk, fk, PERIOD)
-              event('usage_limit.reached', {product = a.product, period = PERIOD,
-                limit = pr.lic.limit})
-            end
-          else
-            u.add = u.add + 1
-            inv = price
-          end
-        else
-          local fr = (a.use_free and free_valid) and W.free or 0
-          if fr + a.paid + W.paid < price then
-            if not free_valid and W.free_exp > 0 then code = 7 else code = 6 end
-            if not a.inactive then
-              a.inactive, a.dirty = true, true
-              event('app.inactive', {app = app_id, reason = REASON[code]})
-            end
-          else
-            local need = price
-            local function take(avail)
-              local t = math.min(avail, need)
-              need = need - t
-              return t
-            end
-            if PAID_FIRST then
-              ap = take(a.paid); pp = take(W.paid); f = take(fr)
-            else
-              f = take(fr); ap = take(a.paid); pp = take(W.paid)
-            end
-            W.free, a.paid, W.paid, W.apaid = W.free - f, a.paid - ap, W.paid - pp, W.apaid - ap
-            if ap ~= 0 then a.dirty = true end
-          end
-        end
-      end
-      if code ~= 0 then
-        local rk = fkey .. 'r:' .. REASON[code]
-        refused[rk] = (refused[rk] or 0) + 1
-        result(code, 0, 0, 0, 0, 0, retry, '', 0)
-      else
-        local flags, units = 0, 0
-        if charge then units = 1 end
-        -- Only a charged unit shows the app can pay again; a message inside an already
-        -- paid session does not (else app.inactive would be announced again and again).
-        if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
-        if rt then
-          rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
-          rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
-        end
-        if unit == 'session' then
-          if charge then
-            W.seq = W.seq + 1
-            bsid = 's' .. D(W.seq)
-            local nb = sbucket_of(cs + (blocks - 1) * BLOCK)
-            if found and fkb == nb then
-              -- An earlier block or conversation already has this field: keep its record.
-              redis.call('HSET', P .. ':sr:' .. D(nb), fld .. '\t' .. string.match(found,
-                '^%d+,%d+,%d+,([^,]+),'), found)
-            end
-            fkb, msgs, amount, flags = nb, 1, f + ap + pp + inv, 2
-            sri[nb] = true
-          else
-            msgs = msgs + 1
-          end
-          redis.call('HSET', P .. ':sr:' .. D(fkb), fld, string.format('%d,%d,%d,%s,%d,%d,%s', cs,
-            last - cs, blocks, bsid, msgs, amount, a.product))
-        else
-          bsid = ''
-        end
-        tally(fkey, units, f, ap, pp, inv)
-        if units > 0 then
-          redis.call('SET', ik, string.format('%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token,
-            bsid, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
-        end
-        result(0, units, f, ap, pp, inv, 0, bsid, flags)
+    elseif code ~= 0 then
+      if not a.inactive then
+        a.inactive, a.dirty = true, true
+        event('app.inactive', {app = app_id, reason = REASON[code]})
       end
     end
+    if code ~= 0 then return refuse(fkey, code, 0) end
+    if W.ent then
+      local u = usage_of(a.product)
+      u.add = u.add + 1
+      inv = price
+    else
+      f, ap, pp = debit(a, price)
+    end
+  end
+  local flags, units, bsid = 0, charge and 1 or 0, ''
+  -- Only a charged unit shows the app can pay again; a message inside an already
+  -- paid session does not (else app.inactive would be announced again and again).
+  if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
+  count_rate(rt)
+  if S then
+    write_session(S, a, charge and (f + ap + pp + inv) or nil)
+    bsid = S.bsid
+    if charge then flags = 2 end
+  end
+  tally(fkey, units, f, ap, pp, inv)
+  if units > 0 or idem ~= '' then
+    redis.call('SET', ik, string.format('%s\t1\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token, units,
+      bsid, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
+    if units > 0 and not settle then
+      redis.call('ZADD', P .. ':rsv', now + RESERVE, app_id .. ':' .. rid)
+    end
+  end
+  result(0, units, f, ap, pp, inv, 0, bsid, flags)
+end
+
+for i = FIRST, #ARGV do
+  -- One malformed member never fails the others' admissions: its error is its own.
+  local mark = no
+  local ok = pcall(admit_one, ARGV[i])
+  if not ok then
+    no = mark
+    result(9, 0, 0, 0, 0, 0, 0, '', 0)
   end
 end
 

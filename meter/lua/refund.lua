@@ -4,8 +4,11 @@
 -- (the retry was charged afresh) changes nothing.
 --
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
--- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] key (channel idempotency key or token)
--- ARGV[4]  token        ARGV[5] flush bucket (s)   ARGV[6] enterprise billing period id
+-- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] record id ("k:<ch>\t<user>\t<key>" or
+--          "t:<token>", see admit.lua)
+-- ARGV[4]  token, or "" for the sweeper: refund the record's charge only while it is still
+--          reserved (never confirmed as forwarded)
+-- ARGV[5]  flush bucket (s)   ARGV[6] enterprise billing period id
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
 -- Returns {refunded (0|1), free, app_paid, pool_paid, invoiced}
 -- The charge is read from its record P:i:<app>:<key> (see admit.lua).
@@ -27,12 +30,22 @@ local function session_find(fld)
   end
 end
 local ik = P .. ':i:' .. app .. ':' .. key
+local rsv, member = P .. ':rsv', app .. ':' .. key
 local rec = redis.call('GET', ik)
-if not rec then return NONE end
-local tok, bsid, f, ap, pp, inv, ch, unit, user = string.match(rec,
-  '^([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
-if tok ~= token then return NONE end
+if not rec then
+  redis.call('ZREM', rsv, member)
+  return NONE
+end
+local tok, units, bsid, f, ap, pp, inv, ch, unit, user = string.match(rec,
+  '^([^\t]*)\t%d+\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+if token == '' then
+  -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
+  if redis.call('ZREM', rsv, member) == 0 then return NONE end
+  token = tok
+end
+if not tok or tok ~= token or units == '0' then return NONE end
 redis.call('DEL', ik)
+redis.call('ZREM', rsv, member)
 f, ap, pp, inv = tonumber(f), tonumber(ap), tonumber(pp), tonumber(inv)
 
 local wsk = P .. ':ws'

@@ -1,0 +1,71 @@
+"""How the gateway's ports run their aiohttp applications: timeouts and protocol errors.
+
+* **Slow clients.** aiohttp closes a connection whose handler is idle (no complete
+  request head yet) ``keepalive_timeout`` seconds after it opened or after its last
+  response, however many bytes trickle in meanwhile. ``header_timeout_s`` is that
+  limit, so a slow-header (slowloris) connection is closed within it.
+* **Protocol errors.** What the low-level HTTP parser rejects (malformed request line
+  or headers, oversized fields) is answered as problem+json without echoing the input;
+  aiohttp's own answer is text/plain with the offending bytes in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from config import Settings
+from gateway.problems import problem_response
+
+log = logging.getLogger(__name__)
+
+
+class _ProblemRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, answering its own errors as problem+json."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.logger.error("error handling a request", exc_info=exc)
+        else:  # a client's malformed request: its bytes are not logged
+            log.debug("malformed request (%d %s)", status, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: cannot send the error")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        code = "internal_error" if status >= 500 else "malformed_request"
+        resp = problem_response(status, code, phrase, None)
+        resp.force_close()
+        return resp
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` with the gateway's connection handling (see the module)."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log", None)
+        kwargs.setdefault("keepalive_timeout", settings.header_timeout_s)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Same object, one method differs: the protocol it creates per connection.
+        server.__class__ = _ProblemServer
+        return server

@@ -1,0 +1,176 @@
+"""Charged but never forwarded: reservations, forward confirmations, journal replay and
+the sweeper (meter/reservations.py), down to a kill -9 of the whole gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+from bot import (  # noqa: F401
+    Bot,
+    FakeClock,
+    bot_fixture,
+    eventually,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_gateway,
+    seed,
+)
+from serving import creditgate_serve
+
+from meter import keys
+from meter.admission import Admitter
+from meter.redis_client import RedisClient
+from meter.reservations import Confirmations, Sweeper, replay
+
+WS = "crash"
+APP = f"{WS}_app1"
+PRICE = 200_000  # a session of the automation product
+FREE = 1_000 * PRICE
+
+
+async def free_left(rclient: RedisClient) -> int:
+    return int(await rclient.hget(keys.ws_key(WS), "free") or 0)
+
+
+async def reserved(rclient: RedisClient) -> int:
+    return int(await rclient.zcard(keys.reservations_key(WS)))
+
+
+async def only_ws() -> list[str]:
+    return [WS]
+
+
+async def test_unconfirmed_charges_are_refunded_after_the_window(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    clock = FakeClock()
+    adm = Admitter(rclient, settings, clock=clock)
+    confirmations = Confirmations(rclient, tmp_path / "state")
+    forwarded = [await adm.admit(APP, "web", f"u{i}", f"k{i}") for i in range(3)]
+    lost = [await adm.admit(APP, "web", f"v{i}", "") for i in range(2)]
+    assert all(d.units == 1 for d in forwarded + lost)
+    for d in forwarded:
+        confirmations.forwarded(APP, d.rid)
+    assert await eventually(lambda: not confirmations._pending and not confirmations._tasks)
+    assert await reserved(rclient) == 2
+    sweeper = Sweeper(rclient, only_ws, lambda a, r: adm.void(a, r, ""), clock=clock)
+    assert await sweeper.sweep_once() == 0  # not yet due
+    clock.now += 11
+    assert await sweeper.sweep_once() == 2
+    assert await sweeper.sweep_once() == 0  # refunded once
+    assert await free_left(rclient) == FREE - 3 * PRICE
+    assert await reserved(rclient) == 0
+    # A refund by the gateway itself (the bot failed) is not repeated by the sweeper.
+    d = await adm.admit(APP, "web", "w1", "")
+    assert await adm.refund(APP, d)
+    clock.now += 11
+    assert await sweeper.sweep_once() == 0
+    assert await free_left(rclient) == FREE - 3 * PRICE
+    await confirmations.close()
+
+
+async def test_a_dead_process_journal_is_replayed_once(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    adm = Admitter(rclient, settings)
+    d = await adm.admit(APP, "web", "u1", "")
+    state = tmp_path / "state"
+    state.mkdir()
+    # What a killed worker leaves: a journal line whose ZREM never reached Redis.
+    (state / "forwarded-1-dead.log").write_text(f"{WS} {APP}:{d.rid}\n")
+    alive = Confirmations(rclient, state)  # a live process's journal is left alone
+    assert await reserved(rclient) == 1
+    assert await replay(rclient, state) == 1
+    assert await reserved(rclient) == 0
+    assert sorted(p.name for p in state.iterdir()) == [alive.path.name]
+    assert await replay(rclient, state) == 0
+    await alive.close()
+    assert list(state.iterdir()) == []
+
+
+async def test_served_messages_are_confirmed_and_failed_ones_refunded(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        for path, user in (("ok", "u1"), ("status/500", "u2"), ("ok", "u3")):
+            headers = {"X-Channel-User-Id": user}
+            async with http.post(f"{gw.url}/hooks/web/{APP}/{path}", data=b"{}", headers=headers):
+                pass
+        assert await eventually(lambda: bot.count() == 3)
+        for _ in range(200):
+            if await reserved(rclient) == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert await reserved(rclient) == 0
+    assert await free_left(rclient) == FREE - 2 * PRICE
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+async def _post(http: aiohttp.ClientSession, url: str, user: str) -> int:
+    try:
+        async with http.post(url, data=b'{"text":"hi"}', headers={"X-Channel-User-Id": user}) as r:
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, OSError):
+        return 0
+
+
+async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=10 * FREE)  # fmt: skip
+    state = tmp_path / "state"
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async with creditgate_serve(redis_url, tmp_path, state_dir=state, refund_window_s=3) as sv:
+            url = f"{sv.traffic}/hooks/web/{APP}"
+            sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(1500)]
+            # Kill mid-flight: once the bot has seen some, never on a timer.
+            assert await eventually(lambda: bot.count() >= 200, within_s=120)
+            victims = [sv.proc.pid, *_children(sv.proc.pid)]
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await sv.proc.wait()
+            await asyncio.gather(*sends)
+        received_at_kill = bot.count()
+        assert 0 < received_at_kill < 1500
+        charged_at_kill = (10 * FREE - await free_left(rclient)) // PRICE
+        # Charged at least what was forwarded; the rest is for the sweeper to refund.
+        assert charged_at_kill >= received_at_kill
+        async with creditgate_serve(redis_url, tmp_path, state_dir=state, refund_window_s=3):
+            # The restarted gateway replays the dead workers' journals, then sweeps.
+            for _ in range(1200):
+                if await reserved(rclient) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await reserved(rclient) == 0
+    charged = (10 * FREE - await free_left(rclient)) // PRICE
+    assert (10 * FREE - await free_left(rclient)) % PRICE == 0
+    assert charged == bot.count() == received_at_kill
