@@ -563,3 +563,58 @@ async def test_migration_keeps_existing_grants_as_the_one_per_user(
         assert await store.ledger_entries(new.id) == []
     finally:
         await store.close()
+
+
+# -------------------------------------------------------------- creditgate serve
+
+
+async def test_serve_takes_payments_from_its_environment_and_never_logs_secrets(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The whole process: settings from CREDITGATE_* variables, DEBUG logs kept on disk."""
+    from serving import creditgate_serve
+
+    async with (
+        stripe_standin() as standin,
+        creditgate_serve(
+            redis_url,
+            tmp_path,
+            operator_token=OPERATOR_TOKEN,
+            stripe_api_base=standin.url,
+            stripe_secret_key=SECRET_KEY,
+            stripe_webhook_secret=WEBHOOK_SECRET,
+            log_level="DEBUG",
+        ) as served,
+        aiohttp.ClientSession(base_url=served.admin) as http,
+    ):
+
+        async def call(method: str, path: str, token: str | None, **kw: Any) -> Any:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            headers.update(kw.pop("headers", {}))
+            async with http.request(method, path, headers=headers, **kw) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+        status, user = await call("POST", "/v1/users", OPERATOR_TOKEN,
+                                  json={"email": "o@example.com", "name": "O"})  # fmt: skip
+        assert status == 201
+        token = user["token"]
+        status, ws = await call("POST", "/v1/workspaces", token, json={"name": "Acme"})
+        status, co = await call("POST", f"/v1/workspaces/{ws['id']}/checkout", token,
+                                json={"amount": "100.00"})  # fmt: skip
+        assert status == 201, co
+        payload = paid(standin.session_for(co["id"]))
+        for _ in range(3):
+            status, body = await call("POST", HOOK, None, data=payload,
+                                      headers={"Stripe-Signature": signed(payload)})  # fmt: skip
+            assert status == 200, body
+        status, body = await call("POST", HOOK, None, data=payload,
+                                  headers={"Stripe-Signature": signed(payload, at=1)})  # fmt: skip
+        assert (status, body["code"]) == (400, "invalid_signature")
+        status, view = await call("GET", f"/v1/workspaces/{ws['id']}/plan-usage", token)
+        assert (status, view["paid_balance"]) == (200, "100.00")
+        status, page = await call("GET", f"/v1/workspaces/{ws['id']}/transactions", token)
+        assert [t["type"] for t in page["transactions"]] == ["checkout", "free_grant"]
+    log = (tmp_path / "serve.log").read_text()
+    assert "DEBUG" in log  # debug logging was on, the secrets still never appear
+    for secret in (SECRET_KEY, WEBHOOK_SECRET, SECRET_KEY.removeprefix("sk_test_")):
+        assert secret not in log
