@@ -157,6 +157,19 @@ class Settings(BaseSettings):
     header_timeout_s: Seconds = 15.0
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
+    # Channel authentication (DESIGN §3). Channel secrets are stored encrypted with a key
+    # derived from secret_key; without one it is derived from operator_token (demo
+    # convenience: rotating that token then needs every channel secret entered anew).
+    secret_key: str | None = Field(None, min_length=16)
+    require_channel_auth: bool = False
+    slack_signature_window_s: Seconds = 300.0
+    channel_jwt_leeway_s: float = Field(300.0, ge=0, description="clock skew allowed on JWTs")
+    msteams_openid_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    msteams_keys_max_age_s: Seconds = DAY
+    # An unknown key id refetches the keys at most this often (a forged kid costs nothing).
+    msteams_keys_min_refresh_s: float = Field(30.0, ge=0)
+    channel_secret_max_age_s: Seconds = 1.0
+
     # Durable usage.
     flush_interval_s: Seconds = 5.0
     flush_bucket_s: int = Field(60, ge=1, le=3600)

@@ -44,6 +44,7 @@ from gateway.appkeys import (
     STORE,
     WEBSOCKETS,
 )
+from gateway.channel_auth import ChannelAuth
 from gateway.channels import Channels
 from gateway.egress import guarded_session
 from gateway.health import setup_health
@@ -185,8 +186,16 @@ def _traffic_ctx(
         app[HTTP] = session
         app[ADMITTER] = admitter
         app[OWED] = owed
+        auth = ChannelAuth(client, settings)
         app[PROXY] = Proxy(
-            session, upstreams, channels, meter, metrics, settings.max_body_bytes, metering
+            session,
+            upstreams,
+            channels,
+            meter,
+            metrics,
+            settings.max_body_bytes,
+            auth,
+            metering,
         )
         settler = asyncio.create_task(owed.run(), name="creditgate-settle")
         try:
@@ -199,6 +208,7 @@ def _traffic_ctx(
             await admitter.close()
             if confirmations is not None:
                 await confirmations.close(min(5.0, settings.shutdown_grace_s))
+            await auth.close()
             await session.close()
 
     return ctx

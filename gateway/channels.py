@@ -1,5 +1,7 @@
 """Per-channel rules: who the channel user is, what the idempotency key is, and whether a
 callback is a billable user message at all (DESIGN §3; samples in ``tests/data/channels``).
+The skip rules hold only on an authenticated channel (:mod:`gateway.channel_auth`); on
+an unauthenticated one every callback is billable.
 
 ``slack``, ``msteams`` and ``whatsapp`` come built in; ``settings.channels`` adds channels
 and overrides the fields it sets explicitly of a built-in one (e.g. only
@@ -126,8 +128,14 @@ class Channel:
             or self.bill_only_if_present
         )
 
-    def inspect(self, headers: Mapping[str, str], body: bytes | None) -> Message:
-        """Classify one callback; ``body`` is given only when :attr:`needs_body`."""
+    def inspect(
+        self, headers: Mapping[str, str], body: bytes | None, *, authenticated: bool
+    ) -> Message:
+        """Classify one callback; ``body`` is given only when :attr:`needs_body`.
+
+        The skip rules apply only to a callback that ``authenticated`` as coming from the
+        channel: an unverified body never buys a free pass.
+        """
         user = headers.get(USER_HEADER, "")
         key = headers.get(IDEMPOTENCY_HEADER, "")
         if body is None:
@@ -136,21 +144,26 @@ class Channel:
             doc = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             doc = None
-        for pointer, values in self.skip_if_equals:
-            value = resolve(doc, pointer)
-            if isinstance(value, str) and value in values:
-                return Message(False, user, key)
-        for pointer in self.skip_if_present:
-            if resolve(doc, pointer) is not _MISSING:
-                return Message(False, user, key)
-        for pointer in self.bill_only_if_present:
-            if resolve(doc, pointer) is _MISSING:
+        if authenticated:
+            skipped = self._skipped(doc)
+            if skipped:
                 return Message(False, user, key)
         if not user and self.user_pointer is not None:
             user = _scalar(resolve(doc, self.user_pointer))
         if not key and self.key_pointer is not None:
             key = _scalar(resolve(doc, self.key_pointer))
         return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+
+    def _skipped(self, doc: Any) -> bool:
+        """Whether the channel's rules say this callback is not a user message."""
+        for pointer, values in self.skip_if_equals:
+            value = resolve(doc, pointer)
+            if isinstance(value, str) and value in values:
+                return True
+        for pointer in self.skip_if_present:
+            if resolve(doc, pointer) is not _MISSING:
+                return True
+        return any(resolve(doc, pointer) is _MISSING for pointer in self.bill_only_if_present)
 
 
 def compile_rule(label: str, rule: ChannelRule) -> Channel:

@@ -37,6 +37,7 @@ import aiohttp
 from aiohttp import payload, web
 from yarl import URL
 
+from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import USER_HEADER, Channels
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import VIA_TOKEN, downstream_headers, target_url, upstream_headers
@@ -137,6 +138,7 @@ class Proxy:
     meter: Meter
     metrics: Metrics
     max_body: int
+    auth: ChannelAuth
     metering: bool = True
 
     async def read_body(self, request: web.Request) -> bytes:
@@ -178,9 +180,12 @@ class Proxy:
         body: Body,
         admission: Admission | None,
         state: list[bool],
+        verified: Verified | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream the answer back."""
         headers, _ = upstream_headers(request)
+        if verified is not None:
+            verified.rewrite(headers)
         if isinstance(body, bytes) and len(body) > SMALL_BODY:
             body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
         data: Body | payload.Payload = body
@@ -285,6 +290,9 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     metrics.in_flight.inc()
     try:
         check_loop(request)
+        # Channel authentication first: nothing is metered or forwarded unverified.
+        proxy.check_length(request)
+        verified = await proxy.auth.verify(request, channel, app_id, proxy.read_body)
         base = await proxy.upstreams.resolve(app_id)
         if base is None:
             metrics.refused("unknown_app")
@@ -292,22 +300,24 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         if base == NO_UPSTREAM:
             raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
         url = target_url(base, request, _prefix("hooks", channel, app_id))
-        proxy.check_length(request)
         state = [False]
-        body: Body = None
+        body: Body = verified.body
         if rule.needs_body:
-            body = await proxy.read_body(request)
-            msg = rule.inspect(request.headers, body)
+            raw = verified.body if verified.body is not None else await proxy.read_body(request)
+            body = raw
+            msg = rule.inspect(request.headers, raw, authenticated=verified.authenticated)
         else:
-            msg = rule.inspect(request.headers, None)
+            msg = rule.inspect(request.headers, None, authenticated=verified.authenticated)
+        if verified.user:  # the credential names the user; a header cannot override it
+            msg = msg._replace(user=verified.user)
         admission = None
         if msg.billable and proxy.metering:
             if not msg.user:
                 raise missing_user()
             admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key)
-        if not rule.needs_body:
+        if not rule.needs_body and verified.body is None:
             body = await proxy.body_of(request, state)
-        resp = await proxy.forward(request, url, body, admission, state)
+        resp = await proxy.forward(request, url, body, admission, state, verified)
         outcome = "unmetered" if admission is None else "admitted"
         return resp
     except Refused:
@@ -329,6 +339,7 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     metrics.in_flight.inc()
     try:
         check_loop(request)
+        verified = await proxy.auth.verify_notify(request, channel, app_id)
         if not rule.delivery_url:
             raise Problem(
                 404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"
@@ -344,7 +355,7 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             admission = await proxy.meter.admit(app_id, channel, user, key, "n")
         state = [False]
         body = await proxy.body_of(request, state)
-        resp = await proxy.forward(request, url, body, admission, state)
+        resp = await proxy.forward(request, url, body, admission, state, verified)
         outcome = "unmetered" if admission is None else "admitted"
         return resp
     except Refused:

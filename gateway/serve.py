@@ -27,7 +27,7 @@ import tempfile
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from config import Settings
+from config import Settings, SettingsError
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,11 @@ async def _parent(settings: Settings, metering: bool, reserve: socket.socket | N
     from gateway.app import create_app
     from gateway.http_server import GatewayRunner
 
+    try:
+        await check_channel_key(settings)
+    except SettingsError as exc:
+        print(f"creditgate: {exc}", file=sys.stderr, flush=True)
+        return 2
     workers = _Workers(settings, metering)
     for _ in range(workers.count):
         workers.spawn()
@@ -159,6 +164,21 @@ async def _parent(settings: Settings, metering: bool, reserve: socket.socket | N
     await workers.stop()
     await runner.cleanup()
     return 0
+
+
+async def check_channel_key(settings: Settings) -> None:
+    """Refuse to start when stored channel secrets cannot be decrypted (SettingsError);
+    a store that does not answer yet is left to ``/readyz``."""
+    from meter.channel_secrets import check_key
+    from meter.store import open_store
+
+    try:
+        async with asyncio.timeout(10), open_store(settings.store_url) as store:
+            await check_key(store, settings)
+    except SettingsError:
+        raise
+    except Exception as exc:
+        log.warning("channel secrets not checked: the store did not answer (%r)", exc)
 
 
 def worker_main(settings: Settings, ready: Any, metering: bool) -> None:

@@ -4,7 +4,9 @@ The gateway opens a WebSocket to the bot (same URL rules as HTTP, ``ws``/``wss``
 then accepts the client's upgrade with the sub-protocol the bot chose, and pumps
 messages both ways. Every client -> bot text or binary message is one metered message
 (channel user from ``X-Channel-User-Id`` or the ``user`` query parameter, no
-idempotency key), admitted before it is forwarded.
+idempotency key), admitted before it is forwarded. On a channel with a secret the upgrade
+is verified first (:mod:`gateway.channel_auth`): an HS256 token's ``sub`` is the user,
+and a ``?token=`` is not passed on to the bot.
 
 Closing codes sent to the client:
 
@@ -30,6 +32,7 @@ import weakref
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from gateway.channel_auth import without_token
 from gateway.channels import USER_HEADER
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
@@ -58,11 +61,15 @@ async def proxy_websocket(
     check_loop(request)
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
-    user = request.headers.get(USER_HEADER) or request.query.get("user", "")
+    verified = await proxy.auth.verify_upgrade(request, channel, app_id)
+    user = verified.user or request.headers.get(USER_HEADER) or request.query.get("user", "")
     if not user:
         raise missing_user()
     headers, _ = upstream_headers(request, drop=WS_HANDSHAKE)
+    verified.rewrite(headers)
     url = target_url(base, request, prefix)
+    if verified.authenticated:
+        url = without_token(url)  # the channel's credential is not the bot's
     if proxy.metering:
         # Suspension, licence and credit decide before the bot connection is opened.
         await proxy.meter.check(app_id, channel, user)

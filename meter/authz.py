@@ -49,6 +49,8 @@ AppAction = Literal[
     "app.transfer",
     "collaborators.read",
     "collaborators.remove",
+    "channels.read",
+    "channels.set",
 ]
 
 WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
@@ -78,6 +80,8 @@ APP_RULES: dict[AppAction, frozenset[str]] = {
     "app.transfer": frozenset({"app_owner", "workspace_owner"}),
     "collaborators.read": frozenset({"app_owner", "workspace_owner", "operator"}),
     "collaborators.remove": frozenset({"app_owner", "workspace_owner"}),
+    "channels.read": frozenset({"app_owner", "workspace_owner"}),
+    "channels.set": frozenset({"app_owner", "workspace_owner"}),
 }
 
 TOKEN_PREFIX = "cgu_"

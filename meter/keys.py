@@ -15,7 +15,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              counter; ``low`` 1 once the low-balance alert fired.
 ``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``paid``
                              app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
-                             ``v`` config version, ``up`` upstream url.
+                             ``v`` config version, ``up`` upstream url, ``ch:<channel>``
+                             the channel's verification secret (JSON, Fernet-encrypted).
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings, load_catalog
-from meter import keys, projection
+from meter import channel_secrets, keys, projection
 from meter.admission import billing_period
 from meter.batches import fold_aggregates
 from meter.redis_client import RedisClient
@@ -222,6 +222,7 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
             client, app.id, product=app.product, use_free_credits=app.use_free_credits,
             suspended=app.suspended, upstream_url=app.upstream_url,
         )  # fmt: skip
+        await channel_secrets.project_app_channels(store, client, app.id)
     return lost
 
 

@@ -30,6 +30,7 @@ TABLES = (
     "workspaces",
     "memberships",
     "apps",
+    "app_channels",
     "collaborators",
     "licences",
     "upgrade_requests",

@@ -79,23 +79,27 @@ def test_builtin_rules_on_samples(
 ) -> None:
     rule = Channels({}).get(channel)
     assert rule.needs_body
-    msg = rule.inspect({}, sample(file))
+    msg = rule.inspect({}, sample(file), authenticated=True)
     assert msg.billable is billable
     if billable:
         assert (msg.user, msg.key) == (user, key)
+    # An unverified body never buys a free pass.
+    assert rule.inspect({}, sample(file), authenticated=False).billable
 
 
 def test_headers_win_and_request_id_is_the_last_resort() -> None:
     rule = Channels({}).get("slack")
     body = sample("slack-message.json")
-    msg = rule.inspect({"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body)
+    msg = rule.inspect(
+        {"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body, authenticated=True
+    )
     assert (msg.user, msg.key) == ("hdr", "k")
-    msg = rule.inspect({"X-Request-Id": "rid"}, body)
+    msg = rule.inspect({"X-Request-Id": "rid"}, body, authenticated=True)
     assert msg.key == "Ev0PV52K21"
     other = Channels({}).get("web")
     assert not other.needs_body
     assert other.label == "other"
-    assert other.inspect({"X-Request-Id": "rid"}, None).key == "rid"
+    assert other.inspect({"X-Request-Id": "rid"}, None, authenticated=False).key == "rid"
 
 
 def test_configured_channels_and_overrides() -> None:
@@ -107,12 +111,14 @@ def test_configured_channels_and_overrides() -> None:
     )
     voice = chans.get("voice")
     assert voice.label == "voice"
-    assert voice.inspect({}, b'{"caller": 42}').user == "42"
-    assert not voice.inspect({}, b'{"kind": "ping"}').billable
-    assert voice.inspect({}, b"not json").billable
+    assert voice.inspect({}, b'{"caller": 42}', authenticated=True).user == "42"
+    assert not voice.inspect({}, b'{"kind": "ping"}', authenticated=True).billable
+    assert voice.inspect({}, b'{"kind": "ping"}', authenticated=False).billable
+    assert voice.inspect({}, b"not json", authenticated=True).billable
     slack = chans.get("slack")  # only delivery_url overridden; built-in pointers stay
     assert slack.delivery_url == "http://127.0.0.1:9/slack"
-    assert slack.inspect({}, sample("slack-message.json")).user == "U2147483697"
+    msg = slack.inspect({}, sample("slack-message.json"), authenticated=True)
+    assert msg.user == "U2147483697"
 
 
 # ----------------------------------------------------------- through the gateway
@@ -172,19 +178,16 @@ async def _bucket(rclient: RedisClient) -> int:
         ("whatsapp", "whatsapp-status.json"),
     ],
 )
-async def test_non_billable_callbacks_pass_even_without_credit(
+async def test_unauthenticated_callbacks_are_billable(
     gw: Running, bot: Bot, http: aiohttp.ClientSession, channel: str, file: str
 ) -> None:
-    body = sample(file)
-    assert await post(http, f"{gw.url}/hooks/{channel}/{BROKE}/cb", body) == 200
-    assert bot.calls[0].body == body
-    # ...while a real message of the same channel is refused
-    billable = file.split("-")[0] + "-message.json"
-    assert await post(http, f"{gw.url}/hooks/{channel}/{BROKE}/cb", sample(billable)) == 402
-    assert bot.count() == 1
-    async with http.get(f"{gw.admin_url}/metrics") as resp:
-        text = await resp.text()
-    assert f'creditgate_requests_total{{channel="{channel}",outcome="unmetered"}} 1.0' in text
+    """Without a channel secret the body is unverified: no free pass (the authenticated
+    case is in test_channel_auth)."""
+    url = f"{gw.url}/hooks/{channel}/{BROKE}/cb"
+    # billable: refused for want of credit, or of a user when the body names none
+    assert await post(http, url, sample(file)) in (400, 402)
+    assert await post(http, url, sample(file), **{"X-Channel-User-Id": "u1"}) == 402
+    assert bot.count() == 0
 
 
 async def test_msteams_and_whatsapp_messages_are_metered_by_pointer(

@@ -1,4 +1,4 @@
-"""Handlers of the app routes: create, read, change, collaborators, transfer."""
+"""Handlers of the app routes: create, read, change, collaborators, transfer, channels."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from redis.exceptions import RedisError
 
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter import apps, authz
+from meter import apps, authz, channel_secrets
 from meter.errors import MeteringUnavailable
 from meter.plan_usage import iso
-from meter.store import App
+from meter.store import App, AppChannel
 from meter.usage import usage
 
 log = logging.getLogger(__name__)
@@ -106,3 +106,47 @@ async def transfer(call: Call) -> web.Response:
     body = call.parsed(s.Transfer)
     updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id)
     return json_response(await app_out(call, updated))
+
+
+def channel_out(app_id: str, channel: str, ch: AppChannel | None) -> s.ChannelOut:
+    """A channel's state; its secrets never leave the store."""
+    scheme = ch.scheme if ch is not None else channel_secrets.scheme_of(channel)
+    return s.ChannelOut(
+        app_id=app_id,
+        channel=channel,
+        scheme=scheme,  # type: ignore[arg-type]  # one of channel_secrets' schemes
+        enabled=ch is not None,
+        notify=ch is not None
+        and (ch.notify_secret_enc is not None or ch.scheme != "botframework_jwt"),
+        updated_at=iso(ch.updated_at) if ch is not None else None,
+    )
+
+
+async def list_channels(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "channels.read"
+    )
+    rows = await call.deps.store.list_app_channels(app.id)
+    items = [channel_out(app.id, ch.channel, ch) for ch in rows]
+    return json_response(s.ChannelList(items=items))
+
+
+async def put_channel(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "channels.set"
+    )
+    body = call.parsed(s.ChannelSet)
+    channel = call.path("channel")
+    ch = await channel_secrets.set_channel(
+        call.deps, call.principal.actor, app, channel, body.secret, body.notify_secret
+    )
+    return json_response(channel_out(app.id, channel, ch))
+
+
+async def delete_channel(call: Call) -> web.Response:
+    app, _ = await authz.authorize_app(
+        call.deps.store, call.principal, call.path("app"), "channels.set"
+    )
+    channel = call.path("channel")
+    await channel_secrets.remove_channel(call.deps, call.principal.actor, app, channel)
+    return json_response(channel_out(app.id, channel, None))

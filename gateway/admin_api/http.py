@@ -42,7 +42,7 @@ from meter.store import StoreError
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-KINDS = {"ws": "workspace", "app": "app"}  # path parameter -> what it names
+KINDS = {"ws": "workspace", "app": "app", "channel": "channel"}  # path parameter -> what it names
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 
 

@@ -17,6 +17,7 @@ WS = {"ws": keys.ID_RE}
 APP = {"app": keys.APP_RE}
 WS_USER = {"ws": keys.ID_RE, "user": keys.ID_RE}
 APP_USER = {"app": keys.APP_RE, "user": keys.ID_RE}
+CHANNEL = {"app": keys.APP_RE, "channel": keys.CHANNEL_RE}
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/users", acc.create_user, "Create a user", "operator",
@@ -41,6 +42,16 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/apps/{app}/transfer", apps.transfer,
           "Hand the app to another workspace user", "app owner, workspace owner",
           body=s.Transfer, response=s.AppOut, params=APP),
+    Route("GET", "/v1/apps/{app}/channels", apps.list_channels,
+          "Channels of the app with a verification secret (never the secret)",
+          "app owner, workspace owner", response=s.ChannelList, params=APP),
+    Route("PUT", "/v1/apps/{app}/channels/{channel}", apps.put_channel,
+          "Enable channel authentication with its secret (never returned)",
+          "app owner, workspace owner", body=s.ChannelSet, response=s.ChannelOut,
+          params=CHANNEL),
+    Route("DELETE", "/v1/apps/{app}/channels/{channel}", apps.delete_channel,
+          "Remove the channel's secret: its traffic is unauthenticated again",
+          "app owner, workspace owner", response=s.ChannelOut, params=CHANNEL),
     Route("POST", "/v1/workspaces/{ws}/funds", money.add_funds,
           "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
           "operator", body=s.FundsAdd, response=s.FundsOut, status=201, also=(200,), params=WS),

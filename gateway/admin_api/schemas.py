@@ -149,6 +149,16 @@ class WebhookSet(Body):
     secret: str = Field(min_length=16, max_length=256)
 
 
+class ChannelSet(Body):
+    """A channel's verification secret (never returned): the Slack signing secret, the
+    Meta app secret, the bot's Microsoft App ID, or the HS256 key of other channels."""
+
+    secret: str = Field(min_length=32, max_length=512)
+    notify_secret: Annotated[str, Field(min_length=32, max_length=512)] | SkipJsonSchema[None] = (
+        optional(description="HS256 key of /notify tokens; default: the secret (msteams: none)")
+    )
+
+
 class UsageQuery(Body):
     """Query of the usage and sessions routes (strings, as they come in the URL)."""
 
@@ -263,6 +273,19 @@ class UpgradeRequestOut(Out):
 
 class UpgradeRequestList(Out):
     requests: list[UpgradeRequestOut]
+
+
+class ChannelOut(Out):
+    app_id: str
+    channel: str
+    scheme: Literal["slack_v0", "meta_sha256", "botframework_jwt", "jwt_hs256"]
+    enabled: bool
+    notify: bool = Field(description="whether /notify of this channel can be authenticated")
+    updated_at: Timestamp | None = None
+
+
+class ChannelList(Out):
+    items: list[ChannelOut]
 
 
 class WebhookOut(Out):

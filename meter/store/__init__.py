@@ -20,6 +20,7 @@ from meter.store.errors import Conflict, NotFound, Retryable, StoreError
 from meter.store.models import (
     ApiToken,
     App,
+    AppChannel,
     AuditEntry,
     Checkout,
     Collaborator,
@@ -40,6 +41,7 @@ from meter.store.models import (
 __all__ = [
     "ApiToken",
     "App",
+    "AppChannel",
     "AuditEntry",
     "Checkout",
     "Collaborator",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC
 
 from meter.store.accounts import Accounts
+from meter.store.channels import Channels
 from meter.store.directory import Directory
 from meter.store.flush import Flush
 from meter.store.ledger import Ledger
@@ -18,8 +19,9 @@ from meter.store.tokens import Tokens
 from meter.store.usage import Usage
 
 
-class Store(Accounts, Directory, Tokens, Ledger, Flush, Usage, Outbox, Payments, ABC):
-    """Durable store: accounts, ledger, usage, billing sessions, audit log, outbox, payments.
+class Store(Accounts, Channels, Directory, Tokens, Ledger, Flush, Usage, Outbox, Payments, ABC):
+    """Durable store: accounts, channel secrets, ledger, usage, billing sessions, audit log,
+    outbox, payments.
 
     Open one with :func:`meter.store.open_store`; connections open lazily on first use
     (or ``await store.connect()``, or ``async with open_store(url) as store``).

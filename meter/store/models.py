@@ -92,6 +92,18 @@ class App:
 
 
 @dataclass(frozen=True, slots=True)
+class AppChannel:
+    """An app's verification secret for one channel; secrets are Fernet tokens."""
+
+    app_id: str
+    channel: str
+    scheme: str
+    secret_enc: str
+    updated_at: int
+    notify_secret_enc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Collaborator:
     app_id: str
     user_id: str

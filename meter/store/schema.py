@@ -288,9 +288,24 @@ class Migration:
         return [s.strip() for s in text.split(";") if s.strip()]
 
 
+# Channel authentication: one verification secret per app and channel, stored encrypted
+# (Fernet tokens: the HMAC and HS256 schemes need the plain secret back).
+_APP_CHANNELS = """
+CREATE TABLE app_channels (
+    app_id TEXT NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    channel TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    secret_enc TEXT NOT NULL,
+    notify_secret_enc TEXT,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (app_id, channel)
+)
+"""
+
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
+    Migration(2, "app_channels", _APP_CHANNELS),
     Migration(3, "payments", _PAYMENTS),
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
 )

@@ -1,0 +1,185 @@
+"""Channel verification secrets: set, remove, encrypt, and project to Redis (DESIGN §3).
+
+An app enables a channel with a secret; the scheme follows from the channel's name:
+
+* ``slack`` - ``slack_v0``: the Slack signing secret (HMAC-SHA256 of the raw body);
+* ``whatsapp`` - ``meta_sha256``: the Meta app secret (``X-Hub-Signature-256``);
+* ``msteams`` - ``botframework_jwt``: the bot's Microsoft App ID (the JWT audience);
+* any other channel - ``jwt_hs256``: the key of the HS256 JWTs the SDK presents.
+
+HMAC and HS256 need the plain secret back, so secrets are stored encrypted (Fernet, a
+key derived with HKDF from ``settings.secret_key``, else from ``operator_token`` for the
+demo), in the store (the source of truth) and in the Redis projection (field
+``ch:<channel>`` of the app hash) that traffic workers read and decrypt. A secret is
+never returned by the API nor written to the audit log.
+
+``/notify`` is authenticated with an HS256 JWT signed with the channel's
+``notify_secret``, or its secret when none is set; ``msteams`` has no secret of its own
+(an App ID is public), so its ``/notify`` needs a ``notify_secret``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from config import Settings, SettingsError
+from meter import keys
+from meter.accounts import Deps, announce, audit
+from meter.errors import Conflict, InvalidInput
+from meter.redis_client import RedisClient
+from meter.store import App, AppChannel, Store
+
+SCHEMES = {"slack": "slack_v0", "whatsapp": "meta_sha256", "msteams": "botframework_jwt"}
+HS256 = "jwt_hs256"
+MIN_SECRET = 32  # HS256 keys below 32 bytes are weak (RFC 7518 §3.2); Slack/Meta use 32
+MAX_SECRET = 512
+FIELD_PREFIX = "ch:"
+_INFO = b"creditgate channel secrets v1"
+
+
+def scheme_of(channel: str) -> str:
+    return SCHEMES.get(channel, HS256)
+
+
+def field_of(channel: str) -> str:
+    """The app-hash field holding a channel's projected secret."""
+    return FIELD_PREFIX + channel
+
+
+def cipher(settings: Settings) -> Fernet | None:
+    """The Fernet cipher of channel secrets, or ``None`` without any key material."""
+    material = settings.secret_key or settings.operator_token
+    if not material:
+        return None
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
+        material.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _check_secret(field: str, value: str) -> str:
+    if not MIN_SECRET <= len(value) <= MAX_SECRET:
+        raise InvalidInput(field, f"must be {MIN_SECRET}-{MAX_SECRET} characters")
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        raise InvalidInput(field, "must be printable characters without spaces")
+    return value
+
+
+def _require_cipher(d: Deps) -> Fernet:
+    f = cipher(d.settings)
+    if f is None:
+        raise Conflict(
+            "the gateway has no secret_key to encrypt channel secrets with",
+            code="secret_key_missing",
+        )
+    return f
+
+
+def projected(ch: AppChannel) -> bytes:
+    """The Redis value of a channel's secret: still encrypted."""
+    doc: dict[str, Any] = {"scheme": ch.scheme, "secret": ch.secret_enc}
+    if ch.notify_secret_enc:
+        doc["notify"] = ch.notify_secret_enc
+    return orjson.dumps(doc)
+
+
+async def project(client: RedisClient, app_id: str, channel: str, ch: AppChannel | None) -> None:
+    """Write (or, for ``None``, remove) a channel's secret in the app's Redis hash."""
+    ws = keys.workspace_of(app_id)
+    if ws is None:
+        raise InvalidInput("app_id", "malformed app id")
+    ak = keys.app_key(ws, app_id)
+    if ch is None:
+        await client.hdel(ak, field_of(channel))
+    else:
+        await client.hset(ak, field_of(channel), projected(ch))
+
+
+async def project_app_channels(store: Store, client: RedisClient, app_id: str) -> None:
+    """Rebuild every channel secret of an app in Redis from the store."""
+    for ch in await store.list_app_channels(app_id):
+        await project(client, app_id, ch.channel, ch)
+
+
+def _check_channel(channel: str) -> str:
+    if not keys.CHANNEL_RE.match(channel):
+        raise InvalidInput("channel", "must be a channel name: lowercase letters, digits, _ or -")
+    return channel
+
+
+async def set_channel(
+    d: Deps, actor: str, app: App, channel: str, secret: str, notify_secret: str | None = None
+) -> AppChannel:
+    """Enable ``channel`` of ``app`` with its verification secret (replacing any)."""
+    _check_channel(channel)
+    _check_secret("secret", secret)
+    if notify_secret is not None:
+        _check_secret("notify_secret", notify_secret)
+    f = _require_cipher(d)
+    ch = AppChannel(
+        app_id=app.id,
+        channel=channel,
+        scheme=scheme_of(channel),
+        secret_enc=f.encrypt(secret.encode()).decode(),
+        notify_secret_enc=f.encrypt(notify_secret.encode()).decode() if notify_secret else None,
+        updated_at=d.now_ms(),
+    )
+    before = await d.store.get_app_channel(app.id, channel)
+    await d.store.put_app_channel(ch)
+    await project(d.redis, app.id, channel, ch)
+    await announce(d, app.id)
+    # Never the secret itself: only that it was set, and when.
+    after = {"channel": channel, "scheme": ch.scheme, "notify_secret": bool(notify_secret)}
+    prior = {"channel": channel, "scheme": before.scheme} if before else None
+    await audit(d, actor, "channel.set", f"app:{app.id}", prior, after)
+    return ch
+
+
+async def remove_channel(d: Deps, actor: str, app: App, channel: str) -> AppChannel | None:
+    """Remove ``channel``'s secret (it becomes unauthenticated); the removed row, if any."""
+    _check_channel(channel)
+    before = await d.store.get_app_channel(app.id, channel)
+    await d.store.delete_app_channel(app.id, channel)
+    await project(d.redis, app.id, channel, None)
+    await announce(d, app.id)
+    if before is not None:
+        prior = {"channel": channel, "scheme": before.scheme}
+        await audit(d, actor, "channel.remove", f"app:{app.id}", prior, None)
+    return before
+
+
+def decrypt(f: Fernet, token: str) -> str:
+    """A stored secret in the clear; :class:`InvalidToken` under another key."""
+    return f.decrypt(token.encode()).decode()
+
+
+async def check_key(store: Store, settings: Settings) -> int:
+    """At start-up: the stored channel secrets can be decrypted; returns how many exist.
+
+    Raises :class:`SettingsError` naming the setting when secrets exist but no key is
+    configured, or when the key does not decrypt them (it changed).
+    """
+    rows = await store.list_app_channels()
+    if not rows:
+        return 0
+    f = cipher(settings)
+    if f is None:
+        raise SettingsError(
+            f"CREDITGATE_SECRET_KEY: {len(rows)} channel secret(s) are stored but neither "
+            "secret_key nor operator_token is set to decrypt them"
+        )
+    try:
+        for ch in rows:
+            decrypt(f, ch.secret_enc)
+    except InvalidToken:
+        raise SettingsError(
+            "CREDITGATE_SECRET_KEY: the key does not decrypt the stored channel secrets "
+            "(it changed since they were set); restore it or set the secrets again"
+        ) from None
+    return len(rows)

@@ -1,0 +1,66 @@
+"""Channel verification secrets of apps (encrypted by the caller, never decrypted here)."""
+
+from __future__ import annotations
+
+from meter.store.db import Row, StoreCore
+from meter.store.models import AppChannel
+
+_COLS = "app_id, channel, scheme, secret_enc, notify_secret_enc, updated_at"
+
+
+def _channel(r: Row) -> AppChannel:
+    return AppChannel(
+        app_id=r["app_id"],
+        channel=r["channel"],
+        scheme=r["scheme"],
+        secret_enc=r["secret_enc"],
+        notify_secret_enc=r["notify_secret_enc"],
+        updated_at=int(r["updated_at"]),
+    )
+
+
+class Channels(StoreCore):
+    """Rows of ``app_channels``: at most one per app and channel."""
+
+    async def put_app_channel(self, ch: AppChannel) -> None:
+        """Insert or replace the secret of ``(ch.app_id, ch.channel)``."""
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO app_channels ({_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
+                "secret_enc = excluded.secret_enc, "
+                "notify_secret_enc = excluded.notify_secret_enc, "
+                "updated_at = excluded.updated_at",
+                ch.app_id,
+                ch.channel,
+                ch.scheme,
+                ch.secret_enc,
+                ch.notify_secret_enc,
+                ch.updated_at,
+            )
+
+    async def delete_app_channel(self, app_id: str, channel: str) -> bool:
+        """Remove the secret; ``False`` if there was none."""
+        async with self.connection() as c:
+            n = await c.execute(
+                "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
+            )
+        return n > 0
+
+    async def get_app_channel(self, app_id: str, channel: str) -> AppChannel | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(
+                f"SELECT {_COLS} FROM app_channels WHERE app_id = ? AND channel = ?",
+                app_id,
+                channel,
+            )
+        return _channel(r) if r else None
+
+    async def list_app_channels(self, app_id: str | None = None) -> list[AppChannel]:
+        """The secrets of one app (or of every app), by app and channel."""
+        where, args = ("WHERE app_id = ? ", (app_id,)) if app_id is not None else ("", ())
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {_COLS} FROM app_channels {where}ORDER BY app_id, channel", *args
+            )
+        return [_channel(r) for r in rows]
