@@ -1,0 +1,764 @@
+"""Channel authentication, tried as a hostile client would (DESIGN §3).
+
+For every scheme: forged, stale and missing credentials are 401 with the bot not called
+and nothing metered (balances and the workspace's Redis keys unchanged); valid ones are
+forwarded and charged. The Bot Framework keys come from a real OpenID metadata stand-in
+on 127.0.0.1 with RSA keys made here, rotated mid-test. Real Redis, real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from bot import (  # noqa: F401
+    Bot,
+    Running,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_gateway,
+    seed,
+    serve,
+)
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from config import Settings
+from config.settings import ChannelRule
+from meter import channel_secrets, keys
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from meter.store import AppChannel
+
+SAMPLES = Path(__file__).resolve().parent / "data" / "channels"
+WS = "chauth"
+APP = f"{WS}_app1"  # contact_center: $0.01 per request, $1 of its own funds
+BROKE = f"{WS}_broke"  # no credit at all
+SESS = f"{WS}_sess"  # automation: $0.20 per session
+FUNDS = 1_000_000
+PRICE = 10_000
+SECRET = "s3cr3t-" + "x" * 30
+NOTIFY = "n0tify-" + "y" * 30
+APP_ID_MS = "c9e8c047-2a74-40a2-b28a-b162d5f5327c"  # the bot's Microsoft App ID
+ISSUER = "https://api.botframework.com"
+SERVICE_URL = "https://smba.trafficmanager.net/amer/"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+# ------------------------------------------------------------ signing, as channels do
+
+
+def slack_headers(body: bytes, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
+    stamp = str(int(time.time()) if ts is None else ts)
+    base = b"v0:" + stamp.encode() + b":" + body
+    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig}
+
+
+def meta_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": sig}
+
+
+def hs256(sub: str | None = "alice", key: str = SECRET, exp_in: float = 300, **claims: Any) -> str:
+    payload: dict[str, Any] = {"exp": int(time.time() + exp_in), **claims}
+    if sub is not None:
+        payload["sub"] = sub
+    return jwt.encode(payload, key, algorithm="HS256")
+
+
+@dataclass
+class OpenId:
+    """A stand-in for the Bot Framework's OpenID metadata and key set."""
+
+    url: str = ""
+    keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
+    fetches: int = 0
+
+    def add_key(self, kid: str) -> None:
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def token(
+        self,
+        kid: str,
+        *,
+        aud: str = APP_ID_MS,
+        iss: str = ISSUER,
+        exp_in: float = 300,
+        key: rsa.RSAPrivateKey | None = None,
+        **claims: Any,
+    ) -> str:
+        payload = {"iss": iss, "aud": aud, "exp": int(time.time() + exp_in), **claims}
+        signer = key or self.keys[kid]
+        return jwt.encode(payload, signer, algorithm="RS256", headers={"kid": kid})
+
+    def app(self) -> web.Application:
+        async def metadata(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"issuer": ISSUER, "jwks_uri": f"{self.url}/keys", "authorization_endpoint": ""}
+            )
+
+        async def jwks(request: web.Request) -> web.Response:
+            self.fetches += 1
+            out = []
+            for kid, key in self.keys.items():
+                # Like Microsoft's: no "alg", with endorsements.
+                jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+                out.append({**jwk, "kid": kid, "use": "sig", "endorsements": ["msteams"]})
+            return web.json_response({"keys": out})
+
+        app = web.Application()
+        app.router.add_get("/.well-known/openidconfiguration", metadata)
+        app.router.add_get("/keys", jwks)
+        return app
+
+
+@pytest.fixture
+async def openid() -> AsyncIterator[OpenId]:
+    o = OpenId()
+    o.add_key("k1")
+    async with serve(o.app()) as url:
+        o.url = url
+        yield o
+
+
+# ------------------------------------------------------------------------ gateway
+
+
+def settings_for(redis_url: str, tmp_path: Path, openid: OpenId, **kw: Any) -> Settings:
+    return make_settings(
+        redis_url,
+        tmp_path,
+        secret_key="test-secret-key-" + "z" * 20,
+        msteams_openid_url=f"{openid.url}/.well-known/openidconfiguration",
+        msteams_keys_min_refresh_s=0,
+        channel_secret_max_age_s=0.001,
+        **kw,
+    )
+
+
+async def set_secret(
+    rclient: RedisClient,
+    settings: Settings,
+    app_id: str,
+    channel: str,
+    secret: str = SECRET,
+    notify: str | None = None,
+) -> None:
+    """Project a channel secret the way the admin API does (encrypted)."""
+    f = channel_secrets.cipher(settings)
+    assert f is not None
+    ch = AppChannel(
+        app_id=app_id,
+        channel=channel,
+        scheme=channel_secrets.scheme_of(channel),
+        secret_enc=f.encrypt(secret.encode()).decode(),
+        notify_secret_enc=f.encrypt(notify.encode()).decode() if notify else None,
+        updated_at=0,
+    )
+    await channel_secrets.project(rclient, app_id, channel, ch)
+
+
+async def seed_one(
+    rclient: RedisClient, settings: Settings, app_id: str, upstream: str, product: str
+) -> None:
+    await seed(rclient, settings, WS, {app_id: {"product": product, "upstream_url": upstream,
+                                                "funds": FUNDS}})  # fmt: skip
+
+
+@dataclass
+class World:
+    gw: Running
+    settings: Settings
+    bot: Bot
+    rclient: RedisClient
+    http: aiohttp.ClientSession
+    openid: OpenId
+
+    async def post(
+        self,
+        path: str,
+        body: bytes = b"{}",
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
+    ) -> tuple[int, Any]:
+        h = {"Content-Type": "application/json", **(headers or {})}
+        async with self.http.request(method, self.gw.url + path, data=body, headers=h) as resp:
+            raw = await resp.read()
+            if "json" in resp.headers.get("Content-Type", ""):
+                return resp.status, json.loads(raw)
+            return resp.status, raw
+
+    async def state(self) -> tuple[Any, list[bytes]]:
+        """Balances and every Redis key of the workspace: what any metering changes."""
+        names = sorted(await self.rclient.keys(f"cg:{{{WS}}}*"))
+        return await read_balances(self.rclient, WS), names
+
+
+@pytest.fixture
+async def world(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    openid: OpenId,
+) -> AsyncIterator[World]:
+    rules = {c: ChannelRule(delivery_url=f"{bot.url}/out/{c}") for c in ("slack", "msteams", "web")}
+    settings = settings_for(redis_url, tmp_path, openid, channels=rules)
+    apps: dict[str, dict[str, Any]] = {
+        APP: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS},
+        BROKE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False},
+        SESS: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS},
+    }
+    await seed(rclient, settings, WS, apps)
+    for app_id in (APP, BROKE, SESS):
+        for channel in ("slack", "whatsapp", "web"):
+            await set_secret(rclient, settings, app_id, channel)
+        await set_secret(rclient, settings, app_id, "msteams", APP_ID_MS)
+    async with running_gateway(settings) as gw:
+        yield World(gw, settings, bot, rclient, http, openid)
+
+
+async def refused_unmetered(
+    w: World, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+) -> None:
+    """The request is 401 invalid_channel_signature; nothing metered, bot not called."""
+    before = await w.state()
+    calls = w.bot.count()
+    status, problem = await w.post(path, body, headers, method)
+    assert status == 401, (status, problem)
+    assert problem["code"] == "invalid_channel_signature"
+    assert w.bot.count() == calls
+    assert await w.state() == before
+
+
+# ------------------------------------------------------------------------- slack
+
+
+async def test_slack_signatures(world: World) -> None:
+    body = sample("slack-message.json")
+    path = f"/hooks/slack/{APP}/slack/events"
+    other = "another-secret-" + "q" * 20
+    forged = slack_headers(body, other)
+    await refused_unmetered(world, path, body, forged)
+    stale = slack_headers(body, ts=int(time.time()) - 301)
+    await refused_unmetered(world, path, body, stale)
+    future = slack_headers(body, ts=int(time.time()) + 400)
+    await refused_unmetered(world, path, body, future)
+    await refused_unmetered(world, path, body, {})
+    good = slack_headers(body)
+    await refused_unmetered(world, path, body, {"X-Slack-Signature": good["X-Slack-Signature"]})
+    tampered = body.replace(b"order status", b"refund please")
+    await refused_unmetered(world, path, tampered, good)
+    await refused_unmetered(world, path, body, {**good, "X-Slack-Request-Timestamp": "1e9"})
+
+    status, _ = await world.post(path, body, good)
+    assert status == 200
+    assert world.bot.count() == 1
+    assert world.bot.calls[0].body == body
+    assert world.bot.calls[0].headers["X-Slack-Signature"] == good["X-Slack-Signature"]
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+
+
+async def test_slack_signature_window_is_a_setting(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
+) -> None:
+    settings = settings_for(redis_url, tmp_path, openid, slack_signature_window_s=3600)
+    await seed_one(rclient, settings, APP, bot.url, "contact_center")
+    await set_secret(rclient, settings, APP, "slack")
+    body = sample("slack-message.json")
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        h = slack_headers(body, ts=int(time.time()) - 1800)
+        async with http.post(f"{gw.url}/hooks/slack/{APP}", data=body, headers=h) as resp:
+            assert resp.status == 200
+    assert bot.count() == 1
+
+
+# ---------------------------------------------------------------------- whatsapp
+
+
+async def test_whatsapp_signatures(world: World) -> None:
+    body = sample("whatsapp-message.json")
+    path = f"/hooks/whatsapp/{APP}"
+    await refused_unmetered(world, path, body, meta_headers(body, "wrong-secret-" + "w" * 20))
+    await refused_unmetered(world, path, body, {})
+    await refused_unmetered(world, path, body, {"X-Hub-Signature-256": "sha256=00"})
+    await refused_unmetered(world, path, b"what is 2+2", meta_headers(body))
+    # An unsigned plain-text body is no free pass either.
+    await refused_unmetered(world, path, b"what is 2+2", {"X-Channel-User-Id": "u1"})
+
+    assert (await world.post(path, body, meta_headers(body)))[0] == 200
+    assert world.bot.count() == 1
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+
+
+async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: World) -> None:
+    before = await world.state()
+    q = "hub.mode=subscribe&hub.verify_token=mine&hub.challenge=1158201444"
+    async with world.http.get(f"{world.gw.url}/hooks/whatsapp/{BROKE}/wa?{q}") as resp:
+        assert resp.status == 200
+    assert world.bot.count() == 1
+    assert world.bot.calls[0].path_qs == f"/wa?{q}"
+    assert await world.state() == before
+    # ...but only the bodiless GET handshake: a POST with the same query is verified.
+    await refused_unmetered(world, f"/hooks/whatsapp/{BROKE}/wa?{q}", b"{}", {})
+
+
+# ----------------------------------------------------------------------- msteams
+
+
+async def test_msteams_bot_framework_tokens(world: World) -> None:
+    o = world.openid
+    body = sample("msteams-message.json")
+    path = f"/hooks/msteams/{APP}/api/messages"
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token in (
+        o.token("k1", key=attacker),  # forged: the published kid, another key
+        o.token("k1", exp_in=-3600),  # stale
+        o.token("k1", aud="another-bot-app-id"),
+        o.token("k1", iss="https://evil.example"),
+        o.token("k1", serviceUrl="https://evil.example/"),
+        o.token("nope", key=attacker),  # a key the channel never published
+        hs256(key=APP_ID_MS),  # HS256 with the (public) App ID: algorithm confusion
+        "not.a.jwt",
+    ):
+        await refused_unmetered(world, path, body, auth(token))
+    await refused_unmetered(world, path, body, {})
+    await refused_unmetered(world, path, body, {"Authorization": "Basic abc"})
+
+    status, _ = await world.post(path, body, auth(o.token("k1", serviceUrl=SERVICE_URL)))
+    assert status == 200
+    assert world.bot.count() == 1
+    assert world.bot.calls[0].headers["Authorization"].startswith("Bearer ")  # the bot's too
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+
+    # Rotation: the provider now signs with a new key; the gateway fetches it.
+    fetched = o.fetches
+    o.keys.clear()
+    o.add_key("k2")
+    again = json.loads(body)
+    again["id"] = "second-activity"
+    status, _ = await world.post(path, json.dumps(again).encode(), auth(o.token("k2")))
+    assert status == 200
+    assert o.fetches == fetched + 1
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - 2 * PRICE
+
+
+async def test_msteams_unknown_kids_refetch_keys_at_a_bounded_rate(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
+) -> None:
+    settings = settings_for(redis_url, tmp_path, openid).model_copy(
+        update={"msteams_keys_min_refresh_s": 3600.0}
+    )
+    await seed_one(rclient, settings, APP, bot.url, "contact_center")
+    await set_secret(rclient, settings, APP, "msteams", APP_ID_MS)
+    body = sample("msteams-message.json")
+    url = f"/hooks/msteams/{APP}"
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        for i in range(20):
+            token = (
+                openid.token("k1") if i == 0 else openid.token(f"forged{i}", key=openid.keys["k1"])
+            )
+            h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            async with http.post(gw.url + url, data=body, headers=h) as resp:
+                assert resp.status == (200 if i == 0 else 401)
+    assert openid.fetches == 1
+    assert bot.count() == 1
+
+
+# ----------------------------------------------------------- HS256 (web, SDKs, ...)
+
+
+async def test_hs256_sub_is_the_charged_user(world: World) -> None:
+    path = f"/hooks/web/{SESS}/chat"
+    bal = lambda: read_balances(world.rclient, WS)  # noqa: E731
+    h = {"Authorization": f"Bearer {hs256('alice')}", "X-Channel-User-Id": "mallory"}
+    assert (await world.post(path, b"hi", h))[0] == 200
+    assert world.bot.calls[-1].headers["X-Channel-User-Id"] == "alice"  # not the header's
+    assert (await bal()).app_paid[SESS] == FUNDS - 200_000
+    # alice's session goes on whatever user header comes along: no new charge
+    h = {"Authorization": f"Bearer {hs256('alice')}", "X-Channel-User-Id": "carol"}
+    assert (await world.post(path, b"again", h))[0] == 200
+    assert (await bal()).app_paid[SESS] == FUNDS - 200_000
+    # bob is another user: another session
+    assert (await world.post(path, b"hi", {"Authorization": f"Bearer {hs256('bob')}"}))[0] == 200
+    assert (await bal()).app_paid[SESS] == FUNDS - 400_000
+    assert world.bot.count() == 3
+
+
+async def test_hs256_forged_stale_and_missing(world: World) -> None:
+    path = f"/hooks/web/{APP}/chat"
+    none_alg = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, None, algorithm="none")
+    for token in (
+        hs256(key="another-key-" + "k" * 30),
+        hs256(exp_in=-3600),
+        hs256(sub=None),  # no user in it
+        jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"),  # never expires: refused
+        hs256(sub=""),
+        none_alg,
+        hs256() + "x",
+    ):
+        await refused_unmetered(world, path, b"hi", {"Authorization": f"Bearer {token}"})
+    await refused_unmetered(world, path, b"hi", {"X-Channel-User-Id": "u1"})
+    await refused_unmetered(world, path + f"?token={hs256()}", b"hi", {})  # WebSocket only
+
+
+async def test_refusal_never_echoes_the_token(world: World) -> None:
+    token = hs256(exp_in=-3600)
+    status, problem = await world.post(
+        f"/hooks/web/{APP}", b"hi", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 401
+    text = json.dumps(problem)
+    assert token not in text and token.split(".")[1] not in text
+    assert "expired" in problem["detail"]
+
+
+# --------------------------------------------------------------------- WebSocket
+
+
+@dataclass
+class WsBot:
+    url: str = ""
+    upgrades: list[tuple[str, str]] = field(default_factory=list)  # (raw path, user header)
+
+
+@pytest.fixture
+async def wsbot() -> AsyncIterator[WsBot]:
+    b = WsBot()
+
+    async def ws(request: web.Request) -> web.StreamResponse:
+        b.upgrades.append((request.raw_path, request.headers.get("X-Channel-User-Id", "")))
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ws)
+    async with serve(app) as url:
+        b.url = url
+        yield b
+
+
+async def test_websocket_token_in_query(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, openid: OpenId, wsbot: WsBot
+) -> None:
+    settings = settings_for(redis_url, tmp_path, openid)
+    await seed_one(rclient, settings, SESS, wsbot.url, "automation")
+    await set_secret(rclient, settings, SESS, "web")
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        base = gw.url.replace("http", "ws") + f"/hooks/web/{SESS}/ws"
+        for bad in ("", f"?token={hs256(exp_in=-3600)}", f"?token={hs256(key='k' * 40)}"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(base + bad + ("&" if bad else "?") + "user=mallory")
+            assert err.value.status == 401
+        assert wsbot.upgrades == []
+        assert (await read_balances(rclient, WS)).app_paid[SESS] == FUNDS
+
+        async with http.ws_connect(f"{base}?lang=en&token={hs256('alice')}&v=2") as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive_str()) == "echo:hello"
+        assert wsbot.upgrades == [("/ws?lang=en&v=2", "alice")]
+        assert (await read_balances(rclient, WS)).app_paid[SESS] == FUNDS - 200_000
+
+
+# ------------------------------------------------------------ required everywhere
+
+
+async def test_require_channel_auth_refuses_channels_without_secret(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
+) -> None:
+    settings = settings_for(redis_url, tmp_path, openid, require_channel_auth=True)
+    await seed_one(rclient, settings, APP, bot.url, "contact_center")
+    await set_secret(rclient, settings, APP, "web")
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        h = {"X-Channel-User-Id": "u1"}
+        async with http.post(f"{gw.url}/hooks/voice/{APP}", data=b"hi", headers=h) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["code"] == "channel_not_authenticated"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(gw.url.replace("http", "ws") + f"/hooks/voice/{APP}/ws?user=u")
+        assert err.value.status == 403
+        h = {"Authorization": f"Bearer {hs256()}"}
+        async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"hi", headers=h) as resp:
+            assert resp.status == 200
+    assert bot.count() == 1
+    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS - PRICE
+
+
+# --------------------------------------------------------------------- billability
+
+
+@pytest.mark.parametrize(
+    ("channel", "file"),
+    [
+        ("slack", "slack-url-verification.json"),
+        ("msteams", "msteams-typing.json"),
+        ("whatsapp", "whatsapp-status.json"),
+    ],
+)
+async def test_authenticated_non_messages_pass_unmetered_even_without_credit(
+    world: World, channel: str, file: str
+) -> None:
+    body = sample(file)
+
+    def signed(b: bytes) -> dict[str, str]:
+        if channel == "slack":
+            return slack_headers(b)
+        if channel == "whatsapp":
+            return meta_headers(b)
+        return {"Authorization": f"Bearer {world.openid.token('k1')}"}
+
+    before = await world.state()
+    status, _ = await world.post(f"/hooks/{channel}/{BROKE}/cb", body, signed(body))
+    assert status == 200
+    assert world.bot.calls[0].body == body
+    assert await world.state() == before
+    # ...while a real message of the same channel is refused for want of credit
+    message = sample(f"{channel}-message.json")
+    status, problem = await world.post(f"/hooks/{channel}/{BROKE}/cb", message, signed(message))
+    assert (status, problem["code"]) == (402, "credits_exhausted")
+    assert world.bot.count() == 1
+    # ...and the same callback on an unauthenticated channel is billed
+    await channel_secrets.project(world.rclient, BROKE, channel, None)
+    status, _ = await world.post(f"/hooks/{channel}/{BROKE}/cb", body, {"X-Channel-User-Id": "u1"})
+    assert status == 402
+    assert world.bot.count() == 1
+
+
+# ------------------------------------------------------------------------- notify
+
+
+async def test_notify_needs_a_token_signed_with_the_channel_secret(world: World) -> None:
+    path = f"/notify/web/{APP}/send"
+    await refused_unmetered(world, path, b"note", {})
+    await refused_unmetered(
+        world, path, b"note", {"Authorization": f"Bearer {hs256(key='z' * 40)}"}
+    )
+    await refused_unmetered(
+        world, path, b"note", {"Authorization": f"Bearer {hs256(exp_in=-3600)}"}
+    )
+    token = hs256(sub=None)
+    status, _ = await world.post(path, b"note", {"Authorization": f"Bearer {token}"})
+    assert status == 200
+    call = world.bot.calls[-1]
+    assert call.path_qs == "/out/web/send"
+    assert "Authorization" not in call.headers  # the gateway's credential stays here
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] < FUNDS
+
+
+async def test_notify_refused_on_channels_without_a_notify_key(world: World) -> None:
+    before = await world.state()
+    # no secret at all on "voice"; msteams' secret is an App ID (public), no notify_secret
+    for path, key in ((f"/notify/voice/{APP}", SECRET), (f"/notify/msteams/{APP}", APP_ID_MS)):
+        h = {"Authorization": f"Bearer {hs256(key=key)}"}
+        status, problem = await world.post(path, b"note", h)
+        assert (status, problem["code"]) == (403, "channel_not_authenticated"), problem
+    assert world.bot.count() == 0
+    assert await world.state() == before
+    await set_secret(world.rclient, world.settings, APP, "msteams", APP_ID_MS, notify=NOTIFY)
+    h = {"Authorization": f"Bearer {hs256(key=NOTIFY)}"}
+    assert (await world.post(f"/notify/msteams/{APP}", b"note", h))[0] == 200
+    assert world.bot.count() == 1
+
+
+# ------------------------------------------------------------------ start-up check
+
+
+async def test_secrets_that_cannot_be_decrypted_stop_start_up(
+    redis_url: str, tmp_path: Path, openid: OpenId
+) -> None:
+    from config import SettingsError
+    from meter.store import open_store
+
+    settings = settings_for(redis_url, tmp_path, openid)
+    async with open_store(settings.store_url) as store:
+        await store.migrate()
+        assert await channel_secrets.check_key(store, settings) == 0
+        async with store.connection() as c:
+            await c.execute(
+                "INSERT INTO users (id, email, name, token_hash, created_at) "
+                "VALUES ('u1', 'a@b.c', 'A', 'h', 0)"
+            )
+            await c.execute(
+                "INSERT INTO workspaces (id, name, owner_id, created_at) "
+                f"VALUES ('{WS}', 'W', 'u1', 0)"
+            )
+            await c.execute(
+                "INSERT INTO apps (id, workspace_id, name, product, owner_id, created_at) "
+                f"VALUES ('{APP}', '{WS}', 'A', 'automation', 'u1', 0)"
+            )
+        f = channel_secrets.cipher(settings)
+        assert f is not None
+        await store.put_app_channel(
+            AppChannel(APP, "web", "jwt_hs256", f.encrypt(b"x" * 32).decode(), 0)
+        )
+        assert await channel_secrets.check_key(store, settings) == 1
+        with pytest.raises(SettingsError, match="SECRET_KEY"):
+            await channel_secrets.check_key(store, settings.model_copy(update={"secret_key": None}))
+        other = settings.model_copy(update={"secret_key": "another-key-" + "o" * 20})
+        with pytest.raises(SettingsError, match="does not decrypt"):
+            await channel_secrets.check_key(store, other)
+
+
+async def test_a_worker_without_the_key_refuses_instead_of_passing(world: World) -> None:
+    """A secret this worker cannot decrypt is never treated as 'no secret'."""
+    wrong = world.settings.model_copy(update={"secret_key": "another-key-" + "o" * 20})
+    await set_secret(world.rclient, wrong, APP, "web")
+    status, problem = await world.post(
+        f"/hooks/web/{APP}", b"hi", {"Authorization": f"Bearer {hs256()}"}
+    )
+    assert (status, problem["code"]) == (503, "channel_auth_unavailable")
+    assert world.bot.count() == 0
+
+
+def test_the_redis_projection_keeps_secrets_encrypted() -> None:
+    ch = AppChannel(APP, "slack", "slack_v0", "gAAAA-token", 0, "gAAAA-notify")
+    doc = json.loads(channel_secrets.projected(ch))
+    assert doc == {"scheme": "slack_v0", "secret": "gAAAA-token", "notify": "gAAAA-notify"}
+    assert channel_secrets.field_of("slack") == "ch:slack"
+    assert keys.CHANNEL_RE.match("slack")
+
+
+# ------------------------------------------------------------- through the admin API
+
+
+async def test_channel_secret_via_admin_api_is_never_shown(
+    redis_url: str, tmp_path: Path, bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+
+    caplog.set_level(logging.DEBUG)
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    secret = "web-sdk-signing-key-" + "v" * 20
+    async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
+        _, token = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        app = await admin.ok(
+            "POST", f"/v1/workspaces/{ws}/apps", token,
+            {"name": "Bot", "product": "automation", "upstream_url": bot.url},
+        )  # fmt: skip
+        app_id = app["id"]
+        answers = []
+        status, body = await admin.api("PUT", f"/v1/apps/{app_id}/channels/web", token,
+                                       {"secret": "short"})  # fmt: skip
+        assert status == 422 and body["field"] == "secret"
+        assert "short" not in json.dumps(body)
+        out = await admin.ok("PUT", f"/v1/apps/{app_id}/channels/web", token, {"secret": secret})
+        answers.append(out)
+        assert out["scheme"] == "jwt_hs256" and out["enabled"] and out["notify"]
+        assert out["updated_at"]
+        answers.append(await admin.ok("GET", f"/v1/apps/{app_id}/channels", token))
+        assert [c["channel"] for c in answers[-1]["items"]] == ["web"]
+        answers.append(await admin.ok("GET", f"/v1/apps/{app_id}", token))
+        answers.append(await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token))
+
+        url = f"{admin.traffic_url}/hooks/web/{app_id}"
+        async with http.post(url, data=b"hi", headers={"X-Channel-User-Id": "u"}) as resp:
+            assert resp.status == 401
+        h = {"Authorization": f"Bearer {hs256('alice', key=secret)}"}
+        async with http.post(url, data=b"hi", headers=h) as resp:
+            assert resp.status == 200
+        assert bot.count() == 1
+
+        # stored encrypted, projected encrypted, audited without it
+        [row] = await admin.store.list_app_channels(app_id)
+        assert secret not in row.secret_enc
+        ws_id = keys.workspace_of(app_id)
+        assert ws_id is not None
+        projected = await admin.redis.hget(keys.app_key(ws_id, app_id), "ch:web")
+        assert projected is not None and secret.encode() not in projected
+        audit = await admin.store.list_audit(target=f"app:{app_id}")
+        assert any(e.action == "channel.set" for e in audit)
+        assert secret not in repr(audit)
+
+        answers.append(await admin.ok("DELETE", f"/v1/apps/{app_id}/channels/web", token))
+        assert answers[-1]["enabled"] is False
+        assert (await admin.ok("GET", f"/v1/apps/{app_id}/channels", token))["items"] == []
+        # unauthenticated again (within channel_secret_max_age_s): a header user is billed
+        status = 0
+        for _ in range(300):
+            async with http.post(url, data=b"hi", headers={"X-Channel-User-Id": "u"}) as resp:
+                status = resp.status
+            if status != 401:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200
+        assert bot.count() == 2
+        status, _ = await admin.api("PUT", f"/v1/apps/{app_id}/channels/Bad!", OPERATOR_TOKEN,
+                                    {"secret": secret})  # fmt: skip
+        assert status == 404
+    assert secret not in json.dumps(answers)
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert secret not in caplog.text
+
+
+# ----------------------------------------------- a real Slack Bolt app behind us
+
+
+async def test_slack_bolt_app_behind_the_gateway(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, openid: OpenId
+) -> None:
+    """Acceptance: Bolt verifies Slack's signature itself on what the gateway forwards."""
+    from slack_bolt.async_app import AsyncApp
+    from slack_bolt.authorization import AuthorizeResult
+
+    async def authorize(**_: Any) -> AuthorizeResult:  # no call to Slack's API
+        return AuthorizeResult(enterprise_id=None, team_id="T061EG9R6", bot_user_id="UBOT",
+                               bot_id="BBOT", bot_token="xoxb-not-used")  # fmt: skip
+
+    signing_secret = "8f742231b10e8888abcd99yyyzzz85a5"
+    bolt = AsyncApp(signing_secret=signing_secret, authorize=authorize)
+    handled: list[dict[str, Any]] = []
+
+    @bolt.event("message")
+    async def on_message(event: dict[str, Any]) -> None:
+        handled.append(event)
+
+    settings = settings_for(redis_url, tmp_path, openid)
+    async with serve(bolt.web_app(path="/slack/events")) as bolt_url:
+        upstream = f"{bolt_url}/slack/events"
+        await seed_one(rclient, settings, APP, upstream, "contact_center")
+        await set_secret(rclient, settings, APP, "slack", signing_secret)
+        async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+            url = f"{gw.url}/hooks/slack/{APP}"
+            body = sample("slack-message.json")
+            h = {"Content-Type": "application/json", **slack_headers(body, signing_secret)}
+            async with http.post(url, data=body, headers=h) as resp:
+                assert resp.status == 200, await resp.text()
+            # Slack's URL check is answered by Bolt, unmetered
+            check = sample("slack-url-verification.json")
+            h = {"Content-Type": "application/json", **slack_headers(check, signing_secret)}
+            async with http.post(url, data=check, headers=h) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["challenge"] == json.loads(check)["challenge"]
+            # a forged one never reaches Bolt
+            h = {"Content-Type": "application/json", **slack_headers(body, "f" * 32)}
+            async with http.post(url, data=body, headers=h) as resp:
+                assert resp.status == 401
+    assert [e["user"] for e in handled] == ["U2147483697"]
+    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS - PRICE
