@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -621,6 +622,17 @@ async def test_secrets_that_cannot_be_decrypted_stop_start_up(
         other = settings.model_copy(update={"secret_key": "another-key-" + "o" * 20})
         with pytest.raises(SettingsError, match="does not decrypt"):
             await channel_secrets.check_key(store, other)
+    # `creditgate serve` says so and exits 2 before it serves anything
+    from serving import CREDITGATE, creditgate_env
+
+    env = creditgate_env(redis_url=redis_url, store_url=settings.store_url, host="127.0.0.1",
+                         traffic_port=0, admin_port=0, workers=1,
+                         secret_key=other.secret_key)  # fmt: skip
+    res = await asyncio.to_thread(
+        subprocess.run, [CREDITGATE, "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2, res.stderr
+    assert "CREDITGATE_SECRET_KEY" in res.stderr and "does not decrypt" in res.stderr
 
 
 async def test_a_worker_without_the_key_refuses_instead_of_passing(world: World) -> None:
