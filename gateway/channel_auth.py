@@ -48,7 +48,7 @@ from yarl import URL
 
 from config import Settings
 from gateway.channels import USER_HEADER
-from gateway.problems import Problem
+from gateway.problems import Problem, Refused
 from meter import channel_secrets, keys
 from meter.errors import MeteringUnavailable
 from meter.redis_client import RedisClient
@@ -60,22 +60,16 @@ MAX_ENTRIES = 100_000
 TOKEN_PARAM = "token"
 
 
-def invalid_signature(reason: str) -> Problem:
-    return Problem(
-        401,
-        "invalid_channel_signature",
-        "Invalid channel signature",
-        f"the request did not verify as coming from the channel: {reason}",
-    )
+def invalid_signature(reason: str) -> Refused:
+    exc = Refused("invalid_channel_signature")
+    exc.detail = f"the request did not verify as coming from the channel: {reason}"
+    return exc
 
 
-def not_authenticated(channel: str, why: str = "has no verification secret") -> Problem:
-    return Problem(
-        403,
-        "channel_not_authenticated",
-        "Channel not authenticated",
-        f"channel {channel} of this app {why}; authentication is required",
-    )
+def not_authenticated(channel: str, why: str = "has no verification secret") -> Refused:
+    exc = Refused("channel_not_authenticated")
+    exc.detail = f"channel {channel} of this app {why}; authentication is required"
+    return exc
 
 
 def auth_unavailable() -> Problem:
@@ -173,18 +167,23 @@ class OpenIdKeys:
             found = self._fresh(kid)  # fetched meanwhile by another request
             if found is not None:
                 return found
+            # Unknown or stale: refetch, but at most every min_refresh (a provider outage
+            # must not make every request wait for a fetch, nor forged kids cause fetches).
+            failed = False
             now = time.monotonic()
-            stale = now - self._fetched > self._max_age
-            if stale or now - self._tried >= self._min_refresh:
+            if now - self._tried >= self._min_refresh:
                 self._tried = now
                 try:
                     await self._fetch()
                 except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
                     log.warning("msteams: cannot fetch signing keys from %s: %r", self._url, exc)
-                    if kid not in self._keys:
-                        raise auth_unavailable() from None
-        key = self._keys.get(kid)
-        return (key, self._issuer) if key is not None else None
+                    failed = True
+            key = self._keys.get(kid)  # possibly past max_age: better than refusing all
+            if key is not None:
+                return key, self._issuer
+            if failed or self._fetched == -math.inf:
+                raise auth_unavailable()
+            return None
 
     def _fresh(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
         key = self._keys.get(kid)

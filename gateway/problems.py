@@ -36,6 +36,9 @@ REFUSAL_STATUS: dict[str, tuple[int, str]] = {
     "usage_limit_reached": (429, "Usage limit reached"),
     "duplicate_delivery": (409, "Duplicate delivery"),
     "invalid_channel_user": (400, "Invalid channel user"),
+    # channel authentication (gateway/channel_auth.py), decided before admission
+    "invalid_channel_signature": (401, "Invalid channel signature"),
+    "channel_not_authenticated": (403, "Channel not authenticated"),
 }
 
 

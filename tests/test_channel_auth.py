@@ -48,6 +48,7 @@ WS = "chauth"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request, $1 of its own funds
 BROKE = f"{WS}_broke"  # no credit at all
 SESS = f"{WS}_sess"  # automation: $0.20 per session
+BARE = f"{WS}_bare"  # no credit and no channel secrets
 FUNDS = 1_000_000
 PRICE = 10_000
 SECRET = "s3cr3t-" + "x" * 30
@@ -226,6 +227,7 @@ async def world(
         APP: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS},
         BROKE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False},
         SESS: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS},
+        BARE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False},
     }
     await seed(rclient, settings, WS, apps)
     for app_id in (APP, BROKE, SESS):
@@ -275,6 +277,10 @@ async def test_slack_signatures(world: World) -> None:
     assert world.bot.calls[0].body == body
     assert world.bot.calls[0].headers["X-Slack-Signature"] == good["X-Slack-Signature"]
     assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    async with world.http.get(f"{world.gw.admin_url}/metrics") as resp:
+        text = await resp.text()
+    assert 'creditgate_requests_total{channel="slack",outcome="refused"} 7.0' in text
+    assert 'creditgate_requests_total{channel="slack",outcome="error"} 0.0' in text
 
 
 async def test_slack_signature_window_is_a_setting(
@@ -543,8 +549,7 @@ async def test_authenticated_non_messages_pass_unmetered_even_without_credit(
     assert (status, problem["code"]) == (402, "credits_exhausted")
     assert world.bot.count() == 1
     # ...and the same callback on an unauthenticated channel is billed
-    await channel_secrets.project(world.rclient, BROKE, channel, None)
-    status, _ = await world.post(f"/hooks/{channel}/{BROKE}/cb", body, {"X-Channel-User-Id": "u1"})
+    status, _ = await world.post(f"/hooks/{channel}/{BARE}/cb", body, {"X-Channel-User-Id": "u1"})
     assert status == 402
     assert world.bot.count() == 1
 
@@ -581,7 +586,13 @@ async def test_notify_refused_on_channels_without_a_notify_key(world: World) -> 
     assert await world.state() == before
     await set_secret(world.rclient, world.settings, APP, "msteams", APP_ID_MS, notify=NOTIFY)
     h = {"Authorization": f"Bearer {hs256(key=NOTIFY)}"}
-    assert (await world.post(f"/notify/msteams/{APP}", b"note", h))[0] == 200
+    status = 0
+    for _ in range(300):  # each worker follows a change within channel_secret_max_age_s
+        status = (await world.post(f"/notify/msteams/{APP}", b"note", h))[0]
+        if status != 403:
+            break
+        await asyncio.sleep(0.01)
+    assert status == 200
     assert world.bot.count() == 1
 
 
@@ -774,3 +785,24 @@ async def test_slack_bolt_app_behind_the_gateway(
                 assert resp.status == 401
     assert [e["user"] for e in handled] == ["U2147483697"]
     assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS - PRICE
+
+
+async def test_msteams_keys_unreachable_is_503_not_a_pass(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
+) -> None:
+    from servers import free_port
+
+    settings = settings_for(redis_url, tmp_path, openid).model_copy(
+        update={"msteams_openid_url": f"http://127.0.0.1:{free_port()}/openid"}
+    )
+    await seed_one(rclient, settings, APP, bot.url, "contact_center")
+    await set_secret(rclient, settings, APP, "msteams", APP_ID_MS)
+    body = sample("msteams-message.json")
+    h = {"Authorization": f"Bearer {openid.token('k1')}", "Content-Type": "application/json"}
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(f"{gw.url}/hooks/msteams/{APP}", data=body, headers=h) as resp:
+                assert resp.status == 503
+                assert (await resp.json())["code"] == "channel_auth_unavailable"
+    assert bot.count() == 0
+    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS
