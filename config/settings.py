@@ -198,6 +198,15 @@ class Settings(BaseSettings):
     checkout_success_url: str = "http://localhost:8081/ui?checkout=success"
     checkout_cancel_url: str = "http://localhost:8081/ui?checkout=cancelled"
 
+    # Owner console at /ui (issue 11): sign-in session lifetime, the session cookie's
+    # Secure flag ("auto": when the request came over TLS, directly or per
+    # X-Forwarded-Proto), and the help links it shows.
+    console_session_ttl_s: Seconds = 12 * 3600.0
+    console_secure_cookie: Literal["auto", "always", "never"] = "auto"
+    console_docs_url: str = "https://docs.example.com/creditgate"
+    console_community_url: str = "https://community.example.com/c/creditgate"
+    console_support_url: str = "https://support.example.com/tickets/new"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

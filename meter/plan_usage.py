@@ -52,6 +52,7 @@ def _app_view(
     pool: int,
     app_paid: int,
     licence_left: dict[str, int] | None,
+    free_expired: bool = False,
 ) -> tuple[dict[str, Any], str | None]:
     """One app's line and what its next unit draws from (``free``, ``paid`` or None)."""
     price = catalog.price(plan, app.product)
@@ -68,10 +69,17 @@ def _app_view(
     }
     status: Status
     source: str | None = None
+    reason: str | None = None  # why an app is inactive (or low), for owners
     if licence_left is not None:  # enterprise: invoiced against a licence, never debited
         left = licence_left.get(app.product)
         ok = not app.suspended and left is not None and left > 0
         status = "sufficient_funds" if ok else "inactive"
+        if app.suspended:
+            reason = "suspended"
+        elif left is None:
+            reason = "not_licensed"
+        elif left <= 0:
+            reason = "usage_limit_reached"
         view.update(remaining=None, allowed_units=left if ok else 0)
     else:
         free_part = free if app.use_free_credits else 0
@@ -79,17 +87,24 @@ def _app_view(
         remaining = free_part + paid
         if app.suspended or remaining < price.price:
             status = "inactive"
+            if app.suspended:
+                reason = "suspended"
+            elif free_expired and app.use_free_credits:
+                reason = "free_credits_expired"
+            else:
+                reason = "out_of_funds"
         else:
             paid_first = settings.deduction_order == "paid_first"
             source = "free" if free_part > 0 and (not paid_first or paid < price.price) else "paid"
             if remaining < settings.low_balance_threshold:
-                status = "low_balance"
+                status, reason = "low_balance", "below_threshold"
             elif source == "free":
                 status = "using_free_credits"
             else:
                 status = "sufficient_funds"
         view.update(remaining=format_amount(remaining), allowed_units=remaining // price.price)
     view["status"] = status
+    view["status_reason"] = reason
     return view, source
 
 
@@ -114,6 +129,32 @@ async def _licence_left(
             }
         )
     return left, rows
+
+
+FORECAST_DAYS = 7
+DAY_MS = 86_400_000
+
+
+async def burn_forecast(store: Store, ws_id: str, usable: int, now_ms: int) -> dict[str, Any]:
+    """When the usable balance runs out at the last 7 days' rate of stored usage (what
+    was debited from credits; flushed usage only, so a few minutes behind)."""
+    since = now_ms - FORECAST_DAYS * DAY_MS
+    spent_point = await store.usage_totals(ws_id, from_ms=since, to_ms=now_ms)
+    spent = spent_point.amount_free + spent_point.amount_app + spent_point.amount_pool
+    daily = spent // FORECAST_DAYS
+    runs_out = None
+    days_left = None
+    if spent > 0:
+        left_ms = usable * FORECAST_DAYS * DAY_MS // spent
+        runs_out = now_ms + left_ms
+        days_left = left_ms // DAY_MS
+    return {
+        "window_days": FORECAST_DAYS,
+        "spent": format_amount(spent),
+        "daily_rate": format_amount(daily),
+        "days_left": days_left,
+        "runs_out_at": iso(runs_out),
+    }
 
 
 async def plan_usage(
@@ -148,6 +189,7 @@ async def plan_usage(
             pool=bal.pool,
             app_paid=bal.app_paid.get(app.id, 0),
             licence_left=licence_left,
+            free_expired=expired and bal.free_granted > 0,
         )
         apps.append(view)
         paid_apps += source == "paid"
@@ -162,9 +204,11 @@ async def plan_usage(
         allowed_sessions, allowed_requests = by_unit["session"], by_unit["request"]
     else:
         allowed_sessions, allowed_requests = usable // session_price, usable // request_price
+    forecast = None if enterprise else await burn_forecast(store, ws.id, usable, now_ms)
     return {
         "workspace_id": ws.id,
         "plan": plan,
+        "forecast": forecast,
         "free_credits": {
             "granted": format_amount(bal.free_granted),
             "remaining": format_amount(free),

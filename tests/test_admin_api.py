@@ -295,8 +295,11 @@ async def test_openapi_document_matches_the_routes(admin: Admin) -> None:
     assert {"201", "200", "401", "403", "404", "422"} <= set(funds["responses"])
 
 
-async def test_dashboard_is_served(admin: Admin) -> None:
-    status, html = await admin.api("GET", "/ui")
-    assert status == 200 and "plan-usage" not in html and "dashboard.js" in html
-    status, js = await admin.api("GET", "/ui/static/dashboard.js")
-    assert status == 200 and "/plan-usage" in js and "textContent" in js and "innerHTML" not in js
+async def test_console_is_served(admin: Admin) -> None:
+    async with admin.client.get("/ui") as r:
+        html = await r.text()
+        assert r.status == 200 and "console.js" in html
+        # No inline script or style may run (the server's SVG uses attributes only).
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    status, js = await admin.api("GET", "/ui/static/console.js")
+    assert status == 200 and "/plan-usage" in js and "localStorage" not in js

@@ -8,9 +8,6 @@ notifications (:mod:`gateway.webhooks`).
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 from aiohttp import web
 
 from gateway import webhooks
@@ -21,15 +18,9 @@ from gateway.payments import payments_ctx
 
 __all__ = ["ROUTES", "admin_api", "setup_admin_api"]
 
-STATIC = Path(str(resources.files("gateway").joinpath("static")))
-
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=document_bytes(), content_type="application/json")
-
-
-async def dashboard(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html")
 
 
 def admin_api() -> web.Application:
@@ -43,10 +34,10 @@ def admin_api() -> web.Application:
 
 def setup_admin_api(app: web.Application, *, deliver_webhooks: bool = True) -> None:
     """Mount ``/v1``, ``/ui`` and (unless disabled) the webhook delivery loop on ``app``."""
+    from gateway.console import setup_console  # the console imports this package
+
     app.add_subapp("/v1", admin_api())
-    app.router.add_get("/ui", dashboard)
-    app.router.add_get("/ui/", dashboard)
-    app.router.add_static("/ui/static", STATIC, follow_symlinks=False)
+    setup_console(app)
     app.cleanup_ctx.append(payments_ctx)
     if deliver_webhooks:
         app.cleanup_ctx.append(webhooks.delivery_ctx)

@@ -41,6 +41,9 @@ from meter.store import Conflict as StoreConflict
 from meter.store import StoreError
 
 log = logging.getLogger(__name__)
+# The caller of a request authenticated by the console's session cookie (set by
+# gateway.console.session.cookie_auth).
+SESSION_PRINCIPAL = web.RequestKey("console_principal", Principal)
 M = TypeVar("M", bound=BaseModel)
 KINDS = {"ws": "workspace", "app": "app", "channel": "channel"}  # path parameter -> what it names
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
@@ -191,10 +194,15 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handle(request: web.Request) -> web.StreamResponse:
         d = deps(request)
+        auth = request.headers.get("Authorization")
+        # The console's session cookie (gateway.console.session.cookie_auth) stands in
+        # for a bearer token when no Authorization header came.
+        session = request.get(SESSION_PRINCIPAL)
         if route.public:
             principal = ANONYMOUS
+        elif auth is None and session is not None:
+            principal = session
         else:
-            auth = request.headers.get("Authorization")
             principal = await authenticate(d.store, d.settings.operator_token, auth)
         for name, pattern in route.params.items():
             if not pattern.match(request.match_info[name]):

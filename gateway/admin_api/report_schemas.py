@@ -29,6 +29,17 @@ class AppStatusOut(Out):
     remaining: Money | None = Field(description="what this app can still spend (standard)")
     allowed_units: int
     status: Status
+    status_reason: (
+        Literal[
+            "suspended",
+            "out_of_funds",
+            "free_credits_expired",
+            "not_licensed",
+            "usage_limit_reached",
+            "below_threshold",
+        ]
+        | None
+    ) = Field(default=None, description="why the app is inactive or low")
 
 
 class LicenceUsageOut(Out):
@@ -48,9 +59,20 @@ class SubscriptionOut(Out):
     renewal_due: Timestamp | None
 
 
+class ForecastOut(Out):
+    window_days: int
+    spent: Money = Field(description="debited from credits in the window (stored usage)")
+    daily_rate: Money
+    days_left: int | None = Field(description="null: nothing spent in the window")
+    runs_out_at: Timestamp | None = Field(description="when the usable balance runs out")
+
+
 class PlanUsageOut(Out):
     workspace_id: str
     plan: Literal["standard", "enterprise"]
+    forecast: ForecastOut | None = Field(
+        default=None, description="burn rate of the last 7 days (standard workspaces)"
+    )
     free_credits: FreeCreditsOut
     paid_balance: Money = Field(description="shared pool plus funds tied to apps")
     shared_pool: Money

@@ -10,6 +10,7 @@ from abc import ABC
 
 from meter.store.accounts import Accounts
 from meter.store.channels import Channels
+from meter.store.console_sessions import ConsoleSessions
 from meter.store.directory import Directory
 from meter.store.flush import Flush
 from meter.store.ledger import Ledger
@@ -19,9 +20,21 @@ from meter.store.tokens import Tokens
 from meter.store.usage import Usage
 
 
-class Store(Accounts, Channels, Directory, Tokens, Ledger, Flush, Usage, Outbox, Payments, ABC):
+class Store(
+    Accounts,
+    Channels,
+    Directory,
+    Tokens,
+    ConsoleSessions,
+    Ledger,
+    Flush,
+    Usage,
+    Outbox,
+    Payments,
+    ABC,
+):
     """Durable store: accounts, channel secrets, ledger, usage, billing sessions, audit log,
-    outbox, payments.
+    outbox, payments, console sessions.
 
     Open one with :func:`meter.store.open_store`; connections open lazily on first use
     (or ``await store.connect()``, or ``async with open_store(url) as store``).

@@ -275,6 +275,21 @@ CREATE INDEX upgrade_requests_workspace ON upgrade_requests (workspace_id, creat
 """
 
 
+# Console sign-in sessions (issue 11): kept in the store, not Redis, so an owner can still
+# sign in and read stored history while Redis is down. Only the cookie's hash is kept.
+_CONSOLE_SESSIONS = """
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_id TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -308,6 +323,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "app_channels", _APP_CHANNELS),
     Migration(3, "payments", _PAYMENTS),
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
+    Migration(6, "console sessions", _CONSOLE_SESSIONS),
 )
 
 

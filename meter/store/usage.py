@@ -310,3 +310,35 @@ class Usage(StoreCore):
                 limit,
             )
         return [_session(r) for r in rows]
+
+    async def usage_breakdown(
+        self,
+        workspace_id: str,
+        from_ms: int,
+        to_ms: int,
+        granularity: str,
+        by: str,
+        *,
+        app_id: str | None = None,
+        app_ids: Collection[str] | None = None,
+        channel: str | None = None,
+    ) -> dict[str, dict[int, UsagePoint]]:
+        """Like :meth:`usage_series`, one series per app (``by="app"``) or per channel."""
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+        col = {"app": "app_id", "channel": "channel"}[by]
+        step = sql_step(granularity)
+        where, args = _filters(
+            workspace_id, from_ms, to_ms, "bucket_start", app_id, app_ids, channel
+        )
+        sql = (
+            f"SELECT (bucket_start / ?) * ? AS t, {col} AS k, unit, {_SUMS} FROM usage_buckets "
+            f"WHERE {' AND '.join(where)} GROUP BY 1, 2, 3"
+        )
+        async with self.connection() as c:
+            rows = await c.fetch(sql, step, step, *args)
+        acc: dict[str, dict[int, _Acc]] = {}
+        for r in rows:
+            start = period_start(int(r["t"]), granularity)
+            acc.setdefault(str(r["k"]), {}).setdefault(start, _Acc()).add(r)
+        return {k: {s: a.point(s) for s, a in v.items()} for k, v in acc.items()}

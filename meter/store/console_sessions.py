@@ -1,0 +1,60 @@
+"""Console sign-in sessions: cookie hash -> user, the API token signed in with, CSRF token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meter.store.db import StoreCore
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    id_hash: str
+    user_id: str
+    token_id: str
+    csrf: str
+    created_at: int
+    expires_at: int
+
+
+_COLS = "id_hash, user_id, token_id, csrf, created_at, expires_at"
+
+
+class ConsoleSessions(StoreCore):
+    async def create_console_session(self, s: ConsoleSession) -> None:
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO console_sessions ({_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+                s.id_hash,
+                s.user_id,
+                s.token_id,
+                s.csrf,
+                s.created_at,
+                s.expires_at,
+            )
+            # Sign-ins are rare: sweeping expired sessions here keeps the table small.
+            await c.execute("DELETE FROM console_sessions WHERE expires_at <= ?", s.created_at)
+
+    async def get_console_session(self, id_hash: str, now: int) -> ConsoleSession | None:
+        """The unexpired session with this cookie hash."""
+        async with self.connection() as c:
+            r = await c.fetchrow(
+                f"SELECT {_COLS} FROM console_sessions WHERE id_hash = ? AND expires_at > ?",
+                id_hash,
+                now,
+            )
+        if r is None:
+            return None
+        return ConsoleSession(
+            r["id_hash"],
+            r["user_id"],
+            r["token_id"],
+            r["csrf"],
+            int(r["created_at"]),
+            int(r["expires_at"]),
+        )
+
+    async def delete_console_session(self, id_hash: str) -> bool:
+        async with self.connection() as c:
+            n = await c.execute("DELETE FROM console_sessions WHERE id_hash = ?", id_hash)
+        return n > 0

@@ -1,0 +1,256 @@
+"""The owner's console in a real browser: Debian's chromium driven by Playwright through
+the owner journey on a real ``creditgate serve`` (subprocess, real Redis, SQLite).
+
+Every page is checked with axe-core (0 violations), must not scroll sideways at 390 px,
+and is screenshot at 1440x900 and 390x844 into ``artifacts/screenshots``. Any browser
+console error fails the test. Waits are for observed state (selectors, polled store
+rows) with generous deadlines, so a loaded 2-core machine only makes it slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adminkit import OPERATOR_TOKEN
+from bot import Bot, running_bot
+from serving import Served, creditgate_serve
+
+from meter.store import open_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(__file__).parent / "data" / "axe" / "axe.min.js"
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+WAIT_MS = 90_000  # a loaded machine is slow, never wrong
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+playwright_api = pytest.importorskip("playwright.async_api")
+
+
+class Api:
+    """The admin API over HTTP, as the test's operator and users use it."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http, self.base = http, base
+
+    async def call(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.http.request(method, self.base + path, json=body, headers=headers) as r:
+            data = await r.json() if r.content_type.endswith("json") else await r.text()
+            assert r.status < 300, (method, path, r.status, data)
+            return data
+
+
+class Browser:
+    """One chromium page with the journey's checks: axe, width, screenshots, errors."""
+
+    def __init__(self, page: Any, name: str) -> None:
+        self.page, self.name = page, name
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+
+    async def settle(self) -> None:
+        """Until no loading state is left (polled: the page's CSP forbids eval, which
+        ``wait_for_function`` needs)."""
+        js = "!document.querySelector('[aria-busy=true]') && !document.querySelector('.loading')"
+        deadline = asyncio.get_running_loop().time() + WAIT_MS / 1000
+        while not await self.page.evaluate(js):
+            assert asyncio.get_running_loop().time() < deadline, f"{self.name}: still loading"
+            await asyncio.sleep(0.1)
+
+    async def check(self, label: str) -> None:
+        """axe-core, no sideways scrolling at 390 px, screenshots at both sizes."""
+        await self.settle()
+        # Evaluated through DevTools: the console's CSP (rightly) refuses injected scripts.
+        await self.page.evaluate(AXE.read_text() + "\n;true")
+        for width, height in ((1440, 900), (390, 844)):
+            await self.page.set_viewport_size({"width": width, "height": height})
+            await self.settle()
+            result = await self.page.evaluate(
+                "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+                ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))"
+            )
+            assert result == [], f"{self.name} {label} at {width}px: axe {result}"
+            if width == 390:
+                wide = await self.page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
+                assert wide <= 0, f"{self.name} {label}: scrolls sideways by {wide}px at 390px"
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            path = SHOTS / f"{self.name}-{label}-{width}x{height}.png"
+            await self.page.screenshot(path=str(path), full_page=True)
+        await self.page.set_viewport_size({"width": 1440, "height": 900})
+        assert self.errors == [], f"{self.name} {label}: console errors {self.errors}"
+
+    async def goto_hash(self, fragment: str) -> None:
+        await self.page.evaluate(f"location.hash = {fragment!r}")
+        await self.settle()
+
+    async def text(self, selector: str = "main") -> str:
+        return str(await self.page.inner_text(selector))
+
+
+@pytest.fixture
+async def bot() -> AsyncIterator[Bot]:
+    async with running_bot() as b:
+        yield b
+
+
+async def wait_until(cond: Any, what: str, within_s: float = 120.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await cond():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def figures(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+async def test_owner_journey_in_the_console(redis_url: str, tmp_path: Path, bot: Bot) -> None:
+    async with (
+        creditgate_serve(
+            redis_url, tmp_path, operator_token=OPERATOR_TOKEN, flush_interval_s=0.2,
+            flush_bucket_s=1, flush_grace_s=0.2,
+        ) as served,
+        aiohttp.ClientSession() as http,
+        playwright_api.async_playwright() as pw,
+    ):  # fmt: skip
+        await journey(served, Api(http, served.admin), http, bot, pw)
+
+
+async def journey(served: Served, api: Api, http: aiohttp.ClientSession, bot: Bot, pw: Any) -> None:
+    op = OPERATOR_TOKEN
+    owner = await api.call("POST", "/v1/users", op, {"email": "ada@example.com", "name": "Ada"})
+    collab = await api.call("POST", "/v1/users", op, {"email": "cy@example.com", "name": "Cy"})
+    ws = (await api.call("POST", "/v1/workspaces", owner["token"], {"name": "Acme"}))["id"]
+    body = {"name": "Helpdesk", "product": "automation", "upstream_url": bot.url}
+    app = await api.call("POST", f"/v1/workspaces/{ws}/apps", owner["token"], body)
+    await api.call("POST", f"/v1/apps/{app['id']}/collaborators", owner["token"],
+                   {"user_id": collab["id"], "role": "viewer"})  # fmt: skip
+
+    browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        ctx = await browser.new_context(viewport={"width": 1440, "height": 900})
+        ctx.set_default_timeout(WAIT_MS)
+        b = Browser(await ctx.new_page(), "owner")
+
+        # Sign in: the token goes in a password field, never into the URL or storage.
+        await b.page.goto(served.admin + "/ui")
+        await b.page.wait_for_selector("#token")
+        await b.check("sign-in")
+        await b.page.fill("#token", owner["token"])
+        await b.page.click("button[type=submit]")
+        await b.page.wait_for_selector("#forecast")
+        assert owner["token"] not in b.page.url
+        stored = await b.page.evaluate(
+            "JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+        )
+        assert owner["token"] not in stored
+        cookies = await ctx.cookies()
+        [cookie] = [c for c in cookies if c["name"] == "cg_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert owner["token"] not in cookie["value"]
+
+        # Overview figures equal plan-usage.
+        pu = await api.call("GET", f"/v1/workspaces/{ws}/plan-usage", owner["token"])
+        text = figures(await b.text())
+        assert "$500.00" in text and "of $500.00 granted" in text
+        assert f"{int(pu['allowed_sessions']):,} sessions" in text
+        assert "expires in 90 days" in text
+        await b.check("overview")
+
+        # Traffic through /hooks shows in the chart once flushed.
+        for i in range(5):
+            url = f"{served.traffic}/hooks/web/{app['id']}/msg"
+            async with http.post(url, json={"t": i}, headers={"X-Channel-User-Id": f"u{i}"}) as r:
+                assert r.status == 200, await r.text()
+        store = open_store(served.store_url)
+        try:
+
+            async def flushed() -> bool:
+                return (await store.usage_totals(ws)).sessions == 5
+
+            await wait_until(flushed, "the flush of 5 sessions")
+        finally:
+            await store.close()
+        await b.goto_hash(f"#/ws/{ws}/usage")
+        await b.page.wait_for_selector("#usage-chart svg")
+        assert "total: 5" in figures(await b.text("#usage-chart .legend"))
+        await b.check("usage")
+
+        await b.goto_hash(f"#/ws/{ws}/apps")
+        await b.page.wait_for_selector(".spark-slot svg")
+        await b.check("apps")
+        await b.goto_hash(f"#/ws/{ws}/app/{app['id']}")
+        await b.page.wait_for_selector("#sessions table")
+        assert len(await b.page.query_selector_all("#sessions tbody tr")) == 5
+        await b.check("app")
+
+        # Funds arrive: the balance and the overview update.
+        await api.call("POST", f"/v1/workspaces/{ws}/funds", owner["token"],
+                       {"amount": "250.00", "reference": "wire-1"})  # fmt: skip
+        await b.goto_hash(f"#/ws/{ws}/billing")
+        await b.check("billing")
+        await b.goto_hash(f"#/ws/{ws}/overview")
+        await b.page.wait_for_selector("#forecast")
+        assert "$250.00" in figures(await b.text())
+
+        # Request the upgrade in the console; the operator grants it.
+        await b.goto_hash(f"#/ws/{ws}/billing")
+        await b.page.check("input[value=automation]")
+        await b.page.fill("#r-message", "we need a licence")
+        await b.page.click("#upgrade-form button[type=submit]")
+        await b.page.wait_for_selector("text=open")
+        [req] = (await api.call("GET", "/v1/upgrade-requests", op))["requests"]
+        assert req["workspace_id"] == ws
+        lic = {"automation": {"usage_limit": 10_000, "per_minute": 60, "per_hour": 3_600}}
+        await api.call("POST", f"/v1/workspaces/{ws}/upgrade", op, {"licences": lic})
+        await b.page.reload()
+        await b.page.wait_for_selector("text=granted")
+        await b.goto_hash(f"#/ws/{ws}/overview")
+        await b.page.wait_for_selector("h2:has-text('Licences')")
+        text = figures(await b.text())
+        assert "10,000" in text and "Free credits" not in text
+        await b.check("enterprise")
+
+        await b.goto_hash(f"#/ws/{ws}/team")
+        await b.check("team")
+        await b.goto_hash("#/tokens")
+        await b.page.fill("#t-name", "ci")
+        await b.page.click("form.inline button[type=submit]")
+        await b.page.wait_for_selector("#t-secret")
+        secret = await b.page.input_value("#t-secret")
+        assert secret.startswith("cgu_")
+        await b.check("tokens")
+
+        # The collaborator sees the app they work on, without money figures.
+        cctx = await browser.new_context(viewport={"width": 1440, "height": 900})
+        cctx.set_default_timeout(WAIT_MS)
+        c = Browser(await cctx.new_page(), "collaborator")
+        await c.page.goto(served.admin + "/ui")
+        await c.page.fill("#token", collab["token"])
+        await c.page.click("button[type=submit]")
+        await c.page.wait_for_selector(f"a[href$='/app/{app['id']}']")
+        await c.check("apps")
+        await c.page.click(f"a[href$='/app/{app['id']}']")
+        await c.page.wait_for_selector("text=Sessions, 30 days")
+        text = figures(await c.text())
+        assert "Helpdesk" in text and "$" not in text
+        await c.check("app")
+
+        # Sign out: the session is gone server-side.
+        await b.page.click("#sign-out")
+        await b.page.wait_for_selector("#token")
+        assert b.errors == [] and c.errors == []
+    finally:
+        await browser.close()

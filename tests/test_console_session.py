@@ -1,0 +1,126 @@
+"""The console's sign-in session and chart data, over real HTTP (no browser).
+
+Proves: the token is exchanged once for an HttpOnly SameSite=Strict cookie (Secure over
+TLS); state-changing calls need the session's CSRF token; sign-out and revoking the
+token signed in with end the session; a cross-site sign-in is refused; the chart's CSV
+holds exactly the chart's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adminkit import Admin, admin_server, admin_settings, snapshot
+
+from gateway.webhooks import WebhookOptions
+
+
+@pytest.fixture
+async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+        yield a
+
+
+async def sign_in(
+    http: aiohttp.ClientSession, base: str, token: str, **headers: str
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    async with http.post(f"{base}/ui/session", json={"token": token}, headers=headers) as r:
+        return r.status, await r.json(), r
+
+
+async def test_sign_in_cookie_csrf_and_sign_out(admin: Admin) -> None:
+    uid, tok = await admin.new_user("owner")
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies for 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        base = admin.url
+        async with http.get(f"{base}/ui/session") as r:
+            assert r.status == 200 and (await r.json()) == {"signed_in": False}
+        status, me, resp = await sign_in(http, base, "cgu_wrong")
+        assert status == 401
+        status, me, resp = await sign_in(http, base, tok)
+        assert status == 201 and me["user"]["id"] == uid and me["csrf"]
+        header = resp.headers["Set-Cookie"]
+        assert "HttpOnly" in header and "SameSite=Strict" in header
+        assert "Secure" not in header  # plain HTTP here; see the TLS test below
+        assert tok not in header and tok not in str(me)
+        csrf = me["csrf"]
+
+        # Reads work with the cookie alone; writes need the CSRF token too.
+        async with http.get(f"{base}/v1/workspaces") as r:
+            assert r.status == 200
+        before = await snapshot(admin)
+        for headers in ({}, {"X-CSRF-Token": "forged"}):
+            async with http.post(f"{base}/v1/workspaces", json={"name": "A"}, headers=headers) as r:
+                body = await r.json()
+                assert (r.status, body["code"]) == (403, "csrf_failed"), body
+        assert await snapshot(admin) == before
+        headers = {"X-CSRF-Token": csrf}
+        async with http.post(f"{base}/v1/workspaces", json={"name": "A"}, headers=headers) as r:
+            assert r.status == 201
+
+        # Sign-out ends the session server-side: the old cookie is worthless.
+        cookie = next(iter(jar))
+        async with http.delete(f"{base}/ui/session", headers=headers) as r:
+            assert r.status == 204
+        async with aiohttp.ClientSession(cookies={cookie.key: cookie.value}) as replay:
+            async with replay.get(f"{base}/v1/workspaces") as r:
+                assert r.status == 401
+            async with replay.get(f"{base}/ui/session") as r:
+                assert (await r.json()) == {"signed_in": False}
+
+
+async def test_revoking_the_token_ends_its_sessions(admin: Admin) -> None:
+    _, tok = await admin.new_user("owner")
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        await sign_in(http, admin.url, tok)
+        [token] = (await admin.ok("GET", "/v1/tokens", tok))["tokens"]
+        await admin.ok("DELETE", f"/v1/tokens/{token['id']}", tok)
+        async with http.get(f"{admin.url}/v1/tokens") as r:
+            assert r.status == 401
+        async with http.get(f"{admin.url}/ui/session") as r:
+            assert (await r.json()) == {"signed_in": False}
+
+
+async def test_cross_site_sign_in_and_secure_cookie_over_tls(admin: Admin) -> None:
+    _, tok = await admin.new_user("owner")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        status, body, _ = await sign_in(http, admin.url, tok, Origin="https://evil.example")
+        assert (status, body["code"]) == (403, "cross_origin")
+        status, _, resp = await sign_in(http, admin.url, tok, **{"X-Forwarded-Proto": "https"})
+        header = resp.headers["Set-Cookie"]
+        assert status == 201 and header.startswith("__Host-cg_session=") and "Secure" in header
+
+
+async def test_chart_csv_is_exactly_the_chart(admin: Admin) -> None:
+    _, tok = await admin.new_user("owner")
+    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    _, other_tok = await admin.new_user("other")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        base = admin.url
+        async with http.get(f"{base}/ui/api/usage-chart?ws={ws}") as r:
+            assert r.status == 401  # no session
+        await sign_in(http, base, tok)
+        q = f"ws={ws}&metric=amount&granularity=week&from=2026-01-05&to=2026-03-02"
+        async with http.get(f"{base}/ui/api/usage-chart?{q}") as r:
+            chart = await r.json()
+        assert chart["money"] and chart["svg"].startswith("<svg")
+        async with http.get(f"{base}/ui/api/usage-chart?{q}&format=csv") as r:
+            assert r.status == 200 and "attachment" in r.headers["Content-Disposition"]
+            lines = (await r.text()).strip().split("\n")
+        assert lines[0] == "period_start," + ",".join(s["label"] for s in chart["series"])
+        assert [ln.split(",")[0] for ln in lines[1:]] == chart["periods"]
+        assert len(chart["periods"]) == 8  # ISO weeks from Monday 5 Jan to 2 Mar
+        for bad, field in (("metric=cost", "metric"), ("granularity=year", "granularity")):
+            async with http.get(f"{base}/ui/api/usage-chart?ws={ws}&{bad}") as r:
+                body = await r.json()
+                assert (r.status, body["field"]) == (422, field)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await sign_in(http, admin.url, other_tok)
+        async with http.get(f"{admin.url}/ui/api/usage-chart?ws={ws}") as r:
+            assert r.status == 404  # another's workspace does not exist for them
