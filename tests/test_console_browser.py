@@ -20,6 +20,7 @@ import pytest
 from adminkit import OPERATOR_TOKEN
 from bot import Bot, running_bot
 from serving import Served, creditgate_serve
+from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, paid, signed, stripe_standin
 
 from meter.store import open_store
 
@@ -118,17 +119,21 @@ def figures(text: str) -> str:
 
 async def test_owner_journey_in_the_console(redis_url: str, tmp_path: Path, bot: Bot) -> None:
     async with (
+        stripe_standin() as stripe,
         creditgate_serve(
             redis_url, tmp_path, operator_token=OPERATOR_TOKEN, flush_interval_s=0.2,
-            flush_bucket_s=1, flush_grace_s=0.2,
+            flush_bucket_s=1, flush_grace_s=0.2, stripe_api_base=stripe.url,
+            stripe_secret_key=SECRET_KEY, stripe_webhook_secret=WEBHOOK_SECRET,
         ) as served,
         aiohttp.ClientSession() as http,
         playwright_api.async_playwright() as pw,
     ):  # fmt: skip
-        await journey(served, Api(http, served.admin), http, bot, pw)
+        await journey(served, Api(http, served.admin), http, bot, pw, stripe)
 
 
-async def journey(served: Served, api: Api, http: aiohttp.ClientSession, bot: Bot, pw: Any) -> None:
+async def journey(
+    served: Served, api: Api, http: aiohttp.ClientSession, bot: Bot, pw: Any, stripe: StripeStandIn
+) -> None:
     op = OPERATOR_TOKEN
     owner = await api.call("POST", "/v1/users", op, {"email": "ada@example.com", "name": "Ada"})
     collab = await api.call("POST", "/v1/users", op, {"email": "cy@example.com", "name": "Cy"})
@@ -196,14 +201,31 @@ async def journey(served: Served, api: Api, http: aiohttp.ClientSession, bot: Bo
         assert len(await b.page.query_selector_all("#sessions tbody tr")) == 5
         await b.check("app")
 
-        # Funds arrive: the balance and the overview update.
-        await api.call("POST", f"/v1/workspaces/{ws}/funds", owner["token"],
-                       {"amount": "250.00", "reference": "wire-1"})  # fmt: skip
+        # Add funds: the console opens the provider's checkout (its page stood in here);
+        # the provider's signed event credits the payment; balance and history update.
         await b.goto_hash(f"#/ws/{ws}/billing")
+        await b.page.wait_for_selector("#history table")
         await b.check("billing")
+        await ctx.route("https://checkout.stripe.test/**", lambda route: route.fulfill(
+            status=200, content_type="text/html",
+            body="<!doctype html><html lang=en><title>Pay</title><h1>Stripe checkout</h1></html>",
+        ))  # fmt: skip
+        await b.page.fill("#f-amount", "250.00")
+        await b.page.click("text=Continue to payment")
+        await b.page.wait_for_url("https://checkout.stripe.test/**")
+        [session] = stripe.sessions.values()
+        payload = paid(session)
+        headers = {"Stripe-Signature": signed(payload), "Content-Type": "application/json"}
+        hook = served.admin + "/v1/payments/stripe/webhook"
+        async with http.post(hook, data=payload, headers=headers) as r:
+            assert r.status == 200 and (await r.json())["outcome"] == "credited"
+        await b.page.goto(served.admin + f"/ui#/ws/{ws}/billing")
+        await b.page.wait_for_selector("#history td:has-text('checkout')")
+        assert "$250.00" in figures(await b.text("#history"))
+        await b.settle()
         await b.goto_hash(f"#/ws/{ws}/overview")
         await b.page.wait_for_selector("#forecast")
-        assert "$250.00" in figures(await b.text())
+        assert "Paid balance $250.00" in figures(await b.text())
 
         # Request the upgrade in the console; the operator grants it.
         await b.goto_hash(f"#/ws/{ws}/billing")

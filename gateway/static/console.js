@@ -629,21 +629,33 @@ async function billing(ws) {
   }
   // History.
   parts.push(h("h2", {}, "History"));
+  let loadHistory = null;
   if (has("GET", "/v1/workspaces/{ws}/transactions")) {
-    try {
-      const page = await api("GET", `/v1/workspaces/${ws.id}/transactions`);
-      const items = page.transactions || page.items || page.entries || [];
-      parts.push(items.length ? table([
-        {label: "Date", value: t => localDateTime(t.created_at || t.at)},
-        {label: "Kind", value: t => humanize(t.kind)},
-        {label: "Amount", num: true, value: t => money(t.amount)},
-        {label: "App", value: t => t.app_id || "shared"},
-        {label: "Reference", value: t => t.reference || "—"},
-      ], items, "Billing history") : h("p", {}, "No transactions yet."));
-    } catch (e) {
-      if (e.status === 401) throw e;
-      parts.push(errorBox(e));
-    }
+    const history = h("div", {id: "history"}, h("p", {class: "loading"}, "Loading the history…"));
+    parts.push(history);
+    const rows = [];
+    let cursor = null;
+    const more = h("button", {type: "button", class: "secondary", onclick: () => loadHistory()}, "Older entries");
+    loadHistory = async () => {
+      more.disabled = true;
+      try {
+        const page = await api("GET", `/v1/workspaces/${ws.id}/transactions` + (cursor ? `?cursor=${encodeURIComponent(cursor)}` : ""));
+        rows.push(...page.transactions);
+        cursor = page.next_cursor;
+        history.replaceChildren(rows.length ? table([
+          {label: "Date", value: t => localDateTime(t.created_at)},
+          {label: "Type", value: t => humanize(t.type)},
+          {label: "Amount", num: true, value: t => money(t.amount)},
+          {label: "Pool", value: t => t.pool === "free" ? "free credits" : (t.app_id ? `app ${t.app_id}` : "shared pool")},
+          {label: "Reference", value: t => t.reference},
+        ], rows, "Billing history") : h("p", {}, "No transactions yet."), cursor ? more : "");
+      } catch (e) {
+        if (e.status === 401) throw e;
+        history.replaceChildren(errorBox(e, loadHistory));
+      } finally {
+        more.disabled = false;
+      }
+    };
   } else {
     parts.push(h("p", {}, "Billing history is not available on this server yet."));
   }
@@ -678,6 +690,7 @@ async function billing(ws) {
     {label: "Note", value: r => r.reason || r.message || "—"},
   ], reqs, "Upgrade requests") : h("p", {}, "No upgrade requests."));
   setMain(...parts);
+  if (loadHistory) await loadHistory();
 }
 
 // ----------------------------------------------------------------------- team
