@@ -169,7 +169,10 @@ def _traffic_ctx(
             skip_auto_headers=SKIP_AUTO_HEADERS,
         )
         admitter = Admitter(client, settings, clock=clock, on_batch=metrics.batch_size.observe)
-        owed = Owed(admitter, metrics, timeout=settings.redis_timeout_s)
+        owed = Owed(
+            admitter, metrics, timeout=settings.redis_timeout_s, state_dir=settings.state_dir
+        )
+        owed.recover()  # what processes that died before settling left in their journals
         confirmations = Confirmations(client, settings.state_dir) if metering else None
         meter = Meter(
             admitter,

@@ -11,10 +11,15 @@ Two lists, worked off by one background task with a back-off:
 * **voids** (both modes): charges that may exist although the message was not served
   (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
 
-Nothing is forgiven silently, but the lists live in this process's memory: a process
-crash loses what is unsettled (logged on shutdown if Redis is still down then). Both
-lists are bounded by ``limit``; when full, :meth:`owe` returns False and the caller
-refuses the message as in fail mode ``closed``.
+Nothing is forgiven silently. Both lists are journaled (:mod:`meter.journal`,
+``owed-*.log`` in ``state_dir``): every debt and void is written before it is relied
+on, and its settlement after; the journal is fsync'd in the background, and emptied
+whenever both lists are. A process that dies leaves its journal; the next one to start
+takes it over (:meth:`Owed.recover`) and settles what it lists. Settling a debt twice
+(a crash right after settling, before the journal says so) is harmless: settlement
+reuses the original attempt's token, so Redis finds its charge record and charges
+nothing more. Both lists are bounded by ``limit``; when full, :meth:`owe` returns False
+and the caller refuses the message as in fail mode ``closed``.
 """
 
 from __future__ import annotations
@@ -22,17 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import NamedTuple
 
+import orjson
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
 from meter.admission import Admitter, Decision, Kind
 from meter.errors import MeteringUnavailable
+from meter.journal import Journal, take_over_dead
 from meter.keys import record_id
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
+
+
+JOURNAL_KIND = "owed"
 
 
 class Debt(NamedTuple):
@@ -64,7 +75,11 @@ class Owed:
         limit: int = 100_000,
         retry_s: float = 0.5,
         max_retry_s: float = 5.0,
+        state_dir: str | Path | None = None,
     ) -> None:
+        """``state_dir``: where the journal lives (none: memory only, for tests)."""
+        self._journal = Journal(state_dir, JOURNAL_KIND) if state_dir is not None else None
+        self._syncing = False
         self._admitter = admitter
         self._metrics = metrics
         self._timeout = timeout
@@ -84,6 +99,7 @@ class Owed:
         """Remember a served message; False when the list is full (refuse it instead)."""
         if len(self.debts) >= self._limit:
             return False
+        self._log("D", orjson.dumps(list(debt)).decode())
         self.debts.append(debt)
         self._changed()
         return True
@@ -94,20 +110,78 @@ class Owed:
         if len(self.voids) >= self._limit:
             log.error("void list full: charge %s of app %s may stay", token, app_id)
             return
-        self.voids.append(Void(app_id, rid, token))
+        void = Void(app_id, rid, token)
+        self._log("V", orjson.dumps(list(void)).decode())
+        self.voids.append(void)
         self._changed()
 
     def forgive(self, debt: Debt) -> None:
         """The served message failed after all: drop it, and void any charge it left."""
         with contextlib.suppress(ValueError):
             self.debts.remove(debt)
+            self._log("s", debt.token)
         self.void_later(
             debt.app_id, record_id(debt.channel, debt.user, debt.key, debt.token), debt.token
         )
 
+    def _log(self, kind: str, text: str) -> None:
+        if self._journal is not None:
+            self._journal.append(f"{kind} {text}")
+            if not self._syncing:
+                self._syncing = True
+                asyncio.get_running_loop().call_soon(self._sync)
+
+    def _sync(self) -> None:
+        """fsync in a thread, at most one at a time (a group commit of what came since)."""
+        journal = self._journal
+        if journal is None:
+            return
+
+        def done(_: object) -> None:
+            self._syncing = False
+
+        fut = asyncio.get_running_loop().run_in_executor(None, journal.sync)
+        fut.add_done_callback(done)
+
+    def recover(self) -> int:
+        """Take over the journals of dead processes: owe what they owed; the count."""
+        if self._journal is None:
+            return 0
+        n = 0
+        for dead in take_over_dead(self._journal.path.parent, JOURNAL_KIND):
+            debts: dict[str, Debt] = {}
+            voids: dict[str, Void] = {}
+            for line in dead.lines:
+                kind, _, text = line.partition(" ")
+                with contextlib.suppress(ValueError, TypeError):
+                    if kind == "D":
+                        d = Debt(*orjson.loads(text))
+                        debts[d.token] = d
+                    elif kind == "V":
+                        v = Void(*orjson.loads(text))
+                        voids[v.token] = v
+                    elif kind == "s":
+                        debts.pop(text, None)
+                    elif kind == "v":
+                        voids.pop(text, None)
+            for d in debts.values():
+                self._log("D", orjson.dumps(list(d)).decode())
+                self.debts.append(d)
+            for v in voids.values():
+                self._log("V", orjson.dumps(list(v)).decode())
+                self.voids.append(v)
+            n += len(debts) + len(voids)
+            dead.done()
+        if n:
+            log.warning("took over %d unsettled admissions of stopped processes", n)
+            self._changed()
+        return n
+
     def _changed(self) -> None:
         self._metrics.unsettled.set(len(self))
         self._wake.set()
+        if not self and self._journal is not None and self._journal.size:
+            self._journal.truncate()  # all settled
 
     async def run(self) -> None:
         """Settle forever (cancel to stop)."""
@@ -137,6 +211,9 @@ class Owed:
                 # One at a time, in the order served: a conversation's messages must meet
                 # its billing session in order.
                 results = [await self._settle(d) for d in chunk]
+                for d, keep in zip(chunk, results, strict=True):
+                    if not keep:
+                        self._log("s", d.token)
                 del self.debts[: len(chunk)]
                 self.debts.extend(d for d, keep in zip(chunk, results, strict=True) if keep)
                 if all(results):
@@ -148,11 +225,14 @@ class Owed:
                 ):
                     self._metrics.refunds.inc()
                 self.voids.pop(0)
+                self._log("v", v.token)
         except _UNAVAILABLE as exc:
             log.warning("settlement waits for redis (%d owed): %r", len(self), exc)
             return False
         finally:
             self._metrics.unsettled.set(len(self))
+        if not self and self._journal is not None and self._journal.size:
+            self._journal.truncate()  # all settled
         return True
 
     async def _settle(self, d: Debt) -> bool:
@@ -184,8 +264,12 @@ class Owed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.settle(), grace_s)
         if self:
+            where = "kept in " + str(self._journal.path) if self._journal else "lost"
             log.error(
-                "shutting down with %d unsettled debts and %d pending voids (lost)",
+                "shutting down with %d unsettled debts and %d pending voids (%s)",
                 len(self.debts),
                 len(self.voids),
+                where,
             )
+        if self._journal is not None:
+            self._journal.close(remove=not self)

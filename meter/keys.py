@@ -24,6 +24,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              redelivery check for its channel key, what a refund reverses;
                              ``rid`` is :func:`record_id` (the key belongs to one app,
                              channel and channel user).
+``P:rf:<token>``      string a refused attempt (10 s): its refusal is counted once even if the
+                             script call is retried after a lost reply.
 ``P:rsv``             zset   charged messages not yet confirmed as forwarded: ``<app>:<rid>`` ->
                              deadline (ms); the sweeper refunds those past it.
 ``P:lu:<product>:<period>`` string enterprise usage counted in the billing period.

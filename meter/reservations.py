@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,21 +31,13 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from meter import keys
+from meter.journal import Journal, take_over_dead
 from meter.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
-JOURNAL_GLOB = "forwarded-*.log"
+JOURNAL_KIND = "forwarded"
 TRUNCATE_AT = 1 << 20  # bytes of journal kept before it is emptied (all confirmed)
 SWEEP_BATCH = 200
-
-
-def _open_journal(state_dir: Path) -> tuple[int, Path]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / f"forwarded-{os.getpid()}-{secrets.token_hex(4)}.log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    # Held while this process lives: replay() skips journals whose owner is alive.
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd, path
 
 
 class Confirmations:
@@ -56,12 +45,12 @@ class Confirmations:
 
     def __init__(self, client: RedisClient, state_dir: str | Path) -> None:
         self._client = client
-        self._fd, self.path = _open_journal(Path(state_dir))
+        self._journal = Journal(state_dir, JOURNAL_KIND)
+        self.path = self._journal.path
         self._pending: dict[str, list[str]] = {}
         self._scheduled = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._size = 0
 
     def forwarded(self, app_id: str, rid: str) -> None:
         """The request of charged message ``rid`` of ``app_id`` is with the bot.
@@ -73,9 +62,7 @@ class Confirmations:
         if ws is None:
             return
         member = f"{app_id}:{rid}"
-        line = f"{ws} {member}\n".encode()
-        os.write(self._fd, line)
-        self._size += len(line)
+        self._journal.append(f"{ws} {member}")
         self._pending.setdefault(ws, []).append(member)
         if not self._scheduled:
             self._scheduled = True
@@ -105,9 +92,8 @@ class Confirmations:
                 asyncio.get_running_loop().call_soon(self._dispatch)
         finally:
             self._inflight -= 1
-        if not self._pending and not self._inflight and self._size > TRUNCATE_AT:
-            os.ftruncate(self._fd, 0)  # everything in it is in Redis now
-            self._size = 0
+        if not self._pending and not self._inflight and self._journal.size > TRUNCATE_AT:
+            self._journal.truncate()  # everything in it is in Redis now
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Send what is pending; remove the journal when all of it reached Redis."""
@@ -119,11 +105,7 @@ class Confirmations:
                 await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
             else:
                 await asyncio.sleep(0)
-        done = not self._pending and not self._tasks
-        os.close(self._fd)
-        if done:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+        self._journal.close(remove=not self._pending and not self._tasks)
 
 
 async def _zrem(client: RedisClient, batch: dict[str, list[str]]) -> None:
@@ -133,44 +115,24 @@ async def _zrem(client: RedisClient, batch: dict[str, list[str]]) -> None:
         await pipe.execute()
 
 
-def _dead_journals(folder: Path) -> list[tuple[Path, int, dict[str, list[str]]]]:
-    """Journals whose process is gone (their lock is free), locked now, with contents."""
-    found: list[tuple[Path, int, dict[str, list[str]]]] = []
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.glob(JOURNAL_GLOB)):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)  # its process is alive
-            continue
-        batch: dict[str, list[str]] = {}
-        with os.fdopen(os.dup(fd), "rb") as f:
-            for raw in f:
-                ws, sep, member = raw.decode(errors="replace").rstrip("\n").partition(" ")
-                if sep and member:
-                    batch.setdefault(ws, []).append(member)
-        found.append((path, fd, batch))
-    return found
-
-
 async def replay(client: RedisClient, state_dir: str | Path) -> int:
     """Confirm what journals of dead processes list, then remove them; the count."""
     total = 0
-    for path, fd, batch in _dead_journals(Path(state_dir)):
+    for dead in take_over_dead(state_dir, JOURNAL_KIND):
         try:
+            batch: dict[str, list[str]] = {}
+            for line in dead.lines:
+                ws, sep, member = line.partition(" ")
+                if sep and member:
+                    batch.setdefault(ws, []).append(member)
             for ws, members in batch.items():
                 for i in range(0, len(members), 1000):
                     chunk = members[i : i + 1000]
                     await _zrem(client, {ws: chunk})
                     total += len(chunk)
-            os.unlink(path)
+            dead.done()
         finally:
-            os.close(fd)
+            dead.release()
     if total:
         log.info("replayed %d forward confirmations of stopped processes", total)
     return total

@@ -72,9 +72,13 @@ async def creditgate_serve(
         host="127.0.0.1",
         traffic_port=traffic,
         admin_port=admin,
-        workers=2,
-        log_format="text",
-        **{"egress_allow": ",".join(LOOPBACK), "state_dir": tmp_path / "state", **settings},
+        **{
+            "workers": 2,
+            "log_format": "text",
+            "egress_allow": ",".join(LOOPBACK),
+            "state_dir": tmp_path / "state",
+            **settings,
+        },
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:  # a pipe nobody reads would fill up

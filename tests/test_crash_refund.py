@@ -174,3 +174,52 @@ async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received
     charged = (10 * FREE - await free_left(rclient)) // PRICE
     assert (10 * FREE - await free_left(rclient)) % PRICE == 0
     assert charged == bot.count() == received_at_kill
+
+
+REQ_APP = f"{WS}_req1"  # contact_center: every message costs $0.01
+CENT = 10_000
+
+
+async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    state = tmp_path / "state"
+    opts = {"state_dir": state, "fail_mode": "open", "workers": 1, "redis_timeout_s": 0.3}
+
+    async def charged() -> int:
+        spent = FREE - await free_left(rclient)
+        assert spent % CENT == 0
+        return spent // CENT
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async with creditgate_serve(redis_url, tmp_path, **opts) as sv:
+            url = f"{sv.traffic}/hooks/web/{REQ_APP}"
+            assert await _post(http, url, "warm") == 200  # caches the app's upstream
+            # Writes (and so every script) wait; reads go on: admissions time out.
+            await rclient.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+            try:
+                statuses = await asyncio.gather(*(_post(http, url, f"u{i}") for i in range(500)))
+                assert statuses == [200] * 500  # served without a decision: owed
+                victims = [sv.proc.pid, *_children(sv.proc.pid)]
+                for pid in victims:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await sv.proc.wait()
+            finally:
+                await rclient.execute_command("CLIENT", "UNPAUSE")
+        assert bot.count() == 501
+        assert [p.name.split("-")[0] for p in state.iterdir() if p.name.startswith("owed")]
+        async with creditgate_serve(redis_url, tmp_path, **opts):
+            # The new worker takes the dead one's journal over and settles it; its own
+            # journal is emptied once everything it owed is settled.
+            def settled() -> bool:
+                logs = list(state.glob("owed-*.log"))
+                return len(logs) == 1 and logs[0].stat().st_size == 0
+
+            assert await eventually(settled, within_s=120)
+        assert await charged() == 501
+    assert bot.count() == 501

@@ -230,9 +230,14 @@ local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate
 local RECORD_RE = '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
 
 -- Refusal reasons as aggregate fields; code 9 (invalid) never reaches the aggregates.
-local function refuse(fkey, code, retry)
-  local rk = fkey .. 'r:' .. REASON[code]
-  refused[rk] = (refused[rk] or 0) + 1
+-- Counted once per attempt: a call retried after its reply was lost (same token) must not
+-- count the refusal again. The mark outlives any client retry of one call.
+local REFUSAL_MARK_MS = 10000
+local function refuse(fkey, code, retry, token)
+  if redis.call('SET', P .. ':rf:' .. token, code, 'NX', 'PX', REFUSAL_MARK_MS) then
+    local rk = fkey .. 'r:' .. REASON[code]
+    refused[rk] = (refused[rk] or 0) + 1
+  end
   result(code, 0, 0, 0, 0, 0, retry or 0, '', 0)
 end
 
@@ -287,7 +292,7 @@ end
 
 -- A redelivery of an admitted message: charged nothing, but it obeys the app's status,
 -- its credit and the rate limits (and counts in them), at most MAX_DELIVERIES times.
-local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle)
+local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
   local stok, cnt, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
     '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
   if not stok then cnt, sbsid, rest = 1, '', nil end
@@ -296,7 +301,7 @@ local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle)
   if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
   if code == 0 then code = credit_code(a, pr, price) end
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
-  if code ~= 0 then return refuse(fkey, code, retry) end
+  if code ~= 0 then return refuse(fkey, code, retry, token) end
   count_rate(rt)
   if rest then
     redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1, units,
@@ -395,11 +400,11 @@ local function admit_one(arg)
       return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
         0, sbsid, sbsid ~= '' and 2 or 0)
     end
-    return redelivery(app_id, a, pr, price, fkey, ik, seen, settle)
+    return redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
   end
   local code, retry, rt = status_code(a, pr), 0, nil
   if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
-  if code ~= 0 then return refuse(fkey, code, retry) end
+  if code ~= 0 then return refuse(fkey, code, retry, token) end
   local S
   local charge = true
   if unit == 'session' then
@@ -421,7 +426,7 @@ local function admit_one(arg)
         event('app.inactive', {app = app_id, reason = REASON[code]})
       end
     end
-    if code ~= 0 then return refuse(fkey, code, 0) end
+    if code ~= 0 then return refuse(fkey, code, 0, token) end
     if W.ent then
       local u = usage_of(a.product)
       u.add = u.add + 1

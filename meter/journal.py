@@ -1,0 +1,95 @@
+"""Per-process append-only journals in ``state_dir``: what must survive a crash of the
+process until Redis has it (forward confirmations, fail-open debts, pending voids).
+
+A process owns its journal (``<kind>-<pid>-<random>.log``) under an exclusive ``flock``
+for as long as it lives. Each :meth:`Journal.append` is one ``write(2)`` on an
+``O_APPEND`` descriptor: the kernel holds the bytes from then on, so a ``kill -9`` of
+the process loses nothing; :meth:`Journal.sync` adds ``fsync`` against a crash of the
+machine. A later process takes over the journals whose lock is free
+(:func:`take_over_dead`), acts on their lines, and removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Journal:
+    """This process's journal of one kind."""
+
+    def __init__(self, state_dir: str | Path, kind: str) -> None:
+        folder = Path(state_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{kind}-{os.getpid()}-{secrets.token_hex(4)}.log"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Held while this process lives: take_over_dead() skips journals whose owner lives.
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.size = 0
+
+    def append(self, line: str) -> None:
+        """One line (no newline inside), handed to the kernel before this returns."""
+        data = (line + "\n").encode()
+        os.write(self._fd, data)
+        self.size += len(data)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def truncate(self) -> None:
+        """Forget everything: the caller knows all of it reached Redis."""
+        os.ftruncate(self._fd, 0)
+        self.size = 0
+
+    def close(self, *, remove: bool) -> None:
+        os.close(self._fd)
+        if remove:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+@dataclass
+class DeadJournal:
+    """A journal whose process is gone, locked by the caller until :meth:`done`."""
+
+    path: Path
+    lines: list[str]
+    _fd: int
+
+    def done(self) -> None:
+        """Its lines are taken care of: remove it."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.release()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def take_over_dead(state_dir: str | Path, kind: str) -> list[DeadJournal]:
+    """Journals of ``kind`` whose owner is gone, oldest name first, locked now."""
+    folder = Path(state_dir)
+    found: list[DeadJournal] = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob(f"{kind}-*.log")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # its process is alive
+            continue
+        with os.fdopen(os.dup(fd), "rb") as f:
+            # A torn last line (the process died mid-write) is ignored.
+            raw_lines = f.read().split(b"\n")[:-1]  # the part after the last newline is torn
+        lines = [raw.decode(errors="replace") for raw in raw_lines if raw]
+        found.append(DeadJournal(path, lines, fd))
+    return found
