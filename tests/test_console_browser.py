@@ -17,11 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import OPERATOR_TOKEN
+from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 from bot import Bot, running_bot
+from servers import free_port
 from serving import Served, creditgate_serve
 from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, paid, signed, stripe_standin
 
+from meter.flusher import Flusher
 from meter.store import open_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -276,3 +278,48 @@ async def journey(
         assert b.errors == [] and c.errors == []
     finally:
         await browser.close()
+
+
+async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path, bot: Bot) -> None:
+    """Redis down: the console still signs in and shows stored usage and sessions, with
+    the live figures marked unavailable (their 503s are the only console errors)."""
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    settings = admin_settings(store_url, redis_url)
+    async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
+        _, tok = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+        body = {"name": "Helpdesk", "product": "automation", "upstream_url": bot.url}
+        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", tok, body))["id"]
+        for i in range(3):
+            url = f"{admin.traffic_url}/hooks/web/{app}/msg"
+            async with http.post(url, json={}, headers={"X-Channel-User-Id": f"u{i}"}) as r:
+                assert r.status == 200
+        await Flusher(admin.redis, admin.store, settings).flush_once(force=True)
+    dead = admin_settings(store_url, f"redis://127.0.0.1:{free_port()}/0")
+    async with (
+        admin_server(dead) as down,
+        playwright_api.async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            ctx = await browser.new_context(viewport={"width": 1440, "height": 900})
+            ctx.set_default_timeout(WAIT_MS)
+            b = Browser(await ctx.new_page(), "redis-down")
+            await b.page.goto(down.url + "/ui")
+            await b.page.fill("#token", tok)
+            await b.page.click("button[type=submit]")
+            await b.page.wait_for_selector("text=Live figures are unavailable")
+            await b.page.wait_for_selector(".chart-box svg")
+            assert "total: 3" in figures(await b.text(".chart-box .legend"))
+            assert "showing stored usage" in await b.text(".chart-box")
+            unavailable = [e for e in b.errors if "status of 503" in e]
+            assert unavailable and unavailable == b.errors  # only the live figures failed
+            b.errors.clear()
+            await b.check("overview")
+            await b.goto_hash(f"#/ws/{ws}/app/{app}")
+            await b.page.wait_for_selector("#sessions table")
+            assert len(await b.page.query_selector_all("#sessions tbody tr")) == 3
+            assert "stored sessions only" in await b.text("#sessions")
+            await b.check("app")
+        finally:
+            await browser.close()

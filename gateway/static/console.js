@@ -403,7 +403,14 @@ const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00
 
 async function usagePage(ws) {
   loading("usage");
-  const apps = await allPages(`/v1/workspaces/${ws.id}/apps`, "apps");
+  let apps = await allPages(`/v1/workspaces/${ws.id}/apps`, "apps");
+  if (ws.role === "member") {
+    apps = apps.filter(a => a.role === "owner");
+    if (!apps.length) {
+      setMain(h("h1", {}, "Usage"), h("p", {}, "Usage is shown to the workspace owner, and to app owners for their own apps. You own no app here yet."));
+      return;
+    }
+  }
   const field = (label, el) => h("label", {}, label, el);
   const range = h("select", {id: "u-range", name: "range"},
     [["1", "Last 24 hours"], ["7", "Last 7 days"], ["30", "Last 30 days"], ["90", "Last 90 days"], ["365", "Last 12 months"]]
@@ -416,7 +423,7 @@ async function usagePage(ws) {
       .map(([v, t]) => h("option", {value: v}, t)));
   const by = h("select", {id: "u-by", name: "by"},
     [["total", "Total"], ["app", "By app"], ["channel", "By channel"]].map(([v, t]) => h("option", {value: v}, t)));
-  const app = h("select", {id: "u-app", name: "app_id"}, h("option", {value: ""}, "All apps"),
+  const app = h("select", {id: "u-app", name: "app_id"}, h("option", {value: ""}, ws.role === "member" ? "All my apps" : "All apps"),
     apps.map(a => h("option", {value: a.id}, a.name)));
   const channel = h("input", {id: "u-channel", name: "channel", placeholder: "any", size: "10",
     pattern: "[a-z0-9][a-z0-9_\\-]{0,31}"});
@@ -456,8 +463,9 @@ async function appsPage(ws) {
     return;
   }
   const canSpark = a => owner || a.role === "owner";
+  const opens = a => a.role !== "member";  // a plain member may list apps, not open them
   const cols = [
-    {label: "App", value: a => h("a", {href: `#/ws/${ws.id}/app/${a.id}`}, a.name)},
+    {label: "App", value: a => opens(a) ? h("a", {href: `#/ws/${ws.id}/app/${a.id}`}, a.name) : a.name},
     {label: "Product", value: a => humanize(a.product)},
     {label: "Your role", value: a => humanize(a.role)},
   ];
