@@ -19,9 +19,14 @@ from adminkit import Admin, admin_server, admin_settings, snapshot
 from gateway.webhooks import WebhookOptions
 
 
-@pytest.fixture
-async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def admin(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+) -> AsyncIterator[Admin]:
+    url = f"sqlite:///{tmp_path}/store.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_dsn")
+    settings = admin_settings(url, redis_url)
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
 
