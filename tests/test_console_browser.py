@@ -247,8 +247,30 @@ async def journey(
         assert "10,000" in text and "Free credits" not in text
         await b.check("enterprise")
 
+        # Team: invite a member, then remove them.
+        bo = await api.call("POST", "/v1/users", op, {"email": "bo@example.com", "name": "Bo"})
         await b.goto_hash(f"#/ws/{ws}/team")
+        await b.page.fill("#m-user", bo["id"])
+        await b.page.click("text=Add member")
+        await b.page.wait_for_selector("td:has-text('bo@example.com')")
+        await b.settle()
         await b.check("team")
+        await b.page.click("tr:has-text('bo@example.com') >> text=Remove")
+        await b.page.wait_for_selector("td:has-text('bo@example.com')", state="detached")
+        members = await api.call("GET", f"/v1/workspaces/{ws}/members", owner["token"])
+        assert [m["user_id"] for m in members["members"]] == [owner["id"]]
+
+        # Collaborators: re-role on the app's page.
+        await b.goto_hash(f"#/ws/{ws}/app/{app['id']}")
+        await b.page.select_option(f"#role-{collab['id']}", "tester")
+
+        async def re_roled() -> bool:
+            listed = await api.call("GET", f"/v1/apps/{app['id']}/collaborators", owner["token"])
+            return [c["role"] for c in listed["collaborators"]] == ["tester"]
+
+        await wait_until(re_roled, "the collaborator's new role")
+
+        # Tokens: create one (shown once), then revoke it.
         await b.goto_hash("#/tokens")
         await b.page.fill("#t-name", "ci")
         await b.page.click("form.inline button[type=submit]")
@@ -256,6 +278,11 @@ async def journey(
         secret = await b.page.input_value("#t-secret")
         assert secret.startswith("cgu_")
         await b.check("tokens")
+        await b.page.click("tr:has-text('ci') >> text=Revoke")
+        await b.page.wait_for_selector("#t-secret", state="detached")
+        async with http.get(served.admin + "/v1/tokens",
+                            headers={"Authorization": f"Bearer {secret}"}) as r:  # fmt: skip
+            assert r.status == 401  # revoked at once
 
         # The collaborator sees the app they work on, without money figures.
         cctx = await browser.new_context(viewport={"width": 1440, "height": 900})

@@ -10,6 +10,7 @@ const state = {
   me: null,          // {user, csrf, links, topup}
   routes: new Set(), // "METHOD /v1/path" the server offers (from its OpenAPI document)
   workspaces: [],    // [{id, name, type, role}]
+  current: null,     // the workspace last shown
 };
 
 // ------------------------------------------------------------------ helpers
@@ -233,7 +234,10 @@ function renderSwitcher(wsId) {
 async function route() {
   if (!state.me) return;
   const r = current();
-  const ws = state.workspaces.find(w => w.id === r.ws) || null;
+  // The tokens page belongs to the user, not a workspace: keep the last one's navigation.
+  const ws = state.workspaces.find(w => w.id === r.ws)
+    || (r.page === "tokens" ? (state.current || state.workspaces[0] || null) : null);
+  if (ws) state.current = ws;
   if (r.page !== "tokens" && !ws) {
     if (state.workspaces.length) {
       const first = state.workspaces[0];
