@@ -5,7 +5,8 @@ workspaces with one session-unit app each (credit and rate limits far from bindi
 prints one table:
 
 * admissions/s of one Python process (uvloop) through ``Admitter``: batched (many
-  concurrent admissions, default ``batch_max``), and one call per admission
+  concurrent admissions, default ``batch_max``), the same with
+  ``redis_durability=replicated`` (``WAIT 1`` on a replica it starts), and one call per admission
   (``batch_max=1``) awaited serially and with concurrency; with the CPU time each side
   spent per admission (the machine may be shared: CPU per admission is the steadier figure);
 * the EVALSHA ceiling of the same Redis measured by ``redis-benchmark``: a trivial
@@ -130,8 +131,9 @@ async def throughput(
     *,
     batch_max: int,
     inflight: int = 4,
+    **overrides: object,
 ) -> Rate:
-    cfg = bench_settings(batch_max=batch_max)
+    cfg = bench_settings(batch_max=batch_max, **overrides)
     client = connect(server.url, max_connections=max(64, inflight))
     try:
         apps = await seed(client, cfg, spaces)
@@ -243,14 +245,18 @@ async def memory(server: RedisServer, sessions: int) -> dict[str, float]:
         rec_bytes = sum([int(await client.memory_usage(k, samples=0) or 0) for k in srk])
         out["record_usage"] = rec_bytes / max(1, sum([await client.hlen(k) for k in srk]))
         # Each used_memory drop as one part is deleted is that part's true cost.
+        out["reservation_usage"] = int(
+            await client.memory_usage(keys.reservations_key(ws), samples=0) or 0
+        ) / max(1, int(await client.zcard(keys.reservations_key(ws))))
         for part, pattern in (
+            ("reservation", keys.reservations_key(ws)),
             ("charge", f"{p}:i:*"),
             ("record", f"{p}:sr:*"),
         ):
             ahead = await used(client)
             await delete_matching(client, pattern)
             out[part] = (ahead - await used(client)) / sessions
-        out["resident"] = out["per_session"] - out["charge"]
+        out["resident"] = out["per_session"] - out["charge"] - out["reservation"]
         return out
     finally:
         await client.aclose()
@@ -268,10 +274,16 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="only cProfile the batched run")
     opt = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_redis(Path(tmp))
+        server = start_redis(Path(tmp) / "master")
+        replica = start_redis(
+            Path(tmp) / "replica", extra_args=["--replicaof", "127.0.0.1", str(server.port)]
+        )
+        while "master_link_status:up" not in str(replica.command("INFO", "replication")):
+            time.sleep(0.1)  # the first sync waits for the master's bgsave
         try:
             run(server, opt)
         finally:
+            replica.stop()
             server.stop()
 
 
@@ -289,6 +301,9 @@ def run(server: RedisServer, opt: argparse.Namespace) -> None:
             return
         exact = r.run(exactness(server))
         batched = r.run(throughput(server, n, c, w, batch_max=256))
+        replicated = r.run(
+            throughput(server, n, c, w, batch_max=256, redis_durability="replicated")
+        )
         serial = r.run(throughput(server, n // 20, 1, w, batch_max=1))
         conc4 = r.run(throughput(server, n // 10, c, w, batch_max=1, inflight=4))
         conc64 = r.run(throughput(server, n // 10, c, w, batch_max=1, inflight=64))
@@ -306,6 +321,8 @@ def run(server: RedisServer, opt: argparse.Namespace) -> None:
     rows = [
         ("exactness: 2,000 users, credit for 1,500 sessions", f"{exact[0]:>9,} admitted"),
         ("batched: Admitter, batch_max 256, max_inflight 4", rate(batched)),
+        ("  the same, redis_durability=replicated (WAIT 1)", rate(replicated)),
+        ("  replicated / async", f"{replicated.per_s / batched.per_s:>9.2f}x"),
         ("one call per admission, awaited serially", rate(serial)),
         ("one call per admission, concurrent, 4 in flight", rate(conc4)),
         ("one call per admission, concurrent, 64 in flight", rate(conc64)),
@@ -315,6 +332,7 @@ def run(server: RedisServer, opt: argparse.Namespace) -> None:
         ("redis-benchmark EVALSHA admit.lua, 1 new session", f"{ceil['admit1']:>9,.0f}/s"),
         ("redis-benchmark admit.lua, 256 new sessions/call", f"{ceil['admitN']:>9,.0f} adm/s"),
         ("memory per live session (used_memory delta / N)", f"{mem['per_session']:>9.0f} B"),
+        ("  reservation P:rsv (until forwarded, milliseconds)", part("reservation")),
         ("  charge record P:i (expires after refund TTL)", part("charge")),
         ("  session entry: state + record (P:sr hash field)", part("record")),
         ("resident per live session, past the refund TTL", f"{mem['resident']:>9.0f} B"),

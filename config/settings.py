@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     fail_mode: Literal["closed", "open"] = "closed"
     redis_timeout_s: Seconds = 0.5
     batch_max: int = Field(256, ge=1, le=10_000)
+    # "async": Redis's own asynchronous replication (a master killed mid-run loses what
+    # it had not yet sent to its replica). "replicated": each admission call is followed
+    # by WAIT for redis_replicas replicas and only then acknowledged.
+    redis_durability: Literal["async", "replicated"] = "async"
+    redis_replicas: int = Field(1, ge=1, le=16)
 
     # Proxy.
     default_upstream_url: str | None = None

@@ -23,6 +23,7 @@ from redis.typing import EncodableT
 
 from config import Settings
 from meter import keys
+from meter.durability import ReplicatedCalls
 from meter.errors import InvalidChannelUser, MeteringUnavailable
 from meter.redis_client import RedisClient
 from meter.scripts import register, run
@@ -141,6 +142,17 @@ class Admitter:
         self._clock = clock
         self._admit = register(client, "admit")
         self._refund = register(client, "refund")
+        # redis_durability=replicated: each call waits for replicas (meter/durability.py).
+        self._replicated = (
+            ReplicatedCalls(
+                client,
+                self._admit,
+                replicas=settings.redis_replicas,
+                wait_ms=int(settings.redis_timeout_s * 800),
+            )
+            if settings.redis_durability == "replicated"
+            else None
+        )
         self._max_inflight = max_inflight
         self._batch_max = settings.batch_max
         self._timeout = settings.redis_timeout_s
@@ -254,7 +266,7 @@ class Admitter:
                 billing_period(now),
                 *self._tail,
             ]
-            if len(send) == 1 or self._cluster:
+            if len(send) == 1 or self._cluster or self._replicated is not None:
                 # On a cluster each workspace lives on its own master: separate calls keep
                 # one failing master from failing (or stalling) the others' admissions.
                 await asyncio.gather(*(self._call(head, ws, chunk) for ws, chunk in send))
@@ -268,16 +280,13 @@ class Admitter:
     async def _call(self, head: list[EncodableT], ws: str, chunk: list[_Pending]) -> None:
         if self._on_batch is not None:
             self._on_batch(len(chunk))
+        args = [*head, *(p.arg for p in chunk)]
         try:
-            raw = await asyncio.wait_for(
-                run(
-                    self._admit,
-                    self._client,
-                    [keys.ws_prefix(ws)],
-                    [*head, *(p.arg for p in chunk)],
-                ),
-                self._timeout,
-            )
+            if self._replicated is not None:
+                call = self._replicated.call(keys.ws_prefix(ws), args)
+            else:
+                call = run(self._admit, self._client, [keys.ws_prefix(ws)], args)
+            raw = await asyncio.wait_for(call, self._timeout)
         except Exception as exc:  # see _fail
             _fail(chunk, exc)
             return
@@ -405,6 +414,8 @@ class Admitter:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             else:
                 await asyncio.sleep(0)
+        if self._replicated is not None:
+            await self._replicated.close()
 
 
 def _fail(chunk: list[_Pending], exc: BaseException) -> None:
@@ -414,7 +425,7 @@ def _fail(chunk: list[_Pending], exc: BaseException) -> None:
     RedisClusterException and, racing its own reconnects, other errors; a future left
     unresolved would hang its caller for good.
     """
-    if not isinstance(exc, (RedisError, OSError, TimeoutError)):
+    if not isinstance(exc, (RedisError, OSError, TimeoutError, MeteringUnavailable)):
         log.error("admission call failed unexpectedly", exc_info=exc)
     err = MeteringUnavailable(f"redis: {exc!r}", ambiguous=True)
     for p in chunk:

@@ -500,5 +500,33 @@ async def test_kill_9_of_a_master_mid_run_never_charges_twice(
         assert values["lost_units"] > 0, values
 
 
+async def test_kill_9_of_a_master_with_replicated_durability_loses_nothing(
+    ha: RedisCluster, client: RedisClient, record_property: Callable[[str, object], None]
+) -> None:
+    """The lagging case again, with redis_durability=replicated: an admission is only
+    acknowledged once its replica has it, so the crash loses none."""
+    cfg = settings(**CFG, redis_durability="replicated")
+    shops = await seed_shops(client, ha, cfg)
+    failed = shops[0].master
+
+    async def crash(run: Run) -> None:
+        await asyncio.to_thread(kill_and_fail_over, ha, failed, run.notes, outage_s=OUTAGE_S)
+
+    adm = new_admitter(client, cfg)
+    run = await run_load(adm, shops, crash)
+    await adm.close()
+
+    assert role(failed) == "slave"
+    assert all(m.decision is not None and m.decision.admitted for m in run.msgs)
+    b = await books(client, run, shops)
+    for s in shops:
+        check_consistent(b[s.ws])
+        assert b[s.ws].lost == 0, (s, b[s.ws])
+    values = summary(run, shops, failed, b)
+    report(record_property, "kill9_replicated_lagging", values)
+    # The outage did make the failed shard's admissions wait (or fail and be retried).
+    assert values["unavailable_failed_shard"] > 0, values
+
+
 async def _no_fault(run: Run) -> None:
     return None
