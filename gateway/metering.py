@@ -77,6 +77,8 @@ class Meter:
         if dec.code:
             self._metrics.refused(dec.reason or "unknown")
             raise Refused.of(dec)
+        if dec.shadowed:
+            self._metrics.shadow_refusals.labels(dec.shadow_reason or "unknown").inc()
         if dec.units:
             self._metrics.charge(dec.free, dec.app_paid, dec.pool_paid)
             if dec.new_session:

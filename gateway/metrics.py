@@ -65,6 +65,12 @@ class Metrics:
         self.refusals = Counter(
             "creditgate_refusals_total", "Messages refused, by reason.", ["reason"], registry=r
         )
+        self.shadow_refusals = Counter(
+            "creditgate_shadow_refusals_total",
+            "Refusals that shadow mode counted but did not apply (the message was served).",
+            ["reason"],
+            registry=r,
+        )
         self.admission_seconds = Histogram(
             "creditgate_admission_seconds",
             "Time to an admission decision (Redis round trip included).",

@@ -72,10 +72,16 @@ class Decision(NamedTuple):
     key: str
     token: str
     rid: str  # the charge record's id (meter.keys.record_id)
+    shadowed: int = 0  # shadow mode: the code of the refusal counted instead of applied
 
     @property
     def admitted(self) -> bool:
         return self.code == 0
+
+    @property
+    def shadow_reason(self) -> str | None:
+        """Shadow mode: the refusal that was counted instead of applied."""
+        return REASONS.get(self.shadowed) if self.shadowed else None
 
     @property
     def reason(self) -> str | None:
@@ -453,6 +459,7 @@ def _resolve(chunk: list[_Pending], raw: list[Any]) -> None:
                     p.key,
                     p.token,
                     p.rid,
+                    flags >> 3,
                 ),
             )
         )

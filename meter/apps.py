@@ -17,7 +17,7 @@ from meter.errors import Forbidden, InvalidInput, NotFound
 from meter.store import App, Workspace
 from meter.store.models import ROLES, Role
 
-UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
+UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended", "shadow"})
 
 
 def new_app_id(ws_id: str) -> str:
@@ -36,6 +36,7 @@ async def project_app(d: Deps, app: App) -> None:
         use_free_credits=app.use_free_credits,
         suspended=app.suspended,
         upstream_url=app.upstream_url,
+        shadow=app.shadow,
     )
     await announce(d, app.id)
 
@@ -48,6 +49,7 @@ def app_dict(app: App) -> dict[str, Any]:
         "upstream_url": app.upstream_url,
         "use_free_credits": app.use_free_credits,
         "suspended": app.suspended,
+        "shadow": app.shadow,
     }
 
 
@@ -82,7 +84,8 @@ async def create_app(
 
 
 async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> App:
-    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it) or ``suspended``."""
+    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it), ``suspended`` or
+    ``shadow``."""
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "cannot be changed")

@@ -90,8 +90,10 @@ async def put_app(
     upstream_url: str | None = None,
     per_minute: int | None = None,
     per_hour: int | None = None,
+    shadow: bool = False,
 ) -> None:
-    """Write an app's configuration; bumps its version so caches see the change."""
+    """Write an app's configuration; bumps its version so caches see the change.
+    ``shadow``: metered and recorded, never refused (see admit.lua)."""
     ws = keys.workspace_of(app_id)
     if ws is None:
         raise InvalidInput("app_id", "malformed app id")
@@ -104,6 +106,7 @@ async def put_app(
         "product": product,
         "use_free": int(use_free_credits),
         "suspended": int(suspended),
+        "shadow": int(shadow),
         "up": upstream_url or "",
     }
     async with client.pipeline(transaction=False) as pipe:

@@ -220,7 +220,7 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
             continue
         await projection.put_app(
             client, app.id, product=app.product, use_free_credits=app.use_free_credits,
-            suspended=app.suspended, upstream_url=app.upstream_url,
+            suspended=app.suspended, upstream_url=app.upstream_url, shadow=app.shadow,
         )  # fmt: skip
         await channel_secrets.project_app_channels(store, client, app.id)
     return lost

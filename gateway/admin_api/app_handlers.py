@@ -55,6 +55,7 @@ async def app_out(call: Call, app: App) -> s.AppOut:
         upstream_url=app.upstream_url,
         use_free_credits=app.use_free_credits,
         suspended=app.suspended,
+        shadow=app.shadow,
         created_at=iso(app.created_at) or "",
         collaborators=collaborators,
         usage=await app_usage(call, app),

@@ -105,6 +105,9 @@ class AppPatch(Body):
     use_free_credits: bool | SkipJsonSchema[None] = optional()
     upstream_url: Url | None = optional()
     suspended: bool | SkipJsonSchema[None] = optional()
+    # Shadow mode: metered and recorded, never refused (refusals counted, not applied);
+    # for rolling creditgate out in front of live bots.
+    shadow: bool | SkipJsonSchema[None] = optional()
 
 
 class CollaboratorAdd(Body):
@@ -246,6 +249,7 @@ class AppOut(Out):
     upstream_url: str | None
     use_free_credits: bool
     suspended: bool
+    shadow: bool = False
     created_at: Timestamp
     collaborators: list[CollaboratorOut]
     usage: AppUsageOut | None = None

@@ -43,7 +43,11 @@
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
 --         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired,
 --         8 duplicate_delivery, 9 invalid (a malformed member; the others are decided)
---   flags: 1 duplicate (idempotency hit, nothing charged), 2 opened a billing session
+--   flags: 1 duplicate (idempotency hit, nothing charged), 2 opened a billing session,
+--          plus 8 x the code of a refusal shadow mode counted instead of applying it.
+-- Shadow mode (app field "shadow" = 1): nothing is refused; a would-be refusal is counted
+-- as aggregate field "<app>|<ch>|<product>|<unit>|s:<reason>"; what can be paid is charged,
+-- a message without credit is served uncharged.
 --
 -- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
 -- written back once at the end: the script is atomic, so this equals writing as we go,
@@ -129,13 +133,13 @@ local function app_of(id)
   local a = apps[id]
   if a == nil then
     local r = redis.call('HMGET', P .. ':a:' .. id, 'product', 'suspended', 'use_free', 'paid',
-      'pm', 'ph', 'inactive')
+      'pm', 'ph', 'inactive', 'shadow')
     if not r[1] then
       a = false
     else
       a = {product = r[1], suspended = r[2] == '1', use_free = r[3] ~= '0',
         paid = tonumber(r[4] or '0'), pm = tonumber(r[5] or ''), ph = tonumber(r[6] or ''),
-        inactive = r[7] == '1', dirty = false}
+        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false}
       a.paid0 = a.paid
     end
     apps[id] = a
@@ -241,6 +245,13 @@ local function refuse(fkey, code, retry, token)
   result(code, 0, 0, 0, 0, 0, retry or 0, '', 0)
 end
 
+-- Shadow mode: the refusal is counted (aggregate field "s:<reason>") but not applied.
+local function shadow(fkey, code)
+  local sk = fkey .. 's:' .. REASON[code]
+  refused[sk] = (refused[sk] or 0) + 1
+  return code
+end
+
 -- Suspension and licence: code or 0.
 local function status_code(a, pr)
   if a.suspended then return 2 end
@@ -301,13 +312,15 @@ local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
   if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
   if code == 0 then code = credit_code(a, pr, price) end
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
+  local shadowed = 0
+  if code ~= 0 and a.shadow then shadowed, code = shadow(fkey, code), 0 end
   if code ~= 0 then return refuse(fkey, code, retry, token) end
   count_rate(rt)
   if rest then
     redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1, units,
       sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
   end
-  result(0, 0, 0, 0, 0, 0, 0, sbsid, 1)
+  result(0, 0, 0, 0, 0, 0, 0, sbsid, 1 + 8 * shadowed)
 end
 
 -- Does this message open a new billing session (or a new block of one)? Returns the
@@ -383,6 +396,7 @@ local function admit_one(arg)
     -- A check (a WebSocket upgrade): could the app be served? Nothing is charged or counted.
     local code = status_code(a, pr)
     if code == 0 then code = credit_code(a, pr, price) end
+    if a.shadow then code = 0 end
     return result(code, 0, 0, 0, 0, 0, 0, '', 0)
   end
   local settle = kind == 'M' or kind == 'N'
@@ -403,7 +417,13 @@ local function admit_one(arg)
     return redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
   end
   local code, retry, rt = status_code(a, pr), 0, nil
+  local shadowed = 0
+  if code ~= 0 and a.shadow then shadowed, code = shadow(fkey, code), 0 end
   if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
+  if code ~= 0 and a.shadow then
+    if shadowed == 0 then shadowed = shadow(fkey, code) end
+    code = 0
+  end
   if code ~= 0 then return refuse(fkey, code, retry, token) end
   local S
   local charge = true
@@ -414,6 +434,11 @@ local function admit_one(arg)
   local f, ap, pp, inv = 0, 0, 0, 0
   if charge then
     code = credit_code(a, pr, price)
+    if code ~= 0 and a.shadow then
+      -- Served although it could not be paid: nothing charged, no session opened.
+      if shadowed == 0 then shadowed = shadow(fkey, code) end
+      code, charge, S = 0, false, nil
+    end
     if code == 5 then
       local fk = 'ul:' .. a.product
       if redis.call('HGET', wsk, fk) ~= PERIOD then
@@ -427,6 +452,8 @@ local function admit_one(arg)
       end
     end
     if code ~= 0 then return refuse(fkey, code, 0, token) end
+  end
+  if charge then
     if W.ent then
       local u = usage_of(a.product)
       u.add = u.add + 1
@@ -445,6 +472,7 @@ local function admit_one(arg)
     bsid = S.bsid
     if charge then flags = 2 end
   end
+  flags = flags + 8 * shadowed
   tally(fkey, units, f, ap, pp, inv)
   if units > 0 or idem ~= '' then
     redis.call('SET', ik, string.format('%s\t1\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token, units,

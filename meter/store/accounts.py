@@ -26,7 +26,7 @@ _USER = "id, email, name, token_hash, created_at"
 _WS = "id, name, type, owner_id, created_at, free_expires_at, webhook_url, webhook_secret"
 _APP = (
     "id, workspace_id, name, product, owner_id, upstream_url, use_free_credits, suspended, "
-    "created_at"
+    "created_at, shadow"
 )
 _REQ = "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
 
@@ -59,6 +59,7 @@ def _app(r: Row) -> App:
         upstream_url=r["upstream_url"],
         use_free_credits=bool(r["use_free_credits"]),
         suspended=bool(r["suspended"]),
+        shadow=bool(r["shadow"]),
     )
 
 
@@ -260,7 +261,7 @@ class Accounts(StoreCore):
         a = app
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO apps ({_APP}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO apps ({_APP}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 a.id,
                 a.workspace_id,
                 a.name,
@@ -270,6 +271,7 @@ class Accounts(StoreCore):
                 a.use_free_credits,
                 a.suspended,
                 a.created_at,
+                a.shadow,
             )
 
     async def get_app(self, app_id: str) -> App | None:
@@ -288,8 +290,8 @@ class Accounts(StoreCore):
         return [_app(r) for r in rows]
 
     async def update_app(self, app_id: str, **changes: Any) -> App | None:
-        """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits`` or
-        ``suspended``; return the updated app, ``None`` if it does not exist."""
+        """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
+        ``suspended`` or ``shadow``; return the updated app, ``None`` if it does not exist."""
         unknown = set(changes) - APP_FIELDS
         if unknown:
             raise ValueError(f"cannot change app fields {sorted(unknown)}")

@@ -26,7 +26,7 @@ LEDGER_KINDS: tuple[str, ...] = ("grant_free", "lapse", "topup", "refund_adjust"
 POOLS: tuple[str, ...] = ("free", "paid")
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 APP_FIELDS: frozenset[str] = frozenset(
-    {"name", "owner_id", "upstream_url", "use_free_credits", "suspended"}
+    {"name", "owner_id", "upstream_url", "use_free_credits", "suspended", "shadow"}
 )
 # Refusal reasons kept as one counter column each (``refused_<reason>``); a reason not in
 # this list is counted under ``other`` rather than dropped.
@@ -89,6 +89,8 @@ class App:
     upstream_url: str | None = None
     use_free_credits: bool = True
     suspended: bool = False
+    # Shadow mode: metered and recorded, never refused (refusals counted, not applied).
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,6 +290,10 @@ CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)
 """
 
 
+# Shadow mode per app: metered and recorded, never refused.
+_SHADOW = "ALTER TABLE apps ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -324,6 +328,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "payments", _PAYMENTS),
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
     Migration(6, "console sessions", _CONSOLE_SESSIONS),
+    Migration(8, "app shadow mode", _SHADOW),
 )
 
 
