@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     flush_interval_s: Seconds = 5.0
     flush_bucket_s: int = Field(60, ge=1, le=3600)
     flush_grace_s: Seconds = 5.0
+    # How often Redis's copy of the store's configuration and grants is checked and
+    # repaired where an admin change reached the store but not Redis.
+    projection_check_interval_s: Seconds = 60.0
 
     # Owner notifications.
     webhook_timeout_s: Seconds = 5.0

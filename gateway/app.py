@@ -56,6 +56,8 @@ from gateway.proxy import Proxy
 from gateway.routes import setup_traffic_routes
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
+from meter import projection_check
+from meter.accounts import Deps
 from meter.admission import Admitter
 from meter.batches import Batch
 from meter.claims import Claim
@@ -276,6 +278,16 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     gauge_task = asyncio.create_task(gauges(), name="creditgate-flush-gauges")
     sweep_every = min(5.0, settings.refund_window_s / 4)
     sweep_task = asyncio.create_task(sweeper.run(stop, sweep_every), name="creditgate-sweeper")
+    deps = Deps(store, app[REDIS], settings, app[CATALOG], app[CLOCK])
+    check_task = asyncio.create_task(
+        projection_check.run(
+            deps,
+            stop,
+            settings.projection_check_interval_s,
+            lambda kind, n: metrics.projection_repairs.labels(kind).inc(n),
+        ),
+        name="creditgate-projection-check",
+    )
     try:
         yield
     finally:
@@ -283,6 +295,8 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         gauge_task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sweep_task, 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(check_task, 5)
         try:
             await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
         except Exception:

@@ -65,6 +65,13 @@ class Metrics:
         self.refusals = Counter(
             "creditgate_refusals_total", "Messages refused, by reason.", ["reason"], registry=r
         )
+        self.projection_repairs = Counter(
+            "creditgate_projection_repairs_total",
+            "Redis projections repaired from the store by the periodic check, by kind "
+            "(workspace, app, grant; workspace_missing is reported, not repaired).",
+            ["kind"],
+            registry=r,
+        )
         self.shadow_refusals = Counter(
             "creditgate_shadow_refusals_total",
             "Refusals that shadow mode counted but did not apply (the message was served).",
