@@ -14,6 +14,9 @@ Look-up order:
 * idempotency key: header ``Idempotency-Key``, else the channel's pointer, else header
   ``X-Request-Id`` (a weaker hint: infrastructure often generates it per delivery).
 
+On an authenticated channel whose signature covers the body (Slack, WhatsApp) the body's
+user and key win over the headers, which nobody signed.
+
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule.
 """
 
@@ -148,11 +151,19 @@ class Channel:
             skipped = self._skipped(doc)
             if skipped:
                 return Message(False, user, key)
+            # The signature covers the body, not the headers: a replayed signed body with
+            # another user or key header must not become a new (charged) message.
+            user = self._signed(doc, self.user_pointer) or user
+            key = self._signed(doc, self.key_pointer) or key
         if not user and self.user_pointer is not None:
             user = _scalar(resolve(doc, self.user_pointer))
         if not key and self.key_pointer is not None:
             key = _scalar(resolve(doc, self.key_pointer))
         return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+
+    @staticmethod
+    def _signed(doc: Any, pointer: Pointer | None) -> str:
+        return _scalar(resolve(doc, pointer)) if pointer is not None else ""
 
     def _skipped(self, doc: Any) -> bool:
         """Whether the channel's rules say this callback is not a user message."""

@@ -806,3 +806,22 @@ async def test_msteams_keys_unreachable_is_503_not_a_pass(
                 assert (await resp.json())["code"] == "channel_auth_unavailable"
     assert bot.count() == 0
     assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS
+
+
+async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
+    world: World,
+) -> None:
+    # Within Slack's 5-minute window a captured signed event can be replayed; headers are
+    # not signed, so a forged user or key header must not turn it into new messages.
+    body = sample("slack-message.json")
+    path = f"/hooks/slack/{APP}/slack/events"
+    good = slack_headers(body)
+    statuses = []
+    for i in range(8):
+        forged = {**good, "X-Channel-User-Id": f"victim{i}", "Idempotency-Key": f"k{i}"}
+        statuses.append((await world.post(path, body, forged))[0])
+    assert statuses == [200] * 5 + [409] * 3  # one message, honoured at most 5 times
+    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert {c.headers.get("X-Channel-User-Id") for c in world.bot.calls} <= {
+        f"victim{i}" for i in range(8)
+    }

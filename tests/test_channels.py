@@ -91,9 +91,14 @@ def test_headers_win_and_request_id_is_the_last_resort() -> None:
     rule = Channels({}).get("slack")
     body = sample("slack-message.json")
     msg = rule.inspect(
-        {"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body, authenticated=True
+        {"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body, authenticated=False
     )
     assert (msg.user, msg.key) == ("hdr", "k")
+    # A signed body's own user and key win over headers nobody signed.
+    msg = rule.inspect(
+        {"X-Channel-User-Id": "hdr", "Idempotency-Key": "k"}, body, authenticated=True
+    )
+    assert (msg.user, msg.key) == ("U2147483697", "Ev0PV52K21")
     msg = rule.inspect({"X-Request-Id": "rid"}, body, authenticated=True)
     assert msg.key == "Ev0PV52K21"
     other = Channels({}).get("web")
