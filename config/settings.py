@@ -1,6 +1,9 @@
-"""Typed settings from ``CREDITGATE_*`` environment variables and an optional YAML file.
+"""Typed settings from command-line flags, ``CREDITGATE_*`` environment variables and an
+optional YAML file.
 
-Precedence: environment > YAML file (``CREDITGATE_CONFIG`` or ``--config``) > defaults.
+Precedence (:func:`load_settings`): flags > environment > YAML file (``CREDITGATE_CONFIG``
+or ``--config``) > defaults. An unknown ``CREDITGATE_*`` variable stops start-up with the
+closest known name; list settings take comma-separated text (or a JSON list).
 Money settings are decimal strings (``"500.00"``) or whole dollars (``500``) and are held
 as integer micro-dollars; every duration is seconds, so tests can shrink them.
 Bad input raises :class:`SettingsError` naming the setting, which stops start-up.
@@ -8,10 +11,14 @@ Bad input raises :class:`SettingsError` naming the setting, which stops start-up
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import ipaddress
 import json
 import os
 import re
+import sys
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,11 +30,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from config.money import InvalidAmount, parse_amount
+from config.urls import check_redis_url, check_store_url, mask_url
 
 ENV_PREFIX = "CREDITGATE_"
 
@@ -78,6 +88,20 @@ def _allow_list(value: object) -> object:
 
 
 EgressAllow = Annotated[list[str], NoDecode, BeforeValidator(_allow_list)]
+
+
+def _text_list(value: object) -> object:
+    """A list setting given as comma-separated text (or a JSON list) in the environment."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+RefundOn = Annotated[
+    list[Literal["connect", "timeout", "5xx"]], NoDecode, BeforeValidator(_text_list)
+]
 Seconds = Annotated[float, Field(gt=0)]
 DAY = 86_400.0
 
@@ -155,7 +179,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: Seconds = 2.0
     upstream_read_timeout_s: Seconds = 30.0
     max_body_bytes: int = Field(1 << 20, ge=1)
-    refund_on: list[Literal["connect", "timeout", "5xx"]] = ["connect", "timeout", "5xx"]
+    refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0
     # A connection must deliver a complete request head within this many seconds of
     # opening (or of its previous response): slow-header clients are cut off.
@@ -216,7 +240,21 @@ class Settings(BaseSettings):
     console_support_url: str = "https://support.example.com/tickets/new"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    # First run / operator UX: "auto" is text when stderr is a terminal, else JSON; the
+    # access log (one INFO line per request, refusals with their code, never a token or
+    # a body) defaults to on when stderr is a terminal.
+    log_format: Literal["json", "text", "auto"] = "auto"
+    access_log: bool | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return check_store_url(value)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -224,10 +262,6 @@ class Settings(BaseSettings):
             raise ValueError("topup_min must not exceed topup_max")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
-        if not self.redis_url.startswith(("redis://", "rediss://", "redis+cluster://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or redis+cluster://")
-        if not self.store_url.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError("store_url must start with sqlite:// or postgresql://")
         if not self.stripe_api_base.startswith(("https://", "http://")):
             raise ValueError("stripe_api_base must be an http(s) URL")
         return self
@@ -245,35 +279,126 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over the YAML file, which arrives as init kwargs.
-        return env_settings, init_settings
+        # load_settings layers flags, environment and file itself and passes the result
+        # as init kwargs; a direct ``Settings(...)`` lets its kwargs beat the environment.
+        if _LAYERED.get():
+            return (init_settings,)
+        return init_settings, env_settings
 
 
 class SettingsError(ValueError):
-    """Settings that cannot start creditgate; the message names each bad setting."""
+    """Settings that cannot start creditgate; the message (one line) names each bad one."""
+
+
+_LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
+SECRET_SETTINGS = frozenset({"operator_token", "stripe_secret_key", "stripe_webhook_secret"})
+URL_SETTINGS = frozenset({"redis_url", "store_url"})
+# Read by the process, not settings: CREDITGATE_CONFIG names the file; CREDITGATE_TEST_*
+# belong to the test suite.
+_NOT_SETTINGS = ("CONFIG",)
+_RESERVED_PREFIXES = ("TEST_",)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One message per ``CREDITGATE_*`` variable that names no setting."""
+    known = {env_name(f) for f in Settings.model_fields} | {ENV_PREFIX + n for n in _NOT_SETTINGS}
+    out = []
+    for key in sorted(env):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if upper.removeprefix(ENV_PREFIX).startswith(_RESERVED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f": did you mean {close[0]}?" if close else ""
+        out.append(f"{key} is not a creditgate setting{hint}")
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings named by ``CREDITGATE_*`` variables; dict settings are JSON."""
+    upper = {k.upper(): v for k, v in env.items()}
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = upper.get(env_name(name))
+        if raw is None:
+            continue
+        value: Any = raw
+        if typing.get_origin(field.annotation) is dict:
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{env_name(name)}: not a JSON object ({exc})") from None
+        out[name] = value
+    return out
+
+
+def _shown(name: str, value: object) -> str:
+    if name in SECRET_SETTINGS:
+        return ""
+    if isinstance(value, str):
+        return f" (got {mask_url(value) if name in URL_SETTINGS else value!r})"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f" (got {value!r})"
+    return ""
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return msg
+    name = loc[0]
+    where = f" ({'.'.join(loc[1:])})" if len(loc) > 1 and not loc[1].isdigit() else ""
+    if err.get("type") == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(Settings.model_fields), n=1, cutoff=0.6)
+        hint = f": did you mean {close[0]}?" if close else ""
+        return f"{name} is not a creditgate setting{hint}"
+    value = err.get("input")
+    shown = _shown(name, value) if name not in URL_SETTINGS else ""
+    return f"{env_name(name)}{where}: {msg}{shown}"
 
 
 def load_settings(
     path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
 ) -> Settings:
-    """Build :class:`Settings` from ``path`` (or ``$CREDITGATE_CONFIG``), env and overrides."""
+    """Build :class:`Settings`: ``overrides`` (flags) > ``env`` > the YAML file at ``path``
+    (or ``$CREDITGATE_CONFIG``) > defaults. ``env`` defaults to ``os.environ``."""
     env = os.environ if env is None else env
+    unknown = unknown_variables(env)
+    if unknown:
+        raise SettingsError("; ".join(unknown))
     path = path or env.get(ENV_PREFIX + "CONFIG")
     data: dict[str, Any] = {}
     if path:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {exc}") from None
+            reason = str(exc).replace("\n", " ")
+            raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {reason}") from None
         if not isinstance(loaded, dict):
             raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} must hold a mapping")
         data.update(loaded)
+    data.update(_from_env(env))
     data.update(overrides)
+    token = _LAYERED.set(True)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}")
+        problems = [_problem(err) for err in exc.errors()]
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except SourceError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    finally:
+        _LAYERED.reset(token)
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

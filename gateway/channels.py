@@ -3,7 +3,8 @@ callback is a billable user message at all (DESIGN §3; samples in ``tests/data/
 The skip rules hold only on an authenticated channel (:mod:`gateway.channel_auth`); on
 an unauthenticated one every callback is billable.
 
-``slack``, ``msteams`` and ``whatsapp`` come built in; ``settings.channels`` adds channels
+``web`` (header-only: ``X-Channel-User-Id``), ``slack``, ``msteams`` and ``whatsapp``
+come built in; ``settings.channels`` adds channels
 and overrides the fields it sets explicitly of a built-in one (e.g. only
 ``delivery_url``). Any other well-formed channel name works with header-only rules: every
 callback is billable, the user comes from ``X-Channel-User-Id``.
@@ -37,6 +38,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 Pointer = tuple[str, ...]
 
 BUILTIN: dict[str, ChannelRule] = {
+    "web": ChannelRule(),  # a site's own chat widget: the user in X-Channel-User-Id
     "slack": ChannelRule(
         user_pointer="/event/user",
         idempotency_pointer="/event_id",

@@ -1,5 +1,6 @@
 """Admin-port probes: ``/healthz`` (alive), ``/readyz`` (Redis, and the store if wired,
-answer) and ``/metrics`` (Prometheus text)."""
+answer; the store's schema version is reported and must not be behind the code's) and
+``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from gateway.appkeys import METRICS, REDIS, SETTINGS, STORE
 from gateway.metrics import CONTENT_TYPE, exposition
 from gateway.problems import problem_response
+from meter.store.schema import latest_version
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -26,21 +28,34 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     store = app.get(STORE)
+    extra: dict[str, object] = {}
     if store is not None:
+        expected = latest_version()
         try:
             ok = await asyncio.wait_for(store.ping(), max(timeout, 2.0))
+            version = (
+                await asyncio.wait_for(store.schema_version(), max(timeout, 2.0)) if ok else None
+            )
         except Exception as exc:
             checks["store"] = f"error: {type(exc).__name__}"
         else:
             checks["store"] = "ok" if ok else "error: ping failed"
+            if version is not None:
+                extra["schema"] = {"version": version, "expected": expected}
+                if version < expected:
+                    checks["store"] = "error: schema behind: run creditgate migrate"
     if all(v == "ok" for v in checks.values()):
-        return web.json_response({"status": "ready", "checks": checks})
+        return web.json_response({"status": "ready", "checks": checks, **extra})
     # Fail-open serves without Redis (and settles later): taking every replica out of
     # the Service when Redis blips would turn that into an outage.
     if app[SETTINGS].fail_mode == "open" and checks.get("store", "ok") == "ok":
-        return web.json_response({"status": "degraded", "checks": checks})
+        return web.json_response({"status": "degraded", "checks": checks, **extra})
     return problem_response(
-        503, "not_ready", "Not ready", "a dependency does not answer", extra={"checks": checks}
+        503,
+        "not_ready",
+        "Not ready",
+        "a dependency does not answer",
+        extra={"checks": checks, **extra},
     )
 
 

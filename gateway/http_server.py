@@ -20,6 +20,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from config import Settings
+from gateway.access_log import LOGGER as ACCESS_LOGGER
+from gateway.access_log import AccessLogger
+from gateway.appkeys import METRICS
+from gateway.logs import access_log_on
 from gateway.problems import problem_response
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,12 @@ class _ProblemRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if status >= 500:
+        if isinstance(exc, ConnectionError):
+            # The client went away while its request was read or answered: counted and
+            # logged at DEBUG, not an error with a traceback (hundreds under load).
+            _count_disconnect(request)
+            log.debug("client went away: %r", exc)
+        elif status >= 500:
             self.logger.error("error handling a request", exc_info=exc)
         else:  # a client's malformed request: its bytes are not logged
             log.debug("malformed request (%d %s)", status, type(exc).__name__)
@@ -51,6 +60,13 @@ class _ProblemRequestHandler(RequestHandler):
         return resp
 
 
+def _count_disconnect(request: BaseRequest) -> None:
+    app = getattr(request, "app", None)
+    metrics = app.get(METRICS) if app is not None else None
+    if metrics is not None:
+        metrics.client_disconnects.inc()
+
+
 class _ProblemServer(web.Server):
     def __call__(self) -> RequestHandler:
         return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -60,6 +76,9 @@ class GatewayRunner(web.AppRunner):
     """``web.AppRunner`` with the gateway's connection handling (see the module)."""
 
     def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        if access_log_on(settings):
+            kwargs.setdefault("access_log_class", AccessLogger)
+            kwargs.setdefault("access_log", ACCESS_LOGGER)
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("keepalive_timeout", settings.header_timeout_s)
         super().__init__(app, **kwargs)

@@ -9,6 +9,7 @@ import time
 import orjson
 
 from config import Settings
+from config.settings import stderr_is_terminal
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,10 +28,18 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
+    fmt = settings.log_format
+    if fmt == "auto":
+        fmt = "text" if stderr_is_terminal() else "json"
+    if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+
+
+def access_log_on(settings: Settings) -> bool:
+    """The access log is on when set, else when a person watches stderr."""
+    return stderr_is_terminal() if settings.access_log is None else settings.access_log

@@ -1,7 +1,10 @@
 """Prometheus metrics of the gateway, one :class:`Metrics` object per process.
 
 Names follow ``creditgate_<thing>_<unit>``; no label carries an unbounded value (the
-channel label is a known channel name or ``other``). Across worker processes the values
+channel label is a built-in or configured channel name, else ``other``). Money is
+counted in integer micro-dollars (``creditgate_charged_microdollars_total``): a float sum
+of dollar amounts would drift (0.2 + 0.2 + 0.2 = 0.6000000000000001), an integer
+count stays exact up to 2**53 micro-dollars. Across worker processes the values
 live in ``PROMETHEUS_MULTIPROC_DIR`` (set by ``creditgate serve`` before any worker
 starts) and :func:`exposition` merges them; tests pass a fresh ``CollectorRegistry``.
 """
@@ -92,8 +95,8 @@ class Metrics:
             registry=r,
         )
         self.charged = Counter(
-            "creditgate_charged_dollars_total",
-            "Money debited by admissions (gross of refunds), by balance.",
+            "creditgate_charged_microdollars_total",
+            "Money debited by admissions (gross of refunds) in micro-dollars, by balance.",
             ["pool"],
             registry=r,
         )
@@ -138,6 +141,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.client_disconnects = Counter(
+            "creditgate_client_disconnects_total",
+            "Requests whose client went away before the answer was sent.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "creditgate_admission_batch_size",
             "Admissions carried by one admit.lua call.",
@@ -165,7 +173,7 @@ class Metrics:
         """Record a debit given in micro-dollars."""
         for child, micros in zip(self.charged_children, (free, app_paid, pool_paid), strict=True):
             if micros:
-                child.inc(micros / 1_000_000)
+                child.inc(micros)
 
 
 def exposition(metrics: Metrics) -> bytes:

@@ -21,6 +21,8 @@ from gateway.forwarding import InvalidTail
 from meter.admission import Decision
 from meter.errors import InvalidChannelUser, InvalidInput, MeteringUnavailable, NotFound
 
+PROBLEM_CODE = web.ResponseKey("problem_code", str)
+
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:creditgate:problem:"
@@ -119,9 +121,11 @@ def problem_response(
         body["detail"] = detail
     if extra:
         body.update(extra)
-    return web.Response(
+    resp = web.Response(
         status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers
     )
+    resp[PROBLEM_CODE] = code  # for the access log
+    return resp
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

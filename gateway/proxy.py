@@ -260,17 +260,21 @@ class Proxy:
             resp = web.StreamResponse(
                 status=status, reason=upstream.reason, headers=downstream_headers(upstream.headers)
             )
-            await resp.prepare(request)
             try:
+                await resp.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionError as exc:
+                # The client went away (aiohttp's ClientConnectionResetError is one): a
+                # fact of life under load, not an error of the gateway.
+                self.metrics.client_disconnects.inc()
+                log.debug("client went away mid-response: %r", exc)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The answer is half sent: abort so the client sees a truncated body.
                 log.info("upstream failed mid-response: %r", exc)
                 if request.transport is not None:
                     request.transport.abort()
-                return resp
-            await resp.write_eof()
             return resp
         finally:
             upstream.release()

@@ -7,6 +7,11 @@ Prometheus values of every process meet in ``PROMETHEUS_MULTIPROC_DIR``, which t
 parent sets (to a temporary directory it removes at exit) before anything imports
 ``prometheus_client``.
 
+Before any worker starts, the parent binds the admin port, checks that the traffic port
+is free (a port held by another program fails at once, with one line naming the
+setting), and brings the store to the code's schema (:mod:`meter.startup`); a worker
+that cannot bind or start reports it at once and the gateway stops with that reason.
+
 SIGTERM or SIGINT: the parent forwards SIGTERM to the workers, which stop accepting,
 finish in-flight requests within ``shutdown_grace_s`` and exit; then the parent closes
 the admin port and exits 0. A worker that dies on its own is replaced.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -28,7 +34,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from config import Settings, SettingsError
+from config.settings import env_name
 from gateway.logs import setup_logging
+from meter.startup import StartupError
 
 log = logging.getLogger(__name__)
 _ctx = mp.get_context("spawn")
@@ -41,29 +49,65 @@ def serve(settings: Settings) -> int:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = tempfile.mkdtemp(prefix="creditgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
-    reserve = None
+    reserve = admin = None
     try:
-        if settings.traffic_port == 0:
-            # Every worker must bind the same port: pick it here and hold it meanwhile.
-            reserve = _reuseport_socket(settings.host, 0)
-            settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
+        admin = _listen(settings, "admin_port")
+        if settings.traffic_port:
+            _probe(settings)
+        # Every worker must bind the same port: hold it meanwhile (and pick it if 0).
+        reserve = _bind(settings, "traffic_port", reuse_port=True)
+        settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
         import uvloop
 
-        return uvloop.run(_parent(settings, settings.metering, reserve))
+        return uvloop.run(_parent(settings, settings.metering, reserve, admin))
     finally:
-        if reserve is not None:
-            reserve.close()
+        for sock in (reserve, admin):
+            if sock is not None:
+                sock.close()
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
-def _reuseport_socket(host: str, port: int) -> socket.socket:
+def _cannot_listen(settings: Settings, port_setting: str, exc: OSError) -> StartupError:
+    port = getattr(settings, port_setting)
+    if isinstance(exc, socket.gaierror):
+        return StartupError(f"{env_name('host')}: cannot listen on {settings.host!r}: {exc}")
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is in use (another program, or another creditgate, holds it)"
+    else:
+        reason = exc.strerror or str(exc)
+    return StartupError(
+        f"{env_name(port_setting)}: cannot listen on {settings.host}:{port}: {reason}"
+    )
+
+
+def _bind(settings: Settings, port_setting: str, *, reuse_port: bool = False) -> socket.socket:
+    host, port = settings.host, getattr(settings, port_setting)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(settings, port_setting, exc) from None
     return sock
+
+
+def _listen(settings: Settings, port_setting: str) -> socket.socket:
+    sock = _bind(settings, port_setting)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _probe(settings: Settings) -> None:
+    """Fail unless the traffic port is free. Without ``SO_REUSEPORT`` the bind fails
+    against any listener, a running creditgate's workers included, which would otherwise
+    share the port with ours."""
+    _bind(settings, "traffic_port").close()
 
 
 class _Workers:
@@ -86,10 +130,31 @@ class _Workers:
         self.procs.append(proc)
         return proc
 
-    async def wait_ready(self, n: int) -> None:
+    async def wait_ready(self, n: int, deadline_s: float = 120.0) -> None:
+        """Until ``n`` workers listen; a worker's failure (reported, or its exit) stops
+        the wait at once with :class:`StartupError`."""
+        import queue
+
         loop = asyncio.get_running_loop()
-        for _ in range(n):
-            await loop.run_in_executor(None, self.ready.get, True, 60)
+        deadline = loop.time() + deadline_s
+        ready = 0
+        while ready < n:
+            try:
+                kind, detail = await loop.run_in_executor(None, self.ready.get, True, 0.2)
+            except queue.Empty:
+                dead = [p for p in self.procs if p.exitcode is not None]
+                if dead:
+                    raise StartupError(
+                        f"a traffic worker exited with {dead[0].exitcode} while starting"
+                    ) from None
+                if loop.time() > deadline:
+                    raise StartupError(
+                        f"traffic workers did not start within {deadline_s:.0f}s"
+                    ) from None
+                continue
+            if kind == "error":
+                raise StartupError(str(detail))
+            ready += 1
 
     async def supervise(self) -> None:
         """Replace a worker that exits while the gateway is not stopping."""
@@ -126,28 +191,36 @@ class _Workers:
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
 
 
-async def _parent(settings: Settings, metering: bool, reserve: socket.socket | None) -> int:
+async def _parent(
+    settings: Settings, metering: bool, reserve: socket.socket, admin: socket.socket
+) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
     from gateway.http_server import GatewayRunner
+    from meter.startup import prepare_store, warn_if_redis_down
 
+    await prepare_store(settings)
     try:
         await check_channel_key(settings)
     except SettingsError as exc:
         print(f"creditgate: {exc}", file=sys.stderr, flush=True)
         return 2
+    await warn_if_redis_down(settings)
     workers = _Workers(settings, metering)
-    for _ in range(workers.count):
-        workers.spawn()
-    await workers.wait_ready(workers.count)
-    if reserve is not None:
-        reserve.close()
+    try:
+        for _ in range(workers.count):
+            workers.spawn()
+        await workers.wait_ready(workers.count)
+    except BaseException:
+        await workers.stop()
+        raise
+    reserve.close()
     gw = create_app(settings, run_flusher=True)
     runner = GatewayRunner(gw.admin, settings, shutdown_timeout=5.0)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.admin_port).start()
-    admin_port = runner.addresses[0][1]
+    await web.SockSite(runner, admin).start()
+    admin_port = admin.getsockname()[1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,6 +254,10 @@ async def check_channel_key(settings: Settings) -> None:
         log.warning("channel secrets not checked: the store did not answer (%r)", exc)
 
 
+class _CannotListen(Exception):
+    """A worker could not bind the traffic port."""
+
+
 def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
     """Entry point of a worker process."""
     import uvloop
@@ -188,8 +265,12 @@ def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
     setup_logging(settings)
     try:
         uvloop.run(_worker(settings, ready, metering))
-    except Exception:
+    except _CannotListen as exc:  # the parent says why and stops
+        ready.put(("error", str(exc)))
+        sys.exit(1)
+    except Exception as exc:
         log.exception("worker failed")
+        ready.put(("error", f"a traffic worker failed: {type(exc).__name__}: {exc}"))
         sys.exit(1)
 
 
@@ -207,8 +288,12 @@ async def _worker(settings: Settings, ready: Any, metering: bool) -> None:
     runner = GatewayRunner(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.traffic_port, reuse_port=True, backlog=1024)
-    await site.start()
-    ready.put(os.getpid())
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise _CannotListen(str(_cannot_listen(settings, "traffic_port", exc))) from None
+    ready.put(("ready", os.getpid()))
     watch = asyncio.create_task(_orphan_watch(stop))
     await stop.wait()
     watch.cancel()

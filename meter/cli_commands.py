@@ -67,11 +67,14 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from meter.store import open_store
+    from meter.startup import open_ready_store
 
-    async with open_store(settings.store_url) as store:
-        applied = await store.migrate()
+    applied: list[int] = []
+    store = await open_ready_store(settings, migrate=True, applied=applied)
+    try:
         version = await store.schema_version()
+    finally:
+        await store.close()
     _err(f"schema at version {version}" + (f" (applied {applied})" if applied else ""))
     return 0
 
@@ -83,6 +86,7 @@ def flush(settings: Settings, args: argparse.Namespace) -> int:
     """Run the flusher until SIGTERM, or ``--once``: drain what is closed and exit."""
     from meter.flusher import serve_flusher
 
+    asyncio.run(_preflight(settings, redis=True))
     once, force = bool(getattr(args, "once", False)), bool(getattr(args, "force", False))
     res = asyncio.run(
         serve_flusher(settings, once=once, force=force, lease_s=getattr(args, "lease", None))
@@ -110,10 +114,22 @@ def export(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_export(settings, args, from_ms, to_ms))
 
 
-async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
-    from meter.store import open_store
+async def _preflight(settings: Settings, *, redis: bool) -> None:
+    """Fail with one line (StartupError) before any work if the store or Redis cannot
+    serve the command; the commands then open their own connections."""
+    from meter.startup import open_ready_store, ready_redis
 
-    async with open_store(settings.store_url) as store:
+    store = await open_ready_store(settings)
+    await store.close()
+    if redis:
+        client = await ready_redis(settings)
+        await client.aclose()
+
+
+async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
+    from meter.startup import open_ready_store
+
+    async with await open_ready_store(settings) as store:
         try:
             chunks = export_stream(
                 store,
@@ -127,8 +143,13 @@ async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to
         except InvalidInput as exc:
             _err(f"creditgate export: {exc}")
             return 2
-        with _output(getattr(args, "output", "-") or "-") as out:
-            await _copy(chunks, out)
+        path = getattr(args, "output", "-") or "-"
+        try:
+            with _output(path) as out:
+                await _copy(chunks, out)
+        except OSError as exc:
+            _err(f"creditgate export: --output {path}: {exc.strerror or exc}")
+            return 2
     return 0
 
 
@@ -158,13 +179,18 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> int:
     from meter.reconcile import reconcile as run
-    from meter.redis_client import connect, warm_up
-    from meter.store import open_store
+    from meter.redis_client import warm_up
+    from meter.startup import open_ready_store, ready_redis
 
-    client = connect(settings.redis_url)
+    store = await open_ready_store(settings)
+    try:
+        client = await ready_redis(settings)
+    except BaseException:
+        await store.close()
+        raise
     await warm_up(client)
     try:
-        async with open_store(settings.store_url) as store:
+        async with store:
             reports = await run(store, client, settings, workspace=workspace, apply=apply)
     finally:
         await client.aclose()

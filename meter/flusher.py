@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from config import Settings
+from config.urls import mask_url
 from meter import keys
 from meter.batches import Batch, build
 from meter.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
@@ -108,6 +109,7 @@ class Flusher:
         self.lease_s = lease_s if lease_s is not None else max(10.0, 4 * settings.flush_interval_s)
         self._claims = Claims(client, self.owner, int(self.lease_s * 1000))
         self._interval = settings.flush_interval_s
+        self._redis_shown = mask_url(settings.redis_url)  # named in its warnings
         self._fb = settings.flush_bucket_s
         self._grace = settings.flush_grace_s
         self._block = settings.session_block_s
@@ -144,7 +146,7 @@ class Flusher:
             spaces = await self.workspaces()
         except (RedisError, OSError) as exc:
             self.stats.redis_errors += 1
-            log.warning("flusher: redis unavailable: %r", exc)
+            log.warning("flusher: redis at %s unavailable: %r", self._redis_shown, exc)
             total.failed += 1
             return total
         now = self._clock()

@@ -101,7 +101,8 @@ def test_headers_win_and_request_id_is_the_last_resort() -> None:
     assert (msg.user, msg.key) == ("U2147483697", "Ev0PV52K21")
     msg = rule.inspect({"X-Request-Id": "rid"}, body, authenticated=True)
     assert msg.key == "Ev0PV52K21"
-    other = Channels({}).get("web")
+    assert Channels({}).get("web").label == "web"  # built in, header-only
+    other = Channels({}).get("sms")
     assert not other.needs_body
     assert other.label == "other"
     assert other.inspect({"X-Request-Id": "rid"}, None, authenticated=False).key == "rid"

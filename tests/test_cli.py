@@ -69,7 +69,7 @@ async def test_metrics_merge_workers_and_pass_promtool(
     async with http.get(f"{served.admin}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
-    assert 'creditgate_requests_total{channel="other",outcome="admitted"} 20.0' in text
+    assert 'creditgate_requests_total{channel="web",outcome="admitted"} 20.0' in text
     # Every admission went through some admit.lua call: the batch sizes add up to 20.
     assert "creditgate_admission_batch_size_sum 20.0" in text
     async with http.get(f"{served.admin}/readyz") as resp:

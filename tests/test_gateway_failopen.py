@@ -75,7 +75,7 @@ async def test_served_while_redis_down_then_settled_exactly(
         async with http.get(f"{gw.admin_url}/metrics") as resp:
             text = await resp.text()
         assert "creditgate_unsettled_admissions 0.0" in text
-        assert 'creditgate_requests_total{channel="other",outcome="admitted"} 8.0' in text
+        assert 'creditgate_requests_total{channel="web",outcome="admitted"} 8.0' in text
 
 
 async def test_readyz_stays_ready_in_fail_open_but_not_in_fail_closed(

@@ -103,5 +103,5 @@ async def test_refunds_are_counted_in_metrics(
     async with http.get(f"{gw.admin_url}/metrics") as resp:
         text = await resp.text()
     assert "creditgate_refunds_total 1.0" in text
-    assert 'creditgate_requests_total{channel="other",outcome="error"} 1.0' in text
+    assert 'creditgate_requests_total{channel="web",outcome="error"} 1.0' in text
     assert 'creditgate_upstream_seconds_count{outcome="connect"} 1.0' in text

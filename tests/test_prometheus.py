@@ -152,6 +152,6 @@ async def test_prometheus_scrapes_the_request_counter(
             up = await _query(http, prom, 'up{job="creditgate"}')
             assert up and float(up[0]["value"][1]) == 1.0, up
             labelled = await _query(
-                http, prom, 'creditgate_requests_total{channel="other",outcome="admitted"}'
+                http, prom, 'creditgate_requests_total{channel="web",outcome="admitted"}'
             )
             assert labelled and float(labelled[0]["value"][1]) == N, labelled

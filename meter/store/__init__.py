@@ -12,8 +12,8 @@ as ``BIGINT`` in both backends. Call ``await store.migrate()`` before first use.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
 
+from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
 from meter.store.errors import Conflict, NotFound, Retryable, StoreError
@@ -76,12 +76,9 @@ def open_store(url: str, **options: Any) -> Store:
     if url.startswith("sqlite://"):
         from meter.store.sqlite import SqliteStore
 
-        path = unquote(url.removeprefix("sqlite://").split("?", 1)[0])
-        if not path.startswith("/") or len(path) < 2:
-            raise ValueError(f"store URL {url!r}: expected sqlite:///path/to/file.db")
-        return SqliteStore(path[1:], **options)
+        return SqliteStore(sqlite_path(url), **options)
     if url.startswith(("postgresql://", "postgres://")):
         from meter.store.postgres import PostgresStore
 
         return PostgresStore(url, **options)
-    raise ValueError(f"store URL {url!r}: expected sqlite:///... or postgresql://...")
+    raise ValueError(f"store URL {mask_url(url)!r}: expected sqlite:///... or postgresql://...")

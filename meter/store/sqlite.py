@@ -88,7 +88,10 @@ class SqliteStore(Store):
 
     def _open(self) -> sqlite3.Connection:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Never created here: a mistyped path should say so, not grow directories.
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise StoreError(f"sqlite: directory {parent} does not exist")
         try:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
             conn.row_factory = sqlite3.Row
