@@ -100,18 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # --config, --redis-url and --store-url are accepted after the subcommand too.
+    # The demo brings its own Redis and store: no flags for them.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="YAML file")
-    common.add_argument(
+    stores = argparse.ArgumentParser(add_help=False)
+    stores.add_argument(
         "--redis-url", metavar="URL", help=_setting_help("Redis to use", "redis_url")
     )
-    common.add_argument(
+    stores.add_argument(
         "--store-url", metavar="URL", help=_setting_help("durable store", "store_url")
     )
 
     def _add(name: str) -> argparse.ArgumentParser:
         help_, description = COMMANDS[name]
-        return sub.add_parser(name, parents=[common], help=help_, description=description)
+        parents = [common] if name == "demo" else [common, stores]
+        return sub.add_parser(name, parents=parents, help=help_, description=description)
 
     _serve_options(_add("serve"))
     demo = _add("demo")

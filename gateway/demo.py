@@ -5,13 +5,20 @@ Starts a throwaway ``redis-server`` and the sample echo bot on free loopback por
 ``ample`` (the workspace's $500 free credits) and ``tight`` (no free credits, $0.60 of
 its own: three sessions) - prints curl lines to try, then serves with one worker on
 127.0.0.1 until Ctrl-C.
+
+The demo is self-contained: its own Redis, store, host and tokens beat ``CREDITGATE_*``
+variables (ports and other settings may still be set). ``.demo/lock`` is taken before
+anything is touched, so a second demo in the same directory refuses to start and leaves
+the running one's files alone. Every request is logged (the access log, text format).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, load_catalog, load_settings
+from meter.startup import StartupError
 
 log = logging.getLogger(__name__)
 DEMO_DIR = Path(".demo")
@@ -59,13 +67,39 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {HOST}:{port}")
 
 
+def take_lock(base: Path) -> int:
+    """Hold ``base/lock`` for this process's life (the kernel drops it at exit, crash
+    included); :class:`StartupError` while another demo holds it."""
+    fd = os.open(base / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another creditgate demo (pid {holder}) is running in {base.parent}: stop it "
+            "with Ctrl-C, or run this one from another directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
-        print(INSTALL_HINT, file=sys.stderr)
+        print(f"creditgate: {INSTALL_HINT}", file=sys.stderr)
         return 2
     base = DEMO_DIR.resolve()
     base.mkdir(exist_ok=True)
+    lock = take_lock(base)  # before anything in .demo is touched
+    try:
+        return _run_locked(base, redis_bin, config, overrides)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(base: Path, redis_bin: str, config: str | None, overrides: dict[str, Any]) -> int:
     for stale in base.glob("creditgate.db*"):
         stale.unlink()  # Redis starts empty, so the store does too
     procs: list[subprocess.Popen[bytes]] = []
@@ -108,6 +142,11 @@ def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
                 "operator_token": secrets.token_urlsafe(24),
                 "topup_min": "0.20",
                 "log_format": "text",
+                "access_log": True,
+                # Usage reaches the store (and the export) within seconds.
+                "flush_bucket_s": 10,
+                "flush_grace_s": 2,
+                "flush_interval_s": 2,
                 # The sample bot listens on loopback, which the egress policy refuses
                 # unless allowed; only its address is (the gateway's own ports stay shut).
                 "egress_allow": [HOST],
@@ -115,10 +154,9 @@ def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
             },
         )
         seeded = asyncio.run(seed_demo(settings, f"http://{HOST}:{bot_port}"))
-        print(instructions(settings, seeded), flush=True)
         from gateway.serve import serve
 
-        return serve(settings)
+        return serve(settings, banner=lambda s: instructions(s, seeded))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -185,13 +223,31 @@ async def _seed_redis(settings: Settings, client: Any, bot_url: str) -> Seeded:
     return Seeded(ws, ample, tight, None)
 
 
+def _creditgate() -> str:
+    """How to call this creditgate again (``.venv/bin`` is rarely on PATH)."""
+    beside = Path(sys.executable).parent / "creditgate"
+    if shutil.which("creditgate") == str(beside) or not beside.exists():
+        return "creditgate"
+    return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(beside)
+
+
 def instructions(settings: Settings, s: Seeded) -> str:
+    """What the demo prints once it serves: tokens, the dashboard, curl lines to try."""
     t = f"http://{settings.host}:{settings.traffic_port}"
     a = f"http://{settings.host}:{settings.admin_port}"
+    op = settings.operator_token or ""
+    owner = s.owner_token or ""
+    store = settings.store_url
     lines = [
         "",
         f"creditgate demo: workspace {s.ws}, apps {s.ample} (ample free credits) and "
         f"{s.tight} ($0.60: three sessions)",
+        f"  operator token: {op}",
+    ]
+    if owner:
+        lines.append(f"  owner token:    {owner}")
+    lines += [
+        f"  dashboard:      {a}/ui   (paste a token)",
         "",
         "# a message (one $0.20 session per channel user per 15 minutes):",
         f"curl -s {t}/hooks/web/{s.ample}/chat -H 'X-Channel-User-Id: alice' -d 'hello'",
@@ -199,19 +255,30 @@ def instructions(settings: Settings, s: Seeded) -> str:
         f"curl -s {t}/hooks/slack/{s.ample}/events -H 'Content-Type: application/json' "
         """-d '{"type":"event_callback","event_id":"Ev1","""
         """"event":{"type":"message","user":"U1"}}'""",
-        "# run the tight app out of credits: three users are served, then 402:",
-        f"for u in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}}\\n' "
+        "# a refusal: the tight app serves three users, then answers 402 credits_exhausted:",
+        f"for u in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' "
         f'{t}/hooks/web/{s.tight} -H "X-Channel-User-Id: user$u" -d hi; done',
         f"curl -s {t}/hooks/web/{s.tight} -H 'X-Channel-User-Id: user9' -d hi   # the problem+json",
-        "# metrics and readiness:",
-        f"curl -s {a}/metrics | grep creditgate_requests_total",
-        f"curl -s {a}/readyz",
     ]
     if s.owner_token:
         lines += [
-            "# plan and usage as the workspace owner:",
-            f"curl -s {a}/v1/workspaces/{s.ws}/plan-usage "
-            f"-H 'Authorization: Bearer {s.owner_token}'",
+            "# a top-up: the operator credits $1.00 to the tight app (the reference credits once):",
+            f"curl -s {a}/v1/workspaces/{s.ws}/funds -H 'Authorization: Bearer {op}' "
+            f"""-H 'Content-Type: application/json' -d '{{"amount":"1.00","app_id":"{s.tight}","""
+            """"reference":"demo-topup-1"}'""",
+            "# plan, balances and usage as the workspace owner:",
+            f"curl -s {a}/v1/workspaces/{s.ws}/plan-usage -H 'Authorization: Bearer {owner}'",
+            f"curl -s '{a}/v1/workspaces/{s.ws}/usage?granularity=hour' "
+            f"-H 'Authorization: Bearer {owner}'",
         ]
-    lines += ["", "Ctrl-C stops the gateway, the bot and Redis.", ""]
+    lines += [
+        "# the billing export (usage reaches the store a few seconds after the messages):",
+        f"{_creditgate()} export --store-url {store} --granularity hour",
+        "# metrics and readiness:",
+        f"curl -s {a}/metrics | grep creditgate_requests_total",
+        f"curl -s {a}/readyz",
+        "",
+        "Ctrl-C stops the gateway, the bot and Redis. Requests are logged below.",
+        "",
+    ]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 _ctx = mp.get_context("spawn")
 
 
-def serve(settings: Settings) -> int:
-    """Run the gateway until SIGTERM/SIGINT; returns the exit code."""
+def serve(settings: Settings, banner: Callable[[Settings], str] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit code. ``banner`` (given the
+    settings with the ports in use) is printed once the gateway serves."""
     setup_logging(settings)
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -59,7 +61,7 @@ def serve(settings: Settings) -> int:
         settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
         import uvloop
 
-        return uvloop.run(_parent(settings, settings.metering, reserve, admin))
+        return uvloop.run(_parent(settings, settings.metering, reserve, admin, banner))
     finally:
         for sock in (reserve, admin):
             if sock is not None:
@@ -192,7 +194,11 @@ class _Workers:
 
 
 async def _parent(
-    settings: Settings, metering: bool, reserve: socket.socket, admin: socket.socket
+    settings: Settings,
+    metering: bool,
+    reserve: socket.socket,
+    admin: socket.socket,
+    banner: Callable[[Settings], str] | None = None,
 ) -> int:
     from aiohttp import web
 
@@ -231,6 +237,8 @@ async def _parent(
         f"({workers.count} workers), admin on http://{settings.host}:{admin_port}",
         flush=True,
     )
+    if banner is not None:
+        print(banner(settings.model_copy(update={"admin_port": admin_port})), flush=True)
     await stop.wait()
     log.info("stopping: finishing in-flight requests (grace %.0fs)", settings.shutdown_grace_s)
     supervisor.cancel()
