@@ -291,7 +291,9 @@ class SettingsError(ValueError):
 
 
 _LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
-SECRET_SETTINGS = frozenset({"operator_token", "stripe_secret_key", "stripe_webhook_secret"})
+SECRET_SETTINGS = frozenset(
+    {"operator_token", "secret_key", "stripe_secret_key", "stripe_webhook_secret"}
+)
 URL_SETTINGS = frozenset({"redis_url", "store_url"})
 # Read by the process, not settings: CREDITGATE_CONFIG names the file; CREDITGATE_TEST_*
 # belong to the test suite.

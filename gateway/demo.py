@@ -247,7 +247,7 @@ def instructions(settings: Settings, s: Seeded) -> str:
     if owner:
         lines.append(f"  owner token:    {owner}")
     lines += [
-        f"  dashboard:      {a}/ui   (paste a token)",
+        f"  dashboard:      {a}/ui   (sign in with the owner token)",
         "",
         "# a message (one $0.20 session per channel user per 15 minutes):",
         f"curl -s {t}/hooks/web/{s.ample}/chat -H 'X-Channel-User-Id: alice' -d 'hello'",

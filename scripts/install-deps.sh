@@ -3,19 +3,23 @@
 #
 # Idempotent: runs `apt-get update` at most once and only when a package is
 # missing, and skips the pip step while .venv/.stamp is newer than pyproject.toml.
+# Waits (up to 10 minutes) for an apt/dpkg lock another process holds.
 # Meant to run as root on Debian 12 (CI, dev machines); as non-root it uses sudo
 # for apt-get when available.
 #
 #   scripts/install-deps.sh           # test dependencies
+#   scripts/install-deps.sh --demo    # only what `creditgate demo` needs: redis-server, the venv
 #   scripts/install-deps.sh --bench   # + wrk, hey and nginx-light
 set -euo pipefail
 
 BENCH=0
+DEMO=0
 for arg in "$@"; do
     case "$arg" in
         --bench) BENCH=1 ;;
+        --demo) DEMO=1 ;;
         -h | --help)
-            sed -n '2,11p' "$0"
+            sed -n '2,13p' "$0"
             exit 0
             ;;
         *)
@@ -35,9 +39,11 @@ log() { printf 'install-deps: %s\n' "$*"; }
 missing=()
 command -v redis-server > /dev/null 2>&1 && command -v redis-cli > /dev/null 2>&1 ||
     missing+=(redis-server)
-compgen -G '/usr/lib/postgresql/*/bin/initdb' > /dev/null || missing+=(postgresql)
-command -v psql > /dev/null 2>&1 || missing+=(postgresql-client)
-command -v promtool > /dev/null 2>&1 || missing+=(prometheus)
+if ((!DEMO)); then
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' > /dev/null || missing+=(postgresql)
+    command -v psql > /dev/null 2>&1 || missing+=(postgresql-client)
+    command -v promtool > /dev/null 2>&1 || missing+=(prometheus)
+fi
 # The console's browser tests drive Debian's chromium through Playwright.
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 # Debian's python3 lacks ensurepip/venv unless python3-venv is installed.
@@ -67,10 +73,18 @@ if ((${#missing[@]})); then
         chmod 755 /usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
+    # Another apt-get (unattended upgrades, a neighbour's install) may hold the lock:
+    # wait for it instead of failing at once.
+    APT=("${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600)
     log "apt-get update (missing: ${missing[*]})"
-    "${SUDO[@]}" apt-get update -qq
+    for attempt in $(seq 1 60); do
+        "${APT[@]}" update -qq && break
+        ((attempt < 60)) || exit 1
+        log "apt-get update failed (lock held?); retrying in 10 s"
+        sleep 10
+    done
     log "apt-get install ${missing[*]}"
-    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+    "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 else
     log "system packages present"
 fi
@@ -80,11 +94,20 @@ if [[ ! -x .venv/bin/python ]]; then
     log "creating .venv"
     "$PYTHON" -m venv .venv
 fi
+# .stamp: installed with the dev tools; .stamp-demo: the package alone (enough for the demo).
 if [[ -f .venv/.stamp && .venv/.stamp -nt pyproject.toml ]]; then
     log ".venv up to date"
+elif ((DEMO)) && [[ -f .venv/.stamp-demo && .venv/.stamp-demo -nt pyproject.toml ]]; then
+    log ".venv up to date (demo)"
+elif ((DEMO)); then
+    log "pip install -e . (one line per package)"
+    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e . |
+        { grep -E '^(Collecting|Successfully)' || true; }
+    touch .venv/.stamp-demo
 else
-    log "pip install -e '.[dev]'"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    log "pip install -e '.[dev]' (one line per package)"
+    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e '.[dev]' |
+        { grep -E '^(Collecting|Successfully)' || true; }
     touch .venv/.stamp
 fi
 log "done"

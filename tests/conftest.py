@@ -38,9 +38,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tag tests by the servers they use, so `-m "not cluster"` etc. work reliably."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "redis_cluster" in fixtures:
+        # Servers asked for at run time (request.getfixturevalue) show in the parameters.
+        callspec = getattr(item, "callspec", None)
+        params = {str(v) for v in callspec.params.values()} if callspec is not None else set()
+        if "redis_cluster" in fixtures or "cluster" in params:
             item.add_marker(pytest.mark.cluster)
-        if "pg_dsn" in fixtures or "postgres_server" in fixtures:
+        if {"pg_dsn", "postgres_server"} & set(fixtures) or {"postgres", "postgresql"} & params:
             item.add_marker(pytest.mark.postgres)
 
 
