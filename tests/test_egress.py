@@ -186,16 +186,16 @@ def test_own_address_when_listening_on_every_interface() -> None:
 
 def test_egress_allow_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDITGATE_EGRESS_ALLOW", " 127.0.0.0/8, ::1 ,Bot.Internal,*.corp")
-    assert load_settings(env={}).egress_allow == [
+    assert load_settings().egress_allow == [
         "127.0.0.0/8",
         "::1/128",
         "bot.internal",
         "*.corp",
     ]
     monkeypatch.setenv("CREDITGATE_EGRESS_ALLOW", '["10.0.0.0/8"]')
-    assert load_settings(env={}).egress_allow == ["10.0.0.0/8"]
+    assert load_settings().egress_allow == ["10.0.0.0/8"]
     monkeypatch.delenv("CREDITGATE_EGRESS_ALLOW")
-    assert load_settings(env={}).egress_allow == []
+    assert load_settings().egress_allow == []
     for bad in ("127.1", "10.0.0.1/8", "no spaces please", "0x7f000001"):
         with pytest.raises(SettingsError, match="CREDITGATE_EGRESS_ALLOW"):
             load_settings(env={}, egress_allow=[bad])
