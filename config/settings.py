@@ -299,6 +299,13 @@ URL_SETTINGS = frozenset({"redis_url", "store_url"})
 # belong to the test suite.
 _NOT_SETTINGS = ("CONFIG",)
 _RESERVED_PREFIXES = ("TEST_",)
+# Kubernetes service links of a Service named creditgate[-x] (CREDITGATE_PORT,
+# CREDITGATE_ADMIN_SERVICE_HOST, ...): injected by the platform, not settings.
+_SERVICE_LINK = re.compile(
+    r"^CREDITGATE(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
+)
+_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://")
 
 
 def env_name(field: str) -> str:
@@ -314,6 +321,8 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
         if not upper.startswith(ENV_PREFIX) or upper in known:
             continue
         if upper.removeprefix(ENV_PREFIX).startswith(_RESERVED_PREFIXES):
+            continue
+        if _SERVICE_LINK.match(upper) or (upper.endswith("_PORT") and _LINK_VALUE.match(env[key])):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f": did you mean {close[0]}?" if close else ""

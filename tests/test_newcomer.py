@@ -348,3 +348,19 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
     assert any(f"/hooks/web/{tight.group(1)} 402 credits_exhausted" in x for x in access), err
     assert sum(" 200 " in x for x in access) >= 3
     assert op.group(1) not in err and owner.group(1) not in err
+
+
+def test_kubernetes_service_links_are_not_mistaken_for_typos() -> None:
+    from config.settings import unknown_variables
+
+    links = {
+        "CREDITGATE_PORT": "tcp://10.0.0.1:8080",
+        "CREDITGATE_ADMIN_SERVICE_HOST": "10.0.0.2",
+        "CREDITGATE_ADMIN_SERVICE_PORT_HTTP": "8081",
+        "CREDITGATE_PORT_8080_TCP_ADDR": "10.0.0.1",
+    }
+    assert unknown_variables(links) == []
+    typo = unknown_variables({"CREDITGATE_TRAFIC_PORT": "8080"})
+    assert typo == [
+        "CREDITGATE_TRAFIC_PORT is not a creditgate setting: did you mean CREDITGATE_TRAFFIC_PORT?"
+    ]
