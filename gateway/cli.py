@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     # --config, --redis-url and --store-url are accepted after the subcommand too.
     # The demo brings its own Redis and store: no flags for them.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="YAML file")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="YAML settings file (CREDITGATE_CONFIG, default none)",
+    )
     stores = argparse.ArgumentParser(add_help=False)
     stores.add_argument(
         "--redis-url", metavar="URL", help=_setting_help("Redis to use", "redis_url")

@@ -34,24 +34,53 @@ def add_arguments(sub: Any) -> None:
 
 
 def add_flush_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--once", action="store_true", help="flush what is closed, then exit")
-    p.add_argument("--force", action="store_true", help="also flush buckets still open")
-    p.add_argument("--lease", type=float, default=None, help="claim lease (s)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="flush what is closed, then exit (default: run until SIGTERM)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also flush buckets still open (default: closed ones only)",
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        help="claim lease in seconds (default: 4 x CREDITGATE_FLUSH_INTERVAL_S, at least 10)",
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="from_", metavar="TIME", help="start, ISO 8601 (UTC)")
-    p.add_argument("--to", metavar="TIME", help="end, exclusive (default: now)")
-    p.add_argument("--workspace", help="one workspace only")
-    p.add_argument("--granularity", choices=("hour", "day", "week", "month"), default="day")
-    p.add_argument("--format", choices=("csv", "ndjson"), default="csv")
-    p.add_argument("--sessions", action="store_true", help="billing-session detail rows")
-    p.add_argument("--output", "-o", default="-", help="file, or - for stdout")
+    p.add_argument(
+        "--from",
+        dest="from_",
+        metavar="TIME",
+        help="start, ISO 8601 (UTC) (default: 30 days before --to)",
+    )
+    p.add_argument("--to", metavar="TIME", help="end, exclusive, ISO 8601 (UTC) (default: now)")
+    p.add_argument("--workspace", help="one workspace only (default: all)")
+    p.add_argument(
+        "--granularity",
+        choices=("hour", "day", "week", "month"),
+        default="day",
+        help="period of a usage row (default: day)",
+    )
+    p.add_argument("--format", choices=("csv", "ndjson"), default="csv", help="(default: csv)")
+    p.add_argument(
+        "--sessions", action="store_true", help="billing-session detail rows (default: usage)"
+    )
+    p.add_argument("--output", "-o", default="-", help="file, or - for stdout (default: -)")
 
 
 def add_reconcile_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workspace", help="one workspace only")
-    p.add_argument("--apply", action="store_true", help="write the store-derived values")
+    p.add_argument("--workspace", help="one workspace only (default: all)")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the store-derived values (default: only report)",
+    )
 
 
 def _err(msg: str) -> None:
