@@ -102,6 +102,32 @@ def run_demo(config: str | None, overrides: dict[str, Any]) -> int:
 def _run_locked(base: Path, redis_bin: str, config: str | None, overrides: dict[str, Any]) -> int:
     for stale in base.glob("creditgate.db*"):
         stale.unlink()  # Redis starts empty, so the store does too
+    # Settings (and the ports) first: a mistake stops the demo before anything starts.
+    settings = load_settings(
+        config,
+        **{
+            "redis_url": f"redis://{HOST}:6379/0",  # replaced by the demo's own below
+            "store_url": f"sqlite:///{base}/creditgate.db",
+            "state_dir": f"{base}/state",
+            "host": HOST,
+            "workers": 1,
+            "operator_token": secrets.token_urlsafe(24),
+            "topup_min": "0.20",
+            "log_format": "text",
+            "access_log": True,
+            # Usage reaches the store (and the export) within seconds.
+            "flush_bucket_s": 10,
+            "flush_grace_s": 2,
+            "flush_interval_s": 2,
+            # The sample bot listens on loopback, which the egress policy refuses
+            # unless allowed; only its address is (the gateway's own ports stay shut).
+            "egress_allow": [HOST],
+            **overrides,
+        },
+    )
+    from gateway.serve import check_ports, serve
+
+    check_ports(settings, hint="; --traffic-port/--admin-port choose others")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         redis_port = _free_port()
@@ -131,31 +157,8 @@ def _run_locked(base: Path, redis_bin: str, config: str | None, overrides: dict[
             subprocess.Popen([sys.executable, "-m", "gateway.demo_bot", "--port", str(bot_port)])
         )
         _wait_port(bot_port, procs[-1], "demo bot")
-        settings = load_settings(
-            config,
-            **{
-                "redis_url": f"redis://{HOST}:{redis_port}/0",
-                "store_url": f"sqlite:///{base}/creditgate.db",
-                "state_dir": f"{base}/state",
-                "host": HOST,
-                "workers": 1,
-                "operator_token": secrets.token_urlsafe(24),
-                "topup_min": "0.20",
-                "log_format": "text",
-                "access_log": True,
-                # Usage reaches the store (and the export) within seconds.
-                "flush_bucket_s": 10,
-                "flush_grace_s": 2,
-                "flush_interval_s": 2,
-                # The sample bot listens on loopback, which the egress policy refuses
-                # unless allowed; only its address is (the gateway's own ports stay shut).
-                "egress_allow": [HOST],
-                **overrides,
-            },
-        )
+        settings = settings.model_copy(update={"redis_url": f"redis://{HOST}:{redis_port}/0"})
         seeded = asyncio.run(seed_demo(settings, f"http://{HOST}:{bot_port}"))
-        from gateway.serve import serve
-
         return serve(settings, banner=lambda s: instructions(s, seeded))
     finally:
         for proc in reversed(procs):

@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from config import Settings, SettingsError
@@ -56,6 +57,7 @@ def serve(settings: Settings, banner: Callable[[Settings], str] | None = None) -
         admin = _listen(settings, "admin_port")
         if settings.traffic_port:
             _probe(settings)
+        _state_dir(settings)
         # Every worker must bind the same port: hold it meanwhile (and pick it if 0).
         reserve = _bind(settings, "traffic_port", reuse_port=True)
         settings = settings.model_copy(update={"traffic_port": reserve.getsockname()[1]})
@@ -103,6 +105,30 @@ def _listen(settings: Settings, port_setting: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def check_ports(settings: Settings, hint: str = "") -> None:
+    """:class:`StartupError` now unless both ports are free (``hint`` ends the message)."""
+    try:
+        for name in ("admin_port", "traffic_port"):
+            if getattr(settings, name):
+                _bind(settings, name).close()
+    except StartupError as exc:
+        raise StartupError(f"{exc}{hint}") from None
+
+
+def _state_dir(settings: Settings) -> None:
+    """Create ``state_dir`` (it holds crash journals) or say in one line why not."""
+    path = Path(settings.state_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"{env_name('state_dir')}: cannot write {path}: {exc.strerror or exc}"
+        ) from None
 
 
 def _probe(settings: Settings) -> None:
@@ -271,18 +297,24 @@ def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
     import uvloop
 
     setup_logging(settings)
+    started: list[bool] = []
     try:
-        uvloop.run(_worker(settings, ready, metering))
+        uvloop.run(_worker(settings, ready, metering, started))
     except _CannotListen as exc:  # the parent says why and stops
         ready.put(("error", str(exc)))
         sys.exit(1)
     except Exception as exc:
-        log.exception("worker failed")
-        ready.put(("error", f"a traffic worker failed: {type(exc).__name__}: {exc}"))
+        if started:  # a crash while serving: the parent replaces this worker
+            log.exception("worker failed")
+        else:  # failed to start: the parent stops with one line; the traceback at DEBUG
+            log.debug("worker failed to start", exc_info=True)
+            ready.put(("error", f"a traffic worker failed to start: {type(exc).__name__}: {exc}"))
         sys.exit(1)
 
 
-async def _worker(settings: Settings, ready: Any, metering: bool) -> None:
+async def _worker(
+    settings: Settings, ready: Any, metering: bool, started: list[bool] | None = None
+) -> None:
     from aiohttp import web
 
     from gateway.app import create_app
@@ -302,6 +334,8 @@ async def _worker(settings: Settings, ready: Any, metering: bool) -> None:
         await runner.cleanup()
         raise _CannotListen(str(_cannot_listen(settings, "traffic_port", exc))) from None
     ready.put(("ready", os.getpid()))
+    if started is not None:
+        started.append(True)
     watch = asyncio.create_task(_orphan_watch(stop))
     await stop.wait()
     watch.cancel()

@@ -221,6 +221,28 @@ def test_a_busy_port_fails_at_once_and_leaves_no_worker(
     assert not (tmp_path / "creditgate.db").exists()  # refused before touching the store
 
 
+def test_a_demo_on_a_busy_port_stops_before_starting_anything(
+    tmp_path: Path, held_port: int
+) -> None:
+    proc = run("demo", "--traffic-port", str(held_port), cwd=tmp_path, admin_port=free_port())
+    one_line(proc, 1, "CREDITGATE_TRAFFIC_PORT", str(held_port), "--traffic-port")
+    assert sorted(p.name for p in (tmp_path / ".demo").iterdir()) == ["lock"]  # no Redis
+
+
+def test_a_state_dir_that_cannot_be_written_is_one_line(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    proc = run(
+        "serve",
+        cwd=tmp_path,
+        redis_url=redis_url,
+        host="127.0.0.1",
+        traffic_port=free_port(),
+        admin_port=free_port(),
+        state_dir=tmp_path / "a-file" / "state",
+    )
+    one_line(proc, 1, "CREDITGATE_STATE_DIR", "a-file/state")
+
+
 # --------------------------------------------------------------- a first run
 
 
