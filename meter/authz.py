@@ -99,7 +99,9 @@ class Principal:
     @property
     def actor(self) -> str:
         """How the audit log names the caller."""
-        return "operator" if self.operator else f"user:{self.user_id}"
+        if self.operator:
+            return "operator"
+        return f"user:{self.user_id}" if self.user_id else "anonymous"
 
 
 OPERATOR = Principal(user_id=None, operator=True)
@@ -239,14 +241,20 @@ async def apps_scope(
 
 
 async def usage_scope(
-    store: Store, principal: Principal, ws_id: str, app_id: str | None
+    store: Store,
+    principal: Principal,
+    ws_id: str,
+    app_id: str | None,
+    roles: frozenset[str] | set[str] | None = None,
 ) -> list[str] | None:
     """Apps whose usage the caller may read (``None``: all of the workspace).
 
     The owner and operators see everything; an app owner only the apps they own, and
-    asking for another app's usage is :class:`Forbidden`.
+    asking for another app's usage is :class:`Forbidden`. ``roles``: the caller's roles
+    when the route's access policy already checked ``usage.read``.
     """
-    _, roles = await authorize_workspace(store, principal, ws_id, "usage.read")
+    if roles is None:
+        _, roles = await authorize_workspace(store, principal, ws_id, "usage.read")
     if roles & {"owner", "operator"}:
         return None
     own = [a.id for a in await store.list_apps(ws_id, owner_id=principal.user_id or "")]

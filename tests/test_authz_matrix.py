@@ -10,6 +10,11 @@ the app; ``collab`` a developer invited to the app who is not a workspace member
 
 Each route runs as every role in that order in one world, so after a successful removal
 the later roles meet what is left (e.g. the collaborator the owner just removed).
+
+Authorization comes before the input is read: every row is first sent with an invalid
+body (and query), a malformed JSON body and an empty body. Callers the table refuses get
+the same 401/403/404; callers it admits get 422/400; and none of these calls changes any
+row of the store or any Redis key.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
 from config import Settings
+from gateway.admin_api import ROUTES
+from gateway.admin_api.http import Route
 from meter.authz import token_hash
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
@@ -217,10 +224,71 @@ async def sqlite_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
         yield a
 
 
+def route_of(name: str) -> Route | None:
+    return next((r for r in ROUTES if f"{r.method} {r.path}" == name), None)
+
+
+# Input variants sent before the valid one: (name, body bytes, extra query).
+VARIANTS: tuple[tuple[str, bytes | None, str], ...] = (
+    ("invalid", b'{"unexpected": [1, 2], "name": 7, "user_id": "NOT AN ID"}', "bogus=1"),
+    ("malformed", b'{"licences": {"automation": ', ""),
+    ("empty", b"", ""),
+)
+
+
+def expected_for(route: Route | None, variant: str, want: int) -> int:
+    """What a call with bad input answers: the table's refusal, else the input error."""
+    if want >= 400 or route is None:
+        return want
+    if route.body is not None:
+        return 422 if variant == "invalid" else 400
+    if route.query is not None and variant == "invalid":
+        return 422
+    return want
+
+
+async def bad_input_calls(
+    admin: Admin, world: World, name: str, req: Req, expected: tuple[int, ...]
+) -> list[str]:
+    """Every role with every bad-input variant: authorization is decided first."""
+    route = route_of(name)
+    if route is not None and route.body is None and route.query is None:
+        return []  # it reads no input: any call is a valid one (made after this sweep)
+    wrong = []
+    for variant, raw, query in VARIANTS:
+        for role, want in zip(ROLES, expected, strict=True):
+            method, path, _ = req(world)
+            if query:
+                path += ("&" if "?" in path else "?") + query
+            headers = {"Content-Type": "application/json"}
+            if world.tokens[role] is not None:
+                headers["Authorization"] = f"Bearer {world.tokens[role]}"
+            status, answer = await admin.api(method, path, data=raw, headers=headers)
+            exp = expected_for(route, variant, want)
+            if status != exp:
+                got = f"{status} (want {exp}) {answer}"
+                wrong.append(f"{name} as {role} with {variant} input: {got}")
+            elif status >= 400:
+                assert answer["status"] == status and answer["code"], answer
+    return wrong
+
+
+async def state(admin: Admin) -> dict[str, Any]:
+    """Store rows and Redis keys; outbox rows only counted (delivery runs in the background)."""
+    snap = await snapshot(admin)
+    snap["outbox"] = len(snap["outbox"])
+    return snap
+
+
 async def check_route(admin: Admin, name: str, req: Req, expected: tuple[int, ...]) -> list[str]:
     """Call one route as every role (in a fresh world); return the mismatches."""
     world = await build_world(admin)
-    wrong = []
+    before = await state(admin)
+    wrong = await bad_input_calls(admin, world, name, req, expected)
+    after = await state(admin)
+    if after != before:
+        changed = sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))
+        wrong.append(f"{name}: a call with bad input changed {changed}")
     for role, want in zip(ROLES, expected, strict=True):
         method, path, body = req(world)
         status, answer = await admin.api(method, path, world.tokens[role], body)
@@ -232,8 +300,6 @@ async def check_route(admin: Admin, name: str, req: Req, expected: tuple[int, ..
 
 
 def test_the_table_covers_every_route() -> None:
-    from gateway.admin_api import ROUTES
-
     listed = {name for name, _, _ in MATRIX}
     assert {f"{r.method} {r.path}" for r in ROUTES} <= listed
 
@@ -264,3 +330,22 @@ async def test_malformed_authorization_headers_are_401(sqlite_admin: Admin) -> N
         )
         assert status == 401, (header, body)
         assert body["code"] == "unauthorized"
+
+
+async def test_a_public_route_needs_no_token_and_a_route_needs_a_policy() -> None:
+    from gateway.admin_api import access
+    from gateway.admin_api.openapi import build
+    from meter.authz import ANONYMOUS
+
+    async def handler(call: Any) -> Any:
+        raise AssertionError("never called")
+
+    hook = Route("POST", "/v1/hooks/x", handler, "A provider webhook", access.PUBLIC)
+    assert not hook.access.authenticated and hook.public
+    assert await access.PUBLIC.grant(None, ANONYMOUS, {}) == access.Grant()  # type: ignore[arg-type]
+    op = build((hook,))["paths"]["/v1/hooks/x"]["post"]
+    assert op["security"] == [] and "401" not in op["responses"]
+    with pytest.raises(TypeError, match="access must be a policy"):
+        Route("GET", "/v1/x", handler, "X", "operator")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not in params"):
+        Route("GET", "/v1/x/{ws}", handler, "X", access.workspace("members.read"))

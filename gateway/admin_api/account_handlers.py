@@ -43,7 +43,6 @@ def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
 
 
 async def create_user(call: Call) -> web.Response:
-    authz.require_operator(call.principal)
     body = call.parsed(s.UserCreate)
     user, token = await accounts.create_user(call.deps, call.principal.actor, body.email, body.name)
     out = s.UserOut(
@@ -64,16 +63,12 @@ async def create_workspace(call: Call) -> web.Response:
 
 
 async def get_workspace(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "workspace.read"
-    )
+    ws = call.workspace
     return json_response(await workspace_out(call, ws))
 
 
 async def add_member(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "members.add"
-    )
+    ws = call.workspace
     body = call.parsed(s.MemberAdd)
     added = await accounts.add_member(call.deps, call.principal.actor, ws, body.user_id)
     out = s.MemberOut(workspace_id=ws.id, user_id=body.user_id, added=added)
@@ -81,9 +76,7 @@ async def add_member(call: Call) -> web.Response:
 
 
 async def upgrade(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "upgrade"
-    )
+    ws = call.workspace
     body = call.parsed(s.Upgrade)
     licences: dict[str, projection.Licence] = {
         product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
@@ -94,9 +87,7 @@ async def upgrade(call: Call) -> web.Response:
 
 
 async def create_upgrade_request(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "upgrade_requests.create"
-    )
+    ws = call.workspace
     body = call.parsed(s.UpgradeRequestCreate)
     req = await accounts.request_upgrade(
         call.deps, call.principal.actor, ws, list(body.products), body.message
@@ -105,15 +96,12 @@ async def create_upgrade_request(call: Call) -> web.Response:
 
 
 async def list_upgrade_requests(call: Call) -> web.Response:
-    authz.require_operator(call.principal)
     reqs = await call.deps.store.list_upgrade_requests(status="open")
     return json_response(s.UpgradeRequestList(requests=[request_out(r) for r in reqs]))
 
 
 async def set_webhook(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "webhook.set"
-    )
+    ws = call.workspace
     body = call.parsed(s.WebhookSet)
     await accounts.set_webhook(call.deps, call.principal.actor, ws, body.url, body.secret)
     return json_response(s.WebhookOut(workspace_id=ws.id, url=body.url, secret_set=True))

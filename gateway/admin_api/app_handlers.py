@@ -63,9 +63,7 @@ async def app_out(call: Call, app: App) -> s.AppOut:
 
 
 async def create_app(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "apps.create"
-    )
+    ws = call.workspace
     owner = authz.require_user(call.principal)
     body = call.parsed(s.AppCreate)
     app = await apps.create_app(call.deps, owner, ws, body.name, body.product, body.upstream_url)
@@ -73,16 +71,12 @@ async def create_app(call: Call) -> web.Response:
 
 
 async def get_app(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "app.read"
-    )
+    app = call.app
     return json_response(await app_out(call, app))
 
 
 async def patch_app(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "app.update"
-    )
+    app = call.app
     body = call.parsed(s.AppPatch)
     changes = body.model_dump(include=body.model_fields_set)
     updated = await apps.update_app(call.deps, call.principal.actor, app, changes)
@@ -90,9 +84,7 @@ async def patch_app(call: Call) -> web.Response:
 
 
 async def add_collaborator(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "collaborators.add"
-    )
+    app = call.app
     body = call.parsed(s.CollaboratorAdd)
     role = await apps.add_collaborator(
         call.deps, call.principal.actor, app, body.user_id, body.role
@@ -101,9 +93,7 @@ async def add_collaborator(call: Call) -> web.Response:
 
 
 async def transfer(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "app.transfer"
-    )
+    app = call.app
     body = call.parsed(s.Transfer)
     updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id)
     return json_response(await app_out(call, updated))
@@ -124,18 +114,14 @@ def channel_out(app_id: str, channel: str, ch: AppChannel | None) -> s.ChannelOu
 
 
 async def list_channels(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "channels.read"
-    )
+    app = call.app
     rows = await call.deps.store.list_app_channels(app.id)
     items = [channel_out(app.id, ch.channel, ch) for ch in rows]
     return json_response(s.ChannelList(items=items))
 
 
 async def put_channel(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "channels.set"
-    )
+    app = call.app
     body = call.parsed(s.ChannelSet)
     channel = call.path("channel")
     ch = await channel_secrets.set_channel(
@@ -145,9 +131,7 @@ async def put_channel(call: Call) -> web.Response:
 
 
 async def delete_channel(call: Call) -> web.Response:
-    app, _ = await authz.authorize_app(
-        call.deps.store, call.principal, call.path("app"), "channels.set"
-    )
+    app = call.app
     channel = call.path("channel")
     await channel_secrets.remove_channel(call.deps, call.principal.actor, app, channel)
     return json_response(channel_out(app.id, channel, None))

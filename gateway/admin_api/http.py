@@ -1,10 +1,12 @@
-"""The admin API's request pipeline: authenticate, validate, run, answer; and its errors.
+"""The admin API's request pipeline: authenticate, authorize, validate, run; and its errors.
 
 Every route is a :class:`Route` of the table in :mod:`gateway.admin_api.routes`. Its
-:func:`endpoint` authenticates the caller (401), checks the path ids (404), parses the
-query and the JSON body with the route's models (400 for malformed JSON, 422 naming the
-field), and only then runs the handler, which authorizes (403/404) and acts. Nothing is
-changed before all of this succeeded. Errors become problem+json in :func:`errors`.
+:func:`endpoint` authenticates the caller (401), checks the path ids (404), applies the
+route's :class:`~gateway.admin_api.access.Access` policy (403, or 404 for what the
+caller may not see), and only then reads and parses the query and the JSON body with
+the route's models (400 for malformed JSON, 422 naming the field) and runs the handler.
+Nothing is changed before all of this succeeded. Errors become problem+json in
+:func:`errors`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic_core import ErrorDetails
 from redis.exceptions import RedisError
 
 from gateway import appkeys
+from gateway.admin_api.access import Access, Grant
 from gateway.admin_api.schemas import PATTERN_HINTS
 from gateway.problems import CONTENT_TYPE, problem_response
 from meter.accounts import Deps
@@ -37,8 +40,8 @@ from meter.errors import (
     Unauthorized,
 )
 from meter.payments import PaymentsNotConfigured, ProviderError
+from meter.store import App, StoreError, Workspace
 from meter.store import Conflict as StoreConflict
-from meter.store import StoreError
 
 log = logging.getLogger(__name__)
 # The caller of a request authenticated by the console's session cookie (set by
@@ -51,13 +54,14 @@ Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One admin API operation: the single source for routing, validation and OpenAPI."""
+    """One admin API operation: the single source for routing, access, validation and
+    OpenAPI."""
 
     method: str
     path: str
     handler: Handler
     summary: str
-    who: str
+    access: Access
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
@@ -66,8 +70,22 @@ class Route:
     params: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
     csv: bool = False
     errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
-    # No bearer token: the caller proves itself otherwise (the payment provider signs).
-    public: bool = False
+
+    def __post_init__(self) -> None:
+        name = f"{self.method} {self.path}"
+        if not isinstance(self.access, Access):
+            raise TypeError(f"{name}: access must be a policy of gateway.admin_api.access")
+        if self.access.param and self.access.param not in self.params:
+            raise TypeError(f"{name}: access names {{{self.access.param}}}, not in params")
+
+    @property
+    def who(self) -> str:
+        return self.access.who
+
+    @property
+    def public(self) -> bool:
+        """No bearer token: the caller proves itself otherwise (the provider signs)."""
+        return not self.access.authenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +97,26 @@ class Call:
     deps: Deps
     body: BaseModel | None
     query: BaseModel | None
+    grant: Grant = field(default_factory=Grant)
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace the route's access policy checked."""
+        assert self.grant.workspace is not None, "route access is not a workspace policy"
+        return self.grant.workspace
+
+    @property
+    def app(self) -> App:
+        """The app the route's access policy checked."""
+        assert self.grant.app is not None, "route access is not an app policy"
+        return self.grant.app
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return self.grant.roles
 
     def parsed(self, model: type[M]) -> M:
         assert isinstance(self.body, model), f"route body is not {model.__name__}"
@@ -198,7 +233,7 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         # The console's session cookie (gateway.console.session.cookie_auth) stands in
         # for a bearer token when no Authorization header came.
         session = request.get(SESSION_PRINCIPAL)
-        if route.public:
+        if not route.access.authenticated:
             principal = ANONYMOUS
         elif auth is None and session is not None:
             principal = session
@@ -207,9 +242,11 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         for name, pattern in route.params.items():
             if not pattern.match(request.match_info[name]):
                 raise NotFound(KINDS.get(name, name), request.match_info[name])
+        # Authorization before the query or body is even read (DESIGN §3).
+        grant = await route.access.grant(d.store, principal, request.match_info)
         query = read_query(request, route.query) if route.query else None
         body = await read_body(request, route.body) if route.body else None
-        return await route.handler(Call(request, principal, d, body, query))
+        return await route.handler(Call(request, principal, d, body, query, grant))
 
     handle.__name__ = route.handler.__name__
     return handle

@@ -31,9 +31,7 @@ MAX_SESSIONS = 10_000
 
 
 async def add_funds(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "funds.add"
-    )
+    ws = call.workspace
     body = call.parsed(s.FundsAdd)
     top = await credits.add_funds(
         call.deps,
@@ -56,9 +54,7 @@ async def add_funds(call: Call) -> web.Response:
 
 
 async def get_plan_usage(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "plan_usage.read"
-    )
+    ws = call.workspace
     d = call.deps
     view = await plan_usage(d.store, d.redis, d.settings, d.catalog, ws, d.now_ms())
     return json_response(r.PlanUsageOut.model_validate(view))
@@ -125,7 +121,7 @@ def _sum(points: list[UsagePoint], start: int) -> UsagePoint:
 async def get_usage(call: Call) -> web.Response:
     q = call.query_as(s.UsageQuery)
     ws_id = call.path("ws")
-    scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id)
+    scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id, call.roles)
     from_ms, to_ms = time_range(call, q)
     granularity = q.granularity or "day"
     if granularity == "hour" and to_ms - from_ms > MAX_HOURLY_MS:
@@ -171,7 +167,7 @@ def _cell(value: object) -> object:
 async def get_sessions(call: Call) -> web.StreamResponse:
     q = call.query_as(ls.SessionsQuery)
     ws_id = call.path("ws")
-    scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id)
+    scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id, call.roles)
     if q.granularity is not None:
         raise InvalidInput("granularity", "not a parameter of the sessions route")
     from_ms, to_ms = time_range(call, q)

@@ -83,16 +83,18 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
     responses: dict[str, Any] = {str(code): ok for code in (route.status, *route.also)}
     problem = {PROBLEM_TYPE: {"schema": refs[(Problem, "serialization")]}}
     errors = set(route.errors) | {503} | ({413} if route.body else set())
-    if not route.public:
+    if route.access.authenticated:
         errors.add(401)
+    else:
+        errors -= {401, 403}
     for code in sorted(errors):
         responses[str(code)] = {"description": ERROR_TEXT[code], "content": problem}
     op: dict[str, Any] = {
         "operationId": route.handler.__name__,
         "summary": route.summary,
-        "description": f"Allowed: {route.who}.",
+        "description": f"Allowed: {route.access.who}.",
         "tags": [route.path.split("/")[2]],
-        "security": [] if route.public else [{"bearer": []}],
+        "security": [{"bearer": []}] if route.access.authenticated else [],
         "responses": responses,
     }
     if params:

@@ -10,7 +10,7 @@ from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
-from meter import authz, payments
+from meter import payments
 from meter.pages import decode, limit_of, page
 from meter.payments import PaymentsNotConfigured
 from meter.plan_usage import iso
@@ -20,9 +20,7 @@ SHOWN_PREFIXES = ("funds:", "checkout:")  # stripped: the reference as its owner
 
 
 async def create_checkout(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "checkout.create"
-    )
+    ws = call.workspace
     body = call.parsed(s.CheckoutCreate)
     provider = call.request.config_dict[PAYMENTS]
     co = await payments.start_checkout(
@@ -77,9 +75,7 @@ def shown_reference(reference: str) -> str:
 
 
 async def list_transactions(call: Call) -> web.Response:
-    ws, _ = await authz.authorize_workspace(
-        call.deps.store, call.principal, call.path("ws"), "transactions.read"
-    )
+    ws = call.workspace
     q = call.query_as(ls.ListQuery)
     key = decode("transactions", q.cursor, (int,))
     limit = limit_of(q.limit)

@@ -1,7 +1,26 @@
-"""The admin API route table (DESIGN §3): the one list that routing and OpenAPI read."""
+"""The admin API route table (DESIGN §3): the one list that routing, access and OpenAPI read.
+
+Adding a route: one ``Route(method, path, handler, summary, access, ...)`` line below.
+``access`` is the route's policy from :mod:`gateway.admin_api.access`, evaluated by the
+pipeline after authentication and the path-id checks and BEFORE the query or body is
+read, so a caller who may not use a route gets 401/403/404 whatever they send:
+
+* ``a.OPERATOR`` / ``a.ANY_USER`` / ``a.ANY_CALLER`` - by token kind alone;
+* ``a.workspace("members.read")`` - the roles ``meter.authz.WORKSPACE_RULES`` allows for
+  that action in the workspace of ``{ws}`` (give ``params=WS``); 404 when the caller may
+  not see the workspace; ``a.app("channels.set")`` likewise with ``APP_RULES`` on
+  ``{app}``; a new action is one line in those tables;
+* ``a.PUBLIC`` - no bearer token at all (a provider webhook that verifies its own
+  signature in the handler).
+
+The handler then finds what the check loaded in ``call.workspace`` / ``call.app`` /
+``call.roles``; only checks that depend on the body stay in the handler. Add the route
+to the matrix of ``tests/test_authz_matrix.py`` (a test fails until you do).
+"""
 
 from __future__ import annotations
 
+from gateway.admin_api import access as a
 from gateway.admin_api import account_handlers as acc
 from gateway.admin_api import app_handlers as apps
 from gateway.admin_api import list_handlers as lists
@@ -20,105 +39,106 @@ APP_USER = {"app": keys.APP_RE, "user": keys.ID_RE}
 CHANNEL = {"app": keys.APP_RE, "channel": keys.CHANNEL_RE}
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/users", acc.create_user, "Create a user", "operator",
+    Route("POST", "/v1/users", acc.create_user, "Create a user", a.OPERATOR,
           body=s.UserCreate, response=s.UserOut, status=201),
     Route("POST", "/v1/workspaces", acc.create_workspace,
-          "Create a standard workspace with its free credits", "any user",
+          "Create a standard workspace with its free credits", a.ANY_USER,
           body=s.WorkspaceCreate, response=s.WorkspaceOut, status=201),
-    Route("GET", "/v1/workspaces/{ws}", acc.get_workspace, "Read a workspace", "members",
-          response=s.WorkspaceOut, params=WS),
+    Route("GET", "/v1/workspaces/{ws}", acc.get_workspace, "Read a workspace",
+          a.workspace("workspace.read"), response=s.WorkspaceOut, params=WS),
     Route("POST", "/v1/workspaces/{ws}/members", acc.add_member, "Add a user to the workspace",
-          "workspace owner", body=s.MemberAdd, response=s.MemberOut, status=201, also=(200,),
-          params=WS),
-    Route("POST", "/v1/workspaces/{ws}/apps", apps.create_app, "Create an app", "members",
-          body=s.AppCreate, response=s.AppOut, status=201, params=WS),
+          a.workspace("members.add"), body=s.MemberAdd, response=s.MemberOut, status=201,
+          also=(200,), params=WS),
+    Route("POST", "/v1/workspaces/{ws}/apps", apps.create_app, "Create an app",
+          a.workspace("apps.create"), body=s.AppCreate, response=s.AppOut, status=201, params=WS),
     Route("GET", "/v1/apps/{app}", apps.get_app, "Read an app",
-          "app owner, workspace owner", response=s.AppOut, params=APP),
+          a.app("app.read"), response=s.AppOut, params=APP),
     Route("PATCH", "/v1/apps/{app}", apps.patch_app, "Change an app",
-          "app owner, workspace owner", body=s.AppPatch, response=s.AppOut, params=APP),
+          a.app("app.update"), body=s.AppPatch, response=s.AppOut, params=APP),
     Route("POST", "/v1/apps/{app}/collaborators", apps.add_collaborator,
-          "Invite a collaborator", "app owner, workspace owner", body=s.CollaboratorAdd,
+          "Invite a collaborator", a.app("collaborators.add"), body=s.CollaboratorAdd,
           response=s.CollaboratorOut, status=201, params=APP),
     Route("POST", "/v1/apps/{app}/transfer", apps.transfer,
-          "Hand the app to another workspace user", "app owner, workspace owner",
+          "Hand the app to another workspace user", a.app("app.transfer"),
           body=s.Transfer, response=s.AppOut, params=APP),
     Route("GET", "/v1/apps/{app}/channels", apps.list_channels,
           "Channels of the app with a verification secret (never the secret)",
-          "app owner, workspace owner", response=s.ChannelList, params=APP),
+          a.app("channels.read"), response=s.ChannelList, params=APP),
     Route("PUT", "/v1/apps/{app}/channels/{channel}", apps.put_channel,
           "Enable channel authentication with its secret (never returned)",
-          "app owner, workspace owner", body=s.ChannelSet, response=s.ChannelOut,
+          a.app("channels.set"), body=s.ChannelSet, response=s.ChannelOut,
           params=CHANNEL),
     Route("DELETE", "/v1/apps/{app}/channels/{channel}", apps.delete_channel,
           "Remove the channel's secret: its traffic is unauthenticated again",
-          "app owner, workspace owner", response=s.ChannelOut, params=CHANNEL),
+          a.app("channels.set"), response=s.ChannelOut, params=CHANNEL),
     Route("POST", "/v1/workspaces/{ws}/funds", money.add_funds,
           "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
-          "operator", body=s.FundsAdd, response=s.FundsOut, status=201, also=(200,), params=WS),
+          a.workspace("funds.add"), body=s.FundsAdd, response=s.FundsOut, status=201,
+          also=(200,), params=WS),
     Route("POST", "/v1/workspaces/{ws}/checkout", pay.create_checkout,
           "Start a top-up with the payment provider; funds arrive when it confirms",
-          "workspace owner", body=s.CheckoutCreate, response=s.CheckoutOut, status=201,
+          a.workspace("checkout.create"), body=s.CheckoutCreate, response=s.CheckoutOut, status=201,
           params=WS, errors=(400, 401, 403, 404, 409, 422, 502)),
     Route("POST", "/v1/payments/stripe/webhook", pay.stripe_webhook,
           "The provider's signed event: credits a confirmed payment exactly once",
-          "the provider (Stripe-Signature)", response=s.PaymentWebhookOut, public=True,
+          a.PUBLIC, response=s.PaymentWebhookOut,
           errors=(400,)),
     Route("GET", "/v1/workspaces/{ws}/transactions", pay.list_transactions,
           "The ledger, newest first: free grants, lapses, top-ups, manual credits",
-          "workspace owner, operator", query=ls.ListQuery, response=s.TransactionsOut,
+          a.workspace("transactions.read"), query=ls.ListQuery, response=s.TransactionsOut,
           params=WS),
     Route("POST", "/v1/workspaces/{ws}/upgrade", acc.upgrade,
-          "Make the workspace enterprise with per-product licences", "operator",
+          "Make the workspace enterprise with per-product licences", a.workspace("upgrade"),
           body=s.Upgrade, response=s.WorkspaceOut, params=WS),
     Route("POST", "/v1/workspaces/{ws}/upgrade-requests", acc.create_upgrade_request,
-          "Ask for the enterprise upgrade", "workspace owner",
+          "Ask for the enterprise upgrade", a.workspace("upgrade_requests.create"),
           body=s.UpgradeRequestCreate, response=s.UpgradeRequestOut, status=201, params=WS),
     Route("GET", "/v1/upgrade-requests", acc.list_upgrade_requests,
-          "Open upgrade requests", "operator", response=s.UpgradeRequestList),
+          "Open upgrade requests", a.OPERATOR, response=s.UpgradeRequestList),
     Route("GET", "/v1/workspaces/{ws}/plan-usage", money.get_plan_usage,
           "Plan, credits, balances, allowed units and app statuses",
-          "workspace owner, operator", response=r.PlanUsageOut, params=WS),
+          a.workspace("plan_usage.read"), response=r.PlanUsageOut, params=WS),
     Route("GET", "/v1/workspaces/{ws}/usage", money.get_usage, "Usage series",
-          "workspace owner, operator, app owner (own apps)",
+          a.workspace("usage.read"),
           query=s.UsageQuery, response=r.UsageOut, params=WS),
     Route("GET", "/v1/workspaces/{ws}/sessions", money.get_sessions,
           "Billing-session detail (JSON, or CSV with Accept: text/csv)",
-          "workspace owner, operator, app owner (own apps)",
+          a.workspace("usage.read"),
           query=ls.SessionsQuery, response=r.SessionsOut, params=WS, csv=True),
     Route("PUT", "/v1/workspaces/{ws}/webhook", acc.set_webhook,
-          "Where owner notifications go (HMAC-SHA256 signed)", "workspace owner",
+          "Where owner notifications go (HMAC-SHA256 signed)", a.workspace("webhook.set"),
           body=s.WebhookSet, response=s.WebhookOut, params=WS),
     # The owner's console (issue 11): lists beside the writes, removals, API tokens.
     Route("GET", "/v1/workspaces", lists.list_workspaces,
-          "The caller's workspaces (operators: all), with the caller's role", "any user",
+          "The caller's workspaces (operators: all), with the caller's role", a.ANY_CALLER,
           query=ls.ListQuery, response=ls.WorkspaceList),
     Route("GET", "/v1/workspaces/{ws}/apps", lists.list_apps,
-          "Apps of the workspace (a collaborator: the apps they work on)", "members",
+          "Apps of the workspace (a collaborator: the apps they work on)", a.APPS_LISTER,
           query=ls.ListQuery, response=ls.AppList, params=WS),
     Route("GET", "/v1/workspaces/{ws}/members", lists.list_members, "Members of the workspace",
-          "workspace owner, operator", query=ls.ListQuery, response=ls.MemberList, params=WS),
+          a.workspace("members.read"), query=ls.ListQuery, response=ls.MemberList, params=WS),
     Route("DELETE", "/v1/workspaces/{ws}/members/{user}", lists.remove_member,
           "Take a user out of the workspace (not its owner; apps transferred first)",
-          "workspace owner", status=204, params=WS_USER),
+          a.workspace("members.remove"), status=204, params=WS_USER),
     Route("GET", "/v1/apps/{app}/collaborators", lists.list_collaborators,
-          "Collaborators of the app", "app owner, workspace owner, operator",
+          "Collaborators of the app", a.app("collaborators.read"),
           query=ls.ListQuery, response=ls.CollaboratorList, params=APP),
     Route("DELETE", "/v1/apps/{app}/collaborators/{user}", lists.remove_collaborator,
-          "Take a collaborator off the app", "app owner, workspace owner", status=204,
+          "Take a collaborator off the app", a.app("collaborators.remove"), status=204,
           params=APP_USER),
     Route("GET", "/v1/workspaces/{ws}/upgrade-requests",
           lists.list_workspace_upgrade_requests,
           "The workspace's upgrade requests with their status, newest first",
-          "workspace owner, operator", query=ls.ListQuery, response=ls.UpgradeRequestPage,
+          a.workspace("upgrade_requests.read"), query=ls.ListQuery, response=ls.UpgradeRequestPage,
           params=WS),
     Route("POST", "/v1/upgrade-requests/{request}/decline", lists.decline_upgrade_request,
-          "Decline an open upgrade request, saying why", "operator", body=ls.UpgradeDecline,
+          "Decline an open upgrade request, saying why", a.OPERATOR, body=ls.UpgradeDecline,
           response=ls.UpgradeRequestItem, params={"request": keys.ID_RE}),
     Route("GET", "/v1/tokens", lists.list_tokens, "Your API tokens (never the secrets)",
-          "any user", query=ls.ListQuery, response=ls.TokenList),
+          a.ANY_USER, query=ls.ListQuery, response=ls.TokenList),
     Route("POST", "/v1/tokens", lists.create_token, "Create an API token (shown once)",
-          "any user", body=ls.TokenCreate, response=ls.TokenCreated, status=201),
+          a.ANY_USER, body=ls.TokenCreate, response=ls.TokenCreated, status=201),
     Route("DELETE", "/v1/tokens/{token}", lists.revoke_token,
-          "Revoke one of your API tokens (401 for it from the next request)", "any user",
+          "Revoke one of your API tokens (401 for it from the next request)", a.ANY_USER,
           status=204, params={"token": keys.ID_RE}),
 )  # fmt: skip
