@@ -1,8 +1,14 @@
-"""Logging set-up: one JSON object per line in production, plain text for people."""
+"""Logging set-up: one JSON object per line in production, plain text for people.
+
+Every line goes through :func:`redact`: whatever looks like a credential (the value after
+``Bearer``/``Basic``, a user token ``cgu_...``) is replaced before it is written, a last
+line of defence behind code that never logs tokens in the first place.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -10,6 +16,19 @@ import orjson
 
 from config import Settings
 from config.settings import stderr_is_terminal
+
+_SECRETS = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|=)[^\s'\",;]+|\bcgu_[A-Za-z0-9_\-]+")
+
+
+def _mask(m: re.Match[str]) -> str:
+    if m.group(1):
+        return f"{m.group(1)}{m.group(2)}[redacted]"
+    return "cgu_[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials masked."""
+    return _SECRETS.sub(_mask, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,11 +38,16 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(settings: Settings) -> None:
@@ -34,7 +58,7 @@ def setup_logging(settings: Settings) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

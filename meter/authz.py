@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -86,6 +87,8 @@ APP_RULES: dict[AppAction, frozenset[str]] = {
 
 TOKEN_PREFIX = "cgu_"
 MAX_TOKEN_LEN = 512
+# Visible ASCII only: anything else is malformed (and must never reach a log or encode()).
+TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +122,20 @@ def token_hash(token: str) -> str:
 
 
 def bearer(header: str | None) -> str:
-    """The token of an ``Authorization: Bearer`` header, or :class:`Unauthorized`."""
+    """The token of an ``Authorization: Bearer`` header, or :class:`Unauthorized`.
+
+    The messages never quote the header: whatever it holds may be a credential.
+    """
     if not header:
         raise Unauthorized("missing Authorization: Bearer <token>")
     scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LEN:
+    token = token.strip(" \t")
+    if (
+        scheme.lower() != "bearer"
+        or not token
+        or len(token) > MAX_TOKEN_LEN
+        or not TOKEN_RE.match(token)
+    ):
         raise Unauthorized("malformed Authorization header; expected Bearer <token>")
     return token
 
