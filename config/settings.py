@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     # repaired where an admin change reached the store but not Redis.
     projection_check_interval_s: Seconds = 60.0
 
+    # Flush quarantine: a bucket the store rejects this many times in a row (bad data, not
+    # an outage) goes to the dead-letter table, so one bucket never stalls the flusher.
+    flush_quarantine_attempts: int = Field(3, ge=1, le=100)
+
     # Owner notifications.
     webhook_timeout_s: Seconds = 5.0
     webhook_max_attempts: int = Field(12, ge=1)

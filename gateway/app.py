@@ -240,7 +240,8 @@ def _store_ctx(settings: Settings, given: Store | None) -> Ctx:
 
 async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the flusher beside the admin port (parent process of ``serve``) and export
-    its progress: rows flushed, flush lag and the owner-notification backlog."""
+    its progress: rows flushed, batches quarantined, flush lag and the owner-notification
+    backlog."""
     from meter.flusher import KIND_NAMES, Flusher
 
     settings, metrics, store = app[SETTINGS], app[METRICS], app[STORE]
@@ -249,7 +250,17 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         if written:
             metrics.flushed_rows.labels(KIND_NAMES[claim.kind]).inc(batch.rows)
 
-    flusher = Flusher(app[REDIS], store, settings, clock=app[CLOCK], on_batch=on_batch)
+    def on_quarantine(claim: Claim, error: str) -> None:
+        metrics.flush_quarantined.labels(KIND_NAMES[claim.kind]).inc()
+
+    flusher = Flusher(
+        app[REDIS],
+        store,
+        settings,
+        clock=app[CLOCK],
+        on_batch=on_batch,
+        on_quarantine=on_quarantine,
+    )
     # Confirmations journaled by processes that died are replayed before the sweeper
     # may refund what they forwarded.
     try:
@@ -267,7 +278,10 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     async def gauges() -> None:
         while True:
             await asyncio.sleep(settings.flush_interval_s)
-            metrics.flush_lag.set(flusher.stats.lag_seconds)
+            try:  # read from Redis, so it grows even while a pass is stuck
+                metrics.flush_lag.set(await flusher.measure_lag())
+            except Exception:  # Redis being down shows on /readyz
+                log.debug("flush lag not readable", exc_info=True)
             try:
                 metrics.outbox_pending.set(await store.pending_events())
             except Exception:  # the store being down shows on /readyz

@@ -37,6 +37,7 @@ REFUSALS = (
     "usage_limit_reached",
     "metering_unavailable",
 )
+FLUSH_KINDS = ("usage", "sessions", "events")
 OTHER = "other"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -135,6 +136,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.flush_quarantined = Counter(
+            "creditgate_flush_quarantined_total",
+            "Flush batches the store rejected, moved to its flush_dead_letters table.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in FLUSH_KINDS:  # exported at 0, so the first quarantine is an increase
+            self.flush_quarantined.labels(kind)
         self.outbox_pending = Gauge(
             "creditgate_webhook_outbox_pending",
             "Owner notifications waiting for delivery.",

@@ -8,6 +8,7 @@ column: refunds are already netted out of the other counters.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,3 +145,27 @@ def build(claim: Claim, block_ms: int = 900_000) -> Batch:
         return Batch(sessions=session_rows(claim.ws, claim.gen, claim.items, block_ms))
     ledger, events = event_rows(claim.ws, claim.items)
     return Batch(ledger=ledger, events=events)
+
+
+def _raw(v: bytes | str) -> Any:
+    if isinstance(v, str):
+        return v
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(v).decode()}
+
+
+def raw_content(claim: Claim) -> str:
+    """A claimed bucket's Redis content as JSON text, for the dead-letter table.
+
+    ``{"kind": "ag"|"sr", "fields": [[field, value], ...]}`` for a hash, ``{"kind": "ev",
+    "entries": [...]}`` for the events list; a value that is not UTF-8 is kept as
+    ``{"base64": ...}``. orjson escapes control characters (a NUL becomes ``\\u0000``), so
+    the text is storable wherever the rejected rows were not.
+    """
+    items = [_raw(v) for v in claim.items]
+    if claim.kind == "ev":
+        return orjson.dumps({"kind": claim.kind, "entries": items}).decode()
+    pairs = [list(p) for p in zip(items[0::2], items[1::2], strict=False)]
+    return orjson.dumps({"kind": claim.kind, "fields": pairs}).decode()

@@ -9,7 +9,15 @@ run at once, on one Redis or a Redis Cluster; a killed one loses nothing.
 
 A database that fails is retried with exponential backoff (capped) while the claim is
 kept; at shutdown retries stop after ``shutdown_grace_s`` and the claim stays in Redis
-for the next flusher. Run alone with ``python -m meter.flusher`` (``creditgate flush``).
+for the next flusher. A batch the store *rejects* (:class:`~meter.store.Rejected`: bad
+data such as a NUL in a channel user on PostgreSQL, not an outage), or whose content
+cannot even be read, is quarantined after ``flush_quarantine_attempts`` tries: its raw
+content goes to the store's dead-letter table, the claim is acked, and every other
+bucket goes on flushing. Run alone with ``python -m meter.flusher`` (``creditgate flush``).
+
+:meth:`Flusher.measure_lag` reads the age of the oldest closed-but-unflushed bucket from
+the Redis indexes, independently of the passes, so it keeps growing while flushing is
+stuck.
 """
 
 from __future__ import annotations
@@ -28,14 +36,15 @@ from redis.exceptions import RedisError
 from config import Settings
 from config.urls import mask_url
 from meter import keys
-from meter.batches import Batch, build
+from meter.batches import Batch, build, raw_content
 from meter.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
 from meter.redis_client import RedisClient
-from meter.store import Store
+from meter.store import DeadLetter, Rejected, Store
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 BatchHook = Callable[[Claim, Batch, bool], None]
+QuarantineHook = Callable[[Claim, str], None]
 KIND_NAMES: dict[Kind, str] = {"ag": "usage", "sr": "sessions", "ev": "events"}
 _BAD_DATA = (ValueError, TypeError, KeyError)
 
@@ -45,8 +54,8 @@ class FlushStats:
     """Cumulative counters and gauges, read by the gateway's metrics exporter.
 
     ``rows`` counts rows written by kind (``usage``, ``sessions``, ``events``);
-    ``lag_seconds`` is the age of the oldest closed-but-unflushed bucket, measured at
-    the start of the latest pass.
+    ``quarantined`` batches moved to the dead-letter table; ``lag_seconds`` is the age of
+    the oldest closed-but-unflushed bucket at the latest :meth:`Flusher.measure_lag`.
     """
 
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
@@ -55,6 +64,7 @@ class FlushStats:
     retaken: int = 0
     write_errors: int = 0
     redis_errors: int = 0
+    quarantined: int = 0
     passes: int = 0
     lag_seconds: float = 0.0
     last_pass_at: float = 0.0
@@ -69,6 +79,7 @@ class PassResult:
     rows: int = 0
     busy: int = 0
     failed: int = 0
+    quarantined: int = 0
     lag_seconds: float = 0.0
 
     def add(self, other: PassResult) -> None:
@@ -77,7 +88,23 @@ class PassResult:
         self.rows += other.rows
         self.busy += other.busy
         self.failed += other.failed
+        self.quarantined += other.quarantined
         self.lag_seconds = max(self.lag_seconds, other.lag_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """The store rejected a batch ``attempts`` times, the first at ``first_at``."""
+
+    error: str
+    attempts: int
+    first_at: float
+
+
+def describe(exc: BaseException, limit: int = 2000) -> str:
+    """An error as one storable, loggable line (no NUL, bounded)."""
+    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def new_owner() -> str:
@@ -101,6 +128,7 @@ class Flusher:
         backoff_start_s: float = 0.05,
         backoff_cap_s: float = 5.0,
         on_batch: BatchHook | None = None,
+        on_quarantine: QuarantineHook | None = None,
     ) -> None:
         self._client = client
         self._store = store
@@ -122,6 +150,9 @@ class Flusher:
         self._sem = asyncio.Semaphore(concurrency)
         self._backoff = (backoff_start_s, backoff_cap_s)
         self._on_batch = on_batch
+        self._on_quarantine = on_quarantine
+        self._attempts = settings.flush_quarantine_attempts
+        self._known: set[str] = set()
         self._stop: asyncio.Event | None = None
         self._give_up_at = float("inf")
         self.stats = FlushStats()
@@ -137,7 +168,41 @@ class Flusher:
             log.warning("flusher: cannot list workspaces from the store: %r", exc)
         for m in await self._client.smembers(keys.WORKSPACES):
             found.add(m.decode() if isinstance(m, bytes) else m)
+        self._known = found
         return sorted(found)
+
+    async def measure_lag(self, chunk: int = 500) -> float:
+        """Age in seconds of the oldest closed bucket not yet flushed (0 when none).
+
+        Reads, per workspace, the oldest entry of the aggregate and session indexes and
+        the outstanding claims, pipelined ``chunk`` workspaces per round trip, so it is
+        right even while a pass is stuck. Also stored in ``stats.lag_seconds``.
+        """
+        now = self._clock()
+        members = await self._client.smembers(keys.WORKSPACES)
+        spaces = sorted(self._known | {m.decode() if isinstance(m, bytes) else m for m in members})
+        oldest = float("inf")
+        for i in range(0, len(spaces), chunk):
+            part = spaces[i : i + chunk]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ws in part:
+                    pipe.zrange(keys.agg_index_key(ws), 0, 0, withscores=True)
+                    pipe.zrange(keys.sessions_index_key(ws), 0, 0, withscores=True)
+                    pipe.hkeys(keys.claims_key(ws))
+                replies = await pipe.execute()
+            for j in range(0, len(replies), 3):
+                ag, sr, claimed = replies[j : j + 3]
+                if ag:
+                    oldest = min(oldest, self._closed_at("ag", int(ag[0][1])))
+                if sr:
+                    oldest = min(oldest, self._closed_at("sr", int(sr[0][1])))
+                for f in claimed:
+                    kind, _, bucket = (f.decode() if isinstance(f, bytes) else f).partition(":")
+                    if kind in ("ag", "sr"):
+                        oldest = min(oldest, self._closed_at(kind, int(bucket)))  # type: ignore[arg-type]
+        lag = max(0.0, now - oldest) if oldest != float("inf") else 0.0
+        self.stats.lag_seconds = lag
+        return lag
 
     async def flush_once(self, force: bool = False) -> PassResult:
         """One pass over every workspace. ``force`` also flushes buckets still open."""
@@ -154,7 +219,6 @@ class Flusher:
         for r in results:
             total.add(r)
         self.stats.passes += 1
-        self.stats.lag_seconds = total.lag_seconds
         self.stats.last_pass_at = now
         return total
 
@@ -243,11 +307,12 @@ class Flusher:
             log.warning("flusher: re-took unacked claim %s", claim.batch_id)
         try:
             batch = build(claim, int(self._block * 1000))
-        except _BAD_DATA:
-            log.exception("flusher: cannot read claimed bucket %s; left claimed", claim.batch_id)
-            res.failed += 1
-            return False
+        except _BAD_DATA as exc:
+            # The content itself is unreadable: no retry can help.
+            return await self._quarantine(claim, res, _Rejection(describe(exc), 1, self._clock()))
         written = await self._write(claim, batch)
+        if isinstance(written, _Rejection):
+            return await self._quarantine(claim, res, written)
         if written is None:
             res.failed += 1
             return False
@@ -265,6 +330,44 @@ class Flusher:
             self._on_batch(claim, batch, written)
         return True
 
+    async def _quarantine(self, claim: Claim, res: PassResult, why: _Rejection) -> bool:
+        """Move a rejected claim to the dead-letter table and ack it; ``False`` if the
+        store is not reachable for that either (the claim stays for a later pass)."""
+        dead = DeadLetter(
+            id=claim.batch_id,
+            workspace_id=claim.ws,
+            kind=claim.kind,
+            bucket_start=claim.bucket * 1000,
+            content=raw_content(claim),
+            error=why.error,
+            attempts=why.attempts,
+            first_failed_at=int(why.first_at * 1000),
+            last_failed_at=int(self._clock() * 1000),
+        )
+        try:
+            fresh = await self._store.quarantine_flush_batch(dead)
+        except Exception as exc:
+            self.stats.write_errors += 1
+            log.warning("flusher: cannot quarantine %s (%s); left claimed", dead.id, describe(exc))
+            res.failed += 1
+            return False
+        await self._claims.ack(claim)
+        if not fresh:  # resolved before (another flusher, or ours before a crash)
+            res.duplicates += 1
+            self.stats.duplicates += 1
+            return True
+        res.quarantined += 1
+        self.stats.quarantined += 1
+        log.error(
+            "flusher: quarantined batch %s after %d attempt(s) to flush_dead_letters: %s",
+            dead.id,
+            dead.attempts,
+            dead.error,
+        )
+        if self._on_quarantine is not None:
+            self._on_quarantine(claim, dead.error)
+        return True
+
     def _giving_up(self, delay: float) -> bool:
         """At shutdown, retries end ``shutdown_grace_s`` after the stop request."""
         stopping = self._stop is not None and self._stop.is_set()
@@ -272,9 +375,12 @@ class Flusher:
             self._give_up_at = time.monotonic() + self._shutdown_grace
         return time.monotonic() + delay > self._give_up_at
 
-    async def _write(self, claim: Claim, batch: Batch) -> bool | None:
-        """Commit the batch, retrying a failing database; ``None`` when giving up."""
+    async def _write(self, claim: Claim, batch: Batch) -> bool | _Rejection | None:
+        """Commit the batch, retrying a failing database; ``None`` when giving up at
+        shutdown, a :class:`_Rejection` once the store refused the data itself
+        ``flush_quarantine_attempts`` times."""
         delay, cap = self._backoff
+        rejected, first_at = 0, 0.0
         while True:
             try:
                 return await self._store.write_flush_batch(
@@ -287,9 +393,23 @@ class Flusher:
                     ledger_entries=batch.ledger,
                     outbox_events=batch.events,
                 )
-            except _BAD_DATA:
-                log.exception("flusher: batch %s rejected; left claimed", claim.batch_id)
-                return None
+            except (Rejected, *_BAD_DATA) as exc:
+                rejected += 1
+                first_at = first_at or self._clock()
+                if rejected >= self._attempts:
+                    return _Rejection(describe(exc), rejected, first_at)
+                self.stats.write_errors += 1
+                log.warning(
+                    "flusher: store rejected %s (attempt %d of %d): %s",
+                    claim.batch_id,
+                    rejected,
+                    self._attempts,
+                    describe(exc),
+                )
+                if self._giving_up(delay):
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
             except Exception as exc:
                 self.stats.write_errors += 1
                 if self._giving_up(delay):

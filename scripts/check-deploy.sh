@@ -446,7 +446,7 @@ path, rules_out, alert_rules = sys.argv[1], sys.argv[2], sys.argv[3]
 problems = []
 # The metric names creditgate exports (fixed by the app's contract) plus Prometheus' own.
 COUNTERS = ["requests", "refusals", "charged_microdollars", "sessions_started", "refunds",
-            "redis_errors", "flushed_rows", "client_disconnects"]
+            "redis_errors", "flushed_rows", "client_disconnects", "flush_quarantined"]
 GAUGES = ["in_flight_requests", "flush_lag_seconds", "webhook_outbox_pending"]
 HISTOGRAMS = ["admission_seconds", "upstream_seconds", "admission_batch_size"]
 KNOWN = {"up"} | {f"creditgate_{c}_total" for c in COUNTERS} | {f"creditgate_{g}" for g in GAUGES}

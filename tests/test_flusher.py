@@ -166,6 +166,7 @@ async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_pat
         assert not task.done()
         assert flusher.stats.write_errors >= 3
         assert await client.hlen(keys.claims_key(w.ws)) == 1  # the claim is kept
+        assert await flusher.measure_lag() > 0  # read from Redis while the pass is stuck
         lock.execute("COMMIT")
         lock.close()
         res = await asyncio.wait_for(task, 10)
@@ -173,6 +174,7 @@ async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_pat
         assert await client.hlen(keys.claims_key(w.ws)) == 0
         assert (await store.usage_totals(w.ws)).requests == 5
         assert flusher.stats.lag_seconds > 0
+        assert await flusher.measure_lag() == 0.0
         await locked.close()
 
 

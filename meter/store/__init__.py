@@ -16,7 +16,7 @@ from typing import Any
 from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
-from meter.store.errors import Conflict, NotFound, Retryable, StoreError
+from meter.store.errors import Conflict, NotFound, Rejected, Retryable, StoreError
 from meter.store.models import (
     ApiToken,
     App,
@@ -24,6 +24,7 @@ from meter.store.models import (
     AuditEntry,
     Checkout,
     Collaborator,
+    DeadLetter,
     FlushBatch,
     LedgerEntry,
     Licence,
@@ -46,6 +47,7 @@ __all__ = [
     "Checkout",
     "Collaborator",
     "Conflict",
+    "DeadLetter",
     "FlushBatch",
     "LedgerEntry",
     "Licence",
@@ -53,6 +55,7 @@ __all__ = [
     "OutboxEvent",
     "Person",
     "PoolTotals",
+    "Rejected",
     "Retryable",
     "SessionRow",
     "Store",

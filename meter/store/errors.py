@@ -17,3 +17,9 @@ class NotFound(StoreError):
 
 class Retryable(StoreError):
     """A transient conflict between concurrent transactions (deadlock, serialization)."""
+
+
+class Rejected(StoreError):
+    """The database refused the data itself (an invalid value, a violated constraint):
+    retrying the same statement with the same data cannot succeed. Every other
+    :class:`StoreError` may be transient (connection lost, database restarting)."""

@@ -4,6 +4,11 @@
 already there the transaction does nothing else and the call returns ``False``, so a
 re-flush after a crash (or a second flusher racing for the same claim) is a no-op.
 
+A batch the store keeps rejecting is quarantined instead (``quarantine_flush_batch``):
+its id goes into ``flush_batches`` with ``rows = 0`` and its raw content into
+``flush_dead_letters``, in one transaction, so the batch id is resolved exactly once
+either way and a flusher re-taking the same claim later finds it done.
+
 Merge rules, for rows of the same key coming from different batches (a late write after
 a claim produces a second batch for the same bucket) or repeated within one batch:
 
@@ -25,6 +30,7 @@ from meter.store.db import Conn, StoreCore
 from meter.store.ledger import insert_ledger_entries, ledger_params
 from meter.store.models import (
     REFUSAL_REASONS,
+    DeadLetter,
     FlushBatch,
     LedgerEntry,
     OutboxEvent,
@@ -216,6 +222,69 @@ class Flush(StoreCore):
             int(r["rows"]),
             int(r["flushed_at"]),
         )
+
+    async def quarantine_flush_batch(self, dead: DeadLetter) -> bool:
+        """Resolve batch ``dead.id`` as quarantined: ``True`` when this call did, ``False``
+        when the id was already resolved (written, or quarantined before)."""
+
+        async def attempt() -> bool:
+            async with self.transaction() as c:
+                claimed = await c.execute(
+                    "INSERT INTO flush_batches (id, workspace_id, kind, bucket_start, rows, "
+                    "flushed_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+                    dead.id,
+                    dead.workspace_id,
+                    dead.kind,
+                    dead.bucket_start,
+                    dead.last_failed_at,
+                )
+                if not claimed:
+                    return False
+                await c.execute(
+                    "INSERT INTO flush_dead_letters (id, workspace_id, kind, bucket_start, "
+                    "content, error, attempts, first_failed_at, last_failed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    dead.id,
+                    dead.workspace_id,
+                    dead.kind,
+                    dead.bucket_start,
+                    dead.content,
+                    dead.error,
+                    dead.attempts,
+                    dead.first_failed_at,
+                    dead.last_failed_at,
+                )
+                return True
+
+        return await self._retry(attempt)
+
+    async def dead_letters(
+        self, workspace_id: str | None = None, *, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Quarantined flush batches, oldest bucket first."""
+        where, args = ("WHERE workspace_id = ? ", [workspace_id]) if workspace_id else ("", [])
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT id, workspace_id, kind, bucket_start, content, error, attempts, "
+                f"first_failed_at, last_failed_at FROM flush_dead_letters {where}"
+                "ORDER BY bucket_start, id LIMIT ?",
+                *args,
+                limit,
+            )
+        return [
+            DeadLetter(
+                r["id"],
+                r["workspace_id"],
+                r["kind"],
+                int(r["bucket_start"]),
+                r["content"],
+                r["error"],
+                int(r["attempts"]),
+                int(r["first_failed_at"]),
+                int(r["last_failed_at"]),
+            )
+            for r in rows
+        ]
 
     async def _upsert_usage(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
         """Portable bulk path: one upsert per row via ``executemany``."""

@@ -279,6 +279,21 @@ class FlushBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A flush batch the store rejected, kept with its raw Redis content (JSON text)."""
+
+    id: str  # the batch id, <ws>:<kind>:<bucket>:<gen>
+    workspace_id: str
+    kind: str
+    bucket_start: int  # ms
+    content: str
+    error: str
+    attempts: int
+    first_failed_at: int
+    last_failed_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     at: int

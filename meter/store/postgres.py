@@ -21,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from meter.store.base import Store
 from meter.store.db import Conn, Row
-from meter.store.errors import Conflict, NotFound, Retryable, StoreError
+from meter.store.errors import Conflict, NotFound, Rejected, Retryable, StoreError
 from meter.store.flush import SESSION_COLUMNS, USAGE_COLUMNS, session_upsert_tail, usage_upsert_tail
 from meter.store.models import now_ms
 from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
@@ -58,9 +58,16 @@ def _errors() -> Iterator[None]:
         raise NotFound(str(exc)) from exc
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise Retryable(str(exc)) from exc
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+        # SQLSTATE classes 22 and 23: this data, not the database (e.g. a NUL in text).
+        raise Rejected(f"postgresql: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(f"postgresql: {exc}") from exc
-    except (OSError, asyncpg.InterfaceError) as exc:
+    except asyncpg.InterfaceError as exc:
+        if isinstance(exc, ValueError):  # asyncpg could not encode an argument
+            raise Rejected(f"postgresql: {exc}") from exc
+        raise StoreError(f"postgresql unreachable: {exc}") from exc
+    except OSError as exc:
         raise StoreError(f"postgresql unreachable: {exc}") from exc
 
 

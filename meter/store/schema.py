@@ -294,6 +294,24 @@ CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)
 _SHADOW = "ALTER TABLE apps ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"
 
 
+# Flush batches the store rejected (flusher quarantine). ``content`` is JSON *text*, not
+# {json}: PostgreSQL's JSONB cannot hold the \u0000 that made such a batch fail.
+_FLUSH_DEAD_LETTERS = """
+CREATE TABLE flush_dead_letters (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bucket_start BIGINT NOT NULL,
+    content TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_failed_at BIGINT NOT NULL,
+    last_failed_at BIGINT NOT NULL
+);
+CREATE INDEX flush_dead_letters_workspace ON flush_dead_letters (workspace_id, bucket_start)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -326,6 +344,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "app_channels", _APP_CHANNELS),
     Migration(3, "payments", _PAYMENTS),
+    Migration(4, "flush_dead_letters", _FLUSH_DEAD_LETTERS),
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
     Migration(6, "console sessions", _CONSOLE_SESSIONS),
     Migration(8, "app shadow mode", _SHADOW),
