@@ -432,8 +432,12 @@ async def serve_flusher(
     force: bool = False,
     lease_s: float | None = None,
     stop: asyncio.Event | None = None,
+    on_ready: Callable[[Flusher], None] | None = None,
 ) -> PassResult:
-    """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return."""
+    """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return.
+
+    ``on_ready`` is called once Redis answered and the flusher is about to start.
+    """
     import signal
 
     from meter.redis_client import connect, warm_up
@@ -452,6 +456,8 @@ async def serve_flusher(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
+        if on_ready is not None:
+            on_ready(flusher)
         await flusher.run(stop, force_on_stop=force)
         return PassResult()
     finally:
@@ -473,7 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    res = asyncio.run(serve_flusher(settings, once=args.once, force=args.force, lease_s=args.lease))
+
+    def ready(flusher: Flusher) -> None:
+        # One line on stdout for supervisors (and tests) waiting for a running flusher.
+        print(f"flusher {flusher.owner} ready", flush=True)
+
+    res = asyncio.run(
+        serve_flusher(
+            settings, once=args.once, force=args.force, lease_s=args.lease, on_ready=ready
+        )
+    )
     if args.once:
         print(
             f"batches={res.batches} rows={res.rows} duplicates={res.duplicates} "

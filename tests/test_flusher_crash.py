@@ -9,6 +9,11 @@ The admission clock starts 30 hours ago and advances 0.25 s per round, so every 
 it writes is already closed for the flushers (which use the real time): they claim
 buckets that are still being written, and the late writes get their own generation.
 
+Kills follow observed progress, never a timer: a flusher is killed only after it printed
+its readiness line and the store then shows a newly committed batch (or, once admission
+is over, Redis holds nothing left to flush). So the test means the same on a loaded
+2-core machine, where merely importing the flusher takes a second, as on a fast one.
+
 Database outage: PostgreSQL is really stopped (``pg_ctl stop``) for 30 s. SQLite has no
 server to stop: another connection holds an EXCLUSIVE transaction on the file for the
 same time, so every flusher write blocks and fails until it is released.
@@ -22,7 +27,9 @@ import random
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKSPACES = 5
 APPS_PER_WS = 10
 ROUND = 500  # messages admitted concurrently per clock step
+PROGRESS_DEADLINE_S = 300.0  # generous: a loaded machine is slow, never stuck this long
 
 
 @pytest.fixture
@@ -60,31 +68,61 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 class FlusherProc:
-    """One ``python -m meter.flusher`` child process."""
+    """One ``python -m meter.flusher`` child process; ``ready`` is set by its readiness
+    line on stdout (copied to the log with its stderr)."""
 
     def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
         self.env, self.log, self.extra = env, log, extra
         self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.ready = asyncio.Event()
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "meter.flusher", "--lease", "1", *self.extra,
                 env=self.env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out,
+                stdout=asyncio.subprocess.PIPE, stderr=out,
             )  # fmt: skip
+        assert self.proc.stdout is not None
+        self._reader = asyncio.create_task(self._read(self.proc.stdout, self.ready))
+
+    async def _read(self, stream: asyncio.StreamReader, ready: asyncio.Event) -> None:
+        async for line in stream:
+            if line.startswith(b"flusher ") and line.rstrip().endswith(b" ready"):
+                ready.set()
+            with self.log.open("ab") as out:
+                out.write(line)
+
+    async def _reaped(self) -> None:
+        if self._reader is not None:
+            await self._reader  # ends at EOF, once the process is gone
+            self._reader = None
+
+    async def wait_ready(self) -> None:
+        try:
+            await asyncio.wait_for(self.ready.wait(), PROGRESS_DEADLINE_S)
+        except TimeoutError:
+            pytest.fail(f"no readiness line from the flusher:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_bytes()[-3000:].decode("utf-8", "replace")
 
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
+        await self._reaped()
         self.proc = None
 
     async def stop(self) -> int:
         """SIGTERM: it finishes the closed buckets and exits."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 60)
+        rc = await asyncio.wait_for(self.proc.wait(), 60)
+        await self._reaped()
+        return rc
 
 
 def child_env(cfg: Settings, redis_url: str, url: str) -> dict[str, str]:
@@ -103,16 +141,82 @@ def child_env(cfg: Settings, redis_url: str, url: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Observer:
+    """What the test can see of the flushers' progress, in the store and in Redis."""
+
+    store: Store
+    client: RedisClient
+    spaces: list[str]
+
+    async def committed(self) -> int:
+        """Usage batches committed to the store so far (-1 while it cannot be read)."""
+        try:
+            async with self.store.connection() as c:
+                sql = "SELECT COUNT(*) AS n FROM flush_batches WHERE kind = 'ag'"
+                return int(await c.fetchval(sql))
+        except Exception:  # the outage tests take the database away
+            return -1
+
+    async def holds_claim(self, pid: int) -> bool:
+        """Whether process ``pid`` holds a claim now (leases name their owner's pid)."""
+        for ws in self.spaces:
+            for field in await self.client.hkeys(keys.claims_key(ws)):
+                kind, _, bucket = field.decode().partition(":")
+                holder = await self.client.get(keys.lease_key(ws, kind, int(bucket)))
+                if holder is not None and holder.decode().rsplit(":", 2)[1] == str(pid):
+                    return True
+        return False
+
+    async def idle(self) -> bool:
+        """No closed bucket, claim or event waits in Redis for these workspaces."""
+        c = self.client
+        for ws in self.spaces:
+            if await c.zcard(keys.agg_index_key(ws)) or await c.zcard(keys.sessions_index_key(ws)):
+                return False
+            if await c.hlen(keys.claims_key(ws)) or await c.llen(keys.events_key(ws)):
+                return False
+        return True
+
+
+async def after_progress(
+    p: FlusherProc, done: asyncio.Event, seen: Observer, rng: random.Random
+) -> None:
+    """Return once ``p`` is running and progress was observed since: for half of the
+    kills ``p`` holding a claim (a kill between claim and ack), else a usage batch
+    committed (so the flushers write usage while running, whatever the machine's speed);
+    once admission is over, also nothing left to flush. Polls at random intervals, so
+    kills land at varied points; fails only after a generous deadline."""
+    await p.wait_ready()
+    assert p.proc is not None
+    mid_claim = rng.random() < 0.5
+    before = await seen.committed()
+    deadline = time.monotonic() + PROGRESS_DEADLINE_S
+    while True:
+        if mid_claim and await seen.holds_claim(p.proc.pid):
+            return
+        if await seen.committed() > before or (done.is_set() and await seen.idle()):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"no flush progress observed:\n{p.log_tail()}")
+        await asyncio.sleep(rng.uniform(0.005, 0.05))
+
+
 async def chaos(
-    procs: list[FlusherProc], done: asyncio.Event, min_kills: int, rng: random.Random
+    procs: list[FlusherProc],
+    done: asyncio.Event,
+    min_kills: int,
+    rng: random.Random,
+    seen: Observer,
 ) -> int:
-    """Kill a random flusher at random moments (and restart it) until done and enough kills."""
+    """Kill a random flusher after observed progress (and restart it) until done and
+    enough kills."""
     for p in procs:
         await p.start()
     kills = 0
     while not (done.is_set() and kills >= min_kills):
-        await asyncio.sleep(rng.uniform(0.25, 0.9))
         p = rng.choice(procs)
+        await after_progress(p, done, seen, rng)
         await p.kill()
         kills += 1
         await p.start()
@@ -208,7 +312,8 @@ async def run_scenario(
         spaces = await setup(client, store, cfg, clock)
         procs = [FlusherProc(env, log) for _ in range(flushers)]
         done = asyncio.Event()
-        killer = asyncio.create_task(chaos(procs, done, min_kills, rng))
+        seen = Observer(store, client, [w.ws for w in spaces])
+        killer = asyncio.create_task(chaos(procs, done, min_kills, rng, seen))
         try:
             if outage_s:
                 exp = await admit_during_outage(
@@ -329,9 +434,10 @@ async def test_sigterm_flushes_what_is_closed_and_exits_0(
         exp = await admit_all(client, cfg, clock, [w], 50)
         proc = FlusherProc(child_env(cfg, request.getfixturevalue("redis_url"), url), log)
         await proc.start()
-        for _ in range(200):  # running once it has flushed something
-            if (await store.usage_totals(w.ws)).requests:
-                break
+        await proc.wait_ready()
+        deadline = time.monotonic() + PROGRESS_DEADLINE_S
+        while not (await store.usage_totals(w.ws)).requests:  # running: it flushed something
+            assert time.monotonic() < deadline, proc.log_tail()
             await asyncio.sleep(0.05)
         more = await admit_all(client, cfg, clock, [w], 70)
         assert await proc.stop() == 0
