@@ -222,7 +222,9 @@ async def test_racing_flushers_on_redis_cluster(
                 if step % 10 == 9:
                     await asyncio.gather(a.flush_once(), b.flush_once())
             clock.advance(cfg.session_block_s + 5)
+            assert await a.measure_lag() > 0  # read across the masters in one pipeline
             await asyncio.gather(a.drain(), b.drain())
+            assert await a.measure_lag() == 0.0
             units = amount = 0
             for w in spaces:
                 t = await store.usage_totals(w.ws)
