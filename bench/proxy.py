@@ -6,7 +6,14 @@ Contestants, all in front of the same bot:
 * ``bench/naive_proxy.py`` - aiohttp with one unbatched EVALSHA per request;
 * creditgate with metering off (``CREDITGATE_METERING=off``) and on, 1 and all workers;
 * creditgate 1 worker, metering off and on, paced at half the unmetered max rate (hey),
-  for the p99 that metering adds below saturation.
+  for the p99 that metering adds below saturation;
+* creditgate metered 1 worker with Python's default garbage collection (``GC_FREEZE``
+  off, generation-0 threshold 700): the effect of the workers' GC settings;
+* ``--baseline REF``: a previous release, built from that git ref into a temporary venv,
+  metered, 1 worker.
+
+For each creditgate contestant it also reports the CPU time of its processes per request
+(from /proc) and, metered, the mean admission latency and batch size (from /metrics).
 
 The bot is an nginx ``return 200`` on its own port (so the bot is never the bottleneck);
 Redis is a throwaway ``redis-server``. Each message comes from one channel user, so
@@ -70,6 +77,44 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float = float("nan")  # CPU of the contestant's processes per request
+    admit_ms: float = float("nan")  # mean admission latency (metered creditgate)
+    batch: float = float("nan")  # mean admissions per admit.lua call
+
+
+def _tree_cpu_s(root: int) -> float:
+    """utime + stime of ``root`` and every descendant, in seconds."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(p for p, pp in parents.items() if pp == pid)
+    return total
+
+
+def _scrape(admin_url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for name in ("creditgate_admission_seconds", "creditgate_admission_batch_size"):
+        for part in ("sum", "count"):
+            m = re.search(rf"^{name}_{part}(?:{{[^}}]*}})? ([\d.e+-]+)$", text, re.M)
+            out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
+    return out
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
@@ -103,7 +148,9 @@ def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> I
 
 
 @contextlib.contextmanager
-def process(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(
+    argv: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     # Output goes to a file beside the run, so a failing contestant can be diagnosed.
     log = Path(tempfile.gettempdir()) / f"creditgate-bench-{port}.log"
     with log.open("wb") as out:
@@ -111,7 +158,7 @@ def process(argv: list[str], port: int, env: dict[str, str] | None = None) -> It
     print(f"  (log of {Path(argv[1]).name if len(argv) > 1 else argv[0]}: {log})", file=sys.stderr)
     try:
         _wait_port(port)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -192,7 +239,7 @@ async def seed(redis_url: str, bot_url: str) -> None:
 
 
 def gateway_env(
-    redis_url: str, port: int, workers: int, metering: bool, tmp: Path
+    redis_url: str, port: int, workers: int, metering: bool, tmp: Path, admin_port: int = 0
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -201,7 +248,9 @@ def gateway_env(
         CREDITGATE_STORE_URL=f"sqlite:///{tmp}/bench.db",
         CREDITGATE_HOST=HOST,
         CREDITGATE_TRAFFIC_PORT=str(port),
-        CREDITGATE_ADMIN_PORT=str(free_port()),
+        CREDITGATE_ADMIN_PORT=str(admin_port or free_port()),
+        CREDITGATE_STATE_DIR=str(tmp / f"state-{port}"),
+        CREDITGATE_EGRESS_ALLOW="127.0.0.0/8",
         CREDITGATE_WORKERS=str(workers),
         CREDITGATE_LOG_LEVEL="WARNING",
         CREDITGATE_METERING="on" if metering else "off",
@@ -213,6 +262,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per contestant")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="git ref of a previous release to run as a contestant (metered, 1 worker)",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if shutil.which(tool) is None:
@@ -230,10 +284,26 @@ def main() -> None:
                 bot = f"http://{HOST}:{bot_port}"
                 asyncio.run(seed(redis.url, bot))
 
-                def run(name: str, port: int) -> None:
+                def run(
+                    name: str,
+                    port: int,
+                    proc: subprocess.Popen[bytes] | None = None,
+                    admin: str = "",
+                ) -> None:
                     wrk(name, f"http://{HOST}:{port}{path}", 2, args.connections)  # warm-up
-                    results.append(wrk(name, f"http://{HOST}:{port}{path}", args.duration,
-                                       args.connections))  # fmt: skip
+                    cpu0 = _tree_cpu_s(proc.pid) if proc else 0.0
+                    m0 = _scrape(admin) if admin else {}
+                    r = wrk(name, f"http://{HOST}:{port}{path}", args.duration, args.connections)
+                    if proc is not None:
+                        r.cpu_us = (_tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
+                    if admin:
+                        m1 = _scrape(admin)
+                        d = {k: m1[k] - m0[k] for k in m1}
+                        n = d["creditgate_admission_seconds_count"] or float("nan")
+                        r.admit_ms = d["creditgate_admission_seconds_sum"] / n * 1000
+                        calls = d["creditgate_admission_batch_size_count"] or float("nan")
+                        r.batch = d["creditgate_admission_batch_size_sum"] / calls
+                    results.append(r)
                     print(f"  {name}: {results[-1].rps:,.0f} req/s", file=sys.stderr)
 
                 for w in (1, all_workers):
@@ -243,16 +313,17 @@ def main() -> None:
                 port = free_port()
                 naive = [sys.executable, str(ROOT / "bench" / "naive_proxy.py"),
                          "--port", str(port), "--redis", redis.url, "--upstream", bot]  # fmt: skip
-                with process(naive, port):
-                    run("naive aiohttp+EVALSHA 1w", port)
+                with process(naive, port) as proc:
+                    run("naive aiohttp+EVALSHA 1w", port, proc)
                 half = 0.0
                 for metering in (False, True):
                     for w in (1, all_workers):
-                        port = free_port()
-                        env = gateway_env(redis.url, port, w, metering, tmp)
+                        port, admin_port = free_port(), free_port()
+                        env = gateway_env(redis.url, port, w, metering, tmp, admin_port)
                         label = "on" if metering else "off"
-                        with process([creditgate, "serve"], port, env):
-                            run(f"creditgate metering {label} {w}w", port)
+                        admin = f"http://{HOST}:{admin_port}" if metering else ""
+                        with process([creditgate, "serve"], port, env) as proc:
+                            run(f"creditgate metering {label} {w}w", port, proc, admin)
                             if w != 1:
                                 continue
                             # Latency below saturation: both at half the unmetered max rate.
@@ -260,25 +331,59 @@ def main() -> None:
                             name = f"creditgate metering {label} 1w @{half:,.0f}/s"
                             results.append(paced(name, f"http://{HOST}:{port}{path}",
                                                  args.duration, half))  # fmt: skip
+                port, admin_port = free_port(), free_port()
+                env = gateway_env(redis.url, port, 1, True, tmp, admin_port)
+                env.update(CREDITGATE_GC_FREEZE="off", CREDITGATE_GC_THRESHOLD="700")
+                with process([creditgate, "serve"], port, env) as proc:
+                    run("creditgate on 1w, default GC", port, proc, f"http://{HOST}:{admin_port}")
+                if args.baseline:
+                    old = build_baseline(args.baseline, tmp)
+                    port, admin_port = free_port(), free_port()
+                    env = gateway_env(redis.url, port, 1, True, tmp, admin_port)
+                    env.pop("CREDITGATE_STATE_DIR")  # settings the old release may not know
+                    env.pop("CREDITGATE_EGRESS_ALLOW")
+                    with process([old, "serve"], port, env) as proc:
+                        run(f"release {args.baseline} on 1w", port, proc)
         finally:
             redis.stop()
     print_table(results, all_workers, args)
+
+
+def build_baseline(ref: str, tmp: Path) -> str:
+    """``creditgate`` of git ref ``ref``, installed into a temporary venv."""
+    src, venv = tmp / "baseline-src", tmp / "baseline-venv"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), ref],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], check=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(src)],
+                       check=False, capture_output=True)  # fmt: skip
+    return str(venv / "bin" / "creditgate")
 
 
 def print_table(results: list[Result], all_workers: int, args: argparse.Namespace) -> None:
     by = {r.name: r for r in results}
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s, loopback, "
           f"{os.cpu_count()} CPUs, bot = nginx return 200\n")  # fmt: skip
-    print(f"| {'contestant':<30} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} |")
-    print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
+    print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+          f"| {'CPU us/req':>10} | {'admit ms':>8} | {'batch':>6} |")  # fmt: skip
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 10}|{'-' * 8}|")
     for r in results:
-        print(f"| {r.name:<30} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} |")
+        print(f"| {r.name:<34} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} "
+              f"| {r.cpu_us:>10.0f} | {r.admit_ms:>8.2f} | {r.batch:>6.1f} |")  # fmt: skip
     print()
     for w in sorted({1, all_workers}):
         on, off = by[f"creditgate metering on {w}w"], by[f"creditgate metering off {w}w"]
         print(f"metered / unmetered, {w} worker(s): {on.rps / off.rps:.2f}")
     naive = by["naive aiohttp+EVALSHA 1w"]
-    print(f"metered 1w / naive: {by['creditgate metering on 1w'].rps / naive.rps:.2f}")
+    on1 = by["creditgate metering on 1w"]
+    print(f"metered 1w / naive: {on1.rps / naive.rps:.2f}")
+    print(f"metered 1w / default GC: {on1.rps / by['creditgate on 1w, default GC'].rps:.2f}")
+    if args.baseline:
+        old = by[f"release {args.baseline} on 1w"]
+        print(f"metered 1w / release {args.baseline}: {on1.rps / old.rps:.2f}")
     paced_on = next(r for r in results if r.name.startswith("creditgate metering on 1w @"))
     paced_off = next(r for r in results if r.name.startswith("creditgate metering off 1w @"))
     print(f"p99 added by metering at half the max rate (hey): "

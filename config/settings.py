@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     fail_mode: Literal["closed", "open"] = "closed"
     redis_timeout_s: Seconds = 0.5
     batch_max: int = Field(256, ge=1, le=10_000)
+    # An admission call goes out once this many messages wait (or the loop pass ends).
+    batch_dispatch_at: int = Field(32, ge=1, le=10_000)
+    # Traffic workers: collect and freeze the start-up heap (the collector never walks
+    # it again) and run generation-0 collections this rarely (allocations).
+    gc_freeze: bool = True
+    gc_threshold: int = Field(50_000, ge=100)
     # "async": Redis's own asynchronous replication (a master killed mid-run loses what
     # it had not yet sent to its replica). "replicated": each admission call is followed
     # by WAIT for redis_replicas replicas and only then acknowledged.

@@ -166,6 +166,10 @@ class Admitter:
         self._ws_of: dict[str, str] = {}  # app id -> workspace, for well-formed ids
         self._channels: set[str] = set()  # well-formed channel names
         self._scheduled = False
+        self._queued = 0  # admissions waiting in _pending
+        # A call goes out as soon as this many admissions wait (and a slot is free), else
+        # at the end of the current loop pass.
+        self._dispatch_at = settings.batch_dispatch_at
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
@@ -233,7 +237,12 @@ class Admitter:
             self._pending[ws] = [item]
         else:
             batch.append(item)
-        if not self._scheduled:
+        self._queued += 1
+        if self._queued >= self._dispatch_at and self._inflight < self._max_inflight:
+            # Enough company already: waiting for the rest of this loop pass (possibly
+            # hundreds of callbacks under load) would only add latency.
+            self._dispatch()
+        elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return await fut
@@ -258,6 +267,7 @@ class Admitter:
                 total += len(items)
                 if total >= cap:
                     break
+            self._queued -= total
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._send(send))
             self._tasks.add(task)
