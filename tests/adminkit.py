@@ -125,7 +125,11 @@ async def admin_server(
     await client.start_server()
     try:
         async with AsyncExitStack() as stack:
-            url = await stack.enter_async_context(serve(gw.traffic)) if traffic else ""
+            url = (
+                await stack.enter_async_context(serve(gw.traffic, settings=settings))
+                if traffic
+                else ""
+            )
             yield Admin(client, store, redis, settings, gw, url)
     finally:
         await client.close()
