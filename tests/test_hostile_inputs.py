@@ -71,7 +71,7 @@ async def admin(redis_url: str, tmp_path: Path, bot: Bot) -> Any:
 async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
     admin: Admin, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    owner, token = await admin.new_user("owner")
+    _, token = await admin.new_user("owner")
     ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]
     body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
     app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
