@@ -53,7 +53,9 @@ def make_app(redis_url: str, upstream: str) -> web.Application:
                 int(now * 1000),
                 *static,
                 billing_period(now),
-                60_000,
+                60_000,  # refund window
+                s.idempotency_max_deliveries,
+                int(s.refund_window_s * 1000),  # reservation window
                 f"{app_id}\t{channel}\t{user}\t\t{token}\tm",
             ],
         )
