@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     batch_dispatch_at: int = Field(32, ge=1, le=10_000)
     # Traffic workers: collect and freeze the start-up heap (the collector never walks
     # it again) and run generation-0 collections this rarely (allocations).
+    # Per-request metrics are summed in each process and written to the shared
+    # Prometheus values this often (and at every scrape of the process itself).
+    metrics_flush_s: Seconds = 1.0
     gc_freeze: bool = True
     gc_threshold: int = Field(50_000, ge=100)
     # "async": Redis's own asynchronous replication (a master killed mid-run loses what

@@ -203,9 +203,15 @@ def _traffic_ctx(
             metering,
         )
         settler = asyncio.create_task(owed.run(), name="creditgate-settle")
+        metric_flusher = asyncio.create_task(
+            metrics.buffer.run(settings.metrics_flush_s), name="creditgate-metrics-flush"
+        )
         try:
             yield
         finally:
+            metric_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await metric_flusher
             settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await settler

@@ -28,6 +28,7 @@ from config import Settings
 from meter.egress import EgressRefused, Policy, check_host_name, parse_ip
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+MAX_VERDICTS = 10_000  # destinations whose verdict the middleware remembers
 
 
 class UpstreamForbidden(aiohttp.ClientConnectionError):
@@ -91,12 +92,33 @@ def check_request_url(policy: Policy, url: Any) -> None:
 
 
 def egress_middleware(policy: Policy) -> ClientMiddlewareType:
-    """A client middleware refusing what :func:`check_request_url` refuses."""
+    """A client middleware refusing what :func:`check_request_url` refuses.
+
+    The verdict depends only on scheme, host and port, and the policy is fixed for the
+    session's life: it is remembered per destination (bounded), so a request to a known
+    destination costs one dict look-up (host names are still resolved, and checked, by
+    :class:`GuardedResolver` whenever a connection is opened).
+    """
+    verdicts: dict[tuple[str, str, int | None], UpstreamForbidden | None] = {}
 
     async def middleware(
         req: aiohttp.ClientRequest, handler: ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        check_request_url(policy, req.url)
+        url = req.url
+        dest = (url.scheme, url.raw_host or "", url.port)
+        try:
+            refused = verdicts[dest]
+        except KeyError:
+            try:
+                check_request_url(policy, url)
+                refused = None
+            except UpstreamForbidden as exc:
+                refused = exc
+            if len(verdicts) >= MAX_VERDICTS:
+                verdicts.clear()
+            verdicts[dest] = refused
+        if refused is not None:
+            raise UpstreamForbidden(refused.host, refused.reason)
         return await handler(req)
 
     return middleware

@@ -24,6 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.metric_buffer import MetricBuffer
+
 OUTCOMES = ("admitted", "refused", "unmetered", "error")
 POOLS = ("free", "app", "pool")
 UPSTREAM_OUTCOMES = ("ok", "5xx", "connect", "timeout")
@@ -82,7 +84,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.admission_seconds = Histogram(
+        self.admission_seconds_metric = Histogram(
             "creditgate_admission_seconds",
             "Time to an admission decision (Redis round trip included).",
             buckets=_FAST,
@@ -112,7 +114,7 @@ class Metrics:
             "Admissions or look-ups that Redis did not answer in time.",
             registry=r,
         )
-        self.in_flight = Gauge(
+        self.in_flight_metric = Gauge(
             "creditgate_in_flight_requests",
             "Traffic requests being handled now.",
             registry=r,
@@ -155,19 +157,27 @@ class Metrics:
             "Requests whose client went away before the answer was sent.",
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size_metric = Histogram(
             "creditgate_admission_batch_size",
             "Admissions carried by one admit.lua call.",
             buckets=_BATCH,
             registry=r,
         )
+        # What every request updates is buffered (gateway/metric_buffer.py): plain
+        # additions here, written to the shared values on an interval and at scrape time.
+        self.buffer = b = MetricBuffer()
         labels = {*channels, OTHER}
         self.request_children = {
-            (ch, o): self.requests.labels(ch, o) for ch in labels for o in OUTCOMES
+            (ch, o): b.counter(self.requests.labels(ch, o)) for ch in labels for o in OUTCOMES
         }
-        self.refusal_children = {reason: self.refusals.labels(reason) for reason in REFUSALS}
-        self.charged_children = tuple(self.charged.labels(p) for p in POOLS)
-        self.upstream_children = {o: self.upstream_seconds.labels(o) for o in UPSTREAM_OUTCOMES}
+        self.refusal_children = {r: b.counter(self.refusals.labels(r)) for r in REFUSALS}
+        self.charged_children = tuple(b.counter(self.charged.labels(p)) for p in POOLS)
+        self.upstream_children = {
+            o: b.histogram(self.upstream_seconds.labels(o)) for o in UPSTREAM_OUTCOMES
+        }
+        self.in_flight = b.gauge(self.in_flight_metric)
+        self.admission_seconds = b.histogram(self.admission_seconds_metric)
+        self.batch_size = b.histogram(self.batch_size_metric)
 
     def count(self, channel_label: str, outcome: str) -> None:
         self.request_children[(channel_label, outcome)].inc()
@@ -175,7 +185,9 @@ class Metrics:
     def refused(self, reason: str) -> None:
         child = self.refusal_children.get(reason)
         if child is None:
-            child = self.refusal_children[reason] = self.refusals.labels(reason)
+            child = self.refusal_children[reason] = self.buffer.counter(
+                self.refusals.labels(reason)
+            )
         child.inc()
 
     def charge(self, free: int, app_paid: int, pool_paid: int) -> None:
@@ -186,7 +198,9 @@ class Metrics:
 
 
 def exposition(metrics: Metrics) -> bytes:
-    """The Prometheus text exposition: this process's registry, or all processes' values."""
+    """The Prometheus text exposition: this process's registry, or all processes' values
+    (other processes' buffers as of their last flush)."""
+    metrics.buffer.flush()
     path = multiprocess_dir()
     if path is None:
         return generate_latest(metrics.registry)

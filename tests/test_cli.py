@@ -66,10 +66,16 @@ async def test_metrics_merge_workers_and_pass_promtool(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
         statuses = await asyncio.gather(*(_send(fresh, url, f"u{i}") for i in range(20)))
     assert statuses == [200] * 20
-    async with http.get(f"{served.admin}/metrics") as resp:
-        assert resp.status == 200
-        text = await resp.text()
-    assert 'creditgate_requests_total{channel="web",outcome="admitted"} 20.0' in text
+    # Workers write their per-request metrics every METRICS_FLUSH_S: wait for them.
+    want = 'creditgate_requests_total{channel="web",outcome="admitted"} 20.0'
+    for _ in range(400):
+        async with http.get(f"{served.admin}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        if want in text and "creditgate_admission_batch_size_sum 20.0" in text:
+            break
+        await asyncio.sleep(0.05)
+    assert want in text
     # Every admission went through some admit.lua call: the batch sizes add up to 20.
     assert "creditgate_admission_batch_size_sum 20.0" in text
     async with http.get(f"{served.admin}/readyz") as resp:
