@@ -107,7 +107,7 @@ DAY = 86_400.0
 
 
 class ChannelRule(BaseModel):
-    """How to read one channel's callbacks (DESIGN §3)."""
+    """How to read one channel's callbacks (docs/design.md §3)."""
 
     model_config = {"extra": "forbid"}
 
@@ -123,7 +123,7 @@ class ChannelRule(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Every knob of creditgate, with the defaults of DESIGN §1."""
+    """Every knob of creditgate, with the defaults of docs/design.md §1."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     header_timeout_s: Seconds = 15.0
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
-    # Channel authentication (DESIGN §3). Channel secrets are stored encrypted with a key
+    # Channel authentication (docs/design.md §3). Channel secrets are stored encrypted with a key
     # derived from secret_key; without one it is derived from operator_token (demo
     # convenience: rotating that token then needs every channel secret entered anew).
     secret_key: str | None = Field(None, min_length=16)
@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     webhook_timeout_s: Seconds = 5.0
     webhook_max_attempts: int = Field(12, ge=1)
 
-    # Egress (SSRF guard, DESIGN §3): networks (CIDR) and host names ("bot.internal",
+    # Egress (SSRF guard, docs/design.md §3): networks (CIDR) and host names ("bot.internal",
     # "*.internal") that upstream and webhook URLs may reach although they are loopback,
     # private or link-local. The gateway's own host and ports stay refused regardless.
     egress_allow: EgressAllow = Field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Channel authentication of traffic (DESIGN §3): is this request really from the channel?
+"""Channel authentication of traffic (docs/design.md §3): is this request really from the channel?
 
 A channel with a secret (``meter.channel_secrets``) verifies every request before
 anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``:

@@ -1,5 +1,5 @@
 """Per-channel rules: who the channel user is, what the idempotency key is, and whether a
-callback is a billable user message at all (DESIGN §3; samples in ``tests/data/channels``).
+callback is a billable user message at all (docs/design.md §3; samples in ``tests/data/channels``).
 The skip rules hold only on an authenticated channel (:mod:`gateway.channel_auth`); on
 an unauthenticated one every callback is billable.
 

@@ -1,7 +1,7 @@
 """RFC 9457 ``application/problem+json`` responses, and the one middleware that maps
 errors of the gateway and of the metering core to them.
 
-Every problem carries a machine-readable ``code`` (DESIGN §3), e.g.::
+Every problem carries a machine-readable ``code`` (docs/design.md §3), e.g.::
 
     {"type": "urn:creditgate:problem:credits_exhausted", "title": "Credits exhausted",
      "status": 402, "code": "credits_exhausted", "detail": "..."}
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:creditgate:problem:"
 
-# Status and title of each refusal of admit.lua (DESIGN §3).
+# Status and title of each refusal of admit.lua (docs/design.md §3).
 REFUSAL_STATUS: dict[str, tuple[int, str]] = {
     "unknown_app": (404, "Unknown app"),
     "credits_exhausted": (402, "Credits exhausted"),

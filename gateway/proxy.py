@@ -78,7 +78,7 @@ def loop_detected() -> Problem:
 
 
 def check_loop(request: web.Request) -> None:
-    """508 for a request that carries this gateway's ``Via`` entry (DESIGN §3)."""
+    """508 for a request that carries this gateway's ``Via`` entry (docs/design.md §3)."""
     for via in request.headers.getall("Via", ()):
         if VIA_TOKEN in via:
             raise loop_detected()

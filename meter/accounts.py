@@ -68,7 +68,7 @@ def check_url(field: str, url: str) -> str:
 
 
 async def check_reachable(d: Deps, field: str, url: str) -> str:
-    """:func:`check_url`, then the egress policy (DESIGN §3): the URL's host, resolved
+    """:func:`check_url`, then the egress policy (docs/design.md §3): the URL's host, resolved
     now, may not be loopback, private, link-local or the gateway's own address unless the
     operator allows it (checked again at every connection)."""
     check_url(field, url)

@@ -85,7 +85,7 @@ class Decision(NamedTuple):
 
     @property
     def reason(self) -> str | None:
-        """The refusal code of DESIGN §3, or ``None`` when admitted."""
+        """The refusal code of docs/design.md §3, or ``None`` when admitted."""
         return REASONS.get(self.code)
 
     @property

@@ -1,4 +1,4 @@
-"""Who may do what in the admin API (DESIGN §3).
+"""Who may do what in the admin API (docs/design.md §3).
 
 Callers authenticate with ``Authorization: Bearer <token>``: the operator token from the
 settings, or a user token (stored only as its SHA-256 hash). Then each rule names the

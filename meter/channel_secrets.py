@@ -1,4 +1,4 @@
-"""Channel verification secrets: set, remove, encrypt, and project to Redis (DESIGN §3).
+"""Channel verification secrets: set, remove, encrypt, and project to Redis (docs/design.md §3).
 
 An app enables a channel with a secret; the scheme follows from the channel's name:
 

@@ -1,6 +1,6 @@
 """Where the gateway may connect to: the SSRF policy for upstream and webhook URLs.
 
-DESIGN §3: upstream and webhook URLs are ``http(s)`` and may not reach loopback,
+docs/design.md §3: upstream and webhook URLs are ``http(s)`` and may not reach loopback,
 link-local, private or the gateway's own addresses unless an operator setting
 (``egress_allow``: networks and host names) allows them. The gateway's own listen
 addresses (``host`` on ``traffic_port``/``admin_port``; any local address when ``host``

@@ -31,7 +31,7 @@ class Clock:
 
 
 def settings(**overrides: Any) -> Settings:
-    """Defaults of DESIGN §1 with test overrides; never reads the environment."""
+    """Defaults of docs/design.md §1 with test overrides; never reads the environment."""
     return load_settings(env={}, **overrides)
 
 

@@ -1,4 +1,4 @@
-"""A small pure-Python model of one standard workspace's metering rules (DESIGN §1).
+"""A small pure-Python model of one standard workspace's metering rules (docs/design.md §1).
 
 It restates, for a standard (prepaid) workspace, what ``meter/lua/admit.lua``,
 ``refund.lua`` and ``grant.lua`` decide, written the plain way: no caches, no

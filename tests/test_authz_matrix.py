@@ -1,4 +1,4 @@
-"""Every admin route x every role -> the status DESIGN §3 prescribes, from ONE table.
+"""Every admin route x every role -> the status docs/design.md §3 prescribes, from ONE table.
 
 Real HTTP through the admin application of ``create_app`` on a loopback socket, with a
 real redis-server and a real SQLite store; a smaller smoke subset runs on PostgreSQL.

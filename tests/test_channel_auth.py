@@ -1,4 +1,4 @@
-"""Channel authentication, tried as a hostile client would (DESIGN §3).
+"""Channel authentication, tried as a hostile client would (docs/design.md §3).
 
 For every scheme: forged, stale and missing credentials are 401 with the bot not called
 and nothing metered (balances and the workspace's Redis keys unchanged); valid ones are

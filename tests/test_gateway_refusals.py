@@ -1,4 +1,4 @@
-"""Every refusal of DESIGN §3, each from a real scenario: the answer is problem+json with
+"""Every refusal of docs/design.md §3, each from a real scenario: the answer is problem+json with
 its code and status, and the bot is never called."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The admin API under ``/v1`` (DESIGN §3), its OpenAPI document and the ``/ui`` dashboard.
+"""The admin API under ``/v1`` (docs/design.md §3), its OpenAPI document and the ``/ui`` dashboard.
 
 ``setup_admin_api(app)`` mounts everything on the admin application, whose resources
 (``gateway.appkeys``: settings, store, Redis, catalog, clock, HTTP session) the

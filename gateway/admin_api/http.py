@@ -242,7 +242,7 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         for name, pattern in route.params.items():
             if not pattern.match(request.match_info[name]):
                 raise NotFound(KINDS.get(name, name), request.match_info[name])
-        # Authorization before the query or body is even read (DESIGN §3).
+        # Authorization before the query or body is even read (docs/design.md §3).
         grant = await route.access.grant(d.store, principal, request.match_info)
         query = read_query(request, route.query) if route.query else None
         body = await read_body(request, route.body) if route.body else None
@@ -266,7 +266,7 @@ def _problem(
 async def errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Map every error of the admin API to problem+json (one place, DESIGN §3)."""
+    """Map every error of the admin API to problem+json (one place, docs/design.md §3)."""
     try:
         return await handler(request)
     except Unauthorized as exc:

@@ -1,4 +1,4 @@
-"""The admin API route table (DESIGN §3): the one list that routing, access and OpenAPI read.
+"""The admin API route table (docs/design.md §3): what routing, access and OpenAPI read.
 
 Adding a route: one ``Route(method, path, handler, summary, access, ...)`` line below.
 ``access`` is the route's policy from :mod:`gateway.admin_api.access`, evaluated by the
