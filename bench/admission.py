@@ -192,7 +192,7 @@ def ceilings(server: RedisServer, batch: int) -> dict[str, float]:
             str(int(NOW * 1000)),
             *map(str, adm._static),
             billing_period(NOW),
-            str(adm._refund_ttl_ms),
+            *map(str, adm._tail),
         ]
 
     head = asyncio.run(prepare())
@@ -208,6 +208,15 @@ def ceilings(server: RedisServer, batch: int) -> dict[str, float]:
     server.command("FLUSHALL")
     asyncio.run(prepare())
     out["admitN"] = redis_benchmark(port, 200, *call, *([msg] * batch), rnd=10**9) * batch
+    # The common message: inside a billing session that is already paid. 1,000 users open
+    # theirs first; then every message is one of theirs (no debit, no new record).
+    server.command("FLUSHALL")
+    asyncio.run(prepare())
+    for i in range(0, 1000, batch):
+        opening = [f"bench0000_app1\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + batch)]
+        server.command("EVALSHA", admit, "1", keys.ws_prefix("bench0000"), *head, *opening)
+    inside = "bench0000_app1\tweb\tu__rand_int__\t\tt__rand_int__\tm"
+    out["admitN_session"] = redis_benchmark(port, 400, *call, *([inside] * batch), rnd=1000) * batch
     return out
 
 
@@ -318,6 +327,7 @@ def run(server: RedisServer, opt: argparse.Namespace) -> None:
         return f"{mem[name]:>9.0f} B  (MEMORY USAGE of one: {mem[name + '_usage']:.0f} B)"
 
     best_single = max(serial.per_s, conc4.per_s, conc64.per_s)
+    session_rate = f"{ceil['admitN_session']:>9,.0f} adm/s"
     rows = [
         ("exactness: 2,000 users, credit for 1,500 sessions", f"{exact[0]:>9,} admitted"),
         ("batched: Admitter, batch_max 256, max_inflight 4", rate(batched)),
@@ -331,6 +341,7 @@ def run(server: RedisServer, opt: argparse.Namespace) -> None:
         ("redis-benchmark EVALSHA 'return 1' (-c 50)", f"{ceil['trivial']:>9,.0f}/s"),
         ("redis-benchmark EVALSHA admit.lua, 1 new session", f"{ceil['admit1']:>9,.0f}/s"),
         ("redis-benchmark admit.lua, 256 new sessions/call", f"{ceil['admitN']:>9,.0f} adm/s"),
+        ("redis-benchmark admit.lua, 256 in-session msgs/call", session_rate),
         ("memory per live session (used_memory delta / N)", f"{mem['per_session']:>9.0f} B"),
         ("  reservation P:rsv (until forwarded, milliseconds)", part("reservation")),
         ("  charge record P:i (expires after refund TTL)", part("charge")),
