@@ -49,7 +49,7 @@ from servers import RedisServer, start_redis  # noqa: E402
 
 from config import Settings, load_catalog, load_settings  # noqa: E402
 from meter import keys, projection  # noqa: E402
-from meter.admission import Admitter, Decision, billing_period  # noqa: E402
+from meter.admission import Admitter, Decision  # noqa: E402
 from meter.redis_client import RedisClient, connect  # noqa: E402
 from meter.scripts import lua_source  # noqa: E402
 
@@ -186,14 +186,9 @@ def ceilings(server: RedisServer, batch: int) -> dict[str, float]:
     async def prepare() -> list[str]:
         client = connect(server.url)
         await seed(client, cfg, 1)
-        adm = Admitter(client, cfg)  # for the ARGV head it sends (its static part)
+        adm = Admitter(client, cfg)  # for the ARGV head it sends
         await client.aclose()
-        return [
-            str(int(NOW * 1000)),
-            *map(str, adm._static),
-            billing_period(NOW),
-            *map(str, adm._tail),
-        ]
+        return [str(v) for v in adm.argv_head(NOW)]
 
     head = asyncio.run(prepare())
     port = server.port

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from config import load_settings
 from meter import keys
-from meter.admission import billing_period
+from meter.admission import Admitter
 from meter.redis_client import connect
 from meter.scripts import register
 
@@ -25,19 +25,6 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "cont
 
 def make_app(redis_url: str, upstream: str) -> web.Application:
     settings = load_settings(env={}, redis_url=redis_url)
-    s = settings
-    static = [
-        int(s.session_block_s * 1000),
-        int(s.session_idle_s * 1000),
-        int(s.idempotency_ttl_s * 1000),
-        s.flush_bucket_s,
-        s.low_balance_threshold,
-        "f",
-        s.rate_per_minute,
-        s.rate_per_hour,
-        int(s.rate_minute_window_s * 1000),
-        int(s.rate_hour_window_s * 1000),
-    ]
     counter = iter(range(1, 1 << 62))
 
     async def handler(request: web.Request) -> web.Response:
@@ -50,12 +37,7 @@ def make_app(redis_url: str, upstream: str) -> web.Application:
         res = await request.app["admit"](
             keys=[keys.ws_prefix(ws)],
             args=[
-                int(now * 1000),
-                *static,
-                billing_period(now),
-                60_000,  # refund window
-                s.idempotency_max_deliveries,
-                int(s.refund_window_s * 1000),  # reservation window
+                *request.app["adm"].argv_head(now),
                 f"{app_id}\t{channel}\t{user}\t\t{token}\tm",
             ],
         )
@@ -74,6 +56,7 @@ def make_app(redis_url: str, upstream: str) -> web.Application:
     async def ctx(app: web.Application) -> object:
         client = connect(redis_url)
         app["admit"] = register(client, "admit")
+        app["adm"] = Admitter(client, settings)  # only for admit.lua's argument head
         app["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
         yield
         await app["http"].close()

@@ -203,6 +203,11 @@ class Admitter:
             self._reserve_ms,
         )
 
+    def argv_head(self, now: float) -> list[EncodableT]:
+        """``admit.lua``'s ARGV before the admissions (its ARGV[1..15]), as of ``now``;
+        each admission then follows as one ``app\tchannel\tuser\tkey\ttoken\tkind``."""
+        return [int(now * 1000), *self._static, billing_period(now), *self._tail]
+
     def new_token(self) -> str:
         """A token unique to this process and attempt."""
         return self._token_prefix + format(next(self._tokens), "x")
@@ -276,12 +281,7 @@ class Admitter:
     async def _send(self, send: list[tuple[str, list[_Pending]]]) -> None:
         try:
             now = self._clock()
-            head: list[EncodableT] = [
-                int(now * 1000),
-                *self._static,
-                billing_period(now),
-                *self._tail,
-            ]
+            head = self.argv_head(now)
             if len(send) == 1 or self._cluster or self._replicated is not None:
                 # On a cluster each workspace lives on its own master: separate calls keep
                 # one failing master from failing (or stalling) the others' admissions.
@@ -370,12 +370,7 @@ class Admitter:
         ws = self._workspace(app_id, channel, user, key)
         if ws is None:
             return unknown_app(key, token)
-        head: list[EncodableT] = [
-            int(at * 1000),
-            *self._static,
-            billing_period(at),
-            *self._tail,
-        ]
+        head = self.argv_head(at)
         arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind.upper()}".encode()
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
