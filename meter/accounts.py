@@ -193,7 +193,14 @@ async def project_workspace(d: Deps, ws: Workspace) -> None:
         li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
         for li in await d.store.get_licences(ws.id)
     }
-    await projection.put_workspace(d.redis, ws.id, plan=ws.type, catalog=d.catalog, licences=lic)
+    await projection.put_workspace(
+        d.redis,
+        ws.id,
+        plan=ws.type,
+        catalog=d.catalog,
+        licences=lic,
+        low_threshold=ws.low_balance_threshold,
+    )
     grant = await d.store.get_ledger_entry(ws.id, free_reference(ws.id))
     if grant is not None and grant.amount > 0 and ws.free_expires_at is not None:
         await projection.grant(
@@ -243,6 +250,27 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
         raise NotFound("workspace", ws.id)
     before = {"url": ws.webhook_url}
     await audit(d, actor, "webhook.set", f"workspace:{ws.id}", before, {"url": url})
+
+
+async def set_low_balance_threshold(
+    d: Deps, actor: str, ws: Workspace, micros: int | None
+) -> Workspace:
+    """The owner's own low-balance alert threshold (``None``: back to the default)."""
+    if micros is not None and micros < 0:
+        raise InvalidInput("low_balance_threshold", "must not be negative")
+    if not await d.store.set_low_balance_threshold(ws.id, micros):
+        raise NotFound("workspace", ws.id)
+    updated = replace(ws, low_balance_threshold=micros)
+    await project_workspace(d, updated)
+    await audit(
+        d,
+        actor,
+        "workspace.update",
+        f"workspace:{ws.id}",
+        {"low_balance_threshold": ws.low_balance_threshold},
+        {"low_balance_threshold": micros},
+    )
+    return updated
 
 
 # ------------------------------------------------------------------------------ upgrade

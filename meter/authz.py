@@ -38,6 +38,7 @@ WsAction = Literal[
     "plan_usage.read",
     "usage.read",
     "webhook.set",
+    "workspace.update",
     "apps.list",
     "members.read",
     "members.remove",
@@ -67,6 +68,7 @@ WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
     "plan_usage.read": frozenset({"owner", "operator"}),
     "usage.read": frozenset({"owner", "operator", "app_owner"}),
     "webhook.set": frozenset({"owner"}),
+    "workspace.update": frozenset({"owner"}),
     # Lists beside the writes (collaborators who are not members: see apps_scope).
     "apps.list": frozenset({"member", "operator"}),
     "members.read": frozenset({"owner", "operator"}),

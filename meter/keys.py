@@ -12,7 +12,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              shared pool, ``apaid`` sum of app-tied funds; ``u:<product>`` and
                              ``p:<product>`` unit and price, ``np`` notification price;
                              ``l:<product>`` licence ``limit,per_minute,per_hour``; ``seq`` id
-                             counter; ``low`` 1 once the low-balance alert fired.
+                             counter; ``low`` 1 once the low-balance alert fired; ``lowt``
+                             the owner's own low-balance threshold (absent: the default).
 ``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``paid``
                              app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
                              ``v`` config version, ``up`` upstream url, ``ch:<channel>``

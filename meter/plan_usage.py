@@ -53,6 +53,7 @@ def _app_view(
     app_paid: int,
     licence_left: dict[str, int] | None,
     free_expired: bool = False,
+    low_threshold: int | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """One app's line and what its next unit draws from (``free``, ``paid`` or None)."""
     price = catalog.price(plan, app.product)
@@ -96,7 +97,8 @@ def _app_view(
         else:
             paid_first = settings.deduction_order == "paid_first"
             source = "free" if free_part > 0 and (not paid_first or paid < price.price) else "paid"
-            if remaining < settings.low_balance_threshold:
+            low = settings.low_balance_threshold if low_threshold is None else low_threshold
+            if remaining < low:
                 status, reason = "low_balance", "below_threshold"
             elif source == "free":
                 status = "using_free_credits"
@@ -190,6 +192,7 @@ async def plan_usage(
             app_paid=bal.app_paid.get(app.id, 0),
             licence_left=licence_left,
             free_expired=expired and bal.free_granted > 0,
+            low_threshold=ws.low_balance_threshold,
         )
         apps.append(view)
         paid_apps += source == "paid"
@@ -218,7 +221,12 @@ async def plan_usage(
         "paid_balance": format_amount(paid),
         "shared_pool": format_amount(bal.pool),
         "usable_balance": format_amount(usable),
-        "low_balance_threshold": format_amount(settings.low_balance_threshold),
+        "low_balance_threshold": format_amount(
+            settings.low_balance_threshold
+            if ws.low_balance_threshold is None
+            else ws.low_balance_threshold
+        ),
+        "low_balance_threshold_is_default": ws.low_balance_threshold is None,
         "session_price": format_amount(session_price),
         "request_price": format_amount(request_price),
         "allowed_sessions": allowed_sessions,

@@ -55,8 +55,10 @@ async def put_workspace(
     plan: Literal["standard", "enterprise"],
     catalog: Catalog,
     licences: Mapping[str, Licence] | None = None,
+    low_threshold: int | None = None,
 ) -> None:
-    """Write a workspace's plan, prices and licences (balances are left alone)."""
+    """Write a workspace's plan, prices, licences and the owner's low-balance threshold
+    (``None``: the settings' default; balances are left alone)."""
     if not keys.ID_RE.match(ws):
         raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
     fields: dict[FieldT, EncodableT] = {"type": plan}
@@ -74,6 +76,10 @@ async def put_workspace(
     async with client.pipeline(transaction=False) as pipe:
         pipe.hset(wk, mapping=fields)
         stale = [f"l:{p}" for p in PRODUCTS if p not in lic]
+        if low_threshold is None:
+            stale.append("lowt")
+        else:
+            pipe.hset(wk, "lowt", low_threshold)
         if stale:
             pipe.hdel(wk, *stale)
         await pipe.execute()

@@ -51,6 +51,9 @@ def _app_fields(app: App) -> list[bytes]:
 async def _workspace_drifted(d: Deps, ws: Workspace, current: dict[bytes, bytes]) -> bool:
     if current.get(b"type") != ws.type.encode():
         return True
+    own = ws.low_balance_threshold
+    if current.get(b"lowt") != (None if own is None else str(own).encode()):
+        return True
     want = {
         f"l:{li.product}".encode(): f"{li.usage_limit},{li.per_minute},{li.per_hour}".encode()
         for li in await d.store.get_licences(ws.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from config.money import format_amount, parse_amount
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from meter import accounts, authz, projection
@@ -26,6 +27,9 @@ async def workspace_out(call: Call, ws: Workspace) -> s.WorkspaceOut:
         created_at=iso(ws.created_at) or "",
         free_credits_expire_at=iso(ws.free_expires_at),
         licences=licences,
+        low_balance_threshold=(
+            None if ws.low_balance_threshold is None else format_amount(ws.low_balance_threshold)
+        ),
     )
 
 
@@ -64,6 +68,16 @@ async def create_workspace(call: Call) -> web.Response:
 
 async def get_workspace(call: Call) -> web.Response:
     ws = call.workspace
+    return json_response(await workspace_out(call, ws))
+
+
+async def patch_workspace(call: Call) -> web.Response:
+    ws = call.workspace
+    body = call.parsed(s.WorkspacePatch)
+    if "low_balance_threshold" in body.model_fields_set:
+        text = body.low_balance_threshold
+        micros = None if text is None else parse_amount(text)
+        ws = await accounts.set_low_balance_threshold(call.deps, call.principal.actor, ws, micros)
     return json_response(await workspace_out(call, ws))
 
 

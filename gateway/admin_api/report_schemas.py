@@ -78,6 +78,7 @@ class PlanUsageOut(Out):
     shared_pool: Money
     usable_balance: Money = Field(description="valid free credits plus paid balance")
     low_balance_threshold: Money
+    low_balance_threshold_is_default: bool = True
     session_price: Money
     request_price: Money
     allowed_sessions: int = Field(description="usable balance / session price, rounded down")

@@ -156,6 +156,15 @@ class UpgradeRequestCreate(Body):
     message: Annotated[str, Field(max_length=2000)] | SkipJsonSchema[None] = optional()
 
 
+class WorkspacePatch(Body):
+    """Only the members sent change; ``low_balance_threshold: null`` restores the default."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"low_balance_threshold"})
+    low_balance_threshold: Amount | None = optional(
+        description="alert (and show low_balance) when the usable balance is under this"
+    )
+
+
 class WebhookSet(Body):
     url: Url
     secret: str = Field(min_length=16, max_length=256)
@@ -279,6 +288,7 @@ class WorkspaceOut(Out):
     created_at: Timestamp
     free_credits_expire_at: Timestamp | None
     licences: dict[str, LicenceOut]
+    low_balance_threshold: Money | None = None  # the owner's own; None: the default
 
 
 class MemberOut(Out):

@@ -294,6 +294,25 @@ function banners(pu) {
   return out;
 }
 
+// The owner's own low-balance threshold (empty: back to the default).
+function thresholdForm(ws, pu) {
+  const input = h("input", {id: "low-threshold", name: "low_balance_threshold", inputmode: "decimal",
+    size: "8", value: pu.low_balance_threshold_is_default ? "" : pu.low_balance_threshold,
+    placeholder: pu.low_balance_threshold_is_default ? pu.low_balance_threshold : ""});
+  const err = h("p", {class: "error", role: "alert"});
+  return h("form", {class: "inline", onsubmit: async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    const value = input.value.trim();
+    try {
+      await api("PATCH", `/v1/workspaces/${ws.id}`, {low_balance_threshold: value === "" ? null : value});
+      await overview(ws);
+    } catch (e) { err.textContent = e.message; }
+  }},
+    h("label", {for: "low-threshold"}, "Alert under $", input),
+    h("button", {type: "submit"}, "Save"), err);
+}
+
 function card(title, big, ...more) {
   return h("section", {class: "card"}, h("h2", {}, title), h("p", {class: "big"}, big), ...more);
 }
@@ -329,7 +348,8 @@ async function overview(ws) {
         h("p", {class: "muted"}, `shared pool ${money(pu.shared_pool)}`),
         perApp.length ? h("ul", {class: "muted"}, perApp.map(a => h("li", {}, `${a.name}: ${money(a.paid_balance)}`))) : null));
       cards.push(card("Usable balance", money(pu.usable_balance),
-        h("p", {class: "muted"}, `low-balance alert under ${money(pu.low_balance_threshold)}`)));
+        h("p", {class: "muted"}, `low-balance alert under ${money(pu.low_balance_threshold)}`),
+        ws.role === "owner" ? thresholdForm(ws, pu) : null));
       cards.push(card("Allowed", `${num(pu.allowed_sessions)} sessions`,
         h("p", {class: "muted"}, `or ${num(pu.allowed_requests)} requests at ${money(pu.session_price)} / ${money(pu.request_price)}`)));
       parts.push(h("div", {class: "cards"}, cards));

@@ -5,7 +5,7 @@
 -- ARGV[1]   now (ms)
 -- ARGV[2]   session block (ms)            ARGV[3]  conversation idle end (ms)
 -- ARGV[4]   idempotency window (ms)       ARGV[5]  flush bucket (s)
--- ARGV[6]   low-balance threshold (micro-dollars)
+-- ARGV[6]   low-balance threshold (micro-dollars), unless the workspace has its own (lowt)
 -- ARGV[7]   deduction order: "f" free first | "p" paid first
 -- ARGV[8]   default per-minute limit      ARGV[9]  default per-hour limit
 -- ARGV[10]  minute window (ms)            ARGV[11] hour window (ms)
@@ -83,8 +83,9 @@ end
 -- Workspace ---------------------------------------------------------------------------
 local wsk = P .. ':ws'
 local wr = redis.call('HMGET', wsk, 'type', 'free', 'free_exp', 'paid', 'apaid', 'lapsed',
-  'low', 'np', 'seq')
+  'low', 'np', 'seq', 'lowt')
 if not wr[1] then return refuse_all(1) end
+LOW = tonumber(wr[10] or '') or LOW -- the owner's own threshold, if set
 local W = {
   ent = wr[1] == 'enterprise', free = tonumber(wr[2] or '0'), free_exp = tonumber(wr[3] or '0'),
   paid = tonumber(wr[4] or '0'), apaid = tonumber(wr[5] or '0'), lapsed = tonumber(wr[6] or '0'),

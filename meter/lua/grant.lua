@@ -6,7 +6,7 @@
 -- ARGV[3]  amount (micro-dollars, > 0)
 -- ARGV[4]  app id for funds tied to one app, "" for the shared pool
 -- ARGV[5]  free-credit expiry (ms; kind "free" only)
--- ARGV[6]  low-balance threshold (micro-dollars)
+-- ARGV[6]  low-balance threshold (micro-dollars), unless the workspace has its own (lowt)
 -- ARGV[7]  now (ms): free credits already past their validity lapse before a new free
 --          grant extends it (admit.lua lapses them lazily, so they may still be there)
 -- Returns 1 when applied, 0 when the reference was already applied,
@@ -49,5 +49,6 @@ for _, id in ipairs(redis.call('SMEMBERS', P .. ':apps')) do
 end
 local w = redis.call('HMGET', wsk, 'free', 'paid', 'apaid')
 local total = tonumber(w[1] or '0') + tonumber(w[2] or '0') + tonumber(w[3] or '0')
-if total >= tonumber(ARGV[6]) then redis.call('HSET', wsk, 'low', '0') end
+local low = tonumber(redis.call('HGET', wsk, 'lowt') or '') or tonumber(ARGV[6])
+if total >= low then redis.call('HSET', wsk, 'low', '0') end
 return 1

@@ -23,7 +23,10 @@ from meter.store.models import (
 )
 
 _USER = "id, email, name, token_hash, created_at"
-_WS = "id, name, type, owner_id, created_at, free_expires_at, webhook_url, webhook_secret"
+_WS = (
+    "id, name, type, owner_id, created_at, free_expires_at, webhook_url, webhook_secret, "
+    "low_balance_threshold"
+)
 _APP = (
     "id, workspace_id, name, product, owner_id, upstream_url, use_free_credits, suspended, "
     "created_at, shadow"
@@ -45,6 +48,7 @@ def _workspace(r: Row) -> Workspace:
         free_expires_at=r["free_expires_at"],
         webhook_url=r["webhook_url"],
         webhook_secret=r["webhook_secret"],
+        low_balance_threshold=r["low_balance_threshold"],
     )
 
 
@@ -154,7 +158,7 @@ class Accounts(StoreCore):
             raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO workspaces ({_WS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO workspaces ({_WS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 w.id,
                 w.name,
                 w.type,
@@ -163,6 +167,7 @@ class Accounts(StoreCore):
                 w.free_expires_at,
                 w.webhook_url,
                 w.webhook_secret,
+                w.low_balance_threshold,
             )
             await c.execute(
                 "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?)", w.id, w.owner_id
@@ -214,6 +219,17 @@ class Accounts(StoreCore):
                 "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
                 url,
                 secret,
+                workspace_id,
+            )
+        return n > 0
+
+    async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:
+        """The owner's low-balance threshold (``None``: the default); ``False`` if there is
+        no such workspace."""
+        async with self.connection() as c:
+            n = await c.execute(
+                "UPDATE workspaces SET low_balance_threshold = ? WHERE id = ?",
+                micros,
                 workspace_id,
             )
         return n > 0

@@ -76,6 +76,8 @@ class Workspace:
     free_expires_at: int | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # The owner's low-balance alert threshold (micro-dollars); None: the settings' default.
+    low_balance_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,6 +290,9 @@ CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)
 """
 
 
+# The owner's own low-balance threshold (micro-dollars); NULL: the operator's default.
+_LOW_THRESHOLD = "ALTER TABLE workspaces ADD COLUMN low_balance_threshold BIGINT"
+
 # Shadow mode per app: metered and recorded, never refused.
 _SHADOW = "ALTER TABLE apps ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"
 
@@ -348,6 +351,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
     Migration(6, "console sessions", _CONSOLE_SESSIONS),
     Migration(8, "app shadow mode", _SHADOW),
+    Migration(9, "workspace low-balance threshold", _LOW_THRESHOLD),
 )
 
 

@@ -1,0 +1,57 @@
+"""The owner's own low-balance threshold: stored, projected, used by admission's alert,
+by plan-usage's status and by the console's banner data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+from bot import Bot, bot_fixture, http_fixture  # noqa: F401
+
+from meter import keys
+
+
+async def test_the_owner_sets_a_threshold_and_the_alert_follows_it(
+    redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = admin_settings(f"sqlite:///{tmp_path}/cg.db", redis_url)
+    async with admin_server(settings, traffic=True) as admin:
+        _, token = await admin.new_user("owner")
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]
+        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
+        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        pu = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
+        assert pu["low_balance_threshold"] == "50.00"
+        assert pu["low_balance_threshold_is_default"] is True
+        # $500 free credits: under a $600 threshold the app is low on balance at once.
+        out = await admin.ok(
+            "PATCH", f"/v1/workspaces/{ws}", token, {"low_balance_threshold": "600.00"}
+        )
+        assert out["low_balance_threshold"] == "600.00"
+        assert await admin.redis.hget(keys.ws_key(ws), "lowt") == b"600000000"
+        pu = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
+        assert pu["low_balance_threshold"] == "600.00"
+        assert [a["status"] for a in pu["apps"]] == ["low_balance"]
+        # The first debit under the owner's threshold fires balance.low once.
+        headers = {"X-Channel-User-Id": "u1"}
+        async with http.post(
+            f"{admin.traffic_url}/hooks/web/{app}", data=b"{}", headers=headers
+        ) as resp:
+            assert resp.status == 200
+        events = await admin.redis.lrange(keys.events_key(ws), 0, -1)
+        assert sum(b'"balance.low"' in e for e in events) == 1
+        # null restores the default; bad amounts are 422; an operator may not.
+        out = await admin.ok(
+            "PATCH", f"/v1/workspaces/{ws}", token, {"low_balance_threshold": None}
+        )
+        assert out["low_balance_threshold"] is None
+        assert await admin.redis.hget(keys.ws_key(ws), "lowt") is None
+        status, _ = await admin.api(
+            "PATCH", f"/v1/workspaces/{ws}", token, {"low_balance_threshold": "-1"}
+        )
+        assert status == 422
+        status, _ = await admin.api(
+            "PATCH", f"/v1/workspaces/{ws}", OPERATOR_TOKEN, {"low_balance_threshold": "1.00"}
+        )
+        assert status == 403
