@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config import Settings, load_catalog
+from gateway.admin_guard import refuse_forwarded
 from gateway.appkeys import (
     ADMITTER,
     CATALOG,
@@ -111,7 +112,7 @@ def create_app(
         client_max_size=settings.max_body_bytes,
         handler_args={"auto_decompress": False},
     )
-    admin = web.Application(middlewares=[problem_middleware])
+    admin = web.Application(middlewares=[problem_middleware, refuse_forwarded])
     for app in (traffic, admin):
         app[SETTINGS] = settings
         app[CATALOG] = catalog

@@ -5,7 +5,11 @@ link-local, private or the gateway's own addresses unless an operator setting
 (``egress_allow``: networks and host names) allows them. The gateway's own listen
 addresses (``host`` on ``traffic_port``/``admin_port``; any local address when ``host``
 is unspecified) are refused even where the allow-list permits the network, so loopback
-bots never expose the admin port.
+bots never expose the admin port. So are the gateway's own ports on every non-public
+address (loopback, private, link-local, CGNAT, unique-local, reserved), allowed or not:
+a sibling replica listens on the same ports at another pod address, and its admin port
+must not become an upstream either. A public address on those ports is judged as any
+other.
 
 This module only decides; it opens no connection. :meth:`Policy.parse` checks a URL's
 form (scheme, no user info, a host, no legacy numeric IPv4 forms such as ``2130706433``
@@ -212,13 +216,20 @@ class Policy:
 
     def check_address(self, ip: IPAddress | str, port: int, host: str | None = None) -> None:
         """Refuse ``ip:port`` (reached through the URL host ``host``) unless it is
-        public or allowed; the gateway's own sockets and unspecified addresses always."""
+        public or allowed; the gateway's own sockets, its own ports on any non-public
+        address, and unspecified addresses always."""
         addr = ip if not isinstance(ip, str) else parse_ip(ip)
         if addr is None:
             raise EgressRefused(f"{ip!r} is not an IP address")
         if self.is_own(addr, port):
             raise EgressRefused(f"{addr}:{port} is the gateway's own address")
         kind = classify(addr)
+        if kind is not None and port in self.own_ports:
+            # Replicas share the ports: any internal address may be a sibling's own.
+            raise EgressRefused(
+                f"{addr}:{port} is the gateway's own port on a {kind} address "
+                "(another replica's own address)"
+            )
         if kind is None:
             return
         if kind == "unspecified":

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
-from adminkit import Admin, admin_server, admin_settings
+from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from aiohttp.abc import AbstractResolver, ResolveResult
 from bot import (  # noqa: F401
     LOOPBACK,
@@ -181,7 +182,7 @@ def test_own_address_when_listening_on_every_interface() -> None:
         with pytest.raises(EgressRefused, match="own address"):
             p.check_address(addr, 8081)
     p.check_address("127.0.0.1", 9000)  # another port: allowed by the list
-    p.check_address("192.0.2.1", 8081)  # TEST-NET: never an address of this host
+    p.check_address("8.8.8.8", 8081)  # public: never an address of this host
 
 
 def test_egress_allow_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -536,3 +537,180 @@ async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: 
         assert ev is not None and ev.attempts >= 1 and ev.delivered_at is None
         assert ev.last_error and "loopback" in ev.last_error
     assert rec.got == []
+
+
+# ------------------------------------------------------------------ sibling replicas
+
+# Replicas listen on the same traffic and admin ports at other (pod) addresses: those
+# ports are refused on every non-public address, whatever the allow-list says.
+ALLOW_ALL_INTERNAL = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "192.0.2.0/24",
+    "fc00::/7",
+    "fe80::/10",
+    "::1",
+    "8.8.8.0/24",
+    "*.svc.cluster.local",
+]
+SIBLINGS = [
+    ("127.0.0.2", "loopback"),
+    ("10.0.0.5", "private"),
+    ("172.16.3.4", "private"),
+    ("192.168.1.9", "private"),
+    ("100.64.0.7", "CGNAT"),
+    ("169.254.10.10", "link-local"),
+    ("192.0.2.1", "reserved"),
+    ("fd00::1", "private"),
+    ("fe80::1", "link-local"),
+    ("::1", "loopback"),
+    ("::ffff:10.0.0.5", "private"),
+    ("64:ff9b::a00:5", "private"),  # NAT64 of 10.0.0.5
+]
+
+
+@pytest.mark.parametrize(("addr", "kind"), SIBLINGS)
+@pytest.mark.parametrize("own_host", ["127.0.0.1", "0.0.0.0", "10.0.0.4"])
+def test_own_ports_are_refused_on_every_non_public_address(
+    addr: str, kind: str, own_host: str
+) -> None:
+    p = Policy(ALLOW_ALL_INTERNAL, own_host=own_host, own_ports=(8080, 8081))
+    p.check_address(addr, 9000)  # the allow-list permits the address itself
+    # (with host 0.0.0.0 a loopback address may be this host's own, said as such)
+    why = rf"gateway's own (address|port on a .*{kind})"
+    for port in (8080, 8081):
+        with pytest.raises(EgressRefused, match=why):
+            p.check_address(addr, port)
+        # an allowed name that resolves there gains nothing
+        with pytest.raises(EgressRefused, match=why):
+            p.check_address(addr, port, host="bot.ns.svc.cluster.local")
+
+
+def test_own_ports_on_public_addresses_follow_the_usual_rules() -> None:
+    for allow in ([], ALLOW_ALL_INTERNAL):
+        p = Policy(allow, own_host="127.0.0.1", own_ports=(8080, 8081))
+        for addr in ("8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"):
+            p.check_address(addr, 8081)
+            p.check_address(addr, 8080)
+    # and a public address that IS this gateway's own stays refused
+    with pytest.raises(EgressRefused, match="own address"):
+        Policy([], own_host="8.8.8.8", own_ports=(8081,)).check_address("8.8.8.8", 8081)
+
+
+async def test_own_ports_of_siblings_refused_on_save_and_at_start_up(connects: list[Any]) -> None:
+    p = Policy(ALLOW_ALL_INTERNAL, own_host="0.0.0.0", own_ports=(8080, 8081))
+
+    async def pod(host: str, port: int) -> list[str]:
+        return ["10.0.0.5"]
+
+    for url in ("http://bot.ns.svc.cluster.local:8081/metrics", "http://10.0.0.5:8080/"):
+        with pytest.raises(EgressRefused, match="own port"):
+            await p.check_url(url, resolve=pod)
+    await p.check_url("http://bot.ns.svc.cluster.local:9000/", resolve=pod)
+    sibling = load_settings(
+        env={}, egress_allow=["10.0.0.0/8"], default_upstream_url="http://10.0.0.5:8081"
+    )
+    with pytest.raises(SettingsError, match=r"CREDITGATE_DEFAULT_UPSTREAM_URL: .*own port"):
+        check_settings(sibling)
+    assert connects == []
+
+
+@asynccontextmanager
+async def replica(settings: Settings, host: str) -> AsyncIterator[None]:
+    """One gateway replica, traffic and admin, listening on ``host`` at its ports."""
+    from aiohttp import web
+
+    from gateway.http_server import GatewayRunner
+
+    store = open_store(settings.store_url)
+    await store.migrate()
+    gw = create_app(settings, store=store, registry=CollectorRegistry())
+    runners = []
+    try:
+        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
+            runner = GatewayRunner(app, settings)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await store.close()
+
+
+async def test_a_sibling_replicas_ports_are_not_upstreams(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    connects: list[Any],
+) -> None:
+    """Red-team finding 11: replica A (127.0.0.1) and replica B (127.0.0.2) on the same
+    ports, 127/8 allowed as a pod range would be. An app whose upstream is B's admin or
+    traffic port is refused by A (502, refunded) without A ever connecting to B."""
+    traffic, admin = free_port(), free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ports = {"traffic_port": traffic, "admin_port": admin}
+    a = make_settings(redis_url, tmp_path / "a", **ports)
+    b = make_settings(redis_url, tmp_path / "b", **ports).model_copy(update={"host": "127.0.0.2"})
+    upstreams = {
+        f"{WS}_sibadmin": f"http://127.0.0.2:{admin}",
+        f"{WS}_sibtraffic": f"http://127.0.0.2:{traffic}/hooks/web/{WS}_sibtraffic",
+        f"{WS}_sibmapped": f"http://[::ffff:127.0.0.2]:{admin}",
+    }
+    await seed(rclient, a, WS, {app: app_with(u) for app, u in upstreams.items()})
+    async with replica(a, "127.0.0.1"), replica(b, "127.0.0.2"):
+        async with http.get(f"http://127.0.0.2:{admin}/metrics") as resp:
+            assert resp.status == 200 and b"creditgate_" in await resp.read()  # B is there
+        watched = len(connects)
+        for app in upstreams:
+            for tail in ("/metrics", "/readyz"):
+                url = f"http://127.0.0.1:{traffic}/hooks/web/{app}{tail}"
+                async with http.get(url, headers={"X-Channel-User-Id": "m"}) as resp:
+                    status, body = resp.status, await resp.read()
+                assert b"creditgate_" not in body, f"{status}: replica B's /metrics: {body[:120]!r}"
+                assert (status, orjson.loads(body)["code"]) == (502, "upstream_forbidden"), app
+            assert await balance(rclient, app) == FUNDS, app  # refunded
+    towards_b = [c for c in connects[watched:] if isinstance(c, tuple) and c[0] == "127.0.0.2"]
+    assert towards_b == []
+
+
+# ------------------------------------------------------------------ admin port: Via
+
+
+@pytest.mark.parametrize("via", ["1.1 creditgate", "1.0 fred, 1.1 creditgate"])
+async def test_admin_port_refuses_requests_forwarded_by_the_gateway(
+    redis_url: str, tmp_path: Path, via: str
+) -> None:
+    """A request that carries the gateway's own ``Via`` came through a traffic port:
+    508 ``loop_detected`` on every admin route, before any handler runs."""
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    async with admin_server(settings) as admin:
+        _, token = await admin.new_user("owner")
+        before = await snapshot(admin)
+        forwarded = {"Via": via}
+        calls = [
+            ("POST", "/v1/workspaces", token, {"name": "Acme"}),
+            ("POST", "/v1/users", OPERATOR_TOKEN, {"email": "x@example.com", "name": "x"}),
+            ("GET", "/metrics", None, None),
+            ("GET", "/readyz", None, None),
+            ("GET", "/no/such/route", None, None),
+        ]
+        for method, path, auth, body in calls:
+            status, problem = await admin.api(method, path, auth, body, headers=forwarded)
+            assert (status, problem["code"]) == (508, "loop_detected"), (path, problem)
+            assert "creditgate_" not in str(problem)
+        assert await snapshot(admin) == before  # nothing ran
+        # the same calls without the gateway's Via entry (or with another proxy's) work
+        other = {"Via": "1.1 nginx"}
+        acme = {"name": "Acme"}
+        status, _ = await admin.api("POST", "/v1/workspaces", token, acme, headers=other)
+        assert status == 201
+        status, text = await admin.api("GET", "/metrics", headers=other)
+        assert status == 200 and "creditgate_" in text

@@ -1,0 +1,23 @@
+"""The admin port refuses requests that came through this gateway's traffic path.
+
+The traffic path adds ``Via: 1.1 creditgate`` to everything it forwards
+(:mod:`gateway.forwarding`). No client of the admin API (operators, owners, the
+console, probes, Prometheus) sends that, so a request with it is an upstream that
+points at an admin port: this replica's or a sibling's. The egress policy already
+refuses such upstreams (:mod:`meter.egress`); this is the second line, answered 508
+``loop_detected`` before any handler runs.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.problems import Handler
+from gateway.proxy import check_loop
+
+
+@web.middleware
+async def refuse_forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """508 ``loop_detected`` for a request carrying the gateway's own ``Via`` entry."""
+    check_loop(request)  # raises the 508 Problem; problem_middleware answers it
+    return await handler(request)
