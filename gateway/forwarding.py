@@ -107,8 +107,11 @@ _DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def _has_dot_segment(tail: str) -> bool:
-    # Decoded per segment: "%2e%2E" is ".." to every server that normalizes paths.
-    return any(unquote(seg) in _DOT_SEGMENTS for seg in tail.split("/"))
+    # Decoded first, then split on every separator a server might honour: "%2e%2E" is
+    # ".." to every server that normalizes paths, and "x%2F..%2F" is "x/../" to one that
+    # decodes before it normalizes (aiohttp, many frameworks); "\\" is a separator to some.
+    decoded = unquote(tail).replace("\\", "/")
+    return any(seg in _DOT_SEGMENTS for seg in decoded.split("/"))
 
 
 def target_url(base: str, request: web.Request, prefix: str) -> URL:

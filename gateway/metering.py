@@ -57,12 +57,15 @@ class Meter:
         self._observe = metrics.admission_seconds.observe
 
     async def admit(
-        self, app_id: str, channel: str, user: str, key: str, kind: Kind = "m"
+        self, app_id: str, channel: str, user: str, key: str, kind: Kind = "m", *, digest: str = ""
     ) -> Admission:
+        """``digest`` fingerprints a keyed message (see ``meter.admission``)."""
         token = self._admitter.new_token()
         t0 = time.perf_counter()
         try:
-            dec = await self._admitter.admit(app_id, channel, user, key, kind=kind, token=token)
+            dec = await self._admitter.admit(
+                app_id, channel, user, key, kind=kind, token=token, digest=digest
+            )
         except MeteringUnavailable as exc:
             self._metrics.redis_errors.inc()
             if self._fail_open:

@@ -18,14 +18,17 @@ A failure after the response started cannot be answered any more: the client con
 is aborted (truncated body) and nothing is refunded (the bot did answer).
 
 A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) right after its
-request was handed to the bot's socket: by the body payload once written, or just before
-sending a request without a body. A charge never confirmed is refunded by the sweeper.
+request was handed to the bot's socket: a buffered body once written, a streamed one
+from its first chunk, a request without a body just before sending. A charge never
+confirmed is refunded by the sweeper. A body over ``max_body_bytes`` found while
+streaming is answered 413 and stays charged (the client's doing; the bot got its start).
 A request that already passed this gateway (its ``Via`` names it) is refused 508
 ``loop_detected`` before anything is metered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -113,10 +116,27 @@ class _SentBytesIO(payload.BytesIOPayload):
 async def _sent_stream(
     stream: AsyncIterator[bytes], on_sent: Callable[[], None]
 ) -> AsyncIterator[bytes]:
+    # A streamed body is with the bot from its first chunk on (asked for more after the
+    # head and that chunk were written): a slow upload must not outlive its reservation
+    # and be swept although the bot gets it.
+    sent = False
     async for chunk in stream:
         yield chunk
-    # Asked for more after the last chunk was written: all of it is with the socket.
-    on_sent()
+        if not sent:
+            sent = True
+            on_sent()
+    if not sent:
+        on_sent()
+
+
+def message_digest(request: web.Request, body: Body) -> str:
+    """What a redelivery must repeat: method, path with query, and body (16 hex digits)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(request.method.encode())
+    h.update(b" " + request.raw_path.encode(errors="surrogateescape") + b"\n")
+    if isinstance(body, bytes):
+        h.update(body)
+    return h.hexdigest()
 
 
 def missing_user() -> Problem:
@@ -221,7 +241,8 @@ class Proxy:
             failure, status = "timeout", 504
         except (aiohttp.ClientError, BodyTooLarge) as exc:
             if state[0]:
-                await self._failed(admission, "connect")
+                # The client sent too much: its failure, and the bot got the start of it.
+                self.meter.forwarded(admission)
                 raise too_large(self.max_body) from None
             log.info("upstream %s failed: %r", url.host, exc)
             failure, status = "5xx", 502
@@ -315,11 +336,18 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         if verified.user:  # the credential names the user; a header cannot override it
             msg = msg._replace(user=verified.user)
         admission = None
+        have_body = rule.needs_body or verified.body is not None
         if msg.billable and proxy.metering:
             if not msg.user:
                 raise missing_user()
-            admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key)
-        if not rule.needs_body and verified.body is None:
+            digest = ""
+            if msg.key:
+                # A key names one message: its redeliveries must be that message.
+                if not have_body:
+                    body, have_body = await proxy.read_body(request), True
+                digest = message_digest(request, body)
+            admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
+        if not have_body:
             body = await proxy.body_of(request, state)
         resp = await proxy.forward(request, url, body, admission, state, verified)
         outcome = "unmetered" if admission is None else "admitted"
@@ -355,10 +383,16 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         user = headers.get(USER_HEADER) or "-"
         key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
         admission = None
-        if proxy.metering:
-            admission = await proxy.meter.admit(app_id, channel, user, key, "n")
         state = [False]
-        body = await proxy.body_of(request, state)
+        body: Body = None
+        if proxy.metering:
+            digest = ""
+            if key:
+                body = await proxy.read_body(request)
+                digest = message_digest(request, body)
+            admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
+        if body is None:
+            body = await proxy.body_of(request, state)
         resp = await proxy.forward(request, url, body, admission, state, verified)
         outcome = "unmetered" if admission is None else "admitted"
         return resp

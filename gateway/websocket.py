@@ -87,6 +87,17 @@ async def proxy_websocket(
     except UpstreamForbidden as exc:
         log.warning("websocket upstream %s refused by the egress policy: %s", url.host, exc.reason)
         raise forbidden() from None
+    except aiohttp.WSServerHandshakeError as exc:
+        # The bot answered the handshake with an ordinary response: it handled a request
+        # (path, query and all), which is a billable message like any other.
+        if proxy.metering:
+            with contextlib.suppress(Problem):
+                handled = await proxy.meter.admit(app_id, channel, user, "")
+                proxy.meter.forwarded(handled)
+        log.info("websocket upstream %s answered the upgrade with %s", url.host, exc.status)
+        raise Problem(
+            502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("websocket upstream %s failed: %r", url.host, exc)
         raise Problem(

@@ -221,13 +221,19 @@ class Admitter:
         *,
         kind: Kind = "m",
         token: str | None = None,
+        digest: str = "",
     ) -> Decision:
         """Decide one message. Raises :class:`MeteringUnavailable` if Redis does not answer.
 
         ``key`` is the channel's idempotency key ("" when it has none); ``token`` names this
         attempt's charge record (generated when omitted; fail-open settlement passes the
         token of the original attempt so a charge that did happen is not taken twice).
+        ``digest`` fingerprints a keyed message (method, path, body): a redelivery whose
+        digest differs from the original's is another message under a reused key and is
+        refused (``duplicate_delivery``); "" compares with nothing.
         """
+        if digest and not digest.isalnum():
+            raise ValueError("digest must be alphanumeric")
         token = token or self.new_token()
         ws = self._workspace(app_id, channel, user, key)
         if ws is None:
@@ -235,7 +241,7 @@ class Admitter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
         # Encoded here, so a value Redis cannot take fails this message alone.
-        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}".encode()
+        arg = f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}\t{digest}".encode()
         item = _Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
         batch = self._pending.get(ws)
         if batch is None:

@@ -17,7 +17,7 @@ from meter.errors import Forbidden, InvalidInput, NotFound
 from meter.store import App, Workspace
 from meter.store.models import ROLES, Role
 
-UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended", "shadow"})
+UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
 
 
 def new_app_id(ws_id: str) -> str:
@@ -83,9 +83,18 @@ async def create_app(
     return app
 
 
+async def set_shadow(d: Deps, actor: str, app: App, on: bool) -> App:
+    """Shadow mode on or off (an operator's action: see meter/authz.py ``app.shadow``)."""
+    updated = await d.store.update_app(app.id, shadow=on)
+    if updated is None:
+        raise NotFound("app", app.id)
+    await project_app(d, updated)
+    await audit(d, actor, "app.shadow", f"app:{app.id}", {"shadow": app.shadow}, {"shadow": on})
+    return updated
+
+
 async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> App:
-    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it), ``suspended`` or
-    ``shadow``."""
+    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it) or ``suspended``."""
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "cannot be changed")

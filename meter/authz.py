@@ -53,6 +53,7 @@ AppAction = Literal[
     "collaborators.remove",
     "channels.read",
     "channels.set",
+    "app.shadow",
 ]
 
 WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
@@ -82,6 +83,9 @@ APP_RULES: dict[AppAction, frozenset[str]] = {
     "collaborators.add": frozenset({"app_owner", "workspace_owner"}),
     "app.transfer": frozenset({"app_owner", "workspace_owner"}),
     "collaborators.read": frozenset({"app_owner", "workspace_owner", "operator"}),
+    # Shadow mode serves without refusing: the operator's roll-out tool, never a
+    # tenant's (an owner could otherwise serve an app without credit for free).
+    "app.shadow": frozenset({"operator"}),
     "collaborators.remove": frozenset({"app_owner", "workspace_owner"}),
     "channels.read": frozenset({"app_owner", "workspace_owner"}),
     "channels.set": frozenset({"app_owner", "workspace_owner"}),

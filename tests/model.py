@@ -96,6 +96,7 @@ class Session:
     last: int
     blocks: int
     bsid: str
+    msgs: int = 0  # messages admitted in the current block (redeliveries excluded)
 
 
 class Record(NamedTuple):
@@ -259,7 +260,9 @@ class Workspace:
         if unit == "session":
             if charge:
                 self.seq += 1
-                s.blocks, s.bsid = need, f"s{self.seq}"
+                s.blocks, s.bsid, s.msgs = need, f"s{self.seq}", 1
+            else:
+                s.msgs += 1
             s.last = now
             self.sessions[sk] = s
             bsid = s.bsid
@@ -269,6 +272,17 @@ class Workspace:
             self.records[(app_id, rid)] = Record(token, 1, units, bsid, f, ap, pp, ch, unit, user)
         return Result(0, units, f, ap, pp, 0, 0, bsid, False, charge and unit == "session")
 
+    def _findable(self, now: int, s: Session) -> bool:
+        """Whether refund.lua's look-up (block buckets from now + 60 s back to
+        now - idle - block) reaches the session's entry."""
+        sb = max(1, self.block_ms // 1000)
+
+        def bucket(ms: int) -> int:
+            return ms // 1000 // sb * sb
+
+        entry = bucket(s.start + (s.blocks - 1) * self.block_ms)
+        return bucket(now - self.idle_ms - self.block_ms) <= entry <= bucket(now + 60_000)
+
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
     def refund(self, now: int, app_id: str, d: Result, rid: str, token: str) -> bool:
         if d.duplicate or (d.code == 0 and d.units == 0):
@@ -276,6 +290,10 @@ class Workspace:
         rec = self.records.get((app_id, rid))
         if rec is None or rec.token != token or not rec.units:
             return False
+        s = self.sessions.get((app_id, rec.channel, rec.user))
+        used = s is not None and s.bsid == rec.bsid and self._findable(now, s) and s.msgs > 1
+        if rec.bsid and used:
+            return False  # the session it opened was used by other messages: it stands
         del self.records[(app_id, rid)]
         a = self.apps[app_id]
         if now < self.free_exp:
@@ -287,6 +305,7 @@ class Workspace:
         s = self.sessions.get((app_id, rec.channel, rec.user))
         if rec.bsid and s is not None and s.bsid == rec.bsid:
             s.blocks -= 1
+            s.msgs -= 1
             if s.blocks <= 0:
                 del self.sessions[(app_id, rec.channel, rec.user)]
         fkey = f"{app_id}|{rec.channel}|{a.product}|{rec.unit}|"

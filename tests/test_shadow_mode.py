@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from adminkit import admin_server, admin_settings
+from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 from bot import (  # noqa: F401
     Bot,
     bot_fixture,
@@ -119,10 +119,19 @@ async def test_shadow_mode_is_set_through_the_admin_api(
         body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
         app = await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body)
         assert app["shadow"] is False
-        changed = await admin.ok("PATCH", f"/v1/apps/{app['id']}", token, {"shadow": True})
+        # A tenant may not: shadow mode serves an app without credit (operators only).
+        status, _ = await admin.api("PATCH", f"/v1/apps/{app['id']}", token, {"shadow": True})
+        assert status == 422
+        status, _ = await admin.api("PUT", f"/v1/apps/{app['id']}/shadow", token, {"shadow": True})
+        assert status == 403
+        changed = await admin.ok(
+            "PUT", f"/v1/apps/{app['id']}/shadow", OPERATOR_TOKEN, {"shadow": True}
+        )
         assert changed["shadow"] is True
         assert (await admin.ok("GET", f"/v1/apps/{app['id']}", token))["shadow"] is True
         field = await admin.redis.hget(keys.app_key(ws, app["id"]), "shadow")
         assert field == b"1"
-        status, _ = await admin.api("PATCH", f"/v1/apps/{app['id']}", token, {"shadow": "yes"})
+        status, _ = await admin.api(
+            "PUT", f"/v1/apps/{app['id']}/shadow", OPERATOR_TOKEN, {"shadow": "yes"}
+        )
         assert status == 422

@@ -75,6 +75,12 @@ async def get_app(call: Call) -> web.Response:
     return json_response(await app_out(call, app))
 
 
+async def set_shadow(call: Call) -> web.Response:
+    body = call.parsed(s.ShadowSet)
+    updated = await apps.set_shadow(call.deps, call.principal.actor, call.app, body.shadow)
+    return json_response(await app_out(call, updated))
+
+
 async def patch_app(call: Call) -> web.Response:
     app = call.app
     body = call.parsed(s.AppPatch)

@@ -114,9 +114,13 @@ class AppPatch(Body):
     use_free_credits: bool | SkipJsonSchema[None] = optional()
     upstream_url: Url | None = optional()
     suspended: bool | SkipJsonSchema[None] = optional()
-    # Shadow mode: metered and recorded, never refused (refusals counted, not applied);
-    # for rolling creditgate out in front of live bots.
-    shadow: bool | SkipJsonSchema[None] = optional()
+
+
+class ShadowSet(Body):
+    """Shadow mode: metered and recorded, never refused (refusals counted, not applied);
+    for rolling creditgate out in front of live bots. Operators only."""
+
+    shadow: bool
 
 
 class CollaboratorAdd(Body):

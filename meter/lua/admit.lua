@@ -15,7 +15,9 @@
 -- ARGV[14]  deliveries honoured per idempotency key (the original included)
 -- ARGV[15]  reservation window (ms): a charge not confirmed as forwarded within it is
 --           refunded by the sweeper (the gateway died between charge and forward)
--- ARGV[16..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind"
+-- ARGV[16..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
+--           digest: the message's fingerprint (hex) or "": a redelivery whose digest
+--           differs from the recorded one is another message under a reused key (code 8);
 --           key: the channel's idempotency key or "". A key belongs to one app, channel
 --           and channel user: the record id is "k:<channel>\t<user>\t<key>", else
 --           "t:<token>";
@@ -26,8 +28,8 @@
 --           "c": a check (WebSocket upgrade): suspension, licence and credit for one more
 --           unit, nothing charged, counted or recorded.
 -- A charged admission (and any admitted one with a channel key) leaves the charge record
--- P:i:<app>:<rid> = "token\tdeliveries\tunits\tbsid\tfree\tapp\tpool\tinv\tchannel\tunit\t
--- user" (expiring with the idempotency or refund window): the duplicate check for
+-- P:i:<app>:<rid> = "token\tdeliveries\tdigest\tunits\tbsid\tfree\tapp\tpool\tinv\tchannel\t
+-- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
 -- redeliveries and what refund.lua reverses. A charged, not yet settled one is also
 -- reserved in P:rsv ("<app>:<rid>" -> deadline ms) until the gateway confirms that it
 -- was forwarded; the sweeper refunds what is still reserved past its deadline.
@@ -232,7 +234,7 @@ local REASON = {[2] = 'app_suspended', [3] = 'product_not_licensed', [4] = 'rate
   [5] = 'usage_limit_reached', [6] = 'credits_exhausted', [7] = 'free_credits_expired',
   [8] = 'duplicate_delivery'}
 
-local RECORD_RE = '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
+local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
 
 -- Refusal reasons as aggregate fields; code 9 (invalid) never reaches the aggregates.
 -- Counted once per attempt: a call retried after its reply was lost (same token) must not
@@ -304,22 +306,24 @@ end
 
 -- A redelivery of an admitted message: charged nothing, but it obeys the app's status,
 -- its credit and the rate limits (and counts in them), at most MAX_DELIVERIES times.
-local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
-  local stok, cnt, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
-    '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
-  if not stok then cnt, sbsid, rest = 1, '', nil end
+local function redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token, digest)
+  local stok, cnt, sdig, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
+    '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
+  if not stok then cnt, sdig, sbsid, rest = 1, '', '', nil end
   cnt = tonumber(cnt)
   local code, retry, rt = status_code(a, pr), 0, nil
   if code == 0 and not settle then code, retry, rt = rate_check(app_id, a, pr) end
   if code == 0 then code = credit_code(a, pr, price) end
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
+  -- The same key with another message is not a redelivery.
+  if code == 0 and sdig ~= '' and digest ~= '' and sdig ~= digest then code = 8 end
   local shadowed = 0
   if code ~= 0 and a.shadow then shadowed, code = shadow(fkey, code), 0 end
   if code ~= 0 then return refuse(fkey, code, retry, token) end
   count_rate(rt)
   if rest then
-    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1, units,
-      sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
+    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1,
+      sdig, units, sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
   end
   result(0, 0, 0, 0, 0, 0, 0, sbsid, 1 + 8 * shadowed)
 end
@@ -386,8 +390,8 @@ local function write_session(S, a, charged)
 end
 
 local function admit_one(arg)
-  local app_id, ch, user, idem, token, kind =
-    string.match(arg, '^([^\t]*)\t([^\t]*)\t([^\t]+)\t([^\t]*)\t([^\t]+)\t([mnMNc])$')
+  local app_id, ch, user, idem, token, kind, digest =
+    string.match(arg, '^([^\t]*)\t([^\t]*)\t([^\t]+)\t([^\t]*)\t([^\t]+)\t([mnMNc])\t?(%w*)$')
   if not app_id then return result(9, 0, 0, 0, 0, 0, 0, '', 0) end
   local a = app_of(app_id)
   if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
@@ -408,14 +412,14 @@ local function admit_one(arg)
   local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
   local seen = redis.call('GET', ik)
   if seen then
-    local stok, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
+    local stok, _, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
     if stok == token then
       -- The same attempt again (the client retried a call whose reply was lost): the
       -- original decision, not a duplicate, so a failed bot call is still refunded.
       return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
         0, sbsid, sbsid ~= '' and 2 or 0)
     end
-    return redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token)
+    return redelivery(app_id, a, pr, price, fkey, ik, seen, settle, token, digest)
   end
   local code, retry, rt = status_code(a, pr), 0, nil
   local shadowed = 0
@@ -476,8 +480,8 @@ local function admit_one(arg)
   flags = flags + 8 * shadowed
   tally(fkey, units, f, ap, pp, inv)
   if units > 0 or idem ~= '' then
-    redis.call('SET', ik, string.format('%s\t1\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token, units,
-      bsid, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
+    redis.call('SET', ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', token,
+      digest, units, bsid, f, ap, pp, inv, ch, unit, user), 'PX', ttl)
     if units > 0 and not settle then
       redis.call('ZADD', P .. ':rsv', now + RESERVE, app_id .. ':' .. rid)
     end

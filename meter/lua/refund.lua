@@ -10,7 +10,9 @@
 --          reserved (never confirmed as forwarded)
 -- ARGV[5]  flush bucket (s)   ARGV[6] enterprise billing period id
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
--- Returns {refunded (0|1), free, app_paid, pool_paid, invoiced}
+-- Returns {refunded (0|1), free, app_paid, pool_paid, invoiced}. Not refunded: no such
+-- record, another attempt's token, nothing charged, or a charge that opened a billing
+-- session other messages were then served in (it was used; the reservation is settled).
 -- The charge is read from its record P:i:<app>:<key> (see admit.lua).
 
 local P = KEYS[1]
@@ -37,13 +39,29 @@ if not rec then
   return NONE
 end
 local tok, units, bsid, f, ap, pp, inv, ch, unit, user = string.match(rec,
-  '^([^\t]*)\t%d+\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  '^([^\t]*)\t%d+\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
 if token == '' then
   -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
   if redis.call('ZREM', rsv, member) == 0 then return NONE end
   token = tok
 end
 if not tok or tok ~= token or units == '0' then return NONE end
+
+-- A charge that opened a billing session other messages were then served in was used:
+-- it stands (else a client could open a session, ride it, and fail the opener for free).
+local sfld, sentry, sbucket
+if bsid ~= '' then
+  sfld = app .. '\t' .. ch .. '\t' .. user
+  sentry, sbucket = session_find(sfld)
+  if sentry then
+    local s1, msgs = string.match(sentry, '^%d+,%d+,%d+,([^,]+),(%d+),')
+    if s1 == bsid and tonumber(msgs) > 1 then
+      redis.call('ZREM', rsv, member)
+      return NONE
+    end
+  end
+end
+
 redis.call('DEL', ik)
 redis.call('ZREM', rsv, member)
 f, ap, pp, inv = tonumber(f), tonumber(ap), tonumber(pp), tonumber(inv)
@@ -67,8 +85,7 @@ end
 
 -- The billing session this message opened is undone: the next message opens it again.
 if bsid ~= '' then
-  local fld = app .. '\t' .. ch .. '\t' .. user
-  local e, b = session_find(fld)
+  local fld, e, b = sfld, sentry, sbucket
   if e then
     local cs, dl, blocks, s1, msgs, amount, prod =
       string.match(e, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$')

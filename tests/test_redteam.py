@@ -1,0 +1,622 @@
+"""Red-team findings against the traffic edge, the meter and the admin API.
+
+Each FAILING test is a hole: it asserts the secure behaviour, which the gateway does not
+have today. Each passing test is an attack that was tried and is correctly blocked.
+Loopback only; real Redis, a real counting bot, real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from bot import (  # noqa: F401
+    Bot,
+    Running,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_gateway,
+    seed,
+)
+from yarl import URL
+
+from meter import keys
+from meter.admission import Admitter
+from meter.redis_client import RedisClient
+from meter.reservations import Sweeper
+
+WS = "redteam"
+APP = f"{WS}_app1"
+FREE = 10_000_000  # $10
+SESSION_PRICE = 200_000  # automation: $0.20 a session
+
+
+async def free_left(rclient: RedisClient, ws: str = WS) -> int:
+    return int(await rclient.hget(keys.ws_key(ws), "free") or 0)
+
+
+async def send(
+    http: aiohttp.ClientSession,
+    url: str,
+    user: str,
+    key: str = "",
+    body: bytes = b"{}",
+    headers: dict[str, str] | None = None,
+) -> int:
+    h = {"X-Channel-User-Id": user, **(headers or {})}
+    if key:
+        h["Idempotency-Key"] = key
+    async with http.post(url, data=body, headers=h) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def wait_for(cond: Any, within_s: float = 10.0) -> bool:
+    for _ in range(int(within_s / 0.05)):
+        if await cond():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(await cond())
+
+
+# ======================================================================================
+# FINDING 1: a message that is refunded undoes the billing session that other messages
+# were served in for free: a client holds one "opener" upload open, rides the paid
+# session for free, then makes the opener fail (413) -> everything was free.
+# ======================================================================================
+
+
+async def test_refunded_session_opener_makes_the_whole_session_free(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path, max_body_bytes=4096)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        go_on = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 100  # admitted (session opened, $0.20 charged), body streaming
+            await go_on.wait()
+            yield b"x" * 8192  # now past max_body_bytes: 413, and the opener is refunded
+
+        async def opener() -> int:
+            headers = {"X-Channel-User-Id": "mallory"}
+            async with http.post(url, data=body(), headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        task = asyncio.create_task(opener())
+
+        async def charged() -> bool:
+            return await free_left(rclient) == FREE - SESSION_PRICE
+
+        assert await wait_for(charged)
+        # Meanwhile, in the session the opener paid for: 20 ordinary messages.
+        served = [await send(http, url, "mallory", body=b'{"q":"%d"}' % i) for i in range(20)]
+        assert served == [200] * 20
+        go_on.set()
+        assert await task == 413
+    assert bot.count("/") >= 20  # the bot answered 20 messages (plus the opener's partial)
+    # Secure: 20 served messages are at least one paid session.
+    assert await free_left(rclient) <= FREE - SESSION_PRICE, "20 messages served for $0"
+
+
+# ======================================================================================
+# FINDING 2: an idempotency key is not bound to the message: "redeliveries" with other
+# bodies are served and charged nothing (5 different questions for the price of one).
+# ======================================================================================
+
+REQ_APP = f"{WS}_reqs"  # contact_center: $0.01 per request
+REQ_PRICE = 10_000
+
+
+async def test_a_redelivery_with_another_body_is_not_free(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{REQ_APP}"
+        questions = [b'{"q":"question number %d"}' % i for i in range(5)]
+        statuses = [await send(http, url, "mallory", "k1", body=q) for q in questions]
+        # The same message again is a redelivery: served, not charged again.
+        again = await send(http, url, "mallory", "k1", body=questions[0])
+    # Secure: the 4 impostors under the reused key are refused, the bot never sees them.
+    assert statuses == [200] + [409] * 4
+    assert again == 200
+    assert [c.body for c in bot.calls] == [questions[0], questions[0]]
+    assert await free_left(rclient) == FREE - REQ_PRICE
+
+
+# ======================================================================================
+# FINDING 3: a charge is "confirmed as forwarded" only after the last byte of a streamed
+# body; an upload held open past refund_window_s is refunded by the sweeper although
+# the bot then gets it and answers.
+# ======================================================================================
+
+
+async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path, refund_window_s=1.0)
+    await seed(rclient, settings, WS,
+               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{REQ_APP}"
+        go_on = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"q":"a question that '
+            await go_on.wait()
+            yield b'takes a while to type"}'
+
+        async def upload() -> int:
+            async with http.post(url, data=body(), headers={"X-Channel-User-Id": "m"}) as r:
+                await r.read()
+                return r.status
+
+        task = asyncio.create_task(upload())
+
+        async def charged() -> bool:
+            return await free_left(rclient) == FREE - REQ_PRICE
+
+        assert await wait_for(charged)
+        refunds = Admitter(rclient, settings)
+        sweeper = Sweeper(
+            rclient, lambda: _ws_list(), lambda app_id, rid: refunds.void(app_id, rid, "")
+        )
+        await asyncio.sleep(1.5)  # past the refund window, the upload still open
+        await sweeper.sweep_once()
+        go_on.set()
+        assert await task == 200
+    assert bot.count() == 1  # the bot got the whole message and answered it
+    assert await free_left(rclient) == FREE - REQ_PRICE, "served, then refunded by the sweeper"
+
+
+async def _ws_list() -> list[str]:
+    return [WS]
+
+
+# ======================================================================================
+# FINDING 4: on an HS256 channel the end-user's SDK token (sub = the user) also
+# authorizes /notify (no notify_secret: the channel secret is the notify key), so any
+# end user can push arbitrary bodies to the channel's delivery endpoint, billed to the
+# tenant as notifications.
+# ======================================================================================
+
+SECRET = "s3cr3t-" + "x" * 30
+
+
+async def _set_secret(
+    rclient: RedisClient, settings: Any, app_id: str, channel: str, secret: str = SECRET
+) -> None:
+    from meter import channel_secrets
+    from meter.store import AppChannel
+
+    f = channel_secrets.cipher(settings)
+    assert f is not None
+    ch = AppChannel(
+        app_id=app_id,
+        channel=channel,
+        scheme=channel_secrets.scheme_of(channel),
+        secret_enc=f.encrypt(secret.encode()).decode(),
+        notify_secret_enc=None,
+        updated_at=0,
+    )
+    await channel_secrets.project(rclient, app_id, channel, ch)
+
+
+def _hs256(sub: str, key: str = SECRET, exp_in: float = 300) -> str:
+    import jwt
+
+    return jwt.encode({"sub": sub, "exp": int(time.time() + exp_in)}, key, algorithm="HS256")
+
+
+def _auth_settings(redis_url: str, tmp_path: Path, bot: Bot, **kw: Any) -> Any:
+    from config.settings import ChannelRule
+
+    return make_settings(
+        redis_url,
+        tmp_path,
+        secret_key="test-secret-key-" + "z" * 20,
+        channel_secret_max_age_s=0.001,
+        channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")},
+        **kw,
+    )
+
+
+# ======================================================================================
+# FINDING 5: the unsigned Meta subscription handshake is a free pass for ANY GET: any
+# tail, any extra query, suspended or broke apps; the bot's full answer comes back.
+# ======================================================================================
+
+
+# ======================================================================================
+# FINDING 6: a plain GET with "Upgrade: websocket" is handled as a WebSocket upgrade:
+# only checked (nothing charged), then the gateway opens a request to the bot at the
+# attacker's path and query: the bot does the work, $0 charged.
+# ======================================================================================
+
+
+async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        u = URL(gw.url)
+        answers = []
+        for i in range(10):
+            reader, writer = await asyncio.open_connection(u.host, u.port)
+            writer.write(
+                f"GET /hooks/web/{APP}/api/answer?q={i} HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Channel-User-Id: m\r\n\r\n"
+                .encode()
+            )  # fmt: skip
+            await writer.drain()
+            answers.append((await reader.read(200)).split(b"\r\n", 1)[0])
+            writer.close()
+    served = bot.count("/api/answer")
+    charged = FREE - await free_left(rclient)
+    # Secure: a bot call is a billable message (or the bot is not called at all).
+    assert served == 0 or charged > 0, f"bot served {served} calls for $0: {answers[:2]}"
+
+
+# ======================================================================================
+# FINDING 7 (design): enabling channel authentication on one channel protects nothing:
+# the same app (same bot, same credit) is reachable through any other channel name,
+# unauthenticated and billed to the tenant, unless the operator requires auth globally.
+# ======================================================================================
+
+
+# ======================================================================================
+# FINDING 8 (critical): shadow mode is an app setting its OWNER may switch on
+# (PATCH /v1/apps/{app} {"shadow": true}); a shadow app is never refused and a message
+# it cannot pay is "served uncharged": unlimited free service for any tenant.
+# ======================================================================================
+
+
+async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
+    redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    from adminkit import admin_server, admin_settings
+
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    async with admin_server(settings, traffic=True) as admin:
+        _, token = await admin.new_user("mallory")
+        await admin.ok("POST", "/v1/workspaces", token, {"name": "first"})  # the free $500
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "second"}))["id"]
+        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
+        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        url = f"{admin.traffic_url}/hooks/web/{app}"
+        assert await send(http, url, "u0") == 402  # no credit in the second workspace
+        status, _ = await admin.api("PATCH", f"/v1/apps/{app}", token, {"shadow": True})
+        served = 0
+        for _ in range(100):  # the gateway follows an app change within a second
+            served = sum([await send(http, url, f"u{i}") == 200 for i in range(1, 6)])
+            if served:
+                break
+            await asyncio.sleep(0.05)
+        more = [await send(http, url, f"user{i}") for i in range(40)]
+        view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
+    # Secure: the owner may not switch shadow mode on (403/422), and nothing is served.
+    assert (bot.count(), more.count(200)) == (0, 0), (
+        f"PATCH shadow -> {status}; bot served {bot.count()} sessions; "
+        f"balance {view['usable_balance']}"
+    )
+
+
+# ======================================================================================
+# FINDING 9: the dot-segment guard splits the tail on raw "/" only: "%2F..%2F" (an
+# encoded slash around "..") passes and the bot's decoded path climbs out of the app's
+# URL space (aiohttp's request.path at the bot: /tenantA/api/x/../../tenantB/secret).
+# ======================================================================================
+
+
+@pytest.mark.parametrize(
+    "tail", ["/x%2F..%2F..%2FtenantB%2Fsecret", "/x/%2e%2e%2f%2e%2e%2ftenantB%2fsecret"]
+)
+async def test_encoded_slashes_do_not_smuggle_dot_segments(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    tail: str,
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {APP: {"product": "automation", "upstream_url": bot.url + "/tenantA/api"}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        u = URL(f"{gw.url}/hooks/web/{APP}{tail}", encoded=True)
+        async with http.post(u, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
+            status = resp.status
+            seen = (await resp.json(content_type=None)).get("path", "")
+    # Secure: 400 invalid_path, or at least the bot never sees a ".." segment.
+    assert status == 400 or ".." not in seen.split("/"), f"{status}: bot path {seen}"
+
+
+# ======================================================================================
+# FINDING 10: X-Slack-Request-Timestamp "²" (or any Unicode digit int() refuses) passes
+# str.isdigit() and then int() raises: unauthenticated 500 on every Slack-enabled app.
+# ======================================================================================
+
+
+async def raw_request(url: str, data: bytes) -> bytes:
+    u = URL(url)
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+# ======================================================================================
+# BLOCKED (passing): attacks tried that the gateway refuses correctly.
+# ======================================================================================
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+        "http://[::ffff:7f00:1]:{port}/",
+        "http://[::127.0.0.1]:{port}/",
+        "http://[64:ff9b::7f00:1]:{port}/",
+        "http://[2002:7f00:1::]:{port}/",
+        "http://localhost:{port}/",
+        "http://LOCALHOST.:{port}/",
+        "http://2130706433:{port}/",
+        "http://0x7f.1:{port}/",
+        "http://127.1:{port}/",
+        "http://0177.0.0.1:{port}/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1%25lo]:{port}/",
+        "http://10.0.0.1/",
+        "http://0.0.0.0:{port}/",
+        "http://[::]:{port}/",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:{port}/",
+        "http://user@127.0.0.1:{port}/",
+        "http://127.0.0.1\\@example.com/",
+    ],
+)
+async def test_blocked_ssrf_urls_are_refused_on_save(
+    redis_url: str, tmp_path: Path, bot: Bot, target: str
+) -> None:
+    from adminkit import admin_server, admin_settings
+
+    port = URL(bot.url).port
+    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    async with admin_server(settings) as admin:
+        _, token = await admin.new_user("mallory")
+        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "w"}))["id"]
+        body = {"name": "b", "product": "automation", "upstream_url": target.format(port=port)}
+        status, problem = await admin.api("POST", f"/v1/workspaces/{ws}/apps", token, body)
+        assert status in (400, 422), (status, problem)
+        hook = {"url": target.format(port=port), "secret": "s" * 32}
+        status, problem = await admin.api("PUT", f"/v1/workspaces/{ws}/webhook", token, hook)
+        assert status in (400, 422), (status, problem)
+    assert bot.count() == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1:{port}", "http://[::ffff:127.0.0.1]:{port}", "http://localhost:{port}"],
+)
+async def test_blocked_ssrf_at_connect_time_is_502_and_refunded(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    target: str,
+) -> None:
+    # The URL reached Redis without the save-time check (a rebinding name, an old row).
+    settings = make_settings(redis_url, tmp_path, egress_allow=[])
+    port = URL(bot.url).port
+    await seed(rclient, settings, WS,
+               {APP: {"product": "automation", "upstream_url": target.format(port=port)}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        async with http.post(url, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
+            assert resp.status == 502
+            assert (await resp.json(content_type=None))["code"] == "upstream_forbidden"
+    assert bot.count() == 0
+    assert await free_left(rclient) == FREE
+
+
+async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    from servers import free_port
+
+    traffic, admin = free_port(), free_port()
+    settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
+    targets = [f"http://127.0.0.1:{admin}", f"http://localhost:{admin}",
+               f"http://[::ffff:127.0.0.1]:{admin}", f"http://127.0.0.1:{traffic}"]  # fmt: skip
+    async with _replica(settings, "127.0.0.1"):
+        for target in targets:
+            await seed(rclient, settings, WS,
+                       {APP: {"product": "automation", "upstream_url": target}},
+                       free=FREE if target == targets[0] else 0)  # fmt: skip
+            await asyncio.sleep(1.1)  # the upstream cache follows within a second
+            async with http.get(f"http://127.0.0.1:{traffic}/hooks/web/{APP}/metrics",
+                                headers={"X-Channel-User-Id": "m"}) as resp:  # fmt: skip
+                body = await resp.read()
+                assert resp.status in (502, 508), (target, body[:200])
+                assert b"creditgate_" not in body
+    assert await free_left(rclient) == FREE
+
+
+async def test_blocked_forged_hs256_tokens(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    import base64
+    import json
+
+    settings = _auth_settings(redis_url, tmp_path, bot)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    await _set_secret(rclient, settings, APP, "web")
+
+    def b64(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    claims = {"sub": "victim", "exp": int(time.time()) + 300}
+    forged = [
+        b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims) + ".",
+        _hs256("victim", key="w" * 40),
+        _hs256("victim", exp_in=-3600),
+        _hs256("x" * 300),
+        "Bearer",
+    ]
+    async with running_gateway(settings) as gw:
+        for tok in forged:
+            h = {"Authorization": f"Bearer {tok}", "X-Channel-User-Id": "victim"}
+            async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=h) as resp:
+                body = await resp.text()
+                assert resp.status == 401, (tok, resp.status)
+                assert tok not in body or tok == "Bearer"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?token={forged[1]}")
+        assert err.value.status == 401
+    assert bot.count() == 0 and bot.ws_messages == []
+    assert await free_left(rclient) == FREE
+
+
+async def test_blocked_unsigned_free_passes_on_authenticated_channels(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = _auth_settings(redis_url, tmp_path, bot)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    for ch in ("slack", "whatsapp"):
+        await _set_secret(rclient, settings, APP, ch)
+    async with running_gateway(settings) as gw:
+        bodies = {
+            "slack": b'{"type":"url_verification","challenge":"x"}',
+            "whatsapp": b'{"entry":[{"changes":[{"value":{"statuses":[]}}]}]}',
+        }
+        for ch, body in bodies.items():
+            st = await send(http, f"{gw.url}/hooks/{ch}/{APP}", "m", body=body)
+            assert st == 401
+        # A POST that looks like the Meta handshake is not one.
+        url = f"{gw.url}/hooks/whatsapp/{APP}?hub.mode=subscribe&hub.verify_token=x&hub.challenge=1"
+        assert await send(http, url, "m", body=b"hello") == 401
+    assert bot.count() == 0
+    assert await free_left(rclient) == FREE
+
+
+async def test_blocked_loop_and_hop_header_tricks(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    async with running_gateway(settings) as gw:
+        await seed(rclient, settings, WS,
+                   {APP: {"product": "automation", "upstream_url": f"{gw.url}/hooks/web/{APP}"}},
+                   free=FREE)  # fmt: skip
+        # Hide Via from the next hop by listing it in Connection: it is re-added.
+        h = {"Connection": "keep-alive, Via", "Via": "1.1 other"}
+        st = await send(http, f"{gw.url}/hooks/web/{APP}", "m", headers=h)
+        assert st in (502, 508)
+    assert bot.count() == 0
+    assert await free_left(rclient) == FREE
+
+
+# ======================================================================================
+# FINDING 11: the own-address guard knows only THIS process's address. Replicas (the
+# HPA runs at least 2) listen on the same ports at other addresses; with the bots'
+# internal range allowed (egress_allow), an app whose upstream is a sibling replica's
+# admin port reads its /metrics and /readyz through the traffic port. Simulated on
+# loopback: replica A on 127.0.0.1, replica B on 127.0.0.2, same ports, 127/8 allowed
+# (as a pod CIDR would be).
+# ======================================================================================
+
+
+@contextlib.asynccontextmanager
+async def _replica(settings: Any, host: str) -> AsyncIterator[Any]:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import create_app
+    from gateway.http_server import GatewayRunner
+    from meter.store import open_store
+
+    store = open_store(settings.store_url)
+    await store.migrate()
+    gw = create_app(settings, store=store, registry=CollectorRegistry())
+    runners = []
+    try:
+        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
+            runner = GatewayRunner(app, settings)
+            await runner.setup()
+            await aiohttp.web.TCPSite(runner, host, port).start()
+            runners.append(runner)
+        yield gw
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await store.close()
+
+
+# ======================================================================================
+# FINDING 12 (low): "?token=" is read percent-decoded but removed by its raw name, so
+# "?%74oken=<jwt>" authenticates the upgrade AND travels to the bot in the URL (where
+# access logs keep it). The contract: a ?token= is not passed on to the bot.
+# ======================================================================================
+
+
+# ======================================================================================
+# FINDING 13: a WebSocket upgrade the bot does not accept is logged (INFO) with the repr
+# of aiohttp's WSServerHandshakeError, whose RequestInfo carries every request header
+# sent upstream, the client's "Authorization: Bearer <channel JWT>" included.
+# ======================================================================================
+
+
+async def test_blocked_edge_inputs_and_redelivery_bounds(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS,
+               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    async with running_gateway(settings) as gw:
+        url = f"{gw.url}/hooks/web/{REQ_APP}"
+        for user in (b"\xff\xfe", b"a\x00b", b"a\tb", b"x" * 257, "\u2028".encode()):
+            start = (
+                f"POST /hooks/web/{REQ_APP} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                "Connection: close\r\nX-Channel-User-Id: "
+            )
+            head = start.encode() + user + b"\r\n\r\n{}"
+            answer = await raw_request(gw.url, head)
+            assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), (user, answer[:80])
+        assert await send(http, url, "m", headers={"Via": "1.1 creditgate"}) == 508
+        dots = URL(url + "/%2e%2e/x", encoded=True)
+        async with http.post(dots, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
+            assert resp.status == 400
+        # Same key, same body: honoured 5 times, then 409.
+        assert [await send(http, url, "m", "k") for _ in range(6)] == [200] * 5 + [409]
+        # The same key from another user is another (charged) message.
+        assert await send(http, url, "other", "k") == 200
+    assert bot.count() == 6
+    assert await free_left(rclient) == FREE - 2 * REQ_PRICE
