@@ -244,7 +244,12 @@ class Proxy:
                 # The client sent too much: its failure, and the bot got the start of it.
                 self.meter.forwarded(admission)
                 raise too_large(self.max_body) from None
-            log.info("upstream %s failed: %r", url.host, exc)
+            log.info(
+                "upstream %s failed: %s %s",
+                url.host,
+                type(exc).__name__,
+                getattr(exc, "status", None),
+            )
             failure, status = "5xx", 502
         else:
             return await self._stream_back(request, upstream, admission, t0)

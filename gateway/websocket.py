@@ -99,7 +99,12 @@ async def proxy_websocket(
             502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
         ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.info("websocket upstream %s failed: %r", url.host, exc)
+        log.info(
+            "websocket upstream %s failed: %s %s",
+            url.host,
+            type(exc).__name__,
+            getattr(exc, "status", None),
+        )
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
         ) from None
