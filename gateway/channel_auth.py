@@ -6,21 +6,26 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
 * ``slack_v0``: ``X-Slack-Signature`` = ``v0=`` + HMAC-SHA256(secret, ``v0:{ts}:{body}``)
   and ``X-Slack-Request-Timestamp`` within ``slack_signature_window_s`` of now;
 * ``meta_sha256``: ``X-Hub-Signature-256`` = ``sha256=`` + HMAC-SHA256(secret, body).
-  Meta's subscription handshake (a bodiless ``GET`` with ``hub.mode=subscribe``,
-  ``hub.verify_token`` and ``hub.challenge``) cannot be signed: it is let through,
-  unmetered, for the bot to check its verify token;
+  Meta's subscription handshake cannot be signed: a bodiless ``GET`` to the webhook
+  itself (no tail) whose query is exactly ``hub.mode=subscribe``, ``hub.verify_token``
+  and ``hub.challenge`` is let through, unmetered, for the bot to check its verify
+  token, and only a 2xx answer whose body is the challenge goes back
+  (:meth:`Verified.answer_handshake`, else 502); anything else is verified as usual;
 * ``botframework_jwt``: ``Authorization: Bearer`` JWT, RS256 with a key of the OpenID
   metadata at ``msteams_openid_url`` (cached, refetched for an unknown key id at most
   every ``msteams_keys_min_refresh_s``), the metadata's issuer, audience = the secret
   (the bot's App ID), unexpired; a ``serviceUrl`` claim must match the activity's;
 * ``jwt_hs256`` (every other channel): ``Authorization: Bearer`` JWT, HS256 with the
   secret, ``exp`` and ``sub`` required; ``sub`` is the channel user (it replaces
-  ``X-Channel-User-Id``, also towards the bot). A WebSocket upgrade may carry the token
-  as ``?token=``, which is not passed on to the bot.
+  ``X-Channel-User-Id``, also towards the bot); a token for ``/notify`` (``aud`` =
+  ``creditgate:notify``) is refused. A WebSocket upgrade may carry the token as
+  ``?token=`` (any spelling that decodes to it), which is not passed on to the bot.
 
 A channel without a secret is unauthenticated: allowed unless ``require_channel_auth``
 (then 403 ``channel_not_authenticated``). ``/notify`` always needs an HS256 JWT signed
-with the channel's notify key; the ``Authorization`` header carrying it is not passed on.
+with the channel's notify key with ``aud`` = ``creditgate:notify`` and ``exp``, so an end
+user's chat token (same key when there is no ``notify_secret``) is not a notify
+credential; the ``Authorization`` header carrying it is not passed on.
 
 Each worker caches an app's projected secret for ``channel_secret_max_age_s`` and
 decrypts it once per change; JWKS are fetched with aiohttp, never blocking the loop.
@@ -33,6 +38,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -58,6 +64,10 @@ MAX_TOKEN = 8192
 MAX_USER = 256
 MAX_ENTRIES = 100_000
 TOKEN_PARAM = "token"
+NOTIFY_AUDIENCE = "creditgate:notify"  # ``aud`` of /notify tokens, refused on /hooks
+HANDSHAKE_PARAMS = frozenset({"hub.mode", "hub.verify_token", "hub.challenge"})
+MAX_CHALLENGE = 256
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²"
 
 
 def invalid_signature(reason: str) -> Refused:
@@ -89,6 +99,7 @@ class Verified(NamedTuple):
     user: str = ""  # the channel user the credential names (HS256 ``sub``)
     body: bytes | None = None  # the raw body, when verifying needed it
     drop_authorization: bool = False  # the credential is the gateway's, not the bot's
+    handshake_challenge: str | None = None  # a Meta handshake: the answer must echo this
 
     def rewrite(self, headers: MutableMapping[str, str]) -> None:
         """Make the headers sent on match what was verified."""
@@ -96,6 +107,33 @@ class Verified(NamedTuple):
             headers[USER_HEADER] = self.user
         if self.drop_authorization:
             headers.pop("Authorization", None)
+
+    async def answer_handshake(self, upstream: aiohttp.ClientResponse) -> web.Response:
+        """The bot's answer to an unsigned Meta handshake, passed on only if it is a 2xx
+        whose body is exactly ``hub.challenge``: the handshake buys nothing else (502)."""
+        assert self.handshake_challenge is not None
+        want = self.handshake_challenge.encode()
+        got: bytes | None = None
+        try:
+            if 200 <= upstream.status < 300:
+                got = b""
+                # At most one byte more than the challenge: enough to tell it differs.
+                async for chunk in upstream.content.iter_chunked(len(want) + 1):
+                    got += chunk
+                    if len(got) > len(want):
+                        break
+        except (aiohttp.ClientError, TimeoutError):
+            got = None
+        finally:
+            upstream.release()
+        if got != want:
+            raise Problem(
+                502,
+                "invalid_handshake_answer",
+                "Bot did not answer the handshake",
+                "the bot's answer to the webhook subscription handshake is not its challenge",
+            )
+        return web.Response(status=upstream.status, body=want, content_type="text/plain")
 
 
 UNAUTHENTICATED = Verified(False)
@@ -133,13 +171,24 @@ def _same(expected: str, given: str) -> bool:
 
 
 def without_token(url: URL) -> URL:
-    """``url`` without ``token=`` query parameters, the rest of the query as it was."""
+    """``url`` without ``token`` query parameters, the rest of the query byte for byte.
+
+    A parameter is dropped by its *decoded* name (``%74oken``, ``tok%65n`` are ``token``
+    to the verifier, which reads ``request.query``): each ``&``-separated part is decoded
+    by yarl exactly as the request's query was.
+    """
     query = url.raw_query_string
     if not query:
         return url
-    kept = [p for p in query.split("&") if p.partition("=")[0] != TOKEN_PARAM]
+    kept = [p for p in query.split("&") if not p or TOKEN_PARAM not in _decoded_names(p)]
+    if len(kept) == query.count("&") + 1:
+        return url
     base = str(url.with_query(None))
     return URL(base + ("?" + "&".join(kept) if kept else ""), encoded=True)
+
+
+def _decoded_names(part: str) -> set[str]:
+    return set(URL.build(query_string=part, encoded=True).query.keys())
 
 
 class OpenIdKeys:
@@ -263,8 +312,10 @@ class ChannelAuth:
         headers = request.headers
         if key.scheme == channel_secrets.HS256:
             return Verified(True, self._hs256(bearer(headers.get("Authorization")), key.secret))
-        if key.scheme == "meta_sha256" and _meta_handshake(request):
-            return Verified(True)
+        if key.scheme == "meta_sha256":
+            challenge = _meta_handshake(request)
+            if challenge is not None:
+                return Verified(True, handshake_challenge=challenge)
         body = await read_body(request)
         if key.scheme == "slack_v0":
             self._slack(headers, body, key.secret)
@@ -303,11 +354,13 @@ class ChannelAuth:
             raise not_authenticated(channel, "has no notify_secret")
         token = bearer(request.headers.get("Authorization"))
         try:
+            # The audience keeps a chat token (same key without a notify_secret) out.
             jwt.decode(
                 token,
                 key.notify,
                 algorithms=["HS256"],
-                options={"require": ["exp"], "verify_aud": False},
+                audience=NOTIFY_AUDIENCE,
+                options={"require": ["exp", "aud"]},
                 leeway=self._leeway,
             )
         except jwt.InvalidTokenError as exc:
@@ -320,7 +373,7 @@ class ChannelAuth:
         ts, sig = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
         if not ts or not sig:
             raise invalid_signature("missing X-Slack-Signature or X-Slack-Request-Timestamp")
-        if not ts.isdigit() or len(ts) > 12:
+        if not _TIMESTAMP.fullmatch(ts):
             raise invalid_signature("malformed X-Slack-Request-Timestamp")
         if abs(time.time() - int(ts)) > self._window:
             raise invalid_signature(f"timestamp outside the {self._window:.0f} s window")
@@ -349,6 +402,9 @@ class ChannelAuth:
             )
         except jwt.InvalidTokenError as exc:
             raise invalid_signature(_jwt_reason(exc)) from None
+        aud = claims.get("aud")
+        if aud == NOTIFY_AUDIENCE or (isinstance(aud, list) and NOTIFY_AUDIENCE in aud):
+            raise invalid_signature("a /notify token is not a channel user's")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_USER or not sub.isprintable():
             raise invalid_signature("sub must be 1-256 printable characters")
@@ -450,15 +506,23 @@ class ChannelAuth:
         return _Entry(expires, raw, key)
 
 
-def _meta_handshake(request: web.Request) -> bool:
+def _meta_handshake(request: web.Request) -> str | None:
+    """``hub.challenge`` of Meta's subscription handshake, else ``None`` (verify as usual).
+
+    Only what registration sends: a bodiless ``GET`` to the webhook itself (an empty
+    tail), each of the three ``hub.*`` parameters once and nothing else, so the
+    unsigned pass cannot reach another bot path or carry another question.
+    """
+    if request.method != "GET" or request.body_exists or request.match_info.get("tail", ""):
+        return None
     q = request.query
-    return (
-        request.method == "GET"
-        and not request.body_exists
-        and q.get("hub.mode") == "subscribe"
-        and "hub.verify_token" in q
-        and "hub.challenge" in q
-    )
+    parts = request.rel_url.raw_query_string.count("&") + 1  # "a&" is two parts
+    if not len(q) == parts == len(HANDSHAKE_PARAMS) or set(q.keys()) != HANDSHAKE_PARAMS:
+        return None
+    challenge = q["hub.challenge"]
+    if q["hub.mode"] != "subscribe" or not 1 <= len(challenge) <= MAX_CHALLENGE:
+        return None
+    return challenge
 
 
 def _jwt_reason(exc: jwt.InvalidTokenError) -> str:

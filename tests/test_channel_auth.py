@@ -43,6 +43,8 @@ from meter.projection import read_balances
 from meter.redis_client import RedisClient
 from meter.store import AppChannel
 
+NOTIFY_AUD = "creditgate:notify"  # the audience of /notify tokens (README)
+
 SAMPLES = Path(__file__).resolve().parent / "data" / "channels"
 WS = "chauth"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request, $1 of its own funds
@@ -318,13 +320,17 @@ async def test_whatsapp_signatures(world: World) -> None:
 async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: World) -> None:
     before = await world.state()
     q = "hub.mode=subscribe&hub.verify_token=mine&hub.challenge=1158201444"
-    async with world.http.get(f"{world.gw.url}/hooks/whatsapp/{BROKE}/wa?{q}") as resp:
-        assert resp.status == 200
+    # The bot's answer is checked against the challenge (test_channel_auth_redteam.py);
+    # this bot echoes JSON, so only its being reached, unmetered, is asserted here.
+    async with world.http.get(f"{world.gw.url}/hooks/whatsapp/{BROKE}?{q}") as resp:
+        await resp.read()
     assert world.bot.count() == 1
-    assert world.bot.calls[0].path_qs == f"/wa?{q}"
+    assert world.bot.calls[0].path_qs == f"/?{q}"
     assert await world.state() == before
-    # ...but only the bodiless GET handshake: a POST with the same query is verified.
-    await refused_unmetered(world, f"/hooks/whatsapp/{BROKE}/wa?{q}", b"{}", {})
+    # ...but only the bodiless GET handshake to the webhook itself: a POST with the same
+    # query, or a GET to another path, is verified.
+    await refused_unmetered(world, f"/hooks/whatsapp/{BROKE}?{q}", b"{}", {})
+    await refused_unmetered(world, f"/hooks/whatsapp/{BROKE}/wa?{q}", b"", {}, method="GET")
 
 
 # ----------------------------------------------------------------------- msteams
@@ -561,12 +567,14 @@ async def test_notify_needs_a_token_signed_with_the_channel_secret(world: World)
     path = f"/notify/web/{APP}/send"
     await refused_unmetered(world, path, b"note", {})
     await refused_unmetered(
-        world, path, b"note", {"Authorization": f"Bearer {hs256(key='z' * 40)}"}
+        world, path, b"note", {"Authorization": f"Bearer {hs256(key='z' * 40, aud=NOTIFY_AUD)}"}
     )
     await refused_unmetered(
-        world, path, b"note", {"Authorization": f"Bearer {hs256(exp_in=-3600)}"}
+        world, path, b"note", {"Authorization": f"Bearer {hs256(exp_in=-3600, aud=NOTIFY_AUD)}"}
     )
-    token = hs256(sub=None)
+    # An end user's chat token (signed with the same secret) is no notify token.
+    await refused_unmetered(world, path, b"note", {"Authorization": f"Bearer {hs256()}"})
+    token = hs256(sub=None, aud=NOTIFY_AUD)
     status, _ = await world.post(path, b"note", {"Authorization": f"Bearer {token}"})
     assert status == 200
     call = world.bot.calls[-1]
@@ -579,13 +587,13 @@ async def test_notify_refused_on_channels_without_a_notify_key(world: World) -> 
     before = await world.state()
     # no secret at all on "voice"; msteams' secret is an App ID (public), no notify_secret
     for path, key in ((f"/notify/voice/{APP}", SECRET), (f"/notify/msteams/{APP}", APP_ID_MS)):
-        h = {"Authorization": f"Bearer {hs256(key=key)}"}
+        h = {"Authorization": f"Bearer {hs256(key=key, aud=NOTIFY_AUD)}"}
         status, problem = await world.post(path, b"note", h)
         assert (status, problem["code"]) == (403, "channel_not_authenticated"), problem
     assert world.bot.count() == 0
     assert await world.state() == before
     await set_secret(world.rclient, world.settings, APP, "msteams", APP_ID_MS, notify=NOTIFY)
-    h = {"Authorization": f"Bearer {hs256(key=NOTIFY)}"}
+    h = {"Authorization": f"Bearer {hs256(key=NOTIFY, aud=NOTIFY_AUD)}"}
     status = 0
     for _ in range(300):  # each worker follows a change within channel_secret_max_age_s
         status = (await world.post(f"/notify/msteams/{APP}", b"note", h))[0]
