@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import payload, web
 from yarl import URL
 
-from gateway.channel_auth import ChannelAuth, Verified
+from gateway.channel_auth import ChannelAuth, Verified, without_token
 from gateway.channels import USER_HEADER, Channels
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import VIA_TOKEN, downstream_headers, target_url, upstream_headers
@@ -252,6 +252,8 @@ class Proxy:
             )
             failure, status = "5xx", 502
         else:
+            if verified is not None and verified.handshake_challenge is not None:
+                return await verified.answer_handshake(upstream)  # only the challenge
             return await self._stream_back(request, upstream, admission, t0)
         self.metrics.upstream_children[failure].observe(time.perf_counter() - t0)
         await self._failed(admission, failure)
@@ -330,6 +332,8 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         if base == NO_UPSTREAM:
             raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
         url = target_url(base, request, _prefix("hooks", channel, app_id))
+        if verified.authenticated:
+            url = without_token(url)  # the channel's credential is not the bot's
         state = [False]
         body: Body = verified.body
         if rule.needs_body:

@@ -313,11 +313,6 @@ async def test_the_meta_handshake_is_not_a_free_get_to_any_bot_path(world: World
     assert await world.state() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the gateway/proxy.py lines that call Verified.answer_handshake "
-    "(integrator; see the rtauth report). Remove this marker once they are in.",
-)
 async def test_a_handshake_answer_that_is_not_the_challenge_is_not_passed_on(
     world: World,
 ) -> None:
@@ -437,11 +432,6 @@ async def test_every_spelling_of_token_is_dropped_from_a_websocket(world: World)
     assert (await world.state())[0].free == FREE - 200_000  # alice's session
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `url = without_token(url)` in gateway/proxy.py hooks() for an "
-    "authenticated channel (integrator; see the rtauth report). Remove once it is in.",
-)
 async def test_a_token_parameter_is_not_passed_to_the_bot_over_http(world: World) -> None:
     token = hs256("alice")
     path = f"/hooks/web/{APP}/chat?%74oken={token}&a=1"
