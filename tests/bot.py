@@ -31,11 +31,12 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from config import Settings, load_catalog
 from gateway.app import Gateway, create_app
 from gateway.http_server import GatewayRunner
-from meter import projection
+from meter import keys, projection
 from meter.redis_client import RedisClient, connect
 from meter.store import open_store
 
@@ -312,6 +313,66 @@ async def rclient_fixture(redis_url: str) -> AsyncIterator[RedisClient]:
     c = connect(redis_url)
     yield c
     await c.aclose()
+
+
+# ---------------------------------------------------------------------- requests
+# Shared by the abuse, red-team and crash tests.
+
+
+async def free_credit(client: RedisClient, ws: str) -> int:
+    """The workspace's free credit left in Redis (micro-dollars)."""
+    return int(await client.hget(keys.ws_key(ws), "free") or 0)
+
+
+async def post_message(
+    http: aiohttp.ClientSession,
+    url: str,
+    user: str,
+    key: str = "",
+    body: bytes = b"{}",
+    headers: dict[str, str] | None = None,
+) -> int:
+    """POST one channel message as ``user`` (with ``key`` as Idempotency-Key); the status."""
+    h = {"X-Channel-User-Id": user, **(headers or {})}
+    if key:
+        h["Idempotency-Key"] = key
+    async with http.post(url, data=body, headers=h) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send raw bytes (what aiohttp's client refuses to send) to ``url``'s host and port
+    and read the answer until the server closes."""
+    u = URL(url)
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def running_replica(settings: Settings, host: str) -> AsyncIterator[Gateway]:
+    """One gateway replica, traffic and admin, listening on ``host`` at the ports its
+    settings name (two replicas on 127.0.0.1 and 127.0.0.2 stand in for two pods)."""
+    store = open_store(settings.store_url)
+    await store.migrate()
+    gw = create_app(settings, store=store, registry=CollectorRegistry())
+    runners = []
+    try:
+        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
+            runner = GatewayRunner(app, settings)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+        yield gw
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await store.close()
 
 
 async def eventually(cond: Callable[[], bool], within_s: float = 15.0) -> bool:

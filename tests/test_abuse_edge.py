@@ -15,25 +15,24 @@ from bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
+    free_credit,
     http_fixture,
     make_settings,
+    post_message,
+    raw_exchange,
     rclient_fixture,
     running_gateway,
     seed,
 )
 from yarl import URL
 
-from meter import keys, projection
+from meter import projection
 from meter.redis_client import RedisClient
 
 WS = "edge"
 APP = f"{WS}_app1"
 USER = {"X-Channel-User-Id": "u1"}
 FREE = 10_000_000  # $10
-
-
-async def free_left(rclient: RedisClient, ws: str = WS) -> int:
-    return int(await rclient.hget(keys.ws_key(ws), "free") or 0)
 
 
 @pytest.fixture
@@ -69,14 +68,14 @@ async def test_upstream_url_is_used_as_is_without_a_tail(
 async def test_dot_segments_in_the_tail_are_refused_uncharged(
     gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient, tail: str
 ) -> None:
-    before = await free_left(rclient)
+    before = await free_credit(rclient, WS)
     url = URL(f"{gw.url}/hooks/web/{APP}{tail}", encoded=True)
     async with http.post(url, data=b"{}", headers=USER) as resp:
         assert resp.status == 400
         assert resp.content_type == "application/problem+json"
         assert (await resp.json())["code"] == "invalid_path"
     assert bot.count() == 0
-    assert await free_left(rclient) == before
+    assert await free_credit(rclient, WS) == before
 
 
 async def test_dots_inside_a_segment_are_not_dot_segments(
@@ -113,17 +112,6 @@ async def keyed(
         yield running
 
 
-async def send(
-    http: aiohttp.ClientSession, url: str, user: str, key: str = "", body: bytes = b"{}"
-) -> int:
-    headers = {"X-Channel-User-Id": user}
-    if key:
-        headers["Idempotency-Key"] = key
-    async with http.post(url, data=body, headers=headers) as resp:
-        await resp.read()
-        return resp.status
-
-
 async def test_the_same_key_from_50_users_is_50_messages(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
@@ -132,20 +120,22 @@ async def test_the_same_key_from_50_users_is_50_messages(
                free=FREE)  # fmt: skip
     async with running_gateway(settings) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
-        statuses = await asyncio.gather(*(send(http, url, f"user{i}", "same") for i in range(50)))
+        statuses = await asyncio.gather(
+            *(post_message(http, url, f"user{i}", "same") for i in range(50))
+        )
     assert statuses == [200] * 50
     assert bot.count() == 50
-    assert await free_left(rclient) == FREE - 50 * 200_000  # 50 sessions opened and paid
+    assert await free_credit(rclient, WS) == FREE - 50 * 200_000  # 50 sessions opened and paid
 
 
 async def test_a_key_is_honoured_at_most_5_times_and_charged_once(
     keyed: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
     url = f"{keyed.url}/hooks/web/{REQ_APP}"
-    statuses = [await send(http, url, "u1", "evt-1") for _ in range(7)]
+    statuses = [await post_message(http, url, "u1", "evt-1") for _ in range(7)]
     assert statuses == [200] * 5 + [409] * 2
     assert bot.count() == 5
-    assert await free_left(rclient) == FREE - REQ_PRICE
+    assert await free_credit(rclient, WS) == FREE - REQ_PRICE
 
 
 async def test_redeliveries_count_against_the_rate_limit(
@@ -153,32 +143,32 @@ async def test_redeliveries_count_against_the_rate_limit(
 ) -> None:
     url = f"{keyed.url}/hooks/web/{REQ_APP}"
     # 8 per minute: one key redelivered 4 times + 4 other messages fill the window.
-    statuses = [await send(http, url, "u1", "evt-1") for _ in range(4)]
-    statuses += [await send(http, url, "u1", f"other-{i}") for i in range(4)]
+    statuses = [await post_message(http, url, "u1", "evt-1") for _ in range(4)]
+    statuses += [await post_message(http, url, "u1", f"other-{i}") for i in range(4)]
     assert statuses == [200] * 8
-    assert await send(http, url, "u1", "evt-1") == 429
+    assert await post_message(http, url, "u1", "evt-1") == 429
     assert bot.count() == 8
-    assert await free_left(rclient) == FREE - 5 * REQ_PRICE
+    assert await free_credit(rclient, WS) == FREE - 5 * REQ_PRICE
 
 
 async def test_a_redelivery_to_a_suspended_app_is_refused(
     keyed: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
     url = f"{keyed.url}/hooks/web/{REQ_APP}"
-    assert await send(http, url, "u1", "evt-1") == 200
+    assert await post_message(http, url, "u1", "evt-1") == 200
     await projection.put_app(rclient, REQ_APP, product="contact_center", suspended=True,
                              upstream_url=keyed.gateway.settings.default_upstream_url)  # fmt: skip
     await _wait_refused(http, url)
     before = bot.count()
-    assert await send(http, url, "u1", "evt-1") == 403
+    assert await post_message(http, url, "u1", "evt-1") == 403
     assert bot.count() == before
-    assert await free_left(rclient) == FREE - REQ_PRICE
+    assert await free_credit(rclient, WS) == FREE - REQ_PRICE
 
 
 async def _wait_refused(http: aiohttp.ClientSession, url: str) -> None:
     # The gateway's app cache follows a change within about a second: wait for it.
     for _ in range(200):
-        if await send(http, url, "probe", "") == 403:
+        if await post_message(http, url, "probe", "") == 403:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the suspension never took effect")
@@ -193,28 +183,16 @@ async def test_a_redelivery_without_credit_is_refused(
                free=REQ_PRICE)  # fmt: skip
     async with running_gateway(settings) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
-        assert await send(http, url, "u1", "evt-1") == 200  # spends the last cent
-        assert await send(http, url, "u1", "evt-1") == 402
+        assert await post_message(http, url, "u1", "evt-1") == 200  # spends the last cent
+        assert await post_message(http, url, "u1", "evt-1") == 402
     assert bot.count() == 1
-    assert await free_left(rclient) == 0
+    assert await free_credit(rclient, WS) == 0
 
 
 # ------------------------------------------------------------ bad channel users
 
 OTHER_WS = "edgeother"
 OTHER_APP = f"{OTHER_WS}_app1"
-
-
-async def raw_request(url: str, head: bytes) -> bytes:
-    """Send raw bytes (what aiohttp's client refuses to send) and read the answer."""
-    u = URL(url)
-    reader, writer = await asyncio.open_connection(u.host, u.port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        return await reader.read()
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
@@ -245,8 +223,8 @@ async def test_bad_channel_users_are_400_and_never_fail_other_workspaces(
             + b"\r\n\r\n{}"
         )
         other = f"{gw.url}/hooks/web/{OTHER_APP}"
-        bad = [raw_request(gw.url, head) for _ in range(30)]
-        good = [send(http, other, f"user{i}") for i in range(300)]
+        bad = [raw_exchange(gw.url, head) for _ in range(30)]
+        good = [post_message(http, other, f"user{i}") for i in range(300)]
         results = await asyncio.gather(*bad, *good)
     for answer in results[:30]:
         assert isinstance(answer, bytes)
@@ -254,8 +232,8 @@ async def test_bad_channel_users_are_400_and_never_fail_other_workspaces(
         assert b"application/problem+json" in answer
     assert results[30:] == [200] * 300
     assert bot.count() == 300
-    assert await free_left(rclient) == FREE
-    assert await free_left(rclient, OTHER_WS) == 100 * FREE - 300 * 200_000
+    assert await free_credit(rclient, WS) == FREE
+    assert await free_credit(rclient, OTHER_WS) == 100 * FREE - 300 * 200_000
 
 
 # ---------------------------------------------------------------- loops, sockets
@@ -273,7 +251,7 @@ async def test_an_app_pointing_at_the_gateway_itself_loops_once_and_pays_nothing
             assert resp.status in (502, 508)
             assert resp.content_type == "application/problem+json"
     assert bot.count() == 0
-    assert await free_left(rclient) == FREE  # the one charge was refunded
+    assert await free_credit(rclient, WS) == FREE  # the one charge was refunded
 
 
 async def test_a_request_that_passed_the_gateway_is_508_uncharged(
@@ -284,7 +262,7 @@ async def test_a_request_that_passed_the_gateway_is_508_uncharged(
         assert resp.status == 508
         assert (await resp.json(content_type=None))["code"] == "loop_detected"
     assert bot.count() == 0
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 async def test_the_bot_sees_the_gateway_in_via(
@@ -353,7 +331,7 @@ async def test_slow_header_connections_are_closed(
 
 async def test_parser_errors_are_problem_json_without_the_input(gw: Running) -> None:
     secret = b"Bearer sk_live_SHOULD_NOT_ECHO"
-    answer = await raw_request(gw.url, b"GET /hooks/web/x HTTP/1.1\r\nAuthorization: " + secret
+    answer = await raw_exchange(gw.url, b"GET /hooks/web/x HTTP/1.1\r\nAuthorization: " + secret
                                + b"\r\nBad Header Line\r\n\r\n")  # fmt: skip
     assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
     assert b"application/problem+json" in answer

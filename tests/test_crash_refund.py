@@ -15,6 +15,7 @@ from bot import (  # noqa: F401
     FakeClock,
     bot_fixture,
     eventually,
+    free_credit,
     http_fixture,
     make_settings,
     rclient_fixture,
@@ -32,10 +33,6 @@ WS = "crash"
 APP = f"{WS}_app1"
 PRICE = 200_000  # a session of the automation product
 FREE = 1_000 * PRICE
-
-
-async def free_left(rclient: RedisClient) -> int:
-    return int(await rclient.hget(keys.ws_key(WS), "free") or 0)
 
 
 async def reserved(rclient: RedisClient) -> int:
@@ -66,14 +63,14 @@ async def test_unconfirmed_charges_are_refunded_after_the_window(
     clock.now += 11
     assert await sweeper.sweep_once() == 2
     assert await sweeper.sweep_once() == 0  # refunded once
-    assert await free_left(rclient) == FREE - 3 * PRICE
+    assert await free_credit(rclient, WS) == FREE - 3 * PRICE
     assert await reserved(rclient) == 0
     # A refund by the gateway itself (the bot failed) is not repeated by the sweeper.
     d = await adm.admit(APP, "web", "w1", "")
     assert await adm.refund(APP, d)
     clock.now += 11
     assert await sweeper.sweep_once() == 0
-    assert await free_left(rclient) == FREE - 3 * PRICE
+    assert await free_credit(rclient, WS) == FREE - 3 * PRICE
     await confirmations.close()
 
 
@@ -115,7 +112,7 @@ async def test_served_messages_are_confirmed_and_failed_ones_refunded(
                 break
             await asyncio.sleep(0.05)
     assert await reserved(rclient) == 0
-    assert await free_left(rclient) == FREE - 2 * PRICE
+    assert await free_credit(rclient, WS) == FREE - 2 * PRICE
 
 
 def _children(pid: int) -> list[int]:
@@ -161,7 +158,7 @@ async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received
             await asyncio.gather(*sends)
         received_at_kill = bot.count()
         assert 0 < received_at_kill < 1500
-        charged_at_kill = (10 * FREE - await free_left(rclient)) // PRICE
+        charged_at_kill = (10 * FREE - await free_credit(rclient, WS)) // PRICE
         # Charged at least what was forwarded; the rest is for the sweeper to refund.
         assert charged_at_kill >= received_at_kill
         async with creditgate_serve(redis_url, tmp_path, state_dir=state, refund_window_s=3):
@@ -171,8 +168,8 @@ async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received
                     break
                 await asyncio.sleep(0.1)
             assert await reserved(rclient) == 0
-    charged = (10 * FREE - await free_left(rclient)) // PRICE
-    assert (10 * FREE - await free_left(rclient)) % PRICE == 0
+    charged = (10 * FREE - await free_credit(rclient, WS)) // PRICE
+    assert (10 * FREE - await free_credit(rclient, WS)) % PRICE == 0
     assert charged == bot.count() == received_at_kill
 
 
@@ -191,7 +188,7 @@ async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
     opts = {"state_dir": state, "fail_mode": "open", "workers": 1, "redis_timeout_s": 0.3}
 
     async def charged() -> int:
-        spent = FREE - await free_left(rclient)
+        spent = FREE - await free_credit(rclient, WS)
         assert spent % CENT == 0
         return spent // CENT
 

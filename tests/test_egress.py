@@ -32,6 +32,7 @@ from bot import (  # noqa: F401
     http_fixture,
     make_settings,
     rclient_fixture,
+    running_replica,
     seed,
     serve,
 )
@@ -619,30 +620,6 @@ async def test_own_ports_of_siblings_refused_on_save_and_at_start_up(connects: l
     assert connects == []
 
 
-@asynccontextmanager
-async def replica(settings: Settings, host: str) -> AsyncIterator[None]:
-    """One gateway replica, traffic and admin, listening on ``host`` at its ports."""
-    from aiohttp import web
-
-    from gateway.http_server import GatewayRunner
-
-    store = open_store(settings.store_url)
-    await store.migrate()
-    gw = create_app(settings, store=store, registry=CollectorRegistry())
-    runners = []
-    try:
-        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
-            runner = GatewayRunner(app, settings)
-            await runner.setup()
-            runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
-        yield
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        await store.close()
-
-
 async def test_a_sibling_replicas_ports_are_not_upstreams(
     redis_url: str,
     tmp_path: Path,
@@ -665,7 +642,7 @@ async def test_a_sibling_replicas_ports_are_not_upstreams(
         f"{WS}_sibmapped": f"http://[::ffff:127.0.0.2]:{admin}",
     }
     await seed(rclient, a, WS, {app: app_with(u) for app, u in upstreams.items()})
-    async with replica(a, "127.0.0.1"), replica(b, "127.0.0.2"):
+    async with running_replica(a, "127.0.0.1"), running_replica(b, "127.0.0.2"):
         async with http.get(f"http://127.0.0.2:{admin}/metrics") as resp:
             assert resp.status == 200 and b"creditgate_" in await resp.read()  # B is there
         watched = len(connects)

@@ -8,7 +8,6 @@ Loopback only; real Redis, a real counting bot, real sockets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,15 +19,18 @@ from bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
+    free_credit,
     http_fixture,
     make_settings,
+    post_message,
+    raw_exchange,
     rclient_fixture,
     running_gateway,
+    running_replica,
     seed,
 )
 from yarl import URL
 
-from meter import keys
 from meter.admission import Admitter
 from meter.redis_client import RedisClient
 from meter.reservations import Sweeper
@@ -37,26 +39,6 @@ WS = "redteam"
 APP = f"{WS}_app1"
 FREE = 10_000_000  # $10
 SESSION_PRICE = 200_000  # automation: $0.20 a session
-
-
-async def free_left(rclient: RedisClient, ws: str = WS) -> int:
-    return int(await rclient.hget(keys.ws_key(ws), "free") or 0)
-
-
-async def send(
-    http: aiohttp.ClientSession,
-    url: str,
-    user: str,
-    key: str = "",
-    body: bytes = b"{}",
-    headers: dict[str, str] | None = None,
-) -> int:
-    h = {"X-Channel-User-Id": user, **(headers or {})}
-    if key:
-        h["Idempotency-Key"] = key
-    async with http.post(url, data=body, headers=h) as resp:
-        await resp.read()
-        return resp.status
 
 
 async def wait_for(cond: Any, within_s: float = 10.0) -> bool:
@@ -98,17 +80,19 @@ async def test_refunded_session_opener_makes_the_whole_session_free(
         task = asyncio.create_task(opener())
 
         async def charged() -> bool:
-            return await free_left(rclient) == FREE - SESSION_PRICE
+            return await free_credit(rclient, WS) == FREE - SESSION_PRICE
 
         assert await wait_for(charged)
         # Meanwhile, in the session the opener paid for: 20 ordinary messages.
-        served = [await send(http, url, "mallory", body=b'{"q":"%d"}' % i) for i in range(20)]
+        served = [
+            await post_message(http, url, "mallory", body=b'{"q":"%d"}' % i) for i in range(20)
+        ]
         assert served == [200] * 20
         go_on.set()
         assert await task == 413
     assert bot.count("/") >= 20  # the bot answered 20 messages (plus the opener's partial)
     # Secure: 20 served messages are at least one paid session.
-    assert await free_left(rclient) <= FREE - SESSION_PRICE, "20 messages served for $0"
+    assert await free_credit(rclient, WS) <= FREE - SESSION_PRICE, "20 messages served for $0"
 
 
 # ======================================================================================
@@ -130,14 +114,14 @@ async def test_a_redelivery_with_another_body_is_not_free(
     async with running_gateway(settings) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         questions = [b'{"q":"question number %d"}' % i for i in range(5)]
-        statuses = [await send(http, url, "mallory", "k1", body=q) for q in questions]
+        statuses = [await post_message(http, url, "mallory", "k1", body=q) for q in questions]
         # The same message again is a redelivery: served, not charged again.
-        again = await send(http, url, "mallory", "k1", body=questions[0])
+        again = await post_message(http, url, "mallory", "k1", body=questions[0])
     # Secure: the 4 impostors under the reused key are refused, the bot never sees them.
     assert statuses == [200] + [409] * 4
     assert again == 200
     assert [c.body for c in bot.calls] == [questions[0], questions[0]]
-    assert await free_left(rclient) == FREE - REQ_PRICE
+    assert await free_credit(rclient, WS) == FREE - REQ_PRICE
 
 
 # ======================================================================================
@@ -171,7 +155,7 @@ async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
         task = asyncio.create_task(upload())
 
         async def charged() -> bool:
-            return await free_left(rclient) == FREE - REQ_PRICE
+            return await free_credit(rclient, WS) == FREE - REQ_PRICE
 
         assert await wait_for(charged)
         refunds = Admitter(rclient, settings)
@@ -183,7 +167,9 @@ async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
         go_on.set()
         assert await task == 200
     assert bot.count() == 1  # the bot got the whole message and answered it
-    assert await free_left(rclient) == FREE - REQ_PRICE, "served, then refunded by the sweeper"
+    assert await free_credit(rclient, WS) == FREE - REQ_PRICE, (
+        "served, then refunded by the sweeper"
+    )
 
 
 async def _ws_list() -> list[str]:
@@ -272,7 +258,7 @@ async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
             answers.append((await reader.read(200)).split(b"\r\n", 1)[0])
             writer.close()
     served = bot.count("/api/answer")
-    charged = FREE - await free_left(rclient)
+    charged = FREE - await free_credit(rclient, WS)
     # Secure: a bot call is a billable message (or the bot is not called at all).
     assert served == 0 or charged > 0, f"bot served {served} calls for $0: {answers[:2]}"
 
@@ -304,15 +290,15 @@ async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
         body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
         app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
         url = f"{admin.traffic_url}/hooks/web/{app}"
-        assert await send(http, url, "u0") == 402  # no credit in the second workspace
+        assert await post_message(http, url, "u0") == 402  # no credit in the second workspace
         status, _ = await admin.api("PATCH", f"/v1/apps/{app}", token, {"shadow": True})
         served = 0
         for _ in range(100):  # the gateway follows an app change within a second
-            served = sum([await send(http, url, f"u{i}") == 200 for i in range(1, 6)])
+            served = sum([await post_message(http, url, f"u{i}") == 200 for i in range(1, 6)])
             if served:
                 break
             await asyncio.sleep(0.05)
-        more = [await send(http, url, f"user{i}") for i in range(40)]
+        more = [await post_message(http, url, f"user{i}") for i in range(40)]
         view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
     # Secure: the owner may not switch shadow mode on (403/422), and nothing is served.
     assert (bot.count(), more.count(200)) == (0, 0), (
@@ -356,17 +342,6 @@ async def test_encoded_slashes_do_not_smuggle_dot_segments(
 # FINDING 10: X-Slack-Request-Timestamp "²" (or any Unicode digit int() refuses) passes
 # str.isdigit() and then int() raises: unauthenticated 500 on every Slack-enabled app.
 # ======================================================================================
-
-
-async def raw_request(url: str, data: bytes) -> bytes:
-    u = URL(url)
-    reader, writer = await asyncio.open_connection(u.host, u.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
 
 
 # ======================================================================================
@@ -443,7 +418,7 @@ async def test_blocked_ssrf_at_connect_time_is_502_and_refunded(
             assert resp.status == 502
             assert (await resp.json(content_type=None))["code"] == "upstream_forbidden"
     assert bot.count() == 0
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
@@ -455,7 +430,7 @@ async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
     settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
     targets = [f"http://127.0.0.1:{admin}", f"http://localhost:{admin}",
                f"http://[::ffff:127.0.0.1]:{admin}", f"http://127.0.0.1:{traffic}"]  # fmt: skip
-    async with _replica(settings, "127.0.0.1"):
+    async with running_replica(settings, "127.0.0.1"):
         for target in targets:
             await seed(rclient, settings, WS,
                        {APP: {"product": "automation", "upstream_url": target}},
@@ -466,7 +441,7 @@ async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
                 body = await resp.read()
                 assert resp.status in (502, 508), (target, body[:200])
                 assert b"creditgate_" not in body
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 async def test_blocked_forged_hs256_tokens(
@@ -502,7 +477,7 @@ async def test_blocked_forged_hs256_tokens(
             await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?token={forged[1]}")
         assert err.value.status == 401
     assert bot.count() == 0 and bot.ws_messages == []
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 async def test_blocked_unsigned_free_passes_on_authenticated_channels(
@@ -519,13 +494,13 @@ async def test_blocked_unsigned_free_passes_on_authenticated_channels(
             "whatsapp": b'{"entry":[{"changes":[{"value":{"statuses":[]}}]}]}',
         }
         for ch, body in bodies.items():
-            st = await send(http, f"{gw.url}/hooks/{ch}/{APP}", "m", body=body)
+            st = await post_message(http, f"{gw.url}/hooks/{ch}/{APP}", "m", body=body)
             assert st == 401
         # A POST that looks like the Meta handshake is not one.
         url = f"{gw.url}/hooks/whatsapp/{APP}?hub.mode=subscribe&hub.verify_token=x&hub.challenge=1"
-        assert await send(http, url, "m", body=b"hello") == 401
+        assert await post_message(http, url, "m", body=b"hello") == 401
     assert bot.count() == 0
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 async def test_blocked_loop_and_hop_header_tricks(
@@ -538,10 +513,10 @@ async def test_blocked_loop_and_hop_header_tricks(
                    free=FREE)  # fmt: skip
         # Hide Via from the next hop by listing it in Connection: it is re-added.
         h = {"Connection": "keep-alive, Via", "Via": "1.1 other"}
-        st = await send(http, f"{gw.url}/hooks/web/{APP}", "m", headers=h)
+        st = await post_message(http, f"{gw.url}/hooks/web/{APP}", "m", headers=h)
         assert st in (502, 508)
     assert bot.count() == 0
-    assert await free_left(rclient) == FREE
+    assert await free_credit(rclient, WS) == FREE
 
 
 # ======================================================================================
@@ -552,31 +527,6 @@ async def test_blocked_loop_and_hop_header_tricks(
 # loopback: replica A on 127.0.0.1, replica B on 127.0.0.2, same ports, 127/8 allowed
 # (as a pod CIDR would be).
 # ======================================================================================
-
-
-@contextlib.asynccontextmanager
-async def _replica(settings: Any, host: str) -> AsyncIterator[Any]:
-    from prometheus_client import CollectorRegistry
-
-    from gateway.app import create_app
-    from gateway.http_server import GatewayRunner
-    from meter.store import open_store
-
-    store = open_store(settings.store_url)
-    await store.migrate()
-    gw = create_app(settings, store=store, registry=CollectorRegistry())
-    runners = []
-    try:
-        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
-            runner = GatewayRunner(app, settings)
-            await runner.setup()
-            await aiohttp.web.TCPSite(runner, host, port).start()
-            runners.append(runner)
-        yield gw
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        await store.close()
 
 
 # ======================================================================================
@@ -608,15 +558,15 @@ async def test_blocked_edge_inputs_and_redelivery_bounds(
                 "Connection: close\r\nX-Channel-User-Id: "
             )
             head = start.encode() + user + b"\r\n\r\n{}"
-            answer = await raw_request(gw.url, head)
+            answer = await raw_exchange(gw.url, head)
             assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), (user, answer[:80])
-        assert await send(http, url, "m", headers={"Via": "1.1 creditgate"}) == 508
+        assert await post_message(http, url, "m", headers={"Via": "1.1 creditgate"}) == 508
         dots = URL(url + "/%2e%2e/x", encoded=True)
         async with http.post(dots, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
             assert resp.status == 400
         # Same key, same body: honoured 5 times, then 409.
-        assert [await send(http, url, "m", "k") for _ in range(6)] == [200] * 5 + [409]
+        assert [await post_message(http, url, "m", "k") for _ in range(6)] == [200] * 5 + [409]
         # The same key from another user is another (charged) message.
-        assert await send(http, url, "other", "k") == 200
+        assert await post_message(http, url, "other", "k") == 200
     assert bot.count() == 6
-    assert await free_left(rclient) == FREE - 2 * REQ_PRICE
+    assert await free_credit(rclient, WS) == FREE - 2 * REQ_PRICE
