@@ -6,10 +6,11 @@ link-local, private or the gateway's own addresses unless an operator setting
 addresses (``host`` on ``traffic_port``/``admin_port``; any local address when ``host``
 is unspecified) are refused even where the allow-list permits the network, so loopback
 bots never expose the admin port. So are the gateway's own ports on every non-public
-address (loopback, private, link-local, CGNAT, unique-local, reserved), allowed or not:
-a sibling replica listens on the same ports at another pod address, and its admin port
-must not become an upstream either. A public address on those ports is judged as any
-other.
+address (loopback, private, link-local, CGNAT, unique-local, reserved) that only a range
+or a wildcard name allows: a sibling replica listens on the same ports at another pod
+address, and its admin port must not become an upstream either. An exactly named
+destination (a host name without wildcard, or a single-address network) is vouched for
+by the operator and may use those ports. A public address on them is judged as any other.
 
 This module only decides; it opens no connection. :meth:`Policy.parse` checks a URL's
 form (scheme, no user info, a host, no legacy numeric IPv4 forms such as ``2130706433``
@@ -203,6 +204,16 @@ class Policy:
         host = host.lower().removesuffix(".")
         return host in self.names or any(host.endswith(s) for s in self.suffixes)
 
+    def _vouched(self, ip: IPAddress, host: str | None) -> bool:
+        """The allow-list names exactly this destination: a host name without a
+        wildcard, or a network of one address."""
+        if host is not None and host.lower().removesuffix(".") in self.names:
+            return True
+        plain = unwrap(ip)
+        return any(
+            net.num_addresses == 1 and (plain in net or ip in net) for net in self.networks
+        )
+
     def is_own(self, ip: IPAddress, port: int) -> bool:
         """Whether ``ip:port`` is one of the gateway's own listening sockets."""
         if port not in self.own_ports:
@@ -224,8 +235,10 @@ class Policy:
         if self.is_own(addr, port):
             raise EgressRefused(f"{addr}:{port} is the gateway's own address")
         kind = classify(addr)
-        if kind is not None and port in self.own_ports:
-            # Replicas share the ports: any internal address may be a sibling's own.
+        if kind is not None and port in self.own_ports and not self._vouched(addr, host):
+            # Replicas share the ports: any internal address may be a sibling's own,
+            # unless the operator named this very destination (an exact host name or a
+            # single address), not just a range a replica could be in.
             raise EgressRefused(
                 f"{addr}:{port} is the gateway's own port on a {kind} address "
                 "(another replica's own address)"

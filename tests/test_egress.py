@@ -271,7 +271,7 @@ async def test_admin_api_refuses_internal_urls_on_save(
             ("POST", f"/v1/workspaces/{ws}/apps", new | {"upstream_url": url}, "upstream_url"),
             ("PATCH", f"/v1/apps/{app}", {"upstream_url": url}, "upstream_url"),
             ("PUT", f"/v1/workspaces/{ws}/webhook", {"url": url, "secret": SECRET}, "url"),
-        ]  # fmt: skip
+        ]
         for method, path, body, field in calls:
             status, problem = await admin.api(method, path, token, body)
             assert (status, problem["code"], problem["field"]) == (422, "invalid_input", field), (
@@ -543,7 +543,7 @@ async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: 
 # ------------------------------------------------------------------ sibling replicas
 
 # Replicas listen on the same traffic and admin ports at other (pod) addresses: those
-# ports are refused on every non-public address, whatever the allow-list says.
+# ports are refused on every non-public address that only a range or a wildcard allows.
 ALLOW_ALL_INTERNAL = [
     "127.0.0.0/8",
     "10.0.0.0/8",
@@ -554,7 +554,7 @@ ALLOW_ALL_INTERNAL = [
     "192.0.2.0/24",
     "fc00::/7",
     "fe80::/10",
-    "::1",
+    "::/127",
     "8.8.8.0/24",
     "*.svc.cluster.local",
 ]
@@ -589,6 +589,23 @@ def test_own_ports_are_refused_on_every_non_public_address(
         # an allowed name that resolves there gains nothing
         with pytest.raises(EgressRefused, match=why):
             p.check_address(addr, port, host="bot.ns.svc.cluster.local")
+
+
+def test_an_exactly_named_destination_may_use_the_gateways_ports() -> None:
+    """A bot in the cluster on 8080: the operator names that host (or its one address),
+    which vouches for it; a range or a wildcard that a replica could be in does not."""
+    p = Policy(
+        ["bot.ns.svc.cluster.local", "10.0.0.7/32", "10.1.0.0/16", "*.svc.local"],
+        own_host="10.0.0.4",
+        own_ports=(8080, 8081),
+    )
+    p.check_address("10.0.0.5", 8080, host="bot.ns.svc.cluster.local")
+    p.check_address("10.0.0.7", 8081)
+    for addr, host in (("10.1.2.3", None), ("10.1.2.3", "x.svc.local")):
+        with pytest.raises(EgressRefused, match="own port"):
+            p.check_address(addr, 8080, host=host)
+    with pytest.raises(EgressRefused, match="own address"):
+        p.check_address("10.0.0.4", 8080, host="bot.ns.svc.cluster.local")  # itself: never
 
 
 def test_own_ports_on_public_addresses_follow_the_usual_rules() -> None:
