@@ -210,9 +210,7 @@ class Policy:
         if host is not None and host.lower().removesuffix(".") in self.names:
             return True
         plain = unwrap(ip)
-        return any(
-            net.num_addresses == 1 and (plain in net or ip in net) for net in self.networks
-        )
+        return any(net.num_addresses == 1 and (plain in net or ip in net) for net in self.networks)
 
     def is_own(self, ip: IPAddress, port: int) -> bool:
         """Whether ``ip:port`` is one of the gateway's own listening sockets."""
