@@ -159,10 +159,13 @@ async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
 
         assert await wait_for(charged)
         refunds = Admitter(rclient, settings)
+        # A sweeper whose clock is past the refund window, the upload still open.
         sweeper = Sweeper(
-            rclient, lambda: _ws_list(), lambda app_id, rid: refunds.void(app_id, rid, "")
+            rclient,
+            lambda: _ws_list(),
+            lambda app_id, rid: refunds.void(app_id, rid, ""),
+            clock=lambda: time.time() + 5,
         )
-        await asyncio.sleep(1.5)  # past the refund window, the upload still open
         await sweeper.sweep_once()
         go_on.set()
         assert await task == 200
@@ -430,13 +433,14 @@ async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
     settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
     targets = [f"http://127.0.0.1:{admin}", f"http://localhost:{admin}",
                f"http://[::ffff:127.0.0.1]:{admin}", f"http://127.0.0.1:{traffic}"]  # fmt: skip
+    # One app per target: no upstream cache can answer for another target.
+    apps = {f"{WS}_adm{i}": t for i, t in enumerate(targets)}
+    await seed(rclient, settings, WS,
+               {app: {"product": "automation", "upstream_url": t} for app, t in apps.items()},
+               free=FREE)  # fmt: skip
     async with running_replica(settings, "127.0.0.1"):
-        for target in targets:
-            await seed(rclient, settings, WS,
-                       {APP: {"product": "automation", "upstream_url": target}},
-                       free=FREE if target == targets[0] else 0)  # fmt: skip
-            await asyncio.sleep(1.1)  # the upstream cache follows within a second
-            async with http.get(f"http://127.0.0.1:{traffic}/hooks/web/{APP}/metrics",
+        for app, target in apps.items():
+            async with http.get(f"http://127.0.0.1:{traffic}/hooks/web/{app}/metrics",
                                 headers={"X-Channel-User-Id": "m"}) as resp:  # fmt: skip
                 body = await resp.read()
                 assert resp.status in (502, 508), (target, body[:200])
