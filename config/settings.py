@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     header_timeout_s: Seconds = 15.0
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
+    # Traffic server (issue 13): "aiohttp" serves the traffic port with aiohttp alone;
+    # "fast" parses requests with httptools and serves small /hooks messages to http://
+    # bots on a lean path, handing everything else to the aiohttp app on the connection.
+    traffic_server: Literal["aiohttp", "fast"] = "aiohttp"
+
     # Channel authentication (docs/design.md §3). Channel secrets are stored encrypted with a key
     # derived from secret_key; without one it is derived from operator_token (demo
     # convenience: rotating that token then needs every channel secret entered anew).
