@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
-.PHONY: demo demo-deps test check deps lint typecheck unit unit-fast deploy-check bench
+.PHONY: demo demo-deps test check deps lint typecheck unit integration system tests fast \
+	deploy-check bench
 
 VENV := .venv/bin
 
@@ -20,25 +21,37 @@ lint: deps
 typecheck: deps
 	$(VENV)/mypy
 
-# One line per test file with its progress, failures in full at the end.
+# The tests by level (tests/README.md): unit needs no server at all, integration runs
+# real Redis/PostgreSQL/SQLite in-process, system runs subprocesses, the whole gateway
+# over sockets and the browser. One line per test file, failures in full at the end.
 unit: deps
-	$(VENV)/pytest -p no:cacheprovider
+	$(VENV)/pytest -p no:cacheprovider tests/unit
 
-# The fast subset: tests that need no PostgreSQL and no Redis Cluster.
-unit-fast: deps
-	$(VENV)/pytest -p no:cacheprovider -m "not postgres and not cluster and not slow"
+integration: deps
+	$(VENV)/pytest -p no:cacheprovider tests/integration
+
+system: deps
+	$(VENV)/pytest -p no:cacheprovider tests/system
+
+# All levels in one pytest run (one set of session servers).
+tests: deps
+	$(VENV)/pytest -p no:cacheprovider tests
+
+# The fast subset of every level: tests that need no PostgreSQL and no Redis Cluster.
+fast: deps
+	$(VENV)/pytest -p no:cacheprovider -m "not postgres and not cluster and not slow" tests
 
 deploy-check: deps
 	bash scripts/check-deploy.sh
 
 # Everything CI runs, in one command.
-test: deps lint typecheck deploy-check unit
+test: deps lint typecheck deploy-check tests
 
 # Before a commit: lint, types and the fast tests.
-check: deps lint typecheck unit-fast
+check: deps lint typecheck fast
 
 bench: deps
 	@bash scripts/install-deps.sh --bench
-	$(VENV)/python bench/admission.py
-	$(VENV)/python bench/flush.py
-	$(VENV)/python bench/proxy.py
+	$(VENV)/python -m bench.admission
+	$(VENV)/python -m bench.flush
+	$(VENV)/python -m bench.proxy

@@ -21,7 +21,7 @@ sessions must give exactly 1,500 admissions.
 Throughput workload: messages of one automation app per workspace, a tenth of them from a
 new user (opening a charged billing session), the rest inside an open one.
 
-    .venv/bin/python bench/admission.py [--n 200000] [--sessions 100000] [--profile]
+    .venv/bin/python -m bench.admission [--n 200000] [--sessions 100000] [--profile]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import cProfile
 import io
 import pstats
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -42,16 +41,12 @@ from pathlib import Path
 
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from servers import RedisServer, start_redis  # noqa: E402
-
-from config import Settings, load_catalog, load_settings  # noqa: E402
-from meter import keys, projection  # noqa: E402
-from meter.admission import Admitter, Decision  # noqa: E402
-from meter.redis_client import RedisClient, connect  # noqa: E402
-from meter.scripts import lua_source  # noqa: E402
+from config import Settings, load_catalog, load_settings
+from meter import keys, projection
+from meter.admission import Admitter, Decision
+from meter.redis_client import RedisClient, connect
+from meter.scripts import lua_source
+from tests.support.servers import RedisServer, start_redis
 
 USD = 1_000_000
 PRICE = 200_000  # standard session price

@@ -4,28 +4,23 @@ Starts its own redis-server and PostgreSQL (tests/servers.py) on loopback, fills
 with closed aggregate buckets and session-record buckets as ``admit.lua`` writes them,
 then times the flusher (claim -> one transaction per bucket -> ack) draining them.
 
-    .venv/bin/python bench/flush.py [--workspaces 20] [--buckets 10] [--rows 500]
+    .venv/bin/python -m bench.flush [--workspaces 20] [--buckets 10] [--rows 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from servers import start_postgres, start_redis  # noqa: E402
-
-from config import load_catalog, load_settings  # noqa: E402
-from meter import keys, projection  # noqa: E402
-from meter.flusher import Flusher  # noqa: E402
-from meter.redis_client import RedisClient, connect  # noqa: E402
-from meter.store import open_store  # noqa: E402
+from config import load_catalog, load_settings
+from meter import keys, projection
+from meter.flusher import Flusher
+from meter.redis_client import RedisClient, connect
+from meter.store import open_store
+from tests.support.servers import start_postgres, start_redis
 
 T0 = 1_700_000_000  # long closed buckets
 

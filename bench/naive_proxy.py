@@ -2,7 +2,7 @@
 redis-py ``EVALSHA`` of the real ``admit.lua`` per request (no batching), then the
 request is forwarded with one shared ClientSession and the answer buffered.
 
-    python bench/naive_proxy.py --port P --redis URL --upstream URL
+    python -m bench.naive_proxy --port P --redis URL --upstream URL
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Redis is a throwaway ``redis-server``. Each message comes from one channel user,
 after the first one every admission runs the whole admit.lua path but opens no new
 session (rate limits raised out of the way). Prints one table; one run, so noisy.
 
-    .venv/bin/python bench/proxy.py [--duration 10] [--connections 64]
+    .venv/bin/python -m bench.proxy [--duration 10] [--connections 64]
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.servers import free_port, start_redis
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from servers import free_port, start_redis  # noqa: E402
 
 HOST = "127.0.0.1"
 WS = "benchws"
@@ -311,7 +311,7 @@ def main() -> None:
                     with nginx(tmp, port, w, PROXY_BODY, f"{HOST}:{bot_port}"):
                         run(f"nginx proxy_pass {w}w", port)
                 port = free_port()
-                naive = [sys.executable, str(ROOT / "bench" / "naive_proxy.py"),
+                naive = [sys.executable, "-m", "bench.naive_proxy",
                          "--port", str(port), "--redis", redis.url, "--upstream", bot]  # fmt: skip
                 with process(naive, port) as proc:
                     run("naive aiohttp+EVALSHA 1w", port, proc)

@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from servers import (
+
+from tests.support.servers import (
     PostgresServer,
     RedisCluster,
     RedisServer,

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bot import LOOPBACK
-from metering import Clock
 
 from config import load_catalog, load_settings
 from meter import accounts, apps, authz, credits, keys, projection
@@ -18,6 +16,8 @@ from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.plan_usage import plan_usage
 from meter.redis_client import connect
 from meter.store import Workspace, open_store
+from tests.support.bot import LOOPBACK
+from tests.support.metering import Clock
 
 USD = 1_000_000
 

@@ -8,14 +8,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
-from metering import Clock, admitter, agg_totals, events, seed, settings
-from servers import RedisCluster, RedisServer
 
 from config.money import InvalidAmount, parse_amount
 from meter import keys, projection
 from meter.admission import Code
 from meter.errors import InvalidInput, MeteringUnavailable, NotFound
 from meter.redis_client import RedisClient, connect
+from tests.support.metering import Clock, admitter, agg_totals, events, seed, settings
+from tests.support.servers import RedisCluster, RedisServer
 
 PRICE = 200_000  # $0.20 per session, the standard catalog price
 USD = 1_000_000

@@ -30,12 +30,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from model import App, Result, Workspace
 
 from config import Settings, load_catalog, load_settings
 from meter import keys, projection
 from meter.admission import Admitter, Decision
 from meter.redis_client import RedisClient, connect
+from tests.support.model import App, Result, Workspace
 
 T = TypeVar("T")
 WS = "wmodel"

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from metering import T0, Clock, agg_totals, settings
 from redis.crc import key_slot
-from servers import RedisCluster, redis_command, start_redis_cluster
 
 from config import Settings, load_catalog
 from meter import keys, projection
 from meter.admission import Admitter, Decision
 from meter.errors import MeteringUnavailable
 from meter.redis_client import RedisClient, connect
+from tests.support.metering import T0, Clock, agg_totals, settings
+from tests.support.servers import RedisCluster, redis_command, start_redis_cluster
 
 pytestmark = pytest.mark.cluster
 

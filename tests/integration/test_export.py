@@ -11,8 +11,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
-from metering import admitter
 
 from meter import cli_commands
 from meter.errors import InvalidInput
@@ -21,6 +19,8 @@ from meter.flusher import Flusher
 from meter.redis_client import RedisClient, connect
 from meter.store import SessionRow, Store, UsageRow
 from meter.usage import usage
+from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
+from tests.support.metering import admitter
 
 WS = "wexport01"
 

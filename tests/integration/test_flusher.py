@@ -8,14 +8,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from flushkit import USD, Expected, flush_settings, opened_store, past_clock, seed_ws, store_url
-from metering import admitter
-from servers import RedisCluster
 
 from meter import keys
 from meter.flusher import Flusher
 from meter.redis_client import RedisClient, connect
 from meter.store import Store, open_store
+from tests.support.flushkit import (
+    USD,
+    Expected,
+    flush_settings,
+    opened_store,
+    past_clock,
+    seed_ws,
+    store_url,
+)
+from tests.support.metering import admitter
+from tests.support.servers import RedisCluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

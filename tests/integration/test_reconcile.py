@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
-from metering import admitter
 
 from meter import cli_commands, keys, projection
 from meter.flusher import Flusher
 from meter.reconcile import reconcile
 from meter.redis_client import RedisClient, connect
+from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
+from tests.support.metering import admitter
 
 
 @pytest.fixture

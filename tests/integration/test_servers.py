@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
-from servers import (
+
+from tests.support.servers import (
     PostgresServer,
     RedisCluster,
     RedisServer,

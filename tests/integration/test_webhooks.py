@@ -9,12 +9,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from metering import T0, Clock
-from receiver import Receiver, receiver
 
 from gateway.webhooks import http_post
 from meter.notifier import SIGNATURE_HEADER, Notifier, render, signature
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
+from tests.support.metering import T0, Clock
+from tests.support.receiver import Receiver, receiver
 
 SECRET = "whsec-" + "k" * 26
 WS = "wsnotify1"

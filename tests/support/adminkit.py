@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
-from bot import LOOPBACK, serve
 
 from config import Settings, load_settings
 from gateway.app import Gateway, create_app
 from gateway.webhooks import OPTIONS, WebhookOptions
 from meter.redis_client import RedisClient, connect
 from meter.store import Store, open_store
+from tests.support.bot import LOOPBACK, serve
 
 OPERATOR_TOKEN = "operator-token-" + "x" * 24
 TABLES = (

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from metering import Clock, new_ws_id
 
 from config import Settings, load_catalog, load_settings
 from meter import projection
 from meter.admission import Decision
 from meter.redis_client import RedisClient
 from meter.store import LedgerEntry, Store, User, Workspace, open_store
+from tests.support.metering import Clock, new_ws_id
 
 USD = 1_000_000
 SCALE = float(os.environ.get("CREDITGATE_TEST_SCALE", "1"))

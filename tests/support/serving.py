@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import LOOPBACK, make_settings
-from servers import free_port
-
 from meter.store import open_store
+from tests.support.bot import LOOPBACK, make_settings
+from tests.support.servers import free_port
 
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+from yarl import URL
+
+from meter import projection
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -24,10 +28,6 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from yarl import URL
-
-from meter import projection
-from meter.redis_client import RedisClient
 
 WS = "edge"
 APP = f"{WS}_app1"

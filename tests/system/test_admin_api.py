@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from bot import Bot, running_bot
-from receiver import Receiver, receiver
 
 from gateway.admin_api.openapi import build
 from gateway.webhooks import WebhookOptions
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.bot import Bot, running_bot
+from tests.support.receiver import Receiver, receiver
 
 SECRET = "owner-webhook-secret-0123456789"
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
 from config import Settings
 from gateway.admin_api import ROUTES
 from gateway.admin_api.http import Route
 from meter.authz import token_hash
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
 

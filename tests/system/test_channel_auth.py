@@ -23,7 +23,15 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from bot import (  # noqa: F401
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from config import Settings
+from config.settings import ChannelRule
+from meter import channel_secrets, keys
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from meter.store import AppChannel
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -34,18 +42,10 @@ from bot import (  # noqa: F401
     seed,
     serve,
 )
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from config import Settings
-from config.settings import ChannelRule
-from meter import channel_secrets, keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
-from meter.store import AppChannel
 
 NOTIFY_AUD = "creditgate:notify"  # the audience of /notify tokens (README)
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "channels"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "channels"
 WS = "chauth"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request, $1 of its own funds
 BROKE = f"{WS}_broke"  # no credit at all

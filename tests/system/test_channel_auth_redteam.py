@@ -22,7 +22,17 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from bot import (  # noqa: F401
+from yarl import URL
+
+from config import Settings
+from config.settings import ChannelRule
+from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
+from gateway.problems import Problem
+from meter import channel_secrets
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from meter.store import AppChannel
+from tests.support.bot import (  # noqa: F401
     HOST,
     Bot,
     Running,
@@ -34,16 +44,6 @@ from bot import (  # noqa: F401
     seed,
     serve,
 )
-from yarl import URL
-
-from config import Settings
-from config.settings import ChannelRule
-from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
-from gateway.problems import Problem
-from meter import channel_secrets
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
-from meter.store import AppChannel
 
 WS = "rtauth"
 APP = f"{WS}_app1"  # automation, $10 free: chat, notify, WebSocket, Slack

@@ -10,7 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from config.settings import ChannelRule
+from gateway.channels import Channels, parse_pointer, resolve
+from meter import keys
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -21,15 +27,9 @@ from bot import (  # noqa: F401
     seed,
 )
 
-from config.settings import ChannelRule
-from gateway.channels import Channels, parse_pointer, resolve
-from meter import keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
-
 # Copies of the platform payload samples the product contract ships; kept in the repo so
 # the tests never depend on anything outside it.
-SAMPLES = Path(__file__).resolve().parent / "data" / "channels"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "channels"
 
 
 def sample(name: str) -> bytes:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from meter.redis_client import RedisClient
+from meter.store import open_store
+from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,
     http_fixture,
@@ -20,10 +23,7 @@ from bot import (  # noqa: F401
     rclient_fixture,
     seed,
 )
-from serving import CREDITGATE, Served, creditgate_env, creditgate_serve
-
-from meter.redis_client import RedisClient
-from meter.store import open_store
+from tests.support.serving import CREDITGATE, Served, creditgate_env, creditgate_serve
 
 WS = "clitest"
 APP = f"{WS}_app1"

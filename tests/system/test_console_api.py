@@ -17,14 +17,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from bot import Bot, running_bot
 
 from gateway.webhooks import WebhookOptions
 from meter.authz import token_hash
 from meter.flusher import Flusher
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.bot import Bot, running_bot
 
 MONEY_WORDS = ("amount", "balance", "remaining", "paid", "price", "credit", "fund")
 

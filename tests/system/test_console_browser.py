@@ -17,18 +17,25 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
-from bot import Bot, running_bot
-from servers import free_port
-from serving import Served, creditgate_serve
-from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, paid, signed, stripe_standin
 
 from meter.flusher import Flusher
 from meter.store import open_store
+from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+from tests.support.bot import Bot, running_bot
+from tests.support.servers import free_port
+from tests.support.serving import Served, creditgate_serve
+from tests.support.stripe_standin import (
+    SECRET_KEY,
+    WEBHOOK_SECRET,
+    StripeStandIn,
+    paid,
+    signed,
+    stripe_standin,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
-AXE = Path(__file__).parent / "data" / "axe" / "axe.min.js"
-SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+AXE = Path(__file__).resolve().parents[1] / "data" / "axe" / "axe.min.js"
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 WAIT_MS = 90_000  # a loaded machine is slow, never wrong

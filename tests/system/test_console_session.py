@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import Admin, admin_server, admin_settings, snapshot
 
 from gateway.webhooks import WebhookOptions
+from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,7 +10,12 @@ import signal
 from pathlib import Path
 
 import aiohttp
-from bot import (  # noqa: F401
+
+from meter import keys
+from meter.admission import Admitter
+from meter.redis_client import RedisClient
+from meter.reservations import Confirmations, Sweeper, replay
+from tests.support.bot import (  # noqa: F401
     Bot,
     FakeClock,
     bot_fixture,
@@ -22,12 +27,7 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from serving import creditgate_serve
-
-from meter import keys
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
-from meter.reservations import Confirmations, Sweeper, replay
+from tests.support.serving import creditgate_serve
 
 WS = "crash"
 APP = f"{WS}_app1"

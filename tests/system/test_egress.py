@@ -23,22 +23,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from aiohttp.abc import AbstractResolver, ResolveResult
-from bot import (  # noqa: F401
-    LOOPBACK,
-    Bot,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_replica,
-    seed,
-    serve,
-)
 from prometheus_client import CollectorRegistry
-from receiver import Receiver, receiver
-from servers import free_port
 
 from config import Settings, SettingsError, load_settings
 from gateway import cli
@@ -50,6 +36,20 @@ from meter.notifier import Notifier
 from meter.projection import read_balances
 from meter.redis_client import RedisClient
 from meter.store import OutboxEvent, open_store
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.bot import (  # noqa: F401
+    LOOPBACK,
+    Bot,
+    bot_fixture,
+    http_fixture,
+    make_settings,
+    rclient_fixture,
+    running_replica,
+    seed,
+    serve,
+)
+from tests.support.receiver import Receiver, receiver
+from tests.support.servers import free_port
 
 WS = "egress"
 APP = f"{WS}_app1"

@@ -25,16 +25,24 @@ from pathlib import Path
 
 import orjson
 import pytest
-from adminkit import admin_server
-from flushkit import USD, Expected, Seeded, flush_settings, opened_store, past_clock, seed_ws
-from metering import Clock, admitter
-from servers import PostgresServer
 
 from config import Settings
 from meter import keys
 from meter.flusher import Flusher
 from meter.redis_client import RedisClient, connect
 from meter.store import Store, open_store
+from tests.support.adminkit import admin_server
+from tests.support.flushkit import (
+    USD,
+    Expected,
+    Seeded,
+    flush_settings,
+    opened_store,
+    past_clock,
+    seed_ws,
+)
+from tests.support.metering import Clock, admitter
+from tests.support.servers import PostgresServer
 
 ATTEMPTS = 3
 NUL_USER = "ev\x00il"

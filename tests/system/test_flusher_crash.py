@@ -33,7 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from flushkit import (
+
+from config import Settings
+from meter import keys
+from meter.redis_client import RedisClient, connect
+from meter.store import Store
+from tests.support.flushkit import (
     SCALE,
     USD,
     Expected,
@@ -45,15 +50,10 @@ from flushkit import (
     seed_ws,
     store_url,
 )
-from metering import Clock, admitter
-from servers import PostgresServer
+from tests.support.metering import Clock, admitter
+from tests.support.servers import PostgresServer
 
-from config import Settings
-from meter import keys
-from meter.redis_client import RedisClient, connect
-from meter.store import Store
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKSPACES = 5
 APPS_PER_WS = 10
 ROUND = 500  # messages admitted concurrently per clock step

@@ -21,7 +21,15 @@ from typing import TypeVar
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+from redis.crc import key_slot
+
+from config import Settings
+from gateway.appkeys import STORE
+from meter import keys
+from meter.flusher import Flusher
+from meter.projection import read_balances
+from meter.redis_client import RedisClient, connect
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -30,15 +38,7 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from redis.crc import key_slot
-from servers import RedisCluster
-
-from config import Settings
-from gateway.appkeys import STORE
-from meter import keys
-from meter.flusher import Flusher
-from meter.projection import read_balances
-from meter.redis_client import RedisClient, connect
+from tests.support.servers import RedisCluster
 
 FUNDS = 1_000_000  # $1.00 tied to each app
 PRICE = 10_000  # contact_center: $0.01 per request

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from bot import (  # noqa: F401
+
+from gateway.appkeys import OWED
+from meter.projection import read_balances
+from meter.redis_client import RedisClient, connect
+from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,
     eventually,
@@ -16,11 +20,7 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from servers import RedisServer
-
-from gateway.appkeys import OWED
-from meter.projection import read_balances
-from meter.redis_client import RedisClient, connect
+from tests.support.servers import RedisServer
 
 WS = "failopen"
 APP = f"{WS}_app1"

@@ -8,7 +8,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from bot import (  # noqa: F401
+
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -18,10 +21,7 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from servers import free_port
-
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from tests.support.servers import free_port
 
 WS = "refund"
 APP = f"{WS}_app1"

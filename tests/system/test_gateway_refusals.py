@@ -10,7 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from meter.projection import Licence
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     FakeClock,
     Running,
@@ -21,10 +24,7 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from servers import RedisServer
-
-from meter.projection import Licence
-from meter.redis_client import RedisClient
+from tests.support.servers import RedisServer
 
 WS = "refuse"
 APP = f"{WS}_app1"

@@ -15,9 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from bot import Bot, bot_fixture, http_fixture  # noqa: F401
 from yarl import URL
+
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
 
 HUGE = "9" * 400
 

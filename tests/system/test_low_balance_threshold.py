@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
-from bot import Bot, bot_fixture, http_fixture  # noqa: F401
 
 from meter import keys
+from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
 
 
 async def test_the_owner_sets_a_threshold_and_the_alert_follows_it(

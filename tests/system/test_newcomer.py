@@ -22,10 +22,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from servers import free_port
-from serving import CREDITGATE, creditgate_env
 
 from meter.store.schema import latest_version
+from tests.support.servers import free_port
+from tests.support.serving import CREDITGATE, creditgate_env
 
 SECRET = "hunter2-secret"
 DEADLINE_S = 60.0  # generous: only ever waited out when something is wrong

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -23,8 +25,6 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-
-from meter.redis_client import RedisClient
 
 WS = "opsws"
 APP = f"{WS}_app1"

@@ -19,10 +19,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from bot import running_bot
-from metering import Clock
-from stripe_standin import (
+
+from config import load_catalog, load_settings
+from gateway.webhooks import WebhookOptions
+from meter import accounts, payments, projection
+from meter.accounts import Deps
+from meter.flusher import Flusher
+from meter.store import LedgerEntry, open_store
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.bot import running_bot
+from tests.support.metering import Clock
+from tests.support.stripe_standin import (
     SECRET_KEY,
     WEBHOOK_SECRET,
     StripeStandIn,
@@ -31,13 +38,6 @@ from stripe_standin import (
     signed,
     stripe_standin,
 )
-
-from config import load_catalog, load_settings
-from gateway.webhooks import WebhookOptions
-from meter import accounts, payments, projection
-from meter.accounts import Deps
-from meter.flusher import Flusher
-from meter.store import LedgerEntry, open_store
 
 USD = 1_000_000
 HOOK = "/v1/payments/stripe/webhook"

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import aiohttp
-from adminkit import Admin, admin_server, admin_settings
-from bot import Bot, bot_fixture, http_fixture  # noqa: F401
 
 from gateway.appkeys import CATALOG
 from meter import keys, projection_check
 from meter.accounts import Deps
 from meter.store import LedgerEntry, Licence
+from tests.support.adminkit import Admin, admin_server, admin_settings
+from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
 
 
 def deps(admin: Admin) -> Deps:

@@ -14,17 +14,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,
     make_settings,
     rclient_fixture,
     seed,
 )
-from servers import free_port
-from serving import creditgate_serve, stop, tail
-
-from meter.redis_client import RedisClient
+from tests.support.servers import free_port
+from tests.support.serving import creditgate_serve, stop, tail
 
 WS = "promtest"
 APP = f"{WS}_app1"

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+from yarl import URL
+
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     CHUNK,
     Bot,
     Running,
@@ -21,9 +24,6 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-from yarl import URL
-
-from meter.redis_client import RedisClient
 
 WS = "transp"
 APP = f"{WS}_app1"

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+
+from meter import keys
+from meter.projection import read_balances
+from meter.redis_client import RedisClient
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -18,10 +22,6 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-
-from meter import keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
 
 WS = "wsock"
 APP = f"{WS}_app1"

@@ -14,7 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from adminkit import Admin, admin_server, admin_settings
+
+from tests.support.adminkit import Admin, admin_server, admin_settings
 
 ROUTES = ("usage", "sessions")
 BAD_TIMES = [

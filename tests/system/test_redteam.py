@@ -15,7 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from bot import (  # noqa: F401
+from yarl import URL
+
+from meter.admission import Admitter
+from meter.redis_client import RedisClient
+from meter.reservations import Sweeper
+from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
     bot_fixture,
@@ -29,11 +34,6 @@ from bot import (  # noqa: F401
     running_replica,
     seed,
 )
-from yarl import URL
-
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
-from meter.reservations import Sweeper
 
 WS = "redteam"
 APP = f"{WS}_app1"

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
-from stripe_standin import SECRET_KEY, WEBHOOK_SECRET, stripe_standin
 
 from gateway.webhooks import WebhookOptions
+from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, stripe_standin
 
 CHECKS = ",".join(
     (

@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
-from bot import (  # noqa: F401
+
+from meter import keys
+from meter.redis_client import RedisClient
+from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,
     http_fixture,
@@ -17,9 +20,6 @@ from bot import (  # noqa: F401
     running_gateway,
     seed,
 )
-
-from meter import keys
-from meter.redis_client import RedisClient
 
 WS = "shadow"
 APP = f"{WS}_app1"

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from adminkit import admin_settings
 from aiohttp import web
-from serving import creditgate_serve, tail
 
 from gateway.app import create_app
 from gateway.http_server import GatewayRunner
 from meter.redis_client import connect
 from meter.store import open_store
+from tests.support.adminkit import admin_settings
+from tests.support.serving import creditgate_serve, tail
 
 SECRET = b"SECRETsecret0123456789TOKENx"
 
