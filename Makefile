@@ -21,7 +21,7 @@ lint: deps
 typecheck: deps
 	$(VENV)/mypy
 
-# The tests by level (tests/README.md): unit needs no server at all, integration runs
+# The tests by level (CONTRIBUTING.md): unit needs no server at all, integration runs
 # real Redis/PostgreSQL/SQLite in-process, system runs subprocesses, the whole gateway
 # over sockets and the browser. One line per test file, failures in full at the end.
 unit: deps
