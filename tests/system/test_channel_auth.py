@@ -642,7 +642,7 @@ async def test_secrets_that_cannot_be_decrypted_stop_start_up(
         with pytest.raises(SettingsError, match="does not decrypt"):
             await channel_secrets.check_key(store, other)
     # `creditgate serve` says so and exits 2 before it serves anything
-    from serving import CREDITGATE, creditgate_env
+    from tests.support.serving import CREDITGATE, creditgate_env
 
     env = creditgate_env(redis_url=redis_url, store_url=settings.store_url, host="127.0.0.1",
                          traffic_port=0, admin_port=0, workers=1,
@@ -681,7 +681,7 @@ async def test_channel_secret_via_admin_api_is_never_shown(
 ) -> None:
     import logging
 
-    from adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+    from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 
     caplog.set_level(logging.DEBUG)
     settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
@@ -798,7 +798,7 @@ async def test_slack_bolt_app_behind_the_gateway(
 async def test_msteams_keys_unreachable_is_503_not_a_pass(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
 ) -> None:
-    from servers import free_port
+    from tests.support.servers import free_port
 
     settings = settings_for(redis_url, tmp_path, openid).model_copy(
         update={"msteams_openid_url": f"http://127.0.0.1:{free_port()}/openid"}

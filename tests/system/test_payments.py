@@ -572,7 +572,7 @@ async def test_serve_takes_payments_from_its_environment_and_never_logs_secrets(
     redis_url: str, tmp_path: Path
 ) -> None:
     """The whole process: settings from CREDITGATE_* variables, DEBUG logs kept on disk."""
-    from serving import creditgate_serve
+    from tests.support.serving import creditgate_serve
 
     async with (
         stripe_standin() as standin,

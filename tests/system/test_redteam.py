@@ -283,7 +283,7 @@ async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
 async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    from adminkit import admin_server, admin_settings
+    from tests.support.adminkit import admin_server, admin_settings
 
     settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
     async with admin_server(settings, traffic=True) as admin:
@@ -381,7 +381,7 @@ async def test_encoded_slashes_do_not_smuggle_dot_segments(
 async def test_blocked_ssrf_urls_are_refused_on_save(
     redis_url: str, tmp_path: Path, bot: Bot, target: str
 ) -> None:
-    from adminkit import admin_server, admin_settings
+    from tests.support.adminkit import admin_server, admin_settings
 
     port = URL(bot.url).port
     settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
@@ -427,7 +427,7 @@ async def test_blocked_ssrf_at_connect_time_is_502_and_refunded(
 async def test_blocked_upstream_at_the_admin_port_even_when_loopback_is_allowed(
     redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
 ) -> None:
-    from servers import free_port
+    from tests.support.servers import free_port
 
     traffic, admin = free_port(), free_port()
     settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
