@@ -1,5 +1,5 @@
 """Property test: the real scripts, driven through ``Admitter`` on a real Redis, agree
-with the plain model of ``tests/model.py`` after every step of random histories.
+with the plain model of ``tests/support/model.py`` after every step of random histories.
 
 Steps: single messages and concurrent bursts (one batched ``admit.lua`` call) over a few
 apps, channels and users, with and without idempotency keys, both kinds (channel message

@@ -3,7 +3,7 @@
 It restates, for a standard (prepaid) workspace, what ``meter/lua/admit.lua``,
 ``refund.lua`` and ``grant.lua`` decide, written the plain way: no caches, no
 write-back, rolling windows as "all buckets ever, count those still in range".
-``tests/test_admission_model.py`` runs it side by side with the real scripts.
+``tests/integration/test_admission_model.py`` runs it side by side with the real scripts.
 Times are integer milliseconds; money is integer micro-dollars.
 """
 

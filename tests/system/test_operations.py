@@ -100,7 +100,7 @@ async def test_a_client_that_goes_away_is_counted_at_debug(
     errors = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno >= logging.ERROR and "tests/bot.py" not in _traceback(r)
+        if r.levelno >= logging.ERROR and "tests/support/bot.py" not in _traceback(r)
     ]
     assert errors == []
     assert any("client went away" in r.getMessage() for r in caplog.records)

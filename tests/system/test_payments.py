@@ -3,7 +3,7 @@ top-ups credited exactly once per payment, and the transactions list.
 
 Everything is real: the admin application of ``create_app`` on a loopback socket, a real
 redis-server, real SQLite and PostgreSQL stores, the official ``stripe`` library talking
-HTTP to a local stand-in for Stripe's REST API (tests/stripe_standin.py), and webhook
+HTTP to a local stand-in for Stripe's REST API (tests/support/stripe_standin.py), and webhook
 deliveries signed the way Stripe signs them and verified by the library.
 """
 
