@@ -34,14 +34,14 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from bot import Bot, Call, free_credit, make_settings, running_bot, seed
-from rawhttp import RawConn, Response
-from servers import RedisServer
-from serving import Served, creditgate_serve
 
 from config import Settings
 from meter import keys
 from meter.redis_client import RedisClient, connect
+from tests.support.bot import Bot, Call, free_credit, make_settings, running_bot, seed
+from tests.support.rawhttp import RawConn, Response
+from tests.support.servers import RedisServer
+from tests.support.serving import Served, creditgate_serve
 
 FREE = 10_000_000  # $10
 PRICE = 10_000  # a contact_center message: $0.01
