@@ -30,9 +30,9 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from meter import keys
-from meter.journal import Journal, take_over_dead
-from meter.redis_client import RedisClient
+from meter.admission.journal import Journal, take_over_dead
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 
 log = logging.getLogger(__name__)
 JOURNAL_KIND = "forwarded"
