@@ -42,10 +42,12 @@ from pathlib import Path
 import uvloop
 
 from config import Settings, load_catalog, load_settings
-from meter import keys, projection
-from meter.admission import Admitter, Decision
-from meter.redis_client import RedisClient, connect
-from meter.scripts import lua_source
+from meter.accounts import projection
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.scripts import lua_source
 from tests.support.servers import RedisServer, start_redis
 
 USD = 1_000_000

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 from config import load_catalog, load_settings
-from meter import keys, projection
-from meter.flusher import Flusher
-from meter.redis_client import RedisClient, connect
+from meter.accounts import projection
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import open_store
+from meter.usage.flusher import Flusher
 from tests.support.servers import start_postgres, start_redis
 
 T0 = 1_700_000_000  # long closed buckets

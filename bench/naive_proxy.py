@@ -15,10 +15,10 @@ import uvloop
 from aiohttp import web
 
 from config import load_settings
-from meter import keys
-from meter.admission import Admitter
-from meter.redis_client import connect
-from meter.scripts import register
+from meter.admission.admitter import Admitter
+from meter.redis_layer import keys
+from meter.redis_layer.client import connect
+from meter.redis_layer.scripts import register
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
 

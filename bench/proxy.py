@@ -219,8 +219,8 @@ def _latency(out: str, pct: str) -> float:
 
 async def seed(redis_url: str, bot_url: str) -> None:
     from config import load_catalog, load_settings
-    from meter import projection
-    from meter.redis_client import connect
+    from meter.accounts import projection
+    from meter.redis_layer.client import connect
 
     settings = load_settings(env={}, redis_url=redis_url)
     client = connect(redis_url)

@@ -4,7 +4,7 @@ The traffic path adds ``Via: 1.1 creditgate`` to everything it forwards
 (:mod:`gateway.forwarding`). No client of the admin API (operators, owners, the
 console, probes, Prometheus) sends that, so a request with it is an upstream that
 points at an admin port: this replica's or a sibling's. The egress policy already
-refuses such upstreams (:mod:`meter.egress`); this is the second line, answered 508
+refuses such upstreams (:mod:`meter.accounts.egress`); this is the second line, answered 508
 ``loop_detected`` before any handler runs.
 """
 

@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config import Settings, load_catalog
+from gateway.admin_api import setup_admin_api
 from gateway.admin_guard import refuse_forwarded
 from gateway.appkeys import (
     ADMITTER,
@@ -57,15 +58,15 @@ from gateway.proxy import Proxy
 from gateway.routes import setup_traffic_routes
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
-from meter import projection_check
-from meter.accounts import Deps
-from meter.admission import Admitter
-from meter.batches import Batch
-from meter.claims import Claim
-from meter.egress import check_settings
-from meter.redis_client import RedisClient, connect, warm_up
-from meter.reservations import Confirmations, Sweeper, replay
+from meter.accounts import projection_check
+from meter.accounts.egress import check_settings
+from meter.accounts.workspaces import Deps
+from meter.admission.admitter import Admitter
+from meter.admission.reservations import Confirmations, Sweeper, replay
+from meter.redis_layer.client import RedisClient, connect, warm_up
 from meter.store import Store, open_store
+from meter.usage.batches import Batch
+from meter.usage.claims import Claim
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -129,13 +130,7 @@ def create_app(
     if run_flusher:
         admin.cleanup_ctx.append(run_flusher_ctx)
     setup_health(admin)
-    # ---- admin API (gateway/admin_api, written separately) -------------------------
-    try:
-        from gateway.admin_api import setup_admin_api
-    except ImportError:
-        log.debug("gateway.admin_api not available: admin port serves probes only")
-    else:
-        setup_admin_api(admin)
+    setup_admin_api(admin)
     return Gateway(settings, traffic, admin, metrics)
 
 
@@ -249,7 +244,7 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the flusher beside the admin port (parent process of ``serve``) and export
     its progress: rows flushed, batches quarantined, flush lag and the owner-notification
     backlog."""
-    from meter.flusher import KIND_NAMES, Flusher
+    from meter.usage.flusher import KIND_NAMES, Flusher
 
     settings, metrics, store = app[SETTINGS], app[METRICS], app[STORE]
 

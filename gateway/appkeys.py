@@ -17,8 +17,8 @@ from config import Catalog, Settings
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from gateway.proxy import Proxy
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
+from meter.admission.admitter import Admitter
+from meter.redis_layer.client import RedisClient
 from meter.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)

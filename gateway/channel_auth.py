@@ -1,6 +1,6 @@
 """Channel authentication of traffic (docs/design.md §3): is this request really from the channel?
 
-A channel with a secret (``meter.channel_secrets``) verifies every request before
+A channel with a secret (``meter.accounts.channel_secrets``) verifies every request before
 anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``:
 
 * ``slack_v0``: ``X-Slack-Signature`` = ``v0=`` + HMAC-SHA256(secret, ``v0:{ts}:{body}``)
@@ -55,9 +55,10 @@ from yarl import URL
 from config import Settings
 from gateway.channels import USER_HEADER
 from gateway.problems import Problem, Refused
-from meter import channel_secrets, keys
+from meter.accounts import channel_secrets
 from meter.errors import MeteringUnavailable
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 
 log = logging.getLogger(__name__)
 MAX_TOKEN = 8192

@@ -2,7 +2,7 @@
 
 ``serve`` runs the gateway (traffic workers + admin port + flusher); ``demo`` runs
 everything locally on embedded defaults; ``migrate``, ``flush``, ``export`` and
-``reconcile`` are carried out by ``meter.cli_commands.<name>(settings, args)``.
+``reconcile`` are carried out by ``gateway.cli_commands.<name>(settings, args)``.
 
 Settings: command-line flags beat ``CREDITGATE_*`` variables, which beat ``--config FILE``.
 Whatever stops a command that an operator can fix (a bad setting, an unreachable Redis or
@@ -24,8 +24,8 @@ from typing import Any
 from config import Settings, SettingsError, load_settings
 from config.settings import env_name
 from config.urls import mask_url
-from meter import cli_commands
-from meter.startup import StartupError, redis_problem, store_problem
+from gateway import cli_commands
+from gateway.startup import StartupError, redis_problem, store_problem
 
 DESCRIPTION = (
     "creditgate: a request-metering gateway in front of chat bots. Settings come from "
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, **_overrides(args))
         if args.command == "serve":
             from gateway.serve import serve
-            from meter.egress import check_settings
+            from meter.accounts.egress import check_settings
 
             check_settings(settings)  # before any worker starts
             return serve(settings)
@@ -214,7 +214,7 @@ def explain(exc: BaseException, settings: Settings | None) -> str:
 
 
 def delegate(name: str, settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``meter.cli_commands.<name>(settings, args)``; its result is the exit code."""
+    """Run ``gateway.cli_commands.<name>(settings, args)``; its result is the exit code."""
     command = getattr(cli_commands, name)
     return int(command(settings, args) or 0)
 

@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 from config import Settings
 from meter.errors import InvalidInput
-from meter.export import export_stream, parse_time
 from meter.store.periods import DAY_MS
+from meter.usage.export import export_stream, parse_time
 
 
 def add_arguments(sub: Any) -> None:
@@ -96,7 +96,7 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from meter.startup import open_ready_store
+    from gateway.startup import open_ready_store
 
     applied: list[int] = []
     store = await open_ready_store(settings, migrate=True, applied=applied)
@@ -113,7 +113,7 @@ async def _migrate(settings: Settings) -> int:
 
 def flush(settings: Settings, args: argparse.Namespace) -> int:
     """Run the flusher until SIGTERM, or ``--once``: drain what is closed and exit."""
-    from meter.flusher import serve_flusher
+    from meter.usage.flusher import serve_flusher
 
     asyncio.run(_preflight(settings, redis=True))
     once, force = bool(getattr(args, "once", False)), bool(getattr(args, "force", False))
@@ -146,7 +146,7 @@ def export(settings: Settings, args: argparse.Namespace) -> int:
 async def _preflight(settings: Settings, *, redis: bool) -> None:
     """Fail with one line (StartupError) before any work if the store or Redis cannot
     serve the command; the commands then open their own connections."""
-    from meter.startup import open_ready_store, ready_redis
+    from gateway.startup import open_ready_store, ready_redis
 
     store = await open_ready_store(settings)
     await store.close()
@@ -156,7 +156,7 @@ async def _preflight(settings: Settings, *, redis: bool) -> None:
 
 
 async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
-    from meter.startup import open_ready_store
+    from gateway.startup import open_ready_store
 
     async with await open_ready_store(settings) as store:
         try:
@@ -207,9 +207,9 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> int:
-    from meter.reconcile import reconcile as run
-    from meter.redis_client import warm_up
-    from meter.startup import open_ready_store, ready_redis
+    from gateway.startup import open_ready_store, ready_redis
+    from meter.redis_layer.client import warm_up
+    from meter.usage.reconcile import reconcile as run
 
     store = await open_ready_store(settings)
     try:

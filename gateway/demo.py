@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, load_catalog, load_settings
-from meter.startup import StartupError
+from gateway.startup import StartupError
 
 log = logging.getLogger(__name__)
 DEMO_DIR = Path(".demo")
@@ -169,7 +169,7 @@ def _run_locked(base: Path, redis_bin: str, config: str | None, overrides: dict[
 
 async def seed_demo(settings: Settings, bot_url: str) -> Seeded:
     """The demo workspace, through the store when it is available, else Redis only."""
-    from meter.redis_client import connect
+    from meter.redis_layer.client import connect
 
     client = connect(settings.redis_url)
     try:
@@ -183,15 +183,15 @@ async def seed_demo(settings: Settings, bot_url: str) -> Seeded:
 
 
 async def _seed_store(settings: Settings, client: Any, bot_url: str) -> Seeded:
-    from meter import accounts, apps, credits
+    from meter.accounts import apps, credits, workspaces
     from meter.store import open_store
 
     store = open_store(settings.store_url)
     try:
         await store.migrate()
-        d = accounts.Deps(store, client, settings, load_catalog(settings.catalog_path))
-        user, token = await accounts.create_user(d, "operator", "owner@demo.example", "Demo")
-        ws = await accounts.create_workspace(d, user.id, "Demo workspace")
+        d = workspaces.Deps(store, client, settings, load_catalog(settings.catalog_path))
+        user, token = await workspaces.create_user(d, "operator", "owner@demo.example", "Demo")
+        ws = await workspaces.create_workspace(d, user.id, "Demo workspace")
         ample = await apps.create_app(d, user.id, ws, "Ample bot", "automation", bot_url)
         tight = await apps.create_app(d, user.id, ws, "Tight bot", "automation", bot_url)
         actor = f"user:{user.id}"
@@ -203,7 +203,7 @@ async def _seed_store(settings: Settings, client: Any, bot_url: str) -> Seeded:
 
 
 async def _seed_redis(settings: Settings, client: Any, bot_url: str) -> Seeded:
-    from meter import projection
+    from meter.accounts import projection
 
     ws, ample, tight = "demo", "demo_ample", "demo_tight"
     await projection.put_workspace(

@@ -1,4 +1,4 @@
-"""The egress policy (:mod:`meter.egress`) applied where the gateway connects.
+"""The egress policy (:mod:`meter.accounts.egress`) applied where the gateway connects.
 
 Two public aiohttp hooks together see every address a connection is opened to:
 
@@ -25,7 +25,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
-from meter.egress import EgressRefused, Policy, check_host_name, parse_ip
+from meter.accounts.egress import EgressRefused, Policy, check_host_name, parse_ip
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 MAX_VERDICTS = 10_000  # destinations whose verdict the middleware remembers

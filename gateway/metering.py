@@ -16,10 +16,11 @@ from redis.exceptions import RedisError
 from gateway.metrics import Metrics
 from gateway.owed import Debt, Owed
 from gateway.problems import Refused, metering_unavailable
-from meter.admission import Admitter, Decision, Kind
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision, Kind
+from meter.admission.reservations import Confirmations
 from meter.errors import MeteringUnavailable
-from meter.keys import record_id
-from meter.reservations import Confirmations
+from meter.redis_layer.keys import record_id
 
 log = logging.getLogger(__name__)
 Failure = Literal["connect", "timeout", "5xx"]
@@ -103,7 +104,7 @@ class Meter:
 
     def forwarded(self, admission: Admission | None) -> None:
         """The message's request is with the bot: its charge stands (see
-        :mod:`meter.reservations`). Call right after handing it to the socket."""
+        :mod:`meter.admission.reservations`). Call right after handing it to the socket."""
         if admission is None or self._confirmations is None:
             return
         dec = admission.decision

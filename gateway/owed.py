@@ -11,7 +11,7 @@ Two lists, worked off by one background task with a back-off:
 * **voids** (both modes): charges that may exist although the message was not served
   (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
 
-Nothing is forgiven silently. Both lists are journaled (:mod:`meter.journal`,
+Nothing is forgiven silently. Both lists are journaled (:mod:`meter.admission.journal`,
 ``owed-*.log`` in ``state_dir``): every debt and void is written before it is relied
 on, and its settlement after; the journal is fsync'd in the background, and emptied
 whenever both lists are. A process that dies leaves its journal; the next one to start
@@ -34,10 +34,11 @@ import orjson
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
-from meter.admission import Admitter, Decision, Kind
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision, Kind
+from meter.admission.journal import Journal, take_over_dead
 from meter.errors import MeteringUnavailable
-from meter.journal import Journal, take_over_dead
-from meter.keys import record_id
+from meter.redis_layer.keys import record_id
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
@@ -106,7 +107,7 @@ class Owed:
 
     def void_later(self, app_id: str, rid: str, token: str) -> None:
         """Void the charge of attempt ``token`` (if any) when Redis answers again;
-        ``rid`` is its charge record's id (:func:`meter.keys.record_id`)."""
+        ``rid`` is its charge record's id (:func:`meter.redis_layer.keys.record_id`)."""
         if len(self.voids) >= self._limit:
             log.error("void list full: charge %s of app %s may stay", token, app_id)
             return

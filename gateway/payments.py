@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config import Settings
 from gateway.appkeys import SETTINGS
-from meter.payments import ProviderError, ProviderSession, SessionEvent, SessionRequest
+from meter.accounts.payments import ProviderError, ProviderSession, SessionEvent, SessionRequest
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway.forwarding import InvalidTail
-from meter.admission import Decision
+from meter.admission.decision import Decision
 from meter.errors import InvalidChannelUser, InvalidInput, MeteringUnavailable, NotFound
 
 PROBLEM_CODE = web.ResponseKey("problem_code", str)

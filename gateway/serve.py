@@ -9,7 +9,7 @@ parent sets (to a temporary directory it removes at exit) before anything import
 
 Before any worker starts, the parent binds the admin port, checks that the traffic port
 is free (a port held by another program fails at once, with one line naming the
-setting), and brings the store to the code's schema (:mod:`meter.startup`); a worker
+setting), and brings the store to the code's schema (:mod:`gateway.startup`); a worker
 that cannot bind or start reports it at once and the gateway stops with that reason.
 
 SIGTERM or SIGINT: the parent forwards SIGTERM to the workers, which stop accepting,
@@ -39,7 +39,7 @@ from typing import Any
 from config import Settings, SettingsError
 from config.settings import env_name
 from gateway.logs import setup_logging
-from meter.startup import StartupError
+from gateway.startup import StartupError
 
 log = logging.getLogger(__name__)
 _ctx = mp.get_context("spawn")
@@ -231,7 +231,7 @@ async def _parent(
 
     from gateway.app import create_app
     from gateway.http_server import GatewayRunner
-    from meter.startup import prepare_store, warn_if_redis_down
+    from gateway.startup import prepare_store, warn_if_redis_down
 
     await prepare_store(settings)
     try:
@@ -277,7 +277,7 @@ async def _parent(
 async def check_channel_key(settings: Settings) -> None:
     """Refuse to start when stored channel secrets cannot be decrypted (SettingsError);
     a store that does not answer yet is left to ``/readyz``."""
-    from meter.channel_secrets import check_key
+    from meter.accounts.channel_secrets import check_key
     from meter.store import open_store
 
     try:

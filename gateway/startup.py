@@ -16,7 +16,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from config import Settings
 from config.urls import mask_url, sqlite_path
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, StoreError, open_store
 from meter.store.schema import latest_version
 

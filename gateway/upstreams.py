@@ -1,6 +1,6 @@
 """Where an app's bot runtime lives: ``app_id`` -> upstream base URL.
 
-Read from the app hash field ``up`` in Redis (:func:`meter.keys.app_key`), falling back
+Read from the app hash field ``up`` in Redis (:func:`meter.redis_layer.keys.app_key`), falling back
 to ``settings.default_upstream_url``. Each process caches an answer for at most
 ``max_age`` seconds (so an app changed through the admin API is followed within a
 second), coalesces concurrent look-ups of one app, and keeps serving a stale answer
@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from meter import keys
 from meter.errors import MeteringUnavailable
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 
 NO_UPSTREAM = ""  # the app exists but has no upstream and there is no default
 MAX_ENTRIES = 100_000

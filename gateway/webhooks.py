@@ -1,4 +1,4 @@
-"""Delivery of owner notifications: the loop that drives :class:`meter.notifier.Notifier`.
+"""Delivery of owner notifications: the loop that drives :class:`meter.accounts.notifier.Notifier`.
 
 The notifier decides what to send, signs it and keeps the outbox; this module only does
 the HTTP POST, with the application's shared ``ClientSession`` (or its own), which
@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.egress import guarded_session
-from meter.notifier import Notifier, Post
+from meter.accounts.notifier import Notifier, Post
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ OPTIONS = web.AppKey("webhook_options", WebhookOptions)
 
 
 def http_post(session: aiohttp.ClientSession, timeout_s: float) -> Post:
-    """A :data:`meter.notifier.Post` over ``session``: no redirects, bounded time."""
+    """A :data:`meter.accounts.notifier.Post` over ``session``: no redirects, bounded time."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:

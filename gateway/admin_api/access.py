@@ -13,13 +13,13 @@ Policies:
   (e.g. a payment provider's signature);
 * :data:`OPERATOR` - the operator token; :data:`ANY_USER` - any user token (operators
   act through the internal tool, not as users); :data:`ANY_CALLER` - either;
-* :func:`workspace` ``(action)`` - the roles :data:`meter.authz.WORKSPACE_RULES` allows
+* :func:`workspace` ``(action)`` - the roles :data:`meter.accounts.authz.WORKSPACE_RULES` allows
   for ``action`` on the workspace of path parameter ``{ws}``;
-* :func:`app` ``(action)`` - the roles :data:`meter.authz.APP_RULES` allows on ``{app}``;
+* :func:`app` ``(action)`` - the roles :data:`meter.accounts.authz.APP_RULES` allows on ``{app}``;
 * :data:`APPS_LISTER` - members and operators, or a collaborator who is not a member
   (who then sees only the apps they work on).
 
-The rules stay in :mod:`meter.authz`, one table. The grant carries what the check loaded
+The rules stay in :mod:`meter.accounts.authz`, one table. The grant carries what the check loaded
 (the workspace or app and the caller's roles), so handlers need no second look-up;
 checks that depend on the body (an ``app_id`` in it belonging to the workspace) stay in
 the handler.
@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from meter import authz
-from meter.authz import Principal
+from meter.accounts import authz
+from meter.accounts.authz import Principal
 from meter.errors import Forbidden
 from meter.store import App, Store, Workspace
 
@@ -72,7 +72,7 @@ class Access:
 
     kind: Kind
     who: str
-    action: str = ""  # the meter.authz rule of a workspace or app policy
+    action: str = ""  # the meter.accounts.authz rule of a workspace or app policy
     param: str = ""  # the path parameter naming the workspace or app
     check: Check | None = None  # a custom policy's check
 

@@ -7,9 +7,9 @@ from aiohttp import web
 from config.money import format_amount, parse_amount
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter import accounts, authz, projection
-from meter.plan_usage import iso
+from meter.accounts import authz, projection, workspaces
 from meter.store import UpgradeRequest, Workspace
+from meter.timestamps import iso
 
 
 async def workspace_out(call: Call, ws: Workspace) -> s.WorkspaceOut:
@@ -48,7 +48,9 @@ def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
 
 async def create_user(call: Call) -> web.Response:
     body = call.parsed(s.UserCreate)
-    user, token = await accounts.create_user(call.deps, call.principal.actor, body.email, body.name)
+    user, token = await workspaces.create_user(
+        call.deps, call.principal.actor, body.email, body.name
+    )
     out = s.UserOut(
         id=user.id,
         email=user.email,
@@ -62,7 +64,7 @@ async def create_user(call: Call) -> web.Response:
 async def create_workspace(call: Call) -> web.Response:
     owner = authz.require_user(call.principal)
     body = call.parsed(s.WorkspaceCreate)
-    ws = await accounts.create_workspace(call.deps, owner, body.name)
+    ws = await workspaces.create_workspace(call.deps, owner, body.name)
     return json_response(await workspace_out(call, ws), 201)
 
 
@@ -77,14 +79,14 @@ async def patch_workspace(call: Call) -> web.Response:
     if "low_balance_threshold" in body.model_fields_set:
         text = body.low_balance_threshold
         micros = None if text is None else parse_amount(text)
-        ws = await accounts.set_low_balance_threshold(call.deps, call.principal.actor, ws, micros)
+        ws = await workspaces.set_low_balance_threshold(call.deps, call.principal.actor, ws, micros)
     return json_response(await workspace_out(call, ws))
 
 
 async def add_member(call: Call) -> web.Response:
     ws = call.workspace
     body = call.parsed(s.MemberAdd)
-    added = await accounts.add_member(call.deps, call.principal.actor, ws, body.user_id)
+    added = await workspaces.add_member(call.deps, call.principal.actor, ws, body.user_id)
     out = s.MemberOut(workspace_id=ws.id, user_id=body.user_id, added=added)
     return json_response(out, 201 if added else 200)
 
@@ -96,14 +98,14 @@ async def upgrade(call: Call) -> web.Response:
         product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
         for product, li in body.licences.items()
     }
-    updated = await accounts.upgrade(call.deps, call.principal.actor, ws, licences)
+    updated = await workspaces.upgrade(call.deps, call.principal.actor, ws, licences)
     return json_response(await workspace_out(call, updated))
 
 
 async def create_upgrade_request(call: Call) -> web.Response:
     ws = call.workspace
     body = call.parsed(s.UpgradeRequestCreate)
-    req = await accounts.request_upgrade(
+    req = await workspaces.request_upgrade(
         call.deps, call.principal.actor, ws, list(body.products), body.message
     )
     return json_response(request_out(req), 201)
@@ -117,5 +119,5 @@ async def list_upgrade_requests(call: Call) -> web.Response:
 async def set_webhook(call: Call) -> web.Response:
     ws = call.workspace
     body = call.parsed(s.WebhookSet)
-    await accounts.set_webhook(call.deps, call.principal.actor, ws, body.url, body.secret)
+    await workspaces.set_webhook(call.deps, call.principal.actor, ws, body.url, body.secret)
     return json_response(s.WebhookOut(workspace_id=ws.id, url=body.url, secret_set=True))

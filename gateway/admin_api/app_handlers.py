@@ -9,11 +9,11 @@ from redis.exceptions import RedisError
 
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter import apps, authz, channel_secrets
+from meter.accounts import apps, authz, channel_secrets
 from meter.errors import MeteringUnavailable
-from meter.plan_usage import iso
 from meter.store import App, AppChannel
-from meter.usage import usage
+from meter.timestamps import iso
+from meter.usage.series import usage
 
 log = logging.getLogger(__name__)
 USAGE_DAYS = 30

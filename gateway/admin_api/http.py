@@ -29,8 +29,9 @@ from gateway import appkeys
 from gateway.admin_api.access import Access, Grant
 from gateway.admin_api.schemas import PATTERN_HINTS
 from gateway.problems import CONTENT_TYPE, problem_response
-from meter.accounts import Deps
-from meter.authz import ANONYMOUS, Principal, authenticate
+from meter.accounts.authz import ANONYMOUS, Principal, authenticate
+from meter.accounts.payments import PaymentsNotConfigured, ProviderError
+from meter.accounts.workspaces import Deps
 from meter.errors import (
     Conflict,
     Forbidden,
@@ -39,7 +40,6 @@ from meter.errors import (
     NotFound,
     Unauthorized,
 )
-from meter.payments import PaymentsNotConfigured, ProviderError
 from meter.store import App, StoreError, Workspace
 from meter.store import Conflict as StoreConflict
 

@@ -7,11 +7,11 @@ from aiohttp import web
 
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api.http import Call, json_response
-from meter import accounts, apps, authz, tokens
-from meter.authz import TOKEN_PREFIX
-from meter.pages import decode, limit_of, page
-from meter.plan_usage import iso
+from meter.accounts import apps, authz, tokens, workspaces
+from meter.accounts.authz import TOKEN_PREFIX
+from meter.accounts.pages import decode, limit_of, page
 from meter.store import ApiToken, UpgradeRequest
+from meter.timestamps import iso
 
 
 def _paging(call: Call) -> tuple[str | None, int]:
@@ -98,7 +98,7 @@ async def list_members(call: Call) -> web.Response:
 
 async def remove_member(call: Call) -> web.Response:
     ws = call.workspace
-    await accounts.remove_member(call.deps, call.principal.actor, ws, call.path("user"))
+    await workspaces.remove_member(call.deps, call.principal.actor, ws, call.path("user"))
     return web.Response(status=204)
 
 
@@ -151,7 +151,7 @@ async def list_workspace_upgrade_requests(call: Call) -> web.Response:
 async def decline_upgrade_request(call: Call) -> web.Response:
     authz.require_operator(call.principal)
     body = call.parsed(ls.UpgradeDecline)
-    req = await accounts.decline_upgrade(
+    req = await workspaces.decline_upgrade(
         call.deps, call.principal.actor, call.path("request"), body.reason
     )
     return json_response(request_item(req))

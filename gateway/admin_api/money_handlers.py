@@ -14,13 +14,14 @@ from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter import authz, credits
+from meter.accounts import authz, credits
+from meter.accounts.pages import limit_of
+from meter.accounts.plan_usage import plan_usage
 from meter.errors import InvalidInput, MeteringUnavailable
-from meter.live_sessions import sessions_page
-from meter.pages import limit_of
-from meter.plan_usage import iso, plan_usage
 from meter.store import UsagePoint
-from meter.usage import usage
+from meter.timestamps import iso
+from meter.usage.live_sessions import sessions_page
+from meter.usage.series import usage
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000

@@ -10,11 +10,11 @@ from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
-from meter import payments
-from meter.pages import decode, limit_of, page
-from meter.payments import PaymentsNotConfigured
-from meter.plan_usage import iso
+from meter.accounts import payments
+from meter.accounts.pages import decode, limit_of, page
+from meter.accounts.payments import PaymentsNotConfigured
 from meter.store import LedgerEntry
+from meter.timestamps import iso
 
 SHOWN_PREFIXES = ("funds:", "checkout:")  # stripped: the reference as its owner knows it
 

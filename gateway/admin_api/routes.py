@@ -6,7 +6,7 @@ pipeline after authentication and the path-id checks and BEFORE the query or bod
 read, so a caller who may not use a route gets 401/403/404 whatever they send:
 
 * ``a.OPERATOR`` / ``a.ANY_USER`` / ``a.ANY_CALLER`` - by token kind alone;
-* ``a.workspace("members.read")`` - the roles ``meter.authz.WORKSPACE_RULES`` allows for
+* ``a.workspace("members.read")`` - the roles ``meter.accounts.authz.WORKSPACE_RULES`` allows for
   that action in the workspace of ``{ws}`` (give ``params=WS``); 404 when the caller may
   not see the workspace; ``a.app("channels.set")`` likewise with ``APP_RULES`` on
   ``{app}``; a new action is one line in those tables;
@@ -30,7 +30,7 @@ from gateway.admin_api import payment_handlers as pay
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Route
-from meter import keys
+from meter.redis_layer import keys
 
 WS = {"ws": keys.ID_RE}
 APP = {"app": keys.APP_RE}

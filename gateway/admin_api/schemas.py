@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from meter import keys
+from meter.redis_layer import keys
 
 Product = Literal["automation", "search", "contact_center", "agent"]
 CollaboratorRole = Literal["developer", "tester", "viewer"]

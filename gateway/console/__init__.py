@@ -21,11 +21,12 @@ from gateway import appkeys
 from gateway.admin_api.money_handlers import DAY_MS, MAX_RANGE_MS, parse_time
 from gateway.console import charts, session
 from gateway.problems import Problem
-from meter import authz, keys
-from meter.breakdown import METRICS, breakdown, periods_of
+from meter.accounts import authz
 from meter.errors import Forbidden, InvalidInput, MeteringUnavailable, NotFound
-from meter.plan_usage import iso
+from meter.redis_layer import keys
 from meter.store import Store
+from meter.timestamps import iso
+from meter.usage.breakdown import METRICS, breakdown, periods_of
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(resources.files("gateway").joinpath("static")))

@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.admin_api.http import SESSION_PRINCIPAL
 from gateway.problems import Problem
-from meter.authz import Principal, user_principal
+from meter.accounts.authz import Principal, user_principal
 from meter.errors import Unauthorized
 from meter.store import Store
 from meter.store.console_sessions import ConsoleSession

@@ -11,9 +11,17 @@ import secrets
 from typing import Any
 
 from config.catalog import PRODUCTS
-from meter import keys, projection
-from meter.accounts import Deps, announce, audit, check_reachable, check_text, existing_user
+from meter.accounts import projection
+from meter.accounts.workspaces import (
+    Deps,
+    announce,
+    audit,
+    check_reachable,
+    check_text,
+    existing_user,
+)
 from meter.errors import Forbidden, InvalidInput, NotFound
+from meter.redis_layer import keys
 from meter.store import App, Workspace
 from meter.store.models import ROLES, Role
 
@@ -84,7 +92,7 @@ async def create_app(
 
 
 async def set_shadow(d: Deps, actor: str, app: App, on: bool) -> App:
-    """Shadow mode on or off (an operator's action: see meter/authz.py ``app.shadow``)."""
+    """Shadow mode on or off (an operator's action: see meter/accounts/authz.py ``app.shadow``)."""
     updated = await d.store.update_app(app.id, shadow=on)
     if updated is None:
         raise NotFound("app", app.id)

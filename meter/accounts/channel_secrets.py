@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from config import Settings, SettingsError
-from meter import keys
-from meter.accounts import Deps, announce, audit
+from meter.accounts.workspaces import Deps, announce, audit
 from meter.errors import Conflict, InvalidInput
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from meter.store import App, AppChannel, Store
 
 SCHEMES = {"slack": "slack_v0", "whatsapp": "meta_sha256", "msteams": "botframework_jwt"}

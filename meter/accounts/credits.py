@@ -1,7 +1,7 @@
 """Paid funds: top-ups of the shared workspace pool or of one app.
 
 Funds are paid for: an owner's top-up is a checkout with the payment provider
-(:mod:`meter.payments`), credited when the provider confirms; operators credit funds by
+(:mod:`meter.accounts.payments`), credited when the provider confirms; operators credit funds by
 hand (e.g. a bank transfer) with :func:`add_funds`, always with a reference.
 
 A top-up is idempotent by its ledger ``reference`` across three writes, each keyed by
@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 from config.money import MICROS_PER_DOLLAR, InvalidAmount, format_amount, parse_amount
-from meter import projection
-from meter.accounts import Deps, audit
+from meter.accounts import projection
+from meter.accounts.workspaces import Deps, audit
 from meter.errors import Conflict, InvalidInput
 from meter.store import LedgerEntry, OutboxEvent, Workspace
 

@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 
 from config.money import format_amount
-from meter.plan_usage import iso
 from meter.store import OutboxEvent, Store
+from meter.timestamps import iso
 
 log = logging.getLogger(__name__)
 

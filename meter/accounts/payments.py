@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from config.money import format_amount
-from meter import credits
-from meter.accounts import Deps, audit, new_id
+from meter.accounts import credits
+from meter.accounts.workspaces import Deps, audit, new_id
 from meter.errors import Conflict, InvalidInput, MeterError
 from meter.store import Checkout, LedgerEntry, Workspace
 

@@ -13,20 +13,14 @@ from typing import Any, Literal
 from config import Catalog, Settings
 from config.catalog import PRODUCTS
 from config.money import format_amount
-from meter import keys, projection
-from meter.admission import billing_period
-from meter.redis_client import RedisClient
+from meter.accounts import projection
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.periods import billing_period
 from meter.store import App, Store, Workspace
+from meter.timestamps import iso
 
 Status = Literal["using_free_credits", "sufficient_funds", "low_balance", "inactive"]
-
-
-def iso(ms: int | None) -> str | None:
-    """Epoch milliseconds as an ISO 8601 UTC timestamp (``2027-01-15T08:00:00.000Z``)."""
-    if ms is None:
-        return None
-    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 def unit_price(catalog: Catalog, plan: str, unit: str) -> int:

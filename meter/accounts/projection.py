@@ -16,10 +16,10 @@ from redis.typing import EncodableT, FieldT
 
 from config import Catalog
 from config.catalog import PRODUCTS
-from meter import keys
 from meter.errors import InvalidInput, NotFound
-from meter.redis_client import RedisClient
-from meter.scripts import register
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.scripts import register
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,11 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from meter import channel_secrets, keys, projection
-from meter.accounts import Deps, project_workspace
-from meter.apps import project_app
-from meter.credits import apply_topup
+from meter.accounts import channel_secrets, projection
+from meter.accounts.apps import project_app
+from meter.accounts.credits import apply_topup
+from meter.accounts.workspaces import Deps, project_workspace
+from meter.redis_layer import keys
 from meter.store import App, Workspace
 
 log = logging.getLogger(__name__)

@@ -2,17 +2,17 @@
 
 Only a token's SHA-256 hash is stored, with its last four characters as a hint for
 telling tokens apart. Revocation takes effect on the next request: every call looks the
-token up among the unrevoked ones (:func:`meter.authz.user_principal`).
+token up among the unrevoked ones (:func:`meter.accounts.authz.user_principal`).
 """
 
 from __future__ import annotations
 
 import secrets
 
-from meter import authz
-from meter.accounts import Deps, audit, check_text
+from meter.accounts import authz
+from meter.accounts.pages import Page, decode, page
+from meter.accounts.workspaces import Deps, audit, check_text
 from meter.errors import Conflict, NotFound
-from meter.pages import Page, decode, page
 from meter.store import ApiToken
 
 MAX_TOKENS = 50  # live tokens per user

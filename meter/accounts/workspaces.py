@@ -4,7 +4,7 @@ Each change writes the durable store first (the source of truth), then the Redis
 projection that ``admit.lua`` reads on every call (so a change reaches every gateway
 worker at once), announces it on ``keys.CHANGES`` for caches, and is audited with who,
 what, when and the before/after values. Authorization is checked by the caller
-(:mod:`meter.authz`); these functions check the semantics of their input and raise
+(:mod:`meter.accounts.authz`); these functions check the semantics of their input and raise
 :class:`InvalidInput` naming the field before anything is changed.
 """
 
@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 from config import Catalog, Settings
 from config.catalog import PRODUCTS
-from meter import authz, egress, keys, projection
+from meter.accounts import authz, egress, projection
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from meter.store import Conflict as StoreConflict
 from meter.store import LedgerEntry, Licence, Store, UpgradeRequest, User, Workspace
 

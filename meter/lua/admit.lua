@@ -1,7 +1,7 @@
 -- admit.lua: decide a batch of inbound messages for ONE workspace, atomically.
 --
 -- KEYS[1]   workspace prefix "cg:{<ws>}". Every key touched is derived from it (see
---           meter/keys.py), so all share one hash slot and the script runs on Redis Cluster.
+--           meter/redis_layer/keys.py), so all share one hash slot and the script runs on Redis Cluster.
 -- ARGV[1]   now (ms)
 -- ARGV[2]   session block (ms)            ARGV[3]  conversation idle end (ms)
 -- ARGV[4]   idempotency window (ms)       ARGV[5]  flush bucket (s)

@@ -1,6 +1,6 @@
 -- claim.lua: take one flush bucket (or the events list) out of the live keys, atomically.
 --
--- KEYS[1]  workspace prefix "cg:{<ws>}"; every key below is derived from it (meter/keys.py):
+-- KEYS[1]  workspace prefix "cg:{<ws>}"; every key below is derived from it (meter/redis_layer/keys.py):
 --          P:ag:<b> | P:sr:<b> | P:ev (live), P:agi | P:sri (index), P:cl (claims),
 --          P:c:<kind>:<b>:<gen> (claimed copy), P:lease:<kind>:<b>, P:ws (field seq).
 -- ARGV[1]  kind: "ag" aggregates | "sr" billing-session records | "ev" events list

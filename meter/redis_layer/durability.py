@@ -32,7 +32,7 @@ from redis.exceptions import (
 from redis.typing import EncodableT
 
 from meter.errors import MeteringUnavailable
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 
 _TOPOLOGY = (MovedError, AskError, ClusterDownError, TryAgainError)
 

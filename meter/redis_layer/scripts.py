@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 
 
 @cache

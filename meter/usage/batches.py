@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from meter.claims import Claim
 from meter.store import LedgerEntry, OutboxEvent, SessionRow, UsageRow
+from meter.usage.claims import Claim
 
 _METRICS = {
     "n": "units",

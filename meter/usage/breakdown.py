@@ -10,10 +10,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 from meter.store import Store, UsagePoint
 from meter.store.periods import next_period, period_start
-from meter.usage import live_rows, merge_points, usage
+from meter.usage.series import live_rows, merge_points, usage
 
 Metric = Literal["sessions", "requests", "notifications", "messages", "amount", "refused"]
 By = Literal["total", "app", "channel"]

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
 
-from meter import keys
-from meter.redis_client import RedisClient
-from meter.scripts import register
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.scripts import register
 
 Kind = Literal["ag", "sr", "ev"]
 KINDS: tuple[Kind, ...] = ("ag", "sr", "ev")

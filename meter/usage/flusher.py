@@ -4,7 +4,7 @@ Each pass visits every workspace (the store's list plus the Redis set ``cg:works
 and, per workspace: re-takes outstanding claims whose lease expired (a crashed
 flusher's), claims closed aggregate and billing-session buckets and the events list,
 writes each claim as ONE store transaction keyed ``<ws>:<kind>:<bucket>:<gen>`` and acks
-it in Redis only after the commit (see :mod:`meter.claims`). Any number of flushers may
+it in Redis only after the commit (see :mod:`meter.usage.claims`). Any number of flushers may
 run at once, on one Redis or a Redis Cluster; a killed one loses nothing.
 
 A database that fails is retried with exponential backoff (capped) while the claim is
@@ -13,7 +13,7 @@ for the next flusher. A batch the store *rejects* (:class:`~meter.store.Rejected
 data such as a NUL in a channel user on PostgreSQL, not an outage), or whose content
 cannot even be read, is quarantined after ``flush_quarantine_attempts`` tries: its raw
 content goes to the store's dead-letter table, the claim is acked, and every other
-bucket goes on flushing. Run alone with ``python -m meter.flusher`` (``creditgate flush``).
+bucket goes on flushing. Run alone with ``creditgate flush`` (or ``python -m gateway.flusher_cli``).
 
 :meth:`Flusher.measure_lag` reads the age of the oldest closed-but-unflushed bucket from
 the Redis indexes, independently of the passes, so it keeps growing while flushing is
@@ -35,11 +35,11 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from config.urls import mask_url
-from meter import keys
-from meter.batches import Batch, build, raw_content
-from meter.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from meter.store import DeadLetter, Rejected, Store
+from meter.usage.batches import Batch, build, raw_content
+from meter.usage.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -440,7 +440,7 @@ async def serve_flusher(
     """
     import signal
 
-    from meter.redis_client import connect, warm_up
+    from meter.redis_layer.client import connect, warm_up
     from meter.store import open_store
 
     client = connect(settings.redis_url)
@@ -463,40 +463,3 @@ async def serve_flusher(
     finally:
         await store.close()
         await client.aclose()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m meter.flusher [--once] [--force] [--lease S] [--config FILE]``."""
-    import argparse
-
-    from config import load_settings
-
-    parser = argparse.ArgumentParser(prog="python -m meter.flusher", description=__doc__)
-    parser.add_argument("--config", help="YAML settings file (the environment wins)")
-    parser.add_argument("--once", action="store_true", help="flush what is closed, then exit")
-    parser.add_argument("--force", action="store_true", help="also flush buckets still open")
-    parser.add_argument("--lease", type=float, default=None, help="claim lease in seconds")
-    args = parser.parse_args(argv)
-    settings = load_settings(args.config)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-
-    def ready(flusher: Flusher) -> None:
-        # One line on stdout for supervisors (and tests) waiting for a running flusher.
-        print(f"flusher {flusher.owner} ready", flush=True)
-
-    res = asyncio.run(
-        serve_flusher(
-            settings, once=args.once, force=args.force, lease_s=args.lease, on_ready=ready
-        )
-    )
-    if args.once:
-        print(
-            f"batches={res.batches} rows={res.rows} duplicates={res.duplicates} "
-            f"busy={res.busy} failed={res.failed}"
-        )
-        return 0 if res.busy == 0 and res.failed == 0 else 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

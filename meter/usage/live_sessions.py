@@ -18,13 +18,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from meter import keys
-from meter.batches import session_rows
+from meter.accounts.pages import decode, encode
 from meter.errors import MeteringUnavailable
-from meter.pages import decode, encode
-from meter.redis_client import RedisClient
-from meter.scripts import register, run
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.scripts import register, run
 from meter.store import SessionRow, Store
+from meter.usage.batches import session_rows
 
 log = logging.getLogger(__name__)
 

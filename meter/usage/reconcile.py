@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings, load_catalog
-from meter import channel_secrets, keys, projection
-from meter.admission import billing_period
-from meter.batches import fold_aggregates
-from meter.redis_client import RedisClient
-from meter.scripts import register
+from meter.accounts import channel_secrets, projection
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.periods import billing_period
+from meter.redis_layer.scripts import register
 from meter.store import Store
+from meter.usage.batches import fold_aggregates
 
 # After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
 # any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from meter import keys
-from meter.batches import fold_aggregates
-from meter.redis_client import RedisClient
-from meter.scripts import register
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.scripts import register
 from meter.store import Store, UsagePoint
 from meter.store.models import GRANULARITIES
 from meter.store.periods import period_start
+from meter.usage.batches import fold_aggregates
 
 
 def merge_points(a: UsagePoint, counters: dict[str, Any], unit: str) -> UsagePoint:

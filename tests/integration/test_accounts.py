@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from config import load_catalog, load_settings
-from meter import accounts, apps, authz, credits, keys, projection
-from meter.accounts import Deps
-from meter.admission import Admitter
+from meter.accounts import apps, authz, credits, projection, workspaces
+from meter.accounts.plan_usage import plan_usage
+from meter.accounts.workspaces import Deps
+from meter.admission.admitter import Admitter
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
-from meter.plan_usage import plan_usage
-from meter.redis_client import connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import connect
 from meter.store import Workspace, open_store
 from tests.support.bot import LOOPBACK
 from tests.support.metering import Clock
@@ -40,12 +41,12 @@ def with_settings(d: Deps, **overrides: Any) -> Deps:
 
 
 async def owner_and_ws(d: Deps, name: str = "ada") -> tuple[str, Workspace]:
-    user, _ = await accounts.create_user(d, "operator", f"{name}@example.com", name.title())
-    return user.id, await accounts.create_workspace(d, user.id, "Acme")
+    user, _ = await workspaces.create_user(d, "operator", f"{name}@example.com", name.title())
+    return user.id, await workspaces.create_workspace(d, user.id, "Acme")
 
 
 async def test_user_token_is_stored_as_a_hash_only(deps: Deps) -> None:
-    user, token = await accounts.create_user(deps, "operator", "ada@example.com", "Ada")
+    user, token = await workspaces.create_user(deps, "operator", "ada@example.com", "Ada")
     assert token.startswith("cgu_") and token not in user.token_hash
     stored = await deps.store.get_user(user.id)
     assert stored is not None and stored.token_hash == authz.token_hash(token)
@@ -53,7 +54,7 @@ async def test_user_token_is_stored_as_a_hash_only(deps: Deps) -> None:
     assert who.user_id == user.id and not who.operator
     assert (await authz.authenticate(deps.store, "o" * 32, "Bearer " + "o" * 32)).operator
     with pytest.raises(Conflict):
-        await accounts.create_user(deps, "operator", "ADA@example.com", "Ada again")
+        await workspaces.create_user(deps, "operator", "ADA@example.com", "Ada again")
 
 
 async def test_workspace_gets_free_credits_once_in_ledger_and_redis(deps: Deps) -> None:
@@ -66,7 +67,7 @@ async def test_workspace_gets_free_credits_once_in_ledger_and_redis(deps: Deps) 
     bal = await projection.read_balances(deps.redis, ws.id)
     assert (bal.plan, bal.free, bal.free_granted) == ("standard", 500 * USD, 500 * USD)
     assert bal.free_expires_ms == ws.free_expires_at == int((Clock().now + 90 * 86400) * 1000)
-    await accounts.project_workspace(deps, ws)  # a repeat (e.g. after a crash) adds nothing
+    await workspaces.project_workspace(deps, ws)  # a repeat (e.g. after a crash) adds nothing
     assert (await projection.read_balances(deps.redis, ws.id)).free == 500 * USD
     assert await deps.store.is_member(ws.id, ws.owner_id)
 
@@ -115,7 +116,7 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
     admitter = Admitter(deps.redis, deps.settings, clock=deps.clock)
     assert (await admitter.admit(bot.id, "slack", "U1")).admitted
     lic = {"search": projection.Licence(usage_limit=2, per_minute=10, per_hour=100)}
-    upgraded = await accounts.upgrade(deps, "operator", ws, lic)
+    upgraded = await workspaces.upgrade(deps, "operator", ws, lic)
     assert upgraded.type == "enterprise"
     refused = await admitter.admit(bot.id, "slack", "U2")
     assert refused.reason == "product_not_licensed"
@@ -128,17 +129,17 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
         await credits.add_funds(deps, "user:x", upgraded, "100.00", reference="e1")
     with pytest.raises(InvalidInput, match="per_hour"):
         bad = {"search": projection.Licence(usage_limit=1, per_minute=10, per_hour=5)}
-        await accounts.upgrade(deps, "operator", upgraded, bad)
+        await workspaces.upgrade(deps, "operator", upgraded, bad)
     await admitter.close()
 
 
 async def test_upgrade_grants_open_requests(deps: Deps) -> None:
     _, ws = await owner_and_ws(deps)
-    req = await accounts.request_upgrade(deps, "user:x", ws, ["search", "agent"], "please")
+    req = await workspaces.request_upgrade(deps, "user:x", ws, ["search", "agent"], "please")
     assert [r.id for r in await deps.store.list_upgrade_requests()] == [req.id]
     with pytest.raises(InvalidInput, match="products"):
-        await accounts.request_upgrade(deps, "user:x", ws, ["search", "search"], None)
-    await accounts.upgrade(deps, "operator", ws, {"search": projection.Licence(5, 1, 2)})
+        await workspaces.request_upgrade(deps, "user:x", ws, ["search", "search"], None)
+    await workspaces.upgrade(deps, "operator", ws, {"search": projection.Licence(5, 1, 2)})
     assert await deps.store.list_upgrade_requests() == []
 
 
@@ -166,13 +167,13 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
 
 async def test_transfer_and_collaborators(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
-    bob, _ = await accounts.create_user(deps, "operator", "bob@example.com", "Bob")
-    eve, _ = await accounts.create_user(deps, "operator", "eve@example.com", "Eve")
+    bob, _ = await workspaces.create_user(deps, "operator", "bob@example.com", "Bob")
+    eve, _ = await workspaces.create_user(deps, "operator", "eve@example.com", "Eve")
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
     await apps.add_collaborator(deps, "x", app, bob.id, "developer")
     with pytest.raises(InvalidInput, match="user_id"):
         await apps.transfer(deps, "x", app, bob.id)  # not a workspace member
-    await accounts.add_member(deps, "x", ws, bob.id)
+    await workspaces.add_member(deps, "x", ws, bob.id)
     moved = await apps.transfer(deps, "x", app, bob.id)
     assert moved.owner_id == bob.id
     assert await deps.store.get_collaborator_role(app.id, bob.id) is None
@@ -187,8 +188,8 @@ async def test_transfer_and_collaborators(deps: Deps) -> None:
 
 async def test_usage_scope_of_an_app_owner(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
-    bob, _ = await accounts.create_user(deps, "operator", "bob@example.com", "Bob")
-    await accounts.add_member(deps, "x", ws, bob.id)
+    bob, _ = await workspaces.create_user(deps, "operator", "bob@example.com", "Bob")
+    await workspaces.add_member(deps, "x", ws, bob.id)
     mine = await apps.create_app(deps, bob.id, ws, "Mine", "automation", None)
     theirs = await apps.create_app(deps, owner, ws, "Theirs", "automation", None)
     assert await authz.usage_scope(deps.store, authz.Principal(owner), ws.id, None) is None

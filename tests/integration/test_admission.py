@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from config.money import InvalidAmount, parse_amount
-from meter import keys, projection
-from meter.admission import Code
+from meter.accounts import projection
+from meter.admission.decision import Code
 from meter.errors import InvalidInput, MeteringUnavailable, NotFound
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from tests.support.metering import Clock, admitter, agg_totals, events, seed, settings
 from tests.support.servers import RedisCluster, RedisServer
 
@@ -501,9 +502,10 @@ def test_the_python_side_speaks_admit_lua_s_argument_and_reason_tables() -> None
     import re
 
     from config import load_settings
-    from meter.admission import REASONS, Admitter
-    from meter.redis_client import connect
-    from meter.scripts import lua_source
+    from meter.admission.admitter import Admitter
+    from meter.admission.decision import REASONS
+    from meter.redis_layer.client import connect
+    from meter.redis_layer.scripts import lua_source
 
     src = lua_source("admit")
     first = int(re.search(r"^local FIRST = (\d+)$", src, re.M).group(1))  # type: ignore[union-attr]

@@ -32,9 +32,11 @@ from hypothesis.stateful import (
 )
 
 from config import Settings, load_catalog, load_settings
-from meter import keys, projection
-from meter.admission import Admitter, Decision
-from meter.redis_client import RedisClient, connect
+from meter.accounts import projection
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from tests.support.model import App, Result, Workspace
 
 T = TypeVar("T")

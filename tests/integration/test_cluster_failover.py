@@ -33,10 +33,12 @@ import pytest
 from redis.crc import key_slot
 
 from config import Settings, load_catalog
-from meter import keys, projection
-from meter.admission import Admitter, Decision
+from meter.accounts import projection
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision
 from meter.errors import MeteringUnavailable
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from tests.support.metering import T0, Clock, agg_totals, settings
 from tests.support.servers import RedisCluster, redis_command, start_redis_cluster
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from meter import cli_commands
+from gateway import cli_commands
 from meter.errors import InvalidInput
-from meter.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, iso, parse_time
-from meter.flusher import Flusher
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import SessionRow, Store, UsageRow
-from meter.usage import usage
+from meter.usage.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, iso, parse_time
+from meter.usage.flusher import Flusher
+from meter.usage.series import usage
 from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
 from tests.support.metering import admitter
 
@@ -218,7 +218,7 @@ async def test_usage_merges_live_buckets_without_double_counting(
         await adm.admit(w.apps[0], "web", "u")
         _, claim = await flusher._claims.claim(w.ws, "ag", bucket)
         assert claim is not None
-        from meter.batches import build
+        from meter.usage.batches import build
 
         assert await st.write_flush_batch(
             claim.batch_id, w.ws, "ag", bucket * 1000, usage_rows=build(claim).usage

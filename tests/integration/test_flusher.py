@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from meter import keys
-from meter.flusher import Flusher
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
+from meter.usage.flusher import Flusher
 from tests.support.flushkit import (
     USD,
     Expected,
@@ -139,7 +139,7 @@ async def test_crash_between_commit_and_ack_is_a_noop_retake(
     dead = Flusher(client, store, cfg, clock=clock, lease_s=0.2)
     code, claim = await dead._claims.claim(w.ws, "ag", bucket)
     assert claim is not None and code == 0
-    from meter.batches import build
+    from meter.usage.batches import build
 
     b = build(claim)
     assert await store.write_flush_batch(
@@ -251,7 +251,7 @@ async def test_cli_migrate_and_flush_once(
 ) -> None:
     import argparse
 
-    from meter import cli_commands
+    from gateway import cli_commands
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     cfg = flush_settings(redis_url=redis_url, store_url=url)

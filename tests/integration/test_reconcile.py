@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from meter import cli_commands, keys, projection
-from meter.flusher import Flusher
-from meter.reconcile import reconcile
-from meter.redis_client import RedisClient, connect
+from gateway import cli_commands
+from meter.accounts import projection
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
+from meter.usage.flusher import Flusher
+from meter.usage.reconcile import reconcile
 from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
 from tests.support.metering import admitter
 

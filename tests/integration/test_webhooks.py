@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.webhooks import http_post
-from meter.notifier import SIGNATURE_HEADER, Notifier, render, signature
+from meter.accounts.notifier import SIGNATURE_HEADER, Notifier, render, signature
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from tests.support.metering import T0, Clock
 from tests.support.receiver import Receiver, receiver

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from config import Settings, load_settings
 from gateway.app import Gateway, create_app
 from gateway.webhooks import OPTIONS, WebhookOptions
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
 from tests.support.bot import LOOPBACK, serve
 

@@ -36,8 +36,9 @@ from yarl import URL
 from config import Settings, load_catalog
 from gateway.app import Gateway, create_app
 from gateway.http_server import GatewayRunner
-from meter import keys, projection
-from meter.redis_client import RedisClient, connect
+from meter.accounts import projection
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import open_store
 
 HOST = "127.0.0.1"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from config import Settings, load_catalog, load_settings
-from meter import projection
-from meter.admission import Decision
-from meter.redis_client import RedisClient
+from meter.accounts import projection
+from meter.admission.decision import Decision
+from meter.redis_layer.client import RedisClient
 from meter.store import LedgerEntry, Store, User, Workspace, open_store
 from tests.support.metering import Clock, new_ws_id
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings, load_catalog, load_settings
-from meter import keys, projection
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
+from meter.accounts import projection
+from meter.admission.admitter import Admitter
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 
 T0 = 1_800_000_000.0  # 2027-01-15, a fixed start so tests never depend on the wall clock
 _ids = itertools.count(1)

@@ -25,12 +25,12 @@ MAX_DELIVERIES = 5  # settings.idempotency_max_deliveries, the default
 
 
 def record_id(ch: str, user: str, key: str, token: str) -> str:
-    """A channel key belongs to one channel and channel user (as meter.keys.record_id)."""
+    """A channel key belongs to one channel and channel user (as redis_layer.keys.record_id)."""
     return f"k:{ch}\t{user}\t{key}" if key else f"t:{token}"
 
 
 class Result(NamedTuple):
-    """The fields of ``meter.admission.Decision`` that Redis decides."""
+    """The fields of ``meter.admission.decision.Decision`` that Redis decides."""
 
     code: int
     units: int

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from meter.notifier import SIGNATURE_HEADER, verify
+from meter.accounts.notifier import SIGNATURE_HEADER, verify
 
 
 @dataclass

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from meter import projection
-from meter.redis_client import RedisClient
+from meter.accounts import projection
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

@@ -29,7 +29,7 @@ import pytest
 from config import Settings
 from gateway.admin_api import ROUTES
 from gateway.admin_api.http import Route
-from meter.authz import token_hash
+from meter.accounts.authz import token_hash
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
@@ -341,7 +341,7 @@ async def test_malformed_authorization_headers_are_401(sqlite_admin: Admin) -> N
 async def test_a_public_route_needs_no_token_and_a_route_needs_a_policy() -> None:
     from gateway.admin_api import access
     from gateway.admin_api.openapi import build
-    from meter.authz import ANONYMOUS
+    from meter.accounts.authz import ANONYMOUS
 
     async def handler(call: Any) -> Any:
         raise AssertionError("never called")

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config import Settings
 from config.settings import ChannelRule
-from meter import channel_secrets, keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts import channel_secrets
+from meter.accounts.projection import read_balances
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
 from tests.support.bot import (  # noqa: F401
     Bot,

@@ -28,9 +28,9 @@ from config import Settings
 from config.settings import ChannelRule
 from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
 from gateway.problems import Problem
-from meter import channel_secrets
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts import channel_secrets
+from meter.accounts.projection import read_balances
+from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
 from tests.support.bot import (  # noqa: F401
     HOST,

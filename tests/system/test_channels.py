@@ -13,9 +13,9 @@ import pytest
 
 from config.settings import ChannelRule
 from gateway.channels import Channels, parse_pointer, resolve
-from meter import keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts.projection import read_balances
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from gateway.webhooks import WebhookOptions
-from meter.authz import token_hash
-from meter.flusher import Flusher
+from meter.accounts.authz import token_hash
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
+from meter.usage.flusher import Flusher
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot, running_bot
 

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meter.flusher import Flusher
 from meter.store import open_store
+from meter.usage.flusher import Flusher
 from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 from tests.support.bot import Bot, running_bot
 from tests.support.servers import free_port

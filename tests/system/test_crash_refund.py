@@ -1,5 +1,5 @@
 """Charged but never forwarded: reservations, forward confirmations, journal replay and
-the sweeper (meter/reservations.py), down to a kill -9 of the whole gateway."""
+the sweeper (meter/admission/reservations.py), down to a kill -9 of the whole gateway."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import aiohttp
 
-from meter import keys
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
-from meter.reservations import Confirmations, Sweeper, replay
+from meter.admission.admitter import Admitter
+from meter.admission.reservations import Confirmations, Sweeper, replay
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     FakeClock,

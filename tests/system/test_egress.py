@@ -31,10 +31,10 @@ from gateway import cli
 from gateway.app import create_app
 from gateway.egress import GuardedResolver, UpstreamForbidden, guarded_session
 from gateway.webhooks import http_post
-from meter.egress import EgressRefused, Policy, check_settings, unwrap
-from meter.notifier import Notifier
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts.egress import EgressRefused, Policy, check_settings, unwrap
+from meter.accounts.notifier import Notifier
+from meter.accounts.projection import read_balances
+from meter.redis_layer.client import RedisClient
 from meter.store import OutboxEvent, open_store
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import (  # noqa: F401

@@ -27,10 +27,10 @@ import orjson
 import pytest
 
 from config import Settings
-from meter import keys
-from meter.flusher import Flusher
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
+from meter.usage.flusher import Flusher
 from tests.support.adminkit import admin_server
 from tests.support.flushkit import (
     USD,

@@ -1,7 +1,7 @@
 """Exactly-once under crashes: flusher subprocesses SIGKILLed, racing, and a dead database.
 
 100,000 admitted request-unit messages over 50 apps (5 workspaces x 10 apps; scaled by
-``CREDITGATE_TEST_SCALE``) are flushed by ``python -m meter.flusher`` subprocesses that
+``CREDITGATE_TEST_SCALE``) are flushed by ``python -m gateway.flusher_cli`` subprocesses that
 are SIGKILLed at random moments and restarted; then one ``--once --force`` run drains
 what is left. The store must then hold exactly the units and amounts admission decided.
 
@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from meter import keys
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store
 from tests.support.flushkit import (
     SCALE,
@@ -68,7 +68,7 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 class FlusherProc:
-    """One ``python -m meter.flusher`` child process; ``ready`` is set by its readiness
+    """One ``python -m gateway.flusher_cli`` child process; ``ready`` is set by its readiness
     line on stdout (copied to the log with its stderr)."""
 
     def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
@@ -81,7 +81,7 @@ class FlusherProc:
         self.ready = asyncio.Event()
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meter.flusher", "--lease", "1", *self.extra,
+                sys.executable, "-m", "gateway.flusher_cli", "--lease", "1", *self.extra,
                 env=self.env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=out,
             )  # fmt: skip

@@ -25,10 +25,10 @@ from redis.crc import key_slot
 
 from config import Settings
 from gateway.appkeys import STORE
-from meter import keys
-from meter.flusher import Flusher
-from meter.projection import read_balances
-from meter.redis_client import RedisClient, connect
+from meter.accounts.projection import read_balances
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
+from meter.usage.flusher import Flusher
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.appkeys import OWED
-from meter.projection import read_balances
-from meter.redis_client import RedisClient, connect
+from meter.accounts.projection import read_balances
+from meter.redis_layer.client import RedisClient, connect
 from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,

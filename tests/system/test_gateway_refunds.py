@@ -9,8 +9,8 @@ import aiohttp
 import orjson
 import pytest
 
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts.projection import read_balances
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meter.projection import Licence
-from meter.redis_client import RedisClient
+from meter.accounts.projection import Licence
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     FakeClock,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from meter import keys
+from meter.redis_layer import keys
 from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

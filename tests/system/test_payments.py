@@ -22,10 +22,10 @@ import pytest
 
 from config import load_catalog, load_settings
 from gateway.webhooks import WebhookOptions
-from meter import accounts, payments, projection
-from meter.accounts import Deps
-from meter.flusher import Flusher
+from meter.accounts import payments, projection, workspaces
+from meter.accounts.workspaces import Deps
 from meter.store import LedgerEntry, open_store
+from meter.usage.flusher import Flusher
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import running_bot
 from tests.support.metering import Clock
@@ -390,14 +390,14 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
     """A checkout started under other limits (the operator lowered the maximum since)."""
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     await store.migrate()
-    from meter.redis_client import connect
+    from meter.redis_layer.client import connect
 
     redis = connect(redis_url)
     try:
         wide = Deps(store, redis, load_settings(env={}, topup_max="50000"), load_catalog())
         narrow = Deps(store, redis, load_settings(env={}), load_catalog())
-        user, _ = await accounts.create_user(wide, "operator", "a@example.com", "A")
-        ws = await accounts.create_workspace(wide, user.id, "Acme")
+        user, _ = await workspaces.create_user(wide, "operator", "a@example.com", "A")
+        ws = await workspaces.create_workspace(wide, user.id, "Acme")
 
         async def fake_provider(req: payments.SessionRequest) -> payments.ProviderSession:
             return payments.ProviderSession("cs_test_big", "https://pay.test/x", None, None)

@@ -10,8 +10,9 @@ from pathlib import Path
 import aiohttp
 
 from gateway.appkeys import CATALOG
-from meter import keys, projection_check
-from meter.accounts import Deps
+from meter.accounts import projection_check
+from meter.accounts.workspaces import Deps
+from meter.redis_layer import keys
 from meter.store import LedgerEntry, Licence
 from tests.support.adminkit import Admin, admin_server, admin_settings
 from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     bot_fixture,

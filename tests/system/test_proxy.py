@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from meter.redis_client import RedisClient
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     CHUNK,
     Bot,

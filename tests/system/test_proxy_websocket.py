@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from meter import keys
-from meter.projection import read_balances
-from meter.redis_client import RedisClient
+from meter.accounts.projection import read_balances
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,

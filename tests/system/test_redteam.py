@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from meter.admission import Admitter
-from meter.redis_client import RedisClient
-from meter.reservations import Sweeper
+from meter.admission.admitter import Admitter
+from meter.admission.reservations import Sweeper
+from meter.redis_layer.client import RedisClient
 from tests.support.bot import (  # noqa: F401
     Bot,
     Running,
@@ -192,7 +192,7 @@ SECRET = "s3cr3t-" + "x" * 30
 async def _set_secret(
     rclient: RedisClient, settings: Any, app_id: str, channel: str, secret: str = SECRET
 ) -> None:
-    from meter import channel_secrets
+    from meter.accounts import channel_secrets
     from meter.store import AppChannel
 
     f = channel_secrets.cipher(settings)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from meter import keys
-from meter.redis_client import RedisClient
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
 from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
 from tests.support.bot import (  # noqa: F401
     Bot,

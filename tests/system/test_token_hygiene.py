@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.http_server import GatewayRunner
-from meter.redis_client import connect
+from meter.redis_layer.client import connect
 from meter.store import open_store
 from tests.support.adminkit import admin_settings
 from tests.support.serving import creditgate_serve, tail

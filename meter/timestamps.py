@@ -1,0 +1,13 @@
+"""Timestamps at the API's edge: epoch milliseconds inside, ISO 8601 UTC outside."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO 8601 UTC timestamp (``2027-01-15T08:00:00.000Z``)."""
+    if ms is None:
+        return None
+    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
