@@ -176,7 +176,7 @@ def redis_benchmark(port: int, n: int, *args: str, clients: int = 50, rnd: int =
     return float(rows[-1].split(",")[1].strip('"'))
 
 
-def ceilings(server: RedisServer, batch: int) -> dict[str, float]:
+def ceilings(server: RedisServer, batch: int, session_calls: int = 400) -> dict[str, float]:
     """EVALSHA calls/s that redis-benchmark (50 clients) gets from this Redis."""
     cfg = bench_settings()
 
@@ -208,7 +208,9 @@ def ceilings(server: RedisServer, batch: int) -> dict[str, float]:
         opening = [f"bench0000_app1\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + batch)]
         server.command("EVALSHA", admit, "1", keys.ws_prefix("bench0000"), *head, *opening)
     inside = "bench0000_app1\tweb\tu__rand_int__\t\tt__rand_int__\tm"
-    out["admitN_session"] = redis_benchmark(port, 400, *call, *([inside] * batch), rnd=1000) * batch
+    out["admitN_session"] = (
+        redis_benchmark(port, session_calls, *call, *([inside] * batch), rnd=1000) * batch
+    )
     return out
 
 
@@ -273,7 +275,21 @@ def main() -> None:
     ap.add_argument("--workspaces", type=int, default=8)
     ap.add_argument("--sessions", type=int, default=100_000, help="for the memory figure")
     ap.add_argument("--profile", action="store_true", help="only cProfile the batched run")
+    ap.add_argument(
+        "--lua-only",
+        action="store_true",
+        help="only the redis-benchmark rows of admit.lua (a few seconds)",
+    )
+    ap.add_argument("--session-calls", type=int, default=400, help="in-session calls of 256")
     opt = ap.parse_args()
+    if opt.lua_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = start_redis(Path(tmp) / "master")
+            try:
+                lua_rows(server, opt)
+            finally:
+                server.stop()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp) / "master")
         replica = start_redis(
@@ -286,6 +302,19 @@ def main() -> None:
         finally:
             replica.stop()
             server.stop()
+
+
+def lua_rows(server: RedisServer, opt: argparse.Namespace) -> None:
+    """The redis-benchmark rows alone, with the in-session rate over the trivial ceiling
+    (the ratio is steadier than either figure on a shared machine)."""
+    ceil = ceilings(server, 256, opt.session_calls)
+    version = str(server.command("INFO", "server")).split("redis_version:")[1].split()[0]
+    print(f"admit.lua under redis-benchmark (-c 50), redis {version}")
+    print(f"  EVALSHA 'return 1'             {ceil['trivial']:>9,.0f} calls/s")
+    print(f"  admit.lua, 1 new session       {ceil['admit1']:>9,.0f} calls/s")
+    print(f"  admit.lua, 256 new sessions    {ceil['admitN']:>9,.0f} adm/s")
+    print(f"  admit.lua, 256 in-session msgs {ceil['admitN_session']:>9,.0f} adm/s")
+    print(f"  in-session / trivial ceiling   {ceil['admitN_session'] / ceil['trivial']:>9.2f}x")
 
 
 def run(server: RedisServer, opt: argparse.Namespace) -> None:

@@ -51,6 +51,11 @@
 -- as aggregate field "<app>|<ch>|<product>|<unit>|s:<reason>"; what can be paid is charged,
 -- a message without credit is served uncharged.
 --
+-- The common message, inside a billing session whose newest block is already paid (kind
+-- "m", no channel key, not in shadow mode), takes a short path (fast()): one HGET finds the
+-- session, one HSET bumps its message count and last time; nothing is debited, recorded or
+-- reserved. The charge record is looked up only when the message is stamped no later than
+-- the session's last message (only then can it be the retry of the call that paid it).
 -- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
 -- written back once at the end: the script is atomic, so this equals writing as we go,
 -- and it makes a batch of N admissions cost far fewer than N times the commands.
@@ -125,9 +130,20 @@ local SB = math.max(1, math.floor(BLOCK / 1000))
 local function sbucket_of(ms) return math.floor(ms / 1000 / SB) * SB end
 -- The newest bucket looked at allows for a replica whose clock is up to a minute behind.
 local S_HIGH, S_LOW = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK)
+local SRB, SRK = {}, {} -- the buckets looked at, newest first; bucket -> key
+local function sr_key(b)
+  local k = SRK[b]
+  if not k then
+    k = P .. ':sr:' .. D(b)
+    SRK[b] = k
+  end
+  return k
+end
+for b = S_HIGH, S_LOW, -SB do SRB[#SRB + 1] = b; sr_key(b) end
 local function session_find(fld)
-  for b = S_HIGH, S_LOW, -SB do
-    local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
+  for i = 1, #SRB do
+    local b = SRB[i]
+    local v = redis.call('HGET', SRK[b], fld)
     if v then return v, b end
   end
 end
@@ -210,6 +226,27 @@ local function rates_of(id)
     rates[id] = r
   end
   return r
+end
+
+-- Aggregate field prefix "<app>|<ch>|<product>|<unit>|", built once per batch.
+local fkeys = {}
+local function fkey_of(app_id, ch, product, unit)
+  local byapp = fkeys[app_id]
+  if not byapp then
+    byapp = {}
+    fkeys[app_id] = byapp
+  end
+  local bych = byapp[ch]
+  if not bych then
+    bych = {}
+    byapp[ch] = bych
+  end
+  local k = bych[unit]
+  if not k then
+    k = app_id .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
+    bych[unit] = k
+  end
+  return k
 end
 
 local function tally(fkey, units, f, ap, pp, inv)
@@ -330,9 +367,8 @@ end
 
 -- Does this message open a new billing session (or a new block of one)? Returns the
 -- session state to write after a successful charge.
-local function session_of(app_id, ch, user)
-  local S = {fld = app_id .. '\t' .. ch .. '\t' .. user}
-  S.found, S.fkb = session_find(S.fld)
+local function session_of(fld, found, fkb)
+  local S = {fld = fld, found = found, fkb = fkb}
   if S.found then
     local c1, d1, b1, s1, m1, a1 = string.match(S.found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),')
     -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
@@ -377,7 +413,7 @@ local function write_session(S, a, charged)
     local nb = sbucket_of(S.cs + (S.blocks - 1) * BLOCK)
     if S.found and S.fkb == nb then
       -- An earlier block or conversation already has this field: keep its record.
-      redis.call('HSET', P .. ':sr:' .. D(nb), S.fld .. '\t' .. string.match(S.found,
+      redis.call('HSET', sr_key(nb), S.fld .. '\t' .. string.match(S.found,
         '^%d+,%d+,%d+,([^,]+),'), S.found)
     end
     S.fkb, S.msgs, S.amount = nb, 1, charged
@@ -385,13 +421,50 @@ local function write_session(S, a, charged)
   else
     S.msgs = S.msgs + 1
   end
-  redis.call('HSET', P .. ':sr:' .. D(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
+  redis.call('HSET', sr_key(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
     S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product))
 end
 
+-- The common message: inside a billing session whose newest block is paid, no channel
+-- key, not in shadow mode. Nothing is charged or recorded: only the session entry's
+-- message count and last time change. Returns false (nothing done) for anything else,
+-- which the full path then decides.
+local function fast(app_id, a, pr, fkey, token, fld, found, fkb)
+  local cs, d, blocks, bsid, msgs, rest =
+    string.match(found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(.*)$')
+  if not cs then return false end
+  local dl, nb = tonumber(d), blocks == '1' and 1 or tonumber(blocks)
+  local since = now - tonumber(cs) -- ms since the conversation began
+  -- Alive, and stamped inside the newest paid block (an earlier stamp may be the retry of
+  -- the call that paid a block: that call must get its own decision back).
+  if since - dl >= IDLE or since < (nb - 1) * BLOCK or since >= nb * BLOCK then return false end
+  if a.suspended or (W.ent and not pr.lic) then return false end
+  local code, _, rt = rate_check(app_id, a, pr)
+  if code ~= 0 then return false end
+  -- A retried call carries its original "now", never later than the last message the
+  -- entry saw: only then can this token have a charge record (it paid this block).
+  if since <= dl then
+    if redis.call('GET', P .. ':i:' .. app_id .. ':t:' .. token) then return false end
+  else
+    d = D(since)
+  end
+  count_rate(rt)
+  redis.call('HSET', SRK[fkb], fld, cs .. ',' .. d .. ',' .. blocks .. ',' .. bsid .. ',' ..
+    D(tonumber(msgs) + 1) .. ',' .. rest)
+  local g = agg[fkey]
+  if g == nil then
+    agg[fkey] = {0, 1, 0, 0, 0, 0}
+  else
+    g[2] = g[2] + 1
+  end
+  result(0, 0, 0, 0, 0, 0, 0, bsid, 0)
+  return true
+end
+
 local function admit_one(arg)
-  local app_id, ch, user, idem, token, kind, digest =
-    string.match(arg, '^([^\t]*)\t([^\t]*)\t([^\t]+)\t([^\t]*)\t([^\t]+)\t([mnMNc])\t?(%w*)$')
+  -- sfld "app\tchannel\tuser" is the billing session's field, captured whole.
+  local sfld, app_id, ch, user, idem, token, kind, digest = string.match(arg,
+    '^(([^\t]*)\t([^\t]*)\t([^\t]+))\t([^\t]*)\t([^\t]+)\t([mnMNc])\t?(%w*)$')
   if not app_id then return result(9, 0, 0, 0, 0, 0, 0, '', 0) end
   local a = app_of(app_id)
   if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
@@ -406,10 +479,16 @@ local function admit_one(arg)
   end
   local settle = kind == 'M' or kind == 'N'
   if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
+  local fkey = fkey_of(app_id, ch, a.product, unit)
+  local sfound, sfkb
+  if unit == 'session' and kind == 'm' then
+    sfound, sfkb = session_find(sfld)
+    if sfound and idem == '' and not a.shadow and fast(app_id, a, pr, fkey, token, sfld, sfound,
+      sfkb) then return end
+  end
   local rid, ttl = 'k:' .. ch .. '\t' .. user .. '\t' .. idem, IDEM_TTL
   if idem == '' then rid, ttl = 't:' .. token, REFUND_TTL end
   local ik = P .. ':i:' .. app_id .. ':' .. rid
-  local fkey = app_id .. '|' .. ch .. '|' .. a.product .. '|' .. unit .. '|'
   local seen = redis.call('GET', ik)
   if seen then
     local stok, _, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
@@ -433,7 +512,8 @@ local function admit_one(arg)
   local S
   local charge = true
   if unit == 'session' then
-    S = session_of(app_id, ch, user)
+    if kind ~= 'm' then sfound, sfkb = session_find(sfld) end
+    S = session_of(sfld, sfound, sfkb)
     charge = S.charge
   end
   local f, ap, pp, inv = 0, 0, 0, 0

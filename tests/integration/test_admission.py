@@ -480,6 +480,48 @@ async def test_the_same_attempt_replayed_gets_its_original_decision(single: Redi
     assert (other.units, dup.duplicate, dup.charged) == (1, True, 0)
 
 
+async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
+    single: RedisClient,
+) -> None:
+    """The in-session short path never answers the retry of the call that paid the block.
+
+    A retried call carries its original "now"; messages of the same session admitted in
+    between (same or later stamp) must not turn the opener's replay into an uncharged
+    in-session message, or its charge could no longer be refunded.
+    """
+    clock, cfg = Clock(), settings()
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    at = clock.now
+    first = await adm.admit(w.apps[0], "web", "u", token="opener-1")
+    same_ms = await adm.admit(w.apps[0], "web", "u")
+    clock.advance(30)
+    later = await adm.admit(w.apps[0], "web", "u")
+    clock.now = at  # the lost reply's call, retried as it was sent
+    replay = await adm.admit(w.apps[0], "web", "u", token="opener-1")
+    assert (first.units, same_ms.units, later.units) == (1, 0, 0)
+    assert replay[:8] == first[:8] and not replay.duplicate and replay.new_session
+    clock.advance(60)
+    inside = await adm.admit(w.apps[0], "web", "u", token="opener-2")
+    assert (inside.units, inside.bsid, inside.new_session) == (0, first.bsid, False)
+    assert (await agg_totals(single, w.ws))["m"] == 4  # the replay is the same message
+
+
+async def test_in_session_messages_obey_suspension_and_rate_limits(single: RedisClient) -> None:
+    """The short path for paid sessions keeps the app's status and rolling windows."""
+    clock, cfg = Clock(), settings(rate_per_minute=3)
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    codes = []
+    for _ in range(4):
+        codes.append((await adm.admit(w.apps[0], "web", "u")).code)
+        clock.advance(1)
+    assert codes == [0, 0, 0, Code.RATE_LIMITED]
+    clock.advance(120)
+    await projection.put_app(single, w.apps[0], product="automation", suspended=True)
+    assert (await adm.admit(w.apps[0], "web", "u")).code == Code.APP_SUSPENDED
+
+
 async def test_a_new_free_grant_lapses_expired_credits_first(single: RedisClient) -> None:
     clock, cfg = Clock(), settings(free_credit_validity_s=3600)
     w = await seed(single, cfg, clock, free=5 * USD)
