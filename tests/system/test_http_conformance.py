@@ -36,8 +36,8 @@ import orjson
 import pytest
 
 from config import Settings
-from meter import keys
-from meter.redis_client import RedisClient, connect
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
 from tests.support.bot import Bot, Call, free_credit, make_settings, running_bot, seed
 from tests.support.rawhttp import RawConn, Response
 from tests.support.servers import RedisServer
