@@ -13,11 +13,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.problems import Handler
-from gateway.proxy import check_loop
+from gateway.traffic_rules import check_loop
 
 
 @web.middleware
 async def refuse_forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     """508 ``loop_detected`` for a request carrying the gateway's own ``Via`` entry."""
-    check_loop(request)  # raises the 508 Problem; problem_middleware answers it
+    check_loop(request.headers)  # raises the 508 Problem; problem_middleware answers it
     return await handler(request)

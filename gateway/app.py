@@ -44,6 +44,7 @@ from gateway.appkeys import (
     REDIS,
     SETTINGS,
     STORE,
+    TRAFFIC_STATS,
     WEBSOCKETS,
 )
 from gateway.channel_auth import ChannelAuth
@@ -56,6 +57,7 @@ from gateway.owed import Owed
 from gateway.problems import problem_middleware
 from gateway.proxy import Proxy
 from gateway.routes import setup_traffic_routes
+from gateway.traffic_stats import TrafficStats
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
 from meter.accounts import projection_check
@@ -122,6 +124,7 @@ def create_app(
         app.cleanup_ctx.append(_redis_ctx(settings, redis))
 
     traffic[WEBSOCKETS] = weakref.WeakSet()
+    traffic[TRAFFIC_STATS] = TrafficStats()
     traffic.cleanup_ctx.append(_traffic_ctx(settings, clock, channels, metrics, metering))
     traffic.on_shutdown.append(_close_websockets)
     setup_traffic_routes(traffic)

@@ -1,7 +1,7 @@
 """Typed keys for the resources ``create_app`` stores on the aiohttp applications.
 
 Both applications (traffic and admin) carry SETTINGS, CATALOG, CLOCK, REDIS and
-METRICS; the traffic one adds ADMITTER, HTTP, OWED and PROXY; the admin one STORE
+METRICS; the traffic one adds ADMITTER, HTTP, OWED, PROXY and TRAFFIC_STATS; the admin one STORE
 (absent when no store could be opened).
 """
 
@@ -17,6 +17,7 @@ from config import Catalog, Settings
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from gateway.proxy import Proxy
+from gateway.traffic_stats import TrafficStats
 from meter.admission.admitter import Admitter
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
@@ -32,3 +33,4 @@ METRICS = web.AppKey("metrics", Metrics)
 OWED = web.AppKey("owed", Owed)
 PROXY = web.AppKey("proxy", Proxy)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
+TRAFFIC_STATS = web.AppKey("traffic_stats", TrafficStats)

@@ -91,34 +91,42 @@ def check_request_url(policy: Policy, url: Any) -> None:
         raise UpstreamForbidden(host, str(exc)) from None
 
 
-def egress_middleware(policy: Policy) -> ClientMiddlewareType:
-    """A client middleware refusing what :func:`check_request_url` refuses.
+class Verdicts:
+    """:func:`check_request_url` remembered per destination (bounded): the verdict
+    depends only on scheme, host and port, and the policy is fixed for a process's life.
+    Host names are still resolved, and checked, whenever a connection is opened."""
 
-    The verdict depends only on scheme, host and port, and the policy is fixed for the
-    session's life: it is remembered per destination (bounded), so a request to a known
-    destination costs one dict look-up (host names are still resolved, and checked, by
-    :class:`GuardedResolver` whenever a connection is opened).
-    """
-    verdicts: dict[tuple[str, str, int | None], UpstreamForbidden | None] = {}
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._seen: dict[tuple[str, str, int | None], UpstreamForbidden | None] = {}
+
+    def check(self, url: Any) -> None:
+        """Raise :class:`UpstreamForbidden` if ``url`` may not be reached."""
+        dest = (url.scheme, url.raw_host or "", url.port)
+        try:
+            refused = self._seen[dest]
+        except KeyError:
+            try:
+                check_request_url(self.policy, url)
+                refused = None
+            except UpstreamForbidden as exc:
+                refused = exc
+            if len(self._seen) >= MAX_VERDICTS:
+                self._seen.clear()
+            self._seen[dest] = refused
+        if refused is not None:
+            raise UpstreamForbidden(refused.host, refused.reason)
+
+
+def egress_middleware(policy: Policy) -> ClientMiddlewareType:
+    """A client middleware refusing what :func:`check_request_url` refuses (each
+    request, and each redirect hop), a known destination at the cost of a dict look-up."""
+    verdicts = Verdicts(policy)
 
     async def middleware(
         req: aiohttp.ClientRequest, handler: ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        url = req.url
-        dest = (url.scheme, url.raw_host or "", url.port)
-        try:
-            refused = verdicts[dest]
-        except KeyError:
-            try:
-                check_request_url(policy, url)
-                refused = None
-            except UpstreamForbidden as exc:
-                refused = exc
-            if len(verdicts) >= MAX_VERDICTS:
-                verdicts.clear()
-            verdicts[dest] = refused
-        if refused is not None:
-            raise UpstreamForbidden(refused.host, refused.reason)
+        verdicts.check(req.url)
         return await handler(req)
 
     return middleware

@@ -67,17 +67,19 @@ def _strip(headers: CIMultiDict[str], names: Iterable[str], original: Mapping[st
             del headers[name]
 
 
-def upstream_headers(
-    request: web.Request, *, drop: Iterable[str] = ()
+def forwarded_headers(
+    src: CIMultiDict[str] | CIMultiDictProxy[str],
+    peer: str,
+    scheme: str,
+    *,
+    drop: Iterable[str] = (),
 ) -> tuple[CIMultiDict[str], str]:
     """End-to-end request headers plus the X-Forwarded-* set, and the request id."""
-    src = request.headers
     out = CIMultiDict(src)
     _strip(out, (*_REQUEST_ONLY, *drop), src)
-    peer = request.remote or ""
     xff = src.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
-    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Forwarded-Proto"] = scheme
     host = src.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
@@ -90,7 +92,14 @@ def upstream_headers(
     return out, rid
 
 
-def downstream_headers(src: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def upstream_headers(
+    request: web.Request, *, drop: Iterable[str] = ()
+) -> tuple[CIMultiDict[str], str]:
+    """:func:`forwarded_headers` of an aiohttp request."""
+    return forwarded_headers(request.headers, request.remote or "", request.scheme, drop=drop)
+
+
+def downstream_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """End-to-end response headers of the upstream's answer."""
     out = CIMultiDict(src)
     _strip(out, HOP_BY_HOP, src)
@@ -114,21 +123,21 @@ def _has_dot_segment(tail: str) -> bool:
     return any(seg in _DOT_SEGMENTS for seg in decoded.split("/"))
 
 
-def target_url(base: str, request: web.Request, prefix: str) -> URL:
+def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     """``base`` with the route's tail appended exactly, plus the query string.
 
-    ``prefix`` is the route's fixed part (``/hooks/<channel>/<app_id>``); the raw
+    ``prefix`` is the route's fixed part (``/hooks/<channel>/<app_id>``) and
+    ``tail_decoded`` its ``{tail}`` as the router decoded it; the raw
     (still percent-encoded) tail is reused so the upstream sees the exact bytes. With no
     tail the upstream URL is used as it is: no slash is added (a Slack Bolt app at
     ``/slack/events`` answers 404 to ``/slack/events/``). A tail with ``.``/``..``
     segments raises :class:`InvalidTail`: it would climb out of the app's URL space.
     """
-    raw = request.raw_path
-    path, sep, query = raw.partition("?")
+    path, sep, query = raw_path.partition("?")
     if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
         tail = path[len(prefix) :]
     else:  # the client percent-encoded part of the prefix itself
-        tail = "/" + quote(request.match_info.get("tail", ""), safe="/:@!$&'()*+,;=-._~")
+        tail = "/" + quote(tail_decoded, safe="/:@!$&'()*+,;=-._~")
         if tail == "/":
             tail = ""
     if tail and _has_dot_segment(tail):

@@ -157,6 +157,11 @@ class Metrics:
             "Requests whose client went away before the answer was sent.",
             registry=r,
         )
+        self.gc_seconds_metric = Counter(
+            "creditgate_gc_seconds",
+            "Time traffic processes spent in garbage collections.",
+            registry=r,
+        )
         self.batch_size_metric = Histogram(
             "creditgate_admission_batch_size",
             "Admissions carried by one admit.lua call.",
@@ -178,6 +183,7 @@ class Metrics:
         self.in_flight = b.gauge(self.in_flight_metric)
         self.admission_seconds = b.histogram(self.admission_seconds_metric)
         self.batch_size = b.histogram(self.batch_size_metric)
+        self.gc_seconds = b.counter(self.gc_seconds_metric)
 
     def count(self, channel_label: str, outcome: str) -> None:
         self.request_children[(channel_label, outcome)].inc()

@@ -106,6 +106,23 @@ def metering_unavailable() -> Problem:
     )
 
 
+def problem_body(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The problem+json document (both traffic servers render it with this)."""
+    body: dict[str, Any] = {"type": TYPE_PREFIX + code, "title": title, "status": status}
+    body["code"] = code
+    if detail:
+        body["detail"] = detail
+    if extra:
+        body.update(extra)
+    return orjson.dumps(body)
+
+
 def problem_response(
     status: int,
     code: str,
@@ -115,17 +132,34 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    body: dict[str, Any] = {"type": TYPE_PREFIX + code, "title": title, "status": status}
-    body["code"] = code
-    if detail:
-        body["detail"] = detail
-    if extra:
-        body.update(extra)
     resp = web.Response(
-        status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers
+        status=status,
+        body=problem_body(status, code, title, detail, extra),
+        content_type=CONTENT_TYPE,
+        headers=headers,
     )
     resp[PROBLEM_CODE] = code  # for the access log
     return resp
+
+
+def problem_of(exc: BaseException) -> Problem | None:
+    """The problem an error of the gateway or the metering core is answered with;
+    ``None`` for anything else (an internal error)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, MeteringUnavailable):
+        return metering_unavailable()
+    if isinstance(exc, InvalidChannelUser):
+        return Problem(400, "invalid_channel_user", "Invalid channel user", str(exc))
+    if isinstance(exc, InvalidInput):
+        return Problem(400, "invalid_input", "Invalid input", str(exc))
+    if isinstance(exc, InvalidTail):
+        return Problem(
+            400, "invalid_path", "Invalid path", "the path may not contain '.' or '..' segments"
+        )
+    if isinstance(exc, NotFound):
+        return Problem(404, "not_found", "Not found", str(exc))
+    return None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,25 +170,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Map :class:`Problem` and the metering core's errors to problem+json."""
     try:
         return await handler(request)
-    except Problem as exc:
-        return exc.response()
-    except MeteringUnavailable:
-        return metering_unavailable().response()
-    except InvalidChannelUser as exc:
-        return problem_response(400, "invalid_channel_user", "Invalid channel user", str(exc))
-    except InvalidInput as exc:
-        return problem_response(400, "invalid_input", "Invalid input", str(exc))
-    except InvalidTail:
-        return problem_response(
-            400, "invalid_path", "Invalid path", "the path may not contain '.' or '..' segments"
-        )
-    except NotFound as exc:
-        return problem_response(404, "not_found", "Not found", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == CONTENT_TYPE:
             raise
         code = exc.reason.lower().replace(" ", "_").replace("-", "_")
         return problem_response(exc.status, code, exc.reason, headers=_keep(exc.headers))
+    except Exception as exc:
+        problem = problem_of(exc)
+        if problem is None:
+            raise
+        return problem.response()
 
 
 def _keep(headers: Mapping[str, str]) -> dict[str, str] | None:

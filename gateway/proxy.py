@@ -28,26 +28,37 @@ A request that already passed this gateway (its ``Via`` names it) is refused 508
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import payload, web
 from yarl import URL
 
-from gateway.channel_auth import ChannelAuth, Verified, without_token
+from gateway import traffic_rules as rules
+from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import USER_HEADER, Channels
 from gateway.egress import UpstreamForbidden
-from gateway.forwarding import VIA_TOKEN, downstream_headers, target_url, upstream_headers
+from gateway.forwarding import downstream_headers, target_url, upstream_headers
+from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
-from gateway.problems import Problem, Refused, unknown_app
-from gateway.upstreams import NO_UPSTREAM, Upstreams
+from gateway.problems import Problem, Refused
+from gateway.sent_body import SentBytes, SentBytesIO, sent_stream
+from gateway.traffic_rules import (
+    bot_failed,
+    bot_timeout,
+    bot_unavailable,
+    check_length,
+    check_loop,
+    forbidden,
+    message_digest,
+    too_large,
+)
+from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
@@ -56,96 +67,6 @@ Body = bytes | io.BytesIO | AsyncIterator[bytes] | None
 
 class BodyTooLarge(Exception):
     """A streamed request body passed ``max_body_bytes``."""
-
-
-def too_large(limit: int) -> Problem:
-    return Problem(413, "body_too_large", "Body too large", f"the limit is {limit} bytes")
-
-
-def forbidden() -> Problem:
-    return Problem(
-        502,
-        "upstream_forbidden",
-        "Upstream forbidden",
-        "the upstream address may not be reached from the gateway",
-    )
-
-
-def loop_detected() -> Problem:
-    return Problem(
-        508,
-        "loop_detected",
-        "Loop detected",
-        "this request already passed through the gateway: an upstream points back at it",
-    )
-
-
-def check_loop(request: web.Request) -> None:
-    """508 for a request that carries this gateway's ``Via`` entry (docs/design.md §3)."""
-    for via in request.headers.getall("Via", ()):
-        if VIA_TOKEN in via:
-            raise loop_detected()
-
-
-def bot_failed() -> Problem:
-    return Problem(502, "upstream_error", "Bot failed", "the bot answered with an error")
-
-
-class _SentBytes(payload.BytesPayload):
-    """A request body that reports when it has been handed to the socket."""
-
-    def __init__(self, value: bytes, on_sent: Callable[[], None]) -> None:
-        super().__init__(value)
-        self._on_sent = on_sent
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
-        self._on_sent()
-
-
-class _SentBytesIO(payload.BytesIOPayload):
-    def __init__(self, value: io.BytesIO, on_sent: Callable[[], None]) -> None:
-        super().__init__(value)
-        self._on_sent = on_sent
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
-        self._on_sent()
-
-
-async def _sent_stream(
-    stream: AsyncIterator[bytes], on_sent: Callable[[], None]
-) -> AsyncIterator[bytes]:
-    # A streamed body is with the bot from its first chunk on (asked for more after the
-    # head and that chunk were written): a slow upload must not outlive its reservation
-    # and be swept although the bot gets it.
-    sent = False
-    async for chunk in stream:
-        yield chunk
-        if not sent:
-            sent = True
-            on_sent()
-    if not sent:
-        on_sent()
-
-
-def message_digest(request: web.Request, body: Body) -> str:
-    """What a redelivery must repeat: method, path with query, and body (16 hex digits)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(request.method.encode())
-    h.update(b" " + request.raw_path.encode(errors="surrogateescape") + b"\n")
-    if isinstance(body, bytes):
-        h.update(body)
-    return h.hexdigest()
-
-
-def missing_user() -> Problem:
-    return Problem(
-        400,
-        "missing_channel_user",
-        "Missing channel user",
-        f"a billable message needs the {USER_HEADER} header or the channel's user field",
-    )
 
 
 @dataclass(slots=True)
@@ -180,9 +101,7 @@ class Proxy:
             yield chunk
 
     def check_length(self, request: web.Request) -> None:
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            raise too_large(self.max_body)
+        check_length(request.content_length, self.max_body)
 
     async def body_of(self, request: web.Request, state: list[bool]) -> Body:
         """What to send upstream: small bodies as bytes, others as a counted stream."""
@@ -215,13 +134,13 @@ class Proxy:
                 self.meter.forwarded(admission)
 
             if isinstance(body, bytes):
-                data = _SentBytes(body, sent)
+                data = SentBytes(body, sent)
             elif isinstance(body, io.BytesIO):
-                data = _SentBytesIO(body, sent)
+                data = SentBytesIO(body, sent)
             elif body is None:
                 sent()  # no body: the headers go out with no await in between
             else:
-                data = _sent_stream(body, sent)
+                data = sent_stream(body, sent)
         failure: Failure
         t0 = time.perf_counter()
         try:
@@ -258,12 +177,8 @@ class Proxy:
         self.metrics.upstream_children[failure].observe(time.perf_counter() - t0)
         await self._failed(admission, failure)
         if status == 504:
-            raise Problem(
-                504, "upstream_timeout", "Bot timed out", "the bot did not answer in time"
-            )
-        raise Problem(
-            502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
-        )
+            raise bot_timeout()
+        raise bot_unavailable()
 
     async def _failed(self, admission: Admission | None, failure: Failure) -> None:
         if admission is not None:
@@ -308,10 +223,6 @@ class Proxy:
             upstream.release()
 
 
-def _prefix(kind: str, channel: str, app_id: str) -> str:
-    return f"/{kind}/{channel}/{app_id}"
-
-
 async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """``ANY /hooks/{channel}/{app_id}[/{tail}]``: meter, then proxy to the bot."""
     match = request.match_info
@@ -320,45 +231,20 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     metrics = proxy.metrics
     outcome = "error"
     metrics.in_flight.inc()
+
+    async def read_body() -> bytes:
+        return await proxy.read_body(request)
+
     try:
-        check_loop(request)
-        # Channel authentication first: nothing is metered or forwarded unverified.
-        proxy.check_length(request)
-        verified = await proxy.auth.verify(request, channel, app_id, proxy.read_body)
-        base = await proxy.upstreams.resolve(app_id)
-        if base is None:
-            metrics.refused("unknown_app")
-            raise unknown_app(app_id)
-        if base == NO_UPSTREAM:
-            raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
-        url = target_url(base, request, _prefix("hooks", channel, app_id))
-        if verified.authenticated:
-            url = without_token(url)  # the channel's credential is not the bot's
+        inbound = inbound_of(request)
+        to = await rules.route(proxy, inbound, channel, app_id, read_body)
+        admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
         state = [False]
-        body: Body = verified.body
-        if rule.needs_body:
-            raw = verified.body if verified.body is not None else await proxy.read_body(request)
-            body = raw
-            msg = rule.inspect(request.headers, raw, authenticated=verified.authenticated)
-        else:
-            msg = rule.inspect(request.headers, None, authenticated=verified.authenticated)
-        if verified.user:  # the credential names the user; a header cannot override it
-            msg = msg._replace(user=verified.user)
-        admission = None
-        have_body = rule.needs_body or verified.body is not None
-        if msg.billable and proxy.metering:
-            if not msg.user:
-                raise missing_user()
-            digest = ""
-            if msg.key:
-                # A key names one message: its redeliveries must be that message.
-                if not have_body:
-                    body, have_body = await proxy.read_body(request), True
-                digest = message_digest(request, body)
-            admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
-        if not have_body:
+        body: Body = admitted.body
+        if not admitted.have_body:
             body = await proxy.body_of(request, state)
-        resp = await proxy.forward(request, url, body, admission, state, verified)
+        admission = admitted.admission
+        resp = await proxy.forward(request, to.url, body, admission, state, to.verified)
         outcome = "unmetered" if admission is None else "admitted"
         return resp
     except Refused:
@@ -379,13 +265,18 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     outcome = "error"
     metrics.in_flight.inc()
     try:
-        check_loop(request)
+        check_loop(request.headers)
         verified = await proxy.auth.verify_notify(request, channel, app_id)
         if not rule.delivery_url:
             raise Problem(
                 404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"
             )
-        url = target_url(rule.delivery_url, request, _prefix("notify", channel, app_id))
+        url = target_url(
+            rule.delivery_url,
+            request.raw_path,
+            f"/notify/{channel}/{app_id}",
+            request.match_info.get("tail", ""),
+        )
         proxy.check_length(request)
         headers = request.headers
         # The recipient is not part of the price of a notification; it is recorded if given.
@@ -398,7 +289,7 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             digest = ""
             if key:
                 body = await proxy.read_body(request)
-                digest = message_digest(request, body)
+                digest = message_digest(request.method, request.raw_path, body)
             admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
         if body is None:
             body = await proxy.body_of(request, state)

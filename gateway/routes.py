@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import PROXY, WEBSOCKETS
-from gateway.problems import Problem, unknown_app
+from gateway.problems import unknown_app
 from gateway.proxy import hooks, notify
+from gateway.traffic_rules import no_upstream
 from gateway.upstreams import NO_UPSTREAM
 from gateway.websocket import is_upgrade, proxy_websocket
 
@@ -22,7 +23,7 @@ async def hooks_handler(request: web.Request) -> web.StreamResponse:
         proxy.metrics.refused("unknown_app")
         raise unknown_app(app_id)
     if base == NO_UPSTREAM:
-        raise Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
+        raise no_upstream(app_id)
     prefix = f"/hooks/{channel}/{app_id}"
     return await proxy_websocket(proxy, request, base, prefix, request.app[WEBSOCKETS])
 

@@ -316,23 +316,20 @@ def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
 async def _worker(
     settings: Settings, ready: Any, metering: bool, started: list[bool] | None = None
 ) -> None:
-    from aiohttp import web
-
     from gateway.app import create_app
-    from gateway.http_server import GatewayRunner
+    from gateway.traffic_site import TrafficPort
+    from gateway.traffic_stats import time_gc
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = create_app(settings, metering=metering)
-    runner = GatewayRunner(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.traffic_port, reuse_port=True, backlog=1024)
+    port = TrafficPort(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
+    await port.setup()
     try:
-        await site.start()
+        await port.listen(settings.host, settings.traffic_port, reuse_port=True)
     except OSError as exc:
-        await runner.cleanup()
         raise _CannotListen(str(_cannot_listen(settings, "traffic_port", exc))) from None
     if settings.gc_freeze:
         # Everything allocated by start-up lives as long as the worker: out of the
@@ -340,6 +337,7 @@ async def _worker(
         gc.collect()
         gc.freeze()
     gc.set_threshold(settings.gc_threshold, 20, 20)
+    time_gc(gw.metrics.gc_seconds.inc)  # creditgate_gc_seconds_total: the GC's cost
     ready.put(("ready", os.getpid()))
     if started is not None:
         started.append(True)
@@ -347,7 +345,7 @@ async def _worker(
     await stop.wait()
     watch.cancel()
     # Stops accepting, lets in-flight requests finish (up to the grace), then cleans up.
-    await runner.cleanup()
+    await port.cleanup()
 
 
 async def _orphan_watch(stop: asyncio.Event) -> None:

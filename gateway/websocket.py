@@ -38,7 +38,8 @@ from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.metering import Admission
 from gateway.problems import Problem, Refused
-from gateway.proxy import Proxy, check_loop, forbidden, missing_user
+from gateway.proxy import Proxy
+from gateway.traffic_rules import check_loop, forbidden, missing_user
 
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
@@ -58,7 +59,7 @@ async def proxy_websocket(
     open_sockets: weakref.WeakSet[web.WebSocketResponse],
 ) -> web.StreamResponse:
     """Proxy one WebSocket connection until either side closes."""
-    check_loop(request)
+    check_loop(request.headers)
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
     verified = await proxy.auth.verify_upgrade(request, channel, app_id)
@@ -67,7 +68,7 @@ async def proxy_websocket(
         raise missing_user()
     headers, _ = upstream_headers(request, drop=WS_HANDSHAKE)
     verified.rewrite(headers)
-    url = target_url(base, request, prefix)
+    url = target_url(base, request.raw_path, prefix, match.get("tail", ""))
     if verified.authenticated:
         url = without_token(url)  # the channel's credential is not the bot's
     if proxy.metering:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ from yarl import URL
 
 from config import Settings, load_catalog
 from gateway.app import Gateway, create_app
+from gateway.appkeys import WEBSOCKETS
 from gateway.http_server import GatewayRunner
+from gateway.traffic_site import TrafficPort
 from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
@@ -44,6 +47,7 @@ from meter.store import open_store
 HOST = "127.0.0.1"
 LOOPBACK = ["127.0.0.0/8", "::1"]  # egress_allow of test settings: the bots' addresses
 CHUNK = 64 * 1024
+TRAFFIC_SERVER_ENV = "CREDITGATE_TRAFFIC_SERVER"
 
 
 @dataclass
@@ -155,7 +159,16 @@ async def serve(
     app: web.Application, port: int = 0, *, settings: Settings | None = None, **runner_kw: Any
 ) -> AsyncIterator[str]:
     """Run ``app`` on 127.0.0.1 (a free port unless given); yields its base URL. With
-    ``settings``, as the gateway runs its ports (:class:`gateway.http_server.GatewayRunner`)."""
+    ``settings``, as the gateway runs its ports (:class:`gateway.http_server.GatewayRunner`;
+    the traffic application by ``settings.traffic_server``, :mod:`gateway.traffic_site`)."""
+    if settings is not None and WEBSOCKETS in app:  # the traffic application
+        port_ = TrafficPort(app, settings, **runner_kw)
+        bound = await port_.start(HOST, port)
+        try:
+            yield f"http://{HOST}:{bound}"
+        finally:
+            await port_.cleanup()
+        return
     runner = (
         GatewayRunner(app, settings, **runner_kw)
         if settings is not None
@@ -280,6 +293,8 @@ def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
     from config import load_settings
 
     overrides.setdefault("egress_allow", LOOPBACK)
+    # The whole suite runs against either traffic server (CREDITGATE_TRAFFIC_SERVER).
+    overrides.setdefault("traffic_server", os.environ.get(TRAFFIC_SERVER_ENV, "aiohttp"))
     return load_settings(
         env={},
         redis_url=redis_url,
@@ -362,17 +377,16 @@ async def running_replica(settings: Settings, host: str) -> AsyncIterator[Gatewa
     store = open_store(settings.store_url)
     await store.migrate()
     gw = create_app(settings, store=store, registry=CollectorRegistry())
-    runners = []
+    traffic = TrafficPort(gw.traffic, settings)
+    runner = GatewayRunner(gw.admin, settings)
     try:
-        for app, port in ((gw.traffic, settings.traffic_port), (gw.admin, settings.admin_port)):
-            runner = GatewayRunner(app, settings)
-            await runner.setup()
-            runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
+        await traffic.start(host, settings.traffic_port)
+        await runner.setup()
+        await web.TCPSite(runner, host, settings.admin_port).start()
         yield gw
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        await runner.cleanup()
+        await traffic.cleanup()
         await store.close()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter.store import open_store
-from tests.support.bot import LOOPBACK, make_settings
+from tests.support.bot import LOOPBACK, TRAFFIC_SERVER_ENV, make_settings
 from tests.support.servers import free_port
 
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
@@ -22,6 +22,8 @@ CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 def creditgate_env(**settings: object) -> dict[str, str]:
     """This environment without CREDITGATE_* settings, plus the given ones."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
+    if TRAFFIC_SERVER_ENV in os.environ:  # the suite's choice of traffic server
+        env[TRAFFIC_SERVER_ENV] = os.environ[TRAFFIC_SERVER_ENV]
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update({f"CREDITGATE_{k.upper()}": str(v) for k, v in settings.items()})
     return env

@@ -1,0 +1,303 @@
+"""One ``/hooks`` message on the fast path, from its parsed bytes to the last byte back.
+
+:func:`serve_message` runs the rules both servers share (:mod:`gateway.traffic_rules`:
+loop, length, channel authentication, routing, channel rules, admission), then sends the
+request to the bot on a pooled connection and returns; the answer arrives by callbacks
+on the :class:`Exchange`, which writes it to the client as it comes (a response is never
+buffered whole), so no task or future lives per request past the forward. Failures are
+those of :mod:`gateway.proxy`: connect refused or timed out -> 502/504 and refunded
+(``connect``), no answer within ``upstream_read_timeout_s`` -> 504 (``timeout``), the
+connection lost before an answer or a 5xx to a metered message -> 502 (``5xx``, the
+bot's body withheld); a failure after the answer started aborts the client connection.
+The charge is confirmed as forwarded once the request is handed to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+
+from gateway import traffic_rules as rules
+from gateway.access_log import LOGGER as ACCESS_LOGGER
+from gateway.egress import UpstreamForbidden
+from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
+from gateway.fastpath.wire import request_bytes, response_head
+from gateway.forwarding import downstream_headers, forwarded_headers
+from gateway.inbound import Inbound
+from gateway.metering import Admission, Failure
+from gateway.problems import CONTENT_TYPE, Problem, Refused, problem_body, problem_of
+
+if TYPE_CHECKING:
+    from gateway.fastpath.connection import ClientConnection, Message
+    from gateway.fastpath.server import FastServer
+
+log = logging.getLogger(__name__)
+_NO_BODY = frozenset({204, 304})
+
+
+class Exchange:
+    """The state of one message being answered; an upstream connection's receiver."""
+
+    __slots__ = (
+        "admission",
+        "chunked",
+        "close_delimited",
+        "code",
+        "conn",
+        "done",
+        "label",
+        "msg",
+        "outcome",
+        "server",
+        "started",
+        "status",
+        "t0",
+        "timer",
+        "upstream",
+    )
+
+    def __init__(self, server: FastServer, conn: ClientConnection, msg: Message, label: str):
+        self.server = server
+        self.conn = conn
+        self.msg = msg
+        self.label = label
+        self.admission: Admission | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = time.perf_counter()
+        self.t0 = 0.0
+        self.outcome = "error"
+        self.status = 0
+        self.code = ""
+        self.chunked = False
+        self.close_delimited = False
+        self.done = False
+
+    # ------------------------------------------------------------ answering
+
+    def respond_problem(self, problem: Problem) -> None:
+        p = problem
+        body = problem_body(p.status, p.code, p.title, p.detail, p.extra)
+        headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
+        if problem.headers:
+            headers.extend(problem.headers.items())
+        self._write_head(problem.status, HTTPStatus(problem.status).phrase.encode(), headers)
+        self.conn.write(body)
+        self.code = problem.code
+        self.finish(True)
+
+    def _write_head(self, status: int, reason: bytes, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        keep = self.msg.keep_alive and not self.conn.closing
+        self.conn.write(response_head(status, reason, headers, self.server.date(), keep))
+
+    def finish(self, keep_alive: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        metrics = self.server.proxy.metrics
+        metrics.in_flight.dec()
+        metrics.count(self.label, self.outcome)
+        if self.server.access_log:
+            path = self.msg.target.partition("?")[0]
+            code = f" {self.code}" if self.code else ""
+            ms = (time.perf_counter() - self.started) * 1000
+            ACCESS_LOGGER.info("%s %s %d%s %.1fms", self.msg.method, path, self.status, code, ms)
+        self.conn.response_done(keep_alive and self.msg.keep_alive)
+
+    # ------------------------------------------------------------ forwarding
+
+    def start(self, upstream: UpstreamConnection, data: bytes, t0: float) -> None:
+        self.upstream = upstream
+        self.t0 = t0
+        self.conn.exchange = self
+        upstream.send(self, data)
+        self.timer = self.server.loop.call_later(self.server.read_timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        upstream = self.upstream
+        if upstream is None or self.done:
+            return
+        due = upstream.last_read + self.server.read_timeout
+        if self.server.loop.time() < due:
+            self.timer = self.server.loop.call_at(due, self._check_timeout)
+            return
+        self.timer = None
+        upstream.close()
+        self.upstream = None
+        if self.status:  # half answered: the client sees a truncated body
+            log.info("upstream timed out mid-response")
+            self.conn.abort()
+            self.finish(False)
+        else:
+            self._failed("timeout", rules.bot_timeout())
+
+    def _failed(self, failure: Failure, problem: Problem) -> None:
+        self.server.proxy.metrics.upstream_children[failure].observe(time.perf_counter() - self.t0)
+        self.outcome = "error"
+        self.server.spawn(self._refund_then(failure, problem))
+
+    async def _refund_then(self, failure: Failure, problem: Problem) -> None:
+        if self.admission is not None:
+            await self.server.proxy.meter.failed(self.admission, failure)
+        self.respond_problem(problem)
+
+    # ------------------------------------------------------------ upstream callbacks
+
+    def on_head(self, status: int, reason: bytes, raw: list[tuple[bytes, bytes]]) -> None:
+        metrics = self.server.proxy.metrics
+        if status >= 500:
+            metrics.upstream_children["5xx"].observe(time.perf_counter() - self.t0)
+            if self.admission is not None:  # a bot cannot answer for free by failing
+                self._drop_upstream()
+                self.outcome = "error"
+                self.server.spawn(self._refund_then("5xx", rules.bot_failed()))
+                return
+        else:
+            metrics.upstream_children["ok"].observe(time.perf_counter() - self.t0)
+        if self.conn.transport is None:  # the client is gone
+            self.client_lost()
+            return
+        src: CIMultiDict[str] = CIMultiDict(
+            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in raw
+        )
+        out = downstream_headers(src)
+        if status in _NO_BODY:
+            if status == 204:
+                out.popall("Content-Length", None)
+        elif "Content-Length" not in out:
+            self.chunked = True  # re-framed for the client, as aiohttp does
+            self.close_delimited = "Transfer-Encoding" not in src
+            out["Transfer-Encoding"] = "chunked"
+        self._write_head(status, reason, list(out.items()))
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.chunked:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.conn.write(chunk)
+
+    def on_complete(self, keep_alive: bool) -> None:
+        upstream, self.upstream = self.upstream, None
+        if self.chunked:
+            self.conn.write(b"0\r\n\r\n")
+        if upstream is not None:
+            if keep_alive:
+                self.server.pool.release(upstream)
+            else:
+                upstream.close()
+        self.finish(True)
+
+    def on_lost(self) -> None:
+        self.upstream = None
+        if self.done:
+            return
+        if not self.status:
+            log.info("upstream closed the connection before answering")
+            self._failed("5xx", rules.bot_unavailable())
+        elif self.close_delimited:
+            self.on_complete(False)
+        else:
+            log.info("upstream failed mid-response")
+            self.conn.abort()
+            self.finish(False)
+
+    def _drop_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.close()
+
+    def client_lost(self) -> None:
+        """The client went away: stop reading the bot's answer."""
+        if self.done:
+            return
+        self._drop_upstream()
+        if self.status:
+            self.server.proxy.metrics.client_disconnects.inc()
+            self.finish(False)
+
+    def pause(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume()
+
+
+async def serve_message(server: FastServer, conn: ClientConnection, msg: Message) -> None:
+    """Decide ``msg`` and forward it (see the module)."""
+    proxy = server.proxy
+    channel, app_id = msg.channel, msg.app_id
+    ex = Exchange(server, conn, msg, proxy.channels.get(channel).label)
+    proxy.metrics.in_flight.inc()
+    try:
+        body = msg.body
+
+        async def read_body() -> bytes:
+            return body
+
+        inbound = Inbound(
+            msg.method,
+            msg.target,
+            CIMultiDict(
+                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in msg.headers
+            ),
+            remote=conn.peer,
+            scheme="http",
+            content_length=msg.content_length,
+            body_exists=bool(msg.content_length),
+            tail=msg.target.partition("?")[0][len(channel) + len(app_id) + 9 :],
+        )
+        to = await rules.route(proxy, inbound, channel, app_id, read_body)
+        url = to.url
+        if url.scheme != "http" or url.raw_user or to.verified.handshake_challenge is not None:
+            ex.done = True  # aiohttp answers it: https bots, the Meta handshake
+            proxy.metrics.in_flight.dec()
+            server.stats.fast -= 1
+            conn.hand_off_message(msg)
+            return
+        admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
+        admission = ex.admission = admitted.admission
+        out_body = admitted.body if admitted.have_body else (body or None)
+        headers, _ = forwarded_headers(inbound.headers, conn.peer, "http")
+        to.verified.rewrite(headers)
+        host, port = url.raw_host or "", url.port or 80
+        t0 = time.perf_counter()
+        try:
+            server.pool.verdicts.check(url)
+            upstream = server.pool.take(host, port) or await server.pool.connect(host, port)
+        except UpstreamForbidden as exc:
+            log.warning("upstream %s refused by the egress policy: %s", host, exc.reason)
+            if admission is not None:
+                await proxy.meter.failed(admission, "connect")
+            raise rules.forbidden() from None
+        except (ConnectTimeout, ConnectFailed) as exc:
+            proxy.metrics.upstream_children["connect"].observe(time.perf_counter() - t0)
+            if admission is not None:
+                await proxy.meter.failed(admission, "connect")
+            if isinstance(exc, ConnectTimeout):
+                raise rules.bot_timeout() from None
+            raise rules.bot_unavailable() from None
+        data = request_bytes(msg.method, url, headers, out_body)
+        ex.outcome = "unmetered" if admission is None else "admitted"
+        ex.start(upstream, data, t0)
+        proxy.meter.forwarded(admission)  # handed to the socket
+    except Exception as exc:
+        if isinstance(exc, Refused):
+            ex.outcome = "refused"
+        problem = problem_of(exc)
+        if problem is None:
+            log.error("error handling a request", exc_info=exc)
+            problem = Problem(500, "internal_error", "Internal Server Error")
+        if ex.upstream is None and not ex.done:
+            ex.respond_problem(problem)

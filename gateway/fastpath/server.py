@@ -1,0 +1,121 @@
+"""The fast traffic server of one process: listens, tracks connections, drains on stop.
+
+It runs beside the traffic application's ``GatewayRunner`` (already set up: the
+application's resources, the :class:`~gateway.proxy.Proxy` among them, exist), whose
+``web.Server`` makes the aiohttp protocol a connection is handed to. Every
+``SWEEP_S`` it closes connections that sent no complete request head within
+``header_timeout_s`` and bot connections idle too long.
+
+Stopping (SIGTERM): stop accepting, close idle keep-alive connections at once and the
+others after their current response, wait for that up to the grace, then abort what
+is left; handed-off connections are aiohttp's and drained by its runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp import web
+
+from config import Settings
+from gateway.access_log import LOGGER as ACCESS_LOGGER
+from gateway.appkeys import PROXY, TRAFFIC_STATS
+from gateway.fastpath.connection import FAST_BODY, ClientConnection, Message
+from gateway.fastpath.exchange import serve_message
+from gateway.fastpath.upstream import Pool
+from gateway.logs import access_log_on
+from meter.accounts.egress import Policy
+
+log = logging.getLogger(__name__)
+
+
+class FastServer:
+    """Serves the traffic port with :class:`ClientConnection` protocols."""
+
+    def __init__(self, runner: web.AppRunner, settings: Settings) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.proxy = runner.app[PROXY]
+        self.stats = runner.app[TRAFFIC_STATS]
+        self.pool = Pool(
+            Policy.from_settings(settings), connect_timeout=settings.upstream_connect_timeout_s
+        )
+        self.read_timeout = settings.upstream_read_timeout_s
+        self.header_timeout = settings.header_timeout_s
+        self.body_limit = min(FAST_BODY, settings.max_body_bytes)
+        self.access_log = access_log_on(settings) and ACCESS_LOGGER.isEnabledFor(logging.INFO)
+        self.connections: set[ClientConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._runner = runner
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._date = ""
+        self._date_at = -1
+
+    # ------------------------------------------------------------ used per request
+
+    def serve(self, conn: ClientConnection, msg: Message) -> None:
+        self.stats.fast += 1
+        self.spawn(serve_message(self, conn, msg))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """A fresh aiohttp protocol of the traffic application, for a hand-off."""
+        server = self._runner.server
+        assert server is not None
+        self.stats.handed_off += 1
+        return server()
+
+    def date(self) -> str:
+        now = int(self.loop.time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date = formatdate(usegmt=True)
+        return self._date
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen; returns the port (chosen by the system when ``port`` is 0)."""
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_port=reuse_port, backlog=1024
+        )
+        self._sweeper = self.loop.create_task(self._sweep())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        period = max(0.05, min(1.0, self.header_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            limit = self.header_timeout
+            for conn in list(self.connections):
+                since = conn.head_since
+                if since is not None and now - since > limit and conn.transport is not None:
+                    conn.transport.close()  # slow (or silent) client: as aiohttp does
+            self.pool.sweep(now)
+
+    async def stop(self, grace: float) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_idle()
+        deadline = self.loop.time() + grace
+        # Many protocols own this state; polled, and bounded by the grace.
+        while (self.connections or self.tasks) and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.pool.close()

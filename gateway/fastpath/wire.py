@@ -1,0 +1,55 @@
+"""The bytes the fast path writes: request heads to bots, response heads to clients.
+
+Header text is encoded back with ``surrogateescape``, so bytes that arrived are the
+bytes that leave. Values come from llhttp-parsed messages (no CR/LF) or from the
+gateway itself. A request gets what aiohttp's client would give it: ``Host`` from the
+URL, ``Content-Length`` for a body (``0`` for a bodiless POST/PUT/PATCH/DELETE), nothing
+else added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict
+from yarl import URL
+
+_GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes | None) -> bytes:
+    """The whole request to the bot: head and body, written at once."""
+    if (body is not None or method not in _GET_METHODS) and "Content-Length" not in headers:
+        headers["Content-Length"] = str(len(body or b""))
+    lines = [f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+    lines.append("\r\n")
+    head = _enc("".join(lines))
+    return head + body if body else head
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Iterable[tuple[str, str]],
+    date: str,
+    keep_alive: bool,
+) -> bytes:
+    """Status line and headers; ``Date`` unless given, ``Connection: close`` when the
+    connection ends after this response."""
+    parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+    has_date = False
+    for k, v in headers:
+        if not has_date and k.lower() == "date":
+            has_date = True
+        parts.append(_enc(f"{k}: {v}\r\n"))
+    if not has_date:
+        parts.append(b"Date: " + date.encode() + b"\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,98 @@
+"""Signing keys of an OpenID provider (the Bot Framework), fetched with aiohttp and
+cached per worker process (:mod:`gateway.channel_auth`, scheme ``botframework_jwt``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+
+from gateway.channel_credentials import auth_unavailable
+
+log = logging.getLogger(__name__)
+
+
+class OpenIdKeys:
+    """Signing keys of an OpenID provider (the Bot Framework), cached per process."""
+
+    def __init__(self, url: str, *, max_age: float, min_refresh: float, timeout: float) -> None:
+        self._url = url
+        self._max_age = max_age
+        self._min_refresh = min_refresh
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._issuer = ""
+        self._fetched = -math.inf  # monotonic time of the last successful fetch
+        self._tried = -math.inf  # ... of the last attempt
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self.fetches = 0
+
+    async def get(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
+        """The key ``kid`` and the issuer; ``None`` for a key the provider does not list."""
+        found = self._fresh(kid)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self._fresh(kid)  # fetched meanwhile by another request
+            if found is not None:
+                return found
+            # Unknown or stale: refetch, but at most every min_refresh (a provider outage
+            # must not make every request wait for a fetch, nor forged kids cause fetches).
+            failed = False
+            now = time.monotonic()
+            if now - self._tried >= self._min_refresh:
+                self._tried = now
+                try:
+                    await self._fetch()
+                except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
+                    log.warning("msteams: cannot fetch signing keys from %s: %r", self._url, exc)
+                    failed = True
+            key = self._keys.get(kid)  # possibly past max_age: better than refusing all
+            if key is not None:
+                return key, self._issuer
+            if failed or self._fetched == -math.inf:
+                raise auth_unavailable()
+            return None
+
+    def _fresh(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
+        key = self._keys.get(kid)
+        if key is None or time.monotonic() - self._fetched > self._max_age:
+            return None
+        return key, self._issuer
+
+    async def _fetch(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self.fetches += 1
+        meta = await self._json(self._url)
+        issuer, jwks_uri = meta.get("issuer"), meta.get("jwks_uri")
+        if not isinstance(issuer, str) or not isinstance(jwks_uri, str):
+            raise ValueError("OpenID metadata without issuer or jwks_uri")
+        keyset = jwt.PyJWKSet.from_dict(await self._json(jwks_uri))
+        self._keys = {
+            k.key_id: k
+            for k in keyset.keys
+            if k.key_id and k.public_key_use in (None, "sig") and k.algorithm_name == "RS256"
+        }
+        self._issuer = issuer
+        self._fetched = time.monotonic()
+
+    async def _json(self, url: str) -> dict[str, Any]:
+        assert self._session is not None
+        async with self._session.get(url, allow_redirects=False) as resp:
+            resp.raise_for_status()
+            doc = orjson.loads(await resp.read())
+        if not isinstance(doc, dict):
+            raise ValueError(f"{url} did not answer a JSON object")
+        return doc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,168 @@
+"""The rules of a ``/hooks`` message, one implementation for both traffic servers.
+
+A message is decided in two steps, each a function here that the aiohttp handler
+(:func:`gateway.proxy.hooks`) and the fast path (:mod:`gateway.fastpath`) both call:
+
+1. :func:`route`: loop check (508), length (413), channel authentication (401/403,
+   before anything is metered), the app's upstream (404/502) and the target URL (400
+   for dot segments). Nothing is charged: a server may still hand the request on.
+2. :func:`admit`: the channel's rules (billable? user, idempotency key), the message
+   digest of a keyed message, and the admission (402/403/409/429/503).
+
+The problems both servers answer with are built here as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from yarl import URL
+
+from gateway.channel_auth import Verified, without_token
+from gateway.channels import USER_HEADER, Channel
+from gateway.forwarding import VIA_TOKEN, target_url
+from gateway.inbound import Headers, Inbound
+from gateway.metering import Admission
+from gateway.problems import Problem, unknown_app
+from gateway.upstreams import NO_UPSTREAM
+
+if TYPE_CHECKING:
+    from gateway.proxy import Proxy
+
+ReadBody = Callable[[], Awaitable[bytes]]
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "body_too_large", "Body too large", f"the limit is {limit} bytes")
+
+
+def forbidden() -> Problem:
+    return Problem(
+        502,
+        "upstream_forbidden",
+        "Upstream forbidden",
+        "the upstream address may not be reached from the gateway",
+    )
+
+
+def loop_detected() -> Problem:
+    return Problem(
+        508,
+        "loop_detected",
+        "Loop detected",
+        "this request already passed through the gateway: an upstream points back at it",
+    )
+
+
+def bot_failed() -> Problem:
+    return Problem(502, "upstream_error", "Bot failed", "the bot answered with an error")
+
+
+def bot_timeout() -> Problem:
+    return Problem(504, "upstream_timeout", "Bot timed out", "the bot did not answer in time")
+
+
+def bot_unavailable() -> Problem:
+    return Problem(502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached")
+
+
+def no_upstream(app_id: str) -> Problem:
+    return Problem(502, "no_upstream", "No bot runtime", f"app {app_id} has no upstream")
+
+
+def missing_user() -> Problem:
+    return Problem(
+        400,
+        "missing_channel_user",
+        "Missing channel user",
+        f"a billable message needs the {USER_HEADER} header or the channel's user field",
+    )
+
+
+def check_loop(headers: Headers) -> None:
+    """508 for a request that carries this gateway's ``Via`` entry (docs/design.md §3)."""
+    for via in headers.getall("Via", ()):
+        if VIA_TOKEN in via:
+            raise loop_detected()
+
+
+def message_digest(method: str, raw_path: str, body: object) -> str:
+    """What a redelivery must repeat: method, path with query, and body (16 hex digits)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(method.encode())
+    h.update(b" " + raw_path.encode(errors="surrogateescape") + b"\n")
+    if isinstance(body, bytes):
+        h.update(body)
+    return h.hexdigest()
+
+
+def check_length(content_length: int | None, limit: int) -> None:
+    if content_length is not None and content_length > limit:
+        raise too_large(limit)
+
+
+class Route(NamedTuple):
+    """Where a verified message goes."""
+
+    verified: Verified
+    url: URL
+    rule: Channel
+
+
+async def route(
+    proxy: Proxy, inbound: Inbound, channel: str, app_id: str, read_body: ReadBody
+) -> Route:
+    """Step 1 (see the module): verified, and where to; nothing charged yet."""
+    check_loop(inbound.headers)
+    # Channel authentication first: nothing is metered or forwarded unverified.
+    check_length(inbound.content_length, proxy.max_body)
+    verified = await proxy.auth.verify(inbound, channel, app_id, read_body)
+    base = await proxy.upstreams.resolve(app_id)
+    if base is None:
+        proxy.metrics.refused("unknown_app")
+        raise unknown_app(app_id)
+    if base == NO_UPSTREAM:
+        raise no_upstream(app_id)
+    url = target_url(base, inbound.raw_path, f"/hooks/{channel}/{app_id}", inbound.tail)
+    if verified.authenticated:
+        url = without_token(url)  # the channel's credential is not the bot's
+    return Route(verified, url, proxy.channels.get(channel))
+
+
+class Admitted(NamedTuple):
+    """Step 2's outcome: the admission (``None``: not metered) and the body if read."""
+
+    admission: Admission | None
+    body: bytes | None
+    have_body: bool
+
+
+async def admit(
+    proxy: Proxy, inbound: Inbound, to: Route, channel: str, app_id: str, read_body: ReadBody
+) -> Admitted:
+    """Step 2 (see the module): classify the callback and admit a billable one."""
+    rule, verified = to.rule, to.verified
+    body = verified.body
+    if rule.needs_body:
+        raw = verified.body if verified.body is not None else await read_body()
+        body = raw
+        msg = rule.inspect(inbound.headers, raw, authenticated=verified.authenticated)
+    else:
+        msg = rule.inspect(inbound.headers, None, authenticated=verified.authenticated)
+    if verified.user:  # the credential names the user; a header cannot override it
+        msg = msg._replace(user=verified.user)
+    admission = None
+    have_body = rule.needs_body or verified.body is not None
+    if msg.billable and proxy.metering:
+        if not msg.user:
+            raise missing_user()
+        digest = ""
+        if msg.key:
+            # A key names one message: its redeliveries must be that message.
+            if not have_body:
+                body, have_body = await read_body(), True
+            digest = message_digest(inbound.method, inbound.raw_path, body)
+        admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
+    return Admitted(admission, body, have_body)
