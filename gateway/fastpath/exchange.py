@@ -219,10 +219,9 @@ class Exchange:
         """The client went away: stop reading the bot's answer."""
         if self.done:
             return
-        self._drop_upstream()
-        if self.status:
-            self.server.proxy.metrics.client_disconnects.inc()
-            self.finish(False)
+        self._drop_upstream()  # the bot has the request: its charge stands
+        self.server.proxy.metrics.client_disconnects.inc()
+        self.finish(False)
 
     def pause(self) -> None:
         if self.upstream is not None:
