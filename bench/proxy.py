@@ -4,16 +4,19 @@ Contestants, all in front of the same bot:
 
 * nginx ``proxy_pass`` (1 and all workers) - the ceiling for a proxy;
 * ``bench/naive_proxy.py`` - aiohttp with one unbatched EVALSHA per request;
-* creditgate with metering off (``CREDITGATE_METERING=off``) and on, 1 and all workers;
+* creditgate with metering off (``CREDITGATE_METERING=off``) and on, 1 and all workers,
+  on each traffic server (``aiohttp``, and ``fast``: the httptools path);
 * creditgate 1 worker, metering off and on, paced at half the unmetered max rate (hey),
-  for the p99 that metering adds below saturation;
+  for the p99 that metering adds below saturation (each traffic server);
 * creditgate metered 1 worker with Python's default garbage collection (``GC_FREEZE``
   off, generation-0 threshold 700): the effect of the workers' GC settings;
 * ``--baseline REF``: a previous release, built from that git ref into a temporary venv,
   metered, 1 worker.
 
 For each creditgate contestant it also reports the CPU time of its processes per request
-(from /proc) and, metered, the mean admission latency and batch size (from /metrics).
+(from /proc), the garbage collector's time per request (``creditgate_gc_seconds_total``,
+timed with ``gc.callbacks`` in the workers) and, metered, the mean admission latency and
+batch size (from /metrics). ``--only REGEX`` runs the contestants whose name matches.
 
 The bot is an nginx ``return 200`` on its own port (so the bot is never the bottleneck);
 Redis is a throwaway ``redis-server``. Each message comes from one channel user, so
@@ -78,6 +81,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float = float("nan")  # CPU of the contestant's processes per request
+    gc_us: float = float("nan")  # garbage collection per request (creditgate)
     admit_ms: float = float("nan")  # mean admission latency (metered creditgate)
     batch: float = float("nan")  # mean admissions per admit.lua call
 
@@ -114,6 +118,8 @@ def _scrape(admin_url: str) -> dict[str, float]:
         for part in ("sum", "count"):
             m = re.search(rf"^{name}_{part}(?:{{[^}}]*}})? ([\d.e+-]+)$", text, re.M)
             out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"^creditgate_gc_seconds_total ([\d.e+-]+)$", text, re.M)
+    out["creditgate_gc_seconds_total"] = float(m.group(1)) if m else 0.0
     return out
 
 
@@ -239,7 +245,13 @@ async def seed(redis_url: str, bot_url: str) -> None:
 
 
 def gateway_env(
-    redis_url: str, port: int, workers: int, metering: bool, tmp: Path, admin_port: int = 0
+    redis_url: str,
+    port: int,
+    workers: int,
+    metering: bool,
+    tmp: Path,
+    admin_port: int = 0,
+    server: str = "aiohttp",
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITGATE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -254,6 +266,9 @@ def gateway_env(
         CREDITGATE_WORKERS=str(workers),
         CREDITGATE_LOG_LEVEL="WARNING",
         CREDITGATE_METERING="on" if metering else "off",
+        CREDITGATE_TRAFFIC_SERVER=server,
+        # the GC's time reaches /metrics within a flush
+        CREDITGATE_METRICS_FLUSH_S="0.2",
     )
     return env
 
@@ -267,7 +282,9 @@ def main() -> None:
         default="",
         help="git ref of a previous release to run as a contestant (metered, 1 worker)",
     )
+    parser.add_argument("--only", default="", help="run only contestants matching this regex")
     args = parser.parse_args()
+    wanted = re.compile(args.only) if args.only else None
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if shutil.which(tool) is None:
             sys.exit(f"bench/proxy.py needs {tool}: run `make bench` (installs nginx, wrk, hey)")
@@ -290,6 +307,8 @@ def main() -> None:
                     proc: subprocess.Popen[bytes] | None = None,
                     admin: str = "",
                 ) -> None:
+                    if wanted is not None and not wanted.search(name):
+                        return
                     wrk(name, f"http://{HOST}:{port}{path}", 2, args.connections)  # warm-up
                     cpu0 = _tree_cpu_s(proc.pid) if proc else 0.0
                     m0 = _scrape(admin) if admin else {}
@@ -297,8 +316,11 @@ def main() -> None:
                     if proc is not None:
                         r.cpu_us = (_tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
                     if admin:
+                        time.sleep(0.5)  # the workers' last metric flush
                         m1 = _scrape(admin)
                         d = {k: m1[k] - m0[k] for k in m1}
+                        done = r.rps * args.duration
+                        r.gc_us = d["creditgate_gc_seconds_total"] / done * 1e6
                         n = d["creditgate_admission_seconds_count"] or float("nan")
                         r.admit_ms = d["creditgate_admission_seconds_sum"] / n * 1000
                         calls = d["creditgate_admission_batch_size_count"] or float("nan")
@@ -315,27 +337,33 @@ def main() -> None:
                          "--port", str(port), "--redis", redis.url, "--upstream", bot]  # fmt: skip
                 with process(naive, port) as proc:
                     run("naive aiohttp+EVALSHA 1w", port, proc)
-                half = 0.0
-                for metering in (False, True):
-                    for w in (1, all_workers):
-                        port, admin_port = free_port(), free_port()
-                        env = gateway_env(redis.url, port, w, metering, tmp, admin_port)
-                        label = "on" if metering else "off"
-                        admin = f"http://{HOST}:{admin_port}" if metering else ""
-                        with process([creditgate, "serve"], port, env) as proc:
-                            run(f"creditgate metering {label} {w}w", port, proc, admin)
-                            if w != 1:
+                for server, prefix in (("aiohttp", "creditgate"), ("fast", "creditgate fast")):
+                    half = 0.0
+                    for metering in (False, True):
+                        for w in (1, all_workers):
+                            label = "on" if metering else "off"
+                            name = f"{prefix} metering {label} {w}w"
+                            if wanted is not None and not wanted.search(name):
                                 continue
-                            # Latency below saturation: both at half the unmetered max rate.
-                            half = half or results[-1].rps / 2
-                            name = f"creditgate metering {label} 1w @{half:,.0f}/s"
-                            results.append(paced(name, f"http://{HOST}:{port}{path}",
-                                                 args.duration, half))  # fmt: skip
+                            port, admin_port = free_port(), free_port()
+                            env = gateway_env(redis.url, port, w, metering, tmp, admin_port, server)
+                            admin = f"http://{HOST}:{admin_port}"
+                            with process([creditgate, "serve"], port, env) as proc:
+                                run(name, port, proc, admin)
+                                if w != 1:
+                                    continue
+                                # Latency below saturation: both at half the unmetered max.
+                                half = half or results[-1].rps / 2
+                                paced_name = f"{prefix} metering {label} 1w @{half:,.0f}/s"
+                                results.append(paced(paced_name, f"http://{HOST}:{port}{path}",
+                                                     args.duration, half))  # fmt: skip
                 port, admin_port = free_port(), free_port()
                 env = gateway_env(redis.url, port, 1, True, tmp, admin_port)
                 env.update(CREDITGATE_GC_FREEZE="off", CREDITGATE_GC_THRESHOLD="700")
-                with process([creditgate, "serve"], port, env) as proc:
-                    run("creditgate on 1w, default GC", port, proc, f"http://{HOST}:{admin_port}")
+                if wanted is None or wanted.search("creditgate on 1w, default GC"):
+                    with process([creditgate, "serve"], port, env) as proc:
+                        name = "creditgate on 1w, default GC"
+                        run(name, port, proc, f"http://{HOST}:{admin_port}")
                 if args.baseline:
                     old = build_baseline(args.baseline, tmp)
                     port, admin_port = free_port(), free_port()
@@ -368,26 +396,45 @@ def print_table(results: list[Result], all_workers: int, args: argparse.Namespac
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s, loopback, "
           f"{os.cpu_count()} CPUs, bot = nginx return 200\n")  # fmt: skip
     print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
-          f"| {'CPU us/req':>10} | {'admit ms':>8} | {'batch':>6} |")  # fmt: skip
-    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 10}|{'-' * 8}|")
+          f"| {'CPU us/req':>10} | {'GC us/req':>9} | {'admit ms':>8} "
+          f"| {'batch':>6} |")  # fmt: skip
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 11}|{'-' * 10}"
+          f"|{'-' * 8}|")  # fmt: skip
     for r in results:
         print(f"| {r.name:<34} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} "
-              f"| {r.cpu_us:>10.0f} | {r.admit_ms:>8.2f} | {r.batch:>6.1f} |")  # fmt: skip
+              f"| {r.cpu_us:>10.0f} | {r.gc_us:>9.1f} | {r.admit_ms:>8.2f} "
+              f"| {r.batch:>6.1f} |")  # fmt: skip
     print()
-    for w in sorted({1, all_workers}):
-        on, off = by[f"creditgate metering on {w}w"], by[f"creditgate metering off {w}w"]
-        print(f"metered / unmetered, {w} worker(s): {on.rps / off.rps:.2f}")
-    naive = by["naive aiohttp+EVALSHA 1w"]
-    on1 = by["creditgate metering on 1w"]
-    print(f"metered 1w / naive: {on1.rps / naive.rps:.2f}")
-    print(f"metered 1w / default GC: {on1.rps / by['creditgate on 1w, default GC'].rps:.2f}")
-    if args.baseline:
-        old = by[f"release {args.baseline} on 1w"]
-        print(f"metered 1w / release {args.baseline}: {on1.rps / old.rps:.2f}")
-    paced_on = next(r for r in results if r.name.startswith("creditgate metering on 1w @"))
-    paced_off = next(r for r in results if r.name.startswith("creditgate metering off 1w @"))
-    print(f"p99 added by metering at half the max rate (hey): "
-          f"{paced_on.p99_ms - paced_off.p99_ms:+.2f} ms")  # fmt: skip
+
+    def ratio(label: str, a: str, b: str) -> None:
+        if a in by and b in by:
+            print(f"{label}: {by[a].rps / by[b].rps:.2f}")
+
+    for prefix in ("creditgate", "creditgate fast"):
+        for w in sorted({1, all_workers}):
+            ratio(
+                f"{prefix}: metered / unmetered, {w} worker(s)",
+                f"{prefix} metering on {w}w",
+                f"{prefix} metering off {w}w",
+            )
+        ratio(
+            f"{prefix}: metered 1w / naive", f"{prefix} metering on 1w", "naive aiohttp+EVALSHA 1w"
+        )
+        if args.baseline:
+            ratio(
+                f"{prefix}: metered 1w / release {args.baseline}",
+                f"{prefix} metering on 1w",
+                f"release {args.baseline} on 1w",
+            )
+        on = [r for r in results if r.name.startswith(f"{prefix} metering on 1w @")]
+        off = [r for r in results if r.name.startswith(f"{prefix} metering off 1w @")]
+        if on and off:
+            print(f"{prefix}: p99 added by metering at half the max rate (hey): "
+                  f"{on[0].p99_ms - off[0].p99_ms:+.2f} ms")  # fmt: skip
+    ratio(
+        "fast / aiohttp, metered 1w", "creditgate fast metering on 1w", "creditgate metering on 1w"
+    )
+    ratio("metered 1w / default GC", "creditgate metering on 1w", "creditgate on 1w, default GC")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class Exchange:
         metrics = self.server.proxy.metrics
         metrics.in_flight.dec()
         metrics.count(self.label, self.outcome)
-        if self.server.access_log:
+        if self.server.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
             path = self.msg.target.partition("?")[0]
             code = f" {self.code}" if self.code else ""
             ms = (time.perf_counter() - self.started) * 1000
@@ -221,6 +221,7 @@ class Exchange:
             return
         self._drop_upstream()  # the bot has the request: its charge stands
         self.server.proxy.metrics.client_disconnects.inc()
+        log.debug("client went away mid-response")
         self.finish(False)
 
     def pause(self) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from config import Settings
-from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.appkeys import PROXY, TRAFFIC_STATS
 from gateway.fastpath.connection import FAST_BODY, ClientConnection, Message
 from gateway.fastpath.exchange import serve_message
@@ -47,7 +46,7 @@ class FastServer:
         self.read_timeout = settings.upstream_read_timeout_s
         self.header_timeout = settings.header_timeout_s
         self.body_limit = min(FAST_BODY, settings.max_body_bytes)
-        self.access_log = access_log_on(settings) and ACCESS_LOGGER.isEnabledFor(logging.INFO)
+        self.access_log = access_log_on(settings)
         self.connections: set[ClientConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._runner = runner
