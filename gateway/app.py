@@ -50,6 +50,7 @@ from gateway.appkeys import (
 from gateway.channel_auth import ChannelAuth
 from gateway.channels import Channels
 from gateway.egress import guarded_session
+from gateway.flusher_ctx import run_flusher_ctx
 from gateway.health import setup_health
 from gateway.metering import Meter
 from gateway.metrics import Metrics
@@ -60,15 +61,11 @@ from gateway.routes import setup_traffic_routes
 from gateway.traffic_stats import TrafficStats
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
-from meter.accounts import projection_check
 from meter.accounts.egress import check_settings
-from meter.accounts.workspaces import Deps
 from meter.admission.admitter import Admitter
-from meter.admission.reservations import Confirmations, Sweeper, replay
+from meter.admission.reservations import Confirmations
 from meter.redis_layer.client import RedisClient, connect, warm_up
 from meter.store import Store, open_store
-from meter.usage.batches import Batch
-from meter.usage.claims import Claim
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -241,82 +238,3 @@ def _store_ctx(settings: Settings, given: Store | None) -> Ctx:
         await store.close()
 
     return ctx
-
-
-async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the flusher beside the admin port (parent process of ``serve``) and export
-    its progress: rows flushed, batches quarantined, flush lag and the owner-notification
-    backlog."""
-    from meter.usage.flusher import KIND_NAMES, Flusher
-
-    settings, metrics, store = app[SETTINGS], app[METRICS], app[STORE]
-
-    def on_batch(claim: Claim, batch: Batch, written: bool) -> None:
-        if written:
-            metrics.flushed_rows.labels(KIND_NAMES[claim.kind]).inc(batch.rows)
-
-    def on_quarantine(claim: Claim, error: str) -> None:
-        metrics.flush_quarantined.labels(KIND_NAMES[claim.kind]).inc()
-
-    flusher = Flusher(
-        app[REDIS],
-        store,
-        settings,
-        clock=app[CLOCK],
-        on_batch=on_batch,
-        on_quarantine=on_quarantine,
-    )
-    # Confirmations journaled by processes that died are replayed before the sweeper
-    # may refund what they forwarded.
-    try:
-        await replay(app[REDIS], settings.state_dir)
-    except Exception:  # Redis down: the sweeper waits for it below
-        log.warning("journal replay deferred: redis unavailable", exc_info=True)
-    refunds = Admitter(app[REDIS], settings, clock=app[CLOCK])
-    sweeper = Sweeper(
-        app[REDIS],
-        flusher.workspaces,
-        lambda app_id, rid: refunds.void(app_id, rid, ""),
-        clock=app[CLOCK],
-    )
-
-    async def gauges() -> None:
-        while True:
-            await asyncio.sleep(settings.flush_interval_s)
-            try:  # read from Redis, so it grows even while a pass is stuck
-                metrics.flush_lag.set(await flusher.measure_lag())
-            except Exception:  # Redis being down shows on /readyz
-                log.debug("flush lag not readable", exc_info=True)
-            try:
-                metrics.outbox_pending.set(await store.pending_events())
-            except Exception:  # the store being down shows on /readyz
-                log.debug("outbox backlog not readable", exc_info=True)
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(flusher.run(stop), name="creditgate-flusher")
-    gauge_task = asyncio.create_task(gauges(), name="creditgate-flush-gauges")
-    sweep_every = min(5.0, settings.refund_window_s / 4)
-    sweep_task = asyncio.create_task(sweeper.run(stop, sweep_every), name="creditgate-sweeper")
-    deps = Deps(store, app[REDIS], settings, app[CATALOG], app[CLOCK])
-    check_task = asyncio.create_task(
-        projection_check.run(
-            deps,
-            stop,
-            settings.projection_check_interval_s,
-            lambda kind, n: metrics.projection_repairs.labels(kind).inc(n),
-        ),
-        name="creditgate-projection-check",
-    )
-    try:
-        yield
-    finally:
-        stop.set()
-        gauge_task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sweep_task, 5)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(check_task, 5)
-        try:
-            await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
-        except Exception:
-            log.exception("flusher did not stop cleanly")

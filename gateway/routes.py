@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import PROXY, WEBSOCKETS
+from gateway.notify import notify
 from gateway.problems import unknown_app
-from gateway.proxy import hooks, notify
+from gateway.proxy import hooks
 from gateway.traffic_rules import no_upstream
 from gateway.upstreams import NO_UPSTREAM
 from gateway.websocket import is_upgrade, proxy_websocket

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import gc
 import logging
 import multiprocessing as mp
 import os
@@ -40,6 +38,7 @@ from config import Settings, SettingsError
 from config.settings import env_name
 from gateway.logs import setup_logging
 from gateway.startup import StartupError
+from gateway.worker import cannot_listen, worker_main
 
 log = logging.getLogger(__name__)
 _ctx = mp.get_context("spawn")
@@ -73,19 +72,6 @@ def serve(settings: Settings, banner: Callable[[Settings], str] | None = None) -
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
-def _cannot_listen(settings: Settings, port_setting: str, exc: OSError) -> StartupError:
-    port = getattr(settings, port_setting)
-    if isinstance(exc, socket.gaierror):
-        return StartupError(f"{env_name('host')}: cannot listen on {settings.host!r}: {exc}")
-    if exc.errno == errno.EADDRINUSE:
-        reason = "the port is in use (another program, or another creditgate, holds it)"
-    else:
-        reason = exc.strerror or str(exc)
-    return StartupError(
-        f"{env_name(port_setting)}: cannot listen on {settings.host}:{port}: {reason}"
-    )
-
-
 def _bind(settings: Settings, port_setting: str, *, reuse_port: bool = False) -> socket.socket:
     host, port = settings.host, getattr(settings, port_setting)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -97,7 +83,7 @@ def _bind(settings: Settings, port_setting: str, *, reuse_port: bool = False) ->
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise _cannot_listen(settings, port_setting, exc) from None
+        raise cannot_listen(settings, port_setting, exc) from None
     return sock
 
 
@@ -287,73 +273,3 @@ async def check_channel_key(settings: Settings) -> None:
         raise
     except Exception as exc:
         log.warning("channel secrets not checked: the store did not answer (%r)", exc)
-
-
-class _CannotListen(Exception):
-    """A worker could not bind the traffic port."""
-
-
-def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
-    """Entry point of a worker process."""
-    import uvloop
-
-    setup_logging(settings)
-    started: list[bool] = []
-    try:
-        uvloop.run(_worker(settings, ready, metering, started))
-    except _CannotListen as exc:  # the parent says why and stops
-        ready.put(("error", str(exc)))
-        sys.exit(1)
-    except Exception as exc:
-        if started:  # a crash while serving: the parent replaces this worker
-            log.exception("worker failed")
-        else:  # failed to start: the parent stops with one line; the traceback at DEBUG
-            log.debug("worker failed to start", exc_info=True)
-            ready.put(("error", f"a traffic worker failed to start: {type(exc).__name__}: {exc}"))
-        sys.exit(1)
-
-
-async def _worker(
-    settings: Settings, ready: Any, metering: bool, started: list[bool] | None = None
-) -> None:
-    from gateway.app import create_app
-    from gateway.traffic_site import TrafficPort
-    from gateway.traffic_stats import time_gc
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    gw = create_app(settings, metering=metering)
-    port = TrafficPort(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
-    await port.setup()
-    try:
-        await port.listen(settings.host, settings.traffic_port, reuse_port=True)
-    except OSError as exc:
-        raise _CannotListen(str(_cannot_listen(settings, "traffic_port", exc))) from None
-    if settings.gc_freeze:
-        # Everything allocated by start-up lives as long as the worker: out of the
-        # collector's way, so collections walk only what requests allocate.
-        gc.collect()
-        gc.freeze()
-    gc.set_threshold(settings.gc_threshold, 20, 20)
-    time_gc(gw.metrics.gc_seconds.inc)  # creditgate_gc_seconds_total: the GC's cost
-    ready.put(("ready", os.getpid()))
-    if started is not None:
-        started.append(True)
-    watch = asyncio.create_task(_orphan_watch(stop))
-    await stop.wait()
-    watch.cancel()
-    # Stops accepting, lets in-flight requests finish (up to the grace), then cleans up.
-    await port.cleanup()
-
-
-async def _orphan_watch(stop: asyncio.Event) -> None:
-    """Stop gracefully when the parent is gone (killed): never serve as an orphan."""
-    parent = os.getppid()
-    while True:
-        await asyncio.sleep(1.0)
-        if os.getppid() != parent:
-            break
-    log.error("parent process %s is gone: stopping", parent)
-    stop.set()

@@ -16,22 +16,32 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from yarl import URL
 
-from gateway.channel_auth import Verified, without_token
-from gateway.channels import USER_HEADER, Channel
+from gateway.channel_auth import ChannelAuth, Verified, without_token
+from gateway.channels import USER_HEADER, Channel, Channels
 from gateway.forwarding import VIA_TOKEN, target_url
 from gateway.inbound import Headers, Inbound
-from gateway.metering import Admission
+from gateway.metering import Admission, Meter
+from gateway.metrics import Metrics
 from gateway.problems import Problem, unknown_app
-from gateway.upstreams import NO_UPSTREAM
-
-if TYPE_CHECKING:
-    from gateway.proxy import Proxy
+from gateway.upstreams import NO_UPSTREAM, Upstreams
 
 ReadBody = Callable[[], Awaitable[bytes]]
+
+
+class Proxy(Protocol):
+    """What the rules use of a process's traffic resources (:class:`gateway.proxy.Proxy`)."""
+
+    auth: ChannelAuth
+    upstreams: Upstreams
+    channels: Channels
+    meter: Meter
+    metrics: Metrics
+    max_body: int
+    metering: bool
 
 
 def too_large(limit: int) -> Problem:

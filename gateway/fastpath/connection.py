@@ -22,22 +22,24 @@ connection from then on), so the answer is exactly the one aiohttp gives:
 * pipelined requests are answered in order, one at a time: bytes that arrive while a
   request is being served wait (reading pauses past 64 KiB), and a request's end is
   found by llhttp itself (:func:`message_end`);
-* a connection must send a complete request head within ``header_timeout_s`` of
-  opening or of its previous response (slow clients are closed, as aiohttp does);
-* keep-alive as the request says (``Connection: close`` closes after the response).
+* a connection must send a complete request within ``header_timeout_s`` of opening or
+  of its previous response: slow headers (as aiohttp) and stalled bodies (which aiohttp
+  waits for) are closed, and a request cut short is never forwarded;
+* keep-alive as the request says (``Connection: close`` closes after the response, and
+  what was pipelined after it is ignored);
+* a half-closed client (EOF after its requests) still gets every answer, then the
+  connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
-if TYPE_CHECKING:
-    from gateway.fastpath.server import FastServer
+from gateway.fastpath.message import Message, message_end
 
 FAST_BODY = 64 * 1024
 MAX_FIELD = 4096
@@ -56,66 +58,26 @@ class _Pipelined(Exception):
     """Stops the parser: another request began after a complete one."""
 
 
-class Message:
-    """A complete request the fast path serves."""
+class Host(Protocol):
+    """What a connection needs of its server (:class:`gateway.fastpath.server.FastServer`)."""
 
-    __slots__ = (
-        "app_id",
-        "body",
-        "channel",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "method",
-        "raw",
-        "target",
-    )
+    loop: asyncio.AbstractEventLoop
+    connections: set[ClientConnection]
+    body_limit: int
 
-    def __init__(self) -> None:
-        self.method = ""
-        self.target = ""
-        self.channel = ""
-        self.app_id = ""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.content_length: int | None = None
-        self.body = b""
-        self.keep_alive = True
-        self.raw = b""  # the request's bytes, for a hand-off after routing
-
-
-def message_end(raw: bytes) -> int:
-    """Length of the first request in ``raw`` as llhttp frames it (pipelining only)."""
-
-    class Probe:
-        done = False
-
-        def on_message_complete(self) -> None:
-            self.done = True
-
-    def completes(n: int) -> bool:
-        probe = Probe()
-        with contextlib.suppress(httptools.HttpParserError):
-            httptools.HttpRequestParser(probe).feed_data(raw[:n])
-        return probe.done
-
-    lo, hi = 1, len(raw)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if completes(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    def serve(self, conn: ClientConnection, msg: Message) -> None: ...
+    def aiohttp_protocol(self) -> asyncio.Protocol: ...
 
 
 class ClientConnection(asyncio.Protocol):
     """Parses requests, serves the fast ones, hands the rest to aiohttp."""
 
-    def __init__(self, server: FastServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.head_since: float | None = None  # waiting for a request head since
+        self.head_since: float | None = None  # waiting for a complete request since
+        self.eof = False  # the client half-closed
         self.busy = False  # a request is being answered
         self.closing = False  # close after the current response
         self.write_paused = False
@@ -147,7 +109,10 @@ class ClientConnection(asyncio.Protocol):
             self.exchange.client_lost()
 
     def eof_received(self) -> bool | None:
-        return None  # a half-closed client is closed, as aiohttp does
+        self.eof = True
+        if not self.busy and self.transport is not None:
+            self.transport.close()  # nothing to answer (a request cut short is dropped)
+        return True  # else the answers still go out; closed after the last
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -191,6 +156,7 @@ class ClientConnection(asyncio.Protocol):
         if done is None:
             return
         self._done = None
+        self.head_since = None
         if not done.raw:
             chunks = self._chunks
             done.raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -223,7 +189,6 @@ class ClientConnection(asyncio.Protocol):
             raise _Stop
 
     def on_headers_complete(self) -> None:
-        self.head_since = None
         parser, msg = self._parser, self._msg
         method = parser.get_method()
         if method not in FAST_METHODS or parser.get_http_version() != "1.1":
@@ -279,6 +244,8 @@ class ClientConnection(asyncio.Protocol):
         if self._backlog:
             data, self._backlog = self._backlog, b""
             self._feed(data)
+        if self.eof and not self.busy and self.transport is not None:
+            self.transport.close()
 
     def close_idle(self) -> None:
         """Shutting down: close now if no request is being answered, else after it."""
@@ -304,6 +271,8 @@ class ClientConnection(asyncio.Protocol):
         self._backlog = b""
         if data:
             handler.data_received(data)
+        if self.eof:
+            handler.eof_received()
 
     def hand_off_message(self, msg: Message) -> None:
         """Hand off a complete request that routing showed is not for the fast path."""

@@ -24,8 +24,9 @@ from aiohttp import web
 
 from config import Settings
 from gateway.appkeys import PROXY, TRAFFIC_STATS
-from gateway.fastpath.connection import FAST_BODY, ClientConnection, Message
-from gateway.fastpath.exchange import serve_message
+from gateway.fastpath.connection import FAST_BODY, ClientConnection
+from gateway.fastpath.dispatch import serve_message
+from gateway.fastpath.message import Message
 from gateway.fastpath.upstream import Pool
 from gateway.logs import access_log_on
 from meter.accounts.egress import Policy

@@ -1,0 +1,91 @@
+"""From a parsed request to its forward: :func:`serve_message` (see :mod:`.exchange`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from multidict import CIMultiDict
+
+from gateway import traffic_rules as rules
+from gateway.egress import UpstreamForbidden
+from gateway.fastpath.connection import ClientConnection
+from gateway.fastpath.exchange import Exchange, FastServer
+from gateway.fastpath.message import Message
+from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout
+from gateway.fastpath.wire import request_bytes
+from gateway.forwarding import forwarded_headers
+from gateway.inbound import Inbound
+from gateway.problems import Problem, Refused, problem_of
+
+log = logging.getLogger(__name__)
+
+
+async def serve_message(server: FastServer, conn: ClientConnection, msg: Message) -> None:
+    """Decide ``msg`` and forward it (see the module)."""
+    proxy = server.proxy
+    channel, app_id = msg.channel, msg.app_id
+    ex = Exchange(server, conn, msg, proxy.channels.get(channel).label)
+    proxy.metrics.in_flight.inc()
+    try:
+        body = msg.body
+
+        async def read_body() -> bytes:
+            return body
+
+        inbound = Inbound(
+            msg.method,
+            msg.target,
+            CIMultiDict(
+                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in msg.headers
+            ),
+            remote=conn.peer,
+            scheme="http",
+            content_length=msg.content_length,
+            body_exists=bool(msg.content_length),
+            tail=msg.target.partition("?")[0][len(channel) + len(app_id) + 9 :],
+        )
+        to = await rules.route(proxy, inbound, channel, app_id, read_body)
+        url = to.url
+        if url.scheme != "http" or url.raw_user or to.verified.handshake_challenge is not None:
+            ex.done = True  # aiohttp answers it: https bots, the Meta handshake
+            proxy.metrics.in_flight.dec()
+            server.stats.fast -= 1
+            conn.hand_off_message(msg)
+            return
+        admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
+        admission = ex.admission = admitted.admission
+        out_body = admitted.body if admitted.have_body else (body or None)
+        headers, _ = forwarded_headers(inbound.headers, conn.peer, "http")
+        to.verified.rewrite(headers)
+        host, port = url.raw_host or "", url.port or 80
+        t0 = time.perf_counter()
+        try:
+            server.pool.verdicts.check(url)
+            upstream = server.pool.take(host, port) or await server.pool.connect(host, port)
+        except UpstreamForbidden as exc:
+            log.warning("upstream %s refused by the egress policy: %s", host, exc.reason)
+            if admission is not None:
+                await proxy.meter.failed(admission, "connect")
+            raise rules.forbidden() from None
+        except (ConnectTimeout, ConnectFailed) as exc:
+            proxy.metrics.upstream_children["connect"].observe(time.perf_counter() - t0)
+            if admission is not None:
+                await proxy.meter.failed(admission, "connect")
+            if isinstance(exc, ConnectTimeout):
+                raise rules.bot_timeout() from None
+            raise rules.bot_unavailable() from None
+        data = request_bytes(msg.method, url, headers, out_body)
+        ex.outcome = "unmetered" if admission is None else "admitted"
+        ex.start(upstream, data, t0)
+        proxy.meter.forwarded(admission)  # handed to the socket
+    except Exception as exc:
+        if isinstance(exc, Refused):
+            ex.outcome = "refused"
+        problem = problem_of(exc)
+        if problem is None:
+            log.error("error handling a request", exc_info=exc)
+            problem = Problem(500, "internal_error", "Internal Server Error")
+        if ex.upstream is None and not ex.done:
+            ex.respond_problem(problem)
