@@ -19,18 +19,10 @@ local P = KEYS[1]
 local now, app, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local FB, PERIOD = tonumber(ARGV[5]), ARGV[6]
 local BLOCK, IDLE = tonumber(ARGV[7]), tonumber(ARGV[8])
-local D = function(x) return string.format('%d', x) end
 local NONE = {0, 0, 0, 0, 0}
 
-local SB = math.max(1, math.floor(BLOCK / 1000))
-local function session_find(fld)
-  local high = math.floor((now + 60000) / 1000 / SB) * SB
-  local low = math.floor((now - IDLE - BLOCK) / 1000 / SB) * SB
-  for b = high, low, -SB do
-    local v = redis.call('HGET', P .. ':sr:' .. D(b), fld)
-    if v then return v, b end
-  end
-end
+-- #include lib_sessions.lua
+
 local ik = P .. ':i:' .. app .. ':' .. key
 local rsv, member = P .. ':rsv', app .. ':' .. key
 local rec = redis.call('GET', ik)
@@ -87,11 +79,10 @@ end
 if bsid ~= '' then
   local fld, e, b = sfld, sentry, sbucket
   if e then
-    local cs, dl, blocks, s1, msgs, amount, prod =
-      string.match(e, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$')
+    local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
     if s1 == bsid then
       blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
-      local sk = P .. ':sr:' .. D(b)
+      local sk = sr_key(b)
       if blocks <= 0 and msgs <= 0 then
         redis.call('HDEL', sk, fld)
       else

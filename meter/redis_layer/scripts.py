@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -14,11 +15,26 @@ from redis.typing import EncodableT
 
 from meter.redis_layer.client import RedisClient
 
+# A line "-- #include <file>.lua" of a script is replaced by that file of meter/lua.
+_INCLUDE = re.compile(r"^-- #include ([a-z_]+\.lua)$", re.M)
+
+
+def _read(file: str) -> str:
+    return resources.files("meter").joinpath("lua", file).read_text()
+
 
 @cache
 def lua_source(name: str) -> str:
-    """Source of ``meter/lua/<name>.lua`` (shipped inside the wheel)."""
-    return resources.files("meter").joinpath("lua", f"{name}.lua").read_text()
+    """Source of ``meter/lua/<name>.lua`` (shipped inside the wheel), assembled.
+
+    Redis runs a script as one chunk and cannot load files, so a script too long for one
+    file is kept in fragments: each ``-- #include <file>.lua`` line of ``<name>.lua`` is
+    replaced, at load time, by that file of ``meter/lua`` (one level: a fragment includes
+    nothing). The fragments become part of one chunk and share the script's locals, in
+    the order the script includes them (``admit.lua``: ``lib_sessions``, ``admit_batch``,
+    ``admit_rules``, ``admit_message``; ``refund.lua``: ``lib_sessions``).
+    """
+    return _INCLUDE.sub(lambda m: _read(m.group(1)), _read(f"{name}.lua"))
 
 
 def register(client: RedisClient, name: str) -> AsyncScript:

@@ -554,8 +554,4 @@ def test_the_python_side_speaks_admit_lua_s_argument_and_reason_tables() -> None
     adm = Admitter(connect("redis://127.0.0.1:1/0"), load_settings(env={}))  # never connects
     assert len(adm.argv_head(0.0)) == first - 1
     lua = dict(re.findall(r"\[(\d+)\] = '(\w+)'", src.split("local REASON = {", 1)[1]))
-    assert {int(k): v for k, v in lua.items()} == {
-        c: r
-        for c, r in REASONS.items()
-        if c not in (1, 9)  # decided before REASON is used
-    }
+    assert {int(k): v for k, v in lua.items()} == REASONS

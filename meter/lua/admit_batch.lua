@@ -1,0 +1,177 @@
+-- admit_batch.lua (a fragment of admit.lua): the workspace, read once per call, and the
+-- per-batch caches of apps, products, rate windows, usage and aggregates, written back
+-- once at the end of admit.lua. Also the reply builder, result().
+
+-- Hash fields of the balances (meter/redis_layer/keys.py).
+local F_POOL, F_APPS, F_APP = 'paid', 'apaid', 'paid'
+
+local out, no = {}, 0
+local function result(code, units, free, app, pool, inv, retry, bsid, flags)
+  out[no + 1], out[no + 2], out[no + 3], out[no + 4], out[no + 5] = code, units, free, app, pool
+  out[no + 6], out[no + 7], out[no + 8], out[no + 9] = inv, retry, bsid, flags
+  no = no + 9
+end
+
+-- Workspace ---------------------------------------------------------------------------
+local wsk = P .. ':ws'
+local wr = redis.call('HMGET', wsk, 'type', 'free', 'free_exp', F_POOL, F_APPS, 'lapsed',
+  'low', 'np', 'seq', 'lowt')
+if not wr[1] then
+  for _ = FIRST, #ARGV do result(1, 0, 0, 0, 0, 0, 0, '', 0) end
+  return out
+end
+LOW = tonumber(wr[10] or '') or LOW -- the owner's own threshold, if set
+local W = {
+  ent = wr[1] == 'enterprise', free = tonumber(wr[2] or '0'), free_exp = tonumber(wr[3] or '0'),
+  pool = tonumber(wr[4] or '0'), apps = tonumber(wr[5] or '0'), lapsed = tonumber(wr[6] or '0'),
+  low = wr[7] == '1', np = tonumber(wr[8] or '0'), seq = tonumber(wr[9] or '0'),
+}
+local W0 = {free = W.free, pool = W.pool, apps = W.apps, seq = W.seq, low = W.low,
+  lapsed = W.lapsed}
+local events = {}
+local function event(kind, fields)
+  W.seq = W.seq + 1
+  fields.id = 'e' .. D(W.seq)
+  fields.type = kind
+  fields.at = now
+  events[#events + 1] = cjson.encode(fields)
+end
+
+-- Free credits past their validity lapse once, remainder recorded.
+if W.free > 0 and now >= W.free_exp then
+  event('free_credits.expired', {amount = W.free})
+  W.lapsed = W.lapsed + W.free
+  W.free = 0
+  W0.free = 0
+end
+local free_valid = now < W.free_exp
+
+-- Per-batch caches --------------------------------------------------------------------
+local apps, prods, rates, usage = {}, {}, {}, {}
+-- Aggregates: per field prefix "<app>|<ch>|<product>|<unit>|" the sums of the metrics
+-- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
+local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
+local sri = {} -- session-record buckets that got a new entry
+
+-- The app's configuration and app balance, or false for an unknown app.
+local function app_of(id)
+  local a = apps[id]
+  if a == nil then
+    local r = redis.call('HMGET', P .. ':a:' .. id, 'product', 'suspended', 'use_free', F_APP,
+      'pm', 'ph', 'inactive', 'shadow')
+    if not r[1] then
+      a = false
+    else
+      a = {product = r[1], suspended = r[2] == '1', use_free = r[3] ~= '0',
+        app = tonumber(r[4] or '0'), pm = tonumber(r[5] or ''), ph = tonumber(r[6] or ''),
+        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false}
+    end
+    apps[id] = a
+  end
+  return a
+end
+
+-- A product's unit, price and (enterprise) licence.
+local function prod_of(p)
+  local x = prods[p]
+  if x == nil then
+    local r = redis.call('HMGET', wsk, 'u:' .. p, 'p:' .. p, 'l:' .. p)
+    x = {unit = r[1] or 'session', price = tonumber(r[2] or '0')}
+    if r[3] then
+      local lim, pm, ph = string.match(r[3], '^(%d+),(%d+),(%d+)$')
+      x.lic = {limit = tonumber(lim), pm = tonumber(pm), ph = tonumber(ph)}
+    end
+    prods[p] = x
+  end
+  return x
+end
+
+-- Rolling window: NB buckets of WIN/NB ms; fields <bucket index> -> count, plus t (total),
+-- o (oldest index possibly present) and n (newest written). Counting buckets from
+-- cur-NB on covers a little more than the window, so the limit is never exceeded.
+local function window(key, win)
+  local g = win / NB
+  local cur = math.floor(now / g)
+  local r = redis.call('HMGET', key, 't', 'o', 'n')
+  local w = {key = key, g = g, cur = cur, t = tonumber(r[1] or '0'), o = tonumber(r[2] or cur),
+    n = tonumber(r[3] or cur), add = 0, new = r[1] == false}
+  local minv = cur - NB
+  if w.n < minv then
+    if not w.new then redis.call('DEL', key) end
+    w.t, w.o, w.n, w.new = 0, cur, cur, true
+  elseif w.o < minv then
+    for i = w.o, minv - 1 do
+      local c = redis.call('HGET', key, i)
+      if c then
+        w.t = w.t - tonumber(c)
+        redis.call('HDEL', key, i)
+      end
+    end
+    w.o, w.trimmed = minv, true
+  end
+  return w
+end
+
+-- Time until enough old buckets fall out for one more message.
+local function wait_ms(w, limit)
+  local excess = w.t + 1 - limit
+  local acc = 0
+  for i = w.o, w.cur do
+    local c = tonumber(redis.call('HGET', w.key, i) or '0')
+    if i == w.cur then c = c + w.add end
+    acc = acc + c
+    if acc >= excess then return (i + NB + 1) * w.g - now end
+  end
+  return w.g
+end
+
+local function rates_of(id)
+  local r = rates[id]
+  if r == nil then
+    r = {m = window(P .. ':rm:' .. id, WIN_M), h = window(P .. ':rh:' .. id, WIN_H)}
+    rates[id] = r
+  end
+  return r
+end
+
+-- Enterprise usage of a product in the billing period (counted, never debited).
+local function usage_of(product)
+  local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+  local u = usage[uk]
+  if u == nil then
+    u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
+    usage[uk] = u
+  end
+  return u
+end
+
+-- Aggregate field prefix "<app>|<ch>|<product>|<unit>|", built once per batch.
+local fkeys = {}
+local function fkey_of(app_id, ch, product, unit)
+  local byapp = fkeys[app_id]
+  if not byapp then
+    byapp = {}
+    fkeys[app_id] = byapp
+  end
+  local bych = byapp[ch]
+  if not bych then
+    bych = {}
+    byapp[ch] = bych
+  end
+  local k = bych[unit]
+  if not k then
+    k = app_id .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
+    bych[unit] = k
+  end
+  return k
+end
+
+local function tally(fkey, units, free, app, pool, inv)
+  local g = agg[fkey]
+  if g == nil then
+    g = {0, 0, 0, 0, 0, 0}
+    agg[fkey] = g
+  end
+  g[1], g[2], g[3], g[4], g[5], g[6] = g[1] + units, g[2] + 1, g[3] + free, g[4] + app,
+    g[5] + pool, g[6] + inv
+end

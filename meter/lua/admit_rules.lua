@@ -1,0 +1,171 @@
+-- admit_rules.lua (a fragment of admit.lua): the rules one admission is decided by —
+-- refusal and shadow accounting, status and licence, rolling windows, credit, billing
+-- sessions and the debit. Each returns what it decided; admit_message.lua applies it.
+
+-- Refusal reasons by code, as admit.lua returns them (pinned to Python's by
+-- test_the_python_side_speaks_admit_lua_s_argument_and_reason_tables).
+local REASON = {[1] = 'unknown_app', [2] = 'app_suspended', [3] = 'product_not_licensed',
+  [4] = 'rate_limited', [5] = 'usage_limit_reached', [6] = 'credits_exhausted',
+  [7] = 'free_credits_expired', [8] = 'duplicate_delivery', [9] = 'invalid_channel_user'}
+
+-- Refusal reasons as aggregate fields; code 9 (invalid) never reaches the aggregates.
+-- Counted once per attempt: a call retried after its reply was lost (same token) must not
+-- count the refusal again. The mark outlives any client retry of one call.
+local REFUSAL_MARK_MS = 10000
+local function refuse(fkey, code, retry, token)
+  if redis.call('SET', P .. ':rf:' .. token, code, 'NX', 'PX', REFUSAL_MARK_MS) then
+    local rk = fkey .. 'r:' .. REASON[code]
+    refused[rk] = (refused[rk] or 0) + 1
+  end
+  result(code, 0, 0, 0, 0, 0, retry or 0, '', 0)
+end
+
+-- Shadow mode: the refusal is counted (aggregate field "s:<reason>") but not applied.
+local function shadow(fkey, code)
+  local sk = fkey .. 's:' .. REASON[code]
+  refused[sk] = (refused[sk] or 0) + 1
+  return code
+end
+
+-- Suspension and licence: code or 0.
+local function status_code(a, pr)
+  if a.suspended then return 2 end
+  if W.ent and not pr.lic then return 3 end
+  return 0
+end
+
+-- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
+local function rate_check(app_id, a, pr)
+  local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
+  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
+  local rt = rates_of(app_id)
+  if rt.m.t + 1 > pm then return 4, wait_ms(rt.m, pm), rt end
+  if rt.h.t + 1 > ph then return 4, wait_ms(rt.h, ph), rt end
+  return 0, 0, rt
+end
+
+local function count_rate(rt)
+  if rt then
+    rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
+    rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+  end
+end
+
+-- Can the workspace pay this app's next unit? 0, or the refusal code (5, 6 or 7).
+local function credit_code(a, pr, price)
+  if W.ent then
+    local u = usage_of(a.product)
+    if u.used + u.add + 1 > pr.lic.limit then return 5 end
+    return 0
+  end
+  local free = (a.use_free and free_valid) and W.free or 0
+  if free + a.app + W.pool < price then
+    if not free_valid and W.free_exp > 0 then return 7 end
+    return 6
+  end
+  return 0
+end
+
+-- A refusal for want of credit is announced once: usage_limit.reached per product and
+-- period, app.inactive until the app can pay again.
+local function announce(app_id, a, pr, code)
+  if code == 5 then
+    local fk = 'ul:' .. a.product
+    if redis.call('HGET', wsk, fk) ~= PERIOD then
+      redis.call('HSET', wsk, fk, PERIOD)
+      event('usage_limit.reached', {product = a.product, period = PERIOD, limit = pr.lic.limit})
+    end
+  elseif not a.inactive then
+    a.inactive, a.dirty = true, true
+    event('app.inactive', {app = app_id, reason = REASON[code]})
+  end
+end
+
+-- A redelivery of an admitted message (its charge record "seen" under ik): charged
+-- nothing, but it obeys the app's status, its credit and the rate limits (and counts in
+-- them), at most MAX_DELIVERIES times. m: the admission (admit_message.lua).
+local function redelivery(m, ik, seen)
+  local a, pr = m.a, m.pr
+  local stok, cnt, sdig, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
+    '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
+  if not stok then cnt, sdig, sbsid, rest = 1, '', '', nil end
+  cnt = tonumber(cnt)
+  local code, retry, rt = status_code(a, pr), 0, nil
+  if code == 0 and not m.settle then code, retry, rt = rate_check(m.app_id, a, pr) end
+  if code == 0 then code = credit_code(a, pr, m.price) end
+  if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
+  -- The same key with another message is not a redelivery.
+  if code == 0 and sdig ~= '' and m.digest ~= '' and sdig ~= m.digest then code = 8 end
+  local shadowed = 0
+  if code ~= 0 and a.shadow then shadowed, code = shadow(m.fkey, code), 0 end
+  if code ~= 0 then return refuse(m.fkey, code, retry, m.token) end
+  count_rate(rt)
+  if rest then
+    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1,
+      sdig, units, sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
+  end
+  result(0, 0, 0, 0, 0, 0, 0, sbsid, 1 + 8 * shadowed)
+end
+
+-- Does this message open a new billing session (or a new block of one)? Returns the
+-- session state to write after a successful charge.
+local function session_of(fld, found, fkb)
+  local S = {fld = fld, found = found, fkb = fkb}
+  if S.found then
+    local c1, d1, b1, s1, m1, a1 = string.match(S.found, ENTRY_RE)
+    -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
+    -- the last message, so times only ever move forward here.
+    if c1 and now - tonumber(c1) - tonumber(d1) < IDLE then
+      S.cs, S.blocks, S.bsid, S.msgs, S.amount = tonumber(c1), tonumber(b1), s1, tonumber(m1),
+        tonumber(a1)
+      S.last = math.max(now, S.cs + tonumber(d1))
+    end
+  end
+  if not S.cs then S.cs, S.last, S.blocks = now, now, 0 end
+  local need = math.floor((math.max(now, S.cs) - S.cs) / BLOCK) + 1
+  S.charge = need > S.blocks
+  if S.charge then S.blocks = need end
+  return S
+end
+
+-- Debit one unit from what the app may use, free first (or paid first): free, app and
+-- pool amounts taken.
+local function debit(a, price)
+  local usable_free = (a.use_free and free_valid) and W.free or 0
+  local need = price
+  local function take(avail)
+    local t = math.min(avail, need)
+    need = need - t
+    return t
+  end
+  local free, app, pool
+  if PAID_FIRST then
+    app = take(a.app); pool = take(W.pool); free = take(usable_free)
+  else
+    free = take(usable_free); app = take(a.app); pool = take(W.pool)
+  end
+  W.free, a.app, W.pool, W.apps = W.free - free, a.app - app, W.pool - pool, W.apps - app
+  if app ~= 0 then a.dirty = true end
+  return free, app, pool
+end
+
+-- The session entry after this message: a new one (charged: its amount) or one more
+-- message in the same.
+local function write_session(S, a, charged)
+  if charged then
+    W.seq = W.seq + 1
+    S.bsid = 's' .. D(W.seq)
+    local nb = sbucket_of(S.cs + (S.blocks - 1) * BLOCK)
+    if S.found and S.fkb == nb then
+      -- An earlier block or conversation already has this field: keep its record.
+      redis.call('HSET', sr_key(nb), S.fld .. '\t' .. string.match(S.found,
+        '^%d+,%d+,%d+,([^,]+),'), S.found)
+    end
+    S.fkb, S.msgs, S.amount = nb, 1, charged
+    sri[nb] = true
+  else
+    S.msgs = S.msgs + 1
+  end
+  redis.call('HSET', sr_key(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
+    S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product))
+end

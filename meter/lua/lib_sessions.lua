@@ -1,0 +1,40 @@
+-- lib_sessions.lua: billing-session entries, shared by admit.lua and refund.lua (the
+-- scripts loader, meter/redis_layer/scripts.py, puts it where a script says
+-- "-- #include lib_sessions.lua"). Expects the locals P (workspace prefix), now (ms),
+-- BLOCK (session block, ms) and IDLE (conversation idle end, ms) to be defined.
+--
+-- A billing session lives in P:sr:<b> (b = block start in s, bucketed by the block
+-- length), field "app\tchannel\tuser" = "conv_start,last-conv_start,blocks,bsid,msgs,
+-- amount,product": the live conversation and the record the flusher writes, in one entry.
+-- An older entry displaced from its field is kept under "app\tchannel\tuser\tbsid".
+
+local D = function(x) return string.format('%d', x) end
+local ENTRY_RE = '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$'
+
+-- An alive conversation's newest entry is at most IDLE + BLOCK old, so a lookup walks a
+-- few buckets, newest first; the newest allows for a replica whose clock is up to a
+-- minute behind. Their keys are formatted once per call.
+local SB = math.max(1, math.floor(BLOCK / 1000))
+local function sbucket_of(ms) return math.floor(ms / 1000 / SB) * SB end
+local SRB, SRK = {}, {} -- the buckets looked at, newest first; bucket -> key
+local function sr_key(b)
+  local k = SRK[b]
+  if not k then
+    k = P .. ':sr:' .. D(b)
+    SRK[b] = k
+  end
+  return k
+end
+for b = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK), -SB do
+  SRB[#SRB + 1] = b
+  sr_key(b)
+end
+
+-- The entry of field "app\tchannel\tuser" and its bucket, or nil.
+local function session_find(fld)
+  for i = 1, #SRB do
+    local b = SRB[i]
+    local v = redis.call('HGET', SRK[b], fld)
+    if v then return v, b end
+  end
+end

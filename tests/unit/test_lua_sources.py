@@ -1,0 +1,32 @@
+"""The Lua scripts as Redis receives them: assembled from meter/lua's fragments."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from meter.redis_layer.scripts import lua_source
+
+SCRIPTS = ("admit", "refund", "grant", "claim", "ack", "peek", "peek_sessions")
+
+
+def test_every_lua_file_fits_in_300_lines() -> None:
+    files = [
+        f for f in resources.files("meter").joinpath("lua").iterdir() if f.name.endswith(".lua")
+    ]
+    assert files
+    for f in files:
+        assert len(f.read_text().splitlines()) <= 300, f.name
+
+
+def test_scripts_are_assembled_whole() -> None:
+    """No include is left, every fragment lands once, in the order the script names."""
+    admit = lua_source("admit")
+    lua = resources.files("meter").joinpath("lua")
+    parts = ("lib_sessions", "admit_batch", "admit_rules", "admit_message")
+    starts = [admit.index(lua.joinpath(f"{name}.lua").read_text()) for name in parts]
+    assert starts == sorted(starts)
+    assert admit.count("local function admit_one(") == 1
+    assert "local function session_find(" in lua_source("refund")
+    for name in SCRIPTS:
+        assert not re.search(r"^-- #include", lua_source(name), re.M), name
