@@ -113,7 +113,7 @@ async def _migrate(settings: Settings) -> int:
 
 def flush(settings: Settings, args: argparse.Namespace) -> int:
     """Run the flusher until SIGTERM, or ``--once``: drain what is closed and exit."""
-    from meter.usage.flusher import serve_flusher
+    from gateway.flusher_cli import serve_flusher
 
     asyncio.run(_preflight(settings, redis=True))
     once, force = bool(getattr(args, "once", False)), bool(getattr(args, "force", False))

@@ -1,18 +1,61 @@
-"""One standalone usage flusher process: ``python -m gateway.flusher_cli``.
+"""The usage flusher as a process: :func:`serve_flusher`, and ``python -m gateway.flusher_cli``.
 
-What supervisors (and the crash tests) run when the flusher is its own process; it prints
-``flusher <owner> ready`` on stdout once Redis answered. ``creditgate flush`` is the
-operator's command for the same work.
+``creditgate flush`` runs :func:`serve_flusher`; ``python -m gateway.flusher_cli`` is the
+same for supervisors (and the crash tests): it prints ``flusher <owner> ready`` on stdout
+once Redis answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Callable
 
-from config import load_settings
-from meter.usage.flusher import Flusher, serve_flusher
+from config import Settings, load_settings
+from meter.redis_layer.client import connect, warm_up
+from meter.store import open_store
+from meter.usage.flush_stats import PassResult
+from meter.usage.flusher import Flusher
+
+log = logging.getLogger(__name__)
+
+
+async def serve_flusher(
+    settings: Settings,
+    *,
+    once: bool = False,
+    force: bool = False,
+    lease_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Flusher], None] | None = None,
+) -> PassResult:
+    """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return.
+
+    ``on_ready`` is called once Redis answered and the flusher is about to start.
+    """
+    client = connect(settings.redis_url)
+    await warm_up(client)
+    store = open_store(settings.store_url)
+    try:
+        flusher = Flusher(client, store, settings, lease_s=lease_s)
+        if once:
+            return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
+        if on_ready is not None:
+            on_ready(flusher)
+        await flusher.run(stop, force_on_stop=force)
+        return PassResult()
+    finally:
+        await store.close()
+        await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the flusher beside the admin port (parent process of ``serve``) and export
     its progress: rows flushed, batches quarantined, flush lag and the owner-notification
     backlog."""
-    from meter.usage.flusher import KIND_NAMES, Flusher
+    from meter.usage.flush_stats import KIND_NAMES
+    from meter.usage.flusher import Flusher
 
     settings, metrics, store = app[SETTINGS], app[METRICS], app[STORE]
 

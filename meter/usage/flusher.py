@@ -4,8 +4,9 @@ Each pass visits every workspace (the store's list plus the Redis set ``cg:works
 and, per workspace: re-takes outstanding claims whose lease expired (a crashed
 flusher's), claims closed aggregate and billing-session buckets and the events list,
 writes each claim as ONE store transaction keyed ``<ws>:<kind>:<bucket>:<gen>`` and acks
-it in Redis only after the commit (see :mod:`meter.usage.claims`). Any number of flushers may
-run at once, on one Redis or a Redis Cluster; a killed one loses nothing.
+it in Redis only after the commit (see :mod:`meter.usage.claims`; the writing, retries and
+quarantine are :mod:`meter.usage.batch_writer`'s). Any number of flushers may run at once,
+on one Redis or a Redis Cluster; a killed one loses nothing.
 
 A database that fails is retried with exponential backoff (capped) while the claim is
 kept; at shutdown retries stop after ``shutdown_grace_s`` and the claim stays in Redis
@@ -13,7 +14,8 @@ for the next flusher. A batch the store *rejects* (:class:`~meter.store.Rejected
 data such as a NUL in a channel user on PostgreSQL, not an outage), or whose content
 cannot even be read, is quarantined after ``flush_quarantine_attempts`` tries: its raw
 content goes to the store's dead-letter table, the claim is acked, and every other
-bucket goes on flushing. Run alone with ``creditgate flush`` (or ``python -m gateway.flusher_cli``).
+bucket goes on flushing. Run alone with ``creditgate flush`` (or
+``python -m gateway.flusher_cli``).
 
 :meth:`Flusher.measure_lag` reads the age of the oldest closed-but-unflushed bucket from
 the Redis indexes, independently of the passes, so it keeps growing while flushing is
@@ -29,7 +31,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
@@ -37,74 +38,13 @@ from config import Settings
 from config.urls import mask_url
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from meter.store import DeadLetter, Rejected, Store
-from meter.usage.batches import Batch, build, raw_content
-from meter.usage.claims import EVENTS_BUCKET, Claim, ClaimCode, Claims, Kind
+from meter.store import Store
+from meter.usage.batch_writer import BatchHook, BatchWriter, QuarantineHook
+from meter.usage.claims import EVENTS_BUCKET, ClaimCode, Claims, Kind
+from meter.usage.flush_stats import FlushStats, PassResult
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-BatchHook = Callable[[Claim, Batch, bool], None]
-QuarantineHook = Callable[[Claim, str], None]
-KIND_NAMES: dict[Kind, str] = {"ag": "usage", "sr": "sessions", "ev": "events"}
-_BAD_DATA = (ValueError, TypeError, KeyError)
-
-
-@dataclass(slots=True)
-class FlushStats:
-    """Cumulative counters and gauges, read by the gateway's metrics exporter.
-
-    ``rows`` counts rows written by kind (``usage``, ``sessions``, ``events``);
-    ``quarantined`` batches moved to the dead-letter table; ``lag_seconds`` is the age of
-    the oldest closed-but-unflushed bucket at the latest :meth:`Flusher.measure_lag`.
-    """
-
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
-    batches: int = 0
-    duplicates: int = 0
-    retaken: int = 0
-    write_errors: int = 0
-    redis_errors: int = 0
-    quarantined: int = 0
-    passes: int = 0
-    lag_seconds: float = 0.0
-    last_pass_at: float = 0.0
-
-
-@dataclass(slots=True)
-class PassResult:
-    """What one pass did."""
-
-    batches: int = 0
-    duplicates: int = 0
-    rows: int = 0
-    busy: int = 0
-    failed: int = 0
-    quarantined: int = 0
-    lag_seconds: float = 0.0
-
-    def add(self, other: PassResult) -> None:
-        self.batches += other.batches
-        self.duplicates += other.duplicates
-        self.rows += other.rows
-        self.busy += other.busy
-        self.failed += other.failed
-        self.quarantined += other.quarantined
-        self.lag_seconds = max(self.lag_seconds, other.lag_seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    """The store rejected a batch ``attempts`` times, the first at ``first_at``."""
-
-    error: str
-    attempts: int
-    first_at: float
-
-
-def describe(exc: BaseException, limit: int = 2000) -> str:
-    """An error as one storable, loggable line (no NUL, bounded)."""
-    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def new_owner() -> str:
@@ -146,16 +86,21 @@ class Flusher:
         self._sr_open = (
             max(1, int(settings.session_block_s)) + self._block + settings.session_idle_s
         )
-        self._shutdown_grace = settings.shutdown_grace_s
         self._sem = asyncio.Semaphore(concurrency)
-        self._backoff = (backoff_start_s, backoff_cap_s)
-        self._on_batch = on_batch
-        self._on_quarantine = on_quarantine
-        self._attempts = settings.flush_quarantine_attempts
         self._known: set[str] = set()
-        self._stop: asyncio.Event | None = None
-        self._give_up_at = float("inf")
         self.stats = FlushStats()
+        self._writer = BatchWriter(
+            self._claims,
+            store,
+            self.stats,
+            clock=clock,
+            block_ms=int(self._block * 1000),
+            attempts=settings.flush_quarantine_attempts,
+            backoff=(backoff_start_s, backoff_cap_s),
+            shutdown_grace_s=settings.shutdown_grace_s,
+            on_batch=on_batch,
+            on_quarantine=on_quarantine,
+        )
 
     # ------------------------------------------------------------------ passes
 
@@ -237,7 +182,7 @@ class Flusher:
 
     async def run(self, stop: asyncio.Event, *, force_on_stop: bool = False) -> None:
         """Flush every ``flush_interval_s`` until ``stop`` is set, then a final pass."""
-        self._stop = stop
+        self._writer.stop = stop
         while not stop.is_set():
             try:
                 await self.flush_once()
@@ -245,7 +190,7 @@ class Flusher:
                 log.exception("flusher: pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
-        self._giving_up(0.0)
+        self._writer.giving_up(0.0)  # starts the shutdown grace of write retries
         try:
             await self.flush_once(force=force_on_stop)
         except Exception:
@@ -296,170 +241,6 @@ class Flusher:
                 if claim is None:
                     res.busy += code is ClaimCode.BUSY
                     break
-                if not await self._process(claim, res) or not claim.retaken:
+                if not await self._writer.process(claim, res) or not claim.retaken:
                     break
         return res
-
-    async def _process(self, claim: Claim, res: PassResult) -> bool:
-        """Write and ack one claim; ``False`` if it stays claimed (write failed)."""
-        if claim.retaken:
-            self.stats.retaken += 1
-            log.warning("flusher: re-took unacked claim %s", claim.batch_id)
-        try:
-            batch = build(claim, int(self._block * 1000))
-        except _BAD_DATA as exc:
-            # The content itself is unreadable: no retry can help.
-            return await self._quarantine(claim, res, _Rejection(describe(exc), 1, self._clock()))
-        written = await self._write(claim, batch)
-        if isinstance(written, _Rejection):
-            return await self._quarantine(claim, res, written)
-        if written is None:
-            res.failed += 1
-            return False
-        await self._claims.ack(claim)
-        name = KIND_NAMES[claim.kind]
-        if written:
-            res.batches += 1
-            res.rows += batch.rows
-            self.stats.batches += 1
-            self.stats.rows[name] += batch.rows
-        else:
-            res.duplicates += 1
-            self.stats.duplicates += 1
-        if self._on_batch is not None:
-            self._on_batch(claim, batch, written)
-        return True
-
-    async def _quarantine(self, claim: Claim, res: PassResult, why: _Rejection) -> bool:
-        """Move a rejected claim to the dead-letter table and ack it; ``False`` if the
-        store is not reachable for that either (the claim stays for a later pass)."""
-        dead = DeadLetter(
-            id=claim.batch_id,
-            workspace_id=claim.ws,
-            kind=claim.kind,
-            bucket_start=claim.bucket * 1000,
-            content=raw_content(claim),
-            error=why.error,
-            attempts=why.attempts,
-            first_failed_at=int(why.first_at * 1000),
-            last_failed_at=int(self._clock() * 1000),
-        )
-        try:
-            fresh = await self._store.quarantine_flush_batch(dead)
-        except Exception as exc:
-            self.stats.write_errors += 1
-            log.warning("flusher: cannot quarantine %s (%s); left claimed", dead.id, describe(exc))
-            res.failed += 1
-            return False
-        await self._claims.ack(claim)
-        if not fresh:  # resolved before (another flusher, or ours before a crash)
-            res.duplicates += 1
-            self.stats.duplicates += 1
-            return True
-        res.quarantined += 1
-        self.stats.quarantined += 1
-        log.error(
-            "flusher: quarantined batch %s after %d attempt(s) to flush_dead_letters: %s",
-            dead.id,
-            dead.attempts,
-            dead.error,
-        )
-        if self._on_quarantine is not None:
-            self._on_quarantine(claim, dead.error)
-        return True
-
-    def _giving_up(self, delay: float) -> bool:
-        """At shutdown, retries end ``shutdown_grace_s`` after the stop request."""
-        stopping = self._stop is not None and self._stop.is_set()
-        if stopping and self._give_up_at == float("inf"):
-            self._give_up_at = time.monotonic() + self._shutdown_grace
-        return time.monotonic() + delay > self._give_up_at
-
-    async def _write(self, claim: Claim, batch: Batch) -> bool | _Rejection | None:
-        """Commit the batch, retrying a failing database; ``None`` when giving up at
-        shutdown, a :class:`_Rejection` once the store refused the data itself
-        ``flush_quarantine_attempts`` times."""
-        delay, cap = self._backoff
-        rejected, first_at = 0, 0.0
-        while True:
-            try:
-                return await self._store.write_flush_batch(
-                    claim.batch_id,
-                    claim.ws,
-                    claim.kind,
-                    claim.bucket * 1000,
-                    usage_rows=batch.usage,
-                    session_rows=batch.sessions,
-                    ledger_entries=batch.ledger,
-                    outbox_events=batch.events,
-                )
-            except (Rejected, *_BAD_DATA) as exc:
-                rejected += 1
-                first_at = first_at or self._clock()
-                if rejected >= self._attempts:
-                    return _Rejection(describe(exc), rejected, first_at)
-                self.stats.write_errors += 1
-                log.warning(
-                    "flusher: store rejected %s (attempt %d of %d): %s",
-                    claim.batch_id,
-                    rejected,
-                    self._attempts,
-                    describe(exc),
-                )
-                if self._giving_up(delay):
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cap)
-            except Exception as exc:
-                self.stats.write_errors += 1
-                if self._giving_up(delay):
-                    log.warning("flusher: giving up on %s at shutdown: %r", claim.batch_id, exc)
-                    return None
-                log.warning(
-                    "flusher: writing %s failed (%r); retry in %.2fs", claim.batch_id, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cap)
-
-
-# ---------------------------------------------------------------- entry point
-
-
-async def serve_flusher(
-    settings: Settings,
-    *,
-    once: bool = False,
-    force: bool = False,
-    lease_s: float | None = None,
-    stop: asyncio.Event | None = None,
-    on_ready: Callable[[Flusher], None] | None = None,
-) -> PassResult:
-    """Run a flusher until ``stop`` (or SIGTERM/SIGINT); ``once``: drain, then return.
-
-    ``on_ready`` is called once Redis answered and the flusher is about to start.
-    """
-    import signal
-
-    from meter.redis_layer.client import connect, warm_up
-    from meter.store import open_store
-
-    client = connect(settings.redis_url)
-    await warm_up(client)
-    store = open_store(settings.store_url)
-    try:
-        flusher = Flusher(client, store, settings, lease_s=lease_s)
-        if once:
-            return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
-        if on_ready is not None:
-            on_ready(flusher)
-        await flusher.run(stop, force_on_stop=force)
-        return PassResult()
-    finally:
-        await store.close()
-        await client.aclose()
