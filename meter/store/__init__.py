@@ -24,20 +24,16 @@ from meter.store.models import (
     AuditEntry,
     Checkout,
     Collaborator,
-    DeadLetter,
-    FlushBatch,
     LedgerEntry,
     Licence,
     OutboxEvent,
     PoolTotals,
-    SessionRow,
     UpgradeRequest,
-    UsagePoint,
-    UsageRow,
     User,
     Workspace,
     now_ms,
 )
+from meter.store.usage_rows import DeadLetter, FlushBatch, SessionRow, UsagePoint, UsageRow
 
 __all__ = [
     "ApiToken",

@@ -9,19 +9,24 @@ from __future__ import annotations
 from abc import ABC
 
 from meter.store.accounts import Accounts
+from meter.store.apps import Apps
 from meter.store.channels import Channels
 from meter.store.console_sessions import ConsoleSessions
 from meter.store.directory import Directory
 from meter.store.flush import Flush
 from meter.store.ledger import Ledger
+from meter.store.licences import Licences
 from meter.store.outbox import Outbox
 from meter.store.payments import Payments
+from meter.store.sessions import Sessions
 from meter.store.tokens import Tokens
 from meter.store.usage import Usage
 
 
 class Store(
     Accounts,
+    Apps,
+    Licences,
     Channels,
     Directory,
     Tokens,
@@ -29,6 +34,7 @@ class Store(
     Ledger,
     Flush,
     Usage,
+    Sessions,
     Outbox,
     Payments,
     ABC,

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meter.store.accounts import _APP, _REQ, _WS, _app, _request, _workspace
+from meter.store.accounts import _WS, _workspace
+from meter.store.apps import _APP, _app
 from meter.store.db import StoreCore
+from meter.store.licences import _REQ, _request
 from meter.store.models import App, UpgradeRequest, Workspace
 
 WsRole = str  # "owner" | "member" | "collaborator" ("operator" is decided by the caller)

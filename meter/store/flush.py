@@ -28,18 +28,9 @@ from typing import Any
 
 from meter.store.db import Conn, StoreCore
 from meter.store.ledger import insert_ledger_entries, ledger_params
-from meter.store.models import (
-    REFUSAL_REASONS,
-    DeadLetter,
-    FlushBatch,
-    LedgerEntry,
-    OutboxEvent,
-    SessionRow,
-    UsageRow,
-    normalise_refused,
-    now_ms,
-)
+from meter.store.models import REFUSAL_REASONS, LedgerEntry, OutboxEvent, normalise_refused, now_ms
 from meter.store.outbox import insert_events
+from meter.store.usage_rows import DeadLetter, FlushBatch, SessionRow, UsageRow
 
 USAGE_KEY = ("workspace_id", "bucket_start", "app_id", "channel", "product", "unit")
 USAGE_COUNTERS = (

@@ -1,33 +1,26 @@
-"""Reading usage back: series by calendar period, totals, billing sessions, exports.
+"""Reading usage back: series by calendar period, totals, breakdowns, exports.
 
-Ranges are half-open ``[from_ms, to_ms)`` on the flush bucket start (usage) or on the
-billing session start (sessions). Exports are async iterators paging by key, so a
-large export neither holds a transaction nor loads everything in memory.
+Ranges are half-open ``[from_ms, to_ms)`` on the flush bucket start (billing sessions:
+:mod:`meter.store.sessions`). Exports are async iterators paging by key, so a large
+export neither holds a transaction nor loads everything in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection
-from contextlib import aclosing
 from typing import Any
 
 from meter.store.db import Row, StoreCore
-from meter.store.flush import SESSION_COLUMNS, USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
-from meter.store.models import (
-    GRANULARITIES,
-    REFUSAL_REASONS,
-    PoolTotals,
-    SessionRow,
-    UsagePoint,
-    UsageRow,
-)
+from meter.store.flush import USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
+from meter.store.models import GRANULARITIES, REFUSAL_REASONS, PoolTotals
 from meter.store.periods import next_period, period_start, sql_step
+from meter.store.usage_rows import UsagePoint, UsageRow
 
 _SUMS = ", ".join(f"CAST(SUM({c}) AS BIGINT) AS {c}" for c in USAGE_COUNTERS)
 PAGE = 1000
 
 
-def _filters(
+def filters(
     workspace_id: str | None,
     from_ms: int | None,
     to_ms: int | None,
@@ -37,6 +30,7 @@ def _filters(
     channel: str | None,
     product: str | None = None,
 ) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses (``1 = 1`` for none) and their arguments of a range read."""
     where: list[str] = []
     args: list[Any] = []
     for clause, value in (
@@ -105,22 +99,6 @@ def _usage_row(r: Row) -> UsageRow:
     )
 
 
-def _session(r: Row) -> SessionRow:
-    return SessionRow(
-        workspace_id=r["workspace_id"],
-        id=r["id"],
-        app_id=r["app_id"],
-        channel=r["channel"],
-        channel_user=r["channel_user"],
-        product=r["product"],
-        start_ms=int(r["start_ms"]),
-        end_ms=int(r["end_ms"]),
-        messages=int(r["messages"]),
-        amount=int(r["amount"]),
-        seq=int(r["seq"]),
-    )
-
-
 class Usage(StoreCore):
     async def usage_series(
         self,
@@ -142,7 +120,7 @@ class Usage(StoreCore):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         step = sql_step(granularity)
-        where, args = _filters(
+        where, args = filters(
             workspace_id, from_ms, to_ms, "bucket_start", app_id, app_ids, channel, product
         )
         sql = (
@@ -172,7 +150,7 @@ class Usage(StoreCore):
         channel: str | None = None,
     ) -> UsagePoint:
         """Sums over everything matching (all workspaces when ``workspace_id`` is None)."""
-        where, args = _filters(workspace_id, from_ms, to_ms, "bucket_start", app_id, None, channel)
+        where, args = filters(workspace_id, from_ms, to_ms, "bucket_start", app_id, None, channel)
         async with self.connection() as c:
             rows = await c.fetch(
                 f"SELECT unit, {_SUMS} FROM usage_buckets WHERE {' AND '.join(where)} "
@@ -210,7 +188,7 @@ class Usage(StoreCore):
         page: int = PAGE,
     ) -> AsyncGenerator[UsageRow, None]:
         """Raw usage rows in key order (all workspaces when ``workspace_id`` is None)."""
-        where, args = _filters(
+        where, args = filters(
             workspace_id, from_ms, to_ms, "bucket_start", app_id, app_ids, channel
         )
         key = ", ".join(USAGE_KEY)
@@ -229,88 +207,6 @@ class Usage(StoreCore):
                 return
             after = tuple(rows[-1][k] for k in USAGE_KEY)
 
-    async def iter_sessions(
-        self,
-        workspace_id: str,
-        from_ms: int,
-        to_ms: int,
-        *,
-        app_id: str | None = None,
-        app_ids: Collection[str] | None = None,
-        channel: str | None = None,
-        page: int = PAGE,
-    ) -> AsyncGenerator[SessionRow, None]:
-        """Billing sessions that started in ``[from_ms, to_ms)``, by start then id."""
-        where, args = _filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
-        base = (
-            f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions WHERE {' AND '.join(where)}"
-        )
-        after: tuple[int, str] | None = None
-        while True:
-            sql, extra = base, []
-            if after is not None:
-                sql += " AND (start_ms, id) > (?, ?)"
-                extra = list(after)
-            async with self.connection() as c:
-                rows = await c.fetch(f"{sql} ORDER BY start_ms, id LIMIT ?", *args, *extra, page)
-            for r in rows:
-                yield _session(r)
-            if len(rows) < page:
-                return
-            after = (int(rows[-1]["start_ms"]), rows[-1]["id"])
-
-    async def sessions(
-        self,
-        workspace_id: str,
-        from_ms: int,
-        to_ms: int,
-        *,
-        app_id: str | None = None,
-        app_ids: Collection[str] | None = None,
-        channel: str | None = None,
-        limit: int | None = None,
-    ) -> list[SessionRow]:
-        """Like :meth:`iter_sessions`, collected (at most ``limit`` rows)."""
-        out: list[SessionRow] = []
-        rows = self.iter_sessions(
-            workspace_id, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
-        )
-        async with aclosing(rows):
-            async for s in rows:
-                out.append(s)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
-
-    async def sessions_page(
-        self,
-        workspace_id: str,
-        from_ms: int,
-        to_ms: int,
-        *,
-        app_id: str | None = None,
-        app_ids: Collection[str] | None = None,
-        channel: str | None = None,
-        after: tuple[int, str] | None = None,
-        desc: bool = False,
-        limit: int = PAGE,
-    ) -> list[SessionRow]:
-        """Billing sessions that started in ``[from_ms, to_ms)`` ordered by
-        ``(start_ms, id)`` (newest first with ``desc``), after the key ``after``."""
-        where, args = _filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
-        if after is not None:
-            where.append(f"(start_ms, id) {'<' if desc else '>'} (?, ?)")
-            args.extend(after)
-        order = "start_ms DESC, id DESC" if desc else "start_ms, id"
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions "
-                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
-                *args,
-                limit,
-            )
-        return [_session(r) for r in rows]
-
     async def usage_breakdown(
         self,
         workspace_id: str,
@@ -328,7 +224,7 @@ class Usage(StoreCore):
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         col = {"app": "app_id", "channel": "channel"}[by]
         step = sql_step(granularity)
-        where, args = _filters(
+        where, args = filters(
             workspace_id, from_ms, to_ms, "bucket_start", app_id, app_ids, channel
         )
         sql = (

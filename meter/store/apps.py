@@ -1,0 +1,119 @@
+"""Apps and their collaborators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meter.store.db import Row, StoreCore
+from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
+
+_APP = (
+    "id, workspace_id, name, product, owner_id, upstream_url, use_free_credits, suspended, "
+    "created_at, shadow"
+)
+
+
+def _app(r: Row) -> App:
+    return App(
+        id=r["id"],
+        workspace_id=r["workspace_id"],
+        name=r["name"],
+        product=r["product"],
+        owner_id=r["owner_id"],
+        created_at=int(r["created_at"]),
+        upstream_url=r["upstream_url"],
+        use_free_credits=bool(r["use_free_credits"]),
+        suspended=bool(r["suspended"]),
+        shadow=bool(r["shadow"]),
+    )
+
+
+class Apps(StoreCore):
+    """App rows. Unique violations raise ``Conflict``."""
+
+    async def create_app(self, app: App) -> None:
+        a = app
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO apps ({_APP}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                a.id,
+                a.workspace_id,
+                a.name,
+                a.product,
+                a.owner_id,
+                a.upstream_url,
+                a.use_free_credits,
+                a.suspended,
+                a.created_at,
+                a.shadow,
+            )
+
+    async def get_app(self, app_id: str) -> App | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(f"SELECT {_APP} FROM apps WHERE id = ?", app_id)
+        return _app(r) if r else None
+
+    async def list_apps(self, workspace_id: str, *, owner_id: str | None = None) -> list[App]:
+        sql = f"SELECT {_APP} FROM apps WHERE workspace_id = ?"
+        args: list[Any] = [workspace_id]
+        if owner_id is not None:
+            sql += " AND owner_id = ?"
+            args.append(owner_id)
+        async with self.connection() as c:
+            rows = await c.fetch(sql + " ORDER BY created_at, id", *args)
+        return [_app(r) for r in rows]
+
+    async def update_app(self, app_id: str, **changes: Any) -> App | None:
+        """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
+        ``suspended`` or ``shadow``; return the updated app, ``None`` if it does not exist."""
+        unknown = set(changes) - APP_FIELDS
+        if unknown:
+            raise ValueError(f"cannot change app fields {sorted(unknown)}")
+        if not changes:
+            return await self.get_app(app_id)
+        names = sorted(changes)
+        sets = ", ".join(f"{n} = ?" for n in names)
+        async with self.connection() as c:
+            r = await c.fetchrow(
+                f"UPDATE apps SET {sets} WHERE id = ? RETURNING {_APP}",
+                *(changes[n] for n in names),
+                app_id,
+            )
+        return _app(r) if r else None
+
+    # ---------------------------------------------------------- collaborators
+
+    async def add_collaborator(self, app_id: str, user_id: str, role: Role) -> None:
+        """Invite a collaborator, or change the role of an existing one."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        async with self.connection() as c:
+            await c.execute(
+                "INSERT INTO collaborators (app_id, user_id, role) VALUES (?, ?, ?) "
+                "ON CONFLICT (app_id, user_id) DO UPDATE SET role = excluded.role",
+                app_id,
+                user_id,
+                role,
+            )
+
+    async def remove_collaborator(self, app_id: str, user_id: str) -> bool:
+        async with self.connection() as c:
+            n = await c.execute(
+                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
+            )
+        return n > 0
+
+    async def get_collaborator_role(self, app_id: str, user_id: str) -> Role | None:
+        async with self.connection() as c:
+            role: Role | None = await c.fetchval(
+                "SELECT role FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
+            )
+        return role
+
+    async def list_collaborators(self, app_id: str) -> list[Collaborator]:
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT app_id, user_id, role FROM collaborators WHERE app_id = ? ORDER BY user_id",
+                app_id,
+            )
+        return [Collaborator(r["app_id"], r["user_id"], r["role"]) for r in rows]

@@ -1,0 +1,129 @@
+"""Licences of enterprise workspaces and the upgrade requests that lead to them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from meter.store.db import Conn, Row, StoreCore, dumps, loads
+from meter.store.models import Licence, UpgradeRequest, now_ms
+
+_REQ = "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
+
+
+def _request(r: Row) -> UpgradeRequest:
+    return UpgradeRequest(
+        id=r["id"],
+        workspace_id=r["workspace_id"],
+        products=tuple(loads(r["products"])),
+        message=r["message"],
+        status=r["status"],
+        created_at=int(r["created_at"]),
+        granted_at=r["granted_at"],
+        decided_at=r["decided_at"],
+        reason=r["reason"],
+    )
+
+
+def _licence(r: Row) -> Licence:
+    return Licence(
+        r["workspace_id"],
+        r["product"],
+        int(r["usage_limit"]),
+        int(r["per_minute"]),
+        int(r["per_hour"]),
+    )
+
+
+class Licences(StoreCore):
+    """Licence and upgrade-request rows."""
+
+    async def get_licences(self, workspace_id: str) -> list[Licence]:
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT workspace_id, product, usage_limit, per_minute, per_hour FROM licences "
+                "WHERE workspace_id = ? ORDER BY product",
+                workspace_id,
+            )
+        return [_licence(r) for r in rows]
+
+    async def set_licences(self, workspace_id: str, licences: Sequence[Licence]) -> None:
+        """Replace the workspace's licences with ``licences`` (one per product)."""
+        async with self.transaction() as c:
+            await _replace_licences(c, workspace_id, licences)
+
+    async def upgrade_workspace(self, workspace_id: str, licences: Sequence[Licence]) -> bool:
+        """Make the workspace enterprise with exactly these licences and grant its open
+        upgrade requests, in one transaction; ``False`` if there is no such workspace."""
+        now = now_ms()
+        async with self.transaction() as c:
+            n = await c.execute(
+                "UPDATE workspaces SET type = 'enterprise' WHERE id = ?", workspace_id
+            )
+            if n == 0:
+                return False
+            await _replace_licences(c, workspace_id, licences)
+            await c.execute(
+                "UPDATE upgrade_requests SET status = 'granted', granted_at = ?, decided_at = ? "
+                "WHERE workspace_id = ? AND status = 'open'",
+                now,
+                now,
+                workspace_id,
+            )
+        return True
+
+    # ------------------------------------------------------- upgrade requests
+
+    async def create_upgrade_request(self, request: UpgradeRequest) -> None:
+        q = request
+        async with self.connection() as c:
+            await c.execute(
+                f"INSERT INTO upgrade_requests ({_REQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                q.id,
+                q.workspace_id,
+                dumps(list(q.products)),
+                q.message,
+                q.status,
+                q.created_at,
+                q.granted_at,
+                q.decided_at,
+                q.reason,
+            )
+
+    async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:
+        async with self.connection() as c:
+            r = await c.fetchrow(f"SELECT {_REQ} FROM upgrade_requests WHERE id = ?", request_id)
+        return _request(r) if r else None
+
+    async def list_upgrade_requests(
+        self, *, status: str | None = "open", workspace_id: str | None = None
+    ) -> list[UpgradeRequest]:
+        """Upgrade requests, oldest first (``status=None`` for all)."""
+        where, args = ["1 = 1"], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if workspace_id is not None:
+            where.append("workspace_id = ?")
+            args.append(workspace_id)
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {_REQ} FROM upgrade_requests WHERE {' AND '.join(where)} "
+                "ORDER BY created_at, id",
+                *args,
+            )
+        return [_request(r) for r in rows]
+
+
+async def _replace_licences(c: Conn, workspace_id: str, licences: Sequence[Licence]) -> None:
+    if any(lic.workspace_id != workspace_id for lic in licences):
+        raise ValueError("licence belongs to another workspace")
+    await c.execute("DELETE FROM licences WHERE workspace_id = ?", workspace_id)
+    if licences:
+        await c.executemany(
+            "INSERT INTO licences (workspace_id, product, usage_limit, per_minute, per_hour) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (lic.workspace_id, lic.product, lic.usage_limit, lic.per_minute, lic.per_hour)
+                for lic in licences
+            ],
+        )

@@ -1,0 +1,114 @@
+"""Reading billing sessions back: by page, collected, or as an export iterator.
+
+Ranges are half-open ``[from_ms, to_ms)`` on the billing session start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
+
+from meter.store.db import Row, StoreCore
+from meter.store.flush import SESSION_COLUMNS
+from meter.store.usage import PAGE, filters
+from meter.store.usage_rows import SessionRow
+
+
+def _session(r: Row) -> SessionRow:
+    return SessionRow(
+        workspace_id=r["workspace_id"],
+        id=r["id"],
+        app_id=r["app_id"],
+        channel=r["channel"],
+        channel_user=r["channel_user"],
+        product=r["product"],
+        start_ms=int(r["start_ms"]),
+        end_ms=int(r["end_ms"]),
+        messages=int(r["messages"]),
+        amount=int(r["amount"]),
+        seq=int(r["seq"]),
+    )
+
+
+class Sessions(StoreCore):
+    async def iter_sessions(
+        self,
+        workspace_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        app_id: str | None = None,
+        app_ids: Collection[str] | None = None,
+        channel: str | None = None,
+        page: int = PAGE,
+    ) -> AsyncGenerator[SessionRow, None]:
+        """Billing sessions that started in ``[from_ms, to_ms)``, by start then id."""
+        where, args = filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
+        base = (
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions WHERE {' AND '.join(where)}"
+        )
+        after: tuple[int, str] | None = None
+        while True:
+            sql, extra = base, []
+            if after is not None:
+                sql += " AND (start_ms, id) > (?, ?)"
+                extra = list(after)
+            async with self.connection() as c:
+                rows = await c.fetch(f"{sql} ORDER BY start_ms, id LIMIT ?", *args, *extra, page)
+            for r in rows:
+                yield _session(r)
+            if len(rows) < page:
+                return
+            after = (int(rows[-1]["start_ms"]), rows[-1]["id"])
+
+    async def sessions(
+        self,
+        workspace_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        app_id: str | None = None,
+        app_ids: Collection[str] | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRow]:
+        """Like :meth:`iter_sessions`, collected (at most ``limit`` rows)."""
+        out: list[SessionRow] = []
+        rows = self.iter_sessions(
+            workspace_id, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+        )
+        async with aclosing(rows):
+            async for s in rows:
+                out.append(s)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def sessions_page(
+        self,
+        workspace_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        app_id: str | None = None,
+        app_ids: Collection[str] | None = None,
+        channel: str | None = None,
+        after: tuple[int, str] | None = None,
+        desc: bool = False,
+        limit: int = PAGE,
+    ) -> list[SessionRow]:
+        """Billing sessions that started in ``[from_ms, to_ms)`` ordered by
+        ``(start_ms, id)`` (newest first with ``desc``), after the key ``after``."""
+        where, args = filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
+        if after is not None:
+            where.append(f"(start_ms, id) {'<' if desc else '>'} (?, ?)")
+            args.extend(after)
+        order = "start_ms DESC, id DESC" if desc else "start_ms, id"
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions "
+                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
+                *args,
+                limit,
+            )
+        return [_session(r) for r in rows]
