@@ -25,20 +25,12 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.metric_buffer import MetricBuffer
+from meter.refusals import COUNTED
 
 OUTCOMES = ("admitted", "refused", "unmetered", "error")
 POOLS = ("free", "app", "pool")
 UPSTREAM_OUTCOMES = ("ok", "5xx", "connect", "timeout")
-REFUSALS = (
-    "unknown_app",
-    "credits_exhausted",
-    "free_credits_expired",
-    "product_not_licensed",
-    "app_suspended",
-    "rate_limited",
-    "usage_limit_reached",
-    "metering_unavailable",
-)
+REFUSALS = COUNTED  # labels declared up front (meter.refusals); others appear when seen
 FLUSH_KINDS = ("usage", "sessions", "events")
 OTHER = "other"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

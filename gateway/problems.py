@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.forwarding import InvalidTail
 from meter.admission.decision import Decision
 from meter.errors import InvalidChannelUser, InvalidInput, MeteringUnavailable, NotFound
+from meter.refusals import Refusal
 
 PROBLEM_CODE = web.ResponseKey("problem_code", str)
 
@@ -27,21 +28,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:creditgate:problem:"
 
-# Status and title of each refusal of admit.lua (docs/design.md §3).
-REFUSAL_STATUS: dict[str, tuple[int, str]] = {
-    "unknown_app": (404, "Unknown app"),
-    "credits_exhausted": (402, "Credits exhausted"),
-    "free_credits_expired": (402, "Free credits expired"),
-    "product_not_licensed": (403, "Product not licensed"),
-    "app_suspended": (403, "App suspended"),
-    "rate_limited": (429, "Rate limited"),
-    "usage_limit_reached": (429, "Usage limit reached"),
-    "duplicate_delivery": (409, "Duplicate delivery"),
-    "invalid_channel_user": (400, "Invalid channel user"),
-    # channel authentication (gateway/channel_auth.py), decided before admission
-    "invalid_channel_signature": (401, "Invalid channel signature"),
-    "channel_not_authenticated": (403, "Channel not authenticated"),
-}
+# Status and title of each refusal (docs/design.md §3), from meter.refusals.Refusal.
+REFUSAL_STATUS: dict[str, tuple[int, str]] = {r.reason: (r.status, r.title) for r in Refusal}
 
 
 class Problem(Exception):

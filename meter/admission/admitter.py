@@ -24,14 +24,12 @@ from meter.admission.refunds import Refunds
 from meter.admission.wire import (
     MAX_KEY_LEN,
     MAX_USER_LEN,
+    AdmitArgs,
+    AdmitHead,
     Pending,
-    admission_arg,
     check_channel_text,
     fail,
     resolve,
-    settlement_arg,
-    static_argv,
-    tail_argv,
 )
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -89,13 +87,12 @@ class Admitter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
         self._token_prefix = os.urandom(5).hex() + "."
-        self._static = static_argv(settings)
-        self._tail = tail_argv(settings)
+        self._head = AdmitHead.of(settings, 0.0)
 
     def argv_head(self, now: float) -> list[EncodableT]:
-        """``admit.lua``'s ARGV before the admissions (its ARGV[1..15]), as of ``now``;
-        each admission then follows as one ``app\tchannel\tuser\tkey\ttoken\tkind``."""
-        return [int(now * 1000), *self._static, billing_period(now), *self._tail]
+        """``admit.lua``'s ARGV before the admissions (:class:`AdmitHead`), as of ``now``;
+        each admission then follows as one :class:`AdmitArgs`."""
+        return list(self._head._replace(now_ms=int(now * 1000), period=billing_period(now)))
 
     def new_token(self) -> str:
         """A token unique to this process and attempt."""
@@ -129,7 +126,7 @@ class Admitter:
             return unknown_app(key, token)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
-        arg = admission_arg(app_id, channel, user, key, token, kind, digest)
+        arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).encode()
         item = Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
         batch = self._pending.get(ws)
         if batch is None:
@@ -265,7 +262,7 @@ class Admitter:
         if ws is None:
             return unknown_app(key, token)
         head = self.argv_head(at)
-        arg = settlement_arg(app_id, channel, user, key, token, kind)
+        arg = AdmitArgs(app_id, channel, user, key, token, kind).settled().encode()
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
         pending = Pending(arg, key, token, rid, loop.create_future())

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+from meter.refusals import REASONS, Code
+
+__all__ = ["REASONS", "Code", "Decision", "Kind", "unknown_app"]
 
 Kind = Literal["m", "n", "c"]  # message, notification, check (WebSocket upgrade)
-
-
-class Code(IntEnum):
-    """Result codes of ``admit.lua`` (0 admitted, the rest refusals)."""
-
-    ADMITTED = 0
-    UNKNOWN_APP = 1
-    APP_SUSPENDED = 2
-    PRODUCT_NOT_LICENSED = 3
-    RATE_LIMITED = 4
-    USAGE_LIMIT_REACHED = 5
-    CREDITS_EXHAUSTED = 6
-    FREE_CREDITS_EXPIRED = 7
-    DUPLICATE_DELIVERY = 8
-    INVALID_CHANNEL_USER = 9  # a malformed member of a batch (the edge should stop these)
-
-
-REASONS: dict[int, str] = {c.value: c.name.lower() for c in Code if c is not Code.ADMITTED}
 
 
 class Decision(NamedTuple):
@@ -43,6 +28,29 @@ class Decision(NamedTuple):
     token: str
     rid: str  # the charge record's id (meter.redis_layer.keys.record_id)
     shadowed: int = 0  # shadow mode: the code of the refusal counted instead of applied
+
+    @classmethod
+    def from_reply(cls, raw: list[Any], i: int, key: str, token: str, rid: str) -> Decision:
+        """The ``i``-th decision of an ``admit.lua`` reply: nine values per admission,
+        ``code, units, free, app, pool, invoiced, retry_after_ms, bsid, flags`` (flags: 1
+        duplicate, 2 opened a billing session, plus 8 x the code shadow mode counted)."""
+        j = i * 9
+        flags = raw[j + 8]
+        bsid = raw[j + 7]
+        # tuple.__new__ is what Decision(...) does, minus a Python-level call per item.
+        return tuple.__new__(
+            cls,
+            (
+                *raw[j : j + 7],
+                bsid.decode() if isinstance(bsid, bytes) else str(bsid),
+                bool(flags & 1),
+                bool(flags & 2),
+                key,
+                token,
+                rid,
+                flags >> 3,
+            ),
+        )
 
     @property
     def admitted(self) -> bool:

@@ -1,9 +1,10 @@
 """The encoding between :class:`~meter.admission.admitter.Admitter` and ``admit.lua``.
 
-ARGV is a head (:func:`static_argv`, then the billing period, then :func:`tail_argv`)
-followed by one tab-separated argument per admission; the reply is nine values per
-admission, read back into :class:`~meter.admission.decision.Decision` by :func:`resolve`
-(:func:`fail` when there is none).
+ARGV is a head (:class:`AdmitHead`, ARGV[1..15]) followed by one argument per admission
+(:class:`AdmitArgs`, fields joined by tabs); the reply is nine values per admission, read
+back by :meth:`~meter.admission.decision.Decision.from_reply` (:func:`resolve` hands each
+waiter its own, :func:`fail` tells them all there is none). Refusal codes and reasons:
+:mod:`meter.refusals`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
-from redis.typing import EncodableT
 
 from config import Settings
-from meter.admission.decision import Decision, Kind
+from meter.admission.decision import Decision
 from meter.errors import InvalidChannelUser, MeteringUnavailable
+from meter.redis_layer.periods import billing_period
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +42,75 @@ def check_channel_text(field: str, value: str, limit: int = MAX_USER_LEN) -> Non
         raise InvalidChannelUser(field, "must be printable UTF-8 text")
 
 
-def static_argv(s: Settings) -> tuple[EncodableT, ...]:
-    """``admit.lua``'s ARGV[2..11]: what the settings fix for the process's lifetime."""
-    return (
-        int(s.session_block_s * 1000),
-        int(s.session_idle_s * 1000),
-        int(s.idempotency_ttl_s * 1000),
-        s.flush_bucket_s,
-        s.low_balance_threshold,
-        "p" if s.deduction_order == "paid_first" else "f",
-        s.rate_per_minute,
-        s.rate_per_hour,
-        int(s.rate_minute_window_s * 1000),
-        int(s.rate_hour_window_s * 1000),
-    )
+class AdmitHead(NamedTuple):
+    """``admit.lua``'s ARGV[1..15] by name, in the script's order (its header says what
+    each means; tests/unit/test_protocol.py pins the count)."""
+
+    now_ms: int
+    block_ms: int
+    idle_ms: int
+    idempotency_ttl_ms: int
+    flush_bucket_s: int
+    low_threshold: int
+    order: str  # "f" free first | "p" paid first
+    per_minute: int
+    per_hour: int
+    minute_window_ms: int
+    hour_window_ms: int
+    period: str  # enterprise billing period, "YYYYMM"
+    refund_ttl_ms: int
+    max_deliveries: int
+    reserve_ms: int
+
+    @classmethod
+    def of(cls, s: Settings, now: float) -> AdmitHead:
+        # A charge record without a channel key lives as long as the bot may take, and
+        # at least as long as its reservation (the sweeper refunds from the record).
+        reserve_ms = int(s.refund_window_s * 1000)
+        bot_ms = int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000)
+        return cls(
+            now_ms=int(now * 1000),
+            block_ms=int(s.session_block_s * 1000),
+            idle_ms=int(s.session_idle_s * 1000),
+            idempotency_ttl_ms=int(s.idempotency_ttl_s * 1000),
+            flush_bucket_s=s.flush_bucket_s,
+            low_threshold=s.low_balance_threshold,
+            order="p" if s.deduction_order == "paid_first" else "f",
+            per_minute=s.rate_per_minute,
+            per_hour=s.rate_per_hour,
+            minute_window_ms=int(s.rate_minute_window_s * 1000),
+            hour_window_ms=int(s.rate_hour_window_s * 1000),
+            period=billing_period(now),
+            refund_ttl_ms=max(bot_ms, reserve_ms) + 60_000,
+            max_deliveries=s.idempotency_max_deliveries,
+            reserve_ms=reserve_ms,
+        )
 
 
-def tail_argv(s: Settings) -> tuple[EncodableT, ...]:
-    """``admit.lua``'s ARGV[13..15]: charge-record TTL, deliveries per key, reservation."""
-    # A charge record without a channel key lives as long as the bot may take, and
-    # at least as long as its reservation (the sweeper refunds from the record).
-    reserve_ms = int(s.refund_window_s * 1000)
-    refund_ttl_ms = (
-        max(int((s.upstream_connect_timeout_s + s.upstream_read_timeout_s) * 1000), reserve_ms)
-        + 60_000
-    )
-    return (refund_ttl_ms, s.idempotency_max_deliveries, reserve_ms)
+class AdmitArgs(NamedTuple):
+    """One admission, ``admit.lua``'s ARGV[16..]: one argument each, these fields joined
+    by tabs in this order. No field holds a tab (ids and channels are ``[a-z0-9_-]``,
+    users and keys pass :func:`check_channel_text`, tokens are hex, digests alphanumeric).
 
+    ``kind``: ``m`` message, ``n`` notification, ``c`` check; ``M``/``N`` the same settled
+    after a fail-open outage (:meth:`settled`).
+    """
 
-def admission_arg(
-    app_id: str, channel: str, user: str, key: str, token: str, kind: Kind, digest: str
-) -> bytes:
-    """One admission as ``admit.lua`` reads it (encoded here, so a value Redis cannot
-    take fails this message alone)."""
-    return f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}\t{digest}".encode()
+    app_id: str
+    channel: str
+    user: str
+    key: str  # the channel's idempotency key, or ""
+    token: str
+    kind: str
+    digest: str = ""
 
+    def encode(self) -> bytes:
+        """Encoded here, so a value Redis cannot take fails this message alone."""
+        return "\t".join(self).encode()
 
-def settlement_arg(app_id: str, channel: str, user: str, key: str, token: str, kind: Kind) -> bytes:
-    """A fail-open settlement: the kind in upper case tells ``admit.lua`` it was served."""
-    return f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind.upper()}".encode()
+    def settled(self) -> AdmitArgs:
+        """The same message, charged as of when it was served (fail-open settlement)."""
+        return self._replace(kind=self.kind.upper())
 
 
 class Pending(NamedTuple):
@@ -94,29 +125,11 @@ class Pending(NamedTuple):
 
 def resolve(chunk: list[Pending], raw: list[Any]) -> None:
     """Hand each waiter of ``chunk`` its decision from ``admit.lua``'s reply ``raw``."""
-    new = tuple.__new__  # what Decision(...) does, minus a Python-level call per item
+    from_reply = Decision.from_reply
     for i, p in enumerate(chunk):
         fut = p.future
-        if fut.done():  # the caller gave up (cancelled)
-            continue
-        j = i * 9
-        flags = raw[j + 8]
-        bsid = raw[j + 7]
-        fut.set_result(
-            new(
-                Decision,
-                (
-                    *raw[j : j + 7],
-                    bsid.decode() if isinstance(bsid, bytes) else str(bsid),
-                    bool(flags & 1),
-                    bool(flags & 2),
-                    p.key,
-                    p.token,
-                    p.rid,
-                    flags >> 3,
-                ),
-            )
-        )
+        if not fut.done():  # else the caller gave up (cancelled)
+            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid))
 
 
 def fail(chunk: list[Pending], exc: BaseException) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meter.refusals import COUNTED
+
 WorkspaceType = Literal["standard", "enterprise"]
 Role = Literal["developer", "tester", "viewer"]
 LedgerKind = Literal["grant_free", "lapse", "topup", "refund_adjust", "reconcile"]
@@ -30,17 +32,8 @@ APP_FIELDS: frozenset[str] = frozenset(
 )
 # Refusal reasons kept as one counter column each (``refused_<reason>``); a reason not in
 # this list is counted under ``other`` rather than dropped.
-REFUSAL_REASONS: tuple[str, ...] = (
-    "unknown_app",
-    "credits_exhausted",
-    "free_credits_expired",
-    "product_not_licensed",
-    "app_suspended",
-    "rate_limited",
-    "usage_limit_reached",
-    "metering_unavailable",
-    "other",
-)
+# The counted refusals of meter.refusals, in their (column) order.
+REFUSAL_REASONS: tuple[str, ...] = (*COUNTED, "other")
 
 
 def now_ms() -> int:

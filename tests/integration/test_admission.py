@@ -537,21 +537,3 @@ async def test_a_new_free_grant_lapses_expired_credits_first(single: RedisClient
     assert (await events(single, w.ws)).count("free_credits.expired") == 1
     ds = [await admitter(single, cfg, clock).admit(w.apps[0], "web", f"u{i}") for i in range(6)]
     assert [d.units for d in ds] == [1] * 5 + [0]  # only the new $1 is spendable
-
-
-def test_the_python_side_speaks_admit_lua_s_argument_and_reason_tables() -> None:
-    """admit.lua's ARGV layout and refusal codes, pinned to what Python sends and reads."""
-    import re
-
-    from config import load_settings
-    from meter.admission.admitter import Admitter
-    from meter.admission.decision import REASONS
-    from meter.redis_layer.client import connect
-    from meter.redis_layer.scripts import lua_source
-
-    src = lua_source("admit")
-    first = int(re.search(r"^local FIRST = (\d+)$", src, re.M).group(1))  # type: ignore[union-attr]
-    adm = Admitter(connect("redis://127.0.0.1:1/0"), load_settings(env={}))  # never connects
-    assert len(adm.argv_head(0.0)) == first - 1
-    lua = dict(re.findall(r"\[(\d+)\] = '(\w+)'", src.split("local REASON = {", 1)[1]))
-    assert {int(k): v for k, v in lua.items()} == REASONS

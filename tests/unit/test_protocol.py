@@ -1,0 +1,85 @@
+"""The Python <-> Lua protocol of admission, pinned to the scripts' text.
+
+admit.lua's ARGV head and admission layout (meter.admission.wire), its reply
+(Decision.from_reply) and its refusal table (meter.refusals), and what the gateway and
+the store derive from that one table.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.metrics import REFUSALS
+from gateway.problems import REFUSAL_STATUS
+from meter.admission.decision import Decision
+from meter.admission.wire import AdmitArgs, AdmitHead
+from meter.redis_layer.scripts import lua_source
+from meter.refusals import COUNTED, REASONS, Code, Refusal
+from meter.store.models import REFUSAL_REASONS
+
+ADMIT = lua_source("admit")
+
+
+def lua_code(src: str) -> str:
+    """The source without its comments."""
+    return re.sub(r"--[^\n]*", "", src)
+
+
+def test_admit_lua_reason_table_is_the_refusal_enum() -> None:
+    table = lua_code(ADMIT).split("local REASON = {", 1)[1].split("}", 1)[0]
+    lua = {int(k): v for k, v in re.findall(r"\[(\d+)\] = '(\w+)'", table)}
+    assert lua == REASONS
+    assert {c for c in Code if c is not Code.ADMITTED} == set(REASONS)
+    for code, reason in lua.items():
+        assert Refusal(reason).code == code
+
+
+def test_admit_head_is_argv_1_to_15() -> None:
+    first = int(re.search(r"^local FIRST = (\d+)$", ADMIT, re.M).group(1))  # type: ignore[union-attr]
+    assert len(AdmitHead._fields) == first - 1
+    read = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", lua_code(ADMIT))}
+    assert read == set(range(1, first))
+
+
+def test_an_admission_argument_parses_as_admit_lua_reads_it() -> None:
+    pattern = re.search(r"^local ARG_RE = '([^']+)'$", ADMIT, re.M).group(1)  # type: ignore[union-attr]
+    as_python = pattern.replace("\\t", "\t").replace("%w", "[0-9A-Za-z]")
+    args = AdmitArgs("ws01_app1", "slack", "U 1/é", "ev-1", "ab12.3f", "m", "d00d")
+    m = re.fullmatch(as_python.strip("^$"), args.encode().decode())
+    assert m is not None
+    assert m.group(1) == "ws01_app1\tslack\tU 1/é"  # the billing session's field
+    assert m.groups()[1:] == tuple(args)
+    settled = re.fullmatch(as_python.strip("^$"), args.settled().encode().decode())
+    assert settled is not None and settled.group(7) == "M"
+
+
+def test_decision_from_reply() -> None:
+    raw = [0, 1, 5, 6, 7, 0, 0, b"s9", 2, 4, 0, 0, 0, 0, 0, 1500, b"", 1 + 8 * 6]
+    opened = Decision.from_reply(raw, 0, "", "t1", "t:t1")
+    assert (opened.code, opened.units, opened.free, opened.charged) == (0, 1, 5, 18)
+    assert (opened.bsid, opened.new_session, opened.duplicate) == ("s9", True, False)
+    refused = Decision.from_reply(raw, 1, "k", "t2", "k:web\tu\tk")
+    assert (refused.reason, refused.retry_after_ms, refused.duplicate) == (
+        "rate_limited",
+        1500,
+        True,
+    )
+    assert refused.shadow_reason == "credits_exhausted"
+
+
+def test_problems_metrics_and_store_derive_from_the_enum() -> None:
+    assert {r.reason: (r.status, r.title) for r in Refusal} == REFUSAL_STATUS
+    assert REFUSAL_STATUS["rate_limited"] == (429, "Rate limited")
+    assert REFUSALS == COUNTED
+    # The store's columns, in the order its (append-only) migrations created them.
+    assert REFUSAL_REASONS == (
+        "unknown_app",
+        "credits_exhausted",
+        "free_credits_expired",
+        "product_not_licensed",
+        "app_suspended",
+        "rate_limited",
+        "usage_limit_reached",
+        "metering_unavailable",
+        "other",
+    )
