@@ -184,12 +184,13 @@ async def seed_demo(settings: Settings, bot_url: str) -> Seeded:
 
 async def _seed_store(settings: Settings, client: Any, bot_url: str) -> Seeded:
     from meter.accounts import apps, credits, workspaces
+    from meter.accounts.deps import Deps
     from meter.store import open_store
 
     store = open_store(settings.store_url)
     try:
         await store.migrate()
-        d = workspaces.Deps(store, client, settings, load_catalog(settings.catalog_path))
+        d = Deps(store, client, settings, load_catalog(settings.catalog_path))
         user, token = await workspaces.create_user(d, "operator", "owner@demo.example", "Demo")
         ws = await workspaces.create_workspace(d, user.id, "Demo workspace")
         ample = await apps.create_app(d, user.id, ws, "Ample bot", "automation", bot_url)

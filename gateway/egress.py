@@ -25,7 +25,8 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
-from meter.accounts.egress import EgressRefused, Policy, check_host_name, parse_ip
+from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
+from meter.accounts.egress import Policy
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 MAX_VERDICTS = 10_000  # destinations whose verdict the middleware remembers

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.appkeys import CATALOG, CLOCK, METRICS, REDIS, SETTINGS, STORE
 from meter.accounts import projection_check
-from meter.accounts.workspaces import Deps
+from meter.accounts.deps import Deps
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Sweeper, replay
 from meter.usage.batches import Batch

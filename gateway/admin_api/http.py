@@ -30,8 +30,8 @@ from gateway.admin_api.access import Access, Grant
 from gateway.admin_api.schemas import PATTERN_HINTS
 from gateway.problems import CONTENT_TYPE, problem_response
 from meter.accounts.authz import ANONYMOUS, Principal, authenticate
+from meter.accounts.deps import Deps
 from meter.accounts.payments import PaymentsNotConfigured, ProviderError
-from meter.accounts.workspaces import Deps
 from meter.errors import (
     Conflict,
     Forbidden,

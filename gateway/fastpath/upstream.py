@@ -19,7 +19,8 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.egress import GuardedResolver, Verdicts
-from meter.accounts.egress import Policy, parse_ip
+from meter.accounts.addresses import parse_ip
+from meter.accounts.egress import Policy
 
 log = logging.getLogger(__name__)
 IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)

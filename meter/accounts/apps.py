@@ -12,14 +12,8 @@ from typing import Any
 
 from config.catalog import PRODUCTS
 from meter.accounts import projection
-from meter.accounts.workspaces import (
-    Deps,
-    announce,
-    audit,
-    check_reachable,
-    check_text,
-    existing_user,
-)
+from meter.accounts.deps import Deps, announce, audit, check_reachable, check_text
+from meter.accounts.workspaces import existing_user
 from meter.errors import Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.store import App, Workspace

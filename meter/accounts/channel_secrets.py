@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from config import Settings, SettingsError
-from meter.accounts.workspaces import Deps, announce, audit
+from meter.accounts.deps import Deps, announce, audit
 from meter.errors import Conflict, InvalidInput
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient

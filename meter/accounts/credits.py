@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from config.money import MICROS_PER_DOLLAR, InvalidAmount, format_amount, parse_amount
 from meter.accounts import projection
-from meter.accounts.workspaces import Deps, audit
+from meter.accounts.deps import Deps, audit
 from meter.errors import Conflict, InvalidInput
 from meter.store import LedgerEntry, OutboxEvent, Workspace
 

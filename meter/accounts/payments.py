@@ -28,7 +28,7 @@ from typing import Literal
 
 from config.money import format_amount
 from meter.accounts import credits
-from meter.accounts.workspaces import Deps, audit, new_id
+from meter.accounts.deps import Deps, audit, new_id
 from meter.errors import Conflict, InvalidInput, MeterError
 from meter.store import Checkout, LedgerEntry, Workspace
 

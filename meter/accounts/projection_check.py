@@ -30,7 +30,8 @@ from redis.exceptions import RedisError
 from meter.accounts import channel_secrets, projection
 from meter.accounts.apps import project_app
 from meter.accounts.credits import apply_topup
-from meter.accounts.workspaces import Deps, project_workspace
+from meter.accounts.deps import Deps
+from meter.accounts.workspaces import project_workspace
 from meter.redis_layer import keys
 from meter.store import App, Workspace
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import secrets
 
 from meter.accounts import authz
+from meter.accounts.deps import Deps, audit, check_text
 from meter.accounts.pages import Page, decode, page
-from meter.accounts.workspaces import Deps, audit, check_text
 from meter.errors import Conflict, NotFound
 from meter.store import ApiToken
 

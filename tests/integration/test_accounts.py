@@ -10,8 +10,8 @@ import pytest
 
 from config import load_catalog, load_settings
 from meter.accounts import apps, authz, credits, projection, workspaces
+from meter.accounts.deps import Deps
 from meter.accounts.plan_usage import plan_usage
-from meter.accounts.workspaces import Deps
 from meter.admission.admitter import Admitter
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys

@@ -31,7 +31,8 @@ from gateway import cli
 from gateway.app import create_app
 from gateway.egress import GuardedResolver, UpstreamForbidden, guarded_session
 from gateway.webhooks import http_post
-from meter.accounts.egress import EgressRefused, Policy, check_settings, unwrap
+from meter.accounts.addresses import EgressRefused, unwrap
+from meter.accounts.egress import Policy, check_settings
 from meter.accounts.notifier import Notifier
 from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient

@@ -23,7 +23,7 @@ import pytest
 from config import load_catalog, load_settings
 from gateway.webhooks import WebhookOptions
 from meter.accounts import payments, projection, workspaces
-from meter.accounts.workspaces import Deps
+from meter.accounts.deps import Deps
 from meter.store import LedgerEntry, open_store
 from meter.usage.flusher import Flusher
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot

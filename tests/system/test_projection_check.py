@@ -11,7 +11,7 @@ import aiohttp
 
 from gateway.appkeys import CATALOG
 from meter.accounts import projection_check
-from meter.accounts.workspaces import Deps
+from meter.accounts.deps import Deps
 from meter.redis_layer import keys
 from meter.store import LedgerEntry, Licence
 from tests.support.adminkit import Admin, admin_server, admin_settings

@@ -1,0 +1,91 @@
+"""What every account operation shares: its dependencies (:class:`Deps`), new ids, the
+audit record and change announcement, and the checks of names and URLs."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from config import Catalog, Settings
+from meter.accounts import egress
+from meter.accounts.addresses import EgressRefused
+from meter.errors import InvalidInput
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.store import Store
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_NAME = 200
+MAX_URL = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What account operations work on: the store, Redis and the configuration."""
+
+    store: Store
+    redis: RedisClient
+    settings: Settings
+    catalog: Catalog
+    clock: Callable[[], float] = time.time
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def new_id(prefix: str = "") -> str:
+    """A random lowercase id matching ``keys.ID_RE`` (13 characters)."""
+    return prefix + secrets.token_hex(6) if prefix else "w" + secrets.token_hex(6)
+
+
+def check_url(field: str, url: str) -> str:
+    """An absolute ``http(s)`` URL, or :class:`InvalidInput` naming ``field``."""
+    if len(url) > MAX_URL:
+        raise InvalidInput(field, f"longer than {MAX_URL} characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InvalidInput(field, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidInput(field, "must be an absolute http:// or https:// URL")
+    return url
+
+
+async def check_reachable(d: Deps, field: str, url: str) -> str:
+    """:func:`check_url`, then the egress policy (docs/design.md §3): the URL's host, resolved
+    now, may not be loopback, private, link-local or the gateway's own address unless the
+    operator allows it (checked again at every connection)."""
+    check_url(field, url)
+    policy = egress.Policy.from_settings(d.settings)
+    try:
+        await policy.check_url(url, resolve_s=d.settings.upstream_connect_timeout_s)
+    except EgressRefused as exc:
+        raise InvalidInput(field, f"may not be reached: {exc}") from None
+    return url
+
+
+def check_text(field: str, value: str, limit: int = MAX_NAME) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(field, f"longer than {limit} characters")
+    return value
+
+
+async def audit(d: Deps, actor: str, action: str, target: str, before: Any, after: Any) -> None:
+    await d.store.add_audit(actor, action, target, before, after, at=d.now_ms())
+
+
+async def announce(d: Deps, ident: str) -> None:
+    """Tell caches in every worker that the config of an app or workspace changed."""
+    await d.redis.publish(keys.CHANGES, ident)
