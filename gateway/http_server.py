@@ -4,6 +4,10 @@
   request head yet) ``keepalive_timeout`` seconds after it opened or after its last
   response, however many bytes trickle in meanwhile. ``header_timeout_s`` is that
   limit, so a slow-header (slowloris) connection is closed within it.
+* **Half-closed clients.** A client may send its request and then shut down its side
+  (TCP FIN) while it waits for the answer: every request it sent in full is answered,
+  then the connection is closed. aiohttp closes at the FIN and the answer is lost. A
+  request whose body was cut short by the FIN is not answered (closed at once).
 * **Protocol errors.** What the low-level HTTP parser rejects (malformed request line
   or headers, oversized fields) is answered as problem+json without echoing the input;
   aiohttp's own answer is text/plain with the offending bytes in it.
@@ -30,7 +34,28 @@ log = logging.getLogger(__name__)
 
 
 class _ProblemRequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol, answering its own errors as problem+json."""
+    """aiohttp's per-connection protocol, answering its own errors as problem+json and
+    half-closed clients in full (see the module)."""
+
+    _peer_eof = False  # the client sent FIN (no __slots__ here: one attribute more)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        current = self._current_request
+        payloads = [payload for _, payload in self._messages]
+        if current is not None:
+            payloads.append(current.content)
+        idle = self._waiter is not None and not self._waiter.done() and not self._messages
+        if idle or any(not payload.is_eof() for payload in payloads):
+            return None  # nothing complete to answer: the transport closes
+        self._peer_eof = True
+        return True  # keep the write side open until the last answer is out
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            if self._peer_eof and not self._messages:
+                self.close()  # the last answer is written: close after it
 
     def handle_error(
         self,

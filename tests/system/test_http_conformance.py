@@ -618,10 +618,7 @@ async def test_http11_connection_close_is_honoured(site: Site) -> None:
 # ------------------------------------------------------------------ half-closed clients
 
 
-async def test_a_half_closed_client_still_gets_its_answer(
-    request: pytest.FixtureRequest, site: Site
-) -> None:
-    known_gap(request, site, {"aiohttp": "aiohttp closes the transport on EOF from the client"})
+async def test_a_half_closed_client_still_gets_its_answer(site: Site) -> None:
     async with conn(site) as c:
         c.send(req(site, "/h", body=b'{"x":1}'))
         c.shut_wr()
@@ -631,10 +628,7 @@ async def test_a_half_closed_client_still_gets_its_answer(
     assert await site.books() == (1, ["/h"])
 
 
-async def test_a_half_closed_client_gets_every_pipelined_answer(
-    request: pytest.FixtureRequest, site: Site
-) -> None:
-    known_gap(request, site, {"aiohttp": "aiohttp closes the transport on EOF from the client"})
+async def test_a_half_closed_client_gets_every_pipelined_answer(site: Site) -> None:
     async with conn(site) as c:
         c.send(req(site, "/a", method="GET") + req(site, "/b", body=b"{}"))
         c.shut_wr()
