@@ -200,6 +200,10 @@ class Settings(BaseSettings):
     # bots on a lean path, handing everything else to the aiohttp app on the connection.
     traffic_server: Literal["aiohttp", "fast"] = "aiohttp"
 
+    # HTTP conformance (issue 13): a request body must keep arriving; a read that waits
+    # this long for its next bytes ends the request 408 (a stalled upload holds nothing).
+    body_timeout_s: Seconds = 30.0
+
     # Channel authentication (docs/design.md §3). Channel secrets are stored encrypted with a key
     # derived from secret_key; without one it is derived from operator_token (demo
     # convenience: rotating that token then needs every channel secret entered anew).

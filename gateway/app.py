@@ -52,6 +52,7 @@ from gateway.channels import Channels
 from gateway.egress import guarded_session
 from gateway.flusher_ctx import run_flusher_ctx
 from gateway.health import setup_health
+from gateway.http_rules import http_rules
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.owed import Owed
@@ -108,7 +109,7 @@ def create_app(
     catalog = load_catalog(settings.catalog_path)
 
     traffic = web.Application(
-        middlewares=[problem_middleware],
+        middlewares=[http_rules, problem_middleware],
         client_max_size=settings.max_body_bytes,
         handler_args={"auto_decompress": False},
     )
@@ -197,6 +198,7 @@ def _traffic_ctx(
             settings.max_body_bytes,
             auth,
             metering,
+            settings.body_timeout_s,
         )
         settler = asyncio.create_task(owed.run(), name="creditgate-settle")
         metric_flusher = asyncio.create_task(

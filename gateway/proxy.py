@@ -22,12 +22,15 @@ request was handed to the bot's socket: a buffered body once written, a streamed
 from its first chunk, a request without a body just before sending. A charge never
 confirmed is refunded by the sweeper. A body over ``max_body_bytes`` found while
 streaming is answered 413 and stays charged (the client's doing; the bot got its start).
+A body that stops arriving for ``body_timeout_s`` is answered 408: refunded by the sweeper
+when it was never forwarded, kept charged once the bot got its start (like a 413).
 A request that already passed this gateway (its ``Via`` names it) is refused 508
 ``loop_detected`` before anything is metered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -43,6 +46,7 @@ from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, upstream_headers
+from gateway.http_rules import body_stalled, send_continue
 from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
@@ -67,6 +71,10 @@ class BodyTooLarge(Exception):
     """A streamed request body passed ``max_body_bytes``."""
 
 
+class BodyStalled(Exception):
+    """A streamed request body stopped arriving for ``body_timeout_s``."""
+
+
 @dataclass(slots=True)
 class Proxy:
     """Everything the traffic handlers use, built once per process."""
@@ -79,19 +87,39 @@ class Proxy:
     max_body: int
     auth: ChannelAuth
     metering: bool = True
+    body_timeout: float = 30.0
+
+    async def _chunks(self, request: web.Request) -> AsyncIterator[bytes]:
+        """The body as it arrives; :class:`BodyStalled` when it stops arriving. A client
+        that sent ``Expect: 100-continue`` is asked for it first."""
+        await send_continue(request)
+        content = request.content
+        while True:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise BodyStalled from None
+            if not chunk:
+                return
+            yield chunk
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The whole request body, at most ``max_body`` bytes (413 beyond)."""
+        """The whole request body, at most ``max_body`` bytes (413 beyond, 408 when it
+        stalls)."""
         buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) > self.max_body:
-                raise too_large(self.max_body)
+        try:
+            async for chunk in self._chunks(request):
+                buf += chunk
+                if len(buf) > self.max_body:
+                    raise too_large(self.max_body)
+        except BodyStalled:
+            raise body_stalled(self.body_timeout) from None
         return bytes(buf)
 
     async def _limited(self, request: web.Request, state: list[bool]) -> AsyncIterator[bytes]:
         n = 0
-        async for chunk in request.content.iter_any():
+        async for chunk in self._chunks(request):
             n += len(chunk)
             if n > self.max_body:
                 state[0] = True
@@ -156,6 +184,10 @@ class Proxy:
             failure, status = "connect", 502
         except (aiohttp.ServerTimeoutError, TimeoutError):
             failure, status = "timeout", 504
+        except BodyStalled:
+            # The client stopped sending: its failure, and the bot got the start of it.
+            self.meter.forwarded(admission)
+            raise body_stalled(self.body_timeout) from None
         except (aiohttp.ClientError, BodyTooLarge) as exc:
             if state[0]:
                 # The client sent too much: its failure, and the bot got the start of it.

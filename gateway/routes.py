@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import PROXY, WEBSOCKETS
+from gateway.http_rules import expect_continue
 from gateway.notify import notify
 from gateway.problems import unknown_app
 from gateway.proxy import hooks
@@ -35,5 +36,5 @@ async def notify_handler(request: web.Request) -> web.StreamResponse:
 
 def setup_traffic_routes(app: web.Application) -> None:
     for prefix, handler in (("/hooks", hooks_handler), ("/notify", notify_handler)):
-        app.router.add_route("*", prefix + "/{channel}/{app_id}", handler)
-        app.router.add_route("*", prefix + "/{channel}/{app_id}/{tail:.*}", handler)
+        for path in (prefix + "/{channel}/{app_id}", prefix + "/{channel}/{app_id}/{tail:.*}"):
+            app.router.add_route("*", path, handler, expect_handler=expect_continue)

@@ -376,32 +376,51 @@ async def test_chunk_extensions_and_trailers_are_ignored(site: Site, chunks: str
     """The bot gets the decoded body with a length of its own; extensions and trailer
     fields never become request headers (a trailer cannot name another user)."""
     async with conn(site) as c:
-        c.send(chunked(site, "/c", chunks) + req(site, "/next", method="GET"))
-        first, second = await c.responses(2)
-    assert echoed(first)["body"] == "abc"
-    assert echoed(second)["path"].endswith("/next")
+        c.send(chunked(site, "/c", chunks))
+        resp = await c.response()
+    assert echoed(resp)["body"] == "abc"
     calls = site.calls()
-    assert [c.body for c in calls] == [b"abc", b""]
+    assert [c.body for c in calls] == [b"abc"]
     assert "X-Trailer" not in calls[0].headers
     assert calls[0].headers.getall("X-Channel-User-Id") == ["u1"]
-    assert await site.books() == (2, ["/c", "/next"])
+    assert await site.books() == (1, ["/c"])
+
+
+async def test_trailer_fields_never_reach_the_next_request(site: Site) -> None:
+    """aiohttp's C parser hands a chunked body's last trailer field to the next request
+    on the connection: that request is never served with it (the gateway closes after a
+    chunked request), nor charged to the user the trailer names."""
+    first = chunked(site, "/c", "3\r\nabc\r\n0\r\nX-Channel-User-Id: victim\r\n\r\n")
+    second = (
+        f"GET {site.path}/second HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u2\r\n"
+        "X-Probe: 1\r\n\r\n"
+    ).encode()
+    async with conn(site) as c:
+        c.send(first + second)
+        resp = await c.response()
+        rest = await c.rest()
+    assert echoed(resp)["body"] == "abc"
+    for call in site.calls():
+        assert "victim" not in call.headers.getall("X-Channel-User-Id"), call.headers
+    if b"HTTP/1." in rest:  # the second was served: with its own headers only
+        assert [c.headers.getall("X-Channel-User-Id") for c in site.calls()] == [["u1"], ["u2"]]
+    charged, paths = await site.books()
+    assert charged == len(paths) and paths[0] == "/c"
 
 
 async def test_whitespace_before_a_chunk_extension_is_handled_or_refused(site: Site) -> None:
     """RFC 9112 allows BWS before ``;``; strict parsers refuse it. Either way the bot gets
     the decoded body or nothing, and a refusal closes the connection."""
     async with conn(site) as c:
-        c.send(chunked(site, "/c", "3 ;e\r\nabc\r\n0\r\n\r\n") + smuggled(site).encode())
+        c.send(chunked(site, "/c", "3 ;e\r\nabc\r\n0\r\n\r\n"))
         resp = await c.response()
         if resp.status == 400:
             assert_problem(resp, 400)
             assert await c.closed()
             assert await site.books() == (0, [])
             return
-        assert echoed(resp)["body"] == "abc"
-        second = await c.response()  # what followed the body is the next request
-        assert echoed(second)["path"].endswith("/smuggled")
-    assert await site.books() == (2, ["/c", "/smuggled"])
+    assert echoed(resp)["body"] == "abc"
+    assert await site.books() == (1, ["/c"])
 
 
 @pytest.mark.parametrize(
@@ -447,22 +466,21 @@ async def test_pipelined_requests_are_answered_in_order_and_each_charged_once(
         [
             req(site, "/p0", body=b"{}"),
             req(site, "/p1", method="GET"),
-            chunked(site, "/p2", "2\r\nhi\r\n0\r\n\r\n"),
-            req(site, "/p3", method="PUT", body=b"x" * 70_000),  # a streamed body
-            req(site, "/p4", body=b"[]", headers="Connection: close\r\n"),
+            req(site, "/p2", method="PUT", body=b"x" * 70_000),  # a streamed body
+            req(site, "/p3", body=b"[]", headers="Connection: close\r\n"),
         ]
     )
     async with conn(site) as c:
         c.send(data)
-        answers = await c.responses(5)
+        answers = await c.responses(4)
         rest = await c.rest()
         assert await c.closed()
-    assert [r.status for r in answers] == [200, 200, 200, 201, 200]
+    assert [r.status for r in answers] == [200, 200, 201, 200]
     assert [orjson.loads(r.body)["path"].rsplit("/", 1)[1] for r in answers] == [
-        f"p{i}" for i in range(5)
+        f"p{i}" for i in range(4)
     ]
     assert b"HTTP/1." not in rest
-    assert await site.books() == (5, ["/p0", "/p1", "/p2", "/p3", "/p4"])
+    assert await site.books() == (4, ["/p0", "/p1", "/p2", "/p3"])
 
 
 async def test_requests_after_connection_close_are_ignored(
@@ -535,17 +553,7 @@ async def test_expect_100_continue_gets_a_100_then_the_answer(site: Site) -> Non
     assert await site.books() == (1, ["/e"])
 
 
-async def test_a_refused_message_gets_its_refusal_not_a_100(
-    request: pytest.FixtureRequest, site: Site
-) -> None:
-    known_gap(
-        request,
-        site,
-        {
-            "aiohttp": "aiohttp answers 100 Continue when the route matches,"
-            " before the handler refuses"
-        },
-    )
+async def test_a_refused_message_gets_its_refusal_not_a_100(site: Site) -> None:
     path = f"/hooks/web/{site.ws}_nosuch1/x"
     data = (
         f"POST {path} HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
@@ -562,8 +570,7 @@ async def test_a_refused_message_gets_its_refusal_not_a_100(
     assert await site.books() == (0, [])
 
 
-async def test_an_unknown_expectation_is_417(request: pytest.FixtureRequest, site: Site) -> None:
-    known_gap(request, site, {"aiohttp": "aiohttp's expect handler answers 417 as text/plain"})
+async def test_an_unknown_expectation_is_417(site: Site) -> None:
     async with conn(site) as c:
         c.send(req(site, "/e", body=b"{}", headers="Expect: teapot\r\n"))
         resp = await c.response()
@@ -671,10 +678,8 @@ async def test_a_client_closing_mid_body_is_never_forwarded(site: Site) -> None:
     ids=["request-line", "header-value", "header-name", "header-count", "header-total"],
 )
 async def test_oversized_heads_are_4xx_problems_that_echo_nothing(
-    request: pytest.FixtureRequest, site: Site, build: typing.Callable[[Site], bytes]
+    site: Site, build: typing.Callable[[Site], bytes]
 ) -> None:
-    if request.node.callspec.id.endswith("header-total"):
-        known_gap(request, site, {"aiohttp": "40 headers of 4 KB each (160 KB) are served"})
     async with conn(site) as c:
         c.send(build(site))
         resp = await c.response()
@@ -729,10 +734,7 @@ async def test_an_idle_keep_alive_connection_is_closed(site: Site) -> None:
         assert await c.closed(deadline=60)
 
 
-async def test_a_stalled_body_is_cut_off_and_never_forwarded(
-    request: pytest.FixtureRequest, site: Site
-) -> None:
-    known_gap(request, site, {"aiohttp": "no timeout on reading a request body"})
+async def test_a_stalled_body_is_cut_off_and_never_forwarded(site: Site) -> None:
     async with conn(site) as c:
         c.send(req(site, "/stall", body=b"0123456789")[:-8])
         rest = await c.rest(deadline=60)
@@ -742,16 +744,16 @@ async def test_a_stalled_body_is_cut_off_and_never_forwarded(
     assert await site.charged() == await site.reserved()  # refunded by the sweeper
 
 
-async def test_a_stalled_chunked_body_is_cut_off(
-    request: pytest.FixtureRequest, site: Site
-) -> None:
-    known_gap(request, site, {"aiohttp": "no timeout on reading a request body"})
+async def test_a_stalled_chunked_body_is_cut_off(site: Site) -> None:
+    """A streamed body goes to the bot as it comes: the bot got its start, so the charge
+    stands (like a body over the limit); the bot never gets a complete request."""
     async with conn(site) as c:
         c.send(chunked(site, "/stall", "5\r\nab"))
         rest = await c.rest(deadline=60)
         assert await c.closed(deadline=1)
     assert b" 200 " not in rest
-    assert await site.charged() == await site.reserved()
+    assert site.calls() == []
+    assert await site.charged() <= 1
 
 
 # ----------------------------------------------------------------------------- syntax
@@ -789,19 +791,11 @@ SYNTAX_400: dict[str, typing.Callable[[Site], bytes]] = {
 
 
 @pytest.mark.parametrize("case", list(SYNTAX_400))
-async def test_malformed_syntax_is_400_and_closed(
-    request: pytest.FixtureRequest, site: Site, case: str
-) -> None:
-    if case in ("Host invalid", "Host with path", "absolute-form, another host"):
-        gap = "aiohttp serves it: the bot gets the Host (X-Forwarded-Host) as sent"
-        known_gap(request, site, {"aiohttp": gap})
+async def test_malformed_syntax_is_400_and_closed(site: Site, case: str) -> None:
     await refused_and_closed(site, SYNTAX_400[case](site) + smuggled(site).encode())
 
 
-async def test_other_http_versions_are_refused(request: pytest.FixtureRequest, site: Site) -> None:
-    known_gap(
-        request, site, {"aiohttp": "HTTP/2.0 in a request line is served, answered as HTTP/2.0 200"}
-    )
+async def test_other_http_versions_are_refused(site: Site) -> None:
     for version in ("HTTP/2.0", "HTTP/3.0", "HTTP/0.9"):
         async with conn(site) as c:
             c.send(req(site, "/v", method="GET", version=version))
@@ -840,28 +834,21 @@ async def test_http10_without_host_is_served(site: Site) -> None:
 
 
 @pytest.mark.parametrize("te", ["gzip, chunked", "identity, chunked"])
-async def test_transfer_codings_other_than_chunked_are_refused(
-    request: pytest.FixtureRequest, site: Site, te: str
-) -> None:
+async def test_transfer_codings_other_than_chunked_are_refused(site: Site, te: str) -> None:
     """The gateway cannot decode them: passing the coded bytes on as the body would hand
     the bot something else than what was sent (RFC 9112 §6.1: 501)."""
-    known_gap(request, site, {"aiohttp": "codings before chunked are passed on undecoded"})
     async with conn(site) as c:
         c.send(chunked(site, "/g", "3\r\nabc\r\n0\r\n\r\n").replace(
             b"Transfer-Encoding: chunked", f"Transfer-Encoding: {te}".encode()))  # fmt: skip
         resp = await c.response()
         assert await c.closed()
-    assert_problem(resp)
-    assert resp.status in (400, 501)
+    assert_problem(resp, 501)
     assert await site.books() == (0, [])
 
 
 @pytest.mark.parametrize("name", ["X-Channel-User-Id", "Idempotency-Key"])
-async def test_a_metering_header_given_twice_is_refused(
-    request: pytest.FixtureRequest, site: Site, name: str
-) -> None:
+async def test_a_metering_header_given_twice_is_refused(site: Site, name: str) -> None:
     """The gateway would charge one value and the bot might read the other."""
-    known_gap(request, site, {"aiohttp": "the first value is charged, both reach the bot"})
     async with conn(site) as c:
         c.send(req(site, "/d", method="GET", headers=f"{name}: a1\r\n{name}: a2\r\n"))
         resp = await c.response()

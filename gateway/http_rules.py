@@ -1,0 +1,140 @@
+"""HTTP/1.1 rules the traffic port enforces on top of aiohttp's parser (RFC 9110, 9112).
+
+The parser (llhttp) settles the framing: a request with both Content-Length and
+Transfer-Encoding, a malformed or repeated Content-Length, an obfuscated Transfer-Encoding,
+bare LF or control characters in the head are 400 and the connection is closed. What it
+lets through and a proxy in front of a bot must still refuse, because the gateway would
+meter one thing and the bot receive another:
+
+* a version other than HTTP/1.0 or 1.1: 505;
+* an invalid ``Host``, or an absolute-form target naming another host than ``Host``: 400
+  (the bot would be told a host the request did not name);
+* a transfer coding other than a single ``chunked``: 501 (the gateway does not decode
+  them; the coded bytes would reach the bot as the body);
+* a head over :data:`HEAD_LIMIT` bytes in all: 431 (each field is limited by the parser,
+  their sum is not);
+* a header the gateway decides by (channel user, idempotency key, credentials) given
+  more than once: 400 (the gateway would decide by one value, the bot might read another).
+
+``Expect: 100-continue`` is answered when the body is first read
+(:func:`send_continue`), so a refused message gets its refusal, never a 100 first; that
+refusal closes the connection, since the client may or may not send the body it was not
+asked for. Another expectation is 417. These refusals close the connection too, and so
+does the answer to a chunked request (see :func:`http_rules`: trailers leak otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import HttpVersion10, HttpVersion11, web
+from yarl import URL
+
+from gateway.problems import Handler, Problem, problem_response
+
+HEAD_LIMIT = 64 * 1024
+# uri-host [":" port] (RFC 3986): an IP literal or a reg-name; empty is allowed.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+# Headers the gateway decides by: one value each, or the bot could read another.
+SINGLE = (
+    "Host",
+    "X-Channel-User-Id",
+    "Idempotency-Key",
+    "X-Request-Id",
+    "Authorization",
+    "X-Slack-Signature",
+    "X-Slack-Request-Timestamp",
+    "X-Hub-Signature-256",
+    "Content-Type",
+)
+_CONTINUE = "creditgate.expect_continue"  # request key: True while a 100 is owed
+_CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def body_stalled(timeout: float) -> Problem:
+    return Problem(
+        408, "body_timeout", "Request timeout", f"no body bytes arrived for {timeout:g} s"
+    )
+
+
+def _refuse(status: int, code: str, title: str, detail: str) -> web.Response:
+    resp = problem_response(status, code, title, detail)
+    resp.force_close()
+    return resp
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """The traffic routes' ``expect_handler``: defers the 100 until the body is read."""
+    if request.version != HttpVersion11:
+        return None  # HTTP/1.0 has no 100 (RFC 9110 §10.1.1): the expectation is ignored
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        request[_CONTINUE] = True
+        return None
+    return _refuse(417, "expectation_failed", "Expectation failed", "only 100-continue")
+
+
+async def send_continue(request: web.Request) -> None:
+    """Ask for the body now, if the client waits for a 100 (once per request)."""
+    if request.get(_CONTINUE):
+        request[_CONTINUE] = False
+        await request.writer.write(_CONTINUE_LINE)
+
+
+def _host_problem(request: web.Request) -> str | None:
+    hosts = request.headers.getall("Host", ())
+    host = hosts[0] if hosts else None
+    if host is not None and not _HOST.fullmatch(host):
+        return "the Host header is not a valid host"
+    target = request.raw_path
+    if target.startswith("/") or target == "*":
+        return None
+    url = URL(target)  # absolute-form: its authority must be the Host (RFC 9112 §3.2)
+    if not url.is_absolute() or url.raw_host is None or host is None:
+        return "an absolute-form target needs a Host naming its authority"
+    named = URL(f"{url.scheme}://{host}/")
+    if (named.raw_host or "").lower() != url.raw_host.lower() or named.port != url.port:
+        return "the target names another host than the Host header"
+    return None
+
+
+def _problem(request: web.Request) -> web.Response | None:
+    if request.version not in (HttpVersion11, HttpVersion10):
+        return _refuse(505, "http_version_not_supported", "HTTP version not supported",
+                       "HTTP/1.1 or HTTP/1.0 only")  # fmt: skip
+    if sum(len(k) + len(v) for k, v in request.raw_headers) > HEAD_LIMIT:
+        return _refuse(431, "header_fields_too_large", "Request header fields too large",
+                       f"the limit is {HEAD_LIMIT} bytes of header fields")  # fmt: skip
+    headers = request.headers
+    for name in SINGLE:
+        if len(headers.getall(name, ())) > 1:
+            return _refuse(400, "duplicate_header", "Duplicate header",
+                           f"{name} may be given once")  # fmt: skip
+    host_problem = _host_problem(request)
+    if host_problem is not None:
+        return _refuse(400, "invalid_host", "Invalid host", host_problem)
+    if "Transfer-Encoding" in headers:
+        codings = [
+            c.strip().lower() for v in headers.getall("Transfer-Encoding") for c in v.split(",")
+        ]
+        if codings != ["chunked"]:
+            return _refuse(501, "unsupported_transfer_coding", "Transfer coding not supported",
+                           "only chunked")  # fmt: skip
+    return None
+
+
+@web.middleware
+async def http_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The rules of the module, before anything else of the traffic port."""
+    refused = _problem(request)
+    if refused is not None:
+        return refused
+    resp = await handler(request)
+    if request.get(_CONTINUE):
+        resp.force_close()  # answered without asking for the body: see the module
+    elif "Transfer-Encoding" in request.headers:
+        # aiohttp's C parser (3.14) keeps the last trailer field of a chunked body and
+        # hands it to the next request on the connection as its first header: a
+        # trailer "X-Channel-User-Id: victim" would name the next request's user. No
+        # request follows a chunked one on a connection.
+        resp.force_close()
+    return resp
