@@ -47,6 +47,7 @@ SINGLE = (
     "X-Hub-Signature-256",
     "Content-Type",
 )
+SINGLE_LOWER = frozenset(name.lower().encode() for name in SINGLE)  # for the fast path
 _CONTINUE = "creditgate.expect_continue"  # request key: True while a 100 is owed
 _CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -80,10 +81,15 @@ async def send_continue(request: web.Request) -> None:
         await request.writer.write(_CONTINUE_LINE)
 
 
+def valid_host(value: str) -> bool:
+    """Whether ``value`` is a valid ``Host`` field value (RFC 9110 §7.2)."""
+    return _HOST.fullmatch(value) is not None
+
+
 def _host_problem(request: web.Request) -> str | None:
     hosts = request.headers.getall("Host", ())
     host = hosts[0] if hosts else None
-    if host is not None and not _HOST.fullmatch(host):
+    if host is not None and not valid_host(host):
         return "the Host header is not a valid host"
     target = request.raw_path
     if target.startswith("/") or target == "*":

@@ -16,7 +16,9 @@ connection from then on), so the answer is exactly the one aiohttp gives:
   (chunked bodies go to aiohttp), at most one ``Content-Length`` of at most
   :data:`FAST_BODY` bytes (and at most ``max_body_bytes``), no ``Expect``, no
   ``Upgrade`` (WebSocket), request line and each header under 4 KiB, at most 100
-  headers (under aiohttp's own limits, so nothing aiohttp would refuse is served);
+  headers (under aiohttp's own limits, so nothing aiohttp would refuse is served), one
+  valid ``Host`` and at most one of each header the gateway decides by, at most
+  ``HEAD_LIMIT`` bytes of headers (what :mod:`gateway.http_rules` refuses in aiohttp);
 * handed off: everything else, ``/notify``, HEAD, HTTP/1.0, and, after routing, a bot
   that is not ``http://`` or a Meta subscription handshake (nothing charged before);
 * pipelined requests are answered in order, one at a time: bytes that arrive while a
@@ -40,6 +42,7 @@ from typing import Any, Protocol, cast
 import httptools
 
 from gateway.fastpath.message import Message, message_end
+from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, valid_host
 
 FAST_BODY = 64 * 1024
 MAX_FIELD = 4096
@@ -88,6 +91,8 @@ class ClientConnection(asyncio.Protocol):
         self._msg = Message()
         self._done: Message | None = None  # completed in the current feed
         self._count = 0
+        self._size = 0  # bytes of header fields
+        self._seen: set[bytes] = set()  # headers of SINGLE_LOWER seen
         self._url = b""
         self._paused = False
         self._handed = False
@@ -170,6 +175,8 @@ class ClientConnection(asyncio.Protocol):
         self._msg = Message()
         self._url = b""
         self._count = 0
+        self._size = 0
+        self._seen = set()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -183,6 +190,13 @@ class ClientConnection(asyncio.Protocol):
         msg = self._msg
         msg.headers.append((name, value))
         low = name.lower()
+        self._size += len(name) + len(value)
+        if self._size > HEAD_LIMIT:
+            raise _Stop
+        if low in SINGLE_LOWER:
+            if low in self._seen or (low == b"host" and not valid_host(value.decode("latin-1"))):
+                raise _Stop  # aiohttp refuses it (gateway.http_rules)
+            self._seen.add(low)
         if low == b"content-length":
             msg.content_length = int(value)  # llhttp checked: digits, only one
         elif low in (b"transfer-encoding", b"expect", b"upgrade"):
@@ -193,6 +207,8 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method not in FAST_METHODS or parser.get_http_version() != "1.1":
             raise _Stop
+        if b"host" not in self._seen:
+            raise _Stop  # HTTP/1.1 without Host: aiohttp's 400
         if parser.should_upgrade():
             raise _Stop
         length = msg.content_length
