@@ -1,6 +1,7 @@
 """Settings and the default price catalog for creditgate."""
 
 from config.catalog import Catalog, Price, load_catalog
-from config.settings import Settings, SettingsError, load_settings
+from config.loading import SettingsError, load_settings
+from config.settings import Settings
 
 __all__ = ["Catalog", "Price", "Settings", "SettingsError", "load_catalog", "load_settings"]

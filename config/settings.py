@@ -1,125 +1,28 @@
-"""Typed settings from command-line flags, ``CREDITGATE_*`` environment variables and an
-optional YAML file.
+"""The typed settings of creditgate: one flat model, every knob with its default.
 
-Precedence (:func:`load_settings`): flags > environment > YAML file (``CREDITGATE_CONFIG``
-or ``--config``) > defaults. An unknown ``CREDITGATE_*`` variable stops start-up with the
-closest known name; list settings take comma-separated text (or a JSON list).
-Money settings are decimal strings (``"500.00"``) or whole dollars (``500``) and are held
-as integer micro-dollars; every duration is seconds, so tests can shrink them.
-Bad input raises :class:`SettingsError` naming the setting, which stops start-up.
+Loaded by :func:`config.loading.load_settings` (flags > ``CREDITGATE_*`` environment >
+YAML file > defaults); the value types (money, durations, lists, channel rules) are in
+:mod:`config.fields`. Every duration is seconds, so tests can shrink them.
 """
 
 from __future__ import annotations
 
 import contextvars
-import difflib
-import ipaddress
-import json
-import os
-import re
 import sys
-import typing
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings import SettingsError as SourceError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from config.money import InvalidAmount, parse_amount
-from config.urls import check_redis_url, check_store_url, mask_url
+from config.fields import DAY, ChannelRule, EgressAllow, Micros, RefundOn, Seconds
+from config.urls import check_redis_url, check_store_url
 
 ENV_PREFIX = "CREDITGATE_"
-
-
-def _money(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a decimal amount such as '500.00'")
-    if isinstance(value, int):
-        return value * 1_000_000
-    try:
-        return parse_amount(value)
-    except InvalidAmount:
-        raise ValueError("must be a plain decimal amount such as '500.00'") from None
-
-
-Micros = Annotated[int, BeforeValidator(_money)]
-_HOST_PATTERN = re.compile(
-    r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
-)
-
-
-def _allow_list(value: object) -> object:
-    """Egress allow-list entries: a list, or comma-separated text or a JSON list
-    (environment)."""
-    if isinstance(value, str):
-        value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
-    if not isinstance(value, list | tuple):
-        return value
-    out = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ValueError("entries must be strings")
-        entry = item.strip().lower()
-        if not entry:
-            continue
-        try:
-            out.append(str(ipaddress.ip_network(entry)))
-            continue
-        except ValueError:
-            pass
-        last = entry.rsplit(".", 1)[-1]
-        if not _HOST_PATTERN.match(entry) or last.isdigit() or last.startswith("0x"):
-            raise ValueError(
-                f"{item!r} is neither a network (CIDR, host bits zero) nor a host name"
-            )
-        out.append(entry)
-    return out
-
-
-EgressAllow = Annotated[list[str], NoDecode, BeforeValidator(_allow_list)]
-
-
-def _text_list(value: object) -> object:
-    """A list setting given as comma-separated text (or a JSON list) in the environment."""
-    if isinstance(value, str):
-        if value.lstrip().startswith("["):
-            return json.loads(value)
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
-
-
-RefundOn = Annotated[
-    list[Literal["connect", "timeout", "5xx"]], NoDecode, BeforeValidator(_text_list)
-]
-Seconds = Annotated[float, Field(gt=0)]
-DAY = 86_400.0
-
-
-class ChannelRule(BaseModel):
-    """How to read one channel's callbacks (docs/design.md §3)."""
-
-    model_config = {"extra": "forbid"}
-
-    user_pointer: str | None = None
-    idempotency_pointer: str | None = None
-    # A callback is billable unless the JSON value at a pointer matches one of its values
-    # (e.g. ``{"/type": ["typing"]}``) or a pointer in ``skip_if_present`` exists.
-    skip_if_equals: dict[str, list[str]] = Field(default_factory=dict)
-    skip_if_present: list[str] = Field(default_factory=list)
-    # Pointers that must exist for a callback to be billable (e.g. WhatsApp ``messages``).
-    bill_only_if_present: list[str] = Field(default_factory=list)
-    delivery_url: str | None = None
 
 
 class Settings(BaseSettings):
@@ -303,131 +206,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load_settings layers flags, environment and file itself and passes the result
         # as init kwargs; a direct ``Settings(...)`` lets its kwargs beat the environment.
-        if _LAYERED.get():
+        if LAYERED.get():
             return (init_settings,)
         return init_settings, env_settings
 
 
-class SettingsError(ValueError):
-    """Settings that cannot start creditgate; the message (one line) names each bad one."""
-
-
-_LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
-SECRET_SETTINGS = frozenset(
-    {"operator_token", "secret_key", "stripe_secret_key", "stripe_webhook_secret"}
-)
-URL_SETTINGS = frozenset({"redis_url", "store_url"})
-# Read by the process, not settings: CREDITGATE_CONFIG names the file; CREDITGATE_TEST_*
-# belong to the test suite.
-_NOT_SETTINGS = ("CONFIG",)
-_RESERVED_PREFIXES = ("TEST_",)
-# Kubernetes service links of a Service named creditgate[-x] (CREDITGATE_PORT,
-# CREDITGATE_ADMIN_SERVICE_HOST, ...): injected by the platform, not settings.
-_SERVICE_LINK = re.compile(
-    r"^CREDITGATE(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
-    r"|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
-)
-_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://")
-
-
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
-
-
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
-    """One message per ``CREDITGATE_*`` variable that names no setting."""
-    known = {env_name(f) for f in Settings.model_fields} | {ENV_PREFIX + n for n in _NOT_SETTINGS}
-    out = []
-    for key in sorted(env):
-        upper = key.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known:
-            continue
-        if upper.removeprefix(ENV_PREFIX).startswith(_RESERVED_PREFIXES):
-            continue
-        if _SERVICE_LINK.match(upper) or (upper.endswith("_PORT") and _LINK_VALUE.match(env[key])):
-            continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-        hint = f": did you mean {close[0]}?" if close else ""
-        out.append(f"{key} is not a creditgate setting{hint}")
-    return out
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Settings named by ``CREDITGATE_*`` variables; dict settings are JSON."""
-    upper = {k.upper(): v for k, v in env.items()}
-    out: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
-        raw = upper.get(env_name(name))
-        if raw is None:
-            continue
-        value: Any = raw
-        if typing.get_origin(field.annotation) is dict:
-            try:
-                value = json.loads(raw)
-            except ValueError as exc:
-                raise SettingsError(f"{env_name(name)}: not a JSON object ({exc})") from None
-        out[name] = value
-    return out
-
-
-def _shown(name: str, value: object) -> str:
-    if name in SECRET_SETTINGS:
-        return ""
-    if isinstance(value, str):
-        return f" (got {mask_url(value) if name in URL_SETTINGS else value!r})"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f" (got {value!r})"
-    return ""
-
-
-def _problem(err: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if not loc:
-        return msg
-    name = loc[0]
-    where = f" ({'.'.join(loc[1:])})" if len(loc) > 1 and not loc[1].isdigit() else ""
-    if err.get("type") == "extra_forbidden":
-        close = difflib.get_close_matches(name, list(Settings.model_fields), n=1, cutoff=0.6)
-        hint = f": did you mean {close[0]}?" if close else ""
-        return f"{name} is not a creditgate setting{hint}"
-    value = err.get("input")
-    shown = _shown(name, value) if name not in URL_SETTINGS else ""
-    return f"{env_name(name)}{where}: {msg}{shown}"
-
-
-def load_settings(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
-    """Build :class:`Settings`: ``overrides`` (flags) > ``env`` > the YAML file at ``path``
-    (or ``$CREDITGATE_CONFIG``) > defaults. ``env`` defaults to ``os.environ``."""
-    env = os.environ if env is None else env
-    unknown = unknown_variables(env)
-    if unknown:
-        raise SettingsError("; ".join(unknown))
-    path = path or env.get(ENV_PREFIX + "CONFIG")
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            reason = str(exc).replace("\n", " ")
-            raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {reason}") from None
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} must hold a mapping")
-        data.update(loaded)
-    data.update(_from_env(env))
-    data.update(overrides)
-    token = _LAYERED.set(True)
-    try:
-        return Settings(**data)
-    except ValidationError as exc:
-        problems = [_problem(err) for err in exc.errors()]
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
-    except SourceError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
-    finally:
-        _LAYERED.reset(token)
+# Set by config.loading.load_settings, which layers flags, environment and file itself.
+LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
 
 
 def stderr_is_terminal() -> bool:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from config.settings import ChannelRule
+from config.fields import ChannelRule
 
 USER_HEADER = "X-Channel-User-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

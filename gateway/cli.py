@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from config import Settings, SettingsError, load_settings
-from config.settings import env_name
+from config.loading import env_name
 from config.urls import mask_url
 from gateway import cli_commands
 from gateway.startup import StartupError, redis_problem, store_problem

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, SettingsError
-from config.settings import env_name
+from config.loading import env_name
 from gateway.logs import setup_logging
 from gateway.startup import StartupError
 from gateway.worker import cannot_listen, worker_main

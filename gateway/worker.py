@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from config import Settings
-from config.settings import env_name
+from config.loading import env_name
 from gateway.logs import setup_logging
 from gateway.startup import StartupError
 

@@ -356,9 +356,9 @@ for line in open(sys.argv[1]):
 os.environ.clear()
 os.environ.update(env)
 try:
-    from config.settings import SettingsError, load_settings
+    from config import SettingsError, load_settings
 except ImportError as exc:
-    print(f"  skip  settings check: config.settings not importable ({exc})")
+    print(f"  skip  settings check: config not importable ({exc})")
     sys.exit(0)
 try:
     settings = load_settings()
@@ -370,7 +370,7 @@ unknown = [k for k in env if k.startswith("CREDITGATE_") and k[11:].lower() not 
 if unknown:
     print(f"  FAIL  {sys.argv[2]}: not settings of creditgate (silently ignored): {unknown}")
     sys.exit(1)
-print(f"  ok    {sys.argv[2]}: settings accepted by config.settings")
+print(f"  ok    {sys.argv[2]}: settings accepted by config.load_settings")
 PYEOF
 
 # ---------------------------------------------------------------------------

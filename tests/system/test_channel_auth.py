@@ -26,7 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config import Settings
-from config.settings import ChannelRule
+from config.fields import ChannelRule
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.redis_layer import keys

@@ -25,7 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from config import Settings
-from config.settings import ChannelRule
+from config.fields import ChannelRule
 from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
 from gateway.problems import Problem
 from meter.accounts import channel_secrets

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from config.settings import ChannelRule
+from config.fields import ChannelRule
 from gateway.channels import Channels, parse_pointer, resolve
 from meter.accounts.projection import read_balances
 from meter.redis_layer import keys

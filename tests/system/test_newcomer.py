@@ -373,7 +373,7 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
 
 
 def test_kubernetes_service_links_are_not_mistaken_for_typos() -> None:
-    from config.settings import unknown_variables
+    from config.loading import unknown_variables
 
     links = {
         "CREDITGATE_PORT": "tcp://10.0.0.1:8080",

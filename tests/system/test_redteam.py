@@ -215,7 +215,7 @@ def _hs256(sub: str, key: str = SECRET, exp_in: float = 300) -> str:
 
 
 def _auth_settings(redis_url: str, tmp_path: Path, bot: Bot, **kw: Any) -> Any:
-    from config.settings import ChannelRule
+    from config.fields import ChannelRule
 
     return make_settings(
         redis_url,
