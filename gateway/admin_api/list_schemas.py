@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from gateway.admin_api.query_schemas import UsageQuery
 from gateway.admin_api.schemas import (
     Body,
     CollaboratorRole,
@@ -18,7 +19,6 @@ from gateway.admin_api.schemas import (
     Out,
     Product,
     Timestamp,
-    UsageQuery,
     optional,
 )
 

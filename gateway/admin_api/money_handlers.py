@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
+from gateway.admin_api import query_schemas as qs
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
@@ -42,7 +43,7 @@ async def add_funds(call: Call) -> web.Response:
         reference=body.reference,
     )
     e = top.entry
-    out = s.FundsOut(
+    out = r.FundsOut(
         workspace_id=ws.id,
         reference=body.reference,
         amount=format_amount(e.amount),
@@ -61,19 +62,19 @@ async def get_plan_usage(call: Call) -> web.Response:
 
 
 def parse_time(field: str, text: str) -> int:
-    """Epoch ms of a query time (bounded, see :func:`schemas.parse_time`), or a 422
+    """Epoch ms of a query time (bounded, see :func:`query_schemas.parse_time`), or a 422
     naming ``field``; for callers without a query schema (the console)."""
     try:
-        return s.parse_time(text)
+        return qs.parse_time(text)
     except ValueError as exc:
         raise InvalidInput(field, str(exc)) from None
 
 
-def time_range(call: Call, q: s.UsageQuery) -> tuple[int, int]:
+def time_range(call: Call, q: qs.UsageQuery) -> tuple[int, int]:
     # Both were checked by the query schema: parse_time cannot fail here.
-    to_ms = s.parse_time(q.to) if q.to is not None else call.deps.now_ms()
+    to_ms = qs.parse_time(q.to) if q.to is not None else call.deps.now_ms()
     from_ms = (
-        s.parse_time(q.from_) if q.from_ is not None else max(s.MIN_TIME_MS, to_ms - 30 * DAY_MS)
+        qs.parse_time(q.from_) if q.from_ is not None else max(qs.MIN_TIME_MS, to_ms - 30 * DAY_MS)
     )
     if from_ms >= to_ms:
         raise InvalidInput("from", "must be before to")
@@ -118,7 +119,7 @@ def _sum(points: list[UsagePoint], start: int) -> UsagePoint:
 
 
 async def get_usage(call: Call) -> web.Response:
-    q = call.query_as(s.UsageQuery)
+    q = call.query_as(qs.UsageQuery)
     ws_id = call.path("ws")
     scope = await authz.usage_scope(call.deps.store, call.principal, ws_id, q.app_id, call.roles)
     from_ms, to_ms = time_range(call, q)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
+from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
@@ -31,7 +32,7 @@ async def create_checkout(call: Call) -> web.Response:
         app_id=body.app_id,
         create=provider.create_session if provider.can_checkout else None,
     )
-    out = s.CheckoutOut(
+    out = r.CheckoutOut(
         id=co.id,
         url=co.url or "",
         amount=format_amount(co.amount),
@@ -54,10 +55,10 @@ async def stripe_webhook(call: Call) -> web.Response:
         return problem_response(400, "invalid_signature", "Invalid signature", str(exc))
     outcome = await payments.handle_event(call.deps, event)
     # Acknowledged whatever the outcome (recorded): a retry could not change it.
-    return json_response(s.PaymentWebhookOut(received=True, outcome=outcome))
+    return json_response(r.PaymentWebhookOut(received=True, outcome=outcome))
 
 
-def transaction_type(e: LedgerEntry) -> s.TransactionType:
+def transaction_type(e: LedgerEntry) -> r.TransactionType:
     if e.kind == "grant_free":
         return "free_grant"
     if e.kind == "lapse":
@@ -85,7 +86,7 @@ async def list_transactions(call: Call) -> web.Response:
     )
     p = page("transactions", rows, limit, lambda e: (e.id,))
     items = [
-        s.TransactionOut(
+        r.TransactionOut(
             id=str(e.id),
             type=transaction_type(e),
             amount=format_amount(e.amount),
@@ -97,5 +98,5 @@ async def list_transactions(call: Call) -> web.Response:
         for e in p.items
     ]
     return json_response(
-        s.TransactionsOut(workspace_id=ws.id, transactions=items, next_cursor=p.next_cursor)
+        r.TransactionsOut(workspace_id=ws.id, transactions=items, next_cursor=p.next_cursor)
     )

@@ -1,4 +1,5 @@
-"""Response bodies of the money and usage routes: plan-usage, usage series, sessions."""
+"""Response bodies of the money and usage routes: funds, checkouts, transactions,
+plan-usage, usage series, sessions."""
 
 from __future__ import annotations
 
@@ -135,3 +136,47 @@ class SessionsOut(Out):
     truncated: bool = Field(description="true when more rows exist than returned")
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
     live: bool = Field(description="false when Redis did not answer: stored sessions only")
+
+
+class FundsOut(Out):
+    workspace_id: str
+    reference: str
+    amount: Money
+    app_id: str | None
+    created: bool = Field(description="false when this reference was applied before")
+    created_at: Timestamp
+
+
+class CheckoutOut(Out):
+    id: str
+    url: str = Field(description="the provider's hosted payment page: send the payer there")
+    amount: Money
+    app_id: str | None
+    status: Literal["creating", "open", "paid", "expired", "failed", "rejected"]
+    created_at: Timestamp
+
+
+TransactionType = Literal[
+    "free_grant", "free_lapse", "checkout", "manual_credit", "refund_adjustment", "reconcile"
+]
+
+
+class TransactionOut(Out):
+    id: str
+    type: TransactionType
+    amount: Money = Field(description="signed: credits in are positive, lapses negative")
+    pool: Literal["free", "paid"]
+    app_id: str | None
+    reference: str
+    created_at: Timestamp
+
+
+class TransactionsOut(Out):
+    workspace_id: str
+    transactions: list[TransactionOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for older entries; null: last")
+
+
+class PaymentWebhookOut(Out):
+    received: bool
+    outcome: str = Field(description="what the event did: credited, already_credited, ...")

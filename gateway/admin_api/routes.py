@@ -27,6 +27,7 @@ from gateway.admin_api import list_handlers as lists
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import money_handlers as money
 from gateway.admin_api import payment_handlers as pay
+from gateway.admin_api import query_schemas as qs
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Route
@@ -80,19 +81,19 @@ ROUTES: tuple[Route, ...] = (
           a.app("channels.set"), response=s.ChannelOut, params=CHANNEL),
     Route("POST", "/v1/workspaces/{ws}/funds", money.add_funds,
           "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
-          a.workspace("funds.add"), body=s.FundsAdd, response=s.FundsOut, status=201,
+          a.workspace("funds.add"), body=s.FundsAdd, response=r.FundsOut, status=201,
           also=(200,), params=WS),
     Route("POST", "/v1/workspaces/{ws}/checkout", pay.create_checkout,
           "Start a top-up with the payment provider; funds arrive when it confirms",
-          a.workspace("checkout.create"), body=s.CheckoutCreate, response=s.CheckoutOut, status=201,
+          a.workspace("checkout.create"), body=s.CheckoutCreate, response=r.CheckoutOut, status=201,
           params=WS, errors=(400, 401, 403, 404, 409, 422, 502)),
     Route("POST", "/v1/payments/stripe/webhook", pay.stripe_webhook,
           "The provider's signed event: credits a confirmed payment exactly once",
-          a.PUBLIC, response=s.PaymentWebhookOut,
+          a.PUBLIC, response=r.PaymentWebhookOut,
           errors=(400,)),
     Route("GET", "/v1/workspaces/{ws}/transactions", pay.list_transactions,
           "The ledger, newest first: free grants, lapses, top-ups, manual credits",
-          a.workspace("transactions.read"), query=ls.ListQuery, response=s.TransactionsOut,
+          a.workspace("transactions.read"), query=ls.ListQuery, response=r.TransactionsOut,
           params=WS),
     Route("POST", "/v1/workspaces/{ws}/upgrade", acc.upgrade,
           "Make the workspace enterprise with per-product licences", a.workspace("upgrade"),
@@ -107,7 +108,7 @@ ROUTES: tuple[Route, ...] = (
           a.workspace("plan_usage.read"), response=r.PlanUsageOut, params=WS),
     Route("GET", "/v1/workspaces/{ws}/usage", money.get_usage, "Usage series",
           a.workspace("usage.read"),
-          query=s.UsageQuery, response=r.UsageOut, params=WS),
+          query=qs.UsageQuery, response=r.UsageOut, params=WS),
     Route("GET", "/v1/workspaces/{ws}/sessions", money.get_sessions,
           "Billing-session detail (JSON, or CSV with Accept: text/csv)",
           a.workspace("usage.read"),

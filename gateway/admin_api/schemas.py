@@ -7,12 +7,9 @@ These models are the one definition of every body: requests are validated with t
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -184,79 +181,6 @@ class ChannelSet(Body):
     )
 
 
-# ------------------------------------------------------------------ query values
-#
-# Query values arrive as text. Every number or time in a query is bounded here, so an
-# out-of-range value is a 422 naming the parameter, never an overflow further in.
-
-MIN_TIME_MS = 0  # 1970-01-01T00:00:00Z
-MAX_TIME_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z
-_EPOCH_MS = re.compile(r"[0-9]{1,15}")
-TIME_HINT = "must be an ISO 8601 date or date-time, or epoch ms, from 1970 to 2200"
-
-
-def parse_time(text: str) -> int:
-    """Epoch ms from epoch-ms digits or an ISO 8601 date / date-time (UTC unless zoned);
-    ``ValueError`` outside :data:`MIN_TIME_MS`..:data:`MAX_TIME_MS`."""
-    if _EPOCH_MS.fullmatch(text):
-        ms = int(text)
-    else:
-        try:
-            t = datetime.fromisoformat(text)
-            if t.tzinfo is None:
-                t = t.replace(tzinfo=UTC)
-            ms = int(t.timestamp() * 1000)
-        except (ValueError, OverflowError, OSError):
-            raise ValueError(TIME_HINT) from None
-    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
-        raise ValueError(TIME_HINT)
-    return ms
-
-
-def _time_text(text: str) -> str:
-    parse_time(text)
-    return text
-
-
-def query_int(lo: int, hi: int, description: str = "") -> Any:
-    """A bounded integer query parameter (decimal digits, ``lo``..``hi``), e.g. a page
-    ``limit``: declare ``limit: query_int(1, 500) | SkipJsonSchema[None] = optional()``
-    and read it with ``int(q.limit)``."""
-
-    def check(text: str) -> str:
-        if not re.fullmatch(r"-?[0-9]{1,19}", text) or not lo <= int(text) <= hi:
-            raise ValueError(f"must be a whole number from {lo} to {hi}")
-        return text
-
-    return Annotated[
-        str,
-        Field(max_length=20, pattern=r"^-?[0-9]+$", description=description or None),
-        AfterValidator(check),
-    ]
-
-
-QueryTime = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_time_text)]
-
-
-class UsageQuery(Body):
-    """Query of the usage and sessions routes (strings, as they come in the URL)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    from_: QueryTime | SkipJsonSchema[None] = optional(
-        alias="from",
-        description="start, ISO 8601 date or date-time (UTC) or epoch ms, 1970-2200; "
-        "default 30 days before `to`",
-    )
-    to: QueryTime | SkipJsonSchema[None] = optional(
-        description="end (exclusive), same formats; default now"
-    )
-    granularity: Literal["hour", "day", "week", "month"] | SkipJsonSchema[None] = optional()
-    app_id: AppId | SkipJsonSchema[None] = optional()
-    channel: Annotated[str, Field(pattern=keys.CHANNEL_RE.pattern)] | SkipJsonSchema[None] = (
-        optional()
-    )
-
-
 # ------------------------------------------------------------------------ responses
 
 
@@ -333,15 +257,6 @@ class AppOut(Out):
     usage: AppUsageOut | None = None
 
 
-class FundsOut(Out):
-    workspace_id: str
-    reference: str
-    amount: Money
-    app_id: str | None
-    created: bool = Field(description="false when this reference was applied before")
-    created_at: Timestamp
-
-
 class UpgradeRequestOut(Out):
     id: str
     workspace_id: str
@@ -374,38 +289,3 @@ class WebhookOut(Out):
     workspace_id: str
     url: str
     secret_set: bool
-
-
-class CheckoutOut(Out):
-    id: str
-    url: str = Field(description="the provider's hosted payment page: send the payer there")
-    amount: Money
-    app_id: str | None
-    status: Literal["creating", "open", "paid", "expired", "failed", "rejected"]
-    created_at: Timestamp
-
-
-TransactionType = Literal[
-    "free_grant", "free_lapse", "checkout", "manual_credit", "refund_adjustment", "reconcile"
-]
-
-
-class TransactionOut(Out):
-    id: str
-    type: TransactionType
-    amount: Money = Field(description="signed: credits in are positive, lapses negative")
-    pool: Literal["free", "paid"]
-    app_id: str | None
-    reference: str
-    created_at: Timestamp
-
-
-class TransactionsOut(Out):
-    workspace_id: str
-    transactions: list[TransactionOut]
-    next_cursor: str | None = Field(description="pass as ?cursor= for older entries; null: last")
-
-
-class PaymentWebhookOut(Out):
-    received: bool
-    outcome: str = Field(description="what the event did: credited, already_credited, ...")

@@ -1,0 +1,100 @@
+"""Reading a request's JSON body and query into the route's pydantic models.
+
+Malformed input is :class:`BadRequest` (400); input that breaks the schema is
+:class:`Invalid` (422) naming every bad field, with a hint for a pattern mismatch.
+"""
+
+from __future__ import annotations
+
+from types import UnionType
+from typing import Any, TypeVar, Union, get_origin
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from gateway.admin_api.schemas import PATTERN_HINTS
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadRequest(Exception):
+    """Input that is not even well-formed (400), e.g. malformed JSON."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Invalid(Exception):
+    """Well-formed input that breaks the schema (422): every problem, by field."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+        self.problems = problems
+
+
+def _unions(model: type[BaseModel]) -> set[str]:
+    """Members (by JSON name) whose type is a union: pydantic tags their errors' loc."""
+    return {
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if get_origin(info.annotation) in (Union, UnionType)
+    }
+
+
+def _field(err: ErrorDetails, unions: set[str]) -> str:
+    loc = list(err["loc"])
+    if len(loc) > 1 and loc[0] in unions:
+        del loc[1]  # the union member's tag, e.g. "constrained-str"
+    return ".".join(str(p) for p in loc if p != "[key]") or "body"
+
+
+def _message(err: ErrorDetails) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown member"
+    if err["type"] == "missing":
+        return "is required"
+    if err["type"] == "string_pattern_mismatch":
+        pattern = str((err.get("ctx") or {}).get("pattern", ""))
+        return PATTERN_HINTS.get(pattern, f"must match {pattern}")
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or :class:`Invalid` naming every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        unions = _unions(model)
+        problems: list[dict[str, str]] = []
+        for err in exc.errors():
+            if err["type"] == "none_required":  # the "or null" member of an optional
+                continue
+            problem = {"field": _field(err, unions), "message": _message(err)}
+            if problem not in problems:
+                problems.append(problem)
+        raise Invalid(problems or [{"field": "body", "message": "invalid"}]) from None
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("body", "a JSON object is required")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("body", f"malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body", "must be a JSON object")
+    return validate(model, data)
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    data: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in data:
+            raise Invalid([{"field": name, "message": "given more than once"}])
+        data[name] = value
+    return validate(model, data)
