@@ -146,15 +146,17 @@ class ClientConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             # A callback's exception arrives as the context of the parser's error.
-            if not isinstance(exc.__context__, _Pipelined):
+            done = self._done
+            if done is None or not (isinstance(exc.__context__, _Pipelined) or not done.keep_alive):
                 # Not ours, or malformed: aiohttp answers exactly as it would alone.
                 self.hand_off(b"".join(self._chunks))
                 return
+            # More after a complete request: pipelined, or after Connection: close (llhttp
+            # refuses it), where it is ignored.
             raw = b"".join(self._chunks)
             n = message_end(raw)
-            assert self._done is not None
-            self._done.raw = raw[:n]
-            self._backlog = raw[n:] + self._backlog
+            done.raw = raw[:n]
+            self._backlog = raw[n:] + self._backlog if done.keep_alive else b""
             self._chunks = []
             self._parser = httptools.HttpRequestParser(self)
         done = self._done

@@ -35,6 +35,7 @@ POOR = f"{WS}_poor"
 TLS = f"{WS}_tlsbot"
 FUNDS = 1_000_000  # five sessions
 USER = {"X-Channel-User-Id": "u1"}
+USER_LINE = "X-Channel-User-Id: u2"  # a second user: one would be charged, the bot reads both
 
 
 @pytest.fixture
@@ -173,6 +174,9 @@ async def test_pipelined_requests_are_answered_in_order_across_a_hand_off(
         "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         "Transfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "Content-Length: 3\r\n" + ("X-Big: " + "b" * 8000 + "\r\n") * 10 + "\r\nabc",
+        f"Content-Length: 3\r\n{USER_LINE}\r\n\r\nabc",
         "Content-Length: +3\r\n\r\nabc",
     ],
 )
@@ -181,7 +185,8 @@ async def test_ambiguous_framing_is_refused_and_never_forwarded(
 ) -> None:
     req = f"POST /hooks/web/{APP} HTTP/1.1\r\nHost: x\r\nX-Channel-User-Id: u1\r\n{framing}"
     answer = await raw_exchange(gw.url, req.encode())
-    assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), answer[:200]
+    status = answer.split(b"\r\n")[0].split(b" ")[1]
+    assert status in (b"400", b"431", b"501"), answer[:200]  # aiohttp's (http_rules) answer
     assert b"application/problem+json" in answer
     assert bot.count() == 0
     assert stats(gw).fast == 0

@@ -488,8 +488,6 @@ async def test_requests_after_connection_close_are_ignored(
     known_gap(request, site, {
         "aiohttp": "llhttp refuses data after Connection: close, and aiohttp's C parser then "
                    "drops the whole read: one 400 for all of it (nothing served or charged)",
-        "fast": "the fast path serves /a, then hands the rest to aiohttp (the llhttp error): "
-                "/b gets a 400 (not served, not charged)",
     })  # fmt: skip
     async with conn(site) as c:
         c.send(req(site, "/a", method="GET") + req(site, "/b", method="GET",
