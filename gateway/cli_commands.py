@@ -208,6 +208,7 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> int:
     from gateway.startup import open_ready_store, ready_redis
+    from meter.accounts import projection
     from meter.redis_layer.client import warm_up
     from meter.usage.reconcile import reconcile as run
 
@@ -219,6 +220,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
         raise
     await warm_up(client)
     try:
+        await projection.rename_legacy_fields(client)  # an older version's field names
         async with store:
             reports = await run(store, client, settings, workspace=workspace, apply=apply)
     finally:

@@ -84,7 +84,7 @@ class Meter:
         if dec.shadowed:
             self._metrics.shadow_refusals.labels(dec.shadow_reason or "unknown").inc()
         if dec.units:
-            self._metrics.charge(dec.free, dec.app_paid, dec.pool_paid)
+            self._metrics.charge(dec.free, dec.app, dec.pool)
             if dec.new_session:
                 self._metrics.sessions_started.inc()
         return Admission(app_id, dec, None)

@@ -188,9 +188,9 @@ class Metrics:
             )
         child.inc()
 
-    def charge(self, free: int, app_paid: int, pool_paid: int) -> None:
+    def charge(self, free: int, app: int, pool: int) -> None:
         """Record a debit given in micro-dollars."""
-        for child, micros in zip(self.charged_children, (free, app_paid, pool_paid), strict=True):
+        for child, micros in zip(self.charged_children, (free, app, pool), strict=True):
             if micros:
                 child.inc(micros)
 

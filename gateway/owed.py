@@ -248,7 +248,7 @@ class Owed:
             return True
         if dec.admitted:
             if not dec.duplicate:
-                self._metrics.charge(dec.free, dec.app_paid, dec.pool_paid)
+                self._metrics.charge(dec.free, dec.app, dec.pool)
                 if dec.new_session:
                     self._metrics.sessions_started.inc()
         else:

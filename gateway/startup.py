@@ -16,6 +16,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from config import Settings
 from config.urls import mask_url, sqlite_path
+from meter.accounts import projection
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, StoreError, open_store
 from meter.store.schema import latest_version
@@ -137,3 +138,20 @@ async def warn_if_redis_down(settings: Settings) -> None:
             "%s; serving anyway and retrying (/readyz reports not ready until it answers)",
             redis_problem(settings, reason),
         )
+        return
+    await rename_legacy_fields(settings)
+
+
+async def rename_legacy_fields(settings: Settings) -> None:
+    """Balance fields of an older version's Redis renamed before any worker admits
+    (:func:`meter.accounts.projection.rename_legacy_fields`); best effort, logged."""
+    client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
+    try:
+        renamed = await projection.rename_legacy_fields(client)
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        log.warning("could not rename older balance fields in Redis: %r", exc)
+        return
+    finally:
+        await client.aclose()
+    if renamed:
+        log.warning("renamed %d balance field(s) of an older version in Redis", renamed)

@@ -44,7 +44,7 @@ def _app_view(
     settings: Settings,
     free: int,
     pool: int,
-    app_paid: int,
+    app_balance: int,
     licence_left: dict[str, int] | None,
     free_expired: bool = False,
     low_threshold: int | None = None,
@@ -60,7 +60,7 @@ def _app_view(
         "unit_price": format_amount(price.price),
         "use_free_credits": app.use_free_credits,
         "suspended": app.suspended,
-        "paid_balance": format_amount(app_paid),
+        "paid_balance": format_amount(app_balance),
     }
     status: Status
     source: str | None = None
@@ -78,7 +78,7 @@ def _app_view(
         view.update(remaining=None, allowed_units=left if ok else 0)
     else:
         free_part = free if app.use_free_credits else 0
-        paid = app_paid + pool
+        paid = app_balance + pool
         remaining = free_part + paid
         if app.suspended or remaining < price.price:
             status = "inactive"
@@ -166,7 +166,7 @@ async def plan_usage(
     expired = bal.free_expires_ms <= now_ms
     free = 0 if expired else bal.free
     lapsed = bal.lapsed + (bal.free if expired else 0)
-    paid = bal.pool + sum(bal.app_paid.values())
+    paid = bal.pool + sum(bal.app.values())
     usable = free + paid
     plan = ws.type
     enterprise = plan == "enterprise"
@@ -183,7 +183,7 @@ async def plan_usage(
             settings=settings,
             free=free,
             pool=bal.pool,
-            app_paid=bal.app_paid.get(app.id, 0),
+            app_balance=bal.app.get(app.id, 0),
             licence_left=licence_left,
             free_expired=expired and bal.free_granted > 0,
             low_threshold=ws.low_balance_threshold,

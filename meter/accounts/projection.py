@@ -19,6 +19,7 @@ from config.catalog import PRODUCTS
 from meter.errors import InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.keys import F_APP, F_POOL
 from meter.redis_layer.scripts import register
 
 
@@ -41,7 +42,7 @@ class Balances:
     free_expires_ms: int
     lapsed: int
     pool: int
-    app_paid: dict[str, int]
+    app: dict[str, int]
 
 
 def _s(v: bytes | str | None) -> str:
@@ -170,14 +171,14 @@ async def grant(
 async def read_balances(client: RedisClient, ws: str) -> Balances:
     """Live balances of a workspace and of each of its apps."""
     raw = await client.hmget(
-        keys.ws_key(ws), ["type", "free", "free_granted", "free_exp", "lapsed", "paid"]
+        keys.ws_key(ws), ["type", "free", "free_granted", "free_exp", "lapsed", F_POOL]
     )
     if raw[0] is None:
         raise NotFound("workspace", ws)
     app_ids = sorted(_s(a) for a in await client.smembers(keys.apps_key(ws)))
-    app_paid: dict[str, int] = {}
+    app: dict[str, int] = {}
     for app_id in app_ids:
-        app_paid[app_id] = int(await client.hget(keys.app_key(ws, app_id), "paid") or 0)
+        app[app_id] = int(await client.hget(keys.app_key(ws, app_id), F_APP) or 0)
     return Balances(
         plan=_s(raw[0]),
         free=int(raw[1] or 0),
@@ -185,5 +186,16 @@ async def read_balances(client: RedisClient, ws: str) -> Balances:
         free_expires_ms=int(raw[3] or 0),
         lapsed=int(raw[4] or 0),
         pool=int(raw[5] or 0),
-        app_paid=app_paid,
+        app=app,
     )
+
+
+async def rename_legacy_fields(client: RedisClient) -> int:
+    """Balance fields still under their pre-0.2 names (``paid``, ``apaid``) renamed in
+    place for every workspace Redis knows (``rename_fields.lua``); how many were renamed.
+    Run at start-up, before any admission of this version reads them."""
+    script = register(client, "rename_fields")
+    renamed = 0
+    for ws in sorted(_s(w) for w in await client.smembers(keys.WORKSPACES)):
+        renamed += int(await script(keys=[keys.ws_prefix(ws)]))
+    return renamed

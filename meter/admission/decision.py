@@ -17,8 +17,8 @@ class Decision(NamedTuple):
     code: int
     units: int
     free: int
-    app_paid: int
-    pool_paid: int
+    app: int
+    pool: int
     invoiced: int
     retry_after_ms: int
     bsid: str
@@ -69,7 +69,7 @@ class Decision(NamedTuple):
     @property
     def charged(self) -> int:
         """Money debited from the workspace's balances by this admission."""
-        return self.free + self.app_paid + self.pool_paid
+        return self.free + self.app + self.pool
 
 
 def unknown_app(key: str = "", token: str = "") -> Decision:

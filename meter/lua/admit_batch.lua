@@ -2,8 +2,8 @@
 -- per-batch caches of apps, products, rate windows, usage and aggregates, written back
 -- once at the end of admit.lua. Also the reply builder, result().
 
--- Hash fields of the balances (meter/redis_layer/keys.py).
-local F_POOL, F_APPS, F_APP = 'paid', 'apaid', 'paid'
+-- Hash fields of the balances (meter/redis_layer/keys.py F_*).
+local F_POOL, F_APPS, F_APP = 'pool', 'apps', 'app'
 
 local out, no = {}, 0
 local function result(code, units, free, app, pool, inv, retry, bsid, flags)

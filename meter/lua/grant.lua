@@ -4,7 +4,8 @@
 -- ARGV[1]  reference (unique per workspace; the ledger entry's reference)
 -- ARGV[2]  kind: "free" (free-credit grant) | "funds" (paid top-up)
 -- ARGV[3]  amount (micro-dollars, > 0)
--- ARGV[4]  app id for funds tied to one app, "" for the shared pool
+-- ARGV[4]  app id for funds tied to one app (its "app" balance, and the workspace's "apps"
+--          sum), "" for the shared "pool" (balance fields: meter/redis_layer/keys.py)
 -- ARGV[5]  free-credit expiry (ms; kind "free" only)
 -- ARGV[6]  low-balance threshold (micro-dollars), unless the workspace has its own (lowt)
 -- ARGV[7]  now (ms): free credits already past their validity lapse before a new free
@@ -37,17 +38,17 @@ if kind == 'free' then
     redis.call('HSET', wsk, 'free_exp', ARGV[5])
   end
 elseif app ~= '' then
-  redis.call('HINCRBY', P .. ':a:' .. app, 'paid', amount)
-  redis.call('HINCRBY', wsk, 'apaid', amount)
+  redis.call('HINCRBY', P .. ':a:' .. app, 'app', amount)
+  redis.call('HINCRBY', wsk, 'apps', amount)
 else
-  redis.call('HINCRBY', wsk, 'paid', amount)
+  redis.call('HINCRBY', wsk, 'pool', amount)
 end
 
 -- Money arrived: apps may serve again and the low-balance alert may fire anew.
 for _, id in ipairs(redis.call('SMEMBERS', P .. ':apps')) do
   redis.call('HSET', P .. ':a:' .. id, 'inactive', '0')
 end
-local w = redis.call('HMGET', wsk, 'free', 'paid', 'apaid')
+local w = redis.call('HMGET', wsk, 'free', 'pool', 'apps')
 local total = tonumber(w[1] or '0') + tonumber(w[2] or '0') + tonumber(w[3] or '0')
 local low = tonumber(redis.call('HGET', wsk, 'lowt') or '') or tonumber(ARGV[6])
 if total >= low then redis.call('HSET', wsk, 'low', '0') end

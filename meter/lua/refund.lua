@@ -10,27 +10,27 @@
 --          reserved (never confirmed as forwarded)
 -- ARGV[5]  flush bucket (s)   ARGV[6] enterprise billing period id
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
--- Returns {refunded (0|1), free, app_paid, pool_paid, invoiced}. Not refunded: no such
+-- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back). Not refunded: no such
 -- record, another attempt's token, nothing charged, or a charge that opened a billing
 -- session other messages were then served in (it was used; the reservation is settled).
 -- The charge is read from its record P:i:<app>:<key> (see admit.lua).
 
 local P = KEYS[1]
-local now, app, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local now, app_id, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local FB, PERIOD = tonumber(ARGV[5]), ARGV[6]
 local BLOCK, IDLE = tonumber(ARGV[7]), tonumber(ARGV[8])
 local NONE = {0, 0, 0, 0, 0}
 
 -- #include lib_sessions.lua
 
-local ik = P .. ':i:' .. app .. ':' .. key
-local rsv, member = P .. ':rsv', app .. ':' .. key
+local ik = P .. ':i:' .. app_id .. ':' .. key
+local rsv, member = P .. ':rsv', app_id .. ':' .. key
 local rec = redis.call('GET', ik)
 if not rec then
   redis.call('ZREM', rsv, member)
   return NONE
 end
-local tok, units, bsid, f, ap, pp, inv, ch, unit, user = string.match(rec,
+local tok, units, bsid, free, app, pool, inv, ch, unit, user = string.match(rec,
   '^([^\t]*)\t%d+\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
 if token == '' then
   -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
@@ -43,7 +43,7 @@ if not tok or tok ~= token or units == '0' then return NONE end
 -- it stands (else a client could open a session, ride it, and fail the opener for free).
 local sfld, sentry, sbucket
 if bsid ~= '' then
-  sfld = app .. '\t' .. ch .. '\t' .. user
+  sfld = app_id .. '\t' .. ch .. '\t' .. user
   sentry, sbucket = session_find(sfld)
   if sentry then
     local s1, msgs = string.match(sentry, '^%d+,%d+,%d+,([^,]+),(%d+),')
@@ -56,20 +56,20 @@ end
 
 redis.call('DEL', ik)
 redis.call('ZREM', rsv, member)
-f, ap, pp, inv = tonumber(f), tonumber(ap), tonumber(pp), tonumber(inv)
+free, app, pool, inv = tonumber(free), tonumber(app), tonumber(pool), tonumber(inv)
 
 local wsk = P .. ':ws'
-local product = redis.call('HGET', P .. ':a:' .. app, 'product') or ''
-if f > 0 then
+local product = redis.call('HGET', P .. ':a:' .. app_id, 'product') or ''
+if free > 0 then
   -- Free credits that expired meanwhile come back as lapsed, not as spendable credit.
   local exp = tonumber(redis.call('HGET', wsk, 'free_exp') or '0')
-  if now < exp then redis.call('HINCRBY', wsk, 'free', f) else redis.call('HINCRBY', wsk, 'lapsed', f) end
+  if now < exp then redis.call('HINCRBY', wsk, 'free', free) else redis.call('HINCRBY', wsk, 'lapsed', free) end
 end
-if ap > 0 then
-  redis.call('HINCRBY', P .. ':a:' .. app, 'paid', ap)
-  redis.call('HINCRBY', wsk, 'apaid', ap)
+if app > 0 then
+  redis.call('HINCRBY', P .. ':a:' .. app_id, 'app', app)
+  redis.call('HINCRBY', wsk, 'apps', app)
 end
-if pp > 0 then redis.call('HINCRBY', wsk, 'paid', pp) end
+if pool > 0 then redis.call('HINCRBY', wsk, 'pool', pool) end
 if inv > 0 then
   local uk = P .. ':lu:' .. product .. ':' .. PERIOD
   if tonumber(redis.call('GET', uk) or '0') > 0 then redis.call('DECR', uk) end
@@ -86,7 +86,7 @@ if bsid ~= '' then
       if blocks <= 0 and msgs <= 0 then
         redis.call('HDEL', sk, fld)
       else
-        amount = math.max(0, tonumber(amount) - f - ap - pp - inv)
+        amount = math.max(0, tonumber(amount) - free - app - pool - inv)
         redis.call('HSET', sk, fld, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
           msgs, amount, prod))
       end
@@ -97,13 +97,13 @@ end
 -- Aggregates of the current bucket take the reversal, so sums stay exact.
 local bucket = math.floor(now / 1000 / FB) * FB
 local agk = P .. ':ag:' .. D(bucket)
-local fk = app .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
+local fk = app_id .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
 redis.call('HINCRBY', agk, fk .. 'n', -1)
 redis.call('HINCRBY', agk, fk .. 'm', -1)
 redis.call('HINCRBY', agk, fk .. 'x', 1)
-if f > 0 then redis.call('HINCRBY', agk, fk .. 'f', -f) end
-if ap > 0 then redis.call('HINCRBY', agk, fk .. 'a', -ap) end
-if pp > 0 then redis.call('HINCRBY', agk, fk .. 'p', -pp) end
+if free > 0 then redis.call('HINCRBY', agk, fk .. 'f', -free) end
+if app > 0 then redis.call('HINCRBY', agk, fk .. 'a', -app) end
+if pool > 0 then redis.call('HINCRBY', agk, fk .. 'p', -pool) end
 if inv > 0 then redis.call('HINCRBY', agk, fk .. 'i', -inv) end
 redis.call('ZADD', P .. ':agi', bucket, bucket)
-return {1, f, ap, pp, inv}
+return {1, free, app, pool, inv}

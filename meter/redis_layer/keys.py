@@ -8,15 +8,17 @@ are mirrored in ``meter/lua/*.lua`` and must change together with this module.
 Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 
 ``P:ws``              hash   workspace: ``type`` standard|enterprise; ``free`` free credit
-                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``; ``paid``
-                             shared pool, ``apaid`` sum of app-tied funds; ``u:<product>`` and
+                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``; ``pool``
+                             shared paid funds, ``apps`` sum of its apps' ``app`` balances
+                             (docs/glossary.md: free / app / pool); ``u:<product>`` and
                              ``p:<product>`` unit and price, ``np`` notification price;
                              ``l:<product>`` licence ``limit,per_minute,per_hour``; ``seq`` id
                              counter; ``low`` 1 once the low-balance alert fired; ``lowt``
                              the owner's own low-balance threshold (absent: the default).
-``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``paid``
-                             app-tied funds, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
-                             ``v`` config version, ``up`` upstream url, ``ch:<channel>``
+``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``app``
+                             paid funds tied to the app, ``pm``/``ph`` rate overrides,
+                             ``inactive`` 0|1, ``v`` config version, ``up`` upstream url,
+                             ``ch:<channel>``
                              the channel's verification secret (JSON, Fernet-encrypted).
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
@@ -125,6 +127,15 @@ def usage_limit_key(ws: str, product: str, period: str) -> str:
 def rate_keys(ws: str, app: str) -> tuple[str, str]:
     return f"{ws_prefix(ws)}:rm:{app}", f"{ws_prefix(ws)}:rh:{app}"
 
+
+# Balance fields (docs/glossary.md), mirrored in meter/lua (admit_batch.lua's F_*,
+# grant.lua, refund.lua): the workspace's pool and the sum of its apps' balances, and an
+# app's own balance. Before 0.2 they were ``paid``, ``apaid`` and ``paid`` (LEGACY_FIELDS,
+# renamed in place at start-up by rename_fields.lua).
+F_POOL = "pool"
+F_APPS = "apps"
+F_APP = "app"
+LEGACY_FIELDS = {"paid": F_POOL, "apaid": F_APPS}  # workspace hash; app hash: paid -> app
 
 # Workspace ids known to Redis (for the flusher and reconcile on a store-less path).
 # Not hash-tagged by workspace: only written by the admin path, never by a script.

@@ -25,6 +25,7 @@ from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
 from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register
 from meter.store import Store
@@ -89,10 +90,10 @@ async def _unflushed(store: Store, client: RedisClient, ws: str) -> dict[str, in
         in_period = billing_period(int(bucket)) == period
         for (app, _ch, product, _unit), c in fold_aggregates(items).items():
             out["free"] = out.get("free", 0) - int(c.get("amount_free", 0))
-            out["paid"] = out.get("paid", 0) - int(c.get("amount_pool", 0))
+            out[F_POOL] = out.get(F_POOL, 0) - int(c.get("amount_pool", 0))
             a = int(c.get("amount_app", 0))
             out[f"app:{app}"] = out.get(f"app:{app}", 0) - a
-            out["apaid"] = out.get("apaid", 0) - a
+            out[F_APPS] = out.get(F_APPS, 0) - a
             if in_period and int(c.get("amount_invoiced", 0)):
                 out[f"lu:{product}"] = out.get(f"lu:{product}", 0) + int(c.get("units", 0))
     return out
@@ -105,16 +106,16 @@ async def store_values(store: Store, ws: str, now_s: float) -> dict[str, int]:
     apps = {a.id for a in await store.list_apps(ws)} | set(ledger.apps) | set(spent.apps)
     out = {
         "free": ledger.free - spent.free,
-        "paid": ledger.shared - spent.shared,
+        F_POOL: ledger.shared - spent.shared,
         "free_granted": sum(e.amount for e in await store.ledger_entries(ws, kind="grant_free")),
         "lapsed": -sum(e.amount for e in await store.ledger_entries(ws, kind="lapse")),
     }
-    apaid = 0
+    apps_total = 0
     for app in sorted(apps):
         v = ledger.apps.get(app, 0) - spent.apps.get(app, 0)
         out[f"app:{app}"] = v
-        apaid += v
-    out["apaid"] = apaid
+        apps_total += v
+    out[F_APPS] = apps_total
     w = await store.get_workspace(ws)
     if w is not None and w.type == "enterprise":
         start = _month_start_ms(now_s)
@@ -138,7 +139,7 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
     period = billing_period(time.time())
     for name in names:
         if name.startswith("app:"):
-            raw = await client.hget(keys.app_key(ws, name[4:]), "paid")
+            raw = await client.hget(keys.app_key(ws, name[4:]), F_APP)
             exists = await client.exists(keys.app_key(ws, name[4:]))
         elif name.startswith("lu:"):
             raw = await client.get(keys.usage_limit_key(ws, name[3:], period))
@@ -184,7 +185,7 @@ async def _correct(
         if not delta:
             continue
         if d.field.startswith("app:"):
-            await client.hincrby(keys.app_key(ws, d.field[4:]), "paid", delta)
+            await client.hincrby(keys.app_key(ws, d.field[4:]), F_APP, delta)
         elif d.field.startswith("lu:"):
             await client.incrby(keys.usage_limit_key(ws, d.field[3:], period), delta)
         else:
@@ -229,14 +230,14 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
 
 async def _restore_flags(client: RedisClient, ws: str, settings: Settings) -> None:
     """Alert flags consistent with the balances, so restoring fires no stale alert."""
-    r = await client.hmget(keys.ws_key(ws), ["free", "paid", "apaid", "free_exp"])
-    free, paid, apaid, exp = (int(v or 0) for v in r)
-    usable = (free if time.time() * 1000 < exp else 0) + paid + apaid
+    r = await client.hmget(keys.ws_key(ws), ["free", F_POOL, F_APPS, "free_exp"])
+    free, pool, apps, exp = (int(v or 0) for v in r)
+    usable = (free if time.time() * 1000 < exp else 0) + pool + apps
     await client.hset(
         keys.ws_key(ws),
         mapping={
             "low": int(usable < settings.low_balance_threshold),
-            "pz": int(paid + apaid == 0),
+            "pz": int(pool + apps == 0),
             "fx": int(free == 0),
         },
     )

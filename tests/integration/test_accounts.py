@@ -94,7 +94,7 @@ async def test_funds_tied_to_an_app_and_their_limits(deps: Deps) -> None:
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
     await credits.add_funds(deps, "user:x", ws, "100", app_id=app.id, reference="a1")
     bal = await projection.read_balances(deps.redis, ws.id)
-    assert bal.app_paid == {app.id: 100 * USD} and bal.pool == 0
+    assert bal.app == {app.id: 100 * USD} and bal.pool == 0
     for bad in ("99.99", "20000.01", "-5", "1e3", "100.001", "NaN", "", "0100"):
         with pytest.raises(InvalidInput) as exc:
             await credits.add_funds(deps, "user:x", ws, bad, reference="bad")

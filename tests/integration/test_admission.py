@@ -164,7 +164,7 @@ async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
         low_threshold=cfg.low_balance_threshold,
     )
     d = await adm.admit(w.apps[0], "web", "b")
-    assert (d.units, d.pool_paid, d.free) == (1, PRICE, 0)
+    assert (d.units, d.pool, d.free) == (1, PRICE, 0)
     assert (await projection.read_balances(client, w.ws)).lapsed == 500 * USD - PRICE
 
 
@@ -183,9 +183,9 @@ async def test_deduction_order_and_app_funds(single: RedisClient, order: str) ->
     )
     d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
     if order == "free_first":
-        assert (d.free, d.app_paid, d.pool_paid) == (PRICE // 2, PRICE // 4, PRICE // 4)
+        assert (d.free, d.app, d.pool) == (PRICE // 2, PRICE // 4, PRICE // 4)
     else:
-        assert (d.free, d.app_paid, d.pool_paid) == (0, PRICE // 4, 3 * PRICE // 4)
+        assert (d.free, d.app, d.pool) == (0, PRICE // 4, 3 * PRICE // 4)
     assert d.charged == PRICE
 
 

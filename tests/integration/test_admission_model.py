@@ -240,10 +240,10 @@ class AdmissionMachine(RuleBasedStateMachine):
             m.lapsed,
             m.pool,
         )
-        assert b.app_paid == {k: a.paid for k, a in m.apps.items()}
+        assert b.app == {k: a.app for k, a in m.apps.items()}
         flags = self.run(self.redis_flags())
         want = [
-            str(sum(a.paid for a in m.apps.values())),
+            str(sum(a.app for a in m.apps.values())),
             "1" if m.is_low else "0",
             *("1" if a.inactive else "0" for a in m.apps.values()),
         ]
@@ -269,8 +269,8 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     async def redis_flags(self) -> list[str]:
         c = self.client
-        apaid, low = await c.hmget(keys.ws_key(WS), ["apaid", "low"])
-        out = [(apaid or b"0").decode(), (low or b"0").decode()]
+        apps, low = await c.hmget(keys.ws_key(WS), [keys.F_APPS, "low"])
+        out = [(apps or b"0").decode(), (low or b"0").decode()]
         for app in self.model.apps:
             out.append((await c.hget(keys.app_key(WS, app), "inactive") or b"0").decode())
         return out

@@ -27,7 +27,7 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 def balances_of(b: projection.Balances) -> dict[str, int]:
-    return {"free": b.free, "paid": b.pool, **{f"app:{a}": v for a, v in b.app_paid.items()}}
+    return {"free": b.free, "pool": b.pool, **{f"app:{a}": v for a, v in b.app.items()}}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -49,11 +49,11 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
             clock.advance(0.05)
         # Flush what closed; the last second or so stays live in Redis (the window at risk).
         await Flusher(client, store, cfg, clock=clock).flush_once()
-        live = {"free": 0, "paid": 0, **{f"app:{a}": 0 for a in w.apps}}
+        live = {"free": 0, "pool": 0, **{f"app:{a}": 0 for a in w.apps}}
         for b in await client.zrange(keys.agg_index_key(w.ws), 0, -1):
             for f, v in (await client.hgetall(keys.agg_key(w.ws, int(b)))).items():
                 app, _, _, _, metric = f.decode().split("|")
-                name = {"f": "free", "p": "paid", "a": f"app:{app}"}.get(metric)
+                name = {"f": "free", "p": "pool", "a": f"app:{app}"}.get(metric)
                 if name:
                     live[name] += int(v)
         assert sum(live.values()) > 0, "nothing left unflushed: the test proves nothing"
@@ -68,7 +68,7 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         # Redis loses everything.
         await client.flushall()
         (lost,) = await reconcile(store, client, cfg, workspace=w.ws)
-        assert {d.field for d in lost.mismatches} >= {"free", "paid", *(f"app:{a}" for a in w.apps)}
+        assert {d.field for d in lost.mismatches} >= {"free", "pool", *(f"app:{a}" for a in w.apps)}
         assert all(d.redis is None for d in lost.mismatches)
         args = argparse.Namespace(workspace=w.ws, apply=False)
         assert await asyncio.to_thread(cli_commands.reconcile, cfg, args) == 1
@@ -80,7 +80,7 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         after = balances_of(await projection.read_balances(client, w.ws))
         assert after == {
             "free": ledger.free - spent.free,
-            "paid": ledger.shared - spent.shared,
+            "pool": ledger.shared - spent.shared,
             **{f"app:{a}": ledger.apps.get(a, 0) - spent.apps.get(a, 0) for a in w.apps},
         }
         # The lost window: restored balances are higher by exactly the unflushed usage.

@@ -127,7 +127,7 @@ class Expected:
     units: int = 0
     messages: int = 0
     free: int = 0
-    app_paid: int = 0
+    app: int = 0
     pool: int = 0
     refused: int = 0
 
@@ -137,11 +137,11 @@ class Expected:
                 self.messages += 1
             self.units += d.units
             self.free += d.free
-            self.app_paid += d.app_paid
-            self.pool += d.pool_paid
+            self.app += d.app
+            self.pool += d.pool
         else:
             self.refused += 1
 
     @property
     def amount(self) -> int:
-        return self.free + self.app_paid + self.pool
+        return self.free + self.app + self.pool

@@ -35,8 +35,8 @@ class Result(NamedTuple):
     code: int
     units: int
     free: int
-    app_paid: int
-    pool_paid: int
+    app: int
+    pool: int
     invoiced: int
     retry_after_ms: int
     bsid: str
@@ -56,7 +56,7 @@ class App:
     suspended: bool = False
     pm: int | None = None  # rate-limit overrides
     ph: int | None = None
-    paid: int = 0
+    app: int = 0  # its app balance
     inactive: bool = False
 
 
@@ -107,8 +107,8 @@ class Record(NamedTuple):
     units: int
     bsid: str
     free: int
-    app_paid: int
-    pool_paid: int
+    app: int
+    pool: int
     channel: str
     unit: str
     user: str
@@ -143,7 +143,7 @@ class Workspace:
     agg: Counter[str] = field(default_factory=Counter)  # "<app>|<ch>|<product>|<unit>|<metric>"
 
     def paid_total(self) -> int:
-        return self.pool + sum(a.paid for a in self.apps.values())
+        return self.pool + sum(a.app for a in self.apps.values())
 
     def _funds(self) -> tuple[int, int, int]:
         return self.free, self.pool, self.paid_total()
@@ -162,7 +162,7 @@ class Workspace:
             self.free_granted += amount
             self.free_exp = max(self.free_exp, expires)
         elif app:
-            self.apps[app].paid += amount
+            self.apps[app].app += amount
         else:
             self.pool += amount
         for a in self.apps.values():
@@ -214,7 +214,7 @@ class Workspace:
             # A redelivery: charged nothing, but it obeys status, credit and rate limits.
             if code == 0:
                 fr = self.free if (a.use_free and now < self.free_exp) else 0
-                if fr + a.paid + self.pool < price:
+                if fr + a.app + self.pool < price:
                     code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
                 elif rec.deliveries >= MAX_DELIVERIES:
                     code = 8
@@ -236,18 +236,18 @@ class Workspace:
         f = ap = pp = 0
         if code == 0 and charge:
             fr = self.free if (a.use_free and now < self.free_exp) else 0
-            if fr + a.paid + self.pool < price:
+            if fr + a.app + self.pool < price:
                 code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
                 if not a.inactive:
                     a.inactive = True
                     self._event("app.inactive")
             else:
-                avail, got, left = {"f": fr, "a": a.paid, "p": self.pool}, {}, price
+                avail, got, left = {"f": fr, "a": a.app, "p": self.pool}, {}, price
                 for pool in "apf" if self.paid_first else "fap":
                     got[pool] = min(avail[pool], left)
                     left -= got[pool]
                 f, ap, pp = got["f"], got["a"], got["p"]
-                self.free, a.paid, self.pool = self.free - f, a.paid - ap, self.pool - pp
+                self.free, a.app, self.pool = self.free - f, a.app - ap, self.pool - pp
         if code != 0:
             self.agg[fkey + "r:" + REASON[code]] += 1
             return NOTHING._replace(code=code, retry_after_ms=retry)
@@ -300,8 +300,8 @@ class Workspace:
             self.free += rec.free
         else:
             self.lapsed += rec.free
-        a.paid += rec.app_paid
-        self.pool += rec.pool_paid
+        a.app += rec.app
+        self.pool += rec.pool
         s = self.sessions.get((app_id, rec.channel, rec.user))
         if rec.bsid and s is not None and s.bsid == rec.bsid:
             s.blocks -= 1
@@ -311,6 +311,6 @@ class Workspace:
         fkey = f"{app_id}|{rec.channel}|{a.product}|{rec.unit}|"
         for metric, v in (("n", -1), ("m", -1), ("x", 1), ("f", -rec.free)):
             self.agg[fkey + metric] += v
-        self.agg[fkey + "a"] -= rec.app_paid
-        self.agg[fkey + "p"] -= rec.pool_paid
+        self.agg[fkey + "a"] -= rec.app
+        self.agg[fkey + "p"] -= rec.pool
         return True

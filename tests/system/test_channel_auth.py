@@ -279,7 +279,7 @@ async def test_slack_signatures(world: World) -> None:
     assert world.bot.count() == 1
     assert world.bot.calls[0].body == body
     assert world.bot.calls[0].headers["X-Slack-Signature"] == good["X-Slack-Signature"]
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
     async with world.http.get(f"{world.gw.admin_url}/metrics") as resp:
         text = await resp.text()
     assert 'creditgate_requests_total{channel="slack",outcome="refused"} 7.0' in text
@@ -315,7 +315,7 @@ async def test_whatsapp_signatures(world: World) -> None:
 
     assert (await world.post(path, body, meta_headers(body)))[0] == 200
     assert world.bot.count() == 1
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
 
 
 async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: World) -> None:
@@ -364,7 +364,7 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
     assert status == 200
     assert world.bot.count() == 1
     assert world.bot.calls[0].headers["Authorization"].startswith("Bearer ")  # the bot's too
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
 
     # Rotation: the provider now signs with a new key; the gateway fetches it.
     fetched = o.fetches
@@ -375,7 +375,7 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
     status, _ = await world.post(path, json.dumps(again).encode(), auth(o.token("k2")))
     assert status == 200
     assert o.fetches == fetched + 1
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - 2 * PRICE
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
 
 
 async def test_msteams_unknown_kids_refetch_keys_at_a_bounded_rate(
@@ -409,14 +409,14 @@ async def test_hs256_sub_is_the_charged_user(world: World) -> None:
     h = {"Authorization": f"Bearer {hs256('alice')}", "X-Channel-User-Id": "mallory"}
     assert (await world.post(path, b"hi", h))[0] == 200
     assert world.bot.calls[-1].headers["X-Channel-User-Id"] == "alice"  # not the header's
-    assert (await bal()).app_paid[SESS] == FUNDS - 200_000
+    assert (await bal()).app[SESS] == FUNDS - 200_000
     # alice's session goes on whatever user header comes along: no new charge
     h = {"Authorization": f"Bearer {hs256('alice')}", "X-Channel-User-Id": "carol"}
     assert (await world.post(path, b"again", h))[0] == 200
-    assert (await bal()).app_paid[SESS] == FUNDS - 200_000
+    assert (await bal()).app[SESS] == FUNDS - 200_000
     # bob is another user: another session
     assert (await world.post(path, b"hi", {"Authorization": f"Bearer {hs256('bob')}"}))[0] == 200
-    assert (await bal()).app_paid[SESS] == FUNDS - 400_000
+    assert (await bal()).app[SESS] == FUNDS - 400_000
     assert world.bot.count() == 3
 
 
@@ -489,13 +489,13 @@ async def test_websocket_token_in_query(
                 await http.ws_connect(base + bad + ("&" if bad else "?") + "user=mallory")
             assert err.value.status == 401
         assert wsbot.upgrades == []
-        assert (await read_balances(rclient, WS)).app_paid[SESS] == FUNDS
+        assert (await read_balances(rclient, WS)).app[SESS] == FUNDS
 
         async with http.ws_connect(f"{base}?lang=en&token={hs256('alice')}&v=2") as ws:
             await ws.send_str("hello")
             assert (await ws.receive_str()) == "echo:hello"
         assert wsbot.upgrades == [("/ws?lang=en&v=2", "alice")]
-        assert (await read_balances(rclient, WS)).app_paid[SESS] == FUNDS - 200_000
+        assert (await read_balances(rclient, WS)).app[SESS] == FUNDS - 200_000
 
 
 # ------------------------------------------------------------ required everywhere
@@ -519,7 +519,7 @@ async def test_require_channel_auth_refuses_channels_without_secret(
         async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"hi", headers=h) as resp:
             assert resp.status == 200
     assert bot.count() == 1
-    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(rclient, WS)).app[APP] == FUNDS - PRICE
 
 
 # --------------------------------------------------------------------- billability
@@ -581,7 +581,7 @@ async def test_notify_needs_a_token_signed_with_the_channel_secret(world: World)
     call = world.bot.calls[-1]
     assert call.path_qs == "/out/web/send"
     assert "Authorization" not in call.headers  # the gateway's credential stays here
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] < FUNDS
+    assert (await read_balances(world.rclient, WS)).app[APP] < FUNDS
 
 
 async def test_notify_refused_on_channels_without_a_notify_key(world: World) -> None:
@@ -793,7 +793,7 @@ async def test_slack_bolt_app_behind_the_gateway(
             async with http.post(url, data=body, headers=h) as resp:
                 assert resp.status == 401
     assert [e["user"] for e in handled] == ["U2147483697"]
-    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(rclient, WS)).app[APP] == FUNDS - PRICE
 
 
 async def test_msteams_keys_unreachable_is_503_not_a_pass(
@@ -814,7 +814,7 @@ async def test_msteams_keys_unreachable_is_503_not_a_pass(
                 assert resp.status == 503
                 assert (await resp.json())["code"] == "channel_auth_unavailable"
     assert bot.count() == 0
-    assert (await read_balances(rclient, WS)).app_paid[APP] == FUNDS
+    assert (await read_balances(rclient, WS)).app[APP] == FUNDS
 
 
 async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
@@ -830,7 +830,7 @@ async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
         forged = {**good, "X-Channel-User-Id": f"victim{i}", "Idempotency-Key": f"k{i}"}
         statuses.append((await world.post(path, body, forged))[0])
     assert statuses == [200] * 5 + [409] * 3  # one message, honoured at most 5 times
-    assert (await read_balances(world.rclient, WS)).app_paid[APP] == FUNDS - PRICE
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
     assert {c.headers.get("X-Channel-User-Id") for c in world.bot.calls} <= {
         f"victim{i}" for i in range(8)
     }

@@ -165,7 +165,7 @@ async def test_slack_retry_reaches_bot_twice_charged_once(
     assert bot.count("/slack/events") == 2
     assert bot.calls[1].body == body
     # contact_center bills per request ($0.01): one charge for the two deliveries
-    assert (await read_balances(rclient, WS)).app_paid[APP] == 1_000_000 - 10_000
+    assert (await read_balances(rclient, WS)).app[APP] == 1_000_000 - 10_000
     agg = await rclient.hgetall(keys.agg_key(WS, await _bucket(rclient)))
     field = f"{APP}|slack|contact_center|request|m".encode()
     assert int(agg[field]) == 1
@@ -204,7 +204,7 @@ async def test_msteams_and_whatsapp_messages_are_metered_by_pointer(
         assert await post(http, f"{gw.url}/hooks/{channel}/{APP}", body) == 200
         assert await post(http, f"{gw.url}/hooks/{channel}/{APP}", body) == 200  # retry
     assert bot.count() == 4
-    assert (await read_balances(rclient, WS)).app_paid[APP] == 1_000_000 - 2 * 10_000
+    assert (await read_balances(rclient, WS)).app[APP] == 1_000_000 - 2 * 10_000
     payload = json.loads(sample("msteams-message.json"))
     payload["id"] = "another"
     del payload["from"]

@@ -341,7 +341,7 @@ def app_with(upstream: str) -> dict[str, Any]:
 
 
 async def balance(rclient: RedisClient, app: str) -> int:
-    return (await read_balances(rclient, WS)).app_paid[app]
+    return (await read_balances(rclient, WS)).app[app]
 
 
 async def test_upstream_refused_at_connect_time_is_502_uncharged(

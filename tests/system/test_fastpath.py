@@ -60,7 +60,7 @@ def stats(gw: Running) -> TrafficStats:
 
 
 async def balance(rclient: RedisClient) -> int:
-    return (await read_balances(rclient, WS)).app_paid[APP]
+    return (await read_balances(rclient, WS)).app[APP]
 
 
 async def test_small_messages_are_served_by_the_fast_path_on_one_connection(

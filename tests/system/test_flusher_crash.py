@@ -287,7 +287,7 @@ async def verify(client: RedisClient, store: Store, spaces: list[Seeded], exp: E
         assert -sum(e.amount for e in lapses) == lapsed
         assert len(await store.list_events(w.ws, limit=10_000)) >= len(lapses)
     assert (units, messages) == (exp.units, exp.messages)
-    assert (free, app_paid, pool) == (exp.free, exp.app_paid, exp.pool)
+    assert (free, app_paid, pool) == (exp.free, exp.app, exp.pool)
 
 
 async def run_scenario(
@@ -372,7 +372,7 @@ async def admit_during_outage(
             lock.execute("COMMIT")
         finally:
             lock.close()
-    for f in ("units", "messages", "free", "app_paid", "pool", "refused"):
+    for f in ("units", "messages", "free", "app", "pool", "refused"):
         setattr(first, f, getattr(first, f) + getattr(rest, f))
     return first
 
@@ -388,7 +388,7 @@ async def paced(
     for i in range(parts):
         part = n // parts + (1 if i < n % parts else 0)
         got = await admit_all(client, cfg, clock, spaces, part)
-        for f in ("units", "messages", "free", "app_paid", "pool", "refused"):
+        for f in ("units", "messages", "free", "app", "pool", "refused"):
             setattr(exp, f, getattr(exp, f) + getattr(got, f))
         await asyncio.sleep(max(0.0, (end - loop.time()) / (parts - i)))
     return exp

@@ -106,7 +106,7 @@ class Env:
             return resp.status, await resp.read()
 
     async def paid(self, ws: str) -> int:
-        return (await read_balances(self.client, ws)).app_paid[app_of(ws)]
+        return (await read_balances(self.client, ws)).app[app_of(ws)]
 
 
 def app_of(ws: str) -> str:

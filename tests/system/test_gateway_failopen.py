@@ -68,7 +68,7 @@ async def test_served_while_redis_down_then_settled_exactly(
         try:
             await seed(fresh, settings, WS, {**apps, APP: {**apps[APP], "funds": FUNDS - CENT}})
             assert await eventually(lambda: len(owed) == 0)
-            balance = (await read_balances(fresh, WS)).app_paid[APP]
+            balance = (await read_balances(fresh, WS)).app[APP]
         finally:
             await fresh.aclose()
         assert balance == FUNDS - CENT - 6 * CENT

@@ -48,7 +48,7 @@ async def gw(
 
 
 async def balance(rclient: RedisClient, app: str = APP) -> int:
-    return (await read_balances(rclient, WS)).app_paid[app]
+    return (await read_balances(rclient, WS)).app[app]
 
 
 async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, str, bytes]:

@@ -104,7 +104,7 @@ async def paid_state(admin: Admin, ws: str) -> tuple[int, int, int, int]:
     ]
     events = [e for e in await admin.store.list_events(ws) if e.event_type == "funds.added"]
     bal = await projection.read_balances(admin.redis, ws)
-    return len(rows), len(events), bal.pool, sum(bal.app_paid.values())
+    return len(rows), len(events), bal.pool, sum(bal.app.values())
 
 
 # ------------------------------------------------------------------ free credits

@@ -45,16 +45,16 @@ async def test_store_changes_that_missed_redis_are_repaired_once(
         assert await admin.store.add_ledger_entry(topup)
         await admin.store.set_licences(ws, [Licence(ws, "search", 1000, 10, 100)])
         wk = keys.ws_key(ws)
-        paid0 = int(await admin.redis.hget(wk, "paid") or 0)
+        paid0 = int(await admin.redis.hget(wk, keys.F_POOL) or 0)
         repaired = await projection_check.check_workspace(d, ws)
         assert repaired == {"app": 1, "grant": 1, "workspace": 1}
         ak = keys.app_key(ws, app)
         assert await admin.redis.hmget(ak, ["suspended", "shadow"]) == [b"1", b"1"]
-        assert int(await admin.redis.hget(wk, "paid") or 0) == paid0 + 25_000_000
+        assert int(await admin.redis.hget(wk, keys.F_POOL) or 0) == paid0 + 25_000_000
         assert await admin.redis.hget(wk, "l:search") == b"1000,10,100"
         # Nothing left to repair: a second pass changes nothing, the top-up is not doubled.
         assert await projection_check.check_workspace(d, ws) == {}
-        assert int(await admin.redis.hget(wk, "paid") or 0) == paid0 + 25_000_000
+        assert int(await admin.redis.hget(wk, keys.F_POOL) or 0) == paid0 + 25_000_000
 
 
 async def test_a_workspace_redis_lost_is_reported_not_guessed(

@@ -54,7 +54,7 @@ async def test_hundred_messages_hundred_metered(
         await ws.send_bytes(b"\x00\x01")
         assert (await ws.receive()).data == b"\x00\x01"
     assert len(bot.ws_messages) == 101
-    assert (await read_balances(rclient, WS)).app_paid[APP] == 200 * CENT - 101 * CENT
+    assert (await read_balances(rclient, WS)).app[APP] == 200 * CENT - 101 * CENT
     [bucket] = await rclient.zrange(keys.agg_index_key(WS), 0, -1)
     agg = await rclient.hgetall(keys.agg_key(WS, int(bucket)))
     assert int(agg[f"{APP}|web|contact_center|request|m".encode()]) == 101

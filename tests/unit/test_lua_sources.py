@@ -7,7 +7,7 @@ from importlib import resources
 
 from meter.redis_layer.scripts import lua_source
 
-SCRIPTS = ("admit", "refund", "grant", "claim", "ack", "peek", "peek_sessions")
+SCRIPTS = ("admit", "refund", "grant", "claim", "ack", "peek", "peek_sessions", "rename_fields")
 
 
 def test_every_lua_file_fits_in_300_lines() -> None:
