@@ -130,12 +130,11 @@ def rate_keys(ws: str, app: str) -> tuple[str, str]:
 
 # Balance fields (docs/glossary.md), mirrored in meter/lua (admit_batch.lua's F_*,
 # grant.lua, refund.lua): the workspace's pool and the sum of its apps' balances, and an
-# app's own balance. Before 0.2 they were ``paid``, ``apaid`` and ``paid`` (LEGACY_FIELDS,
-# renamed in place at start-up by rename_fields.lua).
+# app's own balance. Before 0.2 they were ``paid``, ``apaid`` and ``paid`` (renamed in
+# place at start-up by rename_fields.lua).
 F_POOL = "pool"
 F_APPS = "apps"
 F_APP = "app"
-LEGACY_FIELDS = {"paid": F_POOL, "apaid": F_APPS}  # workspace hash; app hash: paid -> app
 
 # Workspace ids known to Redis (for the flusher and reconcile on a store-less path).
 # Not hash-tagged by workspace: only written by the admin path, never by a script.
