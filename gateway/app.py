@@ -67,9 +67,9 @@ from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations
 from meter.redis_layer.client import RedisClient, connect, warm_up
 from meter.store import Store, open_store
+from meter.timestamps import Clock
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], float]
 Ctx = Callable[[web.Application], AsyncIterator[None]]
 UPSTREAM_POOL = 1024  # upstream connections per worker process
 # aiohttp adds these when absent; a transparent proxy must not.

@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.owed import Debt, Owed
 from gateway.problems import Refused, metering_unavailable
 from meter.admission.admitter import Admitter
-from meter.admission.decision import Decision, Kind
+from meter.admission.decision import Decision, MessageKind
 from meter.admission.reservations import Confirmations
 from meter.errors import MeteringUnavailable
 from meter.redis_layer.keys import record_id
@@ -58,7 +58,14 @@ class Meter:
         self._observe = metrics.admission_seconds.observe
 
     async def admit(
-        self, app_id: str, channel: str, user: str, key: str, kind: Kind = "m", *, digest: str = ""
+        self,
+        app_id: str,
+        channel: str,
+        user: str,
+        key: str,
+        kind: MessageKind = "m",
+        *,
+        digest: str = "",
     ) -> Admission:
         """``digest`` fingerprints a keyed message (see ``meter.admission``)."""
         token = self._admitter.new_token()

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
-from meter.admission.decision import Decision, Kind
+from meter.admission.decision import Decision, MessageKind
 from meter.admission.journal import Journal, take_over_dead
 from meter.errors import MeteringUnavailable
 from meter.redis_layer.keys import record_id
@@ -53,7 +53,7 @@ class Debt(NamedTuple):
     user: str
     key: str
     token: str
-    kind: Kind
+    kind: MessageKind
     at: float  # when it was served: settled as of then
 
 

@@ -1,8 +1,12 @@
-"""Timestamps at the API's edge: epoch milliseconds inside, ISO 8601 UTC outside."""
+"""Time in the core: the clock it is given, and timestamps at the API's edge (epoch
+milliseconds inside, ISO 8601 UTC outside)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+Clock = Callable[[], float]  # seconds since the epoch, like time.time
 
 
 def iso(ms: int | None) -> str | None:

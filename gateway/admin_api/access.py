@@ -36,7 +36,7 @@ from meter.accounts.authz import Principal
 from meter.errors import Forbidden
 from meter.store import App, Store, Workspace
 
-Kind = Literal["public", "operator", "user", "caller", "workspace", "app", "custom"]
+AccessKind = Literal["public", "operator", "user", "caller", "workspace", "app", "custom"]
 
 # How the OpenAPI document names each role.
 _WS_WHO = {
@@ -70,7 +70,7 @@ Check = Callable[[Store, Principal, Mapping[str, str]], Awaitable[Grant]]
 class Access:
     """Who may call a route. ``who`` is the text the OpenAPI document shows."""
 
-    kind: Kind
+    kind: AccessKind
     who: str
     action: str = ""  # the meter.accounts.authz rule of a workspace or app policy
     param: str = ""  # the path parameter naming the workspace or app

@@ -38,8 +38,7 @@ from meter.errors import (
     NotFound,
     Unauthorized,
 )
-from meter.store import App, StoreError, Workspace
-from meter.store import Conflict as StoreConflict
+from meter.store import App, DuplicateKey, StoreError, Workspace
 
 log = logging.getLogger(__name__)
 # The caller of a request authenticated by the console's session cookie (set by
@@ -208,7 +207,7 @@ async def errors(
         )
     except Conflict as exc:
         return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
-    except StoreConflict as exc:
+    except DuplicateKey as exc:
         return _problem(409, "conflict", "Conflict", str(exc))
     except PaymentsNotConfigured as exc:
         return _problem(503, "payments_not_configured", "Payments not configured", str(exc))

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.admin_api.schemas import Money, Out, Product, Status, Timestamp
+from gateway.admin_api.schemas import Money, Out, Product, Timestamp
+from meter.accounts.plan_usage import FundsStatus
 
 
 class FreeCreditsOut(Out):
@@ -29,7 +30,7 @@ class AppStatusOut(Out):
     paid_balance: Money = Field(description="paid funds tied to this app")
     remaining: Money | None = Field(description="what this app can still spend (standard)")
     allowed_units: int
-    status: Status
+    status: FundsStatus
     status_reason: (
         Literal[
             "suspended",

@@ -22,7 +22,6 @@ from meter.redis_layer import keys
 
 Product = Literal["automation", "search", "contact_center", "agent"]
 CollaboratorRole = Literal["developer", "tester", "viewer"]
-Status = Literal["using_free_credits", "sufficient_funds", "low_balance", "inactive"]
 
 ID_PATTERN = keys.ID_RE.pattern
 APP_PATTERN = keys.APP_RE.pattern

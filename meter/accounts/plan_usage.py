@@ -20,7 +20,7 @@ from meter.redis_layer.periods import billing_period
 from meter.store import App, Store, Workspace
 from meter.timestamps import iso
 
-Status = Literal["using_free_credits", "sufficient_funds", "low_balance", "inactive"]
+FundsStatus = Literal["using_free_credits", "sufficient_funds", "low_balance", "inactive"]
 
 
 def unit_price(catalog: Catalog, plan: str, unit: str) -> int:
@@ -62,7 +62,7 @@ def _app_view(
         "suspended": app.suspended,
         "paid_balance": format_amount(app_balance),
     }
-    status: Status
+    status: FundsStatus
     source: str | None = None
     reason: str | None = None  # why an app is inactive (or low), for owners
     if licence_left is not None:  # enterprise: invoiced against a licence, never debited

@@ -25,8 +25,7 @@ from meter.accounts.deps import (
     new_id,
 )
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.store import Conflict as StoreConflict
-from meter.store import LedgerEntry, Licence, UpgradeRequest, User, Workspace
+from meter.store import DuplicateKey, LedgerEntry, Licence, UpgradeRequest, User, Workspace
 
 
 def free_reference(ws_id: str) -> str:
@@ -49,7 +48,7 @@ async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User,
     user = User(new_id("u"), email, name, authz.token_hash(token), d.now_ms())
     try:
         await d.store.create_user(user, token_hint=token[-4:])
-    except StoreConflict:
+    except DuplicateKey:
         raise Conflict(
             f"a user with email {email} exists", code="email_taken", field="email"
         ) from None

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from config import Settings
-from meter.admission.decision import Decision, Kind, unknown_app
+from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
 from meter.admission.wire import (
     MAX_KEY_LEN,
@@ -36,8 +36,7 @@ from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
 from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register, run
-
-Clock = Callable[[], float]
+from meter.timestamps import Clock
 
 _CACHE_MAX = 100_000  # app ids / channels remembered as well-formed
 
@@ -105,7 +104,7 @@ class Admitter:
         user: str,
         key: str = "",
         *,
-        kind: Kind = "m",
+        kind: MessageKind = "m",
         token: str | None = None,
         digest: str = "",
     ) -> Decision:
@@ -250,7 +249,15 @@ class Admitter:
         return ws
 
     async def settle(
-        self, app_id: str, channel: str, user: str, key: str, *, kind: Kind, token: str, at: float
+        self,
+        app_id: str,
+        channel: str,
+        user: str,
+        key: str,
+        *,
+        kind: MessageKind,
+        token: str,
+        at: float,
     ) -> Decision:
         """Charge a message served while Redis was down (fail-open), as of ``at``.
 

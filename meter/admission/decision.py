@@ -6,9 +6,9 @@ from typing import Any, Literal, NamedTuple
 
 from meter.refusals import REASONS, Code
 
-__all__ = ["REASONS", "Code", "Decision", "Kind", "unknown_app"]
+__all__ = ["REASONS", "Code", "Decision", "MessageKind", "unknown_app"]
 
-Kind = Literal["m", "n", "c"]  # message, notification, check (WebSocket upgrade)
+MessageKind = Literal["m", "n", "c"]  # message, notification, check (WebSocket upgrade)
 
 
 class Decision(NamedTuple):

@@ -16,7 +16,7 @@ from typing import Any
 from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
-from meter.store.errors import Conflict, NotFound, Rejected, Retryable, StoreError
+from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
 from meter.store.models import (
     ApiToken,
     App,
@@ -42,12 +42,12 @@ __all__ = [
     "AuditEntry",
     "Checkout",
     "Collaborator",
-    "Conflict",
     "DeadLetter",
+    "DuplicateKey",
     "FlushBatch",
     "LedgerEntry",
     "Licence",
-    "NotFound",
+    "MissingReference",
     "OutboxEvent",
     "Person",
     "PoolTotals",

@@ -37,7 +37,8 @@ def _workspace(r: Row) -> Workspace:
 
 
 class Accounts(StoreCore):
-    """Account rows. Unique violations raise ``Conflict``; missing references ``NotFound``."""
+    """Account rows. A unique violation raises ``DuplicateKey``, a missing reference
+    ``MissingReference``."""
 
     # ------------------------------------------------------------------ users
 

@@ -29,7 +29,7 @@ def _app(r: Row) -> App:
 
 
 class Apps(StoreCore):
-    """App rows. Unique violations raise ``Conflict``."""
+    """App rows. Unique violations raise ``DuplicateKey``."""
 
     async def create_app(self, app: App) -> None:
         a = app

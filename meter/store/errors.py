@@ -7,11 +7,11 @@ class StoreError(Exception):
     """The store failed (unreachable, misconfigured, or an unexpected database error)."""
 
 
-class Conflict(StoreError):
+class DuplicateKey(StoreError):
     """A row with the same unique key already exists (id, email, token hash, ...)."""
 
 
-class NotFound(StoreError):
+class MissingReference(StoreError):
     """A referenced row (workspace, user, app) does not exist."""
 
 

@@ -21,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from meter.store.base import Store
 from meter.store.db import Conn, Row
-from meter.store.errors import Conflict, NotFound, Rejected, Retryable, StoreError
+from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
 from meter.store.flush import SESSION_COLUMNS, USAGE_COLUMNS, session_upsert_tail, usage_upsert_tail
 from meter.store.models import now_ms
 from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
@@ -53,9 +53,9 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        raise Conflict(str(exc)) from exc
+        raise DuplicateKey(str(exc)) from exc
     except asyncpg.ForeignKeyViolationError as exc:
-        raise NotFound(str(exc)) from exc
+        raise MissingReference(str(exc)) from exc
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise Retryable(str(exc)) from exc
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:

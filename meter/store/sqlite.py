@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 from meter.store.base import Store
 from meter.store.db import Conn, Row
-from meter.store.errors import Conflict, NotFound, Rejected, StoreError
+from meter.store.errors import DuplicateKey, MissingReference, Rejected, StoreError
 from meter.store.models import now_ms
 from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
 
@@ -34,9 +34,9 @@ def _guard(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T
     except sqlite3.IntegrityError as exc:
         text = str(exc)
         if "UNIQUE" in text or "PRIMARY KEY" in text:
-            raise Conflict(text) from exc
+            raise DuplicateKey(text) from exc
         if "FOREIGN KEY" in text:
-            raise NotFound(text) from exc
+            raise MissingReference(text) from exc
         raise Rejected(text) from exc
     except (sqlite3.DataError, sqlite3.InterfaceError, OverflowError, UnicodeError) as exc:
         # This data cannot be stored (out-of-range integer, unbindable value).

@@ -24,8 +24,8 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.scripts import register
 
-Kind = Literal["ag", "sr", "ev"]
-KINDS: tuple[Kind, ...] = ("ag", "sr", "ev")
+BucketKind = Literal["ag", "sr", "ev"]
+KINDS: tuple[BucketKind, ...] = ("ag", "sr", "ev")
 EVENTS_BUCKET = 0
 
 
@@ -43,7 +43,7 @@ class Claim:
     """A claimed bucket: immutable contents under ``(ws, kind, bucket, gen)``."""
 
     ws: str
-    kind: Kind
+    kind: BucketKind
     bucket: int
     gen: int
     retaken: bool
@@ -59,12 +59,12 @@ class Claim:
 class Pending:
     """An outstanding (claimed, unacked) bucket as listed in ``P:cl``."""
 
-    kind: Kind
+    kind: BucketKind
     bucket: int
     gen: int
 
 
-def _kind(text: str) -> Kind:
+def _kind(text: str) -> BucketKind:
     for k in KINDS:
         if k == text:
             return k
@@ -82,7 +82,7 @@ class Claims:
         self._ack = register(client, "ack")
 
     async def claim(
-        self, ws: str, kind: Kind, bucket: int, *, keep_index: bool = False
+        self, ws: str, kind: BucketKind, bucket: int, *, keep_index: bool = False
     ) -> tuple[ClaimCode, Claim | None]:
         """Claim (or re-take) a bucket; the claim is ``None`` unless the code says taken."""
         res: list[Any] = await self._claim(

@@ -60,7 +60,7 @@ SESSION_FIELDS: tuple[str, ...] = (
 )
 
 
-def iso(ms: int) -> str:
+def export_time(ms: int) -> str:
     """UTC ISO-8601 with a ``Z`` and whole seconds (milliseconds when not whole)."""
     dt = datetime.fromtimestamp(ms / 1000, UTC)
     if ms % 1000:
@@ -103,8 +103,8 @@ def _usage_record(
     units, messages, free, app_paid, pool, invoiced, *refused = acc
     rec: dict[str, Any] = {
         "workspace_id": ws,
-        "period_start": iso(start),
-        "period_end": iso(next_period(start, granularity)),
+        "period_start": export_time(start),
+        "period_end": export_time(next_period(start, granularity)),
         "app_id": app,
         "channel": channel,
         "product": product,
@@ -173,8 +173,8 @@ def _session_record(s: SessionRow) -> dict[str, Any]:
         "channel_user": s.channel_user,
         "billing_session_id": s.id,
         "product": s.product,
-        "start": iso(s.start_ms),
-        "end": iso(s.end_ms),
+        "start": export_time(s.start_ms),
+        "end": export_time(s.end_ms),
         "messages": s.messages,
         "amount": format_amount(s.amount),
     }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meter.usage.claims import Kind
+from meter.usage.claims import BucketKind
 
-KIND_NAMES: dict[Kind, str] = {"ag": "usage", "sr": "sessions", "ev": "events"}
+KIND_NAMES: dict[BucketKind, str] = {"ag": "usage", "sr": "sessions", "ev": "events"}
 
 
 @dataclass(slots=True)

@@ -30,7 +30,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
@@ -39,12 +38,12 @@ from config.urls import mask_url
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
+from meter.timestamps import Clock
 from meter.usage.batch_writer import BatchHook, BatchWriter, QuarantineHook
-from meter.usage.claims import EVENTS_BUCKET, ClaimCode, Claims, Kind
+from meter.usage.claims import EVENTS_BUCKET, BucketKind, ClaimCode, Claims
 from meter.usage.flush_stats import FlushStats, PassResult
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], float]
 
 
 def new_owner() -> str:
@@ -198,7 +197,7 @@ class Flusher:
 
     # -------------------------------------------------------------- workspace
 
-    def _closed_at(self, kind: Kind, bucket: int) -> float:
+    def _closed_at(self, kind: BucketKind, bucket: int) -> float:
         if kind == "ag":
             return bucket + self._fb + self._grace
         if kind == "sr":
@@ -219,7 +218,7 @@ class Flusher:
         ag_cut = inf if force else now - self._fb - self._grace
         sr_cut = inf if force else now - self._sr_open - self._grace
         pending, ag, sr, has_events = await self._claims.scan(ws, ag_cut, sr_cut)
-        targets: dict[tuple[Kind, int], None] = {}
+        targets: dict[tuple[BucketKind, int], None] = {}
         for p in pending:
             targets[(p.kind, p.bucket)] = None
         for b in ag:

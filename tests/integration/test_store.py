@@ -11,10 +11,10 @@ import pytest
 
 from meter.store import (
     App,
-    Conflict,
+    DuplicateKey,
     LedgerEntry,
     Licence,
-    NotFound,
+    MissingReference,
     OutboxEvent,
     SessionRow,
     Store,
@@ -137,9 +137,9 @@ async def test_users(store: Store) -> None:
     assert (await store.get_user_by_token_hash("h1")) is not None
     assert (await store.get_user_by_email("ann@example.COM")) is not None
     assert await store.get_user("nobody") is None
-    with pytest.raises(Conflict):
+    with pytest.raises(DuplicateKey):
         await store.create_user(User("u2", "ann@example.com", "Other", "h2", T0))
-    with pytest.raises(Conflict):
+    with pytest.raises(DuplicateKey):
         await store.create_user(User("u3", "x@example.com", "Other", "h1", T0))
 
 
@@ -164,7 +164,7 @@ async def test_workspace_membership_and_apps(ws: Store) -> None:
     assert await store.update_app("ws0001_nope", name="x") is None
     with pytest.raises(ValueError):
         await store.update_app(APP, workspace_id="other")
-    with pytest.raises(NotFound):
+    with pytest.raises(MissingReference):
         await store.create_app(App("zz99_app", "zz99", "X", "search", "u1", T0))
 
     await store.add_collaborator(APP, "u1", "viewer")
