@@ -1,9 +1,11 @@
 """Turn the contents of a claimed Redis bucket into rows of one store batch.
 
-Aggregate fields are ``<app>|<channel>|<product>|<unit>|<metric>`` (see ``admit.lua``);
-session records ``app\\tchannel\\tuser\\tproduct\\tstart\\tlast\\tmsgs\\tamount``; events
-JSON objects with ``id``, ``type`` and ``at``. Refund counts (metric ``x``) have no store
-column: refunds are already netted out of the other counters.
+Aggregate fields are ``<app>|<channel>|<product>|<unit>|<metric>`` (see ``admit.lua``).
+A billing session is one hash field ``app\\tchannel\\tuser`` (tab-separated) whose value
+is comma-separated: ``conv_start,last-conv_start,blocks,bsid,msgs,amount,product`` (see
+``lib_sessions.lua``). Events are JSON objects with ``id``, ``type`` and ``at``. Refund
+counts (metric ``x``) have no store column: refunds are already netted out of the other
+counters.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def session_rows(
     """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins.
 
     Field ``app\tchannel\tuser[\tbsid]``; value ``conv_start,last-conv_start,blocks,bsid,
-    msgs,amount,product`` (see admit.lua). The block started ``blocks - 1`` block lengths
+    msgs,amount,product`` (see lib_sessions.lua). The block started ``blocks - 1`` block lengths
     after the conversation.
     """
     rows = []
