@@ -11,18 +11,18 @@ from meter.store.models import (
     Workspace,
 )
 
-_USER = "id, email, name, token_hash, created_at"
-_WS = (
+USER_COLUMNS = "id, email, name, token_hash, created_at"
+WORKSPACE_COLUMNS = (
     "id, name, type, owner_id, created_at, free_expires_at, webhook_url, webhook_secret, "
     "low_balance_threshold"
 )
 
 
-def _user(r: Row) -> User:
+def user_row(r: Row) -> User:
     return User(r["id"], r["email"], r["name"], r["token_hash"], int(r["created_at"]))
 
 
-def _workspace(r: Row) -> Workspace:
+def workspace_row(r: Row) -> Workspace:
     return Workspace(
         id=r["id"],
         name=r["name"],
@@ -46,7 +46,7 @@ class Accounts(StoreCore):
         """Insert the user and, as their first API token, the token they were created with."""
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO users ({_USER}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 user.id,
                 user.email,
                 user.name,
@@ -66,19 +66,23 @@ class Accounts(StoreCore):
 
     async def get_user(self, user_id: str) -> User | None:
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_USER} FROM users WHERE id = ?", user_id)
-        return _user(r) if r else None
+            r = await c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", user_id)
+        return user_row(r) if r else None
 
     async def get_user_by_token_hash(self, token_hash: str) -> User | None:
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_USER} FROM users WHERE token_hash = ?", token_hash)
-        return _user(r) if r else None
+            r = await c.fetchrow(
+                f"SELECT {USER_COLUMNS} FROM users WHERE token_hash = ?", token_hash
+            )
+        return user_row(r) if r else None
 
     async def get_user_by_email(self, email: str) -> User | None:
         """Case-insensitive lookup (emails are unique regardless of case)."""
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_USER} FROM users WHERE lower(email) = lower(?)", email)
-        return _user(r) if r else None
+            r = await c.fetchrow(
+                f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower(?)", email
+            )
+        return user_row(r) if r else None
 
     # ------------------------------------------------------------- workspaces
 
@@ -104,7 +108,7 @@ class Accounts(StoreCore):
             raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO workspaces ({_WS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 w.id,
                 w.name,
                 w.type,
@@ -138,8 +142,10 @@ class Accounts(StoreCore):
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_WS} FROM workspaces WHERE id = ?", workspace_id)
-        return _workspace(r) if r else None
+            r = await c.fetchrow(
+                f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?", workspace_id
+            )
+        return workspace_row(r) if r else None
 
     async def list_workspaces(self) -> list[str]:
         """Ids of every workspace (for the flusher and reconcile), sorted."""
@@ -149,14 +155,14 @@ class Accounts(StoreCore):
 
     async def list_user_workspaces(self, user_id: str) -> list[Workspace]:
         """Workspaces the user is a member of, oldest first."""
-        cols = ", ".join(f"w.{c.strip()}" for c in _WS.split(","))
+        cols = ", ".join(f"w.{c.strip()}" for c in WORKSPACE_COLUMNS.split(","))
         async with self.connection() as c:
             rows = await c.fetch(
                 f"SELECT {cols} FROM workspaces w JOIN memberships m ON m.workspace_id = w.id "
                 "WHERE m.user_id = ? ORDER BY w.created_at, w.id",
                 user_id,
             )
-        return [_workspace(r) for r in rows]
+        return [workspace_row(r) for r in rows]
 
     async def set_webhook(self, workspace_id: str, url: str | None, secret: str | None) -> bool:
         """Set where owner notifications go; ``False`` if there is no such workspace."""

@@ -7,13 +7,13 @@ from typing import Any
 from meter.store.db import Row, StoreCore
 from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
 
-_APP = (
+APP_COLUMNS = (
     "id, workspace_id, name, product, owner_id, upstream_url, use_free_credits, suspended, "
     "created_at, shadow"
 )
 
 
-def _app(r: Row) -> App:
+def app_row(r: Row) -> App:
     return App(
         id=r["id"],
         workspace_id=r["workspace_id"],
@@ -35,7 +35,7 @@ class Apps(StoreCore):
         a = app
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO apps ({_APP}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO apps ({APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 a.id,
                 a.workspace_id,
                 a.name,
@@ -50,18 +50,18 @@ class Apps(StoreCore):
 
     async def get_app(self, app_id: str) -> App | None:
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_APP} FROM apps WHERE id = ?", app_id)
-        return _app(r) if r else None
+            r = await c.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)
+        return app_row(r) if r else None
 
     async def list_apps(self, workspace_id: str, *, owner_id: str | None = None) -> list[App]:
-        sql = f"SELECT {_APP} FROM apps WHERE workspace_id = ?"
+        sql = f"SELECT {APP_COLUMNS} FROM apps WHERE workspace_id = ?"
         args: list[Any] = [workspace_id]
         if owner_id is not None:
             sql += " AND owner_id = ?"
             args.append(owner_id)
         async with self.connection() as c:
             rows = await c.fetch(sql + " ORDER BY created_at, id", *args)
-        return [_app(r) for r in rows]
+        return [app_row(r) for r in rows]
 
     async def update_app(self, app_id: str, **changes: Any) -> App | None:
         """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
@@ -75,11 +75,11 @@ class Apps(StoreCore):
         sets = ", ".join(f"{n} = ?" for n in names)
         async with self.connection() as c:
             r = await c.fetchrow(
-                f"UPDATE apps SET {sets} WHERE id = ? RETURNING {_APP}",
+                f"UPDATE apps SET {sets} WHERE id = ? RETURNING {APP_COLUMNS}",
                 *(changes[n] for n in names),
                 app_id,
             )
-        return _app(r) if r else None
+        return app_row(r) if r else None
 
     # ---------------------------------------------------------- collaborators
 

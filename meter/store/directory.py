@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meter.store.accounts import _WS, _workspace
-from meter.store.apps import _APP, _app
+from meter.store.accounts import WORKSPACE_COLUMNS, workspace_row
+from meter.store.apps import APP_COLUMNS, app_row
 from meter.store.db import StoreCore
-from meter.store.licences import _REQ, _request
+from meter.store.licences import REQUEST_COLUMNS, request_row
 from meter.store.models import App, UpgradeRequest, Workspace
 
 WsRole = str  # "owner" | "member" | "collaborator" ("operator" is decided by the caller)
@@ -59,12 +59,12 @@ class Directory(StoreCore):
             args += list(after)
         head = [user_id, user_id] if user_id is not None else []
         sql = (
-            f"SELECT {_cols('w', _WS)}, {role} AS role FROM workspaces w "
+            f"SELECT {_cols('w', WORKSPACE_COLUMNS)}, {role} AS role FROM workspaces w "
             f"WHERE {' AND '.join(where) or '1 = 1'} ORDER BY w.created_at, w.id LIMIT ?"
         )
         async with self.connection() as c:
             rows = await c.fetch(sql, *head, *args, limit)
-        return [(_workspace(r), str(r["role"])) for r in rows]
+        return [(workspace_row(r), str(r["role"])) for r in rows]
 
     async def apps_page(
         self,
@@ -76,7 +76,7 @@ class Directory(StoreCore):
     ) -> list[App]:
         """Apps of the workspace by ``(created_at, id)``; only those ``collaborator``
         works on when given."""
-        sql = f"SELECT {_cols('a', _APP)} FROM apps a"
+        sql = f"SELECT {_cols('a', APP_COLUMNS)} FROM apps a"
         args: list[Any] = []
         if collaborator is not None:
             sql += " JOIN collaborators c ON c.app_id = a.id AND c.user_id = ?"
@@ -88,7 +88,7 @@ class Directory(StoreCore):
             args += list(after)
         async with self.connection() as c:
             rows = await c.fetch(sql + " ORDER BY a.created_at, a.id LIMIT ?", *args, limit)
-        return [_app(r) for r in rows]
+        return [app_row(r) for r in rows]
 
     async def collaborating_apps(self, workspace_id: str, user_id: str) -> list[str]:
         """Ids of the workspace's apps that ``user_id`` collaborates on."""
@@ -149,14 +149,14 @@ class Directory(StoreCore):
         self, workspace_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> list[UpgradeRequest]:
         """Every upgrade request of the workspace (any status), newest first."""
-        sql = f"SELECT {_REQ} FROM upgrade_requests WHERE workspace_id = ?"
+        sql = f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE workspace_id = ?"
         args: list[Any] = [workspace_id]
         if after is not None:
             sql += " AND (created_at, id) < (?, ?)"
             args += list(after)
         async with self.connection() as c:
             rows = await c.fetch(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", *args, limit)
-        return [_request(r) for r in rows]
+        return [request_row(r) for r in rows]
 
     async def decline_upgrade_request(self, request_id: str, reason: str, at: int) -> bool:
         """Decline an open request; ``False`` if it is not open (or does not exist)."""

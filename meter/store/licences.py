@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from meter.store.db import Conn, Row, StoreCore, dumps, loads
 from meter.store.models import Licence, UpgradeRequest, now_ms
 
-_REQ = "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
+REQUEST_COLUMNS = (
+    "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
+)
 
 
-def _request(r: Row) -> UpgradeRequest:
+def request_row(r: Row) -> UpgradeRequest:
     return UpgradeRequest(
         id=r["id"],
         workspace_id=r["workspace_id"],
@@ -24,7 +26,7 @@ def _request(r: Row) -> UpgradeRequest:
     )
 
 
-def _licence(r: Row) -> Licence:
+def licence_row(r: Row) -> Licence:
     return Licence(
         r["workspace_id"],
         r["product"],
@@ -44,7 +46,7 @@ class Licences(StoreCore):
                 "WHERE workspace_id = ? ORDER BY product",
                 workspace_id,
             )
-        return [_licence(r) for r in rows]
+        return [licence_row(r) for r in rows]
 
     async def set_licences(self, workspace_id: str, licences: Sequence[Licence]) -> None:
         """Replace the workspace's licences with ``licences`` (one per product)."""
@@ -77,7 +79,8 @@ class Licences(StoreCore):
         q = request
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO upgrade_requests ({_REQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO upgrade_requests ({REQUEST_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 q.id,
                 q.workspace_id,
                 dumps(list(q.products)),
@@ -91,8 +94,10 @@ class Licences(StoreCore):
 
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:
         async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_REQ} FROM upgrade_requests WHERE id = ?", request_id)
-        return _request(r) if r else None
+            r = await c.fetchrow(
+                f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE id = ?", request_id
+            )
+        return request_row(r) if r else None
 
     async def list_upgrade_requests(
         self, *, status: str | None = "open", workspace_id: str | None = None
@@ -107,11 +112,11 @@ class Licences(StoreCore):
             args.append(workspace_id)
         async with self.connection() as c:
             rows = await c.fetch(
-                f"SELECT {_REQ} FROM upgrade_requests WHERE {' AND '.join(where)} "
+                f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE {' AND '.join(where)} "
                 "ORDER BY created_at, id",
                 *args,
             )
-        return [_request(r) for r in rows]
+        return [request_row(r) for r in rows]
 
 
 async def _replace_licences(c: Conn, workspace_id: str, licences: Sequence[Licence]) -> None:
