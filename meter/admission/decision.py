@@ -11,6 +11,10 @@ __all__ = ["REASONS", "Code", "Decision", "MessageKind", "unknown_app"]
 MessageKind = Literal["m", "n", "c"]  # message, notification, check (WebSocket upgrade)
 
 
+_ZEROS = (0, 0, 0, 0, 0, 0)  # units, free, app, pool, invoiced, retry_after_ms
+_COMMA: dict[type, Any] = {bytes: b",", str: ","}
+
+
 class Decision(NamedTuple):
     """What Redis decided for one message. Amounts are micro-dollars."""
 
@@ -31,17 +35,20 @@ class Decision(NamedTuple):
 
     @classmethod
     def from_reply(cls, raw: list[Any], i: int, key: str, token: str, rid: str) -> Decision:
-        """The ``i``-th decision of an ``admit.lua`` reply: nine values per admission,
-        ``code, units, free, app, pool, invoiced, retry_after_ms, bsid, flags`` (flags: 1
-        duplicate, 2 opened a billing session, plus 8 x the code shadow mode counted)."""
-        j = i * 9
-        flags = raw[j + 8]
-        bsid = raw[j + 7]
+        """The ``i``-th decision of an ``admit.lua`` reply: three values per admission,
+        ``status`` (code + 16 x flags; flags: 1 duplicate, 2 opened a billing session,
+        plus 8 x the code shadow mode counted), ``bsid``, and ``amounts``: 0, or
+        ``"units,free,app,pool,invoiced,retry_after_ms"``."""
+        j = i * 3
+        status, bsid, amounts = raw[j], raw[j + 1], raw[j + 2]
+        flags = status >> 4
+        nums = _ZEROS if amounts == 0 else tuple(map(int, amounts.split(_COMMA[type(amounts)])))
         # tuple.__new__ is what Decision(...) does, minus a Python-level call per item.
         return tuple.__new__(
             cls,
             (
-                *raw[j : j + 7],
+                status & 15,
+                *nums,
                 bsid.decode() if isinstance(bsid, bytes) else str(bsid),
                 bool(flags & 1),
                 bool(flags & 2),

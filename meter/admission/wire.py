@@ -1,7 +1,7 @@
 """The encoding between :class:`~meter.admission.admitter.Admitter` and ``admit.lua``.
 
 ARGV is a head (:class:`AdmitHead`, ARGV[1..15]) followed by one argument per admission
-(:class:`AdmitArgs`, fields joined by tabs); the reply is nine values per admission, read
+(:class:`AdmitArgs`, fields joined by tabs); the reply is three values per admission, read
 back by :meth:`~meter.admission.decision.Decision.from_reply` (:func:`resolve` hands each
 waiter its own, :func:`fail` tells them all there is none). Refusal codes and reasons:
 :mod:`meter.refusals`.

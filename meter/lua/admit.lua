@@ -44,8 +44,11 @@
 -- licence, credit and rate limits, and counts against them; past the delivery bound it
 -- is refused (code 8).
 -- Billing sessions: see lib_sessions.lua (one hash field per session, bucketed by block).
--- Returns a flat array, 9 entries per admission, in order:
---   code, units, free, app, pool, invoiced, retry_after_ms, bsid, flags
+-- Returns a flat array, 3 entries per admission (meter/admission/decision.py from_reply):
+--   status   code + 16 x flags
+--   bsid     the billing session's id, or ""
+--   amounts  0 when all are 0 (the common case), else
+--            "units,free,app,pool,invoiced,retry_after_ms" (micro-dollars, ms)
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
 --         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired,
 --         8 duplicate_delivery, 9 invalid (a malformed member; the others are decided)

@@ -5,11 +5,15 @@
 -- Hash fields of the balances (meter/redis_layer/keys.py F_*).
 local F_POOL, F_APPS, F_APP = 'pool', 'apps', 'app'
 
+-- The reply: three values per admission (see admit.lua's header).
 local out, no = {}, 0
 local function result(code, units, free, app, pool, inv, retry, bsid, flags)
-  out[no + 1], out[no + 2], out[no + 3], out[no + 4], out[no + 5] = code, units, free, app, pool
-  out[no + 6], out[no + 7], out[no + 8], out[no + 9] = inv, retry, bsid, flags
-  no = no + 9
+  local amounts = 0
+  if units ~= 0 or free ~= 0 or app ~= 0 or pool ~= 0 or inv ~= 0 or retry ~= 0 then
+    amounts = string.format('%d,%d,%d,%d,%d,%d', units, free, app, pool, inv, retry)
+  end
+  out[no + 1], out[no + 2], out[no + 3] = code + 16 * flags, bsid, amounts
+  no = no + 3
 end
 
 -- Workspace ---------------------------------------------------------------------------

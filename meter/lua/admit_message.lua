@@ -34,7 +34,8 @@ local function fast(app_id, a, pr, fkey, token, fld, found, fkb)
   else
     g[2] = g[2] + 1
   end
-  result(0, 0, 0, 0, 0, 0, 0, bsid, 0)
+  out[no + 1], out[no + 2], out[no + 3] = 0, bsid, 0 -- result(0, 0, ..., bsid, 0)
+  no = no + 3
   return true
 end
 

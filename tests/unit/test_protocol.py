@@ -54,9 +54,10 @@ def test_an_admission_argument_parses_as_admit_lua_reads_it() -> None:
 
 
 def test_decision_from_reply() -> None:
-    raw = [0, 1, 5, 6, 7, 0, 0, b"s9", 2, 4, 0, 0, 0, 0, 0, 1500, b"", 1 + 8 * 6]
+    raw = [0 + 16 * 2, b"s9", b"1,5,6,7,0,0", 4 + 16 * (1 + 8 * 6), b"", b"0,0,0,0,0,1500"]
+    raw += [0, b"s9", 0]  # the common message: inside a paid session, nothing charged
     opened = Decision.from_reply(raw, 0, "", "t1", "t:t1")
-    assert (opened.code, opened.units, opened.free, opened.charged) == (0, 1, 5, 18)
+    assert (opened.code, opened.units, opened.free, opened.app, opened.charged) == (0, 1, 5, 6, 18)
     assert (opened.bsid, opened.new_session, opened.duplicate) == ("s9", True, False)
     refused = Decision.from_reply(raw, 1, "k", "t2", "k:web\tu\tk")
     assert (refused.reason, refused.retry_after_ms, refused.duplicate) == (
@@ -65,6 +66,17 @@ def test_decision_from_reply() -> None:
         True,
     )
     assert refused.shadow_reason == "credits_exhausted"
+    inside = Decision.from_reply(raw, 2, "", "t3", "t:t3")
+    assert inside[:10] == (0, 0, 0, 0, 0, 0, 0, "s9", False, False)
+    assert inside.shadowed == 0 and inside.admitted
+
+
+def test_admit_lua_reply_layout_is_three_per_admission() -> None:
+    """result() and the short path both append exactly three values."""
+    code = lua_code(ADMIT)
+    assert "out[no + 1], out[no + 2], out[no + 3] = code + 16 * flags, bsid, amounts" in code
+    assert "out[no + 1], out[no + 2], out[no + 3] = 0, bsid, 0" in code
+    assert code.count("no = no + 3") == 2 and "no = no + 9" not in code
 
 
 def test_problems_metrics_and_store_derive_from_the_enum() -> None:
