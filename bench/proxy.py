@@ -355,6 +355,8 @@ def main() -> None:
                                 # Latency below saturation: both at half the unmetered max.
                                 half = half or results[-1].rps / 2
                                 paced_name = f"{prefix} metering {label} 1w @{half:,.0f}/s"
+                                if wanted is not None and not wanted.search(paced_name):
+                                    continue
                                 results.append(paced(paced_name, f"http://{HOST}:{port}{path}",
                                                      args.duration, half))  # fmt: skip
                 port, admin_port = free_port(), free_port()

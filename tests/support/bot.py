@@ -323,6 +323,15 @@ async def http_fixture() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+@pytest.fixture(name="traffic_server", params=["aiohttp", "fast"])
+def traffic_server_fixture(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per traffic server: ``make_settings`` and ``creditgate serve``
+    (tests/support/serving.py) read it from the environment. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("traffic_server")``."""
+    monkeypatch.setenv(TRAFFIC_SERVER_ENV, request.param)
+    return str(request.param)
+
+
 @pytest.fixture(name="rclient")
 async def rclient_fixture(redis_url: str) -> AsyncIterator[RedisClient]:
     """A redis-py client on the (FLUSHALLed) test Redis."""

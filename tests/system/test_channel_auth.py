@@ -42,7 +42,11 @@ from tests.support.bot import (  # noqa: F401
     running_gateway,
     seed,
     serve,
+    traffic_server_fixture,
 )
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 NOTIFY_AUD = "creditgate:notify"  # the audience of /notify tokens (README)
 

@@ -25,7 +25,11 @@ from tests.support.bot import (  # noqa: F401
     rclient_fixture,
     running_gateway,
     seed,
+    traffic_server_fixture,
 )
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 # Copies of the platform payload samples the product contract ships; kept in the repo so
 # the tests never depend on anything outside it.

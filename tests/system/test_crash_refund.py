@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations, Sweeper, replay
@@ -26,8 +27,12 @@ from tests.support.bot import (  # noqa: F401
     rclient_fixture,
     running_gateway,
     seed,
+    traffic_server_fixture,
 )
 from tests.support.serving import creditgate_serve
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 WS = "crash"
 APP = f"{WS}_app1"

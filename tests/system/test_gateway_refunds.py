@@ -20,8 +20,12 @@ from tests.support.bot import (  # noqa: F401
     rclient_fixture,
     running_gateway,
     seed,
+    traffic_server_fixture,
 )
 from tests.support.servers import free_port
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 WS = "refund"
 APP = f"{WS}_app1"

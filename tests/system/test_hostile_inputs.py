@@ -18,7 +18,10 @@ import pytest
 from yarl import URL
 
 from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
+from tests.support.bot import Bot, bot_fixture, http_fixture, traffic_server_fixture  # noqa: F401
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 HUGE = "9" * 400
 

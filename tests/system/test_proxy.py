@@ -23,7 +23,11 @@ from tests.support.bot import (  # noqa: F401
     rclient_fixture,
     running_gateway,
     seed,
+    traffic_server_fixture,
 )
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 WS = "transp"
 APP = f"{WS}_app1"

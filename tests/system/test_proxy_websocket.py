@@ -21,7 +21,11 @@ from tests.support.bot import (  # noqa: F401
     rclient_fixture,
     running_gateway,
     seed,
+    traffic_server_fixture,
 )
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
 
 WS = "wsock"
 APP = f"{WS}_app1"
