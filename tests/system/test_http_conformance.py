@@ -37,6 +37,7 @@ import orjson
 import pytest
 
 from config import Settings
+from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from tests.support.bot import Bot, Call, free_credit, make_settings, running_bot, seed
@@ -863,3 +864,124 @@ async def test_the_gateway_survives_the_suite(site: Site) -> None:
         assert echoed(await c.response())["path"].endswith("/ok")
     assert site.edge.served.proc.returncode is None
     assert await site.balanced()
+
+
+# --------------------------------------------- fast path: hand-off to aiohttp mid-connection
+# The fast path serves small, plain requests itself and hands anything else to aiohttp on
+# the same connection, replaying the bytes. These cases cross that line in one connection;
+# they hold for either server.
+
+FAST_BODY = 64 * 1024
+
+
+async def test_bodies_at_the_fast_path_limit_and_past_it(site: Site) -> None:
+    async with conn(site) as c:
+        at_limit = req(site, "/at", body=b"a" * FAST_BODY)
+        c.send(at_limit + req(site, "/past", body=b"b" * (FAST_BODY + 1))
+               + req(site, "/after", method="GET"))  # fmt: skip
+        at, past, after = await c.responses(3)
+    assert echoed(at)["body"] == "a" * FAST_BODY
+    assert echoed(past)["body"] == "b" * (FAST_BODY + 1)
+    assert echoed(after)["path"].endswith("/after")
+    assert [len(call.body) for call in site.calls()] == [FAST_BODY, FAST_BODY + 1, 0]
+    assert await site.books() == (3, ["/at", "/past", "/after"])
+
+
+async def test_a_pipeline_crossing_to_aiohttp_is_answered_in_order(site: Site) -> None:
+    inner = smuggled(site).encode()
+    async with conn(site) as c:
+        c.send(
+            req(site, "/a", body=inner)  # fast: a request in its body stays a body
+            + req(site, "/b", body=inner + b"x" * (FAST_BODY + 10))  # too big: handed off
+            + req(site, "/c%41", method="GET")  # percent-encoded tail: aiohttp
+            + req(site, "/d", body=b"{}")
+        )
+        answers = await c.responses(4)
+    assert [orjson.loads(r.body)["raw_path"].rsplit("/", 1)[1] for r in answers] == [
+        "a", "b", "c%41", "d"
+    ]  # fmt: skip
+    assert await site.books() == (4, ["/a", "/b", "/c%41", "/d"])
+    assert [call.body[: len(inner)] for call in site.calls()[:2]] == [inner, inner]
+
+
+async def test_a_request_handed_off_after_arriving_in_pieces(site: Site) -> None:
+    second = req(site, "/big", body=b"z" * (FAST_BODY + 5))
+    async with conn(site) as c:
+        c.send(req(site, "/first", method="GET") + second[:20])
+        first = await c.response()
+        c.send(second[20:200])
+        await c.writer.drain()
+        c.send(second[200:])
+        big = await c.response()
+    assert echoed(first)["path"].endswith("/first")
+    assert echoed(big)["body"] == "z" * (FAST_BODY + 5)
+    assert await site.books() == (2, ["/first", "/big"])
+
+
+async def test_a_half_closed_client_is_answered_across_the_hand_off(site: Site) -> None:
+    async with conn(site) as c:
+        c.send(req(site, "/a", method="GET") + req(site, "/big", body=b"q" * (FAST_BODY + 1)))
+        c.shut_wr()
+        a, big = await c.responses(2)
+        assert await c.closed()
+    assert echoed(a)["path"].endswith("/a") and len(echoed(big)["body"]) == FAST_BODY + 1
+    assert await site.books() == (2, ["/a", "/big"])
+
+
+def _ws_frame(text: str) -> bytes:
+    """One masked text frame (a client's, RFC 6455 §5.2)."""
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_a_websocket_upgrade_after_a_fast_request(site: Site) -> None:
+    """A fast request, then an Upgrade on the same connection: each WebSocket message is
+    metered once and reaches the bot once."""
+    ws_app = f"{site.ws}_wsock1"
+    edge = site.edge
+    await projection.put_app(
+        edge.redis, ws_app, product="contact_center", upstream_url=edge.bot.url
+    )
+    upgrade = (
+        f"GET /hooks/web/{ws_app}/ws HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    word = f"hello-{site.ws}"
+    async with conn(site) as c:
+        c.send(req(site, "/a", method="GET") + upgrade)
+        first = await c.response()
+        switched = await c.response(head_only=True)
+        assert switched.status == 101, switched.raw_head
+        c.send(_ws_frame(word))
+        frame = await c._exactly(2, 30)
+        echo = await c._exactly(frame[1] & 0x7F, 30)
+    assert echoed(first)["path"].endswith("/a")
+    assert echo == f"echo:{word}".encode()
+    assert edge.bot.ws_messages.count(word) == 1
+    assert await site.charged() == 2  # the GET and the one WebSocket message
+
+
+async def test_headers_named_in_connection_never_reach_the_bot(site: Site) -> None:
+    async with conn(site) as c:
+        c.send(req(site, "/h", method="GET",
+                   headers="Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nTE: trailers\r\n"
+                   "Keep-Alive: timeout=5\r\nProxy-Authorization: Basic eDp5\r\n"))  # fmt: skip
+        echoed(await c.response())
+    headers = site.calls()[0].headers
+    for name in ("X-Hop", "TE", "Keep-Alive", "Proxy-Authorization"):
+        assert name not in headers, name
+    assert await site.books() == (1, ["/h"])
+
+
+async def test_a_get_with_a_body_forwards_it_as_a_body(site: Site) -> None:
+    inner = smuggled(site).encode()
+    async with conn(site) as c:
+        c.send(req(site, "/g", method="GET", body=inner) + req(site, "/next", method="GET"))
+        first, second = await c.responses(2)
+    assert echoed(first)["body"] == inner.decode()
+    assert echoed(second)["path"].endswith("/next")
+    assert await site.books() == (2, ["/g", "/next"])
