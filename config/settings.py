@@ -8,7 +8,6 @@ YAML file > defaults); the value types (money, durations, lists, channel rules) 
 from __future__ import annotations
 
 import contextvars
-import sys
 from typing import Literal
 
 from pydantic import (
@@ -213,10 +212,3 @@ class Settings(BaseSettings):
 
 # Set by config.loading.load_settings, which layers flags, environment and file itself.
 LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
-
-
-def stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False

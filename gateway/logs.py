@@ -15,9 +15,16 @@ import time
 import orjson
 
 from config import Settings
-from config.settings import stderr_is_terminal
 
 _SECRETS = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|=)[^\s'\",;]+|\bcgu_[A-Za-z0-9_\-]+")
+
+
+def stderr_is_terminal() -> bool:
+    """Whether a person is likely reading stderr (it is a terminal)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _mask(m: re.Match[str]) -> str:
