@@ -21,24 +21,14 @@ from redis.typing import EncodableT
 from config import Settings
 from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
-from meter.admission.wire import (
-    MAX_KEY_LEN,
-    MAX_USER_LEN,
-    AdmitArgs,
-    AdmitHead,
-    Pending,
-    check_channel_text,
-    fail,
-    resolve,
-)
+from meter.admission.targets import Targets
+from meter.admission.wire import AdmitArgs, AdmitHead, Pending, fail, resolve
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
 from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register, run
 from meter.timestamps import Clock
-
-_CACHE_MAX = 100_000  # app ids / channels remembered as well-formed
 
 
 class Admitter:
@@ -75,8 +65,7 @@ class Admitter:
         self._batch_max = settings.batch_max
         self._timeout = settings.redis_timeout_s
         self._pending: dict[str, list[Pending]] = {}
-        self._ws_of: dict[str, str] = {}  # app id -> workspace, for well-formed ids
-        self._channels: set[str] = set()  # well-formed channel names
+        self._targets = Targets()
         self._scheduled = False
         self._queued = 0  # admissions waiting in _pending
         # A call goes out as soon as this many admissions wait (and a slot is free), else
@@ -120,7 +109,7 @@ class Admitter:
         if digest and not digest.isalnum():
             raise ValueError("digest must be alphanumeric")
         token = token or self.new_token()
-        ws = self._workspace(app_id, channel, user, key)
+        ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
             return unknown_app(key, token)
         loop = asyncio.get_running_loop()
@@ -229,25 +218,6 @@ class Admitter:
             else:
                 resolve(chunk, res)
 
-    def _workspace(self, app_id: str, channel: str, user: str, key: str) -> str | None:
-        """The app's workspace, or None for an app id or channel that cannot exist."""
-        ws = self._ws_of.get(app_id)
-        if ws is None:
-            ws = keys.workspace_of(app_id)
-            if ws is None:
-                return None
-            if len(self._ws_of) < _CACHE_MAX:
-                self._ws_of[app_id] = ws
-        if channel not in self._channels:
-            if not keys.CHANNEL_RE.match(channel):
-                return None
-            if len(self._channels) < _CACHE_MAX:
-                self._channels.add(channel)
-        check_channel_text("user", user, MAX_USER_LEN)
-        if key:
-            check_channel_text("idempotency_key", key, MAX_KEY_LEN)
-        return ws
-
     async def settle(
         self,
         app_id: str,
@@ -265,7 +235,7 @@ class Admitter:
         the rate limits (it was served already). The original ``token`` makes a charge
         that did land before the outage a duplicate, so nothing is taken twice.
         """
-        ws = self._workspace(app_id, channel, user, key)
+        ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
             return unknown_app(key, token)
         head = self.argv_head(at)
