@@ -5,10 +5,23 @@ Append-only like every step: never edit this text once applied, add a migration 
 
 from __future__ import annotations
 
-from meter.store.models import REFUSAL_REASONS
+# Frozen: the refusal columns as migration 1 created them. Deriving them from today's
+# refusal table would change an applied migration whenever that table grows; a new
+# counted refusal needs a migration of its own (and a place in REFUSAL_REASONS).
+MIGRATION_1_REFUSALS: tuple[str, ...] = (
+    "unknown_app",
+    "credits_exhausted",
+    "free_credits_expired",
+    "product_not_licensed",
+    "app_suspended",
+    "rate_limited",
+    "usage_limit_reached",
+    "metering_unavailable",
+    "other",
+)
 
 _REFUSED_COLUMNS = ",\n    ".join(
-    f"refused_{reason} BIGINT NOT NULL DEFAULT 0" for reason in REFUSAL_REASONS
+    f"refused_{reason} BIGINT NOT NULL DEFAULT 0" for reason in MIGRATION_1_REFUSALS
 )
 
 INITIAL = f"""
