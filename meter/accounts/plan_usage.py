@@ -15,8 +15,8 @@ from config.catalog import PRODUCTS
 from config.money import format_amount
 from meter.accounts import projection
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
-from meter.redis_layer.periods import billing_period
 from meter.store import App, Store, Workspace
 from meter.timestamps import iso
 

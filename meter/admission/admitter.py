@@ -24,9 +24,9 @@ from meter.admission.refunds import Refunds
 from meter.admission.targets import Targets
 from meter.admission.wire import AdmitArgs, AdmitHead, Pending, fail, resolve
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
-from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register, run
 from meter.timestamps import Clock
 

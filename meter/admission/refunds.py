@@ -7,8 +7,8 @@ from collections.abc import Callable
 from config import Settings
 from meter.admission.decision import Decision
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
-from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register, run
 
 

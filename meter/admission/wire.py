@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from config import Settings
 from meter.admission.decision import Decision
 from meter.errors import InvalidChannelUser, MeteringUnavailable
-from meter.redis_layer.periods import billing_period
+from meter.redis_layer.billing_period import billing_period
 
 log = logging.getLogger(__name__)
 

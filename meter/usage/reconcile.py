@@ -24,9 +24,9 @@ from typing import Any
 from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
-from meter.redis_layer.periods import billing_period
 from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage.batches import fold_aggregates
