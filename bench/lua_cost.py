@@ -1,0 +1,110 @@
+"""Instructions redis-server executes per admission of admit.lua: a steady figure where
+throughput is noisy (a shared machine), measured under valgrind (callgrind).
+
+Runs redis-server under ``valgrind --tool=callgrind`` twice, with the same set-up (one
+workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 22 calls of
+``--batch`` admissions; the difference over 20 calls is the cost of those admissions
+alone. Rows: messages inside a paid session (stamped with the sessions' own time, so
+the charge-record look-up is taken, as in bench/admission.py's in-session row; and a
+millisecond later per call, as real traffic is), and messages opening a new session.
+
+    .venv/bin/python -m bench.lua_cost [--batch 256]     # needs valgrind; ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench.admission import NOW, bench_settings, seed
+from meter.admission.admitter import Admitter
+from meter.redis_layer import keys
+from meter.redis_layer.client import connect
+from meter.redis_layer.scripts import lua_source
+from tests.support.servers import free_port
+
+APP = "bench0000_app1"
+SESSIONS = 1024
+
+
+def messages(kind: str, call: int, batch: int) -> list[str]:
+    if kind == "new":
+        return [f"{APP}\tweb\tn{call}x{j:08d}\t\tt{call}x{j}\tm" for j in range(batch)]
+    # Users of the open sessions, spread over them call after call.
+    return [
+        f"{APP}\tweb\tu{(j * 7919 + call * 31) % SESSIONS:012d}\t\tt{call}x{j}\tm"
+        for j in range(batch)
+    ]
+
+
+def instructions(kind: str, calls: int, batch: int) -> int:
+    """Instructions of a redis-server that ran the set-up and ``calls`` calls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port, out = free_port(), f"{tmp}/callgrind.out"
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        r = redis.Redis(port=port)
+        for _ in range(600):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        head = asyncio.run(_prepare(port))
+        sha, prefix = r.script_load(lua_source("admit")), keys.ws_prefix("bench0000")
+        for i in range(0, SESSIONS, 256):
+            opening = [f"{APP}\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + 256)]
+            r.evalsha(sha, 1, prefix, *head, *opening)
+        for call in range(calls):
+            now = head[0] + (call + 1 if kind == "later" else 0)
+            r.evalsha(sha, 1, prefix, now, *head[1:], *messages(kind, call, batch))
+        with contextlib.suppress(redis.ConnectionError):  # it closes the connection
+            r.shutdown(nosave=True)
+        proc.wait()
+        found = re.search(r"^summary:\s*(\d+)", Path(out).read_text(), re.M)
+        assert found, "no callgrind summary"
+        return int(found.group(1))
+
+
+async def _prepare(port: int) -> list[int | str]:
+    cfg = bench_settings()
+    client = connect(f"redis://127.0.0.1:{port}")
+    await seed(client, cfg, 1)
+    head = Admitter(client, cfg).argv_head(NOW)
+    await client.aclose()
+    return [v if isinstance(v, int) else str(v) for v in head]  # type: ignore[misc]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    opt = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("bench.lua_cost needs valgrind")
+    print(f"admit.lua, instructions of redis-server per admission (batches of {opt.batch})")
+    for kind, label in (
+        ("inside", "in a paid session, same stamp as the session"),
+        ("later", "in a paid session, stamped later (real traffic)"),
+        ("new", "opening a new billing session"),
+    ):
+        cost = (instructions(kind, 22, opt.batch) - instructions(kind, 2, opt.batch)) / (
+            20 * opt.batch
+        )
+        print(f"  {label:<50} {cost:>9,.0f}")
+
+
+if __name__ == "__main__":
+    main()
