@@ -55,7 +55,7 @@
 --   flags: 1 duplicate (idempotency hit, nothing charged), 2 opened a billing session,
 --          plus 8 x the code of a refusal shadow mode counted instead of applying it.
 -- Shadow mode (app field "shadow" = 1): nothing is refused; a would-be refusal is counted
--- as aggregate field "<app>|<ch>|<product>|<unit>|s:<reason>"; what can be paid is charged,
+-- as aggregate field "<app>\t<ch>\t<product>\t<unit>\ts:<reason>"; what can be paid is charged,
 -- a message without credit is served uncharged.
 --
 -- The common message, inside a billing session whose newest block is already paid (kind

@@ -52,7 +52,7 @@ local free_valid = now < W.free_exp
 
 -- Per-batch caches --------------------------------------------------------------------
 local apps, prods, rates, usage = {}, {}, {}, {}
--- Aggregates: per field prefix "<app>|<ch>|<product>|<unit>|" the sums of the metrics
+-- Aggregates: per field prefix (fkey_of) the sums of the metrics
 -- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
 local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
 local sri = {} -- session-record buckets that got a new entry
@@ -149,7 +149,8 @@ local function usage_of(product)
   return u
 end
 
--- Aggregate field prefix "<app>|<ch>|<product>|<unit>|", built once per batch.
+-- Aggregate field prefix "<app>\t<ch>\t<product>\t<unit>\t" (keys.py agg_field), built once
+-- per batch.
 local fkeys = {}
 local function fkey_of(app_id, ch, product, unit)
   local byapp = fkeys[app_id]
@@ -164,7 +165,7 @@ local function fkey_of(app_id, ch, product, unit)
   end
   local k = bych[unit]
   if not k then
-    k = app_id .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
+    k = app_id .. '\t' .. ch .. '\t' .. product .. '\t' .. unit .. '\t'
     bych[unit] = k
   end
   return k

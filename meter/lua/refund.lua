@@ -97,7 +97,7 @@ end
 -- Aggregates of the current bucket take the reversal, so sums stay exact.
 local bucket = math.floor(now / 1000 / FB) * FB
 local agk = P .. ':ag:' .. D(bucket)
-local fk = app_id .. '|' .. ch .. '|' .. product .. '|' .. unit .. '|'
+local fk = app_id .. '\t' .. ch .. '\t' .. product .. '\t' .. unit .. '\t' -- keys.py agg_field
 redis.call('HINCRBY', agk, fk .. 'n', -1)
 redis.call('HINCRBY', agk, fk .. 'm', -1)
 redis.call('HINCRBY', agk, fk .. 'x', 1)

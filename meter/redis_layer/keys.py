@@ -32,8 +32,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:rsv``             zset   charged messages not yet confirmed as forwarded: ``<app>:<rid>`` ->
                              deadline (ms); the sweeper refunds those past it.
 ``P:lu:<product>:<period>`` string enterprise usage counted in the billing period.
-``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field
-                             ``<app>|<channel>|<product>|<unit>|<metric>`` -> integer.
+``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field :func:`agg_field`
+                             ``<app>\\t<channel>\\t<product>\\t<unit>\\t<metric>`` -> integer.
 ``P:agi``             zset   bucket starts (score = member) of ``P:ag:*`` hashes not yet claimed.
 ``P:sr:<bucket_s>``   hash   billing sessions by block start (buckets as wide as the session
                              block): field ``app\tchannel\tuser`` -> ``conv_start,last-conv_start,
@@ -126,6 +126,28 @@ def usage_limit_key(ws: str, product: str, period: str) -> str:
 
 def rate_keys(ws: str, app: str) -> tuple[str, str]:
     return f"{ws_prefix(ws)}:rm:{app}", f"{ws_prefix(ws)}:rh:{app}"
+
+
+# The one separator of the composite strings in Redis: an admission's ARGV, a billing
+# session's field, a charge record's id, an aggregate field all join their parts with a
+# tab (no part can hold one: ids, channels, products, units and metrics are
+# ``[a-z0-9_:-]``, users and idempotency keys printable). Mirrored in meter/lua.
+SEP = "\t"
+
+
+def agg_field(app: str, channel: str, product: str, unit: str, metric: str) -> str:
+    """A field of an aggregate hash ``P:ag:<bucket_s>``; metrics: ``n`` units, ``m``
+    messages, ``f``/``a``/``p``/``i`` free/app/pool/invoiced amounts, ``x`` refunds,
+    ``r:<reason>`` refusals, ``s:<reason>`` shadow-mode refusals."""
+    return SEP.join((app, channel, product, unit, metric))
+
+
+def agg_field_parts(field: str | bytes) -> tuple[str, str, str, str, str]:
+    """``(app, channel, product, unit, metric)`` of an aggregate field. A field written
+    before 0.2, with ``|`` between its parts, still reads (a bucket not yet flushed)."""
+    text = field.decode() if isinstance(field, bytes) else field
+    app, channel, product, unit, metric = text.split(SEP if SEP in text else "|")
+    return app, channel, product, unit, metric
 
 
 # Balance fields (docs/glossary.md), mirrored in meter/lua (admit_batch.lua's F_*,

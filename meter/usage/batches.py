@@ -1,6 +1,7 @@
 """Turn the contents of a claimed Redis bucket into rows of one store batch.
 
-Aggregate fields are ``<app>|<channel>|<product>|<unit>|<metric>`` (see ``admit.lua``).
+Aggregate fields are ``<app>\\t<channel>\\t<product>\\t<unit>\\t<metric>``
+(:func:`meter.redis_layer.keys.agg_field`; ``|`` between the parts before 0.2).
 A billing session is one hash field ``app\\tchannel\\tuser`` (tab-separated) whose value
 is comma-separated: ``conv_start,last-conv_start,blocks,bsid,msgs,amount,product`` (see
 ``lib_sessions.lua``). Events are JSON objects with ``id``, ``type`` and ``at``. Refund
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from meter.redis_layer import keys
 from meter.store import LedgerEntry, OutboxEvent, SessionRow, UsageRow
 from meter.usage.claims import Claim
 
@@ -55,8 +57,12 @@ def fold_aggregates(items: Sequence[bytes | str]) -> dict[AggKey, dict[str, Any]
     it = iter(items)
     for raw, value in zip(it, it, strict=True):
         # Split off the metric only; the row key is decoded once per row, not per field.
-        prefix, _, m = raw.rpartition(b"|" if isinstance(raw, bytes) else "|")  # type: ignore[arg-type]
-        metric = _text(m)
+        prefix: bytes | str
+        if isinstance(raw, bytes):
+            prefix, _, mb = raw.rpartition(b"\t" if b"\t" in raw else b"|")
+            metric = mb.decode()
+        else:
+            prefix, _, metric = raw.rpartition("\t" if "\t" in raw else "|")
         acc = by_prefix.get(prefix)
         if acc is None:
             acc = by_prefix[prefix] = {"refused": {}}
@@ -68,8 +74,19 @@ def fold_aggregates(items: Sequence[bytes | str]) -> dict[AggKey, dict[str, Any]
             refused[metric[2:]] = refused.get(metric[2:], 0) + int(value)
     out: dict[AggKey, dict[str, Any]] = {}
     for prefix, acc in by_prefix.items():
-        app, channel, product, unit = _text(prefix).split("|")
-        out[(app, channel, product, unit)] = acc
+        text = _text(prefix)
+        app, channel, product, unit = text.split(keys.SEP if keys.SEP in text else "|")
+        row = out.get((app, channel, product, unit))
+        if row is None:
+            out[(app, channel, product, unit)] = acc
+            continue
+        # The same row under both separators: a bucket open across the upgrade.
+        for name, v in acc.items():
+            if name == "refused":
+                for reason, n in v.items():
+                    row["refused"][reason] = row["refused"].get(reason, 0) + n
+            else:
+                row[name] = row.get(name, 0) + v
     return out
 
 

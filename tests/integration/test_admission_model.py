@@ -253,8 +253,8 @@ class AdmissionMachine(RuleBasedStateMachine):
         agg, events = self.run(self.redis_agg_and_events())
         assert agg == +m.agg  # unary + drops zero counts
         for metric in "nfap":  # totals of sessions/requests, free, app and pool money
-            total = sum(v for f, v in agg.items() if f.endswith("|" + metric))
-            assert total == sum(v for f, v in m.agg.items() if f.endswith("|" + metric))
+            total = sum(v for f, v in agg.items() if f.endswith("\t" + metric))
+            assert total == sum(v for f, v in m.agg.items() if f.endswith("\t" + metric))
         assert events == m.events
 
     async def redis_windows(self) -> list[tuple[int, int]]:

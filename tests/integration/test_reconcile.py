@@ -52,7 +52,7 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         live = {"free": 0, "pool": 0, **{f"app:{a}": 0 for a in w.apps}}
         for b in await client.zrange(keys.agg_index_key(w.ws), 0, -1):
             for f, v in (await client.hgetall(keys.agg_key(w.ws, int(b)))).items():
-                app, _, _, _, metric = f.decode().split("|")
+                app, _, _, _, metric = keys.agg_field_parts(f)
                 name = {"f": "free", "p": "pool", "a": f"app:{app}"}.get(metric)
                 if name:
                     live[name] += int(v)

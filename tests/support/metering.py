@@ -103,7 +103,7 @@ async def agg_totals(client: RedisClient, ws: str) -> Counter[str]:
     for m in members:
         fields = await client.hgetall(keys.agg_key(ws, int(m)))
         for f, v in fields.items():
-            metric = f.decode().rsplit("|", 1)[1]
+            metric = keys.agg_field_parts(f)[4]
             totals[metric] += int(v)
     return totals
 

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from meter.redis_layer import keys
+
 NB = 60  # buckets per rolling window, as in admit.lua
 REASON = {
     2: "app_suspended",
@@ -198,7 +200,7 @@ class Workspace:
         unit, price = (
             (a.unit, a.price) if kind == "m" else ("notification", self.notification_price)
         )
-        fkey = f"{app_id}|{ch}|{a.product}|{unit}|"
+        fkey = keys.agg_field(app_id, ch, a.product, unit, "")
         code, retry = 0, 0
         rm, rh = self.rates.setdefault(app_id, (Window(self.minute_ms), Window(self.hour_ms)))
         if a.suspended:
@@ -308,7 +310,7 @@ class Workspace:
             s.msgs -= 1
             if s.blocks <= 0:
                 del self.sessions[(app_id, rec.channel, rec.user)]
-        fkey = f"{app_id}|{rec.channel}|{a.product}|{rec.unit}|"
+        fkey = keys.agg_field(app_id, rec.channel, a.product, rec.unit, "")
         for metric, v in (("n", -1), ("m", -1), ("x", 1), ("f", -rec.free)):
             self.agg[fkey + metric] += v
         self.agg[fkey + "a"] -= rec.app

@@ -30,7 +30,7 @@ async def aggregates(rclient: RedisClient) -> dict[str, int]:
     out: dict[str, int] = {}
     async for key in rclient.scan_iter(match=f"{keys.ws_prefix(WS)}:ag:*"):
         for field, value in (await rclient.hgetall(key)).items():
-            name = field.decode().rsplit("|", 1)[1]
+            name = keys.agg_field_parts(field)[4]
             out[name] = out.get(name, 0) + int(value)
     return out
 

@@ -95,3 +95,26 @@ def test_problems_metrics_and_store_derive_from_the_enum() -> None:
         "metering_unavailable",
         "other",
     )
+
+
+def test_aggregate_fields_are_tab_joined_and_old_ones_still_fold() -> None:
+    """One separator (keys.SEP) in admit.lua's aggregate fields, as in its other
+    composite strings; a bucket written before the change still flushes."""
+    from meter.redis_layer import keys
+    from meter.usage.batches import fold_aggregates
+
+    assert "app_id .. '\\t' .. ch .. '\\t' .. product .. '\\t' .. unit .. '\\t'" in ADMIT
+    assert "'|'" not in lua_code(ADMIT) and "'|'" not in lua_code(lua_source("refund"))
+    field = keys.agg_field("ws01_a1", "web", "automation", "session", "r:rate_limited")
+    assert keys.agg_field_parts(field.encode()) == (
+        "ws01_a1", "web", "automation", "session", "r:rate_limited"
+    )  # fmt: skip
+    old = b"ws01_a1|web|automation|session|n"
+    assert keys.agg_field_parts(old)[4] == "n"
+    new_m = (field[:-14] + "m").encode()  # the same row, written after the upgrade
+    folded = fold_aggregates([field.encode(), b"2", old, b"3", new_m, b"5"])
+    assert folded == {
+        ("ws01_a1", "web", "automation", "session"): {
+            "refused": {"rate_limited": 2}, "units": 3, "messages": 5,
+        }
+    }  # fmt: skip
