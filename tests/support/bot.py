@@ -293,6 +293,11 @@ def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
     from config import load_settings
 
     overrides.setdefault("egress_allow", LOOPBACK)
+    # The gateway shares the test's event loop with the bot and hundreds of clients: on a
+    # busy 2-core machine a Redis reply can wait past the 0.5 s default for the loop, and
+    # a message would be refused 503 for the machine's speed. Tests of Redis timeouts set
+    # their own.
+    overrides.setdefault("redis_timeout_s", 10.0)
     # The whole suite runs against either traffic server (CREDITGATE_TRAFFIC_SERVER).
     overrides.setdefault("traffic_server", os.environ.get(TRAFFIC_SERVER_ENV, "aiohttp"))
     return load_settings(
