@@ -158,7 +158,8 @@ async def exactness(server: RedisServer) -> Counter[int]:
             lambda a, u: adm.admit(a, "web", u), [(apps[0], f"u{i}") for i in range(2_000)], 2_000
         )
         left = (await projection.read_balances(client, "bench0000")).pool
-        assert codes == Counter({0: 1_500, 6: 500}) and left == 0, (codes, left)
+        assert codes == Counter({0: 1_500, 6: 500}), (codes, left)
+        assert left == 0, (codes, left)
         return codes
     finally:
         await client.aclose()

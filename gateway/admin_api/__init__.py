@@ -11,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import webhooks
-from gateway.admin_api.http import endpoint, errors
+from gateway.admin_api.errors import errors
+from gateway.admin_api.http import endpoint
 from gateway.admin_api.openapi import document_bytes
 from gateway.admin_api.routes import ROUTES
 from gateway.payments import payments_ctx

@@ -1,4 +1,4 @@
-"""The admin API's request pipeline: authenticate, authorize, validate, run; and its errors.
+"""The admin API's request pipeline: authenticate, authorize, validate, run.
 
 Every route is a :class:`Route` of the table in :mod:`gateway.admin_api.routes`. Its
 :func:`endpoint` authenticates the caller (401), checks the path ids (404), applies the
@@ -6,7 +6,7 @@ route's :class:`~gateway.admin_api.access.Access` policy (403, or 404 for what t
 caller may not see), and only then reads and parses the query and the JSON body with
 the route's models (400 for malformed JSON, 422 naming the field) and runs the handler.
 Nothing is changed before all of this succeeded. Errors become problem+json in
-:func:`errors`.
+:func:`gateway.admin_api.errors.errors`.
 """
 
 from __future__ import annotations
@@ -16,29 +16,21 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from gateway import appkeys
 from gateway.admin_api.access import Access, Grant
-from gateway.admin_api.validation import BadRequest, Invalid, read_body, read_query
-from gateway.problems import CONTENT_TYPE, problem_response
+from gateway.admin_api.validation import read_body, read_query
 from meter.accounts.authz import ANONYMOUS, Principal, authenticate
 from meter.accounts.deps import Deps
-from meter.accounts.payments import PaymentsNotConfigured, ProviderError
 from meter.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    MeteringUnavailable,
     NotFound,
-    Unauthorized,
 )
-from meter.store import App, DuplicateKey, StoreError, Workspace
+from meter.store import App, Workspace
 
 log = logging.getLogger(__name__)
 # The caller of a request authenticated by the console's session cookie (set by
@@ -166,65 +158,3 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     handle.__name__ = route.handler.__name__
     return handle
-
-
-def _problem(
-    status: int, code: str, title: str, detail: str, *, field: str | None = None, **extra: Any
-) -> web.Response:
-    more: dict[str, Any] = dict(extra)
-    if field is not None:
-        more["field"] = field
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return problem_response(status, code, title, detail, headers=headers, extra=more)
-
-
-@web.middleware
-async def errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Map every error of the admin API to problem+json (one place, docs/design.md §3)."""
-    try:
-        return await handler(request)
-    except Unauthorized as exc:
-        return _problem(401, "unauthorized", "Unauthorized", str(exc))
-    except BadRequest as exc:
-        return _problem(400, "malformed_request", "Malformed request", str(exc), field=exc.field)
-    except Invalid as exc:
-        first = exc.problems[0]["field"]
-        return _problem(
-            422, "invalid_input", "Invalid input", str(exc), field=first, errors=exc.problems
-        )
-    except InvalidInput as exc:
-        problems = [{"field": exc.field, "message": exc.message}]
-        return _problem(
-            422, "invalid_input", "Invalid input", str(exc), field=exc.field, errors=problems
-        )
-    except Forbidden as exc:
-        return _problem(403, exc.code, "Forbidden", str(exc))
-    except NotFound as exc:
-        return _problem(
-            404, "not_found", "Not found", f"no {exc.kind} {exc.ident!r} (or not yours)"
-        )
-    except Conflict as exc:
-        return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
-    except DuplicateKey as exc:
-        return _problem(409, "conflict", "Conflict", str(exc))
-    except PaymentsNotConfigured as exc:
-        return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
-    except ProviderError as exc:
-        return _problem(502, "payment_provider_error", "Payment provider error", str(exc))
-    except (MeteringUnavailable, RedisError, ConnectionError) as exc:
-        log.warning("admin API: redis unavailable: %r", exc)
-        return _problem(503, "metering_unavailable", "Metering unavailable", "retry later")
-    except StoreError as exc:
-        log.warning("admin API: store unavailable: %r", exc)
-        return _problem(503, "store_unavailable", "Store unavailable", "retry later")
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
-            raise
-        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem_response(exc.status, code, exc.reason, headers=allow)
-    except Exception:
-        log.exception("admin API: %s %s failed", request.method, request.path)
-        return _problem(500, "internal_error", "Internal error", "see the server log")

@@ -142,7 +142,8 @@ async def sign_in(request: web.Request) -> web.Response:
         principal = await user_principal(store, token.strip()[:512])
     except Unauthorized:
         raise Problem(401, "unauthorized", "Unauthorized", "unknown or revoked token") from None
-    assert principal.user_id is not None and principal.token_id is not None
+    assert principal.user_id is not None
+    assert principal.token_id is not None
     raw = secrets.token_urlsafe(32)
     now = _now_ms(request)
     sess = ConsoleSession(

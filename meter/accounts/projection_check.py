@@ -86,47 +86,60 @@ async def check_workspace(d: Deps, ws_id: str) -> Counter[str]:
     if await _workspace_drifted(d, ws, current):
         await project_workspace(d, ws)
         repaired["workspace"] += 1
-    entries = [
-        e for e in await d.store.ledger_entries(ws_id) if e.kind in GRANT_KINDS and e.amount > 0
-    ]
-    if entries:
-        async with d.redis.pipeline(transaction=False) as pipe:
-            for e in entries:
-                pipe.exists(keys.grant_marker_key(ws_id, e.reference))
-            present = await pipe.execute()
-        for e, there in zip(entries, present, strict=True):
-            if there:
-                continue
-            if e.kind == "grant_free":
-                applied = await projection.grant(
-                    d.redis,
-                    ws_id,
-                    reference=e.reference,
-                    kind="free",
-                    amount=e.amount,
-                    low_threshold=d.settings.low_balance_threshold,
-                    free_expires_ms=ws.free_expires_at or 0,
-                    now_ms=d.now_ms(),
-                )
-                repaired["grant"] += int(applied)
-            else:
-                had = await d.redis.exists(keys.grant_marker_key(ws_id, e.reference))
-                await apply_topup(d, e, shown_reference=e.reference)
-                repaired["grant"] += int(not had)
-    apps = await d.store.list_apps(ws_id)
-    if apps:
-        async with d.redis.pipeline(transaction=False) as pipe:
-            for app in apps:
-                pipe.hmget(keys.app_key(ws_id, app.id), list(APP_FIELDS))
-            live = await pipe.execute()
-        for app, fields in zip(apps, live, strict=True):
-            if [f or b"" for f in fields] != _app_fields(app):
-                await project_app(d, app)
-                await channel_secrets.project_app_channels(d.store, d.redis, app.id)
-                repaired["app"] += 1
+    await _repair_grants(d, ws, repaired)
+    await _repair_apps(d, ws_id, repaired)
     for kind, n in repaired.items():
         log.warning("projection check: repaired %d %s projection(s) of %s", n, kind, ws_id)
     return repaired
+
+
+async def _repair_grants(d: Deps, ws: Workspace, repaired: Counter[str]) -> None:
+    """Apply the ledger's grants that Redis never applied (counted as ``grant``)."""
+    ws_id = ws.id
+    entries = [
+        e for e in await d.store.ledger_entries(ws_id) if e.kind in GRANT_KINDS and e.amount > 0
+    ]
+    if not entries:
+        return
+    async with d.redis.pipeline(transaction=False) as pipe:
+        for e in entries:
+            pipe.exists(keys.grant_marker_key(ws_id, e.reference))
+        present = await pipe.execute()
+    for e, there in zip(entries, present, strict=True):
+        if there:
+            continue
+        if e.kind == "grant_free":
+            applied = await projection.grant(
+                d.redis,
+                ws_id,
+                reference=e.reference,
+                kind="free",
+                amount=e.amount,
+                low_threshold=d.settings.low_balance_threshold,
+                free_expires_ms=ws.free_expires_at or 0,
+                now_ms=d.now_ms(),
+            )
+            repaired["grant"] += int(applied)
+        else:
+            had = await d.redis.exists(keys.grant_marker_key(ws_id, e.reference))
+            await apply_topup(d, e, shown_reference=e.reference)
+            repaired["grant"] += int(not had)
+
+
+async def _repair_apps(d: Deps, ws_id: str, repaired: Counter[str]) -> None:
+    """Project again the apps whose Redis fields differ from the store (``app``)."""
+    apps = await d.store.list_apps(ws_id)
+    if not apps:
+        return
+    async with d.redis.pipeline(transaction=False) as pipe:
+        for app in apps:
+            pipe.hmget(keys.app_key(ws_id, app.id), list(APP_FIELDS))
+        live = await pipe.execute()
+    for app, fields in zip(apps, live, strict=True):
+        if [f or b"" for f in fields] != _app_fields(app):
+            await project_app(d, app)
+            await channel_secrets.project_app_channels(d.store, d.redis, app.id)
+            repaired["app"] += 1
 
 
 async def run(

@@ -47,11 +47,14 @@ async def owner_and_ws(d: Deps, name: str = "ada") -> tuple[str, Workspace]:
 
 async def test_user_token_is_stored_as_a_hash_only(deps: Deps) -> None:
     user, token = await workspaces.create_user(deps, "operator", "ada@example.com", "Ada")
-    assert token.startswith("cgu_") and token not in user.token_hash
+    assert token.startswith("cgu_")
+    assert token not in user.token_hash
     stored = await deps.store.get_user(user.id)
-    assert stored is not None and stored.token_hash == authz.token_hash(token)
+    assert stored is not None
+    assert stored.token_hash == authz.token_hash(token)
     who = await authz.authenticate(deps.store, "o" * 32, f"Bearer {token}")
-    assert who.user_id == user.id and not who.operator
+    assert who.user_id == user.id
+    assert not who.operator
     assert (await authz.authenticate(deps.store, "o" * 32, "Bearer " + "o" * 32)).operator
     with pytest.raises(Conflict):
         await workspaces.create_user(deps, "operator", "ADA@example.com", "Ada again")
@@ -76,7 +79,8 @@ async def test_funds_are_idempotent_by_reference(deps: Deps) -> None:
     _, ws = await owner_and_ws(deps)
     first = await credits.add_funds(deps, "user:x", ws, "150.00", reference="inv-1")
     again = await credits.add_funds(deps, "user:x", ws, "150.00", reference="inv-1")
-    assert first.created and not again.created
+    assert first.created
+    assert not again.created
     assert first.entry.reference == again.entry.reference == "funds:inv-1"
     assert (await projection.read_balances(deps.redis, ws.id)).pool == 150 * USD
     assert len(await deps.store.ledger_entries(ws.id, kind="topup")) == 1
@@ -94,7 +98,8 @@ async def test_funds_tied_to_an_app_and_their_limits(deps: Deps) -> None:
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
     await credits.add_funds(deps, "user:x", ws, "100", app_id=app.id, reference="a1")
     bal = await projection.read_balances(deps.redis, ws.id)
-    assert bal.app == {app.id: 100 * USD} and bal.pool == 0
+    assert bal.app == {app.id: 100 * USD}
+    assert bal.pool == 0
     for bad in ("99.99", "20000.01", "-5", "1e3", "100.001", "NaN", "", "0100"):
         with pytest.raises(InvalidInput) as exc:
             await credits.add_funds(deps, "user:x", ws, bad, reference="bad")
@@ -121,14 +126,16 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
     refused = await admitter.admit(bot.id, "slack", "U2")
     assert refused.reason == "product_not_licensed"
     served = await admitter.admit(finder.id, "slack", "U3")
-    assert served.admitted and served.invoiced == 200_000 and served.charged == 0
+    assert served.admitted
+    assert served.invoiced == 200_000
+    assert served.charged == 0
     with pytest.raises(Forbidden) as exc:
         await apps.create_app(deps, owner, upgraded, "Agent", "agent", None)
     assert exc.value.code == "product_not_licensed"
     with pytest.raises(Conflict):
         await credits.add_funds(deps, "user:x", upgraded, "100.00", reference="e1")
+    bad = {"search": projection.Licence(usage_limit=1, per_minute=10, per_hour=5)}
     with pytest.raises(InvalidInput, match="per_hour"):
-        bad = {"search": projection.Licence(usage_limit=1, per_minute=10, per_hour=5)}
         await workspaces.upgrade(deps, "operator", upgraded, bad)
     await admitter.close()
 
@@ -146,7 +153,8 @@ async def test_upgrade_grants_open_requests(deps: Deps) -> None:
 async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", "http://127.0.0.1:1/b")
-    assert keys.APP_RE.match(app.id) and keys.workspace_of(app.id) == ws.id
+    assert keys.APP_RE.match(app.id)
+    assert keys.workspace_of(app.id) == ws.id
     ak = keys.app_key(ws.id, app.id)
     assert await deps.redis.hget(ak, "up") == b"http://127.0.0.1:1/b"
     changes = {"suspended": True, "upstream_url": None, "use_free_credits": False}
@@ -157,7 +165,8 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
     assert (await admitter.admit(app.id, "slack", "U1")).reason == "app_suspended"
     await admitter.close()
     entry = (await deps.store.list_audit(target=f"app:{app.id}"))[0]
-    assert entry.action == "app.update" and entry.actor == f"user:{owner}"
+    assert entry.action == "app.update"
+    assert entry.actor == f"user:{owner}"
     assert entry.before == {"suspended": False, "upstream_url": "http://127.0.0.1:1/b",
                             "use_free_credits": True}  # fmt: skip
     assert entry.after == changes
@@ -218,13 +227,17 @@ async def test_plan_usage_statuses(deps: Deps) -> None:
     await admitter.close()
     view = await plan_usage(d.store, d.redis, d.settings, d.catalog, ws, d.now_ms())
     assert view["free_credits"]["remaining"] == "48.00"
-    assert view["usable_balance"] == "148.00" and view["paid_balance"] == "100.00"
+    assert view["usable_balance"] == "148.00"
+    assert view["paid_balance"] == "100.00"
     assert view["allowed_sessions"] == 740
     by = {a["name"]: a for a in view["apps"]}
     # The paid app's funds are its own: the free app has $48 left, under the threshold.
-    assert by["free"]["status"] == "low_balance" and by["free"]["remaining"] == "48.00"
-    assert by["paid"]["remaining"] == "100.00" and by["paid"]["allowed_units"] == 500
-    assert view["paid_apps"] == 1 and view["inactive_apps"] == 0
+    assert by["free"]["status"] == "low_balance"
+    assert by["free"]["remaining"] == "48.00"
+    assert by["paid"]["remaining"] == "100.00"
+    assert by["paid"]["allowed_units"] == 500
+    assert view["paid_apps"] == 1
+    assert view["inactive_apps"] == 0
     d.clock.advance(91 * 86400)  # type: ignore[attr-defined]
     view = await plan_usage(d.store, d.redis, d.settings, d.catalog, ws, d.now_ms())
     assert view["free_credits"]["remaining"] == "0.00"

@@ -472,7 +472,8 @@ async def test_the_same_attempt_replayed_gets_its_original_decision(single: Redi
     adm = admitter(single, cfg, clock)
     first = await adm.admit(w.apps[0], "web", "u", token="attempt-1")
     replay = await adm.admit(w.apps[0], "web", "u", token="attempt-1")
-    assert first[:8] == replay[:8] and not replay.duplicate
+    assert first[:8] == replay[:8]
+    assert not replay.duplicate
     assert await adm.refund(w.apps[0], replay)
     assert (await projection.read_balances(single, w.ws)).free == 10 * USD
     other = await adm.admit(w.apps[0], "web", "u", "k1", token="attempt-2")
@@ -500,7 +501,9 @@ async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
     clock.now = at  # the lost reply's call, retried as it was sent
     replay = await adm.admit(w.apps[0], "web", "u", token="opener-1")
     assert (first.units, same_ms.units, later.units) == (1, 0, 0)
-    assert replay[:8] == first[:8] and not replay.duplicate and replay.new_session
+    assert replay[:8] == first[:8]
+    assert not replay.duplicate
+    assert replay.new_session
     clock.advance(60)
     inside = await adm.admit(w.apps[0], "web", "u", token="opener-2")
     assert (inside.units, inside.bsid, inside.new_session) == (0, first.bsid, False)

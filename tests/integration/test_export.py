@@ -79,7 +79,8 @@ async def test_csv_totals_equal_the_store(store: Store) -> None:
     cents = sum(round(float(r["amount"]) * 100) for r in rows)
     assert cents * 10_000 == tot.amount
     assert sum(int(r["refused_rate_limited"]) for r in rows) == len(ROWS)
-    assert rows[0]["amount"] == "0.60" and rows[0]["period_start"] == "2026-09-27T00:00:00Z"
+    assert rows[0]["amount"] == "0.60"
+    assert rows[0]["period_start"] == "2026-09-27T00:00:00Z"
     assert rows[0]["period_end"] == "2026-09-28T00:00:00Z"
 
 
@@ -88,7 +89,8 @@ async def test_ndjson_is_one_object_per_line(store: Store) -> None:
         export_stream(store, kind="usage", fmt="ndjson", from_ms=FROM, to_ms=TO, granularity="hour")
     )
     lines = text.splitlines()
-    assert text.endswith("\n") and len(lines) == len(ROWS)
+    assert text.endswith("\n")
+    assert len(lines) == len(ROWS)
     objs = [orjson.loads(line) for line in lines]
     assert all(set(o) == set(USAGE_FIELDS) for o in objs)
     assert [o["units"] for o in objs] == [r[2] for r in ROWS]
@@ -117,7 +119,8 @@ async def test_weeks_are_iso_weeks_and_months_calendar_months(store: Store) -> N
     ]
     for o in weeks:  # every week starts on a Monday at midnight UTC
         start = datetime.fromisoformat(o["period_start"].replace("Z", "+00:00"))
-        assert start.weekday() == 0 and start.hour == 0
+        assert start.weekday() == 0
+        assert start.hour == 0
     text = await collect(
         export_stream(store, kind="usage", fmt="csv", from_ms=FROM, to_ms=TO, granularity="month")
     )
@@ -150,9 +153,11 @@ async def test_session_detail_export(store: Store) -> None:
         export_stream(store, kind="sessions", fmt="csv", from_ms=FROM, to_ms=TO, workspace=WS)
     )
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == list(SESSION_FIELDS) and len(rows) == len(ROWS)
+    assert list(rows[0]) == list(SESSION_FIELDS)
+    assert len(rows) == len(ROWS)
     assert rows[0]["channel_user"] == "'=cmd0"  # never a spreadsheet formula
-    assert rows[1]["start"] == "2026-09-28T00:00:00Z" and rows[1]["end"] == "2026-09-28T00:01:01Z"
+    assert rows[1]["start"] == "2026-09-28T00:00:00Z"
+    assert rows[1]["end"] == "2026-09-28T00:01:01Z"
     assert sum(round(float(r["amount"]) * 1e6) for r in rows) == sum(r[3] for r in ROWS)
     nd = await collect(
         export_stream(store, kind="sessions", fmt="ndjson", from_ms=FROM, to_ms=TO, workspace=WS)

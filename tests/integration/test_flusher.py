@@ -51,7 +51,8 @@ async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Sto
         clock.advance(0.05)
     flusher = Flusher(client, store, cfg, clock=clock)
     res = await flusher.flush_once()
-    assert res.batches > 0 and res.failed == 0
+    assert res.batches > 0
+    assert res.failed == 0
     # The current bucket and the one in grace stay live until forced.
     assert await client.zcard(keys.agg_index_key(w.ws)) >= 1
     await flusher.drain(force=True)
@@ -116,7 +117,8 @@ async def test_events_become_outbox_and_lapse_ledger(client: RedisClient, store:
     ref = lapses[0].reference
     assert ref.startswith(f"{w.ws}:e")
     ev = await store.get_event(ref)
-    assert ev is not None and ev.event_type == "free_credits.expired"
+    assert ev is not None
+    assert ev.event_type == "free_credits.expired"
     assert ev.payload["amount"] == 5 * USD - 20_000
     types = {e.event_type for e in await store.list_events(w.ws)}
     assert {"free_credits.expired", "app.inactive"} <= types
@@ -138,7 +140,8 @@ async def test_crash_between_commit_and_ack_is_a_noop_retake(
     # A flusher that claims and commits, then dies before its ack.
     dead = Flusher(client, store, cfg, clock=clock, lease_s=0.2)
     code, claim = await dead._claims.claim(w.ws, "ag", bucket)
-    assert claim is not None and code == 0
+    assert claim is not None
+    assert code == 0
     from meter.usage.batches import build
 
     b = build(claim)
@@ -178,7 +181,8 @@ async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_pat
         lock.execute("COMMIT")
         lock.close()
         res = await asyncio.wait_for(task, 10)
-        assert res.batches >= 1 and res.failed == 0
+        assert res.batches >= 1
+        assert res.failed == 0
         assert await client.hlen(keys.claims_key(w.ws)) == 0
         assert (await store.usage_totals(w.ws)).requests == 5
         assert flusher.stats.lag_seconds > 0
@@ -241,7 +245,8 @@ async def test_racing_flushers_on_redis_cluster(
                 assert await c.hlen(keys.claims_key(w.ws)) == 0
                 assert await c.zcard(keys.agg_index_key(w.ws)) == 0
             assert (units, amount) == (exp.units, exp.amount)
-            assert a.stats.batches > 0 and b.stats.batches > 0
+            assert a.stats.batches > 0
+            assert b.stats.batches > 0
     finally:
         await c.aclose()
 

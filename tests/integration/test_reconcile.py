@@ -95,6 +95,7 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         )
         adm2 = admitter(client, cfg, clock)
         d = await adm2.admit(w.apps[0], "web", "again")
-        assert d.admitted and d.units == 1
+        assert d.admitted
+        assert d.units == 1
         seq = int(await client.hget(keys.ws_key(w.ws), "seq") or 0)
         assert seq > 10**15

@@ -50,7 +50,7 @@ def test_redis_restart_keeps_port(tmp_path: Path) -> None:
         server.command("SET", "k", "v")
         server.kill()
         assert not server.running
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             redis_command(port, "PING")
         server.start()
         assert server.port == port
@@ -109,7 +109,7 @@ async def test_postgres_stop_start(postgres_server: PostgresServer, pg_dsn: str)
     with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
         await conn.fetchval("select 1")
     await conn.close()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await asyncpg.connect(pg_dsn, timeout=2)
 
     postgres_server.start()

@@ -146,7 +146,9 @@ async def test_users(store: Store) -> None:
 async def test_workspace_membership_and_apps(ws: Store) -> None:
     store = ws
     w = await store.get_workspace(WS)
-    assert w is not None and w.type == "standard" and w.owner_id == "u1"
+    assert w is not None
+    assert w.type == "standard"
+    assert w.owner_id == "u1"
     assert await store.list_workspaces() == [WS]
     assert await store.is_member(WS, "u1")
     await store.create_user(User("u2", "dev@example.com", "Dev", "hash-u2", T0))
@@ -158,11 +160,13 @@ async def test_workspace_membership_and_apps(ws: Store) -> None:
 
     assert [a.id for a in await store.list_apps(WS)] == [APP, APP2]
     app = await store.update_app(APP, owner_id="u2", use_free_credits=False, suspended=True)
-    assert app is not None and app.owner_id == "u2"
-    assert app.use_free_credits is False and app.suspended is True
+    assert app is not None
+    assert app.owner_id == "u2"
+    assert app.use_free_credits is False
+    assert app.suspended is True
     assert [a.id for a in await store.list_apps(WS, owner_id="u2")] == [APP]
     assert await store.update_app("ws0001_nope", name="x") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot change app fields"):
         await store.update_app(APP, workspace_id="other")
     with pytest.raises(MissingReference):
         await store.create_app(App("zz99_app", "zz99", "X", "search", "u1", T0))
@@ -176,7 +180,8 @@ async def test_workspace_membership_and_apps(ws: Store) -> None:
 
     assert await store.set_webhook(WS, "https://hooks.example/x", "s3cret")
     w = await store.get_workspace(WS)
-    assert w is not None and w.webhook_url == "https://hooks.example/x"
+    assert w is not None
+    assert w.webhook_url == "https://hooks.example/x"
     assert not await store.set_webhook("nope", None, None)
 
 
@@ -186,15 +191,18 @@ async def test_upgrade_requests_and_licences(ws: Store) -> None:
         UpgradeRequest("r1", WS, ("search", "agent"), T0, message="please")
     )
     [req] = await store.list_upgrade_requests()
-    assert req.products == ("search", "agent") and req.status == "open"
+    assert req.products == ("search", "agent")
+    assert req.status == "open"
     lic = [Licence(WS, "search", 10_000, 100, 5_000)]
     assert await store.upgrade_workspace(WS, lic)
     w = await store.get_workspace(WS)
-    assert w is not None and w.type == "enterprise"
+    assert w is not None
+    assert w.type == "enterprise"
     assert await store.get_licences(WS) == lic
     assert await store.list_upgrade_requests() == []
     granted = await store.get_upgrade_request("r1")
-    assert granted is not None and granted.status == "granted"
+    assert granted is not None
+    assert granted.status == "granted"
     await store.set_licences(WS, [Licence(WS, "agent", 5, 1, 2)])
     assert [x.product for x in await store.get_licences(WS)] == ["agent"]
     assert not await store.upgrade_workspace("nope", [])
@@ -219,7 +227,8 @@ async def test_ledger_is_idempotent_by_reference(ws: Store) -> None:
     )
     entries = await store.ledger_entries(WS)
     assert [e.reference for e in entries] == [f"free:{WS}", "pay-1", "pay-2", "lapse-1", "rec-1"]
-    assert entries[2].detail == {"by": "u1"} and entries[2].pool == "paid"
+    assert entries[2].detail == {"by": "u1"}
+    assert entries[2].pool == "paid"
     assert [e.reference for e in await store.ledger_entries(WS, kind="topup")] == ["pay-1", "pay-2"]
     balance = await store.ledger_balance(WS)
     assert balance.free == 500_000_000 - 20_000_000 - 1
@@ -228,7 +237,7 @@ async def test_ledger_is_idempotent_by_reference(ws: Store) -> None:
     assert balance.paid == 250_000_000
     # Same reference in another workspace is a different entry.
     assert await store.add_ledger_entry(LedgerEntry("ws0002", "topup", 1, "pay-1", T0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown ledger kind"):
         await store.add_ledger_entry(LedgerEntry(WS, "gift", 1, "x", T0))  # type: ignore[arg-type]
 
 
@@ -249,14 +258,18 @@ async def test_flush_batch_is_written_exactly_once(ws: Store) -> None:
     }
     assert await store.write_flush_batch("b-1", WS, "ag", T0, **kwargs) is True  # type: ignore[arg-type]
     before = await store.usage_totals(WS)
-    assert before.total_units == 3 and before.messages == 7 and before.amount_free == 400_000
+    assert before.total_units == 3
+    assert before.messages == 7
+    assert before.amount_free == 400_000
     assert await store.write_flush_batch("b-1", WS, "ag", T0, **kwargs) is False  # type: ignore[arg-type]
     assert await store.usage_totals(WS) == before
     assert len(await store.sessions(WS, 0, T0 + 1)) == 1
     assert len(await store.ledger_entries(WS, kind="lapse")) == 1
     assert len(await store.list_events(WS)) == 1
     batch = await store.get_flush_batch("b-1")
-    assert batch is not None and batch.rows == 5 and batch.kind == "ag"
+    assert batch is not None
+    assert batch.rows == 5
+    assert batch.kind == "ag"
     assert await store.get_flush_batch("b-2") is None
 
 
@@ -300,7 +313,8 @@ async def test_late_batches_for_the_same_bucket_add_up(ws: Store, stores: StoreF
     )
     [row] = [r async for r in store.iter_usage(WS, 0, T0 + 1)]
     assert row.units == 2 + 3 + 40
-    assert row.amount_free == 1 and row.amount_pool == 5
+    assert row.amount_free == 1
+    assert row.amount_pool == 5
     assert row.refused == {"rate_limited": 3, "other": 1}
 
 
@@ -319,7 +333,7 @@ async def test_failed_batch_rolls_back_entirely(ws: Store) -> None:
 
 async def test_batch_rows_must_belong_to_the_batch_workspace(ws: Store) -> None:
     foreign = UsageRow("ws0002", T0, "ws0002_a", "slack", "automation", "session", units=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="in another batch"):
         await ws.write_flush_batch("b-f", WS, "ag", T0, usage_rows=[foreign])
     assert await ws.get_flush_batch("b-f") is None
 
@@ -341,7 +355,8 @@ async def test_session_rows_merge_by_id(ws: Store) -> None:
     await store.write_flush_batch("sr-4", WS, "sr", T0, session_rows=dup)
     await store.write_flush_batch("sr-5", WS, "sr", T0, session_rows=[session("s2", T0, amount=3)])
     got = {x.id: x for x in await store.sessions(WS, T0, T0 + 1)}
-    assert got["s2"].amount == 3 and got["s2"].messages == 2
+    assert got["s2"].amount == 3
+    assert got["s2"].messages == 2
 
 
 # ---------------------------------------------------------------- usage reads
@@ -388,9 +403,12 @@ async def test_usage_series_aligns_periods_in_utc(ws: Store) -> None:
         ("2024-03-01T00", 1),
     ]
     hours = await store.usage_series(WS, lo, hi, "hour")
-    assert ("2024-02-05T00", 2) in series(hours) and len(hours) == 6
+    assert ("2024-02-05T00", 2) in series(hours)
+    assert len(hours) == 6
     feb = await store.usage_series(WS, lo, hi, "month", channel="web")
-    assert len(feb) == 1 and feb[0].requests == 5 and feb[0].sessions == 0
+    assert len(feb) == 1
+    assert feb[0].requests == 5
+    assert feb[0].sessions == 0
     only_app = await store.usage_series(WS, lo, hi, "month", app_id=APP)
     assert sum(p.sessions for p in only_app) == 7
     assert sum(p.amount for p in only_app) == 70
@@ -401,7 +419,7 @@ async def test_usage_series_aligns_periods_in_utc(ws: Store) -> None:
     assert series(await store.usage_series(WS, lo, ms(stamps[1]), "month")) == [
         ("2024-01-01T00", 1)
     ]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="granularity must be one of"):
         await store.usage_series(WS, lo, hi, "year")
 
 
@@ -414,10 +432,13 @@ async def test_usage_totals_spent_and_export(ws: Store) -> None:
     rows.append(usage(T0, 1, app=APP2, channel="web", refused_credits_exhausted=4))
     assert await store.write_flush_batch("b-big", WS, "ag", T0, usage_rows=rows)
     totals = await store.usage_totals()
-    assert totals.sessions == 2501 and totals.messages == 5000
+    assert totals.sessions == 2501
+    assert totals.messages == 5000
     assert totals.refused == {"credits_exhausted": 4}
     spent = await store.usage_spent(WS)
-    assert spent.free == 250_000 and spent.shared == 7_500 and spent.apps == {APP: 50_000}
+    assert spent.free == 250_000
+    assert spent.shared == 7_500
+    assert spent.apps == {APP: 50_000}
     exported = [r async for r in store.iter_usage(None, 0, 2**62, page=700)]
     assert len(exported) == 2501
     keys = [r.key for r in exported]
@@ -449,7 +470,9 @@ async def test_audit_log(store: Store) -> None:
     second = await store.add_audit("u1", "app.update", "app:1", None, {"suspended": True}, at=5)
     assert second > first
     [entry] = await store.list_audit(target="app:1")
-    assert entry.after == {"suspended": True} and entry.before is None and entry.at == 5
+    assert entry.after == {"suspended": True}
+    assert entry.before is None
+    assert entry.at == 5
     assert [e.id for e in await store.list_audit()] == [second, first]
 
 
@@ -459,16 +482,21 @@ async def test_outbox_retry_cycle(store: Store, stores: StoreFactory) -> None:
     assert await store.enqueue(event) is False
     assert await store.due_events(T0 - 1) == []
     [due] = await store.due_events(T0)
-    assert due.payload == {"lapsed": "12.50"} and due.attempts == 0 and due.id is not None
+    assert due.payload == {"lapsed": "12.50"}
+    assert due.attempts == 0
+    assert due.id is not None
     assert await store.mark_failed(due.id, "HTTP 500", T0 + 1_000)
     assert await store.due_events(T0 + 999) == []
     [again] = await store.due_events(T0 + 1_000)
-    assert again.attempts == 1 and again.last_error == "HTTP 500"
+    assert again.attempts == 1
+    assert again.last_error == "HTTP 500"
     assert await store.mark_delivered(due.id, at=T0 + 1_001)
     assert await store.due_events(T0 + 10**9) == []
     assert not await store.mark_delivered(due.id)
     got = await store.get_event("ev-1")
-    assert got is not None and got.delivered_at == T0 + 1_001 and got.attempts == 2
+    assert got is not None
+    assert got.delivered_at == T0 + 1_001
+    assert got.attempts == 2
 
     # Giving up: kept, never due again.
     await store.enqueue(OutboxEvent(WS, "ev-2", "app.inactive", {}, T0))
@@ -506,7 +534,7 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert getattr(rel, "path", None) == "creditgate.db"
     assert open_store("postgresql://postgres@127.0.0.1:1/x").dialect == "postgresql"
     for bad in ("mysql://x", "sqlite://", "sqlite:///"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="or postgresql://"):  # says what works
             open_store(bad)
 
 

@@ -85,14 +85,17 @@ async def test_delivered_once_with_a_valid_signature(
     assert await n.deliver_due() == 0
     clock.advance(3600)
     assert await n.deliver_due() == 0
-    assert len(rec.got) == 1 and len(rec.valid(SECRET)) == 1
+    assert len(rec.got) == 1
+    assert len(rec.valid(SECRET)) == 1
     got = rec.got[0]
     assert got.json["data"] == {"balance": "49.80", "threshold": "50.00"}
     assert got.headers["X-Creditgate-Event"] == "balance.low"
     assert got.headers["X-Creditgate-Delivery"] == f"{WS}:e1"
     assert not rec.valid("another-secret-entirely")
     stored = await store.get_event(f"{WS}:e1")
-    assert stored is not None and stored.delivered_at is not None and stored.attempts == 1
+    assert stored is not None
+    assert stored.delivered_at is not None
+    assert stored.attempts == 1
 
 
 async def test_failures_retry_with_exponential_backoff(
@@ -107,15 +110,21 @@ async def test_failures_retry_with_exponential_backoff(
     for _ in range(3):
         assert await n.deliver_due() == 0
         ev = await store.get_event(f"{WS}:e2")
-        assert ev is not None and ev.next_attempt_at is not None
+        assert ev is not None
+        assert ev.next_attempt_at is not None
         delays.append(ev.next_attempt_at - int(clock.now * 1000))
         assert await n.deliver_due() == 0  # not due yet
         clock.now = ev.next_attempt_at / 1000
-    assert 750 <= delays[0] <= 1000 and 1500 <= delays[1] <= 2000 and 3000 <= delays[2] <= 4000
+    assert 750 <= delays[0] <= 1000
+    assert 1500 <= delays[1] <= 2000
+    assert 3000 <= delays[2] <= 4000
     assert await n.deliver_due() == 1
     ev = await store.get_event(f"{WS}:e2")
-    assert ev is not None and ev.attempts == 4 and ev.delivered_at is not None
-    assert len(rec.got) == 4 and ev.last_error is None
+    assert ev is not None
+    assert ev.attempts == 4
+    assert ev.delivered_at is not None
+    assert len(rec.got) == 4
+    assert ev.last_error is None
 
 
 async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
@@ -129,8 +138,11 @@ async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
     clock.advance(10)
     assert await n.deliver_due() == 0
     ev = await store.get_event(f"{WS}:e3")
-    assert ev is not None and ev.attempts == 2 and ev.next_attempt_at is None
-    assert ev.delivered_at is None and ev.last_error  # kept, never delivered
+    assert ev is not None
+    assert ev.attempts == 2
+    assert ev.next_attempt_at is None
+    assert ev.delivered_at is None
+    assert ev.last_error
     clock.advance(86400)
     assert await store.due_events(int(clock.now * 1000)) == []
 
@@ -147,5 +159,6 @@ async def test_events_wait_for_a_webhook_to_be_configured(
     assert await n.deliver_due() == 1
     assert rec.types() == ["free_credits.exhausted"]
     ev = await store.get_event(f"{WS}:e4")
-    assert ev is not None and ev.attempts == 1
+    assert ev is not None
+    assert ev.attempts == 1
     assert rec.got[0].headers[SIGNATURE_HEADER].startswith("sha256=")

@@ -201,78 +201,116 @@ class Workspace:
             (a.unit, a.price) if kind == "m" else ("notification", self.notification_price)
         )
         fkey = keys.agg_field(app_id, ch, a.product, unit, "")
-        code, retry = 0, 0
-        rm, rh = self.rates.setdefault(app_id, (Window(self.minute_ms), Window(self.hour_ms)))
-        if a.suspended:
-            code = 2
-        else:
-            for w, limit in ((rm, a.pm or self.per_minute), (rh, a.ph or self.per_hour)):
-                if w.count(now) + 1 > limit:
-                    code, retry = 4, w.wait_ms(now, limit)
-                    break
+        windows = self.rates.setdefault(app_id, (Window(self.minute_ms), Window(self.hour_ms)))
+        code, retry = self._gate(now, a, windows)
         rid = record_id(ch, user, key, token)
         rec = self.records.get((app_id, rid))
         if rec is not None:
-            # A redelivery: charged nothing, but it obeys status, credit and rate limits.
-            if code == 0:
-                fr = self.free if (a.use_free and now < self.free_exp) else 0
-                if fr + a.app + self.pool < price:
-                    code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
-                elif rec.deliveries >= MAX_DELIVERIES:
-                    code = 8
-            if code != 0:
-                self.agg[fkey + "r:" + REASON[code]] += 1
-                return NOTHING._replace(code=code, retry_after_ms=retry)
-            rm.add(now)
-            rh.add(now)
-            self.records[(app_id, rid)] = rec._replace(deliveries=rec.deliveries + 1)
-            return NOTHING._replace(bsid=rec.bsid, duplicate=True)
+            return self._redelivery(now, a, (app_id, rid), rec, (code, retry), price, fkey)
         # Session unit: each started block of a conversation is charged once.
-        sk, charge = (app_id, ch, user), True
-        s = self.sessions.get(sk) if unit == "session" else None
-        if s is None or now - s.last >= self.idle_ms:
-            s = Session(now, now, 0, "")  # a new conversation
+        sk = (app_id, ch, user)
+        s = self._session(sk, unit, now)
         need = (now - s.start) // self.block_ms + 1
-        if code == 0 and unit == "session":
-            charge = need > s.blocks
+        charge = need > s.blocks if unit == "session" else True
         f = ap = pp = 0
         if code == 0 and charge:
-            fr = self.free if (a.use_free and now < self.free_exp) else 0
-            if fr + a.app + self.pool < price:
-                code = 7 if (now >= self.free_exp and self.free_exp > 0) else 6
-                if not a.inactive:
-                    a.inactive = True
-                    self._event("app.inactive")
-            else:
-                avail, got, left = {"f": fr, "a": a.app, "p": self.pool}, {}, price
-                for pool in "apf" if self.paid_first else "fap":
-                    got[pool] = min(avail[pool], left)
-                    left -= got[pool]
-                f, ap, pp = got["f"], got["a"], got["p"]
-                self.free, a.app, self.pool = self.free - f, a.app - ap, self.pool - pp
+            code, f, ap, pp = self._charge(now, a, price)
         if code != 0:
-            self.agg[fkey + "r:" + REASON[code]] += 1
-            return NOTHING._replace(code=code, retry_after_ms=retry)
+            return self._refused(fkey, code, retry)
         units = 1 if charge else 0
         if units:
             a.inactive = False  # a charged unit shows the app can pay again
-        rm.add(now)
-        rh.add(now)
-        bsid = ""
-        if unit == "session":
-            if charge:
-                self.seq += 1
-                s.blocks, s.bsid, s.msgs = need, f"s{self.seq}", 1
-            else:
-                s.msgs += 1
-            s.last = now
-            self.sessions[sk] = s
-            bsid = s.bsid
+        for w in windows:
+            w.add(now)
+        bsid = self._session_step(sk, s, need, charge, now) if unit == "session" else ""
         for metric, v in (("n", units), ("m", 1), ("f", f), ("a", ap), ("p", pp)):
             self.agg[fkey + metric] += v
         if units or key:
             self.records[(app_id, rid)] = Record(token, 1, units, bsid, f, ap, pp, ch, unit, user)
         return Result(0, units, f, ap, pp, 0, 0, bsid, False, charge and unit == "session")
+
+    def _gate(self, now: int, a: App, windows: tuple[Window, Window]) -> tuple[int, int]:
+        """Status and rate limits: (code, retry after ms); (0, 0) lets the message on."""
+        if a.suspended:
+            return 2, 0
+        rm, rh = windows
+        for w, limit in ((rm, a.pm or self.per_minute), (rh, a.ph or self.per_hour)):
+            if w.count(now) + 1 > limit:
+                return 4, w.wait_ms(now, limit)
+        return 0, 0
+
+    def _usable_free(self, now: int, a: App) -> int:
+        return self.free if (a.use_free and now < self.free_exp) else 0
+
+    def _short_of_funds(self, now: int, a: App, price: int) -> int:
+        """0 when the app can pay ``price``; else 7 (the free credits lapsed) or 6."""
+        if self._usable_free(now, a) + a.app + self.pool < price:
+            return 7 if (now >= self.free_exp and self.free_exp > 0) else 6
+        return 0
+
+    def _refused(self, fkey: str, code: int, retry: int) -> Result:
+        self.agg[fkey + "r:" + REASON[code]] += 1
+        return NOTHING._replace(code=code, retry_after_ms=retry)
+
+    def _redelivery(
+        self,
+        now: int,
+        a: App,
+        rkey: tuple[str, str],
+        rec: Record,
+        gate: tuple[int, int],
+        price: int,
+        fkey: str,
+    ) -> Result:
+        """A redelivery: charged nothing, but it obeys status, credit and rate limits."""
+        code, retry = gate
+        if code == 0:
+            code = self._short_of_funds(now, a, price)
+            if code == 0 and rec.deliveries >= MAX_DELIVERIES:
+                code = 8
+        if code != 0:
+            return self._refused(fkey, code, retry)
+        for w in self.rates[rkey[0]]:
+            w.add(now)
+        self.records[rkey] = rec._replace(deliveries=rec.deliveries + 1)
+        return NOTHING._replace(bsid=rec.bsid, duplicate=True)
+
+    def _charge(self, now: int, a: App, price: int) -> tuple[int, int, int, int]:
+        """Debit ``price`` in the deduction order: (code, free, app, pool). A refusal for
+        want of funds marks the app inactive (once)."""
+        code = self._short_of_funds(now, a, price)
+        if code:
+            if not a.inactive:
+                a.inactive = True
+                self._event("app.inactive")
+            return code, 0, 0, 0
+        avail = {"f": self._usable_free(now, a), "a": a.app, "p": self.pool}
+        got, left = {}, price
+        for pool in "apf" if self.paid_first else "fap":
+            got[pool] = min(avail[pool], left)
+            left -= got[pool]
+        f, ap, pp = got["f"], got["a"], got["p"]
+        self.free, a.app, self.pool = self.free - f, a.app - ap, self.pool - pp
+        return 0, f, ap, pp
+
+    def _session(self, sk: tuple[str, str, str], unit: str, now: int) -> Session:
+        s = self.sessions.get(sk) if unit == "session" else None
+        if s is None or now - s.last >= self.idle_ms:
+            s = Session(now, now, 0, "")  # a new conversation
+        return s
+
+    def _session_step(
+        self, sk: tuple[str, str, str], s: Session, need: int, charge: bool, now: int
+    ) -> str:
+        """A charged message opens the session's next block; any other continues it."""
+        if charge:
+            self.seq += 1
+            s.blocks, s.bsid, s.msgs = need, f"s{self.seq}", 1
+        else:
+            s.msgs += 1
+        s.last = now
+        self.sessions[sk] = s
+        return s.bsid
 
     def _findable(self, now: int, s: Session) -> bool:
         """Whether refund.lua's look-up (block buckets from now + 60 s back to

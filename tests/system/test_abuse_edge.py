@@ -288,7 +288,8 @@ async def test_a_websocket_to_a_suspended_app_is_refused_at_the_upgrade(
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws", headers=USER)
     assert err.value.status == 403
-    assert bot.count() == 0 and bot.ws_messages == []
+    assert bot.count() == 0
+    assert bot.ws_messages == []
 
 
 async def test_a_websocket_without_credit_is_refused_at_the_upgrade(

@@ -87,14 +87,16 @@ async def test_owner_journey_from_free_credits_to_funds(
         view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
         assert view["free_credits"]["granted"] == "500.00"
         assert view["free_credits"]["remaining"] == "497.00"
-        assert view["usable_balance"] == "497.00" and view["paid_balance"] == "0.00"
+        assert view["usable_balance"] == "497.00"
+        assert view["paid_balance"] == "0.00"
         assert view["allowed_sessions"] == 2485
         assert [a["status"] for a in view["apps"]] == ["using_free_credits"] * 2
         assert [a["remaining"] for a in view["apps"]] == ["497.00"] * 2
 
         await send(http, admin.traffic_url, support, range(10, 2495))  # the last $497
         view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
-        assert view["free_credits"]["remaining"] == "0.00" and view["allowed_sessions"] == 0
+        assert view["free_credits"]["remaining"] == "0.00"
+        assert view["allowed_sessions"] == 0
         assert [a["status"] for a in view["apps"]] == ["inactive"] * 2
         assert view["inactive_apps"] == 2
         for _ in range(3):  # refused without calling the bot; announced once
@@ -110,21 +112,26 @@ async def test_owner_journey_from_free_credits_to_funds(
 
         funds = {"amount": "100.00", "reference": "invoice-7"}
         added = await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, funds)
-        assert added["created"] is True and added["amount"] == "100.00"
+        assert added["created"] is True
+        assert added["amount"] == "100.00"
         await send(http, admin.traffic_url, support, range(9001, 9006))
         assert bot.count() == 2505
         view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
-        assert view["paid_balance"] == "99.00" and view["allowed_sessions"] == 495
+        assert view["paid_balance"] == "99.00"
+        assert view["allowed_sessions"] == 495
         assert [a["status"] for a in view["apps"]] == ["sufficient_funds"] * 2
         await wait_for(rec, 4)
         await asyncio.sleep(0.3)
-        assert rec.types().count("funds.added") == 1 and len(rec.valid(SECRET)) == 4
+        assert rec.types().count("funds.added") == 1
+        assert len(rec.valid(SECRET)) == 4
 
         # Usage: flushed and not yet flushed buckets together, each counted once.
         used = await admin.ok("GET", f"/v1/workspaces/{ws}/usage?granularity=hour", token)
         totals = used["totals"]
-        assert totals["sessions"] == 2505 and totals["messages"] == 2505
-        assert totals["amount"] == "501.00" and totals["amount_free"] == "500.00"
+        assert totals["sessions"] == 2505
+        assert totals["messages"] == 2505
+        assert totals["amount"] == "501.00"
+        assert totals["amount_free"] == "500.00"
         assert totals["refused"] == {"credits_exhausted": 3}
 
 
@@ -278,14 +285,16 @@ async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(admin: 
         if got != status or answer.get("field") != field:
             wrong.append(f"{method} {path} {body!r}: {got} {answer}")
         elif status == 422:
-            assert answer["code"] == "invalid_input" and answer["errors"], answer
+            assert answer["code"] == "invalid_input", answer
+            assert answer["errors"], answer
     assert not wrong, "\n".join(wrong)
     assert await snapshot(admin) == before
 
 
 async def test_openapi_document_matches_the_routes(admin: Admin) -> None:
     status, doc = await admin.api("GET", "/v1/openapi.json")
-    assert status == 200 and doc["openapi"].startswith("3.1")
+    assert status == 200
+    assert doc["openapi"].startswith("3.1")
     assert doc == build()
     funds = doc["paths"]["/v1/workspaces/{ws}/funds"]["post"]
     schema_ref = funds["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -298,8 +307,11 @@ async def test_openapi_document_matches_the_routes(admin: Admin) -> None:
 async def test_console_is_served(admin: Admin) -> None:
     async with admin.client.get("/ui") as r:
         html = await r.text()
-        assert r.status == 200 and "console.js" in html
+        assert r.status == 200
+        assert "console.js" in html
         # No inline script or style may run (the server's SVG uses attributes only).
         assert "script-src 'self'" in r.headers["Content-Security-Policy"]
     status, js = await admin.api("GET", "/ui/static/console.js")
-    assert status == 200 and "/plan-usage" in js and "localStorage" not in js
+    assert status == 200
+    assert "/plan-usage" in js
+    assert "localStorage" not in js

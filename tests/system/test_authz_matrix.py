@@ -275,7 +275,8 @@ async def bad_input_calls(
                 got = f"{status} (want {exp}) {answer}"
                 wrong.append(f"{name} as {role} with {variant} input: {got}")
             elif status >= 400:
-                assert answer["status"] == status and answer["code"], answer
+                assert answer["status"] == status, answer
+                assert answer["code"], answer
     return wrong
 
 
@@ -301,7 +302,8 @@ async def check_route(admin: Admin, name: str, req: Req, expected: tuple[int, ..
         if status != want:
             wrong.append(f"{name} as {role}: {status} (want {want}) {answer}")
         elif status >= 400:
-            assert answer["status"] == status and answer["code"], answer
+            assert answer["status"] == status, answer
+            assert answer["code"], answer
     return wrong
 
 
@@ -347,10 +349,12 @@ async def test_a_public_route_needs_no_token_and_a_route_needs_a_policy() -> Non
         raise AssertionError("never called")
 
     hook = Route("POST", "/v1/hooks/x", handler, "A provider webhook", access.PUBLIC)
-    assert not hook.access.authenticated and hook.public
+    assert not hook.access.authenticated
+    assert hook.public
     assert await access.PUBLIC.grant(None, ANONYMOUS, {}) == access.Grant()  # type: ignore[arg-type]
     op = build((hook,))["paths"]["/v1/hooks/x"]["post"]
-    assert op["security"] == [] and "401" not in op["responses"]
+    assert op["security"] == []
+    assert "401" not in op["responses"]
     with pytest.raises(TypeError, match="access must be a policy"):
         Route("GET", "/v1/x", handler, "X", "operator")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not in params"):

@@ -448,7 +448,8 @@ async def test_refusal_never_echoes_the_token(world: World) -> None:
     )
     assert status == 401
     text = json.dumps(problem)
-    assert token not in text and token.split(".")[1] not in text
+    assert token not in text
+    assert token.split(".")[1] not in text
     assert "expired" in problem["detail"]
 
 
@@ -656,7 +657,8 @@ async def test_secrets_that_cannot_be_decrypted_stop_start_up(
         subprocess.run, [CREDITGATE, "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 2, res.stderr
-    assert "CREDITGATE_SECRET_KEY" in res.stderr and "does not decrypt" in res.stderr
+    assert "CREDITGATE_SECRET_KEY" in res.stderr
+    assert "does not decrypt" in res.stderr
 
 
 async def test_a_worker_without_the_key_refuses_instead_of_passing(world: World) -> None:
@@ -702,11 +704,14 @@ async def test_channel_secret_via_admin_api_is_never_shown(
         answers = []
         status, body = await admin.api("PUT", f"/v1/apps/{app_id}/channels/web", token,
                                        {"secret": "short"})  # fmt: skip
-        assert status == 422 and body["field"] == "secret"
+        assert status == 422
+        assert body["field"] == "secret"
         assert "short" not in json.dumps(body)
         out = await admin.ok("PUT", f"/v1/apps/{app_id}/channels/web", token, {"secret": secret})
         answers.append(out)
-        assert out["scheme"] == "jwt_hs256" and out["enabled"] and out["notify"]
+        assert out["scheme"] == "jwt_hs256"
+        assert out["enabled"]
+        assert out["notify"]
         assert out["updated_at"]
         answers.append(await admin.ok("GET", f"/v1/apps/{app_id}/channels", token))
         assert [c["channel"] for c in answers[-1]["items"]] == ["web"]
@@ -727,7 +732,8 @@ async def test_channel_secret_via_admin_api_is_never_shown(
         ws_id = keys.workspace_of(app_id)
         assert ws_id is not None
         projected = await admin.redis.hget(keys.app_key(ws_id, app_id), "ch:web")
-        assert projected is not None and secret.encode() not in projected
+        assert projected is not None
+        assert secret.encode() not in projected
         audit = await admin.store.list_audit(target=f"app:{app_id}")
         assert any(e.action == "channel.set" for e in audit)
         assert secret not in repr(audit)

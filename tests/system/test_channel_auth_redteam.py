@@ -273,7 +273,8 @@ async def test_a_notify_token_is_refused_on_hooks(world: World) -> None:
             with pytest.raises(aiohttp.WSServerHandshakeError) as err:
                 await world.http.ws_connect(url, headers=headers)
             assert err.value.status == 401
-    assert world.bot.count() == 0 and world.bot.ws_messages == []
+    assert world.bot.count() == 0
+    assert world.bot.ws_messages == []
     # A chat token with an audience of the tenant's own is still a chat token.
     assert (await world.call("POST", path, b"hi", bearer(hs256("bob", aud="widget"))))[0] == 200
     assert world.bot.calls[-1].headers["X-Channel-User-Id"] == "bob"
@@ -320,7 +321,8 @@ async def test_a_handshake_answer_that_is_not_the_challenge_is_not_passed_on(
     status, raw = await world.call("GET", f"/hooks/whatsapp/{LIAR}?{HANDSHAKE}")
     assert world.bot.count("/whatsapp?") == 1
     assert (status, json.loads(raw)["code"]) == (502, "invalid_handshake_answer")
-    assert b"verify_token" not in raw and VERIFY.encode() not in raw
+    assert b"verify_token" not in raw
+    assert VERIFY.encode() not in raw
 
 
 async def test_answer_handshake_passes_only_the_exact_challenge(

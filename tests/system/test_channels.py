@@ -51,7 +51,7 @@ def test_json_pointer() -> None:
     assert resolve(doc, parse_pointer("")) == doc
     missing = resolve(doc, parse_pointer("/a/1"))
     assert missing is resolve(doc, parse_pointer("/nope"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must start with '/'"):
         parse_pointer("a/b")
 
 

@@ -95,7 +95,8 @@ async def test_workspace_and_app_lists_paginate_in_a_stable_order(any_admin: Adm
     member, member_tok = await admin.new_user("member")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": member})
     listed = await everything(admin, f"/v1/workspaces/{ws}/apps", member_tok, "apps", 50)
-    assert [a["id"] for a in listed] == apps and {a["role"] for a in listed} == {"member"}
+    assert [a["id"] for a in listed] == apps
+    assert {a["role"] for a in listed} == {"member"}
     collab, collab_tok = await admin.new_user("collab")
     body = {"user_id": collab, "role": "viewer"}
     await admin.ok("POST", f"/v1/apps/{apps[3]}/collaborators", tok, body)
@@ -132,7 +133,8 @@ async def test_members_list_and_removal(any_admin: Admin) -> None:
     listed = await everything(admin, f"/v1/workspaces/{ws}/members", tok, "members", 2)
     assert [m["user_id"] for m in listed] == sorted([owner] + [u for u, _ in people.values()])
     roles = {m["user_id"]: m["role"] for m in listed}
-    assert roles[owner] == "owner" and list(roles.values()).count("owner") == 1
+    assert roles[owner] == "owner"
+    assert list(roles.values()).count("owner") == 1
     assert all("@example.com" in m["email"] for m in listed)
 
     # Refusals change nothing: the owner stays, and so does a member owning apps.
@@ -198,7 +200,8 @@ async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> N
     # The collaborator reads the app they work on: settings and counts, no money.
     dev, dev_tok = collabs["dev"]
     view = await admin.ok("GET", f"/v1/apps/{app}", dev_tok)
-    assert view["id"] == app and view["usage"]["sessions"] == 0
+    assert view["id"] == app
+    assert view["usage"]["sessions"] == 0
     assert set(view["usage"]) >= {"sessions", "requests", "messages", "notifications"}
     assert money_keys(view) == []
     for method, path, body in (
@@ -218,7 +221,8 @@ async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> N
     status, _ = await admin.api("DELETE", f"/v1/apps/{app}/collaborators/{dev}", tok)
     assert status == 404
     listed = await everything(admin, f"/v1/apps/{app}/collaborators", tok, "collaborators", 9)
-    assert dev not in [c["user_id"] for c in listed] and len(listed) == 2
+    assert dev not in [c["user_id"] for c in listed]
+    assert len(listed) == 2
 
 
 async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
@@ -227,15 +231,19 @@ async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
     _, other_tok = await admin.new_user("other")
     first = await admin.ok("GET", "/v1/tokens", tok)
     [initial] = first["tokens"]
-    assert initial["id"] == "t" + token_hash(tok)[:16] and initial["current"] is True
-    assert initial["hint"] == tok[-4:] and initial["prefix"] == "cgu_"
+    assert initial["id"] == "t" + token_hash(tok)[:16]
+    assert initial["current"] is True
+    assert initial["hint"] == tok[-4:]
+    assert initial["prefix"] == "cgu_"
 
     created = await admin.ok("POST", "/v1/tokens", tok, {"name": "ci"})
     secret = created["token"]
-    assert secret.startswith("cgu_") and created["hint"] == secret[-4:]
+    assert secret.startswith("cgu_")
+    assert created["hint"] == secret[-4:]
     listing = await admin.api("GET", "/v1/tokens", tok)
     text = orjson.dumps(listing[1]).decode()
-    assert secret not in text and tok not in text  # never the secrets again
+    assert secret not in text
+    assert tok not in text
     assert [t["name"] for t in listing[1]["tokens"]] == ["initial token", "ci"]
     mine = await admin.ok("GET", "/v1/tokens", secret)
     assert [t["current"] for t in mine["tokens"]] == [False, True]
@@ -275,7 +283,8 @@ async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
     assert status == 403  # owners cannot decide their own requests
     declined = await admin.ok("POST", f"/v1/upgrade-requests/{first['id']}/decline",
                               OPERATOR_TOKEN, {"reason": "no contract yet"})  # fmt: skip
-    assert declined["status"] == "declined" and declined["reason"] == "no contract yet"
+    assert declined["status"] == "declined"
+    assert declined["reason"] == "no contract yet"
     status, problem = await admin.api("POST", f"/v1/upgrade-requests/{first['id']}/decline",
                                       OPERATOR_TOKEN, {"reason": "again"})  # fmt: skip
     assert (status, problem["code"]) == (409, "request_not_open")
@@ -295,7 +304,8 @@ async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
         (second["id"], "granted"),
         (first["id"], "declined"),
     ]
-    assert pages[0]["decided_at"] and pages[1]["reason"] == "no contract yet"
+    assert pages[0]["decided_at"]
+    assert pages[1]["reason"] == "no contract yet"
 
 
 class FakeClock:
@@ -343,12 +353,14 @@ async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_p
         assert await admin.store.sessions(ws, 0, 2**62) == []
         sessions = f"/v1/workspaces/{ws}/sessions"
         rows = await everything(admin, sessions, tok, "sessions", 2)
-        assert len(rows) == 5 and all(r["open"] for r in rows)
+        assert len(rows) == 5
+        assert all(r["open"] for r in rows)
         assert len({r["billing_session_id"] for r in rows}) == 5
         assert sorted(r["messages"] for r in rows) == [1, 1, 1, 1, 2]
         assert [r["start"] for r in rows] == sorted(r["start"] for r in rows)
         usage = await admin.ok("GET", f"/v1/workspaces/{ws}/usage", tok)
-        assert usage["totals"]["sessions"] == 5 and usage["live"] is True
+        assert usage["totals"]["sessions"] == 5
+        assert usage["live"] is True
         newest = await everything(admin, sessions + "?order=desc", tok, "sessions", 2)
         assert [r["billing_session_id"] for r in newest] == [
             r["billing_session_id"] for r in reversed(rows)
@@ -358,15 +370,19 @@ async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_p
         await Flusher(admin.redis, admin.store, settings, clock=clock).flush_once(force=True)
         assert len(await admin.store.sessions(ws, 0, 2**62)) == 5
         rows = await everything(admin, sessions, tok, "sessions", 3)
-        assert len(rows) == 5 and len({r["billing_session_id"] for r in rows}) == 5
+        assert len(rows) == 5
+        assert len({r["billing_session_id"] for r in rows}) == 5
 
         # Once the block ran out and the talk went idle, the sessions are closed.
         clock.now += 120
         rows = await everything(admin, sessions, tok, "sessions", 50)
-        assert len(rows) == 5 and not any(r["open"] for r in rows)
+        assert len(rows) == 5
+        assert not any(r["open"] for r in rows)
         status, text = await admin.api("GET", sessions, tok, headers={"Accept": "text/csv"})
         lines = text.strip().split("\n")
-        assert status == 200 and lines[0].endswith(",open") and len(lines) == 6
+        assert status == 200
+        assert lines[0].endswith(",open")
+        assert len(lines) == 6
 
         await Flusher(admin.redis, admin.store, settings, clock=clock).flush_once(force=True)
 
@@ -374,11 +390,14 @@ async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_p
     dead = admin_settings(store_url, f"redis://127.0.0.1:{free_port()}/0")
     async with admin_server(dead, clock=clock) as down:
         got = await down.ok("GET", f"/v1/workspaces/{ws}/usage", tok)
-        assert got["live"] is False and got["totals"]["sessions"] == 5
+        assert got["live"] is False
+        assert got["totals"]["sessions"] == 5
         got = await down.ok("GET", f"/v1/workspaces/{ws}/sessions", tok)
-        assert got["live"] is False and len(got["sessions"]) == 5
+        assert got["live"] is False
+        assert len(got["sessions"]) == 5
         got = await down.ok("GET", f"/v1/apps/{app}", tok)
-        assert got["usage"]["live"] is False and got["usage"]["sessions"] == 5
+        assert got["usage"]["live"] is False
+        assert got["usage"]["sessions"] == 5
 
 
 @pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
@@ -403,7 +422,9 @@ async def test_migration_keeps_user_tokens_and_request_statuses(
             monkeypatch.setattr(module, "MIGRATIONS", MIGRATIONS)
         assert 5 in await store.migrate()
         row = await store.get_active_token(token_hash("cgu_old-token"))
-        assert row is not None and row.user_id == "uold1" and row.name == "initial token"
+        assert row is not None
+        assert row.user_id == "uold1"
+        assert row.name == "initial token"
         await store.create_user(User("unew1", "new@example.com", "New", "hash-new", 6))
         assert [t.user_id for t in await store.list_tokens("unew1")] == ["unew1"]
     finally:

@@ -172,13 +172,15 @@ async def journey(
         assert owner["token"] not in stored
         cookies = await ctx.cookies()
         [cookie] = [c for c in cookies if c["name"] == "cg_session"]
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["httpOnly"]
+        assert cookie["sameSite"] == "Strict"
         assert owner["token"] not in cookie["value"]
 
         # Overview figures equal plan-usage.
         pu = await api.call("GET", f"/v1/workspaces/{ws}/plan-usage", owner["token"])
         text = figures(await b.text())
-        assert "$500.00" in text and "of $500.00 granted" in text
+        assert "$500.00" in text
+        assert "of $500.00 granted" in text
         assert f"{int(pu['allowed_sessions']):,} sessions" in text
         assert "expires in 90 days" in text
         await b.check("overview")
@@ -227,7 +229,8 @@ async def journey(
         headers = {"Stripe-Signature": signed(payload), "Content-Type": "application/json"}
         hook = served.admin + "/v1/payments/stripe/webhook"
         async with http.post(hook, data=payload, headers=headers) as r:
-            assert r.status == 200 and (await r.json())["outcome"] == "credited"
+            assert r.status == 200
+            assert (await r.json())["outcome"] == "credited"
         await b.page.goto(served.admin + f"/ui#/ws/{ws}/billing")
         await b.page.wait_for_selector("#history td:has-text('checkout')")
         assert "$250.00" in figures(await b.text("#history"))
@@ -251,7 +254,8 @@ async def journey(
         await b.goto_hash(f"#/ws/{ws}/overview")
         await b.page.wait_for_selector("h2:has-text('Licences')")
         text = figures(await b.text())
-        assert "10,000" in text and "Free credits" not in text
+        assert "10,000" in text
+        assert "Free credits" not in text
         await b.check("enterprise")
 
         # Team: invite a member, then remove them.
@@ -303,13 +307,15 @@ async def journey(
         await c.page.click(f"a[href$='/app/{app['id']}']")
         await c.page.wait_for_selector("text=Sessions, 30 days")
         text = figures(await c.text())
-        assert "Helpdesk" in text and "$" not in text
+        assert "Helpdesk" in text
+        assert "$" not in text
         await c.check("app")
 
         # Sign out: the session is gone server-side.
         await b.page.click("#sign-out")
         await b.page.wait_for_selector("#token")
-        assert b.errors == [] and c.errors == []
+        assert b.errors == []
+        assert c.errors == []
     finally:
         await browser.close()
 
@@ -347,7 +353,8 @@ async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path
             assert "total: 3" in figures(await b.text(".chart-box .legend"))
             assert "showing stored usage" in await b.text(".chart-box")
             unavailable = [e for e in b.errors if "status of 503" in e]
-            assert unavailable and unavailable == b.errors  # only the live figures failed
+            assert unavailable
+            assert unavailable == b.errors
             b.errors.clear()
             await b.check("overview")
             await b.goto_hash(f"#/ws/{ws}/app/{app}")

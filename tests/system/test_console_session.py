@@ -44,15 +44,20 @@ async def test_sign_in_cookie_csrf_and_sign_out(admin: Admin) -> None:
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         base = admin.url
         async with http.get(f"{base}/ui/session") as r:
-            assert r.status == 200 and (await r.json()) == {"signed_in": False}
+            assert r.status == 200
+            assert (await r.json()) == {"signed_in": False}
         status, me, resp = await sign_in(http, base, "cgu_wrong")
         assert status == 401
         status, me, resp = await sign_in(http, base, tok)
-        assert status == 201 and me["user"]["id"] == uid and me["csrf"]
+        assert status == 201
+        assert me["user"]["id"] == uid
+        assert me["csrf"]
         header = resp.headers["Set-Cookie"]
-        assert "HttpOnly" in header and "SameSite=Strict" in header
+        assert "HttpOnly" in header
+        assert "SameSite=Strict" in header
         assert "Secure" not in header  # plain HTTP here; see the TLS test below
-        assert tok not in header and tok not in str(me)
+        assert tok not in header
+        assert tok not in str(me)
         csrf = me["csrf"]
 
         # Reads work with the cookie alone; writes need the CSRF token too.
@@ -99,7 +104,9 @@ async def test_cross_site_sign_in_and_secure_cookie_over_tls(admin: Admin) -> No
         assert (status, body["code"]) == (403, "cross_origin")
         status, _, resp = await sign_in(http, admin.url, tok, **{"X-Forwarded-Proto": "https"})
         header = resp.headers["Set-Cookie"]
-        assert status == 201 and header.startswith("__Host-cg_session=") and "Secure" in header
+        assert status == 201
+        assert header.startswith("__Host-cg_session=")
+        assert "Secure" in header
 
 
 async def test_chart_csv_is_exactly_the_chart(admin: Admin) -> None:
@@ -114,9 +121,11 @@ async def test_chart_csv_is_exactly_the_chart(admin: Admin) -> None:
         q = f"ws={ws}&metric=amount&granularity=week&from=2026-01-05&to=2026-03-02"
         async with http.get(f"{base}/ui/api/usage-chart?{q}") as r:
             chart = await r.json()
-        assert chart["money"] and chart["svg"].startswith("<svg")
+        assert chart["money"]
+        assert chart["svg"].startswith("<svg")
         async with http.get(f"{base}/ui/api/usage-chart?{q}&format=csv") as r:
-            assert r.status == 200 and "attachment" in r.headers["Content-Disposition"]
+            assert r.status == 200
+            assert "attachment" in r.headers["Content-Disposition"]
             lines = (await r.text()).strip().split("\n")
         assert lines[0] == "period_start," + ",".join(s["label"] for s in chart["series"])
         assert [ln.split(",")[0] for ln in lines[1:]] == chart["periods"]

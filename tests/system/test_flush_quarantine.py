@@ -178,7 +178,8 @@ async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
 
         # Everything else landed exactly once.
         again = await flusher.drain(force=False)
-        assert again.batches == 0 and again.quarantined == 0
+        assert again.batches == 0
+        assert again.quarantined == 0
         for w, exp in ((good, exp_good), (bad, exp_bad)):
             tot = await store.usage_totals(w.ws)
             assert (tot.total_units, tot.messages, tot.amount_pool) == (
@@ -191,9 +192,11 @@ async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
         assert [d.workspace_id for d in dead] == [bad.ws]
         d = dead[0]
         assert d.kind == ("sr" if kind == "nul" else "ag")
-        assert d.bucket_start == bucket * 1000 and d.attempts == ATTEMPTS
+        assert d.bucket_start == bucket * 1000
+        assert d.attempts == ATTEMPTS
         assert d.first_failed_at <= d.last_failed_at
-        assert "\x00" not in d.error and d.error
+        assert "\x00" not in d.error
+        assert d.error
         content = orjson.loads(d.content)
         if kind == "nul":
             assert "invalid byte sequence" in d.error or "0x00" in d.error, d.error
@@ -218,9 +221,11 @@ async def test_unreadable_bucket_is_quarantined_at_once(
         await client.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
         flusher = Flusher(client, store, cfg)
         res = await flusher.drain(force=False)
-        assert res.quarantined == 1 and res.failed == 0
+        assert res.quarantined == 1
+        assert res.failed == 0
         (d,) = await store.dead_letters(w.ws)
-        assert d.attempts == 1 and "ValueError" in d.error
+        assert d.attempts == 1
+        assert "ValueError" in d.error
         assert orjson.loads(d.content) == {"kind": "ag", "fields": [["not|a|field", "x"]]}
         assert await redis_empty(client, w.ws)
 

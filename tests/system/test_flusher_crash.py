@@ -330,7 +330,8 @@ async def run_scenario(
             for p in procs:
                 await p.kill()
         assert kills >= min_kills
-        assert exp.units == total - exp.refused and exp.refused == 0
+        assert exp.units == total - exp.refused
+        assert exp.refused == 0
         before = sum([(await store.usage_totals(w.ws)).total_units for w in spaces])
         assert before > 0, "the flushers wrote nothing while running"
         retakes = (await asyncio.to_thread(log.read_text)).count("re-took unacked claim")

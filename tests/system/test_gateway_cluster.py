@@ -246,7 +246,8 @@ async def test_flusher_moves_exactly_the_admitted_units_into_the_store(env: Env)
     store = env.gw.gateway.admin[STORE]
     flusher = Flusher(env.client, store, env.settings)
     res = await asyncio.wait_for(flusher.flush_once(force=True), BOUND_S)
-    assert res.failed == 0 and res.batches > 0, res
+    assert res.failed == 0, res
+    assert res.batches > 0, res
     for ws in spaces:
         tot = await store.usage_totals(ws)
         assert tot.units == {"request": admitted}, (ws, tot)
@@ -255,7 +256,8 @@ async def test_flusher_moves_exactly_the_admitted_units_into_the_store(env: Env)
         assert not tot.refused, (ws, tot)
     for ws in broke:
         tot = await store.usage_totals(ws)
-        assert tot.total_units == 0 and tot.amount == 0, (ws, tot)
+        assert tot.total_units == 0, (ws, tot)
+        assert tot.amount == 0, (ws, tot)
         assert tot.refused == {"credits_exhausted": 1}, (ws, tot)
     # A second forced pass writes nothing more: every unit landed exactly once.
     await asyncio.wait_for(flusher.flush_once(force=True), BOUND_S)

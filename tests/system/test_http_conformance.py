@@ -415,7 +415,8 @@ async def test_trailer_fields_never_reach_the_next_request(site: Site) -> None:
     if b"HTTP/1." in rest:  # the second was served: with its own headers only
         assert [c.headers.getall("X-Channel-User-Id") for c in site.calls()] == [["u1"], ["u2"]]
     charged, paths = await site.books()
-    assert charged == len(paths) and paths[0] == "/c"
+    assert charged == len(paths)
+    assert paths[0] == "/c"
 
 
 async def test_whitespace_before_a_chunk_extension_is_handled_or_refused(site: Site) -> None:
@@ -506,7 +507,8 @@ async def test_requests_after_connection_close_are_ignored(
         a, b = await c.responses(2)
         rest = await c.rest()
         assert await c.closed()
-    assert echoed(a)["path"].endswith("/a") and echoed(b)["path"].endswith("/b")
+    assert echoed(a)["path"].endswith("/a")
+    assert echoed(b)["path"].endswith("/b")
     assert b"HTTP/1." not in rest
     assert await site.books() == (2, ["/a", "/b"])
 
@@ -520,7 +522,8 @@ async def test_a_refused_request_in_a_pipeline_costs_nothing_and_keeps_the_order
     async with conn(site) as c:
         c.send(req(site, "/a", method="GET") + other.encode() + req(site, "/b", method="GET"))
         a, refused, b = await c.responses(3)
-    assert echoed(a)["path"].endswith("/a") and echoed(b)["path"].endswith("/b")
+    assert echoed(a)["path"].endswith("/a")
+    assert echoed(b)["path"].endswith("/b")
     assert_problem(refused, 404)
     assert await site.books() == (2, ["/a", "/b"])
 
@@ -620,7 +623,8 @@ async def test_http10_with_keep_alive_keeps_the_connection(site: Site) -> None:
         c.send(req(site, "/b", method="GET", version="HTTP/1.0"))
         second = await c.response()
         assert await c.closed()
-    assert echoed(first)["path"].endswith("/a") and echoed(second)["path"].endswith("/b")
+    assert echoed(first)["path"].endswith("/a")
+    assert echoed(second)["path"].endswith("/b")
     assert await site.books() == (2, ["/a", "/b"])
 
 
@@ -652,7 +656,8 @@ async def test_a_half_closed_client_gets_every_pipelined_answer(site: Site) -> N
         c.shut_wr()
         a, b = await c.responses(2)
         assert await c.closed()
-    assert echoed(a)["path"].endswith("/a") and echoed(b)["path"].endswith("/b")
+    assert echoed(a)["path"].endswith("/a")
+    assert echoed(b)["path"].endswith("/b")
     assert await site.books() == (2, ["/a", "/b"])
 
 

@@ -57,12 +57,14 @@ def one_line(proc: subprocess.CompletedProcess[str], code: int, *names: str) -> 
 
 def test_version_and_help_explain_themselves(tmp_path: Path) -> None:
     version = run("--version", cwd=tmp_path)
-    assert version.returncode == 0 and re.match(r"creditgate \d+\.\d+", version.stdout)
+    assert version.returncode == 0
+    assert re.match(r"creditgate \d+\.\d+", version.stdout)
     top = run("--help", cwd=tmp_path).stdout
     assert "``" not in top
     for command in ("serve", "demo", "migrate", "flush", "export", "reconcile"):
         help_ = run(command, "--help", cwd=tmp_path)
-        assert help_.returncode == 0 and "``" not in help_.stdout
+        assert help_.returncode == 0
+        assert "``" not in help_.stdout
         assert command in top
         # A description paragraph of its own, beyond the usage line.
         assert len(help_.stdout.split("\n\n")) >= 3, help_.stdout
@@ -307,14 +309,19 @@ def test_unmigrated_sqlite_default_serves_with_redis_down_and_flags_beating_env(
         assert f"127.0.0.1:{flag_port}" in banner, banner
         status, body = _get(f"http://127.0.0.1:{admin}/readyz")
         ready = orjson.loads(body)
-        assert status == 503 and ready["checks"]["store"] == "ok", ready
+        assert status == 503, ready
+        assert ready["checks"]["store"] == "ok", ready
         assert ready["schema"] == {"version": latest_version(), "expected": latest_version()}
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", env_port), 2):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", env_port), 2),
+        ):
             pass
     finally:
         err = _stop(proc)
     assert (tmp_path / "creditgate.db").exists()  # the default store, migrated by serve
-    assert "redis://:***@127.0.0.1" in err and SECRET not in err
+    assert "redis://:***@127.0.0.1" in err
+    assert SECRET not in err
     assert "Traceback" not in err
 
 
@@ -336,7 +343,8 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
         text = "\n".join(_wait_line(first, "Ctrl-C stops"))
         op = re.search(r"operator token: (\S+)", text)
         owner = re.search(r"owner token: +(\S+)", text)
-        assert op and owner, text
+        assert op, text
+        assert owner, text
         for expected in ("/ui", "/funds", "reference", "/usage", " export ", "/hooks/web/"):
             assert expected in text, expected
         tight = re.search(r"and (\S+) \(\$0\.60", text)
@@ -369,7 +377,8 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
     access = [line for line in err.splitlines() if "creditgate.access" in line]
     assert any(f"/hooks/web/{tight.group(1)} 402 credits_exhausted" in x for x in access), err
     assert sum(" 200 " in x for x in access) >= 3
-    assert op.group(1) not in err and owner.group(1) not in err
+    assert op.group(1) not in err
+    assert owner.group(1) not in err
 
 
 def test_kubernetes_service_links_are_not_mistaken_for_typos() -> None:

@@ -168,7 +168,8 @@ async def test_manual_funds_are_operator_only_with_a_reference(
         first = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
         again = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
         assert (first["created"], again["created"]) == (True, False)
-        assert first["reference"] == "bank-transfer-7" and first["amount"] == "100.00"
+        assert first["reference"] == "bank-transfer-7"
+        assert first["amount"] == "100.00"
         assert (await projection.read_balances(admin.redis, ws)).pool == 100 * USD
         assert len(await admin.store.ledger_entries(ws, kind="topup")) == 1
 
@@ -184,8 +185,10 @@ async def test_checkout_creates_a_session_at_the_provider(redis_url: str, tmp_pa
         )
         body = {"amount": "123.45", "app_id": app["id"]}
         co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, body)
-        assert co["amount"] == "123.45" and co["status"] == "open"
-        assert co["app_id"] == app["id"] and co["id"].startswith("co")
+        assert co["amount"] == "123.45"
+        assert co["status"] == "open"
+        assert co["app_id"] == app["id"]
+        assert co["id"].startswith("co")
         [seen] = standin.seen
         session = standin.session_for(co["id"])
         assert co["url"] == session["url"]
@@ -205,7 +208,8 @@ async def test_checkout_creates_a_session_at_the_provider(redis_url: str, tmp_pa
         # Nothing is credited before the provider confirms the payment.
         assert await paid_state(admin, ws) == (0, 0, 0, 0)
         stored = await admin.store.get_checkout(co["id"])
-        assert stored is not None and stored.session_id == session["id"]
+        assert stored is not None
+        assert stored.session_id == session["id"]
         assert stored.amount == 123_450_000
 
 
@@ -281,14 +285,17 @@ async def test_a_paid_checkout_is_credited_exactly_once(store_url: str, redis_ur
         assert {(s, b["outcome"]) for s, b in many} == {(200, "already_credited")}
         assert await paid_state(admin, ws) == (1, 1, 150 * USD, 0)
         view = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
-        assert view["paid_balance"] == "150.00" and view["usable_balance"] == "650.00"
+        assert view["paid_balance"] == "150.00"
+        assert view["usable_balance"] == "650.00"
         stored = await admin.store.get_checkout(co["id"])
-        assert stored is not None and stored.status == "paid"
+        assert stored is not None
+        assert stored.status == "paid"
         # Out of order: an expiry after the payment changes nothing.
         late = event("checkout.session.expired", session, status="expired")
         assert (await deliver(admin, late, signed(late)))[1]["outcome"] == "expired"
         stored = await admin.store.get_checkout(co["id"])
-        assert stored is not None and stored.status == "paid"
+        assert stored is not None
+        assert stored.status == "paid"
         assert await paid_state(admin, ws) == (1, 1, 150 * USD, 0)
         log = await admin.store.payment_events(session["id"])
         assert sum(e["deliveries"] for e in log) == 3 + 10 + 5 + 1
@@ -457,7 +464,8 @@ async def test_crashes_between_the_steps_are_completed_by_the_redelivery(
         assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == "credited"
         assert await paid_state(admin, ws) == (2, 2, 300 * USD, 0)
         stored = await admin.store.get_checkout(failed.id)
-        assert stored is not None and (stored.status, stored.session_id) == (
+        assert stored is not None
+        assert (stored.status, stored.session_id) == (
             "paid",
             "cs_test_lost",
         )
@@ -501,7 +509,8 @@ async def test_transactions_list_every_kind_newest_first_with_a_cursor(
 
         path = f"/v1/workspaces/{ws}/transactions"
         page = await admin.ok("GET", f"{path}?limit=2", token)
-        assert len(page["transactions"]) == 2 and page["next_cursor"]
+        assert len(page["transactions"]) == 2
+        assert page["next_cursor"]
         rest = await admin.ok("GET", f"{path}?limit=2&cursor={page['next_cursor']}", token)
         assert rest["next_cursor"] is None
         got = [
@@ -559,7 +568,8 @@ async def test_migration_keeps_existing_grants_as_the_one_per_user(
         grant = LedgerEntry(new.id, "grant_free", 500 * USD, f"free:{new.id}", 2)
         assert await store.create_workspace(new, grant=grant, once_per_user=True) is False
         stored = await store.get_workspace(new.id)
-        assert stored is not None and stored.free_expires_at is None
+        assert stored is not None
+        assert stored.free_expires_at is None
         assert await store.ledger_entries(new.id) == []
     finally:
         await store.close()

@@ -150,8 +150,10 @@ async def test_prometheus_scrapes_the_request_counter(
             )
             # The target was really scraped (not a stale or synthetic series).
             up = await _query(http, prom, 'up{job="creditgate"}')
-            assert up and float(up[0]["value"][1]) == 1.0, up
+            assert up, up
+            assert float(up[0]["value"][1]) == 1.0, up
             labelled = await _query(
                 http, prom, 'creditgate_requests_total{channel="web",outcome="admitted"}'
             )
-            assert labelled and float(labelled[0]["value"][1]) == N, labelled
+            assert labelled, labelled
+            assert float(labelled[0]["value"][1]) == N, labelled

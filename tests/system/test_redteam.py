@@ -480,7 +480,8 @@ async def test_blocked_forged_hs256_tokens(
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?token={forged[1]}")
         assert err.value.status == 401
-    assert bot.count() == 0 and bot.ws_messages == []
+    assert bot.count() == 0
+    assert bot.ws_messages == []
     assert await free_credit(rclient, WS) == FREE
 
 

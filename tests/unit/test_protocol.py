@@ -50,7 +50,8 @@ def test_an_admission_argument_parses_as_admit_lua_reads_it() -> None:
     assert m.group(1) == "ws01_app1\tslack\tU 1/é"  # the billing session's field
     assert m.groups()[1:] == tuple(args)
     settled = re.fullmatch(as_python.strip("^$"), args.settled().encode().decode())
-    assert settled is not None and settled.group(7) == "M"
+    assert settled is not None
+    assert settled.group(7) == "M"
 
 
 def test_decision_from_reply() -> None:

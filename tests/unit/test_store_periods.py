@@ -50,7 +50,7 @@ def test_iso_week_starts_monday_across_year_end() -> None:
 
 
 def test_unknown_granularity() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown granularity"):
         period_start(0, "year")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown granularity"):
         next_period(0, "fortnight")

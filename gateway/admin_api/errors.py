@@ -1,0 +1,105 @@
+"""The admin API's errors as problem+json, in one place (docs/design.md §3): a refused
+request (4xx), an unreachable Redis or store (503), anything else (500, logged)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.admin_api.validation import BadRequest, Invalid
+from gateway.problems import CONTENT_TYPE, problem_response
+from meter.accounts.payments import PaymentsNotConfigured, ProviderError
+from meter.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MeteringUnavailable,
+    NotFound,
+    Unauthorized,
+)
+from meter.store import DuplicateKey, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _problem(
+    status: int, code: str, title: str, detail: str, *, field: str | None = None, **extra: Any
+) -> web.Response:
+    more: dict[str, Any] = dict(extra)
+    if field is not None:
+        more["field"] = field
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return problem_response(status, code, title, detail, headers=headers, extra=more)
+
+
+@web.middleware
+async def errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map every error of the admin API to problem+json (one place, docs/design.md §3)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+            raise
+        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(exc.status, code, exc.reason, headers=allow)
+    except Exception as exc:
+        answer = _refusal(exc) or _outage(exc)
+        if answer is None:
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return _problem(500, "internal_error", "Internal error", "see the server log")
+        return answer
+
+
+def _refusal(exc: Exception) -> web.Response | None:
+    """The answer to a request the API refuses (4xx), or to a payment provider's
+    failure; None for any other error."""
+    match exc:
+        case Unauthorized():
+            return _problem(401, "unauthorized", "Unauthorized", str(exc))
+        case BadRequest():
+            return _problem(
+                400, "malformed_request", "Malformed request", str(exc), field=exc.field
+            )
+        case Invalid():
+            first = exc.problems[0]["field"]
+            return _problem(
+                422, "invalid_input", "Invalid input", str(exc), field=first, errors=exc.problems
+            )
+        case InvalidInput():
+            problems = [{"field": exc.field, "message": exc.message}]
+            return _problem(
+                422, "invalid_input", "Invalid input", str(exc), field=exc.field, errors=problems
+            )
+        case Forbidden():
+            return _problem(403, exc.code, "Forbidden", str(exc))
+        case NotFound():
+            return _problem(
+                404, "not_found", "Not found", f"no {exc.kind} {exc.ident!r} (or not yours)"
+            )
+        case Conflict():
+            return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
+        case DuplicateKey():
+            return _problem(409, "conflict", "Conflict", str(exc))
+        case PaymentsNotConfigured():
+            return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
+        case ProviderError():
+            return _problem(502, "payment_provider_error", "Payment provider error", str(exc))
+    return None
+
+
+def _outage(exc: Exception) -> web.Response | None:
+    """503 while Redis or the store is unreachable; None for any other error."""
+    if isinstance(exc, MeteringUnavailable | RedisError | ConnectionError):
+        log.warning("admin API: redis unavailable: %r", exc)
+        return _problem(503, "metering_unavailable", "Metering unavailable", "retry later")
+    if isinstance(exc, StoreError):
+        log.warning("admin API: store unavailable: %r", exc)
+        return _problem(503, "store_unavailable", "Store unavailable", "retry later")
+    return None
