@@ -17,8 +17,8 @@ from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.redis_layer.client import connect
 from meter.store import Workspace, open_store
-from tests.support.bot import LOOPBACK
-from tests.support.metering import Clock
+from tests.support.clock import Clock
+from tests.support.settings import LOOPBACK
 
 USD = 1_000_000
 

@@ -15,8 +15,10 @@ from meter.admission.decision import Code
 from meter.errors import InvalidInput, MeteringUnavailable, NotFound
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.metering import Clock, admitter, agg_totals, events, seed, settings
+from tests.support.clock import Clock
+from tests.support.metering import admitter, agg_totals, events, seed
 from tests.support.servers import RedisCluster, RedisServer
+from tests.support.settings import make_settings
 
 PRICE = 200_000  # $0.20 per session, the standard catalog price
 USD = 1_000_000
@@ -50,7 +52,7 @@ async def single(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 async def test_31_minute_conversation_is_three_sessions(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(client, cfg, clock, free=100 * USD)
     adm = admitter(client, cfg, clock)
     units = []
@@ -67,7 +69,7 @@ async def test_31_minute_conversation_is_three_sessions(client: RedisClient) -> 
 
 
 async def test_five_messages_within_a_minute_are_one_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(client, cfg, clock, free=10 * USD)
     adm = admitter(client, cfg, clock)
     decisions = []
@@ -80,7 +82,7 @@ async def test_five_messages_within_a_minute_are_one_session(client: RedisClient
 
 
 async def test_message_after_idle_timeout_starts_a_new_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings(session_block_s=60, session_idle_s=10)
+    clock, cfg = Clock(), make_settings(session_block_s=60, session_idle_s=10)
     w = await seed(client, cfg, clock, free=10 * USD)
     adm = admitter(client, cfg, clock)
     first = await adm.admit(w.apps[0], "web", "u")
@@ -93,7 +95,7 @@ async def test_message_after_idle_timeout_starts_a_new_session(client: RedisClie
 
 
 async def test_paid_session_keeps_serving_when_credit_runs_out(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(client, cfg, clock, free=PRICE)
     adm = admitter(client, cfg, clock)
     assert (await adm.admit(w.apps[0], "web", "a")).units == 1
@@ -106,7 +108,7 @@ async def test_paid_session_keeps_serving_when_credit_runs_out(client: RedisClie
 
 
 async def test_2000_concurrent_users_with_credit_for_1500(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings(rate_per_minute=10_000, rate_per_hour=100_000)
+    clock, cfg = Clock(), make_settings(rate_per_minute=10_000, rate_per_hour=100_000)
     w = await seed(client, cfg, clock, free=1500 * PRICE)
     adm = admitter(client, cfg, clock)
     ds = await asyncio.gather(*(adm.admit(w.apps[0], "web", f"u{i}") for i in range(2000)))
@@ -122,7 +124,7 @@ async def test_2000_concurrent_users_with_credit_for_1500(client: RedisClient) -
 
 
 async def test_retries_of_the_same_keys_are_never_charged_twice(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings(rate_per_minute=10_000, rate_per_hour=100_000)
+    clock, cfg = Clock(), make_settings(rate_per_minute=10_000, rate_per_hour=100_000)
     w = await seed(client, cfg, clock, free=1500 * PRICE)
     adm = admitter(client, cfg, clock)
     rng = random.Random(7)
@@ -144,7 +146,7 @@ async def test_retries_of_the_same_keys_are_never_charged_twice(client: RedisCli
 async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
     client: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), settings(free_credit_validity_s=3600)
+    clock, cfg = Clock(), make_settings(free_credit_validity_s=3600)
     w = await seed(client, cfg, clock, free=500 * USD)
     adm = admitter(client, cfg, clock)
     assert (await adm.admit(w.apps[0], "web", "a")).units == 1
@@ -170,7 +172,7 @@ async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
 
 @pytest.mark.parametrize("order", ["free_first", "paid_first"])
 async def test_deduction_order_and_app_funds(single: RedisClient, order: str) -> None:
-    clock, cfg = Clock(), settings(deduction_order=order)
+    clock, cfg = Clock(), make_settings(deduction_order=order)
     w = await seed(single, cfg, clock, free=PRICE // 2, pool=PRICE)
     await projection.grant(
         single,
@@ -190,14 +192,14 @@ async def test_deduction_order_and_app_funds(single: RedisClient, order: str) ->
 
 
 async def test_app_denied_free_credits_uses_paid_only(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=100 * USD, use_free=False)
     d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
     assert d.reason == "credits_exhausted"
 
 
 async def test_grant_is_idempotent_by_reference(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock)
     args = dict(reference="r1", kind="funds", amount=100 * USD, low_threshold=1)
     assert await projection.grant(single, w.ws, **args)  # type: ignore[arg-type]
@@ -206,7 +208,7 @@ async def test_grant_is_idempotent_by_reference(single: RedisClient) -> None:
 
 
 async def test_crossing_events_fire_once(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=3 * PRICE)
     adm = admitter(single, cfg, clock)
     for i in range(6):
@@ -221,7 +223,7 @@ async def test_crossing_events_fire_once(single: RedisClient) -> None:
 
 
 async def test_refund_restores_balance_and_reopens_the_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(client, cfg, clock, free=10 * USD)
     adm = admitter(client, cfg, clock)
     d = await adm.admit(w.apps[0], "slack", "U1", "ev1")
@@ -241,7 +243,7 @@ async def test_refund_restores_balance_and_reopens_the_session(client: RedisClie
 
 
 async def test_duplicates_and_in_session_messages_are_not_refunded(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     first = await adm.admit(w.apps[0], "web", "u", "k")
@@ -258,7 +260,7 @@ async def test_duplicates_and_in_session_messages_are_not_refunded(single: Redis
 
 
 async def test_minute_limit_refuses_with_seconds_to_wait(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings(rate_per_minute=5, rate_per_hour=1000)
+    clock, cfg = Clock(), make_settings(rate_per_minute=5, rate_per_hour=1000)
     w = await seed(client, cfg, clock, free=100 * USD)
     adm = admitter(client, cfg, clock)
     ds = [await adm.admit(w.apps[0], "web", f"u{i}") for i in range(6)]
@@ -271,7 +273,7 @@ async def test_minute_limit_refuses_with_seconds_to_wait(client: RedisClient) ->
 async def test_hour_limit_holds_while_every_minute_is_under_its_own(
     client: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), settings(rate_per_minute=4, rate_per_hour=10)
+    clock, cfg = Clock(), make_settings(rate_per_minute=4, rate_per_hour=10)
     w = await seed(client, cfg, clock, free=100 * USD)
     adm = admitter(client, cfg, clock)
     reasons = []
@@ -290,7 +292,7 @@ async def test_hour_limit_holds_while_every_minute_is_under_its_own(
 
 
 async def test_enterprise_licences_count_not_debit_and_cap_usage(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     lic = {"search": projection.Licence(usage_limit=3, per_minute=100, per_hour=1000)}
     w = await seed(
         client, cfg, clock, plan="enterprise", licences=lic, products=("automation", "search")
@@ -313,7 +315,7 @@ async def test_enterprise_licences_count_not_debit_and_cap_usage(client: RedisCl
 
 
 async def test_suspended_app_is_refused(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     await projection.put_app(single, w.apps[0], product="automation", suspended=True)
     d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
@@ -326,7 +328,7 @@ async def test_suspended_app_is_refused(single: RedisClient) -> None:
 async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
     single: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     before = sorted(await single.keys("*"))
@@ -367,7 +369,7 @@ async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
 
 
 async def test_survives_script_flush(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     await adm.admit(w.apps[0], "web", "u1")
@@ -378,7 +380,7 @@ async def test_survives_script_flush(single: RedisClient) -> None:
 async def test_redis_down_is_reported_distinctly_then_recovers(redis_server: RedisServer) -> None:
     if not redis_server.running:
         redis_server.start()
-    clock, cfg = Clock(), settings(redis_timeout_s=0.5)
+    clock, cfg = Clock(), make_settings(redis_timeout_s=0.5)
     c = connect(redis_server.url, timeout=0.5)
     try:
         w = await seed(c, cfg, clock, free=10 * USD)
@@ -419,7 +421,7 @@ async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
 async def test_settlement_charges_as_of_when_served_and_ignores_rate_limits(
     single: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), settings(rate_per_minute=2)
+    clock, cfg = Clock(), make_settings(rate_per_minute=2)
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     served = clock.now
@@ -438,7 +440,7 @@ async def test_settlement_charges_as_of_when_served_and_ignores_rate_limits(
 
 
 async def test_settling_a_charge_that_did_land_takes_nothing_more(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD, products=("agent",))
     adm = admitter(single, cfg, clock)
     landed = await adm.admit(w.apps[0], "web", "u", token="tok-1")  # answer lost in transit
@@ -453,7 +455,7 @@ async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
     single: RedisClient,
 ) -> None:
     """Replicas stamp batches with their own clocks: time may step back a little."""
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     first = await adm.admit(w.apps[0], "web", "u")
@@ -467,7 +469,7 @@ async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
 
 async def test_the_same_attempt_replayed_gets_its_original_decision(single: RedisClient) -> None:
     """A client retry of a call whose reply was lost is not a duplicate: still refundable."""
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD, products=("agent",))
     adm = admitter(single, cfg, clock)
     first = await adm.admit(w.apps[0], "web", "u", token="attempt-1")
@@ -490,7 +492,7 @@ async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
     between (same or later stamp) must not turn the opener's replay into an uncharged
     in-session message, or its charge could no longer be refunded.
     """
-    clock, cfg = Clock(), settings()
+    clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     at = clock.now
@@ -512,7 +514,7 @@ async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
 
 async def test_in_session_messages_obey_suspension_and_rate_limits(single: RedisClient) -> None:
     """The short path for paid sessions keeps the app's status and rolling windows."""
-    clock, cfg = Clock(), settings(rate_per_minute=3)
+    clock, cfg = Clock(), make_settings(rate_per_minute=3)
     w = await seed(single, cfg, clock, free=10 * USD)
     adm = admitter(single, cfg, clock)
     codes = []
@@ -526,7 +528,7 @@ async def test_in_session_messages_obey_suspension_and_rate_limits(single: Redis
 
 
 async def test_a_new_free_grant_lapses_expired_credits_first(single: RedisClient) -> None:
-    clock, cfg = Clock(), settings(free_credit_validity_s=3600)
+    clock, cfg = Clock(), make_settings(free_credit_validity_s=3600)
     w = await seed(single, cfg, clock, free=5 * USD)
     clock.advance(7200)  # expired, but no message has lapsed it yet
     expires = int((clock.now + 3600) * 1000)

@@ -16,7 +16,9 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.redis_layer.scripts import register
 from meter.usage import reconcile
-from tests.support.metering import Clock, admitter, seed, settings
+from tests.support.clock import Clock
+from tests.support.metering import admitter, seed
+from tests.support.settings import make_settings
 
 USD = 1_000_000
 PRICE = 200_000
@@ -32,7 +34,7 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 async def funded(client: RedisClient, clock: Clock) -> tuple[str, str]:
     """A workspace with $1 free, $2 pool and $3 on its app; paid first, so every debit
     below draws the app's funds, then the pool."""
-    cfg = settings()
+    cfg = make_settings()
     w = await seed(client, cfg, clock, free=1 * USD, pool=2 * USD)
     app = w.apps[0]
     await projection.grant(
@@ -43,7 +45,7 @@ async def funded(client: RedisClient, clock: Clock) -> tuple[str, str]:
 
 
 async def test_every_reader_sees_the_balances_the_scripts_wrote(client: RedisClient) -> None:
-    clock, cfg = Clock(), settings(deduction_order="paid_first")
+    clock, cfg = Clock(), make_settings(deduction_order="paid_first")
     ws, app = await funded(client, clock)
     adm = admitter(client, cfg, clock)
     charged = [await adm.admit(app, "web", f"u{i}") for i in range(3)]
@@ -63,14 +65,14 @@ async def test_every_reader_sees_the_balances_the_scripts_wrote(client: RedisCli
     assert not {b"paid", b"apaid"} & set(raw_ws)
     assert b"paid" not in raw_app
     # admit.lua reads them too: the app's funds and the pool pay, the free credits stay.
-    cfg_pool = settings(deduction_order="paid_first")
+    cfg_pool = make_settings(deduction_order="paid_first")
     more = [await admitter(client, cfg_pool, clock).admit(app, "web", f"v{i}") for i in range(2)]
     assert all(d.units == 1 and d.free == 0 for d in more)
 
 
 async def test_an_older_versions_field_names_are_renamed_once(client: RedisClient) -> None:
     """A Redis written before the rename (paid / apaid / paid) keeps its money."""
-    clock, cfg = Clock(), settings(deduction_order="paid_first")
+    clock, cfg = Clock(), make_settings(deduction_order="paid_first")
     ws, app = await funded(client, clock)
     wk, ak = keys.ws_key(ws), keys.app_key(ws, app)
     for key, new, old in ((wk, keys.F_POOL, "paid"), (wk, keys.F_APPS, "apaid"),

@@ -39,8 +39,10 @@ from meter.admission.decision import Decision
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.metering import T0, Clock, agg_totals, settings
+from tests.support.clock import T0, Clock
+from tests.support.metering import agg_totals
 from tests.support.servers import RedisCluster, redis_command, start_redis_cluster
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.cluster
 
@@ -380,7 +382,7 @@ async def test_one_admitter_serves_workspaces_on_every_master(
 ) -> None:
     """Concurrent admissions of several workspaces share one pipelined round trip, which
     on a cluster fans out to several masters (the multi-workspace path of Admitter)."""
-    cfg = settings(**CFG)
+    cfg = make_settings(**CFG)
     shops = await seed_shops(client, ha, cfg)
     run = await run_load(new_admitter(client, cfg), shops, _no_fault, n=600, rate=None)
     b = await books(client, run, shops)
@@ -396,7 +398,7 @@ async def test_one_admitter_serves_workspaces_on_every_master(
 async def test_graceful_failover_mid_run_loses_and_doubles_nothing(
     ha: RedisCluster, client: RedisClient, record_property: Callable[[str, object], None]
 ) -> None:
-    cfg = settings(**CFG)
+    cfg = make_settings(**CFG)
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
     replica = await asyncio.to_thread(replica_of, ha, failed)
@@ -473,7 +475,7 @@ async def test_kill_9_of_a_master_mid_run_never_charges_twice(
     record_property: Callable[[str, object], None],
     outage_s: float,
 ) -> None:
-    cfg = settings(**CFG)
+    cfg = make_settings(**CFG)
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
 
@@ -507,7 +509,7 @@ async def test_kill_9_of_a_master_with_replicated_durability_loses_nothing(
 ) -> None:
     """The lagging case again, with redis_durability=replicated: an admission is only
     acknowledged once its replica has it, so the crash loses none."""
-    cfg = settings(**CFG, redis_durability="replicated")
+    cfg = make_settings(**CFG, redis_durability="replicated")
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
 

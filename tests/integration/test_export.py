@@ -19,8 +19,10 @@ from meter.store import SessionRow, Store, UsageRow
 from meter.usage.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, export_time, parse_time
 from meter.usage.flusher import Flusher
 from meter.usage.series import usage
-from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
+from tests.support.clock import Clock
+from tests.support.flushkit import USD, opened_store, seed_ws, store_url
 from tests.support.metering import admitter
+from tests.support.settings import make_settings
 
 WS = "wexport01"
 
@@ -169,7 +171,7 @@ async def test_session_detail_export(store: Store) -> None:
 
 
 async def test_cli_export_writes_a_file(store: Store, tmp_path: Path) -> None:
-    cfg = flush_settings(store_url=store.url)
+    cfg = make_settings(fast_flush=True, store_url=store.url)
     out = tmp_path / "usage.csv"
     args = argparse.Namespace(
         from_="2026-09-01", to="2026-11-15T00:00:00Z", workspace=WS, granularity="week",
@@ -206,7 +208,7 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 async def test_usage_merges_live_buckets_without_double_counting(
     client: RedisClient, tmp_path: Path
 ) -> None:
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     async for st in opened_store(f"sqlite:///{tmp_path / 'u.db'}"):
         w = await seed_ws(client, st, cfg, clock, products=["agent"], pool=10 * USD)
         adm = admitter(client, cfg, clock)

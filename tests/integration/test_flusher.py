@@ -13,17 +13,11 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
 from meter.usage.flusher import Flusher
-from tests.support.flushkit import (
-    USD,
-    Expected,
-    flush_settings,
-    opened_store,
-    past_clock,
-    seed_ws,
-    store_url,
-)
+from tests.support.clock import Clock
+from tests.support.flushkit import USD, Expected, opened_store, seed_ws, store_url
 from tests.support.metering import admitter
 from tests.support.servers import RedisCluster
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -40,7 +34,7 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Store) -> None:
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     w = await seed_ws(
         client, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
     )
@@ -73,7 +67,7 @@ async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Sto
 
 async def test_billing_sessions_flush_with_late_writes(client: RedisClient, store: Store) -> None:
     """Session records close after block + idle; forced early claims snapshot, not move."""
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     w = await seed_ws(client, store, cfg, clock, products=["automation"], pool=100 * USD)
     adm = admitter(client, cfg, clock)
     flusher = Flusher(client, store, cfg, clock=clock)
@@ -103,7 +97,7 @@ async def test_billing_sessions_flush_with_late_writes(client: RedisClient, stor
 
 
 async def test_events_become_outbox_and_lapse_ledger(client: RedisClient, store: Store) -> None:
-    cfg, clock = flush_settings(free_credit_validity_s=10.0), past_clock()
+    cfg, clock = make_settings(fast_flush=True, free_credit_validity_s=10.0), Clock.past()
     w = await seed_ws(client, store, cfg, clock, products=["agent"], free=5 * USD)
     adm = admitter(client, cfg, clock)
     await adm.admit(w.apps[0], "web", "u1")  # $0.02 of free credits
@@ -130,7 +124,7 @@ async def test_events_become_outbox_and_lapse_ledger(client: RedisClient, store:
 async def test_crash_between_commit_and_ack_is_a_noop_retake(
     client: RedisClient, store: Store
 ) -> None:
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
     adm = admitter(client, cfg, clock)
     for _ in range(10):
@@ -160,7 +154,7 @@ async def test_crash_between_commit_and_ack_is_a_noop_retake(
 
 async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_path: Path) -> None:
     """SQLite locked by another connection: the flusher backs off, keeps the claim, then writes."""
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     async for store in opened_store(url):
         w = await seed_ws(client, None, cfg, clock, products=["agent"], pool=10 * USD)
@@ -191,7 +185,7 @@ async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_pat
 
 
 async def test_stop_flushes_closed_buckets_then_returns(client: RedisClient, store: Store) -> None:
-    cfg, clock = flush_settings(flush_interval_s=30.0), past_clock()
+    cfg, clock = make_settings(fast_flush=True, flush_interval_s=30.0), Clock.past()
     w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
     adm = admitter(client, cfg, clock)
     flusher = Flusher(client, store, cfg, clock=clock)
@@ -211,7 +205,7 @@ async def test_racing_flushers_on_redis_cluster(
     redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
     """Workspaces spread over the 3 masters; two flushers race; every unit lands once."""
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     c = connect(redis_cluster.url)
     try:
         async for store in opened_store(f"sqlite:///{tmp_path / 'cluster.db'}"):
@@ -259,9 +253,9 @@ async def test_cli_migrate_and_flush_once(
     from gateway import cli_commands
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    cfg = flush_settings(redis_url=redis_url, store_url=url)
+    cfg = make_settings(fast_flush=True, redis_url=redis_url, store_url=url)
     assert await asyncio.to_thread(cli_commands.migrate, cfg, argparse.Namespace()) == 0
-    clock = past_clock()
+    clock = Clock.past()
     w = await seed_ws(client, None, cfg, clock, products=["agent"], pool=10 * USD)
     adm = admitter(client, cfg, clock)
     for _ in range(9):

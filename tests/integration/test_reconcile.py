@@ -15,8 +15,10 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.usage.flusher import Flusher
 from meter.usage.reconcile import reconcile
-from tests.support.flushkit import USD, flush_settings, opened_store, past_clock, seed_ws, store_url
+from tests.support.clock import Clock
+from tests.support.flushkit import USD, opened_store, seed_ws, store_url
 from tests.support.metering import admitter
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -36,8 +38,8 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
 ) -> None:
     url = store_url(backend, request, tmp_path)
     redis_url: str = request.getfixturevalue("redis_url")
-    cfg = flush_settings(store_url=url, redis_url=redis_url)
-    clock = past_clock()
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
     async for store in opened_store(url):
         w = await seed_ws(
             client, store, cfg, clock, products=["agent", "contact_center"],

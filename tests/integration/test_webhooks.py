@@ -13,7 +13,7 @@ import pytest
 from gateway.webhooks import http_post
 from meter.accounts.notifier import SIGNATURE_HEADER, Notifier, render, signature
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
-from tests.support.metering import T0, Clock
+from tests.support.clock import T0, Clock
 from tests.support.receiver import Receiver, receiver
 
 SECRET = "whsec-" + "k" * 26

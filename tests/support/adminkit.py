@@ -17,14 +17,14 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from config import Settings, load_settings
+from config import Settings
 from gateway.app import Gateway, create_app
 from gateway.webhooks import OPTIONS, WebhookOptions
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
-from tests.support.bot import LOOPBACK, serve
+from tests.support.bot import serve
+from tests.support.settings import OPERATOR_TOKEN
 
-OPERATOR_TOKEN = "operator-token-" + "x" * 24
 TABLES = (
     "users",
     "workspaces",
@@ -42,19 +42,6 @@ TABLES = (
     "checkouts",
     "payment_events",
 )
-
-
-def admin_settings(store_url: str, redis_url: str, **overrides: Any) -> Settings:
-    """Settings for a test admin server; never reads the environment. Loopback (the test
-    bots and receivers) is allowed by the egress policy."""
-    overrides.setdefault("egress_allow", LOOPBACK)
-    return load_settings(
-        env={},
-        store_url=store_url,
-        redis_url=redis_url,
-        operator_token=OPERATOR_TOKEN,
-        **overrides,
-    )
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,11 +42,9 @@ from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import open_store
+from tests.support.settings import HOST, TRAFFIC_SERVER_ENV
 
-HOST = "127.0.0.1"
-LOOPBACK = ["127.0.0.0/8", "::1"]  # egress_allow of test settings: the bots' addresses
 CHUNK = 64 * 1024
-TRAFFIC_SERVER_ENV = "CREDITGATE_TRAFFIC_SERVER"
 
 
 @dataclass
@@ -218,16 +215,6 @@ async def running_gateway(
         await store.close()
 
 
-class FakeClock:
-    """A settable clock for ``create_app(clock=...)``."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def seed(
     client: RedisClient,
     settings: Settings,
@@ -287,30 +274,8 @@ async def seed(
         )
 
 
-def make_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
-    """Settings for a test: only loopback, a temp SQLite file, no environment. Test bots
-    live on loopback, which the egress policy refuses unless allowed: allowed here."""
-    from config import load_settings
-
-    overrides.setdefault("egress_allow", LOOPBACK)
-    # The gateway shares the test's event loop with the bot and hundreds of clients: on a
-    # busy 2-core machine a Redis reply can wait past the 0.5 s default for the loop, and
-    # a message would be refused 503 for the machine's speed. Tests of Redis timeouts set
-    # their own.
-    overrides.setdefault("redis_timeout_s", 10.0)
-    # The whole suite runs against either traffic server (CREDITGATE_TRAFFIC_SERVER).
-    overrides.setdefault("traffic_server", os.environ.get(TRAFFIC_SERVER_ENV, "aiohttp"))
-    return load_settings(
-        env={},
-        redis_url=redis_url,
-        store_url=f"sqlite:///{tmp_path}/creditgate.db",
-        host=HOST,
-        **{"state_dir": f"{tmp_path}/state", **overrides},
-    )
-
-
 # ---------------------------------------------------------------------- fixtures
-# Import them into a test module (``from bot import bot_fixture, ...`` with noqa F401);
+# Loaded for every test by ``pytest_plugins`` in tests/conftest.py;
 # the fixtures are named ``bot``, ``http`` and ``rclient``.
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from config import Settings, load_catalog, load_settings
+from config import Settings, load_catalog
 from meter.accounts import projection
 from meter.admission.decision import Decision
 from meter.redis_layer.client import RedisClient
 from meter.store import LedgerEntry, Store, User, Workspace, open_store
-from tests.support.metering import Clock, new_ws_id
+from tests.support.clock import Clock
+from tests.support.metering import new_ws_id
 
 USD = 1_000_000
 SCALE = float(os.environ.get("CREDITGATE_TEST_SCALE", "1"))
@@ -24,27 +24,6 @@ SCALE = float(os.environ.get("CREDITGATE_TEST_SCALE", "1"))
 def scaled(n: int, minimum: int = 1) -> int:
     """``n`` times ``CREDITGATE_TEST_SCALE`` (default 1), at least ``minimum``."""
     return max(minimum, int(n * SCALE))
-
-
-def past_clock(hours: float = 30.0) -> Clock:
-    """A manual clock starting ``hours`` ago on a whole hour, so buckets are really closed."""
-    start = time.time() - hours * 3600
-    return Clock(start - start % 3600)
-
-
-def flush_settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {
-        "flush_bucket_s": 1,
-        "flush_grace_s": 0.5,
-        "flush_interval_s": 0.05,
-        "session_block_s": 60.0,
-        "session_idle_s": 60.0,
-        "rate_per_minute": 10_000_000,
-        "rate_per_hour": 10_000_000,
-        "redis_timeout_s": 30.0,  # a busy 2-core CI box must not turn into refusals
-    }
-    base.update(overrides)
-    return load_settings(env={}, **base)
 
 
 def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -6,34 +6,15 @@ import itertools
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-from config import Settings, load_catalog, load_settings
+from config import Settings, load_catalog
 from meter.accounts import projection
 from meter.admission.admitter import Admitter
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from tests.support.clock import Clock
 
-T0 = 1_800_000_000.0  # 2027-01-15, a fixed start so tests never depend on the wall clock
 _ids = itertools.count(1)
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand; the admitter stamps every batch with it."""
-
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def settings(**overrides: Any) -> Settings:
-    """Defaults of docs/design.md §1 with test overrides; never reads the environment."""
-    return load_settings(env={}, **overrides)
 
 
 def new_ws_id() -> str:

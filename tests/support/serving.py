@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter.store import open_store
-from tests.support.bot import LOOPBACK, TRAFFIC_SERVER_ENV, make_settings
 from tests.support.servers import free_port
+from tests.support.settings import LOOPBACK, TRAFFIC_SERVER_ENV, make_settings
 
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 

@@ -15,20 +15,16 @@ from yarl import URL
 
 from meter.accounts import projection
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
+from tests.support.bot import (
     Bot,
     Running,
-    bot_fixture,
     free_credit,
-    http_fixture,
-    make_settings,
     post_message,
     raw_exchange,
-    rclient_fixture,
     running_gateway,
     seed,
-    traffic_server_fixture,
 )
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")

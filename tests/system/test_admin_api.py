@@ -17,9 +17,10 @@ import pytest
 
 from gateway.admin_api.openapi import build
 from gateway.webhooks import WebhookOptions
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.bot import Bot, running_bot
 from tests.support.receiver import Receiver, receiver
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 SECRET = "owner-webhook-secret-0123456789"
 
@@ -59,9 +60,10 @@ async def wait_for(rec: Receiver, count: int, seconds: float = 20.0) -> None:
 async def test_owner_journey_from_free_credits_to_funds(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = admin_settings(
-        f"sqlite:///{tmp_path}/store.db",
+    settings = make_settings(
         redis_url,
+        store_url=f"sqlite:///{tmp_path}/store.db",
+        operator=True,
         rate_per_minute=100_000,
         rate_per_hour=1_000_000,
         flush_interval_s=0.1,
@@ -138,7 +140,7 @@ async def test_owner_journey_from_free_credits_to_funds(
 async def test_changes_reach_the_gateway_within_a_second(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     async with (
         running_bot() as bot2,
         admin_server(settings, traffic=True) as admin,
@@ -164,7 +166,7 @@ async def test_changes_reach_the_gateway_within_a_second(
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     # Webhook delivery idles: the snapshots must see only what the requests change.
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a

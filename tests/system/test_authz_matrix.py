@@ -30,7 +30,8 @@ from config import Settings
 from gateway.admin_api import ROUTES
 from gateway.admin_api.http import Route
 from meter.accounts.authz import token_hash
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
@@ -211,9 +212,10 @@ async def build_world(admin: Admin) -> World:
 
 def settings_with_stripe(store_url: str, redis_url: str, standin: StripeStandIn) -> Settings:
     """Payments configured against the local Stripe stand-in, so checkout can succeed."""
-    return admin_settings(
-        store_url,
+    return make_settings(
         redis_url,
+        store_url=store_url,
+        operator=True,
         stripe_api_base=standin.url,
         stripe_secret_key=SECRET_KEY,
         stripe_webhook_secret=WEBHOOK_SECRET,

@@ -32,18 +32,8 @@ from meter.accounts.projection import read_balances
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    serve,
-    traffic_server_fixture,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed, serve
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -688,10 +678,11 @@ async def test_channel_secret_via_admin_api_is_never_shown(
 ) -> None:
     import logging
 
-    from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+    from tests.support.adminkit import admin_server
+    from tests.support.settings import OPERATOR_TOKEN, make_settings
 
     caplog.set_level(logging.DEBUG)
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     secret = "web-sdk-signing-key-" + "v" * 20
     async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
         _, token = await admin.new_user("owner")

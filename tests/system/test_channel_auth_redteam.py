@@ -32,18 +32,8 @@ from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
-from tests.support.bot import (  # noqa: F401
-    HOST,
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    serve,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed, serve
+from tests.support.settings import HOST, make_settings
 
 WS = "rtauth"
 APP = f"{WS}_app1"  # automation, $10 free: chat, notify, WebSocket, Slack

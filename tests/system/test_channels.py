@@ -16,17 +16,8 @@ from gateway.channels import Channels, parse_pointer, resolve
 from meter.accounts.projection import read_balances
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    traffic_server_fixture,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")

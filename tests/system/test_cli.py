@@ -15,15 +15,9 @@ import pytest
 
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    seed,
-)
+from tests.support.bot import Bot, seed
 from tests.support.serving import CREDITGATE, Served, creditgate_env, creditgate_serve
+from tests.support.settings import make_settings
 
 WS = "clitest"
 APP = f"{WS}_app1"

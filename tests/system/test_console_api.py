@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,17 @@ from meter.accounts.authz import token_hash
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
 from meter.usage.flusher import Flusher
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.bot import Bot, running_bot
+from tests.support.clock import Clock
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 MONEY_WORDS = ("amount", "balance", "remaining", "paid", "price", "credit", "fund")
 
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
 
@@ -44,7 +45,7 @@ async def any_admin(
     url = f"sqlite:///{tmp_path}/store.db"
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_dsn")
-    settings = admin_settings(url, redis_url)
+    settings = make_settings(redis_url, store_url=url, operator=True)
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
 
@@ -308,14 +309,6 @@ async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
     assert pages[1]["reason"] == "no contract yet"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def send(http: aiohttp.ClientSession, base: str, app: str, user: str) -> None:
     url = f"{base}/hooks/web/{app}/msg"
     async with http.post(url, json={"t": 1}, headers={"X-Channel-User-Id": user}) as r:
@@ -330,8 +323,10 @@ def free_port() -> int:
 
 async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/store.db"
-    settings = admin_settings(store_url, redis_url, session_block_s=60, session_idle_s=30)
-    clock = FakeClock()
+    settings = make_settings(
+        redis_url, store_url=store_url, operator=True, session_block_s=60, session_idle_s=30
+    )
+    clock = Clock.wall()
     bot: Bot
     async with (
         running_bot() as bot,
@@ -387,7 +382,7 @@ async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_p
         await Flusher(admin.redis, admin.store, settings, clock=clock).flush_once(force=True)
 
     # Redis down: the stored history is still served, marked as not live.
-    dead = admin_settings(store_url, f"redis://127.0.0.1:{free_port()}/0")
+    dead = make_settings(f"redis://127.0.0.1:{free_port()}/0", store_url=store_url, operator=True)
     async with admin_server(dead, clock=clock) as down:
         got = await down.ok("GET", f"/v1/workspaces/{ws}/usage", tok)
         assert got["live"] is False

@@ -20,10 +20,11 @@ import pytest
 
 from meter.store import open_store
 from meter.usage.flusher import Flusher
-from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
+from tests.support.adminkit import admin_server
 from tests.support.bot import Bot, running_bot
 from tests.support.servers import free_port
 from tests.support.serving import Served, creditgate_serve
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 from tests.support.stripe_standin import (
     SECRET_KEY,
     WEBHOOK_SECRET,
@@ -324,7 +325,7 @@ async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path
     """Redis down: the console still signs in and shows stored usage and sessions, with
     the live figures marked unavailable (their 503s are the only console errors)."""
     store_url = f"sqlite:///{tmp_path}/store.db"
-    settings = admin_settings(store_url, redis_url)
+    settings = make_settings(redis_url, store_url=store_url, operator=True)
     async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
         _, tok = await admin.new_user("owner")
         ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
@@ -335,7 +336,7 @@ async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path
             async with http.post(url, json={}, headers={"X-Channel-User-Id": f"u{i}"}) as r:
                 assert r.status == 200
         await Flusher(admin.redis, admin.store, settings).flush_once(force=True)
-    dead = admin_settings(store_url, f"redis://127.0.0.1:{free_port()}/0")
+    dead = make_settings(f"redis://127.0.0.1:{free_port()}/0", store_url=store_url, operator=True)
     async with (
         admin_server(dead) as down,
         playwright_api.async_playwright() as pw,

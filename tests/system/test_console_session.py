@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from gateway.webhooks import WebhookOptions
-from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
+from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -26,7 +27,7 @@ async def admin(
     url = f"sqlite:///{tmp_path}/store.db"
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_dsn")
-    settings = admin_settings(url, redis_url)
+    settings = make_settings(redis_url, store_url=url, operator=True)
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
 

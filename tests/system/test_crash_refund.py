@@ -16,20 +16,10 @@ from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations, Sweeper, replay
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    FakeClock,
-    bot_fixture,
-    eventually,
-    free_credit,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    traffic_server_fixture,
-)
+from tests.support.bot import Bot, eventually, free_credit, running_gateway, seed
+from tests.support.clock import Clock
 from tests.support.serving import creditgate_serve
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -53,7 +43,7 @@ async def test_unconfirmed_charges_are_refunded_after_the_window(
 ) -> None:
     settings = make_settings(redis_url, tmp_path, refund_window_s=10)
     await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
-    clock = FakeClock()
+    clock = Clock.wall()
     adm = Admitter(rclient, settings, clock=clock)
     confirmations = Confirmations(rclient, tmp_path / "state")
     forwarded = [await adm.admit(APP, "web", f"u{i}", f"k{i}") for i in range(3)]

@@ -37,20 +37,11 @@ from meter.accounts.notifier import Notifier
 from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient
 from meter.store import OutboxEvent, open_store
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from tests.support.bot import (  # noqa: F401
-    LOOPBACK,
-    Bot,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_replica,
-    seed,
-    serve,
-)
+from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.bot import Bot, running_replica, seed, serve
 from tests.support.receiver import Receiver, receiver
 from tests.support.servers import free_port
+from tests.support.settings import LOOPBACK, OPERATOR_TOKEN, make_settings
 
 WS = "egress"
 APP = f"{WS}_app1"
@@ -250,7 +241,9 @@ SAVE_REFUSED = [
 @pytest.fixture
 async def strict_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
     """An admin server whose egress policy allows nothing internal (loopback neither)."""
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    settings = make_settings(
+        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
+    )
     async with admin_server(settings) as admin:
         yield admin
 
@@ -295,8 +288,12 @@ async def test_admin_api_refuses_the_gateways_own_port_even_with_loopback_allowe
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
     port = free_port()
-    settings = admin_settings(
-        f"sqlite:///{tmp_path}/store.db", redis_url, host="127.0.0.1", admin_port=port
+    settings = make_settings(
+        redis_url,
+        store_url=f"sqlite:///{tmp_path}/store.db",
+        operator=True,
+        host="127.0.0.1",
+        admin_port=port,
     )
     async with admin_server(settings) as admin:
         _, token = await admin.new_user("owner")
@@ -528,7 +525,9 @@ async def test_webhook_to_a_refused_address_is_never_attempted(
 async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: Path) -> None:
     """The admin application's delivery loop: a real receiver on loopback (not allowed
     here) is never called; the event stays in the outbox with the reason."""
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    settings = make_settings(
+        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
+    )
     rec: Receiver
     async with receiver() as rec, admin_server(settings) as admin:
         port = rec.url.split(":")[2].split("/")[0]
@@ -695,7 +694,7 @@ async def test_admin_port_refuses_requests_forwarded_by_the_gateway(
 ) -> None:
     """A request that carries the gateway's own ``Via`` came through a traffic port:
     508 ``loop_detected`` on every admin route, before any handler runs."""
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     async with admin_server(settings) as admin:
         _, token = await admin.new_user("owner")
         before = await snapshot(admin)

@@ -17,17 +17,8 @@ from gateway.appkeys import TRAFFIC_STATS
 from gateway.traffic_stats import TrafficStats
 from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    raw_exchange,
-    rclient_fixture,
-    running_gateway,
-    seed,
-)
+from tests.support.bot import Bot, Running, raw_exchange, running_gateway, seed
+from tests.support.settings import make_settings
 
 WS = "fastp"
 APP = f"{WS}_app1"

@@ -32,17 +32,11 @@ from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
 from meter.usage.flusher import Flusher
 from tests.support.adminkit import admin_server
-from tests.support.flushkit import (
-    USD,
-    Expected,
-    Seeded,
-    flush_settings,
-    opened_store,
-    past_clock,
-    seed_ws,
-)
-from tests.support.metering import Clock, admitter
+from tests.support.clock import Clock
+from tests.support.flushkit import USD, Expected, Seeded, opened_store, seed_ws
+from tests.support.metering import admitter
 from tests.support.servers import PostgresServer
+from tests.support.settings import make_settings
 
 ATTEMPTS = 3
 NUL_USER = "ev\x00il"
@@ -148,8 +142,8 @@ CASES = [("postgres", "nul"), ("postgres", "overflow"), ("sqlite", "overflow")]
 async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
     request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str, kind: str
 ) -> None:
-    cfg = flush_settings(flush_quarantine_attempts=ATTEMPTS)
-    clock = past_clock()
+    cfg = make_settings(fast_flush=True, flush_quarantine_attempts=ATTEMPTS)
+    clock = Clock.past()
     async with migrated(request, backend, tmp_path) as (store, url):
         products = ["automation"] if kind == "nul" else ["agent"]
         bad = await seed_ws(client, store, cfg, clock, products=products, pool=100 * USD)
@@ -213,7 +207,7 @@ async def lag_above(flusher: Flusher, seconds: float) -> bool:
 async def test_unreadable_bucket_is_quarantined_at_once(
     client: RedisClient, tmp_path: Path
 ) -> None:
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     async for store in opened_store(f"sqlite:///{tmp_path / 's.db'}"):
         w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
         bucket = int(clock.now)
@@ -232,10 +226,13 @@ async def test_unreadable_bucket_is_quarantined_at_once(
 
 async def test_gateway_exports_quarantines_and_lag(redis_url: str, tmp_path: Path) -> None:
     """``serve``'s flusher wiring: the counter and the lag gauge on /metrics."""
-    cfg = flush_settings(
-        store_url=f"sqlite:///{tmp_path / 's.db'}", redis_url=redis_url, flush_interval_s=0.05
+    cfg = make_settings(
+        fast_flush=True,
+        store_url=f"sqlite:///{tmp_path / 's.db'}",
+        redis_url=redis_url,
+        flush_interval_s=0.05,
     )
-    clock = past_clock()
+    clock = Clock.past()
     client = connect(redis_url)
     try:
         async with admin_server(cfg) as admin:

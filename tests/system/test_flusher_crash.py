@@ -38,20 +38,20 @@ from config import Settings
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store
+from tests.support.clock import Clock
 from tests.support.flushkit import (
     SCALE,
     USD,
     Expected,
     Seeded,
-    flush_settings,
     opened_store,
-    past_clock,
     scaled,
     seed_ws,
     store_url,
 )
-from tests.support.metering import Clock, admitter
+from tests.support.metering import admitter
 from tests.support.servers import PostgresServer
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKSPACES = 5
@@ -300,8 +300,8 @@ async def run_scenario(
     min_kills: int,
     outage_s: float = 0.0,
 ) -> None:
-    cfg = flush_settings(free_credit_validity_s=30.0)
-    clock = past_clock()
+    cfg = make_settings(fast_flush=True, free_credit_validity_s=30.0)
+    clock = Clock.past()
     url = store_url(backend, request, tmp_path)
     redis_url = request.getfixturevalue("redis_url")
     rng = random.Random(f"{backend}-{flushers}-{outage_s}")
@@ -427,7 +427,7 @@ async def test_database_down_30s_loses_nothing(
 async def test_sigterm_flushes_what_is_closed_and_exits_0(
     request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient
 ) -> None:
-    cfg, clock = flush_settings(), past_clock()
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
     url = store_url("sqlite", request, tmp_path)
     log = tmp_path / "flusher.log"
     async for store in opened_store(url):

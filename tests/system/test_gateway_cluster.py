@@ -29,16 +29,9 @@ from meter.accounts.projection import read_balances
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.usage.flusher import Flusher
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    running_gateway,
-    seed,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed
 from tests.support.servers import RedisCluster
+from tests.support.settings import make_settings
 
 FUNDS = 1_000_000  # $1.00 tied to each app
 PRICE = 10_000  # contact_center: $0.01 per request

@@ -10,17 +10,9 @@ import aiohttp
 from gateway.appkeys import OWED
 from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    bot_fixture,
-    eventually,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-)
+from tests.support.bot import Bot, eventually, running_gateway, seed
 from tests.support.servers import RedisServer
+from tests.support.settings import make_settings
 
 WS = "failopen"
 APP = f"{WS}_app1"

@@ -13,19 +13,10 @@ import pytest
 
 from meter.accounts.projection import Licence
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    FakeClock,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    traffic_server_fixture,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.clock import Clock
 from tests.support.servers import RedisServer
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -101,7 +92,7 @@ async def test_credits_exhausted(start: Start, http: aiohttp.ClientSession, bot:
 
 
 async def test_free_credits_expired(start: Start, http: aiohttp.ClientSession, bot: Bot) -> None:
-    clock = FakeClock()
+    clock = Clock.wall()
     gw = await start(clock=clock, free=500 * DOLLAR, free_expires_ms=int((clock.now + 10) * 1000))
     assert (await send(http, gw, "a"))[0] == 200
     clock.now += 11

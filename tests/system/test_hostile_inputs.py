@@ -17,8 +17,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
-from tests.support.bot import Bot, bot_fixture, http_fixture, traffic_server_fixture  # noqa: F401
+from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.bot import Bot
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -61,9 +62,10 @@ Case = tuple[str, Callable[[], Any]]
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path, bot: Bot) -> Any:
-    settings = admin_settings(
-        f"sqlite:///{tmp_path}/cg.db",
+    settings = make_settings(
         redis_url,
+        store_url=f"sqlite:///{tmp_path}/cg.db",
+        operator=True,
         state_dir=str(tmp_path / "state"),
         stripe_secret_key="sk_test_hostile",
         stripe_webhook_secret="whsec_hostile",

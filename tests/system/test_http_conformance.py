@@ -40,10 +40,11 @@ from config import Settings
 from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.bot import Bot, Call, free_credit, make_settings, running_bot, seed
+from tests.support.bot import Bot, Call, free_credit, running_bot, seed
 from tests.support.rawhttp import RawConn, Response
 from tests.support.servers import RedisServer
 from tests.support.serving import Served, creditgate_serve
+from tests.support.settings import make_settings
 
 FREE = 10_000_000  # $10
 PRICE = 10_000  # a contact_center message: $0.01
@@ -939,7 +940,8 @@ async def test_a_half_closed_client_is_answered_across_the_hand_off(site: Site) 
         c.shut_wr()
         a, big = await c.responses(2)
         assert await c.closed()
-    assert echoed(a)["path"].endswith("/a") and len(echoed(big)["body"]) == FAST_BODY + 1
+    assert echoed(a)["path"].endswith("/a")
+    assert len(echoed(big)["body"]) == FAST_BODY + 1
     assert await site.books() == (2, ["/a", "/big"])
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import aiohttp
 
 from meter.redis_layer import keys
-from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
-from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
+from tests.support.adminkit import admin_server
+from tests.support.bot import Bot
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 
 async def test_the_owner_sets_a_threshold_and_the_alert_follows_it(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = admin_settings(f"sqlite:///{tmp_path}/cg.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
     async with admin_server(settings, traffic=True) as admin:
         _, token = await admin.new_user("owner")
         ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]

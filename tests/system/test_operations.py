@@ -14,17 +14,8 @@ import aiohttp
 import pytest
 
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    Running,
-    bot_fixture,
-    eventually,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-)
+from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.settings import make_settings
 
 WS = "opsws"
 APP = f"{WS}_app1"

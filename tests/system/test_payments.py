@@ -26,9 +26,10 @@ from meter.accounts import payments, projection, workspaces
 from meter.accounts.deps import Deps
 from meter.store import LedgerEntry, open_store
 from meter.usage.flusher import Flusher
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings, snapshot
+from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.bot import running_bot
-from tests.support.metering import Clock
+from tests.support.clock import Clock
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 from tests.support.stripe_standin import (
     SECRET_KEY,
     WEBHOOK_SECRET,
@@ -67,9 +68,10 @@ async def paying(
 ) -> AsyncIterator[tuple[Admin, StripeStandIn]]:
     """An admin server whose Stripe is the local stand-in."""
     async with stripe_standin() as standin:
-        settings = admin_settings(
-            store_url,
+        settings = make_settings(
             redis_url,
+            store_url=store_url,
+            operator=True,
             stripe_api_base=standin.url,
             stripe_secret_key=SECRET_KEY,
             stripe_webhook_secret=WEBHOOK_SECRET,
@@ -228,7 +230,9 @@ async def test_checkout_limits_roles_and_configuration(redis_url: str, tmp_path:
         assert (await admin.api("POST", path, OPERATOR_TOKEN, {"amount": "100"}))[0] == 403
         assert len(standin.seen) == 2
 
-    async with admin_server(admin_settings(f"sqlite:///{tmp_path}/b.db", redis_url)) as plain:
+    async with admin_server(
+        make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/b.db", operator=True)
+    ) as plain:
         token, ws = await owner_ws(plain)
         status, body = await plain.api(
             "POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"}

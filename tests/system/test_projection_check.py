@@ -14,8 +14,9 @@ from meter.accounts import projection_check
 from meter.accounts.deps import Deps
 from meter.redis_layer import keys
 from meter.store import LedgerEntry, Licence
-from tests.support.adminkit import Admin, admin_server, admin_settings
-from tests.support.bot import Bot, bot_fixture, http_fixture  # noqa: F401
+from tests.support.adminkit import Admin, admin_server
+from tests.support.bot import Bot
+from tests.support.settings import make_settings
 
 
 def deps(admin: Admin) -> Deps:
@@ -33,7 +34,7 @@ async def setup(admin: Admin, bot: Bot) -> tuple[str, str]:
 async def test_store_changes_that_missed_redis_are_repaired_once(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = admin_settings(f"sqlite:///{tmp_path}/cg.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
     async with admin_server(settings) as admin:
         ws, app = await setup(admin, bot)
         d = deps(admin)
@@ -60,7 +61,7 @@ async def test_store_changes_that_missed_redis_are_repaired_once(
 async def test_a_workspace_redis_lost_is_reported_not_guessed(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = admin_settings(f"sqlite:///{tmp_path}/cg.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
     async with admin_server(settings) as admin:
         ws, _ = await setup(admin, bot)
         await admin.redis.delete(keys.ws_key(ws))
@@ -71,9 +72,10 @@ async def test_a_workspace_redis_lost_is_reported_not_guessed(
 async def test_the_check_runs_beside_the_flusher_and_counts_in_metrics(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = admin_settings(
-        f"sqlite:///{tmp_path}/cg.db",
+    settings = make_settings(
         redis_url,
+        store_url=f"sqlite:///{tmp_path}/cg.db",
+        operator=True,
         projection_check_interval_s=0.2,
         state_dir=str(tmp_path / "state"),
     )

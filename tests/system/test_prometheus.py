@@ -4,85 +4,23 @@ HTTP API returns exactly the request counter the gateway was driven to."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    bot_fixture,
-    make_settings,
-    rclient_fixture,
-    seed,
-)
-from tests.support.servers import free_port
-from tests.support.serving import creditgate_serve, stop, tail
+from tests.support.bot import Bot, seed
+from tests.support.servers.prometheus import prometheus_server
+from tests.support.serving import creditgate_serve, tail
+from tests.support.settings import make_settings
 
 WS = "promtest"
 APP = f"{WS}_app1"
 N = 23  # requests sent through the gateway
 QUERY = 'sum(creditgate_requests_total{outcome="admitted"})'
 WAIT_S = 60.0
-
-
-def _prometheus_binary() -> str:
-    """The ``prometheus`` server binary; fails (never skips) when it is not installed."""
-    binary = shutil.which("prometheus")
-    if binary is None and Path("/usr/bin/prometheus").exists():
-        binary = "/usr/bin/prometheus"
-    if binary is None:
-        pytest.fail(
-            "prometheus not found on PATH: run `make test` (scripts/install-deps.sh "
-            "installs the apt package prometheus)",
-            pytrace=False,
-        )
-    return binary
-
-
-@contextlib.asynccontextmanager
-async def prometheus_server(tmp_path: Path, target: str) -> AsyncIterator[str]:
-    """A real ``prometheus`` scraping ``target`` every second; yields its base URL."""
-    binary = _prometheus_binary()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: creditgate\n"
-        "    metrics_path: /metrics\n"
-        "    static_configs:\n"
-        f"      - targets: ['{target}']\n"
-    )
-    data = tmp_path / "prometheus-data"
-    data.mkdir()
-    port = free_port()
-    log_path = tmp_path / "prometheus.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=warn",
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            await stop(proc, 15)
 
 
 async def _query(http: aiohttp.ClientSession, prom: str, q: str) -> list[dict[str, Any]] | None:

@@ -13,18 +13,8 @@ import pytest
 from yarl import URL
 
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
-    CHUNK,
-    Bot,
-    Running,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-    traffic_server_fixture,
-)
+from tests.support.bot import CHUNK, Bot, Running, running_gateway, seed
+from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")

@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.adminkit import Admin, admin_server, admin_settings
+from tests.support.adminkit import Admin, admin_server
+from tests.support.settings import make_settings
 
 ROUTES = ("usage", "sessions")
 BAD_TIMES = [
@@ -75,7 +76,9 @@ BAD_SESSIONS = [
 
 @pytest.fixture
 async def owner(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Admin, str, str]]:
-    async with admin_server(admin_settings(f"sqlite:///{tmp_path}/s.db", redis_url)) as admin:
+    async with admin_server(
+        make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/s.db", operator=True)
+    ) as admin:
         _, token = await admin.new_user("owner")
         ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
         yield admin, token, ws

@@ -20,20 +20,16 @@ from yarl import URL
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Sweeper
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (  # noqa: F401
+from tests.support.bot import (
     Bot,
-    Running,
-    bot_fixture,
     free_credit,
-    http_fixture,
-    make_settings,
     post_message,
     raw_exchange,
-    rclient_fixture,
     running_gateway,
     running_replica,
     seed,
 )
+from tests.support.settings import make_settings
 
 WS = "redteam"
 APP = f"{WS}_app1"
@@ -283,9 +279,10 @@ async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
 async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    from tests.support.adminkit import admin_server, admin_settings
+    from tests.support.adminkit import admin_server
+    from tests.support.settings import make_settings
 
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
     async with admin_server(settings, traffic=True) as admin:
         _, token = await admin.new_user("mallory")
         await admin.ok("POST", "/v1/workspaces", token, {"name": "first"})  # the free $500
@@ -381,10 +378,13 @@ async def test_encoded_slashes_do_not_smuggle_dot_segments(
 async def test_blocked_ssrf_urls_are_refused_on_save(
     redis_url: str, tmp_path: Path, bot: Bot, target: str
 ) -> None:
-    from tests.support.adminkit import admin_server, admin_settings
+    from tests.support.adminkit import admin_server
+    from tests.support.settings import make_settings
 
     port = URL(bot.url).port
-    settings = admin_settings(f"sqlite:///{tmp_path}/store.db", redis_url, egress_allow=[])
+    settings = make_settings(
+        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
+    )
     async with admin_server(settings) as admin:
         _, token = await admin.new_user("mallory")
         ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "w"}))["id"]

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.webhooks import WebhookOptions
-from tests.support.adminkit import OPERATOR_TOKEN, Admin, admin_server, admin_settings
+from tests.support.adminkit import Admin, admin_server
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, stripe_standin
 
 CHECKS = ",".join(
@@ -47,9 +48,10 @@ def schemathesis_bin() -> str:
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
     async with stripe_standin() as standin:
         # Payments configured against the local Stripe stand-in (a 503 would be a failure).
-        settings = admin_settings(
-            f"sqlite:///{tmp_path}/store.db",
+        settings = make_settings(
             redis_url,
+            store_url=f"sqlite:///{tmp_path}/store.db",
+            operator=True,
             stripe_api_base=standin.url,
             stripe_secret_key=SECRET_KEY,
             stripe_webhook_secret=WEBHOOK_SECRET,

@@ -10,16 +10,9 @@ import aiohttp
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.adminkit import OPERATOR_TOKEN, admin_server, admin_settings
-from tests.support.bot import (  # noqa: F401
-    Bot,
-    bot_fixture,
-    http_fixture,
-    make_settings,
-    rclient_fixture,
-    running_gateway,
-    seed,
-)
+from tests.support.adminkit import admin_server
+from tests.support.bot import Bot, running_gateway, seed
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 WS = "shadow"
 APP = f"{WS}_app1"
@@ -114,7 +107,7 @@ async def test_the_same_app_out_of_shadow_mode_is_refused(
 async def test_shadow_mode_is_set_through_the_admin_api(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = admin_settings(f"sqlite:///{tmp_path}/cg.db", redis_url)
+    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
     async with admin_server(settings) as admin:
         _, token = await admin.new_user("owner")
         ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]

@@ -23,8 +23,8 @@ from gateway.app import create_app
 from gateway.http_server import GatewayRunner
 from meter.redis_layer.client import connect
 from meter.store import open_store
-from tests.support.adminkit import admin_settings
 from tests.support.serving import creditgate_serve, tail
+from tests.support.settings import make_settings
 
 SECRET = b"SECRETsecret0123456789TOKENx"
 
@@ -70,7 +70,7 @@ def check_answer(header: bytes, answer: bytes) -> None:
 @asynccontextmanager
 async def quiet_admin(store_url: str, redis_url: str) -> AsyncIterator[int]:
     """The admin application behind the production runner on a free loopback port."""
-    settings = admin_settings(store_url, redis_url)
+    settings = make_settings(redis_url, store_url=store_url, operator=True)
     store = open_store(store_url)
     await store.migrate()
     redis = connect(redis_url)

@@ -69,7 +69,8 @@ def test_decision_from_reply() -> None:
     assert refused.shadow_reason == "credits_exhausted"
     inside = Decision.from_reply(raw, 2, "", "t3", "t:t3")
     assert inside[:10] == (0, 0, 0, 0, 0, 0, 0, "s9", False, False)
-    assert inside.shadowed == 0 and inside.admitted
+    assert inside.shadowed == 0
+    assert inside.admitted
 
 
 def test_admit_lua_reply_layout_is_three_per_admission() -> None:
@@ -77,7 +78,8 @@ def test_admit_lua_reply_layout_is_three_per_admission() -> None:
     code = lua_code(ADMIT)
     assert "out[no + 1], out[no + 2], out[no + 3] = code + 16 * flags, bsid, amounts" in code
     assert "out[no + 1], out[no + 2], out[no + 3] = 0, bsid, 0" in code
-    assert code.count("no = no + 3") == 2 and "no = no + 9" not in code
+    assert code.count("no = no + 3") == 2
+    assert "no = no + 9" not in code
 
 
 def test_problems_metrics_and_store_derive_from_the_enum() -> None:

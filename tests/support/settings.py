@@ -1,0 +1,71 @@
+"""The one settings factory of the tests: settings built from code, never from the
+environment, and the values tests share (the operator token, the loopback ranges)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from config import Settings, load_settings
+
+HOST = "127.0.0.1"
+LOOPBACK = ["127.0.0.0/8", "::1"]  # egress_allow of test settings: the bots' addresses
+OPERATOR_TOKEN = "operator-token-" + "x" * 24
+# The whole suite runs against either traffic server: this variable picks it.
+TRAFFIC_SERVER_ENV = "CREDITGATE_TRAFFIC_SERVER"
+
+# A flusher that moves closed buckets at once, with limits no test reaches by accident.
+FAST_FLUSH: dict[str, Any] = {
+    "flush_bucket_s": 1,
+    "flush_grace_s": 0.5,
+    "flush_interval_s": 0.05,
+    "session_block_s": 60.0,
+    "session_idle_s": 60.0,
+    "rate_per_minute": 10_000_000,
+    "rate_per_hour": 10_000_000,
+    "redis_timeout_s": 30.0,  # a busy 2-core CI box must not turn into refusals
+}
+
+
+def make_settings(
+    redis_url: str | None = None,
+    tmp_path: Path | str | None = None,
+    *,
+    operator: bool = False,
+    fast_flush: bool = False,
+    **overrides: Any,
+) -> Settings:
+    """Settings for a test: the defaults of docs/design.md, the egress policy allowing
+    loopback (where the test bots and receivers live), and
+
+    * ``redis_url``: that Redis;
+    * ``tmp_path``: served on loopback by the traffic server ``$CREDITGATE_TRAFFIC_SERVER``
+      names (default aiohttp), with a SQLite store and the state directory in it, and a
+      Redis timeout no busy machine reaches;
+    * ``operator``: the admin API's operator token is :data:`OPERATOR_TOKEN`;
+    * ``fast_flush``: :data:`FAST_FLUSH`;
+
+    then ``overrides`` (any setting), which win.
+    """
+    base: dict[str, Any] = {"egress_allow": LOOPBACK}
+    if redis_url is not None:
+        base["redis_url"] = redis_url
+    if tmp_path is not None:
+        base.update(
+            store_url=f"sqlite:///{tmp_path}/creditgate.db",
+            host=HOST,
+            state_dir=f"{tmp_path}/state",
+            traffic_server=os.environ.get(TRAFFIC_SERVER_ENV, "aiohttp"),
+            # The gateway shares the test's event loop with the bot and hundreds of
+            # clients: on a busy 2-core machine a Redis reply can wait past the 0.5 s
+            # default for the loop, and a message would be refused 503 for the machine's
+            # speed. Tests of Redis timeouts set their own.
+            redis_timeout_s=10.0,
+        )
+    if fast_flush:
+        base.update(FAST_FLUSH)
+    if operator:
+        base["operator_token"] = OPERATOR_TOKEN
+    base.update(overrides)
+    return load_settings(env={}, **base)
