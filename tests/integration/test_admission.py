@@ -192,10 +192,26 @@ async def test_deduction_order_and_app_funds(single: RedisClient, order: str) ->
 
 
 async def test_app_denied_free_credits_uses_paid_only(single: RedisClient) -> None:
+    """An app denied the free credits pays from its own funds, then from the pool, and is
+    refused once both are spent although the workspace still holds free credits."""
     clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=100 * USD, use_free=False)
-    d = await admitter(single, cfg, clock).admit(w.apps[0], "web", "u")
-    assert d.reason == "credits_exhausted"
+    w = await seed(single, cfg, clock, free=100 * USD, pool=PRICE, use_free=False)
+    app = w.apps[0]
+    await projection.grant(
+        single, w.ws, reference="app-funds", kind="funds", amount=PRICE, app_id=app,
+        low_threshold=cfg.low_balance_threshold,
+    )  # fmt: skip
+    adm = admitter(single, cfg, clock)
+    first = await adm.admit(app, "web", "u1")
+    second = await adm.admit(app, "web", "u2")
+    assert (first.code, first.free, first.app, first.pool) == (0, 0, PRICE, 0)
+    assert (second.code, second.free, second.app, second.pool) == (0, 0, 0, PRICE)
+    left = await projection.read_balances(single, w.ws)
+    assert left.free == 100 * USD  # the free credits it may not use are untouched
+    assert left.app.get(app, 0) == 0
+    assert left.pool == 0
+    third = await adm.admit(app, "web", "u3")
+    assert third.reason == "credits_exhausted"
 
 
 async def test_grant_is_idempotent_by_reference(single: RedisClient) -> None:
