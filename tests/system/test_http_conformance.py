@@ -1002,3 +1002,69 @@ async def test_a_get_with_a_body_forwards_it_as_a_body(site: Site) -> None:
     assert echoed(first)["body"] == inner.decode()
     assert echoed(second)["path"].endswith("/next")
     assert await site.books() == (2, ["/g", "/next"])
+
+
+# ------------------------------------------------------ the bot's side: its answers' framing
+
+_EVIL = {
+    # a second, unasked-for answer after the first: must never answer the next request
+    "extra answer": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    # ambiguous framing: refused (502, refunded), never relayed
+    "CL and TE": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nOK\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+}
+
+
+@contextlib.asynccontextmanager
+async def raw_bot(answer: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A bot that answers every request with ``answer`` verbatim on a kept connection."""
+    seen: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(Exception):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b"\r\n", 1)[0])
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        await reader.readexactly(int(line.split(b":")[1]))
+                writer.write(answer)
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("mode", list(_EVIL))
+async def test_a_bots_extra_bytes_never_answer_another_request(site: Site, mode: str) -> None:
+    evil_app = f"{site.ws}_evil1"
+    async with raw_bot(_EVIL[mode]) as (url, seen):
+        await projection.put_app(site.edge.redis, evil_app, product="contact_center",
+                                 upstream_url=url)  # fmt: skip
+        bodies = []
+        for i in range(3):
+            async with conn(site) as c:
+                c.send(f"GET /hooks/web/{evil_app}/m{i} HTTP/1.1\r\nHost: gw\r\n"
+                       "X-Channel-User-Id: u1\r\n\r\n".encode())  # fmt: skip
+                resp = await c.response()
+                bodies.append((resp.status, resp.body))
+    assert len(seen) == 3  # every request reached the bot, none was answered by a leftover
+    assert all(b"EVIL" not in body for _, body in bodies), bodies
+    if mode == "extra answer":
+        assert bodies == [(200, b"OK")] * 3
+        assert await site.charged() == 3
+    else:
+        assert [status for status, _ in bodies] == [502] * 3
+        assert await site.charged() == 0  # refunded
