@@ -100,7 +100,7 @@ def _usage_record(
     ws: str, start: int, granularity: str, key: tuple[str, str, str, str], acc: list[int]
 ) -> dict[str, Any]:
     app, channel, product, unit = key
-    units, messages, free, app_paid, pool, invoiced, *refused = acc
+    units, messages, free, app, pool, invoiced, *refused = acc
     rec: dict[str, Any] = {
         "workspace_id": ws,
         "period_start": export_time(start),
@@ -111,9 +111,9 @@ def _usage_record(
         "unit": unit,
         "units": units,
         "messages": messages,
-        "amount": format_amount(free + app_paid + pool + invoiced),
+        "amount": format_amount(free + app + pool + invoiced),
         "amount_free": format_amount(free),
-        "amount_app_paid": format_amount(app_paid),
+        "amount_app_paid": format_amount(app),  # a published column name
         "amount_pool": format_amount(pool),
         "amount_invoiced": format_amount(invoiced),
     }
