@@ -99,13 +99,13 @@ def check_granularity(granularity: str) -> None:
 def _usage_record(
     ws: str, start: int, granularity: str, key: tuple[str, str, str, str], acc: list[int]
 ) -> dict[str, Any]:
-    app, channel, product, unit = key
+    app_id, channel, product, unit = key
     units, messages, free, app, pool, invoiced, *refused = acc
     rec: dict[str, Any] = {
         "workspace_id": ws,
         "period_start": export_time(start),
         "period_end": export_time(next_period(start, granularity)),
-        "app_id": app,
+        "app_id": app_id,
         "channel": channel,
         "product": product,
         "unit": unit,

@@ -98,6 +98,8 @@ async def test_ndjson_is_one_object_per_line(store: Store) -> None:
     assert [o["units"] for o in objs] == [r[2] for r in ROWS]
     assert objs[-1]["period_start"] == "2026-11-01T10:00:00Z"
     assert objs[-1]["amount_free"] == "1.90"
+    assert (objs[-1]["app_id"], objs[-1]["amount_app_paid"]) == (f"{WS}_app1", "0.00")
+    assert objs[-1]["amount"] == "3.80"
 
 
 async def test_weeks_are_iso_weeks_and_months_calendar_months(store: Store) -> None:
