@@ -1068,3 +1068,16 @@ async def test_a_bots_extra_bytes_never_answer_another_request(site: Site, mode:
     else:
         assert [status for status, _ in bodies] == [502] * 3
         assert await site.charged() == 0  # refunded
+
+
+async def test_a_long_pipeline_past_the_read_buffers_is_answered_in_order(site: Site) -> None:
+    """More pipelined bytes than either server buffers before pausing its reads."""
+    n = 150
+    pad = "X-Pad: " + "p" * 1000 + "\r\n"
+    async with conn(site) as c:
+        c.send(b"".join(req(site, f"/q{i}", body=b"{}", headers=pad) for i in range(n)))
+        answers = await c.responses(n)
+    assert [orjson.loads(r.body)["path"].rsplit("/", 1)[1] for r in answers] == [
+        f"q{i}" for i in range(n)
+    ]
+    assert await site.books() == (n, [f"/q{i}" for i in range(n)])
