@@ -41,8 +41,8 @@ def make_app(redis_url: str, upstream: str) -> web.Application:
                 f"{app_id}\t{channel}\t{user}\t\t{token}\tm",
             ],
         )
-        if res[0] != 0:
-            return web.json_response({"code": int(res[0])}, status=402)
+        if res[0] & 15:  # status = code + 16 x flags (meter/admission/decision.py)
+            return web.json_response({"code": int(res[0]) & 15}, status=402)
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         tail = request.match_info.get("tail", "")
