@@ -63,6 +63,7 @@ class Exchange:
         "code",
         "conn",
         "done",
+        "head",
         "label",
         "msg",
         "outcome",
@@ -85,6 +86,7 @@ class Exchange:
         self.started = time.perf_counter()
         self.t0 = 0.0
         self.outcome = "error"
+        self.head = b""
         self.status = 0
         self.code = ""
         self.chunked = False
@@ -100,14 +102,22 @@ class Exchange:
         if problem.headers:
             headers.extend(problem.headers.items())
         self._write_head(problem.status, HTTPStatus(problem.status).phrase.encode(), headers)
-        self.conn.write(body)
+        self._write(body)
         self.code = problem.code
         self.finish(True)
 
     def _write_head(self, status: int, reason: bytes, headers: list[tuple[str, str]]) -> None:
+        """Kept until the first body bytes (or the end): one socket write, not two."""
         self.status = status
         keep = self.msg.keep_alive and not self.conn.closing
-        self.conn.write(response_head(status, reason, headers, self.server.date(), keep))
+        self.head = response_head(status, reason, headers, self.server.date(), keep)
+
+    def _write(self, data: bytes) -> None:
+        head = self.head
+        if head:
+            self.head = b""
+            data = head + data
+        self.conn.write(data)
 
     def finish(self, keep_alive: bool) -> None:
         if self.done:
@@ -115,6 +125,8 @@ class Exchange:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
+        if self.head:  # an answer without a body
+            self._write(b"")
         metrics = self.server.proxy.metrics
         metrics.in_flight.dec()
         metrics.count(self.label, self.outcome)
@@ -194,14 +206,14 @@ class Exchange:
 
     def on_body(self, chunk: bytes) -> None:
         if self.chunked:
-            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
-            self.conn.write(chunk)
+            self._write(chunk)
 
     def on_complete(self, keep_alive: bool) -> None:
         upstream, self.upstream = self.upstream, None
         if self.chunked:
-            self.conn.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
         if upstream is not None:
             if keep_alive:
                 self.server.pool.release(upstream)
