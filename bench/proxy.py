@@ -23,14 +23,13 @@ Redis is a throwaway ``redis-server``. Each message comes from one channel user,
 after the first one every admission runs the whole admit.lua path but opens no new
 session (rate limits raised out of the way). Prints one table; one run, so noisy.
 
-    .venv/bin/python -m bench.proxy [--duration 10] [--connections 64]
+    .venv/bin/python -m bench.proxy [--duration 10] [--connections 64] [--only REGEX]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -38,189 +37,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from bench.wrk_tools import (
+    BOT_BODY,
+    HOST,
+    PROXY_BODY,
+    Result,
+    nginx,
+    paced,
+    process,
+    scrape,
+    tree_cpu_s,
+    wrk,
+)
 from tests.support.servers import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
-HOST = "127.0.0.1"
 WS = "benchws"
 APP = f"{WS}_app1"
-
-NGINX_CONF = """
-daemon off;
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream bot {{ server {upstream}; keepalive 256; }}
-  server {{
-    listen {host}:{port} reuseport;
-    location / {{ {body} }}
-  }}
-}}
-"""
-BOT_BODY = 'default_type application/json; return 200 \'{"reply":"ok"}\';'
-PROXY_BODY = "proxy_pass http://bot/; proxy_http_version 1.1; proxy_set_header Connection '';"
-
-
-@dataclass
-class Result:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float = float("nan")  # CPU of the contestant's processes per request
-    gc_us: float = float("nan")  # garbage collection per request (creditgate)
-    admit_ms: float = float("nan")  # mean admission latency (metered creditgate)
-    batch: float = float("nan")  # mean admissions per admit.lua call
-
-
-def _tree_cpu_s(root: int) -> float:
-    """utime + stime of ``root`` and every descendant, in seconds."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(p for p, pp in parents.items() if pp == pid)
-    return total
-
-
-def _scrape(admin_url: str) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for name in ("creditgate_admission_seconds", "creditgate_admission_batch_size"):
-        for part in ("sum", "count"):
-            m = re.search(rf"^{name}_{part}(?:{{[^}}]*}})? ([\d.e+-]+)$", text, re.M)
-            out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
-    m = re.search(r"^creditgate_gc_seconds_total ([\d.e+-]+)$", text, re.M)
-    out["creditgate_gc_seconds_total"] = float(m.group(1)) if m else 0.0
-    return out
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port}")
-
-
-@contextlib.contextmanager
-def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> Iterator[None]:
-    d = workdir / f"nginx-{port}"
-    d.mkdir()
-    conf = d / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            workers=workers, dir=d, upstream=upstream, host=HOST, port=port, body=body
-        )
-    )
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)])
-    try:
-        _wait_port(port)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextlib.contextmanager
-def process(
-    argv: list[str], port: int, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    # Output goes to a file beside the run, so a failing contestant can be diagnosed.
-    log = Path(tempfile.gettempdir()) / f"creditgate-bench-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    print(f"  (log of {Path(argv[1]).name if len(argv) > 1 else argv[0]}: {log})", file=sys.stderr)
-    try:
-        _wait_port(port)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wrk(name: str, url: str, duration: int, connections: int) -> Result:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-H",
-            "X-Channel-User-Id: bench-user",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"{name}: {non2xx.group(1)} non-2xx responses\n{out}")
-    return Result(name, rps, _latency(out, "50%"), _latency(out, "99%"))
-
-
-def paced(name: str, url: str, duration: int, rate: float, connections: int = 16) -> Result:
-    """A fixed request rate (``hey -q`` per connection): latency below saturation."""
-    per_conn = max(1, round(rate / connections))
-    out = subprocess.run(
-        ["hey", "-z", f"{duration}s", "-c", str(connections), "-q", str(per_conn),
-         "-H", "X-Channel-User-Id: bench-user", url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    if re.search(r"\[(?!200\])\d{3}\]", out.split("Status code distribution:")[-1]):
-        raise RuntimeError(f"{name}: non-200 responses\n{out}")
-
-    def pct(p: str) -> float:
-        m = re.search(rf"{p}% in ([\d.]+) secs", out)
-        return float(m.group(1)) * 1000 if m else float("nan")
-
-    return Result(name, rps, pct("50"), pct("99"))
-
-
-def _latency(out: str, pct: str) -> float:
-    m = re.search(rf"^\s+{pct}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    if m is None:
-        return float("nan")
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    return float(m.group(1)) * scale
 
 
 async def seed(redis_url: str, bot_url: str) -> None:
@@ -310,14 +146,14 @@ def main() -> None:
                     if wanted is not None and not wanted.search(name):
                         return
                     wrk(name, f"http://{HOST}:{port}{path}", 2, args.connections)  # warm-up
-                    cpu0 = _tree_cpu_s(proc.pid) if proc else 0.0
-                    m0 = _scrape(admin) if admin else {}
+                    cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
+                    m0 = scrape(admin) if admin else {}
                     r = wrk(name, f"http://{HOST}:{port}{path}", args.duration, args.connections)
                     if proc is not None:
-                        r.cpu_us = (_tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
+                        r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
                     if admin:
                         time.sleep(0.5)  # the workers' last metric flush
-                        m1 = _scrape(admin)
+                        m1 = scrape(admin)
                         d = {k: m1[k] - m0[k] for k in m1}
                         done = r.rps * args.duration
                         r.gc_us = d["creditgate_gc_seconds_total"] / done * 1e6
