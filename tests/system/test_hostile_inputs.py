@@ -50,7 +50,7 @@ def _stable(snap: dict[str, Any]) -> dict[str, Any]:
         if key.endswith(":agi") or ":rf:" in key:  # refusal counters and their marks
             continue
         if ":ag:" in key and isinstance(value, dict):
-            value = {f: v for f, v in value.items() if b"|r:" not in f}
+            value = {f: v for f, v in value.items() if b"\tr:" not in f}
             if not value:
                 continue
         redis[key] = value
