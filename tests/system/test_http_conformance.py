@@ -1081,3 +1081,24 @@ async def test_a_long_pipeline_past_the_read_buffers_is_answered_in_order(site: 
         f"q{i}" for i in range(n)
     ]
     assert await site.books() == (n, [f"/q{i}" for i in range(n)])
+
+
+async def test_http10_with_transfer_encoding_is_closed_after(site: Site) -> None:
+    """RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing; the
+    connection is closed after it (answered or refused), nothing after it is read."""
+    data = (
+        f"POST {site.path}/t HTTP/1.0\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+        "Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ).encode()
+    async with conn(site) as c:
+        c.send(data + smuggled(site).encode())
+        resp = await c.response()
+        rest = await c.rest()
+        assert await c.closed()
+    assert b"HTTP/1." not in rest
+    if resp.status == 200:
+        assert echoed(resp)["body"] == "abc"
+        assert await site.books() == (1, ["/t"])
+    else:
+        assert_problem(resp, 400)
+        assert await site.books() == (0, [])
