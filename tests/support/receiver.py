@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from meter.accounts.notifier import SIGNATURE_HEADER, verify
+from tests.support.bot import serve
 
 
 @dataclass
@@ -55,13 +56,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with serve(app) as url:
+        rec.url = f"{url}/hook"
         yield rec
-    finally:
-        await runner.cleanup()

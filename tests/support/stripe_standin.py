@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support.bot import serve
+
 SECRET_KEY = "sk_test_" + "k" * 24
 WEBHOOK_SECRET = "whsec_" + "w" * 32
 
@@ -92,15 +94,9 @@ async def stripe_standin() -> AsyncIterator[StripeStandIn]:
 
     app = web.Application()
     app.router.add_post("/v1/checkout/sessions", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    standin.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve(app) as url:
+        standin.url = url
         yield standin
-    finally:
-        await runner.cleanup()
 
 
 def event(
