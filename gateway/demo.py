@@ -204,26 +204,19 @@ async def _seed_store(settings: Settings, client: Any, bot_url: str) -> Seeded:
 
 
 async def _seed_redis(settings: Settings, client: Any, bot_url: str) -> Seeded:
-    from meter.accounts import projection
+    from meter.accounts.seeding import seed
 
     ws, ample, tight = "demo", "demo_ample", "demo_tight"
-    await projection.put_workspace(
-        client, ws, plan="standard", catalog=load_catalog(settings.catalog_path)
-    )
-    await projection.put_app(client, ample, product="automation", upstream_url=bot_url)
-    await projection.put_app(
-        client, tight, product="automation", upstream_url=bot_url, use_free_credits=False
-    )
-    low = settings.low_balance_threshold
-    expires = int((time.time() + settings.free_credit_validity_s) * 1000)
-    await projection.grant(
-        client, ws, reference="free:demo", kind="free", amount=settings.free_credits,
-        free_expires_ms=expires, low_threshold=low,
-    )  # fmt: skip
-    await projection.grant(
-        client, ws, reference="demo-tight", kind="funds", amount=600_000, app_id=tight,
-        low_threshold=low,
-    )  # fmt: skip
+    apps: dict[str, dict[str, Any]] = {
+        ample: {"product": "automation", "upstream_url": bot_url},
+        tight: {
+            "product": "automation",
+            "upstream_url": bot_url,
+            "use_free_credits": False,
+            "funds": 600_000,
+        },
+    }
+    await seed(client, settings, ws, apps, free=settings.free_credits)
     return Seeded(ws, ample, tight, None)
 
 

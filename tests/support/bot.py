@@ -33,12 +33,11 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from config import Settings, load_catalog
+from config import Settings
 from gateway.app import Gateway, create_app
 from gateway.appkeys import WEBSOCKETS
 from gateway.http_server import GatewayRunner
 from gateway.traffic_site import TrafficPort
-from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import open_store
@@ -213,65 +212,6 @@ async def running_gateway(
             yield Running(gw, url, admin_url)
     finally:
         await store.close()
-
-
-async def seed(
-    client: RedisClient,
-    settings: Settings,
-    ws: str,
-    apps: dict[str, dict[str, Any]],
-    *,
-    plan: str = "standard",
-    free: int = 0,
-    free_expires_ms: int | None = None,
-    pool: int = 0,
-    licences: dict[str, projection.Licence] | None = None,
-    now: float | None = None,
-) -> None:
-    """A workspace with apps (``put_app`` kwargs, plus ``funds`` micro-dollars tied to it)."""
-    catalog = load_catalog(settings.catalog_path)
-    await projection.put_workspace(
-        client,
-        ws,
-        plan=plan,  # type: ignore[arg-type]
-        catalog=catalog,
-        licences=licences,
-    )
-    for app_id, kw in apps.items():
-        kw = dict(kw)
-        funds = kw.pop("funds", 0)
-        await projection.put_app(client, app_id, **kw)
-        if funds:
-            await projection.grant(
-                client,
-                ws,
-                reference=f"funds-{app_id}",
-                kind="funds",
-                amount=funds,
-                app_id=app_id,
-                low_threshold=settings.low_balance_threshold,
-            )
-    now = time.time() if now is None else now
-    if free:
-        expires = free_expires_ms or int((now + settings.free_credit_validity_s) * 1000)
-        await projection.grant(
-            client,
-            ws,
-            reference="free",
-            kind="free",
-            amount=free,
-            free_expires_ms=expires,
-            low_threshold=settings.low_balance_threshold,
-        )
-    if pool:
-        await projection.grant(
-            client,
-            ws,
-            reference="pool",
-            kind="funds",
-            amount=pool,
-            low_threshold=settings.low_balance_threshold,
-        )
 
 
 # ---------------------------------------------------------------------- fixtures

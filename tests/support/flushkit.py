@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings, load_catalog
-from meter.accounts import projection
+from config import Settings
+from meter.accounts import seeding
 from meter.admission.decision import Decision
 from meter.redis_layer.client import RedisClient
-from meter.store import LedgerEntry, Store, User, Workspace, open_store
+from meter.store import App, LedgerEntry, Store, User, Workspace, open_store
 from tests.support.clock import Clock
 from tests.support.metering import new_ws_id
 
@@ -59,44 +59,44 @@ async def seed_ws(
     pool: int = 0,
     app_funds: int = 0,
 ) -> Seeded:
-    """A workspace in Redis (and in the store with its ledger, when given)."""
+    """A new workspace in Redis (:func:`meter.accounts.seeding.seed`) and, when given, in
+    the store with the ledger entries of the same grants."""
     ws = new_ws_id()
+    out = Seeded(ws, [f"{ws}_app{i:04d}" for i in range(len(products))])
+    apps = {
+        app: {"product": product, "funds": app_funds}
+        for app, product in zip(out.apps, products, strict=True)
+    }
+    await seeding.seed(client, cfg, ws, apps, free=free, pool=pool, now=clock.now)
+    if store is not None:
+        await _store_rows(store, cfg, clock, out, products, (free, pool, app_funds))
+    return out
+
+
+async def _store_rows(
+    store: Store,
+    cfg: Settings,
+    clock: Clock,
+    seeded: Seeded,
+    products: list[str],
+    grants: tuple[int, int, int],
+) -> None:
+    """The owner, workspace, apps and ledger entries of a workspace seeded in Redis."""
+    ws, owner = seeded.ws, "u" + seeded.ws
     now_ms = int(clock.now * 1000)
     expires = int((clock.now + cfg.free_credit_validity_s) * 1000)
-    await projection.put_workspace(client, ws, plan="standard", catalog=load_catalog())
-    if store is not None:
-        owner = "u" + ws
-        await store.create_user(User(owner, f"{owner}@example.com", "Owner", "h" + ws, now_ms))
-        await store.create_workspace(Workspace(ws, "test", owner, now_ms, free_expires_at=expires))
-    out = Seeded(ws)
-    for i, product in enumerate(products):
-        app = f"{ws}_app{i:04d}"
-        await projection.put_app(client, app, product=product)
-        if store is not None:
-            from meter.store import App
-
-            await store.create_app(App(app, ws, f"app {i}", product, "u" + ws, now_ms))
-        out.apps.append(app)
-
-    async def grant(ref: str, kind: str, amount: int, app_id: str = "") -> None:
-        await projection.grant(
-            client, ws, reference=ref, kind="free" if kind == "grant_free" else "funds",
-            amount=amount, low_threshold=cfg.low_balance_threshold, app_id=app_id,
-            free_expires_ms=expires,
-        )  # fmt: skip
-        if store is not None:
+    await store.create_user(User(owner, f"{owner}@example.com", "Owner", "h" + ws, now_ms))
+    await store.create_workspace(Workspace(ws, "test", owner, now_ms, free_expires_at=expires))
+    for i, (app, product) in enumerate(zip(seeded.apps, products, strict=True)):
+        await store.create_app(App(app, ws, f"app {i}", product, owner, now_ms))
+    free, pool, app_funds = grants
+    entries = [("free", "grant_free", free, None), ("pool", "topup", pool, None)]
+    entries += [(f"funds-{app}", "topup", app_funds, app) for app in seeded.apps]
+    for ref, kind, amount, app_id in entries:
+        if amount:
             await store.add_ledger_entry(
-                LedgerEntry(ws, kind, amount, ref, now_ms, app_id=app_id or None)  # type: ignore[arg-type]
+                LedgerEntry(ws, kind, amount, ref, now_ms, app_id=app_id)  # type: ignore[arg-type]
             )
-
-    if free:
-        await grant("free", "grant_free", free)
-    if pool:
-        await grant("pool", "topup", pool)
-    if app_funds:
-        for app in out.apps:
-            await grant(f"funds-{app}", "topup", app_funds, app)
-    return out
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Test helpers for the metering core: a manual clock and workspace seeding on real Redis."""
+"""Test helpers for the metering core: new workspaces seeded on real Redis, their totals."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import itertools
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
-from config import Settings, load_catalog
-from meter.accounts import projection
+from config import Settings
+from meter.accounts import projection, seeding
 from meter.admission.admitter import Admitter
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -36,44 +37,22 @@ async def seed(
     free: int = 0,
     pool: int = 0,
     products: tuple[str, ...] = ("automation",),
-    plan: str = "standard",
+    plan: Literal["standard", "enterprise"] = "standard",
     licences: dict[str, projection.Licence] | None = None,
     use_free: bool = True,
 ) -> Workspace:
-    """A workspace with one app per product, ``free`` free credits and ``pool`` paid funds."""
-    ws = new_ws_id()
-    await projection.put_workspace(
-        client,
-        ws,
-        plan=plan,
-        catalog=load_catalog(),
-        licences=licences,  # type: ignore[arg-type]
-    )
-    out = Workspace(ws)
-    for product in products:
-        app = f"{ws}_app{next(_ids):04d}"
-        await projection.put_app(client, app, product=product, use_free_credits=use_free)
-        out.apps.append(app)
-    if free:
-        expires = int((clock.now + cfg.free_credit_validity_s) * 1000)
-        await projection.grant(
-            client,
-            ws,
-            reference="free",
-            kind="free",
-            amount=free,
-            low_threshold=cfg.low_balance_threshold,
-            free_expires_ms=expires,
-        )
-    if pool:
-        await projection.grant(
-            client,
-            ws,
-            reference="pool",
-            kind="funds",
-            amount=pool,
-            low_threshold=cfg.low_balance_threshold,
-        )
+    """A new workspace with one app per product, ``free`` free credits (valid from the
+    clock's now) and ``pool`` paid funds, seeded by :func:`meter.accounts.seeding.seed`."""
+    out = Workspace(new_ws_id())
+    out.apps = [f"{out.ws}_app{next(_ids):04d}" for _ in products]
+    apps = {
+        app: {"product": product, "use_free_credits": use_free}
+        for app, product in zip(out.apps, products, strict=True)
+    }
+    await seeding.seed(
+        client, cfg, out.ws, apps, plan=plan, free=free, pool=pool, licences=licences,
+        now=clock.now,
+    )  # fmt: skip
     return out
 
 

@@ -14,16 +14,9 @@ import pytest
 from yarl import URL
 
 from meter.accounts import projection
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import (
-    Bot,
-    Running,
-    free_credit,
-    post_message,
-    raw_exchange,
-    running_gateway,
-    seed,
-)
+from tests.support.bot import Bot, Running, free_credit, post_message, raw_exchange, running_gateway
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).

@@ -29,10 +29,11 @@ from config import Settings
 from config.fields import ChannelRule
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
-from tests.support.bot import Bot, Running, running_gateway, seed, serve
+from tests.support.bot import Bot, Running, running_gateway, serve
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).

@@ -30,9 +30,10 @@ from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
 from gateway.problems import Problem
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
-from tests.support.bot import Bot, Running, running_gateway, seed, serve
+from tests.support.bot import Bot, Running, running_gateway, serve
 from tests.support.settings import HOST, make_settings
 
 WS = "rtauth"

@@ -13,9 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
-from tests.support.bot import Bot, seed
+from tests.support.bot import Bot
 from tests.support.serving import CREDITGATE, Served, creditgate_env, creditgate_serve
 from tests.support.settings import make_settings
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from meter.accounts.seeding import seed
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations, Sweeper, replay
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, eventually, free_credit, running_gateway, seed
+from tests.support.bot import Bot, eventually, free_credit, running_gateway
 from tests.support.clock import Clock
 from tests.support.serving import creditgate_serve
 from tests.support.settings import make_settings

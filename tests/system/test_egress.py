@@ -35,10 +35,11 @@ from meter.accounts.addresses import EgressRefused, unwrap
 from meter.accounts.egress import Policy, check_settings
 from meter.accounts.notifier import Notifier
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import OutboxEvent, open_store
 from tests.support.adminkit import Admin, admin_server, snapshot
-from tests.support.bot import Bot, running_replica, seed, serve
+from tests.support.bot import Bot, running_replica, serve
 from tests.support.receiver import Receiver, receiver
 from tests.support.servers import free_port
 from tests.support.settings import LOOPBACK, OPERATOR_TOKEN, make_settings

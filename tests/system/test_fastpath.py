@@ -16,8 +16,9 @@ from yarl import URL
 from gateway.appkeys import TRAFFIC_STATS
 from gateway.traffic_stats import TrafficStats
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, raw_exchange, running_gateway, seed
+from tests.support.bot import Bot, Running, raw_exchange, running_gateway
 from tests.support.settings import make_settings
 
 WS = "fastp"

@@ -26,10 +26,11 @@ from redis.crc import key_slot
 from config import Settings
 from gateway.appkeys import STORE
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.usage.flusher import Flusher
-from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.bot import Bot, Running, running_gateway
 from tests.support.servers import RedisCluster
 from tests.support.settings import make_settings
 

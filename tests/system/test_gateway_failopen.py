@@ -9,8 +9,9 @@ import aiohttp
 
 from gateway.appkeys import OWED
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.bot import Bot, eventually, running_gateway, seed
+from tests.support.bot import Bot, eventually, running_gateway
 from tests.support.servers import RedisServer
 from tests.support.settings import make_settings
 

@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.bot import Bot, Running, running_gateway
 from tests.support.servers import free_port
 from tests.support.settings import make_settings
 

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from meter.accounts.projection import Licence
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.bot import Bot, Running, running_gateway
 from tests.support.clock import Clock
 from tests.support.servers import RedisServer
 from tests.support.settings import make_settings

@@ -38,9 +38,10 @@ import pytest
 
 from config import Settings
 from meter.accounts import projection
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from tests.support.bot import Bot, Call, free_credit, running_bot, seed
+from tests.support.bot import Bot, Call, free_credit, running_bot
 from tests.support.rawhttp import RawConn, Response
 from tests.support.servers import RedisServer
 from tests.support.serving import Served, creditgate_serve

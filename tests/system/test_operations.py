@@ -13,8 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.bot import Bot, Running, running_gateway
 from tests.support.settings import make_settings
 
 WS = "opsws"

@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, seed
+from tests.support.bot import Bot
 from tests.support.servers.prometheus import prometheus_server
 from tests.support.serving import creditgate_serve, tail
 from tests.support.settings import make_settings

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import CHUNK, Bot, Running, running_gateway, seed
+from tests.support.bot import CHUNK, Bot, Running, running_gateway
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).

@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 
 from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway, seed
+from tests.support.bot import Bot, Running, running_gateway
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from meter.accounts.seeding import seed
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Sweeper
 from meter.redis_layer.client import RedisClient
@@ -27,7 +28,6 @@ from tests.support.bot import (
     raw_exchange,
     running_gateway,
     running_replica,
-    seed,
 )
 from tests.support.settings import make_settings
 

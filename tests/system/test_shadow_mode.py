@@ -8,10 +8,11 @@ from pathlib import Path
 
 import aiohttp
 
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.adminkit import admin_server
-from tests.support.bot import Bot, running_gateway, seed
+from tests.support.bot import Bot, running_gateway
 from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 WS = "shadow"
