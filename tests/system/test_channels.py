@@ -163,7 +163,7 @@ async def test_slack_retry_reaches_bot_twice_charged_once(
     # contact_center bills per request ($0.01): one charge for the two deliveries
     assert (await read_balances(rclient, WS)).app[APP] == 1_000_000 - 10_000
     agg = await rclient.hgetall(keys.agg_key(WS, await _bucket(rclient)))
-    field = f"{APP}|slack|contact_center|request|m".encode()
+    field = keys.agg_field(APP, "slack", "contact_center", "request", "m").encode()
     assert int(agg[field]) == 1
 
 

@@ -53,7 +53,7 @@ async def test_hundred_messages_hundred_metered(
     assert (await read_balances(rclient, WS)).app[APP] == 200 * CENT - 101 * CENT
     [bucket] = await rclient.zrange(keys.agg_index_key(WS), 0, -1)
     agg = await rclient.hgetall(keys.agg_key(WS, int(bucket)))
-    assert int(agg[f"{APP}|web|contact_center|request|m".encode()]) == 101
+    assert int(agg[keys.agg_field(APP, "web", "contact_center", "request", "m").encode()]) == 101
 
 
 async def test_running_out_of_credit_mid_stream_closes_1008(
