@@ -16,7 +16,7 @@ from gateway import cli_commands
 from meter.errors import InvalidInput
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import SessionRow, Store, UsageRow
-from meter.usage.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, export_time, parse_time
+from meter.usage.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, parse_time
 from meter.usage.flusher import Flusher
 from meter.usage.series import usage
 from tests.support.clock import Clock
@@ -192,12 +192,6 @@ async def cli_commands_in_thread(cfg: object, args: argparse.Namespace) -> int:
     import asyncio
 
     return await asyncio.to_thread(cli_commands.export, cfg, args)  # type: ignore[arg-type]
-
-
-def test_iso_times() -> None:
-    assert export_time(ms("2026-11-26T20:00:00")) == "2026-11-26T20:00:00Z"
-    assert export_time(ms("2026-11-26T20:00:00") + 5) == "2026-11-26T20:00:00.005Z"
-    assert parse_time("2026-11-26T21:00:00+01:00") == ms("2026-11-26T20:00:00")
 
 
 @pytest.fixture

@@ -527,17 +527,6 @@ async def test_outbox_lease_hands_each_event_to_one_dispatcher(
 # ------------------------------------------------------------------- factory
 
 
-def test_open_store_urls(tmp_path: Path) -> None:
-    s = open_store(f"sqlite:///{tmp_path}/a/b.db")
-    assert getattr(s, "path", None) == f"{tmp_path}/a/b.db"
-    rel = open_store("sqlite:///creditgate.db")
-    assert getattr(rel, "path", None) == "creditgate.db"
-    assert open_store("postgresql://postgres@127.0.0.1:1/x").dialect == "postgresql"
-    for bad in ("mysql://x", "sqlite://", "sqlite:///"):
-        with pytest.raises(ValueError, match="or postgresql://"):  # says what works
-            open_store(bad)
-
-
 async def test_ping_is_false_when_postgres_is_unreachable() -> None:
     s = open_store("postgresql://postgres@127.0.0.1:1/nope")
     try:
