@@ -37,7 +37,9 @@ async def fill(client: RedisClient, kind: str, spaces: int, buckets: int, rows: 
                 if kind == "ag":
                     mapping = {}
                     for r in range(rows):
-                        f = f"{ws}_app{r % 50:04d}|ch{r // 50}|agent|request|"
+                        f = keys.agg_field(
+                            f"{ws}_app{r % 50:04d}", f"ch{r // 50}", "agent", "request", ""
+                        )
                         mapping.update(
                             {f + "n": 3, f + "m": 3, f + "p": 60_000, f + "r:rate_limited": 1}
                         )

@@ -73,7 +73,7 @@ async def poison(client: RedisClient, cfg: Settings, w: Seeded, kind: str, at: f
         await client.zadd(keys.sessions_index_key(w.ws), {str(bucket): bucket})
         return bucket
     bucket = int(at)
-    field = f"{app}|web|agent|request|n"
+    field = keys.agg_field(app, "web", "agent", "request", "n")
     await client.hset(keys.agg_key(w.ws, bucket), field, "9" * 25)  # beyond BIGINT
     await client.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
     return bucket
@@ -196,7 +196,8 @@ async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
             assert "invalid byte sequence" in d.error or "0x00" in d.error, d.error
             assert content["fields"][0][0] == f"{bad.apps[0]}\tweb\t{NUL_USER}"
         else:
-            assert content["fields"] == [[f"{bad.apps[0]}|web|agent|request|n", "9" * 25]]
+            field = keys.agg_field(bad.apps[0], "web", "agent", "request", "n")
+            assert content["fields"] == [[field, "9" * 25]]
         assert await flusher.measure_lag() == 0.0
 
 
