@@ -59,10 +59,12 @@
 -- a message without credit is served uncharged.
 --
 -- The common message, inside a billing session whose newest block is already paid (kind
--- "m", no channel key, not in shadow mode), takes a short path (fast()): one HGET finds the
--- session, one HSET bumps its message count and last time; nothing is debited, recorded or
--- reserved. The charge record is looked up only when the message is stamped no later than
--- the session's last message (only then can it be the retry of the call that paid it).
+-- "m", not in shadow mode), takes a short path (fast()): one HGET finds the session, one
+-- HSET bumps its message count and last time; nothing is debited or reserved. Without a
+-- channel key nothing is recorded, and the charge record is looked up only when the
+-- message is stamped no later than the session's last message (only then can it be the
+-- retry of the call that paid it); with a key, its record is looked up (a redelivery goes
+-- the full path) and written.
 -- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
 -- written back once at the end: the script is atomic, so this equals writing as we go,
 -- and it makes a batch of N admissions cost far fewer than N times the commands.

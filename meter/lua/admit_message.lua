@@ -2,11 +2,11 @@
 -- message takes the short path fast(); everything else the full path full(m), split into
 -- the steps below. Each ends by appending the admission's reply with result().
 
--- The common message: inside a billing session whose newest block is paid, no channel
--- key, not in shadow mode. Nothing is charged or recorded: only the session entry's
--- message count and last time change. Returns false (nothing done) for anything else,
--- which the full path then decides.
-local function fast(app_id, a, pr, fkey, token, fld, found, fkb)
+-- The common message: inside a billing session whose newest block is paid, not in
+-- shadow mode. Nothing is charged: the session entry's message count and last time
+-- change, and a message with a channel key leaves its record (the redelivery check).
+-- Returns false (nothing done) for anything else, which the full path then decides.
+local function fast(app_id, a, pr, fkey, token, fld, found, fkb, idem, ch, user, digest)
   local cs, d, blocks, bsid, msgs, rest =
     string.match(found, '^(%d+),(%d+),(%d+),([^,]+),(%d+),(.*)$')
   if not cs then return false end
@@ -18,14 +18,24 @@ local function fast(app_id, a, pr, fkey, token, fld, found, fkb)
   if a.suspended or (W.ent and not pr.lic) then return false end
   local code, _, rt = rate_check(app_id, a, pr)
   if code ~= 0 then return false end
-  -- A retried call carries its original "now", never later than the last message the
-  -- entry saw: only then can this token have a charge record (it paid this block).
-  if since <= dl then
+  local ik
+  if idem ~= '' then
+    -- A record under the key: a redelivery or the same attempt again (the full path).
+    ik = P .. ':i:' .. app_id .. ':k:' .. ch .. '\t' .. user .. '\t' .. idem
+    if redis.call('GET', ik) then return false end
+    if since > dl then d = D(since) end
+  elseif since <= dl then
+    -- A retried call carries its original "now", never later than the last message the
+    -- entry saw: only then can this token have a charge record (it paid this block).
     if redis.call('GET', P .. ':i:' .. app_id .. ':t:' .. token) then return false end
   else
     d = D(since)
   end
   count_rate(rt)
+  if ik then
+    redis.call('SET', ik, string.format('%s\t1\t%s\t0\t%s\t0\t0\t0\t0\t%s\tsession\t%s', token,
+      digest, bsid, ch, user), 'PX', IDEM_TTL)
+  end
   redis.call('HSET', SRK[fkb], fld, cs .. ',' .. d .. ',' .. blocks .. ',' .. bsid .. ',' ..
     D(tonumber(msgs) + 1) .. ',' .. rest)
   local g = agg[fkey]
@@ -57,7 +67,7 @@ local function seen_before(m, ik, seen)
   local stok, _, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
   if stok == m.token then
     return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
-      0, sbsid, sbsid ~= '' and 2 or 0)
+      0, sbsid, (sbsid ~= '' and sunits ~= '0') and 2 or 0)
   end
   return redelivery(m, ik, seen)
 end
@@ -156,8 +166,8 @@ local function admit_one(arg)
   local found, fkb
   if unit == 'session' then
     found, fkb = session_find(sfld)
-    if found and kind == 'm' and idem == '' and not a.shadow
-      and fast(app_id, a, pr, fkey, token, sfld, found, fkb) then return end
+    if found and kind == 'm' and not a.shadow
+      and fast(app_id, a, pr, fkey, token, sfld, found, fkb, idem, ch, user, digest) then return end
   end
   -- The charge record's id and lifetime (meter/redis_layer/keys.py record_id).
   local rid, ttl = 'k:' .. ch .. '\t' .. user .. '\t' .. idem, IDEM_TTL

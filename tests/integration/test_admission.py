@@ -528,6 +528,30 @@ async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
     assert (await agg_totals(single, w.ws))["m"] == 4  # the replay is the same message
 
 
+async def test_keyed_messages_inside_a_session_are_still_redeliveries_once_seen(
+    single: RedisClient,
+) -> None:
+    """The short path records a keyed in-session message: its redelivery is a duplicate,
+    another message under the same key is refused, its own retry gets its decision."""
+    clock, cfg = Clock(), make_settings(idempotency_max_deliveries=2)
+    w = await seed(single, cfg, clock, free=10 * USD)
+    adm = admitter(single, cfg, clock)
+    opener = await adm.admit(w.apps[0], "slack", "U1", "ev-1", digest="aa")
+    clock.advance(5)
+    inside = await adm.admit(w.apps[0], "slack", "U1", "ev-2", token="try-1", digest="bb")
+    replay = await adm.admit(w.apps[0], "slack", "U1", "ev-2", token="try-1", digest="bb")
+    clock.advance(1)
+    again = await adm.admit(w.apps[0], "slack", "U1", "ev-2", digest="bb")
+    reused = await adm.admit(w.apps[0], "slack", "U1", "ev-2", digest="cc")
+    assert (opener.units, inside.units, inside.bsid) == (1, 0, opener.bsid)
+    assert inside[:10] == replay[:10]
+    assert not inside.duplicate
+    assert (again.duplicate, again.units, again.bsid) == (True, 0, opener.bsid)
+    assert reused.code == Code.DUPLICATE_DELIVERY  # bound reached (2), and not the same body
+    other_user = await adm.admit(w.apps[0], "slack", "U2", "ev-2")
+    assert (other_user.units, other_user.duplicate) == (1, False)  # keys are per user
+
+
 async def test_in_session_messages_obey_suspension_and_rate_limits(single: RedisClient) -> None:
     """The short path for paid sessions keeps the app's status and rolling windows."""
     clock, cfg = Clock(), make_settings(rate_per_minute=3)
