@@ -4,7 +4,12 @@
   ``redis_cluster``, ``postgres_server``, ``pg_dsn``; tests are marked ``cluster`` and
   ``postgres`` by the servers they use;
 * the gateway side (``tests.support.bot``): ``bot`` (a counting bot per test), ``http``
-  (a client session) and ``rclient`` (a Redis client on ``redis_url``).
+  (a client session) and ``rclient`` (a Redis client on ``redis_url``);
+* ``connects`` (``tests.support.connect_watch``): the addresses a test connected to.
 """
 
-pytest_plugins = ["tests.support.servers.fixtures", "tests.support.bot"]
+pytest_plugins = [
+    "tests.support.servers.fixtures",
+    "tests.support.bot",
+    "tests.support.connect_watch",
+]
