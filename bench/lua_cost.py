@@ -5,8 +5,9 @@ Runs redis-server under ``valgrind --tool=callgrind`` twice, with the same set-u
 workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 22 calls of
 ``--batch`` admissions; the difference over 20 calls is the cost of those admissions
 alone. Rows: messages inside a paid session (stamped with the sessions' own time, so
-the charge-record look-up is taken, as in bench/admission.py's in-session row; and a
-millisecond later per call, as real traffic is), and messages opening a new session.
+the charge-record look-up is taken, as in bench/admission.py's in-session row; a
+millisecond later per call, as real traffic is; the same with a channel idempotency
+key), and messages opening a new session.
 
     .venv/bin/python -m bench.lua_cost [--batch 256]     # needs valgrind; ~1 min
 """
@@ -38,6 +39,12 @@ SESSIONS = 1024
 
 
 def messages(kind: str, call: int, batch: int) -> list[str]:
+    if kind == "keyed":  # a new channel key each (a Slack event id), users in sessions
+        users = [(j * 7919 + call * 31) % SESSIONS for j in range(batch)]
+        return [
+            f"{APP}\tweb\tu{u:012d}\tev{call}x{j}\tt{call}x{j}\tm\tab12"
+            for j, u in enumerate(users)
+        ]
     if kind == "new":
         return [f"{APP}\tweb\tn{call}x{j:08d}\t\tt{call}x{j}\tm" for j in range(batch)]
     # Users of the open sessions, spread over them call after call.
@@ -69,7 +76,7 @@ def instructions(kind: str, calls: int, batch: int) -> int:
             opening = [f"{APP}\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + 256)]
             r.evalsha(sha, 1, prefix, *head, *opening)
         for call in range(calls):
-            now = head[0] + (call + 1 if kind == "later" else 0)
+            now = head[0] + (call + 1 if kind in ("later", "keyed") else 0)
             r.evalsha(sha, 1, prefix, now, *head[1:], *messages(kind, call, batch))
         with contextlib.suppress(redis.ConnectionError):  # it closes the connection
             r.shutdown(nosave=True)
@@ -98,12 +105,13 @@ def main() -> None:
     for kind, label in (
         ("inside", "in a paid session, same stamp as the session"),
         ("later", "in a paid session, stamped later (real traffic)"),
+        ("keyed", "the same with a channel key (Slack, Teams, WhatsApp)"),
         ("new", "opening a new billing session"),
     ):
         cost = (instructions(kind, 22, opt.batch) - instructions(kind, 2, opt.batch)) / (
             20 * opt.batch
         )
-        print(f"  {label:<50} {cost:>9,.0f}")
+        print(f"  {label:<52} {cost:>9,.0f}")
 
 
 if __name__ == "__main__":
