@@ -10,15 +10,6 @@ from meter.redis_layer.scripts import lua_source
 SCRIPTS = ("admit", "refund", "grant", "claim", "ack", "peek", "peek_sessions", "rename_fields")
 
 
-def test_every_lua_file_fits_in_300_lines() -> None:
-    files = [
-        f for f in resources.files("meter").joinpath("lua").iterdir() if f.name.endswith(".lua")
-    ]
-    assert files
-    for f in files:
-        assert len(f.read_text().splitlines()) <= 300, f.name
-
-
 def test_scripts_are_assembled_whole() -> None:
     """No include is left, every fragment lands once, in the order the script names."""
     admit = lua_source("admit")
