@@ -7,55 +7,47 @@ from aiohttp import web
 
 from gateway.channels import USER_HEADER
 from gateway.forwarding import target_url
-from gateway.problems import Problem, Refused
-from gateway.proxy import Body, Proxy
+from gateway.problems import Problem
+from gateway.proxy import Body, Forwarded, Proxy, counted
 from gateway.traffic_rules import check_loop, message_digest
 
 
 async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """``ANY /notify/{channel}/{app_id}[/{tail}]``: one ``notification`` unit, then out to
     the channel's ``delivery_url``."""
-    match = request.match_info
-    channel, app_id = match["channel"], match["app_id"]
+    channel = request.match_info["channel"]
     rule = proxy.channels.get(channel)
-    metrics = proxy.metrics
-    outcome = "error"
-    metrics.in_flight.inc()
-    try:
-        check_loop(request.headers)
-        verified = await proxy.auth.verify_notify(request, channel, app_id)
-        if not rule.delivery_url:
-            raise Problem(
-                404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none"
-            )
-        url = target_url(
-            rule.delivery_url,
-            request.raw_path,
-            f"/notify/{channel}/{app_id}",
-            request.match_info.get("tail", ""),
-        )
-        proxy.check_length(request)
-        headers = request.headers
-        # The recipient is not part of the price of a notification; it is recorded if given.
-        user = headers.get(USER_HEADER) or "-"
-        key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
-        admission = None
-        state = [False]
-        body: Body = None
-        if proxy.metering:
-            digest = ""
-            if key:
-                body = await proxy.read_body(request)
-                digest = message_digest(request.method, request.raw_path, body)
-            admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
-        if body is None:
-            body = await proxy.body_of(request, state)
-        resp = await proxy.forward(request, url, body, admission, state, verified)
-        outcome = "unmetered" if admission is None else "admitted"
-        return resp
-    except Refused:
-        outcome = "refused"
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.count(rule.label, outcome)
+    return await counted(proxy, rule.label, _notify(proxy, request, channel, rule.delivery_url))
+
+
+async def _notify(
+    proxy: Proxy, request: web.Request, channel: str, delivery_url: str | None
+) -> Forwarded:
+    app_id = request.match_info["app_id"]
+    check_loop(request.headers)
+    verified = await proxy.auth.verify_notify(request, channel, app_id)
+    if not delivery_url:
+        raise Problem(404, "no_delivery_url", "No delivery endpoint", f"channel {channel} has none")
+    url = target_url(
+        delivery_url,
+        request.raw_path,
+        f"/notify/{channel}/{app_id}",
+        request.match_info.get("tail", ""),
+    )
+    proxy.check_length(request)
+    headers = request.headers
+    # The recipient is not part of the price of a notification; it is recorded if given.
+    user = headers.get(USER_HEADER) or "-"
+    key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
+    admission = None
+    state = [False]
+    body: Body = None
+    if proxy.metering:
+        digest = ""
+        if key:
+            body = await proxy.read_body(request)
+            digest = message_digest(request.method, request.raw_path, body)
+        admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
+    if body is None:
+        body = await proxy.body_of(request, state)
+    return await proxy.forward(request, url, body, admission, state, verified), admission

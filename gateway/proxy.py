@@ -31,10 +31,11 @@ A request that already passed this gateway (its ``Via`` names it) is refused 508
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,6 +66,7 @@ from gateway.upstreams import Upstreams
 log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
 Body = bytes | io.BytesIO | AsyncIterator[bytes] | None
+Forwarded = tuple[web.StreamResponse, Admission | None]  # the answer, and what was admitted
 
 
 class BodyTooLarge(Exception):
@@ -138,6 +140,23 @@ class Proxy:
             return None
         return self._limited(request, state)
 
+    def _confirming(self, body: Body, admission: Admission | None) -> Body | payload.Payload:
+        """The body to send, wrapped so a charged message is confirmed as forwarded as
+        soon as its request is handed to the bot's socket."""
+        if isinstance(body, bytes) and len(body) > SMALL_BODY:
+            body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
+        if admission is None:
+            return body
+        sent = functools.partial(self.meter.forwarded, admission)
+        if isinstance(body, bytes):
+            return SentBytes(body, sent)
+        if isinstance(body, io.BytesIO):
+            return SentBytesIO(body, sent)
+        if body is None:
+            sent()  # no body: the headers go out with no await in between
+            return None
+        return sent_stream(body, sent)
+
     async def forward(
         self,
         request: web.Request,
@@ -151,23 +170,7 @@ class Proxy:
         headers, _ = upstream_headers(request)
         if verified is not None:
             verified.rewrite(headers)
-        if isinstance(body, bytes) and len(body) > SMALL_BODY:
-            body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
-        data: Body | payload.Payload = body
-        if admission is not None:
-
-            def sent() -> None:
-                self.meter.forwarded(admission)
-
-            if isinstance(body, bytes):
-                data = SentBytes(body, sent)
-            elif isinstance(body, io.BytesIO):
-                data = SentBytesIO(body, sent)
-            elif body is None:
-                sent()  # no body: the headers go out with no await in between
-            else:
-                data = sent_stream(body, sent)
-        failure: Failure
+        data = self._confirming(body, admission)
         t0 = time.perf_counter()
         try:
             upstream = await self.session.request(
@@ -178,28 +181,8 @@ class Proxy:
             log.warning("upstream %s refused by the egress policy: %s", url.host, exc.reason)
             await self._failed(admission, "connect")
             raise forbidden() from None
-        except aiohttp.ConnectionTimeoutError:
-            failure, status = "connect", 504
-        except aiohttp.ClientConnectorError:
-            failure, status = "connect", 502
-        except (aiohttp.ServerTimeoutError, TimeoutError):
-            failure, status = "timeout", 504
-        except BodyStalled:
-            # The client stopped sending: its failure, and the bot got the start of it.
-            self.meter.forwarded(admission)
-            raise body_stalled(self.body_timeout) from None
-        except (aiohttp.ClientError, BodyTooLarge) as exc:
-            if state[0]:
-                # The client sent too much: its failure, and the bot got the start of it.
-                self.meter.forwarded(admission)
-                raise too_large(self.max_body) from None
-            log.info(
-                "upstream %s failed: %s %s",
-                url.host,
-                type(exc).__name__,
-                getattr(exc, "status", None),
-            )
-            failure, status = "5xx", 502
+        except (aiohttp.ClientError, TimeoutError, BodyStalled, BodyTooLarge) as exc:
+            failure, status = self._failure_of(exc, url, admission, state)
         else:
             if verified is not None and verified.handshake_challenge is not None:
                 return await verified.answer_handshake(upstream)  # only the challenge
@@ -209,6 +192,27 @@ class Proxy:
         if status == 504:
             raise bot_timeout()
         raise bot_unavailable()
+
+    def _failure_of(
+        self, exc: Exception, url: URL, admission: Admission | None, state: list[bool]
+    ) -> tuple[Failure, int]:
+        """The bot's failure an error stands for, and the status to answer. The client's own
+        (a stalled or too large body) is raised as its problem and stays charged."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return "connect", 504
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return "connect", 502
+        if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+            return "timeout", 504
+        if isinstance(exc, BodyStalled):
+            self.meter.forwarded(admission)
+            raise body_stalled(self.body_timeout) from None
+        if state[0]:  # BodyTooLarge, or aiohttp's error for it
+            self.meter.forwarded(admission)
+            raise too_large(self.max_body) from None
+        log.info("upstream %s failed: %s %s", url.host, type(exc).__name__,
+                 getattr(exc, "status", None))  # fmt: skip
+        return "5xx", 502
 
     async def _failed(self, admission: Admission | None, failure: Failure) -> None:
         if admission is not None:
@@ -253,28 +257,14 @@ class Proxy:
             upstream.release()
 
 
-async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
-    """``ANY /hooks/{channel}/{app_id}[/{tail}]``: meter, then proxy to the bot."""
-    match = request.match_info
-    channel, app_id = match["channel"], match["app_id"]
-    rule = proxy.channels.get(channel)
+async def counted(proxy: Proxy, label: str, handle: Awaitable[Forwarded]) -> web.StreamResponse:
+    """One traffic request, counted in flight and by outcome: ``admitted`` or
+    ``unmetered`` by its admission, ``refused`` for a problem, ``error`` otherwise."""
     metrics = proxy.metrics
     outcome = "error"
     metrics.in_flight.inc()
-
-    async def read_body() -> bytes:
-        return await proxy.read_body(request)
-
     try:
-        inbound = inbound_of(request)
-        to = await rules.route(proxy, inbound, channel, app_id, read_body)
-        admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
-        state = [False]
-        body: Body = admitted.body
-        if not admitted.have_body:
-            body = await proxy.body_of(request, state)
-        admission = admitted.admission
-        resp = await proxy.forward(request, to.url, body, admission, state, to.verified)
+        resp, admission = await handle
         outcome = "unmetered" if admission is None else "admitted"
         return resp
     except Refused:
@@ -282,4 +272,28 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         raise
     finally:
         metrics.in_flight.dec()
-        metrics.count(rule.label, outcome)
+        metrics.count(label, outcome)
+
+
+async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """``ANY /hooks/{channel}/{app_id}[/{tail}]``: meter, then proxy to the bot."""
+    channel = request.match_info["channel"]
+    rule = proxy.channels.get(channel)
+    return await counted(proxy, rule.label, _hook(proxy, request, channel))
+
+
+async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
+    app_id = request.match_info["app_id"]
+
+    async def read_body() -> bytes:
+        return await proxy.read_body(request)
+
+    inbound = inbound_of(request)
+    to = await rules.route(proxy, inbound, channel, app_id, read_body)
+    admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
+    state = [False]
+    body: Body = admitted.body
+    if not admitted.have_body:
+        body = await proxy.body_of(request, state)
+    admission = admitted.admission
+    return await proxy.forward(request, to.url, body, admission, state, to.verified), admission
