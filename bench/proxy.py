@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.wrk_tools import (
@@ -54,6 +55,7 @@ from bench.wrk_tools import (
 from tests.support.servers import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 
 WS = "benchws"
 APP = f"{WS}_app1"
@@ -109,7 +111,7 @@ def gateway_env(
     return env
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per contestant")
     parser.add_argument("--connections", type=int, default=64)
@@ -119,100 +121,138 @@ def main() -> None:
         help="git ref of a previous release to run as a contestant (metered, 1 worker)",
     )
     parser.add_argument("--only", default="", help="run only contestants matching this regex")
-    args = parser.parse_args()
-    wanted = re.compile(args.only) if args.only else None
+    return parser.parse_args()
+
+
+@dataclass
+class Bench:
+    """The contestants, run one after the other against one bot and one Redis."""
+
+    args: argparse.Namespace
+    tmp: Path
+    redis_url: str
+    bot_port: int
+    all_workers: int
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return f"/hooks/web/{APP}/chat"
+
+    def wanted(self, name: str) -> bool:
+        """Whether ``--only`` selects the contestant ``name`` (all without it)."""
+        return not self.args.only or re.search(self.args.only, name) is not None
+
+    def run(
+        self,
+        name: str,
+        port: int,
+        proc: subprocess.Popen[bytes] | None = None,
+        admin: str = "",
+    ) -> None:
+        """One wrk run (after a warm-up), with the process's CPU and /metrics figures."""
+        if not self.wanted(name):
+            return
+        args, url = self.args, f"http://{HOST}:{port}{self.path}"
+        wrk(name, url, 2, args.connections)  # warm-up
+        cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
+        m0 = scrape(admin) if admin else {}
+        r = wrk(name, url, args.duration, args.connections)
+        if proc is not None:
+            r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
+        if admin:
+            time.sleep(0.5)  # the workers' last metric flush
+            m1 = scrape(admin)
+            d = {k: m1[k] - m0[k] for k in m1}
+            done = r.rps * args.duration
+            r.gc_us = d["creditgate_gc_seconds_total"] / done * 1e6
+            n = d["creditgate_admission_seconds_count"] or float("nan")
+            r.admit_ms = d["creditgate_admission_seconds_sum"] / n * 1000
+            calls = d["creditgate_admission_batch_size_count"] or float("nan")
+            r.batch = d["creditgate_admission_batch_size_sum"] / calls
+        self.results.append(r)
+        print(f"  {name}: {self.results[-1].rps:,.0f} req/s", file=sys.stderr)
+
+    def nginx_proxies(self) -> None:
+        for w in (1, self.all_workers):
+            port = free_port()
+            with nginx(self.tmp, port, w, PROXY_BODY, f"{HOST}:{self.bot_port}"):
+                self.run(f"nginx proxy_pass {w}w", port)
+
+    def naive(self) -> None:
+        port = free_port()
+        bot = f"http://{HOST}:{self.bot_port}"
+        naive = [sys.executable, "-m", "bench.naive_proxy",
+                 "--port", str(port), "--redis", self.redis_url, "--upstream", bot]  # fmt: skip
+        with process(naive, port) as proc:
+            self.run("naive aiohttp+EVALSHA 1w", port, proc)
+
+    def creditgate(self, server: str, prefix: str) -> None:
+        """Metering off and on, 1 and all workers; 1 worker again paced at half the
+        unmetered max rate (hey), for the latency below saturation."""
+        half = 0.0
+        for metering in (False, True):
+            for w in (1, self.all_workers):
+                label = "on" if metering else "off"
+                name = f"{prefix} metering {label} {w}w"
+                if not self.wanted(name):
+                    continue
+                port, admin_port = free_port(), free_port()
+                env = gateway_env(self.redis_url, port, w, metering, self.tmp, admin_port, server)
+                with process([CREDITGATE, "serve"], port, env) as proc:
+                    self.run(name, port, proc, f"http://{HOST}:{admin_port}")
+                    if w != 1:
+                        continue
+                    # Latency below saturation: both at half the unmetered max.
+                    half = half or self.results[-1].rps / 2
+                    paced_name = f"{prefix} metering {label} 1w @{half:,.0f}/s"
+                    if not self.wanted(paced_name):
+                        continue
+                    self.results.append(paced(paced_name, f"http://{HOST}:{port}{self.path}",
+                                              self.args.duration, half))  # fmt: skip
+
+    def default_gc(self) -> None:
+        port, admin_port = free_port(), free_port()
+        env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port)
+        env.update(CREDITGATE_GC_FREEZE="off", CREDITGATE_GC_THRESHOLD="700")
+        name = "creditgate on 1w, default GC"
+        if self.wanted(name):
+            with process([CREDITGATE, "serve"], port, env) as proc:
+                self.run(name, port, proc, f"http://{HOST}:{admin_port}")
+
+    def baseline(self, ref: str) -> None:
+        old = build_baseline(ref, self.tmp)
+        port, admin_port = free_port(), free_port()
+        env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port)
+        env.pop("CREDITGATE_STATE_DIR")  # settings the old release may not know
+        env.pop("CREDITGATE_EGRESS_ALLOW")
+        with process([old, "serve"], port, env) as proc:
+            self.run(f"release {ref} on 1w", port, proc)
+
+
+def main() -> None:
+    args = parse_args()
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if shutil.which(tool) is None:
             sys.exit(f"bench/proxy.py needs {tool}: run `make bench` (installs nginx, wrk, hey)")
     all_workers = os.cpu_count() or 2
-    creditgate = str(Path(sys.executable).parent / "creditgate")
-    path = f"/hooks/web/{APP}/chat"
-    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="creditgate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         redis = start_redis(tmp / "redis")
-        bot_port = free_port()
+        bench = Bench(args, tmp, redis.url, free_port(), all_workers)
         try:
-            with nginx(tmp, bot_port, all_workers, BOT_BODY, f"{HOST}:{bot_port}"):
-                bot = f"http://{HOST}:{bot_port}"
-                asyncio.run(seed(redis.url, bot))
-
-                def run(
-                    name: str,
-                    port: int,
-                    proc: subprocess.Popen[bytes] | None = None,
-                    admin: str = "",
-                ) -> None:
-                    if wanted is not None and not wanted.search(name):
-                        return
-                    wrk(name, f"http://{HOST}:{port}{path}", 2, args.connections)  # warm-up
-                    cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
-                    m0 = scrape(admin) if admin else {}
-                    r = wrk(name, f"http://{HOST}:{port}{path}", args.duration, args.connections)
-                    if proc is not None:
-                        r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
-                    if admin:
-                        time.sleep(0.5)  # the workers' last metric flush
-                        m1 = scrape(admin)
-                        d = {k: m1[k] - m0[k] for k in m1}
-                        done = r.rps * args.duration
-                        r.gc_us = d["creditgate_gc_seconds_total"] / done * 1e6
-                        n = d["creditgate_admission_seconds_count"] or float("nan")
-                        r.admit_ms = d["creditgate_admission_seconds_sum"] / n * 1000
-                        calls = d["creditgate_admission_batch_size_count"] or float("nan")
-                        r.batch = d["creditgate_admission_batch_size_sum"] / calls
-                    results.append(r)
-                    print(f"  {name}: {results[-1].rps:,.0f} req/s", file=sys.stderr)
-
-                for w in (1, all_workers):
-                    port = free_port()
-                    with nginx(tmp, port, w, PROXY_BODY, f"{HOST}:{bot_port}"):
-                        run(f"nginx proxy_pass {w}w", port)
-                port = free_port()
-                naive = [sys.executable, "-m", "bench.naive_proxy",
-                         "--port", str(port), "--redis", redis.url, "--upstream", bot]  # fmt: skip
-                with process(naive, port) as proc:
-                    run("naive aiohttp+EVALSHA 1w", port, proc)
+            with nginx(tmp, bench.bot_port, all_workers, BOT_BODY, f"{HOST}:{bench.bot_port}"):
+                asyncio.run(seed(redis.url, f"http://{HOST}:{bench.bot_port}"))
+                bench.nginx_proxies()
+                bench.naive()
                 for server, prefix in (("aiohttp", "creditgate"), ("fast", "creditgate fast")):
-                    half = 0.0
-                    for metering in (False, True):
-                        for w in (1, all_workers):
-                            label = "on" if metering else "off"
-                            name = f"{prefix} metering {label} {w}w"
-                            if wanted is not None and not wanted.search(name):
-                                continue
-                            port, admin_port = free_port(), free_port()
-                            env = gateway_env(redis.url, port, w, metering, tmp, admin_port, server)
-                            admin = f"http://{HOST}:{admin_port}"
-                            with process([creditgate, "serve"], port, env) as proc:
-                                run(name, port, proc, admin)
-                                if w != 1:
-                                    continue
-                                # Latency below saturation: both at half the unmetered max.
-                                half = half or results[-1].rps / 2
-                                paced_name = f"{prefix} metering {label} 1w @{half:,.0f}/s"
-                                if wanted is not None and not wanted.search(paced_name):
-                                    continue
-                                results.append(paced(paced_name, f"http://{HOST}:{port}{path}",
-                                                     args.duration, half))  # fmt: skip
-                port, admin_port = free_port(), free_port()
-                env = gateway_env(redis.url, port, 1, True, tmp, admin_port)
-                env.update(CREDITGATE_GC_FREEZE="off", CREDITGATE_GC_THRESHOLD="700")
-                if wanted is None or wanted.search("creditgate on 1w, default GC"):
-                    with process([creditgate, "serve"], port, env) as proc:
-                        name = "creditgate on 1w, default GC"
-                        run(name, port, proc, f"http://{HOST}:{admin_port}")
+                    bench.creditgate(server, prefix)
+                bench.default_gc()
                 if args.baseline:
-                    old = build_baseline(args.baseline, tmp)
-                    port, admin_port = free_port(), free_port()
-                    env = gateway_env(redis.url, port, 1, True, tmp, admin_port)
-                    env.pop("CREDITGATE_STATE_DIR")  # settings the old release may not know
-                    env.pop("CREDITGATE_EGRESS_ALLOW")
-                    with process([old, "serve"], port, env) as proc:
-                        run(f"release {args.baseline} on 1w", port, proc)
+                    bench.baseline(args.baseline)
         finally:
             redis.stop()
-    print_table(results, all_workers, args)
+    print_table(bench.results, all_workers, args)
 
 
 def build_baseline(ref: str, tmp: Path) -> str:
