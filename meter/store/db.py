@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
@@ -108,6 +108,27 @@ class StoreCore(ABC):
             if not exists:
                 return 0
             return int(await conn.fetchval("SELECT MAX(version) AS v FROM schema_migrations") or 0)
+
+    async def keyset(
+        self, select: str, args: Sequence[Any], key: Sequence[str], page: int
+    ) -> AsyncGenerator[Row, None]:
+        """The rows of ``select`` (a ``SELECT ... WHERE ...``) in ``key`` order, read
+        ``page`` rows at a time, each page a new query after the last key seen: a large
+        read neither holds a transaction nor loads everything in memory."""
+        cols = ", ".join(key)
+        after: tuple[Any, ...] | None = None
+        while True:
+            sql, extra = select, []
+            if after is not None:
+                sql += f" AND ({cols}) > ({', '.join('?' for _ in key)})"
+                extra = list(after)
+            async with self.connection() as c:
+                rows = await c.fetch(f"{sql} ORDER BY {cols} LIMIT ?", *args, *extra, page)
+            for r in rows:
+                yield r
+            if len(rows) < page:
+                return
+            after = tuple(rows[-1][k] for k in key)
 
     async def _retry(self, fn: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
         """Run ``fn`` again when it lost a deadlock or serialization race."""

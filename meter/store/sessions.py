@@ -15,19 +15,7 @@ from meter.store.usage_rows import SessionRow
 
 
 def _session(r: Row) -> SessionRow:
-    return SessionRow(
-        workspace_id=r["workspace_id"],
-        id=r["id"],
-        app_id=r["app_id"],
-        channel=r["channel"],
-        channel_user=r["channel_user"],
-        product=r["product"],
-        start_ms=int(r["start_ms"]),
-        end_ms=int(r["end_ms"]),
-        messages=int(r["messages"]),
-        amount=int(r["amount"]),
-        seq=int(r["seq"]),
-    )
+    return SessionRow(**{c: r[c] for c in SESSION_COLUMNS})
 
 
 class Sessions(StoreCore):
@@ -44,22 +32,11 @@ class Sessions(StoreCore):
     ) -> AsyncGenerator[SessionRow, None]:
         """Billing sessions that started in ``[from_ms, to_ms)``, by start then id."""
         where, args = filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
-        base = (
-            f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions WHERE {' AND '.join(where)}"
-        )
-        after: tuple[int, str] | None = None
-        while True:
-            sql, extra = base, []
-            if after is not None:
-                sql += " AND (start_ms, id) > (?, ?)"
-                extra = list(after)
-            async with self.connection() as c:
-                rows = await c.fetch(f"{sql} ORDER BY start_ms, id LIMIT ?", *args, *extra, page)
-            for r in rows:
+        select = f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions WHERE "
+        rows = self.keyset(select + " AND ".join(where), args, ("start_ms", "id"), page)
+        async with aclosing(rows):
+            async for r in rows:
                 yield _session(r)
-            if len(rows) < page:
-                return
-            after = (int(rows[-1]["start_ms"]), rows[-1]["id"])
 
     async def sessions(
         self,

@@ -8,6 +8,7 @@ export neither holds a transaction nor loads everything in memory.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from typing import Any
 
 from meter.store.db import Row, StoreCore
@@ -81,22 +82,9 @@ class _Acc:
 
 
 def _usage_row(r: Row) -> UsageRow:
-    refused = {reason: int(r[f"refused_{reason}"]) for reason in REFUSAL_REASONS}
-    return UsageRow(
-        workspace_id=r["workspace_id"],
-        bucket_start=int(r["bucket_start"]),
-        app_id=r["app_id"],
-        channel=r["channel"],
-        product=r["product"],
-        unit=r["unit"],
-        units=int(r["units"]),
-        messages=int(r["messages"]),
-        amount_free=int(r["amount_free"]),
-        amount_app=int(r["amount_app"]),
-        amount_pool=int(r["amount_pool"]),
-        amount_invoiced=int(r["amount_invoiced"]),
-        refused={k: v for k, v in refused.items() if v},
-    )
+    row = {c: r[c] for c in USAGE_COLUMNS}
+    refused = {reason: n for reason in REFUSAL_REASONS if (n := row.pop(f"refused_{reason}"))}
+    return UsageRow(**row, refused=refused)
 
 
 class Usage(StoreCore):
@@ -191,21 +179,11 @@ class Usage(StoreCore):
         where, args = filters(
             workspace_id, from_ms, to_ms, "bucket_start", app_id, app_ids, channel
         )
-        key = ", ".join(USAGE_KEY)
-        base = f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_buckets WHERE {' AND '.join(where)}"
-        after: tuple[Any, ...] | None = None
-        while True:
-            sql, extra = base, []
-            if after is not None:
-                sql += f" AND ({key}) > ({', '.join('?' for _ in USAGE_KEY)})"
-                extra = list(after)
-            async with self.connection() as c:
-                rows = await c.fetch(f"{sql} ORDER BY {key} LIMIT ?", *args, *extra, page)
-            for r in rows:
+        select = f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_buckets WHERE "
+        rows = self.keyset(select + " AND ".join(where), args, USAGE_KEY, page)
+        async with aclosing(rows):
+            async for r in rows:
                 yield _usage_row(r)
-            if len(rows) < page:
-                return
-            after = tuple(rows[-1][k] for k in USAGE_KEY)
 
     async def usage_breakdown(
         self,
