@@ -159,15 +159,23 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+        if (answer := http_problem(exc)) is None:
             raise
-        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
-        return problem_response(exc.status, code, exc.reason, headers=_keep(exc.headers))
+        return answer
     except Exception as exc:
         problem = problem_of(exc)
         if problem is None:
             raise
         return problem.response()
+
+
+def http_problem(exc: web.HTTPException) -> web.Response | None:
+    """aiohttp's own HTTP error (404, 405 ...) as problem+json; None for one that is no
+    error or is a problem already (raise it on)."""
+    if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+        return None
+    code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+    return problem_response(exc.status, code, exc.reason, headers=_keep(exc.headers))
 
 
 def _keep(headers: Mapping[str, str]) -> dict[str, str] | None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.admin_api.validation import BadRequest, Invalid
-from gateway.problems import CONTENT_TYPE, problem_response
+from gateway.problems import http_problem, problem_response
 from meter.accounts.payments import PaymentsNotConfigured, ProviderError
 from meter.errors import (
     Conflict,
@@ -44,11 +44,9 @@ async def errors(
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == CONTENT_TYPE:
+        if (http := http_problem(exc)) is None:
             raise
-        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem_response(exc.status, code, exc.reason, headers=allow)
+        return http
     except Exception as exc:
         answer = _refusal(exc) or _outage(exc)
         if answer is None:

@@ -317,3 +317,16 @@ async def test_console_is_served(admin: Admin) -> None:
     assert status == 200
     assert "/plan-usage" in js
     assert "localStorage" not in js
+
+
+async def test_routing_errors_are_problems(admin: Admin) -> None:
+    """aiohttp's own 404 and 405 are answered as problem+json; a 405 keeps its Allow."""
+    async with admin.client.get("/v1/no-such-thing") as r:
+        assert r.status == 404
+        assert r.content_type == "application/problem+json"
+        assert (await r.json(content_type=None))["code"] == "not_found"
+    async with admin.client.request("PATCH", "/v1/openapi.json") as r:
+        assert r.status == 405
+        assert r.content_type == "application/problem+json"
+        assert (await r.json(content_type=None))["code"] == "method_not_allowed"
+        assert "GET" in r.headers["Allow"]
