@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -127,25 +128,27 @@ def _counters(r: UsageRow) -> list[int]:
     return head + [r.refused.get(reason, 0) for reason in REFUSAL_REASONS]
 
 
-async def usage_records(
-    store: Store,
-    from_ms: int,
-    to_ms: int,
-    granularity: str = "day",
-    *,
-    workspace: str | None = None,
-    app_id: str | None = None,
-    app_ids: Collection[str] | None = None,
-    channel: str | None = None,
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The rows an export reads: of one workspace (all when None), one app or a set of
+    apps, one channel."""
+
+    workspace: str | None = None
+    app_id: str | None = None
+    app_ids: Collection[str] | None = None
+    channel: str | None = None
+
+
+async def _usage_records(
+    store: Store, from_ms: int, to_ms: int, granularity: str, scope: Scope
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Usage summed per (workspace, period, app, channel, product, unit), in that order."""
-    check_range(from_ms, to_ms)
-    check_granularity(granularity)
     group: tuple[str, int] | None = None
     acc: dict[tuple[str, str, str, str], list[int]] = {}
     rows = store.iter_usage(
-        workspace, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
-    )
+        scope.workspace, from_ms, to_ms,
+        app_id=scope.app_id, app_ids=scope.app_ids, channel=scope.channel,
+    )  # fmt: skip
     async with aclosing(rows):
         # Rows arrive by workspace then bucket start, so a (workspace, period) group is
         # complete as soon as the next one begins.
@@ -180,22 +183,14 @@ def _session_record(s: SessionRow) -> dict[str, Any]:
     }
 
 
-async def session_records(
-    store: Store,
-    from_ms: int,
-    to_ms: int,
-    *,
-    workspace: str | None = None,
-    app_id: str | None = None,
-    app_ids: Collection[str] | None = None,
-    channel: str | None = None,
+async def _session_records(
+    store: Store, from_ms: int, to_ms: int, scope: Scope
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Billing sessions that started in the range, by workspace, start, id."""
-    check_range(from_ms, to_ms)
-    spaces = [workspace] if workspace is not None else await store.list_workspaces()
-    for ws in spaces:
+    one = scope.workspace
+    for ws in [one] if one is not None else await store.list_workspaces():
         rows = store.iter_sessions(
-            ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+            ws, from_ms, to_ms, app_id=scope.app_id, app_ids=scope.app_ids, channel=scope.channel
         )
         async with aclosing(rows):
             async for s in rows:
@@ -260,15 +255,8 @@ def export_stream(
     check_range(from_ms, to_ms)
     if fmt not in FORMATS:
         raise InvalidInput("format", "must be csv or ndjson")
+    scope = Scope(workspace, app_id, app_ids, channel)
     if kind == "sessions":
-        recs = session_records(
-            store, from_ms, to_ms, workspace=workspace, app_id=app_id, app_ids=app_ids,
-            channel=channel,
-        )  # fmt: skip
-        return encode(recs, SESSION_FIELDS, fmt)
+        return encode(_session_records(store, from_ms, to_ms, scope), SESSION_FIELDS, fmt)
     check_granularity(granularity)
-    recs = usage_records(
-        store, from_ms, to_ms, granularity, workspace=workspace, app_id=app_id,
-        app_ids=app_ids, channel=channel,
-    )  # fmt: skip
-    return encode(recs, USAGE_FIELDS, fmt)
+    return encode(_usage_records(store, from_ms, to_ms, granularity, scope), USAGE_FIELDS, fmt)
