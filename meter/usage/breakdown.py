@@ -49,6 +49,15 @@ def periods_of(from_ms: int, to_ms: int, granularity: str) -> list[int]:
     return out
 
 
+def _by_reason(points: list[UsagePoint], periods: list[int], live: bool) -> Breakdown:
+    reasons: dict[str, dict[int, int]] = {}
+    for p in points:
+        for reason, n in p.refused.items():
+            reasons.setdefault(reason, {})[p.start] = n
+    series = {r: [v.get(s, 0) for s in periods] for r, v in sorted(reasons.items())}
+    return Breakdown(periods, series, live)
+
+
 async def breakdown(
     store: Store,
     redis: RedisClient | None,
@@ -67,37 +76,22 @@ async def breakdown(
     caller) gives stored usage only."""
     periods = periods_of(from_ms, to_ms, granularity)
     by_key: dict[str, dict[int, UsagePoint]]
-    if by == "total" and metric != "refused":
+    if by == "total":
         points = await usage(store, redis, ws, from_ms, to_ms, granularity, app_id, channel,
                              include_live=redis is not None, app_ids=app_ids)  # fmt: skip
+        if metric == "refused":  # refusals stacked by reason
+            return _by_reason(points, periods, redis is not None)
         by_key = {"total": {p.start: p for p in points}}
-    elif by == "total":  # refusals stacked by reason
-        points = await usage(store, redis, ws, from_ms, to_ms, granularity, app_id, channel,
-                             include_live=redis is not None, app_ids=app_ids)  # fmt: skip
-        reasons: dict[str, dict[int, int]] = {}
-        for p in points:
-            for reason, n in p.refused.items():
-                reasons.setdefault(reason, {})[p.start] = n
-        return Breakdown(
-            periods,
-            {r: [v.get(s, 0) for s in periods] for r, v in sorted(reasons.items())},
-            redis is not None,
-        )
     else:
         by_key = await store.usage_breakdown(
             ws, from_ms, to_ms, granularity, by, app_id=app_id, app_ids=app_ids,
             channel=channel,
         )  # fmt: skip
         if redis is not None:
-            for bucket_ms, (app, ch, _product, unit), counters in await live_rows(
-                store, redis, ws, from_ms, to_ms
-            ):
-                if (app_id is not None and app != app_id) or (
-                    app_ids is not None and app not in app_ids
-                ):
-                    continue
-                if channel is not None and ch != channel:
-                    continue
+            live = await live_rows(
+                store, redis, ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+            )
+            for bucket_ms, (app, ch, _product, unit), counters in live:
                 key = app if by == "app" else ch
                 start = period_start(bucket_ms, granularity)
                 series = by_key.setdefault(key, {})

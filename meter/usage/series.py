@@ -42,10 +42,33 @@ def merge_points(a: UsagePoint, counters: dict[str, Any], unit: str) -> UsagePoi
     )
 
 
+def _wanted(
+    key: tuple[str, str, str, str],
+    app_id: str | None,
+    app_ids: Collection[str] | None,
+    channel: str | None,
+) -> bool:
+    app, ch = key[0], key[1]
+    return (
+        (app_id is None or app == app_id)
+        and (app_ids is None or app in app_ids)
+        and (channel is None or ch == channel)
+    )
+
+
 async def live_rows(
-    store: Store, client: RedisClient, ws: str, from_ms: int, to_ms: int
+    store: Store,
+    client: RedisClient,
+    ws: str,
+    from_ms: int,
+    to_ms: int,
+    *,
+    app_id: str | None = None,
+    app_ids: Collection[str] | None = None,
+    channel: str | None = None,
 ) -> list[tuple[int, tuple[str, str, str, str], dict[str, Any]]]:
-    """Unflushed aggregate rows ``(bucket_start_ms, (app, channel, product, unit), counters)``."""
+    """Unflushed aggregate rows ``(bucket_start_ms, (app, channel, product, unit), counters)``
+    of the app (or apps) and channel asked for, every one when not asked."""
     lo, hi = from_ms // 1000, (to_ms - 1) // 1000
     snapshot: list[Any] = await register(client, "peek")(keys=[keys.ws_prefix(ws)], args=[lo, hi])
     out = []
@@ -56,7 +79,8 @@ async def live_rows(
         if int(gen) and await store.get_flush_batch(f"{ws}:ag:{int(bucket)}:{int(gen)}"):
             continue  # committed; only its ack is missing
         for key, counters in fold_aggregates(items).items():
-            out.append((bucket_ms, key, counters))
+            if _wanted(key, app_id, app_ids, channel):
+                out.append((bucket_ms, key, counters))
     return out
 
 
@@ -89,15 +113,10 @@ async def usage(
         )
     }  # fmt: skip
     if include_live and redis is not None:
-        for bucket_ms, (app, ch, _product, unit), counters in await live_rows(
-            store, redis, ws, from_ms, to_ms
-        ):
-            if app_id is not None and app != app_id:
-                continue
-            if app_ids is not None and app not in app_ids:
-                continue
-            if channel is not None and ch != channel:
-                continue
+        live = await live_rows(
+            store, redis, ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
+        )
+        for bucket_ms, (_app, _ch, _product, unit), counters in live:
             start = period_start(bucket_ms, granularity)
             points[start] = merge_points(points.get(start, UsagePoint(start)), counters, unit)
     return [points[s] for s in sorted(points)]
