@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.forwarding import InvalidTail
 from meter.admission.decision import Decision
@@ -153,20 +154,36 @@ def problem_of(exc: BaseException) -> Problem | None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map :class:`Problem` and the metering core's errors to problem+json."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if (answer := http_problem(exc)) is None:
-            raise
-        return answer
-    except Exception as exc:
-        problem = problem_of(exc)
-        if problem is None:
-            raise
-        return problem.response()
+Answer = Callable[[web.Request, Exception], web.StreamResponse | None]
+
+
+def answering(answer: Answer) -> Middleware:
+    """A middleware answering aiohttp's own HTTP errors with :func:`http_problem` and any
+    other error as ``answer`` says (raised on where it says None)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if (resp := http_problem(exc)) is None:
+                raise
+            return resp
+        except Exception as exc:
+            if (answered := answer(request, exc)) is None:
+                raise
+            return answered
+
+    return middleware
+
+
+def _gateway_answer(_request: web.Request, exc: Exception) -> web.Response | None:
+    problem = problem_of(exc)
+    return None if problem is None else problem.response()
+
+
+# Map :class:`Problem` and the metering core's errors to problem+json.
+problem_middleware = answering(_gateway_answer)
 
 
 def http_problem(exc: web.HTTPException) -> web.Response | None:

@@ -4,14 +4,13 @@ request (4xx), an unreachable Redis or store (503), anything else (500, logged).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.admin_api.validation import BadRequest, Invalid
-from gateway.problems import http_problem, problem_response
+from gateway.problems import answering, problem_response
 from meter.accounts.payments import PaymentsNotConfigured, ProviderError
 from meter.errors import (
     Conflict,
@@ -36,23 +35,16 @@ def _problem(
     return problem_response(status, code, title, detail, headers=headers, extra=more)
 
 
-@web.middleware
-async def errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Map every error of the admin API to problem+json (one place, docs/design.md §3)."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if (http := http_problem(exc)) is None:
-            raise
-        return http
-    except Exception as exc:
-        answer = _refusal(exc) or _outage(exc)
-        if answer is None:
-            log.exception("admin API: %s %s failed", request.method, request.path)
-            return _problem(500, "internal_error", "Internal error", "see the server log")
-        return answer
+def _answer(request: web.Request, exc: Exception) -> web.Response:
+    answer = _refusal(exc) or _outage(exc)
+    if answer is None:
+        log.exception("admin API: %s %s failed", request.method, request.path)
+        return _problem(500, "internal_error", "Internal error", "see the server log")
+    return answer
+
+
+# Map every error of the admin API to problem+json (one place, docs/design.md §3).
+errors = answering(_answer)
 
 
 def _refusal(exc: Exception) -> web.Response | None:
