@@ -109,21 +109,35 @@ class StoreCore(ABC):
                 return 0
             return int(await conn.fetchval("SELECT MAX(version) AS v FROM schema_migrations") or 0)
 
+    async def page(
+        self,
+        select: str,
+        args: Sequence[Any],
+        key: Sequence[str],
+        after: Sequence[Any] | None,
+        limit: int,
+        *,
+        desc: bool = False,
+    ) -> list[Row]:
+        """Up to ``limit`` rows of ``select`` (a ``SELECT ... WHERE ...``) in ``key`` order
+        (descending with ``desc``) that come after the key ``after``: a cursor, so rows
+        added meanwhile never shift a page."""
+        if after is not None:
+            cols, marks = _tuple(key), _tuple(["?"] * len(key))
+            select += f" AND {cols} {'<' if desc else '>'} {marks}"
+            args = [*args, *after]
+        order = ", ".join(f"{k} DESC" if desc else k for k in key)
+        async with self.connection() as c:
+            return await c.fetch(f"{select} ORDER BY {order} LIMIT ?", *args, limit)
+
     async def keyset(
         self, select: str, args: Sequence[Any], key: Sequence[str], page: int
     ) -> AsyncGenerator[Row, None]:
-        """The rows of ``select`` (a ``SELECT ... WHERE ...``) in ``key`` order, read
-        ``page`` rows at a time, each page a new query after the last key seen: a large
+        """Every row of ``select`` in ``key`` order, read :meth:`page` by page: a large
         read neither holds a transaction nor loads everything in memory."""
-        cols = ", ".join(key)
         after: tuple[Any, ...] | None = None
         while True:
-            sql, extra = select, []
-            if after is not None:
-                sql += f" AND ({cols}) > ({', '.join('?' for _ in key)})"
-                extra = list(after)
-            async with self.connection() as c:
-                rows = await c.fetch(f"{sql} ORDER BY {cols} LIMIT ?", *args, *extra, page)
+            rows = await self.page(select, args, key, after, page)
             for r in rows:
                 yield r
             if len(rows) < page:
@@ -149,6 +163,16 @@ class StoreCore(ABC):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def one_column(after: Any) -> tuple[Any] | None:
+    """A one-column cursor as the key :meth:`StoreCore.page` takes (None: from the start)."""
+    return None if after is None else (after,)
+
+
+def _tuple(items: Sequence[str]) -> str:
+    """A SQL row value of ``items``, or the one item alone."""
+    return items[0] if len(items) == 1 else f"({', '.join(items)})"
 
 
 _TABLE_EXISTS = {

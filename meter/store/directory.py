@@ -12,7 +12,7 @@ from typing import Any
 
 from meter.store.accounts import WORKSPACE_COLUMNS, workspace_row
 from meter.store.apps import APP_COLUMNS, app_row
-from meter.store.db import StoreCore
+from meter.store.db import StoreCore, one_column
 from meter.store.licences import REQUEST_COLUMNS, request_row
 from meter.store.models import App, UpgradeRequest, Workspace
 
@@ -83,11 +83,7 @@ class Directory(StoreCore):
             args.append(collaborator)
         sql += " WHERE a.workspace_id = ?"
         args.append(workspace_id)
-        if after is not None:
-            sql += " AND (a.created_at, a.id) > (?, ?)"
-            args += list(after)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY a.created_at, a.id LIMIT ?", *args, limit)
+        rows = await self.page(sql, args, ("a.created_at", "a.id"), after, limit)
         return [app_row(r) for r in rows]
 
     async def collaborating_apps(self, workspace_id: str, user_id: str) -> list[str]:
@@ -109,12 +105,7 @@ class Directory(StoreCore):
             "SELECT u.id, u.email, u.name FROM memberships m JOIN users u ON u.id = m.user_id "
             "WHERE m.workspace_id = ?"
         )
-        args: list[Any] = [workspace_id]
-        if after is not None:
-            sql += " AND u.id > ?"
-            args.append(after)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY u.id LIMIT ?", *args, limit)
+        rows = await self.page(sql, [workspace_id], ("u.id",), one_column(after), limit)
         return [
             Person(r["id"], r["email"], r["name"], "owner" if r["id"] == owner_id else "member")
             for r in rows
@@ -137,12 +128,7 @@ class Directory(StoreCore):
             "SELECT u.id, u.email, u.name, c.role FROM collaborators c "
             "JOIN users u ON u.id = c.user_id WHERE c.app_id = ?"
         )
-        args: list[Any] = [app_id]
-        if after is not None:
-            sql += " AND u.id > ?"
-            args.append(after)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY u.id LIMIT ?", *args, limit)
+        rows = await self.page(sql, [app_id], ("u.id",), one_column(after), limit)
         return [Person(r["id"], r["email"], r["name"], r["role"]) for r in rows]
 
     async def upgrade_requests_page(
@@ -150,12 +136,8 @@ class Directory(StoreCore):
     ) -> list[UpgradeRequest]:
         """Every upgrade request of the workspace (any status), newest first."""
         sql = f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE workspace_id = ?"
-        args: list[Any] = [workspace_id]
-        if after is not None:
-            sql += " AND (created_at, id) < (?, ?)"
-            args += list(after)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", *args, limit)
+        key = ("created_at", "id")
+        rows = await self.page(sql, [workspace_id], key, after, limit, desc=True)
         return [request_row(r) for r in rows]
 
     async def decline_upgrade_request(self, request_id: str, reason: str, at: int) -> bool:

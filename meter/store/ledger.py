@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meter.store.db import Conn, Row, StoreCore, dumps, loads
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, one_column
 from meter.store.models import LEDGER_KINDS, POOLS, AuditEntry, LedgerEntry, PoolTotals, now_ms
 
 _LEDGER = "id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail"
@@ -98,12 +98,8 @@ class Ledger(StoreCore):
         """Up to ``limit`` entries, newest first, older than entry ``before_id`` if given
         (a cursor: entries added meanwhile never shift a page)."""
         sql = f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ?"
-        args: list[Any] = [workspace_id]
-        if before_id is not None:
-            sql += " AND id < ?"
-            args.append(before_id)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+        before = one_column(before_id)
+        rows = await self.page(sql, [workspace_id], ("id",), before, limit, desc=True)
         return [_entry(r) for r in rows]
 
     async def ledger_balance(self, workspace_id: str) -> PoolTotals:

@@ -77,15 +77,7 @@ class Sessions(StoreCore):
         """Billing sessions that started in ``[from_ms, to_ms)`` ordered by
         ``(start_ms, id)`` (newest first with ``desc``), after the key ``after``."""
         where, args = filters(workspace_id, from_ms, to_ms, "start_ms", app_id, app_ids, channel)
-        if after is not None:
-            where.append(f"(start_ms, id) {'<' if desc else '>'} (?, ?)")
-            args.extend(after)
-        order = "start_ms DESC, id DESC" if desc else "start_ms, id"
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions "
-                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
-                *args,
-                limit,
-            )
+        select = f"SELECT {', '.join(SESSION_COLUMNS)} FROM billing_sessions WHERE "
+        key = ("start_ms", "id")
+        rows = await self.page(select + " AND ".join(where), args, key, after, limit, desc=desc)
         return [_session(r) for r in rows]

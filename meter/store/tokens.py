@@ -54,12 +54,7 @@ class Tokens(StoreCore):
     ) -> list[ApiToken]:
         """The user's unrevoked tokens, oldest first, after the ``(created_at, id)`` key."""
         sql = f"SELECT {_TOKEN} FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL"
-        args: list[object] = [user_id]
-        if after is not None:
-            sql += " AND (created_at, id) > (?, ?)"
-            args.extend(after)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY created_at, id LIMIT ?", *args, limit)
+        rows = await self.page(sql, [user_id], ("created_at", "id"), after, limit)
         return [_token(r) for r in rows]
 
     async def count_tokens(self, user_id: str) -> int:
