@@ -7,10 +7,8 @@ from aiohttp import web
 from gateway.appkeys import PROXY, WEBSOCKETS
 from gateway.http_rules import expect_continue
 from gateway.notify import notify
-from gateway.problems import unknown_app
 from gateway.proxy import hooks
-from gateway.traffic_rules import no_upstream
-from gateway.upstreams import NO_UPSTREAM
+from gateway.traffic_rules import upstream_base
 from gateway.websocket import is_upgrade, proxy_websocket
 
 
@@ -20,12 +18,7 @@ async def hooks_handler(request: web.Request) -> web.StreamResponse:
         return await hooks(proxy, request)
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
-    base = await proxy.upstreams.resolve(app_id)
-    if base is None:
-        proxy.metrics.refused("unknown_app")
-        raise unknown_app(app_id)
-    if base == NO_UPSTREAM:
-        raise no_upstream(app_id)
+    base = await upstream_base(proxy, app_id)
     prefix = f"/hooks/{channel}/{app_id}"
     return await proxy_websocket(proxy, request, base, prefix, request.app[WEBSOCKETS])
 

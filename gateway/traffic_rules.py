@@ -121,6 +121,18 @@ class Route(NamedTuple):
     rule: Channel
 
 
+async def upstream_base(proxy: Proxy, app_id: str) -> str:
+    """The app's bot base URL: 404 ``unknown_app`` (counted) without the app, 502
+    ``no_upstream`` when it has no bot runtime."""
+    base = await proxy.upstreams.resolve(app_id)
+    if base is None:
+        proxy.metrics.refused("unknown_app")
+        raise unknown_app(app_id)
+    if base == NO_UPSTREAM:
+        raise no_upstream(app_id)
+    return base
+
+
 async def route(
     proxy: Proxy, inbound: Inbound, channel: str, app_id: str, read_body: ReadBody
 ) -> Route:
@@ -129,12 +141,7 @@ async def route(
     # Channel authentication first: nothing is metered or forwarded unverified.
     check_length(inbound.content_length, proxy.max_body)
     verified = await proxy.auth.verify(inbound, channel, app_id, read_body)
-    base = await proxy.upstreams.resolve(app_id)
-    if base is None:
-        proxy.metrics.refused("unknown_app")
-        raise unknown_app(app_id)
-    if base == NO_UPSTREAM:
-        raise no_upstream(app_id)
+    base = await upstream_base(proxy, app_id)
     url = target_url(base, inbound.raw_path, f"/hooks/{channel}/{app_id}", inbound.tail)
     if verified.authenticated:
         url = without_token(url)  # the channel's credential is not the bot's
