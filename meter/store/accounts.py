@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore
+from meter.store.db import Row, StoreCore, marks, row_as, values
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import (
     WORKSPACE_TYPES,
@@ -19,21 +19,11 @@ WORKSPACE_COLUMNS = (
 
 
 def user_row(r: Row) -> User:
-    return User(r["id"], r["email"], r["name"], r["token_hash"], int(r["created_at"]))
+    return row_as(User, r, USER_COLUMNS)
 
 
 def workspace_row(r: Row) -> Workspace:
-    return Workspace(
-        id=r["id"],
-        name=r["name"],
-        type=r["type"],
-        owner_id=r["owner_id"],
-        created_at=int(r["created_at"]),
-        free_expires_at=r["free_expires_at"],
-        webhook_url=r["webhook_url"],
-        webhook_secret=r["webhook_secret"],
-        low_balance_threshold=r["low_balance_threshold"],
-    )
+    return row_as(Workspace, r, WORKSPACE_COLUMNS)
 
 
 class Accounts(StoreCore):
@@ -46,12 +36,8 @@ class Accounts(StoreCore):
         """Insert the user and, as their first API token, the token they were created with."""
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                user.id,
-                user.email,
-                user.name,
-                user.token_hash,
-                user.created_at,
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES ({marks(USER_COLUMNS)})",
+                *values(user, USER_COLUMNS),
             )
             await c.execute(
                 "INSERT INTO api_tokens (id, user_id, name, token_hash, hint, created_at) "
@@ -108,16 +94,8 @@ class Accounts(StoreCore):
             raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                w.id,
-                w.name,
-                w.type,
-                w.owner_id,
-                w.created_at,
-                w.free_expires_at,
-                w.webhook_url,
-                w.webhook_secret,
-                w.low_balance_threshold,
+                f"INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ({marks(WORKSPACE_COLUMNS)})",
+                *values(w, WORKSPACE_COLUMNS),
             )
             await c.execute(
                 "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?)", w.id, w.owner_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.store.db import Row, StoreCore
+from meter.store.db import Row, StoreCore, marks, row_as, values
 from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
 
 APP_COLUMNS = (
@@ -14,18 +14,9 @@ APP_COLUMNS = (
 
 
 def app_row(r: Row) -> App:
-    return App(
-        id=r["id"],
-        workspace_id=r["workspace_id"],
-        name=r["name"],
-        product=r["product"],
-        owner_id=r["owner_id"],
-        created_at=int(r["created_at"]),
-        upstream_url=r["upstream_url"],
-        use_free_credits=bool(r["use_free_credits"]),
-        suspended=bool(r["suspended"]),
-        shadow=bool(r["shadow"]),
-    )
+    # SQLite answers a BOOLEAN column with 0 or 1.
+    flags = ("use_free_credits", "suspended", "shadow")
+    return row_as(App, r, APP_COLUMNS, **{f: bool(r[f]) for f in flags})
 
 
 class Apps(StoreCore):
@@ -35,17 +26,8 @@ class Apps(StoreCore):
         a = app
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO apps ({APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                a.id,
-                a.workspace_id,
-                a.name,
-                a.product,
-                a.owner_id,
-                a.upstream_url,
-                a.use_free_credits,
-                a.suspended,
-                a.created_at,
-                a.shadow,
+                f"INSERT INTO apps ({APP_COLUMNS}) VALUES ({marks(APP_COLUMNS)})",
+                *values(a, APP_COLUMNS),
             )
 
     async def get_app(self, app_id: str) -> App | None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore
+from meter.store.db import Row, StoreCore, marks, row_as, values
 from meter.store.models import AppChannel
 
 _COLS = "app_id, channel, scheme, secret_enc, notify_secret_enc, updated_at"
 
 
 def _channel(r: Row) -> AppChannel:
-    return AppChannel(
-        app_id=r["app_id"],
-        channel=r["channel"],
-        scheme=r["scheme"],
-        secret_enc=r["secret_enc"],
-        notify_secret_enc=r["notify_secret_enc"],
-        updated_at=int(r["updated_at"]),
-    )
+    return row_as(AppChannel, r, _COLS)
 
 
 class Channels(StoreCore):
@@ -26,17 +19,12 @@ class Channels(StoreCore):
         """Insert or replace the secret of ``(ch.app_id, ch.channel)``."""
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO app_channels ({_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO app_channels ({_COLS}) VALUES ({marks(_COLS)}) "
                 "ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
                 "secret_enc = excluded.secret_enc, "
                 "notify_secret_enc = excluded.notify_secret_enc, "
                 "updated_at = excluded.updated_at",
-                ch.app_id,
-                ch.channel,
-                ch.scheme,
-                ch.secret_enc,
-                ch.notify_secret_enc,
-                ch.updated_at,
+                *values(ch, _COLS),
             )
 
     async def delete_app_channel(self, app_id: str, channel: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meter.store.db import StoreCore
+from meter.store.db import StoreCore, marks, row_as, values
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +24,8 @@ class ConsoleSessions(StoreCore):
     async def create_console_session(self, s: ConsoleSession) -> None:
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO console_sessions ({_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
-                s.id_hash,
-                s.user_id,
-                s.token_id,
-                s.csrf,
-                s.created_at,
-                s.expires_at,
+                f"INSERT INTO console_sessions ({_COLS}) VALUES ({marks(_COLS)})",
+                *values(s, _COLS),
             )
             # Sign-ins are rare: sweeping expired sessions here keeps the table small.
             await c.execute("DELETE FROM console_sessions WHERE expires_at <= ?", s.created_at)
@@ -43,16 +38,7 @@ class ConsoleSessions(StoreCore):
                 id_hash,
                 now,
             )
-        if r is None:
-            return None
-        return ConsoleSession(
-            r["id_hash"],
-            r["user_id"],
-            r["token_id"],
-            r["csrf"],
-            int(r["created_at"]),
-            int(r["expires_at"]),
-        )
+        return None if r is None else row_as(ConsoleSession, r, _COLS)
 
     async def delete_console_session(self, id_hash: str) -> bool:
         async with self.connection() as c:

@@ -15,6 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import cache
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
@@ -62,6 +63,29 @@ def dumps(value: Any) -> str | None:
 
 def loads(value: Any) -> Any:
     return None if value is None else orjson.loads(value)
+
+
+@cache
+def names(columns: str) -> tuple[str, ...]:
+    """The names of a comma-separated column list."""
+    return tuple(c.strip() for c in columns.split(","))
+
+
+def marks(columns: str) -> str:
+    """One ``?`` per column of ``columns``."""
+    return ", ".join("?" for _ in names(columns))
+
+
+def row_as(cls: Callable[..., T], r: Row, columns: str, **computed: Any) -> T:
+    """A record whose fields are the row's ``columns`` by name; ``computed`` ones are
+    given instead of their raw column (JSON text decoded, SQLite's 0/1 made a bool)."""
+    return cls(**{c: r[c] for c in names(columns) if c not in computed}, **computed)
+
+
+def values(record: Any, columns: str, **computed: Any) -> list[Any]:
+    """The parameters of an INSERT of ``columns``: the record's attributes of those names,
+    ``computed`` ones instead (a value encoded as JSON)."""
+    return [computed[c] if c in computed else getattr(record, c) for c in names(columns)]
 
 
 class StoreCore(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meter.store.db import Conn, Row, StoreCore, dumps, loads, one_column
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, one_column, row_as
 from meter.store.models import LEDGER_KINDS, POOLS, AuditEntry, LedgerEntry, PoolTotals, now_ms
 
 _LEDGER = "id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail"
@@ -46,17 +46,7 @@ async def insert_ledger_entries(c: Conn, entries: Sequence[LedgerEntry]) -> None
 
 
 def _entry(r: Row) -> LedgerEntry:
-    return LedgerEntry(
-        id=int(r["id"]),
-        workspace_id=r["workspace_id"],
-        app_id=r["app_id"],
-        kind=r["kind"],
-        pool=r["pool"],
-        amount=int(r["amount"]),
-        reference=r["reference"],
-        created_at=int(r["created_at"]),
-        detail=loads(r["detail"]) or {},
-    )
+    return row_as(LedgerEntry, r, _LEDGER, detail=loads(r["detail"]) or {})
 
 
 class Ledger(StoreCore):

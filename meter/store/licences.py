@@ -4,36 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from meter.store.db import Conn, Row, StoreCore, dumps, loads
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, marks, row_as, values
 from meter.store.models import Licence, UpgradeRequest, now_ms
 
 REQUEST_COLUMNS = (
     "id, workspace_id, products, message, status, created_at, granted_at, decided_at, reason"
 )
+LICENCE_COLUMNS = "workspace_id, product, usage_limit, per_minute, per_hour"
 
 
 def request_row(r: Row) -> UpgradeRequest:
-    return UpgradeRequest(
-        id=r["id"],
-        workspace_id=r["workspace_id"],
-        products=tuple(loads(r["products"])),
-        message=r["message"],
-        status=r["status"],
-        created_at=int(r["created_at"]),
-        granted_at=r["granted_at"],
-        decided_at=r["decided_at"],
-        reason=r["reason"],
-    )
+    return row_as(UpgradeRequest, r, REQUEST_COLUMNS, products=tuple(loads(r["products"])))
 
 
 def licence_row(r: Row) -> Licence:
-    return Licence(
-        r["workspace_id"],
-        r["product"],
-        int(r["usage_limit"]),
-        int(r["per_minute"]),
-        int(r["per_hour"]),
-    )
+    return row_as(Licence, r, LICENCE_COLUMNS)
 
 
 class Licences(StoreCore):
@@ -42,8 +27,7 @@ class Licences(StoreCore):
     async def get_licences(self, workspace_id: str) -> list[Licence]:
         async with self.connection() as c:
             rows = await c.fetch(
-                "SELECT workspace_id, product, usage_limit, per_minute, per_hour FROM licences "
-                "WHERE workspace_id = ? ORDER BY product",
+                f"SELECT {LICENCE_COLUMNS} FROM licences WHERE workspace_id = ? ORDER BY product",
                 workspace_id,
             )
         return [licence_row(r) for r in rows]
@@ -80,16 +64,8 @@ class Licences(StoreCore):
         async with self.connection() as c:
             await c.execute(
                 f"INSERT INTO upgrade_requests ({REQUEST_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                q.id,
-                q.workspace_id,
-                dumps(list(q.products)),
-                q.message,
-                q.status,
-                q.created_at,
-                q.granted_at,
-                q.decided_at,
-                q.reason,
+                f"VALUES ({marks(REQUEST_COLUMNS)})",
+                *values(q, REQUEST_COLUMNS, products=dumps(list(q.products))),
             )
 
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meter.store.db import Conn, Row, StoreCore, dumps, loads
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.models import OutboxEvent, now_ms
 
 _COLS = (
@@ -35,18 +35,7 @@ async def insert_events(c: Conn, events: Sequence[OutboxEvent]) -> None:
 
 
 def _event(r: Row) -> OutboxEvent:
-    return OutboxEvent(
-        id=int(r["id"]),
-        workspace_id=r["workspace_id"],
-        event_id=r["event_id"],
-        event_type=r["event_type"],
-        payload=loads(r["payload"]),
-        created_at=int(r["created_at"]),
-        attempts=int(r["attempts"]),
-        next_attempt_at=r["next_attempt_at"],
-        delivered_at=r["delivered_at"],
-        last_error=r["last_error"],
-    )
+    return row_as(OutboxEvent, r, _COLS, payload=loads(r["payload"]))
 
 
 class Outbox(StoreCore):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.store.db import Row, StoreCore, dumps, loads
+from meter.store.db import Row, StoreCore, dumps, loads, marks, row_as, values
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
 
@@ -20,43 +20,15 @@ _COLS = (
 
 
 def _checkout(r: Row) -> Checkout:
-    return Checkout(
-        id=r["id"],
-        workspace_id=r["workspace_id"],
-        app_id=r["app_id"],
-        amount=int(r["amount"]),
-        currency=r["currency"],
-        provider=r["provider"],
-        session_id=r["session_id"],
-        payment_intent=r["payment_intent"],
-        url=r["url"],
-        status=r["status"],
-        created_by=r["created_by"],
-        created_at=int(r["created_at"]),
-        completed_at=r["completed_at"],
-        detail=loads(r["detail"]) or {},
-    )
+    return row_as(Checkout, r, _COLS, detail=loads(r["detail"]) or {})
 
 
 class Payments(StoreCore):
     async def create_checkout(self, co: Checkout) -> None:
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO checkouts ({_COLS}) VALUES ({', '.join('?' * 14)})",
-                co.id,
-                co.workspace_id,
-                co.app_id,
-                co.amount,
-                co.currency,
-                co.provider,
-                co.session_id,
-                co.payment_intent,
-                co.url,
-                co.status,
-                co.created_by,
-                co.created_at,
-                co.completed_at,
-                dumps(co.detail),
+                f"INSERT INTO checkouts ({_COLS}) VALUES ({marks(_COLS)})",
+                *values(co, _COLS, detail=dumps(co.detail)),
             )
 
     async def get_checkout(self, checkout_id: str) -> Checkout | None:

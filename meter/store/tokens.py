@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore
+from meter.store.db import Row, StoreCore, marks, row_as, values
 from meter.store.models import ApiToken
 
 _TOKEN = "id, user_id, name, token_hash, hint, created_at, revoked_at"
 
 
 def _token(r: Row) -> ApiToken:
-    return ApiToken(
-        id=r["id"],
-        user_id=r["user_id"],
-        name=r["name"],
-        token_hash=r["token_hash"],
-        hint=r["hint"],
-        created_at=int(r["created_at"]),
-        revoked_at=r["revoked_at"],
-    )
+    return row_as(ApiToken, r, _TOKEN)
 
 
 class Tokens(StoreCore):
@@ -25,14 +17,8 @@ class Tokens(StoreCore):
         t = token
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO api_tokens ({_TOKEN}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                t.id,
-                t.user_id,
-                t.name,
-                t.token_hash,
-                t.hint,
-                t.created_at,
-                t.revoked_at,
+                f"INSERT INTO api_tokens ({_TOKEN}) VALUES ({marks(_TOKEN)})",
+                *values(t, _TOKEN),
             )
 
     async def get_active_token(self, token_hash: str) -> ApiToken | None:
