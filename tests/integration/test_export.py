@@ -14,7 +14,7 @@ import pytest
 
 from gateway import cli_commands
 from meter.errors import InvalidInput
-from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.client import RedisClient
 from meter.store import SessionRow, Store, UsageRow
 from meter.usage.export import SESSION_FIELDS, USAGE_FIELDS, export_stream, parse_time
 from meter.usage.flusher import Flusher
@@ -194,25 +194,18 @@ async def cli_commands_in_thread(cfg: object, args: argparse.Namespace) -> int:
     return await asyncio.to_thread(cli_commands.export, cfg, args)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
-
-
 async def test_usage_merges_live_buckets_without_double_counting(
-    client: RedisClient, tmp_path: Path
+    rclient: RedisClient, tmp_path: Path
 ) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
     async for st in opened_store(f"sqlite:///{tmp_path / 'u.db'}"):
-        w = await seed_ws(client, st, cfg, clock, products=["agent"], pool=10 * USD)
-        adm = admitter(client, cfg, clock)
+        w = await seed_ws(rclient, st, cfg, clock, products=["agent"], pool=10 * USD)
+        adm = admitter(rclient, cfg, clock)
         start_ms = int(clock.now * 1000)
         for _ in range(30):
             await adm.admit(w.apps[0], "web", "u")
             clock.advance(0.2)
-        flusher = Flusher(client, st, cfg, clock=clock)
+        flusher = Flusher(rclient, st, cfg, clock=clock)
         await flusher.flush_once()  # the older buckets are flushed, the newest are live
         flushed = (await st.usage_totals(w.ws)).requests
         assert 0 < flushed < 30
@@ -227,10 +220,10 @@ async def test_usage_merges_live_buckets_without_double_counting(
             claim.batch_id, w.ws, "ag", bucket * 1000, usage_rows=build(claim).usage
         )
         end_ms = int(clock.now * 1000) + 3_600_000
-        series = await usage(st, client, w.ws, start_ms, end_ms, "hour")
+        series = await usage(st, rclient, w.ws, start_ms, end_ms, "hour")
         assert sum(p.requests for p in series) == 31
         assert sum(p.amount for p in series) == 31 * 20_000
-        stored = await usage(st, client, w.ws, start_ms, end_ms, "hour", include_live=False)
+        stored = await usage(st, rclient, w.ws, start_ms, end_ms, "hour", include_live=False)
         assert sum(p.requests for p in stored) == flushed + 1
-        other = await usage(st, client, w.ws, start_ms, end_ms, "day", channel="slack")
+        other = await usage(st, rclient, w.ws, start_ms, end_ms, "day", channel="slack")
         assert sum(p.requests for p in other) == 0

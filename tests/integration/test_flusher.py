@@ -26,36 +26,29 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
-
-
-async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Store) -> None:
+async def test_closed_buckets_flush_exactly_once(rclient: RedisClient, store: Store) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
     w = await seed_ws(
-        client, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
+        rclient, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
     )
-    adm = admitter(client, cfg, clock)
+    adm = admitter(rclient, cfg, clock)
     exp = Expected()
     for i in range(200):
         exp.add(await adm.admit(w.apps[i % 2], "web", f"u{i % 7}"))
         clock.advance(0.05)
-    flusher = Flusher(client, store, cfg, clock=clock)
+    flusher = Flusher(rclient, store, cfg, clock=clock)
     res = await flusher.flush_once()
     assert res.batches > 0
     assert res.failed == 0
     # The current bucket and the one in grace stay live until forced.
-    assert await client.zcard(keys.agg_index_key(w.ws)) >= 1
+    assert await rclient.zcard(keys.agg_index_key(w.ws)) >= 1
     await flusher.drain(force=True)
     # Forced claims of open buckets keep them indexed (late writes must be found) until
     # they close and a pass finds nothing left.
     clock.advance(cfg.flush_bucket_s + cfg.flush_grace_s)
     await flusher.flush_once()
-    assert await client.zcard(keys.agg_index_key(w.ws)) == 0
-    assert await client.hlen(keys.claims_key(w.ws)) == 0
+    assert await rclient.zcard(keys.agg_index_key(w.ws)) == 0
+    assert await rclient.hlen(keys.claims_key(w.ws)) == 0
     tot = await store.usage_totals(w.ws)
     assert (tot.total_units, tot.messages, tot.amount_pool) == (exp.units, exp.messages, exp.pool)
     assert tot.requests == 200
@@ -65,12 +58,12 @@ async def test_closed_buckets_flush_exactly_once(client: RedisClient, store: Sto
     assert again.batches == 0
 
 
-async def test_billing_sessions_flush_with_late_writes(client: RedisClient, store: Store) -> None:
+async def test_billing_sessions_flush_with_late_writes(rclient: RedisClient, store: Store) -> None:
     """Session records close after block + idle; forced early claims snapshot, not move."""
     cfg, clock = make_settings(fast_flush=True), Clock.past()
-    w = await seed_ws(client, store, cfg, clock, products=["automation"], pool=100 * USD)
-    adm = admitter(client, cfg, clock)
-    flusher = Flusher(client, store, cfg, clock=clock)
+    w = await seed_ws(rclient, store, cfg, clock, products=["automation"], pool=100 * USD)
+    adm = admitter(rclient, cfg, clock)
+    flusher = Flusher(rclient, store, cfg, clock=clock)
     per_session: dict[str, list[int]] = {}
     for step in range(300):  # 150 s: several 60 s blocks per user
         d = await adm.admit(w.apps[0], "slack", f"U{step % 4}")
@@ -84,8 +77,8 @@ async def test_billing_sessions_flush_with_late_writes(client: RedisClient, stor
     # A session bucket closes once its last block ended and that conversation idled out.
     clock.advance(2 * cfg.session_block_s + cfg.session_idle_s + cfg.flush_grace_s + 1)
     await flusher.drain(force=False)
-    assert await client.zcard(keys.sessions_index_key(w.ws)) == 0
-    assert not [k async for k in client.scan_iter(match=f"{keys.ws_prefix(w.ws)}:sr:*")]
+    assert await rclient.zcard(keys.sessions_index_key(w.ws)) == 0
+    assert not [k async for k in rclient.scan_iter(match=f"{keys.ws_prefix(w.ws)}:sr:*")]
     rows = await store.sessions(w.ws, 0, 2**62)
     got = {r.id: [r.messages, r.amount] for r in rows}
     assert got == per_session
@@ -96,15 +89,15 @@ async def test_billing_sessions_flush_with_late_writes(client: RedisClient, stor
     assert tot.amount == sum(a for _, a in per_session.values())
 
 
-async def test_events_become_outbox_and_lapse_ledger(client: RedisClient, store: Store) -> None:
+async def test_events_become_outbox_and_lapse_ledger(rclient: RedisClient, store: Store) -> None:
     cfg, clock = make_settings(fast_flush=True, free_credit_validity_s=10.0), Clock.past()
-    w = await seed_ws(client, store, cfg, clock, products=["agent"], free=5 * USD)
-    adm = admitter(client, cfg, clock)
+    w = await seed_ws(rclient, store, cfg, clock, products=["agent"], free=5 * USD)
+    adm = admitter(rclient, cfg, clock)
     await adm.admit(w.apps[0], "web", "u1")  # $0.02 of free credits
     clock.advance(11)
     refused = await adm.admit(w.apps[0], "web", "u1")  # free credits lapsed: nothing usable
     assert refused.reason == "free_credits_expired"
-    flusher = Flusher(client, store, cfg, clock=clock)
+    flusher = Flusher(rclient, store, cfg, clock=clock)
     await flusher.drain(force=True)
     lapses = await store.ledger_entries(w.ws, kind="lapse")
     assert [e.amount for e in lapses] == [-(5 * USD - 20_000)]
@@ -117,22 +110,22 @@ async def test_events_become_outbox_and_lapse_ledger(client: RedisClient, store:
     types = {e.event_type for e in await store.list_events(w.ws)}
     assert {"free_credits.expired", "app.inactive"} <= types
     assert (await store.ledger_balance(w.ws)).free == 20_000
-    assert await client.exists(keys.events_key(w.ws)) == 0
+    assert await rclient.exists(keys.events_key(w.ws)) == 0
     assert flusher.stats.rows["events"] == len(types) + 1  # the outbox events + one lapse
 
 
 async def test_crash_between_commit_and_ack_is_a_noop_retake(
-    client: RedisClient, store: Store
+    rclient: RedisClient, store: Store
 ) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
-    w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
-    adm = admitter(client, cfg, clock)
+    w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
+    adm = admitter(rclient, cfg, clock)
     for _ in range(10):
         await adm.admit(w.apps[0], "web", "u")
     bucket = int(clock.now) // cfg.flush_bucket_s * cfg.flush_bucket_s
     clock.advance(5)
     # A flusher that claims and commits, then dies before its ack.
-    dead = Flusher(client, store, cfg, clock=clock, lease_s=0.2)
+    dead = Flusher(rclient, store, cfg, clock=clock, lease_s=0.2)
     code, claim = await dead._claims.claim(w.ws, "ag", bucket)
     assert claim is not None
     assert code == 0
@@ -143,52 +136,52 @@ async def test_crash_between_commit_and_ack_is_a_noop_retake(
         claim.batch_id, w.ws, "ag", bucket * 1000, usage_rows=b.usage
     )
     # While its lease runs, others leave the claim alone.
-    other = Flusher(client, store, cfg, clock=clock, lease_s=0.2)
+    other = Flusher(rclient, store, cfg, clock=clock, lease_s=0.2)
     assert (await other.flush_once()).busy == 1
     await asyncio.sleep(0.3)
     res = await other.flush_once()
     assert (res.duplicates, res.batches, other.stats.retaken) == (1, 0, 1)
-    assert await client.hlen(keys.claims_key(w.ws)) == 0
+    assert await rclient.hlen(keys.claims_key(w.ws)) == 0
     assert (await store.usage_totals(w.ws)).requests == 10
 
 
-async def test_store_outage_keeps_claim_and_retries(client: RedisClient, tmp_path: Path) -> None:
+async def test_store_outage_keeps_claim_and_retries(rclient: RedisClient, tmp_path: Path) -> None:
     """SQLite locked by another connection: the flusher backs off, keeps the claim, then writes."""
     cfg, clock = make_settings(fast_flush=True), Clock.past()
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     async for store in opened_store(url):
-        w = await seed_ws(client, None, cfg, clock, products=["agent"], pool=10 * USD)
-        adm = admitter(client, cfg, clock)
+        w = await seed_ws(rclient, None, cfg, clock, products=["agent"], pool=10 * USD)
+        adm = admitter(rclient, cfg, clock)
         for _ in range(5):
             await adm.admit(w.apps[0], "web", "u")
         clock.advance(5)
         locked = open_store(url, busy_timeout_s=0.05)
-        flusher = Flusher(client, locked, cfg, clock=clock, backoff_cap_s=0.2)
+        flusher = Flusher(rclient, locked, cfg, clock=clock, backoff_cap_s=0.2)
         lock = sqlite3.connect(str(tmp_path / "locked.db"), isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         task = asyncio.create_task(flusher.flush_once())
         await asyncio.sleep(1.0)
         assert not task.done()
         assert flusher.stats.write_errors >= 3
-        assert await client.hlen(keys.claims_key(w.ws)) == 1  # the claim is kept
+        assert await rclient.hlen(keys.claims_key(w.ws)) == 1  # the claim is kept
         assert await flusher.measure_lag() > 0  # read from Redis while the pass is stuck
         lock.execute("COMMIT")
         lock.close()
         res = await asyncio.wait_for(task, 10)
         assert res.batches >= 1
         assert res.failed == 0
-        assert await client.hlen(keys.claims_key(w.ws)) == 0
+        assert await rclient.hlen(keys.claims_key(w.ws)) == 0
         assert (await store.usage_totals(w.ws)).requests == 5
         assert flusher.stats.lag_seconds > 0
         assert await flusher.measure_lag() == 0.0
         await locked.close()
 
 
-async def test_stop_flushes_closed_buckets_then_returns(client: RedisClient, store: Store) -> None:
+async def test_stop_flushes_closed_buckets_then_returns(rclient: RedisClient, store: Store) -> None:
     cfg, clock = make_settings(fast_flush=True, flush_interval_s=30.0), Clock.past()
-    w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
-    adm = admitter(client, cfg, clock)
-    flusher = Flusher(client, store, cfg, clock=clock)
+    w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
+    adm = admitter(rclient, cfg, clock)
+    flusher = Flusher(rclient, store, cfg, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop))
     await asyncio.sleep(0.2)  # the first pass ran; the next one is 30 s away
@@ -246,7 +239,7 @@ async def test_racing_flushers_on_redis_cluster(
 
 
 async def test_cli_migrate_and_flush_once(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    rclient: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     import argparse
 
@@ -256,8 +249,8 @@ async def test_cli_migrate_and_flush_once(
     cfg = make_settings(fast_flush=True, redis_url=redis_url, store_url=url)
     assert await asyncio.to_thread(cli_commands.migrate, cfg, argparse.Namespace()) == 0
     clock = Clock.past()
-    w = await seed_ws(client, None, cfg, clock, products=["agent"], pool=10 * USD)
-    adm = admitter(client, cfg, clock)
+    w = await seed_ws(rclient, None, cfg, clock, products=["agent"], pool=10 * USD)
+    adm = admitter(rclient, cfg, clock)
     for _ in range(9):
         await adm.admit(w.apps[0], "web", "u")
     args = argparse.Namespace(once=True, force=True, lease=1.0)

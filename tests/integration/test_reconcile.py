@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from gateway import cli_commands
 from meter.accounts import projection
 from meter.redis_layer import keys
-from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.client import RedisClient
 from meter.usage.flusher import Flusher
 from meter.usage.reconcile import reconcile
 from tests.support.clock import Clock
@@ -21,20 +20,13 @@ from tests.support.metering import admitter
 from tests.support.settings import make_settings
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
-
-
 def balances_of(b: projection.Balances) -> dict[str, int]:
     return {"free": b.free, "pool": b.pool, **{f"app:{a}": v for a, v in b.app.items()}}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, backend: str
 ) -> None:
     url = store_url(backend, request, tmp_path)
     redis_url: str = request.getfixturevalue("redis_url")
@@ -42,18 +34,18 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
     clock = Clock.past()
     async for store in opened_store(url):
         w = await seed_ws(
-            client, store, cfg, clock, products=["agent", "contact_center"],
+            rclient, store, cfg, clock, products=["agent", "contact_center"],
             free=2 * USD, pool=5 * USD, app_funds=1 * USD,
         )  # fmt: skip
-        adm = admitter(client, cfg, clock)
+        adm = admitter(rclient, cfg, clock)
         for i in range(400):
             assert (await adm.admit(w.apps[i % 2], "web", f"u{i}")).admitted
             clock.advance(0.05)
         # Flush what closed; the last second or so stays live in Redis (the window at risk).
-        await Flusher(client, store, cfg, clock=clock).flush_once()
+        await Flusher(rclient, store, cfg, clock=clock).flush_once()
         live = {"free": 0, "pool": 0, **{f"app:{a}": 0 for a in w.apps}}
-        for b in await client.zrange(keys.agg_index_key(w.ws), 0, -1):
-            for f, v in (await client.hgetall(keys.agg_key(w.ws, int(b)))).items():
+        for b in await rclient.zrange(keys.agg_index_key(w.ws), 0, -1):
+            for f, v in (await rclient.hgetall(keys.agg_key(w.ws, int(b)))).items():
                 app, _, _, _, metric = keys.agg_field_parts(f)
                 name = {"f": "free", "p": "pool", "a": f"app:{app}"}.get(metric)
                 if name:
@@ -61,15 +53,15 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         assert sum(live.values()) > 0, "nothing left unflushed: the test proves nothing"
 
         # Redis intact: every difference is exactly the unflushed usage.
-        (rep,) = await reconcile(store, client, cfg, workspace=w.ws)
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws)
         assert rep.mismatches == []
         gaps = {d.field: d.store - d.redis for d in rep.differences if d.redis is not None}
         assert {k: v for k, v in gaps.items() if k in live} == {k: v for k, v in live.items() if v}
-        before = balances_of(await projection.read_balances(client, w.ws))
+        before = balances_of(await projection.read_balances(rclient, w.ws))
 
         # Redis loses everything.
-        await client.flushall()
-        (lost,) = await reconcile(store, client, cfg, workspace=w.ws)
+        await rclient.flushall()
+        (lost,) = await reconcile(store, rclient, cfg, workspace=w.ws)
         assert {d.field for d in lost.mismatches} >= {"free", "pool", *(f"app:{a}" for a in w.apps)}
         assert all(d.redis is None for d in lost.mismatches)
         args = argparse.Namespace(workspace=w.ws, apply=False)
@@ -79,7 +71,7 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
 
         ledger = await store.ledger_balance(w.ws)
         spent = await store.usage_spent(w.ws)
-        after = balances_of(await projection.read_balances(client, w.ws))
+        after = balances_of(await projection.read_balances(rclient, w.ws))
         assert after == {
             "free": ledger.free - spent.free,
             "pool": ledger.shared - spent.shared,
@@ -87,17 +79,17 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         }
         # The lost window: restored balances are higher by exactly the unflushed usage.
         assert {k: after[k] - before[k] for k in after} == live
-        (clean,) = await reconcile(store, client, cfg, workspace=w.ws)
+        (clean,) = await reconcile(store, rclient, cfg, workspace=w.ws)
         assert clean.differences == []
 
         # The projection works again: grants stay idempotent, admission charges, new ids
         # do not collide with flushed ones.
         assert not await projection.grant(
-            client, w.ws, reference="pool", kind="funds", amount=USD, low_threshold=0
+            rclient, w.ws, reference="pool", kind="funds", amount=USD, low_threshold=0
         )
-        adm2 = admitter(client, cfg, clock)
+        adm2 = admitter(rclient, cfg, clock)
         d = await adm2.admit(w.apps[0], "web", "again")
         assert d.admitted
         assert d.units == 1
-        seq = int(await client.hget(keys.ws_key(w.ws), "seq") or 0)
+        seq = int(await rclient.hget(keys.ws_key(w.ws), "seq") or 0)
         assert seq > 10**15

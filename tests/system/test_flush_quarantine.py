@@ -42,13 +42,6 @@ ATTEMPTS = 3
 NUL_USER = "ev\x00il"
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
-
-
 async def until(
     check: Callable[[], Awaitable[bool] | bool], what: str, deadline_s: float = 120
 ) -> None:
@@ -62,25 +55,25 @@ async def until(
         await asyncio.sleep(0.05)
 
 
-async def poison(client: RedisClient, cfg: Settings, w: Seeded, kind: str, at: float) -> int:
+async def poison(rclient: RedisClient, cfg: Settings, w: Seeded, kind: str, at: float) -> int:
     """Write one poison bucket of workspace ``w`` at time ``at``; returns its start (s)."""
     app = w.apps[0]
     if kind == "nul":
         width = max(1, int(cfg.session_block_s))
         bucket = int(at) // width * width
         record = f"{bucket * 1000},1000,1,bpoison{bucket},3,200000,automation"
-        await client.hset(keys.sessions_key(w.ws, bucket), f"{app}\tweb\t{NUL_USER}", record)
-        await client.zadd(keys.sessions_index_key(w.ws), {str(bucket): bucket})
+        await rclient.hset(keys.sessions_key(w.ws, bucket), f"{app}\tweb\t{NUL_USER}", record)
+        await rclient.zadd(keys.sessions_index_key(w.ws), {str(bucket): bucket})
         return bucket
     bucket = int(at)
     field = keys.agg_field(app, "web", "agent", "request", "n")
-    await client.hset(keys.agg_key(w.ws, bucket), field, "9" * 25)  # beyond BIGINT
-    await client.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
+    await rclient.hset(keys.agg_key(w.ws, bucket), field, "9" * 25)  # beyond BIGINT
+    await rclient.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
     return bucket
 
 
-async def admit(client: RedisClient, cfg: Settings, clock: Clock, w: Seeded, n: int) -> Expected:
-    adm = admitter(client, cfg, clock)
+async def admit(rclient: RedisClient, cfg: Settings, clock: Clock, w: Seeded, n: int) -> Expected:
+    adm = admitter(rclient, cfg, clock)
     exp = Expected()
     for i in range(n):
         exp.add(await adm.admit(w.apps[i % len(w.apps)], "web", f"u{i % 5}"))
@@ -89,11 +82,11 @@ async def admit(client: RedisClient, cfg: Settings, clock: Clock, w: Seeded, n: 
     return exp
 
 
-async def redis_empty(client: RedisClient, ws: str) -> bool:
+async def redis_empty(rclient: RedisClient, ws: str) -> bool:
     left = 0
     for key in (keys.agg_index_key(ws), keys.sessions_index_key(ws)):
-        left += await client.zcard(key)
-    left += await client.hlen(keys.claims_key(ws))
+        left += await rclient.zcard(key)
+    left += await rclient.hlen(keys.claims_key(ws))
     return left == 0
 
 
@@ -140,18 +133,18 @@ CASES = [("postgres", "nul"), ("postgres", "overflow"), ("sqlite", "overflow")]
 
 @pytest.mark.parametrize(("backend", "kind"), CASES)
 async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str, kind: str
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, backend: str, kind: str
 ) -> None:
     cfg = make_settings(fast_flush=True, flush_quarantine_attempts=ATTEMPTS)
     clock = Clock.past()
     async with migrated(request, backend, tmp_path) as (store, url):
         products = ["automation"] if kind == "nul" else ["agent"]
-        bad = await seed_ws(client, store, cfg, clock, products=products, pool=100 * USD)
-        good = await seed_ws(client, store, cfg, clock, products=["agent"], pool=100 * USD)
-        bucket = await poison(client, cfg, bad, kind, clock.now - 3600)
-        exp_bad = await admit(client, cfg, clock, bad, 40)
-        exp_good = await admit(client, cfg, clock, good, 120)
-        flusher = Flusher(client, store, cfg, backoff_cap_s=0.2)
+        bad = await seed_ws(rclient, store, cfg, clock, products=products, pool=100 * USD)
+        good = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=100 * USD)
+        bucket = await poison(rclient, cfg, bad, kind, clock.now - 3600)
+        exp_bad = await admit(rclient, cfg, clock, bad, 40)
+        exp_good = await admit(rclient, cfg, clock, good, 120)
+        flusher = Flusher(rclient, store, cfg, backoff_cap_s=0.2)
         lag0 = await flusher.measure_lag()
         assert lag0 > 3600  # buckets closed hours ago are waiting
 
@@ -164,8 +157,8 @@ async def test_poison_bucket_is_quarantined_while_other_workspaces_flush(
             assert flusher.stats.quarantined == 0
         try:
             await until(lambda: flusher.stats.quarantined == 1, "the quarantine")
-            await until(lambda: redis_empty(client, good.ws), "the good workspace to flush")
-            await until(lambda: redis_empty(client, bad.ws), "the bad workspace to flush")
+            await until(lambda: redis_empty(rclient, good.ws), "the good workspace to flush")
+            await until(lambda: redis_empty(rclient, bad.ws), "the bad workspace to flush")
         finally:
             stop.set()
             await asyncio.wait_for(task, 60)
@@ -206,15 +199,15 @@ async def lag_above(flusher: Flusher, seconds: float) -> bool:
 
 
 async def test_unreadable_bucket_is_quarantined_at_once(
-    client: RedisClient, tmp_path: Path
+    rclient: RedisClient, tmp_path: Path
 ) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
     async for store in opened_store(f"sqlite:///{tmp_path / 's.db'}"):
-        w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=10 * USD)
+        w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
         bucket = int(clock.now)
-        await client.hset(keys.agg_key(w.ws, bucket), "not|a|field", "x")
-        await client.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
-        flusher = Flusher(client, store, cfg)
+        await rclient.hset(keys.agg_key(w.ws, bucket), "not|a|field", "x")
+        await rclient.zadd(keys.agg_index_key(w.ws), {str(bucket): bucket})
+        flusher = Flusher(rclient, store, cfg)
         res = await flusher.drain(force=False)
         assert res.quarantined == 1
         assert res.failed == 0
@@ -222,7 +215,7 @@ async def test_unreadable_bucket_is_quarantined_at_once(
         assert d.attempts == 1
         assert "ValueError" in d.error
         assert orjson.loads(d.content) == {"kind": "ag", "fields": [["not|a|field", "x"]]}
-        assert await redis_empty(client, w.ws)
+        assert await redis_empty(rclient, w.ws)
 
 
 async def test_gateway_exports_quarantines_and_lag(redis_url: str, tmp_path: Path) -> None:
@@ -234,11 +227,11 @@ async def test_gateway_exports_quarantines_and_lag(redis_url: str, tmp_path: Pat
         flush_interval_s=0.05,
     )
     clock = Clock.past()
-    client = connect(redis_url)
+    rclient = connect(redis_url)
     try:
         async with admin_server(cfg) as admin:
-            w = await seed_ws(client, admin.store, cfg, clock, products=["agent"], pool=USD)
-            await poison(client, cfg, w, "overflow", clock.now)
+            w = await seed_ws(rclient, admin.store, cfg, clock, products=["agent"], pool=USD)
+            await poison(rclient, cfg, w, "overflow", clock.now)
             async with admin_server(cfg, run_flusher=True) as flushing:
 
                 async def scraped() -> bool:
@@ -248,7 +241,7 @@ async def test_gateway_exports_quarantines_and_lag(redis_url: str, tmp_path: Pat
                     )
 
                 await until(scraped, "the quarantine on /metrics")
-                await until(lambda: redis_empty(client, w.ws), "the flush")
+                await until(lambda: redis_empty(rclient, w.ws), "the flush")
 
                 async def lag_zero() -> bool:
                     _, text = await flushing.api("GET", "/metrics")
@@ -256,4 +249,4 @@ async def test_gateway_exports_quarantines_and_lag(redis_url: str, tmp_path: Pat
 
                 await until(lag_zero, "the lag to return to 0")
     finally:
-        await client.aclose()
+        await rclient.aclose()

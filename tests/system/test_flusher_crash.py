@@ -28,7 +28,6 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import pytest
 
 from config import Settings
 from meter.redis_layer import keys
-from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.client import RedisClient
 from meter.store import Store
 from tests.support.clock import Clock
 from tests.support.flushkit import (
@@ -58,13 +57,6 @@ WORKSPACES = 5
 APPS_PER_WS = 10
 ROUND = 500  # messages admitted concurrently per clock step
 PROGRESS_DEADLINE_S = 300.0  # generous: a loaded machine is slow, never stuck this long
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
 
 
 class FlusherProc:
@@ -146,7 +138,7 @@ class Observer:
     """What the test can see of the flushers' progress, in the store and in Redis."""
 
     store: Store
-    client: RedisClient
+    rclient: RedisClient
     spaces: list[str]
 
     async def committed(self) -> int:
@@ -161,16 +153,16 @@ class Observer:
     async def holds_claim(self, pid: int) -> bool:
         """Whether process ``pid`` holds a claim now (leases name their owner's pid)."""
         for ws in self.spaces:
-            for field in await self.client.hkeys(keys.claims_key(ws)):
+            for field in await self.rclient.hkeys(keys.claims_key(ws)):
                 kind, _, bucket = field.decode().partition(":")
-                holder = await self.client.get(keys.lease_key(ws, kind, int(bucket)))
+                holder = await self.rclient.get(keys.lease_key(ws, kind, int(bucket)))
                 if holder is not None and holder.decode().rsplit(":", 2)[1] == str(pid):
                     return True
         return False
 
     async def idle(self) -> bool:
         """No closed bucket, claim or event waits in Redis for these workspaces."""
-        c = self.client
+        c = self.rclient
         for ws in self.spaces:
             if await c.zcard(keys.agg_index_key(ws)) or await c.zcard(keys.sessions_index_key(ws)):
                 return False
@@ -224,9 +216,9 @@ async def chaos(
 
 
 async def admit_all(
-    client: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], total: int
+    rclient: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], total: int
 ) -> Expected:
-    adm = admitter(client, cfg, clock)
+    adm = admitter(rclient, cfg, clock)
     apps = [a for w in spaces for a in w.apps]
     exp = Expected()
     sent = 0
@@ -247,13 +239,13 @@ async def admit_all(
     return exp
 
 
-async def setup(client: RedisClient, store: Store, cfg: Settings, clock: Clock) -> list[Seeded]:
+async def setup(rclient: RedisClient, store: Store, cfg: Settings, clock: Clock) -> list[Seeded]:
     spaces = []
     for _ in range(WORKSPACES):
         products = ["contact_center" if i % 2 else "agent" for i in range(APPS_PER_WS)]
         spaces.append(
             await seed_ws(
-                client, store, cfg, clock, products=products,
+                rclient, store, cfg, clock, products=products,
                 free=200 * USD, pool=150 * USD, app_funds=3 * USD,
             )
         )  # fmt: skip
@@ -268,7 +260,7 @@ async def drain(env: dict[str, str], log: Path) -> None:
     assert rc == 0, (await asyncio.to_thread(log.read_text))[-3000:]
 
 
-async def verify(client: RedisClient, store: Store, spaces: list[Seeded], exp: Expected) -> None:
+async def verify(rclient: RedisClient, store: Store, spaces: list[Seeded], exp: Expected) -> None:
     units = messages = free = app_paid = pool = 0
     for w in spaces:
         t = await store.usage_totals(w.ws)
@@ -278,11 +270,11 @@ async def verify(client: RedisClient, store: Store, spaces: list[Seeded], exp: E
         app_paid += t.amount_app
         pool += t.amount_pool
         # Nothing left in Redis: no live bucket, no claim, no event.
-        assert await client.zcard(keys.agg_index_key(w.ws)) == 0
-        assert await client.hlen(keys.claims_key(w.ws)) == 0
-        assert await client.llen(keys.events_key(w.ws)) == 0
+        assert await rclient.zcard(keys.agg_index_key(w.ws)) == 0
+        assert await rclient.hlen(keys.claims_key(w.ws)) == 0
+        assert await rclient.llen(keys.events_key(w.ws)) == 0
         # Lapsed free credits reached the ledger exactly once.
-        lapsed = int(await client.hget(keys.ws_key(w.ws), "lapsed") or 0)
+        lapsed = int(await rclient.hget(keys.ws_key(w.ws), "lapsed") or 0)
         lapses = await store.ledger_entries(w.ws, kind="lapse")
         assert -sum(e.amount for e in lapses) == lapsed
         assert len(await store.list_events(w.ws, limit=10_000)) >= len(lapses)
@@ -293,7 +285,7 @@ async def verify(client: RedisClient, store: Store, spaces: list[Seeded], exp: E
 async def run_scenario(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    client: RedisClient,
+    rclient: RedisClient,
     backend: str,
     *,
     flushers: int,
@@ -309,18 +301,18 @@ async def run_scenario(
     env = child_env(cfg, redis_url, url)
     total = scaled(100_000, 2_000)
     async for store in opened_store(url):
-        spaces = await setup(client, store, cfg, clock)
+        spaces = await setup(rclient, store, cfg, clock)
         procs = [FlusherProc(env, log) for _ in range(flushers)]
         done = asyncio.Event()
-        seen = Observer(store, client, [w.ws for w in spaces])
+        seen = Observer(store, rclient, [w.ws for w in spaces])
         killer = asyncio.create_task(chaos(procs, done, min_kills, rng, seen))
         try:
             if outage_s:
                 exp = await admit_during_outage(
-                    request, backend, url, client, cfg, clock, spaces, total, outage_s
+                    request, backend, url, rclient, cfg, clock, spaces, total, outage_s
                 )
             else:
-                exp = await admit_all(client, cfg, clock, spaces, total)
+                exp = await admit_all(rclient, cfg, clock, spaces, total)
             done.set()
             kills = await killer
         finally:
@@ -337,14 +329,14 @@ async def run_scenario(
         retakes = (await asyncio.to_thread(log.read_text)).count("re-took unacked claim")
         print(f"{backend}: {kills} kills, {retakes} claims re-taken, {before}/{exp.units} units")
         await drain(env, log)
-        await verify(client, store, spaces, exp)
+        await verify(rclient, store, spaces, exp)
 
 
 async def admit_during_outage(
     request: pytest.FixtureRequest,
     backend: str,
     url: str,
-    client: RedisClient,
+    rclient: RedisClient,
     cfg: Settings,
     clock: Clock,
     spaces: list[Seeded],
@@ -352,12 +344,12 @@ async def admit_during_outage(
     outage_s: float,
 ) -> Expected:
     """Admit a third, take the database away for ``outage_s`` while admitting the rest."""
-    first = await admit_all(client, cfg, clock, spaces, total // 3)
+    first = await admit_all(rclient, cfg, clock, spaces, total // 3)
     if backend == "postgres":
         pg: PostgresServer = request.getfixturevalue("postgres_server")
         await asyncio.to_thread(pg.stop)
         try:
-            rest = await paced(client, cfg, clock, spaces, total - total // 3, outage_s)
+            rest = await paced(rclient, cfg, clock, spaces, total - total // 3, outage_s)
         finally:
             await asyncio.to_thread(pg.start)
     else:
@@ -369,7 +361,7 @@ async def admit_during_outage(
         )
         try:
             await asyncio.to_thread(lock.execute, "BEGIN EXCLUSIVE")
-            rest = await paced(client, cfg, clock, spaces, total - total // 3, outage_s)
+            rest = await paced(rclient, cfg, clock, spaces, total - total // 3, outage_s)
             lock.execute("COMMIT")
         finally:
             lock.close()
@@ -379,7 +371,7 @@ async def admit_during_outage(
 
 
 async def paced(
-    client: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], n: int, span_s: float
+    rclient: RedisClient, cfg: Settings, clock: Clock, spaces: list[Seeded], n: int, span_s: float
 ) -> Expected:
     """Admit ``n`` messages spread over at least ``span_s`` seconds of real time."""
     loop = asyncio.get_running_loop()
@@ -388,7 +380,7 @@ async def paced(
     parts = 10
     for i in range(parts):
         part = n // parts + (1 if i < n % parts else 0)
-        got = await admit_all(client, cfg, clock, spaces, part)
+        got = await admit_all(rclient, cfg, clock, spaces, part)
         for f in ("units", "messages", "free", "app", "pool", "refused"):
             setattr(exp, f, getattr(exp, f) + getattr(got, f))
         await asyncio.sleep(max(0.0, (end - loop.time()) / (parts - i)))
@@ -398,41 +390,46 @@ async def paced(
 BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_flusher_killed_20_times_counts_exactly_once(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
-) -> None:
-    await run_scenario(request, tmp_path, client, backend, flushers=1, min_kills=20)
+# (flushers, kills at least, database outage in s)
+SCENARIOS = [
+    pytest.param(1, 20, 0.0, id="flusher_killed_20_times"),
+    pytest.param(2, 20, 0.0, id="two_racing_flushers_killed"),
+    pytest.param(2, 4, 30.0 * min(SCALE, 1.0), id="database_down_30s"),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_two_racing_flushers_killed_count_exactly_once(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
-) -> None:
-    await run_scenario(request, tmp_path, client, backend, flushers=2, min_kills=20)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_database_down_30s_loses_nothing(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient, backend: str
+@pytest.mark.parametrize(("flushers", "min_kills", "outage_s"), SCENARIOS)
+async def test_every_unit_is_counted_exactly_once(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    rclient: RedisClient,
+    backend: str,
+    flushers: int,
+    min_kills: int,
+    outage_s: float,
 ) -> None:
     await run_scenario(
-        request, tmp_path, client, backend, flushers=2, min_kills=4, outage_s=30.0 * min(SCALE, 1.0)
+        request,
+        tmp_path,
+        rclient,
+        backend,
+        flushers=flushers,
+        min_kills=min_kills,
+        outage_s=outage_s,
     )
 
 
 async def test_sigterm_flushes_what_is_closed_and_exits_0(
-    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient
 ) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
     url = store_url("sqlite", request, tmp_path)
     log = tmp_path / "flusher.log"
     async for store in opened_store(url):
-        w = await seed_ws(client, store, cfg, clock, products=["agent"], pool=50 * USD)
-        exp = await admit_all(client, cfg, clock, [w], 50)
+        w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=50 * USD)
+        exp = await admit_all(rclient, cfg, clock, [w], 50)
         proc = FlusherProc(child_env(cfg, request.getfixturevalue("redis_url"), url), log)
         await proc.start()
         await proc.wait_ready()
@@ -440,6 +437,6 @@ async def test_sigterm_flushes_what_is_closed_and_exits_0(
         while not (await store.usage_totals(w.ws)).requests:  # running: it flushed something
             assert time.monotonic() < deadline, proc.log_tail()
             await asyncio.sleep(0.05)
-        more = await admit_all(client, cfg, clock, [w], 70)
+        more = await admit_all(rclient, cfg, clock, [w], 70)
         assert await proc.stop() == 0
         assert (await store.usage_totals(w.ws)).requests == exp.units + more.units == 120
