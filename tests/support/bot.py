@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -38,10 +39,11 @@ from gateway.app import Gateway, create_app
 from gateway.appkeys import WEBSOCKETS
 from gateway.http_server import GatewayRunner
 from gateway.traffic_site import TrafficPort
+from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import open_store
-from tests.support.settings import HOST, TRAFFIC_SERVER_ENV
+from tests.support.settings import HOST, TRAFFIC_SERVER_ENV, make_settings
 
 CHUNK = 64 * 1024
 
@@ -214,9 +216,23 @@ async def running_gateway(
         await store.close()
 
 
+class SeededGateway(Protocol):
+    """What the ``seeded_gateway`` fixture gives: ``seeded_gateway(ws, apps, ...)``."""
+
+    def __call__(
+        self,
+        ws: str,
+        apps: Mapping[str, Mapping[str, Any]],
+        *,
+        free: int = 0,
+        pool: int = 0,
+        **overrides: Any,
+    ) -> contextlib.AbstractAsyncContextManager[Running]: ...
+
+
 # ---------------------------------------------------------------------- fixtures
-# Loaded for every test by ``pytest_plugins`` in tests/conftest.py;
-# the fixtures are named ``bot``, ``http`` and ``rclient``.
+# Loaded for every test by ``pytest_plugins`` in tests/conftest.py; the fixtures are
+# named ``bot``, ``http``, ``traffic_server``, ``rclient`` and ``seeded_gateway``.
 
 
 @pytest.fixture(name="bot")
@@ -248,6 +264,42 @@ async def rclient_fixture(redis_url: str) -> AsyncIterator[RedisClient]:
     c = connect(redis_url)
     yield c
     await c.aclose()
+
+
+@pytest.fixture(name="seeded_gateway")
+def seeded_gateway_fixture(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> SeededGateway:
+    """``async with seeded_gateway(ws, apps, free=.., pool=.., **overrides) as gw``: a
+    gateway in-process on ``make_settings(redis_url, tmp_path, **overrides)``, in front of
+    workspace ``ws`` seeded with ``apps`` and that credit (meter.accounts.seeding.seed).
+    An app without an ``upstream_url`` is the test's counting bot."""
+
+    @contextlib.asynccontextmanager
+    async def seeded(
+        ws: str,
+        apps: Mapping[str, Mapping[str, Any]],
+        *,
+        free: int = 0,
+        pool: int = 0,
+        **overrides: Any,
+    ) -> AsyncIterator[Running]:
+        settings = make_settings(redis_url, tmp_path, **overrides)
+        apps = {app: {"upstream_url": bot.url, **options} for app, options in apps.items()}
+        await seed(rclient, settings, ws, apps, free=free, pool=pool)
+        async with running_gateway(settings) as running:
+            yield running
+
+    return seeded
+
+
+async def loop_to_itself(rclient: RedisClient, gw: Running, ws: str, app: str, free: int) -> str:
+    """Seed ``app`` of workspace ``ws`` with the gateway itself as its upstream (a loop)
+    and ``free`` credit; returns the app's traffic URL."""
+    url = f"{gw.url}/hooks/web/{app}"
+    apps = {app: {"product": "automation", "upstream_url": url}}
+    await seed(rclient, gw.gateway.settings, ws, apps, free=free)
+    return url
 
 
 # ---------------------------------------------------------------------- requests

@@ -8,10 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.servers import free_port
 from tests.support.settings import LOOPBACK, TRAFFIC_SERVER_ENV, make_settings
@@ -95,3 +98,21 @@ async def creditgate_serve(
             )
         finally:
             await stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def seeded_serve(
+    rclient: RedisClient,
+    redis_url: str,
+    tmp_path: Path,
+    ws: str,
+    apps: Mapping[str, Mapping[str, Any]],
+    *,
+    pool: int = 0,
+    **settings: object,
+) -> AsyncIterator[Served]:
+    """:func:`creditgate_serve` in front of workspace ``ws`` seeded with ``apps`` and
+    ``pool`` funds (meter.accounts.seeding.seed)."""
+    await seed(rclient, make_settings(redis_url, tmp_path), ws, apps, pool=pool)
+    async with creditgate_serve(redis_url, tmp_path, **settings) as served:
+        yield served

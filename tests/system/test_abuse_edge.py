@@ -16,7 +16,16 @@ from yarl import URL
 from meter.accounts import projection
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, free_credit, post_message, raw_exchange, running_gateway
+from tests.support.bot import (
+    Bot,
+    Running,
+    SeededGateway,
+    free_credit,
+    loop_to_itself,
+    post_message,
+    raw_exchange,
+    running_gateway,
+)
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -29,18 +38,9 @@ FREE = 10_000_000  # $10
 
 
 @pytest.fixture
-async def gw(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
-) -> AsyncIterator[Running]:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {APP: {"product": "automation", "upstream_url": bot.url + "/slack/events"}},
-        free=FREE,
-    )
-    async with running_gateway(settings) as running:
+async def gw(seeded_gateway: SeededGateway, bot: Bot) -> AsyncIterator[Running]:
+    apps = {APP: {"product": "automation", "upstream_url": bot.url + "/slack/events"}}
+    async with seeded_gateway(WS, apps, free=FREE) as running:
         yield running
 
 
@@ -87,31 +87,16 @@ REQ_PRICE = 10_000
 
 
 @pytest.fixture
-async def keyed(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
-) -> AsyncIterator[Running]:
-    settings = make_settings(redis_url, tmp_path, rate_per_minute=8)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {
-            APP: {"product": "automation", "upstream_url": bot.url},
-            REQ_APP: {"product": "contact_center", "upstream_url": bot.url},
-        },
-        free=FREE,
-    )
-    async with running_gateway(settings) as running:
+async def keyed(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    apps = {APP: {"product": "automation"}, REQ_APP: {"product": "contact_center"}}
+    async with seeded_gateway(WS, apps, free=FREE, rate_per_minute=8) as running:
         yield running
 
 
 async def test_the_same_key_from_50_users_is_50_messages(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
         statuses = await asyncio.gather(
             *(post_message(http, url, f"user{i}", "same") for i in range(50))
@@ -168,13 +153,9 @@ async def _wait_refused(http: aiohttp.ClientSession, url: str) -> None:
 
 
 async def test_a_redelivery_without_credit_is_refused(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS,
-               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
-               free=REQ_PRICE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {REQ_APP: {"product": "contact_center"}}, free=REQ_PRICE) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         assert await post_message(http, url, "u1", "evt-1") == 200  # spends the last cent
         assert await post_message(http, url, "u1", "evt-1") == 402
@@ -235,12 +216,9 @@ async def test_bad_channel_users_are_400_and_never_fail_other_workspaces(
 async def test_an_app_pointing_at_the_gateway_itself_loops_once_and_pays_nothing(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    async with running_gateway(settings) as gw:
-        await seed(rclient, settings, WS,
-                   {APP: {"product": "automation", "upstream_url": f"{gw.url}/hooks/web/{APP}"}},
-                   free=FREE)  # fmt: skip
-        async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=USER) as resp:
+    async with running_gateway(make_settings(redis_url, tmp_path)) as gw:
+        url = await loop_to_itself(rclient, gw, WS, APP, FREE)
+        async with http.post(url, data=b"{}", headers=USER) as resp:
             assert resp.status in (502, 508)
             assert resp.content_type == "application/problem+json"
     assert bot.count() == 0
@@ -266,31 +244,25 @@ async def test_the_bot_sees_the_gateway_in_via(
     assert bot.calls[0].headers["Via"] == "1.1 creditgate"
 
 
-async def test_a_websocket_to_a_suspended_app_is_refused_at_the_upgrade(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("suspended", "free", "status"),
+    [pytest.param(True, FREE, 403, id="suspended"), pytest.param(False, 0, 402, id="no_credit")],
+)
+async def test_a_websocket_the_app_may_not_open_is_refused_at_the_upgrade(
+    seeded_gateway: SeededGateway,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    suspended: bool,
+    free: int,
+    status: int,
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS,
-               {APP: {"product": "automation", "upstream_url": bot.url, "suspended": True}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    apps = {APP: {"product": "automation", "suspended": suspended}}
+    async with seeded_gateway(WS, apps, free=free) as gw:
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws", headers=USER)
-    assert err.value.status == 403
+    assert err.value.status == status
     assert bot.count() == 0
     assert bot.ws_messages == []
-
-
-async def test_a_websocket_without_credit_is_refused_at_the_upgrade(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
-) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}})
-    async with running_gateway(settings) as gw:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-            await http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws", headers=USER)
-    assert err.value.status == 402
-    assert bot.count() == 0
 
 
 async def test_slow_header_connections_are_closed(

@@ -34,6 +34,14 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
 from tests.support.bot import Bot, Running, running_gateway, serve
+from tests.support.channel_keys import (
+    SECRET,
+    auth_settings,
+    hs256,
+    metered_state,
+    set_secret,
+    slack_headers,
+)
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -49,7 +57,6 @@ SESS = f"{WS}_sess"  # automation: $0.20 per session
 BARE = f"{WS}_bare"  # no credit and no channel secrets
 FUNDS = 1_000_000
 PRICE = 10_000
-SECRET = "s3cr3t-" + "x" * 30
 NOTIFY = "n0tify-" + "y" * 30
 APP_ID_MS = "c9e8c047-2a74-40a2-b28a-b162d5f5327c"  # the bot's Microsoft App ID
 ISSUER = "https://api.botframework.com"
@@ -63,23 +70,9 @@ def sample(name: str) -> bytes:
 # ------------------------------------------------------------ signing, as channels do
 
 
-def slack_headers(body: bytes, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
-    stamp = str(int(time.time()) if ts is None else ts)
-    base = b"v0:" + stamp.encode() + b":" + body
-    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig}
-
-
 def meta_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
     sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return {"X-Hub-Signature-256": sig}
-
-
-def hs256(sub: str | None = "alice", key: str = SECRET, exp_in: float = 300, **claims: Any) -> str:
-    payload: dict[str, Any] = {"exp": int(time.time() + exp_in), **claims}
-    if sub is not None:
-        payload["sub"] = sub
-    return jwt.encode(payload, key, algorithm="HS256")
 
 
 @dataclass
@@ -141,37 +134,13 @@ async def openid() -> AsyncIterator[OpenId]:
 
 
 def settings_for(redis_url: str, tmp_path: Path, openid: OpenId, **kw: Any) -> Settings:
-    return make_settings(
+    return auth_settings(
         redis_url,
         tmp_path,
-        secret_key="test-secret-key-" + "z" * 20,
         msteams_openid_url=f"{openid.url}/.well-known/openidconfiguration",
         msteams_keys_min_refresh_s=0,
-        channel_secret_max_age_s=0.001,
         **kw,
     )
-
-
-async def set_secret(
-    rclient: RedisClient,
-    settings: Settings,
-    app_id: str,
-    channel: str,
-    secret: str = SECRET,
-    notify: str | None = None,
-) -> None:
-    """Project a channel secret the way the admin API does (encrypted)."""
-    f = channel_secrets.cipher(settings)
-    assert f is not None
-    ch = AppChannel(
-        app_id=app_id,
-        channel=channel,
-        scheme=channel_secrets.scheme_of(channel),
-        secret_enc=f.encrypt(secret.encode()).decode(),
-        notify_secret_enc=f.encrypt(notify.encode()).decode() if notify else None,
-        updated_at=0,
-    )
-    await channel_secrets.project(rclient, app_id, channel, ch)
 
 
 async def seed_one(
@@ -205,9 +174,7 @@ class World:
             return resp.status, raw
 
     async def state(self) -> tuple[Any, list[bytes]]:
-        """Balances and every Redis key of the workspace: what any metering changes."""
-        names = sorted(await self.rclient.keys(f"cg:{{{WS}}}*"))
-        return await read_balances(self.rclient, WS), names
+        return await metered_state(self.rclient, WS)
 
 
 @pytest.fixture
@@ -680,7 +647,7 @@ async def test_channel_secret_via_admin_api_is_never_shown(
     import logging
 
     from tests.support.adminkit import admin_server
-    from tests.support.settings import OPERATOR_TOKEN, make_settings
+    from tests.support.settings import OPERATOR_TOKEN
 
     caplog.set_level(logging.DEBUG)
     settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,22 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from config import Settings
 from config.fields import ChannelRule
 from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
 from gateway.problems import Problem
-from meter.accounts import channel_secrets
-from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from meter.store import AppChannel
 from tests.support.bot import Bot, Running, running_gateway, serve
-from tests.support.settings import HOST, make_settings
+from tests.support.channel_keys import (
+    SECRET,
+    auth_settings,
+    hs256,
+    metered_state,
+    set_secret,
+    slack_headers,
+)
+from tests.support.settings import HOST
 
 WS = "rtauth"
 APP = f"{WS}_app1"  # automation, $10 free: chat, notify, WebSocket, Slack
@@ -43,40 +44,11 @@ LIAR = f"{WS}_liar"  # suspended, no credit: a WhatsApp bot that answers anythin
 GARBLED = f"{WS}_garbled"  # an upstream that answers no valid HTTP
 SOCK = f"{WS}_sock"  # a WebSocket bot that records the URL of each upgrade
 FREE = 10_000_000
-SECRET = "s3cr3t-" + "x" * 30
 VERIFY = "my-verify-token"
-
-
-def hs256(sub: str | None = "alice", key: str = SECRET, exp_in: float = 300, **claims: Any) -> str:
-    payload: dict[str, Any] = {"exp": int(time.time() + exp_in), **claims}
-    if sub is not None:
-        payload["sub"] = sub
-    return jwt.encode(payload, key, algorithm="HS256")
 
 
 def notify_token(sub: str | None = None, key: str = SECRET, **claims: Any) -> str:
     return hs256(sub, key, **{"aud": NOTIFY_AUDIENCE, **claims})
-
-
-def slack_headers(ts: str, body: bytes, secret: str = SECRET) -> dict[str, str]:
-    base = b"v0:" + ts.encode() + b":" + body
-    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig}
-
-
-async def set_secret(rclient: RedisClient, settings: Settings, app_id: str, channel: str) -> None:
-    """Project a channel secret the way the admin API does (encrypted)."""
-    f = channel_secrets.cipher(settings)
-    assert f is not None
-    ch = AppChannel(
-        app_id=app_id,
-        channel=channel,
-        scheme=channel_secrets.scheme_of(channel),
-        secret_enc=f.encrypt(SECRET.encode()).decode(),
-        notify_secret_enc=None,
-        updated_at=0,
-    )
-    await channel_secrets.project(rclient, app_id, channel, ch)
 
 
 # ------------------------------------------------------------------------ the bots
@@ -170,9 +142,7 @@ class World:
             return resp.status, await resp.read()
 
     async def state(self) -> tuple[Any, list[bytes]]:
-        """Balances and every Redis key of the workspace: what any metering changes."""
-        names = sorted(await self.rclient.keys(f"cg:{{{WS}}}*"))
-        return await read_balances(self.rclient, WS), names
+        return await metered_state(self.rclient, WS)
 
 
 @pytest.fixture
@@ -186,12 +156,8 @@ async def world(
     wsbot: tuple[str, list[str]],
     http: aiohttp.ClientSession,
 ) -> AsyncIterator[World]:
-    settings = make_settings(
-        redis_url,
-        tmp_path,
-        secret_key="test-secret-key-" + "z" * 20,
-        channel_secret_max_age_s=0.001,
-        channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")},
+    settings = auth_settings(
+        redis_url, tmp_path, channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")}
     )
     dead = {"product": "automation", "suspended": True, "use_free_credits": False}
     await seed(rclient, settings, WS, {
@@ -370,10 +336,10 @@ async def test_odd_slack_timestamps_are_refused_not_a_500(world: World) -> None:
         "1" * 13,
         "-1",
     ):
-        await refused(world, "POST", f"/hooks/slack/{APP}/events", body, slack_headers(ts, body))
+        await refused(world, "POST", f"/hooks/slack/{APP}/events", body, slack_headers(body, ts=ts))
     # The same body with an honest timestamp is served.
     status, _ = await world.call(
-        "POST", f"/hooks/slack/{APP}/events", body, slack_headers(now, body)
+        "POST", f"/hooks/slack/{APP}/events", body, slack_headers(body, ts=now)
     )
     assert status == 200
 

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from meter.accounts.projection import read_balances
-from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway
+from tests.support.bot import Bot, Running, SeededGateway
 from tests.support.samples import sample
-from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -29,16 +25,12 @@ BROKE = f"{WS}_broke"
 
 
 @pytest.fixture
-async def gw(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
-) -> AsyncIterator[Running]:
-    settings = make_settings(redis_url, tmp_path)
-    apps: dict[str, dict[str, Any]] = {
-        APP: {"product": "contact_center", "upstream_url": bot.url, "funds": 1_000_000},
-        BROKE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False},
+async def gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    apps = {
+        APP: {"product": "contact_center", "funds": 1_000_000},
+        BROKE: {"product": "automation", "use_free_credits": False},
     }
-    await seed(rclient, settings, WS, apps)
-    async with running_gateway(settings) as running:
+    async with seeded_gateway(WS, apps) as running:
         yield running
 
 

@@ -13,12 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.bot import Bot
-from tests.support.serving import CREDITGATE, Served, creditgate_env, creditgate_serve
-from tests.support.settings import make_settings
+from tests.support.serving import CREDITGATE, Served, creditgate_env, seeded_serve
 
 WS = "clitest"
 APP = f"{WS}_app1"
@@ -28,21 +26,10 @@ APP = f"{WS}_app1"
 async def served(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
 ) -> AsyncIterator[Served]:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {APP: {"product": "contact_center", "upstream_url": bot.url}},
-        pool=100_000_000,
-    )
-    async with creditgate_serve(
-        redis_url,
-        tmp_path,
-        shutdown_grace_s=15,
-        flush_bucket_s=1,
-        flush_grace_s=0.2,
-        flush_interval_s=0.2,
+    apps = {APP: {"product": "contact_center", "upstream_url": bot.url}}
+    flush = {"flush_bucket_s": 1, "flush_grace_s": 0.2, "flush_interval_s": 0.2}
+    async with seeded_serve(
+        rclient, redis_url, tmp_path, WS, apps, pool=100_000_000, shutdown_grace_s=15, **flush
     ) as served:
         yield served
 

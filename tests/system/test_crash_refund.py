@@ -17,7 +17,7 @@ from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations, Sweeper, replay
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, eventually, free_credit, running_gateway
+from tests.support.bot import Bot, SeededGateway, eventually, free_credit
 from tests.support.clock import Clock
 from tests.support.serving import creditgate_serve
 from tests.support.settings import make_settings
@@ -92,12 +92,9 @@ async def test_a_dead_process_journal_is_replayed_once(
 
 
 async def test_served_messages_are_confirmed_and_failed_ones_refunded(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE) as gw:
         for path, user in (("ok", "u1"), ("status/500", "u2"), ("ok", "u3")):
             headers = {"X-Channel-User-Id": user}
             async with http.post(f"{gw.url}/hooks/web/{APP}/{path}", data=b"{}", headers=headers):

@@ -33,7 +33,7 @@ from meter.store import Store, open_store
 from meter.usage.flusher import Flusher
 from tests.support.adminkit import admin_server
 from tests.support.clock import Clock
-from tests.support.flushkit import USD, Expected, Seeded, opened_store, seed_ws
+from tests.support.flushkit import USD, Expected, Seeded, seed_ws
 from tests.support.metering import admitter
 from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
@@ -199,10 +199,10 @@ async def lag_above(flusher: Flusher, seconds: float) -> bool:
 
 
 async def test_unreadable_bucket_is_quarantined_at_once(
-    rclient: RedisClient, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient
 ) -> None:
     cfg, clock = make_settings(fast_flush=True), Clock.past()
-    async for store in opened_store(f"sqlite:///{tmp_path / 's.db'}"):
+    async with migrated(request, "sqlite", tmp_path) as (store, _):
         w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
         bucket = int(clock.now)
         await rclient.hset(keys.agg_key(w.ws, bucket), "not|a|field", "x")

@@ -282,15 +282,28 @@ async def verify(rclient: RedisClient, store: Store, spaces: list[Seeded], exp: 
     assert (free, app_paid, pool) == (exp.free, exp.app, exp.pool)
 
 
-async def run_scenario(
+BACKENDS = ["sqlite", "postgres"]
+
+
+# (flushers, kills at least, database outage in s)
+SCENARIOS = [
+    pytest.param(1, 20, 0.0, id="flusher_killed_20_times"),
+    pytest.param(2, 20, 0.0, id="two_racing_flushers_killed"),
+    pytest.param(2, 4, 30.0 * min(SCALE, 1.0), id="database_down_30s"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("flushers", "min_kills", "outage_s"), SCENARIOS)
+async def test_every_unit_is_counted_exactly_once(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     rclient: RedisClient,
     backend: str,
-    *,
     flushers: int,
     min_kills: int,
-    outage_s: float = 0.0,
+    outage_s: float,
 ) -> None:
     cfg = make_settings(fast_flush=True, free_credit_validity_s=30.0)
     clock = Clock.past()
@@ -385,40 +398,6 @@ async def paced(
             setattr(exp, f, getattr(exp, f) + getattr(got, f))
         await asyncio.sleep(max(0.0, (end - loop.time()) / (parts - i)))
     return exp
-
-
-BACKENDS = ["sqlite", "postgres"]
-
-
-# (flushers, kills at least, database outage in s)
-SCENARIOS = [
-    pytest.param(1, 20, 0.0, id="flusher_killed_20_times"),
-    pytest.param(2, 20, 0.0, id="two_racing_flushers_killed"),
-    pytest.param(2, 4, 30.0 * min(SCALE, 1.0), id="database_down_30s"),
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("flushers", "min_kills", "outage_s"), SCENARIOS)
-async def test_every_unit_is_counted_exactly_once(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    rclient: RedisClient,
-    backend: str,
-    flushers: int,
-    min_kills: int,
-    outage_s: float,
-) -> None:
-    await run_scenario(
-        request,
-        tmp_path,
-        rclient,
-        backend,
-        flushers=flushers,
-        min_kills=min_kills,
-        outage_s=outage_s,
-    )
 
 
 async def test_sigterm_flushes_what_is_closed_and_exits_0(

@@ -8,28 +8,20 @@ import logging
 import socket
 import traceback
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from meter.accounts.seeding import seed
-from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway
-from tests.support.settings import make_settings
+from tests.support.bot import Bot, Running, SeededGateway
 
 WS = "opsws"
 APP = f"{WS}_app1"
 
 
 @pytest.fixture
-async def gw(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
-) -> AsyncIterator[Running]:
-    settings = make_settings(redis_url, tmp_path, channels={"sms": {}}, access_log=True)
-    apps = {APP: {"product": "automation", "upstream_url": bot.url, "funds": 5_000_000}}
-    await seed(rclient, settings, WS, apps)
-    async with running_gateway(settings) as running:
+async def gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    apps = {APP: {"product": "automation", "funds": 5_000_000}}
+    async with seeded_gateway(WS, apps, channels={"sms": {}}, access_log=True) as running:
         yield running
 
 

@@ -10,12 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot
 from tests.support.servers.prometheus import prometheus_server
-from tests.support.serving import creditgate_serve, tail
-from tests.support.settings import make_settings
+from tests.support.serving import seeded_serve, tail
 
 WS = "promtest"
 APP = f"{WS}_app1"
@@ -45,15 +43,10 @@ async def test_prometheus_scrapes_the_request_counter(
     rclient: RedisClient,
     bot: Bot,
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {APP: {"product": "contact_center", "upstream_url": bot.url}},
-        pool=100_000_000,
-    )
-    async with creditgate_serve(redis_url, tmp_path, shutdown_grace_s=5) as served:
+    apps = {APP: {"product": "contact_center", "upstream_url": bot.url}}
+    async with seeded_serve(
+        rclient, redis_url, tmp_path, WS, apps, pool=100_000_000, shutdown_grace_s=5
+    ) as served:
         traffic, admin_port = served.traffic, int(served.admin.rsplit(":", 1)[1])
         url = f"{traffic}/hooks/web/{APP}/msg"
         # Fresh connections, so the kernel spreads them over both workers.

@@ -6,16 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from yarl import URL
 
-from meter.accounts.seeding import seed
-from meter.redis_layer.client import RedisClient
-from tests.support.bot import CHUNK, Bot, Running, running_gateway
-from tests.support.settings import make_settings
+from tests.support.bot import CHUNK, Bot, Running, SeededGateway
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -26,18 +22,11 @@ USER = {"X-Channel-User-Id": "u1"}
 
 
 @pytest.fixture
-async def gw(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
-) -> AsyncIterator[Running]:
-    settings = make_settings(redis_url, tmp_path, max_body_bytes=2 * 1024 * 1024)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {APP: {"product": "automation", "upstream_url": bot.url}},
-        free=500_000_000,
-    )
-    async with running_gateway(settings) as running:
+async def gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    apps = {APP: {"product": "automation"}}
+    async with seeded_gateway(
+        WS, apps, free=500_000_000, max_body_bytes=2 * 1024 * 1024
+    ) as running:
         yield running
 
 

@@ -17,18 +17,23 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from config import Settings
+from config.fields import ChannelRule
 from meter.accounts.seeding import seed
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Sweeper
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import (
     Bot,
+    SeededGateway,
     free_credit,
+    loop_to_itself,
     post_message,
     raw_exchange,
     running_gateway,
     running_replica,
 )
+from tests.support.channel_keys import auth_settings, hs256, set_secret
 from tests.support.settings import make_settings
 
 WS = "redteam"
@@ -45,6 +50,33 @@ async def wait_for(cond: Any, within_s: float = 10.0) -> bool:
     return bool(await cond())
 
 
+async def credit_is(rclient: RedisClient, amount: int) -> bool:
+    return await free_credit(rclient, WS) == amount
+
+
+def held_upload(
+    http: aiohttp.ClientSession,
+    url: str,
+    user: str,
+    parts: tuple[bytes, bytes],
+    go_on: asyncio.Event,
+) -> asyncio.Task[int]:
+    """POST as ``user`` a body whose first part is sent at once and the second only once
+    ``go_on`` is set; the task answers the status."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield parts[0]
+        await go_on.wait()
+        yield parts[1]
+
+    async def upload() -> int:
+        async with http.post(url, data=body(), headers={"X-Channel-User-Id": user}) as resp:
+            await resp.read()
+            return resp.status
+
+    return asyncio.create_task(upload())
+
+
 # ======================================================================================
 # FINDING 1: a message that is refunded undoes the billing session that other messages
 # were served in for free: a client holds one "opener" upload open, rides the paid
@@ -53,32 +85,17 @@ async def wait_for(cond: Any, within_s: float = 10.0) -> bool:
 
 
 async def test_refunded_session_opener_makes_the_whole_session_free(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path, max_body_bytes=4096)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(
+        WS, {APP: {"product": "automation"}}, free=FREE, max_body_bytes=4096
+    ) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
         go_on = asyncio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
-            yield b"x" * 100  # admitted (session opened, $0.20 charged), body streaming
-            await go_on.wait()
-            yield b"x" * 8192  # now past max_body_bytes: 413, and the opener is refunded
-
-        async def opener() -> int:
-            headers = {"X-Channel-User-Id": "mallory"}
-            async with http.post(url, data=body(), headers=headers) as resp:
-                await resp.read()
-                return resp.status
-
-        task = asyncio.create_task(opener())
-
-        async def charged() -> bool:
-            return await free_credit(rclient, WS) == FREE - SESSION_PRICE
-
-        assert await wait_for(charged)
+        # Admitted on its first bytes (session opened, $0.20 charged), body streaming; the
+        # rest is past max_body_bytes: 413, and the opener is refunded.
+        task = held_upload(http, url, "mallory", (b"x" * 100, b"x" * 8192), go_on)
+        assert await wait_for(lambda: credit_is(rclient, FREE - SESSION_PRICE))
         # Meanwhile, in the session the opener paid for: 20 ordinary messages.
         served = [
             await post_message(http, url, "mallory", body=b'{"q":"%d"}' % i) for i in range(20)
@@ -101,13 +118,9 @@ REQ_PRICE = 10_000
 
 
 async def test_a_redelivery_with_another_body_is_not_free(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS,
-               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {REQ_APP: {"product": "contact_center"}}, free=FREE) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         questions = [b'{"q":"question number %d"}' % i for i in range(5)]
         statuses = [await post_message(http, url, "mallory", "k1", body=q) for q in questions]
@@ -128,33 +141,16 @@ async def test_a_redelivery_with_another_body_is_not_free(
 
 
 async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path, refund_window_s=1.0)
-    await seed(rclient, settings, WS,
-               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    apps = {REQ_APP: {"product": "contact_center"}}
+    async with seeded_gateway(WS, apps, free=FREE, refund_window_s=1.0) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         go_on = asyncio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
-            yield b'{"q":"a question that '
-            await go_on.wait()
-            yield b'takes a while to type"}'
-
-        async def upload() -> int:
-            async with http.post(url, data=body(), headers={"X-Channel-User-Id": "m"}) as r:
-                await r.read()
-                return r.status
-
-        task = asyncio.create_task(upload())
-
-        async def charged() -> bool:
-            return await free_credit(rclient, WS) == FREE - REQ_PRICE
-
-        assert await wait_for(charged)
-        refunds = Admitter(rclient, settings)
+        question = (b'{"q":"a question that ', b'takes a while to type"}')
+        task = held_upload(http, url, "m", question, go_on)
+        assert await wait_for(lambda: credit_is(rclient, FREE - REQ_PRICE))
+        refunds = Admitter(rclient, gw.gateway.settings)
         # A sweeper whose clock is past the refund window, the upload still open.
         sweeper = Sweeper(
             rclient,
@@ -182,45 +178,20 @@ async def _ws_list() -> list[str]:
 # tenant as notifications.
 # ======================================================================================
 
-SECRET = "s3cr3t-" + "x" * 30
 
-
-async def _set_secret(
-    rclient: RedisClient, settings: Any, app_id: str, channel: str, secret: str = SECRET
-) -> None:
-    from meter.accounts import channel_secrets
-    from meter.store import AppChannel
-
-    f = channel_secrets.cipher(settings)
-    assert f is not None
-    ch = AppChannel(
-        app_id=app_id,
-        channel=channel,
-        scheme=channel_secrets.scheme_of(channel),
-        secret_enc=f.encrypt(secret.encode()).decode(),
-        notify_secret_enc=None,
-        updated_at=0,
+async def _signed_app(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, channels: tuple[str, ...]
+) -> Settings:
+    """Settings with channel authentication; APP seeded with $10 free credit, its secret
+    set on ``channels``."""
+    settings = auth_settings(
+        redis_url, tmp_path, channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")}
     )
-    await channel_secrets.project(rclient, app_id, channel, ch)
-
-
-def _hs256(sub: str, key: str = SECRET, exp_in: float = 300) -> str:
-    import jwt
-
-    return jwt.encode({"sub": sub, "exp": int(time.time() + exp_in)}, key, algorithm="HS256")
-
-
-def _auth_settings(redis_url: str, tmp_path: Path, bot: Bot, **kw: Any) -> Any:
-    from config.fields import ChannelRule
-
-    return make_settings(
-        redis_url,
-        tmp_path,
-        secret_key="test-secret-key-" + "z" * 20,
-        channel_secret_max_age_s=0.001,
-        channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")},
-        **kw,
-    )
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=FREE)  # fmt: skip
+    for channel in channels:
+        await set_secret(rclient, settings, APP, channel)
+    return settings
 
 
 # ======================================================================================
@@ -237,12 +208,9 @@ def _auth_settings(redis_url: str, tmp_path: Path, bot: Bot, **kw: Any) -> Any:
 
 
 async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE) as gw:
         u = URL(gw.url)
         answers = []
         for i in range(10):
@@ -318,18 +286,13 @@ async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
     "tail", ["/x%2F..%2F..%2FtenantB%2Fsecret", "/x/%2e%2e%2f%2e%2e%2ftenantB%2fsecret"]
 )
 async def test_encoded_slashes_do_not_smuggle_dot_segments(
-    redis_url: str,
-    tmp_path: Path,
-    rclient: RedisClient,
+    seeded_gateway: SeededGateway,
     bot: Bot,
     http: aiohttp.ClientSession,
     tail: str,
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS,
-               {APP: {"product": "automation", "upstream_url": bot.url + "/tenantA/api"}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    apps = {APP: {"product": "automation", "upstream_url": bot.url + "/tenantA/api"}}
+    async with seeded_gateway(WS, apps, free=FREE) as gw:
         u = URL(f"{gw.url}/hooks/web/{APP}{tail}", encoded=True)
         async with http.post(u, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
             status = resp.status
@@ -402,20 +365,16 @@ async def test_blocked_ssrf_urls_are_refused_on_save(
     ["http://127.0.0.1:{port}", "http://[::ffff:127.0.0.1]:{port}", "http://localhost:{port}"],
 )
 async def test_blocked_ssrf_at_connect_time_is_502_and_refunded(
-    redis_url: str,
-    tmp_path: Path,
+    seeded_gateway: SeededGateway,
     rclient: RedisClient,
     bot: Bot,
     http: aiohttp.ClientSession,
     target: str,
 ) -> None:
     # The URL reached Redis without the save-time check (a rebinding name, an old row).
-    settings = make_settings(redis_url, tmp_path, egress_allow=[])
-    port = URL(bot.url).port
-    await seed(rclient, settings, WS,
-               {APP: {"product": "automation", "upstream_url": target.format(port=port)}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    upstream = target.format(port=URL(bot.url).port)
+    apps = {APP: {"product": "automation", "upstream_url": upstream}}
+    async with seeded_gateway(WS, apps, free=FREE, egress_allow=[]) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
         async with http.post(url, data=b"{}", headers={"X-Channel-User-Id": "m"}) as resp:
             assert resp.status == 502
@@ -454,10 +413,7 @@ async def test_blocked_forged_hs256_tokens(
     import base64
     import json
 
-    settings = _auth_settings(redis_url, tmp_path, bot)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    await _set_secret(rclient, settings, APP, "web")
+    settings = await _signed_app(redis_url, tmp_path, rclient, bot, channels=("web",))
 
     def b64(d: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
@@ -465,9 +421,9 @@ async def test_blocked_forged_hs256_tokens(
     claims = {"sub": "victim", "exp": int(time.time()) + 300}
     forged = [
         b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims) + ".",
-        _hs256("victim", key="w" * 40),
-        _hs256("victim", exp_in=-3600),
-        _hs256("x" * 300),
+        hs256("victim", key="w" * 40),
+        hs256("victim", exp_in=-3600),
+        hs256("x" * 300),
         "Bearer",
     ]
     async with running_gateway(settings) as gw:
@@ -488,11 +444,7 @@ async def test_blocked_forged_hs256_tokens(
 async def test_blocked_unsigned_free_passes_on_authenticated_channels(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = _auth_settings(redis_url, tmp_path, bot)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    for ch in ("slack", "whatsapp"):
-        await _set_secret(rclient, settings, APP, ch)
+    settings = await _signed_app(redis_url, tmp_path, rclient, bot, channels=("slack", "whatsapp"))
     async with running_gateway(settings) as gw:
         bodies = {
             "slack": b'{"type":"url_verification","challenge":"x"}',
@@ -511,14 +463,11 @@ async def test_blocked_unsigned_free_passes_on_authenticated_channels(
 async def test_blocked_loop_and_hop_header_tricks(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    async with running_gateway(settings) as gw:
-        await seed(rclient, settings, WS,
-                   {APP: {"product": "automation", "upstream_url": f"{gw.url}/hooks/web/{APP}"}},
-                   free=FREE)  # fmt: skip
+    async with running_gateway(make_settings(redis_url, tmp_path)) as gw:
+        url = await loop_to_itself(rclient, gw, WS, APP, FREE)
         # Hide Via from the next hop by listing it in Connection: it is re-added.
         h = {"Connection": "keep-alive, Via", "Via": "1.1 other"}
-        st = await post_message(http, f"{gw.url}/hooks/web/{APP}", "m", headers=h)
+        st = await post_message(http, url, "m", headers=h)
         assert st in (502, 508)
     assert bot.count() == 0
     assert await free_credit(rclient, WS) == FREE
@@ -549,13 +498,9 @@ async def test_blocked_loop_and_hop_header_tricks(
 
 
 async def test_blocked_edge_inputs_and_redelivery_bounds(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS,
-               {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
-               free=FREE)  # fmt: skip
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {REQ_APP: {"product": "contact_center"}}, free=FREE) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         for user in (b"\xff\xfe", b"a\x00b", b"a\tb", b"x" * 257, "\u2028".encode()):
             start = (

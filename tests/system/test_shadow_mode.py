@@ -8,11 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
-from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.adminkit import admin_server
-from tests.support.bot import Bot, running_gateway
+from tests.support.bot import Bot, SeededGateway
 from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 WS = "shadow"
@@ -44,16 +43,9 @@ async def shadow_metric(http: aiohttp.ClientSession, admin_url: str, reason: str
 
 
 async def test_a_shadow_app_without_credit_is_served_uncharged_and_counted(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(
-        rclient,
-        settings,
-        WS,
-        {APP: {"product": "automation", "upstream_url": bot.url, "shadow": True}},
-    )
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {APP: {"product": "automation", "shadow": True}}) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
         assert [await post(http, url, f"u{i}") for i in range(3)] == [200, 200, 200]
         assert await shadow_metric(http, gw.admin_url, "credits_exhausted") == 3
@@ -66,24 +58,14 @@ async def test_a_shadow_app_without_credit_is_served_uncharged_and_counted(
 
 
 async def test_a_suspended_rate_limited_shadow_app_is_metered_but_never_refused(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path, rate_per_minute=2)
-    await seed(
-        rclient,
-        settings,
+    async with seeded_gateway(
         WS,
-        {
-            APP: {
-                "product": "contact_center",
-                "upstream_url": bot.url,
-                "shadow": True,
-                "suspended": True,
-            }
-        },
+        {APP: {"product": "contact_center", "shadow": True, "suspended": True}},
         free=1_000_000,
-    )
-    async with running_gateway(settings) as gw:
+        rate_per_minute=2,
+    ) as gw:
         url = f"{gw.url}/hooks/web/{APP}"
         assert [await post(http, url) for _ in range(4)] == [200] * 4
         assert await shadow_metric(http, gw.admin_url, "app_suspended") == 4
@@ -96,11 +78,9 @@ async def test_a_suspended_rate_limited_shadow_app_is_metered_but_never_refused(
 
 
 async def test_the_same_app_out_of_shadow_mode_is_refused(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+    seeded_gateway: SeededGateway, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}})
-    async with running_gateway(settings) as gw:
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}) as gw:
         assert await post(http, f"{gw.url}/hooks/web/{APP}") == 402
     assert bot.count() == 0
 
