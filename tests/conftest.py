@@ -5,11 +5,13 @@
   ``postgres`` by the servers they use;
 * the gateway side (``tests.support.bot``): ``bot`` (a counting bot per test), ``http``
   (a client session) and ``rclient`` (a Redis client on ``redis_url``);
-* ``connects`` (``tests.support.connect_watch``): the addresses a test connected to.
+* ``connects`` (``tests.support.connect_watch``): the addresses a test connected to;
+* ``any_admin`` (``tests.support.adminkit``): the admin server on each store.
 """
 
 pytest_plugins = [
     "tests.support.servers.fixtures",
     "tests.support.bot",
     "tests.support.connect_watch",
+    "tests.support.adminkit",
 ]

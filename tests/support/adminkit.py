@@ -3,7 +3,9 @@
 ``admin_server`` wires the admin application with :func:`gateway.app.create_app` (the
 production wiring) on a free 127.0.0.1 port; ``Admin.api`` makes one HTTP call and
 returns status and decoded body; ``snapshot`` captures every row of the store and every
-key of Redis, so a test can prove that a refused request changed nothing.
+key of Redis, so a test can prove that a refused request changed nothing. The fixture
+``any_admin`` (loaded by ``pytest_plugins`` in tests/conftest.py) is the admin server on
+each store in turn.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config import Settings
@@ -23,7 +27,7 @@ from gateway.webhooks import OPTIONS, WebhookOptions
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
 from tests.support.bot import serve
-from tests.support.settings import OPERATOR_TOKEN
+from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 TABLES = (
     "users",
@@ -91,6 +95,39 @@ class Admin:
         body = await self.ok("POST", "/v1/users", OPERATOR_TOKEN, {"email": email, "name": name})
         return body["id"], body["token"]
 
+    async def owner_workspace(self, user: str = "owner", name: str = "Acme") -> tuple[str, str]:
+        """A new user and a workspace it owns; returns ``(token, workspace id)``."""
+        _, token = await self.new_user(user)
+        return token, await self.new_workspace(token, name)
+
+    async def new_workspace(self, token: str, name: str) -> str:
+        """Create a workspace as ``token``'s user; returns its id."""
+        ws: str = (await self.ok("POST", "/v1/workspaces", token, {"name": name}))["id"]
+        return ws
+
+    async def new_app(
+        self,
+        token: str,
+        ws: str,
+        upstream_url: str | None = None,
+        *,
+        name: str = "bot",
+        product: str = "automation",
+    ) -> str:
+        """Create an app in workspace ``ws`` as ``token``'s user; returns its id."""
+        body = {"name": name, "product": product}
+        if upstream_url is not None:
+            body["upstream_url"] = upstream_url
+        app: str = (await self.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        return app
+
+
+def admin_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for an admin server: the operator token and a SQLite store in
+    ``tmp_path``; then ``overrides``."""
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    return make_settings(redis_url, store_url=store_url, operator=True, **overrides)
+
 
 @asynccontextmanager
 async def admin_server(
@@ -122,6 +159,20 @@ async def admin_server(
         await client.close()
         await redis.aclose()
         await store.close()
+
+
+@pytest.fixture(name="any_admin", params=["sqlite", "postgresql"])
+async def any_admin_fixture(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+) -> AsyncIterator[Admin]:
+    """The admin server (operator token, webhooks not polled) on either store: what runs
+    SQL the two dialects must agree on."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_dsn")
+    settings = make_settings(redis_url, store_url=url, operator=True)
+    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+        yield a
 
 
 async def snapshot(admin: Admin) -> dict[str, Any]:

@@ -191,6 +191,37 @@ async def running_bot() -> AsyncIterator[Bot]:
 
 
 @dataclass
+class WsBot:
+    """A WebSocket echo bot on any path, recording each upgrade it accepted."""
+
+    url: str = ""
+    upgrades: list[tuple[str, str]] = field(default_factory=list)  # (raw path, user header)
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.upgrades]
+
+
+@contextlib.asynccontextmanager
+async def running_ws_bot() -> AsyncIterator[WsBot]:
+    b = WsBot()
+
+    async def ws(request: web.Request) -> web.StreamResponse:
+        b.upgrades.append((request.raw_path, request.headers.get("X-Channel-User-Id", "")))
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ws)
+    async with serve(app) as url:
+        b.url = url
+        yield b
+
+
+@dataclass
 class Running:
     """A gateway served in-process: traffic and admin base URLs."""
 
@@ -293,7 +324,7 @@ def seeded_gateway_fixture(
     return seeded
 
 
-async def loop_to_itself(rclient: RedisClient, gw: Running, ws: str, app: str, free: int) -> str:
+async def seed_self_loop(rclient: RedisClient, gw: Running, ws: str, app: str, free: int) -> str:
     """Seed ``app`` of workspace ``ws`` with the gateway itself as its upstream (a loop)
     and ``free`` credit; returns the app's traffic URL."""
     url = f"{gw.url}/hooks/web/{app}"

@@ -1,22 +1,25 @@
 """Channel authentication as the tests set it up and sign for it: settings with a secret
 key, channel secrets projected into Redis the way the admin API does (encrypted), HS256
-chat tokens and Slack signatures made with them, and the state metering would change."""
+chat tokens and Slack signatures made with them, and a world to try them in."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 
 from config import Settings
 from meter.accounts import channel_secrets
-from meter.accounts.projection import read_balances
+from meter.accounts.projection import Balances, read_balances
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
+from tests.support.bot import Bot, Running
 from tests.support.settings import make_settings
 
 SECRET = "s3cr3t-" + "x" * 30  # the channel secret the tests install
@@ -33,6 +36,12 @@ def auth_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         channel_secret_max_age_s=0.001,
         **overrides,
     )
+
+
+def meta_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    """Meta's (WhatsApp's) signature header for ``body``."""
+    sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": sig}
 
 
 async def set_secret(
@@ -73,7 +82,18 @@ def slack_headers(body: bytes, secret: str = SECRET, ts: int | str | None = None
     return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig}
 
 
-async def metered_state(rclient: RedisClient, ws: str) -> tuple[Any, list[bytes]]:
-    """Balances and every Redis key of workspace ``ws``: what any metering changes."""
-    names = sorted(await rclient.keys(f"cg:{{{ws}}}*"))
-    return await read_balances(rclient, ws), names
+@dataclass
+class AuthWorld:
+    """A gateway with channel authentication in front of workspace ``ws``, with the
+    test's bot, Redis client and HTTP client."""
+
+    ws: str
+    gw: Running
+    bot: Bot
+    rclient: RedisClient
+    http: aiohttp.ClientSession
+
+    async def state(self) -> tuple[Balances, list[bytes | str]]:
+        """Balances and every Redis key of the workspace: what any metering changes."""
+        names = sorted(await self.rclient.keys(f"cg:{{{self.ws}}}*"))
+        return await read_balances(self.rclient, self.ws), names

@@ -22,7 +22,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from config import Settings
 from tests.support.bot import serve
+from tests.support.settings import make_settings
 
 SECRET_KEY = "sk_test_" + "k" * 24
 WEBHOOK_SECRET = "whsec_" + "w" * 32
@@ -73,6 +75,22 @@ def _session(form: dict[str, str], offset: int) -> dict[str, Any]:
         "payment_intent": None,
         "url": f"https://checkout.stripe.test/c/pay/{sid}",
     }
+
+
+def settings_with_stripe(
+    store_url: str, redis_url: str, standin: StripeStandIn, **overrides: Any
+) -> Settings:
+    """Admin settings (operator token, ``store_url``) with payments configured against
+    the stand-in, so a checkout can succeed; then ``overrides``."""
+    return make_settings(
+        redis_url,
+        store_url=store_url,
+        operator=True,
+        stripe_api_base=standin.url,
+        stripe_secret_key=SECRET_KEY,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+        **overrides,
+    )
 
 
 @asynccontextmanager

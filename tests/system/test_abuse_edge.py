@@ -21,10 +21,10 @@ from tests.support.bot import (
     Running,
     SeededGateway,
     free_credit,
-    loop_to_itself,
     post_message,
     raw_exchange,
     running_gateway,
+    seed_self_loop,
 )
 from tests.support.settings import make_settings
 
@@ -217,7 +217,7 @@ async def test_an_app_pointing_at_the_gateway_itself_loops_once_and_pays_nothing
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
     async with running_gateway(make_settings(redis_url, tmp_path)) as gw:
-        url = await loop_to_itself(rclient, gw, WS, APP, FREE)
+        url = await seed_self_loop(rclient, gw, WS, APP, FREE)
         async with http.post(url, data=b"{}", headers=USER) as resp:
             assert resp.status in (502, 508)
             assert resp.content_type == "application/problem+json"

@@ -17,10 +17,10 @@ import pytest
 
 from gateway.admin_api.openapi import build
 from gateway.webhooks import WebhookOptions
-from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot, running_bot
 from tests.support.receiver import Receiver, receiver
-from tests.support.settings import OPERATOR_TOKEN, make_settings
+from tests.support.settings import OPERATOR_TOKEN
 
 SECRET = "owner-webhook-secret-0123456789"
 
@@ -60,10 +60,9 @@ async def wait_for(rec: Receiver, count: int, seconds: float = 20.0) -> None:
 async def test_owner_journey_from_free_credits_to_funds(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = make_settings(
+    settings = admin_settings(
         redis_url,
-        store_url=f"sqlite:///{tmp_path}/store.db",
-        operator=True,
+        tmp_path,
         rate_per_minute=100_000,
         rate_per_hour=1_000_000,
         flush_interval_s=0.1,
@@ -73,8 +72,7 @@ async def test_owner_journey_from_free_credits_to_funds(
         admin_server(settings, traffic=True, run_flusher=True) as admin,
         aiohttp.ClientSession() as http,
     ):
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        token, ws = await admin.owner_workspace()
         hook = {"url": rec.url, "secret": SECRET}
         await admin.ok("PUT", f"/v1/workspaces/{ws}/webhook", token, hook)
         apps = []
@@ -140,16 +138,14 @@ async def test_owner_journey_from_free_credits_to_funds(
 async def test_changes_reach_the_gateway_within_a_second(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with (
         running_bot() as bot2,
         admin_server(settings, traffic=True) as admin,
         aiohttp.ClientSession() as http,
     ):
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
-        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        token, ws = await admin.owner_workspace()
+        app = await admin.new_app(token, ws, bot.url)
         await send(http, admin.traffic_url, app, range(1))
         await admin.ok("PATCH", f"/v1/apps/{app}", token, {"suspended": True})
         await send(http, admin.traffic_url, app, range(1, 2), want=403)  # at once
@@ -166,7 +162,7 @@ async def test_changes_reach_the_gateway_within_a_second(
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     # Webhook delivery idles: the snapshots must see only what the requests change.
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
@@ -248,8 +244,8 @@ async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(admin: 
     _, token = await admin.new_user("owner")
     member, _ = await admin.new_user("member")
     stranger, stranger_token = await admin.new_user("stranger")
-    ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
-    other = (await admin.ok("POST", "/v1/workspaces", stranger_token, {"name": "Else"}))["id"]
+    ws = await admin.new_workspace(token, "Acme")
+    other = await admin.new_workspace(stranger_token, "Else")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", token, {"user_id": member})
     app = {"name": "bot", "product": "search"}
     app_id = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, app))["id"]

@@ -26,13 +26,12 @@ from typing import Any
 
 import pytest
 
-from config import Settings
 from gateway.admin_api import ROUTES
 from gateway.admin_api.http import Route
 from meter.accounts.authz import token_hash
 from tests.support.adminkit import Admin, admin_server, snapshot
-from tests.support.settings import OPERATOR_TOKEN, make_settings
-from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, StripeStandIn, stripe_standin
+from tests.support.settings import OPERATOR_TOKEN
+from tests.support.stripe_standin import settings_with_stripe, stripe_standin
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
 
@@ -208,18 +207,6 @@ async def build_world(admin: Admin) -> World:
         "POST", f"/v1/workspaces/{ws}/upgrade-requests", tokens["owner"], {"products": ["search"]}
     )
     return World(admin, ws, app["id"], tokens, users, request["id"])
-
-
-def settings_with_stripe(store_url: str, redis_url: str, standin: StripeStandIn) -> Settings:
-    """Payments configured against the local Stripe stand-in, so checkout can succeed."""
-    return make_settings(
-        redis_url,
-        store_url=store_url,
-        operator=True,
-        stripe_api_base=standin.url,
-        stripe_secret_key=SECRET_KEY,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-    )
 
 
 @pytest.fixture

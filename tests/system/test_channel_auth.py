@@ -9,8 +9,6 @@ on 127.0.0.1 with RSA keys made here, rotated mid-test. Real Redis, real sockets
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import subprocess
 import time
@@ -33,23 +31,23 @@ from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
-from tests.support.bot import Bot, Running, running_gateway, serve
+from tests.support.bot import Bot, WsBot, running_gateway, running_ws_bot, serve
 from tests.support.channel_keys import (
     SECRET,
+    AuthWorld,
     auth_settings,
     hs256,
-    metered_state,
+    meta_headers,
     set_secret,
     slack_headers,
 )
-from tests.support.settings import make_settings
+from tests.support.samples import sample
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
 NOTIFY_AUD = "creditgate:notify"  # the audience of /notify tokens (README)
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "channels"
 WS = "chauth"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request, $1 of its own funds
 BROKE = f"{WS}_broke"  # no credit at all
@@ -63,16 +61,7 @@ ISSUER = "https://api.botframework.com"
 SERVICE_URL = "https://smba.trafficmanager.net/amer/"
 
 
-def sample(name: str) -> bytes:
-    return (SAMPLES / name).read_bytes()
-
-
 # ------------------------------------------------------------ signing, as channels do
-
-
-def meta_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": sig}
 
 
 @dataclass
@@ -151,12 +140,8 @@ async def seed_one(
 
 
 @dataclass
-class World:
-    gw: Running
+class World(AuthWorld):
     settings: Settings
-    bot: Bot
-    rclient: RedisClient
-    http: aiohttp.ClientSession
     openid: OpenId
 
     async def post(
@@ -172,9 +157,6 @@ class World:
             if "json" in resp.headers.get("Content-Type", ""):
                 return resp.status, json.loads(raw)
             return resp.status, raw
-
-    async def state(self) -> tuple[Any, list[bytes]]:
-        return await metered_state(self.rclient, WS)
 
 
 @pytest.fixture
@@ -200,7 +182,7 @@ async def world(
             await set_secret(rclient, settings, app_id, channel)
         await set_secret(rclient, settings, app_id, "msteams", APP_ID_MS)
     async with running_gateway(settings) as gw:
-        yield World(gw, settings, bot, rclient, http, openid)
+        yield World(WS, gw, bot, rclient, http, settings, openid)
 
 
 async def refused_unmetered(
@@ -414,28 +396,9 @@ async def test_refusal_never_echoes_the_token(world: World) -> None:
 # --------------------------------------------------------------------- WebSocket
 
 
-@dataclass
-class WsBot:
-    url: str = ""
-    upgrades: list[tuple[str, str]] = field(default_factory=list)  # (raw path, user header)
-
-
 @pytest.fixture
 async def wsbot() -> AsyncIterator[WsBot]:
-    b = WsBot()
-
-    async def ws(request: web.Request) -> web.StreamResponse:
-        b.upgrades.append((request.raw_path, request.headers.get("X-Channel-User-Id", "")))
-        sock = web.WebSocketResponse()
-        await sock.prepare(request)
-        async for msg in sock:
-            await sock.send_str("echo:" + msg.data)
-        return sock
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", ws)
-    async with serve(app) as url:
-        b.url = url
+    async with running_ws_bot() as b:
         yield b
 
 
@@ -646,15 +609,14 @@ async def test_channel_secret_via_admin_api_is_never_shown(
 ) -> None:
     import logging
 
-    from tests.support.adminkit import admin_server
+    from tests.support.adminkit import admin_server, admin_settings
     from tests.support.settings import OPERATOR_TOKEN
 
     caplog.set_level(logging.DEBUG)
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     secret = "web-sdk-signing-key-" + "v" * 20
     async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        token, ws = await admin.owner_workspace()
         app = await admin.ok(
             "POST", f"/v1/workspaces/{ws}/apps", token,
             {"name": "Bot", "product": "automation", "upstream_url": bot.url},

@@ -26,12 +26,12 @@ from gateway.channel_auth import NOTIFY_AUDIENCE, Verified, without_token
 from gateway.problems import Problem
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway, serve
+from tests.support.bot import Bot, WsBot, running_gateway, running_ws_bot, serve
 from tests.support.channel_keys import (
     SECRET,
+    AuthWorld,
     auth_settings,
     hs256,
-    metered_state,
     set_secret,
     slack_headers,
 )
@@ -82,22 +82,9 @@ async def metabot() -> AsyncIterator[MetaBot]:
 
 
 @pytest.fixture
-async def wsbot() -> AsyncIterator[tuple[str, list[str]]]:
-    """A WebSocket echo bot; the list holds the raw path of every upgrade it accepted."""
-    upgrades: list[str] = []
-
-    async def ws(request: web.Request) -> web.StreamResponse:
-        upgrades.append(request.raw_path)
-        sock = web.WebSocketResponse()
-        await sock.prepare(request)
-        async for msg in sock:
-            await sock.send_str("echo:" + msg.data)
-        return sock
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", ws)
-    async with serve(app) as url:
-        yield url, upgrades
+async def wsbot() -> AsyncIterator[WsBot]:
+    async with running_ws_bot() as b:
+        yield b
 
 
 @pytest.fixture
@@ -122,13 +109,9 @@ async def garbled() -> AsyncIterator[str]:
 
 
 @dataclass
-class World:
-    gw: Running
-    bot: Bot
+class World(AuthWorld):
     metabot: MetaBot
-    rclient: RedisClient
-    http: aiohttp.ClientSession
-    upgrades: list[str]  # raw paths the WebSocket bot was opened with
+    wsbot: WsBot  # records the URL of each upgrade
 
     async def call(
         self,
@@ -141,19 +124,16 @@ class World:
         async with self.http.request(method, url, data=body, headers=headers) as resp:
             return resp.status, await resp.read()
 
-    async def state(self) -> tuple[Any, list[bytes]]:
-        return await metered_state(self.rclient, WS)
-
 
 @pytest.fixture
 async def world(
+    metabot: MetaBot,
+    garbled: str,
+    wsbot: WsBot,
+    bot: Bot,
     redis_url: str,
     tmp_path: Path,
     rclient: RedisClient,
-    bot: Bot,
-    metabot: MetaBot,
-    garbled: str,
-    wsbot: tuple[str, list[str]],
     http: aiohttp.ClientSession,
 ) -> AsyncIterator[World]:
     settings = auth_settings(
@@ -165,7 +145,7 @@ async def world(
         DEAD: {**dead, "upstream_url": metabot.url + "/whatsapp"},
         LIAR: {**dead, "upstream_url": bot.url + "/whatsapp"},
         GARBLED: {"product": "automation", "upstream_url": garbled},
-        SOCK: {"product": "automation", "upstream_url": wsbot[0]},
+        SOCK: {"product": "automation", "upstream_url": wsbot.url},
     }, free=FREE)  # fmt: skip
     for channel in ("web", "slack"):
         await set_secret(rclient, settings, APP, channel)
@@ -174,7 +154,7 @@ async def world(
     for app_id in (DEAD, LIAR):
         await set_secret(rclient, settings, app_id, "whatsapp")
     async with running_gateway(settings) as gw:
-        yield World(gw, bot, metabot, rclient, http, wsbot[1])
+        yield World(WS, gw, bot, rclient, http, metabot, wsbot)
 
 
 async def refused(
@@ -387,7 +367,7 @@ async def test_every_spelling_of_token_is_dropped_from_a_websocket(world: World)
     ) as ws:
         await ws.send_str("hello")
         assert await ws.receive_str() == "echo:hello"
-    assert world.upgrades == ["/ws?lang=en&v=%2B"]
+    assert world.wsbot.paths == ["/ws?lang=en&v=%2B"]
     assert (await world.state())[0].free == FREE - 200_000  # alice's session
 
 

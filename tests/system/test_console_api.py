@@ -22,7 +22,7 @@ from meter.accounts.authz import token_hash
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
 from meter.usage.flusher import Flusher
-from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot, running_bot
 from tests.support.clock import Clock
 from tests.support.settings import OPERATOR_TOKEN, make_settings
@@ -32,20 +32,7 @@ MONEY_WORDS = ("amount", "balance", "remaining", "paid", "price", "credit", "fun
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
-    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
-        yield a
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def any_admin(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
-) -> AsyncIterator[Admin]:
-    """The admin server on either store (the lists' keyset SQL runs on both)."""
-    url = f"sqlite:///{tmp_path}/store.db"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_dsn")
-    settings = make_settings(redis_url, store_url=url, operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
 
@@ -72,7 +59,7 @@ async def test_workspace_and_app_lists_paginate_in_a_stable_order(any_admin: Adm
     _, other_tok = await admin.new_user("other")
     wss = [(await admin.ok("POST", "/v1/workspaces", tok, {"name": f"W{i}"}))["id"]
            for i in range(5)]  # fmt: skip
-    theirs = (await admin.ok("POST", "/v1/workspaces", other_tok, {"name": "Theirs"}))["id"]
+    theirs = await admin.new_workspace(other_tok, "Theirs")
 
     mine = await everything(admin, "/v1/workspaces", tok, "workspaces", 2)
     assert [w["id"] for w in mine] == wss
@@ -125,7 +112,7 @@ async def test_workspace_and_app_lists_paginate_in_a_stable_order(any_admin: Adm
 async def test_members_list_and_removal(any_admin: Admin) -> None:
     admin = any_admin
     owner, tok = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    ws = await admin.new_workspace(tok, "Acme")
     people = {}
     for name in ("amy", "bob", "cyd"):
         uid, utok = await admin.new_user(name)
@@ -181,8 +168,7 @@ def money_keys(value: Any, path: str = "") -> list[str]:
 
 
 async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> None:
-    _, tok = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    tok, ws = await admin.owner_workspace()
     appown, appown_tok = await admin.new_user("appown")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": appown})
     app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", appown_tok,
@@ -272,8 +258,7 @@ async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
 
 async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
     admin = any_admin
-    _, tok = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
+    tok, ws = await admin.owner_workspace()
     first = await admin.ok("POST", f"/v1/workspaces/{ws}/upgrade-requests", tok,
                            {"products": ["search"], "message": "please"})  # fmt: skip
     listed = await admin.ok("GET", f"/v1/workspaces/{ws}/upgrade-requests", tok)
@@ -333,10 +318,8 @@ async def test_sessions_list_open_sessions_live_from_redis(redis_url: str, tmp_p
         admin_server(settings, clock=clock, traffic=True) as admin,
         aiohttp.ClientSession() as http,
     ):
-        _, tok = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
-        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", tok, body))["id"]
+        tok, ws = await admin.owner_workspace()
+        app = await admin.new_app(tok, ws, bot.url)
         for i in range(5):
             await send(http, admin.traffic_url, app, f"user{i}")
             clock.now += 0.01

@@ -69,6 +69,13 @@ class Browser:
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
 
+    @classmethod
+    async def open(cls, browser: Any, name: str) -> Browser:
+        """A new page in a context of its own (1440x900, waits up to WAIT_MS)."""
+        ctx = await browser.new_context(viewport={"width": 1440, "height": 900})
+        ctx.set_default_timeout(WAIT_MS)
+        return cls(await ctx.new_page(), name)
+
     async def settle(self) -> None:
         """Until no loading state is left (polled: the page's CSP forbids eval, which
         ``wait_for_function`` needs)."""
@@ -155,9 +162,8 @@ async def journey(
 
     browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
     try:
-        ctx = await browser.new_context(viewport={"width": 1440, "height": 900})
-        ctx.set_default_timeout(WAIT_MS)
-        b = Browser(await ctx.new_page(), "owner")
+        b = await Browser.open(browser, "owner")
+        ctx = b.page.context
 
         # Sign in: the token goes in a password field, never into the URL or storage.
         await b.page.goto(served.admin + "/ui")
@@ -297,9 +303,7 @@ async def journey(
             assert r.status == 401  # revoked at once
 
         # The collaborator sees the app they work on, without money figures.
-        cctx = await browser.new_context(viewport={"width": 1440, "height": 900})
-        cctx.set_default_timeout(WAIT_MS)
-        c = Browser(await cctx.new_page(), "collaborator")
+        c = await Browser.open(browser, "collaborator")
         await c.page.goto(served.admin + "/ui")
         await c.page.fill("#token", collab["token"])
         await c.page.click("button[type=submit]")
@@ -327,10 +331,8 @@ async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path
     store_url = f"sqlite:///{tmp_path}/store.db"
     settings = make_settings(redis_url, store_url=store_url, operator=True)
     async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
-        _, tok = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
-        body = {"name": "Helpdesk", "product": "automation", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", tok, body))["id"]
+        tok, ws = await admin.owner_workspace()
+        app = await admin.new_app(tok, ws, bot.url, name="Helpdesk")
         for i in range(3):
             url = f"{admin.traffic_url}/hooks/web/{app}/msg"
             async with http.post(url, json={}, headers={"X-Channel-User-Id": f"u{i}"}) as r:
@@ -343,9 +345,7 @@ async def test_stored_history_while_redis_is_down(redis_url: str, tmp_path: Path
     ):
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
-            ctx = await browser.new_context(viewport={"width": 1440, "height": 900})
-            ctx.set_default_timeout(WAIT_MS)
-            b = Browser(await ctx.new_page(), "redis-down")
+            b = await Browser.open(browser, "redis-down")
             await b.page.goto(down.url + "/ui")
             await b.page.fill("#token", tok)
             await b.page.click("button[type=submit]")

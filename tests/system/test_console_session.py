@@ -8,28 +8,11 @@ holds exactly the chart's numbers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from gateway.webhooks import WebhookOptions
-from tests.support.adminkit import Admin, admin_server, snapshot
-from tests.support.settings import make_settings
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def admin(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
-) -> AsyncIterator[Admin]:
-    url = f"sqlite:///{tmp_path}/store.db"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_dsn")
-    settings = make_settings(redis_url, store_url=url, operator=True)
-    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
-        yield a
+from tests.support.adminkit import Admin, snapshot
 
 
 async def sign_in(
@@ -39,11 +22,19 @@ async def sign_in(
         return r.status, await r.json(), r
 
 
-async def test_sign_in_cookie_csrf_and_sign_out(admin: Admin) -> None:
-    uid, tok = await admin.new_user("owner")
+async def signed_out(http: aiohttp.ClientSession, base: str, path: str) -> None:
+    """``path`` is refused (401) and the console knows no session."""
+    async with http.get(f"{base}{path}") as r:
+        assert r.status == 401
+    async with http.get(f"{base}/ui/session") as r:
+        assert (await r.json()) == {"signed_in": False}
+
+
+async def test_sign_in_cookie_csrf_and_sign_out(any_admin: Admin) -> None:
+    uid, tok = await any_admin.new_user("owner")
     jar = aiohttp.CookieJar(unsafe=True)  # keep cookies for 127.0.0.1
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        base = admin.url
+        base = any_admin.url
         async with http.get(f"{base}/ui/session") as r:
             assert r.status == 200
             assert (await r.json()) == {"signed_in": False}
@@ -64,12 +55,12 @@ async def test_sign_in_cookie_csrf_and_sign_out(admin: Admin) -> None:
         # Reads work with the cookie alone; writes need the CSRF token too.
         async with http.get(f"{base}/v1/workspaces") as r:
             assert r.status == 200
-        before = await snapshot(admin)
+        before = await snapshot(any_admin)
         for headers in ({}, {"X-CSRF-Token": "forged"}):
             async with http.post(f"{base}/v1/workspaces", json={"name": "A"}, headers=headers) as r:
                 body = await r.json()
                 assert (r.status, body["code"]) == (403, "csrf_failed"), body
-        assert await snapshot(admin) == before
+        assert await snapshot(any_admin) == before
         headers = {"X-CSRF-Token": csrf}
         async with http.post(f"{base}/v1/workspaces", json={"name": "A"}, headers=headers) as r:
             assert r.status == 201
@@ -79,43 +70,36 @@ async def test_sign_in_cookie_csrf_and_sign_out(admin: Admin) -> None:
         async with http.delete(f"{base}/ui/session", headers=headers) as r:
             assert r.status == 204
         async with aiohttp.ClientSession(cookies={cookie.key: cookie.value}) as replay:
-            async with replay.get(f"{base}/v1/workspaces") as r:
-                assert r.status == 401
-            async with replay.get(f"{base}/ui/session") as r:
-                assert (await r.json()) == {"signed_in": False}
+            await signed_out(replay, base, "/v1/workspaces")
 
 
-async def test_revoking_the_token_ends_its_sessions(admin: Admin) -> None:
-    _, tok = await admin.new_user("owner")
+async def test_revoking_the_token_ends_its_sessions(any_admin: Admin) -> None:
+    _, tok = await any_admin.new_user("owner")
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        await sign_in(http, admin.url, tok)
-        [token] = (await admin.ok("GET", "/v1/tokens", tok))["tokens"]
-        await admin.ok("DELETE", f"/v1/tokens/{token['id']}", tok)
-        async with http.get(f"{admin.url}/v1/tokens") as r:
-            assert r.status == 401
-        async with http.get(f"{admin.url}/ui/session") as r:
-            assert (await r.json()) == {"signed_in": False}
+        await sign_in(http, any_admin.url, tok)
+        [token] = (await any_admin.ok("GET", "/v1/tokens", tok))["tokens"]
+        await any_admin.ok("DELETE", f"/v1/tokens/{token['id']}", tok)
+        await signed_out(http, any_admin.url, "/v1/tokens")
 
 
-async def test_cross_site_sign_in_and_secure_cookie_over_tls(admin: Admin) -> None:
-    _, tok = await admin.new_user("owner")
+async def test_cross_site_sign_in_and_secure_cookie_over_tls(any_admin: Admin) -> None:
+    _, tok = await any_admin.new_user("owner")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        status, body, _ = await sign_in(http, admin.url, tok, Origin="https://evil.example")
+        status, body, _ = await sign_in(http, any_admin.url, tok, Origin="https://evil.example")
         assert (status, body["code"]) == (403, "cross_origin")
-        status, _, resp = await sign_in(http, admin.url, tok, **{"X-Forwarded-Proto": "https"})
+        status, _, resp = await sign_in(http, any_admin.url, tok, **{"X-Forwarded-Proto": "https"})
         header = resp.headers["Set-Cookie"]
         assert status == 201
         assert header.startswith("__Host-cg_session=")
         assert "Secure" in header
 
 
-async def test_chart_csv_is_exactly_the_chart(admin: Admin) -> None:
-    _, tok = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", tok, {"name": "Acme"}))["id"]
-    _, other_tok = await admin.new_user("other")
+async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
+    tok, ws = await any_admin.owner_workspace()
+    _, other_tok = await any_admin.new_user("other")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        base = admin.url
+        base = any_admin.url
         async with http.get(f"{base}/ui/api/usage-chart?ws={ws}") as r:
             assert r.status == 401  # no session
         await sign_in(http, base, tok)
@@ -136,6 +120,6 @@ async def test_chart_csv_is_exactly_the_chart(admin: Admin) -> None:
                 body = await r.json()
                 assert (r.status, body["field"]) == (422, field)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        await sign_in(http, admin.url, other_tok)
-        async with http.get(f"{admin.url}/ui/api/usage-chart?ws={ws}") as r:
+        await sign_in(http, any_admin.url, other_tok)
+        async with http.get(f"{any_admin.url}/ui/api/usage-chart?ws={ws}") as r:
             assert r.status == 404  # another's workspace does not exist for them

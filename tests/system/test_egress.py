@@ -36,7 +36,7 @@ from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import OutboxEvent, open_store
-from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot, running_replica, serve
 from tests.support.connect_watch import non_loopback
 from tests.support.receiver import Receiver, receiver
@@ -95,9 +95,7 @@ SAVE_REFUSED = [
 @pytest.fixture
 async def strict_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
     """An admin server whose egress policy allows nothing internal (loopback neither)."""
-    settings = make_settings(
-        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
-    )
+    settings = admin_settings(redis_url, tmp_path, egress_allow=[])
     async with admin_server(settings) as admin:
         yield admin
 
@@ -106,8 +104,7 @@ async def test_admin_api_refuses_internal_urls_on_save(
     strict_admin: Admin, connects: list[Any]
 ) -> None:
     admin = strict_admin
-    _, token = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+    token, ws = await admin.owner_workspace()
     app = (
         await admin.ok(
             "POST", f"/v1/workspaces/{ws}/apps", token, {"name": "b", "product": "search"}
@@ -142,18 +139,15 @@ async def test_admin_api_refuses_the_gateways_own_port_even_with_loopback_allowe
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
     port = free_port()
-    settings = make_settings(
+    settings = admin_settings(
         redis_url,
-        store_url=f"sqlite:///{tmp_path}/store.db",
-        operator=True,
+        tmp_path,
         host="127.0.0.1",
         admin_port=port,
     )
     async with admin_server(settings) as admin:
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
-        body = {"name": "b", "product": "search", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        token, ws = await admin.owner_workspace()
+        app = await admin.new_app(token, ws, bot.url, name="b", product="search")
         for url in (f"http://127.0.0.1:{port}/metrics", f"http://localhost:{port}/readyz"):
             status, problem = await admin.api(
                 "PATCH", f"/v1/apps/{app}", token, {"upstream_url": url}
@@ -379,14 +373,11 @@ async def test_webhook_to_a_refused_address_is_never_attempted(
 async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: Path) -> None:
     """The admin application's delivery loop: a real receiver on loopback (not allowed
     here) is never called; the event stays in the outbox with the reason."""
-    settings = make_settings(
-        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
-    )
+    settings = admin_settings(redis_url, tmp_path, egress_allow=[])
     rec: Receiver
     async with receiver() as rec, admin_server(settings) as admin:
         port = rec.url.split(":")[2].split("/")[0]
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+        _, ws = await admin.owner_workspace()
         await admin.store.set_webhook(ws, f"http://localhost:{port}/hook", SECRET)
         await enqueue(admin.store, ws, "e1")
         ev: OutboxEvent | None = None
@@ -548,7 +539,7 @@ async def test_admin_port_refuses_requests_forwarded_by_the_gateway(
 ) -> None:
     """A request that carries the gateway's own ``Via`` came through a traffic port:
     508 ``loop_detected`` on every admin route, before any handler runs."""
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with admin_server(settings) as admin:
         _, token = await admin.new_user("owner")
         before = await snapshot(admin)

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot
-from tests.support.settings import OPERATOR_TOKEN, make_settings
+from tests.support.settings import OPERATOR_TOKEN
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -62,10 +62,9 @@ Case = tuple[str, Callable[[], Any]]
 
 @pytest.fixture
 async def admin(redis_url: str, tmp_path: Path, bot: Bot) -> Any:
-    settings = make_settings(
+    settings = admin_settings(
         redis_url,
-        store_url=f"sqlite:///{tmp_path}/cg.db",
-        operator=True,
+        tmp_path,
         state_dir=str(tmp_path / "state"),
         stripe_secret_key="sk_test_hostile",
         stripe_webhook_secret="whsec_hostile",
@@ -77,11 +76,9 @@ async def admin(redis_url: str, tmp_path: Path, bot: Bot) -> Any:
 async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
     admin: Admin, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    _, token = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]
-    body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
-    app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
-    susp = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+    token, ws = await admin.owner_workspace("owner", "shop")
+    app = await admin.new_app(token, ws, bot.url)
+    susp = await admin.new_app(token, ws, bot.url)
     await admin.ok("PATCH", f"/v1/apps/{susp}", token, {"suspended": True})
     t = admin.traffic_url
     a = admin.url

@@ -8,20 +8,18 @@ from pathlib import Path
 import aiohttp
 
 from meter.redis_layer import keys
-from tests.support.adminkit import admin_server
+from tests.support.adminkit import admin_server, admin_settings
 from tests.support.bot import Bot
-from tests.support.settings import OPERATOR_TOKEN, make_settings
+from tests.support.settings import OPERATOR_TOKEN
 
 
 async def test_the_owner_sets_a_threshold_and_the_alert_follows_it(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with admin_server(settings, traffic=True) as admin:
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]
-        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        token, ws = await admin.owner_workspace("owner", "shop")
+        app = await admin.new_app(token, ws, bot.url)
         pu = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", token)
         assert pu["low_balance_threshold"] == "50.00"
         assert pu["low_balance_threshold_is_default"] is True

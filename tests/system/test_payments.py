@@ -36,6 +36,7 @@ from tests.support.stripe_standin import (
     StripeStandIn,
     event,
     paid,
+    settings_with_stripe,
     signed,
     stripe_standin,
 )
@@ -57,6 +58,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("pg_dsn")
 
 
+Paying = tuple[Admin, StripeStandIn]
+
+
 @asynccontextmanager
 async def paying(
     store_url: str,
@@ -65,18 +69,10 @@ async def paying(
     clock: Clock | None = None,
     traffic: bool = False,
     **overrides: Any,
-) -> AsyncIterator[tuple[Admin, StripeStandIn]]:
+) -> AsyncIterator[Paying]:
     """An admin server whose Stripe is the local stand-in."""
     async with stripe_standin() as standin:
-        settings = make_settings(
-            redis_url,
-            store_url=store_url,
-            operator=True,
-            stripe_api_base=standin.url,
-            stripe_secret_key=SECRET_KEY,
-            stripe_webhook_secret=WEBHOOK_SECRET,
-            **overrides,
-        )
+        settings = settings_with_stripe(store_url, redis_url, standin, **overrides)
         # Owner notifications stay in the outbox: the tests count them there.
         options = WebhookOptions(poll_s=3600)
         kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
@@ -84,10 +80,10 @@ async def paying(
             yield admin, standin
 
 
-async def owner_ws(admin: Admin, name: str = "owner") -> tuple[str, str]:
-    _, token = await admin.new_user(name)
-    ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
-    return token, ws
+@pytest.fixture
+async def sqlite_paying(redis_url: str, tmp_path: Path) -> AsyncIterator[Paying]:
+    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as both:
+        yield both
 
 
 async def deliver(admin: Admin, payload: bytes, signature: str | None) -> tuple[int, Any]:
@@ -116,7 +112,7 @@ async def test_free_credits_once_per_user_even_when_concurrent(
     store_url: str, redis_url: str
 ) -> None:
     async with paying(store_url, redis_url) as (admin, _):
-        token, first = await owner_ws(admin)
+        token, first = await admin.owner_workspace()
         second = await admin.ok("POST", "/v1/workspaces", token, {"name": "Second"})
         assert second["free_credits_expire_at"] is None
         views = [
@@ -144,8 +140,8 @@ async def test_free_credits_once_per_user_even_when_concurrent(
 async def test_free_credits_per_workspace_when_configured(redis_url: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     async with paying(url, redis_url, free_credits_once_per_user=False) as (admin, _):
-        token, first = await owner_ws(admin)
-        second = (await admin.ok("POST", "/v1/workspaces", token, {"name": "B"}))["id"]
+        token, first = await admin.owner_workspace()
+        second = await admin.new_workspace(token, "B")
         for w in (first, second):
             assert (await projection.read_balances(admin.redis, w)).free == 500 * USD
 
@@ -153,71 +149,69 @@ async def test_free_credits_per_workspace_when_configured(redis_url: str, tmp_pa
 # ------------------------------------------------------------------ manual funds
 
 
-async def test_manual_funds_are_operator_only_with_a_reference(
-    redis_url: str, tmp_path: Path
-) -> None:
-    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, _):
-        token, ws = await owner_ws(admin)
-        path = f"/v1/workspaces/{ws}/funds"
-        before = await snapshot(admin)
-        status, body = await admin.api("POST", path, token, {"amount": "100.00", "reference": "x"})
-        assert (status, body["code"]) == (403, "forbidden")
-        status, body = await admin.api("POST", path, OPERATOR_TOKEN, {"amount": "100.00"})
-        assert (status, body["field"]) == (422, "reference")
-        assert await snapshot(admin) == before
+async def test_manual_funds_are_operator_only_with_a_reference(sqlite_paying: Paying) -> None:
+    admin, _ = sqlite_paying
+    token, ws = await admin.owner_workspace()
+    path = f"/v1/workspaces/{ws}/funds"
+    before = await snapshot(admin)
+    status, body = await admin.api("POST", path, token, {"amount": "100.00", "reference": "x"})
+    assert (status, body["code"]) == (403, "forbidden")
+    status, body = await admin.api("POST", path, OPERATOR_TOKEN, {"amount": "100.00"})
+    assert (status, body["field"]) == (422, "reference")
+    assert await snapshot(admin) == before
 
-        funds = {"amount": "100.00", "reference": "bank-transfer-7"}
-        first = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
-        again = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
-        assert (first["created"], again["created"]) == (True, False)
-        assert first["reference"] == "bank-transfer-7"
-        assert first["amount"] == "100.00"
-        assert (await projection.read_balances(admin.redis, ws)).pool == 100 * USD
-        assert len(await admin.store.ledger_entries(ws, kind="topup")) == 1
+    funds = {"amount": "100.00", "reference": "bank-transfer-7"}
+    first = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
+    again = await admin.ok("POST", path, OPERATOR_TOKEN, funds)
+    assert (first["created"], again["created"]) == (True, False)
+    assert first["reference"] == "bank-transfer-7"
+    assert first["amount"] == "100.00"
+    assert (await projection.read_balances(admin.redis, ws)).pool == 100 * USD
+    assert len(await admin.store.ledger_entries(ws, kind="topup")) == 1
 
 
 # ---------------------------------------------------------------------- checkout
 
 
-async def test_checkout_creates_a_session_at_the_provider(redis_url: str, tmp_path: Path) -> None:
-    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
-        app = await admin.ok(
-            "POST", f"/v1/workspaces/{ws}/apps", token, {"name": "b", "product": "search"}
-        )
-        body = {"amount": "123.45", "app_id": app["id"]}
-        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, body)
-        assert co["amount"] == "123.45"
-        assert co["status"] == "open"
-        assert co["app_id"] == app["id"]
-        assert co["id"].startswith("co")
-        [seen] = standin.seen
-        session = standin.session_for(co["id"])
-        assert co["url"] == session["url"]
-        assert seen.headers["Authorization"] == f"Bearer {SECRET_KEY}"
-        assert seen.headers["Idempotency-Key"] == f"creditgate-checkout-{co['id']}"
-        form = seen.form
-        assert form["mode"] == "payment"
-        assert form["line_items[0][price_data][unit_amount]"] == "12345"
-        assert form["line_items[0][price_data][currency]"] == "usd"
-        assert form["line_items[0][quantity]"] == "1"
-        assert not any(k.startswith("line_items[1]") for k in form)
-        assert form["metadata[workspace_id]"] == ws
-        assert form["metadata[app_id]"] == app["id"]
-        assert form["metadata[checkout_id]"] == co["id"]
-        assert form["success_url"] == admin.settings.checkout_success_url
-        assert form["cancel_url"] == admin.settings.checkout_cancel_url
-        # Nothing is credited before the provider confirms the payment.
-        assert await paid_state(admin, ws) == (0, 0, 0, 0)
-        stored = await admin.store.get_checkout(co["id"])
-        assert stored is not None
-        assert stored.session_id == session["id"]
-        assert stored.amount == 123_450_000
+async def test_checkout_creates_a_session_at_the_provider(sqlite_paying: Paying) -> None:
+    admin, standin = sqlite_paying
+    token, ws = await admin.owner_workspace()
+    app = await admin.ok(
+        "POST", f"/v1/workspaces/{ws}/apps", token, {"name": "b", "product": "search"}
+    )
+    body = {"amount": "123.45", "app_id": app["id"]}
+    co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, body)
+    assert co["amount"] == "123.45"
+    assert co["status"] == "open"
+    assert co["app_id"] == app["id"]
+    assert co["id"].startswith("co")
+    [seen] = standin.seen
+    session = standin.session_for(co["id"])
+    assert co["url"] == session["url"]
+    assert seen.headers["Authorization"] == f"Bearer {SECRET_KEY}"
+    assert seen.headers["Idempotency-Key"] == f"creditgate-checkout-{co['id']}"
+    form = seen.form
+    assert form["mode"] == "payment"
+    assert form["line_items[0][price_data][unit_amount]"] == "12345"
+    assert form["line_items[0][price_data][currency]"] == "usd"
+    assert form["line_items[0][quantity]"] == "1"
+    assert not any(k.startswith("line_items[1]") for k in form)
+    assert form["metadata[workspace_id]"] == ws
+    assert form["metadata[app_id]"] == app["id"]
+    assert form["metadata[checkout_id]"] == co["id"]
+    assert form["success_url"] == admin.settings.checkout_success_url
+    assert form["cancel_url"] == admin.settings.checkout_cancel_url
+    # Nothing is credited before the provider confirms the payment.
+    assert await paid_state(admin, ws) == (0, 0, 0, 0)
+    stored = await admin.store.get_checkout(co["id"])
+    assert stored is not None
+    assert stored.session_id == session["id"]
+    assert stored.amount == 123_450_000
 
 
 async def test_checkout_limits_roles_and_configuration(redis_url: str, tmp_path: Path) -> None:
     async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
+        token, ws = await admin.owner_workspace()
         path = f"/v1/workspaces/{ws}/checkout"
         for amount in ("99.99", "20000.01", "0", "100.001", "1e3", "-100"):
             status, body = await admin.api("POST", path, token, {"amount": amount})
@@ -233,7 +227,7 @@ async def test_checkout_limits_roles_and_configuration(redis_url: str, tmp_path:
     async with admin_server(
         make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/b.db", operator=True)
     ) as plain:
-        token, ws = await owner_ws(plain)
+        token, ws = await plain.owner_workspace()
         status, body = await plain.api(
             "POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"}
         )
@@ -247,7 +241,7 @@ async def test_provider_failure_is_502_and_never_shows_the_key(
 ) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     async with paying(url, redis_url, stripe_max_network_retries=0) as (admin, standin):
-        token, ws = await owner_ws(admin)
+        token, ws = await admin.owner_workspace()
         path = f"/v1/workspaces/{ws}/checkout"
         caplog.set_level(logging.DEBUG)
         standin.fail_with = 500
@@ -269,7 +263,7 @@ async def test_provider_failure_is_502_and_never_shows_the_key(
 
 async def test_a_paid_checkout_is_credited_exactly_once(store_url: str, redis_url: str) -> None:
     async with paying(store_url, redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
+        token, ws = await admin.owner_workspace()
         co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "150.00"})
         session = standin.session_for(co["id"])
         payload = paid(session)
@@ -307,7 +301,7 @@ async def test_a_paid_checkout_is_credited_exactly_once(store_url: str, redis_ur
 
 async def test_concurrent_first_deliveries_credit_once(store_url: str, redis_url: str) -> None:
     async with paying(store_url, redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
+        token, ws = await admin.owner_workspace()
         app = await admin.ok(
             "POST", f"/v1/workspaces/{ws}/apps", token, {"name": "b", "product": "search"}
         )
@@ -320,81 +314,77 @@ async def test_concurrent_first_deliveries_credit_once(store_url: str, redis_url
         assert await paid_state(admin, ws) == (1, 1, 0, 250_010_000)
 
 
-async def test_forged_stale_and_unsigned_events_change_nothing(
-    redis_url: str, tmp_path: Path
-) -> None:
-    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
+async def test_forged_stale_and_unsigned_events_change_nothing(sqlite_paying: Paying) -> None:
+    admin, standin = sqlite_paying
+    token, ws = await admin.owner_workspace()
+    co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+    payload = paid(standin.session_for(co["id"]))
+    tampered = payload.replace(b'"amount_total":10000', b'"amount_total":1000000')
+    assert tampered != payload
+    now = int(time.time())
+    forged = [
+        (payload, signed(payload, secret="whsec_" + "z" * 32)),  # wrong secret
+        (tampered, signed(payload)),  # body changed after signing
+        (payload, signed(payload, at=now - 3600)),  # stale
+        (payload, None),  # unsigned
+        (payload, "garbage"),
+        (payload, f"t={now},v1="),
+        (payload, signed(payload).replace("v1=", "v0=")),  # another scheme
+        (b"not json", signed(b"not json")),  # signed, but no event
+        (b"\xff\xfe", signed(b"\xff\xfe")),
+    ]
+    before = await snapshot(admin)
+    for body, signature in forged:
+        status, answer = await deliver(admin, body, signature)
+        assert (status, answer.get("code")) == (400, "invalid_signature"), (signature, answer)
+        assert WEBHOOK_SECRET not in str(answer)
+    assert await snapshot(admin) == before
+    assert await paid_state(admin, ws) == (0, 0, 0, 0)
+    # An operator's or owner's bearer token is no signature either.
+    status, _ = await admin.api(
+        "POST", HOOK, OPERATOR_TOKEN, data=payload, headers={"Content-Type": "application/json"}
+    )
+    assert status == 400
+    assert await paid_state(admin, ws) == (0, 0, 0, 0)
+
+
+async def test_events_that_must_not_credit(sqlite_paying: Paying) -> None:
+    admin, standin = sqlite_paying
+    token, ws = await admin.owner_workspace()
+
+    async def checkout() -> dict[str, Any]:
         co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
-        payload = paid(standin.session_for(co["id"]))
-        tampered = payload.replace(b'"amount_total":10000', b'"amount_total":1000000')
-        assert tampered != payload
-        now = int(time.time())
-        forged = [
-            (payload, signed(payload, secret="whsec_" + "z" * 32)),  # wrong secret
-            (tampered, signed(payload)),  # body changed after signing
-            (payload, signed(payload, at=now - 3600)),  # stale
-            (payload, None),  # unsigned
-            (payload, "garbage"),
-            (payload, f"t={now},v1="),
-            (payload, signed(payload).replace("v1=", "v0=")),  # another scheme
-            (b"not json", signed(b"not json")),  # signed, but no event
-            (b"\xff\xfe", signed(b"\xff\xfe")),
-        ]
-        before = await snapshot(admin)
-        for body, signature in forged:
-            status, answer = await deliver(admin, body, signature)
-            assert (status, answer.get("code")) == (400, "invalid_signature"), (signature, answer)
-            assert WEBHOOK_SECRET not in str(answer)
-        assert await snapshot(admin) == before
-        assert await paid_state(admin, ws) == (0, 0, 0, 0)
-        # An operator's or owner's bearer token is no signature either.
-        status, _ = await admin.api(
-            "POST", HOOK, OPERATOR_TOKEN, data=payload, headers={"Content-Type": "application/json"}
-        )
-        assert status == 400
-        assert await paid_state(admin, ws) == (0, 0, 0, 0)
+        return standin.session_for(co["id"])
 
+    async def outcome(payload: bytes) -> str:
+        status, body = await deliver(admin, payload, signed(payload))
+        assert status == 200, body  # acknowledged: a retry could not change it
+        return str(body["outcome"])
 
-async def test_events_that_must_not_credit(redis_url: str, tmp_path: Path) -> None:
-    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
-
-        async def checkout() -> dict[str, Any]:
-            co = await admin.ok(
-                "POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"}
-            )
-            return standin.session_for(co["id"])
-
-        async def outcome(payload: bytes) -> str:
-            status, body = await deliver(admin, payload, signed(payload))
-            assert status == 200, body  # acknowledged: a retry could not change it
-            return str(body["outcome"])
-
-        more = await checkout()
-        assert await outcome(paid(more, amount_total=10001)) == "amount_mismatch"
-        assert await outcome(paid(more)) == "amount_mismatch"  # stays rejected
-        other = await checkout()
-        assert await outcome(paid(other, currency="eur")) == "amount_mismatch"
-        stranger = {**more, "id": "cs_test_unknown", "metadata": {}}
-        assert await outcome(paid(stranger)) == "unknown_checkout"
-        # Another workspace's checkout id in the metadata of an unknown session.
-        hijack = {**other, "id": "cs_test_hijack"}
-        assert await outcome(paid(hijack)) == "unknown_checkout"
-        pending = await checkout()
-        assert await outcome(paid(pending, payment_status="unpaid")) == "pending"
-        assert await outcome(event("payment_intent.succeeded", pending)) == "ignored"
-        assert await paid_state(admin, ws) == (0, 0, 0, 0)
-        statuses = {c.session_id: c.status for c in await admin.store.list_checkouts(ws)}
-        assert statuses == {more["id"]: "rejected", other["id"]: "rejected",
-                            pending["id"]: "open"}  # fmt: skip
-        # The async payment goes through later: credited then, once.
-        assert await outcome(paid(pending)) == "credited"
-        assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
-        expired = await checkout()
-        gone = event("checkout.session.expired", expired, status="expired")
-        assert await outcome(gone) == "expired"
-        assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
+    more = await checkout()
+    assert await outcome(paid(more, amount_total=10001)) == "amount_mismatch"
+    assert await outcome(paid(more)) == "amount_mismatch"  # stays rejected
+    other = await checkout()
+    assert await outcome(paid(other, currency="eur")) == "amount_mismatch"
+    stranger = {**more, "id": "cs_test_unknown", "metadata": {}}
+    assert await outcome(paid(stranger)) == "unknown_checkout"
+    # Another workspace's checkout id in the metadata of an unknown session.
+    hijack = {**other, "id": "cs_test_hijack"}
+    assert await outcome(paid(hijack)) == "unknown_checkout"
+    pending = await checkout()
+    assert await outcome(paid(pending, payment_status="unpaid")) == "pending"
+    assert await outcome(event("payment_intent.succeeded", pending)) == "ignored"
+    assert await paid_state(admin, ws) == (0, 0, 0, 0)
+    statuses = {c.session_id: c.status for c in await admin.store.list_checkouts(ws)}
+    assert statuses == {more["id"]: "rejected", other["id"]: "rejected",
+                        pending["id"]: "open"}  # fmt: skip
+    # The async payment goes through later: credited then, once.
+    assert await outcome(paid(pending)) == "credited"
+    assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
+    expired = await checkout()
+    gone = event("checkout.session.expired", expired, status="expired")
+    assert await outcome(gone) == "expired"
+    assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
 
 
 async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_path: Path) -> None:
@@ -435,44 +425,44 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
 
 
 async def test_crashes_between_the_steps_are_completed_by_the_redelivery(
-    redis_url: str, tmp_path: Path
+    sqlite_paying: Paying,
 ) -> None:
-    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
-        token, ws = await owner_ws(admin)
-        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
-        session = standin.session_for(co["id"])
-        # A crash after the ledger commit, before Redis and the outbox: Stripe got no 2xx.
-        entry = LedgerEntry(ws, "topup", 100 * USD, f"checkout:{session['id']}", 1)
-        assert await admin.store.complete_checkout(co["id"], session["id"], None, entry, 1)
-        assert await paid_state(admin, ws) == (1, 0, 0, 0)
-        payload = paid(session)
-        for want in ("already_credited", "already_credited"):
-            assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == want
-        assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
+    admin, standin = sqlite_paying
+    token, ws = await admin.owner_workspace()
+    co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+    session = standin.session_for(co["id"])
+    # A crash after the ledger commit, before Redis and the outbox: Stripe got no 2xx.
+    entry = LedgerEntry(ws, "topup", 100 * USD, f"checkout:{session['id']}", 1)
+    assert await admin.store.complete_checkout(co["id"], session["id"], None, entry, 1)
+    assert await paid_state(admin, ws) == (1, 0, 0, 0)
+    payload = paid(session)
+    for want in ("already_credited", "already_credited"):
+        assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == want
+    assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
 
-        # A crash after the provider created the session, before it was recorded here.
-        ws_row = await admin.store.get_workspace(ws)
-        assert ws_row is not None
-        d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
+    # A crash after the provider created the session, before it was recorded here.
+    ws_row = await admin.store.get_workspace(ws)
+    assert ws_row is not None
+    d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
 
-        async def crashing(req: payments.SessionRequest) -> payments.ProviderSession:
-            raise payments.ProviderError("connection reset after the session was created")
+    async def crashing(req: payments.SessionRequest) -> payments.ProviderSession:
+        raise payments.ProviderError("connection reset after the session was created")
 
-        with pytest.raises(payments.ProviderError):
-            await payments.start_checkout(d, "user:x", ws_row, "200.00", app_id=None,
-                                          create=crashing)  # fmt: skip
-        [failed] = [c for c in await admin.store.list_checkouts(ws) if c.status == "failed"]
-        meta = {"checkout_id": failed.id, "workspace_id": ws, "app_id": ""}
-        orphan = {**session, "id": "cs_test_lost", "amount_total": 20000, "metadata": meta}
-        payload = paid(orphan)
-        assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == "credited"
-        assert await paid_state(admin, ws) == (2, 2, 300 * USD, 0)
-        stored = await admin.store.get_checkout(failed.id)
-        assert stored is not None
-        assert (stored.status, stored.session_id) == (
-            "paid",
-            "cs_test_lost",
-        )
+    with pytest.raises(payments.ProviderError):
+        await payments.start_checkout(d, "user:x", ws_row, "200.00", app_id=None,
+                                      create=crashing)  # fmt: skip
+    [failed] = [c for c in await admin.store.list_checkouts(ws) if c.status == "failed"]
+    meta = {"checkout_id": failed.id, "workspace_id": ws, "app_id": ""}
+    orphan = {**session, "id": "cs_test_lost", "amount_total": 20000, "metadata": meta}
+    payload = paid(orphan)
+    assert (await deliver(admin, payload, signed(payload)))[1]["outcome"] == "credited"
+    assert await paid_state(admin, ws) == (2, 2, 300 * USD, 0)
+    stored = await admin.store.get_checkout(failed.id)
+    assert stored is not None
+    assert (stored.status, stored.session_id) == (
+        "paid",
+        "cs_test_lost",
+    )
 
 
 # ------------------------------------------------------------------ transactions
@@ -490,7 +480,7 @@ async def test_transactions_list_every_kind_newest_first_with_a_cursor(
         ),
         aiohttp.ClientSession() as http,
     ):
-        token, ws = await owner_ws(admin)
+        token, ws = await admin.owner_workspace()
         app = await admin.ok(
             "POST", f"/v1/workspaces/{ws}/apps", token,
             {"name": "b", "product": "automation", "upstream_url": bot.url},

@@ -15,8 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.adminkit import Admin, admin_server
-from tests.support.settings import make_settings
+from tests.support.adminkit import Admin, admin_server, admin_settings
 
 ROUTES = ("usage", "sessions")
 BAD_TIMES = [
@@ -76,11 +75,8 @@ BAD_SESSIONS = [
 
 @pytest.fixture
 async def owner(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Admin, str, str]]:
-    async with admin_server(
-        make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/s.db", operator=True)
-    ) as admin:
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "Acme"}))["id"]
+    async with admin_server(admin_settings(redis_url, tmp_path)) as admin:
+        token, ws = await admin.owner_workspace()
         yield admin, token, ws
 
 

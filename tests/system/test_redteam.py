@@ -27,11 +27,11 @@ from tests.support.bot import (
     Bot,
     SeededGateway,
     free_credit,
-    loop_to_itself,
     post_message,
     raw_exchange,
     running_gateway,
     running_replica,
+    seed_self_loop,
 )
 from tests.support.channel_keys import auth_settings, hs256, set_secret
 from tests.support.settings import make_settings
@@ -247,16 +247,14 @@ async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
 async def test_a_tenant_cannot_switch_its_own_app_to_free_shadow_mode(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
-    from tests.support.adminkit import admin_server
-    from tests.support.settings import make_settings
+    from tests.support.adminkit import admin_server, admin_settings
 
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with admin_server(settings, traffic=True) as admin:
         _, token = await admin.new_user("mallory")
         await admin.ok("POST", "/v1/workspaces", token, {"name": "first"})  # the free $500
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "second"}))["id"]
-        body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
-        app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        ws = await admin.new_workspace(token, "second")
+        app = await admin.new_app(token, ws, bot.url)
         url = f"{admin.traffic_url}/hooks/web/{app}"
         assert await post_message(http, url, "u0") == 402  # no credit in the second workspace
         status, _ = await admin.api("PATCH", f"/v1/apps/{app}", token, {"shadow": True})
@@ -341,16 +339,12 @@ async def test_encoded_slashes_do_not_smuggle_dot_segments(
 async def test_blocked_ssrf_urls_are_refused_on_save(
     redis_url: str, tmp_path: Path, bot: Bot, target: str
 ) -> None:
-    from tests.support.adminkit import admin_server
-    from tests.support.settings import make_settings
+    from tests.support.adminkit import admin_server, admin_settings
 
     port = URL(bot.url).port
-    settings = make_settings(
-        redis_url, store_url=f"sqlite:///{tmp_path}/store.db", operator=True, egress_allow=[]
-    )
+    settings = admin_settings(redis_url, tmp_path, egress_allow=[])
     async with admin_server(settings) as admin:
-        _, token = await admin.new_user("mallory")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "w"}))["id"]
+        token, ws = await admin.owner_workspace("mallory", "w")
         body = {"name": "b", "product": "automation", "upstream_url": target.format(port=port)}
         status, problem = await admin.api("POST", f"/v1/workspaces/{ws}/apps", token, body)
         assert status in (400, 422), (status, problem)
@@ -464,7 +458,7 @@ async def test_blocked_loop_and_hop_header_tricks(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
     async with running_gateway(make_settings(redis_url, tmp_path)) as gw:
-        url = await loop_to_itself(rclient, gw, WS, APP, FREE)
+        url = await seed_self_loop(rclient, gw, WS, APP, FREE)
         # Hide Via from the next hop by listing it in Connection: it is re-added.
         h = {"Connection": "keep-alive, Via", "Via": "1.1 other"}
         st = await post_message(http, url, "m", headers=h)

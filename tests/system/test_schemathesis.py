@@ -20,8 +20,8 @@ import pytest
 
 from gateway.webhooks import WebhookOptions
 from tests.support.adminkit import Admin, admin_server
-from tests.support.settings import OPERATOR_TOKEN, make_settings
-from tests.support.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, stripe_standin
+from tests.support.settings import OPERATOR_TOKEN
+from tests.support.stripe_standin import settings_with_stripe, stripe_standin
 
 CHECKS = ",".join(
     (
@@ -48,14 +48,7 @@ def schemathesis_bin() -> str:
 async def admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
     async with stripe_standin() as standin:
         # Payments configured against the local Stripe stand-in (a 503 would be a failure).
-        settings = make_settings(
-            redis_url,
-            store_url=f"sqlite:///{tmp_path}/store.db",
-            operator=True,
-            stripe_api_base=standin.url,
-            stripe_secret_key=SECRET_KEY,
-            stripe_webhook_secret=WEBHOOK_SECRET,
-        )
+        settings = settings_with_stripe(f"sqlite:///{tmp_path}/store.db", redis_url, standin)
         # Delivery stays idle: fuzzed webhook URLs must never be called (loopback only).
         async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
             yield a
@@ -104,8 +97,7 @@ async def run_schemathesis(admin: Admin, token: str, config: Path) -> str:
 async def test_no_server_errors_and_every_response_matches_the_schema(
     admin: Admin, tmp_path: Path
 ) -> None:
-    _, owner = await admin.new_user("owner")
-    ws = (await admin.ok("POST", "/v1/workspaces", owner, {"name": "Acme"}))["id"]
+    owner, ws = await admin.owner_workspace()
     app = {"name": "bot", "product": "automation"}
     app_id = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", owner, app))["id"]
     config = write_config(tmp_path / "schemathesis.toml", {"ws": ws, "app": app_id})

@@ -10,9 +10,9 @@ import aiohttp
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.adminkit import admin_server
+from tests.support.adminkit import admin_server, admin_settings
 from tests.support.bot import Bot, SeededGateway
-from tests.support.settings import OPERATOR_TOKEN, make_settings
+from tests.support.settings import OPERATOR_TOKEN
 
 WS = "shadow"
 APP = f"{WS}_app1"
@@ -88,10 +88,9 @@ async def test_the_same_app_out_of_shadow_mode_is_refused(
 async def test_shadow_mode_is_set_through_the_admin_api(
     redis_url: str, tmp_path: Path, bot: Bot
 ) -> None:
-    settings = make_settings(redis_url, store_url=f"sqlite:///{tmp_path}/cg.db", operator=True)
+    settings = admin_settings(redis_url, tmp_path)
     async with admin_server(settings) as admin:
-        _, token = await admin.new_user("owner")
-        ws = (await admin.ok("POST", "/v1/workspaces", token, {"name": "shop"}))["id"]
+        token, ws = await admin.owner_workspace("owner", "shop")
         body = {"name": "bot", "product": "automation", "upstream_url": bot.url}
         app = await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body)
         assert app["shadow"] is False
