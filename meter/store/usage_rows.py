@@ -6,8 +6,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Amounts:
+    """What usage counts besides units: messages, money by balance (micro-dollars) and
+    refusals by reason. A stored row has them, and so has a series point (a sum of rows)."""
+
+    messages: int = 0
+    amount_free: int = 0
+    amount_app: int = 0
+    amount_pool: int = 0
+    amount_invoiced: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def amount(self) -> int:
+        """Everything charged: debited from credits plus counted for invoicing."""
+        return self.amount_free + self.amount_app + self.amount_pool + self.amount_invoiced
+
+
 @dataclass(frozen=True, slots=True)
-class UsageRow:
+class UsageRow(Amounts):
     """Counters of one flush bucket for one ``(app, channel, product, unit)``."""
 
     workspace_id: str
@@ -17,20 +35,10 @@ class UsageRow:
     product: str
     unit: str
     units: int = 0
-    messages: int = 0
-    amount_free: int = 0
-    amount_app: int = 0
-    amount_pool: int = 0
-    amount_invoiced: int = 0
-    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, str, str, str, str]:
         return (self.bucket_start, self.app_id, self.channel, self.product, self.unit)
-
-    @property
-    def amount(self) -> int:
-        return self.amount_free + self.amount_app + self.amount_pool + self.amount_invoiced
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +62,11 @@ class SessionRow:
 
 
 @dataclass(frozen=True, slots=True)
-class UsagePoint:
+class UsagePoint(Amounts):
     """Sums over one period of a usage series (or over a whole range, for totals)."""
 
     start: int
     units: dict[str, int] = field(default_factory=dict)  # by unit: session|request|...
-    messages: int = 0
-    amount_free: int = 0
-    amount_app: int = 0
-    amount_pool: int = 0
-    amount_invoiced: int = 0
-    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def sessions(self) -> int:
@@ -81,11 +83,6 @@ class UsagePoint:
     @property
     def total_units(self) -> int:
         return sum(self.units.values())
-
-    @property
-    def amount(self) -> int:
-        """Everything charged: debited from credits plus counted for invoicing."""
-        return self.amount_free + self.amount_app + self.amount_pool + self.amount_invoiced
 
 
 @dataclass(frozen=True, slots=True)
