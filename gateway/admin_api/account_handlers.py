@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
 
 from config.money import format_amount, parse_amount
+from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from meter.accounts import authz, projection, workspaces
@@ -33,8 +36,13 @@ async def workspace_out(call: Call, ws: Workspace) -> s.WorkspaceOut:
     )
 
 
-def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
-    return s.UpgradeRequestOut(
+# An upgrade request answers as UpgradeRequestOut where it is made, as a list's item
+# elsewhere: two published schemas (their OpenAPI differs), the same fields.
+RequestSchema = TypeVar("RequestSchema", s.UpgradeRequestOut, ls.UpgradeRequestItem)
+
+
+def request_as(schema: type[RequestSchema], req: UpgradeRequest) -> RequestSchema:
+    return schema(
         id=req.id,
         workspace_id=req.workspace_id,
         products=list(req.products),
@@ -44,6 +52,10 @@ def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
         decided_at=iso(req.decided_at),
         reason=req.reason,
     )
+
+
+def request_out(req: UpgradeRequest) -> s.UpgradeRequestOut:
+    return request_as(s.UpgradeRequestOut, req)
 
 
 async def create_user(call: Call) -> web.Response:

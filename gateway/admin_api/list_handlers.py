@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin_api import list_schemas as ls
+from gateway.admin_api.account_handlers import request_as
 from gateway.admin_api.http import Call, json_response
 from meter.accounts import apps, authz, tokens, workspaces
 from meter.accounts.authz import TOKEN_PREFIX
@@ -124,16 +125,7 @@ async def remove_collaborator(call: Call) -> web.Response:
 
 
 def request_item(r: UpgradeRequest) -> ls.UpgradeRequestItem:
-    return ls.UpgradeRequestItem(
-        id=r.id,
-        workspace_id=r.workspace_id,
-        products=list(r.products),
-        message=r.message,
-        status=r.status,
-        created_at=iso(r.created_at) or "",
-        decided_at=iso(r.decided_at),
-        reason=r.reason,
-    )
+    return request_as(ls.UpgradeRequestItem, r)
 
 
 async def list_workspace_upgrade_requests(call: Call) -> web.Response:
