@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.client import RedisClient
 from meter.store import Store
 from meter.usage.breakdown import breakdown
 from tests.support.clock import Clock
@@ -21,21 +21,15 @@ HOUR_MS = 3_600_000
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async for st in opened_store(f"sqlite:///{tmp_path / 'b.db'}"):
         yield st
 
 
 async def test_live_usage_is_split_and_filtered_like_stored_usage(
-    client: RedisClient, store: Store
+    rclient: RedisClient, store: Store
 ) -> None:
+    client = rclient
     cfg, clock = make_settings(), Clock.past()
     w = await seed_ws(client, store, cfg, clock, products=["agent", "agent"], pool=10 * USD)
     adm = admitter(client, cfg, clock)
