@@ -51,24 +51,18 @@ class Accounts(StoreCore):
             )
 
     async def get_user(self, user_id: str) -> User | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", user_id)
-        return user_row(r) if r else None
+        return await self.one(user_row, f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", user_id)
 
     async def get_user_by_token_hash(self, token_hash: str) -> User | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {USER_COLUMNS} FROM users WHERE token_hash = ?", token_hash
-            )
-        return user_row(r) if r else None
+        return await self.one(
+            user_row, f"SELECT {USER_COLUMNS} FROM users WHERE token_hash = ?", token_hash
+        )
 
     async def get_user_by_email(self, email: str) -> User | None:
         """Case-insensitive lookup (emails are unique regardless of case)."""
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower(?)", email
-            )
-        return user_row(r) if r else None
+        return await self.one(
+            user_row, f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower(?)", email
+        )
 
     # ------------------------------------------------------------- workspaces
 
@@ -119,11 +113,9 @@ class Accounts(StoreCore):
             return True
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?", workspace_id
-            )
-        return workspace_row(r) if r else None
+        return await self.one(
+            workspace_row, f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?", workspace_id
+        )
 
     async def list_workspaces(self) -> list[str]:
         """Ids of every workspace (for the flusher and reconcile), sorted."""
@@ -134,55 +126,44 @@ class Accounts(StoreCore):
     async def list_user_workspaces(self, user_id: str) -> list[Workspace]:
         """Workspaces the user is a member of, oldest first."""
         cols = ", ".join(f"w.{c.strip()}" for c in WORKSPACE_COLUMNS.split(","))
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {cols} FROM workspaces w JOIN memberships m ON m.workspace_id = w.id "
-                "WHERE m.user_id = ? ORDER BY w.created_at, w.id",
-                user_id,
-            )
-        return [workspace_row(r) for r in rows]
+        return await self.many(
+            workspace_row,
+            f"SELECT {cols} FROM workspaces w JOIN memberships m ON m.workspace_id = w.id "
+            "WHERE m.user_id = ? ORDER BY w.created_at, w.id",
+            user_id,
+        )
 
     async def set_webhook(self, workspace_id: str, url: str | None, secret: str | None) -> bool:
         """Set where owner notifications go; ``False`` if there is no such workspace."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
-                url,
-                secret,
-                workspace_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
+            url,
+            secret,
+            workspace_id,
+        )
 
     async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:
         """The owner's low-balance threshold (``None``: the default); ``False`` if there is
         no such workspace."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE workspaces SET low_balance_threshold = ? WHERE id = ?",
-                micros,
-                workspace_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE workspaces SET low_balance_threshold = ? WHERE id = ?", micros, workspace_id
+        )
 
     async def set_free_expires_at(self, workspace_id: str, expires_at: int | None) -> bool:
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE workspaces SET free_expires_at = ? WHERE id = ?", expires_at, workspace_id
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE workspaces SET free_expires_at = ? WHERE id = ?", expires_at, workspace_id
+        )
 
     # ------------------------------------------------------------ memberships
 
     async def add_member(self, workspace_id: str, user_id: str) -> bool:
         """Add a user to a workspace; ``False`` if already a member."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?) "
-                "ON CONFLICT (workspace_id, user_id) DO NOTHING",
-                workspace_id,
-                user_id,
-            )
-        return n > 0
+        return await self.changed(
+            "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?) "
+            "ON CONFLICT (workspace_id, user_id) DO NOTHING",
+            workspace_id,
+            user_id,
+        )
 
     async def is_member(self, workspace_id: str, user_id: str) -> bool:
         async with self.connection() as c:

@@ -31,9 +31,7 @@ class Apps(StoreCore):
             )
 
     async def get_app(self, app_id: str) -> App | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)
-        return app_row(r) if r else None
+        return await self.one(app_row, f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)
 
     async def list_apps(self, workspace_id: str, *, owner_id: str | None = None) -> list[App]:
         sql = f"SELECT {APP_COLUMNS} FROM apps WHERE workspace_id = ?"
@@ -41,9 +39,7 @@ class Apps(StoreCore):
         if owner_id is not None:
             sql += " AND owner_id = ?"
             args.append(owner_id)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY created_at, id", *args)
-        return [app_row(r) for r in rows]
+        return await self.many(app_row, sql + " ORDER BY created_at, id", *args)
 
     async def update_app(self, app_id: str, **changes: Any) -> App | None:
         """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
@@ -55,13 +51,12 @@ class Apps(StoreCore):
             return await self.get_app(app_id)
         names = sorted(changes)
         sets = ", ".join(f"{n} = ?" for n in names)
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"UPDATE apps SET {sets} WHERE id = ? RETURNING {APP_COLUMNS}",
-                *(changes[n] for n in names),
-                app_id,
-            )
-        return app_row(r) if r else None
+        return await self.one(
+            app_row,
+            f"UPDATE apps SET {sets} WHERE id = ? RETURNING {APP_COLUMNS}",
+            *(changes[n] for n in names),
+            app_id,
+        )
 
     # ---------------------------------------------------------- collaborators
 
@@ -79,11 +74,9 @@ class Apps(StoreCore):
             )
 
     async def remove_collaborator(self, app_id: str, user_id: str) -> bool:
-        async with self.connection() as c:
-            n = await c.execute(
-                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
-            )
-        return n > 0
+        return await self.changed(
+            "DELETE FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
+        )
 
     async def get_collaborator_role(self, app_id: str, user_id: str) -> Role | None:
         async with self.connection() as c:

@@ -29,26 +29,21 @@ class Channels(StoreCore):
 
     async def delete_app_channel(self, app_id: str, channel: str) -> bool:
         """Remove the secret; ``False`` if there was none."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
-            )
-        return n > 0
+        return await self.changed(
+            "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
+        )
 
     async def get_app_channel(self, app_id: str, channel: str) -> AppChannel | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {_COLS} FROM app_channels WHERE app_id = ? AND channel = ?",
-                app_id,
-                channel,
-            )
-        return _channel(r) if r else None
+        return await self.one(
+            _channel,
+            f"SELECT {_COLS} FROM app_channels WHERE app_id = ? AND channel = ?",
+            app_id,
+            channel,
+        )
 
     async def list_app_channels(self, app_id: str | None = None) -> list[AppChannel]:
         """The secrets of one app (or of every app), by app and channel."""
         where, args = ("WHERE app_id = ? ", (app_id,)) if app_id is not None else ("", ())
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {_COLS} FROM app_channels {where}ORDER BY app_id, channel", *args
-            )
-        return [_channel(r) for r in rows]
+        return await self.many(
+            _channel, f"SELECT {_COLS} FROM app_channels {where}ORDER BY app_id, channel", *args
+        )

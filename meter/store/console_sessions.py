@@ -41,6 +41,4 @@ class ConsoleSessions(StoreCore):
         return None if r is None else row_as(ConsoleSession, r, _COLS)
 
     async def delete_console_session(self, id_hash: str) -> bool:
-        async with self.connection() as c:
-            n = await c.execute("DELETE FROM console_sessions WHERE id_hash = ?", id_hash)
-        return n > 0
+        return await self.changed("DELETE FROM console_sessions WHERE id_hash = ?", id_hash)

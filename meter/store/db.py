@@ -133,6 +133,24 @@ class StoreCore(ABC):
                 return 0
             return int(await conn.fetchval("SELECT MAX(version) AS v FROM schema_migrations") or 0)
 
+    async def one(self, read: Callable[[Row], T], sql: str, *args: Any) -> T | None:
+        """The record of the row ``sql`` finds (None when none)."""
+        async with self.connection() as c:
+            r = await c.fetchrow(sql, *args)
+        return read(r) if r else None
+
+    async def many(self, read: Callable[[Row], T], sql: str, *args: Any) -> list[T]:
+        """The records of every row ``sql`` finds."""
+        async with self.connection() as c:
+            rows = await c.fetch(sql, *args)
+        return [read(r) for r in rows]
+
+    async def changed(self, sql: str, *args: Any) -> bool:
+        """Run one write statement; whether it changed a row."""
+        async with self.connection() as c:
+            n = await c.execute(sql, *args)
+        return n > 0
+
     async def page(
         self,
         select: str,

@@ -112,13 +112,9 @@ class Directory(StoreCore):
         ]
 
     async def remove_member(self, workspace_id: str, user_id: str) -> bool:
-        async with self.connection() as c:
-            n = await c.execute(
-                "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?",
-                workspace_id,
-                user_id,
-            )
-        return n > 0
+        return await self.changed(
+            "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", workspace_id, user_id
+        )
 
     async def collaborators_page(
         self, app_id: str, *, after: str | None, limit: int
@@ -142,12 +138,10 @@ class Directory(StoreCore):
 
     async def decline_upgrade_request(self, request_id: str, reason: str, at: int) -> bool:
         """Decline an open request; ``False`` if it is not open (or does not exist)."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE upgrade_requests SET status = 'declined', decided_at = ?, reason = ? "
-                "WHERE id = ? AND status = 'open'",
-                at,
-                reason,
-                request_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE upgrade_requests SET status = 'declined', decided_at = ?, reason = ? "
+            "WHERE id = ? AND status = 'open'",
+            at,
+            reason,
+            request_id,
+        )

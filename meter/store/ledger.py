@@ -58,13 +58,12 @@ class Ledger(StoreCore):
             return await insert_ledger_entry(c, entry)
 
     async def get_ledger_entry(self, workspace_id: str, reference: str) -> LedgerEntry | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND reference = ?",
-                workspace_id,
-                reference,
-            )
-        return _entry(r) if r else None
+        return await self.one(
+            _entry,
+            f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND reference = ?",
+            workspace_id,
+            reference,
+        )
 
     async def ledger_entries(
         self, workspace_id: str, *, kind: str | None = None, app_id: str | None = None
@@ -78,9 +77,7 @@ class Ledger(StoreCore):
         if app_id is not None:
             sql += " AND app_id = ?"
             args.append(app_id)
-        async with self.connection() as c:
-            rows = await c.fetch(sql + " ORDER BY id", *args)
-        return [_entry(r) for r in rows]
+        return await self.many(_entry, sql + " ORDER BY id", *args)
 
     async def ledger_page(
         self, workspace_id: str, *, before_id: int | None = None, limit: int = 50

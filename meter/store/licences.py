@@ -25,12 +25,11 @@ class Licences(StoreCore):
     """Licence and upgrade-request rows."""
 
     async def get_licences(self, workspace_id: str) -> list[Licence]:
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {LICENCE_COLUMNS} FROM licences WHERE workspace_id = ? ORDER BY product",
-                workspace_id,
-            )
-        return [licence_row(r) for r in rows]
+        return await self.many(
+            licence_row,
+            f"SELECT {LICENCE_COLUMNS} FROM licences WHERE workspace_id = ? ORDER BY product",
+            workspace_id,
+        )
 
     async def set_licences(self, workspace_id: str, licences: Sequence[Licence]) -> None:
         """Replace the workspace's licences with ``licences`` (one per product)."""
@@ -69,11 +68,9 @@ class Licences(StoreCore):
             )
 
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE id = ?", request_id
-            )
-        return request_row(r) if r else None
+        return await self.one(
+            request_row, f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE id = ?", request_id
+        )
 
     async def list_upgrade_requests(
         self, *, status: str | None = "open", workspace_id: str | None = None
@@ -86,13 +83,12 @@ class Licences(StoreCore):
         if workspace_id is not None:
             where.append("workspace_id = ?")
             args.append(workspace_id)
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE {' AND '.join(where)} "
-                "ORDER BY created_at, id",
-                *args,
-            )
-        return [request_row(r) for r in rows]
+        return await self.many(
+            request_row,
+            f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE {' AND '.join(where)} "
+            "ORDER BY created_at, id",
+            *args,
+        )
 
 
 async def _replace_licences(c: Conn, workspace_id: str, licences: Sequence[Licence]) -> None:

@@ -45,19 +45,16 @@ class Outbox(StoreCore):
             return await c.execute(_INSERT, *_params(event)) > 0
 
     async def get_event(self, event_id: str) -> OutboxEvent | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_COLS} FROM outbox WHERE event_id = ?", event_id)
-        return _event(r) if r else None
+        return await self.one(_event, f"SELECT {_COLS} FROM outbox WHERE event_id = ?", event_id)
 
     async def list_events(self, workspace_id: str, *, limit: int = 100) -> list[OutboxEvent]:
         """The workspace's events, newest first, delivered or not."""
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {_COLS} FROM outbox WHERE workspace_id = ? ORDER BY id DESC LIMIT ?",
-                workspace_id,
-                limit,
-            )
-        return [_event(r) for r in rows]
+        return await self.many(
+            _event,
+            f"SELECT {_COLS} FROM outbox WHERE workspace_id = ? ORDER BY id DESC LIMIT ?",
+            workspace_id,
+            limit,
+        )
 
     async def pending_events(self) -> int:
         """How many events still wait for delivery (those given up on excluded)."""
@@ -101,23 +98,19 @@ class Outbox(StoreCore):
         return sorted((_event(r) for r in rows), key=lambda e: order[e.id or 0])
 
     async def mark_delivered(self, outbox_id: int, *, at: int | None = None) -> bool:
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
-                "WHERE id = ? AND delivered_at IS NULL",
-                now_ms() if at is None else at,
-                outbox_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
+            "WHERE id = ? AND delivered_at IS NULL",
+            now_ms() if at is None else at,
+            outbox_id,
+        )
 
     async def mark_failed(self, outbox_id: int, error: str, next_attempt_at: int | None) -> bool:
         """Record a failed attempt; retry at ``next_attempt_at`` (``None``: give up)."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-                "WHERE id = ? AND delivered_at IS NULL",
-                error[:2000],
-                next_attempt_at,
-                outbox_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+            "WHERE id = ? AND delivered_at IS NULL",
+            error[:2000],
+            next_attempt_at,
+            outbox_id,
+        )

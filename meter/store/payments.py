@@ -32,36 +32,31 @@ class Payments(StoreCore):
             )
 
     async def get_checkout(self, checkout_id: str) -> Checkout | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_COLS} FROM checkouts WHERE id = ?", checkout_id)
-        return _checkout(r) if r else None
+        return await self.one(_checkout, f"SELECT {_COLS} FROM checkouts WHERE id = ?", checkout_id)
 
     async def get_checkout_by_session(self, session_id: str) -> Checkout | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id)
-        return _checkout(r) if r else None
+        return await self.one(
+            _checkout, f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id
+        )
 
     async def list_checkouts(self, workspace_id: str) -> list[Checkout]:
-        async with self.connection() as c:
-            rows = await c.fetch(
-                f"SELECT {_COLS} FROM checkouts WHERE workspace_id = ? ORDER BY created_at, id",
-                workspace_id,
-            )
-        return [_checkout(r) for r in rows]
+        return await self.many(
+            _checkout,
+            f"SELECT {_COLS} FROM checkouts WHERE workspace_id = ? ORDER BY created_at, id",
+            workspace_id,
+        )
 
     async def open_checkout(self, checkout_id: str, session_id: str, url: str) -> bool:
         """Bind the provider's session to a checkout (once) and mark it ``open``."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE checkouts SET session_id = ?, url = ?, "
-                "status = CASE WHEN status = 'creating' THEN 'open' ELSE status END "
-                "WHERE id = ? AND (session_id IS NULL OR session_id = ?)",
-                session_id,
-                url,
-                checkout_id,
-                session_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE checkouts SET session_id = ?, url = ?, "
+            "status = CASE WHEN status = 'creating' THEN 'open' ELSE status END "
+            "WHERE id = ? AND (session_id IS NULL OR session_id = ?)",
+            session_id,
+            url,
+            checkout_id,
+            session_id,
+        )
 
     async def set_checkout_status(
         self,
@@ -76,11 +71,9 @@ class Payments(StoreCore):
         marks = ", ".join("?" for _ in only_from)
         sql = f"UPDATE checkouts SET status = ?{', detail = ?' if detail else ''} "
         args: list[Any] = [status, *([dumps(detail)] if detail else [])]
-        async with self.connection() as c:
-            n = await c.execute(
-                sql + f"WHERE id = ? AND status IN ({marks})", *args, checkout_id, *only_from
-            )
-        return n > 0
+        return await self.changed(
+            sql + f"WHERE id = ? AND status IN ({marks})", *args, checkout_id, *only_from
+        )
 
     async def complete_checkout(
         self,

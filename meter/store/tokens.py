@@ -23,17 +23,14 @@ class Tokens(StoreCore):
 
     async def get_active_token(self, token_hash: str) -> ApiToken | None:
         """The unrevoked token with this hash (how every API call is authenticated)."""
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                f"SELECT {_TOKEN} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-                token_hash,
-            )
-        return _token(r) if r else None
+        return await self.one(
+            _token,
+            f"SELECT {_TOKEN} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            token_hash,
+        )
 
     async def get_token(self, token_id: str) -> ApiToken | None:
-        async with self.connection() as c:
-            r = await c.fetchrow(f"SELECT {_TOKEN} FROM api_tokens WHERE id = ?", token_id)
-        return _token(r) if r else None
+        return await self.one(_token, f"SELECT {_TOKEN} FROM api_tokens WHERE id = ?", token_id)
 
     async def list_tokens(
         self, user_id: str, *, after: tuple[int, str] | None = None, limit: int = 100
@@ -53,12 +50,10 @@ class Tokens(StoreCore):
 
     async def revoke_token(self, user_id: str, token_id: str, at: int) -> bool:
         """Revoke one of ``user_id``'s tokens; ``False`` if they hold no such live token."""
-        async with self.connection() as c:
-            n = await c.execute(
-                "UPDATE api_tokens SET revoked_at = ? "
-                "WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
-                at,
-                token_id,
-                user_id,
-            )
-        return n > 0
+        return await self.changed(
+            "UPDATE api_tokens SET revoked_at = ? "
+            "WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+            at,
+            token_id,
+            user_id,
+        )
