@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore, marks, row_as, values
+from meter.store.db import Row, StoreCore, insert_sql, row_as, values
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import (
     WORKSPACE_TYPES,
@@ -35,10 +35,7 @@ class Accounts(StoreCore):
     async def create_user(self, user: User, *, token_hint: str = "") -> None:
         """Insert the user and, as their first API token, the token they were created with."""
         async with self.transaction() as c:
-            await c.execute(
-                f"INSERT INTO users ({USER_COLUMNS}) VALUES ({marks(USER_COLUMNS)})",
-                *values(user, USER_COLUMNS),
-            )
+            await c.execute(insert_sql("users", USER_COLUMNS), *values(user, USER_COLUMNS))
             await c.execute(
                 "INSERT INTO api_tokens (id, user_id, name, token_hash, hint, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -88,8 +85,7 @@ class Accounts(StoreCore):
             raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
             await c.execute(
-                f"INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ({marks(WORKSPACE_COLUMNS)})",
-                *values(w, WORKSPACE_COLUMNS),
+                insert_sql("workspaces", WORKSPACE_COLUMNS), *values(w, WORKSPACE_COLUMNS)
             )
             await c.execute(
                 "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?)", w.id, w.owner_id

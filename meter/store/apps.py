@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.store.db import Row, StoreCore, marks, row_as, values
+from meter.store.db import Row, StoreCore, row_as
 from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
 
 APP_COLUMNS = (
@@ -23,12 +23,7 @@ class Apps(StoreCore):
     """App rows. Unique violations raise ``DuplicateKey``."""
 
     async def create_app(self, app: App) -> None:
-        a = app
-        async with self.connection() as c:
-            await c.execute(
-                f"INSERT INTO apps ({APP_COLUMNS}) VALUES ({marks(APP_COLUMNS)})",
-                *values(a, APP_COLUMNS),
-            )
+        await self.insert("apps", APP_COLUMNS, app)
 
     async def get_app(self, app_id: str) -> App | None:
         return await self.one(app_row, f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)

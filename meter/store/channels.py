@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore, marks, row_as, values
+from meter.store.db import Row, StoreCore, insert_sql, row_as, values
 from meter.store.models import AppChannel
 
 _COLS = "app_id, channel, scheme, secret_enc, notify_secret_enc, updated_at"
@@ -19,8 +19,8 @@ class Channels(StoreCore):
         """Insert or replace the secret of ``(ch.app_id, ch.channel)``."""
         async with self.connection() as c:
             await c.execute(
-                f"INSERT INTO app_channels ({_COLS}) VALUES ({marks(_COLS)}) "
-                "ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
+                insert_sql("app_channels", _COLS)
+                + " ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
                 "secret_enc = excluded.secret_enc, "
                 "notify_secret_enc = excluded.notify_secret_enc, "
                 "updated_at = excluded.updated_at",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meter.store.db import StoreCore, marks, row_as, values
+from meter.store.db import StoreCore, insert_sql, row_as, values
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +23,7 @@ _COLS = "id_hash, user_id, token_id, csrf, created_at, expires_at"
 class ConsoleSessions(StoreCore):
     async def create_console_session(self, s: ConsoleSession) -> None:
         async with self.connection() as c:
-            await c.execute(
-                f"INSERT INTO console_sessions ({_COLS}) VALUES ({marks(_COLS)})",
-                *values(s, _COLS),
-            )
+            await c.execute(insert_sql("console_sessions", _COLS), *values(s, _COLS))
             # Sign-ins are rare: sweeping expired sessions here keeps the table small.
             await c.execute("DELETE FROM console_sessions WHERE expires_at <= ?", s.created_at)
 

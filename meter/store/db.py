@@ -76,6 +76,11 @@ def marks(columns: str) -> str:
     return ", ".join("?" for _ in names(columns))
 
 
+def insert_sql(table: str, columns: str) -> str:
+    """An INSERT of one row of ``columns`` into ``table``."""
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks(columns)})"
+
+
 def row_as(cls: Callable[..., T], r: Row, columns: str, **computed: Any) -> T:
     """A record whose fields are the row's ``columns`` by name; ``computed`` ones are
     given instead of their raw column (JSON text decoded, SQLite's 0/1 made a bool)."""
@@ -132,6 +137,11 @@ class StoreCore(ABC):
             if not exists:
                 return 0
             return int(await conn.fetchval("SELECT MAX(version) AS v FROM schema_migrations") or 0)
+
+    async def insert(self, table: str, columns: str, record: Any, **computed: Any) -> None:
+        """Insert ``record`` as one row of ``table`` (its :func:`values` of ``columns``)."""
+        async with self.connection() as c:
+            await c.execute(insert_sql(table, columns), *values(record, columns, **computed))
 
     async def one(self, read: Callable[[Row], T], sql: str, *args: Any) -> T | None:
         """The record of the row ``sql`` finds (None when none)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from meter.store.db import Conn, Row, StoreCore, dumps, loads, marks, row_as, values
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.models import Licence, UpgradeRequest, now_ms
 
 REQUEST_COLUMNS = (
@@ -59,13 +59,8 @@ class Licences(StoreCore):
     # ------------------------------------------------------- upgrade requests
 
     async def create_upgrade_request(self, request: UpgradeRequest) -> None:
-        q = request
-        async with self.connection() as c:
-            await c.execute(
-                f"INSERT INTO upgrade_requests ({REQUEST_COLUMNS}) "
-                f"VALUES ({marks(REQUEST_COLUMNS)})",
-                *values(q, REQUEST_COLUMNS, products=dumps(list(q.products))),
-            )
+        products = dumps(list(request.products))
+        await self.insert("upgrade_requests", REQUEST_COLUMNS, request, products=products)
 
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:
         return await self.one(

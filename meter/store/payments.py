@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.store.db import Row, StoreCore, dumps, loads, marks, row_as, values
+from meter.store.db import Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
 
@@ -25,11 +25,7 @@ def _checkout(r: Row) -> Checkout:
 
 class Payments(StoreCore):
     async def create_checkout(self, co: Checkout) -> None:
-        async with self.connection() as c:
-            await c.execute(
-                f"INSERT INTO checkouts ({_COLS}) VALUES ({marks(_COLS)})",
-                *values(co, _COLS, detail=dumps(co.detail)),
-            )
+        await self.insert("checkouts", _COLS, co, detail=dumps(co.detail))
 
     async def get_checkout(self, checkout_id: str) -> Checkout | None:
         return await self.one(_checkout, f"SELECT {_COLS} FROM checkouts WHERE id = ?", checkout_id)

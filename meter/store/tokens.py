@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore, marks, row_as, values
+from meter.store.db import Row, StoreCore, row_as
 from meter.store.models import ApiToken
 
 _TOKEN = "id, user_id, name, token_hash, hint, created_at, revoked_at"
@@ -14,12 +14,7 @@ def _token(r: Row) -> ApiToken:
 
 class Tokens(StoreCore):
     async def create_token(self, token: ApiToken) -> None:
-        t = token
-        async with self.connection() as c:
-            await c.execute(
-                f"INSERT INTO api_tokens ({_TOKEN}) VALUES ({marks(_TOKEN)})",
-                *values(t, _TOKEN),
-            )
+        await self.insert("api_tokens", _TOKEN, token)
 
     async def get_active_token(self, token_hash: str) -> ApiToken | None:
         """The unrevoked token with this hash (how every API call is authenticated)."""
