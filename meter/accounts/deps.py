@@ -21,7 +21,6 @@ from meter.store import Store
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_NAME = 200
-MAX_URL = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +44,8 @@ def new_id(prefix: str = "") -> str:
 
 def check_url(field: str, url: str) -> str:
     """An absolute ``http(s)`` URL, or :class:`InvalidInput` naming ``field``."""
-    if len(url) > MAX_URL:
-        raise InvalidInput(field, f"longer than {MAX_URL} characters")
+    if len(url) > egress.MAX_URL:
+        raise InvalidInput(field, f"longer than {egress.MAX_URL} characters")
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise InvalidInput(field, "must not contain spaces or control characters")
     try:

@@ -46,7 +46,7 @@ from meter.accounts.addresses import (
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 SCHEMES = {"http": 80, "https": 443}
-MAX_URL = 2048
+MAX_URL = 2048  # the longest URL accepted anywhere (API input and egress checks)
 
 
 @dataclass(frozen=True, slots=True)
