@@ -16,7 +16,7 @@ from meter.errors import InvalidInput, MeteringUnavailable, NotFound
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from tests.support.clock import Clock
-from tests.support.metering import admitter, agg_totals, events, seed
+from tests.support.metering import admission, admitter, agg_totals, events, seed
 from tests.support.servers import RedisCluster, RedisServer
 from tests.support.settings import make_settings
 
@@ -42,19 +42,16 @@ async def client(
 
 
 @pytest.fixture
-async def single(redis_url: str) -> AsyncIterator[RedisClient]:
-    c = connect(redis_url)
-    yield c
-    await c.aclose()
+def single(rclient: RedisClient) -> RedisClient:
+    """The single redis-server, for tests of what a cluster does not change."""
+    return rclient
 
 
 # --- billing sessions --------------------------------------------------------------------
 
 
 async def test_31_minute_conversation_is_three_sessions(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(client, cfg, clock, free=100 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(client, free=100 * USD)
     units = []
     for minute in (0, 10, 14, 20, 29, 31):
         clock.now = clock.now - clock.now % 1 if minute == 0 else clock.now
@@ -69,9 +66,7 @@ async def test_31_minute_conversation_is_three_sessions(client: RedisClient) -> 
 
 
 async def test_five_messages_within_a_minute_are_one_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(client, cfg, clock, free=10 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(client, free=10 * USD)
     decisions = []
     for _ in range(5):
         decisions.append(await adm.admit(w.apps[0], "msteams", "user-1"))
@@ -82,9 +77,7 @@ async def test_five_messages_within_a_minute_are_one_session(client: RedisClient
 
 
 async def test_message_after_idle_timeout_starts_a_new_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings(session_block_s=60, session_idle_s=10)
-    w = await seed(client, cfg, clock, free=10 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(client, free=10 * USD, session_block_s=60, session_idle_s=10)
     first = await adm.admit(w.apps[0], "web", "u")
     clock.advance(9)
     inside = await adm.admit(w.apps[0], "web", "u")
@@ -95,9 +88,7 @@ async def test_message_after_idle_timeout_starts_a_new_session(client: RedisClie
 
 
 async def test_paid_session_keeps_serving_when_credit_runs_out(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(client, cfg, clock, free=PRICE)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(client, free=PRICE)
     assert (await adm.admit(w.apps[0], "web", "a")).units == 1
     assert (await adm.admit(w.apps[0], "web", "b")).reason == "credits_exhausted"
     clock.advance(60)
@@ -108,9 +99,9 @@ async def test_paid_session_keeps_serving_when_credit_runs_out(client: RedisClie
 
 
 async def test_2000_concurrent_users_with_credit_for_1500(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings(rate_per_minute=10_000, rate_per_hour=100_000)
-    w = await seed(client, cfg, clock, free=1500 * PRICE)
-    adm = admitter(client, cfg, clock)
+    _, _, w, adm = await admission(
+        client, free=1500 * PRICE, rate_per_minute=10_000, rate_per_hour=100_000
+    )
     ds = await asyncio.gather(*(adm.admit(w.apps[0], "web", f"u{i}") for i in range(2000)))
     outcome = Counter(d.reason for d in ds)
     assert outcome == {None: 1500, "credits_exhausted": 500}
@@ -124,9 +115,9 @@ async def test_2000_concurrent_users_with_credit_for_1500(client: RedisClient) -
 
 
 async def test_retries_of_the_same_keys_are_never_charged_twice(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings(rate_per_minute=10_000, rate_per_hour=100_000)
-    w = await seed(client, cfg, clock, free=1500 * PRICE)
-    adm = admitter(client, cfg, clock)
+    _, _, w, adm = await admission(
+        client, free=1500 * PRICE, rate_per_minute=10_000, rate_per_hour=100_000
+    )
     rng = random.Random(7)
     calls = [(f"u{i}", f"evt-{i}") for i in range(2000)]
     calls += [calls[rng.randrange(2000)] for _ in range(1500)]  # retried deliveries
@@ -146,9 +137,7 @@ async def test_retries_of_the_same_keys_are_never_charged_twice(client: RedisCli
 async def test_expired_free_credits_lapse_and_refuse_without_paid_funds(
     client: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), make_settings(free_credit_validity_s=3600)
-    w = await seed(client, cfg, clock, free=500 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, cfg, w, adm = await admission(client, free=500 * USD, free_credit_validity_s=3600)
     assert (await adm.admit(w.apps[0], "web", "a")).units == 1
     clock.advance(3600)
     d = await adm.admit(w.apps[0], "web", "b")
@@ -224,9 +213,7 @@ async def test_grant_is_idempotent_by_reference(single: RedisClient) -> None:
 
 
 async def test_crossing_events_fire_once(single: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=3 * PRICE)
-    adm = admitter(single, cfg, clock)
+    _, _, w, adm = await admission(single, free=3 * PRICE)
     for i in range(6):
         await adm.admit(w.apps[0], "web", f"u{i}")
     evs = Counter(await events(single, w.ws))
@@ -239,9 +226,7 @@ async def test_crossing_events_fire_once(single: RedisClient) -> None:
 
 
 async def test_refund_restores_balance_and_reopens_the_session(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(client, cfg, clock, free=10 * USD)
-    adm = admitter(client, cfg, clock)
+    _, _, w, adm = await admission(client, free=10 * USD)
     d = await adm.admit(w.apps[0], "slack", "U1", "ev1")
     assert d.units == 1
     assert await adm.refund(w.apps[0], d)
@@ -259,9 +244,7 @@ async def test_refund_restores_balance_and_reopens_the_session(client: RedisClie
 
 
 async def test_duplicates_and_in_session_messages_are_not_refunded(single: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    _, _, w, adm = await admission(single, free=10 * USD)
     first = await adm.admit(w.apps[0], "web", "u", "k")
     dup = await adm.admit(w.apps[0], "web", "u", "k")
     inside = await adm.admit(w.apps[0], "web", "u")
@@ -276,9 +259,9 @@ async def test_duplicates_and_in_session_messages_are_not_refunded(single: Redis
 
 
 async def test_minute_limit_refuses_with_seconds_to_wait(client: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings(rate_per_minute=5, rate_per_hour=1000)
-    w = await seed(client, cfg, clock, free=100 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(
+        client, free=100 * USD, rate_per_minute=5, rate_per_hour=1000
+    )
     ds = [await adm.admit(w.apps[0], "web", f"u{i}") for i in range(6)]
     assert [d.reason for d in ds] == [None] * 5 + ["rate_limited"]
     assert 0 < ds[-1].retry_after_ms <= 62_000
@@ -289,9 +272,7 @@ async def test_minute_limit_refuses_with_seconds_to_wait(client: RedisClient) ->
 async def test_hour_limit_holds_while_every_minute_is_under_its_own(
     client: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), make_settings(rate_per_minute=4, rate_per_hour=10)
-    w = await seed(client, cfg, clock, free=100 * USD)
-    adm = admitter(client, cfg, clock)
+    clock, _, w, adm = await admission(client, free=100 * USD, rate_per_minute=4, rate_per_hour=10)
     reasons = []
     for minute in range(4):
         for i in range(3):  # 3 per minute: always under the minute limit
@@ -344,9 +325,7 @@ async def test_suspended_app_is_refused(single: RedisClient) -> None:
 async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
     single: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    _, _, w, adm = await admission(single, free=10 * USD)
     before = sorted(await single.keys("*"))
     for app in (f"{w.ws}_nosuchapp", "nows1234_app1", "Bad-Id", "", "a" * 80, "x_y"):
         assert (await adm.admit(app, "web", "u")).code == Code.UNKNOWN_APP
@@ -385,9 +364,7 @@ async def test_unknown_and_malformed_ids_are_refused_and_change_nothing(
 
 
 async def test_survives_script_flush(single: RedisClient) -> None:
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    _, _, w, adm = await admission(single, free=10 * USD)
     await adm.admit(w.apps[0], "web", "u1")
     await single.script_flush()
     assert (await adm.admit(w.apps[0], "web", "u2")).units == 1
@@ -437,9 +414,7 @@ async def test_keys_of_a_workspace_share_one_cluster_slot() -> None:
 async def test_settlement_charges_as_of_when_served_and_ignores_rate_limits(
     single: RedisClient,
 ) -> None:
-    clock, cfg = Clock(), make_settings(rate_per_minute=2)
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    clock, _, w, adm = await admission(single, free=10 * USD, rate_per_minute=2)
     served = clock.now
     owed = [(served + minute * 60, "u1") for minute in (0, 10, 20)]  # one conversation
     owed += [(served, f"other{i}") for i in range(4)]  # a burst over the minute limit
@@ -471,9 +446,7 @@ async def test_a_gateway_clock_slightly_behind_does_not_break_the_session(
     single: RedisClient,
 ) -> None:
     """Replicas stamp batches with their own clocks: time may step back a little."""
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    clock, _, w, adm = await admission(single, free=10 * USD)
     first = await adm.admit(w.apps[0], "web", "u")
     clock.advance(-2)  # another replica, 2 s behind
     behind = await adm.admit(w.apps[0], "web", "u")
@@ -508,9 +481,7 @@ async def test_a_replayed_session_opener_gets_its_charge_back_after_others(
     between (same or later stamp) must not turn the opener's replay into an uncharged
     in-session message, or its charge could no longer be refunded.
     """
-    clock, cfg = Clock(), make_settings()
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    clock, _, w, adm = await admission(single, free=10 * USD)
     at = clock.now
     first = await adm.admit(w.apps[0], "web", "u", token="opener-1")
     same_ms = await adm.admit(w.apps[0], "web", "u")
@@ -533,9 +504,7 @@ async def test_keyed_messages_inside_a_session_are_still_redeliveries_once_seen(
 ) -> None:
     """The short path records a keyed in-session message: its redelivery is a duplicate,
     another message under the same key is refused, its own retry gets its decision."""
-    clock, cfg = Clock(), make_settings(idempotency_max_deliveries=2)
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    clock, _, w, adm = await admission(single, free=10 * USD, idempotency_max_deliveries=2)
     opener = await adm.admit(w.apps[0], "slack", "U1", "ev-1", digest="aa")
     clock.advance(5)
     inside = await adm.admit(w.apps[0], "slack", "U1", "ev-2", token="try-1", digest="bb")
@@ -554,9 +523,7 @@ async def test_keyed_messages_inside_a_session_are_still_redeliveries_once_seen(
 
 async def test_in_session_messages_obey_suspension_and_rate_limits(single: RedisClient) -> None:
     """The short path for paid sessions keeps the app's status and rolling windows."""
-    clock, cfg = Clock(), make_settings(rate_per_minute=3)
-    w = await seed(single, cfg, clock, free=10 * USD)
-    adm = admitter(single, cfg, clock)
+    clock, _, w, adm = await admission(single, free=10 * USD, rate_per_minute=3)
     codes = []
     for _ in range(4):
         codes.append((await adm.admit(w.apps[0], "web", "u")).code)

@@ -6,7 +6,7 @@ import itertools
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from config import Settings
 from meter.accounts import projection, seeding
@@ -14,6 +14,7 @@ from meter.admission.admitter import Admitter
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.clock import Clock
+from tests.support.settings import make_settings
 
 _ids = itertools.count(1)
 
@@ -76,3 +77,13 @@ async def events(client: RedisClient, ws: str) -> list[str]:
 
 def admitter(client: RedisClient, cfg: Settings, clock: Clock) -> Admitter:
     return Admitter(client, cfg, clock=clock)
+
+
+async def admission(
+    client: RedisClient, *, free: int = 0, pool: int = 0, **settings: Any
+) -> tuple[Clock, Settings, Workspace, Admitter]:
+    """A test clock, ``make_settings(**settings)``, a new workspace with ``free`` and
+    ``pool`` credit (:func:`seed`) and an admitter on them."""
+    clock, cfg = Clock(), make_settings(**settings)
+    w = await seed(client, cfg, clock, free=free, pool=pool)
+    return clock, cfg, w, admitter(client, cfg, clock)

@@ -40,6 +40,14 @@ def run(
     )
 
 
+def serve(
+    cwd: Path, timeout: float = DEADLINE_S, **settings: object
+) -> subprocess.CompletedProcess[str]:
+    """``creditgate serve`` on loopback at free ports (``settings`` win), until it exits."""
+    ports = {"traffic_port": free_port(), "admin_port": free_port()}
+    return run("serve", cwd=cwd, timeout=timeout, **{"host": "127.0.0.1", **ports, **settings})
+
+
 def one_line(proc: subprocess.CompletedProcess[str], code: int, *names: str) -> str:
     """The single stderr line of a failed command, which names each of ``names``."""
     assert proc.returncode == code, (proc.returncode, proc.stderr)
@@ -146,15 +154,7 @@ def test_export_on_a_store_behind_the_schema_names_migrate(tmp_path: Path) -> No
 
 @pytest.mark.postgres
 def test_serve_refuses_a_postgres_store_behind_the_schema(tmp_path: Path, pg_dsn: str) -> None:
-    proc = run(
-        "serve",
-        cwd=tmp_path,
-        store_url=pg_dsn,
-        host="127.0.0.1",
-        traffic_port=free_port(),
-        admin_port=free_port(),
-        workers=1,
-    )
+    proc = serve(tmp_path, store_url=pg_dsn, workers=1)
     one_line(proc, 1, "CREDITGATE_STORE_URL", "creditgate migrate")
 
 
@@ -207,16 +207,13 @@ def test_a_busy_port_fails_at_once_and_leaves_no_worker(
     tmp_path: Path, redis_url: str, held_port: int, which: str
 ) -> None:
     mark = f"mark-{uuid.uuid4().hex}"
-    ports = {"traffic_port": free_port(), "admin_port": free_port(), which: held_port}
-    proc = run(
-        "serve",
-        cwd=tmp_path,
+    proc = serve(
+        tmp_path,
         timeout=30,  # far below the 60 s the workers were once waited for
         redis_url=redis_url,
-        host="127.0.0.1",
         workers=2,
         test_mark=mark,
-        **ports,
+        **{which: held_port},
     )
     one_line(proc, 1, f"CREDITGATE_{which.upper()}", f"127.0.0.1:{held_port}", "in use")
     assert _processes_with(mark) == []
@@ -233,15 +230,7 @@ def test_a_demo_on_a_busy_port_stops_before_starting_anything(
 
 def test_a_state_dir_that_cannot_be_written_is_one_line(tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "a-file").write_text("")
-    proc = run(
-        "serve",
-        cwd=tmp_path,
-        redis_url=redis_url,
-        host="127.0.0.1",
-        traffic_port=free_port(),
-        admin_port=free_port(),
-        state_dir=tmp_path / "a-file" / "state",
-    )
+    proc = serve(tmp_path, redis_url=redis_url, state_dir=tmp_path / "a-file" / "state")
     one_line(proc, 1, "CREDITGATE_STATE_DIR", "a-file/state")
 
 
@@ -254,6 +243,18 @@ def _get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def _start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``creditgate *args`` in the background, its output piped for the test to read."""
+    return subprocess.Popen(
+        [CREDITGATE, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_line(proc: subprocess.Popen[str], pattern: str) -> list[str]:
@@ -296,14 +297,7 @@ def test_unmigrated_sqlite_default_serves_with_redis_down_and_flags_beating_env(
         workers=1,
         log_format="text",
     )
-    proc = subprocess.Popen(
-        [CREDITGATE, "serve", "--traffic-port", str(flag_port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start("serve", "--traffic-port", str(flag_port), cwd=tmp_path, env=env)
     try:
         banner = _wait_line(proc, "creditgate: traffic on")[-1]
         assert f"127.0.0.1:{flag_port}" in banner, banner
@@ -331,14 +325,7 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
         traffic_port=free_port(),
         admin_port=free_port(),
     )
-    first = subprocess.Popen(
-        [CREDITGATE, "demo"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _start("demo", cwd=tmp_path, env=env)
     try:
         text = "\n".join(_wait_line(first, "Ctrl-C stops"))
         op = re.search(r"operator token: (\S+)", text)
