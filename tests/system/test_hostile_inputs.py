@@ -100,12 +100,26 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
             + body
         )
 
-    bearer = {"Authorization": f"Bearer {token}"}
+    def call(method: str, url: str, **kw: Any) -> Callable[[], Any]:
+        return lambda: req(method, url, **kw)
+
+    def as_(tok: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tok}"}
+
+    bearer, basic = as_(token), {"Authorization": f"Basic {token}"}
+
+    def owner(method: str, tail: str, **kw: Any) -> Callable[[], Any]:
+        """The owner's call of the workspace's ``tail``."""
+        return call(method, f"{a}/v1/workspaces/{ws}{tail}", headers=bearer, **kw)
+
+    def operator(method: str, tail: str, **kw: Any) -> Callable[[], Any]:
+        return call(method, f"{a}/v1/workspaces/{ws}{tail}", headers=as_(OPERATOR_TOKEN), **kw)
+
     traffic: list[Case] = [
         *(
             (
                 f"tail {tail}",
-                lambda tail=tail: req("POST", f"{t}/hooks/web/{app}{tail}", headers=user),
+                call("POST", f"{t}/hooks/web/{app}{tail}", headers=user),
             )
             for tail in ("/../x", "/%2e%2e/x", "/./a", "/a/%2E", "/a/../../b")
         ),
@@ -116,10 +130,10 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
             )
             for u in (b"\xff\xfe", b"a\x00b", b"a\x01b", b"x" * 257, b"", b"\xed\xa0\x80")
         ),
-        ("no user", lambda: req("POST", f"{t}/hooks/web/{app}", data=b"{}")),
+        ("no user", call("POST", f"{t}/hooks/web/{app}", data=b"{}")),
         (
             "key 257",
-            lambda: req(
+            call(
                 "POST",
                 f"{t}/hooks/web/{app}",
                 data=b"{}",
@@ -134,7 +148,7 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "loop via",
-            lambda: req(
+            call(
                 "POST",
                 f"{t}/hooks/web/{app}",
                 data=b"{}",
@@ -143,18 +157,16 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "unknown app",
-            lambda: req("POST", f"{t}/hooks/web/nosuch_app1", data=b"{}", headers=user),
+            call("POST", f"{t}/hooks/web/nosuch_app1", data=b"{}", headers=user),
         ),
-        ("malformed app", lambda: req("POST", f"{t}/hooks/web/%00x", data=b"{}", headers=user)),
+        ("malformed app", call("POST", f"{t}/hooks/web/%00x", data=b"{}", headers=user)),
         (
             "bad channel",
-            lambda: req("POST", f"{t}/hooks/{'C' * 40}/{app}", data=b"{}", headers=user),
+            call("POST", f"{t}/hooks/{'C' * 40}/{app}", data=b"{}", headers=user),
         ),
         (
             "body too large",
-            lambda: req(
-                "POST", f"{t}/hooks/web/{app}", data=io.BytesIO(b"x" * (2 << 20)), headers=user
-            ),
+            call("POST", f"{t}/hooks/web/{app}", data=io.BytesIO(b"x" * (2 << 20)), headers=user),
         ),
         (
             "huge content-length",
@@ -184,11 +196,11 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "suspended message",
-            lambda: req("POST", f"{t}/hooks/web/{susp}", data=b"{}", headers=user),
+            call("POST", f"{t}/hooks/web/{susp}", data=b"{}", headers=user),
         ),
         (
             "suspended slack url_verification",
-            lambda: req(
+            call(
                 "POST",
                 f"{t}/hooks/slack/{susp}",
                 data=b'{"type":"url_verification","challenge":"x"}',
@@ -197,17 +209,15 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "suspended msteams typing",
-            lambda: req(
-                "POST", f"{t}/hooks/msteams/{susp}", data=b'{"type":"typing","from":{"id":"u1"}}'
-            ),
+            call("POST", f"{t}/hooks/msteams/{susp}", data=b'{"type":"typing","from":{"id":"u1"}}'),
         ),
         (
             "suspended whatsapp plain text",
-            lambda: req("POST", f"{t}/hooks/whatsapp/{susp}", data=b"what is 2+2", headers=user),
+            call("POST", f"{t}/hooks/whatsapp/{susp}", data=b"what is 2+2", headers=user),
         ),
         (
             "suspended websocket",
-            lambda: req(
+            call(
                 "GET",
                 f"{t}/hooks/web/{susp}/ws",
                 headers={
@@ -221,74 +231,27 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "notify without delivery url",
-            lambda: req("POST", f"{t}/notify/web/{app}", data=b"{}", headers=user),
+            call("POST", f"{t}/notify/web/{app}", data=b"{}", headers=user),
         ),
     ]
     admin_cases: list[Case] = [
-        ("no token", lambda: req("GET", f"{a}/v1/workspaces/{ws}")),
-        (
-            "bad token",
-            lambda: req("GET", f"{a}/v1/workspaces/{ws}", headers={"Authorization": "Bearer nope"}),
-        ),
-        (
-            "malformed authorization",
-            lambda: req(
-                "GET", f"{a}/v1/workspaces/{ws}", headers={"Authorization": f"Basic {token}"}
-            ),
-        ),
-        (
-            "huge token",
-            lambda: req(
-                "GET", f"{a}/v1/workspaces/{ws}", headers={"Authorization": "Bearer " + "t" * 8000}
-            ),
-        ),
-        (
-            "owner upgrade, empty body",
-            lambda: req("POST", f"{a}/v1/workspaces/{ws}/upgrade", headers=bearer),
-        ),
-        (
-            "owner upgrade, bad body",
-            lambda: req("POST", f"{a}/v1/workspaces/{ws}/upgrade", headers=bearer, data=b"["),
-        ),
+        ("no token", call("GET", f"{a}/v1/workspaces/{ws}")),
+        ("bad token", call("GET", f"{a}/v1/workspaces/{ws}", headers=as_("nope"))),
+        ("malformed authorization", call("GET", f"{a}/v1/workspaces/{ws}", headers=basic)),
+        ("huge token", call("GET", f"{a}/v1/workspaces/{ws}", headers=as_("t" * 8000))),
+        ("owner upgrade, empty body", owner("POST", "/upgrade")),
+        ("owner upgrade, bad body", owner("POST", "/upgrade", data=b"[")),
         (
             "owner funds",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/funds",
-                headers=bearer,
-                json={"amount": "100.00", "reference": "free-money"},
-            ),
+            owner("POST", "/funds", json={"amount": "100.00", "reference": "free-money"}),
         ),
-        (
-            "funds huge amount",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/funds",
-                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-                json={"amount": HUGE, "reference": "r"},
-            ),
-        ),
-        (
-            "funds 1e999",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/funds",
-                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-                json={"amount": "1e999", "reference": "r"},
-            ),
-        ),
-        (
-            "checkout below min",
-            lambda: req(
-                "POST", f"{a}/v1/workspaces/{ws}/checkout", headers=bearer, json={"amount": "0.01"}
-            ),
-        ),
+        ("funds huge amount", operator("POST", "/funds", json={"amount": HUGE, "reference": "r"})),
+        ("funds 1e999", operator("POST", "/funds", json={"amount": "1e999", "reference": "r"})),
+        ("checkout below min", owner("POST", "/checkout", json={"amount": "0.01"})),
         *(
             (
                 f"upstream {u}",
-                lambda u=u: req(
-                    "PATCH", f"{a}/v1/apps/{app}", headers=bearer, json={"upstream_url": u}
-                ),
+                call("PATCH", f"{a}/v1/apps/{app}", headers=bearer, json={"upstream_url": u}),
             )
             for u in (
                 "http://169.254.169.254/",
@@ -301,71 +264,28 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
         ),
         (
             "webhook to metadata",
-            lambda: req(
-                "PUT",
-                f"{a}/v1/workspaces/{ws}/webhook",
-                headers=bearer,
-                json={"url": "http://169.254.169.254/x", "secret": "s" * 32},
-            ),
+            owner("PUT", "/webhook", json={"url": "http://169.254.169.254/x", "secret": "s" * 32}),
         ),
         (
             "app name 10k",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/apps",
-                headers=bearer,
-                json={"name": "n" * 10000, "product": "automation"},
-            ),
+            owner("POST", "/apps", json={"name": "n" * 10000, "product": "automation"}),
         ),
-        (
-            "unknown product",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/apps",
-                headers=bearer,
-                json={"name": "x", "product": "crypto"},
-            ),
-        ),
-        (
-            "deep json",
-            lambda: req(
-                "POST",
-                f"{a}/v1/workspaces/{ws}/apps",
-                headers=bearer,
-                data=b"[" * 5000 + b"]" * 5000,
-            ),
-        ),
-        (
-            "usage to 999999999999999",
-            lambda: req("GET", f"{a}/v1/workspaces/{ws}/usage?to=999999999999999", headers=bearer),
-        ),
-        (
-            "usage from NaN",
-            lambda: req("GET", f"{a}/v1/workspaces/{ws}/usage?from=NaN", headers=bearer),
-        ),
-        (
-            "sessions limit -1",
-            lambda: req("GET", f"{a}/v1/workspaces/{ws}/sessions?limit=-1", headers=bearer),
-        ),
-        (
-            "transactions bad cursor",
-            lambda: req(
-                "GET", f"{a}/v1/workspaces/{ws}/transactions?cursor=%00%ff", headers=bearer
-            ),
-        ),
+        ("unknown product", owner("POST", "/apps", json={"name": "x", "product": "crypto"})),
+        ("deep json", owner("POST", "/apps", data=b"[" * 5000 + b"]" * 5000)),
+        ("usage to 999999999999999", owner("GET", "/usage?to=999999999999999")),
+        ("usage from NaN", owner("GET", "/usage?from=NaN")),
+        ("sessions limit -1", owner("GET", "/sessions?limit=-1")),
+        ("transactions bad cursor", owner("GET", "/transactions?cursor=%00%ff")),
         (
             "forged stripe event",
-            lambda: req(
+            call(
                 "POST",
                 f"{a}/v1/payments/stripe/webhook",
                 data=b'{"type":"checkout.session.completed"}',
                 headers={"Stripe-Signature": "t=1,v1=00"},
             ),
         ),
-        (
-            "stripe event no signature",
-            lambda: req("POST", f"{a}/v1/payments/stripe/webhook", data=b"{}"),
-        ),
+        ("stripe event no signature", call("POST", f"{a}/v1/payments/stripe/webhook", data=b"{}")),
     ]
     before = _stable(await snapshot(admin))
     calls0 = bot.count()

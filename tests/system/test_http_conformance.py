@@ -220,6 +220,14 @@ def echoed(resp: Response) -> dict[str, typing.Any]:
     return data
 
 
+async def answered(site: Site, *answers: tuple[Response, str]) -> None:
+    """Each response is the bot's echo of its path, and exactly those paths were
+    forwarded and charged, in that order."""
+    for resp, path in answers:
+        assert echoed(resp)["path"].endswith(path)
+    assert await site.books() == (len(answers), [path for _, path in answers])
+
+
 def assert_problem(resp: Response, status: int | None = None) -> None:
     if status is None:
         assert 400 <= resp.status < 500, (resp.status, resp.body[:300])
@@ -257,13 +265,16 @@ def smuggled(site: Site) -> str:
     return f"GET {site.path}/smuggled HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u2\r\n\r\n"
 
 
+def _front(site: Site, fields: str, body: str) -> bytes:
+    """A POST to /front with these header lines (each ending in CRLF), then ``body``."""
+    head = f"POST {site.path}/front HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+    return f"{head}{fields}\r\n{body}".encode()
+
+
 def _cl_te(te: str) -> typing.Callable[[Site], bytes]:
     def build(site: Site) -> bytes:
         body = "0\r\n\r\n" + smuggled(site)
-        return (
-            f"POST {site.path}/front HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
-            f"Content-Length: {len(body)}\r\n{te}\r\n\r\n{body}"
-        ).encode()
+        return _front(site, f"Content-Length: {len(body)}\r\n{te}\r\n", body)
 
     return build
 
@@ -271,32 +282,19 @@ def _cl_te(te: str) -> typing.Callable[[Site], bytes]:
 def _te_cl(site: Site) -> bytes:
     inner = smuggled(site)
     body = f"{len(inner):x}\r\n{inner}\r\n0\r\n\r\n"
-    return (
-        f"POST {site.path}/front HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
-        f"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
-    ).encode()
+    return _front(site, "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", body)
 
 
 def _te_only(te: str) -> typing.Callable[[Site], bytes]:
     def build(site: Site) -> bytes:
-        inner = smuggled(site)
-        body = f"3\r\nabc\r\n0\r\n\r\n{inner}"
-        return (
-            f"POST {site.path}/front HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
-            f"{te}\r\n\r\n{body}"
-        ).encode()
+        return _front(site, f"{te}\r\n", f"3\r\nabc\r\n0\r\n\r\n{smuggled(site)}")
 
     return build
 
 
 def _cl(*lines: str) -> typing.Callable[[Site], bytes]:
     def build(site: Site) -> bytes:
-        inner = smuggled(site)
-        fields = "".join(line + "\r\n" for line in lines)
-        return (
-            f"POST {site.path}/front HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
-            f"{fields}\r\n{{}}{inner}"
-        ).encode()
+        return _front(site, "".join(line + "\r\n" for line in lines), "{}" + smuggled(site))
 
     return build
 
@@ -509,10 +507,8 @@ async def test_requests_after_connection_close_are_ignored(
         a, b = await c.responses(2)
         rest = await c.rest()
         assert await c.closed()
-    assert echoed(a)["path"].endswith("/a")
-    assert echoed(b)["path"].endswith("/b")
     assert b"HTTP/1." not in rest
-    assert await site.books() == (2, ["/a", "/b"])
+    await answered(site, (a, "/a"), (b, "/b"))
 
 
 async def test_a_refused_request_in_a_pipeline_costs_nothing_and_keeps_the_order(
@@ -524,10 +520,8 @@ async def test_a_refused_request_in_a_pipeline_costs_nothing_and_keeps_the_order
     async with conn(site) as c:
         c.send(req(site, "/a", method="GET") + other.encode() + req(site, "/b", method="GET"))
         a, refused, b = await c.responses(3)
-    assert echoed(a)["path"].endswith("/a")
-    assert echoed(b)["path"].endswith("/b")
     assert_problem(refused, 404)
-    assert await site.books() == (2, ["/a", "/b"])
+    await answered(site, (a, "/a"), (b, "/b"))
 
 
 async def test_a_malformed_request_in_a_pipeline_ends_the_connection_after_the_good_ones(
@@ -625,9 +619,7 @@ async def test_http10_with_keep_alive_keeps_the_connection(site: Site) -> None:
         c.send(req(site, "/b", method="GET", version="HTTP/1.0"))
         second = await c.response()
         assert await c.closed()
-    assert echoed(first)["path"].endswith("/a")
-    assert echoed(second)["path"].endswith("/b")
-    assert await site.books() == (2, ["/a", "/b"])
+    await answered(site, (first, "/a"), (second, "/b"))
 
 
 async def test_http11_connection_close_is_honoured(site: Site) -> None:
@@ -635,8 +627,7 @@ async def test_http11_connection_close_is_honoured(site: Site) -> None:
         c.send(req(site, "/a", method="GET", headers="Connection: close\r\n"))
         resp = await c.response()
         assert await c.closed()
-    assert echoed(resp)["path"].endswith("/a")
-    assert await site.books() == (1, ["/a"])
+    await answered(site, (resp, "/a"))
 
 
 # ------------------------------------------------------------------ half-closed clients
@@ -658,9 +649,7 @@ async def test_a_half_closed_client_gets_every_pipelined_answer(site: Site) -> N
         c.shut_wr()
         a, b = await c.responses(2)
         assert await c.closed()
-    assert echoed(a)["path"].endswith("/a")
-    assert echoed(b)["path"].endswith("/b")
-    assert await site.books() == (2, ["/a", "/b"])
+    await answered(site, (a, "/a"), (b, "/b"))
 
 
 async def test_a_client_closing_mid_body_is_never_forwarded(site: Site) -> None:
@@ -847,8 +836,7 @@ async def test_http10_without_host_is_served(site: Site) -> None:
     async with conn(site) as c:
         c.send(f"GET {site.path}/h HTTP/1.0\r\nX-Channel-User-Id: u1\r\n\r\n".encode())
         resp = await c.response()
-    assert echoed(resp)["path"].endswith("/h")
-    assert await site.books() == (1, ["/h"])
+    await answered(site, (resp, "/h"))
 
 
 @pytest.mark.parametrize("te", ["gzip, chunked", "identity, chunked"])
