@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from meter.admission.decision import Decision
 from meter.redis_layer import keys
 
 NB = 60  # buckets per rolling window, as in admit.lua
@@ -31,22 +32,9 @@ def record_id(ch: str, user: str, key: str, token: str) -> str:
     return f"k:{ch}\t{user}\t{key}" if key else f"t:{token}"
 
 
-class Result(NamedTuple):
-    """The fields of ``meter.admission.decision.Decision`` that Redis decides."""
-
-    code: int
-    units: int
-    free: int
-    app: int
-    pool: int
-    invoiced: int
-    retry_after_ms: int
-    bsid: str
-    duplicate: bool
-    new_session: bool
-
-
-NOTHING = Result(0, 0, 0, 0, 0, 0, 0, "", False, False)  # template: nothing charged
+# The model answers in the product's record, field by field by name (it never decodes a
+# reply: Decision.from_reply is what the comparison tests). Template: nothing charged.
+NOTHING = Decision(0, 0, 0, 0, 0, 0, 0, "", False, False, "", "", "")
 
 
 @dataclass
@@ -174,7 +162,7 @@ class Workspace:
         return True
 
     # -- admit.lua: one batch, all at the same instant ------------------------------------
-    def admit(self, now: int, msgs: list[tuple[str, str, str, str, str, str]]) -> list[Result]:
+    def admit(self, now: int, msgs: list[tuple[str, str, str, str, str, str]]) -> list[Decision]:
         """``msgs``: (app, channel, user, idempotency key or "", token, kind "m"|"n")."""
         if self.free > 0 and now >= self.free_exp:
             self._event("free_credits.expired")
@@ -193,7 +181,7 @@ class Workspace:
 
     def _admit_one(
         self, now: int, app_id: str, ch: str, user: str, key: str, token: str, kind: str
-    ) -> Result:
+    ) -> Decision:
         a = self.apps.get(app_id)
         if a is None:
             return NOTHING._replace(code=1)
@@ -227,7 +215,10 @@ class Workspace:
             self.agg[fkey + metric] += v
         if units or key:
             self.records[(app_id, rid)] = Record(token, 1, units, bsid, f, ap, pp, ch, unit, user)
-        return Result(0, units, f, ap, pp, 0, 0, bsid, False, charge and unit == "session")
+        new_session = charge and unit == "session"
+        return NOTHING._replace(
+            units=units, free=f, app=ap, pool=pp, bsid=bsid, new_session=new_session
+        )
 
     def _gate(self, now: int, a: App, windows: tuple[Window, Window]) -> tuple[int, int]:
         """Status and rate limits: (code, retry after ms); (0, 0) lets the message on."""
@@ -248,7 +239,7 @@ class Workspace:
             return 7 if (now >= self.free_exp and self.free_exp > 0) else 6
         return 0
 
-    def _refused(self, fkey: str, code: int, retry: int) -> Result:
+    def _refused(self, fkey: str, code: int, retry: int) -> Decision:
         self.agg[fkey + "r:" + REASON[code]] += 1
         return NOTHING._replace(code=code, retry_after_ms=retry)
 
@@ -261,7 +252,7 @@ class Workspace:
         gate: tuple[int, int],
         price: int,
         fkey: str,
-    ) -> Result:
+    ) -> Decision:
         """A redelivery: charged nothing, but it obeys status, credit and rate limits."""
         code, retry = gate
         if code == 0:
@@ -324,7 +315,7 @@ class Workspace:
         return bucket(now - self.idle_ms - self.block_ms) <= entry <= bucket(now + 60_000)
 
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
-    def refund(self, now: int, app_id: str, d: Result, rid: str, token: str) -> bool:
+    def refund(self, now: int, app_id: str, d: Decision, rid: str, token: str) -> bool:
         if d.duplicate or (d.code == 0 and d.units == 0):
             return False
         rec = self.records.get((app_id, rid))
