@@ -6,7 +6,8 @@
 * the gateway side (``tests.support.bot``): ``bot`` (a counting bot per test), ``http``
   (a client session) and ``rclient`` (a Redis client on ``redis_url``);
 * ``connects`` (``tests.support.connect_watch``): the addresses a test connected to;
-* ``any_admin`` (``tests.support.adminkit``): the admin server on each store.
+* ``any_admin`` (``tests.support.adminkit``): the admin server on each store;
+* every ``Admitter`` made by ``tests.support.metering.admitter`` is closed after its test.
 """
 
 pytest_plugins = [
@@ -14,4 +15,5 @@ pytest_plugins = [
     "tests.support.bot",
     "tests.support.connect_watch",
     "tests.support.adminkit",
+    "tests.support.metering",
 ]

@@ -4,6 +4,10 @@ Callers await :meth:`Admitter.admit` per message. Admissions that arrive while t
 loop is busy are gathered per workspace and sent as one ``admit.lua`` call each, so
 concurrent messages share round trips; a call carries at most ``batch_max`` admissions
 and at most ``max_inflight`` calls are outstanding at once.
+
+On a plain single server the calls go through a :class:`~meter.redis_layer.pipe.RedisPipe`
+and each reply resolves its admissions from a callback (no task or timer per call);
+Cluster, TLS and replicated durability go through redis-py.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from config import Settings
@@ -27,6 +32,7 @@ from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
+from meter.redis_layer.pipe import RedisPipe
 from meter.redis_layer.scripts import register, run
 from meter.timestamps import Clock
 
@@ -61,6 +67,10 @@ class Admitter:
             if settings.redis_durability == "replicated"
             else None
         )
+        self._pipe = RedisPipe.for_client(client, settings.redis_timeout_s)
+        if self._replicated is not None:
+            self._pipe = None
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._max_inflight = max_inflight
         self._batch_max = settings.batch_max
         self._timeout = settings.redis_timeout_s
@@ -153,9 +163,63 @@ class Admitter:
                     break
             self._queued -= total
             self._inflight += 1
+            if self._pipe is not None:
+                self._send_piped(self._pipe, send)
+                continue
             task = asyncio.get_running_loop().create_task(self._send(send))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _send_piped(self, pipe: RedisPipe, send: list[tuple[str, list[Pending]]]) -> None:
+        """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
+        head = self.argv_head(self._clock())
+        left = len(send)
+
+        def answered() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                self._call_done()
+
+        for ws, chunk in send:
+            if self._on_batch is not None:
+                self._on_batch(len(chunk))
+            args = [keys.ws_prefix(ws), *head, *(p.arg for p in chunk)]
+            pipe.call(["EVALSHA", self._admit.sha, 1, *args], self._on_reply(chunk, args, answered))
+
+    def _on_reply(
+        self, chunk: list[Pending], args: list[EncodableT], answered: Callable[[], None]
+    ) -> Callable[[Any, bool], None]:
+        pipe = self._pipe
+        assert pipe is not None
+
+        def on_reply(reply: Any, sent: bool) -> None:
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                # A restarted or flushed server: EVAL loads the script again on the way.
+                pipe.call(["EVAL", self._admit.script, 1, *args], finish)
+                return
+            finish(reply, sent)
+
+        def finish(reply: Any, sent: bool) -> None:
+            try:
+                if isinstance(reply, Exception):
+                    fail(chunk, reply, ambiguous=sent)
+                else:
+                    resolve(chunk, reply)
+            except Exception as exc:  # a reply that does not decode: no decision
+                fail(chunk, exc)
+            finally:
+                answered()
+
+        return on_reply
+
+    def _call_done(self) -> None:
+        self._inflight -= 1
+        if self._pending and not self._scheduled:
+            self._dispatch()
+        drained = self._drained
+        if not (self._inflight or self._pending) and drained is not None and not drained.done():
+            drained.set_result(None)
 
     async def _send(self, send: list[tuple[str, list[Pending]]]) -> None:
         try:
@@ -263,10 +327,15 @@ class Admitter:
 
     async def close(self) -> None:
         """Wait for outstanding calls to finish."""
-        while self._tasks or self._pending:
+        while self._tasks or self._pending or self._inflight:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            elif self._inflight and self._pipe is not None:
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
             else:
                 await asyncio.sleep(0)
+        if self._pipe is not None:
+            self._pipe.close()
         if self._replicated is not None:
             await self._replicated.close()

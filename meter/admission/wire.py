@@ -132,8 +132,9 @@ def resolve(chunk: list[Pending], raw: list[Any]) -> None:
             fut.set_result(from_reply(raw, i, p.key, p.token, p.rid))
 
 
-def fail(chunk: list[Pending], exc: BaseException) -> None:
-    """No decision: every waiter learns Redis did not answer.
+def fail(chunk: list[Pending], exc: BaseException, *, ambiguous: bool = True) -> None:
+    """No decision: every waiter learns Redis did not answer (``ambiguous``: the call
+    may have run, see :class:`MeteringUnavailable`).
 
     Anything, not only RedisError: redis-py's cluster client also raises
     RedisClusterException and, racing its own reconnects, other errors; a future left
@@ -141,7 +142,7 @@ def fail(chunk: list[Pending], exc: BaseException) -> None:
     """
     if not isinstance(exc, (RedisError, OSError, TimeoutError, MeteringUnavailable)):
         log.error("admission call failed unexpectedly", exc_info=exc)
-    err = MeteringUnavailable(f"redis: {exc!r}", ambiguous=True)
+    err = MeteringUnavailable(f"redis: {type(exc).__name__}: {exc}", ambiguous=ambiguous)
     for p in chunk:
         if not p.future.done():
             p.future.set_exception(err)

@@ -12,12 +12,12 @@ from config import load_catalog, load_settings
 from meter.accounts import apps, authz, credits, projection, workspaces
 from meter.accounts.deps import Deps
 from meter.accounts.plan_usage import plan_usage
-from meter.admission.admitter import Admitter
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.redis_layer.client import connect
 from meter.store import Workspace, open_store
 from tests.support.clock import Clock
+from tests.support.metering import admitter as make_admitter
 from tests.support.settings import LOOPBACK
 
 USD = 1_000_000
@@ -118,7 +118,7 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
     bot = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
     finder = await apps.create_app(deps, owner, ws, "Finder", "search", None)
-    admitter = Admitter(deps.redis, deps.settings, clock=deps.clock)
+    admitter = make_admitter(deps.redis, deps.settings, deps.clock)
     assert (await admitter.admit(bot.id, "slack", "U1")).admitted
     lic = {"search": projection.Licence(usage_limit=2, per_minute=10, per_hour=100)}
     upgraded = await workspaces.upgrade(deps, "operator", ws, lic)
@@ -161,7 +161,7 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
     await apps.update_app(deps, f"user:{owner}", app, changes)
     fields = await deps.redis.hmget(ak, ["suspended", "up", "use_free"])
     assert fields == [b"1", b"", b"0"]
-    admitter = Admitter(deps.redis, deps.settings, clock=deps.clock)
+    admitter = make_admitter(deps.redis, deps.settings, deps.clock)
     assert (await admitter.admit(app.id, "slack", "U1")).reason == "app_suspended"
     await admitter.close()
     entry = (await deps.store.list_audit(target=f"app:{app.id}"))[0]
@@ -221,7 +221,7 @@ async def test_plan_usage_statuses(deps: Deps) -> None:
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "inactive"}
     await credits.add_funds(d, "x", ws, "100.00", app_id=paid.id, reference="p1")
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "sufficient_funds"}
-    admitter = Admitter(d.redis, d.settings, clock=d.clock)
+    admitter = make_admitter(d.redis, d.settings, d.clock)
     for i in range(60):  # $12 of sessions: free falls to $48, under the $50 threshold
         assert (await admitter.admit(free.id, "web", f"u{i}")).admitted
     await admitter.close()

@@ -88,6 +88,10 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.tokens = 0
         self.decisions: list[tuple[str, Decision, Decision]] = []
 
+    def teardown(self) -> None:
+        if hasattr(self, "adm"):
+            self.run(self.adm.close())
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
@@ -294,9 +298,17 @@ def machines(redis_url: str) -> Iterator[Callable[[], AdmissionMachine]]:
     """A factory of state machines sharing one event loop and one client."""
     loop = asyncio.new_event_loop()
     client = connect(redis_url)
+    made: list[AdmissionMachine] = []
+
+    def factory() -> AdmissionMachine:
+        made.append(AdmissionMachine(loop, client))
+        return made[-1]
+
     try:
-        yield lambda: AdmissionMachine(loop, client)
+        yield factory
     finally:
+        for m in made:
+            m.teardown()
         loop.run_until_complete(client.aclose())
         loop.close()
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import pytest
 
 from config import Settings
 from meter.accounts import projection, seeding
@@ -75,8 +79,23 @@ async def events(client: RedisClient, ws: str) -> list[str]:
     return [orjson.loads(e)["type"] for e in await client.lrange(keys.events_key(ws), 0, -1)]
 
 
-def admitter(client: RedisClient, cfg: Settings, clock: Clock) -> Admitter:
-    return Admitter(client, cfg, clock=clock)
+_made: list[Admitter] = []
+
+
+def admitter(
+    client: RedisClient, cfg: Settings, clock: Callable[[], float] = time.time
+) -> Admitter:
+    """An Admitter closed at the end of the test (it owns a connection: its pipe)."""
+    adm = Admitter(client, cfg, clock=clock)
+    _made.append(adm)
+    return adm
+
+
+@pytest.fixture(autouse=True)
+async def _close_admitters() -> AsyncIterator[None]:
+    yield
+    while _made:
+        await _made.pop().close()
 
 
 async def admission(

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 
 from meter.accounts.seeding import seed
-from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations, Sweeper, replay
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, SeededGateway, eventually, free_credit
 from tests.support.clock import Clock
+from tests.support.metering import admitter as make_admitter
 from tests.support.serving import creditgate_serve
 from tests.support.settings import make_settings
 
@@ -45,7 +45,7 @@ async def test_unconfirmed_charges_are_refunded_after_the_window(
     settings = make_settings(redis_url, tmp_path, refund_window_s=10)
     await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
     clock = Clock.wall()
-    adm = Admitter(rclient, settings, clock=clock)
+    adm = make_admitter(rclient, settings, clock)
     confirmations = Confirmations(rclient, tmp_path / "state")
     forwarded = [await adm.admit(APP, "web", f"u{i}", f"k{i}") for i in range(3)]
     lost = [await adm.admit(APP, "web", f"v{i}", "") for i in range(2)]
@@ -75,7 +75,7 @@ async def test_a_dead_process_journal_is_replayed_once(
 ) -> None:
     settings = make_settings(redis_url, tmp_path, refund_window_s=10)
     await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
-    adm = Admitter(rclient, settings)
+    adm = make_admitter(rclient, settings)
     d = await adm.admit(APP, "web", "u1", "")
     state = tmp_path / "state"
     state.mkdir()

@@ -20,7 +20,6 @@ from yarl import URL
 from config import Settings
 from config.fields import ChannelRule
 from meter.accounts.seeding import seed
-from meter.admission.admitter import Admitter
 from meter.admission.reservations import Sweeper
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import (
@@ -34,6 +33,7 @@ from tests.support.bot import (
     seed_self_loop,
 )
 from tests.support.channel_keys import auth_settings, hs256, set_secret
+from tests.support.metering import admitter as make_admitter
 from tests.support.settings import make_settings
 
 WS = "redteam"
@@ -150,7 +150,7 @@ async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
         question = (b'{"q":"a question that ', b'takes a while to type"}')
         task = held_upload(http, url, "m", question, go_on)
         assert await wait_for(lambda: credit_is(rclient, FREE - REQ_PRICE))
-        refunds = Admitter(rclient, gw.gateway.settings)
+        refunds = make_admitter(rclient, gw.gateway.settings)
         # A sweeper whose clock is past the refund window, the upload still open.
         sweeper = Sweeper(
             rclient,
