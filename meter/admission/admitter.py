@@ -4,10 +4,7 @@ Callers await :meth:`Admitter.admit` per message. Admissions that arrive while t
 loop is busy are gathered per workspace and sent as one ``admit.lua`` call each, so
 concurrent messages share round trips; a call carries at most ``batch_max`` admissions
 and at most ``max_inflight`` calls are outstanding at once.
-
-On a plain single server the calls go through a :class:`~meter.redis_layer.pipe.RedisPipe`
-and each reply resolves its admissions from a callback (no task or timer per call);
-Cluster, TLS and replicated durability go through redis-py.
+How a call travels (a pipe answered by callback, or redis-py): :mod:`.calls`.
 """
 
 from __future__ import annotations
@@ -17,23 +14,18 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
-from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from config import Settings
+from meter.admission.calls import AdmitCalls
 from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
 from meter.admission.targets import Targets
-from meter.admission.wire import AdmitArgs, AdmitHead, Pending, fail, resolve
+from meter.admission.wire import AdmitArgs, AdmitHead, Pending
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
-from meter.redis_layer.durability import ReplicatedCalls
-from meter.redis_layer.pipe import RedisPipe
-from meter.redis_layer.scripts import register, run
 from meter.timestamps import Clock
 
 
@@ -50,26 +42,9 @@ class Admitter:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         """``on_batch`` is told the size of every ``admit.lua`` call (for metrics)."""
-        self._client = client
-        self._cluster = isinstance(client, RedisCluster)
-        self._on_batch = on_batch
         self._clock = clock
-        self._admit = register(client, "admit")
+        self._calls = AdmitCalls(client, settings, on_batch)
         self._refunds = Refunds(client, settings, clock)
-        # redis_durability=replicated: each call waits for replicas (redis_layer/durability).
-        self._replicated = (
-            ReplicatedCalls(
-                client,
-                self._admit,
-                replicas=settings.redis_replicas,
-                wait_ms=int(settings.redis_timeout_s * 800),
-            )
-            if settings.redis_durability == "replicated"
-            else None
-        )
-        self._pipe = RedisPipe.for_client(client, settings.redis_timeout_s)
-        if self._replicated is not None:
-            self._pipe = None
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._max_inflight = max_inflight
         self._batch_max = settings.batch_max
@@ -81,8 +56,7 @@ class Admitter:
         # A call goes out as soon as this many admissions wait (and a slot is free), else
         # at the end of the current loop pass.
         self._dispatch_at = settings.batch_dispatch_at
-        self._inflight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = 0  # calls sent and not yet answered
         self._tokens = itertools.count(1)
         self._token_prefix = os.urandom(5).hex() + "."
         self._head = AdmitHead.of(settings, 0.0)
@@ -163,55 +137,7 @@ class Admitter:
                     break
             self._queued -= total
             self._inflight += 1
-            if self._pipe is not None:
-                self._send_piped(self._pipe, send)
-                continue
-            task = asyncio.get_running_loop().create_task(self._send(send))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _send_piped(self, pipe: RedisPipe, send: list[tuple[str, list[Pending]]]) -> None:
-        """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
-        head = self.argv_head(self._clock())
-        left = len(send)
-
-        def answered() -> None:
-            nonlocal left
-            left -= 1
-            if left == 0:
-                self._call_done()
-
-        for ws, chunk in send:
-            if self._on_batch is not None:
-                self._on_batch(len(chunk))
-            args = [keys.ws_prefix(ws), *head, *(p.arg for p in chunk)]
-            pipe.call(["EVALSHA", self._admit.sha, 1, *args], self._on_reply(chunk, args, answered))
-
-    def _on_reply(
-        self, chunk: list[Pending], args: list[EncodableT], answered: Callable[[], None]
-    ) -> Callable[[Any, bool], None]:
-        pipe = self._pipe
-        assert pipe is not None
-
-        def on_reply(reply: Any, sent: bool) -> None:
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-                # A restarted or flushed server: EVAL loads the script again on the way.
-                pipe.call(["EVAL", self._admit.script, 1, *args], finish)
-                return
-            finish(reply, sent)
-
-        def finish(reply: Any, sent: bool) -> None:
-            try:
-                if isinstance(reply, Exception):
-                    fail(chunk, reply, ambiguous=sent)
-                else:
-                    resolve(chunk, reply)
-            except Exception as exc:  # a reply that does not decode: no decision
-                fail(chunk, exc)
-            finally:
-                answered()
-
-        return on_reply
+            self._calls.send(self.argv_head(self._clock()), send, self._call_done)
 
     def _call_done(self) -> None:
         self._inflight -= 1
@@ -220,67 +146,6 @@ class Admitter:
         drained = self._drained
         if not (self._inflight or self._pending) and drained is not None and not drained.done():
             drained.set_result(None)
-
-    async def _send(self, send: list[tuple[str, list[Pending]]]) -> None:
-        try:
-            now = self._clock()
-            head = self.argv_head(now)
-            if len(send) == 1 or self._cluster or self._replicated is not None:
-                # On a cluster each workspace lives on its own master: separate calls keep
-                # one failing master from failing (or stalling) the others' admissions.
-                await asyncio.gather(*(self._call(head, ws, chunk) for ws, chunk in send))
-            else:
-                await self._pipelined(head, send)
-        finally:
-            self._inflight -= 1
-            if self._pending and not self._scheduled:
-                self._dispatch()
-
-    async def _call(self, head: list[EncodableT], ws: str, chunk: list[Pending]) -> None:
-        if self._on_batch is not None:
-            self._on_batch(len(chunk))
-        args = [*head, *(p.arg for p in chunk)]
-        try:
-            if self._replicated is not None:
-                call = self._replicated.call(keys.ws_prefix(ws), args)
-            else:
-                call = run(self._admit, self._client, [keys.ws_prefix(ws)], args)
-            raw = await asyncio.wait_for(call, self._timeout)
-        except Exception as exc:  # see _fail
-            fail(chunk, exc)
-            return
-        resolve(chunk, raw)
-
-    async def _pipelined(
-        self, head: list[EncodableT], send: list[tuple[str, list[Pending]]]
-    ) -> None:
-        """Several workspaces on one server: one pipelined round trip.
-
-        redis-py's pipeline would run SCRIPT EXISTS on every execute, so NOSCRIPT is
-        handled here instead.
-        """
-        sha = self._admit.sha
-        if self._on_batch is not None:
-            for _, chunk in send:
-                self._on_batch(len(chunk))
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for ws, chunk in send:
-                    pipe.execute_command(
-                        "EVALSHA", sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk)
-                    )
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
-        except Exception as exc:  # see _fail
-            for _, chunk in send:
-                fail(chunk, exc)
-            return
-        for (ws, chunk), res in zip(send, results, strict=True):
-            if isinstance(res, NoScriptError):
-                await self._call(head, ws, chunk)
-            elif isinstance(res, Exception):
-                fail(chunk, res)
-            else:
-                resolve(chunk, res)
 
     async def settle(
         self,
@@ -307,7 +172,7 @@ class Admitter:
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
         pending = Pending(arg, key, token, rid, loop.create_future())
-        await self._call(head, ws, [pending])
+        await self._calls.call(head, ws, [pending])
         return await pending.future
 
     @property
@@ -327,15 +192,7 @@ class Admitter:
 
     async def close(self) -> None:
         """Wait for outstanding calls to finish."""
-        while self._tasks or self._pending or self._inflight:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            elif self._inflight and self._pipe is not None:
-                self._drained = asyncio.get_running_loop().create_future()
-                await self._drained
-            else:
-                await asyncio.sleep(0)
-        if self._pipe is not None:
-            self._pipe.close()
-        if self._replicated is not None:
-            await self._replicated.close()
+        while self._pending or self._inflight:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        await self._calls.close()

@@ -1,0 +1,177 @@
+"""How a batch of admissions reaches ``admit.lua``: :class:`AdmitCalls`.
+
+On a plain single server the calls go down a :class:`~meter.redis_layer.pipe.RedisPipe`
+and each reply resolves its admissions from a callback (no task, future or timer per
+call). Cluster, TLS and replicated durability go through redis-py, one task per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
+from redis.typing import EncodableT
+
+from config import Settings
+from meter.admission.wire import Pending, fail, resolve
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.durability import ReplicatedCalls
+from meter.redis_layer.pipe import RedisPipe
+from meter.redis_layer.scripts import register, run
+
+Batch = list[tuple[str, list[Pending]]]  # per workspace, its admissions
+
+
+class AdmitCalls:
+    """Sends batches of admissions as ``admit.lua`` calls and resolves their waiters."""
+
+    def __init__(
+        self, client: RedisClient, settings: Settings, on_batch: Callable[[int], None] | None
+    ) -> None:
+        """``on_batch`` is told the size of every ``admit.lua`` call (for metrics)."""
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._on_batch = on_batch
+        self._admit = register(client, "admit")
+        self._timeout = settings.redis_timeout_s
+        # redis_durability=replicated: each call waits for replicas (redis_layer/durability).
+        self._replicated = (
+            ReplicatedCalls(
+                client,
+                self._admit,
+                replicas=settings.redis_replicas,
+                wait_ms=int(settings.redis_timeout_s * 800),
+            )
+            if settings.redis_durability == "replicated"
+            else None
+        )
+        self._pipe = (
+            RedisPipe.for_client(client, settings.redis_timeout_s)
+            if self._replicated is None
+            else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, head: list[EncodableT], batch: Batch, done: Callable[[], None]) -> None:
+        """Send ``batch`` with ARGV ``head``; ``done()`` once every call is answered."""
+        if self._pipe is not None:
+            self._send_piped(self._pipe, head, batch, done)
+            return
+        task = asyncio.get_running_loop().create_task(self._send(head, batch, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_piped(
+        self, pipe: RedisPipe, head: list[EncodableT], batch: Batch, done: Callable[[], None]
+    ) -> None:
+        """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
+        left = len(batch)
+
+        def answered() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                done()
+
+        for ws, chunk in batch:
+            if self._on_batch is not None:
+                self._on_batch(len(chunk))
+            args = [keys.ws_prefix(ws), *head, *(p.arg for p in chunk)]
+            on_reply = self._on_reply(pipe, chunk, args, answered)
+            pipe.call(["EVALSHA", self._admit.sha, 1, *args], on_reply)
+
+    def _on_reply(
+        self,
+        pipe: RedisPipe,
+        chunk: list[Pending],
+        args: list[EncodableT],
+        answered: Callable[[], None],
+    ) -> Callable[[Any, bool], None]:
+        def on_reply(reply: Any, sent: bool) -> None:
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                # A restarted or flushed server: EVAL loads the script again on the way.
+                pipe.call(["EVAL", self._admit.script, 1, *args], finish)
+                return
+            finish(reply, sent)
+
+        def finish(reply: Any, sent: bool) -> None:
+            try:
+                if isinstance(reply, Exception):
+                    fail(chunk, reply, ambiguous=sent)
+                else:
+                    resolve(chunk, reply)
+            except Exception as exc:  # a reply that does not decode: no decision
+                fail(chunk, exc)
+            finally:
+                answered()
+
+        return on_reply
+
+    async def _send(self, head: list[EncodableT], batch: Batch, done: Callable[[], None]) -> None:
+        try:
+            if len(batch) == 1 or self._cluster or self._replicated is not None:
+                # On a cluster each workspace lives on its own master: separate calls keep
+                # one failing master from failing (or stalling) the others' admissions.
+                await asyncio.gather(*(self.call(head, ws, chunk) for ws, chunk in batch))
+            else:
+                await self._pipelined(head, batch)
+        finally:
+            done()
+
+    async def call(self, head: list[EncodableT], ws: str, chunk: list[Pending]) -> None:
+        """One ``admit.lua`` call through redis-py."""
+        if self._on_batch is not None:
+            self._on_batch(len(chunk))
+        args = [*head, *(p.arg for p in chunk)]
+        try:
+            if self._replicated is not None:
+                call = self._replicated.call(keys.ws_prefix(ws), args)
+            else:
+                call = run(self._admit, self._client, [keys.ws_prefix(ws)], args)
+            raw = await asyncio.wait_for(call, self._timeout)
+        except Exception as exc:  # see fail()
+            fail(chunk, exc)
+            return
+        resolve(chunk, raw)
+
+    async def _pipelined(self, head: list[EncodableT], batch: Batch) -> None:
+        """Several workspaces on one server, through redis-py: one pipelined round trip.
+
+        redis-py's pipeline would run SCRIPT EXISTS on every execute, so NOSCRIPT is
+        handled here instead.
+        """
+        sha = self._admit.sha
+        if self._on_batch is not None:
+            for _, chunk in batch:
+                self._on_batch(len(chunk))
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ws, chunk in batch:
+                    pipe.execute_command(
+                        "EVALSHA", sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk)
+                    )
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
+        except Exception as exc:  # see fail()
+            for _, chunk in batch:
+                fail(chunk, exc)
+            return
+        for (ws, chunk), res in zip(batch, results, strict=True):
+            if isinstance(res, NoScriptError):
+                await self.call(head, ws, chunk)
+            elif isinstance(res, Exception):
+                fail(chunk, res)
+            else:
+                resolve(chunk, res)
+
+    async def close(self) -> None:
+        """Close the pipe and the replicated calls' connection (calls are answered)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pipe is not None:
+            self._pipe.close()
+        if self._replicated is not None:
+            await self._replicated.close()
