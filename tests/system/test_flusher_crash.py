@@ -394,8 +394,7 @@ async def paced(
     for i in range(parts):
         part = n // parts + (1 if i < n % parts else 0)
         got = await admit_all(rclient, cfg, clock, spaces, part)
-        for f in ("units", "messages", "free", "app", "pool", "refused"):
-            setattr(exp, f, getattr(exp, f) + getattr(got, f))
+        exp.merge(got)
         await asyncio.sleep(max(0.0, (end - loop.time()) / (parts - i)))
     return exp
 
