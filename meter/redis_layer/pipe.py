@@ -204,15 +204,15 @@ class RedisPipe:
                 opening = loop.create_connection(lambda: conn, *self._where)
             await asyncio.wait_for(opening, self._connect_timeout)
         except Exception as exc:  # any failure: the calls waiting must hear of it
-            unsent, self._unsent = self._unsent, []
-            err = RedisConnectionError(f"connecting to redis {self._where}: {exc!r}")
-            for _, c in unsent:
-                c.on_reply(err, False)
+            self._fail_unsent(RedisConnectionError(f"connecting to redis {self._where}: {exc!r}"))
             return
         finally:
             self._connecting = None
-        if self._closed:
-            conn.abort(RedisConnectionError("pipe closed"))
+        if self._closed or conn.transport is None:
+            # Closed meanwhile, or the server hung up at once (e.g. maxclients reached).
+            err = RedisConnectionError("pipe closed" if self._closed else "redis hung up")
+            conn.abort(err)
+            self._fail_unsent(err)
             return
         self._conn = conn
         deadline = loop.time() + self._timeout
@@ -220,6 +220,11 @@ class RedisPipe:
             conn.write(b"".join(self._setup), [_Call(self._on_setup, deadline)] * len(self._setup))
         unsent, self._unsent = self._unsent, []
         conn.write(b"".join(cmd for cmd, _ in unsent), [c for _, c in unsent])
+
+    def _fail_unsent(self, err: Exception) -> None:
+        unsent, self._unsent = self._unsent, []
+        for _, c in unsent:
+            c.on_reply(err, False)
 
     def _on_setup(self, reply: Any, sent: bool) -> None:
         if isinstance(reply, ResponseError) and self._conn is not None:

@@ -194,3 +194,30 @@ async def test_tls_and_cluster_clients_keep_redis_py() -> None:
     assert RedisPipe.for_client(cluster, timeout=1) is None
     await tls.aclose()
     await cluster.aclose()
+
+
+async def test_a_server_that_hangs_up_at_once_fails_the_calls_as_never_sent() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = RedisPipe(("127.0.0.1", port), [], timeout=10, connect_timeout=10)
+    try:
+        for _ in range(3):  # each call gets its answer; none is left waiting
+            got = await call_all(pipe, [["PING"], ["PING"]]).wait(2)
+            assert all(isinstance(r, RedisConnectionError) for r, _ in got)
+    finally:
+        pipe.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_closing_while_connecting_fails_the_waiting_calls(single: RedisClient) -> None:
+    pipe = RedisPipe.for_client(single, timeout=10)
+    assert pipe is not None
+    got = call_all(pipe, [["PING"], ["PING"]])  # the connection is being opened...
+    pipe.close()  # ...when the pipe closes
+    assert [sent for _, sent in await got.wait(2)] == [False, False]
+    assert all(isinstance(r, RedisConnectionError) for r, _ in got.replies)
