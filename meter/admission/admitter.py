@@ -191,8 +191,11 @@ class Admitter:
         return await self._refunds.void(app_id, rid, token)
 
     async def close(self) -> None:
-        """Wait for outstanding calls to finish."""
+        """Wait for outstanding calls to finish (any number of callers may wait)."""
         while self._pending or self._inflight:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+            # One future shared by every closer (a second one must not replace the first's,
+            # which would then never be resolved); shielded so a cancelled closer leaves it.
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
         await self._calls.close()
