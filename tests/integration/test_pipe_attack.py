@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from meter.redis_layer.client import RedisClient, connect
 from tests.support.bot import eventually
 from tests.support.clock import Clock
 from tests.support.metering import Workspace, admitter, agg_totals, seed
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, start_redis
 from tests.support.settings import make_settings
 
 USD = 1_000_000
@@ -265,6 +265,40 @@ async def test_connection_kills_under_load_leave_the_money_exact(redis_url: str,
         await asyncio.to_thread(uvloop.run, kills_under_load(redis_url, 15, own_loop=True))
     else:
         await kills_under_load(redis_url, 15, own_loop=False)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of its own that wants a password."""
+    server = start_redis(tmp_path_factory.mktemp("guarded-attack"))
+    server.command("CONFIG", "SET", "requirepass", "s3cret")
+    yield server
+    server.stop()
+
+
+async def test_kills_with_a_password_and_a_database_re_send_auth_and_select(
+    guarded: RedisServer,
+) -> None:
+    """Every new connection must AUTH and SELECT again before its calls: a call that ran
+    on database 0 would find no workspace (unknown_app) and show as a wrong decision."""
+    await kills_under_load(f"redis://:s3cret@127.0.0.1:{guarded.port}/5", 10, own_loop=False)
+
+
+async def test_an_error_reply_fails_its_workspace_alone(rclient: RedisClient) -> None:
+    """A workspace whose hash Redis cannot read (WRONGTYPE inside admit.lua) rides the
+    same calls as healthy ones: its admissions fail, the others' replies stay theirs."""
+    clock, cfg = Clock(), attack_settings()
+    books = await workspaces(rclient, cfg, clock)
+    poisoned = Books(await seed(rclient, cfg, clock, free=USD), 200_000)
+    await rclient.delete(keys.ws_key(poisoned.w.ws))
+    await rclient.set(keys.ws_key(poisoned.w.ws), "not a hash")
+    adm = admitter(rclient, cfg, clock)
+    kinds = [*traffic(books, adm), lambda: sessions(poisoned, adm)]
+    await asyncio.wait_for(run_while(kinds, lambda: decided(books) < 400, 40), FAR)
+    assert poisoned.ambiguous
+    assert (poisoned.admitted, poisoned.refused, poisoned.unsent) == ([], [], [])
+    assert all(not b.ambiguous and not b.unsent for b in books)
+    await settle_all(books, adm, rclient)
 
 
 # --- Redis restarted, scripts flushed, Redis paused, Redis full ----------------------------
