@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
+
+from gateway.inbound import Headers
 
 HOP_BY_HOP: tuple[str, ...] = (
     "Connection",
@@ -28,8 +30,9 @@ HOP_BY_HOP: tuple[str, ...] = (
     "Transfer-Encoding",
     "Upgrade",
 )
+_HOP = frozenset(name.lower() for name in HOP_BY_HOP)
 # Request headers the client side re-creates for the upstream connection.
-_REQUEST_ONLY = (*HOP_BY_HOP, "Host")
+_REQUEST_ONLY = _HOP | {"host"}
 # The WebSocket handshake is negotiated anew with the upstream.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",
@@ -53,30 +56,31 @@ def new_request_id() -> str:
     return _id_prefix + format(next(_ids), "x")
 
 
-def _strip(headers: CIMultiDict[str], names: Iterable[str], original: Mapping[str, str]) -> None:
-    for name in names:
-        headers.popall(name, None)
-    conn = original.get("Connection")
-    if conn:
-        for token in conn.split(","):
-            token = token.strip()
-            if token:
-                headers.popall(token, None)
-    for name in list(headers.keys()):
-        if name[:6].lower() == "proxy-":
-            del headers[name]
+def _end_to_end(src: Headers, hop: frozenset[str]) -> CIMultiDict[str]:
+    """``src`` without the hop-by-hop headers: ``hop`` (lower case), every header a
+    ``Connection`` header lists, and ``Proxy-*``; one pass over ``src``."""
+    drop = hop
+    if "Connection" in src:
+        listed = {
+            token.strip().lower() for conn in src.getall("Connection") for token in conn.split(",")
+        }
+        drop = drop | listed
+    return CIMultiDict(
+        [(k, v) for k, v in src.items() if (low := k.lower()) not in drop and low[:6] != "proxy-"]
+    )
 
 
 def forwarded_headers(
-    src: CIMultiDict[str] | CIMultiDictProxy[str],
+    src: Headers,
     peer: str,
     scheme: str,
     *,
     drop: Iterable[str] = (),
 ) -> tuple[CIMultiDict[str], str]:
     """End-to-end request headers plus the X-Forwarded-* set, and the request id."""
-    out = CIMultiDict(src)
-    _strip(out, (*_REQUEST_ONLY, *drop), src)
+    out = _end_to_end(
+        src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY
+    )
     xff = src.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
     out["X-Forwarded-Proto"] = scheme
@@ -99,10 +103,9 @@ def upstream_headers(
     return forwarded_headers(request.headers, request.remote or "", request.scheme, drop=drop)
 
 
-def downstream_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def downstream_headers(src: Headers) -> CIMultiDict[str]:
     """End-to-end response headers of the upstream's answer."""
-    out = CIMultiDict(src)
-    _strip(out, HOP_BY_HOP, src)
+    out = _end_to_end(src, _HOP)
     if "Transfer-Encoding" in src:  # framing changes here; a stray length would lie
         out.popall("Content-Length", None)
     return out
@@ -116,6 +119,8 @@ _DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def _has_dot_segment(tail: str) -> bool:
+    if "." not in tail and "%" not in tail:
+        return False  # a dot segment needs a "." before or after decoding ("%2e")
     # Decoded first, then split on every separator a server might honour: "%2e%2E" is
     # ".." to every server that normalizes paths, and "x%2F..%2F" is "x/../" to one that
     # decodes before it normalizes (aiohttp, many frameworks); "\\" is a separator to some.

@@ -1,0 +1,87 @@
+"""What the proxy drops and adds on the way through (gateway/forwarding.py)."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from gateway.forwarding import (
+    VIA_TOKEN,
+    InvalidTail,
+    downstream_headers,
+    forwarded_headers,
+    target_url,
+)
+
+
+def test_request_headers_lose_every_hop_by_hop_header_and_what_connection_lists() -> None:
+    src: CIMultiDict[str] = CIMultiDict(
+        [
+            ("Host", "gw.example"),
+            ("Connection", "keep-alive, X-Listed-One"),
+            ("connection", " x-listed-TWO ,,"),  # a second Connection header counts too
+            ("X-Listed-One", "secret"),
+            ("X-LISTED-two", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-T"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("pRoXy-Anything", "1"),
+            ("X-Keep", "a"),
+            ("x-keep", "b"),
+            ("Content-Type", "application/json"),
+        ]
+    )
+    out, rid = forwarded_headers(src, "127.0.0.9", "http")
+    assert out.getall("X-Keep") == ["a", "b"]  # repeated end-to-end headers keep their order
+    assert out["Content-Type"] == "application/json"
+    assert out["X-Forwarded-For"] == "127.0.0.9"
+    assert out["X-Forwarded-Host"] == "gw.example"
+    assert out["X-Forwarded-Proto"] == "http"
+    assert VIA_TOKEN in out["Via"]
+    assert out["X-Request-Id"] == rid
+    gone = {k.lower() for k in out} & {
+        "host", "connection", "x-listed-one", "x-listed-two", "keep-alive", "te", "trailer",
+        "transfer-encoding", "upgrade", "proxy-authorization", "proxy-anything",
+    }  # fmt: skip
+    assert gone == set()
+
+
+def test_extra_drops_are_case_insensitive() -> None:
+    src: CIMultiDict[str] = CIMultiDict([("sec-websocket-key", "k"), ("X-A", "1")])
+    out, _ = forwarded_headers(src, "127.0.0.1", "http", drop=("Sec-WebSocket-Key",))
+    assert "Sec-WebSocket-Key" not in out
+    assert out["X-A"] == "1"
+
+
+def test_response_headers_lose_hop_by_hop_and_a_length_beside_chunked() -> None:
+    src: CIMultiDict[str] = CIMultiDict(
+        [
+            ("Content-Type", "text/plain"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "12"),
+            ("Connection", "close, X-Private"),
+            ("X-Private", "1"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ]
+    )
+    out = downstream_headers(src)
+    assert list(out.items()) == [
+        ("Content-Type", "text/plain"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+
+
+def test_a_tail_without_dots_or_escapes_is_kept() -> None:
+    url = target_url("http://127.0.0.1:9/bot", "/hooks/web/a1/x/y?q=1", "/hooks/web/a1", "/x/y")
+    assert str(url) == "http://127.0.0.1:9/bot/x/y?q=1"
+
+
+@pytest.mark.parametrize("tail", ["/x/../y", "/x/%2e%2E/y", "/x%2F..%2Fy", "/./y", "/x/.."])
+def test_dot_segments_are_refused(tail: str) -> None:
+    with pytest.raises(InvalidTail):
+        target_url("http://127.0.0.1:9/bot", "/hooks/web/a1" + tail, "/hooks/web/a1", tail)
