@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from multidict import CIMultiDict
-
 from gateway import traffic_rules as rules
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.exchange import Exchange, FastServer
 from gateway.fastpath.message import Message
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout
-from gateway.fastpath.wire import request_bytes
+from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
 from gateway.problems import Problem, Refused, problem_of
@@ -36,10 +34,7 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         inbound = Inbound(
             msg.method,
             msg.target,
-            CIMultiDict(
-                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                for k, v in msg.headers
-            ),
+            text_headers(msg.headers),
             remote=conn.peer,
             scheme="http",
             content_length=msg.content_length,

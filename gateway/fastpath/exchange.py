@@ -21,14 +21,12 @@ from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from multidict import CIMultiDict
-
 from gateway import traffic_rules as rules
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.message import Message
 from gateway.fastpath.upstream import Pool, UpstreamConnection
-from gateway.fastpath.wire import response_head
+from gateway.fastpath.wire import response_head, text_headers
 from gateway.forwarding import downstream_headers
 from gateway.metering import Admission, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
@@ -190,10 +188,7 @@ class Exchange:
         if self.conn.transport is None:  # the client is gone
             self.client_lost()
             return
-        src: CIMultiDict[str] = CIMultiDict(
-            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for k, v in raw
-        )
+        src = text_headers(raw)
         out = downstream_headers(src)
         if status in _NO_BODY:
             if status == 204:

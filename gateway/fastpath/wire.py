@@ -25,10 +25,9 @@ def request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes 
     """The whole request to the bot: head and body, written at once."""
     if (body is not None or method not in _GET_METHODS) and "Content-Length" not in headers:
         headers["Content-Length"] = str(len(body or b""))
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"]
-    lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-    lines.append("\r\n")
-    head = _enc("".join(lines))
+    fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    start = f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+    head = _enc(f"{start}{fields}\r\n")
     return head + body if body else head
 
 
@@ -41,15 +40,16 @@ def response_head(
 ) -> bytes:
     """Status line and headers; ``Date`` unless given, ``Connection: close`` when the
     connection ends after this response."""
-    parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-    has_date = False
-    for k, v in headers:
-        if not has_date and k.lower() == "date":
-            has_date = True
-        parts.append(_enc(f"{k}: {v}\r\n"))
-    if not has_date:
-        parts.append(b"Date: " + date.encode() + b"\r\n")
+    fields = [f"{k}: {v}\r\n" for k, v in headers]
+    if not any(f[:5].lower() == "date:" for f in fields):
+        fields.append(f"Date: {date}\r\n")
     if not keep_alive:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        fields.append("Connection: close\r\n")
+    return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, _enc("".join(fields)))
+
+
+def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """llhttp's header pairs as text; ``surrogateescape``, so :func:`_enc` gives the
+    same bytes back."""
+    esc = "surrogateescape"
+    return CIMultiDict([(k.decode("utf-8", esc), v.decode("utf-8", esc)) for k, v in raw])
