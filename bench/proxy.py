@@ -21,9 +21,12 @@ batch size (from /metrics). ``--only REGEX`` runs the contestants whose name mat
 The bot is an nginx ``return 200`` on its own port (so the bot is never the bottleneck);
 Redis is a throwaway ``redis-server``. Each message comes from one channel user, so
 after the first one every admission runs the whole admit.lua path but opens no new
-session (rate limits raised out of the way). Prints one table; one run, so noisy.
+session (rate limits raised out of the way); ``--users N`` draws each wrk request's user
+at random from N, so new users open (and pay for) billing sessions as real traffic
+does. Prints one table; one run, so noisy.
 
-    .venv/bin/python -m bench.proxy [--duration 10] [--connections 64] [--only REGEX]
+    .venv/bin/python -m bench.proxy [--duration 10] [--connections 64] [--users 1]
+        [--only REGEX] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -116,6 +119,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per contestant")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
+        "--users",
+        type=int,
+        default=1,
+        help="channel users drawn at random per request (wrk runs; 1: every message from "
+        "one user, so all but the first are inside its paid billing session)",
+    )
+    parser.add_argument(
         "--baseline",
         default="",
         help="git ref of a previous release to run as a contestant (metered, 1 worker)",
@@ -154,10 +164,10 @@ class Bench:
         if not self.wanted(name):
             return
         args, url = self.args, f"http://{HOST}:{port}{self.path}"
-        wrk(name, url, 2, args.connections)  # warm-up
+        wrk(name, url, 2, args.connections, args.users)  # warm-up
         cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
         m0 = scrape(admin) if admin else {}
-        r = wrk(name, url, args.duration, args.connections)
+        r = wrk(name, url, args.duration, args.connections, args.users)
         if proc is not None:
             r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
         if admin:
@@ -271,7 +281,8 @@ def build_baseline(ref: str, tmp: Path) -> str:
 
 def print_table(results: list[Result], all_workers: int, args: argparse.Namespace) -> None:
     by = {r.name: r for r in results}
-    print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s, loopback, "
+    users = f", {args.users:,} random users" if args.users > 1 else ""
+    print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s{users}, loopback, "
           f"{os.cpu_count()} CPUs, bot = nginx return 200\n")  # fmt: skip
     print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
           f"| {'CPU us/req':>10} | {'GC us/req':>9} | {'admit ms':>8} "

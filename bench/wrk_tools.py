@@ -140,22 +140,34 @@ def process(
             proc.kill()
 
 
-def wrk(name: str, url: str, duration: int, connections: int) -> Result:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-H",
-            "X-Channel-User-Id: bench-user",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+# One random channel user per request out of N (wrk's Lua; each thread its own sequence).
+USERS_SCRIPT = """
+local n, threads = {users}, 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  math.randomseed({seed} + tid)
+end
+function request()
+  return wrk.format(nil, nil, {{["X-Channel-User-Id"] = "u" .. math.random(n)}})
+end
+"""
+
+
+def wrk(name: str, url: str, duration: int, connections: int, users: int = 1) -> Result:
+    """``users`` > 1: each request from one of that many channel users, drawn at random
+    (new users open billing sessions: charged messages); else all from one user."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if users > 1:
+            script.write(USERS_SCRIPT.format(users=users, seed=time.time_ns() % 2**31))
+            script.flush()
+            argv += ["-s", script.name]
+        else:
+            argv += ["-H", "X-Channel-User-Id: bench-user"]
+        out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if non2xx:
