@@ -172,7 +172,11 @@ def _traffic_ctx(
             admitter, metrics, timeout=settings.redis_timeout_s, state_dir=settings.state_dir
         )
         owed.recover()  # what processes that died before settling left in their journals
-        confirmations = Confirmations(client, settings.state_dir) if metering else None
+        confirmations = (
+            Confirmations(client, settings.state_dir, settings.redis_timeout_s)
+            if metering
+            else None
+        )
         meter = Meter(
             admitter,
             owed,

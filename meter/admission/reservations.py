@@ -33,24 +33,39 @@ from redis.exceptions import RedisError
 from meter.admission.journal import Journal, take_over_dead
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.pipe import OnReply, RedisPipe
 
 log = logging.getLogger(__name__)
 JOURNAL_KIND = "forwarded"
 TRUNCATE_AT = 1 << 20  # bytes of journal kept before it is emptied (all confirmed)
 SWEEP_BATCH = 200
+RETRY_S = 0.5  # a failed batch of confirmations is sent again after this
 
 
 class Confirmations:
-    """Confirms forwarded messages: journal first, then Redis, batched per workspace."""
+    """Confirms forwarded messages: journal first, then Redis, batched per workspace.
 
-    def __init__(self, client: RedisClient, state_dir: str | Path) -> None:
+    On a plain single server the ``ZREM`` calls go down a
+    :class:`~meter.redis_layer.pipe.RedisPipe` answered by callback (no task per batch);
+    Cluster and TLS keep redis-py.
+    """
+
+    def __init__(self, client: RedisClient, state_dir: str | Path, timeout: float = 5.0) -> None:
         self._client = client
+        self._pipe = RedisPipe.for_client(client, timeout)
         self._journal = Journal(state_dir, JOURNAL_KIND)
         self.path = self._journal.path
         self._pending: dict[str, list[str]] = {}
         self._scheduled = False
-        self._inflight = 0
+        self._inflight = 0  # batches sent and not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
+        self._closed = False  # what is left stays in the journal, for the next start
+
+    @property
+    def idle(self) -> bool:
+        """Every confirmation so far reached Redis (or failed and waits for a retry)."""
+        return not self._pending and not self._inflight
 
     def forwarded(self, app_id: str, rid: str) -> None:
         """The request of charged message ``rid`` of ``app_id`` is with the bot.
@@ -64,7 +79,10 @@ class Confirmations:
         member = f"{app_id}:{rid}"
         self._journal.append(f"{ws} {member}")
         self._pending.setdefault(ws, []).append(member)
-        if not self._scheduled:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._closed:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
 
@@ -74,9 +92,49 @@ class Confirmations:
             return
         batch, self._pending = self._pending, {}
         self._inflight += 1
+        if self._pipe is not None:
+            self._send_piped(self._pipe, batch)
+            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _send_piped(self, pipe: RedisPipe, batch: dict[str, list[str]]) -> None:
+        left = len(batch)
+        failed: dict[str, list[str]] = {}
+
+        def answer(ws: str, members: list[str]) -> OnReply:
+            def on_reply(reply: object, sent: bool) -> None:
+                nonlocal left
+                if isinstance(reply, Exception):  # ZREM is idempotent: sent again later
+                    failed[ws] = members
+                    log.warning("forward confirmations deferred: %r", reply)
+                left -= 1
+                if left == 0:
+                    self._answered(failed)
+
+            return on_reply
+
+        for ws, members in batch.items():
+            pipe.call(["ZREM", keys.reservations_key(ws), *members], answer(ws, members))
+
+    def _answered(self, failed: dict[str, list[str]]) -> None:
+        self._inflight -= 1
+        if failed:
+            # The journal still has them; put them back for a later batch.
+            for ws, members in failed.items():
+                self._pending.setdefault(ws, []).extend(members)
+            asyncio.get_running_loop().call_later(RETRY_S, self._schedule)
+        self._settled()
+
+    def _settled(self) -> None:
+        if not self.idle:
+            return
+        if self._journal.size > TRUNCATE_AT:
+            self._journal.truncate()  # everything in it is in Redis now
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     async def _send(self, batch: dict[str, list[str]]) -> None:
         try:
@@ -86,26 +144,29 @@ class Confirmations:
             log.warning("forward confirmations deferred: %r", exc)
             for ws, members in batch.items():
                 self._pending.setdefault(ws, []).extend(members)
-            await asyncio.sleep(0.5)
-            if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._dispatch)
+            await asyncio.sleep(RETRY_S)
+            self._schedule()
         finally:
             self._inflight -= 1
-        if not self._pending and not self._inflight and self._journal.size > TRUNCATE_AT:
-            self._journal.truncate()  # everything in it is in Redis now
+        self._settled()
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Send what is pending; remove the journal when all of it reached Redis."""
-        deadline = time.monotonic() + grace_s
-        while (self._pending or self._tasks) and time.monotonic() < deadline:
-            if self._pending and not self._scheduled:
-                self._dispatch()
-            if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-            else:
-                await asyncio.sleep(0)
-        self._journal.close(remove=not self._pending and not self._tasks)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        if self._pending and not self._scheduled and not self._inflight:
+            self._dispatch()
+        while not self.idle and loop.time() < deadline:
+            if self._drained is None or self._drained.done():
+                self._drained = loop.create_future()
+            # Woken once nothing is pending or in flight (a failed batch is retried by
+            # its timer meanwhile), or at the end of the grace.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), deadline - loop.time())
+        self._closed = True
+        if self._pipe is not None:
+            self._pipe.close()
+        self._journal.close(remove=self.idle)
 
 
 async def _zrem(client: RedisClient, batch: dict[str, list[str]]) -> None:

@@ -52,7 +52,7 @@ async def test_unconfirmed_charges_are_refunded_after_the_window(
     assert all(d.units == 1 for d in forwarded + lost)
     for d in forwarded:
         confirmations.forwarded(APP, d.rid)
-    assert await eventually(lambda: not confirmations._pending and not confirmations._tasks)
+    assert await eventually(lambda: confirmations.idle)
     assert await reserved(rclient) == 2
     sweeper = Sweeper(rclient, only_ws, lambda a, r: adm.void(a, r, ""), clock=clock)
     assert await sweeper.sweep_once() == 0  # not yet due
