@@ -14,7 +14,10 @@ meter one thing and the bot receive another:
 * a head over :data:`HEAD_LIMIT` bytes in all: 431 (each field is limited by the parser,
   their sum is not);
 * a header the gateway decides by (channel user, idempotency key, credentials) given
-  more than once: 400 (the gateway would decide by one value, the bot might read another).
+  more than once: 400 (the gateway would decide by one value, the bot might read another);
+* a ``Connection`` header listing one of them: 400 (a proxy drops what ``Connection``
+  lists, so the gateway would decide by a value the bot never sees: an
+  ``Idempotency-Key`` hidden from the bot has each redelivery answered anew, charged once).
 
 ``Expect: 100-continue`` is answered when the body is first read
 (:func:`send_continue`), so a refused message gets its refusal, never a 100 first; that
@@ -48,6 +51,7 @@ SINGLE = (
     "Content-Type",
 )
 SINGLE_LOWER = frozenset(name.lower().encode() for name in SINGLE)  # for the fast path
+_SINGLE_TOKENS = frozenset(name.lower() for name in SINGLE)
 _CONTINUE = "creditgate.expect_continue"  # request key: True while a 100 is owed
 _CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -86,6 +90,11 @@ def valid_host(value: str) -> bool:
     return _HOST.fullmatch(value) is not None
 
 
+def lists_decided(connection: str) -> bool:
+    """Whether a ``Connection`` field value lists a header of :data:`SINGLE`."""
+    return any(token.strip().lower() in _SINGLE_TOKENS for token in connection.split(","))
+
+
 def _host_problem(request: web.Request) -> str | None:
     hosts = request.headers.getall("Host", ())
     host = hosts[0] if hosts else None
@@ -115,6 +124,9 @@ def _problem(request: web.Request) -> web.Response | None:
         if len(headers.getall(name, ())) > 1:
             return _refuse(400, "duplicate_header", "Duplicate header",
                            f"{name} may be given once")  # fmt: skip
+    if any(lists_decided(value) for value in headers.getall("Connection", ())):
+        return _refuse(400, "invalid_connection_header", "Invalid Connection header",
+                       "Connection lists a header the gateway decides by")  # fmt: skip
     host_problem = _host_problem(request)
     if host_problem is not None:
         return _refuse(400, "invalid_host", "Invalid host", host_problem)

@@ -17,8 +17,9 @@ connection from then on), so the answer is exactly the one aiohttp gives:
   :data:`FAST_BODY` bytes (and at most ``max_body_bytes``), no ``Expect``, no
   ``Upgrade`` (WebSocket), request line and each header under 4 KiB, at most 100
   headers (under aiohttp's own limits, so nothing aiohttp would refuse is served), one
-  valid ``Host`` and at most one of each header the gateway decides by, at most
-  ``HEAD_LIMIT`` bytes of headers (what :mod:`gateway.http_rules` refuses in aiohttp);
+  valid ``Host``, at most one of each header the gateway decides by (and no
+  ``Connection`` listing one), at most ``HEAD_LIMIT`` bytes of headers (what
+  :mod:`gateway.http_rules` refuses in aiohttp);
 * handed off: everything else, ``/notify``, HEAD, HTTP/1.0, and, after routing, a bot
   that is not ``http://`` or a Meta subscription handshake (nothing charged before);
 * pipelined requests are answered in order, one at a time: bytes that arrive while a
@@ -42,7 +43,7 @@ from typing import Any, Protocol, cast
 import httptools
 
 from gateway.fastpath.message import Message, message_end
-from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, valid_host
+from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
 
 FAST_BODY = 64 * 1024
 MAX_FIELD = 4096
@@ -203,6 +204,8 @@ class ClientConnection(asyncio.Protocol):
             msg.content_length = int(value)  # llhttp checked: digits, only one
         elif low in (b"transfer-encoding", b"expect", b"upgrade"):
             raise _Stop
+        elif low == b"connection" and lists_decided(value.decode("latin-1")):
+            raise _Stop  # aiohttp refuses it (gateway.http_rules)
 
     def on_headers_complete(self) -> None:
         parser, msg = self._parser, self._msg
