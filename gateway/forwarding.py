@@ -3,7 +3,9 @@
 Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
 ways; ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host``
-are set, and an ``X-Request-Id`` is generated when the request has none.
+are set, and an ``X-Request-Id`` is generated when the request has none. A client's
+``Forwarded`` (RFC 7239) is appended to and its ``X-Real-IP`` replaced by the peer: the
+last address the bot reads is always the one the gateway saw.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def forwarded_headers(
     host = src.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
+    fwd = src.get("Forwarded")
+    if fwd:
+        out["Forwarded"] = f"{fwd}, for={_node(peer)}"
+    if "X-Real-IP" in src:  # one address by convention: only the peer's is true
+        out["X-Real-IP"] = peer
     via = src.get("Via")
     out["Via"] = f"{via}, {_VIA}" if via else _VIA
     rid = src.get("X-Request-Id")
@@ -94,6 +101,13 @@ def forwarded_headers(
         rid = new_request_id()
         out["X-Request-Id"] = rid
     return out, rid
+
+
+def _node(peer: str) -> str:
+    """``peer`` as a ``Forwarded`` node (RFC 7239 §6): IPv6 quoted in brackets."""
+    if not peer:
+        return "unknown"
+    return f'"[{peer}]"' if ":" in peer else peer
 
 
 def upstream_headers(

@@ -161,6 +161,29 @@ async def test_connection_cannot_hide_a_header_the_gateway_decides_by(
 # ------------------------------------------------------------------ client -> bot: who and which
 
 
+async def test_the_bot_is_never_told_a_client_address_the_gateway_did_not_see(
+    edge: Edge,
+) -> None:
+    spoof = (
+        b"X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\n"
+    )
+    (resp,) = await edge.send(message(extra=spoof))
+    assert resp.status == 200
+    bot = edge.bot
+    # Appended to (RFC 7239 and the de-facto XFF): the last entry is the peer.
+    assert bot.header_values("X-Forwarded-For") == [b"6.6.6.6, 127.0.0.1"]
+    assert bot.header_values("Forwarded") == [b"for=6.6.6.6;proto=https, for=127.0.0.1"]
+    assert bot.header_values("X-Real-IP") == [b"127.0.0.1"]  # one address: the peer
+    assert bot.header_values("X-Forwarded-Proto") == [b"http"]
+    assert bot.header_values("X-Forwarded-Host") == [b"gw.example"]
+    # Without them, nothing the client did not send is invented but what the gateway sets.
+    (resp,) = await edge.send(message())
+    assert bot.header_values("X-Forwarded-For") == [b"127.0.0.1"]
+    assert not bot.header_values("Forwarded")
+    assert not bot.header_values("X-Real-IP")
+
+
 async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> None:
     await edge.send(message(extra=b"X-Request-Id: mine\r\n"))
     assert edge.bot.header_values("X-Request-Id") == [b"mine"]

@@ -49,6 +49,21 @@ def test_request_headers_lose_every_hop_by_hop_header_and_what_connection_lists(
     assert gone == set()
 
 
+@pytest.mark.parametrize(
+    ("peer", "node"), [("127.0.0.9", "127.0.0.9"), ("::1", '"[::1]"'), ("", "unknown")]
+)
+def test_a_client_address_claim_ends_with_the_peer(peer: str, node: str) -> None:
+    src: CIMultiDict[str] = CIMultiDict(
+        [("Forwarded", "for=6.6.6.6"), ("x-real-ip", "6.6.6.6"), ("X-Real-IP", "7.7.7.7")]
+    )
+    out, _ = forwarded_headers(src, peer, "http")
+    assert out.getall("Forwarded") == [f"for=6.6.6.6, for={node}"]
+    assert out.getall("X-Real-IP") == [peer]
+    out, _ = forwarded_headers(CIMultiDict(), peer, "http")
+    assert "Forwarded" not in out  # nothing claimed, none added
+    assert "X-Real-IP" not in out
+
+
 def test_extra_drops_are_case_insensitive() -> None:
     src: CIMultiDict[str] = CIMultiDict([("sec-websocket-key", "k"), ("X-A", "1")])
     out, _ = forwarded_headers(src, "127.0.0.1", "http", drop=("Sec-WebSocket-Key",))
