@@ -138,8 +138,9 @@ def _has_dot_segment(tail: str) -> bool:
     # Decoded first, then split on every separator a server might honour: "%2e%2E" is
     # ".." to every server that normalizes paths, and "x%2F..%2F" is "x/../" to one that
     # decodes before it normalizes (aiohttp, many frameworks); "\\" is a separator to some.
+    # A segment's ";" parameters are cut first: "..;x" is ".." to Tomcat and Spring.
     decoded = unquote(tail).replace("\\", "/")
-    return any(seg in _DOT_SEGMENTS for seg in decoded.split("/"))
+    return any(seg.partition(";")[0] in _DOT_SEGMENTS for seg in decoded.split("/"))
 
 
 def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:

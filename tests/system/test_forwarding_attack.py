@@ -18,6 +18,7 @@ import pytest
 
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit, seed_self_loop
+from tests.support.channel_keys import SECRET_KEY, hs256, set_secret
 from tests.support.rawbot import RawBot, running_raw_bot
 from tests.support.rawhttp import RawConn, Response
 
@@ -251,3 +252,64 @@ async def test_no_field_injection_reaches_the_bot(edge: Edge, case: str) -> None
         assert edge.bot.header_values("X-A") in ([b"\xff\xfe\xc3("], [b"("])
     if case == "percent-encoded CRLF":
         assert edge.bot.header_values("X-A") == [b"a%0d%0aX-Injected: 1"]
+
+
+# ------------------------------------------------------------------ the tail and the query
+
+DOT_TAILS = [
+    "/a/../x", "/a/%2e%2e/x", "/a/%2E%2e/x", "/a/.%2e/x", "/a/%2e./x", "/a/..%2fx",
+    "/a%2f..%2fx", "/a\\..\\x", "/a/%5c..%5cx", "/.", "/%2e", "/a#/../x", "/..;/x",
+    "/a/.;p=1/x", "/a/%2e%2e%3b/x",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("tail", DOT_TAILS)
+async def test_a_tail_never_climbs_out_of_the_bots_url(edge: Edge, tail: str) -> None:
+    (resp,) = await edge.send(message(tail))
+    assert problem(resp, 400) == "invalid_path"
+    assert await edge.untouched()
+
+
+KEPT_TAILS = {
+    "/a/.../x": b"/b/a/.../x",
+    "/a/%252e%252e/x": b"/b/a/%252e%252e/x",  # decoded once it is "%2e%2e", not ".."
+    "//evil.example/x": b"/b//evil.example/x",
+    "/@evil.example/x": b"/b/@evil.example/x",
+    "/a%3Fq=1": b"/b/a%3Fq=1",
+    "/a%23b": b"/b/a%23b",
+    "/a;b=../x": b"/b/a;b=../x",
+    "/%00": b"/b/%00",
+    "/%ff": b"/b/%ff",
+    "/a#frag": b"/b/a",
+    "/a?x=1?y=2#f": b"/b/a?x=1?y=2",
+    "/" + "a" * 5000: b"/b/" + b"a" * 5000,
+}
+
+
+@pytest.mark.parametrize("tail", KEPT_TAILS, ids=[t[:20] for t in KEPT_TAILS])
+async def test_a_tail_reaches_the_bot_exactly_and_only_the_bot(edge: Edge, tail: str) -> None:
+    (resp,) = await edge.send(message(tail))
+    assert resp.status == 200, resp.body[:300]
+    bot = edge.bot  # the request arrived here: the tail did not change the host
+    assert bot.target() == KEPT_TAILS[tail]
+    assert bot.header_values("Host") == [bot.url.removeprefix("http://").encode()]
+    clean_fields(bot.heads[-1])
+
+
+async def test_the_channel_credential_is_not_the_bots(
+    seeded_gateway: SeededGateway, rclient: RedisClient
+) -> None:
+    async with running_raw_bot() as bot:
+        apps = {APP: {"product": "automation", "upstream_url": bot.url + "/b"}}
+        async with seeded_gateway(
+            WS, apps, free=FREE, secret_key=SECRET_KEY, channel_secret_max_age_s=0.001
+        ) as gw:
+            await set_secret(rclient, gw.gateway.settings, APP, "web")
+            auth = f"Authorization: Bearer {hs256('alice')}\r\n".encode()
+            query = "?a=1&token=x&%74oken=y&tok%65n=z&b=2&TOKEN=kept"
+            async with RawConn.open(gw.url) as c:
+                c.send(message("/t" + query, extra=auth))
+                resp = await c.response()
+    assert resp.status == 200, resp.body[:300]
+    assert bot.target() == b"/b/t?a=1&b=2&TOKEN=kept"
+    assert bot.header_values("X-Channel-User-Id") == [b"alice"]  # the verified user, not u1
