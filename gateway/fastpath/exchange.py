@@ -28,6 +28,7 @@ from gateway.fastpath.message import Message
 from gateway.fastpath.upstream import Pool, UpstreamConnection
 from gateway.fastpath.wire import response_head, text_headers
 from gateway.forwarding import downstream_headers
+from gateway.inbound import Headers
 from gateway.metering import Admission, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
 from gateway.proxy import Proxy
@@ -35,6 +36,15 @@ from gateway.traffic_stats import TrafficStats
 
 log = logging.getLogger(__name__)
 _NO_BODY = frozenset({204, 304})
+
+
+def _close_delimited(src: Headers) -> bool:
+    """Whether the bot's answer ends with its connection (RFC 9112 §6.3), as llhttp reads
+    it: no ``Content-Length`` (even one ``Connection`` lists) and no final ``chunked``."""
+    if "Transfer-Encoding" in src:
+        codings = ",".join(src.getall("Transfer-Encoding")).rsplit(",", 1)
+        return codings[-1].strip().lower() != "chunked"
+    return "Content-Length" not in src
 
 
 class FastServer(Protocol):
@@ -195,7 +205,7 @@ class Exchange:
                 out.popall("Content-Length", None)
         elif "Content-Length" not in out:
             self.chunked = True  # re-framed for the client, as aiohttp does
-            self.close_delimited = "Transfer-Encoding" not in src
+            self.close_delimited = _close_delimited(src)
             out["Transfer-Encoding"] = "chunked"
         self._write_head(status, reason, list(out.items()))
 

@@ -19,8 +19,8 @@ import pytest
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit, seed_self_loop
 from tests.support.channel_keys import SECRET_KEY, hs256, set_secret
-from tests.support.rawbot import RawBot, running_raw_bot
-from tests.support.rawhttp import RawConn, Response
+from tests.support.rawbot import Answer, RawBot, running_raw_bot
+from tests.support.rawhttp import Closed, RawConn, Response
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -252,6 +252,84 @@ async def test_no_field_injection_reaches_the_bot(edge: Edge, case: str) -> None
         assert edge.bot.header_values("X-A") in ([b"\xff\xfe\xc3("], [b"("])
     if case == "percent-encoded CRLF":
         assert edge.bot.header_values("X-A") == [b"a%0d%0aX-Injected: 1"]
+
+
+# ------------------------------------------------------------------ bot -> client: framing
+
+OK = b"HTTP/1.1 200 OK\r\n"
+HELLO = b"Content-Length: 5\r\n\r\nhello"
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"  # a response smuggled behind one
+
+# Answers that pass, re-framed for the client: exactly "hello", the connection in step.
+PASSED_ANSWERS = {
+    "gzip, chunked": OK + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "chunked, gzip: until the close": OK + b"Transfer-Encoding: chunked, gzip\r\n\r\nhello",
+    "gzip: until the close": OK + b"Transfer-Encoding: gzip\r\n\r\nhello",
+    "no length: until the close": OK + b"\r\nhello",
+    "a response behind the answer": OK + HELLO + EVIL,
+    "a 1xx storm": b"HTTP/1.1 100 Continue\r\n\r\n" * 300
+    + b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    + OK
+    + HELLO,
+    "HTTP/1.0": b"HTTP/1.0 200 OK\r\n" + HELLO,
+    "Connection lists the length": OK + b"Connection: Content-Length\r\n" + HELLO,
+}
+
+
+@pytest.mark.parametrize("case", PASSED_ANSWERS, ids=list(PASSED_ANSWERS))
+async def test_odd_but_whole_answers_reach_the_client_whole(edge: Edge, case: str) -> None:
+    edge.bot.answers["/b/x"] = Answer(PASSED_ANSWERS[case])
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(message("/x", close=False))
+        resp = await c.response()
+        assert (resp.status, resp.body) == (200, b"hello"), resp.raw_head
+        assert "Transfer-Encoding" not in resp.headers or resp.headers["Transfer-Encoding"] == (
+            "chunked"
+        )
+        c.send(message("/y"))
+        resp = await c.response()
+    assert resp.body == edge.bot.heads[-1]  # its own answer, never one smuggled earlier
+    assert b"evil!" not in resp.body
+
+
+CUT_SHORT = {
+    "short of its length": OK + b"Content-Length: 10\r\n\r\nhello",
+    "short of a length Connection lists": OK
+    + b"Connection: Content-Length\r\nContent-Length: 10\r\n\r\nhello",
+    "chunked, cut in a chunk": OK + b"Transfer-Encoding: chunked\r\n\r\na\r\nhello",
+    "chunked, no last chunk": OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+}
+
+
+@pytest.mark.parametrize("case", CUT_SHORT, ids=list(CUT_SHORT))
+async def test_an_answer_cut_short_never_looks_whole(edge: Edge, case: str) -> None:
+    edge.bot.answers["/b/x"] = Answer(CUT_SHORT[case])  # then the bot closes
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(message("/x"))
+        with pytest.raises(Closed):
+            await c.response()
+
+
+async def test_the_bots_end_to_end_headers_pass_and_its_hop_by_hop_do_not(edge: Edge) -> None:
+    edge.bot.answers["/b/x"] = Answer(
+        OK + b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nServer: botsrv\r\n"
+        b"Date: Mon, 01 Jan 2001 00:00:00 GMT\r\nConnection: X-S, close\r\nX-S: 1\r\n"
+        b"Keep-Alive: timeout=1\r\nProxy-X: 1\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
+        b"X-Kept: 1\r\n" + HELLO
+    )
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(message("/x", close=False))
+        resp = await c.response()
+        c.send(message("/y"))  # the bot's Connection: close is its own hop
+        assert (await c.response()).status == 200
+    h = resp.headers
+    assert h.getall("Set-Cookie") == ["a=1", "b=2"]
+    assert h.getall("Server") == ["botsrv"]
+    assert h.getall("Date") == ["Mon, 01 Jan 2001 00:00:00 GMT"]
+    assert h.getall("X-Kept") == ["1"]
+    for name in ("Connection", "X-S", "Keep-Alive", "Proxy-X", "Trailer", "Upgrade"):
+        assert name not in h, resp.raw_head
+    clean_fields(resp.raw_head)
 
 
 # ------------------------------------------------------------------ the tail and the query
