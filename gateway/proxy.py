@@ -6,11 +6,11 @@ known length are passed as bytes (cheaper), others are streamed (and counted aga
 ``max_body_bytes`` while streaming); responses are written back chunk by chunk as they
 arrive. A bot that fails is answered 502/504 and its message refunded per ``refund_on``:
 
-* connection refused or reset before a response: ``connect``, 502 (504 for a connect
-  timeout);
+* connection refused or reset before a response: ``connect``, 502 (504: connect timeout);
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
 * a 5xx response: ``5xx``, 502; the bot's body is never passed on for a metered message
-  (a bot cannot answer for free by answering 5xx).
+  (a bot cannot answer for free by answering 5xx); an invalid answer or a 101 no request
+  asked for (``Upgrade`` is not forwarded) is ``5xx``, 502 whether metered or not.
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 
@@ -210,8 +210,7 @@ class Proxy:
         if state[0]:  # BodyTooLarge, or aiohttp's error for it
             self.meter.forwarded(admission)
             raise too_large(self.max_body) from None
-        log.info("upstream %s failed: %s %s", url.host, type(exc).__name__,
-                 getattr(exc, "status", None))  # fmt: skip
+        log.info("upstream %s failed: %s", url.host, type(exc).__name__)
         return "5xx", 502
 
     async def _failed(self, admission: Admission | None, failure: Failure) -> None:
@@ -227,9 +226,11 @@ class Proxy:
     ) -> web.StreamResponse:
         try:
             status = upstream.status
-            if status >= 500:
+            if status >= 500 or status < 200:
                 self.metrics.upstream_children["5xx"].observe(time.perf_counter() - t0)
                 await self._failed(admission, "5xx")
+                if status < 200:  # a 101 (see the module)
+                    raise bot_unavailable()
                 if admission is not None:
                     raise bot_failed()
             else:

@@ -25,6 +25,14 @@ from meter.accounts.egress import Policy
 log = logging.getLogger(__name__)
 IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)
 MAX_IDLE_PER_HOST = 256
+# A response head is refused (502) past aiohttp's client limits (max_line_size,
+# max_field_size, max_headers), so the fast path passes on no head that aiohttp would
+# refuse; HEAD_BYTES bounds what llhttp buffers before a field ends (interim 1xx heads
+# included): a bot cannot grow the gateway's memory with an endless head. It is twice
+# the most those limits allow, so body bytes read with a head never make it refused.
+MAX_FIELD = 8190
+MAX_HEADERS = 128
+HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
 
 
 class ConnectTimeout(Exception):
@@ -59,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
+        self._head_left = 0  # bytes a head may still take; 0 once it is complete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
@@ -76,19 +85,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.last_read = self.pool.loop.time()
+        if self._head_left:
+            self._head_left -= min(len(data), self._head_left)
+            if not self._head_left:
+                self._invalid("response head too large")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            receiver = self.receiver
-            log.info("upstream %s failed: invalid response (%s)", self.key[0], exc)
-            self.close()
-            if receiver is not None:
-                receiver.on_lost()
+            self._invalid(str(exc.__context__ or exc))
+
+    def _invalid(self, why: str) -> None:
+        """Not an HTTP answer the gateway passes on: the exchange fails as if lost."""
+        receiver = self.receiver
+        log.info("upstream %s failed: invalid response (%s)", self.key[0], why)
+        self.close()
+        if receiver is not None:
+            receiver.on_lost()
 
     def send(self, receiver: Receiver, data: bytes) -> None:
         self.receiver = receiver
         self.last_read = self.pool.loop.time()
         self._parser = httptools.HttpResponseParser(self)
+        self._head_left = HEAD_BYTES
         assert self.transport is not None
         self.transport.write(data)
 
@@ -113,15 +132,25 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        if len(self._reason) > MAX_FIELD:
+            raise ValueError("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
+            raise ValueError("header field too long")
+        if len(self._headers) == MAX_HEADERS:
+            raise ValueError("too many headers")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        self._interim = 100 <= status < 200 and status != 101
-        if not self._interim and self.receiver is not None:
-            self.receiver.on_head(status, self._reason, self._headers)
+        if status < 100 or status == 101:  # no request asked to switch protocols
+            raise ValueError(f"status {status}")
+        self._interim = status < 200
+        if not self._interim:
+            self._head_left = 0
+            if self.receiver is not None:
+                self.receiver.on_head(status, self._reason, self._headers)
 
     def on_body(self, body: bytes) -> None:
         if self.receiver is not None:

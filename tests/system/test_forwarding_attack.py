@@ -260,6 +260,50 @@ OK = b"HTTP/1.1 200 OK\r\n"
 HELLO = b"Content-Length: 5\r\n\r\nhello"
 EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"  # a response smuggled behind one
 
+# Answers no client may get as they are: 502, the message refunded.
+REFUSED_ANSWERS = {
+    "length and chunked": OK + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n" + EVIL,
+    "two lengths": OK + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "one length twice": OK + b"Content-Length: 5\r\n" + HELLO,
+    "a length list": OK + b"Content-Length: 5, 5\r\n\r\nhello",
+    "NUL in a value": OK + b"X-A: a\0b\r\n" + HELLO,
+    "a 101 nobody asked for": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n"
+    b"Connection: Upgrade\r\n\r\n" + EVIL,
+    "status 099": b"HTTP/1.1 099 Weird\r\n" + HELLO,
+    "a 100 KB field": OK + b"X-H: " + b"v" * 100_000 + b"\r\n" + HELLO,
+    "a 10 KB reason": b"HTTP/1.1 200 " + b"K" * 10_000 + b"\r\n" + HELLO,
+    "2000 fields": OK + b"".join(b"X-H%d: %b\r\n" % (i, b"v" * 100) for i in range(2000)) + HELLO,
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_ANSWERS, ids=list(REFUSED_ANSWERS))
+async def test_a_bot_cannot_break_the_clients_framing(edge: Edge, case: str) -> None:
+    edge.bot.answers["/b/x"] = Answer(REFUSED_ANSWERS[case])
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(message("/x", close=False))
+        assert problem(await c.response(), 502) == "upstream_unavailable"
+        c.send(message("/y"))  # the client's connection is still in step
+        resp = await c.response()
+    assert resp.status == 200
+    assert resp.body == edge.bot.heads[-1]
+    assert len(edge.bot.heads) == 2
+    assert await free_credit(edge.rclient, WS) < FREE  # the second message stands
+    edge.bot.answers["/b/z"] = Answer(REFUSED_ANSWERS[case])
+    spent = await free_credit(edge.rclient, WS)
+    (resp,) = await edge.send(message("/z"))
+    assert resp.status == 502
+    assert await free_credit(edge.rclient, WS) == spent  # refunded: the bot did not answer
+
+
+async def test_an_endless_head_is_refused_not_buffered(edge: Edge) -> None:
+    # 9 MB of one header value that never ends, the connection left open: answered 502
+    # at once (a bound on what is buffered), not when the read timeout fires.
+    edge.bot.answers["/b/x"] = Answer(OK + b"X-H: " + b"v" * 9_000_000, keep=True)
+    (resp,) = await edge.send(message("/x"))
+    assert problem(resp, 502) == "upstream_unavailable"
+
+
 # Answers that pass, re-framed for the client: exactly "hello", the connection in step.
 PASSED_ANSWERS = {
     "gzip, chunked": OK + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
