@@ -52,7 +52,7 @@ SINGLE = (
 )
 SINGLE_LOWER = frozenset(name.lower().encode() for name in SINGLE)  # for the fast path
 _SINGLE_TOKENS = frozenset(name.lower() for name in SINGLE)
-_CONTINUE = "creditgate.expect_continue"  # request key: True while a 100 is owed
+_CONTINUE = web.RequestKey("creditgate.expect_continue", bool)  # True while a 100 is owed
 _CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

@@ -84,6 +84,8 @@ async def running_raw_bot() -> AsyncIterator[RawBot]:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if b"\r\nexpect: 100-continue\r\n" in head.lower():
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as servers do
                 body = await _body(reader, head)
                 bot.heads.append(head)
                 bot.bodies.append(body)

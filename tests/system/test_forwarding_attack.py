@@ -199,6 +199,16 @@ async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> N
     problem(resp, 400)  # two: the gateway would decide by one, the bot might read the other
 
 
+async def test_an_expectation_is_met_once_and_the_body_arrives(edge: Edge) -> None:
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(message("/x", extra=b"Expect: 100-continue\r\n")[:-2])  # the body waits
+        assert (await c.response()).status == 100  # asked for once the body is read
+        c.send(b"{}")
+        resp = await c.response()
+    assert resp.status == 200, resp.body[:300]
+    assert edge.bot.bodies == [b"{}"]
+
+
 VIA_TRICKS = {
     "listed in Connection": b"Connection: Via\r\nVia: 1.1 other\r\n",
     "no blanks, commas": b"Via: ,,1.0 a,1.1 b,,\r\n",
