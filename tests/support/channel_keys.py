@@ -4,6 +4,7 @@ chat tokens and Slack signatures made with them, and a world to try them in."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -17,6 +18,7 @@ import jwt
 from config import Settings
 from meter.accounts import channel_secrets
 from meter.accounts.projection import Balances, read_balances
+from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import AppChannel
 from tests.support.bot import Bot, Running
@@ -94,6 +96,15 @@ class AuthWorld:
     http: aiohttp.ClientSession
 
     async def state(self) -> tuple[Balances, list[bytes | str]]:
-        """Balances and every Redis key of the workspace: what any metering changes."""
+        """Balances and every Redis key of the workspace: what any metering changes.
+
+        Read once the gateway's forward confirmations have landed: a charged message's
+        reservation is removed after its answer (meter/admission/reservations.py), so a
+        comparison would otherwise see when that happened, not what was metered."""
+        rsv = keys.reservations_key(self.ws)
+        for _ in range(300):  # progress observed, bounded; never an assertion on time
+            if not await self.rclient.exists(rsv):
+                break
+            await asyncio.sleep(0.05)
         names = sorted(await self.rclient.keys(f"cg:{{{self.ws}}}*"))
         return await read_balances(self.rclient, self.ws), names
