@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     default_upstream_url: str | None = None
     upstream_connect_timeout_s: Seconds = 2.0
     upstream_read_timeout_s: Seconds = 30.0
+    # Connections one traffic worker holds to bots: in all (aiohttp's pool), and to one
+    # bot (host, port) on both traffic servers, so one tenant's slow bot cannot take
+    # them all; a message over the cap waits (within upstream_connect_timeout_s).
+    upstream_connections: int = Field(1024, ge=1)
+    upstream_connections_per_bot: int = Field(256, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0
@@ -185,6 +190,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.topup_min > self.topup_max:
             raise ValueError("topup_min must not exceed topup_max")
+        if self.upstream_connections_per_bot > self.upstream_connections:
+            raise ValueError("upstream_connections_per_bot must not exceed upstream_connections")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
         if not self.stripe_api_base.startswith(("https://", "http://")):

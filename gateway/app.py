@@ -71,7 +71,6 @@ from meter.timestamps import Clock
 
 log = logging.getLogger(__name__)
 Ctx = Callable[[web.Application], AsyncIterator[None]]
-UPSTREAM_POOL = 1024  # upstream connections per worker process
 # aiohttp adds these when absent; a transparent proxy must not.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -157,9 +156,16 @@ def _traffic_ctx(
         client = app[REDIS]
         session = guarded_session(
             settings,
-            connector={"limit": UPSTREAM_POOL, "keepalive_timeout": 30},
+            connector={
+                "limit": settings.upstream_connections,
+                "limit_per_host": settings.upstream_connections_per_bot,
+                "keepalive_timeout": 30,
+            },
             timeout=aiohttp.ClientTimeout(
                 total=None,
+                # Waiting for a place in the pool (a bot at its cap) counts toward the
+                # connect timeout, as on the fast path (gateway/fastpath/pool.py).
+                connect=settings.upstream_connect_timeout_s,
                 sock_connect=settings.upstream_connect_timeout_s,
                 sock_read=settings.upstream_read_timeout_s,
             ),
