@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
+from yarl import URL
+
 from gateway import traffic_rules as rules
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.exchange import Exchange, FastServer
 from gateway.fastpath.message import Message
-from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout
+from gateway.fastpath.pool import ClientGone
+from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
 from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
@@ -54,23 +57,10 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         out_body = admitted.body if admitted.have_body else (body or None)
         headers, _ = forwarded_headers(inbound.headers, conn.peer, "http")
         to.verified.rewrite(headers)
-        host, port = url.raw_host or "", url.port or 80
         t0 = time.perf_counter()
-        try:
-            server.pool.verdicts.check(url)
-            upstream = server.pool.take(host, port) or await server.pool.connect(host, port)
-        except UpstreamForbidden as exc:
-            log.warning("upstream %s refused by the egress policy: %s", host, exc.reason)
-            if admission is not None:
-                await proxy.meter.failed(admission, "connect")
-            raise rules.forbidden() from None
-        except (ConnectTimeout, ConnectFailed) as exc:
-            proxy.metrics.upstream_children["connect"].observe(time.perf_counter() - t0)
-            if admission is not None:
-                await proxy.meter.failed(admission, "connect")
-            if isinstance(exc, ConnectTimeout):
-                raise rules.bot_timeout() from None
-            raise rules.bot_unavailable() from None
+        upstream = await _upstream(server, ex, url, t0)
+        if upstream is None:
+            return
         data = request_bytes(msg.method, url, headers, out_body)
         ex.outcome = "unmetered" if admission is None else "admitted"
         ex.start(upstream, data, t0)
@@ -84,3 +74,34 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
             problem = Problem(500, "internal_error", "Internal Server Error")
         if ex.upstream is None and not ex.done:
             ex.respond_problem(problem)
+
+
+async def _upstream(
+    server: FastServer, ex: Exchange, url: URL, t0: float
+) -> UpstreamConnection | None:
+    """A connection to the bot for ``ex``; None when its client went away meanwhile
+    (finished here). Failures are refunded (``connect``) and raised as their problem."""
+    proxy, admission = server.proxy, ex.admission
+    host, port = url.raw_host or "", url.port or 80
+    try:
+        server.pool.verdicts.check(url)
+        return await server.pool.acquire(host, port, ex)
+    except ClientGone:  # waiting while its bot was at its cap: never sent, so refunded
+        proxy.metrics.client_disconnects.inc()
+        if admission is not None:
+            await proxy.meter.failed(admission, "connect")
+        ex.code = "client_gone"
+        ex.finish(False)
+        return None
+    except UpstreamForbidden as exc:
+        log.warning("upstream %s refused by the egress policy: %s", host, exc.reason)
+        if admission is not None:
+            await proxy.meter.failed(admission, "connect")
+        raise rules.forbidden() from None
+    except (ConnectTimeout, ConnectFailed) as exc:
+        proxy.metrics.upstream_children["connect"].observe(time.perf_counter() - t0)
+        if admission is not None:
+            await proxy.meter.failed(admission, "connect")
+        if isinstance(exc, ConnectTimeout):
+            raise rules.bot_timeout() from None
+        raise rules.bot_unavailable() from None

@@ -6,7 +6,9 @@ request to the bot on a pooled connection and returns; the answer arrives by cal
 on the :class:`Exchange`, which writes it to the client as it comes (a response is never
 buffered whole), so no task or future lives per request past the forward. Failures are
 those of :mod:`gateway.proxy`: connect refused or timed out -> 502/504 and refunded
-(``connect``), no answer within ``upstream_read_timeout_s`` -> 504 (``timeout``), the
+(``connect``; waiting for a bot at its connection cap counts toward the connect timeout,
+and a message whose client leaves meanwhile is refunded and never sent, see
+:mod:`.pool`), no answer within ``upstream_read_timeout_s`` -> 504 (``timeout``), the
 connection lost before an answer or a 5xx to a metered message -> 502 (``5xx``, the
 bot's body withheld); a failure after the answer started aborts the client connection.
 The charge is confirmed as forwarded once the request is handed to the socket.
@@ -25,7 +27,8 @@ from gateway import traffic_rules as rules
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.message import Message
-from gateway.fastpath.upstream import Pool, UpstreamConnection
+from gateway.fastpath.pool import ClientGone, Pool, Wait
+from gateway.fastpath.upstream import UpstreamConnection
 from gateway.fastpath.wire import response_head, text_headers
 from gateway.forwarding import downstream_headers
 from gateway.inbound import Headers
@@ -81,6 +84,7 @@ class Exchange:
         "t0",
         "timer",
         "upstream",
+        "wait",
     )
 
     def __init__(self, server: FastServer, conn: ClientConnection, msg: Message, label: str):
@@ -91,6 +95,7 @@ class Exchange:
         self.admission: Admission | None = None
         self.upstream: UpstreamConnection | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.wait: Wait | None = None  # waiting for a bot connection (Pool.acquire)
         self.started = time.perf_counter()
         self.t0 = 0.0
         self.outcome = "error"
@@ -245,8 +250,22 @@ class Exchange:
         if upstream is not None:
             upstream.close()
 
+    def waiting(self, wait: Wait | None) -> None:
+        """The message waits for a connection to its bot (``wait``), or no longer does:
+        meanwhile the client going away ends the wait (:meth:`client_lost`)."""
+        self.wait = wait
+        self.conn.exchange = self if wait is not None else None
+        if wait is not None and self.conn.transport is None:
+            wait.set_exception(ClientGone())  # gone already
+
     def client_lost(self) -> None:
-        """The client went away: stop reading the bot's answer."""
+        """The client went away: leave the queue for a bot connection, or stop reading
+        the bot's answer."""
+        wait = self.wait
+        if wait is not None:
+            if not wait.done():
+                wait.set_exception(ClientGone())
+            return
         if self.done:
             return
         self._drop_upstream()  # the bot has the request: its charge stands

@@ -7,8 +7,10 @@ application's resources, the :class:`~gateway.proxy.Proxy` among them, exist), w
 ``header_timeout_s`` and bot connections idle too long.
 
 Stopping (SIGTERM): stop accepting, close idle keep-alive connections at once and the
-others after their current response, wait for that up to the grace, then abort what
-is left; handed-off connections are aiohttp's and drained by its runner.
+others after their current response, wait for that up to the grace; then answer the
+messages still waiting for a bot connection (502, refunded; they never reach the bot),
+give them ``SETTLE_S`` to do so, and abort what is left; handed-off connections are
+aiohttp's and drained by its runner.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from typing import Any
 
@@ -27,11 +29,12 @@ from gateway.appkeys import PROXY, TRAFFIC_STATS
 from gateway.fastpath.connection import FAST_BODY, ClientConnection
 from gateway.fastpath.dispatch import serve_message
 from gateway.fastpath.message import Message
-from gateway.fastpath.upstream import Pool
+from gateway.fastpath.pool import Pool
 from gateway.logs import access_log_on
 from meter.accounts.egress import Policy
 
 log = logging.getLogger(__name__)
+SETTLE_S = 5.0  # after the grace: how long refused waiters get to refund and answer
 
 
 class FastServer:
@@ -42,7 +45,9 @@ class FastServer:
         self.proxy = runner.app[PROXY]
         self.stats = runner.app[TRAFFIC_STATS]
         self.pool = Pool(
-            Policy.from_settings(settings), connect_timeout=settings.upstream_connect_timeout_s
+            Policy.from_settings(settings),
+            connect_timeout=settings.upstream_connect_timeout_s,
+            per_bot=settings.upstream_connections_per_bot,
         )
         self.read_timeout = settings.upstream_read_timeout_s
         self.header_timeout = settings.header_timeout_s
@@ -108,14 +113,20 @@ class FastServer:
             self._server.close()
         for conn in list(self.connections):
             conn.close_idle()
-        deadline = self.loop.time() + grace
-        # Many protocols own this state; polled, and bounded by the grace.
-        while (self.connections or self.tasks) and self.loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await self._settle(grace, lambda: bool(self.connections or self.tasks))
+        # Messages still waiting for a bot at its cap are answered 502 and refunded (their
+        # clients still connected) rather than reset with their charge left to the sweeper.
+        self.pool.close()
+        await self._settle(SETTLE_S, lambda: bool(self.tasks))
         for conn in list(self.connections):
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self.pool.close()
+
+    async def _settle(self, within: float, busy: Callable[[], bool]) -> None:
+        deadline = self.loop.time() + within
+        # Many protocols own this state; polled, and bounded.
+        while busy() and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

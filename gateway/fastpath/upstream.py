@@ -1,30 +1,22 @@
-"""Keep-alive HTTP/1.1 connections to ``http://`` bots, responses parsed by llhttp.
+"""One keep-alive HTTP/1.1 connection to an ``http://`` bot, responses parsed by llhttp.
 
 Each connection is an ``asyncio.Protocol`` with an ``httptools.HttpResponseParser``; the
 response is delivered by callbacks to the :class:`~gateway.fastpath.exchange.Exchange`
 that owns the connection for one request, which streams it to the client. A connection
-whose response ended cleanly and may be kept alive returns to the pool; one that failed,
-was abandoned, or idled ``IDLE_S`` is closed. Connections are opened only to addresses
-the egress policy allows: IP literals checked as aiohttp's client middleware checks
-them, host names resolved by :class:`~gateway.egress.GuardedResolver` at each connect.
+whose response ended cleanly and may be kept alive returns to its
+:class:`~gateway.fastpath.pool.Pool`; one that failed, was abandoned, or idled is
+closed, and its end (however it came) frees its place in the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Protocol, cast
 
 import httptools
 
-from gateway.egress import GuardedResolver, Verdicts
-from meter.accounts.addresses import parse_ip
-from meter.accounts.egress import Policy
-
 log = logging.getLogger(__name__)
-IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)
-MAX_IDLE_PER_HOST = 256
 # A response head is refused (502) past aiohttp's client limits (max_line_size,
 # max_field_size, max_headers), so the fast path passes on no head that aiohttp would
 # refuse; HEAD_BYTES bounds what llhttp buffers before a field ends (interim 1xx heads
@@ -43,6 +35,14 @@ class ConnectFailed(Exception):
     """The bot's address refused or reset the connection."""
 
 
+class Owner(Protocol):
+    """What a connection needs of its pool (:class:`gateway.fastpath.pool.Pool`)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def lost(self, conn: UpstreamConnection) -> None: ...
+
+
 class Receiver(Protocol):
     """What an upstream connection tells the request that uses it."""
 
@@ -55,12 +55,13 @@ class Receiver(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a bot; serves one exchange at a time."""
 
-    def __init__(self, pool: Pool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: Owner, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.receiver: Receiver | None = None
         self.closed = False
+        self.counted = False  # holds one of its bot's places in the pool
         self.idle_since = 0.0
         self.last_read = 0.0
         self._parser = httptools.HttpResponseParser(self)
@@ -76,6 +77,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        if self.counted:
+            self.counted = False
+            self.pool.lost(self)
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.on_lost()
@@ -163,74 +167,3 @@ class UpstreamConnection(asyncio.Protocol):
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.on_complete(self._parser.should_keep_alive())
-
-
-class Pool:
-    """Idle connections per ``(host, port)``, and connecting under the egress policy."""
-
-    def __init__(self, policy: Policy, *, connect_timeout: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.verdicts = Verdicts(policy)
-        self._resolver = GuardedResolver(policy)
-        self._connect_timeout = connect_timeout
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
-
-    def take(self, host: str, port: int) -> UpstreamConnection | None:
-        """A kept-alive connection, if one is idle."""
-        idle = self._idle.get((host, port))
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
-
-    async def connect(self, host: str, port: int) -> UpstreamConnection:
-        """A new connection; :class:`UpstreamForbidden`, :class:`ConnectTimeout` or
-        :class:`ConnectFailed` when none can be had."""
-        if parse_ip(host) is not None:
-            addresses = [host]
-        else:
-            found = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-            addresses = [r["host"] for r in found]
-        last: Exception = ConnectFailed(host)
-        key = (host, port)
-        for address in addresses:
-            try:
-                _, conn = await asyncio.wait_for(
-                    self.loop.create_connection(
-                        lambda: UpstreamConnection(self, key), address, port
-                    ),
-                    self._connect_timeout,
-                )
-                return conn
-            except TimeoutError:
-                last = ConnectTimeout(host)
-            except OSError as exc:
-                last = ConnectFailed(f"{host}: {exc}")
-        raise last
-
-    def release(self, conn: UpstreamConnection) -> None:
-        if conn.closed or conn.transport is None:
-            return
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= MAX_IDLE_PER_HOST:
-            conn.close()
-            return
-        conn.idle_since = self.loop.time()
-        idle.append(conn)
-
-    def sweep(self, now: float) -> None:
-        """Close connections idle for more than ``IDLE_S``."""
-        for idle in self._idle.values():
-            if idle and now - idle[0].idle_since > IDLE_S:
-                keep = [c for c in idle if now - c.idle_since <= IDLE_S]
-                for c in idle:
-                    if now - c.idle_since > IDLE_S:
-                        c.close()
-                idle[:] = keep
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()

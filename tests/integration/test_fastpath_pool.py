@@ -1,0 +1,208 @@
+"""The fast path's bot connection pool (gateway/fastpath/pool.py) against a real bot
+socket that counts what it accepts: the cap per bot, FIFO hand-over, places freed by
+closed connections, waiters that give up (timed out, client gone, cancelled in the very
+pass they were woken), and no place ever leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.fastpath.pool import ClientGone, Pool, Wait
+from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
+from meter.accounts.egress import Policy
+from tests.support.bot import eventually
+from tests.support.settings import HOST, make_settings
+
+DEADLINE_S = 30.0
+
+
+class Sockets:
+    """A listening socket that accepts, counts, and reads until the peer closes."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.port = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        try:
+            while await reader.read(4096):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+class Message:
+    """A waiter as the exchange is one: it sees its wait, and can leave it. With
+    ``cancel_when_woken`` its task is cancelled by the wake-up itself, before the task
+    runs again (the callback is the wait's first)."""
+
+    def __init__(self, *, cancel_when_woken: bool = False) -> None:
+        self.wait: Wait | None = None
+        self.waited = False
+        self.task: asyncio.Task[UpstreamConnection] | None = None
+        self.cancel_when_woken = cancel_when_woken
+
+    def waiting(self, wait: Wait | None) -> None:
+        self.wait = wait
+        self.waited = self.waited or wait is not None
+        if wait is not None and self.cancel_when_woken:
+            wait.add_done_callback(self._woken)
+
+    def _woken(self, wait: Wait) -> None:
+        if not wait.cancelled() and wait.exception() is None and self.task is not None:
+            self.task.cancel()
+
+    def leave(self) -> None:
+        assert self.wait is not None
+        self.wait.set_exception(ClientGone())
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Sockets]:
+    s = Sockets()
+    server = await asyncio.start_server(s.serve, HOST, 0)
+    s.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def pool(per_bot: int, connect_timeout: float = 600.0) -> AsyncIterator[Pool]:
+    p = Pool(
+        Policy.from_settings(make_settings()), connect_timeout=connect_timeout, per_bot=per_bot
+    )
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+async def waiting(
+    p: Pool, port: int, msg: Message | None = None
+) -> tuple[Message, asyncio.Task[UpstreamConnection]]:
+    """A message that acquires and is seen queued."""
+    msg = msg or Message()
+    task = msg.task = asyncio.create_task(p.acquire(HOST, port, msg))
+    assert await eventually(lambda: msg.waited or task.done())
+    assert not task.done()
+    return msg, task
+
+
+async def full(
+    p: Pool, port: int, msg: Message | None = None
+) -> tuple[UpstreamConnection, asyncio.Task[UpstreamConnection]]:
+    """The bot's one place taken (a connection), and a message queued for it."""
+    conn = await p.acquire(HOST, port, Message())
+    _, task = await waiting(p, port, msg)
+    return conn, task
+
+
+async def got(task: asyncio.Task[UpstreamConnection]) -> UpstreamConnection:
+    """What a queued message got; a generous deadline turns a lost wake-up into a failure."""
+    return await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def settled(p: Pool, sockets: Sockets) -> bool:
+    """Every connection closed, and the pool keeps nothing for the bot."""
+    return await eventually(lambda: sockets.open == 0 and not p._bots)
+
+
+async def test_the_cap_holds_and_waiters_get_released_connections_in_order(
+    sockets: Sockets,
+) -> None:
+    async with pool(per_bot=2) as p:
+        held = [await p.acquire(HOST, sockets.port, Message()) for _ in range(2)]
+        queued = [await waiting(p, sockets.port) for _ in range(3)]
+        assert await eventually(lambda: sockets.accepted == 2)
+        for conn in held:
+            p.release(conn)
+        first, second = await got(queued[0][1]), await got(queued[1][1])
+        assert [first, second] == held  # handed over as they were, in order
+        assert not queued[2][1].done()
+        p.release(first)
+        assert await got(queued[2][1]) is first
+        assert sockets.accepted == 2
+        for conn in (first, second):
+            conn.close()
+        assert await settled(p, sockets)
+
+
+async def test_a_closed_connection_frees_its_place_for_the_next(sockets: Sockets) -> None:
+    async with pool(per_bot=1) as p:
+        conn, task = await full(p, sockets.port)
+        conn.close()  # not released: ended
+        fresh = await got(task)
+        assert fresh is not conn
+        assert sockets.accepted == 2
+        fresh.close()
+        assert await settled(p, sockets)
+
+
+async def test_waiters_that_leave_never_get_a_connection(sockets: Sockets) -> None:
+    async with pool(per_bot=1) as p:
+        conn = await p.acquire(HOST, sockets.port, Message())
+        gone = [await waiting(p, sockets.port) for _ in range(40)]
+        _, last = await waiting(p, sockets.port)
+        for msg, _ in gone:
+            msg.leave()
+        for _, task in gone:
+            with pytest.raises(ClientGone):
+                await got(task)
+        assert len(p._bots[(HOST, sockets.port)].waiters) < 41  # dropped, not kept
+        p.release(conn)
+        assert await got(last) is conn
+        assert sockets.accepted == 1
+        conn.close()
+        assert await settled(p, sockets)
+
+
+async def test_a_waiter_past_the_connect_timeout_leaves_the_queue(sockets: Sockets) -> None:
+    async with pool(per_bot=1, connect_timeout=0.2) as p:
+        conn, task = await full(p, sockets.port)
+        with pytest.raises(ConnectTimeout):
+            await got(task)
+        p.release(conn)  # no one waits: idle, and taken by the next message
+        assert await p.acquire(HOST, sockets.port, Message()) is conn
+        conn.close()
+        assert await settled(p, sockets)
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["released", "closed"])
+async def test_a_waiter_cancelled_as_it_is_woken_passes_what_it_got_on(
+    sockets: Sockets, ended: bool
+) -> None:
+    async with pool(per_bot=1) as p:
+        conn, woken = await full(p, sockets.port, Message(cancel_when_woken=True))
+        _, next_ = await waiting(p, sockets.port)
+        # ``woken`` is handed the connection (released) or its place (closed), and is
+        # cancelled before it runs again: the next waiter gets it instead.
+        if ended:
+            conn.close()
+        else:
+            p.release(conn)
+        with pytest.raises(asyncio.CancelledError):
+            await got(woken)
+        fresh = await got(next_)
+        assert (fresh is conn, sockets.accepted) == (not ended, 1 + ended)
+        fresh.close()
+        assert await settled(p, sockets)
+
+
+async def test_closing_the_pool_refuses_its_waiters(sockets: Sockets) -> None:
+    async with pool(per_bot=1) as p:
+        conn, task = await full(p, sockets.port)
+        p.close()
+        with pytest.raises(ConnectFailed, match="stopping"):
+            await got(task)
+        conn.close()
+        assert await eventually(lambda: sockets.open == 0)
