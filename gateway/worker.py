@@ -9,6 +9,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -39,11 +40,30 @@ class _CannotListen(Exception):
     """A worker could not bind the traffic port."""
 
 
+def raise_open_files() -> int:
+    """Raise this process's soft limit of open files to its hard limit, and return it:
+    each message in flight may hold two descriptors (its client's and its bot's), and a
+    soft limit of 1024 (a common default) would stop a worker serving long before its
+    connection caps do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit: %s", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # an infinite hard limit the kernel caps
+        log.warning("open files limit stays %s (hard %s): %s", soft, hard, exc)
+        return soft
+    log.info("open files limit raised from %s to %s", soft, hard)
+    return hard
+
+
 def worker_main(settings: Settings, ready: Any, metering: bool) -> None:
     """Entry point of a worker process."""
     import uvloop
 
     setup_logging(settings)
+    raise_open_files()
     started: list[bool] = []
     try:
         uvloop.run(_worker(settings, ready, metering, started))
