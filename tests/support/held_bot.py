@@ -1,0 +1,93 @@
+"""A bot that holds every request until the test releases it, and counts its connections.
+
+A real listening socket on 127.0.0.1: ``accepted`` counts the connections it accepted,
+``peak`` the most open at once, ``paths`` the requests it read (in order), ``held`` the
+requests read and not yet answered. Once ``release`` is set every request is answered
+``200`` with its own path as the body, keep-alive (``/close/...``: ``Connection: close``,
+and the bot closes the connection after the answer).
+
+Usage::
+
+    async with held_bot() as bot:
+        ...  await eventually(lambda: bot.held == 2); bot.release.set()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from tests.support.settings import HOST
+
+
+@dataclass
+class HeldBot:
+    url: str = ""
+    accepted: int = 0
+    open: int = 0
+    peak: int = 0
+    held: int = 0
+    paths: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.writers.add(writer)
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            while await self._one(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read one request and answer it once released; whether to read another."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False  # the gateway closed the connection
+        lines = head.decode("latin-1").split("\r\n")
+        path = lines[0].split(" ")[1]
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        self.paths.append(path)
+        self.held += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.held -= 1
+        close = path.startswith("/close/")
+        body = path.encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (len(body), b"Connection: close\r\n" if close else b"", body)
+        )
+        await writer.drain()
+        return not close
+
+
+@contextlib.asynccontextmanager
+async def held_bot() -> AsyncIterator[HeldBot]:
+    bot = HeldBot()
+    server = await asyncio.start_server(bot.serve, HOST, 0)
+    bot.url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield bot
+    finally:
+        bot.release.set()  # nothing left waiting on the test's loop
+        server.close()
+        for writer in list(bot.writers):
+            writer.close()
+        await server.wait_closed()

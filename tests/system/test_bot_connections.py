@@ -1,0 +1,225 @@
+"""Tenant isolation of the gateway's connections to bots (``upstream_connections_per_bot``).
+
+Tenant A's bot holds every request until the test releases it (a real listening socket
+counting what it accepts, tests/support/held_bot.py); tenant B's bot answers at once.
+Each message comes from its own user, so each admitted message is one session charged:
+a test sees a message admitted (and so waiting for its bot) by its charge in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, Running, eventually, running_gateway
+from tests.support.held_bot import HeldBot, held_bot
+from tests.support.serving import seeded_serve, tail
+from tests.support.settings import make_settings
+
+# Each test runs against both traffic servers (aiohttp, the fast path) unless it says.
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+A, B = "capa", "capb"  # two tenants (workspaces)
+APP_A, APP_B = f"{A}_app1", f"{B}_app1"
+SESSION = 200_000  # one automation session: what each message of a new user costs
+FUNDS = 100 * SESSION
+N = 3  # the per-bot cap of these tests
+
+
+async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, bytes]:
+    async with http.post(url, headers={"X-Channel-User-Id": user}, data=b"hi") as resp:
+        return resp.status, await resp.read()
+
+
+async def until(cond: Callable[[], Awaitable[bool]]) -> bool:
+    """Poll ``cond`` (state in Redis, changed by the gateway) until true or a long while."""
+    for _ in range(600):
+        if await cond():
+            return True
+        await asyncio.sleep(0.05)
+    return await cond()
+
+
+@pytest.fixture
+async def slow() -> AsyncIterator[HeldBot]:
+    async with held_bot() as b:
+        yield b
+
+
+Gateway = Callable[..., contextlib.AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def gateway(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, slow: HeldBot
+) -> Gateway:
+    """``gateway(**settings)``: tenant A on the held bot, tenant B on the counting bot."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: object) -> AsyncIterator[Running]:
+        settings = make_settings(redis_url, tmp_path, **overrides)
+        for ws, app, url in ((A, APP_A, slow.url), (B, APP_B, bot.url)):
+            apps = {app: {"product": "automation", "upstream_url": url, "funds": FUNDS}}
+            await seed(rclient, settings, ws, apps)
+        async with running_gateway(settings) as gw:
+            yield gw
+
+    return start
+
+
+Answer = asyncio.Task[tuple[int, bytes]]
+OnePlace = Callable[[float, str], contextlib.AbstractAsyncContextManager[tuple[Running, Answer]]]
+
+
+@pytest.fixture
+def one_place(gateway: Gateway, http: aiohttp.ClientSession, slow: HeldBot) -> OnePlace:
+    """``one_place(connect_timeout, path)``: the gateway with one place per bot, taken by
+    user u1's message to A's ``path``, seen held by the bot; yields the gateway and the
+    task of that message."""
+
+    @contextlib.asynccontextmanager
+    async def start(connect_timeout: float, path: str) -> AsyncIterator[tuple[Running, Answer]]:
+        cap = {"upstream_connections_per_bot": 1, "upstream_connect_timeout_s": connect_timeout}
+        async with gateway(**cap) as gw:
+            task = asyncio.create_task(post(http, f"{gw.url}/hooks/web/{APP_A}{path}", "u1"))
+            assert await eventually(lambda: slow.held == 1)
+            yield gw, task
+
+    return start
+
+
+def charged(rclient: RedisClient, sessions: int) -> Callable[[], Awaitable[bool]]:
+    async def cond() -> bool:
+        return (await read_balances(rclient, A)).app[APP_A] == FUNDS - sessions * SESSION
+
+    return cond
+
+
+async def test_a_slow_bot_gets_at_most_its_cap_and_other_tenants_are_served(
+    gateway: Gateway,
+    slow: HeldBot,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+) -> None:
+    extra = 4
+    async with gateway(upstream_connections_per_bot=N, upstream_connect_timeout_s=600) as gw:
+        url = f"{gw.url}/hooks/web/{APP_A}/m"
+        sent = [asyncio.create_task(post(http, f"{url}/{i}", f"u{i}")) for i in range(N)]
+        assert await eventually(lambda: slow.held == N)
+        for i in range(N, N + extra):  # one by one, each admitted before the next
+            sent.append(asyncio.create_task(post(http, f"{url}/{i}", f"u{i}")))
+            assert await until(charged(rclient, i + 1))
+        # Tenant B is served while A's bot holds all A may have.
+        assert (await post(http, f"{gw.url}/hooks/web/{APP_B}/now", "b1"))[0] == 200
+        assert bot.count() == 1
+        assert (slow.held, slow.peak, slow.accepted) == (N, N, N)
+        slow.release.set()
+        answers = await asyncio.gather(*sent)
+        assert answers == [(200, f"/m/{i}".encode()) for i in range(N + extra)]
+        # The waiters went in the order they came, on the cap's connections (kept alive).
+        assert slow.paths[N:] == [f"/m/{i}" for i in range(N, N + extra)]
+        assert (slow.peak, slow.accepted) == (N, N)
+        assert await charged(rclient, N + extra)()
+
+
+async def test_a_waiter_past_the_connect_timeout_is_504_and_refunded(
+    one_place: OnePlace, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    async with one_place(1.0, "/m/held") as (gw, first):
+        url = f"{gw.url}/hooks/web/{APP_A}/m"
+        status, body = await post(http, f"{url}/late", "u2")  # waits, then gives up
+        assert (status, orjson.loads(body)["code"]) == (504, "upstream_timeout")
+        assert await charged(rclient, 1)()  # the late one's session refunded
+        slow.release.set()
+        assert await first == (200, b"/m/held")
+        assert slow.paths == ["/m/held"]  # the late one never reached the bot
+        assert slow.accepted == 1
+        assert await charged(rclient, 1)()
+        async with http.get(f"{gw.admin_url}/metrics") as resp:
+            text = await resp.text()
+        assert "creditgate_refunds_total 1.0" in text
+
+
+async def test_a_closed_connection_frees_its_place(
+    one_place: OnePlace, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    async with one_place(600, "/close/1") as (gw, first):
+        url = f"{gw.url}/hooks/web/{APP_A}/close"  # the bot closes after each answer
+        second = asyncio.create_task(post(http, f"{url}/2", "u2"))
+        assert await until(charged(rclient, 2))
+        slow.release.set()
+        assert await first == (200, b"/close/1")
+        assert await second == (200, b"/close/2")
+        assert (slow.paths, slow.accepted, slow.peak) == (["/close/1", "/close/2"], 2, 1)
+
+
+@pytest.mark.parametrize("traffic_server", ["fast"], indirect=True)
+async def test_a_client_gone_while_waiting_never_reaches_the_bot(
+    one_place: OnePlace, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
+) -> None:
+    # aiohttp does not cancel a handler whose client left: there the message is sent
+    # once a connection frees (the fast path's ClientGone has no aiohttp counterpart).
+    async with one_place(600, "/m/1") as (gw, first):
+        url = f"{gw.url}/hooks/web/{APP_A}/m"
+        host, port = gw.url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /hooks/web/{APP_A}/m/2 HTTP/1.1\r\nHost: x\r\nX-Channel-User-Id: u2\r\n"
+            "Content-Length: 2\r\n\r\nhi".encode()
+        )
+        assert await until(charged(rclient, 2))  # admitted: waiting for the bot
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset: gone for good, not a half-close
+        assert await until(charged(rclient, 1))  # refunded: it was never sent
+        third = asyncio.create_task(post(http, f"{url}/3", "u3"))
+        assert await until(charged(rclient, 2))
+        slow.release.set()
+        assert await first == (200, b"/m/1")
+        assert await third == (200, b"/m/3")
+        assert slow.paths == ["/m/1", "/m/3"]
+        assert (slow.accepted, slow.peak) == (1, 1)
+        assert await charged(rclient, 2)()
+
+
+async def test_sigterm_does_not_wait_for_waiters(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, slow: HeldBot, traffic_server: str
+) -> None:
+    apps = {APP_A: {"product": "automation", "upstream_url": slow.url, "funds": FUNDS}}
+    served = seeded_serve(
+        rclient, redis_url, tmp_path, A, apps,
+        workers=1, upstream_connections_per_bot=1, upstream_connect_timeout_s=600,
+        shutdown_grace_s=1,
+    )  # fmt: skip
+    async with served as gw, aiohttp.ClientSession() as http:
+        url = f"{gw.traffic}/hooks/web/{APP_A}/m"
+        first = asyncio.create_task(post(http, f"{url}/1", "u1"))
+        assert await eventually(lambda: slow.held == 1)
+        second = asyncio.create_task(post(http, f"{url}/2", "u2"))
+        assert await until(charged(rclient, 2))
+        gw.proc.terminate()  # the bot never answers, the waiter's timeout is far away
+        assert await gw.proc.wait() == 0, tail(tmp_path / "serve.log")
+        with pytest.raises(aiohttp.ClientError):
+            await first  # the bot has it: reset after the grace, charged
+        if traffic_server == "fast":  # answered, never sent, refunded at once
+            status, body = await second
+            assert (status, orjson.loads(body)["code"]) == (502, "upstream_unavailable")
+            assert await charged(rclient, 1)()
+        else:  # aiohttp cancels the handler: reset, the charge left to the sweeper
+            with pytest.raises(aiohttp.ClientError):
+                await second
+    assert slow.paths == ["/m/1"]
+    log = (tmp_path / "serve.log").read_text()
+    assert "open files limit" in log
