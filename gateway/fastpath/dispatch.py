@@ -85,8 +85,12 @@ async def _upstream(
     host, port = url.raw_host or "", url.port or 80
     try:
         server.pool.verdicts.check(url)
-        return await server.pool.acquire(host, port, ex)
-    except ClientGone:  # waiting while its bot was at its cap: never sent, so refunded
+        upstream = await server.pool.acquire(host, port, ex)
+        if ex.conn.transport is None:  # gone while connecting, or as its wait ended
+            server.pool.release(upstream)
+            raise ClientGone
+        return upstream
+    except ClientGone:  # gone before its message was sent: refunded, never sent
         proxy.metrics.client_disconnects.inc()
         if admission is not None:
             await proxy.meter.failed(admission, "connect")
