@@ -82,6 +82,8 @@ class Pool:
         """An idle connection, else a new one, else the first one released or whose place
         frees; :class:`UpstreamForbidden`, :class:`ConnectTimeout`,
         :class:`ConnectFailed` or :class:`ClientGone` when none can be had."""
+        if self._closed:
+            raise ConnectFailed("the gateway is stopping")
         key = (host, port)
         deadline = self.loop.time() + self._connect_timeout
         while True:

@@ -198,11 +198,13 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_what_it_got_on(
         assert await settled(p, sockets)
 
 
-async def test_closing_the_pool_refuses_its_waiters(sockets: Sockets) -> None:
+async def test_closing_the_pool_refuses_its_waiters_and_newcomers(sockets: Sockets) -> None:
     async with pool(per_bot=1) as p:
         conn, task = await full(p, sockets.port)
         p.close()
         with pytest.raises(ConnectFailed, match="stopping"):
             await got(task)
+        with pytest.raises(ConnectFailed, match="stopping"):
+            await p.acquire(HOST, sockets.port, Message())  # nor is anyone new served
         conn.close()
         assert await eventually(lambda: sockets.open == 0)
