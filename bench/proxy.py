@@ -144,6 +144,7 @@ class Bench:
     bot_port: int
     all_workers: int
     results: list[Result] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # contestants answered with errors
 
     @property
     def path(self) -> str:
@@ -164,10 +165,15 @@ class Bench:
         if not self.wanted(name):
             return
         args, url = self.args, f"http://{HOST}:{port}{self.path}"
-        wrk(name, url, 2, args.connections, args.users)  # warm-up
-        cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
-        m0 = scrape(admin) if admin else {}
-        r = wrk(name, url, args.duration, args.connections, args.users)
+        try:
+            wrk(name, url, 2, args.connections, args.users)  # warm-up
+            cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
+            m0 = scrape(admin) if admin else {}
+            r = wrk(name, url, args.duration, args.connections, args.users)
+        except RuntimeError as exc:  # error answers: no row, said under the table
+            self.failed.append(str(exc).splitlines()[0])
+            print(f"  {self.failed[-1]}", file=sys.stderr)
+            return
         if proc is not None:
             r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
         if admin:
@@ -263,6 +269,8 @@ def main() -> None:
         finally:
             redis.stop()
     print_table(bench.results, all_workers, args)
+    for failure in bench.failed:
+        print(f"not measured: {failure}")
 
 
 def build_baseline(ref: str, tmp: Path) -> str:
