@@ -22,9 +22,8 @@ from meter.admission.calls import AdmitCalls
 from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
 from meter.admission.targets import Targets
-from meter.admission.wire import AdmitArgs, AdmitHead, Pending
+from meter.admission.wire import AdmitArgs, Pending, encode_args
 from meter.redis_layer import keys
-from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.timestamps import Clock
 
@@ -59,12 +58,11 @@ class Admitter:
         self._inflight = 0  # calls sent and not yet answered
         self._tokens = itertools.count(1)
         self._token_prefix = os.urandom(5).hex() + "."
-        self._head = AdmitHead.of(settings, 0.0)
 
     def argv_head(self, now: float) -> list[EncodableT]:
         """``admit.lua``'s ARGV before the admissions (:class:`AdmitHead`), as of ``now``;
         each admission then follows as one :class:`AdmitArgs`."""
-        return list(self._head._replace(now_ms=int(now * 1000), period=billing_period(now)))
+        return list(self._calls.head(now))
 
     def new_token(self) -> str:
         """A token unique to this process and attempt."""
@@ -98,7 +96,7 @@ class Admitter:
             return unknown_app(key, token)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
-        arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).encode()
+        arg = encode_args(app_id, channel, user, key, token, kind, digest)
         item = Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
         batch = self._pending.get(ws)
         if batch is None:
@@ -137,7 +135,7 @@ class Admitter:
                     break
             self._queued -= total
             self._inflight += 1
-            self._calls.send(self.argv_head(self._clock()), send, self._call_done)
+            self._calls.send(self._clock(), send, self._call_done)
 
     def _call_done(self) -> None:
         self._inflight -= 1

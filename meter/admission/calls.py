@@ -2,7 +2,9 @@
 
 On a plain single server the calls go down a :class:`~meter.redis_layer.pipe.RedisPipe`
 and each reply resolves its admissions from a callback (no task, future or timer per
-call). Cluster, TLS and replicated durability go through redis-py, one task per batch.
+call), each call's command built from bytes encoded ahead of time (only ``now`` and
+the billing period change between calls). Cluster, TLS and replicated durability go
+through redis-py, one task per batch.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from config import Settings
-from meter.admission.wire import Pending, fail, resolve
+from meter.admission.wire import AdmitHead, Pending, fail, resolve
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
-from meter.redis_layer.pipe import RedisPipe
+from meter.redis_layer.pipe import RedisPipe, bulks
 from meter.redis_layer.scripts import register, run
 
 Batch = list[tuple[str, list[Pending]]]  # per workspace, its admissions
@@ -55,21 +58,45 @@ class AdmitCalls:
             else None
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._head = AdmitHead.of(settings, 0.0)
+        # The head's fields but now_ms (the first) and period never change: encoded once
+        # (most of a call's bytes under moderate load, when batches are small).
+        fixed = [str(v).encode() for v in self._head]
+        at = AdmitHead._fields.index("period")
+        assert AdmitHead._fields.index("now_ms") == 0 < at  # the slices below
+        self._head_mid, self._head_end = bulks(fixed[1:at]), bulks(fixed[at + 1 :])
+        script = self._admit.script
+        self._script = script.encode() if isinstance(script, str) else bytes(script)
+        self._argc = 4 + len(fixed)  # EVALSHA sha numkeys key, the head, then admissions
+        self._evalsha = b"$7\r\nEVALSHA\r\n" + bulks([self._admit.sha.encode()]) + b"$1\r\n1\r\n"
 
-    def send(self, head: list[EncodableT], batch: Batch, done: Callable[[], None]) -> None:
-        """Send ``batch`` with ARGV ``head``; ``done()`` once every call is answered."""
+    def head(self, now: float) -> AdmitHead:
+        """``admit.lua``'s ARGV before the admissions, as of ``now``."""
+        return self._head._replace(now_ms=int(now * 1000), period=billing_period(now))
+
+    def send(self, now: float, batch: Batch, done: Callable[[], None]) -> None:
+        """Send ``batch`` as of ``now``; ``done()`` once every call is answered."""
         if self._pipe is not None:
-            self._send_piped(self._pipe, head, batch, done)
+            self._send_piped(self._pipe, now, batch, done)
             return
+        head: list[EncodableT] = list(self.head(now))
         task = asyncio.get_running_loop().create_task(self._send(head, batch, done))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _send_piped(
-        self, pipe: RedisPipe, head: list[EncodableT], batch: Batch, done: Callable[[], None]
+        self, pipe: RedisPipe, now: float, batch: Batch, done: Callable[[], None]
     ) -> None:
         """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
         left = len(batch)
+        head = b"".join(
+            (
+                bulks([b"%d" % int(now * 1000)]),
+                self._head_mid,
+                bulks([billing_period(now).encode()]),
+                self._head_end,
+            )
+        )
 
         def answered() -> None:
             nonlocal left
@@ -80,21 +107,26 @@ class AdmitCalls:
         for ws, chunk in batch:
             if self._on_batch is not None:
                 self._on_batch(len(chunk))
-            args = [keys.ws_prefix(ws), *head, *(p.arg for p in chunk)]
-            on_reply = self._on_reply(pipe, chunk, args, answered)
-            pipe.call(["EVALSHA", self._admit.sha, 1, *args], on_reply)
+            # Everything after "numkeys": the key, the head, one argument per admission.
+            key = bulks([keys.ws_prefix(ws).encode()])
+            args = b"".join((key, head, bulks([p.arg for p in chunk])))
+            count = b"*%d\r\n" % (self._argc + len(chunk))
+            on_reply = self._on_reply(pipe, chunk, count, args, answered)
+            pipe.send(b"".join((count, self._evalsha, args)), on_reply)
 
     def _on_reply(
         self,
         pipe: RedisPipe,
         chunk: list[Pending],
-        args: list[EncodableT],
+        count: bytes,
+        args: bytes,
         answered: Callable[[], None],
     ) -> Callable[[Any, bool], None]:
         def on_reply(reply: Any, sent: bool) -> None:
             if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
                 # A restarted or flushed server: EVAL loads the script again on the way.
-                pipe.call(["EVAL", self._admit.script, 1, *args], finish)
+                script = b"$4\r\nEVAL\r\n" + bulks([self._script])
+                pipe.send(b"".join((count, script, b"$1\r\n1\r\n", args)), finish)
                 return
             finish(reply, sent)
 

@@ -106,11 +106,18 @@ class AdmitArgs(NamedTuple):
 
     def encode(self) -> bytes:
         """Encoded here, so a value Redis cannot take fails this message alone."""
-        return "\t".join(self).encode()
+        return encode_args(*self)
 
     def settled(self) -> AdmitArgs:
         """The same message, charged as of when it was served (fail-open settlement)."""
         return self._replace(kind=self.kind.upper())
+
+
+def encode_args(
+    app_id: str, channel: str, user: str, key: str, token: str, kind: str, digest: str = ""
+) -> bytes:
+    """:meth:`AdmitArgs.encode` without building the tuple (once per message)."""
+    return f"{app_id}\t{channel}\t{user}\t{key}\t{token}\t{kind}\t{digest}".encode()
 
 
 class Pending(NamedTuple):

@@ -53,8 +53,14 @@ def encode(args: Sequence[EncodableT]) -> bytes:
             b = repr(a).encode()
         else:
             b = bytes(a)
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(parts)
+
+
+def bulks(args: Sequence[bytes]) -> bytes:
+    """``args`` as consecutive RESP bulk strings: part of a command built ahead of time
+    (:func:`encode` of a whole command is ``b"*<count>\\r\\n"`` followed by these)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(b), b) for b in args])
 
 
 class _Call:
