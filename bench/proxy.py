@@ -16,7 +16,10 @@ Contestants, all in front of the same bot:
 For each creditgate contestant it also reports the CPU time of its processes per request
 (from /proc), the garbage collector's time per request (``creditgate_gc_seconds_total``,
 timed with ``gc.callbacks`` in the workers) and, metered, the mean admission latency and
-batch size (from /metrics). ``--only REGEX`` runs the contestants whose name matches.
+batch size (from /metrics). For every contestant, the CPU the shared ``redis-server``
+spent per request (``INFO cpu``): what metering costs beside the gateway's own
+processes (zero for the unmetered ones). ``--only REGEX`` runs the contestants whose
+name matches.
 
 The bot is an nginx ``return 200`` on its own port (so the bot is never the bottleneck);
 Redis is a throwaway ``redis-server``. Each message comes from one channel user, so
@@ -51,6 +54,7 @@ from bench.wrk_tools import (
     nginx,
     paced,
     process,
+    redis_cpu_s,
     scrape,
     tree_cpu_s,
     wrk,
@@ -169,11 +173,14 @@ class Bench:
             wrk(name, url, 2, args.connections, args.users)  # warm-up
             cpu0 = tree_cpu_s(proc.pid) if proc else 0.0
             m0 = scrape(admin) if admin else {}
+            redis0 = redis_cpu_s(self.redis_url)
             r = wrk(name, url, args.duration, args.connections, args.users)
+            redis1 = redis_cpu_s(self.redis_url)
         except RuntimeError as exc:  # error answers: no row, said under the table
             self.failed.append(str(exc).splitlines()[0])
             print(f"  {self.failed[-1]}", file=sys.stderr)
             return
+        r.redis_us = (redis1 - redis0) / (r.rps * args.duration) * 1e6
         if proc is not None:
             r.cpu_us = (tree_cpu_s(proc.pid) - cpu0) / (r.rps * args.duration) * 1e6
         if admin:
@@ -294,13 +301,13 @@ def print_table(results: list[Result], all_workers: int, args: argparse.Namespac
           f"{os.cpu_count()} CPUs, bot = nginx return 200\n")  # fmt: skip
     print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
           f"| {'CPU us/req':>10} | {'GC us/req':>9} | {'admit ms':>8} "
-          f"| {'batch':>6} |")  # fmt: skip
+          f"| {'batch':>6} | {'redis us/req':>12} |")  # fmt: skip
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 11}|{'-' * 10}"
-          f"|{'-' * 8}|")  # fmt: skip
+          f"|{'-' * 8}|{'-' * 14}|")  # fmt: skip
     for r in results:
         print(f"| {r.name:<34} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} "
               f"| {r.cpu_us:>10.0f} | {r.gc_us:>9.1f} | {r.admit_ms:>8.2f} "
-              f"| {r.batch:>6.1f} |")  # fmt: skip
+              f"| {r.batch:>6.1f} | {r.redis_us:>12.1f} |")  # fmt: skip
     print()
 
     def ratio(label: str, a: str, b: str) -> None:

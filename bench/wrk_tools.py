@@ -1,6 +1,7 @@
 """The contestants' tooling of ``bench/proxy.py``: nginx and process runners, ``wrk`` and
-``hey`` runs parsed into a :class:`Result`, CPU time of a process tree from /proc, and the
-gateway's /metrics figures (admission latency and batch size, GC time)."""
+``hey`` runs parsed into a :class:`Result`, CPU time of a process tree from /proc and of a
+Redis server from ``INFO cpu``, and the gateway's /metrics figures (admission latency and
+batch size, GC time)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import redis
 
 HOST = "127.0.0.1"
 
@@ -51,6 +54,17 @@ class Result:
     gc_us: float = float("nan")  # garbage collection per request (creditgate)
     admit_ms: float = float("nan")  # mean admission latency (metered creditgate)
     batch: float = float("nan")  # mean admissions per admit.lua call
+    redis_us: float = float("nan")  # CPU of the shared redis-server per request
+
+
+def redis_cpu_s(url: str) -> float:
+    """CPU seconds (user + system, all threads) the Redis server at ``url`` has used."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def tree_cpu_s(root: int) -> float:
