@@ -26,10 +26,12 @@ Redis is a throwaway ``redis-server``. Each message comes from one channel user,
 after the first one every admission runs the whole admit.lua path but opens no new
 session (rate limits raised out of the way); ``--users N`` draws each wrk request's user
 at random from N, so new users open (and pay for) billing sessions as real traffic
-does. Prints one table; one run, so noisy.
+does. Prints one table. One round is noisy on a shared machine: ``--rounds N`` runs
+every contestant N times, rounds alternating, and reports each ratio as the median of
+the rounds' ratios with every round's value beside it.
 
     .venv/bin/python -m bench.proxy [--duration 10] [--connections 64] [--users 1]
-        [--only REGEX] [--baseline REF]
+        [--only REGEX] [--baseline REF] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -135,6 +137,14 @@ def parse_args() -> argparse.Namespace:
         help="git ref of a previous release to run as a contestant (metered, 1 worker)",
     )
     parser.add_argument("--only", default="", help="run only contestants matching this regex")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every contestant this many times, rounds alternating; the table shows each "
+        "contestant's median run and each ratio the median of the rounds' ratios (a shared "
+        "machine drifts: a ratio within one round compares runs minutes apart, not hours)",
+    )
     return parser.parse_args()
 
 
@@ -149,6 +159,7 @@ class Bench:
     all_workers: int
     results: list[Result] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # contestants answered with errors
+    baseline_bin: str = ""
 
     @property
     def path(self) -> str:
@@ -244,7 +255,9 @@ class Bench:
                 self.run(name, port, proc, f"http://{HOST}:{admin_port}")
 
     def baseline(self, ref: str) -> None:
-        old = build_baseline(ref, self.tmp)
+        if not self.baseline_bin:  # built once, for every round
+            self.baseline_bin = build_baseline(ref, self.tmp)
+        old = self.baseline_bin
         port, admin_port = free_port(), free_port()
         env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port)
         env.pop("CREDITGATE_STATE_DIR")  # settings the old release may not know
@@ -263,21 +276,37 @@ def main() -> None:
         tmp = Path(tmp_name)
         redis = start_redis(tmp / "redis")
         bench = Bench(args, tmp, redis.url, free_port(), all_workers)
+        rounds: list[list[Result]] = []
         try:
             with nginx(tmp, bench.bot_port, all_workers, BOT_BODY, f"{HOST}:{bench.bot_port}"):
                 asyncio.run(seed(redis.url, f"http://{HOST}:{bench.bot_port}"))
-                bench.nginx_proxies()
-                bench.naive()
-                for server, prefix in (("aiohttp", "creditgate"), ("fast", "creditgate fast")):
-                    bench.creditgate(server, prefix)
-                bench.default_gc()
-                if args.baseline:
-                    bench.baseline(args.baseline)
+                for n in range(args.rounds):
+                    if args.rounds > 1:
+                        print(f"round {n + 1} of {args.rounds}", file=sys.stderr)
+                    bench.results = []
+                    bench.nginx_proxies()
+                    bench.naive()
+                    for server, prefix in (("aiohttp", "creditgate"), ("fast", "creditgate fast")):
+                        bench.creditgate(server, prefix)
+                    bench.default_gc()
+                    if args.baseline:
+                        bench.baseline(args.baseline)
+                    rounds.append(bench.results)
         finally:
             redis.stop()
-    print_table(bench.results, all_workers, args)
+    print_table(rounds, all_workers, args)
     for failure in bench.failed:
         print(f"not measured: {failure}")
+
+
+def median_runs(rounds: list[list[Result]]) -> list[Result]:
+    """Each contestant's run of median req/s (the lower middle one of an even count); a
+    paced contestant is one whatever its rate in that round."""
+    runs: dict[str, list[Result]] = {}
+    for results in rounds:
+        for r in results:
+            runs.setdefault(re.sub(r" @[\d,]+/s$", " @", r.name), []).append(r)
+    return [sorted(rs, key=lambda r: r.rps)[(len(rs) - 1) // 2] for rs in runs.values()]
 
 
 def build_baseline(ref: str, tmp: Path) -> str:
@@ -294,11 +323,18 @@ def build_baseline(ref: str, tmp: Path) -> str:
     return str(venv / "bin" / "creditgate")
 
 
-def print_table(results: list[Result], all_workers: int, args: argparse.Namespace) -> None:
-    by = {r.name: r for r in results}
+def paced_p99(by: dict[str, Result], prefix: str, label: str) -> float:
+    """p99 of the paced 1-worker run of ``prefix`` with metering ``label``; nan if none."""
+    start = f"{prefix} metering {label} 1w @"
+    return next((r.p99_ms for name, r in by.items() if name.startswith(start)), float("nan"))
+
+
+def print_table(rounds: list[list[Result]], all_workers: int, args: argparse.Namespace) -> None:
+    results = median_runs(rounds)
     users = f", {args.users:,} random users" if args.users > 1 else ""
+    median = f", median of {len(rounds)} rounds" if len(rounds) > 1 else ""
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s{users}, loopback, "
-          f"{os.cpu_count()} CPUs, bot = nginx return 200\n")  # fmt: skip
+          f"{os.cpu_count()} CPUs, bot = nginx return 200{median}\n")  # fmt: skip
     print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
           f"| {'CPU us/req':>10} | {'GC us/req':>9} | {'admit ms':>8} "
           f"| {'batch':>6} | {'redis us/req':>12} |")  # fmt: skip
@@ -310,9 +346,19 @@ def print_table(results: list[Result], all_workers: int, args: argparse.Namespac
               f"| {r.batch:>6.1f} | {r.redis_us:>12.1f} |")  # fmt: skip
     print()
 
+    bys = [{r.name: r for r in results} for results in rounds]
+
+    def show(label: str, values: list[float], fmt: str, unit: str = "") -> None:
+        """The median of the rounds' values, then each round's when there are several."""
+        if not values:
+            return
+        values = sorted(values)
+        mid = format(values[(len(values) - 1) // 2], fmt)
+        each = ", ".join(format(v, fmt) for v in values)
+        print(f"{label}: {mid}{unit}" + (f" (rounds: {each})" if len(values) > 1 else ""))
+
     def ratio(label: str, a: str, b: str) -> None:
-        if a in by and b in by:
-            print(f"{label}: {by[a].rps / by[b].rps:.2f}")
+        show(label, [by[a].rps / by[b].rps for by in bys if a in by and b in by], ".2f")
 
     for prefix in ("creditgate", "creditgate fast"):
         for w in sorted({1, all_workers}):
@@ -330,11 +376,13 @@ def print_table(results: list[Result], all_workers: int, args: argparse.Namespac
                 f"{prefix} metering on 1w",
                 f"release {args.baseline} on 1w",
             )
-        on = [r for r in results if r.name.startswith(f"{prefix} metering on 1w @")]
-        off = [r for r in results if r.name.startswith(f"{prefix} metering off 1w @")]
-        if on and off:
-            print(f"{prefix}: p99 added by metering at half the max rate (hey): "
-                  f"{on[0].p99_ms - off[0].p99_ms:+.2f} ms")  # fmt: skip
+        added = [paced_p99(by, prefix, "on") - paced_p99(by, prefix, "off") for by in bys]
+        show(
+            f"{prefix}: p99 added by metering at half the max rate (hey)",
+            [ms for ms in added if ms == ms],  # nan: not paced in that round
+            "+.2f",
+            " ms",
+        )
     ratio(
         "fast / aiohttp, metered 1w", "creditgate fast metering on 1w", "creditgate metering on 1w"
     )
