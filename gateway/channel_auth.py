@@ -110,13 +110,22 @@ class ChannelAuth:
             challenge = meta_handshake(request)
             if challenge is not None:
                 return Verified(True, handshake_challenge=challenge)
-        body = await read_body()
+        # What the head alone refuses is refused before the body is asked for (no 100
+        # to an ``Expect``, no body read from a client that cannot be verified).
         if key.scheme == "slack_v0":
-            self._slack(headers, body, key.secret)
+            ts, sig = self._slack_head(headers)
+            body = await read_body()
+            self._slack(ts, sig, body, key.secret)
         elif key.scheme == "meta_sha256":
-            self._meta(headers, body, key.secret)
+            hub = headers.get("X-Hub-Signature-256")
+            if not hub:
+                raise invalid_signature("missing X-Hub-Signature-256")
+            body = await read_body()
+            self._meta(hub, body, key.secret)
         elif key.scheme == "botframework_jwt":
-            await self._botframework(bearer(headers.get("Authorization")), key.secret, body)
+            token = bearer(headers.get("Authorization"))
+            body = await read_body()
+            await self._botframework(token, key.secret, body)
         else:  # a scheme this worker does not know (newer gateway): never a free pass
             raise invalid_signature(f"unknown scheme {key.scheme}")
         return Verified(True, body=body)
@@ -163,7 +172,8 @@ class ChannelAuth:
 
     # ---------------------------------------------------------------------- schemes
 
-    def _slack(self, headers: Any, body: bytes, secret: str) -> None:
+    def _slack_head(self, headers: Any) -> tuple[str, str]:
+        """Timestamp and signature of a Slack request whose head may verify."""
         ts, sig = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
         if not ts or not sig:
             raise invalid_signature("missing X-Slack-Signature or X-Slack-Request-Timestamp")
@@ -171,15 +181,15 @@ class ChannelAuth:
             raise invalid_signature("malformed X-Slack-Request-Timestamp")
         if abs(time.time() - int(ts)) > self._window:
             raise invalid_signature(f"timestamp outside the {self._window:.0f} s window")
+        return ts, sig
+
+    def _slack(self, ts: str, sig: str, body: bytes, secret: str) -> None:
         base = b"v0:" + ts.encode() + b":" + body
         expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
         if not same(expected, sig):
             raise invalid_signature("X-Slack-Signature does not match")
 
-    def _meta(self, headers: Any, body: bytes, secret: str) -> None:
-        sig = headers.get("X-Hub-Signature-256")
-        if not sig:
-            raise invalid_signature("missing X-Hub-Signature-256")
+    def _meta(self, sig: str, body: bytes, secret: str) -> None:
         expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         if not same(expected, sig):
             raise invalid_signature("X-Hub-Signature-256 does not match")

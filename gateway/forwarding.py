@@ -6,6 +6,11 @@ ways; ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-
 are set, and an ``X-Request-Id`` is generated when the request has none. A client's
 ``Forwarded`` (RFC 7239) is appended to and its ``X-Real-IP`` replaced by the peer: the
 last address the bot reads is always the one the gateway saw.
+
+``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
+``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
+gets the complete request; forwarded, it would make the gateway's client wait for a 100
+the bot may never send, until the read timeout.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ HOP_BY_HOP: tuple[str, ...] = (
     "Upgrade",
 )
 _HOP = frozenset(name.lower() for name in HOP_BY_HOP)
-# Request headers the client side re-creates for the upstream connection.
-_REQUEST_ONLY = _HOP | {"host"}
+# Request headers the client side re-creates for the upstream connection, and the
+# expectation the gateway meets itself (see the module).
+_REQUEST_ONLY = _HOP | {"host", "expect"}
 # The WebSocket handshake is negotiated anew with the upstream.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",

@@ -32,6 +32,7 @@ class RawBot:
     heads: list[bytes] = field(default_factory=list)  # each request head, CRLFCRLF included
     bodies: list[bytes] = field(default_factory=list)
     answers: dict[str, Answer] = field(default_factory=dict)  # by path, query excluded
+    continues: bool = True  # answers Expect: 100-continue with a 100 (False: never does)
 
     def head_lines(self, i: int = -1) -> list[bytes]:
         """The lines of a request head (request line first), without CRLF."""
@@ -84,7 +85,7 @@ async def running_raw_bot() -> AsyncIterator[RawBot]:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                if b"\r\nexpect: 100-continue\r\n" in head.lower():
+                if bot.continues and b"\r\nexpect: 100-continue\r\n" in head.lower():
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as servers do
                 body = await _body(reader, head)
                 bot.heads.append(head)
