@@ -9,13 +9,16 @@ from gateway.http_rules import expect_continue
 from gateway.notify import notify
 from gateway.proxy import hooks
 from gateway.traffic_rules import upstream_base
-from gateway.websocket import is_upgrade, proxy_websocket
+from gateway.websocket import handshake_refusal, is_upgrade, proxy_websocket
 
 
 async def hooks_handler(request: web.Request) -> web.StreamResponse:
     proxy = request.app[PROXY]
     if not is_upgrade(request):
         return await hooks(proxy, request)
+    refused = handshake_refusal(request)
+    if refused is not None:
+        return refused
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
     base = await upstream_base(proxy, app_id)

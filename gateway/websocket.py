@@ -1,5 +1,13 @@
 """WebSocket proxying on the ``/hooks`` routes.
 
+A request with ``Upgrade: websocket`` must be an opening handshake (RFC 6455 §4.2.1): an
+HTTP/1.1 ``GET`` without a body, ``Connection: Upgrade``, ``Sec-WebSocket-Version: 13``
+and a ``Sec-WebSocket-Key`` of 16 bytes. Anything else (a ``POST`` with a body, say) is
+refused at once, 400 ``invalid_upgrade``, the connection closed (its body is never read,
+let alone as a next request), nothing metered or forwarded (:func:`handshake_refusal`).
+The check is meant to be at least as strict as aiohttp's, so the client's side of the
+handshake does not fail once the bot's has been opened.
+
 The gateway opens a WebSocket to the bot (same URL rules as HTTP, ``ws``/``wss``),
 then accepts the client's upgrade with the sub-protocol the bot chose, and pumps
 messages both ways. Every client -> bot text or binary message is one metered message
@@ -25,19 +33,21 @@ The upgrade itself is checked first (suspension, licence, credit: problem+json
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import weakref
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 
 from gateway.channel_auth import without_token
 from gateway.channels import USER_HEADER
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.metering import Admission
-from gateway.problems import Problem, Refused
+from gateway.problems import Problem, Refused, problem_response
 from gateway.proxy import Proxy
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 
@@ -49,6 +59,37 @@ GOING_AWAY = 1001
 
 def is_upgrade(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _handshake_problem(request: web.Request) -> str | None:
+    if request.method != "GET" or request.version != HttpVersion11:
+        return "a WebSocket opening handshake is an HTTP/1.1 GET"
+    headers = request.headers
+    if request.body_exists or request.content_length or "Transfer-Encoding" in headers:
+        return "a WebSocket opening handshake has no body"
+    tokens = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    if "upgrade" not in tokens:
+        return "Upgrade is not listed in Connection"
+    if headers.getall("Sec-WebSocket-Version", ()) != ["13"]:
+        return "Sec-WebSocket-Version must be 13"
+    keys = headers.getall("Sec-WebSocket-Key", ())
+    try:
+        if len(keys) != 1 or len(base64.b64decode(keys[0], validate=True)) != 16:
+            return "Sec-WebSocket-Key must be 16 bytes in base64"
+    except binascii.Error:
+        return "Sec-WebSocket-Key must be 16 bytes in base64"
+    return None
+
+
+def handshake_refusal(request: web.Request) -> web.Response | None:
+    """400 ``invalid_upgrade`` (connection closed) for a request asking for a WebSocket
+    that is not an opening handshake (see the module); None for a handshake."""
+    problem = _handshake_problem(request)
+    if problem is None:
+        return None
+    resp = problem_response(400, "invalid_upgrade", "Invalid WebSocket upgrade", problem)
+    resp.force_close()
+    return resp
 
 
 async def proxy_websocket(

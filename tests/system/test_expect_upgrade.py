@@ -1,5 +1,5 @@
-"""``Expect: 100-continue`` at the traffic port, on both traffic servers (the fast path
-hands it to aiohttp on the same connection).
+"""``Expect: 100-continue`` and ``Upgrade: websocket`` at the traffic port, on both traffic
+servers (the fast path hands both to aiohttp on the same connection).
 
 A raw bot that never sends a 100 (tests/support/rawbot.py), a raw client
 (tests/support/rawhttp.py), real Redis. Each case checks the money and the bot, not only
@@ -10,7 +10,10 @@ the status:
   never sends), charged once;
 * a message refused from its head (413, 401, 402, 429) gets the refusal and no 100, the
   connection is closed, nothing is charged or forwarded: the client never sends its
-  body, so the gateway cannot have read it.
+  body, so the gateway cannot have read it;
+* a request asking for a WebSocket that is not an opening handshake (RFC 6455 §4.2.1:
+  an HTTP/1.1 GET without a body, ``Connection: Upgrade``, version 13, a key) is 400
+  ``invalid_upgrade`` at once, the connection closed, nothing charged or forwarded.
 """
 
 from __future__ import annotations
@@ -170,3 +173,44 @@ async def test_a_channel_auth_failure_is_refused_before_the_body_is_read(
 ) -> None:
     data = head(SIGNED, "/a", N, extra, channel=channel)
     assert await refused_from_the_head(edge, data, N, 401) == "invalid_channel_signature"
+
+
+# ------------------------------------------------------------------ Upgrade: websocket
+
+KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+NOT_HANDSHAKES = {
+    "POST with a body": ("POST", "HTTP/1.1", UPGRADE + KEY, SMUGGLED),
+    "POST without a body": ("POST", "HTTP/1.1", UPGRADE + KEY, ""),
+    "GET with a body": ("GET", "HTTP/1.1", UPGRADE + KEY, SMUGGLED),
+    "GET with a chunked body": ("GET", "HTTP/1.1", UPGRADE + KEY, None),
+    "HTTP/1.0": ("GET", "HTTP/1.0", UPGRADE + KEY, ""),
+    "no Connection: Upgrade": ("GET", "HTTP/1.1", "Upgrade: websocket\r\n" + KEY, ""),
+    "no key": ("GET", "HTTP/1.1", UPGRADE + "Sec-WebSocket-Version: 13\r\n", ""),
+    "a short key": ("GET", "HTTP/1.1", UPGRADE + KEY.replace("dGhlIHNhbXBsZSBub25jZQ", "eA"), ""),
+    "version 12": ("GET", "HTTP/1.1", UPGRADE + KEY.replace(": 13", ": 12"), ""),
+}
+
+
+@pytest.mark.parametrize("case", NOT_HANDSHAKES, ids=list(NOT_HANDSHAKES))
+async def test_an_upgrade_that_is_not_a_handshake_is_400_at_once(edge: Edge, case: str) -> None:
+    method, version, headers, body = NOT_HANDSHAKES[case]
+    data = f"{method} /hooks/web/{APP}/ws {version}\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+    data += headers
+    if body is None:
+        data += "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    else:
+        data += f"Content-Length: {len(body)}\r\n\r\n{body}" if body else "\r\n"
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(data.encode())
+        resp = await c.response()
+        # Before, a POST with a body waited for the bot until the read timeout (its
+        # Content-Length went to the bot with the bodiless handshake): 502.
+        assert problem(resp, 400) == "invalid_upgrade"
+        if version == "HTTP/1.1":  # HTTP/1.0 closes unless kept alive
+            assert resp.headers.get("Connection", "").lower() == "close"
+        rest = await c.rest()
+        assert b"HTTP/1." not in rest, rest[:300]  # the body was never a request
+        assert await c.closed()
+    assert not edge.bot.heads
+    assert await edge.spent() == 0
