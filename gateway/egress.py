@@ -25,6 +25,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
+from gateway.client_gone import ClientCheckingConnector
 from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
 
@@ -134,7 +135,8 @@ def egress_middleware(policy: Policy) -> ClientMiddlewareType:
 
 
 def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
-    return aiohttp.TCPConnector(resolver=GuardedResolver(policy), **kw)
+    # It also never sends the message of a client that left (gateway.client_gone).
+    return ClientCheckingConnector(resolver=GuardedResolver(policy), **kw)
 
 
 def guarded_session(

@@ -6,9 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.channels import USER_HEADER
+from gateway.counting import Forwarded, counted
 from gateway.forwarding import target_url
 from gateway.problems import Problem
-from gateway.proxy import Body, Forwarded, Proxy, counted
+from gateway.proxy import Body, Proxy
 from gateway.traffic_rules import check_loop, message_digest
 
 
@@ -17,7 +18,8 @@ async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     the channel's ``delivery_url``."""
     channel = request.match_info["channel"]
     rule = proxy.channels.get(channel)
-    return await counted(proxy, rule.label, _notify(proxy, request, channel, rule.delivery_url))
+    handle = _notify(proxy, request, channel, rule.delivery_url)
+    return await counted(proxy.metrics, rule.label, handle)
 
 
 async def _notify(

@@ -35,7 +35,7 @@ import functools
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -45,13 +45,15 @@ from yarl import URL
 from gateway import traffic_rules as rules
 from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
+from gateway.client_gone import CLIENT_GONE, ClientGone
+from gateway.counting import Forwarded, counted
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, upstream_headers
 from gateway.http_rules import body_stalled, send_continue
 from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
-from gateway.problems import Refused
+from gateway.problems import Problem
 from gateway.sent_body import SentBytes, SentBytesIO, sent_stream
 from gateway.traffic_rules import (
     bot_failed,
@@ -66,7 +68,6 @@ from gateway.upstreams import Upstreams
 log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
 Body = bytes | io.BytesIO | AsyncIterator[bytes] | None
-Forwarded = tuple[web.StreamResponse, Admission | None]  # the answer, and what was admitted
 
 
 class BodyTooLarge(Exception):
@@ -172,10 +173,15 @@ class Proxy:
             verified.rewrite(headers)
         data = self._confirming(body, admission)
         t0 = time.perf_counter()
+        gone = CLIENT_GONE.set(functools.partial(_client_gone, request))
         try:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
             )
+        except ClientGone:  # left while its message waited for a bot connection
+            self.metrics.client_disconnects.inc()
+            await self._failed(admission, "connect")  # never sent
+            raise Problem(499, "client_gone", "Client closed request") from None
         except UpstreamForbidden as exc:
             # The egress policy refused the address: nothing was sent, the bot not called.
             log.warning("upstream %s refused by the egress policy: %s", url.host, exc.reason)
@@ -187,6 +193,8 @@ class Proxy:
             if verified is not None and verified.handshake_challenge is not None:
                 return await verified.answer_handshake(upstream)  # only the challenge
             return await self._stream_back(request, upstream, admission, t0)
+        finally:
+            CLIENT_GONE.reset(gone)
         self.metrics.upstream_children[failure].observe(time.perf_counter() - t0)
         await self._failed(admission, failure)
         if status == 504:
@@ -258,29 +266,16 @@ class Proxy:
             upstream.release()
 
 
-async def counted(proxy: Proxy, label: str, handle: Awaitable[Forwarded]) -> web.StreamResponse:
-    """One traffic request, counted in flight and by outcome: ``admitted`` or
-    ``unmetered`` by its admission, ``refused`` for a problem, ``error`` otherwise."""
-    metrics = proxy.metrics
-    outcome = "error"
-    metrics.in_flight.inc()
-    try:
-        resp, admission = await handle
-        outcome = "unmetered" if admission is None else "admitted"
-        return resp
-    except Refused:
-        outcome = "refused"
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.count(label, outcome)
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """``ANY /hooks/{channel}/{app_id}[/{tail}]``: meter, then proxy to the bot."""
     channel = request.match_info["channel"]
     rule = proxy.channels.get(channel)
-    return await counted(proxy, rule.label, _hook(proxy, request, channel))
+    return await counted(proxy.metrics, rule.label, _hook(proxy, request, channel))
 
 
 async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
