@@ -12,21 +12,18 @@ with :class:`ConnectTimeout` at that deadline (answered and refunded as a connec
 timeout). A waiter whose client goes away (:class:`ClientGone`) leaves the queue and
 never gets a connection; what was handed to it in the same loop pass is passed on.
 
-Connections are opened only to addresses the egress policy allows: IP literals checked
-as aiohttp's client middleware checks them, host names resolved by
-:class:`~gateway.egress.GuardedResolver` at each connect.
+Connections are opened by :func:`~gateway.fastpath.dial.dial`, under the egress policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import Protocol
 
 from gateway.egress import GuardedResolver, Verdicts
+from gateway.fastpath.dial import dial
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
-from meter.accounts.addresses import parse_ip
 from meter.accounts.egress import Policy
 
 IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)
@@ -104,10 +101,14 @@ class Pool:
                 return handed
             # ended between its release and now: its end freed its place; again
         try:
-            return await self._open(key, deadline)
+            conn = await dial(
+                self.loop, self._resolver, key, deadline, lambda: UpstreamConnection(self, key)
+            )
         except BaseException:
             self._freed(bot)
             raise
+        conn.counted = True
+        return conn
 
     async def _wait(self, bot: _Bot, deadline: float, waiter: Waiter) -> UpstreamConnection | None:
         wait: Wait = self.loop.create_future()
@@ -128,43 +129,6 @@ class Pool:
         finally:
             timer.cancel()
             waiter.waiting(None)
-
-    async def _open(self, key: Key, deadline: float) -> UpstreamConnection:
-        """A new connection counted in its bot's place (reserved by the caller)."""
-        host, port = key
-        if parse_ip(host) is not None:
-            addresses = [host]
-        else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    found = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-            except TimeoutError:
-                raise ConnectTimeout(host) from None
-            addresses = [r["host"] for r in found]
-        last: Exception = ConnectFailed(host)
-        for address in addresses:
-            left = deadline - self.loop.time()
-            if left <= 0:
-                raise ConnectTimeout(host)
-            try:
-                _, conn = await asyncio.wait_for(
-                    self.loop.create_connection(
-                        lambda: UpstreamConnection(self, key), address, port
-                    ),
-                    left,
-                )
-            except TimeoutError:
-                last = ConnectTimeout(host)
-                continue
-            except OSError as exc:
-                last = ConnectFailed(f"{host}: {exc}")
-                continue
-            if conn.closed:  # lost before it was ours: never counted
-                last = ConnectFailed(f"{host}: closed at once")
-                continue
-            conn.counted = True
-            return conn
-        raise last
 
     def _freed(self, bot: _Bot) -> None:
         """A place of ``bot`` is free: the first waiter's, else given up."""
