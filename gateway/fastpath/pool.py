@@ -1,23 +1,34 @@
-"""Connections to bots, at most ``per_bot`` per ``(host, port)``, under the egress policy.
+"""Connections to bots: at most ``per_bot`` per ``(host, port)`` and ``total`` in all.
 
-A bot's connections (idle, busy and being opened) never pass ``per_bot``
-(``upstream_connections_per_bot``): one tenant's slow bot cannot take every descriptor
-of the process, and a flood towards it doubles no one's file descriptors past that.
-A message that finds its bot at the cap waits in FIFO order, woken by callbacks (no
-polling): a connection released after a clean keep-alive response is handed to the
-first waiter as it is, and a connection that ends (closed by either side, failed, swept)
-hands its place to the first waiter, which opens a new one. The wait counts toward
-``upstream_connect_timeout_s``: the whole of waiting, resolving and connecting ends
-with :class:`ConnectTimeout` at that deadline (answered and refunded as a connect
-timeout). A waiter whose client goes away (:class:`ClientGone`) leaves the queue and
-never gets a connection; what was handed to it in the same loop pass is passed on.
+Places. Every connection (idle, busy or being opened) holds a place of its bot
+(``upstream_connections_per_bot``) and one of the process (``upstream_connections``):
+one tenant's slow bot cannot take every descriptor, and neither can a tenant pointing
+its apps at many ports of a host (one per-bot cap each). Idle keep-alive connections
+hold places too, so they are bounded with the rest; when every place is held, the
+oldest idle connection (of any bot) is closed to make room for a new one, so keeping
+them never makes a message wait.
 
-Connections are opened by :func:`~gateway.fastpath.dial.dial`, under the egress policy.
+Waiting. A message that can have no connection (its bot at its cap, or every place
+held by busy connections) waits, woken by callbacks (no polling), in its bot's FIFO
+queue. A place that frees (a connection ended by either side, failed, swept or closed
+to make room) goes to the message that has waited longest among the bots under their
+cap (bots are ordered in a heap by their first waiter's arrival): a bot at its own cap
+blocks no one behind it, and one tenant's many bots cannot starve another's. A
+connection released after a clean keep-alive response goes as it is to its bot's first
+waiter, unless another bot's message has waited longer: then it is closed and its place
+is that message's. The wait counts toward ``upstream_connect_timeout_s``: the whole of
+waiting, resolving and connecting ends with :class:`ConnectTimeout` at that deadline
+(answered and refunded as a connect timeout). A waiter whose client goes away
+(:class:`ClientGone`) leaves the queue and never gets a connection; what was handed to
+it in the same loop pass is passed on. Connections are opened by
+:func:`~gateway.fastpath.dial.dial`, under the egress policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections import deque
 from typing import Protocol
 
@@ -46,33 +57,41 @@ class Waiter(Protocol):
 class _Bot:
     """One ``(host, port)``: its idle connections, how many it holds, who waits."""
 
-    __slots__ = ("count", "gone", "idle", "key", "waiters")
+    __slots__ = ("count", "gone", "idle", "key", "listed", "waiters")
 
     def __init__(self, key: Key) -> None:
         self.key = key
         self.idle: list[UpstreamConnection] = []
         self.count = 0  # connections open or being opened, idle ones included
-        self.waiters: deque[Wait] = deque()
+        self.waiters: deque[tuple[int, Wait]] = deque()  # (arrival, wait)
         self.gone = 0  # waiters that gave up, still in the deque (dropped lazily)
+        self.listed = False  # in the pool's heap of bots that may take a freed place
 
-    def next_waiter(self) -> Wait | None:
-        while self.waiters:
-            wait = self.waiters.popleft()
-            if not wait.done():
-                return wait
+    def head(self) -> tuple[int, Wait] | None:
+        """The first waiter still waiting (those before it that gave up are dropped)."""
+        waiters = self.waiters
+        while waiters:
+            if not waiters[0][1].done():
+                return waiters[0]
+            waiters.popleft()
         return None
 
 
 class Pool:
-    """Connections per ``(host, port)``; see the module."""
+    """Connections per ``(host, port)``, bounded in all; see the module."""
 
-    def __init__(self, policy: Policy, *, connect_timeout: float, per_bot: int) -> None:
+    def __init__(self, policy: Policy, *, connect_timeout: float, per_bot: int, total: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.verdicts = Verdicts(policy)
         self.per_bot = per_bot
+        self.total = total
+        self.count = 0  # places held, all bots together
         self._resolver = GuardedResolver(policy)
         self._connect_timeout = connect_timeout
         self._bots: dict[Key, _Bot] = {}
+        self._idle: dict[UpstreamConnection, _Bot] = {}  # every idle connection, oldest first
+        self._ready: list[tuple[int, _Bot]] = []  # heap: (first waiter's arrival, bot)
+        self._arrivals = itertools.count()
         self._closed = False
 
     async def acquire(self, host: str, port: int, waiter: Waiter) -> UpstreamConnection:
@@ -89,11 +108,16 @@ class Pool:
                 bot = self._bots[key] = _Bot(key)
             while bot.idle:
                 conn = bot.idle.pop()
+                del self._idle[conn]
                 if _alive(conn):
                     return conn
             if bot.count < self.per_bot:
-                bot.count += 1  # a place for the connection about to be opened
-                break
+                if self.count >= self.total and self._idle:
+                    self._evict(*next(iter(self._idle.items())))  # the oldest idle
+                if self.count < self.total:
+                    bot.count += 1  # a place for the connection about to be opened
+                    self.count += 1
+                    break
             handed = await self._wait(bot, deadline, waiter)
             if handed is None:
                 break  # a place was kept for this message
@@ -112,7 +136,9 @@ class Pool:
 
     async def _wait(self, bot: _Bot, deadline: float, waiter: Waiter) -> UpstreamConnection | None:
         wait: Wait = self.loop.create_future()
-        bot.waiters.append(wait)
+        bot.waiters.append((next(self._arrivals), wait))
+        if bot.count < self.per_bot:
+            self._list(bot)  # waits for a place of the process only
         timer = self.loop.call_at(deadline, _expire, wait)
         waiter.waiting(wait)
         try:
@@ -123,22 +149,61 @@ class Pool:
             else:
                 bot.gone += 1
                 if bot.gone > 16 and bot.gone * 2 > len(bot.waiters):
-                    bot.waiters = deque(w for w in bot.waiters if not w.done())
+                    bot.waiters = deque(w for w in bot.waiters if not w[1].done())
                     bot.gone = 0
+                self._forget(bot)
             raise
         finally:
             timer.cancel()
             waiter.waiting(None)
 
+    def _list(self, bot: _Bot) -> None:
+        """``bot`` is under its cap: its first waiter may take a place that frees."""
+        if not bot.listed and (head := bot.head()) is not None:
+            bot.listed = True
+            heapq.heappush(self._ready, (head[0], bot))
+
+    def _first(self) -> _Bot | None:
+        """The bot under its cap whose first waiter has waited longest (stale entries of
+        the heap, whose bot's first waiter or count changed, are fixed as met)."""
+        ready = self._ready
+        while ready:
+            arrival, bot = ready[0]
+            head = bot.head()
+            if head is None or bot.count >= self.per_bot:
+                heapq.heappop(ready)
+                bot.listed = False
+            elif head[0] != arrival:
+                heapq.heapreplace(ready, (head[0], bot))
+            else:
+                return bot
+        return None
+
     def _freed(self, bot: _Bot) -> None:
-        """A place of ``bot`` is free: the first waiter's, else given up."""
-        wait = bot.next_waiter()
-        if wait is not None:
-            wait.set_result(None)  # the place stays counted: the waiter opens in it
-            return
+        """A place of ``bot`` is free: the longest waiter's that can take it, else given up."""
         bot.count -= 1
-        if bot.count <= 0 and not bot.idle and self._bots.get(bot.key) is bot:
-            del self._bots[bot.key]  # no state kept for bots no longer called
+        self.count -= 1
+        self._list(bot)
+        while self.count < self.total and (first := self._first()) is not None:
+            _, wait = first.waiters.popleft()  # its head: live (_first)
+            first.count += 1  # the place stays counted: the waiter opens in it
+            self.count += 1
+            wait.set_result(None)
+        self._forget(bot)
+
+    def _forget(self, bot: _Bot) -> None:
+        """No state kept for a bot no longer called."""
+        gone = bot.count <= 0 and not bot.idle and bot.head() is None
+        if gone and self._bots.get(bot.key) is bot:
+            del self._bots[bot.key]
+
+    def _evict(self, conn: UpstreamConnection, bot: _Bot) -> None:
+        """Close ``conn`` (idle, or just released) and free its place now."""
+        conn.counted = False  # its end, later, frees nothing more
+        if self._idle.pop(conn, None) is not None:
+            bot.idle.remove(conn)
+        conn.close()
+        self._freed(bot)
 
     def _pass_on(self, bot: _Bot, got: UpstreamConnection | None) -> None:
         if got is None:
@@ -147,48 +212,51 @@ class Pool:
             self.release(got)
 
     def release(self, conn: UpstreamConnection) -> None:
-        """``conn`` answered cleanly and may be kept alive: to the first waiter, else idle."""
+        """``conn`` answered cleanly and may be kept alive: to the first waiter of its
+        bot, else (another bot's message waited longer) closed for that one, else idle."""
         if not _alive(conn):
             return  # its end frees its place (lost)
         bot = self._bots.get(conn.key)
         if bot is None or self._closed:
             conn.close()
             return
-        wait = bot.next_waiter()
-        if wait is not None:
-            wait.set_result(conn)
-            return
-        conn.idle_since = self.loop.time()
-        bot.idle.append(conn)
+        own, first = bot.head(), self._first()
+        if own is not None and (first is None or own[0] <= first.waiters[0][0]):
+            bot.waiters.popleft()
+            own[1].set_result(conn)
+        elif first is not None:
+            self._evict(conn, bot)
+        else:
+            conn.idle_since = self.loop.time()
+            bot.idle.append(conn)
+            self._idle[conn] = bot
 
     def lost(self, conn: UpstreamConnection) -> None:
         """A counted connection ended: its place frees."""
         bot = self._bots.get(conn.key)
         if bot is None:
             return
-        if conn in bot.idle:
+        if self._idle.pop(conn, None) is not None:
             bot.idle.remove(conn)
         self._freed(bot)
 
     def sweep(self, now: float) -> None:
         """Close connections idle for more than ``IDLE_S``."""
-        for bot in list(self._bots.values()):
-            idle = bot.idle
-            if idle and now - idle[0].idle_since > IDLE_S:
-                old = [c for c in idle if now - c.idle_since > IDLE_S]
-                idle[:] = [c for c in idle if now - c.idle_since <= IDLE_S]
-                for conn in old:
-                    conn.close()  # its end frees its place
+        for conn, bot in list(self._idle.items()):
+            if now - conn.idle_since <= IDLE_S:
+                break  # the rest were idle for less (oldest first)
+            self._evict(conn, bot)
 
     def close(self) -> None:
-        """Shutting down: idle connections closed, waiters refused (ConnectFailed)."""
+        """Shutting down: waiters refused (ConnectFailed), idle connections closed."""
         self._closed = True
         for bot in list(self._bots.values()):
-            idle, bot.idle = bot.idle, []
-            for conn in idle:
-                conn.close()
-            while (wait := bot.next_waiter()) is not None:
-                wait.set_exception(ConnectFailed("the gateway is stopping"))
+            while (head := bot.head()) is not None:
+                bot.waiters.popleft()
+                head[1].set_exception(ConnectFailed("the gateway is stopping"))
+        self._ready.clear()
+        for conn, bot in list(self._idle.items()):
+            self._evict(conn, bot)
 
 
 def _alive(conn: UpstreamConnection) -> bool:

@@ -48,6 +48,7 @@ class FastServer:
             Policy.from_settings(settings),
             connect_timeout=settings.upstream_connect_timeout_s,
             per_bot=settings.upstream_connections_per_bot,
+            total=settings.upstream_connections,
         )
         self.read_timeout = settings.upstream_read_timeout_s
         self.header_timeout = settings.header_timeout_s

@@ -1,7 +1,7 @@
-"""The fast path's bot connection pool (gateway/fastpath/pool.py) against a real bot
-socket that counts what it accepts: the cap per bot, FIFO hand-over, places freed by
-closed connections, waiters that give up (timed out, client gone, cancelled in the very
-pass they were woken), and no place ever leaked."""
+"""The fast path's bot connection pool (gateway/fastpath/pool.py) against real bot
+sockets that count what they accept: the cap per bot and in all, FIFO hand-over, places
+freed by closed connections, waiters that give up (timed out, client gone, cancelled in
+the very pass they were woken), idle connections bounded, and no place ever leaked."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.fastpath.pool import ClientGone, Pool, Wait
+from gateway.fastpath.pool import IDLE_S, ClientGone, Pool, Wait
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
 from meter.accounts.egress import Policy
 from tests.support.bot import eventually
@@ -76,11 +76,25 @@ async def sockets() -> AsyncIterator[Sockets]:
         yield s
 
 
+@pytest.fixture
+async def bots() -> AsyncIterator[list[Sockets]]:
+    """Six bots: listening sockets at six ports."""
+    async with contextlib.AsyncExitStack() as stack:
+        found = []
+        for _ in range(6):
+            s = Sockets()
+            server = await stack.enter_async_context(await asyncio.start_server(s.serve, HOST, 0))
+            s.port = server.sockets[0].getsockname()[1]
+            found.append(s)
+        yield found
+
+
 @contextlib.asynccontextmanager
-async def pool(per_bot: int, connect_timeout: float = 600.0) -> AsyncIterator[Pool]:
-    p = Pool(
-        Policy.from_settings(make_settings()), connect_timeout=connect_timeout, per_bot=per_bot
-    )
+async def pool(
+    per_bot: int, connect_timeout: float = 600.0, total: int = 1024
+) -> AsyncIterator[Pool]:
+    policy = Policy.from_settings(make_settings())
+    p = Pool(policy, connect_timeout=connect_timeout, per_bot=per_bot, total=total)
     try:
         yield p
     finally:
@@ -208,3 +222,102 @@ async def test_closing_the_pool_refuses_its_waiters_and_newcomers(sockets: Socke
             await p.acquire(HOST, sockets.port, Message())  # nor is anyone new served
         conn.close()
         assert await eventually(lambda: sockets.open == 0)
+
+
+# ------------------------------------------------------------------ the total
+
+
+def open_at(bots: list[Sockets]) -> list[int]:
+    return [b.open for b in bots]
+
+
+async def test_the_total_holds_across_bots(bots: list[Sockets]) -> None:
+    s1, s2, s3 = bots[:3]
+    async with pool(per_bot=2, total=3) as p:
+        c1, c2 = [await p.acquire(HOST, s1.port, Message()) for _ in range(2)]
+        c3 = await p.acquire(HOST, s2.port, Message())
+        _, task = await waiting(p, s3.port)  # its bot under its cap, the process full
+        assert (p.count, s3.accepted) == (3, 0)
+        c1.close()
+        fresh = await got(task)
+        assert fresh.key == (HOST, s3.port)
+        assert await eventually(lambda: open_at(bots[:3]) == [1, 1, 1])
+        for conn in (c2, c3, fresh):
+            conn.close()
+        assert await eventually(lambda: not p._bots and p.count == 0)
+
+
+async def test_a_bot_at_its_cap_blocks_no_one_behind_it(bots: list[Sockets]) -> None:
+    s1, s2, s3 = bots[:3]
+    async with pool(per_bot=1, total=2) as p:
+        c1 = await p.acquire(HOST, s1.port, Message())
+        c2 = await p.acquire(HOST, s2.port, Message())
+        _, first = await waiting(p, s1.port)  # at its bot's cap
+        _, second = await waiting(p, s3.port)  # at the process's
+        c2.close()  # a place of the process: s1 is still at its cap, s3 is not
+        fresh = await got(second)
+        assert fresh.key == (HOST, s3.port)
+        assert not first.done()
+        p.release(c1)
+        assert await got(first) is c1
+        for conn in (c1, fresh):
+            conn.close()
+        assert await eventually(lambda: not p._bots and open_at(bots) == [0] * 6)
+
+
+async def test_a_released_connection_goes_to_an_older_waiter_of_another_bot(
+    bots: list[Sockets],
+) -> None:
+    # A tenant whose bot is always at its cap, with keep-alive, would otherwise hand its
+    # connections to its own waiters forever while another bot's message waits.
+    s1, s2 = bots[:2]
+    async with pool(per_bot=2, total=2) as p:
+        c1, c2 = [await p.acquire(HOST, s1.port, Message()) for _ in range(2)]
+        _, other = await waiting(p, s2.port)  # waits for a place of the process
+        _, own = await waiting(p, s1.port)  # then one of s1's, which is at its cap
+        p.release(c1)  # s1's own waiter came later: closed, its place to s2's
+        fresh = await got(other)
+        assert fresh.key == (HOST, s2.port)
+        assert await eventually(lambda: open_at(bots[:2]) == [1, 1])
+        assert not own.done()
+        p.release(c2)
+        assert await got(own) is c2
+        assert s1.accepted == 2
+        for conn in (c2, fresh):
+            conn.close()
+        assert await eventually(lambda: not p._bots and p.count == 0)
+
+
+async def test_idle_connections_are_bounded_in_all(bots: list[Sockets]) -> None:
+    async with pool(per_bot=3, total=3) as p:
+        for b in bots:  # one connection to each bot, then kept idle
+            p.release(await p.acquire(HOST, b.port, Message()))
+        # Each new one past the total closed the oldest idle one (another bot's).
+        assert p.count == 3
+        assert await eventually(lambda: open_at(bots) == [0, 0, 0, 1, 1, 1])
+        assert [b.accepted for b in bots] == [1] * 6
+        last = await p.acquire(HOST, bots[-1].port, Message())  # still idle: reused
+        assert bots[-1].accepted == 1
+        last.close()
+        p.sweep(p.loop.time() + IDLE_S + 1)  # the rest idled too long
+        assert await eventually(lambda: not p._bots and p.count == 0 and open_at(bots) == [0] * 6)
+
+
+async def test_a_waiter_for_the_total_that_leaves_never_gets_a_place(bots: list[Sockets]) -> None:
+    s1, s2, s3 = bots[:3]
+    async with pool(per_bot=1, total=1) as p:
+        conn = await p.acquire(HOST, s1.port, Message())
+        gone, left = await waiting(p, s2.port)
+        _, task = await waiting(p, s3.port)
+        gone.leave()
+        with pytest.raises(ClientGone):
+            await got(left)
+        conn.close()
+        fresh = await got(task)
+        assert (fresh.key, s2.accepted) == ((HOST, s3.port), 0)
+        _, refused = await waiting(p, s2.port)
+        p.close()
+        with pytest.raises(ConnectFailed, match="stopping"):
+            await got(refused)
+        fresh.close()
+        assert await eventually(lambda: not p._bots and p.count == 0)

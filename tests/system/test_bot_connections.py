@@ -1,7 +1,10 @@
-"""Tenant isolation of the gateway's connections to bots (``upstream_connections_per_bot``).
+"""Tenant isolation of the gateway's connections to bots: ``upstream_connections_per_bot``
+per bot, ``upstream_connections`` in all.
 
 Tenant A's bot holds every request until the test releases it (a real listening socket
 counting what it accepts, tests/support/held_bot.py); tenant B's bot answers at once.
+The tests of the total give A three apps at three ports of the bot host (three held
+bots): one cap per port, which only the total bounds.
 Each message comes from its own user, so each admitted message is one session charged:
 a test sees a message admitted (and so waiting for its bot) by its charge in Redis.
 """
@@ -233,3 +236,141 @@ async def test_sigterm_does_not_wait_for_waiters(
     assert slow.paths == ["/m/1"]
     log = (tmp_path / "serve.log").read_text()
     assert "open files limit" in log
+
+
+# ------------------------------------------------------------------ the total
+
+
+T = 4  # upstream_connections of the tests below: two of A's ports' worth
+APPS = [f"{A}_app{i}" for i in (1, 2, 3)]  # A's apps, each at its own port
+
+
+@pytest.fixture
+async def ports() -> AsyncIterator[list[HeldBot]]:
+    async with held_bot() as p1, held_bot() as p2, held_bot() as p3:
+        yield [p1, p2, p3]
+
+
+@pytest.fixture
+def many(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, ports: list[HeldBot]
+) -> Gateway:
+    """``many(**settings)``: A's apps at the three held bots, B's on the counting bot; two
+    connections per bot, ``T`` in all."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: object) -> AsyncIterator[Running]:
+        caps = {"upstream_connections": T, "upstream_connections_per_bot": 2}
+        settings = make_settings(redis_url, tmp_path, **caps, **overrides)
+        apps = {
+            app: {"product": "automation", "upstream_url": held.url, "funds": FUNDS}
+            for app, held in zip(APPS, ports, strict=True)
+        }
+        await seed(rclient, settings, A, apps)
+        b = {APP_B: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS}}
+        await seed(rclient, settings, B, b)
+        async with running_gateway(settings) as gw:
+            yield gw
+
+    return start
+
+
+def spent(
+    rclient: RedisClient, ws: str, apps: list[str], sessions: int
+) -> Callable[[], Awaitable[bool]]:
+    """Whether ``ws``'s ``apps`` together paid exactly ``sessions`` sessions."""
+
+    async def cond() -> bool:
+        balances = (await read_balances(rclient, ws)).app
+        return sum(FUNDS - balances[app] for app in apps) == sessions * SESSION
+
+    return cond
+
+
+async def test_a_tenant_on_many_ports_holds_at_most_the_total(
+    many: Gateway,
+    ports: list[HeldBot],
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+) -> None:
+    async with many(upstream_connect_timeout_s=1.0) as gw:
+        url = f"{gw.url}/hooks/web"
+        held = [
+            asyncio.create_task(post(http, f"{url}/{APPS[i // 2]}/m/{i}", f"u{i}"))
+            for i in range(T)
+        ]  # two to each of A's first two ports: every place of the process
+        assert await eventually(lambda: ports[0].held + ports[1].held == T)
+        # The third port is under its own cap, but the process has no place left: its
+        # messages wait past the connect timeout, answered 504 and refunded.
+        late = [
+            asyncio.create_task(post(http, f"{url}/{APPS[2]}/m/{i}", f"u{i}")) for i in (T, T + 1)
+        ]
+        assert await until(lambda: asyncio.sleep(0, all(t.done() for t in late)))
+        for status, body in [t.result() for t in late]:
+            assert (status, orjson.loads(body)["code"]) == (504, "upstream_timeout")
+        assert ports[2].accepted == 0
+        assert await spent(rclient, A, APPS, T)()
+        # Connections released by A's first port make room: tenant B is served.
+        ports[0].release.set()
+        assert await asyncio.gather(*held[:2]) == [(200, b"/m/0"), (200, b"/m/1")]
+        assert (await post(http, f"{url}/{APP_B}/now", "b1"))[0] == 200
+        assert bot.count() == 1
+        assert await spent(rclient, B, [APP_B], 1)()
+        ports[1].release.set()
+        assert await asyncio.gather(*held[2:]) == [(200, b"/m/2"), (200, b"/m/3")]
+    assert sum(p.peak for p in ports) == T  # nothing closed while they held: at once
+    assert [p.accepted for p in ports] == [2, 2, 0]
+    assert ports[2].paths == []
+    assert await spent(rclient, A, APPS, T)()
+
+
+@pytest.mark.parametrize("traffic_server", ["fast"], indirect=True)
+async def test_places_go_to_the_longest_waiting_and_a_client_gone_is_refunded(
+    many: Gateway,
+    ports: list[HeldBot],
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+) -> None:
+    # aiohttp neither cancels a handler whose client left nor orders waiters across
+    # bots (it wakes one at random): the fast path only.
+    async with many(upstream_connect_timeout_s=600) as gw:
+        url = f"{gw.url}/hooks/web"
+        held = [
+            asyncio.create_task(post(http, f"{url}/{APPS[i // 2]}/m/{i}", f"u{i}"))
+            for i in range(T)
+        ]
+        assert await eventually(lambda: ports[0].held + ports[1].held == T)
+        # Waiting, in this order: A at its third port (its client then leaves), B, A again.
+        host, port = gw.url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /hooks/web/{APPS[2]}/m/gone HTTP/1.1\r\nHost: x\r\n"
+            "X-Channel-User-Id: gone\r\nContent-Length: 2\r\n\r\nhi".encode()
+        )
+        assert await until(spent(rclient, A, APPS, T + 1))  # admitted: waiting
+        b = asyncio.create_task(post(http, f"{url}/{APP_B}/b", "b1"))
+        assert await until(spent(rclient, B, [APP_B], 1))
+        late = asyncio.create_task(post(http, f"{url}/{APPS[2]}/m/late", "late"))
+        assert await until(spent(rclient, A, APPS, T + 2))
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset: gone for good
+        assert await until(spent(rclient, A, APPS, T + 1))  # refunded: never sent
+        # A's first port answers: its two connections make room for B, then A's late one.
+        ports[0].release.set()
+        assert (await b)[0] == 200
+        assert bot.count() == 1
+        assert await eventually(lambda: ports[2].held == 1)
+        assert sum(p.held for p in ports) == T - 1  # B's connection is the T-th
+        ports[1].release.set()
+        ports[2].release.set()
+        assert await asyncio.gather(*held, late) == [
+            *[(200, f"/m/{i}".encode()) for i in range(T)],
+            (200, b"/m/late"),
+        ]
+    assert ports[2].paths == ["/m/late"]  # the gone one never reached a bot
+    assert [p.accepted for p in ports] == [2, 2, 1]
+    assert await spent(rclient, A, APPS, T + 1)()
+    assert await spent(rclient, B, [APP_B], 1)()
