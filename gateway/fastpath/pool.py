@@ -19,8 +19,9 @@ waiter, unless another bot's message has waited longer: then it is closed and it
 is that message's. The wait counts toward ``upstream_connect_timeout_s``: the whole of
 waiting, resolving and connecting ends with :class:`ConnectTimeout` at that deadline
 (answered and refunded as a connect timeout). A waiter whose client goes away
-(:class:`ClientGone`) leaves the queue and never gets a connection; what was handed to
-it in the same loop pass is passed on. Connections are opened by
+(:class:`ClientGone`: its connection lost; a half-close is no leaving, see
+docs/design.md) leaves the queue and never gets a connection; what was handed to it in
+the same loop pass is passed on. Connections are opened by
 :func:`~gateway.fastpath.dial.dial`, under the egress policy.
 """
 

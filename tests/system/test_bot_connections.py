@@ -207,6 +207,31 @@ async def test_a_client_gone_while_waiting_never_reaches_the_bot(
         assert "creditgate_client_disconnects_total 1.0" in text
 
 
+async def test_a_half_closed_client_still_gets_its_answer_after_waiting(
+    one_place: OnePlace, slow: HeldBot, rclient: RedisClient
+) -> None:
+    # Decided: a client that half-closes after its request (RFC 9112 allows it) keeps
+    # its place in the queue and is answered, as when it does not wait (the conformance
+    # suite) and as on aiohttp; only a client seen gone (reset) leaves the queue.
+    async with one_place(600, "/m/1") as (gw, first):
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /hooks/web/{APP_A}/m/2 HTTP/1.1\r\nHost: x\r\nX-Channel-User-Id: u2\r\n"
+            "Content-Length: 2\r\n\r\nhi".encode()
+        )
+        assert await until(charged(rclient, 2))  # admitted: waiting for the bot
+        writer.write_eof()
+        slow.release.set()
+        assert await first == (200, b"/m/1")
+        answer = await reader.read()  # until the gateway closes, after the answer
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"/m/2")
+        assert slow.paths == ["/m/1", "/m/2"]
+        assert await charged(rclient, 2)()
+
+
 async def test_sigterm_does_not_wait_for_waiters(
     redis_url: str, tmp_path: Path, rclient: RedisClient, slow: HeldBot, traffic_server: str
 ) -> None:
