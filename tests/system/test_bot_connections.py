@@ -358,8 +358,8 @@ async def test_places_go_to_the_longest_waiting_and_a_client_gone_is_refunded(
     http: aiohttp.ClientSession,
     rclient: RedisClient,
 ) -> None:
-    # aiohttp neither cancels a handler whose client left nor orders waiters across
-    # bots (it wakes one at random): the fast path only.
+    # aiohttp wakes a waiting host at random (no order across bots), and refunds a gone
+    # client's message only when its turn comes: the fast path only.
     async with many(upstream_connect_timeout_s=600) as gw:
         url = f"{gw.url}/hooks/web"
         held = [
