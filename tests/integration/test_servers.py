@@ -28,6 +28,32 @@ def test_free_port_is_bindable() -> None:
     assert 1024 <= port <= 65535
 
 
+@pytest.mark.parametrize("worker", ["gw0", "gw1", "gw2"])
+def test_free_ports_of_two_workers_never_meet(monkeypatch: pytest.MonkeyPatch, worker: str) -> None:
+    """Each worker of ``pytest -n 3`` gets its own share of ports, and no port twice:
+    another worker may pick one in the moment before its server binds it."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert {(p >> 1) % 3 for p in ports} == {int(worker[2:])}
+
+
+def test_a_port_answered_by_another_redis_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """The port was free when picked, then another run's redis-server took it first: its
+    PING must not pass for our server being ready (ours exits: it could not bind)."""
+    theirs = start_redis(tmp_path / "theirs")
+    try:
+        ours = RedisServer(port=theirs.port, workdir=tmp_path / "ours")
+        with pytest.raises(ServerError, match="exited"):
+            ours.start()
+        assert not ours.running
+        assert theirs.running
+        assert theirs.ping()
+    finally:
+        theirs.stop()
+
+
 async def test_redis_ping_and_flush(redis_url: str, redis_server: RedisServer) -> None:
     assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
     client = aioredis.Redis.from_url(redis_url)

@@ -1,7 +1,9 @@
 """Server fixtures: real Redis, Redis Cluster and PostgreSQL on loopback.
 
-Servers are session-scoped and started lazily (only when a test asks for them);
-the function-scoped fixtures give each test a clean slate:
+Servers are session-scoped and started lazily (only when a test asks for them): one
+set per pytest process, so each worker of ``pytest -n`` (``make tests``) has its own, in
+its own temporary directory, on ports no other worker is given (``free_port``). The
+function-scoped fixtures give each test a clean slate:
 
 * ``redis_url`` - FLUSHALLed standalone Redis, ``redis://127.0.0.1:P/0``
 * ``redis_cluster`` - 3-master Redis Cluster (marked ``cluster`` automatically)

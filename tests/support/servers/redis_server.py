@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.support.servers.process import HOST, ServerError, Stoppable, free_port, register, tail
-from tests.support.servers.resp import RedisReplyError, redis_command
+from tests.support.servers.resp import RedisReplyError, info_fields, redis_command
 
 
 @dataclass(eq=False)
@@ -69,8 +69,18 @@ class RedisServer(Stoppable):
             self.wait_ready(timeout)
         return self
 
+    def _answers_as_ours(self) -> bool:
+        """Whether this port is answered by our process: free ports are picked by every
+        test process at once (``pytest -n``, a neighbour's run), and another's server that
+        won the race for the port would answer PING too."""
+        try:
+            info = info_fields(str(self.command("INFO", "server")))
+        except (OSError, RedisReplyError):
+            return False
+        return self.proc is not None and info.get("process_id") == str(self.proc.pid)
+
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Block until PING answers; raise ServerError (and stop) if it never does."""
+        """Block until our server answers; raise ServerError (and stop) if it never does."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
@@ -78,7 +88,7 @@ class RedisServer(Stoppable):
                 raise ServerError(
                     f"redis-server on port {self.port} exited:\n{tail(self.log_file)}"
                 )
-            if self.ping():
+            if self._answers_as_ours():
                 return
             if time.monotonic() > deadline:
                 self.kill()
