@@ -726,10 +726,15 @@ async def test_slow_headers_are_cut_off(site: Site) -> None:
             except ConnectionError:
                 closed = True
                 break
-            with contextlib.suppress(TimeoutError):
+            try:
                 if await asyncio.wait_for(c.reader.read(65536), 0.1) == b"":
                     closed = True
                     break
+            except TimeoutError:
+                pass
+            except ConnectionError:  # a reset: closed with trickled bytes unread
+                closed = True
+                break
         assert closed
     assert await site.books() == (0, [])
 
