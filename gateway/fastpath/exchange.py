@@ -6,11 +6,12 @@ request to the bot on a pooled connection and returns; the answer arrives by cal
 on the :class:`Exchange`, which writes it to the client as it comes (a response is never
 buffered whole), so no task or future lives per request past the forward. Failures are
 those of :mod:`gateway.proxy`: connect refused or timed out -> 502/504 and refunded
-(``connect``; waiting for a bot at its connection cap counts toward the connect timeout,
-and a message whose client leaves meanwhile is refunded and never sent, see
-:mod:`.pool`), no answer within ``upstream_read_timeout_s`` -> 504 (``timeout``), the
-connection lost before an answer or a 5xx to a metered message -> 502 (``5xx``, the
-bot's body withheld); a failure after the answer started aborts the client connection.
+(``connect``; waiting for a place, at the bot's or the worker's connection cap, counts
+toward the connect timeout, and a message whose client leaves meanwhile is refunded and
+never sent, see :mod:`.pool`), no answer within ``upstream_read_timeout_s`` -> 504
+(``timeout``), the connection lost before an answer or a 5xx to a metered message ->
+502 (``5xx``, the bot's body withheld); a failure after the answer started aborts the
+client connection.
 The charge is confirmed as forwarded once the request is handed to the socket.
 """
 
