@@ -312,6 +312,18 @@ def spent(
     return cond
 
 
+async def hold_every_place(
+    http: aiohttp.ClientSession, url: str, ports: list[HeldBot]
+) -> list[asyncio.Task[tuple[int, bytes]]]:
+    """Two messages to each of A's first two ports, held there: every place of the
+    process (``T``); returns their tasks once the bots hold them all."""
+    held = [
+        asyncio.create_task(post(http, f"{url}/{APPS[i // 2]}/m/{i}", f"u{i}")) for i in range(T)
+    ]
+    assert await eventually(lambda: ports[0].held + ports[1].held == T)
+    return held
+
+
 async def test_a_tenant_on_many_ports_holds_at_most_the_total(
     many: Gateway,
     ports: list[HeldBot],
@@ -321,11 +333,7 @@ async def test_a_tenant_on_many_ports_holds_at_most_the_total(
 ) -> None:
     async with many(upstream_connect_timeout_s=1.0) as gw:
         url = f"{gw.url}/hooks/web"
-        held = [
-            asyncio.create_task(post(http, f"{url}/{APPS[i // 2]}/m/{i}", f"u{i}"))
-            for i in range(T)
-        ]  # two to each of A's first two ports: every place of the process
-        assert await eventually(lambda: ports[0].held + ports[1].held == T)
+        held = await hold_every_place(http, url, ports)
         # The third port is under its own cap, but the process has no place left: its
         # messages wait past the connect timeout, answered 504 and refunded.
         late = [
@@ -362,11 +370,7 @@ async def test_places_go_to_the_longest_waiting_and_a_client_gone_is_refunded(
     # client's message only when its turn comes: the fast path only.
     async with many(upstream_connect_timeout_s=600) as gw:
         url = f"{gw.url}/hooks/web"
-        held = [
-            asyncio.create_task(post(http, f"{url}/{APPS[i // 2]}/m/{i}", f"u{i}"))
-            for i in range(T)
-        ]
-        assert await eventually(lambda: ports[0].held + ports[1].held == T)
+        held = await hold_every_place(http, url, ports)
         # Waiting, in this order: A at its third port (its client then leaves), B, A again.
         host, port = gw.url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
