@@ -42,6 +42,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.wrk_tools import redis_cpu_s
 from config import Settings, load_catalog, load_settings
 from meter.accounts import projection
 from meter.admission.admitter import Admitter
@@ -108,12 +109,6 @@ async def drive(
     return time.perf_counter() - t0, codes
 
 
-def redis_cpu(server: RedisServer) -> float:
-    info = str(server.command("INFO", "cpu"))
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
-
-
 @dataclass
 class Rate:
     per_s: float
@@ -138,9 +133,9 @@ async def throughput(
         adm = Admitter(client, cfg, max_inflight=inflight)
         await adm.admit(apps[0], "web", "warmup")  # loads the script
         msgs = workload(apps, n)
-        cpu0, rcpu0 = time.process_time(), redis_cpu(server)
+        cpu0, rcpu0 = time.process_time(), redis_cpu_s(server.url)
         elapsed, codes = await drive(lambda a, u: adm.admit(a, "web", u), msgs, concurrency)
-        cpu1, rcpu1 = time.process_time(), redis_cpu(server)
+        cpu1, rcpu1 = time.process_time(), redis_cpu_s(server.url)
         await adm.close()
         assert codes == Counter({0: n}), codes
         return Rate(n / elapsed, (cpu1 - cpu0) / n * 1e6, (rcpu1 - rcpu0) / n * 1e6)
