@@ -9,7 +9,7 @@ from gateway.http_rules import expect_continue
 from gateway.notify import notify
 from gateway.proxy import hooks
 from gateway.traffic_rules import upstream_base
-from gateway.websocket import handshake_refusal, is_upgrade, proxy_websocket
+from gateway.websocket import handshake_refusal, is_upgrade, proxy_websocket, upgrade_refusal
 
 
 async def hooks_handler(request: web.Request) -> web.StreamResponse:
@@ -27,6 +27,10 @@ async def hooks_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def notify_handler(request: web.Request) -> web.StreamResponse:
+    if is_upgrade(request):
+        # No WebSocket here: a client asking for one is not charged a notification it
+        # cannot use (docs/design.md, as a malformed handshake on /hooks).
+        return upgrade_refusal("there is no WebSocket on /notify")
     return await notify(request.app[PROXY], request)
 
 

@@ -81,15 +81,18 @@ def _handshake_problem(request: web.Request) -> str | None:
     return None
 
 
-def handshake_refusal(request: web.Request) -> web.Response | None:
-    """400 ``invalid_upgrade`` (connection closed) for a request asking for a WebSocket
-    that is not an opening handshake (see the module); None for a handshake."""
-    problem = _handshake_problem(request)
-    if problem is None:
-        return None
-    resp = problem_response(400, "invalid_upgrade", "Invalid WebSocket upgrade", problem)
+def upgrade_refusal(detail: str) -> web.Response:
+    """400 ``invalid_upgrade``, the connection closed: nothing metered or forwarded."""
+    resp = problem_response(400, "invalid_upgrade", "Invalid WebSocket upgrade", detail)
     resp.force_close()
     return resp
+
+
+def handshake_refusal(request: web.Request) -> web.Response | None:
+    """:func:`upgrade_refusal` for a request asking for a WebSocket that is not an opening
+    handshake (see the module); None for a handshake."""
+    problem = _handshake_problem(request)
+    return None if problem is None else upgrade_refusal(problem)
 
 
 async def proxy_websocket(

@@ -13,7 +13,9 @@ the status:
   body, so the gateway cannot have read it;
 * a request asking for a WebSocket that is not an opening handshake (RFC 6455 §4.2.1:
   an HTTP/1.1 GET without a body, ``Connection: Upgrade``, version 13, a key) is 400
-  ``invalid_upgrade`` at once, the connection closed, nothing charged or forwarded.
+  ``invalid_upgrade`` at once, the connection closed, nothing charged or forwarded;
+* so is every request asking for a WebSocket on ``/notify``, which has none, handshake
+  or not: it is not turned into a charged notification.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import orjson
 import pytest
 
 from config import Settings
+from config.fields import ChannelRule
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit
-from tests.support.channel_keys import SECRET_KEY, set_secret
+from tests.support.channel_keys import SECRET_KEY, hs256, set_secret
 from tests.support.rawbot import RawBot, running_raw_bot
 from tests.support.rawhttp import RawConn, Response
 
@@ -69,6 +72,7 @@ async def edge(seeded_gateway: SeededGateway, rclient: RedisClient) -> AsyncIter
             "secret_key": SECRET_KEY,
             "channel_secret_max_age_s": 0.001,
             "max_body_bytes": MAX_BODY,
+            "channels": {"web": ChannelRule(delivery_url=bot.url + "/out")},  # /notify
         }
         async with seeded_gateway(WS, apps, free=FREE, **settings) as gw:
             await seed(rclient, gw.gateway.settings, BROKE, {POOR: up})  # no credit at all
@@ -214,3 +218,40 @@ async def test_an_upgrade_that_is_not_a_handshake_is_400_at_once(edge: Edge, cas
         assert await c.closed()
     assert not edge.bot.heads
     assert await edge.spent() == 0
+
+
+NOTIFY_AUD = "creditgate:notify"  # the audience of /notify tokens (README)
+NOTIFY_UPGRADES = {
+    "a handshake": ("GET", UPGRADE + KEY, ""),
+    "POST with a body": ("POST", UPGRADE + KEY, SMUGGLED),
+    "no Connection: Upgrade": ("POST", "Upgrade: websocket\r\n", "{}"),
+}
+
+
+@pytest.mark.parametrize("case", NOTIFY_UPGRADES, ids=list(NOTIFY_UPGRADES))
+async def test_an_upgrade_to_websocket_on_notify_is_400_at_once(edge: Edge, case: str) -> None:
+    # Decided (docs/design.md): /notify has no WebSocket, and a client asking for one is
+    # not charged a notification it cannot use (the rule of the /hooks route). Before,
+    # the Upgrade header was dropped and the request sent on as a charged notification.
+    method, headers, body = NOTIFY_UPGRADES[case]
+    token = hs256(sub=None, aud=NOTIFY_AUD)
+    data = f"{method} /notify/web/{SIGNED}/n HTTP/1.1\r\nHost: gw\r\n"
+    data += f"Authorization: Bearer {token}\r\n{headers}"
+    data += f"Content-Length: {len(body)}\r\n\r\n{body}" if body else "\r\n"
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(data.encode())
+        resp = await c.response()
+        assert problem(resp, 400) == "invalid_upgrade"
+        assert resp.headers.get("Connection", "").lower() == "close"
+        rest = await c.rest()
+        assert b"HTTP/1." not in rest, rest[:300]  # the body was never a request
+        assert await c.closed()
+    assert not edge.bot.heads
+    assert await edge.spent() == 0
+    # The same notification without the Upgrade header is sent on, and charged.
+    data = data.replace(headers, "")
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(data.encode())
+        assert (await c.response()).status == 200
+    assert edge.bot.target() == b"/out/n"
+    assert await edge.spent() > 0
