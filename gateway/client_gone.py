@@ -1,18 +1,15 @@
-"""A message whose client left before its bot connection came is never sent (aiohttp path).
+"""Whether the client of the traffic request being forwarded went away (aiohttp path).
 
 aiohttp's server does not cancel a handler whose client went away (``handler_cancellation``
-stays off: a cancel can land anywhere in the metering code), so a message waiting in the
-client connector's queue for a place (``limit_per_host``: ``upstream_connections_per_bot``)
-would be sent, and charged, once a place frees although nobody waits for the answer. The
-fast path's pool ends such a wait at once (:mod:`gateway.fastpath.pool`). Here the
-question is asked where the connector's queue ends: :class:`ClientCheckingConnector` hands
-a connection over only if the request's client is still there (the predicate the handler
-put in :data:`CLIENT_GONE` for that request); else it gives the connection back (kept
-alive, to the next waiter) and raises :class:`ClientGone` before a byte is written, and
-the proxy refunds the message (``connect``). The waiter is not cancelled in the queue:
-aiohttp's queue loses the wake-up of a waiter cancelled in the pass it is woken in,
-leaving the next one waiting for a place that is free. So a gone message keeps its
-place in the queue until it is its turn (or until the connect timeout: 504, refunded).
+stays off: a cancel can land anywhere in the metering code), so a message waiting for a
+bot connection (:mod:`gateway.bot_connector`) would wait on, and then be sent and
+charged, although nobody waits for the answer. The proxy puts a :class:`ClientWatch` of
+the request in :data:`CLIENT_GONE` around ``session.request``; the connector ends the
+wait with :class:`ClientGone` as soon as the client's connection is lost (the server's
+protocol calls back, :class:`LostCallbacks`), and checks again before it hands a
+connection over, so nothing is written for a client that left; the proxy refunds the
+message. A client that half-closes after its request is not gone (docs/design.md): its
+connection is not lost until its answer is written.
 """
 
 from __future__ import annotations
@@ -21,33 +18,52 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 if TYPE_CHECKING:
-    from aiohttp.client_reqrep import ClientRequest
-    from aiohttp.connector import Connection
-    from aiohttp.tracing import Trace
-
-# Whether the client of the request being sent has gone; None outside a traffic request.
-CLIENT_GONE: ContextVar[Callable[[], bool] | None] = ContextVar("client_gone", default=None)
+    from aiohttp import web
 
 
 class ClientGone(Exception):
     """The client went away before its message was sent; nothing was written."""
 
 
-class ClientCheckingConnector(aiohttp.TCPConnector):
-    """A ``TCPConnector`` that hands a connection over only to a client still there."""
+class LostCallbacks:
+    """For the server's per-connection protocol: callbacks run once its connection is
+    lost (:meth:`lost`, called by the protocol's ``connection_lost``)."""
 
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
-    ) -> Connection:
-        conn = await super().connect(req, traces, timeout)
-        gone = CLIENT_GONE.get()
-        if gone is not None and gone():
-            conn.release()  # unused: kept alive and handed to the next waiter
-            raise ClientGone
-        return conn
+    _on_lost: set[Callable[[], None]] | None = None  # set on the instance when first used
+
+    def on_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` when the connection is lost; returns what forgets it."""
+        if self._on_lost is None:
+            self._on_lost = set()
+        callbacks = self._on_lost
+        callbacks.add(callback)
+        return lambda: callbacks.discard(callback)
+
+    def lost(self) -> None:
+        callbacks, self._on_lost = self._on_lost, None
+        for callback in callbacks or ():
+            callback()
+
+
+class ClientWatch:
+    """The client connection of one traffic request."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+
+    def gone(self) -> bool:
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
+
+    def on_lost(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Run ``callback`` when the client's connection is lost, if its protocol tells
+        (the gateway's does); returns what forgets it."""
+        protocol = self._request.protocol
+        return protocol.on_lost(callback) if isinstance(protocol, LostCallbacks) else None
+
+
+# The client of the request being sent; None outside a traffic request.
+CLIENT_GONE: ContextVar[ClientWatch | None] = ContextVar("client_gone", default=None)

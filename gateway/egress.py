@@ -25,7 +25,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
-from gateway.client_gone import ClientCheckingConnector
+from gateway.bot_connector import BotConnector
 from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
 
@@ -135,8 +135,9 @@ def egress_middleware(policy: Policy) -> ClientMiddlewareType:
 
 
 def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
-    # It also never sends the message of a client that left (gateway.client_gone).
-    return ClientCheckingConnector(resolver=GuardedResolver(policy), **kw)
+    # Bounded and ordered as on the fast path, and never sending the message of a client
+    # that left (gateway.bot_connector).
+    return BotConnector(resolver=GuardedResolver(policy), **kw)
 
 
 def guarded_session(

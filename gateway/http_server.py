@@ -8,6 +8,9 @@
   (TCP FIN) while it waits for the answer: every request it sent in full is answered,
   then the connection is closed. aiohttp closes at the FIN and the answer is lost. A
   request whose body was cut short by the FIN is not answered (closed at once).
+* **Clients that leave.** A connection lost runs the callbacks registered for it
+  (:class:`gateway.client_gone.LostCallbacks`): a message waiting for a bot connection
+  stops waiting at once.
 * **Protocol errors.** What the low-level HTTP parser rejects (malformed request line
   or headers, oversized fields) is answered as problem+json without echoing the input;
   aiohttp's own answer is text/plain with the offending bytes in it.
@@ -27,17 +30,22 @@ from config import Settings
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.access_log import AccessLogger
 from gateway.appkeys import METRICS
+from gateway.client_gone import LostCallbacks
 from gateway.logs import access_log_on
 from gateway.problems import problem_response
 
 log = logging.getLogger(__name__)
 
 
-class _ProblemRequestHandler(RequestHandler):
+class _ProblemRequestHandler(LostCallbacks, RequestHandler):
     """aiohttp's per-connection protocol, answering its own errors as problem+json and
-    half-closed clients in full (see the module)."""
+    half-closed clients in full, telling when the connection is lost (see the module)."""
 
-    _peer_eof = False  # the client sent FIN (no __slots__ here: one attribute more)
+    _peer_eof = False  # the client sent FIN (no __slots__ here: attributes more)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.lost()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         current = self._current_request

@@ -45,7 +45,7 @@ from yarl import URL
 from gateway import traffic_rules as rules
 from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
-from gateway.client_gone import CLIENT_GONE, ClientGone
+from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.counting import Forwarded, counted
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, upstream_headers
@@ -173,7 +173,7 @@ class Proxy:
             verified.rewrite(headers)
         data = self._confirming(body, admission)
         t0 = time.perf_counter()
-        gone = CLIENT_GONE.set(functools.partial(_client_gone, request))
+        gone = CLIENT_GONE.set(ClientWatch(request))
         try:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
@@ -264,11 +264,6 @@ class Proxy:
             return resp
         finally:
             upstream.release()
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,8 @@
 """A bot that holds every request until the test releases it, and counts its connections.
 
 A real listening socket on 127.0.0.1: ``accepted`` counts the connections it accepted,
-``peak`` the most open at once, ``paths`` the requests it read (in order), ``held`` the
+``open`` those open now, ``peak`` the most open at once, ``paths`` the requests it read
+(in order; ``journal`` too, a list bots may share: the order across them), ``held`` the
 requests read and not yet answered. Once ``release`` is set every request is answered
 ``200`` with its own path as the body, keep-alive (``/close/...``: ``Connection: close``,
 and the bot closes the connection after the answer).
@@ -30,6 +31,7 @@ class HeldBot:
     peak: int = 0
     held: int = 0
     paths: list[str] = field(default_factory=list)
+    journal: list[str] = field(default_factory=list)  # may be shared: the order across bots
     release: asyncio.Event = field(default_factory=asyncio.Event)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -63,6 +65,7 @@ class HeldBot:
                 length = int(value)
         await reader.readexactly(length)
         self.paths.append(path)
+        self.journal.append(path)
         self.held += 1
         try:
             await self.release.wait()
@@ -79,8 +82,8 @@ class HeldBot:
 
 
 @contextlib.asynccontextmanager
-async def held_bot() -> AsyncIterator[HeldBot]:
-    bot = HeldBot()
+async def held_bot(journal: list[str] | None = None) -> AsyncIterator[HeldBot]:
+    bot = HeldBot() if journal is None else HeldBot(journal=journal)
     server = await asyncio.start_server(bot.serve, HOST, 0)
     bot.url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
     try:

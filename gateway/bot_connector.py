@@ -1,0 +1,259 @@
+"""Connections to bots on the aiohttp path, bounded as on the fast path
+(:mod:`gateway.fastpath.pool`): ``limit_per_host`` per bot, ``limit`` in all.
+
+aiohttp's ``TCPConnector`` (3.x) is kept for what it does well (reusing an idle
+connection, oldest first; resolving, TCP and TLS; the keep-alive sweep; closing) and
+changed where it does not match the fast path:
+
+* **Idle connections hold places.** aiohttp's ``limit`` counts connections in use or
+  being opened (``_acquired``), not idle keep-alive ones (``_conns``): idle connections
+  of many bots added up past ``limit``. Here, before a connection is opened, the oldest
+  idle connections (any bot) are closed while idle and acquired ones together exceed
+  ``limit``, so keeping them never makes a message wait. (Per bot nothing changes: a
+  connection is opened only when its bot has no idle one.)
+* **Arrival order.** aiohttp wakes a waiting bot at random, and a woken waiter only
+  looks again for a free place, which a newcomer may take first. Here a place that frees
+  goes to the message that has waited longest among the bots under their cap, reserved
+  for it at once (a placeholder counted in ``_acquired``, as aiohttp's own while it
+  opens). A connection released keep-alive goes as it is to its own bot's first waiter
+  if none waited longer, else it is closed and its place is that waiter's.
+* **A client that leaves** (:mod:`gateway.client_gone`) ends its wait at once with
+  :class:`ClientGone`, and what was handed to a waiter in the loop pass it gave up in
+  (its client left, or the connect timeout) is passed on; aiohttp's queue lost it.
+
+The wait counts toward the connect timeout, as in aiohttp. Proxies are not supported
+(sessions never use one). These are private methods of aiohttp's connector: an upgrade
+that changes them fails tests/system/test_bot_connections.py. Finding the longest
+waiter looks at each bot that has one, as aiohttp's wake-up did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection, _TransportPlaceholder
+from aiohttp.helpers import ceil_timeout
+
+from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
+
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ClientRequest, ConnectionKey
+    from aiohttp.tracing import Trace
+
+# What a waiter is handed: a connection to use, or a placeholder: a place to open one in.
+Wait = asyncio.Future[ResponseHandler]
+
+
+class _Queue:
+    """One bot's waiters in arrival order; those that gave up are dropped lazily."""
+
+    __slots__ = ("gone", "waits")
+
+    def __init__(self) -> None:
+        self.waits: deque[tuple[int, Wait]] = deque()  # (arrival, wait)
+        self.gone = 0
+
+    def head(self) -> tuple[int, Wait] | None:
+        waits = self.waits
+        while waits:
+            if not waits[0][1].done():
+                return waits[0]
+            waits.popleft()
+        return None
+
+    def left(self) -> None:
+        self.gone += 1
+        if self.gone > 16 and self.gone * 2 > len(self.waits):
+            self.waits = deque(w for w in self.waits if not w[1].done())
+            self.gone = 0
+
+
+class BotConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` bounding idle connections too, serving waiters in arrival
+    order, and never handing a connection to a client that left; see the module."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._queues: dict[ConnectionKey, _Queue] = {}
+        self._arrivals = itertools.count()
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+    ) -> Connection:
+        if req.proxy is not None:
+            raise aiohttp.ClientConnectionError("proxies are not supported")
+        watch = CLIENT_GONE.get()
+        if watch is not None and watch.gone():
+            raise ClientGone
+        key = req.connection_key
+        conn = await self._get(key, traces)  # an idle connection of the bot
+        if conn is None:
+            async with ceil_timeout(timeout.connect, timeout.ceil_threshold):
+                conn = await self._new(req, key, traces, timeout, watch)
+        if watch is not None and watch.gone():
+            conn.release()  # unused: to the next waiter, or kept alive
+            raise ClientGone
+        return conn
+
+    async def _new(
+        self,
+        req: ClientRequest,
+        key: ConnectionKey,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+        watch: ClientWatch | None,
+    ) -> Connection:
+        """A place now, else the first connection or place handed over; a connection
+        opened in the place."""
+        if self._available_connections(key) > 0:
+            place = self._placeholder()
+            self._take(key, place)
+        else:
+            place = await self._wait(key, traces, watch)
+            if not isinstance(place, _TransportPlaceholder):
+                if place.is_connected():
+                    return Connection(self, key, place, self._loop)
+                dead, place = place, self._placeholder()  # ended since: open one instead
+                self._drop(key, dead)
+                self._take(key, place)
+                dead.close()
+        try:
+            self._make_room()
+            for trace in traces:
+                await trace.send_connection_create_start()
+            proto = await self._create_connection(req, traces, timeout)
+            for trace in traces:
+                await trace.send_connection_create_end()
+        except BaseException:
+            self._release_acquired(key, place)
+            raise
+        if self._closed:
+            proto.close()
+            raise aiohttp.ClientConnectionError("Connector is closed.")
+        self._drop(key, place)
+        self._take(key, proto)
+        return Connection(self, key, proto, self._loop)
+
+    async def _wait(
+        self, key: ConnectionKey, traces: list[Trace], watch: ClientWatch | None
+    ) -> ResponseHandler:
+        if watch is not None and watch.gone():
+            raise ClientGone
+        wait: Wait = self._loop.create_future()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        queue.waits.append((next(self._arrivals), wait))
+        forget = watch.on_lost(functools.partial(_leave, wait)) if watch is not None else None
+        try:
+            for trace in traces:
+                await trace.send_connection_queued_start()
+            handed = await wait
+            for trace in traces:
+                await trace.send_connection_queued_end()
+            return handed
+        except BaseException:
+            if wait.done() and not wait.cancelled() and wait.exception() is None:
+                self._pass_on(key, wait.result())  # handed over in the pass it gave up in
+            else:
+                queue.left()
+            raise
+        finally:
+            if forget is not None:
+                forget()
+
+    def _pass_on(self, key: ConnectionKey, handed: ResponseHandler) -> None:
+        if isinstance(handed, _TransportPlaceholder):
+            self._release_acquired(key, handed)
+        else:
+            self._release(key, handed)
+
+    def _first(self) -> ConnectionKey | None:
+        """The bot under its caps whose first waiter has waited longest."""
+        best: ConnectionKey | None = None
+        since = -1
+        done = []
+        for key, queue in self._queues.items():
+            head = queue.head()
+            if head is None:
+                done.append(key)
+            elif (best is None or head[0] < since) and self._available_connections(key) > 0:
+                best, since = key, head[0]
+        for key in done:
+            del self._queues[key]
+        return best
+
+    def _release_waiter(self) -> None:
+        """A place freed: to the longest waiters that can take one, reserved for them."""
+        while (key := self._first()) is not None:
+            _, wait = self._queues[key].waits.popleft()  # its head: live (_first)
+            place = self._placeholder()
+            self._take(key, place)
+            wait.set_result(place)
+
+    def _release(
+        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
+    ) -> None:
+        keep = not (should_close or self._force_close or protocol.should_close)
+        if keep and self._queues and not self._closed:
+            self._drop(key, protocol)
+            first = self._first()
+            self._take(key, protocol)
+            if first == key:
+                _, wait = self._queues[key].waits.popleft()  # its head: live (_first)
+                wait.set_result(protocol)  # still acquired: the waiter's now
+                return
+            should_close = first is not None  # its place is an older waiter's
+        super()._release(key, protocol, should_close=should_close)
+
+    def _make_room(self) -> None:
+        """Close the oldest idle connections (any bot) while idle and acquired ones
+        (the one about to be opened included) exceed ``limit``."""
+        if not self._limit:
+            return
+        conns = self._conns
+        excess = len(self._acquired) + sum(len(c) for c in conns.values()) - self._limit
+        while excess > 0 and (keys := [k for k, c in conns.items() if c]):
+            oldest = min(keys, key=lambda k: conns[k][0][1])  # deques: oldest first
+            proto, _ = conns[oldest].popleft()
+            if not conns[oldest]:
+                del conns[oldest]
+            proto.close()
+            excess -= 1
+
+    def _close(self, *, abort_ssl: bool = False) -> list[Any]:
+        queues, self._queues = self._queues, {}
+        for queue in queues.values():
+            for _, wait in queue.waits:
+                wait.cancel()
+        return super()._close(abort_ssl=abort_ssl)
+
+    def _placeholder(self) -> ResponseHandler:
+        return cast(ResponseHandler, _TransportPlaceholder(self._placeholder_future))
+
+    def _take(self, key: ConnectionKey, proto: ResponseHandler) -> None:
+        self._acquired.add(proto)
+        if self._limit_per_host:
+            self._acquired_per_host[key].add(proto)
+
+    def _drop(self, key: ConnectionKey, proto: ResponseHandler) -> None:
+        self._acquired.discard(proto)
+        if self._limit_per_host and (held := self._acquired_per_host.get(key)) is not None:
+            held.discard(proto)
+            if not held:
+                del self._acquired_per_host[key]
+
+
+def _leave(wait: Wait) -> None:
+    """The client went away: its message stops waiting."""
+    if not wait.done():
+        wait.set_exception(ClientGone())
