@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
@@ -41,6 +40,7 @@ from aiohttp.connector import Connection, _TransportPlaceholder
 from aiohttp.helpers import ceil_timeout
 
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
+from gateway.waiters import Waiters
 
 if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest, ConnectionKey
@@ -48,30 +48,7 @@ if TYPE_CHECKING:
 
 # What a waiter is handed: a connection to use, or a placeholder: a place to open one in.
 Wait = asyncio.Future[ResponseHandler]
-
-
-class _Queue:
-    """One bot's waiters in arrival order; those that gave up are dropped lazily."""
-
-    __slots__ = ("gone", "waits")
-
-    def __init__(self) -> None:
-        self.waits: deque[tuple[int, Wait]] = deque()  # (arrival, wait)
-        self.gone = 0
-
-    def head(self) -> tuple[int, Wait] | None:
-        waits = self.waits
-        while waits:
-            if not waits[0][1].done():
-                return waits[0]
-            waits.popleft()
-        return None
-
-    def left(self) -> None:
-        self.gone += 1
-        if self.gone > 16 and self.gone * 2 > len(self.waits):
-            self.waits = deque(w for w in self.waits if not w[1].done())
-            self.gone = 0
+_Queue = Waiters[ResponseHandler]
 
 
 class BotConnector(aiohttp.TCPConnector):
@@ -152,7 +129,7 @@ class BotConnector(aiohttp.TCPConnector):
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        queue.waits.append((next(self._arrivals), wait))
+        queue.waiters.append((next(self._arrivals), wait))
         forget = watch.on_lost(functools.partial(_leave, wait)) if watch is not None else None
         try:
             for trace in traces:
@@ -195,7 +172,7 @@ class BotConnector(aiohttp.TCPConnector):
     def _release_waiter(self) -> None:
         """A place freed: to the longest waiters that can take one, reserved for them."""
         while (key := self._first()) is not None:
-            _, wait = self._queues[key].waits.popleft()  # its head: live (_first)
+            _, wait = self._queues[key].waiters.popleft()  # its head: live (_first)
             place = self._placeholder()
             self._take(key, place)
             wait.set_result(place)
@@ -209,7 +186,7 @@ class BotConnector(aiohttp.TCPConnector):
             first = self._first()
             self._take(key, protocol)
             if first == key:
-                _, wait = self._queues[key].waits.popleft()  # its head: live (_first)
+                _, wait = self._queues[key].waiters.popleft()  # its head: live (_first)
                 wait.set_result(protocol)  # still acquired: the waiter's now
                 return
             should_close = first is not None  # its place is an older waiter's
@@ -233,7 +210,7 @@ class BotConnector(aiohttp.TCPConnector):
     def _close(self, *, abort_ssl: bool = False) -> list[Any]:
         queues, self._queues = self._queues, {}
         for queue in queues.values():
-            for _, wait in queue.waits:
+            for _, wait in queue.waiters:
                 wait.cancel()
         return super()._close(abort_ssl=abort_ssl)
 

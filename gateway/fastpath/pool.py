@@ -30,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import deque
 from typing import Protocol
 
 from gateway.egress import GuardedResolver, Verdicts
 from gateway.fastpath.dial import dial
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
+from gateway.waiters import Waiters
 from meter.accounts.egress import Policy
 
 IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)
@@ -55,27 +55,17 @@ class Waiter(Protocol):
     def waiting(self, wait: Wait | None) -> None: ...
 
 
-class _Bot:
+class _Bot(Waiters[UpstreamConnection | None]):
     """One ``(host, port)``: its idle connections, how many it holds, who waits."""
 
-    __slots__ = ("count", "gone", "idle", "key", "listed", "waiters")
+    __slots__ = ("count", "idle", "key", "listed")
 
     def __init__(self, key: Key) -> None:
+        super().__init__()
         self.key = key
         self.idle: list[UpstreamConnection] = []
         self.count = 0  # connections open or being opened, idle ones included
-        self.waiters: deque[tuple[int, Wait]] = deque()  # (arrival, wait)
-        self.gone = 0  # waiters that gave up, still in the deque (dropped lazily)
         self.listed = False  # in the pool's heap of bots that may take a freed place
-
-    def head(self) -> tuple[int, Wait] | None:
-        """The first waiter still waiting (those before it that gave up are dropped)."""
-        waiters = self.waiters
-        while waiters:
-            if not waiters[0][1].done():
-                return waiters[0]
-            waiters.popleft()
-        return None
 
 
 class Pool:
@@ -148,10 +138,7 @@ class Pool:
             if wait.done() and not wait.cancelled() and wait.exception() is None:
                 self._pass_on(bot, wait.result())  # woken in the pass it gave up in
             else:
-                bot.gone += 1
-                if bot.gone > 16 and bot.gone * 2 > len(bot.waiters):
-                    bot.waiters = deque(w for w in bot.waiters if not w[1].done())
-                    bot.gone = 0
+                bot.left()
                 self._forget(bot)
             raise
         finally:

@@ -72,7 +72,7 @@ def waits(http: aiohttp.ClientSession) -> list[asyncio.Future[object]]:
     """The live waits of the session's connector, in arrival order."""
     connector = http.connector
     assert isinstance(connector, BotConnector)
-    live = [w for q in connector._queues.values() for w in q.waits if not w[1].done()]
+    live = [w for q in connector._queues.values() for w in q.waiters if not w[1].done()]
     return [wait for _, wait in sorted(live, key=lambda w: w[0])]
 
 

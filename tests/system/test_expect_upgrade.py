@@ -205,13 +205,20 @@ async def test_an_upgrade_that_is_not_a_handshake_is_400_at_once(edge: Edge, cas
         data += "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
     else:
         data += f"Content-Length: {len(body)}\r\n\r\n{body}" if body else "\r\n"
+    # Before, a POST with a body waited for the bot until the read timeout (its
+    # Content-Length went to the bot with the bodiless handshake): 502.
+    await refused_upgrade(edge, data, says_close=version == "HTTP/1.1")
+
+
+async def refused_upgrade(edge: Edge, data: str, *, says_close: bool = True) -> None:
+    """``data`` is answered 400 ``invalid_upgrade``, the connection closed (``says_close``:
+    and says so; HTTP/1.0 closes unless kept alive), what followed never answered as a
+    request; the bot not called, nothing charged."""
     async with RawConn.open(edge.gw.url) as c:
         c.send(data.encode())
         resp = await c.response()
-        # Before, a POST with a body waited for the bot until the read timeout (its
-        # Content-Length went to the bot with the bodiless handshake): 502.
         assert problem(resp, 400) == "invalid_upgrade"
-        if version == "HTTP/1.1":  # HTTP/1.0 closes unless kept alive
+        if says_close:
             assert resp.headers.get("Connection", "").lower() == "close"
         rest = await c.rest()
         assert b"HTTP/1." not in rest, rest[:300]  # the body was never a request
@@ -238,16 +245,7 @@ async def test_an_upgrade_to_websocket_on_notify_is_400_at_once(edge: Edge, case
     data = f"{method} /notify/web/{SIGNED}/n HTTP/1.1\r\nHost: gw\r\n"
     data += f"Authorization: Bearer {token}\r\n{headers}"
     data += f"Content-Length: {len(body)}\r\n\r\n{body}" if body else "\r\n"
-    async with RawConn.open(edge.gw.url) as c:
-        c.send(data.encode())
-        resp = await c.response()
-        assert problem(resp, 400) == "invalid_upgrade"
-        assert resp.headers.get("Connection", "").lower() == "close"
-        rest = await c.rest()
-        assert b"HTTP/1." not in rest, rest[:300]  # the body was never a request
-        assert await c.closed()
-    assert not edge.bot.heads
-    assert await edge.spent() == 0
+    await refused_upgrade(edge, data)
     # The same notification without the Upgrade header is sent on, and charged.
     data = data.replace(headers, "")
     async with RawConn.open(edge.gw.url) as c:
