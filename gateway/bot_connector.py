@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.connector import Connection, _TransportPlaceholder
+from aiohttp.connector import Connection
 from aiohttp.helpers import ceil_timeout
 
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
@@ -46,7 +46,24 @@ if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest, ConnectionKey
     from aiohttp.tracing import Trace
 
-# What a waiter is handed: a connection to use, or a placeholder: a place to open one in.
+
+class _Place:
+    """A place held in ``_acquired`` for a connection not opened yet (reserved for a
+    waiter, or being opened), as aiohttp's own placeholder, whose form changes between
+    releases: ``_close`` closes it and waits for nothing."""
+
+    __slots__ = ()
+    transport = None
+    closed = None
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+# What a waiter is handed: a connection to use, or a _Place: a place to open one in.
 Wait = asyncio.Future[ResponseHandler]
 _Queue = Waiters[ResponseHandler]
 
@@ -96,7 +113,7 @@ class BotConnector(aiohttp.TCPConnector):
             self._take(key, place)
         else:
             place = await self._wait(key, traces, watch)
-            if not isinstance(place, _TransportPlaceholder):
+            if not isinstance(place, _Place):
                 if place.is_connected():
                     return Connection(self, key, place, self._loop)
                 dead, place = place, self._placeholder()  # ended since: open one instead
@@ -149,7 +166,7 @@ class BotConnector(aiohttp.TCPConnector):
                 forget()
 
     def _pass_on(self, key: ConnectionKey, handed: ResponseHandler) -> None:
-        if isinstance(handed, _TransportPlaceholder):
+        if isinstance(handed, _Place):
             self._release_acquired(key, handed)
         else:
             self._release(key, handed)
@@ -207,15 +224,15 @@ class BotConnector(aiohttp.TCPConnector):
             proto.close()
             excess -= 1
 
-    def _close(self, *, abort_ssl: bool = False) -> list[Any]:
+    def _close(self, *args: Any, **kw: Any) -> Any:  # its signature varies by release
         queues, self._queues = self._queues, {}
         for queue in queues.values():
             for _, wait in queue.waiters:
                 wait.cancel()
-        return super()._close(abort_ssl=abort_ssl)
+        return super()._close(*args, **kw)
 
     def _placeholder(self) -> ResponseHandler:
-        return cast(ResponseHandler, _TransportPlaceholder(self._placeholder_future))
+        return cast(ResponseHandler, _Place())
 
     def _take(self, key: ConnectionKey, proto: ResponseHandler) -> None:
         self._acquired.add(proto)
