@@ -188,7 +188,7 @@ class BotConnector(aiohttp.TCPConnector):
 
     def _release_waiter(self) -> None:
         """A place freed: to the longest waiters that can take one, reserved for them."""
-        while (key := self._first()) is not None:
+        while self._queues and (key := self._first()) is not None:  # most often: none
             _, wait = self._queues[key].waiters.popleft()  # its head: live (_first)
             place = self._placeholder()
             self._take(key, place)
