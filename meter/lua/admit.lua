@@ -131,8 +131,14 @@ end
 for _, r in pairs(rates) do
   for _, w in ipairs({r.m, r.h}) do
     if w.add > 0 then
-      redis.call('HINCRBY', w.key, w.cur, w.add)
-      redis.call('HSET', w.key, 't', D(w.t), 'o', D(w.o), 'n', D(w.cur))
+      -- One HSET: the bucket's count read with the window plus what this call added (as
+      -- HINCRBY would), the total, and o and n where they changed (a new or reset window
+      -- has neither; o changes only when trimmed; n when a newer bucket is written).
+      if w.new or w.trimmed or not w.same_n then
+        redis.call('HSET', w.key, w.cs, D(w.c + w.add), 't', D(w.t), 'o', D(w.o), 'n', w.cs)
+      else
+        redis.call('HSET', w.key, w.cs, D(w.c + w.add), 't', D(w.t))
+      end
       if w.new or w.n ~= w.cur then redis.call('PEXPIRE', w.key, math.ceil(w.g * (NB + 2))) end
     elseif w.trimmed then
       -- Old buckets were dropped but nothing admitted: keep the total in step with them.
@@ -143,7 +149,8 @@ end
 for uk, u in pairs(usage) do
   if u.add > 0 then redis.call('INCRBY', uk, u.add) end
 end
-local agk = P .. ':ag:' .. D(bucket)
+local bs = D(bucket)
+local agk = P .. ':ag:' .. bs
 local touched = false
 for fkey, g in pairs(agg) do
   for j = 1, 6 do
@@ -155,7 +162,7 @@ for field, v in pairs(refused) do
   redis.call('HINCRBY', agk, field, v)
   touched = true
 end
-if touched then redis.call('ZADD', P .. ':agi', bucket, bucket) end
+if touched then redis.call('ZADD', P .. ':agi', bs, bs) end
 for b in pairs(sri) do redis.call('ZADD', P .. ':sri', b, b) end
 if #events > 0 then redis.call('RPUSH', P .. ':ev', unpack(events)) end
 return out

@@ -93,16 +93,20 @@ end
 -- Rolling window: NB buckets of WIN/NB ms; fields <bucket index> -> count, plus t (total),
 -- o (oldest index possibly present) and n (newest written). Counting buckets from
 -- cur-NB on covers a little more than the window, so the limit is never exceeded.
+-- The current bucket's count (c) is read with the rest, so admit.lua writes a window
+-- back in one HSET: its count, t, and o and n only where they changed.
 local function window(key, win)
   local g = win / NB
   local cur = math.floor(now / g)
-  local r = redis.call('HMGET', key, 't', 'o', 'n')
-  local w = {key = key, g = g, cur = cur, t = tonumber(r[1] or '0'), o = tonumber(r[2] or cur),
-    n = tonumber(r[3] or cur), add = 0, new = r[1] == false}
+  local cs = D(cur) -- the current bucket's field
+  local r = redis.call('HMGET', key, 't', 'o', 'n', cs)
+  local w = {key = key, g = g, cur = cur, cs = cs, t = tonumber(r[1] or '0'),
+    o = tonumber(r[2] or cur), n = tonumber(r[3] or cur), c = tonumber(r[4] or '0'), add = 0,
+    new = r[1] == false, same_n = r[3] == cs}
   local minv = cur - NB
   if w.n < minv then
     if not w.new then redis.call('DEL', key) end
-    w.t, w.o, w.n, w.new = 0, cur, cur, true
+    w.t, w.o, w.n, w.c, w.new, w.same_n = 0, cur, cur, 0, true, false
   elseif w.o < minv then
     for i = w.o, minv - 1 do
       local c = redis.call('HGET', key, i)

@@ -27,14 +27,13 @@ local function sr_key(b)
 end
 for b = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK), -SB do
   SRB[#SRB + 1] = b
-  sr_key(b)
 end
 
 -- The entry of field "app\tchannel\tuser" and its bucket, or nil.
 local function session_find(fld)
   for i = 1, #SRB do
     local b = SRB[i]
-    local v = redis.call('HGET', SRK[b], fld)
+    local v = redis.call('HGET', SRK[b] or sr_key(b), fld)
     if v then return v, b end
   end
 end
