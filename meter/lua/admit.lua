@@ -69,25 +69,35 @@
 -- written back once at the end: the script is atomic, so this equals writing as we go,
 -- and it makes a batch of N admissions cost far fewer than N times the commands.
 
+-- The arguments are integers as Python formats them. Each is converted where it is used,
+-- and only if it is (most calls need few): a string is converted with "+ 0", one parse
+-- where tonumber() makes two. The TTLs only ever go to Redis, as they came.
 local P = KEYS[1]
-local now = tonumber(ARGV[1])
-local BLOCK, IDLE, IDEM_TTL = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local FB = tonumber(ARGV[5])
-local LOW = tonumber(ARGV[6])
+local now = ARGV[1] + 0
+local BLOCK, IDLE, IDEM_TTL = ARGV[2] + 0, ARGV[3] + 0, ARGV[4]
+local FB = ARGV[5] + 0
 local PAID_FIRST = ARGV[7] == 'p'
-local DEF_PM, DEF_PH = tonumber(ARGV[8]), tonumber(ARGV[9])
-local WIN_M, WIN_H = tonumber(ARGV[10]), tonumber(ARGV[11])
 local PERIOD = ARGV[12]
-local REFUND_TTL = tonumber(ARGV[13])
-local MAX_DELIVERIES = tonumber(ARGV[14])
-local RESERVE = tonumber(ARGV[15])
+local REFUND_TTL = ARGV[13]
+local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
 local FIRST = 16
 local NB = 60 -- buckets per rolling window
 local bucket = math.floor(now / 1000 / FB) * FB
 
 -- #include lib_sessions.lua
 -- #include admit_batch.lua
+
+-- The full path's functions are made when an admission first needs them: a call whose
+-- admissions all take the short path makes none of them (each closure made costs the
+-- call, whatever the batch). Inside full_path() they reach the chunk's locals as
+-- upvalues of full_path, which is cheaper than the chunk making them itself.
+local full, check
+local function full_path()
 -- #include admit_rules.lua
+-- #include admit_full.lua
+  return full, check
+end
+
 -- #include admit_message.lua
 
 for i = FIRST, #ARGV do
@@ -106,9 +116,12 @@ local paid_total = W.pool + W.apps
 if W0.pool + W0.apps > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
 local usable = (free_valid and W.free or 0) + paid_total
 local debited = W.free ~= W0.free or W.pool ~= W0.pool or W.apps ~= W0.apps
-if debited and not W.low and usable < LOW then
-  W.low = true
-  event('balance.low', {balance = usable, threshold = LOW})
+if debited and not W.low then
+  local low = tonumber(wr[10] or '') or ARGV[6] + 0 -- the owner's own threshold, if set
+  if usable < low then
+    W.low = true
+    event('balance.low', {balance = usable, threshold = low})
+  end
 end
 
 -- Write back --------------------------------------------------------------------------

@@ -24,10 +24,11 @@ if not wr[1] then
   for _ = FIRST, #ARGV do result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   return out
 end
-LOW = tonumber(wr[10] or '') or LOW -- the owner's own threshold, if set
+-- free, free_exp, pool and apps are read with "+ 0" (one parse; tonumber makes two): a value
+-- that is not a number fails the call here, where tonumber's nil failed it further on.
 local W = {
-  ent = wr[1] == 'enterprise', free = tonumber(wr[2] or '0'), free_exp = tonumber(wr[3] or '0'),
-  pool = tonumber(wr[4] or '0'), apps = tonumber(wr[5] or '0'), lapsed = tonumber(wr[6] or '0'),
+  ent = wr[1] == 'enterprise', free = (wr[2] or 0) + 0, free_exp = (wr[3] or 0) + 0,
+  pool = (wr[4] or 0) + 0, apps = (wr[5] or 0) + 0, lapsed = tonumber(wr[6] or '0'),
   low = wr[7] == '1', np = tonumber(wr[8] or '0'), seq = tonumber(wr[9] or '0'),
 }
 local W0 = {free = W.free, pool = W.pool, apps = W.apps, seq = W.seq, low = W.low,
@@ -67,7 +68,8 @@ local function app_of(id)
       a = false
     else
       a = {product = r[1], suspended = r[2] == '1', use_free = r[3] ~= '0',
-        app = tonumber(r[4] or '0'), pm = tonumber(r[5] or ''), ph = tonumber(r[6] or ''),
+        app = tonumber(r[4] or '0'), pm = r[5] and tonumber(r[5]) or ARGV[8] + 0,
+        ph = r[6] and tonumber(r[6]) or ARGV[9] + 0,
         inactive = r[7] == '1', shadow = r[8] == '1', dirty = false}
     end
     apps[id] = a
@@ -100,9 +102,12 @@ local function window(key, win)
   local cur = math.floor(now / g)
   local cs = D(cur) -- the current bucket's field
   local r = redis.call('HMGET', key, 't', 'o', 'n', cs)
-  local w = {key = key, g = g, cur = cur, cs = cs, t = tonumber(r[1] or '0'),
-    o = tonumber(r[2] or cur), n = tonumber(r[3] or cur), c = tonumber(r[4] or '0'), add = 0,
-    new = r[1] == false, same_n = r[3] == cs}
+  -- Only admit.lua writes a window, each field as D() formats it: "+ 0" reads it (one
+  -- parse where tonumber makes two), and an n equal to the current field is cur.
+  local same_n = r[3] == cs
+  local w = {key = key, g = g, cur = cur, cs = cs, t = (r[1] or 0) + 0, o = (r[2] or cur) + 0,
+    n = same_n and cur or (r[3] or cur) + 0, c = (r[4] or 0) + 0, add = 0, new = r[1] == false,
+    same_n = same_n}
   local minv = cur - NB
   if w.n < minv then
     if not w.new then redis.call('DEL', key) end
@@ -136,10 +141,27 @@ end
 local function rates_of(id)
   local r = rates[id]
   if r == nil then
-    r = {m = window(P .. ':rm:' .. id, WIN_M), h = window(P .. ':rh:' .. id, WIN_H)}
+    r = {m = window(P .. ':rm:' .. id, ARGV[10] + 0), h = window(P .. ':rh:' .. id, ARGV[11] + 0)}
     rates[id] = r
   end
   return r
+end
+
+-- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
+local function rate_check(app_id, a, pr)
+  local pm, ph = a.pm, a.ph
+  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
+  local rt = rates_of(app_id)
+  if rt.m.t + 1 > pm then return 4, wait_ms(rt.m, pm), rt end
+  if rt.h.t + 1 > ph then return 4, wait_ms(rt.h, ph), rt end
+  return 0, 0, rt
+end
+
+local function count_rate(rt)
+  if rt then
+    rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
+    rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
+  end
 end
 
 -- Enterprise usage of a product in the billing period (counted, never debited).

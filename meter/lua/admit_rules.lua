@@ -34,23 +34,6 @@ local function status_code(a, pr)
   return 0
 end
 
--- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
-local function rate_check(app_id, a, pr)
-  local pm, ph = a.pm or DEF_PM, a.ph or DEF_PH
-  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
-  local rt = rates_of(app_id)
-  if rt.m.t + 1 > pm then return 4, wait_ms(rt.m, pm), rt end
-  if rt.h.t + 1 > ph then return 4, wait_ms(rt.h, ph), rt end
-  return 0, 0, rt
-end
-
-local function count_rate(rt)
-  if rt then
-    rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
-    rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
-  end
-end
-
 -- Can the workspace pay this app's next unit? 0, or the refusal code (5, 6 or 7).
 local function credit_code(a, pr, price)
   if W.ent then
@@ -93,6 +76,7 @@ local function redelivery(m, ik, seen)
   local code, retry, rt = status_code(a, pr), 0, nil
   if code == 0 and not m.settle then code, retry, rt = rate_check(m.app_id, a, pr) end
   if code == 0 then code = credit_code(a, pr, m.price) end
+  MAX_DELIVERIES = MAX_DELIVERIES or ARGV[14] + 0
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
   -- The same key with another message is not a redelivery.
   if code == 0 and sdig ~= '' and m.digest ~= '' and sdig ~= m.digest then code = 8 end
@@ -115,10 +99,11 @@ local function session_of(fld, found, fkb)
     local c1, d1, b1, s1, m1, a1 = string.match(S.found, ENTRY_RE)
     -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
     -- the last message, so times only ever move forward here.
-    if c1 and now - tonumber(c1) - tonumber(d1) < IDLE then
-      S.cs, S.blocks, S.bsid, S.msgs, S.amount = tonumber(c1), tonumber(b1), s1, tonumber(m1),
-        tonumber(a1)
-      S.last = math.max(now, S.cs + tonumber(d1))
+    -- Digits (%d+) read with "+ 0": tonumber's value with one parse instead of two.
+    local dl = c1 and d1 + 0
+    if c1 and now - c1 - dl < IDLE then
+      S.cs, S.blocks, S.bsid, S.msgs, S.amount = c1 + 0, b1 + 0, s1, m1 + 0, a1 + 0
+      S.last = math.max(now, S.cs + dl)
     end
   end
   if not S.cs then S.cs, S.last, S.blocks = now, now, 0 end

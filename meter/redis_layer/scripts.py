@@ -32,8 +32,9 @@ def lua_source(name: str) -> str:
     replaced, at load time, by that file of ``meter/lua`` (one level: a fragment includes
     nothing). The fragments become part of one chunk and share the script's locals, in
     the order the script includes them (``admit.lua``: ``lib_sessions``, ``admit_batch``,
-    ``admit_rules``, ``admit_message``; ``refund.lua``: ``lib_sessions``; ``peek.lua`` and
-    ``peek_sessions.lua``: ``lib_peek``).
+    ``admit_rules``, ``admit_full``, ``admit_message``; ``refund.lua``: ``lib_sessions``;
+    ``peek.lua`` and ``peek_sessions.lua``: ``lib_peek``). admit.lua includes
+    ``admit_rules`` and ``admit_full`` inside a function, made only when needed.
     """
     return _INCLUDE.sub(lambda m: _read(m.group(1)), _read(f"{name}.lua"))
 

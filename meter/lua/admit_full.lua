@@ -1,0 +1,104 @@
+-- admit_full.lua (a fragment of admit.lua, inside full_path()): the full path of one
+-- admission, full(m), and the check of kind "c", check(a, pr).
+
+-- A check (kind "c", a WebSocket upgrade): could the app be served? Nothing is charged
+-- or counted.
+local function check(a, pr)
+  local code = status_code(a, pr)
+  if code == 0 then code = credit_code(a, pr, pr.price) end
+  if a.shadow then code = 0 end
+  return result(code, 0, 0, 0, 0, 0, 0, '', 0)
+end
+
+local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
+
+-- A charge record exists for this rid: the same attempt again (the client retried a call
+-- whose reply was lost) gets the original decision, not a duplicate, so a failed bot call
+-- is still refunded; another attempt is a redelivery.
+local function seen_before(m, ik, seen)
+  local stok, _, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
+  if stok == m.token then
+    return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
+      0, sbsid, (sbsid ~= '' and sunits ~= '0') and 2 or 0)
+  end
+  return redelivery(m, ik, seen)
+end
+
+-- Suspension, licence and (unless settling) rate limits of a new message: the code (0 to
+-- go on), the wait, the windows to count it in, and the code shadow mode counted instead.
+local function gate(m)
+  local a = m.a
+  local code, retry, rt = status_code(a, m.pr), 0, nil
+  local shadowed = 0
+  if code ~= 0 and a.shadow then shadowed, code = shadow(m.fkey, code), 0 end
+  if code == 0 and not m.settle then code, retry, rt = rate_check(m.app_id, a, m.pr) end
+  if code ~= 0 and a.shadow then
+    if shadowed == 0 then shadowed = shadow(m.fkey, code) end
+    code = 0
+  end
+  return code, retry, rt, shadowed
+end
+
+-- Take the unit's price (enterprise: count it in the period's usage): the charge as
+-- free, app, pool and invoiced amounts.
+local function charge(m)
+  if W.ent then
+    local u = usage_of(m.a.product)
+    u.add = u.add + 1
+    return 0, 0, 0, m.price
+  end
+  local free, app, pool = debit(m.a, m.price)
+  return free, app, pool, 0
+end
+
+-- The charge record (redelivery check, what a refund reverses) and, for a charge not
+-- yet settled, its reservation until the forward is confirmed.
+local function record(m, units, bsid, free, app, pool, inv)
+  redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', m.token,
+    m.digest, units, bsid, free, app, pool, inv, m.ch, m.unit, m.user), 'PX', m.ttl)
+  if units > 0 and not m.settle then
+    DEADLINE = DEADLINE or D(now + ARGV[15])
+    redis.call('ZADD', P .. ':rsv', DEADLINE, m.app_id .. ':' .. m.rid)
+  end
+end
+
+-- Everything but the short path: redeliveries, refusals, charges, new sessions.
+local function full(m)
+  local seen = redis.call('GET', m.ik)
+  if seen then return seen_before(m, m.ik, seen) end
+  local a = m.a
+  local code, retry, rt, shadowed = gate(m)
+  if code ~= 0 then return refuse(m.fkey, code, retry, m.token) end
+  local S, charged = nil, true
+  if m.unit == 'session' then
+    S = session_of(m.sfld, m.found, m.fkb)
+    charged = S.charge
+  end
+  local free, app, pool, inv = 0, 0, 0, 0
+  if charged then
+    code = credit_code(a, m.pr, m.price)
+    if code ~= 0 and a.shadow then
+      -- Served although it could not be paid: nothing charged, no session opened.
+      if shadowed == 0 then shadowed = shadow(m.fkey, code) end
+      code, charged, S = 0, false, nil
+    end
+    if code ~= 0 then
+      announce(m.app_id, a, m.pr, code)
+      return refuse(m.fkey, code, 0, m.token)
+    end
+  end
+  if charged then free, app, pool, inv = charge(m) end
+  local flags, units, bsid = 0, charged and 1 or 0, ''
+  -- Only a charged unit shows the app can pay again; a message inside an already
+  -- paid session does not (else app.inactive would be announced again and again).
+  if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
+  count_rate(rt)
+  if S then
+    write_session(S, a, charged and (free + app + pool + inv) or nil)
+    bsid = S.bsid
+    if charged then flags = 2 end
+  end
+  tally(m.fkey, units, free, app, pool, inv)
+  if units > 0 or m.idem ~= '' then record(m, units, bsid, free, app, pool, inv) end
+  result(0, units, free, app, pool, inv, 0, bsid, flags + 8 * shadowed)
+end
