@@ -142,7 +142,8 @@ for id, a in pairs(apps) do
   end
 end
 for _, r in pairs(rates) do
-  for _, w in ipairs({r.m, r.h}) do
+  for k = 1, 2 do
+    local w = k == 1 and r.m or r.h
     if w.add > 0 then
       -- One HSET: the bucket's count read with the window plus what this call added (as
       -- HINCRBY would), the total, and o and n where they changed (a new or reset window

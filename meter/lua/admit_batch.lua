@@ -24,12 +24,12 @@ if not wr[1] then
   for _ = FIRST, #ARGV do result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   return out
 end
--- free, free_exp, pool and apps are read with "+ 0" (one parse; tonumber makes two): a value
--- that is not a number fails the call here, where tonumber's nil failed it further on.
+-- Integers, read with "+ 0" (one parse; tonumber makes two): a value that is not a number
+-- fails the call here, before any write (no writer stores one).
 local W = {
   ent = wr[1] == 'enterprise', free = (wr[2] or 0) + 0, free_exp = (wr[3] or 0) + 0,
-  pool = (wr[4] or 0) + 0, apps = (wr[5] or 0) + 0, lapsed = tonumber(wr[6] or '0'),
-  low = wr[7] == '1', np = tonumber(wr[8] or '0'), seq = tonumber(wr[9] or '0'),
+  pool = (wr[4] or 0) + 0, apps = (wr[5] or 0) + 0, lapsed = (wr[6] or 0) + 0,
+  low = wr[7] == '1', np = (wr[8] or 0) + 0, seq = (wr[9] or 0) + 0,
 }
 local W0 = {free = W.free, pool = W.pool, apps = W.apps, seq = W.seq, low = W.low,
   lapsed = W.lapsed}
