@@ -4,12 +4,16 @@ throughput is noisy (a shared machine), measured under valgrind (callgrind).
 Runs redis-server under ``valgrind --tool=callgrind`` twice, with the same set-up (one
 workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 22 calls of
 ``--batch`` admissions; the difference over 20 calls is the cost of those admissions
-alone. Rows: messages inside a paid session (stamped with the sessions' own time, so
-the charge-record look-up is taken, as in bench/admission.py's in-session row; a
+alone, per admission (at batch 1: per call, the call's fixed cost included). Rows:
+messages inside a paid session (stamped with the sessions' own time, so the
+charge-record look-up is taken, as in bench/admission.py's in-session row; a
 millisecond later per call, as real traffic is; the same with a channel idempotency
-key), and messages opening a new session.
+key), and messages opening a new session. Several ``--batch`` sizes give one column
+each: small batches (moderate load) show the fixed cost of a call, large ones the cost
+of an admission.
 
     .venv/bin/python -m bench.lua_cost [--batch 256]     # needs valgrind; ~1 min
+    .venv/bin/python -m bench.lua_cost --batch 1 16 256  # ~3 min
 """
 
 from __future__ import annotations
@@ -95,23 +99,27 @@ async def _prepare(port: int) -> list[int | str]:
     return [v if isinstance(v, int) else str(v) for v in head]  # type: ignore[misc]
 
 
+def per_admission(kind: str, batch: int) -> float:
+    """Instructions per admission of 20 calls of ``batch`` (the set-up subtracted)."""
+    return (instructions(kind, 22, batch) - instructions(kind, 2, batch)) / (20 * batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, nargs="+", default=[256], help="one or more sizes")
     opt = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("bench.lua_cost needs valgrind")
-    print(f"admit.lua, instructions of redis-server per admission (batches of {opt.batch})")
+    print("admit.lua, instructions of redis-server per admission, by batch size")
+    print(f"  {'':<52}" + "".join(f" {f'batch {b}':>11}" for b in opt.batch))
     for kind, label in (
         ("inside", "in a paid session, same stamp as the session"),
         ("later", "in a paid session, stamped later (real traffic)"),
         ("keyed", "the same with a channel key (Slack, Teams, WhatsApp)"),
         ("new", "opening a new billing session"),
     ):
-        cost = (instructions(kind, 22, opt.batch) - instructions(kind, 2, opt.batch)) / (
-            20 * opt.batch
-        )
-        print(f"  {label:<52} {cost:>9,.0f}")
+        costs = [per_admission(kind, b) for b in opt.batch]
+        print(f"  {label:<52}" + "".join(f" {c:>11,.0f}" for c in costs), flush=True)
 
 
 if __name__ == "__main__":
