@@ -2,9 +2,11 @@
 --
 -- Assembled at load time (meter/redis_layer/scripts.py): each "-- #include <file>" line
 -- below is replaced by that file of meter/lua, in order, into one chunk, so the fragments
--- share this file's locals. admit_batch.lua: the workspace and the per-batch caches;
--- admit_rules.lua: the rules (status, rate limits, credit, sessions, debit);
--- admit_message.lua: one admission (the short in-session path, then the full path).
+-- share this file's locals. admit_batch.lua: the workspace, the per-batch caches and the
+-- rolling windows; admit_rules.lua: the rules (status, credit, sessions, debit);
+-- admit_full.lua: the full path of one admission (these two inside full_path(), made
+-- only when an admission needs them); admit_message.lua: one admission (the short
+-- in-session path, else the full path).
 --
 -- KEYS[1]   workspace prefix "cg:{<ws>}". Every key touched is derived from it (see
 --           meter/redis_layer/keys.py), so all share one hash slot and the script runs on
@@ -68,6 +70,11 @@
 -- Reads of the workspace, apps, rate windows and aggregates are cached for the batch and
 -- written back once at the end: the script is atomic, so this equals writing as we go,
 -- and it makes a batch of N admissions cost far fewer than N times the commands.
+-- What a call costs whatever its batch (at moderate load batches are small): one HMGET
+-- of the workspace; per app, one HMGET of the app, of its product and of each window
+-- (t, o, n and the current bucket); at the end, one HSET per window that counted
+-- something, one HINCRBY per aggregate field that changed, one ZADD of the aggregate
+-- bucket, and HSETs of the workspace and apps only for balances that changed.
 
 -- The arguments are integers as Python formats them. Each is converted where it is used,
 -- and only if it is (most calls need few): a string is converted with "+ 0", one parse

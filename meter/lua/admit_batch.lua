@@ -1,6 +1,7 @@
 -- admit_batch.lua (a fragment of admit.lua): the workspace, read once per call, and the
 -- per-batch caches of apps, products, rate windows, usage and aggregates, written back
--- once at the end of admit.lua. Also the reply builder, result().
+-- once at the end of admit.lua; the rate check the short path shares with the full one.
+-- Also the reply builder, result().
 
 -- Hash fields of the balances (meter/redis_layer/keys.py F_*).
 local F_POOL, F_APPS, F_APP = 'pool', 'apps', 'app'
@@ -58,7 +59,9 @@ local apps, prods, rates, usage = {}, {}, {}, {}
 local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
 local sri = {} -- session-record buckets that got a new entry
 
--- The app's configuration and app balance, or false for an unknown app.
+-- The app's configuration and app balance, or false for an unknown app; a.pr: its
+-- product's unit, price and (enterprise) licence, read right after the app (one function
+-- for both: each function made costs every call).
 local function app_of(id)
   local a = apps[id]
   if a == nil then
@@ -67,29 +70,25 @@ local function app_of(id)
     if not r[1] then
       a = false
     else
-      a = {product = r[1], suspended = r[2] == '1', use_free = r[3] ~= '0',
+      local p = r[1]
+      local x = prods[p]
+      if x == nil then
+        local q = redis.call('HMGET', wsk, 'u:' .. p, 'p:' .. p, 'l:' .. p)
+        x = {unit = q[1] or 'session', price = tonumber(q[2] or '0')}
+        if q[3] then
+          local lim, pm, ph = string.match(q[3], '^(%d+),(%d+),(%d+)$')
+          x.lic = {limit = tonumber(lim), pm = tonumber(pm), ph = tonumber(ph)}
+        end
+        prods[p] = x
+      end
+      a = {product = p, suspended = r[2] == '1', use_free = r[3] ~= '0',
         app = tonumber(r[4] or '0'), pm = r[5] and tonumber(r[5]) or ARGV[8] + 0,
         ph = r[6] and tonumber(r[6]) or ARGV[9] + 0,
-        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false}
+        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false, pr = x}
     end
     apps[id] = a
   end
   return a
-end
-
--- A product's unit, price and (enterprise) licence.
-local function prod_of(p)
-  local x = prods[p]
-  if x == nil then
-    local r = redis.call('HMGET', wsk, 'u:' .. p, 'p:' .. p, 'l:' .. p)
-    x = {unit = r[1] or 'session', price = tonumber(r[2] or '0')}
-    if r[3] then
-      local lim, pm, ph = string.match(r[3], '^(%d+),(%d+),(%d+)$')
-      x.lic = {limit = tonumber(lim), pm = tonumber(pm), ph = tonumber(ph)}
-    end
-    prods[p] = x
-  end
-  return x
 end
 
 -- Rolling window: NB buckets of WIN/NB ms; fields <bucket index> -> count, plus t (total),
@@ -125,36 +124,35 @@ local function window(key, win)
   return w
 end
 
--- Time until enough old buckets fall out for one more message.
-local function wait_ms(w, limit)
+-- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
+-- (One function, read and wait included: each function made costs every call.)
+local function rate_check(app_id, a, pr)
+  local pm, ph = a.pm, a.ph
+  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
+  local rt = rates[app_id]
+  if rt == nil then
+    rt = {m = window(P .. ':rm:' .. app_id, ARGV[10] + 0),
+      h = window(P .. ':rh:' .. app_id, ARGV[11] + 0)}
+    rates[app_id] = rt
+  end
+  local w, limit
+  if rt.m.t + 1 > pm then
+    w, limit = rt.m, pm
+  elseif rt.h.t + 1 > ph then
+    w, limit = rt.h, ph
+  else
+    return 0, 0, rt
+  end
+  -- Time until enough old buckets fall out for one more message.
   local excess = w.t + 1 - limit
   local acc = 0
   for i = w.o, w.cur do
     local c = tonumber(redis.call('HGET', w.key, i) or '0')
     if i == w.cur then c = c + w.add end
     acc = acc + c
-    if acc >= excess then return (i + NB + 1) * w.g - now end
+    if acc >= excess then return 4, (i + NB + 1) * w.g - now, rt end
   end
-  return w.g
-end
-
-local function rates_of(id)
-  local r = rates[id]
-  if r == nil then
-    r = {m = window(P .. ':rm:' .. id, ARGV[10] + 0), h = window(P .. ':rh:' .. id, ARGV[11] + 0)}
-    rates[id] = r
-  end
-  return r
-end
-
--- Rolling windows: code 4 and the wait, or 0; the windows to count the message in.
-local function rate_check(app_id, a, pr)
-  local pm, ph = a.pm, a.ph
-  if W.ent and pr.lic then pm, ph = pr.lic.pm, pr.lic.ph end
-  local rt = rates_of(app_id)
-  if rt.m.t + 1 > pm then return 4, wait_ms(rt.m, pm), rt end
-  if rt.h.t + 1 > ph then return 4, wait_ms(rt.h, ph), rt end
-  return 0, 0, rt
+  return 4, w.g, rt
 end
 
 local function count_rate(rt)
@@ -162,17 +160,6 @@ local function count_rate(rt)
     rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
     rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
   end
-end
-
--- Enterprise usage of a product in the billing period (counted, never debited).
-local function usage_of(product)
-  local uk = P .. ':lu:' .. product .. ':' .. PERIOD
-  local u = usage[uk]
-  if u == nil then
-    u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
-    usage[uk] = u
-  end
-  return u
 end
 
 -- Aggregate field prefix "<app>\t<ch>\t<product>\t<unit>\t" (keys.py agg_field), built once
@@ -195,14 +182,4 @@ local function fkey_of(app_id, ch, product, unit)
     bych[unit] = k
   end
   return k
-end
-
-local function tally(fkey, units, free, app, pool, inv)
-  local g = agg[fkey]
-  if g == nil then
-    g = {0, 0, 0, 0, 0, 0}
-    agg[fkey] = g
-  end
-  g[1], g[2], g[3], g[4], g[5], g[6] = g[1] + units, g[2] + 1, g[3] + free, g[4] + app,
-    g[5] + pool, g[6] + inv
 end

@@ -1,6 +1,7 @@
 -- admit_message.lua (a fragment of admit.lua): one admission, admit_one(arg). The common
--- message takes the short path fast(); everything else the full path full(m), split into
--- the steps below. Each ends by appending the admission's reply with result().
+-- message takes the short path fast(); everything else the full path full(m)
+-- (admit_full.lua, made by full_path() when first needed). Each ends by appending the
+-- admission's reply with result().
 
 -- The common message: inside a billing session whose newest block is paid, not in
 -- shadow mode. Nothing is charged: the session entry's message count and last time
@@ -58,7 +59,7 @@ local function admit_one(arg)
   if not app_id then return result(9, 0, 0, 0, 0, 0, 0, '', 0) end
   local a = app_of(app_id)
   if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
-  local pr = prod_of(a.product)
+  local pr = a.pr
   if kind == 'c' then
     if not check then full, check = full_path() end
     return check(a, pr)

@@ -1,6 +1,29 @@
--- admit_rules.lua (a fragment of admit.lua): the rules one admission is decided by —
--- refusal and shadow accounting, status and licence, rolling windows, credit, billing
--- sessions and the debit. Each returns what it decided; admit_message.lua applies it.
+-- admit_rules.lua (a fragment of admit.lua, inside full_path()): the rules one admission
+-- is decided by — refusal and shadow accounting, status and licence, credit, billing
+-- sessions and the debit (the rolling windows: admit_batch.lua). Each returns what it
+-- decided; admit_full.lua applies it.
+
+-- Enterprise usage of a product in the billing period (counted, never debited).
+local function usage_of(product)
+  local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+  local u = usage[uk]
+  if u == nil then
+    u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
+    usage[uk] = u
+  end
+  return u
+end
+
+-- One admission's charge in the aggregates of its field prefix (fkey_of).
+local function tally(fkey, units, free, app, pool, inv)
+  local g = agg[fkey]
+  if g == nil then
+    g = {0, 0, 0, 0, 0, 0}
+    agg[fkey] = g
+  end
+  g[1], g[2], g[3], g[4], g[5], g[6] = g[1] + units, g[2] + 1, g[3] + free, g[4] + app,
+    g[5] + pool, g[6] + inv
+end
 
 -- Refusal reasons by code, as admit.lua returns them (pinned to Python's by
 -- test_the_python_side_speaks_admit_lua_s_argument_and_reason_tables).
@@ -66,7 +89,7 @@ end
 
 -- A redelivery of an admitted message (its charge record "seen" under ik): charged
 -- nothing, but it obeys the app's status, its credit and the rate limits (and counts in
--- them), at most MAX_DELIVERIES times. m: the admission (admit_message.lua).
+-- them), at most MAX_DELIVERIES times. m: the admission (admit_message.lua builds it).
 local function redelivery(m, ik, seen)
   local a, pr = m.a, m.pr
   local stok, cnt, sdig, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
