@@ -4,7 +4,9 @@ throughput is noisy (a shared machine), measured under valgrind (callgrind).
 Runs redis-server under ``valgrind --tool=callgrind`` twice, with the same set-up (one
 workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 22 calls of
 ``--batch`` admissions; the difference over 20 calls is the cost of those admissions
-alone, per admission (at batch 1: per call, the call's fixed cost included). Rows:
+alone, per admission (at batch 1: per call, the call's fixed cost included). Not
+counted: serverCron, timer work that grows with the wall time valgrind stretches (on a
+busy machine it added tens of thousands of instructions per call of batch 1). Rows:
 messages inside a paid session (stamped with the sessions' own time, so the
 charge-record look-up is taken, as in bench/admission.py's in-session row; a
 millisecond later per call, as real traffic is; the same with a channel idempotency
@@ -63,7 +65,8 @@ def instructions(kind: str, calls: int, batch: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         port, out = free_port(), f"{tmp}/callgrind.out"
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+            ["valgrind", "--tool=callgrind", "--toggle-collect=serverCron", "--collect-atstart=yes",
+             f"--callgrind-out-file={out}", "redis-server",
              "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
