@@ -55,6 +55,7 @@ class Result:
     admit_ms: float = float("nan")  # mean admission latency (metered creditgate)
     batch: float = float("nan")  # mean admissions per admit.lua call
     redis_us: float = float("nan")  # CPU of the shared redis-server per request
+    paced_at: float = float("nan")  # the rate a paced run asked for (hey -q)
 
 
 def redis_cpu_s(url: str) -> float:
@@ -205,7 +206,7 @@ def paced(name: str, url: str, duration: int, rate: float, connections: int = 16
         m = re.search(rf"{p}% in ([\d.]+) secs", out)
         return float(m.group(1)) * 1000 if m else float("nan")
 
-    return Result(name, rps, pct("50"), pct("99"))
+    return Result(name, rps, pct("50"), pct("99"), paced_at=per_conn * connections)
 
 
 def _latency(out: str, pct: str) -> float:
