@@ -157,8 +157,10 @@ class Exchange:
         self.upstream = upstream
         self.t0 = t0
         self.conn.exchange = self
-        upstream.send(self, data)
         self.timer = self.server.loop.call_later(self.server.read_timeout, self._check_timeout)
+        # Last: the caller journals the message as forwarded right after (a kill -9 in
+        # between refunds a message the bot got; see meter.admission.reservations).
+        upstream.send(self, data)
 
     def _check_timeout(self) -> None:
         upstream = self.upstream

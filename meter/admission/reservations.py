@@ -13,10 +13,16 @@ everything it lists) before the sweeper may act. The sweeper refunds reservation
 their deadline (``refund_window_s``) through ``refund.lua`` in its sweeper mode, whose
 ``ZREM`` decides atomically, so any number of sweepers refund a message at most once.
 
+A message waits for a bot connection at most ``upstream_connect_timeout_s``, which the
+settings keep below the refund window: a wait past it would be swept, then sent free.
+
 The window between handing the request to the socket and the journal write is a few
-instructions; a message in it when the process dies is refunded although the bot got
-it. A journal is local to its host: a gateway that restarts later than the refund
-window after a crash (or elsewhere) finds its confirmations swept already.
+instructions (nothing is done in between but returns); a message in it when the process
+dies is refunded although the bot got it: at most one per process. The line must follow
+the send; the other order would charge, on a crash, a message never sent.
+
+A journal is local to its host: a gateway that restarts later than the refund window
+after a crash (or elsewhere) finds its confirmations swept already.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ APP_A, APP_B = f"{A}_app1", f"{B}_app1"
 SESSION = 200_000  # one automation session: what each message of a new user costs
 FUNDS = 100 * SESSION
 N = 3  # the per-bot cap of these tests
+# Messages wait for a place as long as a test needs; the refund window must outlast that.
+LONG_WAIT = {"upstream_connect_timeout_s": 600, "refund_window_s": 1200}
 
 
 async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, bytes]:
@@ -117,7 +119,7 @@ async def test_a_slow_bot_gets_at_most_its_cap_and_other_tenants_are_served(
     rclient: RedisClient,
 ) -> None:
     extra = 4
-    async with gateway(upstream_connections_per_bot=N, upstream_connect_timeout_s=600) as gw:
+    async with gateway(upstream_connections_per_bot=N, **LONG_WAIT) as gw:
         url = f"{gw.url}/hooks/web/{APP_A}/m"
         sent = [asyncio.create_task(post(http, f"{url}/{i}", f"u{i}")) for i in range(N)]
         assert await eventually(lambda: slow.held == N)
@@ -231,7 +233,7 @@ async def test_sigterm_does_not_wait_for_waiters(
     apps = {APP_A: {"product": "automation", "upstream_url": slow.url, "funds": FUNDS}}
     served = seeded_serve(
         rclient, redis_url, tmp_path, A, apps,
-        workers=1, upstream_connections_per_bot=1, upstream_connect_timeout_s=600,
+        workers=1, upstream_connections_per_bot=1, **LONG_WAIT,
         shutdown_grace_s=1,
     )  # fmt: skip
     async with served as gw, aiohttp.ClientSession() as http:
@@ -361,7 +363,7 @@ async def test_places_go_to_the_longest_waiting_and_a_client_gone_is_refunded(
 ) -> None:
     # Before, on aiohttp (fast path only then): the gone client's message was refunded
     # only when its turn came, never here at once; places went to waiting bots at random.
-    async with many(upstream_connect_timeout_s=600) as gw:
+    async with many(**LONG_WAIT) as gw:
         url = f"{gw.url}/hooks/web"
         held = await hold_every_place(http, url, ports)
         # Waiting, in this order: A at its third port (its client then leaves), B, A again.
@@ -434,7 +436,7 @@ async def test_places_go_in_arrival_order_across_bots(
     # (before, aiohttp woke a waiting bot at random: this order came 1 time in 128), and
     # the connection it freed is closed (before, aiohttp kept it idle: three sockets).
     caps = {"upstream_connections": 1, "upstream_connections_per_bot": 1}
-    async with many(**caps, upstream_connect_timeout_s=600) as gw:
+    async with many(**caps, **LONG_WAIT) as gw:
         url = f"{gw.url}/hooks/web"
         first = asyncio.create_task(post(http, f"{url}/{APPS[0]}/m/0", "u0"))
         assert await eventually(lambda: ports[0].held == 1)

@@ -29,6 +29,7 @@ WS = "crash"
 APP = f"{WS}_app1"
 PRICE = 200_000  # a session of the automation product
 FREE = 1_000 * PRICE
+WORKERS = 2  # creditgate_serve's
 
 
 async def reserved(rclient: RedisClient) -> int:
@@ -129,7 +130,7 @@ async def _post(http: aiohttp.ClientSession, url: str, user: str) -> int:
         return 0
 
 
-async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received(
+async def test_kill_9_at_a_random_instant_charges_what_the_bot_received(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
 ) -> None:
     settings = make_settings(redis_url, tmp_path)
@@ -163,7 +164,59 @@ async def test_kill_9_of_the_whole_gateway_charges_exactly_what_the_bot_received
             assert await reserved(rclient) == 0
     charged = (10 * FREE - await free_credit(rclient, WS)) // PRICE
     assert (10 * FREE - await free_credit(rclient, WS)) % PRICE == 0
-    assert charged == bot.count() == received_at_kill
+    assert bot.count() == received_at_kill
+    # A kill at a random instant can land in the few instructions between a worker's
+    # handing a request to the bot's socket and its journal line: that one message is
+    # refunded although the bot got it (meter.admission.reservations). At most one per
+    # worker, and never the other way; the test below kills outside that window and
+    # finds the charge exact.
+    assert received_at_kill - WORKERS <= charged <= received_at_kill
+
+
+async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_was_sent(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    # The bot holds every answer, so only HELD messages are ever sent; the rest are
+    # charged and wait for a connection. The kill comes once every sent message is
+    # confirmed in Redis (journaled first), so no worker is between a send and its line.
+    settings = make_settings(redis_url, tmp_path)
+    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
+               free=10 * FREE)  # fmt: skip
+    n, held = 100, 8
+    # The waiting messages are reserved until 8 s after their charge: the restart
+    # below refunds them then (settings refuse a wait longer than the refund window).
+    limits = {"upstream_connections": held, "upstream_connections_per_bot": held,
+              "upstream_connect_timeout_s": 6, "refund_window_s": 8}  # fmt: skip
+    charged_all = 10 * FREE - n * PRICE
+
+    async def all_charged_and_the_sent_confirmed() -> bool:
+        return (await free_credit(rclient, WS), await reserved(rclient)) == (charged_all, n - held)
+
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async with creditgate_serve(redis_url, tmp_path, workers=1, **limits) as sv:
+            url = f"{sv.traffic}/hooks/web/{APP}/stream/{1 << 20}"
+            sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(n)]
+            assert await eventually(lambda: bot.count() == held, within_s=60)
+            for _ in range(1200):
+                if await all_charged_and_the_sent_confirmed():
+                    break
+                await asyncio.sleep(0.05)
+            assert await all_charged_and_the_sent_confirmed()
+            for pid in [sv.proc.pid, *_children(sv.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await sv.proc.wait()
+            await asyncio.gather(*sends)
+            bot.release.set()  # the held answers end (their gateway is gone)
+        async with creditgate_serve(redis_url, tmp_path, refund_window_s=3):
+            for _ in range(1200):
+                if await reserved(rclient) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await reserved(rclient) == 0
+    assert bot.count() == held
+    assert await free_credit(rclient, WS) == 10 * FREE - held * PRICE
 
 
 REQ_APP = f"{WS}_req1"  # contact_center: every message costs $0.01

@@ -92,8 +92,15 @@ def test_version_and_help_explain_themselves(tmp_path: Path) -> None:
         ({"redis_url": f"http://u:{SECRET}@h:6379"}, ("CREDITGATE_REDIS_URL", "redis://")),
         ({"traffic_port": "99999"}, ("CREDITGATE_TRAFFIC_PORT", "65535")),
         ({"channels": "{not json"}, ("CREDITGATE_CHANNELS", "JSON")),
+        (
+            {"upstream_connect_timeout_s": "120"},
+            ("upstream_connect_timeout_s must be below refund_window_s",),
+        ),
     ],
-    ids=["typo", "enum", "fail-mode", "mysql", "sqlite-no-path", "redis-scheme", "port", "json"],
+    ids=[
+        *("typo", "enum", "fail-mode", "mysql", "sqlite-no-path", "redis-scheme", "port"),
+        *("json", "wait-past-refund"),
+    ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(
     tmp_path: Path, settings: dict[str, str], names: tuple[str, ...]

@@ -144,7 +144,7 @@ async def test_a_slow_upload_is_not_refunded_by_the_sweeper(
     seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
     apps = {REQ_APP: {"product": "contact_center"}}
-    async with seeded_gateway(WS, apps, free=FREE, refund_window_s=1.0) as gw:
+    async with seeded_gateway(WS, apps, free=FREE, refund_window_s=3.0) as gw:
         url = f"{gw.url}/hooks/web/{REQ_APP}"
         go_on = asyncio.Event()
         question = (b'{"q":"a question that ', b'takes a while to type"}')
