@@ -17,6 +17,10 @@ changed where it does not match the fast path:
   for it at once (a placeholder counted in ``_acquired``, as aiohttp's own while it
   opens). A connection released keep-alive goes as it is to its own bot's first waiter
   if none waited longer, else it is closed and its place is that waiter's.
+* **Stopping.** :meth:`refuse_waiters` (at the end of SIGTERM's grace) refuses every
+  message still waiting; aiohttp's own shutdown would cancel them one by one, and a place
+  freed by the first cancelled could be taken by a waiter cancelled a moment later, its
+  message sent and reset.
 * **A client that leaves** (:mod:`gateway.client_gone`) ends its wait at once with
   :class:`ClientGone`, and what was handed to a waiter in the loop pass it gave up in
   (its client left, or the connect timeout) is passed on; aiohttp's queue lost it.
@@ -45,6 +49,11 @@ from gateway.waiters import Waiters
 if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest, ConnectionKey
     from aiohttp.tracing import Trace
+
+
+class ShuttingDown(Exception):
+    """The process is stopping: a message still waiting for a place is refused (never
+    sent; the caller refunds it and answers 502, as the fast path does)."""
 
 
 class _Place:
@@ -76,6 +85,7 @@ class BotConnector(aiohttp.TCPConnector):
         super().__init__(**kw)
         self._queues: dict[ConnectionKey, _Queue] = {}
         self._arrivals = itertools.count()
+        self._refusing = False
 
     async def connect(
         self,
@@ -137,11 +147,23 @@ class BotConnector(aiohttp.TCPConnector):
         self._take(key, proto)
         return Connection(self, key, proto, self._loop)
 
+    def refuse_waiters(self) -> None:
+        """Stopping: every message waiting for a place now, or from now on, gets
+        :class:`ShuttingDown`. A place freed afterwards is handed to no one."""
+        self._refusing = True
+        queues, self._queues = self._queues, {}
+        for queue in queues.values():
+            for _, wait in queue.waiters:
+                if not wait.done():
+                    wait.set_exception(ShuttingDown())
+
     async def _wait(
         self, key: ConnectionKey, traces: list[Trace], watch: ClientWatch | None
     ) -> ResponseHandler:
         if watch is not None and watch.gone():
             raise ClientGone
+        if self._refusing:
+            raise ShuttingDown
         wait: Wait = self._loop.create_future()
         queue = self._queues.get(key)
         if queue is None:

@@ -43,6 +43,7 @@ from aiohttp import payload, web
 from yarl import URL
 
 from gateway import traffic_rules as rules
+from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
@@ -182,6 +183,9 @@ class Proxy:
             self.metrics.client_disconnects.inc()
             await self._failed(admission, "connect")  # never sent
             raise Problem(499, "client_gone", "Client closed request") from None
+        except ShuttingDown:  # still waiting for a place when the grace ended: never sent
+            await self._failed(admission, "connect")
+            raise bot_unavailable() from None
         except UpstreamForbidden as exc:
             # The egress policy refused the address: nothing was sent, the bot not called.
             log.warning("upstream %s refused by the egress policy: %s", url.host, exc.reason)

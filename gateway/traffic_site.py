@@ -7,15 +7,20 @@ path hands it. Either way the caller builds and cleans up through this one objec
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from config import Settings
+from gateway.appkeys import HTTP
+from gateway.bot_connector import BotConnector
 from gateway.http_server import GatewayRunner
 
 if TYPE_CHECKING:
     from gateway.fastpath.server import FastServer
+
+REFUSE_AHEAD_S = 1.0  # how long before aiohttp's cancellation waiters are refused
 
 
 class TrafficPort:
@@ -57,6 +62,25 @@ class TrafficPort:
 
     async def cleanup(self) -> None:
         """Stop accepting, let in-flight requests finish (``shutdown_grace_s``), close."""
+        grace = self.settings.shutdown_grace_s
         if self._fast is not None:
-            await self._fast.stop(self.settings.shutdown_grace_s)
-        await self.runner.cleanup()
+            await self._fast.stop(grace)
+            await self.runner.cleanup()
+            return
+        # aiohttp cancels the handlers still running when the grace ends. Messages still
+        # waiting for a bot connection are refused a little before (refunded, answered
+        # 502), as the fast path does at the grace's end: cancelled with the rest, one of
+        # them could take the place a cancelled request frees and be sent, then reset.
+        refuse = asyncio.get_running_loop().call_later(
+            grace - min(REFUSE_AHEAD_S, grace / 2), self._refuse_waiters
+        )
+        try:
+            await self.runner.cleanup()
+        finally:
+            refuse.cancel()
+
+    def _refuse_waiters(self) -> None:
+        session = self.runner.app.get(HTTP)  # none: its start failed
+        if session is not None and isinstance(session.connector, BotConnector):
+            connector = session.connector
+            connector.refuse_waiters()

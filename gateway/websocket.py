@@ -42,6 +42,7 @@ import weakref
 import aiohttp
 from aiohttp import HttpVersion11, WSMsgType, web
 
+from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import without_token
 from gateway.channels import USER_HEADER
 from gateway.egress import UpstreamForbidden
@@ -143,7 +144,7 @@ async def proxy_websocket(
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
         ) from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ShuttingDown) as exc:
         log.info(
             "websocket upstream %s failed: %s %s",
             url.host,

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from gateway.bot_connector import BotConnector
+from gateway.bot_connector import BotConnector, ShuttingDown
 from tests.support.bot import eventually
 from tests.support.held_bot import HeldBot, held_bot
 
@@ -137,3 +137,29 @@ async def test_no_place_leaks_however_waiters_leave(bots: list[HeldBot]) -> None
         assert not waits(http)
         assert await eventually(lambda: sum(b.open for b in bots) <= 2)
     assert sorted(bots[0].journal) == sorted(r.decode() for r in served)
+
+
+async def test_refused_waiters_are_never_sent_and_a_freed_place_goes_to_no_one(
+    bots: list[HeldBot],
+) -> None:
+    # One place, held at bot 0; two messages wait. Stopping refuses both, and one that
+    # comes after; the held message is answered and its place handed to no one.
+    b0 = bots[0]
+    async with session(total=1, per_bot=1) as http:
+        first = asyncio.create_task(get(http, f"{b0.url}/m/1"))
+        assert await eventually(lambda: b0.held == 1)
+        waiting = [asyncio.create_task(get(http, f"{b.url}/m/w")) for b in bots[:2]]
+        assert await eventually(queued(http, 2))
+        connector = http.connector
+        assert isinstance(connector, BotConnector)
+        connector.refuse_waiters()
+        for task in waiting:
+            with pytest.raises(ShuttingDown):
+                await task
+        with pytest.raises(ShuttingDown):
+            await get(http, f"{bots[2].url}/m/late")
+        b0.release.set()
+        assert await first == b"/m/1"
+        assert not waits(http)
+    assert b0.journal == ["/m/1"]
+    assert [b.accepted for b in bots] == [1, 0, 0]
