@@ -192,10 +192,11 @@ class Settings(BaseSettings):
             raise ValueError("topup_min must not exceed topup_max")
         if self.upstream_connections_per_bot > self.upstream_connections:
             raise ValueError("upstream_connections_per_bot must not exceed upstream_connections")
-        if self.upstream_connect_timeout_s >= self.refund_window_s:
+        if self.refund_window_s < 1.5 * self.upstream_connect_timeout_s:
             # A message waits for a bot connection up to the connect timeout; past its
             # refund window the sweeper refunds it, and then it would be sent for free.
-            raise ValueError("upstream_connect_timeout_s must be below refund_window_s")
+            # The margin is for its confirmation to reach Redis before the sweeper looks.
+            raise ValueError("refund_window_s must be at least 1.5 x upstream_connect_timeout_s")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
         if not self.stripe_api_base.startswith(("https://", "http://")):

@@ -14,7 +14,8 @@ their deadline (``refund_window_s``) through ``refund.lua`` in its sweeper mode,
 ``ZREM`` decides atomically, so any number of sweepers refund a message at most once.
 
 A message waits for a bot connection at most ``upstream_connect_timeout_s``, which the
-settings keep below the refund window: a wait past it would be swept, then sent free.
+settings keep well below the refund window (at most 2/3 of it): a wait past the window
+would be swept, then sent free.
 
 The window between handing the request to the socket and the journal write is a few
 instructions (nothing is done in between but returns); a message in it when the process

@@ -93,8 +93,8 @@ def test_version_and_help_explain_themselves(tmp_path: Path) -> None:
         ({"traffic_port": "99999"}, ("CREDITGATE_TRAFFIC_PORT", "65535")),
         ({"channels": "{not json"}, ("CREDITGATE_CHANNELS", "JSON")),
         (
-            {"upstream_connect_timeout_s": "120"},
-            ("upstream_connect_timeout_s must be below refund_window_s",),
+            {"upstream_connect_timeout_s": "81"},  # the refund window: 120 s
+            ("refund_window_s must be at least 1.5 x upstream_connect_timeout_s",),
         ),
     ],
     ids=[
