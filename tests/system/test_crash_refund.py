@@ -19,7 +19,7 @@ from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, SeededGateway, eventually, free_credit
 from tests.support.clock import Clock
 from tests.support.metering import admitter as make_admitter
-from tests.support.serving import creditgate_serve
+from tests.support.serving import Served, creditgate_serve
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -130,38 +130,52 @@ async def _post(http: aiohttp.ClientSession, url: str, user: str) -> int:
         return 0
 
 
+async def seed_app(redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot) -> None:
+    """APP (automation: each new user's session costs PRICE) in front of ``bot``,
+    its workspace holding 10 x FREE of free credits."""
+    settings = make_settings(redis_url, tmp_path)
+    apps = {APP: {"product": "automation", "upstream_url": bot.url}}
+    await seed(rclient, settings, WS, apps, free=10 * FREE)
+
+
+async def kill_9(sv: Served) -> None:
+    """SIGKILL the whole gateway (the parent and its workers) and reap it."""
+    for pid in [sv.proc.pid, *_children(sv.proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await sv.proc.wait()
+
+
+async def restart_until_swept(redis_url: str, tmp_path: Path, rclient: RedisClient) -> None:
+    """Start the gateway again: it replays the dead workers' journals, then sweeps what
+    stays reserved past its refund window; wait for nothing to stay reserved."""
+    async with creditgate_serve(redis_url, tmp_path, refund_window_s=3):
+        for _ in range(1200):
+            if await reserved(rclient) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await reserved(rclient) == 0
+
+
 async def test_kill_9_at_a_random_instant_charges_what_the_bot_received(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=10 * FREE)  # fmt: skip
-    state = tmp_path / "state"
+    await seed_app(redis_url, tmp_path, rclient, bot)
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
-        async with creditgate_serve(redis_url, tmp_path, state_dir=state, refund_window_s=3) as sv:
+        async with creditgate_serve(redis_url, tmp_path, refund_window_s=3) as sv:
             url = f"{sv.traffic}/hooks/web/{APP}"
             sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(1500)]
             # Kill mid-flight: once the bot has seen some, never on a timer.
             assert await eventually(lambda: bot.count() >= 200, within_s=120)
-            victims = [sv.proc.pid, *_children(sv.proc.pid)]
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await sv.proc.wait()
+            await kill_9(sv)
             await asyncio.gather(*sends)
         received_at_kill = bot.count()
         assert 0 < received_at_kill < 1500
         charged_at_kill = (10 * FREE - await free_credit(rclient, WS)) // PRICE
         # Charged at least what was forwarded; the rest is for the sweeper to refund.
         assert charged_at_kill >= received_at_kill
-        async with creditgate_serve(redis_url, tmp_path, state_dir=state, refund_window_s=3):
-            # The restarted gateway replays the dead workers' journals, then sweeps.
-            for _ in range(1200):
-                if await reserved(rclient) == 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert await reserved(rclient) == 0
+        await restart_until_swept(redis_url, tmp_path, rclient)
     charged = (10 * FREE - await free_credit(rclient, WS)) // PRICE
     assert (10 * FREE - await free_credit(rclient, WS)) % PRICE == 0
     assert bot.count() == received_at_kill
@@ -179,9 +193,7 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
     # The bot holds every answer, so only HELD messages are ever sent; the rest are
     # charged and wait for a connection. The kill comes once every sent message is
     # confirmed in Redis (journaled first), so no worker is between a send and its line.
-    settings = make_settings(redis_url, tmp_path)
-    await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
-               free=10 * FREE)  # fmt: skip
+    await seed_app(redis_url, tmp_path, rclient, bot)
     n, held = 100, 8
     # The waiting messages are reserved until 12 s after their charge: the restart
     # below refunds them then (settings refuse a wait longer than the refund window).
@@ -203,18 +215,10 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
                     break
                 await asyncio.sleep(0.05)
             assert await all_charged_and_the_sent_confirmed()
-            for pid in [sv.proc.pid, *_children(sv.proc.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await sv.proc.wait()
+            await kill_9(sv)
             await asyncio.gather(*sends)
             bot.release.set()  # the held answers end (their gateway is gone)
-        async with creditgate_serve(redis_url, tmp_path, refund_window_s=3):
-            for _ in range(1200):
-                if await reserved(rclient) == 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert await reserved(rclient) == 0
+        await restart_until_swept(redis_url, tmp_path, rclient)
     assert bot.count() == held
     assert await free_credit(rclient, WS) == 10 * FREE - held * PRICE
 
@@ -247,11 +251,7 @@ async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
             try:
                 statuses = await asyncio.gather(*(_post(http, url, f"u{i}") for i in range(500)))
                 assert statuses == [200] * 500  # served without a decision: owed
-                victims = [sv.proc.pid, *_children(sv.proc.pid)]
-                for pid in victims:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                await sv.proc.wait()
+                await kill_9(sv)
             finally:
                 await rclient.execute_command("CLIENT", "UNPAUSE")
         assert bot.count() == 501
