@@ -82,5 +82,4 @@ class TrafficPort:
     def _refuse_waiters(self) -> None:
         session = self.runner.app.get(HTTP)  # none: its start failed
         if session is not None and isinstance(session.connector, BotConnector):
-            connector = session.connector
-            connector.refuse_waiters()
+            session.connector.refuse_waiters()
