@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from meter.accounts.seeding import seed
-from meter.admission.reservations import Confirmations, Sweeper, replay
+from meter.admission.reservations import JOURNAL_KIND, Confirmations, Sweeper, replay
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, SeededGateway, eventually, free_credit
+from tests.support.bot import CHUNK, Bot, SeededGateway, eventually, free_credit
 from tests.support.clock import Clock
 from tests.support.metering import admitter as make_admitter
 from tests.support.serving import Served, creditgate_serve
@@ -228,6 +228,49 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
     assert await reserved(rclient) == 0
     assert bot.count() == held
     assert await free_credit(rclient, WS) == 10 * FREE - held * PRICE
+
+
+async def test_kill_9_with_confirmations_only_in_the_journal_charges_exactly_what_was_sent(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot
+) -> None:
+    # Every message is charged while the bot holds its first answers. Then Redis refuses
+    # ZREM (the confirmations fail and are retried), the bot answers, and the rest are
+    # sent: their confirmations are only in the journal. The kill comes once it lists
+    # every message, so no worker is between a send and its line; the restart must
+    # confirm them from the journal alone (their reservations are far from due).
+    await seed_app(redis_url, tmp_path, rclient, bot)
+    n, held = 60, 4
+    limits = {"upstream_connections": held, "upstream_connections_per_bot": held,
+              "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+    charged_all = 10 * FREE - n * PRICE
+
+    def journaled() -> int:
+        logs = (tmp_path / "state").glob(f"{JOURNAL_KIND}-*.log")
+        return sum(len(log.read_bytes().splitlines()) for log in logs)
+
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        creditgate_serve(redis_url, tmp_path, workers=1, **limits) as sv,
+    ):
+        url = f"{sv.traffic}/hooks/web/{APP}/stream/{2 * CHUNK}"
+        sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(n)]
+        for _ in range(1200):
+            if (await free_credit(rclient, WS), bot.count()) == (charged_all, held):
+                break
+            await asyncio.sleep(0.05)
+        assert (await free_credit(rclient, WS), bot.count()) == (charged_all, held)
+        await rclient.execute_command("ACL", "SETUSER", "default", "-zrem")
+        try:
+            bot.release.set()
+            assert await eventually(lambda: bot.count() == n and journaled() == n, 120)
+            assert await reserved(rclient) > n - 2 * held  # most confirmed by the journal only
+            await kill_9(sv)
+        finally:
+            await rclient.execute_command("ACL", "SETUSER", "default", "+zrem")
+        await asyncio.gather(*sends)
+    await restart_until_swept(redis_url, tmp_path, rclient)  # the replay, not the sweeper
+    assert bot.count() == n
+    assert await free_credit(rclient, WS) == charged_all
 
 
 REQ_APP = f"{WS}_req1"  # contact_center: every message costs $0.01
