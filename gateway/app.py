@@ -209,6 +209,7 @@ def _traffic_ctx(
             auth,
             metering,
             settings.body_timeout_s,
+            min(settings.body_timeout_s, settings.refund_window_s / 4),
         )
         settler = asyncio.create_task(owed.run(), name="creditgate-settle")
         metric_flusher = asyncio.create_task(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -55,7 +54,7 @@ from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem
-from gateway.sent_body import SentBytes, SentBytesIO, sent_stream
+from gateway.sent_body import SentBytes, sent_stream
 from gateway.traffic_rules import (
     bot_failed,
     bot_timeout,
@@ -68,7 +67,7 @@ from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
-Body = bytes | io.BytesIO | AsyncIterator[bytes] | None
+Body = bytes | AsyncIterator[bytes] | None
 
 
 class BodyTooLarge(Exception):
@@ -92,38 +91,49 @@ class Proxy:
     auth: ChannelAuth
     metering: bool = True
     body_timeout: float = 30.0
+    # A body read after its message was charged: all of a small one, the first chunk of
+    # a streamed one, within this (a quarter of the refund window at most). Its sending
+    # then confirms the charge before the sweeper may refund it: a body trickled in past
+    # the window would otherwise be swept, then sent free.
+    charged_body_s: float = 30.0
 
-    async def _chunks(self, request: web.Request) -> AsyncIterator[bytes]:
-        """The body as it arrives; :class:`BodyStalled` when it stops arriving. A client
-        that sent ``Expect: 100-continue`` is asked for it first."""
+    async def _chunks(
+        self, request: web.Request, first_within: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body as it arrives; :class:`BodyStalled` when it stops arriving (the first
+        chunk: also past ``first_within``). A client that sent ``Expect: 100-continue``
+        is asked for it first."""
         await send_continue(request)
         content = request.content
+        within = self.body_timeout if first_within is None else first_within
         while True:
             try:
-                async with asyncio.timeout(self.body_timeout):
+                async with asyncio.timeout(min(within, self.body_timeout)):
                     chunk = await content.readany()
             except TimeoutError:
                 raise BodyStalled from None
             if not chunk:
                 return
+            within = self.body_timeout
             yield chunk
 
-    async def read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.Request, within: float | None = None) -> bytes:
         """The whole request body, at most ``max_body`` bytes (413 beyond, 408 when it
-        stalls)."""
+        stalls or, with ``within``, takes longer than that in all)."""
         buf = bytearray()
         try:
-            async for chunk in self._chunks(request):
-                buf += chunk
-                if len(buf) > self.max_body:
-                    raise too_large(self.max_body)
-        except BodyStalled:
+            async with asyncio.timeout(within):
+                async for chunk in self._chunks(request):
+                    buf += chunk
+                    if len(buf) > self.max_body:
+                        raise too_large(self.max_body)
+        except (BodyStalled, TimeoutError):
             raise body_stalled(self.body_timeout) from None
         return bytes(buf)
 
     async def _limited(self, request: web.Request, state: list[bool]) -> AsyncIterator[bytes]:
         n = 0
-        async for chunk in self._chunks(request):
+        async for chunk in self._chunks(request, first_within=self.charged_body_s):
             n += len(chunk)
             if n > self.max_body:
                 state[0] = True
@@ -134,10 +144,11 @@ class Proxy:
         check_length(request.content_length, self.max_body)
 
     async def body_of(self, request: web.Request, state: list[bool]) -> Body:
-        """What to send upstream: small bodies as bytes, others as a counted stream."""
+        """What to send upstream of a message charged already: small bodies as bytes,
+        others as a counted stream (see ``charged_body_s``)."""
         length = request.content_length
         if length is not None and length <= SMALL_BODY:
-            return await self.read_body(request) if length else None
+            return await self.read_body(request, self.charged_body_s) if length else None
         if not request.body_exists:
             return None
         return self._limited(request, state)
@@ -145,15 +156,11 @@ class Proxy:
     def _confirming(self, body: Body, admission: Admission | None) -> Body | payload.Payload:
         """The body to send, wrapped so a charged message is confirmed as forwarded as
         soon as its request is handed to the bot's socket."""
-        if isinstance(body, bytes) and len(body) > SMALL_BODY:
-            body = io.BytesIO(body)  # aiohttp writes big bytes bodies in one blocking call
         if admission is None:
             return body
         sent = functools.partial(self.meter.forwarded, admission)
         if isinstance(body, bytes):
             return SentBytes(body, sent)
-        if isinstance(body, io.BytesIO):
-            return SentBytesIO(body, sent)
         if body is None:
             sent()  # no body: the headers go out with no await in between
             return None

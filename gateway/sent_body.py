@@ -3,33 +3,35 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import payload
 
+CHUNK = 0x10000  # what is written before waiting for the bot to read (aiohttp's LIMIT)
+
 
 class SentBytes(payload.BytesPayload):
-    """A request body that reports when it has been handed to the socket."""
+    """A request body that reports when its first bytes are handed to the socket (with
+    the head, no wait in between), then writes the rest as the bot reads it.
+
+    Not after the last byte: a bot that stops reading a large body would hold the
+    confirmation back past the refund window, have its message swept (refunded), then
+    read the rest and answer for free.
+    """
 
     def __init__(self, value: bytes, on_sent: Callable[[], None]) -> None:
         super().__init__(value)
         self._on_sent = on_sent
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
+        data = memoryview(self._value)
+        if content_length is not None:
+            data = data[:content_length]
+        await writer.write(data[:CHUNK], drain=False)  # written, not waited for
         self._on_sent()
-
-
-class SentBytesIO(payload.BytesIOPayload):
-    def __init__(self, value: io.BytesIO, on_sent: Callable[[], None]) -> None:
-        super().__init__(value)
-        self._on_sent = on_sent
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
-        self._on_sent()
+        for at in range(CHUNK, len(data), CHUNK):
+            await writer.write(data[at : at + CHUNK])
 
 
 async def sent_stream(

@@ -65,6 +65,7 @@ class TrafficPort:
         grace = self.settings.shutdown_grace_s
         if self._fast is not None:
             await self._fast.stop(grace)
+            self._refuse_waiters()  # what it handed to aiohttp and still waits: as its own
             await self.runner.cleanup()
             return
         # aiohttp cancels the handlers still running when the grace ends. Messages still
