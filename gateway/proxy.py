@@ -18,12 +18,14 @@ A failure after the response started cannot be answered any more: the client con
 is aborted (truncated body) and nothing is refunded (the bot did answer).
 
 A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) right after its
-request was handed to the bot's socket: a buffered body once written, a streamed one
-from its first chunk, a request without a body just before sending. A charge never
-confirmed is refunded by the sweeper. A body over ``max_body_bytes`` found while
-streaming is answered 413 and stays charged (the client's doing; the bot got its start).
-A body that stops arriving for ``body_timeout_s`` is answered 408: refunded by the sweeper
-when it was never forwarded, kept charged once the bot got its start (like a 413).
+request was handed to the bot's socket: a buffered body once its first 64 KiB are written
+(a bot could hold the last byte back past the refund window), a streamed one from its
+first chunk, a request without a body just before sending; the sweeper refunds a charge
+never confirmed. A body read after its charge must be in (a streamed one: begun) within
+``charged_body_s``, at most a quarter of the refund window, so none is swept while sent.
+A body over ``max_body_bytes`` found while streaming is 413 and stays charged (the
+client's doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
+408: refunded by the sweeper if never forwarded, kept charged once the bot got its start.
 A request that already passed this gateway (its ``Via`` names it) is refused 508
 ``loop_detected`` before anything is metered.
 """
@@ -91,11 +93,7 @@ class Proxy:
     auth: ChannelAuth
     metering: bool = True
     body_timeout: float = 30.0
-    # A body read after its message was charged: all of a small one, the first chunk of
-    # a streamed one, within this (a quarter of the refund window at most). Its sending
-    # then confirms the charge before the sweeper may refund it: a body trickled in past
-    # the window would otherwise be swept, then sent free.
-    charged_body_s: float = 30.0
+    charged_body_s: float = 30.0  # see the module: a body trickled in past the window
 
     async def _chunks(
         self, request: web.Request, first_within: float | None = None
