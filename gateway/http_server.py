@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -106,7 +107,16 @@ class _ProblemServer(web.Server):
 
 
 class GatewayRunner(web.AppRunner):
-    """``web.AppRunner`` with the gateway's connection handling (see the module)."""
+    """``web.AppRunner`` with the gateway's connection handling (see the module).
+    ``on_grace`` runs as the shutdown grace starts (after the application's on_shutdown,
+    right before aiohttp waits for its handlers)."""
+
+    on_grace: Callable[[], None] | None = None
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self.on_grace is not None:
+            self.on_grace()
 
     def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
         if access_log_on(settings):

@@ -72,13 +72,18 @@ class TrafficPort:
         # waiting for a bot connection are refused a little before (refunded, answered
         # 502), as the fast path does at the grace's end: cancelled with the rest, one of
         # them could take the place a cancelled request frees and be sent, then reset.
-        refuse = asyncio.get_running_loop().call_later(
-            grace - min(REFUSE_AHEAD_S, grace / 2), self._refuse_waiters
-        )
+        timers: list[asyncio.TimerHandle] = []
+
+        def grace_starts() -> None:
+            ahead = grace - min(REFUSE_AHEAD_S, grace / 2)
+            timers.append(asyncio.get_running_loop().call_later(ahead, self._refuse_waiters))
+
+        self.runner.on_grace = grace_starts
         try:
             await self.runner.cleanup()
         finally:
-            refuse.cancel()
+            for timer in timers:
+                timer.cancel()
 
     def _refuse_waiters(self) -> None:
         session = self.runner.app.get(HTTP)  # none: its start failed

@@ -19,8 +19,10 @@ would be swept, then sent free.
 
 The window between handing the request to the socket and the journal write is a few
 instructions (nothing is done in between but returns); a message in it when the process
-dies is refunded although the bot got it: at most one per process. The line must follow
-the send; the other order would charge, on a crash, a message never sent.
+dies is refunded although the bot got it: at most one per process, except for streamed
+bodies on the aiohttp path (confirmed once their first chunk is written, which may wait
+for the bot to read). The line must follow the send; the other order would charge, on a
+crash, a message never sent.
 
 A journal is local to its host: a gateway that restarts later than the refund window
 after a crash (or elsewhere) finds its confirmations swept already.
