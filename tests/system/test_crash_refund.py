@@ -139,6 +139,14 @@ async def seed_app(redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bo
     await seed(rclient, settings, WS, apps, free=10 * FREE)
 
 
+def held_places(held: int) -> dict[str, object]:
+    """Settings of a gateway with ``held`` bot connections in all. The messages waiting
+    for one must not time out before a test's kill: a long connect timeout, and so a
+    longer refund window (the settings refuse a shorter one)."""
+    return {"upstream_connections": held, "upstream_connections_per_bot": held,
+            "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+
+
 async def kill_9(sv: Served) -> None:
     """SIGKILL the whole gateway (the parent and its workers) and reap it."""
     for pid in [sv.proc.pid, *_children(sv.proc.pid)]:
@@ -198,10 +206,7 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
     # confirmed in Redis (journaled first), so no worker is between a send and its line.
     await seed_app(redis_url, tmp_path, rclient, bot)
     n, held = 100, 8
-    # The waiting messages must not time out before the kill: a long connect timeout,
-    # and so a longer refund window (the settings refuse a shorter one).
-    limits = {"upstream_connections": held, "upstream_connections_per_bot": held,
-              "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+    limits = held_places(held)
     charged_all = 10 * FREE - n * PRICE
 
     async def all_charged_and_the_sent_confirmed() -> bool:
@@ -242,8 +247,7 @@ async def test_kill_9_with_confirmations_only_in_the_journal_charges_exactly_wha
     # confirm them from the journal alone (their reservations are far from due).
     await seed_app(redis_url, tmp_path, rclient, bot)
     n, held = 60, 4
-    limits = {"upstream_connections": held, "upstream_connections_per_bot": held,
-              "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+    limits = held_places(held)
     charged_all = 10 * FREE - n * PRICE
 
     def journaled() -> int:
