@@ -11,18 +11,35 @@ from aiohttp import payload
 CHUNK = 0x10000  # what is written before waiting for the bot to read (aiohttp's LIMIT)
 
 
-class SentBytes(payload.BytesPayload):
+class SentBytes(payload.Payload):
     """A request body that reports when its first bytes are handed to the socket (with
     the head, no wait in between), then writes the rest as the bot reads it.
 
     Not after the last byte: a bot that stops reading a large body would hold the
     confirmation back past the refund window, have its message swept (refunded), then
     read the rest and answer for free.
+
+    A :class:`~aiohttp.payload.Payload` of its own, not a ``BytesPayload``: that one
+    warns (``ResourceWarning``) of a body over 1 MiB, which ``max_body_bytes`` allows
+    and which is written chunk by chunk here anyway.
     """
 
+    _value: bytes
+    _autoclose = True  # bytes in memory: nothing to close
+
     def __init__(self, value: bytes, on_sent: Callable[[], None]) -> None:
-        super().__init__(value)
+        super().__init__(value, content_type="application/octet-stream")
+        self._size = len(value)
         self._on_sent = on_sent
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._value.decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self._value
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
         data = memoryview(self._value)
