@@ -8,6 +8,9 @@ Loopback only; real Redis, a real counting bot, real sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from config import Settings
 from config.fields import ChannelRule
 from meter.accounts.seeding import seed
 from meter.admission.reservations import Sweeper
+from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import (
     Bot,
@@ -215,6 +219,91 @@ async def test_a_small_body_trickled_in_past_the_refund_window_is_never_served_f
     charged = (FREE - await free_credit(rclient, WS)) // REQ_PRICE
     assert charged == bot.count(), (status, charged, bot.count())  # served iff charged
     assert status in (200, 408, 0)
+
+
+# What a TCP socket's send buffer can grow to (net.ipv4.tcp_wmem's maximum).
+SEND_BUFFER_MAX = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+@contextlib.asynccontextmanager
+async def stalling_bot(go_on: asyncio.Event) -> AsyncIterator[tuple[str, list[int]]]:
+    """A bot that reads a request's head, then stops reading until ``go_on`` is set; then
+    it reads the whole body and answers 200. Its receive buffer is pinned small, so a
+    large body fills it and the sender's socket, and the sender's writes wait. Yields its
+    URL and the body lengths it received in full."""
+    got: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))  # fmt: skip
+        await go_on.wait()
+        got.append(len(await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=sock)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", got
+    finally:
+        go_on.set()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.usefixtures("traffic_server")
+@pytest.mark.parametrize("keyed", [True, False], ids=["read-first", "streamed"])
+async def test_a_bot_that_stops_reading_a_large_body_cannot_outwait_the_refund_window(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession,
+    keyed: bool,
+) -> None:  # fmt: skip
+    # A tenant's bot reads the head of a large message and stops reading. Were the charge
+    # confirmed only once the last byte is written, the bot could hold it past the refund
+    # window, have it refunded by the sweeper, then read the rest and answer: served
+    # free. It is confirmed once the first bytes are handed to the socket. A keyed
+    # message's body is read whole before it is charged; an unkeyed one is streamed.
+    # Larger than the gateway's socket send buffer can grow to, so the write waits.
+    size = 2 * SEND_BUFFER_MAX + (1 << 20)
+    go_on = asyncio.Event()
+    async with stalling_bot(go_on) as (bot_url, got):
+        settings = make_settings(redis_url, tmp_path, max_body_bytes=2 * size)
+        app = {"product": "contact_center", "upstream_url": bot_url}
+        await seed(rclient, settings, WS, {REQ_APP: app}, free=FREE)
+        async with running_gateway(settings) as gw:
+            headers = {"X-Channel-User-Id": "big"} | ({"Idempotency-Key": "k1"} if keyed else {})
+
+            async def post() -> int:
+                url = f"{gw.url}/hooks/web/{REQ_APP}"
+                async with http.post(url, data=io.BytesIO(b"x" * size), headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+            sending = asyncio.create_task(post())
+            try:
+                assert await wait_for(lambda: credit_is(rclient, FREE - REQ_PRICE))
+                # Charged, the bot stalled: the charge is to be confirmed as forwarded
+                # now, not once the bot has read everything (which it does not do).
+                await wait_for(lambda: _nothing_reserved(rclient), within_s=30)
+                # Then the window passes (a sweeper whose clock is past it), and the bot
+                # reads on and answers.
+                refunds = make_admitter(rclient, settings)
+                later = settings.refund_window_s * 10
+                sweeper = Sweeper(rclient, _ws_list, lambda a, r: refunds.void(a, r, ""),
+                                  clock=lambda: time.time() + later)  # fmt: skip
+                await sweeper.sweep_once()
+            finally:
+                go_on.set()
+            assert await sending == 200
+    assert got == [size]  # the bot read it all and answered
+    assert await credit_is(rclient, FREE - REQ_PRICE), "served, and refunded by the sweeper"
+
+
+async def _nothing_reserved(rclient: RedisClient) -> bool:
+    return int(await rclient.zcard(keys.reservations_key(WS))) == 0
 
 
 # ======================================================================================
