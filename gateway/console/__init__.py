@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from config.money import format_amount
 from gateway import appkeys
 from gateway.admin_api.money_handlers import DAY_MS, MAX_RANGE_MS, parse_time
 from gateway.console import charts, session
@@ -118,7 +119,7 @@ async def _usage_chart(request: web.Request, principal: authz.Principal) -> web.
         w.writerow(["period_start", *(names.get(k, k) for k in labels)])
         for i, start in enumerate(data.periods):
             row = [data.series[k][i] for k in labels]
-            cells = [f"{v / 1_000_000:.2f}" if is_money else str(v) for v in row]
+            cells = [format_amount(v) if is_money else str(v) for v in row]
             w.writerow([iso(start), *cells])
         name = f"usage-{ws}-{metric}-by-{by}-{granularity}.csv"
         return web.Response(

@@ -8,11 +8,15 @@ holds exactly the chart's numbers.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.support.adminkit import Admin, snapshot
+from config.money import format_amount
+from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.bot import running_bot
+from tests.support.settings import make_settings
 
 
 async def sign_in(
@@ -123,3 +127,31 @@ async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
         await sign_in(http, any_admin.url, other_tok)
         async with http.get(f"{any_admin.url}/ui/api/usage-chart?ws={ws}") as r:
             assert r.status == 404  # another's workspace does not exist for them
+
+
+async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_path: Path) -> None:
+    # A catalog may price below a cent (six decimals); the CSV must not round it away.
+    catalog = tmp_path / "catalog.yaml"
+    prices = {"automation": "session", "search": "session", "contact_center": "request",
+              "agent": "request", "notification": "notification"}  # fmt: skip
+    lines = [f'  {p}: {{unit: {u}, price: "0.0015"}}' for p, u in prices.items()]
+    catalog.write_text("\n".join(["standard:", *lines, "enterprise:", *lines]) + "\n")
+    settings = make_settings(redis_url, tmp_path, catalog_path=str(catalog), operator=True)
+    async with running_bot() as bot, admin_server(settings, traffic=True) as admin:
+        tok, ws = await admin.owner_workspace()
+        app = await admin.new_app(tok, ws, bot.url, product="contact_center")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            for i in range(3):
+                url = f"{admin.traffic_url}/hooks/web/{app}/msg"
+                async with http.post(url, json={}, headers={"X-Channel-User-Id": f"u{i}"}) as r:
+                    assert r.status == 200
+            await sign_in(http, admin.url, tok)
+            q = f"ws={ws}&metric=amount&granularity=day"
+            async with http.get(f"{admin.url}/ui/api/usage-chart?{q}") as r:
+                chart = await r.json()
+            async with http.get(f"{admin.url}/ui/api/usage-chart?{q}&format=csv") as r:
+                rows = [ln.split(",") for ln in (await r.text()).strip().split("\n")[1:]]
+    values = chart["series"][0]["values"]
+    assert sum(values) == 3 * 1_500  # three requests at $0.0015
+    assert [row[1:] for row in rows] == [[format_amount(v)] for v in values]
+    assert "0.0045" in [row[1] for row in rows]
