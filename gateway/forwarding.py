@@ -2,8 +2,9 @@
 
 Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
-ways; ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host``
-are set, and an ``X-Request-Id`` is generated when the request has none. A client's
+ways, and request header names with ``_`` on the way in (as nginx does);
+``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host`` are
+set, and an ``X-Request-Id`` is generated when the request has none. A client's
 ``Forwarded`` (RFC 7239) is appended to and its ``X-Real-IP`` replaced by the peer: the
 last address the bot reads is always the one the gateway saw.
 
@@ -64,15 +65,22 @@ def new_request_id() -> str:
     return _id_prefix + format(next(_ids), "x")
 
 
-def _end_to_end(src: Headers, hop: frozenset[str]) -> CIMultiDict[str]:
+def _end_to_end(src: Headers, hop: frozenset[str], request: bool = False) -> CIMultiDict[str]:
     """``src`` without the hop-by-hop headers: ``hop`` (lower case), every header a
-    ``Connection`` header lists, and ``Proxy-*``; one pass over ``src``."""
+    ``Connection`` header lists, and ``Proxy-*``; one pass over ``src``. A ``request``'s
+    header names with ``_`` are dropped too (nginx's default): a bot whose server maps
+    ``_`` and ``-`` to one name (WSGI, CGI) would read a client's ``X_Channel_User_Id``
+    beside, or instead of, the ``X-Channel-User-Id`` the gateway vouches for."""
     drop = hop
     if "Connection" in src:
         listed = {
             token.strip().lower() for conn in src.getall("Connection") for token in conn.split(",")
         }
         drop = drop | listed
+    if request:
+        return CIMultiDict([(k, v) for k, v in src.items()
+                            if (low := k.lower()) not in drop and low[:6] != "proxy-"
+                            and "_" not in k])  # fmt: skip
     return CIMultiDict(
         [(k, v) for k, v in src.items() if (low := k.lower()) not in drop and low[:6] != "proxy-"]
     )
@@ -87,7 +95,7 @@ def forwarded_headers(
 ) -> tuple[CIMultiDict[str], str]:
     """End-to-end request headers plus the X-Forwarded-* set, and the request id."""
     out = _end_to_end(
-        src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY
+        src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY, True
     )
     xff = src.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
@@ -152,6 +160,10 @@ def _has_dot_segment(tail: str) -> bool:
 def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     """``base`` with the route's tail appended exactly, plus the query string.
 
+    A query of ``base`` itself stays a query: the tail goes on its path, the request's
+    query after its own (``http://bot/h?code=k`` + ``/x?q=1`` is ``/h/x?code=k&q=1``);
+    its fragment is dropped (never sent).
+
     ``prefix`` is the route's fixed part (``/hooks/<channel>/<app_id>``) and
     ``tail_decoded`` its ``{tail}`` as the router decoded it; the raw
     (still percent-encoded) tail is reused so the upstream sees the exact bytes. With no
@@ -159,7 +171,7 @@ def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     ``/slack/events`` answers 404 to ``/slack/events/``). A tail with ``.``/``..``
     segments raises :class:`InvalidTail`: it would climb out of the app's URL space.
     """
-    path, sep, query = raw_path.partition("?")
+    path, _, query = raw_path.partition("?")
     if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
         tail = path[len(prefix) :]
     else:  # the client percent-encoded part of the prefix itself
@@ -168,9 +180,13 @@ def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
             tail = ""
     if tail and _has_dot_segment(tail):
         raise InvalidTail(tail)
+    own = ""
+    if "?" in base or "#" in base:  # e.g. a function key "?code=...": the tail goes before it
+        base, _, own = base.partition("#")[0].partition("?")
     if tail and base.endswith("/"):
         base = base[:-1]  # "http://bot/api/" + "/x" is "http://bot/api/x", not "api//x"
     url = base + tail
-    if sep and query:
+    query = f"{own}&{query}" if own and query else own or query
+    if query:
         url += "?" + query
     return URL(url, encoded=True)

@@ -107,6 +107,19 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert call.headers["X-End-To-End"] == "kept"
 
 
+async def test_header_names_with_underscores_do_not_reach_the_bot(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    # A bot's server that maps "_" and "-" to one name (WSGI: HTTP_X_CHANNEL_USER_ID)
+    # would read the client's second user id beside the one the gateway metered.
+    headers = {**USER, "X_Channel_User_Id": "victim", "X_Other": "x", "X-Kept": "k"}
+    async with http.post(f"{gw.url}/hooks/web/{APP}/u", data=b"{}", headers=headers) as resp:
+        assert resp.status == 200
+    [call] = bot.calls
+    assert [k for k, _ in call.raw_headers if "_" in k] == []
+    assert (call.headers["X-Channel-User-Id"], call.headers["X-Kept"]) == ("u1", "k")
+
+
 async def test_ten_megabyte_response_is_streamed_not_buffered(
     gw: Running, bot: Bot, http: aiohttp.ClientSession
 ) -> None:

@@ -97,6 +97,24 @@ def test_a_tail_without_dots_or_escapes_is_kept() -> None:
 
 
 @pytest.mark.parametrize(
+    ("base", "raw", "tail", "want"),
+    [
+        ("http://b/h?code=k", "/hooks/web/a1/&code=x", "/&code=x", "http://b/h/&code=x?code=k"),
+        ("http://b/h?code=k", "/hooks/web/a1/x?q=1", "/x", "http://b/h/x?code=k&q=1"),
+        ("http://b/h/?code=k", "/hooks/web/a1?q=1", "", "http://b/h/?code=k&q=1"),
+        ("http://b/h?code=k#f", "/hooks/web/a1", "", "http://b/h?code=k"),
+        ("http://b/h#f", "/hooks/web/a1/x", "/x", "http://b/h/x"),
+    ],
+)
+def test_the_upstream_urls_own_query_stays_a_query(
+    base: str, raw: str, tail: str, want: str
+) -> None:
+    # The tail goes on the upstream URL's path, never into its query (where a client's
+    # "/&code=x" would have become a parameter of the tenant's own).
+    assert str(target_url(base, raw, "/hooks/web/a1", tail)) == want
+
+
+@pytest.mark.parametrize(
     "tail",
     ["/x/../y", "/x/%2e%2E/y", "/x%2F..%2Fy", "/./y", "/x/..", "/..;/y", "/x/.;a=1/y", "/.%2e%3B"],
 )
