@@ -16,9 +16,12 @@ Nothing is forgiven silently. Both lists are journaled (:mod:`meter.admission.jo
 on, and its settlement after; the journal is fsync'd in the background, and emptied
 whenever both lists are. A process that dies leaves its journal; the next one to start
 takes it over (:meth:`Owed.recover`) and settles what it lists. Settling a debt twice
-(a crash right after settling, before the journal says so) is harmless: settlement
-reuses the original attempt's token, so Redis finds its charge record and charges
-nothing more. Both lists are bounded by ``limit``; when full, :meth:`owe` returns False
+(a crash right after settling, before the journal says so) is harmless while the
+attempt's charge record lives: settlement reuses the original attempt's token, so Redis
+finds its charge record and charges nothing more. The record lives max(connect + read
+timeout, refund window) + 60 s (3 minutes by default): only a host crash (the settled
+line written but not yet on disk; a killed process's writes survive) followed by a
+takeover later than that charges the debt twice. Both lists are bounded by ``limit``; when full, :meth:`owe` returns False
 and the caller refuses the message as in fail mode ``closed``.
 """
 
