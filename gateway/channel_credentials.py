@@ -12,12 +12,11 @@ import jwt
 from aiohttp import web
 from yarl import URL
 
-from gateway.channels import USER_HEADER
+from gateway.channels import MAX_CHALLENGE, USER_HEADER
 from gateway.inbound import Inbound
-from gateway.problems import Problem, Refused
+from gateway.problems import Problem, Refused, bad_handshake_answer
 
 MAX_TOKEN = 8192
-MAX_CHALLENGE = 256
 NOTIFY_AUDIENCE = "creditgate:notify"  # ``aud`` of /notify tokens, refused on /hooks
 TOKEN_PARAM = "token"
 HANDSHAKE_PARAMS = frozenset({"hub.mode", "hub.verify_token", "hub.challenge"})
@@ -80,12 +79,7 @@ class Verified(NamedTuple):
         finally:
             upstream.release()
         if got != want:
-            raise Problem(
-                502,
-                "invalid_handshake_answer",
-                "Bot did not answer the handshake",
-                "the bot's answer to the webhook subscription handshake is not its challenge",
-            )
+            raise bad_handshake_answer("webhook subscription handshake")
         return web.Response(status=upstream.status, body=want, content_type="text/plain")
 
 

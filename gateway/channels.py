@@ -18,7 +18,8 @@ Look-up order:
 On an authenticated channel whose signature covers the body (Slack, WhatsApp) the body's
 user and key win over the headers, which nobody signed.
 
-The body is parsed (orjson) only for a channel that has a pointer or a skip rule.
+The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
+skipped callback buys only the bot's status (:mod:`gateway.unbilled`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from config.fields import ChannelRule
 USER_HEADER = "X-Channel-User-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REQUEST_ID_HEADER = "X-Request-Id"
+MAX_CHALLENGE = 256
 
 Pointer = tuple[str, ...]
 
@@ -109,6 +111,7 @@ class Message(NamedTuple):
     billable: bool
     user: str
     key: str
+    challenge: str | None = None  # what the answer to a skipped callback may echo
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ class Channel:
         if authenticated:
             skipped = self._skipped(doc)
             if skipped:
-                return Message(False, user, key)
+                return Message(False, user, key, self._challenge(doc))
             # The signature covers the body, not the headers: a replayed signed body with
             # another user or key header must not become a new (charged) message.
             user = self._signed(doc, self.user_pointer) or user
@@ -166,6 +169,16 @@ class Channel:
     @staticmethod
     def _signed(doc: Any, pointer: Pointer | None) -> str:
         return _scalar(resolve(doc, pointer)) if pointer is not None else ""
+
+    def _challenge(self, doc: Any) -> str | None:
+        """The ``challenge`` of Slack's URL verification, which is all its answer may
+        carry (:mod:`gateway.unbilled`); other skipped callbacks get an empty answer."""
+        if self.label != "slack" or resolve(doc, ("type",)) != "url_verification":
+            return None
+        value = resolve(doc, ("challenge",))
+        if isinstance(value, str) and 1 <= len(value) <= MAX_CHALLENGE and value.isprintable():
+            return value
+        return None
 
     def _skipped(self, doc: Any) -> bool:
         """Whether the channel's rules say this callback is not a user message."""

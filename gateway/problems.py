@@ -85,6 +85,28 @@ def unknown_app(app_id: str) -> Refused:
     return exc
 
 
+def bot_failed() -> Problem:
+    return Problem(502, "upstream_error", "Bot failed", "the bot answered with an error")
+
+
+def bot_timeout() -> Problem:
+    return Problem(504, "upstream_timeout", "Bot timed out", "the bot did not answer in time")
+
+
+def bot_unavailable() -> Problem:
+    return Problem(502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached")
+
+
+def bad_handshake_answer(what: str) -> Problem:
+    """502 for a bot whose answer to a channel's handshake (``what``) is not its challenge."""
+    return Problem(
+        502,
+        "invalid_handshake_answer",
+        "Bot did not answer the handshake",
+        f"the bot's answer to the {what} is not its challenge",
+    )
+
+
 def metering_unavailable() -> Problem:
     return Problem(
         503,

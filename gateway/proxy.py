@@ -27,7 +27,8 @@ A body over ``max_body_bytes`` found while streaming is 413 and stays charged (t
 client's doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
 408: refunded by the sweeper if never forwarded, kept charged once the bot got its start.
 A request that already passed this gateway (its ``Via`` names it) is refused 508
-``loop_detected`` before anything is metered.
+``loop_detected`` before anything is metered. A non-billable callback gets the bot's
+status, never its answer (:mod:`gateway.unbilled`).
 """
 
 from __future__ import annotations
@@ -55,16 +56,10 @@ from gateway.http_rules import body_stalled, send_continue
 from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
-from gateway.problems import Problem
+from gateway.problems import Problem, bot_failed, bot_timeout, bot_unavailable
 from gateway.sent_body import SentBytes, sent_stream
-from gateway.traffic_rules import (
-    bot_failed,
-    bot_timeout,
-    bot_unavailable,
-    check_length,
-    forbidden,
-    too_large,
-)
+from gateway.traffic_rules import check_length, forbidden, too_large
+from gateway.unbilled import Unbilled, answer
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -172,8 +167,10 @@ class Proxy:
         admission: Admission | None,
         state: list[bool],
         verified: Verified | None = None,
+        unbilled: Unbilled | None = None,
     ) -> web.StreamResponse:
-        """Send the request upstream and stream the answer back."""
+        """Send the request upstream and stream the answer back (an unbilled callback's:
+        only what :mod:`gateway.unbilled` lets through)."""
         headers, _ = upstream_headers(request)
         if verified is not None:
             verified.rewrite(headers)
@@ -201,6 +198,8 @@ class Proxy:
         else:
             if verified is not None and verified.handshake_challenge is not None:
                 return await verified.answer_handshake(upstream)  # only the challenge
+            if unbilled is not None:
+                return await answer(unbilled, upstream, self.metrics, t0)
             return await self._stream_back(request, upstream, admission, t0)
         finally:
             CLIENT_GONE.reset(gone)
@@ -295,5 +294,6 @@ async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
     body: Body = admitted.body
     if not admitted.have_body:
         body = await proxy.body_of(request, state)
-    admission = admitted.admission
-    return await proxy.forward(request, to.url, body, admission, state, to.verified), admission
+    admission, unbilled = admitted.admission, admitted.unbilled
+    out = await proxy.forward(request, to.url, body, admission, state, to.verified, unbilled)
+    return out, admission

@@ -7,7 +7,8 @@ A message is decided in two steps, each a function here that the aiohttp handler
    before anything is metered), the app's upstream (404/502) and the target URL (400
    for dot segments). Nothing is charged: a server may still hand the request on.
 2. :func:`admit`: the channel's rules (billable? user, idempotency key), the message
-   digest of a keyed message, and the admission (402/403/409/429/503).
+   digest of a keyed message, and the admission (402/403/409/429/503); a callback the
+   rules skip is answered as :mod:`gateway.unbilled` says.
 
 The problems both servers answer with are built here as well.
 """
@@ -27,6 +28,7 @@ from gateway.inbound import Headers, Inbound
 from gateway.metering import Admission, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, unknown_app
+from gateway.unbilled import Unbilled
 from gateway.upstreams import NO_UPSTREAM, Upstreams
 
 ReadBody = Callable[[], Awaitable[bytes]]
@@ -64,18 +66,6 @@ def loop_detected() -> Problem:
         "Loop detected",
         "this request already passed through the gateway: an upstream points back at it",
     )
-
-
-def bot_failed() -> Problem:
-    return Problem(502, "upstream_error", "Bot failed", "the bot answered with an error")
-
-
-def bot_timeout() -> Problem:
-    return Problem(504, "upstream_timeout", "Bot timed out", "the bot did not answer in time")
-
-
-def bot_unavailable() -> Problem:
-    return Problem(502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached")
 
 
 def no_upstream(app_id: str) -> Problem:
@@ -149,11 +139,13 @@ async def route(
 
 
 class Admitted(NamedTuple):
-    """Step 2's outcome: the admission (``None``: not metered) and the body if read."""
+    """Step 2's outcome: the admission (``None``: not metered), the body if read, and
+    for a callback the channel's rules skip, how its answer is restricted."""
 
     admission: Admission | None
     body: bytes | None
     have_body: bool
+    unbilled: Unbilled | None = None
 
 
 async def admit(
@@ -182,4 +174,5 @@ async def admit(
                 body, have_body = await read_body(), True
             digest = message_digest(inbound.method, inbound.raw_path, body)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
-    return Admitted(admission, body, have_body)
+    unbilled = None if msg.billable else Unbilled(msg.challenge)
+    return Admitted(admission, body, have_body, unbilled)

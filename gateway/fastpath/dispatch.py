@@ -7,6 +7,7 @@ import time
 
 from yarl import URL
 
+from gateway import problems
 from gateway import traffic_rules as rules
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
@@ -18,6 +19,7 @@ from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
 from gateway.problems import Problem, Refused, problem_of
+from gateway.unbilled import Held
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
             return
         admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
         admission = ex.admission = admitted.admission
+        if admitted.unbilled is not None:
+            ex.held = Held(admitted.unbilled)
         out_body = admitted.body if admitted.have_body else (body or None)
         headers, _ = forwarded_headers(inbound.headers, conn.peer, "http")
         to.verified.rewrite(headers)
@@ -107,5 +111,5 @@ async def _upstream(
         if admission is not None:
             await proxy.meter.failed(admission, "connect")
         if isinstance(exc, ConnectTimeout):
-            raise rules.bot_timeout() from None
-        raise rules.bot_unavailable() from None
+            raise problems.bot_timeout() from None
+        raise problems.bot_unavailable() from None

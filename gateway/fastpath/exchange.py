@@ -24,31 +24,22 @@ from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from gateway import traffic_rules as rules
+from gateway import problems
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.message import Message
 from gateway.fastpath.pool import ClientGone, Pool, Wait
 from gateway.fastpath.upstream import UpstreamConnection
-from gateway.fastpath.wire import response_head, text_headers
+from gateway.fastpath.wire import close_delimited, response_head, text_headers
 from gateway.forwarding import downstream_headers
-from gateway.inbound import Headers
 from gateway.metering import Admission, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
 from gateway.proxy import Proxy
 from gateway.traffic_stats import TrafficStats
+from gateway.unbilled import Held
 
 log = logging.getLogger(__name__)
 _NO_BODY = frozenset({204, 304})
-
-
-def _close_delimited(src: Headers) -> bool:
-    """Whether the bot's answer ends with its connection (RFC 9112 §6.3), as llhttp reads
-    it: no ``Content-Length`` (even one ``Connection`` lists) and no final ``chunked``."""
-    if "Transfer-Encoding" in src:
-        codings = ",".join(src.getall("Transfer-Encoding")).rsplit(",", 1)
-        return codings[-1].strip().lower() != "chunked"
-    return "Content-Length" not in src
 
 
 class FastServer(Protocol):
@@ -76,6 +67,7 @@ class Exchange:
         "conn",
         "done",
         "head",
+        "held",
         "label",
         "msg",
         "outcome",
@@ -106,6 +98,7 @@ class Exchange:
         self.chunked = False
         self.close_delimited = False
         self.done = False
+        self.held: Held | None = None  # an unbilled callback's answer: never passed on
 
     # ------------------------------------------------------------ answering
 
@@ -178,7 +171,7 @@ class Exchange:
             self.conn.abort()
             self.finish(False)
         else:
-            self._failed("timeout", rules.bot_timeout())
+            self._failed("timeout", problems.bot_timeout())
 
     def _failed(self, failure: Failure, problem: Problem) -> None:
         self.server.proxy.metrics.upstream_children[failure].observe(time.perf_counter() - self.t0)
@@ -199,7 +192,7 @@ class Exchange:
             if self.admission is not None:  # a bot cannot answer for free by failing
                 self._drop_upstream()
                 self.outcome = "error"
-                self.server.spawn(self._refund_then("5xx", rules.bot_failed()))
+                self.server.spawn(self._refund_then("5xx", problems.bot_failed()))
                 return
         else:
             metrics.upstream_children["ok"].observe(time.perf_counter() - self.t0)
@@ -207,18 +200,28 @@ class Exchange:
             self.client_lost()
             return
         src = text_headers(raw)
+        if self.held is not None:  # read, answered once read (gateway.unbilled)
+            self.close_delimited = close_delimited(src)
+            if not self.held.head(status):  # a failure: answered at once
+                self._drop_upstream()
+                self.on_complete(False)
+            return
         out = downstream_headers(src)
         if status in _NO_BODY:
             if status == 204:
                 out.popall("Content-Length", None)
         elif "Content-Length" not in out:
             self.chunked = True  # re-framed for the client, as aiohttp does
-            self.close_delimited = _close_delimited(src)
+            self.close_delimited = close_delimited(src)
             out["Transfer-Encoding"] = "chunked"
         self._write_head(status, reason, list(out.items()))
 
     def on_body(self, chunk: bytes) -> None:
-        if self.chunked:
+        if self.held is not None:
+            if self.held.add(chunk):  # enough read: the rest is never read
+                self._drop_upstream()
+                self.on_complete(False)
+        elif self.chunked:
             self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
             self._write(chunk)
@@ -232,21 +235,33 @@ class Exchange:
                 self.server.pool.release(upstream)
             else:
                 upstream.close()
+        if self.held is not None and not self.done:
+            self._answer_held(self.held)
         self.finish(True)
 
     def on_lost(self) -> None:
         self.upstream = None
         if self.done:
             return
-        if not self.status:
-            log.info("upstream closed the connection before answering")
-            self._failed("5xx", rules.bot_unavailable())
-        elif self.close_delimited:
+        if self.close_delimited:  # set once a head came: the answer ended with it
             self.on_complete(False)
+        elif not self.status:
+            log.info("upstream closed the connection before answering")
+            self._failed("5xx", problems.bot_unavailable())
         else:
             log.info("upstream failed mid-response")
             self.conn.abort()
             self.finish(False)
+
+    def _answer_held(self, held: Held) -> None:
+        out = held.answer()
+        if isinstance(out, Problem):
+            self.outcome = "error"
+            self.respond_problem(out)
+            return
+        self._write_head(out.status, out.reason, out.headers())
+        if out.body:
+            self._write(out.body)
 
     def _drop_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None

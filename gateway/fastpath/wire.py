@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.inbound import Headers
+
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -53,3 +55,12 @@ def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     same bytes back."""
     esc = "surrogateescape"
     return CIMultiDict([(k.decode("utf-8", esc), v.decode("utf-8", esc)) for k, v in raw])
+
+
+def close_delimited(src: Headers) -> bool:
+    """Whether the bot's answer ends with its connection (RFC 9112 §6.3), as llhttp reads
+    it: no ``Content-Length`` (even one ``Connection`` lists) and no final ``chunked``."""
+    if "Transfer-Encoding" in src:
+        codings = ",".join(src.getall("Transfer-Encoding")).rsplit(",", 1)
+        return codings[-1].strip().lower() != "chunked"
+    return "Content-Length" not in src

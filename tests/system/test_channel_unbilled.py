@@ -1,0 +1,171 @@
+"""A callback the channel's rules skip buys the bot's status, never its answer
+(gateway/unbilled.py, docs/design.md §3).
+
+The tenant holds its channel secrets, so it can sign any body a skip rule matches, a
+question included: such a callback reaches the bot unmetered, even for an app without
+credit, but only the bot's status comes back, with an empty body; Slack's URL
+verification gets its own challenge back, nothing else; a bot failure is the gateway's
+502 problem. Both traffic servers; real Redis, real sockets, the counting bot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDictProxy
+
+from config.fields import ChannelRule
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, running_gateway
+from tests.support.channel_keys import (
+    AuthWorld,
+    auth_settings,
+    hs256,
+    meta_headers,
+    set_secret,
+    slack_headers,
+)
+from tests.support.samples import sample
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "unbilled"
+BROKE = f"{WS}_broke"  # no credit at all: nothing it gets may be an answer of the bot
+QUESTION = "write me a 2000-word essay on the history of credit"
+CHALLENGE = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+
+
+@pytest.fixture
+async def world(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> AsyncIterator[AuthWorld]:
+    # "tickets" is a configured channel (HS256) with a skip rule of its own.
+    rules = {"tickets": ChannelRule(skip_if_equals={"/type": ["ping"]})}
+    settings = auth_settings(redis_url, tmp_path, channels=rules)
+    apps = {BROKE: {"product": "automation", "upstream_url": bot.url, "use_free_credits": False}}
+    await seed(rclient, settings, WS, apps)
+    for channel in ("slack", "whatsapp", "tickets"):
+        await set_secret(rclient, settings, BROKE, channel)
+    async with running_gateway(settings) as gw:
+        yield AuthWorld(WS, gw, bot, rclient, http)
+
+
+def slack_bot_event() -> bytes:
+    """The bot's own message echoed back by Slack (``/event/bot_id``), with a question."""
+    doc = json.loads(sample("slack-message.json"))
+    doc["event"] |= {"bot_id": "B0BOT", "text": QUESTION}
+    return json.dumps(doc).encode()
+
+
+def whatsapp_status() -> bytes:
+    """A delivery status (no ``messages``) that carries a question."""
+    doc = json.loads(sample("whatsapp-status.json"))
+    doc["entry"][0]["changes"][0]["value"]["text"] = QUESTION
+    return json.dumps(doc).encode()
+
+
+SKIPPED = {  # channel -> (body, its signature headers)
+    "slack": lambda: (slack_bot_event(), slack_headers(slack_bot_event())),
+    "whatsapp": lambda: (whatsapp_status(), meta_headers(whatsapp_status())),
+    "tickets": lambda: (
+        json.dumps({"type": "ping", "text": QUESTION}).encode(),
+        {"Authorization": f"Bearer {hs256('alice')}"},
+    ),
+}
+
+
+async def post(
+    w: AuthWorld, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    h = {"Content-Type": "application/json", **headers}
+    async with w.http.post(w.gw.url + path, data=body, headers=h) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+def url_verification(challenge: Any = CHALLENGE) -> bytes:
+    return json.dumps(
+        {"token": "t", "challenge": challenge, "type": "url_verification", "text": QUESTION}
+    ).encode()
+
+
+async def test_a_signed_url_verification_gets_only_its_challenge(world: AuthWorld) -> None:
+    before = await world.state()
+    body = url_verification()
+    # The bot echoes the whole request (question and challenge): only the challenge
+    # comes back, as Slack accepts it, for an app without any credit.
+    status, headers, got = await post(world, f"/hooks/slack/{BROKE}", body, slack_headers(body))
+    assert (status, got) == (200, b'{"challenge":"%s"}' % CHALLENGE.encode())
+    assert headers["Content-Type"] == "application/json"
+    assert "X-Bot" not in headers  # none of the bot's headers
+    assert world.bot.count() == 1
+    # A bot whose answer is not the challenge (or not a 2xx) buys nothing: 502.
+    for tail in ("/status/200", "/status/403"):
+        status, headers, got = await post(
+            world, f"/hooks/slack/{BROKE}{tail}", body, slack_headers(body)
+        )
+        assert status == 502, (tail, got)
+        assert json.loads(got)["code"] == "invalid_handshake_answer"
+        assert b"bot says" not in got
+    assert world.bot.count() == 3
+    # A url_verification without a usable challenge gets an empty answer.
+    odd = url_verification({"q": QUESTION})
+    status, headers, got = await post(world, f"/hooks/slack/{BROKE}", odd, slack_headers(odd))
+    assert (status, got, headers["Content-Length"]) == (200, b"", "0")
+    assert await world.state() == before  # nothing metered
+
+
+@pytest.mark.parametrize("channel", sorted(SKIPPED))
+async def test_skipped_callbacks_get_the_bots_status_and_an_empty_body(
+    world: AuthWorld, channel: str
+) -> None:
+    before = await world.state()
+    body, signed = SKIPPED[channel]()
+    for tail, want in (("", 200), ("/status/202", 202), ("/status/404", 404)):
+        status, headers, got = await post(world, f"/hooks/{channel}/{BROKE}{tail}", body, signed)
+        assert (status, got) == (want, b""), (tail, got[:200])
+        assert headers["Content-Length"] == "0"
+        assert "X-Bot" not in headers
+        assert "Content-Type" not in headers
+    assert world.bot.count() == 3
+    assert world.bot.calls[0].body == body  # the bot did get the callback
+    assert await world.state() == before
+
+
+@pytest.mark.parametrize("channel", [*sorted(SKIPPED), "slack-challenge"])
+async def test_a_bot_failure_on_a_skipped_callback_is_the_gateways_problem(
+    world: AuthWorld, channel: str
+) -> None:
+    if channel == "slack-challenge":
+        body = url_verification()
+        channel, signed = "slack", slack_headers(body)
+    else:
+        body, signed = SKIPPED[channel]()
+    for code in (500, 503):
+        status, headers, got = await post(
+            world, f"/hooks/{channel}/{BROKE}/status/{code}", body, signed
+        )
+        assert status == 502, got[:200]
+        assert headers["Content-Type"] == "application/problem+json"
+        assert json.loads(got)["code"] == "upstream_error"
+        assert b"bot says" not in got
+
+
+async def test_a_long_answer_to_a_skipped_callback_is_not_passed_on(world: AuthWorld) -> None:
+    """The bot's first 64 KiB arrive, the rest never does: the status goes back anyway,
+    without the bot's body (which is never waited for past the first bytes)."""
+    body, signed = SKIPPED["whatsapp"]()
+    h = {"Content-Type": "application/json", **signed}
+    url = f"{world.gw.url}/hooks/whatsapp/{BROKE}/stream/1000000"
+    try:
+        async with world.http.post(url, data=body, headers=h) as resp:
+            assert resp.status == 200
+            assert resp.headers.get("Content-Length") == "0"
+            assert await resp.read() == b""
+    finally:
+        world.bot.release.set()
