@@ -7,10 +7,10 @@ a callback buys only the bot's status, never its answer:
 
 * a 5xx is answered 502 ``upstream_error`` (and a 1xx 502 ``upstream_unavailable``),
   as for a metered message: never the bot's failed body;
-* any other status is passed on with an empty body (``Content-Length: 0``, none for a
-  204), the standard reason phrase and none of the bot's headers (a header or a reason
-  carries text as well as a body). This is what every configured channel's skipped
-  callbacks get;
+* any other status is passed on with an empty body (``Content-Length: 0``, none for
+  204 and 304), the standard reason phrase and none of the bot's headers (a header or
+  a reason carries text as well as a body). Every configured channel's skipped
+  callbacks get this;
 * Slack's URL verification (the built-in ``slack`` channel, ``type`` =
   ``url_verification`` with a ``challenge``): a 2xx whose body, within its first
   :data:`MAX_ANSWER` bytes, contains the request's own challenge is answered
@@ -70,7 +70,7 @@ class Answer(NamedTuple):
 
     def headers(self) -> list[tuple[str, str]]:
         """Content-Type and Content-Length (the server adds its own, e.g. ``Date``)."""
-        if self.status == 204:
+        if self.status in (204, 304):  # no body, and no length to announce one
             return []
         length = [("Content-Length", str(len(self.body)))]
         return [("Content-Type", JSON), *length] if self.body else length

@@ -11,7 +11,7 @@ toward the connect timeout, and a message whose client leaves meanwhile is refun
 never sent, see :mod:`.pool`), no answer within ``upstream_read_timeout_s`` -> 504
 (``timeout``), the connection lost before an answer or a 5xx to a metered message ->
 502 (``5xx``, the bot's body withheld); a failure after the answer started aborts the
-client connection.
+client connection. A skipped callback's answer is held (:mod:`gateway.unbilled`).
 The charge is confirmed as forwarded once the request is handed to the socket.
 """
 
