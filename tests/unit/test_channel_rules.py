@@ -3,6 +3,7 @@ on real channel payload samples (``tests/data/channels``); no server."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from config.fields import ChannelRule
@@ -99,3 +100,23 @@ def test_configured_channels_and_overrides() -> None:
 
 
 # ----------------------------------------------------------- through the gateway
+
+
+def test_only_slacks_url_verification_carries_a_challenge() -> None:
+    """What a skipped callback's answer may echo (gateway/unbilled.py): Slack's own
+    challenge, 1-256 printable characters; every other skipped callback nothing."""
+    ch = Channels({"hooks": ChannelRule(skip_if_equals={"/type": ["url_verification"]})})
+
+    def challenge(channel: str, doc: object) -> str | None:
+        msg = ch.get(channel).inspect({}, orjson.dumps(doc), authenticated=True)
+        assert not msg.billable
+        return msg.challenge
+
+    sample_doc = orjson.loads(sample("slack-url-verification.json"))
+    assert challenge("slack", sample_doc) == sample_doc["challenge"]
+    verify = {"type": "url_verification", "challenge": "c1"}
+    assert challenge("slack", verify) == "c1"
+    assert challenge("hooks", verify) is None  # a configured channel: an empty answer
+    assert challenge("slack", {"type": "app_rate_limited", "challenge": "c1"}) is None
+    for odd in ("", "x" * 257, "a\nb", 7, ["c1"], None):
+        assert challenge("slack", {"type": "url_verification", "challenge": odd}) is None
