@@ -21,8 +21,9 @@ attempt's charge record lives: settlement reuses the original attempt's token, s
 finds its charge record and charges nothing more. The record lives max(connect + read
 timeout, refund window) + 60 s (3 minutes by default): only a host crash (the settled
 line written but not yet on disk; a killed process's writes survive) followed by a
-takeover later than that charges the debt twice. Both lists are bounded by ``limit``; when full, :meth:`owe` returns False
-and the caller refuses the message as in fail mode ``closed``.
+takeover later than that charges the debt twice. Both lists are bounded by ``limit``;
+when full, :meth:`owe` returns False and the caller refuses the message as in fail mode
+``closed``.
 """
 
 from __future__ import annotations
