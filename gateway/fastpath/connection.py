@@ -22,9 +22,14 @@ connection from then on), so the answer is exactly the one aiohttp gives:
   :mod:`gateway.http_rules` refuses in aiohttp);
 * handed off: everything else, ``/notify``, HEAD, HTTP/1.0, and, after routing, a bot
   that is not ``http://`` or a Meta subscription handshake (nothing charged before);
-* pipelined requests are answered in order, one at a time: bytes that arrive while a
-  request is being served wait (reading pauses past 64 KiB), and a request's end is
-  found by llhttp itself (:func:`message_end`);
+* a request head is read at most :data:`HEAD_BYTES` at a time: one still open past it
+  (an endless header, say) cannot be served here and is handed off at once, so aiohttp
+  refuses it by its own limits;
+* pipelined requests are answered in order, one at a time, and none while the client is
+  not reading its answers (its transport paused for writing, as aiohttp waits for
+  ``drain``): bytes that arrive meanwhile wait in a :class:`Backlog`, reading paused
+  while more than ``BACKLOG_HIGH`` bytes wait; a request's end is found by llhttp itself
+  (:func:`message_end`);
 * a connection must send a complete request within ``header_timeout_s`` of opening or
   of its previous response: slow headers (as aiohttp) and stalled bodies (which aiohttp
   waits for) are closed, and a request cut short is never forwarded;
@@ -37,29 +42,15 @@ connection from then on), so the answer is exactly the one aiohttp gives:
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any, Protocol, cast
 
 import httptools
 
+from gateway.fastpath.backlog import Backlog, Chunk
 from gateway.fastpath.message import Message, message_end
-from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
+from gateway.fastpath.request import HEAD_BYTES, RequestParser
 
-FAST_BODY = 64 * 1024
-MAX_FIELD = 4096
-MAX_HEADERS = 100
 BACKLOG_HIGH = 64 * 1024
-FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
-_ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*)?\Z")
-_DOTS = frozenset({b".", b".."})
-
-
-class _Stop(Exception):
-    """Stops the parser: the request is not for the fast path."""
-
-
-class _Pipelined(Exception):
-    """Stops the parser: another request began after a complete one."""
 
 
 class Host(Protocol):
@@ -86,15 +77,10 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # close after the current response
         self.write_paused = False
         self.exchange: Any = None  # the upstream exchange streaming into this connection
-        self._parser = httptools.HttpRequestParser(self)
-        self._chunks: list[bytes] = []  # bytes fed since the current request began
-        self._backlog = b""  # bytes received while busy
-        self._msg = Message()
-        self._done: Message | None = None  # completed in the current feed
-        self._count = 0
-        self._size = 0  # bytes of header fields
-        self._seen: set[bytes] = set()  # headers of SINGLE_LOWER seen
-        self._url = b""
+        self._req = RequestParser(server.body_limit)
+        self._chunks: list[Chunk] = []  # bytes fed since the current request began
+        self._fed = 0  # their size
+        self._backlog = Backlog()  # bytes received, not fed yet
         self._paused = False
         self._handed = False
 
@@ -116,7 +102,7 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        if not self.busy and self.transport is not None:
+        if not (self.busy or self.write_paused) and self.transport is not None:
             self.transport.close()  # nothing to answer (a request cut short is dropped)
         return True  # else the answers still go out; closed after the last
 
@@ -129,114 +115,72 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self.exchange is not None:
             self.exchange.resume()
+        elif not self.busy:  # an answer waited for the client to read: go on
+            self._next()
 
     def data_received(self, data: bytes) -> None:
-        if self.busy:
-            self._backlog += data
-            if len(self._backlog) > BACKLOG_HIGH and not self._paused and self.transport:
-                self._paused = True
-                self.transport.pause_reading()
-            return
-        self._feed(data)
+        self._backlog.append(data)
+        self._pump()
 
     # ------------------------------------------------------------ parsing
 
-    def _feed(self, data: bytes) -> None:
+    def _pump(self) -> None:
+        """Feed what waits while no request is being answered and the client reads its
+        answers; reading paused while more than ``BACKLOG_HIGH`` bytes wait."""
+        backlog, req = self._backlog, self._req
+        while backlog and not (self.busy or self.write_paused or self._handed):
+            self._feed(backlog.take(HEAD_BYTES - self._fed if req.in_head else backlog.size))
+            if req.in_head and self._fed >= HEAD_BYTES and not self._handed:
+                self.hand_off(b"".join(self._chunks))  # a head too long to serve here
+        transport = self.transport
+        if transport is None or self._handed:
+            return
+        if backlog.size > BACKLOG_HIGH:
+            if not self._paused:
+                self._paused = True
+                transport.pause_reading()
+        elif self._paused:
+            self._paused = False
+            transport.resume_reading()
+
+    def _feed(self, data: Chunk) -> None:
+        req = self._req
         self._chunks.append(data)
+        self._fed += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            # A callback's exception arrives as the context of the parser's error.
-            done = self._done
-            if done is None or not (isinstance(exc.__context__, _Pipelined) or not done.keep_alive):
+            req.parser.feed_data(data)
+        except httptools.HttpParserError:
+            done = req.done
+            if done is None or not (req.pipelined or not done.keep_alive):
                 # Not ours, or malformed: aiohttp answers exactly as it would alone.
                 self.hand_off(b"".join(self._chunks))
                 return
             # More after a complete request: pipelined, or after Connection: close (llhttp
-            # refuses it), where it is ignored.
-            raw = b"".join(self._chunks)
-            n = message_end(raw)
+            # refuses it), where it is ignored. Only this request's bytes are joined.
+            length = done.content_length or 0
+            before = self._fed - len(data)
+            raw = b"".join([*self._chunks[:-1], data[: max(0, HEAD_BYTES + length - before)]])
+            n = message_end(raw, length)
             done.raw = raw[:n]
-            self._backlog = raw[n:] + self._backlog if done.keep_alive else b""
-            self._chunks = []
-            self._parser = httptools.HttpRequestParser(self)
-        done = self._done
+            if done.keep_alive:
+                self._backlog.push_front(data[n - before :])
+            else:
+                self._backlog.clear()
+            req.reset()
+        done = req.done
         if done is None:
             return
-        self._done = None
+        req.done = None
+        req.pipelined = False
+        req.in_head = True
         self.head_since = None
         if not done.raw:
             chunks = self._chunks
-            done.raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._chunks = []
+            done.raw = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._fed = 0
         self.busy = True
         self.server.serve(self, done)
-
-    def on_message_begin(self) -> None:
-        if self._done is not None:
-            raise _Pipelined
-        self._msg = Message()
-        self._url = b""
-        self._count = 0
-        self._size = 0
-        self._seen = set()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > MAX_FIELD:
-            raise _Stop
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        if self._count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
-            raise _Stop
-        msg = self._msg
-        msg.headers.append((name, value))
-        low = name.lower()
-        self._size += len(name) + len(value)
-        if self._size > HEAD_LIMIT:
-            raise _Stop
-        if low in SINGLE_LOWER:
-            if low in self._seen or (low == b"host" and not valid_host(value.decode("latin-1"))):
-                raise _Stop  # aiohttp refuses it (gateway.http_rules)
-            self._seen.add(low)
-        if low == b"content-length":
-            msg.content_length = int(value)  # llhttp checked: digits, only one
-        elif low in (b"transfer-encoding", b"expect", b"upgrade"):
-            raise _Stop
-        elif low == b"connection" and lists_decided(value.decode("latin-1")):
-            raise _Stop  # aiohttp refuses it (gateway.http_rules)
-
-    def on_headers_complete(self) -> None:
-        parser, msg = self._parser, self._msg
-        method = parser.get_method()
-        if method not in FAST_METHODS or parser.get_http_version() != "1.1":
-            raise _Stop
-        if b"host" not in self._seen:
-            raise _Stop  # HTTP/1.1 without Host: aiohttp's 400
-        if parser.should_upgrade():
-            raise _Stop
-        length = msg.content_length
-        if length is not None and length > self.server.body_limit:
-            raise _Stop
-        path, _, query = self._url.partition(b"?")
-        m = _ROUTE.match(path)
-        if m is None or m[1] in _DOTS or m[2] in _DOTS or b"#" in query:
-            raise _Stop
-        if m[3] and b"/." in m[3]:
-            raise _Stop  # dot segments: aiohttp's router decides (it may normalize)
-        msg.method = method.decode()
-        msg.target = self._url.decode()
-        msg.channel = m[1].decode()
-        msg.app_id = m[2].decode()
-        msg.keep_alive = parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        msg = self._msg
-        msg.body = msg.body + body if msg.body else body
-
-    def on_message_complete(self) -> None:
-        self._done = self._msg
 
     # ------------------------------------------------------------ answering
 
@@ -249,7 +193,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def response_done(self, keep_alive: bool) -> None:
-        """The answer is written: close, or serve what waits, or wait for a request."""
+        """The answer is written: close, or serve what waits, or wait for a request;
+        while the client does not read its answers, nothing more (see the module)."""
         self.exchange = None
         self.busy = False
         transport = self.transport
@@ -258,14 +203,15 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self.closing:
             transport.close()
             return
+        if not self.write_paused:
+            self._next()
+
+    def _next(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self.head_since = self.server.loop.time()
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
-        if self._backlog:
-            data, self._backlog = self._backlog, b""
-            self._feed(data)
-        if self.eof and not self.busy and self.transport is not None:
+        self._pump()
+        if self.eof and not self.busy and self.transport is not None and not self._handed:
             self.transport.close()
 
     def close_idle(self) -> None:
@@ -288,8 +234,7 @@ class ClientConnection(asyncio.Protocol):
         handler.connection_made(transport)
         if self._paused:
             transport.resume_reading()
-        data += self._backlog
-        self._backlog = b""
+        data += self._backlog.take_all()
         if data:
             handler.data_received(data)
         if self.eof:

@@ -26,10 +26,11 @@ from aiohttp import web
 
 from config import Settings
 from gateway.appkeys import PROXY, TRAFFIC_STATS
-from gateway.fastpath.connection import FAST_BODY, ClientConnection
+from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.dispatch import serve_message
 from gateway.fastpath.message import Message
 from gateway.fastpath.pool import Pool
+from gateway.fastpath.request import FAST_BODY
 from gateway.logs import access_log_on
 from meter.accounts.egress import Policy
 

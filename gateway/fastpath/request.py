@@ -1,0 +1,126 @@
+"""The llhttp callbacks of a client connection: which requests the fast path serves.
+
+:class:`RequestParser` checks a request as llhttp parses it, by the framing rules of
+:mod:`gateway.fastpath.connection` (whose docstring states them), and raises
+:class:`Stop` as soon as it is not one the fast path serves; a request that begins after
+a complete one in the same feed raises :class:`Pipelined`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+from gateway.fastpath.message import Message
+from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
+
+FAST_BODY = 64 * 1024
+MAX_FIELD = 4096
+MAX_HEADERS = 100
+# The most bytes of a request head (request line and empty lines before it included) fed
+# to llhttp: a head the fast path serves is shorter (its line and each field under
+# MAX_FIELD, its fields under HEAD_LIMIT in all, with their framing).
+HEAD_BYTES = HEAD_LIMIT + 2 * MAX_FIELD
+FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+_ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*)?\Z")
+_DOTS = frozenset({b".", b".."})
+
+
+class Stop(Exception):
+    """Stops the parser: the request is not for the fast path."""
+
+
+class Pipelined(Exception):
+    """Stops the parser: another request began after a complete one."""
+
+
+class RequestParser:
+    """llhttp's receiver: the request being parsed (``body_limit``: the most body bytes
+    served here)."""
+
+    def __init__(self, body_limit: int) -> None:
+        self.body_limit = body_limit
+        self.parser = httptools.HttpRequestParser(self)
+        self.in_head = True  # the current request's head is not complete
+        self.pipelined = False  # a request began after a complete one, in one feed
+        self.done: Message | None = None  # completed in the current feed
+        self._msg = Message()
+        self._count = 0
+        self._size = 0  # bytes of header fields
+        self._seen: set[bytes] = set()  # headers of SINGLE_LOWER seen
+        self._url = b""
+
+    def reset(self) -> None:
+        """A fresh llhttp parser, for what follows a complete request."""
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        if self.done is not None:
+            # Told by a flag, not by the parser's error: its context is whatever exception
+            # was being handled when the feed began (a refusal being answered, say).
+            self.pipelined = True
+            raise Pipelined
+        self._msg = Message()
+        self._url = b""
+        self._count = 0
+        self._size = 0
+        self._seen = set()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_FIELD:
+            raise Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
+            raise Stop
+        msg = self._msg
+        msg.headers.append((name, value))
+        low = name.lower()
+        self._size += len(name) + len(value)
+        if self._size > HEAD_LIMIT:
+            raise Stop
+        if low in SINGLE_LOWER:
+            if low in self._seen or (low == b"host" and not valid_host(value.decode("latin-1"))):
+                raise Stop  # aiohttp refuses it (gateway.http_rules)
+            self._seen.add(low)
+        if low == b"content-length":
+            msg.content_length = int(value)  # llhttp checked: digits, only one
+        elif low in (b"transfer-encoding", b"expect", b"upgrade"):
+            raise Stop
+        elif low == b"connection" and lists_decided(value.decode("latin-1")):
+            raise Stop  # aiohttp refuses it (gateway.http_rules)
+
+    def on_headers_complete(self) -> None:
+        parser, msg = self.parser, self._msg
+        method = parser.get_method()
+        if method not in FAST_METHODS or parser.get_http_version() != "1.1":
+            raise Stop
+        if b"host" not in self._seen:
+            raise Stop  # HTTP/1.1 without Host: aiohttp's 400
+        if parser.should_upgrade():
+            raise Stop
+        length = msg.content_length
+        if length is not None and length > self.body_limit:
+            raise Stop
+        path, _, query = self._url.partition(b"?")
+        m = _ROUTE.match(path)
+        if m is None or m[1] in _DOTS or m[2] in _DOTS or b"#" in query:
+            raise Stop
+        if m[3] and b"/." in m[3]:
+            raise Stop  # dot segments: aiohttp's router decides (it may normalize)
+        msg.method = method.decode()
+        msg.target = self._url.decode()
+        msg.channel = m[1].decode()
+        msg.app_id = m[2].decode()
+        msg.keep_alive = parser.should_keep_alive()
+        self.in_head = False
+
+    def on_body(self, body: bytes) -> None:
+        msg = self._msg
+        msg.body = msg.body + body if msg.body else body
+
+    def on_message_complete(self) -> None:
+        self.done = self._msg
