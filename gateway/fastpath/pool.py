@@ -14,11 +14,12 @@ queue. A place that frees (a connection ended by either side, failed, swept or c
 to make room) goes to the message that has waited longest among the bots under their
 cap (bots are ordered in a heap by their first waiter's arrival): a bot at its own cap
 blocks no one behind it, and one tenant's many bots cannot starve another's. A
-connection released after a clean keep-alive response goes as it is to its bot's first
-waiter, unless another bot's message has waited longer: then it is closed and its place
-is that message's. The wait counts toward ``upstream_connect_timeout_s``: the whole of
-waiting, resolving and connecting ends with :class:`ConnectTimeout` at that deadline
-(answered and refunded as a connect timeout). A waiter whose client goes away
+connection released after a clean keep-alive response (reading again, if its client's
+slowness had paused it) goes to its bot's first waiter, unless another bot's message
+has waited longer: then it is closed and its place is that message's. The wait counts
+toward ``upstream_connect_timeout_s``: the whole of waiting, resolving and connecting
+ends with :class:`ConnectTimeout` at that deadline (answered and refunded as a connect
+timeout). A waiter whose client goes away
 (:class:`ClientGone`: its connection lost; a half-close is no leaving, see
 docs/design.md) leaves the queue and never gets a connection; what was handed to it in
 the same loop pass is passed on. Connections are opened by
@@ -204,6 +205,7 @@ class Pool:
         bot, else (another bot's message waited longer) closed for that one, else idle."""
         if not _alive(conn):
             return  # its end frees its place (lost)
+        conn.resume()  # paused for a slow client as its answer ended: read again
         bot = self._bots.get(conn.key)
         if bot is None or self._closed:
             conn.close()

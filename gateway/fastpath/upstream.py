@@ -62,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver: Receiver | None = None
         self.closed = False
         self.counted = False  # holds one of its bot's places in the pool
+        self.paused = False  # not reading: its exchange's client is not reading either
         self.idle_since = 0.0
         self.last_read = 0.0
         self._parser = httptools.HttpResponseParser(self)
@@ -122,11 +123,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def pause(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self.paused:
+            self.paused = False
             self.transport.resume_reading()
 
     # httptools callbacks

@@ -1,7 +1,8 @@
 """The fast path's bot connection pool (gateway/fastpath/pool.py) against real bot
 sockets that count what they accept: the cap per bot and in all, FIFO hand-over, places
 freed by closed connections, waiters that give up (timed out, client gone, cancelled in
-the very pass they were woken), idle connections bounded, and no place ever leaked."""
+the very pass they were woken), idle connections bounded, no place ever leaked, and a
+connection released reading (a real bot answers on it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from gateway.fastpath.pool import IDLE_S, ClientGone, Pool, Wait
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
 from meter.accounts.egress import Policy
-from tests.support.bot import eventually
+from tests.support.bot import eventually, running_bot
 from tests.support.settings import HOST, make_settings
 
 DEADLINE_S = 30.0
@@ -39,6 +40,26 @@ class Sockets:
         finally:
             self.open -= 1
             writer.close()
+
+
+class Answer:
+    """An upstream connection's receiver, as the exchange is one: keeps the bot's answer."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+
+    def on_body(self, chunk: bytes) -> None:
+        pass
+
+    def on_complete(self, keep_alive: bool) -> None:
+        self.done.set_result(keep_alive)
+
+    def on_lost(self) -> None:
+        self.done.set_exception(ConnectionError("lost"))
 
 
 class Message:
@@ -321,3 +342,26 @@ async def test_a_waiter_for_the_total_that_leaves_never_gets_a_place(bots: list[
             await got(refused)
         fresh.close()
         assert await eventually(lambda: not p._bots and p.count == 0)
+
+
+async def test_a_connection_paused_as_its_answer_ended_is_released_reading() -> None:
+    """The exchange pauses its bot connection while its client does not read; the answer
+    may end meanwhile (in the read that paused it): released, the connection reads again,
+    or the next message on it, of any app, would get no answer."""
+    async with running_bot() as bot, pool(per_bot=1) as p:
+        port = int(bot.url.rsplit(":", 1)[1])
+        conn = await p.acquire(HOST, port, Message())
+        first = Answer()
+        conn.send(first, b"GET /a HTTP/1.1\r\nHost: bot\r\n\r\n")
+        assert await asyncio.wait_for(first.done, DEADLINE_S)  # keep-alive
+        conn.pause()
+        p.release(conn)
+        again = await p.acquire(HOST, port, Message())
+        assert again is conn
+        assert again.transport is not None
+        assert again.transport.is_reading()
+        second = Answer()
+        again.send(second, b"GET /b HTTP/1.1\r\nHost: bot\r\n\r\n")
+        assert await asyncio.wait_for(second.done, DEADLINE_S)
+        assert (second.status, [c.path_qs for c in bot.calls]) == (200, ["/a", "/b"])
+        again.close()
