@@ -184,6 +184,13 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ answering
 
+    def stream_from(self, exchange: Any) -> None:
+        """``exchange`` streams its bot's answer here: paused at once while the client is
+        not reading (``pause_writing`` is told only of a change)."""
+        self.exchange = exchange
+        if self.write_paused:
+            exchange.pause()
+
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)

@@ -149,7 +149,7 @@ class Exchange:
     def start(self, upstream: UpstreamConnection, data: bytes, t0: float) -> None:
         self.upstream = upstream
         self.t0 = t0
-        self.conn.exchange = self
+        self.conn.stream_from(self)
         self.timer = self.server.loop.call_later(self.server.read_timeout, self._check_timeout)
         # Last: the caller journals the message as forwarded right after (a kill -9 in
         # between refunds a message the bot got; see meter.admission.reservations).
