@@ -16,17 +16,21 @@ idempotency key), admitted before it is forwarded. On a channel with a secret th
 is verified first (:mod:`gateway.channel_auth`): an HS256 token's ``sub`` is the user,
 and a ``?token=`` is not passed on to the bot.
 
+The upgrade itself is checked first (suspension, licence, credit: problem+json
+402/403/429 before the bot connection is opened), not charged. The handshake is a
+request too (path, query, headers): a bot message that comes before the client's first
+message answers it, so the handshake is then admitted as one message, and that bot
+message is held until it is (:class:`~gateway.ws_charges.Charges`: a bot that greets
+costs one message per connection; a connection whose client speaks first, nothing more).
+
 Closing codes sent to the client:
 
 * ``1008`` (policy violation) with the refusal code as reason (e.g. ``credits_exhausted``)
   when a message is refused; the refused message is not forwarded, and neither is
-  anything after it;
+  anything after it (a refused handshake: no bot message is delivered);
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down;
-
-The upgrade itself is checked first (suspension, licence, credit: problem+json
-402/403/429 before the bot connection is opened).
 * otherwise the bot's own close code is passed on.
 """
 
@@ -47,14 +51,12 @@ from gateway.channel_auth import without_token
 from gateway.channels import USER_HEADER
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
-from gateway.metering import Admission
-from gateway.problems import Problem, Refused, problem_response
+from gateway.problems import Problem, problem_response
 from gateway.proxy import Proxy
 from gateway.traffic_rules import check_loop, forbidden, missing_user
+from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, Closing
 
 log = logging.getLogger(__name__)
-POLICY_VIOLATION = 1008
-TRY_AGAIN_LATER = 1013
 GOING_AWAY = 1001
 
 
@@ -161,12 +163,10 @@ async def proxy_websocket(
     )
     await client.prepare(request)
     open_sockets.add(client)
-    label = proxy.channels.get(channel).label
+    charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     try:
-        to_bot = asyncio.create_task(
-            _client_to_bot(proxy, client, upstream, app_id, channel, user, label)
-        )
-        to_client = asyncio.create_task(_bot_to_client(upstream, client))
+        to_bot = asyncio.create_task(_client_to_bot(proxy, client, upstream, charges))
+        to_client = asyncio.create_task(_bot_to_client(upstream, client, charges))
         done, pending = await asyncio.wait((to_bot, to_client), return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -187,25 +187,15 @@ async def _client_to_bot(
     proxy: Proxy,
     client: web.WebSocketResponse,
     upstream: aiohttp.ClientWebSocketResponse,
-    app_id: str,
-    channel: str,
-    user: str,
-    label: str,
+    charges: Charges,
 ) -> tuple[int, str]:
-    metrics = proxy.metrics
     async for msg in client:
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             continue
-        admission: Admission | None = None
         try:
-            if proxy.metering:
-                admission = await proxy.meter.admit(app_id, channel, user, "")
-        except Refused as exc:
-            metrics.count(label, "refused")
-            return POLICY_VIOLATION, exc.reason
-        except Problem as exc:
-            metrics.count(label, "error")
-            return TRY_AGAIN_LATER, exc.code
+            admission = await charges.client_message()
+        except Closing as exc:
+            return exc.code, exc.reason
         try:
             if msg.type is WSMsgType.TEXT:
                 await upstream.send_str(msg.data)
@@ -215,19 +205,27 @@ async def _client_to_bot(
         except (aiohttp.ClientError, ConnectionError):
             if admission is not None:
                 await proxy.meter.failed(admission, "connect")
-            metrics.count(label, "error")
+            charges.count("error")
             return 1011, "upstream_unavailable"
-        metrics.count(label, "admitted")
+        charges.count("admitted")
     return client.close_code or 1000, ""
 
 
 async def _bot_to_client(
-    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse
+    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse, charges: Charges
 ) -> tuple[int, str]:
+    # While a message waits for the handshake's admission, nothing more is read from the
+    # bot: its next messages wait, in order, in the socket (bounded as any other read).
     async for msg in upstream:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        try:
+            await charges.bot_message()
+        except Closing as exc:
+            return exc.code, exc.reason
         if msg.type is WSMsgType.TEXT:
             await client.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
+        else:
             await client.send_bytes(msg.data)
     return upstream.close_code or 1000, ""
 

@@ -1,0 +1,90 @@
+"""What one proxied WebSocket connection is charged: each client message, and the
+handshake when the bot answers it.
+
+Bot -> client messages are not metered; the client's messages are, one each, admitted
+before they are forwarded. The opening handshake is a request as well (path, query,
+headers: a question can ride on it), so a bot message that comes before the client's
+first message answers the handshake: the handshake is then admitted as one message (same
+app, channel and user, no idempotency key) before that bot message is delivered; until
+then nothing more is read from the bot. Admitted, the bot's messages flow from then on;
+refused, none is delivered and the connection is closed as for a refused client message.
+
+A connection whose client speaks first pays for its messages only: a bot message that
+comes while the client's first message is being admitted waits for that admission. A bot
+that speaks first (a greeting) costs one message per connection. The first admission of
+a connection is taken under a lock, so the two never race into two charges for one
+answer, and a refusal ends both directions (nothing admitted after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.metering import Admission
+from gateway.problems import Problem, Refused
+from gateway.proxy import Proxy
+
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+class Closing(Exception):
+    """A message was not admitted: close the connection with this code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class Charges:
+    """The admissions of one connection (see the module)."""
+
+    def __init__(self, proxy: Proxy, app_id: str, channel: str, user: str, label: str) -> None:
+        self._proxy = proxy
+        self._app_id, self._channel, self._user = app_id, channel, user
+        self._label = label
+        self._first = asyncio.Lock()
+        self._paid = not proxy.metering  # nothing is charged: nothing to wait for
+        self._closing: Closing | None = None
+
+    def count(self, outcome: str) -> None:
+        self._proxy.metrics.count(self._label, outcome)
+
+    async def client_message(self) -> Admission | None:
+        """Admit a client message before it is forwarded; raises :class:`Closing`."""
+        if self._paid:
+            return await self._admit()
+        async with self._first:
+            admission = await self._admit()
+            self._paid = True
+            return admission
+
+    async def bot_message(self) -> None:
+        """Before a bot message is delivered: the connection has paid its way, or this
+        message answers the handshake, admitted now as one message; raises :class:`Closing`."""
+        if self._paid:
+            return
+        async with self._first:
+            if self._paid:
+                return
+            admission = await self._admit()
+            self._proxy.meter.forwarded(admission)  # the bot has answered: the charge stands
+            self.count("admitted")
+            self._paid = True
+
+    async def _admit(self) -> Admission | None:
+        if self._closing is not None:
+            raise self._closing
+        if not self._proxy.metering:
+            return None
+        try:
+            return await self._proxy.meter.admit(self._app_id, self._channel, self._user, "")
+        except Refused as exc:
+            self.count("refused")
+            closing = Closing(POLICY_VIOLATION, exc.reason)
+        except Problem as exc:
+            self.count("error")
+            closing = Closing(TRY_AGAIN_LATER, exc.code)
+        self._closing = closing
+        raise closing
