@@ -103,9 +103,11 @@ class BotConnector(aiohttp.TCPConnector):
         if conn is None:
             async with ceil_timeout(timeout.connect, timeout.ceil_threshold):
                 conn = await self._new(req, key, traces, timeout, watch)
-        if watch is not None and watch.gone():
-            conn.release()  # unused: to the next waiter, or kept alive
-            raise ClientGone
+        if watch is not None:
+            if watch.gone():
+                conn.release()  # unused: to the next waiter, or kept alive
+                raise ClientGone
+            watch.connected()
         return conn
 
     async def _new(

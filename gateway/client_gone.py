@@ -47,12 +47,21 @@ class LostCallbacks:
 
 
 class ClientWatch:
-    """The client connection of one traffic request."""
+    """The client connection of one traffic request, and what to call once the request
+    has its bot connection (``on_connected``: a bodiless charged message is confirmed as
+    forwarded then, its head written with no wait in between, not before the wait)."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "on_connected")
 
     def __init__(self, request: web.BaseRequest) -> None:
         self._request = request
+        self.on_connected: Callable[[], None] | None = None
+
+    def connected(self) -> None:
+        """The request has its bot connection: run ``on_connected`` (once)."""
+        if self.on_connected is not None:
+            callback, self.on_connected = self.on_connected, None
+            callback()
 
     def gone(self) -> bool:
         transport = self._request.transport

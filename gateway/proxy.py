@@ -17,18 +17,17 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 A failure after the response started cannot be answered any more: the client connection
 is aborted (truncated body) and nothing is refunded (the bot did answer).
 
-A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) right after its
-request was handed to the bot's socket: a buffered body once its first 64 KiB are written
-(a bot could hold the last byte back past the refund window), a streamed one from its
-first chunk, a request without a body just before sending; the sweeper refunds a charge
-never confirmed. A body read after its charge must be in (a streamed one: begun) within
-``charged_body_s``, at most a quarter of the refund window, so none is swept while sent.
-A body over ``max_body_bytes`` found while streaming is 413 and stays charged (the
-client's doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
-408: refunded by the sweeper if never forwarded, kept charged once the bot got its start.
-A request that already passed this gateway (its ``Via`` names it) is refused 508
-``loop_detected`` before anything is metered. A non-billable callback gets the bot's
-status, never its answer (:mod:`gateway.unbilled`).
+A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) once its request is
+with the bot's socket: a buffered body once its first 64 KiB are written (a bot could hold
+the last byte back past the refund window), a streamed one from its first chunk, one
+without a body once it has its bot connection (not while it waits); the sweeper refunds a
+charge never confirmed. A body read after its charge must be in (streamed: begun) within
+``charged_body_s``, at most a quarter of the refund window, so none is swept while sent. A
+body over ``max_body_bytes`` found while streaming is 413 and stays charged (the client's
+doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is 408:
+refunded by the sweeper if never forwarded, kept charged once the bot got its start. A
+non-billable callback gets the bot's status, never its answer (:mod:`gateway.unbilled`); a
+looping request (:mod:`gateway.traffic_rules`) is refused before anything is metered.
 """
 
 from __future__ import annotations
@@ -65,6 +64,7 @@ from gateway.upstreams import Upstreams
 log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
 Body = bytes | AsyncIterator[bytes] | None
+Sent = Body | payload.Payload
 
 
 class BodyTooLarge(Exception):
@@ -146,7 +146,7 @@ class Proxy:
             return None
         return self._limited(request, state)
 
-    def _confirming(self, body: Body, admission: Admission | None) -> Body | payload.Payload:
+    def _confirming(self, body: Body, admission: Admission | None, watch: ClientWatch) -> Sent:
         """The body to send, wrapped so a charged message is confirmed as forwarded as
         soon as its request is handed to the bot's socket."""
         if admission is None:
@@ -154,8 +154,8 @@ class Proxy:
         sent = functools.partial(self.meter.forwarded, admission)
         if isinstance(body, bytes):
             return SentBytes(body, sent)
-        if body is None:
-            sent()  # no body: the headers go out with no await in between
+        if body is None:  # once connected: the head then goes out with no await between
+            watch.on_connected = sent
             return None
         return sent_stream(body, sent)
 
@@ -174,9 +174,10 @@ class Proxy:
         headers, _ = upstream_headers(request)
         if verified is not None:
             verified.rewrite(headers)
-        data = self._confirming(body, admission)
+        watch = ClientWatch(request)
+        data = self._confirming(body, admission, watch)
         t0 = time.perf_counter()
-        gone = CLIENT_GONE.set(ClientWatch(request))
+        gone = CLIENT_GONE.set(watch)
         try:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
