@@ -119,7 +119,10 @@ class Meter:
             self._confirmations.forwarded(admission.app_id, dec.rid)
 
     async def failed(self, admission: Admission, failure: Failure) -> None:
-        """The bot failed to serve an admitted message: refund it per ``refund_on``."""
+        """The bot failed to serve an admitted message: refund it per ``refund_on``.
+
+        A redelivery's failure is reported too: the charge of its key is refunded only
+        when every delivery of it failed (``refund.lua``)."""
         if failure not in self._refund_on:
             self.forwarded(admission)  # kept charged by choice: not for the sweeper
             return
@@ -127,7 +130,7 @@ class Meter:
             self._owed.forgive(admission.debt)
             return
         dec = admission.decision
-        if dec is None or dec.duplicate or not dec.units:
+        if dec is None or not (dec.units or dec.duplicate):
             return
         try:
             if await asyncio.wait_for(self._admitter.refund(admission.app_id, dec), self._timeout):

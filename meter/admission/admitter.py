@@ -179,13 +179,13 @@ class Admitter:
         return self._clock
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
-        """Reverse a charged admission whose message was not served (see
-        :meth:`meter.admission.refunds.Refunds.refund`)."""
+        """One delivery of a message was not served: reverse its charge once none was or
+        may still be (see :meth:`meter.admission.refunds.Refunds.refund`)."""
         return await self._refunds.refund(app_id, decision)
 
     async def void(self, app_id: str, rid: str, token: str) -> bool:
-        """Refund the charge of attempt ``token`` if it exists (see
-        :meth:`meter.admission.refunds.Refunds.void`)."""
+        """Count the failure of attempt ``token`` of record ``rid``, refunding the charge
+        once every delivery failed (see :meth:`meter.admission.refunds.Refunds.void`)."""
         return await self._refunds.void(app_id, rid, token)
 
     async def close(self) -> None:

@@ -24,20 +24,24 @@ class Refunds:
         self._idle_ms = int(settings.session_idle_s * 1000)
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
-        """Reverse a charged admission whose message was not served. Idempotent.
+        """One delivery of a message was not served: reverse its charge once no delivery of
+        it was or may still be served (``refund.lua``). Idempotent.
 
-        Returns whether something was refunded (False for duplicates, uncharged messages,
-        a second call, or a token whose record was already replaced by a retry).
+        A duplicate (a redelivery) is reported too: charged nothing itself, it keeps the
+        original's charge standing until it fails as well. Returns whether something was
+        refunded (False for uncharged messages, a delivery other than the last to fail, a
+        second call, or a token whose record was already replaced by a retry).
         """
-        if decision.duplicate or (decision.units == 0 and decision.code == 0):
+        if not decision.duplicate and decision.units == 0 and decision.code == 0:
             return False
         return await self.void(app_id, decision.rid, decision.token)
 
     async def void(self, app_id: str, rid: str, token: str) -> bool:
-        """Refund the charge of attempt ``token`` if it exists (e.g. after an ambiguous
-        timeout). ``rid`` is the charge record's id
-        (:func:`meter.redis_layer.keys.record_id`); an empty ``token`` refunds it only
-        while it is still reserved (the sweeper)."""
+        """Attempt ``token`` was not served (e.g. an ambiguous timeout answered 503): count
+        its failure if it is a delivery of record ``rid``
+        (:func:`meter.redis_layer.keys.record_id`), and refund the charge once every
+        delivery failed. An empty ``token`` is the original's failure, counted only while
+        its charge is still reserved (the sweeper)."""
         ws = keys.workspace_of(app_id)
         if ws is None:
             return False

@@ -39,7 +39,9 @@
 -- A charged admission (and any admitted one with a channel key) leaves the charge record
 -- P:i:<app>:<rid> = "token\tdeliveries\tdigest\tunits\tbsid\tfree\tapp\tpool\tinv\tchannel\t
 -- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
--- redeliveries and what refund.lua reverses. A charged, not yet settled one is also
+-- redeliveries and what refund.lua reverses. A redelivery appends "\t<its token>" (then
+-- ",<token>" each): the deliveries whose failures refund.lua counts (marked "-" there)
+-- before it gives the charge back. A charged, not yet settled one is also
 -- reserved in P:rsv ("<app>:<rid>" -> deadline ms) until the gateway confirms that it
 -- was forwarded; the sweeper refunds what is still reserved past its deadline.
 -- A redelivery (same rid, another token) is charged nothing but still obeys suspension,

@@ -14,12 +14,22 @@ local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)
 
 -- A charge record exists for this rid: the same attempt again (the client retried a call
 -- whose reply was lost) gets the original decision, not a duplicate, so a failed bot call
--- is still refunded; another attempt is a redelivery.
+-- is still refunded; a redelivery's attempt again (its token in the record's list of
+-- deliveries, see refund.lua) is the same duplicate, counted once; another attempt is a
+-- redelivery.
 local function seen_before(m, ik, seen)
-  local stok, _, _, sunits, sbsid, sf, sa, sp, si = string.match(seen, RECORD_RE)
+  local stok, _, _, sunits, sbsid, sf, sa, sp, si, rest = string.match(seen, RECORD_RE .. '(.*)$')
   if stok == m.token then
     return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
       0, sbsid, (sbsid ~= '' and sunits ~= '0') and 2 or 0)
+  end
+  local list = stok and string.match(rest, '^[^\t]*\t[^\t]*\t[^\t]*\t(.*)$')
+  if list then
+    list = ',' .. list .. ','
+    if string.find(list, ',' .. m.token .. ',', 1, true)
+      or string.find(list, ',-' .. m.token .. ',', 1, true) then
+      return result(0, 0, 0, 0, 0, 0, 0, sbsid, 1)
+    end
   end
   return redelivery(m, ik, seen)
 end

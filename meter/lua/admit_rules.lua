@@ -90,6 +90,8 @@ end
 -- A redelivery of an admitted message (its charge record "seen" under ik): charged
 -- nothing, but it obeys the app's status, its credit and the rate limits (and counts in
 -- them), at most MAX_DELIVERIES times. m: the admission (admit_message.lua builds it).
+-- Its token joins the record's list of deliveries (after the 12 fields, ","-separated):
+-- the charge stands while any delivery may be served (refund.lua).
 local function redelivery(m, ik, seen)
   local a, pr = m.a, m.pr
   local stok, cnt, sdig, units, sbsid, sf, sa, sp, si, rest = string.match(seen,
@@ -108,8 +110,10 @@ local function redelivery(m, ik, seen)
   if code ~= 0 then return refuse(m.fkey, code, retry, m.token) end
   count_rate(rt)
   if rest then
-    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s', stok, cnt + 1,
-      sdig, units, sbsid, sf, sa, sp, si, rest), 'KEEPTTL')
+    -- rest: "channel\tunit\tuser", then "\t" and the list once there is one.
+    local sep = string.find(rest, '^[^\t]*\t[^\t]*\t[^\t]*\t.') and ',' or '\t'
+    redis.call('SET', ik, string.format('%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s%s', stok,
+      cnt + 1, sdig, units, sbsid, sf, sa, sp, si, rest, sep, m.token), 'KEEPTTL')
   end
   result(0, 0, 0, 0, 0, 0, 0, sbsid, 1 + 8 * shadowed)
 end

@@ -1,19 +1,38 @@
--- refund.lua: reverse one charged admission whose message was not served (bot failed,
--- or an ambiguous Redis timeout was answered 503). Idempotent: the charge record is
--- deleted, so a second call finds nothing; a stale call whose token no longer matches
--- (the retry was charged afresh) changes nothing.
+-- refund.lua: one delivery of a charged message failed (the bot failed, an ambiguous
+-- Redis timeout was answered 503, or the sweeper found the original never forwarded).
+-- The charge is given back only when no delivery of the message was or may still be
+-- served: every delivery the charge record counts has failed. Idempotent: each delivery's
+-- failure counts once, and a refund deletes the record, so a second call finds nothing;
+-- a stale call whose token is not a delivery of the record (the retry was charged afresh,
+-- or the attempt never reached Redis) changes nothing.
+--
+-- Deliveries: a redelivery (same key, another token, admit_rules.lua) is charged nothing
+-- and may be proxied while the original still waits on the bot; if either is served the
+-- message was answered, so the charge stands. The record (see admit.lua) counts the
+-- deliveries admitted (field 2) and lists, after its 12 fields, the redeliveries' tokens
+-- and the failures: "T2,T3,-T1" (a "-" marks a failed delivery, the original's too). A
+-- failure is one that the gateway reports (refund_on: connect, timeout, 5xx), the 503
+-- of an ambiguous admission, or the sweeper's; a served delivery reports nothing and
+-- keeps the charge, and so does one lost with its gateway (it may have been served).
+-- The charge is refunded when the failures listed reach the deliveries counted. A record
+-- without the list (written before it existed, or never redelivered) counts only its
+-- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
 --
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
 -- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] record id ("k:<ch>\t<user>\t<key>" or
 --          "t:<token>", see admit.lua)
--- ARGV[4]  token, or "" for the sweeper: refund the record's charge only while it is still
---          reserved (never confirmed as forwarded)
+-- ARGV[4]  the failed delivery's token, or "" for the sweeper: the original failed when
+--          its charge is still reserved (never confirmed as forwarded)
 -- ARGV[5]  flush bucket (s)   ARGV[6] enterprise billing period id
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
 -- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back). Not refunded: no such
--- record, another attempt's token, nothing charged, or a charge that opened a billing
--- session other messages were then served in (it was used; the reservation is settled).
--- The charge is read from its record P:i:<app>:<key> (see admit.lua).
+-- record, a token that is no delivery of it (or whose failure already counted), nothing
+-- charged, a delivery other than the last to fail (its failure is recorded), or a charge
+-- that opened a billing session other messages were then served in (it was used; the
+-- reservation is settled).
+-- The charge is read from its record P:i:<app>:<key> (see admit.lua). A failure of the
+-- original also settles its reservation in P:rsv (one member per record: "<app>:<rid>");
+-- redeliveries are never reserved.
 
 local P = KEYS[1]
 local now, app_id, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
@@ -30,14 +49,37 @@ if not rec then
   redis.call('ZREM', rsv, member)
   return NONE
 end
-local tok, units, bsid, free, app, pool, inv, ch, unit, user = string.match(rec,
-  '^([^\t]*)\t%d+\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+-- The record's 12 fields (head), then the list of deliveries after the original, if any.
+local head, tok, cnt, units, bsid, free, app, pool, inv, ch, unit, user, list = string.match(rec,
+  '^(([^\t]*)\t(%d+)\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*))\t?(.*)$')
 if token == '' then
   -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
   if redis.call('ZREM', rsv, member) == 0 then return NONE end
   token = tok
 end
-if not tok or tok ~= token or units == '0' then return NONE end
+if not tok or units == '0' then return NONE end
+
+-- Which delivery failed, and how many have failed now (this one included)?
+local known, failed, entries = token == tok, 1, {}
+for e in string.gmatch(list, '[^,]+') do
+  if e == '-' .. token then return NONE end -- its failure counted already
+  if e == token then
+    known, e = true, '-' .. token
+  elseif string.sub(e, 1, 1) == '-' then
+    failed = failed + 1
+  end
+  entries[#entries + 1] = e
+end
+if not known then return NONE end
+if token == tok then
+  entries[#entries + 1] = '-' .. tok
+  redis.call('ZREM', rsv, member) -- the original's outcome is known: nothing to sweep
+end
+if failed < tonumber(cnt) then
+  -- Another delivery was or may still be served: the charge stands.
+  redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+  return NONE
+end
 
 -- A charge that opened a billing session other messages were then served in was used:
 -- it stands (else a client could open a session, ride it, and fail the opener for free).
@@ -48,7 +90,7 @@ if bsid ~= '' then
   if sentry then
     local s1, msgs = string.match(sentry, '^%d+,%d+,%d+,([^,]+),(%d+),')
     if s1 == bsid and tonumber(msgs) > 1 then
-      redis.call('ZREM', rsv, member)
+      redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
       return NONE
     end
   end

@@ -102,6 +102,8 @@ class Record(NamedTuple):
     channel: str
     unit: str
     user: str
+    redelivered: tuple[str, ...] = ()  # the redeliveries' tokens
+    failed: frozenset[str] = frozenset()  # tokens of the deliveries that failed
 
 
 @dataclass
@@ -194,7 +196,8 @@ class Workspace:
         rid = record_id(ch, user, key, token)
         rec = self.records.get((app_id, rid))
         if rec is not None:
-            return self._redelivery(now, a, (app_id, rid), rec, (code, retry), price, fkey)
+            gate = (code, retry)
+            return self._redelivery(now, a, (app_id, rid), rec, gate, price, fkey, token)
         # Session unit: each started block of a conversation is charged once.
         sk = (app_id, ch, user)
         s = self._session(sk, unit, now)
@@ -252,6 +255,7 @@ class Workspace:
         gate: tuple[int, int],
         price: int,
         fkey: str,
+        token: str,
     ) -> Decision:
         """A redelivery: charged nothing, but it obeys status, credit and rate limits."""
         code, retry = gate
@@ -263,7 +267,9 @@ class Workspace:
             return self._refused(fkey, code, retry)
         for w in self.rates[rkey[0]]:
             w.add(now)
-        self.records[rkey] = rec._replace(deliveries=rec.deliveries + 1)
+        self.records[rkey] = rec._replace(
+            deliveries=rec.deliveries + 1, redelivered=(*rec.redelivered, token)
+        )
         return NOTHING._replace(bsid=rec.bsid, duplicate=True)
 
     def _charge(self, now: int, a: App, price: int) -> tuple[int, int, int, int]:
@@ -316,11 +322,18 @@ class Workspace:
 
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
     def refund(self, now: int, app_id: str, d: Decision, rid: str, token: str) -> bool:
-        if d.duplicate or (d.code == 0 and d.units == 0):
+        """The failure of one delivery: the charge is refunded when every delivery failed."""
+        if not d.duplicate and d.code == 0 and d.units == 0:
             return False
         rec = self.records.get((app_id, rid))
-        if rec is None or rec.token != token or not rec.units:
+        if rec is None or not rec.units or token in rec.failed:
             return False
+        if token != rec.token and token not in rec.redelivered:
+            return False
+        rec = rec._replace(failed=rec.failed | {token})
+        self.records[(app_id, rid)] = rec
+        if len(rec.failed) < rec.deliveries:
+            return False  # another delivery was or may still be served
         s = self.sessions.get((app_id, rec.channel, rec.user))
         used = s is not None and s.bsid == rec.bsid and self._findable(now, s) and s.msgs > 1
         if rec.bsid and used:
