@@ -1,0 +1,179 @@
+"""Refunds of a message delivered more than once (refund.lua): the charge of an idempotency
+key stands while any delivery of it was or may still be served, and is given back when
+the last of them fails. Real Redis, single and Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meter.accounts import projection
+from meter.admission.admitter import Admitter
+from meter.admission.decision import Decision
+from meter.admission.reservations import Sweeper
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
+from tests.support.metering import Workspace, admission, agg_totals
+from tests.support.servers import RedisCluster, RedisServer
+
+PRICE = 200_000  # $0.20 per session, the standard catalog price
+USD = 1_000_000
+FREE = 10 * USD
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def client(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[RedisClient]:
+    """A real single Redis and a real 3-master Redis Cluster."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
+    else:
+        if not redis_server.running:
+            redis_server.start()
+        url = redis_server.url
+    c = connect(url)
+    yield c
+    await c.aclose()
+
+
+async def charged(client: RedisClient, w: Workspace) -> int:
+    return FREE - (await projection.read_balances(client, w.ws)).free
+
+
+async def deliveries(adm: Admitter, app: str, key: str, n: int) -> list[Decision]:
+    """The original and ``n - 1`` redeliveries of one message, all admitted."""
+    ds = [await adm.admit(app, "web", "u", key, digest="abcd") for _ in range(n)]
+    assert (ds[0].units, ds[0].duplicate) == (1, False)
+    assert all(d.admitted and d.duplicate and d.units == 0 for d in ds[1:])
+    return ds
+
+
+async def test_a_served_redelivery_keeps_the_charge_when_the_original_fails(
+    client: RedisClient,
+) -> None:
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, _ = await deliveries(adm, app, "k1", 2)  # the redelivery was served
+    assert not await adm.refund(app, first)
+    assert not await adm.refund(app, first)  # a failure counts once
+    assert await charged(client, w) == PRICE
+    # Still the same message: a third delivery is a duplicate, charged nothing.
+    again = await adm.admit(app, "web", "u", "k1", digest="abcd")
+    assert again.duplicate
+    assert await charged(client, w) == PRICE
+    totals = await agg_totals(client, w.ws)
+    assert (totals["n"], totals["x"]) == (1, 0)
+
+
+async def test_the_last_delivery_to_fail_refunds_in_either_order(client: RedisClient) -> None:
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, dup = await deliveries(adm, app, "k1", 2)
+    assert not await adm.refund(app, first)  # the redelivery may still be served
+    assert await charged(client, w) == PRICE
+    assert await adm.refund(app, dup)
+    assert await charged(client, w) == 0
+    assert not await adm.refund(app, dup)  # idempotent
+    assert not await adm.refund(app, first)
+
+    first, dup = await deliveries(adm, app, "k2", 2)
+    assert not await adm.refund(app, dup)  # the original may still be served
+    assert await charged(client, w) == PRICE
+    assert await adm.refund(app, first)
+    assert await charged(client, w) == 0
+    totals = await agg_totals(client, w.ws)
+    assert (totals["n"], totals["f"], totals["x"]) == (0, 0, 2)
+    # Refunded: the key's next delivery is a new message, charged afresh.
+    assert (await adm.admit(app, "web", "u", "k2", digest="abcd")).units == 1
+    assert await charged(client, w) == PRICE
+
+
+async def test_failures_count_once_each_and_only_for_deliveries_of_the_record(
+    client: RedisClient,
+) -> None:
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, dup1, dup2 = await deliveries(adm, app, "k1", 3)
+    # An attempt that never reached Redis (an ambiguous error) is no delivery of it.
+    assert not await adm.void(app, first.rid, "not-a-delivery")
+    assert not await adm.refund(app, dup1)
+    assert not await adm.refund(app, dup1)
+    assert not await adm.refund(app, first)
+    assert await charged(client, w) == PRICE  # dup2 may be served
+    assert await adm.refund(app, dup2)
+    assert await charged(client, w) == 0
+
+
+async def test_a_retried_redelivery_call_is_one_delivery(client: RedisClient) -> None:
+    """A redelivery's call sent again (its reply was lost; or a fail-open debt settled with
+    the same token) is the same delivery: one failure of it is its failure."""
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first = await adm.admit(app, "web", "u", "k1")
+    dup = await adm.admit(app, "web", "u", "k1", token="retry.1")
+    again = await adm.admit(app, "web", "u", "k1", token="retry.1")
+    assert (first.units, dup.duplicate, again.duplicate) == (1, True, True)
+    assert not await adm.refund(app, first)
+    assert await charged(client, w) == PRICE
+    assert await adm.refund(app, again)
+    assert await charged(client, w) == 0
+
+
+async def test_the_sweeper_keeps_the_charge_of_a_message_redelivered_and_served(
+    client: RedisClient,
+) -> None:
+    """The original was charged but never forwarded (its gateway died); its redelivery
+    went through another gateway and was served: the sweeper must not refund it."""
+    clock, cfg, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, dup = await deliveries(adm, app, "k1", 2)
+    sweeper = Sweeper(
+        client,
+        lambda: _list(w.ws),
+        lambda a, r: adm.void(a, r, ""),
+        clock=lambda: clock.now + cfg.refund_window_s + 1,
+    )
+    assert await sweeper.sweep_once() == 0
+    assert await client.zcard(keys.reservations_key(w.ws)) == 0  # settled
+    assert await charged(client, w) == PRICE
+    # Then the redelivery fails too: no delivery was served.
+    assert await adm.refund(app, dup)
+    assert await charged(client, w) == 0
+    assert not await adm.refund(app, first)
+
+
+async def test_a_void_after_the_retry_of_an_ambiguous_admission_was_served(
+    client: RedisClient,
+) -> None:
+    """The original's admission applied but its reply was lost (answered 503, voided
+    later); the client's retry is a redelivery, served: the void leaves the charge."""
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, _ = await deliveries(adm, app, "k1", 2)
+    assert not await adm.void(app, keys.record_id("web", "u", "k1", first.token), first.token)
+    assert await charged(client, w) == PRICE
+
+
+async def test_a_record_redelivered_before_the_list_existed_keeps_its_charge(
+    client: RedisClient,
+) -> None:
+    """A record written before redeliveries were listed counts deliveries whose tokens are
+    unknown: once redelivered, its charge stands."""
+    _, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, dup = await deliveries(adm, app, "k1", 2)
+    ik = keys.idem_key(w.ws, app, first.rid)
+    rec = (await client.get(ik)).decode()  # type: ignore[union-attr]
+    head, _, listed = rec.rpartition("\t")
+    assert listed == dup.token
+    await client.set(ik, head, keepttl=True)  # as the old admit.lua left it
+    assert not await adm.refund(app, first)
+    assert not await adm.refund(app, dup)
+    assert await charged(client, w) == PRICE
+
+
+async def _list(ws: str) -> list[str]:
+    return [ws]
