@@ -16,21 +16,29 @@ local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)
 -- whose reply was lost) gets the original decision, not a duplicate, so a failed bot call
 -- is still refunded; a redelivery's attempt again (its token in the record's list of
 -- deliveries, see refund.lua) is the same duplicate, counted once; another attempt is a
--- redelivery.
+-- redelivery. An attempt admitted again may be served: a failure counted for it ("-" in
+-- the list) is taken back, and a settled one (kind M/N, served while Redis was away)
+-- settles the reservation its lost call left, so the sweeper does not refund it.
 local function seen_before(m, ik, seen)
   local stok, _, _, sunits, sbsid, sf, sa, sp, si, rest = string.match(seen, RECORD_RE .. '(.*)$')
+  local list = stok and string.match(rest, '^[^\t]*\t[^\t]*\t[^\t]*\t(.*)$')
+  local listed = false
+  if list then
+    local l = ',' .. list .. ','
+    local at = string.find(l, ',-' .. m.token .. ',', 1, true)
+    if at then
+      l = string.sub(l, 1, at) .. string.sub(l, at + 2)
+      local head, left = string.sub(seen, 1, #seen - #list - 1), string.sub(l, 2, -2)
+      redis.call('SET', ik, left == '' and head or head .. '\t' .. left, 'KEEPTTL')
+    end
+    listed = at or string.find(l, ',' .. m.token .. ',', 1, true)
+  end
   if stok == m.token then
+    if m.settle and sunits ~= '0' then redis.call('ZREM', P .. ':rsv', m.app_id .. ':' .. m.rid) end
     return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
       0, sbsid, (sbsid ~= '' and sunits ~= '0') and 2 or 0)
   end
-  local list = stok and string.match(rest, '^[^\t]*\t[^\t]*\t[^\t]*\t(.*)$')
-  if list then
-    list = ',' .. list .. ','
-    if string.find(list, ',' .. m.token .. ',', 1, true)
-      or string.find(list, ',-' .. m.token .. ',', 1, true) then
-      return result(0, 0, 0, 0, 0, 0, 0, sbsid, 1)
-    end
-  end
+  if listed then return result(0, 0, 0, 0, 0, 0, 0, sbsid, 1) end
   return redelivery(m, ik, seen)
 end
 

@@ -14,6 +14,8 @@
 -- failure is one that the gateway reports (refund_on: connect, timeout, 5xx), the 503
 -- of an ambiguous admission, or the sweeper's; a served delivery reports nothing and
 -- keeps the charge, and so does one lost with its gateway (it may have been served).
+-- A delivery admitted again after its failure counted (a settled debt) is outstanding
+-- again: admit_full.lua takes its "-" back.
 -- The charge is refunded when the failures listed reach the deliveries counted. A record
 -- without the list (written before it existed, or never redelivered) counts only its
 -- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
@@ -51,7 +53,8 @@ if not rec then
 end
 -- The record's 12 fields (head), then the list of deliveries after the original, if any.
 local head, tok, cnt, units, bsid, free, app, pool, inv, ch, unit, user, list = string.match(rec,
-  '^(([^\t]*)\t(%d+)\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*))\t?(.*)$')
+  '^(([^\t]*)\t(%d+)\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
+  .. '([^\t]*)\t([^\t]*)\t([^\t]*))\t?(.*)$')
 if token == '' then
   -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
   if redis.call('ZREM', rsv, member) == 0 then return NONE end

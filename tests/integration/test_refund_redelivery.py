@@ -177,3 +177,43 @@ async def test_a_record_redelivered_before_the_list_existed_keeps_its_charge(
 
 async def _list(ws: str) -> list[str]:
     return [ws]
+
+
+async def test_a_settled_debt_whose_lost_call_had_charged_is_not_swept(
+    client: RedisClient,
+) -> None:
+    """Fail-open: the admission applied but its reply was lost, so the message was served
+    as a debt and settled later with the same token (the same attempt): served, so the
+    reservation its call left is settled and the sweeper refunds nothing."""
+    clock, cfg, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    for key in ("k1", ""):
+        user = f"u{key}"
+        lost = await adm.admit(app, "web", user, key)
+        settled = await adm.settle(app, "web", user, key, kind="m", token=lost.token, at=clock.now)
+        assert (settled.units, settled.duplicate) == (1, False)  # the same attempt
+    sweeper = Sweeper(
+        client,
+        lambda: _list(w.ws),
+        lambda a, r: adm.void(a, r, ""),
+        clock=lambda: clock.now + cfg.refund_window_s + 1,
+    )
+    assert await sweeper.sweep_once() == 0
+    assert await charged(client, w) == 2 * PRICE
+
+
+async def test_a_delivery_admitted_again_after_its_failure_counts_again(
+    client: RedisClient,
+) -> None:
+    """A token whose failure was counted and that is admitted again (a debt settled after
+    it) may be served: the charge stands until it fails again."""
+    clock, _, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    first, dup = await deliveries(adm, app, "k1", 2)
+    assert not await adm.refund(app, dup)
+    again = await adm.settle(app, "web", "u", "k1", kind="m", token=dup.token, at=clock.now)
+    assert again.duplicate
+    assert not await adm.refund(app, first)
+    assert await charged(client, w) == PRICE
+    assert await adm.refund(app, again)
+    assert await charged(client, w) == 0
