@@ -167,9 +167,10 @@ async def test_a_record_redelivered_before_the_list_existed_keeps_its_charge(
     first, dup = await deliveries(adm, app, "k1", 2)
     ik = keys.idem_key(w.ws, app, first.rid)
     rec = (await client.get(ik)).decode()  # type: ignore[union-attr]
-    head, _, listed = rec.rpartition("\t")
-    assert listed == dup.token
-    await client.set(ik, head, keepttl=True)  # as the old admit.lua left it
+    if rec.count("\t") > 11:  # its 12 fields, then the list of deliveries
+        rec = rec.rpartition("\t")[0]
+    await client.set(ik, rec, keepttl=True)  # as the old admit.lua left it
+    assert int(rec.split("\t")[1]) == 2  # two deliveries counted
     assert not await adm.refund(app, first)
     assert not await adm.refund(app, dup)
     assert await charged(client, w) == PRICE
