@@ -1,6 +1,6 @@
 """Admin-port probes: ``/healthz`` (alive), ``/readyz`` (Redis, and the store if wired,
-answer; the store's schema version is reported and must not be behind the code's) and
-``/metrics`` (Prometheus text)."""
+answer, and Redis may not evict keys; the store's schema version is reported and must
+not be behind the code's) and ``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.appkeys import METRICS, REDIS, SETTINGS, STORE
 from gateway.metrics import CONTENT_TYPE, exposition
 from gateway.problems import problem_response
+from meter.redis_layer.eviction import eviction_problem
 from meter.store.schema import latest_version
 
 
@@ -24,7 +25,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(app[REDIS].ping(), timeout)
-        checks["redis"] = "ok"
+        problem = await asyncio.wait_for(eviction_problem(app[REDIS]), timeout)
+        checks["redis"] = "ok" if problem is None else f"error: {problem}: set noeviction"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     store = app.get(STORE)

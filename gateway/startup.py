@@ -14,9 +14,10 @@ import os
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from config import Settings
+from config import Settings, SettingsError
 from config.urls import mask_url, sqlite_path
 from meter.accounts import projection
+from meter.redis_layer import eviction
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, StoreError, open_store
 from meter.store.schema import latest_version
@@ -112,10 +113,13 @@ async def redis_reason(client: RedisClient) -> BaseException | None:
 
 
 async def ready_redis(settings: Settings) -> RedisClient:
-    """A client whose server answers, or :class:`StartupError`."""
+    """A client whose server answers and cannot evict keys, or :class:`StartupError`
+    (:class:`SettingsError` for a Redis that may evict)."""
     client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
     try:
         reason = await redis_reason(client)
+        if reason is None:
+            await refuse_eviction(settings, client)
     except BaseException:
         await client.aclose()
         raise
@@ -125,12 +129,28 @@ async def ready_redis(settings: Settings) -> RedisClient:
     return client
 
 
+async def refuse_eviction(settings: Settings, client: RedisClient) -> None:
+    """:class:`SettingsError` (exit 2) naming the policy and the fix when Redis may evict
+    keys (:mod:`meter.redis_layer.eviction`)."""
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            problem = await eviction.eviction_problem(client)
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        raise redis_problem(settings, exc) from None
+    if problem is not None:
+        raise SettingsError(
+            f"CREDITGATE_REDIS_URL: {mask_url(settings.redis_url)}: {eviction.advice(problem)}"
+        )
+
+
 async def warn_if_redis_down(settings: Settings) -> None:
     """``serve`` starts without Redis (fail-open serves meanwhile; ``/readyz`` reports
     it); it says once, with the URL, what it keeps trying."""
     client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
     try:
         reason = await redis_reason(client)
+        if reason is None:
+            await refuse_eviction(settings, client)
     finally:
         await client.aclose()
     if reason is not None:

@@ -7,11 +7,12 @@ every gateway worker with the next message. Every change is audited.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
 from config.catalog import PRODUCTS
-from meter.accounts import projection
+from meter.accounts import channel_secrets, projection, rebuild
 from meter.accounts.deps import Deps, announce, audit, check_reachable, check_text
 from meter.accounts.workspaces import existing_user
 from meter.errors import Forbidden, InvalidInput, NotFound
@@ -19,6 +20,7 @@ from meter.redis_layer import keys
 from meter.store import App, Workspace
 from meter.store.models import ROLES, Role
 
+log = logging.getLogger(__name__)
 UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
 
 
@@ -29,8 +31,33 @@ def new_app_id(ws_id: str) -> str:
     return app_id
 
 
-async def project_app(d: Deps, app: App) -> None:
-    """Write the app's live configuration to Redis and tell the workers' caches."""
+async def project_app(d: Deps, app: App) -> bool:
+    """Write the app's live configuration and channel secrets to Redis, and tell the
+    workers' caches.
+
+    Redis without the workspace: the workspace is rebuilt whole from the store (this app
+    included). Redis without the app alone: it is written again when its balance is
+    surely zero (no funds were ever tied to it); otherwise its balance cannot be known
+    under live traffic and it is left to ``creditgate reconcile --apply`` (logged);
+    ``False`` then, and when a lost workspace could not be rebuilt yet.
+    """
+    ws_id = app.workspace_id
+    if not await d.redis.hexists(keys.ws_key(ws_id), "type"):
+        outcome = await rebuild.rebuild_workspace(
+            d.store, d.redis, d.settings, d.catalog, ws_id, now_s=d.clock()
+        )
+        await announce(d, app.id)
+        return outcome != "refused"
+    if not await d.redis.exists(keys.app_key(ws_id, app.id)) and await d.store.ledger_entries(
+        ws_id, app_id=app.id
+    ):
+        log.error(
+            "redis lost app %s (funds are tied to it): not written again automatically, its "
+            "balance is unknown under live traffic; run `creditgate reconcile --apply` "
+            "(traffic stopped)",
+            app.id,
+        )
+        return False
     await projection.put_app(
         d.redis,
         app.id,
@@ -40,7 +67,9 @@ async def project_app(d: Deps, app: App) -> None:
         upstream_url=app.upstream_url,
         shadow=app.shadow,
     )
+    await channel_secrets.project_app_channels(d.store, d.redis, app.id)
     await announce(d, app.id)
+    return True
 
 
 def app_dict(app: App) -> dict[str, Any]:

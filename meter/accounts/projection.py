@@ -21,6 +21,7 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_POOL
 from meter.redis_layer.scripts import register
+from meter.store import App
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,34 @@ def _s(v: bytes | str | None) -> str:
     return v.decode() if isinstance(v, bytes) else (v or "")
 
 
+def workspace_fields(
+    plan: str, catalog: Catalog, licences: Mapping[str, Licence]
+) -> dict[FieldT, EncodableT]:
+    """The configuration fields of a workspace hash: plan, prices, licences."""
+    fields: dict[FieldT, EncodableT] = {"type": plan}
+    for product in PRODUCTS:
+        price = catalog.price(plan, product)
+        fields[f"u:{product}"] = price.unit
+        fields[f"p:{product}"] = price.price
+    fields["np"] = catalog.price(plan, "notification").price
+    for product, li in licences.items():
+        if product not in PRODUCTS:
+            raise InvalidInput(f"licences.{product}", "unknown product")
+        fields[f"l:{product}"] = f"{li.usage_limit},{li.per_minute},{li.per_hour}"
+    return fields
+
+
+def app_fields(app: App) -> dict[str, str | int]:
+    """The configuration fields of an app hash as the store holds them."""
+    return {
+        "product": app.product,
+        "use_free": int(app.use_free_credits),
+        "suspended": int(app.suspended),
+        "shadow": int(app.shadow),
+        "up": app.upstream_url or "",
+    }
+
+
 async def put_workspace(
     client: RedisClient,
     ws: str,
@@ -62,17 +91,8 @@ async def put_workspace(
     (``None``: the settings' default; balances are left alone)."""
     if not keys.ID_RE.match(ws):
         raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
-    fields: dict[FieldT, EncodableT] = {"type": plan}
-    for product in PRODUCTS:
-        price = catalog.price(plan, product)
-        fields[f"u:{product}"] = price.unit
-        fields[f"p:{product}"] = price.price
-    fields["np"] = catalog.price(plan, "notification").price
     lic = licences or {}
-    for product, li in lic.items():
-        if product not in PRODUCTS:
-            raise InvalidInput(f"licences.{product}", "unknown product")
-        fields[f"l:{product}"] = f"{li.usage_limit},{li.per_minute},{li.per_hour}"
+    fields = workspace_fields(plan, catalog, lic)
     wk = keys.ws_key(ws)
     async with client.pipeline(transaction=False) as pipe:
         pipe.hset(wk, mapping=fields)

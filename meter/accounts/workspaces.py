@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from config.catalog import PRODUCTS
-from meter.accounts import authz, projection
+from meter.accounts import authz, projection, rebuild
 from meter.accounts.deps import (
     EMAIL_RE,
     Deps,
@@ -102,7 +102,7 @@ async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
     )
     if not granted:
         ws = replace(ws, free_expires_at=None)
-    await project_workspace(d, ws)
+    await project_workspace(d, ws, new=True)
     after = {
         "name": name,
         "owner_id": owner_id,
@@ -113,34 +113,29 @@ async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
     return ws
 
 
-async def project_workspace(d: Deps, ws: Workspace) -> None:
-    """Write a workspace's plan, licences and free-credit grant to Redis (idempotent).
+async def project_workspace(d: Deps, ws: Workspace, *, new: bool = False) -> None:
+    """Write a workspace's plan, licences and low-balance threshold to Redis (idempotent).
 
-    The grant is the one the ledger holds, if any: a workspace created without free
-    credits (not its owner's first) gets none here either.
+    A workspace Redis does not hold (new, or lost) is rebuilt whole from the store
+    (:mod:`meter.accounts.rebuild`): balances are the ledger minus the usage the store
+    holds, so a change after a loss never hands out spent credit again. ``new``: a
+    workspace just created (its free grant, if any, is all its ledger holds).
     """
-    lic = {
-        li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
-        for li in await d.store.get_licences(ws.id)
-    }
-    await projection.put_workspace(
-        d.redis,
-        ws.id,
-        plan=ws.type,
-        catalog=d.catalog,
-        licences=lic,
-        low_threshold=ws.low_balance_threshold,
+    outcome = await rebuild.rebuild_workspace(
+        d.store, d.redis, d.settings, d.catalog, ws.id, now_s=d.clock(), new=new
     )
-    grant = await d.store.get_ledger_entry(ws.id, free_reference(ws.id))
-    if grant is not None and grant.amount > 0 and ws.free_expires_at is not None:
-        await projection.grant(
+    if outcome == "present":
+        lic = {
+            li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
+            for li in await d.store.get_licences(ws.id)
+        }
+        await projection.put_workspace(
             d.redis,
             ws.id,
-            reference=free_reference(ws.id),
-            kind="free",
-            amount=grant.amount,
-            low_threshold=d.settings.low_balance_threshold,
-            free_expires_ms=ws.free_expires_at,
+            plan=ws.type,
+            catalog=d.catalog,
+            licences=lic,
+            low_threshold=ws.low_balance_threshold,
         )
     await announce(d, ws.id)
 
@@ -235,10 +230,7 @@ async def upgrade(
     before_lic = {li.product: _licence_dict(li) for li in await d.store.get_licences(ws.id)}
     if not await d.store.upgrade_workspace(ws.id, rows):
         raise NotFound("workspace", ws.id)
-    await projection.put_workspace(
-        d.redis, ws.id, plan="enterprise", catalog=d.catalog, licences=licences
-    )
-    await announce(d, ws.id)
+    await project_workspace(d, replace(ws, type="enterprise"))
     after = {"type": "enterprise", "licences": {r.product: _licence_dict(r) for r in rows}}
     before = {"type": ws.type, "licences": before_lic}
     await audit(d, actor, "workspace.upgrade", f"workspace:{ws.id}", before, after)

@@ -12,13 +12,25 @@
 --          grant extends it (admit.lua lapses them lazily, so they may still be there)
 -- Returns 1 when applied, 0 when the reference was already applied,
 -- -1 unknown workspace, -2 unknown app.
+--
+-- The marker is the field "g:<reference>" of the workspace hash, written with the credit:
+-- a marker cannot be lost while its balance stays (eviction takes whole keys). The
+-- separate key P:g:<reference> of earlier versions counts as a marker too (and is moved
+-- into the hash), and is still written, for replicas of an earlier version that read it.
 
 local P = KEYS[1]
 local ref, kind, amount, app = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local wsk = P .. ':ws'
 if redis.call('EXISTS', wsk) == 0 then return -1 end
 if app ~= '' and redis.call('EXISTS', P .. ':a:' .. app) == 0 then return -2 end
-if redis.call('SET', P .. ':g:' .. ref, '1', 'NX') == false then return 0 end
+local mark, legacy = 'g:' .. ref, P .. ':g:' .. ref
+if redis.call('HEXISTS', wsk, mark) == 1 then return 0 end
+if redis.call('EXISTS', legacy) == 1 then
+  redis.call('HSET', wsk, mark, '1')
+  return 0
+end
+redis.call('HSET', wsk, mark, '1')
+redis.call('SET', legacy, '1')
 
 if kind == 'free' then
   local w = redis.call('HMGET', wsk, 'free', 'free_exp')

@@ -14,7 +14,10 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              ``p:<product>`` unit and price, ``np`` notification price;
                              ``l:<product>`` licence ``limit,per_minute,per_hour``; ``seq`` id
                              counter; ``low`` 1 once the low-balance alert fired; ``lowt``
-                             the owner's own low-balance threshold (absent: the default).
+                             the owner's own low-balance threshold (absent: the default);
+                             ``g:<reference>`` 1 once that grant was applied (in the hash it
+                             credits, so a marker cannot be lost without its balance), ``gm``
+                             1 once every grant of the ledger has its ``g:`` field.
 ``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``app``
                              paid funds tied to the app, ``pm``/``ph`` rate overrides,
                              ``inactive`` 0|1, ``v`` config version, ``up`` upstream url,
@@ -42,7 +45,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              record under ``app\tchannel\tuser\tbsid``.
 ``P:sri``             zset   bucket starts of ``P:sr:*`` hashes not yet claimed.
 ``P:ev``              list   events (JSON) for the ledger and owner notifications.
-``P:g:<reference>``   string idempotency marker of a grant (free credits, funds added).
+``P:g:<reference>``   string idempotency marker of a grant as earlier versions kept it (still
+                             written beside the ``g:`` field, for replicas of an older version).
 ``P:apps``            set    app ids of the workspace.
 ``P:c:<kind>:<bucket_s>:<gen>`` a claimed bucket (``kind`` = ``ag``|``sr``|``ev``) awaiting ack.
 ``P:lease:<kind>:<bucket_s>`` string the flusher currently holding that claim (PX lease).
@@ -171,7 +175,18 @@ def apps_key(ws: str) -> str:
 
 
 def grant_marker_key(ws: str, reference: str) -> str:
+    """A grant's marker key as earlier versions kept it (see :func:`grant_field`)."""
     return f"{ws_prefix(ws)}:g:{reference}"
+
+
+def grant_field(reference: str) -> str:
+    """The field of the workspace hash marking a grant applied (mirrored in grant.lua)."""
+    return f"g:{reference}"
+
+
+# Field of the workspace hash: 1 once every grant of the ledger has its ``g:`` field, so a
+# missing one means the grant was never applied (before, only the separate marker key).
+F_MARKED = "gm"
 
 
 def claim_key(ws: str, kind: str, bucket_s: int, gen: int) -> str:

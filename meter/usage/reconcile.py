@@ -16,13 +16,13 @@ traffic stopped; balances are corrected by increments, not overwritten.
 
 from __future__ import annotations
 
-import calendar
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
+from meter.accounts.rebuild import GRANT_KINDS, SEQ_FLOOR_PER_MS, store_values
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
@@ -31,9 +31,7 @@ from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage.batches import fold_aggregates
 
-# After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
-# any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.
-SEQ_FLOOR_PER_MS = 1000
+__all__ = ["SEQ_FLOOR_PER_MS", "reconcile", "store_values"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,39 +95,6 @@ async def _unflushed(store: Store, client: RedisClient, ws: str) -> dict[str, in
             if in_period and int(c.get("amount_invoiced", 0)):
                 out[f"lu:{product}"] = out.get(f"lu:{product}", 0) + int(c.get("units", 0))
     return out
-
-
-async def store_values(store: Store, ws: str, now_s: float) -> dict[str, int]:
-    """What the store says each field must be (before unflushed usage)."""
-    ledger = await store.ledger_balance(ws)
-    spent = await store.usage_spent(ws)
-    apps = {a.id for a in await store.list_apps(ws)} | set(ledger.apps) | set(spent.apps)
-    out = {
-        "free": ledger.free - spent.free,
-        F_POOL: ledger.shared - spent.shared,
-        "free_granted": sum(e.amount for e in await store.ledger_entries(ws, kind="grant_free")),
-        "lapsed": -sum(e.amount for e in await store.ledger_entries(ws, kind="lapse")),
-    }
-    apps_total = 0
-    for app in sorted(apps):
-        v = ledger.apps.get(app, 0) - spent.apps.get(app, 0)
-        out[f"app:{app}"] = v
-        apps_total += v
-    out[F_APPS] = apps_total
-    w = await store.get_workspace(ws)
-    if w is not None and w.type == "enterprise":
-        start = _month_start_ms(now_s)
-        for lic in await store.get_licences(ws):
-            series = await store.usage_series(
-                ws, start, int(now_s * 1000) + 1, "month", product=lic.product
-            )
-            out[f"lu:{lic.product}"] = sum(p.total_units for p in series if p.amount_invoiced)
-    return out
-
-
-def _month_start_ms(now_s: float) -> int:
-    t = time.gmtime(now_s)
-    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) * 1000
 
 
 async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[str, int | None]:
@@ -205,7 +170,7 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
         }
         await projection.put_workspace(
             client, ws, plan=w.type, catalog=load_catalog(settings.catalog_path),
-            licences=licences,
+            licences=licences, low_threshold=w.low_balance_threshold,
         )  # fmt: skip
         if w.free_expires_at:
             await client.hset(keys.ws_key(ws), "free_exp", w.free_expires_at)
@@ -214,16 +179,18 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
         if seq < floor:
             await client.hset(keys.ws_key(ws), "seq", floor)
         for e in await store.ledger_entries(ws):
-            if e.kind in ("grant_free", "topup"):
+            if e.kind in GRANT_KINDS:
+                await client.hset(keys.ws_key(ws), keys.grant_field(e.reference), 1)
                 await client.set(keys.grant_marker_key(ws, e.reference), "1")
-    present = await client.smembers(keys.apps_key(ws))
+        await client.hset(keys.ws_key(ws), keys.F_MARKED, 1)
     for app in await store.list_apps(ws):
-        if app.id.encode() in present and not lost:
-            continue
-        await projection.put_app(
-            client, app.id, product=app.product, use_free_credits=app.use_free_credits,
-            suspended=app.suspended, upstream_url=app.upstream_url, shadow=app.shadow,
-        )  # fmt: skip
+        if lost or not await client.exists(keys.app_key(ws, app.id)):
+            await projection.put_app(
+                client, app.id, product=app.product, use_free_credits=app.use_free_credits,
+                suspended=app.suspended, upstream_url=app.upstream_url, shadow=app.shadow,
+            )  # fmt: skip
+        # Secrets always: an app written again without them (an earlier version's
+        # re-projection) would otherwise stay unauthenticated.
         await channel_secrets.project_app_channels(store, client, app.id)
     return lost
 

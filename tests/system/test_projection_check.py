@@ -59,11 +59,16 @@ async def test_store_changes_that_missed_redis_are_repaired_once(admin: Admin, b
     assert int(await admin.redis.hget(wk, keys.F_POOL) or 0) == paid0 + 25_000_000
 
 
-async def test_a_workspace_redis_lost_is_reported_not_guessed(admin: Admin, bot: Bot) -> None:
+async def test_a_workspace_redis_lost_is_rebuilt_from_the_store(admin: Admin, bot: Bot) -> None:
+    """Not from its grants alone: tests/integration/test_projection_rebuild.py spends first."""
     ws, _ = await setup(admin, bot)
-    await admin.redis.delete(keys.ws_key(ws))
-    assert await projection_check.check_workspace(deps(admin), ws) == {"workspace_missing": 1}
-    assert not await admin.redis.exists(keys.ws_key(ws))
+    wk = keys.ws_key(ws)
+    before = await admin.redis.hmget(wk, ["free", "free_granted", keys.F_POOL, keys.F_APPS])
+    await admin.redis.delete(wk)
+    assert await projection_check.check_workspace(deps(admin), ws) == {"workspace_rebuilt": 1}
+    after = await admin.redis.hmget(wk, ["free", "free_granted", keys.F_POOL, keys.F_APPS])
+    assert after == before == [b"500000000", b"500000000", b"0", b"0"]
+    assert await projection_check.check_workspace(deps(admin), ws) == {}
 
 
 async def test_the_check_runs_beside_the_flusher_and_counts_in_metrics(

@@ -7,7 +7,17 @@ from importlib import resources
 
 from meter.redis_layer.scripts import lua_source
 
-SCRIPTS = ("admit", "refund", "grant", "claim", "ack", "peek", "peek_sessions", "rename_fields")
+SCRIPTS = (
+    "admit",
+    "refund",
+    "grant",
+    "claim",
+    "ack",
+    "peek",
+    "peek_sessions",
+    "rename_fields",
+    "rebuild",
+)
 
 
 def test_scripts_are_assembled_whole() -> None:

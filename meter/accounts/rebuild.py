@@ -1,0 +1,180 @@
+"""A workspace Redis lost, rebuilt from the store: balances are the ledger minus the
+usage the store holds, never the grants alone.
+
+Every path that finds a workspace missing from Redis comes here: an owner's or operator's
+change (``project_workspace``), the periodic projection check, and creating a workspace
+(its first projection is a rebuild of a store holding only its free grant). The rebuild
+is one script (``rebuild.lua``): it writes nothing if the workspace is there, and refuses
+while Redis still holds usage or events of the workspace that the store has not got yet
+(the flusher moves them there; then the next attempt is exact). Usage admitted but never
+flushed before Redis lost it is gone with it and is not charged.
+
+Per pool the store records what usage took (``amount_free``, ``amount_pool``,
+``amount_app`` of each bucket, split by ``admit.lua``'s deduction order when charged), so
+each balance is rebuilt as exactly what the ledger credited to it minus what was taken
+from it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from typing import Literal
+
+import orjson
+
+from config import Catalog, Settings
+from meter.accounts import channel_secrets, projection
+from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.keys import F_APP, F_APPS, F_MARKED, F_POOL
+from meter.redis_layer.scripts import register
+from meter.store import App, Store, Workspace
+
+log = logging.getLogger(__name__)
+GRANT_KINDS = ("grant_free", "topup")
+# After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
+# any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.
+SEQ_FLOOR_PER_MS = 1000
+Outcome = Literal["present", "rebuilt", "refused", "unknown"]
+
+
+async def store_values(store: Store, ws: str, now_s: float) -> dict[str, int]:
+    """What the store says each balance field must be: ``free``, ``pool``, ``apps``,
+    ``app:<id>``, ``free_granted``, ``lapsed`` and (enterprise) ``lu:<product>`` (usage
+    counted this month), before any usage Redis has not flushed yet."""
+    ledger = await store.ledger_balance(ws)
+    spent = await store.usage_spent(ws)
+    apps = {a.id for a in await store.list_apps(ws)} | set(ledger.apps) | set(spent.apps)
+    out = {
+        "free": ledger.free - spent.free,
+        F_POOL: ledger.shared - spent.shared,
+        "free_granted": sum(e.amount for e in await store.ledger_entries(ws, kind="grant_free")),
+        "lapsed": -sum(e.amount for e in await store.ledger_entries(ws, kind="lapse")),
+    }
+    apps_total = 0
+    for app in sorted(apps):
+        v = ledger.apps.get(app, 0) - spent.apps.get(app, 0)
+        out[f"app:{app}"] = v
+        apps_total += v
+    out[F_APPS] = apps_total
+    w = await store.get_workspace(ws)
+    if w is not None and w.type == "enterprise":
+        start = _month_start_ms(now_s)
+        for lic in await store.get_licences(ws):
+            series = await store.usage_series(
+                ws, start, int(now_s * 1000) + 1, "month", product=lic.product
+            )
+            out[f"lu:{lic.product}"] = sum(p.total_units for p in series if p.amount_invoiced)
+    return out
+
+
+def _month_start_ms(now_s: float) -> int:
+    t = time.gmtime(now_s)
+    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) * 1000
+
+
+async def rebuild_workspace(
+    store: Store,
+    client: RedisClient,
+    settings: Settings,
+    catalog: Catalog,
+    ws_id: str,
+    *,
+    now_s: float | None = None,
+    new: bool = False,
+) -> Outcome:
+    """Rebuild ``ws_id`` in Redis from the store if Redis lost it.
+
+    ``present``: Redis holds it (nothing written); ``rebuilt``; ``refused``: Redis still
+    holds usage of it not in the store (logged; retried by the next check, or
+    ``creditgate reconcile --apply``); ``unknown``: the store has no such workspace.
+    ``new``: its first projection (a rebuild too, logged quietly).
+    """
+    if await client.hexists(keys.ws_key(ws_id), "type"):
+        return "present"
+    ws = await store.get_workspace(ws_id)
+    if ws is None:
+        return "unknown"
+    now = time.time() if now_s is None else now_s
+    values = await store_values(store, ws_id, now)
+    doc = {
+        "ws": await _workspace_fields(store, settings, catalog, ws, values, now),
+        "apps": [
+            {"id": app.id, "fields": await _app_fields(store, app, values)}
+            for app in await store.list_apps(ws_id)
+        ],
+        "grants": [
+            e.reference
+            for e in await store.ledger_entries(ws_id)
+            if e.kind in GRANT_KINDS and e.amount > 0
+        ],
+        "lu": [
+            [f"{k[3:]}:{billing_period(now)}", str(v)] for k, v in values.items() if k[:3] == "lu:"
+        ],
+    }
+    res = int(await register(client, "rebuild")(keys=[keys.ws_prefix(ws_id)], args=[
+        orjson.dumps(doc)
+    ]))  # fmt: skip
+    if res == 0:
+        return "present"
+    if res < 0:
+        log.error(
+            "redis lost workspace %s but still holds usage of it not yet in the store: not "
+            "rebuilt now (the flusher moves that usage to the store, then the next projection "
+            "check rebuilds it; or run `creditgate reconcile --apply` with traffic stopped)",
+            ws_id,
+        )
+        return "refused"
+    await client.sadd(keys.WORKSPACES, ws_id)
+    log.log(
+        logging.DEBUG if new else logging.WARNING,
+        "rebuilt workspace %s in redis from the store: free=%d pool=%d apps=%d "
+        "(ledger minus the usage the store holds)",
+        ws_id, values["free"], values[F_POOL], values[F_APPS],
+    )  # fmt: skip
+    return "rebuilt"
+
+
+async def _workspace_fields(
+    store: Store,
+    settings: Settings,
+    catalog: Catalog,
+    ws: Workspace,
+    values: dict[str, int],
+    now_s: float,
+) -> dict[str, str]:
+    lic = {
+        li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
+        for li in await store.get_licences(ws.id)
+    }
+    fields = {str(k): str(v) for k, v in projection.workspace_fields(ws.type, catalog, lic).items()}
+    exp = ws.free_expires_at or 0
+    free, pool, apps = values["free"], values[F_POOL], values[F_APPS]
+    low = settings.low_balance_threshold
+    if ws.low_balance_threshold is not None:
+        low = ws.low_balance_threshold
+        fields["lowt"] = str(low)
+    usable = (free if now_s * 1000 < exp else 0) + pool + apps
+    fields.update(
+        free=str(free),
+        free_granted=str(values["free_granted"]),
+        lapsed=str(values["lapsed"]),
+        free_exp=str(exp),
+        seq=str(int(now_s * 1000) * SEQ_FLOOR_PER_MS),
+        low=str(int(usable < low)),
+    )
+    fields[F_POOL] = str(pool)
+    fields[F_APPS] = str(apps)
+    fields[F_MARKED] = "1"
+    return fields
+
+
+async def _app_fields(store: Store, app: App, values: dict[str, int]) -> dict[str, str]:
+    fields = {k: str(v) for k, v in projection.app_fields(app).items()}
+    fields[F_APP] = str(values.get(f"app:{app.id}", 0))
+    for ch in await store.list_app_channels(app.id):
+        fields[channel_secrets.field_of(ch.channel)] = channel_secrets.projected(ch).decode()
+    return fields
