@@ -101,7 +101,7 @@ async def rebuild_workspace(
     now = time.time() if now_s is None else now_s
     values = await store_values(store, ws_id, now)
     doc = {
-        "ws": await _workspace_fields(store, settings, catalog, ws, values, now),
+        "ws": await _workspace_fields(store, settings, catalog, ws, values, now, new),
         "apps": [
             {"id": app.id, "fields": await _app_fields(store, app, values)}
             for app in await store.list_apps(ws_id)
@@ -145,6 +145,7 @@ async def _workspace_fields(
     ws: Workspace,
     values: dict[str, int],
     now_s: float,
+    new: bool,
 ) -> dict[str, str]:
     lic = {
         li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
@@ -163,9 +164,10 @@ async def _workspace_fields(
         free_granted=str(values["free_granted"]),
         lapsed=str(values["lapsed"]),
         free_exp=str(exp),
-        seq=str(int(now_s * 1000) * SEQ_FLOOR_PER_MS),
         low=str(int(usable < low)),
     )
+    if not new:  # ids (events, claims) used before the loss must not come again
+        fields["seq"] = str(int(now_s * 1000) * SEQ_FLOOR_PER_MS)
     fields[F_POOL] = str(pool)
     fields[F_APPS] = str(apps)
     fields[F_MARKED] = "1"

@@ -47,7 +47,9 @@ if redis.call('EXISTS', live) == 0 then
   if index and not keep then redis.call('ZREM', index, b) end
   return {3, 0, {}}
 end
-gen = redis.call('HINCRBY', P .. ':ws', 'seq', 1)
+-- As an integer string: Lua writes a number above 10^14 as "1.8e+15" (the id counter
+-- starts at 10^15 and more after a rebuild), which is not the key the flusher acks.
+gen = string.format('%d', redis.call('HINCRBY', P .. ':ws', 'seq', 1))
 local ck = P .. ':c:' .. field .. ':' .. gen
 if keep and kind == 'sr' then
   redis.call('COPY', live, ck)
@@ -57,4 +59,4 @@ end
 if index and not keep then redis.call('ZREM', index, b) end
 redis.call('HSET', reg, field, gen)
 redis.call('SET', lease, owner, 'PX', lease_ms)
-return {0, gen, contents(ck)}
+return {0, tonumber(gen), contents(ck)}

@@ -40,8 +40,8 @@ if kind == 'free' then
     redis.call('HINCRBY', wsk, 'lapsed', left)
     redis.call('HSET', wsk, 'free', '0')
     local seq = redis.call('HINCRBY', wsk, 'seq', 1)
-    redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. seq, type = 'free_credits.expired',
-      at = now, amount = left}))
+    redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
+      type = 'free_credits.expired', at = now, amount = left}))
   end
   redis.call('HINCRBY', wsk, 'free', amount)
   redis.call('HINCRBY', wsk, 'free_granted', amount)

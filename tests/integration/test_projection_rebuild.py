@@ -139,6 +139,17 @@ async def test_the_periodic_check_rebuilds_a_lost_workspace_exactly(w: World) ->
     assert await balances(w) == before == await expected(w)
     (rep,) = await reconcile(w.store, w.redis, w.cfg, workspace=w.ws.id)
     assert rep.differences == []
+    # Ids restart above any used before (10^15 and up): claims of new usage are still
+    # acked and leave nothing behind, and the store agrees with Redis again.
+    adm = admitter(w.redis, w.cfg, w.clock)
+    for i in range(3):
+        assert (await adm.admit(w.app.id, "web", f"after{i}")).admitted
+    w.clock.advance(120)
+    await Flusher(w.redis, w.store, w.cfg, clock=w.clock).flush_once()
+    assert [k async for k in w.redis.scan_iter(match=f"{keys.ws_prefix(w.ws.id)}:c:*")] == []
+    (rep,) = await reconcile(w.store, w.redis, w.cfg, workspace=w.ws.id)
+    assert rep.differences == []
+    assert sum((await balances(w)).values()) == sum(before.values()) - 3 * 200_000
 
 
 async def test_no_rebuild_while_redis_holds_usage_the_store_has_not(w: World) -> None:
