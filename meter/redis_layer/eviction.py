@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
 from meter.redis_layer.client import RedisClient
 
 SAFE_POLICY = "noeviction"
@@ -34,7 +36,10 @@ def _text(v: object) -> str:
 async def eviction_problem(client: RedisClient) -> str | None:
     """``None`` when Redis cannot evict keys; else what it would evict with, e.g.
     ``maxmemory-policy allkeys-lru with maxmemory 104857600``."""
-    info: dict[Any, Any] = await client.info("memory")
+    if isinstance(client, RedisCluster):  # every master: each holds some workspaces
+        info: dict[Any, Any] = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    else:
+        info = await client.info("memory")
     for node in _nodes(info):
         limit = int(node.get("maxmemory", 0) or 0)
         policy = _text(node.get("maxmemory_policy", SAFE_POLICY))

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from meter.redis_layer.client import connect
+from meter.redis_layer.eviction import eviction_problem
 from tests.support.adminkit import admin_server, admin_settings
-from tests.support.servers import RedisServer, start_redis
+from tests.support.servers import RedisCluster, RedisServer, start_redis
 from tests.system.test_newcomer import one_line, run, serve
 
 LIMIT = ["--maxmemory", "64mb"]
@@ -62,3 +64,20 @@ async def test_readyz_reports_a_redis_that_evicts(tmp_path: Path, lru_redis: Red
         lru_redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
         resp = await admin.client.get("/readyz")
         assert resp.status == 200, await resp.text()
+
+
+async def test_every_master_of_a_cluster_is_checked(redis_cluster: RedisCluster) -> None:
+    client = connect(redis_cluster.url)
+    last = redis_cluster.nodes[-1]  # no replicas: every node is a master
+    try:
+        assert await eviction_problem(client) is None
+        last.command("CONFIG", "SET", "maxmemory", "64mb")
+        last.command("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        assert (
+            await eviction_problem(client)
+            == "maxmemory-policy volatile-lru with maxmemory 67108864"
+        )
+    finally:
+        last.command("CONFIG", "SET", "maxmemory", "0")
+        last.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await client.aclose()
