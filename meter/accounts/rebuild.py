@@ -31,7 +31,7 @@ from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_MARKED, F_POOL
 from meter.redis_layer.scripts import register
-from meter.store import App, Store, Workspace
+from meter.store import App, LedgerEntry, Store, Workspace
 
 log = logging.getLogger(__name__)
 GRANT_KINDS = ("grant_free", "topup")
@@ -41,22 +41,35 @@ SEQ_FLOOR_PER_MS = 1000
 Outcome = Literal["present", "rebuilt", "refused", "unknown"]
 
 
-async def store_values(store: Store, ws: str, now_s: float) -> dict[str, int]:
+async def store_values(
+    store: Store, ws: str, now_s: float, entries: list[LedgerEntry] | None = None
+) -> dict[str, int]:
     """What the store says each balance field must be: ``free``, ``pool``, ``apps``,
     ``app:<id>``, ``free_granted``, ``lapsed`` and (enterprise) ``lu:<product>`` (usage
-    counted this month), before any usage Redis has not flushed yet."""
-    ledger = await store.ledger_balance(ws)
+    counted this month), before any usage Redis has not flushed yet. ``entries``: the
+    workspace's ledger as already read (the grants marked applied must be those summed)."""
+    if entries is None:
+        entries = await store.ledger_entries(ws)
+    free = shared = 0
+    credited: dict[str, int] = {}
+    for e in entries:
+        if e.resolved_pool == "free":
+            free += e.amount
+        elif e.app_id is None:
+            shared += e.amount
+        else:
+            credited[e.app_id] = credited.get(e.app_id, 0) + e.amount
     spent = await store.usage_spent(ws)
-    apps = {a.id for a in await store.list_apps(ws)} | set(ledger.apps) | set(spent.apps)
+    apps = {a.id for a in await store.list_apps(ws)} | set(credited) | set(spent.apps)
     out = {
-        "free": ledger.free - spent.free,
-        F_POOL: ledger.shared - spent.shared,
-        "free_granted": sum(e.amount for e in await store.ledger_entries(ws, kind="grant_free")),
-        "lapsed": -sum(e.amount for e in await store.ledger_entries(ws, kind="lapse")),
+        "free": free - spent.free,
+        F_POOL: shared - spent.shared,
+        "free_granted": sum(e.amount for e in entries if e.kind == "grant_free"),
+        "lapsed": -sum(e.amount for e in entries if e.kind == "lapse"),
     }
     apps_total = 0
     for app in sorted(apps):
-        v = ledger.apps.get(app, 0) - spent.apps.get(app, 0)
+        v = credited.get(app, 0) - spent.apps.get(app, 0)
         out[f"app:{app}"] = v
         apps_total += v
     out[F_APPS] = apps_total
@@ -99,18 +112,15 @@ async def rebuild_workspace(
     if ws is None:
         return "unknown"
     now = time.time() if now_s is None else now_s
-    values = await store_values(store, ws_id, now)
+    entries = await store.ledger_entries(ws_id)
+    values = await store_values(store, ws_id, now, entries)
     doc = {
         "ws": await _workspace_fields(store, settings, catalog, ws, values, now, new),
         "apps": [
             {"id": app.id, "fields": await _app_fields(store, app, values)}
             for app in await store.list_apps(ws_id)
         ],
-        "grants": [
-            e.reference
-            for e in await store.ledger_entries(ws_id)
-            if e.kind in GRANT_KINDS and e.amount > 0
-        ],
+        "grants": [e.reference for e in entries if e.kind in GRANT_KINDS and e.amount > 0],
         "lu": [
             [f"{k[3:]}:{billing_period(now)}", str(v)] for k, v in values.items() if k[:3] == "lu:"
         ],
