@@ -75,12 +75,14 @@ async def store_values(
     out[F_APPS] = apps_total
     w = await store.get_workspace(ws)
     if w is not None and w.type == "enterprise":
-        start = _month_start_ms(now_s)
-        for lic in await store.get_licences(ws):
-            series = await store.usage_series(
-                ws, start, int(now_s * 1000) + 1, "month", product=lic.product
-            )
-            out[f"lu:{lic.product}"] = sum(p.total_units for p in series if p.amount_invoiced)
+        # Invoiced units per flush bucket: a bucket's prepaid units (before an upgrade in
+        # the same month) are not licensed usage. A bucket that straddles the upgrade
+        # counts whole.
+        used = {lic.product: 0 for lic in await store.get_licences(ws)}
+        async for row in store.iter_usage(ws, _month_start_ms(now_s), int(now_s * 1000) + 1):
+            if row.product in used and row.amount_invoiced:
+                used[row.product] += row.units
+        out.update({f"lu:{product}": n for product, n in used.items()})
     return out
 
 

@@ -16,6 +16,7 @@ from config import Settings, load_catalog
 from meter.accounts import apps, channel_secrets, credits, projection, projection_check, workspaces
 from meter.accounts.deps import Deps
 from meter.redis_layer import keys
+from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.store import App, LedgerEntry, Store, Workspace
 from meter.usage.flusher import Flusher
@@ -241,3 +242,23 @@ async def test_an_app_with_funds_lost_alone_waits_for_reconcile(w: World) -> Non
     assert rep.applied
     assert await balances(w) == before
     assert await w.redis.hget(ak, channel_secrets.field_of("slack")) is not None
+
+
+async def test_an_enterprise_workspace_keeps_its_licences_and_usage_counted(w: World) -> None:
+    """The month's licensed usage is rebuilt from the store too: a lost counter starting
+    at 0 would let the workspace run past its licence."""
+    lic = {"automation": projection.Licence(100_000, 600, 18_000)}
+    ws = await workspaces.upgrade(w.d, "operator", w.ws, lic)
+    adm = admitter(w.redis, w.cfg, w.clock)
+    for i in range(7):
+        assert (await adm.admit(w.app.id, "web", f"ent{i}")).admitted
+    w.clock.advance(120)
+    await Flusher(w.redis, w.store, w.cfg, clock=w.clock).flush_once()
+    lu = keys.usage_limit_key(ws.id, "automation", billing_period(w.clock.now))
+    counted = await w.redis.get(lu)
+    assert counted == b"7"  # the 700 prepaid messages of the month are not licensed usage
+    await lose_workspace(w)
+    assert await projection_check.check_workspace(w.d, ws.id) == {"workspace_rebuilt": 1}
+    assert await w.redis.get(lu) == counted
+    assert await w.redis.hget(keys.ws_key(ws.id), "type") == b"enterprise"
+    assert await w.redis.hget(keys.ws_key(ws.id), "l:automation") == b"100000,600,18000"
