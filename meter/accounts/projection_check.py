@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from redis.exceptions import RedisError
 
@@ -42,7 +42,7 @@ from meter.accounts.deps import Deps, announce
 from meter.accounts.workspaces import project_workspace
 from meter.redis_layer import keys
 from meter.redis_layer.keys import F_MARKED
-from meter.store import App, LedgerEntry, Workspace
+from meter.store import App, AppChannel, LedgerEntry, Workspace
 
 log = logging.getLogger(__name__)
 GRANT_KINDS = rebuild.GRANT_KINDS
@@ -75,8 +75,11 @@ async def _workspace_drifted(d: Deps, ws: Workspace, current: dict[bytes, bytes]
     return want != have
 
 
-async def check_workspace(d: Deps, ws_id: str) -> Counter[str]:
-    """Repair one workspace's projection; what was repaired, by kind."""
+async def check_workspace(
+    d: Deps, ws_id: str, channels: Mapping[str, list[AppChannel]] | None = None
+) -> Counter[str]:
+    """Repair one workspace's projection; what was repaired, by kind. ``channels``: the
+    store's channel secrets by app, read once for a whole pass (else per app)."""
     repaired: Counter[str] = Counter()
     ws = await d.store.get_workspace(ws_id)
     if ws is None:
@@ -98,7 +101,7 @@ async def check_workspace(d: Deps, ws_id: str) -> Counter[str]:
         await project_workspace(d, ws)
         repaired["workspace"] += 1
     await _repair_grants(d, ws, current.get(F_MARKED.encode()) == b"1", repaired)
-    await _repair_apps(d, ws_id, repaired)
+    await _repair_apps(d, ws_id, channels, repaired)
     for kind, n in repaired.items():
         log.warning("projection check: repaired %d %s projection(s) of %s", n, kind, ws_id)
     return repaired
@@ -163,12 +166,21 @@ async def _apply(d: Deps, ws: Workspace, e: LedgerEntry) -> bool:
     return not had and bool(await d.redis.hexists(keys.ws_key(ws.id), marker))
 
 
-async def _repair_apps(d: Deps, ws_id: str, repaired: Counter[str]) -> None:
+async def _repair_apps(
+    d: Deps,
+    ws_id: str,
+    by_app: Mapping[str, list[AppChannel]] | None,
+    repaired: Counter[str],
+) -> None:
     """Project again the apps whose Redis fields or channel secrets differ from the
     store's (``app``)."""
     apps = await d.store.list_apps(ws_id)
     for app in apps:
-        channels = await d.store.list_app_channels(app.id)
+        channels = (
+            by_app.get(app.id, [])
+            if by_app is not None
+            else await d.store.list_app_channels(app.id)
+        )
         names = [channel_secrets.field_of(ch.channel) for ch in channels]
         live = await d.redis.hmget(keys.app_key(ws_id, app.id), [*APP_FIELDS, *names])
         want = _app_fields(app) + [channel_secrets.projected(ch) for ch in channels]
@@ -185,8 +197,11 @@ async def run(
     """Check every workspace of the store every ``interval_s`` until ``stop``."""
     while not stop.is_set():
         try:
+            by_app: dict[str, list[AppChannel]] = {}
+            for ch in await d.store.list_app_channels():
+                by_app.setdefault(ch.app_id, []).append(ch)
             for ws_id in await d.store.list_workspaces():
-                for kind, n in (await check_workspace(d, ws_id)).items():
+                for kind, n in (await check_workspace(d, ws_id, by_app)).items():
                     on_repair(kind, n)
         except (RedisError, OSError) as exc:
             log.warning("projection check: redis unavailable: %r", exc)

@@ -220,6 +220,11 @@ async def test_an_app_written_again_keeps_its_channel_secret(w: World) -> None:
     await w.redis.hdel(ak, field)
     assert await projection_check.check_workspace(w.d, w.ws.id) == {"app": 1}
     assert await w.redis.hget(ak, field) == secret
+    # The same with the secrets read once for a whole pass (as the periodic loop does).
+    await w.redis.hdel(ak, field)
+    by_app = {w.app.id: await w.store.list_app_channels(w.app.id)}
+    assert await projection_check.check_workspace(w.d, w.ws.id, by_app) == {"app": 1}
+    assert await w.redis.hget(ak, field) == secret
     # An owner's change re-projects the app with its secret.
     await w.redis.hdel(ak, field)
     await apps.update_app(w.d, f"user:{w.user}", w.app, {"suspended": False})
