@@ -66,7 +66,9 @@ class Metrics:
         self.projection_repairs = Counter(
             "creditgate_projection_repairs_total",
             "Redis projections repaired from the store by the periodic check, by kind "
-            "(workspace, app, grant; workspace_missing is reported, not repaired).",
+            "(workspace, workspace_rebuilt, app, grant; grant_marker: a lost marker restored "
+            "without credit; workspace_missing: a lost workspace not rebuilt yet, Redis "
+            "still holds its unflushed usage).",
             ["kind"],
             registry=r,
         )
