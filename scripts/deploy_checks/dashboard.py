@@ -14,7 +14,8 @@ import yaml
 
 # The metric names creditgate exports (fixed by the app's contract) plus Prometheus' own.
 COUNTERS = ["requests", "refusals", "charged_microdollars", "sessions_started", "refunds",
-            "redis_errors", "flushed_rows", "client_disconnects", "flush_quarantined"]  # fmt: skip
+            "redis_errors", "flushed_rows", "client_disconnects", "flush_quarantined",
+            "projection_repairs"]  # fmt: skip
 GAUGES = ["in_flight_requests", "flush_lag_seconds", "webhook_outbox_pending"]
 HISTOGRAMS = ["admission_seconds", "upstream_seconds", "admission_batch_size"]
 KNOWN = (
