@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,28 +16,11 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from tests.support.clock import Clock
 from tests.support.metering import admission, admitter, agg_totals, events, seed
-from tests.support.servers import RedisCluster, RedisServer
+from tests.support.servers import RedisServer
 from tests.support.settings import make_settings
 
 PRICE = 200_000  # $0.20 per session, the standard catalog price
 USD = 1_000_000
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def client(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[RedisClient]:
-    """A real single Redis and a real 3-master Redis Cluster, for tests that must hold on both."""
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-    else:
-        if not redis_server.running:
-            redis_server.start()
-        url = redis_server.url
-    c = connect(url)
-    yield c
-    await c.aclose()
 
 
 @pytest.fixture

@@ -4,39 +4,17 @@ the last of them fails. Real Redis, single and Cluster."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from meter.accounts import projection
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision
 from meter.admission.reservations import Sweeper
 from meter.redis_layer import keys
-from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.client import RedisClient
 from tests.support.metering import Workspace, admission, agg_totals
-from tests.support.servers import RedisCluster, RedisServer
 
 PRICE = 200_000  # $0.20 per session, the standard catalog price
 USD = 1_000_000
 FREE = 10 * USD
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def client(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[RedisClient]:
-    """A real single Redis and a real 3-master Redis Cluster."""
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-    else:
-        if not redis_server.running:
-            redis_server.start()
-        url = redis_server.url
-    c = connect(url)
-    yield c
-    await c.aclose()
 
 
 async def charged(client: RedisClient, w: Workspace) -> int:
