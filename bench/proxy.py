@@ -160,6 +160,7 @@ class Bench:
     results: list[Result] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # contestants answered with errors
     baseline_bin: str = ""
+    baseline_knows: frozenset[str] = frozenset()  # of the settings an older one may lack
 
     @property
     def path(self) -> str:
@@ -256,12 +257,13 @@ class Bench:
 
     def baseline(self, ref: str) -> None:
         if not self.baseline_bin:  # built once, for every round
-            self.baseline_bin = build_baseline(ref, self.tmp)
+            self.baseline_bin, self.baseline_knows = build_baseline(ref, self.tmp)
         old = self.baseline_bin
         port, admin_port = free_port(), free_port()
         env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port)
-        env.pop("CREDITGATE_STATE_DIR")  # settings the old release may not know
-        env.pop("CREDITGATE_EGRESS_ALLOW")
+        for name in ("CREDITGATE_STATE_DIR", "CREDITGATE_EGRESS_ALLOW"):
+            if name not in self.baseline_knows:  # an older release refuses what it lacks
+                env.pop(name)
         with process([old, "serve"], port, env) as proc:
             self.run(f"release {ref} on 1w", port, proc)
 
@@ -309,18 +311,22 @@ def median_runs(rounds: list[list[Result]]) -> list[Result]:
     return [sorted(rs, key=lambda r: r.rps)[(len(rs) - 1) // 2] for rs in runs.values()]
 
 
-def build_baseline(ref: str, tmp: Path) -> str:
-    """``creditgate`` of git ref ``ref``, installed into a temporary venv."""
+def build_baseline(ref: str, tmp: Path) -> tuple[str, frozenset[str]]:
+    """``creditgate`` of git ref ``ref``, installed into a temporary venv, and which of
+    the settings that older releases lack it has (an unknown setting is refused)."""
     src, venv = tmp / "baseline-src", tmp / "baseline-venv"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), ref],
                    check=True, capture_output=True)  # fmt: skip
     try:
+        fields = (src / "config" / "settings.py").read_text()
+        knows = frozenset(f"CREDITGATE_{name.upper()}" for name in ("state_dir", "egress_allow")
+                          if f"{name}:" in fields)  # fmt: skip
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], check=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(src)],
                        check=False, capture_output=True)  # fmt: skip
-    return str(venv / "bin" / "creditgate")
+    return str(venv / "bin" / "creditgate"), knows
 
 
 def paced_p99(by: dict[str, Result], prefix: str, label: str) -> float:
