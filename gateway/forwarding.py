@@ -4,9 +4,10 @@ Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
 ways, and request header names with ``_`` on the way in (as nginx does);
 ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host`` are
-set, and an ``X-Request-Id`` is generated when the request has none. A client's
-``Forwarded`` (RFC 7239) is appended to and its ``X-Real-IP`` replaced by the peer: the
-last address the bot reads is always the one the gateway saw.
+set, ``X-Creditgate-App`` names the app (a client's is replaced), and an ``X-Request-Id``
+is generated when the request has none. A client's ``Forwarded`` (RFC 7239) is appended
+to and its ``X-Real-IP`` replaced by the peer: the last address the bot reads is always
+the one the gateway saw.
 
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
@@ -39,9 +40,12 @@ HOP_BY_HOP: tuple[str, ...] = (
     "Upgrade",
 )
 _HOP = frozenset(name.lower() for name in HOP_BY_HOP)
-# Request headers the client side re-creates for the upstream connection, and the
-# expectation the gateway meets itself (see the module).
-_REQUEST_ONLY = _HOP | {"host", "expect"}
+# The app a forwarded request is for, set by the gateway (a client's is dropped): a bot
+# that another tenant's app points at can tell the messages are not its own.
+APP_HEADER = "X-Creditgate-App"
+# Request headers the client side re-creates for the upstream connection, the
+# expectation the gateway meets itself (see the module), and the gateway's own.
+_REQUEST_ONLY = _HOP | {"host", "expect", APP_HEADER.lower()}
 # The WebSocket handshake is negotiated anew with the upstream.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",
@@ -92,8 +96,10 @@ def forwarded_headers(
     scheme: str,
     *,
     drop: Iterable[str] = (),
+    app: str = "",
 ) -> tuple[CIMultiDict[str], str]:
-    """End-to-end request headers plus the X-Forwarded-* set, and the request id."""
+    """End-to-end request headers plus the X-Forwarded-* set (and ``APP_HEADER`` naming
+    ``app``), and the request id."""
     out = _end_to_end(
         src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY, True
     )
@@ -110,6 +116,8 @@ def forwarded_headers(
         out["X-Real-IP"] = peer
     via = src.get("Via")
     out["Via"] = f"{via}, {_VIA}" if via else _VIA
+    if app:
+        out[APP_HEADER] = app
     rid = src.get("X-Request-Id")
     if not rid:
         rid = new_request_id()
@@ -127,8 +135,11 @@ def _node(peer: str) -> str:
 def upstream_headers(
     request: web.Request, *, drop: Iterable[str] = ()
 ) -> tuple[CIMultiDict[str], str]:
-    """:func:`forwarded_headers` of an aiohttp request."""
-    return forwarded_headers(request.headers, request.remote or "", request.scheme, drop=drop)
+    """:func:`forwarded_headers` of an aiohttp request (a traffic route's: its app)."""
+    app = request.match_info.get("app_id", "")
+    return forwarded_headers(
+        request.headers, request.remote or "", request.scheme, drop=drop, app=app
+    )
 
 
 def downstream_headers(src: Headers) -> CIMultiDict[str]:

@@ -59,7 +59,7 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         if admitted.unbilled is not None:
             ex.held = Held(admitted.unbilled)
         out_body = admitted.body if admitted.have_body else (body or None)
-        headers, _ = forwarded_headers(inbound.headers, conn.peer, "http")
+        headers, _ = forwarded_headers(inbound.headers, conn.peer, "http", app=app_id)
         to.verified.rewrite(headers)
         t0 = time.perf_counter()
         upstream = await _upstream(server, ex, url, t0)

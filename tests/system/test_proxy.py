@@ -120,6 +120,18 @@ async def test_header_names_with_underscores_do_not_reach_the_bot(
     assert (call.headers["X-Channel-User-Id"], call.headers["X-Kept"]) == ("u1", "k")
 
 
+async def test_the_bot_is_told_which_app_a_message_is_for(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    # A tenant may point its app at another tenant's bot: the gateway names the app, so
+    # that bot can refuse messages that are not its own; a client cannot name another.
+    headers = {**USER, "X-Creditgate-App": "someone_else", "x-creditgate-app": "again"}
+    async with http.post(f"{gw.url}/hooks/web/{APP}/a", data=b"{}", headers=headers) as resp:
+        assert resp.status == 200
+    [call] = bot.calls
+    assert call.headers.getall("X-Creditgate-App") == [APP]
+
+
 async def test_ten_megabyte_response_is_streamed_not_buffered(
     gw: Running, bot: Bot, http: aiohttp.ClientSession
 ) -> None:

@@ -121,3 +121,11 @@ def test_the_upstream_urls_own_query_stays_a_query(
 def test_dot_segments_are_refused(tail: str) -> None:
     with pytest.raises(InvalidTail):
         target_url("http://127.0.0.1:9/bot", "/hooks/web/a1" + tail, "/hooks/web/a1", tail)
+
+
+def test_the_app_header_is_the_gateways_own() -> None:
+    src: CIMultiDict[str] = CIMultiDict([("X-Creditgate-App", "evil"), ("x-creditgate-app", "x")])
+    out, _ = forwarded_headers(src, "127.0.0.1", "http", app="ws_a1")
+    assert out.getall("X-Creditgate-App") == ["ws_a1"]
+    out, _ = forwarded_headers(src, "127.0.0.1", "http")  # no app: no client's either
+    assert "X-Creditgate-App" not in out
