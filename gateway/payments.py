@@ -161,6 +161,7 @@ class StripeProvider:
             currency=_str(obj.get("currency")),
             payment_intent=_id(obj.get("payment_intent")),
             metadata=metadata,
+            livemode=mode if isinstance(mode := raw.get("livemode"), bool) else None,
         )
 
     async def close(self) -> None:

@@ -52,8 +52,12 @@ Outcome = Literal[
     "amount_mismatch",
     "outside_limits",
     "not_prepaid",
+    "wrong_mode",
 ]
 
+REFUSED = frozenset(
+    {"unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid", "wrong_mode"}
+)
 REJECTED: dict[str, Outcome] = {
     "amount_mismatch": "amount_mismatch",
     "outside_limits": "outside_limits",
@@ -115,6 +119,19 @@ class SessionEvent:
     currency: str | None = None
     payment_intent: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    livemode: bool | None = None  # the event's mode, None when it does not say
+
+
+def key_livemode(secret_key: str | None) -> bool | None:
+    """The mode a provider API key works in (``sk_live_``/``rk_live_`` live, ``_test_``
+    test), None when unknown: events of the other mode are never acted on."""
+    if secret_key is None:
+        return None
+    kind, _, rest = secret_key.partition("_")
+    mode = rest.partition("_")[0]
+    if kind in ("sk", "rk") and mode in ("live", "test"):
+        return mode == "live"
+    return None
 
 
 def cents(micros: int) -> int:
@@ -207,7 +224,7 @@ async def handle_event(d: Deps, ev: SessionEvent) -> Outcome:
         outcome=outcome,
         at=d.now_ms(),
     )
-    if outcome in ("unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid"):
+    if outcome in REFUSED:
         log.warning(
             "payment event %s (%s) for session %s not credited: %s",
             ev.event_id,
@@ -221,6 +238,12 @@ async def handle_event(d: Deps, ev: SessionEvent) -> Outcome:
 async def _decide(d: Deps, ev: SessionEvent, co: Checkout | None) -> Outcome:
     if ev.type not in HANDLED:
         return "ignored"
+    key = d.settings.stripe_secret_key
+    expected = key_livemode(key.get_secret_value() if key is not None else None)
+    if expected is not None and ev.livemode is not expected:
+        # A test-mode event (a test card) must never credit, expire or fail a live
+        # deployment's checkout, nor a live one a test deployment's.
+        return "wrong_mode"
     if co is None or ev.session_id is None:
         return "unknown_checkout"
     if ev.metadata.get("workspace_id", co.workspace_id) != co.workspace_id:

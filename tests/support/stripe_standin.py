@@ -43,6 +43,7 @@ class StripeStandIn:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: int | None = None  # answer the next requests with this error status
     amount_offset: int = 0  # a provider that charges something else than asked
+    key: str = SECRET_KEY  # the API key it accepts (``sk_live_`` for a live account)
 
     def session_for(self, checkout_id: str) -> dict[str, Any]:
         return next(
@@ -86,21 +87,23 @@ def settings_with_stripe(
         redis_url,
         store_url=store_url,
         operator=True,
-        stripe_api_base=standin.url,
-        stripe_secret_key=SECRET_KEY,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        **overrides,
+        **{
+            "stripe_api_base": standin.url,
+            "stripe_secret_key": standin.key,
+            "stripe_webhook_secret": WEBHOOK_SECRET,
+            **overrides,
+        },
     )
 
 
 @asynccontextmanager
-async def stripe_standin() -> AsyncIterator[StripeStandIn]:
-    standin = StripeStandIn()
+async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
+    standin = StripeStandIn(key=key)
 
     async def create(request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         standin.seen.append(Seen(form, dict(request.headers)))
-        if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
+        if request.headers.get("Authorization") != f"Bearer {standin.key}":
             error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
             return web.json_response(error, status=401)
         if standin.fail_with is not None:
@@ -118,7 +121,12 @@ async def stripe_standin() -> AsyncIterator[StripeStandIn]:
 
 
 def event(
-    event_type: str, session: dict[str, Any], *, event_id: str | None = None, **changes: Any
+    event_type: str,
+    session: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    livemode: bool = False,
+    **changes: Any,
 ) -> bytes:
     """A provider event about ``session`` (with ``changes`` to the session object)."""
     obj = {**session, **changes}
@@ -127,7 +135,7 @@ def event(
         "object": "event",
         "api_version": "2024-06-20",
         "created": int(time.time()),
-        "livemode": False,
+        "livemode": livemode,
         "type": event_type,
         "data": {"object": obj},
     }

@@ -68,10 +68,11 @@ async def paying(
     *,
     clock: Clock | None = None,
     traffic: bool = False,
+    key: str = SECRET_KEY,
     **overrides: Any,
 ) -> AsyncIterator[Paying]:
-    """An admin server whose Stripe is the local stand-in."""
-    async with stripe_standin() as standin:
+    """An admin server whose Stripe is the local stand-in (accepting API key ``key``)."""
+    async with stripe_standin(key) as standin:
         settings = settings_with_stripe(store_url, redis_url, standin, **overrides)
         # Owner notifications stay in the outbox: the tests count them there.
         options = WebhookOptions(poll_s=3600)
@@ -385,6 +386,35 @@ async def test_events_that_must_not_credit(sqlite_paying: Paying) -> None:
     gone = event("checkout.session.expired", expired, status="expired")
     assert await outcome(gone) == "expired"
     assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
+
+
+@pytest.mark.parametrize("live_key", [False, True], ids=["test-key", "live-key"])
+async def test_events_of_the_other_mode_never_act(
+    live_key: bool, redis_url: str, tmp_path: Path
+) -> None:
+    """A test-card payment (a test-mode event) never credits a live deployment, nor a
+    live event a test one, even signed with the endpoint's secret."""
+    key = ("sk_live_" if live_key else "sk_test_") + "k" * 24
+    async with paying(f"sqlite:///{tmp_path}/store.db", redis_url, key=key) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+        session = standin.session_for(co["id"])
+
+        async def outcome(payload: bytes) -> str:
+            status, body = await deliver(admin, payload, signed(payload))
+            assert status == 200, body
+            return str(body["outcome"])
+
+        other = not live_key
+        gone = event("checkout.session.expired", session, status="expired", livemode=other)
+        assert await outcome(gone) == "wrong_mode"
+        assert await outcome(paid(session, livemode=other)) == "wrong_mode"
+        assert await paid_state(admin, ws) == (0, 0, 0, 0)
+        stored = await admin.store.get_checkout(co["id"])
+        assert stored is not None
+        assert stored.status == "open"
+        assert await outcome(paid(session, livemode=live_key)) == "credited"
+        assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
 
 
 async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_path: Path) -> None:
