@@ -10,6 +10,7 @@ what, when and the before/after values. Authorization is checked by the caller
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -37,8 +38,12 @@ def free_reference(ws_id: str) -> str:
 
 
 async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User, str]:
-    """Create a user; returns it with its token (shown once, stored as a hash)."""
-    email = check_text("email", email, 254)
+    """Create a user; returns it with its token (shown once, stored as a hash).
+
+    The email is kept in one canonical form (NFKC, lower case), so its variants (``Å``
+    and ``å``, composed and decomposed, full-width letters) name one user: free credits
+    are granted once per user. Sub-addresses (``ada+1@``) stay distinct mailboxes."""
+    email = check_text("email", unicodedata.normalize("NFKC", email).lower(), 254)
     if not EMAIL_RE.match(email):
         raise InvalidInput("email", "must be an email address such as ada@example.com")
     name = check_text("name", name)

@@ -289,6 +289,29 @@ async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(admin: 
     assert await snapshot(admin) == before
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "ÅSA@EXAMPLE.COM",  # upper case beyond ASCII (SQLite's lower() is ASCII only)
+        "A\u030asa@example.com",  # decomposed: A + combining ring
+        "\u212bsa@example.com",  # the Angstrom sign
+        "\u00c5\uff53\uff41@example.com",  # full-width letters
+    ],
+    ids=["upper", "nfd", "angstrom-sign", "fullwidth"],
+)
+async def test_variants_of_an_email_are_one_user(admin: Admin, variant: str) -> None:
+    """Free credits are once per user: a variant of a taken email cannot make another."""
+    first = {"email": "åsa@example.com", "name": "Åsa"}
+    status, body = await admin.api("POST", "/v1/users", OPERATOR_TOKEN, first)
+    assert status == 201, body
+    assert body["email"] == "åsa@example.com"
+    again = {"email": variant, "name": "Åsa"}
+    status, body = await admin.api("POST", "/v1/users", OPERATOR_TOKEN, again)
+    assert (status, body["code"]) == (409, "email_taken"), body
+    plus = {"email": "åsa+2@example.com", "name": "Åsa"}  # another mailbox
+    assert (await admin.api("POST", "/v1/users", OPERATOR_TOKEN, plus))[0] == 201
+
+
 async def test_openapi_document_matches_the_routes(admin: Admin) -> None:
     status, doc = await admin.api("GET", "/v1/openapi.json")
     assert status == 200
