@@ -21,6 +21,7 @@ from meter.accounts.plan_usage import plan_usage
 from meter.errors import InvalidInput, MeteringUnavailable
 from meter.store import UsagePoint
 from meter.timestamps import iso
+from meter.usage.export import formula_safe
 from meter.usage.live_sessions import sessions_page
 from meter.usage.series import usage
 
@@ -158,10 +159,7 @@ async def get_usage(call: Call) -> web.Response:
 
 
 def _cell(value: object) -> object:
-    """Channel user ids come from outside: keep spreadsheets from running them as formulas."""
-    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
-        return "'" + value
-    return value
+    return formula_safe(value) if isinstance(value, str) else value
 
 
 async def get_sessions(call: Call) -> web.StreamResponse:

@@ -28,6 +28,7 @@ from meter.redis_layer import keys
 from meter.store import Store
 from meter.timestamps import iso
 from meter.usage.breakdown import METRICS, breakdown, periods_of
+from meter.usage.export import formula_safe
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(resources.files("gateway").joinpath("static")))
@@ -116,7 +117,7 @@ async def _usage_chart(request: web.Request, principal: authz.Principal) -> web.
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         labels = list(data.series)
-        w.writerow(["period_start", *(names.get(k, k) for k in labels)])
+        w.writerow(["period_start", *(formula_safe(names.get(k, k)) for k in labels)])
         for i, start in enumerate(data.periods):
             row = [data.series[k][i] for k in labels]
             cells = [format_amount(v) if is_money else str(v) for v in row]

@@ -197,11 +197,14 @@ async def _session_records(
                 yield _session_record(s)
 
 
+def formula_safe(text: str) -> str:
+    """A tenant's or client's text (a channel user id, an app name) as a CSV cell that a
+    spreadsheet shows and never runs as a formula (OWASP's CSV injection advice)."""
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
 def _cell(name: str, value: Any) -> Any:
-    """Channel user ids come from outside: a spreadsheet must not run them as formulas."""
-    if name == "channel_user" and isinstance(value, str) and value.startswith(_FORMULA):
-        return "'" + value
-    return value
+    return formula_safe(value) if name == "channel_user" and isinstance(value, str) else value
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")

