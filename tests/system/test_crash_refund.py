@@ -177,8 +177,10 @@ async def test_kill_9_at_a_random_instant_charges_what_the_bot_received(
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
         # A window well above the connect timeout: a message sent late in its wait for
-        # a place is confirmed long before the gateway's own sweeper may refund it.
-        async with creditgate_serve(redis_url, tmp_path, refund_window_s=10) as sv:
+        # a place is confirmed long before the gateway's own sweeper may refund it. A
+        # busy machine must not turn admissions into 503s: a patient Redis timeout.
+        patient = {"refund_window_s": 10, "redis_timeout_s": 10}
+        async with creditgate_serve(redis_url, tmp_path, **patient) as sv:
             url = f"{sv.traffic}/hooks/web/{APP}"
             sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(1500)]
             # Kill mid-flight: once the bot has seen some, never on a timer.
@@ -297,7 +299,10 @@ async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
                {REQ_APP: {"product": "contact_center", "upstream_url": bot.url}},
                free=FREE)  # fmt: skip
     state = tmp_path / "state"
-    opts = {"state_dir": state, "fail_mode": "open", "workers": 1, "redis_timeout_s": 0.3}
+    # 500 at once wait for the bot's places: however busy the machine, never past the
+    # connect timeout (a 504 would be refunded, not owed).
+    opts = {"state_dir": state, "fail_mode": "open", "workers": 1, "redis_timeout_s": 0.3,
+            "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
 
     async def charged() -> int:
         spent = FREE - await free_credit(rclient, WS)
