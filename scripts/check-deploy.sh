@@ -99,6 +99,17 @@ for overlay in "${OVERLAYS[@]}"; do
 done
 
 # ---------------------------------------------------------------------------
+step "k8s/base/*.example.yaml"
+# Not rendered by any overlay (copied and adapted by the operator), but valid as shipped.
+for v in "${K8S_VERSIONS[@]}"; do
+  res="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" k8s/base/*.example.yaml 2>&1)"
+  rc=$?
+  if [ $rc -ne 0 ] || [ -n "$res" ]; then
+    bad "kubernetes-validate --strict -k $v (examples)"; printf '%s\n' "$res"
+  else ok "kubernetes-validate --strict -k $v k8s/base/*.example.yaml"; fi
+done
+
+# ---------------------------------------------------------------------------
 step "Prometheus rules"
 # The base's PrometheusRule itself, so the rules are checked even if no overlay
 # renders them.

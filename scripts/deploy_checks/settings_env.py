@@ -11,6 +11,7 @@ EXTERNAL = {
     "redis-url": "redis+cluster://:x@redis-cluster:6379",
     "store-url": "postgresql://creditgate:x@postgres:5432/creditgate",
     "operator-token": "x" * 32,
+    "secret-key": "y" * 32,
 }
 
 

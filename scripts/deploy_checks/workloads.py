@@ -93,7 +93,7 @@ def _references(r: Rendered, where: str, c: Doc) -> Iterator[str]:
         s = skr["name"]
         if s in r.secrets:
             data = {**(r.secrets[s].get("data") or {}), **(r.secrets[s].get("stringData") or {})}
-            if skr["key"] not in data:
+            if skr["key"] not in data and not skr.get("optional"):
                 yield f"{where}: Secret {s} has no key {skr['key']}"
         elif s not in r.external:
             yield f"{where}: Secret {s} is not rendered nor expected to exist"
@@ -131,7 +131,7 @@ def _secret_env(r: Rendered, main: Doc, env: dict[str, str]) -> dict[str, str]:
                 secret_env[e["name"]] = s["stringData"][skr["key"]]
             elif skr["key"] in (s.get("data") or {}):
                 secret_env[e["name"]] = base64.b64decode(s["data"][skr["key"]]).decode()
-        elif skr:
+        elif skr and not skr.get("optional"):  # an optional one may well be absent
             secret_env[e["name"]] = "@external:" + skr["key"]
     return secret_env
 
