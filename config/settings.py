@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # derived from secret_key; without one it is derived from operator_token (demo
     # convenience: rotating that token then needs every channel secret entered anew).
     secret_key: str | None = Field(None, min_length=16)
+    # The key (or operator token) secrets were encrypted with before secret_key changed:
+    # still read, and `serve` re-encrypts what it finds under it with the new key.
+    secret_key_previous: str | None = Field(None, min_length=16)
     require_channel_auth: bool = False
     slack_signature_window_s: Seconds = 300.0
     channel_jwt_leeway_s: float = Field(300.0, ge=0, description="clock skew allowed on JWTs")

@@ -11,7 +11,10 @@ HMAC and HS256 need the plain secret back, so secrets are stored encrypted (Fern
 key derived with HKDF from ``settings.secret_key``, else from ``operator_token`` for the
 demo), in the store (the source of truth) and in the Redis projection (field
 ``ch:<channel>`` of the app hash) that traffic workers read and decrypt. A secret is
-never returned by the API nor written to the audit log.
+never returned by the API nor written to the audit log. Rotation: with
+``secret_key_previous`` set to the old material, secrets under it are still read, and
+:func:`check_key` (``serve``'s start) re-encrypts the stored ones with the new key; the
+projection check then writes them to Redis.
 
 ``/notify`` is authenticated with an HS256 JWT signed with the channel's
 ``notify_secret``, or its secret when none is set; ``msteams`` has no secret of its own
@@ -21,10 +24,12 @@ never returned by the API nor written to the audit log.
 from __future__ import annotations
 
 import base64
+import logging
+from dataclasses import replace
 from typing import Any
 
 import orjson
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -42,6 +47,8 @@ MAX_SECRET = 512
 FIELD_PREFIX = "ch:"
 _INFO = b"creditgate channel secrets v1"
 
+log = logging.getLogger(__name__)
+
 
 def scheme_of(channel: str) -> str:
     return SCHEMES.get(channel, HS256)
@@ -52,15 +59,21 @@ def field_of(channel: str) -> str:
     return FIELD_PREFIX + channel
 
 
-def cipher(settings: Settings) -> Fernet | None:
-    """The Fernet cipher of channel secrets, or ``None`` without any key material."""
-    material = settings.secret_key or settings.operator_token
-    if not material:
-        return None
+def _fernet(material: str) -> Fernet:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
         material.encode()
     )
     return Fernet(base64.urlsafe_b64encode(key))
+
+
+def cipher(settings: Settings) -> MultiFernet | None:
+    """The cipher of channel secrets (encrypts with the current key, reads with it or
+    the previous one), or ``None`` without any key material."""
+    material = settings.secret_key or settings.operator_token
+    if not material:
+        return None
+    previous = settings.secret_key_previous
+    return MultiFernet([_fernet(material), *([_fernet(previous)] if previous else [])])
 
 
 def _check_secret(field: str, value: str) -> str:
@@ -71,7 +84,7 @@ def _check_secret(field: str, value: str) -> str:
     return value
 
 
-def _require_cipher(d: Deps) -> Fernet:
+def _require_cipher(d: Deps) -> MultiFernet:
     f = cipher(d.settings)
     if f is None:
         raise Conflict(
@@ -154,7 +167,7 @@ async def remove_channel(d: Deps, actor: str, app: App, channel: str) -> AppChan
     return before
 
 
-def decrypt(f: Fernet, token: str) -> str:
+def decrypt(f: MultiFernet, token: str) -> str:
     """A stored secret in the clear; :class:`InvalidToken` under another key."""
     return f.decrypt(token.encode()).decode()
 
@@ -174,12 +187,40 @@ async def check_key(store: Store, settings: Settings) -> int:
             f"CREDITGATE_SECRET_KEY: {len(rows)} channel secret(s) are stored but neither "
             "secret_key nor operator_token is set to decrypt them"
         )
+    current = _fernet(settings.secret_key or settings.operator_token or "")
+    rotated = 0
     try:
         for ch in rows:
-            decrypt(f, ch.secret_enc)
+            tokens = [ch.secret_enc, *([ch.notify_secret_enc] if ch.notify_secret_enc else [])]
+            for token in tokens:
+                decrypt(f, token)
+            if not all(_under(current, t) for t in tokens):
+                await store.put_app_channel(_rotated(f, ch))
+                rotated += 1
     except InvalidToken:
         raise SettingsError(
             "CREDITGATE_SECRET_KEY: the key does not decrypt the stored channel secrets "
-            "(it changed since they were set); restore it or set the secrets again"
+            "(it changed since they were set); restore it, set CREDITGATE_SECRET_KEY_PREVIOUS "
+            "to the old one, or set the secrets again"
         ) from None
+    if rotated:
+        log.info("channel secrets: %d re-encrypted with the current secret_key", rotated)
     return len(rows)
+
+
+def _under(f: Fernet, token: str) -> bool:
+    try:
+        f.decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
+
+
+def _rotated(f: MultiFernet, ch: AppChannel) -> AppChannel:
+    """``ch`` with its secrets re-encrypted under the current key (same time stamp)."""
+    notify = ch.notify_secret_enc
+    return replace(
+        ch,
+        secret_enc=f.rotate(ch.secret_enc.encode()).decode(),
+        notify_secret_enc=f.rotate(notify.encode()).decode() if notify else None,
+    )

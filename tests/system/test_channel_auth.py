@@ -568,6 +568,20 @@ async def test_secrets_that_cannot_be_decrypted_stop_start_up(
         other = settings.model_copy(update={"secret_key": "another-key-" + "o" * 20})
         with pytest.raises(SettingsError, match="does not decrypt"):
             await channel_secrets.check_key(store, other)
+        # Rotation: with the old key as the previous one, the stored secret is read and
+        # re-encrypted under the new key, so the old key may then go.
+        rotating = other.model_copy(update={"secret_key_previous": settings.secret_key})
+        assert await channel_secrets.check_key(store, rotating) == 1
+        (row,) = await store.list_app_channels()
+        new = channel_secrets.cipher(other)
+        assert new is not None
+        assert channel_secrets.decrypt(new, row.secret_enc) == "x" * 32
+        assert await channel_secrets.check_key(store, other) == 1
+        with pytest.raises(SettingsError, match="does not decrypt"):
+            await channel_secrets.check_key(store, settings)
+        await store.put_app_channel(
+            AppChannel(APP, "web", "jwt_hs256", f.encrypt(b"x" * 32).decode(), 0)
+        )
     # `creditgate serve` says so and exits 2 before it serves anything
     from tests.support.serving import CREDITGATE, creditgate_env
 
