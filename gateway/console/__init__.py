@@ -79,14 +79,17 @@ async def _usage_chart(request: web.Request, principal: authz.Principal) -> web.
     ws = q.get("ws", "")
     if not keys.ID_RE.match(ws):
         raise NotFound("workspace", ws)
+    store: Store = request.config_dict[appkeys.STORE]
+    # Authorization before validation: a workspace the caller may not see is 404 whatever
+    # else the query says.
+    _, roles = await authz.authorize_workspace(store, principal, ws, "usage.read")
     app_id = q.get("app_id") or None
     if app_id is not None and not keys.APP_RE.match(app_id):
         raise InvalidInput("app_id", "must be an app id")
     channel = q.get("channel") or None
     if channel is not None and not keys.CHANNEL_RE.match(channel):
         raise InvalidInput("channel", "must be a channel name")
-    store: Store = request.config_dict[appkeys.STORE]
-    scope = await authz.usage_scope(store, principal, ws, app_id)
+    scope = await authz.usage_scope(store, principal, ws, app_id, roles)
     now = int(request.config_dict[appkeys.CLOCK]() * 1000)
     to_ms = parse_time("to", q["to"]) if q.get("to") else now
     from_ms = parse_time("from", q["from"]) if q.get("from") else to_ms - 30 * DAY_MS

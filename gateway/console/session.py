@@ -52,7 +52,9 @@ def secure(request: web.Request) -> bool:
 
 async def load(request: web.Request) -> ConsoleSession | None:
     """The request's live console session, if its cookie names one."""
-    raw = request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+    # Over TLS only the __Host- cookie counts: a plain one can be planted by a sibling
+    # subdomain or over plain HTTP, and would sign the victim into the planter's session.
+    raw = request.cookies.get(SECURE_COOKIE if secure(request) else COOKIE)
     if not raw or len(raw) > 200:
         return None
     store: Store = request.config_dict[appkeys.STORE]

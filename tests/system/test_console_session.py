@@ -101,6 +101,24 @@ async def test_cross_site_sign_in_and_secure_cookie_over_tls(any_admin: Admin) -
         assert "Secure" in header
 
 
+async def test_a_planted_plain_cookie_is_not_a_session_over_tls(any_admin: Admin) -> None:
+    """Session fixation: a cookie planted without the __Host- prefix (from a sibling
+    subdomain, or over plain HTTP) never signs a TLS visitor into the planter's session."""
+    _, tok = await any_admin.new_user("planter")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        status, _, resp = await sign_in(http, any_admin.url, tok)  # plain HTTP: cg_session
+        assert status == 201
+        name, value = resp.headers["Set-Cookie"].split(";")[0].split("=", 1)
+    assert name == "cg_session"
+    async with aiohttp.ClientSession() as http:
+        url = f"{any_admin.url}/ui/session"
+        headers = {"Cookie": f"{name}={value}"}
+        async with http.get(url, headers=headers) as r:
+            assert (await r.json())["signed_in"] is True  # the planter's own use
+        async with http.get(url, headers={**headers, "X-Forwarded-Proto": "https"}) as r:
+            assert (await r.json()) == {"signed_in": False}
+
+
 async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
     tok, ws = await any_admin.owner_workspace()
     _, other_tok = await any_admin.new_user("other")
@@ -129,6 +147,9 @@ async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
         await sign_in(http, any_admin.url, other_tok)
         async with http.get(f"{any_admin.url}/ui/api/usage-chart?ws={ws}") as r:
             assert r.status == 404  # another's workspace does not exist for them
+        for bad in ("app_id=BAD", "channel=BAD!", "granularity=year"):  # authorized first
+            async with http.get(f"{any_admin.url}/ui/api/usage-chart?ws={ws}&{bad}") as r:
+                assert r.status == 404, bad
 
 
 async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_path: Path) -> None:
