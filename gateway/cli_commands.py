@@ -233,6 +233,11 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             print(f"{rep.workspace_id}: re-provisioned from the store")
         if rep.applied and rep.mismatches:
             print(f"{rep.workspace_id}: applied {len(rep.mismatches)} corrections")
+        if rep.unsettled:
+            print(f"{rep.workspace_id}: not corrected: balances moved while comparing "
+                  "(stop traffic, then run again)")  # fmt: skip
         bad += len(rep.mismatches)
-    _err(f"{len(reports)} workspaces, {bad} mismatches" + (" corrected" if apply else ""))
-    return 1 if bad and not apply else 0
+    unsettled = any(rep.unsettled for rep in reports)
+    done = " corrected" if apply and not unsettled else ""
+    _err(f"{len(reports)} workspaces, {bad} mismatches{done}")
+    return 1 if bad and (not apply or unsettled) else 0

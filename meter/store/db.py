@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from functools import cache
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
@@ -25,6 +26,8 @@ from meter.store.errors import Retryable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The read snapshots open in this task: (store, its snapshot connection).
+_SNAPSHOTS: ContextVar[tuple[tuple[object, Conn], ...]] = ContextVar("snapshots", default=())
 
 
 class Row(Protocol):
@@ -109,6 +112,36 @@ class StoreCore(ABC):
     @abstractmethod
     def connection(self) -> AbstractAsyncContextManager[Conn]:
         """An autocommit connection for reads and single statements."""
+
+    @abstractmethod
+    def read_snapshot(self) -> AbstractAsyncContextManager[Conn]:
+        """A read-only transaction whose view of the database is fixed by its first read."""
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[None]:
+        """One consistent view of the whole database, fixed by the first read inside the
+        block: every read of this store made by this task inside the block sees it,
+        whatever other connections commit meanwhile (REPEATABLE READ on PostgreSQL, one
+        WAL read transaction on SQLite, where it holds the store's connection: other users
+        of the same store object wait). Reads only, one at a time; a nested block shares
+        the outer view.
+        """
+        if self.pinned() is not None:
+            yield
+            return
+        async with self.read_snapshot() as conn:
+            token = _SNAPSHOTS.set((*_SNAPSHOTS.get(), (self, conn)))
+            try:
+                yield
+            finally:
+                _SNAPSHOTS.reset(token)
+
+    def pinned(self) -> Conn | None:
+        """The connection of the :meth:`snapshot` this task has open on this store."""
+        for store, conn in _SNAPSHOTS.get():
+            if store is self:
+                return conn
+        return None
 
     @abstractmethod
     async def connect(self) -> None:

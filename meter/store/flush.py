@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meter.store.db import Conn, StoreCore
+from meter.store.db import Conn, StoreCore, row_as
 from meter.store.ledger import insert_ledger_entries, ledger_params
 from meter.store.models import REFUSAL_REASONS, LedgerEntry, OutboxEvent, normalise_refused, now_ms
 from meter.store.outbox import insert_events
@@ -43,6 +43,7 @@ USAGE_COUNTERS = (
     *(f"refused_{r}" for r in REFUSAL_REASONS),
 )
 USAGE_COLUMNS = (*USAGE_KEY, *USAGE_COUNTERS)
+_BATCH_COLUMNS = "id, workspace_id, kind, bucket_start, rows, flushed_at"
 SESSION_COLUMNS = (
     "workspace_id",
     "id",
@@ -197,22 +198,24 @@ class Flush(StoreCore):
 
     async def get_flush_batch(self, batch_id: str) -> FlushBatch | None:
         """The committed batch with this id, if any (lets a flusher ack after a crash)."""
-        async with self.connection() as c:
-            r = await c.fetchrow(
-                "SELECT id, workspace_id, kind, bucket_start, rows, flushed_at "
-                "FROM flush_batches WHERE id = ?",
-                batch_id,
-            )
-        if r is None:
-            return None
-        return FlushBatch(
-            r["id"],
-            r["workspace_id"],
-            r["kind"],
-            int(r["bucket_start"]),
-            int(r["rows"]),
-            int(r["flushed_at"]),
+        return await self.one(
+            lambda r: row_as(FlushBatch, r, _BATCH_COLUMNS),
+            f"SELECT {_BATCH_COLUMNS} FROM flush_batches WHERE id = ?",
+            batch_id,
         )
+
+    async def resolved_gens(self, workspace_id: str, kind: str, bucket_start: int) -> set[int]:
+        """The gens of a bucket's batches resolved so far (written or quarantined), from
+        their ids ``<ws>:<kind>:<bucket_s>:<gen>``; ``bucket_start`` in ms."""
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT id FROM flush_batches WHERE workspace_id = ? AND bucket_start = ? "
+                "AND kind = ?",
+                workspace_id,
+                bucket_start,
+                kind,
+            )
+        return {int(str(r["id"]).rsplit(":", 1)[1]) for r in rows}
 
     async def quarantine_flush_batch(self, dead: DeadLetter) -> bool:
         """Resolve batch ``dead.id`` as quarantined: ``True`` when this call did, ``False``

@@ -147,13 +147,28 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
+        if (pinned := self.pinned()) is not None:
+            yield pinned  # inside snapshot(): its transaction
+            return
         pool = await self._get_pool()
         with _errors():
             async with pool.acquire() as raw:
                 yield _PgConn(raw)
 
     @asynccontextmanager
+    async def read_snapshot(self) -> AsyncIterator[Conn]:
+        pool = await self._get_pool()
+        with _errors():
+            async with (
+                pool.acquire() as raw,
+                raw.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield _PgConn(raw)
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
+        if self.pinned() is not None:
+            raise StoreError("a write inside a read snapshot")
         pool = await self._get_pool()
         with _errors():
             async with pool.acquire() as raw, raw.transaction():

@@ -125,12 +125,28 @@ class SqliteStore(Store):
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
+        if (pinned := self.pinned()) is not None:
+            yield pinned  # inside snapshot(): its read transaction, its lock already held
+            return
         await self.connect()
         async with self._lock:
             yield _SqliteConn(self)
 
     @asynccontextmanager
+    async def read_snapshot(self) -> AsyncIterator[Conn]:
+        await self.connect()
+        async with self._lock:
+            # A deferred transaction reads one WAL snapshot, taken at its first read.
+            await self._call(lambda c: c.execute("BEGIN"))
+            try:
+                yield _SqliteConn(self)
+            finally:
+                await asyncio.shield(self._call(_rollback))
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
+        if self.pinned() is not None:
+            raise StoreError("a write inside a read snapshot")
         await self.connect()
         async with self._lock:
             await self._call(lambda c: c.execute("BEGIN IMMEDIATE"))

@@ -6,14 +6,14 @@ One function computes what a chart shows, so its CSV is exactly the chart's numb
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from meter.redis_layer.client import RedisClient
 from meter.store import Store, UsagePoint
 from meter.store.periods import next_period, period_start
-from meter.usage.series import live_rows, merge_points, usage
+from meter.usage.series import merge_points, usage, with_live_rows
 
 Metric = Literal["sessions", "requests", "notifications", "messages", "amount", "refused"]
 By = Literal["total", "app", "channel"]
@@ -83,14 +83,20 @@ async def breakdown(
             return _by_reason(points, periods, redis is not None)
         by_key = {"total": {p.start: p for p in points}}
     else:
-        by_key = await store.usage_breakdown(
-            ws, from_ms, to_ms, granularity, by, app_id=app_id, app_ids=app_ids,
-            channel=channel,
-        )  # fmt: skip
-        if redis is not None:
-            live = await live_rows(
-                store, redis, ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
-            )
+
+        def read() -> Awaitable[dict[str, dict[int, UsagePoint]]]:
+            return store.usage_breakdown(
+                ws, from_ms, to_ms, granularity, by, app_id=app_id, app_ids=app_ids,
+                channel=channel,
+            )  # fmt: skip
+
+        if redis is None:
+            by_key = await read()
+        else:
+            by_key, live = await with_live_rows(
+                store, redis, ws, from_ms, to_ms, read, app_id=app_id, app_ids=app_ids,
+                channel=channel,
+            )  # fmt: skip
             for bucket_ms, (app, ch, _product, unit), counters in live:
                 key = app if by == "app" else ch
                 start = period_start(bucket_ms, granularity)

@@ -5,20 +5,23 @@ the shared paid pool, and the funds tied to each app (plus the granted and lapse
 totals). Usage Redis has not flushed yet (live and claimed buckets) explains part of any
 gap, so each field is reported with the raw store value, the unflushed part and the
 value Redis should hold. Every field where Redis differs from the store is listed.
+The unflushed usage and the store are read as of one moment
+(:mod:`meter.usage.unflushed`), so a flusher committing meanwhile moves no unit into
+both reads or out of both: running flushers are safe.
 
 ``apply`` writes what Redis should hold. After Redis lost its data (``FLUSHALL``) it
 first re-provisions the workspace and its apps from the store, restores the grant
 idempotency markers and moves the id counter past anything used before (so new event,
 session and claim ids cannot collide with flushed ones). Usage that was never flushed is
 gone with the data: it shows as a difference and is not charged. Run ``apply`` with
-traffic stopped; balances are corrected by increments, not overwritten.
+traffic stopped; balances are corrected by increments, not overwritten, and only when a
+second comparison finds the same (admissions moving balances meanwhile stop it).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
@@ -27,11 +30,10 @@ from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
-from meter.redis_layer.scripts import register
 from meter.store import Store
-from meter.usage.batches import fold_aggregates
+from meter.usage.unflushed import Rows, read_with_unflushed
 
-__all__ = ["SEQ_FLOOR_PER_MS", "reconcile", "store_values"]
+__all__ = ["SEQ_FLOOR_PER_MS", "compare", "reconcile", "store_values"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +73,19 @@ class Report:
     differences: list[Difference] = field(default_factory=list)
     reprovisioned: bool = False
     applied: bool = False
+    unsettled: bool = False  # not applied: balances moved while comparing
 
     @property
     def mismatches(self) -> list[Difference]:
         return [d for d in self.differences if not d.explained]
 
 
-async def _unflushed(store: Store, client: RedisClient, ws: str) -> dict[str, int]:
-    """Usage in Redis not in the store yet, as signed changes per reconciled field."""
-    snapshot: list[Any] = await register(client, "peek")(keys=[keys.ws_prefix(ws)], args=[0, 2**52])
+def _unflushed(rows: Rows, period: str) -> dict[str, int]:
+    """Unflushed usage as signed changes per reconciled field."""
     out: dict[str, int] = {}
-    period = billing_period(time.time())
-    for bucket, gen, items in snapshot:
-        if int(gen) and await store.get_flush_batch(f"{ws}:ag:{int(bucket)}:{int(gen)}"):
-            continue
-        in_period = billing_period(int(bucket)) == period
-        for (app, _ch, product, _unit), c in fold_aggregates(items).items():
+    for bucket, folded in rows:
+        in_period = billing_period(bucket) == period
+        for (app, _ch, product, _unit), c in folded.items():
             out["free"] = out.get("free", 0) - int(c.get("amount_free", 0))
             out[F_POOL] = out.get(F_POOL, 0) - int(c.get("amount_pool", 0))
             a = int(c.get("amount_app", 0))
@@ -116,13 +115,14 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
     return out
 
 
-async def reconcile_workspace(
-    store: Store, client: RedisClient, settings: Settings, ws: str, *, apply: bool = False
-) -> Report:
-    """Compare (and with ``apply`` correct) one workspace."""
+async def compare(store: Store, client: RedisClient, ws: str) -> Report:
+    """The differences of one workspace, Redis' unflushed usage and the store read as of
+    one moment (:func:`meter.usage.unflushed.read_with_unflushed`), then Redis' balances."""
     now = time.time()
-    expected = await store_values(store, ws, now)
-    live = await _unflushed(store, client, ws)
+    expected, rows = await read_with_unflushed(
+        store, client, ws, 0, 2**52, lambda: store_values(store, ws, now)
+    )
+    live = _unflushed(rows, billing_period(now))
     actual = await redis_values(client, ws, sorted(expected))
     report = Report(ws)
     for name in sorted(expected):
@@ -130,23 +130,42 @@ async def reconcile_workspace(
             report.differences.append(
                 Difference(ws, name, actual[name], expected[name], live.get(name, 0))
             )
+    return report
+
+
+async def reconcile_workspace(
+    store: Store, client: RedisClient, settings: Settings, ws: str, *, apply: bool = False
+) -> Report:
+    """Compare (and with ``apply`` correct) one workspace.
+
+    Corrections are made only when two comparisons in a row (after any re-provisioning)
+    find the same mismatches with the same Redis values: a balance that moved between
+    them (traffic not stopped) leaves Redis untouched, ``applied`` false and
+    ``unsettled`` true.
+    """
+    report = await compare(store, client, ws)
     if apply:
         report.reprovisioned = await reprovision(store, client, settings, ws)
-        await _correct(client, ws, report.mismatches, await redis_values(
-            client, ws, [d.field for d in report.mismatches]
-        ))  # fmt: skip
+        # Both after re-provisioning (it may write a workspace or an app again).
+        basis, again = await compare(store, client, ws), await compare(store, client, ws)
+        if _facts(again) != _facts(basis):
+            report.unsettled = True
+            return report
+        await _correct(client, ws, again.mismatches)
         if report.reprovisioned:
             await _restore_flags(client, ws, settings)
         report.applied = True
     return report
 
 
-async def _correct(
-    client: RedisClient, ws: str, diffs: list[Difference], now: dict[str, int | None]
-) -> None:
+def _facts(report: Report) -> list[tuple[str, int | None, int]]:
+    return [(d.field, d.redis, d.expected) for d in report.mismatches]
+
+
+async def _correct(client: RedisClient, ws: str, diffs: list[Difference]) -> None:
     period = billing_period(time.time())
     for d in diffs:
-        delta = d.expected - (now[d.field] or 0)
+        delta = d.expected - (d.redis or 0)
         if not delta:
             continue
         if d.field.startswith("app:"):

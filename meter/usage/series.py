@@ -1,24 +1,24 @@
 """Usage series for the API: the durable store merged with what Redis has not flushed yet.
 
 Flushed buckets come from ``Store.usage_series``; live buckets (still in ``P:ag:*``) and
-claimed-but-unacked ones are read in one atomic ``peek.lua`` call. A claim whose batch
-the store already committed (a flusher died before its ack) is skipped, so nothing is
-counted twice. The store is read first: a bucket flushed between the two reads could
-only be missed if claim, commit and ack all happened in that gap.
+claimed-but-unacked ones from one atomic ``peek.lua`` call. Both are read as of one
+moment (:mod:`meter.usage.unflushed`: Redis first, then the store in one snapshot that
+also says which claims it already holds), so a bucket a flusher moves meanwhile is
+counted once: never missed, never twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
-from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from meter.redis_layer.scripts import register
 from meter.store import Store, UsagePoint
 from meter.store.models import GRANULARITIES
 from meter.store.periods import period_start
-from meter.usage.batches import fold_aggregates
+from meter.usage.unflushed import read_with_unflushed
+
+T = TypeVar("T")
 
 
 def merge_points(a: UsagePoint, counters: dict[str, Any], unit: str) -> UsagePoint:
@@ -56,32 +56,32 @@ def _wanted(
     )
 
 
-async def live_rows(
+async def with_live_rows(
     store: Store,
     client: RedisClient,
     ws: str,
     from_ms: int,
     to_ms: int,
+    read: Callable[[], Awaitable[T]],
     *,
     app_id: str | None = None,
     app_ids: Collection[str] | None = None,
     channel: str | None = None,
-) -> list[tuple[int, tuple[str, str, str, str], dict[str, Any]]]:
-    """Unflushed aggregate rows ``(bucket_start_ms, (app, channel, product, unit), counters)``
-    of the app (or apps) and channel asked for, every one when not asked."""
+) -> tuple[T, list[tuple[int, tuple[str, str, str, str], dict[str, Any]]]]:
+    """``read()`` of the store, and the unflushed aggregate rows ``(bucket_start_ms, (app,
+    channel, product, unit), counters)`` of the app (or apps) and channel asked for (every
+    one when not asked), as of one moment. ``read`` must only read, through ``store``."""
     lo, hi = from_ms // 1000, (to_ms - 1) // 1000
-    snapshot: list[Any] = await register(client, "peek")(keys=[keys.ws_prefix(ws)], args=[lo, hi])
+    stored, rows = await read_with_unflushed(store, client, ws, lo, hi, read)
     out = []
-    for bucket, gen, items in snapshot:
-        bucket_ms = int(bucket) * 1000
+    for bucket, folded in rows:
+        bucket_ms = bucket * 1000
         if not from_ms <= bucket_ms < to_ms:
             continue
-        if int(gen) and await store.get_flush_batch(f"{ws}:ag:{int(bucket)}:{int(gen)}"):
-            continue  # committed; only its ack is missing
-        for key, counters in fold_aggregates(items).items():
+        for key, counters in folded.items():
             if _wanted(key, app_id, app_ids, channel):
                 out.append((bucket_ms, key, counters))
-    return out
+    return stored, out
 
 
 async def usage(
@@ -105,18 +105,22 @@ async def usage(
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}")
-    points = {
-        p.start: p
-        for p in await store.usage_series(
+
+    def read() -> Awaitable[list[UsagePoint]]:
+        return store.usage_series(
             ws, from_ms, to_ms, granularity, app_id=app_id, app_ids=app_ids, channel=channel,
             fill=fill,
-        )
-    }  # fmt: skip
+        )  # fmt: skip
+
     if include_live and redis is not None:
-        live = await live_rows(
-            store, redis, ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel
-        )
-        for bucket_ms, (_app, _ch, _product, unit), counters in live:
-            start = period_start(bucket_ms, granularity)
-            points[start] = merge_points(points.get(start, UsagePoint(start)), counters, unit)
+        stored, live = await with_live_rows(
+            store, redis, ws, from_ms, to_ms, read, app_id=app_id, app_ids=app_ids,
+            channel=channel,
+        )  # fmt: skip
+    else:
+        stored, live = await read(), []
+    points = {p.start: p for p in stored}
+    for bucket_ms, (_app, _ch, _product, unit), counters in live:
+        start = period_start(bucket_ms, granularity)
+        points[start] = merge_points(points.get(start, UsagePoint(start)), counters, unit)
     return [points[s] for s in sorted(points)]

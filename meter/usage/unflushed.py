@@ -1,0 +1,65 @@
+"""Usage Redis holds that the store has not got yet, read consistently with the store.
+
+A flush bucket goes live (``P:ag:<b>``) -> claimed (``P:c:ag:<b>:<gen>``) -> committed
+(batch ``<ws>:ag:<b>:<gen>`` and its usage rows, in one store transaction) -> acked (gone
+from Redis). "What the store holds" plus "what Redis has not flushed" counts each unit
+once only if both reads describe the same moment; they are two reads of two systems, and
+a flusher may move a bucket between them or during them. So :func:`read_with_unflushed`:
+
+1. reads Redis first, in one script (``peek.lua``): live and claimed buckets and the id
+   counter ``seq``. A claim made after this read gets a gen above ``seq``;
+2. then reads the store in one snapshot (:meth:`Store.snapshot`): the caller's read
+   (balances, ledger, series) and, in the same view, the batches resolved for each
+   bucket step 1 saw;
+3. counts a claim of step 1 as unflushed unless its batch is in that view (then the
+   caller's read holds it; a quarantined batch is resolved too), and a live bucket unless
+   the view holds a batch of that bucket with a gen above ``seq``: claimed after step 1
+   and committed before step 2, it holds all step 1 saw live (a bucket's claims follow
+   one another: the next is made only once the previous was acked).
+
+A batch the view lacks was committed after it, so its usage is in step 1 (claimed, or
+live and claimed later); one the view holds is skipped here. Whatever a flusher does
+meanwhile, every unit step 1 saw is counted exactly once. Admissions after step 1 may
+show in the store's part only (claimed and committed before step 2), never twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.redis_layer.scripts import register
+from meter.store import Store
+from meter.usage.batches import AggKey, fold_aggregates
+
+T = TypeVar("T")
+Rows = list[tuple[int, dict[AggKey, dict[str, Any]]]]  # (bucket_start_s, folded counters)
+
+
+async def read_with_unflushed(
+    store: Store,
+    client: RedisClient,
+    ws: str,
+    lo_s: int,
+    hi_s: int,
+    read: Callable[[], Awaitable[T]],
+) -> tuple[T, Rows]:
+    """``read()`` of the store and the unflushed aggregates of buckets ``lo_s..hi_s``
+    (inclusive), as of one moment (see the module doc). ``read`` runs inside the store
+    snapshot: it must only read, and only through ``store``."""
+    peek = register(client, "peek")
+    seq_raw, snapshot = await peek(keys=[keys.ws_prefix(ws)], args=[lo_s, hi_s])
+    seq = int(seq_raw)
+    out: Rows = []
+    async with store.snapshot():
+        stored = await read()
+        for bucket, gen, items in snapshot:
+            resolved = await store.resolved_gens(ws, "ag", int(bucket) * 1000)
+            # A claim: flushed if its own batch is in the view. Live: flushed if claimed
+            # after step 1 and committed before step 2.
+            flushed = int(gen) in resolved if int(gen) else max(resolved, default=0) > seq
+            if not flushed:
+                out.append((int(bucket), fold_aggregates(items)))
+    return stored, out
