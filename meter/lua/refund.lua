@@ -106,9 +106,17 @@ free, app, pool, inv = tonumber(free), tonumber(app), tonumber(pool), tonumber(i
 local wsk = P .. ':ws'
 local product = redis.call('HGET', P .. ':a:' .. app_id, 'product') or ''
 if free > 0 then
-  -- Free credits that expired meanwhile come back as lapsed, not as spendable credit.
+  -- Free credits that expired meanwhile come back as lapsed, not as spendable credit, and
+  -- the lapse is an event like any other (the flusher writes its ledger "lapse" entry).
   local exp = tonumber(redis.call('HGET', wsk, 'free_exp') or '0')
-  if now < exp then redis.call('HINCRBY', wsk, 'free', free) else redis.call('HINCRBY', wsk, 'lapsed', free) end
+  if now < exp then
+    redis.call('HINCRBY', wsk, 'free', free)
+  else
+    redis.call('HINCRBY', wsk, 'lapsed', free)
+    local seq = redis.call('HINCRBY', wsk, 'seq', 1)
+    redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
+      type = 'free_credits.expired', at = now, amount = free}))
+  end
 end
 if app > 0 then
   redis.call('HINCRBY', P .. ':a:' .. app_id, 'app', app)

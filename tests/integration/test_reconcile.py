@@ -93,3 +93,39 @@ async def test_flushall_then_apply_restores_ledger_minus_flushed_usage(
         assert d.units == 1
         seq = int(await rclient.hget(keys.ws_key(w.ws), "seq") or 0)
         assert seq > 10**15
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_free_charge_refunded_after_its_credits_lapsed_is_a_ledger_lapse_too(
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, backend: str
+) -> None:
+    """The refund gives the charge back as lapsed (not spendable): the ledger records that
+    lapse as well, so it equals Redis exactly and a rebuild brings no free credit back."""
+    url = store_url(backend, request, tmp_path)
+    redis_url: str = request.getfixturevalue("redis_url")
+    cfg = make_settings(
+        fast_flush=True, store_url=url, redis_url=redis_url, free_credit_validity_s=10.0
+    )
+    clock = Clock.past()
+    async for store in opened_store(url):
+        w = await seed_ws(rclient, store, cfg, clock, products=["agent"], free=5 * USD)
+        adm = admitter(rclient, cfg, clock)
+        d = await adm.admit(w.apps[0], "web", "u1")
+        assert d.free > 0
+        clock.advance(11)
+        assert (await adm.admit(w.apps[0], "web", "u2")).reason == "free_credits_expired"
+        assert await adm.refund(w.apps[0], d)  # the bot failed on the first
+        clock.advance(3600)
+        await Flusher(rclient, store, cfg, clock=clock).drain(force=False)
+
+        wk = keys.ws_key(w.ws)
+        assert [int(v or 0) for v in await rclient.hmget(wk, ["free", "lapsed"])] == [0, 5 * USD]
+        lapses = sorted(e.amount for e in await store.ledger_entries(w.ws, kind="lapse"))
+        assert lapses == sorted([-(5 * USD - d.free), -d.free])
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert rep.differences == []
+
+        await rclient.flushall()  # rebuilt from the store alone
+        (rebuilt,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
+        assert rebuilt.applied
+        assert [int(v or 0) for v in await rclient.hmget(wk, ["free", "lapsed"])] == [0, 5 * USD]

@@ -342,8 +342,9 @@ class Workspace:
         a = self.apps[app_id]
         if now < self.free_exp:
             self.free += rec.free
-        else:
+        elif rec.free:
             self.lapsed += rec.free
+            self._event("free_credits.expired")
         a.app += rec.app
         self.pool += rec.pool
         s = self.sessions.get((app_id, rec.channel, rec.user))
