@@ -130,6 +130,7 @@ class Settings(BaseSettings):
 
     # Durable usage.
     flush_interval_s: Seconds = 5.0
+    # Divides an hour: a bucket never straddles an hour, a day or a billing month.
     flush_bucket_s: int = Field(60, ge=1, le=3600)
     flush_grace_s: Seconds = 5.0
     # How often Redis's copy of the store's configuration and grants is checked and
@@ -188,6 +189,18 @@ class Settings(BaseSettings):
     @classmethod
     def _store_url(cls, value: str) -> str:
         return check_store_url(value)
+
+    @field_validator("flush_bucket_s")
+    @classmethod
+    def _flush_bucket_s(cls, value: int) -> int:
+        # Usage is stored by bucket start: a bucket straddling a boundary would put usage
+        # in the hour (or month) before the one the licence counter counted it in.
+        if 3600 % value:
+            raise ValueError(
+                f"{value} does not divide 3600 (an hour) evenly: use a divisor such as "
+                "1, 5, 10, 15, 30, 60, 300, 600, 900 or 3600"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -96,10 +96,11 @@ def test_version_and_help_explain_themselves(tmp_path: Path) -> None:
             {"upstream_connect_timeout_s": "81"},  # the refund window: 120 s
             ("refund_window_s must be at least 1.5 x upstream_connect_timeout_s",),
         ),
+        ({"flush_bucket_s": "7"}, ("CREDITGATE_FLUSH_BUCKET_S", "does not divide 3600")),
     ],
     ids=[
         *("typo", "enum", "fail-mode", "mysql", "sqlite-no-path", "redis-scheme", "port"),
-        *("json", "wait-past-refund"),
+        *("json", "wait-past-refund", "bucket-straddles-hours"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(

@@ -1,0 +1,32 @@
+"""Settings that must agree with each other or with the calendar."""
+
+from __future__ import annotations
+
+import calendar
+
+import pytest
+from pydantic import ValidationError
+
+from config import Settings
+from meter.redis_layer.billing_period import billing_period
+
+
+@pytest.mark.parametrize("width", [7, 11, 1000, 2000, 3599])
+def test_a_flush_bucket_that_does_not_divide_an_hour_is_refused(width: int) -> None:
+    with pytest.raises(ValidationError, match="does not divide 3600"):
+        Settings(flush_bucket_s=width)
+
+
+def test_every_flush_bucket_allowed_starts_in_the_month_of_its_messages() -> None:
+    """A message at 2027-02-01 00:00:03 is counted in February by the licence counter:
+    its bucket must start in February too, whatever width is allowed."""
+    t = calendar.timegm((2027, 2, 1, 0, 0, 3))
+    allowed = []
+    for width in range(1, 3601):
+        try:
+            Settings(flush_bucket_s=width)
+        except ValidationError:
+            continue
+        allowed.append(width)
+        assert billing_period(t // width * width) == billing_period(t), width
+    assert allowed == [w for w in range(1, 3601) if 3600 % w == 0]
