@@ -54,7 +54,7 @@ def _allow_list(value: object) -> object:
         except ValueError:
             pass
         last = entry.rsplit(".", 1)[-1]
-        if not _HOST_PATTERN.match(entry) or last.isdigit() or last.startswith("0x"):
+        if not _HOST_PATTERN.fullmatch(entry) or last.isdigit() or last.startswith("0x"):
             raise ValueError(
                 f"{item!r} is neither a network (CIDR, host bits zero) nor a host name"
             )

@@ -60,7 +60,9 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
             continue
         if upper.removeprefix(ENV_PREFIX).startswith(_RESERVED_PREFIXES):
             continue
-        if _SERVICE_LINK.match(upper) or (upper.endswith("_PORT") and _LINK_VALUE.match(env[key])):
+        if _SERVICE_LINK.fullmatch(upper) or (
+            upper.endswith("_PORT") and _LINK_VALUE.match(env[key])
+        ):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f": did you mean {close[0]}?" if close else ""

@@ -23,7 +23,7 @@ def parse_amount(text: object, *, places: int = 6) -> int:
 
     ``places`` caps the decimals accepted: prices may use six, top-ups only cents (2).
     """
-    if not isinstance(text, str) or not _AMOUNT.match(text):
+    if not isinstance(text, str) or not _AMOUNT.fullmatch(text):
         raise InvalidAmount(f"not a plain decimal amount: {text!r}")
     _, _, frac = text.partition(".")
     if len(frac) > places:

@@ -148,7 +148,7 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         else:
             principal = await authenticate(d.store, d.settings.operator_token, auth)
         for name, pattern in route.params.items():
-            if not pattern.match(request.match_info[name]):
+            if not pattern.fullmatch(request.match_info[name]):
                 raise NotFound(KINDS.get(name, name), request.match_info[name])
         # Authorization before the query or body is even read (docs/design.md §3).
         grant = await route.access.grant(d.store, principal, request.match_info)

@@ -77,17 +77,17 @@ async def usage_chart(request: web.Request) -> web.Response:
 async def _usage_chart(request: web.Request, principal: authz.Principal) -> web.Response:
     q = request.query
     ws = q.get("ws", "")
-    if not keys.ID_RE.match(ws):
+    if not keys.ID_RE.fullmatch(ws):
         raise NotFound("workspace", ws)
     store: Store = request.config_dict[appkeys.STORE]
     # Authorization before validation: a workspace the caller may not see is 404 whatever
     # else the query says.
     _, roles = await authz.authorize_workspace(store, principal, ws, "usage.read")
     app_id = q.get("app_id") or None
-    if app_id is not None and not keys.APP_RE.match(app_id):
+    if app_id is not None and not keys.APP_RE.fullmatch(app_id):
         raise InvalidInput("app_id", "must be an app id")
     channel = q.get("channel") or None
-    if channel is not None and not keys.CHANNEL_RE.match(channel):
+    if channel is not None and not keys.CHANNEL_RE.fullmatch(channel):
         raise InvalidInput("channel", "must be a channel name")
     scope = await authz.usage_scope(store, principal, ws, app_id, roles)
     now = int(request.config_dict[appkeys.CLOCK]() * 1000)

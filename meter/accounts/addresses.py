@@ -102,9 +102,9 @@ def check_host_name(host: str) -> str:
     if name.endswith("."):
         name = name[:-1]
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise EgressRefused(f"host {host!r} is not a valid host name")
-    if _NUMERIC_LABEL.match(labels[-1]):
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
         try:
             ipaddress.IPv4Address(name)
         except ValueError:

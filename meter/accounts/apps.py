@@ -27,7 +27,7 @@ UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
 def new_app_id(ws_id: str) -> str:
     """``<workspace>_<random suffix>``: admission finds the workspace without a lookup."""
     app_id = f"{ws_id}_{secrets.token_hex(6)}"
-    assert keys.APP_RE.match(app_id), app_id
+    assert keys.APP_RE.fullmatch(app_id), app_id
     return app_id
 
 

@@ -140,7 +140,7 @@ def bearer(header: str | None) -> str:
         scheme.lower() != "bearer"
         or not token
         or len(token) > MAX_TOKEN_LEN
-        or not TOKEN_RE.match(token)
+        or not TOKEN_RE.fullmatch(token)
     ):
         raise Unauthorized("malformed Authorization header; expected Bearer <token>")
     return token

@@ -121,7 +121,7 @@ async def project_app_channels(store: Store, client: RedisClient, app_id: str) -
 
 
 def _check_channel(channel: str) -> str:
-    if not keys.CHANNEL_RE.match(channel):
+    if not keys.CHANNEL_RE.fullmatch(channel):
         raise InvalidInput("channel", "must be a channel name: lowercase letters, digits, _ or -")
     return channel
 

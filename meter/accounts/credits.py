@@ -49,7 +49,7 @@ def parse_topup(d: Deps, amount: str) -> int:
 
 
 def funds_reference(reference: str) -> str:
-    if not REFERENCE_RE.match(reference):
+    if not REFERENCE_RE.fullmatch(reference):
         raise InvalidInput("reference", "must be 1-100 of A-Z a-z 0-9 . _ : -")
     return "funds:" + reference
 

@@ -89,7 +89,7 @@ async def put_workspace(
 ) -> None:
     """Write a workspace's plan, prices, licences and the owner's low-balance threshold
     (``None``: the settings' default; balances are left alone)."""
-    if not keys.ID_RE.match(ws):
+    if not keys.ID_RE.fullmatch(ws):
         raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
     lic = licences or {}
     fields = workspace_fields(plan, catalog, lic)

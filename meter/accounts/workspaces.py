@@ -44,7 +44,7 @@ async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User,
     and ``å``, composed and decomposed, full-width letters) name one user: free credits
     are granted once per user. Sub-addresses (``ada+1@``) stay distinct mailboxes."""
     email = check_text("email", unicodedata.normalize("NFKC", email).lower(), 254)
-    if not EMAIL_RE.match(email):
+    if not EMAIL_RE.fullmatch(email):
         raise InvalidInput("email", "must be an email address such as ada@example.com")
     name = check_text("name", name)
     if await d.store.get_user_by_email(email) is not None:

@@ -30,7 +30,7 @@ class Targets:
             if len(self._ws_of) < _CACHE_MAX:
                 self._ws_of[app_id] = ws
         if channel not in self._channels:
-            if not keys.CHANNEL_RE.match(channel):
+            if not keys.CHANNEL_RE.fullmatch(channel):
                 return None
             if len(self._channels) < _CACHE_MAX:
                 self._channels.add(channel)

@@ -61,6 +61,9 @@ import re
 
 PREFIX = "cg"
 
+# Check input with ``fullmatch``: ``$`` also matches before a final newline, so ``match``
+# would take "web\n" for "web". (``$``, not ``\Z``: the patterns also go into the
+# OpenAPI schema, where ``$`` means the end of the text.)
 ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
 APP_RE = re.compile(r"^([a-z0-9]{4,32})_([a-z0-9]{4,32})$")
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -77,7 +80,7 @@ def workspace_of(app_id: str) -> str | None:
     App ids are ``<workspace>_<suffix>``, so admission needs no lookup to find the
     hash tag, and an app can never move to another workspace.
     """
-    m = APP_RE.match(app_id)
+    m = APP_RE.fullmatch(app_id)
     return m.group(1) if m else None
 
 

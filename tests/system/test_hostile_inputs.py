@@ -233,6 +233,9 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
             "notify without delivery url",
             call("POST", f"{t}/notify/web/{app}", data=b"{}", headers=user),
         ),
+        # A name followed by a newline ("$" of a pattern matches before one) is no name.
+        ("channel + newline", call("POST", f"{t}/hooks/web%0A/{app}", data=b"{}", headers=user)),
+        ("app + newline", call("POST", f"{t}/hooks/web/{app}%0A", data=b"{}", headers=user)),
     ]
     admin_cases: list[Case] = [
         ("no token", call("GET", f"{a}/v1/workspaces/{ws}")),
@@ -286,6 +289,16 @@ async def test_hostile_inputs_change_nothing_and_never_fail_the_server(
             ),
         ),
         ("stripe event no signature", call("POST", f"{a}/v1/payments/stripe/webhook", data=b"{}")),
+        (
+            "channel secret, channel + newline",
+            call(
+                "PUT",
+                f"{a}/v1/apps/{app}/channels/web%0A",
+                headers=bearer,
+                json={"secret": "s" * 32},
+            ),
+        ),
+        ("workspace + newline", call("GET", f"{a}/v1/workspaces/{ws}%0A", headers=bearer)),
     ]
     before = _stable(await snapshot(admin))
     calls0 = bot.count()

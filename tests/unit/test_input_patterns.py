@@ -1,0 +1,47 @@
+"""Names and values checked against a pattern: ``$`` also matches before a final newline,
+so a name followed by one must still be refused (``fullmatch``), never taken as another
+name ("web\\n" is not the channel "web", nor a channel of its own)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from config.money import parse_amount
+from meter.accounts.addresses import EgressRefused, check_host_name
+from meter.accounts.authz import bearer
+from meter.accounts.channel_secrets import _check_channel
+from meter.accounts.credits import funds_reference
+from meter.admission.targets import Targets
+from meter.errors import InvalidInput, Unauthorized
+from meter.redis_layer import keys
+
+APP = "abcd_efgh"
+
+
+def test_an_app_id_or_channel_with_a_final_newline_has_no_workspace() -> None:
+    assert keys.workspace_of(APP) == "abcd"
+    assert keys.workspace_of(APP + "\n") is None
+    assert Targets().workspace(APP, "web", "u", "") == "abcd"
+    assert Targets().workspace(APP, "web\n", "u", "") is None
+    assert Targets().workspace(APP + "\n", "web", "u", "") is None
+
+
+@pytest.mark.parametrize(
+    ("check", "good", "error"),
+    [
+        (parse_amount, "500.00", ValueError),
+        (check_host_name, "bot.internal", EgressRefused),
+        (lambda t: bearer(f"Bearer {t}"), "cgu_token", Unauthorized),
+        (funds_reference, "ref-1", InvalidInput),
+        (_check_channel, "web", InvalidInput),
+    ],
+    ids=["amount", "host", "bearer", "reference", "channel"],
+)
+def test_a_final_newline_is_refused(
+    check: Callable[[str], object], good: str, error: type[Exception]
+) -> None:
+    check(good)
+    with pytest.raises(error):
+        check(good + "\n")
