@@ -220,6 +220,15 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def stripe_livemode(self) -> bool | None:
+        """The mode of ``stripe_secret_key`` (``sk_live_``/``rk_live_``: live, ``_test_``:
+        test), None when unknown: provider events of the other mode are never acted on."""
+        key = self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else ""
+        kind, _, rest = key.partition("_")
+        mode = rest.partition("_")[0]
+        return mode == "live" if kind in ("sk", "rk") and mode in ("live", "test") else None
+
+    @property
     def redis_cluster(self) -> bool:
         return self.redis_url.startswith("redis+cluster://")
 

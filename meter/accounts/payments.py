@@ -41,19 +41,10 @@ ASYNC_FAILED = "checkout.session.async_payment_failed"
 EXPIRED = "checkout.session.expired"
 HANDLED = frozenset({COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED, EXPIRED})
 
-Outcome = Literal[
-    "credited",
-    "already_credited",
-    "pending",
-    "expired",
-    "failed",
-    "ignored",
-    "unknown_checkout",
-    "amount_mismatch",
-    "outside_limits",
-    "not_prepaid",
-    "wrong_mode",
-]
+# What an event did (the webhook's answer and payment_events.outcome).
+Outcome = Literal["credited", "already_credited", "pending", "expired", "failed", "ignored",
+                  "unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid",
+                  "wrong_mode"]  # fmt: skip
 
 REFUSED = frozenset(
     {"unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid", "wrong_mode"}
@@ -120,18 +111,6 @@ class SessionEvent:
     payment_intent: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     livemode: bool | None = None  # the event's mode, None when it does not say
-
-
-def key_livemode(secret_key: str | None) -> bool | None:
-    """The mode a provider API key works in (``sk_live_``/``rk_live_`` live, ``_test_``
-    test), None when unknown: events of the other mode are never acted on."""
-    if secret_key is None:
-        return None
-    kind, _, rest = secret_key.partition("_")
-    mode = rest.partition("_")[0]
-    if kind in ("sk", "rk") and mode in ("live", "test"):
-        return mode == "live"
-    return None
 
 
 def cents(micros: int) -> int:
@@ -238,8 +217,7 @@ async def handle_event(d: Deps, ev: SessionEvent) -> Outcome:
 async def _decide(d: Deps, ev: SessionEvent, co: Checkout | None) -> Outcome:
     if ev.type not in HANDLED:
         return "ignored"
-    key = d.settings.stripe_secret_key
-    expected = key_livemode(key.get_secret_value() if key is not None else None)
+    expected = d.settings.stripe_livemode
     if expected is not None and ev.livemode is not expected:
         # A test-mode event (a test card) must never credit, expire or fail a live
         # deployment's checkout, nor a live one a test deployment's.
