@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # Deliveries of one idempotency key that are served (the original included); the
     # next is refused 409 duplicate_delivery.
     idempotency_max_deliveries: int = Field(5, ge=1, le=1000)
+    # Keyed messages that took no money (inside a paid billing session) whose key is
+    # remembered the whole idempotency window, per app and window; past it a key is
+    # remembered only the refund window (a later redelivery is a new message). Bounds
+    # what anonymous clients can make Redis hold for free (admit_batch.lua free_ttl).
+    idempotency_max_free_keys_per_app: int = Field(50_000, ge=1, le=100_000_000)
     # A charge not confirmed as forwarded within this window (the gateway died between
     # the charge and the forward) is refunded by the sweeper.
     refund_window_s: Seconds = 120.0

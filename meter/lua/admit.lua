@@ -24,7 +24,9 @@
 -- ARGV[14]  deliveries honoured per idempotency key (the original included)
 -- ARGV[15]  reservation window (ms): a charge not confirmed as forwarded within it is
 --           refunded by the sweeper (the gateway died between charge and forward)
--- ARGV[16..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
+-- ARGV[16]  keyed records that took no money kept the whole idempotency window, per app
+--           and window (past it such a record lives the refund window: free_ttl below)
+-- ARGV[17..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
 --           digest: the message's fingerprint (hex) or "": a redelivery whose digest
 --           differs from the recorded one is another message under a reused key (code 8);
 --           key: the channel's idempotency key or "". A key belongs to one app, channel
@@ -37,9 +39,14 @@
 --           "c": a check (WebSocket upgrade): suspension, licence and credit for one more
 --           unit, nothing charged, counted or recorded.
 -- A charged admission (and any admitted one with a channel key) leaves the charge record
--- P:i:<app>:<rid> = "token\tdeliveries\tdigest\tunits\tbsid\tfree\tapp\tpool\tinv\tchannel\t
--- unit\tuser" (expiring with the idempotency or refund window): the duplicate check for
--- redeliveries and what refund.lua reverses. A redelivery appends "\t<its token>" (then
+-- P:i:<app>:<name> = "token\tdeliveries\tdigest\tunits\tbsid\tfree\tapp\tpool\tinv\t
+-- channel\tunit\tuser" (expiring with the idempotency or refund window): the duplicate
+-- check for redeliveries and what refund.lua reverses. <name> is the rid, or a digest of
+-- a long one (lib_records.lua). Only refund.lua reads channel, unit and user, and only
+-- of a charge (units 1): a record of no unit leaves the three empty, a charge outside a
+-- billing session (bsid "") the user (each up to 256 characters, and anyone may send
+-- keyed messages inside a paid session for free). Those free keyed records are also
+-- counted per app (free_ttl in admit_batch.lua), so their number is bounded too. A redelivery appends "\t<its token>" (then
 -- ",<token>" each): the deliveries whose failures refund.lua counts (marked "-" there)
 -- before it gives the charge back. A charged, not yet settled one is also
 -- reserved in P:rsv ("<app>:<rid>" -> deadline ms) until the gateway confirms that it
@@ -89,11 +96,13 @@ local PAID_FIRST = ARGV[7] == 'p'
 local PERIOD = ARGV[12]
 local REFUND_TTL = ARGV[13]
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
-local FIRST = 16
+local FREE_KEYS -- ARGV[16]: made when first needed
+local FIRST = 17
 local NB = 60 -- buckets per rolling window
 local bucket = math.floor(now / 1000 / FB) * FB
 
 -- #include lib_sessions.lua
+-- #include lib_records.lua
 -- #include admit_batch.lua
 
 -- The full path's functions are made when an admission first needs them: a call whose
@@ -148,6 +157,14 @@ if #wset > 0 then redis.call('HSET', wsk, unpack(wset)) end
 for id, a in pairs(apps) do
   if a and a.dirty then
     redis.call('HSET', P .. ':a:' .. id, F_APP, D(a.app), 'inactive', a.inactive and '1' or '0')
+  end
+  if a and a.fk and a.fk > a.fk0 then
+    -- A new count lives one idempotency window, as the records it counts.
+    if a.fk0 == 0 then
+      redis.call('SET', P .. ':ik:' .. id, D(a.fk), 'PX', IDEM_TTL)
+    else
+      redis.call('INCRBY', P .. ':ik:' .. id, D(a.fk - a.fk0))
+    end
   end
 end
 for _, r in pairs(rates) do

@@ -91,6 +91,29 @@ local function app_of(id)
   return a
 end
 
+-- The lifetime of a keyed record that took no money (a message inside a paid billing
+-- session; in shadow mode, one without credit). Paid records are bounded by what they
+-- cost; these cost nothing, and anonymous clients of an unauthenticated channel can make
+-- one per message, so they are counted per app in P:ik:<app> (a count that lives one
+-- idempotency window from its first record, then starts again: at most twice ARGV[16]
+-- are alive). Within ARGV[16] a record lives the idempotency window; past it, the refund
+-- window, as a record without a key: a redelivery within that is still known, a later
+-- one is a new message (inside a paid session, free again). One GET per app and call.
+local function free_ttl(app_id, a)
+  local n = a.fk
+  if n == nil then
+    n = (redis.call('GET', P .. ':ik:' .. app_id) or 0) + 0
+    a.fk0 = n
+    FREE_KEYS = FREE_KEYS or ARGV[16] + 0
+  end
+  if n >= FREE_KEYS then
+    a.fk = n
+    return REFUND_TTL
+  end
+  a.fk = n + 1
+  return IDEM_TTL
+end
+
 -- Rolling window: NB buckets of WIN/NB ms; fields <bucket index> -> count, plus t (total),
 -- o (oldest index possibly present) and n (newest written). Counting buckets from
 -- cur-NB on covers a little more than the window, so the limit is never exceeded.

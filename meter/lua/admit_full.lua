@@ -70,10 +70,20 @@ local function charge(m)
 end
 
 -- The charge record (redelivery check, what a refund reverses) and, for a charge not
--- yet settled, its reservation until the forward is confirmed.
+-- yet settled, its reservation until the forward is confirmed. Channel, unit and user
+-- only where a refund reads them: a charge's, the user only of one that opened a
+-- billing session (see admit.lua). A keyed record that took no money lives as long as
+-- free_ttl allows (admit_batch.lua).
 local function record(m, units, bsid, free, app, pool, inv)
+  local ch, unit, user, ttl = m.ch, m.unit, m.user, m.ttl
+  if units == 0 then
+    ch, unit, user = '', '', ''
+  elseif bsid == '' then
+    user = ''
+  end
+  if m.idem ~= '' and free + app + pool + inv == 0 then ttl = free_ttl(m.app_id, m.a) end
   redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', m.token,
-    m.digest, units, bsid, free, app, pool, inv, m.ch, m.unit, m.user), 'PX', m.ttl)
+    m.digest, units, bsid, free, app, pool, inv, ch, unit, user), 'PX', ttl)
   if units > 0 and not m.settle then
     DEADLINE = DEADLINE or D(now + ARGV[15])
     redis.call('ZADD', P .. ':rsv', DEADLINE, m.app_id .. ':' .. m.rid)
@@ -82,8 +92,13 @@ end
 
 -- Everything but the short path: redeliveries, refusals, charges, new sessions.
 local function full(m)
-  local seen = redis.call('GET', m.ik)
-  if seen then return seen_before(m, m.ik, seen) end
+  local ik = m.ik
+  local seen = redis.call('GET', ik)
+  if not seen and m.old then
+    ik = m.old
+    seen = redis.call('GET', ik)
+  end
+  if seen then return seen_before(m, ik, seen) end
   local a = m.a
   local code, retry, rt, shadowed = gate(m)
   if code ~= 0 then return refuse(m.fkey, code, retry, m.token) end

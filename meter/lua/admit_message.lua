@@ -20,23 +20,30 @@ local function fast(app_id, a, pr, fkey, token, fld, found, fkb, idem, ch, user,
   if a.suspended or (W.ent and not pr.lic) then return false end
   local code, _, rt = rate_check(app_id, a, pr)
   if code ~= 0 then return false end
-  local ik
+  local ik, old
   if idem ~= '' then
     -- A record under the key: a redelivery or the same attempt again (the full path).
-    ik = P .. ':i:' .. app_id .. ':k:' .. ch .. '\t' .. user .. '\t' .. idem
-    if redis.call('GET', ik) then return false end
+    ik, old = record_keys(app_id, 'k:' .. ch .. '\t' .. user .. '\t' .. idem)
+    if old then
+      if redis.call('EXISTS', ik, old) > 0 then return false end
+    elseif redis.call('GET', ik) then
+      return false
+    end
     if since > dl then d = D(since) end
   elseif since <= dl then
     -- A retried call carries its original "now", never later than the last message the
     -- entry saw: only then can this token have a charge record (it paid this block).
-    if redis.call('GET', P .. ':i:' .. app_id .. ':t:' .. token) then return false end
+    ik, old = record_keys(app_id, 't:' .. token)
+    if redis.call('GET', ik) or (old and redis.call('GET', old)) then return false end
+    ik = nil
   else
     d = D(since)
   end
   count_rate(rt)
   if ik then
-    redis.call('SET', ik, string.format('%s\t1\t%s\t0\t%s\t0\t0\t0\t0\t%s\tsession\t%s', token,
-      digest, bsid, ch, user), 'PX', IDEM_TTL)
+    -- No unit: channel, unit and user are left empty (only a refund reads them).
+    redis.call('SET', ik, string.format('%s\t1\t%s\t0\t%s\t0\t0\t0\t0\t\t\t', token, digest,
+      bsid), 'PX', free_ttl(app_id, a))
   end
   redis.call('HSET', SRK[fkb], fld, cs .. ',' .. d .. ',' .. blocks .. ',' .. bsid .. ',' ..
     D(msgs + 1) .. ',' .. rest)
@@ -73,13 +80,15 @@ local function admit_one(arg)
     if found and kind == 'm' and not a.shadow
       and fast(app_id, a, pr, fkey, token, sfld, found, fkb, idem, ch, user, digest) then return end
   end
-  -- The charge record's id and lifetime (meter/redis_layer/keys.py record_id).
+  -- The charge record's id and lifetime (meter/redis_layer/keys.py record_id), and its
+  -- key (old: where an earlier version kept it, see lib_records.lua).
   local rid, ttl = 'k:' .. ch .. '\t' .. user .. '\t' .. idem, IDEM_TTL
   if idem == '' then rid, ttl = 't:' .. token, REFUND_TTL end
+  local ik, old = record_keys(app_id, rid)
   if not full then full, check = full_path() end
   -- m: the admission, built in one constructor (sized once).
   full({app_id = app_id, ch = ch, user = user, idem = idem, token = token, digest = digest,
     settle = kind == 'M' or kind == 'N', a = a, pr = pr, unit = unit, price = price,
-    fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid, ttl = ttl,
-    ik = P .. ':i:' .. app_id .. ':' .. rid})
+    fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid, ttl = ttl, ik = ik,
+    old = old})
 end

@@ -32,7 +32,8 @@
 -- charged, a delivery other than the last to fail (its failure is recorded), or a charge
 -- that opened a billing session other messages were then served in (it was used; the
 -- reservation is settled).
--- The charge is read from its record P:i:<app>:<key> (see admit.lua). A failure of the
+-- The charge is read from its record P:i:<app>:<name> (see admit.lua; lib_records.lua
+-- names it, and finds one an earlier version wrote). A failure of the
 -- original also settles its reservation in P:rsv (one member per record: "<app>:<rid>");
 -- redeliveries are never reserved.
 
@@ -43,10 +44,15 @@ local BLOCK, IDLE = tonumber(ARGV[7]), tonumber(ARGV[8])
 local NONE = {0, 0, 0, 0, 0}
 
 -- #include lib_sessions.lua
+-- #include lib_records.lua
 
-local ik = P .. ':i:' .. app_id .. ':' .. key
+local ik, old = record_keys(app_id, key)
 local rsv, member = P .. ':rsv', app_id .. ':' .. key
 local rec = redis.call('GET', ik)
+if not rec and old then
+  ik = old
+  rec = redis.call('GET', ik)
+end
 if not rec then
   redis.call('ZREM', rsv, member)
   return NONE

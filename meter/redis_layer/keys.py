@@ -26,10 +26,14 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.
-``P:i:<app>:<rid>``   string charge record of an admitted message (see admit.lua): the
+``P:i:<app>:<name>``  string charge record of an admitted message (see admit.lua): the
                              redelivery check for its channel key, what a refund reverses;
-                             ``rid`` is :func:`record_id` (the key belongs to one app,
-                             channel and channel user).
+                             ``name`` is :func:`record_name` of the :func:`record_id` (the
+                             key belongs to one app, channel and channel user).
+``P:ik:<app>``        string keyed records of the app that took no money, counted for one
+                             idempotency window from the first (admit_batch.lua free_ttl):
+                             past ``IDEMPOTENCY_MAX_FREE_KEYS_PER_APP`` such a record lives
+                             only the refund window.
 ``P:rf:<token>``      string a refused attempt (10 s): its refusal is counted once even if the
                              script call is retried after a lost reply.
 ``P:rsv``             zset   charged messages not yet confirmed as forwarded: ``<app>:<rid>`` ->
@@ -57,6 +61,7 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 PREFIX = "cg"
@@ -92,8 +97,33 @@ def app_key(ws: str, app: str) -> str:
     return f"{ws_prefix(ws)}:a:{app}"
 
 
-def idem_key(ws: str, app: str, key: str) -> str:
-    return f"{ws_prefix(ws)}:i:{app}:{key}"
+def idem_key(ws: str, app: str, rid: str) -> str:
+    """The charge record of :func:`record_id` ``rid`` (where admit.lua writes it)."""
+    return f"{ws_prefix(ws)}:i:{app}:{record_name(rid)}"
+
+
+def legacy_idem_key(ws: str, app: str, rid: str) -> str:
+    """Where earlier versions kept that record (still read, see lib_records.lua)."""
+    return f"{ws_prefix(ws)}:i:{app}:{rid}"
+
+
+# A record id longer than this (bytes) is named by its digest: "h:" and 40 hex digits.
+RID_NAME_MAX = 42
+
+
+def record_name(rid: str) -> str:
+    """The name of a charge record: its id, or for an id longer than a digest (a channel
+    user and key may be 256 characters each) ``h:<sha1 hex of the id>``. Mirrored in
+    meter/lua/lib_records.lua."""
+    raw = rid.encode()
+    if len(raw) <= RID_NAME_MAX:
+        return rid
+    return "h:" + hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+
+
+def free_keys_key(ws: str, app: str) -> str:
+    """The count of the app's keyed records that took no money (see the layout above)."""
+    return f"{ws_prefix(ws)}:ik:{app}"
 
 
 def record_id(channel: str, user: str, key: str, token: str) -> str:

@@ -31,8 +31,9 @@ def lua_source(name: str) -> str:
     file is kept in fragments: each ``-- #include <file>.lua`` line of ``<name>.lua`` is
     replaced, at load time, by that file of ``meter/lua`` (one level: a fragment includes
     nothing). The fragments become part of one chunk and share the script's locals, in
-    the order the script includes them (``admit.lua``: ``lib_sessions``, ``admit_batch``,
-    ``admit_rules``, ``admit_full``, ``admit_message``; ``refund.lua``: ``lib_sessions``;
+    the order the script includes them (``admit.lua``: ``lib_sessions``, ``lib_records``,
+    ``admit_batch``, ``admit_rules``, ``admit_full``, ``admit_message``; ``refund.lua``:
+    ``lib_sessions``, ``lib_records``;
     ``peek.lua`` and ``peek_sessions.lua``: ``lib_peek``). admit.lua includes
     ``admit_rules`` and ``admit_full`` inside a function, made only when needed.
     """
