@@ -33,9 +33,8 @@ local function fast(app_id, a, pr, fkey, token, fld, found, fkb, idem, ch, user,
   elseif since <= dl then
     -- A retried call carries its original "now", never later than the last message the
     -- entry saw: only then can this token have a charge record (it paid this block).
-    ik, old = record_keys(app_id, 't:' .. token)
-    if redis.call('GET', ik) or (old and redis.call('GET', old)) then return false end
-    ik = nil
+    -- (lib_records.lua: "t:<token>" is its own name.)
+    if redis.call('GET', P .. ':i:' .. app_id .. ':t:' .. token) then return false end
   else
     d = D(since)
   end

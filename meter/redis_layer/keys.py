@@ -107,16 +107,16 @@ def legacy_idem_key(ws: str, app: str, rid: str) -> str:
     return f"{ws_prefix(ws)}:i:{app}:{rid}"
 
 
-# A record id longer than this (bytes) is named by its digest: "h:" and 40 hex digits.
+# The id of a channel key longer than this (bytes) is named by its digest: "h:" and 40 hex digits.
 RID_NAME_MAX = 42
 
 
 def record_name(rid: str) -> str:
-    """The name of a charge record: its id, or for an id longer than a digest (a channel
-    user and key may be 256 characters each) ``h:<sha1 hex of the id>``. Mirrored in
-    meter/lua/lib_records.lua."""
+    """The name of a charge record: its id, or for the id of a channel key longer than a
+    digest (a channel user and key may be 256 characters each) ``h:<sha1 hex of the
+    id>``. Mirrored in meter/lua/lib_records.lua."""
     raw = rid.encode()
-    if len(raw) <= RID_NAME_MAX:
+    if len(raw) <= RID_NAME_MAX or not rid.startswith("k:"):
         return rid
     return "h:" + hashlib.sha1(raw, usedforsecurity=False).hexdigest()
 
