@@ -46,11 +46,12 @@
 -- of a charge (units 1): a record of no unit leaves the three empty, a charge outside a
 -- billing session (bsid "") the user (each up to 256 characters, and anyone may send
 -- keyed messages inside a paid session for free). Those free keyed records are also
--- counted per app (free_ttl in admit_batch.lua), so their number is bounded too. A redelivery appends "\t<its token>" (then
--- ",<token>" each): the deliveries whose failures refund.lua counts (marked "-" there)
--- before it gives the charge back. A charged, not yet settled one is also
--- reserved in P:rsv ("<app>:<rid>" -> deadline ms) until the gateway confirms that it
--- was forwarded; the sweeper refunds what is still reserved past its deadline.
+-- counted per app (free_ttl in admit_batch.lua), so their number is bounded too.
+-- A redelivery appends "\t<its token>" (then ",<token>" each): the deliveries whose
+-- failures refund.lua counts (marked "-" there) before it gives the charge back. A
+-- charged, not yet settled one is also reserved in P:rsv ("<app>:<rid>" -> deadline ms)
+-- until the gateway confirms that it was forwarded; the sweeper refunds what is still
+-- reserved past its deadline.
 -- A redelivery (same rid, another token) is charged nothing but still obeys suspension,
 -- licence, credit and rate limits, and counts against them; past the delivery bound it
 -- is refused (code 8).

@@ -33,9 +33,9 @@
 -- that opened a billing session other messages were then served in (it was used; the
 -- reservation is settled).
 -- The charge is read from its record P:i:<app>:<name> (see admit.lua; lib_records.lua
--- names it, and finds one an earlier version wrote). A failure of the
--- original also settles its reservation in P:rsv (one member per record: "<app>:<rid>");
--- redeliveries are never reserved.
+-- names it, and finds one an earlier version wrote). A failure of the original also
+-- settles its reservation in P:rsv (one member per record: "<app>:<rid>"); redeliveries
+-- are never reserved.
 
 local P = KEYS[1]
 local now, app_id, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
