@@ -10,9 +10,10 @@ busy machine it added tens of thousands of instructions per call of batch 1). Ro
 messages inside a paid session (stamped with the sessions' own time, so the
 charge-record look-up is taken, as in bench/admission.py's in-session row; a
 millisecond later per call, as real traffic is; the same with a channel idempotency
-key), and messages opening a new session. Several ``--batch`` sizes give one column
-each: small batches (moderate load) show the fixed cost of a call, large ones the cost
-of an admission.
+key, short as Slack's, and 60 characters long as WhatsApp's, whose record id is then
+named by its digest: meter/lua/lib_records.lua), and messages opening a new session.
+Several ``--batch`` sizes give one column each: small batches (moderate load) show the
+fixed cost of a call, large ones the cost of an admission.
 
     .venv/bin/python -m bench.lua_cost [--batch 256]     # needs valgrind; ~1 min
     .venv/bin/python -m bench.lua_cost --batch 1 16 256  # ~3 min
@@ -45,10 +46,11 @@ SESSIONS = 1024
 
 
 def messages(kind: str, call: int, batch: int) -> list[str]:
-    if kind == "keyed":  # a new channel key each (a Slack event id), users in sessions
+    if kind in ("keyed", "long"):  # a new channel key each (an event id), users in sessions
         users = [(j * 7919 + call * 31) % SESSIONS for j in range(batch)]
+        width = 60 if kind == "long" else 0
         return [
-            f"{APP}\tweb\tu{u:012d}\tev{call}x{j}\tt{call}x{j}\tm\tab12"
+            f"{APP}\tweb\tu{u:012d}\t{f'ev{call}x{j}':z<{width}}\tt{call}x{j}\tm\tab12"
             for j, u in enumerate(users)
         ]
     if kind == "new":
@@ -83,7 +85,7 @@ def instructions(kind: str, calls: int, batch: int) -> int:
             opening = [f"{APP}\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + 256)]
             r.evalsha(sha, 1, prefix, *head, *opening)
         for call in range(calls):
-            now = head[0] + (call + 1 if kind in ("later", "keyed") else 0)
+            now = head[0] + (call + 1 if kind in ("later", "keyed", "long") else 0)
             r.evalsha(sha, 1, prefix, now, *head[1:], *messages(kind, call, batch))
         with contextlib.suppress(redis.ConnectionError):  # it closes the connection
             r.shutdown(nosave=True)
@@ -119,6 +121,7 @@ def main() -> None:
         ("inside", "in a paid session, same stamp as the session"),
         ("later", "in a paid session, stamped later (real traffic)"),
         ("keyed", "the same with a channel key (Slack, Teams, WhatsApp)"),
+        ("long", "the same, a 60-character key (a WhatsApp id)"),
         ("new", "opening a new billing session"),
     ):
         costs = [per_admission(kind, b) for b in opt.batch]
