@@ -143,12 +143,18 @@ async def seed_app(redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bo
     await seed(rclient, settings, WS, apps, free=10 * FREE)
 
 
+# The messages waiting for a bot connection must not time out before a test's kill,
+# however busy the machine: a connect timeout far above any wait of these tests, and so
+# a longer refund window (the settings refuse one under 1.5 x the connect timeout).
+HELD_WAIT_S = 600
+HELD_REFUND_S = 900
+
+
 def held_places(held: int) -> dict[str, object]:
-    """Settings of a gateway with ``held`` bot connections in all. The messages waiting
-    for one must not time out before a test's kill: a long connect timeout, and so a
-    longer refund window (the settings refuse a shorter one)."""
+    """Settings of a gateway with ``held`` bot connections in all (see HELD_WAIT_S)."""
     return {"upstream_connections": held, "upstream_connections_per_bot": held,
-            "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+            "upstream_connect_timeout_s": HELD_WAIT_S,
+            "refund_window_s": HELD_REFUND_S}  # fmt: skip
 
 
 async def kill_9(sv: Served) -> None:
@@ -163,7 +169,7 @@ async def restart_until_swept(redis_url: str, tmp_path: Path, rclient: RedisClie
     """Start the gateway again: it replays the dead workers' journals, then sweeps what
     stays reserved past its refund window; wait for nothing to stay reserved."""
     async with creditgate_serve(redis_url, tmp_path, refund_window_s=3):
-        for _ in range(1200):
+        for _ in range(6000):
             if await reserved(rclient) == 0:
                 break
             await asyncio.sleep(0.1)
@@ -184,7 +190,7 @@ async def test_kill_9_at_a_random_instant_charges_what_the_bot_received(
             url = f"{sv.traffic}/hooks/web/{APP}"
             sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(1500)]
             # Kill mid-flight: once the bot has seen some, never on a timer.
-            assert await eventually(lambda: bot.count() >= 200, within_s=120)
+            assert await eventually(lambda: bot.count() >= 200, within_s=300)
             await kill_9(sv)
             await asyncio.gather(*sends)
         received_at_kill = bot.count()
@@ -226,8 +232,8 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
     ):
         url = f"{sv.traffic}/hooks/web/{APP}/stream/{1 << 20}"
         sends = [asyncio.ensure_future(_post(http, url, f"user{i}", method)) for i in range(n)]
-        assert await eventually(lambda: bot.count() == held, within_s=60)
-        for _ in range(1200):
+        assert await eventually(lambda: bot.count() == held, within_s=300)
+        for _ in range(6000):
             if await all_charged_and_the_sent_confirmed():
                 break
             await asyncio.sleep(0.05)
@@ -238,7 +244,7 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
     # The gateway's own sweeper, run as by the next start, its clock past the window.
     refunds = make_admitter(rclient, make_settings(redis_url, tmp_path))
     sweeper = Sweeper(rclient, only_ws, lambda a, r: refunds.void(a, r, ""),
-                      clock=lambda: time.time() + 91)  # fmt: skip
+                      clock=lambda: time.time() + HELD_REFUND_S + 1)  # fmt: skip
     assert await sweeper.sweep_once() == n - held
     assert await reserved(rclient) == 0
     assert bot.count() == held
@@ -268,7 +274,7 @@ async def test_kill_9_with_confirmations_only_in_the_journal_charges_exactly_wha
     ):
         url = f"{sv.traffic}/hooks/web/{APP}/stream/{2 * CHUNK}"
         sends = [asyncio.ensure_future(_post(http, url, f"user{i}")) for i in range(n)]
-        for _ in range(1200):
+        for _ in range(6000):
             if (await free_credit(rclient, WS), bot.count()) == (charged_all, held):
                 break
             await asyncio.sleep(0.05)
@@ -276,7 +282,7 @@ async def test_kill_9_with_confirmations_only_in_the_journal_charges_exactly_wha
         await rclient.execute_command("ACL", "SETUSER", "default", "-zrem")
         try:
             bot.release.set()
-            assert await eventually(lambda: bot.count() == n and journaled() == n, 120)
+            assert await eventually(lambda: bot.count() == n and journaled() == n, 300)
             assert await reserved(rclient) > n - 2 * held  # most confirmed by the journal only
             await kill_9(sv)
         finally:
@@ -302,7 +308,8 @@ async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
     # 500 at once wait for the bot's places: however busy the machine, never past the
     # connect timeout (a 504 would be refunded, not owed).
     opts = {"state_dir": state, "fail_mode": "open", "workers": 1, "redis_timeout_s": 0.3,
-            "upstream_connect_timeout_s": 60, "refund_window_s": 90}  # fmt: skip
+            "upstream_connect_timeout_s": HELD_WAIT_S,
+            "refund_window_s": HELD_REFUND_S}  # fmt: skip
 
     async def charged() -> int:
         spent = FREE - await free_credit(rclient, WS)
@@ -330,6 +337,6 @@ async def test_kill_9_of_a_fail_open_gateway_settles_every_debt_exactly_once(
                 logs = list(state.glob("owed-*.log"))
                 return len(logs) == 1 and logs[0].stat().st_size == 0
 
-            assert await eventually(settled, within_s=120)
+            assert await eventually(settled, within_s=300)
         assert await charged() == 501
     assert bot.count() == 501
