@@ -22,8 +22,6 @@ HINT = 4
 async def create(d: Deps, user_id: str, name: str) -> tuple[ApiToken, str]:
     """A new token for ``user_id``; returns its row and the secret (shown once)."""
     name = check_text("name", name, 100)
-    if await d.store.count_tokens(user_id) >= MAX_TOKENS:
-        raise Conflict(f"you hold {MAX_TOKENS} tokens; revoke one first", code="too_many_tokens")
     secret = authz.new_token()
     row = ApiToken(
         id="t" + secrets.token_hex(8),
@@ -33,7 +31,8 @@ async def create(d: Deps, user_id: str, name: str) -> tuple[ApiToken, str]:
         hint=secret[-HINT:],
         created_at=d.now_ms(),
     )
-    await d.store.create_token(row)
+    if not await d.store.create_token_within(row, MAX_TOKENS):
+        raise Conflict(f"you hold {MAX_TOKENS} tokens; revoke one first", code="too_many_tokens")
     await audit(d, f"user:{user_id}", "token.create", f"user:{user_id}", None,
                 {"id": row.id, "name": name})  # fmt: skip
     return row, secret

@@ -4,8 +4,8 @@ SQL in ``meter.store`` is written once, with ``?`` placeholders, in the subset t
 SQLite >= 3.35 and PostgreSQL >= 13 share (``ON CONFLICT ... DO UPDATE``, ``RETURNING``,
 row values, partial indexes). The PostgreSQL connection rewrites ``?`` to ``$n``.
 The only dialect-specific pieces are the functions named by :attr:`StoreCore.greatest`
-and :attr:`StoreCore.least`, :attr:`StoreCore.skip_locked`, the migration lock and the
-bulk upserts of a flush.
+and :attr:`StoreCore.least`, :attr:`StoreCore.skip_locked`, :attr:`StoreCore.for_update`,
+the migration lock and the bulk upserts of a flush.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class StoreCore(ABC):
     greatest: ClassVar[str]  # two-argument max() as a scalar SQL function
     least: ClassVar[str]
     skip_locked: ClassVar[str]  # appended to a SELECT that claims rows for an update
+    for_update: ClassVar[str]  # appended to a SELECT that locks its row until the commit
     url: str
 
     @abstractmethod
@@ -175,6 +176,31 @@ class StoreCore(ABC):
         """Insert ``record`` as one row of ``table`` (its :func:`values` of ``columns``)."""
         async with self.connection() as c:
             await c.execute(insert_sql(table, columns), *values(record, columns, **computed))
+
+    async def insert_capped(
+        self,
+        table: str,
+        columns: str,
+        record: Any,
+        *,
+        owner: tuple[str, str],
+        count: str,
+        args: Sequence[Any],
+        cap: int,
+        **computed: Any,
+    ) -> bool:
+        """Insert ``record`` unless ``count`` (a ``SELECT COUNT(*)`` with ``args``) already
+        finds ``cap`` rows; whether it was inserted. Count and insert
+        are one step: the owner's row (``(table, id)``) is locked first, so concurrent
+        inserts for one owner queue instead of all seeing room (PostgreSQL: ``FOR
+        UPDATE``; SQLite: the transaction holds the write lock from the start)."""
+        lock = f"SELECT id FROM {owner[0]} WHERE id = ?{self.for_update}"
+        async with self.transaction() as c:
+            await c.fetch(lock, owner[1])
+            if int(await c.fetchval(count, *args) or 0) >= cap:
+                return False
+            await c.execute(insert_sql(table, columns), *values(record, columns, **computed))
+        return True
 
     async def one(self, read: Callable[[Row], T], sql: str, *args: Any) -> T | None:
         """The record of the row ``sql`` finds (None when none)."""

@@ -103,6 +103,7 @@ class PostgresStore(Store):
     greatest = "GREATEST"
     least = "LEAST"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
 
     def __init__(
         self, dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0

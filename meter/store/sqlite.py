@@ -64,6 +64,7 @@ class SqliteStore(Store):
     greatest = "MAX"
     least = "MIN"
     skip_locked = ""  # BEGIN IMMEDIATE already serializes writers
+    for_update = ""
 
     def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = f"sqlite:///{path}"

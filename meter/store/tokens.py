@@ -6,6 +6,7 @@ from meter.store.db import Row, StoreCore, row_as
 from meter.store.models import ApiToken
 
 _TOKEN = "id, user_id, name, token_hash, hint, created_at, revoked_at"
+_LIVE = "SELECT COUNT(*) AS n FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL"
 
 
 def _token(r: Row) -> ApiToken:
@@ -15,6 +16,19 @@ def _token(r: Row) -> ApiToken:
 class Tokens(StoreCore):
     async def create_token(self, token: ApiToken) -> None:
         await self.insert("api_tokens", _TOKEN, token)
+
+    async def create_token_within(self, token: ApiToken, cap: int) -> bool:
+        """Insert ``token`` unless its user already holds ``cap`` live tokens (count and
+        insert in one step: concurrent creations never pass the cap together)."""
+        return await self.insert_capped(
+            "api_tokens",
+            _TOKEN,
+            token,
+            owner=("users", token.user_id),
+            count=_LIVE,
+            args=[token.user_id],
+            cap=cap,
+        )
 
     async def get_active_token(self, token_hash: str) -> ApiToken | None:
         """The unrevoked token with this hash (how every API call is authenticated)."""
@@ -37,10 +51,7 @@ class Tokens(StoreCore):
 
     async def count_tokens(self, user_id: str) -> int:
         async with self.connection() as c:
-            n = await c.fetchval(
-                "SELECT COUNT(*) AS n FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL",
-                user_id,
-            )
+            n = await c.fetchval(_LIVE, user_id)
         return int(n or 0)
 
     async def revoke_token(self, user_id: str, token_id: str, at: int) -> bool:

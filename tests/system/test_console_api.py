@@ -7,6 +7,7 @@ pages); the gateway's clock is a test clock where session blocks must end.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 
 from gateway.webhooks import WebhookOptions
 from meter.accounts.authz import token_hash
+from meter.accounts.tokens import MAX_TOKENS
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
 from meter.usage.flusher import Flusher
@@ -254,6 +256,21 @@ async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
     assert (await admin.api("GET", "/v1/workspaces", tok))[0] == 401
     assert (await admin.api("GET", "/v1/tokens", OPERATOR_TOKEN))[0] == 403
     assert me
+
+
+async def test_the_token_cap_holds_under_concurrent_creation(any_admin: Admin) -> None:
+    """Count and insert are one step: creations racing past the cap leave exactly it."""
+    admin = any_admin
+    _, tok = await admin.new_user("busy")
+    for i in range(MAX_TOKENS - 3):  # with the initial token: room for two more
+        await admin.ok("POST", "/v1/tokens", tok, {"name": f"t{i}"})
+    answers = await asyncio.gather(
+        *(admin.api("POST", "/v1/tokens", tok, {"name": f"race{i}"}) for i in range(60))
+    )
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [201] * 2 + [409] * 58, statuses
+    assert {body["code"] for status, body in answers if status == 409} == {"too_many_tokens"}
+    assert len(await everything(admin, "/v1/tokens", tok, "tokens", 200)) == MAX_TOKENS
 
 
 async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
