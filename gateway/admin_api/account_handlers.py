@@ -10,7 +10,7 @@ from config.money import format_amount, parse_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter.accounts import authz, projection, workspaces
+from meter.accounts import authz, projection, upgrade_requests, workspaces
 from meter.store import UpgradeRequest, Workspace
 from meter.timestamps import iso
 
@@ -117,15 +117,11 @@ async def upgrade(call: Call) -> web.Response:
 async def create_upgrade_request(call: Call) -> web.Response:
     ws = call.workspace
     body = call.parsed(s.UpgradeRequestCreate)
-    req = await workspaces.request_upgrade(
+    req, created = await upgrade_requests.request_upgrade(
         call.deps, call.principal.actor, ws, list(body.products), body.message
     )
-    return json_response(request_out(req), 201)
-
-
-async def list_upgrade_requests(call: Call) -> web.Response:
-    reqs = await call.deps.store.list_upgrade_requests(status="open")
-    return json_response(s.UpgradeRequestList(requests=[request_out(r) for r in reqs]))
+    # 200: this same request was already open (one open request per workspace).
+    return json_response(request_out(req), 201 if created else 200)
 
 
 async def set_webhook(call: Call) -> web.Response:

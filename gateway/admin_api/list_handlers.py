@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api.account_handlers import request_as
 from gateway.admin_api.http import Call, json_response
-from meter.accounts import apps, authz, tokens, workspaces
+from meter.accounts import apps, authz, tokens, upgrade_requests, workspaces
 from meter.accounts.authz import TOKEN_PREFIX
 from meter.accounts.pages import decode, limit_of, page
 from meter.store import ApiToken, UpgradeRequest
@@ -140,10 +140,22 @@ async def list_workspace_upgrade_requests(call: Call) -> web.Response:
     return json_response(ls.UpgradeRequestPage(requests=items, next_cursor=p.next_cursor))
 
 
+async def list_open_upgrade_requests(call: Call) -> web.Response:
+    """Every workspace's open request, oldest first: the operators' queue, page by page."""
+    cursor, limit = _paging(call)
+    key = decode("open-upgrade-requests", cursor, (int, str))
+    rows = await call.deps.store.open_upgrade_requests_page(
+        after=(key[0], key[1]) if key else None, limit=limit + 1
+    )
+    p = page("open-upgrade-requests", rows, limit, lambda r: (r.created_at, r.id))
+    items = [request_item(r) for r in p.items]
+    return json_response(ls.UpgradeRequestPage(requests=items, next_cursor=p.next_cursor))
+
+
 async def decline_upgrade_request(call: Call) -> web.Response:
     authz.require_operator(call.principal)
     body = call.parsed(ls.UpgradeDecline)
-    req = await workspaces.decline_upgrade(
+    req = await upgrade_requests.decline_upgrade(
         call.deps, call.principal.actor, call.path("request"), body.reason
     )
     return json_response(request_item(req))

@@ -267,10 +267,6 @@ class UpgradeRequestOut(Out):
     reason: str | None = Field(default=None, description="why an operator declined it")
 
 
-class UpgradeRequestList(Out):
-    requests: list[UpgradeRequestOut]
-
-
 class ChannelOut(Out):
     app_id: str
     channel: str

@@ -1,4 +1,5 @@
-"""Accounts: users, workspaces, members, the enterprise upgrade and webhook settings.
+"""Accounts: users, workspaces, members, the enterprise upgrade and webhook settings
+(the requests for the upgrade: :mod:`meter.accounts.upgrade_requests`).
 
 Each change writes the durable store first (the source of truth), then the Redis
 projection that ``admit.lua`` reads on every call (so a change reaches every gateway
@@ -26,7 +27,7 @@ from meter.accounts.deps import (
     new_id,
 )
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.store import DuplicateKey, LedgerEntry, Licence, UpgradeRequest, User, Workspace
+from meter.store import DuplicateKey, LedgerEntry, Licence, User, Workspace
 
 
 def free_reference(ws_id: str) -> str:
@@ -247,35 +248,3 @@ async def upgrade(
 
 def _licence_dict(li: Licence) -> dict[str, int]:
     return {"usage_limit": li.usage_limit, "per_minute": li.per_minute, "per_hour": li.per_hour}
-
-
-async def request_upgrade(
-    d: Deps, actor: str, ws: Workspace, products: list[str], message: str | None
-) -> UpgradeRequest:
-    """Record an owner's request to become enterprise for ``products``."""
-    prods = check_products("products", products)
-    if message is not None and len(message) > 2000:
-        raise InvalidInput("message", "longer than 2000 characters")
-    req = UpgradeRequest(
-        id=new_id("r"), workspace_id=ws.id, products=prods, created_at=d.now_ms(), message=message
-    )
-    await d.store.create_upgrade_request(req)
-    after = {"id": req.id, "products": list(prods), "message": message}
-    await audit(d, actor, "upgrade_request.create", f"workspace:{ws.id}", None, after)
-    return req
-
-
-async def decline_upgrade(d: Deps, actor: str, request_id: str, reason: str) -> UpgradeRequest:
-    """An operator declines an open upgrade request, saying why (the owner sees it)."""
-    reason = check_text("reason", reason, 2000)
-    req = await d.store.get_upgrade_request(request_id)
-    if req is None:
-        raise NotFound("upgrade request", request_id)
-    if not await d.store.decline_upgrade_request(request_id, reason, d.now_ms()):
-        raise Conflict(f"request {request_id} is {req.status}, not open", code="request_not_open")
-    await audit(d, actor, "upgrade_request.decline", f"workspace:{req.workspace_id}",
-                {"id": request_id, "status": req.status},
-                {"id": request_id, "status": "declined", "reason": reason})  # fmt: skip
-    declined = await d.store.get_upgrade_request(request_id)
-    assert declined is not None
-    return declined

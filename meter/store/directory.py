@@ -136,6 +136,15 @@ class Directory(StoreCore):
         rows = await self.page(sql, [workspace_id], key, after, limit, desc=True)
         return [request_row(r) for r in rows]
 
+    async def open_upgrade_requests_page(
+        self, *, after: tuple[int, str] | None, limit: int
+    ) -> list[UpgradeRequest]:
+        """The open upgrade requests of every workspace, oldest first (the operators'
+        queue)."""
+        sql = f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE status = 'open'"
+        rows = await self.page(sql, [], ("created_at", "id"), after, limit)
+        return [request_row(r) for r in rows]
+
     async def decline_upgrade_request(self, request_id: str, reason: str, at: int) -> bool:
         """Decline an open request; ``False`` if it is not open (or does not exist)."""
         return await self.changed(

@@ -62,6 +62,31 @@ class Licences(StoreCore):
         products = dumps(list(request.products))
         await self.insert("upgrade_requests", REQUEST_COLUMNS, request, products=products)
 
+    async def create_upgrade_request_if_none_open(self, request: UpgradeRequest) -> bool:
+        """Insert ``request`` unless its workspace has an open one (checked and inserted
+        in one step); whether it was inserted."""
+        return await self.insert_capped(
+            "upgrade_requests",
+            REQUEST_COLUMNS,
+            request,
+            owner=("workspaces", request.workspace_id),
+            count="SELECT COUNT(*) AS n FROM upgrade_requests WHERE workspace_id = ? "
+            "AND status = 'open'",
+            args=[request.workspace_id],
+            cap=1,
+            products=dumps(list(request.products)),
+        )
+
+    async def open_upgrade_request(self, workspace_id: str) -> UpgradeRequest | None:
+        """The workspace's open request (the oldest, should there be several from before
+        one was the most)."""
+        return await self.one(
+            request_row,
+            f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE workspace_id = ? "
+            "AND status = 'open' ORDER BY created_at, id LIMIT 1",
+            workspace_id,
+        )
+
     async def get_upgrade_request(self, request_id: str) -> UpgradeRequest | None:
         return await self.one(
             request_row, f"SELECT {REQUEST_COLUMNS} FROM upgrade_requests WHERE id = ?", request_id

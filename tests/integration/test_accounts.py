@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from config import load_catalog, load_settings
-from meter.accounts import apps, authz, credits, projection, workspaces
+from meter.accounts import apps, authz, credits, projection, upgrade_requests, workspaces
 from meter.accounts.deps import Deps
 from meter.accounts.plan_usage import plan_usage
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -142,10 +142,12 @@ async def test_upgrade_refuses_unlicensed_products_at_once(deps: Deps) -> None:
 
 async def test_upgrade_grants_open_requests(deps: Deps) -> None:
     _, ws = await owner_and_ws(deps)
-    req = await workspaces.request_upgrade(deps, "user:x", ws, ["search", "agent"], "please")
+    req, _ = await upgrade_requests.request_upgrade(
+        deps, "user:x", ws, ["search", "agent"], "please"
+    )
     assert [r.id for r in await deps.store.list_upgrade_requests()] == [req.id]
     with pytest.raises(InvalidInput, match="products"):
-        await workspaces.request_upgrade(deps, "user:x", ws, ["search", "search"], None)
+        await upgrade_requests.request_upgrade(deps, "user:x", ws, ["search", "search"], None)
     await workspaces.upgrade(deps, "operator", ws, {"search": projection.Licence(5, 1, 2)})
     assert await deps.store.list_upgrade_requests() == []
 

@@ -311,6 +311,48 @@ async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
     assert pages[1]["reason"] == "no contract yet"
 
 
+async def test_one_open_upgrade_request_per_workspace_and_a_paged_queue(
+    any_admin: Admin,
+) -> None:
+    """An owner cannot grow the operators' queue: one open request per workspace (the
+    same one again answers it), and the operators' list comes page by page."""
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    path = f"/v1/workspaces/{ws}/upgrade-requests"
+    first = await admin.ok("POST", path, tok, {"products": ["search", "agent"], "message": "hi"})
+    status, again = await admin.api("POST", path, tok,
+                                    {"products": ["agent", "search"], "message": "hi"})  # fmt: skip
+    assert (status, again["id"]) == (200, first["id"])
+    for other in ({"products": ["search"]}, {"products": ["search", "agent"], "message": "X"}):
+        status, problem = await admin.api("POST", path, tok, other)
+        assert (status, problem["code"]) == (409, "upgrade_request_open"), problem
+        assert first["id"] in problem["detail"]
+    # Concurrent requests of another workspace: one is recorded.
+    tok2, ws2 = await admin.owner_workspace()
+    answers = await asyncio.gather(*(
+        admin.api("POST", f"/v1/workspaces/{ws2}/upgrade-requests", tok2,
+                  {"products": ["search"], "message": f"m{i}"})
+        for i in range(20)
+    ))  # fmt: skip
+    assert sorted(status for status, _ in answers) == [201] + [409] * 19
+    assert [r["id"] for r in await everything(admin, path, tok, "requests", 50)] == [first["id"]]
+
+    # Declined: the owner may ask again.
+    await admin.ok("POST", f"/v1/upgrade-requests/{first['id']}/decline", OPERATOR_TOKEN,
+                   {"reason": "no contract yet"})  # fmt: skip
+    second = await admin.ok("POST", path, tok, {"products": ["search"]})
+    opened = {second["id"], next(b["id"] for s, b in answers if s == 201)}
+    for _ in range(3):
+        t, w = await admin.owner_workspace()
+        opened.add((await admin.ok("POST", f"/v1/workspaces/{w}/upgrade-requests", t,
+                                   {"products": ["agent"]}))["id"])  # fmt: skip
+    queue = await everything(admin, "/v1/upgrade-requests", OPERATOR_TOKEN, "requests", 2)
+    assert {r["id"] for r in queue} == opened
+    assert queue == sorted(queue, key=lambda r: (r["created_at"], r["id"]))
+    status, problem = await admin.api("GET", "/v1/upgrade-requests?limit=201", OPERATOR_TOKEN)
+    assert (status, problem["code"]) == (422, "invalid_input"), problem
+
+
 async def send(http: aiohttp.ClientSession, base: str, app: str, user: str) -> None:
     url = f"{base}/hooks/web/{app}/msg"
     async with http.post(url, json={"t": 1}, headers={"X-Channel-User-Id": user}) as r:
