@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     stripe_timeout_s: Seconds = 20.0
     stripe_max_network_retries: int = Field(2, ge=0, le=5)
     checkout_currency: Literal["usd"] = "usd"
+    # Checkouts one workspace may hold open with the provider at once (its API rate limit
+    # is one account's, shared by every tenant): those 'creating' or 'open' and started
+    # within checkout_open_window_s, the provider's session lifetime (Stripe: 24 h, its
+    # maximum), after which an unpaid session is expired there even if its event was
+    # lost. One more is 409 too_many_open_checkouts and never reaches the provider.
+    checkout_open_max: int = Field(5, ge=1, le=100)
+    checkout_open_window_s: float = Field(DAY, ge=60.0, le=DAY)
     checkout_success_url: str = "http://localhost:8081/ui?checkout=success"
     checkout_cancel_url: str = "http://localhost:8081/ui?checkout=cancelled"
 

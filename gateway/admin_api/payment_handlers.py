@@ -11,7 +11,7 @@ from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
-from meter.accounts import payments
+from meter.accounts import checkouts, payments
 from meter.accounts.pages import decode, limit_of, page
 from meter.accounts.payments import PaymentsNotConfigured
 from meter.store import LedgerEntry
@@ -24,7 +24,7 @@ async def create_checkout(call: Call) -> web.Response:
     ws = call.workspace
     body = call.parsed(s.CheckoutCreate)
     provider = call.request.config_dict[PAYMENTS]
-    co = await payments.start_checkout(
+    co = await checkouts.start_checkout(
         call.deps,
         call.principal.actor,
         ws,

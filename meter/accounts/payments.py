@@ -1,9 +1,10 @@
 """Paid top-ups through the payment provider's hosted checkout (Stripe Checkout).
 
-1. :func:`start_checkout` (the workspace owner): checks the amount and the app, records
-   a ``creating`` checkout, asks the provider for a checkout session (the HTTP call is a
-   :data:`CreateSession` supplied by the gateway, so the metering core stays free of
-   HTTP clients) and records the session as ``open``. Nothing is credited yet.
+1. :func:`meter.accounts.checkouts.start_checkout` (the workspace owner): checks the
+   amount, the app and the workspace's open checkouts, records a ``creating`` checkout,
+   asks the provider for a checkout session (the HTTP call is a :data:`CreateSession`
+   supplied by the gateway, so the metering core stays free of HTTP clients) and records
+   the session as ``open``. Nothing is credited yet.
 2. The provider calls the webhook with a signed event; the gateway verifies the
    signature and hands the event's session to :func:`handle_event`, which credits a
    paid session **exactly once per payment**: the checkout becomes ``paid`` and the
@@ -28,9 +29,9 @@ from typing import Literal
 
 from config.money import format_amount
 from meter.accounts import credits
-from meter.accounts.deps import Deps, audit, new_id
-from meter.errors import Conflict, InvalidInput, MeterError
-from meter.store import Checkout, LedgerEntry, Workspace
+from meter.accounts.deps import Deps, audit
+from meter.errors import MeterError
+from meter.store import Checkout, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -115,64 +116,6 @@ class SessionEvent:
 
 def cents(micros: int) -> int:
     return micros // credits.CENT
-
-
-async def start_checkout(
-    d: Deps,
-    actor: str,
-    ws: Workspace,
-    amount: str,
-    *,
-    app_id: str | None,
-    create: CreateSession | None,
-) -> Checkout:
-    """Start an owner's top-up: a checkout session with the provider, funds to come."""
-    if ws.type != "standard":
-        raise Conflict(
-            f"workspace {ws.id} is enterprise: usage is invoiced, not prepaid",
-            code="postpaid_workspace",
-        )
-    micros = credits.parse_topup(d, amount)
-    if app_id is not None:
-        app = await d.store.get_app(app_id)
-        if app is None or app.workspace_id != ws.id:
-            raise InvalidInput("app_id", f"no app {app_id} in workspace {ws.id}")
-    if create is None:
-        raise PaymentsNotConfigured("the payment provider is not configured")
-    co = Checkout(
-        id=new_id("co"),
-        workspace_id=ws.id,
-        app_id=app_id,
-        amount=micros,
-        currency=d.settings.checkout_currency,
-        provider=PROVIDER,
-        status="creating",
-        created_by=actor,
-        created_at=d.now_ms(),
-    )
-    await d.store.create_checkout(co)
-    request = SessionRequest(
-        checkout_id=co.id,
-        workspace_id=ws.id,
-        app_id=app_id,
-        amount_cents=cents(micros),
-        currency=co.currency,
-        success_url=d.settings.checkout_success_url,
-        cancel_url=d.settings.checkout_cancel_url,
-    )
-    try:
-        session = await create(request)
-        if session.amount_total not in (None, request.amount_cents):
-            raise ProviderError(f"the provider's session charges {session.amount_total} cents")
-    except ProviderError:
-        await d.store.set_checkout_status(co.id, "failed", only_from=("creating",))
-        raise
-    await d.store.open_checkout(co.id, session.id, session.url)
-    after = {"checkout_id": co.id, "amount": format_amount(micros), "app_id": app_id}
-    await audit(d, actor, "checkout.create", f"workspace:{ws.id}", None, after)
-    opened = await d.store.get_checkout(co.id)
-    assert opened is not None
-    return opened
 
 
 async def _find(d: Deps, ev: SessionEvent) -> Checkout | None:

@@ -27,6 +27,21 @@ class Payments(StoreCore):
     async def create_checkout(self, co: Checkout) -> None:
         await self.insert("checkouts", _COLS, co, detail=dumps(co.detail))
 
+    async def create_checkout_within(self, co: Checkout, cap: int, *, since: int) -> bool:
+        """Insert ``co`` unless its workspace already has ``cap`` checkouts ``creating``
+        or ``open`` created after ``since`` (count and insert in one step)."""
+        return await self.insert_capped(
+            "checkouts",
+            _COLS,
+            co,
+            owner=("workspaces", co.workspace_id),
+            count="SELECT COUNT(*) AS n FROM checkouts WHERE workspace_id = ? "
+            "AND status IN ('creating', 'open') AND created_at > ?",
+            args=[co.workspace_id, since],
+            cap=cap,
+            detail=dumps(co.detail),
+        )
+
     async def get_checkout(self, checkout_id: str) -> Checkout | None:
         return await self.one(_checkout, f"SELECT {_COLS} FROM checkouts WHERE id = ?", checkout_id)
 

@@ -22,7 +22,7 @@ import pytest
 
 from config import load_catalog, load_settings
 from gateway.webhooks import WebhookOptions
-from meter.accounts import payments, projection, workspaces
+from meter.accounts import checkouts, payments, projection, workspaces
 from meter.accounts.deps import Deps
 from meter.store import LedgerEntry, open_store
 from meter.usage.flusher import Flusher
@@ -237,6 +237,39 @@ async def test_checkout_limits_roles_and_configuration(redis_url: str, tmp_path:
         assert (status, body["code"]) == (503, "payments_not_configured")
 
 
+async def test_open_checkouts_per_workspace_are_capped(store_url: str, redis_url: str) -> None:
+    """The provider's rate limit is shared by every tenant: a workspace holds at most
+    ``checkout_open_max`` open checkouts, even when asking for many at once, and one more
+    never reaches the provider; a finished or outlived one frees its place."""
+    clock = Clock.wall()
+    async with paying(store_url, redis_url, clock=clock, checkout_open_max=3) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        path = f"/v1/workspaces/{ws}/checkout"
+        answers = await asyncio.gather(
+            *(admin.api("POST", path, token, {"amount": "100.00"}) for _ in range(12))
+        )
+        assert sorted(status for status, _ in answers) == [201] * 3 + [409] * 9
+        assert {b["code"] for s, b in answers if s == 409} == {"too_many_open_checkouts"}
+        assert len(standin.seen) == 3
+        assert [c.status for c in await admin.store.list_checkouts(ws)] == ["open"] * 3
+        other_token, other = await admin.owner_workspace()  # its own allowance
+        await admin.ok("POST", f"/v1/workspaces/{other}/checkout", other_token,
+                       {"amount": "100.00"})  # fmt: skip
+
+        # Paid and expired checkouts free their place; the outcome of each is kept.
+        first, second, _ = [standin.session_for(b["id"]) for s, b in answers if s == 201]
+        for payload in (paid(first), event(payments.EXPIRED, second, status="expired")):
+            assert (await deliver(admin, payload, signed(payload)))[0] == 200
+        for _ in range(2):
+            assert (await admin.api("POST", path, token, {"amount": "100.00"}))[0] == 201
+        status, body = await admin.api("POST", path, token, {"amount": "100.00"})
+        assert (status, body["code"]) == (409, "too_many_open_checkouts")
+        # An unpaid session outlives the provider's session lifetime: it no longer counts.
+        clock.advance(admin.settings.checkout_open_window_s + 1)
+        assert (await admin.api("POST", path, token, {"amount": "100.00"}))[0] == 201
+        assert len(standin.seen) == 3 + 1 + 2 + 1
+
+
 async def test_provider_failure_is_502_and_never_shows_the_key(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -433,7 +466,7 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
         async def fake_provider(req: payments.SessionRequest) -> payments.ProviderSession:
             return payments.ProviderSession("cs_test_big", "https://pay.test/x", None, None)
 
-        co = await payments.start_checkout(
+        co = await checkouts.start_checkout(
             wide, "user:a", ws, "30000.00", app_id=None, create=fake_provider
         )
         ev = payments.SessionEvent(
@@ -479,7 +512,7 @@ async def test_crashes_between_the_steps_are_completed_by_the_redelivery(
         raise payments.ProviderError("connection reset after the session was created")
 
     with pytest.raises(payments.ProviderError):
-        await payments.start_checkout(d, "user:x", ws_row, "200.00", app_id=None,
+        await checkouts.start_checkout(d, "user:x", ws_row, "200.00", app_id=None,
                                       create=crashing)  # fmt: skip
     [failed] = [c for c in await admin.store.list_checkouts(ws) if c.status == "failed"]
     meta = {"checkout_id": failed.id, "workspace_id": ws, "app_id": ""}
