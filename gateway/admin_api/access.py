@@ -28,8 +28,8 @@ the handler.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from meter.accounts import authz
 from meter.accounts.authz import Principal
@@ -75,6 +75,9 @@ class Access:
     action: str = ""  # the meter.accounts.authz rule of a workspace or app policy
     param: str = ""  # the path parameter naming the workspace or app
     check: Check | None = None  # a custom policy's check
+    # Body members that need another action of the same table (member -> action),
+    # checked on the member names before the body is validated.
+    members: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def authenticated(self) -> bool:
@@ -106,6 +109,16 @@ class Access:
         if not roles & allowed:
             raise Forbidden(f"your role on {what} may not do this ({self.action})")
 
+    def check_members(self, grant: Grant, data: Mapping[str, Any]) -> None:
+        """:class:`Forbidden` when the body names a member the caller's roles may not
+        change (whatever its value: authorization comes before validation)."""
+        rules: Mapping[str, frozenset[str]] = (
+            authz.APP_RULES if self.kind == "app" else authz.WORKSPACE_RULES  # type: ignore[assignment]
+        )
+        for member, action in self.members.items():
+            if member in data and not grant.roles & rules[action]:
+                raise Forbidden(f"your role may not change {member} ({action})")
+
 
 def _who(roles: frozenset[str], names: dict[str, str]) -> str:
     return ", ".join(text for role, text in names.items() if role in roles)
@@ -117,9 +130,17 @@ def workspace(action: authz.WsAction, param: str = "ws") -> Access:
     return Access("workspace", who, action, param)
 
 
-def app(action: authz.AppAction, param: str = "app") -> Access:
-    """The roles ``APP_RULES[action]`` allows, on the app of ``{param}``."""
-    return Access("app", _who(authz.APP_RULES[action], _APP_WHO), action, param)
+def app(
+    action: authz.AppAction,
+    param: str = "app",
+    members: Mapping[str, authz.AppAction] | None = None,
+) -> Access:
+    """The roles ``APP_RULES[action]`` allows, on the app of ``{param}``; a body member of
+    ``members`` needs its own action as well."""
+    who = _who(authz.APP_RULES[action], _APP_WHO)
+    for member, needs in (members or {}).items():
+        who += f"; {member}: {_who(authz.APP_RULES[needs] & authz.APP_RULES[action], _APP_WHO)}"
+    return Access("app", who, action, param, members=dict(members or {}))
 
 
 async def _apps_lister(store: Store, principal: Principal, path: Mapping[str, str]) -> Grant:

@@ -153,7 +153,11 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         # Authorization before the query or body is even read (docs/design.md §3).
         grant = await route.access.grant(d.store, principal, request.match_info)
         query = read_query(request, route.query) if route.query else None
-        body = await read_body(request, route.body) if route.body else None
+        body = None
+        if route.body:
+            body = await read_body(
+                request, route.body, lambda data: route.access.check_members(grant, data)
+            )
         return await route.handler(Call(request, principal, d, body, query, grant))
 
     handle.__name__ = route.handler.__name__

@@ -31,6 +31,7 @@ from gateway.admin_api import query_schemas as qs
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Route
+from meter.accounts.authz import APP_SPENDING
 from meter.redis_layer import keys
 
 WS = {"ws": keys.ID_RE}
@@ -59,7 +60,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/apps/{app}", apps.get_app, "Read an app",
           a.app("app.read"), response=s.AppOut, params=APP),
     Route("PATCH", "/v1/apps/{app}", apps.patch_app, "Change an app",
-          a.app("app.update"), body=s.AppPatch, response=s.AppOut, params=APP),
+          a.app("app.update", members=APP_SPENDING), body=s.AppPatch, response=s.AppOut,
+          params=APP),
     Route("PUT", "/v1/apps/{app}/shadow", apps.set_shadow,
           "Shadow mode: metered and recorded, never refused (operator's roll-out tool)",
           a.app("app.shadow"), body=s.ShadowSet, response=s.AppOut, params=APP),

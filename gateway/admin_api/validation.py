@@ -6,6 +6,7 @@ Malformed input is :class:`BadRequest` (400); input that breaks the schema is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import UnionType
 from typing import Any, TypeVar, Union, get_origin
 
@@ -78,7 +79,11 @@ def validate(model: type[M], data: Any) -> M:
         raise Invalid(problems or [{"field": "body", "message": "invalid"}]) from None
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
+async def read_body(
+    request: web.Request, model: type[M], before: Callable[[dict[str, Any]], None] | None = None
+) -> M:
+    """The JSON object body as ``model``; ``before`` sees the parsed object first (a
+    check of its member names that must come before validation)."""
     raw = await request.read()
     if not raw.strip():
         raise BadRequest("body", "a JSON object is required")
@@ -88,6 +93,8 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise BadRequest("body", f"malformed JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BadRequest("body", "must be a JSON object")
+    if before is not None:
+        before(data)
     return validate(model, data)
 
 

@@ -54,6 +54,7 @@ AppAction = Literal[
     "channels.read",
     "channels.set",
     "app.shadow",
+    "app.spending",
 ]
 
 WORKSPACE_RULES: dict[WsAction, frozenset[str]] = {
@@ -80,6 +81,10 @@ APP_RULES: dict[AppAction, frozenset[str]] = {
     # Collaborators read the app they work on; its view carries no money figures.
     "app.read": frozenset({"app_owner", "workspace_owner", "collaborator"}),
     "app.update": frozenset({"app_owner", "workspace_owner"}),
+    # What decides whether an app spends the workspace's money (APP_SPENDING) is the
+    # workspace owner's: any member may create an app, so an app owner could otherwise
+    # lift the owner's suspension or free-credit ban on their own app.
+    "app.spending": frozenset({"workspace_owner", "operator"}),
     "collaborators.add": frozenset({"app_owner", "workspace_owner"}),
     "app.transfer": frozenset({"app_owner", "workspace_owner"}),
     "collaborators.read": frozenset({"app_owner", "workspace_owner", "operator"}),
@@ -89,6 +94,13 @@ APP_RULES: dict[AppAction, frozenset[str]] = {
     "collaborators.remove": frozenset({"app_owner", "workspace_owner"}),
     "channels.read": frozenset({"app_owner", "workspace_owner"}),
     "channels.set": frozenset({"app_owner", "workspace_owner"}),
+}
+
+# Members of an app's change that need ``app.spending`` besides ``app.update``; checked
+# on the body's member names before the body is validated (authorization first).
+APP_SPENDING: dict[str, AppAction] = {
+    "suspended": "app.spending",
+    "use_free_credits": "app.spending",
 }
 
 TOKEN_PREFIX = "cgu_"

@@ -75,8 +75,13 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
      lambda w: ("GET", f"/v1/apps/{w.app}", None),
      (403, 200, 200, 200, 403, 404, 401, 401)),
     ("PATCH /v1/apps/{app}",
-     lambda w: ("PATCH", f"/v1/apps/{w.app}", {"use_free_credits": True}),
+     lambda w: ("PATCH", f"/v1/apps/{w.app}", {"upstream_url": None}),
      (403, 200, 200, 403, 403, 404, 401, 401)),
+    # What decides the app's spending of the workspace's money is the workspace owner's:
+    # any member may create an app, and must not lift the owner's controls on it.
+    ("PATCH /v1/apps/{app} spending",
+     lambda w: ("PATCH", f"/v1/apps/{w.app}", {"use_free_credits": True, "suspended": False}),
+     (403, 200, 403, 403, 403, 404, 401, 401)),
     ("POST /v1/apps/{app}/collaborators",
      lambda w: ("POST", f"/v1/apps/{w.app}/collaborators",
                 {"user_id": w.users["spare"], "role": "viewer"}),
@@ -221,7 +226,9 @@ async def sqlite_admin(redis_url: str, tmp_path: Path) -> AsyncIterator[Admin]:
 
 
 def route_of(name: str) -> Route | None:
-    return next((r for r in ROUTES if f"{r.method} {r.path}" == name), None)
+    """The route of a row (``METHOD path``, then what the row is about)."""
+    key = " ".join(name.split()[:2])
+    return next((r for r in ROUTES if f"{r.method} {r.path}" == key), None)
 
 
 # Input variants sent before the valid one: (name, body bytes, extra query).
@@ -230,6 +237,18 @@ VARIANTS: tuple[tuple[str, bytes | None, str], ...] = (
     ("malformed", b'{"licences": {"automation": ', ""),
     ("empty", b"", ""),
 )
+
+
+# Rows whose refusal depends on the body's member names: their bad input names them, so
+# a refused caller still learns nothing from validation (and malformed or empty input,
+# which names nothing, is the route's own row's).
+ROW_VARIANTS: dict[str, tuple[tuple[str, bytes | None, str], ...]] = {
+    "PATCH /v1/apps/{app} spending": (
+        ("invalid", b'{"suspended": "yes", "use_free_credits": 1}', ""),
+        ("invalid", b'{"use_free_credits": null, "unexpected": [1]}', ""),
+        ("invalid", b'{"suspended": true, "upstream_url": "ftp://x"}', ""),
+    ),
+}
 
 
 def expected_for(route: Route | None, variant: str, want: int) -> int:
@@ -251,7 +270,7 @@ async def bad_input_calls(
     if route is not None and route.body is None and route.query is None:
         return []  # it reads no input: any call is a valid one (made after this sweep)
     wrong = []
-    for variant, raw, query in VARIANTS:
+    for variant, raw, query in ROW_VARIANTS.get(name, VARIANTS):
         for role, want in zip(ROLES, expected, strict=True):
             method, path, _ = req(world)
             if query:
@@ -349,3 +368,30 @@ async def test_a_public_route_needs_no_token_and_a_route_needs_a_policy() -> Non
         Route("GET", "/v1/x", handler, "X", "operator")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not in params"):
         Route("GET", "/v1/x/{ws}", handler, "X", access.workspace("members.read"))
+
+
+async def test_an_app_owner_cannot_undo_the_workspace_owners_spending_controls(
+    sqlite_admin: Admin,
+) -> None:
+    """The review's case: the owner suspends a member's app and denies it the free
+    credits; its app owner cannot lift either (403 whatever the value, nothing changes),
+    but still changes what is theirs (the upstream URL)."""
+    admin = sqlite_admin
+    owner_tok, ws = await admin.owner_workspace()
+    bob, bob_tok = await admin.new_user("bob")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", owner_tok, {"user_id": bob})
+    app = await admin.new_app(bob_tok, ws)
+    controls = {"suspended": True, "use_free_credits": False}
+    await admin.ok("PATCH", f"/v1/apps/{app}", owner_tok, controls)
+    before = await state(admin)
+    for body in ({"suspended": False, "use_free_credits": True}, {"suspended": False},
+                 {"use_free_credits": True}, {"suspended": True}, {"suspended": "no"},
+                 {"use_free_credits": True, "upstream_url": None}):  # fmt: skip
+        status, problem = await admin.api("PATCH", f"/v1/apps/{app}", bob_tok, body)
+        assert (status, problem["code"]) == (403, "forbidden"), (body, problem)
+    assert await state(admin) == before
+    view = await admin.ok("PATCH", f"/v1/apps/{app}", bob_tok, {"upstream_url": None})
+    assert {k: view[k] for k in controls} == controls
+    # The workspace owner's own app: theirs to change either way.
+    mine = await admin.new_app(owner_tok, ws)
+    await admin.ok("PATCH", f"/v1/apps/{mine}", owner_tok, {"use_free_credits": False})
