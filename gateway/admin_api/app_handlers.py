@@ -41,6 +41,17 @@ async def app_usage(call: Call, app: App) -> s.AppUsageOut:
     )
 
 
+def may_see_upstream(call: Call, app: App) -> bool:
+    """Whether the caller may change the app's upstream URL, so may see it: its query may
+    hold the bot's own credentials, and calling the bot directly skips the metering.
+    ``call.roles`` are the roles on the app (``workspace_owner``) or, where the app was
+    just created, in its workspace (``owner``)."""
+    p = call.principal
+    return (
+        p.operator or app.owner_id == p.user_id or bool(call.roles & {"workspace_owner", "owner"})
+    )
+
+
 async def app_out(call: Call, app: App) -> s.AppOut:
     collaborators = [
         s.CollaboratorOut(app_id=c.app_id, user_id=c.user_id, role=c.role)
@@ -52,7 +63,7 @@ async def app_out(call: Call, app: App) -> s.AppOut:
         name=app.name,
         product=app.product,  # type: ignore[arg-type]  # checked on creation
         owner_id=app.owner_id,
-        upstream_url=app.upstream_url,
+        upstream_url=app.upstream_url if may_see_upstream(call, app) else None,
         use_free_credits=app.use_free_credits,
         suspended=app.suspended,
         shadow=app.shadow,

@@ -247,7 +247,9 @@ class AppOut(Out):
     name: str
     product: Product
     owner_id: str
-    upstream_url: str | None
+    upstream_url: str | None = Field(
+        description="null when unset, and to callers who may not change it (collaborators)"
+    )
     use_free_credits: bool
     suspended: bool
     shadow: bool = False

@@ -214,6 +214,36 @@ async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> N
     assert len(listed) == 2
 
 
+async def test_the_upstream_url_is_shown_only_to_who_may_change_it(admin: Admin) -> None:
+    """Its query may hold the bot's credentials, and the bot called directly is not
+    metered: collaborators (whatever their role) read the app without it."""
+    tok, ws = await admin.owner_workspace()
+    appown, appown_tok = await admin.new_user("appown")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": appown})
+    url = "http://127.0.0.1:9/bot?api_key=s3cret-key"
+    made = await admin.ok("POST", f"/v1/workspaces/{ws}/apps", appown_tok,
+                          {"name": "Helpdesk", "product": "automation",
+                           "upstream_url": url})  # fmt: skip
+    app = made["id"]
+    assert made["upstream_url"] == url
+    for role in ("developer", "tester", "viewer"):
+        uid, utok = await admin.new_user(role)
+        await admin.ok("POST", f"/v1/apps/{app}/collaborators", appown_tok,
+                       {"user_id": uid, "role": role})  # fmt: skip
+        status, raw = await admin.api("GET", f"/v1/apps/{app}", utok)
+        assert status == 200
+        assert raw["upstream_url"] is None, role
+        assert "s3cret" not in orjson.dumps(raw).decode(), role
+    for who in (appown_tok, tok):
+        assert (await admin.ok("GET", f"/v1/apps/{app}", who))["upstream_url"] == url
+    shadow = await admin.ok("PUT", f"/v1/apps/{app}/shadow", OPERATOR_TOKEN, {"shadow": False})
+    assert shadow["upstream_url"] == url
+    # Handed to the workspace owner: the former app owner no longer sees it.
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    given = await admin.ok("POST", f"/v1/apps/{app}/transfer", appown_tok, {"user_id": owner})
+    assert given["upstream_url"] is None
+
+
 async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
     admin = any_admin
     me, tok = await admin.new_user("me")
