@@ -3,6 +3,11 @@
 Every line goes through :func:`redact`: whatever looks like a credential (the value after
 ``Bearer``/``Basic``, a user token ``cgu_...``) is replaced before it is written, a last
 line of defence behind code that never logs tokens in the first place.
+
+A text line is one record: control characters (C0, DEL, C1, Unicode line separators) are
+written as escapes (``\\x1b``, ``\\n``), so text a client chose (a path, a header) can
+neither forge a line that looks like the operator's nor drive the terminal; a traceback
+is one line too, as in the JSON format.
 """
 
 from __future__ import annotations
@@ -52,9 +57,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group()
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: every control character written as an escape."""
+    return _CONTROLS.sub(_escape, text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return escape_controls(redact(super().format(record)))
 
 
 def setup_logging(settings: Settings) -> None:

@@ -38,7 +38,7 @@ def _problem(
 def _answer(request: web.Request, exc: Exception) -> web.Response:
     answer = _refusal(exc) or _outage(exc)
     if answer is None:
-        log.exception("admin API: %s %s failed", request.method, request.path)
+        log.exception("admin API: %s %s failed", request.method, request.raw_path.partition("?")[0])
         return _problem(500, "internal_error", "Internal error", "see the server log")
     return answer
 

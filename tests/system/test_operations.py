@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.support.bot import Bot, Running, SeededGateway
 
@@ -104,3 +105,26 @@ async def test_the_access_log_has_refusals_with_their_code_and_no_secrets(
     joined = "\n".join(lines)
     for secret in ("s3cret", "tok", "ok-user", "hi"):
         assert secret not in joined
+
+
+FORGED = "%0A2026-12-01%2017:59:59,000%20INFO%20creditgate.access%20POST%20/v1/x%20200%200.1ms"
+
+
+async def test_the_access_log_writes_the_path_as_sent(
+    gw: Running, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A percent-encoded newline or escape stays encoded: no forged line, no terminal codes."""
+    caplog.set_level(logging.INFO, logger="creditgate.access")
+    for base in (gw.url, gw.admin_url):
+        for path in (f"/nothing{FORGED}", "/nothing%1B%5B2J", f"/hooks/web/{WS}_x{FORGED}"):
+            url = URL(f"{base}{path}?q=%0Asecret", encoded=True)
+            async with http.get(url) as resp:
+                assert resp.status == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "creditgate.access"]
+    assert sum(f"GET /nothing{FORGED} 404" in x for x in lines) == 2, lines
+    assert sum("GET /nothing%1B%5B2J 404" in x for x in lines) == 2, lines
+    assert sum(f"GET /hooks/web/{WS}_x{FORGED} 404" in x for x in lines) == 2, lines
+    for line in lines:
+        assert "\n" not in line, line
+        assert "\x1b" not in line, line
+        assert "secret" not in line, line
