@@ -11,7 +11,10 @@ Two public aiohttp hooks together see every address a connection is opened to:
   schemes other than http(s)/ws(s) and legacy numeric hosts (``2130706433``).
 
 :func:`guarded_session` builds a ``ClientSession`` with both; the traffic proxy
-(HTTP and WebSocket) and the owner-webhook sender use it.
+(HTTP and WebSocket) and the owner-webhook sender use it. Its third hook,
+:func:`no_upgrade_redirects`, keeps a WebSocket upgrade from following the bot's
+redirects, as plain HTTP never does (``allow_redirects=False``; ``ws_connect`` has no
+such option).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # those aiohttp follows
 MAX_VERDICTS = 10_000  # destinations whose verdict the middleware remembers
 
 
@@ -134,6 +138,25 @@ def egress_middleware(policy: Policy) -> ClientMiddlewareType:
     return middleware
 
 
+async def no_upgrade_redirects(
+    req: aiohttp.ClientRequest, handler: ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A client middleware: a redirect answering a WebSocket upgrade is the bot refusing
+    it (aiohttp's own ``WSServerHandshakeError``, as for any other non-101 answer), never
+    followed to where it points."""
+    resp = await handler(req)
+    if resp.status in REDIRECTS and req.headers.get("Upgrade", "").lower() == "websocket":
+        resp.close()
+        raise aiohttp.WSServerHandshakeError(
+            resp.request_info,
+            (),
+            message="Invalid response status",
+            status=resp.status,
+            headers=resp.headers,
+        )
+    return resp
+
+
 def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
     # Bounded and ordered as on the fast path, and never sending the message of a client
     # that left (gateway.bot_connector).
@@ -148,7 +171,7 @@ def guarded_session(
     policy = Policy.from_settings(settings)
     return aiohttp.ClientSession(
         connector=guarded_connector(policy, **(connector or {})),
-        middlewares=(egress_middleware(policy),),
+        middlewares=(egress_middleware(policy), no_upgrade_redirects),
         trust_env=False,  # proxies from the environment would bypass the address check
         **kw,
     )

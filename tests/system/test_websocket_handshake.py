@@ -39,7 +39,7 @@ FUNDS = 100 * CENT
 class AnsweringBot:
     """On ``/answer``, answers the upgrade's ``q`` with two messages (once the test sets
     ``release[c]``, when the query names a connection ``c``) then echoes; on ``/greet``,
-    greets and echoes; elsewhere only echoes."""
+    greets and echoes; on ``/moved``, redirects to ``/answer``; elsewhere only echoes."""
 
     url: str = ""
     opened: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
@@ -70,7 +70,11 @@ async def answering() -> AsyncIterator[AnsweringBot]:
             await sock.send_str("echo:" + msg.data)
         return sock
 
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"/answer?q=followed&user={request.query.get('user', '')}")
+
     app = web.Application()
+    app.router.add_get("/moved", moved)
     app.router.add_get("/{tail:.*}", ws)
     async with serve(app) as url:
         b.url = url
@@ -113,6 +117,22 @@ async def test_an_answer_to_the_upgrade_is_one_metered_message(
         assert (await ws.receive()).data == "more"
     assert await charged(rclient, APP) == CENT
     assert await counted(rclient, APP, "contact_center", "request", "m") == 1
+
+
+async def test_a_redirect_answering_the_upgrade_is_not_followed(
+    gw: Running, http: aiohttp.ClientSession, rclient: RedisClient, answering: AnsweringBot
+) -> None:
+    """As plain HTTP: the redirect is the bot's answer (a refused upgrade, one message)."""
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/moved?user=u1"):
+            pass
+    assert err.value.status == 502
+    async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/greet?user=u2") as ws:
+        assert (await ws.receive()).data == "hello"
+    assert await answering.opened.get() == ""  # the greeting, not /answer
+    assert answering.opened.empty()
+    assert await charged(rclient, APP) == 2 * CENT
+    assert await counted(rclient, APP, "contact_center", "request", "m") == 2
 
 
 async def test_without_credit_the_answer_never_reaches_the_client(
