@@ -25,6 +25,7 @@ _V4_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared (CGNAT)", ("100.64.0.0/10",)),
     ("multicast", ("224.0.0.0/4",)),
     ("broadcast", ("255.255.255.255/32",)),
+    ("reserved", ("192.0.0.0/24",)),  # IETF protocol assignments (RFC 6890)
 )
 _V6_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unspecified", ("::/128",)),
@@ -33,6 +34,9 @@ _V6_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("site-local", ("fec0::/10",)),
     ("private", ("fc00::/7",)),
     ("multicast", ("ff00::/8",)),
+    # RFC 8215: where the IPv4 address sits depends on the prefix length the network's
+    # translator uses (/48 to /96), so no one reading of it is exact: all of it is refused.
+    ("local-use NAT64", ("64:ff9b:1::/48",)),
 )
 
 
@@ -41,7 +45,8 @@ def _nets(table: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, lis
 
 
 _CLASSES = {4: _nets(_V4_CLASSES), 6: _nets(_V6_CLASSES)}
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_V4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
 _V4_COMPAT = ipaddress.IPv6Network("::/96")
 
 
@@ -50,8 +55,9 @@ class EgressRefused(ValueError):
 
 
 def unwrap(ip: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), or
-    ``ip``: ``::ffff:127.0.0.1`` reaches 127.0.0.1 and is judged as such."""
+    """The IPv4 address an IPv6 address carries (mapped, translated, compatible, 6to4,
+    well-known NAT64), or ``ip``: ``::ffff:127.0.0.1`` and ``::ffff:0:7f00:1`` reach
+    127.0.0.1 and are judged as such."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
@@ -59,7 +65,7 @@ def unwrap(ip: IPAddress) -> IPAddress:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
-        if ip in _NAT64 or (ip in _V4_COMPAT and int(ip) > 1):
+        if ip in _NAT64 or ip in _V4_TRANSLATED or (ip in _V4_COMPAT and int(ip) > 1):
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 

@@ -32,6 +32,13 @@ REFUSED_ALWAYS = [
     ("http://[fc00::1]/", "private"),
     ("http://[::ffff:10.0.0.1]/", "private"),
     ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),  # NAT64 of 169.254.169.254
+    ("http://[::ffff:0:a00:1]/", r"::ffff:0:a00:1 \(10\.0\.0\.1\) is a private"),  # SIIT
+    ("http://[::ffff:0:a9fe:a9fe]/", "link-local"),
+    ("http://[64:ff9b:1::a00:1]/", "local-use NAT64"),  # RFC 8215, any prefix length
+    ("http://[64:ff9b:1:a00:1::]/", "local-use NAT64"),  # 10.0.0.1 at /48
+    ("http://[2002:a00:1::]/", "private"),  # 6to4 of 10.0.0.1
+    ("http://192.0.0.8/", "reserved"),  # IETF protocol assignments
+    ("http://192.0.0.170/", "reserved"),
     ("http://224.0.0.1/", "multicast"),
     ("http://255.255.255.255/", "broadcast"),
     ("http://192.0.2.1/", "reserved"),
@@ -52,6 +59,7 @@ REFUSED_UNLESS_LOOPBACK_ALLOWED = [
     "http://127.0.0.2:9000/",
     "http://[::1]/",
     "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:0:7f00:1]/",  # IPv4-translated (SIIT)
     "http://localhost:9000/",
     "http://sub.localhost/",
     "http://127.0.0.1./",
@@ -98,7 +106,8 @@ def test_allow_list_by_network_and_name() -> None:
 def test_own_address_when_listening_on_every_interface() -> None:
     """host 0.0.0.0: every local address on the gateway's ports is refused, even allowed."""
     p = Policy(["0.0.0.0/0", "::/0"], own_host="0.0.0.0", own_ports=(8080, 8081))
-    for addr in ("127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1", "0.0.0.0"):
+    own = ("127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1", "::ffff:0:7f00:1", "0.0.0.0")
+    for addr in own:
         with pytest.raises(EgressRefused, match="own address"):
             p.check_address(addr, 8081)
     p.check_address("127.0.0.1", 9000)  # another port: allowed by the list
