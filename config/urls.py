@@ -1,4 +1,5 @@
-"""Redis and store URLs: what forms are accepted, and how to show one without its secret."""
+"""Redis and store URLs: what forms are accepted, and how to show one (or any URL) without
+its secret."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def mask_url(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "***"  # unparseable: show nothing that might be a secret
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, all a log shows of a URL that may carry a
+    secret (user info, path and query left out)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "***"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def sqlite_path(url: str) -> str:

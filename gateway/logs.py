@@ -1,8 +1,11 @@
 """Logging set-up: one JSON object per line in production, plain text for people.
 
 Every line goes through :func:`redact`: whatever looks like a credential (the value after
-``Bearer``/``Basic``, a user token ``cgu_...``) is replaced before it is written, a last
-line of defence behind code that never logs tokens in the first place.
+``Bearer``/``Basic``, a user token ``cgu_...``, a payment provider's ``sk_live_...``,
+``rk_test_...`` or ``whsec_...``, a JWT, the value of a ``token=``, ``api_key=``,
+``client_secret=``, ``sig=``, ``code=``, ``password=`` ... parameter) is replaced before
+it is written, a last line of defence behind code that never logs tokens in the first
+place.
 
 A text line is one record: control characters (C0, DEL, C1, Unicode line separators) are
 written as escapes (``\\x1b``, ``\\n``), so text a client chose (a path, a header) can
@@ -21,7 +24,24 @@ import orjson
 
 from config import Settings
 
-_SECRETS = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|=)[^\s'\",;]+|\bcgu_[A-Za-z0-9_\-]+")
+_VALUE = r"[^\s'\",;&#]+"
+# (pattern, replacement), applied in order.
+_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)(\s+|%20|=)[^\s'\",;]+"), r"\1\2[redacted]"),
+    (re.compile(r"\bcgu_[A-Za-z0-9_\-]+"), "cgu_[redacted]"),
+    (re.compile(r"\b([sr]k_(?:live|test))_[A-Za-z0-9]+"), r"\1_[redacted]"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_\-]+"), "whsec_[redacted]"),
+    (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), "[redacted-jwt]"),
+    # A URL's (or a form's) credential parameter: token=, access_token=, api-key=, sig=...
+    # ("code" only alone: an OAuth code, not status_code=404).
+    (
+        re.compile(
+            r"(?i)(?<![\w-])((?:[\w-]*[_-])?(?:token|key|secret|sig|signature|password)|code)="
+            + _VALUE
+        ),
+        r"\1=[redacted]",
+    ),
+)
 
 
 def stderr_is_terminal() -> bool:
@@ -32,15 +52,11 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-def _mask(m: re.Match[str]) -> str:
-    if m.group(1):
-        return f"{m.group(1)}{m.group(2)}[redacted]"
-    return "cgu_[redacted]"
-
-
 def redact(text: str) -> str:
     """``text`` with credentials masked."""
-    return _SECRETS.sub(_mask, text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

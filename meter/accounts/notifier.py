@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from config.money import format_amount
+from config.urls import url_origin
 from meter.store import OutboxEvent, Store
 from meter.timestamps import iso
 
@@ -138,6 +139,11 @@ class Notifier:
         retry_at: int | None = int(self.clock() * 1000) + self.backoff_ms(attempts)
         if attempts >= self.max_attempts:
             retry_at = None
-            log.warning("webhook %s to %s failed %d times; giving up", ev.event_id, url, attempts)
+            log.warning(
+                "webhook %s to %s failed %d times; giving up",
+                ev.event_id,
+                url_origin(url),  # the owner's URL may carry a token
+                attempts,
+            )
         await self.store.mark_failed(ev.id, error, retry_at)
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,10 +106,12 @@ async def test_failures_retry_with_exponential_backoff(
 
 
 async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
-    store: Store, session: aiohttp.ClientSession
+    store: Store, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     clock = Clock()
-    await store.set_webhook(WS, "http://127.0.0.1:9/nothing-listens", SECRET)
+    url = "http://127.0.0.1:9/nothing-listens?token=tok-in-the-url"
+    await store.set_webhook(WS, url, SECRET)
     await enqueue(store, "e3", "app.inactive", app="x_y")
     n = notifier(store, session, clock, max_attempts=2)
     assert await n.deliver_due() == 0
@@ -122,6 +125,12 @@ async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
     assert ev.last_error
     clock.advance(86400)
     assert await store.due_events(int(clock.now * 1000)) == []
+    # the operator's log names where, never the owner's path or token
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert gave_up == [f"webhook {WS}:e3 to http://127.0.0.1:9 failed 2 times; giving up"]
+    for r in caplog.records:
+        assert "tok-in-the-url" not in r.getMessage()
+        assert "nothing-listens" not in r.getMessage()
 
 
 async def test_events_wait_for_a_webhook_to_be_configured(
