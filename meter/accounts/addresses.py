@@ -54,6 +54,11 @@ class EgressRefused(ValueError):
     """A URL or address the gateway may not reach; the message says why."""
 
 
+class AddressRefused(EgressRefused):
+    """An address (resolved, or written in the URL) the policy refuses. The message names
+    the address: it is for the operator's log, not for a tenant mapping internal names."""
+
+
 def unwrap(ip: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address carries (mapped, translated, compatible, 6to4,
     well-known NAT64), or ``ip``: ``::ffff:127.0.0.1`` and ``::ffff:0:7f00:1`` reach

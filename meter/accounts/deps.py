@@ -3,6 +3,7 @@ audit record and change announcement, and the checks of names and URLs."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -12,13 +13,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Catalog, Settings
+from config.urls import url_origin
 from meter.accounts import egress
-from meter.accounts.addresses import EgressRefused
+from meter.accounts.addresses import AddressRefused, EgressRefused
 from meter.errors import InvalidInput
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
 
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "resolves to an address this gateway may not reach"
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_NAME = 200
 
@@ -61,13 +66,19 @@ def check_url(field: str, url: str) -> str:
 
 async def check_reachable(d: Deps, field: str, url: str) -> str:
     """:func:`check_url`, then the egress policy (docs/design.md §3): the URL's host, resolved
-    now, may not be loopback, private, link-local or the gateway's own address unless the
-    operator allows it (checked again at every connection)."""
+        now, may not be loopback, private, link-local or the gateway's own address unless the
+        operator allows it (checked again at every connection). A refused address is not named
+    in the answer (:data:`UNREACHABLE`), only in the operator's log (INFO)."""
     check_url(field, url)
     policy = egress.Policy.from_settings(d.settings)
     try:
         await policy.check_url(url, resolve_s=d.settings.upstream_connect_timeout_s)
-    except EgressRefused as exc:
+    except AddressRefused as exc:
+        # Which address, and why, would map internal names for the tenant: the operator's
+        # log has it.
+        log.info("%s %s refused by the egress policy: %s", field, url_origin(url), exc)
+        raise InvalidInput(field, UNREACHABLE) from None
+    except EgressRefused as exc:  # the URL's form: nothing the tenant did not write
         raise InvalidInput(field, f"may not be reached: {exc}") from None
     return url
 

@@ -16,9 +16,12 @@ This module only decides; it opens no connection. :meth:`Policy.parse` checks a 
 form (scheme, no user info, a host, no legacy numeric IPv4 forms such as ``2130706433``
 that libc would still map onto an address), :meth:`Policy.check_address` one resolved
 address, and :meth:`Policy.check_url` both, resolving host names without blocking the
-event loop. The gateway applies :meth:`Policy.check_address` again to every address it
-is about to connect to (``gateway/egress.py``), so a name that resolves elsewhere later
-(DNS rebinding) is still refused.
+event loop. A refused address raises :class:`~meter.accounts.addresses.AddressRefused`,
+whose message names the address: for the operator's log, not for a tenant (the admin API
+answers that the host resolves to an address the gateway may not reach). The gateway
+applies :meth:`Policy.check_address` again to every address it is about to connect to
+(``gateway/egress.py``), so a name that resolves elsewhere later (DNS rebinding) is
+still refused.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from urllib.parse import urlsplit
 
 from config import Settings, SettingsError
 from meter.accounts.addresses import (
+    AddressRefused,
     EgressRefused,
     IPAddress,
     Network,
@@ -125,29 +129,29 @@ class Policy:
         address, and unspecified addresses always."""
         addr = ip if not isinstance(ip, str) else parse_ip(ip)
         if addr is None:
-            raise EgressRefused(f"{ip!r} is not an IP address")
+            raise AddressRefused(f"{ip!r} is not an IP address")
         if self.is_own(addr, port):
-            raise EgressRefused(f"{addr}:{port} is the gateway's own address")
+            raise AddressRefused(f"{addr}:{port} is the gateway's own address")
         kind = classify(addr)
         if kind is not None and port in self.own_ports and not self._vouched(addr, host):
             # Replicas share the ports: any internal address may be a sibling's own,
             # unless the operator named this very destination (an exact host name or a
             # single address), not just a range a replica could be in.
-            raise EgressRefused(
+            raise AddressRefused(
                 f"{addr}:{port} is the gateway's own port on a {kind} address "
                 "(another replica's own address)"
             )
         if kind is None:
             return
         if kind == "unspecified":
-            raise EgressRefused(f"{addr} is an unspecified address")
+            raise AddressRefused(f"{addr} is an unspecified address")
         plain = unwrap(addr)
         if host is not None and self.name_allowed(host):
             return
         if any(plain in net or addr in net for net in self.networks):
             return
         shown = f"{addr} ({plain})" if plain != addr else str(addr)
-        raise EgressRefused(f"{shown} is a {kind} address")
+        raise AddressRefused(f"{shown} is a {kind} address")
 
     def parse(self, url: str) -> Target:
         """The destination of ``url`` if its form is acceptable (nothing is resolved)."""

@@ -12,6 +12,7 @@ must be refused before any connection attempt; the hook also blocks such a conne
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from gateway.app import create_app
 from gateway.egress import GuardedResolver, UpstreamForbidden, guarded_session
 from gateway.webhooks import http_post
 from meter.accounts.addresses import EgressRefused
+from meter.accounts.deps import UNREACHABLE
 from meter.accounts.egress import Policy, check_settings
 from meter.accounts.notifier import Notifier
 from meter.accounts.projection import read_balances
@@ -124,6 +126,8 @@ async def test_admin_api_refuses_internal_urls_on_save(
                 path,
                 problem,
             )
+            if url.startswith(("http://localhost", "http://10.", "http://[::1]")):
+                assert problem["detail"] == f"{field}: {UNREACHABLE}", problem
     # nothing was changed by any of them
     assert [a.id for a in await admin.store.list_apps(ws)] == [app]
     assert (await admin.ok("GET", f"/v1/apps/{app}", token))["upstream_url"] is None
@@ -136,8 +140,11 @@ async def test_admin_api_refuses_internal_urls_on_save(
 
 
 async def test_admin_api_refuses_the_gateways_own_port_even_with_loopback_allowed(
-    redis_url: str, tmp_path: Path, bot: Bot
+    redis_url: str, tmp_path: Path, bot: Bot, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Refused without telling the tenant which address (the operator's log says it): a
+    tenant must not map internal names through the answers."""
+    caplog.set_level(logging.INFO, logger="meter.accounts.deps")
     port = free_port()
     settings = admin_settings(
         redis_url,
@@ -154,8 +161,20 @@ async def test_admin_api_refuses_the_gateways_own_port_even_with_loopback_allowe
             )
             assert status == 422
             assert problem["field"] == "upstream_url"
-            assert "own address" in problem["detail"]
+            assert problem["detail"] == f"upstream_url: {UNREACHABLE}"
+            assert problem["errors"] == [{"field": "upstream_url", "message": UNREACHABLE}]
         assert (await admin.ok("GET", f"/v1/apps/{app}", token))["upstream_url"] == bot.url
+        status, problem = await admin.api(
+            "PATCH", f"/v1/apps/{app}", token, {"upstream_url": "http://0x7f.1/"}
+        )  # the URL's form: said as it is
+        assert (status, problem["field"]) == (422, "upstream_url")
+        assert "non-canonical" in problem["detail"]
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    for host in ("127.0.0.1", "localhost"):
+        assert (
+            f"upstream_url http://{host}:{port} refused by the egress policy: "
+            f"127.0.0.1:{port} is the gateway's own address"
+        ) in logged, logged
 
 
 # ------------------------------------------------------------------ on connect: the proxy
