@@ -18,10 +18,11 @@ whenever both lists are. A process that dies leaves its journal; the next one to
 takes it over (:meth:`Owed.recover`) and settles what it lists. Settling a debt twice
 (a crash right after settling, before the journal says so) is harmless while the
 attempt's charge record lives: settlement reuses the original attempt's token, so Redis
-finds its charge record and charges nothing more. The record lives max(connect + read
-timeout, refund window) + 60 s (3 minutes by default): only a host crash (the settled
-line written but not yet on disk; a killed process's writes survive) followed by a
-takeover later than that charges the debt twice. Both lists are bounded by ``limit``;
+finds its charge record and charges nothing more. A settlement's record lives the
+idempotency window (``IDEMPOTENCY_TTL_S``, 24 h by default), not the refund window of
+other unkeyed records: only a host crash (the settled line written but not yet on disk;
+a killed process's writes survive) followed by a takeover more than that later charges
+the debt twice. Both lists are bounded by ``limit``;
 when full, :meth:`owe` returns False and the caller refuses the message as in fail mode
 ``closed``.
 """

@@ -96,6 +96,9 @@ local FB = ARGV[5] + 0
 local PAID_FIRST = ARGV[7] == 'p'
 local PERIOD = ARGV[12]
 local REFUND_TTL = ARGV[13]
+-- How long the record of a fail-open settlement (kind M/N) lives (admit_message.lua):
+-- max(IDEM_TTL, REFUND_TTL), made when first needed.
+local SETTLED_TTL
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
 local FREE_KEYS -- ARGV[16]: made when first needed
 local FIRST = 17

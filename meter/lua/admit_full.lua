@@ -34,7 +34,13 @@ local function seen_before(m, ik, seen)
     listed = at or string.find(l, ',' .. m.token .. ',', 1, true)
   end
   if stok == m.token then
-    if m.settle and sunits ~= '0' then redis.call('ZREM', P .. ':rsv', m.app_id .. ':' .. m.rid) end
+    if m.settle then
+      -- Served: the reservation its lost call left is settled, and the record lives on
+      -- for a settlement replayed long after (admit_message.lua).
+      if sunits ~= '0' then redis.call('ZREM', P .. ':rsv', m.app_id .. ':' .. m.rid) end
+      SETTLED_TTL = SETTLED_TTL or math.max(IDEM_TTL + 0, REFUND_TTL + 0)
+      redis.call('PEXPIRE', ik, SETTLED_TTL, 'GT')
+    end
     return result(0, tonumber(sunits), tonumber(sf), tonumber(sa), tonumber(sp), tonumber(si),
       0, sbsid, (sbsid ~= '' and sunits ~= '0') and 2 or 0)
   end

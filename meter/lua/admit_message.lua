@@ -81,8 +81,16 @@ local function admit_one(arg)
   end
   -- The charge record's id and lifetime (meter/redis_layer/keys.py record_id), and its
   -- key (old: where an earlier version kept it, see lib_records.lua).
+  -- A settlement (M/N) without a key keeps its record the idempotency window too: a
+  -- settlement replayed long after (a host crash lost its "settled" line) finds it.
   local rid, ttl = 'k:' .. ch .. '\t' .. user .. '\t' .. idem, IDEM_TTL
-  if idem == '' then rid, ttl = 't:' .. token, REFUND_TTL end
+  if idem == '' then
+    rid, ttl = 't:' .. token, REFUND_TTL
+    if kind == 'M' or kind == 'N' then
+      SETTLED_TTL = SETTLED_TTL or math.max(IDEM_TTL + 0, REFUND_TTL + 0)
+      ttl = SETTLED_TTL
+    end
+  end
   local ik, old = record_keys(app_id, rid)
   if not full then full, check = full_path() end
   -- m: the admission, built in one constructor (sized once).

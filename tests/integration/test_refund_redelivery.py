@@ -181,6 +181,30 @@ async def test_a_settled_debt_whose_lost_call_had_charged_is_not_swept(
     assert await charged(client, w) == 2 * PRICE
 
 
+async def test_a_settlement_replayed_after_the_refund_window_charges_nothing(
+    client: RedisClient,
+) -> None:
+    """A host crash can lose a settlement's "settled" journal line; the next process
+    replays it, maybe long after the refund window. Its record must still be there, for
+    a settlement whose lost call had charged and for one whose call never reached Redis:
+    it lives the idempotency window (it was the refund window, 3 minutes)."""
+    clock, cfg, w, adm = await admission(client, free=FREE)
+    app = w.apps[0]
+    lost = await adm.admit(app, "web", "u1", "")  # charged; its reply was lost
+    tokens = [lost.token, "t" * 32]  # the second call never reached Redis
+    for user, token in zip(("u1", "u2"), tokens, strict=True):
+        d = await adm.settle(app, "web", user, "", kind="m", token=token, at=clock.now)
+        assert (d.units, d.duplicate) == (1, False)
+    assert await charged(client, w) == 2 * PRICE
+    window_ms = cfg.idempotency_ttl_s * 1000
+    for token in tokens:
+        ttl = await client.pttl(keys.idem_key(w.ws, app, keys.record_id("web", "", "", token)))
+        assert window_ms - 60_000 < ttl <= window_ms, ttl
+    for user, token in zip(("u1", "u2"), tokens, strict=True):  # the replay
+        await adm.settle(app, "web", user, "", kind="m", token=token, at=clock.now)
+    assert await charged(client, w) == 2 * PRICE
+
+
 async def test_a_delivery_admitted_again_after_its_failure_counts_again(
     client: RedisClient,
 ) -> None:
