@@ -42,7 +42,10 @@ async def serve_flusher(
     try:
         flusher = Flusher(client, store, settings, lease_s=lease_s)
         if once:
-            return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+            try:
+                return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+            finally:
+                await flusher.close()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,7 +54,10 @@ async def serve_flusher(
         log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
         if on_ready is not None:
             on_ready(flusher)
-        await flusher.run(stop, force_on_stop=force)
+        try:
+            await flusher.run(stop, force_on_stop=force)
+        finally:
+            await flusher.close()
         return PassResult()
     finally:
         await store.close()

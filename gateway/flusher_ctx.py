@@ -99,3 +99,5 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(task, settings.shutdown_grace_s + 5)
         except Exception:
             log.exception("flusher did not stop cleanly")
+        with contextlib.suppress(Exception):
+            await flusher.close()

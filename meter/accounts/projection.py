@@ -94,8 +94,11 @@ async def put_workspace(
     lic = licences or {}
     fields = workspace_fields(plan, catalog, lic)
     wk = keys.ws_key(ws)
+    created = not await client.hexists(wk, "type")
     async with client.pipeline(transaction=False) as pipe:
         pipe.hset(wk, mapping=fields)
+        if created:  # every claim of a new workspace is recorded (meter/usage/claims.py)
+            pipe.zadd(keys.claim_records_key(ws), {"~": 0}, nx=True)
         stale = [f"l:{p}" for p in PRODUCTS if p not in lic]
         if low_threshold is None:
             stale.append("lowt")

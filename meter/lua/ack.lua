@@ -5,11 +5,14 @@
 -- ARGV[3]  gen of the committed claim
 -- Returns 1 when this call retired the claim, 0 when it was already retired (another
 -- flusher that re-took the same gen acked first). Either way the committed copy is gone.
+-- The bucket's claim record (P:fl) stays: a later claim of the same bucket is told this
+-- gen is known.
 
 local P, kind, b, gen = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local field = kind .. ':' .. b
 redis.call('DEL', P .. ':c:' .. field .. ':' .. gen)
 if redis.call('HGET', P .. ':cl', field) ~= gen then return 0 end
 redis.call('HDEL', P .. ':cl', field)
+redis.call('HDEL', P .. ':clk', field)
 redis.call('DEL', P .. ':lease:' .. field)
 return 1

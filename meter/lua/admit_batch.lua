@@ -32,6 +32,9 @@ local W = {
   pool = (wr[4] or 0) + 0, apps = (wr[5] or 0) + 0, lapsed = (wr[6] or 0) + 0,
   low = wr[7] == '1', np = (wr[8] or 0) + 0, seq = (wr[9] or 0) + 0,
 }
+-- An id (event e<n>, billing session s<n>) is at least now x 1000: a Redis that lost
+-- recent writes (failover, restart from an older file) never gives one again.
+if W.seq < now * 1000 then W.seq = now * 1000 - 1 end
 local W0 = {free = W.free, pool = W.pool, apps = W.apps, seq = W.seq, low = W.low,
   lapsed = W.lapsed}
 local events = {}

@@ -39,7 +39,9 @@ if kind == 'free' then
   if left > 0 and exp > 0 and now >= exp then
     redis.call('HINCRBY', wsk, 'lapsed', left)
     redis.call('HSET', wsk, 'free', '0')
-    local seq = redis.call('HINCRBY', wsk, 'seq', 1)
+    -- At least now x 1000, as admit.lua's ids: never an id a lost write gave.
+    local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0') + 1, now * 1000)
+    redis.call('HSET', wsk, 'seq', string.format('%d', seq))
     redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
       type = 'free_credits.expired', at = now, amount = left}))
   end

@@ -49,6 +49,9 @@ end
 -- refund's usage is in the store, so the balances below already hold it.
 redis.call('DEL', wsk)
 hset_all(wsk, doc.ws)
+-- Claim records (claim.lua): a new workspace's claims are all recorded from the start;
+-- after a loss every batch the store holds counts as known (no usage of it is left here).
+redis.call('ZADD', P .. ':fl', 'NX', doc.ws.seq or '0', '~')
 for _, ref in ipairs(doc.grants) do
   redis.call('HSET', wsk, 'g:' .. ref, '1')
   redis.call('SET', P .. ':g:' .. ref, '1')

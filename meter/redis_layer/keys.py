@@ -57,6 +57,10 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:cl``              hash   outstanding claims: ``<kind>:<bucket_s>`` -> gen, until acked
                              (how a restarted flusher finds a crashed one's claims).
                              The events list is claimed as bucket ``0``.
+``P:clk``             hash   ``<kind>:<bucket_s>`` -> the known gen of that outstanding claim.
+``P:fl``              zset   claim records: ``<kind>:<bucket_s>`` -> gen of that bucket's newest
+                             claim (kept for a horizon), ``~`` -> the gen at or below which a
+                             bucket without a member counts as known (meter/usage/claims.py).
 """
 
 from __future__ import annotations
@@ -234,3 +238,8 @@ def lease_key(ws: str, kind: str, bucket_s: int) -> str:
 def claims_key(ws: str) -> str:
     """Hash of outstanding claims ``<kind>:<bucket_s>`` -> gen."""
     return f"{ws_prefix(ws)}:cl"
+
+
+def claim_records_key(ws: str) -> str:
+    """Sorted set of claim records ``<kind>:<bucket_s>`` -> gen, and ``~`` -> floor."""
+    return f"{ws_prefix(ws)}:fl"

@@ -22,7 +22,12 @@ from asyncpg.pool import PoolConnectionProxy
 from meter.store.base import Store
 from meter.store.db import Conn, Row
 from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
-from meter.store.flush import SESSION_COLUMNS, USAGE_COLUMNS, session_upsert_tail, usage_upsert_tail
+from meter.store.flush_merge import (
+    SESSION_COLUMNS,
+    USAGE_COLUMNS,
+    session_upsert_tail,
+    usage_upsert_tail,
+)
 from meter.store.models import now_ms
 from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
 
 from meter.store.db import Row, StoreCore
-from meter.store.flush import SESSION_COLUMNS
+from meter.store.flush_merge import SESSION_COLUMNS
 from meter.store.usage import PAGE, filters
 from meter.store.usage_rows import SessionRow
 

@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 from meter.store.db import Row, StoreCore
-from meter.store.flush import USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
+from meter.store.flush_merge import USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
 from meter.store.models import GRANULARITIES, REFUSAL_REASONS, PoolTotals
 from meter.store.periods import next_period, period_start, sql_step
 from meter.store.usage_rows import UsagePoint, UsageRow

@@ -162,6 +162,8 @@ class BatchWriter:
                     session_rows=batch.sessions,
                     ledger_entries=batch.ledger,
                     outbox_events=batch.events,
+                    # Events need no check: their ids make them exactly-once.
+                    known_gen=claim.known if claim.kind != "ev" else None,
                 )
             except (Rejected, *_BAD_DATA) as exc:
                 rejected += 1

@@ -12,21 +12,55 @@ A bucket moves through three states, each change one atomic script:
 A flusher that dies between 2 and 3 leaves the claim in ``P:cl``; once its lease
 expires any flusher re-takes it with the SAME gen, so the batch id is the same and
 the store's exactly-once check turns a repeated write into a no-op.
+
+**Redis losing recent writes** (a failover to a replica that had not received them, a
+restart from an older RDB/AOF) must not flush a bucket twice nor reuse an id:
+
+* *Ids never come again.* Every id taken from the workspace counter ``seq`` (claim gens,
+  billing sessions ``s<n>``, events ``e<n>``: ``claim.lua``, ``admit.lua``, ``grant.lua``) is
+  at least ``now_ms x 1000``. A Redis that comes back without its latest writes restarts the
+  counter where it was, but the clock has moved on, so its next ids are above every id given
+  before the loss. Assumed: the clocks of gateways and flushers agree to within the time
+  Redis takes to come back (a failover or restart takes seconds; NTP keeps clocks within
+  milliseconds), and one workspace takes fewer than 1000 ids per millisecond on average.
+* *A bucket claimed in a lost history is recognised.* Each claim records its gen in the
+  sorted set ``P:fl`` (member ``<kind>:<bucket>``), in the same script that moves the bucket,
+  so Redis keeps or loses the record together with the claim. A new claim is given
+  ``known``: the gen of the bucket's previous claim in this Redis's history (or the floor
+  ``~`` when it has none). The store holding a batch of the same bucket with a gen above
+  ``known`` means Redis lost that claim, and the live contents just claimed are, in part or
+  whole, what that batch already counted: the store then keeps only what exceeds its own
+  totals (:mod:`meter.store.flush_rollback`). ``~`` is 0 from a workspace's creation
+  (``put_workspace``, ``rebuild.lua``); a workspace an earlier version flushed starts at its
+  ``seq`` on its first claim (its earlier batches count as known). Records older than
+  :data:`RECORDS_HORIZON_MS` are dropped and ``~`` raised to their gens, so a claim lost
+  that long before its bucket is claimed again is not recognised.
+* With ``redis_durability = replicated`` a claim is released to the writer only once
+  ``WAIT`` saw it on the replicas, as admissions are (:mod:`meter.redis_layer.durability`);
+  otherwise the workspace's pass stops there, the claim stays, and a later pass re-takes it
+  under the same gen. An ack needs no wait: a lost ack brings back the claim with its gen,
+  whose batch the store already holds.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.durability import ReplicatedCalls
 from meter.redis_layer.scripts import register
 
 BucketKind = Literal["ag", "sr", "ev"]
 KINDS: tuple[BucketKind, ...] = ("ag", "sr", "ev")
 EVENTS_BUCKET = 0
+# Claim records kept this long (ms): a claim Redis lost is recognised when its bucket is
+# claimed again within this time (the next pass, unless every flusher is down that long).
+RECORDS_HORIZON_MS = 6 * 3600 * 1000
 
 
 class ClaimCode(IntEnum):
@@ -48,6 +82,7 @@ class Claim:
     gen: int
     retaken: bool
     items: list[bytes]
+    known: int | None = None  # batches of this bucket above this gen: a lost history
 
     @property
     def batch_id(self) -> str:
@@ -72,27 +107,59 @@ def _kind(text: str) -> BucketKind:
 
 
 class Claims:
-    """The claim/ack scripts bound to one Redis client and one flusher identity."""
+    """The claim/ack scripts bound to one Redis client and one flusher identity.
 
-    def __init__(self, client: RedisClient, owner: str, lease_ms: int) -> None:
+    ``replicas``/``wait_ms``: with ``redis_durability = replicated``, each claim waits for
+    that many replicas (a :class:`~meter.redis_layer.durability.NotReplicated` otherwise).
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        owner: str,
+        lease_ms: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        replicas: int = 0,
+        wait_ms: int = 0,
+    ) -> None:
         self._client = client
         self._owner = owner
         self._lease_ms = lease_ms
+        self._clock = clock
         self._claim = register(client, "claim")
         self._ack = register(client, "ack")
+        self._replicated = (
+            ReplicatedCalls(client, self._claim, replicas=replicas, wait_ms=wait_ms)
+            if replicas > 0
+            else None
+        )
 
     async def claim(
         self, ws: str, kind: BucketKind, bucket: int, *, keep_index: bool = False
     ) -> tuple[ClaimCode, Claim | None]:
         """Claim (or re-take) a bucket; the claim is ``None`` unless the code says taken."""
-        res: list[Any] = await self._claim(
-            keys=[keys.ws_prefix(ws)],
-            args=[kind, bucket, self._lease_ms, self._owner, "1" if keep_index else "0"],
-        )
+        prefix = keys.ws_prefix(ws)
+        args = [kind, bucket, self._lease_ms, self._owner, "1" if keep_index else "0"]
+        args += [int(self._clock() * 1000), RECORDS_HORIZON_MS]
+        res: list[Any]
+        if self._replicated is not None:
+            res = await self._replicated.call(prefix, args)
+        else:
+            res = await self._claim(keys=[prefix], args=args)
         code = ClaimCode(int(res[0]))
         if code in (ClaimCode.BUSY, ClaimCode.EMPTY):
             return code, None
-        claim = Claim(ws, kind, bucket, int(res[1]), code is ClaimCode.RETAKEN, list(res[2]))
+        known = int(res[3])
+        claim = Claim(
+            ws,
+            kind,
+            bucket,
+            int(res[1]),
+            code is ClaimCode.RETAKEN,
+            list(res[2]),
+            known if known >= 0 else None,
+        )
         return code, claim
 
     async def ack(self, claim: Claim) -> bool:
@@ -120,6 +187,11 @@ class Claims:
             kind, _, bucket = field.decode().partition(":")
             pending.append(Pending(_kind(kind), int(bucket), int(gen)))
         return pending, [int(b) for b in ag], [int(b) for b in sr], bool(ev)
+
+    async def close(self) -> None:
+        """Close the connections of replicated claims (a cluster's masters)."""
+        if self._replicated is not None:
+            await self._replicated.close()
 
 
 def _score(cutoff: float) -> str:

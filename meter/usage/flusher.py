@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from config.urls import mask_url
+from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
@@ -74,7 +75,15 @@ class Flusher:
         self._clock = clock
         self.owner = owner or new_owner()
         self.lease_s = lease_s if lease_s is not None else max(10.0, 4 * settings.flush_interval_s)
-        self._claims = Claims(client, self.owner, int(self.lease_s * 1000))
+        replicated = settings.redis_durability == "replicated"
+        self._claims = Claims(
+            client,
+            self.owner,
+            int(self.lease_s * 1000),
+            clock=clock,
+            replicas=settings.redis_replicas if replicated else 0,
+            wait_ms=int(settings.redis_timeout_s * 800),
+        )
         self._interval = settings.flush_interval_s
         self._redis_shown = mask_url(settings.redis_url)  # named in its warnings
         self._fb = settings.flush_bucket_s
@@ -195,6 +204,10 @@ class Flusher:
         except Exception:
             log.exception("flusher: final pass failed")
 
+    async def close(self) -> None:
+        """Close what the flusher opened itself (a cluster's replicated-claim links)."""
+        await self._claims.close()
+
     # -------------------------------------------------------------- workspace
 
     def _closed_at(self, kind: BucketKind, bucket: int) -> float:
@@ -208,7 +221,9 @@ class Flusher:
         async with self._sem:
             try:
                 return await self._flush_ws(ws, now, force)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, MeteringUnavailable) as exc:
+                # MeteringUnavailable: a claim not on the replicas yet (replicated
+                # durability); it stays claimed and a later pass re-takes it, same gen.
                 self.stats.redis_errors += 1
                 log.warning("flusher: redis error in workspace %s: %r", ws, exc)
                 return PassResult(failed=1)
