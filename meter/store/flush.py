@@ -96,7 +96,14 @@ class Flush(StoreCore):
                 rows = usage, sessions
                 if known_gen is not None:
                     rows = await after_lost_claims(
-                        c, batch_id, workspace_id, kind, bucket_start, known_gen, rows
+                        c,
+                        batch_id,
+                        workspace_id,
+                        kind,
+                        bucket_start,
+                        known_gen,
+                        rows,
+                        advisory_lock=self.dialect == "postgresql",
                     )
                 if rows[0]:
                     await self._upsert_usage(c, rows[0])

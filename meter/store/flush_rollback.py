@@ -16,12 +16,19 @@ into its batch, plus whatever was written since. So, in the same transaction:
   counted twice. Exact when nothing was written to the bucket after Redis lost its
   writes (a bucket is claimed once closed); otherwise what was written since is
   undercounted by at most what the store holds beyond the part Redis kept, and logged;
-* session rows are written with ``seq`` 0: a snapshot Redis kept is never newer than the
-  one the store holds, so it must not replace its amount (``end_ms`` and ``messages`` still
-  take the maximum; a session started since has an id of its own and is written whole).
+* a session row replaces the stored snapshot of its session only if it has more messages
+  (the session went on since); otherwise it is written with ``seq`` 0, so the snapshot the
+  store holds keeps its amount (``end_ms`` and ``messages`` still take the maximum). A
+  session started since has an id of its own and is written whole. A session that went on
+  keeps the amount Redis counted for it: the charges only the lost history saw are in the
+  usage rows, not in that session's record.
 
-Two commits of the same bucket from both histories that are in flight at the same moment
-(on PostgreSQL, neither seeing the other) are not caught.
+Each of two batches of the bucket, one from each history, sees the other if that one
+committed first (both were claimed above the same ``known_gen``), so whichever commits
+second keeps only what exceeds the first. On PostgreSQL the check takes a transaction
+advisory lock on the bucket, after this batch's id is inserted: two such commits in flight
+at the same moment are serialised, and the second's check (a new statement under READ
+COMMITTED) sees the first. SQLite runs one write transaction at a time.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import logging
 from typing import Any
 
 from meter.store.db import Conn
-from meter.store.flush_merge import USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
+from meter.store.flush_merge import SESSION_COLUMNS, USAGE_COLUMNS, USAGE_COUNTERS, USAGE_KEY
 
 log = logging.getLogger(__name__)
 Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 _KEY = len(USAGE_KEY)
+_SID, _MSGS = SESSION_COLUMNS.index("id"), SESSION_COLUMNS.index("messages")
+_CHUNK = 500
 
 
 def gen_of(batch_id: str) -> int | None:
@@ -67,9 +76,16 @@ async def after_lost_claims(
     bucket_start: int,
     known_gen: int,
     rows: Rows,
+    *,
+    advisory_lock: bool = False,
 ) -> Rows:
     """``rows`` (usage, sessions as merged column tuples) less what the store already
-    holds of this bucket, if a claim of it was lost (see the module doc)."""
+    holds of this bucket, if a claim of it was lost (see the module doc).
+    ``advisory_lock``: PostgreSQL's, on the bucket, for the rest of the transaction."""
+    if advisory_lock:
+        await c.fetch(
+            "SELECT pg_advisory_xact_lock(hashtext(?))", f"{workspace_id}:{kind}:{bucket_start}"
+        )
     lost = await lost_gens(c, batch_id, workspace_id, kind, bucket_start, known_gen)
     if not lost:
         return rows
@@ -85,7 +101,7 @@ async def after_lost_claims(
     log.error(
         "flush batch %s: redis lost the claim(s) %s of this bucket after the store committed "
         "them (failover or restart from older data); kept only what exceeds the store: "
-        "%d of %d usage row(s), %d session snapshot(s) that never replace a stored amount; "
+        "%d of %d usage row(s), %d session snapshot(s) checked against the store's; "
         "not counted again: %s",
         batch_id,
         lost,
@@ -94,7 +110,7 @@ async def after_lost_claims(
         len(sessions),
         {n: d for n, d in zip(USAGE_COUNTERS, dropped, strict=True) if d},
     )
-    return kept, [(*s[:-1], 0) for s in sessions]
+    return kept, await _sessions_gone_on(c, workspace_id, sessions) if sessions else []
 
 
 async def _beyond_store(
@@ -113,4 +129,28 @@ async def _beyond_store(
         counters = [max(0, int(v) - max(h, 0)) for v, h in zip(row[_KEY:], have, strict=True)]
         if any(counters):
             out.append((*row[:_KEY], *counters))
+    return out
+
+
+async def _sessions_gone_on(
+    c: Conn, workspace_id: str, sessions: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Session rows (:data:`SESSION_COLUMNS`), ``seq`` 0 unless the row has more messages
+    than the store's snapshot of its session (then above that snapshot's)."""
+    held: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(sessions), _CHUNK):
+        ids = [row[_SID] for row in sessions[i : i + _CHUNK]]
+        for r in await c.fetch(
+            "SELECT id, messages, seq FROM billing_sessions WHERE workspace_id = ? "
+            f"AND id IN ({', '.join('?' for _ in ids)})",
+            workspace_id,
+            *ids,
+        ):
+            held[str(r["id"])] = int(r["messages"]), int(r["seq"])
+    out = []
+    for row in sessions:
+        messages, seq = held.get(row[_SID], (-1, 0))
+        # Newer: above the stored seq (the store's batch may have a higher gen).
+        newer = max(int(row[-1]), seq + 1) if int(row[_MSGS]) > messages else 0
+        out.append((*row[:-1], newer))
     return out

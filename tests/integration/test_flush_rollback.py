@@ -18,7 +18,7 @@ import pytest
 from meter.admission.decision import Decision
 from meter.redis_layer import keys
 from meter.redis_layer.client import connect
-from meter.store import Store
+from meter.store import SessionRow, Store, UsageRow
 from meter.usage.flusher import Flusher
 from tests.support.clock import Clock
 from tests.support.flushkit import USD, Expected, opened_store, seed_ws, store_url
@@ -175,3 +175,34 @@ async def test_replicated_claims_wait_for_the_replica(
     batch = await store.get_flush_batch(f"{w.ws}:{kind}:{bucket}:{gen.decode()}")
     assert batch is not None  # written under the gen first claimed
     assert batch.rows > 0
+
+
+def _usage(ws: str, bucket_ms: int, n: int) -> UsageRow:
+    return UsageRow(ws, bucket_ms, "app1", "web", "agent", "message", units=n, messages=n,
+                    amount_pool=n * 20_000)  # fmt: skip
+
+
+def _session(ws: str, messages: int, amount: int, seq: int) -> SessionRow:
+    return SessionRow(ws, "s1", "app1", "web", "alice", "agent", 1_000, 2_000 + messages,
+                      messages, amount, seq)  # fmt: skip
+
+
+@pytest.mark.parametrize("order", ["lost_first", "lost_last"])
+async def test_two_histories_of_one_bucket_count_once(order: str, store: Store) -> None:
+    """The store side alone: a bucket claimed above the same known gen in two histories (the
+    one Redis lost: 5 messages; the one it kept: 3 of them, nothing after), committed in
+    either order, counts 5; a later claim of the bucket (known = the kept one's gen) adds."""
+    ws, b = "wsroll", 1_800_000_000_000
+    lost = (f"{ws}:ag:{b // 1000}:200", [_usage(ws, b, 5)], [_session(ws, 5, 90_000, 200)])
+    kept = (f"{ws}:ag:{b // 1000}:300", [_usage(ws, b, 3)], [_session(ws, 3, 50_000, 300)])
+    for batch_id, usage, sessions in [lost, kept] if order == "lost_first" else [kept, lost]:
+        assert await store.write_flush_batch(
+            batch_id, ws, "ag", b, usage_rows=usage, session_rows=sessions, known_gen=100
+        )
+    later = f"{ws}:ag:{b // 1000}:400"
+    assert await store.write_flush_batch(later, ws, "ag", b, usage_rows=[_usage(ws, b, 2)],
+                                         known_gen=300)  # fmt: skip
+    tot = await store.usage_totals(ws)
+    assert (tot.messages, tot.amount_pool) == (7, 7 * 20_000)
+    [s] = await store.sessions(ws, 0, 2**62)
+    assert (s.messages, s.amount) == (5, 90_000)  # the snapshot Redis kept is older
