@@ -166,6 +166,7 @@ class Workspace:
     # -- admit.lua: one batch, all at the same instant ------------------------------------
     def admit(self, now: int, msgs: list[tuple[str, str, str, str, str, str]]) -> list[Decision]:
         """``msgs``: (app, channel, user, idempotency key or "", token, kind "m"|"n")."""
+        self.seq = max(self.seq, now * 1000 - 1)  # ids (events, sessions) >= now x 1000
         if self.free > 0 and now >= self.free_exp:
             self._event("free_credits.expired")
             self.lapsed, self.free = self.lapsed + self.free, 0
