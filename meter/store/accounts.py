@@ -10,6 +10,7 @@ from meter.store.models import (
     User,
     Workspace,
 )
+from meter.store.outbox import NO_WEBHOOK, WAKE_PARKED
 
 USER_COLUMNS = "id, email, name, token_hash, created_at"
 WORKSPACE_COLUMNS = (
@@ -130,13 +131,19 @@ class Accounts(StoreCore):
         )
 
     async def set_webhook(self, workspace_id: str, url: str | None, secret: str | None) -> bool:
-        """Set where owner notifications go; ``False`` if there is no such workspace."""
-        return await self.changed(
-            "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
-            url,
-            secret,
-            workspace_id,
-        )
+        """Set where owner notifications go; ``False`` if there is no such workspace.
+
+        Events parked for want of a webhook become due again at once."""
+        async with self.transaction() as c:
+            n = await c.execute(
+                "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
+                url,
+                secret,
+                workspace_id,
+            )
+            if n and url and secret:
+                await c.execute(WAKE_PARKED, workspace_id, NO_WEBHOOK)
+        return n > 0
 
     async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:
         """The owner's low-balance threshold (``None``: the default); ``False`` if there is

@@ -4,11 +4,14 @@ An event is *due* when it is undelivered and ``next_attempt_at <= now``. A dispa
 claims due events with a lease (``due_events(now, limit, lease_ms=...)`` pushes their
 ``next_attempt_at`` to ``now + lease``) so replicas do not send the same event at once;
 ``mark_failed(..., next_attempt_at=None)`` gives up on an event (it stays, never due).
+``due_events(..., per_workspace=k)`` takes at most ``k`` events of a workspace, the
+workspaces in turn; ``postpone_events`` moves events later without counting an attempt
+(or parks them while their workspace has no webhook: ``set_webhook`` wakes them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
@@ -18,6 +21,18 @@ _COLS = (
     "id, workspace_id, event_id, event_type, payload, created_at, attempts, "
     "next_attempt_at, delivered_at, last_error"
 )
+NO_WEBHOOK = "no webhook configured"
+"""``last_error`` of events parked until their workspace has a webhook."""
+_NO_WEBHOOK = (
+    " AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = outbox.workspace_id "
+    "AND w.webhook_url <> '' AND w.webhook_secret <> '')"
+)
+WAKE_PARKED = (
+    "UPDATE outbox SET next_attempt_at = created_at, last_error = NULL "
+    "WHERE workspace_id = ? AND delivered_at IS NULL AND next_attempt_at IS NOT NULL "
+    "AND last_error = ?"
+)
+"""Makes a workspace's parked events due again (once it has a webhook)."""
 _INSERT = (
     "INSERT INTO outbox (workspace_id, event_id, event_type, payload, created_at, attempts, "
     "next_attempt_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (event_id) DO NOTHING"
@@ -66,36 +81,96 @@ class Outbox(StoreCore):
         return int(row["n"]) if row else 0
 
     async def due_events(
-        self, now_ms: int, limit: int = 100, *, lease_ms: int = 0
+        self,
+        now_ms: int,
+        limit: int = 100,
+        *,
+        lease_ms: int = 0,
+        per_workspace: int | None = None,
+        exclude: Collection[str] = (),
     ) -> list[OutboxEvent]:
         """Undelivered events due at ``now_ms``, oldest due first.
+
+        With ``per_workspace`` at most that many of one workspace's (its oldest due), the
+        workspaces taking turns: every workspace's first event comes before any second
+        one, so one workspace's backlog never crowds out the others. Workspaces in
+        ``exclude`` are left out (those a dispatcher is delivering already).
 
         With ``lease_ms > 0`` the events are claimed: their ``next_attempt_at`` moves to
         ``now_ms + lease_ms`` in the same transaction, and a concurrent caller does not
         get them (the ``next_attempt_at <= now`` re-check loses the row race).
         """
-        due = (
-            f"SELECT {_COLS} FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, id LIMIT ?"
+        marks = ", ".join("?" for _ in exclude)
+        due = "delivered_at IS NULL AND next_attempt_at <= ?" + (
+            f" AND workspace_id NOT IN ({marks})" if exclude else ""
         )
+        args: list[Any] = [now_ms, *exclude]
+        if per_workspace is None:
+            pick = f"SELECT id FROM outbox WHERE {due} ORDER BY next_attempt_at, id LIMIT ?"
+        else:
+            ranked = (
+                "SELECT id, next_attempt_at, ROW_NUMBER() OVER (PARTITION BY workspace_id "
+                f"ORDER BY next_attempt_at, id) AS turn FROM outbox WHERE {due}"
+            )
+            pick = (
+                f"SELECT id FROM ({ranked}) ranked WHERE turn <= ? "
+                "ORDER BY turn, next_attempt_at, id LIMIT ?"
+            )
+            args.append(per_workspace)
+        args.append(limit)
+        # The oldest due first; within a workspace this is the order they are sent in.
         if lease_ms <= 0:
+            select = f"SELECT {_COLS} FROM outbox WHERE id IN ({pick}) ORDER BY next_attempt_at, id"
             async with self.connection() as c:
-                return [_event(r) for r in await c.fetch(due, now_ms, limit)]
+                return [_event(r) for r in await c.fetch(select, *args)]
         async with self.transaction() as c:
-            rows = await c.fetch(due + self.skip_locked, now_ms, limit)
-            ids = [int(r["id"]) for r in rows]
-            if not ids:
+            select = f"SELECT id, next_attempt_at FROM outbox WHERE id IN ({pick})"
+            rows = await c.fetch(select + self.skip_locked, *args)
+            if not rows:
                 return []
-            marks = ", ".join("?" for _ in ids)
+            order = {int(r["id"]): (int(r["next_attempt_at"]), int(r["id"])) for r in rows}
+            marks = ", ".join("?" for _ in order)
             rows = await c.fetch(
                 f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ({marks}) "
                 f"AND delivered_at IS NULL AND next_attempt_at <= ? RETURNING {_COLS}",
                 now_ms + lease_ms,
-                *ids,
+                *order,
                 now_ms,
             )
-        order = {i: n for n, i in enumerate(ids)}
         return sorted((_event(r) for r in rows), key=lambda e: order[e.id or 0])
+
+    async def postpone_events(
+        self,
+        workspace_id: str,
+        ids: Sequence[int],
+        until_ms: int,
+        *,
+        due_at: int | None = None,
+        park: bool = False,
+    ) -> int:
+        """Move undelivered events to ``until_ms`` without counting an attempt: ``ids``
+        (events this caller claimed) and, with ``due_at``, every other event of the
+        workspace due at that time (not those leased to someone else). With ``park``
+        only while the workspace has no webhook, marked :data:`NO_WEBHOOK` so that
+        :meth:`set_webhook` makes them due again. Returns how many moved."""
+        which = [f"id IN ({', '.join('?' for _ in ids)})"] if ids else []
+        if due_at is not None:
+            which.append("next_attempt_at <= ?")
+        if not which:
+            return 0
+        sql = (
+            "UPDATE outbox SET next_attempt_at = ?{note} WHERE workspace_id = ? "
+            "AND delivered_at IS NULL AND next_attempt_at IS NOT NULL AND ({which}){unless}"
+        ).format(
+            note=", last_error = ?" if park else "",
+            which=" OR ".join(which),
+            unless=_NO_WEBHOOK if park else "",
+        )
+        args: list[Any] = [until_ms, *([NO_WEBHOOK] if park else []), workspace_id, *ids]
+        if due_at is not None:
+            args.append(due_at)
+        async with self.connection() as c:
+            return await c.execute(sql, *args)
 
     async def mark_delivered(self, outbox_id: int, *, at: int | None = None) -> bool:
         return await self.changed(
