@@ -5,7 +5,7 @@ the HTTP POST, with the application's shared ``ClientSession`` (or its own), whi
 obeys the egress policy (:mod:`gateway.egress`): a refused address is never connected
 to and the attempt fails like any transport error. ``delivery_ctx`` is a
 ``cleanup_ctx`` generator: it starts the loop with the application and stops it (letting
-a running round finish its current request) at shutdown. Replicas may all run it: the
+running deliveries finish the request in hand) at shutdown. Replicas may all run it: the
 outbox leases each event to one of them.
 """
 
@@ -75,7 +75,6 @@ async def run(app: web.Application, stop: asyncio.Event) -> None:
     notifier: Notifier | None = None
     try:
         while not stop.is_set():
-            delivered = 0
             try:
                 if notifier is None and appkeys.STORE in app:
                     session = app.get(appkeys.HTTP)
@@ -83,13 +82,18 @@ async def run(app: web.Application, stop: asyncio.Event) -> None:
                         own = session = guarded_session(app[appkeys.SETTINGS])
                     notifier = notifier_for(app, session)
                 if notifier is not None:
-                    delivered = await notifier.deliver_due()
+                    # Returns once a workspace's delivery ends (or after poll_s), so the
+                    # next round picks up the workspaces that are free again.
+                    delivered = await notifier.deliver_due(opts.poll_s, stop)
+                    if delivered or notifier.busy:
+                        continue
             except Exception:
                 log.exception("webhooks: delivery round failed")
-            if delivered == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), opts.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), opts.poll_s)
     finally:
+        if notifier is not None:
+            await notifier.aclose(app[appkeys.SETTINGS].webhook_timeout_s)
         if own is not None:
             await own.close()
 

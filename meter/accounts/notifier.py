@@ -6,6 +6,13 @@ send the same one at once), POSTs each as JSON signed with the workspace secret,
 it delivered on a 2xx answer and otherwise schedules a retry with exponential backoff;
 after ``max_attempts`` it gives up (the event stays in the outbox, undelivered).
 
+Workspaces are served fairly (see :class:`Notifier`): each has its own task, a round
+claims a few events of each, and a receiver that does not answer (timeout, refused,
+reset) holds back only its own workspace, whose other events wait for the failed one's
+retry without an attempt counted. Events of a workspace without a webhook are parked
+(kept, not offered again) until one is set. Within a workspace events go one at a time,
+oldest due first.
+
 The HTTP request itself is a :data:`Post` callable supplied by the gateway, so the
 metering core never imports an HTTP client. Signature header::
 
@@ -21,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -77,7 +84,14 @@ def render(event: OutboxEvent) -> bytes:
 
 @dataclass(slots=True)
 class Notifier:
-    """Delivers due outbox events; call :meth:`deliver_due` periodically."""
+    """Delivers due outbox events; call :meth:`deliver_due` periodically.
+
+    Fair between workspaces: a round claims at most ``per_workspace`` events of each
+    workspace (the workspaces taking turns, at most ``batch`` events), and every workspace
+    is delivered by its own task, at most ``concurrency`` at once; a workspace already
+    being delivered gets no more events until its task ends. So one workspace's backlog,
+    or a receiver that answers slowly or never, delays only that workspace.
+    """
 
     store: Store
     post: Post
@@ -86,39 +100,122 @@ class Notifier:
     backoff_cap_s: float = 3600.0
     timeout_s: float = 5.0
     batch: int = 50
+    per_workspace: int = 10
+    concurrency: int = 50
     clock: Callable[[], float] = time.time
+    _running: dict[str, asyncio.Task[int]] = field(default_factory=dict, init=False, repr=False)
+    _closing: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def busy(self) -> int:
+        """How many workspaces are being delivered now."""
+        return len(self._running)
 
     def backoff_ms(self, attempts: int) -> int:
         """Delay before attempt ``attempts + 1``: doubling, capped, with jitter."""
         delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
         return int(delay * random.uniform(0.75, 1.0) * 1000)
 
-    async def deliver_due(self) -> int:
-        """One round: claim due events, deliver them; returns how many were delivered."""
-        now = int(self.clock() * 1000)
-        # The lease outlasts a round in which every event times out, so a slow receiver
-        # never lets another replica send the same event concurrently.
-        lease_ms = int(self.timeout_s * (self.batch + 1) * 1000)
-        events = await self.store.due_events(now, self.batch, lease_ms=lease_ms)
-        by_ws: dict[str, list[OutboxEvent]] = {}
-        for ev in events:
-            by_ws.setdefault(ev.workspace_id, []).append(ev)
-        done = await asyncio.gather(*(self._deliver_ws(ws, evs) for ws, evs in by_ws.items()))
-        return sum(done)
+    def _now(self) -> int:
+        return int(self.clock() * 1000)
 
-    async def _deliver_ws(self, ws_id: str, events: list[OutboxEvent]) -> int:
-        """Events of one workspace, in order; each failure gets its own retry time."""
-        ws = await self.store.get_workspace(ws_id)
-        if ws is None or not ws.webhook_url or not ws.webhook_secret:
-            # Nowhere to send yet: the lease expires and the events are offered again,
-            # so they reach the owner once a webhook is configured.
+    async def deliver_due(
+        self, wait_s: float | None = None, stop: asyncio.Event | None = None
+    ) -> int:
+        """One round: claim due events of the workspaces not being delivered now and start
+        a task for each such workspace; then wait until a running task ends (at most
+        ``wait_s``, or until ``stop`` is set). Returns how many events the tasks that
+        ended delivered."""
+        free = min(self.batch, self.concurrency - len(self._running))
+        if free > 0 and not self._closing:
+            # At most ``free`` events, so at most ``free`` new workspaces. The lease
+            # outlasts a task in which every event is answered just before the timeout,
+            # so another replica never sends the same event concurrently.
+            lease_ms = int(self.timeout_s * (self.per_workspace + 1) * 1000)
+            events = await self.store.due_events(
+                self._now(),
+                free,
+                lease_ms=lease_ms,
+                per_workspace=self.per_workspace,
+                exclude=tuple(self._running),
+            )
+            by_ws: dict[str, list[OutboxEvent]] = {}
+            for ev in events:
+                by_ws.setdefault(ev.workspace_id, []).append(ev)
+            loop = asyncio.get_running_loop()
+            for ws, evs in by_ws.items():
+                self._running[ws] = loop.create_task(self._deliver_ws(ws, evs))
+        if not self._running:
             return 0
+        waiting: set[asyncio.Future[Any]] = set(self._running.values())
+        stopped = None if stop is None else asyncio.ensure_future(stop.wait())
+        if stopped is not None:
+            waiting.add(stopped)
+        try:
+            await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopped is not None:
+                stopped.cancel()
+        return self._reap()
+
+    def _reap(self) -> int:
         delivered = 0
-        for ev in events:
-            delivered += await self._deliver(ev, ws.webhook_url, ws.webhook_secret)
+        for ws, task in list(self._running.items()):
+            if not task.done():
+                continue
+            del self._running[ws]
+            if task.cancelled():
+                continue
+            if (exc := task.exception()) is not None:
+                log.error("webhooks: delivering to workspace %s failed", ws, exc_info=exc)
+            else:
+                delivered += task.result()
         return delivered
 
-    async def _deliver(self, ev: OutboxEvent, url: str, secret: str) -> bool:
+    async def aclose(self, wait_s: float) -> None:
+        """Stop: running tasks finish the request in hand (cancelled after ``wait_s``) and
+        hand back the events they have not sent (due again at once)."""
+        self._closing = True
+        tasks = list(self._running.values())
+        try:
+            if tasks:
+                await asyncio.wait(tasks, timeout=wait_s)
+        finally:  # also when cancelled itself: no task outlives the notifier
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._reap()
+
+    async def _deliver_ws(self, ws_id: str, events: list[OutboxEvent]) -> int:
+        """Events of one workspace, one at a time, in order. An answer other than 2xx
+        gets the event its own retry time; no answer at all stops the workspace."""
+        ids = [ev.id for ev in events if ev.id is not None]
+        ws = await self.store.get_workspace(ws_id)
+        if ws is None or not ws.webhook_url or not ws.webhook_secret:
+            # Nowhere to send yet: every waiting event of the workspace is parked, and
+            # setting a webhook makes them due again (a late re-check every backoff cap).
+            now = self._now()
+            until = now + int(self.backoff_cap_s * 1000)
+            await self.store.postpone_events(ws_id, ids, until, due_at=now, park=True)
+            return 0
+        delivered = 0
+        for n, ev in enumerate(events):
+            if self._closing:
+                await self.store.postpone_events(ws_id, ids[n:], self._now())
+                break
+            ok, unreachable_until = await self._deliver(ev, ws.webhook_url, ws.webhook_secret)
+            delivered += ok
+            if unreachable_until is not None:
+                # No answer (timeout, refused, reset): the rest would most likely wait
+                # out the timeout too. They, and the workspace's other due events, wait
+                # with this one, without counting an attempt.
+                now = self._now()
+                await self.store.postpone_events(ws_id, ids[n + 1 :], unreachable_until, due_at=now)
+                break
+        return delivered
+
+    async def _deliver(self, ev: OutboxEvent, url: str, secret: str) -> tuple[bool, int | None]:
+        """One attempt: (delivered, until when the receiver counts as unreachable)."""
         assert ev.id is not None
         body = render(ev)
         headers = {
@@ -127,14 +224,15 @@ class Notifier:
             DELIVERY_HEADER: ev.event_id,
             SIGNATURE_HEADER: signature(secret, body),
         }
+        unreachable = False
         try:
             status = await self.post(url, body, headers)
             error = f"HTTP {status}"
         except Exception as exc:  # any transport failure is a failed attempt
-            status, error = 0, repr(exc)
+            status, error, unreachable = 0, repr(exc), True
         if 200 <= status < 300:
-            await self.store.mark_delivered(ev.id, at=int(self.clock() * 1000))
-            return True
+            await self.store.mark_delivered(ev.id, at=self._now())
+            return True, None
         attempts = ev.attempts + 1
         retry_at: int | None = int(self.clock() * 1000) + self.backoff_ms(attempts)
         if attempts >= self.max_attempts:
@@ -146,4 +244,6 @@ class Notifier:
                 attempts,
             )
         await self.store.mark_failed(ev.id, error, retry_at)
-        return False
+        if not unreachable:
+            return False, None
+        return False, self._now() + self.backoff_ms(attempts) if retry_at is None else retry_at
