@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,3 +60,38 @@ async def receiver() -> AsyncIterator[Receiver]:
     async with serve(app) as url:
         rec.url = f"{url}/hook"
         yield rec
+
+
+@dataclass
+class Hang:
+    """A receiver that accepts every connection, reads the request and never answers."""
+
+    url: str = ""
+    connections: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def hanging_receiver() -> AsyncIterator[Hang]:
+    """A :class:`Hang` on a loopback port; on exit its connections are reset, so a
+    client still waiting for an answer fails at once."""
+    hang = Hang()
+    open_: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hang.connections += 1
+        hang.arrived.set()
+        open_.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hang.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield hang
+    finally:
+        server.close()
+        for writer in open_:
+            writer.transport.abort()
+        await server.wait_closed()
