@@ -138,6 +138,13 @@ CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)
 # The owner's own low-balance threshold (micro-dollars); NULL: the operator's default.
 _LOW_THRESHOLD = "ALTER TABLE workspaces ADD COLUMN low_balance_threshold BIGINT"
 
+# The notifier claims a few pending events of each workspace in turn and postpones or
+# parks a workspace's events together: pending events in that order.
+_OUTBOX_BY_WORKSPACE = (
+    "CREATE INDEX outbox_workspace_due ON outbox (workspace_id, next_attempt_at, id) "
+    "WHERE delivered_at IS NULL"
+)
+
 # Shadow mode per app: metered and recorded, never refused.
 _SHADOW = "ALTER TABLE apps ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"
 
@@ -197,6 +204,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "console sessions", _CONSOLE_SESSIONS),
     Migration(8, "app shadow mode", _SHADOW),
     Migration(9, "workspace low-balance threshold", _LOW_THRESHOLD),
+    Migration(10, "outbox: pending events by workspace", _OUTBOX_BY_WORKSPACE),
 )
 
 
