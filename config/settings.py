@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     # them all; a message over the cap waits (within upstream_connect_timeout_s).
     upstream_connections: int = Field(1024, ge=1)
     upstream_connections_per_bot: int = Field(256, ge=1)
+    # A tenant's share of those (gateway/tenant_share.py): what the messages of one
+    # workspace may hold, in all and at one bot, so every other tenant finds room; unset,
+    # three quarters of the cap (rounded up); equal to the cap, no share. A message over
+    # its tenant's share waits its turn as for a cap (within upstream_connect_timeout_s).
+    upstream_connections_per_tenant: int | None = Field(None, ge=1)
+    upstream_connections_per_tenant_bot: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0
@@ -220,6 +226,12 @@ class Settings(BaseSettings):
             raise ValueError("topup_min must not exceed topup_max")
         if self.upstream_connections_per_bot > self.upstream_connections:
             raise ValueError("upstream_connections_per_bot must not exceed upstream_connections")
+        if self.tenant_connections > self.upstream_connections:
+            raise ValueError("upstream_connections_per_tenant must not exceed upstream_connections")
+        if self.tenant_connections_per_bot > self.upstream_connections_per_bot:
+            raise ValueError(
+                "upstream_connections_per_tenant_bot must not exceed upstream_connections_per_bot"
+            )
         if self.refund_window_s < 1.5 * self.upstream_connect_timeout_s:
             # A message waits for a bot connection up to the connect timeout; past its
             # refund window the sweeper refunds it, and then it would be sent for free.
@@ -239,6 +251,18 @@ class Settings(BaseSettings):
         kind, _, rest = key.partition("_")
         mode = rest.partition("_")[0]
         return mode == "live" if kind in ("sk", "rk") and mode in ("live", "test") else None
+
+    @property
+    def tenant_connections(self) -> int:
+        """``upstream_connections_per_tenant``, or its default."""
+        given = self.upstream_connections_per_tenant
+        return given if given is not None else share(self.upstream_connections)
+
+    @property
+    def tenant_connections_per_bot(self) -> int:
+        """``upstream_connections_per_tenant_bot``, or its default."""
+        given = self.upstream_connections_per_tenant_bot
+        return given if given is not None else share(self.upstream_connections_per_bot)
 
     @property
     def redis_cluster(self) -> bool:
@@ -261,4 +285,9 @@ class Settings(BaseSettings):
 
 
 # Set by config.loading.load_settings, which layers flags, environment and file itself.
+def share(cap: int) -> int:
+    """A tenant's default share of a cap of connections: three quarters, rounded up."""
+    return cap - cap // 4
+
+
 LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)

@@ -59,6 +59,7 @@ from gateway.owed import Owed
 from gateway.problems import problem_middleware
 from gateway.proxy import Proxy
 from gateway.routes import setup_traffic_routes
+from gateway.tenant_share import Shares
 from gateway.traffic_stats import TrafficStats
 from gateway.upstreams import Upstreams
 from gateway.websocket import close_all
@@ -159,6 +160,11 @@ def _traffic_ctx(
             connector={
                 "limit": settings.upstream_connections,
                 "limit_per_host": settings.upstream_connections_per_bot,
+                "shares": Shares(
+                    per_bot=settings.tenant_connections_per_bot,
+                    total=settings.tenant_connections,
+                    waited=metrics.tenant_share_waits.inc,
+                ),
                 "keepalive_timeout": 30,
             },
             timeout=aiohttp.ClientTimeout(

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from meter.redis_layer.keys import workspace_of
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -49,13 +51,16 @@ class LostCallbacks:
 class ClientWatch:
     """The client connection of one traffic request, and what to call once the request
     has its bot connection (``on_connected``: a bodiless charged message is confirmed as
-    forwarded then, its head written with no wait in between, not before the wait)."""
+    forwarded then, its head written with no wait in between, not before the wait).
+    ``tenant``: the workspace of the app in the request's route, whose share of the bot
+    connections the request takes (:mod:`gateway.tenant_share`)."""
 
-    __slots__ = ("_request", "on_connected")
+    __slots__ = ("_request", "on_connected", "tenant")
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    def __init__(self, request: web.Request) -> None:
         self._request = request
         self.on_connected: Callable[[], None] | None = None
+        self.tenant = workspace_of(request.match_info.get("app_id", ""))
 
     def connected(self) -> None:
         """The request has its bot connection: run ``on_connected`` (once)."""

@@ -28,7 +28,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
-from gateway.bot_connector import BotConnector
+from gateway.tenant_connector import TenantConnector
 from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
 
@@ -159,8 +159,8 @@ async def no_upgrade_redirects(
 
 def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
     # Bounded and ordered as on the fast path, and never sending the message of a client
-    # that left (gateway.bot_connector).
-    return BotConnector(resolver=GuardedResolver(policy), **kw)
+    # that left (gateway.bot_connector); each tenant within its share (gateway.tenant_share).
+    return TenantConnector(resolver=GuardedResolver(policy), **kw)
 
 
 def guarded_session(

@@ -151,6 +151,11 @@ class Metrics:
             "Requests whose client went away before the answer was sent.",
             registry=r,
         )
+        self.tenant_share_waits = Counter(
+            "creditgate_tenant_share_waits_total",
+            "Messages that waited for a place of their tenant's share of bot connections.",
+            registry=r,
+        )
         self.gc_seconds_metric = Counter(
             "creditgate_gc_seconds",
             "Time traffic processes spent in garbage collections.",

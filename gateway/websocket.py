@@ -49,6 +49,7 @@ from aiohttp import HttpVersion11, WSMsgType, web
 from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import without_token
 from gateway.channels import USER_HEADER
+from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.problems import Problem, problem_response
@@ -124,6 +125,9 @@ async def proxy_websocket(
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
+    # The bot connection holds a place of the tenant's share for the socket's life; the
+    # client leaving while it waits for one ends the wait (gateway.tenant_connector).
+    gone = CLIENT_GONE.set(ClientWatch(request))
     try:
         upstream = await proxy.session.ws_connect(
             url,
@@ -132,6 +136,8 @@ async def proxy_websocket(
             max_msg_size=proxy.max_body,
             autoping=True,
         )
+    except ClientGone:
+        raise Problem(499, "client_gone", "Client closed request") from None
     except UpstreamForbidden as exc:
         log.warning("websocket upstream %s refused by the egress policy: %s", url.host, exc.reason)
         raise forbidden() from None
@@ -156,6 +162,8 @@ async def proxy_websocket(
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
         ) from None
+    finally:
+        CLIENT_GONE.reset(gone)
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         max_msg_size=proxy.max_body,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from yarl import URL
 
@@ -13,13 +14,15 @@ from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.exchange import Exchange, FastServer
 from gateway.fastpath.message import Message
-from gateway.fastpath.pool import ClientGone
+from gateway.fastpath.pool import ClientGone, expire
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
 from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
 from gateway.problems import Problem, Refused, problem_of
+from gateway.tenant_share import Wait
 from gateway.unbilled import Held
+from meter.redis_layer.keys import workspace_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ async def _upstream(
     host, port = url.raw_host or "", url.port or 80
     try:
         server.pool.verdicts.check(url)
-        upstream = await server.pool.acquire(host, port, ex)
+        upstream = await _connection(server, ex, host, port)
         if ex.conn.transport is None:  # gone while connecting, or as its wait ended
             server.pool.release(upstream)
             raise ClientGone
@@ -113,3 +116,33 @@ async def _upstream(
         if isinstance(exc, ConnectTimeout):
             raise problems.bot_timeout() from None
         raise problems.bot_unavailable() from None
+
+
+async def _connection(server: FastServer, ex: Exchange, host: str, port: int) -> UpstreamConnection:
+    """A connection for ``ex`` within its tenant's share (:mod:`gateway.tenant_share`):
+    first a place of the share, then the pool's, both by one deadline; the connection
+    holds the share's place until released or ended."""
+    pool = server.pool
+    deadline = pool.deadline()
+    tenant = workspace_of(ex.msg.app_id)
+    if tenant is None:  # never: routed messages have a well-formed app id
+        return await pool.acquire(host, port, ex, deadline)
+
+    def on_wait(wait: Wait) -> Callable[[], None]:
+        timer = server.loop.call_at(deadline, expire, wait)
+        ex.waiting(wait)  # its client leaving ends the wait
+
+        def undo() -> None:
+            timer.cancel()
+            ex.waiting(None)
+
+        return undo
+
+    ticket = await pool.shares.enter(tenant, (host, port), on_wait)
+    try:
+        upstream = await pool.acquire(host, port, ex, deadline)
+    except BaseException:
+        ticket.free()
+        raise
+    upstream.ticket = ticket
+    return upstream

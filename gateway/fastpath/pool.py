@@ -33,9 +33,12 @@ import heapq
 import itertools
 from typing import Protocol
 
+from config.settings import share
 from gateway.egress import GuardedResolver, Verdicts
 from gateway.fastpath.dial import dial
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
+from gateway.tenant_share import Shares
+from gateway.tenant_share import Wait as ShareWait
 from gateway.waiters import Waiters
 from meter.accounts.egress import Policy
 
@@ -53,7 +56,7 @@ class Waiter(Protocol):
     """The message waiting (:class:`gateway.fastpath.exchange.Exchange`): told of its
     wait, so that its client going away can end it (with :class:`ClientGone`)."""
 
-    def waiting(self, wait: Wait | None) -> None: ...
+    def waiting(self, wait: Wait | ShareWait | None) -> None: ...
 
 
 class _Bot(Waiters[UpstreamConnection | None]):
@@ -72,11 +75,21 @@ class _Bot(Waiters[UpstreamConnection | None]):
 class Pool:
     """Connections per ``(host, port)``, bounded in all; see the module."""
 
-    def __init__(self, policy: Policy, *, connect_timeout: float, per_bot: int, total: int) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        connect_timeout: float,
+        per_bot: int,
+        total: int,
+        shares: Shares | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.verdicts = Verdicts(policy)
         self.per_bot = per_bot
         self.total = total
+        # Each tenant's share (gateway.tenant_share): taken before acquire, by the server.
+        self.shares = shares or Shares(per_bot=share(per_bot), total=share(total))
         self.count = 0  # places held, all bots together
         self._resolver = GuardedResolver(policy)
         self._connect_timeout = connect_timeout
@@ -86,14 +99,20 @@ class Pool:
         self._arrivals = itertools.count()
         self._closed = False
 
-    async def acquire(self, host: str, port: int, waiter: Waiter) -> UpstreamConnection:
+    def deadline(self) -> float:
+        """When a message asking for a connection now must have it."""
+        return self.loop.time() + self._connect_timeout
+
+    async def acquire(
+        self, host: str, port: int, waiter: Waiter, deadline: float | None = None
+    ) -> UpstreamConnection:
         """An idle connection, else a new one, else the first one released or whose place
-        frees; :class:`UpstreamForbidden`, :class:`ConnectTimeout`,
+        frees, by ``deadline``; :class:`UpstreamForbidden`, :class:`ConnectTimeout`,
         :class:`ConnectFailed` or :class:`ClientGone` when none can be had."""
         if self._closed:
             raise ConnectFailed("the gateway is stopping")
         key = (host, port)
-        deadline = self.loop.time() + self._connect_timeout
+        deadline = self.deadline() if deadline is None else deadline
         while True:
             bot = self._bots.get(key)
             if bot is None:
@@ -131,7 +150,7 @@ class Pool:
         bot.waiters.append((next(self._arrivals), wait))
         if bot.count < self.per_bot:
             self._list(bot)  # waits for a place of the process only
-        timer = self.loop.call_at(deadline, _expire, wait)
+        timer = self.loop.call_at(deadline, expire, wait)
         waiter.waiting(wait)
         try:
             return await wait
@@ -203,6 +222,7 @@ class Pool:
     def release(self, conn: UpstreamConnection) -> None:
         """``conn`` answered cleanly and may be kept alive: to the first waiter of its
         bot, else (another bot's message waited longer) closed for that one, else idle."""
+        conn.free_ticket()  # its message is done with it
         if not _alive(conn):
             return  # its end frees its place (lost)
         conn.resume()  # paused for a slow client as its answer ended: read again
@@ -240,6 +260,7 @@ class Pool:
     def close(self) -> None:
         """Shutting down: waiters refused (ConnectFailed), idle connections closed."""
         self._closed = True
+        self.shares.refuse(lambda: ConnectFailed("the gateway is stopping"))
         for bot in list(self._bots.values()):
             while (head := bot.head()) is not None:
                 bot.waiters.popleft()
@@ -254,6 +275,6 @@ def _alive(conn: UpstreamConnection) -> bool:
     return not conn.closed and transport is not None and not transport.is_closing()
 
 
-def _expire(wait: Wait) -> None:
+def expire(wait: Wait | ShareWait) -> None:
     if not wait.done():
         wait.set_exception(ConnectTimeout("no connection to the bot came free in time"))

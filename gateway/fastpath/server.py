@@ -32,6 +32,7 @@ from gateway.fastpath.message import Message
 from gateway.fastpath.pool import Pool
 from gateway.fastpath.request import FAST_BODY
 from gateway.logs import access_log_on
+from gateway.tenant_share import Shares
 from meter.accounts.egress import Policy
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class FastServer:
             connect_timeout=settings.upstream_connect_timeout_s,
             per_bot=settings.upstream_connections_per_bot,
             total=settings.upstream_connections,
+            shares=Shares(
+                per_bot=settings.tenant_connections_per_bot,
+                total=settings.tenant_connections,
+                waited=self.proxy.metrics.tenant_share_waits.inc,
+            ),
         )
         self.read_timeout = settings.upstream_read_timeout_s
         self.header_timeout = settings.header_timeout_s

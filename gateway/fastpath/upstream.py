@@ -16,6 +16,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from gateway.tenant_share import Ticket
+
 log = logging.getLogger(__name__)
 # A response head is refused (502) past aiohttp's client limits (max_line_size,
 # max_field_size, max_headers), so the fast path passes on no head that aiohttp would
@@ -62,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver: Receiver | None = None
         self.closed = False
         self.counted = False  # holds one of its bot's places in the pool
+        self.ticket: Ticket | None = None  # its message's place in its tenant's share
         self.paused = False  # not reading: its exchange's client is not reading either
         self.idle_since = 0.0
         self.last_read = 0.0
@@ -78,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        self.free_ticket()
         if self.counted:
             self.counted = False
             self.pool.lost(self)
@@ -119,8 +123,15 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Abandon the connection (its response, if any, is not read further)."""
         self.receiver = None
+        self.free_ticket()
         if self.transport is not None:
             self.transport.abort()
+
+    def free_ticket(self) -> None:
+        """Its message is done with it: its place in the tenant's share is free."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            ticket.free()
 
     def pause(self) -> None:
         if self.transport is not None and not self.paused:

@@ -273,11 +273,13 @@ def many(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, ports: list[HeldBot]
 ) -> Gateway:
     """``many(**settings)``: A's apps at the three held bots, B's on the counting bot; two
-    connections per bot, ``T`` in all, unless ``settings`` say otherwise."""
+    connections per bot, ``T`` in all, unless ``settings`` say otherwise. A tenant's
+    share is the whole total (these test the caps; test_tenant_share.py the shares)."""
 
     @contextlib.asynccontextmanager
     async def start(**overrides: object) -> AsyncIterator[Running]:
         caps = {"upstream_connections": T, "upstream_connections_per_bot": 2, **overrides}
+        caps.setdefault("upstream_connections_per_tenant", caps["upstream_connections"])
         settings = make_settings(redis_url, tmp_path, **caps)
         apps = {
             app: {"product": "automation", "upstream_url": held.url, "funds": FUNDS}

@@ -153,6 +153,8 @@ HELD_REFUND_S = 900
 def held_places(held: int) -> dict[str, object]:
     """Settings of a gateway with ``held`` bot connections in all (see HELD_WAIT_S)."""
     return {"upstream_connections": held, "upstream_connections_per_bot": held,
+            "upstream_connections_per_tenant": held,
+            "upstream_connections_per_tenant_bot": held,
             "upstream_connect_timeout_s": HELD_WAIT_S,
             "refund_window_s": HELD_REFUND_S}  # fmt: skip
 
