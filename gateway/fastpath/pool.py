@@ -24,6 +24,10 @@ timeout). A waiter whose client goes away
 docs/design.md) leaves the queue and never gets a connection; what was handed to it in
 the same loop pass is passed on. Connections are opened by
 :func:`~gateway.fastpath.dial.dial`, under the egress policy.
+
+Tenants. Before it asks for a connection, a message takes a place of its tenant's share
+(:attr:`Pool.shares`, :mod:`gateway.tenant_share`; in :mod:`.dispatch`), within the same
+deadline; its connection holds it (``ticket``) until released, closed or lost.
 """
 
 from __future__ import annotations
