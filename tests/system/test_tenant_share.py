@@ -221,7 +221,8 @@ async def test_slow_bodies_hold_only_their_tenants_share_of_a_bot(
 async def test_a_wait_for_the_share_past_the_connect_timeout_is_504_and_refunded(
     one_bot: Gateway, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    async with one_bot(upstream_connect_timeout_s=1.0) as gw:
+    # Only the connect timeout ends a wait here (a message sent is held past this test).
+    async with one_bot(upstream_connect_timeout_s=1.0, upstream_read_timeout_s=600) as gw:
         held = await hold_a_share(http, gw, slow)
         url = f"{gw.url}/hooks/web/{APP_A}/late"
         late = [asyncio.create_task(post(http, f"{url}/{i}", f"late{i}")) for i in (1, 2)]
