@@ -30,3 +30,15 @@ def test_every_flush_bucket_allowed_starts_in_the_month_of_its_messages() -> Non
         allowed.append(width)
         assert billing_period(t // width * width) == billing_period(t), width
     assert allowed == [w for w in range(1, 3601) if 3600 % w == 0]
+
+
+def test_a_tenants_share_of_bot_connections_defaults_to_three_quarters_and_fits_the_cap() -> None:
+    settings = Settings()
+    assert (settings.tenant_connections, settings.tenant_connections_per_bot) == (768, 192)
+    caps = {"upstream_connections": 10, "upstream_connections_per_bot": 2}
+    small = Settings(**caps)
+    assert (small.tenant_connections, small.tenant_connections_per_bot) == (8, 2)  # rounded up
+    assert Settings(**caps, upstream_connections_per_tenant=10).tenant_connections == 10
+    for name, value in (("", 11), ("_bot", 3), ("", 0)):
+        with pytest.raises(ValidationError):
+            Settings(**caps, **{f"upstream_connections_per_tenant{name}": value})

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import pytest
 
-from config import SettingsError, load_settings
 from gateway.tenant_share import Shares, Ticket, Wait
 
 X, Y, Z = ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)  # three bots
@@ -163,19 +162,3 @@ async def test_waits_are_counted() -> None:
     first.free()
     (await over).free()
     assert counted == [1]
-
-
-def test_the_shares_default_to_three_quarters_of_the_caps_and_never_exceed_them() -> None:
-    settings = load_settings(env={})
-    assert (settings.tenant_connections, settings.tenant_connections_per_bot) == (768, 192)
-    env = {
-        "CREDITGATE_UPSTREAM_CONNECTIONS": "10",
-        "CREDITGATE_UPSTREAM_CONNECTIONS_PER_BOT": "2",
-    }
-    small = load_settings(env=env)
-    assert (small.tenant_connections, small.tenant_connections_per_bot) == (8, 2)  # rounded up
-    given = load_settings(env={**env, "CREDITGATE_UPSTREAM_CONNECTIONS_PER_TENANT": "10"})
-    assert given.tenant_connections == 10  # the whole cap: no share
-    for name, value in (("PER_TENANT", "11"), ("PER_TENANT_BOT", "3"), ("PER_TENANT", "0")):
-        with pytest.raises(SettingsError):
-            load_settings(env={**env, f"CREDITGATE_UPSTREAM_CONNECTIONS_{name}": value})
