@@ -119,7 +119,10 @@ if free > 0 then
     redis.call('HINCRBY', wsk, 'free', free)
   else
     redis.call('HINCRBY', wsk, 'lapsed', free)
-    local seq = redis.call('HINCRBY', wsk, 'seq', 1)
+    -- Event ids are at least now x 1000, as admit.lua's: a Redis that lost writes never
+    -- hands one out again.
+    local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0'), now * 1000 - 1) + 1
+    redis.call('HSET', wsk, 'seq', string.format('%d', seq))
     redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
       type = 'free_credits.expired', at = now, amount = free}))
   end

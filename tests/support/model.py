@@ -345,6 +345,7 @@ class Workspace:
             self.free += rec.free
         elif rec.free:
             self.lapsed += rec.free
+            self.seq = max(self.seq, now * 1000 - 1)  # refund.lua's ids too
             self._event("free_credits.expired")
         a.app += rec.app
         self.pool += rec.pool
