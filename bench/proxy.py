@@ -136,6 +136,13 @@ def parse_args() -> argparse.Namespace:
         default="",
         help="git ref of a previous release to run as a contestant (metered, 1 worker)",
     )
+    parser.add_argument(
+        "--baseline-server",
+        choices=("aiohttp", "fast"),
+        default="aiohttp",
+        help="TRAFFIC_SERVER of the --baseline contestant (fast: a ref that has the fast "
+        "path, to compare this tree's fast path with it)",
+    )
     parser.add_argument("--only", default="", help="run only contestants matching this regex")
     parser.add_argument(
         "--rounds",
@@ -255,12 +262,12 @@ class Bench:
             with process([CREDITGATE, "serve"], port, env) as proc:
                 self.run(name, port, proc, f"http://{HOST}:{admin_port}")
 
-    def baseline(self, ref: str) -> None:
+    def baseline(self, ref: str, server: str = "aiohttp") -> None:
         if not self.baseline_bin:  # built once, for every round
             self.baseline_bin, self.baseline_knows = build_baseline(ref, self.tmp)
         old = self.baseline_bin
         port, admin_port = free_port(), free_port()
-        env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port)
+        env = gateway_env(self.redis_url, port, 1, True, self.tmp, admin_port, server)
         for name in ("CREDITGATE_STATE_DIR", "CREDITGATE_EGRESS_ALLOW"):
             if name not in self.baseline_knows:  # an older release refuses what it lacks
                 env.pop(name)
@@ -292,7 +299,7 @@ def main() -> None:
                         bench.creditgate(server, prefix)
                     bench.default_gc()
                     if args.baseline:
-                        bench.baseline(args.baseline)
+                        bench.baseline(args.baseline, args.baseline_server)
                     rounds.append(bench.results)
         finally:
             redis.stop()
