@@ -195,8 +195,7 @@ async def check_key(store: Store, settings: Settings) -> int:
             for token in tokens:
                 decrypt(f, token)
             if not all(_under(current, t) for t in tokens):
-                await store.put_app_channel(_rotated(f, ch))
-                rotated += 1
+                rotated += await store.reencrypt_app_channel(ch, _rotated(f, ch))
     except InvalidToken:
         raise SettingsError(
             "CREDITGATE_SECRET_KEY: the key does not decrypt the stored channel secrets "

@@ -27,6 +27,19 @@ class Channels(StoreCore):
                 *values(ch, _COLS),
             )
 
+    async def reencrypt_app_channel(self, before: AppChannel, after: AppChannel) -> bool:
+        """Replace ``before``'s encrypted secrets with ``after``'s only if the row still
+        holds ``before``'s (a secret set meanwhile wins: every set encrypts anew)."""
+        return await self.changed(
+            "UPDATE app_channels SET secret_enc = ?, notify_secret_enc = ? "
+            "WHERE app_id = ? AND channel = ? AND secret_enc = ?",
+            after.secret_enc,
+            after.notify_secret_enc,
+            before.app_id,
+            before.channel,
+            before.secret_enc,
+        )
+
     async def delete_app_channel(self, app_id: str, channel: str) -> bool:
         """Remove the secret; ``False`` if there was none."""
         return await self.changed(

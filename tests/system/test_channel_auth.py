@@ -9,6 +9,7 @@ on 127.0.0.1 with RSA keys made here, rotated mid-test. Real Redis, real sockets
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import time
@@ -579,6 +580,12 @@ async def test_secrets_that_cannot_be_decrypted_stop_start_up(
         assert await channel_secrets.check_key(store, other) == 1
         with pytest.raises(SettingsError, match="does not decrypt"):
             await channel_secrets.check_key(store, settings)
+        # A secret set while the check re-encrypts wins: the re-encryption writes only
+        # over the row it read.
+        stale = dataclasses.replace(row, secret_enc="read-before-a-new-set")
+        newer = dataclasses.replace(row, secret_enc="x")
+        assert not await store.reencrypt_app_channel(stale, newer)
+        assert [r.secret_enc for r in await store.list_app_channels()] == [row.secret_enc]
         await store.put_app_channel(
             AppChannel(APP, "web", "jwt_hs256", f.encrypt(b"x" * 32).decode(), 0)
         )
