@@ -24,9 +24,6 @@ def _checkout(r: Row) -> Checkout:
 
 
 class Payments(StoreCore):
-    async def create_checkout(self, co: Checkout) -> None:
-        await self.insert("checkouts", _COLS, co, detail=dumps(co.detail))
-
     async def create_checkout_within(self, co: Checkout, cap: int, *, since: int) -> bool:
         """Insert ``co`` unless its workspace already has ``cap`` checkouts ``creating``
         or ``open`` created after ``since`` (count and insert in one step)."""
