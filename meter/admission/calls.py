@@ -20,7 +20,7 @@ from redis.typing import EncodableT
 from config import Settings
 from meter.admission.wire import AdmitHead, Pending, fail, resolve
 from meter.redis_layer import keys
-from meter.redis_layer.billing_period import billing_period
+from meter.redis_layer.billing_period import PeriodCache
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.durability import ReplicatedCalls
 from meter.redis_layer.pipe import RedisPipe, bulks
@@ -58,6 +58,8 @@ class AdmitCalls:
             else None
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._period = PeriodCache()
+        self._period_bulk = (b"", b"")  # the period and its RESP bulk, as last sent
         self._head = AdmitHead.of(settings, 0.0)
         # The head's fields but now_ms (the first) and period never change: encoded once
         # (most of a call's bytes under moderate load, when batches are small).
@@ -72,7 +74,7 @@ class AdmitCalls:
 
     def head(self, now: float) -> AdmitHead:
         """``admit.lua``'s ARGV before the admissions, as of ``now``."""
-        return self._head._replace(now_ms=int(now * 1000), period=billing_period(now))
+        return self._head._replace(now_ms=int(now * 1000), period=self._period(now))
 
     def send(self, now: float, batch: Batch, done: Callable[[], None]) -> None:
         """Send ``batch`` as of ``now``; ``done()`` once every call is answered."""
@@ -89,14 +91,12 @@ class AdmitCalls:
     ) -> None:
         """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
         left = len(batch)
-        head = b"".join(
-            (
-                bulks([b"%d" % int(now * 1000)]),
-                self._head_mid,
-                bulks([billing_period(now).encode()]),
-                self._head_end,
-            )
-        )
+        period = self._period(now).encode()
+        if period != self._period_bulk[0]:
+            self._period_bulk = (period, bulks([period]))
+        now_ms = b"%d" % int(now * 1000)
+        now_bulk = b"$%d\r\n%b\r\n" % (len(now_ms), now_ms)
+        head = b"".join((now_bulk, self._head_mid, self._period_bulk[1], self._head_end))
 
         def answered() -> None:
             nonlocal left

@@ -41,6 +41,10 @@ class Decision(NamedTuple):
         ``"units,free,app,pool,invoiced,retry_after_ms"``."""
         j = i * 3
         status, bsid, amounts = raw[j], raw[j + 1], raw[j + 2]
+        if status < 16 and amounts == 0:  # no flags, no amounts: most messages
+            text = bsid.decode() if bsid.__class__ is bytes else str(bsid)
+            plain = (status, 0, 0, 0, 0, 0, 0, text, False, False, key, token, rid, 0)
+            return tuple.__new__(cls, plain)
         flags = status >> 4
         nums = _ZEROS if amounts == 0 else tuple(map(int, amounts.split(_COMMA[type(amounts)])))
         # tuple.__new__ is what Decision(...) does, minus a Python-level call per item.

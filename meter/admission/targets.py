@@ -2,7 +2,8 @@
 
 Checked before anything reaches Redis, so a value that cannot exist is answered
 ``unknown_app`` locally and a malformed channel user or key (``InvalidChannelUser``)
-fails its own message alone. Well-formed app ids and channels are remembered (bounded).
+fails its own message alone. Well-formed channels are remembered (bounded), app ids by
+:func:`~meter.redis_layer.keys.workspace_of`.
 """
 
 from __future__ import annotations
@@ -10,25 +11,20 @@ from __future__ import annotations
 from meter.admission.wire import MAX_KEY_LEN, MAX_USER_LEN, check_channel_text
 from meter.redis_layer import keys
 
-_CACHE_MAX = 100_000  # app ids / channels remembered as well-formed
+_CACHE_MAX = 100_000  # channels remembered as well-formed
 
 
 class Targets:
     """The workspace of each admission, from a bounded cache of well-formed names."""
 
     def __init__(self) -> None:
-        self._ws_of: dict[str, str] = {}  # app id -> workspace, for well-formed ids
         self._channels: set[str] = set()  # well-formed channel names
 
     def workspace(self, app_id: str, channel: str, user: str, key: str) -> str | None:
         """The app's workspace, or None for an app id or channel that cannot exist."""
-        ws = self._ws_of.get(app_id)
+        ws = keys.workspace_of(app_id)  # remembered there
         if ws is None:
-            ws = keys.workspace_of(app_id)
-            if ws is None:
-                return None
-            if len(self._ws_of) < _CACHE_MAX:
-                self._ws_of[app_id] = ws
+            return None
         if channel not in self._channels:
             if not keys.CHANNEL_RE.fullmatch(channel):
                 return None

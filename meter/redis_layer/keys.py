@@ -83,14 +83,29 @@ def ws_prefix(ws: str) -> str:
     return f"{PREFIX}:{{{ws}}}"
 
 
+_WS_OF: dict[str, str] = {}  # well-formed app id -> its workspace (bounded)
+_WS_OF_MAX = 65_536
+
+
 def workspace_of(app_id: str) -> str | None:
     """The workspace an app id belongs to, or ``None`` for a malformed id.
 
     App ids are ``<workspace>_<suffix>``, so admission needs no lookup to find the
-    hash tag, and an app can never move to another workspace.
+    hash tag, and an app can never move to another workspace. Every message asks several
+    times, and the match costs ten times a dict look-up, so well-formed ids (65 characters
+    at most) are remembered, up to a bound: a client sending made-up ids fills it once and
+    the rest are matched each time.
     """
+    ws = _WS_OF.get(app_id)
+    if ws is not None:
+        return ws
     m = APP_RE.fullmatch(app_id)
-    return m.group(1) if m else None
+    if m is None:
+        return None
+    ws = m.group(1)
+    if len(_WS_OF) < _WS_OF_MAX:
+        _WS_OF[app_id] = ws
+    return ws
 
 
 def ws_key(ws: str) -> str:

@@ -28,6 +28,20 @@ def test_an_app_id_or_channel_with_a_final_newline_has_no_workspace() -> None:
     assert Targets().workspace(APP + "\n", "web", "u", "") is None
 
 
+def test_remembered_workspaces_are_well_formed_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    remembered: dict[str, str] = {}
+    monkeypatch.setattr(keys, "_WS_OF", remembered)
+    monkeypatch.setattr(keys, "_WS_OF_MAX", 2)
+    for app in ("x" * 5000, "abcd_", "ABCD_efgh", APP + "\n"):  # asked twice: never cached
+        assert keys.workspace_of(app) is None
+        assert keys.workspace_of(app) is None
+    assert remembered == {}
+    ids = [f"ws{i:02d}_app1" for i in range(4)]
+    assert [keys.workspace_of(a) for a in ids] == ["ws00", "ws01", "ws02", "ws03"]
+    assert remembered == {"ws00_app1": "ws00", "ws01_app1": "ws01"}  # full: matched each time
+    assert [keys.workspace_of(a) for a in ids] == ["ws00", "ws01", "ws02", "ws03"]
+
+
 @pytest.mark.parametrize(
     ("check", "good", "error"),
     [

@@ -71,6 +71,18 @@ def test_decision_from_reply() -> None:
     assert inside[:10] == (0, 0, 0, 0, 0, 0, 0, "s9", False, False)
     assert inside.shadowed == 0
     assert inside.admitted
+    assert (inside.key, inside.token, inside.rid) == ("", "t3", "t:t3")
+    out = Decision.from_reply([6, b"", 0], 0, "", "t4", "t:t4")  # refused, nothing to say
+    assert (out.reason, out.bsid, out.charged, out.retry_after_ms, out.rid) == (
+        "credits_exhausted",
+        "",
+        0,
+        0,
+        "t:t4",
+    )
+    assert Decision.from_reply([0, "s1", 0], 0, "", "t5", "r") == inside._replace(
+        bsid="s1", token="t5", rid="r"
+    )  # a str reply (redis-py decoding) reads the same
 
 
 def test_admit_lua_reply_layout_is_three_per_admission() -> None:
