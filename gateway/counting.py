@@ -1,4 +1,5 @@
-"""Each traffic request counted in flight and by outcome (``/hooks`` and ``/notify``)."""
+"""Each traffic request counted in flight and by outcome (``/hooks`` and ``/notify``),
+and :func:`outcome_of`, the outcome of one that ended in an error, for both servers."""
 
 from __future__ import annotations
 
@@ -8,22 +9,54 @@ from aiohttp import web
 
 from gateway.metering import Admission
 from gateway.metrics import Metrics
-from gateway.problems import Refused
+from gateway.problems import Refused, problem_of
 
 Forwarded = tuple[web.StreamResponse, Admission | None]  # the answer, and what was admitted
+
+# Problems the app's bot or its configured address answers for (502/504): one tenant's
+# broken bot must not look like the gateway failing (gateway.metrics: bot_error).
+BOT_PROBLEMS = frozenset(
+    {
+        "upstream_error",
+        "upstream_timeout",
+        "upstream_unavailable",
+        "upstream_forbidden",
+        "no_upstream",
+        "invalid_handshake_answer",
+    }
+)
+# 5xx problems the request itself causes: it already passed through this gateway.
+_CLIENT_5XX = frozenset({"loop_detected"})
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The outcome a request that ended in ``exc`` is counted as (see
+    :mod:`gateway.metrics`): ``refused``, ``client_error`` (``unknown_app`` too: anyone
+    can name an app that does not exist), ``bot_error``, else ``error``, the gateway's own
+    (an internal error, metering or channel keys unavailable)."""
+    if isinstance(exc, Refused):
+        return "client_error" if exc.reason == "unknown_app" else "refused"
+    problem = problem_of(exc)
+    if problem is None:
+        return "error"  # answered 500 internal_error
+    if problem.code in BOT_PROBLEMS:
+        return "bot_error"
+    if problem.status < 500 or problem.code in _CLIENT_5XX:
+        return "client_error"
+    return "error"
 
 
 async def counted(metrics: Metrics, label: str, handle: Awaitable[Forwarded]) -> web.StreamResponse:
     """One traffic request, counted in flight and by outcome: ``admitted`` or
-    ``unmetered`` by its admission, ``refused`` for a problem, ``error`` otherwise."""
+    ``unmetered`` by its admission, else by its error (:func:`outcome_of`)."""
     outcome = "error"
     metrics.in_flight.inc()
     try:
         resp, admission = await handle
         outcome = "unmetered" if admission is None else "admitted"
         return resp
-    except Refused:
-        outcome = "refused"
+    except Exception as exc:
+        outcome = outcome_of(exc)
         raise
     finally:
         metrics.in_flight.dec()

@@ -7,6 +7,20 @@ of dollar amounts would drift (0.2 + 0.2 + 0.2 = 0.6000000000000001), an integer
 count stays exact up to 2**53 micro-dollars. Across worker processes the values
 live in ``PROMETHEUS_MULTIPROC_DIR`` (set by ``creditgate serve`` before any worker
 starts) and :func:`exposition` merges them; tests pass a fresh ``CollectorRegistry``.
+
+``creditgate_requests_total{outcome}`` says who a request's fate is down to, so an alert
+on the gateway's own errors cannot be fired by a tenant or by anyone on the internet
+(:func:`gateway.counting.outcome_of` decides, for both traffic servers):
+
+* ``admitted`` / ``unmetered``: served, charged or not;
+* ``refused``: the tenant's rules said no (admission: credit, limits, licence,
+  suspension, duplicates; channel authentication), ``creditgate_refusals_total`` says why;
+* ``client_error``: the request could not be served as sent: no such app
+  (``unknown_app``), an invalid, too large or stalled request, a loop, a client gone;
+* ``bot_error``: the app's bot failed (unreachable, too slow, 5xx, a wrong handshake
+  answer) or has no usable address (``no_upstream``, ``upstream_forbidden``);
+* ``error``: the gateway's own failure (500 ``internal_error``; 503
+  ``metering_unavailable``, ``channel_auth_unavailable``).
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.metric_buffer import MetricBuffer
 from meter.refusals import COUNTED
 
-OUTCOMES = ("admitted", "refused", "unmetered", "error")
+OUTCOMES = ("admitted", "refused", "unmetered", "client_error", "bot_error", "error")
 POOLS = ("free", "app", "pool")
 UPSTREAM_OUTCOMES = ("ok", "5xx", "connect", "timeout")
 REFUSALS = COUNTED  # labels declared up front (meter.refusals); others appear when seen
@@ -56,7 +70,9 @@ class Metrics:
         r = registry
         self.requests = Counter(
             "creditgate_requests_total",
-            "Inbound traffic requests and WebSocket messages by channel and outcome.",
+            "Inbound traffic requests and WebSocket messages by channel and outcome: "
+            "admitted, unmetered, refused (the tenant's rules), client_error (no such app, "
+            "an invalid request), bot_error (the app's bot failed), error (the gateway's own).",
             ["channel", "outcome"],
             registry=r,
         )

@@ -213,7 +213,7 @@ async def _client_to_bot(
         except (aiohttp.ClientError, ConnectionError):
             if admission is not None:
                 await proxy.meter.failed(admission, "connect")
-            charges.count("error")
+            charges.count("bot_error")
             return 1011, "upstream_unavailable"
         charges.count("admitted")
     return client.close_code or 1000, ""

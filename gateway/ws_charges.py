@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.counting import outcome_of
 from gateway.metering import Admission
 from gateway.problems import Problem, Refused
 from gateway.proxy import Proxy
@@ -81,10 +82,10 @@ class Charges:
         try:
             return await self._proxy.meter.admit(self._app_id, self._channel, self._user, "")
         except Refused as exc:
-            self.count("refused")
+            self.count(outcome_of(exc))
             closing = Closing(POLICY_VIOLATION, exc.reason)
-        except Problem as exc:
-            self.count("error")
+        except Problem as exc:  # metering unavailable: the gateway's own error
+            self.count(outcome_of(exc))
             closing = Closing(TRY_AGAIN_LATER, exc.code)
         self._closing = closing
         raise closing

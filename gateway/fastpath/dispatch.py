@@ -10,6 +10,7 @@ from yarl import URL
 
 from gateway import problems
 from gateway import traffic_rules as rules
+from gateway.counting import outcome_of
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.exchange import Exchange, FastServer
@@ -19,7 +20,7 @@ from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamCon
 from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
-from gateway.problems import Problem, Refused, problem_of
+from gateway.problems import Problem, problem_of
 from gateway.tenant_share import Wait
 from gateway.unbilled import Held
 from meter.redis_layer.keys import workspace_of
@@ -73,8 +74,7 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         ex.start(upstream, data, t0)
         proxy.meter.forwarded(admission)  # handed to the socket
     except Exception as exc:
-        if isinstance(exc, Refused):
-            ex.outcome = "refused"
+        ex.outcome = outcome_of(exc)
         problem = problem_of(exc)
         if problem is None:
             log.error("error handling a request", exc_info=exc)
@@ -101,7 +101,7 @@ async def _upstream(
         proxy.metrics.client_disconnects.inc()
         if admission is not None:
             await proxy.meter.failed(admission, "connect")
-        ex.code = "client_gone"
+        ex.code, ex.outcome = "client_gone", "client_error"
         ex.finish(False)
         return None
     except UpstreamForbidden as exc:

@@ -4,15 +4,15 @@
 loop, length, channel authentication, routing, channel rules, admission), then sends the
 request to the bot on a pooled connection and returns; the answer arrives by callbacks
 on the :class:`Exchange`, which writes it to the client as it comes (a response is never
-buffered whole), so no task or future lives per request past the forward. Failures are
-those of :mod:`gateway.proxy`: connect refused or timed out -> 502/504 and refunded
-(``connect``; waiting for a place, at the bot's or the worker's connection cap, counts
-toward the connect timeout, and a message whose client leaves meanwhile is refunded and
-never sent, see :mod:`.pool`), no answer within ``upstream_read_timeout_s`` -> 504
-(``timeout``), the connection lost before an answer or a 5xx to a metered message ->
-502 (``5xx``, the bot's body withheld); a failure after the answer started aborts the
-client connection. A skipped callback's answer is held (:mod:`gateway.unbilled`).
-The charge is confirmed as forwarded once the request is handed to the socket.
+buffered whole), so no task or future lives per request past the forward. The bot's
+failures, counted ``bot_error``, are those of :mod:`gateway.proxy`: connect refused or
+timed out -> 502/504 and refunded (``connect``; waiting for a place, at the bot's or the
+worker's connection cap, counts toward the connect timeout; a message whose client leaves
+meanwhile is refunded, never sent, ``client_error``: see :mod:`.pool`), no answer within
+``upstream_read_timeout_s`` -> 504 (``timeout``), the connection lost before an answer or
+a 5xx to a metered message -> 502 (``5xx``, the bot's body withheld); a failure after the
+answer started aborts the client connection. A skipped callback's answer is held
+(:mod:`gateway.unbilled`). The charge is confirmed as forwarded once handed to the socket.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Exchange:
 
     def _failed(self, failure: Failure, problem: Problem) -> None:
         self.server.proxy.metrics.upstream_children[failure].observe(time.perf_counter() - self.t0)
-        self.outcome = "error"
+        self.outcome = "bot_error"
         self.server.spawn(self._refund_then(failure, problem))
 
     async def _refund_then(self, failure: Failure, problem: Problem) -> None:
@@ -191,7 +191,7 @@ class Exchange:
             metrics.upstream_children["5xx"].observe(time.perf_counter() - self.t0)
             if self.admission is not None:  # a bot cannot answer for free by failing
                 self._drop_upstream()
-                self.outcome = "error"
+                self.outcome = "bot_error"
                 self.server.spawn(self._refund_then("5xx", problems.bot_failed()))
                 return
         else:
@@ -255,8 +255,8 @@ class Exchange:
 
     def _answer_held(self, held: Held) -> None:
         out = held.answer()
-        if isinstance(out, Problem):
-            self.outcome = "error"
+        if isinstance(out, Problem):  # the bot's failure (gateway.counting.BOT_PROBLEMS)
+            self.outcome = "bot_error"
             self.respond_problem(out)
             return
         self._write_head(out.status, out.reason, out.headers())

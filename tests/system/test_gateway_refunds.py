@@ -99,5 +99,6 @@ async def test_refunds_are_counted_in_metrics(
     async with http.get(f"{gw.admin_url}/metrics") as resp:
         text = await resp.text()
     assert "creditgate_refunds_total 1.0" in text
-    assert 'creditgate_requests_total{channel="web",outcome="error"} 1.0' in text
+    assert 'creditgate_requests_total{channel="web",outcome="bot_error"} 1.0' in text
+    assert 'creditgate_requests_total{channel="web",outcome="error"} 0.0' in text
     assert 'creditgate_upstream_seconds_count{outcome="connect"} 1.0' in text
