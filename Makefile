@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
 .PHONY: demo demo-deps test check deps lint typecheck unit integration system tests fast \
-	deploy-check bench
+	deploy-check bench lock lock-upgrade
 
 VENV := .venv/bin
 # The suites of more than one file run on PYTEST_WORKERS processes (pytest-xdist), each
@@ -13,6 +13,35 @@ XDIST = -n $(PYTEST_WORKERS) --dist worksteal
 
 deps:
 	@bash scripts/install-deps.sh
+
+# requirements.lock: every runtime dependency (pyproject.toml's `dependencies`, and theirs)
+# at an exact version with the hashes of its files. The image installs exactly that
+# (--require-hashes --no-deps) and `make deps` installs the same versions into .venv as
+# constraints, so what the tests run on is what ships. tests/unit/test_lock.py fails when
+# pyproject.toml and the lock disagree.
+#   make lock          after editing pyproject.toml's dependencies: keeps every pin that
+#                      still satisfies it, resolves only what changed
+#   make lock-upgrade  the newest versions pyproject.toml allows (then `make deps test`)
+# The lock holds for every Python >= 3.11 and platform (--universal: a dependency of
+# some of them only carries its marker). uv runs from a venv of its own, .venv-lock,
+# pinned here: it is needed only to write the lock, by neither the tests nor the image.
+UV_VERSION := 0.13.9
+LOCK_UV := .venv-lock/bin/uv
+LOCK := $(LOCK_UV) pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" --quiet -o requirements.lock
+
+lock: lock-tool
+	$(LOCK)
+
+lock-upgrade: lock-tool
+	$(LOCK) --upgrade
+
+.PHONY: lock-tool
+lock-tool:
+	@$(LOCK_UV) --version 2> /dev/null | grep -qx 'uv $(UV_VERSION)' || { \
+		python3 -m venv .venv-lock && \
+		.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check \
+			uv==$(UV_VERSION); }
 
 # The demo needs only redis-server and the venv (no PostgreSQL, Prometheus or dev tools).
 demo-deps:
