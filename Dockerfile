@@ -4,11 +4,16 @@
 #   docker run --rm -p 8080:8080 -p 8081:8081 -e CREDITGATE_REDIS_URL=... creditgate          # serve
 #   docker run --rm -e CREDITGATE_REDIS_URL=... -e CREDITGATE_STORE_URL=... creditgate flush  # flusher alone
 #
-# Two stages: the builder makes a wheel of the project and installs it with its
-# dependencies into a virtualenv at /opt/venv; the runtime copies that venv only.
-# Every dependency ships manylinux wheels for CPython 3.11, so neither stage needs a
-# compiler. Both stages must use the same base image: the venv's interpreter is a
-# symlink to /usr/local/bin/python3.11 of the base.
+# Two stages: the builder installs the locked dependencies and a wheel of the project
+# into a virtualenv at /opt/venv; the runtime copies that venv only. Every dependency
+# ships manylinux wheels for CPython 3.11, so neither stage needs a compiler. Both
+# stages must use the same base image: the venv's interpreter is a symlink to
+# /usr/local/bin/python3.11 of the base.
+#
+# The tag moves (each 3.11 patch release, each Debian update): for a reproducible
+# production image, pin it by digest, e.g.
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> .
+# with the digest `docker buildx imagetools inspect python:3.11-slim` prints.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -22,18 +27,20 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that a source change does not
-# reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+# Dependencies first, from the lock alone, so that a source change does not reinstall
+# them: the exact versions CI tests (`make deps` installs the same), each file checked
+# against the lock's hashes. --no-deps: the lock holds every dependency of the
+# dependencies (tests/unit/test_lock.py checks it); `make lock` writes it.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY config/ config/
 COPY meter/ meter/
 COPY gateway/ gateway/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
     && pip install --no-cache-dir --no-deps /dist/creditgate-*.whl \
+    && pip check \
     && creditgate --help > /dev/null
 
 
