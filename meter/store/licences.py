@@ -58,10 +58,6 @@ class Licences(StoreCore):
 
     # ------------------------------------------------------- upgrade requests
 
-    async def create_upgrade_request(self, request: UpgradeRequest) -> None:
-        products = dumps(list(request.products))
-        await self.insert("upgrade_requests", REQUEST_COLUMNS, request, products=products)
-
     async def create_upgrade_request_if_none_open(self, request: UpgradeRequest) -> bool:
         """Insert ``request`` unless its workspace has an open one (checked and inserted
         in one step); whether it was inserted."""

@@ -187,9 +187,12 @@ async def test_workspace_membership_and_apps(ws: Store) -> None:
 
 async def test_upgrade_requests_and_licences(ws: Store) -> None:
     store = ws
-    await store.create_upgrade_request(
+    assert await store.create_upgrade_request_if_none_open(
         UpgradeRequest("r1", WS, ("search", "agent"), T0, message="please")
     )
+    assert not await store.create_upgrade_request_if_none_open(
+        UpgradeRequest("r2", WS, ("agent",), T0 + 1)
+    )  # one open request per workspace
     [req] = await store.list_upgrade_requests()
     assert req.products == ("search", "agent")
     assert req.status == "open"
