@@ -59,6 +59,9 @@ WS_HANDSHAKE = (
 # has looped through an upstream pointing at the gateway (answered 508).
 VIA_TOKEN = "creditgate"
 _VIA = "1.1 " + VIA_TOKEN
+# The ``Server`` of every answer the gateway makes, and of a bot's answer that names no
+# server of its own (a bot's own passes unchanged): the product, never a version.
+SERVER = "creditgate"
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex() + "-"

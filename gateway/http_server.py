@@ -14,6 +14,9 @@
 * **Protocol errors.** What the low-level HTTP parser rejects (malformed request line
   or headers, oversized fields) is answered as problem+json without echoing the input;
   aiohttp's own answer is text/plain with the offending bytes in it.
+* **No version.** aiohttp names its and Python's versions in the ``Server`` of every
+  answer that has none; the gateway's answers say ``Server: creditgate`` (a bot's own
+  ``Server`` passes unchanged), as the fast path's do.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -32,6 +36,7 @@ from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.access_log import AccessLogger
 from gateway.appkeys import METRICS
 from gateway.client_gone import LostCallbacks
+from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
 from gateway.problems import problem_response
 
@@ -90,8 +95,18 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
             phrase = "Error"
         code = "internal_error" if status >= 500 else "malformed_request"
         resp = problem_response(status, code, phrase, None)
+        resp.headers[hdrs.SERVER] = SERVER  # no application: no on_response_prepare
         resp.force_close()
         return resp
+
+
+async def _server_name(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: creditgate`` where aiohttp put its own (it fills in a missing one before
+    this signal runs). Its own is its ``SERVER_SOFTWARE`` object itself: a bot's
+    ``Server``, parsed from the bot's bytes, is another string even when it reads the
+    same (a bot on this Python and aiohttp), and passes unchanged, as on the fast path."""
+    if response.headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+        response.headers[hdrs.SERVER] = SERVER
 
 
 def _count_disconnect(request: BaseRequest) -> None:
@@ -124,6 +139,8 @@ class GatewayRunner(web.AppRunner):
             kwargs.setdefault("access_log", ACCESS_LOGGER)
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("keepalive_timeout", settings.header_timeout_s)
+        if _server_name not in app.on_response_prepare:
+            app.on_response_prepare.append(_server_name)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

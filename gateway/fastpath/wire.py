@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.forwarding import SERVER
 from gateway.inbound import Headers
 
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_SERVER_FIELD = f"Server: {SERVER}\r\n"
 
 
 def _enc(text: str) -> bytes:
@@ -40,11 +42,13 @@ def response_head(
     date: str,
     keep_alive: bool,
 ) -> bytes:
-    """Status line and headers; ``Date`` unless given, ``Connection: close`` when the
-    connection ends after this response."""
+    """Status line and headers; ``Date`` and ``Server`` unless given, ``Connection:
+    close`` when the connection ends after this response."""
     fields = [f"{k}: {v}\r\n" for k, v in headers]
     if not any(f[:5].lower() == "date:" for f in fields):
         fields.append(f"Date: {date}\r\n")
+    if not any(f[:7].lower() == "server:" for f in fields):
+        fields.append(_SERVER_FIELD)
     if not keep_alive:
         fields.append("Connection: close\r\n")
     return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, _enc("".join(fields)))
