@@ -1,18 +1,70 @@
 """Admin-port probes: ``/healthz`` (alive), ``/readyz`` (Redis, and the store if wired,
 answer, and Redis may not evict keys; the store's schema version is reported and must
-not be behind the code's) and ``/metrics`` (Prometheus text)."""
+not be behind the code's) and ``/metrics`` (Prometheus text).
+
+``/readyz`` checks through connections of its own (:class:`Probes`): on the admin's
+pools a probe would wait behind the flusher and admin queries for a connection, time
+out while Redis and the store are well, and Kubernetes would take a healthy pod out of
+its Service. An in-memory SQLite store (tests) cannot be opened twice: it is shared.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.appkeys import METRICS, REDIS, SETTINGS, STORE
+from config import Settings
+from config.urls import sqlite_path
+from gateway.appkeys import METRICS, SETTINGS, STORE
 from gateway.metrics import CONTENT_TYPE, exposition
 from gateway.problems import problem_response
+from meter.redis_layer.client import RedisClient, connect
 from meter.redis_layer.eviction import eviction_problem
+from meter.store import Store, open_store
 from meter.store.schema import latest_version
+
+# A probe at a time, and one more overlapping it (a kubelet's, an operator's curl).
+PROBE_CONNECTIONS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What ``/readyz`` checks through: its own Redis client and store (``PROBE_CONNECTIONS``
+    connections each, opened at the first probe) on the settings' URLs."""
+
+    redis: RedisClient
+    store: Store | None  # the admin's store itself where it cannot be opened twice
+    own_store: bool
+
+    @classmethod
+    def open(cls, settings: Settings, store: Store | None) -> Probes:
+        redis = connect(
+            settings.redis_url, timeout=settings.redis_timeout_s, max_connections=PROBE_CONNECTIONS
+        )
+        url = settings.store_url
+        if store is None or (url.startswith("sqlite://") and sqlite_path(url) == ":memory:"):
+            return cls(redis, store, False)
+        pool = {} if url.startswith("sqlite://") else {"min_size": 1, "max_size": PROBE_CONNECTIONS}
+        return cls(redis, open_store(url, **pool), True)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        if self.own_store and self.store is not None:
+            await self.store.close()
+
+
+PROBES = web.AppKey("probes", Probes)
+
+
+async def _probes_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[PROBES] = probes = Probes.open(app[SETTINGS], app.get(STORE))
+    try:
+        yield
+    finally:
+        await probes.close()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -22,14 +74,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     timeout = app[SETTINGS].redis_timeout_s
+    probes = app[PROBES]
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(app[REDIS].ping(), timeout)
-        problem = await asyncio.wait_for(eviction_problem(app[REDIS]), timeout)
+        await asyncio.wait_for(probes.redis.ping(), timeout)
+        problem = await asyncio.wait_for(eviction_problem(probes.redis), timeout)
         checks["redis"] = "ok" if problem is None else f"error: {problem}: set noeviction"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
-    store = app.get(STORE)
+    store = probes.store
     extra: dict[str, object] = {}
     if store is not None:
         expected = latest_version()
@@ -69,6 +122,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def setup_health(app: web.Application) -> None:
+    """The probes' routes, and their connections (opened after the store's ``cleanup_ctx``,
+    closed before it)."""
+    app.cleanup_ctx.append(_probes_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
