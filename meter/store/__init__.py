@@ -17,6 +17,7 @@ from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
 from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
+from meter.store.invitations import Invitation, OpenInvitation
 from meter.store.models import (
     ApiToken,
     App,
@@ -45,9 +46,11 @@ __all__ = [
     "DeadLetter",
     "DuplicateKey",
     "FlushBatch",
+    "Invitation",
     "LedgerEntry",
     "Licence",
     "MissingReference",
+    "OpenInvitation",
     "OutboxEvent",
     "Person",
     "PoolTotals",

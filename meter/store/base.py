@@ -14,6 +14,7 @@ from meter.store.channels import Channels
 from meter.store.console_sessions import ConsoleSessions
 from meter.store.directory import Directory
 from meter.store.flush import Flush
+from meter.store.invitations import Invitations
 from meter.store.ledger import Ledger
 from meter.store.licences import Licences
 from meter.store.outbox import Outbox
@@ -29,6 +30,7 @@ class Store(
     Licences,
     Channels,
     Directory,
+    Invitations,
     Tokens,
     ConsoleSessions,
     Ledger,

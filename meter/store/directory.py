@@ -24,9 +24,21 @@ class Person:
     """A user as a list of members or collaborators shows them."""
 
     user_id: str
-    email: str
-    name: str
+    email: str | None  # None for a pending invitee: shown to nobody before they accept
+    name: str | None
     role: str  # members: "owner" | "member"; collaborators: their role on the app
+    status: str = "active"  # or "invited": an invitation not accepted (yet)
+
+
+# Pending invitees as a list shows them: no email, no name (the same columns as members).
+_INVITED = (
+    "SELECT i.user_id, CAST(NULL AS TEXT) AS email, CAST(NULL AS TEXT) AS name, "
+    "'invited' AS status FROM invitations i"
+)
+_INVITED_ROLE = (
+    "SELECT i.user_id, CAST(NULL AS TEXT) AS email, CAST(NULL AS TEXT) AS name, i.role, "
+    "'invited' AS status FROM invitations i"
+)
 
 
 def _cols(alias: str, columns: str) -> str:
@@ -100,14 +112,24 @@ class Directory(StoreCore):
     async def members_page(
         self, workspace_id: str, owner_id: str, *, after: str | None, limit: int
     ) -> list[Person]:
-        """Members of the workspace by user id, with their email and name."""
+        """Members of the workspace by user id, with their email and name; then pending
+        invitees among them, by id alone (their email and name are theirs until they
+        accept)."""
         sql = (
-            "SELECT u.id, u.email, u.name FROM memberships m JOIN users u ON u.id = m.user_id "
-            "WHERE m.workspace_id = ?"
+            "SELECT * FROM (SELECT u.id AS user_id, u.email, u.name, 'active' AS status "
+            "FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = ? "
+            f"UNION ALL {_INVITED} WHERE i.target = ?) x WHERE 1 = 1"
         )
-        rows = await self.page(sql, [workspace_id], ("u.id",), one_column(after), limit)
+        args = [workspace_id, workspace_id]
+        rows = await self.page(sql, args, ("user_id",), one_column(after), limit)
         return [
-            Person(r["id"], r["email"], r["name"], "owner" if r["id"] == owner_id else "member")
+            Person(
+                r["user_id"],
+                r["email"],
+                r["name"],
+                "owner" if r["user_id"] == owner_id else "member",
+                r["status"],
+            )
             for r in rows
         ]
 
@@ -119,13 +141,15 @@ class Directory(StoreCore):
     async def collaborators_page(
         self, app_id: str, *, after: str | None, limit: int
     ) -> list[Person]:
-        """Collaborators of the app by user id, with their email, name and role."""
+        """Collaborators of the app by user id, with their email, name and role; pending
+        invitees by id and offered role alone."""
         sql = (
-            "SELECT u.id, u.email, u.name, c.role FROM collaborators c "
-            "JOIN users u ON u.id = c.user_id WHERE c.app_id = ?"
+            "SELECT * FROM (SELECT u.id AS user_id, u.email, u.name, c.role, "
+            "'active' AS status FROM collaborators c JOIN users u ON u.id = c.user_id "
+            f"WHERE c.app_id = ? UNION ALL {_INVITED_ROLE} WHERE i.target = ?) x WHERE 1 = 1"
         )
-        rows = await self.page(sql, [app_id], ("u.id",), one_column(after), limit)
-        return [Person(r["id"], r["email"], r["name"], r["role"]) for r in rows]
+        rows = await self.page(sql, [app_id, app_id], ("user_id",), one_column(after), limit)
+        return [Person(r["user_id"], r["email"], r["name"], r["role"], r["status"]) for r in rows]
 
     async def upgrade_requests_page(
         self, workspace_id: str, *, after: tuple[int, str] | None, limit: int

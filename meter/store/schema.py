@@ -194,6 +194,29 @@ CREATE TABLE app_channels (
 )
 """
 
+# Consent to membership (the invitation review): adding a member or collaborator only
+# invites them; they join (a row of memberships / collaborators) when they accept, so
+# every check that reads those tables sees a pending invitee as a stranger. Existing
+# members and collaborators stay as they are (active). ``target`` is the workspace id
+# (kind 'workspace') or the app id (kind 'app'): one pending invitation per target and
+# user. ``user_id`` has no foreign key: an unknown user id is invited like a known one
+# (the answer must not tell them apart), and nobody can ever accept that invitation.
+_INVITATIONS = """
+CREATE TABLE invitations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('workspace', 'app')),
+    target TEXT NOT NULL,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
+    app_id TEXT REFERENCES apps (id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL,
+    role TEXT CHECK (role IS NULL OR role IN ('developer', 'tester', 'viewer')),
+    invited_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    UNIQUE (target, user_id)
+);
+CREATE INDEX invitations_user ON invitations (user_id, created_at, id)
+"""
+
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL),
@@ -205,6 +228,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "app shadow mode", _SHADOW),
     Migration(9, "workspace low-balance threshold", _LOW_THRESHOLD),
     Migration(10, "outbox: pending events by workspace", _OUTBOX_BY_WORKSPACE),
+    Migration(11, "invitations: members and collaborators join by consent", _INVITATIONS),
 )
 
 
