@@ -10,7 +10,7 @@ from config.money import format_amount, parse_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter.accounts import authz, projection, upgrade_requests, workspaces
+from meter.accounts import authz, invitations, projection, upgrade_requests, workspaces
 from meter.store import UpgradeRequest, Workspace
 from meter.timestamps import iso
 
@@ -97,10 +97,15 @@ async def patch_workspace(call: Call) -> web.Response:
 
 async def add_member(call: Call) -> web.Response:
     ws = call.workspace
+    inviter = authz.require_user(call.principal)
     body = call.parsed(s.MemberAdd)
-    added = await workspaces.add_member(call.deps, call.principal.actor, ws, body.user_id)
-    out = s.MemberOut(workspace_id=ws.id, user_id=body.user_id, added=added)
-    return json_response(out, 201 if added else 200)
+    done = await invitations.invite_member(
+        call.deps, call.principal.actor, inviter, ws, body.user_id
+    )
+    out = s.MemberOut(
+        workspace_id=ws.id, user_id=body.user_id, added=done.created, status=done.status
+    )
+    return json_response(out, 201 if done.created else 200)
 
 
 async def upgrade(call: Call) -> web.Response:

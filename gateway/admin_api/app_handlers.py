@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 
 from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
-from meter.accounts import apps, authz, channel_secrets
+from meter.accounts import apps, authz, channel_secrets, invitations
 from meter.errors import MeteringUnavailable
 from meter.store import App, AppChannel
 from meter.timestamps import iso
@@ -102,11 +102,13 @@ async def patch_app(call: Call) -> web.Response:
 
 async def add_collaborator(call: Call) -> web.Response:
     app = call.app
+    inviter = authz.require_user(call.principal)
     body = call.parsed(s.CollaboratorAdd)
-    role = await apps.add_collaborator(
-        call.deps, call.principal.actor, app, body.user_id, body.role
+    done = await invitations.invite_collaborator(
+        call.deps, call.principal.actor, inviter, app, body.user_id, body.role
     )
-    return json_response(s.CollaboratorOut(app_id=app.id, user_id=body.user_id, role=role), 201)
+    out = s.CollaboratorOut(app_id=app.id, user_id=body.user_id, role=body.role, status=done.status)
+    return json_response(out, 201)
 
 
 async def transfer(call: Call) -> web.Response:

@@ -91,7 +91,13 @@ async def list_members(call: Call) -> web.Response:
     )
     p = page("members", rows, limit, lambda m: (m.user_id,))
     items = [
-        ls.MemberItem(user_id=m.user_id, email=m.email, name=m.name, role=m.role)  # type: ignore[arg-type]
+        ls.MemberItem(
+            user_id=m.user_id,
+            email=m.email,
+            name=m.name,
+            role=m.role,  # type: ignore[arg-type]
+            status=m.status,  # type: ignore[arg-type]
+        )
         for m in p.items
     ]
     return json_response(ls.MemberList(members=items, next_cursor=p.next_cursor))
@@ -112,7 +118,13 @@ async def list_collaborators(call: Call) -> web.Response:
     )
     p = page("collaborators", rows, limit, lambda m: (m.user_id,))
     items = [
-        ls.CollaboratorItem(user_id=m.user_id, email=m.email, name=m.name, role=m.role)  # type: ignore[arg-type]
+        ls.CollaboratorItem(
+            user_id=m.user_id,
+            email=m.email,
+            name=m.name,
+            role=m.role,  # type: ignore[arg-type]
+            status=m.status,  # type: ignore[arg-type]
+        )
         for m in p.items
     ]
     return json_response(ls.CollaboratorList(collaborators=items, next_cursor=p.next_cursor))

@@ -6,7 +6,7 @@ last page and otherwise goes back as ``?cursor=`` (with the same filters) for th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -79,11 +79,27 @@ class AppList(Listing):
     apps: list[AppItem]
 
 
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def until_accepted(**kw: Any) -> Any:
+    """A member a pending invitee's item leaves out (not even ``null``)."""
+    return Field(
+        default=None, exclude_if=lambda v: v is None, json_schema_extra=_drop_default, **kw
+    )
+
+
+JoinStatus = Literal["active", "invited"]
+STATUS = "invited: a pending invitation, shown by user id alone until the user accepts"
+
+
 class MemberItem(Out):
     user_id: str
-    email: str
-    name: str
+    email: str | SkipJsonSchema[None] = until_accepted(description="absent while invited")
+    name: str | SkipJsonSchema[None] = until_accepted(description="absent while invited")
     role: Literal["owner", "member"]
+    status: JoinStatus = Field(description=STATUS)
 
 
 class MemberList(Listing):
@@ -92,9 +108,10 @@ class MemberList(Listing):
 
 class CollaboratorItem(Out):
     user_id: str
-    email: str
-    name: str
-    role: CollaboratorRole
+    email: str | SkipJsonSchema[None] = until_accepted(description="absent while invited")
+    name: str | SkipJsonSchema[None] = until_accepted(description="absent while invited")
+    role: CollaboratorRole = Field(description="held, or offered while invited")
+    status: JoinStatus = Field(description=STATUS)
 
 
 class CollaboratorList(Listing):
@@ -139,3 +156,33 @@ class UpgradeRequestItem(Out):
 
 class UpgradeRequestPage(Listing):
     requests: list[UpgradeRequestItem]
+
+
+class InvitationItem(Out):
+    """One of the caller's pending invitations: what it opens and who sent it."""
+
+    id: str
+    kind: Literal["workspace", "app"]
+    workspace_id: str
+    workspace_name: str
+    app_id: str | None = Field(description="the app (kind app); null for a workspace")
+    app_name: str | None
+    role: CollaboratorRole | None = Field(description="the role offered on the app")
+    invited_by: str = Field(description="the inviting user's id")
+    created_at: Timestamp
+
+
+class InvitationList(Listing):
+    invitations: list[InvitationItem]
+
+
+class InvitationAnswer(Out):
+    """An accepted (``active``: the caller is now a member or collaborator) or declined
+    invitation."""
+
+    id: str
+    kind: Literal["workspace", "app"]
+    workspace_id: str
+    app_id: str | None
+    role: CollaboratorRole | None
+    status: Literal["active", "declined"]

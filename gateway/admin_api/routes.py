@@ -23,6 +23,7 @@ from __future__ import annotations
 from gateway.admin_api import access as a
 from gateway.admin_api import account_handlers as acc
 from gateway.admin_api import app_handlers as apps
+from gateway.admin_api import invitation_handlers as inv
 from gateway.admin_api import list_handlers as lists
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import money_handlers as money
@@ -38,6 +39,7 @@ WS = {"ws": keys.ID_RE}
 APP = {"app": keys.APP_RE}
 WS_USER = {"ws": keys.ID_RE, "user": keys.ID_RE}
 APP_USER = {"app": keys.APP_RE, "user": keys.ID_RE}
+INVITATION = {"invitation": keys.ID_RE}
 CHANNEL = {"app": keys.APP_RE, "channel": keys.CHANNEL_RE}
 
 ROUTES: tuple[Route, ...] = (
@@ -52,7 +54,10 @@ ROUTES: tuple[Route, ...] = (
           "Change the workspace's own settings (low-balance threshold)",
           a.workspace("workspace.update"), body=s.WorkspacePatch, response=s.WorkspaceOut,
           params=WS),
-    Route("POST", "/v1/workspaces/{ws}/members", acc.add_member, "Add a user to the workspace",
+    Route("POST", "/v1/workspaces/{ws}/members", acc.add_member,
+          "Add a user to the workspace: invites them (status invited); they join when they "
+          "accept. 201: a new invitation; 200: already invited or a member (status active); "
+          "409 too_many_invitations past 100 pending",
           a.workspace("members.add"), body=s.MemberAdd, response=s.MemberOut, status=201,
           also=(200,), params=WS),
     Route("POST", "/v1/workspaces/{ws}/apps", apps.create_app, "Create an app",
@@ -66,8 +71,10 @@ ROUTES: tuple[Route, ...] = (
           "Shadow mode: metered and recorded, never refused (operator's roll-out tool)",
           a.app("app.shadow"), body=s.ShadowSet, response=s.AppOut, params=APP),
     Route("POST", "/v1/apps/{app}/collaborators", apps.add_collaborator,
-          "Invite a collaborator", a.app("collaborators.add"), body=s.CollaboratorAdd,
-          response=s.CollaboratorOut, status=201, params=APP),
+          "Invite a collaborator: they hold the role once they accept (status invited); an "
+          "active collaborator's role changes at once (status active); 409 "
+          "too_many_invitations past 100 pending", a.app("collaborators.add"),
+          body=s.CollaboratorAdd, response=s.CollaboratorOut, status=201, params=APP),
     Route("POST", "/v1/apps/{app}/transfer", apps.transfer,
           "Hand the app to another workspace user", a.app("app.transfer"),
           body=s.Transfer, response=s.AppOut, params=APP),
@@ -131,13 +138,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/workspaces/{ws}/members", lists.list_members, "Members of the workspace",
           a.workspace("members.read"), query=ls.ListQuery, response=ls.MemberList, params=WS),
     Route("DELETE", "/v1/workspaces/{ws}/members/{user}", lists.remove_member,
-          "Take a user out of the workspace (not its owner; apps transferred first)",
+          "Take a user out of the workspace, or withdraw their invitation (not its owner; "
+          "apps transferred first)",
           a.workspace("members.remove"), status=204, params=WS_USER),
     Route("GET", "/v1/apps/{app}/collaborators", lists.list_collaborators,
           "Collaborators of the app", a.app("collaborators.read"),
           query=ls.ListQuery, response=ls.CollaboratorList, params=APP),
     Route("DELETE", "/v1/apps/{app}/collaborators/{user}", lists.remove_collaborator,
-          "Take a collaborator off the app", a.app("collaborators.remove"), status=204,
+          "Take a collaborator off the app, or withdraw their invitation",
+          a.app("collaborators.remove"), status=204,
           params=APP_USER),
     Route("GET", "/v1/workspaces/{ws}/upgrade-requests",
           lists.list_workspace_upgrade_requests,
@@ -147,6 +156,16 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/upgrade-requests/{request}/decline", lists.decline_upgrade_request,
           "Decline an open upgrade request, saying why", a.OPERATOR, body=ls.UpgradeDecline,
           response=ls.UpgradeRequestItem, params={"request": keys.ID_RE}),
+    # Consent to membership: the invitee's own invitations (anyone else's id: 404).
+    Route("GET", "/v1/invitations", inv.list_invitations,
+          "Your pending invitations to workspaces and apps, oldest first", a.ANY_USER,
+          query=ls.ListQuery, response=ls.InvitationList),
+    Route("POST", "/v1/invitations/{invitation}/accept", inv.accept_invitation,
+          "Accept one of your invitations: you become a member or collaborator",
+          a.ANY_USER, response=ls.InvitationAnswer, params=INVITATION),
+    Route("POST", "/v1/invitations/{invitation}/decline", inv.decline_invitation,
+          "Decline one of your invitations (it is deleted)", a.ANY_USER,
+          response=ls.InvitationAnswer, params=INVITATION),
     Route("GET", "/v1/tokens", lists.list_tokens, "Your API tokens (never the secrets)",
           a.ANY_USER, query=ls.ListQuery, response=ls.TokenList),
     Route("POST", "/v1/tokens", lists.create_token, "Create an API token (shown once)",

@@ -218,16 +218,29 @@ class WorkspaceOut(Out):
     low_balance_threshold: Money | None = None  # the owner's own; None: the default
 
 
+# Membership needs the user's consent: adding a member or collaborator invites them;
+# they join when they accept (POST /v1/invitations/{invitation}/accept).
+JoinStatus = Literal["invited", "active"]
+
+
 class MemberOut(Out):
     workspace_id: str
     user_id: str
-    added: bool
+    added: bool = Field(description="this call opened the invitation (201)")
+    status: JoinStatus = Field(
+        description="invited: pending until the user accepts (an unknown user id is "
+        "answered alike, and nobody can accept for it); active: already a member"
+    )
 
 
 class CollaboratorOut(Out):
     app_id: str
     user_id: str
     role: CollaboratorRole
+    status: JoinStatus = Field(
+        default="active",
+        description="invited: the role is offered until the user accepts; active: held",
+    )
 
 
 class AppUsageOut(Out):

@@ -12,13 +12,11 @@ import secrets
 from typing import Any
 
 from config.catalog import PRODUCTS
-from meter.accounts import channel_secrets, projection, rebuild
+from meter.accounts import channel_secrets, invitations, projection, rebuild
 from meter.accounts.deps import Deps, announce, audit, check_reachable, check_text
-from meter.accounts.workspaces import existing_user
 from meter.errors import Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.store import App, Workspace
-from meter.store.models import ROLES, Role
 
 log = logging.getLogger(__name__)
 UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
@@ -143,27 +141,13 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
     return updated
 
 
-async def add_collaborator(d: Deps, actor: str, app: App, user_id: str, role: str) -> Role:
-    """Invite ``user_id`` as ``developer``, ``tester`` or ``viewer`` (or change the role)."""
-    if role not in ROLES:
-        raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
-    await existing_user(d, "user_id", user_id)
-    if user_id == app.owner_id:
-        raise InvalidInput("user_id", "the app owner cannot also be a collaborator")
-    before = await d.store.get_collaborator_role(app.id, user_id)
-    checked: Role = role  # type: ignore[assignment]  # checked against ROLES above
-    await d.store.add_collaborator(app.id, user_id, checked)
-    target = f"app:{app.id}"
-    after = {"user_id": user_id, "role": role}
-    prior = {"user_id": user_id, "role": before} if before else None
-    await audit(d, actor, "collaborator.add", target, prior, after)
-    return checked
-
-
 async def remove_collaborator(d: Deps, actor: str, app: App, user_id: str) -> None:
-    """Take a collaborator off the app; 404 if they are not one."""
+    """Take a collaborator off the app, or withdraw their pending invitation; 404 if
+    they are neither."""
     role = await d.store.get_collaborator_role(app.id, user_id)
     if role is None or not await d.store.remove_collaborator(app.id, user_id):
+        if await invitations.cancel(d, actor, f"app:{app.id}", user_id):
+            return
         raise NotFound("collaborator", user_id)
     await audit(d, actor, "collaborator.remove", f"app:{app.id}",
                 {"user_id": user_id, "role": role}, None)  # fmt: skip
@@ -171,7 +155,8 @@ async def remove_collaborator(d: Deps, actor: str, app: App, user_id: str) -> No
 
 async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
     """Hand the app to another user of its workspace, who gets all the owner's rights."""
-    await existing_user(d, "user_id", user_id)
+    # Membership alone decides (an unknown user is no member): the answer must not tell
+    # an unknown user id from a known one.
     if not await d.store.is_member(app.workspace_id, user_id):
         raise InvalidInput("user_id", f"{user_id} is not a member of workspace {app.workspace_id}")
     if user_id == app.owner_id:
@@ -181,6 +166,7 @@ async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
         raise NotFound("app", app.id)
     # The owner's rights include everything a collaborator role gave; keep one truth.
     await d.store.remove_collaborator(app.id, user_id)
+    await d.store.cancel_invitation(app.id, user_id)
     before, after = {"owner_id": app.owner_id}, {"owner_id": user_id}
     await audit(d, actor, "app.transfer", f"app:{app.id}", before, after)
     return updated

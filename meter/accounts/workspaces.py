@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from config.catalog import PRODUCTS
-from meter.accounts import authz, projection, rebuild
+from meter.accounts import authz, invitations, projection, rebuild
 from meter.accounts.deps import (
     EMAIL_RE,
     Deps,
@@ -60,13 +60,6 @@ async def create_user(d: Deps, actor: str, email: str, name: str) -> tuple[User,
         ) from None
     await audit(d, actor, "user.create", f"user:{user.id}", None, {"email": email, "name": name})
     return user, token
-
-
-async def existing_user(d: Deps, field: str, user_id: str) -> User:
-    user = await d.store.get_user(user_id)
-    if user is None:
-        raise InvalidInput(field, f"no user {user_id}")
-    return user
 
 
 # --------------------------------------------------------------------------- workspaces
@@ -146,18 +139,10 @@ async def project_workspace(d: Deps, ws: Workspace, *, new: bool = False) -> Non
     await announce(d, ws.id)
 
 
-async def add_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> bool:
-    """Add a user to the workspace; ``False`` if already a member."""
-    await existing_user(d, "user_id", user_id)
-    added = await d.store.add_member(ws.id, user_id)
-    if added:
-        await audit(d, actor, "member.add", f"workspace:{ws.id}", None, {"user_id": user_id})
-    return added
-
-
 async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> None:
-    """Take a user out of the workspace. The owner stays; a member who still owns apps
-    must hand them over first (their apps would otherwise have no reachable owner)."""
+    """Take a user out of the workspace, or withdraw their pending invitation. The owner
+    stays; a member who still owns apps must hand them over first (their apps would
+    otherwise have no reachable owner)."""
     if user_id == ws.owner_id:
         raise Conflict("the workspace owner cannot be removed", code="owner_cannot_be_removed")
     owned = await d.store.list_apps(ws.id, owner_id=user_id)
@@ -168,6 +153,9 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
             code="member_owns_apps",
         )
     if not await d.store.remove_member(ws.id, user_id):
+        # A pending invitee: removing them withdraws the invitation.
+        if await invitations.cancel(d, actor, f"workspace:{ws.id}", user_id):
+            return
         raise NotFound("member", user_id)
     await audit(d, actor, "member.remove", f"workspace:{ws.id}", {"user_id": user_id}, None)
 

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from config import load_catalog, load_settings
-from meter.accounts import apps, authz, credits, projection, upgrade_requests, workspaces
+from meter.accounts import (
+    apps,
+    authz,
+    credits,
+    invitations,
+    projection,
+    upgrade_requests,
+    workspaces,
+)
 from meter.accounts.deps import Deps
 from meter.accounts.plan_usage import plan_usage
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -176,15 +184,29 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
         await apps.update_app(deps, "x", app, {"upstream_url": "ftp://127.0.0.1/"})
 
 
+async def accept_all(d: Deps, user_id: str) -> None:
+    """The user accepts every invitation they hold."""
+    for o in (await invitations.listing(d, user_id, None, 200)).items:
+        await invitations.accept(d, user_id, o.invitation.id)
+
+
+async def join(d: Deps, ws: Workspace, user_id: str) -> None:
+    """``user_id`` becomes a member of ``ws``: invited by its owner, then accepted."""
+    await invitations.invite_member(d, f"user:{ws.owner_id}", ws.owner_id, ws, user_id)
+    await accept_all(d, user_id)
+
+
 async def test_transfer_and_collaborators(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
     bob, _ = await workspaces.create_user(deps, "operator", "bob@example.com", "Bob")
     eve, _ = await workspaces.create_user(deps, "operator", "eve@example.com", "Eve")
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
-    await apps.add_collaborator(deps, "x", app, bob.id, "developer")
+    await invitations.invite_collaborator(deps, "x", owner, app, bob.id, "developer")
+    await accept_all(deps, bob.id)
+    assert await deps.store.get_collaborator_role(app.id, bob.id) == "developer"
     with pytest.raises(InvalidInput, match="user_id"):
         await apps.transfer(deps, "x", app, bob.id)  # not a workspace member
-    await workspaces.add_member(deps, "x", ws, bob.id)
+    await join(deps, ws, bob.id)
     moved = await apps.transfer(deps, "x", app, bob.id)
     assert moved.owner_id == bob.id
     assert await deps.store.get_collaborator_role(app.id, bob.id) is None
@@ -192,7 +214,7 @@ async def test_transfer_and_collaborators(deps: Deps) -> None:
     _, roles = await authz.authorize_app(deps.store, principal, app.id, "app.update")
     assert roles >= {"app_owner", "member"}
     with pytest.raises(InvalidInput, match="role"):
-        await apps.add_collaborator(deps, "x", moved, eve.id, "admin")
+        await invitations.invite_collaborator(deps, "x", bob.id, moved, eve.id, "admin")
     with pytest.raises(NotFound):
         await authz.authorize_app(deps.store, authz.Principal(eve.id), app.id, "app.read")
 
@@ -200,7 +222,7 @@ async def test_transfer_and_collaborators(deps: Deps) -> None:
 async def test_usage_scope_of_an_app_owner(deps: Deps) -> None:
     owner, ws = await owner_and_ws(deps)
     bob, _ = await workspaces.create_user(deps, "operator", "bob@example.com", "Bob")
-    await workspaces.add_member(deps, "x", ws, bob.id)
+    await join(deps, ws, bob.id)
     mine = await apps.create_app(deps, bob.id, ws, "Mine", "automation", None)
     theirs = await apps.create_app(deps, owner, ws, "Theirs", "automation", None)
     assert await authz.usage_scope(deps.store, authz.Principal(owner), ws.id, None) is None

@@ -36,6 +36,7 @@ TABLES = (
     "apps",
     "app_channels",
     "collaborators",
+    "invitations",
     "licences",
     "upgrade_requests",
     "api_tokens",
@@ -94,6 +95,20 @@ class Admin:
         email = f"{name}.{time.time_ns()}@example.com"
         body = await self.ok("POST", "/v1/users", OPERATOR_TOKEN, {"email": email, "name": name})
         return body["id"], body["token"]
+
+    async def accept_invitations(self, token: str) -> list[Any]:
+        """Accept every pending invitation of ``token``'s user (adding a member or a
+        collaborator only invites them); returns the answers."""
+        listed = await self.ok("GET", "/v1/invitations?limit=200", token)
+        return [
+            await self.ok("POST", f"/v1/invitations/{i['id']}/accept", token)
+            for i in listed["invitations"]
+        ]
+
+    async def join(self, ws: str, owner_token: str, user: tuple[str, str]) -> None:
+        """Make ``user`` (``(id, token)``) a member of ``ws``: invited, then accepted."""
+        await self.ok("POST", f"/v1/workspaces/{ws}/members", owner_token, {"user_id": user[0]})
+        await self.accept_invitations(user[1])
 
     async def owner_workspace(self, user: str = "owner", name: str = "Acme") -> tuple[str, str]:
         """A new user and a workspace it owns; returns ``(token, workspace id)``."""

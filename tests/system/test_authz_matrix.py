@@ -46,6 +46,7 @@ class World:
     tokens: dict[str, str | None]
     users: dict[str, str]
     request: str  # an open upgrade request of the workspace
+    invitation: str  # "other"'s pending invitation into the workspace
 
     def token_id(self, role: str) -> str:
         """The id of the API token ``role`` was created with."""
@@ -167,6 +168,16 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
     ("POST /v1/upgrade-requests/{request}/decline",
      lambda w: ("POST", f"/v1/upgrade-requests/{w.request}/decline", {"reason": "not yet"}),
      (200, 403, 403, 403, 403, 403, 401, 401)),
+    # Only the invitee reaches their invitation; to anyone else it does not exist.
+    ("GET /v1/invitations",
+     lambda w: ("GET", "/v1/invitations", None),
+     (403, 200, 200, 200, 200, 200, 401, 401)),
+    ("POST /v1/invitations/{invitation}/accept",
+     lambda w: ("POST", f"/v1/invitations/{w.invitation}/accept", None),
+     (403, 404, 404, 404, 404, 200, 401, 401)),
+    ("POST /v1/invitations/{invitation}/decline",
+     lambda w: ("POST", f"/v1/invitations/{w.invitation}/decline", None),
+     (403, 404, 404, 404, 404, 200, 401, 401)),
     ("GET /v1/tokens",
      lambda w: ("GET", "/v1/tokens", None),
      (403, 200, 200, 200, 200, 200, 401, 401)),
@@ -199,8 +210,7 @@ async def build_world(admin: Admin) -> World:
     ws = (await admin.ok("POST", "/v1/workspaces", tokens["owner"], {"name": "Acme"}))["id"]
     await admin.ok("POST", "/v1/workspaces", tokens["other"], {"name": "Elsewhere"})
     for role in ("appown", "member", "extra"):
-        await admin.ok("POST", f"/v1/workspaces/{ws}/members", tokens["owner"],
-                       {"user_id": users[role]})  # fmt: skip
+        await admin.join(ws, tokens["owner"], (users[role], tokens[role] or ""))
     app = await admin.ok(
         "POST", f"/v1/workspaces/{ws}/apps", tokens["appown"],
         {"name": "Helpdesk", "product": "automation"},
@@ -209,10 +219,19 @@ async def build_world(admin: Admin) -> World:
         "POST", f"/v1/apps/{app['id']}/collaborators", tokens["appown"],
         {"user_id": users["collab"], "role": "developer"},
     )  # fmt: skip
+    await admin.accept_invitations(tokens["collab"] or "")
+    # A pending invitation gives nothing: "other" is invited into the workspace and onto
+    # the app, never accepts, and stays a stranger (404) on every route of the table.
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", tokens["owner"],
+                   {"user_id": users["other"]})  # fmt: skip
+    await admin.ok("POST", f"/v1/apps/{app['id']}/collaborators", tokens["appown"],
+                   {"user_id": users["other"], "role": "viewer"})  # fmt: skip
+    invitations = (await admin.ok("GET", "/v1/invitations", tokens["other"]))["invitations"]
     request = await admin.ok(
         "POST", f"/v1/workspaces/{ws}/upgrade-requests", tokens["owner"], {"products": ["search"]}
     )
-    return World(admin, ws, app["id"], tokens, users, request["id"])
+    invited = next(i["id"] for i in invitations if i["kind"] == "workspace")
+    return World(admin, ws, app["id"], tokens, users, request["id"], invited)
 
 
 @pytest.fixture
@@ -380,6 +399,7 @@ async def test_an_app_owner_cannot_undo_the_workspace_owners_spending_controls(
     owner_tok, ws = await admin.owner_workspace()
     bob, bob_tok = await admin.new_user("bob")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", owner_tok, {"user_id": bob})
+    await admin.accept_invitations(bob_tok)
     app = await admin.new_app(bob_tok, ws)
     controls = {"suspended": True, "use_free_credits": False}
     await admin.ok("PATCH", f"/v1/apps/{app}", owner_tok, controls)

@@ -84,12 +84,14 @@ async def test_workspace_and_app_lists_paginate_in_a_stable_order(any_admin: Adm
     # A plain member sees every app; a collaborator who is not a member only theirs.
     member, member_tok = await admin.new_user("member")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": member})
+    await admin.accept_invitations(member_tok)
     listed = await everything(admin, f"/v1/workspaces/{ws}/apps", member_tok, "apps", 50)
     assert [a["id"] for a in listed] == apps
     assert {a["role"] for a in listed} == {"member"}
     collab, collab_tok = await admin.new_user("collab")
     body = {"user_id": collab, "role": "viewer"}
     await admin.ok("POST", f"/v1/apps/{apps[3]}/collaborators", tok, body)
+    await admin.accept_invitations(collab_tok)
     listed = await everything(admin, f"/v1/workspaces/{ws}/apps", collab_tok, "apps", 1)
     assert [(a["id"], a["role"]) for a in listed] == [(apps[3], "collaborator")]
     theirs_ws = await admin.ok("GET", "/v1/workspaces", collab_tok)
@@ -120,6 +122,7 @@ async def test_members_list_and_removal(any_admin: Admin) -> None:
         uid, utok = await admin.new_user(name)
         people[name] = (uid, utok)
         await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": uid})
+        await admin.accept_invitations(utok)
     listed = await everything(admin, f"/v1/workspaces/{ws}/members", tok, "members", 2)
     assert [m["user_id"] for m in listed] == sorted([owner] + [u for u, _ in people.values()])
     roles = {m["user_id"]: m["role"] for m in listed}
@@ -173,6 +176,7 @@ async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> N
     tok, ws = await admin.owner_workspace()
     appown, appown_tok = await admin.new_user("appown")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": appown})
+    await admin.accept_invitations(appown_tok)
     app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", appown_tok,
                           {"name": "Helpdesk", "product": "automation"}))["id"]  # fmt: skip
     collabs = {}
@@ -181,6 +185,7 @@ async def test_collaborators_list_removal_and_reading_the_app(admin: Admin) -> N
         collabs[name] = (uid, utok)
         body = {"user_id": uid, "role": role}
         await admin.ok("POST", f"/v1/apps/{app}/collaborators", appown_tok, body)
+        await admin.accept_invitations(utok)
     listed = await everything(admin, f"/v1/apps/{app}/collaborators", appown_tok,
                               "collaborators", 2)  # fmt: skip
     assert [c["user_id"] for c in listed] == sorted(u for u, _ in collabs.values())
@@ -220,6 +225,7 @@ async def test_the_upstream_url_is_shown_only_to_who_may_change_it(admin: Admin)
     tok, ws = await admin.owner_workspace()
     appown, appown_tok = await admin.new_user("appown")
     await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": appown})
+    await admin.accept_invitations(appown_tok)
     url = "http://127.0.0.1:9/bot?api_key=s3cret-key"
     made = await admin.ok("POST", f"/v1/workspaces/{ws}/apps", appown_tok,
                           {"name": "Helpdesk", "product": "automation",
@@ -230,6 +236,7 @@ async def test_the_upstream_url_is_shown_only_to_who_may_change_it(admin: Admin)
         uid, utok = await admin.new_user(role)
         await admin.ok("POST", f"/v1/apps/{app}/collaborators", appown_tok,
                        {"user_id": uid, "role": role})  # fmt: skip
+        await admin.accept_invitations(utok)
         status, raw = await admin.api("GET", f"/v1/apps/{app}", utok)
         assert status == 200
         assert raw["upstream_url"] is None, role

@@ -221,6 +221,7 @@ async def test_checkout_limits_roles_and_configuration(redis_url: str, tmp_path:
             assert (await admin.api("POST", path, token, {"amount": edge}))[0] == 201
         member, member_token = await admin.new_user("member")
         await admin.ok("POST", f"/v1/workspaces/{ws}/members", token, {"user_id": member})
+        await admin.accept_invitations(member_token)
         assert (await admin.api("POST", path, member_token, {"amount": "100"}))[0] == 403
         assert (await admin.api("POST", path, OPERATOR_TOKEN, {"amount": "100"}))[0] == 403
         assert len(standin.seen) == 2
