@@ -218,8 +218,7 @@ class WorkspaceOut(Out):
     low_balance_threshold: Money | None = None  # the owner's own; None: the default
 
 
-# Membership needs the user's consent: adding a member or collaborator invites them;
-# they join when they accept (POST /v1/invitations/{invitation}/accept).
+# Adding a member or collaborator invites them; they join when they accept.
 JoinStatus = Literal["invited", "active"]
 
 
