@@ -201,6 +201,7 @@ function current() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   if (parts[0] === "ws" && parts[1]) return {ws: parts[1], page: parts[2] || "", arg: parts[3] || ""};
   if (parts[0] === "tokens") return {ws: null, page: "tokens", arg: ""};
+  if (parts[0] === "invitations") return {ws: null, page: "invitations", arg: ""};
   return {ws: null, page: "", arg: ""};
 }
 
@@ -218,7 +219,7 @@ function pagesFor(ws) {
 function renderNav(ws, page) {
   const list = document.getElementById("nav-list");
   const items = ws ? pagesFor(ws).map(([p, label]) => [`#/ws/${ws.id}/${p}`, label, p]) : [];
-  items.push(["#/tokens", "API tokens", "tokens"]);
+  items.push(["#/invitations", "Invitations", "invitations"], ["#/tokens", "API tokens", "tokens"]);
   list.replaceChildren(...items.map(([href, label, p]) => h("li", {},
     h("a", {href, "aria-current": (p === page || (p === "apps" && page === "app")) ? "page" : null}, label))));
   document.getElementById("nav").hidden = false;
@@ -234,11 +235,13 @@ function renderSwitcher(wsId) {
 async function route() {
   if (!state.me) return;
   const r = current();
-  // The tokens page belongs to the user, not a workspace: keep the last one's navigation.
+  // The tokens and invitations pages belong to the user, not a workspace: keep the last
+  // one's navigation.
+  const own = r.page === "tokens" || r.page === "invitations";
   const ws = state.workspaces.find(w => w.id === r.ws)
-    || (r.page === "tokens" ? (state.current || state.workspaces[0] || null) : null);
+    || (own ? (state.current || state.workspaces[0] || null) : null);
   if (ws) state.current = ws;
-  if (r.page !== "tokens" && !ws) {
+  if (!own && !ws) {
     if (state.workspaces.length) {
       const first = state.workspaces[0];
       location.replace(`#/ws/${first.id}/${pagesFor(first)[0][0]}`);
@@ -246,14 +249,16 @@ async function route() {
     }
     renderNav(null, "");
     setMain(h("h1", {}, "No workspace yet"),
-      h("p", {}, "You are not a member of any workspace. Ask a workspace owner to add you, " +
-        "or create one through the API (POST /v1/workspaces)."));
+      h("p", {}, "You are not a member of any workspace. Ask a workspace owner to invite you " +
+        "and accept on the ", h("a", {href: "#/invitations"}, "Invitations"), " page, " +
+        "or create a workspace through the API (POST /v1/workspaces)."));
     return;
   }
   renderSwitcher(ws ? ws.id : (state.workspaces[0] || {}).id);
   const page = r.page || (ws ? pagesFor(ws)[0][0] : "tokens");
   renderNav(ws, page);
-  const views = {overview, usage: usagePage, apps: appsPage, app: appPage, billing, team, tokens: tokensPage};
+  const views = {overview, usage: usagePage, apps: appsPage, app: appPage, billing, team,
+    tokens: tokensPage, invitations: invitationsPage};
   const view = views[page] || appsPage;
   document.title = `${page[0].toUpperCase()}${page.slice(1)} · creditgate console`;
   try {
@@ -602,16 +607,17 @@ async function collaborators(appId, box) {
   add.append(h("label", {for: "c-role"}, "Role", newRole), h("button", {type: "submit"}, "Invite"));
   box.replaceChildren(
     list.length ? table([
-      {label: "Name", value: c => `${c.name} (${c.email})`},
+      {label: "Name", value: c => c.status === "invited" ? [c.user_id, " ", badge("invited", "open")] : `${c.name} (${c.email})`},
       {label: "Role", value: c => {
         const sel = roleSelect(`role-${c.user_id}`, c.role);
-        sel.setAttribute("aria-label", `Role of ${c.name}`);
+        sel.setAttribute("aria-label", `Role of ${c.name || c.user_id}`);
         sel.addEventListener("change", () => act(() => api("POST", `/v1/apps/${appId}/collaborators`, {user_id: c.user_id, role: sel.value})));
         return sel;
       }},
       {label: "Actions", value: c => h("button", {type: "button", class: "danger", onclick: () => {
-        if (confirm(`Remove ${c.name} from this app?`)) act(() => api("DELETE", `/v1/apps/${appId}/collaborators/${c.user_id}`));
-      }}, "Remove")},
+        const what = c.status === "invited" ? `Withdraw the invitation of ${c.user_id}?` : `Remove ${c.name} from this app?`;
+        if (confirm(what)) act(() => api("DELETE", `/v1/apps/${appId}/collaborators/${c.user_id}`));
+      }}, c.status === "invited" ? "Withdraw" : "Remove")},
     ], list, "Collaborators") : h("p", {}, "No collaborators yet."),
     add, err);
 }
@@ -738,20 +744,53 @@ async function team(ws) {
   const user = h("input", {id: "m-user", name: "user_id", required: true, size: "16"});
   setMain(h("h1", {}, "Team"),
     table([
-      {label: "Name", value: m => m.name},
-      {label: "Email", value: m => m.email},
+      {label: "Name", value: m => m.name || "—"},
+      {label: "Email", value: m => m.email || "—"},
       {label: "User id", value: m => m.user_id},
-      {label: "Role", value: m => humanize(m.role)},
+      {label: "Role", value: m => m.status === "invited" ? badge("invited", "open") : humanize(m.role)},
       {label: "Actions", value: m => m.role === "owner" ? "—" : h("button", {type: "button", class: "danger",
-        onclick: () => { if (confirm(`Remove ${m.name} from the workspace?`)) act(() => api("DELETE", `/v1/workspaces/${ws.id}/members/${m.user_id}`)); }},
-        "Remove")},
+        onclick: () => {
+          const what = m.status === "invited" ? `Withdraw the invitation of ${m.user_id}?` : `Remove ${m.name} from the workspace?`;
+          if (confirm(what)) act(() => api("DELETE", `/v1/workspaces/${ws.id}/members/${m.user_id}`));
+        }},
+        m.status === "invited" ? "Withdraw" : "Remove")},
     ], members, "Members"),
     h("h2", {}, "Invite a member"),
     h("form", {class: "inline", onsubmit: (ev) => { ev.preventDefault();
       act(() => api("POST", `/v1/workspaces/${ws.id}/members`, {user_id: user.value.trim()})); }},
-      h("label", {for: "m-user"}, "User id", user), h("button", {type: "submit"}, "Add member")),
+      h("label", {for: "m-user"}, "User id", user), h("button", {type: "submit"}, "Invite member")),
     err,
-    h("p", {class: "muted"}, "Collaborators are managed on each app's page."));
+    h("p", {class: "muted"}, "An invited user joins when they accept; until then they see nothing " +
+      "of this workspace and you see only their user id. Collaborators are managed on each app's page."));
+}
+
+// ---------------------------------------------------------------- invitations
+
+async function invitationsPage() {
+  loading("your invitations");
+  const list = await allPages("/v1/invitations", "invitations");
+  const err = h("p", {class: "error", role: "alert"});
+  const answer = async (inv, verb) => {
+    err.textContent = "";
+    try {
+      await api("POST", `/v1/invitations/${inv.id}/${verb}`);
+      state.workspaces = await allPages("/v1/workspaces", "workspaces");
+      await invitationsPage();
+      renderSwitcher((state.current || state.workspaces[0] || {}).id);
+    } catch (e) { if (e.status !== 401) err.textContent = e.message; }
+  };
+  setMain(h("h1", {}, "Invitations"),
+    list.length ? table([
+      {label: "To", value: i => i.kind === "app" ? `${i.app_name} (app in ${i.workspace_name})` : i.workspace_name},
+      {label: "Role", value: i => i.kind === "app" ? humanize(i.role) : "member"},
+      {label: "Invited by", value: i => i.invited_by},
+      {label: "Sent", value: i => localDate(i.created_at)},
+      {label: "Actions", value: i => [
+        h("button", {type: "button", onclick: () => answer(i, "accept")}, "Accept"), " ",
+        h("button", {type: "button", class: "secondary", onclick: () => answer(i, "decline")}, "Decline")]},
+    ], list, "Invitations") : h("p", {}, "No pending invitations."),
+    err,
+    h("p", {class: "muted"}, "Nobody sees your name or email in a workspace or app before you accept."));
 }
 
 // --------------------------------------------------------------------- tokens

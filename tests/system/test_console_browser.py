@@ -265,16 +265,17 @@ async def journey(
         assert "Free credits" not in text
         await b.check("enterprise")
 
-        # Team: invite a member, then remove them.
+        # Team: invite a member (shown by user id alone until they accept), then withdraw.
         bo = await api.call("POST", "/v1/users", op, {"email": "bo@example.com", "name": "Bo"})
         await b.goto_hash(f"#/ws/{ws}/team")
         await b.page.fill("#m-user", bo["id"])
-        await b.page.click("text=Add member")
-        await b.page.wait_for_selector("td:has-text('bo@example.com')")
+        await b.page.click("text=Invite member")
+        await b.page.wait_for_selector(f"tr:has-text('{bo['id']}') >> text=invited")
         await b.settle()
+        assert "bo@example.com" not in await b.text()
         await b.check("team")
-        await b.page.click("tr:has-text('bo@example.com') >> text=Remove")
-        await b.page.wait_for_selector("td:has-text('bo@example.com')", state="detached")
+        await b.page.click(f"tr:has-text('{bo['id']}') >> text=Withdraw")
+        await b.page.wait_for_selector(f"td:has-text('{bo['id']}')", state="detached")
         members = await api.call("GET", f"/v1/workspaces/{ws}/members", owner["token"])
         assert [m["user_id"] for m in members["members"]] == [owner["id"]]
 
@@ -302,11 +303,19 @@ async def journey(
                             headers={"Authorization": f"Bearer {secret}"}) as r:  # fmt: skip
             assert r.status == 401  # revoked at once
 
-        # The collaborator sees the app they work on, without money figures.
+        # The collaborator accepts the invitation, then sees the app they work on,
+        # without money figures.
         c = await Browser.open(browser, "collaborator")
         await c.page.goto(served.admin + "/ui")
         await c.page.fill("#token", collab["token"])
         await c.page.click("button[type=submit]")
+        await c.page.wait_for_selector("h1:has-text('No workspace yet')")
+        await c.goto_hash("#/invitations")
+        await c.page.wait_for_selector("tr:has-text('Helpdesk') >> text=Accept")
+        await c.check("invitations")
+        await c.page.click("tr:has-text('Helpdesk') >> text=Accept")
+        await c.page.wait_for_selector("text=No pending invitations.")
+        await c.goto_hash(f"#/ws/{ws}/apps")
         await c.page.wait_for_selector(f"a[href$='/app/{app['id']}']")
         await c.check("apps")
         await c.page.click(f"a[href$='/app/{app['id']}']")
