@@ -10,12 +10,7 @@ from __future__ import annotations
 import contextvars
 from typing import Literal
 
-from pydantic import (
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.fields import DAY, ChannelRule, EgressAllow, Micros, RefundOn, Seconds
@@ -68,6 +63,13 @@ class Settings(BaseSettings):
     refund_window_s: Seconds = 120.0
     # Local state that must survive a crash of the process (forward confirmations).
     state_dir: str = "creditgate-state"
+
+    # Tenant quotas: every workspace and app costs store rows and Redis hashes (and an
+    # app up to idempotency_max_free_keys_per_app keys), so one tenant cannot fill the
+    # shared Redis. Workspaces one user owns, and apps in one workspace whoever owns
+    # them; one more is 409 too_many_workspaces / too_many_apps. Nobody is exempt.
+    max_workspaces_per_user: int = Field(20, ge=1, le=100_000)
+    max_apps_per_workspace: int = Field(100, ge=1, le=100_000)
 
     # Admission engine. metering=false proxies without admission: a benchmark
     # baseline, never for production.

@@ -14,7 +14,7 @@ from typing import Any
 from config.catalog import PRODUCTS
 from meter.accounts import channel_secrets, invitations, projection, rebuild
 from meter.accounts.deps import Deps, announce, audit, check_reachable, check_text
-from meter.errors import Forbidden, InvalidInput, NotFound
+from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
 from meter.store import App, Workspace
 
@@ -85,7 +85,10 @@ def app_dict(app: App) -> dict[str, Any]:
 async def create_app(
     d: Deps, owner_id: str, ws: Workspace, name: str, product: str, upstream_url: str | None
 ) -> App:
-    """An app owned by ``owner_id``; enterprise workspaces only for licensed products."""
+    """An app owned by ``owner_id``; enterprise workspaces only for licensed products.
+
+    A workspace holds at most ``max_apps_per_workspace`` apps, whoever owns them
+    (counted and created in one step); one more is 409 ``too_many_apps``."""
     name = check_text("name", name)
     if product not in PRODUCTS:
         raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
@@ -106,7 +109,13 @@ async def create_app(
         created_at=d.now_ms(),
         upstream_url=upstream_url,
     )
-    await d.store.create_app(app)
+    cap = d.settings.max_apps_per_workspace
+    if not await d.store.create_app_within(app, cap):
+        raise Conflict(
+            f"workspace {ws.id} already holds {cap} apps: the limit is {cap} per workspace "
+            "(setting max_apps_per_workspace); ask the operator to raise it",
+            code="too_many_apps",
+        )
     await project_app(d, app)
     await audit(d, f"user:{owner_id}", "app.create", f"app:{app.id}", None, app_dict(app))
     return app

@@ -27,7 +27,7 @@ from meter.accounts.deps import (
     new_id,
 )
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.store import DuplicateKey, LedgerEntry, Licence, User, Workspace
+from meter.store import CapReached, DuplicateKey, LedgerEntry, Licence, User, Workspace
 
 
 def free_reference(ws_id: str) -> str:
@@ -73,7 +73,9 @@ async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
     workspaces of the same user start without free credits and without an expiry.
     The workspace, the owner's membership and the grant's ledger entry commit in one
     transaction; the live balance is then granted in Redis with the same reference,
-    so a repeated grant is a no-op on both sides.
+    so a repeated grant is a no-op on both sides. A user owns at most
+    ``max_workspaces_per_user`` workspaces (counted and created in one step); one more
+    is 409 ``too_many_workspaces``.
     """
     name = check_text("name", name)
     now = d.now_ms()
@@ -96,9 +98,17 @@ async def create_workspace(d: Deps, owner_id: str, name: str) -> Workspace:
             created_at=now,
             detail={"expires_at": ws.free_expires_at},
         )
-    granted = await d.store.create_workspace(
-        ws, grant=grant, once_per_user=d.settings.free_credits_once_per_user
-    )
+    cap = d.settings.max_workspaces_per_user
+    try:
+        granted = await d.store.create_workspace(
+            ws, grant=grant, once_per_user=d.settings.free_credits_once_per_user, cap=cap
+        )
+    except CapReached:
+        raise Conflict(
+            f"you already own {cap} workspaces: the limit is {cap} per user (setting "
+            "max_workspaces_per_user); use one you own, or ask the operator to raise it",
+            code="too_many_workspaces",
+        ) from None
     if not granted:
         ws = replace(ws, free_expires_at=None)
     await project_workspace(d, ws, new=True)

@@ -16,7 +16,14 @@ from typing import Any
 from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
-from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
+from meter.store.errors import (
+    CapReached,
+    DuplicateKey,
+    MissingReference,
+    Rejected,
+    Retryable,
+    StoreError,
+)
 from meter.store.invitations import Invitation, OpenInvitation
 from meter.store.models import (
     ApiToken,
@@ -41,6 +48,7 @@ __all__ = [
     "App",
     "AppChannel",
     "AuditEntry",
+    "CapReached",
     "Checkout",
     "Collaborator",
     "DeadLetter",

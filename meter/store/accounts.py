@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meter.store.db import Row, StoreCore, insert_sql, row_as, values
+from meter.store.errors import CapReached
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import (
     WORKSPACE_TYPES,
@@ -70,9 +71,15 @@ class Accounts(StoreCore):
         *,
         grant: LedgerEntry | None = None,
         once_per_user: bool = False,
+        cap: int | None = None,
     ) -> bool:
         """Insert the workspace, its owner's membership and (optionally) the free-credit
         grant in one transaction; ``True`` when the grant was recorded.
+
+        With ``cap``: :class:`CapReached` (nothing written) when the owner already owns
+        ``cap`` workspaces. The owner's row is locked first, so concurrent creations by
+        one user are counted one at a time and never pass the cap together (PostgreSQL:
+        ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start).
 
         Every grant claims the owner's row in ``free_grants`` (primary key: the user).
         With ``once_per_user`` a grant whose claim finds the row taken is not recorded
@@ -85,6 +92,13 @@ class Accounts(StoreCore):
         if grant is not None and grant.workspace_id != w.id:
             raise ValueError("grant belongs to another workspace")
         async with self.transaction() as c:
+            if cap is not None:
+                await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", w.owner_id)
+                owned = await c.fetchval(
+                    "SELECT COUNT(*) AS n FROM workspaces WHERE owner_id = ?", w.owner_id
+                )
+                if int(owned or 0) >= cap:
+                    raise CapReached(f"user {w.owner_id} owns {cap} workspaces")
             await c.execute(
                 insert_sql("workspaces", WORKSPACE_COLUMNS), *values(w, WORKSPACE_COLUMNS)
             )

@@ -25,6 +25,19 @@ class Apps(StoreCore):
     async def create_app(self, app: App) -> None:
         await self.insert("apps", APP_COLUMNS, app)
 
+    async def create_app_within(self, app: App, cap: int) -> bool:
+        """Insert ``app`` unless its workspace already holds ``cap`` apps, whoever owns
+        them (count and insert in one step: concurrent creations never pass the cap)."""
+        return await self.insert_capped(
+            "apps",
+            APP_COLUMNS,
+            app,
+            owner=("workspaces", app.workspace_id),
+            count="SELECT COUNT(*) AS n FROM apps WHERE workspace_id = ?",
+            args=[app.workspace_id],
+            cap=cap,
+        )
+
     async def get_app(self, app_id: str) -> App | None:
         return await self.one(app_row, f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)
 

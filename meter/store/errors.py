@@ -23,3 +23,8 @@ class Rejected(StoreError):
     """The database refused the data itself (an invalid value, a violated constraint):
     retrying the same statement with the same data cannot succeed. Every other
     :class:`StoreError` may be transient (connection lost, database restarting)."""
+
+
+class CapReached(Exception):
+    """A capped insert found its owner already at the cap; nothing was written (not a
+    failure of the store: the caller answers it, e.g. 409)."""

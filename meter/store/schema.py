@@ -217,6 +217,9 @@ CREATE TABLE invitations (
 CREATE INDEX invitations_user ON invitations (user_id, created_at, id)
 """
 
+# Workspaces a user owns are counted on every creation (max_workspaces_per_user).
+_WORKSPACES_BY_OWNER = "CREATE INDEX workspaces_owner ON workspaces (owner_id)"
+
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL),
@@ -229,6 +232,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "workspace low-balance threshold", _LOW_THRESHOLD),
     Migration(10, "outbox: pending events by workspace", _OUTBOX_BY_WORKSPACE),
     Migration(11, "invitations: members and collaborators join by consent", _INVITATIONS),
+    Migration(12, "workspaces by owner", _WORKSPACES_BY_OWNER),
 )
 
 

@@ -42,3 +42,11 @@ def test_a_tenants_share_of_bot_connections_defaults_to_three_quarters_and_fits_
     for name, value in (("", 11), ("_bot", 3), ("", 0)):
         with pytest.raises(ValidationError):
             Settings(**caps, **{f"upstream_connections_per_tenant{name}": value})
+
+
+def test_tenant_quotas_default_to_20_workspaces_a_user_and_100_apps_a_workspace() -> None:
+    settings = Settings()
+    assert (settings.max_workspaces_per_user, settings.max_apps_per_workspace) == (20, 100)
+    for name in ("max_workspaces_per_user", "max_apps_per_workspace"):
+        with pytest.raises(ValidationError, match=name):
+            Settings(**{name: 0})
