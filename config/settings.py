@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     # Tenant quotas: every workspace and app costs store rows and Redis hashes (and an
     # app up to idempotency_max_free_keys_per_app keys), so one tenant cannot fill the
     # shared Redis. Workspaces one user owns, and apps in one workspace whoever owns
-    # them; one more is 409 too_many_workspaces / too_many_apps. Nobody is exempt.
+    # them; one more is 409 too_many_workspaces / too_many_apps. Nobody is exempt
+    # (users alone create them): raise the setting for a customer who needs more.
     max_workspaces_per_user: int = Field(20, ge=1, le=100_000)
     max_apps_per_workspace: int = Field(100, ge=1, le=100_000)
 
