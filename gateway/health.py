@@ -6,6 +6,9 @@ not be behind the code's) and ``/metrics`` (Prometheus text).
 pools a probe would wait behind the flusher and admin queries for a connection, time
 out while Redis and the store are well, and Kubernetes would take a healthy pod out of
 its Service. An in-memory SQLite store (tests) cannot be opened twice: it is shared.
+Probes that overlap share one check (single flight): a kubelet, an operator's loop and
+a blackbox prober never need more than the probes' few connections (a cluster client
+refuses a command past its connection bound rather than waiting for one).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from meter.store.schema import latest_version
 PROBE_CONNECTIONS = 2
 
 
-@dataclass(frozen=True, slots=True)
+Checks = tuple[dict[str, str], dict[str, object]]  # check -> "ok" or the error; extras
+
+
+@dataclass(slots=True)
 class Probes:
     """What ``/readyz`` checks through: its own Redis client and store (``PROBE_CONNECTIONS``
     connections each, opened at the first probe) on the settings' URLs."""
@@ -38,6 +44,8 @@ class Probes:
     redis: RedisClient
     store: Store | None  # the admin's store itself where it cannot be opened twice
     own_store: bool
+    timeout: float  # per step (Redis); the store's at least 2 s
+    running: asyncio.Task[Checks] | None = None  # the check overlapping probes share
 
     @classmethod
     def open(cls, settings: Settings, store: Store | None) -> Probes:
@@ -46,11 +54,50 @@ class Probes:
         )
         url = settings.store_url
         if store is None or (url.startswith("sqlite://") and sqlite_path(url) == ":memory:"):
-            return cls(redis, store, False)
+            return cls(redis, store, False, settings.redis_timeout_s)
         pool = {} if url.startswith("sqlite://") else {"min_size": 1, "max_size": PROBE_CONNECTIONS}
-        return cls(redis, open_store(url, **pool), True)
+        return cls(redis, open_store(url, **pool), True, settings.redis_timeout_s)
+
+    async def check(self) -> Checks:
+        """The dependencies' state: the check in flight if there is one, else a new one.
+        Shielded: a probe whose client leaves does not cancel the others' check."""
+        task = self.running
+        if task is None or task.done():
+            task = self.running = asyncio.ensure_future(self._check())
+        return await asyncio.shield(task)
+
+    async def _check(self) -> Checks:
+        timeout = self.timeout
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout)
+            problem = await asyncio.wait_for(eviction_problem(self.redis), timeout)
+            checks["redis"] = "ok" if problem is None else f"error: {problem}: set noeviction"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        extra: dict[str, object] = {}
+        if self.store is not None:
+            expected = latest_version()
+            try:
+                ok = await asyncio.wait_for(self.store.ping(), max(timeout, 2.0))
+                version = (
+                    await asyncio.wait_for(self.store.schema_version(), max(timeout, 2.0))
+                    if ok
+                    else None
+                )
+            except Exception as exc:
+                checks["store"] = f"error: {type(exc).__name__}"
+            else:
+                checks["store"] = "ok" if ok else "error: ping failed"
+                if version is not None:
+                    extra["schema"] = {"version": version, "expected": expected}
+                    if version < expected:
+                        checks["store"] = "error: schema behind: run creditgate migrate"
+        return checks, extra
 
     async def close(self) -> None:
+        if self.running is not None:
+            await asyncio.gather(self.running, return_exceptions=True)
         await self.redis.aclose()
         if self.own_store and self.store is not None:
             await self.store.close()
@@ -73,32 +120,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
-    timeout = app[SETTINGS].redis_timeout_s
-    probes = app[PROBES]
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(probes.redis.ping(), timeout)
-        problem = await asyncio.wait_for(eviction_problem(probes.redis), timeout)
-        checks["redis"] = "ok" if problem is None else f"error: {problem}: set noeviction"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    store = probes.store
-    extra: dict[str, object] = {}
-    if store is not None:
-        expected = latest_version()
-        try:
-            ok = await asyncio.wait_for(store.ping(), max(timeout, 2.0))
-            version = (
-                await asyncio.wait_for(store.schema_version(), max(timeout, 2.0)) if ok else None
-            )
-        except Exception as exc:
-            checks["store"] = f"error: {type(exc).__name__}"
-        else:
-            checks["store"] = "ok" if ok else "error: ping failed"
-            if version is not None:
-                extra["schema"] = {"version": version, "expected": expected}
-                if version < expected:
-                    checks["store"] = "error: schema behind: run creditgate migrate"
+    checks, extra = await app[PROBES].check()
     if all(v == "ok" for v in checks.values()):
         return web.json_response({"status": "ready", "checks": checks, **extra})
     # Fail-open serves without Redis (and settles later): taking every replica out of

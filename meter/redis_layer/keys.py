@@ -93,8 +93,8 @@ def workspace_of(app_id: str) -> str | None:
     App ids are ``<workspace>_<suffix>``, so admission needs no lookup to find the
     hash tag, and an app can never move to another workspace. Every message asks several
     times, and the match costs ten times a dict look-up, so well-formed ids (65 characters
-    at most) are remembered, up to a bound: a client sending made-up ids fills it once and
-    the rest are matched each time.
+    at most) are remembered, up to a bound: once made-up ids from a client have filled it,
+    the whole is forgotten and filled again by what comes next.
     """
     ws = _WS_OF.get(app_id)
     if ws is not None:
@@ -103,8 +103,9 @@ def workspace_of(app_id: str) -> str | None:
     if m is None:
         return None
     ws = m.group(1)
-    if len(_WS_OF) < _WS_OF_MAX:
-        _WS_OF[app_id] = ws
+    if len(_WS_OF) >= _WS_OF_MAX:
+        _WS_OF.clear()  # cheaper than an LRU's bookkeeping on every hit
+    _WS_OF[app_id] = ws
     return ws
 
 
