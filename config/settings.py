@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # remembered only the refund window (a later redelivery is a new message). Bounds
     # what anonymous clients can make Redis hold for free (admit_batch.lua free_ttl).
     idempotency_max_free_keys_per_app: int = Field(50_000, ge=1, le=100_000_000)
+    # The same across a workspace's apps (a tenant may hold many apps).
+    idempotency_max_free_keys_per_workspace: int = Field(100_000, ge=1, le=100_000_000)
     # A charge not confirmed as forwarded within this window (the gateway died between
     # the charge and the forward) is refunded by the sweeper.
     refund_window_s: Seconds = 120.0

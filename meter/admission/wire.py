@@ -1,6 +1,6 @@
 """The encoding between :class:`~meter.admission.admitter.Admitter` and ``admit.lua``.
 
-ARGV is a head (:class:`AdmitHead`, ARGV[1..16]) followed by one argument per admission
+ARGV is a head (:class:`AdmitHead`, ARGV[1..17]) followed by one argument per admission
 (:class:`AdmitArgs`, fields joined by tabs); the reply is three values per admission, read
 back by :meth:`~meter.admission.decision.Decision.from_reply` (:func:`resolve` hands each
 waiter its own, :func:`fail` tells them all there is none). Refusal codes and reasons:
@@ -62,6 +62,7 @@ class AdmitHead(NamedTuple):
     max_deliveries: int
     reserve_ms: int
     free_keys: int  # keyed records that took no money, kept a whole idempotency window
+    free_keys_ws: int  # the same, for all of a workspace's apps together
 
     @classmethod
     def of(cls, s: Settings, now: float) -> AdmitHead:
@@ -86,6 +87,7 @@ class AdmitHead(NamedTuple):
             max_deliveries=s.idempotency_max_deliveries,
             reserve_ms=reserve_ms,
             free_keys=s.idempotency_max_free_keys_per_app,
+            free_keys_ws=s.idempotency_max_free_keys_per_workspace,
         )
 
 

@@ -26,7 +26,8 @@
 --           refunded by the sweeper (the gateway died between charge and forward)
 -- ARGV[16]  keyed records that took no money kept the whole idempotency window, per app
 --           and window (past it such a record lives the refund window: free_ttl below)
--- ARGV[17..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
+-- ARGV[17]  the same for all of the workspace's apps together
+-- ARGV[18..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
 --           digest: the message's fingerprint (hex) or "": a redelivery whose digest
 --           differs from the recorded one is another message under a reused key (code 8);
 --           key: the channel's idempotency key or "". A key belongs to one app, channel
@@ -100,8 +101,8 @@ local REFUND_TTL = ARGV[13]
 -- max(IDEM_TTL, REFUND_TTL), made when first needed.
 local SETTLED_TTL
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
-local FREE_KEYS -- ARGV[16]: made when first needed
-local FIRST = 17
+local FREE_KEYS, FREE_KEYS_WS -- ARGV[16], ARGV[17]: made when first needed
+local FIRST = 18
 local NB = 60 -- buckets per rolling window
 local bucket = math.floor(now / 1000 / FB) * FB
 
@@ -169,6 +170,13 @@ for id, a in pairs(apps) do
     else
       redis.call('INCRBY', P .. ':ik:' .. id, D(a.fk - a.fk0))
     end
+  end
+end
+if WFK and WFK > WFK0 then -- the workspace's count, as the apps' above
+  if WFK0 == 0 then
+    redis.call('SET', P .. ':ikw', D(WFK), 'PX', IDEM_TTL)
+  else
+    redis.call('INCRBY', P .. ':ikw', D(WFK - WFK0))
   end
 end
 for _, r in pairs(rates) do

@@ -97,11 +97,13 @@ end
 -- The lifetime of a keyed record that took no money (a message inside a paid billing
 -- session; in shadow mode, one without credit). Paid records are bounded by what they
 -- cost; these cost nothing, and anonymous clients of an unauthenticated channel can make
--- one per message, so they are counted per app in P:ik:<app> (a count that lives one
--- idempotency window from its first record, then starts again: at most twice ARGV[16]
--- are alive). Within ARGV[16] a record lives the idempotency window; past it, the refund
--- window, as a record without a key: a redelivery within that is still known, a later
--- one is a new message (inside a paid session, free again). One GET per app and call.
+-- one per message, so they are counted per app in P:ik:<app> and per workspace in P:ikw
+-- (counts that live one idempotency window from their first record, then start again:
+-- at most twice ARGV[16] per app and ARGV[17] per workspace are alive). Within both a
+-- record lives the idempotency window; past either, the refund window, as a record
+-- without a key: a redelivery within that is still known, a later one is a new message
+-- (inside a paid session, free again). One GET per app and one per workspace and call.
+local WFK, WFK0 -- the workspace's count, read when first needed
 local function free_ttl(app_id, a)
   local n = a.fk
   if n == nil then
@@ -109,11 +111,17 @@ local function free_ttl(app_id, a)
     a.fk0 = n
     FREE_KEYS = FREE_KEYS or ARGV[16] + 0
   end
-  if n >= FREE_KEYS then
+  if WFK == nil then
+    WFK = (redis.call('GET', P .. ':ikw') or 0) + 0
+    WFK0 = WFK
+    FREE_KEYS_WS = ARGV[17] + 0
+  end
+  if n >= FREE_KEYS or WFK >= FREE_KEYS_WS then
     a.fk = n
     return REFUND_TTL
   end
   a.fk = n + 1
+  WFK = WFK + 1
   return IDEM_TTL
 end
 

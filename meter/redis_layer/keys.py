@@ -34,6 +34,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              idempotency window from the first (admit_batch.lua free_ttl):
                              past ``IDEMPOTENCY_MAX_FREE_KEYS_PER_APP`` such a record lives
                              only the refund window.
+``P:ikw``             string the same for all of the workspace's apps together
+                             (``IDEMPOTENCY_MAX_FREE_KEYS_PER_WORKSPACE``).
 ``P:rf:<token>``      string a refused attempt (10 s): its refusal is counted once even if the
                              script call is retried after a lost reply.
 ``P:rsv``             zset   charged messages not yet confirmed as forwarded: ``<app>:<rid>`` ->
@@ -144,6 +146,10 @@ def record_name(rid: str) -> str:
 def free_keys_key(ws: str, app: str) -> str:
     """The count of the app's keyed records that took no money (see the layout above)."""
     return f"{ws_prefix(ws)}:ik:{app}"
+
+
+def free_keys_ws_key(ws: str) -> str:
+    return f"{ws_prefix(ws)}:ikw"
 
 
 def record_id(channel: str, user: str, key: str, token: str) -> str:

@@ -6,11 +6,12 @@ unauthenticated channel; Redis runs without eviction, so records that grow witho
 would stop every tenant's admissions. A record is small whatever its user and key
 (a long record id is named by its digest, and a record keeps only what a refund reads),
 and an app's free keyed records kept the whole window are counted: past
-IDEMPOTENCY_MAX_FREE_KEYS_PER_APP one lives only the refund window. Real Redis, single
-and Cluster."""
+IDEMPOTENCY_MAX_FREE_KEYS_PER_APP (or IDEMPOTENCY_MAX_FREE_KEYS_PER_WORKSPACE across its
+apps) one lives only the refund window. Real Redis, single and Cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -100,6 +101,40 @@ async def test_free_keyed_records_past_the_cap_live_the_refund_window_only(
     other = await adm.admit(quiet, "web", "u", "k0", digest="aa")
     assert await client.pttl(keys.idem_key(w.ws, quiet, other.rid)) > short
     assert int(await client.get(keys.free_keys_key(w.ws, quiet)) or 0) == 1
+
+
+async def test_a_workspace_bounds_its_apps_free_keyed_records_together(
+    client: RedisClient,
+) -> None:
+    """A tenant holds many apps: past IDEMPOTENCY_MAX_FREE_KEYS_PER_WORKSPACE free keyed
+    records across its apps, each app's next one lives the refund window, though every
+    app is under its own cap; in one call as across calls."""
+    cfg, w, adm = await two_apps(
+        client,
+        ("automation", "automation"),
+        idempotency_max_free_keys_per_app=10,
+        idempotency_max_free_keys_per_workspace=5,
+    )
+    first, second = w.apps
+    short = refund_ttl_ms(cfg)
+    for app in w.apps:
+        await adm.admit(app, "web", "u", "open", digest="aa")  # opens and pays the session
+    kept = [await adm.admit(first, "web", "u", f"k{i}", digest="aa") for i in range(3)]
+    # The rest in one batch (one admit.lua call) from both apps.
+    batch = await asyncio.gather(
+        *(adm.admit(app, "web", "u", f"b{i}", digest="aa") for i in range(3) for app in w.apps)
+    )
+    decided = [*((first, d) for d in kept), *zip([first, second] * 3, batch, strict=True)]
+    assert all(d.admitted and d.units == 0 and not d.duplicate for _, d in decided)
+    ttls = [await client.pttl(keys.idem_key(w.ws, app, d.rid)) for app, d in decided]
+    assert sum(t > short for t in ttls) == 5, ttls  # the workspace's five (the opens paid)
+    assert all(t > 0 for t in ttls), ttls  # each record is there, with a life
+    assert sum(0 < t <= short for t in ttls) == len(decided) - 5, ttls
+    assert int(await client.get(keys.free_keys_ws_key(w.ws)) or 0) == 5
+    assert 0 < await client.pttl(keys.free_keys_ws_key(w.ws)) <= DAY_MS
+    # Each app's own count stays within its cap of 10 and counts what it kept.
+    own = [int(await client.get(keys.free_keys_key(w.ws, app)) or 0) for app in w.apps]
+    assert sum(own) == 5, own
 
 
 async def test_redeliveries_and_refunds_of_a_long_key_stay_exact(client: RedisClient) -> None:
