@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 UNREACHABLE = "resolves to an address this gateway may not reach"
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_NAME = 200
+_HIDDEN = frozenset({"Cc", "Cf", "Cs"})  # control, format, surrogate
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +85,18 @@ async def check_reachable(d: Deps, field: str, url: str) -> str:
     return url
 
 
-def check_text(field: str, value: str, limit: int = MAX_NAME) -> str:
+def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = True) -> str:
+    """``value`` stripped, non-empty and at most ``limit`` characters; a ``name`` (shown to
+    other users, invitees included, before they consent to anything) has no control or
+    format character (Unicode Cc, Cf: newlines, bidi overrides, zero-width characters)
+    nor lone surrogate, which could make it pass for another text."""
     value = value.strip()
     if not value:
         raise InvalidInput(field, "must not be empty")
     if len(value) > limit:
         raise InvalidInput(field, f"longer than {limit} characters")
+    if name and any(unicodedata.category(ch) in _HIDDEN for ch in value):
+        raise InvalidInput(field, "must not contain control or format characters")
     return value
 
 

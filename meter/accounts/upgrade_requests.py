@@ -49,7 +49,7 @@ def _same(a: UpgradeRequest, b: UpgradeRequest) -> bool:
 
 async def decline_upgrade(d: Deps, actor: str, request_id: str, reason: str) -> UpgradeRequest:
     """An operator declines an open upgrade request, saying why (the owner sees it)."""
-    reason = check_text("reason", reason, MAX_MESSAGE)
+    reason = check_text("reason", reason, MAX_MESSAGE, name=False)
     req = await d.store.get_upgrade_request(request_id)
     if req is None:
         raise NotFound("upgrade request", request_id)
