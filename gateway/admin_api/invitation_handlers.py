@@ -43,6 +43,8 @@ async def list_invitations(call: Call) -> web.Response:
             app_name=o.app_name,
             role=o.invitation.role,  # type: ignore[arg-type]
             invited_by=o.invitation.invited_by,
+            inviter_name=o.inviter_name,
+            inviter_email=o.inviter_email,
             created_at=iso(o.invitation.created_at) or "",
         )
         for o in p.items

@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api.account_handlers import request_as
 from gateway.admin_api.http import Call, json_response
-from meter.accounts import apps, authz, tokens, upgrade_requests, workspaces
+from meter.accounts import apps, authz, invitations, tokens, upgrade_requests, workspaces
 from meter.accounts.authz import TOKEN_PREFIX
 from meter.accounts.pages import decode, limit_of, page
 from meter.store import ApiToken, UpgradeRequest
@@ -87,7 +87,11 @@ async def list_members(call: Call) -> web.Response:
     cursor, limit = _paging(call)
     key = decode("members", cursor, (str,))
     rows = await call.deps.store.members_page(
-        ws.id, ws.owner_id, after=key[0] if key else None, limit=limit + 1
+        ws.id,
+        ws.owner_id,
+        after=key[0] if key else None,
+        limit=limit + 1,
+        since=invitations.open_since(call.deps),
     )
     p = page("members", rows, limit, lambda m: (m.user_id,))
     items = [
@@ -114,7 +118,10 @@ async def list_collaborators(call: Call) -> web.Response:
     cursor, limit = _paging(call)
     key = decode("collaborators", cursor, (str,))
     rows = await call.deps.store.collaborators_page(
-        app.id, after=key[0] if key else None, limit=limit + 1
+        app.id,
+        after=key[0] if key else None,
+        limit=limit + 1,
+        since=invitations.open_since(call.deps),
     )
     p = page("collaborators", rows, limit, lambda m: (m.user_id,))
     items = [

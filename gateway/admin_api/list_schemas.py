@@ -169,6 +169,8 @@ class InvitationItem(Out):
     app_name: str | None
     role: CollaboratorRole | None = Field(description="the role offered on the app")
     invited_by: str = Field(description="the inviting user's id")
+    inviter_name: str | None = Field(description="the inviting user's name (null: gone)")
+    inviter_email: str | None = Field(description="the inviting user's email (null: gone)")
     created_at: Timestamp
 
 

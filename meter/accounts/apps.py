@@ -153,13 +153,7 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
 async def remove_collaborator(d: Deps, actor: str, app: App, user_id: str) -> None:
     """Take a collaborator off the app, or withdraw their pending invitation; 404 if
     they are neither."""
-    role = await d.store.get_collaborator_role(app.id, user_id)
-    if role is None or not await d.store.remove_collaborator(app.id, user_id):
-        if await invitations.cancel(d, actor, f"app:{app.id}", user_id):
-            return
-        raise NotFound("collaborator", user_id)
-    await audit(d, actor, "collaborator.remove", f"app:{app.id}",
-                {"user_id": user_id, "role": role}, None)  # fmt: skip
+    await invitations.withdraw(d, actor, "app", app.id, user_id)
 
 
 async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
@@ -170,12 +164,4 @@ async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
         raise InvalidInput("user_id", f"{user_id} is not a member of workspace {app.workspace_id}")
     if user_id == app.owner_id:
         return app
-    updated = await d.store.update_app(app.id, owner_id=user_id)
-    if updated is None:
-        raise NotFound("app", app.id)
-    # The owner's rights include everything a collaborator role gave; keep one truth.
-    await d.store.remove_collaborator(app.id, user_id)
-    await d.store.cancel_invitation(app.id, user_id)
-    before, after = {"owner_id": app.owner_id}, {"owner_id": user_id}
-    await audit(d, actor, "app.transfer", f"app:{app.id}", before, after)
-    return updated
+    return await invitations.transfer(d, actor, app, user_id)

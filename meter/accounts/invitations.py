@@ -5,8 +5,14 @@ Until then a pending invitee has no access at all (they are in neither ``members
 nor ``collaborators``) and lists show them by user id alone: their email and name are
 theirs to reveal by accepting. Inviting never looks the user up, so an unknown user id is
 answered exactly like a known one (no oracle of which ids exist); nobody can accept such
-an invitation. At most :data:`MAX_PENDING` invitations of one workspace or app are open
-at a time, so an owner cannot flood users with them.
+an invitation.
+
+Invitations expire after ``invitation_ttl_s`` (settings). At most :data:`MAX_PENDING` of
+one workspace or app and :data:`MAX_BY_INVITER` made by one user are open at a time (409
+past them), so an owner cannot flood users with them; and one user holds at most
+:data:`MAX_PER_INVITEE` open invitations: past that, a new one is answered exactly like a
+created one but is not made (refusing it would tell the inviter how many invitations
+someone else holds, and the flood is what the cap is for).
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from typing import Literal
 from meter.accounts.deps import Deps, audit, new_id
 from meter.accounts.pages import Page, decode, page
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.store import App, Invitation, OpenInvitation, Workspace
+from meter.store import App, Caps, Invitation, OpenInvitation, Workspace
+from meter.store.invitations import Kind
 from meter.store.models import ROLES, Role
 
 MAX_PENDING = 100  # open invitations per workspace and per app
+MAX_BY_INVITER = 200  # open invitations made by one user, all targets together
+MAX_PER_INVITEE = 100  # open invitations one user holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +41,30 @@ class Invited:
     role: Role | None = None  # apps: the role (offered, or held when active)
 
 
+def open_since(d: Deps) -> int:
+    """Invitations made after this instant (ms) are open; older ones have expired."""
+    return d.now_ms() - int(d.settings.invitation_ttl_s * 1000)
+
+
 async def _invite(d: Deps, actor: str, inv: Invitation, what: str) -> Invited:
-    outcome, before = await d.store.invite(inv, MAX_PENDING)
+    caps = Caps(MAX_PENDING, MAX_BY_INVITER, MAX_PER_INVITEE)
+    outcome, before = await d.store.invite(inv, caps, open_since(d))
     role: Role | None = inv.role  # type: ignore[assignment]  # checked by the caller
     if outcome == "gone":
         raise NotFound(inv.kind, inv.target)
-    if outcome == "full":
+    if outcome in ("full", "inviter_full"):
+        many = f"{MAX_PENDING} invitations to {what} are"
+        if outcome == "inviter_full":
+            many = f"{MAX_BY_INVITER} invitations you made are"
         raise Conflict(
-            f"{MAX_PENDING} invitations to {what} are pending; wait for answers or withdraw "
-            "some (DELETE the pending member or collaborator)",
+            f"{many} pending; wait for answers or withdraw some (DELETE the pending member "
+            "or collaborator)",
             code="too_many_invitations",
         )
+    if outcome == "quiet":  # the invitee holds enough: answered as made, not made
+        return Invited("invited", True, role)
     target = f"{inv.kind}:{inv.target}"
-    after = {"user_id": inv.user_id, "role": inv.role}
+    after = {"user_id": inv.user_id, "role": inv.role, "invitation": inv.id}
     prior = {"user_id": inv.user_id, "role": before} if outcome != "created" else None
     if outcome == "created":
         await audit(d, actor, "invitation.create", target, None, after)
@@ -67,7 +87,8 @@ async def invite_collaborator(
     d: Deps, actor: str, inviter: str, app: App, user_id: str, role: str
 ) -> Invited:
     """Invite ``user_id`` to the app as ``developer``, ``tester`` or ``viewer``; an active
-    collaborator's role is changed at once, a pending invitation's offered role too."""
+    collaborator's role is changed at once; a pending invitation with another role is
+    replaced by a new one (the invitee accepts only what they were shown)."""
     if role not in ROLES:
         raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
     if user_id == app.owner_id:
@@ -78,19 +99,41 @@ async def invite_collaborator(
     return await _invite(d, actor, inv, f"app {app.id}")
 
 
-async def cancel(d: Deps, actor: str, target: str, user_id: str) -> bool:
-    """Withdraw a pending invitation (``target``: ``workspace:<id>`` or ``app:<id>``)."""
-    if not await d.store.cancel_invitation(target.partition(":")[2], user_id):
-        return False
-    await audit(d, actor, "invitation.cancel", target, {"user_id": user_id}, None)
-    return True
+async def withdraw(d: Deps, actor: str, kind: Kind, target_id: str, user_id: str) -> None:
+    """Take the user out of the workspace or off the app and withdraw their invitation to
+    it, in one step; :class:`NotFound` if they had neither."""
+    done = await d.store.withdraw(kind, target_id, user_id, open_since(d))
+    target, who = f"{kind}:{target_id}", {"user_id": user_id}
+    if done.active and kind == "workspace":
+        await audit(d, actor, "member.remove", target, who, None)
+    elif done.active:
+        await audit(d, actor, "collaborator.remove", target, who | {"role": done.role}, None)
+    if done.invited:
+        await audit(d, actor, "invitation.cancel", target, who, None)
+    if not (done.active or done.invited):
+        raise NotFound("member" if kind == "workspace" else "collaborator", user_id)
+
+
+async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
+    """Make ``user_id`` the app's owner; every invitation to the app (the previous owner's
+    offers) is withdrawn in the same step."""
+    updated, withdrawn = await d.store.transfer_app(app.id, user_id)
+    if updated is None:
+        raise NotFound("app", app.id)
+    target = f"app:{app.id}"
+    before, after = {"owner_id": app.owner_id}, {"owner_id": user_id}
+    await audit(d, actor, "app.transfer", target, before, after)
+    if withdrawn:
+        reason = {"reason": "app.transfer", "user_ids": withdrawn}
+        await audit(d, actor, "invitation.cancel", target, reason, None)
+    return updated
 
 
 async def listing(d: Deps, user_id: str, cursor: str | None, limit: int) -> Page[OpenInvitation]:
     """The user's own pending invitations, oldest first."""
     after = decode("invitations", cursor, (int, str))
     rows = await d.store.user_invitations_page(
-        user_id, after=(after[0], after[1]) if after else None, limit=limit + 1
+        user_id, open_since(d), after=(after[0], after[1]) if after else None, limit=limit + 1
     )
     return page("invitations", rows, limit, lambda o: (o.invitation.created_at, o.invitation.id))
 
@@ -98,7 +141,7 @@ async def listing(d: Deps, user_id: str, cursor: str | None, limit: int) -> Page
 async def accept(d: Deps, user_id: str, invitation_id: str) -> Invitation:
     """Join as the invitation offers. Anyone else's invitation, or one already answered or
     withdrawn, is :class:`NotFound`: an invitation id tells nothing to anyone else."""
-    inv = await d.store.accept_invitation(invitation_id, user_id)
+    inv = await d.store.accept_invitation(invitation_id, user_id, open_since(d))
     if inv is None:
         raise NotFound("invitation", invitation_id)
     joined = "member.add" if inv.kind == "workspace" else "collaborator.add"
@@ -109,7 +152,7 @@ async def accept(d: Deps, user_id: str, invitation_id: str) -> Invitation:
 
 async def decline(d: Deps, user_id: str, invitation_id: str) -> Invitation:
     """Refuse the invitation (it is deleted; the owner may invite again)."""
-    inv = await d.store.decline_invitation(invitation_id, user_id)
+    inv = await d.store.decline_invitation(invitation_id, user_id, open_since(d))
     if inv is None:
         raise NotFound("invitation", invitation_id)
     before = {"user_id": user_id, "role": inv.role, "invitation": inv.id}

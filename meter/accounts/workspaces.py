@@ -162,12 +162,7 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
             f"{user_id} owns apps of this workspace ({names}); transfer them first",
             code="member_owns_apps",
         )
-    if not await d.store.remove_member(ws.id, user_id):
-        # A pending invitee: removing them withdraws the invitation.
-        if await invitations.cancel(d, actor, f"workspace:{ws.id}", user_id):
-            return
-        raise NotFound("member", user_id)
-    await audit(d, actor, "member.remove", f"workspace:{ws.id}", {"user_id": user_id}, None)
+    await invitations.withdraw(d, actor, "workspace", ws.id, user_id)
 
 
 async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:

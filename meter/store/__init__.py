@@ -24,7 +24,7 @@ from meter.store.errors import (
     Retryable,
     StoreError,
 )
-from meter.store.invitations import Invitation, OpenInvitation
+from meter.store.invitations import Caps, Invitation, OpenInvitation
 from meter.store.models import (
     ApiToken,
     App,
@@ -49,6 +49,7 @@ __all__ = [
     "AppChannel",
     "AuditEntry",
     "CapReached",
+    "Caps",
     "Checkout",
     "Collaborator",
     "DeadLetter",

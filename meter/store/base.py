@@ -14,7 +14,6 @@ from meter.store.channels import Channels
 from meter.store.console_sessions import ConsoleSessions
 from meter.store.directory import Directory
 from meter.store.flush import Flush
-from meter.store.invitations import Invitations
 from meter.store.ledger import Ledger
 from meter.store.licences import Licences
 from meter.store.outbox import Outbox
@@ -22,6 +21,7 @@ from meter.store.payments import Payments
 from meter.store.sessions import Sessions
 from meter.store.tokens import Tokens
 from meter.store.usage import Usage
+from meter.store.withdrawals import Withdrawals
 
 
 class Store(
@@ -30,7 +30,7 @@ class Store(
     Licences,
     Channels,
     Directory,
-    Invitations,
+    Withdrawals,
     Tokens,
     ConsoleSessions,
     Ledger,

@@ -30,7 +30,9 @@ class Person:
     status: str = "active"  # or "invited": an invitation not accepted (yet)
 
 
-# Pending invitees as a list shows them: no email, no name (the same columns as members).
+# Pending invitees as a list shows them: no email, no name (the same columns as members);
+# only open invitations (``created_at > since``), and never beside an active row of the
+# same user (active wins: a gateway of before migration 11 could add a member directly).
 _INVITED = (
     "SELECT i.user_id, CAST(NULL AS TEXT) AS email, CAST(NULL AS TEXT) AS name, "
     "'invited' AS status FROM invitations i"
@@ -110,7 +112,7 @@ class Directory(StoreCore):
         return [r["id"] for r in rows]
 
     async def members_page(
-        self, workspace_id: str, owner_id: str, *, after: str | None, limit: int
+        self, workspace_id: str, owner_id: str, *, after: str | None, limit: int, since: int = 0
     ) -> list[Person]:
         """Members of the workspace by user id, with their email and name; then pending
         invitees among them, by id alone (their email and name are theirs until they
@@ -118,9 +120,11 @@ class Directory(StoreCore):
         sql = (
             "SELECT * FROM (SELECT u.id AS user_id, u.email, u.name, 'active' AS status "
             "FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = ? "
-            f"UNION ALL {_INVITED} WHERE i.target = ?) x WHERE 1 = 1"
+            f"UNION ALL {_INVITED} WHERE i.target = ? AND i.created_at > ? AND NOT EXISTS "
+            "(SELECT 1 FROM memberships m WHERE m.workspace_id = i.target "
+            "AND m.user_id = i.user_id)) x WHERE 1 = 1"
         )
-        args = [workspace_id, workspace_id]
+        args = [workspace_id, workspace_id, since]
         rows = await self.page(sql, args, ("user_id",), one_column(after), limit)
         return [
             Person(
@@ -139,16 +143,19 @@ class Directory(StoreCore):
         )
 
     async def collaborators_page(
-        self, app_id: str, *, after: str | None, limit: int
+        self, app_id: str, *, after: str | None, limit: int, since: int = 0
     ) -> list[Person]:
         """Collaborators of the app by user id, with their email, name and role; pending
         invitees by id and offered role alone."""
         sql = (
             "SELECT * FROM (SELECT u.id AS user_id, u.email, u.name, c.role, "
             "'active' AS status FROM collaborators c JOIN users u ON u.id = c.user_id "
-            f"WHERE c.app_id = ? UNION ALL {_INVITED_ROLE} WHERE i.target = ?) x WHERE 1 = 1"
+            f"WHERE c.app_id = ? UNION ALL {_INVITED_ROLE} WHERE i.target = ? "
+            "AND i.created_at > ? AND NOT EXISTS (SELECT 1 FROM collaborators k "
+            "WHERE k.app_id = i.target AND k.user_id = i.user_id)) x WHERE 1 = 1"
         )
-        rows = await self.page(sql, [app_id, app_id], ("user_id",), one_column(after), limit)
+        args = [app_id, app_id, since]
+        rows = await self.page(sql, args, ("user_id",), one_column(after), limit)
         return [Person(r["user_id"], r["email"], r["name"], r["role"], r["status"]) for r in rows]
 
     async def upgrade_requests_page(

@@ -7,19 +7,26 @@ them treats a pending invitee as a stranger. Accepting moves the row over in one
 transaction; declining or cancelling deletes it.
 
 Writes lock the target's row (the workspace or the app) first, so an invitation, its
-acceptance and the cap on pending invitations are decided one at a time per target
-(PostgreSQL: ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start).
+acceptance, its withdrawal (:mod:`meter.store.withdrawals`) and the cap on pending
+invitations are decided one at a time per target (PostgreSQL: ``FOR UPDATE``; SQLite:
+the transaction holds the write lock from the start).
+
+An invitation is open while ``created_at > since`` (the caller's clock less the
+invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
+invitation of the same user to the same target replaces it. An offer never changes in
+place: another role is a new invitation with a new id, so the invitee accepts exactly
+what they were shown.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 
 Kind = Literal["workspace", "app"]
-Outcome = Literal["created", "pending", "active", "full", "gone"]
+Outcome = Literal["created", "pending", "active", "full", "inviter_full", "quiet", "gone"]
 
 INVITATION_COLUMNS = "id, kind, target, workspace_id, app_id, user_id, role, invited_by, created_at"
 
@@ -39,11 +46,23 @@ class Invitation:
 
 @dataclass(frozen=True, slots=True)
 class OpenInvitation:
-    """An invitation as its invitee lists it: with the names of what it opens."""
+    """An invitation as its invitee lists it: with the names of what it opens and of who
+    offers it (the inviter chose to show themself to the invitee)."""
 
     invitation: Invitation
     workspace_name: str
     app_name: str | None
+    inviter_name: str | None  # None: the inviter's account is gone
+    inviter_email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Open invitations at most: per target, per inviter (all targets), per invitee."""
+
+    target: int
+    inviter: int
+    invitee: int
 
 
 def invitation_row(r: Row) -> Invitation:
@@ -64,13 +83,25 @@ class Invitations(StoreCore):
         )
         return await c.fetchrow(sql + self.for_update, target)
 
-    async def invite(self, inv: Invitation, cap: int) -> tuple[Outcome, str | None]:
+    async def _count(self, c: Conn, column: str, key: str, since: int) -> int:
+        n = await c.fetchval(
+            f"SELECT COUNT(*) AS n FROM invitations WHERE {column} = ? AND created_at > ?",
+            key,
+            since,
+        )
+        return int(n or 0)
+
+    async def invite(self, inv: Invitation, caps: Caps, since: int) -> tuple[Outcome, str | None]:
         """Invite ``inv.user_id`` to ``inv.target``, in one step; returns what happened
         and, for an app, the role the user had before (active or offered):
 
         * ``active``: they already belong (an active collaborator's role is changed);
-        * ``pending``: an invitation of theirs is open (its offered role is changed);
-        * ``full``: ``cap`` invitations of the target are open; nothing is written;
+        * ``pending``: an invitation of theirs is open; another role replaces it by
+          ``inv`` (a new id: the old one can no longer be accepted);
+        * ``full`` / ``inviter_full``: the target / the inviter has as many open
+          invitations as its cap; nothing is written;
+        * ``quiet``: the invitee holds ``caps.invitee`` open invitations; nothing is
+          written, and the caller answers as for ``created`` (no oracle);
         * ``created``: a new pending invitation;
         * ``gone``: the workspace or app no longer exists.
         """
@@ -100,47 +131,61 @@ class Invitations(StoreCore):
                     )
                     return "active", str(role)
             offered = await c.fetchrow(
-                "SELECT role FROM invitations WHERE target = ? AND user_id = ?",
+                "SELECT role, created_at FROM invitations WHERE target = ? AND user_id = ?",
                 inv.target,
                 inv.user_id,
             )
+            insert = insert_sql("invitations", INVITATION_COLUMNS)
             if offered is not None:
+                if int(offered["created_at"]) > since and offered["role"] == inv.role:
+                    return "pending", offered["role"]  # the same offer stands, unchanged
                 await c.execute(
-                    "UPDATE invitations SET role = ? WHERE target = ? AND user_id = ?",
-                    inv.role,
+                    "DELETE FROM invitations WHERE target = ? AND user_id = ?",
                     inv.target,
                     inv.user_id,
                 )
-                return "pending", offered["role"]
-            n = await c.fetchval(
-                "SELECT COUNT(*) AS n FROM invitations WHERE target = ?", inv.target
-            )
-            if int(n or 0) >= cap:
+                if int(offered["created_at"]) > since:  # another role: a new offer
+                    await c.execute(insert, *values(inv, INVITATION_COLUMNS))
+                    return "pending", offered["role"]
+            if await self._count(c, "target", inv.target, since) >= caps.target:
                 return "full", None
-            await c.execute(
-                insert_sql("invitations", INVITATION_COLUMNS), *values(inv, INVITATION_COLUMNS)
-            )
+            if await self._count(c, "invited_by", inv.invited_by, since) >= caps.inviter:
+                return "inviter_full", None
+            if await self._count(c, "user_id", inv.user_id, since) >= caps.invitee:
+                return "quiet", None
+            await c.execute(insert, *values(inv, INVITATION_COLUMNS))
         return "created", None
 
-    async def accept_invitation(self, invitation_id: str, user_id: str) -> Invitation | None:
-        """Accept the user's own invitation: they become a member (or collaborator, unless
-        they own the app by now) and the invitation is gone. ``None`` when the user holds
-        no such invitation (someone else's, already answered, or never made)."""
+    async def accept_invitation(
+        self, invitation_id: str, user_id: str, since: int
+    ) -> Invitation | None:
+        """Accept the user's own open invitation: they become a member (or collaborator,
+        unless they own the app or collaborate on it by now: then the invitation is only
+        deleted) with the role the invitation holds when the target is locked. ``None``
+        when the user holds no such open invitation (someone else's, answered, replaced,
+        expired or never made)."""
         async with self.transaction() as c:
+            # Which target to lock: an invitation's target never changes (another role is
+            # a new invitation), so this read may be stale only in being gone by now.
             found = await c.fetchrow(
-                f"SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = ? AND user_id = ?",
+                "SELECT kind, target FROM invitations WHERE id = ? AND user_id = ?",
                 invitation_id,
                 user_id,
             )
             if found is None:
                 return None
-            inv = invitation_row(found)
-            target = await self._lock_target(c, inv.kind, inv.target)
-            gone = await c.execute(
-                "DELETE FROM invitations WHERE id = ? AND user_id = ?", invitation_id, user_id
+            target = await self._lock_target(c, found["kind"], found["target"])
+            gone = await c.fetchrow(
+                "DELETE FROM invitations WHERE id = ? AND user_id = ? "
+                f"RETURNING {INVITATION_COLUMNS}",
+                invitation_id,
+                user_id,
             )
-            if target is None or not gone:
+            if target is None or gone is None:
                 return None
+            inv = invitation_row(gone)
+            if inv.created_at <= since:
+                return None  # expired: deleted, never accepted
             if inv.kind == "workspace":
                 await c.execute(
                     "INSERT INTO memberships (workspace_id, user_id) VALUES (?, ?) "
@@ -151,38 +196,52 @@ class Invitations(StoreCore):
             elif target["owner_id"] != user_id:
                 await c.execute(
                     "INSERT INTO collaborators (app_id, user_id, role) VALUES (?, ?, ?) "
-                    "ON CONFLICT (app_id, user_id) DO UPDATE SET role = excluded.role",
+                    "ON CONFLICT (app_id, user_id) DO NOTHING",
                     inv.target,
                     user_id,
                     inv.role,
                 )
+                held = await c.fetchval(
+                    "SELECT role FROM collaborators WHERE app_id = ? AND user_id = ?",
+                    inv.target,
+                    user_id,
+                )
+                inv = replace(inv, role=held)  # an active collaborator keeps their role
         return inv
 
-    async def decline_invitation(self, invitation_id: str, user_id: str) -> Invitation | None:
-        """Delete the user's own invitation; ``None`` when they hold no such invitation."""
-        return await self.one(
+    async def decline_invitation(
+        self, invitation_id: str, user_id: str, since: int
+    ) -> Invitation | None:
+        """Delete the user's own invitation; ``None`` when they hold no such open one."""
+        inv = await self.one(
             invitation_row,
             f"DELETE FROM invitations WHERE id = ? AND user_id = ? RETURNING {INVITATION_COLUMNS}",
             invitation_id,
             user_id,
         )
-
-    async def cancel_invitation(self, target: str, user_id: str) -> bool:
-        """Withdraw the pending invitation of ``user_id`` to ``target``; whether there was one."""
-        return await self.changed(
-            "DELETE FROM invitations WHERE target = ? AND user_id = ?", target, user_id
-        )
+        return inv if inv is not None and inv.created_at > since else None
 
     async def user_invitations_page(
-        self, user_id: str, *, after: tuple[int, str] | None, limit: int
+        self, user_id: str, since: int, *, after: tuple[int, str] | None, limit: int
     ) -> list[OpenInvitation]:
-        """The user's pending invitations by ``(created_at, id)``, with the names of the
-        workspace and app they open."""
+        """The user's open invitations by ``(created_at, id)``, with the names of the
+        workspace and app they open and the inviter's name and email."""
         sql = (
-            f"SELECT {_cols('i')}, w.name AS workspace_name, a.name AS app_name "
+            f"SELECT {_cols('i')}, w.name AS workspace_name, a.name AS app_name, "
+            "u.name AS inviter_name, u.email AS inviter_email "
             "FROM invitations i JOIN workspaces w ON w.id = i.workspace_id "
-            "LEFT JOIN apps a ON a.id = i.app_id WHERE i.user_id = ?"
+            "LEFT JOIN apps a ON a.id = i.app_id LEFT JOIN users u ON u.id = i.invited_by "
+            "WHERE i.user_id = ? AND i.created_at > ?"
         )
-        args: list[Any] = [user_id]
+        args: list[Any] = [user_id, since]
         rows = await self.page(sql, args, ("i.created_at", "i.id"), after, limit)
-        return [OpenInvitation(invitation_row(r), r["workspace_name"], r["app_name"]) for r in rows]
+        return [
+            OpenInvitation(
+                invitation_row(r),
+                r["workspace_name"],
+                r["app_name"],
+                r["inviter_name"],
+                r["inviter_email"],
+            )
+            for r in rows
+        ]

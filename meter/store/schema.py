@@ -220,6 +220,9 @@ CREATE INDEX invitations_user ON invitations (user_id, created_at, id)
 # Workspaces a user owns are counted on every creation (max_workspaces_per_user).
 _WORKSPACES_BY_OWNER = "CREATE INDEX workspaces_owner ON workspaces (owner_id)"
 
+# The invitations one user made, counted against their cap (decision 0009).
+_INVITER = "CREATE INDEX invitations_inviter ON invitations (invited_by, created_at)"
+
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL),
@@ -233,6 +236,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "outbox: pending events by workspace", _OUTBOX_BY_WORKSPACE),
     Migration(11, "invitations: members and collaborators join by consent", _INVITATIONS),
     Migration(12, "workspaces by owner", _WORKSPACES_BY_OWNER),
+    Migration(13, "invitations by inviter", _INVITER),
 )
 
 

@@ -1,0 +1,74 @@
+"""Withdrawals: taking a member out of a workspace or a collaborator off an app together
+with any invitation of theirs to it, and handing an app over, which withdraws every
+invitation to the app. Each is one transaction with the target's row locked first, like
+every write of :mod:`meter.store.invitations`, so an acceptance lands wholly before or
+wholly after it: a withdrawn user can never be left a member, nor hold an invitation
+that lets them back in (a gateway of before migration 11 could add a member directly
+while their invitation was open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meter.store.apps import APP_COLUMNS, app_row
+from meter.store.invitations import Invitations, Kind
+from meter.store.models import App
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """What a withdrawal deleted."""
+
+    active: bool  # the membership or the collaboration
+    role: str | None  # the collaborator's role (apps; None otherwise)
+    invited: bool  # an open invitation (an expired one is deleted, not counted)
+
+
+class Withdrawals(Invitations):
+    async def withdraw(self, kind: Kind, target: str, user_id: str, since: int) -> Withdrawn:
+        """Delete ``user_id``'s membership of workspace ``target`` (``kind`` workspace) or
+        collaboration on app ``target``, and their invitation to it, in one step."""
+        async with self.transaction() as c:
+            await self._lock_target(c, kind, target)
+            if kind == "workspace":
+                row = await c.fetchrow(
+                    "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ? "
+                    "RETURNING user_id",
+                    target,
+                    user_id,
+                )
+            else:
+                row = await c.fetchrow(
+                    "DELETE FROM collaborators WHERE app_id = ? AND user_id = ? RETURNING role",
+                    target,
+                    user_id,
+                )
+            inv = await c.fetchrow(
+                "DELETE FROM invitations WHERE target = ? AND user_id = ? RETURNING created_at",
+                target,
+                user_id,
+            )
+        role = str(row["role"]) if row is not None and kind == "app" else None
+        return Withdrawn(row is not None, role, inv is not None and inv["created_at"] > since)
+
+    async def transfer_app(self, app_id: str, user_id: str) -> tuple[App | None, list[str]]:
+        """Make ``user_id`` the app's owner: no longer a collaborator of it (the owner's
+        rights include every role's), and every invitation to the app withdrawn (they were
+        the previous owner's offers). Returns the app (``None`` if it is gone) and the
+        user ids whose invitations were withdrawn."""
+        async with self.transaction() as c:
+            if await self._lock_target(c, "app", app_id) is None:
+                return None, []
+            row = await c.fetchrow(
+                f"UPDATE apps SET owner_id = ? WHERE id = ? RETURNING {APP_COLUMNS}",
+                user_id,
+                app_id,
+            )
+            await c.execute(
+                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
+            )
+            gone = await c.fetch(
+                "DELETE FROM invitations WHERE app_id = ? RETURNING user_id", app_id
+            )
+        return (app_row(row) if row else None), sorted(str(r["user_id"]) for r in gone)

@@ -1,0 +1,296 @@
+"""Membership by invitation, second review (decision 0009): an offer never changes under
+the invitee, accepting takes the role the invitation holds once the target is locked,
+withdrawing is one step that also removes an invitation beside an active row, a handover
+withdraws the app's invitations, and invitations expire and are capped per inviter and
+per invitee.
+
+Real sockets, a real redis-server, SQLite and PostgreSQL stores; races are forced by
+pausing the real store at the point between two of its statements (never by timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from meter.accounts.invitations import MAX_BY_INVITER, MAX_PER_INVITEE
+from tests.support.adminkit import Admin
+from tests.support.settings import OPERATOR_TOKEN
+
+
+async def person(admin: Admin, name: str) -> tuple[str, str]:
+    """A user with a workspace of their own: ``(id, token)``."""
+    email = f"{name}.{secrets.token_hex(4)}@example.com"
+    made = await admin.ok("POST", "/v1/users", OPERATOR_TOKEN, {"email": email, "name": name})
+    return made["id"], made["token"]
+
+
+async def held(admin: Admin, token: str) -> list[dict[str, Any]]:
+    invitations: list[dict[str, Any]] = (await admin.ok("GET", "/v1/invitations", token))[
+        "invitations"
+    ]
+    return invitations
+
+
+async def listed(admin: Admin, path: str, token: str, user_id: str) -> list[dict[str, Any]]:
+    """The entries of ``user_id`` in the members or collaborators list at ``path``."""
+    rows = (await admin.ok("GET", f"{path}?limit=200", token))[path.rsplit("/", 1)[1]]
+    return [r for r in rows if r["user_id"] == user_id]
+
+
+async def test_another_role_is_a_new_offer_from_whoever_made_it(any_admin: Admin) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    app_owner = await admin.new_user("appowner")
+    await admin.join(ws, tok, app_owner)
+    app = await admin.new_app(app_owner[1], ws)
+    victim, vtok = await person(admin, "victim")
+    path = f"/v1/apps/{app}/collaborators"
+    await admin.ok("POST", path, app_owner[1], {"user_id": victim, "role": "viewer"})
+    [shown] = await held(admin, vtok)
+    assert (shown["role"], shown["invited_by"]) == ("viewer", app_owner[0])
+    # The same offer again changes nothing; another role is a new invitation.
+    await admin.ok("POST", path, app_owner[1], {"user_id": victim, "role": "viewer"})
+    assert await held(admin, vtok) == [shown]
+    await admin.ok("POST", path, tok, {"user_id": victim, "role": "developer"})
+    [now] = await held(admin, vtok)
+    assert now["id"] != shown["id"]
+    assert (now["role"], now["invited_by"]) == ("developer", owner)
+    status, _ = await admin.api("POST", f"/v1/invitations/{shown['id']}/accept", vtok)
+    assert status == 404  # what the invitee saw is gone: they accept nothing unseen
+    answer = await admin.ok("POST", f"/v1/invitations/{now['id']}/accept", vtok)
+    assert answer["role"] == "developer"
+    assert [r["role"] for r in await listed(admin, path, tok, victim)] == ["developer"]
+
+
+async def test_accept_racing_a_role_change_never_undoes_it(any_admin: Admin) -> None:
+    """The owner changes the offered role while an accept has read the invitation but not
+    yet locked the app (PostgreSQL; SQLite's write lock makes them one at a time)."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws)
+    victim, vtok = await person(admin, "victim")
+    path = f"/v1/apps/{app}/collaborators"
+    await admin.ok("POST", path, tok, {"user_id": victim, "role": "developer"})
+    [inv] = await held(admin, vtok)
+    real = admin.store._lock_target  # type: ignore[attr-defined]
+    reached, go = asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def paused(c: Any, kind: str, target: str) -> Any:
+        calls.append(target)
+        if len(calls) == 1:  # the accept's
+            reached.set()
+            await go.wait()
+        return await real(c, kind, target)
+
+    admin.store._lock_target = paused  # type: ignore[attr-defined]
+    accept = asyncio.ensure_future(admin.api("POST", f"/v1/invitations/{inv['id']}/accept", vtok))
+    await reached.wait()
+    changed = await admin.ok("POST", path, tok, {"user_id": victim, "role": "viewer"})
+    go.set()
+    status, answer = await accept
+    assert changed["role"] == "viewer"
+    rows = await listed(admin, path, tok, victim)
+    if status == 200:  # accepted first: the change applies to the collaborator
+        assert [(r["role"], r["status"]) for r in rows] == [("viewer", "active")]
+    else:  # the change replaced the invitation the accept named
+        assert status == 404, answer
+        assert [(r["role"], r["status"]) for r in rows] == [("viewer", "invited")]
+        assert [i["role"] for i in await held(admin, vtok)] == ["viewer"]
+
+
+async def test_withdrawing_while_the_invitee_accepts_leaves_no_member(any_admin: Admin) -> None:
+    """An accept landing inside a withdrawal (paused after its first statement, where
+    there is one) can neither make the DELETE answer 404 nor leave a member behind."""
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    victim, vtok = await person(admin, "victim")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": victim})
+    [inv] = await held(admin, vtok)
+    real = admin.store.remove_member
+    reached, accepted = asyncio.Event(), asyncio.Event()
+
+    async def paused(ws_id: str, uid: str) -> bool:
+        done = await real(ws_id, uid)
+        reached.set()
+        await accepted.wait()
+        return done
+
+    admin.store.remove_member = paused  # type: ignore[method-assign]
+    delete = asyncio.ensure_future(
+        admin.api("DELETE", f"/v1/workspaces/{ws}/members/{victim}", tok)
+    )
+    first = asyncio.ensure_future(reached.wait())
+    await asyncio.wait([delete, first], return_when=asyncio.FIRST_COMPLETED)
+    first.cancel()
+    accept = await admin.api("POST", f"/v1/invitations/{inv['id']}/accept", vtok)
+    accepted.set()
+    status, body = await delete
+    assert status == 204, body
+    assert accept[0] == 404
+    assert not await admin.store.is_member(ws, victim)
+    assert await held(admin, vtok) == []
+
+
+async def test_withdrawing_removes_a_member_and_their_invitation_together(
+    any_admin: Admin,
+) -> None:
+    """A gateway of before the invitations (a rolling upgrade) adds a member directly
+    while their invitation is open: lists show them once, active; DELETE takes both away
+    so the invitation cannot bring them back; accepting when already active only deletes
+    the invitation."""
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws)
+    victim, vtok = await person(admin, "victim")
+    members, collabs = f"/v1/workspaces/{ws}/members", f"/v1/apps/{app}/collaborators"
+    await admin.ok("POST", members, tok, {"user_id": victim})
+    await admin.ok("POST", collabs, tok, {"user_id": victim, "role": "viewer"})
+    await admin.store.add_member(ws, victim)  # what the old route did
+    await admin.store.add_collaborator(app, victim, "tester")
+    assert [r["status"] for r in await listed(admin, members, tok, victim)] == ["active"]
+    assert [(r["role"], r["status"]) for r in await listed(admin, collabs, tok, victim)] == [
+        ("tester", "active")
+    ]
+    ws_inv, app_inv = sorted(await held(admin, vtok), key=lambda i: i["kind"] == "app")
+    # Accepting while active: the invitation goes, the role held stays.
+    answer = await admin.ok("POST", f"/v1/invitations/{app_inv['id']}/accept", vtok)
+    assert answer["role"] == "tester"
+    assert [r["role"] for r in await listed(admin, collabs, tok, victim)] == ["tester"]
+    await admin.ok("POST", collabs, tok, {"user_id": victim, "role": "viewer"})  # the role
+    for path in (collabs, members):
+        status, _ = await admin.api("DELETE", f"{path}/{victim}", tok)
+        assert status == 204
+        assert await listed(admin, path, tok, victim) == []
+        status, _ = await admin.api("DELETE", f"{path}/{victim}", tok)
+        assert status == 404
+    assert await held(admin, vtok) == []
+    status, _ = await admin.api("POST", f"/v1/invitations/{ws_inv['id']}/accept", vtok)
+    assert status == 404
+    assert not await admin.store.is_member(ws, victim)
+
+
+async def test_handing_an_app_over_withdraws_its_invitations(any_admin: Admin) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    a, b = await admin.new_user("app_a"), await admin.new_user("app_b")
+    await admin.join(ws, tok, a)
+    await admin.join(ws, tok, b)
+    app = await admin.new_app(a[1], ws)
+    victim, vtok = await person(admin, "victim")
+    await admin.ok(
+        "POST", f"/v1/apps/{app}/collaborators", a[1], {"user_id": victim, "role": "developer"}
+    )
+    [inv] = await held(admin, vtok)
+    await admin.ok("POST", f"/v1/apps/{app}/transfer", a[1], {"user_id": b[0]})
+    assert await held(admin, vtok) == []
+    status, _ = await admin.api("POST", f"/v1/invitations/{inv['id']}/accept", vtok)
+    assert status == 404
+    assert await listed(admin, f"/v1/apps/{app}/collaborators", b[1], victim) == []
+    entries = await admin.store.list_audit(target=f"app:{app}")
+    cancelled = [e for e in entries if e.action == "invitation.cancel"]
+    assert [e.before for e in cancelled] == [{"reason": "app.transfer", "user_ids": [victim]}]
+
+
+async def test_invitations_expire(any_admin: Admin) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    victim, vtok = await person(admin, "victim")
+    path = f"/v1/workspaces/{ws}/members"
+    await admin.ok("POST", path, tok, {"user_id": victim})
+    [old] = await held(admin, vtok)
+    ttl_ms = int(admin.settings.invitation_ttl_s * 1000)
+    async with admin.store.connection() as c:  # as if the lifetime had passed
+        await c.execute("UPDATE invitations SET created_at = created_at - ? - 1", ttl_ms)
+    assert await held(admin, vtok) == []
+    assert await listed(admin, path, tok, victim) == []
+    status, _ = await admin.api("POST", f"/v1/invitations/{old['id']}/accept", vtok)
+    assert status == 404
+    assert not await admin.store.is_member(ws, victim)
+    # Invited again: a new invitation (201), the expired one replaced.
+    status, again = await admin.api("POST", path, tok, {"user_id": victim})
+    assert (status, again["status"]) == (201, "invited")
+    [new] = await held(admin, vtok)
+    assert new["id"] != old["id"]
+
+
+async def fill(admin: Admin, ws: str, n: int, *, user_id: str = "", invited_by: str = "") -> None:
+    """``n`` open invitations straight into the store, each to a target of its own: to
+    ``user_id`` or from ``invited_by`` (the other side random)."""
+    async with admin.store.connection() as c:
+        for i in range(n):
+            await c.execute(
+                "INSERT INTO invitations (id, kind, target, workspace_id, app_id, user_id, "
+                "role, invited_by, created_at) VALUES (?, 'workspace', ?, ?, NULL, ?, NULL, ?, ?)",
+                "i" + secrets.token_hex(6),
+                f"wfill{i:08d}",
+                ws,
+                user_id or "u" + secrets.token_hex(6),
+                invited_by or "u" + secrets.token_hex(6),
+                2**53,  # open whatever the clock says
+            )
+
+
+async def test_one_inviter_and_one_invitee_have_caps(any_admin: Admin) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    await fill(admin, ws, MAX_BY_INVITER - 1, invited_by=owner)
+    path = f"/v1/workspaces/{ws}/members"
+    first, _ = await person(admin, "first")
+    assert (await admin.api("POST", path, tok, {"user_id": first}))[0] == 201
+    status, problem = await admin.api("POST", path, tok, {"user_id": "u" + secrets.token_hex(6)})
+    assert (status, problem["code"]) == (409, "too_many_invitations")
+
+    # One invitee holds at most MAX_PER_INVITEE: past it, the answer is the one a new
+    # invitation gets, and nothing is made.
+    tok2, ws2 = await admin.owner_workspace("other")
+    victim, _ = await person(admin, "victim")
+    control, _ = await person(admin, "control")
+    await fill(admin, ws2, MAX_PER_INVITEE, user_id=victim)
+    path = f"/v1/workspaces/{ws2}/members"
+    answers = [await admin.api("POST", path, tok2, {"user_id": uid}) for uid in (victim, control)]
+    assert answers[0][0] == answers[1][0] == 201
+    assert answers[0][1] | {"user_id": "x"} == answers[1][1] | {"user_id": "x"}
+    async with admin.store.connection() as c:
+        n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE user_id = ?", victim)
+    assert n == MAX_PER_INVITEE
+
+
+async def test_names_refuse_control_and_format_characters(any_admin: Admin) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    for bad in ("Payroll \u202egnp.exe", "a\u200bb", "two\nlines", "bell\x07", "x\u2066y"):
+        for path, body in (
+            ("/v1/workspaces", {"name": bad}),
+            (f"/v1/workspaces/{ws}/apps", {"name": bad, "product": "search"}),
+            ("/v1/tokens", {"name": bad}),
+        ):
+            status, problem = await admin.api("POST", path, tok, body)
+            assert status == 422, (path, bad, problem)
+            assert "name" in problem["detail"], problem
+        status, problem = await admin.api(
+            "POST", "/v1/users", OPERATOR_TOKEN, {"email": "n@example.com", "name": bad}
+        )
+        assert status == 422, problem
+        assert "name" in problem["detail"], problem
+    made = await admin.ok("POST", "/v1/workspaces", tok, {"name": "Café 東京 עברית"})
+    assert made["name"] == "Café 東京 עברית"
+
+
+async def test_the_invitee_sees_who_invited_them(any_admin: Admin) -> None:
+    admin = any_admin
+    email = f"inviter.{secrets.token_hex(4)}@example.com"
+    made = await admin.ok("POST", "/v1/users", OPERATOR_TOKEN, {"email": email, "name": "Ann"})
+    ws = await admin.new_workspace(made["token"], "Acme")
+    victim, vtok = await person(admin, "victim")
+    await admin.ok("POST", f"/v1/workspaces/{ws}/members", made["token"], {"user_id": victim})
+    [inv] = await held(admin, vtok)
+    assert (inv["invited_by"], inv["inviter_name"], inv["inviter_email"]) == (
+        made["id"], "Ann", email
+    )  # fmt: skip
