@@ -766,9 +766,12 @@ async function team(ws) {
 
 // ---------------------------------------------------------------- invitations
 
+/* One page at a time ("Load more"): a user may hold many invitations, and each is
+   tenant-written text, so nothing is fetched that the user did not ask to see. Names are
+   isolated (<bdi>) so that one cannot reorder the text around it. */
 async function invitationsPage() {
   loading("your invitations");
-  const list = await allPages("/v1/invitations", "invitations");
+  const first = await api("GET", "/v1/invitations?limit=50");
   const err = h("p", {class: "error", role: "alert"});
   const answer = async (inv, verb) => {
     err.textContent = "";
@@ -779,18 +782,35 @@ async function invitationsPage() {
       renderSwitcher((state.current || state.workspaces[0] || {}).id);
     } catch (e) { if (e.status !== 401) err.textContent = e.message; }
   };
+  const columns = [
+    {label: "To", value: i => i.kind === "app"
+      ? [h("bdi", {}, i.app_name), " (app in ", h("bdi", {}, i.workspace_name), ")"]
+      : h("bdi", {}, i.workspace_name)},
+    {label: "Role", value: i => i.kind === "app" ? humanize(i.role) : "member"},
+    {label: "Invited by", value: i => i.inviter_email
+      ? [h("bdi", {}, i.inviter_name), " <", h("bdi", {}, i.inviter_email), "> (", i.invited_by, ")"]
+      : i.invited_by},
+    {label: "Sent", value: i => localDate(i.created_at)},
+    {label: "Actions", value: i => [
+      h("button", {type: "button", onclick: () => answer(i, "accept")}, "Accept"), " ",
+      h("button", {type: "button", class: "secondary", onclick: () => answer(i, "decline")}, "Decline")]},
+  ];
+  const shown = table(columns, first.invitations, "Invitations");
+  let cursor = first.next_cursor;
+  const more = h("button", {type: "button", class: "secondary", hidden: !cursor, onclick: async () => {
+    err.textContent = "";
+    try {
+      const page = await api("GET", `/v1/invitations?limit=50&cursor=${encodeURIComponent(cursor)}`);
+      shown.tBodies[0].append(...table(columns, page.invitations).tBodies[0].children);
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+    } catch (e) { if (e.status !== 401) err.textContent = e.message; }
+  }}, "Load more");
   setMain(h("h1", {}, "Invitations"),
-    list.length ? table([
-      {label: "To", value: i => i.kind === "app" ? `${i.app_name} (app in ${i.workspace_name})` : i.workspace_name},
-      {label: "Role", value: i => i.kind === "app" ? humanize(i.role) : "member"},
-      {label: "Invited by", value: i => i.invited_by},
-      {label: "Sent", value: i => localDate(i.created_at)},
-      {label: "Actions", value: i => [
-        h("button", {type: "button", onclick: () => answer(i, "accept")}, "Accept"), " ",
-        h("button", {type: "button", class: "secondary", onclick: () => answer(i, "decline")}, "Decline")]},
-    ], list, "Invitations") : h("p", {}, "No pending invitations."),
+    ...(first.invitations.length ? [shown, more] : [h("p", {}, "No pending invitations.")]),
     err,
-    h("p", {class: "muted"}, "Nobody sees your name or email in a workspace or app before you accept."));
+    h("p", {class: "muted"}, "Nobody sees your name or email in a workspace or app before you accept. " +
+      "An invitation not answered in time expires."));
 }
 
 // --------------------------------------------------------------------- tokens
