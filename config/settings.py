@@ -191,9 +191,7 @@ class Settings(BaseSettings):
     # Secure flag ("auto": when the request came over TLS, directly or per
     # X-Forwarded-Proto), and the help links it shows.
     console_session_ttl_s: Seconds = 12 * 3600.0
-    # Membership by invitation (docs/decisions/0009): an invitation not answered within
-    # this is expired (neither listed, accepted nor counted toward the caps).
-    invitation_ttl_s: Seconds = 14 * DAY
+    invitation_ttl_s: Seconds = 14 * DAY  # then unanswered invitations expire (decision 0009)
     console_secure_cookie: Literal["auto", "always", "never"] = "auto"
     console_docs_url: str = "https://docs.example.com/creditgate"
     console_community_url: str = "https://community.example.com/c/creditgate"
