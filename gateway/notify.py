@@ -10,6 +10,7 @@ from gateway.counting import Forwarded, counted
 from gateway.forwarding import target_url
 from gateway.problems import Problem
 from gateway.proxy import Body, Proxy
+from gateway.request_body import BodyState
 from gateway.traffic_rules import check_loop, message_digest
 
 
@@ -42,7 +43,7 @@ async def _notify(
     user = headers.get(USER_HEADER) or "-"
     key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
     admission = None
-    state = [False]
+    state = BodyState()
     body: Body = None
     if proxy.metering:
         digest = ""

@@ -24,8 +24,11 @@ without a body once it has its bot connection (not while it waits); the sweeper 
 charge never confirmed. A body read after its charge must be in (streamed: begun) within
 ``charged_body_s``, at most a quarter of the refund window, so none is swept while sent. A
 body over ``max_body_bytes`` found while streaming is 413 and stays charged (the client's
-doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is 408:
-refunded by the sweeper if never forwarded, kept charged once the bot got its start. A
+doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is 408, one
+turned invalid 400, one whose client left 499 (:mod:`gateway.request_body`): the client's
+failures, not the bot's (never observed as one), refunded by the sweeper if never
+forwarded, kept charged once the bot got its start (its first chunk: a bot never answers
+for free, as its answer is never passed on). A
 non-billable callback gets the bot's status, never its answer (:mod:`gateway.unbilled`); a
 looping request (:mod:`gateway.traffic_rules`) is refused before anything is metered.
 """
@@ -51,11 +54,12 @@ from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.counting import Forwarded, counted
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, upstream_headers
-from gateway.http_rules import body_stalled, send_continue
+from gateway.http_rules import body_stalled
 from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, bot_failed, bot_timeout, bot_unavailable
+from gateway.request_body import BodyFailed, BodyState, chunks, client_gone
 from gateway.sent_body import SentBytes, sent_stream
 from gateway.traffic_rules import check_length, forbidden, too_large
 from gateway.unbilled import Unbilled, answer
@@ -65,14 +69,6 @@ log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
 Body = bytes | AsyncIterator[bytes] | None
 Sent = Body | payload.Payload
-
-
-class BodyTooLarge(Exception):
-    """A streamed request body passed ``max_body_bytes``."""
-
-
-class BodyStalled(Exception):
-    """A streamed request body stopped arriving for ``body_timeout_s``."""
 
 
 @dataclass(slots=True)
@@ -90,53 +86,41 @@ class Proxy:
     body_timeout: float = 30.0
     charged_body_s: float = 30.0  # see the module: a body trickled in past the window
 
-    async def _chunks(
-        self, request: web.Request, first_within: float | None = None
-    ) -> AsyncIterator[bytes]:
-        """The body as it arrives; :class:`BodyStalled` when it stops arriving (the first
-        chunk: also past ``first_within``). A client that sent ``Expect: 100-continue``
-        is asked for it first."""
-        await send_continue(request)
-        content = request.content
-        within = self.body_timeout if first_within is None else first_within
-        while True:
-            try:
-                async with asyncio.timeout(min(within, self.body_timeout)):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise BodyStalled from None
-            if not chunk:
-                return
-            within = self.body_timeout
-            yield chunk
-
     async def read_body(self, request: web.Request, within: float | None = None) -> bytes:
         """The whole request body, at most ``max_body`` bytes (413 beyond, 408 when it
-        stalls or, with ``within``, takes longer than that in all)."""
+        stalls or, with ``within``, takes longer than that in all; the client's other
+        failures: :mod:`gateway.request_body`)."""
         buf = bytearray()
+        timeout = self.body_timeout
         try:
             async with asyncio.timeout(within):
-                async for chunk in self._chunks(request):
+                async for chunk in chunks(request, self.metrics, timeout, timeout):
                     buf += chunk
                     if len(buf) > self.max_body:
                         raise too_large(self.max_body)
-        except (BodyStalled, TimeoutError):
-            raise body_stalled(self.body_timeout) from None
+        except TimeoutError:
+            raise body_stalled(timeout) from None
         return bytes(buf)
 
-    async def _limited(self, request: web.Request, state: list[bool]) -> AsyncIterator[bytes]:
+    async def _limited(self, request: web.Request, state: BodyState) -> AsyncIterator[bytes]:
+        """The body streamed to the bot; the client's failure recorded in ``state``."""
         n = 0
-        async for chunk in self._chunks(request, first_within=self.charged_body_s):
-            n += len(chunk)
-            if n > self.max_body:
-                state[0] = True
-                raise BodyTooLarge
-            yield chunk
+        body = chunks(request, self.metrics, self.body_timeout, self.charged_body_s)
+        try:
+            async for chunk in body:
+                n += len(chunk)
+                if n > self.max_body:
+                    state.too_large = True
+                    raise too_large(self.max_body)
+                yield chunk
+        except Problem as exc:
+            state.failed = exc
+            raise BodyFailed from exc
 
     def check_length(self, request: web.Request) -> None:
         check_length(request.content_length, self.max_body)
 
-    async def body_of(self, request: web.Request, state: list[bool]) -> Body:
+    async def body_of(self, request: web.Request, state: BodyState) -> Body:
         """What to send upstream of a message charged already: small bodies as bytes,
         others as a counted stream (see ``charged_body_s``)."""
         length = request.content_length
@@ -165,7 +149,7 @@ class Proxy:
         url: URL,
         body: Body,
         admission: Admission | None,
-        state: list[bool],
+        state: BodyState,
         verified: Verified | None = None,
         unbilled: Unbilled | None = None,
     ) -> web.StreamResponse:
@@ -185,7 +169,7 @@ class Proxy:
         except ClientGone:  # left while its message waited for a bot connection
             self.metrics.client_disconnects.inc()
             await self._failed(admission, "connect")  # never sent
-            raise Problem(499, "client_gone", "Client closed request") from None
+            raise client_gone() from None
         except ShuttingDown:  # still waiting for a place when the grace ended: never sent
             await self._failed(admission, "connect")
             raise bot_unavailable() from None
@@ -194,7 +178,7 @@ class Proxy:
             log.warning("upstream %s refused by the egress policy: %s", url.host, exc.reason)
             await self._failed(admission, "connect")
             raise forbidden() from None
-        except (aiohttp.ClientError, TimeoutError, BodyStalled, BodyTooLarge) as exc:
+        except (aiohttp.ClientError, TimeoutError, BodyFailed) as exc:
             failure, status = self._failure_of(exc, url, admission, state)
         else:
             if verified is not None and verified.handshake_challenge is not None:
@@ -211,22 +195,21 @@ class Proxy:
         raise bot_unavailable()
 
     def _failure_of(
-        self, exc: Exception, url: URL, admission: Admission | None, state: list[bool]
+        self, exc: Exception, url: URL, admission: Admission | None, state: BodyState
     ) -> tuple[Failure, int]:
         """The bot's failure an error stands for, and the status to answer. The client's own
-        (a stalled or too large body) is raised as its problem and stays charged."""
+        (its body failed, aiohttp's error wrapping it or not) is raised as its problem,
+        charged per the module."""
+        if state.failed is not None:
+            if state.too_large:
+                self.meter.forwarded(admission)
+            raise state.failed from None
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return "connect", 504
         if isinstance(exc, aiohttp.ClientConnectorError):
             return "connect", 502
         if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
             return "timeout", 504
-        if isinstance(exc, BodyStalled):
-            self.meter.forwarded(admission)
-            raise body_stalled(self.body_timeout) from None
-        if state[0]:  # BodyTooLarge, or aiohttp's error for it
-            self.meter.forwarded(admission)
-            raise too_large(self.max_body) from None
         log.info("upstream %s failed: %s", url.host, type(exc).__name__)
         return "5xx", 502
 
@@ -291,7 +274,7 @@ async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
     inbound = inbound_of(request)
     to = await rules.route(proxy, inbound, channel, app_id, read_body)
     admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
-    state = [False]
+    state = BodyState()
     body: Body = admitted.body
     if not admitted.have_body:
         body = await proxy.body_of(request, state)

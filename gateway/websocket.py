@@ -54,6 +54,7 @@ from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.problems import Problem, problem_response
 from gateway.proxy import Proxy
+from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, Closing
 
@@ -137,7 +138,7 @@ async def proxy_websocket(
             autoping=True,
         )
     except ClientGone:
-        raise Problem(499, "client_gone", "Client closed request") from None
+        raise client_gone() from None
     except UpstreamForbidden as exc:
         log.warning("websocket upstream %s refused by the egress policy: %s", url.host, exc.reason)
         raise forbidden() from None

@@ -13,9 +13,10 @@ from gateway import traffic_rules as rules
 from gateway.counting import outcome_of
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
-from gateway.fastpath.exchange import Exchange, FastServer
+from gateway.fastpath.exchange import Exchange
 from gateway.fastpath.message import Message
 from gateway.fastpath.pool import ClientGone, expire
+from gateway.fastpath.serving import FastServer
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
 from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers

@@ -13,6 +13,7 @@ meanwhile is refunded, never sent, ``client_error``: see :mod:`.pool`), no answe
 a 5xx to a metered message -> 502 (``5xx``, the bot's body withheld); a failure after the
 answer started aborts the client connection. A skipped callback's answer is held
 (:mod:`gateway.unbilled`). The charge is confirmed as forwarded once handed to the socket.
+A failure of the gateway's own while answering is ``error``, 500 (:meth:`Exchange.broken`).
 """
 
 from __future__ import annotations
@@ -20,40 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from http import HTTPStatus
-from typing import Any, Protocol
 
 from gateway import problems
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.message import Message
-from gateway.fastpath.pool import ClientGone, Pool, Wait
+from gateway.fastpath.pool import ClientGone, Wait
+from gateway.fastpath.serving import FastServer
 from gateway.fastpath.upstream import UpstreamConnection
 from gateway.fastpath.wire import close_delimited, response_head, text_headers
 from gateway.forwarding import downstream_headers
 from gateway.metering import Admission, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
-from gateway.proxy import Proxy
-from gateway.traffic_stats import TrafficStats
 from gateway.unbilled import Held
 
 log = logging.getLogger(__name__)
 _NO_BODY = frozenset({204, 304})
-
-
-class FastServer(Protocol):
-    """What an exchange needs of its server (:class:`gateway.fastpath.server.FastServer`)."""
-
-    loop: asyncio.AbstractEventLoop
-    proxy: Proxy
-    pool: Pool
-    stats: TrafficStats
-    read_timeout: float
-    access_log: bool
-
-    def date(self) -> str: ...
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
 class Exchange:
@@ -252,6 +236,22 @@ class Exchange:
             log.info("upstream failed mid-response")
             self.conn.abort()
             self.finish(False)
+
+    def broken(self, exc: BaseException) -> None:
+        """The gateway failed answering (an exception in a callback above; the upstream
+        connection is closed): 500 if nothing was sent yet, else the client connection is
+        aborted; the charge stands, as on the aiohttp server."""
+        log.error("error answering a request", exc_info=exc)
+        self.upstream = None
+        if self.done:
+            return
+        self.outcome = "error"
+        if self.status and not self.head:  # the answer started: cut it
+            self.conn.abort()
+            self.finish(False)
+            return
+        self.head, self.chunked, self.held = b"", False, None
+        self.respond_problem(Problem(500, "internal_error", "Internal Server Error"))
 
     def _answer_held(self, held: Held) -> None:
         out = held.answer()

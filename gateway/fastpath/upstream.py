@@ -37,6 +37,10 @@ class ConnectFailed(Exception):
     """The bot's address refused or reset the connection."""
 
 
+class InvalidAnswer(Exception):
+    """Raised in a parser callback: the bot's answer is not one the gateway passes on."""
+
+
 class Owner(Protocol):
     """What a connection needs of its pool (:class:`gateway.fastpath.pool.Pool`)."""
 
@@ -52,6 +56,7 @@ class Receiver(Protocol):
     def on_body(self, chunk: bytes) -> None: ...
     def on_complete(self, keep_alive: bool) -> None: ...
     def on_lost(self) -> None: ...
+    def broken(self, exc: BaseException) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -99,10 +104,18 @@ class UpstreamConnection(asyncio.Protocol):
             if not self._head_left:
                 self._invalid("response head too large")
                 return
+        receiver = self.receiver  # on_complete lets go of it
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__  # what a callback raised
+            if cause is None or isinstance(cause, InvalidAnswer):
+                self._invalid(str(cause or exc))
+            else:  # the gateway's own failure (the receiver's callbacks), not the bot's
+                self.close()
+                receiver.broken(cause)
         except httptools.HttpParserError as exc:
-            self._invalid(str(exc.__context__ or exc))
+            self._invalid(str(exc))
 
     def _invalid(self, why: str) -> None:
         """Not an HTTP answer the gateway passes on: the exchange fails as if lost."""
@@ -151,19 +164,19 @@ class UpstreamConnection(asyncio.Protocol):
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
         if len(self._reason) > MAX_FIELD:
-            raise ValueError("status line too long")
+            raise InvalidAnswer("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
-            raise ValueError("header field too long")
+            raise InvalidAnswer("header field too long")
         if len(self._headers) == MAX_HEADERS:
-            raise ValueError("too many headers")
+            raise InvalidAnswer("too many headers")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 100 or status == 101:  # no request asked to switch protocols
-            raise ValueError(f"status {status}")
+            raise InvalidAnswer(f"status {status}")
         self._interim = status < 200
         if not self._interim:
             self._head_left = 0

@@ -10,6 +10,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import gateway.fastpath.exchange
+import gateway.proxy
 from tests.support.bot import Running, SeededGateway
 from tests.support.servers import free_port
 
@@ -111,3 +113,26 @@ async def test_what_anyone_can_send_is_never_the_gateways_error(
         counted = await outcomes(http, gw)
     assert counted["client_error"] == 2
     assert counted["error"] == 0
+
+
+async def test_a_gateway_failure_while_answering_is_its_error_not_the_bots(
+    seeded_gateway: SeededGateway, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug of the gateway's own in the answer path (simulated) must page, as a 500, on
+    # both servers: the fast path's parser used to take any callback error for an invalid
+    # answer of the bot's (502 bot_error, refunded, logged at INFO).
+    def broken(*_: object) -> object:
+        raise RuntimeError("a gateway bug")
+
+    monkeypatch.setattr(gateway.fastpath.exchange, "downstream_headers", broken)
+    monkeypatch.setattr(gateway.proxy, "downstream_headers", broken)
+    async with seeded_gateway(WS, apps()) as gw:
+        assert await post(http, f"{gw.url}/hooks/web/{APP}/ok") == (500, "internal_error")
+        counted = await outcomes(http, gw)
+        async with http.get(f"{gw.admin_url}/metrics") as resp:
+            families = list(text_string_to_metric_families(await resp.text()))
+    assert counted["error"] == 1
+    assert counted["bot_error"] == 0
+    samples = {(s.name, s.labels.get("outcome")): s.value for f in families for s in f.samples}
+    assert samples[("creditgate_refunds_total", None)] == 0  # the bot did answer
+    assert samples.get(("creditgate_upstream_seconds_count", "5xx"), 0) == 0
