@@ -35,7 +35,8 @@ class OpenIdKeys:
         self.fetches = 0
 
     async def get(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
-        """The key ``kid`` and the issuer; ``None`` for a key the provider does not list."""
+        """The key ``kid`` and the issuer; ``None`` for a key the provider does not list
+        (or the last key set fetched, while the provider fails)."""
         found = self._fresh(kid)
         if found is not None:
             return found
@@ -45,7 +46,6 @@ class OpenIdKeys:
                 return found
             # Unknown or stale: refetch, but at most every min_refresh (a provider outage
             # must not make every request wait for a fetch, nor forged kids cause fetches).
-            failed = False
             now = time.monotonic()
             if now - self._tried >= self._min_refresh:
                 self._tried = now
@@ -53,11 +53,13 @@ class OpenIdKeys:
                     await self._fetch()
                 except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
                     log.warning("msteams: cannot fetch signing keys from %s: %r", self._url, exc)
-                    failed = True
             key = self._keys.get(kid)  # possibly past max_age: better than refusing all
             if key is not None:
                 return key, self._issuer
-            if failed or self._fetched == -math.inf:
+            # 503 (the gateway's own error, which pages) only while no key set was ever
+            # fetched; once one was, a kid it lacks is refused (401) even if the refetch
+            # failed, or anyone could turn a provider outage into the gateway's errors.
+            if self._fetched == -math.inf:
                 raise auth_unavailable()
             return None
 

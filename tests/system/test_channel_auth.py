@@ -72,6 +72,7 @@ class OpenId:
     url: str = ""
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     fetches: int = 0
+    failing: bool = False  # answers 503 (an outage), counted in fetches
 
     def add_key(self, kid: str) -> None:
         self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -92,6 +93,9 @@ class OpenId:
 
     def app(self) -> web.Application:
         async def metadata(request: web.Request) -> web.Response:
+            if self.failing:
+                self.fetches += 1
+                raise web.HTTPServiceUnavailable
             return web.json_response(
                 {"issuer": ISSUER, "jwks_uri": f"{self.url}/keys", "authorization_endpoint": ""}
             )
@@ -767,6 +771,37 @@ async def test_msteams_keys_unreachable_is_503_not_a_pass(
                 assert (await resp.json())["code"] == "channel_auth_unavailable"
     assert bot.count() == 0
     assert (await read_balances(rclient, WS)).app[APP] == FUNDS
+
+
+async def test_msteams_unknown_kid_during_an_outage_is_401_once_keys_were_fetched(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, openid: OpenId
+) -> None:
+    # 503 channel_auth_unavailable is the gateway's own error (it pages): while the
+    # provider fails, an outsider's token naming a kid never published must not produce
+    # it once a key set is in hand. A known kid still passes (503 only before any fetch:
+    # test_msteams_keys_unreachable_is_503_not_a_pass).
+    settings = settings_for(redis_url, tmp_path, openid)  # refetch on every unknown kid
+    await seed_one(rclient, settings, APP, bot.url, "contact_center")
+    await set_secret(rclient, settings, APP, "msteams", APP_ID_MS)
+    body = json.loads(sample("msteams-message.json"))
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+
+        async def post(token: str, activity: str) -> int:
+            h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            data = json.dumps({**body, "id": activity}).encode()
+            async with http.post(f"{gw.url}/hooks/msteams/{APP}", data=data, headers=h) as resp:
+                return resp.status
+
+        assert await post(openid.token("k1"), "a1") == 200
+        openid.failing = True
+        fetches = openid.fetches
+        assert [await post(openid.token(f"zz{i}", key=attacker), "x") for i in range(3)] == [
+            401
+        ] * 3
+        assert openid.fetches > fetches  # the provider was asked, and failed
+        assert await post(openid.token("k1"), "a2") == 200
+    assert bot.count() == 2
 
 
 async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
