@@ -1,5 +1,26 @@
 """Each traffic request counted in flight and by outcome (``/hooks`` and ``/notify``),
-and :func:`outcome_of`, the outcome of one that ended in an error, for both servers."""
+and :func:`outcome_of`, the outcome of one that ended in an error, for both servers.
+
+``error`` pages the operator (CreditgateHighErrorRate), so it is only what the gateway
+itself got wrong; what a client or a bot can cause is theirs. Cases decided on purpose:
+
+* A client that leaves or stalls while its body is read (499 ``client_gone``, 408, 400:
+  :mod:`gateway.request_body`) is ``client_error``, on a signed channel too (the body is
+  read before the signature is checked: anyone can do it).
+* A message still waiting for a bot connection when SIGTERM's grace ends (502
+  ``upstream_unavailable``: :class:`gateway.bot_connector.ShuttingDown`, on the fast
+  path :meth:`gateway.fastpath.pool.Pool.close`'s ``ConnectFailed``; refunded, never
+  sent) is ``bot_error``: the stop is the gateway's, but it comes with every rollout,
+  and a message is still waiting only when its bot (or every connection of the worker)
+  stayed busy through the whole grace, so ``error`` would page on ordinary deploys
+  behind a slow bot.
+* A message that waited past the connect timeout for a place (504/502, ``connect``) is
+  ``bot_error`` whether the place it waited for was its bot's (``limit_per_host``) or
+  the worker's (``limit``), since busy bots hold both. A worker cap set too low for
+  healthy traffic is then the gateway's own fault counted as the bots': it shows as
+  ``creditgate_upstream_seconds{outcome="connect"}`` while the bots answer (and
+  CreditgateNoBotAnswers fires only when none does).
+"""
 
 from __future__ import annotations
 
