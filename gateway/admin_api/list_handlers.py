@@ -3,6 +3,9 @@ collaborators, upgrade requests (and their decline), and a user's API tokens."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import TypeVar
+
 from aiohttp import web
 
 from gateway.admin_api import list_schemas as ls
@@ -11,8 +14,16 @@ from gateway.admin_api.http import Call, json_response
 from meter.accounts import apps, authz, invitations, tokens, upgrade_requests, workspaces
 from meter.accounts.authz import TOKEN_PREFIX
 from meter.accounts.pages import decode, limit_of, page
-from meter.store import ApiToken, UpgradeRequest
+from meter.store import ApiToken, Person, UpgradeRequest
 from meter.timestamps import iso
+
+P = TypeVar("P", ls.MemberItem, ls.CollaboratorItem)
+
+
+def _people(item: type[P], people: list[Person]) -> list[P]:
+    """Members or collaborators as their list shows them (an invitee: no email, no name);
+    role and status are checked against the item's choices."""
+    return [item.model_validate(asdict(m)) for m in people]
 
 
 def _paging(call: Call) -> tuple[str | None, int]:
@@ -94,16 +105,7 @@ async def list_members(call: Call) -> web.Response:
         since=invitations.open_since(call.deps),
     )
     p = page("members", rows, limit, lambda m: (m.user_id,))
-    items = [
-        ls.MemberItem(
-            user_id=m.user_id,
-            email=m.email,
-            name=m.name,
-            role=m.role,  # type: ignore[arg-type]
-            status=m.status,  # type: ignore[arg-type]
-        )
-        for m in p.items
-    ]
+    items = _people(ls.MemberItem, p.items)
     return json_response(ls.MemberList(members=items, next_cursor=p.next_cursor))
 
 
@@ -124,16 +126,7 @@ async def list_collaborators(call: Call) -> web.Response:
         since=invitations.open_since(call.deps),
     )
     p = page("collaborators", rows, limit, lambda m: (m.user_id,))
-    items = [
-        ls.CollaboratorItem(
-            user_id=m.user_id,
-            email=m.email,
-            name=m.name,
-            role=m.role,  # type: ignore[arg-type]
-            status=m.status,  # type: ignore[arg-type]
-        )
-        for m in p.items
-    ]
+    items = _people(ls.CollaboratorItem, p.items)
     return json_response(ls.CollaboratorList(collaborators=items, next_cursor=p.next_cursor))
 
 
