@@ -74,11 +74,13 @@ def only_a_client_error(got: dict[str, float]) -> None:
     assert "upstream_5xx" not in got, got
 
 
-async def send_then_vanish(url: str, data: bytes) -> None:
-    """Send ``data``, wait until the gateway asks for more (or not), then reset."""
-    async with RawConn.open(url) as conn:
+async def send_then_vanish(http: aiohttp.ClientSession, gw: Running, data: bytes) -> None:
+    """Send ``data``, wait until the gateway handles the request (its body still to
+    come), then reset: observed progress, so a busy machine cannot reset it unread."""
+    async with RawConn.open(gw.url) as conn:
         conn.send(data)
-        await asyncio.sleep(0.3)  # not a timer the assertion depends on: either way it is gone
+        while not (await metrics(http, gw)).get("in_flight"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         conn.writer.transport.abort()
 
 
@@ -98,7 +100,7 @@ async def test_a_client_gone_mid_body_is_a_client_error(
 ) -> None:
     apps = {APP: {"product": "automation", "funds": FUNDS}}
     async with seeded_gateway(WS, apps, body_timeout_s=30.0) as gw:
-        await send_then_vanish(gw.url, GONE[case])
+        await send_then_vanish(http, gw, GONE[case])
         got = await counted(http, gw)
     only_a_client_error(got)
     assert got["creditgate_client_disconnects_total"] >= 1, got
@@ -111,7 +113,8 @@ async def test_a_small_body_cut_on_the_aiohttp_server_is_a_client_error(
         pytest.skip("the fast path reads a small body before anything: nothing is counted")
     apps = {APP: {"product": "automation", "funds": FUNDS}}
     async with seeded_gateway(WS, apps, body_timeout_s=30.0) as gw:
-        await send_then_vanish(gw.url, head(f"/hooks/web/{APP}", "Content-Length: 100\r\n") + b"x")
+        cut = head(f"/hooks/web/{APP}", "Content-Length: 100\r\n") + b"x"
+        await send_then_vanish(http, gw, cut)
         got = await counted(http, gw)
     only_a_client_error(got)
 
@@ -135,7 +138,7 @@ async def test_an_outsider_gone_before_a_signed_channel_checks_is_a_client_error
     if "chunked" in framing:
         data += b"a\r\n" + b"x" * 10 + b"\r\n"
     async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
-        await send_then_vanish(gw.url, data)
+        await send_then_vanish(http, gw, data)
         got = await counted(http, gw)
     only_a_client_error(got)
     assert bot.count() == 0
