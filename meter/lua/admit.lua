@@ -5,8 +5,8 @@
 -- share this file's locals. admit_batch.lua: the workspace, the per-batch caches and the
 -- rolling windows; admit_rules.lua: the rules (status, credit, sessions, debit);
 -- admit_full.lua: the full path of one admission (these two inside full_path(), made
--- only when an admission needs them); admit_message.lua: one admission (the short
--- in-session path, else the full path).
+-- by the loop below only when an admission needs them); admit_message.lua: one admission
+-- (the short in-session path, else the full path).
 --
 -- KEYS[1]   workspace prefix "cg:{<ws>}". Every key touched is derived from it (see
 --           meter/redis_layer/keys.py), so all share one hash slot and the script runs on
@@ -110,23 +110,37 @@ local bucket = math.floor(now / 1000 / FB) * FB
 -- #include lib_records.lua
 -- #include admit_batch.lua
 
--- The full path's functions are made when an admission first needs them: a call whose
--- admissions all take the short path makes none of them (each closure made costs the
--- call, whatever the batch). Inside full_path() they reach the chunk's locals as
--- upvalues of full_path, which is cheaper than the chunk making them itself.
+-- The full path's functions are made when an admission first needs them, by the loop
+-- below: admit_one returns such an admission (m, or for a check {c = true, a, pr})
+-- instead of deciding it, and the loop makes full_path() (once) and runs it. A call whose
+-- admissions all take the short path makes none of them, nor full_path itself: that
+-- closure has dozens of upvalues: made on every call, it cost a call of one admission on
+-- the short path some 8,000 instructions of redis-server (bench/lua_cost.py, batch 1).
+-- Inside full_path() the functions reach the chunk's locals as upvalues of full_path,
+-- which is cheaper than the chunk making them itself.
 local full, check
-local function full_path()
--- #include admit_rules.lua
--- #include admit_full.lua
-  return full, check
-end
 
 -- #include admit_message.lua
 
 for i = FIRST, #ARGV do
   -- One malformed member never fails the others' admissions: its error is its own.
   local mark = no
-  local ok = pcall(admit_one, ARGV[i])
+  local ok, todo = pcall(admit_one, ARGV[i])
+  if ok and todo then
+    if not full then
+      local function full_path()
+-- #include admit_rules.lua
+-- #include admit_full.lua
+        return full, check
+      end
+      full, check = full_path()
+    end
+    if todo.c then
+      ok = pcall(check, todo.a, todo.pr)
+    else
+      ok = pcall(full, todo)
+    end
+  end
   if not ok then
     no = mark
     result(9, 0, 0, 0, 0, 0, 0, '', 0)

@@ -32,10 +32,10 @@ def lua_source(name: str) -> str:
     replaced, at load time, by that file of ``meter/lua`` (one level: a fragment includes
     nothing). The fragments become part of one chunk and share the script's locals, in
     the order the script includes them (``admit.lua``: ``lib_sessions``, ``lib_records``,
-    ``admit_batch``, ``admit_rules``, ``admit_full``, ``admit_message``; ``refund.lua``:
+    ``admit_batch``, ``admit_message``, ``admit_rules``, ``admit_full``; ``refund.lua``:
     ``lib_sessions``, ``lib_records``;
     ``peek.lua`` and ``peek_sessions.lua``: ``lib_peek``). admit.lua includes
-    ``admit_rules`` and ``admit_full`` inside a function, made only when needed.
+    ``admit_rules`` and ``admit_full`` inside a function of its loop, made only when needed.
     """
     return _INCLUDE.sub(lambda m: _read(m.group(1)), _read(f"{name}.lua"))
 

@@ -24,7 +24,7 @@ def test_scripts_are_assembled_whole() -> None:
     """No include is left, every fragment lands once, in the order the script names."""
     admit = lua_source("admit")
     lua = resources.files("meter").joinpath("lua")
-    parts = ("lib_sessions", "admit_batch", "admit_rules", "admit_full", "admit_message")
+    parts = ("lib_sessions", "admit_batch", "admit_message", "admit_rules", "admit_full")
     starts = [admit.index(lua.joinpath(f"{name}.lua").read_text()) for name in parts]
     assert starts == sorted(starts)
     assert admit.count("local function admit_one(") == 1
