@@ -84,8 +84,9 @@
 -- What a call costs whatever its batch (at moderate load batches are small): one HMGET
 -- of the workspace; per app, one HMGET of the app, of its product and of each window
 -- (t, o, n and the current bucket); at the end, one HSET per window that counted
--- something, one HINCRBY per aggregate field that changed, one ZADD of the aggregate
--- bucket, and HSETs of the workspace and apps only for balances that changed.
+-- something, one HINCRBY per aggregate field that changed, a ZADD of the aggregate
+-- bucket only when the call made its hash (see the write-back), and HSETs of the
+-- workspace and apps only for balances that changed.
 
 -- The arguments are integers as Python formats them. Each is converted where it is used,
 -- and only if it is (most calls need few): a string is converted with "+ 0", one parse
@@ -217,18 +218,24 @@ for uk, u in pairs(usage) do
 end
 local bs = D(bucket)
 local agk = P .. ':ag:' .. bs
-local touched = false
+-- The bucket goes into the index P:agi only when this call made its hash. Every script
+-- that makes a P:ag:<b> indexes it at once (here, refund.lua), and claim.lua takes b out
+-- of the index only with the hash (RENAMEd away in the same script, or gone): so a hash
+-- that exists is indexed, and one that did not exist before this call comes back from
+-- its first HINCRBY with the increment itself (a field absent, or 0, before). That
+-- answer indexes the bucket (again, harmlessly, for a field that was 0); any other
+-- answer means the hash was there, hence indexed. Most calls thus skip the ZADD.
+local fresh = false
 for fkey, g in pairs(agg) do
   for j = 1, 6 do
-    if g[j] ~= 0 then redis.call('HINCRBY', agk, fkey .. METRICS[j], g[j]) end
+    local v = g[j]
+    if v ~= 0 and redis.call('HINCRBY', agk, fkey .. METRICS[j], v) == v then fresh = true end
   end
-  touched = true
 end
 for field, v in pairs(refused) do
-  redis.call('HINCRBY', agk, field, v)
-  touched = true
+  if redis.call('HINCRBY', agk, field, v) == v then fresh = true end
 end
-if touched then redis.call('ZADD', P .. ':agi', bs, bs) end
+if fresh then redis.call('ZADD', P .. ':agi', bs, bs) end
 for b in pairs(sri) do redis.call('ZADD', P .. ':sri', b, b) end
 if #events > 0 then redis.call('RPUSH', P .. ':ev', unpack(events)) end
 return out

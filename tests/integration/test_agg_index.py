@@ -1,0 +1,73 @@
+"""The aggregate index ``P:agi``: admit.lua adds a flush bucket to it only when its call
+made the bucket's hash (the HINCRBY answered with the increment itself; see the
+write-back of meter/lua/admit.lua), not on every call.
+
+A write that comes late, into a bucket the flusher has already claimed, committed and
+acked, makes a fresh hash: it must be indexed again and reach the store exactly once,
+whether the call counted admissions or only a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.store import Store
+from meter.usage.flusher import Flusher
+from tests.support.clock import Clock
+from tests.support.flushkit import USD, Expected, opened_store, seed_ws, store_url
+from tests.support.metering import admitter
+from tests.support.settings import make_settings
+
+
+@pytest.fixture
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async for s in opened_store(store_url("sqlite", request, tmp_path)):
+        yield s
+
+
+async def test_late_writes_into_a_flushed_bucket_are_indexed_and_flushed_once(
+    rclient: RedisClient, store: Store
+) -> None:
+    cfg, clock = make_settings(fast_flush=True, rate_per_minute=3), Clock.past()
+    w = await seed_ws(
+        rclient, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
+    )
+    limited, other = w.apps
+    adm = admitter(rclient, cfg, clock)  # a gateway whose clock stays in one bucket
+    flusher = Flusher(rclient, store, cfg, clock=Clock(clock.now + 60))  # it is closed there
+    agi, exp = keys.agg_index_key(w.ws), Expected()
+    for i in range(3):  # the limited app's whole minute
+        exp.add(await adm.admit(limited, "web", f"u{i}"))
+    exp.add(await adm.admit(other, "web", "v0"))
+    assert exp.refused == 0
+    assert await rclient.zcard(agi) == 1
+    await flusher.flush_once()
+    assert await rclient.zcard(agi) == 0  # claimed (taken out of the index), acked
+
+    # Late, a call whose only aggregate write is a refusal.
+    late = await adm.admit(limited, "web", "u3")
+    assert late.reason == "rate_limited"
+    exp.add(late)
+    assert await rclient.zcard(agi) == 1
+    await flusher.flush_once()
+    assert await rclient.zcard(agi) == 0
+    # Late again, a call that only admits.
+    d = await adm.admit(other, "web", "v1")
+    assert d.admitted
+    exp.add(d)
+    assert await rclient.zcard(agi) == 1
+    # A second admission into that fresh hash (it is indexed already: no ZADD needed).
+    exp.add(await adm.admit(other, "web", "v2"))
+    await flusher.flush_once()
+    assert await rclient.zcard(agi) == 0
+
+    rows = [r async for r in store.iter_usage(w.ws, 0, 2**62)]
+    assert sum(r.messages for r in rows) == exp.messages == 6
+    assert sum(r.units for r in rows) == exp.units
+    assert sum(r.amount_pool for r in rows) == exp.pool > 0
+    assert sum(r.refused.get("rate_limited", 0) for r in rows) == exp.refused == 1
