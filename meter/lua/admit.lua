@@ -112,13 +112,14 @@ local bucket = math.floor(now / 1000 / FB) * FB
 -- #include admit_batch.lua
 
 -- The full path's functions are made when an admission first needs them, by the loop
--- below: admit_one returns such an admission (m, or for a check {c = true, a, pr})
--- instead of deciding it, and the loop makes full_path() (once) and runs it. A call whose
+-- below: until then admit_one returns such an admission (m, or for a check {c = true,
+-- a, pr}) instead of deciding it, and the loop makes full_path() and runs it; later ones
+-- admit_one runs itself, under the loop's one pcall (as before). A call whose
 -- admissions all take the short path makes none of them, nor full_path itself: that
--- closure has dozens of upvalues: made on every call, it cost a call of one admission on
--- the short path some 8,000 instructions of redis-server (bench/lua_cost.py, batch 1).
--- Inside full_path() the functions reach the chunk's locals as upvalues of full_path,
--- which is cheaper than the chunk making them itself.
+-- closure has dozens of upvalues, and made on every call it cost a call of one admission
+-- on the short path some 8,000 instructions of redis-server (bench/lua_cost.py, batch
+-- 1). Inside full_path() the functions reach the chunk's locals as upvalues of
+-- full_path, which is cheaper than the chunk making them itself.
 local full, check
 
 -- #include admit_message.lua

@@ -1,8 +1,8 @@
 -- admit_message.lua (a fragment of admit.lua): one admission, admit_one(arg). The common
 -- message takes the short path fast(); everything else the full path full(m)
--- (admit_full.lua): admit_one then returns m (a check: {c = true, a = a, pr = pr}) and
--- admit.lua's loop, which makes the full path when first needed, runs full(m) (check(a,
--- pr)). Each ends by appending the admission's reply with result().
+-- (admit_full.lua). While the call has not made the full path yet, admit_one returns m
+-- (a check: {c = true, a = a, pr = pr}) instead, and admit.lua's loop makes it and runs
+-- full(m) (check(a, pr)). Each ends by appending the admission's reply with result().
 
 -- The common message: inside a billing session whose newest block is paid, not in
 -- shadow mode. Nothing is charged: the session entry's message count and last time
@@ -68,7 +68,11 @@ local function admit_one(arg)
   if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   local pr = a.pr
   if kind == 'c' then
-    return {c = true, a = a, pr = pr} -- check(a, pr), run by admit.lua's loop
+    if check then
+      check(a, pr)
+      return
+    end
+    return {c = true, a = a, pr = pr} -- for admit.lua's loop, which makes check first
   end
   local unit, price = pr.unit, pr.price
   if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
@@ -92,10 +96,15 @@ local function admit_one(arg)
     end
   end
   local ik, old = record_keys(app_id, rid)
-  -- m: the admission, built in one constructor (sized once), for full(m) (admit.lua's
-  -- loop runs it).
-  return {app_id = app_id, ch = ch, user = user, idem = idem, token = token, digest = digest,
-    settle = kind == 'M' or kind == 'N', a = a, pr = pr, unit = unit, price = price,
-    fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid, ttl = ttl, ik = ik,
-    old = old}
+  -- m: the admission, built in one constructor (sized once), for full(m); before the
+  -- call's first full path is made, admit.lua's loop makes it and runs full(m).
+  local m = {app_id = app_id, ch = ch, user = user, idem = idem, token = token,
+    digest = digest, settle = kind == 'M' or kind == 'N', a = a, pr = pr, unit = unit,
+    price = price, fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid, ttl = ttl,
+    ik = ik, old = old}
+  if full then
+    full(m)
+    return
+  end
+  return m
 end
