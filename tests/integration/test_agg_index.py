@@ -2,9 +2,9 @@
 made the bucket's hash (the HINCRBY answered with the increment itself; see the
 write-back of meter/lua/admit.lua), not on every call.
 
-A write that comes late, into a bucket the flusher has already claimed, committed and
-acked, makes a fresh hash: it must be indexed again and reach the store exactly once,
-whether the call counted admissions or only a refusal.
+A write that comes late, into a bucket a flusher has already claimed (committed and
+acked, or crashed before it committed), makes a fresh hash: it must be indexed again and
+reach the store exactly once, whether the call counted admissions or only a refusal.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
+from meter.usage.claims import ClaimCode, Claims
 from meter.usage.flusher import Flusher
 from tests.support.clock import Clock
 from tests.support.flushkit import USD, Expected, opened_store, seed_ws, store_url
@@ -69,5 +70,41 @@ async def test_late_writes_into_a_flushed_bucket_are_indexed_and_flushed_once(
     rows = [r async for r in store.iter_usage(w.ws, 0, 2**62)]
     assert sum(r.messages for r in rows) == exp.messages == 6
     assert sum(r.units for r in rows) == exp.units
+    assert sum(r.amount_pool for r in rows) == exp.pool > 0
+    assert sum(r.refused.get("rate_limited", 0) for r in rows) == exp.refused == 1
+
+
+async def test_late_writes_while_a_crashed_flushers_claim_is_outstanding(
+    rclient: RedisClient, store: Store
+) -> None:
+    cfg, clock = make_settings(fast_flush=True, rate_per_minute=3), Clock.past()
+    w = await seed_ws(
+        rclient, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
+    )
+    limited, other = w.apps
+    adm = admitter(rclient, cfg, clock)
+    later = Clock(clock.now + 60)
+    agi, exp = keys.agg_index_key(w.ws), Expected()
+    for i in range(3):
+        exp.add(await adm.admit(limited, "web", f"u{i}"))
+    exp.add(await adm.admit(other, "web", "v0"))
+    [b] = [int(x) for x in await rclient.zrange(agi, 0, -1)]
+    # A flusher claims the closed bucket and dies before it commits anything.
+    code, _ = await Claims(rclient, "crashed", 600_000, clock=later).claim(w.ws, "ag", b)
+    assert code is ClaimCode.CLAIMED
+    assert await rclient.zcard(agi) == 0
+
+    late = await adm.admit(limited, "web", "u3")  # a refusal alone, into a fresh hash
+    assert late.reason == "rate_limited"
+    exp.add(late)
+    assert await rclient.zcard(agi) == 1
+    exp.add(await adm.admit(other, "web", "v1"))
+    # The flusher comes back under its name: it re-takes its claim, then the fresh bucket.
+    await Flusher(rclient, store, cfg, clock=later, owner="crashed").drain(force=False)
+    assert await rclient.zcard(agi) == 0
+    assert await rclient.hlen(keys.claims_key(w.ws)) == 0
+
+    rows = [r async for r in store.iter_usage(w.ws, 0, 2**62)]
+    assert sum(r.messages for r in rows) == exp.messages == 5
     assert sum(r.amount_pool for r in rows) == exp.pool > 0
     assert sum(r.refused.get("rate_limited", 0) for r in rows) == exp.refused == 1
