@@ -199,12 +199,14 @@ def print_table(args: argparse.Namespace, rows: dict[str, list[float]], trees: l
         print(f"| {row:<32} | {mean(row):>20,.0f} | {each}")
     print()
     for name in trees:
-        ratio = mean(f"{name}, metering on") / mean(f"{name}, metering off")
-        print(f"{name}: metered / unmetered {ratio:.3f}")
+        if args.only is None:
+            ratio = mean(f"{name}, metering on") / mean(f"{name}, metering off")
+            print(f"{name}: metered / unmetered {ratio:.3f}")
     for name in trees[1:]:
         for label in ("off", "on"):
-            ratio = mean(f"this tree, metering {label}") / mean(f"{name}, metering {label}")
-            print(f"metering {label}: this tree / {name} {ratio:.3f}")
+            if args.only in (None, label):
+                ratio = mean(f"this tree, metering {label}") / mean(f"{name}, metering {label}")
+                print(f"metering {label}: this tree / {name} {ratio:.3f}")
 
 
 if __name__ == "__main__":
