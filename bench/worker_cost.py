@@ -16,9 +16,9 @@ The client keeps ``--connections`` keep-alive connections busy, each sending its
 request when the previous answer is in. Under valgrind the worker runs some 50 times
 slower than its client and Redis, so a request always waits on every connection: the
 figure is that of a saturated worker, whose admissions batch by about the connection
-count. Timing still moves it a little (batch sizes, loop passes): about ±3% run to run
-on a 2-core VM, against ±20% for CPU time; ``--rounds`` repeats every row and shows
-each value.
+count. Timing still moves it a little (batch sizes, loop passes): about ±0.5% run to
+run at ``--connections 1`` and ±4% at 32 on a 2-core VM, against ±20% for CPU time;
+``--rounds`` repeats every row and shows each value.
 
 Rows: metering off and on, for this tree and, with ``--baseline REF``, for git ref
 ``REF`` (checked out into a temporary worktree and imported ahead of this tree, with
