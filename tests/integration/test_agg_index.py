@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,20 +32,27 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
 
 
-async def test_late_writes_into_a_flushed_bucket_are_indexed_and_flushed_once(
-    rclient: RedisClient, store: Store
-) -> None:
+async def _a_full_minute(rclient: RedisClient, store: Store) -> tuple[Any, ...]:
+    """One workspace, two apps; the rate-limited one's whole minute and one message of the
+    other admitted by a gateway whose clock stays in one flush bucket."""
     cfg, clock = make_settings(fast_flush=True, rate_per_minute=3), Clock.past()
     w = await seed_ws(
         rclient, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
     )
     limited, other = w.apps
-    adm = admitter(rclient, cfg, clock)  # a gateway whose clock stays in one bucket
-    flusher = Flusher(rclient, store, cfg, clock=Clock(clock.now + 60))  # it is closed there
-    agi, exp = keys.agg_index_key(w.ws), Expected()
-    for i in range(3):  # the limited app's whole minute
+    adm = admitter(rclient, cfg, clock)
+    exp = Expected()
+    for i in range(3):
         exp.add(await adm.admit(limited, "web", f"u{i}"))
     exp.add(await adm.admit(other, "web", "v0"))
+    return cfg, clock, w, limited, other, adm, keys.agg_index_key(w.ws), exp
+
+
+async def test_late_writes_into_a_flushed_bucket_are_indexed_and_flushed_once(
+    rclient: RedisClient, store: Store
+) -> None:
+    cfg, clock, w, limited, other, adm, agi, exp = await _a_full_minute(rclient, store)
+    flusher = Flusher(rclient, store, cfg, clock=Clock(clock.now + 60))  # it is closed there
     assert exp.refused == 0
     assert await rclient.zcard(agi) == 1
     await flusher.flush_once()
@@ -77,17 +85,8 @@ async def test_late_writes_into_a_flushed_bucket_are_indexed_and_flushed_once(
 async def test_late_writes_while_a_crashed_flushers_claim_is_outstanding(
     rclient: RedisClient, store: Store
 ) -> None:
-    cfg, clock = make_settings(fast_flush=True, rate_per_minute=3), Clock.past()
-    w = await seed_ws(
-        rclient, store, cfg, clock, products=["contact_center", "agent"], pool=100 * USD
-    )
-    limited, other = w.apps
-    adm = admitter(rclient, cfg, clock)
+    cfg, clock, w, limited, other, adm, agi, exp = await _a_full_minute(rclient, store)
     later = Clock(clock.now + 60)
-    agi, exp = keys.agg_index_key(w.ws), Expected()
-    for i in range(3):
-        exp.add(await adm.admit(limited, "web", f"u{i}"))
-    exp.add(await adm.admit(other, "web", "v0"))
     [b] = [int(x) for x in await rclient.zrange(agi, 0, -1)]
     # A flusher claims the closed bucket and dies before it commits anything.
     code, _ = await Claims(rclient, "crashed", 600_000, clock=later).claim(w.ws, "ag", b)
