@@ -44,6 +44,9 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:ag:<bucket_s>``   hash   aggregates of one flush bucket, field :func:`agg_field`
                              ``<app>\\t<channel>\\t<product>\\t<unit>\\t<metric>`` -> integer.
 ``P:agi``             zset   bucket starts (score = member) of ``P:ag:*`` hashes not yet claimed.
+                             Every existing ``P:ag:*`` hash is in it (scripts index a hash as they
+                             make it; admit.lua relies on that and indexes only new hashes): a
+                             hash left outside it (``P:agi`` deleted by hand) is never flushed.
 ``P:sr:<bucket_s>``   hash   billing sessions by block start (buckets as wide as the session
                              block): field ``app\tchannel\tuser`` -> ``conv_start,last-conv_start,
                              blocks,bsid,msgs,amount,product``, the live conversation and the record
