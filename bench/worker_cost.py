@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.proxy import APP, gateway_env, seed
-from bench.wrk_tools import BOT_BODY, HOST, nginx
+from bench.wrk_tools import BOT_BODY, HOST, nginx, stop
 from tests.support.servers import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,12 +118,7 @@ def measure(
             control(proc.pid, "-i", "off")
             control(proc.pid, "-d")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 120)  # a worker under valgrind is slow to exit
     total = 0
     for dump in tmp.glob(f"callgrind.{port}*"):
         # "summary:" heads a dump (0 when nothing was counted); "totals:" closes it.
