@@ -71,9 +71,7 @@ class Meter:
         token = self._admitter.new_token()
         t0 = time.perf_counter()
         try:
-            dec = await self._admitter.admit(
-                app_id, channel, user, key, kind=kind, token=token, digest=digest
-            )
+            dec = await self._admitter.submit(app_id, channel, user, key, kind, token, digest)
         except MeteringUnavailable as exc:
             self._metrics.redis_errors.inc()
             if self._fail_open:

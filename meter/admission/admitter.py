@@ -88,14 +88,31 @@ class Admitter:
         digest differs from the original's is another message under a reused key and is
         refused (``duplicate_delivery``); "" compares with nothing.
         """
+        return await self.submit(
+            app_id, channel, user, key, kind, token or self.new_token(), digest
+        )
+
+    def submit(
+        self,
+        app_id: str,
+        channel: str,
+        user: str,
+        key: str,
+        kind: MessageKind,
+        token: str,
+        digest: str,
+    ) -> asyncio.Future[Decision]:
+        """:meth:`admit` as a future to await (its arguments all given): a caller that
+        awaits it directly resumes with one frame fewer per message than through
+        :meth:`admit`. Raises what :meth:`admit` raises for a value that cannot be sent."""
         if digest and not digest.isalnum():
             raise ValueError("digest must be alphanumeric")
-        token = token or self.new_token()
-        ws = self._targets.workspace(app_id, channel, user, key)
-        if ws is None:
-            return unknown_app(key, token)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
+        ws = self._targets.workspace(app_id, channel, user, key)
+        if ws is None:
+            fut.set_result(unknown_app(key, token))
+            return fut
         arg = encode_args(app_id, channel, user, key, token, kind, digest)
         item = Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
         batch = self._pending.get(ws)
@@ -111,7 +128,7 @@ class Admitter:
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
-        return await fut
+        return fut
 
     def _dispatch(self) -> None:
         self._scheduled = False
