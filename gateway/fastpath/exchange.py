@@ -30,14 +30,12 @@ from gateway.fastpath.message import Message
 from gateway.fastpath.pool import ClientGone, Wait
 from gateway.fastpath.serving import FastServer
 from gateway.fastpath.upstream import UpstreamConnection
-from gateway.fastpath.wire import close_delimited, response_head, text_headers
-from gateway.forwarding import downstream_headers
+from gateway.fastpath.wire import answer_head, close_delimited, response_head, text_headers
 from gateway.metering import Admission, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
 from gateway.unbilled import Held
 
 log = logging.getLogger(__name__)
-_NO_BODY = frozenset({204, 304})
 
 
 class Exchange:
@@ -183,22 +181,17 @@ class Exchange:
         if self.conn.transport is None:  # the client is gone
             self.client_lost()
             return
-        src = text_headers(raw)
         if self.held is not None:  # read, answered once read (gateway.unbilled)
-            self.close_delimited = close_delimited(src)
+            self.close_delimited = close_delimited(text_headers(raw))
             if not self.held.head(status):  # a failure: answered at once
                 self._drop_upstream()
                 self.on_complete(False)
             return
-        out = downstream_headers(src)
-        if status in _NO_BODY:
-            if status == 204:
-                out.popall("Content-Length", None)
-        elif "Content-Length" not in out:
-            self.chunked = True  # re-framed for the client, as aiohttp does
-            self.close_delimited = close_delimited(src)
-            out["Transfer-Encoding"] = "chunked"
-        self._write_head(status, reason, list(out.items()))
+        keep = self.msg.keep_alive and not self.conn.closing
+        self.head, self.chunked = answer_head(status, reason, raw, self.server.date(), keep)
+        self.status = status  # once its head is made (see broken())
+        if self.chunked:
+            self.close_delimited = close_delimited(text_headers(raw))
 
     def on_body(self, chunk: bytes) -> None:
         if self.held is not None:

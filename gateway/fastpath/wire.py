@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.forwarding import SERVER
+from gateway.forwarding import HOP_BY_HOP, SERVER
 from gateway.inbound import Headers
 
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _SERVER_FIELD = f"Server: {SERVER}\r\n"
+_SERVER_BYTES = _SERVER_FIELD.encode()
+_HOP_BYTES = frozenset(name.lower().encode() for name in HOP_BY_HOP)
 
 
 def _enc(text: str) -> bytes:
@@ -52,6 +54,62 @@ def response_head(
     if not keep_alive:
         fields.append("Connection: close\r\n")
     return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, _enc("".join(fields)))
+
+
+def answer_head(
+    status: int, reason: bytes, raw: list[tuple[bytes, bytes]], date: str, keep_alive: bool
+) -> tuple[bytes, bool]:
+    """The head of a bot's answer as the client gets it, and whether its body is
+    re-framed chunked (it has no ``Content-Length``; as aiohttp does).
+
+    :func:`response_head` of :func:`gateway.forwarding.downstream_headers` (plus
+    ``Transfer-Encoding: chunked`` when re-framed; no ``Content-Length`` on a 204), made
+    from llhttp's header pairs without text or a multidict between: the same bytes
+    (tests/unit/test_wire.py compares the two). llhttp admits only token characters in a
+    name, so a name's ASCII lower case is its lower case as text; ``Connection``'s list
+    is read as text, as downstream_headers reads it.
+    """
+    drop, te = _hop_by_hop(raw)
+    length = has_date = has_server = False
+    fields = []
+    for name, value in raw:
+        low = name.lower()
+        if low in drop or low[:6] == b"proxy-":
+            continue
+        if low == b"content-length":
+            if te or status == 204:  # framing changes here, or no body at all
+                continue
+            length = True
+        elif low == b"date":
+            has_date = True
+        elif low == b"server":
+            has_server = True
+        fields.append(b"%b: %b\r\n" % (name, value))
+    chunked = not length and status != 204 and status != 304
+    if chunked:
+        fields.append(b"Transfer-Encoding: chunked\r\n")
+    if not has_date:
+        fields.append(b"Date: %b\r\n" % date.encode())
+    if not has_server:
+        fields.append(_SERVER_BYTES)
+    if not keep_alive:
+        fields.append(b"Connection: close\r\n")
+    return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, b"".join(fields)), chunked
+
+
+def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]:
+    """The lower-case names :func:`answer_head` drops, and whether the answer has a
+    ``Transfer-Encoding``."""
+    drop, te = _HOP_BYTES, False
+    for name, value in raw:
+        low = name.lower()
+        if low == b"connection":
+            listed = {t.strip().lower().encode("utf-8", "surrogateescape")
+                      for t in value.decode("utf-8", "surrogateescape").split(",")}  # fmt: skip
+            drop = drop | listed
+        elif low == b"transfer-encoding":
+            te = True
+    return drop, te
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:

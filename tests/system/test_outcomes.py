@@ -124,7 +124,7 @@ async def test_a_gateway_failure_while_answering_is_its_error_not_the_bots(
     def broken(*_: object) -> object:
         raise RuntimeError("a gateway bug")
 
-    monkeypatch.setattr(gateway.fastpath.exchange, "downstream_headers", broken)
+    monkeypatch.setattr(gateway.fastpath.exchange, "answer_head", broken)
     monkeypatch.setattr(gateway.proxy, "downstream_headers", broken)
     async with seeded_gateway(WS, apps()) as gw:
         assert await post(http, f"{gw.url}/hooks/web/{APP}/ok") == (500, "internal_error")
