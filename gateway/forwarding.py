@@ -203,4 +203,22 @@ def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     query = f"{own}&{query}" if own and query else own or query
     if query:
         url += "?" + query
-    return URL(url, encoded=True)
+    return _url_of(url)
+
+
+# Recent target URLs (an app's bot is mostly sent to a handful): a URL parsed once keeps
+# what yarl worked out of it (host, port, path), which each message used to redo. Bounded
+# in count and length, so a client varying its path or query only costs the cache misses.
+_URLS: dict[str, URL] = {}
+_URLS_MAX, _URL_MAX_LEN = 512, 512
+
+
+def _url_of(text: str) -> URL:
+    url = _URLS.get(text)
+    if url is None:
+        url = URL(text, encoded=True)
+        if len(text) <= _URL_MAX_LEN:
+            if len(_URLS) >= _URLS_MAX:
+                _URLS.clear()
+            _URLS[text] = url
+    return url

@@ -107,17 +107,31 @@ class Shares:
         t = self._tenants.get(tenant)
         return 0 if t is None else t.held
 
-    async def enter(self, tenant: str, key: Hashable, on_wait: OnWait) -> Ticket:
-        """A ticket of ``tenant`` at bot ``key``: at once if its share has room, else
-        once its turn comes; what ends the wait (see the module) is raised."""
+    def take(self, tenant: str, key: Hashable) -> Ticket | None:
+        """A ticket of ``tenant`` at bot ``key`` if its share has room now, else None
+        (:meth:`enter` waits for one): no coroutine for the common case."""
         t = self._tenants.get(tenant)
         if t is None:
+            if self.per_bot < 1 or self.total < 1:
+                return None  # and no state kept for the tenant
             t = self._tenants[tenant] = _Tenant(tenant)
         at = t.at.get(key, 0)
         if at < self.per_bot and t.held < self.total:  # then no one of it waits before
             t.at[key] = at + 1
             t.held += 1
             return Ticket(self, t, key)
+        return None
+
+    async def enter(self, tenant: str, key: Hashable, on_wait: OnWait) -> Ticket:
+        """A ticket of ``tenant`` at bot ``key``: at once if its share has room, else
+        once its turn comes; what ends the wait (see the module) is raised."""
+        now = self.take(tenant, key)
+        if now is not None:
+            return now
+        t = self._tenants.get(tenant)
+        if t is None:
+            t = self._tenants[tenant] = _Tenant(tenant)
+        at = t.at.get(key, 0)
         if self.refusing is not None:
             self._tidy(t)
             raise self.refusing()

@@ -22,7 +22,7 @@ from gateway.fastpath.wire import request_bytes, text_headers
 from gateway.forwarding import forwarded_headers
 from gateway.inbound import Inbound
 from gateway.problems import Problem, problem_of
-from gateway.tenant_share import Wait
+from gateway.tenant_share import OnWait, Wait
 from gateway.unbilled import Held
 from meter.redis_layer.keys import workspace_of
 
@@ -129,6 +129,23 @@ async def _connection(server: FastServer, ex: Exchange, host: str, port: int) ->
     if tenant is None:  # never: routed messages have a well-formed app id
         return await pool.acquire(host, port, ex, deadline)
 
+    key = (host, port)
+    ticket = pool.shares.take(tenant, key)  # the common case: no wait, no coroutine
+    if ticket is None:
+        ticket = await pool.shares.enter(tenant, key, _waiting(server, ex, deadline))
+    try:
+        upstream = await pool.acquire(host, port, ex, deadline)
+    except BaseException:
+        ticket.free()
+        raise
+    upstream.ticket = ticket
+    return upstream
+
+
+def _waiting(server: FastServer, ex: Exchange, deadline: float) -> OnWait:
+    """What a wait for a place of the share does: it ends at ``deadline``, or when
+    ``ex``'s client leaves."""
+
     def on_wait(wait: Wait) -> Callable[[], None]:
         timer = server.loop.call_at(deadline, expire, wait)
         ex.waiting(wait)  # its client leaving ends the wait
@@ -139,11 +156,4 @@ async def _connection(server: FastServer, ex: Exchange, host: str, port: int) ->
 
         return undo
 
-    ticket = await pool.shares.enter(tenant, (host, port), on_wait)
-    try:
-        upstream = await pool.acquire(host, port, ex, deadline)
-    except BaseException:
-        ticket.free()
-        raise
-    upstream.ticket = ticket
-    return upstream
+    return on_wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from gateway import forwarding
 from gateway.forwarding import (
     VIA_TOKEN,
     InvalidTail,
@@ -129,3 +130,20 @@ def test_the_app_header_is_the_gateways_own() -> None:
     assert out.getall("X-Creditgate-App") == ["ws_a1"]
     out, _ = forwarded_headers(src, "127.0.0.1", "http")  # no app: no client's either
     assert "X-Creditgate-App" not in out
+
+
+def test_target_urls_are_parsed_once_and_the_cache_stays_bounded() -> None:
+    first = target_url("http://127.0.0.1:9/bot", "/hooks/web/a1/x?q=1", "/hooks/web/a1", "/x")
+    again = target_url("http://127.0.0.1:9/bot", "/hooks/web/a1/x?q=1", "/hooks/web/a1", "/x")
+    assert again is first
+    assert str(again) == "http://127.0.0.1:9/bot/x?q=1"
+    # A client varying its query: the cache never holds more than its bound.
+    for n in range(3 * forwarding._URLS_MAX):
+        url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?n={n}", "/hooks/web/a1", "")
+        assert str(url) == f"http://127.0.0.1:9/bot?n={n}"
+        assert len(forwarding._URLS) <= forwarding._URLS_MAX
+    # A long one is parsed, never kept.
+    long = "q=" + "x" * forwarding._URL_MAX_LEN
+    url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?{long}", "/hooks/web/a1", "")
+    assert url.raw_query_string == long
+    assert str(url) not in forwarding._URLS

@@ -162,3 +162,24 @@ async def test_waits_are_counted() -> None:
     first.free()
     (await over).free()
     assert counted == [1]
+
+
+async def test_take_gives_a_place_only_while_the_share_has_room_and_never_jumps_a_waiter() -> None:
+    shares, waits = Shares(per_bot=1, total=5), Waits()
+    first = shares.take("t", X)
+    assert first is not None
+    assert shares.take("t", X) is None  # X's share is full: the caller must wait
+    assert shares.held("t") == 1
+    waiter = enter(shares, waits, "t", X)
+    await settle()
+    first.free()  # the place goes to the waiter, not to a later take()
+    assert shares.take("t", X) is None
+    (await waiter).free()
+    again = shares.take("t", X)
+    assert again is not None
+    again.free()
+    assert shares.held("t") == 0
+    assert not shares._tenants  # nothing kept for a tenant that holds nothing
+    no_room = Shares(per_bot=0, total=5)
+    assert no_room.take("t", X) is None
+    assert not no_room._tenants
