@@ -57,7 +57,7 @@ class Admitter:
         self._dispatch_at = settings.batch_dispatch_at
         self._inflight = 0  # calls sent and not yet answered
         self._tokens = itertools.count(1)
-        self._token_prefix = os.urandom(5).hex() + "."
+        self._token_format = os.urandom(5).hex() + ".%x"
 
     def argv_head(self, now: float) -> list[EncodableT]:
         """``admit.lua``'s ARGV before the admissions (:class:`AdmitHead`), as of ``now``;
@@ -66,7 +66,7 @@ class Admitter:
 
     def new_token(self) -> str:
         """A token unique to this process and attempt."""
-        return self._token_prefix + format(next(self._tokens), "x")
+        return self._token_format % next(self._tokens)
 
     async def admit(
         self,
