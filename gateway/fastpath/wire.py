@@ -104,12 +104,32 @@ def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]
     for name, value in raw:
         low = name.lower()
         if low == b"connection":
-            listed = {t.strip().lower().encode("utf-8", "surrogateescape")
-                      for t in value.decode("utf-8", "surrogateescape").split(",")}  # fmt: skip
-            drop = drop | listed
+            listed = _connection_drops(value)
+            drop = listed if drop is _HOP_BYTES else drop | listed
         elif low == b"transfer-encoding":
             te = True
     return drop, te
+
+
+# A bot sends the same Connection value on every answer ("keep-alive"): what each value
+# drops is worked out once (bounded, as the bot chooses the values: 256 values of at most
+# 64 bytes, cleared when full).
+_DROPS: dict[bytes, frozenset[bytes]] = {}
+
+
+def _connection_drops(value: bytes) -> frozenset[bytes]:
+    """The hop-by-hop names plus those one ``Connection`` value lists (as text, as
+    :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
+    drop = _DROPS.get(value)
+    if drop is None:
+        text = value.decode("utf-8", "surrogateescape")
+        drop = _HOP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
+                                for t in text.split(","))  # fmt: skip
+        if len(value) <= 64:  # a short value lists few names: the cache stays small
+            if len(_DROPS) >= 256:
+                _DROPS.clear()
+            _DROPS[value] = drop
+    return drop
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:

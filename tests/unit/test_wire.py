@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from gateway.fastpath import wire
 from gateway.fastpath.wire import answer_head, response_head, text_headers
 from gateway.forwarding import downstream_headers
 
@@ -81,3 +82,14 @@ def test_random_heads_agree() -> None:
         assert answer_head(status, b"Reason", raw, DATE, keep) == through_text(status, raw, keep), (
             raw
         )
+
+
+def test_connection_values_are_remembered_within_bounds() -> None:
+    for n in range(1000):  # a bot varying its Connection value
+        raw = [(b"Connection", b"x-%d" % n), (b"X-%d" % n, b"secret"), (b"Content-Length", b"0")]
+        head, _ = answer_head(200, b"OK", raw, DATE, True)
+        assert b"secret" not in head
+        assert len(wire._DROPS) <= 256
+    long = b"x-long," * 20
+    answer_head(200, b"OK", [(b"Connection", long)], DATE, True)
+    assert long not in wire._DROPS
