@@ -17,6 +17,7 @@ the bot may never send, until the read timeout.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Iterable
@@ -206,19 +207,17 @@ def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     return _url_of(url)
 
 
-# Recent target URLs (an app's bot is mostly sent to a handful): a URL parsed once keeps
-# what yarl worked out of it (host, port, path), which each message used to redo. Bounded
-# in count and length, so a client varying its path or query only costs the cache misses.
-_URLS: dict[str, URL] = {}
-_URLS_MAX, _URL_MAX_LEN = 512, 512
-
-
 def _url_of(text: str) -> URL:
-    url = _URLS.get(text)
-    if url is None:
-        url = URL(text, encoded=True)
-        if len(text) <= _URL_MAX_LEN:
-            if len(_URLS) >= _URLS_MAX:
-                _URLS.clear()
-            _URLS[text] = url
-    return url
+    # Recent target URLs are kept (an app's bot is mostly sent to a handful): a URL parsed
+    # once keeps what yarl worked out of it (host, port, path), which each message used
+    # to redo. Bounded in count and length: a client varying its path or query costs
+    # only the misses.
+    return _cached_url(text) if len(text) <= URL_CACHE_MAX_LEN else URL(text, encoded=True)
+
+
+URL_CACHE_MAX_LEN = 512
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_url(text: str) -> URL:
+    return URL(text, encoded=True)

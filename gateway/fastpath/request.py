@@ -8,6 +8,7 @@ a complete one in the same feed raises :class:`Pipelined`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import httptools
@@ -25,6 +26,16 @@ HEAD_BYTES = HEAD_LIMIT + 2 * MAX_FIELD
 FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*)?\Z")
 _DOTS = frozenset({b".", b".."})
+
+
+def _valid_host(value: bytes) -> bool:
+    # A client sends the same Host on every request: a short one is checked once.
+    return _host_checked(value) if len(value) <= 64 else valid_host(value.decode("latin-1"))
+
+
+@functools.lru_cache(maxsize=256)
+def _host_checked(value: bytes) -> bool:
+    return valid_host(value.decode("latin-1"))
 
 
 class Stop(Exception):
@@ -83,7 +94,7 @@ class RequestParser:
         if self._size > HEAD_LIMIT:
             raise Stop
         if low in SINGLE_LOWER:
-            if low in self._seen or (low == b"host" and not valid_host(value.decode("latin-1"))):
+            if low in self._seen or (low == b"host" and not _valid_host(value)):
                 raise Stop  # aiohttp refuses it (gateway.http_rules)
             self._seen.add(low)
         if low == b"content-length":

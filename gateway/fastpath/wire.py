@@ -9,6 +9,7 @@ else added.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict
@@ -111,25 +112,19 @@ def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]
     return drop, te
 
 
-# A bot sends the same Connection value on every answer ("keep-alive"): what each value
-# drops is worked out once (bounded, as the bot chooses the values: 256 values of at most
-# 64 bytes, cleared when full).
-_DROPS: dict[bytes, frozenset[bytes]] = {}
-
-
 def _connection_drops(value: bytes) -> frozenset[bytes]:
     """The hop-by-hop names plus those one ``Connection`` value lists (as text, as
     :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
-    drop = _DROPS.get(value)
-    if drop is None:
-        text = value.decode("utf-8", "surrogateescape")
-        drop = _HOP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
-                                for t in text.split(","))  # fmt: skip
-        if len(value) <= 64:  # a short value lists few names: the cache stays small
-            if len(_DROPS) >= 256:
-                _DROPS.clear()
-            _DROPS[value] = drop
-    return drop
+    # A bot sends the same value on every answer ("keep-alive"): a short one is worked
+    # out once (a short value lists few names, so the cache stays small).
+    return _drops_of(value) if len(value) <= 64 else _drops_of.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _drops_of(value: bytes) -> frozenset[bytes]:
+    text = value.decode("utf-8", "surrogateescape")
+    return _HOP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
+                            for t in text.split(","))  # fmt: skip
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:

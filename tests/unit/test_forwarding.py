@@ -138,12 +138,14 @@ def test_target_urls_are_parsed_once_and_the_cache_stays_bounded() -> None:
     assert again is first
     assert str(again) == "http://127.0.0.1:9/bot/x?q=1"
     # A client varying its query: the cache never holds more than its bound.
-    for n in range(3 * forwarding._URLS_MAX):
+    for n in range(1500):
         url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?n={n}", "/hooks/web/a1", "")
         assert str(url) == f"http://127.0.0.1:9/bot?n={n}"
-        assert len(forwarding._URLS) <= forwarding._URLS_MAX
+    info = forwarding._cached_url.cache_info()
+    assert info.currsize <= info.maxsize == 512
     # A long one is parsed, never kept.
-    long = "q=" + "x" * forwarding._URL_MAX_LEN
+    long = "q=" + "x" * forwarding.URL_CACHE_MAX_LEN
+    misses = info.misses
     url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?{long}", "/hooks/web/a1", "")
     assert url.raw_query_string == long
-    assert str(url) not in forwarding._URLS
+    assert forwarding._cached_url.cache_info().misses == misses
