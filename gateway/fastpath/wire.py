@@ -32,9 +32,12 @@ def request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes 
     """The whole request to the bot: head and body, written at once."""
     if (body is not None or method not in _GET_METHODS) and "Content-Length" not in headers:
         headers["Content-Length"] = str(len(body or b""))
-    fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
-    start = f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
-    head = _enc(f"{start}{fields}\r\n")
+    lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
+    # ": ".join, not an f-string: multidict's keys are istr, a str subclass, which an
+    # f-string formats through __format__ (some 900 instructions a field).
+    lines += [": ".join(field) for field in headers.items()]
+    lines += ("", "")  # the head's last field line and the empty line
+    head = _enc("\r\n".join(lines))
     return head + body if body else head
 
 

@@ -1,15 +1,18 @@
 """The fast path's answer head (gateway.fastpath.wire.answer_head) is byte for byte what
 the text route gives: gateway.forwarding.downstream_headers, then the fast path's own
-framing (chunked when there is no length, none on a 204), then response_head."""
+framing (chunked when there is no length, none on a 204), then response_head. Also: what
+the answer head remembers stays bounded, and a forwarded request's bytes."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.fastpath import wire
-from gateway.fastpath.wire import answer_head, response_head, text_headers
+from gateway.fastpath.wire import answer_head, request_bytes, response_head, text_headers
 from gateway.forwarding import downstream_headers
 
 DATE = "Wed, 02 Dec 2026 01:40:00 GMT"
@@ -95,3 +98,17 @@ def test_connection_values_are_remembered_within_bounds() -> None:
     head, _ = answer_head(200, b"OK", [(b"Connection", long), (b"X-Long", b"s")], DATE, True)
     assert b"X-Long" not in head
     assert wire._drops_of.cache_info().misses == info.misses  # worked out, not kept
+
+
+def test_a_forwarded_request_is_its_fields_one_per_line() -> None:
+    url = URL("http://127.0.0.1:9000/bot/chat?q=1", encoded=True)
+    empty: CIMultiDict[str] = CIMultiDict()
+    assert request_bytes("GET", url, empty, None) == (
+        b"GET /bot/chat?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n"
+    )
+    headers = text_headers([(b"X-A", b"1"), (b"x-b", b"caf\xc3\xa9 \xff"), (b"X-A", b"2")])
+    headers["Via"] = "1.1 creditgate"  # set: an istr key, as forwarded_headers sets them
+    assert request_bytes("POST", url, headers, b"{}") == (
+        b"POST /bot/chat?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-A: 1\r\n"
+        b"x-b: caf\xc3\xa9 \xff\r\nX-A: 2\r\nVia: 1.1 creditgate\r\nContent-Length: 2\r\n\r\n{}"
+    )
