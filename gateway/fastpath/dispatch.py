@@ -134,7 +134,7 @@ async def _connection(server: FastServer, ex: Exchange, host: str, port: int) ->
     if ticket is None:
         ticket = await pool.shares.enter(tenant, key, _waiting(server, ex, deadline))
     try:
-        upstream = await pool.acquire(host, port, ex, deadline)
+        upstream = pool.idle(host, port) or await pool.acquire(host, port, ex, deadline)
     except BaseException:
         ticket.free()
         raise

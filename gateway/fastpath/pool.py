@@ -121,11 +121,9 @@ class Pool:
             bot = self._bots.get(key)
             if bot is None:
                 bot = self._bots[key] = _Bot(key)
-            while bot.idle:
-                conn = bot.idle.pop()
-                del self._idle[conn]
-                if _alive(conn):
-                    return conn
+            conn = self._pop_idle(bot)
+            if conn is not None:
+                return conn
             if bot.count < self.per_bot:
                 if self.count >= self.total and self._idle:
                     self._evict(*next(iter(self._idle.items())))  # the oldest idle
@@ -148,6 +146,20 @@ class Pool:
             raise
         conn.counted = True
         return conn
+
+    def idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """An idle connection to the bot if one is alive, else None (:meth:`acquire`):
+        no coroutine for the common case."""
+        bot = self._bots.get((host, port))
+        return None if bot is None or self._closed else self._pop_idle(bot)
+
+    def _pop_idle(self, bot: _Bot) -> UpstreamConnection | None:
+        while bot.idle:
+            conn = bot.idle.pop()
+            del self._idle[conn]
+            if _alive(conn):
+                return conn
+        return None
 
     async def _wait(self, bot: _Bot, deadline: float, waiter: Waiter) -> UpstreamConnection | None:
         wait: Wait = self.loop.create_future()
