@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from gateway.channel_credentials import auth_unavailable
+from gateway.single_flight import SingleFlight
 from meter.accounts import channel_secrets
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
@@ -51,13 +52,17 @@ class ChannelKeys:
         self._timeout = settings.redis_timeout_s
         self._max_age = settings.channel_secret_max_age_s
         self._cache: dict[tuple[str, str], _Entry] = {}
+        self._loads: SingleFlight[tuple[str, str], _Entry] = SingleFlight()
 
     async def get(self, app_id: str, channel: str) -> ChannelKey | None:
-        """The channel's secrets, cached for ``channel_secret_max_age_s``."""
+        """The channel's secrets, cached for ``channel_secret_max_age_s`` (one read at a
+        time per app and channel, shared by the messages that wait for it)."""
         entry = self._cache.get((app_id, channel))
-        now = time.monotonic()
-        if entry is None or entry.expires <= now:
-            entry = await self._fill(app_id, channel, entry)
+        if entry is None or entry.expires <= time.monotonic():
+            stale = entry
+            entry = await self._loads.run(
+                (app_id, channel), lambda: self._fill(app_id, channel, stale)
+            )
         if entry.broken:
             raise auth_unavailable()
         return entry.key

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
+from gateway.single_flight import SingleFlight
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -44,7 +45,7 @@ class Upstreams:
         self._timeout = timeout
         self._max_age = max_age
         self._cache: dict[str, _Entry] = {}
-        self._loading: dict[str, asyncio.Future[str | None]] = {}
+        self._loads: SingleFlight[str, str | None] = SingleFlight()
 
     async def resolve(self, app_id: str) -> str | None:
         """Base URL as configured; ``None`` for an unknown app;
@@ -56,22 +57,7 @@ class Upstreams:
         ws = keys.workspace_of(app_id)
         if ws is None:
             return None
-        pending = self._loading.get(app_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._loading[app_id] = fut
-        try:
-            url = await self._fetch(ws, app_id, entry)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters get it, no "never retrieved" warning
-            raise
-        else:
-            fut.set_result(url)
-            return url
-        finally:
-            del self._loading[app_id]
+        return await self._loads.run(app_id, lambda: self._fetch(ws, app_id, entry))
 
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
         try:

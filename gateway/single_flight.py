@@ -1,0 +1,43 @@
+"""One load per key at a time: callers that ask for a key while it loads share the load."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlight(Generic[K, V]):
+    """Runs at most one load per key at a time; whoever asks meanwhile awaits the same.
+
+    Without it, every message that finds a cached value expired reads it again: at
+    hundreds of connections, hundreds of reads of one value at once. The load runs as
+    a task of its own, so a caller that is cancelled (its client left) neither cancels
+    it for the others nor hands them a cancellation that is not theirs.
+    """
+
+    def __init__(self) -> None:
+        self._loading: dict[K, asyncio.Task[V]] = {}
+
+    async def run(self, key: K, load: Callable[[], Coroutine[Any, Any, V]]) -> V:
+        """``load()``'s result (or exception), shared with every caller of ``key`` until
+        it is done; ``load`` is called only when no load of ``key`` is under way."""
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(load())
+            self._loading[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        # shield: a cancelled caller leaves the task running (and its exception retrieved).
+        return await asyncio.shield(task)
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+
+    def __len__(self) -> int:
+        """Loads under way."""
+        return len(self._loading)
