@@ -98,6 +98,11 @@ def measure(
     """Instructions per message of one worker of ``tree``, metering on or off."""
     port = free_port()
     env = gateway_env(redis_url, port, 1, metering, tmp, server=args.server)
+    # Under valgrind the worker runs some 50 times slower: with hundreds of connections
+    # the default deadlines (0.5 s for Redis, 2 s for a place at the bot) would refuse
+    # messages, which are not what is measured.
+    env.update(CREDITGATE_REDIS_TIMEOUT_S="30", CREDITGATE_UPSTREAM_CONNECT_TIMEOUT_S="30",
+               CREDITGATE_REFUND_WINDOW_S="60")  # fmt: skip
     env["PYTHONPATH"] = str(tree)  # ahead of the venv's own (editable) install
     out = tmp / f"callgrind.{port}"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
