@@ -1,13 +1,15 @@
 """Each worker's cache of the channel secrets projected into Redis
 (:mod:`meter.channel_secrets`): read per app and channel at most every
-``channel_secret_max_age_s``, decrypted once per change, kept stale while Redis does not
-answer."""
+``channel_secret_max_age_s`` (once half that old, again in the background: an app with
+traffic never makes a message wait for the read), decrypted once per change, kept stale
+while Redis does not answer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -46,23 +48,33 @@ class _Entry(NamedTuple):
 class ChannelKeys:
     """Cached ``(app, channel)`` -> :class:`ChannelKey` (``None``: no secret)."""
 
-    def __init__(self, client: RedisClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
+        self._clock = clock
         self._cipher = channel_secrets.cipher(settings)
         self._timeout = settings.redis_timeout_s
         self._max_age = settings.channel_secret_max_age_s
+        self._ahead = self._max_age / 2  # an entry with less left is read again ahead
         self._cache: dict[tuple[str, str], _Entry] = {}
         self._loads: SingleFlight[tuple[str, str], _Entry] = SingleFlight()
 
     async def get(self, app_id: str, channel: str) -> ChannelKey | None:
         """The channel's secrets, cached for ``channel_secret_max_age_s`` (one read at a
         time per app and channel, shared by the messages that wait for it)."""
-        entry = self._cache.get((app_id, channel))
-        if entry is None or entry.expires <= time.monotonic():
+        key = (app_id, channel)
+        entry = self._cache.get(key)
+        if entry is None or (left := entry.expires - self._clock()) <= 0:
             stale = entry
-            entry = await self._loads.run(
-                (app_id, channel), lambda: self._fill(app_id, channel, stale)
-            )
+            entry = await self._loads.run(key, lambda: self._fill(app_id, channel, stale))
+        elif left < self._ahead:  # read again ahead, so that nobody waits for it
+            cached = entry
+            self._loads.prefetch(key, lambda: self._fill(app_id, channel, cached))
         if entry.broken:
             raise auth_unavailable()
         return entry.key
@@ -81,7 +93,7 @@ class ChannelKeys:
                     return stale
                 raise MeteringUnavailable(f"redis: {exc!r}", ambiguous=False) from None
             raw = got.encode() if isinstance(got, str) else got
-        expires = time.monotonic() + self._max_age
+        expires = self._clock() + self._max_age
         if stale is not None and stale.raw == raw:
             entry = stale._replace(expires=expires)
         else:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+log = logging.getLogger(__name__)
 
 
 class SingleFlight(Generic[K, V]):
@@ -34,6 +37,15 @@ class SingleFlight(Generic[K, V]):
         # shield: a cancelled caller leaves the task running (and its exception retrieved).
         return await asyncio.shield(task)
 
+    def prefetch(self, key: K, load: Callable[[], Coroutine[Any, Any, V]]) -> None:
+        """Start ``load()`` unless a load of ``key`` is under way, and wait for nothing:
+        a cache refreshes a value this way before it expires, so that no caller waits."""
+        if key not in self._loading:
+            task = asyncio.get_running_loop().create_task(load())
+            self._loading[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+            task.add_done_callback(functools.partial(_report, key))
+
     def _done(self, key: K, task: asyncio.Task[V]) -> None:
         if self._loading.get(key) is task:
             del self._loading[key]
@@ -41,3 +53,9 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         """Loads under way."""
         return len(self._loading)
+
+
+def _report(key: object, task: asyncio.Task[Any]) -> None:
+    """A prefetch nobody may await: its failure is logged (and so retrieved)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("refreshing %r failed: %r", key, exc)

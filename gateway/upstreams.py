@@ -3,14 +3,17 @@
 Read from the app hash field ``up`` in Redis (:func:`meter.redis_layer.keys.app_key`), falling back
 to ``settings.default_upstream_url``. Each process caches an answer for at most
 ``max_age`` seconds (so an app changed through the admin API is followed within a
-second), coalesces concurrent look-ups of one app, and keeps serving a stale answer
-while Redis does not answer (traffic that fail-open mode serves still needs a target).
+second), coalesces concurrent look-ups of one app, reads an answer again in the
+background once it is half that old (an app with traffic never makes a message wait
+for the read), and keeps serving a stale answer while Redis does not answer (traffic
+that fail-open mode serves still needs a target).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
@@ -39,11 +42,14 @@ class Upstreams:
         default_url: str | None,
         timeout: float,
         max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._default = default_url or ""
         self._timeout = timeout
         self._max_age = max_age
+        self._ahead = max_age / 2  # an answer younger than this is used as it is
         self._cache: dict[str, _Entry] = {}
         self._loads: SingleFlight[str, str | None] = SingleFlight()
 
@@ -52,11 +58,17 @@ class Upstreams:
         :data:`NO_UPSTREAM` when the app has none. Raises :class:`MeteringUnavailable`
         when Redis does not answer and nothing is cached."""
         entry = self._cache.get(app_id)
-        if entry is not None and entry.expires > time.monotonic():
-            return entry.url
+        if entry is not None:
+            left = entry.expires - self._clock()
+            if left > self._ahead:
+                return entry.url
         ws = keys.workspace_of(app_id)
         if ws is None:
             return None
+        if entry is not None and left > 0:  # read again ahead: nobody waits for it
+            cached = entry
+            self._loads.prefetch(app_id, lambda: self._fetch(ws, app_id, cached))
+            return entry.url
         return await self._loads.run(app_id, lambda: self._fetch(ws, app_id, entry))
 
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
@@ -74,5 +86,5 @@ class Upstreams:
             url = text or self._default
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
-        self._cache[app_id] = _Entry(time.monotonic() + self._max_age, url)
+        self._cache[app_id] = _Entry(self._clock() + self._max_age, url)
         return url

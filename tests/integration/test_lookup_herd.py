@@ -1,10 +1,12 @@
-"""The per-worker caches in front of Redis read a value once however many messages
-find it missing or expired at the same time (a thundering herd at hundreds of
-connections made one read per waiting message)."""
+"""The per-worker caches in front of Redis (an app's upstream, a channel's secret) read
+a value once however many messages find it missing or expired at the same time (a
+thundering herd at hundreds of connections made one read per waiting message), and read
+it again ahead of its expiry, in the background, so that traffic never waits for it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.channel_keys import ChannelKeys
@@ -12,6 +14,7 @@ from gateway.upstreams import Upstreams
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient, connect
 from tests.support.channel_keys import SECRET, SECRET_KEY, set_secret
+from tests.support.clock import Clock
 from tests.support.settings import make_settings
 
 APP = "wsherd_app1"
@@ -52,5 +55,74 @@ async def test_concurrent_messages_resolve_an_upstream_once(redis_url: str, tmp_
         got = await asyncio.gather(*(ups.resolve(APP) for _ in range(64)))
         assert set(got) == {"http://127.0.0.1:9/"}
         assert await calls(client, "hmget") - before == 1
+    finally:
+        await client.aclose()
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait for ``check()`` (a read another task makes), however slow the machine."""
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
+
+
+async def test_an_upstream_is_read_again_ahead_of_its_expiry_without_a_wait(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings, clock = make_settings(redis_url, tmp_path), Clock()
+    client = connect(redis_url)
+    try:
+        apps = {APP: {"product": "automation", "upstream_url": "http://127.0.0.1:9/"}}
+        await seed(client, settings, "wsherd", apps)
+        ups = Upstreams(client, default_url=None, timeout=30, max_age=1.0, clock=clock)
+        before = await calls(client, "hmget")
+        assert await ups.resolve(APP) == "http://127.0.0.1:9/"
+        apps[APP]["upstream_url"] = "http://127.0.0.2:9/"  # changed by the admin API
+        await seed(client, settings, "wsherd", apps)
+        clock.advance(0.4)  # young: used as it is
+        assert await ups.resolve(APP) == "http://127.0.0.1:9/"
+        assert await calls(client, "hmget") - before == 1
+        clock.advance(0.2)  # half its age gone: served, and read again meanwhile
+        assert await ups.resolve(APP) == "http://127.0.0.1:9/"
+
+        async def changed() -> bool:
+            return await ups.resolve(APP) == "http://127.0.0.2:9/"
+
+        await until(changed)
+        assert await calls(client, "hmget") - before == 2  # one read ahead, shared
+        clock.advance(0.3)  # the refreshed answer (read at 0.6) is young: no read
+        await asyncio.gather(*(ups.resolve(APP) for _ in range(32)))
+        assert await calls(client, "hmget") - before == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_channel_secret_is_read_again_ahead_of_its_expiry_without_a_wait(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, tmp_path, secret_key=SECRET_KEY)
+    clock = Clock()
+    client = connect(redis_url)
+    try:
+        await set_secret(client, settings, APP, "slack")
+        cache = ChannelKeys(client, settings, clock=clock)
+        before = await calls(client, "hget")
+        first = await cache.get(APP, "slack")
+        assert first is not None
+        assert first.secret == SECRET
+        await set_secret(client, settings, APP, "slack", "rotated-" + "y" * 30)
+        clock.advance(0.6)  # of 1 s: served as cached, read again in the background
+        again = await cache.get(APP, "slack")
+        assert again is not None
+        assert again.secret == SECRET
+
+        async def rotated() -> bool:
+            got = await cache.get(APP, "slack")
+            return got is not None and got.secret == "rotated-" + "y" * 30
+
+        await until(rotated)
+        assert await calls(client, "hget") - before == 2
     finally:
         await client.aclose()

@@ -97,3 +97,23 @@ async def test_a_failed_load_whose_callers_all_left_is_not_reported_unretrieved(
     assert len(flights) == 0
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def test_prefetch_starts_one_load_that_callers_then_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+    loader = Loader()
+    flights.prefetch("k", loader.load)
+    flights.prefetch("k", loader.load)  # under way: not again
+    waiter = asyncio.create_task(flights.run("k", loader.load))
+    await settled()
+    assert loader.calls == 1
+    loader.release.set()
+    assert await waiter == "value 1"
+    # A failed prefetch nobody awaited is logged (and so never "never retrieved").
+    loader.fail = RuntimeError("redis down")
+    flights.prefetch("k", loader.load)
+    await settled()
+    assert len(flights) == 0
+    assert "refreshing 'k' failed" in caplog.text
