@@ -1,8 +1,8 @@
 """Each worker's cache of the channel secrets projected into Redis
 (:mod:`meter.channel_secrets`): read per app and channel at most every
-``channel_secret_max_age_s`` (once half that old, again in the background: an app with
-traffic never makes a message wait for the read), decrypted once per change, kept stale
-while Redis does not answer."""
+``channel_secret_max_age_s`` (in the last eighth of that, again in the background: an
+app with steady traffic never makes a message wait for the read), decrypted once per
+change, kept stale while Redis does not answer."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import orjson
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from gateway.channel_credentials import auth_unavailable
-from gateway.single_flight import SingleFlight
+from gateway.single_flight import AHEAD, SingleFlight
 from meter.accounts import channel_secrets
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
@@ -60,7 +61,7 @@ class ChannelKeys:
         self._cipher = channel_secrets.cipher(settings)
         self._timeout = settings.redis_timeout_s
         self._max_age = settings.channel_secret_max_age_s
-        self._ahead = self._max_age / 2  # an entry with less left is read again ahead
+        self._ahead = self._max_age * AHEAD  # an entry with less left is read again ahead
         self._cache: dict[tuple[str, str], _Entry] = {}
         self._loads: SingleFlight[tuple[str, str], _Entry] = SingleFlight()
 
@@ -69,12 +70,11 @@ class ChannelKeys:
         time per app and channel, shared by the messages that wait for it)."""
         key = (app_id, channel)
         entry = self._cache.get(key)
+        # partial, not lambda: a closure would make cells of these names on every call.
         if entry is None or (left := entry.expires - self._clock()) <= 0:
-            stale = entry
-            entry = await self._loads.run(key, lambda: self._fill(app_id, channel, stale))
+            entry = await self._loads.run(key, partial(self._fill, app_id, channel, entry))
         elif left < self._ahead:  # read again ahead, so that nobody waits for it
-            cached = entry
-            self._loads.prefetch(key, lambda: self._fill(app_id, channel, cached))
+            self._loads.prefetch(key, partial(self._fill, app_id, channel, entry))
         if entry.broken:
             raise auth_unavailable()
         return entry.key

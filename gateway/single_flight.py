@@ -13,6 +13,11 @@ V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
+# A cache reads an entry again in the background when a message finds it in the last
+# eighth of its life: a key asked for at least that often never makes a caller wait, and
+# is read at most 8/7 as often as by expiry alone (read at half its age, twice as often).
+AHEAD = 0.125
+
 
 class SingleFlight(Generic[K, V]):
     """Runs at most one load per key at a time; whoever asks meanwhile awaits the same.

@@ -4,9 +4,9 @@ Read from the app hash field ``up`` in Redis (:func:`meter.redis_layer.keys.app_
 to ``settings.default_upstream_url``. Each process caches an answer for at most
 ``max_age`` seconds (so an app changed through the admin API is followed within a
 second), coalesces concurrent look-ups of one app, reads an answer again in the
-background once it is half that old (an app with traffic never makes a message wait
-for the read), and keeps serving a stale answer while Redis does not answer (traffic
-that fail-open mode serves still needs a target).
+background when a message comes in the last eighth of its age (an app with steady
+traffic never makes a message wait for the read), and keeps serving a stale answer
+while Redis does not answer (traffic that fail-open mode serves still needs a target).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from gateway.single_flight import SingleFlight
+from gateway.single_flight import AHEAD, SingleFlight
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -49,7 +50,7 @@ class Upstreams:
         self._default = default_url or ""
         self._timeout = timeout
         self._max_age = max_age
-        self._ahead = max_age / 2  # an answer younger than this is used as it is
+        self._ahead = max_age * AHEAD  # an answer with less left is read again ahead
         self._cache: dict[str, _Entry] = {}
         self._loads: SingleFlight[str, str | None] = SingleFlight()
 
@@ -65,11 +66,11 @@ class Upstreams:
         ws = keys.workspace_of(app_id)
         if ws is None:
             return None
+        # partial, not lambda: a closure would make cells of these names on every call.
         if entry is not None and left > 0:  # read again ahead: nobody waits for it
-            cached = entry
-            self._loads.prefetch(app_id, lambda: self._fetch(ws, app_id, cached))
+            self._loads.prefetch(app_id, partial(self._fetch, ws, app_id, entry))
             return entry.url
-        return await self._loads.run(app_id, lambda: self._fetch(ws, app_id, entry))
+        return await self._loads.run(app_id, partial(self._fetch, ws, app_id, entry))
 
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
         try:

@@ -81,10 +81,10 @@ async def test_an_upstream_is_read_again_ahead_of_its_expiry_without_a_wait(
         assert await ups.resolve(APP) == "http://127.0.0.1:9/"
         apps[APP]["upstream_url"] = "http://127.0.0.2:9/"  # changed by the admin API
         await seed(client, settings, "wsherd", apps)
-        clock.advance(0.4)  # young: used as it is
+        clock.advance(0.8)  # young: used as it is
         assert await ups.resolve(APP) == "http://127.0.0.1:9/"
         assert await calls(client, "hmget") - before == 1
-        clock.advance(0.2)  # half its age gone: served, and read again meanwhile
+        clock.advance(0.1)  # in its last eighth: served, and read again meanwhile
         assert await ups.resolve(APP) == "http://127.0.0.1:9/"
 
         async def changed() -> bool:
@@ -92,7 +92,7 @@ async def test_an_upstream_is_read_again_ahead_of_its_expiry_without_a_wait(
 
         await until(changed)
         assert await calls(client, "hmget") - before == 2  # one read ahead, shared
-        clock.advance(0.3)  # the refreshed answer (read at 0.6) is young: no read
+        clock.advance(0.7)  # the refreshed answer (read at 0.9) is young: no read
         await asyncio.gather(*(ups.resolve(APP) for _ in range(32)))
         assert await calls(client, "hmget") - before == 2
     finally:
@@ -113,7 +113,7 @@ async def test_a_channel_secret_is_read_again_ahead_of_its_expiry_without_a_wait
         assert first is not None
         assert first.secret == SECRET
         await set_secret(client, settings, APP, "slack", "rotated-" + "y" * 30)
-        clock.advance(0.6)  # of 1 s: served as cached, read again in the background
+        clock.advance(0.9)  # of 1 s: served as cached, read again in the background
         again = await cache.get(APP, "slack")
         assert again is not None
         assert again.secret == SECRET
