@@ -92,7 +92,7 @@ class Meter:
             self._metrics.charge(dec.free, dec.app, dec.pool)
             if dec.new_session:
                 self._metrics.sessions_started.inc()
-        return Admission(app_id, dec, None)
+        return tuple.__new__(Admission, (app_id, dec, None))  # Admission(...) minus a frame
 
     async def check(self, app_id: str, channel: str, user: str) -> None:
         """Could the app be served now (suspension, licence, credit)? Charges nothing;

@@ -36,11 +36,7 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
     ex = Exchange(server, conn, msg, proxy.channels.get(channel).label)
     proxy.metrics.in_flight.inc()
     try:
-        body = msg.body
-
-        async def read_body() -> bytes:
-            return body
-
+        body, read_body = msg.body, msg.read_body  # a method: no closure per message
         inbound = Inbound(
             msg.method,
             msg.target,

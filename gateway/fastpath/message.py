@@ -33,6 +33,10 @@ class Message:
         self.keep_alive = True
         self.raw = b""  # the request's bytes, for a hand-off after routing
 
+    async def read_body(self) -> bytes:
+        """The body, read in full already (for the routing rules, which may ask)."""
+        return self.body
+
 
 def message_end(raw: bytes, length: int) -> int:
     """Length of the first request in ``raw`` as llhttp frames it (pipelining only).

@@ -114,7 +114,9 @@ class Admitter:
             fut.set_result(unknown_app(key, token))
             return fut
         arg = encode_args(app_id, channel, user, key, token, kind, digest)
-        item = Pending(arg, key, token, keys.record_id(channel, user, key, token), fut)
+        # tuple.__new__ is what Pending(...) does, minus a Python frame (once per message).
+        rid = keys.record_id(channel, user, key, token)
+        item = tuple.__new__(Pending, (arg, key, token, rid, fut))
         batch = self._pending.get(ws)
         if batch is None:
             self._pending[ws] = [item]
