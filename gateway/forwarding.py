@@ -17,7 +17,6 @@ the bot may never send, until the read timeout.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.inbound import Headers
+from gateway.memo import short_memo
 
 HOP_BY_HOP: tuple[str, ...] = (
     "Connection",
@@ -207,17 +207,12 @@ def target_url(base: str, raw_path: str, prefix: str, tail_decoded: str) -> URL:
     return _url_of(url)
 
 
-def _url_of(text: str) -> URL:
-    # Recent target URLs are kept (an app's bot is mostly sent to a handful): a URL parsed
-    # once keeps what yarl worked out of it (host, port, path), which each message used
-    # to redo. Bounded in count and length: a client varying its path or query costs
-    # only the misses.
-    return _cached_url(text) if len(text) <= URL_CACHE_MAX_LEN else URL(text, encoded=True)
-
-
 URL_CACHE_MAX_LEN = 512
 
 
-@functools.lru_cache(maxsize=512)
-def _cached_url(text: str) -> URL:
+# Recent target URLs are kept (an app's bot is mostly sent to a handful): a URL parsed
+# once keeps what yarl worked out of it (host, port, path), which each message used to
+# redo. A client varying its path or query costs only the misses.
+@short_memo(maxsize=512, max_len=URL_CACHE_MAX_LEN)
+def _url_of(text: str) -> URL:
     return URL(text, encoded=True)

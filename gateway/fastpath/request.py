@@ -8,13 +8,13 @@ a complete one in the same feed raises :class:`Pipelined`.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import httptools
 
 from gateway.fastpath.message import Message
 from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
+from gateway.memo import short_memo
 
 FAST_BODY = 64 * 1024
 MAX_FIELD = 4096
@@ -28,13 +28,8 @@ _ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*
 _DOTS = frozenset({b".", b".."})
 
 
+@short_memo(maxsize=256, max_len=64)  # a client sends the same Host on every request
 def _valid_host(value: bytes) -> bool:
-    # A client sends the same Host on every request: a short one is checked once.
-    return _host_checked(value) if len(value) <= 64 else valid_host(value.decode("latin-1"))
-
-
-@functools.lru_cache(maxsize=256)
-def _host_checked(value: bytes) -> bool:
     return valid_host(value.decode("latin-1"))
 
 

@@ -9,7 +9,6 @@ else added.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict
@@ -17,6 +16,7 @@ from yarl import URL
 
 from gateway.forwarding import HOP_BY_HOP, SERVER
 from gateway.inbound import Headers
+from gateway.memo import short_memo
 
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _SERVER_FIELD = f"Server: {SERVER}\r\n"
@@ -108,23 +108,19 @@ def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]
     for name, value in raw:
         low = name.lower()
         if low == b"connection":
-            listed = _connection_drops(value)
+            listed = _drops_of(value)
             drop = listed if drop is _HOP_BYTES else drop | listed
         elif low == b"transfer-encoding":
             te = True
     return drop, te
 
 
-def _connection_drops(value: bytes) -> frozenset[bytes]:
+# A bot sends the same value on every answer ("keep-alive"): a short one is worked out
+# once (a short value lists few names, so the cache stays small).
+@short_memo(maxsize=256, max_len=64)
+def _drops_of(value: bytes) -> frozenset[bytes]:
     """The hop-by-hop names plus those one ``Connection`` value lists (as text, as
     :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
-    # A bot sends the same value on every answer ("keep-alive"): a short one is worked
-    # out once (a short value lists few names, so the cache stays small).
-    return _drops_of(value) if len(value) <= 64 else _drops_of.__wrapped__(value)
-
-
-@functools.lru_cache(maxsize=256)
-def _drops_of(value: bytes) -> frozenset[bytes]:
     text = value.decode("utf-8", "surrogateescape")
     return _HOP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
                             for t in text.split(","))  # fmt: skip

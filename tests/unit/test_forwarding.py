@@ -141,11 +141,11 @@ def test_target_urls_are_parsed_once_and_the_cache_stays_bounded() -> None:
     for n in range(1500):
         url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?n={n}", "/hooks/web/a1", "")
         assert str(url) == f"http://127.0.0.1:9/bot?n={n}"
-    info = forwarding._cached_url.cache_info()
+    info = forwarding._url_of.cache_info()
     assert info.currsize <= info.maxsize == 512
     # A long one is parsed, never kept.
     long = "q=" + "x" * forwarding.URL_CACHE_MAX_LEN
     misses = info.misses
     url = target_url("http://127.0.0.1:9/bot", f"/hooks/web/a1?{long}", "/hooks/web/a1", "")
     assert url.raw_query_string == long
-    assert forwarding._cached_url.cache_info().misses == misses
+    assert forwarding._url_of.cache_info().misses == misses
