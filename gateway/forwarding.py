@@ -107,18 +107,18 @@ def forwarded_headers(
     out = _end_to_end(
         src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY, True
     )
-    xff = src.get("X-Forwarded-For")
+    xff = _joined(src, "X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
     out["X-Forwarded-Proto"] = scheme
     host = src.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
-    fwd = src.get("Forwarded")
+    fwd = _joined(src, "Forwarded")
     if fwd:
         out["Forwarded"] = f"{fwd}, for={_node(peer)}"
     if "X-Real-IP" in src:  # one address by convention: only the peer's is true
         out["X-Real-IP"] = peer
-    via = src.get("Via")
+    via = _joined(src, "Via")
     out["Via"] = f"{via}, {_VIA}" if via else _VIA
     if app:
         out[APP_HEADER] = app
@@ -127,6 +127,13 @@ def forwarded_headers(
         rid = new_request_id()
         out["X-Request-Id"] = rid
     return out, rid
+
+
+def _joined(src: Headers, name: str) -> str:
+    """Every line of list header ``name``, as one list (RFC 9110 §5.3): a chain sent as
+    several lines is forwarded whole, not cut at its first line."""
+    values = src.getall(name, ())
+    return values[0] if len(values) == 1 else ", ".join(values)
 
 
 def _node(peer: str) -> str:

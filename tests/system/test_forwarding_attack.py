@@ -185,6 +185,23 @@ async def test_the_bot_is_never_told_a_client_address_the_gateway_did_not_see(
     assert not bot.header_values("X-Real-IP")
 
 
+async def test_a_chain_sent_as_several_lines_reaches_the_bot_whole(edge: Edge) -> None:
+    # Several lines of one list header are one comma-joined list (RFC 9110 §5.3): keeping
+    # only the first line would drop the rest of the chain, and with it the proxies the
+    # bot may trust to name the client.
+    lines = (
+        b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n"
+        b"Forwarded: for=10.0.0.1\r\nForwarded: for=10.0.0.2\r\n"
+        b"Via: 1.0 edge-a\r\nVia: 1.1 edge-b\r\n"
+    )
+    (resp,) = await edge.send(message(extra=lines))
+    assert resp.status == 200, resp.body[:300]
+    bot = edge.bot
+    assert bot.header_values("X-Forwarded-For") == [b"10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
+    assert bot.header_values("Forwarded") == [b"for=10.0.0.1, for=10.0.0.2, for=127.0.0.1"]
+    assert bot.header_values("Via") == [b"1.0 edge-a, 1.1 edge-b, 1.1 creditgate"]
+
+
 async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> None:
     await edge.send(message(extra=b"X-Request-Id: mine\r\n"))
     assert edge.bot.header_values("X-Request-Id") == [b"mine"]
