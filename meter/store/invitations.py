@@ -9,7 +9,8 @@ transaction; declining or cancelling deletes it.
 Writes lock the target's row (the workspace or the app) first, so an invitation, its
 acceptance, its withdrawal (:mod:`meter.store.withdrawals`) and the cap on pending
 invitations are decided one at a time per target (PostgreSQL: ``FOR UPDATE``; SQLite:
-the transaction holds the write lock from the start).
+the transaction holds the write lock from the start). A new invitation then locks the
+inviter's and the invitee's user rows, whose caps span targets.
 
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
@@ -147,6 +148,13 @@ class Invitations(StoreCore):
                 if int(offered["created_at"]) > since:  # another role: a new offer
                     await c.execute(insert, *values(inv, INVITATION_COLUMNS))
                     return "pending", offered["role"]
+            # The inviter's and the invitee's caps span targets, which the target's lock
+            # does not serialize: their rows are locked too (in id order, so two
+            # invitations naming the same two people cannot wait on each other), or
+            # concurrent invitations on other targets would all see room and pass a cap
+            # together (PostgreSQL; SQLite's write lock already makes them one at a time).
+            for user in sorted({inv.invited_by, inv.user_id}):
+                await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", user)
             if await self._count(c, "target", inv.target, since) >= caps.target:
                 return "full", None
             if await self._count(c, "invited_by", inv.invited_by, since) >= caps.inviter:

@@ -262,6 +262,54 @@ async def test_one_inviter_and_one_invitee_have_caps(any_admin: Admin) -> None:
     assert n == MAX_PER_INVITEE
 
 
+async def test_concurrent_invitations_on_other_targets_never_pass_a_cap_together(
+    any_admin: Admin,
+) -> None:
+    """Two owners invite one invitee who has room for one more, at once: each locks its
+    own target, so only the invitee's row can make them count one at a time. Forced:
+    the first to count the invitee's invitations goes on only once the other has counted
+    them too, or is seen waiting on a lock (PostgreSQL; SQLite's write lock makes them
+    one at a time)."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    victim, _ = await person(admin, "victim")
+    tok1, ws1 = await admin.owner_workspace("one")
+    tok2, ws2 = await admin.owner_workspace("two")
+    await fill(admin, ws1, MAX_PER_INVITEE - 1, user_id=victim)
+    real = admin.store._count  # type: ignore[attr-defined]
+    counting: list[str] = []
+    both = asyncio.Event()
+
+    async def lock_waiters() -> int:
+        async with admin.store.connection() as c:
+            n = await c.fetchval(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+        return int(n or 0)
+
+    async def paused(c: Any, column: str, key: str, since: int) -> int:
+        n: int = await real(c, column, key, since)
+        if column == "user_id" and key == victim:
+            counting.append(key)
+            if len(counting) == 2:
+                both.set()
+            while not both.is_set() and not await lock_waiters():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # polls another process's state; no deadline
+        return n
+
+    admin.store._count = paused  # type: ignore[attr-defined]
+    answers = await asyncio.gather(
+        admin.api("POST", f"/v1/workspaces/{ws1}/members", tok1, {"user_id": victim}),
+        admin.api("POST", f"/v1/workspaces/{ws2}/members", tok2, {"user_id": victim}),
+    )
+    assert [status for status, _ in answers] == [201, 201]  # one is answered as made
+    async with admin.store.connection() as c:
+        n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE user_id = ?", victim)
+    assert n == MAX_PER_INVITEE
+
+
 async def test_names_refuse_control_and_format_characters(any_admin: Admin) -> None:
     admin = any_admin
     tok, ws = await admin.owner_workspace()
