@@ -14,7 +14,8 @@ inviter's and the invitee's user rows, whose caps span targets.
 
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
-invitation of the same user to the same target replaces it. An offer never changes in
+invitation of the same user to the same target replaces it; its inviter's next
+invitation, to anyone, deletes it. An offer never changes in
 place: another role is a new invitation with a new id, so the invitee accepts exactly
 what they were shown.
 """
@@ -155,6 +156,14 @@ class Invitations(StoreCore):
             # together (PostgreSQL; SQLite's write lock already makes them one at a time).
             for user in sorted({inv.invited_by, inv.user_id}):
                 await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", user)
+            # The inviter's expired invitations go (nothing reads them): an inviter has at
+            # most their cap open and what expired since they last invited, where expired
+            # rows used to stay until replaced.
+            await c.execute(
+                "DELETE FROM invitations WHERE invited_by = ? AND created_at <= ?",
+                inv.invited_by,
+                since,
+            )
             if await self._count(c, "target", inv.target, since) >= caps.target:
                 return "full", None
             if await self._count(c, "invited_by", inv.invited_by, since) >= caps.inviter:

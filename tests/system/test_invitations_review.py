@@ -219,6 +219,35 @@ async def test_invitations_expire(any_admin: Admin) -> None:
     assert new["id"] != old["id"]
 
 
+async def test_an_inviters_expired_invitations_are_swept_when_they_invite_again(
+    any_admin: Admin,
+) -> None:
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    path = f"/v1/workspaces/{ws}/members"
+    first, second, third = [(await person(admin, n))[0] for n in ("first", "second", "third")]
+    for user in (first, second):
+        await admin.ok("POST", path, tok, {"user_id": user})
+    other_tok, other_ws = await admin.owner_workspace("other")  # another inviter's
+    await admin.ok("POST", f"/v1/workspaces/{other_ws}/members", other_tok, {"user_id": first})
+    ttl_ms = int(admin.settings.invitation_ttl_s * 1000)
+
+    async def invitees(inviter: str) -> set[str]:
+        async with admin.store.connection() as c:
+            rows = await c.fetch("SELECT user_id FROM invitations WHERE invited_by = ?", inviter)
+        return {r["user_id"] for r in rows}
+
+    async with admin.store.connection() as c:  # as if the lifetime had passed
+        await c.execute("UPDATE invitations SET created_at = created_at - ? - 1", ttl_ms)
+    assert await invitees(owner) == {first, second}  # expired, still stored
+    await admin.ok("POST", path, tok, {"user_id": third})
+    assert await invitees(owner) == {third}
+    async with admin.store.connection() as c:  # the other inviter's wait for them
+        n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE target = ?", other_ws)
+    assert n == 1
+
+
 async def fill(admin: Admin, ws: str, n: int, *, user_id: str = "", invited_by: str = "") -> None:
     """``n`` open invitations straight into the store, each to a target of its own: to
     ``user_id`` or from ``invited_by`` (the other side random)."""
