@@ -30,8 +30,12 @@ does. Prints one table. One round is noisy on a shared machine: ``--rounds N`` r
 every contestant N times, rounds alternating, and reports each ratio as the median of
 the rounds' ratios with every round's value beside it.
 
+``--pin K`` confines each contestant to the first K CPUs and everything else (wrk, hey,
+the bot, Redis) to the rest, as a many-core measurement would; without it all share
+every CPU.
+
     .venv/bin/python -m bench.proxy [--duration 10] [--connections 64] [--users 1]
-        [--only REGEX] [--baseline REF] [--rounds 1]
+        [--only REGEX] [--baseline REF] [--rounds 1] [--pin K]
 """
 
 from __future__ import annotations
@@ -145,6 +149,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--only", default="", help="run only contestants matching this regex")
     parser.add_argument(
+        "--pin",
+        type=int,
+        default=0,
+        metavar="K",
+        help="confine each contestant to the first K CPUs and wrk, hey, the bot and Redis "
+        "to the others (the 'all workers' contestants then run K workers); 0: no pinning",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -164,6 +176,7 @@ class Bench:
     redis_url: str
     bot_port: int
     all_workers: int
+    cpus: frozenset[int] = frozenset()  # the contestants' CPUs (--pin), or all
     results: list[Result] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # contestants answered with errors
     baseline_bin: str = ""
@@ -216,9 +229,9 @@ class Bench:
         print(f"  {name}: {self.results[-1].rps:,.0f} req/s", file=sys.stderr)
 
     def nginx_proxies(self) -> None:
-        for w in (1, self.all_workers):
+        for w in sorted({1, self.all_workers}):  # one run when --pin 1
             port = free_port()
-            with nginx(self.tmp, port, w, PROXY_BODY, f"{HOST}:{self.bot_port}"):
+            with nginx(self.tmp, port, w, PROXY_BODY, f"{HOST}:{self.bot_port}", self.cpus):
                 self.run(f"nginx proxy_pass {w}w", port)
 
     def naive(self) -> None:
@@ -226,7 +239,7 @@ class Bench:
         bot = f"http://{HOST}:{self.bot_port}"
         naive = [sys.executable, "-m", "bench.naive_proxy",
                  "--port", str(port), "--redis", self.redis_url, "--upstream", bot]  # fmt: skip
-        with process(naive, port) as proc:
+        with process(naive, port, cpus=self.cpus) as proc:
             self.run("naive aiohttp+EVALSHA 1w", port, proc)
 
     def creditgate(self, server: str, prefix: str) -> None:
@@ -234,14 +247,14 @@ class Bench:
         unmetered max rate (hey), for the latency below saturation."""
         half = 0.0
         for metering in (False, True):
-            for w in (1, self.all_workers):
+            for w in sorted({1, self.all_workers}):  # one run when --pin 1
                 label = "on" if metering else "off"
                 name = f"{prefix} metering {label} {w}w"
                 if not self.wanted(name):
                     continue
                 port, admin_port = free_port(), free_port()
                 env = gateway_env(self.redis_url, port, w, metering, self.tmp, admin_port, server)
-                with process([CREDITGATE, "serve"], port, env) as proc:
+                with process([CREDITGATE, "serve"], port, env, self.cpus) as proc:
                     self.run(name, port, proc, f"http://{HOST}:{admin_port}")
                     if w != 1:
                         continue
@@ -259,7 +272,7 @@ class Bench:
         env.update(CREDITGATE_GC_FREEZE="off", CREDITGATE_GC_THRESHOLD="700")
         name = "creditgate on 1w, default GC"
         if self.wanted(name):
-            with process([CREDITGATE, "serve"], port, env) as proc:
+            with process([CREDITGATE, "serve"], port, env, self.cpus) as proc:
                 self.run(name, port, proc, f"http://{HOST}:{admin_port}")
 
     def baseline(self, ref: str, server: str = "aiohttp") -> None:
@@ -271,7 +284,7 @@ class Bench:
         for name in ("CREDITGATE_STATE_DIR", "CREDITGATE_EGRESS_ALLOW"):
             if name not in self.baseline_knows:  # an older release refuses what it lacks
                 env.pop(name)
-        with process([old, "serve"], port, env) as proc:
+        with process([old, "serve"], port, env, self.cpus) as proc:
             self.run(f"release {ref} on 1w", port, proc)
 
 
@@ -281,10 +294,18 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"bench/proxy.py needs {tool}: run `make bench` (installs nginx, wrk, hey)")
     all_workers = os.cpu_count() or 2
+    cpus: frozenset[int] = frozenset()
+    if args.pin:
+        mine = sorted(os.sched_getaffinity(0))
+        if not 0 < args.pin < len(mine):
+            sys.exit(f"--pin {args.pin}: needs 1 to {len(mine) - 1} of the {len(mine)} CPUs")
+        # This process and all it starts (Redis, the bot, wrk, hey) take the rest.
+        cpus, all_workers = frozenset(mine[: args.pin]), args.pin
+        os.sched_setaffinity(0, mine[args.pin :])
     with tempfile.TemporaryDirectory(prefix="creditgate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         redis = start_redis(tmp / "redis")
-        bench = Bench(args, tmp, redis.url, free_port(), all_workers)
+        bench = Bench(args, tmp, redis.url, free_port(), all_workers, cpus)
         rounds: list[list[Result]] = []
         try:
             with nginx(tmp, bench.bot_port, all_workers, BOT_BODY, f"{HOST}:{bench.bot_port}"):
@@ -346,8 +367,11 @@ def print_table(rounds: list[list[Result]], all_workers: int, args: argparse.Nam
     results = median_runs(rounds)
     users = f", {args.users:,} random users" if args.users > 1 else ""
     median = f", median of {len(rounds)} rounds" if len(rounds) > 1 else ""
+    pinned = ""
+    if args.pin:
+        pinned = f" (contestants on {args.pin}, wrk, hey, bot and Redis on the others)"
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s{users}, loopback, "
-          f"{os.cpu_count()} CPUs, bot = nginx return 200{median}\n")  # fmt: skip
+          f"{os.cpu_count()} CPUs{pinned}, bot = nginx return 200{median}\n")  # fmt: skip
     print(f"| {'contestant':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
           f"| {'CPU us/req':>10} | {'GC us/req':>9} | {'admit ms':>8} "
           f"| {'batch':>6} | {'redis us/req':>12} |")  # fmt: skip

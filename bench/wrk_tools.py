@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +116,23 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {HOST}:{port}")
 
 
+def _on_cpus(cpus: Collection[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that confines the child (and all it forks) to ``cpus``."""
+    if not cpus:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
 @contextlib.contextmanager
-def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> Iterator[None]:
+def nginx(
+    workdir: Path,
+    port: int,
+    workers: int,
+    body: str,
+    upstream: str,
+    cpus: Collection[int] | None = None,
+) -> Iterator[None]:
     d = workdir / f"nginx-{port}"
     d.mkdir()
     conf = d / "nginx.conf"
@@ -126,7 +141,7 @@ def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> I
             workers=workers, dir=d, upstream=upstream, host=HOST, port=port, body=body
         )
     )
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)])
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)], preexec_fn=_on_cpus(cpus))
     try:
         _wait_port(port)
         yield
@@ -137,12 +152,18 @@ def nginx(workdir: Path, port: int, workers: int, body: str, upstream: str) -> I
 
 @contextlib.contextmanager
 def process(
-    argv: list[str], port: int, env: dict[str, str] | None = None
+    argv: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    cpus: Collection[int] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` running until the block ends, confined to ``cpus`` when given."""
     # Output goes to a file beside the run, so a failing contestant can be diagnosed.
     log = Path(tempfile.gettempdir()) / f"creditgate-bench-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_on_cpus(cpus)
+        )
     print(f"  (log of {Path(argv[1]).name if len(argv) > 1 else argv[0]}: {log})", file=sys.stderr)
     try:
         _wait_port(port)
