@@ -154,7 +154,8 @@ def parse_args() -> argparse.Namespace:
         default=0,
         metavar="K",
         help="confine each contestant to the first K CPUs and wrk, hey, the bot and Redis "
-        "to the others (the 'all workers' contestants then run K workers); 0: no pinning",
+        "to the others (the 'all workers' contestants and the bot then run K workers); 0: no "
+        "pinning",
     )
     parser.add_argument(
         "--rounds",

@@ -9,19 +9,19 @@ transaction; declining or cancelling deletes it.
 Writes lock the target's row (the workspace or the app) first, so an invitation, its
 acceptance, its withdrawal (:mod:`meter.store.withdrawals`) and the cap on pending
 invitations are decided one at a time per target (PostgreSQL: ``FOR UPDATE``; SQLite:
-the transaction holds the write lock from the start). A new invitation then locks the
-inviter's and the invitee's user rows, whose caps span targets.
+the transaction holds the write lock from the start). A new invitation first takes the
+inviter's and the invitee's advisory locks, whose caps span targets (``_lock_people``).
 
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
 invitation of the same user to the same target replaces it; its inviter's next
-invitation, to anyone, deletes it. An offer never changes in
-place: another role is a new invitation with a new id, so the invitee accepts exactly
-what they were shown.
+invitation, to anyone, deletes it. An offer never changes in place: another role is a
+new invitation with a new id, so the invitee accepts exactly what they were shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -67,6 +67,12 @@ class Caps:
     invitee: int
 
 
+def _lock_key(user_id: str) -> int:
+    """A user's advisory-lock key for invitations: 64 bits of a digest, signed."""
+    digest = hashlib.blake2b(b"invitations:" + user_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def invitation_row(r: Row) -> Invitation:
     return row_as(Invitation, r, INVITATION_COLUMNS)
 
@@ -85,6 +91,21 @@ class Invitations(StoreCore):
         )
         return await c.fetchrow(sql + self.for_update, target)
 
+    async def _lock_people(self, c: Conn, *user_ids: str) -> None:
+        """Hold the caps of these users until the commit (PostgreSQL; SQLite's write lock
+        already makes invitations one at a time).
+
+        The inviter's and the invitee's caps span targets, which the target's lock does
+        not serialize: without this, concurrent invitations to other targets would all see
+        room and pass a cap together. Advisory locks, taken first and in one order, so
+        they never close a cycle with a row lock: a transaction waits for them holding
+        nothing, and no other transaction takes them (user rows, whose locks meet every
+        foreign-key check on them, deadlocked with app creation and acceptance)."""
+        if self.dialect != "postgresql":
+            return
+        for key in sorted({_lock_key(u) for u in user_ids}):
+            await c.execute("SELECT pg_advisory_xact_lock(?)", key)
+
     async def _count(self, c: Conn, column: str, key: str, since: int) -> int:
         n = await c.fetchval(
             f"SELECT COUNT(*) AS n FROM invitations WHERE {column} = ? AND created_at > ?",
@@ -101,13 +122,14 @@ class Invitations(StoreCore):
         * ``pending``: an invitation of theirs is open; another role replaces it by
           ``inv`` (a new id: the old one can no longer be accepted);
         * ``full`` / ``inviter_full``: the target / the inviter has as many open
-          invitations as its cap; nothing is written;
-        * ``quiet``: the invitee holds ``caps.invitee`` open invitations; nothing is
-          written, and the caller answers as for ``created`` (no oracle);
+          invitations as its cap; no invitation is written;
+        * ``quiet``: the invitee holds ``caps.invitee`` open invitations; no invitation
+          is written, and the caller answers as for ``created`` (no oracle);
         * ``created``: a new pending invitation;
         * ``gone``: the workspace or app no longer exists.
         """
         async with self.transaction() as c:
+            await self._lock_people(c, inv.invited_by, inv.user_id)
             if await self._lock_target(c, inv.kind, inv.target) is None:
                 return "gone", None  # the workspace or app was deleted meanwhile
             if inv.kind == "workspace":
@@ -149,18 +171,13 @@ class Invitations(StoreCore):
                 if int(offered["created_at"]) > since:  # another role: a new offer
                     await c.execute(insert, *values(inv, INVITATION_COLUMNS))
                     return "pending", offered["role"]
-            # The inviter's and the invitee's caps span targets, which the target's lock
-            # does not serialize: their rows are locked too (in id order, so two
-            # invitations naming the same two people cannot wait on each other), or
-            # concurrent invitations on other targets would all see room and pass a cap
-            # together (PostgreSQL; SQLite's write lock already makes them one at a time).
-            for user in sorted({inv.invited_by, inv.user_id}):
-                await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", user)
             # The inviter's expired invitations go (nothing reads them): an inviter has at
             # most their cap open and what expired since they last invited, where expired
-            # rows used to stay until replaced.
+            # rows used to stay until replaced. A row another transaction holds (replacing
+            # it) is left to it: skipped, never waited for.
             await c.execute(
-                "DELETE FROM invitations WHERE invited_by = ? AND created_at <= ?",
+                "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "
+                f"WHERE invited_by = ? AND created_at <= ?{self.skip_locked})",
                 inv.invited_by,
                 since,
             )

@@ -202,6 +202,21 @@ async def test_a_chain_sent_as_several_lines_reaches_the_bot_whole(edge: Edge) -
     assert bot.header_values("Via") == [b"1.0 edge-a, 1.1 edge-b, 1.1 creditgate"]
 
 
+async def test_an_empty_first_line_never_hides_a_spoofed_entry(edge: Edge) -> None:
+    # Reading the first line alone, an empty one meant "no Forwarded sent": the client's
+    # lines then went through untouched, and the last entry the bot read was the spoof.
+    spoof = (
+        b"Forwarded:\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-For:\r\nX-Forwarded-For: 6.6.6.6\r\n"
+    )
+    (resp,) = await edge.send(message(extra=spoof))
+    assert resp.status == 200, resp.body[:300]
+    bot = edge.bot
+    [fwd] = bot.header_values("Forwarded")
+    assert fwd.endswith(b"for=6.6.6.6, for=127.0.0.1"), fwd
+    [xff] = bot.header_values("X-Forwarded-For")
+    assert xff.endswith(b"6.6.6.6, 127.0.0.1"), xff
+
+
 async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> None:
     await edge.send(message(extra=b"X-Request-Id: mine\r\n"))
     assert edge.bot.header_values("X-Request-Id") == [b"mine"]

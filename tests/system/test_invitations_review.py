@@ -219,6 +219,54 @@ async def test_invitations_expire(any_admin: Admin) -> None:
     assert new["id"] != old["id"]
 
 
+async def test_invitations_into_a_workspace_and_its_app_at_once_both_succeed(
+    any_admin: Admin,
+) -> None:
+    """The owner invites one user into the workspace and another onto its app at once
+    (PostgreSQL). Forced: the workspace invitation holds the workspace's lock until the
+    app invitation is seen waiting on a lock (or done). Locking the users' rows after the
+    target deadlocked here: the app invitation's foreign key waits for the workspace,
+    whose invitation then waits for the inviter's row (one 503 deadlock_detected)."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws)
+    member, _ = await person(admin, "member")
+    dev, _ = await person(admin, "dev")
+    real = admin.store._lock_target  # type: ignore[attr-defined]
+    paused, second_done = asyncio.Event(), asyncio.Event()
+
+    async def lock_waiters() -> int:
+        async with admin.store.connection() as c:
+            n = await c.fetchval(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+        return int(n or 0)
+
+    async def holding(c: Any, kind: str, target: str) -> Any:
+        row = await real(c, kind, target)
+        if kind == "workspace" and not paused.is_set():
+            paused.set()
+            while not second_done.is_set() and not await lock_waiters():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # polls another process's state; no deadline
+        return row
+
+    admin.store._lock_target = holding  # type: ignore[attr-defined]
+    first = asyncio.ensure_future(
+        admin.api("POST", f"/v1/workspaces/{ws}/members", tok, {"user_id": member})
+    )
+    await paused.wait()
+    try:
+        second = await admin.api(
+            "POST", f"/v1/apps/{app}/collaborators", tok, {"user_id": dev, "role": "viewer"}
+        )
+    finally:
+        second_done.set()
+    assert ((await first)[0], second[0]) == (201, 201), (await first, second)
+
+
 async def test_an_inviters_expired_invitations_are_swept_when_they_invite_again(
     any_admin: Admin,
 ) -> None:
