@@ -237,19 +237,11 @@ async def test_invitations_into_a_workspace_and_its_app_at_once_both_succeed(
     real = admin.store._lock_target  # type: ignore[attr-defined]
     paused, second_done = asyncio.Event(), asyncio.Event()
 
-    async def lock_waiters() -> int:
-        async with admin.store.connection() as c:
-            n = await c.fetchval(
-                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
-        return int(n or 0)
-
     async def holding(c: Any, kind: str, target: str) -> Any:
         row = await real(c, kind, target)
         if kind == "workspace" and not paused.is_set():
             paused.set()
-            while not second_done.is_set() and not await lock_waiters():  # noqa: ASYNC110
+            while not second_done.is_set() and not await lock_waiters(admin):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)  # polls another process's state; no deadline
         return row
 
@@ -339,14 +331,50 @@ async def test_one_inviter_and_one_invitee_have_caps(any_admin: Admin) -> None:
     assert n == MAX_PER_INVITEE
 
 
+async def lock_waiters(admin: Admin) -> int:
+    """Backends of the test's database waiting on a lock (row or advisory) right now."""
+    async with admin.store.connection() as c:
+        n = await c.fetchval(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+    return int(n or 0)
+
+
+async def race_past_count(
+    admin: Admin, column: str, key: str, calls: list[tuple[str, str, dict[str, Any]]]
+) -> list[int]:
+    """Make ``calls`` at once, each going on from its count of ``column`` = ``key`` only
+    once the other has counted too or is seen waiting on a lock; their statuses."""
+    real = admin.store._count  # type: ignore[attr-defined]
+    counted: list[str] = []
+    both = asyncio.Event()
+
+    async def paused(c: Any, col: str, k: str, since: int) -> int:
+        n: int = await real(c, col, k, since)
+        if (col, k) == (column, key):
+            counted.append(k)
+            if len(counted) == 2:
+                both.set()
+            while not both.is_set() and not await lock_waiters(admin):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # polls another process's state; no deadline
+        return n
+
+    admin.store._count = paused  # type: ignore[attr-defined]
+    try:
+        answers = await asyncio.gather(*(admin.api("POST", p, t, b) for p, t, b in calls))
+    finally:
+        admin.store._count = real  # type: ignore[attr-defined]
+    return [status for status, _ in answers]
+
+
 async def test_concurrent_invitations_on_other_targets_never_pass_a_cap_together(
     any_admin: Admin,
 ) -> None:
     """Two owners invite one invitee who has room for one more, at once: each locks its
-    own target, so only the invitee's row can make them count one at a time. Forced:
-    the first to count the invitee's invitations goes on only once the other has counted
-    them too, or is seen waiting on a lock (PostgreSQL; SQLite's write lock makes them
-    one at a time)."""
+    own target, so only a lock of the invitee's makes them count one at a time. Forced
+    by :func:`race_past_count` (PostgreSQL; SQLite's write lock makes them one at a
+    time)."""
     admin = any_admin
     if admin.store.dialect != "postgresql":
         return
@@ -354,37 +382,39 @@ async def test_concurrent_invitations_on_other_targets_never_pass_a_cap_together
     tok1, ws1 = await admin.owner_workspace("one")
     tok2, ws2 = await admin.owner_workspace("two")
     await fill(admin, ws1, MAX_PER_INVITEE - 1, user_id=victim)
-    real = admin.store._count  # type: ignore[attr-defined]
-    counting: list[str] = []
-    both = asyncio.Event()
-
-    async def lock_waiters() -> int:
-        async with admin.store.connection() as c:
-            n = await c.fetchval(
-                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
-        return int(n or 0)
-
-    async def paused(c: Any, column: str, key: str, since: int) -> int:
-        n: int = await real(c, column, key, since)
-        if column == "user_id" and key == victim:
-            counting.append(key)
-            if len(counting) == 2:
-                both.set()
-            while not both.is_set() and not await lock_waiters():  # noqa: ASYNC110
-                await asyncio.sleep(0.005)  # polls another process's state; no deadline
-        return n
-
-    admin.store._count = paused  # type: ignore[attr-defined]
-    answers = await asyncio.gather(
-        admin.api("POST", f"/v1/workspaces/{ws1}/members", tok1, {"user_id": victim}),
-        admin.api("POST", f"/v1/workspaces/{ws2}/members", tok2, {"user_id": victim}),
-    )
-    assert [status for status, _ in answers] == [201, 201]  # one is answered as made
+    statuses = await race_past_count(admin, "user_id", victim, [
+        (f"/v1/workspaces/{ws1}/members", tok1, {"user_id": victim}),
+        (f"/v1/workspaces/{ws2}/members", tok2, {"user_id": victim}),
+    ])  # fmt: skip
+    assert statuses == [201, 201]  # one is answered as made, not made
     async with admin.store.connection() as c:
         n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE user_id = ?", victim)
     assert n == MAX_PER_INVITEE
+
+
+async def test_one_inviter_never_passes_their_cap_on_two_targets_at_once(
+    any_admin: Admin,
+) -> None:
+    """The same for the inviter's cap: one owner, room for one more invitation, two of
+    their workspaces and two invitees at once; only a lock of the inviter's serializes
+    them."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    tok, ws1 = await admin.owner_workspace()
+    ws2 = await admin.new_workspace(tok, "Second")
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws1}", tok))["owner_id"]
+    await fill(admin, ws1, MAX_BY_INVITER - 1, invited_by=owner)
+    first, _ = await person(admin, "first")
+    second, _ = await person(admin, "second")
+    statuses = await race_past_count(admin, "invited_by", owner, [
+        (f"/v1/workspaces/{ws1}/members", tok, {"user_id": first}),
+        (f"/v1/workspaces/{ws2}/members", tok, {"user_id": second}),
+    ])  # fmt: skip
+    assert sorted(statuses) == [201, 409]  # the second is too_many_invitations
+    async with admin.store.connection() as c:
+        n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE invited_by = ?", owner)
+    assert n == MAX_BY_INVITER
 
 
 async def test_names_refuse_control_and_format_characters(any_admin: Admin) -> None:
