@@ -115,6 +115,23 @@ class Invitations(StoreCore):
         return int(n or 0)
 
     async def invite(self, inv: Invitation, caps: Caps, since: int) -> tuple[Outcome, str | None]:
+        """:meth:`_invite`, then the inviter's expired invitations go (nothing reads them):
+        an inviter keeps at most their cap open and what expired since they last invited,
+        where expired rows used to stay until replaced. In a transaction of its own that
+        skips rows another one holds: it waits for nothing, so it can be in no deadlock
+        (inside the invitation's, it held rows a replacing invitation waited for while it
+        waited for that one's workspace)."""
+        outcome = await self._invite(inv, caps, since)
+        async with self.transaction() as c:
+            await c.execute(
+                "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "
+                f"WHERE invited_by = ? AND created_at <= ?{self.skip_locked})",
+                inv.invited_by,
+                since,
+            )
+        return outcome
+
+    async def _invite(self, inv: Invitation, caps: Caps, since: int) -> tuple[Outcome, str | None]:
         """Invite ``inv.user_id`` to ``inv.target``, in one step; returns what happened
         and, for an app, the role the user had before (active or offered):
 
@@ -171,16 +188,6 @@ class Invitations(StoreCore):
                 if int(offered["created_at"]) > since:  # another role: a new offer
                     await c.execute(insert, *values(inv, INVITATION_COLUMNS))
                     return "pending", offered["role"]
-            # The inviter's expired invitations go (nothing reads them): an inviter has at
-            # most their cap open and what expired since they last invited, where expired
-            # rows used to stay until replaced. A row another transaction holds (replacing
-            # it) is left to it: skipped, never waited for.
-            await c.execute(
-                "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "
-                f"WHERE invited_by = ? AND created_at <= ?{self.skip_locked})",
-                inv.invited_by,
-                since,
-            )
             if await self._count(c, "target", inv.target, since) >= caps.target:
                 return "full", None
             if await self._count(c, "invited_by", inv.invited_by, since) >= caps.inviter:

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 from meter.accounts.invitations import MAX_BY_INVITER, MAX_PER_INVITEE
+from meter.store import Caps, Invitation
 from tests.support.adminkit import Admin
 from tests.support.settings import OPERATOR_TOKEN
 
@@ -257,6 +258,56 @@ async def test_invitations_into_a_workspace_and_its_app_at_once_both_succeed(
     finally:
         second_done.set()
     assert ((await first)[0], second[0]) == (201, 201), (await first, second)
+
+
+async def test_a_sweep_never_holds_a_row_that_a_replacing_invitation_waits_for(
+    any_admin: Admin,
+) -> None:
+    """P's invitation of X into workspace W has expired. P invites Y onto app A in W
+    while the owner invites X into W again (replacing P's row), at once (PostgreSQL).
+    Forced: P's invitation waits at its first count until the owner's is seen waiting on
+    a lock, or done. Sweeping inside P's transaction deadlocked here: P held the expired
+    row the owner's invitation must delete, then its own insert waited for W's lock."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws)
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    now = 2**52  # the clock of these direct store calls; every TTL check is relative
+    since = now - 1
+    async with admin.store.connection() as c:
+        await c.execute(
+            "INSERT INTO invitations (id, kind, target, workspace_id, app_id, user_id, "
+            "role, invited_by, created_at) VALUES (?, 'workspace', ?, ?, NULL, 'uX', NULL, "
+            "'uP', ?)",
+            "iexpired",
+            ws,
+            ws,
+            since,  # expired: not after since
+        )
+    caps = Caps(100, 200, 100)
+    real = admin.store._count  # type: ignore[attr-defined]
+    paused, second_done = asyncio.Event(), asyncio.Event()
+
+    async def holding(c: Any, column: str, key: str, since_ms: int) -> int:
+        if (column, key) == ("target", app) and not paused.is_set():
+            paused.set()
+            while not second_done.is_set() and not await lock_waiters(admin):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # polls another process's state; no deadline
+        n: int = await real(c, column, key, since_ms)
+        return n
+
+    admin.store._count = holding  # type: ignore[attr-defined]
+    by_p = Invitation("ip", "app", app, ws, app, "uY", "viewer", "uP", now)
+    first = asyncio.ensure_future(admin.store.invite(by_p, caps, since))
+    await paused.wait()
+    by_owner = Invitation("iowner", "workspace", ws, ws, None, "uX", None, owner, now)
+    try:
+        second = await admin.store.invite(by_owner, caps, since)
+    finally:
+        second_done.set()
+    assert (await first, second) == (("created", None), ("created", None))
 
 
 async def test_an_inviters_expired_invitations_are_swept_when_they_invite_again(
