@@ -34,11 +34,7 @@ class SingleFlight(Generic[K, V]):
     async def run(self, key: K, load: Callable[[], Coroutine[Any, Any, V]]) -> V:
         """``load()``'s result (or exception), shared with every caller of ``key`` until
         it is done; ``load`` is called only when no load of ``key`` is under way."""
-        task = self._loading.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(load())
-            self._loading[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
+        task = self._loading.get(key) or self._start(key, load)
         # shield: a cancelled caller leaves the task running (and its exception retrieved).
         return await asyncio.shield(task)
 
@@ -46,10 +42,13 @@ class SingleFlight(Generic[K, V]):
         """Start ``load()`` unless a load of ``key`` is under way, and wait for nothing:
         a cache refreshes a value this way before it expires, so that no caller waits."""
         if key not in self._loading:
-            task = asyncio.get_running_loop().create_task(load())
-            self._loading[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-            task.add_done_callback(functools.partial(_report, key))
+            self._start(key, load).add_done_callback(functools.partial(_report, key))
+
+    def _start(self, key: K, load: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Task[V]:
+        task = asyncio.get_running_loop().create_task(load())
+        self._loading[key] = task
+        task.add_done_callback(functools.partial(self._done, key))
+        return task
 
     def _done(self, key: K, task: asyncio.Task[V]) -> None:
         if self._loading.get(key) is task:
