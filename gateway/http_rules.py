@@ -13,6 +13,10 @@ meter one thing and the bot receive another:
   them; the coded bytes would reach the bot as the body);
 * a head over :data:`HEAD_LIMIT` bytes in all: 431 (each field is limited by the parser,
   their sum is not);
+* a forwarding chain (:data:`CHAINED`) over :data:`CHAIN_LIMIT` bytes once its lines are
+  joined: 431 (the gateway forwards it as one line, with the peer appended; a chain sent
+  as many short lines would otherwise reach the bot as a line longer than any the gateway
+  takes, and a bot's server refuses such a line: nginx and aiohttp at 8 KiB);
 * a header the gateway decides by (channel user, idempotency key, credentials) given
   more than once: 400 (the gateway would decide by one value, the bot might read another);
 * a ``Connection`` header listing one of them: 400 (a proxy drops what ``Connection``
@@ -51,6 +55,11 @@ SINGLE = (
     "Content-Type",
 )
 SINGLE_LOWER = frozenset(name.lower().encode() for name in SINGLE)  # for the fast path
+# List headers the gateway appends to (gateway.forwarding), and the most bytes of one,
+# joined, that it takes: with the peer appended the line stays under 8 KiB.
+CHAINED = ("X-Forwarded-For", "Forwarded", "Via")
+CHAINED_LOWER = frozenset(name.lower().encode() for name in CHAINED)
+CHAIN_LIMIT = 8000
 _SINGLE_TOKENS = frozenset(name.lower() for name in SINGLE)
 _CONTINUE = web.RequestKey("creditgate.expect_continue", bool)  # True while a 100 is owed
 _CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -120,6 +129,11 @@ def _problem(request: web.Request) -> web.Response | None:
         return _refuse(431, "header_fields_too_large", "Request header fields too large",
                        f"the limit is {HEAD_LIMIT} bytes of header fields")  # fmt: skip
     headers = request.headers
+    for name in CHAINED:
+        lines = headers.getall(name, ())
+        if lines and sum(map(len, lines)) + 2 * (len(lines) - 1) > CHAIN_LIMIT:
+            return _refuse(431, "header_fields_too_large", "Request header fields too large",
+                           f"{name} is over {CHAIN_LIMIT} bytes, its lines joined")  # fmt: skip
     for name in SINGLE:
         if len(headers.getall(name, ())) > 1:
             return _refuse(400, "duplicate_header", "Duplicate header",

@@ -13,7 +13,7 @@ import re
 import httptools
 
 from gateway.fastpath.message import Message
-from gateway.http_rules import HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
+from gateway.http_rules import CHAINED_LOWER, HEAD_LIMIT, SINGLE_LOWER, lists_decided, valid_host
 from gateway.memo import short_memo
 
 FAST_BODY = 64 * 1024
@@ -26,6 +26,10 @@ HEAD_BYTES = HEAD_LIMIT + 2 * MAX_FIELD
 FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*)?\Z")
 _DOTS = frozenset({b".", b".."})
+# Given twice, these are aiohttp's to decide (gateway.http_rules): a decided header's
+# second value is refused; a forwarding chain's lines are joined, and refused past
+# CHAIN_LIMIT. A chain's single line here is under MAX_FIELD, so within it.
+_ONCE_HERE = SINGLE_LOWER | CHAINED_LOWER
 
 
 @short_memo(maxsize=256, max_len=64)  # a client sends the same Host on every request
@@ -54,7 +58,7 @@ class RequestParser:
         self._msg = Message()
         self._count = 0
         self._size = 0  # bytes of header fields
-        self._seen: set[bytes] = set()  # headers of SINGLE_LOWER seen
+        self._seen: set[bytes] = set()  # headers of _ONCE_HERE seen
         self._url = b""
 
     def reset(self) -> None:
@@ -88,7 +92,7 @@ class RequestParser:
         self._size += len(name) + len(value)
         if self._size > HEAD_LIMIT:
             raise Stop
-        if low in SINGLE_LOWER:
+        if low in _ONCE_HERE:
             if low in self._seen or (low == b"host" and not _valid_host(value)):
                 raise Stop  # aiohttp refuses it (gateway.http_rules)
             self._seen.add(low)

@@ -217,6 +217,38 @@ async def test_an_empty_first_line_never_hides_a_spoofed_entry(edge: Edge) -> No
     assert xff.endswith(b"6.6.6.6, 127.0.0.1"), xff
 
 
+def chain_value(name: bytes, size: int) -> bytes:
+    """A value of list header ``name``, ``size`` bytes of entries."""
+    entry = {b"X-Forwarded-For": b"10.0.0.1", b"Forwarded": b"for=10.0.0.1"}.get(name, b"1.1 e")
+    value = b", ".join([entry] * (size // (len(entry) + 2)))
+    return value + b"x" * (size - len(value))  # the last entry padded to the exact size
+
+
+def chain_lines(name: bytes, lines: int, size: int) -> bytes:
+    return (name + b": " + chain_value(name, size) + b"\r\n") * lines
+
+
+@pytest.mark.parametrize("name", [b"X-Forwarded-For", b"Forwarded", b"Via"])
+async def test_a_chain_too_long_once_joined_is_refused_before_admission(
+    edge: Edge, name: bytes
+) -> None:
+    # Each line passes every per-line limit; joined, they would reach the bot as one line
+    # of 12 KB, longer than any line the gateway takes and than a bot's server takes
+    # (nginx, aiohttp: 8 KiB): the client's message would fail there, charged.
+    (resp,) = await edge.send(message(extra=chain_lines(name, 3, 4000)))
+    assert problem(resp, 431) == "header_fields_too_large"
+    assert await edge.untouched()
+
+
+async def test_a_chain_under_the_limit_once_joined_reaches_the_bot_as_one_line(
+    edge: Edge,
+) -> None:
+    (resp,) = await edge.send(message(extra=chain_lines(b"X-Forwarded-For", 2, 3990)))
+    assert resp.status == 200, resp.body[:300]
+    line = chain_value(b"X-Forwarded-For", 3990)
+    assert edge.bot.header_values("X-Forwarded-For") == [line + b", " + line + b", 127.0.0.1"]
+
+
 async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> None:
     await edge.send(message(extra=b"X-Request-Id: mine\r\n"))
     assert edge.bot.header_values("X-Request-Id") == [b"mine"]
