@@ -46,9 +46,17 @@ def open_since(d: Deps) -> int:
     return d.now_ms() - int(d.settings.invitation_ttl_s * 1000)
 
 
+def swept_before(since: int, d: Deps) -> int:
+    """Invitations made at or before this instant (ms) may be deleted: a lifetime past
+    their expiry (``since``: :func:`open_since`), the margin for the clocks and lifetimes
+    of other processes (decision 0009)."""
+    return since - int(d.settings.invitation_ttl_s * 1000)
+
+
 async def _invite(d: Deps, actor: str, inv: Invitation, what: str) -> Invited:
     caps = Caps(MAX_PENDING, MAX_BY_INVITER, MAX_PER_INVITEE)
-    outcome, before = await d.store.invite(inv, caps, open_since(d))
+    since = open_since(d)
+    outcome, before = await d.store.invite(inv, caps, since, swept_before(since, d))
     role: Role | None = inv.role  # type: ignore[assignment]  # checked by the caller
     if outcome == "gone":
         raise NotFound(inv.kind, inv.target)

@@ -15,8 +15,9 @@ inviter's and the invitee's advisory locks, whose caps span targets (``_lock_peo
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
 invitation of the same user to the same target replaces it; its inviter's next
-invitation, to anyone, deletes it. An offer never changes in place: another role is a
-new invitation with a new id, so the invitee accepts exactly what they were shown.
+invitation, to anyone, deletes it once it is a lifetime past its expiry. An offer never
+changes in place: another role is a new invitation with a new id, so the invitee accepts
+exactly what they were shown.
 """
 
 from __future__ import annotations
@@ -114,20 +115,24 @@ class Invitations(StoreCore):
         )
         return int(n or 0)
 
-    async def invite(self, inv: Invitation, caps: Caps, since: int) -> tuple[Outcome, str | None]:
-        """:meth:`_invite`, then the inviter's expired invitations go (nothing reads them):
-        an inviter keeps at most their cap open and what expired since they last invited,
-        where expired rows used to stay until replaced. In a transaction of its own that
-        skips rows another one holds: it waits for nothing, so it can be in no deadlock
-        (inside the invitation's, it held rows a replacing invitation waited for while it
-        waited for that one's workspace)."""
+    async def invite(
+        self, inv: Invitation, caps: Caps, since: int, swept: int
+    ) -> tuple[Outcome, str | None]:
+        """:meth:`_invite`, then the inviter's invitations made at or before ``swept``
+        (long expired: nothing reads them) go; expired rows used to stay until replaced.
+        ``swept`` is a lifetime before ``since``, so a process with a clock ahead, or a
+        shorter lifetime during a rolling deploy, never deletes an invitation another
+        still counts as open. In a transaction of its own that skips rows another one
+        holds: it waits for nothing, so it can be in no deadlock (inside the invitation's,
+        it held rows a replacing invitation waited for while it waited for that one's
+        workspace)."""
         outcome = await self._invite(inv, caps, since)
         async with self.transaction() as c:
             await c.execute(
                 "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "
                 f"WHERE invited_by = ? AND created_at <= ?{self.skip_locked})",
                 inv.invited_by,
-                since,
+                swept,
             )
         return outcome
 
