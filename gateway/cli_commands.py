@@ -233,6 +233,12 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             print(f"{rep.workspace_id}: re-provisioned from the store")
         if rep.applied and rep.mismatches:
             print(f"{rep.workspace_id}: applied {len(rep.mismatches)} corrections")
+        for kind, buckets in rep.stranded.items():
+            what = "usage buckets" if kind == "ag" else "billing-session buckets"
+            fix = "indexed" if apply else "reconcile --apply indexes them"
+            print(f"{rep.workspace_id}: {len(buckets)} {what} outside their index, never "
+                  f"flushed ({fix}): {', '.join(map(str, buckets))}")  # fmt: skip
+            bad += 0 if apply else len(buckets)
         if rep.unsettled:
             print(f"{rep.workspace_id}: not corrected: balances moved while comparing "
                   "(stop traffic, then run again)")  # fmt: skip

@@ -46,7 +46,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 ``P:agi``             zset   bucket starts (score = member) of ``P:ag:*`` hashes not yet claimed.
                              Every existing ``P:ag:*`` hash is in it (scripts index a hash as they
                              make it; admit.lua relies on that and indexes only new hashes): a
-                             hash left outside it (``P:agi`` deleted by hand) is never flushed.
+                             hash left outside it (``P:agi`` deleted by hand) is not flushed
+                             until ``creditgate reconcile --apply`` indexes it again.
 ``P:sr:<bucket_s>``   hash   billing sessions by block start (buckets as wide as the session
                              block): field ``app\tchannel\tuser`` -> ``conv_start,last-conv_start,
                              blocks,bsid,msgs,amount,product``, the live conversation and the record

@@ -16,6 +16,11 @@ session and claim ids cannot collide with flushed ones). Usage that was never fl
 gone with the data: it shows as a difference and is not charged. Run ``apply`` with
 traffic stopped; balances are corrected by increments, not overwritten, and only when a
 second comparison finds the same (admissions moving balances meanwhile stop it).
+
+Live flush buckets outside their index (:mod:`meter.usage.stranded`) are listed too:
+no flusher takes them, and their usage counts in no unflushed total. ``apply`` puts them
+back in their index before comparing, so that usage is flushed and billed, not given
+back as a difference.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
 from meter.store import Store
+from meter.usage import stranded
 from meter.usage.unflushed import Rows, read_with_unflushed
 
 __all__ = ["SEQ_FLOOR_PER_MS", "compare", "reconcile", "store_values"]
@@ -74,6 +80,8 @@ class Report:
     reprovisioned: bool = False
     applied: bool = False
     unsettled: bool = False  # not applied: balances moved while comparing
+    # kind ("ag", "sr") -> live buckets found outside their index (indexed if applied)
+    stranded: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def mismatches(self) -> list[Difference]:
@@ -134,16 +142,31 @@ async def compare(store: Store, client: RedisClient, ws: str) -> Report:
 
 
 async def reconcile_workspace(
-    store: Store, client: RedisClient, settings: Settings, ws: str, *, apply: bool = False
+    store: Store,
+    client: RedisClient,
+    settings: Settings,
+    ws: str,
+    *,
+    apply: bool = False,
+    strays: dict[str, list[int]] | None = None,
 ) -> Report:
     """Compare (and with ``apply`` correct) one workspace.
 
     Corrections are made only when two comparisons in a row (after any re-provisioning)
     find the same mismatches with the same Redis values: a balance that moved between
     them (traffic not stopped) leaves Redis untouched, ``applied`` false and
-    ``unsettled`` true.
+    ``unsettled`` true. ``strays``: its buckets outside their index
+    (:func:`meter.usage.stranded.find`), indexed first with ``apply``.
     """
+    strays = strays or {}
+    if apply:
+        strays = {
+            kind: indexed
+            for kind, buckets in strays.items()
+            if (indexed := await stranded.check(client, ws, kind, buckets, index=True))
+        }
     report = await compare(store, client, ws)
+    report.stranded = strays
     if apply:
         report.reprovisioned = await reprovision(store, client, settings, ws)
         # Both after re-provisioning (it may write a workspace or an app again).
@@ -239,4 +262,8 @@ async def reconcile(
 ) -> list[Report]:
     """Reports for one workspace or every workspace of the store."""
     spaces = [workspace] if workspace else await store.list_workspaces()
-    return [await reconcile_workspace(store, client, settings, ws, apply=apply) for ws in spaces]
+    strays = await stranded.find(client, workspace)
+    return [
+        await reconcile_workspace(store, client, settings, ws, apply=apply, strays=strays.get(ws))
+        for ws in spaces
+    ]

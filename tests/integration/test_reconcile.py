@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from redis.asyncio import RedisCluster as Cluster
 
 from gateway import cli_commands
 from meter.accounts import projection
@@ -129,3 +130,46 @@ async def test_a_free_charge_refunded_after_its_credits_lapsed_is_a_ledger_lapse
         (rebuilt,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
         assert rebuilt.applied
         assert [int(v or 0) for v in await rclient.hmget(wk, ["free", "lapsed"])] == [0, 5 * USD]
+
+
+async def test_usage_outside_its_index_is_indexed_then_billed_not_given_back(
+    request: pytest.FixtureRequest, tmp_path: Path, client: RedisClient
+) -> None:
+    """The indexes deleted by hand: the flusher no longer finds the live buckets, and
+    their usage counts in no unflushed total. Reconcile lists them (SCAN: of every
+    master on a cluster); --apply indexes them, so the next flush bills them, instead of
+    giving back the balance they took."""
+    rclient = client
+    url = store_url("sqlite", request, tmp_path)
+    where = "redis_cluster" if isinstance(client, Cluster) else "redis_server"
+    redis_url: str = request.getfixturevalue(where).url
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
+    async for store in opened_store(url):
+        w = await seed_ws(rclient, store, cfg, clock, products=["automation"], free=20 * USD)
+        adm = admitter(rclient, cfg, clock)
+        for i in range(30):  # 10 users, 10 billing sessions
+            assert (await adm.admit(w.apps[0], "web", f"u{i % 10}")).admitted
+            clock.advance(0.05)
+        before = balances_of(await projection.read_balances(rclient, w.ws))
+        assert before["free"] < 20 * USD, "nothing charged: the test proves nothing"
+        ag = sorted(int(b) for b in await rclient.zrange(keys.agg_index_key(w.ws), 0, -1))
+        sr = sorted(int(b) for b in await rclient.zrange(keys.sessions_index_key(w.ws), 0, -1))
+        assert ag
+        assert sr
+        await rclient.delete(keys.agg_index_key(w.ws), keys.sessions_index_key(w.ws))
+
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert rep.stranded == {"ag": ag, "sr": sr}
+        assert rep.mismatches  # the usage is explained by nothing
+        args = argparse.Namespace(workspace=w.ws, apply=False)
+        assert await asyncio.to_thread(cli_commands.reconcile, cfg, args) == 1
+        args.apply = True
+        assert await asyncio.to_thread(cli_commands.reconcile, cfg, args) == 0
+        assert balances_of(await projection.read_balances(rclient, w.ws)) == before
+
+        clock.advance(3600)  # every bucket closed
+        await Flusher(rclient, store, cfg, clock=clock).flush_once()
+        assert (await store.usage_spent(w.ws)).free == 20 * USD - before["free"]
+        (after,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert (after.differences, after.stranded) == ([], {})

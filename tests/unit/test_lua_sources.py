@@ -17,6 +17,7 @@ SCRIPTS = (
     "peek_sessions",
     "rename_fields",
     "rebuild",
+    "reindex",
 )
 
 
