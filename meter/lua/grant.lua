@@ -11,7 +11,7 @@
 -- ARGV[7]  now (ms): free credits already past their validity lapse before a new free
 --          grant extends it (admit.lua lapses them lazily, so they may still be there)
 -- Returns 1 when applied, 0 when the reference was already applied,
--- -1 unknown workspace, -2 unknown app.
+-- -1 unknown workspace (or one lost and not rebuilt yet), -2 unknown app.
 --
 -- The marker is the field "g:<reference>" of the workspace hash, written with the credit:
 -- a marker cannot be lost while its balance stays (eviction takes whole keys). The
@@ -21,7 +21,11 @@
 local P = KEYS[1]
 local ref, kind, amount, app = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local wsk = P .. ':ws'
-if redis.call('EXISTS', wsk) == 0 then return -1 end
+-- The workspace whole, not a leftover of a lost one (a late increment makes a hash
+-- without "type"): rebuild.lua replaces such a hash with what it read from the store, so
+-- a credit made into it meanwhile would be gone, its marker kept. Refused, the caller
+-- retries (the provider redelivers; projection checks repair grants) once it is rebuilt.
+if redis.call('HEXISTS', wsk, 'type') == 0 then return -1 end
 if app ~= '' and redis.call('EXISTS', P .. ':a:' .. app) == 0 then return -2 end
 local mark, legacy = 'g:' .. ref, P .. ':g:' .. ref
 if redis.call('HEXISTS', wsk, mark) == 1 then return 0 end
