@@ -21,6 +21,11 @@ changed where it does not match the fast path:
   message still waiting; aiohttp's own shutdown would cancel them one by one, and a place
   freed by the first cancelled could be taken by a waiter cancelled a moment later, its
   message sent and reset.
+* **A bot that talks out of turn.** Bytes a bot writes while its connection idles in
+  the pool (an unasked-for second answer) are parsed into that connection's buffer, and
+  aiohttp reuses any connection still open: they would answer the next message sent on
+  it, another tenant's maybe. Such a connection (``should_close``: something buffered)
+  is closed instead of reused, as the fast path closes one the moment such bytes arrive.
 * **A client that leaves** (:mod:`gateway.client_gone`) ends its wait at once with
   :class:`ClientGone`, and what was handed to a waiter in the loop pass it gave up in
   (its client left, or the connect timeout) is passed on; aiohttp's queue lost it.
@@ -99,6 +104,7 @@ class BotConnector(aiohttp.TCPConnector):
         if watch is not None and watch.gone():
             raise ClientGone
         key = req.connection_key
+        self._drop_stale(key)
         conn = await self._get(key, traces)  # an idle connection of the bot
         if conn is None:
             async with ceil_timeout(timeout.connect, timeout.ceil_threshold):
@@ -126,7 +132,7 @@ class BotConnector(aiohttp.TCPConnector):
         else:
             place = await self._wait(key, traces, watch)
             if not isinstance(place, _Place):
-                if place.is_connected():
+                if place.is_connected() and not place.should_close:
                     return Connection(self, key, place, self._loop)
                 dead, place = place, self._placeholder()  # ended since: open one instead
                 self._drop(key, dead)
@@ -148,6 +154,17 @@ class BotConnector(aiohttp.TCPConnector):
         self._drop(key, place)
         self._take(key, proto)
         return Connection(self, key, proto, self._loop)
+
+    def _drop_stale(self, key: ConnectionKey) -> None:
+        """Close the bot's idle connections that hold bytes nobody asked for."""
+        conns = self._conns.get(key)
+        if not conns or not any(proto.should_close for proto, _ in conns):
+            return
+        for entry in [e for e in conns if e[0].should_close]:
+            conns.remove(entry)
+            entry[0].close()
+        if not conns:
+            del self._conns[key]
 
     def refuse_waiters(self) -> None:
         """Stopping: every message waiting for a place now, or from now on, gets
