@@ -26,10 +26,14 @@ HEAD_BYTES = HEAD_LIMIT + 2 * MAX_FIELD
 FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _ROUTE = re.compile(rb"/hooks/([A-Za-z0-9_\-~]+)/([A-Za-z0-9_\-~.:]+)(/[^%\\\\]*)?\Z")
 _DOTS = frozenset({b".", b".."})
-# Given twice, these are aiohttp's to decide (gateway.http_rules): a decided header's
-# second value is refused; a forwarding chain's lines are joined, and refused past
+# Given twice, these are aiohttp's to decide: a decided header's second value is refused
+# (gateway.http_rules), and so is one of aiohttp's own singletons (its parser's
+# SINGLETON_HEADERS); a forwarding chain's lines are joined, and refused past
 # CHAIN_LIMIT. A chain's single line here is under MAX_FIELD, so within it.
-_ONCE_HERE = SINGLE_LOWER | CHAINED_LOWER
+_AIOHTTP_SINGLETONS = frozenset(
+    {b"content-location", b"content-range", b"etag", b"max-forwards", b"server", b"user-agent"}
+)
+_ONCE_HERE = SINGLE_LOWER | CHAINED_LOWER | _AIOHTTP_SINGLETONS
 
 
 @short_memo(maxsize=256, max_len=64)  # a client sends the same Host on every request
@@ -83,6 +87,10 @@ class RequestParser:
             raise Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp strips the whitespace before a value, not after it (RFC 9110 §5.5: it is
+        # not part of the value); aiohttp strips it, and so must this path, or it would
+        # meter "k1 " and "k1" as two keys, users, credentials, where aiohttp sees one.
+        value = value.rstrip(b" \t")
         self._count += 1
         if self._count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
             raise Stop

@@ -249,6 +249,38 @@ async def test_a_chain_under_the_limit_once_joined_reaches_the_bot_as_one_line(
     assert edge.bot.header_values("X-Forwarded-For") == [line + b", " + line + b", 127.0.0.1"]
 
 
+async def test_whitespace_after_a_value_is_not_part_of_it(edge: Edge) -> None:
+    # RFC 9110 §5.5. llhttp strips it before a value only: the fast path metered "alice"
+    # and "alice " as two users (two sessions) and "k1 " as another key than "k1", where
+    # aiohttp, and the bot's own server, see one.
+    async with RawConn.open(edge.gw.url) as c:
+        for user, key in ((b"alice", b"k1"), (b"alice ", b"k1 "), (b"alice \t", b"k1\t")):
+            extra = b"Idempotency-Key: " + key + b"\r\n"
+            head = message(extra=extra, close=False).replace(b"User-Id: u1", b"User-Id: " + user)
+            c.send(head)
+            resp = await c.response()
+            assert resp.status == 200, resp.body[:300]
+    bot = edge.bot
+    for i in range(3):
+        lines = bot.head_lines(i)
+        assert b"X-Channel-User-Id: alice" in lines, lines
+        assert b"Idempotency-Key: k1" in lines, lines
+    assert await free_credit(edge.rclient, WS) == FREE - 200_000  # one session: one user
+
+
+@pytest.mark.parametrize(
+    "name", ["User-Agent", "Max-Forwards", "Content-Location", "Content-Range", "ETag", "Server"]
+)
+async def test_a_header_aiohttp_takes_once_is_refused_twice_on_both_servers(
+    edge: Edge, name: str
+) -> None:
+    # aiohttp's parser refuses these given twice; the fast path served them, charged.
+    twice = f"{name}: a\r\n{name}: b\r\n".encode()
+    (resp,) = await edge.send(message(extra=twice))
+    assert problem(resp, 400) == "malformed_request"
+    assert await edge.untouched()
+
+
 async def test_request_ids_are_the_clients_or_fresh_per_request(edge: Edge) -> None:
     await edge.send(message(extra=b"X-Request-Id: mine\r\n"))
     assert edge.bot.header_values("X-Request-Id") == [b"mine"]
