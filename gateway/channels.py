@@ -157,8 +157,13 @@ class Channel:
             if skipped:
                 return Message(False, user, key, self._challenge(doc))
             # The signature covers the body, not the headers: a replayed signed body with
-            # another user or key header must not become a new (charged) message.
-            user = self._signed(doc, self.user_pointer) or user
+            # another user or key header must not become a new (charged) message. So the
+            # user is the signed one alone where the channel names one (the channel never
+            # sends the header): a signed body without it (a Slack team_join: its
+            # event.user is an object) replayed with other user headers was a new user's
+            # message each time, a key being one user's. Without one: missing_channel_user.
+            if self.user_pointer is not None:
+                user = self._signed(doc, self.user_pointer)
             key = self._signed(doc, self.key_pointer) or key
         if not user and self.user_pointer is not None:
             user = _scalar(resolve(doc, self.user_pointer))

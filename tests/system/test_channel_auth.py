@@ -804,6 +804,20 @@ async def test_msteams_unknown_kid_during_an_outage_is_401_once_keys_were_fetche
     assert bot.count() == 2
 
 
+async def test_a_signed_body_without_its_user_takes_none_from_a_header(world: World) -> None:
+    # A Slack team_join's event.user is an object: no signed user. The header named one,
+    # so the same signed event replayed with other user headers opened a session each.
+    body = json.dumps({"type": "event_callback", "event_id": "EvJoin1",
+                       "event": {"type": "team_join", "user": {"id": "U1"}}}).encode()  # fmt: skip
+    path = f"/hooks/slack/{APP}/slack/events"
+    good = slack_headers(body)
+    for i in range(3):
+        status, answer = await world.post(path, body, {**good, "X-Channel-User-Id": f"x{i}"})
+        assert (status, answer["code"]) == (400, "missing_channel_user"), (status, answer)
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS
+    assert not world.bot.calls
+
+
 async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
     world: World,
 ) -> None:
