@@ -74,7 +74,7 @@ async def add_funds(
         app = await d.store.get_app(app_id)
         if app is None or app.workspace_id != ws.id:
             raise InvalidInput("app_id", f"no app {app_id} in workspace {ws.id}")
-    if await d.store.get_checkout_by_session(reference) or await d.store.get_checkout(reference):
+    if await d.store.get_checkout_by_reference(reference) is not None:
         # A payment made through checkout is credited by the provider's webhook, under
         # its own reference: credited here as well, it would count twice.
         raise Conflict(

@@ -47,6 +47,16 @@ class Payments(StoreCore):
             _checkout, f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id
         )
 
+    async def get_checkout_by_reference(self, reference: str) -> Checkout | None:
+        """The checkout that ``reference`` names: its id, session id or payment intent."""
+        return await self.one(
+            _checkout,
+            f"SELECT {_COLS} FROM checkouts WHERE id = ? OR session_id = ? OR payment_intent = ?",
+            reference,
+            reference,
+            reference,
+        )
+
     async def list_checkouts(self, workspace_id: str) -> list[Checkout]:
         return await self.many(
             _checkout,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from config import load_catalog
 from meter.accounts.rebuild import rebuild_workspace
 from meter.redis_layer import keys
@@ -77,4 +79,12 @@ async def test_a_checkout_cannot_also_be_credited_by_hand(redis_url: str, tmp_pa
         body = paid(session)
         status, answer = await deliver(admin, body, signed(body))
         assert (status, answer["outcome"]) == (200, "credited"), answer
+        intent = orjson.loads(body)["data"]["object"]["payment_intent"]
+        status, answer = await admin.api(
+            "POST",
+            f"/v1/workspaces/{ws}/funds",
+            OPERATOR_TOKEN,
+            {"amount": "500.00", "reference": intent},  # as Stripe's dashboard names it
+        )
+        assert (status, answer["code"]) == (409, "reference_is_checkout"), answer
         assert await paid_state(admin, ws) == (1, 1, 500 * USD, 0)
