@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -43,6 +44,28 @@ def _guard(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T
         raise Rejected(f"sqlite: {exc}") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"sqlite: {exc}") from exc
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch ``conn`` to WAL, waiting up to ``timeout_s`` for other openers.
+
+    The switch upgrades a read lock to the write lock. Two connections doing that at
+    once (processes starting together on a fresh file) would deadlock, so SQLite
+    answers SQLITE_BUSY at once instead of calling the busy handler: retry it here.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # on the store's own thread, never the event loop
+        pause = min(pause * 2, 0.05)
 
 
 class _SqliteConn(Conn):
@@ -99,7 +122,7 @@ class SqliteStore(Store):
         try:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enter_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from meter.store import (
     open_store,
 )
 from meter.store.schema import MIGRATIONS, latest_version
+from meter.store.sqlite import SqliteStore
 
 WS = "ws0001"
 APP = "ws0001_app1"
@@ -126,6 +128,36 @@ async def test_concurrent_migrate_applies_each_step_once(stores: StoreFactory) -
     applied = sorted(v for r in results for v in r)
     assert applied == [m.version for m in MIGRATIONS]  # each step by exactly one migrator
     assert await stores().schema_version() == latest_version()
+
+
+def _open_together(
+    store: SqliteStore, start: threading.Barrier, errors: list[BaseException]
+) -> None:
+    start.wait()
+    try:
+        store._open().close()
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_sqlite_processes_opening_a_fresh_file_together_all_open(tmp_path: Path) -> None:
+    """Workers starting at once all switch a new file to WAL (SQLite refuses that
+    switch with SQLITE_BUSY, not waiting, when two try it together)."""
+    openers = 8
+    for attempt in range(300):  # the race is narrow: about 1 in 25 rounds without the retry
+        path = str(tmp_path / f"fresh{attempt}.db")
+        start = threading.Barrier(openers)
+        errors: list[BaseException] = []
+
+        threads = [
+            threading.Thread(target=_open_together, args=(SqliteStore(path), start, errors))
+            for _ in range(openers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], f"round {attempt}: {errors[0]}"
 
 
 # -------------------------------------------------------------------- accounts
