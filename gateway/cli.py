@@ -138,7 +138,7 @@ def _serve_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         "--traffic-port",
         type=int,
         metavar="PORT",
-        help=_setting_help("traffic port", "traffic_port", "a free port" if demo else None),
+        help=_setting_help("traffic port", "traffic_port"),
     )
     p.add_argument(
         "--admin-port",
