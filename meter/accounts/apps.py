@@ -16,7 +16,7 @@ from meter.accounts import channel_secrets, invitations, projection, rebuild
 from meter.accounts.deps import Deps, announce, audit, check_reachable, check_text
 from meter.errors import Conflict, Forbidden, InvalidInput, NotFound
 from meter.redis_layer import keys
-from meter.store import App, Workspace
+from meter.store import App, NotMember, Workspace
 
 log = logging.getLogger(__name__)
 UPDATABLE = frozenset({"use_free_credits", "upstream_url", "suspended"})
@@ -88,7 +88,9 @@ async def create_app(
     """An app owned by ``owner_id``; enterprise workspaces only for licensed products.
 
     A workspace holds at most ``max_apps_per_workspace`` apps, whoever owns them
-    (counted and created in one step); one more is 409 ``too_many_apps``."""
+    (counted and created in one step); one more is 409 ``too_many_apps``. An owner who
+    is no longer a member when the app is written (removed meanwhile) gets
+    :class:`NotFound` for the workspace, as any non-member does."""
     name = check_text("name", name)
     if product not in PRODUCTS:
         raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
@@ -110,7 +112,11 @@ async def create_app(
         upstream_url=upstream_url,
     )
     cap = d.settings.max_apps_per_workspace
-    if not await d.store.create_app_within(app, cap):
+    try:
+        created = await d.store.create_app_within(app, cap)
+    except NotMember:  # removed meanwhile: answered as the route answers a non-member
+        raise NotFound("workspace", ws.id) from None
+    if not created:
         raise Conflict(
             f"workspace {ws.id} already holds {cap} apps: the limit is {cap} per workspace "
             "(setting max_apps_per_workspace); ask the operator to raise it",
@@ -164,4 +170,9 @@ async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
         raise InvalidInput("user_id", f"{user_id} is not a member of workspace {app.workspace_id}")
     if user_id == app.owner_id:
         return app
-    return await invitations.transfer(d, actor, app, user_id)
+    try:  # checked again in the transfer's own step: a removal may race it
+        return await invitations.transfer(d, actor, app, user_id)
+    except NotMember:
+        raise InvalidInput(
+            "user_id", f"{user_id} is not a member of workspace {app.workspace_id}"
+        ) from None

@@ -27,7 +27,15 @@ from meter.accounts.deps import (
     new_id,
 )
 from meter.errors import Conflict, InvalidInput, NotFound
-from meter.store import CapReached, DuplicateKey, LedgerEntry, Licence, User, Workspace
+from meter.store import (
+    CapReached,
+    DuplicateKey,
+    LedgerEntry,
+    Licence,
+    OwnsApps,
+    User,
+    Workspace,
+)
 
 
 def free_reference(ws_id: str) -> str:
@@ -155,14 +163,14 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
     otherwise have no reachable owner)."""
     if user_id == ws.owner_id:
         raise Conflict("the workspace owner cannot be removed", code="owner_cannot_be_removed")
-    owned = await d.store.list_apps(ws.id, owner_id=user_id)
-    if owned:
-        names = ", ".join(a.id for a in owned[:5])
+    try:  # the store checks the apps in the removal's own step (a creation may race it)
+        await invitations.withdraw(d, actor, "workspace", ws.id, user_id)
+    except OwnsApps as owned:
+        names = ", ".join(owned.app_ids[:5])
         raise Conflict(
             f"{user_id} owns apps of this workspace ({names}); transfer them first",
             code="member_owns_apps",
-        )
-    await invitations.withdraw(d, actor, "workspace", ws.id, user_id)
+        ) from None
 
 
 async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:

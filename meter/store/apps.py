@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.store.db import Row, StoreCore, row_as
+from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
+from meter.store.errors import NotMember
 from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
 
 APP_COLUMNS = (
@@ -19,6 +20,13 @@ def app_row(r: Row) -> App:
     return row_as(App, r, APP_COLUMNS, **{f: bool(r[f]) for f in flags})
 
 
+async def locked_member(c: Conn, for_update: str, workspace_id: str, user_id: str) -> bool:
+    """Whether ``user_id`` is a member of the workspace, their membership row locked until
+    the commit (``for_update``: the store's); a removal of them waits, or was first."""
+    sql = f"SELECT 1 AS x FROM memberships WHERE workspace_id = ? AND user_id = ?{for_update}"
+    return await c.fetchval(sql, workspace_id, user_id) is not None
+
+
 class Apps(StoreCore):
     """App rows. Unique violations raise ``DuplicateKey``."""
 
@@ -27,16 +35,24 @@ class Apps(StoreCore):
 
     async def create_app_within(self, app: App, cap: int) -> bool:
         """Insert ``app`` unless its workspace already holds ``cap`` apps, whoever owns
-        them (count and insert in one step: concurrent creations never pass the cap)."""
-        return await self.insert_capped(
-            "apps",
-            APP_COLUMNS,
-            app,
-            owner=("workspaces", app.workspace_id),
-            count="SELECT COUNT(*) AS n FROM apps WHERE workspace_id = ?",
-            args=[app.workspace_id],
-            cap=cap,
-        )
+        them (count and insert in one step: concurrent creations never pass the cap).
+
+        The owner must be a member of the workspace when the app is written, else
+        :class:`NotMember` and nothing is written: the workspace's row and the owner's
+        membership are locked first, so a removal of the owner (``withdraw``, which
+        refuses a member who owns apps) lands wholly before or after the creation, on
+        any number of gateways (PostgreSQL: ``FOR UPDATE``; SQLite: the transaction holds
+        the write lock from the start)."""
+        async with self.transaction() as c:
+            lock = f"SELECT id FROM workspaces WHERE id = ?{self.for_update}"
+            await c.fetch(lock, app.workspace_id)
+            if not await locked_member(c, self.for_update, app.workspace_id, app.owner_id):
+                raise NotMember(f"{app.owner_id} is not a member of {app.workspace_id}")
+            count = "SELECT COUNT(*) AS n FROM apps WHERE workspace_id = ?"
+            if int(await c.fetchval(count, app.workspace_id) or 0) >= cap:
+                return False
+            await c.execute(insert_sql("apps", APP_COLUMNS), *values(app, APP_COLUMNS))
+        return True
 
     async def get_app(self, app_id: str) -> App | None:
         return await self.one(app_row, f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", app_id)

@@ -28,3 +28,17 @@ class Rejected(StoreError):
 class CapReached(Exception):
     """A capped insert found its owner already at the cap; nothing was written (not a
     failure of the store: the caller answers it, e.g. 409)."""
+
+
+class NotMember(Exception):
+    """The user is not (or no longer) a member of the workspace, which an app's owner
+    must be; nothing was written (the caller answers it as for any non-member)."""
+
+
+class OwnsApps(Exception):
+    """The member still owns apps of the workspace (``app_ids``), so they cannot be
+    removed; nothing was written (the caller answers it, 409 ``member_owns_apps``)."""
+
+    def __init__(self, app_ids: list[str]) -> None:
+        super().__init__(f"member owns apps {', '.join(app_ids)}")
+        self.app_ids = app_ids

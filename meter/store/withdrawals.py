@@ -4,14 +4,17 @@ invitation to the app. Each is one transaction with the target's row locked firs
 every write of :mod:`meter.store.invitations`, so an acceptance lands wholly before or
 wholly after it: a withdrawn user can never be left a member, nor hold an invitation
 that lets them back in (a gateway of before migration 11 could add a member directly
-while their invitation was open).
+while their invitation was open). Removing a member locks their membership too and
+refuses while they own apps of the workspace; app creation and transfer lock the new
+owner's membership, so neither lands on a member being removed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meter.store.apps import APP_COLUMNS, app_row
+from meter.store.apps import APP_COLUMNS, app_row, locked_member
+from meter.store.errors import NotMember, OwnsApps
 from meter.store.invitations import Invitations, Kind
 from meter.store.models import App
 
@@ -28,10 +31,22 @@ class Withdrawn:
 class Withdrawals(Invitations):
     async def withdraw(self, kind: Kind, target: str, user_id: str, since: int) -> Withdrawn:
         """Delete ``user_id``'s membership of workspace ``target`` (``kind`` workspace) or
-        collaboration on app ``target``, and their invitation to it, in one step."""
+        collaboration on app ``target``, and their invitation to it, in one step.
+        :class:`OwnsApps` (nothing deleted) while they own apps of workspace ``target``."""
         async with self.transaction() as c:
             await self._lock_target(c, kind, target)
             if kind == "workspace":
+                # A member who owns apps stays (their apps would have no reachable owner);
+                # with their membership locked, no app can be created for or handed to
+                # them meanwhile (``create_app_within``, ``transfer_app``).
+                await locked_member(c, self.for_update, target, user_id)
+                owned = await c.fetch(
+                    "SELECT id FROM apps WHERE workspace_id = ? AND owner_id = ? ORDER BY id",
+                    target,
+                    user_id,
+                )
+                if owned:
+                    raise OwnsApps([str(r["id"]) for r in owned])
                 row = await c.fetchrow(
                     "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ? "
                     "RETURNING user_id",
@@ -56,10 +71,18 @@ class Withdrawals(Invitations):
         """Make ``user_id`` the app's owner: no longer a collaborator of it (the owner's
         rights include every role's), and every invitation to the app withdrawn (they were
         the previous owner's offers). Returns the app (``None`` if it is gone) and the
-        user ids whose invitations were withdrawn."""
+        user ids whose invitations were withdrawn. :class:`NotMember` (nothing written)
+        unless ``user_id`` is a member of the app's workspace."""
         async with self.transaction() as c:
-            if await self._lock_target(c, "app", app_id) is None:
+            found = await c.fetchrow(
+                f"SELECT workspace_id FROM apps WHERE id = ?{self.for_update}", app_id
+            )
+            if found is None:
                 return None, []
+            # Locked, the membership cannot be withdrawn before the commit; withdrawn
+            # first, the new owner is no member and nothing is written.
+            if not await locked_member(c, self.for_update, found["workspace_id"], user_id):
+                raise NotMember(f"{user_id} is not a member of {found['workspace_id']}")
             row = await c.fetchrow(
                 f"UPDATE apps SET owner_id = ? WHERE id = ? RETURNING {APP_COLUMNS}",
                 user_id,
