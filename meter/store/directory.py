@@ -137,11 +137,6 @@ class Directory(StoreCore):
             for r in rows
         ]
 
-    async def remove_member(self, workspace_id: str, user_id: str) -> bool:
-        return await self.changed(
-            "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", workspace_id, user_id
-        )
-
     async def collaborators_page(
         self, app_id: str, *, after: str | None, limit: int, since: int = 0
     ) -> list[Person]:
