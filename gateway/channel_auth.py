@@ -144,8 +144,9 @@ class ChannelAuth:
                 raise invalid_signature("missing bearer token or ?token=")
             return Verified(True, self._hs256(token, key.secret))
         if key.scheme == "botframework_jwt":
-            await self._botframework(bearer(header), key.secret, None)
-            return Verified(True)
+            # Its token names no user (the user would be the client's pick), and Bot
+            # Framework never opens a WebSocket to a bot: refused as the body-signed ones.
+            raise invalid_signature("Bot Framework does not open WebSockets to a bot")
         raise invalid_signature(f"{key.scheme} signs request bodies; a WebSocket has none")
 
     async def verify_notify(self, request: web.Request, channel: str, app_id: str) -> Verified:
@@ -214,7 +215,7 @@ class ChannelAuth:
             raise invalid_signature("sub must be 1-256 printable characters")
         return sub
 
-    async def _botframework(self, token: str, app_id: str, body: bytes | None) -> None:
+    async def _botframework(self, token: str, app_id: str, body: bytes) -> None:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -239,7 +240,7 @@ class ChannelAuth:
         except jwt.InvalidTokenError as exc:
             raise invalid_signature(jwt_reason(exc)) from None
         claimed = claims.get("serviceUrl")
-        if claimed is not None and body is not None:
+        if claimed is not None:
             try:
                 activity = orjson.loads(body)
             except orjson.JSONDecodeError:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config import Settings
 from config.fields import ChannelRule
+from gateway.channels import USER_HEADER
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
@@ -325,6 +326,28 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
     assert status == 200
     assert o.fetches == fetched + 1
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
+
+
+async def test_msteams_websocket_upgrades_are_refused(world: World) -> None:
+    """Bot Framework never opens a WebSocket, and its token names no user: a valid token
+    does not let a client pick the charged user (X-Channel-User-Id, ?user=)."""
+    before = await world.state()
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Authorization": f"Bearer {world.openid.token('k1')}",
+        USER_HEADER: "mallory",
+    }
+    url = f"{world.gw.url}/hooks/msteams/{APP}/ws?user=mallory"
+    async with world.http.get(url, headers=headers) as resp:
+        assert resp.status == 401
+        problem = await resp.json(content_type=None)
+    assert problem["code"] == "invalid_channel_signature"
+    assert "WebSocket" in problem["detail"]
+    assert world.bot.count() == 0
+    assert await world.state() == before
 
 
 async def test_msteams_unknown_kids_refetch_keys_at_a_bounded_rate(
