@@ -101,8 +101,9 @@ def same(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
 
 
-def without_token(url: URL) -> URL:
-    """``url`` without ``token`` query parameters, the rest of the query byte for byte.
+def without_token(url: URL, names: frozenset[str] = frozenset({TOKEN_PARAM})) -> URL:
+    """``url`` without ``token`` query parameters (or those ``names``), the rest of the
+    query byte for byte.
 
     A parameter is dropped by its *decoded* name (``%74oken``, ``tok%65n`` are ``token``
     to the verifier, which reads ``request.query``): each ``&``-separated part is decoded
@@ -111,7 +112,7 @@ def without_token(url: URL) -> URL:
     query = url.raw_query_string
     if not query:
         return url
-    kept = [p for p in query.split("&") if not p or TOKEN_PARAM not in _decoded_names(p)]
+    kept = [p for p in query.split("&") if not p or not names & _decoded_names(p)]
     if len(kept) == query.count("&") + 1:
         return url
     base = str(url.with_query(None))

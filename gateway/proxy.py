@@ -71,6 +71,12 @@ Body = bytes | AsyncIterator[bytes] | None
 Sent = Body | payload.Payload
 
 
+def bot_failing(status: int) -> bool:
+    """An answer of the bot that is its failure (``5xx``, refunded per ``refund_on``): a
+    5xx, or an informational status (a 101 nobody asked for; see the module)."""
+    return status >= 500 or status < 200
+
+
 @dataclass(slots=True)
 class Proxy:
     """Everything the traffic handlers use, built once per process."""
@@ -226,7 +232,7 @@ class Proxy:
     ) -> web.StreamResponse:
         try:
             status = upstream.status
-            if status >= 500 or status < 200:
+            if bot_failing(status):
                 self.metrics.upstream_children["5xx"].observe(time.perf_counter() - t0)
                 await self._failed(admission, "5xx")
                 if status < 200:  # a 101 (see the module)

@@ -4,7 +4,9 @@ A request with ``Upgrade: websocket`` must be an opening handshake (RFC 6455 §4
 HTTP/1.1 ``GET`` without a body, ``Connection: Upgrade``, ``Sec-WebSocket-Version: 13``
 and a ``Sec-WebSocket-Key`` of 16 bytes. Anything else (a ``POST`` with a body, say) is
 refused at once, 400 ``invalid_upgrade``, the connection closed (its body is never read,
-let alone as a next request), nothing metered or forwarded (:func:`handshake_refusal`).
+let alone as a next request), nothing metered or forwarded (:func:`handshake_refusal`);
+so is one offering more than :data:`MAX_PROTOCOLS` sub-protocols (see below). The fast
+path hands every ``Upgrade`` request to aiohttp, so both servers check the same.
 The check is meant to be at least as strict as aiohttp's, so the client's side of the
 handshake does not fail once the bot's has been opened.
 
@@ -14,7 +16,9 @@ messages both ways. Every client -> bot text or binary message is one metered me
 (channel user from ``X-Channel-User-Id`` or the ``user`` query parameter, no
 idempotency key), admitted before it is forwarded. On a channel with a secret the upgrade
 is verified first (:mod:`gateway.channel_auth`): an HS256 token's ``sub`` is the user,
-and a ``?token=`` is not passed on to the bot.
+and neither a ``?token=`` nor a ``?user=`` (the token's user replaces it) is passed on to
+the bot; a Bot Framework (``msteams``) channel refuses upgrades (its token names no user,
+and Bot Framework never opens a WebSocket to a bot).
 
 The upgrade itself is checked first (suspension, licence, credit: problem+json
 402/403/429 before the bot connection is opened), not charged. The handshake is a
@@ -22,6 +26,16 @@ request too (path, query, headers): a bot message that comes before the client's
 message answers it, so the handshake is then admitted as one message, and that bot
 message is held until it is (:class:`~gateway.ws_charges.Charges`: a bot that greets
 costs one message per connection; a connection whose client speaks first, nothing more).
+A bot's close frame before the client's first message (its code is passed on) answers it
+too: the handshake is admitted as one message before the close is passed on (refused:
+1008 with the refusal code, not the bot's). A bot that answers the upgrade with an
+ordinary response handled the request: one message, refunded as on HTTP when it is a
+failure (5xx, the gateway's own 508 on a loop; :func:`gateway.proxy.bot_failing`).
+
+What still reaches a client of a handshake for free: the sub-protocol the bot picks among
+the client's offers (at most log2(8) = 3 bits), and how the bot's connection ends without
+a close frame (1000 at end of stream, 1011 dropped, a protocol error's code); any answer
+longer than that is charged.
 
 Closing codes sent to the client:
 
@@ -31,7 +45,7 @@ Closing codes sent to the client:
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down;
-* otherwise the bot's own close code is passed on.
+* otherwise the bot's own close code is passed on (its reason is not).
 """
 
 from __future__ import annotations
@@ -47,19 +61,24 @@ import aiohttp
 from aiohttp import HttpVersion11, WSMsgType, web
 
 from gateway.bot_connector import ShuttingDown
-from gateway.channel_auth import without_token
+from gateway.channel_credentials import TOKEN_PARAM, without_token
 from gateway.channels import USER_HEADER
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.problems import Problem, problem_response
-from gateway.proxy import Proxy
+from gateway.proxy import Proxy, bot_failing
 from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, Closing
 
 log = logging.getLogger(__name__)
 GOING_AWAY = 1001
+# The bot's pick among the client's offers reaches the client before anything is charged:
+# at most log2(MAX_PROTOCOLS) bits of a free answer per handshake (see the module).
+MAX_PROTOCOLS = 8
+_TOKEN = frozenset({TOKEN_PARAM})
+_SIGNED = _TOKEN | {"user"}
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -83,7 +102,15 @@ def _handshake_problem(request: web.Request) -> str | None:
             return "Sec-WebSocket-Key must be 16 bytes in base64"
     except binascii.Error:
         return "Sec-WebSocket-Key must be 16 bytes in base64"
+    if len(_offered(request)) > MAX_PROTOCOLS:
+        return f"at most {MAX_PROTOCOLS} sub-protocols may be offered"
     return None
+
+
+def _offered(request: web.Request) -> list[str]:
+    """The sub-protocols the client offers, in its order."""
+    values = request.headers.getall("Sec-WebSocket-Protocol", ())
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
 
 def upgrade_refusal(detail: str) -> web.Response:
@@ -119,13 +146,12 @@ async def proxy_websocket(
     verified.rewrite(headers)
     url = target_url(base, request.raw_path, prefix, match.get("tail", ""))
     if verified.authenticated:
-        url = without_token(url)  # the channel's credential is not the bot's
+        # The channel's credential is not the bot's; nor is a user the token overrides.
+        url = without_token(url, _SIGNED if verified.user else _TOKEN)
     if proxy.metering:
         # Suspension, licence and credit decide before the bot connection is opened.
         await proxy.meter.check(app_id, channel, user)
-    protocols = [
-        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-    ]
+    protocols = _offered(request)
     # The bot connection holds a place of the tenant's share for the socket's life; the
     # client leaving while it waits for one ends the wait (gateway.tenant_connector).
     gone = CLIENT_GONE.set(ClientWatch(request))
@@ -143,13 +169,9 @@ async def proxy_websocket(
         log.warning("websocket upstream %s refused by the egress policy: %s", url.host, exc.reason)
         raise forbidden() from None
     except aiohttp.WSServerHandshakeError as exc:
-        # The bot answered the handshake with an ordinary response: it handled a request
-        # (path, query and all), which is a billable message like any other.
-        if proxy.metering:
-            with contextlib.suppress(Problem):
-                handled = await proxy.meter.admit(app_id, channel, user, "")
-                proxy.meter.forwarded(handled)
         log.info("websocket upstream %s answered the upgrade with %s", url.host, exc.status)
+        if proxy.metering:
+            await _answered(proxy, exc.status, app_id, channel, user)
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
         ) from None
@@ -192,6 +214,18 @@ async def proxy_websocket(
     return client
 
 
+async def _answered(proxy: Proxy, status: int, app_id: str, channel: str, user: str) -> None:
+    """The bot answered the handshake with an ordinary response: it handled a request
+    (path, query and all), a billable message like any other; a failing answer (5xx, the
+    gateway's own 508 on a loop) is refunded as on HTTP (``refund_on``)."""
+    with contextlib.suppress(Problem):
+        handled = await proxy.meter.admit(app_id, channel, user, "")
+        if bot_failing(status):
+            await proxy.meter.failed(handled, "5xx")
+        else:
+            proxy.meter.forwarded(handled)
+
+
 async def _client_to_bot(
     proxy: Proxy,
     client: web.WebSocketResponse,
@@ -225,13 +259,17 @@ async def _bot_to_client(
 ) -> tuple[int, str]:
     # While a message waits for the handshake's admission, nothing more is read from the
     # bot: its next messages wait, in order, in the socket (bounded as any other read).
-    async for msg in upstream:
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+    while (msg := await upstream.receive()).type not in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE):
             continue
         try:
+            # A close frame's code is passed on: it answers the handshake as a message
+            # would when the client has not spoken yet.
             await charges.bot_message()
         except Closing as exc:
             return exc.code, exc.reason
+        if msg.type is WSMsgType.CLOSE:
+            break
         if msg.type is WSMsgType.TEXT:
             await client.send_str(msg.data)
         else:

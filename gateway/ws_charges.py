@@ -3,11 +3,12 @@ handshake when the bot answers it.
 
 Bot -> client messages are not metered; the client's messages are, one each, admitted
 before they are forwarded. The opening handshake is a request as well (path, query,
-headers: a question can ride on it), so a bot message that comes before the client's
-first message answers the handshake: the handshake is then admitted as one message (same
-app, channel and user, no idempotency key) before that bot message is delivered; until
-then nothing more is read from the bot. Admitted, the bot's messages flow from then on;
-refused, none is delivered and the connection is closed as for a refused client message.
+headers: a question can ride on it), so a bot message (or close frame: its code is
+passed on) that comes before the client's first message answers the handshake: the
+handshake is then admitted as one message (same app, channel and user, no idempotency
+key) before that bot message is delivered; until then nothing more is read from the bot.
+Admitted, the bot's messages flow from then on; refused, none is delivered and the
+connection is closed as for a refused client message.
 
 A connection whose client speaks first pays for its messages only: a bot message that
 comes while the client's first message is being admitted waits for that admission. A bot

@@ -371,6 +371,18 @@ async def test_every_spelling_of_token_is_dropped_from_a_websocket(world: World)
     assert (await world.state())[0].free == FREE - 200_000  # alice's session
 
 
+async def test_a_signed_websocket_user_is_not_overridden_towards_the_bot(world: World) -> None:
+    """The token's user is charged, and the bot is not told another one by ``?user=``."""
+    qs = f"lang=en&token={hs256('alice')}&user=bob&%75ser=carol"
+    async with world.http.ws_connect(
+        URL(f"{world.gw.url}/hooks/web/{SOCK}/ws?{qs}", encoded=True)
+    ) as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "echo:hello"
+    assert world.wsbot.paths == ["/ws?lang=en"]
+    assert (await world.state())[0].free == FREE - 200_000  # alice's session
+
+
 async def test_a_token_parameter_is_not_passed_to_the_bot_over_http(world: World) -> None:
     token = hs256("alice")
     path = f"/hooks/web/{APP}/chat?%74oken={token}&a=1"
