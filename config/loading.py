@@ -21,7 +21,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError as SourceError
 
-from config.settings import ENV_PREFIX, LAYERED, Settings
+from config.layered import LAYERED
+from config.settings import ENV_PREFIX, Settings
 from config.urls import mask_url
 
 

@@ -7,19 +7,19 @@ YAML file > defaults); the value types (money, durations, lists, channel rules) 
 
 from __future__ import annotations
 
-import contextvars
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.fields import DAY, ChannelRule, EgressAllow, Micros, RefundOn, Seconds
+from config.layered import LayeredSources
 from config.urls import check_redis_url, check_store_url
 
 ENV_PREFIX = "CREDITGATE_"
 
 
-class Settings(BaseSettings):
+class Settings(LayeredSources, BaseSettings):
     """Every knob of creditgate, with the defaults of docs/design.md §1."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
@@ -274,26 +274,7 @@ class Settings(BaseSettings):
     def redis_cluster(self) -> bool:
         return self.redis_url.startswith("redis+cluster://")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings layers flags, environment and file itself and passes the result
-        # as init kwargs; a direct ``Settings(...)`` lets its kwargs beat the environment.
-        if LAYERED.get():
-            return (init_settings,)
-        return init_settings, env_settings
 
-
-# Set by config.loading.load_settings, which layers flags, environment and file itself.
 def share(cap: int) -> int:
     """A tenant's default share of a cap of connections: three quarters, rounded up."""
     return cap - cap // 4
-
-
-LAYERED: contextvars.ContextVar[bool] = contextvars.ContextVar("layered", default=False)
