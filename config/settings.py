@@ -110,6 +110,14 @@ class Settings(LayeredSources, BaseSettings):
     # its tenant's share waits its turn as for a cap (within upstream_connect_timeout_s).
     upstream_connections_per_tenant: int | None = Field(None, ge=1)
     upstream_connections_per_tenant_bot: int | None = Field(None, ge=1)
+    # WebSockets one traffic worker proxies at once, outside those connections (their bot
+    # connections are their own, so open sockets never make a message wait), and what one
+    # tenant's apps may hold of them (unset: three quarters); one more upgrade is 503
+    # too_many_websockets. A socket whose client sent no text or binary message for
+    # ws_idle_timeout_s (pings and the bot's messages do not count) is closed 1001 "idle".
+    ws_max_connections: int = Field(1024, ge=1)
+    ws_max_connections_per_tenant: int | None = Field(None, ge=1)
+    ws_idle_timeout_s: Seconds = 300.0
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0
@@ -238,6 +246,8 @@ class Settings(LayeredSources, BaseSettings):
             raise ValueError(
                 "upstream_connections_per_tenant_bot must not exceed upstream_connections_per_bot"
             )
+        if self.ws_tenant_connections > self.ws_max_connections:
+            raise ValueError("ws_max_connections_per_tenant must not exceed ws_max_connections")
         if self.refund_window_s < 1.5 * self.upstream_connect_timeout_s:
             # A message waits for a bot connection up to the connect timeout; past its
             # refund window the sweeper refunds it, and then it would be sent for free.
@@ -269,6 +279,12 @@ class Settings(LayeredSources, BaseSettings):
         """``upstream_connections_per_tenant_bot``, or its default."""
         given = self.upstream_connections_per_tenant_bot
         return given if given is not None else share(self.upstream_connections_per_bot)
+
+    @property
+    def ws_tenant_connections(self) -> int:
+        """``ws_max_connections_per_tenant``, or its default."""
+        given = self.ws_max_connections_per_tenant
+        return given if given is not None else share(self.ws_max_connections)
 
     @property
     def redis_cluster(self) -> bool:

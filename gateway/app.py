@@ -9,8 +9,8 @@ and the metrics:
 Resources are opened and closed by ``cleanup_ctx`` generators, in this order (closed in
 reverse), and stored under the typed keys of :mod:`gateway.appkeys`:
 
-traffic: REDIS (client) -> HTTP (upstream ``ClientSession``), ADMITTER, OWED (its
-settlement task), PROXY (everything the handlers use);
+traffic: REDIS (client) -> HTTP (upstream ``ClientSession``; WebSockets have their own,
+in WEBSOCKETS), ADMITTER, OWED (its settlement task), PROXY (everything the handlers use);
 admin: REDIS -> STORE -> the flusher (``run_flusher=True`` only).
 
 A ``redis`` client or ``store`` passed in is used as is and left open (the caller owns it).
@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -62,7 +62,7 @@ from gateway.routes import setup_traffic_routes
 from gateway.tenant_share import Shares
 from gateway.traffic_stats import TrafficStats
 from gateway.upstreams import Upstreams
-from gateway.websocket import close_all
+from gateway.ws_budget import WebSockets
 from meter.accounts.egress import check_settings
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations
@@ -121,7 +121,12 @@ def create_app(
         app[METRICS] = metrics
         app.cleanup_ctx.append(_redis_ctx(settings, redis))
 
-    traffic[WEBSOCKETS] = weakref.WeakSet()
+    traffic[WEBSOCKETS] = WebSockets(
+        settings.ws_max_connections,
+        settings.ws_tenant_connections,
+        settings.ws_idle_timeout_s,
+        metrics,
+    )
     traffic[TRAFFIC_STATS] = TrafficStats()
     traffic.cleanup_ctx.append(_traffic_ctx(settings, clock, channels, metrics, metering))
     traffic.on_shutdown.append(_close_websockets)
@@ -155,9 +160,9 @@ def _traffic_ctx(
 ) -> Ctx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         client = app[REDIS]
-        session = guarded_session(
+        session = _bot_session(
             settings,
-            connector={
+            {
                 "limit": settings.upstream_connections,
                 "limit_per_host": settings.upstream_connections_per_bot,
                 "shares": Shares(
@@ -167,17 +172,12 @@ def _traffic_ctx(
                 ),
                 "keepalive_timeout": 30,
             },
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                # Waiting for a place in the pool (a bot at its cap) counts toward the
-                # connect timeout, as on the fast path (gateway/fastpath/pool.py).
-                connect=settings.upstream_connect_timeout_s,
-                sock_connect=settings.upstream_connect_timeout_s,
-                sock_read=settings.upstream_read_timeout_s,
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=SKIP_AUTO_HEADERS,
+        )
+        # WebSockets' bot connections, out of that pool: bounded by their budget
+        # (gateway/ws_budget.py), each used once.
+        sockets = app[WEBSOCKETS]
+        sockets.session = ws_session = _bot_session(
+            settings, {"limit": 0, "limit_per_host": 0, "force_close": True}, tenant_shares=False
         )
         admitter = Admitter(client, settings, clock=clock, on_batch=metrics.batch_size.observe)
         owed = Owed(
@@ -236,12 +236,36 @@ def _traffic_ctx(
                 await confirmations.close(min(5.0, settings.shutdown_grace_s))
             await auth.close()
             await session.close()
+            await ws_session.close()
 
     return ctx
 
 
+def _bot_session(
+    settings: Settings, connector: dict[str, Any], *, tenant_shares: bool = True
+) -> aiohttp.ClientSession:
+    """A session to bots (``connector``: its pool's options): the egress policy, the
+    connect and read timeouts, headers passed as they are."""
+    return guarded_session(
+        settings,
+        connector=connector,
+        tenant_shares=tenant_shares,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            # Waiting for a place in the pool (a bot at its cap) counts toward the
+            # connect timeout, as on the fast path (gateway/fastpath/pool.py).
+            connect=settings.upstream_connect_timeout_s,
+            sock_connect=settings.upstream_connect_timeout_s,
+            sock_read=settings.upstream_read_timeout_s,
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+    )
+
+
 async def _close_websockets(app: web.Application) -> None:
-    await close_all(app[WEBSOCKETS])
+    await app[WEBSOCKETS].close_all()
 
 
 def _store_ctx(settings: Settings, given: Store | None) -> Ctx:

@@ -7,7 +7,6 @@ METRICS; the traffic one adds ADMITTER, HTTP, OWED, PROXY and TRAFFIC_STATS; the
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
 import aiohttp
@@ -18,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.owed import Owed
 from gateway.proxy import Proxy
 from gateway.traffic_stats import TrafficStats
+from gateway.ws_budget import WebSockets
 from meter.admission.admitter import Admitter
 from meter.redis_layer.client import RedisClient
 from meter.store import Store
@@ -32,5 +32,5 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 OWED = web.AppKey("owed", Owed)
 PROXY = web.AppKey("proxy", Proxy)
-WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
+WEBSOCKETS = web.AppKey("websockets", WebSockets)
 TRAFFIC_STATS = web.AppKey("traffic_stats", TrafficStats)

@@ -11,7 +11,8 @@ Two public aiohttp hooks together see every address a connection is opened to:
   schemes other than http(s)/ws(s) and legacy numeric hosts (``2130706433``).
 
 :func:`guarded_session` builds a ``ClientSession`` with both; the traffic proxy
-(HTTP and WebSocket) and the owner-webhook sender use it. Its third hook,
+(HTTP, and WebSocket in a session of its own: :mod:`gateway.ws_budget`) and the
+owner-webhook sender use it. Its third hook,
 :func:`no_upgrade_redirects`, keeps a WebSocket upgrade from following the bot's
 redirects, as plain HTTP never does (``allow_redirects=False``; ``ws_connect`` has no
 such option).
@@ -28,6 +29,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.resolver import DefaultResolver
 
 from config import Settings
+from gateway.bot_connector import BotConnector
 from gateway.tenant_connector import TenantConnector
 from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
@@ -157,20 +159,28 @@ async def no_upgrade_redirects(
     return resp
 
 
-def guarded_connector(policy: Policy, **kw: Any) -> aiohttp.TCPConnector:
+def guarded_connector(
+    policy: Policy, *, tenant_shares: bool = True, **kw: Any
+) -> aiohttp.TCPConnector:
     # Bounded and ordered as on the fast path, and never sending the message of a client
-    # that left (gateway.bot_connector); each tenant within its share (gateway.tenant_share).
-    return TenantConnector(resolver=GuardedResolver(policy), **kw)
+    # that left (gateway.bot_connector); each tenant within its share (gateway.tenant_share)
+    # unless ``tenant_shares`` is false (WebSockets have a budget of their own).
+    kind = TenantConnector if tenant_shares else BotConnector
+    return kind(resolver=GuardedResolver(policy), **kw)
 
 
 def guarded_session(
-    settings: Settings, *, connector: dict[str, Any] | None = None, **kw: Any
+    settings: Settings,
+    *,
+    connector: dict[str, Any] | None = None,
+    tenant_shares: bool = True,
+    **kw: Any,
 ) -> aiohttp.ClientSession:
     """A ``ClientSession`` that only connects where the egress policy allows; ``connector``
     holds ``TCPConnector`` options, ``kw`` those of the session."""
     policy = Policy.from_settings(settings)
     return aiohttp.ClientSession(
-        connector=guarded_connector(policy, **(connector or {})),
+        connector=guarded_connector(policy, tenant_shares=tenant_shares, **(connector or {})),
         middlewares=(egress_middleware(policy), no_upgrade_redirects),
         trust_env=False,  # proxies from the environment would bypass the address check
         **kw,

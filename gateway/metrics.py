@@ -130,6 +130,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.open_websockets_metric = Gauge(
+            "creditgate_open_websockets",
+            "WebSockets proxied now (upgrades under way included), at most WS_MAX_CONNECTIONS "
+            "per worker.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.unsettled = Gauge(
             "creditgate_unsettled_admissions",
             "Fail-open admissions served but not yet settled, plus charges awaiting a void.",
@@ -196,6 +203,7 @@ class Metrics:
             o: b.histogram(self.upstream_seconds.labels(o)) for o in UPSTREAM_OUTCOMES
         }
         self.in_flight = b.gauge(self.in_flight_metric)
+        self.open_websockets = b.gauge(self.open_websockets_metric)
         self.admission_seconds = b.histogram(self.admission_seconds_metric)
         self.batch_size = b.histogram(self.batch_size_metric)
         self.gc_seconds = b.counter(self.gc_seconds_metric)

@@ -23,7 +23,9 @@ async def hooks_handler(request: web.Request) -> web.StreamResponse:
     channel, app_id = match["channel"], match["app_id"]
     base = await upstream_base(proxy, app_id)
     prefix = f"/hooks/{channel}/{app_id}"
-    return await proxy_websocket(proxy, request, base, prefix, request.app[WEBSOCKETS])
+    sockets = request.app[WEBSOCKETS]
+    with sockets.seat(app_id):  # 503 past the worker's or tenant's budget (ws_budget)
+        return await proxy_websocket(proxy, request, base, prefix, sockets)
 
 
 async def notify_handler(request: web.Request) -> web.StreamResponse:

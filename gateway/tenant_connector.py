@@ -1,8 +1,9 @@
 """The aiohttp path's connections to bots within each tenant's share
 (:mod:`gateway.tenant_share`), as the fast path's (:func:`gateway.fastpath.dispatch`).
 
-A traffic request (``/hooks``, ``/notify``, a WebSocket upgrade) runs with a
-:class:`~gateway.client_gone.ClientWatch` naming its tenant in
+A traffic request (``/hooks``, ``/notify``; a WebSocket's bot connection is not of this
+pool: :mod:`gateway.ws_budget`) runs with a :class:`~gateway.client_gone.ClientWatch`
+naming its tenant in
 :data:`~gateway.client_gone.CLIENT_GONE`; :class:`TenantConnector` takes a place of that
 tenant's share before it asks :class:`~gateway.bot_connector.BotConnector` for a
 connection, and the connection holds it until it is released or closed (the

@@ -12,9 +12,9 @@ rest is always there for the other tenants.
 A message takes a :class:`Ticket` before it asks its pool for a connection and holds it
 while it waits there, connects and uses its connection; the ticket is freed when the
 connection is released, closed or lost, or when the message gives up. Idle keep-alive
-connections belong to no tenant. A WebSocket to a bot holds its ticket for its life; a
-``/notify`` message (to the channel's delivery endpoint, shared by every tenant) as a
-``/hooks`` one does.
+connections belong to no tenant. A ``/notify`` message (to the channel's delivery
+endpoint, shared by every tenant) takes one as a ``/hooks`` one does; a WebSocket none
+(its bot connection is not of this pool: :mod:`gateway.ws_budget`).
 
 A message over its tenant's share waits in arrival order among that tenant's messages,
 the tenant's share at one bot blocking none of its messages to other bots. Whoever calls

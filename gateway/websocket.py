@@ -20,6 +20,11 @@ and neither a ``?token=`` nor a ``?user=`` (the token's user replaces it) is pas
 the bot; a Bot Framework (``msteams``) channel refuses upgrades (its token names no user,
 and Bot Framework never opens a WebSocket to a bot).
 
+Before anything below, an upgrade takes a seat of its worker's and tenant's WebSocket
+budget, held for the socket's life, and its bot connection is not one of the HTTP
+messages' pool (:mod:`gateway.ws_budget`; past the budget: 503 ``too_many_websockets``,
+nothing metered, the bot never contacted).
+
 The upgrade itself is checked first (suspension, licence, credit: problem+json
 402/403/429 before the bot connection is opened), not charged. The handshake is a
 request too (path, query, headers): a bot message that comes before the client's first
@@ -44,7 +49,9 @@ Closing codes sent to the client:
   anything after it (a refused handshake: no bot message is delivered);
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
-* ``1001`` (going away) when the gateway shuts down;
+* ``1001`` (going away) when the gateway shuts down, or with reason ``idle`` when the
+  client sent no text or binary message for ``ws_idle_timeout_s`` (its pings and the
+  bot's messages keep nothing open); the bot connection is closed with 1001 too;
 * otherwise the bot's own close code is passed on (its reason is not).
 """
 
@@ -55,7 +62,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import weakref
 
 import aiohttp
 from aiohttp import HttpVersion11, WSMsgType, web
@@ -70,10 +76,10 @@ from gateway.problems import Problem, problem_response
 from gateway.proxy import Proxy, bot_failing
 from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
+from gateway.ws_budget import GOING_AWAY, WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, Closing
 
 log = logging.getLogger(__name__)
-GOING_AWAY = 1001
 # The bot's pick among the client's offers reaches the client before anything is charged:
 # at most log2(MAX_PROTOCOLS) bits of a free answer per handshake (see the module).
 MAX_PROTOCOLS = 8
@@ -132,7 +138,7 @@ async def proxy_websocket(
     request: web.Request,
     base: str,
     prefix: str,
-    open_sockets: weakref.WeakSet[web.WebSocketResponse],
+    sockets: WebSockets,
 ) -> web.StreamResponse:
     """Proxy one WebSocket connection until either side closes."""
     check_loop(request.headers)
@@ -152,11 +158,11 @@ async def proxy_websocket(
         # Suspension, licence and credit decide before the bot connection is opened.
         await proxy.meter.check(app_id, channel, user)
     protocols = _offered(request)
-    # The bot connection holds a place of the tenant's share for the socket's life; the
-    # client leaving while it waits for one ends the wait (gateway.tenant_connector).
+    # The bot connection is WebSockets' own (gateway.ws_budget), never a place of the
+    # messages' pool; the client leaving while it is opened ends the wait.
     gone = CLIENT_GONE.set(ClientWatch(request))
     try:
-        upstream = await proxy.session.ws_connect(
+        upstream = await sockets.session.ws_connect(
             url,
             headers=headers,
             protocols=protocols,
@@ -193,10 +199,10 @@ async def proxy_websocket(
         autoping=True,
     )
     await client.prepare(request)
-    open_sockets.add(client)
+    sockets.open.add(client)
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     try:
-        to_bot = asyncio.create_task(_client_to_bot(proxy, client, upstream, charges))
+        to_bot = asyncio.create_task(_client_to_bot(proxy, client, upstream, charges, sockets))
         to_client = asyncio.create_task(_bot_to_client(upstream, client, charges))
         done, pending = await asyncio.wait((to_bot, to_client), return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -205,7 +211,7 @@ async def proxy_websocket(
                 await task
         code, reason = (to_bot if to_bot in done else to_client).result()
     finally:
-        open_sockets.discard(client)
+        sockets.open.discard(client)
     code = _sendable(code)
     if not upstream.closed:
         await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
@@ -231,10 +237,15 @@ async def _client_to_bot(
     client: web.WebSocketResponse,
     upstream: aiohttp.ClientWebSocketResponse,
     charges: Charges,
+    sockets: WebSockets,
 ) -> tuple[int, str]:
-    async for msg in client:
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            continue
+    while True:
+        try:
+            msg = await sockets.next_message(client)
+        except TimeoutError:
+            return GOING_AWAY, "idle"
+        if msg is None:
+            break
         try:
             admission = await charges.client_message()
         except Closing as exc:
@@ -282,10 +293,3 @@ def _sendable(code: int) -> int:
     if code in (1005, 1006, 1015) or not (1000 <= code < 5000):
         return 1011 if code in (1006, 1015) else 1000
     return code
-
-
-async def close_all(open_sockets: weakref.WeakSet[web.WebSocketResponse]) -> None:
-    """On shutdown: tell every connected client the gateway is going away."""
-    for ws in list(open_sockets):
-        with contextlib.suppress(Exception):
-            await ws.close(code=GOING_AWAY, message=b"shutting down")

@@ -287,39 +287,6 @@ async def test_notifications_hold_only_their_tenants_share_of_a_delivery_endpoin
     assert slow.paths[CAP:] == ["/out/over"]
 
 
-async def test_a_websocket_holds_a_place_of_its_tenants_share(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
-) -> None:
-    settings = make_settings(redis_url, tmp_path, upstream_connections_per_bot=CAP, **LONG_WAIT)
-    for ws, app in ((A, APP_A), (B, APP_B)):
-        apps = {app: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS}}
-        await seed(rclient, settings, ws, apps)
-
-    async def talk(sock: aiohttp.ClientWebSocketResponse, text: str) -> None:
-        await sock.send_str(text)
-        assert (await sock.receive()).data == f"echo:{text}"
-
-    async with running_gateway(settings) as gw, contextlib.AsyncExitStack() as stack:
-        url = f"{gw.url}/hooks/web"
-        socks = []
-        for i in range(SHARE):  # A's share of B's bot, held open
-            sock = http.ws_connect(f"{url}/{APP_A}/ws?user=a{i}")
-            socks.append(await stack.enter_async_context(sock))
-            await talk(socks[-1], f"a{i}")
-        over = asyncio.create_task(http.ws_connect(f"{url}/{APP_A}/ws?user=over"))
-        assert await until(parked(http, gw, 1, over.done))
-        to_b = asyncio.create_task(http.ws_connect(f"{url}/{APP_B}/ws?user=b"))
-        assert await eventually(to_b.done), "B's socket waits for A's"
-        sock_b = to_b.result()
-        stack.push_async_callback(sock_b.close)
-        await talk(sock_b, "b")  # B's socket has the bot's last place at once
-        await socks[0].close()  # A's place freed: to its waiting socket
-        sock_over = await over
-        stack.push_async_callback(sock_over.close)
-        await talk(sock_over, "over")
-        assert bot.ws_messages == [*(f"a{i}" for i in range(SHARE)), "b", "over"]
-
-
 async def test_sigterm_refuses_a_wait_for_the_share(
     redis_url: str, tmp_path: Path, rclient: RedisClient, slow: HeldBot
 ) -> None:

@@ -1,0 +1,119 @@
+"""Each traffic worker's WebSockets: a budget of their own, and bot connections of their own.
+
+A WebSocket's bot connection is open as long as the socket. Taken from the pool the
+HTTP messages wait on (:mod:`gateway.bot_connector`, :mod:`gateway.tenant_share`), a few
+hundred idle sockets, which cost nothing to open on a channel without a secret, held
+their tenant's whole share (its messages timed out 504), and the sockets of two tenants
+the worker's caps (every other tenant's messages too). So WebSockets never take a place
+there: their bot connections come from a session of their own
+(:func:`gateway.egress.guarded_session` with no tenant shares: the same egress policy,
+connect and handshake timeouts and headers; no cap of its own, the budget is its cap).
+
+The budget (:class:`WebSockets`): ``ws_max_connections`` sockets per worker, of which one
+tenant (the workspace of the route's app, as for the shares) holds at most
+``ws_max_connections_per_tenant`` (three quarters unless set). A seat is taken once the
+app is known, before anything else is done with the upgrade, and held until the socket
+is closed; one more upgrade is refused 503 ``too_many_websockets`` with ``Retry-After``:
+nothing metered or checked, the bot never contacted, counted in
+``creditgate_refusals_total{reason="too_many_websockets"}``.
+``creditgate_open_websockets`` shows the seats held (handshakes under way included).
+
+A socket whose client sent no text or binary message for ``ws_idle_timeout_s`` is closed
+1001 ``idle`` (:meth:`WebSockets.next_message`), its bot connection too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Iterator
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from gateway.metrics import Metrics
+from gateway.problems import Problem
+from meter.redis_layer.keys import workspace_of
+
+GOING_AWAY = 1001
+TOO_MANY = "too_many_websockets"
+RETRY_AFTER_S = 1  # as the other 503s: the budget frees as sockets close
+
+
+class WebSockets:
+    """The WebSockets of one traffic worker: their budget (``total``, ``per_tenant``),
+    the idle timeout of each (``idle_s``), the client sockets open now (``open``: told
+    when the gateway shuts down) and the session their bot connections come from."""
+
+    def __init__(self, total: int, per_tenant: int, idle_s: float, metrics: Metrics) -> None:
+        self.total = total
+        self.per_tenant = per_tenant
+        self.idle_s = idle_s
+        self.open: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._metrics = metrics
+        self._gauge = metrics.open_websockets
+        self._held: dict[str | None, int] = {}
+        self._count = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session WebSockets connect to bots with (set as the traffic app starts)."""
+        if self._session is None:
+            raise RuntimeError("the traffic application has not started")
+        return self._session
+
+    @session.setter
+    def session(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def next_message(self, client: web.WebSocketResponse) -> aiohttp.WSMessage | None:
+        """The client's next text or binary message, None once it closes; TimeoutError
+        when it sent none for ``idle_s``: only its messages keep a socket open (its pings
+        are answered inside ``receive()`` and never end the wait; the bot's are not its)."""
+        async with asyncio.timeout(self.idle_s):
+            async for msg in client:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    return msg
+        return None
+
+    async def close_all(self) -> None:
+        """On shutdown: tell every connected client the gateway is going away."""
+        for ws in list(self.open):
+            with contextlib.suppress(Exception):
+                await ws.close(code=GOING_AWAY, message=b"shutting down")
+
+    def held(self, app_id: str) -> int:
+        """The seats the tenant of ``app_id`` holds now."""
+        return self._held.get(workspace_of(app_id), 0)
+
+    @contextlib.contextmanager
+    def seat(self, app_id: str) -> Iterator[None]:
+        """A seat of the budget for one WebSocket of ``app_id``, held inside the block;
+        :class:`~gateway.problems.Problem` 503 ``too_many_websockets`` when there is none."""
+        tenant = workspace_of(app_id)
+        held = self._held.get(tenant, 0)
+        if self._count >= self.total or held >= self.per_tenant:
+            self._metrics.refused(TOO_MANY)
+            whose = "this worker's" if self._count >= self.total else "this tenant's"
+            raise Problem(
+                503,
+                TOO_MANY,
+                "Too many WebSockets",
+                f"{whose} WebSockets are all open; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._held[tenant] = held + 1
+        self._count += 1
+        self._gauge.inc()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            self._gauge.dec()
+            left = self._held[tenant] - 1
+            if left:
+                self._held[tenant] = left
+            else:
+                del self._held[tenant]
