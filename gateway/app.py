@@ -52,7 +52,7 @@ from gateway.channels import Channels
 from gateway.egress import guarded_session
 from gateway.flusher_ctx import run_flusher_ctx
 from gateway.health import setup_health
-from gateway.http_rules import http_rules
+from gateway.http_rules import close_announced, http_rules
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.owed import Owed
@@ -113,6 +113,7 @@ def create_app(
         client_max_size=settings.max_body_bytes,
         handler_args={"auto_decompress": False},
     )
+    traffic.on_response_prepare.append(close_announced)
     admin = web.Application(middlewares=[problem_middleware, refuse_forwarded])
     for app in (traffic, admin):
         app[SETTINGS] = settings

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from yarl import URL
 
 from gateway.problems import Handler, Problem, problem_response
@@ -160,13 +160,28 @@ async def http_rules(request: web.Request, handler: Handler) -> web.StreamRespon
     refused = _problem(request)
     if refused is not None:
         return refused
-    resp = await handler(request)
-    if request.get(_CONTINUE):
-        resp.force_close()  # answered without asking for the body: see the module
-    elif "Transfer-Encoding" in request.headers:
-        # aiohttp's C parser (3.14) keeps the last trailer field of a chunked body and
-        # hands it to the next request on the connection as its first header: a
-        # trailer "X-Channel-User-Id: victim" would name the next request's user. No
-        # request follows a chunked one on a connection.
+    return await handler(request)  # some answers close: see close_announced
+
+
+async def close_announced(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of the traffic app: whether the connection closes after
+    this answer is decided as its head is written, so the head says ``Connection: close``
+    (RFC 9112 §9.6). A streamed answer (the proxy's) is prepared inside the handler:
+    closed once the handler returned, its head would not say so, and a keep-alive client
+    would send its next request into the close. aiohttp writes ``Connection`` before this
+    signal runs: set here."""
+    if _close_after(request, response):
+        response.headers[hdrs.CONNECTION] = "close"
+
+
+def _close_after(request: web.Request, resp: web.StreamResponse) -> bool:
+    """Close the connection after ``resp`` if the request says so; whether it does."""
+    # A 100 still owed: answered without asking for the body (see the module). Chunked:
+    # aiohttp's C parser (3.14) keeps the last trailer field of a chunked body and
+    # hands it to the next request on the connection as its first header: a trailer
+    # "X-Channel-User-Id: victim" would name the next request's user. No request
+    # follows a chunked one on a connection.
+    if request.get(_CONTINUE) or "Transfer-Encoding" in request.headers:
         resp.force_close()
-    return resp
+        return True
+    return False
