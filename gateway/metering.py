@@ -75,7 +75,8 @@ class Meter:
         except MeteringUnavailable as exc:
             self._metrics.redis_errors.inc()
             if self._fail_open:
-                debt = Debt(app_id, channel, user, key, token, kind, self._admitter.clock())
+                at = self._admitter.clock()
+                debt = Debt(app_id, channel, user, key, token, kind, at, digest)
                 if self._owed.owe(debt):
                     return Admission(app_id, None, debt)
             elif exc.ambiguous:

@@ -3,8 +3,10 @@
 Two lists, worked off by one background task with a back-off:
 
 * **debts** (fail mode ``open``): messages served without a decision. Each is settled with
-  ``admitter.admit(..., token=<the original attempt's token>)``, so a charge that did reach
-  Redis before the error is found by its idempotency record and not taken twice. A debt
+  ``admitter.settle(..., token=<the original attempt's token>)``, so a charge that did reach
+  Redis before the error is found by its idempotency record and not taken twice. A keyed
+  debt carries its message's digest: a redelivery of it is charged once, another message
+  under the same key (or one delivery too many) is charged as a message of its own. A debt
   whose app is unknown to Redis (e.g. Redis restarted empty and the projection is not
   rebuilt yet) stays owed until it is; a debt Redis refuses (e.g. the credits ran out
   meanwhile) is logged, and counted by Redis under its refusal reason.
@@ -60,6 +62,7 @@ class Debt(NamedTuple):
     token: str
     kind: MessageKind
     at: float  # when it was served: settled as of then
+    digest: str = ""  # a keyed message's fingerprint (journals of before it lack one)
 
 
 class Void(NamedTuple):
@@ -122,7 +125,9 @@ class Owed:
         self._changed()
 
     def forgive(self, debt: Debt) -> None:
-        """The served message failed after all: drop it, and void any charge it left."""
+        """The served message failed after all: drop it, and void any charge it left.
+        (Settled meanwhile without its key, see :meth:`_settle`, its charge stays: only a
+        client reusing a key for another message, during an outage, gets there.)"""
         with contextlib.suppress(ValueError):
             self.debts.remove(debt)
             self._log("s", debt.token)
@@ -242,13 +247,15 @@ class Owed:
         return True
 
     async def _settle(self, d: Debt) -> bool:
-        """Settle one debt; True when it must stay owed."""
-        dec: Decision = await asyncio.wait_for(
-            self._admitter.settle(
-                d.app_id, d.channel, d.user, d.key, kind=d.kind, token=d.token, at=d.at
-            ),
-            self._timeout,
-        )
+        """Settle one debt; True when it must stay owed.
+
+        A keyed debt Redis refuses as ``duplicate_delivery`` (its key names another
+        message, or was honoured as often as allowed) was served all the same: it is
+        charged as a message of its own, without the key (same token, so settling it
+        again finds that charge)."""
+        dec = await self._settle_as(d, d.key)
+        if dec.reason == "duplicate_delivery" and d.key:
+            dec = await self._settle_as(d, "")
         if dec.reason == "unknown_app":
             return True
         if dec.admitted:
@@ -263,6 +270,11 @@ class Owed:
                 dec.reason,
             )
         return False
+
+    async def _settle_as(self, d: Debt, key: str) -> Decision:
+        args, digest = (d.app_id, d.channel, d.user, key), d.digest if key else ""
+        call = self._admitter.settle(*args, kind=d.kind, token=d.token, at=d.at, digest=digest)
+        return await asyncio.wait_for(call, self._timeout)
 
     async def close(self, grace_s: float) -> None:
         """A last settlement attempt; logs what is lost if Redis still does not answer."""

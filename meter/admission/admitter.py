@@ -174,6 +174,7 @@ class Admitter:
         kind: MessageKind,
         token: str,
         at: float,
+        digest: str = "",
     ) -> Decision:
         """Charge a message served while Redis was down (fail-open), as of ``at``.
 
@@ -185,7 +186,7 @@ class Admitter:
         if ws is None:
             return unknown_app(key, token)
         head = self.argv_head(at)
-        arg = AdmitArgs(app_id, channel, user, key, token, kind).settled().encode()
+        arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).settled().encode()
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
         pending = Pending(arg, key, token, rid, loop.create_future())

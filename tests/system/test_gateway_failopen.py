@@ -71,6 +71,57 @@ async def test_served_while_redis_down_then_settled_exactly(
         assert 'creditgate_requests_total{channel="web",outcome="admitted"} 8.0' in text
 
 
+async def test_a_key_reused_for_other_messages_during_an_outage_buys_nothing(
+    redis_url: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Served under one key while Redis is down, other messages are each charged (a
+    redelivery of the first, once), and the key stays bound to its first message after."""
+    settings = make_settings(
+        redis_url, tmp_path, fail_mode="open", redis_timeout_s=0.3, idempotency_max_deliveries=2
+    )
+    apps = {APP: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}}
+    await seed(rclient, settings, WS, apps)
+    async with running_gateway(settings) as gw:
+        owed = gw.gateway.traffic[OWED]
+
+        async def send(key: str, body: str) -> int:
+            headers = {"X-Channel-User-Id": "u1", "Idempotency-Key": key}
+            url = f"{gw.url}/hooks/web/{APP}"
+            async with http.post(url, headers=headers, data=body) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await send("warm", "hello") == 200  # charged normally, caches the upstream
+        redis_server.kill()
+        try:
+            # A, a redelivery of A, B and C under one key; then A twice more: its third
+            # and fourth deliveries, over the limit (2), served all the same.
+            bodies = ["question A", "question A", "question B", "question C"]
+            bodies += ["question A", "question A"]
+            statuses = [await send("K", body) for body in bodies]
+            assert statuses == [200] * 6
+            assert len(owed.debts) == 6
+        finally:
+            redis_server.start()
+        fresh = connect(redis_url)
+        try:
+            await seed(fresh, settings, WS, {**apps, APP: {**apps[APP], "funds": FUNDS - CENT}})
+            assert await eventually(lambda: len(owed) == 0)
+            balance = (await read_balances(fresh, WS)).app[APP]
+            # A once, B and C each, the two deliveries over the limit each.
+            assert balance == FUNDS - CENT - 5 * CENT
+            # The key's record names its first message: another one is refused now.
+            assert await send("K", "question D") == 409
+            assert (await read_balances(fresh, WS)).app[APP] == balance
+        finally:
+            await fresh.aclose()
+
+
 async def test_readyz_stays_ready_in_fail_open_but_not_in_fail_closed(
     redis_url: str, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
