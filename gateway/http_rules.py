@@ -174,6 +174,14 @@ async def close_announced(request: web.Request, response: web.StreamResponse) ->
         response.headers[hdrs.CONNECTION] = "close"
 
 
+def _asks_upgrade(request: web.Request) -> bool:
+    headers = request.headers
+    if "Upgrade" not in headers:
+        return False
+    tokens = (t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(","))
+    return "upgrade" in tokens
+
+
 def _close_after(request: web.Request, resp: web.StreamResponse) -> bool:
     """Close the connection after ``resp`` if the request says so; whether it does."""
     # A 100 still owed: answered without asking for the body (see the module). Chunked:
@@ -181,7 +189,13 @@ def _close_after(request: web.Request, resp: web.StreamResponse) -> bool:
     # hands it to the next request on the connection as its first header: a trailer
     # "X-Channel-User-Id: victim" would name the next request's user. No request
     # follows a chunked one on a connection.
-    if request.get(_CONTINUE) or "Transfer-Encoding" in request.headers:
+    if (
+        request.get(_CONTINUE)
+        or "Transfer-Encoding" in request.headers
+        # Any other answer to an upgrade request (h2c, a WebSocket refused): aiohttp's
+        # parser takes what follows for the new protocol and never reads it as HTTP.
+        or (resp.status != 101 and _asks_upgrade(request))
+    ):
         resp.force_close()
         return True
     return False

@@ -7,7 +7,8 @@
 * **Half-closed clients.** A client may send its request and then shut down its side
   (TCP FIN) while it waits for the answer: every request it sent in full is answered,
   then the connection is closed. aiohttp closes at the FIN and the answer is lost. A
-  request whose body was cut short by the FIN is not answered (closed at once).
+  request whose body was cut short by the FIN is not answered (closed at once), nor is
+  an upgrade (a WebSocket's client that shut its side has left).
 * **Clients that leave.** A connection lost runs the callbacks registered for it
   (:class:`gateway.client_gone.LostCallbacks`): a message waiting for a bot connection
   stops waiting at once.
@@ -54,6 +55,12 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         self.lost()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._upgraded:
+            # Switching protocols (a WebSocket): a client that shut its side can say
+            # nothing more in the new one, and its reader must see the end (closing
+            # runs connection_lost, which tells it); kept open, the socket would be held
+            # with its bot connection until the idle timeout.
+            return None
         current = self._current_request
         payloads = [payload for _, payload in self._messages]
         if current is not None:

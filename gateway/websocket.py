@@ -160,7 +160,7 @@ async def proxy_websocket(
     protocols = _offered(request)
     # The bot connection is WebSockets' own (gateway.ws_budget), never a place of the
     # messages' pool; the client leaving while it is opened ends the wait.
-    gone = CLIENT_GONE.set(ClientWatch(request))
+    gone = CLIENT_GONE.set(watch := ClientWatch(request))
     try:
         upstream = await sockets.session.ws_connect(
             url,
@@ -182,23 +182,14 @@ async def proxy_websocket(
             502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
         ) from None
     except (aiohttp.ClientError, TimeoutError, ShuttingDown) as exc:
-        log.info(
-            "websocket upstream %s failed: %s %s",
-            url.host,
-            type(exc).__name__,
-            getattr(exc, "status", None),
-        )
+        failure = f"{type(exc).__name__} {getattr(exc, 'status', None)}"
+        log.info("websocket upstream %s failed: %s", url.host, failure)
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot could not be reached"
         ) from None
     finally:
         CLIENT_GONE.reset(gone)
-    client = web.WebSocketResponse(
-        protocols=[upstream.protocol] if upstream.protocol else (),
-        max_msg_size=proxy.max_body,
-        autoping=True,
-    )
-    await client.prepare(request)
+    client = await _accept(request, upstream, watch, proxy.max_body)
     sockets.open.add(client)
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     try:
@@ -217,6 +208,24 @@ async def proxy_websocket(
         await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
     if not client.closed:
         await client.close(code=code, message=reason.encode()[:123])
+    return client
+
+
+async def _accept(
+    request: web.Request, upstream: aiohttp.ClientWebSocketResponse, watch: ClientWatch, size: int
+) -> web.WebSocketResponse:
+    """The client's side, with the bot's sub-protocol; the bot's closed if the client left
+    while the bot answered (no socket to hold for it) or its 101 cannot be written."""
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=size
+    )
+    try:
+        if watch.gone():
+            raise client_gone()
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close()
+        raise
     return client
 
 
@@ -251,10 +260,8 @@ async def _client_to_bot(
         except Closing as exc:
             return exc.code, exc.reason
         try:
-            if msg.type is WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            else:
-                await upstream.send_bytes(msg.data)
+            send = upstream.send_str if msg.type is WSMsgType.TEXT else upstream.send_bytes
+            await send(msg.data)
             proxy.meter.forwarded(admission)
         except (aiohttp.ClientError, ConnectionError):
             if admission is not None:
@@ -281,10 +288,7 @@ async def _bot_to_client(
             return exc.code, exc.reason
         if msg.type is WSMsgType.CLOSE:
             break
-        if msg.type is WSMsgType.TEXT:
-            await client.send_str(msg.data)
-        else:
-            await client.send_bytes(msg.data)
+        await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
     return upstream.close_code or 1000, ""
 
 

@@ -10,6 +10,7 @@ fail that way on the old code. Nothing here is timed: the idle close is waited f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class SockBot:
     open: int = 0
     closes: list[int | None] = field(default_factory=list)
     http: int = 0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # ``?gate``: 101 once set
 
 
 @contextlib.asynccontextmanager
@@ -50,6 +52,8 @@ async def sock_bot() -> AsyncIterator[SockBot]:
 
     async def ws(request: web.Request) -> web.StreamResponse:
         bot.upgrades += 1
+        if "gate" in request.query:
+            await bot.gate.wait()
         sock = web.WebSocketResponse()
         await sock.prepare(request)
         bot.open += 1
@@ -209,3 +213,65 @@ async def test_an_idle_websocket_is_closed_1001_both_ways_pings_or_not(
         assert await eventually(lambda: sbot.closes == [1001])
         assert await eventually(lambda: sbot.open == 0)
         assert "creditgate_open_websockets 0.0" in await metrics(http, gw)
+
+
+HANDSHAKE = (
+    "GET /hooks/web/{app}/ws?user=u{query} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\n"
+    "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+async def raw_upgrade(gw: Running, app: str, query: str = "") -> asyncio.StreamWriter:
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(HANDSHAKE.format(app=app, query=query).encode())
+    await writer.drain()
+    return writer
+
+
+async def test_a_client_gone_during_the_bots_handshake_gives_its_seat_back(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, sbot: SockBot, http: aiohttp.ClientSession
+) -> None:
+    """The client closes (FIN) before the bot's 101: the bot's socket is closed and the
+    seat given back at once, not held until the idle timeout (300 s here)."""
+    async with await seeded(redis_url, tmp_path, rclient, sbot, "wsbg", ws_max_connections=4) as gw:
+        writer = await raw_upgrade(gw, "wsbg_app1", "&gate")
+        assert await eventually(lambda: sbot.upgrades == 1)
+        writer.close()
+        sbot.gate.set()  # the bot answers after the client left
+        assert await eventually(lambda: len(sbot.closes) == 1)
+        assert "creditgate_open_websockets 0.0" in await metrics(http, gw)
+    assert (await read_balances(rclient, "wsbg")).app["wsbg_app1"] == FUNDS
+
+
+async def test_a_client_that_shuts_its_side_after_the_101_gives_its_seat_back(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, sbot: SockBot, http: aiohttp.ClientSession
+) -> None:
+    """A WebSocket client that shuts its side (FIN, no close frame) can say nothing more:
+    the socket ends with it, not at the idle timeout."""
+    async with await seeded(redis_url, tmp_path, rclient, sbot, "wsbf", ws_max_connections=4) as gw:
+        writer = await raw_upgrade(gw, "wsbf_app1")
+        assert await eventually(lambda: sbot.open == 1)
+        writer.write_eof()
+        assert await eventually(lambda: len(sbot.closes) == 1)
+        assert "creditgate_open_websockets 0.0" in await metrics(http, gw)
+        writer.close()
+
+
+async def test_another_upgrade_is_answered_and_the_connection_closed_saying_so(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, sbot: SockBot
+) -> None:
+    """``Connection: Upgrade`` + ``Upgrade: h2c`` (what ``curl --http2`` sends): served as
+    HTTP, but aiohttp reads nothing after it as HTTP, so the answer says it closes."""
+    async with await seeded(redis_url, tmp_path, rclient, sbot, "wsbh") as gw:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        head += "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nX-Channel-User-Id: u\r\n"
+        request = f"GET /hooks/web/wsbh_app1/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n"
+        writer.write(request.encode())
+        answer = (await reader.read(2000)).decode().lower()
+        assert answer.startswith("http/1.1 200"), answer
+        assert "connection: close" in answer
+        writer.close()
