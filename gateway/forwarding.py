@@ -9,6 +9,9 @@ is generated when the request has none. A client's ``Forwarded`` (RFC 7239) is a
 to and its ``X-Real-IP`` replaced by the peer: the last address the bot reads is always
 the one the gateway saw.
 
+The console's session cookie never crosses (:mod:`gateway.console_cookies`): it is taken
+out of a forwarded ``Cookie`` header (other cookies pass), on every traffic path.
+
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
 gets the complete request; forwarded, it would make the gateway's client wait for a 100
@@ -26,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.console_cookies import mentions_console_cookie, without_console_cookies
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
@@ -122,11 +126,26 @@ def forwarded_headers(
     out["Via"] = f"{via}, {_VIA}" if via else _VIA
     if app:
         out[APP_HEADER] = app
+    if "Cookie" in out and mentions_console_cookie(out.getall("Cookie")):
+        out = _without_console_cookies(out)
     rid = src.get("X-Request-Id")
     if not rid:
         rid = new_request_id()
         out["X-Request-Id"] = rid
     return out, rid
+
+
+def _without_console_cookies(src: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The console's cookies out of every ``Cookie`` line (a line left empty goes), the
+    fields kept in their order."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in src.items():
+        if k.lower() == "cookie":
+            v = without_console_cookies(v)
+            if not v:
+                continue
+        out.add(k, v)
+    return out
 
 
 def _joined(src: Headers, name: str) -> str:

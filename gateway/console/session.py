@@ -21,14 +21,14 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.admin_api.http import SESSION_PRINCIPAL
+from gateway.console_cookies import COOKIE, SECURE_COOKIE
 from gateway.problems import Problem
 from meter.accounts.authz import Principal, user_principal
 from meter.errors import Unauthorized
 from meter.store import Store
 from meter.store.console_sessions import ConsoleSession
 
-COOKIE = "cg_session"
-SECURE_COOKIE = "__Host-cg_session"  # the prefix pins it to this host, path /, Secure
+# The names are gateway.console_cookies', which keeps them off the traffic routes.
 CSRF_HEADER = "X-CSRF-Token"
 PRINCIPAL = SESSION_PRINCIPAL  # request key: the session's caller
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -1,0 +1,146 @@
+"""The console's session cookie never crosses the traffic routes, on both traffic servers
+(gateway.console_cookies): where console and traffic share a host name, a browser sends
+the cookie to ``/hooks`` and ``/notify`` too, and takes a bot's ``Set-Cookie`` as the
+console's. A hostile bot must not read a console session, over HTTP or a WebSocket
+upgrade; every other cookie passes as it came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from config.fields import ChannelRule
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Running, running_gateway, serve
+from tests.support.channel_keys import auth_settings, hs256, set_secret
+from tests.support.rawbot import RawBot, running_raw_bot
+from tests.support.rawhttp import RawConn
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "cookies"
+APP = f"{WS}_app1"
+NOTIFY = "n0tify-" + "c" * 30
+SID = "Zm9vYmFyLXNlc3Npb24tc2VjcmV0LXZhbHVlLTEyMzQ1"  # a session's opaque value
+
+# (the Cookie lines a browser, or a hostile page, sends; what the bot may see of them)
+COOKIES = {
+    "console cookie only": ([f"cg_session={SID}"], []),
+    "among others": ([f"a=1; cg_session={SID}; b=2"], ["a=1; b=2"]),
+    "TLS name, first": ([f"__Host-cg_session={SID}; theme=dark"], ["theme=dark"]),
+    "odd spacing and case": ([f"a=1;cg_session={SID} ;  CG_Session=x;\tb=2 ;"], ["a=1; b=2"]),
+    "duplicates": ([f"cg_session={SID}; a=1; cg_session=other"], ["a=1"]),
+    "other prefixes and cases": (
+        [f"__Secure-cg_session={SID}; __host-CG_SESSION=y; __Host-__Secure-cg_session=z; k=v"],
+        ["k=v"],
+    ),
+    "quoted value ahead": ([f'a="x; cg_session={SID}; b=y"'], ['a="x; b=y"']),
+    "blanks around the name": ([f"a=1;  cg_session  ={SID}"], ["a=1"]),
+    "several Cookie lines": (
+        [f"cg_session={SID}", "a=1", f"b=2; cg_session={SID}"],
+        ["a=1", "b=2"],
+    ),
+    "lookalikes kept": (["cg_sessions=1; my_cg_session=2; x=cg_session"],) * 2,
+    "nameless cookies kept": (["plain; a=1"], ["plain; a=1"]),
+}
+
+
+@dataclass
+class Edge:
+    gw: Running
+    bot: RawBot
+
+    async def send(self, path: str, extra: bytes) -> int:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: gw.example\r\nX-Channel-User-Id: u1\r\n"
+            "Content-Length: 2\r\nConnection: close\r\n"
+        ).encode()
+        async with RawConn.open(self.gw.url) as c:
+            c.send(head + extra + b"\r\n{}")
+            resp = await c.response()
+        return resp.status
+
+
+@pytest.fixture
+async def edge(redis_url: str, tmp_path: Path, rclient: RedisClient) -> AsyncIterator[Edge]:
+    async with running_raw_bot() as bot:
+        rules = {"web": ChannelRule(delivery_url=f"{bot.url}/out")}
+        settings = auth_settings(redis_url, tmp_path, channels=rules)
+        apps = {APP: {"product": "automation", "upstream_url": bot.url + "/b"}}
+        await seed(rclient, settings, WS, apps, free=10_000_000)
+        await set_secret(rclient, settings, APP, "web", notify=NOTIFY)
+        async with running_gateway(settings) as gw:
+            yield Edge(gw, bot)
+
+
+def cookie_lines(lines: list[str]) -> bytes:
+    return b"".join(b"Cookie: %b\r\n" % line.encode() for line in lines)
+
+
+@pytest.mark.parametrize("case", COOKIES, ids=list(COOKIES))
+async def test_the_console_cookie_never_reaches_a_bot(edge: Edge, case: str) -> None:
+    sent, kept = COOKIES[case]
+    token = hs256()  # signed with the web channel's secret: a verified user
+    extra = cookie_lines(sent) + f"Authorization: Bearer {token}\r\n".encode()
+    assert await edge.send(f"/hooks/web/{APP}/x", extra) == 200
+    assert edge.bot.header_values("Cookie") == [k.encode() for k in kept]
+    assert SID.encode() not in edge.bot.heads[-1]
+
+
+@pytest.mark.parametrize("case", ["among others", "TLS name, first", "odd spacing and case"])
+async def test_nor_a_channel_through_notify(edge: Edge, case: str) -> None:
+    sent, kept = COOKIES[case]
+    token = hs256(sub=None, key=NOTIFY, aud="creditgate:notify")
+    extra = cookie_lines(sent) + f"Authorization: Bearer {token}\r\n".encode()
+    assert await edge.send(f"/notify/web/{APP}/send", extra) == 200
+    assert edge.bot.target() == b"/out/send"
+    assert edge.bot.header_values("Cookie") == [k.encode() for k in kept]
+
+
+# ------------------------------------------------------------------------ WebSocket
+
+
+@dataclass
+class WsEdge:
+    gw: Running
+    cookies: list[list[str]]  # the Cookie lines of each upgrade the bot got
+
+
+@pytest.fixture
+async def ws_edge(redis_url: str, tmp_path: Path, rclient: RedisClient) -> AsyncIterator[WsEdge]:
+    cookies: list[list[str]] = []
+
+    async def ws(request: web.Request) -> web.StreamResponse:
+        cookies.append(request.headers.getall("Cookie", []))
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ws)
+    async with serve(app) as url:
+        settings = auth_settings(redis_url, tmp_path)
+        await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": url}},
+                   free=10_000_000)  # fmt: skip
+        async with running_gateway(settings) as gw:
+            yield WsEdge(gw, cookies)
+
+
+async def test_a_websocket_upgrade_does_not_leak_it(ws_edge: WsEdge) -> None:
+    headers = {"Cookie": f"a=1; cg_session={SID}; __Host-cg_session={SID}; b=2"}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        http.ws_connect(f"{ws_edge.gw.url}/hooks/web/{APP}/ws?user=u1", headers=headers) as sock,
+    ):
+        await sock.send_str("hi")
+        assert (await sock.receive()).data == "echo:hi"
+    assert ws_edge.cookies == [["a=1; b=2"]]
