@@ -10,7 +10,8 @@ to and its ``X-Real-IP`` replaced by the peer: the last address the bot reads is
 the one the gateway saw.
 
 The console's session cookie never crosses (:mod:`gateway.console_cookies`): it is taken
-out of a forwarded ``Cookie`` header (other cookies pass), on every traffic path.
+out of a forwarded ``Cookie`` header (other cookies pass), and a bot's ``Set-Cookie`` for
+it is dropped, on every traffic path.
 
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
@@ -29,7 +30,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.console_cookies import mentions_console_cookie, without_console_cookies
+from gateway.console_cookies import (
+    mentions_console_cookie,
+    sets_console_cookie,
+    without_console_cookies,
+)
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
@@ -173,8 +178,12 @@ def upstream_headers(
 
 
 def downstream_headers(src: Headers) -> CIMultiDict[str]:
-    """End-to-end response headers of the upstream's answer."""
+    """End-to-end response headers of the upstream's answer, less any ``Set-Cookie`` of
+    the console's cookie."""
     out = _end_to_end(src, _HOP)
+    if "Set-Cookie" in out and mentions_console_cookie(out.getall("Set-Cookie")):
+        out = CIMultiDict([(k, v) for k, v in out.items()
+                           if k.lower() != "set-cookie" or not sets_console_cookie(v)])  # fmt: skip
     if "Transfer-Encoding" in src:  # framing changes here; a stray length would lie
         out.popall("Content-Length", None)
     return out

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.console_cookies import sets_console_cookie
 from gateway.forwarding import HOP_BY_HOP, SERVER
 from gateway.inbound import Headers
 from gateway.memo import short_memo
@@ -71,7 +72,8 @@ def answer_head(
     from llhttp's header pairs without text or a multidict between: the same bytes
     (tests/unit/test_wire.py compares the two). llhttp admits only token characters in a
     name, so a name's ASCII lower case is its lower case as text; ``Connection``'s list
-    is read as text, as downstream_headers reads it.
+    is read as text, as downstream_headers reads it; so is a ``Set-Cookie`` that would
+    set the console's cookie, dropped as there.
     """
     drop, te = _hop_by_hop(raw)
     length = has_date = has_server = False
@@ -88,6 +90,8 @@ def answer_head(
             has_date = True
         elif low == b"server":
             has_server = True
+        elif low == b"set-cookie" and sets_console_cookie(value.decode("utf-8", "surrogateescape")):
+            continue  # never the console's cookie (gateway.console_cookies)
         fields.append(b"%b: %b\r\n" % (name, value))
     chunked = not length and status != 204 and status != 304
     if chunked:

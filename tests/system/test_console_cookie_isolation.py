@@ -1,8 +1,8 @@
 """The console's session cookie never crosses the traffic routes, on both traffic servers
 (gateway.console_cookies): where console and traffic share a host name, a browser sends
 the cookie to ``/hooks`` and ``/notify`` too, and takes a bot's ``Set-Cookie`` as the
-console's. A hostile bot must not read a console session, over HTTP or a WebSocket
-upgrade; every other cookie passes as it came.
+console's. A hostile bot must neither read a console session nor plant one, over HTTP
+or a WebSocket upgrade; every other cookie passes as it came.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, running_gateway, serve
 from tests.support.channel_keys import auth_settings, hs256, set_secret
-from tests.support.rawbot import RawBot, running_raw_bot
+from tests.support.rawbot import Answer, RawBot, running_raw_bot
 from tests.support.rawhttp import RawConn
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -49,6 +49,20 @@ COOKIES = {
     ),
     "lookalikes kept": (["cg_sessions=1; my_cg_session=2; x=cg_session"],) * 2,
     "nameless cookies kept": (["plain; a=1"], ["plain; a=1"]),
+}
+
+# A bot's Set-Cookie lines; which of them reach the client.
+SET_COOKIES = {
+    "plain": ([f"cg_session={SID}; Path=/; HttpOnly; SameSite=Lax"], []),
+    "TLS name": ([f"__Host-cg_session={SID}; Path=/; Secure"], []),
+    "case, prefix, blanks": ([f"  CG_SESSION ={SID}", f"__secure-Cg_Session={SID}"], []),
+    "nameless": ([f"=cg_session={SID}; Path=/"], []),
+    "hidden in a value": ([f"a=1, cg_session={SID}; Path=/"], []),
+    "others pass": (
+        [f"cg_session={SID}", "theme=dark; Path=/", f"__Host-cg_session={SID}", "lang=en"],
+        ["theme=dark; Path=/", "lang=en"],
+    ),
+    "none of the console's": (["a=1", "b=2; HttpOnly"], ["a=1", "b=2; HttpOnly"]),
 }
 
 
@@ -104,6 +118,25 @@ async def test_nor_a_channel_through_notify(edge: Edge, case: str) -> None:
     assert edge.bot.header_values("Cookie") == [k.encode() for k in kept]
 
 
+@pytest.mark.parametrize("case", SET_COOKIES, ids=list(SET_COOKIES))
+async def test_a_bot_cannot_set_the_console_cookie(edge: Edge, case: str) -> None:
+    lines, passed = SET_COOKIES[case]
+    fields = b"".join(b"Set-Cookie: %b\r\n" % line.encode() for line in lines)
+    edge.bot.answers["/b/x"] = Answer(
+        b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok", keep=True
+    )
+    token = hs256()
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(
+            f"POST /hooks/web/{APP}/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 2\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n{{}}".encode()
+        )
+        resp = await c.response()
+    assert (resp.status, resp.body) == (200, b"ok"), resp.raw_head
+    assert resp.headers.getall("Set-Cookie", []) == passed
+    assert SID.encode() not in resp.raw_head
+
+
 # ------------------------------------------------------------------------ WebSocket
 
 
@@ -120,6 +153,8 @@ async def ws_edge(redis_url: str, tmp_path: Path, rclient: RedisClient) -> Async
     async def ws(request: web.Request) -> web.StreamResponse:
         cookies.append(request.headers.getall("Cookie", []))
         sock = web.WebSocketResponse()
+        sock.headers.add("Set-Cookie", f"cg_session={SID}; Path=/")
+        sock.headers.add("Set-Cookie", "theme=dark")
         await sock.prepare(request)
         async for msg in sock:
             await sock.send_str("echo:" + msg.data)
@@ -135,7 +170,7 @@ async def ws_edge(redis_url: str, tmp_path: Path, rclient: RedisClient) -> Async
             yield WsEdge(gw, cookies)
 
 
-async def test_a_websocket_upgrade_does_not_leak_it(ws_edge: WsEdge) -> None:
+async def test_a_websocket_upgrade_neither_leaks_nor_plants_it(ws_edge: WsEdge) -> None:
     headers = {"Cookie": f"a=1; cg_session={SID}; __Host-cg_session={SID}; b=2"}
     async with (
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
@@ -143,4 +178,6 @@ async def test_a_websocket_upgrade_does_not_leak_it(ws_edge: WsEdge) -> None:
     ):
         await sock.send_str("hi")
         assert (await sock.receive()).data == "echo:hi"
+        set_cookies = sock._response.headers.getall("Set-Cookie", [])
     assert ws_edge.cookies == [["a=1; b=2"]]
+    assert not any("cg_session" in line for line in set_cookies)

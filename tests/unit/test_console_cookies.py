@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.console.session import COOKIE, SECURE_COOKIE
-from gateway.console_cookies import is_console_name, without_console_cookies
+from gateway.console_cookies import is_console_name, sets_console_cookie, without_console_cookies
 
 STRIPPED = {
     "a=1; cg_session=s; b=2": "a=1; b=2",
@@ -31,3 +31,18 @@ def test_the_console_names_are_its_own() -> None:
     assert is_console_name(SECURE_COOKIE)
     assert not is_console_name("cg_session2")
     assert not is_console_name("__Host-")
+
+
+@pytest.mark.parametrize(
+    ("value", "dropped"),
+    [
+        ("cg_session=x; Path=/", True),
+        ("=CG_SESSION=x", True),
+        ("a=1, cg_session=x", True),
+        ("__Secure-cg_session=x; Secure", True),
+        ("a=1; Path=/; HttpOnly", False),
+        ("cgsession=1", False),
+    ],
+)
+def test_a_set_cookie_naming_the_console_cookie_is_dropped(value: str, dropped: bool) -> None:
+    assert sets_console_cookie(value) is dropped

@@ -55,6 +55,9 @@ CASES = [
     [(b"TE", b"trailers"), (b"Trailer", b"x"), (b"Upgrade", b"h2c"), (b"X_Under", b"kept")],
     [(b"X-Bytes", b"\xff\xfe caf\xc3\xa9"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")],
     [(b"SERVER", b"own"), (b"dAtE", b"own date"), (b"Content-Length", b"1")],
+    # the console's cookie is dropped by both (gateway.console_cookies), the rest kept
+    [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"CG_Session=x"), (b"Set-Cookie", b"b=2")],
+    [(b"Set-Cookie", b"=cg_session=x"), (b"SET-COOKIE", b"__Host-cg_session=\xff")],
 ]
 
 
@@ -73,7 +76,8 @@ NAMES = [b"Connection", b"connection", b"Content-Length", b"content-length",
          b"Transfer-Encoding", b"Date", b"Server", b"Keep-Alive", b"Proxy-Auth", b"TE",
          b"Upgrade", b"X-A", b"x-a", b"X-B", b"Set-Cookie", b"Trailer", b"Via"]  # fmt: skip
 VALUES = [b"", b"1", b"x-a", b"X-A, x-b", b"close", b"keep-alive", b"chunked", b" x-b ,",
-          b"te, upgrade", b"content-length", b"server", b"\xc3\xa9", b"\xff", b"a,,b"]  # fmt: skip
+          b"te, upgrade", b"content-length", b"server", b"\xc3\xa9", b"\xff", b"a,,b",
+          b"cg_session=1", b"x=1, __Host-CG_SESSION=2"]  # fmt: skip
 
 
 def test_random_heads_agree() -> None:
