@@ -64,6 +64,23 @@ def without_console_cookies(value: str) -> str:
     return "; ".join(kept)
 
 
+def console_cookie(lines: Iterable[str], name: str) -> str | None:
+    """The value of cookie ``name`` in the ``Cookie`` header ``lines``, read strictly: split
+    on every ``;``, the name compared exactly; None when it is missing or sent more than
+    once. A lenient parser (aiohttp's ``request.cookies``) reads ``a=1, cg_session=x``
+    as two cookies and keeps the last of duplicates: a page script on a shared host name
+    could plant either beside the victim's own cookie and sign the victim in as someone
+    else. Two are never guessed between."""
+    found = [
+        value.strip(_BLANKS)
+        for line in lines
+        for pair in line.split(";")
+        for key, eq, value in (pair.partition("="),)
+        if eq and key.strip(_BLANKS) == name
+    ]
+    return found[0] if len(found) == 1 else None
+
+
 def sets_console_cookie(value: str) -> bool:
     """Whether a ``Set-Cookie`` value could set the console's cookie: it mentions the
     name anywhere. Browsers take a nameless cookie's value (``=cg_session=x``) as the

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.admin_api.http import SESSION_PRINCIPAL
-from gateway.console_cookies import COOKIE, SECURE_COOKIE
+from gateway.console_cookies import COOKIE, SECURE_COOKIE, console_cookie
 from gateway.problems import Problem
 from meter.accounts.authz import Principal, user_principal
 from meter.errors import Unauthorized
@@ -54,7 +54,9 @@ async def load(request: web.Request) -> ConsoleSession | None:
     """The request's live console session, if its cookie names one."""
     # Over TLS only the __Host- cookie counts: a plain one can be planted by a sibling
     # subdomain or over plain HTTP, and would sign the victim into the planter's session.
-    raw = request.cookies.get(SECURE_COOKIE if secure(request) else COOKIE)
+    # Read strictly (gateway.console_cookies.console_cookie): sent twice, it is none.
+    name = SECURE_COOKIE if secure(request) else COOKIE
+    raw = console_cookie(request.headers.getall("Cookie", ()), name)
     if not raw or len(raw) > 200:
         return None
     store: Store = request.config_dict[appkeys.STORE]

@@ -119,6 +119,34 @@ async def test_a_planted_plain_cookie_is_not_a_session_over_tls(any_admin: Admin
             assert (await r.json()) == {"signed_in": False}
 
 
+async def test_the_session_cookie_is_read_strictly(any_admin: Admin) -> None:
+    """A page sharing the console's host name can plant cookies by script: one whose value
+    a lenient parser splits (``a=1, cg_session=..``), or a second ``cg_session`` (another
+    path). Neither signs the victim into the planter's session."""
+    planter_id, planter_tok = await any_admin.new_user("planter")
+    victim_id, victim_tok = await any_admin.new_user("victim")
+    raw = {}
+    for who, tok in (("planter", planter_tok), ("victim", victim_tok)):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            _, _, resp = await sign_in(http, any_admin.url, tok)
+            raw[who] = resp.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+    p, v = raw["planter"], raw["victim"]
+    cases = {
+        f"a=1, cg_session={p}": None,
+        f"cg_session={v}; a=1, cg_session={p}": victim_id,
+        f"cg_session={v}; x=1 cg_session={p}": victim_id,
+        f"cg_session={v}; cg_session={p}": None,  # two: neither
+        f"cg_session={p};cg_session={v}": None,
+        f"a=1;  cg_session={v} ; b=2": victim_id,
+    }
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        for cookie, expected in cases.items():
+            async with http.get(f"{any_admin.url}/ui/session", headers={"Cookie": cookie}) as r:
+                me = await r.json()
+            assert (me["user"]["id"] if me["signed_in"] else None) == expected, cookie
+    assert planter_id != victim_id
+
+
 async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
     tok, ws = await any_admin.owner_workspace()
     _, other_tok = await any_admin.new_user("other")
