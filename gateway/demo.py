@@ -232,6 +232,9 @@ def instructions(settings: Settings, s: Seeded) -> str:
     """What the demo prints once it serves: tokens, the dashboard, curl lines to try."""
     t = f"http://{settings.host}:{settings.traffic_port}"
     a = f"http://{settings.host}:{settings.admin_port}"
+    # The console under another host name than the traffic's: cookies are not scoped by
+    # port, and a bot's page on the traffic host would share the console's (README).
+    ui = a.replace("127.0.0.1", "localhost", 1) if settings.host == "127.0.0.1" else a
     op = settings.operator_token or ""
     owner = s.owner_token or ""
     store = settings.store_url
@@ -244,7 +247,7 @@ def instructions(settings: Settings, s: Seeded) -> str:
     if owner:
         lines.append(f"  owner token:    {owner}")
     lines += [
-        f"  dashboard:      {a}/ui   (sign in with the owner token)",
+        f"  dashboard:      {ui}/ui   (sign in with the owner token)",
         "",
         "# a message (one $0.20 session per channel user per 15 minutes):",
         f"curl -s {t}/hooks/web/{s.ample}/chat -H 'X-Channel-User-Id: alice' -d 'hello'",

@@ -342,6 +342,9 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
         assert owner, text
         for expected in ("/ui", "/funds", "reference", "/usage", " export ", "/hooks/web/"):
             assert expected in text, expected
+        # the console under another host name than the traffic's: no shared cookies
+        assert re.search(r"dashboard: +http://localhost:\d+/ui ", text), text
+        assert re.search(r"curl -s http://127\.0\.0\.1:\d+/hooks/web/", text), text
         tight = re.search(r"and (\S+) \(\$0\.60", text)
         assert tight
         db = tmp_path / ".demo" / "creditgate.db"
