@@ -31,7 +31,8 @@
 -- record, a token that is no delivery of it (or whose failure already counted), nothing
 -- charged, a delivery other than the last to fail (its failure is recorded), or a charge
 -- that opened a billing session other messages were then served in (it was used; the
--- reservation is settled).
+-- reservation is settled), whether or not the conversation has since gone on into a
+-- later block.
 -- The charge is read from its record P:i:<app>:<name> (see admit.lua; lib_records.lua
 -- names it, and finds one an earlier version wrote). A failure of the original also
 -- settles its reservation in P:rsv (one member per record: "<app>:<rid>"); redeliveries
@@ -45,6 +46,24 @@ local NONE = {0, 0, 0, 0, 0}
 
 -- #include lib_sessions.lua
 -- #include lib_records.lua
+
+-- The entry of billing session bsid of conversation fld ("app\tchannel\tuser"), wherever
+-- it is (lib_sessions.lua): the conversation's newest entry (field fld in the newest bucket
+-- that has it), an older block's (field fld in an earlier bucket), or one displaced in its
+-- bucket (field fld .. "\t" .. bsid). Returns the entry, its bucket, its hash field and
+-- whether it is the conversation's newest; nil when none is found.
+local function entry_of(fld, bsid)
+  local alt, newest = fld .. '\t' .. bsid, true
+  for i = 1, #SRB do
+    local b = SRB[i]
+    local r = redis.call('HMGET', sr_key(b), fld, alt)
+    if r[1] then
+      if string.match(r[1], '^%d+,%d+,%d+,([^,]+),') == bsid then return r[1], b, fld, newest end
+      newest = false
+    end
+    if r[2] then return r[2], b, alt, false end
+  end
+end
 
 local ik, old = record_keys(app_id, key)
 local rsv, member = P .. ':rsv', app_id .. ':' .. key
@@ -92,16 +111,15 @@ end
 
 -- A charge that opened a billing session other messages were then served in was used:
 -- it stands (else a client could open a session, ride it, and fail the opener for free).
-local sfld, sentry, sbucket
+-- The session's entry is looked up by its id wherever it is: once the conversation's next
+-- block opened, it is no longer the conversation's newest entry (see entry_of).
+local sfld, sentry, sbucket, shf, snewest
 if bsid ~= '' then
   sfld = app_id .. '\t' .. ch .. '\t' .. user
-  sentry, sbucket = session_find(sfld)
-  if sentry then
-    local s1, msgs = string.match(sentry, '^%d+,%d+,%d+,([^,]+),(%d+),')
-    if s1 == bsid and tonumber(msgs) > 1 then
-      redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
-      return NONE
-    end
+  sentry, sbucket, shf, snewest = entry_of(sfld, bsid)
+  if sentry and tonumber(string.match(sentry, '^%d+,%d+,%d+,[^,]+,(%d+),')) > 1 then
+    redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+    return NONE
   end
 end
 
@@ -137,22 +155,20 @@ if inv > 0 then
   if tonumber(redis.call('GET', uk) or '0') > 0 then redis.call('DECR', uk) end
 end
 
--- The billing session this message opened is undone: the next message opens it again.
-if bsid ~= '' then
-  local fld, e, b = sfld, sentry, sbucket
-  if e then
-    local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
-    if s1 == bsid then
-      blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
-      local sk = sr_key(b)
-      if blocks <= 0 and msgs <= 0 then
-        redis.call('HDEL', sk, fld)
-      else
-        amount = math.max(0, tonumber(amount) - free - app - pool - inv)
-        redis.call('HSET', sk, fld, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
-          msgs, amount, prod))
-      end
-    end
+-- The billing session this message opened is undone. As the conversation's newest entry it
+-- goes back to the blocks before it (the next message opens the block again), or away
+-- with the conversation it began; an older block's entry (the conversation went on into
+-- a later block) is only a record, and goes.
+if sentry then
+  local cs, dl, blocks, s1, msgs, amount, prod = string.match(sentry, ENTRY_RE)
+  blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
+  local sk = sr_key(sbucket)
+  if not snewest or (blocks <= 0 and msgs <= 0) then
+    redis.call('HDEL', sk, shf)
+  else
+    amount = math.max(0, tonumber(amount) - free - app - pool - inv)
+    redis.call('HSET', sk, shf, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
+      msgs, amount, prod))
   end
 end
 

@@ -89,6 +89,15 @@ class Session:
     msgs: int = 0  # messages admitted in the current block (redeliveries excluded)
 
 
+@dataclass
+class Entry:
+    """One billing session's entry (lib_sessions.lua), by id: where its block started (the
+    bucket refund.lua finds it in) and the messages it counts."""
+
+    start: int
+    msgs: int
+
+
 class Record(NamedTuple):
     """The charge record ``P:i:<app>:<rid>``: redelivery check and what a refund reverses."""
 
@@ -131,6 +140,7 @@ class Workspace:
     grants: set[str] = field(default_factory=set)
     rates: dict[str, tuple[Window, Window]] = field(default_factory=dict)
     sessions: dict[tuple[str, str, str], Session] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)  # by billing-session id
     records: dict[tuple[str, str], Record] = field(default_factory=dict)
     agg: Counter[str] = field(default_factory=Counter)  # "<app>|<ch>|<product>|<unit>|<metric>"
 
@@ -304,22 +314,39 @@ class Workspace:
         if charge:
             self.seq += 1
             s.blocks, s.bsid, s.msgs = need, f"s{self.seq}", 1
+            self.entries[s.bsid] = Entry(s.start + (need - 1) * self.block_ms, 1)
         else:
             s.msgs += 1
+            self.entries[s.bsid].msgs += 1
         s.last = now
         self.sessions[sk] = s
         return s.bsid
 
-    def _findable(self, now: int, s: Session) -> bool:
+    def _findable(self, now: int, start: int) -> bool:
         """Whether refund.lua's look-up (block buckets from now + 60 s back to
-        now - idle - block) reaches the session's entry."""
+        now - idle - block) reaches the entry of a block that started at ``start``."""
         sb = max(1, self.block_ms // 1000)
 
         def bucket(ms: int) -> int:
             return ms // 1000 // sb * sb
 
-        entry = bucket(s.start + (s.blocks - 1) * self.block_ms)
-        return bucket(now - self.idle_ms - self.block_ms) <= entry <= bucket(now + 60_000)
+        return bucket(now - self.idle_ms - self.block_ms) <= bucket(start) <= bucket(now + 60_000)
+
+    def _undo_session(self, app_id: str, rec: Record, e: Entry | None) -> None:
+        """A refunded charge's billing session: the conversation's newest goes back to the
+        blocks before it; an older block's entry goes."""
+        sk = (app_id, rec.channel, rec.user)
+        s = self.sessions.get(sk)
+        if rec.bsid and s is not None and s.bsid == rec.bsid:
+            s.blocks -= 1
+            s.msgs -= 1
+            if e is not None:
+                e.msgs -= 1
+            if s.blocks <= 0:
+                del self.sessions[sk]
+                self.entries.pop(rec.bsid, None)
+        elif e is not None:
+            del self.entries[rec.bsid]
 
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
     def refund(self, now: int, app_id: str, d: Decision, rid: str, token: str) -> bool:
@@ -335,9 +362,10 @@ class Workspace:
         self.records[(app_id, rid)] = rec
         if len(rec.failed) < rec.deliveries:
             return False  # another delivery was or may still be served
-        s = self.sessions.get((app_id, rec.channel, rec.user))
-        used = s is not None and s.bsid == rec.bsid and self._findable(now, s) and s.msgs > 1
-        if rec.bsid and used:
+        e = self.entries.get(rec.bsid) if rec.bsid else None
+        if e is not None and not self._findable(now, e.start):
+            e = None
+        if e is not None and e.msgs > 1:
             return False  # the session it opened was used by other messages: it stands
         del self.records[(app_id, rid)]
         a = self.apps[app_id]
@@ -349,12 +377,7 @@ class Workspace:
             self._event("free_credits.expired")
         a.app += rec.app
         self.pool += rec.pool
-        s = self.sessions.get((app_id, rec.channel, rec.user))
-        if rec.bsid and s is not None and s.bsid == rec.bsid:
-            s.blocks -= 1
-            s.msgs -= 1
-            if s.blocks <= 0:
-                del self.sessions[(app_id, rec.channel, rec.user)]
+        self._undo_session(app_id, rec, e)
         fkey = keys.agg_field(app_id, rec.channel, a.product, rec.unit, "")
         for metric, v in (("n", -1), ("m", -1), ("x", 1), ("f", -rec.free)):
             self.agg[fkey + metric] += v
