@@ -150,7 +150,9 @@ for i = FIRST, #ARGV do
 end
 
 -- Crossings, each announced once ------------------------------------------------------
-if W0.free > 0 and W.free == 0 then event('free_credits.exhausted', {}) end
+if W0.free > 0 and W.free == 0 then
+  event('free_credits.exhausted', {once = 'exhausted:' .. FREE_SET})
+end
 local paid_total = W.pool + W.apps
 if W0.pool + W0.apps > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
 local usable = (free_valid and W.free or 0) + paid_total

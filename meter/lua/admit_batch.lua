@@ -20,7 +20,7 @@ end
 -- Workspace ---------------------------------------------------------------------------
 local wsk = P .. ':ws'
 local wr = redis.call('HMGET', wsk, 'type', 'free', 'free_exp', F_POOL, F_APPS, 'lapsed',
-  'low', 'np', 'seq', 'lowt')
+  'low', 'np', 'seq', 'lowt', 'free_granted')
 if not wr[1] then
   for _ = FIRST, #ARGV do result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   return out
@@ -32,6 +32,10 @@ local W = {
   pool = (wr[4] or 0) + 0, apps = (wr[5] or 0) + 0, lapsed = (wr[6] or 0) + 0,
   low = wr[7] == '1', np = (wr[8] or 0) + 0, seq = (wr[9] or 0) + 0,
 }
+-- The free credits in hand: those granted up to free_granted, valid until free_exp. Their
+-- lapse and exhaustion carry it as ``once``: the flusher keys the ledger entry and the
+-- owner event by it, so a Redis that lost them and does them again is not counted twice.
+local FREE_SET = D(W.free_exp) .. ':' .. D((wr[11] or 0) + 0)
 -- An id (event e<n>, billing session s<n>) is at least now x 1000: a Redis that lost
 -- recent writes (failover, restart from an older file) never gives one again.
 if W.seq < now * 1000 then W.seq = now * 1000 - 1 end
@@ -48,7 +52,7 @@ end
 
 -- Free credits past their validity lapse once, remainder recorded.
 if W.free > 0 and now >= W.free_exp then
-  event('free_credits.expired', {amount = W.free})
+  event('free_credits.expired', {amount = W.free, once = 'expiry:' .. FREE_SET})
   W.lapsed = W.lapsed + W.free
   W.free = 0
   W0.free = 0

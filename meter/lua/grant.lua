@@ -37,7 +37,7 @@ redis.call('HSET', wsk, mark, '1')
 redis.call('SET', legacy, '1')
 
 if kind == 'free' then
-  local w = redis.call('HMGET', wsk, 'free', 'free_exp')
+  local w = redis.call('HMGET', wsk, 'free', 'free_exp', 'free_granted')
   local left, exp = tonumber(w[1] or '0'), tonumber(w[2] or '0')
   local now = tonumber(ARGV[7])
   if left > 0 and exp > 0 and now >= exp then
@@ -47,7 +47,9 @@ if kind == 'free' then
     local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0') + 1, now * 1000)
     redis.call('HSET', wsk, 'seq', string.format('%d', seq))
     redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
-      type = 'free_credits.expired', at = now, amount = left}))
+      type = 'free_credits.expired', at = now, amount = left,
+      -- The expiry's own key, as admit.lua gives it: the store lapses it once.
+      once = string.format('expiry:%d:%d', exp, tonumber(w[3] or '0'))}))
   end
   redis.call('HINCRBY', wsk, 'free', amount)
   redis.call('HINCRBY', wsk, 'free_granted', amount)

@@ -132,12 +132,20 @@ def session_rows(
 def event_rows(
     ws: str, items: Sequence[bytes | str]
 ) -> tuple[list[LedgerEntry], list[OutboxEvent]]:
-    """Events -> owner notifications (outbox), and a ``lapse`` ledger entry per expiry."""
+    """Events -> owner notifications (outbox), and a ``lapse`` ledger entry per expiry.
+
+    An event is ``<ws>:<id>``, except one a script marked ``once`` (the free credits'
+    ``expiry:<free_exp>:<free_granted>`` lapse and ``exhausted:…``): ``<ws>:<once>``. Such
+    an event happens once per set of free credits, so a Redis that lost it (a failover, a
+    restart from an older file) and does it again under a new ``e<n>`` produces the same
+    id, and the store (ledger reference, outbox id) takes it once.
+    """
     ledger: list[LedgerEntry] = []
     outbox: list[OutboxEvent] = []
     for raw in items:
         ev: dict[str, Any] = orjson.loads(raw)
-        event_id = f"{ws}:{ev['id']}"
+        once = ev.pop("once", None)
+        event_id = f"{ws}:{once}" if once else f"{ws}:{ev['id']}"
         at = int(ev.get("at", 0))
         payload = {**ev, "id": event_id, "workspace_id": ws}
         outbox.append(OutboxEvent(ws, event_id, str(ev["type"]), payload, at))
