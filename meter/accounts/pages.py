@@ -19,6 +19,9 @@ from meter.errors import InvalidInput
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# A key integer the stores can compare (SQLite INTEGER, PostgreSQL BIGINT): one beyond
+# it is no cursor this gateway made, and must not reach the store (a 503, not a 422).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ def decode(kind: str, cursor: str | None, types: tuple[type, ...]) -> list[Any] 
         and len(data) == len(types) + 1
         and data[0] == kind
         and all(type(v) is t for v, t in zip(data[1:], types, strict=True))
+        and all(_INT_MIN <= v <= _INT_MAX for v in data[1:] if type(v) is int)
     )
     if not ok:
         raise InvalidInput("cursor", "is not a cursor of this list; use next_cursor as given")
