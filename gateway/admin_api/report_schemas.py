@@ -153,7 +153,7 @@ class CheckoutOut(Out):
     url: str = Field(description="the provider's hosted payment page: send the payer there")
     amount: Money
     app_id: str | None
-    status: Literal["creating", "open", "paid", "expired", "failed", "rejected"]
+    status: Literal["creating", "open", "paid", "expired", "failed", "rejected", "credited_by_hand"]
     created_at: Timestamp
 
 

@@ -4,6 +4,13 @@ Funds are paid for: an owner's top-up is a checkout with the payment provider
 (:mod:`meter.accounts.payments`), credited when the provider confirms; operators credit funds by
 hand (e.g. a bank transfer) with :func:`add_funds`, always with a reference.
 
+One payment is credited once, by its webhook or by hand, whichever comes first
+(:mod:`meter.store.claims`): a reference that names a payment (a checkout's id, the
+provider's session id ``cs_…`` or payment intent ``pi_…``, in any spelling the ledger
+uses) claims it; crediting a payment claimed already is 409 (``reference_is_checkout``
+when its checkout is known), and a webhook that comes after a credit by hand credits
+nothing.
+
 A top-up is idempotent by its ledger ``reference`` across three writes, each keyed by
 it: the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
 (``grant.lua``'s marker) and the ``funds.added`` outbox event (its ``event_id``). A retry
@@ -21,6 +28,8 @@ from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
 from meter.errors import Conflict, InvalidInput
 from meter.store import LedgerEntry, OutboxEvent, Workspace
+from meter.store.claims import payment_id
+from meter.store.payments import ManualCredit
 
 REFERENCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 CENT = MICROS_PER_DOLLAR // 100
@@ -74,15 +83,6 @@ async def add_funds(
         app = await d.store.get_app(app_id)
         if app is None or app.workspace_id != ws.id:
             raise InvalidInput("app_id", f"no app {app_id} in workspace {ws.id}")
-    if await d.store.get_checkout_by_reference(reference) is not None:
-        # A payment made through checkout is credited by the provider's webhook, under
-        # its own reference: credited here as well, it would count twice.
-        raise Conflict(
-            f"reference {reference} names a checkout: its payment is credited by the "
-            "provider's webhook (redeliver the event from the provider if it was missed)",
-            code="reference_is_checkout",
-            field="reference",
-        )
     ref = funds_reference(reference)
     entry = LedgerEntry(
         workspace_id=ws.id,
@@ -93,7 +93,9 @@ async def add_funds(
         app_id=app_id,
         detail={"by": actor, "source": "manual"},
     )
-    created = await d.store.add_ledger_entry(entry)
+    done = await d.store.credit_by_hand(entry, payment_id(reference))
+    _refuse_paid_twice(reference, ws, done)
+    created = done.created
     if not created:
         prior = await d.store.get_ledger_entry(ws.id, ref)
         if prior is None or prior.amount != micros or prior.app_id != app_id:
@@ -108,6 +110,33 @@ async def add_funds(
         after = {"amount": format_amount(micros), "app_id": app_id, "reference": ref}
         await audit(d, actor, "funds.add", f"workspace:{ws.id}", None, after)
     return TopUp(entry=entry, created=created)
+
+
+def _refuse_paid_twice(reference: str, ws: Workspace, done: ManualCredit) -> None:
+    """409 when the payment ``reference`` names is another workspace's checkout or was
+    credited already (by its webhook or by hand under another reference)."""
+    co, holder = done.checkout, done.holder
+    if co is not None and co.workspace_id != ws.id:
+        raise Conflict(
+            f"reference {reference} names a checkout of another workspace",
+            code="reference_is_checkout",
+            field="reference",
+        )
+    if holder is None:
+        return
+    where = "" if holder.workspace_id == ws.id else f" of workspace {holder.workspace_id}"
+    if co is not None or holder.reference.startswith("checkout:"):
+        raise Conflict(
+            f"reference {reference} names a checkout's payment, credited already as "
+            f"{holder.reference}{where}",
+            code="reference_is_checkout",
+            field="reference",
+        )
+    raise Conflict(
+        f"reference {reference} names a payment credited already as {holder.reference}{where}",
+        code="reference_reused",
+        field="reference",
+    )
 
 
 async def apply_topup(d: Deps, entry: LedgerEntry, *, shown_reference: str, **extra: str) -> None:

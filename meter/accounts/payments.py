@@ -13,11 +13,17 @@
    idempotent by that same reference. Redeliveries, concurrent deliveries and a retry
    after a crash between these steps change nothing twice.
 
+The same transaction claims the payment's identifiers (checkout id, session id, payment
+intent; :mod:`meter.store.claims`): a payment an operator credited by hand first
+(:func:`meter.accounts.credits.add_funds`) is not credited again, the checkout becomes
+``credited_by_hand`` and the event is acknowledged (``credited_by_hand``).
+
 Events that must not credit (unknown session, an amount or currency that differs from
-the checkout, an amount outside the top-up limits, a workspace that is no longer
-prepaid) are recorded with their outcome and acknowledged, so the provider stops
-retrying; the checkout becomes ``rejected`` for an operator to look at. Events arrive
-in any order: a paid checkout never becomes ``expired`` or ``failed``.
+the checkout, a workspace that is no longer prepaid) are recorded with their outcome and
+acknowledged, so the provider stops retrying; the checkout becomes ``rejected`` for an
+operator to look at. The top-up limits are not checked again: the amount was checked
+when the checkout was created, and the payer paid it. Events arrive in any order: a paid
+checkout never becomes ``expired`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ EXPIRED = "checkout.session.expired"
 HANDLED = frozenset({COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED, EXPIRED})
 
 # What an event did (the webhook's answer and payment_events.outcome).
-Outcome = Literal["credited", "already_credited", "pending", "expired", "failed", "ignored",
-                  "unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid",
-                  "wrong_mode"]  # fmt: skip
+Outcome = Literal["credited", "already_credited", "credited_by_hand", "pending", "expired",
+                  "failed", "ignored", "unknown_checkout", "amount_mismatch", "outside_limits",
+                  "not_prepaid", "wrong_mode"]  # fmt: skip
 
 REFUSED = frozenset(
     {"unknown_checkout", "amount_mismatch", "outside_limits", "not_prepaid", "wrong_mode"}
@@ -185,6 +191,13 @@ async def _decide(d: Deps, ev: SessionEvent, co: Checkout | None) -> Outcome:
             co.id, "rejected", only_from=("creating", "open", "expired", "failed"), detail=detail
         )
         return rejected
+    return await _credit(d, ev, co)
+
+
+async def _credit(d: Deps, ev: SessionEvent, co: Checkout) -> Outcome:
+    """Credit a paid event's checkout (once: a redelivery or a payment credited by hand
+    first credits nothing)."""
+    assert ev.session_id is not None
     entry = LedgerEntry(
         workspace_id=co.workspace_id,
         kind="topup",
@@ -201,31 +214,42 @@ async def _decide(d: Deps, ev: SessionEvent, co: Checkout | None) -> Outcome:
             "by": co.created_by,
         },
     )
-    created = await d.store.complete_checkout(
+    done = await d.store.complete_checkout(
         co.id, ev.session_id, ev.payment_intent, entry, entry.created_at
     )
-    if not created:
+    if done == "credited_by_hand":
+        log.info("payment event %s: checkout %s was credited by hand", ev.event_id, co.id)
+        return done
+    if done == "already_credited":
         prior = await d.store.get_ledger_entry(co.workspace_id, entry.reference)
         entry = prior if prior is not None else entry
     await credits.apply_topup(d, entry, shown_reference=ev.session_id, checkout_id=co.id)
-    if created:
+    if done == "credited":
         after = {"checkout_id": co.id, "amount": format_amount(co.amount),
                  "app_id": co.app_id, "session_id": ev.session_id}  # fmt: skip
         await audit(d, f"provider:{PROVIDER}", "checkout.paid", f"workspace:{co.workspace_id}",
                     None, after)  # fmt: skip
-    return "credited" if created else "already_credited"
+    return done
 
 
 async def _reject_reason(d: Deps, ev: SessionEvent, co: Checkout) -> Outcome | None:
-    """Why a paid event must not be credited, if it must not."""
-    if co.status == "paid":
-        return None  # credited before: the redelivery is harmless (and acknowledged)
-    if co.status == "rejected":  # stays rejected, whatever changed since
-        return REJECTED.get(str(co.detail.get("rejected")), "amount_mismatch")
+    """Why a paid event must not be credited, if it must not.
+
+    The amount was checked against the top-up limits when the checkout was created: the
+    payment is what the payer was asked for, so limits changed since do not matter (a
+    checkout refused ``outside_limits`` by an earlier version is credited by a
+    redelivery). A workspace no longer prepaid (upgraded since) is refused: an operator
+    settles that payment (a refund in the provider's dashboard, or the invoice).
+    """
+    if co.status in ("paid", "credited_by_hand"):
+        # Credited before (by this webhook or by hand): the redelivery credits nothing,
+        # and records the payment intent of one credited by hand (one more of its names).
+        return None
+    reason = str(co.detail.get("rejected"))
+    if co.status == "rejected" and reason != "outside_limits":  # stays rejected
+        return REJECTED.get(reason, "amount_mismatch")
     if ev.amount_total != cents(co.amount) or (ev.currency or "").lower() != co.currency:
         return "amount_mismatch"
-    if not d.settings.topup_min <= co.amount <= d.settings.topup_max:
-        return "outside_limits"
     ws = await d.store.get_workspace(co.workspace_id)
     if ws is None or ws.type != "standard":
         return "not_prepaid"

@@ -208,7 +208,9 @@ class OutboxEvent:
     last_error: str | None = None
 
 
-CheckoutStatus = Literal["creating", "open", "paid", "expired", "failed", "rejected"]
+CheckoutStatus = Literal[
+    "creating", "open", "paid", "expired", "failed", "rejected", "credited_by_hand"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,10 @@ class Checkout:
     ``creating`` until the provider answered with its session, then ``open``; ``paid``
     once credited (exactly once: the ledger reference is ``checkout:<session_id>``);
     ``expired``/``failed`` when the provider says so; ``rejected`` when a paid event did
-    not match what was recorded here (not credited: an operator looks at it).
+    not match what was recorded here (not credited: an operator looks at it);
+    ``credited_by_hand`` when an operator credited its payment first (``detail``:
+    ``credited_as``, that ledger reference, and ``credited_to``, its workspace), after
+    which its paid event credits nothing.
     """
 
     id: str

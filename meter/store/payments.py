@@ -2,14 +2,18 @@
 
 Crediting a checkout is one transaction: the checkout becomes ``paid`` and the ledger
 gets its top-up, keyed by ``checkout:<provider session id>`` (unique per workspace), so
-redelivered or concurrent provider events credit a payment once.
+redelivered or concurrent provider events credit a payment once. The same transaction
+claims the payment's identifiers (:mod:`meter.store.claims`), as an operator's credit
+by hand does (:meth:`Payments.credit_by_hand`): whichever commits first credits it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from meter.store.db import Row, StoreCore, dumps, loads, row_as
+from meter.store.claims import PROVIDER_PREFIXES, Holder, claim, hand_over
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
 
@@ -19,8 +23,63 @@ _COLS = (
 )
 
 
+_BY_REFERENCE = (
+    f"SELECT {_COLS} FROM checkouts WHERE id = ? OR session_id = ? OR payment_intent = ?"
+)
+_OWN_ENTRY = "SELECT 1 AS x FROM ledger WHERE workspace_id = ? AND reference = ?"
+
+CheckoutCredit = Literal["credited", "already_credited", "credited_by_hand"]
+
+
+@dataclass(frozen=True, slots=True)
+class ManualCredit:
+    """What :meth:`Payments.credit_by_hand` did: ``created`` the entry (``False``: it
+    existed, or nothing was written); the ``checkout`` the reference names; the other
+    ledger entry (``holder``) that already credited this payment, if one did."""
+
+    created: bool
+    checkout: Checkout | None
+    holder: Holder | None
+
+
+class _Refused(Exception):
+    """Leaves a transaction (rolled back) with what to answer."""
+
+    def __init__(self, result: ManualCredit) -> None:
+        self.result = result
+
+
 def _checkout(r: Row) -> Checkout:
     return row_as(Checkout, r, _COLS, detail=loads(r["detail"]) or {})
+
+
+async def _mark_by_hand(
+    c: Conn,
+    checkout_id: str,
+    holder: Holder,
+    at: int,
+    session_id: str | None,
+    payment_intent: str | None,
+) -> None:
+    """The checkout's payment was credited by hand under ``holder``'s entry: it says so
+    (and keeps the session and payment intent the provider reported, if it did)."""
+    raw = await c.fetchval("SELECT detail FROM checkouts WHERE id = ?", checkout_id)
+    detail = {**(loads(raw) or {}), "credited_as": holder.reference,
+              "credited_to": holder.workspace_id}  # fmt: skip
+    await c.execute(
+        "UPDATE checkouts SET status = 'credited_by_hand', detail = ?, completed_at = ? "
+        "WHERE id = ? AND status NOT IN ('paid', 'credited_by_hand')",
+        dumps(detail),
+        at,
+        checkout_id,
+    )
+    await c.execute(
+        "UPDATE checkouts SET session_id = COALESCE(session_id, ?), "
+        "payment_intent = COALESCE(payment_intent, ?) WHERE id = ? AND status <> 'paid'",
+        session_id,
+        payment_intent,
+        checkout_id,
+    )
 
 
 class Payments(StoreCore):
@@ -45,16 +104,6 @@ class Payments(StoreCore):
     async def get_checkout_by_session(self, session_id: str) -> Checkout | None:
         return await self.one(
             _checkout, f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id
-        )
-
-    async def get_checkout_by_reference(self, reference: str) -> Checkout | None:
-        """The checkout that ``reference`` names: its id, session id or payment intent."""
-        return await self.one(
-            _checkout,
-            f"SELECT {_COLS} FROM checkouts WHERE id = ? OR session_id = ? OR payment_intent = ?",
-            reference,
-            reference,
-            reference,
         )
 
     async def list_checkouts(self, workspace_id: str) -> list[Checkout]:
@@ -100,10 +149,21 @@ class Payments(StoreCore):
         payment_intent: str | None,
         entry: LedgerEntry,
         at: int,
-    ) -> bool:
-        """Mark the checkout paid and record its top-up in one transaction; ``False`` when
-        the top-up was recorded before (a redelivery: nothing changes)."""
+    ) -> CheckoutCredit:
+        """Claim the payment's identifiers, mark the checkout paid and record its top-up
+        in one transaction: ``credited``; ``already_credited`` when the top-up was
+        recorded before (a redelivery: nothing changes); ``credited_by_hand`` when an
+        operator credited this payment first (nothing credited; the checkout says so)."""
+        mine = Holder(entry.workspace_id, entry.reference)
+        idents = (checkout_id, session_id, payment_intent or "")
         async with self.transaction() as c:
+            other, fresh = await claim(c, idents, mine, at)
+            if other is not None:
+                if await c.fetchval(_OWN_ENTRY, mine.workspace_id, mine.reference):
+                    return "already_credited"  # a name of it claimed by hand since: ours
+                await hand_over(c, fresh, mine, other)
+                await _mark_by_hand(c, checkout_id, other, at, session_id, payment_intent)
+                return "credited_by_hand"
             await c.execute(
                 "UPDATE checkouts SET status = 'paid', session_id = ?, "
                 "payment_intent = COALESCE(payment_intent, ?), completed_at = ? "
@@ -114,7 +174,40 @@ class Payments(StoreCore):
                 checkout_id,
                 session_id,
             )
-            return await insert_ledger_entry(c, entry)
+            created = await insert_ledger_entry(c, entry)
+        return "credited" if created else "already_credited"
+
+    async def credit_by_hand(self, entry: LedgerEntry, identifier: str) -> ManualCredit:
+        """Record an operator's top-up ``entry`` for the payment named ``identifier`` (a
+        reference without its prefixes, :func:`payment_id`), in one transaction.
+
+        When it names a checkout (its id, session id or recorded payment intent), that
+        checkout's identifiers are claimed too and it becomes ``credited_by_hand``; a
+        provider id (``cs_``/``pi_``) names a payment even unknown here. Nothing is
+        written when the checkout is another workspace's or one of the identifiers was
+        credited under another ledger entry (``holder``).
+        """
+        mine = Holder(entry.workspace_id, entry.reference)
+        try:
+            async with self.transaction() as c:
+                r = await c.fetchrow(_BY_REFERENCE, identifier, identifier, identifier)
+                co = _checkout(r) if r else None
+                if co is not None and co.workspace_id != entry.workspace_id:
+                    raise _Refused(ManualCredit(False, co, None))
+                idents: list[str] = []
+                if co is not None:
+                    idents = [identifier, co.id, co.session_id or "", co.payment_intent or ""]
+                elif identifier.startswith(PROVIDER_PREFIXES):
+                    idents = [identifier]
+                other, _ = await claim(c, idents, mine, entry.created_at)
+                if other is not None:
+                    raise _Refused(ManualCredit(False, co, other))
+                created = await insert_ledger_entry(c, entry)
+                if co is not None and co.status not in ("paid", "credited_by_hand"):
+                    await _mark_by_hand(c, co.id, mine, entry.created_at, None, None)
+        except _Refused as refused:
+            return refused.result
+        return ManualCredit(created, co, None)
 
     async def record_payment_event(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meter.store.schema_claims import PAYMENT_CLAIMS
 from meter.store.schema_initial import INITIAL
 
 _DIALECT = {
@@ -237,6 +238,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "invitations: members and collaborators join by consent", _INVITATIONS),
     Migration(12, "workspaces by owner", _WORKSPACES_BY_OWNER),
     Migration(13, "invitations by inviter", _INVITER),
+    Migration(14, "payment claims: one credit per payment, by webhook or by hand", PAYMENT_CLAIMS),
 )
 
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -451,8 +452,11 @@ async def test_events_of_the_other_mode_never_act(
         assert await paid_state(admin, ws) == (1, 1, 100 * USD, 0)
 
 
-async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_path: Path) -> None:
-    """A checkout started under other limits (the operator lowered the maximum since)."""
+async def test_limits_lowered_since_the_checkout_do_not_refuse_its_payment(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A checkout started under other limits (the operator lowered the maximum since):
+    its amount was checked when it was started, the payer paid it, it is credited."""
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     await store.migrate()
     from meter.redis_layer.client import connect
@@ -467,6 +471,9 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
         async def fake_provider(req: payments.SessionRequest) -> payments.ProviderSession:
             return payments.ProviderSession("cs_test_big", "https://pay.test/x", None, None)
 
+        async def other_provider(req: payments.SessionRequest) -> payments.ProviderSession:
+            return payments.ProviderSession("cs_test_big2", "https://pay.test/y", None, None)
+
         co = await checkouts.start_checkout(
             wide, "user:a", ws, "30000.00", app_id=None, create=fake_provider
         )
@@ -479,10 +486,21 @@ async def test_amount_outside_the_limits_is_not_credited(redis_url: str, tmp_pat
             currency="usd",
             metadata={"checkout_id": co.id, "workspace_id": ws.id},
         )
-        assert await payments.handle_event(narrow, ev) == "outside_limits"
-        assert await payments.handle_event(wide, ev) == "outside_limits"  # stays rejected
-        assert await store.ledger_entries(ws.id, kind="topup") == []
-        assert (await projection.read_balances(redis, ws.id)).pool == 0
+        assert await payments.handle_event(narrow, ev) == "credited"
+        assert await payments.handle_event(wide, ev) == "already_credited"
+        assert [e.amount for e in await store.ledger_entries(ws.id, kind="topup")] == [30_000 * USD]
+        assert (await projection.read_balances(redis, ws.id)).pool == 30_000 * USD
+
+        # One refused ``outside_limits`` by an earlier version: its redelivery credits it.
+        co2 = await checkouts.start_checkout(
+            wide, "user:a", ws, "30000.00", app_id=None, create=other_provider
+        )
+        why = {"rejected": "outside_limits"}
+        assert await store.set_checkout_status(co2.id, "rejected", only_from=("open",), detail=why)
+        ev2 = replace(ev, event_id="evt_2", session_id="cs_test_big2",
+                      metadata={"checkout_id": co2.id, "workspace_id": ws.id})  # fmt: skip
+        assert await payments.handle_event(narrow, ev2) == "credited"
+        assert (await projection.read_balances(redis, ws.id)).pool == 60_000 * USD
     finally:
         await redis.aclose()
         await store.close()
