@@ -36,6 +36,19 @@ async def workspace_out(call: Call, ws: Workspace) -> s.WorkspaceOut:
     )
 
 
+# WorkspaceOut's fields that only the workspace owner and operators see (DESIGN: money
+# figures); other members get the answer without them (left out: null means the default).
+WORKSPACE_MONEY = frozenset({"free_credits_expire_at", "low_balance_threshold"})
+
+
+def workspace_response(call: Call, out: s.WorkspaceOut, status: int = 200) -> web.Response:
+    """``out`` as the caller may see it: its money figures (``WORKSPACE_MONEY``) only for
+    the workspace owner and operators (DESIGN: plan & usage), left out for members."""
+    p = call.principal
+    money = p.operator or (p.user_id is not None and p.user_id == out.owner_id)
+    return json_response(out, status, exclude=frozenset() if money else WORKSPACE_MONEY)
+
+
 # An upgrade request answers as UpgradeRequestOut where it is made, as a list's item
 # elsewhere: two published schemas (their OpenAPI differs), the same fields.
 RequestSchema = TypeVar("RequestSchema", s.UpgradeRequestOut, ls.UpgradeRequestItem)
@@ -77,12 +90,12 @@ async def create_workspace(call: Call) -> web.Response:
     owner = authz.require_user(call.principal)
     body = call.parsed(s.WorkspaceCreate)
     ws = await workspaces.create_workspace(call.deps, owner, body.name)
-    return json_response(await workspace_out(call, ws), 201)
+    return workspace_response(call, await workspace_out(call, ws), 201)
 
 
 async def get_workspace(call: Call) -> web.Response:
     ws = call.workspace
-    return json_response(await workspace_out(call, ws))
+    return workspace_response(call, await workspace_out(call, ws))
 
 
 async def patch_workspace(call: Call) -> web.Response:
@@ -92,7 +105,7 @@ async def patch_workspace(call: Call) -> web.Response:
         text = body.low_balance_threshold
         micros = None if text is None else parse_amount(text)
         ws = await workspaces.set_low_balance_threshold(call.deps, call.principal.actor, ws, micros)
-    return json_response(await workspace_out(call, ws))
+    return workspace_response(call, await workspace_out(call, ws))
 
 
 async def add_member(call: Call) -> web.Response:
@@ -116,7 +129,7 @@ async def upgrade(call: Call) -> web.Response:
         for product, li in body.licences.items()
     }
     updated = await workspaces.upgrade(call.deps, call.principal.actor, ws, licences)
-    return json_response(await workspace_out(call, updated))
+    return workspace_response(call, await workspace_out(call, updated))
 
 
 async def create_upgrade_request(call: Call) -> web.Response:

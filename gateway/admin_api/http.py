@@ -127,8 +127,11 @@ def deps(request: web.Request) -> Deps:
     )
 
 
-def json_response(model: BaseModel, status: int = 200) -> web.Response:
-    body = orjson.dumps(model.model_dump(mode="json", by_alias=True))
+def json_response(
+    model: BaseModel, status: int = 200, *, exclude: frozenset[str] = frozenset()
+) -> web.Response:
+    """``model`` as JSON, less the fields ``exclude`` names (left out, not null)."""
+    body = orjson.dumps(model.model_dump(mode="json", by_alias=True, exclude=set(exclude)))
     return web.Response(status=status, body=body, content_type="application/json")
 
 

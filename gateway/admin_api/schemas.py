@@ -9,13 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from meter.redis_layer import keys
@@ -207,15 +201,21 @@ class LicenceOut(Out):
     per_hour: int
 
 
+_OWNER_ONLY = "workspace owner and operators only: left out for other members"
+
+
 class WorkspaceOut(Out):
     id: str
     name: str
     type: Literal["standard", "enterprise"]
     owner_id: str
     created_at: Timestamp
-    free_credits_expire_at: Timestamp | None
     licences: dict[str, LicenceOut]
-    low_balance_threshold: Money | None = None  # the owner's own; None: the default
+    # Money figures (account_handlers.WORKSPACE_MONEY): the owner's and operators' only.
+    free_credits_expire_at: Timestamp | None = Field(None, description=_OWNER_ONLY)
+    low_balance_threshold: Money | None = Field(
+        None, description="the owner's own (null: the default); " + _OWNER_ONLY
+    )
 
 
 # Adding a member or collaborator invites them; they join when they accept.

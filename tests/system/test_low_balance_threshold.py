@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from meter.redis_layer import keys
-from tests.support.adminkit import admin_server, admin_settings
+from tests.support.adminkit import Admin, admin_server, admin_settings
 from tests.support.bot import Bot
 from tests.support.settings import OPERATOR_TOKEN
 
@@ -54,3 +54,25 @@ async def test_the_owner_sets_a_threshold_and_the_alert_follows_it(
             "PATCH", f"/v1/workspaces/{ws}", OPERATOR_TOKEN, {"low_balance_threshold": "1.00"}
         )
         assert status == 403
+
+
+async def test_only_the_owner_and_operators_see_the_workspaces_money_fields(
+    any_admin: Admin,
+) -> None:
+    """DESIGN: plan & usage is the workspace owner's and operators'; a member's view of
+    the workspace leaves its money fields out (not null: null means the default)."""
+    token, ws = await any_admin.owner_workspace("owner", "shop")
+    await any_admin.ok("PATCH", f"/v1/workspaces/{ws}", token, {"low_balance_threshold": "75.00"})
+    member = await any_admin.new_user("member")
+    await any_admin.join(ws, token, member)
+    money = {"free_credits_expire_at", "low_balance_threshold"}
+    seen = await any_admin.ok("GET", f"/v1/workspaces/{ws}", token)
+    assert seen["low_balance_threshold"] == "75.00"
+    assert seen["free_credits_expire_at"]
+    seen = await any_admin.ok("GET", f"/v1/workspaces/{ws}", member[1])
+    assert not money & seen.keys(), seen
+    assert seen["id"] == ws
+    assert seen["owner_id"] != member[0]
+    # The member's own workspace is theirs to see in full.
+    own = await any_admin.ok("POST", "/v1/workspaces", member[1], {"name": "mine"})
+    assert money <= own.keys()
