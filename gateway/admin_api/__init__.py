@@ -20,6 +20,25 @@ from gateway.payments import payments_ctx
 __all__ = ["ROUTES", "admin_api", "setup_admin_api"]
 
 
+# Every /v1 answer, errors and 404s included: it carries money and may be authenticated by
+# the console's cookie, so never cached, never sniffed as another type, never framed.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of the admin application: :data:`SECURITY_HEADERS` on
+    every ``/v1`` answer (a handler's own value of one stays)."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=document_bytes(), content_type="application/json")
 
@@ -38,6 +57,7 @@ def setup_admin_api(app: web.Application, *, deliver_webhooks: bool = True) -> N
     from gateway.console import setup_console  # the console imports this package
 
     app.add_subapp("/v1", admin_api())
+    app.on_response_prepare.append(security_headers)
     setup_console(app)
     app.cleanup_ctx.append(payments_ctx)
     if deliver_webhooks:
