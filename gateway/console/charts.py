@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
+from config.money import format_amount
+
 # Distinguishable for common colour-vision deficiencies (Okabe-Ito), plus grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8a7a00",
            "#666666")  # fmt: skip
@@ -22,7 +24,13 @@ def thousands(n: int) -> str:
 
 
 def money(micros: int) -> str:
-    return f"${micros / 1_000_000:,.2f}"
+    """``$1,234.50``: exact, never rounded (the console's one rule for amounts, the CSV's
+    and console.js' ``money``): at least two decimals, as many as the micro-dollars need,
+    from integers (:func:`config.money.format_amount`), never from a float."""
+    text = format_amount(micros)
+    sign = "-" if text.startswith("-") else ""
+    whole, _, frac = text.removeprefix("-").partition(".")
+    return f"{sign}${int(whole):,}.{frac}"
 
 
 def nice_step(v: int) -> int:

@@ -45,6 +45,18 @@ function money(value) {
   return (neg ? "-$" : "$") + groupDigits(i) + "." + f;
 }
 
+/* Integer micro-dollars -> the exact decimal string money() takes: 15000 -> "0.015".
+   Integer arithmetic only (% and an exact division), never a float rounded to cents:
+   amounts are shown exactly, as the server's chart and CSV show them (README, Owner
+   console). */
+function amountOf(micros) {
+  const neg = micros < 0;
+  const abs = Math.abs(micros);
+  const frac = abs % 1000000;
+  const whole = (abs - frac) / 1000000;
+  return (neg ? "-" : "") + whole + "." + String(frac).padStart(6, "0");
+}
+
 function num(n) {
   return Number(n).toLocaleString("en-US");
 }
@@ -407,13 +419,13 @@ async function drawChart(box, wsId, params) {
     const data = await api("GET", `/ui/api/usage-chart?${q}`);
     const legend = h("ul", {class: "legend"}, data.series.map((s, i) => h("li", {},
       h("span", {class: `swatch c${i % 8}`, "aria-hidden": "true"}), `${s.label}: `,
-      data.money ? money((s.total / 1e6).toFixed(2)) : num(s.total))));
+      data.money ? money(amountOf(s.total)) : num(s.total))));
     const svgHolder = h("div", {});
     svgHolder.innerHTML = data.svg;  // rendered by the server from numbers only
     const rows = data.periods.map((p, i) => ({p, values: data.series.map(s => s.values[i])}));
     const tbl = table([{label: "Period (UTC)", value: r => r.p.slice(0, 16).replace("T", " ")},
       ...data.series.map((s, j) => ({label: s.label, num: true,
-        value: r => data.money ? money((r.values[j] / 1e6).toFixed(2)) : num(r.values[j])}))],
+        value: r => data.money ? money(amountOf(r.values[j])) : num(r.values[j])}))],
       rows, "Chart data");
     const csv = h("a", {href: `/ui/api/usage-chart?${new URLSearchParams({...Object.fromEntries(q), format: "csv"})}`,
       download: ""}, "Download CSV of this chart");
@@ -639,8 +651,8 @@ async function billing(ws) {
   if (ws.type === "standard") {
     parts.push(h("h2", {}, "Add funds"));
     if (has("POST", "/v1/workspaces/{ws}/checkout")) {
-      const min = money((state.me.topup.min / 1e6).toFixed(2));
-      const max = money((state.me.topup.max / 1e6).toFixed(2));
+      const min = money(amountOf(state.me.topup.min));
+      const max = money(amountOf(state.me.topup.max));
       const amount = h("input", {id: "f-amount", name: "amount", inputmode: "decimal", required: true,
         pattern: "[0-9]+(\\.[0-9]{1,2})?", size: "10", "aria-describedby": "f-bounds"});
       const apps = pu ? pu.apps : [];
