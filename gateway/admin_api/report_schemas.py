@@ -124,7 +124,10 @@ class SessionOut(Out):
     channel: str
     channel_user: str
     billing_session_id: str
-    start: Timestamp
+    start: Timestamp = Field(
+        description="when the message that opened (paid) this billing session was admitted:"
+        " the session is in the same hour, day or month as its charge in /usage"
+    )
     end: Timestamp
     messages: int
     amount: Money

@@ -131,6 +131,7 @@ local function session_of(fld, found, fkb)
     if c1 and now - c1 - dl < IDLE then
       S.cs, S.blocks, S.bsid, S.msgs, S.amount = c1 + 0, b1 + 0, s1, m1 + 0, a1 + 0
       S.last = math.max(now, S.cs + dl)
+      S.opened = string.match(S.found, ',(%d+)$') -- none in entries of earlier versions
     end
   end
   if not S.cs then S.cs, S.last, S.blocks = now, now, 0 end
@@ -173,11 +174,12 @@ local function write_session(S, a, charged)
       redis.call('HSET', sr_key(nb), S.fld .. '\t' .. string.match(S.found,
         '^%d+,%d+,%d+,([^,]+),'), S.found)
     end
-    S.fkb, S.msgs, S.amount = nb, 1, charged
+    S.fkb, S.msgs, S.amount, S.opened = nb, 1, charged, D(now)
     sri[nb] = true
   else
     S.msgs = S.msgs + 1
   end
   redis.call('HSET', sr_key(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
-    S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product))
+    S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product)
+    .. (S.opened and ',' .. S.opened or ''))
 end

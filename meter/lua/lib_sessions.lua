@@ -5,7 +5,11 @@
 --
 -- A billing session lives in P:sr:<b> (b = block start in s, bucketed by the block
 -- length), field "app\tchannel\tuser" = "conv_start,last-conv_start,blocks,bsid,msgs,
--- amount,product": the live conversation and the record the flusher writes, in one entry.
+-- amount,product,opened": the live conversation and the record the flusher writes, in one
+-- entry. opened (ms) is when the message that opened (paid) the newest block was admitted:
+-- the billing session's start, in the same period as its charge in the aggregates (an
+-- entry of an earlier version has none: ENTRY_RE's product then ends the entry, else it
+-- is "product,opened").
 -- An older entry displaced from its field is kept under "app\tchannel\tuser\tbsid".
 
 local D = function(x) return string.format('%d', x) end

@@ -3,10 +3,10 @@
 Aggregate fields are ``<app>\\t<channel>\\t<product>\\t<unit>\\t<metric>``
 (:func:`meter.redis_layer.keys.agg_field`; ``|`` between the parts before 0.2).
 A billing session is one hash field ``app\\tchannel\\tuser`` (tab-separated) whose value
-is comma-separated: ``conv_start,last-conv_start,blocks,bsid,msgs,amount,product`` (see
-``lib_sessions.lua``). Events are JSON objects with ``id``, ``type`` and ``at``. Refund
-counts (metric ``x``) have no store column: refunds are already netted out of the other
-counters.
+is comma-separated: ``conv_start,last-conv_start,blocks,bsid,msgs,amount,product,opened``
+(see ``lib_sessions.lua`` and :class:`SessionEntry`). Events are JSON objects with
+``id``, ``type`` and ``at``. Refund counts (metric ``x``) have no store column: refunds
+are already netted out of the other counters.
 """
 
 from __future__ import annotations
@@ -98,31 +98,63 @@ def usage_rows(ws: str, bucket_s: int, items: Sequence[bytes | str]) -> list[Usa
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class SessionEntry:
+    """One billing-session entry of a ``P:sr`` hash, parsed (see lib_sessions.lua)."""
+
+    conv_start: int
+    last: int  # ms after conv_start
+    blocks: int
+    bsid: str
+    messages: int
+    amount: int
+    product: str
+    opened: int | None  # ms: when the block's paying message was admitted
+
+    @classmethod
+    def parse(cls, value: bytes | str) -> SessionEntry:
+        """``conv_start,last-conv_start,blocks,bsid,msgs,amount,product[,opened]``
+        (entries written before ``opened`` was kept have none)."""
+        cs, dl, blocks, bsid, msgs, amount, product, *rest = _text(value).split(",")
+        opened = int(rest[0]) if rest else None
+        return cls(int(cs), int(dl), int(blocks), bsid, int(msgs), int(amount), product, opened)
+
+    def block_start(self, block_ms: int) -> int:
+        """Where the newest block begins: ``blocks - 1`` block lengths into the talk."""
+        return self.conv_start + max(self.blocks - 1, 0) * block_ms
+
+    def start(self, block_ms: int) -> int:
+        """The billing session's start: when the message that opened (and paid) its block
+        was admitted, so a session falls in the same hour, day or month as its charge in
+        the usage aggregates. An entry without it: the block's start (up to a block
+        earlier, in a period before the charge's when the block began before its end)."""
+        return self.opened if self.opened is not None else self.block_start(block_ms)
+
+
 def session_rows(
     ws: str, gen: int, items: Sequence[bytes | str], block_ms: int
 ) -> list[SessionRow]:
     """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins.
 
-    Field ``app\tchannel\tuser[\tbsid]``; value ``conv_start,last-conv_start,blocks,bsid,
-    msgs,amount,product`` (see lib_sessions.lua). The block started ``blocks - 1`` block lengths
-    after the conversation.
+    Field ``app\tchannel\tuser[\tbsid]``; value as :meth:`SessionEntry.parse` reads it.
+    ``start_ms`` is :meth:`SessionEntry.start`.
     """
     rows = []
     for i in range(0, len(items) - 1, 2):
         app, channel, user = _text(items[i]).split("\t")[:3]
-        cs, dl, blocks, bsid, msgs, amount, product = _text(items[i + 1]).split(",")
+        e = SessionEntry.parse(items[i + 1])
         rows.append(
             SessionRow(
                 workspace_id=ws,
-                id=bsid,
+                id=e.bsid,
                 app_id=app,
                 channel=channel,
                 channel_user=user,
-                product=product,
-                start_ms=int(cs) + max(int(blocks) - 1, 0) * block_ms,
-                end_ms=int(cs) + int(dl),
-                messages=int(msgs),
-                amount=int(amount),
+                product=e.product,
+                start_ms=e.start(block_ms),
+                end_ms=e.conv_start + e.last,
+                messages=e.messages,
+                amount=e.amount,
                 seq=gen,
             )
         )

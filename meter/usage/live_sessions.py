@@ -24,7 +24,7 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.scripts import register, run
 from meter.store import SessionRow, Store
-from meter.usage.batches import session_rows
+from meter.usage.batches import SessionEntry, session_rows
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,14 @@ async def redis_sessions(
     )
     out: dict[str, tuple[int, Listed]] = {}
     for _bucket, gen, items in snapshot:
-        fields = items[0::2]
+        fields, values = items[0::2], items[1::2]
         for i, row in enumerate(session_rows(ws, int(gen), items, block_ms)):
             if not from_ms <= row.start_ms < to_ms:
                 continue
             field = fields[i].decode() if isinstance(fields[i], bytes) else str(fields[i])
             current = int(gen) == 0 and field.count("\t") == 2  # not displaced, not a copy
-            is_open = current and now_ms < row.end_ms + idle_ms and now_ms < row.start_ms + block_ms
+            ends = SessionEntry.parse(values[i]).block_start(block_ms) + block_ms
+            is_open = current and now_ms < row.end_ms + idle_ms and now_ms < ends
             rank = 1 << 62 if int(gen) == 0 else int(gen)  # live beats any claimed copy
             if row.id not in out or out[row.id][0] < rank:
                 out[row.id] = (rank, Listed(row, is_open))
