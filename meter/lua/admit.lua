@@ -83,7 +83,8 @@
 -- and it makes a batch of N admissions cost far fewer than N times the commands.
 -- What a call costs whatever its batch (at moderate load batches are small): one HMGET
 -- of the workspace; per app, one HMGET of the app, of its product and of each window
--- (t, o, n and the current bucket); at the end, one HSET per window that counted
+-- (t, o, n and the current bucket; a caller whose clock is behind the window's newest
+-- bucket reads that bucket too, see admit_batch.lua); at the end, one HSET per window that counted
 -- something, one HINCRBY per aggregate field that changed, a ZADD of the aggregate
 -- bucket only when the call made its hash (see the write-back), and HSETs of the
 -- workspace and apps only for balances that changed.

@@ -134,6 +134,11 @@ end
 -- cur-NB on covers a little more than the window, so the limit is never exceeded.
 -- The current bucket's count (c) is read with the rest, so admit.lua writes a window
 -- back in one HSET: its count, t, and o and n only where they changed.
+-- A window never goes backwards: gateways stamp their own clocks, and a caller whose clock
+-- is behind the window's newest bucket n counts into n (one more HGET, for that caller
+-- only) instead of its own bucket, so n never moves back and a caller ahead by more than
+-- the window never finds every bucket "old" because another wrote n at its own time. A
+-- caller ahead drops only buckets older than its window (by its clock), as any caller.
 local function window(key, win)
   local g = win / NB
   local cur = math.floor(now / g)
@@ -142,9 +147,13 @@ local function window(key, win)
   -- Only admit.lua writes a window, each field as D() formats it: "+ 0" reads it (one
   -- parse where tonumber makes two), and an n equal to the current field is cur.
   local same_n = r[3] == cs
+  local n, c = same_n and cur or (r[3] or cur) + 0, (r[4] or 0) + 0
+  if n > cur then
+    cur, cs, same_n = n, r[3], true
+    c = (redis.call('HGET', key, cs) or 0) + 0
+  end
   local w = {key = key, g = g, cur = cur, cs = cs, t = (r[1] or 0) + 0, o = (r[2] or cur) + 0,
-    n = same_n and cur or (r[3] or cur) + 0, c = (r[4] or 0) + 0, add = 0, new = r[1] == false,
-    same_n = same_n}
+    n = n, c = c, add = 0, new = r[1] == false, same_n = same_n}
   local minv = cur - NB
   if w.n < minv then
     if not w.new then redis.call('DEL', key) end
