@@ -192,7 +192,9 @@ def answering(answer: Answer) -> Middleware:
                 raise
             return resp
         except Exception as exc:
-            if (answered := answer(request, exc)) is None:
+            # An answer already begun (a streamed body) cannot become another: aiohttp
+            # then ends the connection without the final chunk, so the cut shows.
+            if request.writer.output_size > 0 or (answered := answer(request, exc)) is None:
                 raise
             return answered
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -22,14 +24,13 @@ from meter.errors import InvalidInput, MeteringUnavailable
 from meter.store import UsagePoint
 from meter.timestamps import iso
 from meter.usage.export import formula_safe
-from meter.usage.live_sessions import sessions_page
+from meter.usage.live_sessions import Listed, every_session, sessions_page
 from meter.usage.series import usage
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 MAX_RANGE_MS = 400 * DAY_MS
 MAX_HOURLY_MS = 62 * DAY_MS
-MAX_SESSIONS = 10_000
 
 
 async def add_funds(call: Call) -> web.Response:
@@ -170,39 +171,28 @@ async def get_sessions(call: Call) -> web.StreamResponse:
         raise InvalidInput("granularity", "not a parameter of the sessions route")
     from_ms, to_ms = time_range(call, q)
     csv_wanted = "text/csv" in call.request.headers.get("Accept", "")
-    # A CSV without paging arguments is the whole range (as many rows as a file may hold).
-    whole = csv_wanted and q.cursor is None and q.limit is None
     d = call.deps
+    block_ms = int(d.settings.session_block_s * 1000)
+    idle_ms = int(d.settings.session_idle_s * 1000)
+    if csv_wanted and q.cursor is None and q.limit is None:
+        # A CSV without paging arguments is the whole range, streamed page by page.
+        pages = every_session(
+            d.store, d.redis, ws_id, from_ms, to_ms, app_id=q.app_id, app_ids=scope,
+            channel=q.channel, desc=q.order == "desc", block_ms=block_ms, idle_ms=idle_ms,
+            now_ms=d.now_ms(),
+        )  # fmt: skip
+        return await _stream_csv(call.request, pages)
     found = await sessions_page(
         d.store, d.redis, ws_id, from_ms, to_ms,
         app_id=q.app_id, app_ids=scope, channel=q.channel, cursor=q.cursor,
-        limit=MAX_SESSIONS if whole else limit_of(q.limit), desc=q.order == "desc",
-        block_ms=int(d.settings.session_block_s * 1000),
-        idle_ms=int(d.settings.session_idle_s * 1000), now_ms=d.now_ms(),
+        limit=limit_of(q.limit), desc=q.order == "desc",
+        block_ms=block_ms, idle_ms=idle_ms, now_ms=d.now_ms(),
     )  # fmt: skip
-    items = [
-        r.SessionOut(
-            app_id=x.row.app_id,
-            channel=x.row.channel,
-            channel_user=x.row.channel_user,
-            billing_session_id=x.row.id,
-            start=iso(x.row.start_ms) or "",
-            end=iso(x.row.end_ms) or "",
-            messages=x.row.messages,
-            amount=format_amount(x.row.amount),
-            open=x.open,
-        )
-        for x in found.items
-    ]
+    items = [_session_out(x) for x in found.items]
     if csv_wanted:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        fields = list(r.SessionOut.model_fields)
-        writer.writerow(fields)
-        for item in items:
-            writer.writerow([_cell(getattr(item, f)) for f in fields])
         headers = {"X-Next-Cursor": found.next_cursor} if found.next_cursor else None
-        return web.Response(text=buf.getvalue(), content_type="text/csv", headers=headers)
+        text = _csv_lines(items, header=True)
+        return web.Response(text=text, content_type="text/csv", headers=headers)
     out = r.SessionsOut(
         workspace_id=ws_id,
         sessions=items,
@@ -211,3 +201,46 @@ async def get_sessions(call: Call) -> web.StreamResponse:
         live=found.live,
     )
     return json_response(out)
+
+
+def _session_out(x: Listed) -> r.SessionOut:
+    return r.SessionOut(
+        app_id=x.row.app_id,
+        channel=x.row.channel,
+        channel_user=x.row.channel_user,
+        billing_session_id=x.row.id,
+        start=iso(x.row.start_ms) or "",
+        end=iso(x.row.end_ms) or "",
+        messages=x.row.messages,
+        amount=format_amount(x.row.amount),
+        open=x.open,
+    )
+
+
+def _csv_lines(items: list[r.SessionOut], *, header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    fields = list(r.SessionOut.model_fields)
+    if header:
+        writer.writerow(fields)
+    for item in items:
+        writer.writerow([_cell(getattr(item, f)) for f in fields])
+    return buf.getvalue()
+
+
+async def _stream_csv(
+    request: web.Request, pages: AsyncGenerator[list[Listed], None]
+) -> web.StreamResponse:
+    """Every page as CSV rows of one chunked answer. The first page is read before the
+    answer starts (a store that fails then is a 503); a failure after that ends the
+    connection without the final chunk, so a client never takes a cut file for whole."""
+    async with aclosing(pages):
+        first: list[Listed] = await anext(pages, [])
+        resp = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(_csv_lines([_session_out(x) for x in first], header=True).encode())
+        async for page in pages:
+            await resp.write(_csv_lines([_session_out(x) for x in page], header=False).encode())
+        await resp.write_eof()
+    return resp

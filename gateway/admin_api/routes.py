@@ -126,7 +126,8 @@ ROUTES: tuple[Route, ...] = (
           a.workspace("usage.read"),
           query=qs.UsageQuery, response=r.UsageOut, params=WS),
     Route("GET", "/v1/workspaces/{ws}/sessions", money.get_sessions,
-          "Billing-session detail (JSON, or CSV with Accept: text/csv)",
+          "Billing-session detail (JSON, or CSV with Accept: text/csv: without cursor or"
+          " limit, every session of the range in one streamed answer)",
           a.workspace("usage.read"),
           query=ls.SessionsQuery, response=r.SessionsOut, params=WS, csv=True),
     Route("PUT", "/v1/workspaces/{ws}/webhook", acc.set_webhook,

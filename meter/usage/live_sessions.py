@@ -12,7 +12,8 @@ and the page says live figures are unavailable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections import deque
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,31 +101,103 @@ async def sessions_page(
         after=after, desc=desc, limit=limit + 1,
     )  # fmt: skip
     merged = {r.id: Listed(r, False) for r in stored}
-    live = True
-    if client is not None:
-        try:
-            found = await redis_sessions(
-                client, ws, from_ms, to_ms, block_ms=block_ms, idle_ms=idle_ms, now_ms=now_ms
-            )
-        except (RedisError, OSError, MeteringUnavailable) as exc:
-            log.warning("sessions of %s: redis unavailable, stored rows only: %r", ws, exc)
-            found, live = {}, False
-        for bsid, item in found.items():
-            r = item.row
-            if app_id is not None and r.app_id != app_id:
-                continue
-            if app_ids is not None and r.app_id not in app_ids:
-                continue
-            if channel is not None and r.channel != channel:
-                continue
-            if after is not None and ((r.start_ms, r.id) <= after if not desc else
-                                      (r.start_ms, r.id) >= after):  # fmt: skip
-                continue
-            merged[bsid] = item
-    else:
-        live = False
-    items = sorted(merged.values(), key=lambda x: (x.row.start_ms, x.row.id), reverse=desc)
+    found, live = await _live(
+        client, ws, from_ms, to_ms, app_id, app_ids, channel,
+        block_ms=block_ms, idle_ms=idle_ms, now_ms=now_ms,
+    )  # fmt: skip
+    for bsid, item in found.items():
+        r = item.row
+        if after is not None and ((r.start_ms, r.id) <= after if not desc else
+                                  (r.start_ms, r.id) >= after):  # fmt: skip
+            continue
+        merged[bsid] = item
+    items = sorted(merged.values(), key=_order, reverse=desc)
     if len(items) <= limit:
         return SessionsPage(items, None, live)
     last = items[limit - 1].row
     return SessionsPage(items[:limit], encode(kind, [last.start_ms, last.id]), live)
+
+
+def _order(x: Listed) -> tuple[int, str]:
+    return x.row.start_ms, x.row.id
+
+
+async def _live(
+    client: RedisClient | None,
+    ws: str,
+    from_ms: int,
+    to_ms: int,
+    app_id: str | None,
+    app_ids: Collection[str] | None,
+    channel: str | None,
+    *,
+    block_ms: int,
+    idle_ms: int,
+    now_ms: int,
+) -> tuple[dict[str, Listed], bool]:
+    """Redis's sessions that pass the filters, and whether Redis answered."""
+    if client is None:
+        return {}, False
+    try:
+        found = await redis_sessions(
+            client, ws, from_ms, to_ms, block_ms=block_ms, idle_ms=idle_ms, now_ms=now_ms
+        )
+    except (RedisError, OSError, MeteringUnavailable) as exc:
+        log.warning("sessions of %s: redis unavailable, stored rows only: %r", ws, exc)
+        return {}, False
+    return {
+        bsid: item
+        for bsid, item in found.items()
+        if (app_id is None or item.row.app_id == app_id)
+        and (app_ids is None or item.row.app_id in app_ids)
+        and (channel is None or item.row.channel == channel)
+    }, True
+
+
+async def every_session(
+    store: Store,
+    client: RedisClient | None,
+    ws: str,
+    from_ms: int,
+    to_ms: int,
+    *,
+    app_id: str | None,
+    app_ids: Collection[str] | None,
+    channel: str | None,
+    desc: bool,
+    block_ms: int,
+    idle_ms: int,
+    now_ms: int,
+    page: int = 1000,
+) -> AsyncGenerator[list[Listed], None]:
+    """Every session of the range, stored and live merged as :func:`sessions_page` does,
+    in pages of about ``page``: the store read page by page (keyset), Redis once, first.
+
+    A session Redis has is listed as Redis has it (its stored copy skipped, wherever the
+    copy sorts), so one flushed while the store is read is listed once.
+    """
+    found, _ = await _live(
+        client, ws, from_ms, to_ms, app_id, app_ids, channel,
+        block_ms=block_ms, idle_ms=idle_ms, now_ms=now_ms,
+    )  # fmt: skip
+    live = deque(sorted(found.values(), key=_order, reverse=desc))
+    after: tuple[int, str] | None = None
+    while True:
+        stored = await store.sessions_page(
+            ws, from_ms, to_ms, app_id=app_id, app_ids=app_ids, channel=channel,
+            after=after, desc=desc, limit=page,
+        )  # fmt: skip
+        out: list[Listed] = []
+        for r in stored:
+            key = (r.start_ms, r.id)
+            while live and (_order(live[0]) > key if desc else _order(live[0]) < key):
+                out.append(live.popleft())
+            if r.id not in found:
+                out.append(Listed(r, False))
+        if len(stored) < page:
+            out.extend(live)
+            if out:
+                yield out
+            return
+        after = (stored[-1].start_ms, stored[-1].id)
+        yield out
