@@ -129,7 +129,8 @@ class Meter:
             self._owed.forgive(admission.debt)
             return
         dec = admission.decision
-        if dec is None or not (dec.units or dec.duplicate):
+        # bsid: admitted inside a paid session, it no longer counts there (refund.lua).
+        if dec is None or not (dec.units or dec.duplicate or dec.bsid):
             return
         try:
             if await asyncio.wait_for(self._admitter.refund(admission.app_id, dec), self._timeout):

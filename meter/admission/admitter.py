@@ -116,7 +116,7 @@ class Admitter:
         arg = encode_args(app_id, channel, user, key, token, kind, digest)
         # tuple.__new__ is what Pending(...) does, minus a Python frame (once per message).
         rid = keys.record_id(channel, user, key, token)
-        item = tuple.__new__(Pending, (arg, key, token, rid, fut))
+        item = tuple.__new__(Pending, (arg, key, token, rid, fut, channel, user))
         batch = self._pending.get(ws)
         if batch is None:
             self._pending[ws] = [item]
@@ -189,7 +189,7 @@ class Admitter:
         arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).settled().encode()
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
-        pending = Pending(arg, key, token, rid, loop.create_future())
+        pending = Pending(arg, key, token, rid, loop.create_future(), channel, user)
         await self._calls.call(head, ws, [pending])
         return await pending.future
 

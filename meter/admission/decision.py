@@ -32,9 +32,22 @@ class Decision(NamedTuple):
     token: str
     rid: str  # the charge record's id (meter.redis_layer.keys.record_id)
     shadowed: int = 0  # shadow mode: the code of the refusal counted instead of applied
+    # The message's channel and channel user: a message admitted inside a paid billing
+    # session names it by them when it fails (refund.lua un-counts it from the session).
+    channel: str = ""
+    user: str = ""
 
     @classmethod
-    def from_reply(cls, raw: list[Any], i: int, key: str, token: str, rid: str) -> Decision:
+    def from_reply(
+        cls,
+        raw: list[Any],
+        i: int,
+        key: str,
+        token: str,
+        rid: str,
+        channel: str = "",
+        user: str = "",
+    ) -> Decision:
         """The ``i``-th decision of an ``admit.lua`` reply: three values per admission,
         ``status`` (code + 16 x flags; flags: 1 duplicate, 2 opened a billing session,
         plus 8 x the code shadow mode counted), ``bsid``, and ``amounts``: 0, or
@@ -43,7 +56,24 @@ class Decision(NamedTuple):
         status, bsid, amounts = raw[j], raw[j + 1], raw[j + 2]
         if status < 16 and amounts == 0:  # no flags, no amounts: most messages
             text = bsid.decode() if bsid.__class__ is bytes else str(bsid)
-            plain = (status, 0, 0, 0, 0, 0, 0, text, False, False, key, token, rid, 0)
+            plain = (
+                status,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                text,
+                False,
+                False,
+                key,
+                token,
+                rid,
+                0,
+                channel,
+                user,
+            )
             return tuple.__new__(cls, plain)
         flags = status >> 4
         nums = _ZEROS if amounts == 0 else tuple(map(int, amounts.split(_COMMA[type(amounts)])))
@@ -60,6 +90,8 @@ class Decision(NamedTuple):
                 token,
                 rid,
                 flags >> 3,
+                channel,
+                user,
             ),
         )
 

@@ -28,20 +28,33 @@ class Refunds:
         it was or may still be served (``refund.lua``). Idempotent.
 
         A duplicate (a redelivery) is reported too: charged nothing itself, it keeps the
-        original's charge standing until it fails as well. Returns whether something was
+        original's charge standing until it fails as well; so is a message admitted inside
+        a paid billing session (``bsid``, charged nothing): it no longer counts as served
+        in the session, and when that leaves the session's opener alone, and the opener
+        failed too, the opener's charge is given back. Returns whether something was
         refunded (False for uncharged messages, a delivery other than the last to fail, a
         second call, or a token whose record was already replaced by a retry).
         """
         if not decision.duplicate and decision.units == 0 and decision.code == 0:
-            return False
+            if not decision.bsid:
+                return False
+            return await self.void(
+                app_id,
+                decision.rid,
+                decision.token,
+                session=(decision.bsid, decision.channel, decision.user),
+            )
         return await self.void(app_id, decision.rid, decision.token)
 
-    async def void(self, app_id: str, rid: str, token: str) -> bool:
+    async def void(
+        self, app_id: str, rid: str, token: str, session: tuple[str, str, str] = ("", "", "")
+    ) -> bool:
         """Attempt ``token`` was not served (e.g. an ambiguous timeout answered 503): count
         its failure if it is a delivery of record ``rid``
         (:func:`meter.redis_layer.keys.record_id`), and refund the charge once every
         delivery failed. An empty ``token`` is the original's failure, counted only while
-        its charge is still reserved (the sweeper)."""
+        its charge is still reserved (the sweeper). ``session``: (billing session id, channel,
+        channel user) of an attempt admitted in a paid session without a charge."""
         ws = keys.workspace_of(app_id)
         if ws is None:
             return False
@@ -59,6 +72,7 @@ class Refunds:
                 billing_period(now),
                 self._block_ms,
                 self._idle_ms,
+                *session,
             ],
         )
         return bool(res[0])

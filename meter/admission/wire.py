@@ -132,6 +132,8 @@ class Pending(NamedTuple):
     token: str
     rid: str
     future: asyncio.Future[Decision]
+    channel: str = ""  # the admission's channel and channel user (a refund may need them)
+    user: str = ""
 
 
 def resolve(chunk: list[Pending], raw: list[Any]) -> None:
@@ -140,7 +142,7 @@ def resolve(chunk: list[Pending], raw: list[Any]) -> None:
     for i, p in enumerate(chunk):
         fut = p.future
         if not fut.done():  # else the caller gave up (cancelled)
-            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid))
+            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user))
 
 
 def fail(chunk: list[Pending], exc: BaseException, *, ambiguous: bool = True) -> None:

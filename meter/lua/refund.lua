@@ -20,6 +20,21 @@
 -- without the list (written before it existed, or never redelivered) counts only its
 -- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
 --
+-- Billing sessions: a charge that opened one stands while another message of the session
+-- counts as served. A message admitted inside a paid session (charged nothing) that
+-- fails is reported too, and no longer counts in the session's messages ("un-counted"):
+-- one without a channel key keeps no record, so the gateway names its session (ARGV[9..11])
+-- and a mark P:uc:<app>:<token> makes its failure count once; a keyed one's record lists
+-- its deliveries as a charge's does, and it is un-counted (its record deleted) when every
+-- delivery failed. An opener refused because of such messages is noted in P:rp:<bsid>
+-- (its record id, as long as its record lives); the failure that leaves it alone in its
+-- session gives its charge back then, if every delivery of it has failed. Whatever the
+-- order of the opener's and the others' failures, the charge is given back once (the
+-- record is deleted in the same script), and only when nothing of the session was or may
+-- still be served. Not un-counted (the charge stands, conservatively): a message whose
+-- failure reaches Redis only as a void (no decision known: an ambiguous 503 or a deferred
+-- report) or after its session's entry left the buckets looked at.
+--
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
 -- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] record id ("k:<ch>\t<user>\t<key>" or
 --          "t:<token>", see admit.lua)
@@ -27,7 +42,10 @@
 --          its charge is still reserved (never confirmed as forwarded)
 -- ARGV[5]  flush bucket (s)   ARGV[6] enterprise billing period id
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
--- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back). Not refunded: no such
+-- ARGV[9]  (optional) the billing session the failed delivery was admitted in without a
+--          charge, or "": then ARGV[10] its channel and ARGV[11] its channel user
+-- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back: of the session's
+-- opener when an un-counted message's failure gave that back). Not refunded: no such
 -- record, a token that is no delivery of it (or whose failure already counted), nothing
 -- charged, a delivery other than the last to fail (its failure is recorded), or a charge
 -- that opened a billing session other messages were then served in (it was used; the
@@ -42,6 +60,7 @@ local P = KEYS[1]
 local now, app_id, key, token = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local FB, PERIOD = tonumber(ARGV[5]), ARGV[6]
 local BLOCK, IDLE = tonumber(ARGV[7]), tonumber(ARGV[8])
+local IN_BSID, IN_CH, IN_USER = ARGV[9] or '', ARGV[10] or '', ARGV[11] or ''
 local NONE = {0, 0, 0, 0, 0}
 
 -- #include lib_sessions.lua
@@ -65,6 +84,123 @@ local function entry_of(fld, bsid)
   end
 end
 
+-- The record's 12 fields (head), then the list of deliveries after the original, if any.
+local RECORD_RE = '^(([^\t]*)\t(%d+)\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
+  .. '([^\t]*)\t([^\t]*)\t([^\t]*))\t?(.*)$'
+local function parse(rec)
+  local head, tok, cnt, units, bsid, free, app, pool, inv, ch, unit, user, list =
+    string.match(rec, RECORD_RE)
+  if not head then return nil end
+  return {head = head, tok = tok, cnt = tonumber(cnt), units = units, bsid = bsid,
+    free = tonumber(free), app = tonumber(app), pool = tonumber(pool), inv = tonumber(inv),
+    ch = ch, unit = unit, user = user, list = list}
+end
+local function msgs_of(entry) return tonumber(string.match(entry, '^%d+,%d+,%d+,[^,]+,(%d+),')) end
+local function pending_key(bsid) return P .. ':rp:' .. bsid end
+
+-- Give the charge of record r (stored under ik, reserved as member) back: balances, usage,
+-- its billing session (entry e of bucket b, hash field hf, newest: see entry_of) and the
+-- aggregates. Returns the reply.
+local function give_back(ik, member, r, e, b, hf, newest)
+  redis.call('DEL', ik)
+  redis.call('ZREM', P .. ':rsv', member)
+  if r.bsid ~= '' then redis.call('DEL', pending_key(r.bsid)) end
+  local free, app, pool, inv = r.free, r.app, r.pool, r.inv
+  local wsk = P .. ':ws'
+  local product = redis.call('HGET', P .. ':a:' .. app_id, 'product') or ''
+  if free > 0 then
+    -- Free credits that expired meanwhile come back as lapsed, not as spendable credit, and
+    -- the lapse is an event like any other (the flusher writes its ledger "lapse" entry).
+    local exp = tonumber(redis.call('HGET', wsk, 'free_exp') or '0')
+    if now < exp then
+      redis.call('HINCRBY', wsk, 'free', free)
+    else
+      redis.call('HINCRBY', wsk, 'lapsed', free)
+      -- Event ids are at least now x 1000, as admit.lua's: a Redis that lost writes never
+      -- hands one out again.
+      local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0'), now * 1000 - 1) + 1
+      redis.call('HSET', wsk, 'seq', string.format('%d', seq))
+      redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
+        type = 'free_credits.expired', at = now, amount = free}))
+    end
+  end
+  if app > 0 then
+    redis.call('HINCRBY', P .. ':a:' .. app_id, 'app', app)
+    redis.call('HINCRBY', wsk, 'apps', app)
+  end
+  if pool > 0 then redis.call('HINCRBY', wsk, 'pool', pool) end
+  if inv > 0 then
+    local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+    if tonumber(redis.call('GET', uk) or '0') > 0 then redis.call('DECR', uk) end
+  end
+
+  -- The billing session this message opened is undone. As the conversation's newest entry
+  -- it goes back to the blocks before it (the next message opens the block again), or away
+  -- with the conversation it began; an older block's entry (the conversation went on into
+  -- a later block) is only a record, and goes.
+  if e then
+    local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
+    blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
+    local sk = sr_key(b)
+    if not newest or (blocks <= 0 and msgs <= 0) then
+      redis.call('HDEL', sk, hf)
+    else
+      amount = math.max(0, tonumber(amount) - free - app - pool - inv)
+      redis.call('HSET', sk, hf, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
+        msgs, amount, prod))
+    end
+  end
+
+  -- Aggregates of the current bucket take the reversal, so sums stay exact.
+  local bucket = math.floor(now / 1000 / FB) * FB
+  local agk = P .. ':ag:' .. D(bucket)
+  local fk = app_id .. '\t' .. r.ch .. '\t' .. product .. '\t' .. r.unit .. '\t' -- agg_field
+  redis.call('HINCRBY', agk, fk .. 'n', -1)
+  redis.call('HINCRBY', agk, fk .. 'm', -1)
+  redis.call('HINCRBY', agk, fk .. 'x', 1)
+  if free > 0 then redis.call('HINCRBY', agk, fk .. 'f', -free) end
+  if app > 0 then redis.call('HINCRBY', agk, fk .. 'a', -app) end
+  if pool > 0 then redis.call('HINCRBY', agk, fk .. 'p', -pool) end
+  if inv > 0 then redis.call('HINCRBY', agk, fk .. 'i', -inv) end
+  redis.call('ZADD', P .. ':agi', bucket, bucket)
+  return {1, free, app, pool, inv}
+end
+
+-- A message admitted inside billing session bsid of conversation fld without a charge
+-- was not served: it no longer counts in the session's messages. When that leaves only
+-- the opener, whose charge was kept because of it (P:rp:<bsid>, below) and all of whose
+-- deliveries have failed, the opener's charge is given back now.
+local function uncount(fld, bsid)
+  local e, b, hf, newest = entry_of(fld, bsid)
+  if not e then return NONE end
+  local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
+  msgs = tonumber(msgs) - 1
+  if msgs < 0 then return NONE end
+  e = string.format('%s,%s,%s,%s,%d,%s,%s', cs, dl, blocks, s1, msgs, amount, prod)
+  redis.call('HSET', sr_key(b), hf, e)
+  if msgs ~= 1 then return NONE end
+  local pk = pending_key(bsid)
+  local orid = redis.call('GET', pk)
+  if not orid then return NONE end
+  redis.call('DEL', pk)
+  local oik, oold = record_keys(app_id, orid)
+  local rec = redis.call('GET', oik)
+  if not rec and oold then
+    oik = oold
+    rec = redis.call('GET', oik)
+  end
+  local r = rec and parse(rec)
+  if not r or r.units == '0' or r.bsid ~= bsid then return NONE end
+  local failed = 0
+  for x in string.gmatch(r.list, '[^,]+') do
+    if string.sub(x, 1, 1) == '-' then failed = failed + 1 end
+  end
+  -- A delivery admitted again since (its "-" taken back) may be served: its own failure
+  -- will come here through its record (the session check then finds only the opener).
+  if failed < r.cnt then return NONE end
+  return give_back(oik, app_id .. ':' .. orid, r, e, b, hf, newest)
+end
+
 local ik, old = record_keys(app_id, key)
 local rsv, member = P .. ':rsv', app_id .. ':' .. key
 local rec = redis.call('GET', ik)
@@ -74,22 +210,29 @@ if not rec and old then
 end
 if not rec then
   redis.call('ZREM', rsv, member)
+  -- A message without a channel key admitted inside a paid session keeps no record: its
+  -- failure un-counts it, once per attempt (the mark P:uc:<app>:<token> outlives every
+  -- bucket the session's entry can be found in).
+  if token ~= '' and IN_BSID ~= '' and string.sub(key, 1, 2) == 't:'
+    and redis.call('SET', P .. ':uc:' .. app_id .. ':' .. token, '1', 'NX', 'PX',
+      2 * BLOCK + IDLE + 60000) then
+    return uncount(app_id .. '\t' .. IN_CH .. '\t' .. IN_USER, IN_BSID)
+  end
   return NONE
 end
--- The record's 12 fields (head), then the list of deliveries after the original, if any.
-local head, tok, cnt, units, bsid, free, app, pool, inv, ch, unit, user, list = string.match(rec,
-  '^(([^\t]*)\t(%d+)\t%w*\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
-  .. '([^\t]*)\t([^\t]*)\t([^\t]*))\t?(.*)$')
+local r = parse(rec)
 if token == '' then
   -- The sweeper: only a charge still reserved is refunded (the ZREM is the decision).
   if redis.call('ZREM', rsv, member) == 0 then return NONE end
-  token = tok
+  token = r and r.tok
 end
-if not tok or units == '0' then return NONE end
+-- Nothing charged nor counted in a billing session: nothing to reverse.
+if not r or (r.units == '0' and r.bsid == '') then return NONE end
+local tok = r.tok
 
 -- Which delivery failed, and how many have failed now (this one included)?
 local known, failed, entries = token == tok, 1, {}
-for e in string.gmatch(list, '[^,]+') do
+for e in string.gmatch(r.list, '[^,]+') do
   if e == '-' .. token then return NONE end -- its failure counted already
   if e == token then
     known, e = true, '-' .. token
@@ -103,85 +246,34 @@ if token == tok then
   entries[#entries + 1] = '-' .. tok
   redis.call('ZREM', rsv, member) -- the original's outcome is known: nothing to sweep
 end
-if failed < tonumber(cnt) then
+if failed < r.cnt then
   -- Another delivery was or may still be served: the charge stands.
-  redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+  redis.call('SET', ik, r.head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
   return NONE
+end
+
+if r.units == '0' then
+  -- A keyed message inside a paid session, every delivery of it failed: it un-counts
+  -- itself once (its record goes: a later delivery is a new message).
+  redis.call('DEL', ik)
+  local ch, user = string.match(key, '^k:([^\t]*)\t([^\t]*)\t')
+  if not ch then return NONE end
+  return uncount(app_id .. '\t' .. ch .. '\t' .. user, r.bsid)
 end
 
 -- A charge that opened a billing session other messages were then served in was used:
 -- it stands (else a client could open a session, ride it, and fail the opener for free).
 -- The session's entry is looked up by its id wherever it is: once the conversation's next
--- block opened, it is no longer the conversation's newest entry (see entry_of).
-local sfld, sentry, sbucket, shf, snewest
-if bsid ~= '' then
-  sfld = app_id .. '\t' .. ch .. '\t' .. user
-  sentry, sbucket, shf, snewest = entry_of(sfld, bsid)
-  if sentry and tonumber(string.match(sentry, '^%d+,%d+,%d+,[^,]+,(%d+),')) > 1 then
-    redis.call('SET', ik, head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+-- block opened, it is no longer the conversation's newest entry (see entry_of). Messages
+-- of the session that failed un-count themselves (uncount): the opener's id is kept in
+-- P:rp:<bsid> (as long as its record) so that the last of them gives the charge back.
+local e, b, hf, newest
+if r.bsid ~= '' then
+  e, b, hf, newest = entry_of(app_id .. '\t' .. r.ch .. '\t' .. r.user, r.bsid)
+  if e and msgs_of(e) > 1 then
+    redis.call('SET', ik, r.head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+    redis.call('SET', pending_key(r.bsid), key, 'PX', math.max(1, redis.call('PTTL', ik)))
     return NONE
   end
 end
-
-redis.call('DEL', ik)
-redis.call('ZREM', rsv, member)
-free, app, pool, inv = tonumber(free), tonumber(app), tonumber(pool), tonumber(inv)
-
-local wsk = P .. ':ws'
-local product = redis.call('HGET', P .. ':a:' .. app_id, 'product') or ''
-if free > 0 then
-  -- Free credits that expired meanwhile come back as lapsed, not as spendable credit, and
-  -- the lapse is an event like any other (the flusher writes its ledger "lapse" entry).
-  local exp = tonumber(redis.call('HGET', wsk, 'free_exp') or '0')
-  if now < exp then
-    redis.call('HINCRBY', wsk, 'free', free)
-  else
-    redis.call('HINCRBY', wsk, 'lapsed', free)
-    -- Event ids are at least now x 1000, as admit.lua's: a Redis that lost writes never
-    -- hands one out again.
-    local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0'), now * 1000 - 1) + 1
-    redis.call('HSET', wsk, 'seq', string.format('%d', seq))
-    redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
-      type = 'free_credits.expired', at = now, amount = free}))
-  end
-end
-if app > 0 then
-  redis.call('HINCRBY', P .. ':a:' .. app_id, 'app', app)
-  redis.call('HINCRBY', wsk, 'apps', app)
-end
-if pool > 0 then redis.call('HINCRBY', wsk, 'pool', pool) end
-if inv > 0 then
-  local uk = P .. ':lu:' .. product .. ':' .. PERIOD
-  if tonumber(redis.call('GET', uk) or '0') > 0 then redis.call('DECR', uk) end
-end
-
--- The billing session this message opened is undone. As the conversation's newest entry it
--- goes back to the blocks before it (the next message opens the block again), or away
--- with the conversation it began; an older block's entry (the conversation went on into
--- a later block) is only a record, and goes.
-if sentry then
-  local cs, dl, blocks, s1, msgs, amount, prod = string.match(sentry, ENTRY_RE)
-  blocks, msgs = tonumber(blocks) - 1, tonumber(msgs) - 1
-  local sk = sr_key(sbucket)
-  if not snewest or (blocks <= 0 and msgs <= 0) then
-    redis.call('HDEL', sk, shf)
-  else
-    amount = math.max(0, tonumber(amount) - free - app - pool - inv)
-    redis.call('HSET', sk, shf, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
-      msgs, amount, prod))
-  end
-end
-
--- Aggregates of the current bucket take the reversal, so sums stay exact.
-local bucket = math.floor(now / 1000 / FB) * FB
-local agk = P .. ':ag:' .. D(bucket)
-local fk = app_id .. '\t' .. ch .. '\t' .. product .. '\t' .. unit .. '\t' -- keys.py agg_field
-redis.call('HINCRBY', agk, fk .. 'n', -1)
-redis.call('HINCRBY', agk, fk .. 'm', -1)
-redis.call('HINCRBY', agk, fk .. 'x', 1)
-if free > 0 then redis.call('HINCRBY', agk, fk .. 'f', -free) end
-if app > 0 then redis.call('HINCRBY', agk, fk .. 'a', -app) end
-if pool > 0 then redis.call('HINCRBY', agk, fk .. 'p', -pool) end
-if inv > 0 then redis.call('HINCRBY', agk, fk .. 'i', -inv) end
-redis.call('ZADD', P .. ':agi', bucket, bucket)
-return {1, free, app, pool, inv}
+return give_back(ik, member, r, e, b, hf, newest)

@@ -4,6 +4,8 @@ and the session undone, when nothing else was served in it. Real Redis."""
 
 from __future__ import annotations
 
+import asyncio
+
 from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -79,3 +81,87 @@ async def test_a_late_block_opener_alone_in_its_block_is_refunded_after_the_next
     entries = await session_entries(rclient, w.ws)
     assert not [v for v in entries.values() if f",{o.bsid}," in v]
     assert [v.split(",")[4] for v in entries.values() if f",{m3.bsid}," in v] == ["1"]
+
+
+# A message admitted inside a paid session (charged nothing) that fails no longer counts
+# as served there: the opener's charge goes back once nothing of the session was served,
+# whichever failure comes last, and once only.
+
+
+async def test_bot_down_opener_refunded_when_the_other_message_failed_first(
+    rclient: RedisClient,
+) -> None:
+    _, _, w, adm = await admission(rclient, free=100 * USD)
+    app = w.apps[0]
+    o, m2 = await asyncio.gather(adm.admit(app, "web", "u"), adm.admit(app, "web", "u"))
+    assert (o.units, m2.units, m2.bsid) == (1, 0, o.bsid)
+    assert not await adm.refund(app, m2)
+    assert await adm.refund(app, o)
+    assert await free_of(rclient, w.ws) == 100 * USD
+    assert not await adm.refund(app, o)
+    assert not await adm.refund(app, m2)
+    assert await free_of(rclient, w.ws) == 100 * USD
+    assert not [v for v in (await session_entries(rclient, w.ws)).values() if o.bsid in v]
+
+
+async def test_bot_down_opener_refunded_by_the_last_failure_of_its_session(
+    rclient: RedisClient,
+) -> None:
+    """The opener fails first (kept: another message counts), then the others: the last
+    one's failure gives the opener's charge back, once."""
+    clock, _, w, adm = await admission(rclient, free=100 * USD)
+    app = w.apps[0]
+    o = await adm.admit(app, "web", "u")
+    clock.advance(5)
+    m2, m3 = await asyncio.gather(adm.admit(app, "web", "u"), adm.admit(app, "web", "u"))
+    assert (o.units, m2.units, m3.units) == (1, 0, 0)
+    assert not await adm.refund(app, o)
+    assert not await adm.refund(app, m2)
+    assert not await adm.refund(app, m2)  # reported twice: counted once
+    assert await free_of(rclient, w.ws) == 100 * USD - PRICE
+    assert await adm.refund(app, m3)
+    assert await free_of(rclient, w.ws) == 100 * USD
+    assert not await adm.refund(app, m3)
+    assert not await adm.refund(app, o)
+    assert await free_of(rclient, w.ws) == 100 * USD
+    again = await adm.admit(app, "web", "u")  # the block opens again, charged
+    assert again.units == 1
+
+
+async def test_opener_stands_when_another_message_of_its_session_was_served(
+    rclient: RedisClient,
+) -> None:
+    clock, _, w, adm = await admission(rclient, free=100 * USD)
+    app = w.apps[0]
+    o = await adm.admit(app, "web", "u")
+    clock.advance(5)
+    m2 = await adm.admit(app, "web", "u")
+    clock.advance(5)
+    served = await adm.admit(app, "web", "u")  # served: its bot call reports nothing
+    assert (o.units, m2.units, served.units) == (1, 0, 0)
+    assert not await adm.refund(app, o)
+    assert not await adm.refund(app, m2)
+    assert not await adm.refund(app, m2)  # a second report of m2 must not un-count served
+    assert await free_of(rclient, w.ws) == 100 * USD - PRICE
+
+
+async def test_keyed_message_in_session_uncounted_when_every_delivery_failed(
+    rclient: RedisClient,
+) -> None:
+    """A keyed message inside the session and its redelivery: while the redelivery may be
+    served the opener's charge stands; its failure gives it back."""
+    clock, _, w, adm = await admission(rclient, free=100 * USD)
+    app = w.apps[0]
+    o = await adm.admit(app, "slack", "u")
+    clock.advance(5)
+    m2 = await adm.admit(app, "slack", "u", "Ev1", digest="ab")
+    clock.advance(5)
+    retry = await adm.admit(app, "slack", "u", "Ev1", digest="ab")
+    assert (o.units, m2.units, m2.bsid, retry.duplicate) == (1, 0, o.bsid, True)
+    assert not await adm.refund(app, m2)
+    assert not await adm.refund(app, o)
+    assert await free_of(rclient, w.ws) == 100 * USD - PRICE
+    assert await adm.refund(app, retry)
+    assert await free_of(rclient, w.ws) == 100 * USD
+    assert not await adm.refund(app, retry)
+    assert not await adm.refund(app, m2)

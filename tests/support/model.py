@@ -141,6 +141,8 @@ class Workspace:
     rates: dict[str, tuple[Window, Window]] = field(default_factory=dict)
     sessions: dict[tuple[str, str, str], Session] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # by billing-session id
+    pending: dict[str, str] = field(default_factory=dict)  # bsid -> opener kept (P:rp)
+    uncounted: set[str] = field(default_factory=set)  # tokens un-counted (P:uc)
     records: dict[tuple[str, str], Record] = field(default_factory=dict)
     agg: Counter[str] = field(default_factory=Counter)  # "<app>|<ch>|<product>|<unit>|<metric>"
 
@@ -350,11 +352,16 @@ class Workspace:
 
     # -- refund.lua (through Admitter.refund) ---------------------------------------------
     def refund(self, now: int, app_id: str, d: Decision, rid: str, token: str) -> bool:
-        """The failure of one delivery: the charge is refunded when every delivery failed."""
-        if not d.duplicate and d.code == 0 and d.units == 0:
-            return False
+        """The failure of one delivery: the charge is refunded when every delivery failed.
+        A message admitted inside a paid session un-counts itself from it (once); when
+        that leaves only an opener kept because of it, the opener's charge goes back."""
         rec = self.records.get((app_id, rid))
-        if rec is None or not rec.units or token in rec.failed:
+        if not d.duplicate and d.code == 0 and d.units == 0 and rec is None:
+            if not d.bsid or not rid.startswith("t:") or token in self.uncounted:
+                return False
+            self.uncounted.add(token)
+            return self._uncount(now, app_id, d.bsid)
+        if rec is None or (not rec.units and not rec.bsid) or token in rec.failed:
             return False
         if token != rec.token and token not in rec.redelivered:
             return False
@@ -362,11 +369,33 @@ class Workspace:
         self.records[(app_id, rid)] = rec
         if len(rec.failed) < rec.deliveries:
             return False  # another delivery was or may still be served
-        e = self.entries.get(rec.bsid) if rec.bsid else None
-        if e is not None and not self._findable(now, e.start):
-            e = None
+        if not rec.units:  # a keyed message inside a paid session: un-counted, record gone
+            del self.records[(app_id, rid)]
+            return self._uncount(now, app_id, rec.bsid)
+        e = self._entry(now, rec.bsid)
         if e is not None and e.msgs > 1:
+            self.pending[rec.bsid] = rid
             return False  # the session it opened was used by other messages: it stands
+        return self._give_back(now, app_id, rid, rec, e)
+
+    def _entry(self, now: int, bsid: str) -> Entry | None:
+        e = self.entries.get(bsid) if bsid else None
+        return e if e is not None and self._findable(now, e.start) else None
+
+    def _uncount(self, now: int, app_id: str, bsid: str) -> bool:
+        e = self._entry(now, bsid)
+        if e is None or e.msgs <= 0:
+            return False
+        e.msgs -= 1
+        orid = self.pending.pop(bsid, None) if e.msgs == 1 else None
+        rec = self.records.get((app_id, orid)) if orid is not None else None
+        if orid is None or rec is None or not rec.units or rec.bsid != bsid:
+            return False
+        if len(rec.failed) < rec.deliveries:
+            return False
+        return self._give_back(now, app_id, orid, rec, e)
+
+    def _give_back(self, now: int, app_id: str, rid: str, rec: Record, e: Entry | None) -> bool:
         del self.records[(app_id, rid)]
         a = self.apps[app_id]
         if now < self.free_exp:
@@ -383,4 +412,5 @@ class Workspace:
             self.agg[fkey + metric] += v
         self.agg[fkey + "a"] -= rec.app
         self.agg[fkey + "p"] -= rec.pool
+        self.pending.pop(rec.bsid, None)
         return True
