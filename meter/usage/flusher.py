@@ -96,6 +96,9 @@ class Flusher:
         )
         self._sem = asyncio.Semaphore(concurrency)
         self._known: set[str] = set()
+        # During a drain: the open billing-session buckets it copied (ws, bucket). A copy
+        # leaves the bucket live, so without this every pass would copy it again.
+        self._copied: set[tuple[str, int]] | None = None
         self.stats = FlushStats()
         self._writer = BatchWriter(
             self._claims,
@@ -176,17 +179,26 @@ class Flusher:
         return total
 
     async def drain(self, *, force: bool = True, within_s: float = 60.0) -> PassResult:
-        """Passes until nothing is left that another flusher holds (or ``within_s``)."""
+        """Passes until nothing is left that another flusher holds (or ``within_s``).
+
+        With ``force``, a billing-session bucket still open is copied once per drain (it
+        stays live for the admissions still reading it; a later drain copies it again).
+        """
         total = PassResult()
         deadline = time.monotonic() + within_s
-        while True:
-            r = await self.flush_once(force=force)
-            total.add(r)
-            if (r.busy == 0 and r.failed == 0 and r.batches == 0) or time.monotonic() > deadline:
-                total.busy, total.failed = r.busy, r.failed
-                return total
-            if r.batches == 0:
-                await asyncio.sleep(min(0.25, self.lease_s / 4))
+        self._copied = set()
+        try:
+            while True:
+                r = await self.flush_once(force=force)
+                total.add(r)
+                done = r.busy == 0 and r.failed == 0 and r.batches == 0
+                if done or time.monotonic() > deadline:
+                    total.busy, total.failed = r.busy, r.failed
+                    return total
+                if r.batches == 0:
+                    await asyncio.sleep(min(0.25, self.lease_s / 4))
+        finally:
+            self._copied = None
 
     async def run(self, stop: asyncio.Event, *, force_on_stop: bool = False) -> None:
         """Flush every ``flush_interval_s`` until ``stop`` is set, then a final pass."""
@@ -247,8 +259,14 @@ class Flusher:
         closed = [c for c in closes if c <= now]
         if closed:
             res.lag_seconds = now - min(closed)
+        outstanding = {(p.kind, p.bucket) for p in pending}
         for kind, bucket in targets:
             keep = kind != "ev" and self._closed_at(kind, bucket) > now
+            copy = keep and kind == "sr"  # claim.lua copies an open session bucket
+            if copy and self._copied is not None:
+                if (ws, bucket) in self._copied and (kind, bucket) not in outstanding:
+                    continue  # this drain copied it already
+                self._copied.add((ws, bucket))
             # A re-taken claim may hide newer live writes of the same bucket: go again.
             for _ in range(2):
                 code, claim = await self._claims.claim(ws, kind, bucket, keep_index=keep)
