@@ -19,7 +19,10 @@ Metric = Literal["sessions", "requests", "notifications", "messages", "amount", 
 By = Literal["total", "app", "channel"]
 METRICS: tuple[str, ...] = ("sessions", "requests", "notifications", "messages", "amount",
                             "refused")  # fmt: skip
-MAX_SERIES = 8  # more apps or channels than this are summed as "other"
+MAX_SERIES = 8  # more apps or channels than this: the smallest are summed as OTHER
+# The key (and label) of that sum: in parentheses, so no channel (keys.CHANNEL_RE) or app
+# id can be named so; a channel named "other" is a series of its own.
+OTHER = "(others)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,6 @@ async def breakdown(
     if len(ranked) > MAX_SERIES:
         keep, rest = ranked[: MAX_SERIES - 1], ranked[MAX_SERIES - 1 :]
         other = [sum(values[k][i] for k in rest) for i in range(len(periods))]
-        values = {**{k: values[k] for k in keep}, "other": other}
-        ranked = [*keep, "other"]
+        values = {**{k: values[k] for k in keep}, OTHER: other}
+        ranked = [*keep, OTHER]
     return Breakdown(periods, {k: values[k] for k in ranked}, redis is not None)
