@@ -5,6 +5,13 @@ of any size holds neither a transaction nor the whole result. Money is a decimal
 (``"499.80"``), times are UTC ISO-8601 (``2026-11-26T20:00:00Z``). Usage is summed per
 period (``hour``, ``day``, ISO ``week`` from Monday, calendar ``month``) and per app,
 channel, product and unit. A range may span at most 90 days.
+
+``period_start``/``period_end`` name the whole calendar period a usage row belongs to;
+``covered_from``/``covered_to`` the part of it the row sums: the period cut to the
+export's range. They differ only in the first and last period of a range that does not
+begin or end on a period boundary, so a partial sum is never taken for the period's
+whole, and two exports that meet mid-period (``--to`` of one the ``--from`` of the next)
+label their halves of the period apart.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ USAGE_FIELDS: tuple[str, ...] = (
     "amount_pool",
     "amount_invoiced",
     *(f"refused_{r}" for r in REFUSAL_REASONS),
+    "covered_from",
+    "covered_to",
 )
 SESSION_FIELDS: tuple[str, ...] = (
     "workspace_id",
@@ -98,14 +107,21 @@ def check_granularity(granularity: str) -> None:
 
 
 def _usage_record(
-    ws: str, start: int, granularity: str, key: tuple[str, str, str, str], acc: list[int]
+    ws: str,
+    start: int,
+    span: tuple[str, int, int],
+    key: tuple[str, str, str, str],
+    acc: list[int],
 ) -> dict[str, Any]:
+    """One row; ``span``: the granularity and the export's range (from, to)."""
+    granularity, from_ms, to_ms = span
+    end = next_period(start, granularity)
     app_id, channel, product, unit = key
     units, messages, free, app, pool, invoiced, *refused = acc
     rec: dict[str, Any] = {
         "workspace_id": ws,
         "period_start": export_time(start),
-        "period_end": export_time(next_period(start, granularity)),
+        "period_end": export_time(end),
         "app_id": app_id,
         "channel": channel,
         "product": product,
@@ -120,6 +136,8 @@ def _usage_record(
     }
     for reason, n in zip(REFUSAL_REASONS, refused, strict=True):
         rec[f"refused_{reason}"] = n
+    rec["covered_from"] = export_time(max(start, from_ms))
+    rec["covered_to"] = export_time(min(end, to_ms))
     return rec
 
 
@@ -145,6 +163,7 @@ async def _usage_records(
     """Usage summed per (workspace, period, app, channel, product, unit), in that order."""
     group: tuple[str, int] | None = None
     acc: dict[tuple[str, str, str, str], list[int]] = {}
+    span = (granularity, from_ms, to_ms)
     rows = store.iter_usage(
         scope.workspace, from_ms, to_ms,
         app_id=scope.app_id, app_ids=scope.app_ids, channel=scope.channel,
@@ -157,7 +176,7 @@ async def _usage_records(
             if g != group:
                 if group is not None:
                     for key in sorted(acc):
-                        yield _usage_record(group[0], group[1], granularity, key, acc[key])
+                        yield _usage_record(group[0], group[1], span, key, acc[key])
                 group, acc = g, {}
             key = (r.app_id, r.channel, r.product, r.unit)
             prev = acc.get(key)
@@ -165,7 +184,7 @@ async def _usage_records(
             acc[key] = cur if prev is None else [a + b for a, b in zip(prev, cur, strict=True)]
     if group is not None:
         for key in sorted(acc):
-            yield _usage_record(group[0], group[1], granularity, key, acc[key])
+            yield _usage_record(group[0], group[1], span, key, acc[key])
 
 
 def _session_record(s: SessionRow) -> dict[str, Any]:
