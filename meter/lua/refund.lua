@@ -144,6 +144,17 @@ local function give_back(ik, member, r, e, b, hf, newest)
     local sk = sr_key(b)
     if not newest or (blocks <= 0 and msgs <= 0) then
       redis.call('HDEL', sk, hf)
+      -- A forced flush copied this open bucket (P:fl has its claim) after the session
+      -- opened: the store holds the charge. A snapshot of nothing charged, displaced
+      -- (admissions never read it), is flushed over that copy.
+      local copied = redis.call('ZSCORE', P .. ':fl', 'sr:' .. D(b))
+      local opened = tonumber(string.match(prod, ',(%d+)$') or '0')
+      if copied and opened * 1000 <= tonumber(copied) then
+        local alt = hf
+        if string.sub(hf, -#s1 - 1) ~= '\t' .. s1 then alt = hf .. '\t' .. s1 end
+        redis.call('HSET', sk, alt, string.format('%s,%s,%d,%s,0,0,%s', cs, dl, blocks + 1,
+          s1, prod))
+      end
     else
       amount = math.max(0, tonumber(amount) - free - app - pool - inv)
       redis.call('HSET', sk, hf, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
