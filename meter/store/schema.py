@@ -170,15 +170,29 @@ CREATE INDEX flush_dead_letters_workspace ON flush_dead_letters (workspace_id, b
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One step: its SQL, in one transaction.
+
+    ``rebuilds`` names the tables the step copies, drops and renames: on PostgreSQL each
+    is locked ``ACCESS EXCLUSIVE`` before anything else, so a write by a gateway still
+    running (an older version during a rolling upgrade) either commits before the copy
+    (the step waits for it) or waits for the step and lands in the new table; without
+    the lock, one committed after the copy began was lost with the old table. SQLite
+    needs nothing: the step's ``BEGIN IMMEDIATE`` already holds the only write lock.
+    Adding a lock to an applied step changes nothing it did.
+    """
+
     version: int
     name: str
     sql: str
+    rebuilds: tuple[str, ...] = ()
 
     def statements(self, dialect: str) -> list[str]:
         """The step rendered for ``dialect``, split into single statements."""
         text = self.sql.replace("{id}", _DIALECT[dialect]["id"])
         text = text.replace("{json}", _DIALECT[dialect]["json"])
-        return [s.strip() for s in text.split(";") if s.strip()]
+        locks = [f"LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE" for t in self.rebuilds]
+        head = locks if dialect == "postgresql" else []
+        return [*head, *(s.strip() for s in text.split(";") if s.strip())]
 
 
 # Channel authentication: one verification secret per app and channel, stored encrypted
@@ -230,7 +244,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "app_channels", _APP_CHANNELS),
     Migration(3, "payments", _PAYMENTS),
     Migration(4, "flush_dead_letters", _FLUSH_DEAD_LETTERS),
-    Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE),
+    Migration(5, "console: api tokens, declined upgrade requests", _CONSOLE, ("upgrade_requests",)),
     Migration(6, "console sessions", _CONSOLE_SESSIONS),
     Migration(8, "app shadow mode", _SHADOW),
     Migration(9, "workspace low-balance threshold", _LOW_THRESHOLD),
@@ -238,7 +252,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "invitations: members and collaborators join by consent", _INVITATIONS),
     Migration(12, "workspaces by owner", _WORKSPACES_BY_OWNER),
     Migration(13, "invitations by inviter", _INVITER),
-    Migration(14, "payment claims: one credit per payment, by webhook or by hand", PAYMENT_CLAIMS),
+    Migration(
+        14,
+        "payment claims: one credit per payment, by webhook or by hand",
+        PAYMENT_CLAIMS,
+        ("checkouts",),
+    ),
 )
 
 
