@@ -48,7 +48,9 @@
 -- billing session (bsid "") the user (each up to 256 characters, and anyone may send
 -- keyed messages inside a paid session for free). Those free keyed records are also
 -- counted per app (free_ttl in admit_batch.lua), so their number is bounded too.
--- A redelivery appends "\t<its token>" (then ",<token>" each): the deliveries whose
+-- A charge (units 1) appends "\t@<aggregate bucket>" and, invoiced, ":<period>": where
+-- refund.lua reverses it. A redelivery appends "\t<its token>" (",<token>" after a first
+-- entry): the deliveries whose
 -- failures refund.lua counts (marked "-" there) before it gives the charge back. A
 -- charged, not yet settled one is also reserved in P:rsv ("<app>:<rid>" -> deadline ms)
 -- until the gateway confirms that it was forwarded; the sweeper refunds what is still
@@ -104,6 +106,7 @@ local REFUND_TTL = ARGV[13]
 local SETTLED_TTL
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
 local FREE_KEYS, FREE_KEYS_WS -- ARGV[16], ARGV[17]: made when first needed
+local AT -- "\t@<bucket>", where a charge record notes it was counted: made when first needed
 local FIRST = 18
 local NB = 60 -- buckets per rolling window
 local bucket = math.floor(now / 1000 / FB) * FB

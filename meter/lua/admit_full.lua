@@ -78,18 +78,22 @@ end
 -- The charge record (redelivery check, what a refund reverses) and, for a charge not
 -- yet settled, its reservation until the forward is confirmed. Channel, unit and user
 -- only where a refund reads them: a charge's, the user only of one that opened a
--- billing session (see admit.lua). A keyed record that took no money lives as long as
+-- billing session (see admit.lua). A charge also notes where it was counted, first in
+-- the list after the 12 fields: "@<aggregate bucket>" and, invoiced, ":<period>" (a
+-- refund reverses it there). A keyed record that took no money lives as long as
 -- free_ttl allows (admit_batch.lua).
 local function record(m, units, bsid, free, app, pool, inv)
-  local ch, unit, user, ttl = m.ch, m.unit, m.user, m.ttl
+  local ch, unit, user, ttl, at = m.ch, m.unit, m.user, m.ttl, ''
   if units == 0 then
     ch, unit, user = '', '', ''
-  elseif bsid == '' then
-    user = ''
+  else
+    AT = AT or '\t@' .. D(bucket)
+    at = inv > 0 and AT .. ':' .. PERIOD or AT
+    if bsid == '' then user = '' end
   end
   if m.idem ~= '' and free + app + pool + inv == 0 then ttl = free_ttl(m.app_id, m.a) end
-  redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s', m.token,
-    m.digest, units, bsid, free, app, pool, inv, ch, unit, user), 'PX', ttl)
+  redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s%s',
+    m.token, m.digest, units, bsid, free, app, pool, inv, ch, unit, user, at), 'PX', ttl)
   if units > 0 and not m.settle then
     DEADLINE = DEADLINE or D(now + ARGV[15])
     redis.call('ZADD', P .. ':rsv', DEADLINE, m.app_id .. ':' .. m.rid)

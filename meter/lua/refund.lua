@@ -19,6 +19,11 @@
 -- The charge is refunded when the failures listed reach the deliveries counted. A record
 -- without the list (written before it existed, or never redelivered) counts only its
 -- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
+-- A charge's list starts with where it was counted, "@<aggregate bucket>[:<period>]"
+-- (admit_full.lua): the refund reverses the aggregates of that bucket and the enterprise
+-- usage of that billing period, not the refund's (a January charge refunded on February
+-- 1st gives January's count back). A record of an earlier version has none: its charge
+-- is reversed in the refund's bucket and period, as that version did.
 --
 -- Billing sessions: a charge that opened one stands while another message of the session
 -- counts as served. A message admitted inside a paid session (charged nothing) that
@@ -93,7 +98,10 @@ local function parse(rec)
   if not head then return nil end
   return {head = head, tok = tok, cnt = tonumber(cnt), units = units, bsid = bsid,
     free = tonumber(free), app = tonumber(app), pool = tonumber(pool), inv = tonumber(inv),
-    ch = ch, unit = unit, user = user, list = list}
+    ch = ch, unit = unit, user = user, list = list,
+    -- Where the charge was counted (admit_full.lua record()): none in a record of an
+    -- earlier version, whose charge is then reversed where the refund happens.
+    at = string.match(list, '^@(%d+)'), period = string.match(list, '^@%d+:(%w+)')}
 end
 local function msgs_of(entry) return tonumber(string.match(entry, '^%d+,%d+,%d+,[^,]+,(%d+),')) end
 local function pending_key(bsid) return P .. ':rp:' .. bsid end
@@ -130,7 +138,7 @@ local function give_back(ik, member, r, e, b, hf, newest)
   end
   if pool > 0 then redis.call('HINCRBY', wsk, 'pool', pool) end
   if inv > 0 then
-    local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+    local uk = P .. ':lu:' .. product .. ':' .. (r.period or PERIOD)
     if tonumber(redis.call('GET', uk) or '0') > 0 then redis.call('DECR', uk) end
   end
 
@@ -162,8 +170,10 @@ local function give_back(ik, member, r, e, b, hf, newest)
     end
   end
 
-  -- Aggregates of the current bucket take the reversal, so sums stay exact.
-  local bucket = math.floor(now / 1000 / FB) * FB
+  -- The aggregates take the reversal in the bucket the charge was counted in (a record of
+  -- an earlier version: the current one), so sums stay exact and every period's too. A
+  -- bucket flushed since is live again (indexed below) and flushed again: the store adds.
+  local bucket = r.at and tonumber(r.at) or math.floor(now / 1000 / FB) * FB
   local agk = P .. ':ag:' .. D(bucket)
   local fk = app_id .. '\t' .. r.ch .. '\t' .. product .. '\t' .. r.unit .. '\t' -- agg_field
   redis.call('HINCRBY', agk, fk .. 'n', -1)
