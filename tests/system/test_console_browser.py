@@ -291,13 +291,15 @@ async def journey(
 
         # Tokens: create one (shown once), then revoke it.
         await b.goto_hash("#/tokens")
-        await b.page.fill("#t-name", "ci")
+        # A name no other row can contain: Playwright's :has-text is a case-insensitive
+        # substring match, and the initial token's hint (4 random characters) may hold "ci".
+        await b.page.fill("#t-name", "ci-journey")
         await b.page.click("form.inline button[type=submit]")
         await b.page.wait_for_selector("#t-secret")
         secret = await b.page.input_value("#t-secret")
         assert secret.startswith("cgu_")
         await b.check("tokens")
-        await b.page.click("tr:has-text('ci') >> text=Revoke")
+        await b.page.click("tr:has(td:text-is('ci-journey')) >> text=Revoke")
         await b.page.wait_for_selector("#t-secret", state="detached")
         async with http.get(served.admin + "/v1/tokens",
                             headers={"Authorization": f"Bearer {secret}"}) as r:  # fmt: skip
