@@ -204,6 +204,8 @@ class PostgresStore(Store):
                         async with raw.transaction():
                             for statement in step.statements(self.dialect):
                                 await raw.execute(statement)
+                            if step.then is not None:
+                                await step.then(_PgConn(raw))
                             await raw.execute(
                                 "INSERT INTO schema_migrations (version, name, applied_at) "
                                 "VALUES ($1, $2, $3)",

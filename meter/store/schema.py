@@ -10,9 +10,11 @@ micro-dollars. Applied steps are recorded in ``schema_migrations``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from meter.store.schema_claims import PAYMENT_CLAIMS
+from meter.store.db import Conn
+from meter.store.schema_claims import PAYMENT_CLAIMS, claim_manual_credits
 from meter.store.schema_initial import INITIAL
 
 _DIALECT = {
@@ -170,7 +172,8 @@ CREATE INDEX flush_dead_letters_workspace ON flush_dead_letters (workspace_id, b
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One step: its SQL, in one transaction.
+    """One step: its SQL, then ``then`` (Python, for what portable SQL cannot say), in
+    one transaction.
 
     ``rebuilds`` names the tables the step copies, drops and renames: on PostgreSQL each
     is locked ``ACCESS EXCLUSIVE`` before anything else, so a write by a gateway still
@@ -185,6 +188,7 @@ class Migration:
     name: str
     sql: str
     rebuilds: tuple[str, ...] = ()
+    then: Callable[[Conn], Awaitable[None]] | None = None
 
     def statements(self, dialect: str) -> list[str]:
         """The step rendered for ``dialect``, split into single statements."""
@@ -257,6 +261,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "payment claims: one credit per payment, by webhook or by hand",
         PAYMENT_CLAIMS,
         ("checkouts",),
+        claim_manual_credits,
     ),
 )
 

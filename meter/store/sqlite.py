@@ -196,6 +196,8 @@ class SqliteStore(Store):
                     continue
                 for statement in step.statements(self.dialect):
                     await c.execute(statement)
+                if step.then is not None:
+                    await step.then(c)
                 await c.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     step.version,

@@ -198,3 +198,70 @@ async def test_the_migration_claims_what_was_credited_before_it(
         assert len(await store.ledger_entries("wold1")) == 2
     finally:
         await store.close()
+
+
+async def _checkout_then_migrate(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Store:
+    """A store before migration 14 with an open checkout ``co1`` (session ``cs_w1``) of
+    workspace ``w1``, and a workspace ``w2``; the caller adds entries, then migrates."""
+    url = f"sqlite:///{tmp_path}/m.db"
+    store = open_store(url if backend == "sqlite" else request.getfixturevalue("pg_dsn"))
+    await _before_claims(store, monkeypatch)
+    await store.create_user(User("u1", "a@example.com", "A", "h1", 1))
+    for ws in ("w1", "w2"):
+        await store.create_workspace(Workspace(ws, ws, "u1", 1))
+    co = Checkout("co1", "w1", 500 * USD, "usd", "stripe", "open", "user:u1", 1)
+    assert await store.create_checkout_within(co, 5, since=0)
+    assert await store.open_checkout(co.id, "cs_w1", "https://pay.test/x")
+    return store
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+@pytest.mark.parametrize(
+    "reference",
+    ["funds:funds:pi_w1", "funds:Stripe:pi_w1", "funds:stripe:checkout:pi_w1",
+     "funds:checkout:co1", "funds:stripe:co1", "funds:CHECKOUT:cs_w1"],
+)  # fmt: skip
+async def test_the_migration_claims_a_manual_credit_as_the_runtime_reads_it(
+    backend: str,
+    reference: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each spelling that ``payment_id`` reads as the payment (an operator credited the
+    late payment by hand before the upgrade): the webhook after it credits nothing."""
+    store = await _checkout_then_migrate(backend, request, tmp_path, monkeypatch)
+    try:
+        assert await store.add_ledger_entry(LedgerEntry("w1", "topup", 500 * USD, reference, 2))
+        assert 14 in await store.migrate()
+        entry = LedgerEntry("w1", "topup", 500 * USD, "checkout:cs_w1", 3)
+        assert await store.complete_checkout("co1", "cs_w1", "pi_w1", entry, 3) == (
+            "credited_by_hand"
+        )
+        assert [e.reference for e in await store.ledger_entries("w1")] == [reference]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_the_migration_leaves_another_workspaces_checkout_to_its_webhook(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manual credit of before that named another workspace's checkout (refused now)
+    claims none of its names: the payer's webhook still credits the payer."""
+    store = await _checkout_then_migrate(backend, request, tmp_path, monkeypatch)
+    try:
+        manual = LedgerEntry("w2", "topup", 500 * USD, "funds:stripe:cs_w1", 2)
+        assert await store.add_ledger_entry(manual)
+        assert 14 in await store.migrate()
+        entry = LedgerEntry("w1", "topup", 500 * USD, "checkout:cs_w1", 3)
+        assert await store.complete_checkout("co1", "cs_w1", "pi_w1", entry, 3) == "credited"
+        assert [e.reference for e in await store.ledger_entries("w1")] == ["checkout:cs_w1"]
+    finally:
+        await store.close()
