@@ -11,7 +11,10 @@ the one the gateway saw.
 
 The console's session cookie never crosses (:mod:`gateway.console_cookies`): it is taken
 out of a forwarded ``Cookie`` header (other cookies pass), and a bot's ``Set-Cookie`` for
-it is dropped, on every traffic path.
+it is dropped, on every traffic path. Nor does a bot's ``Clear-Site-Data``: its
+``"cookies"`` clears every cookie of the registrable domain, the console's session and
+the other tenants' cookies on a shared traffic host included, which no one tenant's bot
+may decide.
 
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
@@ -50,6 +53,10 @@ HOP_BY_HOP: tuple[str, ...] = (
     "Upgrade",
 )
 _HOP = frozenset(name.lower() for name in HOP_BY_HOP)
+# What of a bot's answer never reaches the client (see the module; ``Connection``'s list
+# aside): the hop-by-hop headers and Clear-Site-Data.
+ANSWER_DROPPED: tuple[str, ...] = (*HOP_BY_HOP, "Clear-Site-Data")
+_ANSWER_DROP = frozenset(name.lower() for name in ANSWER_DROPPED)
 # The app a forwarded request is for, set by the gateway (a client's is dropped): a bot
 # that another tenant's app points at can tell the messages are not its own.
 APP_HEADER = "X-Creditgate-App"
@@ -178,9 +185,9 @@ def upstream_headers(
 
 
 def downstream_headers(src: Headers) -> CIMultiDict[str]:
-    """End-to-end response headers of the upstream's answer, less any ``Set-Cookie`` of
-    the console's cookie."""
-    out = _end_to_end(src, _HOP)
+    """End-to-end response headers of the upstream's answer, less ``Clear-Site-Data`` and
+    any ``Set-Cookie`` of the console's cookie."""
+    out = _end_to_end(src, _ANSWER_DROP)
     if "Set-Cookie" in out and mentions_console_cookie(out.getall("Set-Cookie")):
         out = CIMultiDict([(k, v) for k, v in out.items()
                            if k.lower() != "set-cookie" or not sets_console_cookie(v)])  # fmt: skip

@@ -15,14 +15,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.console_cookies import sets_console_cookie
-from gateway.forwarding import HOP_BY_HOP, SERVER
+from gateway.forwarding import ANSWER_DROPPED, SERVER
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _SERVER_FIELD = f"Server: {SERVER}\r\n"
 _SERVER_BYTES = _SERVER_FIELD.encode()
-_HOP_BYTES = frozenset(name.lower().encode() for name in HOP_BY_HOP)
+_DROP_BYTES = frozenset(name.lower().encode() for name in ANSWER_DROPPED)
 
 
 def _enc(text: str) -> bytes:
@@ -108,12 +108,12 @@ def answer_head(
 def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]:
     """The lower-case names :func:`answer_head` drops, and whether the answer has a
     ``Transfer-Encoding``."""
-    drop, te = _HOP_BYTES, False
+    drop, te = _DROP_BYTES, False
     for name, value in raw:
         low = name.lower()
         if low == b"connection":
             listed = _drops_of(value)
-            drop = listed if drop is _HOP_BYTES else drop | listed
+            drop = listed if drop is _DROP_BYTES else drop | listed
         elif low == b"transfer-encoding":
             te = True
     return drop, te
@@ -123,10 +123,10 @@ def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]
 # once (a short value lists few names, so the cache stays small).
 @short_memo(maxsize=256, max_len=64)
 def _drops_of(value: bytes) -> frozenset[bytes]:
-    """The hop-by-hop names plus those one ``Connection`` value lists (as text, as
-    :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
+    """What :func:`answer_head` always drops, plus the names one ``Connection`` value lists
+    (as text, as :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
     text = value.decode("utf-8", "surrogateescape")
-    return _HOP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
+    return _DROP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
                             for t in text.split(","))  # fmt: skip
 
 

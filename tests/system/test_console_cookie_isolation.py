@@ -137,6 +137,29 @@ async def test_a_bot_cannot_set_the_console_cookie(edge: Edge, case: str) -> Non
     assert SID.encode() not in resp.raw_head
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [b'Clear-Site-Data: "cookies"\r\n', b'clear-site-data: "*"\r\nCLEAR-SITE-DATA: "storage"\r\n'],
+    ids=["cookies", "any case, several lines"],
+)
+async def test_a_bot_cannot_clear_the_sites_cookies(edge: Edge, fields: bytes) -> None:
+    """Clear-Site-Data "cookies" would sign the console's users out and clear the other
+    tenants' cookies of the whole registrable domain: no one bot decides that."""
+    edge.bot.answers["/b/x"] = Answer(
+        b"HTTP/1.1 200 OK\r\n" + fields + b"X-Kept: 1\r\nContent-Length: 2\r\n\r\nok", keep=True
+    )
+    token = hs256()
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(
+            f"POST /hooks/web/{APP}/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 2\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n{{}}".encode()
+        )
+        resp = await c.response()
+    assert (resp.status, resp.body) == (200, b"ok"), resp.raw_head
+    assert resp.headers.get("X-Kept") == "1"
+    assert "Clear-Site-Data" not in resp.headers, resp.raw_head
+
+
 # ------------------------------------------------------------------------ WebSocket
 
 
