@@ -11,6 +11,10 @@
 -- entry of an earlier version has none: ENTRY_RE's product then ends the entry, else it
 -- is "product,opened").
 -- An older entry displaced from its field is kept under "app\tchannel\tuser\tbsid".
+-- An entry of no message under the conversation's own field is no session, only the
+-- conversation's state after its block's opener was refunded (refund.lua): never flushed
+-- (meter/usage/batches.py session_row), nor kept when displaced. A displaced entry of no
+-- message and no amount is a refunded session's snapshot, flushed over a stored copy.
 
 local D = function(x) return string.format('%d', x) end
 local ENTRY_RE = '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$'

@@ -20,25 +20,21 @@
 -- without the list (written before it existed, or never redelivered) counts only its
 -- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
 -- A charge's list starts with where it was counted, "@<aggregate bucket>[:<period>]"
--- (admit_full.lua): the refund reverses the aggregates of that bucket and the enterprise
--- usage of that billing period, not the refund's (a January charge refunded on February
--- 1st gives January's count back). A record of an earlier version has none: its charge
--- is reversed in the refund's bucket and period, as that version did.
+-- (admit_full.lua): its aggregates and enterprise usage are reversed there, not where the
+-- refund happens (a record of an earlier version has none: reversed where it happens).
 --
--- Billing sessions: a charge that opened one stands while another message of the session
--- counts as served. A message admitted inside a paid session (charged nothing) that
--- fails is reported too, and no longer counts in the session's messages ("un-counted"):
--- one without a channel key keeps no record, so the gateway names its session (ARGV[9..11])
--- and a mark P:uc:<app>:<token> makes its failure count once; a keyed one's record lists
--- its deliveries as a charge's does, and it is un-counted (its record deleted) when every
--- delivery failed. An opener refused because of such messages is noted in P:rp:<bsid>
--- (its record id, as long as its record lives); the failure that leaves it alone in its
--- session gives its charge back then, if every delivery of it has failed. Whatever the
--- order of the opener's and the others' failures, the charge is given back once (the
--- record is deleted in the same script), and only when nothing of the session was or may
--- still be served. Not un-counted (the charge stands, conservatively): a message whose
--- failure reaches Redis only as a void (no decision known: an ambiguous 503 or a deferred
--- report) or after its session's entry left the buckets looked at.
+-- Billing sessions: a charge that opened one stands while another message of it counts
+-- as served. A message admitted inside a paid session without a charge that fails is
+-- reported too and no longer counts ("un-counted"): without a channel key it keeps no
+-- record, so the gateway names its session (ARGV[9..11]) and a mark P:uc:<app>:<token>
+-- counts its failure once; a keyed one is un-counted (its record deleted) once every
+-- delivery listed in its record failed. An opener kept because of such messages is noted
+-- in P:rp:<bsid> (its record id, while the record lives): the failure that leaves it
+-- alone gives its charge back, if all its deliveries failed. In any order of failures
+-- the charge goes back once (its record is deleted in the same script), and only when
+-- nothing of the session was or may still be served. Not un-counted (the charge stands):
+-- a failure known to Redis only as a void (ambiguous 503, deferred report), or one after
+-- the session's entry left the buckets looked at.
 --
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
 -- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] record id ("k:<ch>\t<user>\t<key>" or
@@ -152,21 +148,23 @@ local function give_back(ik, member, r, e, b, hf, newest)
     local sk = sr_key(b)
     if not newest or (blocks <= 0 and msgs <= 0) then
       redis.call('HDEL', sk, hf)
-      -- A forced flush copied this open bucket (P:fl has its claim) after the session
-      -- opened: the store holds the charge. A snapshot of nothing charged, displaced
-      -- (admissions never read it), is flushed over that copy.
-      local copied = redis.call('ZSCORE', P .. ':fl', 'sr:' .. D(b))
-      local opened = tonumber(string.match(prod, ',(%d+)$') or '0')
-      if copied and opened * 1000 <= tonumber(copied) then
-        local alt = hf
-        if string.sub(hf, -#s1 - 1) ~= '\t' .. s1 then alt = hf .. '\t' .. s1 end
-        redis.call('HSET', sk, alt, string.format('%s,%s,%d,%s,0,0,%s', cs, dl, blocks + 1,
-          s1, prod))
-      end
     else
+      -- The conversation's state: no message, so never flushed as a session (batches.py),
+      -- nor kept when the block opens again (admit_rules.lua write_session).
       amount = math.max(0, tonumber(amount) - free - app - pool - inv)
       redis.call('HSET', sk, hf, string.format('%s,%s,%d,%s,%d,%d,%s', cs, dl, blocks, s1,
         msgs, amount, prod))
+    end
+    -- A forced flush copied this open bucket (P:fl has its claim) after the session
+    -- opened: the store holds the charge. A snapshot of nothing charged, displaced
+    -- (admissions never read it), is flushed over that copy.
+    local copied = redis.call('ZSCORE', P .. ':fl', 'sr:' .. D(b))
+    local opened = tonumber(string.match(prod, ',(%d+)$') or '0')
+    if copied and opened * 1000 <= tonumber(copied) then
+      local alt = hf
+      if string.sub(hf, -#s1 - 1) ~= '\t' .. s1 then alt = hf .. '\t' .. s1 end
+      redis.call('HSET', sk, alt, string.format('%s,%s,%d,%s,0,0,%s', cs, dl, blocks + 1,
+        s1, prod))
     end
   end
 

@@ -131,33 +131,46 @@ class SessionEntry:
         return self.opened if self.opened is not None else self.block_start(block_ms)
 
 
+def session_row(
+    ws: str, gen: int, field: bytes | str, value: bytes | str, block_ms: int
+) -> SessionRow | None:
+    """One billing-session snapshot; ``seq`` = the claim's gen, so a later claim wins.
+
+    Field ``app\tchannel\tuser[\tbsid]``; value as :meth:`SessionEntry.parse` reads it.
+    ``start_ms`` is :meth:`SessionEntry.start`. None for an entry of no message under the
+    conversation's own field: what a refunded block opener leaves as the conversation's
+    state (refund.lua), never a session. (A displaced entry of no message is a refunded
+    session's snapshot, written over a stored copy of it: kept.)
+    """
+    app, channel, user, *displaced = _text(field).split("\t")
+    e = SessionEntry.parse(value)
+    if e.messages == 0 and not displaced:
+        return None
+    return SessionRow(
+        workspace_id=ws,
+        id=e.bsid,
+        app_id=app,
+        channel=channel,
+        channel_user=user,
+        product=e.product,
+        start_ms=e.start(block_ms),
+        end_ms=e.conv_start + e.last,
+        messages=e.messages,
+        amount=e.amount,
+        seq=gen,
+    )
+
+
 def session_rows(
     ws: str, gen: int, items: Sequence[bytes | str], block_ms: int
 ) -> list[SessionRow]:
-    """Billing-session snapshots; ``seq`` = the claim's gen, so a later claim wins.
-
-    Field ``app\tchannel\tuser[\tbsid]``; value as :meth:`SessionEntry.parse` reads it.
-    ``start_ms`` is :meth:`SessionEntry.start`.
-    """
+    """The billing sessions of a ``P:sr`` hash as flat field, value pairs
+    (:func:`session_row` each; entries that are no session left out)."""
     rows = []
     for i in range(0, len(items) - 1, 2):
-        app, channel, user = _text(items[i]).split("\t")[:3]
-        e = SessionEntry.parse(items[i + 1])
-        rows.append(
-            SessionRow(
-                workspace_id=ws,
-                id=e.bsid,
-                app_id=app,
-                channel=channel,
-                channel_user=user,
-                product=e.product,
-                start_ms=e.start(block_ms),
-                end_ms=e.conv_start + e.last,
-                messages=e.messages,
-                amount=e.amount,
-                seq=gen,
-            )
-        )
+        row = session_row(ws, gen, items[i], items[i + 1], block_ms)
+        if row is not None:
+            rows.append(row)
     return rows
 
 

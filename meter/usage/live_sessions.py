@@ -25,7 +25,7 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.scripts import register, run
 from meter.store import SessionRow, Store
-from meter.usage.batches import SessionEntry, session_rows
+from meter.usage.batches import SessionEntry, session_row
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ async def redis_sessions(
     out: dict[str, tuple[int, Listed]] = {}
     for _bucket, gen, items in snapshot:
         fields, values = items[0::2], items[1::2]
-        for i, row in enumerate(session_rows(ws, int(gen), items, block_ms)):
-            if not from_ms <= row.start_ms < to_ms:
+        for i in range(len(values)):
+            row = session_row(ws, int(gen), fields[i], values[i], block_ms)
+            if row is None or not from_ms <= row.start_ms < to_ms:
                 continue
             field = fields[i].decode() if isinstance(fields[i], bytes) else str(fields[i])
             current = int(gen) == 0 and field.count("\t") == 2  # not displaced, not a copy
