@@ -15,7 +15,6 @@ from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import query_schemas as qs
 from gateway.admin_api import report_schemas as r
-from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from meter.accounts import authz, credits
 from meter.accounts.pages import limit_of
@@ -35,7 +34,7 @@ MAX_HOURLY_MS = 62 * DAY_MS
 
 async def add_funds(call: Call) -> web.Response:
     ws = call.workspace
-    body = call.parsed(s.FundsAdd)
+    body = call.parsed(r.FundsAdd)
     top = await credits.add_funds(
         call.deps,
         call.principal.actor,

@@ -7,7 +7,6 @@ from aiohttp import web
 from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import report_schemas as r
-from gateway.admin_api import schemas as s
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
@@ -22,7 +21,7 @@ SHOWN_PREFIXES = ("funds:", "checkout:")  # stripped: the reference as its owner
 
 async def create_checkout(call: Call) -> web.Response:
     ws = call.workspace
-    body = call.parsed(s.CheckoutCreate)
+    body = call.parsed(r.CheckoutCreate)
     provider = call.request.config_dict[PAYMENTS]
     co = await checkouts.start_checkout(
         call.deps,

@@ -1,14 +1,44 @@
-"""Response bodies of the money and usage routes: funds, checkouts, transactions,
-plan-usage, usage series, sessions."""
+"""Bodies of the money and usage routes: the top-up requests (funds by hand, checkouts)
+and the responses: funds, checkouts, transactions, plan-usage, usage series, sessions."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
-from gateway.admin_api.schemas import Money, Out, Product, Timestamp
+from gateway.admin_api.schemas import (
+    Amount,
+    AppId,
+    Body,
+    Money,
+    Out,
+    Product,
+    Reference,
+    Timestamp,
+    optional,
+)
 from meter.accounts.plan_usage import FundsStatus
+
+
+class FundsAdd(Body):
+    amount: Amount = Field(
+        description="decimal dollars, whole cents, within the top-up limits; when the "
+        "reference names a known checkout, its amount (else 409 amount_mismatch)"
+    )
+    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
+    reference: Reference = Field(
+        description="required (e.g. the bank transfer's id): the same reference credits once. "
+        "One naming a payment (a checkout's id, cs_… or pi_…) credits it once, by hand or "
+        "by its webhook: 409 reference_is_checkout once credited, 409 amount_mismatch "
+        "when a known checkout's amount differs (except a checkout rejected by its event)"
+    )
+
+
+class CheckoutCreate(Body):
+    amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
+    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
 
 
 class FreeCreditsOut(Out):

@@ -122,19 +122,6 @@ class Transfer(Body):
     user_id: UserId
 
 
-class FundsAdd(Body):
-    amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
-    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
-    reference: Reference = Field(
-        description="required (e.g. the bank transfer's id): the same reference credits once"
-    )
-
-
-class CheckoutCreate(Body):
-    amount: Amount = Field(description="decimal dollars, whole cents, within the top-up limits")
-    app_id: AppId | SkipJsonSchema[None] = optional(description="tie the funds to this app")
-
-
 class LicenceIn(Body):
     usage_limit: int = Field(ge=1, le=10**12, description="billable units per billing period")
     per_minute: int = Field(ge=1, le=10**7)

@@ -9,7 +9,8 @@ One payment is credited once, by its webhook or by hand, whichever comes first
 provider's session id ``cs_…`` or payment intent ``pi_…``, in any spelling the ledger
 uses) claims it; crediting a payment claimed already is 409 (``reference_is_checkout``
 when its checkout is known), and a webhook that comes after a credit by hand credits
-nothing.
+nothing. A credit by hand naming a checkout is of that checkout's amount (else 409
+``amount_mismatch``): the payer's payment is not silently credited as another sum.
 
 A top-up is idempotent by its ledger ``reference`` across three writes, each keyed by
 it: the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
@@ -113,14 +114,23 @@ async def add_funds(
 
 
 def _refuse_paid_twice(reference: str, ws: Workspace, done: ManualCredit) -> None:
-    """409 when the payment ``reference`` names is another workspace's checkout or was
-    credited already (by its webhook or by hand under another reference)."""
+    """409 when the payment ``reference`` names is another workspace's checkout, was
+    credited already (by its webhook or by hand under another reference), or is a
+    checkout of another amount (``amount_mismatch``)."""
     co, holder = done.checkout, done.holder
     if co is not None and co.workspace_id != ws.id:
         raise Conflict(
             f"reference {reference} names a checkout of another workspace",
             code="reference_is_checkout",
             field="reference",
+        )
+    if done.mismatch and co is not None:
+        raise Conflict(
+            f"reference {reference} names checkout {co.id} of {format_amount(co.amount)} "
+            f"{co.currency.upper()}: a credit by hand of its payment is that amount (its "
+            "webhook then credits nothing); credit another sum under another reference",
+            code="amount_mismatch",
+            field="amount",
         )
     if holder is None:
         return

@@ -35,11 +35,13 @@ CheckoutCredit = Literal["credited", "already_credited", "credited_by_hand"]
 class ManualCredit:
     """What :meth:`Payments.credit_by_hand` did: ``created`` the entry (``False``: it
     existed, or nothing was written); the ``checkout`` the reference names; the other
-    ledger entry (``holder``) that already credited this payment, if one did."""
+    ledger entry (``holder``) that already credited this payment, if one did;
+    ``mismatch``: nothing written, the amount is not the checkout's (:func:`_fixed_amount`)."""
 
     created: bool
     checkout: Checkout | None
     holder: Holder | None
+    mismatch: bool = False
 
 
 class _Refused(Exception):
@@ -80,6 +82,18 @@ async def _mark_by_hand(
         payment_intent,
         checkout_id,
     )
+
+
+def _fixed_amount(co: Checkout, entry: LedgerEntry) -> bool:
+    """Whether crediting ``entry`` by hand for ``co``'s payment would change what the
+    payer paid: the checkout's webhook may still credit its amount (``USD``: ledger
+    amounts are micro-dollars), and the first credit is the only one. A checkout
+    rejected for good (its paid event did not match it) is the operator's to settle at
+    the amount they find right; one rejected ``outside_limits`` (an earlier version) is
+    credited by its redelivery."""
+    if co.status == "rejected" and co.detail.get("rejected") != "outside_limits":
+        return False
+    return entry.amount != co.amount or co.currency.lower() != "usd"
 
 
 class Payments(StoreCore):
@@ -184,8 +198,9 @@ class Payments(StoreCore):
         When it names a checkout (its id, session id or recorded payment intent), that
         checkout's identifiers are claimed too and it becomes ``credited_by_hand``; a
         provider id (``cs_``/``pi_``) names a payment even unknown here. Nothing is
-        written when the checkout is another workspace's or one of the identifiers was
-        credited under another ledger entry (``holder``).
+        written when the checkout is another workspace's, one of the identifiers was
+        credited under another ledger entry (``holder``), or the amount is not the
+        checkout's (``mismatch``: the payer's payment would be credited as another sum).
         """
         mine = Holder(entry.workspace_id, entry.reference)
         try:
@@ -202,6 +217,8 @@ class Payments(StoreCore):
                 other, _ = await claim(c, idents, mine, entry.created_at)
                 if other is not None:
                     raise _Refused(ManualCredit(False, co, other))
+                if co is not None and _fixed_amount(co, entry):
+                    raise _Refused(ManualCredit(False, co, None, mismatch=True))
                 created = await insert_ledger_entry(c, entry)
                 if co is not None and co.status not in ("paid", "credited_by_hand"):
                     await _mark_by_hand(c, co.id, mine, entry.created_at, None, None)

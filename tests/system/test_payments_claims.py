@@ -146,6 +146,42 @@ async def test_limits_changed_after_the_checkout_do_not_refuse_its_payment(
         assert stored.status == "paid"
 
 
+async def test_a_credit_by_hand_of_a_known_checkout_is_of_its_amount(
+    store_url: str, redis_url: str
+) -> None:
+    """The operator credits a late payment by hand with another sum: refused (was taken,
+    and the payer's $500 payment then credited $100, answered ``credited_by_hand``)."""
+    async with paying(store_url, redis_url) as (admin, standin):
+        ws, co, sid, _, body = await _paid_checkout(admin, standin, "500.00")
+        for ref in (sid, co, f"CHECKOUT:{sid}", f"stripe:{co}"):
+            status, answer = await _funds(admin, ws, ref, "100.00")
+            assert (status, answer["code"]) == (409, "amount_mismatch"), (ref, answer)
+            assert "500.00" in answer["detail"]
+        assert await _credited(admin, ws) == 0
+        stored = await admin.store.get_checkout(co)
+        assert stored is not None
+        assert stored.status == "open"
+        assert (await _funds(admin, ws, sid, "500.00"))[0] == 201  # its amount: credited
+        status, answer = await deliver(admin, body, signed(body))
+        assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
+        assert await _credited(admin, ws) == 500 * USD
+
+
+async def test_a_rejected_checkout_is_credited_by_hand_at_the_sum_found_right(
+    store_url: str, redis_url: str
+) -> None:
+    """Its paid event did not match it (never credited by its webhook): the operator
+    credits what was paid, as the README says."""
+    async with paying(store_url, redis_url) as (admin, standin):
+        ws, co, sid, _, _ = await _paid_checkout(admin, standin, "500.00")
+        body = paid(standin.session_for(co), amount_total=10000)  # $100 paid
+        status, answer = await deliver(admin, body, signed(body))
+        assert (status, answer["outcome"]) == (200, "amount_mismatch"), answer
+        status, answer = await _funds(admin, ws, sid, "100.00")
+        assert (status, answer["created"]) == (201, True), answer
+        assert await _credited(admin, ws) == 100 * USD
+
+
 # ------------------------------------------------------------------ the migration
 
 
