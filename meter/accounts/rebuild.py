@@ -86,6 +86,16 @@ async def store_values(
     return out
 
 
+def _lapsed(ws: str, free_set: str, entries: list[LedgerEntry]) -> bool:
+    """Whether the ledger lapsed the free credits ``<free_exp>:<free_granted>`` (a lapse
+    referenced ``<ws>:expiry:<set>``, or ``<ws>:expiry:<set>:<n>``: admit.lua's keys)."""
+    first = f"{ws}:expiry:{free_set}"
+    return any(
+        e.kind == "lapse" and (e.reference == first or e.reference.startswith(first + ":"))
+        for e in entries
+    )
+
+
 def _month_start_ms(now_s: float) -> int:
     t = time.gmtime(now_s)
     return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) * 1000
@@ -116,8 +126,12 @@ async def rebuild_workspace(
     now = time.time() if now_s is None else now_s
     entries = await store.ledger_entries(ws_id)
     values = await store_values(store, ws_id, now, entries)
+    fields = await _workspace_fields(store, settings, catalog, ws, values, now, new)
+    free_set = f"{fields['free_exp']}:{fields['free_granted']}"
+    if _lapsed(ws_id, free_set, entries):  # refund.lua gives such credits back as lapsed
+        fields["free_lapsed"] = free_set
     doc = {
-        "ws": await _workspace_fields(store, settings, catalog, ws, values, now, new),
+        "ws": fields,
         "apps": [
             {"id": app.id, "fields": await _app_fields(store, app, values)}
             for app in await store.list_apps(ws_id)

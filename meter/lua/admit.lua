@@ -155,7 +155,17 @@ end
 
 -- Crossings, each announced once ------------------------------------------------------
 if W0.free > 0 and W.free == 0 then
-  event('free_credits.exhausted', {once = 'exhausted:' .. FREE_SET})
+  -- Each time the set runs out, once: "exhausted:<set>", then (a refund gave some back and
+  -- they ran out again) "exhausted:<set>:<n>", n counted in free_exhausted ("<set>:<n>") in
+  -- the workspace hash, so a Redis that lost a crossing does it again under the same n.
+  local last, n = redis.call('HGET', wsk, 'free_exhausted') or '', 1
+  if string.sub(last, 1, #FREE_SET + 1) == FREE_SET .. ':' then
+    n = tonumber(string.sub(last, #FREE_SET + 2)) + 1
+  end
+  redis.call('HSET', wsk, 'free_exhausted', FREE_SET .. ':' .. D(n))
+  local once = 'exhausted:' .. FREE_SET
+  if n > 1 then once = once .. ':' .. D(n) end
+  event('free_credits.exhausted', {once = once})
 end
 local paid_total = W.pool + W.apps
 if W0.pool + W0.apps > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
@@ -174,6 +184,7 @@ local wset = {}
 if W.free ~= W0.free or W.lapsed ~= W0.lapsed then
   wset[#wset + 1] = 'free'; wset[#wset + 1] = D(W.free)
   wset[#wset + 1] = 'lapsed'; wset[#wset + 1] = D(W.lapsed)
+  if LAPSED_SET then wset[#wset + 1] = 'free_lapsed'; wset[#wset + 1] = LAPSED_SET end
 end
 if W.pool ~= W0.pool then wset[#wset + 1] = F_POOL; wset[#wset + 1] = D(W.pool) end
 if W.apps ~= W0.apps then wset[#wset + 1] = F_APPS; wset[#wset + 1] = D(W.apps) end

@@ -20,7 +20,7 @@ end
 -- Workspace ---------------------------------------------------------------------------
 local wsk = P .. ':ws'
 local wr = redis.call('HMGET', wsk, 'type', 'free', 'free_exp', F_POOL, F_APPS, 'lapsed',
-  'low', 'np', 'seq', 'lowt', 'free_granted')
+  'low', 'np', 'seq', 'lowt', 'free_granted', 'free_lapsed')
 if not wr[1] then
   for _ = FIRST, #ARGV do result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   return out
@@ -35,7 +35,10 @@ local W = {
 -- The free credits in hand: those granted up to free_granted, valid until free_exp. Their
 -- lapse and exhaustion carry it as ``once``: the flusher keys the ledger entry and the
 -- owner event by it, so a Redis that lost them and does them again is not counted twice.
+-- free_lapsed names the set that lapsed last (refund.lua gives such credits back as
+-- lapsed, whatever its clock says).
 local FREE_SET = D(W.free_exp) .. ':' .. D((wr[11] or 0) + 0)
+local LAPSED_SET -- the set this call lapsed: written back as free_lapsed
 -- An id (event e<n>, billing session s<n>) is at least now x 1000: a Redis that lost
 -- recent writes (failover, restart from an older file) never gives one again.
 if W.seq < now * 1000 then W.seq = now * 1000 - 1 end
@@ -50,9 +53,16 @@ local function event(kind, fields)
   events[#events + 1] = cjson.encode(fields)
 end
 
--- Free credits past their validity lapse once, remainder recorded.
+-- Free credits past their validity lapse once, remainder recorded, keyed "expiry:<set>".
+-- Free credits of a set that already lapsed (free_lapsed: put back by an earlier
+-- version's refund.lua, which did not look) lapse under a key of their own, the set's
+-- with the lapsed total before it: the store takes them too, and once from a Redis that
+-- lost them.
 if W.free > 0 and now >= W.free_exp then
-  event('free_credits.expired', {amount = W.free, once = 'expiry:' .. FREE_SET})
+  local once = 'expiry:' .. FREE_SET
+  if wr[12] == FREE_SET then once = once .. ':' .. D(W.lapsed) end
+  event('free_credits.expired', {amount = W.free, once = once})
+  LAPSED_SET = FREE_SET
   W.lapsed = W.lapsed + W.free
   W.free = 0
   W0.free = 0

@@ -8,7 +8,8 @@
 --          sum), "" for the shared "pool" (balance fields: meter/redis_layer/keys.py)
 -- ARGV[5]  free-credit expiry (ms; kind "free" only)
 -- ARGV[6]  low-balance threshold (micro-dollars), unless the workspace has its own (lowt)
--- ARGV[7]  now (ms): free credits already past their validity lapse before a new free
+-- ARGV[7]  now (ms): free credits already past their validity lapse (keyed as admit.lua
+--          keys a lapse: event id and ledger reference of the store) before a new free
 --          grant extends it (admit.lua lapses them lazily, so they may still be there)
 -- Returns 1 when applied, 0 when the reference was already applied,
 -- -1 unknown workspace (or one lost and not rebuilt yet), -2 unknown app.
@@ -37,19 +38,22 @@ redis.call('HSET', wsk, mark, '1')
 redis.call('SET', legacy, '1')
 
 if kind == 'free' then
-  local w = redis.call('HMGET', wsk, 'free', 'free_exp', 'free_granted')
+  local w = redis.call('HMGET', wsk, 'free', 'free_exp', 'free_granted', 'free_lapsed')
   local left, exp = tonumber(w[1] or '0'), tonumber(w[2] or '0')
   local now = tonumber(ARGV[7])
   if left > 0 and exp > 0 and now >= exp then
-    redis.call('HINCRBY', wsk, 'lapsed', left)
+    -- The expiry's own key, as admit.lua gives it (a set that lapsed before: with the
+    -- lapsed total before this lapse): the store lapses it once.
+    local set = string.format('%d:%d', exp, tonumber(w[3] or '0'))
+    local once = 'expiry:' .. set
+    local before = redis.call('HINCRBY', wsk, 'lapsed', left) - left
+    if w[4] == set then once = once .. ':' .. string.format('%d', before) end
     redis.call('HSET', wsk, 'free', '0')
     -- At least now x 1000, as admit.lua's ids: never an id a lost write gave.
     local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0') + 1, now * 1000)
     redis.call('HSET', wsk, 'seq', string.format('%d', seq))
     redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
-      type = 'free_credits.expired', at = now, amount = left,
-      -- The expiry's own key, as admit.lua gives it: the store lapses it once.
-      once = string.format('expiry:%d:%d', exp, tonumber(w[3] or '0'))}))
+      type = 'free_credits.expired', at = now, amount = left, once = once}))
   end
   redis.call('HINCRBY', wsk, 'free', amount)
   redis.call('HINCRBY', wsk, 'free_granted', amount)

@@ -66,6 +66,7 @@ local NONE = {0, 0, 0, 0, 0}
 
 -- #include lib_sessions.lua
 -- #include lib_records.lua
+-- #include refund_free.lua
 
 -- The entry of billing session bsid of conversation fld ("app\tchannel\tuser"), wherever
 -- it is (lib_sessions.lua): the conversation's newest entry (field fld in the newest bucket
@@ -112,22 +113,8 @@ local function give_back(ik, member, r, e, b, hf, newest)
   local free, app, pool, inv = r.free, r.app, r.pool, r.inv
   local wsk = P .. ':ws'
   local product = redis.call('HGET', P .. ':a:' .. app_id, 'product') or ''
-  if free > 0 then
-    -- Free credits that expired meanwhile come back as lapsed, not as spendable credit, and
-    -- the lapse is an event like any other (the flusher writes its ledger "lapse" entry).
-    local exp = tonumber(redis.call('HGET', wsk, 'free_exp') or '0')
-    if now < exp then
-      redis.call('HINCRBY', wsk, 'free', free)
-    else
-      redis.call('HINCRBY', wsk, 'lapsed', free)
-      -- Event ids are at least now x 1000, as admit.lua's: a Redis that lost writes never
-      -- hands one out again.
-      local seq = math.max(tonumber(redis.call('HGET', wsk, 'seq') or '0'), now * 1000 - 1) + 1
-      redis.call('HSET', wsk, 'seq', string.format('%d', seq))
-      redis.call('RPUSH', P .. ':ev', cjson.encode({id = 'e' .. string.format('%d', seq),
-        type = 'free_credits.expired', at = now, amount = free}))
-    end
-  end
+  -- Free credits: spendable again, or lapsed (refund_free.lua).
+  if free > 0 then free_back(wsk, free) end
   if app > 0 then
     redis.call('HINCRBY', P .. ':a:' .. app_id, 'app', app)
     redis.call('HINCRBY', wsk, 'apps', app)

@@ -8,7 +8,10 @@ are mirrored in ``meter/lua/*.lua`` and must change together with this module.
 Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
 
 ``P:ws``              hash   workspace: ``type`` standard|enterprise; ``free`` free credit
-                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``; ``pool``
+                             left, ``free_granted``, ``free_exp`` (ms), ``lapsed``;
+                             ``free_lapsed`` ``<free_exp>:<free_granted>`` of the free
+                             credits that lapsed last, ``free_exhausted`` the same
+                             ``:<n>``, their n-th running out (admit.lua); ``pool``
                              shared paid funds, ``apps`` sum of its apps' ``app`` balances
                              (docs/glossary.md: free / app / pool); ``u:<product>`` and
                              ``p:<product>`` unit and price, ``np`` notification price;

@@ -180,8 +180,9 @@ def event_rows(
     """Events -> owner notifications (outbox), and a ``lapse`` ledger entry per expiry.
 
     An event is ``<ws>:<id>``, except one a script marked ``once`` (the free credits'
-    ``expiry:<free_exp>:<free_granted>`` lapse and ``exhausted:…``): ``<ws>:<once>``. Such
-    an event happens once per set of free credits, so a Redis that lost it (a failover, a
+    ``expiry:<free_exp>:<free_granted>`` lapse, ``…:<lapsed before>`` for a later lapse of
+    the same credits, and ``exhausted:…[:<n>]``, the n-th time they ran out):
+    ``<ws>:<once>``. Each such key is one event, so a Redis that lost it (a failover, a
     restart from an older file) and does it again under a new ``e<n>`` produces the same
     id, and the store (ledger reference, outbox id) takes it once.
     """

@@ -37,8 +37,9 @@ restart from an older RDB/AOF) must not flush a bucket twice nor reuse an id:
   that long before its bucket is claimed again is not recognised.
 * *Events are not claimed twice, but can happen twice.* An ``ev`` batch is exactly-once by
   its ids, yet an event Redis lost is done again under a new ``e<n>``. The free credits'
-  expiry and exhaustion carry ``once`` (``expiry:<free_exp>:<free_granted>``), the key of
-  what they are about, and the flusher names their ledger entry and outbox event by it
+  expiry and exhaustion carry ``once`` (``expiry:<free_exp>:<free_granted>``; a later
+  lapse or running out of the same credits, a key of its own), the key of what they are
+  about, and the flusher names their ledger entry and outbox event by it
   (:func:`meter.usage.batches.event_rows`), so the store takes each once.
 * With ``redis_durability = replicated`` a claim is released to the writer only once
   ``WAIT`` saw it on the replicas, as admissions are (:mod:`meter.redis_layer.durability`);
