@@ -33,7 +33,8 @@ class Refunds:
         in the session, and when that leaves the session's opener alone, and the opener
         failed too, the opener's charge is given back. Returns whether something was
         refunded (False for uncharged messages, a delivery other than the last to fail, a
-        second call, or a token whose record was already replaced by a retry).
+        second call, a token whose record was already replaced by a retry, or a session's
+        opener whose session entry is no longer found: reported late, it stands).
         """
         if not decision.duplicate and decision.units == 0 and decision.code == 0:
             if not decision.bsid:

@@ -34,7 +34,11 @@
 -- the charge goes back once (its record is deleted in the same script), and only when
 -- nothing of the session was or may still be served. Not un-counted (the charge stands):
 -- a failure known to Redis only as a void (ambiguous 503, deferred report), or one after
--- the session's entry left the buckets looked at.
+-- the session's entry left the buckets looked at. Likewise a charge that opened a session
+-- is given back only while the session's entry is found and shows nothing else served:
+-- a failure reported once the entry left the buckets looked at (from about IDLE + BLOCK
+-- after it: a late redelivery of the key, a deferred void, within the record's
+-- idempotency window) leaves the charge standing, whether or not the block was used.
 --
 -- KEYS[1]  workspace prefix "cg:{<ws>}"
 -- ARGV[1]  now (ms)     ARGV[2] app id     ARGV[3] record id ("k:<ch>\t<user>\t<key>" or
@@ -51,7 +55,7 @@
 -- charged, a delivery other than the last to fail (its failure is recorded), or a charge
 -- that opened a billing session other messages were then served in (it was used; the
 -- reservation is settled), whether or not the conversation has since gone on into a
--- later block.
+-- later block, or whose session's entry is no longer found (it may have been used).
 -- The charge is read from its record P:i:<app>:<name> (see admit.lua; lib_records.lua
 -- names it, and finds one an earlier version wrote). A failure of the original also
 -- settles its reservation in P:rsv (one member per record: "<app>:<rid>"); redeliveries
@@ -273,10 +277,17 @@ end
 -- block opened, it is no longer the conversation's newest entry (see entry_of). Messages
 -- of the session that failed un-count themselves (uncount): the opener's id is kept in
 -- P:rp:<bsid> (as long as its record) so that the last of them gives the charge back.
+-- A session entry that cannot be found (older than the buckets looked at: a delivery or
+-- a void reported long after the block, up to the record's idempotency window) cannot
+-- show that nothing else was served: the charge stands.
 local e, b, hf, newest
 if r.bsid ~= '' then
   e, b, hf, newest = entry_of(app_id .. '\t' .. r.ch .. '\t' .. r.user, r.bsid)
-  if e and msgs_of(e) > 1 then
+  if not e then
+    redis.call('SET', ik, r.head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
+    return NONE
+  end
+  if msgs_of(e) > 1 then
     redis.call('SET', ik, r.head .. '\t' .. table.concat(entries, ','), 'KEEPTTL')
     redis.call('SET', pending_key(r.bsid), key, 'PX', math.max(1, redis.call('PTTL', ik)))
     return NONE

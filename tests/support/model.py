@@ -373,6 +373,8 @@ class Workspace:
             del self.records[(app_id, rid)]
             return self._uncount(now, app_id, rec.bsid)
         e = self._entry(now, rec.bsid)
+        if rec.bsid and e is None:
+            return False  # its session's entry is no longer found: it may have been used
         if e is not None and e.msgs > 1:
             self.pending[rec.bsid] = rid
             return False  # the session it opened was used by other messages: it stands
