@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
 .PHONY: demo demo-deps test check deps lint typecheck unit integration system tests fast \
-	deploy-check bench lock lock-upgrade
+	deploy-check bench lock lock-upgrade replay-dead-letters
 
 VENV := .venv/bin
 # The suites of more than one file run on PYTEST_WORKERS processes (pytest-xdist), each
@@ -89,6 +89,13 @@ test: deps
 
 # Before a commit: lint, types and the fast tests.
 check: deps lint typecheck fast
+
+# Write every quarantined flush batch (`flush_dead_letters`) this version can read, once;
+# exits 1 listing those that stay. Each flusher pass does the same by itself (a page per
+# pass), so this is for a store no flusher of this version runs against yet. Settings as
+# for `creditgate serve` (CREDITGATE_STORE_URL, ...).
+replay-dead-letters: deps
+	$(VENV)/creditgate flush --replay-dead-letters
 
 bench: deps
 	@bash scripts/install-deps.sh --bench

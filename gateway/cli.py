@@ -58,7 +58,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flush": (
         "run the usage flusher alone",
         "Write closed usage buckets from Redis to the durable store, until SIGTERM or, with "
-        "--once, until nothing closed is left.",
+        "--once, until nothing closed is left. Each pass also replays the quarantined "
+        "batches (flush_dead_letters) this version can read, written once; "
+        "--replay-dead-letters replays them all, then exits.",
     ),
     "export": (
         "export billing usage (CSV or NDJSON)",

@@ -50,6 +50,12 @@ def add_flush_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="claim lease in seconds (default: 4 x CREDITGATE_FLUSH_INTERVAL_S, at least 10)",
     )
+    p.add_argument(
+        "--replay-dead-letters",
+        action="store_true",
+        help="write every batch in flush_dead_letters that this version can read, exactly "
+        "once, then exit; exit 1 if some stay (each flusher pass also replays them)",
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,8 +119,11 @@ async def _migrate(settings: Settings) -> int:
 
 def flush(settings: Settings, args: argparse.Namespace) -> int:
     """Run the flusher until SIGTERM, or ``--once``: drain what is closed and exit."""
-    from gateway.flusher_cli import serve_flusher
+    from gateway.flusher_cli import print_replay, replay_dead_letters, serve_flusher
 
+    if getattr(args, "replay_dead_letters", False):
+        asyncio.run(_preflight(settings, redis=False))
+        return print_replay(asyncio.run(replay_dead_letters(settings)), _err)
     asyncio.run(_preflight(settings, redis=True))
     once, force = bool(getattr(args, "once", False)), bool(getattr(args, "force", False))
     res = asyncio.run(

@@ -19,6 +19,7 @@ from meter.redis_layer.client import connect, warm_up
 from meter.store import open_store
 from meter.usage.flush_stats import PassResult
 from meter.usage.flusher import Flusher
+from meter.usage.replay import ReplayReport, replay_all
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,41 @@ async def serve_flusher(
         await client.aclose()
 
 
+async def replay_dead_letters(settings: Settings) -> ReplayReport:
+    """Replay every dead letter once with this version's code (no Redis needed)."""
+    async with open_store(settings.store_url) as store:
+        return await replay_all(store, int(settings.session_block_s * 1000))
+
+
+def print_replay(report: ReplayReport, out: Callable[[str], None]) -> int:
+    """Report a replay line by line; exit code 1 when some dead letters stay."""
+    for dead_id, why in report.stuck.items():
+        out(f"dead letter {dead_id} stays: {why}")
+    out(
+        f"replayed {len(report.replayed)} dead letters ({len(report.taken)} by another "
+        f"replayer), {len(report.stuck)} stay"
+    )
+    return 1 if report.stuck else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gateway.flusher_cli [--once] [--force] [--lease S] [--config FILE]``."""
+    """``python -m gateway.flusher_cli [--once] [--force] [--lease S]
+    [--replay-dead-letters] [--config FILE]``."""
     parser = argparse.ArgumentParser(prog="python -m gateway.flusher_cli", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (the environment wins)")
     parser.add_argument("--once", action="store_true", help="flush what is closed, then exit")
     parser.add_argument("--force", action="store_true", help="also flush buckets still open")
     parser.add_argument("--lease", type=float, default=None, help="claim lease in seconds")
+    parser.add_argument(
+        "--replay-dead-letters",
+        action="store_true",
+        help="write every quarantined batch this version can read, once, then exit",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    if args.replay_dead_letters:
+        return print_replay(asyncio.run(replay_dead_letters(settings)), print)
 
     def ready(flusher: Flusher) -> None:
         # One line on stdout for supervisors (and tests) waiting for a running flusher.

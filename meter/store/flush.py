@@ -7,7 +7,9 @@ re-flush after a crash (or a second flusher racing for the same claim) is a no-o
 A batch the store keeps rejecting is quarantined instead (``quarantine_flush_batch``):
 its id goes into ``flush_batches`` with ``rows = 0`` and its raw content into
 ``flush_dead_letters``, in one transaction, so the batch id is resolved exactly once
-either way and a flusher re-taking the same claim later finds it done.
+either way and a flusher re-taking the same claim later finds it done. A dead letter
+that a later version can read is replayed (``replay_dead_letter``): its rows written by the
+same merge and the dead letter deleted, in one transaction, so it is written once.
 
 Merge rules, for rows of the same key coming from different batches (a late write after
 a claim produces a second batch for the same bucket) or repeated within one batch:
@@ -171,11 +173,83 @@ class Flush(StoreCore):
 
         return await self._retry(attempt)
 
+    async def replay_dead_letter(
+        self,
+        dead: DeadLetter,
+        *,
+        usage_rows: Sequence[UsageRow] = (),
+        session_rows: Sequence[SessionRow] = (),
+        ledger_entries: Sequence[LedgerEntry] = (),
+        outbox_events: Sequence[OutboxEvent] = (),
+        replayed_at: int | None = None,
+    ) -> bool:
+        """Write the rows of quarantined batch ``dead.id`` and remove its dead letter, in
+        one transaction: ``True`` when this call did, ``False`` when the dead letter was
+        gone (another replayer took it first; nothing is written).
+
+        The rows are merged into the store as :meth:`write_flush_batch` merges a batch
+        (usage added, session snapshots by ``seq``, ledger entries and outbox events
+        once by reference / id); the batch's ``flush_batches`` row, written with
+        ``rows = 0`` by the quarantine, then counts them. Not checked against claims
+        Redis lost (the dead letter does not record the claim's ``known`` gen).
+        """
+        ws = dead.workspace_id
+        usage = merge_usage(ws, usage_rows)
+        sessions = merge_sessions(ws, session_rows)
+        for entry in ledger_entries:
+            ledger_params(entry)
+            if entry.workspace_id != ws:
+                raise ValueError("ledger entry of another workspace in the batch")
+        if any(e.workspace_id != ws for e in outbox_events):
+            raise ValueError("outbox event of another workspace in the batch")
+        count = len(usage_rows) + len(session_rows) + len(ledger_entries) + len(outbox_events)
+        at = now_ms() if replayed_at is None else replayed_at
+
+        async def attempt() -> bool:
+            async with self.transaction() as c:
+                # First: a concurrent replayer's delete waits for this commit, then
+                # finds nothing (PostgreSQL's row lock; SQLite's one writer).
+                if not await c.execute("DELETE FROM flush_dead_letters WHERE id = ?", dead.id):
+                    return False
+                await c.execute(
+                    "INSERT INTO flush_batches (id, workspace_id, kind, bucket_start, rows, "
+                    "flushed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "rows = excluded.rows, flushed_at = excluded.flushed_at",
+                    dead.id,
+                    ws,
+                    dead.kind,
+                    dead.bucket_start,
+                    count,
+                    at,
+                )
+                if usage:
+                    await self._upsert_usage(c, usage)
+                if sessions:
+                    await self._upsert_sessions(c, sessions)
+                await insert_ledger_entries(c, ledger_entries)
+                await insert_events(c, outbox_events)
+                return True
+
+        return await self._retry(attempt)
+
     async def dead_letters(
-        self, workspace_id: str | None = None, *, limit: int = 100
+        self,
+        workspace_id: str | None = None,
+        *,
+        limit: int = 100,
+        after: tuple[int, str] | None = None,
     ) -> list[DeadLetter]:
-        """Quarantined flush batches, oldest bucket first."""
-        where, args = ("WHERE workspace_id = ? ", [workspace_id]) if workspace_id else ("", [])
+        """Quarantined flush batches, oldest bucket first (``bucket_start, id``), those
+        after the cursor ``after`` (such a pair) only."""
+        conds: list[str] = []
+        args: list[Any] = []
+        if workspace_id:
+            conds.append("workspace_id = ?")
+            args.append(workspace_id)
+        if after is not None:
+            conds.append("(bucket_start > ? OR (bucket_start = ? AND id > ?))")
+            args += [after[0], after[0], after[1]]
+        where = f"WHERE {' AND '.join(conds)} " if conds else ""
         async with self.connection() as c:
             rows = await c.fetch(
                 "SELECT id, workspace_id, kind, bucket_start, content, error, attempts, "

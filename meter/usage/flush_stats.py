@@ -13,9 +13,10 @@ KIND_NAMES: dict[BucketKind, str] = {"ag": "usage", "sr": "sessions", "ev": "eve
 class FlushStats:
     """Cumulative counters and gauges, read by the gateway's metrics exporter.
 
-    ``rows`` counts rows written by kind (``usage``, ``sessions``, ``events``);
-    ``quarantined`` batches moved to the dead-letter table; ``lag_seconds`` is the age of
-    the oldest closed-but-unflushed bucket at the latest :meth:`Flusher.measure_lag`.
+        ``rows`` counts rows written by kind (``usage``, ``sessions``, ``events``);
+        ``quarantined`` batches moved to the dead-letter table, ``replayed`` dead letters written
+    since; ``lag_seconds`` is the age of
+        the oldest closed-but-unflushed bucket at the latest :meth:`Flusher.measure_lag`.
     """
 
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
@@ -25,6 +26,7 @@ class FlushStats:
     write_errors: int = 0
     redis_errors: int = 0
     quarantined: int = 0
+    replayed: int = 0
     passes: int = 0
     lag_seconds: float = 0.0
     last_pass_at: float = 0.0
@@ -40,6 +42,7 @@ class PassResult:
     busy: int = 0
     failed: int = 0
     quarantined: int = 0
+    replayed: int = 0  # dead letters written now (:mod:`meter.usage.replay`)
     lag_seconds: float = 0.0
 
     def add(self, other: PassResult) -> None:
@@ -49,4 +52,5 @@ class PassResult:
         self.busy += other.busy
         self.failed += other.failed
         self.quarantined += other.quarantined
+        self.replayed += other.replayed
         self.lag_seconds = max(self.lag_seconds, other.lag_seconds)

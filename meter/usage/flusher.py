@@ -14,8 +14,9 @@ for the next flusher. A batch the store *rejects* (:class:`~meter.store.Rejected
 data such as a NUL in a channel user on PostgreSQL, not an outage), or whose content
 cannot even be read, is quarantined after ``flush_quarantine_attempts`` tries: its raw
 content goes to the store's dead-letter table, the claim is acked, and every other
-bucket goes on flushing. Run alone with ``creditgate flush`` (or
-``python -m gateway.flusher_cli``).
+bucket goes on flushing. Each pass first replays a page of dead letters this version can
+read (:mod:`meter.usage.replay`): what a flusher of the previous version could not. Run
+alone with ``creditgate flush`` (or ``python -m gateway.flusher_cli``).
 
 :meth:`Flusher.measure_lag` reads the age of the oldest closed-but-unflushed bucket from
 the Redis indexes, independently of the passes, so it keeps growing while flushing is
@@ -43,6 +44,7 @@ from meter.timestamps import Clock
 from meter.usage.batch_writer import BatchHook, BatchWriter, QuarantineHook
 from meter.usage.claims import EVENTS_BUCKET, BucketKind, ClaimCode, Claims
 from meter.usage.flush_stats import FlushStats, PassResult
+from meter.usage.replay import AutoReplay
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Flusher:
         # leaves the bucket live, so without this every pass would copy it again.
         self._copied: set[tuple[str, int]] | None = None
         self.stats = FlushStats()
+        self._replay = AutoReplay(store, int(self._block * 1000))
         self._writer = BatchWriter(
             self._claims,
             store,
@@ -170,6 +173,9 @@ class Flusher:
             log.warning("flusher: redis at %s unavailable: %r", self._redis_shown, exc)
             total.failed += 1
             return total
+        # Dead letters an earlier version quarantined and this one reads: written now.
+        total.replayed = len((await self._replay.step()).replayed)
+        self.stats.replayed += total.replayed
         now = self._clock()
         results = await asyncio.gather(*(self._guarded(ws, now, force) for ws in spaces))
         for r in results:

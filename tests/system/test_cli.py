@@ -127,7 +127,7 @@ def test_invalid_settings_exit_2_with_the_reason() -> None:
     ("name", "flags"),
     [
         ("migrate", []),
-        ("flush", ["--once", "--force", "--lease"]),
+        ("flush", ["--once", "--force", "--lease", "--replay-dead-letters"]),
         ("export", ["--from", "--to", "--workspace", "--granularity", "--format", "--sessions"]),
         ("reconcile", ["--workspace", "--apply"]),
     ],
