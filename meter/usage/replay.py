@@ -24,13 +24,14 @@ from typing import Any
 
 import orjson
 
-from meter.store import DeadLetter, Rejected, Store
+from meter.store import DeadLetter, DuplicateKey, MissingReference, Rejected, Store, StoreError
 from meter.usage.batch_writer import describe
 from meter.usage.batches import build
 from meter.usage.claims import KINDS, Claim
 
 log = logging.getLogger(__name__)
-_BAD_DATA = (ValueError, TypeError, KeyError)
+# What the store says of the rows themselves: trying them again cannot help.
+_DATA_ERRORS = (Rejected, DuplicateKey, MissingReference)
 PAGE = 100
 
 
@@ -68,7 +69,8 @@ class ReplayReport:
 
 
 async def replay_one(store: Store, dead: DeadLetter, block_ms: int, report: ReplayReport) -> None:
-    """Replay one dead letter into ``report``; a store that fails (not a rejection) raises."""
+    """Replay one dead letter into ``report``: written, taken by another replayer, or
+    stuck (unreadable, or rows the store refuses). A store that fails otherwise raises."""
     try:
         batch = build(claim_of(dead), block_ms)
         done = await store.replay_dead_letter(
@@ -78,7 +80,13 @@ async def replay_one(store: Store, dead: DeadLetter, block_ms: int, report: Repl
             ledger_entries=batch.ledger,
             outbox_events=batch.events,
         )
-    except (Rejected, *_BAD_DATA) as exc:
+    except StoreError as exc:
+        if not isinstance(exc, _DATA_ERRORS):
+            raise  # the store failed: the dead letter waits for a later try
+        report.stuck[dead.id] = describe(exc)
+        log.warning("flusher: dead letter %s stays: %s", dead.id, report.stuck[dead.id])
+        return
+    except Exception as exc:  # its content: unreadable by this version
         report.stuck[dead.id] = describe(exc)
         log.warning("flusher: dead letter %s stays: %s", dead.id, report.stuck[dead.id])
         return
@@ -125,7 +133,8 @@ class AutoReplay:
         except Exception as exc:
             log.warning("flusher: cannot replay dead letters now: %s", describe(exc))
             return report
-        self.stuck.update(report.stuck)
+        finally:
+            self.stuck.update(report.stuck)
         full = len(batch) == self._page
         self._after = (batch[-1].bucket_start, batch[-1].id) if full else None
         return report
