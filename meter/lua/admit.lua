@@ -63,7 +63,8 @@
 --   status   code + 16 x flags
 --   bsid     the billing session's id, or ""
 --   amounts  0 when all are 0 (the common case), else
---            "units,free,app,pool,invoiced,retry_after_ms" (micro-dollars, ms)
+--            "units,free,app,pool,invoiced,retry_after_ms" (micro-dollars, ms; the wait
+--            of code 4 is at most the window plus one bucket, whatever the clock skew)
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
 --         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired,
 --         8 duplicate_delivery, 9 invalid (a malformed member; the others are decided)

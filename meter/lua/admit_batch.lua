@@ -200,14 +200,19 @@ local function rate_check(app_id, a, pr)
   else
     return 0, 0, rt
   end
-  -- Time until enough old buckets fall out for one more message.
+  -- Time until enough old buckets fall out for one more message. A caller behind the
+  -- window's newest bucket (window(): it counts into n) would be told its clock skew on
+  -- top: the wait is capped at the window plus a bucket, the most a caller on time is
+  -- told (60 + 1 s per minute, 60 + 1 min per hour).
   local excess = w.t + 1 - limit
   local acc = 0
   for i = w.o, w.cur do
     local c = tonumber(redis.call('HGET', w.key, i) or '0')
     if i == w.cur then c = c + w.add end
     acc = acc + c
-    if acc >= excess then return 4, (i + NB + 1) * w.g - now, rt end
+    if acc >= excess then
+      return 4, math.min((i + NB + 1) * w.g - now, (NB + 1) * w.g), rt
+    end
   end
   return 4, w.g, rt
 end

@@ -82,3 +82,41 @@ async def test_a_replica_ahead_keeps_what_is_inside_its_window(rclient: RedisCli
     assert (await ahead_adm.admit(app, "web", "c")).admitted
     win = await minute_window(rclient, w.ws, app)
     assert win["t"] == sum(v for f, v in win.items() if f.isdigit()) == 3
+
+
+async def test_the_wait_of_a_replica_behind_is_at_most_the_window(rclient: RedisClient) -> None:
+    """Per minute: a replica 10 min behind the one that wrote the newest bucket was told
+    to wait its skew on top of the window (661 s); the wait is capped at the window plus
+    a bucket, the most a replica on time is told."""
+    clock, cfg, w, _ = await admission(
+        rclient, free=100 * USD, rate_per_minute=2, rate_per_hour=1000
+    )
+    ahead = Clock(clock.now + 600)
+    a, b = admitter(rclient, cfg, ahead), admitter(rclient, cfg, clock)
+    app = w.apps[0]
+    assert (await a.admit(app, "web", "x")).admitted
+    assert (await b.admit(app, "web", "y")).admitted
+    d = await b.admit(app, "web", "z")
+    assert d.reason == "rate_limited"
+    assert 0 < d.retry_after_ms <= 60_000 + G_MS
+    # On time: the same wait as before the cap, a window and less than a bucket.
+    on_time = await a.admit(app, "web", "z")
+    assert on_time.reason == "rate_limited"
+    assert 60_000 < on_time.retry_after_ms <= 60_000 + G_MS
+
+
+async def test_the_hour_wait_of_a_replica_behind_is_at_most_the_hour(
+    rclient: RedisClient,
+) -> None:
+    """Per hour: 30 min behind, the wait was 91 min; it is at most the hour plus a bucket."""
+    clock, cfg, w, _ = await admission(
+        rclient, free=100 * USD, rate_per_minute=1000, rate_per_hour=2
+    )
+    ahead = Clock(clock.now + 1800)
+    a, b = admitter(rclient, cfg, ahead), admitter(rclient, cfg, clock)
+    app = w.apps[0]
+    assert (await a.admit(app, "web", "x")).admitted
+    assert (await b.admit(app, "web", "y")).admitted
+    d = await b.admit(app, "web", "z")
+    assert d.reason == "rate_limited"
+    assert 0 < d.retry_after_ms <= 3_600_000 + 60_000
