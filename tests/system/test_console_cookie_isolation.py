@@ -21,7 +21,7 @@ from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, running_gateway, serve
 from tests.support.channel_keys import auth_settings, hs256, set_secret
 from tests.support.rawbot import Answer, RawBot, running_raw_bot
-from tests.support.rawhttp import RawConn
+from tests.support.rawhttp import RawConn, Response
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -81,6 +81,19 @@ class Edge:
             resp = await c.response()
         return resp.status
 
+    async def answered(self, fields: bytes) -> Response:
+        """What a verified user's message gets when the bot answers 200 "ok" with the
+        header lines ``fields``."""
+        self.bot.answers["/b/x"] = Answer(
+            b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok", keep=True
+        )
+        async with RawConn.open(self.gw.url) as c:
+            c.send(
+                f"POST /hooks/web/{APP}/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 2\r\n"
+                f"Authorization: Bearer {hs256()}\r\nConnection: close\r\n\r\n{{}}".encode()
+            )
+            return await c.response()
+
 
 @pytest.fixture
 async def edge(redis_url: str, tmp_path: Path, rclient: RedisClient) -> AsyncIterator[Edge]:
@@ -122,16 +135,7 @@ async def test_nor_a_channel_through_notify(edge: Edge, case: str) -> None:
 async def test_a_bot_cannot_set_the_console_cookie(edge: Edge, case: str) -> None:
     lines, passed = SET_COOKIES[case]
     fields = b"".join(b"Set-Cookie: %b\r\n" % line.encode() for line in lines)
-    edge.bot.answers["/b/x"] = Answer(
-        b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok", keep=True
-    )
-    token = hs256()
-    async with RawConn.open(edge.gw.url) as c:
-        c.send(
-            f"POST /hooks/web/{APP}/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 2\r\n"
-            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n{{}}".encode()
-        )
-        resp = await c.response()
+    resp = await edge.answered(fields)
     assert (resp.status, resp.body) == (200, b"ok"), resp.raw_head
     assert resp.headers.getall("Set-Cookie", []) == passed
     assert SID.encode() not in resp.raw_head
@@ -145,16 +149,7 @@ async def test_a_bot_cannot_set_the_console_cookie(edge: Edge, case: str) -> Non
 async def test_a_bot_cannot_clear_the_sites_cookies(edge: Edge, fields: bytes) -> None:
     """Clear-Site-Data "cookies" would sign the console's users out and clear the other
     tenants' cookies of the whole registrable domain: no one bot decides that."""
-    edge.bot.answers["/b/x"] = Answer(
-        b"HTTP/1.1 200 OK\r\n" + fields + b"X-Kept: 1\r\nContent-Length: 2\r\n\r\nok", keep=True
-    )
-    token = hs256()
-    async with RawConn.open(edge.gw.url) as c:
-        c.send(
-            f"POST /hooks/web/{APP}/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 2\r\n"
-            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n{{}}".encode()
-        )
-        resp = await c.response()
+    resp = await edge.answered(fields + b"X-Kept: 1\r\n")
     assert (resp.status, resp.body) == (200, b"ok"), resp.raw_head
     assert resp.headers.get("X-Kept") == "1"
     assert "Clear-Site-Data" not in resp.headers, resp.raw_head
