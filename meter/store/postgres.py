@@ -6,6 +6,13 @@ with one ``INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT DO UPDATE`
 by key, so concurrent flushes lock rows in the same order. Migrations run under a
 session advisory lock, so concurrent ``migrate()`` calls from any number of processes
 apply each step once.
+
+A migration step waits at most ``lock_timeout_s`` for each table lock it takes (an
+``ALTER``, a rebuild's ``LOCK TABLE``): while it waits in PostgreSQL's lock queue, every
+later query on that table queues behind it, so a step stuck behind a long transaction
+(an export, an operator's open ``psql``) would stall the gateways' traffic on that table
+for as long as it waited. It gives up instead, rolls the step back and tries again, up
+to ``lock_tries`` times, then fails naming the step.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from meter.store.flush_merge import (
     usage_upsert_tail,
 )
 from meter.store.models import now_ms
-from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
+from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS, Migration
 
 _MIGRATION_LOCK = 0x6372656469746761  # "creditga"
 _USAGE_TYPES = ("text", "bigint", "text", "text", "text", "text")  # then bigint counters
@@ -111,9 +118,18 @@ class PostgresStore(Store):
     for_update = " FOR UPDATE"
 
     def __init__(
-        self, dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float = 60.0,
+        lock_timeout_s: float = 1.0,
+        lock_tries: int = 5,
     ) -> None:
         self.url = dsn
+        self._lock_timeout_ms = max(1, round(lock_timeout_s * 1000))
+        self._lock_tries = lock_tries
         self._pool_args: dict[str, Any] = {
             "min_size": min_size,
             "max_size": max_size,
@@ -199,21 +215,43 @@ class PostgresStore(Store):
                         for r in await raw.fetch("SELECT version FROM schema_migrations")
                     }
                     for step in MIGRATIONS:
-                        if step.version in done:
-                            continue
-                        async with raw.transaction():
-                            for statement in step.statements(self.dialect):
-                                await raw.execute(statement)
-                            if step.then is not None:
-                                await step.then(_PgConn(raw))
-                            await raw.execute(
-                                "INSERT INTO schema_migrations (version, name, applied_at) "
-                                "VALUES ($1, $2, $3)",
-                                step.version,
-                                step.name,
-                                now_ms(),
-                            )
-                        applied.append(step.version)
+                        if step.version not in done:
+                            await self._apply(raw, step)
+                            applied.append(step.version)
                 finally:
                     await raw.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         return applied
+
+    async def _apply(self, raw: PoolConnectionProxy, step: Migration) -> None:
+        """One step in one transaction, retried while a table lock is not granted in time."""
+        for attempt in range(1, self._lock_tries + 1):
+            try:
+                async with raw.transaction():
+                    # SET LOCAL: the step's own transaction only, not the pooled session.
+                    await raw.execute(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")
+                    for statement in step.statements(self.dialect):
+                        await raw.execute(statement)
+                    if step.then is not None:
+                        await step.then(_PgConn(raw))
+                    await raw.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) "
+                        "VALUES ($1, $2, $3)",
+                        step.version,
+                        step.name,
+                        now_ms(),
+                    )
+                return
+            except (asyncpg.LockNotAvailableError, StoreError) as exc:
+                # A ``then`` step's query comes back wrapped (``_PgConn``): the cause tells.
+                if not isinstance(exc, asyncpg.LockNotAvailableError) and not isinstance(
+                    exc.__cause__, asyncpg.LockNotAvailableError
+                ):
+                    raise
+                if attempt < self._lock_tries:
+                    await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+        raise StoreError(
+            f"migration {step.version} ({step.name}) waited {self._lock_tries} times "
+            f"{self._lock_timeout_ms} ms for a table lock held by another transaction "
+            "(see pg_stat_activity) and gave up, so as not to stall traffic; "
+            "nothing of it was applied: run `creditgate migrate` again"
+        )

@@ -16,7 +16,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from meter.store import Checkout, Store, open_store
+from meter.store import Checkout, Store, StoreError, open_store
 from meter.store.schema import MIGRATIONS
 
 pytestmark = pytest.mark.postgres
@@ -119,4 +119,29 @@ async def test_an_upgrade_request_granted_during_migration_5_stays_granted(
         assert row is not None
         assert (row["status"], row["granted_at"], row["decided_at"]) == ("granted", 2, 2)
     finally:
+        await store.close()
+
+
+async def test_a_step_behind_a_long_transaction_gives_up_instead_of_stalling(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration queued for a table lock makes every later query on that table queue
+    behind it; one held up by a long transaction (an export, an open psql) must give up
+    and say so, not keep the table's traffic waiting for as long as the other runs."""
+    store = open_store(pg_dsn, lock_timeout_s=0.05, lock_tries=2)
+    reader = await asyncpg.connect(pg_dsn)
+    try:
+        await _migrated_before(store, 14, monkeypatch)
+        long_tx = reader.transaction()
+        await long_tx.start()
+        await reader.fetch("SELECT * FROM checkouts")  # holds ACCESS SHARE until it ends
+        # The guard only bounds a hang of the code before this change (it waited for the
+        # reader for ever); the assertion is the error, whatever the machine's speed.
+        with pytest.raises(StoreError, match=r"migration 14 .*gave up"):
+            await asyncio.wait_for(store.migrate(), 300)
+        assert await store.schema_version() == 13  # nothing of the step applied
+        await long_tx.rollback()
+        assert await store.migrate() == [14]  # and the next run applies it
+    finally:
+        await reader.close()
         await store.close()
