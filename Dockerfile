@@ -10,11 +10,12 @@
 # stages must use the same base image: the venv's interpreter is a symlink to
 # /usr/local/bin/python3.11 of the base.
 #
-# The tag moves (each 3.11 patch release, each Debian update): for a reproducible
-# production image, pin it by digest, e.g.
-#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> .
-# with the digest `docker buildx imagetools inspect python:3.11-slim` prints.
-ARG PYTHON_IMAGE=python:3.11-slim
+# The Debian release is named (bookworm, Debian 12: what the test suite runs on; the bare
+# `-slim` tag moved to Debian 13). The tag still moves with each 3.11 patch release and
+# Debian point update: for a reproducible production image, pin it by digest, e.g.
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
+# with the digest `docker buildx imagetools inspect python:3.11-slim-bookworm` prints.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 
