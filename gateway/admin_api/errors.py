@@ -1,5 +1,10 @@
 """The admin API's errors as problem+json, in one place (docs/design.md §3): a refused
-request (4xx), an unreachable Redis or store (503), anything else (500, logged)."""
+request (4xx), an unreachable Redis or store (503), anything else (500, logged).
+
+A value the store cannot hold (:class:`~meter.store.BadValue`) is the request's input
+that validation missed: 422, logged as a warning (a check is missing). Any other
+:class:`~meter.store.Rejected` (a violated constraint) is this code's own data: 500,
+never 503 "retry later", since the same request cannot succeed."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from meter.errors import (
     NotFound,
     Unauthorized,
 )
-from meter.store import DuplicateKey, StoreError
+from meter.store import BadValue, DuplicateKey, Rejected, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,10 @@ def _refusal(exc: Exception) -> web.Response | None:
             return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
         case DuplicateKey():
             return _problem(409, "conflict", "Conflict", str(exc))
+        case BadValue():
+            log.warning("admin API: the store refused a value (validation missed it): %r", exc)
+            detail = "a value of this request cannot be stored (e.g. a control character)"
+            return _problem(422, "invalid_input", "Invalid input", detail, errors=[])
         case PaymentsNotConfigured():
             return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
         case ProviderError():
@@ -89,7 +98,7 @@ def _outage(exc: Exception) -> web.Response | None:
     if isinstance(exc, MeteringUnavailable | RedisError | ConnectionError):
         log.warning("admin API: redis unavailable: %r", exc)
         return _problem(503, "metering_unavailable", "Metering unavailable", "retry later")
-    if isinstance(exc, StoreError):
+    if isinstance(exc, StoreError) and not isinstance(exc, Rejected):
         log.warning("admin API: store unavailable: %r", exc)
         return _problem(503, "store_unavailable", "Store unavailable", "retry later")
     return None

@@ -28,6 +28,7 @@ UNREACHABLE = "resolves to an address this gateway may not reach"
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_NAME = 200
 _HIDDEN = frozenset({"Cc", "Cf", "Cs"})  # control, format, surrogate
+_KEPT = frozenset("\n\t")  # the only control characters free text may hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,8 @@ def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = Tr
     """``value`` stripped, non-empty and at most ``limit`` characters; a ``name`` (shown to
     other users, invitees included, before they consent to anything) has no control or
     format character (Unicode Cc, Cf: newlines, bidi overrides, zero-width characters)
-    nor lone surrogate, which could make it pass for another text."""
+    nor lone surrogate, which could make it pass for another text; other text is
+    :func:`check_free_text`."""
     value = value.strip()
     if not value:
         raise InvalidInput(field, "must not be empty")
@@ -97,6 +99,15 @@ def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = Tr
         raise InvalidInput(field, f"longer than {limit} characters")
     if name and any(unicodedata.category(ch) in _HIDDEN for ch in value):
         raise InvalidInput(field, "must not contain control or format characters")
+    return check_free_text(field, value)
+
+
+def check_free_text(field: str, value: str) -> str:
+    """``value`` if it holds no control character but newline and tab (Unicode Cc: NUL,
+    which PostgreSQL cannot store in text, escapes, carriage returns) nor lone surrogate:
+    the same text on every store, and no terminal escape in a log or an export."""
+    if any(ch not in _KEPT and unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise InvalidInput(field, "must not contain control characters (but newline and tab)")
     return value
 
 

@@ -21,6 +21,8 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 # A key integer the stores can compare (SQLite INTEGER, PostgreSQL BIGINT): one beyond
 # it is no cursor this gateway made, and must not reach the store (a 503, not a 422).
+# Key texts (ids, names, times) are printable: a NUL, which PostgreSQL cannot compare
+# with text, or any other control character is no cursor either.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
@@ -50,6 +52,7 @@ def decode(kind: str, cursor: str | None, types: tuple[type, ...]) -> list[Any] 
         and data[0] == kind
         and all(type(v) is t for v, t in zip(data[1:], types, strict=True))
         and all(_INT_MIN <= v <= _INT_MAX for v in data[1:] if type(v) is int)
+        and all(v.isprintable() for v in data[1:] if type(v) is str)
     )
     if not ok:
         raise InvalidInput("cursor", "is not a cursor of this list; use next_cursor as given")

@@ -9,7 +9,7 @@ cannot grow the operators' queue (and its list) without bound.
 
 from __future__ import annotations
 
-from meter.accounts.deps import Deps, audit, check_text, new_id
+from meter.accounts.deps import Deps, audit, check_free_text, check_text, new_id
 from meter.accounts.workspaces import check_products
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.store import UpgradeRequest, Workspace
@@ -25,6 +25,8 @@ async def request_upgrade(
     prods = check_products("products", products)
     if message is not None and len(message) > MAX_MESSAGE:
         raise InvalidInput("message", f"longer than {MAX_MESSAGE} characters")
+    if message is not None:
+        check_free_text("message", message)
     req = UpgradeRequest(
         id=new_id("r"), workspace_id=ws.id, products=prods, created_at=d.now_ms(), message=message
     )

@@ -177,6 +177,8 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
     """Where the workspace's owner notifications go, and the key they are signed with."""
     if not 16 <= len(secret) <= 256:
         raise InvalidInput("secret", "must be 16-256 characters")
+    if not secret.isprintable():  # NUL included, which PostgreSQL cannot store in text
+        raise InvalidInput("secret", "must be printable characters")
     await check_reachable(d, "url", url)
     if not await d.store.set_webhook(ws.id, url, secret):
         raise NotFound("workspace", ws.id)

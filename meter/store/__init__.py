@@ -17,6 +17,7 @@ from config.urls import mask_url, sqlite_path
 from meter.store.base import Store
 from meter.store.directory import Person
 from meter.store.errors import (
+    BadValue,
     CapReached,
     DuplicateKey,
     MissingReference,
@@ -50,6 +51,7 @@ __all__ = [
     "App",
     "AppChannel",
     "AuditEntry",
+    "BadValue",
     "CapReached",
     "Caps",
     "Checkout",

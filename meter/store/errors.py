@@ -25,6 +25,13 @@ class Rejected(StoreError):
     :class:`StoreError` may be transient (connection lost, database restarting)."""
 
 
+class BadValue(Rejected):
+    """The database cannot hold a value given to it (a NUL in text, an integer out of
+    range, text it cannot encode): the caller's input got past validation. A violated
+    constraint (CHECK, NOT NULL) is a plain :class:`Rejected`: the code's data, not the
+    caller's."""
+
+
 class CapReached(Exception):
     """A capped insert found its owner already at the cap; nothing was written (not a
     failure of the store: the caller answers it, e.g. 409)."""

@@ -28,7 +28,14 @@ from asyncpg.pool import PoolConnectionProxy
 
 from meter.store.base import Store
 from meter.store.db import Conn, Row
-from meter.store.errors import DuplicateKey, MissingReference, Rejected, Retryable, StoreError
+from meter.store.errors import (
+    BadValue,
+    DuplicateKey,
+    MissingReference,
+    Rejected,
+    Retryable,
+    StoreError,
+)
 from meter.store.flush_merge import (
     SESSION_COLUMNS,
     USAGE_COLUMNS,
@@ -70,14 +77,17 @@ def _errors() -> Iterator[None]:
         raise MissingReference(str(exc)) from exc
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise Retryable(str(exc)) from exc
-    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-        # SQLSTATE classes 22 and 23: this data, not the database (e.g. a NUL in text).
+    except asyncpg.DataError as exc:
+        # SQLSTATE class 22: a value the database cannot hold (e.g. a NUL in text).
+        raise BadValue(f"postgresql: {exc}") from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # SQLSTATE class 23 (but unique and foreign keys): this data, not the database.
         raise Rejected(f"postgresql: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(f"postgresql: {exc}") from exc
     except asyncpg.InterfaceError as exc:
         if isinstance(exc, ValueError):  # asyncpg could not encode an argument
-            raise Rejected(f"postgresql: {exc}") from exc
+            raise BadValue(f"postgresql: {exc}") from exc
         raise StoreError(f"postgresql unreachable: {exc}") from exc
     except OSError as exc:
         raise StoreError(f"postgresql unreachable: {exc}") from exc

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from meter.store.base import Store
 from meter.store.db import Conn, Row
-from meter.store.errors import DuplicateKey, MissingReference, Rejected, StoreError
+from meter.store.errors import BadValue, DuplicateKey, MissingReference, Rejected, StoreError
 from meter.store.models import now_ms
 from meter.store.schema import CREATE_MIGRATIONS_TABLE, MIGRATIONS
 
@@ -41,7 +41,7 @@ def _guard(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T
         raise Rejected(text) from exc
     except (sqlite3.DataError, sqlite3.InterfaceError, OverflowError, UnicodeError) as exc:
         # This data cannot be stored (out-of-range integer, unbindable value).
-        raise Rejected(f"sqlite: {exc}") from exc
+        raise BadValue(f"sqlite: {exc}") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"sqlite: {exc}") from exc
 
