@@ -18,6 +18,7 @@ from meter.store.ledger import Ledger
 from meter.store.licences import Licences
 from meter.store.outbox import Outbox
 from meter.store.payments import Payments
+from meter.store.reversals import Reversals
 from meter.store.sessions import Sessions
 from meter.store.tokens import Tokens
 from meter.store.usage import Usage
@@ -39,10 +40,11 @@ class Store(
     Sessions,
     Outbox,
     Payments,
+    Reversals,
     ABC,
 ):
     """Durable store: accounts, channel secrets, ledger, usage, billing sessions, audit log,
-    outbox, payments, console sessions.
+    outbox, payments and their reversals, console sessions.
 
     Open one with :func:`meter.store.open_store`; connections open lazily on first use
     (or ``await store.connect()``, or ``async with open_store(url) as store``).

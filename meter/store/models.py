@@ -18,13 +18,17 @@ from meter.refusals import COUNTED
 
 WorkspaceType = Literal["standard", "enterprise"]
 Role = Literal["developer", "tester", "viewer"]
-LedgerKind = Literal["grant_free", "lapse", "topup", "refund_adjust", "reconcile"]
+LedgerKind = Literal["grant_free", "lapse", "topup", "refund_adjust", "reconcile",
+                     "payment_reversed", "dispute_reinstated"]  # fmt: skip
 Pool = Literal["free", "paid"]
 Granularity = Literal["hour", "day", "week", "month"]
 
 WORKSPACE_TYPES: tuple[str, ...] = ("standard", "enterprise")
 ROLES: tuple[str, ...] = ("developer", "tester", "viewer")
-LEDGER_KINDS: tuple[str, ...] = ("grant_free", "lapse", "topup", "refund_adjust", "reconcile")
+LEDGER_KINDS: tuple[str, ...] = ("grant_free", "lapse", "topup", "refund_adjust", "reconcile",
+                                 "payment_reversed", "dispute_reinstated")  # fmt: skip
+# Kinds of a payment given back at the provider (meter/store/reversals.py).
+REVERSAL_KINDS: tuple[str, ...] = ("payment_reversed", "dispute_reinstated")
 POOLS: tuple[str, ...] = ("free", "paid")
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 APP_FIELDS: frozenset[str] = frozenset(

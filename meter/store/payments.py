@@ -120,6 +120,11 @@ class Payments(StoreCore):
             _checkout, f"SELECT {_COLS} FROM checkouts WHERE session_id = ?", session_id
         )
 
+    async def get_checkout_by_payment_intent(self, payment_intent: str) -> Checkout | None:
+        return await self.one(
+            _checkout, f"SELECT {_COLS} FROM checkouts WHERE payment_intent = ?", payment_intent
+        )
+
     async def list_checkouts(self, workspace_id: str) -> list[Checkout]:
         return await self.many(
             _checkout,

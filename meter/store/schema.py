@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from meter.store.db import Conn
 from meter.store.schema_claims import PAYMENT_CLAIMS, claim_manual_credits
 from meter.store.schema_initial import INITIAL
+from meter.store.schema_reversals import POSTGRESQL as REVERSALS_PG
+from meter.store.schema_reversals import SQLITE as REVERSALS_SQLITE
 
 _DIALECT = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "json": "TEXT"},
@@ -189,10 +191,12 @@ class Migration:
     sql: str
     rebuilds: tuple[str, ...] = ()
     then: Callable[[Conn], Awaitable[None]] | None = None
+    postgresql: str | None = None  # the step on PostgreSQL, where its SQL is not portable
 
     def statements(self, dialect: str) -> list[str]:
         """The step rendered for ``dialect``, split into single statements."""
-        text = self.sql.replace("{id}", _DIALECT[dialect]["id"])
+        sql = self.postgresql if dialect == "postgresql" and self.postgresql else self.sql
+        text = sql.replace("{id}", _DIALECT[dialect]["id"])
         text = text.replace("{json}", _DIALECT[dialect]["json"])
         locks = [f"LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE" for t in self.rebuilds]
         head = locks if dialect == "postgresql" else []
@@ -262,6 +266,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         PAYMENT_CLAIMS,
         ("checkouts",),
         claim_manual_credits,
+    ),
+    Migration(
+        15,
+        "ledger: payments reversed at the provider, disputes reinstated",
+        REVERSALS_SQLITE,
+        postgresql=REVERSALS_PG,
     ),
 )
 

@@ -1,0 +1,45 @@
+"""Migration 15: the ledger kinds of payments given back at the provider.
+
+Append-only like every step: never edit this text once applied, add a migration instead.
+
+``payment_reversed`` (a refund or a dispute took a payment's funds back, amount <= 0)
+and ``dispute_reinstated`` (a won dispute gave them back, amount >= 0) join the ledger's
+CHECK constraint (:mod:`meter.store.reversals`). SQLite cannot change a CHECK constraint
+in place, so its ledger is rebuilt, ids kept (AUTOINCREMENT continues past the highest);
+PostgreSQL replaces the constraint in place (``ALTER TABLE`` holds the table's lock
+until the step commits), keeping its identity column as it is.
+"""
+
+from __future__ import annotations
+
+_KINDS = (
+    "'grant_free', 'lapse', 'topup', 'refund_adjust', 'reconcile', "
+    "'payment_reversed', 'dispute_reinstated'"
+)
+
+SQLITE = f"""
+CREATE TABLE ledger_v15 (
+    id {{id}},
+    workspace_id TEXT NOT NULL,
+    app_id TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ({_KINDS})),
+    pool TEXT NOT NULL CHECK (pool IN ('free', 'paid')),
+    amount BIGINT NOT NULL,
+    reference TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    detail {{json}} NOT NULL,
+    UNIQUE (workspace_id, reference)
+);
+INSERT INTO ledger_v15 (id, workspace_id, app_id, kind, pool, amount, reference, created_at,
+        detail)
+    SELECT id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail
+    FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v15 RENAME TO ledger;
+CREATE INDEX ledger_workspace_id ON ledger (workspace_id, id)
+"""
+
+POSTGRESQL = f"""
+ALTER TABLE ledger DROP CONSTRAINT ledger_kind_check;
+ALTER TABLE ledger ADD CONSTRAINT ledger_kind_check CHECK (kind IN ({_KINDS}))
+"""
