@@ -2,7 +2,8 @@
 
 The durable store is the source of truth; these functions write the fields that
 ``admit.lua`` reads. Live balances change only through ``grant.lua`` (credit in),
-``admit.lua`` (debit) and ``refund.lua`` (reversal), so rebuilding them is explicit.
+``admit.lua`` (debit), ``refund.lua`` (reversal) and ``reverse.lua`` (a payment
+given back at the provider), so rebuilding them is explicit.
 """
 
 from __future__ import annotations
@@ -183,6 +184,25 @@ async def grant(
             low_threshold,
             int(time.time() * 1000) if now_ms is None else now_ms,
         ],
+    )
+    if res == -1:
+        raise NotFound("workspace", ws)
+    if res == -2:
+        raise NotFound("app", app_id)
+    return bool(res == 1)
+
+
+async def reverse(
+    client: RedisClient, ws: str, *, reference: str, amount: int, app_id: str = ""
+) -> bool:
+    """Take paid funds back (``reverse.lua``), idempotent by ``reference``; returns False
+    if it was already applied. The balance may go below zero."""
+    if amount <= 0:
+        raise InvalidInput("amount", "must be positive")
+    if not reference or len(reference) > 128:
+        raise InvalidInput("reference", "must be 1-128 characters")
+    res = await register(client, "reverse")(
+        keys=[keys.ws_prefix(ws)], args=[reference, amount, app_id]
     )
     if res == -1:
         raise NotFound("workspace", ws)

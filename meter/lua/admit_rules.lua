@@ -142,12 +142,13 @@ local function session_of(fld, found, fkb)
 end
 
 -- Debit one unit from what the app may use, free first (or paid first): free, app and
--- pool amounts taken.
+-- pool amounts taken. A balance below zero (a payment given back, reverse.lua) gives
+-- nothing and takes nothing: credit_code counted it against the others.
 local function debit(a, price)
   local usable_free = (a.use_free and free_valid) and W.free or 0
   local need = price
   local function take(avail)
-    local t = math.min(avail, need)
+    local t = math.min(math.max(avail, 0), need)
     need = need - t
     return t
   end

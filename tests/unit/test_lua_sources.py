@@ -11,6 +11,7 @@ SCRIPTS = (
     "admit",
     "refund",
     "grant",
+    "reverse",
     "claim",
     "ack",
     "peek",
