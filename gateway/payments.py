@@ -21,6 +21,7 @@ from aiohttp import web
 from config import Settings
 from gateway.appkeys import SETTINGS
 from meter.accounts.payments import ProviderError, ProviderSession, SessionEvent, SessionRequest
+from meter.accounts.reversals import ReversalEvent
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"
@@ -39,6 +40,28 @@ def _id(value: Any) -> str | None:
     if isinstance(value, Mapping):
         return _str(value.get("id"))
     return _str(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reversal(event_id: str, event_type: str, obj: Mapping[str, Any], livemode: bool | None
+              ) -> ReversalEvent:  # fmt: skip
+    """A ``charge`` (refunded: its cumulative ``amount_refunded``) or a ``dispute`` (its
+    ``amount``) event."""
+    charge = obj.get("object") == "charge"
+    return ReversalEvent(
+        event_id=event_id,
+        type=event_type,
+        object_id=_str(obj.get("id")),
+        payment_intent=_id(obj.get("payment_intent")),
+        charge=_str(obj.get("id")) if charge else _id(obj.get("charge")),
+        amount=_int(obj.get("amount_refunded" if charge else "amount")),
+        currency=_str(obj.get("currency")),
+        status=_str(obj.get("status")),
+        livemode=livemode,
+    )
 
 
 class StripeProvider:
@@ -119,7 +142,7 @@ class StripeProvider:
             currency=_str(session.currency),
         )
 
-    def parse_event(self, payload: bytes, header: str | None) -> SessionEvent:
+    def parse_event(self, payload: bytes, header: str | None) -> SessionEvent | ReversalEvent:
         """The verified event of a webhook delivery, or :class:`BadSignature`."""
         secret = self._settings.stripe_webhook_secret
         if secret is None:
@@ -143,6 +166,10 @@ class StripeProvider:
             raise BadSignature("the payload is not a provider event")
         data = raw.get("data")
         obj = data.get("object") if isinstance(data, Mapping) else None
+        mode = raw.get("livemode")
+        livemode = mode if isinstance(mode, bool) else None
+        if isinstance(obj, Mapping) and obj.get("object") in ("charge", "dispute"):
+            return _reversal(event_id, event_type, obj, livemode)
         if not isinstance(obj, Mapping) or obj.get("object") != "checkout.session":
             return SessionEvent(event_id=event_id, type=event_type)
         total = obj.get("amount_total")
@@ -157,11 +184,11 @@ class StripeProvider:
             type=event_type,
             session_id=_str(obj.get("id")),
             payment_status=_str(obj.get("payment_status")),
-            amount_total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+            amount_total=_int(total),
             currency=_str(obj.get("currency")),
             payment_intent=_id(obj.get("payment_intent")),
             metadata=metadata,
-            livemode=mode if isinstance(mode := raw.get("livemode"), bool) else None,
+            livemode=livemode,
         )
 
     async def close(self) -> None:

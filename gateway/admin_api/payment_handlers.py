@@ -10,7 +10,7 @@ from gateway.admin_api import report_schemas as r
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
-from meter.accounts import checkouts, payments
+from meter.accounts import checkouts, payments, reversals
 from meter.accounts.pages import decode, limit_of, page
 from meter.accounts.payments import PaymentsNotConfigured
 from meter.store import LedgerEntry
@@ -52,7 +52,10 @@ async def stripe_webhook(call: Call) -> web.Response:
         event = provider.parse_event(payload, call.request.headers.get(SIGNATURE_HEADER))
     except BadSignature as exc:
         return problem_response(400, "invalid_signature", "Invalid signature", str(exc))
-    outcome = await payments.handle_event(call.deps, event)
+    if isinstance(event, reversals.ReversalEvent):  # a refund or a dispute
+        outcome: str = await reversals.handle_event(call.deps, event)
+    else:
+        outcome = await payments.handle_event(call.deps, event)
     # Acknowledged whatever the outcome (recorded): a retry could not change it.
     return json_response(r.PaymentWebhookOut(received=True, outcome=outcome))
 
@@ -64,6 +67,10 @@ def transaction_type(e: LedgerEntry) -> r.TransactionType:
         return "free_lapse"
     if e.kind == "topup":
         return "checkout" if e.reference.startswith("checkout:") else "manual_credit"
+    if e.kind == "payment_reversed":
+        return "payment_reversed"
+    if e.kind == "dispute_reinstated":
+        return "dispute_reinstated"
     return "refund_adjustment" if e.kind == "refund_adjust" else "reconcile"
 
 

@@ -191,14 +191,24 @@ class CheckoutOut(Out):
 
 
 TransactionType = Literal[
-    "free_grant", "free_lapse", "checkout", "manual_credit", "refund_adjustment", "reconcile"
+    "free_grant",
+    "free_lapse",
+    "checkout",
+    "manual_credit",
+    "refund_adjustment",
+    "reconcile",
+    "payment_reversed",
+    "dispute_reinstated",
 ]
 
 
 class TransactionOut(Out):
     id: str
     type: TransactionType
-    amount: Money = Field(description="signed: credits in are positive, lapses negative")
+    amount: Money = Field(
+        description="signed: credits in are positive, lapses and payments given back "
+        "(payment_reversed: refunded or disputed at the provider) negative"
+    )
     pool: Literal["free", "paid"]
     app_id: str | None
     reference: str
@@ -213,4 +223,7 @@ class TransactionsOut(Out):
 
 class PaymentWebhookOut(Out):
     received: bool
-    outcome: str = Field(description="what the event did: credited, already_credited, ...")
+    outcome: str = Field(
+        description="what the event did: credited, already_credited, ...; for a refund or "
+        "a dispute reversed, reinstated, already_reversed, unknown_payment, ..."
+    )

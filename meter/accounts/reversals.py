@@ -1,0 +1,153 @@
+"""Payments given back at the provider: refunds and disputes stop buying service.
+
+A top-up paid through Checkout is credited once (:mod:`meter.accounts.payments`). When
+the operator refunds it in the provider's dashboard, or the payer disputes it (a
+chargeback), the money left: the provider's signed ``charge.refunded`` and
+``charge.dispute.*`` events take the funds the payment credited back, from the pool it
+credited (the app's own funds or the shared pool), exactly once per refund and dispute
+(:mod:`meter.store.reversals`): a ``payment_reversed`` ledger entry, then the live
+balance (``reverse.lua``), idempotent by the entry's reference. A dispute won gives
+them back (``dispute_reinstated``, through ``grant.lua``). The paid balance may go below
+zero (credits already spent are not taken back, free credits are never touched); the
+app is then refused for want of credit like any app that cannot pay.
+
+The payment is found by its payment intent, claimed when it was credited: a checkout
+credited by its webhook (which reported the intent), or a payment credited by hand under
+its ``pi_…`` reference. An event about any other payment (a charge never credited here,
+a dispute naming only its charge, a checkout credited before its webhook reported the
+intent) is recorded with its outcome and acknowledged: an operator settles it by hand.
+Every event of a payment applies all of that payment's reversals to the live balance
+(each idempotent), so a crash between the ledger and Redis is healed by any redelivery;
+the projection check heals it too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from config.money import format_amount
+from meter.accounts import credits, projection
+from meter.accounts.deps import Deps, audit
+from meter.store import LedgerEntry
+from meter.store.reversals import Cause, Reversal
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "stripe"
+REFUNDED = "charge.refunded"
+DISPUTE_CREATED = "charge.dispute.created"
+DISPUTE_WITHDRAWN = "charge.dispute.funds_withdrawn"
+DISPUTE_CLOSED = "charge.dispute.closed"
+DISPUTE_REINSTATED = "charge.dispute.funds_reinstated"
+HANDLED = frozenset(
+    {REFUNDED, DISPUTE_CREATED, DISPUTE_WITHDRAWN, DISPUTE_CLOSED, DISPUTE_REINSTATED}
+)
+
+Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment",
+                  "not_reversed", "currency_mismatch", "wrong_mode"]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ReversalEvent:
+    """A verified provider event about a charge or a dispute (only the fields used).
+
+    ``object_id``: the charge (``ch_…``) or the dispute (``dp_…``); ``amount``: cents,
+    the charge's cumulative ``amount_refunded`` or the dispute's ``amount``."""
+
+    event_id: str
+    type: str
+    object_id: str | None = None
+    payment_intent: str | None = None
+    charge: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    status: str | None = None
+    livemode: bool | None = None
+
+
+def _cause(ev: ReversalEvent) -> Cause | None:
+    """What the event does to its payment, if anything. A dispute that is an inquiry
+    (``warning_…``) withdrew no funds; one closed won gives them back, lost keeps (or,
+    arriving first, takes) them."""
+    if ev.type == REFUNDED:
+        return "refund"
+    if (ev.status or "").startswith("warning_"):
+        return None
+    if ev.type in (DISPUTE_CREATED, DISPUTE_WITHDRAWN):
+        return "dispute"
+    if ev.type == DISPUTE_REINSTATED or (ev.type == DISPUTE_CLOSED and ev.status == "won"):
+        return "dispute_won"
+    if ev.type == DISPUTE_CLOSED and ev.status == "lost":
+        return "dispute"
+    return None
+
+
+async def handle_event(d: Deps, ev: ReversalEvent) -> Outcome:
+    """Act on one verified refund or dispute event; returns (and records) what it did."""
+    outcome, checkout = await _decide(d, ev)
+    await d.store.record_payment_event(
+        ev.event_id,
+        provider=PROVIDER,
+        event_type=ev.type,
+        session_id=checkout[1] if checkout else None,
+        checkout_id=checkout[0] if checkout else None,
+        outcome=outcome,
+        at=d.now_ms(),
+    )
+    if outcome in ("unknown_payment", "currency_mismatch"):
+        log.warning(
+            "payment event %s (%s) for %s / payment intent %s not reversed: %s",
+            ev.event_id, ev.type, ev.object_id, ev.payment_intent, outcome,
+        )  # fmt: skip
+    return outcome
+
+
+async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str | None] | None]:
+    expected = d.settings.stripe_livemode
+    if expected is not None and ev.livemode is not expected:
+        return "wrong_mode", None
+    cause = _cause(ev)
+    if cause is None:
+        return "not_reversed", None
+    if not ev.payment_intent or not ev.object_id or ev.amount is None or ev.amount < 0:
+        return "unknown_payment", None
+    if (ev.currency or "").lower() != "usd":  # ledger amounts are micro-dollars
+        return "currency_mismatch", None
+    rev = Reversal(
+        payment_intent=ev.payment_intent,
+        cause=cause,
+        key=ev.object_id,
+        amount=ev.amount * credits.CENT,
+        detail={"event_id": ev.event_id, "charge": ev.charge or ev.object_id},
+    )
+    done = await d.store.reverse_payment(rev, d.now_ms())
+    if done.credit is None:
+        return "unknown_payment", None
+    for e in done.entries:
+        await apply_reversal(d, e)
+    if done.entry is not None and done.entry.amount:
+        e = done.entry
+        after = {"amount": format_amount(e.amount), "app_id": e.app_id,
+                 "reference": e.reference, "credit": done.credit.reference}  # fmt: skip
+        await audit(d, f"provider:{PROVIDER}", f"payment.{done.result}",
+                    f"workspace:{e.workspace_id}", None, after)  # fmt: skip
+    co = await d.store.get_checkout_by_payment_intent(ev.payment_intent)
+    return done.result, ((co.id, co.session_id) if co else None)
+
+
+async def apply_reversal(d: Deps, e: LedgerEntry) -> bool:
+    """The live balance of a recorded reversal (idempotent by its reference): funds
+    taken back (``reverse.lua``), or given back (``grant.lua``: apps may serve again)."""
+    if e.amount < 0:
+        return await projection.reverse(
+            d.redis, e.workspace_id, reference=e.reference, amount=-e.amount,
+            app_id=e.app_id or "",
+        )  # fmt: skip
+    if e.amount > 0:
+        return await projection.grant(
+            d.redis, e.workspace_id, reference=e.reference, kind="funds", amount=e.amount,
+            low_threshold=d.settings.low_balance_threshold, app_id=e.app_id or "",
+        )  # fmt: skip
+    return False
