@@ -98,7 +98,9 @@ def _app_view(
                 status = "using_free_credits"
             else:
                 status = "sufficient_funds"
-        view.update(remaining=format_amount(remaining), allowed_units=remaining // price.price)
+        # Below zero after a payment was given back (meter/accounts/reversals.py): none.
+        allowed = max(0, remaining) // price.price
+        view.update(remaining=format_amount(remaining), allowed_units=allowed)
     view["status"] = status
     view["status_reason"] = reason
     return view, source
@@ -141,7 +143,7 @@ async def burn_forecast(store: Store, ws_id: str, usable: int, now_ms: int) -> d
     runs_out = None
     days_left = None
     if spent > 0:
-        left_ms = usable * FORECAST_DAYS * DAY_MS // spent
+        left_ms = max(0, usable) * FORECAST_DAYS * DAY_MS // spent
         runs_out = now_ms + left_ms
         days_left = left_ms // DAY_MS
     return {
@@ -200,7 +202,8 @@ async def plan_usage(
             by_unit[unit] = by_unit.get(unit, 0) + n
         allowed_sessions, allowed_requests = by_unit["session"], by_unit["request"]
     else:
-        allowed_sessions, allowed_requests = usable // session_price, usable // request_price
+        left = max(0, usable)  # a paid balance below zero (a payment given back) allows none
+        allowed_sessions, allowed_requests = left // session_price, left // request_price
     forecast = None if enterprise else await burn_forecast(store, ws.id, usable, now_ms)
     return {
         "workspace_id": ws.id,

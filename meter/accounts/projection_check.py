@@ -12,7 +12,9 @@ live traffic, each repair idempotent:
 * a workspace's plan and licences (``project_workspace``);
 * an app's live configuration (product, free-credit use, suspension, shadow, upstream)
   and its channel secrets (``project_app``);
-* a credit grant recorded in the ledger that Redis never applied. Its marker is the
+* a credit grant, or a payment given back at the provider (``payment_reversed``,
+  ``dispute_reinstated``: :mod:`meter.accounts.reversals`), recorded in the ledger that
+  Redis never applied. Its marker is the
   field ``g:<reference>`` of the workspace hash, written with the credit by ``grant.lua``:
   in a workspace whose hash says every grant is marked (``gm``), a missing marker means
   the grant never arrived, so it is applied now (idempotent by the same reference).
@@ -39,10 +41,12 @@ from meter.accounts import channel_secrets, projection, rebuild
 from meter.accounts.apps import project_app
 from meter.accounts.credits import apply_topup
 from meter.accounts.deps import Deps, announce
+from meter.accounts.reversals import apply_reversal
 from meter.accounts.workspaces import project_workspace
 from meter.redis_layer import keys
 from meter.redis_layer.keys import F_MARKED
 from meter.store import App, AppChannel, LedgerEntry, Workspace
+from meter.store.models import REVERSAL_KINDS
 
 log = logging.getLogger(__name__)
 GRANT_KINDS = rebuild.GRANT_KINDS
@@ -111,8 +115,7 @@ async def _repair_grants(d: Deps, ws: Workspace, marked: bool, repaired: Counter
     """Apply the ledger's grants Redis never applied (``grant``); in a workspace not yet
     ``marked``, restore lost markers without credit (``grant_marker``)."""
     ws_id, wk = ws.id, keys.ws_key(ws.id)
-    entries = [e for e in await d.store.ledger_entries(ws_id) if e.kind in GRANT_KINDS]
-    entries = [e for e in entries if e.amount > 0]
+    entries = [e for e in await d.store.ledger_entries(ws_id) if rebuild.marked(e)]
     if not entries:
         if not marked:
             await d.redis.hset(wk, F_MARKED, 1)
@@ -149,6 +152,8 @@ async def _repair_grants(d: Deps, ws: Workspace, marked: bool, repaired: Counter
 
 
 async def _apply(d: Deps, ws: Workspace, e: LedgerEntry) -> bool:
+    if e.kind in REVERSAL_KINDS:
+        return await apply_reversal(d, e)
     if e.kind == "grant_free":
         return await projection.grant(
             d.redis,

@@ -32,9 +32,21 @@ from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_MARKED, F_POOL
 from meter.redis_layer.scripts import register
 from meter.store import App, LedgerEntry, Store, Workspace
+from meter.store.models import REVERSAL_KINDS
 
 log = logging.getLogger(__name__)
 GRANT_KINDS = ("grant_free", "topup")
+# Every kind whose live balance change carries a ``g:<reference>`` marker: grants
+# (grant.lua) and payments given back (reverse.lua, or grant.lua for a dispute won).
+MARKED_KINDS = GRANT_KINDS + REVERSAL_KINDS
+
+
+def marked(e: LedgerEntry) -> bool:
+    """Whether ``e`` changed a live balance under its own marker (a reversal that moved
+    nothing, a dispute's state only, has none)."""
+    return (e.kind in GRANT_KINDS and e.amount > 0) or (e.kind in REVERSAL_KINDS and e.amount != 0)
+
+
 # After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
 # any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.
 SEQ_FLOOR_PER_MS = 1000
@@ -136,7 +148,7 @@ async def rebuild_workspace(
             {"id": app.id, "fields": await _app_fields(store, app, values)}
             for app in await store.list_apps(ws_id)
         ],
-        "grants": [e.reference for e in entries if e.kind in GRANT_KINDS and e.amount > 0],
+        "grants": [e.reference for e in entries if marked(e)],
         "lu": [
             [f"{k[3:]}:{billing_period(now)}", str(v)] for k, v in values.items() if k[:3] == "lu:"
         ],

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
-from meter.accounts.rebuild import GRANT_KINDS, SEQ_FLOOR_PER_MS, store_values
+from meter.accounts.rebuild import MARKED_KINDS, SEQ_FLOOR_PER_MS, store_values
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
@@ -221,7 +221,7 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
         if seq < floor:
             await client.hset(keys.ws_key(ws), "seq", floor)
         for e in await store.ledger_entries(ws):
-            if e.kind in GRANT_KINDS:
+            if e.kind in MARKED_KINDS:  # grants and payments given back
                 await client.hset(keys.ws_key(ws), keys.grant_field(e.reference), 1)
                 await client.set(keys.grant_marker_key(ws, e.reference), "1")
         await client.hset(keys.ws_key(ws), keys.F_MARKED, 1)
