@@ -154,3 +154,50 @@ def signed(payload: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = Non
     t = int(time.time()) if at is None else at
     mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+def intent_of(session: dict[str, Any]) -> str:
+    """The payment intent :func:`paid` reports for ``session``."""
+    return "pi_" + session["id"].removeprefix("cs_test_")
+
+
+def refunded(
+    intent: str, amount_refunded: int, *, amount: int, event_id: str | None = None, **changes: Any
+) -> bytes:
+    """``charge.refunded`` of the charge of ``intent`` (``amount_refunded``: cumulative,
+    in cents, as Stripe sends it after each refund)."""
+    charge = {
+        "id": "ch_" + intent.removeprefix("pi_"),
+        "object": "charge",
+        "amount": amount,
+        "amount_refunded": amount_refunded,
+        "refunded": amount_refunded >= amount,
+        "currency": "usd",
+        "payment_intent": intent,
+        "status": "succeeded",
+    }
+    return event("charge.refunded", charge, event_id=event_id, **changes)
+
+
+def disputed(
+    event_type: str,
+    intent: str,
+    dispute_id: str,
+    amount: int,
+    status: str,
+    *,
+    event_id: str | None = None,
+    **changes: Any,
+) -> bytes:
+    """A ``charge.dispute.*`` event about the charge of ``intent``."""
+    dispute = {
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "currency": "usd",
+        "charge": "ch_" + intent.removeprefix("pi_"),
+        "payment_intent": intent,
+        "status": status,
+        "reason": "fraudulent",
+    }
+    return event(event_type, dispute, event_id=event_id, **changes)
