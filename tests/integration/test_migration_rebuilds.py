@@ -141,7 +141,8 @@ async def test_a_step_behind_a_long_transaction_gives_up_instead_of_stalling(
             await asyncio.wait_for(store.migrate(), 300)
         assert await store.schema_version() == 13  # nothing of the step applied
         await long_tx.rollback()
-        assert await store.migrate() == [14]  # and the next run applies it
+        # and the next run applies it (and any step after it)
+        assert await store.migrate() == [s.version for s in MIGRATIONS if s.version >= 14]
     finally:
         await reader.close()
         await store.close()
