@@ -41,29 +41,38 @@ async def app_usage(call: Call, app: App) -> s.AppUsageOut:
     )
 
 
-def may_see_upstream(call: Call, app: App) -> bool:
-    """Whether the caller may change the app's upstream URL, so may see it: its query may
-    hold the bot's own credentials, and calling the bot directly skips the metering.
-    ``call.roles`` are the roles on the app (``workspace_owner``) or, where the app was
-    just created, in its workspace (``owner``)."""
+def manages(call: Call, app: App) -> bool:
+    """Whether the caller manages the app (operator, app owner, workspace owner), so may
+    see its upstream URL (its query may hold the bot's own credentials, and calling the
+    bot directly skips the metering) and its collaborators (``collaborators.read``):
+    a collaborator sees neither. ``call.roles`` are the roles on the app
+    (``workspace_owner``) or, where the app was just created, in its workspace
+    (``owner``); the app owner is read from ``app`` (a transfer just changed it)."""
     p = call.principal
     return (
         p.operator or app.owner_id == p.user_id or bool(call.roles & {"workspace_owner", "owner"})
     )
 
 
-async def app_out(call: Call, app: App) -> s.AppOut:
-    collaborators = [
-        s.CollaboratorOut(app_id=c.app_id, user_id=c.user_id, role=c.role)
-        for c in await call.deps.store.list_collaborators(app.id)
-    ]
-    return s.AppOut(
+async def app_response(call: Call, app: App, status: int = 200) -> web.Response:
+    """The app as the caller may see it: ``upstream_url`` null and ``collaborators`` left
+    out unless the caller :func:`manages` it."""
+    managing = manages(call, app)
+    collaborators = (
+        [
+            s.CollaboratorOut(app_id=c.app_id, user_id=c.user_id, role=c.role)
+            for c in await call.deps.store.list_collaborators(app.id)
+        ]
+        if managing
+        else None
+    )
+    out = s.AppOut(
         id=app.id,
         workspace_id=app.workspace_id,
         name=app.name,
         product=app.product,  # type: ignore[arg-type]  # checked on creation
         owner_id=app.owner_id,
-        upstream_url=app.upstream_url if may_see_upstream(call, app) else None,
+        upstream_url=app.upstream_url if managing else None,
         use_free_credits=app.use_free_credits,
         suspended=app.suspended,
         shadow=app.shadow,
@@ -71,6 +80,10 @@ async def app_out(call: Call, app: App) -> s.AppOut:
         collaborators=collaborators,
         usage=await app_usage(call, app),
     )
+    return json_response(out, status, exclude=frozenset() if managing else _MANAGERS_ONLY)
+
+
+_MANAGERS_ONLY = frozenset({"collaborators"})
 
 
 async def create_app(call: Call) -> web.Response:
@@ -78,18 +91,18 @@ async def create_app(call: Call) -> web.Response:
     owner = authz.require_user(call.principal)
     body = call.parsed(s.AppCreate)
     app = await apps.create_app(call.deps, owner, ws, body.name, body.product, body.upstream_url)
-    return json_response(await app_out(call, app), 201)
+    return await app_response(call, app, 201)
 
 
 async def get_app(call: Call) -> web.Response:
     app = call.app
-    return json_response(await app_out(call, app))
+    return await app_response(call, app)
 
 
 async def set_shadow(call: Call) -> web.Response:
     body = call.parsed(s.ShadowSet)
     updated = await apps.set_shadow(call.deps, call.principal.actor, call.app, body.shadow)
-    return json_response(await app_out(call, updated))
+    return await app_response(call, updated)
 
 
 async def patch_app(call: Call) -> web.Response:
@@ -97,7 +110,7 @@ async def patch_app(call: Call) -> web.Response:
     body = call.parsed(s.AppPatch)
     changes = body.model_dump(include=body.model_fields_set)
     updated = await apps.update_app(call.deps, call.principal.actor, app, changes)
-    return json_response(await app_out(call, updated))
+    return await app_response(call, updated)
 
 
 async def add_collaborator(call: Call) -> web.Response:
@@ -115,7 +128,7 @@ async def transfer(call: Call) -> web.Response:
     app = call.app
     body = call.parsed(s.Transfer)
     updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id)
-    return json_response(await app_out(call, updated))
+    return await app_response(call, updated)
 
 
 def channel_out(app_id: str, channel: str, ch: AppChannel | None) -> s.ChannelOut:

@@ -253,7 +253,11 @@ class AppOut(Out):
     suspended: bool
     shadow: bool = False
     created_at: Timestamp
-    collaborators: list[CollaboratorOut]
+    collaborators: list[CollaboratorOut] | None = Field(
+        None,
+        description="app owner, workspace owner and operators only (who may read "
+        "/collaborators): left out for collaborators",
+    )
     usage: AppUsageOut | None = None
 
 

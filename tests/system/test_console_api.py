@@ -251,6 +251,37 @@ async def test_the_upstream_url_is_shown_only_to_who_may_change_it(admin: Admin)
     assert given["upstream_url"] is None
 
 
+async def test_the_collaborators_are_shown_only_to_who_may_list_them(admin: Admin) -> None:
+    """``GET /v1/apps/{app}/collaborators`` is 403 to a collaborator: the app's own view
+    left them out (it listed every collaborator with its role)."""
+    tok, ws = await admin.owner_workspace()
+    appown, appown_tok = await admin.new_user("appown")
+    await admin.join(ws, tok, (appown, appown_tok))
+    app = await admin.new_app(appown_tok, ws)
+    roles = {}
+    for role in ("developer", "tester", "viewer"):
+        uid, utok = await admin.new_user(role)
+        await admin.ok("POST", f"/v1/apps/{app}/collaborators", appown_tok,
+                       {"user_id": uid, "role": role})  # fmt: skip
+        await admin.accept_invitations(utok)
+        roles[uid] = (role, utok)
+    for role, utok in roles.values():
+        status, listed = await admin.api("GET", f"/v1/apps/{app}/collaborators", utok)
+        assert (status, listed["code"]) == (403, "forbidden"), role
+        view = await admin.ok("GET", f"/v1/apps/{app}", utok)
+        assert "collaborators" not in view, role
+        assert not any(uid in orjson.dumps(view).decode() for uid in roles), role
+    expected = sorted((uid, role) for uid, (role, _) in roles.items())
+    for who in (appown_tok, tok):
+        view = await admin.ok("GET", f"/v1/apps/{app}", who)
+        assert sorted((c["user_id"], c["role"]) for c in view["collaborators"]) == expected
+    # Handed to the workspace owner: the former app owner, now a member, no longer sees them.
+    owner = (await admin.ok("GET", f"/v1/workspaces/{ws}", tok))["owner_id"]
+    given = await admin.ok("POST", f"/v1/apps/{app}/transfer", appown_tok, {"user_id": owner})
+    assert "collaborators" not in given
+    assert len((await admin.ok("GET", f"/v1/apps/{app}", tok))["collaborators"]) == 3
+
+
 async def test_api_tokens_list_create_revoke(any_admin: Admin) -> None:
     admin = any_admin
     me, tok = await admin.new_user("me")
