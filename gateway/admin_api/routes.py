@@ -59,7 +59,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/workspaces/{ws}/members", acc.add_member,
           "Add a user to the workspace: invites them (status invited); they join when they "
           "accept. 201: a new invitation; 200: already invited or a member (status active); "
-          "409 too_many_invitations past 100 pending",
+          "409 too_many_invitations past 100 pending (to the workspace, from the inviter, or "
+          "of the user from this workspace and its apps)",
           a.workspace("members.add"), body=s.MemberAdd, response=s.MemberOut, status=201,
           also=(200,), params=WS),
     Route("POST", "/v1/workspaces/{ws}/apps", apps.create_app,
@@ -77,7 +78,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/apps/{app}/collaborators", apps.add_collaborator,
           "Invite a collaborator: they hold the role once they accept (status invited); an "
           "active collaborator's role changes at once (status active); 409 "
-          "too_many_invitations past 100 pending", a.app("collaborators.add"),
+          "too_many_invitations past 100 pending (to the app, from the inviter, or of the "
+          "user from this workspace and its apps)", a.app("collaborators.add"),
           body=s.CollaboratorAdd, response=s.CollaboratorOut, status=201, params=APP),
     Route("POST", "/v1/apps/{app}/transfer", apps.transfer,
           "Hand the app to another workspace user", a.app("app.transfer"),

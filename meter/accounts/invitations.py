@@ -8,11 +8,13 @@ answered exactly like a known one (no oracle of which ids exist); nobody can acc
 an invitation.
 
 Invitations expire after ``invitation_ttl_s`` (settings). At most :data:`MAX_PENDING` of
-one workspace or app and :data:`MAX_BY_INVITER` made by one user are open at a time (409
-past them), so an owner cannot flood users with them; and one user holds at most
-:data:`MAX_PER_INVITEE` open invitations: past that, a new one is answered exactly like a
-created one but is not made (refusing it would tell the inviter how many invitations
-someone else holds, and the flood is what the cap is for).
+one workspace or app and :data:`MAX_BY_INVITER` made by one user are open at a time, so
+an owner cannot flood users with them; and one user holds at most :data:`MAX_PER_INVITEE`
+open invitations from one workspace (to it and its apps together). 409 past any of them:
+an invitation that was not made is never answered as made. The invitee's cap is per
+workspace, not global, so that nobody can fill it for another workspace (one workspace
+and its apps inviting a user a hundred times used to silence every later inviter of that
+user); its 409 tells the inviter only about the invitations of their own workspace.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from meter.store.models import ROLES, Role
 
 MAX_PENDING = 100  # open invitations per workspace and per app
 MAX_BY_INVITER = 200  # open invitations made by one user, all targets together
-MAX_PER_INVITEE = 100  # open invitations one user holds
+MAX_PER_INVITEE = 100  # open invitations one user holds from one workspace and its apps
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +62,20 @@ async def _invite(d: Deps, actor: str, inv: Invitation, what: str) -> Invited:
     role: Role | None = inv.role  # type: ignore[assignment]  # checked by the caller
     if outcome == "gone":
         raise NotFound(inv.kind, inv.target)
-    if outcome in ("full", "inviter_full"):
+    if outcome in ("full", "inviter_full", "invitee_full"):
         many = f"{MAX_PENDING} invitations to {what} are"
         if outcome == "inviter_full":
             many = f"{MAX_BY_INVITER} invitations you made are"
+        elif outcome == "invitee_full":
+            many = (
+                f"{MAX_PER_INVITEE} invitations of {inv.user_id} to workspace "
+                f"{inv.workspace_id} and its apps are"
+            )
         raise Conflict(
             f"{many} pending; wait for answers or withdraw some (DELETE the pending member "
             "or collaborator)",
             code="too_many_invitations",
         )
-    if outcome == "quiet":  # the invitee holds enough: answered as made, not made
-        return Invited("invited", True, role)
     target = f"{inv.kind}:{inv.target}"
     after = {"user_id": inv.user_id, "role": inv.role, "invitation": inv.id}
     prior = {"user_id": inv.user_id, "role": before} if outcome != "created" else None

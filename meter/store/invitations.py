@@ -10,7 +10,9 @@ Writes lock the target's row (the workspace or the app) first, so an invitation,
 acceptance, its withdrawal (:mod:`meter.store.withdrawals`) and the cap on pending
 invitations are decided one at a time per target (PostgreSQL: ``FOR UPDATE``; SQLite:
 the transaction holds the write lock from the start). A new invitation first takes the
-inviter's and the invitee's advisory locks, whose caps span targets (``_lock_people``).
+inviter's and the invitee's advisory locks, whose caps span targets (``_lock_people``):
+the invitee's counts only the invitations of the inviting workspace and its apps, so no
+outsider can use up the room that another workspace's invitations need.
 
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
@@ -29,7 +31,7 @@ from typing import Any, Literal
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 
 Kind = Literal["workspace", "app"]
-Outcome = Literal["created", "pending", "active", "full", "inviter_full", "quiet", "gone"]
+Outcome = Literal["created", "pending", "active", "full", "inviter_full", "invitee_full", "gone"]
 
 INVITATION_COLUMNS = "id, kind, target, workspace_id, app_id, user_id, role, invited_by, created_at"
 
@@ -61,7 +63,8 @@ class OpenInvitation:
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """Open invitations at most: per target, per inviter (all targets), per invitee."""
+    """Open invitations at most: per target, per inviter (all targets), per invitee from
+    one workspace (its own invitation and those to its apps)."""
 
     target: int
     inviter: int
@@ -107,13 +110,13 @@ class Invitations(StoreCore):
         for key in sorted({_lock_key(u) for u in user_ids}):
             await c.execute("SELECT pg_advisory_xact_lock(?)", key)
 
-    async def _count(self, c: Conn, column: str, key: str, since: int) -> int:
-        n = await c.fetchval(
-            f"SELECT COUNT(*) AS n FROM invitations WHERE {column} = ? AND created_at > ?",
-            key,
-            since,
-        )
-        return int(n or 0)
+    async def _count(self, c: Conn, column: str, key: str, since: int, ws: str = "") -> int:
+        """Open invitations with ``column`` = ``key`` (of workspace ``ws`` only, if any)."""
+        sql = f"SELECT COUNT(*) AS n FROM invitations WHERE {column} = ? AND created_at > ?"
+        args: list[Any] = [key, since]
+        if ws:
+            sql, args = sql + " AND workspace_id = ?", [*args, ws]
+        return int(await c.fetchval(sql, *args) or 0)
 
     async def invite(
         self, inv: Invitation, caps: Caps, since: int, swept: int
@@ -145,8 +148,8 @@ class Invitations(StoreCore):
           ``inv`` (a new id: the old one can no longer be accepted);
         * ``full`` / ``inviter_full``: the target / the inviter has as many open
           invitations as its cap; no invitation is written;
-        * ``quiet``: the invitee holds ``caps.invitee`` open invitations; no invitation
-          is written, and the caller answers as for ``created`` (no oracle);
+        * ``invitee_full``: the invitee holds ``caps.invitee`` open invitations of this
+          workspace and its apps; no invitation is written;
         * ``created``: a new pending invitation;
         * ``gone``: the workspace or app no longer exists.
         """
@@ -197,8 +200,9 @@ class Invitations(StoreCore):
                 return "full", None
             if await self._count(c, "invited_by", inv.invited_by, since) >= caps.inviter:
                 return "inviter_full", None
-            if await self._count(c, "user_id", inv.user_id, since) >= caps.invitee:
-                return "quiet", None
+            held = await self._count(c, "user_id", inv.user_id, since, inv.workspace_id)
+            if held >= caps.invitee:
+                return "invitee_full", None
             await c.execute(insert, *values(inv, INVITATION_COLUMNS))
         return "created", None
 

@@ -291,12 +291,12 @@ async def test_a_sweep_never_holds_a_row_that_a_replacing_invitation_waits_for(
     real = admin.store._count  # type: ignore[attr-defined]
     paused, second_done = asyncio.Event(), asyncio.Event()
 
-    async def holding(c: Any, column: str, key: str, since_ms: int) -> int:
+    async def holding(c: Any, column: str, key: str, since_ms: int, *ws: str) -> int:
         if (column, key) == ("target", app) and not paused.is_set():
             paused.set()
             while not second_done.is_set() and not await lock_waiters(admin):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)  # polls another process's state; no deadline
-        n: int = await real(c, column, key, since_ms)
+        n: int = await real(c, column, key, since_ms, *ws)
         return n
 
     admin.store._count = holding  # type: ignore[attr-defined]
@@ -377,19 +377,56 @@ async def test_one_inviter_and_one_invitee_have_caps(any_admin: Admin) -> None:
     status, problem = await admin.api("POST", path, tok, {"user_id": "u" + secrets.token_hex(6)})
     assert (status, problem["code"]) == (409, "too_many_invitations")
 
-    # One invitee holds at most MAX_PER_INVITEE: past it, the answer is the one a new
-    # invitation gets, and nothing is made.
+    # One invitee holds at most MAX_PER_INVITEE from one workspace and its apps: past it,
+    # 409, and nothing is made; another user still gets their invitation.
     tok2, ws2 = await admin.owner_workspace("other")
     victim, _ = await person(admin, "victim")
     control, _ = await person(admin, "control")
     await fill(admin, ws2, MAX_PER_INVITEE, user_id=victim)
     path = f"/v1/workspaces/{ws2}/members"
-    answers = [await admin.api("POST", path, tok2, {"user_id": uid}) for uid in (victim, control)]
-    assert answers[0][0] == answers[1][0] == 201
-    assert answers[0][1] | {"user_id": "x"} == answers[1][1] | {"user_id": "x"}
+    status, problem = await admin.api("POST", path, tok2, {"user_id": victim})
+    assert (status, problem["code"]) == (409, "too_many_invitations")
+    assert (await admin.api("POST", path, tok2, {"user_id": control}))[0] == 201
     async with admin.store.connection() as c:
         n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE user_id = ?", victim)
     assert n == MAX_PER_INVITEE
+
+
+async def test_a_flood_from_one_workspace_never_silences_another(any_admin: Admin) -> None:
+    """One user fills a victim's room with invitations from one workspace and its apps
+    (all but one straight into the store, each to a target of its own, as 99 more apps
+    would have them). Another workspace's invitation of the victim is still made, listed
+    and accepted; the flooding workspace's next one is 409, never answered as made;
+    declining makes room for it again."""
+    admin = any_admin
+    victim, vtok = await person(admin, "victim")
+    htok, hws = await admin.owner_workspace("hostile", "Spam")
+    app = await admin.new_app(htok, hws)
+    alone, viewer = {"user_id": victim}, {"user_id": victim, "role": "viewer"}
+    await admin.ok("POST", f"/v1/apps/{app}/collaborators", htok, viewer)
+    await fill(admin, hws, MAX_PER_INVITEE - 1, user_id=victim)
+    async with admin.store.connection() as c:  # made when the API's was (listable)
+        made = await c.fetchval("SELECT created_at FROM invitations WHERE target = ?", app)
+        await c.execute("UPDATE invitations SET created_at = ? WHERE created_at = ?", made, 2**53)
+    status, problem = await admin.api("POST", f"/v1/workspaces/{hws}/members", htok, alone)
+    assert (status, problem["code"]) == (409, "too_many_invitations")
+    assert f"{MAX_PER_INVITEE} invitations of {victim}" in problem["detail"]
+
+    ltok, lws = await admin.owner_workspace("legit", "Legit Co")
+    members = f"/v1/workspaces/{lws}/members"
+    status, answer = await admin.api("POST", members, ltok, {"user_id": victim})
+    assert (status, answer["status"]) == (201, "invited")
+    assert [r["status"] for r in await listed(admin, members, ltok, victim)] == ["invited"]
+    everything = (await admin.ok("GET", "/v1/invitations?limit=200", vtok))["invitations"]
+    assert len(everything) == MAX_PER_INVITEE + 1
+    [legit] = [i for i in everything if i["workspace_id"] == lws]
+    await admin.ok("POST", f"/v1/invitations/{legit['id']}/accept", vtok)
+    assert [r["status"] for r in await listed(admin, members, ltok, victim)] == ["active"]
+
+    [spam] = [i for i in everything if i.get("app_id") == app]
+    await admin.ok("POST", f"/v1/invitations/{spam['id']}/decline", vtok)
+    status, _ = await admin.api("POST", f"/v1/workspaces/{hws}/members", htok, alone)
+    assert status == 201
 
 
 async def lock_waiters(admin: Admin) -> int:
@@ -411,8 +448,8 @@ async def race_past_count(
     counted: list[str] = []
     both = asyncio.Event()
 
-    async def paused(c: Any, col: str, k: str, since: int) -> int:
-        n: int = await real(c, col, k, since)
+    async def paused(c: Any, col: str, k: str, since: int, *ws: str) -> int:
+        n: int = await real(c, col, k, since, *ws)
         if (col, k) == (column, key):
             counted.append(k)
             if len(counted) == 2:
@@ -432,22 +469,22 @@ async def race_past_count(
 async def test_concurrent_invitations_on_other_targets_never_pass_a_cap_together(
     any_admin: Admin,
 ) -> None:
-    """Two owners invite one invitee who has room for one more, at once: each locks its
-    own target, so only a lock of the invitee's makes them count one at a time. Forced
-    by :func:`race_past_count` (PostgreSQL; SQLite's write lock makes them one at a
-    time)."""
+    """A workspace invites one invitee who has room for one more from it, into itself and
+    onto its app at once: each locks its own target, so only a lock of the invitee's
+    makes them count one at a time. Forced by :func:`race_past_count` (PostgreSQL;
+    SQLite's write lock makes them one at a time)."""
     admin = any_admin
     if admin.store.dialect != "postgresql":
         return
     victim, _ = await person(admin, "victim")
-    tok1, ws1 = await admin.owner_workspace("one")
-    tok2, ws2 = await admin.owner_workspace("two")
-    await fill(admin, ws1, MAX_PER_INVITEE - 1, user_id=victim)
+    tok, ws = await admin.owner_workspace("one")
+    app = await admin.new_app(tok, ws)
+    await fill(admin, ws, MAX_PER_INVITEE - 1, user_id=victim)
     statuses = await race_past_count(admin, "user_id", victim, [
-        (f"/v1/workspaces/{ws1}/members", tok1, {"user_id": victim}),
-        (f"/v1/workspaces/{ws2}/members", tok2, {"user_id": victim}),
+        (f"/v1/workspaces/{ws}/members", tok, {"user_id": victim}),
+        (f"/v1/apps/{app}/collaborators", tok, {"user_id": victim, "role": "viewer"}),
     ])  # fmt: skip
-    assert statuses == [201, 201]  # one is answered as made, not made
+    assert sorted(statuses) == [201, 409]  # the second is too_many_invitations
     async with admin.store.connection() as c:
         n = await c.fetchval("SELECT COUNT(*) AS n FROM invitations WHERE user_id = ?", victim)
     assert n == MAX_PER_INVITEE
