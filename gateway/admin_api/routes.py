@@ -145,8 +145,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/workspaces/{ws}/members", lists.list_members, "Members of the workspace",
           a.workspace("members.read"), query=ls.ListQuery, response=ls.MemberList, params=WS),
     Route("DELETE", "/v1/workspaces/{ws}/members/{user}", lists.remove_member,
-          "Take a user out of the workspace, or withdraw their invitation (not its owner; "
-          "apps transferred first)",
+          "Take a user out of the workspace, or withdraw their invitation, and off its apps "
+          "(collaborations and invitations there; not its owner; apps transferred first)",
           a.workspace("members.remove"), status=204, params=WS_USER),
     Route("GET", "/v1/apps/{app}/collaborators", lists.list_collaborators,
           "Collaborators of the app", a.app("collaborators.read"),

@@ -114,7 +114,8 @@ async def invite_collaborator(
 
 async def withdraw(d: Deps, actor: str, kind: Kind, target_id: str, user_id: str) -> None:
     """Take the user out of the workspace or off the app and withdraw their invitation to
-    it, in one step; :class:`NotFound` if they had neither."""
+    it, in one step; out of a workspace, off its apps too (collaborations and invitations:
+    each audited on its app, ``reason`` the removal). :class:`NotFound` if they had none."""
     done = await d.store.withdraw(kind, target_id, user_id, open_since(d))
     target, who = f"{kind}:{target_id}", {"user_id": user_id}
     if done.active and kind == "workspace":
@@ -123,7 +124,12 @@ async def withdraw(d: Deps, actor: str, kind: Kind, target_id: str, user_id: str
         await audit(d, actor, "collaborator.remove", target, who | {"role": done.role}, None)
     if done.invited:
         await audit(d, actor, "invitation.cancel", target, who, None)
-    if not (done.active or done.invited):
+    why = who | {"reason": "member.remove", "workspace_id": target_id}
+    for app_id, role in done.apps:
+        await audit(d, actor, "collaborator.remove", f"app:{app_id}", why | {"role": role}, None)
+    for app_id in done.app_invitations:
+        await audit(d, actor, "invitation.cancel", f"app:{app_id}", why, None)
+    if not (done.active or done.invited or done.apps or done.app_invitations):
         raise NotFound("member" if kind == "workspace" else "collaborator", user_id)
 
 

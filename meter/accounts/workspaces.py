@@ -158,9 +158,10 @@ async def project_workspace(d: Deps, ws: Workspace, *, new: bool = False) -> Non
 
 
 async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> None:
-    """Take a user out of the workspace, or withdraw their pending invitation. The owner
-    stays; a member who still owns apps must hand them over first (their apps would
-    otherwise have no reachable owner)."""
+    """Take a user out of the workspace, or withdraw their pending invitation, and off its
+    apps (their collaborations and invitations there, in the same step). The owner stays;
+    a member who still owns apps must hand them over first (their apps would otherwise
+    have no reachable owner)."""
     if user_id == ws.owner_id:
         raise Conflict("the workspace owner cannot be removed", code="owner_cannot_be_removed")
     try:  # the store checks the apps in the removal's own step (a creation may race it)

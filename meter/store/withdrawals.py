@@ -6,7 +6,8 @@ wholly after it: a withdrawn user can never be left a member, nor hold an invita
 that lets them back in (a gateway of before migration 11 could add a member directly
 while their invitation was open). Removing a member locks their membership too and
 refuses while they own apps of the workspace; app creation and transfer lock the new
-owner's membership, so neither lands on a member being removed.
+owner's membership, so neither lands on a member being removed. It also takes them off
+the workspace's apps: their collaborations and invitations there go in the same step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meter.store.apps import APP_COLUMNS, app_row, locked_member
+from meter.store.db import Conn
 from meter.store.errors import NotMember, OwnsApps
 from meter.store.invitations import Invitations, Kind
 from meter.store.models import App
@@ -26,12 +28,17 @@ class Withdrawn:
     active: bool  # the membership or the collaboration
     role: str | None  # the collaborator's role (apps; None otherwise)
     invited: bool  # an open invitation (an expired one is deleted, not counted)
+    # A workspace's: the collaborations on its apps, ``(app id, role)``, and the apps
+    # whose open invitation went with it.
+    apps: tuple[tuple[str, str], ...] = ()
+    app_invitations: tuple[str, ...] = ()
 
 
 class Withdrawals(Invitations):
     async def withdraw(self, kind: Kind, target: str, user_id: str, since: int) -> Withdrawn:
         """Delete ``user_id``'s membership of workspace ``target`` (``kind`` workspace) or
-        collaboration on app ``target``, and their invitation to it, in one step.
+        collaboration on app ``target``, and their invitation to it, in one step; for a
+        workspace, their collaborations on its apps and invitations to them too.
         :class:`OwnsApps` (nothing deleted) while they own apps of workspace ``target``."""
         async with self.transaction() as c:
             await self._lock_target(c, kind, target)
@@ -53,19 +60,48 @@ class Withdrawals(Invitations):
                     target,
                     user_id,
                 )
-            else:
-                row = await c.fetchrow(
-                    "DELETE FROM collaborators WHERE app_id = ? AND user_id = ? RETURNING role",
-                    target,
-                    user_id,
-                )
+                return await self._off_apps(c, target, user_id, since, row is not None)
+            row = await c.fetchrow(
+                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ? RETURNING role",
+                target,
+                user_id,
+            )
             inv = await c.fetchrow(
                 "DELETE FROM invitations WHERE target = ? AND user_id = ? RETURNING created_at",
                 target,
                 user_id,
             )
-        role = str(row["role"]) if row is not None and kind == "app" else None
+        role = str(row["role"]) if row is not None else None
         return Withdrawn(row is not None, role, inv is not None and inv["created_at"] > since)
+
+    async def _off_apps(
+        self, c: Conn, ws: str, user_id: str, since: int, member: bool
+    ) -> Withdrawn:
+        """The rest of a member's removal: their invitations to the workspace and its apps,
+        then their collaborations on its apps. In that order: an acceptance deletes its
+        invitation before it inserts the collaboration, so one under way either finds its
+        invitation gone or has committed (the invitations' delete waited for it) before
+        the collaborations are read (PostgreSQL reads each statement afresh)."""
+        invs = await c.fetch(
+            "DELETE FROM invitations WHERE workspace_id = ? AND user_id = ? "
+            "RETURNING kind, target, created_at",
+            ws,
+            user_id,
+        )
+        open_ = [r for r in invs if int(r["created_at"]) > since]
+        collabs = await c.fetch(
+            "DELETE FROM collaborators WHERE user_id = ? AND app_id IN "
+            "(SELECT id FROM apps WHERE workspace_id = ?) RETURNING app_id, role",
+            user_id,
+            ws,
+        )
+        return Withdrawn(
+            member,
+            None,
+            any(r["kind"] == "workspace" for r in open_),
+            tuple(sorted((str(r["app_id"]), str(r["role"])) for r in collabs)),
+            tuple(sorted(str(r["target"]) for r in open_ if r["kind"] == "app")),
+        )
 
     async def transfer_app(self, app_id: str, user_id: str) -> tuple[App | None, list[str]]:
         """Make ``user_id`` the app's owner: no longer a collaborator of it (the owner's

@@ -547,3 +547,95 @@ async def test_the_invitee_sees_who_invited_them(any_admin: Admin) -> None:
     assert (inv["invited_by"], inv["inviter_name"], inv["inviter_email"]) == (
         made["id"], "Ann", email
     )  # fmt: skip
+
+
+async def test_removing_a_member_takes_them_off_the_workspaces_apps(any_admin: Admin) -> None:
+    """A member who collaborates on one app of the workspace and is invited onto another
+    is taken off both when removed from the workspace, in the same step, each audited on
+    its app; their collaboration on another workspace's app stays."""
+    admin = any_admin
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws, name="one")
+    invited_app = await admin.new_app(tok, ws, name="two")
+    m, mtok = await person(admin, "member")
+    await admin.join(ws, tok, (m, mtok))
+    tok2, ws2 = await admin.owner_workspace("else", "Elsewhere")
+    app2 = await admin.new_app(tok2, ws2)
+    developer = {"user_id": m, "role": "developer"}
+    await admin.ok("POST", f"/v1/apps/{app}/collaborators", tok, developer)
+    await admin.ok("POST", f"/v1/apps/{app2}/collaborators", tok2, developer)
+    await admin.accept_invitations(mtok)
+    await admin.ok("POST", f"/v1/apps/{invited_app}/collaborators", tok, developer)
+    assert (await admin.api("GET", f"/v1/apps/{app}", mtok))[0] == 200
+
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{m}", tok)
+    assert status == 204
+    for path in (f"/v1/apps/{app}", f"/v1/workspaces/{ws}/apps", f"/v1/workspaces/{ws}"):
+        status, _ = await admin.api("GET", path, mtok)
+        assert status in (403, 404), (path, status)
+    mine = (await admin.ok("GET", "/v1/workspaces", mtok))["workspaces"]
+    assert [w["id"] for w in mine if w["id"] in (ws, ws2)] == [ws2]
+    assert (await admin.api("GET", f"/v1/apps/{app2}", mtok))[0] == 200
+    assert await held(admin, mtok) == []
+    for a in (app, invited_app):
+        assert await listed(admin, f"/v1/apps/{a}/collaborators", tok, m) == []
+    why = {"user_id": m, "reason": "member.remove", "workspace_id": ws}
+    removed = await admin.store.list_audit(target=f"app:{app}")
+    assert [e.before for e in removed if e.action == "collaborator.remove"] == [
+        why | {"role": "developer"}
+    ]
+    cancelled = await admin.store.list_audit(target=f"app:{invited_app}")
+    assert [e.before for e in cancelled if e.action == "invitation.cancel"] == [why]
+    status, _ = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{m}", tok)
+    assert status == 404
+
+
+async def test_an_acceptance_under_way_never_outlives_a_members_removal(
+    any_admin: Admin,
+) -> None:
+    """The member accepts an invitation onto an app of the workspace while the owner
+    removes them (PostgreSQL). Forced: the acceptance, its invitation deleted and its
+    collaboration written, waits before committing until the removal is seen waiting on
+    a lock (the invitation's row). The removal deletes the invitations first, so it reads
+    the collaborations only once the acceptance has committed, and takes that one too."""
+    admin = any_admin
+    if admin.store.dialect != "postgresql":
+        return
+    tok, ws = await admin.owner_workspace()
+    app = await admin.new_app(tok, ws)
+    m, mtok = await person(admin, "member")
+    await admin.join(ws, tok, (m, mtok))
+    await admin.ok("POST", f"/v1/apps/{app}/collaborators", tok, {"user_id": m, "role": "tester"})
+    [inv] = await held(admin, mtok)
+    real = admin.store._lock_target  # type: ignore[attr-defined]
+    written = asyncio.Event()
+
+    async def holding(c: Any, kind: str, target: str) -> Any:
+        row = await real(c, kind, target)
+        if kind == "app" and not written.is_set():  # the acceptance's transaction
+            fetchval = c.fetchval
+
+            async def then_wait(sql: str, *args: Any) -> Any:
+                value = await fetchval(sql, *args)
+                if sql.startswith("SELECT role FROM collaborators"):  # after its insert
+                    written.set()
+                    while not await lock_waiters(admin):  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)  # polls another process's state
+                return value
+
+            c.fetchval = then_wait
+        return row
+
+    admin.store._lock_target = holding  # type: ignore[attr-defined]
+    try:
+        accept = asyncio.ensure_future(
+            admin.api("POST", f"/v1/invitations/{inv['id']}/accept", mtok)
+        )
+        await written.wait()
+        status, body = await admin.api("DELETE", f"/v1/workspaces/{ws}/members/{m}", tok)
+    finally:
+        admin.store._lock_target = real  # type: ignore[attr-defined]
+    assert status == 204, body
+    assert (await accept)[0] == 200
+    assert await listed(admin, f"/v1/apps/{app}/collaborators", tok, m) == []
+    assert (await admin.api("GET", f"/v1/apps/{app}", mtok))[0] in (403, 404)
