@@ -73,6 +73,7 @@ class Settings(LayeredSources, BaseSettings):
     # (users alone create them): raise the setting for a customer who needs more.
     max_workspaces_per_user: int = Field(20, ge=1, le=100_000)
     max_apps_per_workspace: int = Field(100, ge=1, le=100_000)
+    max_channels_per_app: int = Field(20, ge=1, le=10_000)  # one more: 409 too_many_channels
 
     # Admission engine. metering=false proxies without admission: a benchmark
     # baseline, never for production.

@@ -88,7 +88,8 @@ ROUTES: tuple[Route, ...] = (
           "Channels of the app with a verification secret (never the secret)",
           a.app("channels.read"), response=s.ChannelList, params=APP),
     Route("PUT", "/v1/apps/{app}/channels/{channel}", apps.put_channel,
-          "Enable channel authentication with its secret (never returned)",
+          "Enable channel authentication with its secret (never returned); 409 "
+          "too_many_channels when the app has max_channels_per_app (default 20) others",
           a.app("channels.set"), body=s.ChannelSet, response=s.ChannelOut,
           params=CHANNEL),
     Route("DELETE", "/v1/apps/{app}/channels/{channel}", apps.delete_channel,

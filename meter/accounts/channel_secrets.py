@@ -129,7 +129,9 @@ def _check_channel(channel: str) -> str:
 async def set_channel(
     d: Deps, actor: str, app: App, channel: str, secret: str, notify_secret: str | None = None
 ) -> AppChannel:
-    """Enable ``channel`` of ``app`` with its verification secret (replacing any)."""
+    """Enable ``channel`` of ``app`` with its verification secret (replacing any). Any
+    well-formed channel name is a channel (header-only rules), so an app holds at most
+    ``max_channels_per_app`` of them: one more is 409 ``too_many_channels``."""
     _check_channel(channel)
     _check_secret("secret", secret)
     if notify_secret is not None:
@@ -144,7 +146,13 @@ async def set_channel(
         updated_at=d.now_ms(),
     )
     before = await d.store.get_app_channel(app.id, channel)
-    await d.store.put_app_channel(ch)
+    cap = d.settings.max_channels_per_app
+    if not await d.store.put_app_channel(ch, cap):
+        raise Conflict(
+            f"app {app.id} already has {cap} channels: the limit is {cap} per app (setting "
+            "max_channels_per_app); remove one, or ask the operator to raise it",
+            code="too_many_channels",
+        )
     await project(d.redis, app.id, channel, ch)
     await announce(d, app.id)
     # Never the secret itself: only that it was set, and when.

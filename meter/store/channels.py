@@ -15,9 +15,23 @@ def _channel(r: Row) -> AppChannel:
 class Channels(StoreCore):
     """Rows of ``app_channels``: at most one per app and channel."""
 
-    async def put_app_channel(self, ch: AppChannel) -> None:
-        """Insert or replace the secret of ``(ch.app_id, ch.channel)``."""
-        async with self.connection() as c:
+    async def put_app_channel(self, ch: AppChannel, cap: int | None = None) -> bool:
+        """Insert or replace the secret of ``(ch.app_id, ch.channel)``; ``False`` (nothing
+        written) when that is a new channel and the app already has ``cap`` others.
+
+        With ``cap`` the count and the write are one step: the app's row is locked first,
+        so concurrent new channels of one app never pass the cap together (PostgreSQL:
+        ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start)."""
+        async with self.transaction() as c:
+            if cap is not None:
+                await c.fetch(f"SELECT id FROM apps WHERE id = ?{self.for_update}", ch.app_id)
+                others = await c.fetchval(
+                    "SELECT COUNT(*) AS n FROM app_channels WHERE app_id = ? AND channel <> ?",
+                    ch.app_id,
+                    ch.channel,
+                )
+                if int(others or 0) >= cap:
+                    return False
             await c.execute(
                 insert_sql("app_channels", _COLS)
                 + " ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
@@ -26,6 +40,7 @@ class Channels(StoreCore):
                 "updated_at = excluded.updated_at",
                 *values(ch, _COLS),
             )
+        return True
 
     async def reencrypt_app_channel(self, before: AppChannel, after: AppChannel) -> bool:
         """Replace ``before``'s encrypted secrets with ``after``'s only if the row still

@@ -1,6 +1,7 @@
-"""Tenant quotas: workspaces a user owns (``max_workspaces_per_user``) and apps in a
-workspace (``max_apps_per_workspace``), each capped so one tenant cannot fill the shared
-store and Redis with workspaces and apps.
+"""Tenant quotas: workspaces a user owns (``max_workspaces_per_user``), apps in a
+workspace (``max_apps_per_workspace``) and channel secrets of an app
+(``max_channels_per_app``), each capped so one tenant cannot fill the shared store and
+Redis with workspaces, apps and channels.
 
 Real HTTP to the admin application of ``create_app`` on a loopback socket, a real
 redis-server, and a real store: SQLite and PostgreSQL. Each cap holds for sequential and
@@ -24,6 +25,7 @@ from tests.support.settings import OPERATOR_TOKEN, make_settings
 
 WS_CAP = 8
 APP_CAP = 10
+CHANNEL_CAP = 6
 RACERS = 30
 
 
@@ -40,6 +42,7 @@ async def admin(
         operator=True,
         max_workspaces_per_user=WS_CAP,
         max_apps_per_workspace=APP_CAP,
+        max_channels_per_app=CHANNEL_CAP,
     )
     async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
         yield a
@@ -133,6 +136,49 @@ async def test_a_workspace_holds_at_most_the_app_cap_whoever_owns_them(admin: Ad
         "POST", f"/v1/workspaces/{second}/apps", tok, {"name": "x", "product": "search"}
     )
     check_problem(status, body, "too_many_apps", second)
+
+
+async def test_an_app_has_at_most_the_channel_cap(admin: Admin) -> None:
+    """Any well-formed channel name is a channel: a member set 400 secrets of 512
+    characters on one app (400 rows, 400 fields of the app's Redis hash), all 200."""
+    tok, ws = await admin.owner_workspace()
+    member = await admin.new_user("member")
+    await admin.join(ws, tok, member)
+    app = await admin.new_app(member[1], ws)
+    secret = {"secret": "k" * 512}
+    for name in ("web", "slack", "c0"):
+        await admin.ok("PUT", f"/v1/apps/{app}/channels/{name}", member[1], secret)
+    answers = await asyncio.gather(
+        *(
+            admin.api("PUT", f"/v1/apps/{app}/channels/race{i}", (tok, member[1])[i % 2], secret)
+            for i in range(RACERS)
+        )
+    )
+    assert sorted(s for s, _ in answers) == [200] * 3 + [409] * (RACERS - 3), answers
+    for status, body in answers:
+        if status == 409:
+            check_problem(
+                status, body, "too_many_channels", app, str(CHANNEL_CAP), "max_channels_per_app"
+            )
+    of_app = "SELECT COUNT(*) AS n FROM app_channels WHERE app_id = ?"
+    assert await count(admin, of_app, app) == CHANNEL_CAP
+    listed = await admin.ok("GET", f"/v1/apps/{app}/channels", tok)
+    assert len(listed["items"]) == CHANNEL_CAP
+
+    # One more is refused and writes nothing; replacing a secret still works.
+    before = await snapshot(admin)
+    status, body = await admin.api("PUT", f"/v1/apps/{app}/channels/more", tok, secret)
+    check_problem(status, body, "too_many_channels", app)
+    assert await snapshot(admin) == before
+    await admin.ok("PUT", f"/v1/apps/{app}/channels/slack", tok, {"secret": "n" * 40})
+    # A removal makes room; another app is unaffected.
+    await admin.ok("DELETE", f"/v1/apps/{app}/channels/c0", tok)
+    await admin.ok("PUT", f"/v1/apps/{app}/channels/more", tok, secret)
+    other = await admin.new_app(tok, ws, name="other")
+    for i in range(CHANNEL_CAP):
+        await admin.ok("PUT", f"/v1/apps/{other}/channels/o{i}", tok, secret)
+    status, body = await admin.api("PUT", f"/v1/apps/{other}/channels/more", tok, secret)
+    check_problem(status, body, "too_many_channels", other)
 
 
 async def test_at_the_caps_authorization_and_validation_still_come_first(admin: Admin) -> None:
