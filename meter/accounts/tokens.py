@@ -3,6 +3,12 @@
 Only a token's SHA-256 hash is stored, with its last four characters as a hint for
 telling tokens apart. Revocation takes effect on the next request: every call looks the
 token up among the unrevoked ones (:func:`meter.accounts.authz.user_principal`).
+
+A user holds at most :data:`MAX_TOKENS` live tokens. A revoked token's row is kept for
+:data:`REVOKED_KEPT_MS` (a day) and deleted by the user's next creation after that (the
+audit log keeps the history); live and kept rows together are at most :data:`MAX_ROWS`,
+so creating and revoking tokens in a loop is refused (409 ``too_many_tokens``) once a
+day's churn reaches it, instead of growing the table without bound.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from meter.errors import Conflict, NotFound
 from meter.store import ApiToken
 
 MAX_TOKENS = 50  # live tokens per user
+MAX_ROWS = 2 * MAX_TOKENS  # live tokens and those revoked in the last REVOKED_KEPT_MS
+REVOKED_KEPT_MS = 86_400_000
 HINT = 4
 
 
@@ -31,8 +39,17 @@ async def create(d: Deps, user_id: str, name: str) -> tuple[ApiToken, str]:
         hint=secret[-HINT:],
         created_at=d.now_ms(),
     )
-    if not await d.store.create_token_within(row, MAX_TOKENS):
+    full = await d.store.create_token_within(
+        row, MAX_TOKENS, rows=MAX_ROWS, purge_before=row.created_at - REVOKED_KEPT_MS
+    )
+    if full == "live":
         raise Conflict(f"you hold {MAX_TOKENS} tokens; revoke one first", code="too_many_tokens")
+    if full is not None:
+        raise Conflict(
+            f"you created and revoked too many tokens: at most {MAX_ROWS} in a day, counting "
+            "the live ones; try again tomorrow",
+            code="too_many_tokens",
+        )
     await audit(d, f"user:{user_id}", "token.create", f"user:{user_id}", None,
                 {"id": row.id, "name": name})  # fmt: skip
     return row, secret

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore, row_as
+from meter.store.db import Row, StoreCore, insert_sql, row_as, values
 from meter.store.models import ApiToken
 
 _TOKEN = "id, user_id, name, token_hash, hint, created_at, revoked_at"
@@ -17,18 +17,32 @@ class Tokens(StoreCore):
     async def create_token(self, token: ApiToken) -> None:
         await self.insert("api_tokens", _TOKEN, token)
 
-    async def create_token_within(self, token: ApiToken, cap: int) -> bool:
-        """Insert ``token`` unless its user already holds ``cap`` live tokens (count and
-        insert in one step: concurrent creations never pass the cap together)."""
-        return await self.insert_capped(
-            "api_tokens",
-            _TOKEN,
-            token,
-            owner=("users", token.user_id),
-            count=_LIVE,
-            args=[token.user_id],
-            cap=cap,
-        )
+    async def create_token_within(
+        self, token: ApiToken, cap: int, *, rows: int, purge_before: int
+    ) -> str | None:
+        """Insert ``token`` unless its user already holds ``cap`` live tokens (``"live"``)
+        or ``rows`` tokens, live or revoked (``"rows"``); ``None`` when inserted.
+
+        First the user's tokens revoked before ``purge_before`` are deleted, so the rows
+        left are live ones and those revoked since: create-and-revoke churn is bounded
+        by ``rows`` per user, not by time. The purge, the counts and the insert are one
+        step: the user's row is locked first, so concurrent creations never pass a cap
+        together (PostgreSQL: ``FOR UPDATE``; SQLite: the transaction holds the write lock
+        from the start)."""
+        async with self.transaction() as c:
+            await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", token.user_id)
+            await c.execute(
+                "DELETE FROM api_tokens WHERE user_id = ? AND revoked_at < ?",
+                token.user_id,
+                purge_before,
+            )
+            if int(await c.fetchval(_LIVE, token.user_id) or 0) >= cap:
+                return "live"
+            every = "SELECT COUNT(*) AS n FROM api_tokens WHERE user_id = ?"
+            if int(await c.fetchval(every, token.user_id) or 0) >= rows:
+                return "rows"
+            await c.execute(insert_sql("api_tokens", _TOKEN), *values(token, _TOKEN))
+        return None
 
     async def get_active_token(self, token_hash: str) -> ApiToken | None:
         """The unrevoked token with this hash (how every API call is authenticated)."""

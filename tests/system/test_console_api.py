@@ -20,7 +20,7 @@ import pytest
 
 from gateway.webhooks import WebhookOptions
 from meter.accounts.authz import token_hash
-from meter.accounts.tokens import MAX_TOKENS
+from meter.accounts.tokens import MAX_ROWS, MAX_TOKENS, REVOKED_KEPT_MS
 from meter.store import User, open_store
 from meter.store.schema import MIGRATIONS
 from meter.usage.flusher import Flusher
@@ -339,6 +339,35 @@ async def test_the_token_cap_holds_under_concurrent_creation(any_admin: Admin) -
     assert statuses == [201] * 2 + [409] * 58, statuses
     assert {body["code"] for status, body in answers if status == 409} == {"too_many_tokens"}
     assert len(await everything(admin, "/v1/tokens", tok, "tokens", 200)) == MAX_TOKENS
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_token_churn_is_bounded_and_revoked_rows_go_after_a_day(
+    store: str, request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+) -> None:
+    """The cap counted live tokens only: 300 create-and-revoke cycles left 301 rows."""
+    url = request.getfixturevalue("pg_dsn") if store == "postgresql" else (
+        f"sqlite:///{tmp_path}/store.db")  # fmt: skip
+    clock = Clock()  # whole seconds: revocations fall exactly either side of a day
+    settings = make_settings(redis_url, store_url=url, operator=True)
+    async with admin_server(settings, clock=clock) as admin:
+        me, tok = await admin.new_user("churn")
+        rows = "SELECT COUNT(*) AS n FROM api_tokens WHERE user_id = ?"
+        for i in range(MAX_ROWS - 1):  # with the initial token: MAX_ROWS rows
+            made = await admin.ok("POST", "/v1/tokens", tok, {"name": f"n{i}"})
+            assert (await admin.api("DELETE", f"/v1/tokens/{made['id']}", tok))[0] == 204
+            clock.advance(1)
+        status, body = await admin.api("POST", "/v1/tokens", tok, {"name": "one more"})
+        assert (status, body.get("code")) == (409, "too_many_tokens"), body
+        async with admin.store.connection() as c:
+            assert await c.fetchval(rows, me) == MAX_ROWS
+        # A day after the first 49 revocations (one a second), their rows go: the next
+        # creation finds room, and the initial token, 50 revoked and it remain.
+        clock.advance(REVOKED_KEPT_MS // 1000 - 50)
+        await admin.ok("POST", "/v1/tokens", tok, {"name": "next day"})
+        async with admin.store.connection() as c:
+            assert await c.fetchval(rows, me) == 1 + 50 + 1
+        assert len((await admin.ok("GET", "/v1/tokens", tok))["tokens"]) == 2
 
 
 async def test_upgrade_requests_open_declined_granted(any_admin: Admin) -> None:
