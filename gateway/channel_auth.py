@@ -14,7 +14,9 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
 * ``botframework_jwt``: ``Authorization: Bearer`` JWT, RS256 with a key of the OpenID
   metadata at ``msteams_openid_url`` (cached, refetched for an unknown key id at most
   every ``msteams_keys_min_refresh_s``), the metadata's issuer, audience = the secret
-  (the bot's App ID), unexpired; a ``serviceUrl`` claim must match the activity's;
+  (the bot's App ID), unexpired, with a ``serviceurl`` claim; the body must be a JSON
+  object (an activity) whose ``serviceUrl`` (any spelling of it), if any, is that claim,
+  and the key's ``endorsements`` must list its ``channelId``, if any (as botbuilder);
 * ``jwt_hs256`` (every other channel): ``Authorization: Bearer`` JWT, HS256 with the
   secret, ``exp`` and ``sub`` required; ``sub`` is the channel user (it replaces
   ``X-Channel-User-Id``, also towards the bot); a token for ``/notify`` (``aud`` =
@@ -67,6 +69,7 @@ from meter.redis_layer.client import RedisClient
 
 __all__ = ["NOTIFY_AUDIENCE", "ChannelAuth", "Verified", "without_token"]
 MAX_USER = 256
+SERVICE_URL_CLAIM = "serviceurl"  # Bot Framework's name (botbuilder's SERVICE_URL_CLAIM)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²"
 
 
@@ -226,25 +229,38 @@ class ChannelAuth:
         found = await self.openid.get(kid)
         if found is None:
             raise invalid_signature("signed with a key the channel does not publish")
-        key, issuer = found
         try:
             claims = jwt.decode(
                 token,
-                key,
+                found.key,
                 algorithms=["RS256"],
                 audience=app_id,
-                issuer=issuer,
+                issuer=found.issuer,
                 options={"require": ["exp", "iss", "aud"]},
                 leeway=self._leeway,
             )
         except jwt.InvalidTokenError as exc:
             raise invalid_signature(jwt_reason(exc)) from None
-        claimed = claims.get("serviceUrl")
-        if claimed is not None:
-            try:
-                activity = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                activity = None
-            actual = activity.get("serviceUrl") if isinstance(activity, dict) else None
-            if actual != claimed:
-                raise invalid_signature("serviceUrl does not match the token")
+        _bind_activity(claims, found.endorsements, body)
+
+
+def _bind_activity(claims: dict[str, Any], endorsements: frozenset[str], body: bytes) -> None:
+    """Tie the activity, which the token does not sign, to the token as botbuilder's
+    ChannelValidation does: a replayed token must not carry an activity whose
+    ``serviceUrl`` (where the bot posts its reply, with its credentials) is another's."""
+    claimed = claims.get(SERVICE_URL_CLAIM, claims.get("serviceUrl"))
+    if not isinstance(claimed, str) or not claimed:
+        raise invalid_signature(f"the token has no {SERVICE_URL_CLAIM} claim")
+    try:
+        activity = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        activity = None
+    if not isinstance(activity, dict):
+        raise invalid_signature("the body is not a Bot Framework activity")
+    # Every spelling a case-insensitive deserializer (Newtonsoft's) would read as it.
+    for name, value in activity.items():
+        if name.lower() == SERVICE_URL_CLAIM and value != claimed:
+            raise invalid_signature("serviceUrl does not match the token")
+    channel_id = activity.get("channelId")
+    if channel_id and (not isinstance(channel_id, str) or channel_id not in endorsements):
+        raise invalid_signature("the signing key is not endorsed for the activity's channelId")

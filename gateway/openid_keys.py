@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import jwt
@@ -18,6 +18,15 @@ from gateway.channel_credentials import auth_unavailable
 log = logging.getLogger(__name__)
 
 
+class SigningKey(NamedTuple):
+    """A published key, its issuer, and the channels it is endorsed for (Microsoft lists
+    them per key: a key signs activities only of a channel it endorses)."""
+
+    key: jwt.PyJWK
+    issuer: str
+    endorsements: frozenset[str]  # empty: the key lists none
+
+
 class OpenIdKeys:
     """Signing keys of an OpenID provider (the Bot Framework), cached per process."""
 
@@ -26,7 +35,7 @@ class OpenIdKeys:
         self._max_age = max_age
         self._min_refresh = min_refresh
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, tuple[jwt.PyJWK, frozenset[str]]] = {}
         self._issuer = ""
         self._fetched = -math.inf  # monotonic time of the last successful fetch
         self._tried = -math.inf  # ... of the last attempt
@@ -34,9 +43,9 @@ class OpenIdKeys:
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0
 
-    async def get(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
-        """The key ``kid`` and the issuer; ``None`` for a key the provider does not list
-        (or the last key set fetched, while the provider fails)."""
+    async def get(self, kid: str) -> SigningKey | None:
+        """The key ``kid``, its issuer and endorsements; ``None`` for a key the provider
+        does not list (or the last key set fetched, while the provider fails)."""
         found = self._fresh(kid)
         if found is not None:
             return found
@@ -55,7 +64,7 @@ class OpenIdKeys:
                     log.warning("msteams: cannot fetch signing keys from %s: %r", self._url, exc)
             key = self._keys.get(kid)  # possibly past max_age: better than refusing all
             if key is not None:
-                return key, self._issuer
+                return SigningKey(key[0], self._issuer, key[1])
             # 503 (the gateway's own error, which pages) only while no key set was ever
             # fetched; once one was, a kid it lacks is refused (401) even if the refetch
             # failed, or anyone could turn a provider outage into the gateway's errors.
@@ -63,11 +72,11 @@ class OpenIdKeys:
                 raise auth_unavailable()
             return None
 
-    def _fresh(self, kid: str) -> tuple[jwt.PyJWK, str] | None:
+    def _fresh(self, kid: str) -> SigningKey | None:
         key = self._keys.get(kid)
         if key is None or time.monotonic() - self._fetched > self._max_age:
             return None
-        return key, self._issuer
+        return SigningKey(key[0], self._issuer, key[1])
 
     async def _fetch(self) -> None:
         if self._session is None:
@@ -77,12 +86,17 @@ class OpenIdKeys:
         issuer, jwks_uri = meta.get("issuer"), meta.get("jwks_uri")
         if not isinstance(issuer, str) or not isinstance(jwks_uri, str):
             raise ValueError("OpenID metadata without issuer or jwks_uri")
-        keyset = jwt.PyJWKSet.from_dict(await self._json(jwks_uri))
-        self._keys = {
-            k.key_id: k
-            for k in keyset.keys
-            if k.key_id and k.public_key_use in (None, "sig") and k.algorithm_name == "RS256"
-        }
+        doc = await self._json(jwks_uri)
+        jwt.PyJWKSet.from_dict(doc)  # the key set's own checks (raises PyJWKSetError)
+        keys: dict[str, tuple[jwt.PyJWK, frozenset[str]]] = {}
+        for raw in doc["keys"]:
+            try:
+                k = jwt.PyJWK(raw) if isinstance(raw, dict) else None
+            except jwt.PyJWTError:
+                continue  # as PyJWKSet does: a key it cannot use is skipped
+            if k and k.key_id and k.public_key_use in (None, "sig") and k.algorithm_name == "RS256":
+                keys[k.key_id] = (k, _endorsements(raw.get("endorsements")))
+        self._keys = keys
         self._issuer = issuer
         self._fetched = time.monotonic()
 
@@ -98,3 +112,10 @@ class OpenIdKeys:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _endorsements(value: object) -> frozenset[str]:
+    """A key's ``endorsements``: the channel ids listed (none unless a list)."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str))

@@ -72,6 +72,7 @@ class OpenId:
 
     url: str = ""
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
+    endorsements: dict[str, Any] = field(default_factory=dict)  # kid -> its list, else msteams
     fetches: int = 0
     failing: bool = False  # answers 503 (an outage), counted in fetches
 
@@ -86,9 +87,14 @@ class OpenId:
         iss: str = ISSUER,
         exp_in: float = 300,
         key: rsa.RSAPrivateKey | None = None,
+        serviceurl: str | None = SERVICE_URL,
         **claims: Any,
     ) -> str:
+        """A token as the Bot Framework mints it: its ``serviceurl`` claim (lower case,
+        botbuilder's SERVICE_URL_CLAIM) is the activity's; ``None`` leaves it out."""
         payload = {"iss": iss, "aud": aud, "exp": int(time.time() + exp_in), **claims}
+        if serviceurl is not None:
+            payload["serviceurl"] = serviceurl
         signer = key or self.keys[kid]
         return jwt.encode(payload, signer, algorithm="RS256", headers={"kid": kid})
 
@@ -107,7 +113,8 @@ class OpenId:
             for kid, key in self.keys.items():
                 # Like Microsoft's: no "alg", with endorsements.
                 jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-                out.append({**jwk, "kid": kid, "use": "sig", "endorsements": ["msteams"]})
+                endorsed = self.endorsements.get(kid, ["msteams"])
+                out.append({**jwk, "kid": kid, "use": "sig", "endorsements": endorsed})
             return web.json_response({"keys": out})
 
         app = web.Application()
@@ -301,7 +308,7 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
         o.token("k1", exp_in=-3600),  # stale
         o.token("k1", aud="another-bot-app-id"),
         o.token("k1", iss="https://evil.example"),
-        o.token("k1", serviceUrl="https://evil.example/"),
+        o.token("k1", serviceurl="https://evil.example/"),
         o.token("nope", key=attacker),  # a key the channel never published
         hs256(key=APP_ID_MS),  # HS256 with the (public) App ID: algorithm confusion
         "not.a.jwt",
@@ -310,7 +317,7 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
     await refused_unmetered(world, path, body, {})
     await refused_unmetered(world, path, body, {"Authorization": "Basic abc"})
 
-    status, _ = await world.post(path, body, auth(o.token("k1", serviceUrl=SERVICE_URL)))
+    status, _ = await world.post(path, body, auth(o.token("k1")))
     assert status == 200
     assert world.bot.count() == 1
     assert world.bot.calls[0].headers["Authorization"].startswith("Bearer ")  # the bot's too
@@ -326,6 +333,58 @@ async def test_msteams_bot_framework_tokens(world: World) -> None:
     assert status == 200
     assert o.fetches == fetched + 1
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
+
+
+async def test_msteams_token_binds_the_activity_service_url(world: World) -> None:
+    """A token replayed with an activity of its choosing must not send the bot's reply
+    (with the bot's credentials) elsewhere: the token's ``serviceurl`` claim, as Bot
+    Framework names it, must be there and be the activity's ``serviceUrl``."""
+    o = world.openid
+    body = sample("msteams-message.json")
+    path = f"/hooks/msteams/{APP}/api/messages"
+    evil = "https://evil.example/"
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def activity(**fields: Any) -> bytes:
+        return json.dumps({**json.loads(body), **fields}).encode()
+
+    await refused_unmetered(world, path, body, auth(o.token("k1", serviceurl=evil)))
+    await refused_unmetered(world, path, body, auth(o.token("k1", serviceurl=None)))
+    # the activity's serviceUrl is the replayer's; so are other spellings of it, which a
+    # case-insensitive deserializer (Newtonsoft, the C# SDK's) reads as serviceUrl
+    await refused_unmetered(world, path, activity(serviceUrl=evil), auth(o.token("k1")))
+    await refused_unmetered(world, path, activity(ServiceUrl=evil), auth(o.token("k1")))
+    await refused_unmetered(world, path, activity(serviceURL=evil), auth(o.token("k1")))
+    camel = o.token("k1", serviceurl=None, serviceUrl=evil)  # the old spelling, still read
+    await refused_unmetered(world, path, body, auth(camel))
+    await refused_unmetered(world, path, b"not an activity", auth(o.token("k1")))
+    await refused_unmetered(world, path, b"[1]", auth(o.token("k1")))
+
+    status, _ = await world.post(path, body, auth(o.token("k1")))
+    assert status == 200
+    assert world.bot.count() == 1
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
+
+
+async def test_msteams_signing_key_must_endorse_the_activity_channel(world: World) -> None:
+    """As botbuilder: the key's ``endorsements`` must list the activity's ``channelId``."""
+    o = world.openid
+    path = f"/hooks/msteams/{APP}/api/messages"
+    body = sample("msteams-message.json")
+    o.add_key("webchat-only")
+    o.endorsements["webchat-only"] = ["webchat"]
+    o.add_key("none")
+    o.endorsements["none"] = None
+    for kid in ("webchat-only", "none"):
+        token = o.token(kid)
+        await refused_unmetered(world, path, body, {"Authorization": f"Bearer {token}"})
+    odd = json.dumps({**json.loads(body), "channelId": ["msteams"]}).encode()
+    await refused_unmetered(world, path, odd, {"Authorization": f"Bearer {o.token('k1')}"})
+    status, _ = await world.post(path, body, {"Authorization": f"Bearer {o.token('k1')}"})
+    assert status == 200
+    assert world.bot.count() == 1
 
 
 async def test_msteams_websocket_upgrades_are_refused(world: World) -> None:
