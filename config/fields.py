@@ -86,6 +86,8 @@ class ChannelRule(BaseModel):
 
     model_config = {"extra": "forbid"}
 
+    # JSON pointers; a ``*`` token takes every element of an array (value of an object).
+    # A billable callback whose user or key pointer finds several values is refused (422).
     user_pointer: str | None = None
     idempotency_pointer: str | None = None
     # A callback is billable unless the JSON value at a pointer matches one of its values

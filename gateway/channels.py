@@ -18,6 +18,12 @@ Look-up order:
 On an authenticated channel whose signature covers the body (Slack, WhatsApp) the body's
 user and key win over the headers, which nobody signed.
 
+A pointer token ``*`` on an array takes every element: a WhatsApp delivery may batch
+entries, changes and messages, so its pointers are ``/entry/*/changes/*/value/messages/*/...``
+and a message anywhere in it is found. One delivery is one admission, so a billable
+callback whose user or key pointer finds more than one value is several messages, which
+one charge must not buy (:attr:`Message.several`: 422 ``batched_delivery``).
+
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
 skipped callback buys only the bot's status (:mod:`gateway.unbilled`).
 """
@@ -63,9 +69,9 @@ BUILTIN: dict[str, ChannelRule] = {
         },
     ),
     "whatsapp": ChannelRule(
-        user_pointer="/entry/0/changes/0/value/messages/0/from",
-        idempotency_pointer="/entry/0/changes/0/value/messages/0/id",
-        bill_only_if_present=["/entry/0/changes/0/value/messages"],
+        user_pointer="/entry/*/changes/*/value/messages/*/from",
+        idempotency_pointer="/entry/*/changes/*/value/messages/*/id",
+        bill_only_if_present=["/entry/*/changes/*/value/messages/*"],
     ),
 }
 
@@ -97,6 +103,30 @@ def resolve(doc: Any, pointer: Pointer) -> Any:
     return doc
 
 
+def values(doc: Any, pointer: Pointer) -> list[Any]:
+    """Every value at ``pointer``: as :func:`resolve`, but a ``*`` token takes each element
+    of an array and each value of an object (``{"0": ...}`` is ``[...]`` to a JavaScript
+    bot's ``entry[0]``: a message there must be found too). At most one value per node."""
+    if "*" not in pointer:
+        found = resolve(doc, pointer)
+        return [] if found is _MISSING else [found]
+    docs = [doc]
+    for token in pointer:
+        step: list[Any] = []
+        for d in docs:
+            if token == "*" and isinstance(d, dict | list):
+                step.extend(d.values() if isinstance(d, dict) else d)
+            elif isinstance(d, dict):
+                if token in d:
+                    step.append(d[token])
+            elif isinstance(d, list) and token.isdigit() and int(token) < len(d):
+                step.append(d[int(token)])
+        if not step:
+            return []
+        docs = step
+    return docs
+
+
 def _scalar(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -112,6 +142,7 @@ class Message(NamedTuple):
     user: str
     key: str
     challenge: str | None = None  # what the answer to a skipped callback may echo
+    several: bool = False  # a billable delivery holding more than one message (a batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +187,13 @@ class Channel:
             skipped = self._skipped(doc)
             if skipped:
                 return Message(False, user, key, self._challenge(doc))
+        users = values(doc, self.user_pointer) if self.user_pointer is not None else []
+        keys = values(doc, self.key_pointer) if self.key_pointer is not None else []
+        if len(users) > 1 or len(keys) > 1:
+            return Message(True, user, key, None, True)
+        body_user = _scalar(users[0]) if users else ""
+        body_key = _scalar(keys[0]) if keys else ""
+        if authenticated:
             # The signature covers the body, not the headers: a replayed signed body with
             # another user or key header must not become a new (charged) message. So the
             # user is the signed one alone where the channel names one (the channel never
@@ -163,17 +201,11 @@ class Channel:
             # event.user is an object) replayed with other user headers was a new user's
             # message each time, a key being one user's. Without one: missing_channel_user.
             if self.user_pointer is not None:
-                user = self._signed(doc, self.user_pointer)
-            key = self._signed(doc, self.key_pointer) or key
-        if not user and self.user_pointer is not None:
-            user = _scalar(resolve(doc, self.user_pointer))
-        if not key and self.key_pointer is not None:
-            key = _scalar(resolve(doc, self.key_pointer))
+                user = body_user
+            key = body_key or key
+        user = user or body_user
+        key = key or body_key
         return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
-
-    @staticmethod
-    def _signed(doc: Any, pointer: Pointer | None) -> str:
-        return _scalar(resolve(doc, pointer)) if pointer is not None else ""
 
     def _challenge(self, doc: Any) -> str | None:
         """The ``challenge`` of Slack's URL verification, which is all its answer may
@@ -187,14 +219,15 @@ class Channel:
 
     def _skipped(self, doc: Any) -> bool:
         """Whether the channel's rules say this callback is not a user message."""
-        for pointer, values in self.skip_if_equals:
-            value = resolve(doc, pointer)
-            if isinstance(value, str) and value in values:
+        for pointer, skip in self.skip_if_equals:
+            # With ``*``: skipped only if every value found is one to skip.
+            found = values(doc, pointer)
+            if found and all(isinstance(v, str) and v in skip for v in found):
                 return True
         for pointer in self.skip_if_present:
-            if resolve(doc, pointer) is not _MISSING:
+            if values(doc, pointer):
                 return True
-        return any(resolve(doc, pointer) is _MISSING for pointer in self.bill_only_if_present)
+        return any(not values(doc, pointer) for pointer in self.bill_only_if_present)
 
 
 def compile_rule(label: str, rule: ChannelRule) -> Channel:

@@ -6,8 +6,9 @@ A message is decided in two steps, each a function here that the aiohttp handler
 1. :func:`route`: loop check (508), length (413), channel authentication (401/403,
    before anything is metered), the app's upstream (404/502) and the target URL (400
    for dot segments). Nothing is charged: a server may still hand the request on.
-2. :func:`admit`: the channel's rules (billable? user, idempotency key), the message
-   digest of a keyed message, and the admission (402/403/409/429/503); a callback the
+2. :func:`admit`: the channel's rules (billable? user, idempotency key; 422 for several
+   messages in one delivery), the message digest of a keyed message, and the admission
+   (402/403/409/429/503); a callback the
    rules skip is answered as :mod:`gateway.unbilled` says.
 
 The problems both servers answer with are built here as well.
@@ -78,6 +79,16 @@ def missing_user() -> Problem:
         "missing_channel_user",
         "Missing channel user",
         f"a billable message needs the {USER_HEADER} header or the channel's user field",
+    )
+
+
+def batched_delivery() -> Problem:
+    return Problem(
+        422,
+        "batched_delivery",
+        "Several messages in one delivery",
+        "a billable delivery is one message of one channel user; this one holds more"
+        " (e.g. a WhatsApp batch): deliver them one by one",
     )
 
 
@@ -165,6 +176,8 @@ async def admit(
     admission = None
     have_body = rule.needs_body or verified.body is not None
     if msg.billable and proxy.metering:
+        if msg.several:  # one admission buys one message: never a batch of them
+            raise batched_delivery()
         if not msg.user:
             raise missing_user()
         digest = ""

@@ -275,6 +275,86 @@ async def test_whatsapp_signatures(world: World) -> None:
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
 
 
+def whatsapp_delivery(*changes: list[dict[str, Any]], entries: bool = True) -> bytes:
+    """A WhatsApp delivery as Meta batches them: each argument a change's ``messages``
+    (a message is ``{"from": ..., "id": ...}``; ``[]``: the sample's delivery receipt),
+    each change in an entry of its own if ``entries``, else all in one entry."""
+    message = json.loads(sample("whatsapp-message.json"))["entry"][0]
+    status = json.loads(sample("whatsapp-status.json"))["entry"][0]["changes"][0]
+    out = []
+    for messages in changes:
+        change = json.loads(json.dumps(status))
+        if messages:
+            change = json.loads(json.dumps(message["changes"][0]))
+            template = change["value"]["messages"][0]
+            change["value"]["messages"] = [{**template, **m} for m in messages]
+        out.append(change)
+    if entries:
+        doc = [{"id": message["id"], "changes": [c]} for c in out]
+    else:
+        doc = [{"id": message["id"], "changes": out}]
+    return json.dumps({"object": "whatsapp_business_account", "entry": doc}).encode()
+
+
+async def test_whatsapp_message_anywhere_in_a_delivery_is_billed(world: World) -> None:
+    """Meta batches: a user's message after a delivery receipt (another entry, another
+    change) is billed, not passed as the receipt it follows."""
+    path = f"/hooks/whatsapp/{APP}"
+    bal = lambda: read_balances(world.rclient, WS)  # noqa: E731
+    alice = [{"from": "16505550001", "id": "wamid.A1"}]
+    for i, body in enumerate(
+        (
+            whatsapp_delivery([], alice),
+            whatsapp_delivery([], [], [{"from": "16505550001", "id": "wamid.A2"}], entries=False),
+        ),
+        start=1,
+    ):
+        status, _ = await world.post(path, body, meta_headers(body))
+        assert status == 200
+        assert world.bot.count() == 2 * i - 1
+        assert (await bal()).app[APP] == FUNDS - i * PRICE
+        # ...and its id is the delivery's idempotency key: a redelivery is charged once
+        assert (await world.post(path, body, meta_headers(body)))[0] == 200
+        assert world.bot.count() == 2 * i
+        assert (await bal()).app[APP] == FUNDS - i * PRICE
+    # An entry that is an object ({"0": ...}, what entry[0] reads in JavaScript) too.
+    doc = json.loads(whatsapp_delivery([{"from": "16505550002", "id": "wamid.B1"}]))
+    doc["entry"] = {"0": doc["entry"][0]}
+    body = json.dumps(doc).encode()
+    assert (await world.post(path, body, meta_headers(body)))[0] == 200
+    assert (await bal()).app[APP] == FUNDS - 3 * PRICE
+    # Receipts alone are still not billed, even for an app without credit.
+    body = whatsapp_delivery([], [])
+    before = await world.state()
+    assert (await world.post(f"/hooks/whatsapp/{BROKE}", body, meta_headers(body)))[0] == 200
+    assert await world.state() == before
+
+
+async def test_whatsapp_batches_of_messages_are_refused_unmetered(world: World) -> None:
+    """One delivery is one admission: several messages (two users', or one user's two)
+    must not be bought with one charge, nor charged to the first user alone."""
+    path = f"/hooks/whatsapp/{APP}"
+    alice = {"from": "16505550001", "id": "wamid.A1"}
+    bob = {"from": "447700900123", "id": "wamid.B1"}
+    for body in (
+        whatsapp_delivery([alice, bob]),  # two users' messages in one change
+        whatsapp_delivery([alice, {**alice, "id": "wamid.A2"}]),  # one user's two
+        whatsapp_delivery([alice], [bob]),  # in two entries
+        whatsapp_delivery([], [alice], [bob], entries=False),  # in two changes
+    ):
+        before = await world.state()
+        calls = world.bot.count()
+        status, problem = await world.post(path, body, meta_headers(body))
+        assert (status, problem["code"]) == (422, "batched_delivery")
+        assert world.bot.count() == calls
+        assert await world.state() == before
+    # one message each: served and charged
+    for m in (alice, bob):
+        body = whatsapp_delivery([m])
+        assert (await world.post(path, body, meta_headers(body)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
+
+
 async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: World) -> None:
     before = await world.state()
     q = "hub.mode=subscribe&hub.verify_token=mine&hub.challenge=1158201444"

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from config.fields import ChannelRule
-from gateway.channels import Channels, parse_pointer, resolve
+from gateway.channels import Channels, parse_pointer, resolve, values
 from tests.support.samples import sample
 
 
@@ -57,6 +57,34 @@ def test_builtin_rules_on_samples(
         assert (msg.user, msg.key) == (user, key)
     # An unverified body never buys a free pass.
     assert rule.inspect({}, sample(file), authenticated=False).billable
+
+
+def test_wildcard_pointers() -> None:
+    doc = {"a": [{"b": 1}, {"c": 2}, {"b": [3]}], "o": {"x": {"b": 4}, "*": {"b": 5}}}
+    assert values(doc, parse_pointer("/a/*/b")) == [1, [3]]
+    assert values(doc, parse_pointer("/a/*/b/*")) == [3]
+    assert values(doc, parse_pointer("/o/*/b")) == [4, 5]  # an object's values too
+    assert values(doc, parse_pointer("/a/1/c")) == [2]
+    assert values(doc, parse_pointer("/a/*/z")) == values(doc, parse_pointer("/nope")) == []
+
+
+def test_whatsapp_messages_anywhere_one_at_a_time() -> None:
+    """A WhatsApp delivery may batch entries and changes: the message is found wherever
+    it is, and more than one message is ``several`` (refused, never charged once)."""
+    rule = Channels({}).get("whatsapp")
+    message = orjson.loads(sample("whatsapp-message.json"))
+    status = orjson.loads(sample("whatsapp-status.json"))
+    m = message["entry"][0]["changes"][0]["value"]["messages"][0]
+    later = {"object": "whatsapp_business_account", "entry": status["entry"] + message["entry"]}
+    msg = rule.inspect({}, orjson.dumps(later), authenticated=True)
+    assert (msg.billable, msg.several, msg.user, msg.key) == (True, False, m["from"], m["id"])
+    two = orjson.loads(sample("whatsapp-message.json"))
+    two["entry"][0]["changes"][0]["value"]["messages"].append({**m, "from": "4477", "id": "w2"})
+    for signed in (True, False):
+        msg = rule.inspect({"X-Channel-User-Id": "h"}, orjson.dumps(two), authenticated=signed)
+        assert (msg.billable, msg.several) == (True, True)
+    receipts = {"object": "whatsapp_business_account", "entry": status["entry"] * 2}
+    assert not rule.inspect({}, orjson.dumps(receipts), authenticated=True).billable
 
 
 def test_headers_win_and_request_id_is_the_last_resort() -> None:
