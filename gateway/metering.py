@@ -125,6 +125,11 @@ class Meter:
         if failure not in self._refund_on:
             self.forwarded(admission)  # kept charged by choice: not for the sweeper
             return
+        await self.withdrawn(admission)
+
+    async def withdrawn(self, admission: Admission) -> None:
+        """The admitted message never reached the bot (a WebSocket's bot connection was
+        dropped with it still buffered): refunded, whatever ``refund_on`` says."""
         if admission.debt is not None:
             self._owed.forgive(admission.debt)
             return

@@ -52,20 +52,24 @@ Closing codes sent to the client:
 * ``1001`` (going away) when the gateway shuts down, or with reason ``idle`` when the
   client sent no text or binary message for ``ws_idle_timeout_s`` (its pings and the
   bot's messages keep nothing open); the bot connection is closed with 1001 too;
+* ``1011`` (internal error) with reason ``upstream_timeout`` when the bot does not take
+  a client message within half the refund window (it stopped reading): the message is
+  refunded and never delivered (:mod:`gateway.ws_pump`), or ``upstream_unavailable``
+  when it cannot be sent at all;
 * otherwise the bot's own close code is passed on (its reason is not).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
 import logging
 
 import aiohttp
-from aiohttp import HttpVersion11, WSMsgType, web
+from aiohttp import HttpVersion11, web
 
+from gateway.appkeys import SETTINGS
 from gateway.bot_connector import ShuttingDown
 from gateway.channel_credentials import TOKEN_PARAM, without_token
 from gateway.channels import USER_HEADER
@@ -76,8 +80,9 @@ from gateway.problems import Problem, problem_response
 from gateway.proxy import Proxy, bot_failing
 from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
-from gateway.ws_budget import GOING_AWAY, WebSockets
-from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, Closing
+from gateway.ws_budget import WebSockets
+from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
+from gateway.ws_pump import pump, sendable
 
 log = logging.getLogger(__name__)
 # The bot's pick among the client's offers reaches the client before anything is charged:
@@ -192,18 +197,13 @@ async def proxy_websocket(
     client = await _accept(request, upstream, watch, proxy.max_body)
     sockets.open.add(client)
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
+    settings = request.app[SETTINGS]
+    send_s = min(settings.refund_window_s / 2, settings.ws_idle_timeout_s)
     try:
-        to_bot = asyncio.create_task(_client_to_bot(proxy, client, upstream, charges, sockets))
-        to_client = asyncio.create_task(_bot_to_client(upstream, client, charges))
-        done, pending = await asyncio.wait((to_bot, to_client), return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        code, reason = (to_bot if to_bot in done else to_client).result()
+        code, reason = await pump(proxy, client, upstream, charges, sockets, send_s)
     finally:
         sockets.open.discard(client)
-    code = _sendable(code)
+    code = sendable(code)
     if not upstream.closed:
         await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
     if not client.closed:
@@ -239,61 +239,3 @@ async def _answered(proxy: Proxy, status: int, app_id: str, channel: str, user: 
             await proxy.meter.failed(handled, "5xx")
         else:
             proxy.meter.forwarded(handled)
-
-
-async def _client_to_bot(
-    proxy: Proxy,
-    client: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    charges: Charges,
-    sockets: WebSockets,
-) -> tuple[int, str]:
-    while True:
-        try:
-            msg = await sockets.next_message(client)
-        except TimeoutError:
-            return GOING_AWAY, "idle"
-        if msg is None:
-            break
-        try:
-            admission = await charges.client_message()
-        except Closing as exc:
-            return exc.code, exc.reason
-        try:
-            send = upstream.send_str if msg.type is WSMsgType.TEXT else upstream.send_bytes
-            await send(msg.data)
-            proxy.meter.forwarded(admission)
-        except (aiohttp.ClientError, ConnectionError):
-            if admission is not None:
-                await proxy.meter.failed(admission, "connect")
-            charges.count("bot_error")
-            return 1011, "upstream_unavailable"
-        charges.count("admitted")
-    return client.close_code or 1000, ""
-
-
-async def _bot_to_client(
-    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse, charges: Charges
-) -> tuple[int, str]:
-    # While a message waits for the handshake's admission, nothing more is read from the
-    # bot: its next messages wait, in order, in the socket (bounded as any other read).
-    while (msg := await upstream.receive()).type not in (WSMsgType.CLOSING, WSMsgType.CLOSED):
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE):
-            continue
-        try:
-            # A close frame's code is passed on: it answers the handshake as a message
-            # would when the client has not spoken yet.
-            await charges.bot_message()
-        except Closing as exc:
-            return exc.code, exc.reason
-        if msg.type is WSMsgType.CLOSE:
-            break
-        await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
-    return upstream.close_code or 1000, ""
-
-
-def _sendable(code: int) -> int:
-    """1005/1006/1015 only describe a close; they must not be sent in a close frame."""
-    if code in (1005, 1006, 1015) or not (1000 <= code < 5000):
-        return 1011 if code in (1006, 1015) else 1000
-    return code

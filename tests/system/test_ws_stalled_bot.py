@@ -1,0 +1,154 @@
+"""A bot that stops reading a WebSocket: the client's message waits at most half the
+refund window to be taken, then the bot's connection is dropped with the message still
+buffered, the message refunded, the client closed 1011 ``upstream_timeout`` and its seat
+freed. The sweeper (running here) never refunds it a second time, and the bot never
+gets the refunded message to answer (it was: swept as never forwarded, then read and
+answered for free, the seat held for good)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from gateway.app import create_app
+from gateway.appkeys import WEBSOCKETS
+from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.store import open_store
+from tests.support.bot import Running, eventually, serve
+from tests.support.settings import HOST, make_settings
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS = "wsstall"
+APP = f"{WS}_app1"  # contact_center: $0.01 per request
+CENT = 10_000
+FUNDS = 100 * CENT
+SIZE = 12 << 20  # far more than the sockets' buffers hold: the send must wait for the bot
+
+
+class StalledBot:
+    """Accepts a WebSocket, then reads nothing until ``read`` is set (tiny receive
+    buffer); then reads frames, answering each complete text or binary one. ``got``: the
+    sizes of the messages it read whole; ``done`` once its connection ended."""
+
+    def __init__(self) -> None:
+        self.read = asyncio.Event()
+        self.done = asyncio.Event()
+        self.got: list[int] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> StalledBot:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((HOST, 0))
+        sock.listen(8)
+        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
+        self._server = await asyncio.start_server(self._handle, sock=sock, limit=4096)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            head = (await r.readuntil(b"\r\n\r\n")).decode()
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+            w.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+            )
+            await w.drain()
+            await self.read.wait()
+            while True:
+                b0, b1 = await r.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    (n,) = struct.unpack("!H", await r.readexactly(2))
+                elif n == 127:
+                    (n,) = struct.unpack("!Q", await r.readexactly(8))
+                await r.readexactly(4 + n)  # mask, payload
+                if b0 & 0x0F in (1, 2):
+                    self.got.append(n)
+                    answer = b"answered"
+                    w.write(bytes([0x81, len(answer)]) + answer)
+                    await w.drain()
+                elif b0 & 0x0F == 8:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.done.set()
+            w.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_with_sweeper(settings: Settings) -> AsyncIterator[Running]:
+    store = open_store(settings.store_url)
+    await store.migrate()
+    try:
+        gw = create_app(settings, store=store, registry=CollectorRegistry(), run_flusher=True)
+        async with (
+            serve(gw.traffic, settings=settings) as url,
+            serve(gw.admin, settings=settings) as admin_url,
+        ):
+            yield Running(gw, url, admin_url)
+    finally:
+        await store.close()
+
+
+async def test_a_message_the_bot_does_not_take_is_refunded_and_never_delivered(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(
+        redis_url,
+        tmp_path,
+        upstream_connect_timeout_s=1.0,
+        refund_window_s=2.0,  # the send waits at most 1 s
+        max_body_bytes=16 << 20,
+    )
+    async with StalledBot() as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            try:
+                await ws.send_bytes(b"Q" * SIZE)
+                closed = await ws.receive(timeout=30)  # a bound for a hang only
+            finally:
+                bot.read.set()  # whatever happened, nothing is left waiting on the bot
+            assert closed.type is WSMsgType.CLOSE
+            assert (closed.data, closed.extra) == (1011, "upstream_timeout")
+            sockets = gw.gateway.traffic[WEBSOCKETS]
+            assert await eventually(lambda: sockets.held(APP) == 0)  # the seat is free
+            # The bot reads now: nothing whole is left to read.
+            await asyncio.wait_for(bot.done.wait(), 30)
+            assert bot.got == []
+            # Refunded once (before the close was sent): nothing left for the sweeper.
+            assert await rclient.zcard(keys.reservations_key(WS)) == 0
+            assert (await read_balances(rclient, WS)).app[APP] == FUNDS
