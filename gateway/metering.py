@@ -96,8 +96,9 @@ class Meter:
         return tuple.__new__(Admission, (app_id, dec, None))  # Admission(...) minus a frame
 
     async def check(self, app_id: str, channel: str, user: str) -> None:
-        """Could the app be served now (suspension, licence, credit)? Charges nothing;
-        raises :class:`Refused` or 503 like :meth:`admit` (a WebSocket upgrade)."""
+        """Could the app be served now (suspension, licence, the rate limits, credit)?
+        Charges and counts nothing; raises :class:`Refused` or 503 like :meth:`admit`
+        (a WebSocket upgrade)."""
         try:
             dec = await self._admitter.admit(app_id, channel, user, "", kind="c")
         except MeteringUnavailable:

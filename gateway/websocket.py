@@ -25,8 +25,9 @@ budget, held for the socket's life, and its bot connection is not one of the HTT
 messages' pool (:mod:`gateway.ws_budget`; past the budget: 503 ``too_many_websockets``,
 nothing metered, the bot never contacted).
 
-The upgrade itself is checked first (suspension, licence, credit: problem+json
-402/403/429 before the bot connection is opened), not charged. The handshake is a
+The upgrade itself is checked first (suspension, licence, the rate limits, read but
+not counted, and credit: problem+json 402/403/429, the 429 with ``Retry-After``, before
+the bot connection is opened), not charged. The handshake is a
 request too (path, query, headers): a bot message that comes before the client's first
 message answers it, so the handshake is then admitted as one message, and that bot
 message is held until it is (:class:`~gateway.ws_charges.Charges`: a bot that greets
@@ -160,7 +161,7 @@ async def proxy_websocket(
         # The channel's credential is not the bot's; nor is a user the token overrides.
         url = without_token(url, _SIGNED if verified.user else _TOKEN)
     if proxy.metering:
-        # Suspension, licence and credit decide before the bot connection is opened.
+        # Suspension, licence, rate limits and credit decide before the bot is dialled.
         await proxy.meter.check(app_id, channel, user)
     protocols = _offered(request)
     # The bot connection is WebSockets' own (gateway.ws_budget), never a place of the

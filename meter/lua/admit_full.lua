@@ -1,13 +1,15 @@
 -- admit_full.lua (a fragment of admit.lua, inside full_path()): the full path of one
 -- admission, full(m), and the check of kind "c", check(a, pr).
 
--- A check (kind "c", a WebSocket upgrade): could the app be served? Nothing is charged
--- or counted.
-local function check(a, pr)
-  local code = status_code(a, pr)
+-- A check (kind "c", a WebSocket upgrade): could the app be served? Suspension,
+-- licence, the rate windows (read, not counted: code 4 with its wait) and credit.
+-- Nothing is charged, counted or recorded.
+local function check(app_id, a, pr)
+  local code, retry = status_code(a, pr), 0
+  if code == 0 then code, retry = rate_check(app_id, a, pr) end
   if code == 0 then code = credit_code(a, pr, pr.price) end
-  if a.shadow then code = 0 end
-  return result(code, 0, 0, 0, 0, 0, 0, '', 0)
+  if a.shadow then code, retry = 0, 0 end
+  return result(code, 0, 0, 0, 0, 0, retry, '', 0)
 end
 
 local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t'
