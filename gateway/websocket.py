@@ -26,8 +26,9 @@ messages' pool (:mod:`gateway.ws_budget`; past the budget: 503 ``too_many_websoc
 nothing metered, the bot never contacted).
 
 The upgrade itself is checked first (suspension, licence, the rate limits, read but
-not counted, and credit: problem+json 402/403/429, the 429 with ``Retry-After``, before
-the bot connection is opened), not charged. The handshake is a
+not counted, and credit unless the user is inside a paid session: problem+json
+402/403/429, the 429 with ``Retry-After``, before the bot connection is opened), not
+charged. The handshake is a
 request too (path, query, headers): a bot message that comes before the client's first
 message answers it, so the handshake is then admitted as one message, and that bot
 message is held until it is (:class:`~gateway.ws_charges.Charges`: a bot that greets

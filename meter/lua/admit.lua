@@ -38,7 +38,8 @@
 --           "M"/"N": the same, settled after a fail-open outage (ARGV[1] is then when it was
 --           served): already served, so rate limits neither apply nor count it;
 --           "c": a check (WebSocket upgrade): suspension, licence, the rate windows (read,
---           not counted) and credit for one more unit, nothing charged, counted or recorded.
+--           not counted) and credit for one more unit (none inside the user's paid
+--           session), nothing charged, counted or recorded.
 -- A charged admission (and any admitted one with a channel key) leaves the charge record
 -- P:i:<app>:<name> = "token\tdeliveries\tdigest\tunits\tbsid\tfree\tapp\tpool\tinv\t
 -- channel\tunit\tuser" (expiring with the idempotency or refund window): the duplicate
@@ -118,7 +119,7 @@ local bucket = math.floor(now / 1000 / FB) * FB
 
 -- The full path's functions are made when an admission first needs them, by the loop
 -- below: until then admit_one returns such an admission (m, or for a check {c = true,
--- app_id, a, pr}) instead of deciding it, and the loop makes full_path() and runs it; later ones
+-- app_id, a, pr, sfld}) instead of deciding it, and the loop makes full_path() and runs it; later ones
 -- admit_one runs itself, under the loop's one pcall (as before). A call whose
 -- admissions all take the short path makes none of them, nor full_path itself: that
 -- closure has dozens of upvalues, and made on every call it cost a call of one admission
@@ -143,7 +144,7 @@ for i = FIRST, #ARGV do
       full, check = full_path()
     end
     if todo.c then
-      ok = pcall(check, todo.app_id, todo.a, todo.pr)
+      ok = pcall(check, todo.app_id, todo.a, todo.pr, todo.sfld)
     else
       ok = pcall(full, todo)
     end

@@ -1,13 +1,20 @@
 -- admit_full.lua (a fragment of admit.lua, inside full_path()): the full path of one
--- admission, full(m), and the check of kind "c", check(a, pr).
+-- admission, full(m), and the check of kind "c", check(app_id, a, pr, fld).
 
 -- A check (kind "c", a WebSocket upgrade): could the app be served? Suspension,
--- licence, the rate windows (read, not counted: code 4 with its wait) and credit.
--- Nothing is charged, counted or recorded.
-local function check(app_id, a, pr)
+-- licence, the rate windows (read, not counted: code 4 with its wait) and credit,
+-- unless the user (fld "app\tchannel\tuser") is inside a session whose newest block is
+-- paid: its messages go through as they would on HTTP. Nothing is charged, counted or
+-- recorded.
+local function check(app_id, a, pr, fld)
   local code, retry = status_code(a, pr), 0
   if code == 0 then code, retry = rate_check(app_id, a, pr) end
-  if code == 0 then code = credit_code(a, pr, pr.price) end
+  local paid = false
+  if code == 0 and pr.unit == 'session' then
+    local found, fkb = session_find(fld)
+    paid = found ~= nil and not session_of(fld, found, fkb).charge
+  end
+  if code == 0 and not paid then code = credit_code(a, pr, pr.price) end
   if a.shadow then code, retry = 0, 0 end
   return result(code, 0, 0, 0, 0, 0, retry, '', 0)
 end

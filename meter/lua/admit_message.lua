@@ -1,8 +1,8 @@
 -- admit_message.lua (a fragment of admit.lua): one admission, admit_one(arg). The common
 -- message takes the short path fast(); everything else the full path full(m)
 -- (admit_full.lua). While the call has not made the full path yet, admit_one returns m
--- (a check: {c = true, app_id = app_id, a = a, pr = pr}) instead, and admit.lua's loop
--- makes it and runs full(m) (check(app_id, a, pr)). Each ends by appending the
+-- (a check: {c = true, app_id, a, pr, sfld}) instead, and admit.lua's loop makes it
+-- and runs full(m) (check(app_id, a, pr, sfld)). Each ends by appending the
 -- admission's reply with result().
 
 -- The common message: inside a billing session whose newest block is paid, not in
@@ -70,10 +70,10 @@ local function admit_one(arg)
   local pr = a.pr
   if kind == 'c' then
     if check then
-      check(app_id, a, pr)
+      check(app_id, a, pr, sfld)
       return
     end
-    return {c = true, app_id = app_id, a = a, pr = pr} -- admit.lua's loop makes check first
+    return {c = true, app_id = app_id, a = a, pr = pr, sfld = sfld} -- for admit.lua's loop
   end
   local unit, price = pr.unit, pr.price
   if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end

@@ -77,3 +77,26 @@ async def test_an_upgrade_past_the_rate_limit_is_429_before_the_bot_is_dialled(
         assert int(retry_after or 0) >= 1
         assert wsbot.paths == ["/first?user=u"]  # the second handshake never reached it
         assert await balance(rclient, app) == FUNDS - CENT
+
+
+async def test_a_user_inside_a_paid_session_gets_a_websocket_without_credit_left(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, wsbot: WsBot, http: aiohttp.ClientSession
+) -> None:
+    app = f"{WS}_sess"
+    session = 200_000  # automation: $0.20 per session, all the workspace has
+    settings = make_settings(redis_url, tmp_path)
+    spec = {"product": "automation", "upstream_url": wsbot.url, "funds": session}
+    await seed(rclient, settings, WS, {app: spec})
+    async with running_gateway(settings) as gw:
+        async with http.ws_connect(f"{gw.url}/hooks/web/{app}/chat?user=u") as ws:
+            await ws.send_str("opens the session")  # pays it: no credit left
+            assert (await ws.receive()).data == "echo:opens the session"
+        assert await balance(rclient, app) == 0
+        async with http.ws_connect(f"{gw.url}/hooks/web/{app}/again?user=u") as ws:
+            await ws.send_str("inside the session")
+            assert (await ws.receive()).data == "echo:inside the session"
+        # Another user would open a session of its own: refused as ever.
+        status, doc, _ = await upgrade(http, f"{gw.url}/hooks/web/{app}/chat?user=v")
+        assert (status, doc["code"]) == (402, "credits_exhausted")
+        assert wsbot.paths == ["/chat?user=u", "/again?user=u"]
+        assert await balance(rclient, app) == 0
