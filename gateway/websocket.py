@@ -13,12 +13,13 @@ handshake does not fail once the bot's has been opened.
 The gateway opens a WebSocket to the bot (same URL rules as HTTP, ``ws``/``wss``),
 then accepts the client's upgrade with the sub-protocol the bot chose, and pumps
 messages both ways. Every client -> bot text or binary message is one metered message
-(channel user from ``X-Channel-User-Id`` or the ``user`` query parameter, no
-idempotency key), admitted before it is forwarded. On a channel with a secret the upgrade
-is verified first (:mod:`gateway.channel_auth`): an HS256 token's ``sub`` is the user,
-and neither a ``?token=`` nor a ``?user=`` (the token's user replaces it) is passed on to
-the bot; a Bot Framework (``msteams``) channel refuses upgrades (its token names no user,
-and Bot Framework never opens a WebSocket to a bot).
+(channel user from ``X-Channel-User-Id`` or the ``user`` query parameter, whose bytes
+must be UTF-8: :func:`query_user`; no idempotency key), admitted before it is
+forwarded. On a channel with a secret the upgrade is verified first
+(:mod:`gateway.channel_auth`): an HS256 token's ``sub`` is the user, and neither a
+``?token=`` nor a ``?user=`` (the token's user replaces it) is passed on to the bot; a
+Bot Framework (``msteams``) channel refuses upgrades (its token names no user, and Bot
+Framework never opens a WebSocket to a bot).
 
 Before anything below, an upgrade takes a seat of its worker's and tenant's WebSocket
 budget, held for the socket's life, and its bot connection is not one of the HTTP
@@ -67,6 +68,7 @@ import base64
 import binascii
 import contextlib
 import logging
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 from aiohttp import HttpVersion11, web
@@ -85,6 +87,7 @@ from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
 from gateway.ws_pump import pump, sendable
+from meter.errors import InvalidChannelUser
 
 log = logging.getLogger(__name__)
 # The bot's pick among the client's offers reaches the client before anything is charged:
@@ -126,6 +129,20 @@ def _offered(request: web.Request) -> list[str]:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
 
+def query_user(request: web.Request) -> str:
+    """The first ``user`` of the query (``+`` a space, as yarl reads it), its bytes
+    decoded as strict UTF-8: yarl would make invalid bytes U+FFFD, one user to metering
+    for every such spelling while the bot reads the bytes (400 ``invalid_channel_user``)."""
+    for part in request.rel_url.raw_query_string.split("&"):
+        name, _, value = part.partition("=")
+        if unquote_to_bytes(name.replace("+", " ")) == b"user":
+            try:
+                return unquote_to_bytes(value.replace("+", " ")).decode()
+            except UnicodeDecodeError:
+                raise InvalidChannelUser("user", "must be printable UTF-8 text") from None
+    return ""
+
+
 def upgrade_refusal(detail: str) -> web.Response:
     """400 ``invalid_upgrade``, the connection closed: nothing metered or forwarded."""
     resp = problem_response(400, "invalid_upgrade", "Invalid WebSocket upgrade", detail)
@@ -152,7 +169,7 @@ async def proxy_websocket(
     match = request.match_info
     channel, app_id = match["channel"], match["app_id"]
     verified = await proxy.auth.verify_upgrade(request, channel, app_id)
-    user = verified.user or request.headers.get(USER_HEADER) or request.query.get("user", "")
+    user = verified.user or request.headers.get(USER_HEADER) or query_user(request)
     if not user:
         raise missing_user()
     headers, _ = upstream_headers(request, drop=WS_HANDSHAKE)

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
@@ -49,10 +50,10 @@ UPGRADE = {
 }
 
 
-async def upgrade(http: aiohttp.ClientSession, url: str) -> tuple[int, Any, str | None]:
-    """An upgrade's status, problem document (None when it opened) and Retry-After."""
+async def upgrade(http: aiohttp.ClientSession, url: str | URL) -> tuple[int, Any, str | None]:
+    """An upgrade's status, problem document ({} when it opened) and Retry-After."""
     async with http.get(url, headers=UPGRADE) as r:
-        doc = None if r.status == 101 else await r.json(content_type=None)
+        doc = {} if r.status == 101 else await r.json(content_type=None)
         return r.status, doc, r.headers.get("Retry-After")
 
 
@@ -73,7 +74,7 @@ async def test_an_upgrade_past_the_rate_limit_is_429_before_the_bot_is_dialled(
             http, f"{gw.url}/hooks/web/{app}/second?user=u&q=question"
         )
         assert status == 429
-        assert doc["code"] == "rate_limited"
+        assert doc.get("code") == "rate_limited"
         assert int(retry_after or 0) >= 1
         assert wsbot.paths == ["/first?user=u"]  # the second handshake never reached it
         assert await balance(rclient, app) == FUNDS - CENT
@@ -97,6 +98,34 @@ async def test_a_user_inside_a_paid_session_gets_a_websocket_without_credit_left
             assert (await ws.receive()).data == "echo:inside the session"
         # Another user would open a session of its own: refused as ever.
         status, doc, _ = await upgrade(http, f"{gw.url}/hooks/web/{app}/chat?user=v")
-        assert (status, doc["code"]) == (402, "credits_exhausted")
+        assert (status, doc.get("code")) == (402, "credits_exhausted")
         assert wsbot.paths == ["/chat?user=u", "/again?user=u"]
         assert await balance(rclient, app) == 0
+
+
+@pytest.mark.parametrize("raw", ["%FF%FE", "a%C3", "%ED%A0%80"])
+async def test_a_query_user_that_is_not_utf8_is_400(
+    raw: str,
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    wsbot: WsBot,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A user spelled in invalid UTF-8 was metered as U+FFFD's while the bot read the
+    bytes: each spelling one user to metering, several to the bot."""
+    app = f"{WS}_utf8"
+    settings = make_settings(redis_url, tmp_path)
+    spec = {"product": "contact_center", "upstream_url": wsbot.url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {app: spec})
+    async with running_gateway(settings) as gw:
+        url = URL(f"{gw.url}/hooks/web/{app}/chat?user={raw}", encoded=True)
+        status, doc, _ = await upgrade(http, url)
+        assert (status, doc.get("code")) == (400, "invalid_channel_user")
+        # UTF-8 spelled with escapes (and "+" a space) is the same user to both.
+        url = URL(f"{gw.url}/hooks/web/{app}/chat?user=%C3%A9+x", encoded=True)
+        async with http.ws_connect(url) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive()).data == "echo:hi"
+        assert wsbot.paths == ["/chat?user=%C3%A9+x"]
+        assert await balance(rclient, app) == FUNDS - CENT
