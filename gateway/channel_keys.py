@@ -2,7 +2,14 @@
 (:mod:`meter.channel_secrets`): read per app and channel at most every
 ``channel_secret_max_age_s`` (in the last eighth of that, again in the background: an
 app with steady traffic never makes a message wait for the read), decrypted once per
-change, kept stale while Redis does not answer."""
+change, kept stale while Redis does not answer.
+
+Only what could hold a secret is remembered: a well-formed app id (``keys.APP_RE``, at
+most 65 characters) and channel name (``keys.CHANNEL_RE``, the names
+:func:`meter.accounts.channel_secrets.set_channel` accepts, at most 32). Anything else
+from a URL has no secret, without a read, and takes no room: a client making up ids of
+kilobytes cannot fill a worker's memory with them. What is remembered is then at most
+:data:`MAX_ENTRIES` small entries (about 40 MB, an unknown app's included)."""
 
 from __future__ import annotations
 
@@ -71,7 +78,11 @@ class ChannelKeys:
         key = (app_id, channel)
         entry = self._cache.get(key)
         # partial, not lambda: a closure would make cells of these names on every call.
-        if entry is None or (left := entry.expires - self._clock()) <= 0:
+        if entry is None:
+            if keys.workspace_of(app_id) is None or not keys.CHANNEL_RE.fullmatch(channel):
+                return None  # no secret can exist for it (see the module): nothing kept
+            entry = await self._loads.run(key, partial(self._fill, app_id, channel, entry))
+        elif (left := entry.expires - self._clock()) <= 0:
             entry = await self._loads.run(key, partial(self._fill, app_id, channel, entry))
         elif left < self._ahead:  # read again ahead, so that nobody waits for it
             self._loads.prefetch(key, partial(self._fill, app_id, channel, entry))
@@ -81,18 +92,17 @@ class ChannelKeys:
 
     async def _fill(self, app_id: str, channel: str, stale: _Entry | None) -> _Entry:
         ws = keys.workspace_of(app_id)
-        raw: bytes | None = None
-        if ws is not None:
-            field = channel_secrets.field_of(channel)
-            try:
-                got = await asyncio.wait_for(
-                    self._client.hget(keys.app_key(ws, app_id), field), self._timeout
-                )
-            except (RedisError, OSError, TimeoutError) as exc:
-                if stale is not None:
-                    return stale
-                raise MeteringUnavailable(f"redis: {exc!r}", ambiguous=False) from None
-            raw = got.encode() if isinstance(got, str) else got
+        assert ws is not None  # get() reads only well-formed ids
+        field = channel_secrets.field_of(channel)
+        try:
+            got = await asyncio.wait_for(
+                self._client.hget(keys.app_key(ws, app_id), field), self._timeout
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            if stale is not None:
+                return stale
+            raise MeteringUnavailable(f"redis: {exc!r}", ambiguous=False) from None
+        raw: bytes | None = got.encode() if isinstance(got, str) else got
         expires = self._clock() + self._max_age
         if stale is not None and stale.raw == raw:
             entry = stale._replace(expires=expires)
