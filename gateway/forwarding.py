@@ -16,6 +16,13 @@ it is dropped, on every traffic path. Nor does a bot's ``Clear-Site-Data``: its
 the other tenants' cookies on a shared traffic host included, which no one tenant's bot
 may decide.
 
+A header field whose value is not UTF-8 is dropped, both ways and on both traffic servers
+(:func:`clean`): aiohttp decodes such bytes to lone surrogates and its writer leaves them
+out, so what it sent on was a value nobody sent (a bot's ``Set-Cookie: cg_sess\xffion=x``
+reached the browser as ``cg_session=x``, past the console-cookie check), while the fast
+path, writing bytes, passed them as they came. Field names are tokens (both parsers
+refuse anything else).
+
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
 gets the complete request; forwarded, it would make the gateway's client wait for a 100
@@ -89,25 +96,39 @@ def new_request_id() -> str:
     return _id_format % next(_ids)
 
 
+def clean(value: str) -> bool:
+    """Whether a header value is text as it arrived: no byte that was not UTF-8 (each is
+    a lone surrogate once decoded, which aiohttp's writer drops; see the module)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _end_to_end(src: Headers, hop: frozenset[str], request: bool = False) -> CIMultiDict[str]:
     """``src`` without the hop-by-hop headers: ``hop`` (lower case), every header a
     ``Connection`` header lists, and ``Proxy-*``; one pass over ``src``. A ``request``'s
     header names with ``_`` are dropped too (nginx's default): a bot whose server maps
     ``_`` and ``-`` to one name (WSGI, CGI) would read a client's ``X_Channel_User_Id``
-    beside, or instead of, the ``X-Channel-User-Id`` the gateway vouches for."""
+    beside, or instead of, the ``X-Channel-User-Id`` the gateway vouches for. A value
+    that is not UTF-8 goes too (see the module)."""
     drop = hop
     if "Connection" in src:
         listed = {
             token.strip().lower() for conn in src.getall("Connection") for token in conn.split(",")
         }
         drop = drop | listed
+    # v.isascii() first: clean()'s call only for the rare value that is not ASCII.
     if request:
         return CIMultiDict([(k, v) for k, v in src.items()
                             if (low := k.lower()) not in drop and low[:6] != "proxy-"
-                            and "_" not in k])  # fmt: skip
-    return CIMultiDict(
-        [(k, v) for k, v in src.items() if (low := k.lower()) not in drop and low[:6] != "proxy-"]
-    )
+                            and "_" not in k and (v.isascii() or clean(v))])  # fmt: skip
+    return CIMultiDict([(k, v) for k, v in src.items()
+                        if (low := k.lower()) not in drop and low[:6] != "proxy-"
+                        and (v.isascii() or clean(v))])  # fmt: skip
 
 
 def forwarded_headers(
@@ -141,7 +162,7 @@ def forwarded_headers(
     if "Cookie" in out and mentions_console_cookie(out.getall("Cookie")):
         out = _without_console_cookies(out)
     rid = src.get("X-Request-Id")
-    if not rid:
+    if not rid or not clean(rid):  # a value not UTF-8 was dropped: a new one
         rid = new_request_id()
         out["X-Request-Id"] = rid
     return out, rid
@@ -162,9 +183,15 @@ def _without_console_cookies(src: CIMultiDict[str]) -> CIMultiDict[str]:
 
 def _joined(src: Headers, name: str) -> str:
     """Every line of list header ``name``, as one list (RFC 9110 §5.3): a chain sent as
-    several lines is forwarded whole, not cut at its first line."""
+    several lines is forwarded whole, not cut at its first line; a line that is not UTF-8
+    is left out (see the module)."""
     values = src.getall(name, ())
-    return values[0] if len(values) == 1 else ", ".join(values)
+    if not values:
+        return ""
+    if len(values) == 1:
+        value = values[0]
+        return value if value.isascii() or clean(value) else ""
+    return ", ".join([v for v in values if v.isascii() or clean(v)])
 
 
 def _node(peer: str) -> str:

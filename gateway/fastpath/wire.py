@@ -73,15 +73,15 @@ def answer_head(
     (tests/unit/test_wire.py compares the two). llhttp admits only token characters in a
     name, so a name's ASCII lower case is its lower case as text; ``Connection``'s list
     is read as text, as downstream_headers reads it; so is a ``Set-Cookie`` that would
-    set the console's cookie, dropped as there.
+    set the console's cookie, dropped as there, as is a value that is not UTF-8.
     """
     drop, te = _hop_by_hop(raw)
     length = has_date = has_server = False
     fields = []
     for name, value in raw:
         low = name.lower()
-        if low in drop or low[:6] == b"proxy-":
-            continue
+        if low in drop or low[:6] == b"proxy-" or not (value.isascii() or _utf8(value)):
+            continue  # not UTF-8: as aiohttp cannot write it (gateway.forwarding)
         if low == b"content-length":
             if te or status == 204:  # framing changes here, or no body at all
                 continue
@@ -103,6 +103,14 @@ def answer_head(
     if not keep_alive:
         fields.append(b"Connection: close\r\n")
     return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, b"".join(fields)), chunked
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]:
