@@ -62,7 +62,7 @@ from gateway.problems import Problem, bot_failed, bot_timeout, bot_unavailable
 from gateway.request_body import BodyFailed, BodyState, chunks, client_gone
 from gateway.sent_body import SentBytes, sent_stream
 from gateway.traffic_rules import check_length, forbidden, too_large
-from gateway.unbilled import Unbilled, answer
+from gateway.unbilled import answer
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,18 @@ class Proxy:
         admission: Admission | None,
         state: BodyState,
         verified: Verified | None = None,
-        unbilled: Unbilled | None = None,
+        admitted: rules.Admitted | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream the answer back (an unbilled callback's:
         only what :mod:`gateway.unbilled` lets through)."""
         headers, _ = upstream_headers(request)
         if verified is not None:
             verified.rewrite(headers)
+        unbilled = None
+        if admitted is not None:
+            unbilled = admitted.unbilled
+            if admitted.user is not None:  # what was metered (an authenticated channel's)
+                admitted.vouch(headers)
         watch = ClientWatch(request)
         data = self._confirming(body, admission, watch)
         t0 = time.perf_counter()
@@ -284,6 +289,6 @@ async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
     body: Body = admitted.body
     if not admitted.have_body:
         body = await proxy.body_of(request, state)
-    admission, unbilled = admitted.admission, admitted.unbilled
-    out = await proxy.forward(request, to.url, body, admission, state, to.verified, unbilled)
+    admission = admitted.admission
+    out = await proxy.forward(request, to.url, body, admission, state, to.verified, admitted)
     return out, admission

@@ -8,8 +8,10 @@ A message is decided in two steps, each a function here that the aiohttp handler
    for dot segments). Nothing is charged: a server may still hand the request on.
 2. :func:`admit`: the channel's rules (billable? user, idempotency key; 422 for several
    messages in one delivery), the message digest of a keyed message, and the admission
-   (402/403/409/429/503); a callback the
-   rules skip is answered as :mod:`gateway.unbilled` says.
+   (402/403/409/429/503); a callback the rules skip is answered as
+   :mod:`gateway.unbilled` says. On an authenticated channel whose rules read the user
+   from the body, the bot gets the ``X-Channel-User-Id`` and ``Idempotency-Key`` that
+   were metered, never a client's (:meth:`Admitted.vouch`).
 
 The problems both servers answer with are built here as well.
 """
@@ -20,10 +22,11 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.channel_auth import ChannelAuth, Verified, without_token
-from gateway.channels import USER_HEADER, Channel, Channels
+from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels
 from gateway.forwarding import VIA_TOKEN, target_url
 from gateway.inbound import Headers, Inbound
 from gateway.metering import Admission, Meter
@@ -150,13 +153,26 @@ async def route(
 
 
 class Admitted(NamedTuple):
-    """Step 2's outcome: the admission (``None``: not metered), the body if read, and
-    for a callback the channel's rules skip, how its answer is restricted."""
+    """Step 2's outcome: the admission (``None``: not metered), the body if read, for a
+    callback the channel's rules skip, how its answer is restricted, and what the bot is
+    told of its user and key (:meth:`vouch`)."""
 
     admission: Admission | None
     body: bytes | None
     have_body: bool
     unbilled: Unbilled | None = None
+    user: str | None = None  # X-Channel-User-Id to send ("": none); None: as it came
+    key: str | None = None  # Idempotency-Key to send, if one came; None: as it came
+
+    def vouch(self, headers: CIMultiDict[str]) -> None:
+        """The forwarded headers told what was metered (see :func:`admit`)."""
+        if self.user is not None:
+            if self.user:
+                headers[USER_HEADER] = self.user
+            else:
+                headers.popall(USER_HEADER, None)
+        if self.key is not None and IDEMPOTENCY_HEADER in headers:
+            headers[IDEMPOTENCY_HEADER] = self.key
 
 
 async def admit(
@@ -188,5 +204,12 @@ async def admit(
             digest = message_digest(inbound.method, inbound.raw_path, body)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
     unbilled = None if msg.billable else Unbilled(msg.challenge)
+    user = key = None
+    if verified.authenticated and rule.user_pointer is not None:
+        # The channel signs the body (or a token), never these headers: the user and key
+        # metered are the signed ones, and the bot is told those, not the client's. Both
+        # are printable once admitted (meter.admission.wire.check_channel_text); a
+        # message not metered names no user the gateway vouches for.
+        user, key = ("", None) if admission is None else (msg.user, msg.key)
     # tuple.__new__ is what Admitted(...) does, minus a Python frame (once per message).
-    return tuple.__new__(Admitted, (admission, body, have_body, unbilled))
+    return tuple.__new__(Admitted, (admission, body, have_body, unbilled, user, key))

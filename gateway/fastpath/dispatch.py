@@ -62,6 +62,8 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         out_body = admitted.body if admitted.have_body else (body or None)
         headers, _ = forwarded_headers(inbound.headers, conn.peer, "http", app=app_id)
         to.verified.rewrite(headers)
+        if admitted.user is not None:  # what was metered (an authenticated channel's)
+            admitted.vouch(headers)
         t0 = time.perf_counter()
         upstream = await _upstream(server, ex, url, t0)
         if upstream is None:

@@ -994,6 +994,27 @@ async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
         statuses.append((await world.post(path, body, forged))[0])
     assert statuses == [200] * 5 + [409] * 3  # one message, honoured at most 5 times
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
-    assert {c.headers.get("X-Channel-User-Id") for c in world.bot.calls} <= {
-        f"victim{i}" for i in range(8)
-    }
+    # The bot is told the user and key that were metered, never the forged ones.
+    assert {c.headers.get("X-Channel-User-Id") for c in world.bot.calls} == {"U2147483697"}
+    assert {c.headers.get("Idempotency-Key") for c in world.bot.calls} == {"Ev0PV52K21"}
+
+
+async def test_the_bot_is_told_the_signed_user_not_the_clients(world: World) -> None:
+    """WhatsApp signs the body, not the headers: a client's user and key headers beside
+    a signed message never reach the bot, on a callback that is not metered either."""
+    body = sample("whatsapp-message.json")
+    path = f"/hooks/whatsapp/{APP}"
+    forged = {"X-Channel-User-Id": "victim", "X-CHANNEL-USER-ID": "victim2"}
+    assert (await world.post(path, body, {**meta_headers(body), **forged}))[0] == 200
+    call = world.bot.calls[-1]
+    assert call.headers.getall("X-Channel-User-Id") == ["16505551234"]
+    assert "Idempotency-Key" not in call.headers  # none came: none is made up
+    wamid = "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA="
+    keyed = {**meta_headers(body), "Idempotency-Key": "k9"}
+    assert (await world.post(path, body, keyed))[0] == 200  # the same message: no charge
+    assert world.bot.calls[-1].headers.getall("Idempotency-Key") == [wamid]
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
+    status = sample("whatsapp-status.json")  # not a user message: unmetered
+    assert (await world.post(path, status, {**meta_headers(status), **forged}))[0] == 200
+    assert "X-Channel-User-Id" not in world.bot.calls[-1].headers
+    assert world.bot.count() == 3
