@@ -21,7 +21,9 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
   secret, ``exp`` and ``sub`` required; ``sub`` is the channel user (it replaces
   ``X-Channel-User-Id``, also towards the bot); a token for ``/notify`` (``aud`` =
   ``creditgate:notify``) is refused. A WebSocket upgrade may carry the token as
-  ``?token=`` (any spelling that decodes to it), which is not passed on to the bot.
+  ``?token=`` (any spelling that decodes to it), which is not passed on to the bot; the
+  socket lives only while it would still verify (:meth:`ChannelAuth.still_keyed`, the
+  token's ``exp``: :mod:`gateway.ws_pump`).
 
 A channel without a secret is unauthenticated: allowed unless ``require_channel_auth``
 (then 403 ``channel_not_authenticated``). ``/notify`` always needs an HS256 JWT signed
@@ -64,7 +66,9 @@ from gateway.channel_credentials import (
 from gateway.channel_keys import ChannelKeys
 from gateway.inbound import Inbound
 from gateway.openid_keys import OpenIdKeys
+from gateway.problems import Problem
 from meter.accounts import channel_secrets
+from meter.errors import MeteringUnavailable
 from meter.redis_layer.client import RedisClient
 
 __all__ = ["NOTIFY_AUDIENCE", "ChannelAuth", "Verified", "without_token"]
@@ -108,7 +112,7 @@ class ChannelAuth:
             return UNAUTHENTICATED
         headers = request.headers
         if key.scheme == channel_secrets.HS256:
-            return Verified(True, self._hs256(bearer(headers.get("Authorization")), key.secret))
+            return Verified(True, self._hs256(bearer(headers.get("Authorization")), key.secret)[0])
         if key.scheme == "meta_sha256":
             challenge = meta_handshake(request)
             if challenge is not None:
@@ -145,12 +149,24 @@ class ChannelAuth:
             token = bearer(header) if header else request.query.get(TOKEN_PARAM, "")
             if not token or len(token) > MAX_TOKEN:
                 raise invalid_signature("missing bearer token or ?token=")
-            return Verified(True, self._hs256(token, key.secret))
+            user, exp = self._hs256(token, key.secret)
+            return Verified(True, user, expires=exp + self._leeway, key=key)
         if key.scheme == "botframework_jwt":
             # Its token names no user (the user would be the client's pick), and Bot
             # Framework never opens a WebSocket to a bot: refused as the body-signed ones.
             raise invalid_signature("Bot Framework does not open WebSockets to a bot")
         raise invalid_signature(f"{key.scheme} signs request bodies; a WebSocket has none")
+
+    async def still_keyed(self, app_id: str, channel: str, verified: Verified) -> bool:
+        """Is the channel's key still the one ``verified`` was made with (an open
+        WebSocket's check: a secret rotated, added or removed, or that no longer decrypts,
+        is not)? Redis away: the cached key stands, as for every other request."""
+        try:
+            return await self._keys.get(app_id, channel) == verified.key
+        except Problem:  # the new secret cannot be decrypted: it changed
+            return False
+        except MeteringUnavailable:
+            return True
 
     async def verify_notify(self, request: web.Request, channel: str, app_id: str) -> Verified:
         """``/notify``: always an HS256 JWT signed with the channel's notify key."""
@@ -198,8 +214,8 @@ class ChannelAuth:
         if not same(expected, sig):
             raise invalid_signature("X-Hub-Signature-256 does not match")
 
-    def _hs256(self, token: str, secret: str) -> str:
-        """The verified ``sub`` of an HS256 channel JWT."""
+    def _hs256(self, token: str, secret: str) -> tuple[str, float]:
+        """The verified ``sub`` and ``exp`` of an HS256 channel JWT."""
         try:
             claims = jwt.decode(
                 token,
@@ -216,7 +232,7 @@ class ChannelAuth:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_USER or not sub.isprintable():
             raise invalid_signature("sub must be 1-256 printable characters")
-        return sub
+        return sub, float(claims["exp"])
 
     async def _botframework(self, token: str, app_id: str, body: bytes) -> None:
         try:

@@ -52,6 +52,8 @@ class Verified(NamedTuple):
     body: bytes | None = None  # the raw body, when verifying needed it
     drop_authorization: bool = False  # the credential is the gateway's, not the bot's
     handshake_challenge: str | None = None  # a Meta handshake: the answer must echo this
+    expires: float = 0.0  # a token's exp plus the leeway (epoch s): past it, it fails; 0: none
+    key: object = None  # the channel key it verified with (a WebSocket checks it stays)
 
     def rewrite(self, headers: MutableMapping[str, str]) -> None:
         """Make the headers sent on match what was verified."""

@@ -49,7 +49,11 @@ Closing codes sent to the client:
 
 * ``1008`` (policy violation) with the refusal code as reason (e.g. ``credits_exhausted``)
   when a message is refused; the refused message is not forwarded, and neither is
-  anything after it (a refused handshake: no bot message is delivered);
+  anything after it (a refused handshake: no bot message is delivered); with
+  ``invalid_channel_signature`` once the upgrade's credential would no longer verify:
+  its token expired (``exp`` plus the leeway), or the channel's secret was rotated,
+  removed or added (checked before each client message is admitted;
+  :mod:`gateway.ws_pump`);
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down, or with reason ``idle`` when the
@@ -68,6 +72,7 @@ import base64
 import binascii
 import contextlib
 import logging
+from functools import partial
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
@@ -86,7 +91,7 @@ from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
-from gateway.ws_pump import pump, sendable
+from gateway.ws_pump import Credential, pump, sendable
 from meter.errors import InvalidChannelUser
 
 log = logging.getLogger(__name__)
@@ -219,7 +224,10 @@ async def proxy_websocket(
     settings = request.app[SETTINGS]
     send_s = min(settings.refund_window_s / 2, settings.ws_idle_timeout_s)
     try:
-        code, reason = await pump(proxy, client, upstream, charges, sockets, send_s)
+        credential = Credential(
+            verified.expires, partial(proxy.auth.still_keyed, app_id, channel, verified)
+        )
+        code, reason = await pump(proxy, client, upstream, charges, sockets, send_s, credential)
     finally:
         sockets.open.discard(client)
     code = sendable(code)

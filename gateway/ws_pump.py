@@ -16,21 +16,40 @@ unconfirmed message is then the sweeper's to refund).
 
 Bot -> client: each message is delivered once the connection has paid its way
 (:meth:`~gateway.ws_charges.Charges.bot_message`); bot messages are not metered.
+
+The upgrade's credential (:class:`Credential`) holds for the socket's life only while
+it would still verify: the socket is closed 1008 ``invalid_channel_signature`` once the
+token's ``exp`` (plus the leeway) passes, and before a client message is admitted once
+the channel's key is no longer the one it verified with (rotated, removed, added): the
+per-worker key cache reads it again at most every ``channel_secret_max_age_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
-from gateway.ws_charges import Charges, Closing
+from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
 
 INTERNAL_ERROR = 1011
+INVALID_CREDENTIAL = "invalid_channel_signature"
+
+
+class Credential(NamedTuple):
+    """What the upgrade verified, checked for the socket's life: ``expires``, past which
+    its token no longer verifies (epoch s; 0: no token), and ``current()``, whether the
+    channel's key is still the one it verified with."""
+
+    expires: float
+    current: Callable[[], Awaitable[bool]]
 
 
 async def pump(
@@ -40,25 +59,36 @@ async def pump(
     charges: Charges,
     sockets: WebSockets,
     send_s: float,
+    credential: Credential,
 ) -> tuple[int, str]:
-    """Both directions until one ends: the close code and reason it ended with."""
+    """Both directions until one ends (or the credential expires): the close code and
+    reason it ended with."""
     dropped = asyncio.Event()  # set as a stalled send drops the bot's connection
-    to_bot = asyncio.create_task(
-        _client_to_bot(proxy, client, upstream, charges, sockets, send_s, dropped)
-    )
-    to_client = asyncio.create_task(_bot_to_client(upstream, client, charges))
-    await asyncio.wait((to_bot, to_client), return_when=asyncio.FIRST_COMPLETED)
+    tasks = [
+        asyncio.create_task(
+            _client_to_bot(proxy, client, upstream, charges, sockets, send_s, dropped, credential)
+        ),
+        asyncio.create_task(_bot_to_client(upstream, client, charges)),
+    ]
+    if credential.expires:
+        tasks.append(asyncio.create_task(_expiry(credential.expires)))
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     if dropped.is_set():
         # The bot's side ends with the connection dropped under it: the refund is
         # finished, and the reason is the stalled send's.
-        await asyncio.wait((to_bot,))
-    first = to_bot if to_bot.done() else to_client
-    for task in (to_bot, to_client):
+        await asyncio.wait(tasks[:1])
+    first = next(task for task in tasks if task.done())
+    for task in tasks:
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return first.result()
+
+
+async def _expiry(expires: float) -> tuple[int, str]:
+    await asyncio.sleep(max(0.0, expires - time.time()))
+    return POLICY_VIOLATION, INVALID_CREDENTIAL
 
 
 def abort(upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -75,6 +105,7 @@ async def _client_to_bot(
     sockets: WebSockets,
     send_s: float,
     dropped: asyncio.Event,
+    credential: Credential,
 ) -> tuple[int, str]:
     while True:
         try:
@@ -83,6 +114,8 @@ async def _client_to_bot(
             return GOING_AWAY, "idle"
         if msg is None:
             break
+        if not await credential.current():
+            return POLICY_VIOLATION, INVALID_CREDENTIAL
         try:
             admission = await charges.client_message()
         except Closing as exc:

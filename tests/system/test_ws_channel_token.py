@@ -1,0 +1,97 @@
+"""An open WebSocket's credential holds only while it would still verify: the socket is
+closed 1008 ``invalid_channel_signature`` once its token expires (plus the leeway), and
+before a client message is admitted once the channel's secret is rotated or removed
+(it outlived both: the socket went on being served on a token HTTP refused 401)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from gateway.appkeys import PROXY
+from meter.accounts import channel_secrets
+from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import WsBot, running_gateway, running_ws_bot
+from tests.support.channel_keys import auth_settings, hs256, set_secret
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "wstoken"
+APP = f"{WS}_app1"  # contact_center: $0.01 per request
+CENT = 10_000
+FUNDS = 100 * CENT
+
+
+@pytest.fixture
+async def wsbot() -> AsyncIterator[WsBot]:
+    async with running_ws_bot() as b:
+        yield b
+
+
+async def charged(rclient: RedisClient) -> int:
+    return FUNDS - (await read_balances(rclient, WS)).app[APP]
+
+
+async def test_a_socket_is_closed_once_its_token_expires(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, wsbot: WsBot, http: aiohttp.ClientSession
+) -> None:
+    settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
+    spec = {"product": "contact_center", "upstream_url": wsbot.url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    await set_secret(rclient, settings, APP, "web")
+    async with (
+        running_gateway(settings) as gw,
+        http.ws_connect(f"{gw.url}/hooks/web/{APP}/chat?token={hs256('alice', exp_in=5)}") as ws,
+    ):
+        # Nothing is sent: the expiry alone closes it.
+        closed = await ws.receive(timeout=30)  # a bound for a hang only
+        assert closed.type is WSMsgType.CLOSE
+        assert (closed.data, closed.extra) == (1008, "invalid_channel_signature")
+    assert wsbot.paths == ["/chat"]
+    assert await charged(rclient) == 0
+
+
+@pytest.mark.parametrize("change", ["rotated", "removed"])
+async def test_a_socket_is_closed_once_its_channel_secret_changes(
+    change: str,
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    wsbot: WsBot,
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = auth_settings(redis_url, tmp_path)  # secrets read fresh from Redis
+    spec = {"product": "contact_center", "upstream_url": wsbot.url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    await set_secret(rclient, settings, APP, "web")
+    async with (
+        running_gateway(settings) as gw,
+        http.ws_connect(f"{gw.url}/hooks/web/{APP}/chat?token={hs256('alice')}") as ws,
+    ):
+        await ws.send_str("before")
+        assert (await ws.receive()).data == "echo:before"
+        keys = gw.gateway.traffic[PROXY].auth._keys  # the worker's cache of channel keys
+        verified_with = await keys.get(APP, "web")
+        if change == "rotated":
+            await set_secret(rclient, settings, APP, "web", secret="rotated-" + "y" * 32)
+        else:
+            await channel_secrets.project(rclient, APP, "web", None)
+        # The cache reads the key again within channel_secret_max_age_s (a read under
+        # way may still bring the old one): wait until it has the change.
+        for _ in range(600):
+            if await keys.get(APP, "web") != verified_with:
+                break
+            await asyncio.sleep(0.05)
+        await ws.send_str("after")
+        closed = await ws.receive(timeout=30)
+        assert closed.type is WSMsgType.CLOSE
+        assert (closed.data, closed.extra) == (1008, "invalid_channel_signature")
+    assert await charged(rclient) == CENT  # "after" was neither charged nor answered
