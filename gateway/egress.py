@@ -4,7 +4,10 @@ Two public aiohttp hooks together see every address a connection is opened to:
 
 * :class:`GuardedResolver` resolves host names and drops every address the policy
   refuses (checked at each connection, so DNS rebinding after the URL was saved does
-  not help); nothing left fails the connection with :class:`UpstreamForbidden`.
+  not help); nothing left fails the connection with :class:`UpstreamForbidden`. Names
+  are looked up by :mod:`meter.accounts.names` (c-ares, never libc's thread pool; each
+  tenant within its share of lookups), so a tenant's name whose DNS never answers
+  stalls no one else's lookup.
 * :func:`egress_middleware`, a client middleware, checks each request's URL before it is
   sent (also each redirect hop): aiohttp never asks the resolver about IP literals, so
   ``http://10.0.0.1/`` or ``http://[::ffff:127.0.0.1]/`` are refused here, as are
@@ -26,17 +29,19 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
-from aiohttp.resolver import DefaultResolver
 
 from config import Settings
 from gateway.bot_connector import BotConnector
+from gateway.client_gone import CLIENT_GONE
 from gateway.tenant_connector import TenantConnector
+from meter.accounts import names
 from meter.accounts.addresses import EgressRefused, check_host_name, parse_ip
 from meter.accounts.egress import Policy
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 REDIRECTS = frozenset({301, 302, 303, 307, 308})  # those aiohttp follows
 MAX_VERDICTS = 10_000  # destinations whose verdict the middleware remembers
+NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
 
 
 class UpstreamForbidden(aiohttp.ClientConnectionError):
@@ -49,20 +54,43 @@ class UpstreamForbidden(aiohttp.ClientConnectionError):
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves with ``inner`` and keeps only the addresses ``policy`` allows."""
+    """Resolves with ``inner`` (by default the loop's :func:`meter.accounts.names.shared`)
+    and keeps only the addresses ``policy`` allows."""
 
     def __init__(self, policy: Policy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self._inner = inner if inner is not None else DefaultResolver()
+        self._inner = inner
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        # aiohttp's path: the request's tenant, if any, is its ClientWatch's.
+        watch = CLIENT_GONE.get()
+        return await self.lookup(host, port, family, watch.tenant if watch else None)
+
+    async def lookup(
+        self,
+        host: str,
+        port: int,
+        family: socket.AddressFamily = socket.AF_UNSPEC,
+        tenant: str | None = None,
+    ) -> list[ResolveResult]:
+        """``host``'s allowed addresses, looked up within ``tenant``'s share of lookups;
+        :class:`UpstreamForbidden` when none, ``OSError`` when the name has no address."""
         try:
             name = check_host_name(host)
         except EgressRefused as exc:
             raise UpstreamForbidden(host, str(exc)) from None
-        results = await self._inner.resolve(name, port, family)
+        if self._inner is not None:
+            results = await self._inner.resolve(name, port, family)
+        else:
+            found = await names.shared().lookup(name, family, tenant)
+            results = [
+                ResolveResult(
+                    hostname=name, host=addr, port=port, family=fam, proto=0, flags=NUMERIC
+                )
+                for fam, addr in found
+            ]
         kept: list[ResolveResult] = []
         last = "no address"
         for res in results:
@@ -77,7 +105,9 @@ class GuardedResolver(AbstractResolver):
         return kept
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._inner is not None:
+            await self._inner.close()
+        # the loop's Names outlives any one session (meter.accounts.names.shared)
 
 
 def check_request_url(policy: Policy, url: Any) -> None:

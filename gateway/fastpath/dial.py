@@ -23,18 +23,23 @@ async def dial(
     key: tuple[str, int],
     deadline: float,
     protocol: Callable[[], UpstreamConnection],
+    tenant: str | None = None,
 ) -> UpstreamConnection:
     """A new connection to ``key``'s first address that accepts before ``deadline``;
-    :class:`ConnectTimeout` or :class:`ConnectFailed` (the last address's) when none."""
+    :class:`ConnectTimeout` or :class:`ConnectFailed` (the last address's) when none.
+    The host name is looked up within ``tenant``'s share of lookups (coalesced and
+    briefly remembered: :mod:`meter.accounts.names`)."""
     host, port = key
     if parse_ip(host) is not None:
         addresses = [host]
     else:
         try:
             async with asyncio.timeout_at(deadline):
-                found = await resolver.resolve(host, port, socket.AF_UNSPEC)
+                found = await resolver.lookup(host, port, socket.AF_UNSPEC, tenant)
         except TimeoutError:
             raise ConnectTimeout(host) from None
+        except OSError as exc:  # no such name, no answer: the bot cannot be reached
+            raise ConnectFailed(f"{host}: {exc}") from None
         addresses = [r["host"] for r in found]
     last: Exception = ConnectFailed(host)
     for address in addresses:

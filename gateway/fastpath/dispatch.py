@@ -132,7 +132,7 @@ async def _connection(server: FastServer, ex: Exchange, host: str, port: int) ->
     if ticket is None:
         ticket = await pool.shares.enter(tenant, key, _waiting(server, ex, deadline))
     try:
-        upstream = pool.idle(host, port) or await pool.acquire(host, port, ex, deadline)
+        upstream = pool.idle(host, port) or await pool.acquire(host, port, ex, deadline, tenant)
     except BaseException:
         ticket.free()
         raise

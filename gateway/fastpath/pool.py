@@ -19,11 +19,11 @@ slowness had paused it) goes to its bot's first waiter, unless another bot's mes
 has waited longer: then it is closed and its place is that message's. The wait counts
 toward ``upstream_connect_timeout_s``: the whole of waiting, resolving and connecting
 ends with :class:`ConnectTimeout` at that deadline (answered and refunded as a connect
-timeout). A waiter whose client goes away
-(:class:`ClientGone`: its connection lost; a half-close is no leaving, see
-docs/design.md) leaves the queue and never gets a connection; what was handed to it in
-the same loop pass is passed on. Connections are opened by
-:func:`~gateway.fastpath.dial.dial`, under the egress policy.
+timeout). A waiter whose client goes away (:class:`ClientGone`: its connection lost; a
+half-close is no leaving, see docs/design.md) leaves the queue and never gets a
+connection; what was handed to it in the same loop pass is passed on. Connections are
+opened by :func:`~gateway.fastpath.dial.dial` under the egress policy (names looked up
+by :mod:`meter.accounts.names`, within the tenant's share of lookups).
 
 Tenants. Before it asks for a connection, a message takes a place of its tenant's share
 (:attr:`Pool.shares`, :mod:`gateway.tenant_share`; in :mod:`.dispatch`), within the same
@@ -33,6 +33,7 @@ deadline; its connection holds it (``ticket``) until released, closed or lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 from typing import Protocol
@@ -92,7 +93,6 @@ class Pool:
         self.verdicts = Verdicts(policy)
         self.per_bot = per_bot
         self.total = total
-        # Each tenant's share (gateway.tenant_share): taken before acquire, by the server.
         self.shares = shares or Shares(per_bot=share(per_bot), total=share(total))
         self.count = 0  # places held, all bots together
         self._resolver = GuardedResolver(policy)
@@ -108,11 +108,16 @@ class Pool:
         return self.loop.time() + self._connect_timeout
 
     async def acquire(
-        self, host: str, port: int, waiter: Waiter, deadline: float | None = None
+        self,
+        host: str,
+        port: int,
+        waiter: Waiter,
+        deadline: float | None = None,
+        tenant: str | None = None,
     ) -> UpstreamConnection:
         """An idle connection, else a new one, else the first one released or whose place
-        frees, by ``deadline``; :class:`UpstreamForbidden`, :class:`ConnectTimeout`,
-        :class:`ConnectFailed` or :class:`ClientGone` when none can be had."""
+        frees, by ``deadline`` (``tenant``'s lookup too); :class:`UpstreamForbidden`,
+        :class:`ConnectTimeout`, :class:`ConnectFailed` or :class:`ClientGone` if none."""
         if self._closed:
             raise ConnectFailed("the gateway is stopping")
         key = (host, port)
@@ -138,9 +143,8 @@ class Pool:
                 return handed
             # ended between its release and now: its end freed its place; again
         try:
-            conn = await dial(
-                self.loop, self._resolver, key, deadline, lambda: UpstreamConnection(self, key)
-            )
+            new = functools.partial(UpstreamConnection, self, key)
+            conn = await dial(self.loop, self._resolver, key, deadline, new, tenant)
         except BaseException:
             self._freed(bot)
             raise

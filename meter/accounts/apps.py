@@ -95,7 +95,7 @@ async def create_app(
     if product not in PRODUCTS:
         raise InvalidInput("product", f"must be one of {', '.join(PRODUCTS)}")
     if upstream_url is not None:
-        await check_reachable(d, "upstream_url", upstream_url)
+        await check_reachable(d, "upstream_url", upstream_url, ws.id)
     if ws.type == "enterprise":
         licensed = {li.product for li in await d.store.get_licences(ws.id)}
         if product not in licensed:
@@ -143,7 +143,7 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "cannot be changed")
     if changes.get("upstream_url") is not None:
-        await check_reachable(d, "upstream_url", changes["upstream_url"])
+        await check_reachable(d, "upstream_url", changes["upstream_url"], app.workspace_id)
     if not changes:
         return app
     updated = await d.store.update_app(app.id, **changes)

@@ -67,15 +67,16 @@ def check_url(field: str, url: str) -> str:
     return url
 
 
-async def check_reachable(d: Deps, field: str, url: str) -> str:
+async def check_reachable(d: Deps, field: str, url: str, tenant: str | None = None) -> str:
     """:func:`check_url`, then the egress policy (docs/design.md §3): the URL's host, resolved
         now, may not be loopback, private, link-local or the gateway's own address unless the
         operator allows it (checked again at every connection). A refused address is not named
-    in the answer (:data:`UNREACHABLE`), only in the operator's log (INFO)."""
+    in the answer (:data:`UNREACHABLE`), only in the operator's log (INFO). The name is
+    looked up within workspace ``tenant``'s share of lookups (meter/accounts/names.py)."""
     check_url(field, url)
     policy = egress.Policy.from_settings(d.settings)
     try:
-        await policy.check_url(url, resolve_s=d.settings.upstream_connect_timeout_s)
+        await policy.check_url(url, resolve_s=d.settings.upstream_connect_timeout_s, tenant=tenant)
     except AddressRefused as exc:
         # Which address, and why, would map internal names for the tenant: the operator's
         # log has it.

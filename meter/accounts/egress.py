@@ -16,9 +16,10 @@ This module only decides; it opens no connection. :meth:`Policy.parse` checks a 
 form (scheme, no user info, a host, no legacy numeric IPv4 forms such as ``2130706433``
 that libc would still map onto an address), :meth:`Policy.check_address` one resolved
 address, and :meth:`Policy.check_url` both, resolving host names without blocking the
-event loop. A refused address raises :class:`~meter.accounts.addresses.AddressRefused`,
-whose message names the address: for the operator's log, not for a tenant (the admin API
-answers that the host resolves to an address the gateway may not reach). The gateway
+event loop or a thread (:mod:`meter.accounts.names`). A refused address raises
+:class:`~meter.accounts.addresses.AddressRefused`, whose message names the address: for
+the operator's log, not for a tenant (the admin API answers that the host resolves to
+an address the gateway may not reach). The gateway
 applies :meth:`Policy.check_address` again to every address it is about to connect to
 (``gateway/egress.py``), so a name that resolves elsewhere later (DNS rebinding) is
 still refused.
@@ -29,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from config import Settings, SettingsError
+from meter.accounts import names
 from meter.accounts.addresses import (
     AddressRefused,
     EgressRefused,
@@ -199,17 +200,24 @@ class Policy:
             self.check_address(addr, target.port, target.host)
 
     async def check_url(
-        self, url: str, *, resolve: Resolve | None = None, resolve_s: float = 5.0
+        self,
+        url: str,
+        *,
+        resolve: Resolve | None = None,
+        resolve_s: float = 5.0,
+        tenant: str | None = None,
     ) -> Target:
-        """:meth:`parse` ``url`` and check every address its host resolves to now. A name
-        that does not resolve (yet) passes: it is checked again at each connection."""
+        """:meth:`parse` ``url`` and check every address its host resolves to now (by
+        default through :mod:`meter.accounts.names`, within ``tenant``'s share of lookups:
+        c-ares, never libc's few threads, which a name whose DNS never answers would hold
+        past ``resolve_s``). A name that does not resolve (yet, or in time) passes: it is
+        checked again at each connection."""
         target = self.parse(url)
         addresses: list[str] = []
         if target.ip is None:
+            lookup = resolve or functools.partial(names.addresses, tenant=tenant)
             try:
-                addresses = await asyncio.wait_for(
-                    (resolve or getaddrinfo)(target.host, target.port), resolve_s
-                )
+                addresses = await asyncio.wait_for(lookup(target.host, target.port), resolve_s)
             except (OSError, TimeoutError):
                 addresses = []
         self.check_target(target, addresses)
@@ -218,14 +226,6 @@ class Policy:
 
 def _is_localhost(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
-
-
-async def getaddrinfo(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to, without blocking the event loop."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
-    return [str(info[4][0]) for info in infos]
 
 
 @functools.lru_cache(maxsize=16)

@@ -180,7 +180,7 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
         raise InvalidInput("secret", "must be 16-256 characters")
     if not secret.isprintable():  # NUL included, which PostgreSQL cannot store in text
         raise InvalidInput("secret", "must be printable characters")
-    await check_reachable(d, "url", url)
+    await check_reachable(d, "url", url, ws.id)
     if not await d.store.set_webhook(ws.id, url, secret):
         raise NotFound("workspace", ws.id)
     before = {"url": ws.webhook_url}

@@ -253,7 +253,11 @@ async def test_the_gateways_own_ports_are_refused_with_loopback_allowed(
     redis_url: str, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
     traffic, admin = free_port(), free_port()
-    settings = make_settings(redis_url, tmp_path, traffic_port=traffic, admin_port=admin)
+    # IPv4 loopback only: ``localhost`` may also resolve to ::1 (c-ares does, RFC 6761,
+    # whatever /etc/hosts lists), which an allow-list naming ::1 would vouch for.
+    settings = make_settings(
+        redis_url, tmp_path, traffic_port=traffic, admin_port=admin, egress_allow=["127.0.0.0/8"]
+    )
     upstreams = {
         f"{WS}_good": bot.url,
         f"{WS}_admin": f"http://127.0.0.1:{admin}",
