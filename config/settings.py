@@ -106,14 +106,14 @@ class Settings(LayeredSources, BaseSettings):
     upstream_connections: int = Field(1024, ge=1)
     upstream_connections_per_bot: int = Field(256, ge=1)
     # A tenant's share of those (gateway/tenant_share.py): what the messages of one
-    # workspace may hold, in all and at one bot, so every other tenant finds room; unset,
-    # three quarters of the cap (rounded up); equal to the cap, no share. A message over
-    # its tenant's share waits its turn as for a cap (within upstream_connect_timeout_s).
+    # customer (the owner of the app's workspace) may hold, in all and at one bot; unset,
+    # 3/8 of the cap: two tenants at their share leave a quarter to the others (caps of 3
+    # or more). A message over its share waits as for a cap (upstream_connect_timeout_s).
     upstream_connections_per_tenant: int | None = Field(None, ge=1)
     upstream_connections_per_tenant_bot: int | None = Field(None, ge=1)
     # WebSockets one traffic worker proxies at once, outside those connections (their bot
     # connections are their own, so open sockets never make a message wait), and what one
-    # tenant's apps may hold of them (unset: three quarters); one more upgrade is 503
+    # tenant's (customer's) apps may hold of them (unset: 3/8); one more upgrade is 503
     # too_many_websockets. A socket whose client sent no text or binary message for
     # ws_idle_timeout_s (pings and the bot's messages do not count) is closed 1001 "idle".
     ws_max_connections: int = Field(1024, ge=1)
@@ -293,5 +293,5 @@ class Settings(LayeredSources, BaseSettings):
 
 
 def share(cap: int) -> int:
-    """A tenant's default share of a cap of connections: three quarters, rounded up."""
-    return cap - cap // 4
+    """A tenant's default share of a cap: 3/8, rounded down, at least 1 (docs/design.md)."""
+    return max(1, cap * 3 // 8)

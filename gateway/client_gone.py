@@ -52,15 +52,16 @@ class ClientWatch:
     """The client connection of one traffic request, and what to call once the request
     has its bot connection (``on_connected``: a bodiless charged message is confirmed as
     forwarded then, its head written with no wait in between, not before the wait).
-    ``tenant``: the workspace of the app in the request's route, whose share of the bot
-    connections the request takes (:mod:`gateway.tenant_share`)."""
+    ``tenant``: whose share of the bot connections the request takes
+    (:mod:`gateway.tenant_share`): as given (:meth:`gateway.upstreams.Upstreams.tenant`),
+    else the workspace of the app in the request's route."""
 
     __slots__ = ("_request", "on_connected", "tenant")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, tenant: str | None = None) -> None:
         self._request = request
         self.on_connected: Callable[[], None] | None = None
-        self.tenant = workspace_of(request.match_info.get("app_id", ""))
+        self.tenant = tenant or workspace_of(request.match_info.get("app_id", ""))
 
     def connected(self) -> None:
         """The request has its bot connection: run ``on_connected`` (once)."""

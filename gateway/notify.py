@@ -3,6 +3,8 @@ one ``notification`` unit, forwarded like ``/hooks`` by :class:`gateway.proxy.Pr
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from gateway.channels import USER_HEADER
@@ -12,6 +14,7 @@ from gateway.problems import Problem
 from gateway.proxy import Body, Proxy
 from gateway.request_body import BodyState
 from gateway.traffic_rules import check_loop, message_digest
+from meter.errors import MeteringUnavailable
 
 
 async def notify(proxy: Proxy, request: web.Request) -> web.StreamResponse:
@@ -38,6 +41,10 @@ async def _notify(
         request.match_info.get("tail", ""),
     )
     proxy.check_length(request)
+    # The app's tenant (its workspace's owner), whose share of the delivery endpoint's
+    # connections it takes, is cached with its upstream (read once a second at most).
+    with contextlib.suppress(MeteringUnavailable):
+        await proxy.upstreams.resolve(app_id)
     headers = request.headers
     # The recipient is not part of the price of a notification; it is recorded if given.
     user = headers.get(USER_HEADER) or "-"

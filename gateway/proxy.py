@@ -169,7 +169,8 @@ class Proxy:
             unbilled = admitted.unbilled
             if admitted.user is not None:  # what was metered (an authenticated channel's)
                 admitted.vouch(headers)
-        watch = ClientWatch(request)
+        # The tenant (the workspace's owner) whose share of bot connections it takes.
+        watch = ClientWatch(request, self.upstreams.tenant(request.match_info["app_id"]))
         data = self._confirming(body, admission, watch)
         t0 = time.perf_counter()
         gone = CLIENT_GONE.set(watch)

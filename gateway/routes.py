@@ -24,7 +24,8 @@ async def hooks_handler(request: web.Request) -> web.StreamResponse:
     base = await upstream_base(proxy, app_id)
     prefix = f"/hooks/{channel}/{app_id}"
     sockets = request.app[WEBSOCKETS]
-    with sockets.seat(app_id):  # 503 past the worker's or tenant's budget (ws_budget)
+    # 503 past the worker's or tenant's (owner's) budget (ws_budget)
+    with sockets.seat(proxy.upstreams.tenant(app_id)):
         return await proxy_websocket(proxy, request, base, prefix, sockets)
 
 

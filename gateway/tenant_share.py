@@ -4,10 +4,11 @@ The pools (:mod:`gateway.fastpath.pool`, :mod:`gateway.bot_connector`) cap conne
 per bot address and in all, not per tenant: a workspace could point its apps at another
 tenant's bot, or at many addresses, hold every place there, and the other tenant's
 messages would wait and time out. A :class:`Shares` in front of each pool bounds what
-the messages of one tenant (the workspace of the app in the request's route) hold: at
-most ``per_bot`` places at one bot (``upstream_connections_per_tenant_bot``) and
-``total`` in all (``upstream_connections_per_tenant``), below the pool's caps, so the
-rest is always there for the other tenants.
+the messages of one tenant (the owner of the workspace of the app in the request's route,
+:meth:`gateway.upstreams.Upstreams.tenant`: one user's workspaces are one tenant) hold:
+at most ``per_bot`` places at one bot (``upstream_connections_per_tenant_bot``) and
+``total`` in all (``upstream_connections_per_tenant``), by default 3/8 of the pool's
+caps, so two tenants at their share leave a quarter of each to the others.
 
 A message takes a :class:`Ticket` before it asks its pool for a connection and holds it
 while it waits there, connects and uses its connection; the ticket is freed when the

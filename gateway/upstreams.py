@@ -7,6 +7,12 @@ second), coalesces concurrent look-ups of one app, reads an answer again in the
 background when a message comes in the last eighth of its age (an app with steady
 traffic never makes a message wait for the read), and keeps serving a stale answer
 while Redis does not answer (traffic that fail-open mode serves still needs a target).
+
+With the URL comes the app's tenant (:meth:`Upstreams.tenant`): whose share of a
+worker's connections its traffic takes (:mod:`gateway.tenant_share`,
+:mod:`gateway.ws_budget`). That is the workspace's owner (its hash's ``own``), so the
+workspaces one customer owns share one share; the workspace itself when no owner is
+projected (a workspace written by an older version, until projected again).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MAX_ENTRIES = 100_000
 class _Entry(NamedTuple):
     expires: float
     url: str | None  # None: no such app
+    tenant: str  # "@<owner>", or the workspace without a projected owner
 
 
 class Upstreams:
@@ -72,11 +79,18 @@ class Upstreams:
             return entry.url
         return await self._loads.run(app_id, partial(self._fetch, ws, app_id, entry))
 
+    def tenant(self, app_id: str) -> str | None:
+        """The tenant of ``app_id`` (see the module) as last read; its workspace when it
+        was never read (or forgotten): the owner never changes, a stale answer serves."""
+        entry = self._cache.get(app_id)
+        return entry.tenant if entry is not None else keys.workspace_of(app_id)
+
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
         try:
-            product, up = await asyncio.wait_for(
-                self._client.hmget(keys.app_key(ws, app_id), ["product", "up"]), self._timeout
-            )
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.app_key(ws, app_id), ["product", "up"])
+                pipe.hget(keys.ws_key(ws), "own")
+                (product, up), owner = await asyncio.wait_for(pipe.execute(), self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             if stale is not None:
                 return stale.url
@@ -87,5 +101,6 @@ class Upstreams:
             url = text or self._default
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
-        self._cache[app_id] = _Entry(self._clock() + self._max_age, url)
+        tenant = f"@{owner.decode() if isinstance(owner, bytes) else owner}" if owner else ws
+        self._cache[app_id] = _Entry(self._clock() + self._max_age, url, tenant)
         return url

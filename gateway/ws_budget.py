@@ -10,12 +10,13 @@ there: their bot connections come from a session of their own
 connect and handshake timeouts and headers; no cap of its own, the budget is its cap).
 
 The budget (:class:`WebSockets`): ``ws_max_connections`` sockets per worker, of which one
-tenant (the workspace of the route's app, as for the shares) holds at most
-``ws_max_connections_per_tenant`` (three quarters unless set). A seat is taken once the
-app is known, before anything else is done with the upgrade, and held until the socket
-is closed; one more upgrade is refused 503 ``too_many_websockets`` with ``Retry-After``:
-nothing metered or checked, the bot never contacted, counted in
-``creditgate_refusals_total{reason="too_many_websockets"}``.
+tenant (the owner of the route's app's workspace, as for the shares:
+:meth:`gateway.upstreams.Upstreams.tenant`) holds at most
+``ws_max_connections_per_tenant`` (three eighths unless set: two tenants at their share
+leave a quarter to the others). A seat is taken once the app is known, before anything
+else is done with the upgrade, and held until the socket is closed; one more upgrade is
+refused 503 ``too_many_websockets`` with ``Retry-After``: nothing metered or checked,
+the bot never contacted, counted in ``creditgate_refusals_total{reason="too_many_websockets"}``.
 ``creditgate_open_websockets`` shows the seats held (handshakes under way included).
 
 A socket whose client sent no text or binary message for ``ws_idle_timeout_s`` is closed
@@ -34,7 +35,6 @@ from aiohttp import WSMsgType, web
 
 from gateway.metrics import Metrics
 from gateway.problems import Problem
-from meter.redis_layer.keys import workspace_of
 
 GOING_AWAY = 1001
 TOO_MANY = "too_many_websockets"
@@ -84,15 +84,14 @@ class WebSockets:
             with contextlib.suppress(Exception):
                 await ws.close(code=GOING_AWAY, message=b"shutting down")
 
-    def held(self, app_id: str) -> int:
-        """The seats the tenant of ``app_id`` holds now."""
-        return self._held.get(workspace_of(app_id), 0)
+    def held(self, tenant: str | None) -> int:
+        """The seats ``tenant`` holds now."""
+        return self._held.get(tenant, 0)
 
     @contextlib.contextmanager
-    def seat(self, app_id: str) -> Iterator[None]:
-        """A seat of the budget for one WebSocket of ``app_id``, held inside the block;
+    def seat(self, tenant: str | None) -> Iterator[None]:
+        """A seat of the budget for one WebSocket of ``tenant``, held inside the block;
         :class:`~gateway.problems.Problem` 503 ``too_many_websockets`` when there is none."""
-        tenant = workspace_of(app_id)
         held = self._held.get(tenant, 0)
         if self._count >= self.total or held >= self.per_tenant:
             self._metrics.refused(TOO_MANY)

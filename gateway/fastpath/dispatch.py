@@ -24,7 +24,6 @@ from gateway.inbound import Inbound
 from gateway.problems import Problem, problem_of
 from gateway.tenant_share import OnWait, Wait
 from gateway.unbilled import Held
-from meter.redis_layer.keys import workspace_of
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ async def _connection(server: FastServer, ex: Exchange, host: str, port: int) ->
     holds the share's place until released or ended."""
     pool = server.pool
     deadline = pool.deadline()
-    tenant = workspace_of(ex.msg.app_id)
+    tenant = server.proxy.upstreams.tenant(ex.msg.app_id)
     if tenant is None:  # never: routed messages have a well-formed app id
         return await pool.acquire(host, port, ex, deadline)
 

@@ -52,10 +52,13 @@ def _s(v: bytes | str | None) -> str:
 
 
 def workspace_fields(
-    plan: str, catalog: Catalog, licences: Mapping[str, Licence]
+    plan: str, catalog: Catalog, licences: Mapping[str, Licence], owner: str | None = None
 ) -> dict[FieldT, EncodableT]:
-    """The configuration fields of a workspace hash: plan, prices, licences."""
+    """The configuration fields of a workspace hash: plan, prices, licences, and the
+    owner (``own``: whose share of a worker's connections its traffic takes)."""
     fields: dict[FieldT, EncodableT] = {"type": plan}
+    if owner:
+        fields["own"] = owner
     for product in PRODUCTS:
         price = catalog.price(plan, product)
         fields[f"u:{product}"] = price.unit
@@ -87,13 +90,15 @@ async def put_workspace(
     catalog: Catalog,
     licences: Mapping[str, Licence] | None = None,
     low_threshold: int | None = None,
+    owner: str | None = None,
 ) -> None:
-    """Write a workspace's plan, prices, licences and the owner's low-balance threshold
-    (``None``: the settings' default; balances are left alone)."""
+    """Write a workspace's plan, prices, licences, owner (``None``: left as it is) and the
+    owner's low-balance threshold (``None``: the settings' default; balances are left
+    alone)."""
     if not keys.ID_RE.fullmatch(ws):
         raise InvalidInput("workspace_id", "must be 4-32 lowercase letters or digits")
     lic = licences or {}
-    fields = workspace_fields(plan, catalog, lic)
+    fields = workspace_fields(plan, catalog, lic, owner)
     wk = keys.ws_key(ws)
     created = not await client.hexists(wk, "type")
     async with client.pipeline(transaction=False) as pipe:

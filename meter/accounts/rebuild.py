@@ -189,7 +189,8 @@ async def _workspace_fields(
         li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
         for li in await store.get_licences(ws.id)
     }
-    fields = {str(k): str(v) for k, v in projection.workspace_fields(ws.type, catalog, lic).items()}
+    given = projection.workspace_fields(ws.type, catalog, lic, ws.owner_id)
+    fields = {str(k): str(v) for k, v in given.items()}
     exp = ws.free_expires_at or 0
     free, pool, apps = values["free"], values[F_POOL], values[F_APPS]
     low = settings.low_balance_threshold

@@ -24,15 +24,22 @@ async def seed(
     pool: int = 0,
     licences: Mapping[str, projection.Licence] | None = None,
     now: float | None = None,
+    owner: str | None = None,
 ) -> None:
     """Workspace ``ws`` with ``apps`` (app id -> :func:`projection.put_app` keywords, plus
     ``funds``: micro-dollars tied to that app), ``free`` free credits valid for the
     settings' validity from ``now`` (default: the wall clock) unless ``free_expires_ms``
-    says otherwise, and ``pool`` funds of the workspace. Amounts in micro-dollars; each
-    grant is idempotent by its reference (``funds-<app>``, ``free``, ``pool``)."""
+    says otherwise, ``pool`` funds of the workspace and its ``owner`` (a user id).
+    Amounts in micro-dollars; each grant is idempotent by its reference (``funds-<app>``,
+    ``free``, ``pool``)."""
     low = settings.low_balance_threshold
     await projection.put_workspace(
-        client, ws, plan=plan, catalog=load_catalog(settings.catalog_path), licences=licences
+        client,
+        ws,
+        plan=plan,
+        catalog=load_catalog(settings.catalog_path),
+        licences=licences,
+        owner=owner,
     )
     for app_id, kw in apps.items():
         options = dict(kw)

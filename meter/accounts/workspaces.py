@@ -153,6 +153,7 @@ async def project_workspace(d: Deps, ws: Workspace, *, new: bool = False) -> Non
             catalog=d.catalog,
             licences=lic,
             low_threshold=ws.low_balance_threshold,
+            owner=ws.owner_id,
         )
     await announce(d, ws.id)
 

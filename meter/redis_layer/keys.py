@@ -18,6 +18,8 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              ``l:<product>`` licence ``limit,per_minute,per_hour``; ``seq`` id
                              counter; ``low`` 1 once the low-balance alert fired; ``lowt``
                              the owner's own low-balance threshold (absent: the default);
+                             ``own`` the owner's user id (gateway/upstreams.py: the tenant
+                             whose connection shares the workspace's traffic takes);
                              ``g:<reference>`` 1 once that grant was applied (in the hash it
                              credits, so a marker cannot be lost without its balance), ``gm``
                              1 once every grant of the ledger has its ``g:`` field.

@@ -234,7 +234,7 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
         }
         await projection.put_workspace(
             client, ws, plan=w.type, catalog=load_catalog(settings.catalog_path),
-            licences=licences, low_threshold=w.low_balance_threshold,
+            licences=licences, low_threshold=w.low_balance_threshold, owner=w.owner_id,
         )  # fmt: skip
         if w.free_expires_at:
             await client.hset(keys.ws_key(ws), "free_exp", w.free_expires_at)

@@ -165,6 +165,8 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", "http://127.0.0.1:1/b")
     assert keys.APP_RE.match(app.id)
     assert keys.workspace_of(app.id) == ws.id
+    # The workspace's owner: the tenant whose share of connections its traffic takes.
+    assert await deps.redis.hget(keys.ws_key(ws.id), "own") == owner.encode()
     ak = keys.app_key(ws.id, app.id)
     assert await deps.redis.hget(ak, "up") == b"http://127.0.0.1:1/b"
     changes = {"suspended": True, "upstream_url": None, "use_free_credits": False}

@@ -126,3 +126,25 @@ async def test_a_channel_secret_is_read_again_ahead_of_its_expiry_without_a_wait
         assert await calls(client, "hget") - before == 2
     finally:
         await client.aclose()
+
+
+async def test_an_apps_tenant_is_its_workspaces_owner_read_with_its_upstream(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The tenant whose connection shares a message takes (gateway/upstreams.py): the
+    workspace's owner once the app was read, in the same round trip as its upstream; the
+    workspace before, or without a projected owner."""
+    settings = make_settings(redis_url, tmp_path)
+    client = connect(redis_url)
+    try:
+        up = {"product": "automation", "upstream_url": "http://127.0.0.1:9/"}
+        await seed(client, settings, "wsowned", {"wsowned_app1": up}, owner="usrann")
+        await seed(client, settings, "wsorphan", {"wsorphan_app1": up})
+        ups = Upstreams(client, default_url=None, timeout=30)
+        assert ups.tenant("wsowned_app1") == "wsowned"  # never read yet
+        assert await ups.resolve("wsowned_app1") == "http://127.0.0.1:9/"
+        assert await ups.resolve("wsorphan_app1") == "http://127.0.0.1:9/"
+        assert (ups.tenant("wsowned_app1"), ups.tenant("wsorphan_app1")) == ("@usrann", "wsorphan")
+        assert ups.tenant("no such app") is None
+    finally:
+        await client.aclose()

@@ -138,6 +138,7 @@ async def test_the_periodic_check_rebuilds_a_lost_workspace_exactly(w: World) ->
     await lose_workspace(w)
     assert await projection_check.check_workspace(w.d, w.ws.id) == {"workspace_rebuilt": 1}
     assert await balances(w) == before == await expected(w)
+    assert await w.redis.hget(keys.ws_key(w.ws.id), "own") == w.ws.owner_id.encode()
     (rep,) = await reconcile(w.store, w.redis, w.cfg, workspace=w.ws.id)
     assert rep.differences == []
     # Ids restart above any used before (10^15 and up): claims of new usage are still

@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
+from config import Settings
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -65,6 +66,18 @@ async def slow() -> AsyncIterator[HeldBot]:
 Gateway = Callable[..., contextlib.AbstractAsyncContextManager[Running]]
 
 
+def whole_shares(caps: dict[str, object]) -> dict[str, object]:
+    """``caps`` with each tenant's share the whole of its cap unless they say otherwise:
+    these test the caps (test_tenant_share.py and test_tenant_owner.py the shares)."""
+    total = Settings.model_fields["upstream_connections"].default
+    per_bot = Settings.model_fields["upstream_connections_per_bot"].default
+    return {
+        "upstream_connections_per_tenant": caps.get("upstream_connections", total),
+        "upstream_connections_per_tenant_bot": caps.get("upstream_connections_per_bot", per_bot),
+        **caps,
+    }
+
+
 @pytest.fixture
 def gateway(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, slow: HeldBot
@@ -73,7 +86,7 @@ def gateway(
 
     @contextlib.asynccontextmanager
     async def start(**overrides: object) -> AsyncIterator[Running]:
-        settings = make_settings(redis_url, tmp_path, **overrides)
+        settings = make_settings(redis_url, tmp_path, **whole_shares(overrides))
         for ws, app, url in ((A, APP_A, slow.url), (B, APP_B, bot.url)):
             apps = {app: {"product": "automation", "upstream_url": url, "funds": FUNDS}}
             await seed(rclient, settings, ws, apps)
@@ -273,14 +286,13 @@ def many(
     redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, ports: list[HeldBot]
 ) -> Gateway:
     """``many(**settings)``: A's apps at the three held bots, B's on the counting bot; two
-    connections per bot, ``T`` in all, unless ``settings`` say otherwise. A tenant's
-    share is the whole total (these test the caps; test_tenant_share.py the shares)."""
+    connections per bot, ``T`` in all, unless ``settings`` say otherwise; a tenant's
+    share the whole of each cap (:func:`whole_shares`)."""
 
     @contextlib.asynccontextmanager
     async def start(**overrides: object) -> AsyncIterator[Running]:
         caps = {"upstream_connections": T, "upstream_connections_per_bot": 2, **overrides}
-        caps.setdefault("upstream_connections_per_tenant", caps["upstream_connections"])
-        settings = make_settings(redis_url, tmp_path, **caps)
+        settings = make_settings(redis_url, tmp_path, **whole_shares(caps))
         apps = {
             app: {"product": "automation", "upstream_url": held.url, "funds": FUNDS}
             for app, held in zip(APPS, ports, strict=True)

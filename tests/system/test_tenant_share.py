@@ -1,7 +1,7 @@
 """Each tenant's share of the gateway's connections to bots (gateway/tenant_share.py):
 ``upstream_connections_per_tenant_bot`` at one bot, ``upstream_connections_per_tenant``
-in all, by default three quarters of ``upstream_connections_per_bot`` and
-``upstream_connections``.
+in all (set here to three quarters of ``upstream_connections_per_bot`` and
+``upstream_connections``; the defaults and the owner as tenant: test_tenant_owner.py).
 
 Tenant B's bot holds every request until the test releases it (tests/support/held_bot.py)
 and tenant A points an app at it: the same host and port, so the same per-bot cap. The
@@ -155,7 +155,8 @@ def one_bot(redis_url: str, tmp_path: Path, rclient: RedisClient, slow: HeldBot)
 
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Running]:
-        settings = make_settings(redis_url, tmp_path, upstream_connections_per_bot=CAP, **overrides)
+        caps = {"upstream_connections_per_bot": CAP, "upstream_connections_per_tenant_bot": SHARE}
+        settings = make_settings(redis_url, tmp_path, **caps, **overrides)
         for ws, app in ((A, APP_A), (B, APP_B)):
             apps = {app: {"product": "automation", "upstream_url": slow.url, "funds": FUNDS}}
             await seed(rclient, settings, ws, apps)
@@ -293,7 +294,8 @@ async def test_sigterm_refuses_a_wait_for_the_share(
     apps = {APP_A: {"product": "automation", "upstream_url": slow.url, "funds": FUNDS}}
     served = seeded_serve(
         rclient, redis_url, tmp_path, A, apps,
-        workers=1, upstream_connections_per_bot=CAP, **LONG_WAIT, shutdown_grace_s=1,
+        workers=1, upstream_connections_per_bot=CAP, upstream_connections_per_tenant_bot=SHARE,
+        **LONG_WAIT, shutdown_grace_s=1,
     )  # fmt: skip
     async with served as gw, aiohttp.ClientSession() as http:
         url = f"{gw.traffic}/hooks/web/{APP_A}/a"
@@ -341,6 +343,8 @@ def many(
         caps: dict[str, Any] = {
             "upstream_connections": T,
             "upstream_connections_per_bot": 2,
+            "upstream_connections_per_tenant": 3,
+            "upstream_connections_per_tenant_bot": 2,
             **overrides,
         }
         settings = make_settings(redis_url, tmp_path, **caps)

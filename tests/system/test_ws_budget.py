@@ -138,6 +138,7 @@ async def test_a_tenants_open_websockets_leave_its_messages_served(
 ) -> None:
     # The tenant's share of the bot's 4 connections is 3; of 4 WebSockets, 3 too.
     caps = {"upstream_connections_per_bot": 4, "ws_max_connections": 4}
+    caps |= {"upstream_connections_per_tenant_bot": 3, "ws_max_connections_per_tenant": 3}
     async with (
         await seeded(redis_url, tmp_path, rclient, sbot, "wsba", **caps) as gw,
         contextlib.AsyncExitStack() as stack,
@@ -156,6 +157,8 @@ async def test_two_tenants_websockets_leave_a_third_tenant_served(
 ) -> None:
     # Each tenant's share of the worker's 8 connections is 6: two shares overfill them.
     caps = {"upstream_connections": 8, "upstream_connections_per_bot": 8, "ws_max_connections": 16}
+    caps |= {"upstream_connections_per_tenant": 6, "upstream_connections_per_tenant_bot": 6}
+    caps["ws_max_connections_per_tenant"] = 6
     async with (
         await seeded(redis_url, tmp_path, rclient, sbot, "wsbx wsby wsbz", **caps) as gw,
         contextlib.AsyncExitStack() as stack,
@@ -170,8 +173,9 @@ async def test_two_tenants_websockets_leave_a_third_tenant_served(
 async def test_an_upgrade_past_the_budget_is_503_uncharged_and_never_reaches_the_bot(
     redis_url: str, tmp_path: Path, rclient: RedisClient, sbot: SockBot, http: aiohttp.ClientSession
 ) -> None:
+    caps = {"ws_max_connections": 2, "ws_max_connections_per_tenant": 2}
     async with (
-        await seeded(redis_url, tmp_path, rclient, sbot, "wsbp wsbq", ws_max_connections=2) as gw,
+        await seeded(redis_url, tmp_path, rclient, sbot, "wsbp wsbq", **caps) as gw,
         contextlib.AsyncExitStack() as stack,
     ):
         socks = await sockets(stack, http, gw, "wsbp_app1", 2)  # the worker's whole budget

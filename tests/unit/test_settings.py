@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from config import Settings
+from config.settings import share
 from meter.redis_layer.billing_period import billing_period
 
 
@@ -32,12 +33,18 @@ def test_every_flush_bucket_allowed_starts_in_the_month_of_its_messages() -> Non
     assert allowed == [w for w in range(1, 3601) if 3600 % w == 0]
 
 
-def test_a_tenants_share_of_bot_connections_defaults_to_three_quarters_and_fits_the_cap() -> None:
+def test_a_tenants_share_defaults_to_three_eighths_and_fits_the_cap() -> None:
     settings = Settings()
-    assert (settings.tenant_connections, settings.tenant_connections_per_bot) == (768, 192)
+    assert (settings.tenant_connections, settings.tenant_connections_per_bot) == (384, 96)
+    assert settings.ws_tenant_connections == 384
     caps = {"upstream_connections": 10, "upstream_connections_per_bot": 2}
     small = Settings(**caps)
-    assert (small.tenant_connections, small.tenant_connections_per_bot) == (8, 2)  # rounded up
+    assert (small.tenant_connections, small.tenant_connections_per_bot) == (3, 1)
+    # Any two tenants at their share leave a quarter of a cap (of 3 or more) to others.
+    for cap in range(3, 2000):
+        assert cap - 2 * share(cap) >= cap / 4
+        assert share(cap) >= 1
+    assert share(1) == share(2) == 1
     assert Settings(**caps, upstream_connections_per_tenant=10).tenant_connections == 10
     for name, value in (("", 11), ("_bot", 3), ("", 0)):
         with pytest.raises(ValidationError):
