@@ -115,10 +115,12 @@ class Settings(LayeredSources, BaseSettings):
     # connections are their own, so open sockets never make a message wait), and what one
     # tenant's (customer's) apps may hold of them (unset: 3/8); one more upgrade is 503
     # too_many_websockets. A socket whose client sent no text or binary message for
-    # ws_idle_timeout_s (pings and the bot's messages do not count) is closed 1001 "idle".
+    # ws_idle_timeout_s (pings and the bot's messages do not count) is closed 1001 "idle",
+    # for ws_first_message_timeout_s when it sent none yet (it is charged nothing so far).
     ws_max_connections: int = Field(1024, ge=1)
     ws_max_connections_per_tenant: int | None = Field(None, ge=1)
     ws_idle_timeout_s: Seconds = 300.0
+    ws_first_message_timeout_s: Seconds = 30.0
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0

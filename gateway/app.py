@@ -127,6 +127,7 @@ def create_app(
         settings.ws_tenant_connections,
         settings.ws_idle_timeout_s,
         metrics,
+        settings.ws_first_message_timeout_s,
     )
     traffic[TRAFFIC_STATS] = TrafficStats()
     traffic.cleanup_ctx.append(_traffic_ctx(settings, clock, channels, metrics, metering))

@@ -57,8 +57,9 @@ Closing codes sent to the client:
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down, or with reason ``idle`` when the
-  client sent no text or binary message for ``ws_idle_timeout_s`` (its pings and the
-  bot's messages keep nothing open); the bot connection is closed with 1001 too;
+  client sent no text or binary message for ``ws_idle_timeout_s``, or none yet for
+  ``ws_first_message_timeout_s`` (its pings and the bot's messages keep nothing open);
+  the bot connection is closed with 1001 too;
 * ``1011`` (internal error) with reason ``upstream_timeout`` when the bot does not take
   a client message within half the refund window (it stopped reading): the message is
   refunded and never delivered (:mod:`gateway.ws_pump`), or ``upstream_unavailable``

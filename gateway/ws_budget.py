@@ -20,7 +20,9 @@ the bot never contacted, counted in ``creditgate_refusals_total{reason="too_many
 ``creditgate_open_websockets`` shows the seats held (handshakes under way included).
 
 A socket whose client sent no text or binary message for ``ws_idle_timeout_s`` is closed
-1001 ``idle`` (:meth:`WebSockets.next_message`), its bot connection too.
+1001 ``idle`` (:meth:`WebSockets.next_message`), its bot connection too; one whose client
+sent none yet, after ``ws_first_message_timeout_s`` (a socket that never sends is never
+charged: it holds a seat for free only that long).
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ RETRY_AFTER_S = 1  # as the other 503s: the budget frees as sockets close
 
 class WebSockets:
     """The WebSockets of one traffic worker: their budget (``total``, ``per_tenant``),
-    the idle timeout of each (``idle_s``), the client sockets open now (``open``: told
-    when the gateway shuts down) and the session their bot connections come from."""
+    the idle timeouts of each (``idle_s``; ``first_s`` before the client's first
+    message), the client sockets open now (``open``: told when the gateway shuts down)
+    and the session their bot connections come from."""
 
-    def __init__(self, total: int, per_tenant: int, idle_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, total: int, per_tenant: int, idle_s: float, metrics: Metrics, first_s: float = 30.0
+    ) -> None:
         self.total = total
         self.per_tenant = per_tenant
         self.idle_s = idle_s
+        self.first_s = min(first_s, idle_s)
         self.open: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._metrics = metrics
         self._gauge = metrics.open_websockets
@@ -68,11 +74,14 @@ class WebSockets:
     def session(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    async def next_message(self, client: web.WebSocketResponse) -> aiohttp.WSMessage | None:
-        """The client's next text or binary message, None once it closes; TimeoutError
-        when it sent none for ``idle_s``: only its messages keep a socket open (its pings
-        are answered inside ``receive()`` and never end the wait; the bot's are not its)."""
-        async with asyncio.timeout(self.idle_s):
+    async def next_message(
+        self, client: web.WebSocketResponse, first: bool = False
+    ) -> aiohttp.WSMessage | None:
+        """The client's next text or binary message (``first``: it sent none yet), None
+        once it closes; TimeoutError when it sent none for ``idle_s`` (``first_s`` for the
+        first): only its messages keep a socket open (its pings are answered inside
+        ``receive()`` and never end the wait; the bot's are not its)."""
+        async with asyncio.timeout(self.first_s if first else self.idle_s):
             async for msg in client:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     return msg

@@ -107,9 +107,10 @@ async def _client_to_bot(
     dropped: asyncio.Event,
     credential: Credential,
 ) -> tuple[int, str]:
+    msg = None
     while True:
         try:
-            msg = await sockets.next_message(client)
+            msg = await sockets.next_message(client, first=msg is None)
         except TimeoutError:
             return GOING_AWAY, "idle"
         if msg is None:

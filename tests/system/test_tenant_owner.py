@@ -1,10 +1,12 @@
 """A tenant's share of a worker's caps is the customer's (the owner of the app's
 workspace) and, by default, small enough that two tenants at their share leave room for
-a third (config/settings.py ``share``: 3/8 of a cap).
+a third (config/settings.py ``share``: 3/8 of a cap); a WebSocket that sends nothing
+holds its seat only for ``ws_first_message_timeout_s``.
 
 Before, each workspace had its own share of three quarters: two workspaces of one user
 held every bot connection (the third tenant's message waited, then 504) and every
-WebSocket seat (its upgrade 503). Each test fails there. Nothing here is
+WebSocket seat (its upgrade 503), and a socket that never sent a message, never charged,
+held its seat for the whole idle timeout (300 s). Each test fails there. Nothing here is
 timed: a test waits for what the gateway observably did.
 """
 
@@ -200,5 +202,32 @@ async def test_two_tenants_leave_websocket_seats_to_a_third(
             assert opened == [(3, 503), (0, 503), (3, 503)]
             # A workspace without a projected owner is a tenant of its own.
             async with http.ws_connect(f"{gw.url}/hooks/web/wsvi_app1/s?user=v") as sock:
+                await sock.send_str("hi")
+                assert (await sock.receive()).data == "echo:hi"
+
+
+async def test_a_websocket_that_sends_nothing_gives_its_seat_back_after_the_first_timeout(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """One seat, an idle timeout of 300 s: a client that never sends a message is closed
+    1001 ``idle`` after ``ws_first_message_timeout_s`` (pings or not), and the seat
+    serves the next socket."""
+    async with echo_bot() as bot:
+        url = bot.url
+        caps = {"ws_max_connections": 1, "ws_first_message_timeout_s": 0.2}
+        settings = make_settings(redis_url, tmp_path, **caps)
+        apps = {"wsfm_app1": {"product": "automation", "upstream_url": url, "funds": FUNDS}}
+        await seed(rclient, settings, "wsfm", apps)
+        async with running_gateway(settings) as gw:
+            sock_url = f"{gw.url}/hooks/web/wsfm_app1/s"
+            async with http.ws_connect(f"{sock_url}?user=quiet", autoping=False) as sock:
+                while True:  # pings, answered by the gateway, until it closes the socket
+                    await sock.ping()
+                    msg = await sock.receive()
+                    if msg.type is not WSMsgType.PONG:
+                        break
+                assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "idle")
+            assert await eventually(lambda: bot.closes == [1001])
+            async with http.ws_connect(f"{sock_url}?user=next") as sock:
                 await sock.send_str("hi")
                 assert (await sock.receive()).data == "echo:hi"
