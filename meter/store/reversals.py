@@ -18,8 +18,11 @@ far and what all of them, this one included, say must be taken back:
 debit each their own part, a late smaller cumulative amount debits nothing, and nothing
 ever takes back more than was credited. The entries of one payment are written one at a
 time (PostgreSQL: the payment's claim row is locked first; SQLite: ``BEGIN IMMEDIATE``).
-A dispute's entry is written even when it moves nothing (its won entry came first), so
-the dispute's state stays known; a refund that moves nothing writes nothing.
+Every entry is written even when it moves nothing (amount 0: a dispute whose won entry
+came first, a refund already covered by an open dispute or a larger refund), so the
+payment's state is known whatever order the events come in, and the final balance is the
+same for every order (a dispute won after a full refund gives nothing back). An entry of
+amount 0 changes no live balance and carries no marker (:func:`meter.accounts.rebuild.marked`).
 """
 
 from __future__ import annotations
@@ -130,9 +133,9 @@ class Reversals(StoreCore):
             )
             before = taken_back(credit.amount, prior)
             after = taken_back(credit.amount, [*prior, entry])
-            if after == before and rev.cause == "refund":
-                return Reversed("already_reversed", credit, tuple(prior))
             entry = replace(entry, amount=before - after)
             await insert_ledger_entry(c, entry)
         result: ReversalResult = "reinstated" if rev.cause == "dispute_won" else "reversed"
+        if rev.cause == "refund" and not entry.amount:
+            result = "already_reversed"  # recorded, nothing more to take back now
         return Reversed(result, credit, (*prior, entry), entry)

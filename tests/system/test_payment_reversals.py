@@ -144,12 +144,15 @@ async def test_partial_and_out_of_order_refunds_debit_only_what_is_new(
         shared = await bought(admin, standin, token, ws, "100.00")
         assert await outcome(admin, refunded(shared, 10000, amount=10000)) == "reversed"
         assert await outcome(admin, refunded(shared, 3000, amount=10000)) == "already_reversed"
-        assert (await reversals(admin, ws))[2:] == [("payment_reversed", -100 * USD)]
+        assert (await reversals(admin, ws))[2:] == [
+            ("payment_reversed", -100 * USD),
+            ("payment_reversed", 0),  # recorded: a later won dispute must not give it back
+        ]
         # Two refunds delivered at once: 40 and 100 cumulative, 100 in all.
         racing = await bought(admin, standin, token, ws, "100.00")
         both = [refunded(racing, 4000, amount=10000), refunded(racing, 10000, amount=10000)]
         await asyncio.gather(*(deliver(admin, p, signed(p)) for p in both * 3))
-        assert sum(a for _, a in (await reversals(admin, ws))[3:]) == -100 * USD
+        assert sum(a for _, a in (await reversals(admin, ws))[4:]) == -100 * USD
         # Never more than was credited, whatever the event says.
         over = await bought(admin, standin, token, ws, "100.00")
         assert await outcome(admin, refunded(over, 90000, amount=90000)) == "reversed"

@@ -9,6 +9,7 @@ official ``stripe`` library verifying deliveries signed as Stripe signs them.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from meter.accounts.deps import Deps
 from meter.store import LedgerEntry
 from meter.store.reversals import Reversal
 from meter.usage.reconcile import reconcile
-from tests.support.stripe_standin import refunded
+from tests.support.stripe_standin import disputed, refunded
 from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
 from tests.system.test_payments import BACKENDS, USD, paying
 
@@ -64,3 +65,38 @@ async def test_reconcile_apply_marks_what_it_corrected(
             )
         assert await paid_funds(admin, ws) == (110 * USD, {})
         await no_discrepancy(admin, ws)
+
+
+ORDERS = {
+    # events -> paid funds left of a $100 payment, whatever order they come in
+    ("refund_30", "refund_100", "dispute", "won"): 0,
+    ("refund_30", "dispute", "won"): 70 * USD,
+    ("refund_30", "dispute", "lost"): 0,
+    ("refund_100", "dispute", "won"): 0,
+}
+
+
+def _events(intent: str, dispute: str) -> dict[str, bytes]:
+    return {
+        "refund_30": refunded(intent, 3000, amount=10000),
+        "refund_100": refunded(intent, 10000, amount=10000),
+        "dispute": disputed("charge.dispute.created", intent, dispute, 10000, "needs_response"),
+        "won": disputed("charge.dispute.closed", intent, dispute, 10000, "won"),
+        "lost": disputed("charge.dispute.closed", intent, dispute, 10000, "lost"),
+    }
+
+
+@pytest.mark.parametrize("names", list(ORDERS), ids="+".join)
+async def test_every_delivery_order_ends_the_same(
+    store_url: str, redis_url: str, names: tuple[str, ...]
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        for n, order in enumerate(itertools.permutations(names)):
+            token, ws = await admin.owner_workspace()
+            intent = await bought(admin, standin, token, ws, "100.00")
+            events = _events(intent, f"dp_{n}")
+            for _ in range(2):  # ... and each delivered again changes nothing
+                for name in order:
+                    await outcome(admin, events[name])
+                assert await paid_funds(admin, ws) == (ORDERS[names], {}), order
+            await no_discrepancy(admin, ws)
