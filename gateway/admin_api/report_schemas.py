@@ -225,5 +225,6 @@ class PaymentWebhookOut(Out):
     received: bool
     outcome: str = Field(
         description="what the event did: credited, already_credited, ...; for a refund or "
-        "a dispute reversed, reinstated, already_reversed, unknown_payment, ..."
+        "a dispute reversed, reinstated, already_reversed, awaiting_payment, "
+        "unknown_payment, ..."
     )

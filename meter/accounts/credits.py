@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from config.money import MICROS_PER_DOLLAR, InvalidAmount, format_amount, parse_amount
 from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
+from meter.accounts.reversals import apply_reversals_of
 from meter.errors import Conflict, InvalidInput
 from meter.store import LedgerEntry, OutboxEvent, Workspace
 from meter.store.claims import payment_id
@@ -107,6 +108,9 @@ async def add_funds(
             )
         entry = prior
     await apply_topup(d, entry, shown_reference=reference)
+    co = done.checkout
+    for pi in {payment_id(reference), co.payment_intent if co else None}:
+        await apply_reversals_of(d, pi if pi and pi.startswith("pi_") else None)
     if created:
         after = {"amount": format_amount(micros), "app_id": app_id, "reference": ref}
         await audit(d, actor, "funds.add", f"workspace:{ws.id}", None, after)

@@ -36,6 +36,7 @@ from typing import Literal
 from config.money import format_amount
 from meter.accounts import credits
 from meter.accounts.deps import Deps, audit
+from meter.accounts.reversals import apply_reversals_of
 from meter.errors import MeterError
 from meter.store import Checkout, LedgerEntry
 
@@ -219,11 +220,13 @@ async def _credit(d: Deps, ev: SessionEvent, co: Checkout) -> Outcome:
     )
     if done == "credited_by_hand":
         log.info("payment event %s: checkout %s was credited by hand", ev.event_id, co.id)
+        await apply_reversals_of(d, ev.payment_intent)
         return done
     if done == "already_credited":
         prior = await d.store.get_ledger_entry(co.workspace_id, entry.reference)
         entry = prior if prior is not None else entry
     await credits.apply_topup(d, entry, shown_reference=ev.session_id, checkout_id=co.id)
+    await apply_reversals_of(d, ev.payment_intent)  # refunds or disputes that came first
     if done == "credited":
         after = {"checkout_id": co.id, "amount": format_amount(co.amount),
                  "app_id": co.app_id, "session_id": ev.session_id}  # fmt: skip

@@ -13,9 +13,12 @@ app is then refused for want of credit like any app that cannot pay.
 
 The payment is found by its payment intent, claimed when it was credited: a checkout
 credited by its webhook (which reported the intent), or a payment credited by hand under
-its ``pi_…`` reference. An event about any other payment (a charge never credited here,
-a dispute naming only its charge, a checkout credited before its webhook reported the
-intent) is recorded with its outcome and acknowledged: an operator settles it by hand.
+its ``pi_…`` reference. An event about a payment intent not credited (yet) is kept
+(``awaiting_payment``, acknowledged): the credit of that payment, by its checkout's
+paid event or by hand under its ``pi_…``, records it in its own transaction and applies
+it right after the top-up (:func:`apply_reversals_of`), so a refund Stripe delivers
+before the paid event is not lost. One of a payment never credited here stays kept,
+harmless. An event without a payment intent is ``unknown_payment``.
 Every event of a payment applies all of that payment's reversals to the live balance
 (each idempotent), so a crash between the ledger and Redis is healed by any redelivery;
 the projection check heals it too.
@@ -27,13 +30,14 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from config.money import format_amount
-from meter.accounts import credits, projection
+from config.money import MICROS_PER_DOLLAR, format_amount
+from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
 from meter.store import LedgerEntry
 from meter.store.reversals import Cause, Reversal
 
 log = logging.getLogger(__name__)
+CENT = MICROS_PER_DOLLAR // 100  # the provider's amounts are cents (as credits.CENT)
 
 PROVIDER = "stripe"
 REFUNDED = "charge.refunded"
@@ -46,7 +50,8 @@ HANDLED = frozenset(
 )
 
 Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment",
-                  "not_reversed", "currency_mismatch", "wrong_mode"]  # fmt: skip
+                  "awaiting_payment", "not_reversed", "currency_mismatch",
+                  "wrong_mode"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +124,14 @@ async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str |
         payment_intent=ev.payment_intent,
         cause=cause,
         key=ev.object_id,
-        amount=ev.amount * credits.CENT,
+        amount=ev.amount * CENT,
         detail={"event_id": ev.event_id, "charge": ev.charge or ev.object_id},
     )
     done = await d.store.reverse_payment(rev, d.now_ms())
+    if done.result == "awaiting_payment":
+        log.info("payment event %s (%s): payment intent %s not credited yet, kept for it",
+                 ev.event_id, ev.type, ev.payment_intent)  # fmt: skip
+        return "awaiting_payment", None
     if done.credit is None:
         return "unknown_payment", None
     for e in done.entries:
@@ -135,6 +144,14 @@ async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str |
                     f"workspace:{e.workspace_id}", None, after)  # fmt: skip
     co = await d.store.get_checkout_by_payment_intent(ev.payment_intent)
     return done.result, ((co.id, co.session_id) if co else None)
+
+
+async def apply_reversals_of(d: Deps, payment_intent: str | None) -> None:
+    """Apply every reversal of the payment credited under ``payment_intent`` to the live
+    balance (each idempotent): those its credit recorded, held since they came first."""
+    if payment_intent:
+        for e in await d.store.reversals_of(payment_intent):
+            await apply_reversal(d, e)
 
 
 async def apply_reversal(d: Deps, e: LedgerEntry) -> bool:

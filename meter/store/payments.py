@@ -16,6 +16,7 @@ from meter.store.claims import PROVIDER_PREFIXES, Holder, claim, hand_over
 from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
+from meter.store.reversals import settle_pending
 
 _COLS = (
     "id, workspace_id, app_id, amount, currency, provider, session_id, payment_intent, url, "
@@ -170,9 +171,11 @@ class Payments(StoreCore):
         at: int,
     ) -> CheckoutCredit:
         """Claim the payment's identifiers, mark the checkout paid and record its top-up
-        in one transaction: ``credited``; ``already_credited`` when the top-up was
-        recorded before (a redelivery: nothing changes); ``credited_by_hand`` when an
-        operator credited this payment first (nothing credited; the checkout says so)."""
+        in one transaction, with the refunds and disputes of it that came first
+        (:func:`~meter.store.reversals.settle_pending`): ``credited``;
+        ``already_credited`` when the top-up was recorded before (a redelivery: nothing
+        changes); ``credited_by_hand`` when an operator credited this payment first
+        (nothing credited; the checkout says so)."""
         mine = Holder(entry.workspace_id, entry.reference)
         idents = (checkout_id, session_id, payment_intent or "")
         async with self.transaction() as c:
@@ -182,6 +185,7 @@ class Payments(StoreCore):
                     return "already_credited"  # a name of it claimed by hand since: ours
                 await hand_over(c, fresh, mine, other)
                 await _mark_by_hand(c, checkout_id, other, at, session_id, payment_intent)
+                await settle_pending(c, idents, at)
                 return "credited_by_hand"
             await c.execute(
                 "UPDATE checkouts SET status = 'paid', session_id = ?, "
@@ -194,6 +198,7 @@ class Payments(StoreCore):
                 session_id,
             )
             created = await insert_ledger_entry(c, entry)
+            await settle_pending(c, idents, at)  # refunds or disputes that came first
         return "credited" if created else "already_credited"
 
     async def credit_by_hand(self, entry: LedgerEntry, identifier: str) -> ManualCredit:
@@ -227,6 +232,7 @@ class Payments(StoreCore):
                 created = await insert_ledger_entry(c, entry)
                 if co is not None and co.status not in ("paid", "credited_by_hand"):
                     await _mark_by_hand(c, co.id, mine, entry.created_at, None, None)
+                await settle_pending(c, idents, entry.created_at)
         except _Refused as refused:
             return refused.result
         return ManualCredit(created, co, None)

@@ -2,9 +2,14 @@
 
 A payment credited here (by its checkout's webhook or by hand under its ``pi_…``) is
 found by its payment intent in ``payment_claims`` (:mod:`meter.store.claims`), which
-names the ledger entry that credited it. Each provider event about it writes at most one
-ledger entry, keyed by what the event says (the ledger's unique ``(workspace,
-reference)`` makes a redelivery write nothing):
+names the ledger entry that credited it. A refund or dispute of a payment intent not
+credited yet (Stripe delivers events in any order: a refund may come before the
+checkout's paid event) is kept in ``pending_reversals`` (``awaiting_payment``) and
+recorded by the transaction that credits that payment (:func:`settle_pending`, called
+by the checkout's credit and by a credit by hand); one of a payment never credited here
+stays there, harmless. Each provider event about a payment writes at most one ledger
+entry, keyed by what the event says (the ledger's unique ``(workspace, reference)``
+makes a redelivery write nothing):
 
 * a refund ``refund:<charge>:<cumulative cents>`` (the charge's ``amount_refunded``
   after that refund), kind ``payment_reversed``;
@@ -27,15 +32,18 @@ amount 0 changes no live balance and carries no marker (:func:`meter.accounts.re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from meter.store.db import StoreCore, loads, row_as
+from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import REVERSAL_KINDS, LedgerEntry
 
 Cause = Literal["refund", "dispute", "dispute_won"]
-ReversalResult = Literal["reversed", "reinstated", "already_reversed", "unknown_payment"]
+ReversalResult = Literal[
+    "reversed", "reinstated", "already_reversed", "unknown_payment", "awaiting_payment"
+]
 
 _LEDGER = "id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail"
 _KINDS = ", ".join(f"'{k}'" for k in REVERSAL_KINDS)
@@ -90,52 +98,128 @@ def taken_back(credited: int, entries: list[LedgerEntry]) -> int:
     return max(0, min(credited, refunded + open_disputes))
 
 
+async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
+    """Record ``rev`` against the payment ``claim`` names, inside ``c``'s transaction."""
+    ws = claim["workspace_id"]
+    row = await c.fetchrow(
+        f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND reference = ?",
+        ws,
+        claim["reference"],
+    )
+    credit = _entry(row) if row else None
+    if credit is None or credit.kind != "topup" or credit.amount <= 0:
+        return Reversed("unknown_payment")
+    prior = await _reversals(c, credit)
+    reference = rev.reference
+    if any(e.reference == reference for e in prior):
+        return Reversed("already_reversed", credit, tuple(prior))
+    detail = {**rev.detail, "cause": rev.cause, "key": rev.key, "amount": rev.amount,
+              "credit": credit.reference, "payment_intent": rev.payment_intent}  # fmt: skip
+    entry = LedgerEntry(
+        workspace_id=ws,
+        kind="dispute_reinstated" if rev.cause == "dispute_won" else "payment_reversed",
+        amount=0,
+        reference=reference,
+        created_at=at,
+        app_id=credit.app_id,
+        detail=detail,
+    )
+    before = taken_back(credit.amount, prior)
+    after = taken_back(credit.amount, [*prior, entry])
+    entry = replace(entry, amount=before - after)
+    await insert_ledger_entry(c, entry)
+    result: ReversalResult = "reinstated" if rev.cause == "dispute_won" else "reversed"
+    if rev.cause == "refund" and not entry.amount:
+        result = "already_reversed"  # recorded, nothing more to take back now
+    return Reversed(result, credit, (*prior, entry), entry)
+
+
+async def _reversals(c: Conn, credit: LedgerEntry) -> list[LedgerEntry]:
+    rows = await c.fetch(
+        f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND kind IN ({_KINDS}) ORDER BY id",
+        credit.workspace_id,
+    )
+    return [e for e in map(_entry, rows) if e.detail.get("credit") == credit.reference]
+
+
+async def _claim(c: Conn, payment_intent: str, lock: str = "") -> Row | None:
+    return await c.fetchrow(
+        f"SELECT workspace_id, reference FROM payment_claims WHERE identifier = ?{lock}",
+        payment_intent,
+    )
+
+
+async def _hold(c: Conn, rev: Reversal, at: int) -> bool:
+    """Keep ``rev`` for a payment not credited yet (``pending_reversals``); ``False``
+    when its credit committed meanwhile (then it is recorded against that credit).
+
+    A placeholder claim of the payment intent, deleted before the commit, orders this
+    with a credit of the same payment committing now: on PostgreSQL the credit's claim
+    waits on the placeholder's key until this commits (then it reads the held reversal),
+    or this waits on the credit's claim (then it finds the claim). SQLite's ``BEGIN
+    IMMEDIATE`` orders them already."""
+    if not await c.execute(
+        "INSERT INTO payment_claims (identifier, workspace_id, reference, created_at) "
+        "VALUES (?, '', '', ?) ON CONFLICT (identifier) DO NOTHING",
+        rev.payment_intent,
+        at,
+    ):
+        return False
+    await c.execute(
+        "INSERT INTO pending_reversals (payment_intent, reference, cause, object_id, amount, "
+        "detail, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (payment_intent, reference) DO NOTHING",
+        rev.payment_intent, rev.reference, rev.cause, rev.key, rev.amount, dumps(rev.detail),
+        at,
+    )  # fmt: skip
+    await c.execute(
+        "DELETE FROM payment_claims WHERE identifier = ? AND reference = ''", rev.payment_intent
+    )
+    return True
+
+
+async def settle_pending(c: Conn, identifiers: Iterable[str], at: int) -> None:
+    """Record the reversals held for the payment intents among ``identifiers`` against
+    the credit that claimed them, inside the transaction of that credit (which claimed
+    them first: see :func:`_hold`)."""
+    for pi in sorted({i for i in identifiers if i.startswith("pi_")}):
+        rows = await c.fetch(
+            "SELECT cause, object_id, amount, detail FROM pending_reversals "
+            "WHERE payment_intent = ? ORDER BY received_at, reference",
+            pi,
+        )
+        claim = await _claim(c, pi) if rows else None
+        if claim is None:
+            continue
+        for r in rows:
+            rev = Reversal(pi, r["cause"], r["object_id"], int(r["amount"]),
+                           loads(r["detail"]) or {})  # fmt: skip
+            await _record(c, claim, rev, at)
+        await c.execute("DELETE FROM pending_reversals WHERE payment_intent = ?", pi)
+
+
 class Reversals(StoreCore):
     async def reverse_payment(self, rev: Reversal, at: int) -> Reversed:
         """Record ``rev`` against the payment its payment intent names, in one
-        transaction (see the module's docstring)."""
+        transaction (see the module's docstring); ``awaiting_payment``: no credit of it
+        yet, kept for the credit to record."""
         async with self.transaction() as c:
-            claim = await c.fetchrow(
-                "SELECT workspace_id, reference FROM payment_claims "
-                f"WHERE identifier = ?{self.for_update}",
-                rev.payment_intent,
-            )
+            claim = await _claim(c, rev.payment_intent, self.for_update)
+            if claim is None and rev.payment_intent.startswith("pi_"):
+                if await _hold(c, rev, at):
+                    return Reversed("awaiting_payment")
+                claim = await _claim(c, rev.payment_intent, self.for_update)
             if claim is None:
                 return Reversed("unknown_payment")
-            ws = claim["workspace_id"]
-            row = await c.fetchrow(
+            return await _record(c, claim, rev, at)
+
+    async def reversals_of(self, payment_intent: str) -> list[LedgerEntry]:
+        """Every reversal entry of the payment credited under ``payment_intent``."""
+        async with self.connection() as c:
+            claim = await _claim(c, payment_intent)
+            row = claim and await c.fetchrow(
                 f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND reference = ?",
-                ws,
+                claim["workspace_id"],
                 claim["reference"],
             )
-            credit = _entry(row) if row else None
-            if credit is None or credit.kind != "topup" or credit.amount <= 0:
-                return Reversed("unknown_payment")
-            rows = await c.fetch(
-                f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND kind IN ({_KINDS}) "
-                "ORDER BY id",
-                ws,
-            )
-            prior = [e for e in map(_entry, rows) if e.detail.get("credit") == credit.reference]
-            reference = rev.reference
-            if any(e.reference == reference for e in prior):
-                return Reversed("already_reversed", credit, tuple(prior))
-            detail = {**rev.detail, "cause": rev.cause, "key": rev.key, "amount": rev.amount,
-                      "credit": credit.reference, "payment_intent": rev.payment_intent}  # fmt: skip
-            entry = LedgerEntry(
-                workspace_id=ws,
-                kind="dispute_reinstated" if rev.cause == "dispute_won" else "payment_reversed",
-                amount=0,
-                reference=reference,
-                created_at=at,
-                app_id=credit.app_id,
-                detail=detail,
-            )
-            before = taken_back(credit.amount, prior)
-            after = taken_back(credit.amount, [*prior, entry])
-            entry = replace(entry, amount=before - after)
-            await insert_ledger_entry(c, entry)
-        result: ReversalResult = "reinstated" if rev.cause == "dispute_won" else "reversed"
-        if rev.cause == "refund" and not entry.amount:
-            result = "already_reversed"  # recorded, nothing more to take back now
-        return Reversed(result, credit, (*prior, entry), entry)
+            return await _reversals(c, _entry(row)) if row else []

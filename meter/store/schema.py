@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from meter.store.db import Conn
 from meter.store.schema_claims import PAYMENT_CLAIMS, claim_manual_credits
 from meter.store.schema_initial import INITIAL
+from meter.store.schema_reversals import PENDING as PENDING_REVERSALS
 from meter.store.schema_reversals import POSTGRESQL as REVERSALS_PG
 from meter.store.schema_reversals import SQLITE as REVERSALS_SQLITE
 
@@ -273,6 +274,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         REVERSALS_SQLITE,
         postgresql=REVERSALS_PG,
     ),
+    Migration(16, "refunds and disputes before their payment's credit", PENDING_REVERSALS),
 )
 
 

@@ -43,3 +43,18 @@ POSTGRESQL = f"""
 ALTER TABLE ledger DROP CONSTRAINT ledger_kind_check;
 ALTER TABLE ledger ADD CONSTRAINT ledger_kind_check CHECK (kind IN ({_KINDS}))
 """
+
+# Migration 16: refunds and disputes of a payment not credited yet, kept for its credit
+# (meter.store.reversals.settle_pending). Portable: a new table only.
+PENDING = """
+CREATE TABLE pending_reversals (
+    payment_intent TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    detail {json} NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (payment_intent, reference)
+)
+"""

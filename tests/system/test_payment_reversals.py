@@ -267,9 +267,9 @@ async def test_forged_unknown_and_by_hand(sqlite_url: str, redis_url: str) -> No
         assert (await deliver(admin, tampered, signed(full)))[0] == 400
         assert await snapshot(admin) == before
 
-        # A payment never credited here: recorded, acknowledged, nothing taken.
+        # A payment never credited here: kept for its credit, acknowledged, nothing taken.
         stranger = refunded("pi_neverseen", 10000, amount=10000)
-        assert await outcome(admin, stranger) == "unknown_payment"
+        assert await outcome(admin, stranger) == "awaiting_payment"
         only_charge = disputed("charge.dispute.created", intent, "dp_x", 10000, "needs_response",
                                payment_intent=None)  # fmt: skip
         assert await outcome(admin, only_charge) == "unknown_payment"
@@ -339,7 +339,7 @@ async def test_migration_15_keeps_the_ledger_and_takes_the_new_kinds(
         with pytest.raises(Exception, match=r"(?i)check"):
             await store.add_ledger_entry(reversed_)
         before = [(e.id, e.amount, e.reference) for e in await store.ledger_entries("w1")]
-        assert await store.migrate() == [15]
+        assert await store.migrate() == [15, 16]
         assert [(e.id, e.amount, e.reference) for e in await store.ledger_entries("w1")] == before
         assert await store.add_ledger_entry(reversed_)
         won = LedgerEntry("w1", "dispute_reinstated", USD, "dispute_won:dp_1", 10)

@@ -9,6 +9,7 @@ official ``stripe`` library verifying deliveries signed as Stripe signs them.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from meter.accounts.deps import Deps
 from meter.store import LedgerEntry
 from meter.store.reversals import Reversal
 from meter.usage.reconcile import reconcile
-from tests.support.stripe_standin import disputed, refunded
+from tests.support.settings import OPERATOR_TOKEN
+from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
 from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
-from tests.system.test_payments import BACKENDS, USD, paying
+from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 
 @pytest.fixture(params=BACKENDS)
@@ -99,4 +101,61 @@ async def test_every_delivery_order_ends_the_same(
                 for name in order:
                     await outcome(admin, events[name])
                 assert await paid_funds(admin, ws) == (ORDERS[names], {}), order
+            await no_discrepancy(admin, ws)
+
+
+@pytest.mark.parametrize("first", ["refund", "dispute", "both"])
+async def test_reversals_before_the_payment_are_kept_for_its_credit(
+    store_url: str, redis_url: str, first: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+        session = standin.session_for(co["id"])
+        intent = intent_of(session)
+        events = _events(intent, "dp_early")
+        early = {"refund": ["refund_30"], "dispute": ["dispute"], "both": ["refund_30", "dispute"]}
+        for name in early[first]:
+            assert await outcome(admin, events[name]) == "awaiting_payment"
+        assert await paid_funds(admin, ws) == (0, {})
+        # Stripe's paid event comes (late, or retried): credited, less what was given back.
+        assert await outcome(admin, paid(session)) == "credited"
+        left = {"refund": 70 * USD, "dispute": 0, "both": 0}[first]
+        assert await paid_funds(admin, ws) == (left, {})
+        # Redelivered, each event changes nothing; the dispute won gives back its part.
+        for name in early[first]:
+            await outcome(admin, events[name])
+        assert await outcome(admin, paid(session)) == "already_credited"
+        assert await paid_funds(admin, ws) == (left, {})
+        if first != "refund":
+            assert await outcome(admin, events["won"]) == "reinstated"
+            assert await paid_funds(admin, ws) == ({"dispute": 100, "both": 70}[first] * USD, {})
+        await no_discrepancy(admin, ws)
+
+
+async def test_a_refund_before_a_credit_by_hand_is_taken_with_it(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, _standin):
+        _token, ws = await admin.owner_workspace()
+        assert await outcome(admin, refunded("pi_bank", 5000, amount=30000)) == ("awaiting_payment")
+        funds = {"amount": "300.00", "reference": "pi_bank"}
+        await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, funds)
+        await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, funds)  # idempotent
+        assert await paid_funds(admin, ws) == (250 * USD, {})
+        await no_discrepancy(admin, ws)
+
+
+async def test_a_refund_racing_the_paid_event_is_taken_once(store_url: str, redis_url: str) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        for _ in range(5):
+            token, ws = await admin.owner_workspace()
+            co = await admin.ok(
+                "POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"}
+            )
+            session = standin.session_for(co["id"])
+            both = [paid(session), refunded(intent_of(session), 4000, amount=10000)]
+            answers = await asyncio.gather(*(deliver(admin, p, signed(p)) for p in both))
+            assert [status for status, _ in answers] == [200, 200]
+            assert await paid_funds(admin, ws) == (60 * USD, {})
             await no_discrepancy(admin, ws)
