@@ -198,16 +198,24 @@ async def grant(
 
 
 async def reverse(
-    client: RedisClient, ws: str, *, reference: str, amount: int, app_id: str = ""
+    client: RedisClient,
+    ws: str,
+    *,
+    reference: str,
+    amount: int,
+    app_id: str = "",
+    now_ms: int | None = None,
 ) -> bool:
     """Take paid funds back (``reverse.lua``), idempotent by ``reference``; returns False
-    if it was already applied. The balance may go below zero."""
+    if it was already applied. The balance may go below zero; with ``now_ms``, taking the
+    paid total from above zero to zero or below announces ``paid_balance.zero``."""
     if amount <= 0:
         raise InvalidInput("amount", "must be positive")
     if not reference or len(reference) > 128:
         raise InvalidInput("reference", "must be 1-128 characters")
     res = await register(client, "reverse")(
-        keys=[keys.ws_prefix(ws)], args=[reference, amount, app_id]
+        keys=[keys.ws_prefix(ws)],
+        args=[reference, amount, app_id, *([] if now_ms is None else [now_ms])],
     )
     if res == -1:
         raise NotFound("workspace", ws)

@@ -160,7 +160,7 @@ async def apply_reversal(d: Deps, e: LedgerEntry) -> bool:
     if e.amount < 0:
         return await projection.reverse(
             d.redis, e.workspace_id, reference=e.reference, amount=-e.amount,
-            app_id=e.app_id or "",
+            app_id=e.app_id or "", now_ms=d.now_ms(),
         )  # fmt: skip
     if e.amount > 0:
         return await projection.grant(

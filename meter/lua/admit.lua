@@ -170,7 +170,8 @@ if W0.free > 0 and W.free == 0 then
   event('free_credits.exhausted', {once = once})
 end
 local paid_total = W.pool + W.apps
-if W0.pool + W0.apps > 0 and paid_total == 0 then event('paid_balance.zero', {}) end
+-- Zero or below: a payment given back (reverse.lua) may leave the paid total negative.
+if W0.pool + W0.apps > 0 and paid_total <= 0 then event('paid_balance.zero', {}) end
 local usable = (free_valid and W.free or 0) + paid_total
 local debited = W.free ~= W0.free or W.pool ~= W0.pool or W.apps ~= W0.apps
 if debited and not W.low then

@@ -268,7 +268,7 @@ async def _restore_flags(client: RedisClient, ws: str, settings: Settings) -> No
         keys.ws_key(ws),
         mapping={
             "low": int(usable < settings.low_balance_threshold),
-            "pz": int(pool + apps == 0),
+            "pz": int(pool + apps <= 0),
             "fx": int(free == 0),
         },
     )

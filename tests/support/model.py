@@ -186,7 +186,7 @@ class Workspace:
         out = [self._admit_one(now, *m) for m in msgs]
         if free0 > 0 and self.free == 0:
             self._event("free_credits.exhausted")
-        if paid0 > 0 and self.paid_total() == 0:
+        if paid0 > 0 and self.paid_total() <= 0:
             self._event("paid_balance.zero")
         usable = (self.free if now < self.free_exp else 0) + self.paid_total()
         if self._funds() != before and not self.is_low and usable < self.low:

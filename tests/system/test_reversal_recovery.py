@@ -12,15 +12,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from config import load_catalog
 from meter.accounts import projection, projection_check
 from meter.accounts.deps import Deps
+from meter.redis_layer import keys
 from meter.store import LedgerEntry
 from meter.store.reversals import Reversal
 from meter.usage.reconcile import reconcile
+from tests.support.bot import running_bot
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
 from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
@@ -159,3 +164,59 @@ async def test_a_refund_racing_the_paid_event_is_taken_once(store_url: str, redi
             assert [status for status, _ in answers] == [200, 200]
             assert await paid_funds(admin, ws) == (60 * USD, {})
             await no_discrepancy(admin, ws)
+
+
+async def _announced(admin: Any, ws: str) -> list[str]:
+    """Event types of ``ws``: those Redis holds and those the store has."""
+    raw = await admin.redis.lrange(keys.ws_prefix(ws) + ":ev", 0, -1)
+    stored = [e.event_type for e in await admin.store.list_events(ws)]
+    return [orjson.loads(r)["type"] for r in raw] + stored
+
+
+async def test_paid_balance_zero_is_announced_below_zero_too(
+    redis_url: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    async with (
+        running_bot() as bot,
+        paying(url, redis_url, traffic=True, topup_min="1.00") as (admin, standin),
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def send(app: str, user: str) -> int:
+            target = f"{admin.traffic_url}/hooks/web/{app}/m"
+            async with http.post(target, json={}, headers={"X-Channel-User-Id": user}) as resp:
+                return resp.status
+
+        token, _first = await admin.owner_workspace()
+        ws = await admin.new_workspace(token, "Second")  # no free credits
+        body = {"name": "a", "product": "automation", "upstream_url": bot.url}
+        a = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body))["id"]
+        b = await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token, body | {"name": "b"})
+        # App a's own $1 mostly refunded after it served: its funds go below zero.
+        intent = await bought(admin, standin, token, ws, "1.00", a)
+        assert await send(a, "ua") == 200
+        assert await outcome(admin, refunded(intent, 90, amount=100)) == "reversed"
+        before = (await _announced(admin, ws)).count("paid_balance.zero")
+        await bought(admin, standin, token, ws, "1.00")  # the shared pool
+        n = 0
+        while await send(b["id"], f"ub{n}") == 200:
+            n += 1
+        bal = await projection.read_balances(admin.redis, ws)
+        assert bal.pool + sum(bal.app.values()) < 0
+        # The paid total went from above zero to below it: announced once more.
+        assert (await _announced(admin, ws)).count("paid_balance.zero") == before + 1
+
+
+async def test_a_reversal_taking_the_paid_total_to_zero_announces_it(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        intent = await bought(admin, standin, token, ws, "100.00")
+        assert await outcome(admin, refunded(intent, 4000, amount=10000)) == "reversed"
+        assert "paid_balance.zero" not in await _announced(admin, ws)
+        dispute = disputed("charge.dispute.created", intent, "dp_1", 10000, "needs_response")
+        assert await outcome(admin, dispute) == "reversed"
+        assert await outcome(admin, dispute) == "already_reversed"
+        assert (await _announced(admin, ws)).count("paid_balance.zero") == 1
