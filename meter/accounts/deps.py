@@ -104,9 +104,12 @@ def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = Tr
 
 
 def check_free_text(field: str, value: str) -> str:
-    """``value`` if it holds no control character but newline and tab (Unicode Cc: NUL,
-    which PostgreSQL cannot store in text, escapes, carriage returns) nor lone surrogate:
-    the same text on every store, and no terminal escape in a log or an export."""
+    """``value`` with its ``\r\n`` line ends as newlines (as a browser's text area or
+    a Windows client sends them), if it then holds no control character but newline and
+    tab (Unicode Cc: NUL, which PostgreSQL cannot store in text, escapes, a carriage
+    return alone, which overwrites a terminal's line) nor lone surrogate: the same text
+    on every store, and no terminal escape in a log or an export."""
+    value = value.replace("\r\n", "\n")
     if any(ch not in _KEPT and unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise InvalidInput(field, "must not contain control characters (but newline and tab)")
     return value

@@ -23,10 +23,10 @@ async def request_upgrade(
     """Record an owner's request to become enterprise for ``products``; returns it and
     whether it is new (``False``: this same request was already open)."""
     prods = check_products("products", products)
-    if message is not None and len(message) > MAX_MESSAGE:
-        raise InvalidInput("message", f"longer than {MAX_MESSAGE} characters")
     if message is not None:
-        check_free_text("message", message)
+        message = check_free_text("message", message)  # line ends as newlines
+        if len(message) > MAX_MESSAGE:
+            raise InvalidInput("message", f"longer than {MAX_MESSAGE} characters")
     req = UpgradeRequest(
         id=new_id("r"), workspace_id=ws.id, products=prods, created_at=d.now_ms(), message=message
     )

@@ -75,5 +75,20 @@ async def test_free_text_with_a_control_character_is_422(any_admin: Admin) -> No
     decline = f"/v1/upgrade-requests/{made['id']}/decline"
     for reason in ("no\x00", "no\x1b[31m"):
         _refused(*await a.api("POST", decline, OPERATOR_TOKEN, {"reason": reason}), "reason")
-    done = await a.ok("POST", decline, OPERATOR_TOKEN, {"reason": "not yet:\n\tsee docs"})
+    done = await a.ok("POST", decline, OPERATOR_TOKEN, {"reason": "not yet:\r\n\tsee docs"})
     assert (done["status"], done["reason"]) == ("declined", "not yet:\n\tsee docs")
+
+
+async def test_crlf_line_ends_in_free_text_are_newlines(any_admin: Admin) -> None:
+    """A browser's text area sends CRLF: taken as newlines, the same text on every
+    store; a carriage return alone is still refused (above)."""
+    a = any_admin
+    tok, ws = await a.owner_workspace()
+    path = f"/v1/workspaces/{ws}/upgrade-requests"
+    body = {"products": ["search"], "message": "Hello,\r\nwe need search.\r\n"}
+    made = await a.ok("POST", path, tok, body)
+    assert made["message"] == "Hello,\nwe need search.\n"
+    again = await a.api("POST", path, tok, body)  # the same request, as it was stored
+    assert again[1]["id"] == made["id"], again
+    listed = await a.ok("GET", path, tok)
+    assert [r["message"] for r in listed["requests"]] == ["Hello,\nwe need search.\n"]
