@@ -16,7 +16,8 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
   every ``msteams_keys_min_refresh_s``), the metadata's issuer, audience = the secret
   (the bot's App ID), unexpired, with a ``serviceurl`` claim; the body must be a JSON
   object (an activity) whose ``serviceUrl`` (any spelling of it), if any, is that claim,
-  and the key's ``endorsements`` must list its ``channelId``, if any (as botbuilder);
+  and the key's ``endorsements`` must list its ``channelId`` (every spelling of it, all
+  the same), if any (as botbuilder);
 * ``jwt_hs256`` (every other channel): ``Authorization: Bearer`` JWT, HS256 with the
   secret, ``exp`` and ``sub`` required; ``sub`` is the channel user (it replaces
   ``X-Channel-User-Id``, also towards the bot); a token for ``/notify`` (``aud`` =
@@ -277,6 +278,14 @@ def _bind_activity(claims: dict[str, Any], endorsements: frozenset[str], body: b
     for name, value in activity.items():
         if name.lower() == SERVICE_URL_CLAIM and value != claimed:
             raise invalid_signature("serviceUrl does not match the token")
-    channel_id = activity.get("channelId")
-    if channel_id and (not isinstance(channel_id, str) or channel_id not in endorsements):
+    # Its channelId too (Newtonsoft takes the last spelling, others the first): every
+    # spelling must agree, and a channel named must be one the key is endorsed for.
+    channel_ids = [v for name, v in activity.items() if name.lower() == "channelid"]
+    if any(v != channel_ids[0] for v in channel_ids):
+        raise invalid_signature("the activity names several channelIds")
+    if (
+        channel_ids
+        and channel_ids[0] not in (None, "")
+        and (not isinstance(channel_ids[0], str) or channel_ids[0] not in endorsements)
+    ):
         raise invalid_signature("the signing key is not endorsed for the activity's channelId")

@@ -462,9 +462,34 @@ async def test_msteams_signing_key_must_endorse_the_activity_channel(world: Worl
         await refused_unmetered(world, path, body, {"Authorization": f"Bearer {token}"})
     odd = json.dumps({**json.loads(body), "channelId": ["msteams"]}).encode()
     await refused_unmetered(world, path, odd, {"Authorization": f"Bearer {o.token('k1')}"})
+    # Every spelling of channelId is read as it by a case-insensitive deserializer
+    # (Newtonsoft, the C# SDK's: the last one wins), so each is checked, and they agree.
+    webchat = {"Authorization": f"Bearer {o.token('webchat-only')}"}
+    activity = {k: v for k, v in json.loads(body).items() if k != "channelId"}
+    for spelled in (
+        {"ChannelId": "msteams"},
+        {"CHANNELID": "msteams"},
+        {"channelId": "webchat", "ChannelId": "msteams"},
+        {"ChannelId": "msteams", "channelId": "webchat"},
+        {"channelId": "webchat", "ChannelId": 7},
+    ):
+        odd = json.dumps({**activity, **spelled}).encode()
+        await refused_unmetered(world, path, odd, webchat)
+    o.add_key("both")
+    o.endorsements["both"] = ["webchat", "msteams"]
+    both = {"Authorization": f"Bearer {o.token('both')}"}
+    mixed = {**activity, "channelId": "webchat", "ChannelId": "msteams"}
+    await refused_unmetered(world, path, json.dumps(mixed).encode(), both)  # which one?
+    for ok, auth in (({"ChannelId": "webchat", "id": "wc-1"}, webchat), ({"id": "wc-2"}, webchat)):
+        status, _ = await world.post(path, json.dumps({**activity, **ok}).encode(), auth)
+        assert status == 200
+    assert world.bot.count() == 2
+    activity_ok = json.dumps({**activity, "channelId": "msteams", "id": "ms-1"}).encode()
+    assert (await world.post(path, activity_ok, both))[0] == 200
+    assert world.bot.count() == 3
     status, _ = await world.post(path, body, {"Authorization": f"Bearer {o.token('k1')}"})
     assert status == 200
-    assert world.bot.count() == 1
+    assert world.bot.count() == 4
 
 
 async def test_msteams_websocket_upgrades_are_refused(world: World) -> None:
