@@ -21,8 +21,17 @@ user and key win over the headers, which nobody signed.
 A pointer token ``*`` on an array takes every element: a WhatsApp delivery may batch
 entries, changes and messages, so its pointers are ``/entry/*/changes/*/value/messages/*/...``
 and a message anywhere in it is found. One delivery is one admission, so a billable
-callback whose user or key pointer finds more than one value is several messages, which
-one charge must not buy (:attr:`Message.several`: 422 ``batched_delivery``).
+callback whose user, key or ``bill_only_if_present`` pointer finds more than one value
+is several messages (a message without ``from`` or ``id`` is one too), which one charge
+must not buy (:attr:`Message.several`: 422 ``batched_delivery``).
+
+What bills and counts messages matches keys case-insensitively (``Messages``, ``Entry``:
+a bot behind Go's or .NET's JSON reader reads them as the fields; every spelling
+counts); a skip rule skips only on the exact key, all its spellings agreeing
+(:mod:`gateway.json_pointer`). A walk looks at a bounded number of members; past it, or
+for a signed body that does not parse on a channel that bills only what it finds, the
+callback is refused (:attr:`Message.unreadable`: 422 ``uninspectable_delivery``), never
+passed unbilled for holding nothing the gateway could read.
 
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
 skipped callback buys only the bot's status (:mod:`gateway.unbilled`).
@@ -37,13 +46,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from config.fields import ChannelRule
+from gateway.json_pointer import Pointer, TooComplex, parse_pointer, resolve, values
+
+__all__ = ["Channel", "Channels", "Message", "parse_pointer", "resolve", "values"]
 
 USER_HEADER = "X-Channel-User-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_CHALLENGE = 256
-
-Pointer = tuple[str, ...]
 
 BUILTIN: dict[str, ChannelRule] = {
     "web": ChannelRule(),  # a site's own chat widget: the user in X-Channel-User-Id
@@ -76,57 +86,6 @@ BUILTIN: dict[str, ChannelRule] = {
 }
 
 
-def parse_pointer(text: str) -> Pointer:
-    """RFC 6901 JSON pointer -> reference tokens (``""`` is the whole document)."""
-    if text == "":
-        return ()
-    if not text.startswith("/"):
-        raise ValueError(f"JSON pointer must start with '/': {text!r}")
-    return tuple(t.replace("~1", "/").replace("~0", "~") for t in text[1:].split("/"))
-
-
-_MISSING = object()
-
-
-def resolve(doc: Any, pointer: Pointer) -> Any:
-    """The value at ``pointer`` in ``doc``, or ``_MISSING``."""
-    for token in pointer:
-        if isinstance(doc, dict):
-            doc = doc.get(token, _MISSING)
-        elif isinstance(doc, list) and token.isdigit():
-            i = int(token)
-            doc = doc[i] if i < len(doc) else _MISSING
-        else:
-            return _MISSING
-        if doc is _MISSING:
-            return _MISSING
-    return doc
-
-
-def values(doc: Any, pointer: Pointer) -> list[Any]:
-    """Every value at ``pointer``: as :func:`resolve`, but a ``*`` token takes each element
-    of an array and each value of an object (``{"0": ...}`` is ``[...]`` to a JavaScript
-    bot's ``entry[0]``: a message there must be found too). At most one value per node."""
-    if "*" not in pointer:
-        found = resolve(doc, pointer)
-        return [] if found is _MISSING else [found]
-    docs = [doc]
-    for token in pointer:
-        step: list[Any] = []
-        for d in docs:
-            if token == "*" and isinstance(d, dict | list):
-                step.extend(d.values() if isinstance(d, dict) else d)
-            elif isinstance(d, dict):
-                if token in d:
-                    step.append(d[token])
-            elif isinstance(d, list) and token.isdigit() and int(token) < len(d):
-                step.append(d[int(token)])
-        if not step:
-            return []
-        docs = step
-    return docs
-
-
 def _scalar(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -143,6 +102,7 @@ class Message(NamedTuple):
     key: str
     challenge: str | None = None  # what the answer to a skipped callback may echo
     several: bool = False  # a billable delivery holding more than one message (a batch)
+    unreadable: str = ""  # why the body could not be classified (refused, never skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +142,29 @@ class Channel:
         try:
             doc = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
+            if authenticated and self.bill_only_if_present:
+                # Finding no message in what it cannot read must not pass the callback
+                # unbilled: a reader that takes a BOM, say, finds the messages.
+                return Message(True, user, key, unreadable="the body is not plain JSON")
             doc = None
+        try:
+            return self._classify(headers, doc, user, key, authenticated=authenticated)
+        except TooComplex as exc:
+            return Message(True, user, key, unreadable=str(exc))
+
+    def _classify(
+        self, headers: Mapping[str, str], doc: Any, user: str, key: str, *, authenticated: bool
+    ) -> Message:
+        # A field under any spelling of its keys counts (gateway.json_pointer: fold).
+        present = [values(doc, p, fold=True) for p in self.bill_only_if_present]
         if authenticated:
-            skipped = self._skipped(doc)
+            skipped = self._skipped(doc, present)
             if skipped:
                 return Message(False, user, key, self._challenge(doc))
-        users = values(doc, self.user_pointer) if self.user_pointer is not None else []
-        keys = values(doc, self.key_pointer) if self.key_pointer is not None else []
-        if len(users) > 1 or len(keys) > 1:
+        users = [] if self.user_pointer is None else values(doc, self.user_pointer, fold=True)
+        keys = [] if self.key_pointer is None else values(doc, self.key_pointer, fold=True)
+        # A message without user or key is still a message: counted by its presence too.
+        if len(users) > 1 or len(keys) > 1 or any(len(found) > 1 for found in present):
             return Message(True, user, key, None, True)
         body_user = _scalar(users[0]) if users else ""
         body_key = _scalar(keys[0]) if keys else ""
@@ -217,17 +192,21 @@ class Channel:
             return value
         return None
 
-    def _skipped(self, doc: Any) -> bool:
-        """Whether the channel's rules say this callback is not a user message."""
+    def _skipped(self, doc: Any, present: list[list[Any]]) -> bool:
+        """Whether the channel's rules say this callback is not a user message. Each rule
+        errs towards billing: a value to skip must be at the exact key and every spelling
+        of it must be one to skip; a field must be at the exact key to skip; a field to
+        bill is found under any spelling (``present``)."""
         for pointer, skip in self.skip_if_equals:
             # With ``*``: skipped only if every value found is one to skip.
-            found = values(doc, pointer)
-            if found and all(isinstance(v, str) and v in skip for v in found):
+            found = values(doc, pointer, fold=True)
+            exact = values(doc, pointer)
+            if exact and all(isinstance(v, str) and v in skip for v in found):
                 return True
         for pointer in self.skip_if_present:
             if values(doc, pointer):
                 return True
-        return any(not values(doc, pointer) for pointer in self.bill_only_if_present)
+        return any(not found for found in present)
 
 
 def compile_rule(label: str, rule: ChannelRule) -> Channel:

@@ -95,6 +95,15 @@ def batched_delivery() -> Problem:
     )
 
 
+def uninspectable_delivery(why: str) -> Problem:
+    return Problem(
+        422,
+        "uninspectable_delivery",
+        "Delivery cannot be inspected",
+        f"what this delivery holds cannot be told, so it cannot be billed: {why}",
+    )
+
+
 def check_loop(headers: Headers) -> None:
     """508 for a request that carries this gateway's ``Via`` entry (docs/design.md §3)."""
     for via in headers.getall("Via", ()):
@@ -192,6 +201,9 @@ async def admit(
     admission = None
     have_body = rule.needs_body or verified.body is not None
     if msg.billable and proxy.metering:
+        if msg.unreadable:  # never passed unbilled for holding nothing readable
+            proxy.metrics.refused("uninspectable_delivery")
+            raise uninspectable_delivery(msg.unreadable)
         if msg.several:  # one admission buys one message: never a batch of them
             raise batched_delivery()
         if not msg.user:

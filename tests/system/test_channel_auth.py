@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import subprocess
 import time
@@ -353,6 +354,87 @@ async def test_whatsapp_batches_of_messages_are_refused_unmetered(world: World) 
         body = whatsapp_delivery([m])
         assert (await world.post(path, body, meta_headers(body)))[0] == 200
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
+
+
+async def refused_as(w: World, path: str, body: bytes, code: str) -> None:
+    """A signed WhatsApp delivery refused 422 ``code``: nothing metered, bot not called."""
+    before = await w.state()
+    calls = w.bot.count()
+    status, problem = await w.post(path, body, meta_headers(body))
+    assert status == 422, (status, problem)
+    assert problem["code"] == code
+    assert w.bot.count() == calls
+    assert await w.state() == before
+
+
+def respelled(body: bytes, *path: str, key: str) -> bytes:
+    """``body`` with the object at ``path`` holding its ``key`` under another spelling."""
+    doc = json.loads(body)
+    node = doc
+    for step in path:
+        node = node[int(step)] if isinstance(node, list) else node[step]
+    node[key.capitalize()] = node.pop(key)
+    return json.dumps(doc).encode()
+
+
+async def test_whatsapp_messages_under_any_spelling_are_billed_and_counted(
+    world: World,
+) -> None:
+    """Go's encoding/json, ASP.NET Core and Newtonsoft read ``Messages`` or ``Entry`` as
+    ``messages`` and ``entry``: a bot behind one gets those messages, so they are billed
+    and counted as the real fields (every spelling counts), never passed unbilled."""
+    path = f"/hooks/whatsapp/{APP}"
+    alice = {"from": "16505550001", "id": "wamid.A1"}
+    bob = {"from": "447700900123", "id": "wamid.B1"}
+    value = ("entry", "0", "changes", "0", "value")
+    one = whatsapp_delivery([alice])
+    both = json.loads(whatsapp_delivery([alice]))
+    both["entry"][0]["changes"][0]["value"]["Messages"] = [
+        {**alice, "id": f"wamid.X{i}"} for i in range(3)
+    ]
+    no_from = json.loads(whatsapp_delivery([alice, bob]))
+    del no_from["entry"][0]["changes"][0]["value"]["messages"][1]["from"]
+    del no_from["entry"][0]["changes"][0]["value"]["messages"][1]["id"]
+    for body in (
+        respelled(whatsapp_delivery([alice, bob]), *value, key="messages"),  # only Messages
+        json.dumps(both).encode(),  # messages [1] and Messages [3]
+        respelled(whatsapp_delivery([alice, bob]), key="entry"),  # Entry, 2 messages
+        json.dumps(no_from).encode(),  # a message without from and id rides along
+    ):
+        await refused_as(world, path, body, "batched_delivery")
+    # One message under another spelling is a message: billed, once.
+    for charged, body in enumerate(
+        (respelled(one, *value, key="messages"), respelled(whatsapp_delivery([bob]), key="entry")),
+        start=1,
+    ):
+        assert (await world.post(path, body, meta_headers(body)))[0] == 200
+        assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - charged * PRICE
+    assert world.bot.count() == 2
+    # Receipts under another spelling are still receipts.
+    receipts = respelled(whatsapp_delivery([]), key="entry")
+    before = await world.state()
+    assert (await world.post(f"/hooks/whatsapp/{BROKE}", receipts, meta_headers(receipts)))[
+        0
+    ] == 200
+    assert await world.state() == before
+
+
+async def test_whatsapp_deliveries_it_cannot_read_are_refused_not_passed(world: World) -> None:
+    """A signed body orjson cannot read (a BOM, which .NET readers skip; gzip) holds no
+    message the gateway can see: refused, never passed to the bot unbilled. So is a body
+    whose fields lie past a bounded walk (a million empty arrays in ``entry``)."""
+    path = f"/hooks/whatsapp/{APP}"
+    one = whatsapp_delivery([{"from": "16505550001", "id": "wamid.A1"}])
+    for body in (b"\xef\xbb\xbf" + one, gzip.compress(one), b"{" + one):
+        await refused_as(world, path, body, "uninspectable_delivery")
+    wide = b'{"entry":[' + b",".join([b"[]"] * 20_000) + b"]}"
+    await refused_as(world, path, wide, "uninspectable_delivery")
+    wide = json.dumps({"entry": [{f"k{i}": i for i in range(20_000)}]}).encode()
+    await refused_as(world, path, wide, "uninspectable_delivery")
+    # An empty signed body holds nothing for any reader: not a message, as before.
+    assert (await world.post(path, b"", meta_headers(b"")))[0] == 200
+    assert (await world.post(path, one, meta_headers(one)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
 
 
 async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: World) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from config.fields import ChannelRule
 from gateway.channels import Channels, parse_pointer, resolve, values
+from gateway.json_pointer import MAX_WALK, TooComplex
 from tests.support.samples import sample
 
 
@@ -148,3 +149,46 @@ def test_only_slacks_url_verification_carries_a_challenge() -> None:
     assert challenge("slack", {"type": "app_rate_limited", "challenge": "c1"}) is None
     for odd in ("", "x" * 257, "a\nb", 7, ["c1"], None):
         assert challenge("slack", {"type": "url_verification", "challenge": odd}) is None
+
+
+def test_folded_pointers_take_every_spelling_within_a_bounded_walk() -> None:
+    doc = {"Entry": [{"messages": [1]}, {"MESSAGES": [2], "meſſages": [3]}], "entry": [{}]}
+    assert values(doc, parse_pointer("/entry/*/messages/*")) == []
+    assert values(doc, parse_pointer("/entry/*/messages/*"), fold=True) == [1, 2, 3]
+    assert values({"a": 1, "A": 2}, parse_pointer("/a"), fold=True) == [1, 2]
+    # As Go's and .NET's readers fold: long s, Kelvin sign, dotless and dotted I.
+    odd = {"ſ": 1, "\u212a": 2, "ı": 3, "İ": 4, "σ": 5}
+    assert [values(odd, (t,), fold=True) for t in ("s", "k", "i")] == [[1], [2], [3, 4]]
+    wide = {"entry": [[]] * (MAX_WALK + 1)}
+    with pytest.raises(TooComplex):
+        values(wide, parse_pointer("/entry/*/x"))
+    with pytest.raises(TooComplex):
+        values({str(i): i for i in range(MAX_WALK + 1)}, parse_pointer("/a"), fold=True)
+    assert values({str(i): i for i in range(MAX_WALK + 1)}, parse_pointer("/a")) == []
+
+
+def test_rules_err_towards_billing_across_spellings() -> None:
+    """Billing and counting see every spelling of a key; skipping needs the exact key,
+    and every spelling of it a value to skip."""
+    whatsapp = Channels({}).get("whatsapp")
+    doc = orjson.loads(sample("whatsapp-message.json"))
+    value = doc["entry"][0]["changes"][0]["value"]
+    value["Messages"] = value.pop("messages")
+    msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
+    assert (msg.billable, msg.several, msg.user) == (True, False, "16505551234")
+    value["messages"] = [{"type": "text"}]  # no from, no id: still a second message
+    assert whatsapp.inspect({}, orjson.dumps(doc), authenticated=True).several
+    for body in (b"\xef\xbb\xbf" + sample("whatsapp-message.json"), b"{"):
+        msg = whatsapp.inspect({}, body, authenticated=True)
+        assert msg.billable
+        assert msg.unreadable
+    teams = Channels({}).get("msteams")
+    typing = orjson.loads(sample("msteams-typing.json"))
+    assert not teams.inspect({}, orjson.dumps(typing), authenticated=True).billable
+    assert teams.inspect(
+        {}, orjson.dumps({**typing, "Type": "message"}), authenticated=True
+    ).billable
+    del typing["type"]
+    assert teams.inspect(
+        {}, orjson.dumps({**typing, "Type": "typing"}), authenticated=True
+    ).billable
