@@ -19,6 +19,7 @@ The problems both servers answer with are built here as well.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
@@ -34,6 +35,8 @@ from gateway.metrics import Metrics
 from gateway.problems import Problem, unknown_app
 from gateway.unbilled import Unbilled
 from gateway.upstreams import NO_UPSTREAM, Upstreams
+
+log = logging.getLogger(__name__)
 
 ReadBody = Callable[[], Awaitable[bytes]]
 
@@ -205,6 +208,10 @@ async def admit(
             proxy.metrics.refused("uninspectable_delivery")
             raise uninspectable_delivery(msg.unreadable)
         if msg.several:  # one admission buys one message: never a batch of them
+            # Meta retries the same batch, refused each time: its messages never reach
+            # the bot. Counted and logged (which app) for the operator to act on.
+            proxy.metrics.refused("batched_delivery")
+            log.warning("refused a batched %s delivery to app %s", rule.label, app_id)
             raise batched_delivery()
         if not msg.user:
             raise missing_user()

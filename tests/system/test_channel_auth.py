@@ -331,7 +331,9 @@ async def test_whatsapp_message_anywhere_in_a_delivery_is_billed(world: World) -
     assert await world.state() == before
 
 
-async def test_whatsapp_batches_of_messages_are_refused_unmetered(world: World) -> None:
+async def test_whatsapp_batches_of_messages_are_refused_unmetered(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     """One delivery is one admission: several messages (two users', or one user's two)
     must not be bought with one charge, nor charged to the first user alone."""
     path = f"/hooks/whatsapp/{APP}"
@@ -354,6 +356,11 @@ async def test_whatsapp_batches_of_messages_are_refused_unmetered(world: World) 
         body = whatsapp_delivery([m])
         assert (await world.post(path, body, meta_headers(body)))[0] == 200
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
+    # Meta retries a refused batch as it was, refused again: never delivered. So each
+    # refusal is counted by reason and logged with its app, for the operator to act on.
+    async with world.http.get(f"{world.gw.admin_url}/metrics") as resp:
+        assert 'creditgate_refusals_total{reason="batched_delivery"} 4.0' in await resp.text()
+    assert f"refused a batched whatsapp delivery to app {APP}" in caplog.text
 
 
 async def refused_as(w: World, path: str, body: bytes, code: str) -> None:
