@@ -232,6 +232,8 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
         await projection.rename_legacy_fields(client)  # an older version's field names
         async with store:
             reports = await run(store, client, settings, workspace=workspace, apply=apply)
+            since = int(time.time() * 1000) - DAY_MS  # kept for a day: not just in flight
+            kept = [] if workspace else await store.kept_reversals(before=since)
     finally:
         await client.aclose()
     bad = 0
@@ -252,6 +254,10 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             print(f"{rep.workspace_id}: not corrected: balances moved while comparing "
                   "(stop traffic, then run again)")  # fmt: skip
         bad += len(rep.mismatches)
+    for pi, ref, _at in kept:  # not counted: a payment never credited here keeps them
+        print(f"pending_reversals: {ref} of {pi} kept for a day or more, its payment not "
+              "credited here (if it was paid here, credit it by hand under that payment "
+              "intent, or resend its checkout's paid event from Stripe)")  # fmt: skip
     unsettled = any(rep.unsettled for rep in reports)
     done = " corrected" if apply and not unsettled else ""
     _err(f"{len(reports)} workspaces, {bad} mismatches{done}")

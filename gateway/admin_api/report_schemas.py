@@ -31,8 +31,8 @@ class FundsAdd(Body):
     reference: Reference = Field(
         description="required (e.g. the bank transfer's id): the same reference credits once. "
         "One naming a payment (a checkout's id, cs_… or pi_…) credits it once, by hand or "
-        "by its webhook: 409 reference_is_checkout once credited, 409 amount_mismatch "
-        "when a known checkout's amount differs (except a checkout rejected by its event)"
+        "by its webhook: 409 reference_is_checkout once credited; a checkout not paid yet "
+        "is credited under its pi_… (its id or cs_…: 409 payment_intent_required)"
     )
 
 

@@ -9,8 +9,11 @@ One payment is credited once, by its webhook or by hand, whichever comes first
 provider's session id ``cs_…`` or payment intent ``pi_…``, in any spelling the ledger
 uses) claims it; crediting a payment claimed already is 409 (``reference_is_checkout``
 when its checkout is known), and a webhook that comes after a credit by hand credits
-nothing. A credit by hand naming a checkout is of that checkout's amount (else 409
-``amount_mismatch``): the payer's payment is not silently credited as another sum.
+nothing. A checkout whose payment intent is not known yet (its paid event did not come)
+is credited by hand under its ``pi_…`` only (409 ``payment_intent_required`` for its id
+or session id: its refunds and disputes, which name the payment intent, would not find
+that credit). A credit by hand naming a known checkout is of that checkout's amount
+(else 409 ``amount_mismatch``).
 
 A top-up is idempotent by its ledger ``reference`` across three writes, each keyed by
 it: the ledger entry (unique ``(workspace, reference)``), the live balance in Redis
@@ -120,12 +123,22 @@ async def add_funds(
 def _refuse_paid_twice(reference: str, ws: Workspace, done: ManualCredit) -> None:
     """409 when the payment ``reference`` names is another workspace's checkout, was
     credited already (by its webhook or by hand under another reference), or is a
-    checkout of another amount (``amount_mismatch``)."""
+    checkout of another amount (``amount_mismatch``) or whose payment intent is not known
+    (``payment_intent_required``)."""
     co, holder = done.checkout, done.holder
     if co is not None and co.workspace_id != ws.id:
         raise Conflict(
             f"reference {reference} names a checkout of another workspace",
             code="reference_is_checkout",
+            field="reference",
+        )
+    if done.no_intent and co is not None:
+        raise Conflict(
+            f"reference {reference} names checkout {co.id}, whose payment intent is not "
+            "known here yet: credit its payment by hand under its payment intent (pi_…, "
+            "shown on the payment in Stripe's dashboard), so that its refunds and disputes "
+            "find the credit",
+            code="payment_intent_required",
             field="reference",
         )
     if done.mismatch and co is not None:

@@ -129,8 +129,9 @@ async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str |
     )
     done = await d.store.reverse_payment(rev, d.now_ms())
     if done.result == "awaiting_payment":
-        log.info("payment event %s (%s): payment intent %s not credited yet, kept for it",
-                 ev.event_id, ev.type, ev.payment_intent)  # fmt: skip
+        log.warning("payment event %s (%s): payment intent %s not credited yet, kept for "
+                    "its credit (reconcile lists it after a day)",
+                    ev.event_id, ev.type, ev.payment_intent)  # fmt: skip
         return "awaiting_payment", None
     if done.credit is None:
         return "unknown_payment", None

@@ -37,12 +37,15 @@ class ManualCredit:
     """What :meth:`Payments.credit_by_hand` did: ``created`` the entry (``False``: it
     existed, or nothing was written); the ``checkout`` the reference names; the other
     ledger entry (``holder``) that already credited this payment, if one did;
-    ``mismatch``: nothing written, the amount is not the checkout's (:func:`_fixed_amount`)."""
+    ``mismatch``: nothing written, the amount is not the checkout's (:func:`_fixed_amount`);
+    ``no_intent``: nothing written, the checkout's payment intent is not known yet (its
+    refunds and disputes, keyed by payment intent, would never find this credit)."""
 
     created: bool
     checkout: Checkout | None
     holder: Holder | None
     mismatch: bool = False
+    no_intent: bool = False
 
 
 class _Refused(Exception):
@@ -209,8 +212,11 @@ class Payments(StoreCore):
         checkout's identifiers are claimed too and it becomes ``credited_by_hand``; a
         provider id (``cs_``/``pi_``) names a payment even unknown here. Nothing is
         written when the checkout is another workspace's, one of the identifiers was
-        credited under another ledger entry (``holder``), or the amount is not the
-        checkout's (``mismatch``: the payer's payment would be credited as another sum).
+        credited under another ledger entry (``holder``), the checkout has no payment
+        intent recorded (``no_intent``: a refund or dispute, which names only the payment
+        intent, would never find this credit; the operator credits it under its ``pi_…``),
+        or the amount is not the checkout's (``mismatch``: the payer's payment would be
+        credited as another sum).
         """
         mine = Holder(entry.workspace_id, entry.reference)
         try:
@@ -227,6 +233,8 @@ class Payments(StoreCore):
                 other, _ = await claim(c, idents, mine, entry.created_at)
                 if other is not None:
                     raise _Refused(ManualCredit(False, co, other))
+                if co is not None and not co.payment_intent:
+                    raise _Refused(ManualCredit(False, co, None, no_intent=True))
                 if co is not None and _fixed_amount(co, entry):
                     raise _Refused(ManualCredit(False, co, None, mismatch=True))
                 created = await insert_ledger_entry(c, entry)

@@ -213,6 +213,17 @@ class Reversals(StoreCore):
                 return Reversed("unknown_payment")
             return await _record(c, claim, rev, at)
 
+    async def kept_reversals(self, before: int) -> list[tuple[str, str, int]]:
+        """Refunds and disputes kept (``awaiting_payment``) since before ``before`` (ms):
+        ``(payment intent, reference, received at)``, oldest first."""
+        async with self.connection() as c:
+            rows = await c.fetch(
+                "SELECT payment_intent, reference, received_at FROM pending_reversals "
+                "WHERE received_at < ? ORDER BY received_at, payment_intent, reference",
+                before,
+            )
+        return [(r["payment_intent"], r["reference"], int(r["received_at"])) for r in rows]
+
     async def reversals_of(self, payment_intent: str) -> list[LedgerEntry]:
         """Every reversal entry of the payment credited under ``payment_intent``."""
         async with self.connection() as c:

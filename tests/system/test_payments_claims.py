@@ -11,6 +11,7 @@ stores, the real ``stripe`` library against the local stand-in, signed deliverie
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from meter.store import Checkout, LedgerEntry, Store, User, Workspace, open_stor
 from meter.store.schema import MIGRATIONS
 from tests.support.adminkit import Admin
 from tests.support.settings import OPERATOR_TOKEN
-from tests.support.stripe_standin import paid, signed
+from tests.support.stripe_standin import paid, refunded, signed
+from tests.system.test_payment_reversals import no_discrepancy, outcome, paid_funds
 from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 
@@ -146,38 +148,55 @@ async def test_limits_changed_after_the_checkout_do_not_refuse_its_payment(
         assert stored.status == "paid"
 
 
-async def test_a_credit_by_hand_of_a_known_checkout_is_of_its_amount(
+async def test_a_checkout_is_credited_by_hand_under_its_payment_intent(
     store_url: str, redis_url: str
 ) -> None:
-    """The operator credits a late payment by hand with another sum: refused (was taken,
-    and the payer's $500 payment then credited $100, answered ``credited_by_hand``)."""
+    """Before its paid event the gateway does not know a checkout's payment intent, and
+    a refund or a dispute names only that: a credit by hand under the checkout's id or
+    session id was never found by them (the refund kept, ``awaiting_payment``, for ever
+    if the paid event never came, the payer refunded and still credited). Refused now
+    (409 ``payment_intent_required``, whatever the amount), nothing credited; under its
+    ``pi_…`` the refund is taken, whichever came first."""
     async with paying(store_url, redis_url) as (admin, standin):
-        ws, co, sid, _, body = await _paid_checkout(admin, standin, "500.00")
-        for ref in (sid, co, f"CHECKOUT:{sid}", f"stripe:{co}"):
-            status, answer = await _funds(admin, ws, ref, "100.00")
-            assert (status, answer["code"]) == (409, "amount_mismatch"), (ref, answer)
-            assert "500.00" in answer["detail"]
-        assert await _credited(admin, ws) == 0
-        stored = await admin.store.get_checkout(co)
-        assert stored is not None
-        assert stored.status == "open"
-        assert (await _funds(admin, ws, sid, "500.00"))[0] == 201  # its amount: credited
-        status, answer = await deliver(admin, body, signed(body))
-        assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
-        assert await _credited(admin, ws) == 500 * USD
+        for refund_first in (True, False):
+            ws, co, sid, intent, body = await _paid_checkout(admin, standin, "500.00")
+            if refund_first:
+                assert await outcome(admin, refunded(intent, 10000, amount=50000)) == (
+                    "awaiting_payment"
+                )
+            for ref, amount in itertools.product(
+                (sid, co, f"CHECKOUT:{sid}", f"stripe:{co}"), ("100.00", "500.00")
+            ):
+                status, answer = await _funds(admin, ws, ref, amount)
+                assert (status, answer["code"]) == (409, "payment_intent_required"), answer
+                assert intent not in answer["detail"]  # not known: the operator reads it
+            assert await _credited(admin, ws) == 0
+            stored = await admin.store.get_checkout(co)
+            assert stored is not None
+            assert stored.status == "open"
+            assert (await _funds(admin, ws, intent, "500.00"))[0] == 201
+            if not refund_first:
+                assert await outcome(admin, refunded(intent, 10000, amount=50000)) == "reversed"
+            assert await paid_funds(admin, ws) == (400 * USD, {})
+            status, answer = await deliver(admin, body, signed(body))
+            assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
+            assert await paid_funds(admin, ws) == (400 * USD, {})
+            await no_discrepancy(admin, ws)
 
 
 async def test_a_rejected_checkout_is_credited_by_hand_at_the_sum_found_right(
     store_url: str, redis_url: str
 ) -> None:
     """Its paid event did not match it (never credited by its webhook): the operator
-    credits what was paid, as the README says."""
+    credits what was paid under its payment intent, as the README says."""
     async with paying(store_url, redis_url) as (admin, standin):
-        ws, co, sid, _, _ = await _paid_checkout(admin, standin, "500.00")
+        ws, co, sid, intent, _ = await _paid_checkout(admin, standin, "500.00")
         body = paid(standin.session_for(co), amount_total=10000)  # $100 paid
         status, answer = await deliver(admin, body, signed(body))
         assert (status, answer["outcome"]) == (200, "amount_mismatch"), answer
         status, answer = await _funds(admin, ws, sid, "100.00")
+        assert (status, answer["code"]) == (409, "payment_intent_required"), answer
+        status, answer = await _funds(admin, ws, intent, "100.00")
         assert (status, answer["created"]) == (201, True), answer
         assert await _credited(admin, ws) == 100 * USD
 

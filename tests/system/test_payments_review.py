@@ -63,13 +63,17 @@ async def test_a_topup_paid_during_a_rebuild_is_credited_after_it(
 async def test_a_checkout_cannot_also_be_credited_by_hand(redis_url: str, tmp_path: Path) -> None:
     """The transactions list shows a checkout's session id as its reference; an operator
     crediting "that payment" by hand under it credited it twice (the webhook's and the
-    manual reference never met). Now the first credit, here by hand, is the only one."""
+    manual reference never met). Now the first credit, here by hand, is the only one; it
+    is made under the payment intent (the checkout's names are refused before its paid
+    event: its refunds, which name only the payment intent, would not find them)."""
     async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as (admin, standin):
         token, ws = await admin.owner_workspace()
         co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "500.00"})
         session = standin.session_for(co["id"])
-        expect = [(201, None), (409, "reference_is_checkout")]
-        for reference, want in zip((session["id"], co["id"]), expect, strict=True):
+        body = paid(session)
+        intent = orjson.loads(body)["data"]["object"]["payment_intent"]
+        expect = [(409, "payment_intent_required"), (201, None), (409, "payment_intent_required")]
+        for reference, want in zip((session["id"], intent, co["id"]), expect, strict=True):
             status, answer = await admin.api(
                 "POST",
                 f"/v1/workspaces/{ws}/funds",
@@ -77,18 +81,16 @@ async def test_a_checkout_cannot_also_be_credited_by_hand(redis_url: str, tmp_pa
                 {"amount": "500.00", "reference": reference},
             )
             assert (status, answer.get("code")) == want, answer
+        status, answer = await deliver(admin, body, signed(body))
+        assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
         stored = await admin.store.get_checkout(co["id"])
         assert stored is not None
         assert stored.status == "credited_by_hand"
-        body = paid(session)
-        status, answer = await deliver(admin, body, signed(body))
-        assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
-        intent = orjson.loads(body)["data"]["object"]["payment_intent"]
         status, answer = await admin.api(
             "POST",
             f"/v1/workspaces/{ws}/funds",
             OPERATOR_TOKEN,
-            {"amount": "500.00", "reference": intent},  # as Stripe's dashboard names it
+            {"amount": "500.00", "reference": session["id"]},  # as the transactions list it
         )
         assert (status, answer["code"]) == (409, "reference_is_checkout"), answer
         assert await paid_state(admin, ws) == (0, 1, 500 * USD, 0)  # one funds.added
