@@ -34,7 +34,7 @@ from config.money import MICROS_PER_DOLLAR, format_amount
 from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
 from meter.store import LedgerEntry
-from meter.store.reversals import Cause, Reversal
+from meter.store.reversals import ACTOR, Cause, Reversal
 
 log = logging.getLogger(__name__)
 CENT = MICROS_PER_DOLLAR // 100  # the provider's amounts are cents (as credits.CENT)
@@ -141,7 +141,7 @@ async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str |
         e = done.entry
         after = {"amount": format_amount(e.amount), "app_id": e.app_id,
                  "reference": e.reference, "credit": done.credit.reference}  # fmt: skip
-        await audit(d, f"provider:{PROVIDER}", f"payment.{done.result}",
+        await audit(d, ACTOR, f"payment.{done.result}",
                     f"workspace:{e.workspace_id}", None, after)  # fmt: skip
     co = await d.store.get_checkout_by_payment_intent(ev.payment_intent)
     return done.result, ((co.id, co.session_id) if co else None)

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from config.money import format_amount
 from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import REVERSAL_KINDS, LedgerEntry
@@ -45,6 +46,7 @@ ReversalResult = Literal[
     "reversed", "reinstated", "already_reversed", "unknown_payment", "awaiting_payment"
 ]
 
+ACTOR = "provider:stripe"  # the audit's actor of a reversal (the accounts layer's too)
 _LEDGER = "id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail"
 _KINDS = ", ".join(f"'{k}'" for k in REVERSAL_KINDS)
 
@@ -181,10 +183,11 @@ async def _hold(c: Conn, rev: Reversal, at: int) -> bool:
 async def settle_pending(c: Conn, identifiers: Iterable[str], at: int) -> None:
     """Record the reversals held for the payment intents among ``identifiers`` against
     the credit that claimed them, inside the transaction of that credit (which claimed
-    them first: see :func:`_hold`)."""
+    them first: see :func:`_hold`), each that moves money with its audit entry (as one
+    recorded when its event came, ``held_since``: when it came)."""
     for pi in sorted({i for i in identifiers if i.startswith("pi_")}):
         rows = await c.fetch(
-            "SELECT cause, object_id, amount, detail FROM pending_reversals "
+            "SELECT cause, object_id, amount, detail, received_at FROM pending_reversals "
             "WHERE payment_intent = ? ORDER BY received_at, reference",
             pi,
         )
@@ -194,8 +197,22 @@ async def settle_pending(c: Conn, identifiers: Iterable[str], at: int) -> None:
         for r in rows:
             rev = Reversal(pi, r["cause"], r["object_id"], int(r["amount"]),
                            loads(r["detail"]) or {})  # fmt: skip
-            await _record(c, claim, rev, at)
+            done = await _record(c, claim, rev, at)
+            if done.entry is not None and done.credit is not None and done.entry.amount:
+                await _audit(c, done.entry, done.credit, done.result, r["received_at"], at)
         await c.execute("DELETE FROM pending_reversals WHERE payment_intent = ?", pi)
+
+
+async def _audit(
+    c: Conn, e: LedgerEntry, credit: LedgerEntry, result: str, held_since: int, at: int
+) -> None:
+    after = {"amount": format_amount(e.amount), "app_id": e.app_id, "reference": e.reference,
+             "credit": credit.reference, "held_since": int(held_since)}  # fmt: skip
+    await c.execute(
+        "INSERT INTO audit_log (at, actor, action, target, before, after) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        at, ACTOR, f"payment.{result}", f"workspace:{e.workspace_id}", dumps(None), dumps(after),
+    )  # fmt: skip
 
 
 class Reversals(StoreCore):

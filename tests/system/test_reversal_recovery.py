@@ -220,3 +220,45 @@ async def test_a_reversal_taking_the_paid_total_to_zero_announces_it(
         assert await outcome(admin, dispute) == "reversed"
         assert await outcome(admin, dispute) == "already_reversed"
         assert (await _announced(admin, ws)).count("paid_balance.zero") == 1
+
+
+async def test_a_reversal_kept_for_its_credit_is_audited_when_taken(
+    store_url: str, redis_url: str
+) -> None:
+    """A refund or dispute delivered before its payment's credit is taken by the credit's
+    transaction: it is audited there (``payment.reversed``, when it came), as one taken
+    at once is; by the paid event and by a credit by hand under the ``pi_…`` alike."""
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+        session = standin.session_for(co["id"])
+        intent = intent_of(session)
+        assert await outcome(admin, refunded(intent, 4000, amount=10000)) == "awaiting_payment"
+        assert await outcome(admin, paid(session)) == "credited"
+        funds = {"amount": "300.00", "reference": "pi_bank2"}
+        assert await outcome(admin, refunded("pi_bank2", 5000, amount=30000)) == (
+            "awaiting_payment"
+        )
+        await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN, funds)
+        later = await bought(admin, standin, token, ws, "100.00")  # taken at once: the same
+        assert await outcome(admin, refunded(later, 1000, amount=10000)) == "reversed"
+        audits = await admin.store.list_audit(target=f"workspace:{ws}")
+        taken = [
+            (a.actor, a.after["reference"], a.after["amount"], a.after["credit"])
+            for a in audits
+            if a.action == "payment.reversed"
+        ]
+        assert sorted(taken) == sorted([
+            ("provider:stripe", f"refund:ch_{intent[3:]}:4000", "-40.00",
+             f"checkout:{session['id']}"),
+            ("provider:stripe", f"refund:ch_{later[3:]}:1000", "-10.00",
+             f"checkout:{standin_session_of(standin, later)}"),
+            ("provider:stripe", "refund:ch_bank2:5000", "-50.00", "funds:pi_bank2"),
+        ])  # fmt: skip
+        assert await paid_funds(admin, ws) == (400 * USD, {})
+        await no_discrepancy(admin, ws)
+
+
+def standin_session_of(standin: Any, payment_intent: str) -> str:
+    [sid] = [s["id"] for s in standin.sessions.values() if intent_of(s) == payment_intent]
+    return sid
