@@ -27,7 +27,9 @@ Every entry is written even when it moves nothing (amount 0: a dispute whose won
 came first, a refund already covered by an open dispute or a larger refund), so the
 payment's state is known whatever order the events come in, and the final balance is the
 same for every order (a dispute won after a full refund gives nothing back). An entry of
-amount 0 changes no live balance and carries no marker (:func:`meter.accounts.rebuild.marked`).
+amount 0 changes no live balance and carries no marker (:func:`meter.accounts.rebuild.marked`);
+its event answers ``already_reversed`` (never ``reversed`` or ``reinstated``), and it is
+listed in the workspace's transactions like any entry (bookkeeping: 0.00).
 """
 
 from __future__ import annotations
@@ -131,8 +133,8 @@ async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
     entry = replace(entry, amount=before - after)
     await insert_ledger_entry(c, entry)
     result: ReversalResult = "reinstated" if rev.cause == "dispute_won" else "reversed"
-    if rev.cause == "refund" and not entry.amount:
-        result = "already_reversed"  # recorded, nothing more to take back now
+    if not entry.amount:  # recorded, moves nothing: a dispute or a win after a full refund
+        result = "already_reversed"
     return Reversed(result, credit, (*prior, entry), entry)
 
 

@@ -188,12 +188,13 @@ async def test_disputes_take_back_and_a_won_one_gives_back(store_url: str, redis
         assert [await outcome(admin, closed) for _ in range(2)] == ["already_reversed"] * 2
         assert await paid_funds(admin, ws) == (200 * USD, {})
 
-        # Out of order: closed won before created, which then takes nothing.
+        # Out of order: closed won before created, which then takes nothing: both are
+        # recorded and move nothing (``already_reversed``, not ``reinstated``/``reversed``).
         late = await bought(admin, standin, token, ws, "100.00")
         closed = disputed("charge.dispute.closed", late, "dp_late", 10000, "won")
-        assert await outcome(admin, closed) == "reinstated"
+        assert await outcome(admin, closed) == "already_reversed"
         opened = disputed("charge.dispute.created", late, "dp_late", 10000, "needs_response")
-        assert await outcome(admin, opened) == "reversed"
+        assert await outcome(admin, opened) == "already_reversed"
         # An inquiry withdrew no funds.
         inquiry = disputed(
             "charge.dispute.created", late, "dp_inq", 10000, "warning_needs_response"
@@ -207,6 +208,36 @@ async def test_disputes_take_back_and_a_won_one_gives_back(store_url: str, redis
             ("dispute_reinstated", 0),
             ("payment_reversed", 0),
         ]
+        await no_discrepancy(admin, ws)
+
+
+async def test_a_dispute_after_a_full_refund_moves_nothing_and_says_so(
+    store_url: str, redis_url: str
+) -> None:
+    """Refunded in full, then disputed, then won: the dispute and the win are recorded
+    (0.00 entries, listed in the transactions as bookkeeping) but take and give nothing,
+    so they answer ``already_reversed`` (they answered ``reversed`` / ``reinstated``)."""
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        intent = await bought(admin, standin, token, ws, "100.00")
+        assert await outcome(admin, refunded(intent, 10000, amount=10000)) == "reversed"
+        for event, status in (("charge.dispute.created", "needs_response"),
+                              ("charge.dispute.closed", "won")):  # fmt: skip
+            dispute = disputed(event, intent, "dp_z", 10000, status)
+            assert await outcome(admin, dispute) == "already_reversed"
+        assert await paid_funds(admin, ws) == (0, {})
+        assert await reversals(admin, ws) == [
+            ("payment_reversed", -100 * USD),
+            ("payment_reversed", 0),
+            ("dispute_reinstated", 0),
+        ]
+        actions = [a.action for a in await admin.store.list_audit(target=f"workspace:{ws}")]
+        assert actions.count("payment.reversed") == 1
+        assert "payment.reinstated" not in actions
+        listed = await admin.ok("GET", f"/v1/workspaces/{ws}/transactions", token)
+        rows = [(t["type"], t["amount"], t["reference"]) for t in listed["transactions"]]
+        assert ("payment_reversed", "0.00", "dispute:dp_z") in rows, rows
+        assert ("dispute_reinstated", "0.00", "dispute_won:dp_z") in rows, rows
         await no_discrepancy(admin, ws)
 
 
