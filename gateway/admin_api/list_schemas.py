@@ -140,7 +140,9 @@ class TokenList(Listing):
 
 
 class UpgradeDecline(Body):
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Annotated[str, Field(min_length=1, max_length=4000)] = Field(
+        description="at most 2000 characters once CRLF line ends became newlines"
+    )
 
 
 class UpgradeRequestItem(Out):

@@ -134,7 +134,9 @@ class Upgrade(Body):
 
 class UpgradeRequestCreate(Body):
     products: list[Product] = Field(min_length=1, max_length=4)
-    message: Annotated[str, Field(max_length=2000)] | SkipJsonSchema[None] = optional()
+    message: Annotated[str, Field(max_length=4000)] | SkipJsonSchema[None] = optional(
+        description="at most 2000 characters once CRLF line ends became newlines"
+    )
 
 
 class WorkspacePatch(Body):

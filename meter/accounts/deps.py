@@ -92,8 +92,8 @@ def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = Tr
     other users, invitees included, before they consent to anything) has no control or
     format character (Unicode Cc, Cf: newlines, bidi overrides, zero-width characters)
     nor lone surrogate, which could make it pass for another text; other text is
-    :func:`check_free_text`."""
-    value = value.strip()
+    :func:`check_free_text`. The length is counted once ``\r\n`` became ``\n``."""
+    value = value.replace("\r\n", "\n").strip()
     if not value:
         raise InvalidInput(field, "must not be empty")
     if len(value) > limit:

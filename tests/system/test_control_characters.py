@@ -92,3 +92,24 @@ async def test_crlf_line_ends_in_free_text_are_newlines(any_admin: Admin) -> Non
     assert again[1]["id"] == made["id"], again
     listed = await a.ok("GET", path, tok)
     assert [r["message"] for r in listed["requests"]] == ["Hello,\nwe need search.\n"]
+
+
+async def test_the_length_of_free_text_counts_a_crlf_as_one_newline(any_admin: Admin) -> None:
+    """2000 characters once CRLF became newlines: a text area's 1401-character reason
+    (700 CRLF) was refused as longer than 2000 (counted before the conversion); one of
+    2001 characters after it is still refused."""
+    a = any_admin
+    tok, ws = await a.owner_workspace()
+    path = f"/v1/workspaces/{ws}/upgrade-requests"
+    long = "a\r\n" * 700 + "a"  # 2101 sent, 1401 kept
+    made = await a.ok("POST", path, tok, {"products": ["search"], "message": long})
+    assert made["message"] == "a\n" * 700 + "a"
+    decline = f"/v1/upgrade-requests/{made['id']}/decline"
+    done = await a.ok("POST", decline, OPERATOR_TOKEN, {"reason": long})
+    assert done["reason"] == "a\n" * 700 + "a"
+    too_long = "b" + "\r\n" * 1000 + "b" * 1000  # 2001 kept
+    made = await a.ok("POST", path, tok, {"products": ["agent"]})
+    decline = f"/v1/upgrade-requests/{made['id']}/decline"
+    _refused(*await a.api("POST", decline, OPERATOR_TOKEN, {"reason": too_long}), "reason")
+    body = {"products": ["automation"], "message": too_long}
+    _refused(*await a.api("POST", path, tok, body), "message")
