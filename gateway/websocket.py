@@ -197,7 +197,10 @@ async def proxy_websocket(
             headers=headers,
             protocols=protocols,
             max_msg_size=proxy.max_body,
-            autoping=True,
+            # Only the pump writes to the bot: it answers pings and closes itself
+            # (gateway.ws_pump: nothing may follow a client message in flight).
+            autoping=False,
+            autoclose=False,
         )
     except ClientGone:
         raise client_gone() from None

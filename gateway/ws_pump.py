@@ -1,18 +1,28 @@
 """The two directions of one proxied WebSocket (:mod:`gateway.websocket` opens both sides).
 
 Client -> bot: each text or binary message is admitted (:class:`~gateway.ws_charges.Charges`),
-then handed to the bot's socket and confirmed as forwarded once sent. A send that waits
-on a bot that stopped reading (aiohttp's send waits for the socket to drain, and the bot
-decides how long) waits at most ``send_s``: half the refund window, never longer than the
-idle timeout. Past it the bot's connection is aborted, its buffered frame discarded with
-it (``close()`` would flush it first), and only then is the message refunded, whatever
-``refund_on`` says: it never reached the bot. The client is closed 1011
-``upstream_timeout``. So a message is charged exactly once and the bot never gets one
-that is not paid: a message is confirmed only once sent, which is long before the
-sweeper's deadline (``refund_window_s`` after the charge), so the sweeper never refunds
-one the bot may read; a refunded one can no longer reach the bot. A send cut short
-because the other direction ended aborts the bot's connection the same way (the
-unconfirmed message is then the sweeper's to refund).
+then written to the bot's connection and confirmed as forwarded once its whole frame is
+with the kernel (:mod:`gateway.ws_wire`: a send waits for that), which delivers it
+whatever happens to the connection next. A send that waits on a bot that stopped reading
+waits at most ``send_s``: half the refund window, never longer than the idle timeout.
+Past it the bot's connection is aborted, and the client closed 1011 ``upstream_timeout``;
+the message is refunded, whatever ``refund_on`` says, if the frame's tail was still in
+the transport's buffer (discarded by the abort: the bot never gets it whole), and
+confirmed if it was not (the kernel delivers it; the deadline and the last bytes leaving
+can fall in the same loop pass). Only the pump writes to the bot's connection while a
+message is in flight (the bot's pings are answered between messages, under the same
+lock; aiohttp's own answers are turned off), and a send is complete only once the
+buffer is empty, so nothing confirmed before is ever discarded with it. The one other
+writer is aiohttp's own close frame when the bot's side ends or breaks the protocol
+mid-send: the buffer's count then no longer tells, and the message is kept charged
+(the bot must never get one that is not paid). So a message is charged exactly once
+and the bot never gets one that is not paid: a message is confirmed as soon as it is
+taken, which is long before the sweeper's deadline (``refund_window_s`` after the
+charge), so the sweeper never refunds one the bot may read; a refunded one can no
+longer reach the bot. A send cut short because the other direction ended is confirmed
+the same way if its frame was taken, and otherwise aborts the bot's connection (the
+unconfirmed message is then the sweeper's to refund). Over TLS the count is not exact
+(:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
 
 Bot -> client: each message is delivered once the connection has paid its way
 (:meth:`~gateway.ws_charges.Charges.bot_message`); bot messages are not metered.
@@ -35,9 +45,11 @@ from typing import NamedTuple
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from gateway.metering import Admission
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
+from gateway.ws_wire import abort, buffered_again, close_written, pending, unbuffered
 
 INTERNAL_ERROR = 1011
 INVALID_CREDENTIAL = "invalid_channel_signature"
@@ -64,11 +76,12 @@ async def pump(
     """Both directions until one ends (or the credential expires): the close code and
     reason it ended with."""
     dropped = asyncio.Event()  # set as a stalled send drops the bot's connection
+    wire = _Wire(upstream)
     tasks = [
         asyncio.create_task(
-            _client_to_bot(proxy, client, upstream, charges, sockets, send_s, dropped, credential)
+            _client_to_bot(proxy, client, wire, charges, sockets, send_s, dropped, credential)
         ),
-        asyncio.create_task(_bot_to_client(upstream, client, charges)),
+        asyncio.create_task(_bot_to_client(wire, client, charges)),
     ]
     if credential.expires:
         tasks.append(asyncio.create_task(_expiry(credential.expires)))
@@ -83,6 +96,7 @@ async def pump(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    buffered_again(upstream)
     return first.result()
 
 
@@ -91,16 +105,28 @@ async def _expiry(expires: float) -> tuple[int, str]:
     return POLICY_VIOLATION, INVALID_CREDENTIAL
 
 
-def abort(upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Drop the bot's connection now, what is still buffered for it discarded (``close()``
-    would send it first). aiohttp has no public way to: its writer's transport."""
-    upstream._writer.transport.abort()
+class _Wire:
+    """The bot's connection and the lock its writers take: a client message from its
+    write until it is taken (or not), a pong between messages."""
+
+    def __init__(self, upstream: aiohttp.ClientWebSocketResponse) -> None:
+        self.upstream = upstream
+        self.lock = asyncio.Lock()
+        self.exact = unbuffered(upstream)
+
+    def taken(self) -> bool:
+        """Whether the frame written last is entirely with the kernel (see the module)."""
+        if not self.exact:
+            return False
+        if close_written(self.upstream):  # perhaps after it: the count cannot tell
+            return True
+        return not pending(self.upstream)
 
 
 async def _client_to_bot(
     proxy: Proxy,
     client: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
+    wire: _Wire,
     charges: Charges,
     sockets: WebSockets,
     send_s: float,
@@ -121,16 +147,16 @@ async def _client_to_bot(
             admission = await charges.client_message()
         except Closing as exc:
             return exc.code, exc.reason
+        upstream = wire.upstream
         send = upstream.send_str if msg.type is WSMsgType.TEXT else upstream.send_bytes
+        written = False  # the frame is written in the send's first step (no compression)
         try:
-            async with asyncio.timeout(send_s):
+            async with asyncio.timeout(send_s), wire.lock:
+                written = True
                 await send(msg.data)
         except TimeoutError:
             dropped.set()
-            abort(upstream)  # first: once refunded, the message must never reach the bot
-            if admission is not None:
-                await proxy.meter.withdrawn(admission)
-            charges.count("bot_error")
+            await _stalled(proxy, wire, charges, admission, written)
             return INTERNAL_ERROR, "upstream_timeout"
         except (aiohttp.ClientError, ConnectionError):
             if admission is not None:
@@ -138,19 +164,46 @@ async def _client_to_bot(
             charges.count("bot_error")
             return INTERNAL_ERROR, "upstream_unavailable"
         except asyncio.CancelledError:
-            abort(upstream)  # not confirmed: the sweeper refunds it, so it must not arrive
+            if written and wire.taken():
+                _confirm(proxy, charges, admission)
+            else:
+                abort(upstream)  # not confirmed: the sweeper refunds it, so it must not arrive
             raise
-        proxy.meter.forwarded(admission)
-        charges.count("admitted")
+        _confirm(proxy, charges, admission)
     return client.close_code or 1000, ""
 
 
+def _confirm(proxy: Proxy, charges: Charges, admission: Admission | None) -> None:
+    proxy.meter.forwarded(admission)
+    charges.count("admitted")
+
+
+async def _stalled(
+    proxy: Proxy, wire: _Wire, charges: Charges, admission: Admission | None, written: bool
+) -> None:
+    """A send past its deadline: the bot's connection dropped, the message confirmed if
+    its frame was taken all the same (the kernel delivers it), refunded otherwise."""
+    taken = written and wire.taken()
+    abort(wire.upstream)  # first: once refunded, the message must never reach the bot
+    if taken:
+        _confirm(proxy, charges, admission)
+    elif admission is not None:
+        await proxy.meter.withdrawn(admission)
+    charges.count("bot_error")
+
+
 async def _bot_to_client(
-    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse, charges: Charges
+    wire: _Wire, client: web.WebSocketResponse, charges: Charges
 ) -> tuple[int, str]:
     # While a message waits for the handshake's admission, nothing more is read from the
     # bot: its next messages wait, in order, in the socket (bounded as any other read).
+    upstream = wire.upstream
     while (msg := await upstream.receive()).type not in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+        if msg.type is WSMsgType.PING:  # answered here, never while a message is in flight
+            async with wire.lock:
+                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                    await upstream.pong(msg.data)
+            continue
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE):
             continue
         try:

@@ -1,0 +1,297 @@
+"""A client message is charged exactly when its whole frame reached the kernel of the
+bot's connection (gateway/ws_pump.py, gateway/ws_wire.py): the kernel delivers it
+even once the connection is aborted, and the abort discards only what is still in the
+transport's own buffer.
+
+* A send whose last bytes leave that buffer in the same loop pass as its deadline is
+  charged (the bot reads it whole); it was refunded, delivered for free.
+* Messages confirmed before a send that stalls are never in that buffer any more when
+  the stalled send is aborted: each charged message is one the bot reads (thousands
+  were charged and discarded)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import select
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+
+from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import eventually, serve
+from tests.support.settings import HOST, make_settings
+from tests.system.test_ws_stalled_bot import APP, CENT, GUID, WS, StalledBot, gateway_with_sweeper
+
+FUNDS = 100 * CENT
+SEND_S = 1.0  # half the refund window below
+
+
+def _settings(redis_url: str, tmp_path: Path, **extra: Any) -> Any:
+    return make_settings(
+        redis_url,
+        tmp_path,
+        upstream_connect_timeout_s=1.0,
+        refund_window_s=2 * SEND_S,
+        max_body_bytes=16 << 20,
+        **extra,
+    )
+
+
+def _frames(data: bytes) -> list[int]:
+    """The sizes of the whole text or binary frames in ``data`` (masked, from a client)."""
+    sizes, at = [], 0
+    while at + 2 <= len(data):
+        b0, n = data[at], data[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            (n,) = struct.unpack("!H", data[at : at + 2])
+            at += 2
+        elif n == 127:
+            (n,) = struct.unpack("!Q", data[at : at + 8])
+            at += 8
+        if at + 4 + n > len(data):
+            break
+        at += 4 + n
+        if b0 & 0x0F in (1, 2):
+            sizes.append(n)
+    return sizes
+
+
+class ThreadBot:
+    """A WebSocket bot on a thread of its own, so it reads while the gateway's loop (the
+    test's) is blocked: after its handshake it reads nothing until ``go``, then
+    everything to the end of the stream (``got``: the whole messages' sizes)."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()  # the gateway wrote to it
+        self.go = threading.Event()
+        self.ended = threading.Event()
+        self.read = 0  # bytes read after the handshake
+        self._more = threading.Condition()
+        self.got: list[int] = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(1)
+        self.url = f"http://{HOST}:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def has_read(self, n: int, within_s: float = 30.0) -> bool:
+        with self._more:
+            return self._more.wait_for(lambda: self.read >= n, within_s)
+
+    def _run(self) -> None:
+        conn, _ = self._listener.accept()
+        self._listener.close()
+        with conn:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += conn.recv(1)
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in head.decode().split("\r\n")
+                if line.lower().startswith("sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            select.select([conn], [], [], 60)
+            self.arrived.set()
+            self.go.wait(60)
+            data = bytearray()
+            while chunk := self._recv(conn):
+                data += chunk
+                with self._more:
+                    self.read = len(data)
+                    self._more.notify_all()
+        self.got = _frames(bytes(data))
+        self.ended.set()
+
+    @staticmethod
+    def _recv(conn: socket.socket) -> bytes:
+        try:
+            return conn.recv(1 << 20)
+        except OSError:
+            return b""
+
+
+async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = 3 << 20  # more than the kernel takes at once, not twice as much
+    frame = 10 + 4 + size  # header, mask, payload
+    settings = _settings(redis_url, tmp_path)
+    bots: list[aiohttp.ClientWebSocketResponse] = []
+    send_bytes = aiohttp.ClientWebSocketResponse.send_bytes
+
+    async def seen(self: aiohttp.ClientWebSocketResponse, data: bytes, **kw: Any) -> None:
+        bots.append(self)
+        await send_bytes(self, data, **kw)
+
+    monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_bytes", seen)
+    bot = ThreadBot()
+    spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    loop = asyncio.get_running_loop()
+    async with (
+        gateway_with_sweeper(settings) as gw,
+        http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+    ):
+        try:
+            await ws.send_bytes(b"Q" * size)
+            # The gateway's send started (its deadline is at most SEND_S from now) ...
+            assert await loop.run_in_executor(None, bot.arrived.wait, 30)
+            started = time.monotonic()
+            transport = next(b for b in bots if b is not ws)._writer.transport
+            # ... and waits with the frame's tail in its transport's buffer.
+            assert await eventually(lambda: transport.get_write_buffer_size() > 0)
+            # Now the gateway's loop is blocked across the deadline while the bot reads
+            # all the kernel holds: the tail then leaves the buffer in the same pass as
+            # the deadline passes (time.sleep: the loop itself must not run).
+            left = transport.get_write_buffer_size()
+            assert left <= frame - left, "the kernel could not take the tail at once"
+            bot.go.set()
+            assert bot.has_read(frame - left)
+            while time.monotonic() <= started + SEND_S:
+                time.sleep(0.01)  # noqa: ASYNC251 (the loop must not run)
+            closed = await ws.receive(timeout=30)
+        finally:
+            bot.go.set()
+        assert (closed.type, closed.data, closed.extra) == (
+            WSMsgType.CLOSE,
+            1011,
+            "upstream_timeout",
+        )
+        assert await loop.run_in_executor(None, bot.ended.wait, 30)
+        assert bot.got == [size]  # the bot read it whole: it is paid
+        assert await _settled(rclient)
+        assert (await read_balances(rclient, WS)).app[APP] == FUNDS - CENT
+
+
+async def _settled(rclient: RedisClient) -> bool:
+    """Whether every charge was confirmed or refunded (nothing left for the sweeper)."""
+    for _ in range(600):
+        if await rclient.zcard(keys.reservations_key(WS)) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+class ReadingBot(StalledBot):
+    """As StalledBot, but once told to it reads every frame to the end of the stream
+    and answers none (so it never stops reading because a write of its failed)."""
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            head = (await r.readuntil(b"\r\n\r\n")).decode()
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+            w.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            await w.drain()
+            await self.read.wait()
+            data = bytearray()
+            while chunk := await r.read(1 << 20):
+                data += chunk
+            self.got = _frames(bytes(data))
+        except ConnectionError:
+            pass
+        finally:
+            self.done.set()
+            w.close()
+
+
+async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    funds = 1_000_000 * CENT
+    settings = _settings(redis_url, tmp_path, rate_per_minute=1_000_000, rate_per_hour=10_000_000)
+    async with ReadingBot() as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            flooding = asyncio.create_task(_flood(ws))
+            try:
+                closed = await ws.receive(timeout=60)  # a bound for a hang only
+            finally:
+                bot.read.set()
+                flooding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await flooding
+            assert (closed.data, closed.extra) == (1011, "upstream_timeout")
+            await asyncio.wait_for(bot.done.wait(), 30)
+            assert len(bot.got) > 1
+            # Once nothing is left for the sweeper, every charge is a message the bot read.
+            assert await _settled(rclient)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged == len(bot.got)
+
+
+async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Small messages until the bot's connection is full and one stalls."""
+    while True:
+        for _ in range(200):
+            await ws.send_bytes(b"Q" * 20)
+        await asyncio.sleep(0)
+
+
+async def test_the_bots_ping_is_answered_by_the_pump(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp no longer answers the bot's pings by itself (it would write while a client
+    message is in flight): the pump does, between messages."""
+    answers: list[tuple[WSMsgType, bytes]] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        assert (await ws.receive()).data == "hello"
+        await ws.ping(b"hi")
+        msg = await ws.receive()
+        answers.append((msg.type, msg.data))
+        await ws.send_str("answered")
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    settings = _settings(redis_url, tmp_path)
+    async with serve(app) as bot_url:
+        spec = {"product": "contact_center", "upstream_url": bot_url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u") as ws,
+        ):
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=30)).data == "answered"
+    assert answers == [(WSMsgType.PONG, b"hi")]
