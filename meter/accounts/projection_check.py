@@ -68,8 +68,12 @@ def _app_fields(app: App) -> list[bytes]:
 async def _workspace_drifted(d: Deps, ws: Workspace, current: dict[bytes, bytes]) -> bool:
     if current.get(b"type") != ws.type.encode():
         return True
-    own = ws.low_balance_threshold
-    if current.get(b"lowt") != (None if own is None else str(own).encode()):
+    lowt = ws.low_balance_threshold
+    if current.get(b"lowt") != (None if lowt is None else str(lowt).encode()):
+        return True
+    # The owner (``own``: whose tenant share its traffic takes); a projection written
+    # before it was kept has none, and the workspace would stay a tenant of its own.
+    if current.get(b"own") != (ws.owner_id.encode() if ws.owner_id else None):
         return True
     want = {
         f"l:{li.product}".encode(): f"{li.usage_limit},{li.per_minute},{li.per_hour}".encode()

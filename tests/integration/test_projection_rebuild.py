@@ -268,3 +268,16 @@ async def test_an_enterprise_workspace_keeps_its_licences_and_usage_counted(w: W
     assert await w.redis.get(lu) == counted
     assert await w.redis.hget(keys.ws_key(ws.id), "type") == b"enterprise"
     assert await w.redis.hget(keys.ws_key(ws.id), "l:automation") == b"100000,600,18000"
+
+
+async def test_an_earlier_versions_workspace_is_given_its_owner(w: World) -> None:
+    """A workspace projected before ``own`` was kept has none (its traffic a tenant of its
+    own, not its owner's): the periodic check writes it, and only that changes."""
+    wk = keys.ws_key(w.ws.id)
+    assert await w.redis.hget(wk, "own") == w.user.encode()
+    before = await balances(w)
+    await w.redis.hdel(wk, "own")
+    assert await projection_check.check_workspace(w.d, w.ws.id) == {"workspace": 1}
+    assert await w.redis.hget(wk, "own") == w.user.encode()
+    assert await balances(w) == before
+    assert await projection_check.check_workspace(w.d, w.ws.id) == {}
