@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from gateway.app import create_app
-from gateway.appkeys import WEBSOCKETS
+from gateway.appkeys import PROXY, WEBSOCKETS
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer import keys
@@ -137,6 +137,10 @@ async def test_a_message_the_bot_does_not_take_is_refunded_and_never_delivered(
             gateway_with_sweeper(settings) as gw,
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
         ):
+            # Seats are held per tenant (the workspace's owner, else the workspace).
+            sockets = gw.gateway.traffic[WEBSOCKETS]
+            tenant = gw.gateway.traffic[PROXY].upstreams.tenant(APP)
+            assert sockets.held(tenant) == 1
             try:
                 await ws.send_bytes(b"Q" * SIZE)
                 closed = await ws.receive(timeout=30)  # a bound for a hang only
@@ -144,8 +148,7 @@ async def test_a_message_the_bot_does_not_take_is_refunded_and_never_delivered(
                 bot.read.set()  # whatever happened, nothing is left waiting on the bot
             assert closed.type is WSMsgType.CLOSE
             assert (closed.data, closed.extra) == (1011, "upstream_timeout")
-            sockets = gw.gateway.traffic[WEBSOCKETS]
-            assert await eventually(lambda: sockets.held(APP) == 0)  # the seat is free
+            assert await eventually(lambda: sockets.held(tenant) == 0)  # the seat is free
             # The bot reads now: nothing whole is left to read.
             await asyncio.wait_for(bot.done.wait(), 30)
             assert bot.got == []
