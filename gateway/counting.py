@@ -82,3 +82,9 @@ async def counted(metrics: Metrics, label: str, handle: Awaitable[Forwarded]) ->
     finally:
         metrics.in_flight.dec()
         metrics.count(label, outcome)
+
+
+def bot_failing(status: int) -> bool:
+    """An answer of the bot that is its failure (``5xx``, refunded per ``refund_on``): a
+    5xx, or an informational status (a 101 nobody asked for; :mod:`gateway.proxy`)."""
+    return status >= 500 or status < 200

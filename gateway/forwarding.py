@@ -17,11 +17,12 @@ the other tenants' cookies on a shared traffic host included, which no one tenan
 may decide.
 
 A header field whose value is not UTF-8 is dropped, both ways and on both traffic servers
-(:func:`clean`): aiohttp decodes such bytes to lone surrogates and its writer leaves them
-out, so what it sent on was a value nobody sent (a bot's ``Set-Cookie: cg_sess\xffion=x``
-reached the browser as ``cg_session=x``, past the console-cookie check), while the fast
-path, writing bytes, passed them as they came. Field names are tokens (both parsers
-refuse anything else).
+(:mod:`gateway.header_text`): aiohttp decodes such bytes to lone surrogates and its writer
+leaves them out, so what it sent on was a value nobody sent (a bot's
+``Set-Cookie: cg_sess\xffion=x`` reached the browser as ``cg_session=x``, past the
+console-cookie check), while the fast path, writing bytes, passed them as they came. So
+is a bot's field whose value has a control character other than HTAB, which aiohttp's
+writer refuses. Field names are tokens (both parsers refuse anything else).
 
 ``Expect`` is met by the gateway itself and never forwarded (as nginx does): the client's
 ``100-continue`` is answered when its body is read (:mod:`gateway.http_rules`), and the bot
@@ -45,6 +46,7 @@ from gateway.console_cookies import (
     sets_console_cookie,
     without_console_cookies,
 )
+from gateway.header_text import clean, writable
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
@@ -96,25 +98,14 @@ def new_request_id() -> str:
     return _id_format % next(_ids)
 
 
-def clean(value: str) -> bool:
-    """Whether a header value is text as it arrived: no byte that was not UTF-8 (each is
-    a lone surrogate once decoded, which aiohttp's writer drops; see the module)."""
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _end_to_end(src: Headers, hop: frozenset[str], request: bool = False) -> CIMultiDict[str]:
     """``src`` without the hop-by-hop headers: ``hop`` (lower case), every header a
     ``Connection`` header lists, and ``Proxy-*``; one pass over ``src``. A ``request``'s
     header names with ``_`` are dropped too (nginx's default): a bot whose server maps
     ``_`` and ``-`` to one name (WSGI, CGI) would read a client's ``X_Channel_User_Id``
     beside, or instead of, the ``X-Channel-User-Id`` the gateway vouches for. A value
-    that is not UTF-8 goes too (see the module)."""
+    that is not UTF-8 goes too, and an answer's with a control character but HTAB (see
+    the module)."""
     drop = hop
     if "Connection" in src:
         listed = {
@@ -128,7 +119,7 @@ def _end_to_end(src: Headers, hop: frozenset[str], request: bool = False) -> CIM
                             and "_" not in k and (v.isascii() or clean(v))])  # fmt: skip
     return CIMultiDict([(k, v) for k, v in src.items()
                         if (low := k.lower()) not in drop and low[:6] != "proxy-"
-                        and (v.isascii() or clean(v))])  # fmt: skip
+                        and writable(v)])  # fmt: skip
 
 
 def forwarded_headers(

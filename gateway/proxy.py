@@ -9,8 +9,9 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * connection refused or reset before a response: ``connect``, 502 (504: connect timeout);
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
 * a 5xx response: ``5xx``, 502; the bot's body is never passed on for a metered message
-  (a bot cannot answer for free by answering 5xx); an invalid answer or a 101 no request
-  asked for (``Upgrade`` is not forwarded) is ``5xx``, 502 whether metered or not.
+  (a bot cannot answer for free by answering 5xx); an invalid answer (one aiohttp's writer
+  refuses too) or a 101 no request asked for (``Upgrade`` is not forwarded) is ``5xx``,
+  502 whether metered or not.
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 
@@ -28,9 +29,9 @@ doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
 turned invalid 400, one whose client left 499 (:mod:`gateway.request_body`): the client's
 failures, not the bot's (never observed as one), refunded by the sweeper if never
 forwarded, kept charged once the bot got its start (its first chunk: a bot never answers
-for free, as its answer is never passed on). A
-non-billable callback gets the bot's status, never its answer (:mod:`gateway.unbilled`); a
-looping request (:mod:`gateway.traffic_rules`) is refused before anything is metered.
+for free, as its answer is never passed on). A non-billable callback gets the bot's
+status, never its answer (:mod:`gateway.unbilled`); a looping request
+(:mod:`gateway.traffic_rules`) is refused before anything is metered.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
-from gateway.counting import Forwarded, counted
+from gateway.counting import Forwarded, bot_failing, counted
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import downstream_headers, upstream_headers
+from gateway.header_text import answer_reason
 from gateway.http_rules import body_stalled
 from gateway.inbound import inbound_of
 from gateway.metering import Admission, Failure, Meter
@@ -69,12 +71,6 @@ log = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024
 Body = bytes | AsyncIterator[bytes] | None
 Sent = Body | payload.Payload
-
-
-def bot_failing(status: int) -> bool:
-    """An answer of the bot that is its failure (``5xx``, refunded per ``refund_on``): a
-    5xx, or an informational status (a 101 nobody asked for; see the module)."""
-    return status >= 500 or status < 200
 
 
 @dataclass(slots=True)
@@ -247,11 +243,14 @@ class Proxy:
                     raise bot_failed()
             else:
                 self.metrics.upstream_children["ok"].observe(time.perf_counter() - t0)
+            reason = answer_reason(status, upstream.reason or "")
             resp = web.StreamResponse(
-                status=status, reason=upstream.reason, headers=downstream_headers(upstream.headers)
+                status=status, reason=reason, headers=downstream_headers(upstream.headers)
             )
+            head = False
             try:
                 await resp.prepare(request)
+                head = True
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
                 await resp.write_eof()
@@ -265,6 +264,12 @@ class Proxy:
                 log.info("upstream failed mid-response: %r", exc)
                 if request.transport is not None:
                     request.transport.abort()
+            except ValueError as exc:
+                if head:  # not a head the writer refused
+                    raise
+                log.info("upstream answer refused by the writer: %s", exc)  # nothing sent
+                await self._failed(admission, "5xx")
+                raise bot_unavailable() from None
             return resp
         finally:
             upstream.release()

@@ -38,7 +38,7 @@ A bot's close frame before the client's first message (its code is passed on) an
 too: the handshake is admitted as one message before the close is passed on (refused:
 1008 with the refusal code, not the bot's). A bot that answers the upgrade with an
 ordinary response handled the request: one message, refunded as on HTTP when it is a
-failure (5xx, the gateway's own 508 on a loop; :func:`gateway.proxy.bot_failing`).
+failure (5xx, the gateway's own 508 on a loop; :func:`gateway.counting.bot_failing`).
 
 What still reaches a client of a handshake for free: the sub-protocol the bot picks among
 the client's offers (at most log2(8) = 3 bits), and how the bot's connection ends without
@@ -84,10 +84,11 @@ from gateway.bot_connector import ShuttingDown
 from gateway.channel_credentials import TOKEN_PARAM, without_token
 from gateway.channels import USER_HEADER
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
+from gateway.counting import bot_failing
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.problems import Problem, problem_response
-from gateway.proxy import Proxy, bot_failing
+from gateway.proxy import Proxy
 from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets

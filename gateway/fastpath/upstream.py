@@ -29,6 +29,19 @@ MAX_HEADERS = 128
 HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
 
 
+def _parser(conn: UpstreamConnection) -> httptools.HttpResponseParser:
+    """llhttp as lenient as aiohttp's client parser (``_http_parser.HttpResponseParser``
+    outside dev mode): a bot's answer is read the same on both traffic servers (a folded
+    line, a bare LF, a control character in a value: gateway.header_text)."""
+    parser = httptools.HttpResponseParser(conn)
+    parser.set_dangerous_leniencies(
+        lenient_headers=True,
+        lenient_optional_cr_before_lf=True,
+        lenient_spaces_after_chunk_size=True,
+    )
+    return parser
+
+
 class ConnectTimeout(Exception):
     """The bot did not accept the connection in time."""
 
@@ -73,7 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused = False  # not reading: its exchange's client is not reading either
         self.idle_since = 0.0
         self.last_read = 0.0
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _parser(self)
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
@@ -128,7 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, receiver: Receiver, data: bytes) -> None:
         self.receiver = receiver
         self.last_read = self.pool.loop.time()
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _parser(self)
         self._head_left = HEAD_BYTES
         assert self.transport is not None
         self.transport.write(data)
@@ -171,6 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer("header field too long")
         if len(self._headers) == MAX_HEADERS:
             raise InvalidAnswer("too many headers")
+        if b"\x00" in value:  # aiohttp's client refuses it (its lenient llhttp passes it)
+            raise InvalidAnswer("NUL in a header value")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

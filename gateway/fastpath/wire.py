@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway.console_cookies import sets_console_cookie
 from gateway.forwarding import ANSWER_DROPPED, SERVER
+from gateway.header_text import reason_bytes, writable_bytes
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
@@ -73,15 +74,16 @@ def answer_head(
     (tests/unit/test_wire.py compares the two). llhttp admits only token characters in a
     name, so a name's ASCII lower case is its lower case as text; ``Connection``'s list
     is read as text, as downstream_headers reads it; so is a ``Set-Cookie`` that would
-    set the console's cookie, dropped as there, as is a value that is not UTF-8.
+    set the console's cookie, dropped as there, as is a value that is not UTF-8 or has a
+    control character; a reason phrase with one is the standard one (gateway.header_text).
     """
     drop, te = _hop_by_hop(raw)
     length = has_date = has_server = False
     fields = []
     for name, value in raw:
         low = name.lower()
-        if low in drop or low[:6] == b"proxy-" or not (value.isascii() or _utf8(value)):
-            continue  # not UTF-8: as aiohttp cannot write it (gateway.forwarding)
+        if low in drop or low[:6] == b"proxy-" or not writable_bytes(value):
+            continue  # not UTF-8, or a control character: as on aiohttp (gateway.header_text)
         if low == b"content-length":
             if te or status == 204:  # framing changes here, or no body at all
                 continue
@@ -102,15 +104,8 @@ def answer_head(
         fields.append(_SERVER_BYTES)
     if not keep_alive:
         fields.append(b"Connection: close\r\n")
+    reason = reason_bytes(status, reason)
     return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, b"".join(fields)), chunked
-
-
-def _utf8(value: bytes) -> bool:
-    try:
-        value.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _hop_by_hop(raw: list[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]:

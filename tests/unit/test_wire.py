@@ -14,15 +14,18 @@ from yarl import URL
 from gateway.fastpath import wire
 from gateway.fastpath.wire import answer_head, request_bytes, response_head, text_headers
 from gateway.forwarding import downstream_headers
+from gateway.header_text import answer_reason
 
 DATE = "Wed, 02 Dec 2026 01:40:00 GMT"
 
 
 def through_text(
-    status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool
+    status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool, reason: bytes = b"Reason"
 ) -> tuple[bytes, bool]:
-    """The head as the fast path made it before answer_head (the reference)."""
+    """The head as the fast path made it before answer_head (the reference), its reason
+    phrase as the aiohttp route passes it on (aiohttp's client decodes it so)."""
     out = downstream_headers(text_headers(raw))
+    phrase = answer_reason(status, reason.decode("utf-8", "surrogateescape")).encode()
     chunked = False
     if status in (204, 304):
         if status == 204:
@@ -30,7 +33,7 @@ def through_text(
     elif "Content-Length" not in out:
         chunked = True
         out["Transfer-Encoding"] = "chunked"
-    return response_head(status, b"Reason", list(out.items()), DATE, keep_alive), chunked
+    return response_head(status, phrase, list(out.items()), DATE, keep_alive), chunked
 
 
 NGINX = [
@@ -61,6 +64,9 @@ CASES = [
     # a value that is not UTF-8 is dropped by both (gateway.forwarding: aiohttp cannot
     # write it), the console's cookie so spelled included; Date and Server then made
     [(b"Set-Cookie", b"cg_sess\xffion=x"), (b"Date", b"\xff"), (b"Server", b"s\xed\xa0\x80")],
+    # a control character but HTAB: dropped by both (aiohttp's writer refuses it)
+    [(b"X-A", b"a\x01b"), (b"Set-Cookie", b"cg_sess\x7fion=x"), (b"X-T", b"a\tb")],
+    [(b"Date", b"d\x1b"), (b"Server", b"\x00"), (b"Connection", b"x-a\x0b"), (b"X-A", b"1")],
 ]
 
 
@@ -75,12 +81,29 @@ def test_the_answer_head_is_what_the_text_route_makes(
     )
 
 
+REASONS = [b"OK", b"", b"Not Found", b"O\x01K", b"O\x00K", b"O\tK", b"O\x7fK", b"caf\xe9",
+           b"caf\xc3\xa9", b"\xed\xa0\x80", b"\xc2\xa0", b"a\x1bb", b"Reason"]  # fmt: skip
+
+
+@pytest.mark.parametrize("status", [200, 299, 404, 503])
+@pytest.mark.parametrize("reason", REASONS)
+def test_the_reason_phrase_is_what_the_text_route_passes(reason: bytes, status: int) -> None:
+    """A control character or a byte that is not UTF-8: the standard phrase (none for a
+    status without one), on both (gateway.header_text)."""
+    head, _ = answer_head(status, reason, NGINX, DATE, True)
+    assert head == through_text(status, NGINX, True, reason)[0]
+    line = head.split(b"\r\n", 1)[0]
+    line.decode()
+    assert not {*range(32), 127} & set(line)
+
+
 NAMES = [b"Connection", b"connection", b"Content-Length", b"content-length",
          b"Transfer-Encoding", b"Date", b"Server", b"Keep-Alive", b"Proxy-Auth", b"TE",
          b"Upgrade", b"X-A", b"x-a", b"X-B", b"Set-Cookie", b"Trailer", b"Via"]  # fmt: skip
 VALUES = [b"", b"1", b"x-a", b"X-A, x-b", b"close", b"keep-alive", b"chunked", b" x-b ,",
           b"te, upgrade", b"content-length", b"server", b"\xc3\xa9", b"\xff", b"a,,b",
-          b"cg_session=1", b"x=1, __Host-CG_SESSION=2"]  # fmt: skip
+          b"cg_session=1", b"x=1, __Host-CG_SESSION=2", b"a\x01", b"\x7f", b"x\tb",
+          b"x-a\x1b, x-b"]  # fmt: skip
 
 
 def test_random_heads_agree() -> None:
