@@ -23,6 +23,10 @@ _REASON_CTL_BYTES = re.compile(b"[\x00-\x1f\x7f]").search
 # aiohttp's, for a response made without a reason (web_response.REASON_PHRASES).
 PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _PHRASE_BYTES = {code: phrase.encode() for code, phrase in PHRASES.items()}
+_STANDARD = frozenset(_PHRASE_BYTES.values())
+# Hop-by-hop fields whose value decides the fate of others (what Connection lists, the
+# Content-Length Transfer-Encoding cancels): never passed on, whatever their value.
+_DECIDING = frozenset({b"connection", b"transfer-encoding"})
 
 
 def clean(value: str) -> bool:
@@ -44,7 +48,14 @@ def writable(value: str) -> bool:
 
 def writable_bytes(value: bytes) -> bool:
     """:func:`writable` of the bytes the fast path's parser gives."""
-    return not _CTL_BYTES(value) and (value.isascii() or _utf8(value))
+    return not _CTL_BYTES(value) and (value.isascii() or utf8(value))
+
+
+def writable_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """llhttp's header pairs without the fields whose value has a control character but
+    HTAB (``Connection`` and ``Transfer-Encoding`` kept: dropped from the answer anyway,
+    they still decide what else goes, as in aiohttp's downstream_headers)."""
+    return [(k, v) for k, v in raw if k.lower() in _DECIDING or not _CTL_BYTES(v)]
 
 
 def answer_reason(status: int, reason: str) -> str:
@@ -56,12 +67,14 @@ def answer_reason(status: int, reason: str) -> str:
 
 def reason_bytes(status: int, reason: bytes) -> bytes:
     """:func:`answer_reason` of the bytes the fast path's parser gives."""
-    if reason == b"OK" or (not _REASON_CTL_BYTES(reason) and (reason.isascii() or _utf8(reason))):
+    if reason in _STANDARD:
+        return reason
+    if not _REASON_CTL_BYTES(reason) and (reason.isascii() or utf8(reason)):
         return reason
     return _PHRASE_BYTES.get(status, b"")
 
 
-def _utf8(value: bytes) -> bool:
+def utf8(value: bytes) -> bool:
     try:
         value.decode()
     except UnicodeDecodeError:

@@ -16,6 +16,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from gateway.header_text import writable_fields
 from gateway.tenant_share import Ticket
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,18 @@ log = logging.getLogger(__name__)
 MAX_FIELD = 8190
 MAX_HEADERS = 128
 HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
+_BLANKS = (32, 9)  # SP, HTAB
 
 
-def _parser(conn: UpstreamConnection) -> httptools.HttpResponseParser:
-    """llhttp as lenient as aiohttp's client parser (``_http_parser.HttpResponseParser``
-    outside dev mode): a bot's answer is read the same on both traffic servers (a folded
-    line, a bare LF, a control character in a value: gateway.header_text)."""
+def _parser(conn: UpstreamConnection, lenient: bool = False) -> httptools.HttpResponseParser:
+    """llhttp as aiohttp's client parser reads a bot's answer (``_http_parser`` outside dev
+    mode: optional CR before LF, blanks after a chunk size, and ``lenient`` headers: a
+    folded line, a control character in a value), so both traffic servers read it alike.
+    A head is first read without ``lenient`` headers and read again with them only where
+    it fails (rare): what the leniency lets in is then dropped (gateway.header_text)."""
     parser = httptools.HttpResponseParser(conn)
     parser.set_dangerous_leniencies(
-        lenient_headers=True,
+        lenient_headers=lenient,
         lenient_optional_cr_before_lf=True,
         lenient_spaces_after_chunk_size=True,
     )
@@ -91,6 +95,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._head_left = 0  # bytes a head may still take; 0 once it is complete
+        self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
+        self._lenient = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
@@ -117,9 +123,14 @@ class UpstreamConnection(asyncio.Protocol):
             if not self._head_left:
                 self._invalid("response head too large")
                 return
-        receiver = self.receiver  # on_complete lets go of it
+            self._head.append(data)
+        self._feed(self.receiver, data)
+
+    def _feed(self, receiver: Receiver, data: bytes) -> None:
+        # receiver: the one to tell if the gateway fails (on_complete lets go of it)
         try:
             self._parser.feed_data(data)
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback raised
             if cause is None or isinstance(cause, InvalidAnswer):
@@ -127,8 +138,14 @@ class UpstreamConnection(asyncio.Protocol):
             else:  # the gateway's own failure (the receiver's callbacks), not the bot's
                 self.close()
                 receiver.broken(cause)
+            return
         except httptools.HttpParserError as exc:
-            self._invalid(str(exc))
+            if not self._head_left or self._lenient:
+                self._invalid(str(exc))
+                return
+        self._lenient = True  # the head failed: read again (_parser), outside the except
+        self._parser = _parser(self, True)
+        self._feed(receiver, b"".join(self._head))
 
     def _invalid(self, why: str) -> None:
         """Not an HTTP answer the gateway passes on: the exchange fails as if lost."""
@@ -143,6 +160,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = self.pool.loop.time()
         self._parser = _parser(self)
         self._head_left = HEAD_BYTES
+        self._head = []
+        self._lenient = False
         assert self.transport is not None
         self.transport.write(data)
 
@@ -180,11 +199,13 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value and value[-1] in _BLANKS:  # not part of the value (RFC 9110 §5.5)
+            value = value.rstrip(b" \t")  # as aiohttp strips them
         if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
             raise InvalidAnswer("header field too long")
         if len(self._headers) == MAX_HEADERS:
             raise InvalidAnswer("too many headers")
-        if b"\x00" in value:  # aiohttp's client refuses it (its lenient llhttp passes it)
+        if self._lenient and 0 in value:  # a NUL: aiohttp's client refuses it
             raise InvalidAnswer("NUL in a header value")
         self._headers.append((name, value))
 
@@ -195,8 +216,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = status < 200
         if not self._interim:
             self._head_left = 0
+            self._head = []
+            headers = writable_fields(self._headers) if self._lenient else self._headers
             if self.receiver is not None:
-                self.receiver.on_head(status, self._reason, self._headers)
+                self.receiver.on_head(status, self._reason, headers)
 
     def on_body(self, body: bytes) -> None:
         if self.receiver is not None:

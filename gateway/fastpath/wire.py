@@ -16,7 +16,7 @@ from yarl import URL
 
 from gateway.console_cookies import sets_console_cookie
 from gateway.forwarding import ANSWER_DROPPED, SERVER
-from gateway.header_text import reason_bytes, writable_bytes
+from gateway.header_text import reason_bytes, utf8
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
@@ -63,7 +63,11 @@ def response_head(
 
 
 def answer_head(
-    status: int, reason: bytes, raw: list[tuple[bytes, bytes]], date: str, keep_alive: bool
+    status: int,
+    reason: bytes,
+    raw: list[tuple[bytes, bytes]],
+    date: str,
+    keep_alive: bool,
 ) -> tuple[bytes, bool]:
     """The head of a bot's answer as the client gets it, and whether its body is
     re-framed chunked (it has no ``Content-Length``; as aiohttp does).
@@ -76,14 +80,16 @@ def answer_head(
     is read as text, as downstream_headers reads it; so is a ``Set-Cookie`` that would
     set the console's cookie, dropped as there, as is a value that is not UTF-8 or has a
     control character; a reason phrase with one is the standard one (gateway.header_text).
+    A value with a control character never comes here: only the lenient parse lets one in,
+    and it drops it (gateway.fastpath.upstream, gateway.header_text.writable_fields).
     """
     drop, te = _hop_by_hop(raw)
     length = has_date = has_server = False
     fields = []
     for name, value in raw:
         low = name.lower()
-        if low in drop or low[:6] == b"proxy-" or not writable_bytes(value):
-            continue  # not UTF-8, or a control character: as on aiohttp (gateway.header_text)
+        if low in drop or low[:6] == b"proxy-" or not (value.isascii() or utf8(value)):
+            continue  # not UTF-8: as aiohttp cannot write it (gateway.header_text)
         if low == b"content-length":
             if te or status == 204:  # framing changes here, or no body at all
                 continue

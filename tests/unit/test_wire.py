@@ -14,7 +14,7 @@ from yarl import URL
 from gateway.fastpath import wire
 from gateway.fastpath.wire import answer_head, request_bytes, response_head, text_headers
 from gateway.forwarding import downstream_headers
-from gateway.header_text import answer_reason
+from gateway.header_text import answer_reason, writable_fields
 
 DATE = "Wed, 02 Dec 2026 01:40:00 GMT"
 
@@ -34,6 +34,12 @@ def through_text(
         chunked = True
         out["Transfer-Encoding"] = "chunked"
     return response_head(status, phrase, list(out.items()), DATE, keep_alive), chunked
+
+
+def fast_path(status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> tuple[bytes, bool]:
+    """The head the fast path makes: a value with a control character comes only from a
+    lenient parse, which drops it (gateway.fastpath.upstream); without one, as it came."""
+    return answer_head(status, b"Reason", writable_fields(raw), DATE, keep_alive)
 
 
 NGINX = [
@@ -76,9 +82,7 @@ CASES = [
 def test_the_answer_head_is_what_the_text_route_makes(
     raw: list[tuple[bytes, bytes]], status: int, keep_alive: bool
 ) -> None:
-    assert answer_head(status, b"Reason", raw, DATE, keep_alive) == through_text(
-        status, raw, keep_alive
-    )
+    assert fast_path(status, raw, keep_alive) == through_text(status, raw, keep_alive)
 
 
 REASONS = [b"OK", b"", b"Not Found", b"O\x01K", b"O\x00K", b"O\tK", b"O\x7fK", b"caf\xe9",
@@ -112,9 +116,7 @@ def test_random_heads_agree() -> None:
         raw = [(rng.choice(NAMES), rng.choice(VALUES)) for _ in range(rng.randrange(9))]
         status = rng.choice([200, 204, 304, 302, 503])
         keep = rng.random() < 0.5
-        assert answer_head(status, b"Reason", raw, DATE, keep) == through_text(status, raw, keep), (
-            raw
-        )
+        assert fast_path(status, raw, keep) == through_text(status, raw, keep), raw
 
 
 def test_connection_values_are_remembered_within_bounds() -> None:
