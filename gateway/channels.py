@@ -13,7 +13,8 @@ Look-up order:
 
 * user: header ``X-Channel-User-Id``, else the channel's user pointer;
 * idempotency key: header ``Idempotency-Key``, else the channel's pointer, else header
-  ``X-Request-Id`` (a weaker hint: infrastructure often generates it per delivery).
+  ``X-Request-Id`` (a weaker hint: infrastructure often generates it per delivery; not
+  one that is not UTF-8, which the bot gets a new one for: :func:`request_id`).
 
 On an authenticated channel whose signature covers the body (Slack, WhatsApp) the body's
 user and key win over the headers, which nobody signed.
@@ -46,9 +47,10 @@ from typing import Any, NamedTuple
 import orjson
 
 from config.fields import ChannelRule
+from gateway.header_text import clean
 from gateway.json_pointer import Pointer, TooComplex, parse_pointer, resolve, values
 
-__all__ = ["Channel", "Channels", "Message", "parse_pointer", "resolve", "values"]
+__all__ = ["Channel", "Channels", "Message", "parse_pointer", "request_id", "resolve", "values"]
 
 USER_HEADER = "X-Channel-User-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -92,6 +94,13 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return ""
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """``X-Request-Id`` as a message's key: none when it is not UTF-8 (the bot gets a new
+    one in its place, gateway.forwarding), as when the request has none."""
+    rid = headers.get(REQUEST_ID_HEADER, "")
+    return rid if rid.isascii() or clean(rid) else ""
 
 
 class Message(NamedTuple):
@@ -138,7 +147,7 @@ class Channel:
         user = headers.get(USER_HEADER, "")
         key = headers.get(IDEMPOTENCY_HEADER, "")
         if body is None:
-            return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+            return Message(True, user, key or request_id(headers))
         try:
             doc = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
@@ -180,7 +189,7 @@ class Channel:
             key = body_key or key
         user = user or body_user
         key = key or body_key
-        return Message(True, user, key or headers.get(REQUEST_ID_HEADER, ""))
+        return Message(True, user, key or request_id(headers))
 
     def _challenge(self, doc: Any) -> str | None:
         """The ``challenge`` of Slack's URL verification, which is all its answer may

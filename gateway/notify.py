@@ -7,7 +7,7 @@ import contextlib
 
 from aiohttp import web
 
-from gateway.channels import USER_HEADER
+from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, request_id
 from gateway.counting import Forwarded, counted
 from gateway.forwarding import target_url
 from gateway.problems import Problem
@@ -48,7 +48,7 @@ async def _notify(
     headers = request.headers
     # The recipient is not part of the price of a notification; it is recorded if given.
     user = headers.get(USER_HEADER) or "-"
-    key = headers.get("Idempotency-Key") or headers.get("X-Request-Id") or ""
+    key = headers.get(IDEMPOTENCY_HEADER) or request_id(headers)
     admission = None
     state = BodyState()
     body: Body = None

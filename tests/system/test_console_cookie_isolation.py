@@ -132,6 +132,18 @@ async def test_nor_a_channel_through_notify(edge: Edge, case: str) -> None:
     assert edge.bot.header_values("Cookie") == [k.encode() for k in kept]
 
 
+async def test_a_notification_request_id_not_utf8_is_no_key(edge: Edge) -> None:
+    """(Not a cookie: this edge can notify.) Its request id, the key of a notification
+    without an Idempotency-Key, is no key when it is not UTF-8 (it was 400
+    invalid_channel_user; the channel gets a new one, gateway.channels.request_id)."""
+    token = hs256(sub=None, key=NOTIFY, aud="creditgate:notify")
+    extra = f"Authorization: Bearer {token}\r\n".encode() + b"X-Request-Id: n\xe9\r\n"
+    assert await edge.send(f"/notify/web/{APP}/send", extra) == 200
+    assert await edge.send(f"/notify/web/{APP}/send", extra) == 200  # not a duplicate
+    (rid,) = edge.bot.header_values("X-Request-Id")
+    assert rid.isascii(), rid
+
+
 @pytest.mark.parametrize("case", SET_COOKIES, ids=list(SET_COOKIES))
 async def test_a_bot_cannot_set_the_console_cookie(edge: Edge, case: str) -> None:
     lines, passed = SET_COOKIES[case]

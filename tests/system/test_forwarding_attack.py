@@ -365,7 +365,7 @@ NOT_UTF8 = (
     b"X-C: \xed\xa0\x80\r\n"  # a surrogate's code in UTF-8's form: not UTF-8
     b"X-Forwarded-For: 10.1.1.1\xff\r\nX-Forwarded-For: 10.2.2.2\r\n"
     b"Via: 1.0 p\xff\r\nX-Request-Id: r\xff\r\n"
-    b"Idempotency-Key: k1\r\n"  # else the request id is the message's key: 400
+    b"Idempotency-Key: k1\r\n"  # the key (without, none: test_a_request_id_not_utf8_is_no_key)
 )
 
 
@@ -389,6 +389,23 @@ async def test_a_field_not_utf8_is_dropped(edge: Edge, version: str) -> None:
     assert rid.isascii(), head
     assert rid != b"r"
     head.decode()  # all of it UTF-8
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])  # 1.0: the fast path hands it to aiohttp
+async def test_a_request_id_not_utf8_is_no_key(edge: Edge, version: str) -> None:
+    """Without an Idempotency-Key the request id is the message's key (gateway.channels);
+    one that is not UTF-8 is replaced towards the bot, and is no key either: the message
+    is metered as one with no request id (it was 400 invalid_channel_user)."""
+    data = message(extra=b"X-Request-Id: r\xe9q\r\n")
+    data = data.replace(b" HTTP/1.1\r\n", f" HTTP/{version}\r\n".encode(), 1)
+    (resp,) = await edge.send(data)
+    assert resp.status == 200, (resp.status, resp.body[:300])
+    (rid,) = edge.bot.header_values("X-Request-Id")
+    assert rid.isascii(), rid
+    assert await free_credit(edge.rclient, WS) < FREE  # charged
+    (resp,) = await edge.send(data)  # no key: a message of its own, not a duplicate
+    assert resp.status == 200, (resp.status, resp.body[:300])
+    assert len(edge.bot.heads) == 2
 
 
 # ------------------------------------------------------------------ bot -> client: framing
