@@ -24,6 +24,7 @@ such option).
 from __future__ import annotations
 
 import socket
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -53,6 +54,11 @@ class UpstreamForbidden(aiohttp.ClientConnectionError):
         self.reason = reason
 
 
+# Whose share of name lookups a request made outside a traffic request takes (an owner
+# webhook: its workspace's tenant, gateway/webhooks.py); None: no share.
+LOOKUP_TENANT: ContextVar[str | None] = ContextVar("lookup_tenant", default=None)
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves with ``inner`` (by default the loop's :func:`meter.accounts.names.shared`)
     and keeps only the addresses ``policy`` allows."""
@@ -64,9 +70,11 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        # aiohttp's path: the request's tenant, if any, is its ClientWatch's.
+        # aiohttp's path: the request's tenant is its ClientWatch's, an owner webhook's
+        # its workspace's (LOOKUP_TENANT).
         watch = CLIENT_GONE.get()
-        return await self.lookup(host, port, family, watch.tenant if watch else None)
+        tenant = watch.tenant if watch else LOOKUP_TENANT.get()
+        return await self.lookup(host, port, family, tenant)
 
     async def lookup(
         self,

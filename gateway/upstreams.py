@@ -101,6 +101,6 @@ class Upstreams:
             url = text or self._default
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
-        tenant = f"@{owner.decode() if isinstance(owner, bytes) else owner}" if owner else ws
+        tenant = keys.tenant(ws, owner.decode() if isinstance(owner, bytes) else owner)
         self._cache[app_id] = _Entry(self._clock() + self._max_age, url, tenant)
         return url

@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.egress import guarded_session
+from gateway.egress import LOOKUP_TENANT, guarded_session
 from meter.accounts.notifier import Notifier, Post
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,17 @@ def http_post(session: aiohttp.ClientSession, timeout_s: float) -> Post:
     """A :data:`meter.accounts.notifier.Post` over ``session``: no redirects, bounded time."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        async with session.post(
-            url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
-        ) as resp:
-            await resp.content.read(65_536)  # a receiver's answer is not needed
-            return resp.status
+    async def post(url: str, body: bytes, headers: Mapping[str, str], tenant: str) -> int:
+        # The receiver's name is looked up within the workspace's tenant's share.
+        token = LOOKUP_TENANT.set(tenant)
+        try:
+            async with session.post(
+                url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
+            ) as resp:
+                await resp.content.read(65_536)  # a receiver's answer is not needed
+                return resp.status
+        finally:
+            LOOKUP_TENANT.reset(token)
 
     return post
 

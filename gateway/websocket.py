@@ -191,7 +191,8 @@ async def proxy_websocket(
     protocols = _offered(request)
     # The bot connection is WebSockets' own (gateway.ws_budget), never a place of the
     # messages' pool; the client leaving while it is opened ends the wait.
-    gone = CLIENT_GONE.set(watch := ClientWatch(request))
+    # Its name lookups count against the app's tenant, as an HTTP message's do.
+    gone = CLIENT_GONE.set(watch := ClientWatch(request, proxy.upstreams.tenant(app_id)))
     try:
         upstream = await sockets.session.ws_connect(
             url,

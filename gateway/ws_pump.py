@@ -85,18 +85,21 @@ async def pump(
     ]
     if credential.expires:
         tasks.append(asyncio.create_task(_expiry(credential.expires)))
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    if dropped.is_set():
-        # The bot's side ends with the connection dropped under it: the refund is
-        # finished, and the reason is the stalled send's.
-        await asyncio.wait(tasks[:1])
-    first = next(task for task in tasks if task.done())
-    for task in tasks:
-        if not task.done():
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if dropped.is_set():
+            # The bot's side ends with the connection dropped under it: the refund is
+            # finished, and the reason is the stalled send's.
+            await asyncio.wait(tasks[:1])
+        first = next(task for task in tasks if task.done())
+    finally:
+        # Cancelled itself (the handler), the pump leaves nothing running behind it.
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    buffered_again(upstream)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        buffered_again(upstream)
     return first.result()
 
 

@@ -35,6 +35,7 @@ import orjson
 
 from config.money import format_amount
 from config.urls import url_origin
+from meter.redis_layer import keys
 from meter.store import OutboxEvent, Store
 from meter.timestamps import iso
 
@@ -47,7 +48,9 @@ DELIVERY_HEADER = "X-Creditgate-Delivery"
 MONEY_FIELDS = frozenset({"amount", "balance", "threshold"})
 _ENVELOPE = frozenset({"id", "type", "at", "workspace_id"})
 
-Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
+# (url, body, headers, tenant): ``tenant``, whose share of name lookups the request
+# takes (:func:`meter.redis_layer.keys.tenant` of the workspace and its owner).
+Post = Callable[[str, bytes, Mapping[str, str], str], Awaitable[int]]
 """POST ``body`` to ``url`` with ``headers``; return the status (raise on transport errors)."""
 
 
@@ -198,12 +201,14 @@ class Notifier:
             until = now + int(self.backoff_cap_s * 1000)
             await self.store.postpone_events(ws_id, ids, until, due_at=now, park=True)
             return 0
-        delivered = 0
+        delivered, tenant = 0, keys.tenant(ws.id, ws.owner_id)
         for n, ev in enumerate(events):
             if self._closing:
                 await self.store.postpone_events(ws_id, ids[n:], self._now())
                 break
-            ok, unreachable_until = await self._deliver(ev, ws.webhook_url, ws.webhook_secret)
+            ok, unreachable_until = await self._deliver(
+                ev, ws.webhook_url, ws.webhook_secret, tenant
+            )
             delivered += ok
             if unreachable_until is not None:
                 # No answer (timeout, refused, reset): the rest would most likely wait
@@ -214,7 +219,9 @@ class Notifier:
                 break
         return delivered
 
-    async def _deliver(self, ev: OutboxEvent, url: str, secret: str) -> tuple[bool, int | None]:
+    async def _deliver(
+        self, ev: OutboxEvent, url: str, secret: str, tenant: str
+    ) -> tuple[bool, int | None]:
         """One attempt: (delivered, until when the receiver counts as unreachable)."""
         assert ev.id is not None
         body = render(ev)
@@ -226,7 +233,7 @@ class Notifier:
         }
         unreachable = False
         try:
-            status = await self.post(url, body, headers)
+            status = await self.post(url, body, headers, tenant)
             error = f"HTTP {status}"
         except Exception as exc:  # any transport failure is a failed attempt
             status, error, unreachable = 0, repr(exc), True

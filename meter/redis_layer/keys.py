@@ -98,6 +98,13 @@ _WS_OF: dict[str, str] = {}  # well-formed app id -> its workspace (bounded)
 _WS_OF_MAX = 65_536
 
 
+def tenant(ws: str, owner: str | None) -> str:
+    """Whose share of a worker's bot connections, WebSocket seats and name lookups a
+    workspace's traffic takes: its owner's (``@<user>``; every workspace one user owns
+    counts as one tenant), else, with no owner projected, the workspace's own."""
+    return f"@{owner}" if owner else ws
+
+
 def workspace_of(app_id: str) -> str | None:
     """The workspace an app id belongs to, or ``None`` for a malformed id.
 
