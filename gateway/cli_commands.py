@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
 from config import Settings
+from config.money import format_amount
 from meter.errors import InvalidInput
 from meter.store.periods import DAY_MS
 from meter.usage.export import export_stream, parse_time
@@ -234,6 +235,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             reports = await run(store, client, settings, workspace=workspace, apply=apply)
             since = int(time.time() * 1000) - DAY_MS  # kept for a day: not just in flight
             kept = [] if workspace else await store.kept_reversals(before=since)
+            off = await store.hand_credit_mismatches(workspace)
     finally:
         await client.aclose()
     bad = 0
@@ -258,6 +260,11 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
         print(f"pending_reversals: {ref} of {pi} kept for a day or more, its payment not "
               "credited here (if it was paid here, credit it by hand under that payment "
               "intent, or resend its checkout's paid event from Stripe)")  # fmt: skip
+    for co in off:  # not counted: the operator decides (a refund, a debit, or nothing)
+        print(f"hand_credit_mismatch: {co.workspace_id}: checkout {co.id} "
+              f"({co.payment_intent}) paid {format_amount(co.detail['paid_amount'])}, "
+              f"credited by hand as {co.detail.get('credited_as')} "
+              f"{format_amount(co.detail['credited_amount'])}")  # fmt: skip
     unsettled = any(rep.unsettled for rep in reports)
     done = " corrected" if apply and not unsettled else ""
     _err(f"{len(reports)} workspaces, {bad} mismatches{done}")

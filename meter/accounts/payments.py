@@ -16,7 +16,9 @@
 The same transaction claims the payment's identifiers (checkout id, session id, payment
 intent; :mod:`meter.store.claims`): a payment an operator credited by hand first
 (:func:`meter.accounts.credits.add_funds`) is not credited again, the checkout becomes
-``credited_by_hand`` and the event is acknowledged (``credited_by_hand``).
+``credited_by_hand`` and the event is acknowledged (``credited_by_hand``;
+``credited_by_hand_mismatch``, with a warning, when the operator credited another amount
+than the payer paid: nothing is debited, ``creditgate reconcile`` lists it).
 
 Events that must not credit (unknown session, an amount or currency that differs from
 the checkout, a workspace that is no longer prepaid) are recorded with their outcome and
@@ -50,7 +52,8 @@ EXPIRED = "checkout.session.expired"
 HANDLED = frozenset({COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED, EXPIRED})
 
 # What an event did (the webhook's answer and payment_events.outcome).
-Outcome = Literal["credited", "already_credited", "credited_by_hand", "pending", "expired",
+Outcome = Literal["credited", "already_credited", "credited_by_hand",
+                  "credited_by_hand_mismatch", "pending", "expired",
                   "failed", "ignored", "unknown_checkout", "amount_mismatch", "outside_limits",
                   "not_prepaid", "wrong_mode"]  # fmt: skip
 
@@ -218,8 +221,13 @@ async def _credit(d: Deps, ev: SessionEvent, co: Checkout) -> Outcome:
     done = await d.store.complete_checkout(
         co.id, ev.session_id, ev.payment_intent, entry, entry.created_at
     )
-    if done == "credited_by_hand":
-        log.info("payment event %s: checkout %s was credited by hand", ev.event_id, co.id)
+    if done in ("credited_by_hand", "credited_by_hand_mismatch"):
+        if done == "credited_by_hand":
+            log.info("payment event %s: checkout %s was credited by hand", ev.event_id, co.id)
+        else:
+            log.warning("payment event %s: checkout %s (%s paid) was credited by hand at "
+                        "another amount: the operator settles the difference (reconcile "
+                        "lists it)", ev.event_id, co.id, format_amount(co.amount))  # fmt: skip
         await apply_reversals_of(d, ev.payment_intent)
         return done
     if done == "already_credited":

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from meter.store.db import Conn
+from meter.store.db import Conn, dumps, loads
 
 # Spellings of one identifier: the ledger's own (``checkout:cs_…``, ``funds:pi_…``) and
 # the provider's name as an operator may write it (``stripe:pi_…``).
@@ -95,4 +96,35 @@ async def hand_over(c: Conn, identifiers: Iterable[str], mine: Holder, to: Holde
         *idents,
         mine.workspace_id,
         mine.reference,
+    )
+
+
+async def mark_by_hand(
+    c: Conn,
+    checkout_id: str,
+    holder: Holder,
+    at: int,
+    session_id: str | None,
+    payment_intent: str | None,
+    note: dict[str, Any] | None = None,
+) -> None:
+    """The checkout's payment was credited by hand under ``holder``'s entry: it says so
+    (and keeps the session and payment intent the provider reported, if it did; ``note``
+    joins its detail)."""
+    raw = await c.fetchval("SELECT detail FROM checkouts WHERE id = ?", checkout_id)
+    detail = {**(loads(raw) or {}), "credited_as": holder.reference,
+              "credited_to": holder.workspace_id, **(note or {})}  # fmt: skip
+    await c.execute(
+        "UPDATE checkouts SET status = 'credited_by_hand', detail = ?, completed_at = ? "
+        "WHERE id = ? AND status NOT IN ('paid', 'credited_by_hand')",
+        dumps(detail),
+        at,
+        checkout_id,
+    )
+    await c.execute(
+        "UPDATE checkouts SET session_id = COALESCE(session_id, ?), "
+        "payment_intent = COALESCE(payment_intent, ?) WHERE id = ? AND status <> 'paid'",
+        session_id,
+        payment_intent,
+        checkout_id,
     )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from meter.store.claims import PROVIDER_PREFIXES, Holder, claim, hand_over
-from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
+from meter.store.claims import PROVIDER_PREFIXES, Holder, claim, hand_over, mark_by_hand
+from meter.store.db import Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import Checkout, CheckoutStatus, LedgerEntry
 from meter.store.reversals import settle_pending
@@ -28,8 +28,11 @@ _BY_REFERENCE = (
     f"SELECT {_COLS} FROM checkouts WHERE id = ? OR session_id = ? OR payment_intent = ?"
 )
 _OWN_ENTRY = "SELECT 1 AS x FROM ledger WHERE workspace_id = ? AND reference = ?"
+_AMOUNT = "SELECT amount FROM ledger WHERE workspace_id = ? AND reference = ?"
 
-CheckoutCredit = Literal["credited", "already_credited", "credited_by_hand"]
+CheckoutCredit = Literal[
+    "credited", "already_credited", "credited_by_hand", "credited_by_hand_mismatch"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,35 +60,6 @@ class _Refused(Exception):
 
 def _checkout(r: Row) -> Checkout:
     return row_as(Checkout, r, _COLS, detail=loads(r["detail"]) or {})
-
-
-async def _mark_by_hand(
-    c: Conn,
-    checkout_id: str,
-    holder: Holder,
-    at: int,
-    session_id: str | None,
-    payment_intent: str | None,
-) -> None:
-    """The checkout's payment was credited by hand under ``holder``'s entry: it says so
-    (and keeps the session and payment intent the provider reported, if it did)."""
-    raw = await c.fetchval("SELECT detail FROM checkouts WHERE id = ?", checkout_id)
-    detail = {**(loads(raw) or {}), "credited_as": holder.reference,
-              "credited_to": holder.workspace_id}  # fmt: skip
-    await c.execute(
-        "UPDATE checkouts SET status = 'credited_by_hand', detail = ?, completed_at = ? "
-        "WHERE id = ? AND status NOT IN ('paid', 'credited_by_hand')",
-        dumps(detail),
-        at,
-        checkout_id,
-    )
-    await c.execute(
-        "UPDATE checkouts SET session_id = COALESCE(session_id, ?), "
-        "payment_intent = COALESCE(payment_intent, ?) WHERE id = ? AND status <> 'paid'",
-        session_id,
-        payment_intent,
-        checkout_id,
-    )
 
 
 def _fixed_amount(co: Checkout, entry: LedgerEntry) -> bool:
@@ -178,7 +152,9 @@ class Payments(StoreCore):
         (:func:`~meter.store.reversals.settle_pending`): ``credited``;
         ``already_credited`` when the top-up was recorded before (a redelivery: nothing
         changes); ``credited_by_hand`` when an operator credited this payment first
-        (nothing credited; the checkout says so)."""
+        (nothing credited; the checkout says so), ``credited_by_hand_mismatch`` when
+        they credited another amount than ``entry``'s (the checkout's detail has both:
+        ``credited_amount``, ``paid_amount``; nothing is debited, the operator decides)."""
         mine = Holder(entry.workspace_id, entry.reference)
         idents = (checkout_id, session_id, payment_intent or "")
         async with self.transaction() as c:
@@ -187,9 +163,13 @@ class Payments(StoreCore):
                 if await c.fetchval(_OWN_ENTRY, mine.workspace_id, mine.reference):
                     return "already_credited"  # a name of it claimed by hand since: ours
                 await hand_over(c, fresh, mine, other)
-                await _mark_by_hand(c, checkout_id, other, at, session_id, payment_intent)
+                by_hand = await c.fetchval(_AMOUNT, other.workspace_id, other.reference)
+                off = by_hand is not None and int(by_hand) != entry.amount
+                note = {"credited_amount": int(by_hand), "paid_amount": entry.amount}
+                await mark_by_hand(c, checkout_id, other, at, session_id, payment_intent,
+                                   note if off else {})  # fmt: skip
                 await settle_pending(c, idents, at)
-                return "credited_by_hand"
+                return "credited_by_hand_mismatch" if off else "credited_by_hand"
             await c.execute(
                 "UPDATE checkouts SET status = 'paid', session_id = ?, "
                 "payment_intent = COALESCE(payment_intent, ?), completed_at = ? "
@@ -239,7 +219,7 @@ class Payments(StoreCore):
                     raise _Refused(ManualCredit(False, co, None, mismatch=True))
                 created = await insert_ledger_entry(c, entry)
                 if co is not None and co.status not in ("paid", "credited_by_hand"):
-                    await _mark_by_hand(c, co.id, mine, entry.created_at, None, None)
+                    await mark_by_hand(c, co.id, mine, entry.created_at, None, None)
                 await settle_pending(c, idents, entry.created_at)
         except _Refused as refused:
             return refused.result
@@ -296,3 +276,16 @@ class Payments(StoreCore):
                 "SELECT workspace_id FROM free_grants WHERE user_id = ?", user_id
             )
         return ws
+
+    async def hand_credit_mismatches(self, workspace: str | None) -> list[Checkout]:
+        """Checkouts credited by hand at another amount than their payer paid (the paid
+        event said ``credited_by_hand_mismatch``), oldest first."""
+        only = "AND workspace_id = ? " if workspace else ""
+        async with self.connection() as c:
+            rows = await c.fetch(
+                f"SELECT {_COLS} FROM checkouts WHERE status = 'credited_by_hand' {only}"
+                "AND id IN (SELECT checkout_id FROM payment_events "
+                "WHERE outcome = 'credited_by_hand_mismatch') ORDER BY created_at, id",
+                *([workspace] if workspace else []),
+            )
+        return [_checkout(r) for r in rows]

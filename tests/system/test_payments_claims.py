@@ -10,6 +10,7 @@ stores, the real ``stripe`` library against the local stand-in, signed deliverie
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import cli_commands
 from meter.accounts import projection
 from meter.store import Checkout, LedgerEntry, Store, User, Workspace, open_store
 from meter.store.schema import MIGRATIONS
@@ -199,6 +201,45 @@ async def test_a_rejected_checkout_is_credited_by_hand_at_the_sum_found_right(
         status, answer = await _funds(admin, ws, intent, "100.00")
         assert (status, answer["created"]) == (201, True), answer
         assert await _credited(admin, ws) == 100 * USD
+
+
+async def test_a_payment_credited_by_hand_at_another_amount_is_flagged(
+    store_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under its ``pi_…`` (the only name a checkout not paid yet is credited by hand
+    under) no checkout is known to check the amount against: an operator's $5,000 for a
+    $500 payment was taken, its paid event answered ``credited_by_hand`` and reconcile
+    said nothing. The paid event now compares: ``credited_by_hand_mismatch``, both sums
+    on the checkout, and reconcile lists it; nothing is debited (the operator decides)."""
+    async with paying(store_url, redis_url) as (admin, standin):
+        ws, co, _, intent, body = await _paid_checkout(admin, standin, "500.00")
+        status, answer = await _funds(admin, ws, intent, "5000.00")
+        assert (status, answer["created"]) == (201, True), answer
+        for _ in range(2):  # the delivery, then a redelivery: flagged alike
+            status, answer = await deliver(admin, body, signed(body))
+            assert (status, answer["outcome"]) == (200, "credited_by_hand_mismatch"), answer
+        assert await _credited(admin, ws) == 5000 * USD
+        stored = await admin.store.get_checkout(co)
+        assert stored is not None
+        assert stored.status == "credited_by_hand"
+        assert (stored.detail["credited_amount"], stored.detail["paid_amount"]) == (
+            5000 * USD, 500 * USD,
+        )  # fmt: skip
+        assert [c.id for c in await admin.store.hand_credit_mismatches(ws)] == [co]
+        capsys.readouterr()
+        args = argparse.Namespace(workspace=None, apply=False)
+        assert await asyncio.to_thread(cli_commands.reconcile, admin.settings, args) == 0
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if co in ln]
+        assert lines == [
+            f"hand_credit_mismatch: {ws}: checkout {co} ({intent}) paid 500.00, "
+            f"credited by hand as funds:{intent} 5000.00"
+        ]
+        # The same sum by hand is no mismatch.
+        ws, co, _, intent, body = await _paid_checkout(admin, standin, "500.00")
+        assert (await _funds(admin, ws, intent, "500.00"))[0] == 201
+        status, answer = await deliver(admin, body, signed(body))
+        assert (status, answer["outcome"]) == (200, "credited_by_hand"), answer
+        assert await admin.store.hand_credit_mismatches(ws) == []
 
 
 # ------------------------------------------------------------------ the migration
