@@ -28,11 +28,12 @@ must not buy (:attr:`Message.several`: 422 ``batched_delivery``).
 
 What bills and counts messages matches keys case-insensitively (``Messages``, ``Entry``:
 a bot behind Go's or .NET's JSON reader reads them as the fields; every spelling
-counts); a skip rule skips only on the exact key, all its spellings agreeing
-(:mod:`gateway.json_pointer`). A walk looks at a bounded number of members; past it, or
-for a signed body that does not parse on a channel that bills only what it finds, the
-callback is refused (:attr:`Message.unreadable`: 422 ``uninspectable_delivery``), never
-passed unbilled for holding nothing the gateway could read.
+counts); a skip rule skips only on the exact key, all its spellings agreeing, and only
+where every spelling of the path to it holds it (:mod:`gateway.json_pointer`). A walk
+looks at a bounded number of members; past it, or for a signed body that does not parse
+on a channel that bills only what it finds, the callback is refused
+(:attr:`Message.unreadable`: 422 ``uninspectable_delivery``), never passed unbilled for
+holding nothing the gateway could read.
 
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
 skipped callback buys only the bot's status (:mod:`gateway.unbilled`).
@@ -204,18 +205,29 @@ class Channel:
     def _skipped(self, doc: Any, present: list[list[Any]]) -> bool:
         """Whether the channel's rules say this callback is not a user message. Each rule
         errs towards billing: a value to skip must be at the exact key and every spelling
-        of it must be one to skip; a field must be at the exact key to skip; a field to
-        bill is found under any spelling (``present``)."""
+        of it must be one to skip; a field must be at the exact key to skip; both only
+        when every spelling of the path to it holds it (:func:`_held`); a field to bill
+        is found under any spelling (``present``)."""
         for pointer, skip in self.skip_if_equals:
             # With ``*``: skipped only if every value found is one to skip.
             found = values(doc, pointer, fold=True)
-            exact = values(doc, pointer)
-            if exact and all(isinstance(v, str) and v in skip for v in found):
+            if not values(doc, pointer) or not _held(doc, pointer):
+                continue
+            if all(isinstance(v, str) and v in skip for v in found):
                 return True
         for pointer in self.skip_if_present:
-            if values(doc, pointer):
+            if values(doc, pointer) and _held(doc, pointer):
                 return True
         return any(not found for found in present)
+
+
+def _held(doc: Any, pointer: Pointer) -> bool:
+    """Whether every node the path to ``pointer``'s last key reaches under any spelling
+    holds that key (any spelling): ``{"event": {"bot_id": ..}, "Event": {a message}}``
+    is the bot's echo to a reader of exact keys, a user's message to Go's or .NET's
+    (``Event``, the last spelling, wins), so it is not skipped."""
+    parents = values(doc, pointer[:-1], fold=True)
+    return all(values(node, pointer[-1:], fold=True) for node in parents)
 
 
 def compile_rule(label: str, rule: ChannelRule) -> Channel:

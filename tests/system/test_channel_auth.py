@@ -426,6 +426,32 @@ async def test_whatsapp_messages_under_any_spelling_are_billed_and_counted(
     assert await world.state() == before
 
 
+async def test_slack_bot_echo_under_one_spelling_of_event_is_billed(world: World) -> None:
+    """A signed body whose ``event`` is the bot's echo (``bot_id``) and whose ``Event``,
+    later, is a user's message reaches a bot behind Go's or .NET's reader as that
+    message: not skipped as the echo (every spelling of the path must hold ``bot_id``).
+    With its user it is two users' messages (422 ``batched_delivery``, as any two);
+    without, one message, billed. The echo alone is still skipped."""
+    path = f"/hooks/slack/{APP}/slack/events"
+    doc = json.loads(sample("slack-message.json"))
+    event = dict(doc["event"])
+    echo = {**doc, "event": {**event, "bot_id": "B0BOT"}}
+    body = json.dumps(echo).encode()
+    assert (await world.post(path, body, slack_headers(body)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS
+    assert world.bot.count() == 1
+    body = json.dumps({**echo, "Event": {**event, "text": "a free question"}}).encode()
+    status, problem = await world.post(path, body, slack_headers(body))
+    assert status == 422, (status, problem)  # was 200: skipped as the echo, bot called
+    assert problem["code"] == "batched_delivery"
+    assert world.bot.count() == 1
+    anon = {k: v for k, v in event.items() if k != "user"}
+    body = json.dumps({**echo, "Event": {**anon, "text": "a free question"}}).encode()
+    assert (await world.post(path, body, slack_headers(body)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
+    assert world.bot.count() == 2
+
+
 async def test_whatsapp_deliveries_it_cannot_read_are_refused_not_passed(world: World) -> None:
     """A signed body orjson cannot read (a BOM, which .NET readers skip; gzip) holds no
     message the gateway can see: refused, never passed to the bot unbilled. So is a body

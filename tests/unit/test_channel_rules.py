@@ -192,3 +192,33 @@ def test_rules_err_towards_billing_across_spellings() -> None:
     assert teams.inspect(
         {}, orjson.dumps({**typing, "Type": "typing"}), authenticated=True
     ).billable
+
+
+def test_a_skip_holds_only_where_every_spelling_of_its_path_holds_it() -> None:
+    """``{"event": {.., "bot_id": ..}, "Event": {a user's message}}`` is the bot's echo to
+    a reader of exact keys and a user's message to Go's or .NET's (the last spelling of
+    ``event`` wins): it is billed, not skipped. Where every spelling holds the field, or
+    the path has one spelling, the skip stands."""
+    slack = Channels({}).get("slack")
+    doc = orjson.loads(sample("slack-message.json"))
+    event = doc["event"]
+    echo = {**event, "bot_id": "B0BOT"}
+
+    def billable(d: object) -> bool:
+        return slack.inspect({}, orjson.dumps(d), authenticated=True).billable
+
+    assert not billable({**doc, "event": echo})
+    assert billable({**doc, "event": echo, "Event": {**event, "text": "a free question"}})
+    assert billable({**doc, "Event": event, "event": echo})  # in either order
+    assert billable({**doc, "event": echo, "EVENT": "not an object"})
+    assert not billable({**doc, "event": echo, "Event": {**event, "BOT_ID": "B0BOT"}})
+    # skip_if_equals alike, on a path of two keys.
+    rules = Channels({"c": ChannelRule(skip_if_equals={"/event/type": ["typing"]})}).get("c")
+    typing = {"event": {"type": "typing"}}
+
+    def skipped(d: object) -> bool:
+        return not rules.inspect({}, orjson.dumps(d), authenticated=True).billable
+
+    assert skipped(typing)
+    assert not skipped({**typing, "Event": {"text": "hi"}})
+    assert skipped({**typing, "Event": {"TYPE": "typing"}})
