@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from config import Settings
 from config.fields import ChannelRule
 from gateway.channels import USER_HEADER
+from gateway.json_pointer import MAX_WALK
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
@@ -426,6 +427,26 @@ async def test_whatsapp_messages_under_any_spelling_are_billed_and_counted(
     assert await world.state() == before
 
 
+async def test_whatsapp_deliveries_of_a_megabyte_of_receipts_are_read(world: World) -> None:
+    """Meta batches receipts: a delivery of thousands of status entries (1 MB, the body
+    limit) was refused 422 ``uninspectable_delivery`` by the walk's bound, for good (Meta
+    retries it as it was). It passes unmetered now; a message at its end is billed."""
+    path = f"/hooks/whatsapp/{APP}"
+    n = 3300
+    body = whatsapp_delivery(*[[] for _ in range(n)])
+    while len(body) > world.settings.max_body_bytes - 1024:
+        n -= 100
+        body = whatsapp_delivery(*[[] for _ in range(n)])
+    assert n >= 2500, n
+    before = await world.state()
+    status, answer = await world.post(path, body, meta_headers(body))
+    assert status == 200, (status, answer)  # was 422 uninspectable_delivery
+    assert await world.state() == before
+    body = whatsapp_delivery(*[[] for _ in range(n - 1)], [{"from": "16505550001"}])
+    assert (await world.post(path, body, meta_headers(body)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
+
+
 async def test_slack_bot_echo_under_one_spelling_of_event_is_billed(world: World) -> None:
     """A signed body whose ``event`` is the bot's echo (``bot_id``) and whose ``Event``,
     later, is a user's message reaches a bot behind Go's or .NET's reader as that
@@ -460,9 +481,9 @@ async def test_whatsapp_deliveries_it_cannot_read_are_refused_not_passed(world: 
     one = whatsapp_delivery([{"from": "16505550001", "id": "wamid.A1"}])
     for body in (b"\xef\xbb\xbf" + one, gzip.compress(one), b"{" + one):
         await refused_as(world, path, body, "uninspectable_delivery")
-    wide = b'{"entry":[' + b",".join([b"[]"] * 20_000) + b"]}"
+    wide = b'{"entry":[' + b",".join([b"[]"] * (MAX_WALK + 1)) + b"]}"
     await refused_as(world, path, wide, "uninspectable_delivery")
-    wide = json.dumps({"entry": [{f"k{i}": i for i in range(20_000)}]}).encode()
+    wide = json.dumps({"entry": [{f"k{i}": i for i in range(MAX_WALK + 1)}]}).encode()
     await refused_as(world, path, wide, "uninspectable_delivery")
     # An empty signed body holds nothing for any reader: not a message, as before.
     assert (await world.post(path, b"", meta_headers(b"")))[0] == 200

@@ -8,7 +8,7 @@ import pytest
 
 from config.fields import ChannelRule
 from gateway.channels import Channels, parse_pointer, resolve, values
-from gateway.json_pointer import MAX_WALK, TooComplex
+from gateway.json_pointer import FOLD_COST, MAX_WALK, TooComplex
 from tests.support.samples import sample
 
 
@@ -165,6 +165,25 @@ def test_folded_pointers_take_every_spelling_within_a_bounded_walk() -> None:
     with pytest.raises(TooComplex):
         values({str(i): i for i in range(MAX_WALK + 1)}, parse_pointer("/a"), fold=True)
     assert values({str(i): i for i in range(MAX_WALK + 1)}, parse_pointer("/a")) == []
+    # A key beyond ASCII, folded character by character, costs more.
+    many = {f"é{i:04d}": i for i in range(MAX_WALK // (FOLD_COST + 1) + 1)}
+    with pytest.raises(TooComplex):
+        values(many, parse_pointer("/entry"), fold=True)
+    ascii_keys = {f"a{i:04d}": i for i in range(len(many))}
+    assert values(ascii_keys, parse_pointer("/entry"), fold=True) == []
+
+
+def test_a_megabyte_of_whatsapp_receipts_is_walked() -> None:
+    """~3,300 status entries (1 MB, the body limit) are read, not refused as too complex
+    (Meta would retry them for ever); a message among them is found."""
+    whatsapp = Channels({}).get("whatsapp")
+    doc = orjson.loads(sample("whatsapp-status.json"))
+    doc["entry"] = doc["entry"] * 3300
+    msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
+    assert (msg.billable, msg.unreadable) == (False, "")
+    doc["entry"] = [*doc["entry"], orjson.loads(sample("whatsapp-message.json"))["entry"][0]]
+    msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
+    assert (msg.billable, msg.several, msg.unreadable) == (True, False, "")
 
 
 def test_rules_err_towards_billing_across_spellings() -> None:
