@@ -11,6 +11,7 @@ The secret key and the webhook secret never reach a log line or an answer.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from meter.accounts.reversals import ReversalEvent
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"
+CHARGE_ID = re.compile(r"^(ch|py)_[A-Za-z0-9_]{1,200}$")
 
 
 class BadSignature(Exception):
@@ -141,6 +143,30 @@ class StripeProvider:
             amount_total=total if isinstance(total, int) else None,
             currency=_str(session.currency),
         )
+
+    async def charge_payment_intent(self, charge_id: str) -> str | None:
+        """The payment intent of charge ``charge_id`` at the provider (a dispute that names
+        only its charge), ``None`` when the charge has none or the provider knows no such
+        charge; :class:`ProviderError` when it could not be asked (the webhook answers
+        502 and the provider retries the delivery)."""
+        if not CHARGE_ID.fullmatch(charge_id):
+            return None
+        try:
+            charge = await self._stripe().v1.charges.retrieve_async(charge_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            log.warning("stripe: charge %s lookup refused: HTTP %s, request %s",
+                        charge_id, exc.http_status, exc.request_id)  # fmt: skip
+            raise ProviderError("the payment provider did not answer the charge") from None
+        except stripe.StripeError as exc:
+            log.warning("stripe: charge %s lookup failed: %s (HTTP %s, request %s)",
+                        charge_id, type(exc).__name__, exc.http_status, exc.request_id)  # fmt: skip
+            raise ProviderError("the payment provider did not answer the charge") from None
+        found: Mapping[str, Any] = charge.to_dict()
+        if _str(found.get("id")) != charge_id:
+            raise ProviderError("the payment provider answered another charge")
+        return _id(found.get("payment_intent"))
 
     def parse_event(self, payload: bytes, header: str | None) -> SessionEvent | ReversalEvent:
         """The verified event of a webhook delivery, or :class:`BadSignature`."""

@@ -53,7 +53,9 @@ async def stripe_webhook(call: Call) -> web.Response:
     except BadSignature as exc:
         return problem_response(400, "invalid_signature", "Invalid signature", str(exc))
     if isinstance(event, reversals.ReversalEvent):  # a refund or a dispute
-        outcome: str = await reversals.handle_event(call.deps, event)
+        # A dispute naming only its charge is resolved with the secret key, if there is one.
+        resolve = provider.charge_payment_intent if provider.can_checkout else None
+        outcome: str = await reversals.handle_event(call.deps, event, resolve)
     else:
         outcome = await payments.handle_event(call.deps, event)
     # Acknowledged whatever the outcome (recorded): a retry could not change it.

@@ -13,12 +13,19 @@ app is then refused for want of credit like any app that cannot pay.
 
 The payment is found by its payment intent, claimed when it was credited: a checkout
 credited by its webhook (which reported the intent), or a payment credited by hand under
-its ``pi_…`` reference. An event about a payment intent not credited (yet) is kept
+its ``pi_…`` reference. A dispute that names only its charge (``charge: ch_…``, no
+``payment_intent``: Stripe leaves it out for some API versions and payment methods) is
+resolved at the provider first (:data:`ResolveCharge`, the gateway's charge lookup with
+the secret key): the charge's own ``payment_intent``, the very field a ``charge.refunded``
+event carries. An event about a payment intent not credited (yet) is kept
 (``awaiting_payment``, acknowledged): the credit of that payment, by its checkout's
 paid event or by hand under its ``pi_…``, records it in its own transaction and applies
 it right after the top-up (:func:`apply_reversals_of`), so a refund Stripe delivers
 before the paid event is not lost. One of a payment never credited here stays kept,
-harmless. An event without a payment intent is ``unknown_payment``.
+harmless. An event without a payment intent (a charge the provider knows under none,
+or no secret key to ask with) is ``unknown_payment``; a lookup that fails raises
+:class:`~meter.accounts.payments.ProviderError` before anything is recorded, so the
+provider's retry of the delivery resolves it later.
 Every event of a payment applies all of that payment's reversals to the live balance
 (each idempotent), so a crash between the ledger and Redis is healed by any redelivery;
 the projection check heals it too.
@@ -27,7 +34,8 @@ the projection check heals it too.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from config.money import MICROS_PER_DOLLAR, format_amount
@@ -52,6 +60,13 @@ HANDLED = frozenset(
 Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment",
                   "awaiting_payment", "not_reversed", "currency_mismatch",
                   "wrong_mode"]  # fmt: skip
+
+
+ResolveCharge = Callable[[str], Awaitable[str | None]]
+"""The payment intent of a charge (``ch_…``/``py_…``) as the provider says, ``None`` when
+it has none or the provider knows no such charge; raises ``ProviderError`` when the
+provider could not be asked (nothing is recorded: the delivery is answered 502 and
+retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +104,11 @@ def _cause(ev: ReversalEvent) -> Cause | None:
     return None
 
 
-async def handle_event(d: Deps, ev: ReversalEvent) -> Outcome:
-    """Act on one verified refund or dispute event; returns (and records) what it did."""
-    outcome, checkout = await _decide(d, ev)
+async def handle_event(d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None = None) -> Outcome:
+    """Act on one verified refund or dispute event; returns (and records) what it did.
+    ``resolve``: how to find the payment intent of a dispute that names only its charge
+    (``None``: such a dispute is ``unknown_payment``)."""
+    outcome, checkout = await _decide(d, ev, resolve)
     await d.store.record_payment_event(
         ev.event_id,
         provider=PROVIDER,
@@ -103,19 +120,25 @@ async def handle_event(d: Deps, ev: ReversalEvent) -> Outcome:
     )
     if outcome in ("unknown_payment", "currency_mismatch"):
         log.warning(
-            "payment event %s (%s) for %s / payment intent %s not reversed: %s",
-            ev.event_id, ev.type, ev.object_id, ev.payment_intent, outcome,
+            "payment event %s (%s) for %s (charge %s) / payment intent %s not reversed: %s",
+            ev.event_id, ev.type, ev.object_id, ev.charge, ev.payment_intent, outcome,
         )  # fmt: skip
     return outcome
 
 
-async def _decide(d: Deps, ev: ReversalEvent) -> tuple[Outcome, tuple[str, str | None] | None]:
+async def _decide(
+    d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None
+) -> tuple[Outcome, tuple[str, str | None] | None]:
     expected = d.settings.stripe_livemode
     if expected is not None and ev.livemode is not expected:
         return "wrong_mode", None
     cause = _cause(ev)
     if cause is None:
         return "not_reversed", None
+    if not ev.payment_intent and ev.charge and ev.charge != ev.object_id and resolve:
+        # A dispute naming only its charge: the charge's payment intent, from the provider
+        # (a charge event carries its own, or has none).
+        ev = replace(ev, payment_intent=await resolve(ev.charge))
     if not ev.payment_intent or not ev.object_id or ev.amount is None or ev.amount < 0:
         return "unknown_payment", None
     if (ev.currency or "").lower() != "usd":  # ledger amounts are micro-dollars

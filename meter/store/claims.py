@@ -23,7 +23,8 @@ from meter.store.db import Conn, dumps, loads
 # the provider's name as an operator may write it (``stripe:pi_…``).
 _PREFIXES = ("funds:", "checkout:", "stripe:")
 # Identifiers of the provider's payment objects the webhook may claim (charges, ``ch_``
-# and ``py_``, never reach this gateway: they cannot be matched to a checkout).
+# and ``py_``, are never claimed: they cannot be matched to a checkout; a dispute naming
+# only its charge is resolved to its payment intent at the provider first).
 PROVIDER_PREFIXES = ("cs_", "pi_")
 
 

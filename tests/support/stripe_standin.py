@@ -2,7 +2,9 @@
 
 ``stripe_standin()`` serves ``POST /v1/checkout/sessions`` on a free 127.0.0.1 port the
 way Stripe does (form-encoded request, bearer secret key, a ``checkout.session`` JSON
-answer), so the real ``stripe`` library talks real HTTP to it. Every request is kept
+answer), so the real ``stripe`` library talks real HTTP to it, and ``GET
+/v1/charges/{id}`` (the charge of a session it created, named as :func:`refunded` names
+it, or one of ``charges``; else Stripe's 404 ``resource_missing``). Every request is kept
 (its decoded form and headers) for the test to check. ``signed`` builds a webhook
 delivery exactly as Stripe signs one (``t=<unix time>,v1=<HMAC-SHA256 of
 "<t>.<payload>">``), so the gateway verifies it with the library like a real one.
@@ -44,6 +46,8 @@ class StripeStandIn:
     fail_with: int | None = None  # answer the next requests with this error status
     amount_offset: int = 0  # a provider that charges something else than asked
     key: str = SECRET_KEY  # the API key it accepts (``sk_live_`` for a live account)
+    charges: dict[str, str | None] = field(default_factory=dict)  # more: charge -> intent
+    charge_lookups: list[str] = field(default_factory=list)  # every charge asked for
 
     def session_for(self, checkout_id: str) -> dict[str, Any]:
         return next(
@@ -113,8 +117,31 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
         standin.sessions[session["id"]] = session
         return web.json_response(session)
 
+    async def charge(request: web.Request) -> web.Response:
+        cid = request.match_info["charge"]
+        standin.charge_lookups.append(cid)
+        if request.headers.get("Authorization") != f"Bearer {standin.key}":
+            error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
+            return web.json_response(error, status=401)
+        if standin.fail_with is not None:
+            error = {"error": {"type": "api_error", "message": "stand-in failure"}}
+            return web.json_response(error, status=standin.fail_with)
+        suffix = cid.removeprefix("ch_")
+        if cid in standin.charges:
+            intent = standin.charges[cid]
+        elif cid.startswith("ch_") and f"cs_test_{suffix}" in standin.sessions:
+            intent = f"pi_{suffix}"
+        else:
+            error = {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                               "message": f"No such charge: '{cid}'", "param": "id"}}  # fmt: skip
+            return web.json_response(error, status=404)
+        body = {"id": cid, "object": "charge", "amount": 0, "currency": "usd",
+                "payment_intent": intent, "status": "succeeded"}  # fmt: skip
+        return web.json_response(body)
+
     app = web.Application()
     app.router.add_post("/v1/checkout/sessions", create)
+    app.router.add_get("/v1/charges/{charge}", charge)
     async with serve(app) as url:
         standin.url = url
         yield standin

@@ -301,8 +301,10 @@ async def test_forged_unknown_and_by_hand(sqlite_url: str, redis_url: str) -> No
         # A payment never credited here: kept for its credit, acknowledged, nothing taken.
         stranger = refunded("pi_neverseen", 10000, amount=10000)
         assert await outcome(admin, stranger) == "awaiting_payment"
-        only_charge = disputed("charge.dispute.created", intent, "dp_x", 10000, "needs_response",
-                               payment_intent=None)  # fmt: skip
+        # A dispute naming only a charge that Stripe does not know (its own test:
+        # test_reversal_charges.py).
+        only_charge = disputed("charge.dispute.created", "pi_elsewhere", "dp_x", 10000,
+                               "needs_response", payment_intent=None)  # fmt: skip
         assert await outcome(admin, only_charge) == "unknown_payment"
         euros = refunded(intent, 10000, amount=10000, currency="eur")
         assert await outcome(admin, euros) == "currency_mismatch"
