@@ -30,6 +30,10 @@ same for every order (a dispute won after a full refund gives nothing back). An 
 amount 0 changes no live balance and carries no marker (:func:`meter.accounts.rebuild.marked`);
 its event answers ``already_reversed`` (never ``reversed`` or ``reinstated``), and it is
 listed in the workspace's transactions like any entry (bookkeeping: 0.00).
+
+An entry that takes money back (amount below 0) queues the owner notification
+``funds.reversed`` in the same transaction (outbox, event id ``<ws>:<reference>``): once
+per reversal, whatever redelivers it, and never for one that moved nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from typing import Any, Literal
 from config.money import format_amount
 from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
-from meter.store.models import REVERSAL_KINDS, LedgerEntry
+from meter.store.models import REVERSAL_KINDS, LedgerEntry, OutboxEvent
+from meter.store.outbox import insert_events
 
 Cause = Literal["refund", "dispute", "dispute_won"]
 ReversalResult = Literal[
@@ -132,10 +137,28 @@ async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
     after = taken_back(credit.amount, [*prior, entry])
     entry = replace(entry, amount=before - after)
     await insert_ledger_entry(c, entry)
+    if entry.amount < 0:
+        await insert_events(c, [_reversed_notice(entry, rev, credit)])
     result: ReversalResult = "reinstated" if rev.cause == "dispute_won" else "reversed"
     if not entry.amount:  # recorded, moves nothing: a dispute or a win after a full refund
         result = "already_reversed"
     return Reversed(result, credit, (*prior, entry), entry)
+
+
+def _reversed_notice(e: LedgerEntry, rev: Reversal, credit: LedgerEntry) -> OutboxEvent:
+    """``funds.reversed``: what ``e`` took back (a positive amount), why, from where."""
+    payload = {
+        "amount": format_amount(-e.amount),
+        "reason": "refund" if rev.cause == "refund" else "dispute",
+        "app_id": e.app_id,
+        "reference": e.reference,  # as the transactions list it
+        "payment_intent": rev.payment_intent,
+        "charge": rev.detail.get("charge") or (rev.key if rev.cause == "refund" else None),
+        "dispute_id": None if rev.cause == "refund" else rev.key,
+        "credit": credit.reference.removeprefix("checkout:").removeprefix("funds:"),
+    }
+    ws = e.workspace_id
+    return OutboxEvent(ws, f"{ws}:{e.reference}", "funds.reversed", payload, e.created_at)
 
 
 async def _reversals(c: Conn, credit: LedgerEntry) -> list[LedgerEntry]:
