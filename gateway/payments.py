@@ -50,8 +50,8 @@ def _int(value: Any) -> int | None:
 
 def _reversal(event_id: str, event_type: str, obj: Mapping[str, Any], livemode: bool | None
               ) -> ReversalEvent:  # fmt: skip
-    """A ``charge`` (refunded: its cumulative ``amount_refunded``) or a ``dispute`` (its
-    ``amount``) event."""
+    """A ``charge`` (refunded: its cumulative ``amount_refunded``), a ``dispute`` (its
+    ``amount``) or a ``refund`` (its ``amount``: one refund, not cumulative) event."""
     charge = obj.get("object") == "charge"
     return ReversalEvent(
         event_id=event_id,
@@ -63,6 +63,7 @@ def _reversal(event_id: str, event_type: str, obj: Mapping[str, Any], livemode: 
         currency=_str(obj.get("currency")),
         status=_str(obj.get("status")),
         livemode=livemode,
+        refund=obj.get("object") == "refund",
     )
 
 
@@ -194,7 +195,7 @@ class StripeProvider:
         obj = data.get("object") if isinstance(data, Mapping) else None
         mode = raw.get("livemode")
         livemode = mode if isinstance(mode, bool) else None
-        if isinstance(obj, Mapping) and obj.get("object") in ("charge", "dispute"):
+        if isinstance(obj, Mapping) and obj.get("object") in ("charge", "dispute", "refund"):
             return _reversal(event_id, event_type, obj, livemode)
         if not isinstance(obj, Mapping) or obj.get("object") != "checkout.session":
             return SessionEvent(event_id=event_id, type=event_type)

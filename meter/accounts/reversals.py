@@ -26,6 +26,9 @@ harmless. An event without a payment intent (a charge the provider knows under n
 or no secret key to ask with) is ``unknown_payment``; a lookup that fails raises
 :class:`~meter.accounts.payments.ProviderError` before anything is recorded, so the
 provider's retry of the delivery resolves it later.
+A refund that fails at the provider afterwards (its own object's ``failed`` or
+``canceled`` status) is ``refund_failed``: logged, nothing credited back (see
+:data:`REFUND_UPDATES`).
 Every event of a payment applies all of that payment's reversals to the live balance
 (each idempotent), so a crash between the ledger and Redis is healed by any redelivery;
 the projection check heals it too.
@@ -56,10 +59,15 @@ DISPUTE_REINSTATED = "charge.dispute.funds_reinstated"
 HANDLED = frozenset(
     {REFUNDED, DISPUTE_CREATED, DISPUTE_WITHDRAWN, DISPUTE_CLOSED, DISPUTE_REINSTATED}
 )
+# A refund that did not happen after all (its object's ``status`` ``failed`` or
+# ``canceled``): recognised and logged, never credited back (README: a charge's
+# cumulative ``amount_refunded``, which keys the refunds' debits, can repeat once a failed
+# part is refunded again, so a credit back here could let that refund go undebited).
+REFUND_UPDATES = frozenset({"charge.refund.updated", "refund.updated", "refund.failed"})
 
 Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment",
                   "awaiting_payment", "not_reversed", "currency_mismatch",
-                  "wrong_mode"]  # fmt: skip
+                  "wrong_mode", "refund_failed", "ignored"]  # fmt: skip
 
 
 ResolveCharge = Callable[[str], Awaitable[str | None]]
@@ -85,6 +93,7 @@ class ReversalEvent:
     currency: str | None = None
     status: str | None = None
     livemode: bool | None = None
+    refund: bool = False  # the object is one refund (``re_…``), not a charge or a dispute
 
 
 def _cause(ev: ReversalEvent) -> Cause | None:
@@ -118,6 +127,14 @@ async def handle_event(d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None
         outcome=outcome,
         at=d.now_ms(),
     )
+    if outcome == "refund_failed":
+        log.warning(
+            "payment event %s (%s): refund %s of charge %s (payment intent %s) of %s cents "
+            "%s at the provider: the debit its charge.refunded made stands; an operator "
+            "decides (README: a refund that fails)",
+            ev.event_id, ev.type, ev.object_id, ev.charge, ev.payment_intent, ev.amount,
+            ev.status,
+        )  # fmt: skip
     if outcome in ("unknown_payment", "currency_mismatch"):
         log.warning(
             "payment event %s (%s) for %s (charge %s) / payment intent %s not reversed: %s",
@@ -132,6 +149,11 @@ async def _decide(
     expected = d.settings.stripe_livemode
     if expected is not None and ev.livemode is not expected:
         return "wrong_mode", None
+    if ev.refund:  # one refund's own events: only a failed or canceled one is news
+        if ev.type in REFUND_UPDATES and ev.status in ("failed", "canceled"):
+            co = await d.store.get_checkout_by_payment_intent(ev.payment_intent or "")
+            return "refund_failed", ((co.id, co.session_id) if co else None)
+        return "ignored", None
     cause = _cause(ev)
     if cause is None:
         return "not_reversed", None

@@ -228,3 +228,28 @@ def disputed(
         "reason": "fraudulent",
     }
     return event(event_type, dispute, event_id=event_id, **changes)
+
+
+def refund_updated(
+    intent: str,
+    refund_id: str,
+    amount: int,
+    status: str,
+    *,
+    event_type: str = "charge.refund.updated",
+    event_id: str | None = None,
+    **changes: Any,
+) -> bytes:
+    """A ``charge.refund.updated`` (or ``refund.*``) event about one refund (``amount``:
+    that refund's cents) of the charge of ``intent``."""
+    refund = {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "currency": "usd",
+        "charge": "ch_" + intent.removeprefix("pi_"),
+        "payment_intent": intent,
+        "status": status,
+        **({"failure_reason": "expired_or_canceled_card"} if status == "failed" else {}),
+    }
+    return event(event_type, refund, event_id=event_id, **changes)
