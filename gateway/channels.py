@@ -21,10 +21,17 @@ user and key win over the headers, which nobody signed.
 
 A pointer token ``*`` on an array takes every element: a WhatsApp delivery may batch
 entries, changes and messages, so its pointers are ``/entry/*/changes/*/value/messages/*/...``
-and a message anywhere in it is found. One delivery is one admission, so a billable
-callback whose user, key or ``bill_only_if_present`` pointer finds more than one value
-is several messages (a message without ``from`` or ``id`` is one too), which one charge
-must not buy (:attr:`Message.several`: 422 ``batched_delivery``).
+and a message anywhere in it is found. One charge never buys several messages. A channel
+whose one ``bill_only_if_present`` pointer names the message and holds a ``*``, with the
+user and key pointers inside it (WhatsApp: ``.../messages/*`` and ``.../messages/*/from``,
+``/id``), meters a delivery of several messages one admission each (:attr:`Message.batch`,
+:mod:`gateway.channel_batches`): each its own user and key from the body alone, never the headers
+(one header cannot name several messages); a message without a user refuses the delivery
+(400), one without a key is charged at each delivery. Identical copies of a keyed message
+are one message. A delivery of more than :data:`MAX_BATCH` messages, a message naming
+several users or keys (its key under two spellings), two different messages under one
+user's key, or several messages on another channel (two spellings of Slack's ``event``)
+cannot be metered that way (:attr:`Message.several`: 422 ``batched_delivery``).
 
 What bills and counts messages matches keys case-insensitively (``Messages``, ``Entry``:
 a bot behind Go's or .NET's JSON reader reads them as the fields; every spelling
@@ -48,10 +55,20 @@ from typing import Any, NamedTuple
 import orjson
 
 from config.fields import ChannelRule
+from gateway.channel_batches import MAX_BATCH, batch_pointer, split
 from gateway.header_text import clean
-from gateway.json_pointer import Pointer, TooComplex, parse_pointer, resolve, values
+from gateway.json_pointer import Pointer, TooComplex, parse_pointer, resolve, scalar, values
 
-__all__ = ["Channel", "Channels", "Message", "parse_pointer", "request_id", "resolve", "values"]
+__all__ = [
+    "MAX_BATCH",
+    "Channel",
+    "Channels",
+    "Message",
+    "parse_pointer",
+    "request_id",
+    "resolve",
+    "values",
+]
 
 USER_HEADER = "X-Channel-User-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -89,14 +106,6 @@ BUILTIN: dict[str, ChannelRule] = {
 }
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return ""
-
-
 def request_id(headers: Mapping[str, str]) -> str:
     """``X-Request-Id`` as a message's key: none when it is not UTF-8 (the bot gets a new
     one in its place, gateway.forwarding), as when the request has none."""
@@ -111,8 +120,9 @@ class Message(NamedTuple):
     user: str
     key: str
     challenge: str | None = None  # what the answer to a skipped callback may echo
-    several: bool = False  # a billable delivery holding more than one message (a batch)
+    several: str = ""  # why a delivery of several messages cannot be metered (refused)
     unreadable: str = ""  # why the body could not be classified (refused, never skipped)
+    batch: tuple[tuple[str, str], ...] = ()  # (user, key) of each message of a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,7 @@ class Channel:
     skip_if_present: tuple[Pointer, ...]
     bill_only_if_present: tuple[Pointer, ...]
     delivery_url: str | None
+    batch_pointer: Pointer | None = None  # each message of a batch (see the module)
 
     @property
     def needs_body(self) -> bool:
@@ -175,9 +186,12 @@ class Channel:
         keys = [] if self.key_pointer is None else values(doc, self.key_pointer, fold=True)
         # A message without user or key is still a message: counted by its presence too.
         if len(users) > 1 or len(keys) > 1 or any(len(found) > 1 for found in present):
-            return Message(True, user, key, None, True)
-        body_user = _scalar(users[0]) if users else ""
-        body_key = _scalar(keys[0]) if keys else ""
+            if self.batch_pointer is None:
+                return Message(True, user, key, several="it names several users or messages")
+            batch, why = split(present[0], self.batch_pointer, self.user_pointer, self.key_pointer)
+            return Message(True, user, key, several=why, batch=batch)
+        body_user = scalar(users[0]) if users else ""
+        body_key = scalar(keys[0]) if keys else ""
         if authenticated:
             # The signature covers the body, not the headers: a replayed signed body with
             # another user or key header must not become a new (charged) message. So the
@@ -245,6 +259,7 @@ def compile_rule(label: str, rule: ChannelRule) -> Channel:
         skip_if_present=tuple(parse_pointer(p) for p in rule.skip_if_present),
         bill_only_if_present=tuple(parse_pointer(p) for p in rule.bill_only_if_present),
         delivery_url=rule.delivery_url,
+        batch_pointer=batch_pointer(rule),
     )
 
 

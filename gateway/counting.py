@@ -28,11 +28,11 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from gateway.metering import Admission
+from gateway.metering import Charge
 from gateway.metrics import Metrics
 from gateway.problems import Refused, problem_of
 
-Forwarded = tuple[web.StreamResponse, Admission | None]  # the answer, and what was admitted
+Forwarded = tuple[web.StreamResponse, Charge | None]  # the answer, and what was admitted
 
 # Problems the app's bot or its configured address answers for (502/504): one tenant's
 # broken bot must not look like the gateway failing (gateway.metrics: bot_error).

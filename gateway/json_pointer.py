@@ -42,6 +42,16 @@ def parse_pointer(text: str) -> Pointer:
 MISSING = object()
 
 
+def scalar(value: Any) -> str:
+    """A field's value as the text a channel user or key is: a string, or a number's
+    text; "" for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
 def fold_key(text: str) -> str:
     """``text`` as case-insensitive JSON readers compare keys: each character lowered
     then raised, one for one (Go's encoding/json folds ``ToUpper(ToLower(r))``, .NET's

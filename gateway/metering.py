@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from redis.exceptions import RedisError
@@ -32,6 +33,17 @@ class Admission(NamedTuple):
     app_id: str
     decision: Decision | None
     debt: Debt | None
+
+
+class Admissions(NamedTuple):
+    """The messages of one delivery (a batch), each admitted on its own, served together:
+    what is done to the delivery (forwarded, failed, withdrawn) is done to each."""
+
+    app_id: str
+    parts: tuple[Admission, ...]
+
+
+Charge = Admission | Admissions  # what one request was admitted as
 
 
 class Meter:
@@ -95,6 +107,25 @@ class Meter:
                 self._metrics.sessions_started.inc()
         return tuple.__new__(Admission, (app_id, dec, None))  # Admission(...) minus a frame
 
+    async def admit_all(
+        self, app_id: str, channel: str, messages: Sequence[tuple[str, str]], *, digest: str
+    ) -> Admissions:
+        """Each of ``messages`` (user, key) admitted as :meth:`admit` would, all or none:
+        if any is refused (or Redis fails it), those admitted are refunded and its refusal
+        (the first, in the delivery's order) is raised. Submitted together, they share the
+        workspace's ``admit.lua`` calls, decided in order (a user's second message inside
+        the session its first opened)."""
+        got = await asyncio.gather(
+            *(self.admit(app_id, channel, u, k, digest=digest) for u, k in messages),
+            return_exceptions=True,
+        )
+        parts = tuple(a for a in got if isinstance(a, Admission))
+        for outcome in got:
+            if isinstance(outcome, BaseException):
+                await self.withdrawn(Admissions(app_id, parts))  # never forwarded
+                raise outcome
+        return Admissions(app_id, parts)
+
     async def check(self, app_id: str, channel: str, user: str) -> None:
         """Could the app be served now (suspension, licence, the rate limits, credit)?
         Charges and counts nothing; raises :class:`Refused` or 503 like :meth:`admit`
@@ -109,16 +140,20 @@ class Meter:
         if dec.code:
             raise Refused.of(dec)
 
-    def forwarded(self, admission: Admission | None) -> None:
+    def forwarded(self, admission: Charge | None) -> None:
         """The message's request is with the bot: its charge stands (see
         :mod:`meter.admission.reservations`). Call right after handing it to the socket."""
         if admission is None or self._confirmations is None:
+            return
+        if isinstance(admission, Admissions):
+            for part in admission.parts:
+                self.forwarded(part)
             return
         dec = admission.decision
         if dec is not None and dec.units and not dec.duplicate:
             self._confirmations.forwarded(admission.app_id, dec.rid)
 
-    async def failed(self, admission: Admission, failure: Failure) -> None:
+    async def failed(self, admission: Charge, failure: Failure) -> None:
         """The bot failed to serve an admitted message: refund it per ``refund_on``.
 
         A redelivery's failure is reported too: the charge of its key is refunded only
@@ -128,9 +163,12 @@ class Meter:
             return
         await self.withdrawn(admission)
 
-    async def withdrawn(self, admission: Admission) -> None:
+    async def withdrawn(self, admission: Charge) -> None:
         """The admitted message never reached the bot (a WebSocket's bot connection was
         dropped with it still buffered): refunded, whatever ``refund_on`` says."""
+        if isinstance(admission, Admissions):  # any order: refund.lua sorts sessions out
+            await asyncio.gather(*(self.withdrawn(part) for part in admission.parts))
+            return
         if admission.debt is not None:
             self._owed.forgive(admission.debt)
             return

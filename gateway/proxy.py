@@ -58,7 +58,7 @@ from gateway.forwarding import downstream_headers, upstream_headers
 from gateway.header_text import answer_reason
 from gateway.http_rules import body_stalled
 from gateway.inbound import inbound_of
-from gateway.metering import Admission, Failure, Meter
+from gateway.metering import Charge, Failure, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, bot_failed, bot_timeout, bot_unavailable
 from gateway.request_body import BodyFailed, BodyState, chunks, client_gone
@@ -132,7 +132,7 @@ class Proxy:
             return None
         return self._limited(request, state)
 
-    def _confirming(self, body: Body, admission: Admission | None, watch: ClientWatch) -> Sent:
+    def _confirming(self, body: Body, admission: Charge | None, watch: ClientWatch) -> Sent:
         """The body to send, wrapped so a charged message is confirmed as forwarded as
         soon as its request is handed to the bot's socket."""
         if admission is None:
@@ -150,7 +150,7 @@ class Proxy:
         request: web.Request,
         url: URL,
         body: Body,
-        admission: Admission | None,
+        admission: Charge | None,
         state: BodyState,
         verified: Verified | None = None,
         admitted: rules.Admitted | None = None,
@@ -203,7 +203,7 @@ class Proxy:
         raise bot_unavailable()
 
     def _failure_of(
-        self, exc: Exception, url: URL, admission: Admission | None, state: BodyState
+        self, exc: Exception, url: URL, admission: Charge | None, state: BodyState
     ) -> tuple[Failure, int]:
         """The bot's failure an error stands for, and the status to answer. The client's own
         (its body failed, aiohttp's error wrapping it or not) is raised as its problem,
@@ -221,7 +221,7 @@ class Proxy:
         log.info("upstream %s failed: %s", url.host, type(exc).__name__)
         return "5xx", 502
 
-    async def _failed(self, admission: Admission | None, failure: Failure) -> None:
+    async def _failed(self, admission: Charge | None, failure: Failure) -> None:
         if admission is not None:
             await self.meter.failed(admission, failure)
 
@@ -229,7 +229,7 @@ class Proxy:
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
-        admission: Admission | None,
+        admission: Charge | None,
         t0: float,
     ) -> web.StreamResponse:
         try:

@@ -6,8 +6,9 @@ A message is decided in two steps, each a function here that the aiohttp handler
 1. :func:`route`: loop check (508), length (413), channel authentication (401/403,
    before anything is metered), the app's upstream (404/502) and the target URL (400
    for dot segments). Nothing is charged: a server may still hand the request on.
-2. :func:`admit`: the channel's rules (billable? user, idempotency key; 422 for several
-   messages in one delivery), the message digest of a keyed message, and the admission
+2. :func:`admit`: the channel's rules (billable? user, idempotency key; a batch of
+   messages, one admission each, all or none, or 422 when it cannot be metered so), the
+   message digest of a keyed message, and the admission
    (402/403/409/429/503); a callback the rules skip is answered as
    :mod:`gateway.unbilled` says. On an authenticated channel whose rules read the user
    from the body, the bot gets the ``X-Channel-User-Id`` and ``Idempotency-Key`` that
@@ -27,10 +28,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.channel_auth import ChannelAuth, Verified, without_token
-from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels
+from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels, Message
 from gateway.forwarding import VIA_TOKEN, target_url
 from gateway.inbound import Headers, Inbound
-from gateway.metering import Admission, Meter
+from gateway.metering import Charge, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, unknown_app
 from gateway.unbilled import Unbilled
@@ -88,13 +89,12 @@ def missing_user() -> Problem:
     )
 
 
-def batched_delivery() -> Problem:
+def batched_delivery(why: str) -> Problem:
     return Problem(
         422,
         "batched_delivery",
         "Several messages in one delivery",
-        "a billable delivery is one message of one channel user; this one holds more"
-        " (e.g. a WhatsApp batch): deliver them one by one",
+        f"the messages of this delivery cannot each be billed: {why}",
     )
 
 
@@ -169,7 +169,7 @@ class Admitted(NamedTuple):
     callback the channel's rules skip, how its answer is restricted, and what the bot is
     told of its user and key (:meth:`vouch`)."""
 
-    admission: Admission | None
+    admission: Charge | None
     body: bytes | None
     have_body: bool
     unbilled: Unbilled | None = None
@@ -184,7 +184,23 @@ class Admitted(NamedTuple):
             else:
                 headers.popall(USER_HEADER, None)
         if self.key is not None and IDEMPOTENCY_HEADER in headers:
-            headers[IDEMPOTENCY_HEADER] = self.key
+            if self.key:
+                headers[IDEMPOTENCY_HEADER] = self.key
+            else:  # a batch's: each message has its own (gateway.channels)
+                headers.popall(IDEMPOTENCY_HEADER, None)
+
+
+def check_readable(proxy: Proxy, msg: Message, label: str, app_id: str) -> None:
+    """422 for a billable callback that cannot be metered (see :mod:`gateway.channels`)."""
+    if msg.unreadable:  # never passed unbilled for holding nothing readable
+        proxy.metrics.refused("uninspectable_delivery")
+        raise uninspectable_delivery(msg.unreadable)
+    if msg.several:  # one admission buys one message: never several of them
+        # Meta retries the same batch, refused each time: its messages never reach the
+        # bot. Counted and logged (which app) for the operator to act on.
+        proxy.metrics.refused("batched_delivery")
+        log.warning("refused a batched %s delivery to app %s", label, app_id)
+        raise batched_delivery(msg.several)
 
 
 async def admit(
@@ -200,19 +216,20 @@ async def admit(
     else:
         msg = rule.inspect(inbound.headers, None, authenticated=verified.authenticated)
     if verified.user:  # the credential names the user; a header cannot override it
+        if msg.batch:  # ... and so only one: the batch's messages name theirs
+            msg = msg._replace(batch=(), several="the credential names one user")
         msg = msg._replace(user=verified.user)
-    admission = None
+    admission: Charge | None = None
     have_body = rule.needs_body or verified.body is not None
     if msg.billable and proxy.metering:
-        if msg.unreadable:  # never passed unbilled for holding nothing readable
-            proxy.metrics.refused("uninspectable_delivery")
-            raise uninspectable_delivery(msg.unreadable)
-        if msg.several:  # one admission buys one message: never a batch of them
-            # Meta retries the same batch, refused each time: its messages never reach
-            # the bot. Counted and logged (which app) for the operator to act on.
-            proxy.metrics.refused("batched_delivery")
-            log.warning("refused a batched %s delivery to app %s", rule.label, app_id)
-            raise batched_delivery()
+        check_readable(proxy, msg, rule.label, app_id)
+        if msg.batch:  # one admission per message, all or none (gateway.channels)
+            if not all(user for user, _ in msg.batch):
+                raise missing_user()
+            digest = message_digest(inbound.method, inbound.raw_path, body)
+            admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digest=digest)
+            # The bot reads each message's user from the body: no header names one.
+            return tuple.__new__(Admitted, (admission, body, have_body, None, "", ""))
         if not msg.user:
             raise missing_user()
         digest = ""

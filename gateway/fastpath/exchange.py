@@ -31,7 +31,7 @@ from gateway.fastpath.pool import ClientGone, Wait
 from gateway.fastpath.serving import FastServer
 from gateway.fastpath.upstream import UpstreamConnection
 from gateway.fastpath.wire import answer_head, close_delimited, response_head, text_headers
-from gateway.metering import Admission, Failure
+from gateway.metering import Charge, Failure
 from gateway.problems import CONTENT_TYPE, Problem, problem_body
 from gateway.unbilled import Held
 
@@ -67,7 +67,7 @@ class Exchange:
         self.conn = conn
         self.msg = msg
         self.label = label
-        self.admission: Admission | None = None
+        self.admission: Charge | None = None
         self.upstream: UpstreamConnection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.wait: Wait | None = None  # waiting for a bot connection (Pool.acquire)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config import Settings
 from config.fields import ChannelRule
-from gateway.channels import USER_HEADER
+from gateway.channels import MAX_BATCH, USER_HEADER
 from gateway.json_pointer import MAX_WALK
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
@@ -332,35 +332,35 @@ async def test_whatsapp_message_anywhere_in_a_delivery_is_billed(world: World) -
     assert await world.state() == before
 
 
-async def test_whatsapp_batches_of_messages_are_refused_unmetered(
+async def test_whatsapp_batches_are_billed_message_by_message(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One delivery is one admission: several messages (two users', or one user's two)
-    must not be bought with one charge, nor charged to the first user alone."""
+    """Several messages in one delivery (two users', one user's two, in two entries, in
+    two changes) are one admission each, under each one's user and key: they were refused
+    422 ``batched_delivery``, and Meta retried them as they were, never delivered. One
+    beyond MAX_BATCH is still refused, counted by reason and logged with its app."""
     path = f"/hooks/whatsapp/{APP}"
-    alice = {"from": "16505550001", "id": "wamid.A1"}
-    bob = {"from": "447700900123", "id": "wamid.B1"}
-    for body in (
-        whatsapp_delivery([alice, bob]),  # two users' messages in one change
-        whatsapp_delivery([alice, {**alice, "id": "wamid.A2"}]),  # one user's two
-        whatsapp_delivery([alice], [bob]),  # in two entries
-        whatsapp_delivery([], [alice], [bob], entries=False),  # in two changes
+    calls = world.bot.count()
+    for i, (one, two, entries) in enumerate(
+        (
+            ({"from": "16505550001"}, {"from": "447700900123"}, None),  # two users'
+            ({"from": "16505550001"}, {"from": "16505550001"}, None),  # one user's two
+            ({"from": "16505550001"}, {"from": "447700900123"}, True),  # two entries
+            ({"from": "16505550001"}, {"from": "447700900123"}, False),  # two changes
+        )
     ):
-        before = await world.state()
-        calls = world.bot.count()
-        status, problem = await world.post(path, body, meta_headers(body))
-        assert (status, problem["code"]) == (422, "batched_delivery")
-        assert world.bot.count() == calls
-        assert await world.state() == before
-    # one message each: served and charged
-    for m in (alice, bob):
-        body = whatsapp_delivery([m])
+        a, b = {**one, "id": f"wamid.{i}A"}, {**two, "id": f"wamid.{i}B"}
+        if entries is None:
+            body = whatsapp_delivery([a, b])
+        else:
+            body = whatsapp_delivery([], [a], [b], entries=entries)
         assert (await world.post(path, body, meta_headers(body)))[0] == 200
-    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * PRICE
-    # Meta retries a refused batch as it was, refused again: never delivered. So each
-    # refusal is counted by reason and logged with its app, for the operator to act on.
+        assert world.bot.count() == calls + i + 1
+        assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - 2 * (i + 1) * PRICE
+    many = whatsapp_delivery([{"id": f"wamid.M{i}"} for i in range(MAX_BATCH + 1)])
+    await refused_as(world, path, many, "batched_delivery")
     async with world.http.get(f"{world.gw.admin_url}/metrics") as resp:
-        assert 'creditgate_refusals_total{reason="batched_delivery"} 4.0' in await resp.text()
+        assert 'creditgate_refusals_total{reason="batched_delivery"} 1.0' in await resp.text()
     assert f"refused a batched whatsapp delivery to app {APP}" in caplog.text
 
 
@@ -395,29 +395,38 @@ async def test_whatsapp_messages_under_any_spelling_are_billed_and_counted(
     alice = {"from": "16505550001", "id": "wamid.A1"}
     bob = {"from": "447700900123", "id": "wamid.B1"}
     value = ("entry", "0", "changes", "0", "value")
-    one = whatsapp_delivery([alice])
-    both = json.loads(whatsapp_delivery([alice]))
+    # Each message its own id: a key redelivered in another body is 409.
+    one = whatsapp_delivery([{**alice, "id": "wamid.A3"}])
+    both = json.loads(whatsapp_delivery([{**alice, "id": "wamid.A2"}]))
     both["entry"][0]["changes"][0]["value"]["Messages"] = [
         {**alice, "id": f"wamid.X{i}"} for i in range(3)
     ]
     no_from = json.loads(whatsapp_delivery([alice, bob]))
     del no_from["entry"][0]["changes"][0]["value"]["messages"][1]["from"]
     del no_from["entry"][0]["changes"][0]["value"]["messages"][1]["id"]
-    for body in (
-        respelled(whatsapp_delivery([alice, bob]), *value, key="messages"),  # only Messages
-        json.dumps(both).encode(),  # messages [1] and Messages [3]
-        respelled(whatsapp_delivery([alice, bob]), key="entry"),  # Entry, 2 messages
-        json.dumps(no_from).encode(),  # a message without from and id rides along
-    ):
-        await refused_as(world, path, body, "batched_delivery")
-    # One message under another spelling is a message: billed, once.
-    for charged, body in enumerate(
-        (respelled(one, *value, key="messages"), respelled(whatsapp_delivery([bob]), key="entry")),
-        start=1,
+    before = await world.state()
+    body = json.dumps(no_from).encode()  # a message without from and id rides along
+    status, problem = await world.post(path, body, meta_headers(body))
+    assert (status, problem["code"]) == (400, "missing_channel_user")
+    assert await world.state() == before
+    assert world.bot.count() == 0
+    # Each message under any spelling is a message: billed, once each.
+    charged = 0
+    for n, body in (
+        (2, respelled(whatsapp_delivery([alice, bob]), *value, key="messages")),  # Messages
+        (4, json.dumps(both).encode()),  # messages [1] and Messages [3]
+        (1, respelled(one, *value, key="messages")),
+        (1, respelled(whatsapp_delivery([{**bob, "id": "wamid.B3"}]), key="entry")),
     ):
         assert (await world.post(path, body, meta_headers(body)))[0] == 200
+        charged += n
         assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - charged * PRICE
-    assert world.bot.count() == 2
+    assert world.bot.count() == 4
+    # Entry, two messages
+    two = [{**alice, "id": "wamid.E1"}, {**bob, "id": "wamid.E2"}]
+    body = respelled(whatsapp_delivery(two), key="entry")
+    assert (await world.post(path, body, meta_headers(body)))[0] == 200
+    assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - (charged + 2) * PRICE
     # Receipts under another spelling are still receipts.
     receipts = respelled(whatsapp_delivery([]), key="entry")
     before = await world.state()

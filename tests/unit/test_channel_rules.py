@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from config.fields import ChannelRule
-from gateway.channels import Channels, parse_pointer, resolve, values
+from gateway.channels import MAX_BATCH, Channels, Message, parse_pointer, resolve, values
 from gateway.json_pointer import FOLD_COST, MAX_WALK, TooComplex
 from tests.support.samples import sample
 
@@ -69,21 +69,25 @@ def test_wildcard_pointers() -> None:
     assert values(doc, parse_pointer("/a/*/z")) == values(doc, parse_pointer("/nope")) == []
 
 
-def test_whatsapp_messages_anywhere_one_at_a_time() -> None:
+def test_whatsapp_messages_anywhere_each_its_own() -> None:
     """A WhatsApp delivery may batch entries and changes: the message is found wherever
-    it is, and more than one message is ``several`` (refused, never charged once)."""
+    it is, and more than one message is a ``batch``, each message with its own user and
+    key, from the body alone (never charged once, never under a header's user or key)."""
     rule = Channels({}).get("whatsapp")
     message = orjson.loads(sample("whatsapp-message.json"))
     status = orjson.loads(sample("whatsapp-status.json"))
     m = message["entry"][0]["changes"][0]["value"]["messages"][0]
     later = {"object": "whatsapp_business_account", "entry": status["entry"] + message["entry"]}
     msg = rule.inspect({}, orjson.dumps(later), authenticated=True)
-    assert (msg.billable, msg.several, msg.user, msg.key) == (True, False, m["from"], m["id"])
+    assert (msg.billable, msg.several, msg.user, msg.key) == (True, "", m["from"], m["id"])
+    assert msg.batch == ()
     two = orjson.loads(sample("whatsapp-message.json"))
     two["entry"][0]["changes"][0]["value"]["messages"].append({**m, "from": "4477", "id": "w2"})
+    head = {"X-Channel-User-Id": "h", "Idempotency-Key": "k"}
     for signed in (True, False):
-        msg = rule.inspect({"X-Channel-User-Id": "h"}, orjson.dumps(two), authenticated=signed)
-        assert (msg.billable, msg.several) == (True, True)
+        msg = rule.inspect(head, orjson.dumps(two), authenticated=signed)
+        assert (msg.billable, msg.several) == (True, "")
+        assert msg.batch == ((m["from"], m["id"]), ("4477", "w2"))
     receipts = {"object": "whatsapp_business_account", "entry": status["entry"] * 2}
     assert not rule.inspect({}, orjson.dumps(receipts), authenticated=True).billable
 
@@ -183,7 +187,7 @@ def test_a_megabyte_of_whatsapp_receipts_is_walked() -> None:
     assert (msg.billable, msg.unreadable) == (False, "")
     doc["entry"] = [*doc["entry"], orjson.loads(sample("whatsapp-message.json"))["entry"][0]]
     msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
-    assert (msg.billable, msg.several, msg.unreadable) == (True, False, "")
+    assert (msg.billable, msg.several, msg.unreadable) == (True, "", "")
 
 
 def test_rules_err_towards_billing_across_spellings() -> None:
@@ -194,9 +198,10 @@ def test_rules_err_towards_billing_across_spellings() -> None:
     value = doc["entry"][0]["changes"][0]["value"]
     value["Messages"] = value.pop("messages")
     msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
-    assert (msg.billable, msg.several, msg.user) == (True, False, "16505551234")
+    assert (msg.billable, msg.several, msg.user) == (True, "", "16505551234")
     value["messages"] = [{"type": "text"}]  # no from, no id: still a second message
-    assert whatsapp.inspect({}, orjson.dumps(doc), authenticated=True).several
+    msg = whatsapp.inspect({}, orjson.dumps(doc), authenticated=True)
+    assert msg.batch == (("16505551234", value["Messages"][0]["id"]), ("", ""))
     for body in (b"\xef\xbb\xbf" + sample("whatsapp-message.json"), b"{"):
         msg = whatsapp.inspect({}, body, authenticated=True)
         assert msg.billable
@@ -241,3 +246,39 @@ def test_a_skip_holds_only_where_every_spelling_of_its_path_holds_it() -> None:
     assert skipped(typing)
     assert not skipped({**typing, "Event": {"text": "hi"}})
     assert skipped({**typing, "Event": {"TYPE": "typing"}})
+
+
+def test_whatsapp_batches_that_cannot_be_metered_message_by_message() -> None:
+    """Copies of one keyed message are one; two different messages under one user's key,
+    a message naming two users (``from`` and ``From``), or more than MAX_BATCH messages
+    are ``several`` (422), as is several of anything on a channel without batches."""
+    rule = Channels({}).get("whatsapp")
+    doc = orjson.loads(sample("whatsapp-message.json"))
+    m = doc["entry"][0]["changes"][0]["value"]["messages"][0]
+    value = doc["entry"][0]["changes"][0]["value"]
+
+    def inspect(*messages: dict[str, object]) -> Message:
+        value["messages"] = list(messages)
+        return rule.inspect({}, orjson.dumps(doc), authenticated=True)
+
+    assert inspect(m, m, {**m, "id": "w2"}).batch == ((m["from"], m["id"]), (m["from"], "w2"))
+    assert inspect({**m, "id": 7}, {**m, "id": "7"}).several  # 7 and "7": one key
+    assert inspect(m, {**m, "text": {"body": "free?"}}).several
+    assert inspect(m, {**m, "From": "4477"}).several
+    assert inspect(m, {**m, "id": "w2", "ID": "w3"}).several
+    assert inspect({**m, "from": "1"}, {**m, "from": "2"}).batch == (("1", m["id"]), ("2", m["id"]))
+    assert inspect({"x": 1}, {"x": 1}).batch == (("", ""), ("", ""))  # keyless: each charged
+    many = [{**m, "id": f"w{i}"} for i in range(MAX_BATCH)]
+    assert len(inspect(*many).batch) == MAX_BATCH
+    assert inspect(*many, {**m, "id": "one more"}).several
+    value["messages"] = [m]
+    doc["entry"][0]["changes"][0]["value"] = {**value, "Messages": [{**m, "id": "w2"}]}
+    assert rule.inspect({}, orjson.dumps(doc), authenticated=True).batch == (
+        (m["from"], m["id"]),
+        (m["from"], "w2"),
+    )
+    slack = Channels({}).get("slack")
+    two = orjson.loads(sample("slack-message.json"))
+    two["Event"] = {**two["event"], "user": "U2"}
+    msg = slack.inspect({}, orjson.dumps(two), authenticated=True)
+    assert (bool(msg.several), msg.batch) == (True, ())

@@ -1,0 +1,261 @@
+"""Signed WhatsApp deliveries that batch several messages (Meta does under load), on both
+traffic servers: each message one admission, under its own ``from`` and ``id``, all or
+none; a failed bot refunds them all; a retried batch costs nothing more. They were refused
+422 ``batched_delivery``, and Meta retried the same batch for good: never delivered.
+
+Real Redis, a real gateway and bot on loopback sockets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.channels import MAX_BATCH
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, running_gateway
+from tests.support.channel_keys import AuthWorld, auth_settings, meta_headers, set_secret
+from tests.support.metering import agg_totals
+from tests.support.samples import sample
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "wabatch"
+APP = f"{WS}_app1"  # contact_center: $0.01 per request
+TIGHT = f"{WS}_tight"  # funds for two requests
+SESS = f"{WS}_sess"  # automation: $0.20 per 15-minute session
+RATE = f"{WS}_rate"  # two messages a minute
+OPEN = f"{WS}_open"  # no WhatsApp secret: unauthenticated
+FUNDS = 10_000_000
+PRICE = 10_000
+SESSION = 200_000
+ALICE, BOB, CAROL = "16505550001", "447700900123", "4915112345678"
+
+
+def delivery(*changes: list[dict[str, Any]]) -> bytes:
+    """A WhatsApp delivery: each argument a change's ``messages`` (``{"from", "id"}`` over
+    the sample's message), each change in an entry of its own."""
+    entry = json.loads(sample("whatsapp-message.json"))["entry"][0]
+    out = []
+    for messages in changes:
+        change = json.loads(json.dumps(entry["changes"][0]))
+        template = change["value"]["messages"][0]
+        change["value"]["messages"] = [{**template, **m} for m in messages]
+        out.append({"id": entry["id"], "changes": [change]})
+    return json.dumps({"object": "whatsapp_business_account", "entry": out}).encode()
+
+
+def msg(user: str, wamid: str, **more: Any) -> dict[str, Any]:
+    return {"from": user, "id": wamid, **more}
+
+
+class World(AuthWorld):
+    async def post(
+        self, body: bytes, app: str = APP, tail: str = "", headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        h = {"Content-Type": "application/json", **meta_headers(body), **(headers or {})}
+        url = f"{self.gw.url}/hooks/whatsapp/{app}{tail}"
+        async with self.http.post(url, data=body, headers=h) as resp:
+            raw = await resp.read()
+            if "json" in resp.headers.get("Content-Type", ""):
+                return resp.status, json.loads(raw)
+            return resp.status, raw
+
+    async def left(self, app: str = APP) -> int:
+        """The app's own funds left, once the forward confirmations have landed."""
+        return (await self.state())[0].app[app]
+
+    async def charged(self) -> int:
+        """Money charged in the workspace's live aggregates (refunds taken back)."""
+        totals = await agg_totals(self.rclient, WS)
+        return totals["f"] + totals["a"] + totals["p"]
+
+
+@pytest.fixture
+async def world(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> AsyncIterator[World]:
+    cfg = auth_settings(redis_url, tmp_path)
+    apps: dict[str, dict[str, Any]] = {
+        APP: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS},
+        TIGHT: {"product": "contact_center", "upstream_url": bot.url, "funds": 2 * PRICE,
+                "use_free_credits": False},
+        SESS: {"product": "automation", "upstream_url": bot.url, "funds": FUNDS,
+               "use_free_credits": False},
+        RATE: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS,
+               "use_free_credits": False, "per_minute": 2},
+    }  # fmt: skip
+    apps[OPEN] = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
+    await seed(rclient, cfg, WS, apps)
+    for app in apps:
+        if app != OPEN:
+            await set_secret(rclient, cfg, app, "whatsapp")
+    async with running_gateway(cfg) as gw:
+        yield World(WS, gw, bot, rclient, http)
+
+
+async def test_a_batch_is_proxied_once_and_charged_per_message_once(world: World) -> None:
+    """Three messages of two users: the bot gets the delivery once, three charges (three
+    requests in the usage aggregates); Meta's retry of it costs nothing more; the bot is
+    told no user or key of the client's (each message names its own)."""
+    body = delivery([msg(ALICE, "wamid.A1"), msg(BOB, "wamid.B1")], [msg(ALICE, "wamid.A2")])
+    forged = {"X-Channel-User-Id": "mallory", "Idempotency-Key": "one-for-all"}
+    status, _ = await world.post(body, headers=forged)
+    assert status == 200  # was 422 batched_delivery
+    assert world.bot.count() == 1
+    assert world.bot.calls[0].body == body
+    assert "X-Channel-User-Id" not in world.bot.calls[0].headers
+    assert "Idempotency-Key" not in world.bot.calls[0].headers
+    assert await world.left() == FUNDS - 3 * PRICE
+    assert await world.charged() == 3 * PRICE
+    assert (await agg_totals(world.rclient, WS))["n"] == 3  # billable units: requests
+    for _ in range(2):  # Meta retries the same batch: proxied, charged once per message
+        assert (await world.post(body))[0] == 200
+    assert world.bot.count() == 3
+    assert await world.left() == FUNDS - 3 * PRICE
+    assert await world.charged() == 3 * PRICE
+    # A message of it delivered alone is another delivery of its key: a single
+    # message's redelivery must repeat its body (409), as it always had to.
+    alone = delivery([msg(ALICE, "wamid.A1")])
+    assert (await world.post(alone))[1]["code"] == "duplicate_delivery"
+    assert await world.left() == FUNDS - 3 * PRICE
+
+
+async def test_duplicate_wamids_in_a_batch_are_one_message(world: World) -> None:
+    """The same message twice in a batch is charged once; a key is one user's, so the
+    same wamid from two users is two messages."""
+    m = msg(CAROL, "wamid.C1")
+    body = delivery([m, m], [m, msg(CAROL, "wamid.C2"), msg(BOB, "wamid.C1")])
+    assert (await world.post(body))[0] == 200
+    assert world.bot.count() == 1
+    assert await world.left() == FUNDS - 3 * PRICE
+    assert (await world.post(body))[0] == 200
+    assert await world.left() == FUNDS - 3 * PRICE
+
+
+async def test_a_batch_one_message_of_which_is_refused_charges_nothing(world: World) -> None:
+    """Credit for two requests, a batch of three: refused 402, the two admitted refunded,
+    the bot not called. Refunded, the keys are charged afresh when they come again (a
+    batch made to fail cannot buy its other messages for later)."""
+    body = delivery([msg(ALICE, "wamid.T1"), msg(BOB, "wamid.T2"), msg(ALICE, "wamid.T3")])
+    charged = await world.charged()
+    for _ in range(2):
+        status, problem = await world.post(body, app=TIGHT)
+        assert (status, problem["code"]) == (402, "credits_exhausted")
+        assert world.bot.count() == 0
+        assert await world.left(TIGHT) == 2 * PRICE
+        assert await world.charged() == charged
+    two = delivery([msg(ALICE, "wamid.T1"), msg(BOB, "wamid.T2")])
+    assert (await world.post(two, app=TIGHT))[0] == 200
+    assert await world.left(TIGHT) == 0
+    # Out of credit, a retry is refused as a single message's is (the contract), and
+    # what it admitted before the refusal is given back: the served charges stand.
+    for again in (two, body):
+        assert (await world.post(again, app=TIGHT))[1]["code"] == "credits_exhausted"
+        assert await world.left(TIGHT) == 0
+        assert await world.charged() == charged + 2 * PRICE
+    assert world.bot.count() == 1
+
+
+async def test_a_batch_past_the_rate_limit_charges_nothing(world: World) -> None:
+    """Two messages a minute: a batch of three is refused 429, nothing charged."""
+    body = delivery([msg(ALICE, "wamid.R1"), msg(BOB, "wamid.R2"), msg(BOB, "wamid.R3")])
+    status, problem = await world.post(body, app=RATE)
+    assert (status, problem["code"]) == (429, "rate_limited")
+    assert world.bot.count() == 0
+    assert await world.left(RATE) == FUNDS
+    assert await world.charged() == 0
+
+
+async def test_the_bot_failing_refunds_every_message(world: World) -> None:
+    """A 5xx of the bot refunds the whole batch (502, the bot's body withheld)."""
+    body = delivery([msg(ALICE, "wamid.F1"), msg(BOB, "wamid.F2")], [msg(CAROL, "wamid.F3")])
+    for _ in range(2):  # the retry fails too: still nothing charged
+        status, problem = await world.post(body, tail="/status/503")
+        assert (status, problem["code"]) == (502, "upstream_error")
+        assert await world.left() == FUNDS
+        assert await world.charged() == 0
+    assert world.bot.count("/status/503") == 2
+    # Served at last: charged once per message.
+    assert (await world.post(body, tail="/status/200"))[0] == 200
+    assert await world.left() == FUNDS - 3 * PRICE
+
+
+async def test_sessions_are_per_message(world: World) -> None:
+    """A session-billed app: Alice's two messages share the session her first opens, Bob
+    opens his own: two sessions charged for three messages."""
+    body = delivery([msg(ALICE, "wamid.S1"), msg(BOB, "wamid.S2"), msg(ALICE, "wamid.S3")])
+    assert (await world.post(body, app=SESS))[0] == 200
+    assert await world.left(SESS) == FUNDS - 2 * SESSION
+    totals = await agg_totals(world.rclient, WS)
+    assert (totals["n"], totals["m"]) == (2, 3)  # sessions, messages
+
+
+async def test_hostile_batches_get_no_message_free(world: World) -> None:
+    """What a tenant signing its own bodies (the app secret is its own) might try: a
+    message without ``from`` (refused 400, nothing charged), without ``id`` (charged at
+    every delivery, a header key notwithstanding), messages under other spellings of
+    ``messages``/``entry`` (each charged), one wamid naming two different messages or a
+    message naming two users (422), more than MAX_BATCH messages (422)."""
+    before = await world.left()
+    nobody = delivery([msg(ALICE, "wamid.H1"), {"from": None, "id": "wamid.H2"}])
+    doc = json.loads(nobody)
+    del doc["entry"][0]["changes"][0]["value"]["messages"][1]["from"]
+    for body in (nobody, json.dumps(doc).encode()):
+        status, problem = await world.post(body)
+        assert (status, problem["code"]) == (400, "missing_channel_user")
+    assert world.bot.count() == 0
+    assert await world.left() == before
+    # Without an id: charged at each delivery.
+    doc = json.loads(delivery([msg(ALICE, "wamid.H3"), msg(BOB, "x")]))
+    del doc["entry"][0]["changes"][0]["value"]["messages"][1]["id"]
+    keyless = json.dumps(doc).encode()
+    for n in (1, 2):
+        assert (await world.post(keyless, headers={"Idempotency-Key": "k"}))[0] == 200
+        assert await world.left() == before - (1 + n) * PRICE
+    before = await world.left()
+    # Messages under other spellings: each a message, charged.
+    doc = json.loads(delivery([msg(ALICE, "wamid.H4")], [msg(BOB, "wamid.H5")]))
+    value = doc["entry"][1]["changes"][0]["value"]
+    value["Messages"] = [*value.pop("messages"), msg(CAROL, "wamid.H6")]
+    doc["Entry"] = [doc["entry"].pop(1)]
+    doc["entry"][0]["changes"][0]["value"]["MESSAGES"] = [msg(CAROL, "wamid.H7")]
+    body = json.dumps(doc).encode()
+    assert (await world.post(body))[0] == 200
+    assert await world.left() == before - 4 * PRICE
+    calls = world.bot.count()
+    before = await world.left()
+    two_texts = delivery(
+        [msg(ALICE, "wamid.H8", text={"body": "one"}), msg(ALICE, "wamid.H8", text={"body": "2"})]
+    )
+    two_users = delivery([msg(ALICE, "wamid.H9"), {**msg(ALICE, "wamid.H10"), "From": BOB}])
+    many = delivery([msg(ALICE, f"wamid.M{i}") for i in range(MAX_BATCH + 1)])
+    for body in (two_texts, two_users, many):
+        status, problem = await world.post(body)
+        assert (status, problem["code"]) == (422, "batched_delivery"), problem
+    assert world.bot.count() == calls
+    assert await world.left() == before
+    # The bound itself is served.
+    most = delivery([msg(ALICE, f"wamid.M{i}") for i in range(MAX_BATCH)])
+    assert (await world.post(most))[0] == 200
+    assert await world.left() == before - MAX_BATCH * PRICE
+
+
+async def test_an_unsigned_batch_is_metered_by_its_messages_not_its_headers(
+    world: World,
+) -> None:
+    """Without a secret every callback is billable, a header naming its user and key:
+    a batch's messages are still one admission each under the body's users and ids (one
+    header key for all would make them one charge)."""
+    body = delivery([msg(ALICE, "wamid.U1"), msg(BOB, "wamid.U2"), msg(ALICE, "wamid.U3")])
+    one = {"X-Channel-User-Id": "mallory", "Idempotency-Key": "same"}
+    for _ in range(2):
+        assert (await world.post(body, app=OPEN, headers=one))[0] == 200
+        assert await world.left(OPEN) == FUNDS - 3 * PRICE
+    assert "Idempotency-Key" not in world.bot.calls[-1].headers
