@@ -2,7 +2,8 @@
 
 The browser keeps only an opaque random cookie (HttpOnly, SameSite=Strict, Secure when
 the request came over TLS); the store keeps its SHA-256 with the user, the API token
-signed in with (revoking that token ends the session) and a synchronizer CSRF token.
+signed in with (revoking that token deletes its sessions) and a synchronizer CSRF token.
+A user keeps at most :data:`MAX_SESSIONS`: a sign-in beyond them ends the oldest.
 Requests the console makes to ``/v1`` carry the cookie instead of a bearer token
 (:func:`cookie_auth`); every state-changing one must echo the CSRF token in
 ``X-CSRF-Token``. The API token itself never reaches a URL or browser storage.
@@ -32,6 +33,9 @@ from meter.store.console_sessions import ConsoleSession
 CSRF_HEADER = "X-CSRF-Token"
 PRINCIPAL = SESSION_PRINCIPAL  # request key: the session's caller
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Live sessions one user keeps: a new sign-in beyond it ends their oldest session, so
+# signing in in a loop cannot grow the store (each row lives console_session_ttl_s).
+MAX_SESSIONS = 20
 
 
 def _hash(raw: str) -> str:
@@ -158,7 +162,8 @@ async def sign_in(request: web.Request) -> web.Response:
         created_at=now,
         expires_at=now + int(settings.console_session_ttl_s * 1000),
     )
-    await store.create_console_session(sess)
+    if not await store.create_console_session(sess, MAX_SESSIONS):
+        raise Problem(401, "unauthorized", "Unauthorized", "unknown or revoked token")
     resp = _json(await _user_view(request, sess), 201)
     tls = secure(request)
     resp.set_cookie(

@@ -247,6 +247,11 @@ _WORKSPACES_BY_OWNER = "CREATE INDEX workspaces_owner ON workspaces (owner_id)"
 # The invitations one user made, counted against their cap (decision 0009).
 _INVITER = "CREATE INDEX invitations_inviter ON invitations (invited_by, created_at)"
 
+# A user's console sessions are capped at each sign-in and deleted with their token.
+_CONSOLE_SESSIONS_BY_USER = (
+    "CREATE INDEX console_sessions_user ON console_sessions (user_id, created_at)"
+)
+
 # Ordered, append-only. The SQL must not contain ';' other than as statement separator.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL),
@@ -275,6 +280,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgresql=REVERSALS_PG,
     ),
     Migration(16, "refunds and disputes before their payment's credit", PENDING_REVERSALS),
+    Migration(17, "console sessions by user", _CONSOLE_SESSIONS_BY_USER),
 )
 
 

@@ -69,11 +69,22 @@ class Tokens(StoreCore):
         return int(n or 0)
 
     async def revoke_token(self, user_id: str, token_id: str, at: int) -> bool:
-        """Revoke one of ``user_id``'s tokens; ``False`` if they hold no such live token."""
-        return await self.changed(
-            "UPDATE api_tokens SET revoked_at = ? "
-            "WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
-            at,
-            token_id,
-            user_id,
-        )
+        """Revoke one of ``user_id``'s tokens and delete the console sessions signed in
+        with it, in one step under the user's row lock (the lock a sign-in takes: none
+        signs in with the token after this); ``False`` if they hold no such live token."""
+        async with self.transaction() as c:
+            await c.fetch(f"SELECT id FROM users WHERE id = ?{self.for_update}", user_id)
+            n = await c.execute(
+                "UPDATE api_tokens SET revoked_at = ? "
+                "WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+                at,
+                token_id,
+                user_id,
+            )
+            if n:
+                await c.execute(
+                    "DELETE FROM console_sessions WHERE user_id = ? AND token_id = ?",
+                    user_id,
+                    token_id,
+                )
+        return n > 0

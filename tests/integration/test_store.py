@@ -568,3 +568,51 @@ async def test_ping_is_false_when_postgres_is_unreachable() -> None:
         assert await s.ping() is False
     finally:
         await s.close()
+
+
+# ------------------------------------------------------------- console sessions
+
+
+async def test_console_sessions_are_capped_per_user_and_end_with_their_token(
+    store: Store, stores: StoreFactory
+) -> None:
+    from meter.store import ApiToken
+    from meter.store.console_sessions import ConsoleSession
+
+    await store.create_user(User("u1", "a@example.com", "A", "hash-a", T0))
+    await store.create_user(User("u2", "b@example.com", "B", "hash-b", T0))
+    await store.create_token(ApiToken("t-second", "u1", "second", "hash-a2", "x", T0))
+    first, other = "t" + "hash-a"[:16], "t" + "hash-b"[:16]
+
+    def sess(n: int, user: str = "u1", token: str = first, at: int = T0) -> ConsoleSession:
+        return ConsoleSession(f"{user}-{n:03d}", user, token, "csrf", at, at + 3_600_000)
+
+    async def hashes(user: str) -> set[str]:
+        async with store.connection() as c:
+            rows = await c.fetch("SELECT id_hash FROM console_sessions WHERE user_id = ?", user)
+        return {r["id_hash"] for r in rows}
+
+    assert await store.create_console_session(sess(0, "u2", other), 3)
+    # Sign-ins in one millisecond keep the newest: the one just made is never the victim.
+    for n in range(1, 6):
+        assert await store.create_console_session(sess(n, at=T0 + n // 3), 3)
+        assert await store.count_console_sessions("u1") == min(n, 3)
+        assert f"u1-{n:03d}" in await hashes("u1")
+    assert await hashes("u1") == {"u1-003", "u1-004", "u1-005"}
+    # Concurrent sign-ins of one user (separate connections) never pass the cap together.
+    more = [stores() for _ in range(4)]
+    oks = await asyncio.gather(
+        *(s.create_console_session(sess(10 + i, at=T0 + 10), 3) for i, s in enumerate(more))
+    )
+    assert oks == [True] * 4
+    assert await store.count_console_sessions("u1") == 3
+    assert await hashes("u2") == {"u2-000"}  # another user's sessions are theirs
+
+    # Revoking a token deletes its sessions, and no session is made with it afterwards.
+    assert await store.create_console_session(sess(20, token="t-second", at=T0 + 20), 5)
+    assert await store.revoke_token("u1", first, T0 + 30)
+    assert await hashes("u1") == {"u1-020"}
+    assert not await store.create_console_session(sess(21, at=T0 + 31), 5)
+    assert not await store.create_console_session(sess(22, "u2", first, T0 + 31), 5)
+    assert await hashes("u1") == {"u1-020"}
+    assert await hashes("u2") == {"u2-000"}

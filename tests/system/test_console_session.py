@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from config.money import format_amount
+from gateway.console.session import MAX_SESSIONS
 from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.bot import running_bot
 from tests.support.settings import make_settings
@@ -87,6 +88,36 @@ async def test_revoking_the_token_ends_its_sessions(any_admin: Admin) -> None:
         [token] = (await any_admin.ok("GET", "/v1/tokens", tok))["tokens"]
         await any_admin.ok("DELETE", f"/v1/tokens/{token['id']}", tok)
         await signed_out(http, any_admin.url, "/v1/tokens")
+
+
+async def test_sign_ins_keep_a_bounded_number_of_sessions(any_admin: Admin) -> None:
+    """Signing in in a loop ends the oldest sessions instead of growing the store, and
+    revoking the token deletes the rows of its sessions (not only refuses them)."""
+    uid, tok = await any_admin.new_user("looper")
+    _, other_tok = await any_admin.new_user("bystander")
+
+    async def rows(user: str) -> int:
+        async with any_admin.store.connection() as c:
+            sql = "SELECT COUNT(*) AS n FROM console_sessions WHERE user_id = ?"
+            return int(await c.fetchval(sql, user))
+
+    cookies = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        _, me, _ = await sign_in(http, any_admin.url, other_tok)
+        for _ in range(MAX_SESSIONS + 5):
+            status, _, resp = await sign_in(http, any_admin.url, tok)
+            assert status == 201
+            cookies.append(resp.headers["Set-Cookie"].split(";")[0])
+        assert await rows(uid) == MAX_SESSIONS
+        for i, cookie in enumerate(cookies):
+            async with http.get(f"{any_admin.url}/ui/session", headers={"Cookie": cookie}) as r:
+                assert (await r.json())["signed_in"] is (i >= 5), i
+        [token] = (await any_admin.ok("GET", "/v1/tokens", tok))["tokens"]
+        await any_admin.ok("DELETE", f"/v1/tokens/{token['id']}", tok)
+        assert await rows(uid) == 0
+        assert await rows(me["user"]["id"]) == 1
+        status, body, _ = await sign_in(http, any_admin.url, tok)
+        assert (status, body["code"]) == (401, "unauthorized")
 
 
 async def test_cross_site_sign_in_and_secure_cookie_over_tls(any_admin: Admin) -> None:
