@@ -80,6 +80,7 @@ class Settings(LayeredSources, BaseSettings):
     metering: bool = True
     fail_mode: Literal["closed", "open"] = "closed"
     redis_timeout_s: Seconds = 0.5
+    clock_sync_s: Seconds = 15.0  # how often the metering clock re-measures Redis's
     batch_max: int = Field(256, ge=1, le=10_000)
     # An admission call goes out once this many messages wait (or the loop pass ends).
     batch_dispatch_at: int = Field(32, ge=1, le=10_000)

@@ -9,9 +9,10 @@ and the metrics:
 Resources are opened and closed by ``cleanup_ctx`` generators, in this order (closed in
 reverse), and stored under the typed keys of :mod:`gateway.appkeys`:
 
-traffic: REDIS (client) -> HTTP (upstream ``ClientSession``; WebSockets have their own,
+both: REDIS (client) -> the clock's sync (a :class:`RedisClock` only), then
+traffic: HTTP (upstream ``ClientSession``; WebSockets have their own,
 in WEBSOCKETS), ADMITTER, OWED (its settlement task), PROXY (everything the handlers use);
-admin: REDIS -> STORE -> the flusher (``run_flusher=True`` only).
+admin: STORE -> the flusher (``run_flusher=True`` only).
 
 A ``redis`` client or ``store`` passed in is used as is and left open (the caller owns it).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +67,7 @@ from meter.accounts.egress import check_settings
 from meter.admission.admitter import Admitter
 from meter.admission.reservations import Confirmations
 from meter.redis_layer.client import RedisClient, connect, warm_up
+from meter.redis_layer.clock import RedisClock, following
 from meter.store import Store, open_store
 from meter.timestamps import Clock
 
@@ -89,7 +90,7 @@ class Gateway:
 def create_app(
     settings: Settings,
     *,
-    clock: Clock = time.time,
+    clock: Clock | None = None,
     redis: RedisClient | None = None,
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
@@ -99,13 +100,17 @@ def create_app(
     """Build the traffic and admin applications (nothing is opened until startup).
 
     ``metering`` defaults to ``settings.metering``; off proxies without admission
-    (a benchmark baseline only).
+    (a benchmark baseline only). ``clock`` stamps admissions, refunds, sweeps and flushes:
+    by default a :class:`RedisClock` (Redis's clock, :mod:`meter.redis_layer.clock`),
+    synced while each application runs; a plain clock (tests) is used as it is.
     """
     if metering is None:
         metering = settings.metering
     check_settings(settings)  # operator-set targets obey the egress policy too
     channels = Channels(settings.channels)
     metrics = Metrics(registry if registry is not None else CollectorRegistry(), channels.names)
+    if clock is None:
+        clock = RedisClock(on_offset=metrics.clock_offset.set)
     catalog = load_catalog(settings.catalog_path)
 
     traffic = web.Application(
@@ -121,6 +126,8 @@ def create_app(
         app[CLOCK] = clock
         app[METRICS] = metrics
         app.cleanup_ctx.append(_redis_ctx(settings, redis))
+        if isinstance(clock, RedisClock):
+            app.cleanup_ctx.append(_clock_ctx(settings, clock))
 
     traffic[WEBSOCKETS] = WebSockets(
         settings.ws_max_connections,
@@ -153,6 +160,14 @@ def _redis_ctx(settings: Settings, given: RedisClient | None) -> Ctx:
         app[REDIS] = client
         yield
         await client.aclose()
+
+    return ctx
+
+
+def _clock_ctx(settings: Settings, clock: RedisClock) -> Ctx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with following(clock, app[REDIS], settings.clock_sync_s, settings.redis_timeout_s):
+            yield
 
     return ctx
 

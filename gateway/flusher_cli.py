@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from config import Settings, load_settings
 from meter.redis_layer.client import connect, warm_up
+from meter.redis_layer.clock import RedisClock, following
 from meter.store import open_store
 from meter.usage.flush_stats import PassResult
 from meter.usage.flusher import Flusher
@@ -40,26 +41,28 @@ async def serve_flusher(
     client = connect(settings.redis_url)
     await warm_up(client)
     store = open_store(settings.store_url)
+    clock = RedisClock()  # buckets close, and claims take ids, by Redis's clock
     try:
-        flusher = Flusher(client, store, settings, lease_s=lease_s)
-        if once:
+        async with following(clock, client, settings.clock_sync_s, settings.redis_timeout_s):
+            flusher = Flusher(client, store, settings, lease_s=lease_s, clock=clock)
+            if once:
+                try:
+                    return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+                finally:
+                    await flusher.close()
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+            log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
+            if on_ready is not None:
+                on_ready(flusher)
             try:
-                return await flusher.drain(force=force, within_s=max(60.0, 3 * flusher.lease_s))
+                await flusher.run(stop, force_on_stop=force)
             finally:
                 await flusher.close()
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        log.info("flusher %s started (lease %.1fs)", flusher.owner, flusher.lease_s)
-        if on_ready is not None:
-            on_ready(flusher)
-        try:
-            await flusher.run(stop, force_on_stop=force)
-        finally:
-            await flusher.close()
-        return PassResult()
+            return PassResult()
     finally:
         await store.close()
         await client.aclose()

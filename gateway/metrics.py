@@ -149,6 +149,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.clock_offset = Gauge(
+            "creditgate_clock_offset_seconds",
+            "Redis's clock minus this host's, as last measured: admissions are stamped "
+            "with Redis's clock (meter/redis_layer/clock.py).",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.flushed_rows = Counter(
             "creditgate_flushed_rows_total",
             "Rows written to the durable store by the flusher.",

@@ -144,11 +144,13 @@ end
 -- cur-NB on covers a little more than the window, so the limit is never exceeded.
 -- The current bucket's count (c) is read with the rest, so admit.lua writes a window
 -- back in one HSET: its count, t, and o and n only where they changed.
--- A window never goes backwards: gateways stamp their own clocks, and a caller whose clock
--- is behind the window's newest bucket n counts into n (one more HGET, for that caller
--- only) instead of its own bucket, so n never moves back and a caller ahead by more than
--- the window never finds every bucket "old" because another wrote n at its own time. A
--- caller ahead drops only buckets older than its window (by its clock), as any caller.
+-- A window never goes backwards: stamps of gateways can disagree (Redis's clock followed
+-- to within a sync, a step of that clock, an earlier version's own clock), and a caller
+-- whose clock is behind the window's newest bucket n counts into n (one more HGET, for
+-- that caller only) instead of its own bucket, so n never moves back and a caller ahead by
+-- more than the window never finds every bucket "old" because another wrote n at its own
+-- time. A caller ahead drops only buckets older than its window (by its clock), as any
+-- caller.
 local function window(key, win)
   local g = win / NB
   local cur = math.floor(now / g)

@@ -124,8 +124,9 @@ local function session_of(fld, found, fkb)
   local S = {fld = fld, found = found, fkb = fkb}
   if S.found then
     local c1, d1, b1, s1, m1, a1 = string.match(S.found, ENTRY_RE)
-    -- Gateways stamp their own clocks: a batch may carry a "now" slightly before
-    -- the last message, so times only ever move forward here.
+    -- Stamps of gateways can disagree a little (each follows Redis's clock to within its
+    -- sync; a step of that clock): a batch may carry a "now" slightly before the last
+    -- message, so times only ever move forward here.
     -- Digits (%d+) read with "+ 0": tonumber's value with one parse instead of two.
     local dl = c1 and d1 + 0
     if c1 and now - c1 - dl < IDLE then

@@ -20,9 +20,11 @@ restart from an older RDB/AOF) must not flush a bucket twice nor reuse an id:
   billing sessions ``s<n>``, events ``e<n>``: ``claim.lua``, ``admit.lua``, ``grant.lua``) is
   at least ``now_ms x 1000``. A Redis that comes back without its latest writes restarts the
   counter where it was, but the clock has moved on, so its next ids are above every id given
-  before the loss. Assumed: the clocks of gateways and flushers agree to within the time
-  Redis takes to come back (a failover or restart takes seconds; NTP keeps clocks within
-  milliseconds), and one workspace takes fewer than 1000 ids per millisecond on average.
+  before the loss. Gateways and flushers stamp with Redis's clock
+  (:mod:`meter.redis_layer.clock`); assumed: the clock of the Redis that comes back is not
+  behind the one that lost the writes by more than the time it takes to come back (a
+  failover or restart takes seconds; NTP keeps clocks within milliseconds), and one
+  workspace takes fewer than 1000 ids per millisecond on average.
 * *A bucket claimed in a lost history is recognised.* Each claim records its gen in the
   sorted set ``P:fl`` (member ``<kind>:<bucket>``), in the same script that moves the bucket,
   so Redis keeps or loses the record together with the claim. A new claim is given

@@ -78,6 +78,7 @@ async def test_metrics_merge_workers_and_pass_promtool(
         text = await resp.text()
     assert 'creditgate_flushed_rows_total{kind="usage"}' in text
     assert "creditgate_flush_lag_seconds" in text
+    assert "creditgate_clock_offset_seconds" in text  # admissions follow Redis's clock
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool missing: make test installs it (apt prometheus)"
     check = await asyncio.create_subprocess_exec(
