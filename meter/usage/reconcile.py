@@ -28,7 +28,6 @@ back as a difference.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -39,6 +38,7 @@ from meter.accounts.rebuild import MARKED_KINDS, SEQ_FLOOR_PER_MS, marked, store
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.clock import redis_time
 from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
 from meter.redis_layer.scripts import register
 from meter.store import Store
@@ -116,7 +116,7 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
     """The same fields as held by Redis (``None`` where missing)."""
     wk = keys.ws_key(ws)
     out: dict[str, int | None] = {}
-    period = billing_period(time.time())
+    period = billing_period(await redis_time(client))
     for name in names:
         if name.startswith("app:"):
             raw = await client.hget(keys.app_key(ws, name[4:]), F_APP)
@@ -133,8 +133,9 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
 
 async def compare(store: Store, client: RedisClient, ws: str) -> Report:
     """The differences of one workspace, Redis' unflushed usage and the store read as of
-    one moment (:func:`meter.usage.unflushed.read_with_unflushed`), then Redis' balances."""
-    now = time.time()
+    one moment (:func:`meter.usage.unflushed.read_with_unflushed`), then Redis' balances,
+    as of Redis's clock (the one admissions are stamped with: expiry, billing period)."""
+    now = await redis_time(client)
 
     async def read() -> tuple[list[str], dict[str, int]]:
         entries = await store.ledger_entries(ws)
@@ -204,7 +205,7 @@ async def _correct(client: RedisClient, ws: str, report: Report) -> bool:
     applied, in one script (``correct.lua``); ``False`` (nothing written) if a balance
     moved since it was read. The markers keep the projection check, or a redelivered
     refund, from applying an entry the correction already holds a second time."""
-    period = billing_period(time.time())
+    period = billing_period(await redis_time(client))
     fix: list[list[str]] = []
     for d in report.mismatches:
         delta = d.expected - (d.redis or 0)
@@ -238,7 +239,8 @@ async def reprovision(store: Store, client: RedisClient, settings: Settings, ws:
         )  # fmt: skip
         if w.free_expires_at:
             await client.hset(keys.ws_key(ws), "free_exp", w.free_expires_at)
-        floor = int(time.time() * 1000) * SEQ_FLOOR_PER_MS
+        # Past every id admissions took, by the clock they were stamped with.
+        floor = int(await redis_time(client) * 1000) * SEQ_FLOOR_PER_MS
         seq = int(await client.hget(keys.ws_key(ws), "seq") or 0)
         if seq < floor:
             await client.hset(keys.ws_key(ws), "seq", floor)
@@ -263,7 +265,7 @@ async def _restore_flags(client: RedisClient, ws: str, settings: Settings) -> No
     """Alert flags consistent with the balances, so restoring fires no stale alert."""
     r = await client.hmget(keys.ws_key(ws), ["free", F_POOL, F_APPS, "free_exp"])
     free, pool, apps, exp = (int(v or 0) for v in r)
-    usable = (free if time.time() * 1000 < exp else 0) + pool + apps
+    usable = (free if await redis_time(client) * 1000 < exp else 0) + pool + apps
     await client.hset(
         keys.ws_key(ws),
         mapping={

@@ -12,8 +12,10 @@ from redis.asyncio import RedisCluster as Cluster
 
 from gateway import cli_commands
 from meter.accounts import projection
+from meter.accounts.rebuild import SEQ_FLOOR_PER_MS
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.clock import redis_time
 from meter.store.periods import DAY_MS
 from meter.store.reversals import Reversal
 from meter.usage.flusher import Flusher
@@ -204,3 +206,22 @@ async def test_reconcile_lists_refunds_kept_for_a_day(
         lines = [ln for ln in capsys.readouterr().out.splitlines() if "pending_reversals" in ln]
         assert len(lines) == 1, lines
         assert "refund:ch_old:4000 of pi_old" in lines[0]
+
+
+async def test_a_rebuilt_id_counter_starts_past_redis_clock_not_a_host_clock_behind(
+    tmp_path: Path, redis_url: str, rclient: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost a workspace; reconcile --apply runs on a host whose clock is an hour
+    behind Redis's. Admissions took ids of at least Redis's now_ms x 1000, so the counter
+    must start past that: it started at the host's, below ids already given."""
+    url = f"sqlite:///{tmp_path / 'creditgate.db'}"
+    cfg = make_settings(store_url=url, redis_url=redis_url)
+    async for store in opened_store(url):
+        w = await seed_ws(rclient, store, cfg, Clock.wall(), products=["agent"], pool=5 * USD)
+        given = int(await redis_time(rclient) * 1000) * SEQ_FLOOR_PER_MS  # ids up to now
+        await rclient.delete(keys.ws_key(w.ws))
+        monkeypatch.setattr(time, "time", lambda host=time.time: host() - 3600)
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
+        monkeypatch.undo()
+        assert rep.reprovisioned
+        assert int(await rclient.hget(keys.ws_key(w.ws), "seq") or 0) >= given
