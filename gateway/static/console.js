@@ -305,7 +305,8 @@ function banners(pu) {
   if (stopped.length) {
     out.push(h("div", {class: "banner bad", role: "status"},
       `${stopped.length} app${stopped.length === 1 ? " has" : "s have"} stopped responding on channels: `,
-      stopped.map((a, i) => [i ? ", " : "", h("a", {href: `#/ws/${pu.workspace_id}/app/${a.id}`}, a.name),
+      // flatMap: h() flattens one level, and an array left inside would print as text.
+      stopped.flatMap((a, i) => [i ? ", " : "", h("a", {href: `#/ws/${pu.workspace_id}/app/${a.id}`}, a.name),
         ` (${humanize(a.status_reason || "inactive")})`])));
   }
   return out;
