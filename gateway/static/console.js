@@ -361,10 +361,14 @@ async function overview(ws) {
           ? `expires in ${days} day${days === 1 ? "" : "s"}, ${localDate(fc.expires_at)}`
           : `expired ${localDate(fc.expires_at)}`) : null,
         Number(fc.lapsed) > 0 ? h("p", {class: "muted"}, `${money(fc.lapsed)} lapsed`) : null));
-      const perApp = pu.apps.filter(a => Number(a.paid_balance) > 0);
+      // Every app balance that is not zero: below zero, a payment was given back after
+      // the app spent from it, and the app owes that much before it runs again.
+      const perApp = pu.apps.filter(a => Number(a.paid_balance) !== 0);
       cards.push(card("Paid balance", money(pu.paid_balance),
         h("p", {class: "muted"}, `shared pool ${money(pu.shared_pool)}`),
-        perApp.length ? h("ul", {class: "muted"}, perApp.map(a => h("li", {}, `${a.name}: ${money(a.paid_balance)}`))) : null));
+        perApp.length ? h("ul", {class: "muted"}, perApp.map(a => Number(a.paid_balance) < 0
+          ? h("li", {class: "owed"}, `${a.name}: ${money(a.paid_balance)} (owed after a refund or dispute)`)
+          : h("li", {}, `${a.name}: ${money(a.paid_balance)}`))) : null));
       cards.push(card("Usable balance", money(pu.usable_balance),
         h("p", {class: "muted"}, `low-balance alert under ${money(pu.low_balance_threshold)}`),
         ws.role === "owner" ? thresholdForm(ws, pu) : null));

@@ -12,10 +12,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.adminkit import Admin, admin_server
+from tests.support.bot import running_bot
 from tests.support.settings import make_settings
+from tests.support.stripe_standin import (
+    intent_of,
+    paid,
+    refunded,
+    settings_with_stripe,
+    signed,
+    stripe_standin,
+)
 from tests.system.test_console_browser import ARGS, CHROMIUM, Browser, playwright_api
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
@@ -66,3 +76,56 @@ async def test_stopped_apps_banner_names_and_links_each_app(redis_url: str, tmp_
             await b.page.click(".banner.bad a >> text=Day bot")
             await b.page.wait_for_selector(f"text=id {stopped['Day bot']}")
             assert await b.page.evaluate("location.hash") == f"#/ws/{ws}/app/{stopped['Day bot']}"
+
+
+async def stripe_event(admin: Admin, payload: bytes) -> str:
+    headers = {"Stripe-Signature": signed(payload), "Content-Type": "application/json"}
+    status, body = await admin.api(
+        "POST", "/v1/payments/stripe/webhook", data=payload, headers=headers
+    )
+    assert status == 200, body
+    return str(body["outcome"])
+
+
+async def test_paid_balance_card_lists_every_app_balance_owed_ones_marked(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """An app whose payment was refunded after it spent some of it owes money (its paid
+    balance is below zero): the card lists it, marked, with the apps that hold some."""
+    async with stripe_standin() as stripe, running_bot() as bot:
+        settings = settings_with_stripe(f"sqlite:///{tmp_path}/s.db", redis_url, stripe)
+        async with admin_server(settings, traffic=True) as admin:
+            tok, ws = await admin.owner_workspace()
+            apps = {n: await admin.new_app(tok, ws, bot.url, name=n)
+                    for n in ("Helpdesk", "Billing bot", "Idle bot")}  # fmt: skip
+            await admin.ok("PATCH", f"/v1/apps/{apps['Billing bot']}", tok,
+                           {"use_free_credits": False})  # fmt: skip
+            sessions = {}
+            for name in ("Helpdesk", "Billing bot"):  # $100.00 paid for each of the two
+                body = {"amount": "100.00", "app_id": apps[name]}
+                co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", tok, body)
+                sessions[name] = stripe.session_for(co["id"])
+                assert await stripe_event(admin, paid(sessions[name])) == "credited"
+            async with aiohttp.ClientSession() as http:
+                for i in range(5):  # five sessions at $0.20 from Billing bot's own credit
+                    url = f"{admin.traffic_url}/hooks/web/{apps['Billing bot']}/m"
+                    headers = {"X-Channel-User-Id": f"u{i}"}
+                    async with http.post(url, json={}, headers=headers) as r:
+                        assert r.status == 200
+            # Its $100.00 refunded in full: $1.00 spent is owed.
+            refund = refunded(intent_of(sessions["Billing bot"]), 10_000, amount=10_000)
+            assert await stripe_event(admin, refund) == "reversed"
+            pu = await admin.ok("GET", f"/v1/workspaces/{ws}/plan-usage", tok)
+            balances = {a["name"]: a["paid_balance"] for a in pu["apps"]}
+            assert balances == {"Helpdesk": "100.00", "Billing bot": "-1.00", "Idle bot": "0.00"}
+            async with signed_in(admin, tok, "owed") as b:
+                card = ".card:has(h2:text-is('Paid balance'))"
+                lines = await b.page.eval_on_selector_all(
+                    f"{card} li", "els => els.map(li => [li.textContent, li.className])"
+                )
+                assert [[figures(t), c] for t, c in lines] == [
+                    ["Helpdesk: $100.00", ""],
+                    ["Billing bot: -$1.00 (owed after a refund or dispute)", "owed"],
+                ]
+                assert "Paid balance $99.00" in figures(await b.text(card))
+                await b.check("overview")
