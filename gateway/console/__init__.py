@@ -38,6 +38,7 @@ CSP = (
 )
 GRANULARITIES = ("hour", "day", "week", "month")
 BYS = ("total", "app", "channel")
+NO_STORE = ("/ui/api/", "/ui/session")  # answers no cache may keep, whatever their status
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -50,6 +51,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.path.startswith(NO_STORE):
+        # A user's data (a chart's CSV download too) and every error: never in a cache.
+        response.headers["Cache-Control"] = "no-store"
 
 
 def _param(request: web.Request, name: str, allowed: tuple[str, ...], default: str) -> str:

@@ -211,6 +211,36 @@ async def test_chart_csv_is_exactly_the_chart(any_admin: Admin) -> None:
                 assert r.status == 404, bad
 
 
+async def test_console_data_and_errors_are_never_cached(any_admin: Admin) -> None:
+    """Every answer under /ui/api/ and /ui/session is ``Cache-Control: no-store``, the
+    chart's CSV download and the errors (401, 404, 422, 415) included."""
+    tok, ws = await any_admin.owner_workspace()
+    _, other_tok = await any_admin.new_user("other")
+    other_ws = await any_admin.new_workspace(other_tok, "Theirs")
+    chart = f"{any_admin.url}/ui/api/usage-chart"
+    seen: list[tuple[int, str, str | None]] = []
+
+    async def get(http: aiohttp.ClientSession, url: str) -> None:
+        async with http.get(url) as r:
+            seen.append((r.status, url, r.headers.get("Cache-Control")))
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await get(http, f"{chart}?ws={ws}")  # 401: not signed in
+        async with http.post(f"{any_admin.url}/ui/session", data="x") as r:  # 415
+            seen.append((r.status, "sign-in as text", r.headers.get("Cache-Control")))
+        for body in ({}, {"token": "cgu_wrong"}):  # 422, 401
+            async with http.post(f"{any_admin.url}/ui/session", json=body) as r:
+                seen.append((r.status, f"sign-in {body}", r.headers.get("Cache-Control")))
+        await sign_in(http, any_admin.url, tok)
+        for q in ("", "&format=csv", "&by=app&format=csv", "&metric=bogus"):
+            await get(http, f"{chart}?ws={ws}{q}")
+        await get(http, f"{chart}?ws={other_ws}&format=csv")  # 404: not theirs
+        await get(http, f"{any_admin.url}/ui/api/nothing")  # 404: no such route
+    statuses = [status for status, _, _ in seen]
+    assert statuses == [401, 415, 422, 401, 200, 200, 200, 422, 404, 404]
+    assert [(s, u) for s, u, cache in seen if cache != "no-store"] == []
+
+
 async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_path: Path) -> None:
     # A catalog may price below a cent (six decimals); the CSV must not round it away.
     catalog = tmp_path / "catalog.yaml"
