@@ -220,6 +220,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
     from gateway.startup import open_ready_store, ready_redis
     from meter.accounts import projection
     from meter.redis_layer.client import warm_up
+    from meter.usage.pending import held_lines
     from meter.usage.reconcile import reconcile as run
 
     store = await open_ready_store(settings)
@@ -238,7 +239,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             off = await store.hand_credit_mismatches(workspace)
     finally:
         await client.aclose()
-    bad = 0
+    bad = held = 0
     for rep in reports:
         for d in rep.differences:
             print(d.line())
@@ -255,7 +256,10 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
         if rep.unsettled:
             print(f"{rep.workspace_id}: not corrected: balances moved while comparing "
                   "(stop traffic, then run again)")  # fmt: skip
+        for line in held_lines(rep.workspace_id, rep.unreadable, apply):
+            print(line)
         bad += len(rep.mismatches)
+        held += len(rep.unreadable)
     for pi, ref, _at in kept:  # not counted: a payment never credited here keeps them
         print(f"pending_reversals: {ref} of {pi} kept for a day or more, its payment not "
               "credited here (if it was paid here, credit it by hand under that payment "
@@ -265,7 +269,8 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
               f"({co.payment_intent}) paid {format_amount(co.detail['paid_amount'])}, "
               f"credited by hand as {co.detail.get('credited_as')} "
               f"{format_amount(co.detail['credited_amount'])}")  # fmt: skip
-    unsettled = any(rep.unsettled for rep in reports)
+    unsettled = any(rep.unsettled or rep.held for rep in reports)
     done = " corrected" if apply and not unsettled else ""
-    _err(f"{len(reports)} workspaces, {bad} mismatches{done}")
-    return 1 if bad and (not apply or unsettled) else 0
+    more = f", {held} unreadable" if held else ""
+    _err(f"{len(reports)} workspaces, {bad} mismatches{done}{more}")
+    return 1 if (bad and (not apply or unsettled)) or held else 0

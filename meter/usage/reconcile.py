@@ -2,9 +2,10 @@
 
 For each workspace the store gives ``ledger - flushed usage`` per pool: free credits,
 the shared paid pool, and the funds tied to each app (plus the granted and lapsed free
-totals). Usage Redis has not flushed yet (live and claimed buckets) explains part of any
-gap, so each field is reported with the raw store value, the unflushed part and the
-value Redis should hold. Every field where Redis differs from the store is listed.
+totals). Usage and events Redis has not flushed yet (:mod:`meter.usage.pending`) explain
+part of any gap, so each field is reported with the raw store value, the unflushed part
+and the value Redis should hold. Every field where Redis differs from the store is
+listed.
 The unflushed usage and the store are read as of one moment
 (:mod:`meter.usage.unflushed`), so a flusher committing meanwhile moves no unit into
 both reads or out of both: running flushers are safe.
@@ -43,7 +44,8 @@ from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
 from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage import stranded
-from meter.usage.unflushed import Rows, read_with_unflushed
+from meter.usage.pending import account
+from meter.usage.unflushed import read_pending
 
 __all__ = ["SEQ_FLOOR_PER_MS", "compare", "reconcile", "store_values"]
 
@@ -56,11 +58,11 @@ class Difference:
     field: str
     redis: int | None  # None: missing from Redis
     store: int
-    unflushed: int  # signed: what unflushed usage changes (balances go down)
+    unflushed: int  # signed: what unflushed usage and events change (balances go down)
 
     @property
     def expected(self) -> int:
-        """What Redis should hold: the store's value moved by the unflushed usage."""
+        """What Redis should hold: the store's value moved by what it has not got."""
         return self.store + self.unflushed
 
     @property
@@ -90,26 +92,17 @@ class Report:
     stranded: dict[str, list[int]] = field(default_factory=dict)
     # references of the ledger entries the store's values hold that carry a live marker
     marks: list[str] = field(default_factory=list)
+    # events not flushed yet this version cannot read
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def mismatches(self) -> list[Difference]:
         return [d for d in self.differences if not d.explained]
 
-
-def _unflushed(rows: Rows, period: str) -> dict[str, int]:
-    """Unflushed usage as signed changes per reconciled field."""
-    out: dict[str, int] = {}
-    for bucket, folded in rows:
-        in_period = billing_period(bucket) == period
-        for (app, _ch, product, _unit), c in folded.items():
-            out["free"] = out.get("free", 0) - int(c.get("amount_free", 0))
-            out[F_POOL] = out.get(F_POOL, 0) - int(c.get("amount_pool", 0))
-            a = int(c.get("amount_app", 0))
-            out[f"app:{app}"] = out.get(f"app:{app}", 0) - a
-            out[F_APPS] = out.get(F_APPS, 0) - a
-            if in_period and int(c.get("amount_invoiced", 0)):
-                out[f"lu:{product}"] = out.get(f"lu:{product}", 0) + int(c.get("units", 0))
-    return out
+    @property
+    def held(self) -> bool:
+        """Redis counted something of it this version cannot read: never corrected."""
+        return bool(self.unreadable)
 
 
 async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[str, int | None]:
@@ -132,25 +125,26 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
 
 
 async def compare(store: Store, client: RedisClient, ws: str) -> Report:
-    """The differences of one workspace, Redis' unflushed usage and the store read as of
-    one moment (:func:`meter.usage.unflushed.read_with_unflushed`), then Redis' balances,
-    as of Redis's clock (the one admissions are stamped with: expiry, billing period)."""
+    """The differences of one workspace, what Redis has not flushed (usage, events) and
+    the store read as of one moment
+    (:func:`meter.usage.unflushed.read_pending`), then Redis' balances, as of Redis's
+    clock (the one admissions are stamped with: expiry, billing period)."""
     now = await redis_time(client)
 
-    async def read() -> tuple[list[str], dict[str, int]]:
+    async def read() -> tuple[list[str], set[str], dict[str, int]]:
         entries = await store.ledger_entries(ws)
         values = await store_values(store, ws, now, entries)
-        return [e.reference for e in entries if marked(e)], values
+        return [e.reference for e in entries if marked(e)], {e.reference for e in entries}, values
 
-    (marks, expected), rows = await read_with_unflushed(store, client, ws, 0, 2**52, read)
-    live = _unflushed(rows, billing_period(now))
-    actual = await redis_values(client, ws, sorted(expected))
-    report = Report(ws, marks=marks)
-    for name in sorted(expected):
-        if actual[name] != expected[name]:
-            report.differences.append(
-                Difference(ws, name, actual[name], expected[name], live.get(name, 0))
-            )
+    (marks, refs, stored), pending = await read_pending(store, client, ws, 0, 2**52, read)
+    acc = account(ws, pending, refs, billing_period(now))
+    names = sorted(stored)
+    actual = await redis_values(client, ws, names)
+    report = Report(ws, marks=marks, unreadable=acc.unreadable)
+    for name in names:
+        d = Difference(ws, name, actual[name], stored[name], acc.unflushed.get(name, 0))
+        if actual[name] != d.store or not d.explained:
+            report.differences.append(d)
     return report
 
 
@@ -184,6 +178,9 @@ async def reconcile_workspace(
         report.reprovisioned = await reprovision(store, client, settings, ws)
         # Both after re-provisioning (it may write a workspace or an app again).
         basis, again = await compare(store, client, ws), await compare(store, client, ws)
+        if again.held:  # what Redis took is unknown: never corrected by a guess
+            report.unreadable = again.unreadable
+            return report
         if _facts(again) != _facts(basis):
             report.unsettled = True
             return report

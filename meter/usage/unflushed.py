@@ -21,11 +21,14 @@ A batch the view lacks was committed after it, so its usage is in step 1 (claime
 live and claimed later); one the view holds is skipped here. Whatever a flusher does
 meanwhile, every unit step 1 saw is counted exactly once. Admissions after step 1 may
 show in the store's part only (claimed and committed before step 2), never twice.
+The events list (``P:ev``, claimed as bucket 0 of kind ``ev``) is taken the same way by
+:func:`read_pending`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meter.redis_layer import keys
@@ -49,17 +52,51 @@ async def read_with_unflushed(
     """``read()`` of the store and the unflushed aggregates of buckets ``lo_s..hi_s``
     (inclusive), as of one moment (see the module doc). ``read`` runs inside the store
     snapshot: it must only read, and only through ``store``."""
+    stored, pending = await read_pending(store, client, ws, lo_s, hi_s, read, events=False)
+    return stored, pending.rows
+
+
+@dataclass(slots=True)
+class Pending:
+    """What the store's view lacks: ``rows``, unflushed aggregates; ``events``, the
+    entries of the events list (live, or a claim the view has not resolved)."""
+
+    rows: Rows = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+
+
+async def _flushed(store: Store, ws: str, kind: str, bucket: int, gen: int, seq: int) -> bool:
+    """Step 3: a claim is flushed if its own batch is in the view (written or
+    quarantined); a live one if the view holds a batch of its bucket claimed after step 1."""
+    resolved = await store.resolved_gens(ws, kind, bucket * 1000)
+    return gen in resolved if gen else max(resolved, default=0) > seq
+
+
+async def read_pending(
+    store: Store,
+    client: RedisClient,
+    ws: str,
+    lo_s: int,
+    hi_s: int,
+    read: Callable[[], Awaitable[T]],
+    *,
+    events: bool = True,
+) -> tuple[T, Pending]:
+    """:func:`read_with_unflushed`, and with ``events`` also the events list, taken by
+    the same rules as one more bucket (``ev:0``: the live list ``P:ev`` and its claim),
+    in the same view. An event a Redis that lost data made again may be in the view
+    already (under its ``once`` key): the caller drops those by the view's ledger
+    (:mod:`meter.usage.pending`)."""
     peek = register(client, "peek")
-    seq_raw, snapshot = await peek(keys=[keys.ws_prefix(ws)], args=[lo_s, hi_s])
-    seq = int(seq_raw)
-    out: Rows = []
+    got = await peek(keys=[keys.ws_prefix(ws)], args=[lo_s, hi_s, int(events)])
+    seq = int(got[0])
+    out = Pending()
     async with store.snapshot():
         stored = await read()
-        for bucket, gen, items in snapshot:
-            resolved = await store.resolved_gens(ws, "ag", int(bucket) * 1000)
-            # A claim: flushed if its own batch is in the view. Live: flushed if claimed
-            # after step 1 and committed before step 2.
-            flushed = int(gen) in resolved if int(gen) else max(resolved, default=0) > seq
-            if not flushed:
-                out.append((int(bucket), fold_aggregates(items)))
+        for bucket, gen, items in got[1]:
+            if not await _flushed(store, ws, "ag", int(bucket), int(gen), seq):
+                out.rows.append((int(bucket), fold_aggregates(items)))
+        for gen, items in got[2] if events else ():
+            if not await _flushed(store, ws, "ev", 0, int(gen), seq):
+                out.events.extend(items)
     return stored, out
