@@ -256,10 +256,10 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
         if rep.unsettled:
             print(f"{rep.workspace_id}: not corrected: balances moved while comparing "
                   "(stop traffic, then run again)")  # fmt: skip
-        for line in held_lines(rep.workspace_id, rep.unreadable, apply):
-            print(line)
+        for line in held_lines(rep.workspace_id, rep.quarantined, rep.unreadable, apply):
+            print(line)  # dead letters, counted as spent: exit 1 until replayed
         bad += len(rep.mismatches)
-        held += len(rep.unreadable)
+        held += len(rep.quarantined) + len(rep.unreadable)
     for pi, ref, _at in kept:  # not counted: a payment never credited here keeps them
         print(f"pending_reversals: {ref} of {pi} kept for a day or more, its payment not "
               "credited here (if it was paid here, credit it by hand under that payment "
@@ -271,6 +271,6 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
               f"{format_amount(co.detail['credited_amount'])}")  # fmt: skip
     unsettled = any(rep.unsettled or rep.held for rep in reports)
     done = " corrected" if apply and not unsettled else ""
-    more = f", {held} unreadable" if held else ""
+    more = f", {held} quarantined or unreadable" if held else ""
     _err(f"{len(reports)} workspaces, {bad} mismatches{done}{more}")
     return 1 if (bad and (not apply or unsettled)) or held else 0

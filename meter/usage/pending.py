@@ -11,7 +11,10 @@ reconciled field (``free``, ``pool``, ``apps``, ``app:<id>``, ``free_granted``,
   would write (:func:`meter.usage.batches.event_rows`, so any event kind that writes one
   counts), and an entry whose reference the view's ledger holds already (an event a
   Redis that lost data made again under its ``once`` key) is the store's, not counted.
-  An event this version cannot read is listed in ``unreadable``: what it took is
+* Quarantined batches (``flush_dead_letters``): resolved, so neither unflushed nor in the
+  store until replayed. Their usage and lapses are counted as spent ("quarantined"),
+  apart from the unflushed part, so a correction never gives them back. A dead letter
+  (or an event) this version cannot read is listed in ``unreadable``: what it took is
   unknown, and reconcile corrects nothing in its workspace.
 """
 
@@ -21,19 +24,42 @@ from dataclasses import dataclass, field
 
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.keys import F_APPS, F_POOL
-from meter.store import LedgerEntry
-from meter.usage.batches import event_rows
+from meter.store import DeadLetter, LedgerEntry
+from meter.usage.batches import event_rows, fold_aggregates
+from meter.usage.replay import claim_of
 from meter.usage.unflushed import Pending, Rows
 
 Changes = dict[str, int]
 
 
 @dataclass(slots=True)
+class Quarantined:
+    """One dead letter of the workspace: what it counts, or why it cannot be read."""
+
+    id: str
+    kind: str
+    error: str  # why the store rejected it
+    counted: Changes = field(default_factory=dict)
+    unreadable: str = ""  # what this version cannot read of it ("" when all)
+
+    def line(self, ws: str) -> str:
+        moved = ", ".join(f"{k} {v:+d}" for k, v in sorted(self.counted.items()) if v)
+        what = f"counted as spent: {moved}" if moved else "moves no balance"
+        bad = f"; UNREADABLE ({self.unreadable}): what it took is unknown" * bool(self.unreadable)
+        return (
+            f"{ws}: quarantined batch {self.id} ({self.kind}, rejected: {self.error}), "
+            f"{what}{bad}; replay it (creditgate flush --replay-dead-letters)"
+        )
+
+
+@dataclass(slots=True)
 class Accounted:
-    """``unflushed`` changes per field; ``unreadable``: events of the events list this
-    version cannot read."""
+    """``unflushed`` and ``quarantined`` changes per field; ``dead``: one per dead letter;
+    ``unreadable``: events of the events list this version cannot read."""
 
     unflushed: Changes = field(default_factory=dict)
+    quarantined: Changes = field(default_factory=dict)
+    dead: list[Quarantined] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
 
@@ -92,6 +118,32 @@ def _events(ws: str, items: list[bytes], seen: set[str], out: Changes) -> str:
     return "; ".join(bad)
 
 
+def _dead(ws: str, d: DeadLetter, period: str, seen: set[str]) -> Quarantined:
+    q = Quarantined(d.id, d.kind, d.error)
+    try:
+        claim = claim_of(d)
+    except Exception as exc:
+        q.unreadable = str(exc) or type(exc).__name__
+        return q
+    if claim.kind == "ev":
+        q.unreadable = _events(ws, [bytes(i) for i in claim.items], seen, q.counted)
+    elif claim.kind == "ag":
+        readable: list[bytes] = []
+        bad = 0
+        for i in range(0, len(claim.items) - 1, 2):
+            pair = claim.items[i : i + 2]
+            try:  # field by field: one unreadable field leaves the others counted
+                fold_aggregates(pair)
+            except Exception:
+                bad += 1
+                continue
+            readable += pair
+        usage_changes([(claim.bucket, fold_aggregates(readable))], period, q.counted)
+        if bad or len(claim.items) % 2:
+            q.unreadable = f"{bad + len(claim.items) % 2} aggregate fields"
+    return q  # "sr": billing sessions, no balance
+
+
 def account(ws: str, pending: Pending, ledger_refs: set[str], period: str) -> Accounted:
     """What ``pending`` changes, ``ledger_refs`` being the references of the view's ledger."""
     out = Accounted(usage_changes(pending.rows, period))
@@ -99,12 +151,18 @@ def account(ws: str, pending: Pending, ledger_refs: set[str], period: str) -> Ac
     bad = _events(ws, pending.events, seen, out.unflushed)
     if bad:
         out.unreadable.append(bad)
+    for d in pending.dead:
+        q = _dead(ws, d, period, seen)
+        for k, v in q.counted.items():
+            _add(out.quarantined, k, v)
+        out.dead.append(q)
     return out
 
 
-def held_lines(ws: str, unreadable: list[str], apply: bool) -> list[str]:
-    """What reconcile prints of a workspace's unreadable events."""
-    out = [f"{ws}: UNREADABLE events not flushed yet: {u}" for u in unreadable]
-    if apply and unreadable:
+def held_lines(ws: str, dead: list[Quarantined], unreadable: list[str], apply: bool) -> list[str]:
+    """What reconcile prints of a workspace's dead letters and unreadable events."""
+    out = [q.line(ws) for q in dead]
+    out += [f"{ws}: UNREADABLE events not flushed yet: {u}" for u in unreadable]
+    if apply and (unreadable or any(q.unreadable for q in dead)):
         out.append(f"{ws}: not corrected: Redis took what this version cannot read")
     return out

@@ -2,10 +2,10 @@
 
 For each workspace the store gives ``ledger - flushed usage`` per pool: free credits,
 the shared paid pool, and the funds tied to each app (plus the granted and lapsed free
-totals). Usage and events Redis has not flushed yet (:mod:`meter.usage.pending`) explain
-part of any gap, so each field is reported with the raw store value, the unflushed part
-and the value Redis should hold. Every field where Redis differs from the store is
-listed.
+totals). Usage and events Redis has not flushed yet, and quarantined batches, explain
+part of any gap (:mod:`meter.usage.pending`), so each field is reported with the raw
+store value, those parts and the value Redis should hold. Every field where Redis
+differs from the store is listed.
 The unflushed usage and the store are read as of one moment
 (:mod:`meter.usage.unflushed`), so a flusher committing meanwhile moves no unit into
 both reads or out of both: running flushers are safe.
@@ -44,7 +44,7 @@ from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
 from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage import stranded
-from meter.usage.pending import account
+from meter.usage.pending import Quarantined, account
 from meter.usage.unflushed import read_pending
 
 __all__ = ["SEQ_FLOOR_PER_MS", "compare", "reconcile", "store_values"]
@@ -59,11 +59,12 @@ class Difference:
     redis: int | None  # None: missing from Redis
     store: int
     unflushed: int  # signed: what unflushed usage and events change (balances go down)
+    quarantined: int = 0  # signed: what dead letters took (meter.usage.pending)
 
     @property
     def expected(self) -> int:
         """What Redis should hold: the store's value moved by what it has not got."""
-        return self.store + self.unflushed
+        return self.store + self.unflushed + self.quarantined
 
     @property
     def explained(self) -> bool:
@@ -72,10 +73,13 @@ class Difference:
 
     def line(self) -> str:
         shown = "missing" if self.redis is None else str(self.redis)
-        tag = "unflushed usage" if self.explained else "MISMATCH"
+        tag = "MISMATCH"
+        if self.explained:
+            tag = "quarantined usage" if self.quarantined else "unflushed usage"
+        q = f" quarantined={self.quarantined}" if self.quarantined else ""
         return (
             f"{self.workspace_id} {self.field}: redis={shown} store={self.store} "
-            f"unflushed={self.unflushed} expected={self.expected} ({tag})"
+            f"unflushed={self.unflushed}{q} expected={self.expected} ({tag})"
         )
 
 
@@ -92,7 +96,8 @@ class Report:
     stranded: dict[str, list[int]] = field(default_factory=dict)
     # references of the ledger entries the store's values hold that carry a live marker
     marks: list[str] = field(default_factory=list)
-    # events not flushed yet this version cannot read
+    # its dead letters (counted as spent until replayed) and unreadable events
+    quarantined: list[Quarantined] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
     @property
@@ -102,7 +107,7 @@ class Report:
     @property
     def held(self) -> bool:
         """Redis counted something of it this version cannot read: never corrected."""
-        return bool(self.unreadable)
+        return bool(self.unreadable) or any(q.unreadable for q in self.quarantined)
 
 
 async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[str, int | None]:
@@ -125,8 +130,8 @@ async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[s
 
 
 async def compare(store: Store, client: RedisClient, ws: str) -> Report:
-    """The differences of one workspace, what Redis has not flushed (usage, events) and
-    the store read as of one moment
+    """The differences of one workspace, what Redis has not flushed (usage, events), its
+    dead letters and the store read as of one moment
     (:func:`meter.usage.unflushed.read_pending`), then Redis' balances, as of Redis's
     clock (the one admissions are stamped with: expiry, billing period)."""
     now = await redis_time(client)
@@ -140,9 +145,12 @@ async def compare(store: Store, client: RedisClient, ws: str) -> Report:
     acc = account(ws, pending, refs, billing_period(now))
     names = sorted(stored)
     actual = await redis_values(client, ws, names)
-    report = Report(ws, marks=marks, unreadable=acc.unreadable)
+    report = Report(ws, marks=marks, quarantined=acc.dead, unreadable=acc.unreadable)
     for name in names:
-        d = Difference(ws, name, actual[name], stored[name], acc.unflushed.get(name, 0))
+        d = Difference(
+            ws, name, actual[name], stored[name], acc.unflushed.get(name, 0),
+            acc.quarantined.get(name, 0),
+        )  # fmt: skip
         if actual[name] != d.store or not d.explained:
             report.differences.append(d)
     return report
@@ -179,7 +187,7 @@ async def reconcile_workspace(
         # Both after re-provisioning (it may write a workspace or an app again).
         basis, again = await compare(store, client, ws), await compare(store, client, ws)
         if again.held:  # what Redis took is unknown: never corrected by a guess
-            report.unreadable = again.unreadable
+            report.quarantined, report.unreadable = again.quarantined, again.unreadable
             return report
         if _facts(again) != _facts(basis):
             report.unsettled = True

@@ -34,10 +34,11 @@ from typing import Any, TypeVar
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.scripts import register
-from meter.store import Store
+from meter.store import DeadLetter, Store
 from meter.usage.batches import AggKey, fold_aggregates
 
 T = TypeVar("T")
+PAGE = 100
 Rows = list[tuple[int, dict[AggKey, dict[str, Any]]]]  # (bucket_start_s, folded counters)
 
 
@@ -59,10 +60,12 @@ async def read_with_unflushed(
 @dataclass(slots=True)
 class Pending:
     """What the store's view lacks: ``rows``, unflushed aggregates; ``events``, the
-    entries of the events list (live, or a claim the view has not resolved)."""
+    entries of the events list (live, or a claim the view has not resolved); ``dead``,
+    the workspace's dead letters (quarantined batches) in the view."""
 
     rows: Rows = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
 
 
 async def _flushed(store: Store, ws: str, kind: str, bucket: int, gen: int, seq: int) -> bool:
@@ -84,9 +87,9 @@ async def read_pending(
 ) -> tuple[T, Pending]:
     """:func:`read_with_unflushed`, and with ``events`` also the events list, taken by
     the same rules as one more bucket (``ev:0``: the live list ``P:ev`` and its claim),
-    in the same view. An event a Redis that lost data made again may be in the view
-    already (under its ``once`` key): the caller drops those by the view's ledger
-    (:mod:`meter.usage.pending`)."""
+    and the workspace's dead letters, in the same view. An event a Redis that lost data
+    made again may be in the view already (under its ``once`` key): the caller drops
+    those by the view's ledger (:mod:`meter.usage.pending`)."""
     peek = register(client, "peek")
     got = await peek(keys=[keys.ws_prefix(ws)], args=[lo_s, hi_s, int(events)])
     seq = int(got[0])
@@ -99,4 +102,16 @@ async def read_pending(
         for gen, items in got[2] if events else ():
             if not await _flushed(store, ws, "ev", 0, int(gen), seq):
                 out.events.extend(items)
+        if events:
+            out.dead = await _dead_letters(store, ws)
     return stored, out
+
+
+async def _dead_letters(store: Store, ws: str) -> list[DeadLetter]:
+    out: list[DeadLetter] = []
+    while True:
+        after = (out[-1].bucket_start, out[-1].id) if out else None
+        page = await store.dead_letters(ws, limit=PAGE, after=after)
+        out.extend(page)
+        if len(page) < PAGE:
+            return out

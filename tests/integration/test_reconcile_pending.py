@@ -1,7 +1,8 @@
 """Reconcile counts what Redis did that the store has not got: free credits lapsed in
 Redis whose ``lapse`` the flusher has not written yet (live, claimed, committed but not
-acked). That is no mismatch, and ``--apply`` never gives it back: a lapse given back was
-lapsed again under a new key (the ledger lapsing more than was granted).
+acked), and usage of quarantined batches (dead letters). Neither is a mismatch, and
+``--apply`` never gives either back: a lapse given back was lapsed again under a new key
+(the ledger lapsing more than was granted), quarantined usage was handed to the customer.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import pytest
 
 from config import Settings
 from gateway import cli_commands
+from meter.accounts import projection
 from meter.accounts.rebuild import store_values
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.clock import redis_time
-from meter.store import Store
-from meter.usage.batches import build
+from meter.store import DeadLetter, Store
+from meter.usage.batches import build, raw_content
 from meter.usage.claims import Claims
 from meter.usage.flusher import Flusher
 from meter.usage.reconcile import reconcile
+from meter.usage.replay import replay_all
 from tests.support.clock import Clock
-from tests.support.flushkit import USD, opened_store, seed_ws, store_url
+from tests.support.flushkit import USD, Seeded, opened_store, seed_ws, store_url
 from tests.support.metering import admitter
 from tests.support.settings import make_settings
 
@@ -139,3 +142,95 @@ async def test_an_unreadable_event_not_flushed_yet_leaves_the_workspace_uncorrec
         (applied,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
         assert not applied.applied
         assert await free_lapsed(rclient, w.ws) == [4 * USD, 0]
+
+
+async def spend_and_quarantine(
+    rclient: RedisClient, store: Store, cfg: Settings, clock: Clock, *, unreadable: bool
+) -> tuple[Seeded, int]:
+    """50 paid messages whose bucket is quarantined; the workspace and what they took."""
+    w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
+    adm = admitter(rclient, cfg, clock)
+    spent = 0
+    for i in range(50):
+        d = await adm.admit(w.apps[0], "web", f"u{i}")
+        assert d.admitted
+        spent += d.pool
+    assert spent > 0
+    (b,) = [int(x) for x in await rclient.zrange(keys.agg_index_key(w.ws), 0, -1)]
+    clock.advance(3600)
+    if unreadable:  # one field this version cannot read quarantines the whole bucket
+        await rclient.hset(keys.agg_key(w.ws, b), "future\tfield\twith\ttoo\tmany\tparts", "1")
+        res = await Flusher(rclient, store, cfg, clock=clock).drain(force=False)
+        assert res.quarantined == 1
+    else:  # readable, refused by the store: quarantined as the batch writer does
+        claims = Claims(rclient, "t", 60_000, clock=lambda: clock.now)
+        _, claim = await claims.claim(w.ws, "ag", b)
+        assert claim is not None
+        now = int(clock.now * 1000)
+        dead = DeadLetter(
+            claim.batch_id, w.ws, "ag", b * 1000, raw_content(claim), "Rejected: x", 1, now, now
+        )
+        assert await store.quarantine_flush_batch(dead)
+        assert await claims.ack(claim)
+    assert [u async for u in store.iter_usage(w.ws, 0, 2**52)] == []
+    assert (await projection.read_balances(rclient, w.ws)).pool == 10 * USD - spent
+    return w, spent
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_unreadable_quarantined_usage_is_spent_and_never_corrected(
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, backend: str
+) -> None:
+    url = store_url(backend, request, tmp_path)
+    redis_url: str = request.getfixturevalue("redis_url")
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
+    async for store in opened_store(url):
+        w, spent = await spend_and_quarantine(rclient, store, cfg, clock, unreadable=True)
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert rep.mismatches == []
+        (d,) = rep.differences
+        assert (d.field, d.quarantined, d.explained) == ("pool", -spent, True)
+        (q,) = rep.quarantined
+        assert q.counted == {"pool": -spent}
+        assert q.unreadable
+        assert rep.held
+        assert await asyncio.to_thread(run_cli, cfg, w.ws, False) == 1
+        assert await asyncio.to_thread(run_cli, cfg, w.ws, True) == 1
+        (applied,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
+        assert not applied.applied
+        assert (await projection.read_balances(rclient, w.ws)).pool == 10 * USD - spent
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_readable_quarantined_usage_is_spent_until_replayed(
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, backend: str
+) -> None:
+    url = store_url(backend, request, tmp_path)
+    redis_url: str = request.getfixturevalue("redis_url")
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
+    async for store in opened_store(url):
+        w, spent = await spend_and_quarantine(rclient, store, cfg, clock, unreadable=False)
+        (rep,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert rep.mismatches == []
+        assert [(q.counted, q.unreadable) for q in rep.quarantined] == [({"pool": -spent}, "")]
+        assert not rep.held
+        assert await asyncio.to_thread(run_cli, cfg, w.ws, False) == 1  # until replayed
+        assert await asyncio.to_thread(run_cli, cfg, w.ws, True) == 1
+        assert (await projection.read_balances(rclient, w.ws)).pool == 10 * USD - spent
+
+        # Redis lost: re-provisioned with the quarantined usage spent, not given back.
+        await rclient.flushall()
+        (lost,) = await reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
+        assert lost.reprovisioned
+        assert lost.applied
+        assert (await projection.read_balances(rclient, w.ws)).pool == 10 * USD - spent
+
+        report = await replay_all(store, int(cfg.session_block_s * 1000))
+        assert len(report.replayed) == 1
+        assert (await store.usage_spent(w.ws)).shared == spent
+        (clean,) = await reconcile(store, rclient, cfg, workspace=w.ws)
+        assert (clean.differences, clean.quarantined) == ([], [])
+        assert await asyncio.to_thread(run_cli, cfg, w.ws, True) == 0
+        assert (await projection.read_balances(rclient, w.ws)).pool == 10 * USD - spent
