@@ -37,10 +37,10 @@ What bills and counts messages matches keys case-insensitively (``Messages``, ``
 a bot behind Go's or .NET's JSON reader reads them as the fields; every spelling
 counts); a skip rule skips only on the exact key, all its spellings agreeing, and only
 where every spelling of the path to it holds it (:mod:`gateway.json_pointer`). A walk
-looks at a bounded number of members; past it, or for a signed body that does not parse
-on a channel that bills only what it finds, the callback is refused
-(:attr:`Message.unreadable`: 422 ``uninspectable_delivery``), never passed unbilled for
-holding nothing the gateway could read.
+looks at a bounded number of members; past it, for a signed body that does not parse on
+a channel that bills only what it finds, or for one naming a key twice in an object
+(:func:`~gateway.json_pointer.repeated_key`: Go merges the repeats, orjson keeps the last)
+the callback is refused (:attr:`Message.unreadable`: 422 ``uninspectable_delivery``).
 
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
 skipped callback buys only the bot's status (:mod:`gateway.unbilled`).
@@ -57,7 +57,15 @@ import orjson
 from config.fields import ChannelRule
 from gateway.channel_batches import MAX_BATCH, batch_pointer, split
 from gateway.header_text import clean
-from gateway.json_pointer import Pointer, TooComplex, parse_pointer, resolve, scalar, values
+from gateway.json_pointer import (
+    Pointer,
+    TooComplex,
+    parse_pointer,
+    repeated_key,
+    resolve,
+    scalar,
+    values,
+)
 
 __all__ = [
     "MAX_BATCH",
@@ -168,6 +176,10 @@ class Channel:
                 # unbilled: a reader that takes a BOM, say, finds the messages.
                 return Message(True, user, key, unreadable="the body is not plain JSON")
             doc = None
+        else:  # what the bot may read otherwise than orjson (gateway.json_pointer)
+            repeated = repeated_key(body) if body else ""
+            if repeated:
+                return Message(True, user, key, unreadable=repeated)
         try:
             return self._classify(headers, doc, user, key, authenticated=authenticated)
         except TooComplex as exc:

@@ -259,3 +259,22 @@ async def test_an_unsigned_batch_is_metered_by_its_messages_not_its_headers(
         assert (await world.post(body, app=OPEN, headers=one))[0] == 200
         assert await world.left(OPEN) == FUNDS - 3 * PRICE
     assert "Idempotency-Key" not in world.bot.calls[-1].headers
+
+
+async def test_messages_behind_a_key_named_twice_are_refused(world: World) -> None:
+    """``"value":{"messages":[100]},"value":{"statuses":[..]}``: orjson keeps the last
+    ``value`` (a status: nothing to bill), a Go bot merges both and reads 100 messages.
+    Signed or not, refused 422 ``uninspectable_delivery``, the bot not called (it was
+    served for nothing)."""
+    messages = json.dumps([msg(f"1650555{i:04d}", f"wamid.V{i}") for i in range(MAX_BATCH)])
+    statuses = '{"messaging_product":"whatsapp","statuses":[{"id":"s","status":"read"}]}'
+    body = (
+        '{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":'
+        f'"messages","value":{{"messages":{messages}}},"value":{statuses}}}]}}]}}'
+    ).encode()
+    for app in (APP, OPEN):
+        status, problem = await world.post(body, app=app)
+        assert (status, problem["code"]) == (422, "uninspectable_delivery"), problem
+        assert "names one key twice" in problem["detail"]
+    assert world.bot.count() == 0
+    assert await world.charged() == 0

@@ -282,3 +282,39 @@ def test_whatsapp_batches_that_cannot_be_metered_message_by_message() -> None:
     two["Event"] = {**two["event"], "user": "U2"}
     msg = slack.inspect({}, orjson.dumps(two), authenticated=True)
     assert (bool(msg.several), msg.batch) == (True, ())
+
+
+def test_a_key_named_twice_in_an_object_is_unreadable_where_the_body_is_read() -> None:
+    """``"value":{"messages":[..]},"value":{"statuses":[..]}``: orjson keeps the last
+    ``value`` (a status: not billed), Go's encoding/json merges both (the bot reads the
+    messages). On every channel that reads the body, signed or not (WhatsApp's ``value``,
+    Slack's ``event``, Teams' ``type``), such a body is ``unreadable`` (422), never
+    skipped nor billed as orjson reads it; the web channel never parses a body."""
+    statuses = b'{"messaging_product":"whatsapp","statuses":[{"id":"s","status":"read"}]}'
+    message = orjson.dumps(orjson.loads(sample("whatsapp-message.json"))["entry"][0])
+    value = orjson.dumps(orjson.loads(message)["changes"][0]["value"])
+    hidden = b'{"entry":[{"changes":[{"field":"messages","value":%s,"value":%s}]}]}' % (
+        value,
+        statuses,
+    )
+    slack = orjson.loads(sample("slack-message.json"))
+    echo = orjson.dumps({**slack["event"], "bot_id": "B0BOT"})
+    slack_twice = orjson.dumps(slack)[:-1] + b',"event":' + echo + b"}"
+    typing = sample("msteams-typing.json").rstrip()
+    teams_twice = orjson.dumps(orjson.loads(sample("msteams-message.json")))[:-1] + (
+        b',"type":"typing"}'
+    )
+    for channel, body in (("whatsapp", hidden), ("slack", slack_twice), ("msteams", teams_twice)):
+        rule = Channels({}).get(channel)
+        for authenticated in (True, False):
+            msg = rule.inspect({}, body, authenticated=authenticated)
+            assert msg.billable, channel
+            assert msg.unreadable == "an object names one key twice", channel
+    # The same bodies with each key once are read as before.
+    assert not Channels({}).get("msteams").inspect({}, typing, authenticated=True).billable
+    deep = b'{"id":"1","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    msg = Channels({}).get("msteams").inspect({}, deep, authenticated=True)
+    assert (msg.billable, msg.unreadable) == (True, "the body nests too deeply")
+    web = Channels({}).get("web")
+    assert not web.needs_body
+    assert web.inspect({"X-Channel-User-Id": "u"}, None, authenticated=False).unreadable == ""
