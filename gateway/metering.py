@@ -20,6 +20,7 @@ from gateway.problems import Refused, metering_unavailable
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision, MessageKind
 from meter.admission.reservations import Confirmations
+from meter.admission.wire import MAX_KEY_LEN, MAX_USER_LEN, check_channel_text
 from meter.errors import MeteringUnavailable
 from meter.redis_layer.keys import record_id
 
@@ -114,7 +115,14 @@ class Meter:
         if any is refused (or Redis fails it), those admitted are refunded and its refusal
         (the first, in the delivery's order) is raised. Submitted together, they share the
         workspace's ``admit.lua`` calls, decided in order (a user's second message inside
-        the session its first opened)."""
+        the session its first opened). Every user and key is checked first: a malformed
+        one (:class:`~meter.errors.InvalidChannelUser`, 400) admits nothing, where each
+        message admitted then given back would still count in the app's rate windows
+        (which a refund does not reverse) and, failing open, in the owed debts."""
+        for user, key in messages:
+            check_channel_text("user", user, MAX_USER_LEN)
+            if key:
+                check_channel_text("idempotency_key", key, MAX_KEY_LEN)
         got = await asyncio.gather(
             *(self.admit(app_id, channel, u, k, digest=digest) for u, k in messages),
             return_exceptions=True,

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.appkeys import OWED
 from gateway.channels import MAX_BATCH
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -23,6 +24,8 @@ from tests.support.bot import Bot, running_gateway
 from tests.support.channel_keys import AuthWorld, auth_settings, meta_headers, set_secret
 from tests.support.metering import agg_totals
 from tests.support.samples import sample
+from tests.support.servers import RedisServer
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -278,3 +281,49 @@ async def test_messages_behind_a_key_named_twice_are_refused(world: World) -> No
         assert "names one key twice" in problem["detail"]
     assert world.bot.count() == 0
     assert await world.charged() == 0
+
+
+async def test_a_malformed_user_or_key_admits_no_message_of_the_batch(world: World) -> None:
+    """Two messages a minute: a batch of two good messages and one whose ``from`` (a tab,
+    300 characters) or ``id`` (300 characters) cannot be metered is refused 400 before
+    anything is admitted. The two good ones were admitted then given back, and still
+    filled the app's rate window: anyone could keep an app at 429 for nothing."""
+    bad_ones = (msg("\t", "wamid.X3"), msg("1" * 300, "wamid.X3"), msg(CAROL, "w" * 300))
+    for i, bad in enumerate(bad_ones):
+        body = delivery([msg(ALICE, f"wamid.X{i}1"), msg(BOB, f"wamid.X{i}2"), bad])
+        status, problem = await world.post(body, app=RATE)
+        assert (status, problem["code"]) == (400, "invalid_channel_user"), problem
+    assert world.bot.count() == 0
+    assert (await agg_totals(world.rclient, WS))["x"] == 0  # nothing admitted, nothing refunded
+    two = delivery([msg(ALICE, "wamid.X1"), msg(BOB, "wamid.X2")])
+    assert (await world.post(two, app=RATE))[0] == 200  # was 429 rate_limited
+    assert await world.left(RATE) == FUNDS - 2 * PRICE
+
+
+async def test_a_malformed_batch_failing_open_owes_nothing(
+    redis_url: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Redis down, failing open: the good messages of a batch refused 400 for a malformed
+    ``from`` were each owed then forgiven, adding 99 voids to the owed list a request
+    (~1,000 such requests filled it, and real voids were then dropped). Checked first,
+    nothing is owed or voided."""
+    cfg = make_settings(redis_url, tmp_path, fail_mode="open", redis_timeout_s=0.3)
+    await seed(rclient, cfg, WS, {OPEN: {"product": "contact_center", "upstream_url": bot.url,
+                                         "funds": FUNDS}})  # fmt: skip
+    async with running_gateway(cfg) as gw:
+        owed = gw.gateway.traffic[OWED]
+        w = World(WS, gw, bot, rclient, http)
+        assert (await w.post(delivery([msg(ALICE, "wamid.O0")]), app=OPEN))[0] == 200
+        redis_server.kill()
+        try:
+            body = delivery([msg(f"u{i}", f"wamid.O{i}") for i in range(1, 99)] + [msg("\t", "x")])
+            status, problem = await w.post(body, app=OPEN)
+            assert (status, problem["code"]) == (400, "invalid_channel_user")
+            assert (len(owed.debts), len(owed.voids)) == (0, 0)  # were 0 and 98
+        finally:
+            redis_server.start()
