@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from config.fields import ChannelRule
 from gateway.json_pointer import Pointer, parse_pointer, scalar, values
 
@@ -56,9 +58,22 @@ def split(
             return (), "a message names several users or keys"
         one = (scalar(users[0]) if users else "", scalar(keys[0]) if keys else "")
         if one[1] and one in seen:
-            if seen[one] != m:
+            first, again = _canonical(seen[one]), _canonical(m)
+            if first is None or again is None:
+                return (), "a message under a repeated key nests too deeply to compare"
+            if first != again:
                 return (), "two different messages under one key"
             continue  # the same message twice: one message
         seen[one] = m
         batch.append(one)
     return tuple(batch), ""
+
+
+def _canonical(message: Any) -> bytes | None:
+    """The message as JSON with sorted keys: what its copies must repeat. Never Python's
+    ``==``, for which ``true`` is ``1`` (two messages one) and which recurses on nested
+    arrays (a ``RecursionError``: 500). None past orjson's nesting bound (255 levels)."""
+    try:
+        return orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return None

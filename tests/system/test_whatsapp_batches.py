@@ -327,3 +327,16 @@ async def test_a_malformed_batch_failing_open_owes_nothing(
             assert (len(owed.debts), len(owed.voids)) == (0, 0)  # were 0 and 98
         finally:
             redis_server.start()
+
+
+async def test_copies_under_one_key_must_be_the_same_json(world: World) -> None:
+    """``"flag":true`` and ``"flag":1`` under one wamid are two different messages (422),
+    not one copy charged once (Python's ``==`` found them equal); identical copies, in
+    any key order, are still one message."""
+    body = delivery([msg(ALICE, "wamid.E1", flag=True), msg(ALICE, "wamid.E1", flag=1)])
+    status, problem = await world.post(body)
+    assert (status, problem["code"]) == (422, "batched_delivery"), problem
+    assert world.bot.count() == 0
+    same = delivery([msg(ALICE, "wamid.E2", a=1, b=2), {"b": 2, "a": 1, **msg(ALICE, "wamid.E2")}])
+    assert (await world.post(same))[0] == 200
+    assert await world.charged() == PRICE

@@ -318,3 +318,30 @@ def test_a_key_named_twice_in_an_object_is_unreadable_where_the_body_is_read() -
     web = Channels({}).get("web")
     assert not web.needs_body
     assert web.inspect({"X-Channel-User-Id": "u"}, None, authenticated=False).unreadable == ""
+
+
+def test_copies_of_a_keyed_message_are_compared_as_json() -> None:
+    """Copies under one key are one message only if their JSON is the same: ``true`` is
+    not ``1`` nor ``1.0`` (Python's ``==`` made them one message, one charge), and the
+    comparison never recurses (nested arrays made Python's ``!=`` raise RecursionError,
+    answered 500); too deep to compare is ``several`` (422). Key order does not matter."""
+    from gateway.channel_batches import split
+
+    at = parse_pointer("/m/*")
+    user_at, key_at = parse_pointer("/m/*/from"), parse_pointer("/m/*/id")
+    m = {"from": "1", "id": "w1"}
+    for a, b in ((True, 1), (1, 1.0), (False, 0), ("1", 1)):
+        batch, why = split([{**m, "x": a}, {**m, "x": b}], at, user_at, key_at)
+        assert (batch, why) == ((), "two different messages under one key"), (a, b)
+    assert split([{**m, "x": 1, "y": 2}, {"y": 2, "x": 1, **m}], at, user_at, key_at) == (
+        (("1", "w1"),),
+        "",
+    )
+    deep: list[object] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    batch, why = split([{**m, "x": deep}, {**m, "x": deep}], at, user_at, key_at)
+    assert batch == ()
+    assert "nests too deeply" in why
