@@ -122,6 +122,7 @@ class Settings(LayeredSources, BaseSettings):
     ws_max_connections_per_tenant: int | None = Field(None, ge=1)
     ws_idle_timeout_s: Seconds = 300.0
     ws_first_message_timeout_s: Seconds = 30.0
+    ws_linger_s: Seconds = 5.0  # a dropped bot connection's last bytes (gateway/ws_wire.py)
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0

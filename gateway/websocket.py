@@ -94,6 +94,7 @@ from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
 from gateway.ws_pump import Credential, pump, sendable
+from gateway.ws_wire import Linger
 from meter.errors import InvalidChannelUser
 
 log = logging.getLogger(__name__)
@@ -229,18 +230,24 @@ async def proxy_websocket(
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     settings = request.app[SETTINGS]
     send_s = min(settings.refund_window_s / 2, settings.ws_idle_timeout_s)
+    linger = Linger(settings.ws_linger_s)  # a dropped bot connection's last bytes
     try:
         credential = Credential(
             verified.expires, partial(proxy.auth.still_keyed, app_id, channel, verified)
         )
-        code, reason = await pump(proxy, client, upstream, charges, sockets, send_s, credential)
+        try:
+            code, reason = await pump(
+                proxy, client, upstream, charges, sockets, send_s, credential, linger
+            )
+        finally:
+            sockets.open.discard(client)
+        code = sendable(code)
+        if not upstream.closed:
+            await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
+        if not client.closed:
+            await client.close(code=code, message=reason.encode()[:123])
     finally:
-        sockets.open.discard(client)
-    code = sendable(code)
-    if not upstream.closed:
-        await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
-    if not client.closed:
-        await client.close(code=code, message=reason.encode()[:123])
+        await linger.finish()
     return client
 
 

@@ -2,17 +2,18 @@
 
 Client -> bot: each text or binary message is admitted (:class:`~gateway.ws_charges.Charges`),
 then written to the bot's connection and confirmed as forwarded once its whole frame is
-with the kernel (:mod:`gateway.ws_wire`: a send waits for that), which delivers it
-whatever happens to the connection next. A send that waits on a bot that stopped reading
-waits at most ``send_s``: half the refund window, never longer than the idle timeout.
-Past it the bot's connection is aborted, and the client closed 1011 ``upstream_timeout``;
-the message is refunded, whatever ``refund_on`` says, if the frame's tail was still in
-the transport's buffer (discarded by the abort: the bot never gets it whole), and
-confirmed if it was not (the kernel delivers it; the deadline and the last bytes leaving
-can fall in the same loop pass). Only the pump writes to the bot's connection while a
-message is in flight (the bot's pings are answered between messages, under the same
-lock; aiohttp's own answers are turned off), and a send is complete only once the
-buffer is empty, so nothing confirmed before is ever discarded with it. The one other
+with the kernel (:mod:`gateway.ws_wire`: a send waits for that), which delivers it to a
+bot that reads it. A send that waits on a bot that stopped reading waits at most
+``send_s``: half the refund window, never longer than the idle timeout.
+Past it the bot's connection is dropped (:class:`~gateway.ws_wire.Linger`: the transport's
+buffer discarded, what the kernel took still sent, never reset), and the client closed 1011
+``upstream_timeout``; the message is refunded, whatever ``refund_on`` says, if the frame's
+tail was still in the transport's buffer (discarded by the drop: the bot never gets it
+whole), and confirmed if it was not (the kernel delivers it; the deadline and the last
+bytes leaving can fall in the same loop pass). Only the pump writes to the bot's
+connection while a message is in flight (the bot's pings are answered between messages,
+under the same lock; aiohttp's own answers are turned off), and a send is complete only
+once the buffer is empty, so nothing confirmed before is ever discarded with it. The one other
 writer is aiohttp's own close frame when the bot's side ends or breaks the protocol
 mid-send: the buffer's count then no longer tells, and the message is kept charged
 (the bot must never get one that is not paid). So a message is charged exactly once
@@ -20,7 +21,7 @@ and the bot never gets one that is not paid: a message is confirmed as soon as i
 taken, which is long before the sweeper's deadline (``refund_window_s`` after the
 charge), so the sweeper never refunds one the bot may read; a refunded one can no
 longer reach the bot. A send cut short because the other direction ended is confirmed
-the same way if its frame was taken, and otherwise aborts the bot's connection (the
+the same way if its frame was taken, and otherwise drops the bot's connection (the
 unconfirmed message is then the sweeper's to refund). Over TLS the count is not exact
 (:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
 
@@ -49,7 +50,7 @@ from gateway.metering import Admission
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
-from gateway.ws_wire import abort, buffered_again, close_written, pending, unbuffered
+from gateway.ws_wire import Linger, abort, buffered_again, close_written, pending, unbuffered
 
 INTERNAL_ERROR = 1011
 INVALID_CREDENTIAL = "invalid_channel_signature"
@@ -72,11 +73,13 @@ async def pump(
     sockets: WebSockets,
     send_s: float,
     credential: Credential,
+    linger: Linger,
 ) -> tuple[int, str]:
     """Both directions until one ends (or the credential expires): the close code and
-    reason it ended with."""
+    reason it ended with. A bot connection dropped is left to ``linger`` (its caller
+    waits for it once the client is told)."""
     dropped = asyncio.Event()  # set as a stalled send drops the bot's connection
-    wire = _Wire(upstream)
+    wire = _Wire(upstream, linger)
     tasks = [
         asyncio.create_task(
             _client_to_bot(proxy, client, wire, charges, sockets, send_s, dropped, credential)
@@ -112,10 +115,20 @@ class _Wire:
     """The bot's connection and the lock its writers take: a client message from its
     write until it is taken (or not), a pong between messages."""
 
-    def __init__(self, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, upstream: aiohttp.ClientWebSocketResponse, linger: Linger) -> None:
         self.upstream = upstream
         self.lock = asyncio.Lock()
         self.exact = unbuffered(upstream)
+        self._linger = linger
+
+    def drop(self) -> None:
+        """Drop the bot's connection, the frame's tail still in the transport's buffer
+        discarded; what the kernel took still goes out (:class:`~gateway.ws_wire.Linger`;
+        over TLS, where nothing is exact, a plain abort)."""
+        if self.exact:
+            self._linger.drop(self.upstream)
+        else:
+            abort(self.upstream)
 
     def taken(self) -> bool:
         """Whether the frame written last is entirely with the kernel (see the module)."""
@@ -170,7 +183,7 @@ async def _client_to_bot(
             if written and wire.taken():
                 _confirm(proxy, charges, admission)
             else:
-                abort(upstream)  # not confirmed: the sweeper refunds it, so it must not arrive
+                wire.drop()  # not confirmed: the sweeper refunds it, so it must not arrive
             raise
         _confirm(proxy, charges, admission)
     return client.close_code or 1000, ""
@@ -187,7 +200,7 @@ async def _stalled(
     """A send past its deadline: the bot's connection dropped, the message confirmed if
     its frame was taken all the same (the kernel delivers it), refunded otherwise."""
     taken = written and wire.taken()
-    abort(wire.upstream)  # first: once refunded, the message must never reach the bot
+    wire.drop()  # first: once refunded, the message must never reach the bot
     if taken:
         _confirm(proxy, charges, admission)
     elif admission is not None:

@@ -1,25 +1,44 @@
 """What the gateway knows of the bytes written to a bot's WebSocket connection.
 
 A client message is confirmed (charged) only once its whole frame is with the kernel,
-which then delivers it even if the connection is aborted; aborting discards only what
-is still in the transport's own (user-space) buffer. So while the pump runs, the bot's
-connection is :func:`unbuffered`: its transport pauses its writer as soon as anything
-is left in that buffer (high-water mark 0) and resumes it once the buffer is empty, and
-aiohttp's writer waits for that on every send, not only past 64 KiB of output. Each
-completed send therefore leaves nothing behind, and at a send's deadline
-:func:`buffered` tells exactly whether the frame's tail is still ours to discard.
+which then delivers it to a bot that reads it, even once the connection is dropped
+(below); dropping discards only what is still in the transport's own (user-space)
+buffer. So while the pump runs, the bot's connection is :func:`unbuffered`: its
+transport pauses its writer as soon as anything is left in that buffer (high-water
+mark 0) and resumes it once the buffer is empty, and aiohttp's writer waits for that on
+every send, not only past 64 KiB of output. Each completed send therefore leaves
+nothing behind, and at a send's deadline :func:`buffered` tells exactly whether the
+frame's tail is still ours to discard.
 
 aiohttp has no public way to do any of this: its writer (``_writer``: ``transport``,
 ``_limit``) and the transport under it are private. That access is kept here, and
 ``tests/unit/test_ws_wire.py`` fails loudly if aiohttp changes them.
 
+"The kernel delivers it" holds only if the connection is never reset: Linux answers
+``close()`` with a reset when input is left unread on the socket (a bot that sends while
+it stops reading), and a reset throws away the kernel's whole send queue, messages long
+charged included. So a connection is dropped by :class:`Linger`: the transport's buffer
+is discarded (the transport aborted) while a duplicate of its socket keeps the
+connection open; the socket is half-closed at once (what the kernel holds goes out, then
+the end of the stream), and what the bot sends is read and discarded until it ends its
+side or ``ws_linger_s`` passes, and only then closed. A bot that reads again within that
+time gets every message it was charged for; one that does not loses what its connection
+still held (the kernel may still deliver it, unless the bot sends more after the close,
+which resets the connection): those messages stay charged, as handed to the bot's own
+connection (the gateway cannot tell what a bot read, only what its kernel took). A
+handler cancelled (the gateway stopping) closes its lingering socket at once.
+
 Over TLS the transport's count leaves out the ciphertext queued under it, so nothing
 exact can be said: such a connection is left as it is (:func:`unbuffered` is False) and
-a send past its deadline is treated as not taken (aborted, refunded) as before.
+a send past its deadline is treated as not taken: refunded, the connection aborted as
+before (a linger would deliver the refunded message's records the kernel may hold).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from typing import Any
 
 import aiohttp
@@ -80,5 +99,59 @@ def close_written(upstream: aiohttp.ClientWebSocketResponse) -> bool:
 
 def abort(upstream: aiohttp.ClientWebSocketResponse) -> None:
     """Drop the bot's connection now, what is still in the transport's buffer discarded
-    (``close()`` would send it first); what the kernel holds is still delivered."""
+    (``close()`` would send it first); what the kernel holds is delivered only if the
+    socket holds no unread input (see :class:`Linger`, which makes sure of it)."""
     _transport(upstream).abort()
+
+
+class Linger:
+    """Drops one bot connection (see the module): the transport's buffer discarded, the
+    kernel's send queue delivered, the connection closed once the bot ends its side or
+    ``bound_s`` passed (:meth:`finish` waits for that)."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self._task: asyncio.Task[None] | None = None
+
+    def drop(self, upstream: aiohttp.ClientWebSocketResponse) -> None:
+        transport = _transport(upstream)
+        kept = None
+        if self._task is None and transport.get_extra_info("sslcontext") is None:
+            with contextlib.suppress(OSError, AttributeError):
+                kept = transport.get_extra_info("socket").dup()
+        transport.abort()  # closes the transport's descriptor: the duplicate holds on
+        if kept is None:
+            return
+        try:
+            kept.shutdown(socket.SHUT_WR)  # after what the kernel holds: the end of stream
+        except OSError:  # reset or never connected: nothing left to deliver
+            kept.close()
+            return
+        self._task = asyncio.get_running_loop().create_task(self._linger(kept))
+
+    async def _linger(self, kept: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.bound_s):
+                while await loop.sock_recv(kept, 1 << 16):
+                    pass  # discarded: unread, it would make the close a reset
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            kept.close()
+
+    async def finish(self) -> None:
+        """Until the dropped connection (if any) is closed; closed at once if this task is
+        being cancelled (the gateway stopping). A CancelledError that is no cancel of the
+        task (aiohttp raises one from a client's drain after a cancelled send) waits."""
+        task = self._task
+        if task is None:
+            return
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            task.cancel()
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            raise

@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+from gateway import ws_pump
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer import keys
@@ -295,3 +296,105 @@ async def test_the_bots_ping_is_answered_by_the_pump(
             await ws.send_str("hello")
             assert (await ws.receive(timeout=30)).data == "answered"
     assert answers == [(WSMsgType.PONG, b"hi")]
+
+
+class ChattyBot(StalledBot):
+    """Reads the client's first message, then sends text messages without pause and
+    reads nothing until ``read`` is set; then reads to the end of its stream. ``got``:
+    the sizes of the client's messages it read whole (the first one included). Its
+    input left unread in the gateway's socket made the gateway's drop a reset, which
+    throws away what the kernel still held for the bot: charged, never delivered."""
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        sending: asyncio.Task[None] | None = None
+        try:
+            head = (await r.readuntil(b"\r\n\r\n")).decode()
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+            w.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            await w.drain()
+            data = bytearray(await r.readexactly(2))
+            data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small
+            sending = asyncio.create_task(self._chat(w))
+            await self.read.wait()
+            try:
+                while chunk := await r.read(1 << 20):
+                    data += chunk
+            except ConnectionError as exc:
+                print("DEBUG bot read", repr(exc))
+            self.got = _frames(bytes(data))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+            self.done.set()
+            w.close()
+
+    @staticmethod
+    async def _chat(w: asyncio.StreamWriter) -> None:
+        burst = (b"\x81\x7e" + struct.pack("!H", 1000) + b"A" * 1000) * 16
+        with contextlib.suppress(ConnectionError):
+            while True:
+                w.write(burst)
+                await w.drain()
+
+
+async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    funds = 1_000_000 * CENT
+    settings = _settings(
+        redis_url,
+        tmp_path,
+        rate_per_minute=1_000_000,
+        rate_per_hour=10_000_000,
+        ws_linger_s=60.0,  # a bound for a hang only: the bot reads to its end before it
+    )
+    dropped = asyncio.Event()
+    stalled = ws_pump._stalled
+
+    async def seen(*args: Any) -> None:
+        await stalled(*args)
+        dropped.set()
+
+    monkeypatch.setattr(ws_pump, "_stalled", seen)
+    async with ChattyBot() as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            # The client reads nothing either: the gateway stops reading the bot, whose
+            # messages wait unread in the gateway's socket when the send stalls.
+            flooding = asyncio.create_task(_flood(ws))
+            try:
+                await asyncio.wait_for(dropped.wait(), 60)  # a bound for a hang only
+                bot.read.set()
+                await asyncio.wait_for(bot.done.wait(), 60)
+                while (closed := await ws.receive(timeout=60)).type is WSMsgType.TEXT:
+                    pass
+            finally:
+                bot.read.set()
+                flooding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await flooding
+            assert closed.type is not WSMsgType.TEXT
+            assert await _settled(rclient)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged > 1
+            assert len(bot.got) == charged  # was 1 read of 53,062 charged

@@ -72,3 +72,95 @@ async def test_the_writer_waits_until_its_frame_left_the_buffer(loop: str) -> No
         await asyncio.to_thread(uvloop.run, _exercise())
     else:
         await _exercise()
+
+
+class _Told(BaseProtocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.lost.set()  # the transport's socket is closed
+
+
+async def _paused(ours: socket.socket) -> tuple[Any, Any]:
+    """A transport on ``ours`` that reads nothing: what the peer sends stays unread."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_accepted_socket(lambda: _Told(loop), ours)
+    transport.pause_reading()
+    return transport, SimpleNamespace(_writer=WebSocketWriter(protocol, transport, use_mask=True))
+
+
+async def _dropped(linger: bool) -> tuple[int, int]:
+    """A connection with unread input and more written than its peer has read, dropped
+    (``linger``: by :class:`ws_wire.Linger`, else aborted): what the peer then reads of
+    what the kernel took, and how much that was."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    listener.close()
+    transport, upstream = await _paused(ours)
+    theirs.sendall(b"unread" * 100)  # the peer talks; nobody reads it
+    written = 0
+    while not transport.get_write_buffer_size():  # until the kernel takes no more
+        transport.write(b"m" * 4096)
+        written += 4096
+        await asyncio.sleep(0)
+    taken = written - transport.get_write_buffer_size()
+    dropping = ws_wire.Linger(60.0)  # a bound for a hang only: the peer ends first
+    if linger:
+        dropping.drop(upstream)
+    else:
+        ws_wire.abort(upstream)
+    await upstream._writer.protocol.lost.wait()
+    theirs.setblocking(False)
+    got = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await loop.sock_recv(theirs, 1 << 16):
+            got += len(chunk)
+    theirs.close()
+    await asyncio.wait_for(dropping.finish(), 60)
+    return got, taken
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_a_dropped_connection_delivers_what_the_kernel_took(loop: str) -> None:
+    """Unread input made the close a reset, which discards the kernel's send queue."""
+    run = (lambda c: asyncio.to_thread(uvloop.run, c)) if loop == "uvloop" else (lambda c: c)
+    got, taken = await run(_dropped(linger=True))
+    assert got == taken
+    got, taken = await run(_dropped(linger=False))
+    assert got < taken  # the old abort: the reset this module now avoids
+
+
+async def _silent() -> bool:
+    """A peer that never reads nor ends: the linger ends at its bound."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    listener.close()
+    _, upstream = await _paused(ours)
+    dropping = ws_wire.Linger(0.01)
+    dropping.drop(upstream)
+    try:
+        await asyncio.wait_for(dropping.finish(), 60)
+        theirs.setblocking(False)
+        return await loop.sock_recv(theirs, 1) == b""  # the end of the stream came
+    finally:
+        theirs.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_a_linger_ends_at_its_bound(loop: str) -> None:
+    if loop == "uvloop":
+        assert await asyncio.to_thread(uvloop.run, _silent())
+    else:
+        assert await _silent()
