@@ -114,10 +114,9 @@ class Settings(LayeredSources, BaseSettings):
     upstream_connections_per_tenant_bot: int | None = Field(None, ge=1)
     # WebSockets one traffic worker proxies at once, outside those connections (their bot
     # connections are their own, so open sockets never make a message wait), and what one
-    # tenant's (customer's) apps may hold of them (unset: 3/8); one more upgrade is 503
-    # too_many_websockets. A socket whose client sent no text or binary message for
-    # ws_idle_timeout_s (pings and the bot's messages do not count) is closed 1001 "idle",
-    # for ws_first_message_timeout_s when it sent none yet (it is charged nothing so far).
+    # tenant's apps may hold of them (unset: 3/8); one more upgrade is 503 too_many_websockets.
+    # A socket whose client sent no text or binary message for ws_idle_timeout_s (pings, bot
+    # messages do not count) is closed 1001 "idle"; for ws_first_message_timeout_s if none yet.
     ws_max_connections: int = Field(1024, ge=1)
     ws_max_connections_per_tenant: int | None = Field(None, ge=1)
     ws_idle_timeout_s: Seconds = 300.0
