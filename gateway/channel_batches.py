@@ -42,7 +42,9 @@ def split(
     messages: list[Any], at: Pointer, user_at: Pointer | None, key_at: Pointer | None
 ) -> tuple[Batch, str]:
     """Each of ``messages`` (found at ``at``) as its user and key (``""`` where it has
-    none), identical copies of a keyed message once; else why the delivery cannot be
+    none), each copy of a keyed message too (a redelivery of its key: charged once, but
+    counted against the key's deliveries, so 100 copies cannot buy 100 answers for one
+    charge at each of its 5 deliveries); else why the delivery cannot be
     metered message by message: more than :data:`MAX_BATCH` messages, a message naming
     several users or keys (two spellings of ``from``), or two different messages under
     one user's key (one charge would buy both)."""
@@ -63,8 +65,8 @@ def split(
                 return (), "a message under a repeated key nests too deeply to compare"
             if first != again:
                 return (), "two different messages under one key"
-            continue  # the same message twice: one message
-        seen[one] = m
+        else:  # a copy is another delivery of its key (charged once, counted: not free)
+            seen[one] = m
         batch.append(one)
     return tuple(batch), ""
 

@@ -27,8 +27,8 @@ user and key pointers inside it (WhatsApp: ``.../messages/*`` and ``.../messages
 ``/id``), meters a delivery of several messages one admission each (:attr:`Message.batch`,
 :mod:`gateway.channel_batches`): each its own user and key from the body alone, never the headers
 (one header cannot name several messages); a message without a user refuses the delivery
-(400), one without a key is charged at each delivery. Identical copies of a keyed message
-are one message. A delivery of more than :data:`MAX_BATCH` messages, a message naming
+(400), one without a key is charged at each delivery. A copy of a keyed message is a
+redelivery of its key. A delivery of more than :data:`MAX_BATCH` messages, a message naming
 several users or keys (its key under two spellings), two different messages under one
 user's key, or several messages on another channel (two spellings of Slack's ``event``)
 cannot be metered that way (:attr:`Message.several`: 422 ``batched_delivery``).

@@ -131,15 +131,33 @@ async def test_a_batch_is_proxied_once_and_charged_per_message_once(world: World
 
 
 async def test_duplicate_wamids_in_a_batch_are_one_message(world: World) -> None:
-    """The same message twice in a batch is charged once; a key is one user's, so the
-    same wamid from two users is two messages."""
+    """The same message twice in a batch is charged once, each copy a delivery of its
+    key; a key is one user's, so the same wamid from two users is two messages."""
     m = msg(CAROL, "wamid.C1")
-    body = delivery([m, m], [m, msg(CAROL, "wamid.C2"), msg(BOB, "wamid.C1")])
+    body = delivery([m], [m, msg(CAROL, "wamid.C2"), msg(BOB, "wamid.C1")])
     assert (await world.post(body))[0] == 200
     assert world.bot.count() == 1
     assert await world.left() == FUNDS - 3 * PRICE
     assert (await world.post(body))[0] == 200
     assert await world.left() == FUNDS - 3 * PRICE
+
+
+async def test_copies_in_a_batch_count_against_the_delivery_cap(world: World) -> None:
+    """A key is honoured at most 5 times, for one charge. 100 copies of one message in a
+    batch were one delivery of it: sent 5 times, the bot answered 500 copies for one
+    charge. Each copy is a delivery now: 100 copies are 409 ``duplicate_delivery``
+    (nothing charged, the bot not called); 2 copies are served twice, then 409 when the
+    third sending would make 6 deliveries."""
+    many = delivery([msg(ALICE, "wamid.D1", text={"body": "expensive prompt"})] * 100)
+    for _ in range(2):
+        status, problem = await world.post(many)
+        assert (status, problem["code"]) == (409, "duplicate_delivery"), problem
+    assert world.bot.count() == 0
+    assert await world.charged() == 0
+    two = delivery([msg(BOB, "wamid.D2")] * 2)
+    assert [(await world.post(two))[0] for _ in range(3)] == [200, 200, 409]
+    assert world.bot.count() == 2
+    assert await world.left() == FUNDS - PRICE
 
 
 async def test_a_batch_one_message_of_which_is_refused_charges_nothing(world: World) -> None:

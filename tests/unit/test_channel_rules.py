@@ -249,9 +249,10 @@ def test_a_skip_holds_only_where_every_spelling_of_its_path_holds_it() -> None:
 
 
 def test_whatsapp_batches_that_cannot_be_metered_message_by_message() -> None:
-    """Copies of one keyed message are one; two different messages under one user's key,
-    a message naming two users (``from`` and ``From``), or more than MAX_BATCH messages
-    are ``several`` (422), as is several of anything on a channel without batches."""
+    """Each copy of a keyed message is a delivery of its key; two different messages under
+    one user's key, a message naming two users (``from`` and ``From``), or more than
+    MAX_BATCH messages are ``several`` (422), as is several of anything on a channel
+    without batches."""
     rule = Channels({}).get("whatsapp")
     doc = orjson.loads(sample("whatsapp-message.json"))
     m = doc["entry"][0]["changes"][0]["value"]["messages"][0]
@@ -261,7 +262,11 @@ def test_whatsapp_batches_that_cannot_be_metered_message_by_message() -> None:
         value["messages"] = list(messages)
         return rule.inspect({}, orjson.dumps(doc), authenticated=True)
 
-    assert inspect(m, m, {**m, "id": "w2"}).batch == ((m["from"], m["id"]), (m["from"], "w2"))
+    assert inspect(m, m, {**m, "id": "w2"}).batch == (
+        (m["from"], m["id"]),
+        (m["from"], m["id"]),  # a copy: another delivery of its key, counted
+        (m["from"], "w2"),
+    )
     assert inspect({**m, "id": 7}, {**m, "id": "7"}).several  # 7 and "7": one key
     assert inspect(m, {**m, "text": {"body": "free?"}}).several
     assert inspect(m, {**m, "From": "4477"}).several
@@ -334,7 +339,7 @@ def test_copies_of_a_keyed_message_are_compared_as_json() -> None:
         batch, why = split([{**m, "x": a}, {**m, "x": b}], at, user_at, key_at)
         assert (batch, why) == ((), "two different messages under one key"), (a, b)
     assert split([{**m, "x": 1, "y": 2}, {"y": 2, "x": 1, **m}], at, user_at, key_at) == (
-        (("1", "w1"),),
+        (("1", "w1"), ("1", "w1")),
         "",
     )
     deep: list[object] = []
