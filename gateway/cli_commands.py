@@ -237,6 +237,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             since = int(time.time() * 1000) - DAY_MS  # kept for a day: not just in flight
             kept = [] if workspace else await store.kept_reversals(before=since)
             off = await store.hand_credit_mismatches(workspace)
+            failed = await store.refund_failures(workspace)
     finally:
         await client.aclose()
     bad = held = 0
@@ -269,6 +270,14 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
               f"({co.payment_intent}) paid {format_amount(co.detail['paid_amount'])}, "
               f"credited by hand as {co.detail.get('credited_as')} "
               f"{format_amount(co.detail['credited_amount'])}")  # fmt: skip
+    for f in failed:  # not counted: credited back by hand once no refund of it follows
+        back = f.credited_back
+        state = (f"credited back {format_amount(back.amount)} ({back.reference})" if back
+                else "not credited back (POST /v1/workspaces/<ws>/refund-credits once "
+                "no refund of it follows)")  # fmt: skip
+        print(f"refund_failed: {f.workspace_id or '-'}: refund {f.refund} of charge "
+              f"{f.charge} (payment intent {f.payment_intent}) {format_amount(f.amount)} "
+              f"{(f.currency or '').upper()} {f.status} (event {f.event_id}): {state}")  # fmt: skip
     unsettled = any(rep.unsettled or rep.held for rep in reports)
     done = " corrected" if apply and not unsettled else ""
     more = f", {held} quarantined or unreadable" if held else ""

@@ -10,7 +10,7 @@ from gateway.admin_api import report_schemas as r
 from gateway.admin_api.http import Call, json_response
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
-from meter.accounts import checkouts, payments, reversals
+from meter.accounts import checkouts, payments, refund_credits, reversals
 from meter.accounts.pages import decode, limit_of, page
 from meter.accounts.payments import PaymentsNotConfigured
 from meter.store import LedgerEntry
@@ -62,6 +62,28 @@ async def stripe_webhook(call: Call) -> web.Response:
     return json_response(r.PaymentWebhookOut(received=True, outcome=outcome))
 
 
+async def credit_back_refund(call: Call) -> web.Response:
+    """An operator credits back a refund that failed at the provider (once)."""
+    ws = call.workspace
+    body = call.parsed(r.RefundCreditAdd)
+    done = await refund_credits.credit_back(call.deps, call.principal.actor, ws, body.refund)
+    e, f = done.entry, done.failure
+    assert e is not None
+    assert f is not None
+    out = r.RefundCreditOut(
+        workspace_id=ws.id,
+        reference=e.reference,
+        amount=format_amount(e.amount),
+        app_id=e.app_id,
+        created=done.result == "credited",
+        created_at=iso(e.created_at) or "",
+        refund=f.refund,
+        refund_amount=format_amount(f.amount),
+        payment_intent=f.payment_intent,
+    )
+    return json_response(out, 201 if out.created else 200)
+
+
 def transaction_type(e: LedgerEntry) -> r.TransactionType:
     if e.kind == "grant_free":
         return "free_grant"
@@ -70,7 +92,7 @@ def transaction_type(e: LedgerEntry) -> r.TransactionType:
     if e.kind == "topup":
         return "checkout" if e.reference.startswith("checkout:") else "manual_credit"
     if e.kind == "payment_reversed":
-        return "payment_reversed"
+        return "refund_failed" if e.detail.get("cause") == "refund_failed" else "payment_reversed"
     if e.kind == "dispute_reinstated":
         return "dispute_reinstated"
     return "refund_adjustment" if e.kind == "refund_adjust" else "reconcile"

@@ -181,6 +181,20 @@ class FundsOut(Out):
     created_at: Timestamp
 
 
+class RefundCreditAdd(Body):
+    refund: str = Field(
+        pattern=r"^(re|pyr)_[A-Za-z0-9_]{1,200}$",
+        description="a refund whose failure Stripe announced (refund_failed): credited "
+        "back once, its amount, into the pool its payment credited",
+    )
+
+
+class RefundCreditOut(FundsOut):
+    refund: str
+    refund_amount: Money = Field(description="the failed refund's amount")
+    payment_intent: str | None
+
+
 class CheckoutOut(Out):
     id: str
     url: str = Field(description="the provider's hosted payment page: send the payer there")
@@ -199,6 +213,7 @@ TransactionType = Literal[
     "reconcile",
     "payment_reversed",
     "dispute_reinstated",
+    "refund_failed",
 ]
 
 
@@ -207,7 +222,8 @@ class TransactionOut(Out):
     type: TransactionType
     amount: Money = Field(
         description="signed: credits in are positive, lapses and payments given back "
-        "(payment_reversed: refunded or disputed at the provider) negative"
+        "(payment_reversed: refunded or disputed at the provider) negative; refund_failed: "
+        "a failed refund credited back by an operator"
     )
     pool: Literal["free", "paid"]
     app_id: str | None

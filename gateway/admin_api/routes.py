@@ -99,6 +99,11 @@ ROUTES: tuple[Route, ...] = (
           "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
           a.workspace("funds.add"), body=r.FundsAdd, response=r.FundsOut, status=201,
           also=(200,), params=WS),
+    Route("POST", "/v1/workspaces/{ws}/refund-credits", pay.credit_back_refund,
+          "Credit back a refund that failed at the provider: its amount, once, into the "
+          "pool its payment credited, at most what that payment's reversals took back",
+          a.workspace("funds.add"), body=r.RefundCreditAdd, response=r.RefundCreditOut,
+          status=201, also=(200,), params=WS, errors=(400, 401, 403, 404, 409, 422)),
     Route("POST", "/v1/workspaces/{ws}/checkout", pay.create_checkout,
           "Start a top-up with the payment provider; funds arrive when it confirms",
           a.workspace("checkout.create"), body=r.CheckoutCreate, response=r.CheckoutOut, status=201,

@@ -27,8 +27,9 @@ or no secret key to ask with) is ``unknown_payment``; a lookup that fails raises
 :class:`~meter.accounts.payments.ProviderError` before anything is recorded, so the
 provider's retry of the delivery resolves it later.
 A refund that fails at the provider afterwards (its own object's ``failed`` or
-``canceled`` status) is ``refund_failed``: logged, nothing credited back (see
-:data:`REFUND_UPDATES`).
+``canceled`` status) is ``refund_failed``: logged and kept (``refund_failures``), nothing
+credited back by itself (see :data:`REFUND_UPDATES`); an operator credits it back once
+(:mod:`meter.accounts.refund_credits`).
 Every event of a payment applies all of that payment's reversals to the live balance
 (each idempotent), so a crash between the ledger and Redis is healed by any redelivery;
 the projection check heals it too.
@@ -45,6 +46,7 @@ from config.money import MICROS_PER_DOLLAR, format_amount
 from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
 from meter.store import LedgerEntry
+from meter.store.refund_failures import RefundFailure
 from meter.store.reversals import ACTOR, Cause, Reversal
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,8 @@ async def handle_event(d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None
     if outcome == "refund_failed":
         log.warning(
             "payment event %s (%s): refund %s of charge %s (payment intent %s) of %s cents "
-            "%s at the provider: the debit its charge.refunded made stands; an operator "
-            "decides (README: a refund that fails)",
+            "%s at the provider: the debit its charge.refunded made stands until an operator "
+            "credits it back (README: a refund that fails)",
             ev.event_id, ev.type, ev.object_id, ev.charge, ev.payment_intent, ev.amount,
             ev.status,
         )  # fmt: skip
@@ -150,10 +152,7 @@ async def _decide(
     if expected is not None and ev.livemode is not expected:
         return "wrong_mode", None
     if ev.refund:  # one refund's own events: only a failed or canceled one is news
-        if ev.type in REFUND_UPDATES and ev.status in ("failed", "canceled"):
-            co = await d.store.get_checkout_by_payment_intent(ev.payment_intent or "")
-            return "refund_failed", ((co.id, co.session_id) if co else None)
-        return "ignored", None
+        return await _refund_update(d, ev)
     cause = _cause(ev)
     if cause is None:
         return "not_reversed", None
@@ -190,6 +189,22 @@ async def _decide(
                     f"workspace:{e.workspace_id}", None, after)  # fmt: skip
     co = await d.store.get_checkout_by_payment_intent(ev.payment_intent)
     return done.result, ((co.id, co.session_id) if co else None)
+
+
+async def _refund_update(
+    d: Deps, ev: ReversalEvent
+) -> tuple[Outcome, tuple[str, str | None] | None]:
+    """A refund's own event: a failed or canceled one is kept for the operator's credit
+    back (:mod:`meter.accounts.refund_credits`), any other is ``ignored``."""
+    if ev.type not in REFUND_UPDATES or ev.status not in ("failed", "canceled"):
+        return "ignored", None
+    if ev.object_id and ev.amount is not None and ev.amount >= 0:
+        await d.store.record_refund_failure(RefundFailure(
+            ev.object_id, ev.payment_intent, ev.charge, ev.amount * CENT,
+            ev.currency, ev.status, ev.event_id, d.now_ms(),
+        ))  # fmt: skip
+    co = await d.store.get_checkout_by_payment_intent(ev.payment_intent or "")
+    return "refund_failed", ((co.id, co.session_id) if co else None)
 
 
 async def apply_reversals_of(d: Deps, payment_intent: str | None) -> None:

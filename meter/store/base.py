@@ -18,6 +18,7 @@ from meter.store.ledger import Ledger
 from meter.store.licences import Licences
 from meter.store.outbox import Outbox
 from meter.store.payments import Payments
+from meter.store.refund_failures import RefundFailures
 from meter.store.reversals import Reversals
 from meter.store.sessions import Sessions
 from meter.store.tokens import Tokens
@@ -41,6 +42,7 @@ class Store(
     Outbox,
     Payments,
     Reversals,
+    RefundFailures,
     ABC,
 ):
     """Durable store: accounts, channel secrets, ledger, usage, billing sessions, audit log,

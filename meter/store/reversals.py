@@ -15,7 +15,9 @@ makes a redelivery write nothing):
   after that refund), kind ``payment_reversed``;
 * a dispute that took the funds ``dispute:<dispute id>`` (opened, or closed lost),
   kind ``payment_reversed``;
-* a dispute won ``dispute_won:<dispute id>``, kind ``dispute_reinstated``.
+* a dispute won ``dispute_won:<dispute id>``, kind ``dispute_reinstated``;
+* a refund that failed, credited back by an operator ``refund_failed:<refund id>``,
+  kind ``payment_reversed``, amount >= 0 (:mod:`meter.store.refund_failures`).
 
 The amount of each is the difference between what the payment's entries took back so
 far and what all of them, this one included, say must be taken back:
@@ -92,13 +94,18 @@ def _entry(r: Any) -> LedgerEntry:
 
 
 def taken_back(credited: int, entries: list[LedgerEntry]) -> int:
-    """What a payment's reversal entries say must be taken back (micro-dollars, >= 0)."""
+    """What a payment's reversal entries say must be taken back (micro-dollars, >= 0),
+    in ledger order: a refund credited back after it failed (``refund_failed``, by an
+    operator) lowers the refunded part by its amount, and a later refund's cumulative
+    amount (Stripe lowers ``amount_refunded`` by a failed refund) counts from there."""
     refunded, disputed, won = 0, {}, set()
     for e in entries:
         cause, amount = e.detail.get("cause"), int(e.detail.get("amount", 0))
         key = str(e.detail.get("key", ""))
         if cause == "refund":
             refunded = max(refunded, amount)
+        elif cause == "refund_failed":
+            refunded = max(0, refunded - amount)
         elif cause == "dispute":
             disputed[key] = amount
         elif cause == "dispute_won":

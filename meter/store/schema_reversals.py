@@ -58,3 +58,19 @@ CREATE TABLE pending_reversals (
     PRIMARY KEY (payment_intent, reference)
 )
 """
+
+# Migration 18: refunds that failed at the provider after their charge.refunded debited
+# them (meter.store.refund_failures), one row a refund, for the operator's credit back
+# and reconcile's report. Portable: a new table only.
+REFUND_FAILURES = """
+CREATE TABLE refund_failures (
+    refund TEXT PRIMARY KEY,
+    payment_intent TEXT,
+    charge TEXT,
+    amount BIGINT NOT NULL,
+    currency TEXT,
+    status TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL
+)
+"""

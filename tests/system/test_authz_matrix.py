@@ -29,6 +29,7 @@ import pytest
 from gateway.admin_api import ROUTES
 from gateway.admin_api.http import Route
 from meter.accounts.authz import token_hash
+from meter.store.refund_failures import RefundFailure
 from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import settings_with_stripe, stripe_standin
@@ -101,6 +102,10 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
      (403, 200, 200, 403, 403, 404, 401, 401)),
     ("POST /v1/workspaces/{ws}/funds",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/funds", {"amount": "100.00", "reference": "m"}),
+     (201, 403, 403, 404, 403, 404, 401, 401)),
+    # Operators only (the world's failed refund took nothing back: 0.00 credited).
+    ("POST /v1/workspaces/{ws}/refund-credits",
+     lambda w: ("POST", f"/v1/workspaces/{w.ws}/refund-credits", {"refund": f"re_{w.ws}"}),
      (201, 403, 403, 404, 403, 404, 401, 401)),
     ("POST /v1/workspaces/{ws}/checkout",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/checkout", {"amount": "100.00"}),
@@ -231,6 +236,12 @@ async def build_world(admin: Admin) -> World:
         "POST", f"/v1/workspaces/{ws}/upgrade-requests", tokens["owner"], {"products": ["search"]}
     )
     invited = next(i["id"] for i in invitations if i["kind"] == "workspace")
+    # A payment credited by hand under its pi_, whose refund re_<ws> failed at Stripe.
+    await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN,
+                   {"amount": "100.00", "reference": f"pi_{ws}"})  # fmt: skip
+    await admin.store.record_refund_failure(
+        RefundFailure(f"re_{ws}", f"pi_{ws}", f"ch_{ws}", 0, "usd", "failed", f"evt_{ws}", 0)
+    )
     return World(admin, ws, app["id"], tokens, users, request["id"], invited)
 
 
