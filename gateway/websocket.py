@@ -61,9 +61,9 @@ Closing codes sent to the client:
   ``ws_first_message_timeout_s`` (its pings and the bot's messages keep nothing open);
   the bot connection is closed with 1001 too;
 * ``1011`` (internal error) with reason ``upstream_timeout`` when the bot does not take
-  a client message within half the refund window (it stopped reading): the message is
-  refunded and never delivered (:mod:`gateway.ws_pump`), or ``upstream_unavailable``
-  when it cannot be sent at all;
+  a client message (refunded, never delivered) or the answer to its ping within half the
+  refund window (it stopped reading; :mod:`gateway.ws_pump`), or ``upstream_unavailable``
+  when a message cannot be sent at all;
 * otherwise the bot's own close code is passed on (its reason is not).
 """
 

@@ -1,28 +1,30 @@
 """The two directions of one proxied WebSocket (:mod:`gateway.websocket` opens both sides).
 
-Client -> bot: each text or binary message is admitted (:class:`~gateway.ws_charges.Charges`),
-then written to the bot's connection and confirmed as forwarded once its whole frame is
-with the kernel (:mod:`gateway.ws_wire`: a send waits for that), which delivers it to a
-bot that reads it. A send that waits on a bot that stopped reading waits at most
-``send_s``: half the refund window, never longer than the idle timeout.
-Past it the bot's connection is dropped (:class:`~gateway.ws_wire.Linger`: the transport's
-buffer discarded, what the kernel took still sent, never reset), and the client closed 1011
-``upstream_timeout``; the message is refunded, whatever ``refund_on`` says, if the frame's
-tail was still in the transport's buffer (discarded by the drop: the bot never gets it
-whole), and confirmed if it was not (the kernel delivers it; the deadline and the last
-bytes leaving can fall in the same loop pass). Only the pump writes to the bot's
-connection while a message is in flight (the bot's pings are answered between messages,
-under the same lock; aiohttp's own answers are turned off), and a send is complete only
-once the buffer is empty, so nothing confirmed before is ever discarded with it. The one other
-writer is aiohttp's own close frame when the bot's side ends or breaks the protocol
-mid-send: the buffer's count then no longer tells, and the message is kept charged
-(the bot must never get one that is not paid). So a message is charged exactly once
-and the bot never gets one that is not paid: a message is confirmed as soon as it is
-taken, which is long before the sweeper's deadline (``refund_window_s`` after the
-charge), so the sweeper never refunds one the bot may read; a refunded one can no
-longer reach the bot. A send cut short because the other direction ended is confirmed
-the same way if its frame was taken, and otherwise drops the bot's connection (the
-unconfirmed message is then the sweeper's to refund). Over TLS the count is not exact
+Client -> bot: each text or binary message is admitted
+(:class:`~gateway.ws_charges.Charges`), then written to the bot's connection and
+confirmed as forwarded once its whole frame is with the kernel (:mod:`gateway.ws_wire`:
+a send waits for that), which delivers it to a bot that reads it. A send that waits on a
+bot that stopped reading waits at most ``send_s``: half the refund window, never longer
+than the idle timeout. Past it the bot's connection is dropped
+(:class:`~gateway.ws_wire.Linger`: the transport's buffer discarded, what the kernel
+took still sent, never reset), and the client closed 1011 ``upstream_timeout``; the
+message is refunded, whatever ``refund_on`` says, if the frame's tail was still in the
+transport's buffer (discarded by the drop: the bot never gets it whole), and confirmed
+if it was not (the kernel delivers it; the deadline and the last bytes leaving can fall
+in the same loop pass). Only the pump writes to the bot's connection while a message is
+in flight (the bot's pings are answered between messages, under the same lock and
+deadline: a pong the bot does not take drops its connection and closes the client 1011
+``upstream_timeout`` too; aiohttp's own answers are turned off), and a send is complete
+only once the buffer is empty, so nothing confirmed before is ever discarded with it.
+The one other writer is aiohttp's own close frame when the bot's side ends or breaks the
+protocol mid-send: the buffer's count then no longer tells, and the message is kept
+charged (the bot must never get one that is not paid). So a message is charged exactly
+once and the bot never gets one that is not paid: a message is confirmed as soon as it
+is taken, which is long before the sweeper's deadline (``refund_window_s`` after the
+charge), so the sweeper never refunds one the bot may read; a refunded one can no longer
+reach the bot. A send cut short because the other direction ended is confirmed the same
+way if its frame was taken, and otherwise drops the bot's connection (the unconfirmed
+message is then the sweeper's to refund). Over TLS the count is not exact
 (:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
 
 Bot -> client: each message is delivered once the connection has paid its way
@@ -38,7 +40,6 @@ per-worker key cache reads it again at most every ``channel_secret_max_age_s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -84,7 +85,7 @@ async def pump(
         asyncio.create_task(
             _client_to_bot(proxy, client, wire, charges, sockets, send_s, dropped, credential)
         ),
-        asyncio.create_task(_bot_to_client(wire, client, charges)),
+        asyncio.create_task(_bot_to_client(wire, client, charges, send_s)),
     ]
     if credential.expires:
         tasks.append(asyncio.create_task(_expiry(credential.expires)))
@@ -209,16 +210,16 @@ async def _stalled(
 
 
 async def _bot_to_client(
-    wire: _Wire, client: web.WebSocketResponse, charges: Charges
+    wire: _Wire, client: web.WebSocketResponse, charges: Charges, send_s: float
 ) -> tuple[int, str]:
     # While a message waits for the handshake's admission, nothing more is read from the
     # bot: its next messages wait, in order, in the socket (bounded as any other read).
     upstream = wire.upstream
     while (msg := await upstream.receive()).type not in (WSMsgType.CLOSING, WSMsgType.CLOSED):
         if msg.type is WSMsgType.PING:  # answered here, never while a message is in flight
-            async with wire.lock:
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                    await upstream.pong(msg.data)
+            if not await _pong(wire, msg.data, send_s):
+                charges.count("bot_error")
+                return INTERNAL_ERROR, "upstream_timeout"
             continue
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE):
             continue
@@ -232,6 +233,25 @@ async def _bot_to_client(
             break
         await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
     return upstream.close_code or 1000, ""
+
+
+async def _pong(wire: _Wire, data: bytes, send_s: float) -> bool:
+    """Answer the bot's ping, waiting for the lock and for the bot to take it at most
+    ``send_s`` in all (as a client message); False past it, the bot's connection dropped
+    if the pong was written (under the lock: nothing is written after it)."""
+    try:
+        async with asyncio.timeout(send_s) as deadline, wire.lock:
+            try:
+                await wire.upstream.pong(data)
+            except asyncio.CancelledError:
+                if deadline.expired():
+                    wire.drop()
+                raise
+            except (aiohttp.ClientError, ConnectionError):
+                pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def sendable(code: int) -> int:

@@ -398,3 +398,58 @@ async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged > 1
             assert len(bot.got) == charged  # was 1 read of 53,062 charged
+
+
+class PingingBot(StalledBot):
+    """Pings without pause and reads nothing: the gateway's pongs fill its connection
+    until one waits on the bot."""
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            head = (await r.readuntil(b"\r\n\r\n")).decode()
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+            w.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            pings = (b"\x89\x7d" + b"p" * 125) * 64
+            while not self.read.is_set():
+                w.write(pings)
+                await w.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self.done.set()
+            w.close()
+
+
+async def test_a_pong_the_bot_does_not_take_ends_the_socket(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """A pong waited on the bot without a deadline: the socket was held, the bot's
+    direction pinned, until the client's idle timeout (an hour here)."""
+    settings = _settings(
+        redis_url, tmp_path, ws_idle_timeout_s=3600.0, ws_first_message_timeout_s=3600.0
+    )
+    async with PingingBot() as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/ping?user=u") as ws,
+        ):
+            try:
+                closed = await ws.receive(timeout=60)  # a bound for a hang only
+            finally:
+                bot.read.set()
+            assert (closed.type, closed.data, closed.extra) == (
+                WSMsgType.CLOSE,
+                1011,
+                "upstream_timeout",
+            )
+        assert (await read_balances(rclient, WS)).app[APP] == FUNDS  # nothing charged
