@@ -94,7 +94,8 @@ class AdmitCalls:
         period = self._period(now).encode()
         if period != self._period_bulk[0]:
             self._period_bulk = (period, bulks([period]))
-        now_ms = b"%d" % int(now * 1000)
+        at = int(now * 1000)  # the decisions' "at"
+        now_ms = b"%d" % at
         now_bulk = b"$%d\r\n%b\r\n" % (len(now_ms), now_ms)
         head = b"".join((now_bulk, self._head_mid, self._period_bulk[1], self._head_end))
 
@@ -111,7 +112,7 @@ class AdmitCalls:
             key = bulks([keys.ws_prefix(ws).encode()])
             args = b"".join((key, head, bulks([p.arg for p in chunk])))
             count = b"*%d\r\n" % (self._argc + len(chunk))
-            on_reply = self._on_reply(pipe, chunk, count, args, answered)
+            on_reply = self._on_reply(pipe, chunk, count, args, answered, at)
             pipe.send(b"".join((count, self._evalsha, args)), on_reply)
 
     def _on_reply(
@@ -121,6 +122,7 @@ class AdmitCalls:
         count: bytes,
         args: bytes,
         answered: Callable[[], None],
+        at: int,
     ) -> Callable[[Any, bool], None]:
         def on_reply(reply: Any, sent: bool) -> None:
             if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
@@ -135,7 +137,7 @@ class AdmitCalls:
                 if isinstance(reply, Exception):
                     fail(chunk, reply, ambiguous=sent)
                 else:
-                    resolve(chunk, reply)
+                    resolve(chunk, reply, at)
             except Exception as exc:  # a reply that does not decode: no decision
                 fail(chunk, exc)
             finally:
@@ -168,7 +170,7 @@ class AdmitCalls:
         except Exception as exc:  # see fail()
             fail(chunk, exc)
             return
-        resolve(chunk, raw)
+        resolve(chunk, raw, _at(head))
 
     async def _pipelined(self, head: list[EncodableT], batch: Batch) -> None:
         """Several workspaces on one server, through redis-py: one pipelined round trip.
@@ -197,7 +199,7 @@ class AdmitCalls:
             elif isinstance(res, Exception):
                 fail(chunk, res)
             else:
-                resolve(chunk, res)
+                resolve(chunk, res, _at(head))
 
     async def close(self) -> None:
         """Close the pipe and the replicated calls' connection (calls are answered)."""
@@ -207,3 +209,9 @@ class AdmitCalls:
             self._pipe.close()
         if self._replicated is not None:
             await self._replicated.close()
+
+
+def _at(head: list[EncodableT]) -> int:
+    """A call's ``now_ms`` (the head's first argument, :class:`AdmitHead`)."""
+    now_ms = head[0]
+    return now_ms if isinstance(now_ms, int) else 0

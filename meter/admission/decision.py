@@ -36,6 +36,7 @@ class Decision(NamedTuple):
     # session names it by them when it fails (refund.lua un-counts it from the session).
     channel: str = ""
     user: str = ""
+    at: int = 0  # ms: the admission call's "now" (a refund un-counts a message there)
 
     @classmethod
     def from_reply(
@@ -47,6 +48,7 @@ class Decision(NamedTuple):
         rid: str,
         channel: str = "",
         user: str = "",
+        at: int = 0,
     ) -> Decision:
         """The ``i``-th decision of an ``admit.lua`` reply: three values per admission,
         ``status`` (code + 16 x flags; flags: 1 duplicate, 2 opened a billing session,
@@ -73,6 +75,7 @@ class Decision(NamedTuple):
                 0,
                 channel,
                 user,
+                at,
             )
             return tuple.__new__(cls, plain)
         flags = status >> 4
@@ -92,6 +95,7 @@ class Decision(NamedTuple):
                 flags >> 3,
                 channel,
                 user,
+                at,
             ),
         )
 

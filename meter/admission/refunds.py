@@ -44,18 +44,26 @@ class Refunds:
                 decision.rid,
                 decision.token,
                 session=(decision.bsid, decision.channel, decision.user),
+                at=decision.at,
             )
-        return await self.void(app_id, decision.rid, decision.token)
+        return await self.void(app_id, decision.rid, decision.token, at=decision.at)
 
     async def void(
-        self, app_id: str, rid: str, token: str, session: tuple[str, str, str] = ("", "", "")
+        self,
+        app_id: str,
+        rid: str,
+        token: str,
+        session: tuple[str, str, str] = ("", "", ""),
+        at: int = 0,
     ) -> bool:
         """Attempt ``token`` was not served (e.g. an ambiguous timeout answered 503): count
         its failure if it is a delivery of record ``rid``
         (:func:`meter.redis_layer.keys.record_id`), and refund the charge once every
         delivery failed. An empty ``token`` is the original's failure, counted only while
         its charge is still reserved (the sweeper). ``session``: (billing session id, channel,
-        channel user) of an attempt admitted in a paid session without a charge."""
+        channel user) of an attempt admitted in a paid session without a charge; ``at``
+        (ms, 0: unknown) its admission call's now: a message that no longer counts in its
+        session leaves the aggregates' messages of that bucket (``refund_counts.lua``)."""
         ws = keys.workspace_of(app_id)
         if ws is None:
             return False
@@ -74,6 +82,7 @@ class Refunds:
                 self._block_ms,
                 self._idle_ms,
                 *session,
+                at,
             ],
         )
         return bool(res[0])

@@ -136,13 +136,14 @@ class Pending(NamedTuple):
     user: str = ""
 
 
-def resolve(chunk: list[Pending], raw: list[Any]) -> None:
-    """Hand each waiter of ``chunk`` its decision from ``admit.lua``'s reply ``raw``."""
+def resolve(chunk: list[Pending], raw: list[Any], at: int = 0) -> None:
+    """Hand each waiter of ``chunk`` its decision from ``admit.lua``'s reply ``raw`` to
+    the call made as of ``at`` (ms: its ``now_ms``)."""
     from_reply = Decision.from_reply
     for i, p in enumerate(chunk):
         fut = p.future
         if not fut.done():  # else the caller gave up (cancelled)
-            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user))
+            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user, at))
 
 
 def fail(chunk: list[Pending], exc: BaseException, *, ambiguous: bool = True) -> None:

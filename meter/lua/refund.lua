@@ -49,6 +49,7 @@
 -- ARGV[7]  session block (ms)   ARGV[8] conversation idle end (ms)
 -- ARGV[9]  (optional) the billing session the failed delivery was admitted in without a
 --          charge, or "": then ARGV[10] its channel and ARGV[11] its channel user
+-- ARGV[12] (optional) the failed delivery's admission time (ms; refund_counts.lua)
 -- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back: of the session's
 -- opener when an un-counted message's failure gave that back). Not refunded: no such
 -- record, a token that is no delivery of it (or whose failure already counted), nothing
@@ -71,6 +72,7 @@ local NONE = {0, 0, 0, 0, 0}
 -- #include lib_sessions.lua
 -- #include lib_records.lua
 -- #include refund_free.lua
+-- #include refund_counts.lua
 
 -- The entry of billing session bsid of conversation fld ("app\tchannel\tuser"), wherever
 -- it is (lib_sessions.lua): the conversation's newest entry (field fld in the newest bucket
@@ -180,7 +182,7 @@ end
 -- was not served: it no longer counts in the session's messages. When that leaves only
 -- the opener, whose charge was kept because of it (P:rp:<bsid>, below) and all of whose
 -- deliveries have failed, the opener's charge is given back now.
-local function uncount(fld, bsid)
+local function uncount(fld, bsid, ch)
   local e, b, hf, newest = entry_of(fld, bsid)
   if not e then return NONE end
   local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
@@ -188,6 +190,7 @@ local function uncount(fld, bsid)
   if msgs < 0 then return NONE end
   e = string.format('%s,%s,%s,%s,%d,%s,%s', cs, dl, blocks, s1, msgs, amount, prod)
   redis.call('HSET', sr_key(b), hf, e)
+  message_back(ch)
   if msgs ~= 1 then return NONE end
   local pk = pending_key(bsid)
   local orid = redis.call('GET', pk)
@@ -226,7 +229,7 @@ if not rec then
   if token ~= '' and IN_BSID ~= '' and string.sub(key, 1, 2) == 't:'
     and redis.call('SET', P .. ':uc:' .. app_id .. ':' .. token, '1', 'NX', 'PX',
       2 * BLOCK + IDLE + 60000) then
-    return uncount(app_id .. '\t' .. IN_CH .. '\t' .. IN_USER, IN_BSID)
+    return uncount(app_id .. '\t' .. IN_CH .. '\t' .. IN_USER, IN_BSID, IN_CH)
   end
   return NONE
 end
@@ -268,7 +271,7 @@ if r.units == '0' then
   redis.call('DEL', ik)
   local ch, user = string.match(key, '^k:([^\t]*)\t([^\t]*)\t')
   if not ch then return NONE end
-  return uncount(app_id .. '\t' .. ch .. '\t' .. user, r.bsid)
+  return uncount(app_id .. '\t' .. ch .. '\t' .. user, r.bsid, ch)
 end
 
 -- A charge that opened a billing session other messages were then served in was used:

@@ -33,7 +33,7 @@ def lua_source(name: str) -> str:
     nothing). The fragments become part of one chunk and share the script's locals, in
     the order the script includes them (``admit.lua``: ``lib_sessions``, ``lib_records``,
     ``admit_batch``, ``admit_message``, ``admit_rules``, ``admit_full``; ``refund.lua``:
-    ``lib_sessions``, ``lib_records``, ``refund_free``;
+    ``lib_sessions``, ``lib_records``, ``refund_free``, ``refund_counts``;
     ``peek.lua`` and ``peek_sessions.lua``: ``lib_peek``). admit.lua includes
     ``admit_rules`` and ``admit_full`` inside a function of its loop, made only when needed.
     """

@@ -165,3 +165,41 @@ async def test_keyed_message_in_session_uncounted_when_every_delivery_failed(
     assert await free_of(rclient, w.ws) == 100 * USD
     assert not await adm.refund(app, retry)
     assert not await adm.refund(app, m2)
+
+
+async def messages_by_bucket(client: RedisClient, ws: str) -> dict[int, int]:
+    """The aggregates' message count ("m") of each live bucket."""
+    out: dict[int, int] = {}
+    for b in await client.zrange(keys.agg_index_key(ws), 0, -1):
+        for f, v in (await client.hgetall(keys.agg_key(ws, int(b)))).items():
+            if keys.agg_field_parts(f)[4] == "m":
+                out[int(b)] = out.get(int(b), 0) + int(v)
+    return out
+
+
+async def test_a_message_uncounted_from_its_session_leaves_the_messages_it_was_counted_in(
+    rclient: RedisClient,
+) -> None:
+    """Messages admitted inside a paid session without a charge (keyless, keyed) whose
+    bot failed no longer count in the session, nor in the aggregates' messages: taken
+    back in the bucket each was counted in, though the failure comes a bucket later.
+    (They stayed counted: flushed rows said messages that were never served.)"""
+    clock, cfg, w, adm = await admission(rclient, free=100 * USD)
+    app, fb = w.apps[0], cfg.flush_bucket_s
+    clock.now = (int(clock.now) // fb + 1) * fb  # the start of a flush bucket
+    first = int(clock.now)
+    o = await adm.admit(app, "slack", "u")
+    clock.advance(fb - 2)
+    keyless = await adm.admit(app, "slack", "u")
+    keyed = await adm.admit(app, "slack", "u", "Ev1", digest="ab")
+    assert (o.units, keyless.units, keyed.units) == (1, 0, 0)
+    assert await messages_by_bucket(rclient, w.ws) == {first: 3}
+    clock.advance(5)  # the bot's failures are reported in the next bucket
+    assert not await adm.refund(app, keyless)
+    assert not await adm.refund(app, keyed)
+    assert (await messages_by_bucket(rclient, w.ws)).get(first) == 1  # was 3
+    assert sum((await messages_by_bucket(rclient, w.ws)).values()) == 1
+    assert not await adm.refund(app, keyless)  # once
+    assert sum((await messages_by_bucket(rclient, w.ws)).values()) == 1
+    assert await adm.refund(app, o)  # alone now: the opener's charge too
+    assert sum((await messages_by_bucket(rclient, w.ws)).values()) == 0

@@ -9,6 +9,7 @@ Real Redis, a real gateway and bot on loopback sockets.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from config import Settings
 from gateway.appkeys import OWED
 from gateway.channels import MAX_BATCH
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
+from meter.store import open_store
+from meter.usage.flusher import Flusher
 from tests.support.bot import Bot, running_gateway
 from tests.support.channel_keys import AuthWorld, auth_settings, meta_headers, set_secret
 from tests.support.metering import agg_totals
@@ -34,6 +38,7 @@ APP = f"{WS}_app1"  # contact_center: $0.01 per request
 TIGHT = f"{WS}_tight"  # funds for two requests
 SESS = f"{WS}_sess"  # automation: $0.20 per 15-minute session
 RATE = f"{WS}_rate"  # two messages a minute
+SESS1 = f"{WS}_sess1"  # automation, funds for one session
 OPEN = f"{WS}_open"  # no WhatsApp secret: unauthenticated
 FUNDS = 10_000_000
 PRICE = 10_000
@@ -59,6 +64,8 @@ def msg(user: str, wamid: str, **more: Any) -> dict[str, Any]:
 
 
 class World(AuthWorld):
+    cfg: Settings
+
     async def post(
         self, body: bytes, app: str = APP, tail: str = "", headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
@@ -93,6 +100,8 @@ async def world(
                "use_free_credits": False},
         RATE: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS,
                "use_free_credits": False, "per_minute": 2},
+        SESS1: {"product": "automation", "upstream_url": bot.url, "funds": SESSION,
+                "use_free_credits": False},
     }  # fmt: skip
     apps[OPEN] = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
     await seed(rclient, cfg, WS, apps)
@@ -100,7 +109,9 @@ async def world(
         if app != OPEN:
             await set_secret(rclient, cfg, app, "whatsapp")
     async with running_gateway(cfg) as gw:
-        yield World(WS, gw, bot, rclient, http)
+        w = World(WS, gw, bot, rclient, http)
+        w.cfg = cfg
+        yield w
 
 
 async def test_a_batch_is_proxied_once_and_charged_per_message_once(world: World) -> None:
@@ -358,3 +369,39 @@ async def test_copies_under_one_key_must_be_the_same_json(world: World) -> None:
     same = delivery([msg(ALICE, "wamid.E2", a=1, b=2), {"b": 2, "a": 1, **msg(ALICE, "wamid.E2")}])
     assert (await world.post(same))[0] == 200
     assert await world.charged() == PRICE
+
+
+async def test_messages_not_served_leave_the_flushed_message_counts(world: World) -> None:
+    """Usage rows count messages served. A message admitted inside a paid session (no
+    charge) whose bot failed, and the messages of a batch refused partway, were
+    un-counted from their session but stayed in the aggregates' messages: flushed rows
+    said 3 messages for none served. Now they leave both, in the bucket counted in."""
+    assert (await world.post(delivery([msg(ALICE, "wamid.N1")]), app=SESS))[0] == 200
+    failed = await world.post(delivery([msg(ALICE, "wamid.N2")]), app=SESS, tail="/status/503")
+    assert failed[0] == 502
+    # Funds for one session: Alice's two open and ride it, Bob's is refused; all undone.
+    body = delivery([msg(ALICE, "wamid.P1"), msg(ALICE, "wamid.P2"), msg(BOB, "wamid.P3")])
+    for _ in range(3):
+        status, problem = await world.post(body, app=SESS1)
+        assert (status, problem["code"]) == (402, "credits_exhausted")
+    totals = await agg_totals(world.rclient, WS)
+    assert (totals["n"], totals["m"]) == (1, 1)  # was (1, 5)
+    await world.state()
+    store = open_store(world.cfg.store_url)
+    await store.migrate()
+    try:
+        await Flusher(world.rclient, store, world.cfg).flush_once(force=True)
+    finally:
+        await store.close()
+    db = sqlite3.connect(world.cfg.store_url.removeprefix("sqlite:///"))
+    try:
+        rows = db.execute(
+            "SELECT app_id, SUM(units), SUM(messages) FROM usage_buckets"
+            " WHERE workspace_id = ? GROUP BY app_id ORDER BY app_id",
+            (WS,),
+        ).fetchall()
+        sessions = db.execute("SELECT app_id, messages FROM billing_sessions").fetchall()
+    finally:
+        db.close()
+    assert rows == [(SESS, 1, 1), (SESS1, 0, 0)]  # were messages 2 and 3
+    assert sessions == [(SESS, 1)]
