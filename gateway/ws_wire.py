@@ -26,7 +26,10 @@ time gets every message it was charged for; one that does not loses what its con
 still held (the kernel may still deliver it, unless the bot sends more after the close,
 which resets the connection): those messages stay charged, as handed to the bot's own
 connection (the gateway cannot tell what a bot read, only what its kernel took). A
-handler cancelled (the gateway stopping) closes its lingering socket at once.
+handler cancelled (the gateway stopping) closes its lingering socket at once. The head
+of a frame whose tail was discarded goes out too (it cannot be taken back from the
+kernel): a bot reading raw bytes may see the start of that refunded message, never its
+end (no WebSocket library delivers an unfinished frame).
 
 Over TLS the transport's count leaves out the ciphertext queued under it, so nothing
 exact can be said: such a connection is left as it is (:func:`unbuffered` is False) and
