@@ -153,9 +153,13 @@ class Meter:
         :mod:`meter.admission.reservations`). Call right after handing it to the socket."""
         if admission is None or self._confirmations is None:
             return
-        if isinstance(admission, Admissions):
-            for part in admission.parts:
-                self.forwarded(part)
+        if isinstance(admission, Admissions):  # one journal write for the batch
+            rids = [
+                p.decision.rid
+                for p in admission.parts
+                if p.decision is not None and p.decision.units and not p.decision.duplicate
+            ]
+            self._confirmations.forwarded_all(admission.app_id, rids)
             return
         dec = admission.decision
         if dec is not None and dec.units and not dec.duplicate:

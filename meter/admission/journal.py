@@ -37,6 +37,13 @@ class Journal:
         os.write(self._fd, data)
         self.size += len(data)
 
+    def append_all(self, lines: list[str]) -> None:
+        """Several lines in one ``write(2)``: a process killed after it lost none of
+        them, one killed before it wrote none (never part of a batch)."""
+        data = "".join(line + "\n" for line in lines).encode()
+        os.write(self._fd, data)
+        self.size += len(data)
+
     def sync(self) -> None:
         os.fsync(self._fd)
 

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -88,6 +88,18 @@ class Confirmations:
         member = f"{app_id}:{rid}"
         self._journal.append(f"{ws} {member}")
         self._pending.setdefault(ws, []).append(member)
+        self._schedule()
+
+    def forwarded_all(self, app_id: str, rids: Sequence[str]) -> None:
+        """:meth:`forwarded` for each of ``rids`` (one request, a batch of messages), in
+        one journal write: a process killed between two lines of a batch would leave the
+        rest, served, for the sweeper to refund."""
+        ws = keys.workspace_of(app_id)
+        if ws is None or not rids:
+            return
+        members = [f"{app_id}:{rid}" for rid in rids]
+        self._journal.append_all([f"{ws} {member}" for member in members])
+        self._pending.setdefault(ws, []).extend(members)
         self._schedule()
 
     def _schedule(self) -> None:

@@ -21,6 +21,8 @@ from config import Settings
 from gateway.appkeys import OWED
 from gateway.channels import MAX_BATCH
 from meter.accounts.seeding import seed
+from meter.admission.journal import Journal
+from meter.admission.reservations import JOURNAL_KIND as CONFIRM_KIND
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from meter.usage.flusher import Flusher
@@ -405,3 +407,32 @@ async def test_messages_not_served_leave_the_flushed_message_counts(world: World
         db.close()
     assert rows == [(SESS, 1, 1), (SESS1, 0, 0)]  # were messages 2 and 3
     assert sessions == [(SESS, 1)]
+
+
+async def test_a_batch_is_confirmed_forwarded_in_one_journal_write(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's charges are confirmed forwarded (the journal that keeps the sweeper from
+    refunding them after a crash) in one ``write(2)``: line by line, a process killed
+    between two writes left the rest, served, to be refunded."""
+    writes: list[int] = []  # lines in each write to a confirmations journal
+    append, append_all = Journal.append, getattr(Journal, "append_all", None)
+
+    def one(self: Journal, line: str) -> None:
+        if self.path.name.startswith(CONFIRM_KIND):
+            writes.append(1)
+        append(self, line)
+
+    def several(self: Journal, lines: list[str]) -> None:
+        if self.path.name.startswith(CONFIRM_KIND):
+            writes.append(len(lines))
+        assert append_all is not None
+        append_all(self, lines)
+
+    monkeypatch.setattr(Journal, "append", one)
+    monkeypatch.setattr(Journal, "append_all", several, raising=False)
+    body = delivery([msg(ALICE, "wamid.J1"), msg(BOB, "wamid.J2")], [msg(CAROL, "wamid.J3")])
+    assert (await world.post(body))[0] == 200
+    await world.state()  # the confirmations reached Redis
+    assert writes == [3]  # was [1, 1, 1]
+    assert await world.left() == FUNDS - 3 * PRICE
