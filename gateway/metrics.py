@@ -113,6 +113,12 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.settled_on_credit = Counter(
+            "creditgate_settled_on_credit_microdollars_total",
+            "Fail-open settlements the balances could not pay: micro-dollars taken from "
+            "the workspace's pool below zero (owed, covered by its next payment).",
+            registry=r,
+        )
         self.sessions_started = Counter(
             "creditgate_sessions_started_total", "Billing sessions opened.", registry=r
         )

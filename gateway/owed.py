@@ -8,8 +8,11 @@ Two lists, worked off by one background task with a back-off:
   debt carries its message's digest: a redelivery of it is charged once, another message
   under the same key (or one delivery too many) is charged as a message of its own. A debt
   whose app is unknown to Redis (e.g. Redis restarted empty and the projection is not
-  rebuilt yet) stays owed until it is; a debt Redis refuses (e.g. the credits ran out
-  meanwhile) is logged, and counted by Redis under its refusal reason.
+  rebuilt yet) stays owed until it is. A debt is charged whatever the app's settings
+  (suspension, licence, free credits denied: a later change does not undo the service)
+  and credit now: what the balances cannot pay is taken from the pool below zero (the
+  next payment covers it), logged and counted. A shadow-mode app's debt it cannot pay
+  is served uncharged, as shadow mode does.
 * **voids** (both modes): charges that may exist although the message was not served
   (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
 
@@ -263,6 +266,10 @@ class Owed:
                 self._metrics.charge(dec.free, dec.app, dec.pool)
                 if dec.new_session:
                     self._metrics.sessions_started.inc()
+            if dec.owed:
+                self._metrics.settled_on_credit.inc(dec.owed)
+                msg = "served message of app %s settled on credit: %d of %d micro-dollars owed"
+                log.warning(msg, d.app_id, dec.owed, dec.charged)
         else:
             log.warning(
                 "served message of app %s settled as refused (%s): not charged",

@@ -114,6 +114,12 @@ class Decision(NamedTuple):
         return REASONS.get(self.code)
 
     @property
+    def owed(self) -> int:
+        """A fail-open settlement the balances could not pay: the part of ``pool`` taken
+        on credit, below the balance (``admit.lua`` replies it in the retry slot)."""
+        return self.retry_after_ms if self.code == 0 else 0
+
+    @property
     def charged(self) -> int:
         """Money debited from the workspace's balances by this admission."""
         return self.free + self.app + self.pool

@@ -36,7 +36,9 @@
 --           token: unique per attempt, names the charge record a refund must match;
 --           kind "m" (channel message, billed by the product's unit) or "n" (notification);
 --           "M"/"N": the same, settled after a fail-open outage (ARGV[1] is then when it was
---           served): already served, so rate limits neither apply nor count it;
+--           served): already served, so rate limits neither apply nor count it, and
+--           neither suspension, licence, use_free nor credit refuse it (outside shadow
+--           mode): what the balances cannot pay is owed, the pool taken below zero;
 --           "c": a check (WebSocket upgrade): suspension, licence, the rate windows (read,
 --           not counted) and credit for one more unit (none inside the user's paid
 --           session), nothing charged, counted or recorded.
@@ -65,7 +67,9 @@
 --   bsid     the billing session's id, or ""
 --   amounts  0 when all are 0 (the common case), else
 --            "units,free,app,pool,invoiced,retry_after_ms" (micro-dollars, ms; the wait
---            of code 4 is at most the window plus one bucket, whatever the clock skew)
+--            of code 4 is at most the window plus one bucket, whatever the clock skew;
+--            an admitted settlement's last number is instead the part of its pool
+--            amount owed: taken on credit, below the balance)
 --   code: 0 admitted, 1 unknown_app, 2 app_suspended, 3 product_not_licensed,
 --         4 rate_limited, 5 usage_limit_reached, 6 credits_exhausted, 7 free_credits_expired,
 --         8 duplicate_delivery, 9 invalid (a malformed member; the others are decided)
@@ -106,6 +110,9 @@ local REFUND_TTL = ARGV[13]
 -- How long the record of a fail-open settlement (kind M/N) lives (admit_message.lua):
 -- max(IDEM_TTL, REFUND_TTL), made when first needed.
 local SETTLED_TTL
+-- What the admission being decided left owed (a settlement the balances could not pay,
+-- admit_rules.lua debit()): its reply's retry slot.
+local OWED = 0
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
 local FREE_KEYS, FREE_KEYS_WS -- ARGV[16], ARGV[17]: made when first needed
 local AT -- "\t@<bucket>", where a charge record notes it was counted: made when first needed

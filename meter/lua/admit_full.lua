@@ -57,10 +57,14 @@ local function seen_before(m, ik, seen)
   return redelivery(m, ik, seen)
 end
 
--- Suspension, licence and (unless settling) rate limits of a new message: the code (0 to
--- go on), the wait, the windows to count it in, and the code shadow mode counted instead.
+-- Suspension, licence and rate limits of a new message: the code (0 to go on), the wait,
+-- the windows to count it in, and the code shadow mode counted instead. A settlement
+-- (kind M/N) passes: it was served already (fail-open), under the settings of then; a
+-- suspension or licence change since does not take the service back, so it must not
+-- cancel the charge either.
 local function gate(m)
   local a = m.a
+  if m.settle and not a.shadow then return 0, 0, nil, 0 end
   local code, retry, rt = status_code(a, m.pr), 0, nil
   local shadowed = 0
   if code ~= 0 and a.shadow then shadowed, code = shadow(m.fkey, code), 0 end
@@ -74,13 +78,14 @@ end
 
 -- Take the unit's price (enterprise: count it in the period's usage): the charge as
 -- free, app, pool and invoiced amounts.
+-- A settlement (not in shadow mode) is never refused for want of credit: see debit().
 local function charge(m)
   if W.ent then
     local u = usage_of(m.a.product)
     u.add = u.add + 1
     return 0, 0, 0, m.price
   end
-  local free, app, pool = debit(m.a, m.price)
+  local free, app, pool = debit(m.a, m.price, m.settle and not m.a.shadow)
   return free, app, pool, 0
 end
 
@@ -111,6 +116,7 @@ end
 
 -- Everything but the short path: redeliveries, refusals, charges, new sessions.
 local function full(m)
+  OWED = 0
   local ik = m.ik
   local seen = redis.call('GET', ik)
   if not seen and m.old then
@@ -127,7 +133,9 @@ local function full(m)
     charged = S.charge
   end
   local free, app, pool, inv = 0, 0, 0, 0
-  if charged then
+  -- A settlement is charged whatever the credit (the message was served): what the
+  -- balances cannot pay is owed (debit()); an enterprise one counts past the limit.
+  if charged and not (m.settle and not a.shadow) then
     code = credit_code(a, m.pr, m.price)
     if code ~= 0 and a.shadow then
       -- Served although it could not be paid: nothing charged, no session opened.
@@ -143,7 +151,7 @@ local function full(m)
   local flags, units, bsid = 0, charged and 1 or 0, ''
   -- Only a charged unit shows the app can pay again; a message inside an already
   -- paid session does not (else app.inactive would be announced again and again).
-  if a.inactive and units > 0 then a.inactive, a.dirty = false, true end
+  if a.inactive and units > 0 and OWED == 0 then a.inactive, a.dirty = false, true end
   count_rate(rt)
   if S then
     write_session(S, a, charged and (free + app + pool + inv) or nil)
@@ -152,5 +160,6 @@ local function full(m)
   end
   tally(m.fkey, units, free, app, pool, inv)
   if units > 0 or m.idem ~= '' then record(m, units, bsid, free, app, pool, inv) end
-  result(0, units, free, app, pool, inv, 0, bsid, flags + 8 * shadowed)
+  -- A settlement's retry slot carries the part of its pool amount taken on credit.
+  result(0, units, free, app, pool, inv, OWED, bsid, flags + 8 * shadowed)
 end

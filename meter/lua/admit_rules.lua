@@ -98,9 +98,14 @@ local function redelivery(m, ik, seen)
     '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
   if not stok then cnt, sdig, sbsid, rest = 1, '', '', nil end
   cnt = tonumber(cnt)
-  local code, retry, rt = status_code(a, pr), 0, nil
-  if code == 0 and not m.settle then code, retry, rt = rate_check(m.app_id, a, pr) end
-  if code == 0 then code = credit_code(a, pr, m.price) end
+  local code, retry, rt = 0, 0, nil
+  -- A settlement was served already and charges nothing here: only the key's own rules
+  -- (deliveries, digest) apply.
+  if not m.settle then
+    code = status_code(a, pr)
+    if code == 0 then code, retry, rt = rate_check(m.app_id, a, pr) end
+    if code == 0 then code = credit_code(a, pr, m.price) end
+  end
   MAX_DELIVERIES = MAX_DELIVERIES or ARGV[14] + 0
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
   -- The same key with another message is not a redelivery.
@@ -145,7 +150,11 @@ end
 -- Debit one unit from what the app may use, free first (or paid first): free, app and
 -- pool amounts taken. A balance below zero (a payment given back, reverse.lua) gives
 -- nothing and takes nothing: credit_code counted it against the others.
-local function debit(a, price)
+-- settle: a fail-open settlement, served already, is paid whatever the app's settings
+-- now: what the app may use first, then free credits it may not use (use_free off), and
+-- what is still unpaid is owed: taken from the pool below zero (the next payment covers
+-- it), and noted in OWED for the reply.
+local function debit(a, price, settle)
   local usable_free = (a.use_free and free_valid) and W.free or 0
   local need = price
   local function take(avail)
@@ -158,6 +167,11 @@ local function debit(a, price)
     app = take(a.app); pool = take(W.pool); free = take(usable_free)
   else
     free = take(usable_free); app = take(a.app); pool = take(W.pool)
+  end
+  if settle and need > 0 then
+    if free_valid and not a.use_free then free = take(W.free) end
+    OWED = need
+    pool, need = pool + need, 0
   end
   W.free, a.app, W.pool, W.apps = W.free - free, a.app - app, W.pool - pool, W.apps - app
   if app ~= 0 then a.dirty = true end

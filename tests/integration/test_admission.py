@@ -418,6 +418,65 @@ async def test_settlement_charges_as_of_when_served_and_ignores_rate_limits(
     assert [(await adm.admit(w.apps[0], "web", f"n{i}")).reason for i in range(2)] == [None] * 2
 
 
+async def test_a_settlement_is_charged_whatever_the_app_s_settings_now(
+    single: RedisClient,
+) -> None:
+    """A tenant suspending its app, or denying it the free credits, after a fail-open
+    outage served its messages does not cancel their charges (they were served)."""
+    clock, cfg = Clock(), make_settings()
+    w = await seed(single, cfg, clock, free=10 * USD, products=("agent", "agent"))
+    adm = admitter(single, cfg, clock)
+    served = clock.now
+    clock.advance(60)
+    app_a, app_b = w.apps
+    await single.hset(keys.app_key(w.ws, app_a), "suspended", 1)
+    await single.hset(keys.app_key(w.ws, app_b), "use_free", 0)
+    ds = [
+        await adm.settle(app, "web", "u", "", kind="m", token=f"t{app}{i}", at=served)
+        for app in w.apps
+        for i in range(3)
+    ]
+    assert [(d.reason, d.units, d.free, d.owed) for d in ds] == [(None, 1, 20_000, 0)] * 6
+    assert (await projection.read_balances(single, w.ws)).free == 10 * USD - 6 * 20_000
+    # Fresh messages still obey the settings.
+    assert (await adm.admit(app_a, "web", "x")).reason == "app_suspended"
+    assert (await adm.admit(app_b, "web", "x")).reason == "credits_exhausted"
+
+
+async def test_a_settlement_the_balances_cannot_pay_is_owed_below_zero(
+    single: RedisClient,
+) -> None:
+    clock, cfg = Clock(), make_settings()
+    w = await seed(single, cfg, clock, pool=30_000, products=("agent",))
+    adm = admitter(single, cfg, clock)
+    ds = [
+        await adm.settle(w.apps[0], "web", "u", "", kind="m", token=f"t{i}", at=clock.now)
+        for i in range(3)
+    ]
+    assert [(d.reason, d.pool, d.owed) for d in ds] == [
+        (None, 20_000, 0),
+        (None, 20_000, 10_000),
+        (None, 20_000, 20_000),
+    ]
+    assert (await projection.read_balances(single, w.ws)).pool == 30_000 - 3 * 20_000
+    assert (await agg_totals(single, w.ws))["p"] == 3 * 20_000
+    assert (await adm.admit(w.apps[0], "web", "x")).reason == "credits_exhausted"
+
+
+async def test_an_enterprise_settlement_counts_past_the_licence(single: RedisClient) -> None:
+    clock, cfg = Clock(), make_settings()
+    lic = {"agent": projection.Licence(usage_limit=1, per_minute=100, per_hour=1000)}
+    w = await seed(single, cfg, clock, plan="enterprise", licences=lic, products=("agent",))
+    adm = admitter(single, cfg, clock)
+    assert (await adm.admit(w.apps[0], "web", "a")).admitted
+    ds = [
+        await adm.settle(w.apps[0], "web", "u", "", kind="m", token=f"t{i}", at=clock.now)
+        for i in range(2)
+    ]
+    assert [(d.reason, d.invoiced) for d in ds] == [(None, 20_000)] * 2
+    assert (await adm.admit(w.apps[0], "web", "x")).reason == "usage_limit_reached"
+
+
 async def test_settling_a_charge_that_did_land_takes_nothing_more(single: RedisClient) -> None:
     clock, cfg = Clock(), make_settings()
     w = await seed(single, cfg, clock, free=10 * USD, products=("agent",))

@@ -122,6 +122,51 @@ async def test_a_key_reused_for_other_messages_during_an_outage_buys_nothing(
             await fresh.aclose()
 
 
+async def test_an_app_suspended_and_broke_after_an_outage_pays_what_it_was_served(
+    redis_url: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Suspending the app as Redis comes back cancels nothing: every message served
+    during the outage is charged, what the balances cannot pay is owed below zero."""
+    settings = make_settings(redis_url, tmp_path, fail_mode="open", redis_timeout_s=0.3)
+    apps = {APP: {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}}
+    await seed(rclient, settings, WS, apps)
+    async with running_gateway(settings) as gw:
+        owed = gw.gateway.traffic[OWED]
+
+        async def send(user: str) -> int:
+            headers = {"X-Channel-User-Id": user}
+            async with http.post(f"{gw.url}/hooks/web/{APP}", headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await send("warm") == 200  # charged normally, caches the upstream
+        redis_server.kill()
+        try:
+            assert [await send(f"u{i}") for i in range(6)] == [200] * 6
+            assert len(owed.debts) == 6
+        finally:
+            redis_server.start()
+        fresh = connect(redis_url)
+        try:
+            # Back with the app suspended and 4 of the 6 messages' price left.
+            app = {**apps[APP], "funds": 4 * CENT, "suspended": True}
+            await seed(fresh, settings, WS, {APP: app})
+            assert await eventually(lambda: len(owed) == 0)
+            balances = await read_balances(fresh, WS)
+        finally:
+            await fresh.aclose()
+        assert (balances.app[APP], balances.pool) == (0, -2 * CENT)
+        async with http.get(f"{gw.admin_url}/metrics") as resp:
+            text = await resp.text()
+        assert f"creditgate_settled_on_credit_microdollars_total {2 * CENT}.0" in text
+        assert 'creditgate_charged_microdollars_total{pool="pool"} 20000.0' in text
+
+
 async def test_readyz_stays_ready_in_fail_open_but_not_in_fail_closed(
     redis_url: str, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
