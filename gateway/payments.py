@@ -2,8 +2,10 @@
 
 :class:`StripeProvider` creates checkout sessions with ``StripeClient`` over the
 library's asyncio HTTP client (on its own ``aiohttp`` session, so the event loop is
-never blocked) against ``stripe_api_base`` (tests point it at a local stand-in), and
-verifies the ``Stripe-Signature`` of webhook deliveries with
+never blocked) against ``stripe_api_base`` (tests point it at a local stand-in;
+:class:`~gateway.stripe_http.StripeHTTP`: a body that stalls or breaks off is a provider
+error like any network error, never a 500), and verifies the ``Stripe-Signature`` of
+webhook deliveries with
 ``stripe.Webhook.construct_event`` (timestamp tolerance ``stripe_webhook_tolerance_s``).
 The secret key and the webhook secret never reach a log line or an answer.
 """
@@ -21,6 +23,7 @@ from aiohttp import web
 
 from config import Settings
 from gateway.appkeys import SETTINGS
+from gateway.stripe_http import StripeHTTP
 from meter.accounts.payments import ProviderError, ProviderSession, SessionEvent, SessionRequest
 from meter.accounts.reversals import ReversalEvent
 
@@ -88,12 +91,11 @@ class StripeProvider:
         if key is None:
             raise ProviderError("the payment provider is not configured")
         if self._client is None:
-            timeout = aiohttp.ClientTimeout(total=self._settings.stripe_timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._session = aiohttp.ClientSession()
             self._client = stripe.StripeClient(
                 key.get_secret_value(),
                 base_addresses={"api": self._settings.stripe_api_base.rstrip("/")},
-                http_client=stripe.AIOHTTPClient(session=self._session, timeout=None),
+                http_client=StripeHTTP(self._session, self._settings.stripe_timeout_s),
                 max_network_retries=self._settings.stripe_max_network_retries,
             )
         return self._client

@@ -12,6 +12,7 @@ delivery exactly as Stripe signs one (``t=<unix time>,v1=<HMAC-SHA256 of
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -48,6 +49,31 @@ class StripeStandIn:
     key: str = SECRET_KEY  # the API key it accepts (``sk_live_`` for a live account)
     charges: dict[str, str | None] = field(default_factory=dict)  # more: charge -> intent
     charge_lookups: list[str] = field(default_factory=list)  # every charge asked for
+    # How the next requests misbehave (both routes): "stall_head" (no answer until
+    # ``release``), "stall_body" (a head and part of the body, then nothing until
+    # ``release``), "break_body" (part of the body, then the connection closed).
+    misbehave: str | None = None
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)  # a request is held
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def hostile(self, request: web.Request) -> web.StreamResponse | None:
+        """The answer ``misbehave`` gives (``None``: answer normally)."""
+        if self.misbehave == "stall_head":
+            self.stalled.set()
+            await self.release.wait()
+        if self.misbehave not in ("stall_body", "break_body"):
+            return None
+        resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                           "Content-Length": "500"})  # fmt: skip
+        await resp.prepare(request)
+        await resp.write(b'{"id": "')
+        if self.misbehave == "break_body":
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        self.stalled.set()
+        await self.release.wait()
+        return resp
 
     def session_for(self, checkout_id: str) -> dict[str, Any]:
         return next(
@@ -104,9 +130,11 @@ def settings_with_stripe(
 async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
     standin = StripeStandIn(key=key)
 
-    async def create(request: web.Request) -> web.Response:
+    async def create(request: web.Request) -> web.StreamResponse:
         form = {k: str(v) for k, v in (await request.post()).items()}
         standin.seen.append(Seen(form, dict(request.headers)))
+        if (bad := await standin.hostile(request)) is not None:
+            return bad
         if request.headers.get("Authorization") != f"Bearer {standin.key}":
             error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
             return web.json_response(error, status=401)
@@ -117,9 +145,11 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
         standin.sessions[session["id"]] = session
         return web.json_response(session)
 
-    async def charge(request: web.Request) -> web.Response:
+    async def charge(request: web.Request) -> web.StreamResponse:
         cid = request.match_info["charge"]
         standin.charge_lookups.append(cid)
+        if (bad := await standin.hostile(request)) is not None:
+            return bad
         if request.headers.get("Authorization") != f"Bearer {standin.key}":
             error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
             return web.json_response(error, status=401)
@@ -144,7 +174,10 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
     app.router.add_get("/v1/charges/{charge}", charge)
     async with serve(app) as url:
         standin.url = url
-        yield standin
+        try:
+            yield standin
+        finally:
+            standin.release.set()  # a held request ends before the server does
 
 
 def event(

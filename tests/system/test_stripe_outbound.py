@@ -1,0 +1,81 @@
+"""What the gateway does when Stripe's API misbehaves: it answers 502, records nothing.
+
+The stand-in Stripe (a real HTTP server on loopback, the official ``stripe`` library
+talking to it) stalls or breaks its answers on purpose. A dispute naming only its charge
+asks Stripe for that charge (``GET /v1/charges/{id}``); a checkout creates a session
+(``POST /v1/checkout/sessions``). Whatever Stripe does, the webhook answers 502
+``payment_provider_error`` and records nothing (Stripe redelivers), the checkout 502,
+never 500. Real admin application, redis-server and SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.adminkit import Admin
+from tests.support.settings import OPERATOR_TOKEN
+from tests.support.stripe_standin import StripeStandIn, disputed, signed
+from tests.system.test_payment_reversals import outcome, paid_funds
+from tests.system.test_payments import USD, deliver, paying
+
+INTENT = "pi_outbound1"
+CHARGE = "ch_outbound1"
+
+
+@asynccontextmanager
+async def funded(
+    tmp_path: Path, redis_url: str, **overrides: Any
+) -> AsyncIterator[tuple[Admin, StripeStandIn, str]]:
+    """A payment of 100.00 credited by hand under its payment intent (no Stripe call)."""
+    async with paying(f"sqlite:///{tmp_path}/s.db", redis_url, **overrides) as (admin, standin):
+        standin.charges[CHARGE] = INTENT
+        _, ws = await admin.owner_workspace()
+        await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN,
+                       {"amount": "100.00", "reference": INTENT})  # fmt: skip
+        yield admin, standin, ws
+
+
+def by_charge(dispute: str) -> bytes:
+    return disputed("charge.dispute.created", INTENT, dispute, 10000, "needs_response",
+                    payment_intent=None, charge=CHARGE)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["stall_body", "break_body"])
+async def test_an_answer_that_breaks_off_is_a_502_for_the_charge_lookup(
+    tmp_path: Path, redis_url: str, mode: str
+) -> None:
+    async with funded(tmp_path, redis_url, stripe_timeout_s=2.0, stripe_max_network_retries=0) as (
+        admin,
+        standin,
+        ws,
+    ):
+        standin.misbehave = mode
+        dispute = by_charge("dp_" + mode)
+        status, body = await deliver(admin, dispute, signed(dispute))
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        assert await paid_funds(admin, ws) == (100 * USD, {})  # nothing recorded
+        standin.misbehave = None
+        standin.release.set()
+        assert await outcome(admin, dispute) == "reversed"  # Stripe's redelivery
+        assert await paid_funds(admin, ws) == (0, {})
+
+
+@pytest.mark.parametrize("mode", ["stall_body", "break_body"])
+async def test_an_answer_that_breaks_off_is_a_502_for_a_checkout(
+    tmp_path: Path, redis_url: str, mode: str
+) -> None:
+    async with funded(tmp_path, redis_url, stripe_timeout_s=2.0, stripe_max_network_retries=0) as (
+        admin,
+        standin,
+        ws,
+    ):
+        token, ws = await admin.owner_workspace("payer")
+        standin.misbehave = mode
+        url = f"/v1/workspaces/{ws}/checkout"
+        status, body = await admin.api("POST", url, token, {"amount": "100.00"})
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
