@@ -150,14 +150,17 @@ class StripeProvider:
     async def charge_payment_intent(self, charge_id: str) -> str | None:
         """The payment intent of charge ``charge_id`` at the provider (a dispute that names
         only its charge), ``None`` when the charge has none or the provider knows no such
-        charge; :class:`ProviderError` when it could not be asked (the webhook answers
-        502 and the provider retries the delivery)."""
+        charge (404 ``resource_missing``); :class:`ProviderError` when it could not be
+        asked, any other 404 included (the webhook answers 502 and the provider retries
+        the delivery)."""
         if not CHARGE_ID.fullmatch(charge_id):
             return None
         try:
             charge = await self._stripe().v1.charges.retrieve_async(charge_id)
         except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404:
+            # Only Stripe's "no such charge" is an answer; any other 404 ("Unrecognized
+            # request URL": STRIPE_API_BASE is wrong) is a failure, retried by Stripe.
+            if exc.http_status == 404 and exc.code == "resource_missing":
                 return None
             log.warning("stripe: charge %s lookup refused: HTTP %s, request %s",
                         charge_id, exc.http_status, exc.request_id)  # fmt: skip

@@ -51,7 +51,8 @@ class StripeStandIn:
     charge_lookups: list[str] = field(default_factory=list)  # every charge asked for
     # How the next requests misbehave (both routes): "stall_head" (no answer until
     # ``release``), "stall_body" (a head and part of the body, then nothing until
-    # ``release``), "break_body" (part of the body, then the connection closed).
+    # ``release``), "break_body" (part of the body, then the connection closed),
+    # "unrecognized" (Stripe's 404 for a URL it has no route for).
     misbehave: str | None = None
     stalled: asyncio.Event = field(default_factory=asyncio.Event)  # a request is held
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -61,6 +62,11 @@ class StripeStandIn:
         if self.misbehave == "stall_head":
             self.stalled.set()
             await self.release.wait()
+        if self.misbehave == "unrecognized":
+            error = {"error": {"type": "invalid_request_error",
+                               "message": f"Unrecognized request URL ({request.method}: "
+                                          f"{request.path})."}}  # fmt: skip
+            return web.json_response(error, status=404)
         if self.misbehave not in ("stall_body", "break_body"):
             return None
         resp = web.StreamResponse(headers={"Content-Type": "application/json",

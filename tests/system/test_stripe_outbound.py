@@ -79,3 +79,21 @@ async def test_an_answer_that_breaks_off_is_a_502_for_a_checkout(
         url = f"/v1/workspaces/{ws}/checkout"
         status, body = await admin.api("POST", url, token, {"amount": "100.00"})
         assert (status, body["code"]) == (502, "payment_provider_error"), body
+
+
+async def test_only_no_such_charge_is_an_unknown_payment(tmp_path: Path, redis_url: str) -> None:
+    async with funded(tmp_path, redis_url) as (admin, standin, ws):
+        # Stripe's 404 for a URL it has no route for (STRIPE_API_BASE set wrong) is no
+        # answer about the charge: 502, the dispute is not dropped.
+        standin.misbehave = "unrecognized"
+        dispute = by_charge("dp_u")
+        status, body = await deliver(admin, dispute, signed(dispute))
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        assert await paid_funds(admin, ws) == (100 * USD, {})
+        # Its redelivery once Stripe answers takes the payment back.
+        standin.misbehave = None
+        assert await outcome(admin, dispute) == "reversed"
+        # No such charge (404 resource_missing) is an answer: unknown_payment.
+        unknown = disputed("charge.dispute.created", INTENT, "dp_n", 10000, "needs_response",
+                           payment_intent=None, charge="ch_nosuch")  # fmt: skip
+        assert await outcome(admin, unknown) == "unknown_payment"
