@@ -30,6 +30,7 @@ from meter.accounts.reversals import ReversalEvent
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"
 CHARGE_ID = re.compile(r"^(ch|py)_[A-Za-z0-9_]{1,200}$")
+LOOKUP_TIMEOUT_S = 5.0  # the charge lookup's one attempt (capped by stripe_timeout_s)
 
 
 class BadSignature(Exception):
@@ -77,6 +78,7 @@ class StripeProvider:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._client: stripe.StripeClient | None = None
+        self._lookup: stripe.StripeClient | None = None
 
     @property
     def can_checkout(self) -> bool:
@@ -86,19 +88,32 @@ class StripeProvider:
     def can_verify(self) -> bool:
         return self._settings.stripe_webhook_secret is not None
 
-    def _stripe(self) -> stripe.StripeClient:
+    def _stripe(self, lookup: bool = False) -> stripe.StripeClient:
+        """The client of checkouts (``stripe_timeout_s``, ``stripe_max_network_retries``)
+        or, ``lookup``, of the dispute's charge lookup: one attempt of at most
+        :data:`LOOKUP_TIMEOUT_S` (Stripe redelivers a webhook answered 502, so a stalled
+        Stripe holds a delivery seconds, not the ~61 s of three general attempts)."""
         key = self._settings.stripe_secret_key
         if key is None:
             raise ProviderError("the payment provider is not configured")
-        if self._client is None:
+        if self._session is None:
             self._session = aiohttp.ClientSession()
-            self._client = stripe.StripeClient(
+        client = self._lookup if lookup else self._client
+        if client is None:
+            timeout = self._settings.stripe_timeout_s
+            client = stripe.StripeClient(
                 key.get_secret_value(),
                 base_addresses={"api": self._settings.stripe_api_base.rstrip("/")},
-                http_client=StripeHTTP(self._session, self._settings.stripe_timeout_s),
-                max_network_retries=self._settings.stripe_max_network_retries,
+                http_client=StripeHTTP(
+                    self._session, min(timeout, LOOKUP_TIMEOUT_S) if lookup else timeout
+                ),
+                max_network_retries=0 if lookup else self._settings.stripe_max_network_retries,
             )
-        return self._client
+            if lookup:
+                self._lookup = client
+            else:
+                self._client = client
+        return client
 
     async def create_session(self, req: SessionRequest) -> ProviderSession:
         """A Checkout Session (mode ``payment``) for one line item of the amount."""
@@ -156,7 +171,7 @@ class StripeProvider:
         if not CHARGE_ID.fullmatch(charge_id):
             return None
         try:
-            charge = await self._stripe().v1.charges.retrieve_async(charge_id)
+            charge = await self._stripe(lookup=True).v1.charges.retrieve_async(charge_id)
         except stripe.InvalidRequestError as exc:
             # Only Stripe's "no such charge" is an answer; any other 404 ("Unrecognized
             # request URL": STRIPE_API_BASE is wrong) is a failure, retried by Stripe.
@@ -226,7 +241,7 @@ class StripeProvider:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-        self._session = self._client = None
+        self._session = self._client = self._lookup = None
 
 
 PAYMENTS = web.AppKey("payments", StripeProvider)

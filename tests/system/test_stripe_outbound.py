@@ -97,3 +97,18 @@ async def test_only_no_such_charge_is_an_unknown_payment(tmp_path: Path, redis_u
         unknown = disputed("charge.dispute.created", INTENT, "dp_n", 10000, "needs_response",
                            payment_intent=None, charge="ch_nosuch")  # fmt: skip
         assert await outcome(admin, unknown) == "unknown_payment"
+
+
+async def test_the_charge_lookup_is_one_short_attempt(tmp_path: Path, redis_url: str) -> None:
+    # Stripe stalls; checkouts may wait 30 s three times, the lookup tries once and
+    # gives up after its own short timeout (Stripe redelivers a delivery answered 502).
+    overrides = {"stripe_timeout_s": 30.0, "stripe_max_network_retries": 2}
+    async with funded(tmp_path, redis_url, **overrides) as (admin, standin, ws):
+        standin.misbehave = "stall_head"
+        dispute = by_charge("dp_s")
+        status, body = await deliver(admin, dispute, signed(dispute))
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        assert standin.stalled.is_set()
+        assert not standin.release.is_set()  # given up while Stripe still held it
+        assert standin.charge_lookups == [CHARGE]  # one attempt, no retry
+        assert await paid_funds(admin, ws) == (100 * USD, {})
