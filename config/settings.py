@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.fields import DAY, ChannelRule, EgressAllow, Micros, RefundOn, Seconds
 from config.layered import LayeredSources
-from config.urls import check_redis_url, check_store_url
+from config.urls import check_redis_url, check_store_url, check_stripe_api_base
 
 ENV_PREFIX = "CREDITGATE_"
 
@@ -259,8 +259,7 @@ class Settings(LayeredSources, BaseSettings):
             raise ValueError("refund_window_s must be at least 1.5 x upstream_connect_timeout_s")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
-        if not self.stripe_api_base.startswith(("https://", "http://")):
-            raise ValueError("stripe_api_base must be an http(s) URL")
+        check_stripe_api_base(self.stripe_api_base)  # https, or http to loopback
         return self
 
     @property

@@ -1,8 +1,9 @@
-"""Redis and store URLs: what forms are accepted, and how to show one (or any URL) without
-its secret."""
+"""Redis, store and Stripe URLs: what forms are accepted, and how to show one (or any URL)
+without its secret."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "unix://")
@@ -68,4 +69,29 @@ def check_redis_url(url: str) -> str:
     raise ValueError(
         f"{mask_url(url)!r} is not a Redis URL: use redis://host:6379/0, rediss://, "
         "redis+cluster://host:port or unix:///path"
+    )
+
+
+def _loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_stripe_api_base(url: str) -> str:
+    """``url`` if it is https (or http to a loopback host: a local stand-in), else
+    ValueError: the secret key goes in every request to it."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = urlsplit(""), ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and (host == "localhost" or _loopback_ip(host)):
+        return url
+    raise ValueError(
+        f"stripe_api_base {mask_url(url)!r} must be an https URL (http only to a loopback "
+        "host, a local stand-in): the secret key goes in every request"
     )

@@ -6,7 +6,9 @@ webhook answered 500, not 502) and left its connection unreleased. Here the whol
 exchange, body included, is one ``async with``: any aiohttp error or timeout becomes the
 library's ``APIConnectionError`` (a ``StripeError``: the provider's callers answer 502;
 the library retries it as a network error, up to the client's
-``max_network_retries``), and the connection is released whatever happens.
+``max_network_retries``), and the connection is released whatever happens. Redirects
+are never followed: a 3xx is an answer the library refuses (a provider error), so the
+secret key never goes to another address than ``stripe_api_base``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ class StripeHTTP(stripe.AIOHTTPClient):
     ) -> tuple[bytes, int, Mapping[str, str]]:
         try:
             async with self._cg_session.request(
-                method, url, headers=headers, data=post_data, timeout=self._cg_timeout
+                method,
+                url,
+                headers=headers,
+                data=post_data,
+                timeout=self._cg_timeout,
+                allow_redirects=False,  # a 3xx is an error answer: the key goes nowhere else
             ) as resp:
                 return await resp.read(), resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError) as exc:

@@ -52,8 +52,10 @@ class StripeStandIn:
     # How the next requests misbehave (both routes): "stall_head" (no answer until
     # ``release``), "stall_body" (a head and part of the body, then nothing until
     # ``release``), "break_body" (part of the body, then the connection closed),
-    # "unrecognized" (Stripe's 404 for a URL it has no route for).
+    # "unrecognized" (Stripe's 404 for a URL it has no route for), "redirect" (302 to
+    # ``redirect_to`` + the path).
     misbehave: str | None = None
+    redirect_to: str = ""
     stalled: asyncio.Event = field(default_factory=asyncio.Event)  # a request is held
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -62,6 +64,8 @@ class StripeStandIn:
         if self.misbehave == "stall_head":
             self.stalled.set()
             await self.release.wait()
+        if self.misbehave == "redirect":
+            raise web.HTTPFound(self.redirect_to + request.path_qs)
         if self.misbehave == "unrecognized":
             error = {"error": {"type": "invalid_request_error",
                                "message": f"Unrecognized request URL ({request.method}: "

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.support.adminkit import Admin
+from tests.support.bot import serve
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import StripeStandIn, disputed, signed
 from tests.system.test_payment_reversals import outcome, paid_funds
@@ -111,4 +113,26 @@ async def test_the_charge_lookup_is_one_short_attempt(tmp_path: Path, redis_url:
         assert standin.stalled.is_set()
         assert not standin.release.is_set()  # given up while Stripe still held it
         assert standin.charge_lookups == [CHARGE]  # one attempt, no retry
+        assert await paid_funds(admin, ws) == (100 * USD, {})
+
+
+async def test_a_redirect_is_not_followed(tmp_path: Path, redis_url: str) -> None:
+    elsewhere: list[str] = []
+
+    async def sink(request: web.Request) -> web.Response:
+        elsewhere.append(request.path)
+        return web.json_response({"id": CHARGE, "object": "charge", "payment_intent": INTENT})
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", sink)
+    async with serve(other) as url, funded(tmp_path, redis_url) as (admin, standin, ws):
+        token, mine = await admin.owner_workspace("payer")
+        standin.misbehave, standin.redirect_to = "redirect", url
+        dispute = by_charge("dp_r")
+        status, body = await deliver(admin, dispute, signed(dispute))
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        status, body = await admin.api("POST", f"/v1/workspaces/{mine}/checkout", token,
+                                       {"amount": "100.00"})  # fmt: skip
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        assert elsewhere == []  # nothing asked of (or trusted from) another address
         assert await paid_funds(admin, ws) == (100 * USD, {})

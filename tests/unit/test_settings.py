@@ -57,3 +57,23 @@ def test_tenant_quotas_default_to_20_workspaces_a_user_and_100_apps_a_workspace(
     for name in ("max_workspaces_per_user", "max_apps_per_workspace"):
         with pytest.raises(ValidationError, match=name):
             Settings(**{name: 0})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.stripe.com", "http://10.0.0.5:12111", "ftp://api.stripe.com", "https://",
+     "api.stripe.com", "http://127.0.0.1.evil.test", "http://[::1"],
+)  # fmt: skip
+def test_stripe_api_base_is_https_but_for_a_loopback_stand_in(url: str) -> None:
+    # The secret key goes in every request: never in clear text off the machine.
+    with pytest.raises(ValidationError, match=r"stripe_api_base .* must be an https URL"):
+        Settings(stripe_api_base=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.stripe.com", "https://stripe.internal:8443/", "http://127.0.0.1:12111",
+     "http://127.8.0.1", "http://localhost:9", "http://[::1]:9"],
+)  # fmt: skip
+def test_stripe_api_base_accepted(url: str) -> None:
+    assert Settings(stripe_api_base=url).stripe_api_base == url
