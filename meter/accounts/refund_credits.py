@@ -44,6 +44,14 @@ async def credit_back(d: Deps, actor: str, ws: Workspace, refund: str) -> Credit
             code="payment_not_credited",
             field="refund",
         )
+    if done.result == "refunded_since":
+        raise Conflict(
+            f"a refund of charge {f.charge} was recorded after refund {refund} failed: "
+            "perhaps the failed part refunded again (check Stripe's refunded total against "
+            "the payment's refund: transactions); not credited back",
+            code="refunded_after_failure",
+            field="refund",
+        )
     if done.result == "currency_mismatch":
         raise Conflict(f"refund {refund} is in {f.currency}, not usd", code="currency_mismatch")
     e = done.entry

@@ -17,6 +17,9 @@ and its amount is what that changes in what the payment's reversals take back
 (:func:`meter.store.reversals.taken_back`): never more than they took and was not given
 back yet, 0.00 when a dispute holds the funds anyway. A credit that moves money queues
 the owner notification ``funds.added`` (reason ``refund_failed``) in its transaction.
+It is refused (``refunded_since``) once a refund of the same charge was recorded after
+the failure came: that may be the failed part refunded again, which a repeated
+cumulative key leaves undebited, so a credit back could give the payer twice.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from meter.store.reversals import _claim, _entry, _reversals, taken_back
 PREFIX = "refund_failed:"
 _LEDGER = "id, workspace_id, app_id, kind, pool, amount, reference, created_at, detail"
 CreditResult = Literal["credited", "already", "unknown_refund", "unknown_payment",
-                       "other_workspace", "currency_mismatch"]  # fmt: skip
+                       "other_workspace", "currency_mismatch", "refunded_since"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,8 @@ class RefundFailures(StoreCore):
             for e in prior:
                 if e.reference == reference:
                     return CreditBack("already", failure, e)
+            if any(_refund_since(e, failure) for e in prior):
+                return CreditBack("refunded_since", failure)
             detail = {"cause": "refund_failed", "key": refund, "amount": failure.amount,
                       "credit": credit.reference, "payment_intent": failure.payment_intent,
                       "charge": failure.charge, "event_id": failure.event_id, "by": by}  # fmt: skip
@@ -146,6 +151,14 @@ class RefundFailures(StoreCore):
             if entry.amount > 0:
                 await insert_events(c, [_added_notice(entry, failure, credit)])
         return CreditBack("credited", failure, entry)
+
+
+def _refund_since(e: LedgerEntry, f: RefundFailure) -> bool:
+    """Whether ``e`` is a refund of ``f``'s charge recorded after ``f`` came: perhaps the
+    failed part refunded again, whose cumulative amount may repeat a key (so debit
+    nothing), and then a credit back would leave it undebited: the operator checks."""
+    return (e.detail.get("cause") == "refund" and e.detail.get("key") == f.charge
+            and e.created_at > f.received_at)  # fmt: skip
 
 
 def _added_notice(e: LedgerEntry, f: RefundFailure, credit: LedgerEntry) -> OutboxEvent:

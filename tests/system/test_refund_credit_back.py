@@ -22,6 +22,7 @@ from gateway.cli_commands import _reconcile
 from meter.accounts import projection, projection_check, rebuild
 from meter.accounts.deps import Deps
 from meter.usage.reconcile import reconcile
+from tests.support.clock import Clock
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, refund_updated, refunded
 from tests.system.test_payment_reversals import bought, outcome, paid_funds, reversals
@@ -146,3 +147,23 @@ async def test_a_crash_before_redis_is_completed_by_the_retry(
             admin.store, admin.redis, admin.settings, d.catalog, ws) == "rebuilt"  # fmt: skip
         assert (await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"}))[0] == 200
         assert await paid_funds(admin, ws) == (100 * USD, {})
+
+
+async def test_no_credit_back_once_the_charge_was_refunded_since(
+    store_url: str, redis_url: str
+) -> None:
+    clock = Clock.wall()
+    async with paying(store_url, redis_url, clock=clock) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        clock.advance(1)
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        clock.advance(1)
+        # The payer refunded again, 20.00: Stripe's cumulative 20, an earlier key's
+        # amount in other cases; crediting re_1 back now could leave it undebited.
+        assert await outcome(admin, refunded(pi, 2000, amount=10000)) == "already_reversed"
+        url = f"/v1/workspaces/{ws}/refund-credits"
+        st, body = await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
+        assert (st, body["code"]) == (409, "refunded_after_failure"), body
+        assert await paid_funds(admin, ws) == (70 * USD, {})
