@@ -101,6 +101,9 @@ log = logging.getLogger(__name__)
 # The bot's pick among the client's offers reaches the client before anything is charged:
 # at most log2(MAX_PROTOCOLS) bits of a free answer per handshake (see the module).
 MAX_PROTOCOLS = 8
+# How long the bot may take to answer the gateway's close (aiohttp's own wait restarted at
+# each of its messages), at most the send deadline: past it its connection is dropped.
+CLOSE_ANSWER_S = 10.0
 _TOKEN = frozenset({TOKEN_PARAM})
 _SIGNED = _TOKEN | {"user"}
 
@@ -243,7 +246,8 @@ async def proxy_websocket(
             sockets.open.discard(client)
         code = sendable(code)
         if not upstream.closed:
-            await upstream.close(code=1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code)
+            bot_code = 1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code
+            await linger.close(upstream, bot_code, min(send_s, CLOSE_ANSWER_S))
         if not client.closed:
             await client.close(code=code, message=reason.encode()[:123])
     finally:

@@ -17,19 +17,19 @@ aiohttp has no public way to do any of this: its writer (``_writer``: ``transpor
 "The kernel delivers it" holds only if the connection is never reset: Linux answers
 ``close()`` with a reset when input is left unread on the socket (a bot that sends while
 it stops reading), and a reset throws away the kernel's whole send queue, messages long
-charged included. So a connection is dropped by :class:`Linger`: the transport's buffer
-is discarded (the transport aborted) while a duplicate of its socket keeps the
-connection open; the socket is half-closed at once (what the kernel holds goes out, then
-the end of the stream), and what the bot sends is read and discarded until it ends its
-side or ``ws_linger_s`` passes, and only then closed. A bot that reads again within that
-time gets every message it was charged for; one that does not loses what its connection
-still held (the kernel may still deliver it, unless the bot sends more after the close,
-which resets the connection): those messages stay charged, as handed to the bot's own
-connection (the gateway cannot tell what a bot read, only what its kernel took). A
-handler cancelled (the gateway stopping) closes its lingering socket at once. The head
-of a frame whose tail was discarded goes out too (it cannot be taken back from the
-kernel): a bot reading raw bytes may see the start of that refunded message, never its
-end (no WebSocket library delivers an unfinished frame).
+charged included. So a connection is dropped (or closed without the bot's answer) by
+:class:`Linger`: the transport's buffer is discarded (the transport aborted) while a
+duplicate of its socket keeps the connection open; the socket is half-closed at once
+(what the kernel holds goes out, then the end of the stream), and what the bot sends is
+read and discarded until it ends its side or ``ws_linger_s`` passes, and only then
+closed. A bot that reads again within that time gets every message it was charged for;
+one that does not loses what its connection still held (the kernel may still deliver it,
+unless the bot sends more after the close, which resets the connection): those messages
+stay charged, as handed to the bot's own connection (the gateway cannot tell what a bot
+read, only what its kernel took). A handler cancelled (the gateway stopping) closes its
+lingering socket at once. The head of a frame whose tail was discarded goes out too (it
+cannot be taken back from the kernel): a bot reading raw bytes may see the start of that
+refunded message, never its end (no WebSocket library delivers an unfinished frame).
 
 Over TLS the transport's count leaves out the ciphertext queued under it, so nothing
 exact can be said: such a connection is left as it is (:func:`unbuffered` is False) and
@@ -48,6 +48,7 @@ import aiohttp
 
 # aiohttp's own default for the writer's drain check (its DEFAULT_CHUNK_SIZE).
 _WRITER_LIMIT = 2**16
+_ABNORMAL = 1006  # aiohttp's close code for a close the bot never answered
 
 
 def _writer(upstream: aiohttp.ClientWebSocketResponse) -> Any:
@@ -108,26 +109,57 @@ def abort(upstream: aiohttp.ClientWebSocketResponse) -> None:
 
 
 class Linger:
-    """Drops one bot connection (see the module): the transport's buffer discarded, the
-    kernel's send queue delivered, the connection closed once the bot ends its side or
-    ``bound_s`` passed (:meth:`finish` waits for that)."""
+    """Ends one bot connection (see the module), dropped (:meth:`drop`) or closed
+    (:meth:`close`): the transport's buffer discarded, the kernel's send queue delivered,
+    the connection closed once the bot ends its side or ``bound_s`` passed
+    (:meth:`finish` waits for that)."""
 
     def __init__(self, bound_s: float) -> None:
         self.bound_s = bound_s
         self._task: asyncio.Task[None] | None = None
 
     def drop(self, upstream: aiohttp.ClientWebSocketResponse) -> None:
+        self._end(upstream, self._duplicate(upstream), linger=True)
+
+    async def close(
+        self, upstream: aiohttp.ClientWebSocketResponse, code: int, within_s: float
+    ) -> None:
+        """A close frame, the bot's answer awaited at most ``within_s`` (aiohttp's own
+        wait restarts at every other message the bot sends); unanswered (a bot that
+        does not read), the connection is then dropped as by :meth:`drop`."""
+        kept = self._duplicate(upstream)  # before aiohttp closes its descriptor
+        try:
+            async with asyncio.timeout(within_s):
+                await upstream.close(code=code)
+        except TimeoutError:
+            pass
+        except BaseException:
+            if kept is not None:
+                kept.close()
+            raise
+        self._end(upstream, kept, linger=upstream.close_code in (None, _ABNORMAL))
+
+    def _duplicate(self, upstream: aiohttp.ClientWebSocketResponse) -> socket.socket | None:
         transport = _transport(upstream)
-        kept = None
-        if self._task is None and transport.get_extra_info("sslcontext") is None:
-            with contextlib.suppress(OSError, AttributeError):
-                kept = transport.get_extra_info("socket").dup()
-        transport.abort()  # closes the transport's descriptor: the duplicate holds on
+        if self._task is not None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        with contextlib.suppress(OSError, AttributeError):
+            return transport.get_extra_info("socket").dup()  # type: ignore[no-any-return]
+        return None
+
+    def _end(
+        self, upstream: aiohttp.ClientWebSocketResponse, kept: socket.socket | None, linger: bool
+    ) -> None:
+        # Closes the transport's descriptor (the duplicate holds on), discarding what is
+        # left in its buffer: a frame's tail, a close frame a bot that does not read.
+        _transport(upstream).abort()
         if kept is None:
             return
         try:
+            if not linger:  # the bot answered the close: it read everything before it
+                raise OSError
             kept.shutdown(socket.SHUT_WR)  # after what the kernel holds: the end of stream
-        except OSError:  # reset or never connected: nothing left to deliver
+        except OSError:  # or reset, never connected: nothing left to deliver
             kept.close()
             return
         self._task = asyncio.get_running_loop().create_task(self._linger(kept))

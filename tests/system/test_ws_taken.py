@@ -453,3 +453,53 @@ async def test_a_pong_the_bot_does_not_take_ends_the_socket(
                 "upstream_timeout",
             )
         assert (await read_balances(rclient, WS)).app[APP] == FUNDS  # nothing charged
+
+
+async def test_a_bot_that_talks_without_reading_gets_every_message_at_a_close(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client closes (no send stalled): the bot never answers the close, and
+    aiohttp's close of its connection, with the bot's input unread, was a reset."""
+    funds = 1_000_000 * CENT
+    settings = make_settings(
+        redis_url,
+        tmp_path,
+        upstream_connect_timeout_s=1.0,
+        refund_window_s=2 * SEND_S,  # the close's answer waited for at most SEND_S
+        ws_linger_s=60.0,  # a bound for a hang only: the bot reads to its end before it
+    )
+    bots: list[aiohttp.ClientWebSocketResponse] = []
+    send_bytes = aiohttp.ClientWebSocketResponse.send_bytes
+
+    async def seen(self: aiohttp.ClientWebSocketResponse, data: bytes, **kw: Any) -> None:
+        bots.append(self)
+        await send_bytes(self, data, **kw)
+
+    monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_bytes", seen)
+    async with ChattyBot() as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            try:
+                for _ in range(200):
+                    await ws.send_bytes(b"Q" * 20)
+                assert await eventually(lambda: len(bots) == 400)  # ours and the gateway's
+                upstream = next(b for b in bots if b is not ws)
+                await ws.close()
+                # The gateway closed the bot's connection (its close never answered).
+                assert await eventually(upstream._writer.transport.is_closing, within_s=60)
+                bot.read.set()
+                await asyncio.wait_for(bot.done.wait(), 60)
+            finally:
+                bot.read.set()
+            assert await _settled(rclient)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged == 200
+            assert len(bot.got) == charged
