@@ -1,6 +1,7 @@
 """Admin-port probes: ``/healthz`` (alive), ``/readyz`` (Redis, and the store if wired,
 answer, and Redis may not evict keys; the store's schema version is reported and must
-not be behind the code's) and ``/metrics`` (Prometheus text).
+not be behind the code's; the metering clock has synced to Redis's, ``clock``) and
+``/metrics`` (Prometheus text).
 
 ``/readyz`` checks through connections of its own (:class:`Probes`): on the admin's
 pools a probe would wait behind the flusher and admin queries for a connection, time
@@ -21,10 +22,11 @@ from aiohttp import web
 
 from config import Settings
 from config.urls import sqlite_path
-from gateway.appkeys import METRICS, SETTINGS, STORE
+from gateway.appkeys import CLOCK, METRICS, SETTINGS, STORE
 from gateway.metrics import CONTENT_TYPE, exposition
 from gateway.problems import problem_response
 from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.clock import RedisClock
 from meter.redis_layer.eviction import eviction_problem
 from meter.store import Store, open_store
 from meter.store.schema import latest_version
@@ -121,6 +123,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     checks, extra = await app[PROBES].check()
+    clock = app.get(CLOCK)
+    if isinstance(clock, RedisClock):  # stamps nothing before its first sync
+        checks = {**checks, "clock": "ok" if clock.synced else "error: not synced to redis TIME"}
     if all(v == "ok" for v in checks.values()):
         return web.json_response({"status": "ready", "checks": checks, **extra})
     # Fail-open serves without Redis (and settles later): taking every replica out of

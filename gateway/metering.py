@@ -14,8 +14,9 @@ from typing import Literal, NamedTuple
 
 from redis.exceptions import RedisError
 
+from gateway.debts import Debt
 from gateway.metrics import Metrics
-from gateway.owed import Debt, Owed
+from gateway.owed import Owed
 from gateway.problems import Refused, metering_unavailable
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision, MessageKind
@@ -89,7 +90,9 @@ class Meter:
             self._metrics.redis_errors.inc()
             if self._fail_open:
                 at = self._admitter.clock()
-                debt = Debt(app_id, channel, user, key, token, kind, at, digest)
+                # Before the clock's first sync "at" is the host's: settled by Redis's.
+                host = not self._admitter.synced
+                debt = Debt(app_id, channel, user, key, token, kind, at, digest, host)
                 if self._owed.owe(debt):
                     return Admission(app_id, None, debt)
             elif exc.ambiguous:
@@ -191,7 +194,7 @@ class Meter:
         try:
             if await asyncio.wait_for(self._admitter.refund(admission.app_id, dec), self._timeout):
                 self._metrics.refunds.inc()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError, MeteringUnavailable) as exc:
             log.warning("refund of %s deferred: %r", dec.token, exc)
             self._metrics.redis_errors.inc()
             self._owed.void_later(admission.app_id, dec.rid, dec.token)

@@ -38,14 +38,14 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import orjson
 from redis.exceptions import RedisError
 
+from gateway.debts import Debt, Void, journal_line
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
-from meter.admission.decision import Decision, MessageKind
+from meter.admission.decision import Decision
 from meter.admission.journal import Journal, take_over_dead
 from meter.errors import MeteringUnavailable
 from meter.redis_layer.keys import record_id
@@ -55,23 +55,6 @@ _UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
 
 
 JOURNAL_KIND = "owed"
-
-
-class Debt(NamedTuple):
-    app_id: str
-    channel: str
-    user: str
-    key: str
-    token: str
-    kind: MessageKind
-    at: float  # when it was served: settled as of then
-    digest: str = ""  # a keyed message's fingerprint (journals of before it lack one)
-
-
-class Void(NamedTuple):
-    app_id: str
-    rid: str  # charge record id
-    token: str
 
 
 class Owed:
@@ -111,7 +94,7 @@ class Owed:
         """Remember a served message; False when the list is full (refuse it instead)."""
         if len(self.debts) >= self._limit:
             return False
-        self._log("D", orjson.dumps(list(debt)).decode())
+        self._log("D", journal_line(debt))
         self.debts.append(debt)
         self._changed()
         return True
@@ -179,7 +162,7 @@ class Owed:
                     elif kind == "v":
                         voids.pop(text, None)
             for d in debts.values():
-                self._log("D", orjson.dumps(list(d)).decode())
+                self._log("D", journal_line(d))
                 self.debts.append(d)
             for v in voids.values():
                 self._log("V", orjson.dumps(list(v)).decode())
@@ -280,7 +263,9 @@ class Owed:
 
     async def _settle_as(self, d: Debt, key: str) -> Decision:
         args, digest = (d.app_id, d.channel, d.user, key), d.digest if key else ""
-        call = self._admitter.settle(*args, kind=d.kind, token=d.token, at=d.at, digest=digest)
+        call = self._admitter.settle(
+            *args, kind=d.kind, token=d.token, at=d.at, digest=digest, host=d.host
+        )
         return await asyncio.wait_for(call, self._timeout)
 
     async def close(self, grace_s: float) -> None:

@@ -30,6 +30,7 @@ from meter.accounts.deps import Deps
 from meter.errors import (
     NotFound,
 )
+from meter.redis_layer.clock import clock_ready
 from meter.store import App, Workspace
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handle(request: web.Request) -> web.StreamResponse:
         d = deps(request)
+        # Best effort: before the clock's first sync, a sync if Redis answers (what the
+        # call writes to Redis is then stamped with Redis's clock, not the host's).
+        await clock_ready(d.clock, d.redis, d.settings.redis_timeout_s)
         auth = request.headers.get("Authorization")
         # The console's session cookie (gateway.console.session.cookie_auth) stands in
         # for a bearer token when no Authorization header came.

@@ -44,6 +44,7 @@ from meter.accounts.deps import Deps, announce
 from meter.accounts.reversals import apply_reversal
 from meter.accounts.workspaces import project_workspace
 from meter.redis_layer import keys
+from meter.redis_layer.clock import clock_ready
 from meter.redis_layer.keys import F_MARKED
 from meter.store import App, AppChannel, LedgerEntry, Workspace
 from meter.store.models import REVERSAL_KINDS
@@ -206,6 +207,8 @@ async def run(
     """Check every workspace of the store every ``interval_s`` until ``stop``."""
     while not stop.is_set():
         try:
+            if not await clock_ready(d.clock, d.redis, d.settings.redis_timeout_s):
+                raise RedisError("metering clock not synced to redis TIME yet")
             by_app: dict[str, list[AppChannel]] = {}
             for ch in await d.store.list_app_channels():
                 by_app.setdefault(ch.app_id, []).append(ch)

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from redis.typing import EncodableT
 
 from config import Settings
-from meter.admission.calls import AdmitCalls
+from meter.admission.calls import AdmitCalls, Batch
 from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
 from meter.admission.targets import Targets
-from meter.admission.wire import AdmitArgs, Pending, encode_args
+from meter.admission.wire import AdmitArgs, Pending, encode_args, fail
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.clock import RedisClock
 from meter.timestamps import Clock
 
 
@@ -42,6 +43,10 @@ class Admitter:
     ) -> None:
         """``on_batch`` is told the size of every ``admit.lua`` call (for metrics)."""
         self._clock = clock
+        self._client = client
+        # Awaited before a call while it is not synced (never stamp with the local clock).
+        self._redis_clock = clock if isinstance(clock, RedisClock) else None
+        self._syncs: set[asyncio.Task[None]] = set()
         self._calls = AdmitCalls(client, settings, on_batch)
         self._refunds = Refunds(client, settings, clock)
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
@@ -154,7 +159,27 @@ class Admitter:
                     break
             self._queued -= total
             self._inflight += 1
-            self._calls.send(self._clock(), send, self._call_done)
+            rc = self._redis_clock
+            if rc is None or rc.synced:
+                self._calls.send(self._clock(), send, self._call_done)
+            else:
+                task = asyncio.get_running_loop().create_task(self._send_synced(rc, send))
+                self._syncs.add(task)
+                task.add_done_callback(self._syncs.discard)
+
+    async def _send_synced(self, clock: RedisClock, send: Batch) -> None:
+        """``send`` once ``clock`` reads as Redis's (its admissions would otherwise be
+        stamped with the local clock); not synced: :class:`MeteringUnavailable`."""
+        try:
+            await clock.ensure_synced(self._client, self._timeout)
+        except BaseException as exc:
+            for _, chunk in send:
+                fail(chunk, exc, ambiguous=False)
+            self._call_done()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._calls.send(self._clock(), send, self._call_done)
 
     def _call_done(self) -> None:
         self._inflight -= 1
@@ -175,16 +200,22 @@ class Admitter:
         token: str,
         at: float,
         digest: str = "",
+        host: bool = False,
     ) -> Decision:
         """Charge a message served while Redis was down (fail-open), as of ``at``.
 
         Decided at the time it was served (same billing session, same bucket) and outside
         the rate limits (it was served already). The original ``token`` makes a charge
-        that did land before the outage a duplicate, so nothing is taken twice.
+        that did land before the outage a duplicate, so nothing is taken twice. ``host``:
+        ``at`` is the local wall clock's (served before the clock's first sync), moved to
+        Redis's clock by the offset measured now.
         """
         ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
             return unknown_app(key, token)
+        if host and (rc := self._redis_clock) is not None:
+            await rc.ensure_synced(self._client, self._timeout)
+            at += rc.local_offset
         head = self.argv_head(at)
         arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).settled().encode()
         loop = asyncio.get_running_loop()
@@ -197,6 +228,12 @@ class Admitter:
     def clock(self) -> Clock:
         """The clock admissions are stamped with."""
         return self._clock
+
+    @property
+    def synced(self) -> bool:
+        """False while the clock is a :class:`RedisClock` not synced yet (reads the local
+        wall clock)."""
+        return self._redis_clock is None or self._redis_clock.synced
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
         """One delivery of a message was not served: reverse its charge once none was or

@@ -9,6 +9,7 @@ from meter.admission.decision import Decision
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.clock import RedisClock
 from meter.redis_layer.scripts import register, run
 
 
@@ -18,6 +19,8 @@ class Refunds:
     def __init__(self, client: RedisClient, settings: Settings, clock: Callable[[], float]):
         self._client = client
         self._clock = clock
+        self._redis_clock = clock if isinstance(clock, RedisClock) else None
+        self._timeout = settings.redis_timeout_s
         self._refund = register(client, "refund")
         self._bucket_s = settings.flush_bucket_s
         self._block_ms = int(settings.session_block_s * 1000)
@@ -67,6 +70,9 @@ class Refunds:
         ws = keys.workspace_of(app_id)
         if ws is None:
             return False
+        rc = self._redis_clock
+        if rc is not None and not rc.synced:  # never stamped with the local clock
+            await rc.ensure_synced(self._client, self._timeout)
         now = self._clock()
         res = await run(
             self._refund,

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from meter.admission.journal import Journal, take_over_dead
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.clock import ANSWER_MAX_S, clock_ready
 from meter.redis_layer.pipe import OnReply, RedisPipe
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,12 @@ class Sweeper:
         self.refunded = 0
 
     async def sweep_once(self) -> int:
-        """One pass over every workspace; the number of messages refunded."""
+        """One pass over every workspace; the number of messages refunded (none before
+        the clock's first sync: a local clock ahead would refund messages in flight)."""
         n = 0
+        if not await clock_ready(self._clock, self._client, ANSWER_MAX_S):
+            log.warning("sweeper: skipped until the metering clock follows redis")
+            return 0
         now_ms = int(self._clock() * 1000)
         for ws in await self._workspaces():
             while True:

@@ -19,9 +19,18 @@ Redis ``TIME`` at start-up and every ``CLOCK_SYNC_S``.
   per-shard clocks would add nothing but a clock per call's workspace. After a failover
   every process follows the new primary's clock at its next sync.
 * **Timer**: ``time.monotonic``: a step of the local wall clock (NTP, an operator)
-  changes no stamp. The local wall clock is the fallback until a sync succeeds (Redis
-  down at start-up: logged, retried every :data:`RETRY_S`); once synced, Redis being down
-  keeps the last offset.
+  changes no stamp. Once synced, Redis being down keeps the last offset.
+* **Nothing stamped before the first sync**: until a sync succeeds (Redis down at
+  start-up: logged, retried every :data:`RETRY_S`) readings are the local wall clock,
+  which may be hours off Redis's: a stamp taken then and written once Redis answers
+  would lapse free credits early (or spend them late), misplace reservation deadlines,
+  rate windows and flush buckets. So whatever stamps a write first awaits
+  :meth:`RedisClock.ensure_synced` (a plain attribute test once synced): the admitter
+  per call while unsynced (failure: the call's admissions are ``MeteringUnavailable``,
+  as for Redis down), refunds, fail-open settlement (a debt served unsynced is moved by
+  the offset then measured), the admin API (best effort); the sweeper, the flusher and
+  the projection check skip their passes (:func:`clock_ready`); ``/readyz`` reports the
+  clock.
 * **Never back by a jitter**: a sync that would move readings back by up to
   :data:`MAX_BACK_S` holds them at the last reading until the timer catches up, so one
   process's stamps never go back. A larger step back is Redis's own clock stepping (a
@@ -42,6 +51,7 @@ from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import RedisCluster
 
+from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.timestamps import Clock
@@ -87,6 +97,7 @@ class RedisClock:
         self.error_s = float("inf")  # at most this far from Redis's clock (half a round trip)
         self._failing = False
         self._warned: float | None = None
+        self._syncing: asyncio.Future[bool] | None = None  # ensure_synced's attempt
 
     def __call__(self) -> float:
         now = self._timer() + self._offset
@@ -96,6 +107,22 @@ class RedisClock:
     def local_offset(self) -> float:
         """Seconds Redis's clock is ahead of the local wall clock (as last measured)."""
         return self._timer() + self._offset - self._local()
+
+    async def ensure_synced(self, client: RedisClient, answer_s: float) -> None:
+        """Return once readings are Redis's clock: nothing once synced, else one sync
+        attempt (shared by every caller meanwhile); raises :class:`MeteringUnavailable`
+        when it fails, so nothing is stamped with the local clock (see the module's doc)."""
+        if self.synced:
+            return
+        attempt = self._syncing
+        if attempt is None:
+            attempt = self._syncing = asyncio.ensure_future(self.sync(client, answer_s))
+            attempt.add_done_callback(self._attempted)
+        if not await asyncio.shield(attempt) and not self.synced:
+            raise MeteringUnavailable("metering clock not synced to redis TIME", ambiguous=False)
+
+    def _attempted(self, _: object) -> None:
+        self._syncing = None
 
     async def sync(self, client: RedisClient, answer_s: float) -> bool:
         """Measure the offset to Redis's clock and follow it; False if Redis did not answer
@@ -132,7 +159,7 @@ class RedisClock:
 
     def follow(self, offset: float) -> None:
         """Read as ``timer() + offset`` from now on (a jitter step back held, see above)."""
-        held = self()  # the latest reading so far
+        held = max(self._timer() + self._offset, self._floor)  # the latest reading so far
         self._offset = offset
         back = held - (self._timer() + offset)
         if back > MAX_BACK_S:
@@ -163,6 +190,18 @@ class RedisClock:
         while True:
             await asyncio.sleep(interval if ok else min(interval, RETRY_S))
             ok = await self.sync(client, answer_s)
+
+
+async def clock_ready(clock: object, client: RedisClient, answer_s: float) -> bool:
+    """Whether ``clock`` may stamp now: any clock but an unsynced :class:`RedisClock`,
+    which is synced first if Redis answers (for periodic passes, skipped until then)."""
+    if not isinstance(clock, RedisClock) or clock.synced:
+        return True
+    try:
+        await clock.ensure_synced(client, answer_s)
+    except MeteringUnavailable:
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager

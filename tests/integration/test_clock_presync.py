@@ -1,0 +1,180 @@
+"""Nothing is stamped with the host clock before the metering clock's first sync
+(meter/redis_layer/clock.py): a gateway whose host clock is 2 h ahead of Redis's, started
+while Redis is down, must not lapse free credits that Redis's clock says are still valid
+once Redis answers (admissions, fail-open settlement), the sweeper must not refund a
+reservation not yet due, and /readyz reports the clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.appkeys import OWED
+from meter.accounts.seeding import seed
+from meter.admission.reservations import Sweeper
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient, connect
+from meter.redis_layer.clock import RedisClock, redis_time
+from tests.support.bot import Bot, eventually, post_message, running_gateway
+from tests.support.metering import new_ws_id
+from tests.support.servers import RedisServer
+from tests.support.servers.redis_server import start_redis
+from tests.support.settings import make_settings
+
+USD = 1_000_000
+AHEAD_S = 7200.0  # the host's clock is 2 h ahead of Redis's
+MARGIN_S = 0.002  # float rounding of seconds near 1.8e9 and TIME's microseconds
+
+
+class Recording(RedisClock):
+    """A RedisClock on a host 2 h ahead that keeps every reading it gives."""
+
+    def __init__(self) -> None:
+        super().__init__(local=lambda: time.time() + AHEAD_S)
+        self.readings: list[float] = []
+
+    def __call__(self) -> float:
+        now = super().__call__()
+        self.readings.append(now)
+        return now
+
+
+async def _seed_then_stop(tmp_path: Path, bot_url: str) -> tuple[RedisServer, str, int]:
+    """A Redis holding a workspace whose 5 USD of free credits are valid 1 more hour by
+    Redis's clock, saved and stopped: (server, app id, free_exp)."""
+    server = start_redis(tmp_path / "r")
+    settings = make_settings(server.url, tmp_path)
+    rc = connect(server.url)
+    ws = new_ws_id()
+    app = f"{ws}_app1"
+    free_exp = int((await redis_time(rc) + 3600) * 1000)
+    await seed(
+        rc,
+        settings,
+        ws,
+        {app: {"product": "automation", "upstream_url": bot_url}},
+        free=5 * USD,
+        free_expires_ms=free_exp,
+        pool=100 * USD,
+    )
+    await rc.aclose()
+    server.command("SAVE")
+    server.stop()
+    return server, app, free_exp
+
+
+async def _free_credits(url: str, app: str) -> tuple[int, int, int]:
+    """(free, free_exp, lapsed) of ``app``'s workspace."""
+    c = connect(url)
+    try:
+        ws = keys.workspace_of(app)
+        assert ws is not None
+        raw = await c.hmget(keys.ws_key(ws), ["free", "free_exp", "lapsed"])
+        return int(raw[0] or 0), int(raw[1] or 0), int(raw[2] or 0)
+    finally:
+        await c.aclose()
+
+
+async def test_first_admission_after_redis_returns_is_stamped_by_redis(
+    tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """Fail closed. Before: the first messages once Redis answered were admitted before
+    the clock's retry synced it, stamped 2 h ahead: the free credits lapsed for good."""
+    server, app, free_exp = await _seed_then_stop(tmp_path, bot_url=bot.url)
+    settings = make_settings(server.url, tmp_path)
+    clock = Recording()
+    async with running_gateway(settings, clock=clock) as gw:
+        url = f"{gw.url}/hooks/web/{app}"
+        assert await post_message(http, url, "u0") == 503
+        async with http.get(f"{gw.admin_url}/readyz") as r:
+            assert r.status == 503
+            assert (await r.json())["checks"]["clock"].startswith("error")
+        restarted = RedisServer(port=server.port, workdir=tmp_path / "r").start()
+        c = connect(restarted.url)
+        try:
+            clock.readings.clear()
+            before = await redis_time(c)
+            while (status := await post_message(http, url, "u0")) == 503:
+                pass
+            after = await redis_time(c)
+            assert status == 200
+            assert clock.readings, "the admission was stamped"
+            assert clock.synced
+            err = clock.error_s + MARGIN_S  # within the sync's error of Redis TIME
+            assert all(before - err <= at <= after + err for at in clock.readings)
+            free, exp, lapsed = await _free_credits(restarted.url, app)
+            assert (exp, lapsed) == (free_exp, 0)
+            assert 0 < free < 5 * USD  # the message was charged to them, not lapsed
+            async with http.get(f"{gw.admin_url}/readyz") as r:
+                assert r.status == 200
+                assert (await r.json())["checks"]["clock"] == "ok"
+        finally:
+            await c.aclose()
+            restarted.stop()
+
+
+class Unanswered(Recording):
+    """A :class:`Recording` clock whose syncs fail while ``blocked`` (Redis answering
+    everything but them: the narrow case of a message served, failing open, before the
+    first sync while its app's upstream is known)."""
+
+    blocked = True
+
+    async def sync(self, client: RedisClient, answer_s: float) -> bool:
+        if self.blocked:
+            self._failed(ConnectionError("blocked by the test"))
+            return False
+        return await super().sync(client, answer_s)
+
+
+async def test_fail_open_debt_served_before_the_sync_settles_by_redis_clock(
+    redis_url: str, rclient: RedisClient, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """Fail open: a message served before any sync is owed as of the host's clock;
+    settled, it is moved to Redis's clock by the offset then measured (before: admitted
+    stamped 2 h ahead, it lapsed the free credits)."""
+    settings = make_settings(redis_url, tmp_path, fail_mode="open")
+    ws = new_ws_id()
+    app = f"{ws}_app1"
+    free_exp = int((await redis_time(rclient) + 3600) * 1000)
+    apps = {app: {"product": "automation", "upstream_url": bot.url}}
+    await seed(rclient, settings, ws, apps, free=5 * USD, free_expires_ms=free_exp, pool=USD)
+    clock = Unanswered()
+    async with running_gateway(settings, clock=clock) as gw:
+        owed = gw.gateway.traffic[OWED]
+        assert await post_message(http, f"{gw.url}/hooks/web/{app}", "u0") == 200
+        assert len(owed.debts) == 1
+        assert owed.debts[0].host
+        clock.blocked = False
+        assert await eventually(lambda: not owed.debts, within_s=30)
+        free, exp, lapsed = await _free_credits(redis_url, app)
+        assert (exp, lapsed) == (free_exp, 0)
+        assert 0 < free < 5 * USD  # the debt was charged to them, not lapsed
+
+
+async def test_sweeper_does_not_refund_by_an_unsynced_host_clock(
+    client: RedisClient, redis_url: str
+) -> None:
+    """A reservation due in a minute by Redis's clock is not swept by a process whose
+    host clock is 2 h ahead and not synced yet: it syncs first (before: swept at once,
+    refunding a message still in flight)."""
+    ws = new_ws_id()
+    due_ms = int((await redis_time(client) + 60) * 1000)
+    await client.zadd(keys.reservations_key(ws), {f"{ws}_app1:r1": due_ms})
+    refunded: list[str] = []
+
+    async def refund(app_id: str, rid: str) -> bool:
+        refunded.append(rid)
+        return True
+
+    async def workspaces() -> list[str]:
+        return [ws]
+
+    clock = RedisClock(local=lambda: time.time() + AHEAD_S)
+    sweeper = Sweeper(client, workspaces, refund, clock=clock)
+    assert await sweeper.sweep_once() == 0
+    assert refunded == []
+    assert clock.synced
+    assert await client.zscore(keys.reservations_key(ws), f"{ws}_app1:r1") == due_ms
