@@ -101,8 +101,7 @@ def create_app(
 
     ``metering`` defaults to ``settings.metering``; off proxies without admission
     (a benchmark baseline only). ``clock`` stamps admissions, refunds, sweeps and flushes:
-    by default a :class:`RedisClock` (Redis's clock, :mod:`meter.redis_layer.clock`),
-    synced while each application runs; a plain clock (tests) is used as it is.
+    by default a :class:`RedisClock` (Redis's, synced while the applications run).
     """
     if metering is None:
         metering = settings.metering
@@ -110,7 +109,7 @@ def create_app(
     channels = Channels(settings.channels)
     metrics = Metrics(registry if registry is not None else CollectorRegistry(), channels.names)
     if clock is None:
-        clock = RedisClock(on_offset=metrics.clock_offset.set)
+        clock = RedisClock(on_offset=metrics.clock_followed)
     catalog = load_catalog(settings.catalog_path)
 
     traffic = web.Application(
@@ -166,6 +165,7 @@ def _redis_ctx(settings: Settings, given: RedisClient | None) -> Ctx:
 
 def _clock_ctx(settings: Settings, clock: RedisClock) -> Ctx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[METRICS].clock_synced.set(int(clock.synced))  # a sample before the first sync
         async with following(clock, app[REDIS], settings.clock_sync_s, settings.redis_timeout_s):
             yield
 

@@ -162,6 +162,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.clock_synced = Gauge(
+            "creditgate_clock_synced",
+            "1 once this process's metering clock follows Redis's (its first sync), 0 "
+            "before: it then admits nothing (the lowest of the processes).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.flushed_rows = Counter(
             "creditgate_flushed_rows_total",
             "Rows written to the durable store by the flusher.",
@@ -231,6 +238,11 @@ class Metrics:
                 self.refusals.labels(reason)
             )
         child.inc()
+
+    def clock_followed(self, offset: float) -> None:
+        """The metering clock synced: Redis's clock is ``offset`` s ahead of the host's."""
+        self.clock_offset.set(offset)
+        self.clock_synced.set(1)
 
     def charge(self, free: int, app: int, pool: int) -> None:
         """Record a debit given in micro-dollars."""

@@ -16,7 +16,13 @@ import yaml
 COUNTERS = ["requests", "refusals", "charged_microdollars", "sessions_started", "refunds",
             "redis_errors", "flushed_rows", "client_disconnects", "flush_quarantined",
             "projection_repairs"]  # fmt: skip
-GAUGES = ["in_flight_requests", "flush_lag_seconds", "webhook_outbox_pending"]
+GAUGES = [
+    "in_flight_requests",
+    "flush_lag_seconds",
+    "webhook_outbox_pending",
+    "clock_synced",
+    "clock_offset_seconds",
+]
 HISTOGRAMS = ["admission_seconds", "upstream_seconds", "admission_batch_size"]
 KNOWN = (
     {"up"}

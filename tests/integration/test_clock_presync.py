@@ -10,14 +10,17 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
+from gateway.app import create_app
 from gateway.appkeys import OWED
 from meter.accounts.seeding import seed
 from meter.admission.reservations import Sweeper
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.redis_layer.clock import RedisClock, redis_time
-from tests.support.bot import Bot, eventually, post_message, running_gateway
+from meter.store import open_store
+from tests.support.bot import Bot, eventually, post_message, running_gateway, serve
 from tests.support.metering import new_ws_id
 from tests.support.servers import RedisServer
 from tests.support.servers.redis_server import start_redis
@@ -178,3 +181,28 @@ async def test_sweeper_does_not_refund_by_an_unsynced_host_clock(
     assert refunded == []
     assert clock.synced
     assert await client.zscore(keys.reservations_key(ws), f"{ws}_app1:r1") == due_ms
+
+
+async def test_clock_synced_gauge_is_0_until_the_first_sync(tmp_path: Path) -> None:
+    """``creditgate_clock_synced`` has a sample before the first sync (the offset gauge
+    has none): 0 while Redis is down at start-up, 1 once the clock follows Redis's."""
+    server = start_redis(tmp_path / "r")
+    server.stop()
+    settings = make_settings(server.url, tmp_path)
+    store = open_store(settings.store_url)
+    await store.migrate()
+    registry = CollectorRegistry()
+    try:
+        gw = create_app(settings, store=store, registry=registry)
+        async with serve(gw.traffic, settings=settings):
+            assert registry.get_sample_value("creditgate_clock_synced") == 0
+            restarted = RedisServer(port=server.port, workdir=tmp_path / "r").start()
+            try:
+                assert await eventually(
+                    lambda: registry.get_sample_value("creditgate_clock_synced") == 1,
+                    within_s=30,
+                )
+            finally:
+                restarted.stop()
+    finally:
+        await store.close()
