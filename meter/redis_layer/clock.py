@@ -18,8 +18,11 @@ Redis ``TIME`` at start-up and every ``CLOCK_SYNC_S``.
   scripts never compare a stamp with Redis's own clock (their expiries are relative), so
   per-shard clocks would add nothing but a clock per call's workspace. After a failover
   every process follows the new primary's clock at its next sync.
-* **Timer**: ``time.monotonic``: a step of the local wall clock (NTP, an operator)
-  changes no stamp. Once synced, Redis being down keeps the last offset.
+* **Timer**: :data:`TIMER`, ``CLOCK_BOOTTIME`` on Linux (``time.monotonic``
+  elsewhere): a step of the local wall clock (NTP, an operator) changes no stamp, and
+  unlike ``CLOCK_MONOTONIC`` it advances while the host (a VM) is suspended, so a
+  resumed process does not stamp the time it was suspended at until its next sync.
+  Once synced, Redis being down keeps the last offset.
 * **Nothing stamped before the first sync**: until a sync succeeds (Redis down at
   start-up: logged, retried every :data:`RETRY_S`) readings are the local wall clock,
   which may be hours off Redis's: a stamp taken then and written once Redis answers
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +67,17 @@ RETRY_S = 1.0  # between attempts while Redis does not answer
 MAX_BACK_S = 1.0  # a step back up to this is jitter: readings hold instead
 WARN_S = 1.0  # a local clock further than this from Redis's is logged
 ANSWER_MAX_S = 1.0  # a TIME slower than this is a sync missed (a start-up waits no longer)
+
+
+def _default_timer() -> Clock:
+    """``CLOCK_BOOTTIME`` where there is one (Linux), else ``time.monotonic``."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic
+    return functools.partial(time.clock_gettime, boottime)
+
+
+TIMER = _default_timer()  # what readings advance with between syncs (see the module's doc)
 
 
 async def redis_time(client: RedisClient) -> float:
@@ -84,7 +99,7 @@ class RedisClock:
         self,
         *,
         local: Clock = time.time,
-        timer: Clock = time.monotonic,
+        timer: Clock = TIMER,
         on_offset: Callable[[float], None] | None = None,
     ) -> None:
         """``local``: the wall clock (the fallback, and what offsets are reported

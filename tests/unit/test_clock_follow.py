@@ -4,7 +4,10 @@ clock stepped) followed. Measuring against Redis: tests/integration/test_redis_c
 
 from __future__ import annotations
 
-from meter.redis_layer.clock import MAX_BACK_S, RedisClock
+import sys
+import time
+
+from meter.redis_layer.clock import MAX_BACK_S, TIMER, RedisClock
 from tests.support.clock import Clock
 
 
@@ -59,3 +62,14 @@ def test_a_large_step_back_is_followed() -> None:
     assert clock() == 700.0
     timer.advance(1)
     assert clock() == 701.0
+
+
+def test_the_timer_advances_during_a_suspend_on_linux() -> None:
+    """``CLOCK_BOOTTIME`` (counts a VM's suspend; ``time.monotonic`` does not), and it is
+    the default timer: a resumed process does not stamp the moment it was suspended."""
+    if sys.platform == "linux":
+        assert TIMER() <= time.clock_gettime(time.CLOCK_BOOTTIME)
+        assert getattr(TIMER, "args", None) == (time.CLOCK_BOOTTIME,)
+    else:
+        assert TIMER is time.monotonic
+    assert RedisClock()._timer is TIMER
