@@ -167,9 +167,11 @@ class RedisClock:
         if not self._failing:
             self._failing = True
             log.warning(
-                "metering clock: redis TIME unavailable (%r): stamping with %s, retrying",
+                "metering clock: redis TIME unavailable (%r): %s, retrying",
                 exc,
-                "the offset last measured" if self.synced else "the local clock",
+                "stamping with the offset last measured"
+                if self.synced
+                else "nothing is stamped (admitted, refunded, swept, flushed) until it answers",
             )
 
     def follow(self, offset: float) -> None:

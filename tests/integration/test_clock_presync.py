@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
@@ -81,7 +82,7 @@ async def _free_credits(url: str, app: str) -> tuple[int, int, int]:
 
 
 async def test_first_admission_after_redis_returns_is_stamped_by_redis(
-    tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+    tmp_path: Path, bot: Bot, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fail closed. Before: the first messages once Redis answered were admitted before
     the clock's retry synced it, stamped 2 h ahead: the free credits lapsed for good."""
@@ -91,6 +92,7 @@ async def test_first_admission_after_redis_returns_is_stamped_by_redis(
     async with running_gateway(settings, clock=clock) as gw:
         url = f"{gw.url}/hooks/web/{app}"
         assert await post_message(http, url, "u0") == 503
+        assert "nothing is stamped (admitted, refunded, swept, flushed)" in caplog.text
         async with http.get(f"{gw.admin_url}/readyz") as r:
             assert r.status == 503
             assert (await r.json())["checks"]["clock"].startswith("error")
