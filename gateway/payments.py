@@ -97,7 +97,7 @@ class StripeProvider:
         if key is None:
             raise ProviderError("the payment provider is not configured")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(auto_decompress=False)  # StripeHTTP caps
         client = self._lookup if lookup else self._client
         if client is None:
             timeout = self._settings.stripe_timeout_s

@@ -13,6 +13,7 @@ delivery exactly as Stripe signs one (``t=<unix time>,v1=<HMAC-SHA256 of
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import secrets
@@ -53,7 +54,8 @@ class StripeStandIn:
     # ``release``), "stall_body" (a head and part of the body, then nothing until
     # ``release``), "break_body" (part of the body, then the connection closed),
     # "unrecognized" (Stripe's 404 for a URL it has no route for), "redirect" (302 to
-    # ``redirect_to`` + the path).
+    # ``redirect_to`` + the path), "huge_body" (a charge's answer padded to 2 MiB, chunked),
+    # "huge_length" (the same with its Content-Length), "gzip_bomb" (the same gzipped).
     misbehave: str | None = None
     redirect_to: str = ""
     stalled: asyncio.Event = field(default_factory=asyncio.Event)  # a request is held
@@ -83,6 +85,22 @@ class StripeStandIn:
             return resp
         self.stalled.set()
         await self.release.wait()
+        return resp
+
+    async def padded(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """``body`` as JSON padded with spaces to 2 MiB, as ``misbehave`` says."""
+        raw = orjson.dumps(body) + b" " * (2 << 20)
+        headers = {"Content-Type": "application/json"}
+        if self.misbehave == "gzip_bomb":
+            raw = gzip.compress(raw)
+            headers["Content-Encoding"] = "gzip"
+        if self.misbehave != "huge_body":
+            return web.Response(body=raw, headers=headers)
+        resp = web.StreamResponse(headers=headers)  # chunked: no Content-Length
+        await resp.prepare(request)
+        for at in range(0, len(raw), 1 << 16):
+            await resp.write(raw[at : at + (1 << 16)])
+        await resp.write_eof()
         return resp
 
     def session_for(self, checkout_id: str) -> dict[str, Any]:
@@ -177,6 +195,8 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
             return web.json_response(error, status=404)
         body = {"id": cid, "object": "charge", "amount": 0, "currency": "usd",
                 "payment_intent": intent, "status": "succeeded"}  # fmt: skip
+        if standin.misbehave in ("huge_body", "huge_length", "gzip_bomb"):
+            return await standin.padded(request, body)
         return web.json_response(body)
 
     app = web.Application()

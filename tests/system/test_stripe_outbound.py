@@ -136,3 +136,22 @@ async def test_a_redirect_is_not_followed(tmp_path: Path, redis_url: str) -> Non
         assert (status, body["code"]) == (502, "payment_provider_error"), body
         assert elsewhere == []  # nothing asked of (or trusted from) another address
         assert await paid_funds(admin, ws) == (100 * USD, {})
+
+
+@pytest.mark.parametrize("mode", ["huge_body", "huge_length", "gzip_bomb"])
+async def test_an_answer_past_one_mebibyte_is_refused(
+    tmp_path: Path, redis_url: str, mode: str
+) -> None:
+    # A charge answer padded to 2 MiB (streamed, announced, or gzipped to a few KiB that
+    # would inflate): the gateway reads at most 1 MiB + 1 of it, as sent, and trusts none
+    # of it (502, nothing recorded); the same answer unpadded is taken on redelivery.
+    async with funded(tmp_path, redis_url) as (admin, standin, ws):
+        standin.misbehave = mode
+        dispute = by_charge("dp_" + mode)
+        status, body = await deliver(admin, dispute, signed(dispute))
+        assert (status, body["code"]) == (502, "payment_provider_error"), body
+        assert standin.charge_lookups == [CHARGE]
+        assert await paid_funds(admin, ws) == (100 * USD, {})
+        standin.misbehave = None
+        assert await outcome(admin, dispute) == "reversed"
+        assert await paid_funds(admin, ws) == (0, {})
