@@ -52,7 +52,8 @@
 -- keyed messages inside a paid session for free). Those free keyed records are also
 -- counted per app (free_ttl in admit_batch.lua), so their number is bounded too.
 -- A charge (units 1) appends "\t@<aggregate bucket>" and, invoiced, ":<period>": where
--- refund.lua reverses it. A redelivery appends "\t<its token>" (",<token>" after a first
+-- refund.lua reverses it; a message inside a paid session (units 0, bsid) "\t@<bucket>":
+-- where refund.lua un-counts it. A redelivery appends "\t<its token>" (",<token>" after a first
 -- entry): the deliveries whose
 -- failures refund.lua counts (marked "-" there) before it gives the charge back. A
 -- charged, not yet settled one is also reserved in P:rsv ("<app>:<rid>" -> deadline ms)

@@ -94,16 +94,19 @@ end
 -- only where a refund reads them: a charge's, the user only of one that opened a
 -- billing session (see admit.lua). A charge also notes where it was counted, first in
 -- the list after the 12 fields: "@<aggregate bucket>" and, invoiced, ":<period>" (a
--- refund reverses it there). A keyed record that took no money lives as long as
+-- refund reverses it there); so does a message inside a paid session, charged nothing
+-- (a refund un-counts it there). A keyed record that took no money lives as long as
 -- free_ttl allows (admit_batch.lua).
 local function record(m, units, bsid, free, app, pool, inv)
   local ch, unit, user, ttl, at = m.ch, m.unit, m.user, m.ttl, ''
-  if units == 0 then
-    ch, unit, user = '', '', ''
-  else
+  if units > 0 or bsid ~= '' then
     AT = AT or '\t@' .. D(bucket)
     at = inv > 0 and AT .. ':' .. PERIOD or AT
-    if bsid == '' then user = '' end
+  end
+  if units == 0 then
+    ch, unit, user = '', '', ''
+  elseif bsid == '' then
+    user = ''
   end
   if m.idem ~= '' and free + app + pool + inv == 0 then ttl = free_ttl(m.app_id, m.a) end
   redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s%s',

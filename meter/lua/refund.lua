@@ -21,7 +21,8 @@
 -- original when field 2 is 1; with more deliveries, whose tokens are unknown, it stands.
 -- A charge's list starts with where it was counted, "@<aggregate bucket>[:<period>]"
 -- (admit_full.lua): its aggregates and enterprise usage are reversed there, not where the
--- refund happens (a record of an earlier version has none: reversed where it happens).
+-- refund happens (a record of an earlier version has none: reversed where it happens);
+-- a keyed in-session message's with "@<bucket>" (un-counted there, refund_counts.lua).
 --
 -- Billing sessions: a charge that opened one stands while another message of it counts
 -- as served. A message admitted inside a paid session without a charge that fails is
@@ -181,8 +182,8 @@ end
 -- A message admitted inside billing session bsid of conversation fld without a charge
 -- was not served: it no longer counts in the session's messages. When that leaves only
 -- the opener, whose charge was kept because of it (P:rp:<bsid>, below) and all of whose
--- deliveries have failed, the opener's charge is given back now.
-local function uncount(fld, bsid, ch)
+-- deliveries have failed, the opener's charge is given back now. counted: message_back.
+local function uncount(fld, bsid, ch, counted)
   local e, b, hf, newest = entry_of(fld, bsid)
   if not e then return NONE end
   local cs, dl, blocks, s1, msgs, amount, prod = string.match(e, ENTRY_RE)
@@ -190,7 +191,7 @@ local function uncount(fld, bsid, ch)
   if msgs < 0 then return NONE end
   e = string.format('%s,%s,%s,%s,%d,%s,%s', cs, dl, blocks, s1, msgs, amount, prod)
   redis.call('HSET', sr_key(b), hf, e)
-  message_back(ch)
+  message_back(ch, counted)
   if msgs ~= 1 then return NONE end
   local pk = pending_key(bsid)
   local orid = redis.call('GET', pk)
@@ -271,7 +272,7 @@ if r.units == '0' then
   redis.call('DEL', ik)
   local ch, user = string.match(key, '^k:([^\t]*)\t([^\t]*)\t')
   if not ch then return NONE end
-  return uncount(app_id .. '\t' .. ch .. '\t' .. user, r.bsid, ch)
+  return uncount(app_id .. '\t' .. ch .. '\t' .. user, r.bsid, ch, r.at)
 end
 
 -- A charge that opened a billing session other messages were then served in was used:

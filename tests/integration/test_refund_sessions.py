@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -203,3 +205,37 @@ async def test_a_message_uncounted_from_its_session_leaves_the_messages_it_was_c
     assert sum((await messages_by_bucket(rclient, w.ws)).values()) == 1
     assert await adm.refund(app, o)  # alone now: the opener's charge too
     assert sum((await messages_by_bucket(rclient, w.ws)).values()) == 0
+
+
+@pytest.mark.parametrize("how", ["redelivery", "void", "full_path"])
+async def test_a_keyed_message_is_uncounted_where_it_was_counted_whatever_fails_last(
+    rclient: RedisClient, how: str
+) -> None:
+    """A keyed message admitted inside a paid session (charged nothing) is taken back in
+    the bucket it was counted in, though its last failing delivery is a redelivery
+    admitted a bucket later, or a deferred void (no admission time), and also when it
+    took the full path (shadow mode). It was taken back in the failure's bucket: rows
+    (bucket 1, messages 2) and (bucket 2, messages -1)."""
+    clock, cfg, w, adm = await admission(rclient, free=100 * USD)
+    app, fb = w.apps[0], cfg.flush_bucket_s
+    clock.now = (int(clock.now) // fb + 1) * fb  # the start of a flush bucket
+    first = int(clock.now)
+    if how == "full_path":  # not the short path: record() writes the record
+        await rclient.hset(keys.app_key(w.ws, app), "shadow", "1")
+    o = await adm.admit(app, "slack", "u")
+    clock.advance(1)
+    k = await adm.admit(app, "slack", "u", "Ev1", digest="ab")
+    assert (o.units, k.units, k.bsid) == (1, 0, o.bsid)
+    assert await messages_by_bucket(rclient, w.ws) == {first: 2}
+    clock.advance(fb + 1)  # the next bucket
+    if how == "redelivery":
+        k2 = await adm.admit(app, "slack", "u", "Ev1", digest="ab")
+        assert k2.duplicate
+        assert not await adm.refund(app, k)
+        assert not await adm.refund(app, k2)  # the last failure, counted a bucket later
+    else:
+        assert not await adm.void(app, k.rid, k.token)  # a deferred void: at unknown
+    got = {b: n for b, n in (await messages_by_bucket(rclient, w.ws)).items() if n}
+    assert got == {first: 1}  # was {first: 2, first + fb: -1}
+    assert await adm.refund(app, o)  # alone now: the opener's charge too
+    assert not {b: n for b, n in (await messages_by_bucket(rclient, w.ws)).items() if n}
