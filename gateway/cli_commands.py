@@ -246,8 +246,8 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
             print(d.line())
         if rep.reprovisioned:
             print(f"{rep.workspace_id}: re-provisioned from the store")
-        if rep.applied and rep.mismatches:
-            print(f"{rep.workspace_id}: applied {len(rep.mismatches)} corrections")
+        if rep.applied and rep.corrected:  # differences: the comparison it corrected
+            print(f"{rep.workspace_id}: applied {rep.corrected} corrections")
         for kind, buckets in rep.stranded.items():
             what = "usage buckets" if kind == "ag" else "billing-session buckets"
             fix = "indexed" if apply else "reconcile --apply indexes them"

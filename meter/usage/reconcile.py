@@ -85,12 +85,13 @@ class Difference:
 
 @dataclass(slots=True)
 class Report:
-    """Differences of one workspace; ``applied`` when Redis was corrected."""
+    """Differences of one workspace; ``applied`` when Redis was corrected (see below)."""
 
     workspace_id: str
     differences: list[Difference] = field(default_factory=list)
     reprovisioned: bool = False
     applied: bool = False
+    corrected: int = 0  # balances the correction wrote (a mismatch gone since: none)
     unsettled: bool = False  # not applied: balances moved while comparing
     # kind ("ag", "sr") -> live buckets found outside their index (indexed if applied)
     stranded: dict[str, list[int]] = field(default_factory=dict)
@@ -168,10 +169,10 @@ async def reconcile_workspace(
     """Compare (and with ``apply`` correct) one workspace.
 
     Corrections are made only when two comparisons in a row (after any re-provisioning)
-    find the same mismatches with the same Redis values: a balance that moved between
-    them (traffic not stopped) leaves Redis untouched, ``applied`` false and
-    ``unsettled`` true. ``strays``: its buckets outside their index
-    (:func:`meter.usage.stranded.find`), indexed first with ``apply``.
+    find the same mismatches with the same Redis values (then the report holds the second
+    one's differences, ``corrected`` the balances written): a balance that moved between
+    them leaves Redis untouched, ``applied`` false, ``unsettled`` true. ``strays``: its
+    buckets outside their index (:func:`meter.usage.stranded.find`), indexed with ``apply``.
     """
     strays = strays or {}
     if apply:
@@ -192,12 +193,12 @@ async def reconcile_workspace(
         if _facts(again) != _facts(basis):
             report.unsettled = True
             return report
-        if not await _correct(client, ws, again):
+        if (written := await _correct(client, ws, again)) is None:
             report.unsettled = True
             return report
         if report.reprovisioned:
             await _restore_flags(client, ws, settings)
-        report.applied = True
+        report.applied, report.corrected, report.differences = True, written, again.differences
     return report
 
 
@@ -205,11 +206,11 @@ def _facts(report: Report) -> list[tuple[str, int | None, int]]:
     return [(d.field, d.redis, d.expected) for d in report.mismatches]
 
 
-async def _correct(client: RedisClient, ws: str, report: Report) -> bool:
+async def _correct(client: RedisClient, ws: str, report: Report) -> int | None:
     """Move the balances of ``report`` to what the store says and mark its ledger entries
-    applied, in one script (``correct.lua``); ``False`` (nothing written) if a balance
-    moved since it was read. The markers keep the projection check, or a redelivered
-    refund, from applying an entry the correction already holds a second time."""
+    applied, in one script (``correct.lua``): how many balances it wrote; ``None``
+    (nothing written) if a balance moved since it was read. The markers keep the projection
+    check, or a redelivered refund, from applying an entry the correction holds twice."""
     period = billing_period(await redis_time(client))
     fix: list[list[str]] = []
     for d in report.mismatches:
@@ -224,7 +225,8 @@ async def _correct(client: RedisClient, ws: str, report: Report) -> bool:
         else:
             fix.append([":ws", d.field, seen, str(delta)])
     doc = orjson.dumps({"fix": fix, "grants": report.marks})
-    return bool(await register(client, "correct")(keys=[keys.ws_prefix(ws)], args=[doc]))
+    done = await register(client, "correct")(keys=[keys.ws_prefix(ws)], args=[doc])
+    return len(fix) if done else None
 
 
 async def reprovision(store: Store, client: RedisClient, settings: Settings, ws: str) -> bool:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import RedisCluster as Cluster
@@ -16,8 +17,10 @@ from meter.accounts.rebuild import SEQ_FLOOR_PER_MS
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.clock import redis_time
+from meter.store import LedgerEntry
 from meter.store.periods import DAY_MS
 from meter.store.reversals import Reversal
+from meter.usage import reconcile as rec
 from meter.usage.flusher import Flusher
 from meter.usage.reconcile import reconcile
 from tests.support.clock import Clock
@@ -225,3 +228,52 @@ async def test_a_rebuilt_id_counter_starts_past_redis_clock_not_a_host_clock_beh
         monkeypatch.undo()
         assert rep.reprovisioned
         assert int(await rclient.hget(keys.ws_key(w.ws), "seq") or 0) >= given
+
+
+async def test_apply_reports_the_corrections_it_wrote_not_a_mismatch_gone_by_the_recheck(
+    tmp_path: Path,
+    redis_url: str,
+    rclient: RedisClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``reconcile --apply`` under traffic: the first comparison sees the pool off by one
+    (a balance moving), the two before the correction no longer do. Nothing is written
+    and nothing is reported applied (it printed "applied 1 corrections" and the first
+    comparison's MISMATCH); a top-up Redis never got is corrected and reported, once."""
+    cfg = make_settings(store_url=f"sqlite:///{tmp_path / 'c.db'}", redis_url=redis_url)
+    values, seen = rec.redis_values, []
+
+    async def moving_once(*a: Any, **k: Any) -> dict[str, int | None]:
+        out = await values(*a, **k)
+        seen.append(out)
+        if len(seen) == 1:  # the first comparison only: gone by the re-check
+            out["pool"] = (out["pool"] or 0) + 1
+        return out
+
+    monkeypatch.setattr(rec, "redis_values", moving_once)
+    async for store in opened_store(cfg.store_url):
+        w = await seed_ws(rclient, store, cfg, Clock.past(), products=["agent"], pool=5 * USD)
+        pool = await rclient.hget(keys.ws_key(w.ws), "pool")
+        (rep,) = await rec.reconcile(store, rclient, cfg, workspace=w.ws, apply=True)
+        assert (rep.applied, rep.mismatches) == (True, [])  # was the first comparison's
+        assert rep.corrected == 0
+        assert await rclient.hget(keys.ws_key(w.ws), "pool") == pool  # nothing written
+        seen.clear()
+        capsys.readouterr()
+        args = argparse.Namespace(workspace=w.ws, apply=True)
+        assert await asyncio.to_thread(cli_commands.reconcile, cfg, args) == 0
+        out = capsys.readouterr()
+        assert len(seen) == 3  # the first comparison did see the pool off
+        assert "applied" not in out.out
+        assert "MISMATCH" not in out.out
+        assert "0 mismatches corrected" in out.err
+        assert await rclient.hget(keys.ws_key(w.ws), "pool") == pool
+
+        await store.add_ledger_entry(LedgerEntry(w.ws, "topup", USD, "late", 1))
+        seen.clear()
+        assert await asyncio.to_thread(cli_commands.reconcile, cfg, args) == 0
+        out = capsys.readouterr()
+        assert f"{w.ws}: applied 1 corrections" in out.out
+        assert "1 mismatches corrected" in out.err
+        assert int(await rclient.hget(keys.ws_key(w.ws), "pool") or 0) == int(pool or 0) + USD
