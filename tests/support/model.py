@@ -233,8 +233,9 @@ class Workspace:
             self.records[(app_id, rid)] = Record(token, 1, units, bsid, f, ap, pp, ch, unit, user)
         new_session = charge and unit == "session"
         return NOTHING._replace(
-            units=units, free=f, app=ap, pool=pp, bsid=bsid, new_session=new_session
-        )
+            units=units, free=f, app=ap, pool=pp, bsid=bsid, new_session=new_session,
+            channel=ch, user=user,
+        )  # fmt: skip
 
     def _gate(self, now: int, a: App, windows: tuple[Window, Window]) -> tuple[int, int]:
         """Status and rate limits: (code, retry after ms); (0, 0) lets the message on."""
@@ -360,7 +361,7 @@ class Workspace:
             if not d.bsid or not rid.startswith("t:") or token in self.uncounted:
                 return False
             self.uncounted.add(token)
-            return self._uncount(now, app_id, d.bsid)
+            return self._uncount(now, app_id, d.bsid, d.channel)
         if rec is None or (not rec.units and not rec.bsid) or token in rec.failed:
             return False
         if token != rec.token and token not in rec.redelivered:
@@ -371,7 +372,7 @@ class Workspace:
             return False  # another delivery was or may still be served
         if not rec.units:  # a keyed message inside a paid session: un-counted, record gone
             del self.records[(app_id, rid)]
-            return self._uncount(now, app_id, rec.bsid)
+            return self._uncount(now, app_id, rec.bsid, rid[2:].split("\t", 1)[0])
         e = self._entry(now, rec.bsid)
         if rec.bsid and e is None:
             return False  # its session's entry is no longer found: it may have been used
@@ -384,11 +385,13 @@ class Workspace:
         e = self.entries.get(bsid) if bsid else None
         return e if e is not None and self._findable(now, e.start) else None
 
-    def _uncount(self, now: int, app_id: str, bsid: str) -> bool:
+    def _uncount(self, now: int, app_id: str, bsid: str, ch: str) -> bool:
         e = self._entry(now, bsid)
         if e is None or e.msgs <= 0:
             return False
         e.msgs -= 1
+        a = self.apps[app_id]  # no longer counts in the aggregates' messages either
+        self.agg[keys.agg_field(app_id, ch, a.product, a.unit, "m")] -= 1
         orid = self.pending.pop(bsid, None) if e.msgs == 1 else None
         rec = self.records.get((app_id, orid)) if orid is not None else None
         if orid is None or rec is None or not rec.units or rec.bsid != bsid:
