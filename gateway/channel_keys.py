@@ -13,7 +13,6 @@ kilobytes cannot fill a worker's memory with them. What is remembered is then at
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from gateway.single_flight import AHEAD, SingleFlight
 from meter.accounts import channel_secrets
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
-from meter.redis_layer.client import RedisClient
+from meter.redis_layer.client import RedisClient, hard_deadline
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 100_000
@@ -95,7 +94,7 @@ class ChannelKeys:
         assert ws is not None  # get() reads only well-formed ids
         field = channel_secrets.field_of(channel)
         try:
-            got = await asyncio.wait_for(
+            got = await hard_deadline(
                 self._client.hget(keys.app_key(ws, app_id), field), self._timeout
             )
         except (RedisError, OSError, TimeoutError) as exc:

@@ -17,18 +17,17 @@ projected (a workspace written by an older version, until projected again).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
 from gateway.single_flight import AHEAD, SingleFlight
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
-from meter.redis_layer.client import RedisClient
+from meter.redis_layer.client import RedisClient, hard_deadline
 
 NO_UPSTREAM = ""  # the app exists but has no upstream and there is no default
 MAX_ENTRIES = 100_000
@@ -85,12 +84,16 @@ class Upstreams:
         entry = self._cache.get(app_id)
         return entry.tenant if entry is not None else keys.workspace_of(app_id)
 
+    async def _read(self, ws: str, app_id: str) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.app_key(ws, app_id), ["product", "up"])
+            pipe.hget(keys.ws_key(ws), "own")
+            return await pipe.execute()
+
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.app_key(ws, app_id), ["product", "up"])
-                pipe.hget(keys.ws_key(ws), "own")
-                (product, up), owner = await asyncio.wait_for(pipe.execute(), self._timeout)
+            # A hard deadline (see hard_deadline): the request is answered in time.
+            (product, up), owner = await hard_deadline(self._read(ws, app_id), self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             if stale is not None:
                 return stale.url

@@ -161,7 +161,7 @@ class Admitter:
             self._inflight += 1
             rc = self._redis_clock
             if rc is None or rc.synced:
-                self._calls.send(self._clock(), send, self._call_done)
+                self._send(send)
             else:
                 task = asyncio.get_running_loop().create_task(self._send_synced(rc, send))
                 self._syncs.add(task)
@@ -179,7 +179,15 @@ class Admitter:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._calls.send(self._clock(), send, self._call_done)
+        self._send(send)
+
+    def _send(self, send: Batch) -> None:
+        try:
+            self._calls.send(self._clock(), send, self._call_done)
+        except Exception as exc:  # a waiter left unanswered would hang its request
+            for _, items in send:
+                fail(items, exc)  # ambiguous: part of it may have gone out
+            asyncio.get_running_loop().call_soon(self._call_done)
 
     def _call_done(self) -> None:
         self._inflight -= 1

@@ -113,7 +113,10 @@ class AdmitCalls:
             args = b"".join((key, head, bulks([p.arg for p in chunk])))
             count = b"*%d\r\n" % (self._argc + len(chunk))
             on_reply = self._on_reply(pipe, chunk, count, args, answered, at)
-            pipe.send(b"".join((count, self._evalsha, args)), on_reply)
+            try:
+                pipe.send(b"".join((count, self._evalsha, args)), on_reply)
+            except Exception as exc:  # never sent: its waiters must hear, its slot return
+                asyncio.get_running_loop().call_soon(on_reply, exc, False)
 
     def _on_reply(
         self,

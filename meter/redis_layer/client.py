@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -11,6 +13,8 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 log = logging.getLogger(__name__)
 
 RedisClient = Redis | RedisCluster
+T = TypeVar("T")
+_lingering: set[asyncio.Task[Any]] = set()  # calls given up on, until their cleanup ends
 
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -51,3 +55,37 @@ async def warm_up(client: RedisClient) -> None:
             await client.initialize()
         except Exception:  # reported by /readyz and by the first admission
             log.warning("redis cluster not reachable at start-up", exc_info=True)
+
+
+async def hard_deadline(call: Awaitable[T], seconds: float) -> T:
+    """``call``'s result, or TimeoutError once ``seconds`` have passed.
+
+    A hard deadline: ``asyncio.wait_for`` (Python 3.11) and ``asyncio.timeout`` both wait
+    for the cancelled call to finish its cleanup, and redis-py's, on a connection Redis
+    no longer answers, may take far longer than the deadline (a request held past it,
+    neither answered nor owed). Here the call runs as a task, cancelled at the deadline
+    and left to finish in the background; the caller is answered at once. Cancelling the
+    caller cancels the call."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except BaseException:
+        task.cancel()
+        _linger(task)
+        raise
+    if not done:
+        task.cancel()
+        _linger(task)
+        raise TimeoutError(f"redis did not answer within {seconds} s")
+    return task.result()
+
+
+def _linger(task: asyncio.Task[Any]) -> None:
+    _lingering.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _lingering.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of a call given up on is no news

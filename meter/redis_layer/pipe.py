@@ -83,8 +83,22 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, command: bytes, calls: Sequence[_Call]) -> None:
-        assert self.transport is not None
-        self.transport.write(command)
+        """Send ``command`` for ``calls``. Never raises: a write that fails (uvloop's
+        transport raises RuntimeError once closed, before ``connection_lost`` has run)
+        fails these calls as never sent and drops the connection; the answers come from
+        the event loop, never from inside the caller's ``send``."""
+        try:
+            if self.transport is None:
+                raise RedisConnectionError("connection already dropped")
+            self.transport.write(command)
+        except Exception as exc:
+            err = RedisConnectionError(f"writing to redis: {exc!r}")
+            self._pipe.lost(self)  # the next call opens another connection
+            loop = asyncio.get_running_loop()
+            for c in calls:
+                loop.call_soon(c.on_reply, err, False)
+            loop.call_soon(self.abort, err)  # what was sent before is owed nothing now
+            return
         self._calls.extend(calls)
         if self._timer is None and self._calls:
             loop = asyncio.get_running_loop()
@@ -209,11 +223,15 @@ class RedisPipe:
             else:
                 opening = loop.create_connection(lambda: conn, *self._where)
             await asyncio.wait_for(opening, self._connect_timeout)
-        except Exception as exc:  # any failure: the calls waiting must hear of it
-            self._fail_unsent(RedisConnectionError(f"connecting to redis {self._where}: {exc!r}"))
-            return
-        finally:
+        except BaseException as exc:  # any failure: the calls waiting must hear of it
+            # No longer connecting before they hear: a call their callbacks make must
+            # start a connection of its own, not wait in _unsent for one that never comes.
             self._connecting = None
+            self._fail_unsent(RedisConnectionError(f"connecting to redis {self._where}: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._connecting = None
         if self._closed or conn.transport is None:
             # Closed meanwhile, or the server hung up at once (e.g. maxclients reached).
             err = RedisConnectionError("pipe closed" if self._closed else "redis hung up")

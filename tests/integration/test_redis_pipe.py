@@ -13,12 +13,16 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from meter.admission.decision import Decision
+from meter.errors import MeteringUnavailable
 from meter.redis_layer.client import RedisClient, connect
 from meter.redis_layer.pipe import RedisPipe, encode
+from tests.support.metering import admission
 from tests.support.servers import free_port, start_redis
 from tests.support.servers.redis_server import RedisServer
 
 Reply = tuple[Any, bool]
+USD = 1_000_000
 
 
 class Collect:
@@ -221,3 +225,80 @@ async def test_closing_while_connecting_fails_the_waiting_calls(single: RedisCli
     pipe.close()  # ...when the pipe closes
     assert [sent for _, sent in await got.wait(2)] == [False, False]
     assert all(isinstance(r, RedisConnectionError) for r, _ in got.replies)
+
+
+class _ClosedTransport:
+    """A transport closed before ``connection_lost`` ran: uvloop's ``write`` then raises
+    RuntimeError (asyncio's drops the data)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    def abort(self) -> None:
+        self._real.abort()
+
+
+async def test_a_write_that_raises_fails_its_calls_as_never_sent_and_reconnects(
+    single: RedisClient,
+) -> None:
+    pipe = RedisPipe.for_client(single, timeout=10)
+    assert pipe is not None
+    try:
+        ((first, _),) = await call_all(pipe, [["CLIENT", "ID"]]).wait(1)
+        conn = pipe._conn
+        assert conn is not None
+        assert conn.transport is not None
+        conn.transport = _ClosedTransport(conn.transport)  # type: ignore[assignment]
+        (failed, sent), (second, _) = await call_all(pipe, [["PING"], ["CLIENT", "ID"]]).wait(2)
+        assert isinstance(failed, RedisConnectionError)
+        assert not sent
+        assert second != first  # the next call went over a new connection
+    finally:
+        pipe.close()
+
+
+async def test_an_admission_whose_write_raises_is_answered_and_frees_its_slot(
+    single: RedisClient,
+) -> None:
+    """The write raising escaped the Admitter's dispatch: its waiters were never answered
+    (a request hung until its client gave up) and its in-flight slot was never returned."""
+    _, _, w, adm = await admission(single, free=10 * USD)
+    assert (await adm.admit(w.apps[0], "web", "warm")).admitted  # the pipe is connected
+    conn = adm._calls._pipe._conn  # type: ignore[union-attr]
+    assert conn is not None
+    assert conn.transport is not None
+    conn.transport = _ClosedTransport(conn.transport)  # type: ignore[assignment]
+
+    async def one(user: str) -> Decision | MeteringUnavailable:
+        try:
+            return await adm.admit(w.apps[0], "web", user)
+        except MeteringUnavailable as exc:
+            return exc
+
+    # A hang guard, not a speed check: unanswered, the calls would wait forever.
+    outs = await asyncio.wait_for(asyncio.gather(*(one(f"u{i}") for i in range(5))), 60)
+    assert all(isinstance(o, MeteringUnavailable) and not o.ambiguous for o in outs)
+    assert adm._inflight == 0
+    assert (await adm.admit(w.apps[0], "web", "after")).admitted  # a new connection
+
+
+async def test_a_call_made_while_a_failed_connect_answers_is_answered_too() -> None:
+    """A failed connect answers its calls; a call made from one of those answers (the
+    Admitter dispatches its next batch there) waited, unsent, for a connection nobody was
+    opening, until some later call opened one (30 s of a request after a Redis kill)."""
+    pipe = RedisPipe(("127.0.0.1", free_port()), [], timeout=10, connect_timeout=10)
+    got = Collect()
+
+    def first(reply: Any, sent: bool) -> None:
+        got(reply, sent)
+        pipe.call(["PING"], got)  # made from the first call's answer
+
+    try:
+        pipe.call(["PING"], first)
+        replies = await asyncio.wait_for(got.wait(2), 60)  # a hang guard, not a speed check
+        assert [(type(r), sent) for r, sent in replies] == [(RedisConnectionError, False)] * 2
+    finally:
+        pipe.close()
