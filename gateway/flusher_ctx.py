@@ -52,12 +52,16 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     except Exception:  # Redis down: the sweeper waits for it below
         log.warning("journal replay deferred: redis unavailable", exc_info=True)
     refunds = Admitter(app[REDIS], settings, clock=app[CLOCK])
-    sweeper = Sweeper(
-        app[REDIS],
-        flusher.workspaces,
-        lambda app_id, rid: refunds.void(app_id, rid, ""),
-        clock=app[CLOCK],
-    )
+
+    async def sweep(app_id: str, rid: str) -> bool:
+        """Refund a charge never confirmed as forwarded; counted as every refund is."""
+        refunded = await refunds.void(app_id, rid, "")
+        if refunded:
+            metrics.refunds.inc()
+            metrics.swept_refunds.inc()
+        return refunded
+
+    sweeper = Sweeper(app[REDIS], flusher.workspaces, sweep, clock=app[CLOCK])
 
     async def gauges() -> None:
         while True:

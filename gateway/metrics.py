@@ -123,7 +123,16 @@ class Metrics:
             "creditgate_sessions_started_total", "Billing sessions opened.", registry=r
         )
         self.refunds = Counter(
-            "creditgate_refunds_total", "Charged admissions reversed (bot failed).", registry=r
+            "creditgate_refunds_total",
+            "Charged admissions reversed: the bot failed, a charge voided, or one never "
+            "confirmed as forwarded (swept, counted again in creditgate_swept_refunds_total).",
+            registry=r,
+        )
+        self.swept_refunds = Counter(
+            "creditgate_swept_refunds_total",
+            "Charges the sweeper refunded: never confirmed as forwarded within the refund "
+            "window (a gateway died between charge and forward).",
+            registry=r,
         )
         self.redis_errors = Counter(
             "creditgate_redis_errors_total",

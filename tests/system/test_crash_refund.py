@@ -72,6 +72,35 @@ async def test_unconfirmed_charges_are_refunded_after_the_window(
     await confirmations.close()
 
 
+async def test_the_gateway_s_sweeper_counts_its_refunds_in_metrics(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    """The sweeper's refunds showed in the log only: creditgate_refunds_total stayed 0."""
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    clock = Clock.wall()
+    clock.now -= 60  # charged a minute ago, never confirmed: due for the sweeper
+    adm = make_admitter(rclient, settings, clock)
+    assert [(await adm.admit(APP, "web", f"v{i}", "")).units for i in range(3)] == [1] * 3
+    async with (
+        aiohttp.ClientSession() as http,
+        creditgate_serve(redis_url, tmp_path, refund_window_s=3) as sv,
+    ):
+        for _ in range(6000):  # the sweeper's progress, however slow the machine
+            if await reserved(rclient) == 0:
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(100):  # counted right after its refund's reply
+            async with http.get(f"{sv.admin}/metrics") as resp:
+                text = await resp.text()
+            if "creditgate_swept_refunds_total 3.0" in text:
+                break
+            await asyncio.sleep(0.1)
+    assert "creditgate_swept_refunds_total 3.0" in text
+    assert "creditgate_refunds_total 3.0" in text
+    assert await free_credit(rclient, WS) == FREE
+
+
 async def test_a_dead_process_journal_is_replayed_once(
     redis_url: str, tmp_path: Path, rclient: RedisClient
 ) -> None:
