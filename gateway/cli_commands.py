@@ -270,11 +270,11 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
               f"({co.payment_intent}) paid {format_amount(co.detail['paid_amount'])}, "
               f"credited by hand as {co.detail.get('credited_as')} "
               f"{format_amount(co.detail['credited_amount'])}")  # fmt: skip
-    for f in failed:  # not counted: credited back by hand once no refund of it follows
+    for f in failed:  # not counted: credited back by an operator (Stripe's total decides)
         back = f.credited_back
         state = (f"credited back {format_amount(back.amount)} ({back.reference})" if back
-                else "not credited back (POST /v1/workspaces/<ws>/refund-credits once "
-                "no refund of it follows)")  # fmt: skip
+                else "not credited back (POST /v1/workspaces/<ws>/refund-credits: "
+                "Stripe's refunded total decides)")  # fmt: skip
         print(f"refund_failed: {f.workspace_id or '-'}: refund {f.refund} of charge "
               f"{f.charge} (payment intent {f.payment_intent}) {format_amount(f.amount)} "
               f"{(f.currency or '').upper()} {f.status} (event {f.event_id}): {state}")  # fmt: skip

@@ -189,6 +189,36 @@ class StripeProvider:
             raise ProviderError("the payment provider answered another charge")
         return _id(found.get("payment_intent"))
 
+    async def charge_refunded(self, charge_id: str) -> int:
+        """What Stripe says is refunded of charge ``charge_id`` now (cents): the sum of its
+        refunds neither failed nor canceled, one page of up to 100 (one short attempt, as
+        the charge lookup); :class:`ProviderError` when it could not tell (more than one
+        page included: never a guess)."""
+        if not CHARGE_ID.fullmatch(charge_id):
+            raise ProviderError("not a charge id")
+        try:
+            page = await self._stripe(lookup=True).v1.refunds.list_async(
+                {"charge": charge_id, "limit": 100}
+            )
+        except stripe.StripeError as exc:
+            log.warning("stripe: refunds of charge %s not listed: %s (HTTP %s, request %s)",
+                        charge_id, type(exc).__name__, exc.http_status, exc.request_id)  # fmt: skip
+            raise ProviderError("the payment provider did not list the refunds") from None
+        found: Mapping[str, Any] = page.to_dict()
+        data = found.get("data")
+        if found.get("has_more") is not False or not isinstance(data, list):
+            raise ProviderError("the payment provider's refunds of the charge: not one page")
+        total = 0
+        for r in data:
+            amount = _int(r.get("amount")) if isinstance(r, Mapping) else None
+            if amount is None or amount < 0 or _id(r.get("charge")) != charge_id:
+                raise ProviderError("the payment provider answered another refund")
+            if (_str(r.get("currency")) or "").lower() != "usd":
+                raise ProviderError("the payment provider answered a refund not in usd")
+            if r.get("status") not in ("failed", "canceled"):
+                total += amount
+        return total
+
     def parse_event(self, payload: bytes, header: str | None) -> SessionEvent | ReversalEvent:
         """The verified event of a webhook delivery, or :class:`BadSignature`."""
         secret = self._settings.stripe_webhook_secret

@@ -63,10 +63,15 @@ async def stripe_webhook(call: Call) -> web.Response:
 
 
 async def credit_back_refund(call: Call) -> web.Response:
-    """An operator credits back a refund that failed at the provider (once)."""
+    """An operator credits back what refunds that failed at the provider took (Stripe's
+    refunded total of the charge decides)."""
     ws = call.workspace
     body = call.parsed(r.RefundCreditAdd)
-    done = await refund_credits.credit_back(call.deps, call.principal.actor, ws, body.refund)
+    provider = call.request.config_dict[PAYMENTS]
+    refunded = provider.charge_refunded if provider.can_checkout else None
+    done = await refund_credits.credit_back(
+        call.deps, call.principal.actor, ws, body.refund, refunded
+    )
     e, f = done.entry, done.failure
     assert e is not None
     assert f is not None
@@ -75,13 +80,13 @@ async def credit_back_refund(call: Call) -> web.Response:
         reference=e.reference,
         amount=format_amount(e.amount),
         app_id=e.app_id,
-        created=done.result == "credited",
+        created=True,
         created_at=iso(e.created_at) or "",
         refund=f.refund,
         refund_amount=format_amount(f.amount),
         payment_intent=f.payment_intent,
     )
-    return json_response(out, 201 if out.created else 200)
+    return json_response(out, 201)
 
 
 def transaction_type(e: LedgerEntry) -> r.TransactionType:
@@ -92,7 +97,8 @@ def transaction_type(e: LedgerEntry) -> r.TransactionType:
     if e.kind == "topup":
         return "checkout" if e.reference.startswith("checkout:") else "manual_credit"
     if e.kind == "payment_reversed":
-        return "refund_failed" if e.detail.get("cause") == "refund_failed" else "payment_reversed"
+        credited_back = e.detail.get("cause") in ("refund_failed", "refund_sync")
+        return "refund_failed" if credited_back else "payment_reversed"
     if e.kind == "dispute_reinstated":
         return "dispute_reinstated"
     return "refund_adjustment" if e.kind == "refund_adjust" else "reconcile"

@@ -184,14 +184,15 @@ class FundsOut(Out):
 class RefundCreditAdd(Body):
     refund: str = Field(
         pattern=r"^(re|pyr)_[A-Za-z0-9_]{1,200}$",
-        description="a refund whose failure Stripe announced (refund_failed): credited "
-        "back once, its amount, into the pool its payment credited",
+        description="a refund whose failure Stripe announced (refund_failed): its "
+        "payment's refunded part is lowered to what Stripe lists refunded of its charge, "
+        "into the pool the payment credited",
     )
 
 
 class RefundCreditOut(FundsOut):
     refund: str
-    refund_amount: Money = Field(description="the failed refund's amount")
+    refund_amount: Money = Field(description="the failed refund's amount (not what is credited)")
     payment_intent: str | None
 
 

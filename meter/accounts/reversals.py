@@ -62,9 +62,8 @@ HANDLED = frozenset(
     {REFUNDED, DISPUTE_CREATED, DISPUTE_WITHDRAWN, DISPUTE_CLOSED, DISPUTE_REINSTATED}
 )
 # A refund that did not happen after all (its object's ``status`` ``failed`` or
-# ``canceled``): recognised and logged, never credited back (README: a charge's
-# cumulative ``amount_refunded``, which keys the refunds' debits, can repeat once a failed
-# part is refunded again, so a credit back here could let that refund go undebited).
+# ``canceled``): recognised, kept and logged, never credited back by itself (an
+# operator's credit back asks Stripe what is refunded: meter.accounts.refund_credits).
 REFUND_UPDATES = frozenset({"charge.refund.updated", "refund.updated", "refund.failed"})
 
 Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment",

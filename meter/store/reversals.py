@@ -16,12 +16,14 @@ makes a redelivery write nothing):
 * a dispute that took the funds ``dispute:<dispute id>`` (opened, or closed lost),
   kind ``payment_reversed``;
 * a dispute won ``dispute_won:<dispute id>``, kind ``dispute_reinstated``;
-* a refund that failed, credited back by an operator ``refund_failed:<refund id>``,
-  kind ``payment_reversed``, amount >= 0 (:mod:`meter.store.refund_failures`).
+* an operator's credit back of refunds that failed ``refund_sync:<charge>:<n>`` (the
+  n-th; ``refund_failed:<refund id>`` before), kind ``payment_reversed``, amount >= 0:
+  the refunded part lowered to what Stripe says (:mod:`meter.store.refund_failures`).
 
 The amount of each is the difference between what the payment's entries took back so
 far and what all of them, this one included, say must be taken back:
-``min(credited, highest cumulative refund + disputes not won)``. So partial refunds
+``min(credited, refunded part + disputes not won)``, the refunded part the highest
+cumulative refund since the last credit back (:func:`refund_state`). So partial refunds
 debit each their own part, a late smaller cumulative amount debits nothing, and nothing
 ever takes back more than was credited. The entries of one payment are written one at a
 time (PostgreSQL: the payment's claim row is locked first; SQLite: ``BEGIN IMMEDIATE``).
@@ -49,6 +51,9 @@ from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import REVERSAL_KINDS, LedgerEntry, OutboxEvent
 from meter.store.outbox import insert_events
+from meter.store.refund_state import SYNCS, refund_state, syncs, taken_back
+
+__all__ = ["SYNCS", "refund_state", "syncs", "taken_back"]  # re-exported
 
 Cause = Literal["refund", "dispute", "dispute_won"]
 ReversalResult = Literal[
@@ -91,27 +96,6 @@ class Reversed:
 
 def _entry(r: Any) -> LedgerEntry:
     return row_as(LedgerEntry, r, _LEDGER, detail=loads(r["detail"]) or {})
-
-
-def taken_back(credited: int, entries: list[LedgerEntry]) -> int:
-    """What a payment's reversal entries say must be taken back (micro-dollars, >= 0),
-    in ledger order: a refund credited back after it failed (``refund_failed``, by an
-    operator) lowers the refunded part by its amount, and a later refund's cumulative
-    amount (Stripe lowers ``amount_refunded`` by a failed refund) counts from there."""
-    refunded, disputed, won = 0, {}, set()
-    for e in entries:
-        cause, amount = e.detail.get("cause"), int(e.detail.get("amount", 0))
-        key = str(e.detail.get("key", ""))
-        if cause == "refund":
-            refunded = max(refunded, amount)
-        elif cause == "refund_failed":
-            refunded = max(0, refunded - amount)
-        elif cause == "dispute":
-            disputed[key] = amount
-        elif cause == "dispute_won":
-            won.add(key)
-    open_disputes = sum(a for k, a in disputed.items() if k not in won)
-    return max(0, min(credited, refunded + open_disputes))
 
 
 async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:

@@ -4,7 +4,9 @@
 way Stripe does (form-encoded request, bearer secret key, a ``checkout.session`` JSON
 answer), so the real ``stripe`` library talks real HTTP to it, and ``GET
 /v1/charges/{id}`` (the charge of a session it created, named as :func:`refunded` names
-it, or one of ``charges``; else Stripe's 404 ``resource_missing``). Every request is kept
+it, or one of ``charges``; else Stripe's 404 ``resource_missing``) and ``GET
+/v1/refunds?charge=`` (the refunds :meth:`StripeStandIn.set_refund` made, newest first,
+with their statuses: what Stripe's ``amount_refunded`` counts). Every request is kept
 (its decoded form and headers) for the test to check. ``signed`` builds a webhook
 delivery exactly as Stripe signs one (``t=<unix time>,v1=<HMAC-SHA256 of
 "<t>.<payload>">``), so the gateway verifies it with the library like a real one.
@@ -50,6 +52,10 @@ class StripeStandIn:
     key: str = SECRET_KEY  # the API key it accepts (``sk_live_`` for a live account)
     charges: dict[str, str | None] = field(default_factory=dict)  # more: charge -> intent
     charge_lookups: list[str] = field(default_factory=list)  # every charge asked for
+    # GET /v1/refunds?charge=: each charge's refunds (set_refund), as Stripe lists them
+    refunds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refund_lists: list[str] = field(default_factory=list)  # every charge whose refunds were
+    refunds_has_more: bool = False  # answer a first page of more
     # How the next requests misbehave (both routes): "stall_head" (no answer until
     # ``release``), "stall_body" (a head and part of the body, then nothing until
     # ``release``), "break_body" (part of the body, then the connection closed),
@@ -102,6 +108,27 @@ class StripeStandIn:
             await resp.write(raw[at : at + (1 << 16)])
         await resp.write_eof()
         return resp
+
+    async def refused(self, request: web.Request) -> web.StreamResponse | None:
+        """The misbehaving, unauthorized or failing answer to a GET, if any."""
+        if (bad := await self.hostile(request)) is not None:
+            return bad
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
+            return web.json_response(error, status=401)
+        if self.fail_with is not None:
+            error = {"error": {"type": "api_error", "message": "stand-in failure"}}
+            return web.json_response(error, status=self.fail_with)
+        return None
+
+    def set_refund(self, intent: str, refund: str, amount: int, status: str = "succeeded") -> None:
+        """Refund ``refund`` (cents) of the charge of ``intent`` is now ``status``."""
+        charge = "ch_" + intent.removeprefix("pi_")
+        listed = self.refunds.setdefault(charge, [])
+        listed[:] = [r for r in listed if r["id"] != refund]
+        listed.insert(0, {"id": refund, "object": "refund", "amount": amount,
+                          "charge": charge, "currency": "usd", "payment_intent": intent,
+                          "status": status})  # fmt: skip
 
     def session_for(self, checkout_id: str) -> dict[str, Any]:
         return next(
@@ -176,14 +203,8 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
     async def charge(request: web.Request) -> web.StreamResponse:
         cid = request.match_info["charge"]
         standin.charge_lookups.append(cid)
-        if (bad := await standin.hostile(request)) is not None:
+        if (bad := await standin.refused(request)) is not None:
             return bad
-        if request.headers.get("Authorization") != f"Bearer {standin.key}":
-            error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
-            return web.json_response(error, status=401)
-        if standin.fail_with is not None:
-            error = {"error": {"type": "api_error", "message": "stand-in failure"}}
-            return web.json_response(error, status=standin.fail_with)
         suffix = cid.removeprefix("ch_")
         if cid in standin.charges:
             intent = standin.charges[cid]
@@ -199,7 +220,17 @@ async def stripe_standin(key: str = SECRET_KEY) -> AsyncIterator[StripeStandIn]:
             return await standin.padded(request, body)
         return web.json_response(body)
 
+    async def refunds(request: web.Request) -> web.StreamResponse:
+        cid = request.query.get("charge", "")
+        standin.refund_lists.append(cid)
+        if (bad := await standin.refused(request)) is not None:
+            return bad
+        data = standin.refunds.get(cid, [])[: int(request.query.get("limit", "10"))]
+        return web.json_response({"object": "list", "url": "/v1/refunds", "data": data,
+                                  "has_more": standin.refunds_has_more})  # fmt: skip
+
     app = web.Application()
+    app.router.add_get("/v1/refunds", refunds)
     app.router.add_post("/v1/checkout/sessions", create)
     app.router.add_get("/v1/charges/{charge}", charge)
     async with serve(app) as url:

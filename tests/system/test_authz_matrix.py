@@ -32,7 +32,8 @@ from meter.accounts.authz import token_hash
 from meter.store.refund_failures import RefundFailure
 from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.settings import OPERATOR_TOKEN
-from tests.support.stripe_standin import settings_with_stripe, stripe_standin
+from tests.support.stripe_standin import refunded, settings_with_stripe, signed, stripe_standin
+from tests.system.test_payments import deliver
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
 
@@ -103,7 +104,7 @@ MATRIX: list[tuple[str, Req, tuple[int, ...]]] = [
     ("POST /v1/workspaces/{ws}/funds",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/funds", {"amount": "100.00", "reference": "m"}),
      (201, 403, 403, 404, 403, 404, 401, 401)),
-    # Operators only (the world's failed refund took nothing back: 0.00 credited).
+    # Operators only (the world's refund took 30.00, Stripe lists none: 30.00 back).
     ("POST /v1/workspaces/{ws}/refund-credits",
      lambda w: ("POST", f"/v1/workspaces/{w.ws}/refund-credits", {"refund": f"re_{w.ws}"}),
      (201, 403, 403, 404, 403, 404, 401, 401)),
@@ -236,9 +237,12 @@ async def build_world(admin: Admin) -> World:
         "POST", f"/v1/workspaces/{ws}/upgrade-requests", tokens["owner"], {"products": ["search"]}
     )
     invited = next(i["id"] for i in invitations if i["kind"] == "workspace")
-    # A payment credited by hand under its pi_, whose refund re_<ws> failed at Stripe.
+    # A payment credited by hand under its pi_, refunded 30.00, whose refund re_<ws>
+    # failed at Stripe (which lists no refund of the charge).
     await admin.ok("POST", f"/v1/workspaces/{ws}/funds", OPERATOR_TOKEN,
                    {"amount": "100.00", "reference": f"pi_{ws}"})  # fmt: skip
+    back = refunded(f"pi_{ws}", 3000, amount=10000)
+    assert (await deliver(admin, back, signed(back)))[0] == 200
     await admin.store.record_refund_failure(
         RefundFailure(f"re_{ws}", f"pi_{ws}", f"ch_{ws}", 0, "usd", "failed", f"evt_{ws}", 0)
     )

@@ -1,19 +1,24 @@
-"""A refund that failed at Stripe is credited back by an operator: once, bounded, in place.
+"""A refund that failed at Stripe is credited back by an operator, as Stripe says.
 
 The failure is kept when its signed event comes (``refund_failed``); nothing moves by
-itself. ``POST /v1/workspaces/{ws}/refund-credits`` (operator token) credits back that
-refund's amount, not bound by the top-up limits (a 30.00 refund is below the minimum
-top-up) but by what the payment's reversals took back: once per refund, into the pool
-the payment credited (here the app's funds), its live balance under its own marker so
-that ``reconcile --apply`` and the projection check never apply it again. A refund made
-again afterwards debits from there. ``creditgate reconcile`` lists every failed refund
-and whether it was credited back. Real admin application, redis-server, SQLite and
-PostgreSQL, deliveries signed as Stripe signs them.
+itself. ``POST /v1/workspaces/{ws}/refund-credits`` (operator token) asks Stripe what is
+refunded of the charge now (``GET /v1/refunds?charge=``: refunds neither failed nor
+canceled) and lowers the payment's refunded part here to that: never by the failed
+refund's own amount (a refund made again, whose cumulative amount repeats an earlier
+one, or events in another order made that give the payer twice), never more than the
+payment's reversals took, into the pool the payment credited, its live balance under its
+own marker so that ``reconcile --apply`` and the projection check never apply it again.
+Nothing to credit back is 409 with nothing written (a retry later works); a refund made
+afterwards debits from there. Every delivery order of a refund, its failure, a second
+refund and the operator's credit back ends at what Stripe kept. Real admin application,
+redis-server, SQLite and PostgreSQL, deliveries signed as Stripe signs them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +27,7 @@ from gateway.cli_commands import _reconcile
 from meter.accounts import projection, projection_check, rebuild
 from meter.accounts.deps import Deps
 from meter.usage.reconcile import reconcile
-from tests.support.clock import Clock
+from tests.support.adminkit import Admin
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, refund_updated, refunded
 from tests.system.test_payment_reversals import bought, outcome, paid_funds, reversals
@@ -42,7 +47,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return dsn
 
 
-async def test_a_failed_refund_is_credited_back_once_into_its_pool(
+async def credit(admin: Admin, ws: str, refund: str = "re_1") -> tuple[int, Any]:
+    return await admin.api("POST", f"/v1/workspaces/{ws}/refund-credits", OPERATOR_TOKEN,
+                           {"refund": refund})  # fmt: skip
+
+
+async def settle(admin: Admin, ws: str) -> int:
+    """reconcile --apply and the projection check, then nothing differs: the paid funds."""
+    [rep] = await reconcile(admin.store, admin.redis, admin.settings, workspace=ws, apply=True)
+    await projection_check.check_workspace(
+        Deps(admin.store, admin.redis, admin.settings, load_catalog()), ws)  # fmt: skip
+    [rep] = await reconcile(admin.store, admin.redis, admin.settings, workspace=ws)
+    assert rep.differences == [], rep
+    funds = await paid_funds(admin, ws)
+    return funds[0] + sum(funds[1].values())
+
+
+async def test_a_failed_refund_is_credited_back_into_its_pool(
     store_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with paying(store_url, redis_url) as (admin, standin):
@@ -50,35 +71,32 @@ async def test_a_failed_refund_is_credited_back_once_into_its_pool(
         app = (await admin.ok("POST", f"/v1/workspaces/{ws}/apps", token,
                               {"name": "b", "product": "search"}))["id"]  # fmt: skip
         pi = await bought(admin, standin, token, ws, "100.00", app)
+        standin.set_refund(pi, "re_1", 3000)
         assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
         assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
         assert await paid_funds(admin, ws) == (0, {app: 70 * USD})
         url = f"/v1/workspaces/{ws}/refund-credits"
         # Operators only; an unknown refund is 404.
         st, body = await admin.api("POST", url, token, {"refund": "re_1"})
         assert st == 403, body
-        st, body = await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_2"})
-        assert (st, body["code"]) == (404, "not_found"), body
+        assert (await credit(admin, ws, "re_2"))[0] == 404
         await _reconcile(admin.settings, ws, False)
         assert f"refund_failed: {ws}: refund re_1 of charge ch_" in capsys.readouterr().out
-        got = await admin.ok("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
-        assert (got["amount"], got["refund_amount"], got["app_id"], got["created"]) == (
-            "30.00", "30.00", app, True)  # fmt: skip
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"], got["refund_amount"], got["app_id"], got["created"]) == (
+            201, "30.00", "30.00", app, True)  # fmt: skip
+        charge = "ch_" + pi.removeprefix("pi_")
+        assert got["reference"] == f"refund_sync:{charge}:1"
+        assert standin.refund_lists == [charge]  # Stripe was asked
         assert await paid_funds(admin, ws) == (0, {app: 100 * USD})
-        # Once: a retry answers the same entry and moves nothing.
-        st, again = await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
-        assert (st, again["amount"], again["created"]) == (200, "30.00", False), again
-        assert await paid_funds(admin, ws) == (0, {app: 100 * USD})
-        # Neither reconcile --apply nor the projection check applies it again.
-        [rep] = await reconcile(admin.store, admin.redis, admin.settings, workspace=ws, apply=True)
-        assert rep.differences == [], rep
-        await projection_check.check_workspace(Deps(admin.store, admin.redis, admin.settings,
-                                                    load_catalog()), ws)  # fmt: skip
-        assert await paid_funds(admin, ws) == (0, {app: 100 * USD})
+        # A replay finds nothing to credit back (Stripe and the ledger agree): nothing.
+        st, again = await credit(admin, ws)
+        assert (st, again["code"]) == (409, "nothing_to_credit_back"), again
+        assert await settle(admin, ws) == 100 * USD
         await _reconcile(admin.settings, ws, False)
         out = capsys.readouterr().out
-        assert "refund re_1" in out
-        assert "credited back 30.00 (refund_failed:re_1)" in out
+        assert f"credited back 30.00 (refund_sync:{charge}:1)" in out
         # The owner is told; the transactions list it.
         added = [e.payload for e in await admin.store.list_events(ws)
                  if e.event_type == "funds.added" and e.payload.get("reason")]  # fmt: skip
@@ -86,12 +104,6 @@ async def test_a_failed_refund_is_credited_back_once_into_its_pool(
         txs = await admin.ok("GET", f"/v1/workspaces/{ws}/transactions", OPERATOR_TOKEN)
         assert [(t["type"], t["amount"]) for t in txs["transactions"][:2]] == [
             ("refund_failed", "30.00"), ("payment_reversed", "-30.00")]  # fmt: skip
-        # The payer is refunded again afterwards, 20.00: Stripe's amount_refunded is 20.
-        assert await outcome(admin, refunded(pi, 2000, amount=10000)) == "reversed"
-        assert await paid_funds(admin, ws) == (0, {app: 80 * USD})
-        assert await reversals(admin, ws) == [
-            ("payment_reversed", -30 * USD), ("payment_reversed", 30 * USD),
-            ("payment_reversed", -20 * USD)]  # fmt: skip
 
 
 async def test_a_credit_back_never_gives_more_than_was_taken(
@@ -100,70 +112,148 @@ async def test_a_credit_back_never_gives_more_than_was_taken(
     async with paying(store_url, redis_url) as (admin, standin):
         token, ws = await admin.owner_workspace()
         pi = await bought(admin, standin, token, ws, "100.00")
-        url = f"/v1/workspaces/{ws}/refund-credits"
-        # A failure whose refund never debited anything here credits nothing back.
+        # A failure whose refund debited nothing here: nothing to credit back, nothing
+        # written (the refund's own debit, once it comes, can be credited back then).
+        standin.set_refund(pi, "re_0", 4000, "failed")
         assert await outcome(admin, refund_updated(pi, "re_0", 4000, "failed")) == "refund_failed"
-        got = await admin.ok("POST", url, OPERATOR_TOKEN, {"refund": "re_0"})
-        assert got["amount"] == "0.00"
-        assert await paid_funds(admin, ws) == (100 * USD, {})
+        st, got = await credit(admin, ws, "re_0")
+        assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
+        assert await reversals(admin, ws) == []
         # Refunded 30, then the whole payment disputed: all 100 are taken; the failed
         # refund's 30 is still held by the dispute, so its credit back gives nothing.
+        standin.set_refund(pi, "re_1", 3000)
         assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
         lost = disputed("charge.dispute.created", pi, "dp_1", 10000, "needs_response")
         assert await outcome(admin, lost) == "reversed"
         assert await paid_funds(admin, ws) == (0, {})
+        standin.set_refund(pi, "re_1", 3000, "failed")
         assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
-        got = await admin.ok("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
-        assert got["amount"] == "0.00"
-        assert await paid_funds(admin, ws) == (0, {})
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"]) == (201, "0.00"), got
+        assert await settle(admin, ws) == 0
+        # The dispute won: the whole payment comes back, not 30 more.
+        won = disputed("charge.dispute.closed", pi, "dp_1", 10000, "won")
+        assert await outcome(admin, won) == "reinstated"
+        assert await settle(admin, ws) == 100 * USD
         # A refund of another workspace's payment is not found from this one.
         _, other = await admin.owner_workspace("someone")
-        st, body = await admin.api("POST", f"/v1/workspaces/{other}/refund-credits",
-                                   OPERATOR_TOKEN, {"refund": "re_1"})  # fmt: skip
-        assert st == 404, body
+        assert (await credit(admin, other))[0] == 404
 
 
-async def test_a_crash_before_redis_is_completed_by_the_retry(
-    sqlite_url: str, redis_url: str
-) -> None:
+async def test_stripe_is_asked_or_nothing_is_credited(sqlite_url: str, redis_url: str) -> None:
+    async with paying(sqlite_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        # More than one page of refunds: no guess (502), nothing written.
+        standin.refunds_has_more = True
+        st, got = await credit(admin, ws)
+        assert (st, got["code"]) == (502, "payment_provider_error"), got
+        standin.refunds_has_more = False
+        standin.fail_with = 500
+        assert (await credit(admin, ws))[0] == 502
+        standin.fail_with = None
+        assert await settle(admin, ws) == 70 * USD
+        # Eight at once: one credits back, the others find nothing (or a change) to do.
+        got8 = await asyncio.gather(*[credit(admin, ws) for _ in range(8)])
+        assert sorted(s for s, _ in got8) == [201] + [409] * 7, got8
+        assert await settle(admin, ws) == 100 * USD
+
+
+async def test_a_crash_before_redis_is_completed(sqlite_url: str, redis_url: str) -> None:
     async with paying(sqlite_url, redis_url) as (admin, standin):
         token, ws = await admin.owner_workspace()
         pi = await bought(admin, standin, token, ws, "100.00")
         assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
         assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
         d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
         # The ledger committed, the process died before Redis.
-        done = await admin.store.credit_back_refund(ws, "re_1", "operator", d.now_ms())
+        basis = await admin.store.credit_back_basis(ws, "re_1")
+        seen = tuple(e.id for e in basis.prior)
+        done = await admin.store.credit_back_refund(ws, "re_1", "op", d.now_ms(), 0, seen)
         assert done.result == "credited"
         assert (await projection.read_balances(admin.redis, ws)).pool == 70 * USD
-        url = f"/v1/workspaces/{ws}/refund-credits"
-        for _ in range(2):
-            st, got = await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
-            assert (st, got["amount"], got["created"]) == (200, "30.00", False), got
-        assert await paid_funds(admin, ws) == (100 * USD, {})
+        for _ in range(2):  # the operator's retry: nothing more, the balance completed
+            st, got = await credit(admin, ws)
+            assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
+            assert await paid_funds(admin, ws) == (100 * USD, {})
         # Redis lost the workspace: the rebuild holds the credit back and marks it.
         await admin.redis.flushall()
         assert await rebuild.rebuild_workspace(
             admin.store, admin.redis, admin.settings, d.catalog, ws) == "rebuilt"  # fmt: skip
-        assert (await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"}))[0] == 200
-        assert await paid_funds(admin, ws) == (100 * USD, {})
+        assert (await credit(admin, ws))[0] == 409
+        assert await settle(admin, ws) == 100 * USD
 
 
-async def test_no_credit_back_once_the_charge_was_refunded_since(
+# The reviewer's findings: Stripe's history (set_refund) then the deliveries.
+
+
+async def test_f1_refunded_again_the_same_before_the_credit_back(
     store_url: str, redis_url: str
 ) -> None:
-    clock = Clock.wall()
-    async with paying(store_url, redis_url, clock=clock) as (admin, standin):
+    async with paying(store_url, redis_url) as (admin, standin):
         token, ws = await admin.owner_workspace()
         pi = await bought(admin, standin, token, ws, "100.00")
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        standin.set_refund(pi, "re_2", 3000)  # Stripe kept 70
         assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
-        clock.advance(1)
         assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
-        clock.advance(1)
-        # The payer refunded again, 20.00: Stripe's cumulative 20, an earlier key's
-        # amount in other cases; crediting re_1 back now could leave it undebited.
-        assert await outcome(admin, refunded(pi, 2000, amount=10000)) == "already_reversed"
-        url = f"/v1/workspaces/{ws}/refund-credits"
-        st, body = await admin.api("POST", url, OPERATOR_TOKEN, {"refund": "re_1"})
-        assert (st, body["code"]) == (409, "refunded_after_failure"), body
-        assert await paid_funds(admin, ws) == (70 * USD, {})
+        await outcome(admin, refunded(pi, 3000, amount=10000))  # re_2: the same key
+        st, got = await credit(admin, ws)
+        assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
+        assert await settle(admin, ws) == 70 * USD
+
+
+async def test_f3_the_failure_delivered_after_the_next_refund(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        standin.set_refund(pi, "re_2", 2000)  # Stripe kept 80
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        await outcome(admin, refunded(pi, 2000, amount=10000))
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"]) == (201, "10.00"), got
+        assert await settle(admin, ws) == 80 * USD
+
+
+async def test_f4_a_late_larger_cumulative_is_credited_back_by_the_next(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        standin.set_refund(pi, "re_2", 2000)  # Stripe kept 80
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        assert (await credit(admin, ws))[1]["amount"] == "10.00"
+        assert await settle(admin, ws) == 80 * USD
+        # re_2's cumulative 50 (before re_1 failed) comes late: it takes 30 more, which
+        # the next credit back gives back (a reference of its own).
+        assert await outcome(admin, refunded(pi, 5000, amount=10000)) == "reversed"
+        assert await settle(admin, ws) == 50 * USD
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"], got["reference"][-2:]) == (201, "30.00", ":2"), got
+        assert await settle(admin, ws) == 80 * USD
+
+
+async def test_f5_the_failure_before_its_refund_burns_nothing(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        standin.set_refund(pi, "re_1", 3000, "failed")  # Stripe kept 100
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        assert (await credit(admin, ws))[0] == 409  # nothing taken yet: nothing written
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"]) == (201, "30.00"), got
+        assert await settle(admin, ws) == 100 * USD
