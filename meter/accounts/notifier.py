@@ -8,10 +8,11 @@ after ``max_attempts`` it gives up (the event stays in the outbox, undelivered).
 
 Workspaces are served fairly (see :class:`Notifier`): each has its own task, a round
 claims a few events of each, and a receiver that does not answer (timeout, refused,
-reset) holds back only its own workspace, whose other events wait for the failed one's
-retry without an attempt counted. Events of a workspace without a webhook are parked
-(kept, not offered again) until one is set. Within a workspace events go one at a time,
-oldest due first.
+reset), or answers an error only after half the timeout or more, holds back only its
+own workspace, whose other events wait for the failed one's retry without an attempt
+counted (a slow error would otherwise hold a delivery slot for a whole batch of them).
+Events of a workspace without a webhook are parked (kept, not offered again) until one
+is set. Within a workspace events go one at a time, oldest due first.
 
 The HTTP request itself is a :data:`Post` callable supplied by the gateway, so the
 metering core never imports an HTTP client. Signature header::
@@ -191,7 +192,8 @@ class Notifier:
 
     async def _deliver_ws(self, ws_id: str, events: list[OutboxEvent]) -> int:
         """Events of one workspace, one at a time, in order. An answer other than 2xx
-        gets the event its own retry time; no answer at all stops the workspace."""
+        gets the event its own retry time; no answer at all, or a slow error, stops the
+        workspace."""
         ids = [ev.id for ev in events if ev.id is not None]
         ws = await self.store.get_workspace(ws_id)
         if ws is None or not ws.webhook_url or not ws.webhook_secret:
@@ -211,9 +213,9 @@ class Notifier:
             )
             delivered += ok
             if unreachable_until is not None:
-                # No answer (timeout, refused, reset): the rest would most likely wait
-                # out the timeout too. They, and the workspace's other due events, wait
-                # with this one, without counting an attempt.
+                # No answer (timeout, refused, reset) or a slow error: the rest would
+                # most likely wait out the timeout too. They, and the workspace's other
+                # due events, wait with this one, without counting an attempt.
                 now = self._now()
                 await self.store.postpone_events(ws_id, ids[n + 1 :], unreachable_until, due_at=now)
                 break
@@ -231,10 +233,12 @@ class Notifier:
             DELIVERY_HEADER: ev.event_id,
             SIGNATURE_HEADER: signature(secret, body),
         }
-        unreachable = False
+        unreachable, started = False, self.clock()
         try:
             status = await self.post(url, body, headers, tenant)
             error = f"HTTP {status}"
+            # An error answered after half the timeout or more counts as no answer.
+            unreachable = status >= 300 and self.clock() - started >= self.timeout_s / 2
         except Exception as exc:  # any transport failure is a failed attempt
             status, error, unreachable = 0, repr(exc), True
         if 200 <= status < 300:

@@ -10,7 +10,7 @@ that would otherwise hang (as the unfair notifier did).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -253,3 +253,41 @@ async def test_the_outbox_claims_workspaces_in_turn(store: Store) -> None:
     await store.set_webhook(BARE, "http://127.0.0.1:9/h", SECRET)
     [woken] = await store.due_events(now, 100, exclude=[SLOW, FAST])
     assert (woken.workspace_id, woken.attempts, woken.last_error) == (BARE, 0, None)
+
+
+async def test_a_receiver_that_answers_errors_slowly_holds_back_its_workspace(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    """Each 500 answered just under the timeout held a delivery slot for a whole batch
+    (10 events x the timeout); a slow error now stops the batch as no answer does."""
+    clock = Clock()
+    timeout_s = 60.0
+    post = http_post(session, timeout_s)
+
+    async def slow_post(url: str, body: bytes, headers: Mapping[str, str], tenant: str) -> int:
+        status = await post(url, body, headers, tenant)
+        clock.advance(timeout_s * 0.9)  # answered at 90 % of the timeout (on the test clock)
+        return status
+
+    async with receiver() as rec:
+        rec.fail = 1000
+        await store.set_webhook(SLOW, rec.url, SECRET)
+        await enqueue(store, SLOW, 10)
+        n = Notifier(store, slow_post, timeout_s=timeout_s, clock=clock)
+        async with asyncio.timeout(GUARD_S):
+            await n.deliver_due()
+            while n.busy:
+                await n.deliver_due()
+        assert len(rec.got) == 1
+        first, *rest = await events(store, SLOW)
+        assert first.attempts == 1
+        assert first.next_attempt_at is not None
+        assert [(e.attempts, e.next_attempt_at) for e in rest] == [(0, first.next_attempt_at)] * 9
+        # A quick error does not: the next event is tried at once.
+        clock.now = first.next_attempt_at / 1000
+        n2 = Notifier(store, post, timeout_s=timeout_s, clock=clock)
+        async with asyncio.timeout(GUARD_S):
+            await n2.deliver_due()
+            while n2.busy:
+                await n2.deliver_due()
+        assert len(rec.got) == 11
