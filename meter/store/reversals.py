@@ -12,7 +12,9 @@ entry, keyed by what the event says (the ledger's unique ``(workspace, reference
 makes a redelivery write nothing):
 
 * a refund ``refund:<charge>:<cumulative cents>`` (the charge's ``amount_refunded``
-  after that refund), kind ``payment_reversed``;
+  after that refund), kind ``payment_reversed``; after ``n`` credit backs of the charge
+  ``refund:<charge>:<cumulative cents>:<n>`` (a failed refund lowers ``amount_refunded``,
+  so a later refund can repeat a cumulative amount), an event handled before skipped;
 * a dispute that took the funds ``dispute:<dispute id>`` (opened, or closed lost),
   kind ``payment_reversed``;
 * a dispute won ``dispute_won:<dispute id>``, kind ``dispute_reinstated``;
@@ -51,7 +53,7 @@ from meter.store.db import Conn, Row, StoreCore, dumps, loads, row_as
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import REVERSAL_KINDS, LedgerEntry, OutboxEvent
 from meter.store.outbox import insert_events
-from meter.store.refund_state import SYNCS, refund_state, syncs, taken_back
+from meter.store.refund_state import SYNCS, refund_state, seen, syncs, taken_back
 
 __all__ = ["SYNCS", "refund_state", "syncs", "taken_back"]  # re-exported
 
@@ -111,6 +113,11 @@ async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
         return Reversed("unknown_payment")
     prior = await _reversals(c, credit)
     reference = rev.reference
+    n = syncs(prior, rev.key) if rev.cause == "refund" else 0
+    if n:  # after n credit backs a cumulative amount may come again: a key of its own
+        reference = f"{reference}:{n}"
+        if await seen(c, str(rev.detail.get("event_id")), prior):
+            return Reversed("already_reversed", credit, tuple(prior))
     if any(e.reference == reference for e in prior):
         return Reversed("already_reversed", credit, tuple(prior))
     detail = {**rev.detail, "cause": rev.cause, "key": rev.key, "amount": rev.amount,

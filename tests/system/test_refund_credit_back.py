@@ -17,6 +17,7 @@ redis-server, SQLite and PostgreSQL, deliveries signed as Stripe signs them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from meter.accounts import projection, projection_check, rebuild
 from meter.accounts.deps import Deps
 from meter.usage.reconcile import reconcile
 from tests.support.adminkit import Admin
+from tests.support.clock import Clock
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, refund_updated, refunded
 from tests.system.test_payment_reversals import bought, outcome, paid_funds, reversals
@@ -104,6 +106,16 @@ async def test_a_failed_refund_is_credited_back_into_its_pool(
         txs = await admin.ok("GET", f"/v1/workspaces/{ws}/transactions", OPERATOR_TOKEN)
         assert [(t["type"], t["amount"]) for t in txs["transactions"][:2]] == [
             ("refund_failed", "30.00"), ("payment_reversed", "-30.00")]  # fmt: skip
+        # Refunded again afterwards, 30.00: Stripe's amount_refunded is 30 again, the
+        # same cumulative amount as re_1's: it debits all the same, once.
+        standin.set_refund(pi, "re_2", 3000)
+        again_30 = refunded(pi, 3000, amount=10000)
+        assert await outcome(admin, again_30) == "reversed"
+        assert await outcome(admin, again_30) == "already_reversed"
+        assert await settle(admin, ws) == 70 * USD
+        assert await reversals(admin, ws) == [
+            ("payment_reversed", -30 * USD), ("payment_reversed", 30 * USD),
+            ("payment_reversed", -30 * USD)]  # fmt: skip
 
 
 async def test_a_credit_back_never_gives_more_than_was_taken(
@@ -207,6 +219,25 @@ async def test_f1_refunded_again_the_same_before_the_credit_back(
         assert await settle(admin, ws) == 70 * USD
 
 
+async def test_f2_refunded_again_the_same_after_the_credit_back(
+    store_url: str, redis_url: str
+) -> None:
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        first = refunded(pi, 3000, amount=10000)
+        assert await outcome(admin, first) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        assert (await credit(admin, ws))[0] == 201
+        assert await settle(admin, ws) == 100 * USD
+        assert await outcome(admin, first) == "already_reversed"  # a redelivery: nothing
+        assert await settle(admin, ws) == 100 * USD
+        standin.set_refund(pi, "re_2", 3000)  # cumulative 30 again
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        assert await settle(admin, ws) == 70 * USD
+
+
 async def test_f3_the_failure_delivered_after_the_next_refund(
     store_url: str, redis_url: str
 ) -> None:
@@ -257,3 +288,46 @@ async def test_f5_the_failure_before_its_refund_burns_nothing(
         st, got = await credit(admin, ws)
         assert (st, got["amount"]) == (201, "30.00"), got
         assert await settle(admin, ws) == 100 * USD
+
+
+@pytest.mark.parametrize("second", [2000, 3000])
+async def test_every_delivery_order_ends_at_what_stripe_kept(
+    store_url: str, redis_url: str, second: int
+) -> None:
+    """Stripe: paid 100; re_1 30 (cumulative 30); re_1 fails (0); re_2 (``second``). Every
+    delivery order of the three events and the operator's credit back (after the failure
+    came), each step followed by redeliveries of every event so far, reconcile --apply
+    and the projection check; a credit back that credits leaves exactly what Stripe
+    kept, one that does not writes nothing, and an operator's last credit back once
+    everything came ends there; then a dispute of the rest, lost, leaves 0."""
+    kept = 10000 - second
+    for i, perm in enumerate(itertools.permutations(["r1", "f", "r2", "C"])):
+        if perm.index("C") < perm.index("f"):
+            continue
+        rid = f"re_{second}_{i}"  # failures are kept by refund id (one store for all)
+        async with paying(store_url, redis_url, clock=Clock.wall()) as (admin, standin):
+            token, ws = await admin.owner_workspace()
+            pi = await bought(admin, standin, token, ws, "100.00")
+            standin.set_refund(pi, rid, 3000, "failed")
+            standin.set_refund(pi, "re_2", second)
+            events = {"r1": refunded(pi, 3000, amount=10000),
+                      "f": refund_updated(pi, rid, 3000, "failed"),
+                      "r2": refunded(pi, second, amount=10000)}  # fmt: skip
+            seen: list[bytes] = []
+            for step in perm:
+                if step == "C":
+                    st, got = await credit(admin, ws, rid)
+                    assert st in (201, 409), (perm, got)
+                    if st == 201:
+                        assert await settle(admin, ws) == kept * 100 * 100, perm
+                else:
+                    await outcome(admin, events[step])
+                    seen.append(events[step])
+                for payload in seen:
+                    await outcome(admin, payload)
+                await settle(admin, ws)
+            await credit(admin, ws, rid)  # the operator's check once all came
+            assert await settle(admin, ws) == kept * 100 * 100, perm
+            lost = disputed("charge.dispute.closed", pi, "dp_1", kept, "lost")
+            await outcome(admin, lost)
+            assert await settle(admin, ws) == 0, perm
