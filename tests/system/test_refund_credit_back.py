@@ -331,3 +331,31 @@ async def test_every_delivery_order_ends_at_what_stripe_kept(
             lost = disputed("charge.dispute.closed", pi, "dp_1", kept, "lost")
             await outcome(admin, lost)
             assert await settle(admin, ws) == 0, perm
+
+
+async def test_a_refund_recorded_while_stripe_is_asked_is_not_credited_back(
+    sqlite_url: str, redis_url: str
+) -> None:
+    # Stripe's answer can be older than a refund recorded meanwhile (which it may not
+    # count): nothing is written then (409 refunded_meanwhile), and asking again works.
+    async with paying(sqlite_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        standin.misbehave = "stall_head"
+        asked = asyncio.ensure_future(credit(admin, ws))
+        await standin.stalled.wait()  # Stripe holds the answer (it lists no refund)
+        standin.set_refund(pi, "re_2", 5000)
+        assert await outcome(admin, refunded(pi, 5000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_2", 5000, "failed")  # the answer: 0 refunded (older)
+        standin.misbehave = None
+        standin.release.set()
+        st, got = await asked
+        assert (st, got["code"]) == (409, "refunded_meanwhile"), got
+        assert await settle(admin, ws) == 50 * USD
+        standin.set_refund(pi, "re_2", 5000)  # Stripe's truth now: 50 refunded
+        st, got = await credit(admin, ws)
+        assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
+        assert await settle(admin, ws) == 50 * USD
