@@ -94,7 +94,7 @@ from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
 from gateway.ws_pump import Credential, pump, sendable
-from gateway.ws_wire import Linger
+from gateway.ws_wire import Linger, close_client
 from meter.errors import InvalidChannelUser
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ MAX_PROTOCOLS = 8
 # How long the bot may take to answer the gateway's close (aiohttp's own wait restarted at
 # each of its messages), at most the send deadline: past it its connection is dropped.
 CLOSE_ANSWER_S = 10.0
+# How long a client may take to take the gateway's close frame and answer it: past it
+# its connection is aborted (a client that does not read would hold the socket forever).
+# The bot's close, this and the linger (concurrent with this) fit the default grace.
+CLIENT_CLOSE_S = 5.0
 _TOKEN = frozenset({TOKEN_PARAM})
 _SIGNED = _TOKEN | {"user"}
 
@@ -229,7 +233,6 @@ async def proxy_websocket(
     finally:
         CLIENT_GONE.reset(gone)
     client = await _accept(request, upstream, watch, proxy.max_body)
-    sockets.open.add(client)
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     settings = request.app[SETTINGS]
     send_s = min(settings.refund_window_s / 2, settings.ws_idle_timeout_s)
@@ -238,18 +241,16 @@ async def proxy_websocket(
         credential = Credential(
             verified.expires, partial(proxy.auth.still_keyed, app_id, channel, verified)
         )
-        try:
-            code, reason = await pump(
-                proxy, client, upstream, charges, sockets, send_s, credential, linger
-            )
-        finally:
-            sockets.open.discard(client)
+        code, reason = await pump(
+            proxy, client, upstream, charges, sockets, send_s, credential, linger
+        )
         code = sendable(code)
         if not upstream.closed:
             bot_code = 1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code
             await linger.close(upstream, bot_code, min(send_s, CLOSE_ANSWER_S))
         if not client.closed:
-            await client.close(code=code, message=reason.encode()[:123])
+            message = reason.encode()[:123]
+            await close_client(client, request.transport, code, message, CLIENT_CLOSE_S)
     finally:
         await linger.finish()
     return client

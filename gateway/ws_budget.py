@@ -23,13 +23,22 @@ A socket whose client sent no text or binary message for ``ws_idle_timeout_s`` i
 1001 ``idle`` (:meth:`WebSockets.next_message`), its bot connection too; one whose client
 sent none yet, after ``ws_first_message_timeout_s`` (a socket that never sends is never
 charged: it holds a seat for free only that long).
+
+When the gateway shuts down (:meth:`WebSockets.close_all`, before the grace) every pump
+ends at once (:meth:`WebSockets.going_away`), a send stalled on the bot included, and each
+handler closes its sockets 1001 ``shutting down`` as it closes them for any other reason
+(the bot's first, then the client's, each bounded), so the bot connections still end
+with what the kernel took delivered (:class:`gateway.ws_wire.Linger`) within the grace.
+Nothing is closed from the shutting-down task itself: a client that does not read never
+takes a close frame, and aiohttp's wait for it shares one future with the handler's own
+writes (one cancelled, every waiter gets its CancelledError: the worker died at once,
+or waited forever, and the bots' connections were reset, charged messages lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Iterator
 
 import aiohttp
@@ -46,8 +55,8 @@ RETRY_AFTER_S = 1  # as the other 503s: the budget frees as sockets close
 class WebSockets:
     """The WebSockets of one traffic worker: their budget (``total``, ``per_tenant``),
     the idle timeouts of each (``idle_s``; ``first_s`` before the client's first
-    message), the client sockets open now (``open``: told when the gateway shuts down)
-    and the session their bot connections come from."""
+    message), whether the gateway is going away and the session their bot connections
+    come from."""
 
     def __init__(
         self, total: int, per_tenant: int, idle_s: float, metrics: Metrics, first_s: float = 30.0
@@ -56,7 +65,7 @@ class WebSockets:
         self.per_tenant = per_tenant
         self.idle_s = idle_s
         self.first_s = min(first_s, idle_s)
-        self.open: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._going: asyncio.Future[None] | None = None
         self._metrics = metrics
         self._gauge = metrics.open_websockets
         self._held: dict[str | None, int] = {}
@@ -87,11 +96,17 @@ class WebSockets:
                     return msg
         return None
 
+    def going_away(self) -> asyncio.Future[None]:
+        """Done once the gateway shuts down: every pump waits on it too (see the module)."""
+        if self._going is None:
+            self._going = asyncio.get_running_loop().create_future()
+        return self._going
+
     async def close_all(self) -> None:
-        """On shutdown: tell every connected client the gateway is going away."""
-        for ws in list(self.open):
-            with contextlib.suppress(Exception):
-                await ws.close(code=GOING_AWAY, message=b"shutting down")
+        """On shutdown: every socket's pump ends, its handler closes it 1001."""
+        going = self.going_away()
+        if not going.done():
+            going.set_result(None)
 
     def held(self, tenant: str | None) -> int:
         """The seats ``tenant`` holds now."""

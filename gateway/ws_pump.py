@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -55,6 +55,7 @@ from gateway.ws_wire import Linger, abort, buffered_again, close_written, pendin
 
 INTERNAL_ERROR = 1011
 INVALID_CREDENTIAL = "invalid_channel_signature"
+SHUTTING_DOWN = "shutting down"
 
 
 class Credential(NamedTuple):
@@ -90,12 +91,15 @@ async def pump(
     if credential.expires:
         tasks.append(asyncio.create_task(_expiry(credential.expires)))
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # The gateway going away ends the pump too (gateway.ws_budget), a stalled send
+        # included: its handler then closes both sides within the shutdown grace.
+        waited: list[asyncio.Future[Any]] = [*tasks, sockets.going_away()]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         if dropped.is_set():
             # The bot's side ends with the connection dropped under it: the refund is
             # finished, and the reason is the stalled send's.
             await asyncio.wait(tasks[:1])
-        first = next(task for task in tasks if task.done())
+        first = next((task for task in tasks if task.done()), None)
     finally:
         # Cancelled itself (the handler), the pump leaves nothing running behind it.
         pending = [task for task in tasks if not task.done()]
@@ -104,7 +108,7 @@ async def pump(
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         buffered_again(upstream)
-    return first.result()
+    return (GOING_AWAY, SHUTTING_DOWN) if first is None else first.result()
 
 
 async def _expiry(expires: float) -> tuple[int, str]:
@@ -231,8 +235,23 @@ async def _bot_to_client(
             return exc.code, exc.reason
         if msg.type is WSMsgType.CLOSE:
             break
-        await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
+        try:
+            await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
+        except ConnectionError:  # a close frame went to the client (its own close answered)
+            return client.close_code or 1000, ""
+        except asyncio.CancelledError:
+            # aiohttp's writers on the client's connection share one wait for it to take
+            # more: another's cancelled (a receive's own close, past the idle timeout),
+            # this one is too. Not this task's cancel: the client's side ended.
+            if _cancelled():
+                raise
+            return client.close_code or 1000, ""
     return upstream.close_code or 1000, ""
+
+
+def _cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _pong(wire: _Wire, data: bytes, send_s: float) -> bool:

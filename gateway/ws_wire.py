@@ -45,6 +45,7 @@ import socket
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 # aiohttp's own default for the writer's drain check (its DEFAULT_CHUNK_SIZE).
 _WRITER_LIMIT = 2**16
@@ -190,3 +191,30 @@ class Linger:
         except asyncio.CancelledError:
             task.cancel()
             raise
+
+
+async def close_client(
+    client: web.WebSocketResponse,
+    transport: asyncio.Transport | None,
+    code: int,
+    message: bytes,
+    within_s: float,
+) -> None:
+    """Close the client's side (``transport``: its connection) in at most ``within_s``:
+    aiohttp waits, unbounded, for a client that does not read to take the close frame.
+    Past the bound, or this task cancelled, the connection is aborted (nothing of the
+    client's is metered: what it did not read is lost to it alone). The close runs in a
+    task of its own: aiohttp's writers on one connection share one wait, and a
+    CancelledError from another's cancel (the pump's) ends only that task."""
+    closing = asyncio.ensure_future(client.close(code=code, message=message))
+    try:
+        await asyncio.wait([closing], timeout=within_s)
+    finally:
+        if not closing.done() and transport is not None:
+            transport.abort()  # the wait ends with the connection (as lost)
+        closing.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Future[bool]) -> None:
+    if not task.cancelled():
+        task.exception()
