@@ -1,12 +1,13 @@
-"""A refund that fails at Stripe afterwards is recognised, logged, and credits nothing back.
+"""A refund that fails at Stripe afterwards is recognised and logged; nothing moves by itself.
 
 ``charge.refund.updated`` (or ``refund.failed`` / ``refund.updated``) with the refund's
 ``status`` ``failed`` or ``canceled`` answers ``refund_failed`` with a warning naming the
-refund, its charge and payment intent; the debit ``charge.refunded`` made stands. It is
-not credited back on purpose: refunds are keyed by the charge's cumulative
-``amount_refunded``, and Stripe lets a failed part be refunded again, so the refund an
-operator makes again after a failure can carry the key of the failed one and debit
-nothing; crediting the failure back would leave that new refund undebited (README).
+refund, its charge and payment intent, and the failure is kept; the debit
+``charge.refunded`` made stands until an operator credits it back
+(``POST /v1/workspaces/{ws}/refund-credits``, tests/system/test_refund_credit_back.py),
+by what Stripe says is refunded of the charge then: refunds are keyed by the charge's
+cumulative ``amount_refunded``, which a refund made again after the failure can repeat,
+so the failed refund's own amount is not what the payer is owed (README).
 Everything real: the admin application, redis-server, SQLite and PostgreSQL, deliveries
 signed as Stripe signs them.
 """
