@@ -3,11 +3,13 @@ decision, fail mode ``open``) and voids (charges to reverse once Redis answers).
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import orjson
 
 from meter.admission.decision import MessageKind
+from meter.redis_layer.clock import HostStamp
 
 
 class Debt(NamedTuple):
@@ -19,15 +21,48 @@ class Debt(NamedTuple):
     kind: MessageKind
     at: float  # when it was served: settled as of then
     digest: str = ""  # a keyed message's fingerprint (journals of before it lack one)
-    host: bool = False  # "at" is the host's clock (served before the clock's first sync)
+    host: HostStamp | None = None  # "at" is the host's clock (served before the first sync)
 
 
-def journal_line(debt: Debt) -> str:
-    """A debt's journal line: ``host`` only when true (versions before it read the rest)."""
-    return orjson.dumps(list(debt) if debt.host else list(debt)[:-1]).decode()
+def journal_lines(debt: Debt) -> list[str]:
+    """A debt's journal lines: ``D`` and its first 8 fields, which versions before
+    ``host`` read too; a host debt adds ``H [token, timer, source]`` (versions before it
+    skip that line: they settle ``at`` as if it were Redis's clock, as they always did)."""
+    lines = ["D " + orjson.dumps(list(debt[:8])).decode()]
+    if debt.host is not None:
+        lines.append("H " + orjson.dumps([debt.token, *debt.host]).decode())
+    return lines
 
 
 class Void(NamedTuple):
     app_id: str
     rid: str  # charge record id
     token: str
+
+
+def read_journal(lines: list[str]) -> tuple[list[Debt], list[Void]]:
+    """What a dead process's journal (lines of :func:`journal_lines`, ``V`` voids, ``s``
+    and ``v`` settlements) left owed; malformed lines are skipped."""
+    debts: dict[str, Debt] = {}
+    voids: dict[str, Void] = {}
+    for line in lines:
+        kind, _, text = line.partition(" ")
+        with contextlib.suppress(ValueError, TypeError):
+            if kind == "D":
+                fields = orjson.loads(text)
+                if len(fields) == 9:  # a version that wrote "host" as a 9th field, true
+                    fields[8] = HostStamp(0.0, "") if fields[8] else None
+                d = Debt(*fields)
+                debts[d.token] = d
+            elif kind == "H":
+                token, timer, source = orjson.loads(text)
+                if token in debts:
+                    debts[token] = debts[token]._replace(host=HostStamp(float(timer), str(source)))
+            elif kind == "V":
+                v = Void(*orjson.loads(text))
+                voids[v.token] = v
+            elif kind == "s":
+                debts.pop(text, None)
+            elif kind == "v":
+                voids.pop(text, None)
+    return list(debts.values()), list(voids.values())

@@ -89,9 +89,9 @@ class Meter:
         except MeteringUnavailable as exc:
             self._metrics.redis_errors.inc()
             if self._fail_open:
-                at = self._admitter.clock()
                 # Before the clock's first sync "at" is the host's: settled by Redis's.
-                host = not self._admitter.synced
+                host = self._admitter.host_stamp()
+                at = self._admitter.clock()
                 debt = Debt(app_id, channel, user, key, token, kind, at, digest, host)
                 if self._owed.owe(debt):
                     return Admission(app_id, None, debt)

@@ -42,7 +42,7 @@ from pathlib import Path
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.debts import Debt, Void, journal_line
+from gateway.debts import Debt, Void, journal_lines, read_journal
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision
@@ -94,7 +94,7 @@ class Owed:
         """Remember a served message; False when the list is full (refuse it instead)."""
         if len(self.debts) >= self._limit:
             return False
-        self._log("D", journal_line(debt))
+        self._log_all(journal_lines(debt))
         self.debts.append(debt)
         self._changed()
         return True
@@ -122,8 +122,12 @@ class Owed:
         )
 
     def _log(self, kind: str, text: str) -> None:
+        self._log_all([f"{kind} {text}"])
+
+    def _log_all(self, lines: list[str]) -> None:
+        """``lines`` in one write: a killed process wrote all of them or none."""
         if self._journal is not None:
-            self._journal.append(f"{kind} {text}")
+            self._journal.append_all(lines)
             if not self._syncing:
                 self._syncing = True
                 asyncio.get_running_loop().call_soon(self._sync)
@@ -146,25 +150,11 @@ class Owed:
             return 0
         n = 0
         for dead in take_over_dead(self._journal.path.parent, JOURNAL_KIND):
-            debts: dict[str, Debt] = {}
-            voids: dict[str, Void] = {}
-            for line in dead.lines:
-                kind, _, text = line.partition(" ")
-                with contextlib.suppress(ValueError, TypeError):
-                    if kind == "D":
-                        d = Debt(*orjson.loads(text))
-                        debts[d.token] = d
-                    elif kind == "V":
-                        v = Void(*orjson.loads(text))
-                        voids[v.token] = v
-                    elif kind == "s":
-                        debts.pop(text, None)
-                    elif kind == "v":
-                        voids.pop(text, None)
-            for d in debts.values():
-                self._log("D", journal_line(d))
+            debts, voids = read_journal(dead.lines)
+            for d in debts:
+                self._log_all(journal_lines(d))
                 self.debts.append(d)
-            for v in voids.values():
+            for v in voids:
                 self._log("V", orjson.dumps(list(v)).decode())
                 self.voids.append(v)
             n += len(debts) + len(voids)

@@ -25,7 +25,7 @@ from meter.admission.targets import Targets
 from meter.admission.wire import AdmitArgs, Pending, encode_args, fail
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from meter.redis_layer.clock import RedisClock
+from meter.redis_layer.clock import HostStamp, RedisClock
 from meter.timestamps import Clock
 
 
@@ -208,22 +208,22 @@ class Admitter:
         token: str,
         at: float,
         digest: str = "",
-        host: bool = False,
+        host: HostStamp | None = None,
     ) -> Decision:
         """Charge a message served while Redis was down (fail-open), as of ``at``.
 
         Decided at the time it was served (same billing session, same bucket) and outside
         the rate limits (it was served already). The original ``token`` makes a charge
         that did land before the outage a duplicate, so nothing is taken twice. ``host``:
-        ``at`` is the local wall clock's (served before the clock's first sync), moved to
-        Redis's clock by the offset measured now.
+        ``at`` is the local wall clock's (served before the clock's first sync), taken
+        with that stamp: moved to Redis's clock (:meth:`RedisClock.as_redis`).
         """
         ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
             return unknown_app(key, token)
-        if host and (rc := self._redis_clock) is not None:
+        if host is not None and (rc := self._redis_clock) is not None:
             await rc.ensure_synced(self._client, self._timeout)
-            at += rc.local_offset
+            at = rc.as_redis(at, host)
         head = self.argv_head(at)
         arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).settled().encode()
         loop = asyncio.get_running_loop()
@@ -237,11 +237,10 @@ class Admitter:
         """The clock admissions are stamped with."""
         return self._clock
 
-    @property
-    def synced(self) -> bool:
-        """False while the clock is a :class:`RedisClock` not synced yet (reads the local
-        wall clock)."""
-        return self._redis_clock is None or self._redis_clock.synced
+    def host_stamp(self) -> HostStamp | None:
+        """None unless the clock is a :class:`RedisClock` not synced yet (reading the
+        local wall clock): then what a reading now is taken with (for :meth:`settle`)."""
+        return None if self._redis_clock is None else self._redis_clock.host_stamp()
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
         """One delivery of a message was not served: reverse its charge once none was or

@@ -30,10 +30,16 @@ Redis ``TIME`` at start-up and every ``CLOCK_SYNC_S``.
   rate windows and flush buckets. So whatever stamps a write first awaits
   :meth:`RedisClock.ensure_synced` (a plain attribute test once synced): the admitter
   per call while unsynced (failure: the call's admissions are ``MeteringUnavailable``,
-  as for Redis down), refunds, fail-open settlement (a debt served unsynced is moved by
-  the offset then measured), the admin API (best effort); the sweeper, the flusher and
+  as for Redis down), refunds, fail-open settlement, the admin API (best effort); the
+  sweeper, the flusher and
   the projection check skip their passes (:func:`clock_ready`); ``/readyz`` reports the
-  clock.
+  clock. A debt served unsynced (fail-open) keeps its timer reading (:class:`HostStamp`,
+  :meth:`RedisClock.host_stamp`) and is settled as of that timer reading plus the offset
+  then measured (:meth:`RedisClock.as_redis`), so a step of the wall clock in between
+  (NTP correcting a host that booted hours off) changes nothing; a debt taken over from
+  another process is converted so too when its timer is this one's (``CLOCK_BOOTTIME``
+  of the same boot and time namespace, :data:`TIMER_SOURCE`), else by the wall clock's
+  offset to Redis's measured at settlement (a step of the wall clock in between is missed).
 * **Never back by a jitter**: a sync that would move readings back by up to
   :data:`MAX_BACK_S` holds them at the last reading until the timer catches up, so one
   process's stamps never go back. A larger step back is Redis's own clock stepping (a
@@ -50,8 +56,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import NamedTuple
 
 from redis.asyncio import RedisCluster
 
@@ -80,6 +90,35 @@ def _default_timer() -> Clock:
 TIMER = _default_timer()  # what readings advance with between syncs (see the module's doc)
 
 
+def _timer_source() -> str:
+    """Whose :data:`TIMER` readings compare with this process's: ``CLOCK_BOOTTIME`` is
+    the kernel's, the same in every process of one boot (``boot_id``) and time namespace;
+    elsewhere, this process's only."""
+    own = "process:" + secrets.token_hex(8)
+    if getattr(time, "CLOCK_BOOTTIME", None) is None:
+        return own
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return own
+    try:
+        ns = os.readlink("/proc/self/ns/time")
+    except OSError:
+        ns = ""  # a kernel without time namespaces: one CLOCK_BOOTTIME
+    return f"boottime:{boot}:{ns}" if boot else own
+
+
+TIMER_SOURCE = _timer_source()
+
+
+class HostStamp(NamedTuple):
+    """What a reading taken before the clock's first sync (the wall clock's) was taken
+    with, so it can be moved to Redis's clock later (:meth:`RedisClock.as_redis`)."""
+
+    timer: float  # the clock's timer then
+    source: str  # whose timer (:data:`TIMER_SOURCE`); "" unknown
+
+
 async def redis_time(client: RedisClient) -> float:
     """Redis's clock (``TIME``), seconds since the epoch; on a cluster, the node's that
     holds :data:`keys.WORKSPACES` (see the module's doc)."""
@@ -101,11 +140,17 @@ class RedisClock:
         local: Clock = time.time,
         timer: Clock = TIMER,
         on_offset: Callable[[float], None] | None = None,
+        source: str | None = None,
     ) -> None:
         """``local``: the wall clock (the fallback, and what offsets are reported
         against); ``timer``: what readings advance with; ``on_offset``: told the local
-        clock's offset to Redis's after each sync (a metric)."""
+        clock's offset to Redis's after each sync (a metric); ``source``: whose readings
+        ``timer``'s compare with (default: :data:`TIMER_SOURCE` for :data:`TIMER`, else
+        this clock's only)."""
         self._local, self._timer, self._on_offset = local, timer, on_offset
+        if source is None:
+            source = TIMER_SOURCE if timer is TIMER else "clock:" + secrets.token_hex(8)
+        self.source = source
         self._offset = local() - timer()  # reading = timer() + offset
         self._floor = float("-inf")  # no reading below it (a jitter step back held)
         self.synced = False
@@ -122,6 +167,19 @@ class RedisClock:
     def local_offset(self) -> float:
         """Seconds Redis's clock is ahead of the local wall clock (as last measured)."""
         return self._timer() + self._offset - self._local()
+
+    def host_stamp(self) -> HostStamp | None:
+        """None once synced; before, what the reading taken now is taken with."""
+        return None if self.synced else HostStamp(self._timer(), self.source)
+
+    def as_redis(self, at: float, stamp: HostStamp) -> float:
+        """Redis's clock at the moment of ``at``, a reading taken unsynced with
+        ``stamp`` (call once synced): its timer reading plus the offset measured since
+        when the timer is this clock's (a step of the wall clock in between changes
+        nothing), else ``at`` moved by the wall clock's offset measured now."""
+        if stamp.source and stamp.source == self.source:
+            return stamp.timer + self._offset
+        return at + self.local_offset
 
     async def ensure_synced(self, client: RedisClient, answer_s: float) -> None:
         """Return once readings are Redis's clock: nothing once synced, else one sync

@@ -15,14 +15,17 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.appkeys import OWED
+from gateway.debts import Debt, journal_lines
+from gateway.metrics import Metrics
+from gateway.owed import Owed
 from meter.accounts.seeding import seed
 from meter.admission.reservations import Sweeper
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from meter.redis_layer.clock import RedisClock, redis_time
+from meter.redis_layer.clock import TIMER_SOURCE, RedisClock, redis_time
 from meter.store import open_store
 from tests.support.bot import Bot, eventually, post_message, running_gateway, serve
-from tests.support.metering import new_ws_id
+from tests.support.metering import admitter, new_ws_id
 from tests.support.servers import RedisServer
 from tests.support.servers.redis_server import start_redis
 from tests.support.settings import make_settings
@@ -33,10 +36,11 @@ MARGIN_S = 0.002  # float rounding of seconds near 1.8e9 and TIME's microseconds
 
 
 class Recording(RedisClock):
-    """A RedisClock on a host 2 h ahead that keeps every reading it gives."""
+    """A RedisClock on a host 2 h ahead (``ahead``) that keeps every reading it gives."""
 
     def __init__(self) -> None:
-        super().__init__(local=lambda: time.time() + AHEAD_S)
+        self.ahead = AHEAD_S
+        super().__init__(local=lambda: time.time() + self.ahead)
         self.readings: list[float] = []
 
     def __call__(self) -> float:
@@ -157,6 +161,75 @@ async def test_fail_open_debt_served_before_the_sync_settles_by_redis_clock(
         free, exp, lapsed = await _free_credits(redis_url, app)
         assert (exp, lapsed) == (free_exp, 0)
         assert 0 < free < 5 * USD  # the debt was charged to them, not lapsed
+
+
+async def test_fail_open_debt_settles_by_redis_clock_after_a_host_clock_step(
+    redis_url: str, rclient: RedisClient, tmp_path: Path, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """Fail open, the host 2 h ahead when the message is served before any sync, then
+    stepped right (NTP) before Redis's clock is measured: the debt is settled as of its
+    timer reading plus the offset measured (before: moved by the wall clock's offset to
+    Redis's measured after the step, nothing, it was settled 2 h ahead and lapsed the
+    free credits)."""
+    settings = make_settings(redis_url, tmp_path, fail_mode="open")
+    ws = new_ws_id()
+    app = f"{ws}_app1"
+    free_exp = int((await redis_time(rclient) + 3600) * 1000)
+    apps = {app: {"product": "automation", "upstream_url": bot.url}}
+    await seed(rclient, settings, ws, apps, free=5 * USD, free_expires_ms=free_exp, pool=USD)
+    clock = Unanswered()
+    async with running_gateway(settings, clock=clock) as gw:
+        owed = gw.gateway.traffic[OWED]
+        assert await post_message(http, f"{gw.url}/hooks/web/{app}", "u0") == 200
+        assert len(owed.debts) == 1
+        assert owed.debts[0].host is not None
+        clock.ahead = 0.0  # NTP steps the host clock right
+        clock.blocked = False
+        assert await eventually(lambda: not owed.debts, within_s=30)
+        free, exp, lapsed = await _free_credits(redis_url, app)
+        assert (exp, lapsed) == (free_exp, 0)
+        assert 0 < free < 5 * USD  # the debt was charged to them, not lapsed
+
+
+def _dead_journal(state: Path, lines: list[str]) -> None:
+    """The owed journal a dead process left in ``state``."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "owed-1-dead.log").write_text("".join(f"{line}\n" for line in lines))
+
+
+async def test_debt_taken_over_settles_by_the_dead_process_timer(
+    redis_url: str, rclient: RedisClient, tmp_path: Path
+) -> None:
+    """A host debt in the journal of a dead process of this boot (its wall clock 2 h
+    ahead then, right now) is settled as of its CLOCK_BOOTTIME reading, written in an
+    ``H`` line (before: the line's timer was not kept and the debt was moved by the wall
+    clock's offset now, nothing: settled 2 h ahead, the free credits lapsed)."""
+    settings = make_settings(redis_url, tmp_path, fail_mode="open")
+    ws = new_ws_id()
+    app = f"{ws}_app1"
+    free_exp = int((await redis_time(rclient) + 3600) * 1000)
+    await seed(rclient, settings, ws, {app: {"product": "automation"}}, free=5 * USD,
+               free_expires_ms=free_exp, pool=USD)  # fmt: skip
+    dead = RedisClock(local=lambda: time.time() + AHEAD_S)  # the dead process's, unsynced
+    stamp = dead.host_stamp()
+    assert stamp is not None
+    assert stamp.source == TIMER_SOURCE
+    debt = Debt(app, "web", "u0", "", "dead.1", "m", dead(), "", stamp)
+    state = Path(settings.state_dir)
+    _dead_journal(state, journal_lines(debt))
+    clock = RedisClock()
+    owed = Owed(admitter(rclient, settings, clock), Metrics(CollectorRegistry()),
+                timeout=settings.redis_timeout_s, state_dir=state)  # fmt: skip
+    try:
+        assert owed.recover() == 1
+        assert owed.debts == [debt]
+        assert await owed.settle()
+        assert not owed.debts
+    finally:
+        await owed.close(0)
+    free, exp, lapsed = await _free_credits(redis_url, app)
+    assert (exp, lapsed) == (free_exp, 0)
+    assert 0 < free < 5 * USD  # charged to them, not lapsed
 
 
 async def test_sweeper_does_not_refund_by_an_unsynced_host_clock(

@@ -73,3 +73,23 @@ def test_the_timer_advances_during_a_suspend_on_linux() -> None:
     else:
         assert TIMER is time.monotonic
     assert RedisClock()._timer is TIMER
+
+
+def test_an_unsynced_reading_is_moved_by_its_timer_not_the_wall_clock_now() -> None:
+    """A reading taken before the first sync, on a host 2 h ahead then stepped right
+    (NTP) before the sync: Redis's clock then is the timer reading plus the offset
+    measured, whatever the wall clock did; a stamp of another timer (a dead process of
+    another boot) falls back to the wall clock's offset measured now."""
+    timer = Clock(1000.0)
+    wall = Clock(1000.0 + 7200)
+    clock = RedisClock(local=wall, timer=timer)
+    at, stamp = clock(), clock.host_stamp()
+    assert stamp is not None
+    assert at == 8200.0
+    timer.advance(10)
+    wall.now = timer.now  # stepped right
+    clock.follow(0.0)  # Redis's clock is the timer
+    assert clock.host_stamp() is None
+    assert clock.as_redis(at, stamp) == 1000.0
+    assert clock.as_redis(at, stamp._replace(source="boottime:another-boot:")) == at
+    assert clock.as_redis(at, stamp._replace(source="")) == at
