@@ -6,7 +6,8 @@ for as long as it lives. Each :meth:`Journal.append` is one ``write(2)`` on an
 ``O_APPEND`` descriptor: the kernel holds the bytes from then on, so a ``kill -9`` of
 the process loses nothing; :meth:`Journal.sync` adds ``fsync`` against a crash of the
 machine. A later process takes over the journals whose lock is free
-(:func:`take_over_dead`), acts on their lines, and removes them.
+(:func:`take_over_dead`), acts on their lines, and removes them; a journal removed
+between its opening and its locking (another process took it over) is skipped.
 """
 
 from __future__ import annotations
@@ -94,9 +95,24 @@ def take_over_dead(state_dir: str | Path, kind: str) -> list[DeadJournal]:
         except BlockingIOError:
             os.close(fd)  # its process is alive
             continue
+        if not _still_named(fd, path):  # taken over and removed since it was opened
+            os.close(fd)
+            continue
         with os.fdopen(os.dup(fd), "rb") as f:
             # A torn last line (the process died mid-write) is ignored.
             raw_lines = f.read().split(b"\n")[:-1]  # the part after the last newline is torn
         lines = [raw.decode(errors="replace") for raw in raw_lines if raw]
         found.append(DeadJournal(path, lines, fd))
     return found
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``: a process that took it over
+    between our open and our lock removed it (then unlocked), and the lock we got is on
+    a removed file whose lines that process took already."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
