@@ -24,11 +24,18 @@ class Debt(NamedTuple):
     host: HostStamp | None = None  # "at" is the host's clock (served before the first sync)
 
 
+RELEASED_FIELDS = 7  # a Debt of 0.1.0: app_id .. at (it drops a D line of more)
+
+
 def journal_lines(debt: Debt) -> list[str]:
-    """A debt's journal lines: ``D`` and its first 8 fields, which versions before
-    ``host`` read too; a host debt adds ``H [token, timer, source]`` (versions before it
-    skip that line: they settle ``at`` as if it were Redis's clock, as they always did)."""
-    lines = ["D " + orjson.dumps(list(debt[:8])).decode()]
+    """A debt's journal lines, in one write: ``D`` and the 7 fields 0.1.0 reads; a digest
+    adds ``K [token, digest]``, a host debt ``H [token, timer, source]``, lines versions
+    before them skip (after a downgrade such a version settles a keyed debt without its
+    digest, a host debt as of the host clock as if it were Redis's: charged, if not
+    exactly, where a longer ``D`` line was dropped, the debt never charged)."""
+    lines = ["D " + orjson.dumps(list(debt[:RELEASED_FIELDS])).decode()]
+    if debt.digest:
+        lines.append("K " + orjson.dumps([debt.token, debt.digest]).decode())
     if debt.host is not None:
         lines.append("H " + orjson.dumps([debt.token, *debt.host]).decode())
     return lines
@@ -50,10 +57,15 @@ def read_journal(lines: list[str]) -> tuple[list[Debt], list[Void]]:
         with contextlib.suppress(ValueError, TypeError):
             if kind == "D":
                 fields = orjson.loads(text)
-                if len(fields) == 9:  # a version that wrote "host" as a 9th field, true
+                # Builds since 0.1.0 wrote the digest as an 8th field, "host" (true) a 9th.
+                if len(fields) == 9:
                     fields[8] = HostStamp(0.0, "") if fields[8] else None
                 d = Debt(*fields)
                 debts[d.token] = d
+            elif kind == "K":
+                token, digest = orjson.loads(text)
+                if token in debts:
+                    debts[token] = debts[token]._replace(digest=str(digest))
             elif kind == "H":
                 token, timer, source = orjson.loads(text)
                 if token in debts:
