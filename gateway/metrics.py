@@ -116,7 +116,7 @@ class Metrics:
         self.settled_on_credit = Counter(
             "creditgate_settled_on_credit_microdollars_total",
             "Fail-open settlements the balances could not pay: micro-dollars taken from "
-            "the workspace's pool below zero (owed, covered by its next payment).",
+            "the workspace's pool below zero (owed, covered by its next payment to the pool).",
             registry=r,
         )
         self.sessions_started = Counter(

@@ -152,8 +152,9 @@ end
 -- nothing and takes nothing: credit_code counted it against the others.
 -- settle: a fail-open settlement, served already, is paid whatever the app's settings
 -- now: what the app may use first, then free credits it may not use (use_free off), and
--- what is still unpaid is owed: taken from the pool below zero (the next payment covers
--- it), and noted in OWED for the reply.
+-- what is still unpaid is owed: taken from the pool below zero (the next payment to the
+-- pool covers it; until then credit_code counts it against every app), and noted in
+-- OWED for the reply.
 local function debit(a, price, settle)
   local usable_free = (a.use_free and free_valid) and W.free or 0
   local need = price

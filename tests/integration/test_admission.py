@@ -463,6 +463,32 @@ async def test_a_settlement_the_balances_cannot_pay_is_owed_below_zero(
     assert (await adm.admit(w.apps[0], "web", "x")).reason == "credits_exhausted"
 
 
+async def test_an_owed_pool_blocks_as_much_of_an_app_s_own_funds_until_paid_back(
+    single: RedisClient,
+) -> None:
+    """What README (fail mode open) and docs/design.md say of a settlement owed below
+    zero: it counts against every app's credit, so a payment allocated to one app does
+    not pay it and as much of that payment stays blocked; a payment to the pool covers
+    it first, then the app's funds are usable in full."""
+    clock, cfg = Clock(), make_settings()
+    w = await seed(single, cfg, clock, products=("agent", "agent"))
+    adm = admitter(single, cfg, clock)
+    a, b = w.apps
+    owed = await adm.settle(a, "web", "u", "", kind="m", token="t1", at=clock.now)
+    assert owed.owed == 20_000
+    await projection.grant(single, w.ws, reference="pay-b", kind="funds", amount=100_000,
+                           low_threshold=0, app_id=b)  # fmt: skip
+    got = [(await adm.admit(b, "web", f"v{i}")).reason for i in range(5)]
+    assert got == [None] * 4 + ["credits_exhausted"]
+    bal = await projection.read_balances(single, w.ws)
+    assert (bal.pool, bal.app[b]) == (-20_000, 20_000)  # 20 000 of b's own, blocked
+    await projection.grant(single, w.ws, reference="pay-pool", kind="funds", amount=20_000,
+                           low_threshold=0)  # fmt: skip
+    assert (await projection.read_balances(single, w.ws)).pool == 0  # the debt paid first
+    last = await adm.admit(b, "web", "v5")
+    assert (last.reason, last.app) == (None, 20_000)
+
+
 async def test_an_enterprise_settlement_counts_past_the_licence(single: RedisClient) -> None:
     clock, cfg = Clock(), make_settings()
     lic = {"agent": projection.Licence(usage_limit=1, per_minute=100, per_hour=1000)}
