@@ -12,8 +12,9 @@ Two lists, worked off by one background task with a back-off:
   (suspension, licence, free credits denied: a later change does not undo the service)
   and credit now: what the balances cannot pay is taken from the pool below zero (the
   next payment to the pool covers it; meanwhile it counts against every app's credit,
-  blocking as much of an app's own funds), logged and counted. A shadow-mode app's debt
-  it cannot pay is served uncharged, as shadow mode does.
+  blocking as much of an app's own funds), logged and counted (not when replayed: the
+  charge record does not keep the owed part, the replay reports none). A shadow-mode
+  app's debt it cannot pay is served uncharged, as shadow mode does.
 * **voids** (both modes): charges that may exist although the message was not served
   (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
 

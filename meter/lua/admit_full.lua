@@ -27,7 +27,8 @@ local RECORD_RE = '^([^\t]*)\t(%d+)\t(%w*)\t(%d+)\t([^\t]*)\t(%d+)\t(%d+)\t(%d+)
 -- deliveries, see refund.lua) is the same duplicate, counted once; another attempt is a
 -- redelivery. An attempt admitted again may be served: a failure counted for it ("-" in
 -- the list) is taken back, and a settled one (kind M/N, served while Redis was away)
--- settles the reservation its lost call left, so the sweeper does not refund it.
+-- settles the reservation its lost call left, so the sweeper does not refund it. The
+-- record does not keep a settlement's owed part: a replay reports 0 owed.
 local function seen_before(m, ik, seen)
   local stok, _, _, sunits, sbsid, sf, sa, sp, si, rest = string.match(seen, RECORD_RE .. '(.*)$')
   local list = stok and string.match(rest, '^[^\t]*\t[^\t]*\t[^\t]*\t(.*)$')

@@ -463,6 +463,20 @@ async def test_a_settlement_the_balances_cannot_pay_is_owed_below_zero(
     assert (await adm.admit(w.apps[0], "web", "x")).reason == "credits_exhausted"
 
 
+async def test_a_replayed_settlement_reports_nothing_owed(single: RedisClient) -> None:
+    """Documented limit (README, fail mode open): a settlement replayed (its answer lost)
+    finds its charge record, which keeps the amounts but not the owed part: the same
+    charge, nothing taken again, 0 owed (missing from the settled-on-credit counter)."""
+    clock, cfg = Clock(), make_settings()
+    w = await seed(single, cfg, clock, pool=10_000, products=("agent",))
+    adm = admitter(single, cfg, clock)
+    first = await adm.settle(w.apps[0], "web", "u", "", kind="m", token="t1", at=clock.now)
+    again = await adm.settle(w.apps[0], "web", "u", "", kind="m", token="t1", at=clock.now)
+    assert (first.pool, first.owed) == (20_000, 10_000)
+    assert (again.pool, again.owed) == (20_000, 0)
+    assert (await projection.read_balances(single, w.ws)).pool == -10_000
+
+
 async def test_an_owed_pool_blocks_as_much_of_an_app_s_own_funds_until_paid_back(
     single: RedisClient,
 ) -> None:
