@@ -54,8 +54,7 @@ async def credit_back(
     assert f is not None
     assert f.charge
     truth = await refunded(f.charge) * CENT
-    seen = tuple(e.id for e in basis.prior)
-    done = await d.store.credit_back_refund(ws.id, refund, actor, d.now_ms(), truth, seen)
+    done = await d.store.credit_back_refund(ws.id, refund, actor, d.now_ms(), truth, basis.seen)
     _refuse(done, refund)
     if done.result == "changed":
         raise Conflict(

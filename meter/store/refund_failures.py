@@ -11,8 +11,10 @@ charge as the events said, lowered by earlier credit backs) is lowered to what S
 says is refunded of the charge now (its refunds neither failed nor canceled), asked
 between :meth:`RefundFailures.credit_back_basis` and
 :meth:`RefundFailures.credit_back_refund`; the latter writes only if the payment's
-reversal entries are still those the former saw (a refund recorded meanwhile may be one
-Stripe's answer did not count yet: ``changed``, ask again) and only if the refunded part
+reversal entries are still those the former saw and no provider event reached them
+meanwhile (the claim's ``reversal_events``: a refund recorded meanwhile may be one
+Stripe's answer did not count yet, even one whose repeated cumulative key wrote nothing:
+``changed``, ask again) and only if the refunded part
 is above Stripe's (else ``nothing``, nothing written: a retry later, once the refund's
 own debit came, works). A replay finds them equal: nothing to credit back.
 
@@ -73,6 +75,13 @@ class CreditBack:
     entry: LedgerEntry | None = None  # the credit back written
     credit: LedgerEntry | None = None  # the payment's credit
     prior: tuple[LedgerEntry, ...] = ()  # the payment's reversal entries before
+    events: int = 0  # the provider events that reached the payment's reversals so far
+
+    @property
+    def seen(self) -> tuple[int | None, ...]:
+        """What :meth:`RefundFailures.credit_back_refund` compares: the events counted
+        and the reversal entries' ids."""
+        return (self.events, *(e.id for e in self.prior))
 
 
 def _failure(r: Row, **extra: Any) -> RefundFailure:
@@ -124,8 +133,9 @@ class RefundFailures(StoreCore):
 
     async def credit_back_basis(self, workspace: str, refund: str) -> CreditBack:
         """What a credit back of the failed ``refund`` starts from: the failure, the
-        payment's credit and its reversal entries' ids (``seen``: a credit back is written
-        only if they are the same then), or why there is none (``result``)."""
+        payment's credit, its reversal entries and the count of provider events that
+        reached them (``seen``: a credit back is written only if they are the same then),
+        or why there is none (``result``)."""
         async with self.connection() as c:
             return await _basis(c, workspace, refund)
 
@@ -138,13 +148,14 @@ class RefundFailures(StoreCore):
         asked after :meth:`credit_back_basis` gave ``seen``): one entry
         ``refund_sync:<charge>:<n>`` of what that gives back; ``nothing`` (nothing
         written) when the refunded part is not above it, ``changed`` when the payment's
-        reversals are no longer ``seen`` (Stripe's answer may be older: ask again)."""
+        reversals are no longer ``seen`` or an event reached them meanwhile, even one
+        that wrote nothing (a repeated cumulative key): Stripe's answer may be older."""
         async with self.transaction() as c:
             done = await _basis(c, workspace, refund, self.for_update)
             failure, credit, prior = done.failure, done.credit, list(done.prior)
             if done.result != "credited" or failure is None or credit is None:
                 return done
-            if tuple(e.id for e in prior) != seen:
+            if done.seen != seen:
                 return replace(done, result="changed")
             charge = failure.charge or ""
             refunded, _ = refund_state(prior)
@@ -185,7 +196,8 @@ async def _basis(c: Conn, workspace: str, refund: str, lock: str = "") -> Credit
     if credit.workspace_id != workspace:
         return CreditBack("other_workspace", failure)
     prior = await _reversals(c, credit)
-    return CreditBack("credited", failure, None, credit, tuple(prior))
+    events = int(claim["reversal_events"]) if claim else 0
+    return CreditBack("credited", failure, None, credit, tuple(prior), events)
 
 
 def _added_notice(e: LedgerEntry, f: RefundFailure, credit: LedgerEntry) -> OutboxEvent:

@@ -101,7 +101,10 @@ def _entry(r: Any) -> LedgerEntry:
 
 
 async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
-    """Record ``rev`` against the payment ``claim`` names, inside ``c``'s transaction."""
+    """Record ``rev`` against the payment ``claim`` names, inside ``c``'s transaction;
+    every event counts on the claim (``reversal_events``), whatever it writes."""
+    await c.execute("UPDATE payment_claims SET reversal_events = reversal_events + 1 "
+                    "WHERE identifier = ?", rev.payment_intent)  # fmt: skip
     ws = claim["workspace_id"]
     row = await c.fetchrow(
         f"SELECT {_LEDGER} FROM ledger WHERE workspace_id = ? AND reference = ?",
@@ -169,7 +172,8 @@ async def _reversals(c: Conn, credit: LedgerEntry) -> list[LedgerEntry]:
 
 async def _claim(c: Conn, payment_intent: str, lock: str = "") -> Row | None:
     return await c.fetchrow(
-        f"SELECT workspace_id, reference FROM payment_claims WHERE identifier = ?{lock}",
+        f"SELECT workspace_id, reference, reversal_events FROM payment_claims "
+        f"WHERE identifier = ?{lock}",
         payment_intent,
     )
 

@@ -18,7 +18,7 @@ from meter.store.schema_claims import PAYMENT_CLAIMS, claim_manual_credits
 from meter.store.schema_initial import INITIAL
 from meter.store.schema_reversals import PENDING as PENDING_REVERSALS
 from meter.store.schema_reversals import POSTGRESQL as REVERSALS_PG
-from meter.store.schema_reversals import REFUND_FAILURES
+from meter.store.schema_reversals import REFUND_FAILURES, REVERSAL_EVENTS
 from meter.store.schema_reversals import SQLITE as REVERSALS_SQLITE
 
 _DIALECT = {
@@ -283,6 +283,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(16, "refunds and disputes before their payment's credit", PENDING_REVERSALS),
     Migration(17, "console sessions by user", _CONSOLE_SESSIONS_BY_USER),
     Migration(18, "refunds failed at the provider", REFUND_FAILURES),
+    Migration(19, "payment claims: provider events of its reversals", REVERSAL_EVENTS),
 )
 
 

@@ -74,3 +74,10 @@ CREATE TABLE refund_failures (
     received_at BIGINT NOT NULL
 )
 """
+
+# Migration 19: how many provider events about a payment reached its reversals (each
+# counts, whatever it wrote: an entry, nothing as a repeated key, a skip), kept on the
+# payment's claim and bumped in the transaction that locks it (meter.store.reversals).
+# An operator's credit back asks Stripe outside that lock and writes only if the count
+# did not move meanwhile (meter.store.refund_failures). Portable: a column with a default.
+REVERSAL_EVENTS = "ALTER TABLE payment_claims ADD COLUMN reversal_events BIGINT NOT NULL DEFAULT 0"

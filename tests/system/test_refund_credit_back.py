@@ -184,8 +184,7 @@ async def test_a_crash_before_redis_is_completed(sqlite_url: str, redis_url: str
         d = Deps(admin.store, admin.redis, admin.settings, load_catalog())
         # The ledger committed, the process died before Redis.
         basis = await admin.store.credit_back_basis(ws, "re_1")
-        seen = tuple(e.id for e in basis.prior)
-        done = await admin.store.credit_back_refund(ws, "re_1", "op", d.now_ms(), 0, seen)
+        done = await admin.store.credit_back_refund(ws, "re_1", "op", d.now_ms(), 0, basis.seen)
         assert done.result == "credited"
         assert (await projection.read_balances(admin.redis, ws)).pool == 70 * USD
         for _ in range(2):  # the operator's retry: nothing more, the balance completed
@@ -359,3 +358,33 @@ async def test_a_refund_recorded_while_stripe_is_asked_is_not_credited_back(
         st, got = await credit(admin, ws)
         assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
         assert await settle(admin, ws) == 50 * USD
+
+
+async def test_a_repeated_cumulative_refund_recorded_while_stripe_is_asked(
+    store_url: str, redis_url: str
+) -> None:
+    # As above, but the refund made meanwhile repeats the cumulative amount (re_1 30
+    # failed, re_2 30): its charge.refunded writes no entry (refund:<ch>:3000 exists), so
+    # the entries are unchanged; the event still counts on the payment's claim, so
+    # Stripe's older answer (0 refunded) is not credited back (it gave the payer 100
+    # while Stripe kept 70, and nothing could correct it afterwards).
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        standin.misbehave = "stall_head"
+        asked = asyncio.ensure_future(credit(admin, ws))
+        await standin.stalled.wait()  # Stripe computed its answer: 0 refunded
+        again = refunded(pi, 3000, amount=10000)  # re_2 30 made now: cumulative 30 again
+        assert await outcome(admin, again) == "already_reversed"
+        standin.misbehave = None
+        standin.release.set()
+        st, got = await asked
+        assert (st, got["code"]) == (409, "refunded_meanwhile"), got
+        standin.set_refund(pi, "re_2", 3000)  # Stripe's truth: re_2 30 refunded, kept 70
+        assert await outcome(admin, again) == "already_reversed"  # redelivered
+        st, got = await credit(admin, ws)
+        assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
+        assert await settle(admin, ws) == 70 * USD
