@@ -48,8 +48,11 @@ def taken_back(credited: int, entries: list[LedgerEntry]) -> int:
 
 async def seen(c: Conn, event: str, prior: list[LedgerEntry]) -> bool:
     """Whether provider event ``event`` was handled before (an entry of it, or its
-    delivery recorded): after a credit back a cumulative amount no longer keys it."""
+    delivery recorded): after a credit back a cumulative amount no longer keys it. One
+    held while its payment was not credited (``awaiting_payment``) counts too: the
+    payment's credit recorded every event held, each an entry or a key already written
+    (:func:`meter.store.reversals.settle_pending`), before any credit back of it."""
     if any(e.detail.get("event_id") == event for e in prior):
         return True
-    return bool(await c.fetchrow("SELECT 1 AS x FROM payment_events WHERE event_id = ? AND "
-                                 "outcome <> 'awaiting_payment'", event))  # fmt: skip
+    return bool(await c.fetchrow("SELECT 1 AS x FROM payment_events WHERE event_id = ?",
+                                 event))  # fmt: skip

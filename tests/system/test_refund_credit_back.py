@@ -31,7 +31,7 @@ from meter.usage.reconcile import reconcile
 from tests.support.adminkit import Admin
 from tests.support.clock import Clock
 from tests.support.settings import OPERATOR_TOKEN
-from tests.support.stripe_standin import disputed, refund_updated, refunded
+from tests.support.stripe_standin import disputed, intent_of, paid, refund_updated, refunded
 from tests.system.test_payment_reversals import bought, outcome, paid_funds, reversals
 from tests.system.test_payments import BACKENDS, USD, paying
 
@@ -388,3 +388,32 @@ async def test_a_repeated_cumulative_refund_recorded_while_stripe_is_asked(
         st, got = await credit(admin, ws)
         assert (st, got["code"]) == (409, "nothing_to_credit_back"), got
         assert await settle(admin, ws) == 70 * USD
+
+
+async def test_a_refund_held_before_its_payment_is_not_debited_again_after_a_credit_back(
+    store_url: str, redis_url: str
+) -> None:
+    # Stripe: paid 100; re_1 30 (cumulative 30) fails; re_2 30 (cumulative 30 again)
+    # fails: kept 100. Both charge.refunded come before the checkout's paid event (held,
+    # awaiting_payment: the second's reference is the first's, nothing more of it is
+    # kept); the credit records the first. After the credit back, Stripe redelivers the
+    # second: it was handled (held, settled by the credit), not a new refund (it debited
+    # 30 again: the payer held 70 of the 100 Stripe kept).
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, {"amount": "100.00"})
+        session = standin.session_for(co["id"])
+        pi = intent_of(session)
+        first, second = refunded(pi, 3000, amount=10000), refunded(pi, 3000, amount=10000)
+        assert await outcome(admin, first) == "awaiting_payment"
+        assert await outcome(admin, second) == "awaiting_payment"
+        assert await outcome(admin, paid(session)) == "credited"
+        for re in ("re_1", "re_2"):
+            standin.set_refund(pi, re, 3000, "failed")
+            assert await outcome(admin, refund_updated(pi, re, 3000, "failed")) == "refund_failed"
+        assert await settle(admin, ws) == 70 * USD
+        st, got = await credit(admin, ws)
+        assert (st, got["amount"]) == (201, "30.00"), got
+        assert await outcome(admin, second) == "already_reversed"
+        assert await outcome(admin, first) == "already_reversed"
+        assert await settle(admin, ws) == 100 * USD
