@@ -27,11 +27,11 @@ import aiohttp
 import pytest
 
 from meter.accounts.projection import read_balances
-from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
 from tests.support.serving import seeded_serve, tail
 from tests.support.settings import HOST
+from tests.support.ws_frames import client_frames, settled
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WS = "wsshutdown"
@@ -98,7 +98,7 @@ class TalkingBot:
                     self.end = "eof"
                 except ConnectionError as exc:
                     self.end = type(exc).__name__
-            self.got = _frames(bytes(data))
+            self.got = client_frames(bytes(data))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             self.end = f"early {type(exc).__name__}"
         finally:
@@ -134,26 +134,6 @@ def _state(local: tuple[str, int], remote: tuple[str, int]) -> str:
     return ""
 
 
-def _frames(data: bytes) -> list[int]:
-    """The sizes of the whole text or binary frames in ``data`` (masked, from a client)."""
-    sizes, at = [], 0
-    while at + 2 <= len(data):
-        b0, n = data[at], data[at + 1] & 0x7F
-        at += 2
-        if n == 126:
-            (n,) = struct.unpack("!H", data[at : at + 2])
-            at += 2
-        elif n == 127:
-            (n,) = struct.unpack("!Q", data[at : at + 8])
-            at += 8
-        if at + 4 + n > len(data):
-            break
-        at += 4 + n
-        if b0 & 0x0F in (1, 2):
-            sizes.append(n)
-    return sizes
-
-
 def _worker(parent: int) -> int:
     """The traffic worker of a one-worker ``creditgate serve``."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
@@ -178,15 +158,6 @@ async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
 async def _charged(rclient: RedisClient, n: int) -> bool:
     for _ in range(600):
         if FUNDS - (await read_balances(rclient, WS)).app[APP] == n * CENT:
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def _settled(rclient: RedisClient) -> bool:
-    """Whether every charge was confirmed or refunded (nothing left for the sweeper)."""
-    for _ in range(600):
-        if await rclient.zcard(keys.reservations_key(WS)) == 0:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -242,7 +213,7 @@ async def test_sigterm_ends_every_bot_connection_with_what_it_was_charged(
             if not flood:
                 assert bot.got == [20] * SENT
             # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await _settled(rclient)
+            assert await settled(rclient, WS)
             charged = (FUNDS - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged == len(bot.got)
             assert charged > 1

@@ -30,10 +30,10 @@ from aiohttp import WSMsgType, web
 from gateway import ws_pump
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
-from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually, serve
 from tests.support.settings import HOST, make_settings
+from tests.support.ws_frames import client_frames, settled
 from tests.system.test_ws_stalled_bot import APP, CENT, GUID, WS, StalledBot, gateway_with_sweeper
 
 FUNDS = 100 * CENT
@@ -49,26 +49,6 @@ def _settings(redis_url: str, tmp_path: Path, **extra: Any) -> Any:
         max_body_bytes=16 << 20,
         **extra,
     )
-
-
-def _frames(data: bytes) -> list[int]:
-    """The sizes of the whole text or binary frames in ``data`` (masked, from a client)."""
-    sizes, at = [], 0
-    while at + 2 <= len(data):
-        b0, n = data[at], data[at + 1] & 0x7F
-        at += 2
-        if n == 126:
-            (n,) = struct.unpack("!H", data[at : at + 2])
-            at += 2
-        elif n == 127:
-            (n,) = struct.unpack("!Q", data[at : at + 8])
-            at += 8
-        if at + 4 + n > len(data):
-            break
-        at += 4 + n
-        if b0 & 0x0F in (1, 2):
-            sizes.append(n)
-    return sizes
 
 
 class ThreadBot:
@@ -120,7 +100,7 @@ class ThreadBot:
                 with self._more:
                     self.read = len(data)
                     self._more.notify_all()
-        self.got = _frames(bytes(data))
+        self.got = client_frames(bytes(data))
         self.ended.set()
 
     @staticmethod
@@ -184,17 +164,8 @@ async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
         )
         assert await loop.run_in_executor(None, bot.ended.wait, 30)
         assert bot.got == [size]  # the bot read it whole: it is paid
-        assert await _settled(rclient)
+        assert await settled(rclient, WS)
         assert (await read_balances(rclient, WS)).app[APP] == FUNDS - CENT
-
-
-async def _settled(rclient: RedisClient) -> bool:
-    """Whether every charge was confirmed or refunded (nothing left for the sweeper)."""
-    for _ in range(600):
-        if await rclient.zcard(keys.reservations_key(WS)) == 0:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 class ReadingBot(StalledBot):
@@ -219,7 +190,7 @@ class ReadingBot(StalledBot):
             data = bytearray()
             while chunk := await r.read(1 << 20):
                 data += chunk
-            self.got = _frames(bytes(data))
+            self.got = client_frames(bytes(data))
         except ConnectionError:
             pass
         finally:
@@ -251,7 +222,7 @@ async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
             await asyncio.wait_for(bot.done.wait(), 30)
             assert len(bot.got) > 1
             # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await _settled(rclient)
+            assert await settled(rclient, WS)
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged == len(bot.got)
 
@@ -329,7 +300,7 @@ class ChattyBot(StalledBot):
                     data += chunk
             except ConnectionError as exc:
                 print("DEBUG bot read", repr(exc))
-            self.got = _frames(bytes(data))
+            self.got = client_frames(bytes(data))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -394,7 +365,7 @@ async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await flooding
             assert closed.type is not WSMsgType.TEXT
-            assert await _settled(rclient)
+            assert await settled(rclient, WS)
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged > 1
             assert len(bot.got) == charged  # was 1 read of 53,062 charged
@@ -499,7 +470,7 @@ async def test_a_bot_that_talks_without_reading_gets_every_message_at_a_close(
                 await asyncio.wait_for(bot.done.wait(), 60)
             finally:
                 bot.read.set()
-            assert await _settled(rclient)
+            assert await settled(rclient, WS)
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged == 200
             assert len(bot.got) == charged
