@@ -31,9 +31,9 @@ from gateway.admin_api.http import Route
 from meter.accounts.authz import token_hash
 from meter.store.refund_failures import RefundFailure
 from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.payments import deliver
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import refunded, settings_with_stripe, signed, stripe_standin
-from tests.system.test_payments import deliver
 
 ROLES = ("op", "owner", "appown", "collab", "member", "other", "none", "bad")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.test_payments import BACKENDS, paying
+from tests.support.payments import BACKENDS, paying
 
 
 @pytest.fixture(params=BACKENDS)

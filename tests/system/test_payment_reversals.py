@@ -22,19 +22,25 @@ from config import load_catalog
 from meter.accounts import projection, projection_check, rebuild
 from meter.accounts.deps import Deps
 from meter.store.reversals import Reversal
-from meter.usage.reconcile import reconcile
-from tests.support.adminkit import Admin, snapshot
+from tests.support.adminkit import snapshot
 from tests.support.bot import running_bot
+from tests.support.payments import (
+    BACKENDS,
+    USD,
+    bought,
+    deliver,
+    no_discrepancy,
+    outcome,
+    paid_funds,
+    paying,
+    reversals,
+)
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import (
-    StripeStandIn,
     disputed,
-    intent_of,
-    paid,
     refunded,
     signed,
 )
-from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 CENT = USD // 100
 
@@ -50,48 +56,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/store.db"
-
-
-async def outcome(admin: Admin, payload: bytes) -> str:
-    status, body = await deliver(admin, payload, signed(payload))
-    assert status == 200, body  # acknowledged whatever it did: a retry changes nothing
-    return str(body["outcome"])
-
-
-async def bought(
-    admin: Admin, standin: StripeStandIn, token: str, ws: str, amount: str, app: str | None = None
-) -> str:
-    """A checkout paid and credited; its payment intent."""
-    body: dict[str, Any] = {"amount": amount, **({"app_id": app} if app else {})}
-    co = await admin.ok("POST", f"/v1/workspaces/{ws}/checkout", token, body)
-    session = standin.session_for(co["id"])
-    assert await outcome(admin, paid(session)) == "credited"
-    return intent_of(session)
-
-
-async def reversals(admin: Admin, ws: str) -> list[tuple[str, int]]:
-    """The workspace's reversal entries (kind, amount) in order."""
-    return [
-        (e.kind, e.amount)
-        for e in await admin.store.ledger_entries(ws)
-        if e.kind in ("payment_reversed", "dispute_reinstated")
-    ]
-
-
-async def paid_funds(admin: Admin, ws: str) -> tuple[int, dict[str, int]]:
-    """Paid funds the ledger holds (shared, per app); Redis must hold the same."""
-    totals = await admin.store.ledger_balance(ws)
-    bal = await projection.read_balances(admin.redis, ws)
-    assert (bal.pool, {a: v for a, v in bal.app.items() if v}) == (
-        totals.shared,
-        {a: v for a, v in totals.apps.items() if v},
-    )
-    return totals.shared, {a: v for a, v in totals.apps.items() if v}
-
-
-async def no_discrepancy(admin: Admin, ws: str) -> None:
-    [report] = await reconcile(admin.store, admin.redis, admin.settings, workspace=ws)
-    assert report.differences == [], report
 
 
 async def test_a_refund_takes_the_payment_back_once(store_url: str, redis_url: str) -> None:

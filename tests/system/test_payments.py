@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,23 @@ import aiohttp
 import pytest
 
 from config import load_catalog, load_settings
-from gateway.webhooks import WebhookOptions
 from meter.accounts import checkouts, payments, projection, workspaces
 from meter.accounts.deps import Deps
 from meter.store import LedgerEntry, open_store
 from meter.usage.flusher import Flusher
-from tests.support.adminkit import Admin, admin_server, snapshot
+from tests.support.adminkit import admin_server, snapshot
 from tests.support.bot import running_bot
 from tests.support.clock import Clock
+from tests.support.payments import BACKENDS, HOOK, USD, Paying, deliver, paid_state, paying
 from tests.support.settings import OPERATOR_TOKEN, make_settings
 from tests.support.stripe_standin import (
     SECRET_KEY,
     WEBHOOK_SECRET,
-    StripeStandIn,
     event,
     paid,
-    settings_with_stripe,
     signed,
     stripe_standin,
 )
-
-USD = 1_000_000
-HOOK = "/v1/payments/stripe/webhook"
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -59,52 +48,10 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("pg_dsn")
 
 
-Paying = tuple[Admin, StripeStandIn]
-
-
-@asynccontextmanager
-async def paying(
-    store_url: str,
-    redis_url: str,
-    *,
-    clock: Clock | None = None,
-    traffic: bool = False,
-    key: str = SECRET_KEY,
-    **overrides: Any,
-) -> AsyncIterator[Paying]:
-    """An admin server whose Stripe is the local stand-in (accepting API key ``key``)."""
-    async with stripe_standin(key) as standin:
-        settings = settings_with_stripe(store_url, redis_url, standin, **overrides)
-        # Owner notifications stay in the outbox: the tests count them there.
-        options = WebhookOptions(poll_s=3600)
-        kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        async with admin_server(settings, webhooks=options, traffic=traffic, **kw) as admin:
-            yield admin, standin
-
-
 @pytest.fixture
 async def sqlite_paying(redis_url: str, tmp_path: Path) -> AsyncIterator[Paying]:
     async with paying(f"sqlite:///{tmp_path}/store.db", redis_url) as both:
         yield both
-
-
-async def deliver(admin: Admin, payload: bytes, signature: str | None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if signature is not None:
-        headers["Stripe-Signature"] = signature
-    return await admin.api("POST", HOOK, data=payload, headers=headers)
-
-
-async def paid_state(admin: Admin, ws: str) -> tuple[int, int, int, int]:
-    """Checkout top-up rows in the ledger, funds.added events, Redis pool, Redis app funds."""
-    rows = [
-        e
-        for e in await admin.store.ledger_entries(ws, kind="topup")
-        if e.reference.startswith("checkout:")
-    ]
-    events = [e for e in await admin.store.list_events(ws) if e.event_type == "funds.added"]
-    bal = await projection.read_balances(admin.redis, ws)
-    return len(rows), len(events), bal.pool, sum(bal.app.values())
 
 
 # ------------------------------------------------------------------ free credits

@@ -24,10 +24,17 @@ from meter.accounts import projection
 from meter.store import Checkout, LedgerEntry, Store, User, Workspace, open_store
 from meter.store.schema import MIGRATIONS
 from tests.support.adminkit import Admin
+from tests.support.payments import (
+    BACKENDS,
+    USD,
+    deliver,
+    no_discrepancy,
+    outcome,
+    paid_funds,
+    paying,
+)
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import paid, refunded, signed
-from tests.system.test_payment_reversals import no_discrepancy, outcome, paid_funds
-from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 
 @pytest.fixture(params=BACKENDS)

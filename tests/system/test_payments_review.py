@@ -11,9 +11,9 @@ import orjson
 from config import load_catalog
 from meter.accounts.rebuild import rebuild_workspace
 from meter.redis_layer import keys
+from tests.support.payments import USD, deliver, paid_state, paying
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import paid, signed
-from tests.system.test_payments import USD, deliver, paid_state, paying
 
 
 class LedgerReadThen:

@@ -30,10 +30,9 @@ from meter.accounts.deps import Deps
 from meter.usage.reconcile import reconcile
 from tests.support.adminkit import Admin
 from tests.support.clock import Clock
+from tests.support.payments import BACKENDS, USD, bought, outcome, paid_funds, paying, reversals
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, intent_of, paid, refund_updated, refunded
-from tests.system.test_payment_reversals import bought, outcome, paid_funds, reversals
-from tests.system.test_payments import BACKENDS, USD, paying
 
 
 @pytest.fixture

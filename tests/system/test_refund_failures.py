@@ -19,15 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stripe_standin import refund_updated, refunded
-from tests.system.test_payment_reversals import (
+from tests.support.payments import (
+    BACKENDS,
+    USD,
     bought,
     no_discrepancy,
     outcome,
     paid_funds,
+    paying,
     reversals,
 )
-from tests.system.test_payments import BACKENDS, USD, paying
+from tests.support.stripe_standin import refund_updated, refunded
 
 
 @pytest.fixture(params=BACKENDS)

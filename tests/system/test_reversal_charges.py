@@ -17,16 +17,19 @@ from typing import Any
 
 import pytest
 
-from tests.support.settings import OPERATOR_TOKEN
-from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
-from tests.system.test_payment_reversals import (
+from tests.support.payments import (
+    BACKENDS,
+    USD,
     bought,
+    deliver,
     no_discrepancy,
     outcome,
     paid_funds,
+    paying,
     reversals,
 )
-from tests.system.test_payments import BACKENDS, USD, deliver, paying
+from tests.support.settings import OPERATOR_TOKEN
+from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
 
 
 @pytest.fixture(params=BACKENDS)

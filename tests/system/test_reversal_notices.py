@@ -17,9 +17,17 @@ import orjson
 import pytest
 
 from meter.accounts.notifier import render
+from tests.support.payments import (
+    BACKENDS,
+    USD,
+    bought,
+    deliver,
+    no_discrepancy,
+    outcome,
+    paid_funds,
+    paying,
+)
 from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
-from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
-from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 
 @pytest.fixture(params=BACKENDS)

@@ -26,10 +26,18 @@ from meter.store import LedgerEntry
 from meter.store.reversals import Reversal
 from meter.usage.reconcile import reconcile
 from tests.support.bot import running_bot
+from tests.support.payments import (
+    BACKENDS,
+    USD,
+    bought,
+    deliver,
+    no_discrepancy,
+    outcome,
+    paid_funds,
+    paying,
+)
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import disputed, intent_of, paid, refunded, signed
-from tests.system.test_payment_reversals import bought, no_discrepancy, outcome, paid_funds
-from tests.system.test_payments import BACKENDS, USD, deliver, paying
 
 
 @pytest.fixture(params=BACKENDS)

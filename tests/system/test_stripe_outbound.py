@@ -20,10 +20,9 @@ from aiohttp import web
 
 from tests.support.adminkit import Admin
 from tests.support.bot import serve
+from tests.support.payments import USD, deliver, outcome, paid_funds, paying
 from tests.support.settings import OPERATOR_TOKEN
 from tests.support.stripe_standin import StripeStandIn, disputed, signed
-from tests.system.test_payment_reversals import outcome, paid_funds
-from tests.system.test_payments import USD, deliver, paying
 
 INTENT = "pi_outbound1"
 CHARGE = "ch_outbound1"
