@@ -347,7 +347,8 @@ def build_baseline(ref: str, tmp: Path) -> tuple[str, frozenset[str]]:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), ref],
                    check=True, capture_output=True)  # fmt: skip
     try:
-        fields = (src / "config" / "settings.py").read_text()
+        # config/settings.py, or since the split into groups config/groups/*.py
+        fields = "".join(p.read_text() for p in sorted((src / "config").rglob("*.py")))
         knows = frozenset(f"CREDITGATE_{name.upper()}" for name in ("state_dir", "egress_allow")
                           if f"{name}:" in fields)  # fmt: skip
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

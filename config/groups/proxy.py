@@ -1,0 +1,56 @@
+"""The proxy: upstreams and their connection caps, WebSockets, bodies, the traffic server.
+
+A group of fields of :class:`config.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from config.fields import ChannelRule, RefundOn, Seconds
+
+
+class ProxySettings(BaseModel):
+    default_upstream_url: str | None = None
+    upstream_connect_timeout_s: Seconds = 2.0
+    upstream_read_timeout_s: Seconds = 30.0
+    # Connections one traffic worker holds to bots: in all (aiohttp's pool), and to one
+    # bot (host, port) on both traffic servers, so one tenant's slow bot cannot take
+    # them all; a message over the cap waits (within upstream_connect_timeout_s).
+    upstream_connections: int = Field(1024, ge=1)
+    upstream_connections_per_bot: int = Field(256, ge=1)
+    # A tenant's share of those (gateway/tenant_share.py): what the messages of one
+    # customer (the owner of the app's workspace) may hold, in all and at one bot; unset,
+    # 3/8 of the cap: two tenants at their share leave a quarter to the others (caps of 3
+    # or more). A message over its share waits as for a cap (upstream_connect_timeout_s).
+    upstream_connections_per_tenant: int | None = Field(None, ge=1)
+    upstream_connections_per_tenant_bot: int | None = Field(None, ge=1)
+    # WebSockets one traffic worker proxies at once, outside those connections (their bot
+    # connections are their own, so open sockets never make a message wait), and what one
+    # tenant's apps may hold of them (unset: 3/8); one more upgrade is 503 too_many_websockets.
+    # A socket whose client sent no text or binary message for ws_idle_timeout_s (pings, bot
+    # messages do not count) is closed 1001 "idle"; for ws_first_message_timeout_s if none yet.
+    ws_max_connections: int = Field(1024, ge=1)
+    ws_max_connections_per_tenant: int | None = Field(None, ge=1)
+    ws_idle_timeout_s: Seconds = 300.0
+    ws_first_message_timeout_s: Seconds = 30.0
+    ws_linger_s: Seconds = 5.0  # a dropped bot connection's last bytes (gateway/ws_wire.py)
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    refund_on: RefundOn = ["connect", "timeout", "5xx"]
+    shutdown_grace_s: Seconds = 20.0
+    # A connection must deliver a complete request head within this many seconds of
+    # opening (or of its previous response): slow-header clients are cut off.
+    header_timeout_s: Seconds = 15.0
+    channels: dict[str, ChannelRule] = Field(default_factory=dict)
+
+    # Traffic server (issue 13): "aiohttp" serves the traffic port with aiohttp alone;
+    # "fast" parses requests with httptools and serves small /hooks messages to http://
+    # bots on a lean path, handing everything else to the aiohttp app on the connection.
+    # "fast" is the default: the whole suite passes against both.
+    traffic_server: Literal["aiohttp", "fast"] = "fast"
+
+    # HTTP conformance (issue 13): a request body must keep arriving; a read that waits
+    # this long for its next bytes ends the request 408 (a stalled upload holds nothing).
+    body_timeout_s: Seconds = 30.0
