@@ -5,16 +5,15 @@ the shared paid pool, and the funds tied to each app (plus the granted and lapse
 totals). Usage and events Redis has not flushed yet, and quarantined batches, explain
 part of any gap (:mod:`meter.usage.pending`), so each field is reported with the raw
 store value, those parts and the value Redis should hold. Every field where Redis
-differs from the store is listed.
+differs from the store is listed (:mod:`meter.usage.reconcile_report`).
 The unflushed usage and the store are read as of one moment
 (:mod:`meter.usage.unflushed`), so a flusher committing meanwhile moves no unit into
 both reads or out of both: running flushers are safe.
 
 ``apply`` writes what Redis should hold. After Redis lost its data (``FLUSHALL``) it
-first re-provisions the workspace and its apps from the store, restores the grant
-idempotency markers and moves the id counter past anything used before (so new event,
-session and claim ids cannot collide with flushed ones). Usage that was never flushed is
-gone with the data: it shows as a difference and is not charged. Run ``apply`` with
+first re-provisions the workspace and its apps from the store
+(:mod:`meter.usage.reprovision`). Usage that was never flushed is gone with the data: it
+shows as a difference and is not charged. Run ``apply`` with
 traffic stopped; balances are corrected by increments, not overwritten, and only when a
 second comparison finds the same and the balances still hold what it read (admissions
 moving balances meanwhile stop it). The correction (``correct.lua``) also marks every
@@ -29,86 +28,24 @@ back as a difference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import orjson
 
-from config import Settings, load_catalog
-from meter.accounts import channel_secrets, projection
-from meter.accounts.rebuild import MARKED_KINDS, SEQ_FLOOR_PER_MS, marked, store_values
+from config import Settings
+from meter.accounts.rebuild import marked, store_values
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.clock import redis_time
-from meter.redis_layer.keys import F_APP, F_APPS, F_POOL
+from meter.redis_layer.keys import F_APP
 from meter.redis_layer.scripts import register
 from meter.store import Store
 from meter.usage import stranded
-from meter.usage.pending import Quarantined, account
+from meter.usage.pending import account
+from meter.usage.reconcile_report import Difference, Report
+from meter.usage.reprovision import reprovision, restore_flags
 from meter.usage.unflushed import read_pending
 
-__all__ = ["SEQ_FLOOR_PER_MS", "compare", "reconcile", "store_values"]
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One field where Redis and the store disagree (micro-dollars or units)."""
-
-    workspace_id: str
-    field: str
-    redis: int | None  # None: missing from Redis
-    store: int
-    unflushed: int  # signed: what unflushed usage and events change (balances go down)
-    quarantined: int = 0  # signed: what dead letters took (meter.usage.pending)
-
-    @property
-    def expected(self) -> int:
-        """What Redis should hold: the store's value moved by what it has not got."""
-        return self.store + self.unflushed + self.quarantined
-
-    @property
-    def explained(self) -> bool:
-        """The whole gap is usage Redis has not flushed yet."""
-        return self.redis == self.expected
-
-    def line(self) -> str:
-        shown = "missing" if self.redis is None else str(self.redis)
-        tag = "MISMATCH"
-        if self.explained:
-            tag = "quarantined usage" if self.quarantined else "unflushed usage"
-        q = f" quarantined={self.quarantined}" if self.quarantined else ""
-        return (
-            f"{self.workspace_id} {self.field}: redis={shown} store={self.store} "
-            f"unflushed={self.unflushed}{q} expected={self.expected} ({tag})"
-        )
-
-
-@dataclass(slots=True)
-class Report:
-    """Differences of one workspace; ``applied`` when Redis was corrected (see below)."""
-
-    workspace_id: str
-    differences: list[Difference] = field(default_factory=list)
-    reprovisioned: bool = False
-    applied: bool = False
-    corrected: int = 0  # balances the correction wrote (a mismatch gone since: none)
-    unsettled: bool = False  # not applied: balances moved while comparing
-    # kind ("ag", "sr") -> live buckets found outside their index (indexed if applied)
-    stranded: dict[str, list[int]] = field(default_factory=dict)
-    # references of the ledger entries the store's values hold that carry a live marker
-    marks: list[str] = field(default_factory=list)
-    # its dead letters (counted as spent until replayed) and unreadable events
-    quarantined: list[Quarantined] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-
-    @property
-    def mismatches(self) -> list[Difference]:
-        return [d for d in self.differences if not d.explained]
-
-    @property
-    def held(self) -> bool:
-        """Redis counted something of it this version cannot read: never corrected."""
-        return bool(self.unreadable) or any(q.unreadable for q in self.quarantined)
+__all__ = ["compare", "reconcile", "store_values"]
 
 
 async def redis_values(client: RedisClient, ws: str, names: list[str]) -> dict[str, int | None]:
@@ -197,7 +134,7 @@ async def reconcile_workspace(
             report.unsettled = True
             return report
         if report.reprovisioned:
-            await _restore_flags(client, ws, settings)
+            await restore_flags(client, ws, settings)
         report.applied, report.corrected, report.differences = True, written, again.differences
     return report
 
@@ -227,60 +164,6 @@ async def _correct(client: RedisClient, ws: str, report: Report) -> int | None:
     doc = orjson.dumps({"fix": fix, "grants": report.marks})
     done = await register(client, "correct")(keys=[keys.ws_prefix(ws)], args=[doc])
     return len(fix) if done else None
-
-
-async def reprovision(store: Store, client: RedisClient, settings: Settings, ws: str) -> bool:
-    """Rebuild a workspace's projection from the store if Redis lost it; ``True`` if it did."""
-    w = await store.get_workspace(ws)
-    if w is None:
-        return False
-    lost = not await client.hexists(keys.ws_key(ws), "type")
-    if lost:
-        licences = {
-            lic.product: projection.Licence(lic.usage_limit, lic.per_minute, lic.per_hour)
-            for lic in await store.get_licences(ws)
-        }
-        await projection.put_workspace(
-            client, ws, plan=w.type, catalog=load_catalog(settings.catalog_path),
-            licences=licences, low_threshold=w.low_balance_threshold, owner=w.owner_id,
-        )  # fmt: skip
-        if w.free_expires_at:
-            await client.hset(keys.ws_key(ws), "free_exp", w.free_expires_at)
-        # Past every id admissions took, by the clock they were stamped with.
-        floor = int(await redis_time(client) * 1000) * SEQ_FLOOR_PER_MS
-        seq = int(await client.hget(keys.ws_key(ws), "seq") or 0)
-        if seq < floor:
-            await client.hset(keys.ws_key(ws), "seq", floor)
-        for e in await store.ledger_entries(ws):
-            if e.kind in MARKED_KINDS:  # grants and payments given back
-                await client.hset(keys.ws_key(ws), keys.grant_field(e.reference), 1)
-                await client.set(keys.grant_marker_key(ws, e.reference), "1")
-        await client.hset(keys.ws_key(ws), keys.F_MARKED, 1)
-    for app in await store.list_apps(ws):
-        if lost or not await client.exists(keys.app_key(ws, app.id)):
-            await projection.put_app(
-                client, app.id, product=app.product, use_free_credits=app.use_free_credits,
-                suspended=app.suspended, upstream_url=app.upstream_url, shadow=app.shadow,
-            )  # fmt: skip
-        # Secrets always: an app written again without them (an earlier version's
-        # re-projection) would otherwise stay unauthenticated.
-        await channel_secrets.project_app_channels(store, client, app.id)
-    return lost
-
-
-async def _restore_flags(client: RedisClient, ws: str, settings: Settings) -> None:
-    """Alert flags consistent with the balances, so restoring fires no stale alert."""
-    r = await client.hmget(keys.ws_key(ws), ["free", F_POOL, F_APPS, "free_exp"])
-    free, pool, apps, exp = (int(v or 0) for v in r)
-    usable = (free if await redis_time(client) * 1000 < exp else 0) + pool + apps
-    await client.hset(
-        keys.ws_key(ws),
-        mapping={
-            "low": int(usable < settings.low_balance_threshold),
-            "pz": int(pool + apps <= 0),
-            "fx": int(free == 0),
-        },
-    )
 
 
 async def reconcile(
