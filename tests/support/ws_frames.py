@@ -1,14 +1,38 @@
-"""What a raw bot socket read of a WebSocket, and when its charges are settled: shared
-by the tests that count charged messages against those a bot read (test_ws_taken,
-test_ws_shutdown)."""
+"""The raw bot sockets of the WebSocket charge tests: the bot's side of the handshake,
+what it read, and when its charges are settled; shared by the tests that count charged
+messages against those a bot read (test_ws_taken, test_ws_shutdown, test_ws_stalled_bot)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import struct
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, in Sec-WebSocket-Accept
+
+
+def switching_protocols(head: bytes) -> bytes:
+    """A bot's 101 to the upgrade request ``head``, its Sec-WebSocket-Key accepted."""
+    key = next(
+        line.split(":", 1)[1].strip()
+        for line in head.decode().split("\r\n")
+        if line.lower().startswith("sec-websocket-key")
+    )
+    accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+async def accept_upgrade(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Read the gateway's upgrade request on a bot connection and write the 101 (not
+    drained)."""
+    w.write(switching_protocols(await r.readuntil(b"\r\n\r\n")))
 
 
 def client_frames(data: bytes) -> list[int]:

@@ -14,9 +14,7 @@ kernel reset every connection with input unread, dropping what it still held, ch
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -31,9 +29,8 @@ from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
 from tests.support.serving import seeded_serve, tail
 from tests.support.settings import HOST
-from tests.support.ws_frames import client_frames, settled
+from tests.support.ws_frames import accept_upgrade, client_frames, settled
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WS = "wsshutdown"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
 CENT = 10_000
@@ -73,17 +70,7 @@ class TalkingBot:
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         sending: asyncio.Task[None] | None = None
         try:
-            head = (await r.readuntil(b"\r\n\r\n")).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-            w.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            await accept_upgrade(r, w)
             await w.drain()
             data = bytearray(await r.readexactly(2))
             data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small

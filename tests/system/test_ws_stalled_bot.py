@@ -8,9 +8,7 @@ answered for free, the seat held for good)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -31,11 +29,11 @@ from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.bot import Running, eventually, serve
 from tests.support.settings import HOST, make_settings
+from tests.support.ws_frames import accept_upgrade
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WS = "wsstall"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
 CENT = 10_000
@@ -70,17 +68,7 @@ class StalledBot:
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            head = (await r.readuntil(b"\r\n\r\n")).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-            w.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
-            )
+            await accept_upgrade(r, w)
             await w.drain()
             await self.read.wait()
             while True:

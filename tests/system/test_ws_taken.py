@@ -12,9 +12,7 @@ transport's own buffer.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import select
 import socket
 import struct
@@ -33,8 +31,8 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually, serve
 from tests.support.settings import HOST, make_settings
-from tests.support.ws_frames import client_frames, settled
-from tests.system.test_ws_stalled_bot import APP, CENT, GUID, WS, StalledBot, gateway_with_sweeper
+from tests.support.ws_frames import accept_upgrade, client_frames, settled, switching_protocols
+from tests.system.test_ws_stalled_bot import APP, CENT, WS, StalledBot, gateway_with_sweeper
 
 FUNDS = 100 * CENT
 SEND_S = 1.0  # half the refund window below
@@ -81,16 +79,7 @@ class ThreadBot:
             head = b""
             while not head.endswith(b"\r\n\r\n"):
                 head += conn.recv(1)
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.decode().split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            conn.sendall(switching_protocols(head))
             select.select([conn], [], [], 60)
             self.arrived.set()
             self.go.wait(60)
@@ -174,17 +163,7 @@ class ReadingBot(StalledBot):
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            head = (await r.readuntil(b"\r\n\r\n")).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-            w.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            await accept_upgrade(r, w)
             await w.drain()
             await self.read.wait()
             data = bytearray()
@@ -279,17 +258,7 @@ class ChattyBot(StalledBot):
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         sending: asyncio.Task[None] | None = None
         try:
-            head = (await r.readuntil(b"\r\n\r\n")).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-            w.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            await accept_upgrade(r, w)
             await w.drain()
             data = bytearray(await r.readexactly(2))
             data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small
@@ -377,17 +346,7 @@ class PingingBot(StalledBot):
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            head = (await r.readuntil(b"\r\n\r\n")).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-            w.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            await accept_upgrade(r, w)
             pings = (b"\x89\x7d" + b"p" * 125) * 64
             while not self.read.is_set():
                 w.write(pings)
