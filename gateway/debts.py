@@ -9,7 +9,7 @@ from typing import NamedTuple
 import orjson
 
 from meter.admission.decision import MessageKind
-from meter.redis_layer.clock import HostStamp
+from meter.redis_layer.timer import HostStamp
 
 
 class Debt(NamedTuple):

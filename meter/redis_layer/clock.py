@@ -18,11 +18,9 @@ Redis ``TIME`` at start-up and every ``CLOCK_SYNC_S``.
   scripts never compare a stamp with Redis's own clock (their expiries are relative), so
   per-shard clocks would add nothing but a clock per call's workspace. After a failover
   every process follows the new primary's clock at its next sync.
-* **Timer**: :data:`TIMER`, ``CLOCK_BOOTTIME`` on Linux (``time.monotonic``
-  elsewhere): a step of the local wall clock (NTP, an operator) changes no stamp, and
-  unlike ``CLOCK_MONOTONIC`` it advances while the host (a VM) is suspended, so a
-  resumed process does not stamp the time it was suspended at until its next sync.
-  Once synced, Redis being down keeps the last offset.
+* **Timer**: :data:`TIMER` (:mod:`meter.redis_layer.timer`): a step of the local wall
+  clock changes no stamp, and it advances while the host is suspended. Once synced,
+  Redis being down keeps the last offset.
 * **Nothing stamped before the first sync**: until a sync succeeds (Redis down at
   start-up: logged, retried every :data:`RETRY_S`) readings are the local wall clock,
   which may be hours off Redis's: a stamp taken then and written once Redis answers
@@ -54,20 +52,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import NamedTuple
 
 from redis.asyncio import RedisCluster
 
 from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.redis_layer.timer import TIMER, TIMER_SOURCE
+from meter.redis_layer.timer import HostStamp as HostStamp  # meter.admission imports it here
 from meter.timestamps import Clock
 
 log = logging.getLogger(__name__)
@@ -77,46 +73,6 @@ RETRY_S = 1.0  # between attempts while Redis does not answer
 MAX_BACK_S = 1.0  # a step back up to this is jitter: readings hold instead
 WARN_S = 1.0  # a local clock further than this from Redis's is logged
 ANSWER_MAX_S = 1.0  # a TIME slower than this is a sync missed (a start-up waits no longer)
-
-
-def _default_timer() -> Clock:
-    """``CLOCK_BOOTTIME`` where there is one (Linux), else ``time.monotonic``."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is None:
-        return time.monotonic
-    return functools.partial(time.clock_gettime, boottime)
-
-
-TIMER = _default_timer()  # what readings advance with between syncs (see the module's doc)
-
-
-def _timer_source() -> str:
-    """Whose :data:`TIMER` readings compare with this process's: ``CLOCK_BOOTTIME`` is
-    the kernel's, the same in every process of one boot (``boot_id``) and time namespace;
-    elsewhere, this process's only."""
-    own = "process:" + secrets.token_hex(8)
-    if getattr(time, "CLOCK_BOOTTIME", None) is None:
-        return own
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return own
-    try:
-        ns = os.readlink("/proc/self/ns/time")
-    except OSError:
-        ns = ""  # a kernel without time namespaces: one CLOCK_BOOTTIME
-    return f"boottime:{boot}:{ns}" if boot else own
-
-
-TIMER_SOURCE = _timer_source()
-
-
-class HostStamp(NamedTuple):
-    """What a reading taken before the clock's first sync (the wall clock's) was taken
-    with, so it can be moved to Redis's clock later (:meth:`RedisClock.as_redis`)."""
-
-    timer: float  # the clock's timer then
-    source: str  # whose timer (:data:`TIMER_SOURCE`); "" unknown
 
 
 async def redis_time(client: RedisClient) -> float:

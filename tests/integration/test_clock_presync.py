@@ -22,7 +22,8 @@ from meter.accounts.seeding import seed
 from meter.admission.reservations import Sweeper
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
-from meter.redis_layer.clock import TIMER_SOURCE, RedisClock, redis_time
+from meter.redis_layer.clock import RedisClock, redis_time
+from meter.redis_layer.timer import TIMER_SOURCE
 from meter.store import open_store
 from tests.support.bot import Bot, eventually, post_message, running_gateway, serve
 from tests.support.metering import admitter, new_ws_id

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
-from meter.redis_layer.clock import MAX_BACK_S, TIMER, RedisClock
+from meter.redis_layer.clock import MAX_BACK_S, RedisClock
+from meter.redis_layer.timer import TIMER
 from tests.support.clock import Clock
 
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import orjson
 
 from gateway.debts import Debt, Void, journal_lines, read_journal
-from meter.redis_layer.clock import HostStamp
+from meter.redis_layer.timer import HostStamp
 
 HOST = HostStamp(123.25, "boottime:b:time:[1]")
 
