@@ -44,10 +44,10 @@ from pathlib import Path
 import orjson
 from redis.exceptions import RedisError
 
+from gateway.debt_settlement import settle_debt
 from gateway.debts import Debt, Void, journal_lines, read_journal
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
-from meter.admission.decision import Decision
 from meter.admission.journal import Journal, take_over_dead
 from meter.errors import MeteringUnavailable
 from meter.redis_layer.keys import record_id
@@ -114,8 +114,9 @@ class Owed:
 
     def forgive(self, debt: Debt) -> None:
         """The served message failed after all: drop it, and void any charge it left.
-        (Settled meanwhile without its key, see :meth:`_settle`, its charge stays: only a
-        client reusing a key for another message, during an outage, gets there.)"""
+        (Settled meanwhile without its key, see
+        :func:`gateway.debt_settlement.settle_debt`, its charge stays: only a client
+        reusing a key for another message, during an outage, gets there.)"""
         with contextlib.suppress(ValueError):
             self.debts.remove(debt)
             self._log("s", debt.token)
@@ -199,7 +200,10 @@ class Owed:
                 chunk = self.debts[: self._chunk]
                 # One at a time, in the order served: a conversation's messages must meet
                 # its billing session in order.
-                results = [await self._settle(d) for d in chunk]
+                results = [
+                    await settle_debt(self._admitter, self._metrics, d, self._timeout)
+                    for d in chunk
+                ]
                 for d, keep in zip(chunk, results, strict=True):
                     if not keep:
                         self._log("s", d.token)
@@ -223,42 +227,6 @@ class Owed:
         if not self and self._journal is not None and self._journal.size:
             self._journal.truncate()  # all settled
         return True
-
-    async def _settle(self, d: Debt) -> bool:
-        """Settle one debt; True when it must stay owed.
-
-        A keyed debt Redis refuses as ``duplicate_delivery`` (its key names another
-        message, or was honoured as often as allowed) was served all the same: it is
-        charged as a message of its own, without the key (same token, so settling it
-        again finds that charge)."""
-        dec = await self._settle_as(d, d.key)
-        if dec.reason == "duplicate_delivery" and d.key:
-            dec = await self._settle_as(d, "")
-        if dec.reason == "unknown_app":
-            return True
-        if dec.admitted:
-            if not dec.duplicate:
-                self._metrics.charge(dec.free, dec.app, dec.pool)
-                if dec.new_session:
-                    self._metrics.sessions_started.inc()
-            if dec.owed:
-                self._metrics.settled_on_credit.inc(dec.owed)
-                msg = "served message of app %s settled on credit: %d of %d micro-dollars owed"
-                log.warning(msg, d.app_id, dec.owed, dec.charged)
-        else:
-            log.warning(
-                "served message of app %s settled as refused (%s): not charged",
-                d.app_id,
-                dec.reason,
-            )
-        return False
-
-    async def _settle_as(self, d: Debt, key: str) -> Decision:
-        args, digest = (d.app_id, d.channel, d.user, key), d.digest if key else ""
-        call = self._admitter.settle(
-            *args, kind=d.kind, token=d.token, at=d.at, digest=digest, host=d.host
-        )
-        return await asyncio.wait_for(call, self._timeout)
 
     async def close(self, grace_s: float) -> None:
         """A last settlement attempt; logs what is lost if Redis still does not answer."""
