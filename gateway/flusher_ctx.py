@@ -72,6 +72,8 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.debug("flush lag not readable", exc_info=True)
             try:
                 metrics.outbox_pending.set(await store.pending_events())
+                overdue = await store.overdue_events(settings.webhook_max_attempts)
+                metrics.outbox_overdue.set(overdue)
             except Exception:  # the store being down shows on /readyz
                 log.debug("outbox backlog not readable", exc_info=True)
 

@@ -198,6 +198,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.outbox_overdue = Gauge(
+            "creditgate_webhook_outbox_overdue",
+            "Owner notifications failed WEBHOOK_MAX_ATTEMPTS times or more, still retried.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.client_disconnects = Counter(
             "creditgate_client_disconnects_total",
             "Requests whose client went away before the answer was sent.",

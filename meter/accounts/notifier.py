@@ -117,7 +117,10 @@ class Notifier:
 
     def backoff_ms(self, attempts: int) -> int:
         """Delay before attempt ``attempts + 1``: doubling, capped, with jitter."""
-        delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
+        # The exponent is bounded: an overdue event's attempts grow for as long as it is
+        # retried, and 2.0 ** 1024 does not fit a float.
+        doubling = 2.0 ** min(max(0, attempts - 1), 64)
+        delay = min(self.backoff_cap_s, self.backoff_base_s * doubling)
         return int(delay * random.uniform(0.75, 1.0) * 1000)
 
     def _now(self) -> int:
@@ -245,16 +248,14 @@ class Notifier:
             await self.store.mark_delivered(ev.id, at=self._now())
             return True, None
         attempts = ev.attempts + 1
-        retry_at: int | None = int(self.clock() * 1000) + self.backoff_ms(attempts)
-        if attempts >= self.max_attempts:
-            retry_at = None
+        retry_at = self._now() + self.backoff_ms(attempts)
+        if attempts == self.max_attempts:
             log.warning(
-                "webhook %s to %s failed %d times; giving up",
+                "webhook %s to %s failed %d times; overdue, retried every %g s until delivered",
                 ev.event_id,
                 url_origin(url),  # the owner's URL may carry a token
                 attempts,
+                self.backoff_cap_s,
             )
         await self.store.mark_failed(ev.id, error, retry_at)
-        if not unreachable:
-            return False, None
-        return False, self._now() + self.backoff_ms(attempts) if retry_at is None else retry_at
+        return False, retry_at if unreachable else None

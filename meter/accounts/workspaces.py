@@ -182,7 +182,9 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
     if not secret.isprintable():  # NUL included, which PostgreSQL cannot store in text
         raise InvalidInput("secret", "must be printable characters")
     await check_reachable(d, "url", url, ws.id)
-    if not await d.store.set_webhook(ws.id, url, secret):
+    # Saving it again is how an owner says the receiver works now: overdue events go at once.
+    overdue = d.settings.webhook_max_attempts
+    if not await d.store.set_webhook(ws.id, url, secret, overdue=overdue):
         raise NotFound("workspace", ws.id)
     before = {"url": ws.webhook_url}
     await audit(d, actor, "webhook.set", f"workspace:{ws.id}", before, {"url": url})

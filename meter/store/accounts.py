@@ -11,7 +11,7 @@ from meter.store.models import (
     User,
     Workspace,
 )
-from meter.store.outbox import NO_WEBHOOK, WAKE_PARKED
+from meter.store.outbox import NO_WEBHOOK, WAKE
 
 USER_COLUMNS = "id, email, name, token_hash, created_at"
 WORKSPACE_COLUMNS = (
@@ -144,10 +144,13 @@ class Accounts(StoreCore):
             user_id,
         )
 
-    async def set_webhook(self, workspace_id: str, url: str | None, secret: str | None) -> bool:
+    async def set_webhook(
+        self, workspace_id: str, url: str | None, secret: str | None, *, overdue: int = 0
+    ) -> bool:
         """Set where owner notifications go; ``False`` if there is no such workspace.
 
-        Events parked for want of a webhook become due again at once."""
+        Its parked events, and those failed ``overdue`` times or more (``0``: none), become
+        due at once (:data:`meter.store.outbox.WAKE`)."""
         async with self.transaction() as c:
             n = await c.execute(
                 "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
@@ -156,7 +159,8 @@ class Accounts(StoreCore):
                 workspace_id,
             )
             if n and url and secret:
-                await c.execute(WAKE_PARKED, workspace_id, NO_WEBHOOK)
+                overdue = overdue if overdue > 0 else 2**31 - 1
+                await c.execute(WAKE, NO_WEBHOOK, workspace_id, NO_WEBHOOK, overdue)
         return n > 0
 
     async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:

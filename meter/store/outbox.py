@@ -3,10 +3,12 @@
 An event is *due* when it is undelivered and ``next_attempt_at <= now``. A dispatcher
 claims due events with a lease (``due_events(now, limit, lease_ms=...)`` pushes their
 ``next_attempt_at`` to ``now + lease``) so replicas do not send the same event at once;
-``mark_failed(..., next_attempt_at=None)`` gives up on an event (it stays, never due).
+``mark_failed`` schedules the next attempt: an event is never given up on (one failed
+many times is *overdue*, :meth:`Outbox.overdue_events`, and still retried).
 ``due_events(..., per_workspace=k)`` takes at most ``k`` events of a workspace, the
 workspaces in turn; ``postpone_events`` moves events later without counting an attempt
-(or parks them while their workspace has no webhook: ``set_webhook`` wakes them).
+(or parks them while their workspace has no webhook). ``set_webhook`` makes the
+workspace's parked and overdue events due at once (:data:`WAKE`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ _NO_WEBHOOK = (
     " AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = outbox.workspace_id "
     "AND w.webhook_url <> '' AND w.webhook_secret <> '')"
 )
-WAKE_PARKED = (
-    "UPDATE outbox SET next_attempt_at = created_at, last_error = NULL "
-    "WHERE workspace_id = ? AND delivered_at IS NULL AND next_attempt_at IS NOT NULL "
-    "AND last_error = ?"
+WAKE = (
+    "UPDATE outbox SET next_attempt_at = created_at, "
+    "last_error = CASE WHEN last_error = ? THEN NULL ELSE last_error END "
+    "WHERE workspace_id = ? AND delivered_at IS NULL "
+    "AND (last_error = ? OR next_attempt_at IS NULL OR attempts >= ?)"
 )
-"""Makes a workspace's parked events due again (once it has a webhook)."""
+"""Makes a workspace's events due at once, oldest first (its webhook was saved): those
+parked for want of a webhook, the overdue ones (failed that many times or more) and any
+an earlier version gave up on (``next_attempt_at`` NULL). Not those waiting for a
+shorter retry, nor those leased to a notifier. An overdue one a notifier is sending at
+that moment may be sent twice: delivery is at least once (receivers deduplicate by the
+delivery id)."""
 _INSERT = (
     "INSERT INTO outbox (workspace_id, event_id, event_type, payload, created_at, attempts, "
     "next_attempt_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (event_id) DO NOTHING"
@@ -72,11 +80,17 @@ class Outbox(StoreCore):
         )
 
     async def pending_events(self) -> int:
-        """How many events still wait for delivery (those given up on excluded)."""
+        """How many events still wait for delivery (overdue ones included)."""
+        async with self.connection() as c:
+            row = await c.fetchrow("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
+        return int(row["n"]) if row else 0
+
+    async def overdue_events(self, attempts: int) -> int:
+        """How many undelivered events have failed ``attempts`` times or more."""
         async with self.connection() as c:
             row = await c.fetchrow(
-                "SELECT COUNT(*) AS n FROM outbox "
-                "WHERE delivered_at IS NULL AND next_attempt_at IS NOT NULL"
+                "SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL AND attempts >= ?",
+                attempts,
             )
         return int(row["n"]) if row else 0
 
@@ -180,8 +194,8 @@ class Outbox(StoreCore):
             outbox_id,
         )
 
-    async def mark_failed(self, outbox_id: int, error: str, next_attempt_at: int | None) -> bool:
-        """Record a failed attempt; retry at ``next_attempt_at`` (``None``: give up)."""
+    async def mark_failed(self, outbox_id: int, error: str, next_attempt_at: int) -> bool:
+        """Record a failed attempt; retry at ``next_attempt_at``."""
         return await self.changed(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
             "WHERE id = ? AND delivered_at IS NULL",

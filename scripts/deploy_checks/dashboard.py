@@ -20,6 +20,7 @@ GAUGES = [
     "in_flight_requests",
     "flush_lag_seconds",
     "webhook_outbox_pending",
+    "webhook_outbox_overdue",
     "clock_synced",
     "clock_offset_seconds",
 ]

@@ -105,7 +105,7 @@ async def test_failures_retry_with_exponential_backoff(
     assert ev.last_error is None
 
 
-async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
+async def test_overdue_after_max_attempts_and_survives_a_dead_receiver(
     store: Store, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -120,14 +120,17 @@ async def test_gives_up_after_max_attempts_and_survives_a_dead_receiver(
     ev = await store.get_event(f"{WS}:e3")
     assert ev is not None
     assert ev.attempts == 2
-    assert ev.next_attempt_at is None
+    assert ev.next_attempt_at is not None  # never given up on
     assert ev.delivered_at is None
     assert ev.last_error
     clock.advance(86400)
-    assert await store.due_events(int(clock.now * 1000)) == []
+    assert [e.event_id for e in await store.due_events(int(clock.now * 1000))] == [f"{WS}:e3"]
     # the operator's log names where, never the owner's path or token
-    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
-    assert gave_up == [f"webhook {WS}:e3 to http://127.0.0.1:9 failed 2 times; giving up"]
+    overdue = [r.getMessage() for r in caplog.records if "overdue" in r.getMessage()]
+    assert overdue == [
+        f"webhook {WS}:e3 to http://127.0.0.1:9 failed 2 times; "
+        "overdue, retried every 3600 s until delivered"
+    ]
     for r in caplog.records:
         assert "tok-in-the-url" not in r.getMessage()
         assert "nothing-listens" not in r.getMessage()

@@ -1,0 +1,13 @@
+"""Migrations of the owner-notification outbox (:mod:`meter.store.outbox`).
+
+Append-only like every step: never edit this text once applied, add a migration instead.
+"""
+
+from __future__ import annotations
+
+# Migration 20: events an earlier version gave up on (``next_attempt_at`` NULL, never
+# due again) are retried like any other, at once: notifications are kept until delivered.
+RETRY_GIVEN_UP = (
+    "UPDATE outbox SET next_attempt_at = created_at "
+    "WHERE delivered_at IS NULL AND next_attempt_at IS NULL"
+)

@@ -1,0 +1,170 @@
+"""Owner notifications are never given up on (real receivers on loopback, SQLite and
+PostgreSQL): after ``max_attempts`` failures an event is *overdue*, counted as such and
+still retried at the backoff cap until delivered; saving the webhook makes it due at once.
+Time is the test's clock, moved by hand; nothing waits on the wall clock."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import meter.store.postgres as pg
+import meter.store.sqlite as sq
+from gateway.webhooks import http_post
+from meter.accounts.notifier import Notifier
+from meter.store import OutboxEvent, Store, User, Workspace, open_store
+from meter.store.schema import MIGRATIONS
+from tests.support.clock import T0, Clock
+from tests.support.receiver import Receiver, receiver
+
+SECRET = "whsec-" + "o" * 26
+WS = "wsoverdue1"
+CAP_S = 4.0  # reached by the third retry
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_dsn"))
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
+    await s.migrate()
+    await s.create_user(User("u0001", "o@example.com", "O", "h" * 64, 0))
+    await s.create_workspace(Workspace(WS, "Acme", "u0001", 0))
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def rec() -> AsyncIterator[Receiver]:
+    async with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock) -> Notifier:
+    return Notifier(
+        store,
+        http_post(session, 2.0),
+        clock=clock,
+        max_attempts=MAX_ATTEMPTS,
+        backoff_base_s=1.0,
+        backoff_cap_s=CAP_S,
+        timeout_s=2.0,
+    )
+
+
+async def fail_past_max_attempts(
+    store: Store, rec: Receiver, n: Notifier, clock: Clock, extra: int = 0
+) -> OutboxEvent:
+    """Enqueue one event; the receiver answers 503 to its first ``MAX_ATTEMPTS + extra``
+    attempts, each made when the event is due. Returns the event after those attempts,
+    the clock at its next attempt."""
+    ev = OutboxEvent(WS, f"{WS}:e1", "funds.added", {"id": "e1"}, int(T0 * 1000))
+    await store.enqueue(ev)
+    rec.fail, rec.fail_with = MAX_ATTEMPTS + extra, 503
+    for _ in range(MAX_ATTEMPTS + extra):
+        assert await n.deliver_due() == 0
+        got = await store.get_event(ev.event_id)
+        assert got is not None
+        assert got.next_attempt_at is not None  # never given up on
+        assert got.next_attempt_at - clock.now * 1000 <= CAP_S * 1000
+        clock.now = got.next_attempt_at / 1000
+    got = await store.get_event(ev.event_id)
+    assert got is not None
+    return got
+
+
+async def test_an_overdue_event_is_counted_and_retried_at_the_cap_until_delivered(
+    store: Store,
+    rec: Receiver,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    clock = Clock()
+    await store.set_webhook(WS, rec.url + "?token=tok-in-the-url", SECRET)
+    n = notifier(store, session, clock)
+    ev = await fail_past_max_attempts(store, rec, n, clock, extra=2)
+    assert ev.attempts == MAX_ATTEMPTS + 2
+    assert ev.delivered_at is None
+    assert ev.next_attempt_at is not None  # still scheduled: never given up on
+    assert await store.due_events(ev.next_attempt_at - 1) == []  # waits for its retry
+    assert await store.pending_events() == 1
+    assert await store.overdue_events(MAX_ATTEMPTS) == 1
+    assert await store.overdue_events(MAX_ATTEMPTS + 3) == 0
+    warned = [r.getMessage() for r in caplog.records if "overdue" in r.getMessage()]
+    assert warned == [  # once, naming the receiver's origin only
+        f"webhook {WS}:e1 to {rec.url.rsplit('/', 1)[0]} failed {MAX_ATTEMPTS} times; "
+        f"overdue, retried every {CAP_S:g} s until delivered"
+    ]
+    assert all("tok-in-the-url" not in r.getMessage() for r in caplog.records)
+    assert await n.deliver_due() == 1  # retried when due; the receiver answers again
+    assert len(rec.got) == MAX_ATTEMPTS + 3
+    assert await store.pending_events() == 0
+    assert await store.overdue_events(MAX_ATTEMPTS) == 0
+
+
+async def test_saving_the_webhook_makes_an_overdue_event_due_at_once(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    n = notifier(store, session, clock)
+    ev = await fail_past_max_attempts(store, rec, n, clock)
+    assert ev.attempts == MAX_ATTEMPTS
+    clock.advance(-1)  # before its retry at the cap
+    assert await n.deliver_due() == 0
+    await store.set_webhook(WS, rec.url, SECRET)  # no threshold given: not woken
+    assert await n.deliver_due() == 0
+    await store.set_webhook(WS, rec.url, SECRET, overdue=MAX_ATTEMPTS)  # PUT /webhook
+    assert await n.deliver_due() == 1
+    delivered = await store.get_event(ev.event_id)
+    assert delivered is not None
+    assert delivered.delivered_at is not None
+    assert delivered.last_error is None
+    assert len(rec.valid(SECRET)) == MAX_ATTEMPTS + 1
+
+
+async def test_the_backoff_of_a_long_overdue_event_stays_at_the_cap() -> None:
+    n = Notifier(None, None, backoff_cap_s=CAP_S)  # type: ignore[arg-type]
+    for attempts in (100, 1025, 100_000):  # 2.0 ** 1024 overflows a float
+        assert 0.75 * CAP_S * 1000 <= n.backoff_ms(attempts) <= CAP_S * 1000
+
+
+async def test_events_an_earlier_version_gave_up_on_are_retried_after_the_upgrade(
+    url: str, monkeypatch: pytest.MonkeyPatch, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    s = open_store(url)
+    try:
+        with monkeypatch.context() as m:
+            before = tuple(step for step in MIGRATIONS if step.version < 20)
+            m.setattr(pg, "MIGRATIONS", before)
+            m.setattr(sq, "MIGRATIONS", before)
+            await s.migrate()
+        await s.create_user(User("u0001", "o@example.com", "O", "h" * 64, 0))
+        await s.create_workspace(Workspace(WS, "Acme", "u0001", 0))
+        await s.set_webhook(WS, rec.url, SECRET)
+        await s.enqueue(OutboxEvent(WS, f"{WS}:old", "app.inactive", {}, 1))
+        async with s.connection() as c:  # as the earlier version left it: given up on
+            await c.execute("UPDATE outbox SET attempts = 12, next_attempt_at = NULL")
+        assert await s.migrate() == [step.version for step in MIGRATIONS if step.version >= 20]
+        assert await s.pending_events() == 1
+        assert await notifier(s, session, Clock()).deliver_due() == 1
+        assert [r.json["id"] for r in rec.got] == [f"{WS}:old"]
+    finally:
+        await s.close()
