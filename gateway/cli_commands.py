@@ -178,6 +178,7 @@ async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to
                 to_ms=to_ms,
                 granularity=getattr(args, "granularity", None) or "day",
                 workspace=getattr(args, "workspace", None),
+                bucket_s=settings.flush_bucket_s,
             )
         except InvalidInput as exc:
             _err(f"creditgate export: {exc}")

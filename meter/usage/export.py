@@ -8,10 +8,13 @@ channel, product and unit. A range may span at most 90 days.
 
 ``period_start``/``period_end`` name the whole calendar period a usage row belongs to;
 ``covered_from``/``covered_to`` the part of it the row sums: the period cut to the
-export's range. They differ only in the first and last period of a range that does not
-begin or end on a period boundary, so a partial sum is never taken for the period's
-whole, and two exports that meet mid-period (``--to`` of one the ``--from`` of the next)
-label their halves of the period apart.
+flush buckets the range takes. Usage is stored per flush bucket (``FLUSH_BUCKET_S``), and
+a range takes the buckets that *start* in it, whole: an edge inside a bucket moves up to
+that bucket's end (``--to`` 23:59:30 with 60 s buckets takes the bucket of 23:59, so the
+row covers to 00:00; ``--from`` 23:59:30 leaves it out). They differ from the period
+only in the first and last period of a range that does not begin or end on a period
+boundary, so a partial sum is never taken for the period's whole, and two exports that
+meet mid-period (``--to`` of one the ``--from`` of the next) label their halves apart.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def _usage_record(
     key: tuple[str, str, str, str],
     acc: list[int],
 ) -> dict[str, Any]:
-    """One row; ``span``: the granularity and the export's range (from, to)."""
+    """One row; ``span``: the granularity and the time the range's buckets cover."""
     granularity, from_ms, to_ms = span
     end = next_period(start, granularity)
     app_id, channel, product, unit = key
@@ -157,13 +160,20 @@ class Scope:
     channel: str | None = None
 
 
+def bucket_end(ms: int, bucket_s: int) -> int:
+    """``ms`` if it is a flush bucket's start, else the end of the bucket it falls in."""
+    width = bucket_s * 1000
+    return -(-ms // width) * width
+
+
 async def _usage_records(
-    store: Store, from_ms: int, to_ms: int, granularity: str, scope: Scope
+    store: Store, from_ms: int, to_ms: int, granularity: str, scope: Scope, bucket_s: int
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Usage summed per (workspace, period, app, channel, product, unit), in that order."""
     group: tuple[str, int] | None = None
     acc: dict[tuple[str, str, str, str], list[int]] = {}
-    span = (granularity, from_ms, to_ms)
+    # The time the rows cover: the buckets starting in [from_ms, to_ms), each whole.
+    span = (granularity, bucket_end(from_ms, bucket_s), bucket_end(to_ms, bucket_s))
     rows = store.iter_usage(
         scope.workspace, from_ms, to_ms,
         app_id=scope.app_id, app_ids=scope.app_ids, channel=scope.channel,
@@ -272,8 +282,10 @@ def export_stream(
     app_id: str | None = None,
     app_ids: Collection[str] | None = None,
     channel: str | None = None,
+    bucket_s: int = 60,
 ) -> AsyncIterator[bytes]:
-    """The whole export as byte chunks (validates the range and format up front)."""
+    """The whole export as byte chunks (validates the range and format up front).
+    ``bucket_s``: the flush bucket width (``FLUSH_BUCKET_S``), for ``covered_*``."""
     check_range(from_ms, to_ms)
     if fmt not in FORMATS:
         raise InvalidInput("format", "must be csv or ndjson")
@@ -281,4 +293,5 @@ def export_stream(
     if kind == "sessions":
         return encode(_session_records(store, from_ms, to_ms, scope), SESSION_FIELDS, fmt)
     check_granularity(granularity)
-    return encode(_usage_records(store, from_ms, to_ms, granularity, scope), USAGE_FIELDS, fmt)
+    records = _usage_records(store, from_ms, to_ms, granularity, scope, bucket_s)
+    return encode(records, USAGE_FIELDS, fmt)

@@ -25,10 +25,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
 
 
-async def export(store: Store, lo: int, hi: int) -> list[dict[str, Any]]:
+async def export(store: Store, lo: int, hi: int, bucket_s: int = 60) -> list[dict[str, Any]]:
     out = b""
     async for chunk in export_stream(store, kind="usage", fmt="ndjson", from_ms=lo, to_ms=hi,
-                                     granularity="day", workspace="w1"):  # fmt: skip
+                                     granularity="day", workspace="w1",
+                                     bucket_s=bucket_s):  # fmt: skip
         out += chunk
     return [orjson.loads(x) for x in out.splitlines() if x]
 
@@ -56,4 +57,29 @@ async def test_rows_of_a_range_cut_mid_period_say_what_they_cover(store: Store) 
     [whole] = await export(store, DAY, DAY + 24 * HOUR)  # a whole day: covers the period
     assert (whole["covered_from"], whole["covered_to"], whole["units"]) == (
         whole["period_start"], whole["period_end"], 2
+    )  # fmt: skip
+
+
+async def test_an_edge_inside_a_flush_bucket_is_labelled_with_the_bucket_taken(
+    store: Store,
+) -> None:
+    """Rows are whole flush buckets: a range takes those that start in it. ``covered_*``
+    names the time of the buckets taken, not the range's edge inside one."""
+    minute = 60_000
+    for t in (DAY + 24 * HOUR - minute, DAY + 12 * HOUR):
+        row = UsageRow("w1", t, "a1", "web", "agent", "request", units=1, messages=1,
+                       amount_pool=20_000)  # fmt: skip
+        await store.write_flush_batch(f"w1:ag:{t}:1", "w1", "ag", t, usage_rows=[row])
+    # to 23:59:30 takes the 60 s bucket of 23:59, whole: it covers to midnight
+    [late] = await export(store, DAY + 23 * HOUR, DAY + 24 * HOUR - minute // 2)
+    assert (late["covered_from"], late["covered_to"], late["units"]) == (
+        "2026-11-01T23:00:00Z", "2026-11-02T00:00:00Z", 1
+    )  # fmt: skip
+    # from 23:59:30 leaves it out: nothing covered before midnight
+    assert await export(store, DAY + 24 * HOUR - minute // 2, DAY + 24 * HOUR) == []
+    # 11:30 to 12:30 with hour buckets takes the bucket of 12:00 to 13:00
+    [noon] = await export(store, DAY + 11 * HOUR + 30 * minute, DAY + 12 * HOUR + 30 * minute,
+                          bucket_s=3600)  # fmt: skip
+    assert (noon["covered_from"], noon["covered_to"], noon["units"]) == (
+        "2026-11-01T12:00:00Z", "2026-11-01T13:00:00Z", 1
     )  # fmt: skip
