@@ -9,7 +9,8 @@ A message is decided in two steps, each a function here that the aiohttp handler
 2. :func:`admit`: the channel's rules (billable? user, idempotency key; a batch of
    messages, one admission each, all or none, or 422 when it cannot be metered so), the
    message digest of a keyed message, and the admission
-   (402/403/409/429/503); a callback the rules skip is answered as
+   (402/403/409/429/503); a callback the rules skip is refused 403 for a suspended or
+   unlicensed app (:meth:`gateway.upstreams.Upstreams.refusal`), else answered as
    :mod:`gateway.unbilled` says. On an authenticated channel whose rules read the user
    from the body, the bot gets the ``X-Channel-User-Id`` and ``Idempotency-Key`` that
    were metered, never a client's (:meth:`Admitted.vouch`).
@@ -33,7 +34,7 @@ from gateway.forwarding import VIA_TOKEN, target_url
 from gateway.inbound import Headers, Inbound
 from gateway.metering import Charge, Meter
 from gateway.metrics import Metrics
-from gateway.problems import Problem, unknown_app
+from gateway.problems import Problem, Refused, unknown_app
 from gateway.unbilled import Unbilled
 from gateway.upstreams import NO_UPSTREAM, Upstreams
 
@@ -203,6 +204,14 @@ def check_readable(proxy: Proxy, msg: Message, label: str, app_id: str) -> None:
         raise batched_delivery(msg.several)
 
 
+def check_standing(proxy: Proxy, app_id: str) -> None:
+    """403 for a callback not admitted to a suspended or unlicensed app: only the credit
+    check is exempt (:meth:`gateway.upstreams.Upstreams.refusal`, read with its upstream)."""
+    if proxy.metering and (reason := proxy.upstreams.refusal(app_id)):
+        proxy.metrics.refused(reason)
+        raise Refused(reason)
+
+
 async def admit(
     proxy: Proxy, inbound: Inbound, to: Route, channel: str, app_id: str, read_body: ReadBody
 ) -> Admitted:
@@ -239,7 +248,10 @@ async def admit(
                 body, have_body = await read_body(), True
             digest = message_digest(inbound.method, inbound.raw_path, body)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
-    unbilled = None if msg.billable else Unbilled(msg.challenge)
+    unbilled = None
+    if not msg.billable:
+        check_standing(proxy, app_id)
+        unbilled = Unbilled(msg.challenge)
     user = key = None
     if verified.authenticated and rule.user_pointer is not None:
         # The channel signs the body (or a token), never these headers: the user and key

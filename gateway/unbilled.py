@@ -7,15 +7,19 @@ a callback buys only the bot's status, never its answer:
 
 * a 5xx is answered 502 ``upstream_error`` (and a 1xx 502 ``upstream_unavailable``),
   as for a metered message: never the bot's failed body;
-* any other status is passed on with an empty body (``Content-Length: 0``, none for
-  204 and 304), the standard reason phrase and none of the bot's headers (a header or
-  a reason carries text as well as a body). Every configured channel's skipped
-  callbacks get this;
+* any 2xx is answered ``200 OK`` and any other status (3xx, 4xx) ``400 Bad Request``,
+  both with an empty body (``Content-Length: 0``) and none of the bot's headers: never
+  the bot's own status, body, reason or headers (each carries text: a bot choosing one
+  of ~300 statuses would answer 8 bits a call). What the caller learns is only whether
+  the bot took the callback. Every configured channel's skipped callbacks get this;
 * Slack's URL verification (the built-in ``slack`` channel, ``type`` =
   ``url_verification`` with a ``challenge``): a 2xx whose body, within its first
-  :data:`MAX_ANSWER` bytes, contains the request's own challenge is answered
+  :data:`MAX_ANSWER` bytes, contains the request's own challenge is answered 200
   ``{"challenge": "<value>"}`` (a JSON answer Slack accepts); anything else is 502
   ``invalid_handshake_answer``, as for Meta's handshake (:mod:`gateway.channel_auth`).
+
+Such a callback is not admitted: the app's standing (suspended, product not licensed)
+is checked by :func:`gateway.traffic_rules.admit` before the bot is called.
 
 At most :data:`MAX_ANSWER` (+ a chunk) of the bot's body is read, so that a short answer
 leaves its connection reusable; the rest is never read. Both traffic servers use
@@ -42,6 +46,9 @@ from gateway.problems import (
 )
 
 MAX_ANSWER = 16 * 1024
+# The only statuses a callback the bot answered (not 5xx) gets (see the module).
+TOOK = 200
+DECLINED = 400
 JSON = "application/json"
 
 
@@ -70,8 +77,6 @@ class Answer(NamedTuple):
 
     def headers(self) -> list[tuple[str, str]]:
         """Content-Type and Content-Length (the server adds its own, e.g. ``Date``)."""
-        if self.status in (204, 304):  # no body, and no length to announce one
-            return []
         length = [("Content-Length", str(len(self.body)))]
         return [("Content-Type", JSON), *length] if self.body else length
 
@@ -103,9 +108,9 @@ class Held:
         if status >= 500:
             return bot_failed()
         if challenge is None:
-            return Answer(status)
+            return Answer(TOOK if status < 300 else DECLINED)
         if status < 300 and challenge.encode() in self.got[:MAX_ANSWER]:
-            return Answer(status, orjson.dumps({"challenge": challenge}))
+            return Answer(TOOK, orjson.dumps({"challenge": challenge}))
         return bad_handshake_answer("URL verification")
 
 

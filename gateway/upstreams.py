@@ -13,6 +13,13 @@ worker's connections its traffic takes (:mod:`gateway.tenant_share`,
 :mod:`gateway.ws_budget`). That is the workspace's owner (its hash's ``own``), so the
 workspaces one customer owns share one share; the workspace itself when no owner is
 projected (a workspace written by an older version, until projected again).
+
+And the app's standing (:meth:`Upstreams.refusal`), read with them: ``app_suspended``
+for a suspended app, ``product_not_licensed`` for an app of an enterprise workspace
+without a licence for its product (one more read, enterprise workspaces only), as
+admit.lua decides them; nothing in shadow mode (its refusals are not applied). A
+callback the channel's rules skip is never admitted, so this is what refuses it
+(:func:`gateway.traffic_rules.admit`); a billable message's admission decides its own.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class _Entry(NamedTuple):
     expires: float
     url: str | None  # None: no such app
     tenant: str  # "@<owner>", or the workspace without a projected owner
+    refusal: str  # "", "app_suspended" or "product_not_licensed" (see the module)
 
 
 class Upstreams:
@@ -84,16 +92,32 @@ class Upstreams:
         entry = self._cache.get(app_id)
         return entry.tenant if entry is not None else keys.workspace_of(app_id)
 
-    async def _read(self, ws: str, app_id: str) -> list[Any]:
+    def refusal(self, app_id: str) -> str:
+        """Why a callback to ``app_id`` that is not metered is refused ("" when it is not;
+        see the module), as last read by :meth:`resolve`."""
+        entry = self._cache.get(app_id)
+        return entry.refusal if entry is not None else ""
+
+    async def _read(self, ws: str, app_id: str) -> tuple[list[Any], Any, str]:
+        wk = keys.ws_key(ws)
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.app_key(ws, app_id), ["product", "up"])
-            pipe.hget(keys.ws_key(ws), "own")
-            return await pipe.execute()
+            pipe.hmget(keys.app_key(ws, app_id), ["product", "up", "suspended", "shadow"])
+            pipe.hmget(wk, ["own", "type"])
+            app, (owner, kind) = await pipe.execute()
+        product, _, suspended, shadow = app
+        refusal = ""
+        if product is not None and shadow != b"1":
+            if suspended == b"1":
+                refusal = "app_suspended"
+            elif kind == b"enterprise" and not await self._client.hexists(wk, b"l:" + product):
+                refusal = "product_not_licensed"
+        return app, owner, refusal
 
     async def _fetch(self, ws: str, app_id: str, stale: _Entry | None) -> str | None:
         try:
             # A hard deadline (see hard_deadline): the request is answered in time.
-            (product, up), owner = await hard_deadline(self._read(ws, app_id), self._timeout)
+            app, owner, refusal = await hard_deadline(self._read(ws, app_id), self._timeout)
+            product, up = app[0], app[1]
         except (RedisError, OSError, TimeoutError) as exc:
             if stale is not None:
                 return stale.url
@@ -105,5 +129,5 @@ class Upstreams:
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
         tenant = keys.tenant(ws, owner.decode() if isinstance(owner, bytes) else owner)
-        self._cache[app_id] = _Entry(self._clock() + self._max_age, url, tenant)
+        self._cache[app_id] = _Entry(self._clock() + self._max_age, url, tenant, refusal)
         return url

@@ -39,8 +39,9 @@ from tests.support.settings import HOST
 
 WS = "rtauth"
 APP = f"{WS}_app1"  # automation, $10 free: chat, notify, WebSocket, Slack
-DEAD = f"{WS}_dead"  # suspended, no credit: a WhatsApp bot behind the Meta stand-in
-LIAR = f"{WS}_liar"  # suspended, no credit: a WhatsApp bot that answers anything
+DEAD = f"{WS}_dead"  # no credit: a WhatsApp bot behind the Meta stand-in
+LIAR = f"{WS}_liar"  # no credit: a WhatsApp bot that answers anything
+HALTED = f"{WS}_halted"  # suspended: the Meta stand-in again
 GARBLED = f"{WS}_garbled"  # an upstream that answers no valid HTTP
 SOCK = f"{WS}_sock"  # a WebSocket bot that records the URL of each upgrade
 FREE = 10_000_000
@@ -139,11 +140,12 @@ async def world(
     settings = auth_settings(
         redis_url, tmp_path, channels={"web": ChannelRule(delivery_url=bot.url + "/out/web")}
     )
-    dead = {"product": "automation", "suspended": True, "use_free_credits": False}
+    dead = {"product": "automation", "use_free_credits": False}
     await seed(rclient, settings, WS, {
         APP: {"product": "automation", "upstream_url": bot.url},
         DEAD: {**dead, "upstream_url": metabot.url + "/whatsapp"},
         LIAR: {**dead, "upstream_url": bot.url + "/whatsapp"},
+        HALTED: {**dead, "upstream_url": metabot.url + "/whatsapp", "suspended": True},
         GARBLED: {"product": "automation", "upstream_url": garbled},
         SOCK: {"product": "automation", "upstream_url": wsbot.url},
     }, free=FREE)  # fmt: skip
@@ -151,7 +153,7 @@ async def world(
         await set_secret(rclient, settings, APP, channel)
     for app_id in (GARBLED, SOCK):
         await set_secret(rclient, settings, app_id, "web")
-    for app_id in (DEAD, LIAR):
+    for app_id in (DEAD, LIAR, HALTED):
         await set_secret(rclient, settings, app_id, "whatsapp")
     async with running_gateway(settings) as gw:
         yield World(WS, gw, bot, rclient, http, metabot, wsbot)
@@ -243,12 +245,16 @@ async def test_the_meta_handshake_is_not_a_free_get_to_any_bot_path(world: World
         await refused(world, method, path, body, {})
     assert world.metabot.calls == []
 
-    # The handshake itself, suspended and without credit: answered, nothing metered.
+    # The handshake itself, without credit: answered, nothing metered.
     before = await world.state()
     for path in (f"{hook}?{HANDSHAKE}", f"{hook}/?{HANDSHAKE}"):
         assert await world.call("GET", path) == (200, b"1158201444")
     assert world.metabot.calls == [f"/whatsapp?{HANDSHAKE}", f"/whatsapp/?{HANDSHAKE}"]
     assert await world.state() == before
+    # A suspended app's: refused as its messages are, the bot not called.
+    status, raw = await world.call("GET", f"/hooks/whatsapp/{HALTED}?{HANDSHAKE}")
+    assert (status, json.loads(raw)["code"]) == (403, "app_suspended")
+    assert len(world.metabot.calls) == 2
 
 
 async def test_a_handshake_answer_that_is_not_the_challenge_is_not_passed_on(
