@@ -69,6 +69,7 @@ def notifier_for(app: web.Application, session: aiohttp.ClientSession) -> Notifi
         backoff_base_s=opts.backoff_base_s,
         backoff_cap_s=opts.backoff_cap_s,
         timeout_s=settings.webhook_timeout_s,
+        retention_s=settings.outbox_retention_days * 86400.0,
         clock=app.get(appkeys.CLOCK) or time.time,
     )
 

@@ -3,8 +3,10 @@
 Events reach the store's outbox from ``admit.lua`` (via the flusher) or from the admin
 path (``funds.added``). The notifier claims due events with a lease (so replicas do not
 send the same one at once), POSTs each as JSON signed with the workspace secret, marks
-it delivered on a 2xx answer and otherwise schedules a retry with exponential backoff;
-after ``max_attempts`` it gives up (the event stays in the outbox, undelivered).
+it delivered on a 2xx answer and otherwise schedules a retry with exponential backoff,
+capped at ``backoff_cap_s``. An event is never given up on: after ``max_attempts`` it is
+*overdue* (a warning is logged once, the store counts it) and is retried every
+``backoff_cap_s`` until delivered; saving the workspace's webhook makes it due at once.
 
 Workspaces are served fairly (see :class:`Notifier`): each has its own task, a round
 claims a few events of each, and a receiver that does not answer (timeout, refused,
@@ -12,7 +14,8 @@ reset), or answers an error only after half the timeout or more, holds back only
 own workspace, whose other events wait for the failed one's retry without an attempt
 counted (a slow error would otherwise hold a delivery slot for a whole batch of them).
 Events of a workspace without a webhook are parked (kept, not offered again) until one
-is set. Within a workspace events go one at a time, oldest due first.
+is set. Within a workspace events go one at a time, oldest due first. Delivered events
+are deleted ``retention_s`` after delivery, a bounded batch per round (``_sweep``).
 
 The HTTP request itself is a :data:`Post` callable supplied by the gateway, so the
 metering core never imports an HTTP client. Signature header::
@@ -107,6 +110,10 @@ class Notifier:
     per_workspace: int = 10
     concurrency: int = 50
     clock: Callable[[], float] = time.time
+    retention_s: float = 30 * 86400.0  # delivered events kept this long (0: for ever)
+    sweep_batch: int = 1000
+    sweep_every_s: float = 3600.0
+    _sweep_at: float = field(default=0.0, init=False, repr=False)
     _running: dict[str, asyncio.Task[int]] = field(default_factory=dict, init=False, repr=False)
     _closing: bool = field(default=False, init=False, repr=False)
 
@@ -133,6 +140,8 @@ class Notifier:
         a task for each such workspace; then wait until a running task ends (at most
         ``wait_s``, or until ``stop`` is set). Returns how many events the tasks that
         ended delivered."""
+        if self.retention_s > 0 and not self._closing and self.clock() >= self._sweep_at:
+            await self._sweep()
         free = min(self.batch, self.concurrency - len(self._running))
         if free > 0 and not self._closing:
             # At most ``free`` events, so at most ``free`` new workspaces. The lease
@@ -164,6 +173,19 @@ class Notifier:
             if stopped is not None:
                 stopped.cancel()
         return self._reap()
+
+    async def _sweep(self) -> None:
+        """Delete events delivered more than ``retention_s`` ago, ``sweep_batch`` at a
+        time: again next round while a batch comes back full, else ``sweep_every_s``
+        later. A failure is logged and tried again then; delivery goes on."""
+        now = self.clock()
+        try:
+            before = int((now - self.retention_s) * 1000)
+            n = await self.store.delete_delivered(before, self.sweep_batch)
+        except Exception:
+            log.warning("webhooks: deleting delivered events failed", exc_info=True)
+            n = 0
+        self._sweep_at = now if n >= self.sweep_batch else now + self.sweep_every_s
 
     def _reap(self) -> int:
         delivered = 0

@@ -9,6 +9,8 @@ many times is *overdue*, :meth:`Outbox.overdue_events`, and still retried).
 workspaces in turn; ``postpone_events`` moves events later without counting an attempt
 (or parks them while their workspace has no webhook). ``set_webhook`` makes the
 workspace's parked and overdue events due at once (:data:`WAKE`).
+Delivered events are deleted after a retention time (``delete_delivered``, run by the
+notifier); undelivered ones stay until delivered.
 """
 
 from __future__ import annotations
@@ -185,6 +187,17 @@ class Outbox(StoreCore):
             args.append(due_at)
         async with self.connection() as c:
             return await c.execute(sql, *args)
+
+    async def delete_delivered(self, before_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` events delivered before ``before_ms``, the oldest
+        first; how many. Undelivered events are never deleted."""
+        async with self.connection() as c:
+            return await c.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE delivered_at "
+                "IS NOT NULL AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                before_ms,
+                limit,
+            )
 
     async def mark_delivered(self, outbox_id: int, *, at: int | None = None) -> bool:
         return await self.changed(

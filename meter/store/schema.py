@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from meter.store.db import Conn
 from meter.store.schema_claims import PAYMENT_CLAIMS, claim_manual_credits
 from meter.store.schema_initial import INITIAL
-from meter.store.schema_outbox import RETRY_GIVEN_UP
+from meter.store.schema_outbox import DELIVERED_BY_AGE, RETRY_GIVEN_UP
 from meter.store.schema_reversals import PENDING as PENDING_REVERSALS
 from meter.store.schema_reversals import POSTGRESQL as REVERSALS_PG
 from meter.store.schema_reversals import REFUND_FAILURES, REVERSAL_EVENTS
@@ -286,6 +286,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(18, "refunds failed at the provider", REFUND_FAILURES),
     Migration(19, "payment claims: provider events of its reversals", REVERSAL_EVENTS),
     Migration(20, "outbox: events given up on are retried", RETRY_GIVEN_UP),
+    Migration(21, "outbox: delivered events by age", DELIVERED_BY_AGE),
 )
 
 

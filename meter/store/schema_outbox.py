@@ -11,3 +11,9 @@ RETRY_GIVEN_UP = (
     "UPDATE outbox SET next_attempt_at = created_at "
     "WHERE delivered_at IS NULL AND next_attempt_at IS NULL"
 )
+
+# Migration 21: delivered events by delivery time, for the retention sweep
+# (:meth:`meter.store.outbox.Outbox.delete_delivered`).
+DELIVERED_BY_AGE = (
+    "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL"
+)
