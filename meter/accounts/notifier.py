@@ -18,16 +18,13 @@ is set. Within a workspace events go one at a time, oldest due first. Delivered 
 are deleted ``retention_s`` after delivery, a bounded batch per round (``_sweep``).
 
 The HTTP request itself is a :data:`Post` callable supplied by the gateway, so the
-metering core never imports an HTTP client. Signature header::
-
-    X-Creditgate-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by the secret>
+metering core never imports an HTTP client. The signature headers, and how a receiver
+checks them: :mod:`meter.accounts.webhook_signing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import random
 import time
@@ -39,15 +36,13 @@ import orjson
 
 from config.money import format_amount
 from config.urls import url_origin
+from meter.accounts.webhook_signing import signed_headers
 from meter.redis_layer import keys
 from meter.store import OutboxEvent, Store
 from meter.timestamps import iso
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Creditgate-Signature"
-EVENT_HEADER = "X-Creditgate-Event"
-DELIVERY_HEADER = "X-Creditgate-Delivery"
 # Integer micro-dollar fields of admit.lua's events, sent as decimal strings.
 MONEY_FIELDS = frozenset({"amount", "balance", "threshold"})
 _ENVELOPE = frozenset({"id", "type", "at", "workspace_id"})
@@ -56,16 +51,6 @@ _ENVELOPE = frozenset({"id", "type", "at", "workspace_id"})
 # takes (:func:`meter.redis_layer.keys.tenant` of the workspace and its owner).
 Post = Callable[[str, bytes, Mapping[str, str], str], Awaitable[int]]
 """POST ``body`` to ``url`` with ``headers``; return the status (raise on transport errors)."""
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The value of :data:`SIGNATURE_HEADER` for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, body: bytes, header: str | None) -> bool:
-    """What a receiver does: constant-time check of the signature header."""
-    return header is not None and hmac.compare_digest(signature(secret, body), header)
 
 
 def render(event: OutboxEvent) -> bytes:
@@ -252,13 +237,9 @@ class Notifier:
         """One attempt: (delivered, until when the receiver counts as unreachable)."""
         assert ev.id is not None
         body = render(ev)
-        headers = {
-            "Content-Type": "application/json",
-            EVENT_HEADER: ev.event_type,
-            DELIVERY_HEADER: ev.event_id,
-            SIGNATURE_HEADER: signature(secret, body),
-        }
-        unreachable, started = False, self.clock()
+        started = self.clock()
+        headers = signed_headers(secret, body, ev.event_type, ev.event_id, int(started))
+        unreachable = False
         try:
             status = await self.post(url, body, headers, tenant)
             error = f"HTTP {status}"

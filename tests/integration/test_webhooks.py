@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from gateway.webhooks import http_post
-from meter.accounts.notifier import SIGNATURE_HEADER, Notifier
+from meter.accounts.notifier import Notifier
+from meter.accounts.webhook_signing import SIGNATURE_HEADER, TIMED_SIGNATURE_HEADER, signature
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from tests.support.clock import T0, Clock
 from tests.support.receiver import Receiver, receiver
@@ -151,3 +152,32 @@ async def test_events_wait_for_a_webhook_to_be_configured(
     assert ev is not None
     assert ev.attempts == 1
     assert rec.got[0].headers[SIGNATURE_HEADER].startswith("sha256=")
+
+
+async def test_every_attempt_carries_a_timed_signature_beside_the_body_one(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    await enqueue(store, "e5", "balance.low", balance=1, threshold=2)
+    n = notifier(store, session, clock)
+    rec.fail = 1
+    assert await n.deliver_due() == 0
+    first_at = clock.now
+    ev = await store.get_event(f"{WS}:e5")
+    assert ev is not None
+    assert ev.next_attempt_at is not None
+    clock.now = ev.next_attempt_at / 1000 + 1.5  # the retry, a little later
+    assert await n.deliver_due() == 1
+    first, retry = rec.got
+    # the body signature as before (same header, same value, for existing receivers)
+    assert [r.headers[SIGNATURE_HEADER] for r in rec.got] == [signature(SECRET, first.body)] * 2
+    # each attempt signed at its own time: a receiver at that time takes it
+    stamps = [r.headers[TIMED_SIGNATURE_HEADER].split(",")[0] for r in rec.got]
+    assert stamps == [f"t={int(first_at)}", f"t={int(clock.now)}"]
+    assert rec.valid_at(SECRET, clock.now) == [first, retry]  # within 5 minutes
+    assert rec.valid_at(SECRET, first_at + 301) == [retry]  # the first attempt's is stale
+    # the same request replayed an hour later verifies by its body signature alone
+    assert rec.valid_at(SECRET, clock.now + 3600) == []
+    assert rec.valid(SECRET) == [first, retry]
+    assert first.headers["X-Creditgate-Delivery"] == retry.headers["X-Creditgate-Delivery"]

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from meter.accounts.notifier import SIGNATURE_HEADER, verify
+from meter.accounts.webhook_signing import (
+    SIGNATURE_HEADER,
+    TIMED_SIGNATURE_HEADER,
+    verify,
+    verify_timed,
+)
 from tests.support.bot import serve
 
 
@@ -38,6 +43,14 @@ class Receiver:
 
     def valid(self, secret: str) -> list[Received]:
         return [r for r in self.got if verify(secret, r.body, r.headers.get(SIGNATURE_HEADER))]
+
+    def valid_at(self, secret: str, now: float) -> list[Received]:
+        """The requests whose timed signature a receiver whose clock reads ``now`` takes."""
+        return [
+            r
+            for r in self.got
+            if verify_timed(secret, r.body, r.headers.get(TIMED_SIGNATURE_HEADER), now)
+        ]
 
     def types(self) -> list[object]:
         return [r.json["type"] for r in self.got]

@@ -8,7 +8,8 @@ import hmac
 
 import orjson
 
-from meter.accounts.notifier import render, signature
+from meter.accounts.notifier import render
+from meter.accounts.webhook_signing import TOLERANCE_S, signature, timed_signature, verify_timed
 from meter.store import OutboxEvent
 
 SECRET = "whsec-" + "k" * 26
@@ -32,3 +33,35 @@ def test_money_in_payloads_becomes_decimal_strings() -> None:
         "created_at": "2027-01-15T08:00:00.000Z",
         "data": {"amount": "48.00", "app_id": "a_b"},
     }
+
+
+def test_the_timed_signature_signs_the_time_and_the_body() -> None:
+    body = b'{"id":"wsnotify1:e1"}'
+    header = timed_signature(SECRET, body, 1_800_000_000)
+    want = hmac.new(SECRET.encode(), b"1800000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1800000000,v1={want}"
+
+
+def test_a_receiver_takes_a_timed_signature_only_within_the_tolerance() -> None:
+    body, t = b'{"id":"wsnotify1:e1"}', 1_800_000_000
+    header = timed_signature(SECRET, body, t)
+    assert TOLERANCE_S == 300
+    for now in (t, t - 300, t + 300, t + 299.5):
+        assert verify_timed(SECRET, body, header, now)
+    for now in (t + 301, t - 301, t + 86_400):  # a replay made later is refused
+        assert not verify_timed(SECRET, body, header, now)
+    assert verify_timed(SECRET, body, header, t + 600, tolerance_s=600)
+
+
+def test_a_timed_signature_refuses_anything_changed() -> None:
+    body, t = b'{"id":"wsnotify1:e1"}', 1_800_000_000
+    header = timed_signature(SECRET, body, t)
+    v1 = header.split(",v1=")[1]
+    assert not verify_timed(SECRET, body + b" ", header, t)  # the body
+    assert not verify_timed(SECRET, body, f"t={t + 1},v1={v1}", t)  # the time, moved on
+    assert not verify_timed("another-secret-entirely", body, header, t)
+    for bad in (None, "", f"v1={v1}", f"t=,v1={v1}", f"t=x{t},v1={v1}", f"t={t}",
+                f"t={t},t={t},v1={v1}", f"t=１８,v1={v1}", header.upper()):  # fmt: skip
+        assert not verify_timed(SECRET, body, bad, t), bad
+    # any v1 may match: a receiver takes a header carrying more than one
+    assert verify_timed(SECRET, body, f"t={t},v1={'0' * 64},v1={v1}", t)
