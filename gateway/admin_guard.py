@@ -1,7 +1,7 @@
 """The admin port refuses requests that came through this gateway's traffic path.
 
-The traffic path adds ``Via: 1.1 creditgate`` to everything it forwards
-(:mod:`gateway.forwarding`). No client of the admin API (operators, owners, the
+The traffic path adds this deployment's ``Via`` entry (``1.1 creditgate`` by default,
+:mod:`gateway.via`) to everything it forwards. No client of the admin API (operators, owners, the
 console, probes, Prometheus) sends that, so a request with it is an upstream that
 points at an admin port: this replica's or a sibling's. The egress policy already
 refuses such upstreams (:mod:`meter.accounts.egress`); this is the second line, answered 508

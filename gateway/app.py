@@ -62,6 +62,7 @@ from gateway.routes import setup_traffic_routes
 from gateway.tenant_share import Shares
 from gateway.traffic_stats import TrafficStats
 from gateway.upstreams import Upstreams
+from gateway.via import name_via
 from gateway.ws_budget import WebSockets
 from meter.accounts.egress import check_settings
 from meter.admission.admitter import Admitter
@@ -98,11 +99,10 @@ def create_app(
     metering: bool | None = None,
 ) -> Gateway:
     """Build the traffic and admin applications (nothing is opened until startup).
-
-    ``metering`` defaults to ``settings.metering``; off proxies without admission
-    (a benchmark baseline only). ``clock`` stamps admissions, refunds, sweeps and flushes:
-    by default a :class:`RedisClock` (Redis's, synced while the applications run).
-    """
+    ``metering`` defaults to ``settings.metering``; off proxies without admission (a
+    benchmark baseline only). ``clock`` stamps admissions, refunds, sweeps and flushes: by
+    default a :class:`RedisClock` (Redis's, synced while the applications run)."""
+    name_via(settings.via_name)  # this deployment's Via entry, for the process
     if metering is None:
         metering = settings.metering
     check_settings(settings)  # operator-set targets obey the egress policy too

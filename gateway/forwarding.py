@@ -41,6 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway import via as _via
 from gateway.console_cookies import (
     mentions_console_cookie,
     sets_console_cookie,
@@ -81,10 +82,6 @@ WS_HANDSHAKE = (
     "Sec-WebSocket-Accept",
 )
 
-# This gateway's entry in ``Via`` (RFC 9110 §7.6.3): a request that comes back with it
-# has looped through an upstream pointing at the gateway (answered 508).
-VIA_TOKEN = "creditgate"
-_VIA = "1.1 " + VIA_TOKEN
 # The ``Server`` of every answer the gateway makes, and of a bot's answer that names no
 # server of its own (a bot's own passes unchanged): the product, never a version.
 SERVER = "creditgate"
@@ -147,7 +144,8 @@ def forwarded_headers(
     if "X-Real-IP" in src:  # one address by convention: only the peer's is true
         out["X-Real-IP"] = peer
     via = _joined(src, "Via")
-    out["Via"] = f"{via}, {_VIA}" if via else _VIA
+    mine = _via.entry  # this deployment's (gateway.via): a loop back is answered 508
+    out["Via"] = f"{via}, {mine}" if via else mine
     if app:
         out[APP_HEADER] = app
     if "Cookie" in out and mentions_console_cookie(out.getall("Cookie")):

@@ -30,13 +30,14 @@ from yarl import URL
 
 from gateway.channel_auth import ChannelAuth, Verified, without_token
 from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels, Message
-from gateway.forwarding import VIA_TOKEN, target_url
+from gateway.forwarding import target_url
 from gateway.inbound import Headers, Inbound
 from gateway.metering import Charge, Meter
 from gateway.metrics import Metrics
 from gateway.problems import Problem, Refused, unknown_app
 from gateway.unbilled import Unbilled
 from gateway.upstreams import NO_UPSTREAM, Upstreams
+from gateway.via import passed_here
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,11 @@ def uninspectable_delivery(why: str) -> Problem:
 
 
 def check_loop(headers: Headers) -> None:
-    """508 for a request that carries this gateway's ``Via`` entry (docs/design.md §3)."""
-    for via in headers.getall("Via", ()):
-        if VIA_TOKEN in via:
-            raise loop_detected()
+    """508 for a request that carries this deployment's ``Via`` entry (docs/design.md §3;
+    :mod:`gateway.via`: its received-by, whole, never a substring)."""
+    vias = headers.getall("Via", ())
+    if vias and passed_here(vias):
+        raise loop_detected()
 
 
 def message_digest(method: str, raw_path: str, body: object) -> str:

@@ -54,3 +54,7 @@ class ProxySettings(BaseModel):
     # HTTP conformance (issue 13): a request body must keep arriving; a read that waits
     # this long for its next bytes ends the request 408 (a stalled upload holds nothing).
     body_timeout_s: Seconds = 30.0
+    # This deployment's received-by in the Via entry it appends to forwarded requests;
+    # a request carrying it (that entry, whole) has looped: 508 (gateway/via.py). Every
+    # replica of a deployment sets the same; chained deployments set different ones.
+    via_name: str = Field("creditgate", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")

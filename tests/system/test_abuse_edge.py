@@ -244,6 +244,75 @@ async def test_the_bot_sees_the_gateway_in_via(
 
 
 @pytest.mark.parametrize(
+    "via",
+    [
+        "1.1 creditgate-ingress.example.net",  # an ingress named after the product
+        "1.0 squid, 1.1 my-creditgateway",
+        "1.0 foo (creditgate)",  # a comment naming it
+        "1.1 edge (via creditgate, 1.1 creditgate)",  # a comment holding an entry's text
+        "creditgate",  # no received-by at all
+        "1.1 nginx",
+    ],
+)
+async def test_a_proxy_named_like_the_gateway_is_no_loop(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession, rclient: RedisClient, via: str
+) -> None:
+    """Only an entry whose received-by is the deployment's name, whole, is a loop
+    (gateway/via.py): a proxy whose name merely contains it is served and charged."""
+    headers = {**USER, "Via": via}
+    async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=headers) as resp:
+        assert resp.status == 200
+    assert bot.count() == 1
+    assert bot.calls[0].headers["Via"] == f"{via}, 1.1 creditgate"
+    assert await free_credit(rclient, WS) < FREE
+
+
+@pytest.mark.parametrize(
+    "vias",
+    [
+        ["1.1 creditgate"],
+        ["HTTP/1.1 CreditGate"],  # a protocol name, any case
+        ["1.0 a (x, y), 1.1 creditgate (z)"],
+        ["1.0 fred", "1.1 creditgate"],  # the chain sent as two lines
+    ],
+)
+async def test_every_spelling_of_the_gateways_entry_is_a_loop(
+    gw: Running, bot: Bot, rclient: RedisClient, vias: list[str]
+) -> None:
+    head = "".join(f"Via: {v}\r\n" for v in vias)
+    answer = await raw_exchange(
+        gw.url,
+        f"POST /hooks/web/{APP} HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n{head}"
+        "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode(),
+    )
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 508 Loop Detected"), answer[:200]
+    assert bot.count() == 0
+    assert await free_credit(rclient, WS) == FREE
+
+
+async def test_a_deployment_named_otherwise_knows_only_its_own_entry(
+    seeded_gateway: SeededGateway,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+) -> None:
+    """VIA_NAME: what the deployment writes and looks for; another creditgate's entry
+    (a deployment chained in front) is no loop, and a loop through it still is."""
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE,
+                              via_name="acme-gw") as gw:  # fmt: skip
+        for via, status in (("1.1 creditgate", 200), ("1.1 acme-gw", 508)):
+            async with http.post(
+                f"{gw.url}/hooks/web/{APP}", data=b"{}", headers={**USER, "Via": via}
+            ) as resp:
+                assert resp.status == status, via
+        assert [c.headers["Via"] for c in bot.calls] == ["1.1 creditgate, 1.1 acme-gw"]
+        url = await seed_self_loop(rclient, gw, WS, f"{WS}_loop", FREE)
+        async with http.post(url, data=b"{}", headers=USER) as resp:
+            assert resp.status in (502, 508)
+    assert bot.count() == 1
+
+
+@pytest.mark.parametrize(
     ("suspended", "free", "status"),
     [pytest.param(True, FREE, 403, id="suspended"), pytest.param(False, 0, 402, id="no_credit")],
 )
