@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.support.bot import CHUNK, Bot, Running, SeededGateway
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import CHUNK, Bot, Running, SeededGateway, free_credit
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -176,17 +177,35 @@ async def test_oversized_body_is_413_and_bot_not_called(
     assert bot.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("key", "charged"),
+    [
+        pytest.param({}, True, id="unkeyed"),  # streamed after its admission: charged
+        pytest.param({"Idempotency-Key": "k1"}, False, id="keyed"),  # read first: refused
+        pytest.param({"X-Request-Id": "r1"}, False, id="request-id"),
+    ],
+)
 async def test_oversized_chunked_body_is_413(
-    gw: Running, bot: Bot, http: aiohttp.ClientSession
+    gw: Running,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    rclient: RedisClient,
+    key: dict[str, str],
+    charged: bool,
 ) -> None:
+    """README (refusals, MAX_BODY_BYTES): which oversized chunked body is charged."""
+
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(40):
             yield b"y" * 100_000
 
-    async with http.post(f"{gw.url}/hooks/web/{APP}/up", data=chunks(), headers=USER) as resp:
+    before = await free_credit(rclient, WS)
+    url = f"{gw.url}/hooks/web/{APP}/up"
+    async with http.post(url, data=chunks(), headers={**USER, **key}) as resp:
         assert resp.status == 413
         assert (await resp.json())["code"] == "body_too_large"
     assert all(len(c.body) <= 2 * 1024 * 1024 for c in bot.calls)
+    assert (await free_credit(rclient, WS) < before) is charged
 
 
 async def test_compressed_bodies_pass_untouched(
