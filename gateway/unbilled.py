@@ -3,7 +3,7 @@
 A channel's skip rules (:mod:`gateway.channels`) pass some signed callbacks to the bot
 unmetered. The tenant holds its channel secrets and can sign any body that matches a
 skip rule, question and all (an MS Teams token does not even cover the body), so such
-a callback buys only the bot's status, never its answer:
+a callback buys one bit (did the bot take it?), never its status or answer:
 
 * a 5xx is answered 502 ``upstream_error`` (and a 1xx 502 ``upstream_unavailable``),
   as for a metered message: never the bot's failed body;
