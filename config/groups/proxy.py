@@ -58,3 +58,7 @@ class ProxySettings(BaseModel):
     # a request carrying it (that entry, whole) has looped: 508 (gateway/via.py). Every
     # replica of a deployment sets the same; chained deployments set different ones.
     via_name: str = Field("creditgate", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+    # The admin port's (API, console sign-in, provider webhook): a request body must be
+    # in, whole, within this many seconds of its first read, else 408 and the connection
+    # closed (an admin call is decided again once its body is in: gateway.admin_api.http).
+    admin_body_timeout_s: Seconds = 15.0

@@ -3,10 +3,13 @@
 Every route is a :class:`Route` of the table in :mod:`gateway.admin_api.routes`. Its
 :func:`endpoint` authenticates the caller (401), checks the path ids (404), applies the
 route's :class:`~gateway.admin_api.access.Access` policy (403, or 404 for what the
-caller may not see), and only then reads and parses the query and the JSON body with
-the route's models (400 for malformed JSON, 422 naming the field) and runs the handler.
-Nothing is changed before all of this succeeded. Errors become problem+json in
-:func:`gateway.admin_api.errors.errors`.
+caller may not see), and only then reads the query and the body. The body must be in
+within ``admin_body_timeout_s`` (408, the connection closed); as it may have taken that
+long, the caller is authenticated and the policy decided again once it is in (a token
+revoked, a console session ended, a member removed or an app handed over meanwhile
+counts), before the body is parsed with the route's model (400 for malformed JSON, 422
+naming the field); the handler runs on that second grant. Nothing is changed before all
+of this succeeded. Errors become problem+json in :func:`gateway.admin_api.errors.errors`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,10 @@ from pydantic import BaseModel
 
 from gateway import appkeys
 from gateway.admin_api.access import Access, Grant
-from gateway.admin_api.validation import read_body, read_query
+from gateway.admin_api.validation import parse_body, read_query, read_raw
 from meter.accounts.authz import ANONYMOUS, Principal, authenticate
 from meter.accounts.deps import Deps
-from meter.errors import (
-    NotFound,
-)
+from meter.errors import NotFound, Unauthorized
 from meter.redis_layer.clock import clock_ready
 from meter.store import App, Workspace
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 # The caller of a request authenticated by the console's session cookie (set by
 # gateway.console.session.cookie_auth).
 SESSION_PRINCIPAL = web.RequestKey("console_principal", Principal)
+# Set with it: the same session loaded again (None once it ended: signed out, expired,
+# its token revoked), for the caller of a body that arrived later.
+SessionReload = Callable[[], Awaitable[Principal | None]]
+SESSION_RELOAD: web.RequestKey[SessionReload] = web.RequestKey("console_session_reload")
 M = TypeVar("M", bound=BaseModel)
 KINDS = {"ws": "workspace", "app": "app", "channel": "channel"}  # path parameter -> what it names
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
@@ -136,6 +141,22 @@ def json_response(
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+async def _caller(request: web.Request, route: Route, d: Deps, *, again: bool) -> Principal:
+    """The request's caller (401 when none); ``again``: loaded anew from the store."""
+    if not route.access.authenticated:
+        return ANONYMOUS
+    auth = request.headers.get("Authorization")
+    # The console's session cookie (gateway.console.session.cookie_auth) stands in
+    # for a bearer token when no Authorization header came.
+    session: Principal | None = request.get(SESSION_PRINCIPAL)
+    if auth is None and session is not None:
+        reload: SessionReload | None = request.get(SESSION_RELOAD)
+        if again and (reload is None or await reload() != session):
+            raise Unauthorized("the console session has ended")
+        return session
+    return await authenticate(d.store, d.settings.operator_token, auth)
+
+
 def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler of ``route``."""
 
@@ -144,16 +165,7 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         # Best effort: before the clock's first sync, a sync if Redis answers (what the
         # call writes to Redis is then stamped with Redis's clock, not the host's).
         await clock_ready(d.clock, d.redis, d.settings.redis_timeout_s)
-        auth = request.headers.get("Authorization")
-        # The console's session cookie (gateway.console.session.cookie_auth) stands in
-        # for a bearer token when no Authorization header came.
-        session = request.get(SESSION_PRINCIPAL)
-        if not route.access.authenticated:
-            principal = ANONYMOUS
-        elif auth is None and session is not None:
-            principal = session
-        else:
-            principal = await authenticate(d.store, d.settings.operator_token, auth)
+        principal = await _caller(request, route, d, again=False)
         for name, pattern in route.params.items():
             if not pattern.fullmatch(request.match_info[name]):
                 raise NotFound(KINDS.get(name, name), request.match_info[name])
@@ -162,9 +174,12 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         query = read_query(request, route.query) if route.query else None
         body = None
         if route.body:
-            body = await read_body(
-                request, route.body, lambda data: route.access.check_members(grant, data)
-            )
+            raw = await read_raw(request, d.settings.admin_body_timeout_s)
+            # What the caller may do is decided again now that the body is in, before
+            # it is looked at: the grant above may be as old as the body took.
+            principal = await _caller(request, route, d, again=True)
+            grant = await route.access.grant(d.store, principal, request.match_info)
+            body = parse_body(raw, route.body, lambda data: route.access.check_members(grant, data))
         return await route.handler(Call(request, principal, d, body, query, grant))
 
     handle.__name__ = route.handler.__name__

@@ -26,6 +26,7 @@ ERROR_TEXT = {
     401: "Missing or unknown token",
     403: "Your role may not do this",
     404: "No such resource, or not visible to you",
+    408: "The body did not arrive in time (ADMIN_BODY_TIMEOUT_S); the connection is closed",
     409: "Conflicts with the current state",
     413: "Body too large",
     422: "Invalid input; `field` names the member",
@@ -82,7 +83,7 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         ok["content"] = content
     responses: dict[str, Any] = {str(code): ok for code in (route.status, *route.also)}
     problem = {PROBLEM_TYPE: {"schema": refs[(Problem, "serialization")]}}
-    errors = set(route.errors) | {503} | ({413} if route.body else set())
+    errors = set(route.errors) | {503} | ({408, 413} if route.body else set())
     if route.access.authenticated:
         errors.add(401)
     else:

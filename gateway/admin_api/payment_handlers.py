@@ -8,6 +8,7 @@ from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import report_schemas as r
 from gateway.admin_api.http import Call, json_response
+from gateway.admin_api.validation import read_raw
 from gateway.payments import PAYMENTS, SIGNATURE_HEADER, BadSignature
 from gateway.problems import problem_response
 from meter.accounts import checkouts, payments, refund_credits, reversals
@@ -47,7 +48,7 @@ async def stripe_webhook(call: Call) -> web.Response:
     provider = call.request.config_dict[PAYMENTS]
     if not provider.can_verify:
         raise PaymentsNotConfigured("no webhook secret is configured")
-    payload = await call.request.read()
+    payload = await read_raw(call.request, call.deps.settings.admin_body_timeout_s)
     try:
         event = provider.parse_event(payload, call.request.headers.get(SIGNATURE_HEADER))
     except BadSignature as exc:

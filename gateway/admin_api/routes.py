@@ -111,7 +111,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/payments/stripe/webhook", pay.stripe_webhook,
           "The provider's signed event: credits a confirmed payment exactly once",
           a.PUBLIC, response=r.PaymentWebhookOut,
-          errors=(400, 502)),
+          errors=(400, 408, 502)),
     Route("GET", "/v1/workspaces/{ws}/transactions", pay.list_transactions,
           "The ledger, newest first: free grants, lapses, top-ups, manual credits",
           a.workspace("transactions.read"), query=ls.ListQuery, response=r.TransactionsOut,

@@ -1,11 +1,14 @@
-"""Reading a request's JSON body and query into the route's pydantic models.
+"""Reading a request's body and query into the route's pydantic models.
 
-Malformed input is :class:`BadRequest` (400); input that breaks the schema is
-:class:`Invalid` (422) naming every bad field, with a hint for a pattern mismatch.
+A body not in within the admin port's deadline is :class:`BodyTimeout` (408, the
+connection closed: :func:`read_raw`); malformed input is :class:`BadRequest` (400);
+input that breaks the schema is :class:`Invalid` (422) naming every bad field, with a
+hint for a pattern mismatch.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from types import UnionType
 from typing import Any, TypeVar, Union, get_origin
@@ -16,8 +19,36 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.admin_api.schemas import PATTERN_HINTS
+from gateway.problems import Problem
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class BodyTimeout(Problem):
+    """A request body not in within its deadline (408): the connection is not kept, as
+    the rest of the body may still come (aiohttp discards what does for at most its
+    lingering time, 10 s, so that the client reads the answer, then closes)."""
+
+    def __init__(self, within_s: float) -> None:
+        detail = f"the request body did not arrive within {within_s:g} s"
+        super().__init__(408, "body_timeout", "Request timeout", detail)
+
+    def response(self) -> web.Response:
+        resp = super().response()
+        resp.force_close()
+        return resp
+
+
+async def read_raw(request: web.Request, within_s: float) -> bytes:
+    """The whole body, in within ``within_s`` seconds of this call (else
+    :class:`BodyTimeout`): a body trickling in, or held back, does not hold the request
+    open (and what it was allowed to do when it began, see
+    :func:`gateway.admin_api.http.endpoint`) for longer."""
+    try:
+        async with asyncio.timeout(within_s):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(within_s) from None
 
 
 class BadRequest(Exception):
@@ -79,12 +110,11 @@ def validate(model: type[M], data: Any) -> M:
         raise Invalid(problems or [{"field": "body", "message": "invalid"}]) from None
 
 
-async def read_body(
-    request: web.Request, model: type[M], before: Callable[[dict[str, Any]], None] | None = None
+def parse_body(
+    raw: bytes, model: type[M], before: Callable[[dict[str, Any]], None] | None = None
 ) -> M:
-    """The JSON object body as ``model``; ``before`` sees the parsed object first (a
-    check of its member names that must come before validation)."""
-    raw = await request.read()
+    """The JSON object body ``raw`` as ``model``; ``before`` sees the parsed object first
+    (a check of its member names that must come before validation)."""
     if not raw.strip():
         raise BadRequest("body", "a JSON object is required")
     try:

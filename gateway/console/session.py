@@ -21,7 +21,8 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin_api.http import SESSION_PRINCIPAL
+from gateway.admin_api.http import SESSION_PRINCIPAL, SESSION_RELOAD
+from gateway.admin_api.validation import read_raw
 from gateway.console_cookies import COOKIE, SECURE_COOKIE, console_cookie
 from gateway.problems import Problem
 from meter.accounts.authz import Principal, user_principal
@@ -97,7 +98,14 @@ async def cookie_auth(
             if request.method not in SAFE:
                 check_csrf(request, sess)
             request[PRINCIPAL] = Principal(user_id=sess.user_id, token_id=sess.token_id)
+            request[SESSION_RELOAD] = lambda: _principal(request)
     return await handler(request)
+
+
+async def _principal(request: web.Request) -> Principal | None:
+    """The caller of the request's live session, if any (loaded anew)."""
+    sess = await load(request)
+    return None if sess is None else Principal(user_id=sess.user_id, token_id=sess.token_id)
 
 
 async def _user_view(request: web.Request, sess: ConsoleSession) -> dict[str, Any]:
@@ -137,7 +145,8 @@ async def sign_in(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported_media_type", "Send JSON", "Content-Type: application/json")
     try:
-        data = orjson.loads(await request.read())
+        within = request.config_dict[appkeys.SETTINGS].admin_body_timeout_s
+        data = orjson.loads(await read_raw(request, within))
     except orjson.JSONDecodeError:
         data = None
     token = data.get("token") if isinstance(data, dict) else None
@@ -202,7 +211,7 @@ async def sign_out(request: web.Request) -> web.Response:
 
 async def require(request: web.Request) -> Principal:
     """The console caller of a ``/ui/api`` request, or 401."""
-    sess = await load(request)
-    if sess is None:
+    principal = await _principal(request)
+    if principal is None:
         raise Problem(401, "unauthorized", "Unauthorized", "not signed in")
-    return Principal(user_id=sess.user_id, token_id=sess.token_id)
+    return principal
