@@ -27,7 +27,18 @@ log = logging.getLogger(__name__)
 UNREACHABLE = "resolves to an address this gateway may not reach"
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_NAME = 200
-_HIDDEN = frozenset({"Cc", "Cf", "Cs"})  # control, format, surrogate
+# What a name may not hold (docs/design.md §3): control, format, surrogate, private-use
+# characters and line or paragraph separators, by category; characters that show as a
+# blank though they are letters or symbols (Hangul fillers, the Braille blank, Khmer's
+# inherent vowels); unassigned code points (Cn: noncharacters, and those that render as
+# nothing once assigned), but in the emoji blocks, where Python's Unicode data lags the
+# emoji people type (U+1FAE8 is Cn before Unicode 15).
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
+_EMOJI_BLOCKS = range(0x1F000, 0x1FB00)
+# Combining marks one character of a name may carry (several for Vietnamese, Hebrew
+# points, a keycap emoji); past it they pile up over the text around (a + 199 accents).
+MAX_MARKS = 8
 _KEPT = frozenset("\n\t")  # the only control characters free text may hold
 
 
@@ -89,18 +100,44 @@ async def check_reachable(d: Deps, field: str, url: str, tenant: str | None = No
 
 def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = True) -> str:
     """``value`` stripped, non-empty and at most ``limit`` characters; a ``name`` (shown to
-    other users, invitees included, before they consent to anything) has no control or
-    format character (Unicode Cc, Cf: newlines, bidi overrides, zero-width characters)
-    nor lone surrogate, which could make it pass for another text; other text is
-    :func:`check_free_text`. The length is counted once ``\r\n`` became ``\n``."""
+    other users, invitees included, before they consent to anything) must pass
+    :func:`check_name`: no control or format character (newlines, bidi overrides,
+    zero-width characters), line separator or other invisible character, which could
+    make it pass for another text or for none; other text is :func:`check_free_text`.
+    The length is counted once ``\r\n`` became ``\n``."""
     value = value.replace("\r\n", "\n").strip()
     if not value:
         raise InvalidInput(field, "must not be empty")
     if len(value) > limit:
         raise InvalidInput(field, f"longer than {limit} characters")
-    if name and any(unicodedata.category(ch) in _HIDDEN for ch in value):
-        raise InvalidInput(field, "must not contain control or format characters")
+    if name:
+        check_name(field, value)
     return check_free_text(field, value)
+
+
+def _hidden(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    if category == "Cn":
+        return ord(ch) not in _EMOJI_BLOCKS
+    return category in _HIDDEN or ch in _BLANK
+
+
+def check_name(field: str, value: str) -> None:
+    """:class:`InvalidInput` unless ``value`` shows as what it says: no hidden character
+    (:data:`_HIDDEN`), at least one visible one (not a space, mark or blank), and at most
+    :data:`MAX_MARKS` combining marks in a row."""
+    if any(_hidden(ch) for ch in value):
+        raise InvalidInput(field, "must not contain control, format or invisible characters")
+    marks = 0
+    visible = False
+    for ch in value:
+        category = unicodedata.category(ch)
+        marks = marks + 1 if category[0] == "M" else 0
+        if marks > MAX_MARKS:
+            raise InvalidInput(field, f"more than {MAX_MARKS} combining marks on one character")
+        visible = visible or (category[0] not in "MZ" and ch not in _BLANK)
+    if not visible:
+        raise InvalidInput(field, "must contain a visible character")
 
 
 def check_free_text(field: str, value: str) -> str:

@@ -515,10 +515,18 @@ async def test_one_inviter_never_passes_their_cap_on_two_targets_at_once(
     assert n == MAX_BY_INVITER
 
 
-async def test_names_refuse_control_and_format_characters(any_admin: Admin) -> None:
+async def test_names_refuse_control_format_and_invisible_characters(any_admin: Admin) -> None:
     admin = any_admin
     tok, ws = await admin.owner_workspace()
-    for bad in ("Payroll \u202egnp.exe", "a\u200bb", "two\nlines", "bell\x07", "x\u2066y"):
+    invisible = ("pay\u2028ment", "\u3164", "\u2800\u2800", "a" + "\u0301" * 199, "\ue000")
+    for bad in (
+        "Payroll \u202egnp.exe",
+        "a\u200bb",
+        "two\nlines",
+        "bell\x07",
+        "x\u2066y",
+        *invisible,
+    ):
         for path, body in (
             ("/v1/workspaces", {"name": bad}),
             (f"/v1/workspaces/{ws}/apps", {"name": bad, "product": "search"}),
@@ -532,8 +540,9 @@ async def test_names_refuse_control_and_format_characters(any_admin: Admin) -> N
         )
         assert status == 422, problem
         assert "name" in problem["detail"], problem
-    made = await admin.ok("POST", "/v1/workspaces", tok, {"name": "Café 東京 עברית"})
-    assert made["name"] == "Café 東京 עברית"
+    for good in ("Café 東京 עברית", "Nguyễn Thị Phương", "Cafe\u0301", "❤️ Bots 🤖", "1️⃣ 👍🏽"):
+        made = await admin.ok("POST", "/v1/workspaces", tok, {"name": good})
+        assert made["name"] == good
 
 
 async def test_the_invitee_sees_who_invited_them(any_admin: Admin) -> None:

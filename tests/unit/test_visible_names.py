@@ -1,0 +1,84 @@
+"""Names (workspaces, apps, users, tokens) show as what they say (meter/accounts/deps.py):
+none is invisible, holds a line break or an invisible character, or piles combining
+marks over the text around; what people write (accents, CJK, RTL scripts, emoji) passes.
+Over the API, on both stores: tests/system/test_invitations_review.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from meter.accounts.deps import MAX_MARKS, check_text
+from meter.errors import InvalidInput
+
+REFUSED = {
+    "line separator U+2028": "pay\u2028ment",
+    "paragraph separator U+2029": "a\u2029b",
+    "private use U+E000": "\ue000",
+    "private use inside": "Acme\ue000",
+    "supplementary private use": "a\U000f0000",
+    "noncharacter U+FFFF": "a\uffff",
+    "noncharacter U+FDD0": "a\ufdd0",
+    "unassigned U+0378": "a\u0378",
+    "unassigned default-ignorable U+2065": "a\u2065",
+    "unassigned tag plane U+E0080": "a\U000e0080",
+    "hangul choseong filler U+115F": "\u115f",
+    "hangul jungseong filler U+1160": "a\u1160b",
+    "hangul filler U+3164": "\u3164",
+    "halfwidth hangul filler U+FFA0": "\uffa0\uffa0",
+    "braille blank U+2800": "\u2800\u2800",
+    "khmer inherent vowel U+17B4": "\u17b4",
+    "khmer inherent vowel U+17B5": "x\u17b5",
+    "a mark alone": "\u0301",
+    "marks and spaces only": "\u0301 \u0302",
+    "too many marks": "a" + "\u0301" * (MAX_MARKS + 1),
+    "199 marks": "a" + "\u0301" * 199,
+    # refused before already: still refused
+    "bidi override": "a\u202eb",
+    "zero-width joiner": "a\u200db",
+    "newline": "two\nlines",
+    "tag character": "a\U000e0041",
+    "mongolian vowel separator": "\u180e",
+}
+
+ACCEPTED = {
+    "ascii": "Acme Support",
+    "accents (precomposed)": "Café Señor Ærø",
+    "accents (decomposed)": "Cafe\u0301",
+    "vietnamese": "Nguyễn Thị Phương",
+    "vietnamese decomposed": "Vie\u0323\u0302t",
+    "cjk": "東京 支社",
+    "korean": "한국어 팀",
+    "hebrew with points": "שָׁלוֹם",
+    "arabic": "مرحبا",
+    "devanagari": "क्षत्रिय",
+    "thai": "ภาษาไทย",
+    "emoji": "Bots 🤖",
+    "emoji with a variation selector": "❤️ team",
+    "keycap": "1️⃣",
+    "emoji with a skin tone": "👍🏽",
+    "flag": "🇯🇵",
+    "newer emoji than this python's unicode": "\U0001fae8",
+    "nbsp inside": "a\u00a0b",
+    "ideographic space inside": "東京\u3000支社",
+    "MAX_MARKS marks": "a" + "\u0301" * MAX_MARKS,
+    "object replacement": "\ufffc",
+}
+
+
+@pytest.mark.parametrize("name", REFUSED.values(), ids=REFUSED.keys())
+def test_invisible_or_overstacked_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_text("name", name)
+    assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize("name", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_names_people_write_are_accepted(name: str) -> None:
+    assert check_text("name", name) == name
+
+
+def test_free_text_keeps_what_names_may_not_hold() -> None:
+    """An upgrade request's message or a decline's reason is no name: line breaks and
+    invisible characters there are not refused (only control characters)."""
+    for text in ("pay\u2028ment", "\u3164", "a" + "\u0301" * 50, "\ue000"):
+        assert check_text("reason", text, 2000, name=False) == text
