@@ -28,6 +28,7 @@ from config import Settings
 from gateway.appkeys import PROXY, TRAFFIC_STATS
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.dispatch import serve_message
+from gateway.fastpath.flow import Flow
 from gateway.fastpath.message import Message
 from gateway.fastpath.pool import Pool
 from gateway.fastpath.request import FAST_BODY
@@ -62,7 +63,7 @@ class FastServer:
         self.body_limit = min(FAST_BODY, settings.max_body_bytes)
         self.access_log = access_log_on(settings)
         self.connections: set[ClientConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None] | Flow] = set()  # what stop() waits for
         self._runner = runner
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -73,7 +74,9 @@ class FastServer:
 
     def serve(self, conn: ClientConnection, msg: Message) -> None:
         self.stats.fast += 1
-        self.spawn(serve_message(self, conn, msg))
+        flow = Flow(self.loop, serve_message(self, conn, msg), self.tasks.discard)
+        if not flow.start():  # most messages that do not wait finish here
+            self.tasks.add(flow)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
