@@ -54,6 +54,10 @@ class Admitter:
         self._batch_max = settings.batch_max
         self._timeout = settings.redis_timeout_s
         self._pending: dict[str, list[Pending]] = {}
+        # The loop of the first admission, every later one's: asyncio.get_running_loop()
+        # is a getpid() system call per message on Python 3.11 (an admitter serves one
+        # process's loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._targets = Targets()
         self._scheduled = False
         self._queued = 0  # admissions waiting in _pending
@@ -112,7 +116,7 @@ class Admitter:
         :meth:`admit`. Raises what :meth:`admit` raises for a value that cannot be sent."""
         if digest and not digest.isalnum():
             raise ValueError("digest must be alphanumeric")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         fut: asyncio.Future[Decision] = loop.create_future()
         ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
@@ -136,6 +140,10 @@ class Admitter:
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return fut
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _dispatch(self) -> None:
         self._scheduled = False

@@ -195,6 +195,13 @@ class RedisPipe:
         self._connecting: asyncio.Task[None] | None = None
         self._unsent: list[tuple[bytes, _Call]] = []  # while connecting
         self._closed = False
+        # The loop of the first call, every later one's (see Admitter._loop: a system
+        # call per get_running_loop() on Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def call(self, args: Sequence[EncodableT], on_reply: OnReply) -> None:
         """Send one command; ``on_reply(reply, sent)`` is called exactly once, from the
@@ -203,7 +210,7 @@ class RedisPipe:
 
     def send(self, command: bytes, on_reply: OnReply) -> None:
         """:meth:`call` with the command already encoded (:func:`encode`)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         c = _Call(on_reply, loop.time() + self._timeout)
         if self._closed:
             loop.call_soon(on_reply, RedisConnectionError("pipe closed"), False)
