@@ -18,7 +18,6 @@ A failure of the gateway's own while answering is ``error``, 500 (:meth:`Exchang
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from http import HTTPStatus
@@ -57,7 +56,6 @@ class Exchange:
         "started",
         "status",
         "t0",
-        "timer",
         "upstream",
         "wait",
     )
@@ -69,7 +67,6 @@ class Exchange:
         self.label = label
         self.admission: Charge | None = None
         self.upstream: UpstreamConnection | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.wait: Wait | None = None  # waiting for a bot connection (Pool.acquire)
         self.started = time.perf_counter()
         self.t0 = 0.0
@@ -112,8 +109,6 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
         if self.head:  # an answer without a body
             self._write(b"")
         metrics = self.server.proxy.metrics
@@ -132,20 +127,16 @@ class Exchange:
         self.upstream = upstream
         self.t0 = t0
         self.conn.stream_from(self)
-        self.timer = self.server.loop.call_later(self.server.read_timeout, self._check_timeout)
         # Last: the caller journals the message as forwarded right after (a kill -9 in
         # between refunds a message the bot got; see meter.admission.reservations).
         upstream.send(self, data)
 
-    def _check_timeout(self) -> None:
+    def check_timeout(self, now: float) -> None:
+        """The bot sent nothing for ``upstream_read_timeout_s``: 504, or a truncated answer.
+        Called by the server's sweep (a timer per message cost a libuv handle each)."""
         upstream = self.upstream
-        if upstream is None or self.done:
+        if upstream is None or self.done or now < upstream.last_read + self.server.read_timeout:
             return
-        due = upstream.last_read + self.server.read_timeout
-        if self.server.loop.time() < due:
-            self.timer = self.server.loop.call_at(due, self._check_timeout)
-            return
-        self.timer = None
         upstream.close()
         self.upstream = None
         if self.status:  # half answered: the client sees a truncated body

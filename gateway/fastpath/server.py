@@ -3,8 +3,9 @@
 It runs beside the traffic application's ``GatewayRunner`` (already set up: the
 application's resources, the :class:`~gateway.proxy.Proxy` among them, exist), whose
 ``web.Server`` makes the aiohttp protocol a connection is handed to. Every
-``SWEEP_S`` it closes connections that sent no complete request head within
-``header_timeout_s`` and bot connections idle too long.
+sweep (a quarter of the shortest timeout, at most a second) it closes connections that
+sent no complete request head within ``header_timeout_s``, ends the exchanges whose bot
+sent nothing for ``upstream_read_timeout_s``, and closes bot connections idle too long.
 
 Stopping (SIGTERM): stop accepting, close idle keep-alive connections at once and the
 others after their current response, wait for that up to the grace; then answer the
@@ -108,7 +109,9 @@ class FastServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
-        period = max(0.05, min(1.0, self.header_timeout / 4))
+        # Timeouts are checked here, every quarter of the shortest (at most a second), so
+        # one fires up to that much late; a timer per message cost more than its check.
+        period = max(0.05, min(1.0, self.header_timeout / 4, self.read_timeout / 4))
         while True:
             await asyncio.sleep(period)
             now = self.loop.time()
@@ -117,6 +120,8 @@ class FastServer:
                 since = conn.head_since
                 if since is not None and now - since > limit and conn.transport is not None:
                     conn.transport.close()  # slow (or silent) client: as aiohttp does
+                elif conn.exchange is not None:
+                    conn.exchange.check_timeout(now)
             self.pool.sweep(now)
 
     async def stop(self, grace: float) -> None:
