@@ -210,7 +210,19 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self.closing:
             transport.close()
             return
-        if not self.write_paused:
+        if self.write_paused:
+            return
+        if self._backlog:
+            # A pipelined request waits: parsed on the next loop pass, never from inside
+            # the callbacks of the bot answer that ended this one. Its message runs at once
+            # (gateway.fastpath.flow) and may take that bot connection back from the pool
+            # while the connection's parser is still reading what followed the answer.
+            self.server.loop.call_soon(self._next_pipelined)
+        else:
+            self._next()
+
+    def _next_pipelined(self) -> None:
+        if not (self.busy or self.write_paused):
             self._next()
 
     def _next(self) -> None:

@@ -36,6 +36,7 @@ class Flow:
     """One coroutine stepped in place; see the module."""
 
     __slots__ = (
+        "__weakref__",
         "_cancels",
         "_coro",
         "_ctx",
@@ -43,6 +44,7 @@ class Flow:
         "_loop",
         "_must_cancel",
         "_on_done",
+        "_throw_next",
         "_waiting",
     )
 
@@ -58,6 +60,7 @@ class Flow:
         self._ctx = contextvars.copy_context()
         self._waiting: asyncio.Future[Any] | None = None
         self._must_cancel = False
+        self._throw_next: BaseException | None = None
         self._cancels = 0
         self._done = False
 
@@ -108,6 +111,9 @@ class Flow:
             if self._must_cancel:
                 self._must_cancel = False
                 yielded = self._coro.throw(asyncio.CancelledError())
+            elif self._throw_next is not None:
+                err, self._throw_next = self._throw_next, None
+                yielded = self._coro.throw(err)
             else:
                 yielded = self._coro.send(None)
         except StopIteration:
@@ -129,12 +135,16 @@ class Flow:
                 yielded.add_done_callback(self._step, context=self._ctx)
                 if self._must_cancel and yielded.cancel():
                     self._must_cancel = False
-            else:
-                self._coro.close()
-                self._finish()
-                log.error("a message's coroutine yielded %r, not a future", yielded)
+            else:  # as a Task does: the coroutine hears of it (and answers 500)
+                err = RuntimeError(f"a message's coroutine yielded {yielded!r}, not a future")
+                loop.call_soon(self._throw, err, context=self._ctx)
         finally:
             tasks._leave_task(loop, self)  # type: ignore[arg-type]
+
+    def _throw(self, exc: BaseException) -> None:
+        """Raise ``exc`` inside the coroutine, then go on as a step does."""
+        self._throw_next = exc
+        self._step()
 
     def _finish(self) -> None:
         self._done = True

@@ -104,3 +104,66 @@ async def test_an_answer_out_of_turn_never_answers_another_tenants_message(
             assert await answer(gw, get("victim_appb", "/second", "v1")) == b"/b/second"
             assert await answer(gw, get("victim_appb", "/third", "v2")) == b"/b/third"
     assert [line.split(b" ")[1] for line in bot.seen] == [b"/a/first", b"/b/second", b"/b/third"]
+
+
+@dataclass
+class Glued:
+    """Answers each request with its path; the answer to ``.../first`` has a stray one
+    glued to it, in the same write (the bot's parser reads both in one callback)."""
+
+    url: str = ""
+    seen: list[bytes] = field(default_factory=list)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.seen.append(head.split(b"\r\n", 1)[0])
+                path = head.split(b" ")[1]
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(path), path)
+                if path.endswith(b"/first"):
+                    answer += b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+                writer.write(answer)
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("metering", [False, True])
+async def test_a_stray_answer_glued_to_a_real_one_leaves_the_next_pipelined_message_its_own(
+    seeded_gateway: SeededGateway, rclient: RedisClient, metering: bool
+) -> None:
+    """The message pipelined after the one the bot answered runs at once on the fast path
+    (gateway.fastpath.flow): never inside the callbacks of the answer before it, where it
+    took that bot connection back while the parser still read the stray answer (502)."""
+    bot = Glued()
+    server = await asyncio.start_server(bot.serve, "127.0.0.1", 0)
+    bot.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        apps = {
+            "glued_appa": {"product": "contact_center", "upstream_url": bot.url + "/a"},
+            "glued_appb": {"product": "contact_center", "upstream_url": bot.url + "/b"},
+        }
+        keep = "GET /hooks/web/{}{} HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n\r\n"
+        async with (
+            seeded_gateway("glued", apps, free=FREE, metering=metering) as gw,
+            RawConn.open(gw.url) as c,
+        ):
+            # Both apps' first messages open the bot connection the others then reuse.
+            c.send(keep.format("glued_appa", "/warm").encode())
+            c.send(keep.format("glued_appb", "/warm").encode())
+            warm = await c.responses(2)
+            c.send(
+                keep.format("glued_appa", "/first").encode()
+                + keep.format("glued_appb", "/second").encode()
+                + get("glued_appb", "/third", "u2")
+            )
+            answers = await c.responses(3)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [(r.status, r.body) for r in warm] == [(200, b"/a/warm"), (200, b"/b/warm")]
+    assert [(r.status, r.body) for r in answers] == [
+        (200, b"/a/first"),
+        (200, b"/b/second"),
+        (200, b"/b/third"),
+    ]
