@@ -15,8 +15,9 @@ class OutboundSettings(BaseModel):
     # Owner notifications.
     webhook_timeout_s: Seconds = 5.0
     webhook_max_attempts: int = Field(12, ge=1)
-    # Delivered notifications are deleted from the outbox this many days after delivery
-    # (0: kept for ever); undelivered ones are never deleted.
+    # Delivered notifications are reduced to tombstones (payload dropped, event id kept so
+    # they are never sent again) this many days after delivery (0: kept whole for ever);
+    # undelivered ones are never touched.
     outbox_retention_days: int = Field(30, ge=0)
 
     # Egress (SSRF guard, docs/design.md §3): networks (CIDR) and host names ("bot.internal",

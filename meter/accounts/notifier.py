@@ -15,7 +15,8 @@ own workspace, whose other events wait for the failed one's retry without an att
 counted (a slow error would otherwise hold a delivery slot for a whole batch of them).
 Events of a workspace without a webhook are parked (kept, not offered again) until one
 is set. Within a workspace events go one at a time, oldest due first. Delivered events
-are deleted ``retention_s`` after delivery, a bounded batch per round (``_sweep``).
+are reduced to tombstones (event id kept, payload dropped) ``retention_s`` after delivery,
+a bounded batch per round (``_sweep``).
 
 The HTTP request itself is a :data:`Post` callable supplied by the gateway, so the
 metering core never imports an HTTP client. The signature headers, and how a receiver
@@ -160,15 +161,15 @@ class Notifier:
         return self._reap()
 
     async def _sweep(self) -> None:
-        """Delete events delivered more than ``retention_s`` ago, ``sweep_batch`` at a
+        """Forget events delivered more than ``retention_s`` ago, ``sweep_batch`` at a
         time: again next round while a batch comes back full, else ``sweep_every_s``
         later. A failure is logged and tried again then; delivery goes on."""
         now = self.clock()
         try:
             before = int((now - self.retention_s) * 1000)
-            n = await self.store.delete_delivered(before, self.sweep_batch)
+            n = await self.store.forget_delivered(before, self.sweep_batch)
         except Exception:
-            log.warning("webhooks: deleting delivered events failed", exc_info=True)
+            log.warning("webhooks: forgetting delivered events failed", exc_info=True)
             n = 0
         self._sweep_at = now if n >= self.sweep_batch else now + self.sweep_every_s
 

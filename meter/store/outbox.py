@@ -9,8 +9,9 @@ many times is *overdue*, :meth:`Outbox.overdue_events`, and still retried).
 workspaces in turn; ``postpone_events`` moves events later without counting an attempt
 (or parks them while their workspace has no webhook). ``set_webhook`` makes the
 workspace's parked and overdue events due at once (:data:`WAKE`).
-Delivered events are deleted after a retention time (``delete_delivered``, run by the
-notifier); undelivered ones stay until delivered.
+Delivered events are reduced to tombstones after a retention time (``forget_delivered``,
+run by the notifier): the event id stays, so the same notification is never queued (and
+sent) again however old; undelivered ones stay until delivered.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _COLS = (
     "id, workspace_id, event_id, event_type, payload, created_at, attempts, "
     "next_attempt_at, delivered_at, last_error"
 )
+FORGOTTEN = 0
+"""``delivered_at`` of a tombstone: delivered, its payload and delivery time dropped."""
 NO_WEBHOOK = "no webhook configured"
 """``last_error`` of events parked until their workspace has a webhook."""
 _NO_WEBHOOK = (
@@ -188,13 +191,21 @@ class Outbox(StoreCore):
         async with self.connection() as c:
             return await c.execute(sql, *args)
 
-    async def delete_delivered(self, before_ms: int, limit: int) -> int:
-        """Delete at most ``limit`` events delivered before ``before_ms``, the oldest
-        first; how many. Undelivered events are never deleted."""
+    async def forget_delivered(self, before_ms: int, limit: int) -> int:
+        """Turn at most ``limit`` events delivered before ``before_ms`` into tombstones,
+        the oldest first; how many. A tombstone keeps the row's ``event_id`` (so
+        :meth:`enqueue` of the same notification stays a no-op for ever: a retried
+        top-up, a redelivered payment event) with its payload emptied and
+        ``delivered_at`` :data:`FORGOTTEN`, outside the range this sweeps again.
+        Undelivered events are never touched."""
         async with self.connection() as c:
             return await c.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE delivered_at "
-                "IS NOT NULL AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                "UPDATE outbox SET payload = ?, last_error = NULL, delivered_at = ? "
+                "WHERE id IN (SELECT id FROM outbox WHERE delivered_at IS NOT NULL "
+                "AND delivered_at > ? AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                dumps({}),
+                FORGOTTEN,
+                FORGOTTEN,
                 before_ms,
                 limit,
             )

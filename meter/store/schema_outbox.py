@@ -13,7 +13,7 @@ RETRY_GIVEN_UP = (
 )
 
 # Migration 21: delivered events by delivery time, for the retention sweep
-# (:meth:`meter.store.outbox.Outbox.delete_delivered`).
+# (:meth:`meter.store.outbox.Outbox.forget_delivered`).
 DELIVERED_BY_AGE = (
     "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL"
 )

@@ -1,6 +1,7 @@
-"""Delivered owner notifications are deleted after the retention time, a bounded batch
-per round of the notifier; undelivered ones never are (real receiver on loopback, SQLite
-and PostgreSQL). Time is the test's clock, moved by hand."""
+"""Delivered owner notifications are reduced to tombstones after the retention time, a
+bounded batch per round of the notifier; undelivered ones never are, and a forgotten
+notification queued again is not sent again (real receiver on loopback, SQLite and
+PostgreSQL). Time is the test's clock, moved by hand."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from gateway.webhooks import http_post
 from meter.accounts.notifier import Notifier
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
+from meter.store.outbox import FORGOTTEN
 from tests.support.clock import T0, Clock
 from tests.support.receiver import Receiver, receiver
 
@@ -43,7 +45,9 @@ async def rec() -> AsyncIterator[Receiver]:
 
 
 async def ids(store: Store, ws: str) -> list[str]:
-    return sorted(e.event_id for e in await store.list_events(ws))
+    """The workspace's events still kept whole (not tombstones)."""
+    events = await store.list_events(ws)
+    return sorted(e.event_id for e in events if e.delivered_at != FORGOTTEN)
 
 
 async def until_idle(n: Notifier) -> int:
@@ -54,7 +58,7 @@ async def until_idle(n: Notifier) -> int:
     return delivered
 
 
-async def test_delivered_events_are_deleted_after_the_retention_time_in_batches(
+async def test_delivered_events_are_forgotten_after_the_retention_time_in_batches(
     store: Store, rec: Receiver
 ) -> None:
     clock = Clock()
@@ -92,3 +96,29 @@ async def test_delivered_events_are_deleted_after_the_retention_time_in_batches(
         await until_idle(n)
         assert await ids(store, WS) == []
         assert await ids(store, BARE) == [f"{BARE}:never"]
+
+
+async def test_a_forgotten_notification_queued_again_is_not_sent_again(
+    store: Store, rec: Receiver
+) -> None:
+    """A top-up retried, or a payment event redelivered, after the retention time queues
+    its ``funds.added`` again under the same id: the tombstone keeps it a no-op."""
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    event = OutboxEvent(WS, f"{WS}:bank-1", "funds.added", {"amount": "100.00"}, T0_MS)
+    assert await store.enqueue(event)
+    async with aiohttp.ClientSession() as session:
+        n = Notifier(store, http_post(session, 2.0), clock=clock, retention_s=30 * DAY_S)
+        assert await until_idle(n) == 1
+        assert not await store.enqueue(event)  # at once: a no-op, as before
+        clock.advance(31 * DAY_S)
+        await until_idle(n)  # the sweep
+        assert await ids(store, WS) == []
+        tomb = await store.get_event(event.event_id)
+        assert tomb is not None
+        assert tomb.payload == {}
+        assert tomb.delivered_at == FORGOTTEN
+        assert not await store.enqueue(event)  # 31 days on: still a no-op
+        assert await store.pending_events() == 0
+        assert await until_idle(n) == 0
+    assert [r.json["id"] for r in rec.got] == [event.event_id]
