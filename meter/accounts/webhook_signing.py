@@ -39,7 +39,18 @@ def signature(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, header: str | None) -> bool:
     """What a receiver does: constant-time check of the signature header."""
-    return header is not None and hmac.compare_digest(signature(secret, body), header)
+    return header is not None and _same(signature(secret, body), header)
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time equality of a hex digest and what a header says; ``False`` (never an
+    exception) for anything that is not ASCII."""
+    return given.isascii() and hmac.compare_digest(expected.encode(), given.encode())
+
+
+MAX_T_DIGITS = 12
+"""The longest ``t`` :func:`verify_timed` reads (unix seconds fit in 11 digits until
+the year 5138); a longer one is refused before it is turned into a number."""
 
 
 def timed_signature(secret: str, body: bytes, t: int) -> str:
@@ -53,18 +64,21 @@ def verify_timed(
     """What a receiver does with :data:`TIMED_SIGNATURE_HEADER`: split it on ``,`` into
     ``key=value`` pairs, take ``t`` (digits only) and every ``v1``; refuse a ``t`` more
     than ``tolerance_s`` from ``now``; accept when any ``v1`` equals the HMAC of
-    ``"<t>." + body`` (compared in constant time)."""
+    ``"<t>." + body`` (compared in constant time). Anything malformed is ``False``, never
+    an exception: a ``t`` of more than :data:`MAX_T_DIGITS` digits, a non-ASCII ``v1``."""
     if header is None:
         return False
     pairs = [part.partition("=") for part in header.split(",")]
     stamps = [v for k, _, v in pairs if k.strip() == "t"]
-    if len(stamps) != 1 or not stamps[0].isascii() or not stamps[0].isdigit():
+    if len(stamps) != 1 or not 0 < len(stamps[0]) <= MAX_T_DIGITS:
+        return False
+    if not stamps[0].isascii() or not stamps[0].isdigit():
         return False
     t = int(stamps[0])
     if abs(now - t) > tolerance_s:
         return False
     expected = _hmac(secret, stamps[0].encode() + b"." + body)
-    return any(hmac.compare_digest(expected, v) for k, _, v in pairs if k.strip() == "v1")
+    return any(_same(expected, v) for k, _, v in pairs if k.strip() == "v1")
 
 
 def signed_headers(

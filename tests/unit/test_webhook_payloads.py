@@ -9,7 +9,13 @@ import hmac
 import orjson
 
 from meter.accounts.notifier import render
-from meter.accounts.webhook_signing import TOLERANCE_S, signature, timed_signature, verify_timed
+from meter.accounts.webhook_signing import (
+    TOLERANCE_S,
+    signature,
+    timed_signature,
+    verify,
+    verify_timed,
+)
 from meter.store import OutboxEvent
 
 SECRET = "whsec-" + "k" * 26
@@ -65,3 +71,20 @@ def test_a_timed_signature_refuses_anything_changed() -> None:
         assert not verify_timed(SECRET, body, bad, t), bad
     # any v1 may match: a receiver takes a header carrying more than one
     assert verify_timed(SECRET, body, f"t={t},v1={'0' * 64},v1={v1}", t)
+
+
+def test_hostile_signature_headers_are_refused_never_raised() -> None:
+    """What a receiver is told to run never throws on what an attacker sends: a huge
+    ``t`` (OverflowError past 308 digits, ValueError past Python's 4300), a non-ASCII
+    ``v1`` (TypeError from compare_digest)."""
+    body, t = b'{"id":"wsnotify1:e1"}', 1_800_000_000
+    good = timed_signature(SECRET, body, t)
+    v1 = good.split(",v1=")[1]
+    hostile = ["t=" + "9" * 400 + ",v1=00", "t=" + "9" * 5000 + ",v1=00",
+               "t=" + "0" * 20 + str(t) + f",v1={v1}", f"t={t},v1=\u00e9",
+               f"t={t},v1={v1[:-1]}\u00e9", "t=0" + good[2:]]  # fmt: skip
+    for bad in hostile:
+        assert verify_timed(SECRET, body, bad, t) is False, bad[:40]
+    assert verify(SECRET, body, "sha256=\u00e9") is False
+    assert verify(SECRET, body, signature(SECRET, body)) is True
+    assert verify_timed(SECRET, body, good, t) is True
