@@ -54,6 +54,16 @@ Post = Callable[[str, bytes, Mapping[str, str], str], Awaitable[int]]
 """POST ``body`` to ``url`` with ``headers``; return the status (raise on transport errors)."""
 
 
+PER_WORKSPACE = 10
+
+
+def lease_ms(timeout_s: float, per_workspace: int = PER_WORKSPACE) -> int:
+    """How long a claim holds events: it outlasts a task in which every event is answered
+    just before the timeout, so another replica never sends the same event concurrently
+    (and saving the webhook leaves events due within it alone, :data:`meter.store.outbox.WAKE`)."""
+    return int(timeout_s * (per_workspace + 1) * 1000)
+
+
 def render(event: OutboxEvent) -> bytes:
     """The JSON body of one notification: an envelope and the event's data."""
     data: dict[str, Any] = {}
@@ -93,7 +103,7 @@ class Notifier:
     backoff_cap_s: float = 3600.0
     timeout_s: float = 5.0
     batch: int = 50
-    per_workspace: int = 10
+    per_workspace: int = PER_WORKSPACE
     concurrency: int = 50
     clock: Callable[[], float] = time.time
     retention_s: float = 30 * 86400.0  # delivered events kept this long (0: for ever)
@@ -130,14 +140,11 @@ class Notifier:
             await self._sweep()
         free = min(self.batch, self.concurrency - len(self._running))
         if free > 0 and not self._closing:
-            # At most ``free`` events, so at most ``free`` new workspaces. The lease
-            # outlasts a task in which every event is answered just before the timeout,
-            # so another replica never sends the same event concurrently.
-            lease_ms = int(self.timeout_s * (self.per_workspace + 1) * 1000)
+            # At most ``free`` events, so at most ``free`` new workspaces.
             events = await self.store.due_events(
                 self._now(),
                 free,
-                lease_ms=lease_ms,
+                lease_ms=lease_ms(self.timeout_s, self.per_workspace),
                 per_workspace=self.per_workspace,
                 exclude=tuple(self._running),
             )

@@ -26,6 +26,7 @@ from meter.accounts.deps import (
     check_text,
     new_id,
 )
+from meter.accounts.notifier import lease_ms
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.store import (
     CapReached,
@@ -183,8 +184,10 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
         raise InvalidInput("secret", "must be printable characters")
     await check_reachable(d, "url", url, ws.id)
     # Saving it again is how an owner says the receiver works now: overdue events go at once.
+    # Not those a notifier may be sending now (claimed: due within a lease from now).
     overdue = d.settings.webhook_max_attempts
-    if not await d.store.set_webhook(ws.id, url, secret, overdue=overdue):
+    lease_end = d.now_ms() + lease_ms(d.settings.webhook_timeout_s)
+    if not await d.store.set_webhook(ws.id, url, secret, overdue=overdue, lease_end_ms=lease_end):
         raise NotFound("workspace", ws.id)
     before = {"url": ws.webhook_url}
     await audit(d, actor, "webhook.set", f"workspace:{ws.id}", before, {"url": url})

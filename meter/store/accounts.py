@@ -145,12 +145,20 @@ class Accounts(StoreCore):
         )
 
     async def set_webhook(
-        self, workspace_id: str, url: str | None, secret: str | None, *, overdue: int = 0
+        self,
+        workspace_id: str,
+        url: str | None,
+        secret: str | None,
+        *,
+        overdue: int = 0,
+        lease_end_ms: int = 0,
     ) -> bool:
         """Set where owner notifications go; ``False`` if there is no such workspace.
 
-        Its parked events, and those failed ``overdue`` times or more (``0``: none), become
-        due at once (:data:`meter.store.outbox.WAKE`)."""
+        Its parked events, and those failed ``overdue`` times or more (``0``: none) whose
+        next attempt is after ``lease_end_ms`` (now plus the notifiers' lease: earlier
+        ones may be claimed, being sent), become due at once
+        (:data:`meter.store.outbox.WAKE`)."""
         async with self.transaction() as c:
             n = await c.execute(
                 "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
@@ -160,7 +168,7 @@ class Accounts(StoreCore):
             )
             if n and url and secret:
                 overdue = overdue if overdue > 0 else 2**31 - 1
-                await c.execute(WAKE, NO_WEBHOOK, workspace_id, NO_WEBHOOK, overdue)
+                await c.execute(WAKE, NO_WEBHOOK, workspace_id, NO_WEBHOOK, overdue, lease_end_ms)
         return n > 0
 
     async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:

@@ -38,14 +38,14 @@ WAKE = (
     "UPDATE outbox SET next_attempt_at = created_at, "
     "last_error = CASE WHEN last_error = ? THEN NULL ELSE last_error END "
     "WHERE workspace_id = ? AND delivered_at IS NULL "
-    "AND (last_error = ? OR next_attempt_at IS NULL OR attempts >= ?)"
+    "AND (last_error = ? OR next_attempt_at IS NULL OR (attempts >= ? AND next_attempt_at > ?))"
 )
 """Makes a workspace's events due at once, oldest first (its webhook was saved): those
 parked for want of a webhook, the overdue ones (failed that many times or more) and any
 an earlier version gave up on (``next_attempt_at`` NULL). Not those waiting for a
-shorter retry, nor those leased to a notifier. An overdue one a notifier is sending at
-that moment may be sent twice: delivery is at least once (receivers deduplicate by the
-delivery id)."""
+shorter retry, nor an overdue one due by the end of a lease taken now: a notifier may
+have claimed it (a claim moves ``next_attempt_at`` to the claim's time plus the lease)
+and be sending it, and moving it would let another notifier send it again."""
 _INSERT = (
     "INSERT INTO outbox (workspace_id, event_id, event_type, payload, created_at, attempts, "
     "next_attempt_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (event_id) DO NOTHING"

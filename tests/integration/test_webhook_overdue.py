@@ -15,7 +15,7 @@ import pytest
 import meter.store.postgres as pg
 import meter.store.sqlite as sq
 from gateway.webhooks import http_post
-from meter.accounts.notifier import Notifier
+from meter.accounts.notifier import Notifier, lease_ms
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from meter.store.schema import MIGRATIONS
 from tests.support.clock import T0, Clock
@@ -168,3 +168,28 @@ async def test_events_an_earlier_version_gave_up_on_are_retried_after_the_upgrad
         assert [r.json["id"] for r in rec.got] == [f"{WS}:old"]
     finally:
         await s.close()
+
+
+async def test_saving_the_webhook_leaves_overdue_events_a_notifier_has_claimed(
+    store: Store, rec: Receiver, session: aiohttp.ClientSession
+) -> None:
+    """PUT /webhook made every overdue event due at once, those another notifier had just
+    claimed (and was sending) too: a second notifier sent the claimed batch again."""
+    clock = Clock()
+    await store.set_webhook(WS, rec.url, SECRET)
+    n = notifier(store, session, clock)
+    ev = await fail_past_max_attempts(store, rec, n, clock)
+    other = OutboxEvent(WS, f"{WS}:e2", "funds.added", {"id": "e2"}, int(T0 * 1000) + 1)
+    await store.enqueue(other)
+    got = await store.get_event(other.event_id)
+    assert got is not None
+    assert got.id is not None
+    for _ in range(MAX_ATTEMPTS):  # overdue too, its next attempt an hour away
+        await store.mark_failed(got.id, "HTTP 503", int((clock.now + 3600) * 1000))
+    now = int(clock.now * 1000)
+    lease = lease_ms(2.0)
+    claimed = await store.due_events(now, 10, lease_ms=lease)  # notifier A claims e1
+    assert [e.event_id for e in claimed] == [ev.event_id]
+    await store.set_webhook(WS, rec.url, SECRET, overdue=MAX_ATTEMPTS, lease_end_ms=now + lease)
+    # notifier B finds e2 (overdue, not claimed) due at once, and not e1 (A's)
+    assert [e.event_id for e in await store.due_events(now, 10)] == [other.event_id]
