@@ -28,6 +28,7 @@ from meter.accounts.deps import (
 )
 from meter.accounts.notifier import lease_ms
 from meter.errors import Conflict, InvalidInput, NotFound
+from meter.redis_layer import keys
 from meter.store import (
     CapReached,
     DuplicateKey,
@@ -176,6 +177,11 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
         ) from None
 
 
+WAKE_EVERY_S = 3600.0
+"""Saving the webhook wakes a workspace's overdue notifications at most this often (the
+notifier's default backoff cap: as often as they are retried anyway)."""
+
+
 async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str) -> None:
     """Where the workspace's owner notifications go, and the key they are signed with."""
     if not 16 <= len(secret) <= 256:
@@ -183,9 +189,14 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
     if not secret.isprintable():  # NUL included, which PostgreSQL cannot store in text
         raise InvalidInput("secret", "must be printable characters")
     await check_reachable(d, "url", url, ws.id)
-    # Saving it again is how an owner says the receiver works now: overdue events go at once.
-    # Not those a notifier may be sending now (claimed: due within a lease from now).
-    overdue = d.settings.webhook_max_attempts
+    # Saving it again is how an owner says the receiver works now: overdue events go at
+    # once, at most once per WAKE_EVERY_S (else re-saving resends the backlog on demand, to
+    # any URL named), and not those a notifier may be sending (due within a lease from now).
+    overdue, most = 0, d.settings.webhook_max_attempts
+    if await d.store.overdue_events(most, ws.id) and await d.redis.set(
+        keys.webhook_wake_key(ws.id), 1, nx=True, px=int(WAKE_EVERY_S * 1000)
+    ):
+        overdue = most
     lease_end = d.now_ms() + lease_ms(d.settings.webhook_timeout_s)
     if not await d.store.set_webhook(ws.id, url, secret, overdue=overdue, lease_end_ms=lease_end):
         raise NotFound("workspace", ws.id)

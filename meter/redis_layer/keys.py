@@ -281,3 +281,8 @@ def claims_key(ws: str) -> str:
 def claim_records_key(ws: str) -> str:
     """Sorted set of claim records ``<kind>:<bucket_s>`` -> gen, and ``~`` -> floor."""
     return f"{ws_prefix(ws)}:fl"
+
+
+def webhook_wake_key(ws: str) -> str:
+    """Set (with a TTL) while saving the webhook may not wake overdue notifications again."""
+    return f"{ws_prefix(ws)}:wk"

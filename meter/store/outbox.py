@@ -90,13 +90,16 @@ class Outbox(StoreCore):
             row = await c.fetchrow("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
         return int(row["n"]) if row else 0
 
-    async def overdue_events(self, attempts: int) -> int:
-        """How many undelivered events have failed ``attempts`` times or more."""
+    async def overdue_events(self, attempts: int, workspace_id: str | None = None) -> int:
+        """How many undelivered events (of ``workspace_id``, else of all) have failed
+        ``attempts`` times or more."""
+        sql = "SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL AND attempts >= ?"
+        args: list[Any] = [attempts]
+        if workspace_id is not None:
+            sql += " AND workspace_id = ?"
+            args.append(workspace_id)
         async with self.connection() as c:
-            row = await c.fetchrow(
-                "SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL AND attempts >= ?",
-                attempts,
-            )
+            row = await c.fetchrow(sql, *args)
         return int(row["n"]) if row else 0
 
     async def due_events(
