@@ -5,8 +5,9 @@ path (``funds.added``). The notifier claims due events with a lease (so replicas
 send the same one at once), POSTs each as JSON signed with the workspace secret, marks
 it delivered on a 2xx answer and otherwise schedules a retry with exponential backoff,
 capped at ``backoff_cap_s``. An event is never given up on: after ``max_attempts`` it is
-*overdue* (a warning is logged once, the store counts it) and is retried every
-``backoff_cap_s`` until delivered; saving the workspace's webhook makes it due at once.
+*overdue* (the store counts it; a warning naming the workspace is logged at each failed
+retry) and is retried every ``backoff_cap_s`` until delivered; saving the workspace's
+webhook makes it due at once (at most once an hour).
 
 Workspaces are served fairly (see :class:`Notifier`): each has its own task, a round
 claims a few events of each, and a receiver that does not answer (timeout, refused,
@@ -222,6 +223,7 @@ class Notifier:
             await self.store.postpone_events(ws_id, ids, until, due_at=now, park=True)
             return 0
         delivered, tenant = 0, keys.tenant(ws.id, ws.owner_id)
+        overdue: list[OutboxEvent] = []  # failed again at or past max_attempts
         for n, ev in enumerate(events):
             if self._closing:
                 await self.store.postpone_events(ws_id, ids[n:], self._now())
@@ -230,6 +232,8 @@ class Notifier:
                 ev, ws.webhook_url, ws.webhook_secret, tenant
             )
             delivered += ok
+            if not ok and ev.attempts + 1 >= self.max_attempts:
+                overdue.append(ev)
             if unreachable_until is not None:
                 # No answer (timeout, refused, reset) or a slow error: the rest would
                 # most likely wait out the timeout too. They, and the workspace's other
@@ -237,6 +241,20 @@ class Notifier:
                 now = self._now()
                 await self.store.postpone_events(ws_id, ids[n + 1 :], unreachable_until, due_at=now)
                 break
+        if overdue:
+            # One line per workspace and retry (hourly once overdue), so an operator finds
+            # which workspace keeps CreditgateWebhookOverdue firing; also for events made
+            # due again by migration 20, which never reached attempts == max_attempts here.
+            log.warning(
+                "webhooks: workspace %s: %d overdue notification(s) failed again at %s "
+                "(the oldest %s, %d attempts); retried every %g s until delivered",
+                ws_id,
+                len(overdue),
+                url_origin(ws.webhook_url),  # the owner's URL may carry a token
+                overdue[0].event_id,
+                overdue[0].attempts + 1,
+                self.backoff_cap_s,
+            )
         return delivered
 
     async def _deliver(
@@ -260,13 +278,5 @@ class Notifier:
             return True, None
         attempts = ev.attempts + 1
         retry_at = self._now() + self.backoff_ms(attempts)
-        if attempts == self.max_attempts:
-            log.warning(
-                "webhook %s to %s failed %d times; overdue, retried every %g s until delivered",
-                ev.event_id,
-                url_origin(url),  # the owner's URL may carry a token
-                attempts,
-                self.backoff_cap_s,
-            )
         await self.store.mark_failed(ev.id, error, retry_at)
         return False, retry_at if unreachable else None

@@ -108,9 +108,11 @@ async def test_an_overdue_event_is_counted_and_retried_at_the_cap_until_delivere
     assert await store.overdue_events(MAX_ATTEMPTS) == 1
     assert await store.overdue_events(MAX_ATTEMPTS + 3) == 0
     warned = [r.getMessage() for r in caplog.records if "overdue" in r.getMessage()]
-    assert warned == [  # once, naming the receiver's origin only
-        f"webhook {WS}:e1 to {rec.url.rsplit('/', 1)[0]} failed {MAX_ATTEMPTS} times; "
-        f"overdue, retried every {CAP_S:g} s until delivered"
+    assert warned == [  # at each overdue failure, naming the workspace, the origin only
+        f"webhooks: workspace {WS}: 1 overdue notification(s) failed again at "
+        f"{rec.url.rsplit('/', 1)[0]} (the oldest {WS}:e1, {attempts} attempts); "
+        f"retried every {CAP_S:g} s until delivered"
+        for attempts in range(MAX_ATTEMPTS, MAX_ATTEMPTS + 3)
     ]
     assert all("tok-in-the-url" not in r.getMessage() for r in caplog.records)
     assert await n.deliver_due() == 1  # retried when due; the receiver answers again
@@ -147,8 +149,13 @@ async def test_the_backoff_of_a_long_overdue_event_stays_at_the_cap() -> None:
 
 
 async def test_events_an_earlier_version_gave_up_on_are_retried_after_the_upgrade(
-    url: str, monkeypatch: pytest.MonkeyPatch, rec: Receiver, session: aiohttp.ClientSession
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    rec: Receiver,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING)
     s = open_store(url)
     try:
         with monkeypatch.context() as m:
@@ -164,8 +171,19 @@ async def test_events_an_earlier_version_gave_up_on_are_retried_after_the_upgrad
             await c.execute("UPDATE outbox SET attempts = 12, next_attempt_at = NULL")
         assert await s.migrate() == [step.version for step in MIGRATIONS if step.version >= 20]
         assert await s.pending_events() == 1
-        assert await notifier(s, session, Clock()).deliver_due() == 1
-        assert [r.json["id"] for r in rec.got] == [f"{WS}:old"]
+        clock = Clock()
+        n = notifier(s, session, clock)
+        rec.fail, rec.fail_with = 1, 503
+        assert await n.deliver_due() == 0
+        # past max_attempts already: the warning names the workspace at this retry too
+        assert [r.getMessage() for r in caplog.records if WS in r.getMessage()] == [
+            f"webhooks: workspace {WS}: 1 overdue notification(s) failed again at "
+            f"{rec.url.rsplit('/', 1)[0]} (the oldest {WS}:old, 13 attempts); "
+            f"retried every {CAP_S:g} s until delivered"
+        ]
+        clock.advance(CAP_S)
+        assert await n.deliver_due() == 1
+        assert [r.json["id"] for r in rec.got] == [f"{WS}:old", f"{WS}:old"]
     finally:
         await s.close()
 

@@ -129,8 +129,9 @@ async def test_overdue_after_max_attempts_and_survives_a_dead_receiver(
     # the operator's log names where, never the owner's path or token
     overdue = [r.getMessage() for r in caplog.records if "overdue" in r.getMessage()]
     assert overdue == [
-        f"webhook {WS}:e3 to http://127.0.0.1:9 failed 2 times; "
-        "overdue, retried every 3600 s until delivered"
+        f"webhooks: workspace {WS}: 1 overdue notification(s) failed again at "
+        f"http://127.0.0.1:9 (the oldest {WS}:e3, 2 attempts); "
+        "retried every 3600 s until delivered"
     ]
     for r in caplog.records:
         assert "tok-in-the-url" not in r.getMessage()
