@@ -13,7 +13,12 @@ RETRY_GIVEN_UP = (
 )
 
 # Migration 21: delivered events by delivery time, for the retention sweep
-# (:meth:`meter.store.outbox.Outbox.forget_delivered`).
+# (:meth:`meter.store.outbox.Outbox.forget_delivered`). ``IF NOT EXISTS`` (added after
+# the step shipped; where it ran, it built the same index) lets an operator build it
+# beforehand on a big PostgreSQL outbox with ``CREATE INDEX CONCURRENTLY``: a step runs
+# in a transaction, where a plain build holds outbox writes for its whole length (README
+# "upgrading").
 DELIVERED_BY_AGE = (
-    "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL"
+    "CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) "
+    "WHERE delivered_at IS NOT NULL"
 )

@@ -11,10 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import meter.store.postgres as pg
 from gateway.webhooks import http_post
 from meter.accounts.notifier import Notifier
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from meter.store.outbox import FORGOTTEN
+from meter.store.schema import MIGRATIONS
 from tests.support.clock import T0, Clock
 from tests.support.receiver import Receiver, receiver
 
@@ -122,3 +124,31 @@ async def test_a_forgotten_notification_queued_again_is_not_sent_again(
         assert await store.pending_events() == 0
         assert await until_idle(n) == 0
     assert [r.json["id"] for r in rec.got] == [event.event_id]
+
+
+@pytest.mark.postgres
+async def test_migration_21_takes_the_index_built_beforehand_concurrently(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 21's plain CREATE INDEX holds outbox writes for the whole build (3M rows:
+    an INSERT waited 4 s); a step runs in a transaction, so it cannot build CONCURRENTLY.
+    The README has operators build it by hand first; the step then takes it as it is."""
+    s = open_store(pg_dsn)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(pg, "MIGRATIONS", tuple(st for st in MIGRATIONS if st.version < 21))
+            await s.migrate()
+        async with s.connection() as c:  # as README says, outside any transaction
+            await c.execute(
+                "CREATE INDEX CONCURRENTLY outbox_delivered ON outbox (delivered_at) "
+                "WHERE delivered_at IS NOT NULL"
+            )
+        assert await s.migrate() == [21]
+        async with s.connection() as c:
+            valid = await c.fetchval(
+                "SELECT i.indisvalid AS v FROM pg_index i JOIN pg_class c "
+                "ON c.oid = i.indexrelid WHERE c.relname = 'outbox_delivered'"
+            )
+        assert valid is True
+    finally:
+        await s.close()
