@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.support.connect_watch",
     "tests.support.adminkit",
     "tests.support.metering",
+    "tests.support.receiver",
 ]

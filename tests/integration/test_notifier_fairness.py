@@ -45,12 +45,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.close()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def enqueue(store: Store, ws: str, n: int, kind: str = "app.inactive", at: int = 0) -> None:
     """``n`` events of ``ws`` created ``at + i`` ms after ``EPOCH`` (so in this order)."""
     for i in range(n):

@@ -18,7 +18,7 @@ from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from meter.store.outbox import FORGOTTEN
 from meter.store.schema import MIGRATIONS
 from tests.support.clock import T0, Clock
-from tests.support.receiver import Receiver, receiver
+from tests.support.receiver import Receiver
 
 SECRET = "whsec-" + "r" * 26
 WS, BARE = "wsretain01", "wsretain02"
@@ -38,12 +38,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.create_workspace(Workspace(ws, ws, "u0001", 0))
     yield s
     await s.close()
-
-
-@pytest.fixture
-async def rec() -> AsyncIterator[Receiver]:
-    async with receiver() as r:
-        yield r
 
 
 async def ids(store: Store, ws: str) -> list[str]:

@@ -19,7 +19,7 @@ from meter.accounts.notifier import Notifier, lease_ms
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from meter.store.schema import MIGRATIONS
 from tests.support.clock import T0, Clock
-from tests.support.receiver import Receiver, receiver
+from tests.support.receiver import Receiver
 
 SECRET = "whsec-" + "o" * 26
 WS = "wsoverdue1"
@@ -42,18 +42,6 @@ async def store(url: str) -> AsyncIterator[Store]:
     await s.create_workspace(Workspace(WS, "Acme", "u0001", 0))
     yield s
     await s.close()
-
-
-@pytest.fixture
-async def rec() -> AsyncIterator[Receiver]:
-    async with receiver() as r:
-        yield r
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock) -> Notifier:

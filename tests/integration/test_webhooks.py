@@ -14,7 +14,7 @@ from meter.accounts.notifier import Notifier
 from meter.accounts.webhook_signing import SIGNATURE_HEADER, TIMED_SIGNATURE_HEADER, signature
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from tests.support.clock import T0, Clock
-from tests.support.receiver import Receiver, receiver
+from tests.support.receiver import Receiver
 
 SECRET = "whsec-" + "k" * 26
 WS = "wsnotify1"
@@ -28,18 +28,6 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.create_workspace(Workspace(WS, "Acme", "u0001", 0))
     yield s
     await s.close()
-
-
-@pytest.fixture
-async def rec() -> AsyncIterator[Receiver]:
-    async with receiver() as r:
-        yield r
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock, **kw: float) -> Notifier:

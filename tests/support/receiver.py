@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from meter.accounts.webhook_signing import (
@@ -108,3 +110,20 @@ async def hanging_receiver() -> AsyncIterator[Hang]:
         for writer in open_:
             writer.transport.abort()
         await server.wait_closed()
+
+
+# Fixtures (loaded for every test by ``pytest_plugins`` in tests/conftest.py).
+
+
+@pytest.fixture
+async def rec() -> AsyncIterator[Receiver]:
+    """A receiver of owner notifications, running for the test."""
+    async with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for a notifier, closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
