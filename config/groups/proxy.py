@@ -62,3 +62,7 @@ class ProxySettings(BaseModel):
     # in, whole, within this many seconds of its first read, else 408 and the connection
     # closed (an admin call is decided again once its body is in: gateway.admin_api.http).
     admin_body_timeout_s: Seconds = 15.0
+    # The admin port's streamed exports (the sessions CSV): each part written (a page of
+    # rows) must be taken by the client within this many seconds, else the connection is
+    # cut without the final chunk (a client that stops reading holds nothing).
+    export_stream_timeout_s: Seconds = 30.0

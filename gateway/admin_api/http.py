@@ -8,8 +8,10 @@ within ``admin_body_timeout_s`` (408, the connection closed); as it may have tak
 long, the caller is authenticated and the policy decided again once it is in (a token
 revoked, a console session ended, a member removed or an app handed over meanwhile
 counts), before the body is parsed with the route's model (400 for malformed JSON, 422
-naming the field); the handler runs on that second grant. Nothing is changed before all
-of this succeeded. Errors become problem+json in :func:`gateway.admin_api.errors.errors`.
+naming the field); the handler runs on that second grant. A handler whose answer
+outlives its start (a streamed CSV) decides it again through :attr:`Call.again`.
+Nothing is changed before all of this succeeded. Errors become problem+json in
+:func:`gateway.admin_api.errors.errors`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SESSION_RELOAD: web.RequestKey[SessionReload] = web.RequestKey("console_session_
 M = TypeVar("M", bound=BaseModel)
 KINDS = {"ws": "workspace", "app": "app", "channel": "channel"}  # path parameter -> what it names
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+Regrant = Callable[[], Awaitable[tuple[Principal, Grant]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,9 @@ class Call:
     body: BaseModel | None
     query: BaseModel | None
     grant: Grant = field(default_factory=Grant)
+    # The caller authenticated and the route's policy decided anew (401/403/404 raised
+    # as for a new request): for a handler whose answer outlives its start (a stream).
+    again: Regrant | None = None
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
@@ -173,14 +179,18 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         grant = await route.access.grant(d.store, principal, request.match_info)
         query = read_query(request, route.query) if route.query else None
         body = None
+
+        async def again() -> tuple[Principal, Grant]:
+            caller = await _caller(request, route, d, again=True)
+            return caller, await route.access.grant(d.store, caller, request.match_info)
+
         if route.body:
             raw = await read_raw(request, d.settings.admin_body_timeout_s)
             # What the caller may do is decided again now that the body is in, before
             # it is looked at: the grant above may be as old as the body took.
-            principal = await _caller(request, route, d, again=True)
-            grant = await route.access.grant(d.store, principal, request.match_info)
+            principal, grant = await again()
             body = parse_body(raw, route.body, lambda data: route.access.check_members(grant, data))
-        return await route.handler(Call(request, principal, d, body, query, grant))
+        return await route.handler(Call(request, principal, d, body, query, grant, again))
 
     handle.__name__ = route.handler.__name__
     return handle

@@ -15,11 +15,12 @@ from config.money import format_amount
 from gateway.admin_api import list_schemas as ls
 from gateway.admin_api import query_schemas as qs
 from gateway.admin_api import report_schemas as r
+from gateway.admin_api.csv_stream import stream_csv
 from gateway.admin_api.http import Call, json_response
 from meter.accounts import authz, credits
 from meter.accounts.pages import limit_of
 from meter.accounts.plan_usage import plan_usage
-from meter.errors import InvalidInput, MeteringUnavailable
+from meter.errors import Forbidden, InvalidInput, MeteringUnavailable, NotFound, Unauthorized
 from meter.store import UsagePoint
 from meter.timestamps import iso
 from meter.usage.export import formula_safe
@@ -174,13 +175,30 @@ async def get_sessions(call: Call) -> web.StreamResponse:
     block_ms = int(d.settings.session_block_s * 1000)
     idle_ms = int(d.settings.session_idle_s * 1000)
     if csv_wanted and q.cursor is None and q.limit is None:
-        # A CSV without paging arguments is the whole range, streamed page by page.
+        # A CSV without paging arguments is the whole range, streamed page by page: a
+        # snapshot of the sessions begun before the stream did (a `to` in the future
+        # lists no session flushed while the stream runs), each page after the first
+        # written only while the caller may still read it (csv_stream).
+        now_ms = d.now_ms()
         pages = every_session(
-            d.store, d.redis, ws_id, from_ms, to_ms, app_id=q.app_id, app_ids=scope,
-            channel=q.channel, desc=q.order == "desc", block_ms=block_ms, idle_ms=idle_ms,
-            now_ms=d.now_ms(),
+            d.store, d.redis, ws_id, from_ms, min(to_ms, now_ms), app_id=q.app_id,
+            app_ids=scope, channel=q.channel, desc=q.order == "desc", block_ms=block_ms,
+            idle_ms=idle_ms, now_ms=now_ms,
         )  # fmt: skip
-        return await _stream_csv(call.request, pages)
+
+        async def allowed() -> bool:
+            assert call.again is not None
+            try:
+                principal, grant = await call.again()
+                now = await authz.usage_scope(d.store, principal, ws_id, q.app_id, grant.roles)
+            except (Unauthorized, Forbidden, NotFound):
+                return False
+            return now == scope
+
+        return await stream_csv(
+            call.request, _csv_parts(pages), allowed=allowed,
+            write_timeout_s=d.settings.export_stream_timeout_s,
+        )  # fmt: skip
     found = await sessions_page(
         d.store, d.redis, ws_id, from_ms, to_ms,
         app_id=q.app_id, app_ids=scope, channel=q.channel, cursor=q.cursor,
@@ -227,19 +245,10 @@ def _csv_lines(items: list[r.SessionOut], *, header: bool) -> str:
     return buf.getvalue()
 
 
-async def _stream_csv(
-    request: web.Request, pages: AsyncGenerator[list[Listed], None]
-) -> web.StreamResponse:
-    """Every page as CSV rows of one chunked answer. The first page is read before the
-    answer starts (a store that fails then is a 503); a failure after that ends the
-    connection without the final chunk, so a client never takes a cut file for whole."""
+async def _csv_parts(pages: AsyncGenerator[list[Listed], None]) -> AsyncGenerator[str, None]:
+    """Every page as CSV rows, the first with the header row (even when empty)."""
     async with aclosing(pages):
         first: list[Listed] = await anext(pages, [])
-        resp = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        await resp.write(_csv_lines([_session_out(x) for x in first], header=True).encode())
+        yield _csv_lines([_session_out(x) for x in first], header=True)
         async for page in pages:
-            await resp.write(_csv_lines([_session_out(x) for x in page], header=False).encode())
-        await resp.write_eof()
-    return resp
+            yield _csv_lines([_session_out(x) for x in page], header=False)
