@@ -30,12 +30,14 @@ MAX_NAME = 200
 # What a name may not hold (docs/design.md §3): control, format, surrogate, private-use
 # characters and line or paragraph separators, by category; characters that show as a
 # blank though they are letters or symbols (Hangul fillers, the Braille blank, Khmer's
-# inherent vowels); unassigned code points (Cn: noncharacters, and those that render as
-# nothing once assigned), but in the emoji blocks, where Python's Unicode data lags the
-# emoji people type (U+1FAE8 is Cn before Unicode 15).
+# inherent vowels); of the code points unassigned in Python's Unicode data (Cn), the
+# noncharacters and those reserved as default-ignorable (rendered as nothing once
+# assigned: U+2065, U+FFF0-FFF8, U+E0000-E0FFF). Any other Cn is accepted: that data
+# lags what people type (Unicode 14 on Python 3.11: CJK Extension H U+31350.., Kawi
+# U+11F00.., the emoji U+1FAE8 are newer), and one still unassigned shows as a box.
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
-_EMOJI_BLOCKS = range(0x1F000, 0x1FB00)
+_IGNORABLE_RESERVED = (range(0x2065, 0x2066), range(0xFFF0, 0xFFF9), range(0xE0000, 0xE1000))
 # Combining marks one character of a name may carry (several for Vietnamese, Hebrew
 # points, a keycap emoji); past it they pile up over the text around (a + 199 accents).
 MAX_MARKS = 8
@@ -118,7 +120,9 @@ def check_text(field: str, value: str, limit: int = MAX_NAME, *, name: bool = Tr
 def _hidden(ch: str) -> bool:
     category = unicodedata.category(ch)
     if category == "Cn":
-        return ord(ch) not in _EMOJI_BLOCKS
+        cp = ord(ch)
+        noncharacter = 0xFDD0 <= cp <= 0xFDEF or cp & 0xFFFE == 0xFFFE
+        return noncharacter or any(cp in r for r in _IGNORABLE_RESERVED)
     return category in _HIDDEN or ch in _BLANK
 
 
