@@ -17,6 +17,7 @@ from config import Catalog, Settings
 from config.urls import url_origin
 from meter.accounts import egress
 from meter.accounts.addresses import AddressRefused, EgressRefused
+from meter.accounts.joiners import JOINERS, joins
 from meter.errors import InvalidInput
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -128,9 +129,10 @@ def _hidden(ch: str) -> bool:
 
 def check_name(field: str, value: str) -> None:
     """:class:`InvalidInput` unless ``value`` shows as what it says: no hidden character
-    (:data:`_HIDDEN`), at least one visible one (not a space, mark or blank), and at most
-    :data:`MAX_MARKS` combining marks in a row."""
-    if any(_hidden(ch) for ch in value):
+    (:data:`_HIDDEN`; a zero-width joiner or non-joiner only in a joining context, see
+    :mod:`meter.accounts.joiners`), at least one visible one (not a space, mark or
+    blank), and at most :data:`MAX_MARKS` combining marks in a row."""
+    if any(_hidden(ch) and not (ch in JOINERS and joins(value, i)) for i, ch in enumerate(value)):
         raise InvalidInput(field, "must not contain control, format or invisible characters")
     marks = 0
     visible = False

@@ -522,6 +522,7 @@ async def test_names_refuse_control_format_and_invisible_characters(any_admin: A
     for bad in (
         "Payroll \u202egnp.exe",
         "a\u200bb",
+        "a\u200cb",  # a non-joiner where nothing joins
         "two\nlines",
         "bell\x07",
         "x\u2066y",
@@ -540,7 +541,11 @@ async def test_names_refuse_control_format_and_invisible_characters(any_admin: A
         )
         assert status == 422, problem
         assert "name" in problem["detail"], problem
-    for good in ("Café 東京 עברית", "Nguyễn Thị Phương", "Cafe\u0301", "❤️ Bots 🤖", "1️⃣ 👍🏽"):
+    for good in (
+        "Café 東京 עברית", "Nguyễn Thị Phương", "Cafe\u0301", "❤️ Bots 🤖", "1️⃣ 👍🏽",
+        "فن\u200cآوران", "ශ්\u200dරී ලංකා",  # joiners where they join (Persian, Sinhala)
+        "王\U00031350 \U00011f04",  # newer than Python 3.11's Unicode 14: Ext H, Kawi
+    ):  # fmt: skip
         made = await admin.ok("POST", "/v1/workspaces", tok, {"name": good})
         assert made["name"] == good
 

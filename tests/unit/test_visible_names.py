@@ -39,6 +39,20 @@ REFUSED = {
     # refused before already: still refused
     "bidi override": "a\u202eb",
     "zero-width joiner": "a\u200db",
+    # a joiner outside a joining context (meter/accounts/joiners.py)
+    "ZWNJ between latin letters": "a\u200cb",
+    "ZWNJ leading": "\u200cفن",
+    "ZWNJ trailing after an arabic letter": "فن\u200c",
+    "ZWNJ after a right-joining letter (shows nothing)": "دا\u200cن",
+    "ZWNJ before hamza (joins on neither side)": "فن\u200cء",
+    "ZWNJ between two arabic words": "فن \u200cآ",
+    "two ZWNJ": "فن\u200c\u200cآوران",
+    "ZWJ between arabic letters (no virama)": "فن\u200dآ",
+    "ZWJ after a virama, trailing": "ශ්\u200d",
+    "ZWJ after a virama, before a space": "ශ්\u200d ලංකා",
+    "ZWJ after a virama, before another joiner": "ශ්\u200d\u200cර",
+    "ZWJ lone": "\u200d",
+    "ZWJ emoji sequence": "👨\u200d👩\u200d👧",
     "newline": "two\nlines",
     "tag character": "a\U000e0041",
     "mongolian vowel separator": "\u180e",
@@ -71,6 +85,13 @@ ACCEPTED = {
     "ideographic space inside": "東京\u3000支社",
     "MAX_MARKS marks": "a" + "\u0301" * MAX_MARKS,
     "object replacement": "\ufffc",
+    # joiners in a joining context (RFC 5892 CONTEXTJ)
+    "persian ZWNJ": "فن\u200cآوران",
+    "persian ZWNJ (another word)": "می\u200cخواهم",
+    "persian ZWNJ past a mark": "مُ\u200cحَ",
+    "sinhala ZWJ after the virama (Sri Lanka)": "ශ්\u200dරී ලංකා",
+    "devanagari ZWJ half form": "क्\u200dष",
+    "devanagari ZWNJ after the virama": "क्\u200cष",
 }
 
 
