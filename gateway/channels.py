@@ -43,7 +43,8 @@ a channel that bills only what it finds, or for one naming a key twice in an obj
 the callback is refused (:attr:`Message.unreadable`: 422 ``uninspectable_delivery``).
 
 The body is parsed (orjson) only for a channel that has a pointer or a skip rule. A
-skipped callback buys one bit, 200 or 400 (:mod:`gateway.unbilled`).
+skipped callback buys no text: a fixed answer, 200 or 400, whose timing the bot still
+chooses (:mod:`gateway.unbilled`).
 """
 
 from __future__ import annotations

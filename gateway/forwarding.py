@@ -143,9 +143,10 @@ def forwarded_headers(
         out["Forwarded"] = f"{fwd}, for={_node(peer)}"
     if "X-Real-IP" in src:  # one address by convention: only the peer's is true
         out["X-Real-IP"] = peer
-    via = _joined(src, "Via")
-    mine = _via.entry  # this deployment's (gateway.via): a loop back is answered 508
-    out["Via"] = f"{via}, {mine}" if via else mine
+    vias = src.getall("Via", ())
+    # This deployment's entry last (gateway.via): a loop back is answered 508. The
+    # client's entries are rebuilt, never passed as text (gateway.via.forwarded).
+    out["Via"] = _via.forwarded(vias) if vias else _via.entry
     if app:
         out[APP_HEADER] = app
     if "Cookie" in out and mentions_console_cookie(out.getall("Cookie")):

@@ -206,10 +206,10 @@ def check_readable(proxy: Proxy, msg: Message, label: str, app_id: str) -> None:
         raise batched_delivery(msg.several)
 
 
-def check_standing(proxy: Proxy, app_id: str) -> None:
+async def check_standing(proxy: Proxy, app_id: str) -> None:
     """403 for a callback not admitted to a suspended or unlicensed app: only the credit
     check is exempt (:meth:`gateway.upstreams.Upstreams.refusal`, read with its upstream)."""
-    if proxy.metering and (reason := proxy.upstreams.refusal(app_id)):
+    if proxy.metering and (reason := await proxy.upstreams.refusal(app_id)):
         proxy.metrics.refused(reason)
         raise Refused(reason)
 
@@ -252,7 +252,7 @@ async def admit(
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
     unbilled = None
     if not msg.billable:
-        check_standing(proxy, app_id)
+        await check_standing(proxy, app_id)
         unbilled = Unbilled(msg.challenge)
     user = key = None
     if verified.authenticated and rule.user_pointer is not None:

@@ -3,7 +3,8 @@
 A channel's skip rules (:mod:`gateway.channels`) pass some signed callbacks to the bot
 unmetered. The tenant holds its channel secrets and can sign any body that matches a
 skip rule, question and all (an MS Teams token does not even cover the body), so such
-a callback buys one bit (did the bot take it?), never its status or answer:
+a callback buys no text: only the class of the answer (below) and when it came (a bot
+can choose its delay: about 8 bits a call by timing; not closed), never its status or answer:
 
 * a 5xx is answered 502 ``upstream_error`` (and a 1xx 502 ``upstream_unavailable``),
   as for a metered message: never the bot's failed body;

@@ -92,11 +92,21 @@ class Upstreams:
         entry = self._cache.get(app_id)
         return entry.tenant if entry is not None else keys.workspace_of(app_id)
 
-    def refusal(self, app_id: str) -> str:
+    async def refusal(self, app_id: str) -> str:
         """Why a callback to ``app_id`` that is not metered is refused ("" when it is not;
-        see the module), as last read by :meth:`resolve`."""
+        see the module), as last read by :meth:`resolve`. An entry forgotten since (the
+        cache is emptied when full: anyone can fill it with made-up ids) is read again,
+        never taken as "not refused"; still missing after two reads, Redis is treated as
+        unanswering (:class:`MeteringUnavailable`), never as a pass."""
+        for _ in range(2):
+            entry = self._cache.get(app_id)
+            if entry is not None:
+                return entry.refusal
+            await self.resolve(app_id)
         entry = self._cache.get(app_id)
-        return entry.refusal if entry is not None else ""
+        if entry is None:
+            raise MeteringUnavailable("the app's standing could not be kept", ambiguous=False)
+        return entry.refusal
 
     async def _read(self, ws: str, app_id: str) -> tuple[list[Any], Any, str]:
         wk = keys.ws_key(ws)

@@ -35,8 +35,9 @@ def name_via(new: str) -> None:
     name, entry, _folded = new, "1.1 " + new, new.lower()
 
 
-def received_by(values: Iterable[str]) -> list[str]:
-    """The received-by of each entry of the ``Via`` lines ``values``, comments out."""
+def entries(values: Iterable[str]) -> list[tuple[str, str]]:
+    """The (protocol, received-by) of each entry of the ``Via`` lines ``values``, their
+    comments out."""
     out = []
     for value in values:
         if "(" in value:
@@ -44,24 +45,50 @@ def received_by(values: Iterable[str]) -> list[str]:
         for part in value.split(","):
             fields = part.split()
             if len(fields) >= 2:
-                out.append(fields[1])
+                out.append((fields[0], fields[1]))
     return out
 
 
+def received_by(values: Iterable[str]) -> list[str]:
+    """The received-by of each entry of the ``Via`` lines ``values``, comments out."""
+    return [by for _, by in entries(values)]
+
+
+def forwarded(values: Iterable[str]) -> str:
+    """The ``Via`` to send on: the request's entries rebuilt without their comments, then
+    this deployment's. Never the client's text as it came: an unclosed comment there
+    would swallow the entry appended after it, and the loop would pass unseen."""
+    return ", ".join([*(f"{proto} {by}" for proto, by in entries(values)), entry])
+
+
 def passed_here(values: Iterable[str]) -> bool:
-    """Whether ``values`` (the request's ``Via`` lines) hold this deployment's entry."""
-    return any(by.lower() == _folded for by in received_by(values))
+    """Whether ``values`` (the request's ``Via`` lines) hold this deployment's entry.
+    A line that does not hold the name at all is not parsed (a long hostile one costs
+    one case fold)."""
+    lines = [v for v in values if _folded in v.lower()]
+    return bool(lines) and any(by.lower() == _folded for by in received_by(lines))
 
 
 def _without_comments(value: str) -> str:
-    """``value`` without its comments, nested ones included, in one pass (a hostile
-    header's nesting costs no more than its length); an unclosed one runs to the end."""
-    out, depth = [], 0
+    """``value`` without its comments (RFC 9110 §5.6.5: nested ones, a backslash quotes
+    the next character), in one pass (a hostile header's nesting costs no more than its
+    length). A comment left unclosed hides nothing: then only the parentheses go (an
+    entry after it, such as the one the gateway appended, stays an entry)."""
+    out, depth, quoted = [], 0, False
     for ch in value:
-        if ch == "(":
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-        elif not depth:
+        if depth:
+            if quoted:
+                quoted = False
+            elif ch == "\\":
+                quoted = True
+            elif ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+        elif ch == "(":
+            depth = 1
+        else:
             out.append(ch)
+    if depth:
+        return value.replace("(", " ").replace(")", " ")
     return "".join(out)

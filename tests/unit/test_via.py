@@ -22,7 +22,10 @@ def _default_name() -> Iterator[None]:
         (["1.0 fred, 1.1 p.example.net:8080 (Apache/1.1)"], ["fred", "p.example.net:8080"]),
         (["HTTP/2 a", "1.1 b"], ["a", "b"]),
         (["1.0 a (x, 1.1 y (nested, z)), 1.1 c"], ["a", "c"]),
-        (["1.1 a (unclosed, 1.1 creditgate"], ["a"]),
+        # An unclosed comment hides nothing (review contract2: it hid the entry the
+        # gateway appended, and a self-loop went round 97 times unseen).
+        (["1.1 a (unclosed, 1.1 creditgate"], ["a", "creditgate"]),
+        ([r"1.0 x (\(), 1.1 creditgate"], ["x", "creditgate"]),  # a quoted "(" nests nothing
         (["creditgate", " , ,"], []),
     ],
 )
@@ -52,3 +55,14 @@ def test_a_deployment_named_otherwise_writes_and_finds_its_own_name() -> None:
     assert via.entry == "1.1 acme-gw"
     assert via.passed_here(["1.1 acme-gw"])
     assert not via.passed_here(["1.1 creditgate"])
+
+
+@pytest.mark.parametrize("client", ["1.0 x (", r"1.0 x (\()", "1.0 x ((a)"])
+def test_what_the_gateway_forwards_is_seen_as_a_loop_whatever_the_client_sent(
+    client: str,
+) -> None:
+    """The Via sent on is rebuilt: at the next hop this deployment's entry is an entry."""
+    sent = via.forwarded([client])
+    assert sent.endswith(", 1.1 creditgate")
+    assert "(" not in sent
+    assert via.passed_here([sent])
