@@ -143,7 +143,7 @@ def forwarded_headers(
         out["Forwarded"] = f"{fwd}, for={_node(peer)}"
     if "X-Real-IP" in src:  # one address by convention: only the peer's is true
         out["X-Real-IP"] = peer
-    vias = src.getall("Via", ())
+    vias = [v for v in src.getall("Via", ()) if v.isascii() or clean(v)]  # as _joined
     # This deployment's entry last (gateway.via): a loop back is answered 508. The
     # client's entries are rebuilt, never passed as text (gateway.via.forwarded).
     out["Via"] = _via.forwarded(vias) if vias else _via.entry

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from gateway.via import received_by
 from meter.accounts import projection
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -263,7 +264,11 @@ async def test_a_proxy_named_like_the_gateway_is_no_loop(
     async with http.post(f"{gw.url}/hooks/web/{APP}", data=b"{}", headers=headers) as resp:
         assert resp.status == 200
     assert bot.count() == 1
-    assert bot.calls[0].headers["Via"] == f"{via}, 1.1 creditgate"
+    # Sent on rebuilt, comments dropped (gateway.via.forwarded), the entries kept.
+    sent = bot.calls[0].headers["Via"]
+    assert sent.split(", ")[-1] == "1.1 creditgate"
+    assert "(" not in sent
+    assert received_by([sent]) == [*received_by([via]), "creditgate"]
     assert await free_credit(rclient, WS) < FREE
 
 
