@@ -110,8 +110,9 @@ local function record(m, units, bsid, free, app, pool, inv)
     user = ''
   end
   if m.idem ~= '' and free + app + pool + inv == 0 then ttl = free_ttl(m.app_id, m.a) end
-  redis.call('SET', m.ik, string.format('%s\t1\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s%s',
-    m.token, m.digest, units, bsid, free, app, pool, inv, ch, unit, user, at), 'PX', ttl)
+  redis.call('SET', m.ik, m.token .. '\t1\t' .. m.digest .. '\t' .. N(units) .. '\t' .. bsid
+    .. '\t' .. N(free) .. '\t' .. N(app) .. '\t' .. N(pool) .. '\t' .. N(inv) .. '\t' .. ch
+    .. '\t' .. unit .. '\t' .. user .. at, 'PX', ttl)
   if units > 0 and not m.settle then
     DEADLINE = DEADLINE or D(now + ARGV[15])
     redis.call('ZADD', P .. ':rsv', DEADLINE, m.app_id .. ':' .. m.rid)

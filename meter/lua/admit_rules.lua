@@ -198,7 +198,7 @@ local function write_session(S, a, charged)
   else
     S.msgs = S.msgs + 1
   end
-  redis.call('HSET', sr_key(S.fkb), S.fld, string.format('%d,%d,%d,%s,%d,%d,%s', S.cs,
-    S.last - S.cs, S.blocks, S.bsid, S.msgs, S.amount, a.product)
-    .. (S.opened and ',' .. S.opened or ''))
+  redis.call('HSET', sr_key(S.fkb), S.fld, D(S.cs) .. ',' .. N(S.last - S.cs) .. ','
+    .. N(S.blocks) .. ',' .. S.bsid .. ',' .. N(S.msgs) .. ',' .. N(S.amount) .. ','
+    .. a.product .. (S.opened and ',' .. S.opened or ''))
 end
