@@ -45,8 +45,8 @@ local function fast(app_id, a, pr, fkey, token, fld, found, fkb, idem, ch, user,
     -- No unit: channel, unit and user are left empty (only a refund reads them); then
     -- where it was counted, "@<bucket>": a refund un-counts it there (refund.lua).
     AT = AT or '\t@' .. D(bucket)
-    redis.call('SET', ik, string.format('%s\t1\t%s\t0\t%s\t0\t0\t0\t0\t\t\t%s', token, digest,
-      bsid, AT), 'PX', free_ttl(app_id, a))
+    redis.call('SET', ik, token .. '\t1\t' .. digest .. '\t0\t' .. bsid .. '\t0\t0\t0\t0\t\t\t'
+      .. AT, 'PX', free_ttl(app_id, a))
   end
   redis.call('HSET', SRK[fkb], fld, cs .. ',' .. d .. ',' .. blocks .. ',' .. bsid .. ',' ..
     D(msgs + 1) .. ',' .. rest)
