@@ -39,6 +39,20 @@ MAX_NAME = 200
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 _IGNORABLE_RESERVED = (range(0x2065, 0x2066), range(0xFFF0, 0xFFF9), range(0xE0000, 0xE1000))
+# Default-ignorable combining marks (Mn, so no category above catches them): the
+# combining grapheme joiner, Mongolian free variation selectors and variation selectors
+# 1-256 show nothing, "Acme" + VS1 looks like "Acme". Refused but where one selects how
+# the character before it shows (:func:`_selects`).
+_IGNORABLE_MARKS = (
+    range(0x034F, 0x0350), range(0x180B, 0x180E), range(0x180F, 0x1810),
+    range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0),
+)  # fmt: skip
+_PRESENTATION = frozenset("\ufe0e\ufe0f")  # VS15/VS16: text or emoji style
+# Emoji with a text and an emoji style that are no symbol (So, Sm): keycap bases,
+# ‼ ⁉ ℹ 〰 〽 (Unicode's emoji-variation-sequences.txt).
+_EMOJI_BASES = frozenset("#*0123456789\u203c\u2049\u2139\u3030\u303d")
+_IDEOGRAPHIC_VS = range(0xE0100, 0xE01F0)  # VS17-256, Ideographic Variation Database
+_HAN = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")
 # Combining marks one character of a name may carry (several for Vietnamese, Hebrew
 # points, a keycap emoji); past it they pile up over the text around (a + 199 accents).
 MAX_MARKS = 8
@@ -127,12 +141,34 @@ def _hidden(ch: str) -> bool:
     return category in _HIDDEN or ch in _BLANK
 
 
+def _selects(value: str, i: int) -> bool:
+    """Whether the variation selector ``value[i]`` follows a character it picks a style
+    or glyph of: VS15/VS16 a symbol or emoji (``❤️``, keycap ``1️⃣``), VS17-256 a Han
+    ideograph (``葛󠄀``)."""
+    if i == 0:
+        return False
+    ch, base = value[i], value[i - 1]
+    if ch in _PRESENTATION:
+        return unicodedata.category(base) in ("So", "Sm") or base in _EMOJI_BASES
+    return ord(ch) in _IDEOGRAPHIC_VS and unicodedata.name(base, "").startswith(_HAN)
+
+
+def _invisible(value: str, i: int) -> bool:
+    ch = value[i]
+    if ch in JOINERS:
+        return not joins(value, i)
+    if any(ord(ch) in r for r in _IGNORABLE_MARKS):
+        return not _selects(value, i)
+    return _hidden(ch)
+
+
 def check_name(field: str, value: str) -> None:
     """:class:`InvalidInput` unless ``value`` shows as what it says: no hidden character
     (:data:`_HIDDEN`; a zero-width joiner or non-joiner only in a joining context, see
-    :mod:`meter.accounts.joiners`), at least one visible one (not a space, mark or
-    blank), and at most :data:`MAX_MARKS` combining marks in a row."""
-    if any(_hidden(ch) and not (ch in JOINERS and joins(value, i)) for i, ch in enumerate(value)):
+    :mod:`meter.accounts.joiners`; a variation selector only where it selects, see
+    :func:`_selects`), at least one visible one (not a space, mark or blank), and at
+    most :data:`MAX_MARKS` combining marks in a row."""
+    if any(_invisible(value, i) for i in range(len(value))):
         raise InvalidInput(field, "must not contain control, format or invisible characters")
     marks = 0
     visible = False

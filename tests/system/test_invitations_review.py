@@ -523,6 +523,7 @@ async def test_names_refuse_control_format_and_invisible_characters(any_admin: A
         "Payroll \u202egnp.exe",
         "a\u200bb",
         "a\u200cb",  # a non-joiner where nothing joins
+        "Acme\ufe00",  # a variation selector that selects nothing (looks like "Acme")
         "two\nlines",
         "bell\x07",
         "x\u2066y",
@@ -544,6 +545,7 @@ async def test_names_refuse_control_format_and_invisible_characters(any_admin: A
     for good in (
         "Café 東京 עברית", "Nguyễn Thị Phương", "Cafe\u0301", "❤️ Bots 🤖", "1️⃣ 👍🏽",
         "فن\u200cآوران", "ශ්\u200dරී ලංකා",  # joiners where they join (Persian, Sinhala)
+        "☎\ufe0f Desk", "葛\U000e0100城",  # variation selectors where they select
         "王\U00031350 \U00011f04",  # newer than Python 3.11's Unicode 14: Ext H, Kawi
     ):  # fmt: skip
         made = await admin.ok("POST", "/v1/workspaces", tok, {"name": good})

@@ -56,6 +56,28 @@ REFUSED = {
     "newline": "two\nlines",
     "tag character": "a\U000e0041",
     "mongolian vowel separator": "\u180e",
+    # default-ignorable marks (Mn: they show nothing) where they select no variant
+    "combining grapheme joiner": "Acme\u034f",
+    "combining grapheme joiner inside": "Ac\u034fme",
+    "combining grapheme joiner leading": "\u034fAcme",
+    "VS1 after a latin letter": "Acme\ufe00",
+    "VS14 inside": "Ac\ufe0dme",
+    "VS15 after a latin letter": "Acme\ufe0e",
+    "VS16 after a latin letter": "Ac\ufe0fme",
+    "VS16 leading": "\ufe0fAcme",
+    "VS16 doubled after a symbol": "\u2764\ufe0f\ufe0f Support",
+    "VS16 after a space": "Acme \ufe0f",
+    "VS1 after a symbol (no presentation selector)": "\u2764\ufe00 Support",
+    "VS17 after a latin letter": "Acme\U000e0100",
+    "VS256 trailing": "Acme\U000e01ef",
+    "VS17 leading": "\U000e0100葛城",
+    "VS17 doubled after a han ideograph": "葛\U000e0100\U000e0100城",
+    "VS17 after a kana": "か\U000e0100",
+    "VS16 after a han ideograph": "葛\ufe0f城",
+    "mongolian free variation selector one": "Acme\u180b",
+    "mongolian free variation selector three": "Ac\u180dme",
+    "mongolian free variation selector four": "Acme\u180f",
+    "mongolian FVS after a mongolian letter": "\u182d\u180b",
 }
 
 ACCEPTED = {
@@ -92,6 +114,19 @@ ACCEPTED = {
     "sinhala ZWJ after the virama (Sri Lanka)": "ශ්\u200dරී ලංකා",
     "devanagari ZWJ half form": "क्\u200dष",
     "devanagari ZWNJ after the virama": "क्\u200cष",
+    # variation selectors where they select how the character before shows
+    "VS16 after a heart": "\u2764\ufe0f Support",
+    "VS16 after a telephone": "\u260e\ufe0f Desk",
+    "VS15 after a symbol (text style)": "\u260e\ufe0e Desk",
+    "VS16 after a math symbol": "\u2194\ufe0f Sync",
+    "VS16 after an emoji letter (information)": "\u2139\ufe0f Help",
+    "VS16 after punctuation emoji": "Now\u203c\ufe0f",
+    "keycap hash": "#\ufe0f\u20e3 Ops",
+    "keycap star": "*\ufe0f\u20e3",
+    "keycaps in a name": "Team 1\ufe0f\u20e32\ufe0f\u20e3",
+    "ideographic variation selector": "葛\U000e0100城",
+    "ideographic variation selector 256": "葛\U000e01ef",
+    "ideographic variation selector after a compatibility ideograph": "\uf900\U000e0100",
 }
 
 
