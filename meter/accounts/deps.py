@@ -52,6 +52,10 @@ _PRESENTATION = frozenset("\ufe0e\ufe0f")  # VS15/VS16: text or emoji style
 # ‼ ⁉ ℹ 〰 〽 (Unicode's emoji-variation-sequences.txt).
 _EMOJI_BASES = frozenset("#*0123456789\u203c\u2049\u2139\u3030\u303d")
 _IDEOGRAPHIC_VS = range(0xE0100, 0xE01F0)  # VS17-256, Ideographic Variation Database
+# Mongolian free variation selectors: pick a letter's written form, which Mongolian,
+# Todo and Manchu spelling needs (Unicode's StandardizedVariants.txt lists them after
+# letters only).
+_MONGOLIAN_FVS = frozenset("\u180b\u180c\u180d\u180f")
 _HAN = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")
 # Combining marks one character of a name may carry (several for Vietnamese, Hebrew
 # points, a keycap emoji); past it they pile up over the text around (a + 199 accents).
@@ -144,12 +148,14 @@ def _hidden(ch: str) -> bool:
 def _selects(value: str, i: int) -> bool:
     """Whether the variation selector ``value[i]`` follows a character it picks a style
     or glyph of: VS15/VS16 a symbol or emoji (``❤️``, keycap ``1️⃣``), VS17-256 a Han
-    ideograph (``葛󠄀``)."""
+    ideograph (``葛󠄀``), a Mongolian free variation selector a Mongolian letter."""
     if i == 0:
         return False
     ch, base = value[i], value[i - 1]
     if ch in _PRESENTATION:
         return unicodedata.category(base) in ("So", "Sm") or base in _EMOJI_BASES
+    if ch in _MONGOLIAN_FVS:
+        return unicodedata.name(base, "").startswith("MONGOLIAN LETTER")
     return ord(ch) in _IDEOGRAPHIC_VS and unicodedata.name(base, "").startswith(_HAN)
 
 

@@ -77,7 +77,9 @@ REFUSED = {
     "mongolian free variation selector one": "Acme\u180b",
     "mongolian free variation selector three": "Ac\u180dme",
     "mongolian free variation selector four": "Acme\u180f",
-    "mongolian FVS after a mongolian letter": "\u182d\u180b",
+    "mongolian FVS doubled after a mongolian letter": "\u182d\u180b\u180b",
+    "mongolian FVS after a mongolian punctuation": "\u1802\u180b",
+    "mongolian FVS after a space": "\u182d \u180c",
 }
 
 ACCEPTED = {
@@ -127,6 +129,10 @@ ACCEPTED = {
     "ideographic variation selector": "葛\U000e0100城",
     "ideographic variation selector 256": "葛\U000e01ef",
     "ideographic variation selector after a compatibility ideograph": "\uf900\U000e0100",
+    # Mongolian free variation selectors after a letter pick its form
+    "mongolian FVS1 after a letter": "\u182d\u180b",
+    "mongolian FVS4 after a letter": "\u1828\u180f\u1820",
+    "mongolian word with FVS2": "\u1820\u182e\u180c\u1823",
 }
 
 
