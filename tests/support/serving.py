@@ -64,7 +64,8 @@ class Served:
 async def creditgate_serve(
     redis_url: str, tmp_path: Path, **settings: object
 ) -> AsyncIterator[Served]:
-    """``creditgate serve`` (2 workers, loopback, a migrated SQLite store) until the block ends."""
+    """``creditgate serve`` (2 workers, loopback, a migrated SQLite store, the Redis timeout
+    of :func:`make_settings` with ``tmp_path``) until the block ends; ``settings`` win."""
     store_url = make_settings(redis_url, tmp_path).store_url
     store = open_store(store_url)
     await store.migrate()
@@ -81,6 +82,10 @@ async def creditgate_serve(
             "log_format": "text",
             "egress_allow": ",".join(LOOPBACK),
             "state_dir": tmp_path / "state",
+            # Dozens of messages at once on a busy 2-core machine: at the 0.5 s default a
+            # Redis reply may come too late and a message be refused 503 for the machine's
+            # speed. Tests of Redis timeouts set their own.
+            "redis_timeout_s": 10.0,
             **settings,
         },
     )
