@@ -96,7 +96,8 @@ async def creditgate_serve(
         )
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            # A bound for a hang only: on a busy machine start-up alone took over 60 s.
+            line = await asyncio.wait_for(proc.stdout.readline(), 300)
             assert b"creditgate: traffic on" in line, (line, tail(log_path))
             yield Served(
                 proc, f"http://127.0.0.1:{traffic}", f"http://127.0.0.1:{admin}", store_url
