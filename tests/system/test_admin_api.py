@@ -66,6 +66,9 @@ async def test_owner_journey_from_free_credits_to_funds(
         rate_per_minute=100_000,
         rate_per_hour=1_000_000,
         flush_interval_s=0.1,
+        # 2,500 messages, 32 at a time, each must be served: a Redis timeout no busy
+        # machine reaches (at the 0.5 s default one could be refused 503 for its speed).
+        redis_timeout_s=10.0,
     )
     async with (
         receiver() as rec,
