@@ -39,14 +39,6 @@ MAX_NAME = 200
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 _IGNORABLE_RESERVED = (range(0x2065, 0x2066), range(0xFFF0, 0xFFF9), range(0xE0000, 0xE1000))
-# Default-ignorable combining marks (Mn, so no category above catches them): the
-# combining grapheme joiner, Mongolian free variation selectors and variation selectors
-# 1-256 show nothing, "Acme" + VS1 looks like "Acme". Refused but where one selects how
-# the character before it shows (:func:`_selects`).
-_IGNORABLE_MARKS = (
-    range(0x034F, 0x0350), range(0x180B, 0x180E), range(0x180F, 0x1810),
-    range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0),
-)  # fmt: skip
 _PRESENTATION = frozenset("\ufe0e\ufe0f")  # VS15/VS16: text or emoji style
 # Emoji with a text and an emoji style that are no symbol (So, Sm): keycap bases,
 # ‼ ⁉ ℹ 〰 〽 (Unicode's emoji-variation-sequences.txt).
@@ -56,6 +48,11 @@ _IDEOGRAPHIC_VS = range(0xE0100, 0xE01F0)  # VS17-256, Ideographic Variation Dat
 # Todo and Manchu spelling needs (Unicode's StandardizedVariants.txt lists them after
 # letters only).
 _MONGOLIAN_FVS = frozenset("\u180b\u180c\u180d\u180f")
+# Default-ignorable combining marks (Mn, so no category above catches them): the
+# combining grapheme joiner, Mongolian free variation selectors and variation selectors
+# 1-256 show nothing, "Acme" + VS1 looks like "Acme". Refused but where one selects how
+# the character before it shows (:func:`_selects`).
+_IGNORABLE_MARKS = (range(0x034F, 0x0350), range(0xFE00, 0xFE10), _IDEOGRAPHIC_VS)
 _HAN = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")
 # Combining marks one character of a name may carry (several for Vietnamese, Hebrew
 # points, a keycap emoji); past it they pile up over the text around (a + 199 accents).
@@ -163,7 +160,7 @@ def _invisible(value: str, i: int) -> bool:
     ch = value[i]
     if ch in JOINERS:
         return not joins(value, i)
-    if any(ord(ch) in r for r in _IGNORABLE_MARKS):
+    if ch in _MONGOLIAN_FVS or any(ord(ch) in r for r in _IGNORABLE_MARKS):
         return not _selects(value, i)
     return _hidden(ch)
 
