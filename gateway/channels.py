@@ -28,10 +28,12 @@ user and key pointers inside it (WhatsApp: ``.../messages/*`` and ``.../messages
 :mod:`gateway.channel_batches`): each its own user and key from the body alone, never the headers
 (one header cannot name several messages); a message without a user refuses the delivery
 (400), one without a key is charged at each delivery. A copy of a keyed message is a
-redelivery of its key. A delivery of more than :data:`MAX_BATCH` messages, a message naming
-several users or keys (its key under two spellings), two different messages under one
-user's key, or several messages on another channel (two spellings of Slack's ``event``)
-cannot be metered that way (:attr:`Message.several`: 422 ``batched_delivery``).
+redelivery of its key; signed, a key's redeliveries must repeat its message, alone or in
+any batch (:attr:`Message.parts`), unsigned the whole body. A delivery of more than
+:data:`MAX_BATCH` messages, a message naming several users or keys (its key under two
+spellings), two different messages under one user's key, or several messages on another
+channel (two spellings of Slack's ``event``) cannot be metered that way
+(:attr:`Message.several`: 422 ``batched_delivery``).
 
 What bills and counts messages matches keys case-insensitively (``Messages``, ``Entry``:
 a bot behind Go's or .NET's JSON reader reads them as the fields; every spelling
@@ -56,7 +58,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from config.fields import ChannelRule
-from gateway.channel_batches import MAX_BATCH, batch_pointer, split
+from gateway.channel_batches import MAX_BATCH, batch_pointer, part, split
+from gateway.channel_builtin import BUILTIN
 from gateway.header_text import clean
 from gateway.json_pointer import (
     Pointer,
@@ -84,36 +87,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_CHALLENGE = 256
 
-BUILTIN: dict[str, ChannelRule] = {
-    "web": ChannelRule(),  # a site's own chat widget: the user in X-Channel-User-Id
-    "slack": ChannelRule(
-        user_pointer="/event/user",
-        idempotency_pointer="/event_id",
-        skip_if_equals={"/type": ["url_verification", "app_rate_limited"]},
-        # The bot's own messages echoed back are not user messages.
-        skip_if_present=["/event/bot_id"],
-    ),
-    "msteams": ChannelRule(
-        user_pointer="/from/id",
-        idempotency_pointer="/id",
-        skip_if_equals={
-            "/type": [
-                "typing",
-                "conversationUpdate",
-                "installationUpdate",
-                "contactRelationUpdate",
-                "messageReaction",
-                "endOfConversation",
-            ]
-        },
-    ),
-    "whatsapp": ChannelRule(
-        user_pointer="/entry/*/changes/*/value/messages/*/from",
-        idempotency_pointer="/entry/*/changes/*/value/messages/*/id",
-        bill_only_if_present=["/entry/*/changes/*/value/messages/*"],
-    ),
-}
-
 
 def request_id(headers: Mapping[str, str]) -> str:
     """``X-Request-Id`` as a message's key: none when it is not UTF-8 (the bot gets a new
@@ -132,6 +105,10 @@ class Message(NamedTuple):
     several: str = ""  # why a delivery of several messages cannot be metered (refused)
     unreadable: str = ""  # why the body could not be classified (refused, never skipped)
     batch: tuple[tuple[str, str], ...] = ()  # (user, key) of each message of a batch
+    # What the redeliveries of each message of ``batch`` (or of the one message of a
+    # batching channel, keyed by its own id) must repeat (gateway.channel_batches part);
+    # none, or b"": the whole body.
+    parts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +178,11 @@ class Channel:
         if len(users) > 1 or len(keys) > 1 or any(len(found) > 1 for found in present):
             if self.batch_pointer is None:
                 return Message(True, user, key, several="it names several users or messages")
-            batch, why = split(present[0], self.batch_pointer, self.user_pointer, self.key_pointer)
-            return Message(True, user, key, several=why, batch=batch)
+            at, user_at, key_at = self.batch_pointer, self.user_pointer, self.key_pointer
+            batch, parts, why = split(present[0], at, user_at, key_at)
+            if not authenticated:  # anyone's envelope around a used message: the body
+                parts = tuple(b"" for _ in parts)
+            return Message(True, user, key, several=why, batch=batch, parts=parts)
         body_user = scalar(users[0]) if users else ""
         body_key = scalar(keys[0]) if keys else ""
         if authenticated:
@@ -217,6 +197,9 @@ class Channel:
             key = body_key or key
         user = user or body_user
         key = key or body_key
+        if authenticated and self.batch_pointer is not None and present[0] and body_key:
+            # As in a batch: Meta may deliver this message in one later.
+            return Message(True, user, key, parts=(part(present[0][0]),))
         return Message(True, user, key or request_id(headers))
 
     def _challenge(self, doc: Any) -> str | None:

@@ -112,9 +112,14 @@ class Meter:
         return tuple.__new__(Admission, (app_id, dec, None))  # Admission(...) minus a frame
 
     async def admit_all(
-        self, app_id: str, channel: str, messages: Sequence[tuple[str, str]], *, digest: str
+        self,
+        app_id: str,
+        channel: str,
+        messages: Sequence[tuple[str, str]],
+        digests: Sequence[str],
     ) -> Admissions:
-        """Each of ``messages`` (user, key) admitted as :meth:`admit` would, all or none:
+        """Each of ``messages`` (user, key) admitted as :meth:`admit` would, with its
+        ``digests`` entry, all or none:
         if any is refused (or Redis fails it), those admitted are refunded and its refusal
         (the first, in the delivery's order) is raised. Submitted together, they share the
         workspace's ``admit.lua`` calls, decided in order (a user's second message inside
@@ -127,7 +132,10 @@ class Meter:
             if key:
                 check_channel_text("idempotency_key", key, MAX_KEY_LEN)
         got = await asyncio.gather(
-            *(self.admit(app_id, channel, u, k, digest=digest) for u, k in messages),
+            *(
+                self.admit(app_id, channel, u, k, digest=d)
+                for (u, k), d in zip(messages, digests, strict=True)
+            ),
             return_exceptions=True,
         )
         parts = tuple(a for a in got if isinstance(a, Admission))

@@ -117,12 +117,16 @@ def check_loop(headers: Headers) -> None:
         raise loop_detected()
 
 
-def message_digest(method: str, raw_path: str, body: object) -> str:
-    """What a redelivery must repeat: method, path with query, and body (16 hex digits)."""
+def message_digest(method: str, raw_path: str, body: object, part: bytes = b"") -> str:
+    """What a redelivery must repeat: method, path with query, and body (16 hex digits);
+    with ``part``, that message of the body instead (gateway.channel_batches), marked so
+    that no body's digest is a part's."""
     h = hashlib.blake2b(digest_size=8)
     h.update(method.encode())
     h.update(b" " + raw_path.encode(errors="surrogateescape") + b"\n")
-    if isinstance(body, bytes):
+    if part:
+        h.update(b"part\n" + part)
+    elif isinstance(body, bytes):
         h.update(body)
     return h.hexdigest()
 
@@ -237,8 +241,9 @@ async def admit(
         if msg.batch:  # one admission per message, all or none (gateway.channels)
             if not all(user for user, _ in msg.batch):
                 raise missing_user()
-            digest = message_digest(inbound.method, inbound.raw_path, body)
-            admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digest=digest)
+            method, path = inbound.method, inbound.raw_path
+            digests = [message_digest(method, path, body, part) for part in msg.parts]
+            admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digests)
             # The bot reads each message's user from the body: no header names one.
             return tuple.__new__(Admitted, (admission, body, have_body, None, "", ""))
         if not msg.user:
@@ -248,7 +253,8 @@ async def admit(
             # A key names one message: its redeliveries must be that message.
             if not have_body:
                 body, have_body = await read_body(), True
-            digest = message_digest(inbound.method, inbound.raw_path, body)
+            part = msg.parts[0] if msg.parts else b""
+            digest = message_digest(inbound.method, inbound.raw_path, body, part)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
     unbilled = None
     if not msg.billable:

@@ -136,11 +136,53 @@ async def test_a_batch_is_proxied_once_and_charged_per_message_once(world: World
     assert world.bot.count() == 3
     assert await world.left() == FUNDS - 3 * PRICE
     assert await world.charged() == 3 * PRICE
-    # A message of it delivered alone is another delivery of its key: a single
-    # message's redelivery must repeat its body (409), as it always had to.
+    # A message of it delivered alone is another delivery of its key, charged nothing
+    # (it was 409 duplicate_delivery: a redelivery had to repeat the whole body).
     alone = delivery([msg(ALICE, "wamid.A1")])
-    assert (await world.post(alone))[1]["code"] == "duplicate_delivery"
+    assert (await world.post(alone))[0] == 200
+    assert world.bot.count() == 4
     assert await world.left() == FUNDS - 3 * PRICE
+
+
+async def test_a_message_retried_in_another_batch_is_a_redelivery(world: World) -> None:
+    """Meta may retry messages in batches composed otherwise, or alone, or a message sent
+    alone within a later batch. Each message is then a redelivery of its key (charged
+    nothing), whatever else the delivery holds; the new ones are charged. A digest of the
+    whole body made every such delivery 409 ``duplicate_delivery`` for good, its new
+    messages never delivered. Another message under a used key is still 409."""
+    first = delivery([msg(ALICE, "wamid.R1"), msg(BOB, "wamid.R2")])
+    assert (await world.post(first))[0] == 200
+    assert await world.charged() == 2 * PRICE
+    # R2 again, in another entry, after a new message and with R1 left out.
+    rebatched = delivery([msg(CAROL, "wamid.R3")], [msg(BOB, "wamid.R2")])
+    assert (await world.post(rebatched))[0] == 200
+    assert await world.charged() == 3 * PRICE
+    alone = delivery([msg(ALICE, "wamid.R4")])
+    assert (await world.post(alone))[0] == 200
+    later = delivery([msg(BOB, "wamid.R5"), msg(ALICE, "wamid.R4"), msg(ALICE, "wamid.R1")])
+    assert (await world.post(later))[0] == 200
+    assert world.bot.count() == 4
+    assert [c.body for c in world.bot.calls] == [first, rebatched, alone, later]
+    assert await world.charged() == 5 * PRICE  # R1-R5, each once
+    assert await world.left() == FUNDS - 5 * PRICE
+    # The same id with other content is another message: 409, nothing charged, whether
+    # alone or beside a new one (which then waits for the delivery to be fixed).
+    for body in (
+        delivery([msg(ALICE, "wamid.R4", text={"body": "a different prompt"})]),
+        delivery([msg(CAROL, "wamid.R6"), msg(BOB, "wamid.R2", type="image")]),
+    ):
+        status, problem = await world.post(body)
+        assert (status, problem["code"]) == (409, "duplicate_delivery"), problem
+    assert world.bot.count() == 4
+    assert await world.charged() == 5 * PRICE
+    # Unsigned (no secret: anyone's envelope around a used message), the whole body is
+    # what a redelivery repeats, as before.
+    opened = delivery([msg(ALICE, "wamid.U1")])
+    assert (await world.post(opened, app=OPEN))[0] == 200
+    assert (await world.post(opened, app=OPEN))[0] == 200
+    status, problem = await world.post(delivery([msg(ALICE, "wamid.U1")], []), app=OPEN)
+    assert (status, problem["code"]) == (409, "duplicate_delivery"), problem
+    assert world.bot.count() == 6
 
 
 async def test_duplicate_wamids_in_a_batch_are_one_message(world: World) -> None:

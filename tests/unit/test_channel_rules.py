@@ -336,10 +336,12 @@ def test_copies_of_a_keyed_message_are_compared_as_json() -> None:
     user_at, key_at = parse_pointer("/m/*/from"), parse_pointer("/m/*/id")
     m = {"from": "1", "id": "w1"}
     for a, b in ((True, 1), (1, 1.0), (False, 0), ("1", 1)):
-        batch, why = split([{**m, "x": a}, {**m, "x": b}], at, user_at, key_at)
+        batch, _, why = split([{**m, "x": a}, {**m, "x": b}], at, user_at, key_at)
         assert (batch, why) == ((), "two different messages under one key"), (a, b)
+    same = b'{"from":"1","id":"w1","x":1,"y":2}'
     assert split([{**m, "x": 1, "y": 2}, {"y": 2, "x": 1, **m}], at, user_at, key_at) == (
         (("1", "w1"), ("1", "w1")),
+        (same, same),
         "",
     )
     deep: list[object] = []
@@ -347,6 +349,40 @@ def test_copies_of_a_keyed_message_are_compared_as_json() -> None:
     for _ in range(5000):
         inner.append([])
         inner = inner[0]  # type: ignore[assignment]
-    batch, why = split([{**m, "x": deep}, {**m, "x": deep}], at, user_at, key_at)
+    batch, _, why = split([{**m, "x": deep}, {**m, "x": deep}], at, user_at, key_at)
     assert batch == ()
     assert "nests too deeply" in why
+    # Alone, such a message's redeliveries repeat the whole body (no part of its own).
+    assert split([{**m, "x": deep}], at, user_at, key_at) == ((("1", "w1"),), (b"",), "")
+
+
+def test_a_whatsapp_message_is_its_own_part_alone_or_in_a_batch() -> None:
+    """What a keyed message's redeliveries must repeat is the message (its JSON, key order
+    aside), the same alone or in any batch: Meta may retry it in another. Not so for an
+    unsigned delivery (anyone's envelope around a used message: the whole body), for a
+    message without a key (charged at every delivery), nor on other channels."""
+    rule = Channels({}).get("whatsapp")
+    doc = orjson.loads(sample("whatsapp-message.json"))
+    value = doc["entry"][0]["changes"][0]["value"]
+    m = {"from": "1", "id": "w1", "text": {"body": "hi"}}
+    other = {"from": "2", "id": "w2", "text": {"body": "yo"}}
+    part = orjson.dumps(m, option=orjson.OPT_SORT_KEYS)
+
+    def inspect(*messages: dict[str, object], headers: dict[str, str] | None = None) -> Message:
+        value["messages"] = list(messages)
+        return rule.inspect(headers or {}, orjson.dumps(doc), authenticated=headers is None)
+
+    alone, first, last = inspect(m), inspect(m, other), inspect(other, dict(reversed(m.items())))
+    assert (alone.key, alone.batch, alone.parts) == ("w1", (), (part,))
+    assert first.parts[0] == last.parts[1] == part
+    assert first.parts[1] == last.parts[0] != part
+    assert inspect({"from": "1"}, other).parts[0] == b""  # no key: nothing to repeat
+    assert inspect({"from": "1"}).parts == ()
+    # Unsigned: the whole body is what a redelivery repeats, alone or in a batch.
+    unsigned = {"X-Channel-User-Id": "1"}
+    assert (inspect(m, headers=unsigned).key, inspect(m, headers=unsigned).parts) == ("w1", ())
+    assert inspect(m, other, headers=unsigned).parts == (b"", b"")
+    keyed = inspect(m, headers={"Idempotency-Key": "k9", **unsigned})
+    assert (keyed.key, keyed.parts) == ("k9", ())
+    slack = Channels({}).get("slack")
+    assert slack.inspect({}, sample("slack-message.json"), authenticated=True).parts == ()
