@@ -2,7 +2,8 @@
 
 ``serve`` runs the gateway (traffic workers + admin port + flusher); ``demo`` runs
 everything locally on embedded defaults; ``migrate``, ``flush``, ``export`` and
-``reconcile`` are carried out by ``gateway.cli_commands.<name>(settings, args)``.
+``reconcile`` are carried out by ``gateway.cli_commands.<name>(settings, args)``,
+``notifications`` by :mod:`gateway.cli_notifications`.
 
 Settings: command-line flags beat ``CREDITGATE_*`` variables, which beat ``--config FILE``.
 Whatever stops a command that an operator can fix (a bad setting, an unreachable Redis or
@@ -24,7 +25,7 @@ from typing import Any
 from config import Settings, SettingsError, load_settings
 from config.loading import env_name
 from config.urls import mask_url
-from gateway import cli_commands
+from gateway import cli_commands, cli_notifications
 from gateway.startup import StartupError, redis_problem, store_problem
 
 DESCRIPTION = (
@@ -71,6 +72,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare Redis balances with the ledger minus flushed usage",
         "Print every difference between the Redis balances and what the store says they "
         "should be; --apply writes the store-derived values.",
+    ),
+    "notifications": (
+        "list the owner notifications not delivered yet",
+        "Print each undelivered owner notification from the durable store: workspace, "
+        "event, type, when it was made, failed attempts, next try and the last error. "
+        "--overdue lists those failed WEBHOOK_MAX_ATTEMPTS times or more (what "
+        "creditgate_webhook_outbox_overdue counts) and exits 1 if there are any.",
     ),
 }
 
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_commands.add_flush_arguments(_add("flush"))
     cli_commands.add_export_arguments(_add("export"))
     cli_commands.add_reconcile_arguments(_add("reconcile"))
+    cli_notifications.add_arguments(_add("notifications"))
     return parser
 
 
@@ -216,8 +225,9 @@ def explain(exc: BaseException, settings: Settings | None) -> str:
 
 
 def delegate(name: str, settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``gateway.cli_commands.<name>(settings, args)``; its result is the exit code."""
-    command = getattr(cli_commands, name)
+    """Run ``<module>.<name>(settings, args)``; its result is the exit code."""
+    module = cli_notifications if name == "notifications" else cli_commands
+    command = getattr(module, name)
     return int(command(settings, args) or 0)
 
 

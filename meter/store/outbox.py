@@ -102,6 +102,19 @@ class Outbox(StoreCore):
             row = await c.fetchrow(sql, *args)
         return int(row["n"]) if row else 0
 
+    async def undelivered_events(
+        self, *, min_attempts: int = 0, workspace_id: str | None = None, limit: int = 1000
+    ) -> list[OutboxEvent]:
+        """Undelivered events (of ``workspace_id``, else of all) that have failed
+        ``min_attempts`` times or more, by workspace, oldest first: what
+        :meth:`overdue_events` counts, for an operator to look at."""
+        sql = f"SELECT {_COLS} FROM outbox WHERE delivered_at IS NULL AND attempts >= ?"
+        args: list[Any] = [min_attempts]
+        if workspace_id is not None:
+            sql += " AND workspace_id = ?"
+            args.append(workspace_id)
+        return await self.many(_event, sql + " ORDER BY workspace_id, id LIMIT ?", *args, limit)
+
     async def due_events(
         self,
         now_ms: int,

@@ -131,6 +131,7 @@ def test_invalid_settings_exit_2_with_the_reason() -> None:
         ("flush", ["--once", "--force", "--lease", "--replay-dead-letters"]),
         ("export", ["--from", "--to", "--workspace", "--granularity", "--format", "--sessions"]),
         ("reconcile", ["--workspace", "--apply"]),
+        ("notifications", ["--workspace", "--overdue", "--limit"]),
     ],
 )
 def test_delegated_subcommands_take_their_flags(name: str, flags: list[str]) -> None:
