@@ -31,8 +31,11 @@ connection from then on), so the answer is exactly the one aiohttp gives:
   while more than ``BACKLOG_HIGH`` bytes wait; a request's end is found by llhttp itself
   (:func:`message_end`);
 * a connection must send a complete request within ``header_timeout_s`` of opening or
-  of its previous response: slow headers (as aiohttp) and stalled bodies (which aiohttp
-  waits for) are closed, and a request cut short is never forwarded;
+  of its previous response (written, or still buffered for a client that does not read
+  it): slow headers (as aiohttp) and stalled bodies (which aiohttp waits for) are closed,
+  and a request cut short is never forwarded; a connection closed so, or after its last
+  answer, whose client does not take what is buffered for it within that long again is
+  aborted (a client that never reads cannot hold its connection and answers for good);
 * keep-alive as the request says (``Connection: close`` closes after the response, and
   what was pipelined after it is ignored);
 * a half-closed client (EOF after its requests) still gets every answer, then the
@@ -207,6 +210,9 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        # The connection now waits for its client, to take this answer and to send the
+        # next request: both within header_timeout_s (see the module; timed_out).
+        self.head_since = self.server.loop.time()
         if not keep_alive or self.closing:
             transport.close()
             return
@@ -232,6 +238,20 @@ class ClientConnection(asyncio.Protocol):
         self._pump()
         if self.eof and not self.busy and self.transport is not None and not self._handed:
             self.transport.close()
+
+    def timed_out(self, now: float) -> None:
+        """No complete request within ``header_timeout_s`` (the server's sweep): closed,
+        what is still buffered for the client sent first; cut (aborted) if it is not
+        taken within that long again: a client that never reads its answers holds
+        neither them nor its connection for good."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            transport.abort()  # a close still waiting to flush, for a timeout now
+        else:
+            transport.close()
+            self.head_since = now
 
     def close_idle(self) -> None:
         """Shutting down: close now if no request is being answered, else after it."""

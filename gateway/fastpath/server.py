@@ -4,8 +4,10 @@ It runs beside the traffic application's ``GatewayRunner`` (already set up: the
 application's resources, the :class:`~gateway.proxy.Proxy` among them, exist), whose
 ``web.Server`` makes the aiohttp protocol a connection is handed to. Every
 sweep (a quarter of the shortest timeout, at most a second) it closes connections that
-sent no complete request head within ``header_timeout_s``, ends the exchanges whose bot
-sent nothing for ``upstream_read_timeout_s``, and closes bot connections idle too long.
+sent no complete request within ``header_timeout_s`` (and aborts those whose client did
+not take what was buffered for it within that long again: ClientConnection.timed_out),
+ends the exchanges whose bot sent nothing for ``upstream_read_timeout_s``, and closes bot
+connections idle too long.
 
 Stopping (SIGTERM): stop accepting, close idle keep-alive connections at once and the
 others after their current response, wait for that up to the grace; then answer the
@@ -118,8 +120,8 @@ class FastServer:
             limit = self.header_timeout
             for conn in list(self.connections):
                 since = conn.head_since
-                if since is not None and now - since > limit and conn.transport is not None:
-                    conn.transport.close()  # slow (or silent) client: as aiohttp does
+                if since is not None and now - since > limit:
+                    conn.timed_out(now)  # slow, silent or not reading: closed, then cut
                 elif conn.exchange is not None:
                     conn.exchange.check_timeout(now)
             self.pool.sweep(now)
