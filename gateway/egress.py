@@ -214,12 +214,18 @@ def guarded_session(
     tenant_shares: bool = True,
     **kw: Any,
 ) -> aiohttp.ClientSession:
-    """A ``ClientSession`` that only connects where the egress policy allows; ``connector``
-    holds ``TCPConnector`` options, ``kw`` those of the session."""
+    """A ``ClientSession`` that only connects where the egress policy allows and never sends
+    a request twice; ``connector`` holds ``TCPConnector`` options, ``kw`` the session's."""
     policy = Policy.from_settings(settings)
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=guarded_connector(policy, tenant_shares=tenant_shares, **(connector or {})),
         middlewares=(egress_middleware(policy), no_upgrade_redirects),
         trust_env=False,  # proxies from the environment would bypass the address check
         **kw,
     )
+    # A request is sent at most once (a message to its bot, as on the fast path): aiohttp's
+    # client sends an idempotent one (GET, PUT, DELETE, OPTIONS, HEAD) again when a kept
+    # connection fails before the answer, a second delivery of one admission once the bot
+    # had read it (both refunded if the second fails too). Such a failure is 502, refunded.
+    session._retry_connection = False
+    return session

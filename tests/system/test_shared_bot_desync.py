@@ -1,0 +1,136 @@
+"""Desync between the gateway and a shared bot, on both traffic servers: what a hostile
+client or bot does to one message must not reach the next message on that bot connection
+(another tenant's: bots are shared by address), and a message reaches the bot at most once.
+
+Regression guards from a red-team pass (redteam32) for cases the framing suites
+(test_http_conformance, test_forwarding_attack, test_bot_out_of_turn) do not write out:
+
+* a bodiless answer (204, 304) sent with a body that is itself a whole answer, in one
+  write on a kept connection: the client gets the bodiless answer, the next message (of
+  another tenant) its own;
+* a ``Content-Length`` with leading zeros, a pipelined request behind it: the bot reads
+  the same body, and the next request as a request;
+* a kept connection the bot drops after reading the next message (as a bot whose idle
+  timeout is shorter than the gateway's does): 502 and refunded, never sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Running, SeededGateway, free_credit
+from tests.support.rawbot import Answer, RawBot, running_raw_bot
+from tests.support.rawhttp import RawConn, Response
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS, OTHER = "dsyncone", "dsynctwo"
+APP, VICTIM = f"{WS}_appa", f"{OTHER}_appb"
+FREE = 10_000_000
+PRICE = 10_000  # contact_center: one cent a message
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+
+
+@dataclass
+class Shared:
+    """Two tenants' apps on one raw bot (paths ``/a`` and ``/b``)."""
+
+    gw: Running
+    bot: RawBot
+    rclient: RedisClient
+
+    async def spent(self, ws: str = WS) -> int:
+        return (FREE - await free_credit(self.rclient, ws)) // PRICE
+
+
+@pytest.fixture
+async def shared(seeded_gateway: SeededGateway, rclient: RedisClient) -> AsyncIterator[Shared]:
+    async with running_raw_bot() as bot:
+        apps = {APP: {"product": "contact_center", "upstream_url": bot.url + "/a"}}
+        async with seeded_gateway(WS, apps, free=FREE) as gw:
+            victim = {VICTIM: {"product": "contact_center", "upstream_url": bot.url + "/b"}}
+            await seed(rclient, gw.gateway.settings, OTHER, victim, free=FREE)
+            yield Shared(gw, bot, rclient)
+
+
+def get(app: str, tail: str, user: str = "u1", extra: str = "") -> bytes:
+    return (
+        f"GET /hooks/web/{app}{tail} HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: {user}\r\n"
+        f"{extra}\r\n"
+    ).encode()
+
+
+async def one(gw: Running, data: bytes) -> Response:
+    async with RawConn.open(gw.url) as c:
+        c.send(data)
+        return await c.response()
+
+
+BODILESS = {
+    "204 with a length": b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n%b",
+    "304 with a length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: %d\r\n\r\n%b",
+    "204 chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"%x\r\n%b\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", BODILESS, ids=list(BODILESS))
+async def test_a_bodiless_answer_with_a_body_never_answers_the_next_message(
+    shared: Shared, case: str
+) -> None:
+    shared.bot.answers["/a/nobody"] = Answer(BODILESS[case] % (len(EVIL), EVIL), keep=True)
+    async with RawConn.open(shared.gw.url) as c:
+        c.send(get(APP, "/nobody"))
+        first = await c.response()
+        c.send(get(APP, "/after"))  # the client's connection is in step
+        after = await c.response()
+    # Passed on bodiless, or (aiohttp: a 204 that says chunked) refused 502 and refunded.
+    assert first.status in (204, 304) or first.is_problem, first.raw_head
+    assert b"EVIL" not in first.body
+    assert "Transfer-Encoding" not in first.headers
+    assert (after.status, after.body[:13]) == (200, b"GET /a/after "), after.body[:80]
+    victim = await one(shared.gw, get(VICTIM, "/mine", "v1", "Connection: close\r\n"))
+    assert (victim.status, victim.body[:12]) == (200, b"GET /b/mine "), victim.body[:80]
+    assert [shared.bot.target(i) for i in range(3)] == [b"/a/nobody", b"/a/after", b"/b/mine"]
+
+
+async def test_a_length_with_leading_zeros_frames_the_same_body(shared: Shared) -> None:
+    post = (
+        f"POST /hooks/web/{APP}/zeros HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+        "Content-Length: 00005\r\n\r\n"
+    ).encode()
+    async with RawConn.open(shared.gw.url) as c:
+        c.send(post + b"hello" + get(APP, "/next", extra="Connection: close\r\n"))
+        answers = await c.responses(2)
+    assert [r.status for r in answers] == [200, 200]
+    assert [shared.bot.target(i) for i in range(2)] == [b"/a/zeros", b"/a/next"]
+    assert shared.bot.bodies[0] == b"hello"
+    assert [int(v) for v in shared.bot.header_values("Content-Length", 0)] == [5]
+    assert await shared.spent() == 2
+
+
+async def test_a_kept_connection_dropped_under_a_message_is_502_refunded_never_resent(
+    shared: Shared,
+) -> None:
+    shared.bot.answers["/a/dropped"] = Answer(b"")  # read, then the connection closed
+    async with RawConn.open(shared.gw.url) as c:
+        c.send(get(APP, "/warm"))
+        assert (await c.response()).status == 200  # the bot connection is kept
+        c.send(get(APP, "/dropped"))
+        failed = await c.response()
+        c.send(get(APP, "/again", extra="Connection: close\r\n"))
+        again = await c.response()
+    assert failed.status == 502, failed.raw_head
+    assert failed.is_problem
+    assert again.status == 200
+    assert [shared.bot.target(i) for i in range(len(shared.bot.heads))] == [
+        b"/a/warm",
+        b"/a/dropped",
+        b"/a/again",
+    ]
+    assert await shared.spent() == 2  # /dropped refunded
