@@ -11,21 +11,28 @@ Regression guards from a red-team pass (redteam32) for cases the framing suites
 * a ``Content-Length`` with leading zeros, a pipelined request behind it: the bot reads
   the same body, and the next request as a request;
 * a kept connection the bot drops after reading the next message (as a bot whose idle
-  timeout is shorter than the gateway's does): 502 and refunded, never sent again.
+  timeout is shorter than the gateway's does): 502 and refunded, never sent again (the
+  aiohttp path sent a GET again: fixed in gateway/egress.py);
+* a pipelined message handed to aiohttp after routing (an ``https://`` bot): exactly its
+  bytes are replayed, a request in its body stays a body.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
+from gateway.appkeys import TRAFFIC_STATS
+from meter.accounts import projection
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit
 from tests.support.rawbot import Answer, RawBot, running_raw_bot
 from tests.support.rawhttp import RawConn, Response
+from tests.support.settings import HOST
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -134,3 +141,31 @@ async def test_a_kept_connection_dropped_under_a_message_is_502_refunded_never_r
         b"/a/again",
     ]
     assert await shared.spent() == 2  # /dropped refunded
+
+
+async def test_a_pipelined_message_handed_off_after_routing_replays_exactly_itself(
+    shared: Shared, traffic_server: str
+) -> None:
+    """The middle of three pipelined messages is for an ``https://`` bot: the fast path
+    routes it, then hands it to aiohttp by replaying its bytes and what followed. Its body
+    is a request: replayed one byte long or short, it would reach the bot as one."""
+    with socket.socket() as closed:
+        closed.bind((HOST, 0))  # bound, never listening: a connection to it is refused
+        tls = f"{WS}_appt"
+        url = f"https://{HOST}:{closed.getsockname()[1]}"
+        await projection.put_app(shared.rclient, tls, product="contact_center", upstream_url=url)
+        inner = get(APP, "/smuggled").decode()
+        post = (
+            f"POST /hooks/web/{tls}/tls HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+            f"Content-Length: {len(inner)}\r\n\r\n{inner}"
+        ).encode()
+        async with RawConn.open(shared.gw.url) as c:
+            c.send(get(APP, "/one") + post + get(APP, "/three", extra="Connection: close\r\n"))
+            answers = await c.responses(3)
+            assert await c.closed()
+    assert [r.status for r in answers] == [200, 502, 200]
+    assert [shared.bot.target(i) for i in range(len(shared.bot.heads))] == [b"/a/one", b"/a/three"]
+    assert await shared.spent() == 2  # the refused connection refunded
+    if traffic_server == "fast":  # /one here; the rest handed off after routing /tls
+        stats = shared.gw.gateway.traffic[TRAFFIC_STATS]
+        assert (stats.fast, stats.handed_off) == (1, 1)
