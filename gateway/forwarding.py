@@ -203,7 +203,11 @@ def upstream_headers(
 
 def downstream_headers(src: Headers) -> CIMultiDict[str]:
     """End-to-end response headers of the upstream's answer, less ``Clear-Site-Data`` and
-    any ``Set-Cookie`` of the console's cookie."""
+    any ``Set-Cookie`` of the console's cookie. A name read with whitespace before its
+    colon (``Content-Length : 5``: aiohttp's lenient client parser frames by it) loses it,
+    as a proxy must (RFC 9112 §5.1): the client never gets two framing fields."""
+    if any(k[-1:] in (" ", "\t") for k in src):
+        src = CIMultiDict([(k.rstrip(" \t"), v) for k, v in src.items()])
     out = _end_to_end(src, _ANSWER_DROP)
     if "Set-Cookie" in out and mentions_console_cookie(out.getall("Set-Cookie")):
         out = CIMultiDict([(k, v) for k, v in out.items()

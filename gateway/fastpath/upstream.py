@@ -199,6 +199,11 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._lenient and name[-1:] in (b" ", b"\t"):
+            # "Content-Length : 5": the lenient parse reads it as that field (and frames by
+            # it); a proxy removes the whitespace before passing it on (RFC 9112 §5.1), so
+            # the client never gets a second framing field, nor this path a wrong one.
+            name = name.rstrip(b" \t")
         if value and value[-1] in _BLANKS:  # not part of the value (RFC 9110 §5.5)
             value = value.rstrip(b" \t")  # as aiohttp strips them
         if len(name) > MAX_FIELD or len(value) > MAX_FIELD:

@@ -31,7 +31,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit
 from tests.support.rawbot import Answer, RawBot, running_raw_bot
-from tests.support.rawhttp import RawConn, Response
+from tests.support.rawhttp import Closed, RawConn, Response
 from tests.support.settings import HOST
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -169,3 +169,43 @@ async def test_a_pipelined_message_handed_off_after_routing_replays_exactly_itse
     if traffic_server == "fast":  # /one here; the rest handed off after routing /tls
         stats = shared.gw.gateway.traffic[TRAFFIC_STATS]
         assert (stats.fast, stats.handed_off) == (1, 1)
+
+
+# A framing field with whitespace before its colon: refused by a strict parser, read as
+# that field by the lenient one both servers read a bot's answer with (aiohttp's client).
+SPACED = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", SPACED, ids=list(SPACED))
+async def test_no_field_name_reaches_the_client_with_whitespace_before_its_colon(
+    shared: Shared, case: str
+) -> None:
+    """RFC 9112 §5.1: a proxy removes such whitespace before forwarding. Passed on, the
+    client got ``Content-Length : 5`` beside the ``Transfer-Encoding: chunked`` the answer
+    was re-framed with: two framings, for whatever reads the first leniently (a front
+    proxy shared by tenants), the bot's body read as another answer."""
+    shared.bot.answers["/a/spaced"] = Answer(SPACED[case], keep=True)
+    async with RawConn.open(shared.gw.url) as c:
+        c.send(get(APP, "/spaced"))
+        resp = await c.response()
+        c.send(get(APP, "/after", extra="Connection: close\r\n"))
+        after = await c.response()
+    assert (resp.status, resp.body) == (200, b"hello"), resp.raw_head
+    names = [line.partition(b":")[0] for line in resp.raw_head.split(b"\r\n")[1:-2]]
+    assert all(name == name.strip() for name in names), resp.raw_head
+    framing = [n.lower() for n in names if n.lower() in (b"content-length", b"transfer-encoding")]
+    assert len(framing) == 1, resp.raw_head  # one framing
+    assert after.body.startswith(b"GET /a/after "), after.body[:80]
+
+
+async def test_a_spaced_chunked_answer_cut_short_never_looks_whole(shared: Shared) -> None:
+    shared.bot.answers["/a/cut"] = Answer(  # then the bot closes
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhel"
+    )
+    async with RawConn.open(shared.gw.url) as c:
+        c.send(get(APP, "/cut"))
+        with pytest.raises(Closed):
+            await c.response()
