@@ -34,9 +34,11 @@ _BLANKS = (32, 9)  # SP, HTAB
 def _parser(conn: UpstreamConnection, lenient: bool = False) -> httptools.HttpResponseParser:
     """llhttp as aiohttp's client parser reads a bot's answer (``_http_parser`` outside dev
     mode: optional CR before LF, blanks after a chunk size, and ``lenient`` headers: a
-    folded line, a control character in a value), so both traffic servers read it alike.
-    A head is first read without ``lenient`` headers and read again with them only where
-    it fails (rare): what the leniency lets in is then dropped (gateway.header_text)."""
+    folded line, a control character in a value, blanks before the colon of a framing
+    field), so both traffic servers read it alike. A head is first read without
+    ``lenient`` headers and read again with them only where it fails (rare): what the
+    leniency lets in is then dropped (gateway.header_text), or for a name's blanks
+    removed (:meth:`UpstreamConnection.on_header`)."""
     parser = httptools.HttpResponseParser(conn)
     parser.set_dangerous_leniencies(
         lenient_headers=lenient,
