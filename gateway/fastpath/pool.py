@@ -139,7 +139,7 @@ class Pool:
             handed = await self._wait(bot, deadline, waiter)
             if handed is None:
                 break  # a place was kept for this message
-            if _alive(handed):
+            if handed.reusable():
                 return handed
             # ended between its release and now: its end freed its place; again
         try:
@@ -161,7 +161,7 @@ class Pool:
         while bot.idle:
             conn = bot.idle.pop()
             del self._idle[conn]
-            if _alive(conn):
+            if conn.reusable():
                 return conn
         return None
 

@@ -5,13 +5,18 @@ response is delivered by callbacks to the :class:`~gateway.fastpath.exchange.Exc
 that owns the connection for one request, which streams it to the client. A connection
 whose response ended cleanly and may be kept alive returns to its
 :class:`~gateway.fastpath.pool.Pool`; one that failed, was abandoned, or idled is
-closed, and its end (however it came) frees its place in the pool.
+closed, and so is one with bytes waiting unread as the pool hands it to a message
+(:meth:`UpstreamConnection.reusable`); its end (however it came) frees its place in the
+pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 from typing import Protocol, cast
 
 import httptools
@@ -99,10 +104,28 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_left = 0  # bytes a head may still take; 0 once it is complete
         self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
         self._lenient = False
+        self._fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+
+    def reusable(self) -> bool:
+        """Open, with nothing unread: a message may be sent on it now (by the pool, as it
+        hands it out). A byte waiting in the socket came after the last answer ended and
+        before this message: an answer nobody asked for (a bot's duplicate, say), which
+        the loop had not read yet. Sent on, the message would get it for its own, so the
+        connection is closed instead (its end frees its place)."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        if self._fd >= 0 and _unread(self._fd):
+            log.info("upstream %s sent bytes between answers: closed", self.key[0])
+            self.close()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -239,3 +262,9 @@ class UpstreamConnection(asyncio.Protocol):
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.on_complete(self._parser.should_keep_alive())
+
+
+def _unread(fd: int) -> bool:
+    """Whether bytes wait unread in socket ``fd`` (``FIONREAD``; no byte is taken)."""
+    count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(count, sys.byteorder) > 0

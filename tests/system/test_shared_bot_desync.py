@@ -19,13 +19,18 @@ Regression guards from a red-team pass (redteam32) for cases the framing suites
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import socket
+import sys
+import termios
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.appkeys import TRAFFIC_STATS
+from gateway.appkeys import PROXY, TRAFFIC_STATS
 from meter.accounts import projection
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -209,3 +214,84 @@ async def test_a_spaced_chunked_answer_cut_short_never_looks_whole(shared: Share
         c.send(get(APP, "/cut"))
         with pytest.raises(Closed):
             await c.response()
+
+
+def _unread(fd: int) -> bool:
+    """Whether bytes wait unread in socket ``fd``."""
+    count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(count, sys.byteorder) > 0
+
+
+@dataclass
+class Stray:
+    """A bot whose answer to ``.../first<n>`` is followed, ``yields`` loop passes later,
+    by a stray answer ("EVIL"), its reading paused meanwhile: ``before[n]`` tells whether
+    the stray was written before the gateway sent the next message on the connection."""
+
+    yields: int = 0
+    seen: list[bytes] = field(default_factory=list)
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    before: dict[int, bool] = field(default_factory=dict)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fd = writer.get_extra_info("socket").fileno()
+        with contextlib.suppress(Exception):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1]
+                self.seen.append(path)
+                first = b"/first" in path
+                if first:
+                    await self.hold.wait()
+                    writer.transport.pause_reading()  # the next message waits in the socket
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(path), path))
+                if first:
+                    for _ in range(self.yields):
+                        await asyncio.sleep(0)  # loop passes, not time
+                    n = int(path.rsplit(b"first", 1)[1])
+                    self.before[n] = not _unread(fd)
+                    writer.write(EVIL)
+                    writer.transport.resume_reading()
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_stray_answer_waiting_unread_never_answers_the_next_message(
+    seeded_gateway: SeededGateway, traffic_server: str
+) -> None:
+    """A bot's stray answer that arrived after one answer ended, and before the next
+    message (another user's, waiting for that connection) was sent on it, but that the
+    loop had not read yet: that message got it for its own. A stray sent after the next
+    message is indistinguishable from the bot's answer to it (any HTTP/1.1 client);
+    before it, the connection is never used again (gateway.fastpath.upstream.reusable).
+    The stray is written a number of loop passes after the answer, each number tried."""
+    if traffic_server != "fast":
+        pytest.skip("aiohttp's connector: its own reuse rules")
+    bot = Stray()
+    server = await asyncio.start_server(bot.serve, HOST, 0)
+    url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+    apps = {f"{WS}_appa": {"product": "contact_center", "upstream_url": url + "/a"},
+            f"{WS}_appc": {"product": "contact_center", "upstream_url": url + "/c"}}  # fmt: skip
+    got: dict[int, bytes] = {}
+    try:
+        async with seeded_gateway(WS, apps, free=FREE, upstream_connections_per_tenant_bot=1) as gw:
+            waits = gw.gateway.traffic[PROXY].metrics.tenant_share_waits
+            for n in range(8):
+                bot.yields, bot.hold = n, asyncio.Event()
+                async with RawConn.open(gw.url) as a, RawConn.open(gw.url) as c:
+                    a.send(get(f"{WS}_appa", f"/first{n}"))
+                    while not any(p.endswith(b"/first%d" % n) for p in bot.seen):  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)  # until the bot has it
+                    waited = waits._value.get()
+                    c.send(get(f"{WS}_appc", f"/second{n}", "u2"))
+                    while waits._value.get() == waited:  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)  # until it waits for the connection
+                    bot.hold.set()
+                    assert (await a.response()).body == b"/a/first%d" % n
+                    got[n] = (await c.response()).body
+    finally:
+        server.close()
+        await server.wait_closed()
+    for n, body in got.items():
+        if bot.before[n]:  # written before the message was sent: never its answer
+            assert body == b"/c/second%d" % n, (n, body)
