@@ -265,6 +265,10 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _unread(fd: int) -> bool:
-    """Whether bytes wait unread in socket ``fd`` (``FIONREAD``; no byte is taken)."""
-    count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    """Whether bytes wait unread in socket ``fd`` (``FIONREAD``; no byte is taken). A
+    socket that cannot say is left to the loop, as before (its failure ends it)."""
+    try:
+        count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
     return int.from_bytes(count, sys.byteorder) > 0
