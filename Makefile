@@ -8,7 +8,11 @@ VENV := .venv/bin
 # on one worker until the other runs out and takes half of what is left.
 # `make tests PYTEST_WORKERS=0` runs everything in this one process.
 PYTEST_WORKERS ?= 2
-PYTEST := $(VENV)/pytest -p no:cacheprovider
+# The tests write bytecode even where PYTHONDONTWRITEBYTECODE is set (the CI machine sets
+# it): else each pytest worker rewrote every test module's asserts again, and each Python
+# process the tests start (creditgate serve and its workers, the flusher, the CLI)
+# compiled gateway/, meter/ and config/ from source again (~2.5 s of CPU each).
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(VENV)/pytest -p no:cacheprovider
 XDIST = -n $(PYTEST_WORKERS) --dist worksteal
 
 deps:
