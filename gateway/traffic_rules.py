@@ -242,7 +242,8 @@ async def admit(
             if not all(user for user, _ in msg.batch):
                 raise missing_user()
             method, path = inbound.method, inbound.raw_path
-            digests = [message_digest(method, path, body, part) for part in msg.parts]
+            whole = message_digest(method, path, body)  # once, for every message without a part
+            digests = [message_digest(method, path, body, p) if p else whole for p in msg.parts]
             admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digests)
             # The bot reads each message's user from the body: no header names one.
             return tuple.__new__(Admitted, (admission, body, have_body, None, "", ""))
