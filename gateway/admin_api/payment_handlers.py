@@ -56,7 +56,9 @@ async def stripe_webhook(call: Call) -> web.Response:
     if isinstance(event, reversals.ReversalEvent):  # a refund or a dispute
         # A dispute naming only its charge is resolved with the secret key, if there is one.
         resolve = provider.charge_payment_intent if provider.can_checkout else None
-        outcome: str = await reversals.handle_event(call.deps, event, resolve)
+        # A refund after a credit back of its charge counts as Stripe says (stale amounts).
+        refunded = provider.charge_refunded if provider.can_checkout else None
+        outcome: str = await reversals.handle_event(call.deps, event, resolve, refunded)
     else:
         outcome = await payments.handle_event(call.deps, event)
     # Acknowledged whatever the outcome (recorded): a retry could not change it.

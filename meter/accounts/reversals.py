@@ -45,9 +45,10 @@ from typing import Literal
 from config.money import MICROS_PER_DOLLAR, format_amount
 from meter.accounts import projection
 from meter.accounts.deps import Deps, audit
+from meter.errors import Conflict
 from meter.store import LedgerEntry
 from meter.store.refund_failures import RefundFailure
-from meter.store.reversals import ACTOR, Cause, Reversal
+from meter.store.reversals import ACTOR, Cause, Reversal, Reversed, syncs
 
 log = logging.getLogger(__name__)
 CENT = MICROS_PER_DOLLAR // 100  # the provider's amounts are cents (as credits.CENT)
@@ -71,6 +72,9 @@ Outcome = Literal["reversed", "reinstated", "already_reversed", "unknown_payment
                   "wrong_mode", "refund_failed", "ignored"]  # fmt: skip
 
 
+ProviderRefunded = Callable[[str], Awaitable[int]]
+"""What the provider says is refunded of a charge now (cents, its refunds neither failed
+nor canceled); raises ``ProviderError`` when it could not tell (answered 502, retried)."""
 ResolveCharge = Callable[[str], Awaitable[str | None]]
 """The payment intent of a charge (``ch_…``/``py_…``) as the provider says, ``None`` when
 it has none or the provider knows no such charge; raises ``ProviderError`` when the
@@ -114,11 +118,17 @@ def _cause(ev: ReversalEvent) -> Cause | None:
     return None
 
 
-async def handle_event(d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None = None) -> Outcome:
+async def handle_event(
+    d: Deps,
+    ev: ReversalEvent,
+    resolve: ResolveCharge | None = None,
+    refunded: ProviderRefunded | None = None,
+) -> Outcome:
     """Act on one verified refund or dispute event; returns (and records) what it did.
     ``resolve``: how to find the payment intent of a dispute that names only its charge
-    (``None``: such a dispute is ``unknown_payment``)."""
-    outcome, checkout = await _decide(d, ev, resolve)
+    (``None``: such a dispute is ``unknown_payment``); ``refunded``: what Stripe says is
+    refunded of a charge (:func:`_as_stripe_says`; ``None``: the event's amount stands)."""
+    outcome, checkout = await _decide(d, ev, resolve, refunded)
     await d.store.record_payment_event(
         ev.event_id,
         provider=PROVIDER,
@@ -145,7 +155,7 @@ async def handle_event(d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None
 
 
 async def _decide(
-    d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None
+    d: Deps, ev: ReversalEvent, resolve: ResolveCharge | None, refunded: ProviderRefunded | None
 ) -> tuple[Outcome, tuple[str, str | None] | None]:
     expected = d.settings.stripe_livemode
     if expected is not None and ev.livemode is not expected:
@@ -170,7 +180,8 @@ async def _decide(
         amount=ev.amount * CENT,
         detail={"event_id": ev.event_id, "charge": ev.charge or ev.object_id},
     )
-    done = await d.store.reverse_payment(rev, d.now_ms())
+    done = await _reverse(d, rev, refunded)
+    assert done.result != "changed"  # _reverse asked again
     if done.result == "awaiting_payment":
         log.warning("payment event %s (%s): payment intent %s not credited yet, kept for "
                     "its credit (reconcile lists it after a day)",
@@ -188,6 +199,34 @@ async def _decide(
                     f"workspace:{e.workspace_id}", None, after)  # fmt: skip
     co = await d.store.get_checkout_by_payment_intent(ev.payment_intent)
     return done.result, ((co.id, co.session_id) if co else None)
+
+
+async def _reverse(d: Deps, rev: Reversal, refunded: ProviderRefunded | None) -> Reversed:
+    """Record ``rev``; asked again while a credit back of its charge commits meanwhile
+    (a Conflict, retried by the provider, if that keeps happening)."""
+    for _ in range(3):
+        done = await d.store.reverse_payment(await _as_stripe_says(rev, d, refunded), d.now_ms())
+        if done.result != "changed":
+            return done
+    raise Conflict(f"charge {rev.key} was credited back meanwhile: retry",
+                   code="refunded_meanwhile")  # fmt: skip
+
+
+async def _as_stripe_says(rev: Reversal, d: Deps, refunded: ProviderRefunded | None) -> Reversal:
+    """A refund of a charge credited back before counts for no more than Stripe says is
+    refunded of it now: its cumulative amount may be stale (a refund made before another
+    of the charge failed, delivered after the operator's credit back of that failure),
+    and taking it would debit the failed part again. ``syncs`` (the credit backs seen)
+    lets the store tell a credit back committed meanwhile (``changed``: asked again)."""
+    if rev.cause != "refund" or refunded is None:
+        return rev
+    n = syncs(await d.store.reversals_of(rev.payment_intent), rev.key)
+    detail = {**rev.detail, "syncs": n}
+    if not n:
+        return replace(rev, detail=detail)
+    truth = await refunded(rev.key) * CENT
+    detail |= {"event_amount": rev.amount, "provider_refunded": truth}
+    return replace(rev, amount=min(rev.amount, truth), detail=detail)
 
 
 async def _refund_update(

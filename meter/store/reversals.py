@@ -14,7 +14,9 @@ makes a redelivery write nothing):
 * a refund ``refund:<charge>:<cumulative cents>`` (the charge's ``amount_refunded``
   after that refund), kind ``payment_reversed``; after ``n`` credit backs of the charge
   ``refund:<charge>:<cumulative cents>:<n>`` (a failed refund lowers ``amount_refunded``,
-  so a later refund can repeat a cumulative amount), an event handled before skipped;
+  so a later refund can repeat a cumulative amount), an event handled before skipped,
+  the cumulative amount no more than Stripe lists refunded (``syncs`` in its detail: the
+  credit backs seen when Stripe was asked; another count is ``changed``, asked again);
 * a dispute that took the funds ``dispute:<dispute id>`` (opened, or closed lost),
   kind ``payment_reversed``;
 * a dispute won ``dispute_won:<dispute id>``, kind ``dispute_reinstated``;
@@ -59,7 +61,12 @@ __all__ = ["SYNCS", "refund_state", "syncs", "taken_back"]  # re-exported
 
 Cause = Literal["refund", "dispute", "dispute_won"]
 ReversalResult = Literal[
-    "reversed", "reinstated", "already_reversed", "unknown_payment", "awaiting_payment"
+    "reversed",
+    "reinstated",
+    "already_reversed",
+    "unknown_payment",
+    "awaiting_payment",
+    "changed",
 ]
 
 ACTOR = "provider:stripe"  # the audit's actor of a reversal (the accounts layer's too)
@@ -121,6 +128,8 @@ async def _record(c: Conn, claim: Row, rev: Reversal, at: int) -> Reversed:
         reference = f"{reference}:{n}"
         if await seen(c, str(rev.detail.get("event_id")), prior):
             return Reversed("already_reversed", credit, tuple(prior))
+    if rev.detail.get("syncs", n) != n:  # Stripe asked before a credit back committed
+        return Reversed("changed", credit, tuple(prior))
     if any(e.reference == reference for e in prior):
         return Reversed("already_reversed", credit, tuple(prior))
     detail = {**rev.detail, "cause": rev.cause, "key": rev.key, "amount": rev.amount,
