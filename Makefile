@@ -28,7 +28,8 @@ deps:
 #   make lock-upgrade  the newest versions pyproject.toml allows (then `make deps test`)
 # The lock holds for every Python >= 3.11 and platform (--universal: a dependency of
 # some of them only carries its marker). uv runs from a venv of its own, .venv-lock,
-# pinned here: it is needed only to write the lock, by neither the tests nor the image.
+# pinned here: it writes the lock, and `make deps` installs .venv with it (pip where uv
+# cannot be had); the image needs neither.
 UV_VERSION := 0.13.9
 LOCK_UV := .venv-lock/bin/uv
 LOCK := $(LOCK_UV) pip compile pyproject.toml --universal --python-version 3.11 \
@@ -42,7 +43,7 @@ lock-upgrade: lock-tool
 
 .PHONY: lock-tool
 lock-tool:
-	@$(LOCK_UV) --version 2> /dev/null | grep -qx 'uv $(UV_VERSION)' || { \
+	@$(LOCK_UV) --version 2> /dev/null | grep -q '^uv $(UV_VERSION) ' || { \
 		python3 -m venv .venv-lock && \
 		.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check \
 			uv==$(UV_VERSION); }

