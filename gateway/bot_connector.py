@@ -21,11 +21,11 @@ changed where it does not match the fast path:
   message still waiting; aiohttp's own shutdown would cancel them one by one, and a place
   freed by the first cancelled could be taken by a waiter cancelled a moment later, its
   message sent and reset.
-* **A bot that talks out of turn.** Bytes a bot writes while its connection idles in
-  the pool (an unasked-for second answer) are parsed into that connection's buffer, and
-  aiohttp reuses any connection still open: they would answer the next message sent on
-  it, another tenant's maybe. Such a connection (``should_close``: something buffered)
-  is closed instead of reused, as the fast path closes one the moment such bytes arrive.
+* **A bot that talks out of turn.** Bytes a bot writes while its connection idles (an
+  unasked-for second answer) would answer the next message sent on it, another tenant's
+  maybe: a connection holding them (``should_close``: parsed into its buffer; or waiting
+  unread in its socket) is closed instead of reused; one handed to a request with a
+  body is not read until that body's first bytes go out (:mod:`gateway.unread`).
 * **A client that leaves** (:mod:`gateway.client_gone`) ends its wait at once with
   :class:`ClientGone`, and what was handed to a waiter in the loop pass it gave up in
   (its client left, or the connect timeout) is passed on; aiohttp's queue lost it.
@@ -49,6 +49,7 @@ from aiohttp.connector import Connection
 from aiohttp.helpers import ceil_timeout
 
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
+from gateway.unread import transport_unread
 from gateway.waiters import Waiters
 
 if TYPE_CHECKING:
@@ -104,16 +105,21 @@ class BotConnector(aiohttp.TCPConnector):
         if watch is not None and watch.gone():
             raise ClientGone
         key = req.connection_key
-        self._drop_stale(key)
         conn = await self._get(key, traces)  # an idle connection of the bot
+        while conn is not None and _stale(conn):
+            conn.close()  # it holds bytes nobody asked for: never reused
+            conn = await self._get(key, traces)
+        kept = conn is not None
         if conn is None:
             async with ceil_timeout(timeout.connect, timeout.ceil_threshold):
-                conn = await self._new(req, key, traces, timeout, watch)
+                conn, kept = await self._new(req, key, traces, timeout, watch)
         if watch is not None:
             if watch.gone():
                 conn.release()  # unused: to the next waiter, or kept alive
                 raise ClientGone
             watch.connected()
+            if kept and req.body and conn.transport is not None:
+                watch.hold(conn.transport)  # its body is written later (gateway.unread)
         return conn
 
     async def _new(
@@ -123,17 +129,17 @@ class BotConnector(aiohttp.TCPConnector):
         traces: list[Trace],
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
         watch: ClientWatch | None,
-    ) -> Connection:
+    ) -> tuple[Connection, bool]:
         """A place now, else the first connection or place handed over; a connection
-        opened in the place."""
+        opened in the place. True: a kept connection was handed over."""
         if self._available_connections(key) > 0:
             place = self._placeholder()
             self._take(key, place)
         else:
             place = await self._wait(key, traces, watch)
             if not isinstance(place, _Place):
-                if place.is_connected() and not place.should_close:
-                    return Connection(self, key, place, self._loop)
+                if place.is_connected() and not _stale(place):
+                    return Connection(self, key, place, self._loop), True
                 dead, place = place, self._placeholder()  # ended since: open one instead
                 self._drop(key, dead)
                 self._take(key, place)
@@ -153,18 +159,7 @@ class BotConnector(aiohttp.TCPConnector):
             raise aiohttp.ClientConnectionError("Connector is closed.")
         self._drop(key, place)
         self._take(key, proto)
-        return Connection(self, key, proto, self._loop)
-
-    def _drop_stale(self, key: ConnectionKey) -> None:
-        """Close the bot's idle connections that hold bytes nobody asked for."""
-        conns = self._conns.get(key)
-        if not conns or not any(proto.should_close for proto, _ in conns):
-            return
-        for entry in [e for e in conns if e[0].should_close]:
-            conns.remove(entry)
-            entry[0].close()
-        if not conns:
-            del self._conns[key]
+        return Connection(self, key, proto, self._loop), False
 
     def refuse_waiters(self) -> None:
         """Stopping: every message waiting for a place now, or from now on, gets
@@ -286,6 +281,12 @@ class BotConnector(aiohttp.TCPConnector):
             held.discard(proto)
             if not held:
                 del self._acquired_per_host[key]
+
+
+def _stale(conn: Connection | ResponseHandler) -> bool:
+    """Bytes nobody asked for: parsed into its buffer, or waiting unread in its socket."""
+    proto = conn.protocol if isinstance(conn, Connection) else conn
+    return proto is None or proto.should_close or transport_unread(proto.transport)
 
 
 def _leave(wait: Wait) -> None:

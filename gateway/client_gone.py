@@ -14,10 +14,12 @@ connection is not lost until its answer is written.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from gateway.unread import StrayBytes, transport_unread
 from meter.redis_layer.keys import workspace_of
 
 if TYPE_CHECKING:
@@ -56,12 +58,38 @@ class ClientWatch:
     (:mod:`gateway.tenant_share`): as given (:meth:`gateway.upstreams.Upstreams.tenant`),
     else the workspace of the app in the request's route."""
 
-    __slots__ = ("_request", "on_connected", "tenant")
+    __slots__ = ("_held", "_request", "on_connected", "tenant")
 
     def __init__(self, request: web.Request, tenant: str | None = None) -> None:
         self._request = request
         self.on_connected: Callable[[], None] | None = None
         self.tenant = tenant or workspace_of(request.match_info.get("app_id", ""))
+        self._held: asyncio.Transport | None = None
+
+    def hold(self, transport: asyncio.Transport) -> None:
+        """A kept bot connection was handed to this request, whose body goes out later
+        (a task's step, a streamed body's first chunk): nothing is read from it until
+        then (:meth:`sending`), so what the bot sends meanwhile waits in its socket,
+        never read as this request's answer (:mod:`gateway.unread`)."""
+        if transport.is_reading():
+            transport.pause_reading()
+            self._held = transport
+
+    def sending(self) -> None:
+        """The request's first bytes are written now: :class:`StrayBytes` (nothing
+        written) if bytes wait in its held connection's socket, else reading resumes."""
+        transport, self._held = self._held, None
+        if transport is None or transport.is_closing():
+            return
+        if transport_unread(transport):
+            raise StrayBytes("the bot sent bytes before this request")
+        transport.resume_reading()
+
+    def release(self) -> None:
+        """The request is over: a connection still held (never sent on) reads again."""
+        transport, self._held = self._held, None
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def connected(self) -> None:
         """The request has its bot connection: run ``on_connected`` (once)."""

@@ -134,16 +134,15 @@ class Proxy:
 
     def _confirming(self, body: Body, admission: Charge | None, watch: ClientWatch) -> Sent:
         """The body to send, wrapped so a charged message is confirmed as forwarded as
-        soon as its request is handed to the bot's socket."""
-        if admission is None:
-            return body
+        soon as its request is handed to the bot's socket, and so a kept connection is
+        read again only as its first bytes go out (:meth:`ClientWatch.sending`)."""
         sent = functools.partial(self.meter.forwarded, admission)
         if isinstance(body, bytes):
-            return SentBytes(body, sent)
+            return SentBytes(body, sent, watch.sending)
         if body is None:  # once connected: the head then goes out with no await between
             watch.on_connected = sent
             return None
-        return sent_stream(body, sent)
+        return sent_stream(body, sent, watch.sending)
 
     async def forward(
         self,
@@ -196,6 +195,7 @@ class Proxy:
             return await self._stream_back(request, upstream, admission, t0)
         finally:
             CLIENT_GONE.reset(gone)
+            watch.release()
         self.metrics.upstream_children[failure].observe(time.perf_counter() - t0)
         await self._failed(admission, failure)
         if status == 504:

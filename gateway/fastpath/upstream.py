@@ -13,16 +13,14 @@ pool.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import sys
-import termios
 from typing import Protocol, cast
 
 import httptools
 
 from gateway.header_text import writable_fields
 from gateway.tenant_share import Ticket
+from gateway.unread import unread
 
 log = logging.getLogger(__name__)
 # A response head is refused (502) past aiohttp's client limits (max_line_size,
@@ -121,7 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return False
-        if self._fd >= 0 and _unread(self._fd):
+        if self._fd >= 0 and unread(self._fd):
             log.info("upstream %s sent bytes between answers: closed", self.key[0])
             self.close()
             return False
@@ -262,13 +260,3 @@ class UpstreamConnection(asyncio.Protocol):
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.on_complete(self._parser.should_keep_alive())
-
-
-def _unread(fd: int) -> bool:
-    """Whether bytes wait unread in socket ``fd`` (``FIONREAD``; no byte is taken). A
-    socket that cannot say is left to the loop, as before (its failure ends it)."""
-    try:
-        count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return False
-    return int.from_bytes(count, sys.byteorder) > 0
