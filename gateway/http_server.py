@@ -9,6 +9,11 @@
   then the connection is closed. aiohttp closes at the FIN and the answer is lost. A
   request whose body was cut short by the FIN is not answered (closed at once), nor is
   an upgrade (a WebSocket's client that shut its side has left).
+* **Clients that do not read.** A connection whose client takes nothing of what is
+  written to it for ``header_timeout_s`` (writing paused: its handler waits on
+  ``drain``; or closing with answers still buffered) is aborted, as on the fast path;
+  aiohttp waited without bound, the connection, its handler and what was buffered or
+  pipelined held for good. A WebSocket (upgraded) is left to its pump.
 * **Clients that leave.** A connection lost runs the callbacks registered for it
   (:class:`gateway.client_gone.LostCallbacks`): a message waiting for a bot connection
   stops waiting at once.
@@ -22,10 +27,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
@@ -49,10 +55,55 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
     half-closed clients in full, telling when the connection is lost (see the module)."""
 
     _peer_eof = False  # the client sent FIN (no __slots__ here: attributes more)
+    stall_s = 0.0  # header_timeout_s (set by _ProblemServer); 0: no bound
+    _own: asyncio.Transport | None = None  # aiohttp drops self.transport as it closes
+    _cut: asyncio.TimerHandle | None = None
+    _left = 0  # bytes buffered for the client when the bound started
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._own = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._uncut()
+        self._own = None
         super().connection_lost(exc)
         self.lost()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._cut_later()  # the client takes nothing more: aborted unless it reads
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._uncut()
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:  # closing: what is still buffered must be taken within the bound too
+            self._cut_later()
+
+    def _cut_later(self) -> None:
+        if self.stall_s and self._cut is None and self._own is not None:
+            self._left = self._own.get_write_buffer_size()
+            self._cut = self._loop.call_later(self.stall_s, self._stalled)
+
+    def _uncut(self) -> None:
+        if self._cut is not None:
+            self._cut.cancel()
+            self._cut = None
+
+    def _stalled(self) -> None:
+        self._cut = None
+        own = self._own
+        if own is None or self._upgraded:
+            return
+        if own.get_write_buffer_size() < self._left:  # it reads, slowly: bounded again
+            self._cut_later()
+            return
+        log.info("client took nothing for %.0fs: connection aborted", self.stall_s)
+        own.abort()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         if self._upgraded:
@@ -124,8 +175,12 @@ def _count_disconnect(request: BaseRequest) -> None:
 
 
 class _ProblemServer(web.Server):
+    stall_s = 0.0
+
     def __call__(self) -> RequestHandler:
-        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.stall_s = self.stall_s
+        return handler
 
 
 class GatewayRunner(web.AppRunner):
@@ -146,6 +201,7 @@ class GatewayRunner(web.AppRunner):
             kwargs.setdefault("access_log", ACCESS_LOGGER)
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("keepalive_timeout", settings.header_timeout_s)
+        self._stall_s = settings.header_timeout_s
         if _server_name not in app.on_response_prepare:
             app.on_response_prepare.append(_server_name)
         super().__init__(app, **kwargs)
@@ -154,4 +210,5 @@ class GatewayRunner(web.AppRunner):
         server = await super()._make_server()
         # Same object, one method differs: the protocol it creates per connection.
         server.__class__ = _ProblemServer
+        cast(_ProblemServer, server).stall_s = self._stall_s
         return server
