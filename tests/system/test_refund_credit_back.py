@@ -27,6 +27,7 @@ from config import load_catalog
 from gateway.cli_commands import _reconcile
 from meter.accounts import projection, projection_check, rebuild
 from meter.accounts.deps import Deps
+from meter.accounts.reversals import ReversalEvent, handle_event
 from meter.usage.reconcile import reconcile
 from tests.support.adminkit import Admin
 from tests.support.clock import Clock
@@ -423,3 +424,48 @@ async def test_a_refund_held_before_its_payment_is_not_debited_again_after_a_cre
         assert await outcome(admin, second) == "already_reversed"
         assert await outcome(admin, first) == "already_reversed"
         assert await settle(admin, ws) == 100 * USD
+
+
+async def test_a_refund_asked_before_a_credit_back_committed_asks_stripe_again(
+    store_url: str, redis_url: str
+) -> None:
+    # After a credit back, a charge.refunded counts for no more than Stripe lists. re_3's
+    # event gets Stripe's answer (50: re_2 not failed yet), then re_2 fails and its
+    # credit back commits before the event is recorded: that answer is stale (it would
+    # take re_2's 40 again, the payer holding 50 of the 90 Stripe kept), so the event
+    # asks Stripe again (10) and takes nothing more.
+    async with paying(store_url, redis_url) as (admin, standin):
+        token, ws = await admin.owner_workspace()
+        pi = await bought(admin, standin, token, ws, "100.00")
+        charge = "ch_" + pi.removeprefix("pi_")
+        standin.set_refund(pi, "re_1", 3000)
+        assert await outcome(admin, refunded(pi, 3000, amount=10000)) == "reversed"
+        standin.set_refund(pi, "re_1", 3000, "failed")
+        assert await outcome(admin, refund_updated(pi, "re_1", 3000, "failed")) == "refund_failed"
+        assert (await credit(admin, ws, "re_1"))[0] == 201
+        standin.set_refund(pi, "re_2", 4000)
+        assert await outcome(admin, refunded(pi, 4000, amount=10000)) == "reversed"
+        assert await settle(admin, ws) == 60 * USD
+        standin.set_refund(pi, "re_3", 1000)  # Stripe: re_2 40 + re_3 10
+
+        asked: list[str] = []
+
+        async def stripe_refunded(ch: str) -> int:
+            asked.append(ch)
+            if len(asked) == 1:  # answered 50; meanwhile re_2 fails and is credited back
+                standin.set_refund(pi, "re_2", 4000, "failed")
+                failed = refund_updated(pi, "re_2", 4000, "failed")
+                assert await outcome(admin, failed) == "refund_failed"
+                st, got = await credit(admin, ws, "re_2")
+                assert (st, got["amount"]) == (201, "30.00"), got
+                return 5000
+            listed = standin.refunds[ch]
+            return sum(r["amount"] for r in listed if r["status"] not in ("failed", "canceled"))
+
+        deps = Deps(admin.store, admin.redis, admin.settings, load_catalog())
+        ev = ReversalEvent(event_id="evt_re_3", type="charge.refunded", object_id=charge,
+                           payment_intent=pi, charge=charge, amount=5000, currency="usd",
+                           livemode=admin.settings.stripe_livemode)  # fmt: skip
+        got = await handle_event(deps, ev, None, stripe_refunded)
+        assert (got, asked) == ("already_reversed", [charge, charge])
+        assert await settle(admin, ws) == 90 * USD
