@@ -190,7 +190,7 @@ def ceilings(server: RedisServer, batch: int, session_calls: int = 400) -> dict[
     admit = str(server.command("SCRIPT", "LOAD", lua_source("admit")))
     # redis-benchmark puts a random number for each __rand_int__: every message is a new
     # user (so each admission opens and charges a billing session, the costly path).
-    call = ["EVALSHA", admit, "1", keys.ws_prefix("bench0000"), *head]
+    call = ["EVALSHA", admit, "2", *keys.ws_keys("bench0000"), *head]
     msg = "bench0000_app1\tweb\tu__rand_int__\t\tt__rand_int__\tm"
     out = {"trivial": redis_benchmark(port, 200_000, "EVALSHA", trivial, "0")}
     out["admit1"] = redis_benchmark(port, 50_000, *call, msg, rnd=10**9)
@@ -203,7 +203,7 @@ def ceilings(server: RedisServer, batch: int, session_calls: int = 400) -> dict[
     asyncio.run(prepare())
     for i in range(0, 1000, batch):
         opening = [f"bench0000_app1\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + batch)]
-        server.command("EVALSHA", admit, "1", keys.ws_prefix("bench0000"), *head, *opening)
+        server.command("EVALSHA", admit, "2", *keys.ws_keys("bench0000"), *head, *opening)
     inside = "bench0000_app1\tweb\tu__rand_int__\t\tt__rand_int__\tm"
     out["admitN_session"] = (
         redis_benchmark(port, session_calls, *call, *([inside] * batch), rnd=1000) * batch

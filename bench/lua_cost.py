@@ -80,13 +80,13 @@ def instructions(kind: str, calls: int, batch: int) -> int:
             except redis.ConnectionError:
                 time.sleep(0.1)
         head = asyncio.run(_prepare(port))
-        sha, prefix = r.script_load(lua_source("admit")), keys.ws_prefix("bench0000")
+        sha, declared = r.script_load(lua_source("admit")), keys.ws_keys("bench0000")
         for i in range(0, SESSIONS, 256):
             opening = [f"{APP}\tweb\tu{j:012d}\t\to{j}\tm" for j in range(i, i + 256)]
-            r.evalsha(sha, 1, prefix, *head, *opening)
+            r.evalsha(sha, 2, *declared, *head, *opening)
         for call in range(calls):
             now = head[0] + (call + 1 if kind in ("later", "keyed", "long") else 0)
-            r.evalsha(sha, 1, prefix, now, *head[1:], *messages(kind, call, batch))
+            r.evalsha(sha, 2, *declared, now, *head[1:], *messages(kind, call, batch))
         with contextlib.suppress(redis.ConnectionError):  # it closes the connection
             r.shutdown(nosave=True)
         proc.wait()

@@ -179,7 +179,7 @@ async def grant(
     if not reference or len(reference) > 128:
         raise InvalidInput("reference", "must be 1-128 characters")
     res = await register(client, "grant")(
-        keys=[keys.ws_prefix(ws)],
+        keys=keys.ws_keys(ws),
         args=[
             reference,
             kind,
@@ -214,7 +214,7 @@ async def reverse(
     if not reference or len(reference) > 128:
         raise InvalidInput("reference", "must be 1-128 characters")
     res = await register(client, "reverse")(
-        keys=[keys.ws_prefix(ws)],
+        keys=keys.ws_keys(ws),
         args=[reference, amount, app_id, *([] if now_ms is None else [now_ms])],
     )
     if res == -1:
@@ -253,5 +253,5 @@ async def rename_legacy_fields(client: RedisClient) -> int:
     script = register(client, "rename_fields")
     renamed = 0
     for ws in sorted(_s(w) for w in await client.smembers(keys.WORKSPACES)):
-        renamed += int(await script(keys=[keys.ws_prefix(ws)]))
+        renamed += int(await script(keys=keys.ws_keys(ws)))
     return renamed

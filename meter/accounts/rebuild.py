@@ -153,7 +153,7 @@ async def rebuild_workspace(
             [f"{k[3:]}:{billing_period(now)}", str(v)] for k, v in values.items() if k[:3] == "lu:"
         ],
     }
-    res = int(await register(client, "rebuild")(keys=[keys.ws_prefix(ws_id)], args=[
+    res = int(await register(client, "rebuild")(keys=keys.ws_keys(ws_id), args=[
         orjson.dumps(doc)
     ]))  # fmt: skip
     if res == 0:

@@ -69,8 +69,9 @@ class AdmitCalls:
         self._head_mid, self._head_end = bulks(fixed[1:at]), bulks(fixed[at + 1 :])
         script = self._admit.script
         self._script = script.encode() if isinstance(script, str) else bytes(script)
-        self._argc = 4 + len(fixed)  # EVALSHA sha numkeys key, the head, then admissions
-        self._evalsha = b"$7\r\nEVALSHA\r\n" + bulks([self._admit.sha.encode()]) + b"$1\r\n1\r\n"
+        # EVALSHA sha numkeys, the two keys (keys.ws_keys), the head, then admissions.
+        self._argc = 5 + len(fixed)
+        self._evalsha = b"$7\r\nEVALSHA\r\n" + bulks([self._admit.sha.encode()]) + b"$1\r\n2\r\n"
 
     def head(self, now: float) -> AdmitHead:
         """``admit.lua``'s ARGV before the admissions, as of ``now``."""
@@ -108,8 +109,8 @@ class AdmitCalls:
         for ws, chunk in batch:
             if self._on_batch is not None:
                 self._on_batch(len(chunk))
-            # Everything after "numkeys": the key, the head, one argument per admission.
-            key = bulks([keys.ws_prefix(ws).encode()])
+            # Everything after "numkeys": the keys, the head, one argument per admission.
+            key = bulks([k.encode() for k in keys.ws_keys(ws)])
             args = b"".join((key, head, bulks([p.arg for p in chunk])))
             count = b"*%d\r\n" % (self._argc + len(chunk))
             on_reply = self._on_reply(pipe, chunk, count, args, answered, at)
@@ -131,7 +132,7 @@ class AdmitCalls:
             if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
                 # A restarted or flushed server: EVAL loads the script again on the way.
                 script = b"$4\r\nEVAL\r\n" + bulks([self._script])
-                pipe.send(b"".join((count, script, b"$1\r\n1\r\n", args)), finish)
+                pipe.send(b"".join((count, script, b"$1\r\n2\r\n", args)), finish)
                 return
             finish(reply, sent)
 
@@ -166,9 +167,9 @@ class AdmitCalls:
         args = [*head, *(p.arg for p in chunk)]
         try:
             if self._replicated is not None:
-                call = self._replicated.call(keys.ws_prefix(ws), args)
+                call = self._replicated.call(keys.ws_keys(ws), args)
             else:
-                call = run(self._admit, self._client, [keys.ws_prefix(ws)], args)
+                call = run(self._admit, self._client, keys.ws_keys(ws), args)
             raw = await asyncio.wait_for(call, self._timeout)
         except Exception as exc:  # see fail()
             fail(chunk, exc)
@@ -189,7 +190,7 @@ class AdmitCalls:
             async with self._client.pipeline(transaction=False) as pipe:
                 for ws, chunk in batch:
                     pipe.execute_command(
-                        "EVALSHA", sha, 1, keys.ws_prefix(ws), *head, *(p.arg for p in chunk)
+                        "EVALSHA", sha, 2, *keys.ws_keys(ws), *head, *(p.arg for p in chunk)
                     )
                 results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
         except Exception as exc:  # see fail()

@@ -77,7 +77,7 @@ class Refunds:
         res = await run(
             self._refund,
             self._client,
-            [keys.ws_prefix(ws)],
+            keys.ws_keys(ws),
             [
                 int(now * 1000),
                 app_id,

@@ -10,7 +10,7 @@
 --
 -- KEYS[1]   workspace prefix "cg:{<ws>}". Every key touched is derived from it (see
 --           meter/redis_layer/keys.py), so all share one hash slot and the script runs on
---           Redis Cluster.
+--           Redis Cluster. KEYS[2], never read: the slot guard (keys.py ws_keys).
 -- ARGV[1]   now (ms)
 -- ARGV[2]   session block (ms)            ARGV[3]  conversation idle end (ms)
 -- ARGV[4]   idempotency window (ms)       ARGV[5]  flush bucket (s)

@@ -76,13 +76,15 @@ class ReplicatedCalls:
             self._nodes[node.name] = plain
         return plain
 
-    async def call(self, prefix: str, args: Sequence[EncodableT]) -> Any:
-        """The script's reply, once ``replicas`` replicas hold its writes."""
+    async def call(self, script_keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        """The script's reply (its keys: :func:`~meter.redis_layer.keys.ws_keys`), once
+        ``replicas`` replicas hold its writes."""
         for attempt in range(2):
-            target = self._target(prefix)
+            target = self._target(script_keys[0])
             try:
                 async with target.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("EVALSHA", self._script.sha, 1, prefix, *args)
+                    sha, n = self._script.sha, len(script_keys)
+                    pipe.execute_command("EVALSHA", sha, n, *script_keys, *args)
                     pipe.execute_command("WAIT", self._replicas, self._wait_ms)
                     reply, acked = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError):

@@ -94,6 +94,18 @@ def ws_prefix(ws: str) -> str:
     return f"{PREFIX}:{{{ws}}}"
 
 
+# KEYS[2] of every workspace script (``P:~``), never written: while the workspace's slot
+# migrates, Redis Cluster answers ASK (the node handing it over) or TRYAGAIN (the node
+# taking it) for a declared key it lacks, so the script runs nowhere until the slot has
+# moved, instead of on the part of the workspace's keys moved so far (README Resharding).
+SLOT_GUARD = ":~"
+
+
+def ws_keys(ws: str) -> list[str]:
+    """What a workspace script declares: :func:`ws_prefix` and the slot guard."""
+    return [ws_prefix(ws), ws_prefix(ws) + SLOT_GUARD]
+
+
 _WS_OF: dict[str, str] = {}  # well-formed app id -> its workspace (bounded)
 _WS_OF_MAX = 65_536
 

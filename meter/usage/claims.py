@@ -147,14 +147,14 @@ class Claims:
         self, ws: str, kind: BucketKind, bucket: int, *, keep_index: bool = False
     ) -> tuple[ClaimCode, Claim | None]:
         """Claim (or re-take) a bucket; the claim is ``None`` unless the code says taken."""
-        prefix = keys.ws_prefix(ws)
+        script_keys = keys.ws_keys(ws)
         args = [kind, bucket, self._lease_ms, self._owner, "1" if keep_index else "0"]
         args += [int(self._clock() * 1000), RECORDS_HORIZON_MS]
         res: list[Any]
         if self._replicated is not None:
-            res = await self._replicated.call(prefix, args)
+            res = await self._replicated.call(script_keys, args)
         else:
-            res = await self._claim(keys=[prefix], args=args)
+            res = await self._claim(keys=script_keys, args=args)
         code = ClaimCode(int(res[0]))
         if code in (ClaimCode.BUSY, ClaimCode.EMPTY):
             return code, None
@@ -173,7 +173,7 @@ class Claims:
     async def ack(self, claim: Claim) -> bool:
         """Retire a committed claim; ``False`` if someone else already did."""
         res = await self._ack(
-            keys=[keys.ws_prefix(claim.ws)], args=[claim.kind, claim.bucket, claim.gen]
+            keys=keys.ws_keys(claim.ws), args=[claim.kind, claim.bucket, claim.gen]
         )
         return bool(res == 1)
 

@@ -57,7 +57,7 @@ async def redis_sessions(
     sb = max(1, block_ms // 1000)  # session buckets are as wide as a block (admit.lua)
     lo, hi = (from_ms // 1000 // sb - 1) * sb, (to_ms // 1000 // sb) * sb
     snapshot: list[Any] = await run(
-        register(client, "peek_sessions"), client, [keys.ws_prefix(ws)], [lo, hi]
+        register(client, "peek_sessions"), client, keys.ws_keys(ws), [lo, hi]
     )
     out: dict[str, tuple[int, Listed]] = {}
     for _bucket, gen, items in snapshot:

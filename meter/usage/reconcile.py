@@ -162,7 +162,7 @@ async def _correct(client: RedisClient, ws: str, report: Report) -> int | None:
         else:
             fix.append([":ws", d.field, seen, str(delta)])
     doc = orjson.dumps({"fix": fix, "grants": report.marks})
-    done = await register(client, "correct")(keys=[keys.ws_prefix(ws)], args=[doc])
+    done = await register(client, "correct")(keys=keys.ws_keys(ws), args=[doc])
     return len(fix) if done else None
 
 

@@ -52,6 +52,6 @@ async def check(
     they are put back in it."""
     script = register(client, "reindex")
     out: list[bytes] = await run(
-        script, client, [keys.ws_prefix(ws)], [kind, "1" if index else "0", *sorted(buckets)]
+        script, client, keys.ws_keys(ws), [kind, "1" if index else "0", *sorted(buckets)]
     )
     return [int(b) for b in out]

@@ -91,7 +91,7 @@ async def read_pending(
     made again may be in the view already (under its ``once`` key): the caller drops
     those by the view's ledger (:mod:`meter.usage.pending`)."""
     peek = register(client, "peek")
-    got = await peek(keys=[keys.ws_prefix(ws)], args=[lo_s, hi_s, int(events)])
+    got = await peek(keys=keys.ws_keys(ws), args=[lo_s, hi_s, int(events)])
     seq = int(got[0])
     out = Pending()
     async with store.snapshot():

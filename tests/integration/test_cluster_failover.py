@@ -1,4 +1,5 @@
-"""Admission on a real Redis Cluster while a master fails over to its replica, mid-run.
+"""Admission on a real Redis Cluster while a master fails over to its replica, or a
+workspace's slot moves to another master, mid-run.
 
 A 3-master cluster with one replica per master, on loopback. Workspaces live on the
 master that fails and on the others; thousands of request-unit admissions (one unit
@@ -13,6 +14,9 @@ key and token until it is decided, so an attempt that did land is found as a dup
   loss and report it (``[cluster-failover]`` lines, ``record_property``), with the
   replica in sync and after a simulated replication outage, and assert what must hold
   regardless: nothing charged twice; aggregates, records and balances agree exactly.
+* A slot moving to another master (``MIGRATE``, as ``redis-cli --cluster reshard``):
+  exact. No script of the slot runs while it moves; its admissions fail retryably and
+  are decided once it has moved.
 
 A prototype that followed each ``admit.lua`` call by ``WAIT 1`` on the same connection
 lost nothing in the lagging case, at ~15-20% throughput; it is not in the product yet.
@@ -531,6 +535,59 @@ async def test_kill_9_of_a_master_with_replicated_durability_loses_nothing(
     values = summary(run, shops, failed, b)
     report(record_property, "kill9_replicated_lagging", values)
     # The outage did make the failed shard's admissions wait (or fail and be retried).
+    assert values["unavailable_failed_shard"] > 0, values
+
+
+# --- 3. a slot moving to another master (resharding) ----------------------------------
+
+
+@pytest.mark.parametrize("durability", ["async", "replicated"])
+async def test_slot_moving_mid_run_loses_and_doubles_nothing(
+    ha: RedisCluster,
+    client: RedisClient,
+    record_property: Callable[[str, object], None],
+    durability: str,
+) -> None:
+    """A workspace's slot moves to another master mid-run, and is held half moved (every
+    key but the app's on the new master) until an admission of the workspace has been
+    tried there. While the slot moves no script of it runs on either master (the slot
+    guard, keys.ws_keys): such an admission fails retryably, nothing of it written, and
+    the client's retry is decided once the slot has moved. Without the guard the new
+    master ran admit.lua on the keys it had so far: the app was unknown there, and its
+    messages were refused."""
+    cfg = make_settings(**CFG, redis_durability=durability)
+    shops = await seed_shops(client, ha, cfg)
+    moving = shops[0]
+    slot = ws_slot(moving.ws)
+    dst = next(p for p in ha.master_ports() if p != moving.master)
+
+    async def reshard(run: Run) -> None:
+        tried = run.unavailable({moving.ws})
+        app_key = keys.app_key(moving.ws, moving.app)
+        run.notes["keys_moved_first"] = await asyncio.to_thread(
+            ha.move_keys, slot, moving.master, dst, app_key.__eq__
+        )
+        deadline = time.monotonic() + RETRY_FOR_S
+        while run.unavailable({moving.ws}) == tried:  # one was tried while half moved
+            assert time.monotonic() < deadline, "no admission met the half-moved slot"
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(ha.finish_move, slot, moving.master, dst)
+
+    run = await run_load(new_admitter(client, cfg), shops, reshard)
+
+    assert ha.slot_owner(slot) == dst
+    refused = [m.decision for m in run.msgs if m.decision is not None and not m.decision.admitted]
+    assert refused == [], refused[:3]
+    assert all(m.decision is not None for m in run.msgs)
+    b = await books(client, run, shops)
+    for s in shops:
+        x = b[s.ws]
+        check_consistent(x)
+        per_ws = sum(m.shop is s for m in run.msgs)
+        assert x.admitted == x.records == x.n == per_ws, (s, x)
+        assert x.charged_replies + x.duplicates == per_ws, (s, x)
+    values = summary(run, shops, moving.master, b)
+    report(record_property, f"slot_moved_{durability}", values)
     assert values["unavailable_failed_shard"] > 0, values
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
@@ -235,6 +236,52 @@ async def test_racing_flushers_on_redis_cluster(
             assert (units, amount) == (exp.units, exp.amount)
             assert a.stats.batches > 0
             assert b.stats.batches > 0
+    finally:
+        await c.aclose()
+
+
+def _aggregates_of(ws: str) -> Callable[[str], bool]:
+    """Whether a key is one of ``ws``'s aggregate hashes (``P:ag:<bucket>``)."""
+    prefix = f"{keys.ws_prefix(ws)}:ag:"
+    return lambda key: key.startswith(prefix)
+
+
+@pytest.mark.cluster
+async def test_a_moving_slot_is_flushed_once_it_has_moved(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """A workspace's slot moves to another master and is held with its aggregates behind
+    and everything else (their index among it) moved: no claim runs meanwhile (the slot
+    guard, keys.ws_keys), and once the slot has moved every unit reaches the store once."""
+    cfg, clock = make_settings(fast_flush=True), Clock.past()
+    c = connect(redis_cluster.url)
+    try:
+        async for store in opened_store(f"sqlite:///{tmp_path / 'moving.db'}"):
+            w = await seed_ws(c, store, cfg, clock, products=["agent"], pool=50 * USD)
+            adm = admitter(c, cfg, clock)
+            exp = Expected()
+            for i in range(40):
+                exp.add(await adm.admit(w.apps[0], "web", f"u{i % 5}"))
+                clock.advance(0.5)
+            clock.advance(cfg.flush_bucket_s + cfg.flush_grace_s + 1)  # the buckets closed
+            slot = key_slot(keys.ws_prefix(w.ws).encode())
+            src = redis_cluster.slot_owner(slot)
+            dst = next(p for p in redis_cluster.master_ports() if p != src)
+            moved = await asyncio.to_thread(
+                redis_cluster.move_keys, slot, src, dst, _aggregates_of(w.ws)
+            )
+            assert moved > 0
+            try:
+                res = await Flusher(c, store, cfg, clock=clock).flush_once()
+                assert res.batches == 0, res
+                assert (await store.usage_totals(w.ws)).requests == 0
+            finally:
+                await asyncio.to_thread(redis_cluster.finish_move, slot, src, dst)
+            assert redis_cluster.slot_owner(slot) == dst
+            await Flusher(c, store, cfg, clock=clock).drain()
+            t = await store.usage_totals(w.ws)
+            assert (t.requests, t.total_units, t.amount) == (40, exp.units, exp.amount)
+            assert await c.zcard(keys.agg_index_key(w.ws)) == 0
     finally:
         await c.aclose()
 

@@ -63,12 +63,12 @@ async def test_evalsha_and_eval_match_the_generic_encoding(calls: AdmitCalls) ->
     assert len(pipe.sent) == 2
     sha, script = calls._admit.sha, calls._admit.script
     for (ws, chunk), (command, on_reply) in zip(chunks.items(), pipe.sent, strict=True):
-        argv = [keys.ws_prefix(ws), *head, *(p.arg for p in chunk)]
-        assert command == encode(["EVALSHA", sha, 1, *argv])
+        argv = [*keys.ws_keys(ws), *head, *(p.arg for p in chunk)]
+        assert command == encode(["EVALSHA", sha, 2, *argv])
         # A server that lost its scripts: the same call as EVAL, with the script's text.
         on_reply(ResponseError("NOSCRIPT No matching script."), True)
         command, _ = pipe.sent.pop()
-        assert command == encode(["EVAL", script, 1, *argv])
+        assert command == encode(["EVAL", script, 2, *argv])
 
 
 async def test_head_follows_the_clock(calls: AdmitCalls) -> None:
@@ -77,8 +77,8 @@ async def test_head_follows_the_clock(calls: AdmitCalls) -> None:
     chunk = [pending(AdmitArgs("ws1_a", "web", "u", "", "t.1", "m"))]
     for now in (NOW, NOW + 40 * 86_400.0):  # the next call lands in another month
         calls._send_piped(pipe, now, [("ws1", chunk)], lambda: None)  # type: ignore[arg-type]
-        argv = [keys.ws_prefix("ws1"), *calls.head(now), chunk[0].arg]
-        assert pipe.sent[-1][0] == encode(["EVALSHA", calls._admit.sha, 1, *argv])
+        argv = [*keys.ws_keys("ws1"), *calls.head(now), chunk[0].arg]
+        assert pipe.sent[-1][0] == encode(["EVALSHA", calls._admit.sha, 2, *argv])
     first, second = (calls.head(t) for t in (NOW, NOW + 40 * 86_400.0))
     assert first.period != second.period
     assert first._replace(now_ms=0, period="") == second._replace(now_ms=0, period="")

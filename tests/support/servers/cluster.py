@@ -1,10 +1,12 @@
-"""A Redis Cluster of real ``redis-server`` processes on loopback, with failover helpers."""
+"""A Redis Cluster of real ``redis-server`` processes on loopback, with failover and
+resharding helpers."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,32 @@ class RedisCluster(Stoppable):
             time.sleep(0.05)
         slots = self._killed_slots.get(port_killed) or [(0, 0)]
         return self.slot_owner(slots[0][0])
+
+    def move_keys(
+        self, slot: int, src: int, dst: int, keep: Callable[[str], bool] = lambda _: False
+    ) -> int:
+        """Start moving ``slot`` from master ``src`` to ``dst`` as ``redis-cli --cluster
+        reshard`` does (IMPORTING, MIGRATING, then MIGRATE a few keys at a time), leaving
+        the keys ``keep`` names behind; returns how many keys moved."""
+        s, d = self.node(src), self.node(dst)
+        d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", s.command("CLUSTER", "MYID"))
+        s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", d.command("CLUSTER", "MYID"))
+        moved = 0
+        while True:
+            found = [k for k in s.command("CLUSTER", "GETKEYSINSLOT", slot, 1000) if not keep(k)]
+            if not found:
+                return moved
+            for i in range(0, len(found), 10):
+                s.command("MIGRATE", d.host, d.port, "", 0, 5000, "KEYS", *found[i : i + 10])
+            moved += len(found)
+
+    def finish_move(self, slot: int, src: int, dst: int) -> None:
+        """Move the rest of ``slot``'s keys and give the slot to ``dst`` on every master."""
+        self.move_keys(slot, src, dst)
+        dst_id = self.node(dst).command("CLUSTER", "MYID")
+        for port in (dst, src, *self.master_ports()):
+            self.node(port).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self.wait_ok(15)
 
     def stop(self) -> None:
         for n in self.nodes:
