@@ -10,11 +10,10 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
 * a 5xx response: ``5xx``, 502; the bot's body is never passed on for a metered message
   (a bot cannot answer for free by answering 5xx); an invalid answer (one aiohttp's writer
-  refuses too) or a 101 no request asked for (``Upgrade`` is not forwarded) is ``5xx``,
-  502 whether metered or not.
+  refuses too, a 204 that declares a body: :mod:`gateway.misframed`) or a 101 no request
+  asked for (``Upgrade`` is not forwarded) is ``5xx``, 502 whether metered or not.
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
-
 A failure after the response started cannot be answered any more: the client connection
 is aborted (truncated body) and nothing is refunded (the bot did answer).
 
@@ -47,6 +46,7 @@ import aiohttp
 from aiohttp import payload, web
 from yarl import URL
 
+from gateway import misframed
 from gateway import traffic_rules as rules
 from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import ChannelAuth, Verified
@@ -89,9 +89,8 @@ class Proxy:
     charged_body_s: float = 30.0  # see the module: a body trickled in past the window
 
     async def read_body(self, request: web.Request, within: float | None = None) -> bytes:
-        """The whole request body, at most ``max_body`` bytes (413 beyond, 408 when it
-        stalls or, with ``within``, takes longer than that in all; the client's other
-        failures: :mod:`gateway.request_body`)."""
+        """The whole request body, at most ``max_body`` bytes (413 beyond, 408 when it stalls
+        or, with ``within``, takes longer in all; others: :mod:`gateway.request_body`)."""
         buf = bytearray()
         timeout = self.body_timeout
         try:
@@ -173,6 +172,7 @@ class Proxy:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
             )
+            misframed.refuse(upstream)
         except ClientGone:  # left while its message waited for a bot connection
             self.metrics.client_disconnects.inc()
             await self._failed(admission, "connect")  # never sent

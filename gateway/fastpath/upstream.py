@@ -19,6 +19,7 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.header_text import writable_fields
+from gateway.misframed import declares_body_raw
 from gateway.tenant_share import Ticket
 from gateway.unread import unread
 
@@ -243,6 +244,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer(f"status {status}")
         self._interim = status < 200
         if not self._interim:
+            if declares_body_raw(status, self._headers):  # 502, closed (gateway.misframed)
+                raise InvalidAnswer("a 204 that declares a body")
             self._head_left = 0
             self._head = []
             headers = writable_fields(self._headers) if self._lenient else self._headers
