@@ -49,7 +49,7 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     # may refund what they forwarded.
     try:
         await replay(app[REDIS], settings.state_dir)
-    except Exception:  # Redis down: the sweeper waits for it below
+    except Exception:  # Redis down: each sweeper pass replays first (below)
         log.warning("journal replay deferred: redis unavailable", exc_info=True)
     refunds = Admitter(app[REDIS], settings, clock=app[CLOCK])
 
@@ -61,7 +61,9 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics.swept_refunds.inc()
         return refunded
 
-    sweeper = Sweeper(app[REDIS], flusher.workspaces, sweep, clock=app[CLOCK])
+    sweeper = Sweeper(
+        app[REDIS], flusher.workspaces, sweep, clock=app[CLOCK], state_dir=settings.state_dir
+    )
 
     async def gauges() -> None:
         while True:

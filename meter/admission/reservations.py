@@ -234,12 +234,15 @@ class Sweeper:
         refund: Refund,
         *,
         clock: Callable[[], float] = time.time,
+        state_dir: str | Path | None = None,
     ) -> None:
-        """``refund(app_id, rid)`` refunds a reservation still present (refund.lua)."""
+        """``refund(app_id, rid)`` refunds a reservation still present (refund.lua);
+        ``state_dir``: where the journals of this host's processes are, replayed first."""
         self._client = client
         self._workspaces = workspaces
         self._refund = refund
         self._clock = clock
+        self._state_dir = state_dir
         self.refunded = 0
 
     async def sweep_once(self) -> int:
@@ -249,6 +252,12 @@ class Sweeper:
         if not await clock_ready(self._clock, self._client, ANSWER_MAX_S):
             log.warning("sweeper: skipped until the metering clock follows redis")
             return 0
+        if self._state_dir is not None:
+            # Every pass, not only at start: a worker that died while the gateway runs
+            # (restarted beside it), or a start while Redis was down (the replay then
+            # failed), left confirmations only its journal holds; swept, the messages
+            # the bot got would be refunded. A replay that fails fails the pass.
+            await replay(self._client, self._state_dir)
         now_ms = int(self._clock() * 1000)
         for ws in await self._workspaces():
             while True:

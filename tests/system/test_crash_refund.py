@@ -122,6 +122,38 @@ async def test_a_dead_process_journal_is_replayed_once(
     assert list(state.iterdir()) == []
 
 
+async def test_a_replay_that_failed_at_start_comes_before_any_sweep(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    """A gateway started while Redis refused (here ZREM denied, as a Redis that is down)
+    could not replay a dead process's confirmations and never tried again: once Redis
+    answered, its sweeper refunded the message the bot had got (served free)."""
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    clock = Clock.wall()
+    clock.now -= 60  # charged a minute ago: due for the sweeper
+    d = await make_admitter(rclient, settings, clock).admit(APP, "web", "u1", "")
+    assert d.units == 1
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / f"{JOURNAL_KIND}-1-dead.log").write_text(f"{WS} {APP}:{d.rid}\n")
+    await rclient.execute_command("ACL", "SETUSER", "default", "-zrem")
+    try:
+        async with creditgate_serve(redis_url, tmp_path, refund_window_s=3):
+            log = tmp_path / "serve.log"
+            assert await eventually(lambda: b"journal replay deferred" in log.read_bytes(), 300)
+            await rclient.execute_command("ACL", "SETUSER", "default", "+zrem")
+            for _ in range(6000):  # the replay's or the sweeper's progress
+                if await reserved(rclient) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await reserved(rclient) == 0
+    finally:
+        await rclient.execute_command("ACL", "SETUSER", "default", "+zrem")
+    assert await free_credit(rclient, WS) == FREE - PRICE  # still charged: it was served
+    assert list(state.glob(f"{JOURNAL_KIND}-1-*")) == []
+
+
 async def test_served_messages_are_confirmed_and_failed_ones_refunded(
     seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
