@@ -202,6 +202,7 @@ class GatewayRunner(web.AppRunner):
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("keepalive_timeout", settings.header_timeout_s)
         self._stall_s = settings.header_timeout_s
+        kwargs.setdefault("lingering_time", settings.body_linger_s)
         if _server_name not in app.on_response_prepare:
             app.on_response_prepare.append(_server_name)
         super().__init__(app, **kwargs)

@@ -43,6 +43,11 @@ class ProxySettings(BaseModel):
     # A connection must deliver a complete request head within this many seconds of
     # opening (or of its previous response): slow-header clients are cut off.
     header_timeout_s: Seconds = 15.0
+    # An answer given before its request's body was read to the end (413, 408, a refusal)
+    # on an aiohttp-served connection: the rest of the body is read and dropped for up to
+    # this many seconds, so a client still sending it reads the answer instead of a reset;
+    # then the connection is closed (aiohttp's lingering_time). The tests set it low.
+    body_linger_s: Seconds = 10.0
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
     # Traffic server (issue 13): "aiohttp" serves the traffic port with aiohttp alone;

@@ -27,7 +27,7 @@ M = TypeVar("M", bound=BaseModel)
 class BodyTimeout(Problem):
     """A request body not in within its deadline (408): the connection is not kept, as
     the rest of the body may still come (aiohttp discards what does for at most its
-    lingering time, 10 s, so that the client reads the answer, then closes)."""
+    lingering time, ``body_linger_s``, so that the client reads the answer, then closes)."""
 
     def __init__(self, within_s: float) -> None:
         detail = f"the request body did not arrive within {within_s:g} s"

@@ -160,8 +160,11 @@ async def admin_server(
     redis = connect(settings.redis_url)
     gw = create_app(settings, clock=clock, redis=redis, store=store, run_flusher=run_flusher)
     gw.admin[OPTIONS] = webhooks or WebhookOptions(poll_s=0.05, backoff_base_s=0.05)
-    client: TestClient[Any, Any] = TestClient(TestServer(gw.admin, host="127.0.0.1"))
-    await client.start_server()
+    server = TestServer(gw.admin, host="127.0.0.1")
+    # The admin port's lingering close as the gateway's (GatewayRunner): body_linger_s.
+    await server.start_server(lingering_time=settings.body_linger_s)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()  # the server's already: started once
     try:
         async with AsyncExitStack() as stack:
             url = (

@@ -178,8 +178,14 @@ async def test_a_body_not_in_within_the_deadline_is_408(
 ) -> None:
     """Whatever the route: the body's first bytes came, the rest never does."""
     secret = "whsec_" + "w" * 32
+    # The client sends nothing after its answer: the lingering close (body_linger_s,
+    # 10 s by default) would only hold the connection that long before it closes.
     settings = admin_settings(
-        redis_url, tmp_path, admin_body_timeout_s=0.05, stripe_webhook_secret=secret
+        redis_url,
+        tmp_path,
+        admin_body_timeout_s=0.05,
+        body_linger_s=0.05,
+        stripe_webhook_secret=secret,
     )
     async with admin_server(settings) as admin:
         _, tok = await admin.new_user("staller")

@@ -69,6 +69,11 @@ def _server_settings(server: str) -> dict[str, object]:
         "workers": 1,
         "header_timeout_s": HEADER_TIMEOUT_S,
         "max_body_bytes": MAX_BODY,
+        # After an answer given before the body's end (408, 413, a refusal instead of a
+        # 100) the rest is read and dropped for this long, then the connection closes:
+        # the stalled-body and refusal tests wait for that close (10 s by default). A
+        # client still sending, as in the 413 test, has as long as a head has here.
+        "body_linger_s": HEADER_TIMEOUT_S,
     }
     if "body_timeout_s" in Settings.model_fields:
         settings["body_timeout_s"] = BODY_TIMEOUT_S

@@ -150,7 +150,9 @@ async def test_a_streamed_body_that_stalls_is_408_and_stays_charged(
     # Its first 100 000 bytes went to the bot (its start): the charge stands, and the
     # bot's failure to answer a request never completed is not the bot's.
     apps = {APP: {"product": "automation", "funds": FUNDS}}
-    async with seeded_gateway(WS, apps, body_timeout_s=0.5) as gw:
+    # The client sends nothing after its answer: aiohttp's lingering close (10 s by
+    # default) only held the connection, and the gateway's shutdown, that long.
+    async with seeded_gateway(WS, apps, body_timeout_s=0.5, body_linger_s=0.5) as gw:
         data = head(f"/hooks/web/{APP}/echo", "Content-Length: 300000\r\n") + b"x" * 100_000
         async with RawConn.open(gw.url) as conn:
             conn.send(data)
@@ -165,7 +167,7 @@ async def test_a_streamed_body_turned_invalid_is_the_clients_error(
     seeded_gateway: SeededGateway, http: aiohttp.ClientSession, bot: Bot
 ) -> None:
     apps = {APP: {"product": "automation", "funds": FUNDS}}
-    async with seeded_gateway(WS, apps, body_timeout_s=0.5) as gw:
+    async with seeded_gateway(WS, apps, body_timeout_s=0.5, body_linger_s=0.5) as gw:
         data = head(f"/hooks/web/{APP}/echo", "Transfer-Encoding: chunked\r\n")
         async with RawConn.open(gw.url) as conn:
             conn.send(data + b"5\r\nhello\r\n")
