@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 MAX_FIELD = 8190
 MAX_HEADERS = 128
 HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
+# Interim (1xx) heads before the final one, all together: they are kept with it (read
+# again if it must be), so a bot sending 102s without end held up to HEAD_BYTES per
+# connection. Past this (checked as each ends, against the reads before its last), the
+# answer is the bot's failure (502, refunded); a 100, 102s or 103s take far less.
+INTERIM_BYTES = 64 * 1024
 _BLANKS = (32, 9)  # SP, HTAB
 
 
@@ -101,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._head_left = 0  # bytes a head may still take; 0 once it is complete
+        self._head_before = 0  # head bytes of the reads before the current one
         self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
         self._lenient = False
         self._fd = -1
@@ -143,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.last_read = self.pool.loop.time()
         if self._head_left:
+            self._head_before = HEAD_BYTES - self._head_left
             self._head_left -= min(len(data), self._head_left)
             if not self._head_left:
                 self._invalid("response head too large")
@@ -184,6 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = self.pool.loop.time()
         self._parser = _parser(self)
         self._head_left = HEAD_BYTES
+        self._head_before = 0
         self._head = []
         self._lenient = False
         assert self.transport is not None
@@ -259,6 +267,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:  # 100 Continue and the like: the real answer follows
             self._interim = False
+            if self._head_before > INTERIM_BYTES:
+                raise InvalidAnswer("interim answers too large")
             return
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
