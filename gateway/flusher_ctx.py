@@ -61,9 +61,12 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics.swept_refunds.inc()
         return refunded
 
-    sweeper = Sweeper(
-        app[REDIS], flusher.workspaces, sweep, clock=app[CLOCK], state_dir=settings.state_dir
-    )
+    sweep_every = min(5.0, settings.refund_window_s / 4)
+    # After an outage: a confirmation waiting on its Redis timeout, its retry, and the
+    # sweepers of other pods replaying their dead journals, before anything is refunded.
+    grace_s = settings.redis_timeout_s + 2 * sweep_every
+    sweeper = Sweeper(app[REDIS], flusher.workspaces, sweep, clock=app[CLOCK],
+                      state_dir=settings.state_dir, grace_s=grace_s)  # fmt: skip
 
     async def gauges() -> None:
         while True:
@@ -82,7 +85,6 @@ async def run_flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop), name="creditgate-flusher")
     gauge_task = asyncio.create_task(gauges(), name="creditgate-flush-gauges")
-    sweep_every = min(5.0, settings.refund_window_s / 4)
     sweep_task = asyncio.create_task(sweeper.run(stop, sweep_every), name="creditgate-sweeper")
     deps = Deps(store, app[REDIS], settings, app[CATALOG], app[CLOCK])
     check_task = asyncio.create_task(

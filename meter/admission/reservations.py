@@ -3,29 +3,23 @@
 ``admit.lua`` reserves every charged message in ``P:rsv`` (``<app>:<rid>`` -> deadline).
 The gateway confirms a message once its request has been handed to the bot's socket:
 
-1. the confirmation is appended to this process's journal file (one ``write(2)`` on an
-   ``O_APPEND`` descriptor, which survives a ``kill -9`` of the process: the kernel
-   owns the page cache), then
+1. the confirmation is appended to this process's journal file (one ``write(2)``,
+   ``O_APPEND``: the kernel keeps it across a ``kill -9``), then
 2. confirmations are batched into ``ZREM`` calls per workspace.
 
-A process that dies leaves its journal behind; the next start replays it (``ZREM`` of
-everything it lists) before the sweeper may act. The sweeper refunds reservations past
+A process that dies leaves its journal behind; each sweeper pass first replays the dead
+journals of its host (``ZREM`` of everything they list), then refunds reservations past
 their deadline (``refund_window_s``) through ``refund.lua`` in its sweeper mode, whose
-``ZREM`` decides atomically, so any number of sweepers refund a message at most once.
+``ZREM`` decides atomically: any number of sweepers refund a message at most once. A
+message waits for a bot connection at most ``upstream_connect_timeout_s``, kept well
+below the refund window (at most 2/3 of it): a wait past it would be swept, sent free.
 
-A message waits for a bot connection at most ``upstream_connect_timeout_s``, which the
-settings keep well below the refund window (at most 2/3 of it): a wait past the window
-would be swept, then sent free.
+The journal line follows the send (the other order would charge, on a crash, a message
+never sent): a message between them when its process dies (a few instructions; streamed
+bodies on the aiohttp path: their first chunk) is refunded although the bot got it.
 
-The window between handing the request to the socket and the journal write is a few
-instructions (nothing is done in between but returns); a message in it when the process
-dies is refunded although the bot got it: at most one per process, except for streamed
-bodies on the aiohttp path (confirmed once their first chunk is written, which may wait
-for the bot to read). The line must follow the send; the other order would charge, on a
-crash, a message never sent.
-
-A journal is local to its host: a gateway that restarts later than the refund window
-after a crash (or elsewhere) finds its confirmations swept already.
+A journal is local to its host: one restarted elsewhere, or only after the refund
+window, finds its confirmations swept already.
 """
 
 from __future__ import annotations
@@ -40,6 +34,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from meter.admission.journal import Journal, take_over_dead
+from meter.errors import MeteringUnavailable
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.clock import ANSWER_MAX_S, clock_ready
@@ -235,29 +230,44 @@ class Sweeper:
         *,
         clock: Callable[[], float] = time.time,
         state_dir: str | Path | None = None,
+        grace_s: float = 0.0,
     ) -> None:
         """``refund(app_id, rid)`` refunds a reservation still present (refund.lua);
-        ``state_dir``: where the journals of this host's processes are, replayed first."""
+        ``state_dir``: where the journals of this host's processes are, replayed first;
+        ``grace_s``: nothing is refunded for so long once Redis answers after a failed
+        pass (processes retry the confirmations that failed meanwhile: theirs first)."""
         self._client = client
         self._workspaces = workspaces
         self._refund = refund
         self._clock = clock
         self._state_dir = state_dir
+        self._grace_s = grace_s
+        self._down, self._resume_at = False, 0.0
         self.refunded = 0
 
     async def sweep_once(self) -> int:
         """One pass over every workspace; the number of messages refunded (none before
         the clock's first sync: a local clock ahead would refund messages in flight)."""
+        try:
+            return await self._sweep()
+        except (RedisError, OSError, MeteringUnavailable):
+            self._down = True
+            raise
+
+    async def _sweep(self) -> int:
         n = 0
         if not await clock_ready(self._clock, self._client, ANSWER_MAX_S):
             log.warning("sweeper: skipped until the metering clock follows redis")
+            self._down = True
             return 0
         if self._state_dir is not None:
-            # Every pass, not only at start: a worker that died while the gateway runs
-            # (restarted beside it), or a start while Redis was down (the replay then
-            # failed), left confirmations only its journal holds; swept, the messages
-            # the bot got would be refunded. A replay that fails fails the pass.
+            # Every pass: a worker that died (restarted beside it) or a start while Redis
+            # was down left confirmations only its journal holds. Failed: no pass.
             await replay(self._client, self._state_dir)
+        if self._down:  # Redis answers again: its confirmations first
+            self._down, self._resume_at = False, self._clock() + self._grace_s
+        if self._clock() < self._resume_at:
+            return 0
         now_ms = int(self._clock() * 1000)
         for ws in await self._workspaces():
             while True:

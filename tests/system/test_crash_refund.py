@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.exceptions import RedisError
 
 from meter.accounts.seeding import seed
 from meter.admission.reservations import JOURNAL_KIND, Confirmations, Sweeper, replay
@@ -152,6 +153,39 @@ async def test_a_replay_that_failed_at_start_comes_before_any_sweep(
         await rclient.execute_command("ACL", "SETUSER", "default", "+zrem")
     assert await free_credit(rclient, WS) == FREE - PRICE  # still charged: it was served
     assert list(state.glob(f"{JOURNAL_KIND}-1-*")) == []
+
+
+async def test_after_an_outage_the_sweeper_lets_confirmations_come_first(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    """Redis refused (here ZREM denied, as a Redis that is down) longer than the refund
+    window: a served message's confirmation failed and waits for its retry. The first
+    pass once Redis answered refunded it (served free); now nothing is refunded for the
+    grace, the retry confirms it, and an unconfirmed charge is refunded after."""
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    clock = Clock.wall()
+    clock.now -= 60  # charged a minute ago: both due for the sweeper
+    adm = make_admitter(rclient, settings, clock)
+    served, lost = [await adm.admit(APP, "web", f"u{i}", "") for i in range(2)]
+    assert (served.units, lost.units) == (1, 1)
+    clock.now += 60
+    sweeper = Sweeper(rclient, only_ws, lambda a, r: adm.void(a, r, ""), clock=clock, grace_s=10)
+    confirmations = Confirmations(rclient, tmp_path / "state")
+    await rclient.execute_command("ACL", "SETUSER", "default", "-zrem")
+    try:
+        confirmations.forwarded(APP, served.rid)  # fails: retried every RETRY_S
+        with pytest.raises(RedisError):
+            await sweeper.sweep_once()
+    finally:
+        await rclient.execute_command("ACL", "SETUSER", "default", "+zrem")
+    assert await sweeper.sweep_once() == 0  # Redis answers again: confirmations first
+    assert await eventually(lambda: confirmations.idle, 60)
+    assert await reserved(rclient) == 1
+    clock.advance(11)
+    assert await sweeper.sweep_once() == 1  # the one never confirmed
+    assert await free_credit(rclient, WS) == FREE - PRICE
+    await confirmations.close()
 
 
 async def test_served_messages_are_confirmed_and_failed_ones_refunded(
