@@ -121,13 +121,14 @@ class UpstreamConnection(asyncio.Protocol):
         """Open, with nothing unread: a message may be sent on it now (by the pool, as it
         hands it out). A byte waiting in the socket came after the last answer ended and
         before this message: an answer nobody asked for (a bot's duplicate, say), which
-        the loop had not read yet. Sent on, the message would get it for its own, so the
-        connection is closed instead (its end frees its place)."""
+        the loop had not read yet; sent on, the message would get it for its own. A close
+        waiting there (a bot's short keep-alive timeout) would fail it. Either way the
+        connection is closed instead (its end frees its place; :mod:`gateway.unread`)."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return False
         if self._fd >= 0 and unread(self._fd):
-            log.info("upstream %s sent bytes between answers: closed", self.key[0])
+            log.info("upstream %s sent bytes or closed between answers", self.key[0])
             self.close()
             return False
         return True

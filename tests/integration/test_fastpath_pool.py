@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.fastpath.pool import IDLE_S, ClientGone, Pool, Wait
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
+from gateway.unread import transport_unread
 from meter.accounts.egress import Policy
 from tests.support.bot import eventually, running_bot
 from tests.support.settings import HOST, make_settings
@@ -365,3 +369,56 @@ async def test_a_connection_paused_as_its_answer_ended_is_released_reading() -> 
         assert await asyncio.wait_for(second.done, DEADLINE_S)
         assert (second.status, [c.path_qs for c in bot.calls]) == (200, ["/a", "/b"])
         again.close()
+
+
+class ClosingBot:
+    """A bot in a thread of its own (blocking sockets, so it acts while the test holds
+    the loop): it answers one request kept alive, then closes the connection when told,
+    as a bot whose keep-alive timeout is shorter than the pool's does."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.close_now = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in conn.recv(4096):
+                pass
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.close_now.wait(DEADLINE_S)
+
+    def stop(self) -> None:
+        self.close_now.set()
+        self.thread.join(DEADLINE_S)
+        self.listener.close()
+
+
+async def test_a_connection_its_bot_closed_is_not_handed_out_while_its_close_waits() -> None:
+    """The bot closes a kept connection and its close reaches the socket, but the loop
+    has not read it yet (busy: here, held by the test): the pool hands the connection to
+    no message (sent on it, the message would fail: 502) and says so on the aiohttp side
+    too (gateway.unread); the next message opens a fresh connection. ``FIONREAD``, asked
+    before, counts no close: the dead connection was handed out."""
+    bot = ClosingBot()
+    try:
+        async with pool(per_bot=2) as p:
+            conn = await p.acquire(HOST, bot.port, Message())
+            answer = Answer()
+            conn.send(answer, b"GET /a HTTP/1.1\r\nHost: bot\r\n\r\n")
+            assert await asyncio.wait_for(answer.done, DEADLINE_S)  # kept alive
+            p.release(conn)
+            assert conn.transport is not None
+            fd = conn.transport.get_extra_info("socket").fileno()
+            bot.close_now.set()
+            # Blocking: the loop does not run, so the close waits unread in the socket.
+            readable, _, _ = select.select([fd], [], [], DEADLINE_S)
+            assert readable == [fd]
+            assert transport_unread(conn.transport)
+            assert p.idle(HOST, bot.port) is None
+            assert conn.closed or conn.transport is None or conn.transport.is_closing()
+    finally:
+        bot.stop()
