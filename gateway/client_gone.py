@@ -70,7 +70,9 @@ class ClientWatch:
         """A kept bot connection was handed to this request, whose body goes out later
         (a task's step, a streamed body's first chunk): nothing is read from it until
         then (:meth:`sending`), so what the bot sends meanwhile waits in its socket,
-        never read as this request's answer (:mod:`gateway.unread`)."""
+        never read as this request's answer (:mod:`gateway.unread`). Over TLS they are
+        still taken from the socket into the TLS layer's buffer (asyncio's and uvloop's
+        SSL protocols read on while the application's reading is paused): not seen."""
         if transport.is_reading():
             transport.pause_reading()
             self._held = transport
