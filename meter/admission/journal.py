@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -31,6 +34,7 @@ class Journal:
         # Held while this process lives: take_over_dead() skips journals whose owner lives.
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.size = 0
+        self.failing = False  # the last append_or_log failed
 
     def append(self, line: str) -> None:
         """One line (no newline inside), handed to the kernel before this returns."""
@@ -44,6 +48,19 @@ class Journal:
         data = "".join(line + "\n" for line in lines).encode()
         os.write(self._fd, data)
         self.size += len(data)
+
+    def append_or_log(self, lines: list[str]) -> bool:
+        """:meth:`append_all`, or ``False`` with an error logged when the write fails (a
+        full or read-only disk), for a caller that must go on without its journal."""
+        try:
+            self.append_all(lines)
+        except OSError as exc:
+            if not self.failing:  # once per spell, not once per line
+                log.error("journal %s not written (%s): a crash loses its lines", self.path, exc)
+            self.failing = True
+            return False
+        self.failing = False
+        return True
 
     def sync(self) -> None:
         os.fsync(self._fd)

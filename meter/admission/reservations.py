@@ -76,13 +76,13 @@ class Confirmations:
         """The request of charged message ``rid`` of ``app_id`` is with the bot.
 
         Synchronous on purpose: the journal write happens right after the caller handed
-        the request to the socket, with no await in between.
-        """
+        the request to the socket, with no await in between. An unwritable journal (full
+        disk) is logged: the confirmation still goes to Redis (else swept)."""
         ws = keys.workspace_of(app_id)
         if ws is None:
             return
         member = f"{app_id}:{rid}"
-        self._journal.append(f"{ws} {member}")
+        self._journal.append_or_log([f"{ws} {member}"])
         self._pending.setdefault(ws, []).append(member)
         self._schedule()
 
@@ -94,7 +94,7 @@ class Confirmations:
         if ws is None or not rids:
             return
         members = [f"{app_id}:{rid}" for rid in rids]
-        self._journal.append_all([f"{ws} {member}" for member in members])
+        self._journal.append_or_log([f"{ws} {member}" for member in members])
         self._pending.setdefault(ws, []).extend(members)
         self._schedule()
 

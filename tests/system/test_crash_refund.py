@@ -188,6 +188,34 @@ async def test_after_an_outage_the_sweeper_lets_confirmations_come_first(
     await confirmations.close()
 
 
+async def test_a_journal_on_a_full_disk_still_confirms_in_redis(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    """The journal's write failed (ENOSPC): forwarded() raised after the request was with
+    the bot, so the confirmation never reached Redis and the sweeper refunded a message
+    the bot got. Now the failure is logged and the confirmation still goes to Redis."""
+    settings = make_settings(redis_url, tmp_path, refund_window_s=10)
+    await seed(rclient, settings, WS, {APP: {"product": "automation"}}, free=FREE)
+    clock = Clock.wall()
+    adm = make_admitter(rclient, settings, clock)
+    d = await adm.admit(APP, "web", "u1", "")
+    confirmations = Confirmations(rclient, tmp_path / "state")
+    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC, as a full disk
+    try:
+        os.dup2(full, confirmations._journal._fd)
+        confirmations.forwarded(APP, d.rid)
+        confirmations.forwarded_all(APP, [d.rid])  # a batch's too (the same, twice)
+        assert await eventually(lambda: confirmations.idle)
+    finally:
+        os.close(full)
+    assert await reserved(rclient) == 0
+    clock.advance(60)
+    sweeper = Sweeper(rclient, only_ws, lambda a, r: adm.void(a, r, ""), clock=clock)
+    assert await sweeper.sweep_once() == 0
+    assert await free_credit(rclient, WS) == FREE - PRICE
+    await confirmations.close()
+
+
 async def test_served_messages_are_confirmed_and_failed_ones_refunded(
     seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
 ) -> None:
