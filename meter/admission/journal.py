@@ -1,8 +1,8 @@
 """Per-process append-only journals in ``state_dir``: what must survive a crash of the
 process until Redis has it (forward confirmations, fail-open debts, pending voids).
 
-A process owns its journal (``<kind>-<pid>-<random>.log``) under an exclusive ``flock``
-for as long as it lives. Each :meth:`Journal.append` is one ``write(2)`` on an
+A process owns its journal (``<kind>-<pid>-<random>.log``, made as ``.<that name>`` and
+renamed once locked) under an exclusive ``flock`` for as long as it lives. Each :meth:`Journal.append` is one ``write(2)`` on an
 ``O_APPEND`` descriptor: the kernel holds the bytes from then on, so a ``kill -9`` of
 the process loses nothing; :meth:`Journal.sync` adds ``fsync`` against a crash of the
 machine. A later process takes over the journals whose lock is free
@@ -29,10 +29,17 @@ class Journal:
     def __init__(self, state_dir: str | Path, kind: str) -> None:
         folder = Path(state_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{kind}-{os.getpid()}-{secrets.token_hex(4)}.log"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        name = f"{kind}-{os.getpid()}-{secrets.token_hex(4)}.log"
+        self.path = folder / name
+        # Made under a name take_over_dead() does not look at, locked, then named: under
+        # its own name it was unlocked between open and flock, and a sweeper pass (every
+        # few seconds) that tried it then took it for dead and removed it from under its
+        # new owner, whose lines a later crash would then lose.
+        making = folder / f".{name}"
+        self._fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         # Held while this process lives: take_over_dead() skips journals whose owner lives.
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(making, self.path)
         self.size = 0
         self.failing = False  # the last append_or_log failed
 

@@ -51,3 +51,34 @@ def test_a_live_journal_is_skipped_and_a_dead_one_taken(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == [live.path]
     finally:
         live.close(remove=True)
+
+
+def test_a_journal_being_made_is_never_taken_for_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new process opens its journal, then locks it: a sweeper pass in between (each
+    pass takes dead journals over) must leave it alone. Before, the journal had its own
+    name and no lock then: taken for dead and removed from under its owner (or, still
+    held by the sweeper, its owner's lock failed and the process did not start)."""
+    real = fcntl.flock
+    taken: list[DeadJournal] = []
+
+    def flock(fd: int, op: int) -> None:  # the owner is between its open and its lock
+        monkeypatch.setattr(journal.fcntl, "flock", real)
+        taken.extend(take_over_dead(tmp_path, "owed"))
+        real(fd, op)
+
+    monkeypatch.setattr(journal.fcntl, "flock", flock)
+    try:
+        live = journal.Journal(tmp_path, "owed")
+    finally:
+        for dead in taken:
+            dead.release()
+    try:
+        assert taken == []
+        live.append(LINES[0])
+        assert live.path.read_text() == LINES[0] + "\n"
+        assert take_over_dead(tmp_path, "owed") == []  # locked: its owner lives
+        assert list(tmp_path.iterdir()) == [live.path]
+    finally:
+        live.close(remove=True)
