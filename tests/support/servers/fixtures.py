@@ -27,8 +27,10 @@ from tests.support.servers import (
     start_redis,
     start_redis_cluster,
 )
+from tests.support.servers.resp import redis_command
 
 _INSTALL_HINT = "run `make test` (it runs scripts/install-deps.sh, which installs it)"
+FLUSHALL_BOUND_S = 120.0
 
 
 def _require(*binaries: str) -> None:
@@ -67,7 +69,9 @@ def redis_url(redis_server: RedisServer) -> str:
     """URL of the session Redis, FLUSHALLed (and restarted if a test stopped it)."""
     if not redis_server.running:
         redis_server.start()
-    redis_server.command("FLUSHALL")
+    # A bound on a hang only: after a test that wrote 100,000 messages' keys, FLUSHALL on
+    # a loaded 2-core machine outlasted redis_command's default 2 s (a setup error).
+    redis_command(redis_server.port, "FLUSHALL", host=redis_server.host, timeout=FLUSHALL_BOUND_S)
     return redis_server.url
 
 
