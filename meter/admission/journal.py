@@ -2,12 +2,13 @@
 process until Redis has it (forward confirmations, fail-open debts, pending voids).
 
 A process owns its journal (``<kind>-<pid>-<random>.log``, made as ``.<that name>`` and
-renamed once locked) under an exclusive ``flock`` for as long as it lives. Each :meth:`Journal.append` is one ``write(2)`` on an
-``O_APPEND`` descriptor: the kernel holds the bytes from then on, so a ``kill -9`` of
-the process loses nothing; :meth:`Journal.sync` adds ``fsync`` against a crash of the
-machine. A later process takes over the journals whose lock is free
-(:func:`take_over_dead`), acts on their lines, and removes them; a journal removed
-between its opening and its locking (another process took it over) is skipped.
+renamed once locked) under an exclusive ``flock`` for as long as it lives. Each
+:meth:`Journal.append` is one ``write(2)`` on an ``O_APPEND`` descriptor: the kernel
+holds the bytes from then on, so a ``kill -9`` of the process loses nothing;
+:meth:`Journal.sync` adds ``fsync`` against a crash of the machine. A later process
+takes over the journals whose lock is free (:func:`take_over_dead`), acts on their
+lines, and removes them; a journal removed between its opening and its locking (another
+process took it over) is skipped.
 """
 
 from __future__ import annotations
