@@ -339,6 +339,17 @@ def check_consistent(b: Books) -> None:
     assert b.records <= b.admitted, b  # never more charged than admitted keys
 
 
+def check_exact(b: dict[str, Books], run: Run, shops: list[Shop]) -> None:
+    """Beyond :func:`check_consistent`: every message charged exactly once, found again
+    as a duplicate if retried."""
+    for s in shops:
+        x = b[s.ws]
+        check_consistent(x)
+        per_ws = sum(m.shop is s for m in run.msgs)
+        assert x.admitted == x.records == x.n == per_ws, (s, x)
+        assert x.charged_replies + x.duplicates == per_ws, (s, x)
+
+
 def report(
     record_property: Callable[[str, object], None], name: str, values: dict[str, Any]
 ) -> None:
@@ -426,13 +437,7 @@ async def test_graceful_failover_mid_run_loses_and_doubles_nothing(
     assert role(failed) == "slave"
     assert all(m.decision is not None and m.decision.admitted for m in run.msgs)
     b = await books(client, run, shops)
-    for s in shops:
-        x = b[s.ws]
-        check_consistent(x)
-        per_ws = sum(m.shop is s for m in run.msgs)
-        # exact: every message charged exactly once, found again as a duplicate if retried
-        assert x.admitted == x.records == x.n == per_ws, (s, x)
-        assert x.charged_replies + x.duplicates == per_ws, (s, x)
+    check_exact(b, run, shops)
     held = [m for m in run.msgs if m.started >= run.recovered_at and m.shop.master == failed]
     assert held, "no admission on the failed-over shard after the failover"
     report(record_property, "graceful", summary(run, shops, failed, b))
@@ -580,12 +585,7 @@ async def test_slot_moving_mid_run_loses_and_doubles_nothing(
     assert refused == [], refused[:3]
     assert all(m.decision is not None for m in run.msgs)
     b = await books(client, run, shops)
-    for s in shops:
-        x = b[s.ws]
-        check_consistent(x)
-        per_ws = sum(m.shop is s for m in run.msgs)
-        assert x.admitted == x.records == x.n == per_ws, (s, x)
-        assert x.charged_replies + x.duplicates == per_ws, (s, x)
+    check_exact(b, run, shops)
     values = summary(run, shops, moving.master, b)
     report(record_property, f"slot_moved_{durability}", values)
     assert values["unavailable_failed_shard"] > 0, values
