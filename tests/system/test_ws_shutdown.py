@@ -134,11 +134,13 @@ def _worker(parent: int) -> int:
 
 
 async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Small messages until the bot's connection is full and one stalls."""
+    """Messages until the bot's connection is full and one stalls: of 4 KiB, so the
+    socket buffers on the way (megabytes) fill after some thousand admissions, not the
+    hundreds of thousands 20-byte ones took (minutes on a loaded machine)."""
     with contextlib.suppress(ConnectionError):
         while True:
             for _ in range(200):
-                await ws.send_bytes(b"Q" * 20)
+                await ws.send_bytes(b"Q" * 4096)
             await asyncio.sleep(0)
 
 

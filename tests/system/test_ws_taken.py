@@ -207,10 +207,13 @@ async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
 
 
 async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Small messages until the bot's connection is full and one stalls."""
+    """Messages until the bot's connection is full and one stalls: of 4 KiB, so the
+    socket buffers between the gateway and the bot (megabytes) fill after some thousand
+    admissions. Of 20 bytes it took hundreds of thousands, over a minute on a loaded
+    machine: the test's bound for a hang, not its subject."""
     while True:
         for _ in range(200):
-            await ws.send_bytes(b"Q" * 20)
+            await ws.send_bytes(b"Q" * 4096)
         await asyncio.sleep(0)
 
 
