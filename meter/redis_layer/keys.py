@@ -103,7 +103,7 @@ SLOT_GUARD = ":~"
 
 def ws_keys(ws: str) -> list[str]:
     """What a workspace script declares: :func:`ws_prefix` and the slot guard."""
-    return [ws_prefix(ws), ws_prefix(ws) + SLOT_GUARD]
+    return [prefix := ws_prefix(ws), prefix + SLOT_GUARD]  # the prefix formatted once
 
 
 _WS_OF: dict[str, str] = {}  # well-formed app id -> its workspace (bounded)
