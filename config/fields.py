@@ -96,4 +96,8 @@ class ChannelRule(BaseModel):
     skip_if_present: list[str] = Field(default_factory=list)
     # Pointers that must exist for a callback to be billable (e.g. WhatsApp ``messages``).
     bill_only_if_present: list[str] = Field(default_factory=list)
+    # Signed items' own Unix-seconds time (e.g. WhatsApp ``.../messages/*/timestamp``): on
+    # an authenticated channel each item found at a pointer's parent must carry a recent
+    # one, else 401 (gateway.channel_stamps: a replay of a body signed with no time in it).
+    timestamp_pointers: list[str] = Field(default_factory=list)
     delivery_url: str | None = None

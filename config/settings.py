@@ -71,6 +71,10 @@ class Settings(
             raise ValueError("refund_window_s must be at least 1.5 x upstream_connect_timeout_s")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
+        if self.idempotency_ttl_s <= self.channel_jwt_leeway_s:
+            # A signed WhatsApp item older than the window less this skew is refused
+            # (gateway.channel_stamps): with no window left, every one would be.
+            raise ValueError("idempotency_ttl_s must exceed channel_jwt_leeway_s")
         check_stripe_api_base(self.stripe_api_base)  # https, or http to loopback
         return self
 

@@ -5,7 +5,8 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
 
 * ``slack_v0``: ``X-Slack-Signature`` = ``v0=`` + HMAC-SHA256(secret, ``v0:{ts}:{body}``)
   and ``X-Slack-Request-Timestamp`` within ``slack_signature_window_s`` of now;
-* ``meta_sha256``: ``X-Hub-Signature-256`` = ``sha256=`` + HMAC-SHA256(secret, body).
+* ``meta_sha256``: ``X-Hub-Signature-256`` = ``sha256=`` + HMAC-SHA256(secret, body)
+  (no time in it: :meth:`ChannelAuth.check_fresh` checks the items' own, if any).
   Meta's subscription handshake cannot be signed: a bodiless ``GET`` to the webhook
   itself (no tail) whose query is exactly ``hub.mode=subscribe``, ``hub.verify_token``
   and ``hub.challenge`` is let through, unmetered, for the bot to check its verify
@@ -65,6 +66,7 @@ from gateway.channel_credentials import (
     without_token,
 )
 from gateway.channel_keys import ChannelKeys
+from gateway.channel_stamps import Stamps, refusal
 from gateway.inbound import Inbound
 from gateway.openid_keys import OpenIdKeys
 from gateway.problems import Problem
@@ -85,6 +87,7 @@ class ChannelAuth:
         self._keys = ChannelKeys(client, settings)
         self._window = settings.slack_signature_window_s
         self._leeway = settings.channel_jwt_leeway_s
+        self._ttl = settings.idempotency_ttl_s
         self._require = settings.require_channel_auth
         self.openid = OpenIdKeys(
             settings.msteams_openid_url,
@@ -190,6 +193,11 @@ class ChannelAuth:
         except jwt.InvalidTokenError as exc:
             raise invalid_signature(jwt_reason(exc)) from None
         return Verified(True, drop_authorization=True)
+
+    def check_fresh(self, stamps: Stamps) -> None:
+        """401 for signed items too old or new to tell from a replay (channel_stamps)."""
+        if why := refusal(stamps, time.time(), self._ttl, self._leeway):
+            raise invalid_signature(why)
 
     # ---------------------------------------------------------------------- schemes
 

@@ -31,5 +31,10 @@ BUILTIN: dict[str, ChannelRule] = {
         user_pointer="/entry/*/changes/*/value/messages/*/from",
         idempotency_pointer="/entry/*/changes/*/value/messages/*/id",
         bill_only_if_present=["/entry/*/changes/*/value/messages/*"],
+        # Meta signs no time: each message's and status's own (gateway.channel_stamps).
+        timestamp_pointers=[
+            "/entry/*/changes/*/value/messages/*/timestamp",
+            "/entry/*/changes/*/value/statuses/*/timestamp",
+        ],
     ),
 }

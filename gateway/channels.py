@@ -60,6 +60,7 @@ import orjson
 from config.fields import ChannelRule
 from gateway.channel_batches import MAX_BATCH, batch_pointer, part, split
 from gateway.channel_builtin import BUILTIN
+from gateway.channel_stamps import Stamps, read
 from gateway.header_text import clean
 from gateway.json_pointer import (
     Pointer,
@@ -109,6 +110,7 @@ class Message(NamedTuple):
     # batching channel, keyed by its own id) must repeat (gateway.channel_batches part);
     # none, or b"": the whole body.
     parts: tuple[bytes, ...] = ()
+    stamps: Stamps | None = None  # a signed body's items' times (gateway.channel_stamps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,7 @@ class Channel:
     bill_only_if_present: tuple[Pointer, ...]
     delivery_url: str | None
     batch_pointer: Pointer | None = None  # each message of a batch (see the module)
+    timestamp_pointers: tuple[Pointer, ...] = ()  # gateway.channel_stamps
 
     @property
     def needs_body(self) -> bool:
@@ -159,7 +162,10 @@ class Channel:
             if repeated:
                 return Message(True, user, key, unreadable=repeated)
         try:
-            return self._classify(headers, doc, user, key, authenticated=authenticated)
+            msg = self._classify(headers, doc, user, key, authenticated=authenticated)
+            if authenticated and self.timestamp_pointers:  # billable or not
+                msg = msg._replace(stamps=read(doc, self.timestamp_pointers))
+            return msg
         except TooComplex as exc:
             return Message(True, user, key, unreadable=str(exc))
 
@@ -256,7 +262,15 @@ def compile_rule(label: str, rule: ChannelRule) -> Channel:
         bill_only_if_present=tuple(parse_pointer(p) for p in rule.bill_only_if_present),
         delivery_url=rule.delivery_url,
         batch_pointer=batch_pointer(rule),
+        timestamp_pointers=tuple(_field_pointer(p) for p in rule.timestamp_pointers),
     )
+
+
+def _field_pointer(text: str) -> Pointer:
+    pointer = parse_pointer(text)
+    if not pointer:
+        raise ValueError("a timestamp pointer names a field of an item, not the whole body")
+    return pointer
 
 
 def merge(builtin: ChannelRule, configured: ChannelRule) -> ChannelRule:

@@ -7,9 +7,10 @@ A message is decided in two steps, each a function here that the aiohttp handler
    before anything is metered), the app's upstream (404/502) and the target URL (400
    for dot segments). Nothing is charged: a server may still hand the request on.
 2. :func:`admit`: the channel's rules (billable? user, idempotency key; a batch of
-   messages, one admission each, all or none, or 422 when it cannot be metered so), the
-   message digest of a keyed message, and the admission
-   (402/403/409/429/503); a callback the rules skip is refused 403 for a suspended or
+   messages, one admission each, all or none, or 422 when it cannot be metered so; a
+   signed body whose items are too old or new to tell from a replay: 401,
+   :mod:`gateway.channel_stamps`), the message digest of a keyed message, and the
+   admission (402/403/409/429/503); a callback the rules skip is refused 403 for a suspended or
    unlicensed app (:meth:`gateway.upstreams.Upstreams.refusal`), else answered as
    :mod:`gateway.unbilled` says. On an authenticated channel whose rules read the user
    from the body, the bot gets the ``X-Channel-User-Id`` and ``Idempotency-Key`` that
@@ -29,6 +30,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.channel_auth import ChannelAuth, Verified, without_token
+from gateway.channel_stamps import Stamps
 from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels, Message
 from gateway.forwarding import target_url
 from gateway.inbound import Headers, Inbound
@@ -210,6 +212,17 @@ def check_readable(proxy: Proxy, msg: Message, label: str, app_id: str) -> None:
         raise batched_delivery(msg.several)
 
 
+def check_fresh(proxy: Proxy, stamps: Stamps | None) -> None:
+    """401 for signed items whose own times cannot be told from a replay's, counted
+    (``stale_delivery``: an attack, or Meta retrying past ``IDEMPOTENCY_TTL_S``)."""
+    if stamps is not None:
+        try:
+            proxy.auth.check_fresh(stamps)
+        except Refused:
+            proxy.metrics.refused("stale_delivery")
+            raise
+
+
 async def check_standing(proxy: Proxy, app_id: str) -> None:
     """403 for a callback not admitted to a suspended or unlicensed app: only the credit
     check is exempt (:meth:`gateway.upstreams.Upstreams.refusal`, read with its upstream)."""
@@ -230,6 +243,7 @@ async def admit(
         msg = rule.inspect(inbound.headers, raw, authenticated=verified.authenticated)
     else:
         msg = rule.inspect(inbound.headers, None, authenticated=verified.authenticated)
+    check_fresh(proxy, msg.stamps)  # a signed replay, billable or not: 401
     if verified.user:  # the credential names the user; a header cannot override it
         if msg.batch:  # ... and so only one: the batch's messages name theirs
             msg = msg._replace(batch=(), several="the credential names one user")

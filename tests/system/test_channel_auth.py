@@ -45,6 +45,7 @@ from tests.support.channel_keys import (
     set_secret,
     slack_headers,
 )
+from tests.support.fresh import sample_now
 from tests.support.samples import sample
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -263,7 +264,7 @@ async def test_slack_signature_window_is_a_setting(
 
 
 async def test_whatsapp_signatures(world: World) -> None:
-    body = sample("whatsapp-message.json")
+    body = sample_now("whatsapp-message.json")
     path = f"/hooks/whatsapp/{APP}"
     await refused_unmetered(world, path, body, meta_headers(body, "wrong-secret-" + "w" * 20))
     await refused_unmetered(world, path, body, {})
@@ -281,8 +282,8 @@ def whatsapp_delivery(*changes: list[dict[str, Any]], entries: bool = True) -> b
     """A WhatsApp delivery as Meta batches them: each argument a change's ``messages``
     (a message is ``{"from": ..., "id": ...}``; ``[]``: the sample's delivery receipt),
     each change in an entry of its own if ``entries``, else all in one entry."""
-    message = json.loads(sample("whatsapp-message.json"))["entry"][0]
-    status = json.loads(sample("whatsapp-status.json"))["entry"][0]["changes"][0]
+    message = json.loads(sample_now("whatsapp-message.json"))["entry"][0]
+    status = json.loads(sample_now("whatsapp-status.json"))["entry"][0]["changes"][0]
     out = []
     for messages in changes:
         change = json.loads(json.dumps(status))
@@ -392,8 +393,9 @@ async def test_whatsapp_messages_under_any_spelling_are_billed_and_counted(
     ``messages`` and ``entry``: a bot behind one gets those messages, so they are billed
     and counted as the real fields (every spelling counts), never passed unbilled."""
     path = f"/hooks/whatsapp/{APP}"
-    alice = {"from": "16505550001", "id": "wamid.A1"}
-    bob = {"from": "447700900123", "id": "wamid.B1"}
+    now = str(int(time.time()))  # a signed message must be recent (channel_stamps)
+    alice = {"from": "16505550001", "id": "wamid.A1", "timestamp": now}
+    bob = {"from": "447700900123", "id": "wamid.B1", "timestamp": now}
     value = ("entry", "0", "changes", "0", "value")
     # Each message its own id: a key redelivered in another body is 409.
     one = whatsapp_delivery([{**alice, "id": "wamid.A3"}])
@@ -799,7 +801,7 @@ async def test_require_channel_auth_refuses_channels_without_secret(
 async def test_authenticated_non_messages_pass_unmetered_even_without_credit(
     world: World, channel: str, file: str
 ) -> None:
-    body = sample(file)
+    body = sample_now(file)
 
     def signed(b: bytes) -> dict[str, str]:
         if channel == "slack":
@@ -814,7 +816,7 @@ async def test_authenticated_non_messages_pass_unmetered_even_without_credit(
     assert world.bot.calls[0].body == body
     assert await world.state() == before
     # ...while a real message of the same channel is refused for want of credit
-    message = sample(f"{channel}-message.json")
+    message = sample_now(f"{channel}-message.json")
     status, problem = await world.post(f"/hooks/{channel}/{BROKE}/cb", message, signed(message))
     assert (status, problem["code"]) == (402, "credits_exhausted")
     assert world.bot.count() == 1
@@ -1172,7 +1174,7 @@ async def test_a_replayed_signed_body_cannot_be_recharged_with_other_headers(
 async def test_the_bot_is_told_the_signed_user_not_the_clients(world: World) -> None:
     """WhatsApp signs the body, not the headers: a client's user and key headers beside
     a signed message never reach the bot, on a callback that is not metered either."""
-    body = sample("whatsapp-message.json")
+    body = sample_now("whatsapp-message.json")
     path = f"/hooks/whatsapp/{APP}"
     forged = {"X-Channel-User-Id": "victim", "X-CHANNEL-USER-ID": "victim2"}
     assert (await world.post(path, body, {**meta_headers(body), **forged}))[0] == 200
@@ -1184,7 +1186,7 @@ async def test_the_bot_is_told_the_signed_user_not_the_clients(world: World) -> 
     assert (await world.post(path, body, keyed))[0] == 200  # the same message: no charge
     assert world.bot.calls[-1].headers.getall("Idempotency-Key") == [wamid]
     assert (await read_balances(world.rclient, WS)).app[APP] == FUNDS - PRICE
-    status = sample("whatsapp-status.json")  # not a user message: unmetered
+    status = sample_now("whatsapp-status.json")  # not a user message: unmetered
     assert (await world.post(path, status, {**meta_headers(status), **forged}))[0] == 200
     assert "X-Channel-User-Id" not in world.bot.calls[-1].headers
     assert world.bot.count() == 3

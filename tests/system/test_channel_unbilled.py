@@ -34,6 +34,7 @@ from tests.support.channel_keys import (
     set_secret,
     slack_headers,
 )
+from tests.support.fresh import sample_now
 from tests.support.samples import sample
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -82,7 +83,7 @@ def slack_bot_event() -> bytes:
 
 def whatsapp_status() -> bytes:
     """A delivery status (no ``messages``) that carries a question."""
-    doc = json.loads(sample("whatsapp-status.json"))
+    doc = json.loads(sample_now("whatsapp-status.json"))
     doc["entry"][0]["changes"][0]["value"]["text"] = QUESTION
     return json.dumps(doc).encode()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from meter.store import open_store
 from meter.usage.flusher import Flusher
 from tests.support.bot import Bot, running_gateway
 from tests.support.channel_keys import AuthWorld, auth_settings, meta_headers, set_secret
+from tests.support.fresh import sample_now
 from tests.support.metering import agg_totals
-from tests.support.samples import sample
 from tests.support.servers import RedisServer
 from tests.support.settings import make_settings
 
@@ -51,7 +52,7 @@ ALICE, BOB, CAROL = "16505550001", "447700900123", "4915112345678"
 def delivery(*changes: list[dict[str, Any]]) -> bytes:
     """A WhatsApp delivery: each argument a change's ``messages`` (``{"from", "id"}`` over
     the sample's message), each change in an entry of its own."""
-    entry = json.loads(sample("whatsapp-message.json"))["entry"][0]
+    entry = json.loads(sample_now("whatsapp-message.json"))["entry"][0]
     out = []
     for messages in changes:
         change = json.loads(json.dumps(entry["changes"][0]))
@@ -62,7 +63,8 @@ def delivery(*changes: list[dict[str, Any]]) -> bytes:
 
 
 def msg(user: str, wamid: str, **more: Any) -> dict[str, Any]:
-    return {"from": user, "id": wamid, **more}
+    """A message of ``user`` under ``wamid``, sent now (a signed one must be recent)."""
+    return {"from": user, "id": wamid, "timestamp": str(int(time.time())), **more}
 
 
 class World(AuthWorld):

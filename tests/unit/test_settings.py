@@ -91,3 +91,11 @@ def test_stripe_api_base_is_https_but_for_a_loopback_stand_in(url: str) -> None:
 )  # fmt: skip
 def test_stripe_api_base_accepted(url: str) -> None:
     assert Settings(stripe_api_base=url).stripe_api_base == url
+
+
+def test_the_idempotency_window_must_outlast_the_channel_clock_skew() -> None:
+    """A signed WhatsApp item older than the window less the skew is refused
+    (gateway.channel_stamps): with no window left, every one would be."""
+    with pytest.raises(ValidationError, match="must exceed channel_jwt_leeway_s"):
+        Settings(idempotency_ttl_s=300, channel_jwt_leeway_s=300)
+    assert settings_accept(idempotency_ttl_s=301, channel_jwt_leeway_s=300)
