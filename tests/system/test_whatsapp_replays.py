@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from config import Settings
+from gateway.json_pointer import MAX_WALK
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, running_gateway
@@ -206,3 +207,22 @@ async def test_a_stale_signed_status_does_not_reach_the_bot(world: World) -> Non
     assert world.bot.count() == 1
     assert world.bot.calls[0].body == recent
     assert await world.state() == before
+
+
+async def test_a_signed_body_of_countless_statuses_is_refused_not_walked(world: World) -> None:
+    """Each status's ``timestamp`` was looked up by a walk of its own, outside the walk's
+    bound: a signed body of tens of thousands of statuses (free, in no rate window; any
+    tenant signs its own) held a worker ~0.6 s a megabyte, its other traffic waiting.
+    Past the bound it is refused 422 ``uninspectable_delivery``, as any body the walk
+    cannot read; nothing metered, the bot not called."""
+    now = int(time.time())
+    statuses = [{"id": "s", "timestamp": now}] * (MAX_WALK // 2)
+    doc = {"entry": [{"changes": [{"value": {"statuses": statuses}}]}]}
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    assert len(body) < world.cfg.max_body_bytes
+    before = await world.state()
+    status_, problem = await world.post(body)
+    assert status_ == 422, (status_, problem)  # was 200, the bot called
+    assert problem["code"] == "uninspectable_delivery"
+    assert await world.state() == before
+    assert world.bot.count() == 0
