@@ -62,9 +62,15 @@ def delivery(*changes: list[dict[str, Any]]) -> bytes:
     return json.dumps({"object": "whatsapp_business_account", "entry": out}).encode()
 
 
+# When every message was sent: recent (a signed one must be), and one time for all, so
+# that a message built twice is the same message (its redeliveries must repeat it; a
+# second ticking between the two made it another message under a used key: 409).
+SENT = str(int(time.time()))
+
+
 def msg(user: str, wamid: str, **more: Any) -> dict[str, Any]:
-    """A message of ``user`` under ``wamid``, sent now (a signed one must be recent)."""
-    return {"from": user, "id": wamid, "timestamp": str(int(time.time())), **more}
+    """A message of ``user`` under ``wamid``, sent at :data:`SENT`."""
+    return {"from": user, "id": wamid, "timestamp": SENT, **more}
 
 
 class World(AuthWorld):
