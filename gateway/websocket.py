@@ -49,7 +49,9 @@ Closing codes sent to the client:
 
 * ``1008`` (policy violation) with the refusal code as reason (e.g. ``credits_exhausted``)
   when a message is refused; the refused message is not forwarded, and neither is
-  anything after it (a refused handshake: no bot message is delivered); with
+  anything after it (a refused handshake: no bot message is delivered); the bot gets a
+  close frame first, and what it sends before answering it (its answers to the messages
+  paid for) still reaches the client, within ``CLOSE_ANSWER_S``; with
   ``invalid_channel_signature`` once the upgrade's credential would no longer verify:
   its token expired (``exp`` plus the leeway), or the channel's secret was rotated,
   removed or added (checked before each client message is admitted;
@@ -92,8 +94,8 @@ from gateway.proxy import Proxy
 from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
-from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges
-from gateway.ws_pump import Credential, pump, sendable
+from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, sendable
+from gateway.ws_pump import CLOSE_ANSWER_S, Credential, pump
 from gateway.ws_wire import Linger, close_client
 from meter.errors import InvalidChannelUser
 
@@ -101,9 +103,6 @@ log = logging.getLogger(__name__)
 # The bot's pick among the client's offers reaches the client before anything is charged:
 # at most log2(MAX_PROTOCOLS) bits of a free answer per handshake (see the module).
 MAX_PROTOCOLS = 8
-# How long the bot may take to answer the gateway's close (aiohttp's own wait restarted at
-# each of its messages), at most the send deadline: past it its connection is dropped.
-CLOSE_ANSWER_S = 10.0
 # How long a client may take to take the gateway's close frame and answer it: past it
 # its connection is aborted (a client that does not read would hold the socket forever).
 # The bot's close, this and the linger (concurrent with this) fit the default grace.

@@ -90,3 +90,10 @@ class Charges:
             closing = Closing(TRY_AGAIN_LATER, exc.code)
         self._closing = closing
         raise closing
+
+
+def sendable(code: int) -> int:
+    """1005/1006/1015 only describe a close; they must not be sent in a close frame."""
+    if code in (1005, 1006, 1015) or not (1000 <= code < 5000):
+        return 1011 if code in (1006, 1015) else 1000
+    return code

@@ -51,9 +51,20 @@ from gateway.metering import Admission
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
-from gateway.ws_wire import Linger, abort, buffered_again, close_written, pending, unbuffered
+from gateway.ws_wire import (
+    Linger,
+    abort,
+    answers_then_close,
+    buffered_again,
+    close_written,
+    pending,
+    unbuffered,
+)
 
 INTERNAL_ERROR = 1011
+# How long the bot may take to answer the gateway's close (aiohttp's own wait restarted at
+# each of its messages), at most the send deadline: past it its connection is dropped.
+CLOSE_ANSWER_S = 10.0
 INVALID_CREDENTIAL = "invalid_channel_signature"
 SHUTTING_DOWN = "shutting down"
 
@@ -100,6 +111,11 @@ async def pump(
             # finished, and the reason is the stalled send's.
             await asyncio.wait(tasks[:1])
         first = next((task for task in tasks if task.done()), None)
+        if first is tasks[0] and first.result()[0] == POLICY_VIOLATION:
+            within = min(send_s, CLOSE_ANSWER_S)
+            going = sockets.going_away()
+            if not await answers_then_close(upstream, wire.lock, tasks[1], going, within):
+                wire.drop()
     finally:
         # Cancelled itself (the handler), the pump leaves nothing running behind it.
         pending = [task for task in tasks if not task.done()]
@@ -271,10 +287,3 @@ async def _pong(wire: _Wire, data: bytes, send_s: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def sendable(code: int) -> int:
-    """1005/1006/1015 only describe a close; they must not be sent in a close frame."""
-    if code in (1005, 1006, 1015) or not (1000 <= code < 5000):
-        return 1011 if code in (1006, 1015) else 1000
-    return code

@@ -96,6 +96,31 @@ def pending(upstream: aiohttp.ClientWebSocketResponse) -> bool:
     return buffered(upstream) > 0
 
 
+async def answers_then_close(
+    upstream: aiohttp.ClientWebSocketResponse,
+    lock: asyncio.Lock,
+    relay: asyncio.Future[Any],
+    going: asyncio.Future[Any],
+    within_s: float,
+) -> bool:
+    """A client message refused (or its credential no longer good): nothing more goes to
+    the bot but a close frame (under the pump's ``lock``: after a pong being written), and
+    what the bot sends before it answers that close, its answers to messages already paid
+    for, still reaches the client (``relay``, which ends at the bot's close frame), within
+    ``within_s`` (cut short by the gateway stopping, ``going``, as the pump is); the
+    client is closed 1008 after. ``upstream.close()`` would stop the read under way and
+    drop what comes before the bot's close frame. False: the bot did not answer in time
+    (its connection is to be dropped, not closed: it has had its wait)."""
+    try:
+        async with asyncio.timeout(within_s):
+            async with lock:
+                await _writer(upstream).close(1000, b"")
+            await asyncio.wait([relay, going], return_when=asyncio.FIRST_COMPLETED)
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
+        pass  # gone meanwhile: the relay has ended too
+    return relay.done() or going.done()
+
+
 def close_written(upstream: aiohttp.ClientWebSocketResponse) -> bool:
     """Whether aiohttp wrote (or tried to write) a close frame: it does so by itself when
     the bot's side ends or breaks the protocol, whatever else is in flight."""

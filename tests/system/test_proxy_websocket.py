@@ -3,17 +3,21 @@ socket with 1008 and the refusal code, and nothing more reaches the bot."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, running_gateway
+from tests.support.servers import free_port
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -75,6 +79,74 @@ async def test_running_out_of_credit_mid_stream_closes_1008(
     async with http.get(f"{gw.admin_url}/metrics") as resp:
         text = await resp.text()
     assert 'creditgate_refusals_total{reason="credits_exhausted"} 1.0' in text
+
+
+@contextlib.asynccontextmanager
+async def closing_bot(answer_close: bool) -> AsyncIterator[tuple[str, list[str]]]:
+    """A bot that holds its answers until the gateway's close frame comes, then sends
+    them and answers the close (``answer_close``), or never answers it: its URL, and the
+    messages it answered."""
+    answered: list[str] = []
+    release = asyncio.Event()  # a bot that never answers the close waits for this
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        sock = web.WebSocketResponse(autoclose=False)
+        await sock.prepare(request)
+        held: list[str] = []
+        while (msg := await sock.receive()).type is aiohttp.WSMsgType.TEXT:
+            held.append(msg.data)
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            for data in held:  # before its own close frame, as a bot finishing up
+                await sock.send_str(f"late:{data}")
+                answered.append(data)
+            if not answer_close:
+                await release.wait()  # the gateway must drop it, then close the client
+        await sock.close()
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", late)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", answered
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("answer_close", [True, False], ids=["answers", "never_answers"])
+async def test_a_refusal_still_delivers_the_bot_s_answers_to_paid_messages(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    answer_close: bool,
+) -> None:
+    """The bot's answer to the last message paid for, sent as the next one is refused,
+    reached the client only if it beat Redis's refusal: the gateway closed the bot's side
+    and dropped what came before its close frame (a bot slower than Redis, an LLM's,
+    never won). This bot answers only once the gateway's close frame comes: it went
+    unanswered every time, on both servers. A bot that then never answers the close is
+    dropped once its wait is over, and the client still gets its 1008."""
+    # The bot's wait for the close: half the refund window (1 s), as for a send.
+    settings = make_settings(
+        redis_url, tmp_path, upstream_connect_timeout_s=1.0, refund_window_s=2.0
+    )
+    async with closing_bot(answer_close) as (url, answered):
+        app = {"product": "contact_center", "upstream_url": url, "funds": 2 * CENT}
+        await seed(rclient, settings, "wslate", {"wslate_app1": app})
+        async with running_gateway(settings) as gw:
+            url, headers = f"{gw.url}/hooks/web/wslate_app1/ws", {"X-Channel-User-Id": "u1"}
+            async with http.ws_connect(url, headers=headers) as ws:
+                for data in ("m0", "m1", "m2"):  # two paid for, the third refused
+                    await ws.send_str(data)
+                replies = [msg.data async for msg in ws]
+                assert ws.close_code == 1008
+    assert answered == ["m0", "m1"]
+    assert replies == ["late:m0", "late:m1"]
 
 
 async def test_refusal_reason_is_the_close_message(gw: Running, bot: Bot) -> None:
