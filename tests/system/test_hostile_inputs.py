@@ -68,6 +68,9 @@ async def admin(redis_url: str, tmp_path: Path, bot: Bot) -> Any:
         state_dir=str(tmp_path / "state"),
         stripe_secret_key="sk_test_hostile",
         stripe_webhook_secret="whsec_hostile",
+        # "body too large" has its 413 in the test; the lingering close after it (the
+        # client stops sending) only held the teardown for aiohttp's 10 s.
+        body_linger_s=0.5,
     )
     async with admin_server(settings, traffic=True) as a:
         yield a
