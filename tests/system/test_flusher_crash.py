@@ -1,9 +1,11 @@
 """Exactly-once under crashes: flusher subprocesses SIGKILLed, racing, and a dead database.
 
 100,000 admitted request-unit messages over 50 apps (5 workspaces x 10 apps; scaled by
-``CREDITGATE_TEST_SCALE``) are flushed by ``python -m gateway.flusher_cli`` subprocesses that
-are SIGKILLed at random moments and restarted; then one ``--once --force`` run drains
-what is left. The store must then hold exactly the units and amounts admission decided.
+``CREDITGATE_TEST_SCALE``) are flushed by ``gateway.flusher_cli`` processes that are
+SIGKILLed at random moments and restarted (forked with its modules imported,
+tests/support/forked_flusher.py: a fresh interpreter per restart cost 0.4 s more CPU);
+then one ``python -m gateway.flusher_cli --once --force`` run drains what is left. The
+store must then hold exactly the units and amounts admission decided.
 
 The admission clock starts 30 hours ago and advances 0.25 s per round, so every bucket
 it writes is already closed for the flushers (which use the real time): they claim
@@ -50,6 +52,7 @@ from tests.support.flushkit import (
     seed_ws,
     store_url,
 )
+from tests.support.forked_flusher import ForkedFlusher
 from tests.support.metering import admitter
 from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
@@ -174,20 +177,19 @@ class Observer:
 
 
 async def after_progress(
-    p: FlusherProc, done: asyncio.Event, seen: Observer, rng: random.Random
+    p: ForkedFlusher, done: asyncio.Event, seen: Observer, rng: random.Random
 ) -> None:
     """Return once ``p`` is running and progress was observed since: for half of the
     kills ``p`` holding a claim (a kill between claim and ack), else a usage batch
     committed (so the flushers write usage while running, whatever the machine's speed);
     once admission is over, also nothing left to flush. Polls at random intervals, so
     kills land at varied points; fails only after a generous deadline."""
-    await p.wait_ready()
-    assert p.proc is not None
+    await p.wait_ready(PROGRESS_DEADLINE_S)
     mid_claim = rng.random() < 0.5
     before = await seen.committed()
     deadline = time.monotonic() + PROGRESS_DEADLINE_S
     while True:
-        if mid_claim and await seen.holds_claim(p.proc.pid):
+        if mid_claim and await seen.holds_claim(p.pid):
             return
         if await seen.committed() > before or (done.is_set() and await seen.idle()):
             return
@@ -197,7 +199,7 @@ async def after_progress(
 
 
 async def chaos(
-    procs: list[FlusherProc],
+    procs: list[ForkedFlusher],
     done: asyncio.Event,
     min_kills: int,
     rng: random.Random,
@@ -317,7 +319,7 @@ async def test_every_unit_is_counted_exactly_once(
     total = scaled(100_000, 2_000)
     async for store in opened_store(url):
         spaces = await setup(rclient, store, cfg, clock)
-        procs = [FlusherProc(env, log) for _ in range(flushers)]
+        procs = [ForkedFlusher(env, ROOT, log, "--lease", "1") for _ in range(flushers)]
         done = asyncio.Event()
         seen = Observer(store, rclient, [w.ws for w in spaces])
         killer = asyncio.create_task(chaos(procs, done, min_kills, rng, seen))
@@ -356,7 +358,7 @@ async def admit_during_outage(
     clock: Clock,
     spaces: list[Seeded],
     total: int,
-    watch: tuple[list[FlusherProc], Observer, Path],
+    watch: tuple[list[ForkedFlusher], Observer, Path],
 ) -> Expected:
     """Admit a third, take the database away while admitting the rest, and keep it away
     until the flushers were seen writing into the outage (:func:`written_into`)."""
@@ -404,7 +406,7 @@ def failed_writes(log: Path) -> int:
 
 
 async def written_into(
-    watch: tuple[list[FlusherProc], Observer, Path], failed_before: int | None
+    watch: tuple[list[ForkedFlusher], Observer, Path], failed_before: int | None
 ) -> None:
     """Until a batch is claimed and not committed while the database is away (a
     flusher's write pending on it: its lease may lapse while SQLite makes it wait) and,
