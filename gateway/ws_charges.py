@@ -75,6 +75,12 @@ class Charges:
             self.count("admitted")
             self._paid = True
 
+    def refuse(self, code: int, reason: str) -> None:
+        """A refusal that is not the meter's (the credential): nothing is admitted after
+        it either, a bot message answering the handshake (the bot's farewell) included."""
+        if self._closing is None:
+            self._closing = Closing(code, reason)
+
     async def _admit(self) -> Admission | None:
         if self._closing is not None:
             raise self._closing

@@ -179,6 +179,7 @@ async def _client_to_bot(
         if msg is None:
             break
         if not await credential.current():
+            charges.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)  # the bot's close answered
             return POLICY_VIOLATION, INVALID_CREDENTIAL
         try:
             admission = await charges.client_message()

@@ -6,12 +6,13 @@ before a client message is admitted once the channel's secret is rotated or remo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 
 from gateway.appkeys import PROXY
 from meter.accounts import channel_secrets
@@ -20,6 +21,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import WsBot, running_gateway, running_ws_bot
 from tests.support.channel_keys import auth_settings, hs256, set_secret
+from tests.support.servers import free_port
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -109,3 +111,58 @@ async def test_a_socket_is_closed_once_its_channel_secret_changes(
         assert closed.type is WSMsgType.CLOSE
         assert (closed.data, closed.extra) == (1008, "invalid_channel_signature")
     assert await charged(rclient) == CENT  # "after" was neither charged nor answered
+
+
+@contextlib.asynccontextmanager
+async def farewell_bot() -> AsyncIterator[str]:
+    """A bot that says goodbye as the gateway's close frame comes, then answers it."""
+
+    async def farewell(request: web.Request) -> web.StreamResponse:
+        sock = web.WebSocketResponse(autoclose=False)
+        await sock.prepare(request)
+        while (msg := await sock.receive()).type is WSMsgType.TEXT:
+            pass
+        if msg.type is WSMsgType.CLOSE:
+            await sock.send_str("bye")
+        await sock.close()
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", farewell)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_socket_refused_before_it_paid_gets_no_farewell_for_free(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """The secret rotated before the client's first message: that message is refused,
+    and the bot's answer to the gateway's close frame (a goodbye) was taken for the
+    answer to the handshake: admitted (charged) after the refusal and delivered to a
+    client whose credential no longer verifies."""
+    settings = auth_settings(redis_url, tmp_path)  # secrets read fresh from Redis
+    async with farewell_bot() as url:
+        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        await set_secret(rclient, settings, APP, "web")
+        async with (
+            running_gateway(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/chat?token={hs256('alice')}") as ws,
+        ):
+            keys = gw.gateway.traffic[PROXY].auth._keys
+            verified_with = await keys.get(APP, "web")
+            await set_secret(rclient, settings, APP, "web", secret="rotated-" + "y" * 32)
+            for _ in range(600):  # until the worker's cache has the new key
+                if await keys.get(APP, "web") != verified_with:
+                    break
+                await asyncio.sleep(0.05)
+            await ws.send_str("first")
+            replies = [msg.data async for msg in ws]
+            assert (ws.close_code, replies) == (1008, [])
+    assert await charged(rclient) == 0
