@@ -110,15 +110,31 @@ async def answers_then_close(
     ``within_s`` (cut short by the gateway stopping, ``going``, as the pump is); the
     client is closed 1008 after. ``upstream.close()`` would stop the read under way and
     drop what comes before the bot's close frame. False: the bot did not answer in time
-    (its connection is to be dropped, not closed: it has had its wait)."""
+    (its connection is to be dropped, not closed: it has had its wait). The close frame's
+    own write, waiting on a bot that does not read, is cut short by the stop too: the
+    handler's close of the bot must still fit the shutdown grace."""
+    closing = asyncio.ensure_future(_close_frame(upstream, lock))
     try:
         async with asyncio.timeout(within_s):
-            async with lock:
-                await _writer(upstream).close(1000, b"")
-            await asyncio.wait([relay, going], return_when=asyncio.FIRST_COMPLETED)
-    except (TimeoutError, aiohttp.ClientError, ConnectionError):
-        pass  # gone meanwhile: the relay has ended too
-    return relay.done() or going.done()
+            await asyncio.wait([closing, going], return_when=asyncio.FIRST_COMPLETED)
+            if closing.done() and closing.exception() is None:
+                await asyncio.wait([relay, going], return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        pass
+    finally:
+        if not closing.done():
+            closing.cancel()  # the write's tail stays in the buffer: dropped or closed after
+            await asyncio.wait([closing])
+        closing.add_done_callback(_retrieved)
+    error = None if closing.cancelled() else closing.exception()
+    if error is not None and not isinstance(error, aiohttp.ClientError | ConnectionError):
+        raise error
+    return relay.done() or going.done()  # an error: gone meanwhile, the relay ends too
+
+
+async def _close_frame(upstream: aiohttp.ClientWebSocketResponse, lock: asyncio.Lock) -> None:
+    async with lock:
+        await _writer(upstream).close(1000, b"")
 
 
 def close_written(upstream: aiohttp.ClientWebSocketResponse) -> bool:
@@ -240,6 +256,6 @@ async def close_client(
         closing.add_done_callback(_retrieved)
 
 
-def _retrieved(task: asyncio.Future[bool]) -> None:
+def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()

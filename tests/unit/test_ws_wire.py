@@ -164,3 +164,44 @@ async def test_a_linger_ends_at_its_bound(loop: str) -> None:
         assert await asyncio.to_thread(uvloop.run, _silent())
     else:
         assert await _silent()
+
+
+async def _stopping_mid_close() -> bool:
+    """A bot that stopped reading, its connection full: the gateway stops while the close
+    frame waits to be taken. Whether the wait ended with the stop."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport, upstream = await _paused(ours)
+    try:
+        assert ws_wire.unbuffered(upstream)
+        while not transport.get_write_buffer_size():  # until the kernel takes no more
+            transport.write(b"m" * 4096)
+            await asyncio.sleep(0)
+        relay, going = loop.create_future(), loop.create_future()
+        # The answer's bound (600 s) is a bound for a hang only: the stop must cut it.
+        answering = asyncio.ensure_future(
+            ws_wire.answers_then_close(upstream, asyncio.Lock(), relay, going, 600.0)
+        )
+        await asyncio.sleep(0)
+        assert not answering.done()  # the close frame waits for the bot to read
+        going.set_result(None)
+        try:
+            return await asyncio.wait_for(answering, 30)
+        except TimeoutError:
+            return False
+    finally:
+        transport.abort()
+        theirs.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_the_gateway_stopping_cuts_a_close_the_bot_does_not_take(loop: str) -> None:
+    """The close frame's write waited the whole CLOSE_ANSWER_S whatever the stop, then
+    the handler's close waited for the bot as long again: past the shutdown grace (20 s),
+    the handler was cancelled, the client never told, the bot's connection reset."""
+    if loop == "uvloop":
+        assert await asyncio.to_thread(uvloop.run, _stopping_mid_close())
+    else:
+        assert await _stopping_mid_close()
