@@ -16,8 +16,7 @@ from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import Bot, Running, running_gateway
-from tests.support.servers import free_port
+from tests.support.bot import Bot, Running, running_gateway, serve
 from tests.support.settings import make_settings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -106,15 +105,11 @@ async def closing_bot(answer_close: bool) -> AsyncIterator[tuple[str, list[str]]
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", late)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}", answered
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serve(app) as url:
+        try:
+            yield url, answered
+        finally:
+            release.set()  # before the bot's server waits for its handlers
 
 
 @pytest.mark.parametrize("answer_close", [True, False], ids=["answers", "never_answers"])

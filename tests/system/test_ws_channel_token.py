@@ -19,9 +19,8 @@ from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import WsBot, running_gateway, running_ws_bot
+from tests.support.bot import WsBot, running_gateway, running_ws_bot, serve
 from tests.support.channel_keys import auth_settings, hs256, set_secret
-from tests.support.servers import free_port
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -129,14 +128,8 @@ async def farewell_bot() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", farewell)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as url:
+        yield url
 
 
 async def test_a_socket_refused_before_it_paid_gets_no_farewell_for_free(
