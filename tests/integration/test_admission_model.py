@@ -77,6 +77,9 @@ def make_settings(order: str) -> Settings:
         low_balance_threshold="0.50",
         free_credit_validity_s=FREE_VALIDITY_S,
         deduction_order=order,
+        # The production default (0.5 s) is a deadline a busy CI machine reaches (a
+        # Redis call once timed out under -n 3): the model is about decisions, not speed.
+        redis_timeout_s=10.0,
     )
 
 
