@@ -55,6 +55,8 @@ def serve(settings: Settings, banner: Callable[[Settings], str] | None = None) -
     reserve = admin = None
     try:
         admin = _listen(settings, "admin_port")
+        # The port in use (picked by the system if 0): the egress policy refuses it.
+        settings = settings.model_copy(update={"admin_port": admin.getsockname()[1]})
         if settings.traffic_port:
             _probe(settings)
         _state_dir(settings)
