@@ -54,8 +54,8 @@ Closing codes sent to the client:
   paid for) still reaches the client, within ``CLOSE_ANSWER_S``; with
   ``invalid_channel_signature`` once the upgrade's credential would no longer verify:
   its token expired (``exp`` plus the leeway), or the channel's secret was rotated,
-  removed or added (checked before each client message is admitted;
-  :mod:`gateway.ws_pump`);
+  removed or added (checked before each client message is admitted), after the same
+  close frame to the bot and its answers (:mod:`gateway.ws_credential`);
 * ``1013`` (try again later) with reason ``metering_unavailable`` when Redis does not
   answer in fail mode ``closed``;
 * ``1001`` (going away) when the gateway shuts down, or with reason ``idle`` when the
@@ -95,7 +95,8 @@ from gateway.request_body import client_gone
 from gateway.traffic_rules import check_loop, forbidden, missing_user
 from gateway.ws_budget import WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, TRY_AGAIN_LATER, Charges, sendable
-from gateway.ws_pump import CLOSE_ANSWER_S, Credential, pump
+from gateway.ws_credential import Credential
+from gateway.ws_pump import CLOSE_ANSWER_S, pump
 from gateway.ws_wire import Linger, close_client
 from meter.errors import InvalidChannelUser
 
@@ -240,15 +241,14 @@ async def proxy_websocket(
         credential = Credential(
             verified.expires, partial(proxy.auth.still_keyed, app_id, channel, verified)
         )
-        code, reason = await pump(
-            proxy, client, upstream, charges, sockets, send_s, credential, linger
-        )
-        code = sendable(code)
+        ended = await pump(proxy, client, upstream, charges, sockets, send_s, credential, linger)
+        code = sendable(ended.code)
         if not upstream.closed:
             bot_code = 1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code
-            await linger.close(upstream, bot_code, min(send_s, CLOSE_ANSWER_S))
+            within = min(send_s, CLOSE_ANSWER_S)
+            await linger.close(upstream, bot_code, within, ended.bot_closed)
         if not client.closed:
-            message = reason.encode()[:123]
+            message = ended.reason.encode()[:123]
             await close_client(client, request.transport, code, message, CLIENT_CLOSE_S)
     finally:
         await linger.finish()

@@ -84,13 +84,16 @@ class WebSockets:
         self._session = session
 
     async def next_message(
-        self, client: web.WebSocketResponse, first: bool = False
+        self, client: web.WebSocketResponse, first: bool = False, until: float | None = None
     ) -> aiohttp.WSMessage | None:
         """The client's next text or binary message (``first``: it sent none yet), None
         once it closes; TimeoutError when it sent none for ``idle_s`` (``first_s`` for the
-        first): only its messages keep a socket open (its pings are answered inside
-        ``receive()`` and never end the wait; the bot's are not its)."""
-        async with asyncio.timeout(self.first_s if first else self.idle_s):
+        first), or once the loop's clock reaches ``until`` (the caller's own deadline: a
+        credential's expiry): only its messages keep a socket open (its pings are answered
+        inside ``receive()`` and never end the wait; the bot's are not its)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.first_s if first else self.idle_s)
+        async with asyncio.timeout_at(deadline if until is None else min(deadline, until)):
             async for msg in client:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     return msg

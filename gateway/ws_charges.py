@@ -14,17 +14,24 @@ A connection whose client speaks first pays for its messages only: a bot message
 comes while the client's first message is being admitted waits for that admission. A bot
 that speaks first (a greeting) costs one message per connection. The first admission of
 a connection is taken under a lock, so the two never race into two charges for one
-answer, and a refusal ends both directions (nothing admitted after it).
+answer, and a refusal ends both directions (nothing admitted after it). The client's
+messages are read and admitted by :meth:`Charges.next_message`, which ends the
+connection once its credential no longer holds (:mod:`gateway.ws_credential`).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+from aiohttp import web
+
 from gateway.counting import outcome_of
 from gateway.metering import Admission
 from gateway.problems import Problem, Refused
 from gateway.proxy import Proxy
+from gateway.ws_budget import GOING_AWAY, WebSockets
+from gateway.ws_credential import INVALID_CREDENTIAL, Credential
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -75,11 +82,43 @@ class Charges:
             self.count("admitted")
             self._paid = True
 
-    def refuse(self, code: int, reason: str) -> None:
+    async def next_message(
+        self,
+        client: web.WebSocketResponse,
+        sockets: WebSockets,
+        credential: Credential,
+        until: float | None,
+        first: bool,
+    ) -> tuple[aiohttp.WSMessage | None, Admission | None]:
+        """The client's next message (``first``: it sent none yet) and its admission
+        (None: the client closed); raises :class:`Closing` for an idle client, a refusal
+        or a credential no longer good: once the loop's clock reaches ``until`` (the
+        token's expiry) nothing is read, admitted or sent."""
+        loop = asyncio.get_running_loop()
+        try:
+            msg = await sockets.next_message(client, first=first, until=until)
+        except TimeoutError:
+            if until is not None and loop.time() >= until:
+                raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL) from None
+            raise Closing(GOING_AWAY, "idle") from None
+        if msg is None:
+            return None, None
+        if (until is not None and loop.time() >= until) or not await credential.current():
+            raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
+        admission = await self.client_message()
+        if until is not None and loop.time() >= until:  # while it was admitted: never sent
+            if admission is not None:
+                await self._proxy.meter.withdrawn(admission)
+            raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
+        return msg, admission
+
+    def refuse(self, code: int, reason: str) -> Closing:
         """A refusal that is not the meter's (the credential): nothing is admitted after
-        it either, a bot message answering the handshake (the bot's farewell) included."""
+        it either, a bot message answering the handshake (the bot's farewell, its answer
+        to the gateway's close frame) included. The closing to end the connection with."""
         if self._closing is None:
             self._closing = Closing(code, reason)
+        return self._closing
 
     async def _admit(self) -> Admission | None:
         if self._closing is not None:

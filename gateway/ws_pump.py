@@ -30,18 +30,16 @@ message is then the sweeper's to refund). Over TLS the count is not exact
 Bot -> client: each message is delivered once the connection has paid its way
 (:meth:`~gateway.ws_charges.Charges.bot_message`); bot messages are not metered.
 
-The upgrade's credential (:class:`Credential`) holds for the socket's life only while
-it would still verify: the socket is closed 1008 ``invalid_channel_signature`` once the
-token's ``exp`` (plus the leeway) passes, and before a client message is admitted once
-the channel's key is no longer the one it verified with (rotated, removed, added): the
-per-worker key cache reads it again at most every ``channel_secret_max_age_s``.
+The upgrade's credential (:mod:`gateway.ws_credential`) ending (its token expired, the
+channel's key changed) ends the client's side as a refused message does: the bot gets a
+close frame, its answers still reach the client until it answers. Whether its close frame
+came is part of what the pump returns (:class:`Ended`): the handshake then needs no more
+than the gateway's own answer, if not written yet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -51,6 +49,7 @@ from gateway.metering import Admission
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
 from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
+from gateway.ws_credential import Credential
 from gateway.ws_wire import (
     Linger,
     abort,
@@ -65,17 +64,16 @@ INTERNAL_ERROR = 1011
 # How long the bot may take to answer the gateway's close (aiohttp's own wait restarted at
 # each of its messages), at most the send deadline: past it its connection is dropped.
 CLOSE_ANSWER_S = 10.0
-INVALID_CREDENTIAL = "invalid_channel_signature"
 SHUTTING_DOWN = "shutting down"
 
 
-class Credential(NamedTuple):
-    """What the upgrade verified, checked for the socket's life: ``expires``, past which
-    its token no longer verifies (epoch s; 0: no token), and ``current()``, whether the
-    channel's key is still the one it verified with."""
+class Ended(NamedTuple):
+    """How a pump ended: the client's close code and reason, and whether the bot's close
+    frame came (answered or not by the gateway's own yet)."""
 
-    expires: float
-    current: Callable[[], Awaitable[bool]]
+    code: int
+    reason: str
+    bot_closed: bool
 
 
 async def pump(
@@ -87,10 +85,10 @@ async def pump(
     send_s: float,
     credential: Credential,
     linger: Linger,
-) -> tuple[int, str]:
-    """Both directions until one ends (or the credential expires): the close code and
-    reason it ended with. A bot connection dropped is left to ``linger`` (its caller
-    waits for it once the client is told)."""
+) -> Ended:
+    """Both directions until one ends (the credential's end or a refusal ends the client's
+    side, and the bot's then has its close answered): how it ended. A bot connection
+    dropped is left to ``linger`` (its caller waits for it once the client is told)."""
     dropped = asyncio.Event()  # set as a stalled send drops the bot's connection
     wire = _Wire(upstream, linger)
     tasks = [
@@ -99,8 +97,6 @@ async def pump(
         ),
         asyncio.create_task(_bot_to_client(wire, client, charges, send_s)),
     ]
-    if credential.expires:
-        tasks.append(asyncio.create_task(_expiry(credential.expires)))
     try:
         # The gateway going away ends the pump too (gateway.ws_budget), a stalled send
         # included: its handler then closes both sides within the shutdown grace.
@@ -124,12 +120,8 @@ async def pump(
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         buffered_again(upstream)
-    return (GOING_AWAY, SHUTTING_DOWN) if first is None else first.result()
-
-
-async def _expiry(expires: float) -> tuple[int, str]:
-    await asyncio.sleep(max(0.0, expires - time.time()))
-    return POLICY_VIOLATION, INVALID_CREDENTIAL
+    code, reason = (GOING_AWAY, SHUTTING_DOWN) if first is None else first.result()
+    return Ended(code, reason, wire.bot_closed)
 
 
 class _Wire:
@@ -140,6 +132,7 @@ class _Wire:
         self.upstream = upstream
         self.lock = asyncio.Lock()
         self.exact = unbuffered(upstream)
+        self.bot_closed = False  # the bot's close frame came
         self._linger = linger
 
     def drop(self) -> None:
@@ -170,21 +163,15 @@ async def _client_to_bot(
     dropped: asyncio.Event,
     credential: Credential,
 ) -> tuple[int, str]:
-    msg = None
+    until, first = credential.until(), True
     while True:
         try:
-            msg = await sockets.next_message(client, first=msg is None)
-        except TimeoutError:
-            return GOING_AWAY, "idle"
-        if msg is None:
-            break
-        if not await credential.current():
-            charges.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)  # the bot's close answered
-            return POLICY_VIOLATION, INVALID_CREDENTIAL
-        try:
-            admission = await charges.client_message()
+            msg, admission = await charges.next_message(client, sockets, credential, until, first)
         except Closing as exc:
             return exc.code, exc.reason
+        if msg is None:
+            break
+        first = False
         upstream = wire.upstream
         send = upstream.send_str if msg.type is WSMsgType.TEXT else upstream.send_bytes
         written = False  # the frame is written in the send's first step (no compression)
@@ -237,6 +224,7 @@ async def _bot_to_client(
     # bot: its next messages wait, in order, in the socket (bounded as any other read).
     upstream = wire.upstream
     while (msg := await upstream.receive()).type not in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+        wire.bot_closed = msg.type is WSMsgType.CLOSE
         if msg.type is WSMsgType.PING:  # answered here, never while a message is in flight
             if not await _pong(wire, msg.data, send_s):
                 charges.count("bot_error")

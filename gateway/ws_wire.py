@@ -164,22 +164,42 @@ class Linger:
         self._end(upstream, self._duplicate(upstream), linger=True)
 
     async def close(
-        self, upstream: aiohttp.ClientWebSocketResponse, code: int, within_s: float
+        self,
+        upstream: aiohttp.ClientWebSocketResponse,
+        code: int,
+        within_s: float,
+        bot_closed: bool = False,
     ) -> None:
         """A close frame, the bot's answer awaited at most ``within_s`` (aiohttp's own
         wait restarts at every other message the bot sends); unanswered (a bot that
-        does not read), the connection is then dropped as by :meth:`drop`."""
+        does not read), the connection is then dropped as by :meth:`drop`. Only one close
+        frame is ever written: once the bot's came (``bot_closed``), it is answered if
+        the gateway's was not written yet and nothing more is awaited (aiohttp's
+        ``close()`` would write a second one, then wait for a second close frame when the
+        bot's had no status code); once the gateway's was written (a refusal's, whose
+        wait for the answer was cut short), what the bot still sends is the linger's."""
         kept = self._duplicate(upstream)  # before aiohttp closes its descriptor
+        written = close_written(upstream)
         try:
             async with asyncio.timeout(within_s):
-                await upstream.close(code=code)
+                if not written and bot_closed:
+                    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                        await _writer(upstream).close(code, b"")  # gone: nothing to answer
+                elif not written:
+                    await upstream.close(code=code)
         except TimeoutError:
             pass
         except BaseException:
             if kept is not None:
                 kept.close()
             raise
-        self._end(upstream, kept, linger=upstream.close_code in (None, _ABNORMAL))
+        if bot_closed or written:
+            linger = not bot_closed
+        else:
+            linger = upstream.close_code in (None, _ABNORMAL)
+        self._end(upstream, kept, linger)
+        if not upstream.closed:  # aiohttp's own state, its transport gone: nothing written
+            await upstream.close()
 
     def _duplicate(self, upstream: aiohttp.ClientWebSocketResponse) -> socket.socket | None:
         transport = _transport(upstream)

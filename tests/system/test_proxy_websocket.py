@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.ws_pump import CLOSE_ANSWER_S
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, running_gateway, serve
-from tests.support.settings import make_settings
+from tests.support.settings import HOST, make_settings
+from tests.support.ws_frames import accept_upgrade
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -143,6 +146,94 @@ async def test_a_refusal_still_delivers_the_bot_s_answers_to_paid_messages(
                 assert ws.close_code == 1008
     assert answered == ["m0", "m1"]
     assert replies == ["late:m0", "late:m1"]
+
+
+class RawBot:
+    """A bot speaking raw WebSocket frames, so that it sees every frame the gateway sends:
+    it holds its answers until the gateway's close frame comes, then sends them and answers
+    the close, or (``first``) answers the first message at once and closes first; its
+    close frame has ``status`` (None: none, an empty close frame). It then keeps its side
+    open, reading, until the gateway ends the connection (``ended``): ``after``, the frames
+    (opcode, payload) that came after its close frame."""
+
+    def __init__(self, status: int | None, first: bool) -> None:
+        self.status, self.first = status, first
+        self.after: list[tuple[int, bytes]] = []
+        self.ended = asyncio.Event()
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await accept_upgrade(r, w)
+            held: list[bytes] = []
+            while (frame := await _frame(r))[0] != CLOSE:
+                held.append(frame[1])
+                if self.first:
+                    break
+            for data in held:
+                w.write(b"\x81" + bytes([len(data) + 5]) + b"late:" + data)
+            status = b"" if self.status is None else struct.pack("!H", self.status)
+            w.write(b"\x88" + bytes([len(status)]) + status)
+            while True:
+                self.after.append(await _frame(r))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the gateway ended the connection
+        finally:
+            self.ended.set()
+            w.close()
+
+
+CLOSE = 8
+
+
+async def _frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame from the gateway (small, masked): its opcode and payload."""
+    head = await r.readexactly(2)
+    mask = await r.readexactly(4)
+    data = await r.readexactly(head[1] & 0x7F)
+    return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["answers", "closes_first"])
+@pytest.mark.parametrize("status", [1000, None], ids=["status", "no_status"])
+async def test_one_close_frame_each_way_and_the_bot_s_ends_the_socket(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    status: int | None,
+    first: bool,
+) -> None:
+    """Once the bot had answered the gateway's close frame (a refusal's), the handler's
+    close wrote it a second one; and when that answer, or a close of the bot's own, had no
+    status code, the handler then waited for another close frame from the bot for 10 s
+    (aiohttp's ``ws_close``) before the client got its close."""
+    settings = make_settings(redis_url, tmp_path)
+    bot = RawBot(status, first)
+    server = await asyncio.start_server(bot.handle, HOST, 0)
+    try:
+        url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+        app = {"product": "contact_center", "upstream_url": url, "funds": 2 * CENT}
+        await seed(rclient, settings, "wsraw", {"wsraw_app1": app})
+        async with running_gateway(settings) as gw:
+            headers = {"X-Channel-User-Id": "u1"}
+            async with http.ws_connect(f"{gw.url}/hooks/web/wsraw_app1/ws", headers=headers) as ws:
+                # Two paid for, the third refused; a bot that closes first reads one.
+                for data in ("m0",) if first else ("m0", "m1", "m2"):
+                    await ws.send_str(data)
+                assert (await ws.receive(timeout=60)).data == "late:m0"  # a hang bound
+                # Then, the bot's close frame on its way with its last answer, the client's
+                # close: a step of milliseconds, bounded here well under the old 10 s wait.
+                async with asyncio.timeout(CLOSE_ANSWER_S / 2):
+                    replies = [msg.data async for msg in ws]
+            await asyncio.wait_for(bot.ended.wait(), 60)  # a hang bound
+    finally:
+        server.close()
+    if first:  # the bot's own close: answered with its code (1000 for none), once
+        assert (ws.close_code, replies) == (1000, [])
+        assert bot.after == [(CLOSE, struct.pack("!H", 1000))]
+    else:
+        assert (ws.close_code, replies) == (1008, ["late:m1"])
+        assert bot.after == []
 
 
 async def test_refusal_reason_is_the_close_message(gw: Running, bot: Bot) -> None:

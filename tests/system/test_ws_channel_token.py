@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +31,7 @@ WS = "wstoken"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
 CENT = 10_000
 FUNDS = 100 * CENT
+PLENTY = 10**6 * CENT  # for a client that sends as fast as its bot reads
 
 
 @pytest.fixture
@@ -37,8 +40,8 @@ async def wsbot() -> AsyncIterator[WsBot]:
         yield b
 
 
-async def charged(rclient: RedisClient) -> int:
-    return FUNDS - (await read_balances(rclient, WS)).app[APP]
+async def charged(rclient: RedisClient, funds: int = FUNDS) -> int:
+    return funds - (await read_balances(rclient, WS)).app[APP]
 
 
 async def test_a_socket_is_closed_once_its_token_expires(
@@ -159,3 +162,141 @@ async def test_a_socket_refused_before_it_paid_gets_no_farewell_for_free(
             replies = [msg.data async for msg in ws]
             assert (ws.close_code, replies) == (1008, [])
     assert await charged(rclient) == 0
+
+
+@dataclass
+class Held:
+    """One connection of a :func:`holding_bot`: the client messages it read, and ``closing``
+    once the gateway's close frame came (``moved`` is set at each of both)."""
+
+    got: list[str] = field(default_factory=list)
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def holding_bot(answer: asyncio.Event) -> AsyncIterator[tuple[str, list[Held]]]:
+    """A bot that answers nothing until the gateway's close frame comes and ``answer`` is
+    set, then answers each message it read (``late:``) and the close: its URL, and its
+    connections in order (each listed before its upgrade is answered)."""
+    held: list[Held] = []
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        sock = web.WebSocketResponse(autoclose=False)
+        held.append(conn := Held())
+        await sock.prepare(request)
+        while (msg := await sock.receive()).type is WSMsgType.TEXT:
+            conn.got.append(msg.data)
+            conn.moved.set()
+        if msg.type is WSMsgType.CLOSE:
+            conn.closing.set()
+            conn.moved.set()
+            await answer.wait()
+            for data in conn.got:
+                await sock.send_str(f"late:{data}")
+        await sock.close()
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", late)
+    async with serve(app) as url:
+        try:
+            yield url, held
+        finally:
+            answer.set()  # before the bot's server waits for its handlers
+
+
+async def expiring(
+    http: aiohttp.ClientSession, url: str, exp_in: int
+) -> aiohttp.ClientWebSocketResponse | None:
+    """A socket on a token that lives ``exp_in`` s; None when it expired before its
+    upgrade was answered (401: a busy machine, a longer-lived one is tried)."""
+    try:
+        return await http.ws_connect(f"{url}?token={hs256('alice', exp_in=exp_in)}")
+    except aiohttp.WSServerHandshakeError as exc:
+        refused = exc.status
+    assert refused == 401
+    return None
+
+
+async def replies_and_close(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[str], Any]:
+    """What the client got until its close frame, and that frame's (code, reason)."""
+    replies = []
+    while (msg := await ws.receive(timeout=60)).type is WSMsgType.TEXT:  # a hang bound
+        replies.append(msg.data)
+    assert msg.type is WSMsgType.CLOSE
+    return replies, (msg.data, msg.extra)
+
+
+LIFETIMES = (4, 8, 16, 32, 64)  # a token's, longer each time its messages were too late
+EXPIRED = (1008, "invalid_channel_signature")
+
+
+async def test_a_token_s_expiry_still_delivers_the_bot_s_answers_to_paid_messages(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """The expiry ended the socket at once, unlike a refusal: the bot's answers to the
+    messages paid before it, sent as its close frame came, never reached the client."""
+    # The bot's wait for the close: min(half the refund window, 10 s), a hang bound.
+    settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
+    answer = asyncio.Event()
+    answer.set()
+    async with holding_bot(answer) as (url, held):
+        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        await set_secret(rclient, settings, APP, "web")
+        async with running_gateway(settings) as gw:
+            for exp_in in LIFETIMES:
+                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                    continue
+                async with ws:
+                    conn = held[-1]
+                    await ws.send_str("m0")
+                    await ws.send_str("m1")
+                    replies, closed = await replies_and_close(ws)  # the expiry ends it
+                assert closed == EXPIRED
+                assert replies == [f"late:{data}" for data in conn.got]
+                if conn.got == ["m0", "m1"]:  # else the token expired first
+                    break
+            else:
+                pytest.fail("no token lived long enough for its messages")
+    assert await charged(rclient) == CENT * sum(len(conn.got) for conn in held)
+
+
+async def test_the_expiry_s_drain_lets_no_more_messages_through(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """A client that sends as fast as its bot reads until its token expires, then more
+    while the bot's answers are on their way: each message the bot read was charged once
+    and answered, no other was charged, and none reached the bot past the expiry."""
+    rates = {"rate_per_minute": 10**6, "rate_per_hour": 10**6}  # not the limit under test
+    settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0, **rates)
+    answer = asyncio.Event()  # the bot holds its answers until the client sent its last
+    async with holding_bot(answer) as (url, held):
+        spec = {"product": "contact_center", "upstream_url": url, "funds": PLENTY}
+        await seed(rclient, settings, WS, {APP: spec})
+        await set_secret(rclient, settings, APP, "web")
+        async with running_gateway(settings) as gw:
+            for exp_in in LIFETIMES:
+                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                    continue
+                async with ws:
+                    conn, sent = held[-1], 0
+                    answer.clear()
+                    while not conn.closing.is_set():  # until the expiry's close reached it
+                        conn.moved.clear()
+                        await ws.send_str(f"m{sent}")
+                        sent += 1
+                        await asyncio.wait_for(conn.moved.wait(), exp_in + 60)  # hang bound
+                    for data in ("after0", "after1", "after2"):  # in the drain window
+                        await ws.send_str(data)
+                    answer.set()
+                    replies, closed = await replies_and_close(ws)
+                assert closed == EXPIRED
+                assert conn.got == [f"m{i}" for i in range(len(conn.got))]
+                assert replies == [f"late:{data}" for data in conn.got]
+                if conn.got:  # else the token expired first
+                    break
+            else:
+                pytest.fail("no token lived long enough for its messages")
+    assert await charged(rclient, PLENTY) == CENT * sum(len(conn.got) for conn in held)

@@ -1,5 +1,5 @@
 """A pump cancelled with its handler (gateway/ws_pump.py) leaves nothing running: its
-two directions (and a credential's expiry timer) are cancelled with it. They kept
+two directions are cancelled with it. They kept
 waiting on the client and the bot for as long as either stayed open."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.support.settings import make_settings
 
 WS = "wspump"
 APP = f"{WS}_app1"
-PUMPING = {"_client_to_bot", "_bot_to_client", "_expiry"}
+PUMPING = {"_client_to_bot", "_bot_to_client"}
 
 
 def pumping() -> list[asyncio.Task[Any]]:
