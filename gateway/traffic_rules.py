@@ -44,6 +44,7 @@ from gateway.via import passed_here
 log = logging.getLogger(__name__)
 
 ReadBody = Callable[[], Awaitable[bytes]]
+_BODY_FORM = ("Content-Type", "Content-Encoding")  # how the bot reads a body: message_digest
 
 
 class Proxy(Protocol):
@@ -119,13 +120,19 @@ def check_loop(headers: Headers) -> None:
         raise loop_detected()
 
 
-def message_digest(method: str, raw_path: str, body: object, part: bytes = b"") -> str:
-    """What a redelivery must repeat: method, path with query, and body (16 hex digits);
-    with ``part``, that message of the body instead (gateway.channel_batches), marked so
-    that no body's digest is a part's."""
+def message_digest(
+    method: str, raw_path: str, body: object, part: bytes = b"", headers: Headers | None = None
+) -> str:
+    """What a redelivery must repeat: method, path with query, body and how the bot reads
+    it (``Content-Type``: charset, boundary; ``Content-Encoding``: the same bytes under
+    another are another message), 16 hex digits; with ``part``, that message of the body
+    instead (gateway.channel_batches), marked so that no body's digest is a part's."""
     h = hashlib.blake2b(digest_size=8)
     h.update(method.encode())
     h.update(b" " + raw_path.encode(errors="surrogateescape") + b"\n")
+    if headers is not None:
+        form = [",".join(headers.getall(name, ())) for name in _BODY_FORM]
+        h.update("\n".join(form).encode(errors="surrogateescape") + b"\n")
     if part:
         h.update(b"part\n" + part)
     elif isinstance(body, bytes):
@@ -256,8 +263,9 @@ async def admit(
             if not all(user for user, _ in msg.batch):
                 raise missing_user()
             method, path = inbound.method, inbound.raw_path
-            whole = message_digest(method, path, body)  # once, for every message without a part
-            digests = [message_digest(method, path, body, p) if p else whole for p in msg.parts]
+            hs = inbound.headers
+            whole = message_digest(method, path, body, b"", hs)  # for every message without a part
+            digests = [message_digest(method, path, body, p, hs) if p else whole for p in msg.parts]
             admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digests)
             # The bot reads each message's user from the body: no header names one.
             return tuple.__new__(Admitted, (admission, body, have_body, None, "", ""))
@@ -269,7 +277,7 @@ async def admit(
             if not have_body:
                 body, have_body = await read_body(), True
             part = msg.parts[0] if msg.parts else b""
-            digest = message_digest(inbound.method, inbound.raw_path, body, part)
+            digest = message_digest(inbound.method, inbound.raw_path, body, part, inbound.headers)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
     unbilled = None
     if not msg.billable:

@@ -1,0 +1,96 @@
+"""A redelivery must repeat its message as the bot reads it, on both traffic servers.
+
+A keyed message redelivered is proxied again but charged once, so the gateway checks
+that it is the same message (method, target and body: ``message_digest``); another
+message under a used key is 409 and never reaches the bot. The body alone does not say
+what the message is: its ``Content-Type`` (media type, charset, multipart boundary) and
+``Content-Encoding`` tell the bot how to read it. Before, the same bytes under another
+of these were a free "redelivery": ``{"q":"Q1","z":"&q=Q2&"}`` is the question Q1 as
+JSON and Q2 as a form, and a multipart body says what its boundary picks, so one
+charge bought as many different questions as a key's redeliveries (5 by default).
+Real sockets, a real counting bot, real Redis.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, SeededGateway, free_credit, post_message
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "redform"
+APP = f"{WS}_reqs"  # contact_center: every message costs one cent
+FREE = 10_000_000
+PRICE = 10_000
+JSON_OR_FORM = b'{"q":"Q1","z":"&q=Q2&"}'
+TWO_BOUNDARIES = (
+    b"--a\r\nContent-Disposition: form-data; name=q\r\n\r\nQ1\r\n--a--\r\n"
+    b"--b\r\nContent-Disposition: form-data; name=q\r\n\r\nQ2\r\n--b--\r\n"
+)
+FORMS = {
+    "media type": (
+        JSON_OR_FORM,
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    "charset": (
+        b'{"q":"Q1+ACIALAAi-q+ACIAOgAi-Q2"}',  # UTF-7: {"q":"Q1","q":"Q2"}
+        {"Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": "application/json; charset=utf-7"},
+    ),
+    "multipart boundary": (
+        TWO_BOUNDARIES,
+        {"Content-Type": "multipart/form-data; boundary=a"},
+        {"Content-Type": "multipart/form-data; boundary=b"},
+    ),
+    "content coding": (
+        JSON_OR_FORM,
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", "Content-Encoding": "deflate"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FORMS)
+async def test_the_same_bytes_read_otherwise_are_another_message(
+    seeded_gateway: SeededGateway,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    case: str,
+) -> None:
+    body, first, other = FORMS[case]
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        sent = await post_message(http, url, "mallory", "k1", body=body, headers=first)
+        impostor = await post_message(http, url, "mallory", "k1", body=body, headers=other)
+        again = await post_message(http, url, "mallory", "k1", body=body, headers=first)
+    assert (sent, impostor, again) == (200, 409, 200)
+    # The bot got the message and its true redelivery, both read as the first said.
+    for call in bot.calls:
+        assert call.body == body
+        for name in ("Content-Type", "Content-Encoding"):
+            assert call.headers.getall(name, []) == [v for k, v in first.items() if k == name]
+    assert len(bot.calls) == 2
+    assert await free_credit(rclient, WS) == FREE - PRICE
+
+
+async def test_a_true_redelivery_is_still_served_and_charged_once(
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """Header case and the order of other headers do not make another message."""
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        form = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+        statuses = [
+            await post_message(http, url, "u1", "k2", body=JSON_OR_FORM, headers=form),
+            await post_message(http, url, "u1", "k2", body=JSON_OR_FORM,
+                               headers={"content-encoding": "identity", "X-Retry": "1",
+                                        "content-type": "application/json"}),
+        ]  # fmt: skip
+    assert statuses == [200, 200]
+    assert len(bot.calls) == 2
+    assert await free_credit(rclient, WS) == FREE - PRICE
