@@ -18,7 +18,8 @@ anything is metered or forwarded; a failure is 401 ``invalid_channel_signature``
   (the bot's App ID), unexpired, with a ``serviceurl`` claim; the body must be a JSON
   object (an activity) whose ``serviceUrl`` (any spelling of it), if any, is that claim,
   and the key's ``endorsements`` must list its ``channelId`` (every spelling of it, all
-  the same), if any (as botbuilder);
+  the same), if any (as botbuilder). The token is checked before the body is read
+  (:mod:`gateway.channel_botframework`);
 * ``jwt_hs256`` (every other channel): ``Authorization: Bearer`` JWT, HS256 with the
   secret, ``exp`` and ``sub`` required; ``sub`` is the channel user (it replaces
   ``X-Channel-User-Id``, also towards the bot); a token for ``/notify`` (``aud`` =
@@ -47,10 +48,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
-import orjson
 from aiohttp import web
 
 from config import Settings
+from gateway import channel_botframework as botframework
 from gateway.channel_credentials import (
     MAX_TOKEN,
     NOTIFY_AUDIENCE,
@@ -76,7 +77,6 @@ from meter.redis_layer.client import RedisClient
 
 __all__ = ["NOTIFY_AUDIENCE", "ChannelAuth", "Verified", "without_token"]
 MAX_USER = 256
-SERVICE_URL_CLAIM = "serviceurl"  # Bot Framework's name (botbuilder's SERVICE_URL_CLAIM)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²"
 
 
@@ -135,8 +135,9 @@ class ChannelAuth:
             self._meta(hub, body, key.secret)
         elif key.scheme == "botframework_jwt":
             token = bearer(headers.get("Authorization"))
+            bf = await botframework.verify_token(self.openid, token, key.secret, self._leeway)
             body = await read_body()
-            await self._botframework(token, key.secret, body)
+            botframework.bind_activity(bf, body)
         else:  # a scheme this worker does not know (newer gateway): never a free pass
             raise invalid_signature(f"unknown scheme {key.scheme}")
         return Verified(True, body=body)
@@ -242,58 +243,3 @@ class ChannelAuth:
         if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_USER or not sub.isprintable():
             raise invalid_signature("sub must be 1-256 printable characters")
         return sub, float(claims["exp"])
-
-    async def _botframework(self, token: str, app_id: str, body: bytes) -> None:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise invalid_signature("malformed token") from None
-        kid = header.get("kid")
-        if header.get("alg") != "RS256" or not isinstance(kid, str) or not kid:
-            raise invalid_signature("not an RS256 token with a key id")
-        found = await self.openid.get(kid)
-        if found is None:
-            raise invalid_signature("signed with a key the channel does not publish")
-        try:
-            claims = jwt.decode(
-                token,
-                found.key,
-                algorithms=["RS256"],
-                audience=app_id,
-                issuer=found.issuer,
-                options={"require": ["exp", "iss", "aud"]},
-                leeway=self._leeway,
-            )
-        except jwt.InvalidTokenError as exc:
-            raise invalid_signature(jwt_reason(exc)) from None
-        _bind_activity(claims, found.endorsements, body)
-
-
-def _bind_activity(claims: dict[str, Any], endorsements: frozenset[str], body: bytes) -> None:
-    """Tie the activity, which the token does not sign, to the token as botbuilder's
-    ChannelValidation does: a replayed token must not carry an activity whose
-    ``serviceUrl`` (where the bot posts its reply, with its credentials) is another's."""
-    claimed = claims.get(SERVICE_URL_CLAIM, claims.get("serviceUrl"))
-    if not isinstance(claimed, str) or not claimed:
-        raise invalid_signature(f"the token has no {SERVICE_URL_CLAIM} claim")
-    try:
-        activity = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        activity = None
-    if not isinstance(activity, dict):
-        raise invalid_signature("the body is not a Bot Framework activity")
-    # Every spelling a case-insensitive deserializer (Newtonsoft's) would read as it.
-    for name, value in activity.items():
-        if name.lower() == SERVICE_URL_CLAIM and value != claimed:
-            raise invalid_signature("serviceUrl does not match the token")
-    # Its channelId too (Newtonsoft takes the last spelling, others the first): every
-    # spelling must agree, and a channel named must be one the key is endorsed for.
-    channel_ids = [v for name, v in activity.items() if name.lower() == "channelid"]
-    if any(v != channel_ids[0] for v in channel_ids):
-        raise invalid_signature("the activity names several channelIds")
-    if (
-        channel_ids
-        and channel_ids[0] not in (None, "")
-        and (not isinstance(channel_ids[0], str) or channel_ids[0] not in endorsements)
-    ):
-        raise invalid_signature("the signing key is not endorsed for the activity's channelId")

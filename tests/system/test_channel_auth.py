@@ -46,6 +46,7 @@ from tests.support.channel_keys import (
     slack_headers,
 )
 from tests.support.fresh import sample_now
+from tests.support.rawhttp import RawConn
 from tests.support.samples import sample
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -1190,3 +1191,45 @@ async def test_the_bot_is_told_the_signed_user_not_the_clients(world: World) -> 
     assert (await world.post(path, status, {**meta_headers(status), **forged}))[0] == 200
     assert "X-Channel-User-Id" not in world.bot.calls[-1].headers
     assert world.bot.count() == 3
+
+
+async def test_a_forged_msteams_token_is_refused_before_the_body_is_read(world: World) -> None:
+    """As a bearer token or a missing signature (test_expect_upgrade): what the head alone
+    refuses gets the refusal instead of a 100, and no body is asked for. A forged Bot
+    Framework token had the gateway answer 100 and read up to MAX_BODY_BYTES first."""
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    o = world.openid
+    body = sample("msteams-message.json")
+    for token in (
+        o.token("k1", key=attacker),  # the published kid, another key
+        o.token("k1", exp_in=-3600),
+        o.token("k1", aud="another-bot-app-id"),
+        o.token("k1", serviceurl=None),
+        o.token("nope", key=attacker),
+        "not.a.jwt",
+    ):
+        before = await world.state()
+        head = (
+            f"POST /hooks/msteams/{APP}/api/messages HTTP/1.1\r\nHost: gw\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        async with RawConn.open(world.gw.url) as c:
+            c.send(head.encode())
+            resp = await c.response()  # a 100 here fails the status below
+            assert resp.status == 401, (resp.status, resp.body[:200])
+            assert json.loads(resp.body)["code"] == "invalid_channel_signature"
+        assert world.bot.count() == 0
+        assert await world.state() == before
+    # A valid token is still asked for its body and served.
+    head = (
+        f"POST /hooks/msteams/{APP}/api/messages HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {o.token('k1')}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    async with RawConn.open(world.gw.url) as c:
+        c.send(head.encode())
+        assert (await c.response()).status == 100
+        c.send(body)
+        assert (await c.response()).status == 200
+    assert world.bot.count() == 1
