@@ -237,7 +237,7 @@ async def _parent(
         await workers.stop()
         raise
     reserve.close()
-    gw = create_app(settings, run_flusher=True)
+    gw = create_app(settings, run_flusher=True, only="admin")
     runner = GatewayRunner(gw.admin, settings, shutdown_timeout=5.0)
     await runner.setup()
     await web.SockSite(runner, admin).start()

@@ -90,7 +90,7 @@ async def _worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gw = create_app(settings, metering=metering)
+    gw = create_app(settings, metering=metering, only="traffic")
     port = TrafficPort(gw.traffic, settings, shutdown_timeout=settings.shutdown_grace_s)
     await port.setup()
     try:
