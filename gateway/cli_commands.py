@@ -19,8 +19,9 @@ from typing import Any, BinaryIO
 from config import Settings
 from config.money import format_amount
 from meter.errors import InvalidInput
-from meter.store.periods import DAY_MS
-from meter.usage.export import export_stream, parse_time
+
+# Each command imports what it runs on (the store, Redis, the flusher) itself: building
+# the parser loads none of it (start-up CPU of every `creditgate` call).
 
 
 def add_arguments(sub: Any) -> None:
@@ -143,6 +144,9 @@ def flush(settings: Settings, args: argparse.Namespace) -> int:
 
 def export(settings: Settings, args: argparse.Namespace) -> int:
     """Write a usage or billing-session export; exit 2 on invalid input."""
+    from meter.store.periods import DAY_MS
+    from meter.usage.export import parse_time
+
     try:
         to_ms = parse_time(args.to, "to") if getattr(args, "to", None) else int(time.time() * 1000)
         raw_from = getattr(args, "from_", None) or getattr(args, "from", None)
@@ -167,6 +171,7 @@ async def _preflight(settings: Settings, *, redis: bool) -> None:
 
 async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
     from gateway.startup import open_ready_store
+    from meter.usage.export import export_stream
 
     async with await open_ready_store(settings) as store:
         try:
@@ -221,6 +226,7 @@ async def _reconcile(settings: Settings, workspace: str | None, apply: bool) -> 
     from gateway.startup import open_ready_store, ready_redis
     from meter.accounts import projection
     from meter.redis_layer.client import warm_up
+    from meter.store.periods import DAY_MS
     from meter.usage.pending import held_lines
     from meter.usage.reconcile import reconcile as run
 

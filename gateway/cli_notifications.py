@@ -16,9 +16,12 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from config import Settings
-from meter.store import OutboxEvent
+
+if TYPE_CHECKING:
+    from meter.store import OutboxEvent
 
 COLUMNS = (
     "workspace",

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-
-from redis.exceptions import RedisClusterException, RedisError
+from typing import TYPE_CHECKING
 
 from config import Settings, SettingsError
 from config.urls import mask_url, sqlite_path
-from meter.accounts import projection
-from meter.redis_layer import eviction
-from meter.redis_layer.client import RedisClient, connect
-from meter.store import Store, StoreError, open_store
-from meter.store.schema import latest_version
+
+if TYPE_CHECKING:
+    from meter.redis_layer.client import RedisClient
+    from meter.store import Store
+
+# Redis and the store are imported by the functions that use them: `creditgate --help`,
+# a settings error and the store-only commands do not load Redis (start-up CPU).
 
 log = logging.getLogger(__name__)
 STORE_TIMEOUT_S = 15.0
@@ -59,6 +60,9 @@ async def open_ready_store(
     A SQLite file that does not exist is only created when migrating, so a read-only
     command on a fresh checkout leaves nothing behind.
     """
+    from meter.store import StoreError, open_store
+    from meter.store.schema import latest_version
+
     if settings.store_url.startswith("sqlite://") and not migrate:
         path = sqlite_path(settings.store_url)
         if not os.path.exists(path):  # noqa: ASYNC240 - one stat at start-up
@@ -104,6 +108,8 @@ async def prepare_store(settings: Settings) -> int:
 
 async def redis_reason(client: RedisClient) -> BaseException | None:
     """``None`` when Redis answers a PING, else what went wrong."""
+    from redis.exceptions import RedisClusterException, RedisError
+
     try:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             await client.ping()
@@ -115,6 +121,8 @@ async def redis_reason(client: RedisClient) -> BaseException | None:
 async def ready_redis(settings: Settings) -> RedisClient:
     """A client whose server answers and cannot evict keys, or :class:`StartupError`
     (:class:`SettingsError` for a Redis that may evict)."""
+    from meter.redis_layer.client import connect
+
     client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
     try:
         reason = await redis_reason(client)
@@ -132,6 +140,10 @@ async def ready_redis(settings: Settings) -> RedisClient:
 async def refuse_eviction(settings: Settings, client: RedisClient) -> None:
     """:class:`SettingsError` (exit 2) naming the policy and the fix when Redis may evict
     keys (:mod:`meter.redis_layer.eviction`)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from meter.redis_layer import eviction
+
     try:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             problem = await eviction.eviction_problem(client)
@@ -146,6 +158,8 @@ async def refuse_eviction(settings: Settings, client: RedisClient) -> None:
 async def warn_if_redis_down(settings: Settings) -> None:
     """``serve`` starts without Redis (fail-open serves meanwhile; ``/readyz`` reports
     it); it says once, with the URL, what it keeps trying."""
+    from meter.redis_layer.client import connect
+
     client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
     try:
         reason = await redis_reason(client)
@@ -165,6 +179,11 @@ async def warn_if_redis_down(settings: Settings) -> None:
 async def rename_legacy_fields(settings: Settings) -> None:
     """Balance fields of an older version's Redis renamed before any worker admits
     (:func:`meter.accounts.projection.rename_legacy_fields`); best effort, logged."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from meter.accounts import projection
+    from meter.redis_layer.client import connect
+
     client = connect(settings.redis_url, timeout=REDIS_TIMEOUT_S)
     try:
         renamed = await projection.rename_legacy_fields(client)
