@@ -300,3 +300,25 @@ async def test_the_expiry_s_drain_lets_no_more_messages_through(
             else:
                 pytest.fail("no token lived long enough for its messages")
     assert await charged(rclient, PLENTY) == CENT * sum(len(conn.got) for conn in held)
+
+
+async def test_an_expired_socket_that_never_paid_gets_no_farewell_for_free(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """The expiry's drain before the client's first message: the bot's goodbye, its
+    answer to the gateway's close frame, would answer the handshake; it is neither
+    charged nor delivered (as after a rotation)."""
+    settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
+    async with farewell_bot() as url:
+        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        await set_secret(rclient, settings, APP, "web")
+        async with running_gateway(settings) as gw:
+            ws = None
+            for exp_in in LIFETIMES:
+                if ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in):
+                    break
+            assert ws is not None, "every token expired before its upgrade was answered"
+            async with ws:
+                assert await replies_and_close(ws) == ([], EXPIRED)  # nothing sent
+    assert await charged(rclient) == 0
