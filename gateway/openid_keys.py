@@ -16,6 +16,7 @@ import orjson
 from gateway.channel_credentials import auth_unavailable
 
 log = logging.getLogger(__name__)
+MAX_DOCUMENT = 1 << 20  # bytes of the OpenID metadata or key set
 
 
 class SigningKey(NamedTuple):
@@ -60,7 +61,7 @@ class OpenIdKeys:
                 self._tried = now
                 try:
                     await self._fetch()
-                except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
+                except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
                     log.warning("msteams: cannot fetch signing keys from %s: %r", self._url, exc)
             key = self._keys.get(kid)  # possibly past max_age: better than refusing all
             if key is not None:
@@ -87,24 +88,37 @@ class OpenIdKeys:
         if not isinstance(issuer, str) or not isinstance(jwks_uri, str):
             raise ValueError("OpenID metadata without issuer or jwks_uri")
         doc = await self._json(jwks_uri)
-        jwt.PyJWKSet.from_dict(doc)  # the key set's own checks (raises PyJWKSetError)
+        raws = doc.get("keys")
+        if not isinstance(raws, list):
+            raise ValueError("JWKS without a keys list")
         keys: dict[str, tuple[jwt.PyJWK, frozenset[str]]] = {}
-        for raw in doc["keys"]:
+        for raw in raws:
             try:
                 k = jwt.PyJWK(raw) if isinstance(raw, dict) else None
-            except jwt.PyJWTError:
-                continue  # as PyJWKSet does: a key it cannot use is skipped
-            if k and k.key_id and k.public_key_use in (None, "sig") and k.algorithm_name == "RS256":
+            except (jwt.PyJWTError, TypeError, ValueError, KeyError):
+                continue  # as PyJWKSet does: a key it cannot use is skipped (any malformed one)
+            if k is None or not isinstance(k.key_id, str) or not k.key_id:
+                continue
+            if k.public_key_use in (None, "sig") and k.algorithm_name == "RS256":
                 keys[k.key_id] = (k, _endorsements(raw.get("endorsements")))
+        if not keys:
+            raise ValueError("JWKS without a usable RS256 signing key")
         self._keys = keys
         self._issuer = issuer
         self._fetched = time.monotonic()
 
     async def _json(self, url: str) -> dict[str, Any]:
+        """A JSON object of at most :data:`MAX_DOCUMENT` bytes (Microsoft's are ~10 KB):
+        a provider, or whoever answers for it, cannot fill a worker's memory."""
         assert self._session is not None
         async with self._session.get(url, allow_redirects=False) as resp:
             resp.raise_for_status()
-            doc = orjson.loads(await resp.read())
+            raw = bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                raw += chunk
+                if len(raw) > MAX_DOCUMENT:
+                    raise ValueError(f"{url} answered more than {MAX_DOCUMENT} bytes")
+            doc = orjson.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError(f"{url} did not answer a JSON object")
         return doc

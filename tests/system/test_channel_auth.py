@@ -79,6 +79,8 @@ class OpenId:
     endorsements: dict[str, Any] = field(default_factory=dict)  # kid -> its list, else msteams
     fetches: int = 0
     failing: bool = False  # answers 503 (an outage), counted in fetches
+    odd_keys: list[Any] = field(default_factory=list)  # published beside the real ones
+    padding: int = 0  # bytes of an extra member of the key set
 
     def add_key(self, kid: str) -> None:
         self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -119,7 +121,10 @@ class OpenId:
                 jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
                 endorsed = self.endorsements.get(kid, ["msteams"])
                 out.append({**jwk, "kid": kid, "use": "sig", "endorsements": endorsed})
-            return web.json_response({"keys": out})
+            doc: dict[str, Any] = {"keys": [*out, *self.odd_keys]}
+            if self.padding:
+                doc["x-padding"] = "x" * self.padding
+            return web.json_response(doc)
 
         app = web.Application()
         app.router.add_get("/.well-known/openidconfiguration", metadata)
@@ -1233,3 +1238,31 @@ async def test_a_forged_msteams_token_is_refused_before_the_body_is_read(world: 
         c.send(body)
         assert (await c.response()).status == 200
     assert world.bot.count() == 1
+
+
+async def test_a_malformed_published_key_is_skipped_not_a_500(world: World) -> None:
+    """A key PyJWT cannot even read (an ``alg`` that is a list raised TypeError out of
+    the key set: 500 for every Teams request) is skipped; the others verify."""
+    o = world.openid
+    o.odd_keys = [{"kty": "RSA", "kid": "odd", "n": "AQAB", "e": "AQAB", "alg": ["RS256"]}]
+    body = sample("msteams-message.json")
+    path = f"/hooks/msteams/{APP}/api/messages"
+    status, _ = await world.post(path, body, {"Authorization": f"Bearer {o.token('k1')}"})
+    assert status == 200
+    assert world.bot.count() == 1
+
+
+async def test_an_oversized_key_set_is_a_failed_fetch(world: World) -> None:
+    """The key set is read up to 1 MiB (Microsoft's is ~10 KB): one past it is not
+    taken (503 while no key set was ever fetched), so whoever answers for the provider
+    cannot fill a worker's memory."""
+    o = world.openid
+    o.padding = 1 << 20
+    body = sample("msteams-message.json")
+    path = f"/hooks/msteams/{APP}/api/messages"
+    status, problem = await world.post(path, body, {"Authorization": f"Bearer {o.token('k1')}"})
+    assert (status, problem["code"]) == (503, "channel_auth_unavailable")
+    assert world.bot.count() == 0
+    o.padding = 0
+    status, _ = await world.post(path, body, {"Authorization": f"Bearer {o.token('k1')}"})
+    assert status == 200
