@@ -60,12 +60,15 @@ class Charges:
     def count(self, outcome: str) -> None:
         self._proxy.metrics.count(self._label, outcome)
 
-    async def client_message(self) -> Admission | None:
-        """Admit a client message before it is forwarded; raises :class:`Closing`."""
+    async def client_message(self, until: float | None = None) -> Admission | None:
+        """Admit a client message before it is forwarded; raises :class:`Closing`, also
+        once the loop's clock reaches ``until`` as it is admitted (refunded: never sent).
+        The first one's refund is decided under the lock: a bot message that waited for
+        it (a greeting) is then no answer paid for (``_paid``), but the handshake's."""
         if self._paid:
-            return await self._admit()
+            return await self._admit_until(until)
         async with self._first:
-            admission = await self._admit()
+            admission = await self._admit_until(until)
             self._paid = True
             return admission
 
@@ -105,12 +108,7 @@ class Charges:
             return None, None
         if (until is not None and loop.time() >= until) or not await credential.current():
             raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
-        admission = await self.client_message()
-        if until is not None and loop.time() >= until:  # while it was admitted: never sent
-            if admission is not None:
-                await self._proxy.meter.withdrawn(admission)
-            raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
-        return msg, admission
+        return msg, await self.client_message(until)
 
     def refuse(self, code: int, reason: str) -> Closing:
         """A refusal that is not the meter's (the credential): nothing is admitted after
@@ -119,6 +117,14 @@ class Charges:
         if self._closing is None:
             self._closing = Closing(code, reason)
         return self._closing
+
+    async def _admit_until(self, until: float | None) -> Admission | None:
+        admission = await self._admit()
+        if until is not None and asyncio.get_running_loop().time() >= until:
+            if admission is not None:  # admitted as the credential expired: never sent
+                await self._proxy.meter.withdrawn(admission)
+            raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
+        return admission
 
     async def _admit(self) -> Admission | None:
         if self._closing is not None:

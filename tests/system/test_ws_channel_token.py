@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,4 +322,60 @@ async def test_an_expired_socket_that_never_paid_gets_no_farewell_for_free(
             assert ws is not None, "every token expired before its upgrade was answered"
             async with ws:
                 assert await replies_and_close(ws) == ([], EXPIRED)  # nothing sent
+    assert await charged(rclient) == 0
+
+
+async def _admission_held(rclient: RedisClient) -> None:
+    """Until an admission (a script) waits in Redis behind the test's CLIENT PAUSE."""
+    while True:
+        clients = await rclient.execute_command("CLIENT", "LIST")
+        if any(b"flags=b " in line and b"cmd=evalsha" in line for line in clients.splitlines()):
+            return
+        await asyncio.sleep(0.01)  # polling observed progress, not a timer
+
+
+async def test_a_first_message_refunded_at_the_expiry_pays_for_no_greeting(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+) -> None:
+    """The client's first message admitted as its token expired is refunded, never sent;
+    the bot's greeting (an answer to the handshake) that waited for that admission was
+    then delivered as paid for by it: an answer for free (since 7892baf)."""
+    settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
+    greet, got = asyncio.Event(), []
+
+    async def greeting(request: web.Request) -> web.StreamResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await greet.wait()
+        await sock.send_str("hello")
+        got.extend([msg.data async for msg in sock])
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", greeting)
+    async with serve(app) as url:
+        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+        await seed(rclient, settings, WS, {APP: spec})
+        await set_secret(rclient, settings, APP, "web")
+        async with running_gateway(settings) as gw:
+            for exp_in in LIFETIMES:
+                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                    continue
+                break
+            else:
+                pytest.fail("no token lived long enough for its upgrade")
+            expires = time.time() + exp_in
+            async with ws:
+                await rclient.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+                try:
+                    await ws.send_str("m0")
+                    await asyncio.wait_for(_admission_held(rclient), 60)  # a hang bound
+                    greet.set()  # its greeting waits for the admission under way
+                    await asyncio.sleep(max(0.0, expires - time.time()) + 1)  # the expiry
+                finally:
+                    await rclient.execute_command("CLIENT", "UNPAUSE")
+                replies, closed = await replies_and_close(ws)
+        greet.set()
+    assert closed == EXPIRED
+    assert (replies, got) == ([], [])
     assert await charged(rclient) == 0
