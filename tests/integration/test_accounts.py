@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from config import load_catalog, load_settings
+from config import load_catalog
 from meter.accounts import (
     apps,
     authz,
@@ -26,7 +26,7 @@ from meter.redis_layer.client import connect
 from meter.store import Workspace, open_store
 from tests.support.clock import Clock
 from tests.support.metering import admitter as make_admitter
-from tests.support.settings import LOOPBACK
+from tests.support.settings import make_settings
 
 USD = 1_000_000
 
@@ -36,15 +36,16 @@ async def deps(redis_url: str, tmp_path: Path) -> AsyncIterator[Deps]:
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     await store.migrate()
     redis = connect(redis_url)
-    cfg = load_settings(env={}, operator_token="o" * 32, egress_allow=LOOPBACK)
+    # make_settings: its Redis timeout no busy machine reaches (tests below admit through
+    # a real Admitter; the production 0.5 s could refuse them metering_unavailable).
+    cfg = make_settings(operator_token="o" * 32)
     yield Deps(store, redis, cfg, load_catalog(), Clock())
     await redis.aclose()
     await store.close()
 
 
 def with_settings(d: Deps, **overrides: Any) -> Deps:
-    overrides.setdefault("egress_allow", LOOPBACK)
-    cfg = load_settings(env={}, operator_token="o" * 32, **overrides)
+    cfg = make_settings(operator_token="o" * 32, **overrides)
     return Deps(d.store, d.redis, cfg, d.catalog, d.clock)
 
 

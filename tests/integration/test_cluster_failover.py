@@ -387,6 +387,10 @@ def new_admitter(client: RedisClient, cfg: Settings, cls: type[Admitter] = Admit
 
 
 CFG = dict(rate_per_minute=1_000_000, rate_per_hour=10_000_000)
+# The faults' runs keep the production Redis timeout (make_settings' is 10 s): a call to
+# a dead or failing-over master must fail within it (retried by decide(), well inside
+# HANG_S), and with redis_durability=replicated the WAIT gives up after 0.8 x it.
+FAULT_CFG = {**CFG, "redis_timeout_s": 0.5}
 
 
 # --- 0. no fault: one Admitter, workspaces on every master ---------------------------
@@ -415,7 +419,7 @@ async def test_one_admitter_serves_workspaces_on_every_master(
 async def test_graceful_failover_mid_run_loses_and_doubles_nothing(
     ha: RedisCluster, client: RedisClient, record_property: Callable[[str, object], None]
 ) -> None:
-    cfg = make_settings(**CFG)
+    cfg = make_settings(**FAULT_CFG)
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
     replica = await asyncio.to_thread(replica_of, ha, failed)
@@ -486,7 +490,7 @@ async def test_kill_9_of_a_master_mid_run_never_charges_twice(
     record_property: Callable[[str, object], None],
     outage_s: float,
 ) -> None:
-    cfg = make_settings(**CFG)
+    cfg = make_settings(**FAULT_CFG)
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
 
@@ -520,7 +524,7 @@ async def test_kill_9_of_a_master_with_replicated_durability_loses_nothing(
 ) -> None:
     """The lagging case again, with redis_durability=replicated: an admission is only
     acknowledged once its replica has it, so the crash loses none."""
-    cfg = make_settings(**CFG, redis_durability="replicated")
+    cfg = make_settings(**FAULT_CFG, redis_durability="replicated")
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
 
@@ -560,7 +564,7 @@ async def test_slot_moving_mid_run_loses_and_doubles_nothing(
     the client's retry is decided once the slot has moved. Without the guard the new
     master ran admit.lua on the keys it had so far: the app was unknown there, and its
     messages were refused."""
-    cfg = make_settings(**CFG, redis_durability=durability)
+    cfg = make_settings(**FAULT_CFG, redis_durability=durability)
     shops = await seed_shops(client, ha, cfg)
     moving = shops[0]
     slot = ws_slot(moving.ws)

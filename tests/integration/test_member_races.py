@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from config import load_catalog, load_settings
+from config import load_catalog
 from meter.accounts import apps, workspaces
 from meter.accounts.deps import Deps
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.redis_layer.client import connect
 from meter.store import Workspace, open_store
 from tests.support.clock import Clock
-from tests.support.settings import LOOPBACK
+from tests.support.settings import make_settings
 
 ROUNDS = 24
 
@@ -36,7 +36,7 @@ async def gateways(
     first, second = open_store(url), open_store(url)
     await first.migrate()
     redis = connect(redis_url)
-    cfg = load_settings(env={}, operator_token="o" * 32, egress_allow=LOOPBACK)
+    cfg = make_settings(operator_token="o" * 32)  # the tests' Redis timeout, not 0.5 s
     catalog, clock = load_catalog(), Clock()
     yield Deps(first, redis, cfg, catalog, clock), Deps(second, redis, cfg, catalog, clock)
     await redis.aclose()

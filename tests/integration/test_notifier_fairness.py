@@ -102,8 +102,10 @@ async def test_after_a_timeout_the_workspace_waits_with_its_other_events(
         await store.set_webhook(FAST, rec.url, SECRET)
         await enqueue(store, SLOW, 30)
         await enqueue(store, FAST, 1, "funds.added", at=1_000)
-        # A short timeout: here SLOW's requests must time out.
-        n = Notifier(store, http_post(session, 0.2), timeout_s=0.2, clock=clock)
+        # A timeout SLOW's requests must reach, and the receivers that answer never do:
+        # at 0.2 s FAST's or BACK's answer could pass it on a busy machine (then FAST
+        # not delivered, or BACK's event not due again on the frozen clock: a hang).
+        n = Notifier(store, http_post(session, 2.0), timeout_s=2.0, clock=clock)
         async with asyncio.timeout(GUARD_S):
             delivered = await n.deliver_due()
             while n.busy:

@@ -392,8 +392,9 @@ async def running_replica(settings: Settings, host: str) -> AsyncIterator[Gatewa
         await store.close()
 
 
-async def eventually(cond: Callable[[], bool], within_s: float = 15.0) -> bool:
-    """Poll ``cond`` (state owned by another task or process) until true or timeout."""
+async def eventually(cond: Callable[[], bool], within_s: float = 60.0) -> bool:
+    """Poll ``cond`` (state owned by another task or process) until true or timeout: a hang
+    bound (60 s), waited out only when something is wrong, not on a busy machine."""
     for _ in range(int(within_s / 0.05)):
         if cond():
             return True

@@ -17,7 +17,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.servers import free_port
-from tests.support.settings import LOOPBACK, TRAFFIC_SERVER_ENV, make_settings
+from tests.support.settings import LOOPBACK, REDIS_TIMEOUT_S, TRAFFIC_SERVER_ENV, make_settings
 
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 
@@ -85,7 +85,7 @@ async def creditgate_serve(
             # Dozens of messages at once on a busy 2-core machine: at the 0.5 s default a
             # Redis reply may come too late and a message be refused 503 for the machine's
             # speed. Tests of Redis timeouts set their own.
-            "redis_timeout_s": 10.0,
+            "redis_timeout_s": REDIS_TIMEOUT_S,
             **settings,
         },
     )

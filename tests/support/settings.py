@@ -15,6 +15,15 @@ OPERATOR_TOKEN = "operator-token-" + "x" * 24
 # The whole suite runs against either traffic server: this variable picks it.
 TRAFFIC_SERVER_ENV = "CREDITGATE_TRAFFIC_SERVER"
 
+# The Redis deadline of every test's settings (the production default is 0.5 s). A test
+# shares its event loop with the gateway, the bot and hundreds of clients, and the suite
+# runs three processes on a 2-core machine: a Redis reply can wait past 0.5 s for the loop,
+# and an admission, a lookup or a readiness probe would fail for the machine's speed. (It
+# was set only with tmp_path: the Admitters of tests/support/metering.admission and the
+# admin servers of adminkit had 0.5 s.) A hang bound, waited out only where Redis is
+# paused or stopped on purpose.
+REDIS_TIMEOUT_S = 10.0
+
 # A flusher that moves closed buckets at once, with limits no test reaches by accident.
 FAST_FLUSH: dict[str, Any] = {
     "flush_bucket_s": 1,
@@ -41,14 +50,14 @@ def make_settings(
 
     * ``redis_url``: that Redis;
     * ``tmp_path``: served on loopback by the traffic server ``$CREDITGATE_TRAFFIC_SERVER``
-      names (else the setting's default), with a SQLite store and the state directory in it, and a
-      Redis timeout no busy machine reaches;
+      names (else the setting's default), with a SQLite store and the state directory in it;
     * ``operator``: the admin API's operator token is :data:`OPERATOR_TOKEN`;
     * ``fast_flush``: :data:`FAST_FLUSH`;
 
-    then ``overrides`` (any setting), which win.
+    then ``overrides`` (any setting), which win. Always a Redis timeout no busy machine
+    reaches (:data:`REDIS_TIMEOUT_S`): tests of Redis timeouts set their own.
     """
-    base: dict[str, Any] = {"egress_allow": LOOPBACK}
+    base: dict[str, Any] = {"egress_allow": LOOPBACK, "redis_timeout_s": REDIS_TIMEOUT_S}
     if redis_url is not None:
         base["redis_url"] = redis_url
     if tmp_path is not None:
@@ -56,11 +65,6 @@ def make_settings(
             store_url=f"sqlite:///{tmp_path}/creditgate.db",
             host=HOST,
             state_dir=f"{tmp_path}/state",
-            # The gateway shares the test's event loop with the bot and hundreds of
-            # clients: on a busy 2-core machine a Redis reply can wait past the 0.5 s
-            # default for the loop, and a message would be refused 503 for the machine's
-            # speed. Tests of Redis timeouts set their own.
-            redis_timeout_s=10.0,
         )
         if TRAFFIC_SERVER_ENV in os.environ:  # the suite run against one traffic server
             base["traffic_server"] = os.environ[TRAFFIC_SERVER_ENV]

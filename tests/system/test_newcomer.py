@@ -26,6 +26,7 @@ import pytest
 from meter.store.schema import latest_version
 from tests.support.servers import free_port
 from tests.support.serving import CREDITGATE, creditgate_env
+from tests.support.settings import REDIS_TIMEOUT_S
 
 SECRET = "hunter2-secret"
 DEADLINE_S = 60.0  # generous: only ever waited out when something is wrong
@@ -334,6 +335,9 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # the demo's own Redis wins
         traffic_port=free_port(),
         admin_port=free_port(),
+        # The messages below must be decided: the production 0.5 s Redis timeout could
+        # refuse one 503 on a busy machine (the demo takes the rest of its settings).
+        redis_timeout_s=REDIS_TIMEOUT_S,
     )
     first = _start("demo", cwd=tmp_path, env=env)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from config import load_catalog, load_settings
+from config import load_catalog
 from meter.accounts import checkouts, payments, projection, workspaces
 from meter.accounts.deps import Deps
 from meter.store import LedgerEntry, open_store
@@ -410,8 +410,9 @@ async def test_limits_lowered_since_the_checkout_do_not_refuse_its_payment(
 
     redis = connect(redis_url)
     try:
-        wide = Deps(store, redis, load_settings(env={}, topup_max="50000"), load_catalog())
-        narrow = Deps(store, redis, load_settings(env={}), load_catalog())
+        # make_settings: the tests' settings (a Redis timeout no busy machine reaches).
+        wide = Deps(store, redis, make_settings(topup_max="50000"), load_catalog())
+        narrow = Deps(store, redis, make_settings(), load_catalog())
         user, _ = await workspaces.create_user(wide, "operator", "a@example.com", "A")
         ws = await workspaces.create_workspace(wide, user.id, "Acme")
 

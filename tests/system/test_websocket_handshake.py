@@ -209,7 +209,7 @@ async def test_redis_down_when_the_bot_answers_follows_the_fail_mode(
     http: aiohttp.ClientSession,
     fail_mode: str,
 ) -> None:
-    settings = make_settings(redis_url, tmp_path, fail_mode=fail_mode, redis_timeout_s=0.3)
+    settings = make_settings(redis_url, tmp_path, fail_mode=fail_mode)  # Redis killed: refused
     apps = {APP: {"product": "contact_center", "upstream_url": answering.url, "funds": FUNDS}}
     await seed(rclient, settings, WS, apps)
     async with running_gateway(settings) as gw:
