@@ -13,6 +13,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.channels import MAX_CHALLENGE, USER_HEADER
+from gateway.forwarding import CHANNEL_AUTH_HEADER
 from gateway.inbound import Inbound
 from gateway.problems import Problem, Refused, bad_handshake_answer
 
@@ -56,7 +57,9 @@ class Verified(NamedTuple):
     key: object = None  # the channel key it verified with (a WebSocket checks it stays)
 
     def rewrite(self, headers: MutableMapping[str, str]) -> None:
-        """Make the headers sent on match what was verified."""
+        """Make the headers sent on match what was verified, and say whether anything was
+        (``CHANNEL_AUTH_HEADER``)."""
+        headers[CHANNEL_AUTH_HEADER] = "verified" if self.authenticated else "none"
         if self.user:
             headers[USER_HEADER] = self.user
         if self.drop_authorization:

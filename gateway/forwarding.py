@@ -4,7 +4,8 @@ Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
 ways, and request header names with ``_`` on the way in (as nginx does);
 ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host`` are
-set, ``X-Creditgate-App`` names the app (a client's is replaced), and an ``X-Request-Id``
+set, ``X-Creditgate-App`` names the app and ``X-Creditgate-Channel-Auth`` says whether the
+channel's credential was verified (a client's of either is replaced), and an ``X-Request-Id``
 is generated when the request has none. A client's ``Forwarded`` (RFC 7239) is appended
 to and its ``X-Real-IP`` replaced by the peer: the last address the bot reads is always
 the one the gateway saw.
@@ -70,9 +71,14 @@ _ANSWER_DROP = frozenset(name.lower() for name in ANSWER_DROPPED)
 # The app a forwarded request is for, set by the gateway (a client's is dropped): a bot
 # that another tenant's app points at can tell the messages are not its own.
 APP_HEADER = "X-Creditgate-App"
+# Whether the channel's credential was verified ("verified") or the channel has no
+# secret ("none"), set by gateway.channel_credentials.Verified.rewrite (a client's is
+# dropped): a bot cannot tell an app's secured channel from another name of the same
+# app's route, which anyone may call unauthenticated unless REQUIRE_CHANNEL_AUTH.
+CHANNEL_AUTH_HEADER = "X-Creditgate-Channel-Auth"
 # Request headers the client side re-creates for the upstream connection, the
 # expectation the gateway meets itself (see the module), and the gateway's own.
-_REQUEST_ONLY = _HOP | {"host", "expect", APP_HEADER.lower()}
+_REQUEST_ONLY = _HOP | {"host", "expect", APP_HEADER.lower(), CHANNEL_AUTH_HEADER.lower()}
 # The WebSocket handshake is negotiated anew with the upstream.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",

@@ -56,7 +56,7 @@ async def _notify(
         digest = ""
         if key:
             body = await proxy.read_body(request)
-            digest = message_digest(request.method, request.raw_path, body)
+            digest = message_digest(request.method, request.raw_path, body, b"", headers)
         admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
     if body is None:
         body = await proxy.body_of(request, state)

@@ -196,6 +196,7 @@ class WsBot:
 
     url: str = ""
     upgrades: list[tuple[str, str]] = field(default_factory=list)  # (raw path, user header)
+    auth: list[str] = field(default_factory=list)  # each upgrade's X-Creditgate-Channel-Auth
 
     @property
     def paths(self) -> list[str]:
@@ -208,6 +209,7 @@ async def running_ws_bot() -> AsyncIterator[WsBot]:
 
     async def ws(request: web.Request) -> web.StreamResponse:
         b.upgrades.append((request.raw_path, request.headers.get("X-Channel-User-Id", "")))
+        b.auth.append(request.headers.get("X-Creditgate-Channel-Auth", ""))
         sock = web.WebSocketResponse()
         await sock.prepare(request)
         async for msg in sock:

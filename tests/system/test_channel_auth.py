@@ -726,6 +726,46 @@ async def test_hs256_forged_stale_and_missing(world: World) -> None:
     await refused_unmetered(world, path + f"?token={hs256()}", b"hi", {})  # WebSocket only
 
 
+async def test_the_bot_is_told_whether_the_channel_was_verified(world: World) -> None:
+    """Anyone may call an app on a channel it has no secret for (unless
+    REQUIRE_CHANNEL_AUTH), with any X-Channel-User-Id: the bot tells a secured channel's
+    message from such a one by X-Creditgate-Channel-Auth, never by the client's."""
+    h = {"Authorization": f"Bearer {hs256('alice')}", "X-Creditgate-Channel-Auth": "none"}
+    assert (await world.post(f"/hooks/web/{APP}/chat", b"hi", h))[0] == 200
+    call = world.bot.calls[-1]
+    assert call.headers.getall("X-Creditgate-Channel-Auth") == ["verified"]
+    assert call.headers["X-Channel-User-Id"] == "alice"
+    # Another name of the same app's route, no secret: served, and the bot is told.
+    forged = {"X-Channel-User-Id": "alice", "X-Creditgate-Channel-Auth": "verified"}
+    assert (await world.post(f"/hooks/web2/{APP}/chat", b"hi", forged))[0] == 200
+    call = world.bot.calls[-1]
+    assert call.headers.getall("X-Creditgate-Channel-Auth") == ["none"]
+    assert call.headers["X-Channel-User-Id"] == "alice"
+    # A notification's bot (the delivery endpoint) is told too.
+    token = hs256(sub=None, aud=NOTIFY_AUD)
+    h = {"Authorization": f"Bearer {token}", "X-Creditgate-Channel-Auth": "none"}
+    assert (await world.post(f"/notify/web/{APP}/send", b"note", h))[0] == 200
+    assert world.bot.calls[-1].headers.getall("X-Creditgate-Channel-Auth") == ["verified"]
+
+
+async def test_a_notification_redelivered_as_another_form_is_refused(world: World) -> None:
+    """A notification's key (charged once) cannot carry a second, different message by
+    the same bytes read as another Content-Type (as a6a77a0 for traffic)."""
+    path = f"/notify/web/{APP}/send"
+    token = hs256(sub=None, aud=NOTIFY_AUD)
+    body = b'{"q":"one","z":"&q=two&"}'
+    h = {"Authorization": f"Bearer {token}", "Idempotency-Key": "n-1"}
+    assert (await world.post(path, body, h))[0] == 200
+    charged = (await read_balances(world.rclient, WS)).app[APP]
+    calls = world.bot.count()
+    form = {**h, "Content-Type": "application/x-www-form-urlencoded"}
+    status, problem = await world.post(path, body, form)
+    assert (status, problem["code"]) == (409, "duplicate_delivery"), problem
+    assert world.bot.count() == calls
+    assert (await world.post(path, body, h))[0] == 200  # the same message again: served
+    assert (await read_balances(world.rclient, WS)).app[APP] == charged
+
+
 async def test_refusal_never_echoes_the_token(world: World) -> None:
     token = hs256(exp_in=-3600)
     status, problem = await world.post(
@@ -766,6 +806,7 @@ async def test_websocket_token_in_query(
             await ws.send_str("hello")
             assert (await ws.receive_str()) == "echo:hello"
         assert wsbot.upgrades == [("/ws?lang=en&v=2", "alice")]
+        assert wsbot.auth == ["verified"]
         assert (await read_balances(rclient, WS)).app[SESS] == FUNDS - 200_000
 
 
