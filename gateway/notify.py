@@ -13,7 +13,7 @@ from gateway.forwarding import target_url
 from gateway.problems import Problem
 from gateway.proxy import Body, Proxy
 from gateway.request_body import BodyState
-from gateway.traffic_rules import check_loop, message_digest
+from gateway.traffic_rules import check_loop, keyed_digest
 from meter.errors import MeteringUnavailable
 
 
@@ -56,7 +56,7 @@ async def _notify(
         digest = ""
         if key:
             body = await proxy.read_body(request)
-            digest = message_digest(request.method, request.raw_path, body, b"", headers)
+            digest = keyed_digest(request.method, request.raw_path, body, b"", headers)
         admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
     if body is None:
         body = await proxy.body_of(request, state)

@@ -124,20 +124,27 @@ def message_digest(
     method: str, raw_path: str, body: object, part: bytes = b"", headers: Headers | None = None
 ) -> str:
     """What a redelivery must repeat: method, path with query, body and how the bot reads
-    it (``Content-Type``: charset, boundary; ``Content-Encoding``: the same bytes under
-    another are another message), 16 hex digits; with ``part``, that message of the body
+    it (``Content-Type``: charset, boundary; ``Content-Encoding``, its lines CR-joined, as
+    aiohttp reads only the first), 16 hex digits; with ``part``, that message of the body
     instead (gateway.channel_batches), marked so that no body's digest is a part's."""
     h = hashlib.blake2b(digest_size=8)
     h.update(method.encode())
     h.update(b" " + raw_path.encode(errors="surrogateescape") + b"\n")
     if headers is not None:
-        form = [",".join(headers.getall(name, ())) for name in _BODY_FORM]
+        form = ["\r".join(headers.getall(name, ())) for name in _BODY_FORM]
         h.update("\n".join(form).encode(errors="surrogateescape") + b"\n")
     if part:
         h.update(b"part\n" + part)
     elif isinstance(body, bytes):
         h.update(body)
     return h.hexdigest()
+
+
+def keyed_digest(method: str, raw_path: str, body: object, part: bytes, headers: Headers) -> str:
+    """:func:`message_digest`, ``L`` and the one without headers that records made before
+    the upgrade hold: admit.lua records the first and takes either (to drop, in time)."""
+    legacy = message_digest(method, raw_path, body, part)
+    return message_digest(method, raw_path, body, part, headers) + "L" + legacy
 
 
 def check_length(content_length: int | None, limit: int) -> None:
@@ -262,10 +269,9 @@ async def admit(
         if msg.batch:  # one admission per message, all or none (gateway.channels)
             if not all(user for user, _ in msg.batch):
                 raise missing_user()
-            method, path = inbound.method, inbound.raw_path
-            hs = inbound.headers
-            whole = message_digest(method, path, body, b"", hs)  # for every message without a part
-            digests = [message_digest(method, path, body, p, hs) if p else whole for p in msg.parts]
+            method, path, hs = inbound.method, inbound.raw_path, inbound.headers
+            whole = keyed_digest(method, path, body, b"", hs)  # for every message without a part
+            digests = [keyed_digest(method, path, body, p, hs) if p else whole for p in msg.parts]
             admission = await proxy.meter.admit_all(app_id, channel, msg.batch, digests)
             # The bot reads each message's user from the body: no header names one.
             return tuple.__new__(Admitted, (admission, body, have_body, None, "", ""))
@@ -277,7 +283,7 @@ async def admit(
             if not have_body:
                 body, have_body = await read_body(), True
             part = msg.parts[0] if msg.parts else b""
-            digest = message_digest(inbound.method, inbound.raw_path, body, part, inbound.headers)
+            digest = keyed_digest(inbound.method, inbound.raw_path, body, part, inbound.headers)
         admission = await proxy.meter.admit(app_id, channel, msg.user, msg.key, digest=digest)
     unbilled = None
     if not msg.billable:

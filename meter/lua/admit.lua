@@ -30,6 +30,8 @@
 -- ARGV[18..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
 --           digest: the message's fingerprint (hex) or "": a redelivery whose digest
 --           differs from the recorded one is another message under a reused key (code 8);
+--           "<digest>L<legacy>": <digest> is recorded, and a record holding either is
+--           this message's (legacy: the fingerprint the previous version recorded);
 --           key: the channel's idempotency key or "". A key belongs to one app, channel
 --           and channel user: the record id is "k:<channel>\t<user>\t<key>", else
 --           "t:<token>";

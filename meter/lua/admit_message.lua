@@ -67,6 +67,12 @@ local function admit_one(arg)
   -- sfld "app\tchannel\tuser" is the billing session's field, captured whole.
   local sfld, app_id, ch, user, idem, token, kind, digest = string.match(arg, ARG_RE)
   if not app_id then return result(9, 0, 0, 0, 0, 0, 0, '', 0) end
+  -- "<digest>L<legacy>": digest is recorded; a record of either is this message's (admit.lua)
+  local legacy
+  if idem ~= '' then
+    local dg, lg = string.match(digest, '^(%w-)L(%w+)$')
+    if dg then digest, legacy = dg, lg end
+  end
   local a = app_of(app_id)
   if not a then return result(1, 0, 0, 0, 0, 0, 0, '', 0) end
   local pr = a.pr
@@ -102,9 +108,9 @@ local function admit_one(arg)
   -- m: the admission, built in one constructor (sized once), for full(m); before the
   -- call's first full path is made, admit.lua's loop makes it and runs full(m).
   local m = {app_id = app_id, ch = ch, user = user, idem = idem, token = token,
-    digest = digest, settle = kind == 'M' or kind == 'N', a = a, pr = pr, unit = unit,
-    price = price, fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid, ttl = ttl,
-    ik = ik, old = old}
+    digest = digest, legacy = legacy, settle = kind == 'M' or kind == 'N', a = a, pr = pr,
+    unit = unit, price = price, fkey = fkey, sfld = sfld, found = found, fkb = fkb, rid = rid,
+    ttl = ttl, ik = ik, old = old}
   if full then
     full(m)
     return

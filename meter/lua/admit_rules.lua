@@ -109,7 +109,8 @@ local function redelivery(m, ik, seen)
   MAX_DELIVERIES = MAX_DELIVERIES or ARGV[14] + 0
   if code == 0 and cnt >= MAX_DELIVERIES then code = 8 end
   -- The same key with another message is not a redelivery.
-  if code == 0 and sdig ~= '' and m.digest ~= '' and sdig ~= m.digest then code = 8 end
+  if code == 0 and sdig ~= '' and m.digest ~= '' and sdig ~= m.digest and sdig ~= m.legacy
+  then code = 8 end
   local shadowed = 0
   if code ~= 0 and a.shadow then shadowed, code = shadow(m.fkey, code), 0 end
   if code ~= 0 then return refuse(m.fkey, code, retry, m.token) end

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
+from gateway import traffic_rules
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, SeededGateway, free_credit, post_message
 
@@ -92,5 +94,56 @@ async def test_a_true_redelivery_is_still_served_and_charged_once(
                                         "content-type": "application/json"}),
         ]  # fmt: skip
     assert statuses == [200, 200]
+    assert len(bot.calls) == 2
+    assert await free_credit(rclient, WS) == FREE - PRICE
+
+
+async def test_two_content_encoding_lines_are_not_one_line_listing_both(
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp decodes a body by the first Content-Encoding line alone: ``deflate`` then
+    ``gzip`` is a deflated body to it, ``deflate,gzip`` in one line a body it leaves as is
+    (another question). Both were ``deflate,gzip`` to the fingerprint (since a6a77a0)."""
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        base = {"X-Channel-User-Id": "mallory", "Idempotency-Key": "k4"}
+        lines = CIMultiDict([*base.items(), ("Content-Encoding", "deflate"),
+                             ("Content-Encoding", "gzip")])  # fmt: skip
+        statuses = []
+        for headers in (lines, {**base, "Content-Encoding": "deflate,gzip"}, lines):
+            async with http.post(url, data=JSON_OR_FORM, headers=headers) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+    assert statuses == [200, 409, 200]
+    assert [c.headers.getall("Content-Encoding") for c in bot.calls] == [["deflate", "gzip"]] * 2
+    assert await free_credit(rclient, WS) == FREE - PRICE
+
+
+async def test_a_message_recorded_before_the_upgrade_is_still_redelivered(
+    seeded_gateway: SeededGateway,
+    rclient: RedisClient,
+    bot: Bot,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record the previous version made holds the fingerprint without the headers: the
+    message's genuine redelivery (Meta's retry of a delivery the bot failed, say) is
+    served, not refused 409 until the record expires; another message is still 409."""
+    original = traffic_rules.message_digest
+
+    def before(
+        method: str, path: str, body: object, part: bytes = b"", headers: object = None
+    ) -> str:
+        return original(method, path, body, part)  # the previous version's fingerprint
+
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        form = {"Content-Type": "application/json"}
+        with monkeypatch.context() as patched:
+            patched.setattr(traffic_rules, "message_digest", before)
+            sent = await post_message(http, url, "u3", "k5", body=JSON_OR_FORM, headers=form)
+        again = await post_message(http, url, "u3", "k5", body=JSON_OR_FORM, headers=form)
+        another = await post_message(http, url, "u3", "k5", body=b'{"q":"Q3"}', headers=form)
+    assert (sent, again, another) == (200, 200, 409)
     assert len(bot.calls) == 2
     assert await free_credit(rclient, WS) == FREE - PRICE
