@@ -147,3 +147,21 @@ async def test_a_message_recorded_before_the_upgrade_is_still_redelivered(
     assert (sent, again, another) == (200, 200, 409)
     assert len(bot.calls) == 2
     assert await free_credit(rclient, WS) == FREE - PRICE
+
+
+async def test_a_keyed_message_inside_a_paid_session_keeps_its_fingerprint(
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """A session's later message takes admit.lua's short path, which writes its record
+    itself: it records the fingerprint alone, so its redelivery is served, an impostor not."""
+    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        body, first, other = FORMS["media type"]
+        statuses = [
+            await post_message(http, url, "u4", key, body=body, headers=form)
+            for key, form in (("s1", first), ("s2", first), ("s2", first), ("s2", other))
+        ]
+        charged = FREE - await free_credit(rclient, WS)
+    assert statuses == [200, 200, 200, 409]
+    assert len(bot.calls) == 3
+    assert charged > 0
