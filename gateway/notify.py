@@ -9,11 +9,12 @@ from aiohttp import web
 
 from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, request_id
 from gateway.counting import Forwarded, counted
+from gateway.fingerprint import keyed_digest
 from gateway.forwarding import target_url
 from gateway.problems import Problem
 from gateway.proxy import Body, Proxy
 from gateway.request_body import BodyState
-from gateway.traffic_rules import check_loop, keyed_digest
+from gateway.traffic_rules import check_loop
 from meter.errors import MeteringUnavailable
 
 

@@ -21,7 +21,6 @@ The problems both servers answer with are built here as well.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -32,6 +31,7 @@ from yarl import URL
 from gateway.channel_auth import ChannelAuth, Verified, without_token
 from gateway.channel_stamps import Stamps
 from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, Channel, Channels, Message
+from gateway.fingerprint import keyed_digest
 from gateway.forwarding import target_url
 from gateway.inbound import Headers, Inbound
 from gateway.metering import Charge, Meter
@@ -44,7 +44,6 @@ from gateway.via import passed_here
 log = logging.getLogger(__name__)
 
 ReadBody = Callable[[], Awaitable[bytes]]
-_BODY_FORM = ("Content-Type", "Content-Encoding")  # how the bot reads a body: message_digest
 
 
 class Proxy(Protocol):
@@ -118,33 +117,6 @@ def check_loop(headers: Headers) -> None:
     vias = headers.getall("Via", ())
     if vias and passed_here(vias):
         raise loop_detected()
-
-
-def message_digest(
-    method: str, raw_path: str, body: object, part: bytes = b"", headers: Headers | None = None
-) -> str:
-    """What a redelivery must repeat: method, path with query, body and how the bot reads
-    it (``Content-Type``: charset, boundary; ``Content-Encoding``, its lines CR-joined, as
-    aiohttp reads only the first), 16 hex digits; with ``part``, that message of the body
-    instead (gateway.channel_batches), marked so that no body's digest is a part's."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(method.encode())
-    h.update(b" " + raw_path.encode(errors="surrogateescape") + b"\n")
-    if headers is not None:
-        form = ["\r".join(headers.getall(name, ())) for name in _BODY_FORM]
-        h.update("\n".join(form).encode(errors="surrogateescape") + b"\n")
-    if part:
-        h.update(b"part\n" + part)
-    elif isinstance(body, bytes):
-        h.update(body)
-    return h.hexdigest()
-
-
-def keyed_digest(method: str, raw_path: str, body: object, part: bytes, headers: Headers) -> str:
-    """:func:`message_digest`, ``L`` and the one without headers that records made before
-    the upgrade hold: admit.lua records the first and takes either (to drop, in time)."""
-    legacy = message_digest(method, raw_path, body, part)
-    return message_digest(method, raw_path, body, part, headers) + "L" + legacy
 
 
 def check_length(content_length: int | None, limit: int) -> None:

@@ -93,7 +93,7 @@ class Admitter:
         ``key`` is the channel's idempotency key ("" when it has none); ``token`` names this
         attempt's charge record (generated when omitted; fail-open settlement passes the
         token of the original attempt so a charge that did happen is not taken twice).
-        ``digest`` fingerprints a keyed message (``gateway.traffic_rules.keyed_digest``;
+        ``digest`` fingerprints a keyed message (``gateway.fingerprint.keyed_digest``;
         ``<digest>L<legacy>`` records the first and takes either): a redelivery whose
         digest differs from the original's is another message under a reused key and is
         refused (``duplicate_delivery``); "" compares with nothing.

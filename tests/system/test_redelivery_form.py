@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from gateway import traffic_rules
+from gateway import fingerprint
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, SeededGateway, free_credit, post_message
 
@@ -129,7 +129,7 @@ async def test_a_message_recorded_before_the_upgrade_is_still_redelivered(
     """A record the previous version made holds the fingerprint without the headers: the
     message's genuine redelivery (Meta's retry of a delivery the bot failed, say) is
     served, not refused 409 until the record expires; another message is still 409."""
-    original = traffic_rules.message_digest
+    original = fingerprint.message_digest
 
     def before(
         method: str, path: str, body: object, part: bytes = b"", headers: object = None
@@ -140,7 +140,7 @@ async def test_a_message_recorded_before_the_upgrade_is_still_redelivered(
         url = f"{gw.url}/hooks/web/{APP}"
         form = {"Content-Type": "application/json"}
         with monkeypatch.context() as patched:
-            patched.setattr(traffic_rules, "message_digest", before)
+            patched.setattr(fingerprint, "message_digest", before)
             sent = await post_message(http, url, "u3", "k5", body=JSON_OR_FORM, headers=form)
         again = await post_message(http, url, "u3", "k5", body=JSON_OR_FORM, headers=form)
         another = await post_message(http, url, "u3", "k5", body=b'{"q":"Q3"}', headers=form)
@@ -165,3 +165,23 @@ async def test_a_keyed_message_inside_a_paid_session_keeps_its_fingerprint(
     assert statuses == [200, 200, 200, 409]
     assert len(bot.calls) == 3
     assert charged > 0
+
+
+async def test_a_body_spelling_out_the_first_one_s_headers_is_another_message(
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """The fingerprint without headers, taken for records of the previous version, hashed
+    the method and target then the body; the one with them the same, then the headers,
+    then the body. A body that starts with the first message's headers as the fingerprint
+    writes them made the second's old fingerprint the first's new one: another question
+    (a form here), free. The two are hashed apart now."""
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        first = {"Content-Type": "application/json"}
+        other = {"Content-Type": "application/x-www-form-urlencoded"}
+        spelled = b"application/json\n\n" + JSON_OR_FORM  # Content-Type, Content-Encoding ""
+        sent = await post_message(http, url, "mallory", "k6", body=JSON_OR_FORM, headers=first)
+        impostor = await post_message(http, url, "mallory", "k6", body=spelled, headers=other)
+    assert (sent, impostor) == (200, 409)
+    assert [c.body for c in bot.calls] == [JSON_OR_FORM]
+    assert await free_credit(rclient, WS) == FREE - PRICE
