@@ -59,7 +59,9 @@ class Verified(NamedTuple):
     def rewrite(self, headers: MutableMapping[str, str]) -> None:
         """Make the headers sent on match what was verified, and say whether anything was
         (``CHANNEL_AUTH_HEADER``)."""
-        headers[CHANNEL_AUTH_HEADER] = "verified" if self.authenticated else "none"
+        # Meta's subscription handshake is unsigned (its verify token is the bot's to check).
+        signed = self.authenticated and self.handshake_challenge is None
+        headers[CHANNEL_AUTH_HEADER] = "verified" if signed else "none"
         if self.user:
             headers[USER_HEADER] = self.user
         if self.drop_authorization:

@@ -517,6 +517,8 @@ async def test_whatsapp_subscription_handshake_reaches_the_bot_unmetered(world: 
         await resp.read()
     assert world.bot.count() == 1
     assert world.bot.calls[0].path_qs == f"/?{q}"
+    # Nothing in it is signed (the bot checks hub.verify_token itself).
+    assert world.bot.calls[0].headers.getall("X-Creditgate-Channel-Auth") == ["none"]
     assert await world.state() == before
     # ...but only the bodiless GET handshake to the webhook itself: a POST with the same
     # query, or a GET to another path, is verified.
