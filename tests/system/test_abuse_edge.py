@@ -181,7 +181,11 @@ async def test_bad_channel_users_are_400_and_never_fail_other_workspaces(
     http: aiohttp.ClientSession,
     user: bytes,
 ) -> None:
-    settings = make_settings(redis_url, tmp_path)
+    # 300 messages at once to one bot wait for its connections (256 per bot): the wait is
+    # not what is tested, so it is a hang bound (the default 2 s gave a 504 under load).
+    settings = make_settings(
+        redis_url, tmp_path, upstream_connect_timeout_s=600, refund_window_s=1200
+    )
     await seed(rclient, settings, WS, {APP: {"product": "automation", "upstream_url": bot.url}},
                free=FREE)  # fmt: skip
     await seed(rclient, settings, OTHER_WS,
