@@ -17,12 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+from config.settings import Settings
 from gateway.appkeys import PROXY
 from meter.accounts import channel_secrets
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
-from tests.support.bot import WsBot, running_gateway, running_ws_bot, serve
+from tests.support.bot import Running, WsBot, running_gateway, running_ws_bot, serve
 from tests.support.channel_keys import auth_settings, hs256, set_secret
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
@@ -207,6 +208,18 @@ async def holding_bot(answer: asyncio.Event) -> AsyncIterator[tuple[str, list[He
             answer.set()  # before the bot's server waits for its handlers
 
 
+@contextlib.asynccontextmanager
+async def secured_gateway(
+    rclient: RedisClient, settings: Settings, url: str, funds: int = FUNDS
+) -> AsyncIterator[Running]:
+    """A gateway in front of the bot at ``url`` for APP, its ``web`` channel secured."""
+    spec = {"product": "contact_center", "upstream_url": url, "funds": funds}
+    await seed(rclient, settings, WS, {APP: spec})
+    await set_secret(rclient, settings, APP, "web")
+    async with running_gateway(settings) as gw:
+        yield gw
+
+
 async def expiring(
     http: aiohttp.ClientSession, url: str, exp_in: int
 ) -> aiohttp.ClientWebSocketResponse | None:
@@ -242,25 +255,24 @@ async def test_a_token_s_expiry_still_delivers_the_bot_s_answers_to_paid_message
     settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
     answer = asyncio.Event()
     answer.set()
-    async with holding_bot(answer) as (url, held):
-        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
-        await seed(rclient, settings, WS, {APP: spec})
-        await set_secret(rclient, settings, APP, "web")
-        async with running_gateway(settings) as gw:
-            for exp_in in LIFETIMES:
-                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
-                    continue
-                async with ws:
-                    conn = held[-1]
-                    await ws.send_str("m0")
-                    await ws.send_str("m1")
-                    replies, closed = await replies_and_close(ws)  # the expiry ends it
-                assert closed == EXPIRED
-                assert replies == [f"late:{data}" for data in conn.got]
-                if conn.got == ["m0", "m1"]:  # else the token expired first
-                    break
-            else:
-                pytest.fail("no token lived long enough for its messages")
+    async with (
+        holding_bot(answer) as (url, held),
+        secured_gateway(rclient, settings, url) as gw,
+    ):
+        for exp_in in LIFETIMES:
+            if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                continue
+            async with ws:
+                conn = held[-1]
+                await ws.send_str("m0")
+                await ws.send_str("m1")
+                replies, closed = await replies_and_close(ws)  # the expiry ends it
+            assert closed == EXPIRED
+            assert replies == [f"late:{data}" for data in conn.got]
+            if conn.got == ["m0", "m1"]:  # else the token expired first
+                break
+        else:
+            pytest.fail("no token lived long enough for its messages")
     assert await charged(rclient) == CENT * sum(len(conn.got) for conn in held)
 
 
@@ -273,33 +285,32 @@ async def test_the_expiry_s_drain_lets_no_more_messages_through(
     rates = {"rate_per_minute": 10**6, "rate_per_hour": 10**6}  # not the limit under test
     settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0, **rates)
     answer = asyncio.Event()  # the bot holds its answers until the client sent its last
-    async with holding_bot(answer) as (url, held):
-        spec = {"product": "contact_center", "upstream_url": url, "funds": PLENTY}
-        await seed(rclient, settings, WS, {APP: spec})
-        await set_secret(rclient, settings, APP, "web")
-        async with running_gateway(settings) as gw:
-            for exp_in in LIFETIMES:
-                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
-                    continue
-                async with ws:
-                    conn, sent = held[-1], 0
-                    answer.clear()
-                    while not conn.closing.is_set():  # until the expiry's close reached it
-                        conn.moved.clear()
-                        await ws.send_str(f"m{sent}")
-                        sent += 1
-                        await asyncio.wait_for(conn.moved.wait(), exp_in + 60)  # hang bound
-                    for data in ("after0", "after1", "after2"):  # in the drain window
-                        await ws.send_str(data)
-                    answer.set()
-                    replies, closed = await replies_and_close(ws)
-                assert closed == EXPIRED
-                assert conn.got == [f"m{i}" for i in range(len(conn.got))]
-                assert replies == [f"late:{data}" for data in conn.got]
-                if conn.got:  # else the token expired first
-                    break
-            else:
-                pytest.fail("no token lived long enough for its messages")
+    async with (
+        holding_bot(answer) as (url, held),
+        secured_gateway(rclient, settings, url, PLENTY) as gw,
+    ):
+        for exp_in in LIFETIMES:
+            if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                continue
+            async with ws:
+                conn, sent = held[-1], 0
+                answer.clear()
+                while not conn.closing.is_set():  # until the expiry's close reached it
+                    conn.moved.clear()
+                    await ws.send_str(f"m{sent}")
+                    sent += 1
+                    await asyncio.wait_for(conn.moved.wait(), exp_in + 60)  # hang bound
+                for data in ("after0", "after1", "after2"):  # in the drain window
+                    await ws.send_str(data)
+                answer.set()
+                replies, closed = await replies_and_close(ws)
+            assert closed == EXPIRED
+            assert conn.got == [f"m{i}" for i in range(len(conn.got))]
+            assert replies == [f"late:{data}" for data in conn.got]
+            if conn.got:  # else the token expired first
+                break
+        else:
+            pytest.fail("no token lived long enough for its messages")
     assert await charged(rclient, PLENTY) == CENT * sum(len(conn.got) for conn in held)
 
 
@@ -310,18 +321,17 @@ async def test_an_expired_socket_that_never_paid_gets_no_farewell_for_free(
     answer to the gateway's close frame, would answer the handshake; it is neither
     charged nor delivered (as after a rotation)."""
     settings = auth_settings(redis_url, tmp_path, channel_jwt_leeway_s=0.0)
-    async with farewell_bot() as url:
-        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
-        await seed(rclient, settings, WS, {APP: spec})
-        await set_secret(rclient, settings, APP, "web")
-        async with running_gateway(settings) as gw:
-            ws = None
-            for exp_in in LIFETIMES:
-                if ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in):
-                    break
-            assert ws is not None, "every token expired before its upgrade was answered"
-            async with ws:
-                assert await replies_and_close(ws) == ([], EXPIRED)  # nothing sent
+    async with (
+        farewell_bot() as url,
+        secured_gateway(rclient, settings, url) as gw,
+    ):
+        ws = None
+        for exp_in in LIFETIMES:
+            if ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in):
+                break
+        assert ws is not None, "every token expired before its upgrade was answered"
+        async with ws:
+            assert await replies_and_close(ws) == ([], EXPIRED)  # nothing sent
     assert await charged(rclient) == 0
 
 
@@ -353,28 +363,27 @@ async def test_a_first_message_refunded_at_the_expiry_pays_for_no_greeting(
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", greeting)
-    async with serve(app) as url:
-        spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
-        await seed(rclient, settings, WS, {APP: spec})
-        await set_secret(rclient, settings, APP, "web")
-        async with running_gateway(settings) as gw:
-            for exp_in in LIFETIMES:
-                if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
-                    continue
-                break
-            else:
-                pytest.fail("no token lived long enough for its upgrade")
-            expires = time.time() + exp_in
-            async with ws:
-                await rclient.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
-                try:
-                    await ws.send_str("m0")
-                    await asyncio.wait_for(_admission_held(rclient), 60)  # a hang bound
-                    greet.set()  # its greeting waits for the admission under way
-                    await asyncio.sleep(max(0.0, expires - time.time()) + 1)  # the expiry
-                finally:
-                    await rclient.execute_command("CLIENT", "UNPAUSE")
-                replies, closed = await replies_and_close(ws)
+    async with (
+        serve(app) as url,
+        secured_gateway(rclient, settings, url) as gw,
+    ):
+        for exp_in in LIFETIMES:
+            if not (ws := await expiring(http, f"{gw.url}/hooks/web/{APP}/chat", exp_in)):
+                continue
+            break
+        else:
+            pytest.fail("no token lived long enough for its upgrade")
+        expires = time.time() + exp_in
+        async with ws:
+            await rclient.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+            try:
+                await ws.send_str("m0")
+                await asyncio.wait_for(_admission_held(rclient), 60)  # a hang bound
+                greet.set()  # its greeting waits for the admission under way
+                await asyncio.sleep(max(0.0, expires - time.time()) + 1)  # the expiry
+            finally:
+                await rclient.execute_command("CLIENT", "UNPAUSE")
+            replies, closed = await replies_and_close(ws)
         greet.set()
     assert closed == EXPIRED
     assert (replies, got) == ([], [])
