@@ -7,7 +7,9 @@ what the message is: its ``Content-Type`` (media type, charset, multipart bounda
 ``Content-Encoding`` tell the bot how to read it. Before, the same bytes under another
 of these were a free "redelivery": ``{"q":"Q1","z":"&q=Q2&"}`` is the question Q1 as
 JSON and Q2 as a form, and a multipart body says what its boundary picks, so one
-charge bought as many different questions as a key's redeliveries (5 by default).
+charge bought as many different questions as a key's redeliveries (5 by default). A
+method override (``X-HTTP-Method-Override`` and its spellings), which some frameworks
+honour, makes the same POST another verb to the bot: it counts too, when present.
 Real sockets, a real counting bot, real Redis.
 """
 
@@ -27,6 +29,7 @@ WS = "redform"
 APP = f"{WS}_reqs"  # contact_center: every message costs one cent
 FREE = 10_000_000
 PRICE = 10_000
+OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
 JSON_OR_FORM = b'{"q":"Q1","z":"&q=Q2&"}'
 TWO_BOUNDARIES = (
     b"--a\r\nContent-Disposition: form-data; name=q\r\n\r\nQ1\r\n--a--\r\n"
@@ -53,6 +56,17 @@ FORMS = {
         {"Content-Type": "application/json"},
         {"Content-Type": "application/json", "Content-Encoding": "deflate"},
     ),
+    # A bot on a framework that honours a method override reads this POST as a DELETE.
+    "method override": (
+        JSON_OR_FORM,
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", "X-HTTP-Method-Override": "DELETE"},
+    ),
+    "method override, another spelling": (
+        JSON_OR_FORM,
+        {"Content-Type": "application/json", "X-HTTP-Method": "PUT"},
+        {"Content-Type": "application/json", "X-HTTP-Method": "PATCH"},
+    ),
 }
 
 
@@ -74,7 +88,7 @@ async def test_the_same_bytes_read_otherwise_are_another_message(
     # The bot got the message and its true redelivery, both read as the first said.
     for call in bot.calls:
         assert call.body == body
-        for name in ("Content-Type", "Content-Encoding"):
+        for name in ("Content-Type", "Content-Encoding", *OVERRIDES):
             assert call.headers.getall(name, []) == [v for k, v in first.items() if k == name]
     assert len(bot.calls) == 2
     assert await free_credit(rclient, WS) == FREE - PRICE
@@ -182,6 +196,25 @@ async def test_a_body_spelling_out_the_first_one_s_headers_is_another_message(
         spelled = b"application/json\n\n" + JSON_OR_FORM  # Content-Type, Content-Encoding ""
         sent = await post_message(http, url, "mallory", "k6", body=JSON_OR_FORM, headers=first)
         impostor = await post_message(http, url, "mallory", "k6", body=spelled, headers=other)
+    assert (sent, impostor) == (200, 409)
+    assert [c.body for c in bot.calls] == [JSON_OR_FORM]
+    assert await free_credit(rclient, WS) == FREE - PRICE
+
+
+async def test_a_body_spelling_out_a_method_override_is_another_message(
+    seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    """A method override is hashed only when present, after the other header lines: were
+    it hashed under the same personalization, a message without one whose body starts
+    with the override's lines as the fingerprint writes them would be the overriding
+    message's redelivery (and the other way round)."""
+    async with seeded_gateway(WS, {APP: {"product": "contact_center"}}, free=FREE) as gw:
+        url = f"{gw.url}/hooks/web/{APP}"
+        first = {"Content-Type": "application/json", "X-HTTP-Method-Override": "DELETE"}
+        other = {"Content-Type": "application/json"}
+        spelled = b"DELETE\n\n\n" + JSON_OR_FORM  # the three overrides' lines, then the body
+        sent = await post_message(http, url, "mallory", "k7", body=JSON_OR_FORM, headers=first)
+        impostor = await post_message(http, url, "mallory", "k7", body=spelled, headers=other)
     assert (sent, impostor) == (200, 409)
     assert [c.body for c in bot.calls] == [JSON_OR_FORM]
     assert await free_credit(rclient, WS) == FREE - PRICE
