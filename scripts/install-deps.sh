@@ -45,9 +45,9 @@ if ((!DEMO)); then
     compgen -G '/usr/lib/postgresql/*/bin/initdb' > /dev/null || missing+=(postgresql)
     command -v psql > /dev/null 2>&1 || missing+=(postgresql-client)
     command -v promtool > /dev/null 2>&1 || missing+=(prometheus)
+    # The console's browser tests drive Debian's chromium through Playwright.
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 fi
-# The console's browser tests drive Debian's chromium through Playwright.
-[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 # Debian's python3 lacks ensurepip/venv unless python3-venv is installed.
 if [[ ! -x .venv/bin/python ]] && ! "$PYTHON" -c 'import ensurepip, venv' > /dev/null 2>&1; then
     missing+=(python3-venv)
