@@ -15,7 +15,7 @@ read, so a caller who may not use a route gets 401/403/404 whatever they send:
 
 The handler then finds what the check loaded in ``call.workspace`` / ``call.app`` /
 ``call.roles``; only checks that depend on the body stay in the handler. Add the route
-to the matrix of ``tests/test_authz_matrix.py`` (a test fails until you do).
+to the matrix of ``tests/system/test_authz_matrix.py`` (a test fails until you do).
 """
 
 from __future__ import annotations
