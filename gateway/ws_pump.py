@@ -26,6 +26,9 @@ reach the bot. A send cut short because the other direction ended is confirmed t
 way if its frame was taken, and otherwise drops the bot's connection (the unconfirmed
 message is then the sweeper's to refund). Over TLS the count is not exact
 (:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
+A bot reading raw bytes can answer a frame's start, so no bot message is passed to the
+client while a frame is in flight: it waits for the send, and is never passed once the
+send failed and the message is not charged (the bot could have answered it).
 
 Bot -> client: each message is delivered once the connection has paid its way
 (:meth:`~gateway.ws_charges.Charges.bot_message`); bot messages are not metered.
@@ -133,6 +136,9 @@ class _Wire:
         self.lock = asyncio.Lock()
         self.exact = unbuffered(upstream)
         self.bot_closed = False  # the bot's close frame came
+        self.between = asyncio.Event()  # no client frame in flight: bot messages pass
+        self.between.set()
+        self.withheld = False  # a frame failed uncharged: no bot message passes any more
         self._linger = linger
 
     def drop(self) -> None:
@@ -178,12 +184,14 @@ async def _client_to_bot(
         try:
             async with asyncio.timeout(send_s), wire.lock:
                 written = True
+                wire.between.clear()
                 await send(msg.data)
         except TimeoutError:
             dropped.set()
             await _stalled(proxy, wire, charges, admission, written)
             return INTERNAL_ERROR, "upstream_timeout"
         except (aiohttp.ClientError, ConnectionError):
+            wire.withheld = True
             if admission is not None:
                 await proxy.meter.failed(admission, "connect")
             charges.count("bot_error")
@@ -192,8 +200,11 @@ async def _client_to_bot(
             if written and wire.taken():
                 _confirm(proxy, charges, admission)
             else:
+                wire.withheld = True
                 wire.drop()  # not confirmed: the sweeper refunds it, so it must not arrive
             raise
+        finally:
+            wire.between.set()
         _confirm(proxy, charges, admission)
     return client.close_code or 1000, ""
 
@@ -209,6 +220,7 @@ async def _stalled(
     """A send past its deadline: the bot's connection dropped, the message confirmed if
     its frame was taken all the same (the kernel delivers it), refunded otherwise."""
     taken = written and wire.taken()
+    wire.withheld = not taken
     wire.drop()  # first: once refunded, the message must never reach the bot
     if taken:
         _confirm(proxy, charges, admission)
@@ -240,6 +252,9 @@ async def _bot_to_client(
             return exc.code, exc.reason
         if msg.type is WSMsgType.CLOSE:
             break
+        await wire.between.wait()
+        if wire.withheld:
+            continue
         try:
             await (client.send_str if msg.type is WSMsgType.TEXT else client.send_bytes)(msg.data)
         except ConnectionError:  # a close frame went to the client (its own close answered)
