@@ -66,7 +66,8 @@ Closing codes sent to the client:
   a client message (refunded, never delivered) or the answer to its ping within half the
   refund window (it stopped reading; :mod:`gateway.ws_pump`), or ``upstream_unavailable``
   when a message cannot be sent at all;
-* otherwise the bot's own close code is passed on (its reason is not).
+* otherwise the bot's own close code is passed on (its reason is not), unless its close
+  cut short a client message that is then refunded (1011 then, :mod:`gateway.ws_pump`).
 """
 
 from __future__ import annotations

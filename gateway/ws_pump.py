@@ -28,7 +28,8 @@ message is then the sweeper's to refund). Over TLS the count is not exact
 (:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
 A bot reading raw bytes can answer a frame's start, so no bot message is passed to the
 client while a frame is in flight: it waits for the send, and is never passed once the
-send failed and the message is not charged (the bot could have answered it).
+send failed and the message is not charged (the bot could have answered it); nor is the
+code of a close that cut such a send short (the client gets 1011).
 
 Bot -> client: each message is delivered once the connection has paid its way
 (:meth:`~gateway.ws_charges.Charges.bot_message`); bot messages are not metered.
@@ -124,6 +125,8 @@ async def pump(
             await asyncio.gather(*pending, return_exceptions=True)
         buffered_again(upstream)
     code, reason = (GOING_AWAY, SHUTTING_DOWN) if first is None else first.result()
+    if first is tasks[1] and wire.withheld:  # the bot's close code answers no refunded frame
+        code, reason = INTERNAL_ERROR, "upstream_unavailable"
     return Ended(code, reason, wire.bot_closed)
 
 

@@ -43,7 +43,9 @@ CASES = {
     "stall once answered": ("stall", False),
     "reset at once": ("reset", True),
     "close at once": ("close", True),
+    "a close code for an answer": ("code", True),
 }
+CODE = 4242  # what the bot's close says: a number for an answer
 
 
 def unsent(sock: socket.socket) -> int:
@@ -85,6 +87,11 @@ class PeekingBot:
             await w.drain()
             _, b1 = await r.readexactly(2)
             await r.readexactly({126: 2, 127: 8}.get(b1 & 0x7F, 0) + 4 + 1000)  # the start
+            if self.ending == "code":  # the close frame's code is the answer
+                w.write(b"\x88\x02" + struct.pack("!H", CODE))
+                await w.drain()
+                await self.released.wait()
+                return
             w.write(bytes([0x81, len(ANSWER)]) + ANSWER)
             await w.drain()
             if self.at_once:
@@ -138,6 +145,7 @@ async def test_a_refunded_message_never_gets_the_answer_the_bot_sent_while_it_wa
                 bot.answered.set()
                 bot.released.set()
             assert msg.type is WSMsgType.CLOSE
+            assert msg.data != CODE  # the bot's close answers no refunded message either
             await asyncio.wait_for(bot.done.wait(), 60)
             assert await settled(rclient, WS)  # confirmed, or refunded (the sweeper too)
             charged = FUNDS - (await read_balances(rclient, WS)).app[APP]
