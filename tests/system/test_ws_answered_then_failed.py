@@ -13,10 +13,8 @@ a failed one.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import socket
 import struct
-import termios
 from pathlib import Path
 
 import aiohttp
@@ -29,6 +27,7 @@ from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
 from tests.support.settings import HOST, make_settings
 from tests.support.ws_frames import accept_upgrade, settled
+from tests.system.test_fastpath_limits import unsent
 from tests.system.test_ws_stalled_bot import APP, CENT, SIZE, WS, gateway_with_sweeper
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -46,11 +45,6 @@ CASES = {
     "a close code for an answer": ("code", True),
 }
 CODE = 4242  # what the bot's close says: a number for an answer
-
-
-def unsent(sock: socket.socket) -> int:
-    """Bytes in ``sock``'s send queue not yet taken by its peer's kernel (SIOCOUTQ)."""
-    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 class PeekingBot:
