@@ -203,7 +203,7 @@ async def _client_to_bot(
             if written and wire.taken():
                 _confirm(proxy, charges, admission)
             else:
-                wire.withheld = True
+                wire.withheld = written
                 wire.drop()  # not confirmed: the sweeper refunds it, so it must not arrive
             raise
         finally:
@@ -223,7 +223,7 @@ async def _stalled(
     """A send past its deadline: the bot's connection dropped, the message confirmed if
     its frame was taken all the same (the kernel delivers it), refunded otherwise."""
     taken = written and wire.taken()
-    wire.withheld = not taken
+    wire.withheld = written and not taken  # the bot may have read its start
     wire.drop()  # first: once refunded, the message must never reach the bot
     if taken:
         _confirm(proxy, charges, admission)
