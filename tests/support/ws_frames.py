@@ -57,8 +57,9 @@ def client_frames(data: bytes) -> list[int]:
 
 async def settled(rclient: RedisClient, ws: str) -> bool:
     """Whether every charge of workspace ``ws`` was confirmed or refunded (nothing left
-    for the sweeper), polled for up to 30 s."""
-    for _ in range(600):
+    for the sweeper), polled for up to 60 s (a bound for a hang: a refund window
+    must pass first for a charge left to the sweeper)."""
+    for _ in range(1200):
         if await rclient.zcard(keys.reservations_key(ws)) == 0:
             return True
         await asyncio.sleep(0.05)

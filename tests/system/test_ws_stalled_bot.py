@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -39,6 +40,26 @@ APP = f"{WS}_app1"  # contact_center: $0.01 per request
 CENT = 10_000
 FUNDS = 100 * CENT
 SIZE = 12 << 20  # far more than the sockets' buffers hold: the send must wait for the bot
+# The bound of the gateway's connect to the bot, which must succeed: a bound for a hang.
+CONNECT_HANG_S = 60.0
+
+
+def send_deadline_settings(redis_url: str, tmp_path: Path, send_s: float, **extra: Any) -> Settings:
+    """Settings whose WebSocket send waits at most ``send_s``: half the refund window
+    (gateway/websocket.py), and the settings refuse a connect timeout over two thirds of
+    it (config/settings.py), 1.33 s for a 1 s send: a bound a busy machine passes while
+    the gateway connects to the loopback bot (a spurious 502, the test failed). That check
+    is for an HTTP message, admitted before it waits for its connection; a WebSocket's
+    messages are admitted once it is connected. So the connect timeout here is
+    :data:`CONNECT_HANG_S`, set past the check."""
+    settings = make_settings(
+        redis_url,
+        tmp_path,
+        upstream_connect_timeout_s=send_s,
+        refund_window_s=2 * send_s,
+        **extra,
+    )
+    return settings.model_copy(update={"upstream_connect_timeout_s": CONNECT_HANG_S})
 
 
 class StalledBot:
@@ -111,13 +132,7 @@ async def gateway_with_sweeper(settings: Settings) -> AsyncIterator[Running]:
 async def test_a_message_the_bot_does_not_take_is_refunded_and_never_delivered(
     redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
 ) -> None:
-    settings = make_settings(
-        redis_url,
-        tmp_path,
-        upstream_connect_timeout_s=1.0,
-        refund_window_s=2.0,  # the send waits at most 1 s
-        max_body_bytes=16 << 20,
-    )
+    settings = send_deadline_settings(redis_url, tmp_path, 1.0, max_body_bytes=16 << 20)
     async with StalledBot() as bot:
         spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
         await seed(rclient, settings, WS, {APP: spec})

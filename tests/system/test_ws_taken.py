@@ -30,23 +30,23 @@ from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually, serve
-from tests.support.settings import HOST, make_settings
+from tests.support.settings import HOST
 from tests.support.ws_frames import accept_upgrade, client_frames, settled, switching_protocols
-from tests.system.test_ws_stalled_bot import APP, CENT, WS, StalledBot, gateway_with_sweeper
+from tests.system.test_ws_stalled_bot import (
+    APP,
+    CENT,
+    WS,
+    StalledBot,
+    gateway_with_sweeper,
+    send_deadline_settings,
+)
 
 FUNDS = 100 * CENT
 SEND_S = 1.0  # half the refund window below
 
 
 def _settings(redis_url: str, tmp_path: Path, **extra: Any) -> Any:
-    return make_settings(
-        redis_url,
-        tmp_path,
-        upstream_connect_timeout_s=1.0,
-        refund_window_s=2 * SEND_S,
-        max_body_bytes=16 << 20,
-        **extra,
-    )
+    return send_deadline_settings(redis_url, tmp_path, SEND_S, max_body_bytes=16 << 20, **extra)
 
 
 class ThreadBot:
@@ -401,11 +401,10 @@ async def test_a_bot_that_talks_without_reading_gets_every_message_at_a_close(
     """The client closes (no send stalled): the bot never answers the close, and
     aiohttp's close of its connection, with the bot's input unread, was a reset."""
     funds = 1_000_000 * CENT
-    settings = make_settings(
+    settings = send_deadline_settings(  # the close's answer waited for at most SEND_S
         redis_url,
         tmp_path,
-        upstream_connect_timeout_s=1.0,
-        refund_window_s=2 * SEND_S,  # the close's answer waited for at most SEND_S
+        SEND_S,
         ws_linger_s=60.0,  # a bound for a hang only: the bot reads to its end before it
     )
     bots: list[aiohttp.ClientWebSocketResponse] = []
