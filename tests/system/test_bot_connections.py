@@ -41,6 +41,11 @@ FUNDS = 100 * SESSION
 N = 3  # the per-bot cap of these tests
 # Messages wait for a place as long as a test needs; the refund window must outlast that.
 LONG_WAIT = {"upstream_connect_timeout_s": 600, "refund_window_s": 1200}
+# The connect timeout of the tests where a message must wait past it for a place (504).
+# It also bounds the connects that must succeed meanwhile (the held messages', B's), one
+# setting for both: 1 s, a busy machine passed it while connecting on loopback (a
+# spurious 504); long enough that none does, short enough to be waited out.
+PAST_WAIT_S = 5.0
 
 
 async def post(http: aiohttp.ClientSession, url: str, user: str) -> tuple[int, bytes]:
@@ -155,7 +160,7 @@ async def test_a_slow_bot_gets_at_most_its_cap_and_other_tenants_are_served(
 async def test_a_waiter_past_the_connect_timeout_is_504_and_refunded(
     one_place: OnePlace, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    async with one_place(1.0, "/m/held") as (gw, first):
+    async with one_place(PAST_WAIT_S, "/m/held") as (gw, first):
         url = f"{gw.url}/hooks/web/{APP_A}/m"
         status, body = await post(http, f"{url}/late", "u2")  # waits, then gives up
         assert (status, orjson.loads(body)["code"]) == (504, "upstream_timeout")
@@ -337,7 +342,7 @@ async def test_a_tenant_on_many_ports_holds_at_most_the_total(
     http: aiohttp.ClientSession,
     rclient: RedisClient,
 ) -> None:
-    async with many(upstream_connect_timeout_s=1.0) as gw:
+    async with many(upstream_connect_timeout_s=PAST_WAIT_S) as gw:
         url = f"{gw.url}/hooks/web"
         held = await hold_every_place(http, url, ports)
         # The third port is under its own cap, but the process has no place left: its
