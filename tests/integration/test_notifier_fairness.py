@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.webhooks import http_post
-from meter.accounts.notifier import Notifier
+from meter.accounts.notifier import Notifier, Post
 from meter.store import OutboxEvent, Store, User, Workspace, open_store
 from tests.support.bot import serve
 from tests.support.clock import T0, Clock
@@ -29,6 +29,9 @@ SLOW, FAST, BARE = "wsslow0001", "wsfast0001", "wsbare0001"
 T0_MS = int(T0 * 1000)
 EPOCH = T0_MS - 100_000  # events are created before the test's now
 GUARD_S = 30  # only ends a test that hangs; never reached when the notifier is fair
+# The bound of a request to a receiver that answers: a bound for a hang (the notifier's
+# own timeout_s is on the test's clock: leases, slow errors).
+POST_HANG_S = 60.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -50,6 +53,17 @@ async def enqueue(store: Store, ws: str, n: int, kind: str = "app.inactive", at:
     for i in range(n):
         payload = {"id": f"{kind}-{i}", "app": f"{ws}_app{i}"}
         await store.enqueue(OutboxEvent(ws, f"{ws}:{kind}:{i}", kind, payload, EPOCH + at + i))
+
+
+def bounded(session: aiohttp.ClientSession, hanging_url: str) -> Post:
+    """Posts to ``hanging_url`` (a receiver that never answers) timed out at 2 s, every
+    other one bounded by :data:`POST_HANG_S`."""
+    short, long = http_post(session, 2.0), http_post(session, POST_HANG_S)
+
+    async def post(url: str, body: bytes, headers: Mapping[str, str], tenant: str) -> int:
+        return await (short if url == hanging_url else long)(url, body, headers, tenant)
+
+    return post
 
 
 async def events(store: Store, ws: str) -> list[OutboxEvent]:
@@ -103,9 +117,10 @@ async def test_after_a_timeout_the_workspace_waits_with_its_other_events(
         await enqueue(store, SLOW, 30)
         await enqueue(store, FAST, 1, "funds.added", at=1_000)
         # A timeout SLOW's requests must reach, and the receivers that answer never do:
-        # at 0.2 s FAST's or BACK's answer could pass it on a busy machine (then FAST
-        # not delivered, or BACK's event not due again on the frozen clock: a hang).
-        n = Notifier(store, http_post(session, 2.0), timeout_s=2.0, clock=clock)
+        # FAST's or BACK's answer could pass one bound for all on a busy machine (then
+        # FAST not delivered, or BACK's event not due again on the frozen clock: a hang),
+        # so only the requests to the receiver that never answers have it.
+        n = Notifier(store, bounded(session, hang.url), timeout_s=2.0, clock=clock)
         async with asyncio.timeout(GUARD_S):
             delivered = await n.deliver_due()
             while n.busy:
@@ -153,7 +168,7 @@ async def test_events_without_a_webhook_are_parked_not_offered_again(
     clock = Clock()
     async with receiver() as rec:
         await enqueue(store, BARE, 120)
-        n = Notifier(store, http_post(session, 2.0), timeout_s=2.0, clock=clock)
+        n = Notifier(store, http_post(session, POST_HANG_S), timeout_s=2.0, clock=clock)
         async with asyncio.timeout(GUARD_S):
             assert await n.deliver_due() == 0  # returns once the workspace's task ended
         # Kept, all of them, but not due again once a delivery lease would have ended

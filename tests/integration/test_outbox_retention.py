@@ -24,6 +24,10 @@ SECRET = "whsec-" + "r" * 26
 WS, BARE = "wsretain01", "wsretain02"
 DAY_S = 86400.0
 T0_MS = int(T0 * 1000)
+# The bound of a delivery's HTTP request to the test's receiver, which answers at once:
+# a bound for a hang (2 s, a busy machine could pass it and fail the attempt). The
+# notifier's own timeout_s stays: it runs on the test's clock (leases, slow errors).
+POST_HANG_S = 60.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -65,7 +69,7 @@ async def test_delivered_events_are_forgotten_after_the_retention_time_in_batche
     async with aiohttp.ClientSession() as session:
         n = Notifier(
             store,
-            http_post(session, 2.0),
+            http_post(session, POST_HANG_S),
             clock=clock,
             timeout_s=2.0,
             max_attempts=1,
@@ -104,7 +108,7 @@ async def test_a_forgotten_notification_queued_again_is_not_sent_again(
     event = OutboxEvent(WS, f"{WS}:bank-1", "funds.added", {"amount": "100.00"}, T0_MS)
     assert await store.enqueue(event)
     async with aiohttp.ClientSession() as session:
-        n = Notifier(store, http_post(session, 2.0), clock=clock, retention_s=30 * DAY_S)
+        n = Notifier(store, http_post(session, POST_HANG_S), clock=clock, retention_s=30 * DAY_S)
         assert await until_idle(n) == 1
         assert not await store.enqueue(event)  # at once: a no-op, as before
         clock.advance(31 * DAY_S)

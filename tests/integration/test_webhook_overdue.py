@@ -25,6 +25,10 @@ SECRET = "whsec-" + "o" * 26
 WS = "wsoverdue1"
 CAP_S = 4.0  # reached by the third retry
 MAX_ATTEMPTS = 3
+# The bound of a delivery's HTTP request to the test's receiver, which answers at once:
+# a bound for a hang (2 s, a busy machine could pass it and fail the attempt). The
+# notifier's own timeout_s stays: it runs on the test's clock (leases, slow errors).
+POST_HANG_S = 60.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -47,7 +51,7 @@ async def store(url: str) -> AsyncIterator[Store]:
 def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock) -> Notifier:
     return Notifier(
         store,
-        http_post(session, 2.0),
+        http_post(session, POST_HANG_S),
         clock=clock,
         max_attempts=MAX_ATTEMPTS,
         backoff_base_s=1.0,

@@ -18,6 +18,10 @@ from tests.support.receiver import Receiver
 
 SECRET = "whsec-" + "k" * 26
 WS = "wsnotify1"
+# The bound of a delivery's HTTP request to the test's receiver, which answers at once:
+# a bound for a hang (2 s, a busy machine could pass it and fail the attempt). The
+# notifier's own timeout_s stays: it runs on the test's clock (leases, slow errors).
+POST_HANG_S = 60.0
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def notifier(store: Store, session: aiohttp.ClientSession, clock: Clock, **kw: float) -> Notifier:
     return Notifier(
-        store, http_post(session, 2.0), clock=clock, backoff_base_s=1.0, timeout_s=2.0, **kw
+        store, http_post(session, POST_HANG_S), clock=clock, backoff_base_s=1.0, timeout_s=2.0, **kw
     )  # type: ignore[arg-type]
 
 
