@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient, connect
 from meter.store import Store, open_store
+from meter.usage.flush_stats import PassResult
 from meter.usage.flusher import Flusher
 from tests.support.bot import eventually
 from tests.support.clock import Clock
@@ -186,14 +187,26 @@ async def test_stop_flushes_closed_buckets_then_returns(rclient: RedisClient, st
     w = await seed_ws(rclient, store, cfg, clock, products=["agent"], pool=10 * USD)
     adm = admitter(rclient, cfg, clock)
     flusher = Flusher(rclient, store, cfg, clock=clock)
+    passes: list[bool] = []  # each pass's force, once it ended
+    flush_once = flusher.flush_once
+
+    async def counted(force: bool = False) -> PassResult:
+        result = await flush_once(force)
+        passes.append(force)
+        return result
+
+    flusher.flush_once = counted  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop))
-    await asyncio.sleep(0.2)  # the first pass ran; the next one is 30 s away
+    # The first pass ran (seen, not slept for: 0.2 s could pass before it did, and the
+    # buckets were then flushed by a pass other than the final one); the next is 30 s away.
+    assert await eventually(lambda: len(passes) == 1)
     for _ in range(7):
         await adm.admit(w.apps[0], "web", "u")
     clock.advance(3)
     stop.set()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, 60)  # a bound for a hang only
+    assert len(passes) == 2  # the first pass and the final one
     assert (await store.usage_totals(w.ws)).requests == 7
 
 
