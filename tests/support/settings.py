@@ -9,6 +9,8 @@ from typing import Any
 
 from config import Settings, load_settings
 
+DEFAULT_REFUND_WINDOW_S = Settings.model_fields["refund_window_s"].default
+
 HOST = "127.0.0.1"
 LOOPBACK = ["127.0.0.0/8", "::1"]  # egress_allow of test settings: the bots' addresses
 OPERATOR_TOKEN = "operator-token-" + "x" * 24
@@ -23,6 +25,13 @@ TRAFFIC_SERVER_ENV = "CREDITGATE_TRAFFIC_SERVER"
 # admin servers of adminkit had 0.5 s.) A hang bound, waited out only where Redis is
 # paused or stopped on purpose.
 REDIS_TIMEOUT_S = 10.0
+
+# The bound of the gateway's connects to the tests' bots on loopback (the production
+# default is 2 s): the connect shares its event loop with the test, and a busy machine
+# passed 2 s (a 504, the test failed). A hang bound; the settings refuse one over two
+# thirds of the refund window, so a test with a short refund window gets that much.
+# Tests of the connect timeout, or of a wait for a place past it, set their own.
+CONNECT_TIMEOUT_S = 60.0
 
 # A flusher that moves closed buckets at once, with limits no test reaches by accident.
 FAST_FLUSH: dict[str, Any] = {
@@ -55,7 +64,9 @@ def make_settings(
     * ``fast_flush``: :data:`FAST_FLUSH`;
 
     then ``overrides`` (any setting), which win. Always a Redis timeout no busy machine
-    reaches (:data:`REDIS_TIMEOUT_S`): tests of Redis timeouts set their own.
+    reaches (:data:`REDIS_TIMEOUT_S`): tests of Redis timeouts set their own; and a bot
+    connect timeout none reaches (:data:`CONNECT_TIMEOUT_S`, at most two thirds of the
+    refund window): tests of it set their own.
     """
     base: dict[str, Any] = {"egress_allow": LOOPBACK, "redis_timeout_s": REDIS_TIMEOUT_S}
     if redis_url is not None:
@@ -73,4 +84,7 @@ def make_settings(
     if operator:
         base["operator_token"] = OPERATOR_TOKEN
     base.update(overrides)
+    if "upstream_connect_timeout_s" not in base:
+        refund_window_s = float(base.get("refund_window_s", DEFAULT_REFUND_WINDOW_S))
+        base["upstream_connect_timeout_s"] = min(CONNECT_TIMEOUT_S, refund_window_s / 1.5)
     return load_settings(env={}, **base)
