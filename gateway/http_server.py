@@ -28,6 +28,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -42,6 +44,7 @@ from config import Settings
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.access_log import AccessLogger
 from gateway.appkeys import METRICS
+from gateway.chunk_framing import SLICE, Framing
 from gateway.client_gone import LostCallbacks
 from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
@@ -59,12 +62,50 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
     _own: asyncio.Transport | None = None  # aiohttp drops self.transport as it closes
     _cut: asyncio.TimerHandle | None = None
     _left = 0  # bytes buffered for the client when the bound started
+    _framing: Framing | None = None  # the chunked body being parsed (gateway.chunk_framing)
+    _quiet: asyncio.Future[None] | None = None  # set once the client of a refused body stops
+
+    def data_received(self, data: bytes) -> None:
+        # A slice at a time, a chunked body's chunks counted after each: one call could
+        # parse a whole read (256 KiB, 40,000 one-byte chunks) before any count. A paused
+        # parser keeps what it is fed for later (its body's reader is behind): at once.
+        at, size = 0, len(data)
+        while True:
+            end = size if self._upgraded or self._reading_paused else at + SLICE
+            self._parse(data[at:end] if at or end < size else data)
+            at = end
+            if at >= size or self._close or self._force_close:
+                return  # done, or a body refused: nothing more is parsed
+
+    def _parse(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if self._framing is not None:
+            self._count(self._framing)
+        for msg, payload in itertools.islice(self._messages, queued, None):  # begun here
+            if getattr(msg, "chunked", False) and not self._close:
+                self._count(Framing(payload))
+
+    def _count(self, framing: Framing) -> None:
+        """Refuse a chunked body over its bound; else watch it until it is complete."""
+        if framing.over():
+            self._framing = None
+            framing.refuse()
+            self.close()  # nothing more is parsed; closed after the answer (_linger)
+            self._quiet = self._loop.create_future()
+        else:
+            self._framing = None if framing.payload.is_eof() else framing
+
+    def _hush(self) -> None:
+        if self._quiet is not None and not self._quiet.done():
+            self._quiet.set_result(None)  # the client sends no more: _linger ends
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._own = cast(asyncio.Transport, transport)
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._hush()
         self._uncut()
         self._own = None
         super().connection_lost(exc)
@@ -106,6 +147,7 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         own.abort()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
+        self._hush()
         if self._upgraded:
             # Switching protocols (a WebSocket): a client that shut its side can say
             # nothing more in the new one, and its reader must see the end (closing
@@ -124,10 +166,22 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super()._handle_request(*args, **kwargs)
+            answered = await super()._handle_request(*args, **kwargs)
+            if self._quiet is not None:  # a body refused: its answer is written
+                await self._linger()
+            return answered
         finally:
             if self._peer_eof and not self._messages:
                 self.close()  # the last answer is written: close after it
+
+    async def _linger(self) -> None:
+        """What the client of a refused body still sends is dropped unparsed until it
+        stops (EOF) or for ``lingering_time``: it reads its answer, not a reset."""
+        quiet = self._quiet
+        assert quiet is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._lingering_time):
+                await asyncio.shield(quiet)
 
     def handle_error(
         self,

@@ -7,6 +7,7 @@ import contextlib
 
 from aiohttp import web
 
+from gateway import chunk_framing as framing
 from gateway.channels import IDEMPOTENCY_HEADER, USER_HEADER, request_id
 from gateway.counting import Forwarded, counted
 from gateway.fingerprint import keyed_digest
@@ -42,6 +43,7 @@ async def _notify(
         request.match_info.get("tail", ""),
     )
     proxy.check_length(request)
+    framing.check(request)  # a chunked body refused as it arrived (gateway.chunk_framing)
     # The app's tenant (its workspace's owner), whose share of the delivery endpoint's
     # connections it takes, is cached with its upstream (read once a second at most).
     with contextlib.suppress(MeteringUnavailable):
@@ -59,6 +61,7 @@ async def _notify(
             body = await proxy.read_body(request)
             digest = keyed_digest(request.method, request.raw_path, body, b"", headers)
         admission = await proxy.meter.admit(app_id, channel, user, key, "n", digest=digest)
+    await framing.refund_refused(request, proxy.meter, admission)
     if body is None:
         body = await proxy.body_of(request, state)
     return await proxy.forward(request, url, body, admission, state, verified), admission

@@ -28,9 +28,10 @@ doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
 turned invalid 400, one whose client left 499 (:mod:`gateway.request_body`): the client's
 failures, not the bot's (never observed as one), refunded by the sweeper if never
 forwarded, kept charged once the bot got its start (its first chunk: a bot never answers
-for free, as its answer is never passed on). A non-billable callback gets a fixed
-status, never the bot's (:mod:`gateway.unbilled`); a looping request
-(:mod:`gateway.traffic_rules`) is refused before anything is metered.
+for free, as its answer is never passed on). A chunked body over its framing bound is
+413 (:mod:`gateway.chunk_framing`): refused, or refunded at once, if found before that.
+A non-billable callback gets a fixed status, never the bot's (:mod:`gateway.unbilled`);
+a looping request (:mod:`gateway.traffic_rules`) is refused before anything is metered.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import aiohttp
 from aiohttp import payload, web
 from yarl import URL
 
+from gateway import chunk_framing as framing
 from gateway import misframed
 from gateway import traffic_rules as rules
 from gateway.bot_connector import ShuttingDown
@@ -284,17 +286,13 @@ async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:
 
 async def _hook(proxy: Proxy, request: web.Request, channel: str) -> Forwarded:
     app_id = request.match_info["app_id"]
-
-    async def read_body() -> bytes:
-        return await proxy.read_body(request)
-
+    read_body = functools.partial(proxy.read_body, request)
     inbound = inbound_of(request)
+    framing.check(request)  # a chunked body refused as it arrived: before anything else
     to = await rules.route(proxy, inbound, channel, app_id, read_body)
     admitted = await rules.admit(proxy, inbound, to, channel, app_id, read_body)
-    state = BodyState()
-    body: Body = admitted.body
-    if not admitted.have_body:
-        body = await proxy.body_of(request, state)
-    admission = admitted.admission
+    admission, state = admitted.admission, BodyState()
+    await framing.refund_refused(request, proxy.meter, admission)  # found meanwhile
+    body = admitted.body if admitted.have_body else await proxy.body_of(request, state)
     out = await proxy.forward(request, to.url, body, admission, state, to.verified, admitted)
     return out, admission

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from gateway import chunk_framing as framing
 from gateway.http_rules import body_stalled, send_continue
 from gateway.metrics import Metrics
 from gateway.problems import Problem
@@ -70,6 +71,9 @@ async def chunks(
             except TimeoutError:
                 raise body_stalled(stall_s) from None
             if not chunk:
+                refused = framing.refused(request)  # ended by its bound while waited for
+                if refused is not None:
+                    raise refused
                 return
             within = stall_s
             yield chunk

@@ -1,0 +1,105 @@
+"""A chunked body in a flood of tiny chunks (gateway.chunk_framing), on both traffic
+servers: each chunk cost a worker a few Python calls, so 250,000 one-byte chunks (a
+250 KB body, well within the size limit; 1.5 MB on the wire) cost it some 0.15 s of
+CPU, and a 1 MiB one 0.6 s, where the same body with a Content-Length costs
+milliseconds. A chunked body may have 1,024 chunks plus one per 64 bytes of it: the
+flood is refused 413 ``too_many_chunks`` as it arrives, never reaches the bot, and is
+not charged; bodies in ordinary chunks pass as before."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from yarl import URL
+
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, Running, SeededGateway, free_credit
+from tests.support.rawhttp import RawConn
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+WS = "chflood"
+APP = f"{WS}_app1"
+HANG_S = 60.0  # a bound for a hang only
+
+
+@pytest.fixture
+async def gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    apps = {APP: {"product": "automation"}}
+    async with seeded_gateway(WS, apps, free=500_000_000, body_linger_s=0.5) as running:
+        yield running
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """``body`` framed in chunks of ``size`` bytes, and its last chunk."""
+    parts = [b"%x\r\n%b\r\n" % (len(body[i : i + size]), body[i : i + size])
+             for i in range(0, len(body), size)]  # fmt: skip
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+async def post_chunked(gw: Running, wire: bytes, path: str, extra: str = "") -> tuple[int, str]:
+    """POST a chunked body of these bytes at once; the answer's status and problem code."""
+    u = URL(gw.url)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        f"{extra}Transfer-Encoding: chunked\r\n\r\n"
+    )
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head.encode() + wire)  # written as the socket takes it; read meanwhile
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()  # the gateway may close before taking it all
+        resp = await conn.response(HANG_S)
+    code = orjson.loads(resp.body).get("code", "") if resp.is_problem else ""
+    return resp.status, code
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        # Streamed to the bot after its admission (nothing reads it before).
+        pytest.param(f"/hooks/web/{APP}/up", "", id="streamed"),
+        # Read whole before admission, for the key's digest.
+        pytest.param(f"/hooks/web/{APP}/up", "Idempotency-Key: k1\r\n", id="keyed"),
+    ],
+)
+async def test_a_flood_of_one_byte_chunks_is_refused_uncharged(
+    gw: Running, bot: Bot, rclient: RedisClient, path: str, extra: str
+) -> None:
+    before = await free_credit(rclient, WS)
+    status, code = await post_chunked(gw, chunked(b"x" * 250_000, 1), path, extra)
+    assert (status, code) == (413, "too_many_chunks")
+    assert bot.calls == []
+    assert await free_credit(rclient, WS) == before
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk"),
+    [
+        pytest.param(250_000, 250_000, id="one-chunk"),
+        pytest.param(250_000, 4096, id="4KiB-chunks"),
+        pytest.param(250_000, 64, id="64B-chunks"),  # the smallest always let through
+        pytest.param(1024, 1, id="1024-one-byte-chunks"),  # the free allowance
+    ],
+)
+async def test_bodies_in_ordinary_chunks_pass(gw: Running, bot: Bot, size: int, chunk: int) -> None:
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    status, _ = await post_chunked(gw, chunked(body, chunk), f"/hooks/web/{APP}/up")
+    assert status == 200
+    assert [c.body for c in bot.calls] == [body]
+
+
+async def test_a_streamed_upload_of_many_medium_chunks_passes(
+    gw: Running, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(1000):
+            yield bytes([i % 256]) * 1000
+
+    headers = {"X-Channel-User-Id": "u1"}
+    async with http.post(f"{gw.url}/hooks/web/{APP}/up", data=pieces(), headers=headers) as resp:
+        assert resp.status == 200
+    assert [len(c.body) for c in bot.calls] == [1_000_000]
