@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.admin_api.validation import BadRequest, BodyTimeout, Invalid
-from gateway.problems import answering, problem_response
+from gateway.admin_api.validation import BadRequest, Invalid
+from gateway.problems import Problem, answering, problem_response
 from meter.accounts.payments import PaymentsNotConfigured, ProviderError
 from meter.errors import (
     Conflict,
@@ -41,8 +41,10 @@ def _problem(
 
 
 def _answer(request: web.Request, exc: Exception) -> web.Response:
-    if isinstance(exc, BodyTimeout):
-        return exc.response()  # 408, closing the connection: the body may still come
+    if isinstance(exc, Problem):
+        # BodyTimeout: 408, closing the connection (the body may still come); a body
+        # refused as it arrived (gateway.chunk_framing: 413 too_many_chunks).
+        return exc.response()
     answer = _refusal(exc) or _outage(exc)
     if answer is None:
         log.exception("admin API: %s %s failed", request.method, request.raw_path.partition("?")[0])

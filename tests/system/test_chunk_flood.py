@@ -19,6 +19,7 @@ from yarl import URL
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, SeededGateway, free_credit
 from tests.support.rawhttp import RawConn
+from tests.support.settings import OPERATOR_TOKEN
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -30,7 +31,9 @@ HANG_S = 60.0  # a bound for a hang only
 @pytest.fixture
 async def gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
     apps = {APP: {"product": "automation"}}
-    async with seeded_gateway(WS, apps, free=500_000_000, body_linger_s=0.5) as running:
+    async with seeded_gateway(
+        WS, apps, free=500_000_000, body_linger_s=0.5, operator=True
+    ) as running:
         yield running
 
 
@@ -41,14 +44,17 @@ def chunked(body: bytes, size: int) -> bytes:
     return b"".join(parts) + b"0\r\n\r\n"
 
 
-async def post_chunked(gw: Running, wire: bytes, path: str, extra: str = "") -> tuple[int, str]:
-    """POST a chunked body of these bytes at once; the answer's status and problem code."""
-    u = URL(gw.url)
+async def post_chunked(
+    gw: Running, wire: bytes, path: str, extra: str = "", *, url: str = ""
+) -> tuple[int, str]:
+    """POST a chunked body of these bytes at once (to the traffic port unless ``url``
+    says); the answer's status and problem code."""
+    u = URL(url or gw.url)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
         f"{extra}Transfer-Encoding: chunked\r\n\r\n"
     )
-    async with RawConn.open(gw.url) as conn:
+    async with RawConn.open(str(u)) as conn:
         conn.send(head.encode() + wire)  # written as the socket takes it; read meanwhile
         with contextlib.suppress(ConnectionError):
             await conn.writer.drain()  # the gateway may close before taking it all
@@ -74,6 +80,14 @@ async def test_a_flood_of_one_byte_chunks_is_refused_uncharged(
     assert (status, code) == (413, "too_many_chunks")
     assert bot.calls == []
     assert await free_credit(rclient, WS) == before
+
+
+async def test_a_flood_to_the_admin_api_is_refused(gw: Running) -> None:
+    """The admin port runs the same protocol: its API answers the problem too."""
+    body = orjson.dumps({"email": "flood@example.com", "name": "x" * 50_000})
+    auth = f"Authorization: Bearer {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\n"
+    status, code = await post_chunked(gw, chunked(body, 1), "/v1/users", auth, url=gw.admin_url)
+    assert (status, code) == (413, "too_many_chunks")
 
 
 @pytest.mark.parametrize(
