@@ -37,7 +37,7 @@ import re
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from yarl import URL
 
-from gateway.problems import Handler, Problem, problem_response
+from gateway.problems import INTERIM_BYTES, Handler, Problem, problem_response
 
 HEAD_LIMIT = 64 * 1024
 # uri-host [":" port] (RFC 3986): an IP literal or a reg-name; empty is allowed.
@@ -92,6 +92,7 @@ async def send_continue(request: web.Request) -> None:
     if request.get(_CONTINUE):
         request[_CONTINUE] = False
         await request.writer.write(_CONTINUE_LINE)
+        request[INTERIM_BYTES] = len(_CONTINUE_LINE)  # a refusal after it is still answered
 
 
 def valid_host(value: str) -> bool:

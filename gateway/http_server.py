@@ -48,7 +48,7 @@ from gateway.chunk_framing import SLICE, Framing
 from gateway.client_gone import LostCallbacks
 from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
-from gateway.problems import problem_response
+from gateway.problems import INTERIM_BYTES, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
             self.logger.error("error handling a request", exc_info=exc)
         else:  # a client's malformed request: its bytes are not logged
             log.debug("malformed request (%d %s)", status, type(exc).__name__)
-        if request.writer.output_size > 0:
+        if request.writer.output_size > request.get(INTERIM_BYTES, 0):  # not a 100 alone
             raise ConnectionError("response already started: cannot send the error")
         try:
             phrase = HTTPStatus(status).phrase

@@ -24,6 +24,9 @@ from meter.errors import InvalidChannelUser, InvalidInput, MeteringUnavailable, 
 from meter.refusals import Refusal
 
 PROBLEM_CODE = web.ResponseKey("problem_code", str)
+# Bytes written to the client before the answer proper: an interim 100 Continue
+# (gateway.http_rules.send_continue). An answer after one has not begun.
+INTERIM_BYTES = web.RequestKey("creditgate.interim_bytes", int)
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
@@ -194,7 +197,8 @@ def answering(answer: Answer) -> Middleware:
         except Exception as exc:
             # An answer already begun (a streamed body) cannot become another: aiohttp
             # then ends the connection without the final chunk, so the cut shows.
-            if request.writer.output_size > 0 or (answered := answer(request, exc)) is None:
+            begun = request.writer.output_size > request.get(INTERIM_BYTES, 0)
+            if begun or (answered := answer(request, exc)) is None:
                 raise
             return answered
 

@@ -8,6 +8,7 @@ not charged; bodies in ordinary chunks pass as before."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, SeededGateway, free_credit
 from tests.support.rawhttp import RawConn
@@ -117,3 +119,52 @@ async def test_a_streamed_upload_of_many_medium_chunks_passes(
     async with http.post(f"{gw.url}/hooks/web/{APP}/up", data=pieces(), headers=headers) as resp:
         assert resp.status == 200
     assert [len(c.body) for c in bot.calls] == [1_000_000]
+
+
+async def test_a_flood_after_a_100_continue_is_answered(gw: Running, bot: Bot) -> None:
+    """The client asked for a 100 and got it before its body was read: the refusal of
+    its body is still answered (an interim answer is no answer begun)."""
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head.encode())
+        assert (await conn.response(HANG_S)).status == 100
+        conn.send(chunked(b"x" * 250_000, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status == 413
+    assert orjson.loads(resp.body)["code"] == "too_many_chunks"
+    assert bot.calls == []
+
+
+async def test_a_flood_after_the_bot_had_its_start_stays_charged(
+    gw: Running, bot: Bot, rclient: RedisClient
+) -> None:
+    """A streamed body's first chunk went to the bot (its charge confirmed), then the
+    flood: 413 all the same, the bot never gets a complete request, and the charge
+    stays, as for any body failing once the bot had its start (gateway.proxy)."""
+    before = await free_credit(rclient, WS)
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n1000\r\n" + "a" * 4096 + "\r\n"
+    )
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head.encode())
+        for _ in range(int(HANG_S / 0.05)):  # until the charge is confirmed (a hang bound)
+            charged = await free_credit(rclient, WS) < before
+            if charged and not await rclient.zcard(keys.reservations_key(WS)):
+                break
+            await asyncio.sleep(0.05)
+        conn.send(chunked(b"x" * 250_000, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status == 413
+    assert orjson.loads(resp.body)["code"] == "too_many_chunks"
+    assert bot.calls == []
+    assert await free_credit(rclient, WS) < before

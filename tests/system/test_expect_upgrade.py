@@ -139,6 +139,25 @@ async def refused_from_the_head(edge: Edge, data: bytes, length: int, status: in
     return code
 
 
+async def test_a_body_refused_after_its_100_is_answered(edge: Edge) -> None:
+    """A keyed chunked body is read before admission, so its 100 is sent first; found over
+    the limit, it is answered 413 all the same (a 100 is no answer begun: it was reset
+    unanswered, aiohttp logging an error), nothing charged or forwarded."""
+    data = (
+        f"POST /hooks/web/{APP}/big HTTP/1.1\r\nHost: gw\r\nX-Channel-User-Id: u1\r\n"
+        "Idempotency-Key: k-big\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    spent, calls = await edge.spent(), len(edge.bot.heads)
+    async with RawConn.open(edge.gw.url) as c:
+        c.send(data)
+        assert (await c.response()).status == 100
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (MAX_BODY + 1, b"x" * (MAX_BODY + 1)))
+        resp = await c.response()
+    assert problem(resp, 413) == "body_too_large"
+    assert len(edge.bot.heads) == calls
+    assert await edge.spent() == spent
+
+
 async def test_an_oversized_body_is_refused_before_it_is_read(edge: Edge) -> None:
     n = MAX_BODY + 1
     code = await refused_from_the_head(edge, head(APP, "/big", n), n, 413)
