@@ -37,6 +37,7 @@ from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -83,8 +84,8 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         if self._framing is not None:
             self._count(self._framing)
         for msg, payload in itertools.islice(self._messages, queued, None):  # begun here
-            if getattr(msg, "chunked", False) and not self._close:
-                self._count(Framing(payload))
+            if getattr(msg, "chunked", False) and type(payload) is StreamReader:
+                self._count(Framing(payload))  # (aiohttp gives every chunked body one)
 
     def _count(self, framing: Framing) -> None:
         """Refuse a chunked body over its bound; else watch it until it is complete."""
