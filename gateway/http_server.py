@@ -233,7 +233,11 @@ class _ProblemServer(web.Server):
     stall_s = 0.0
 
     def __call__(self) -> RequestHandler:
-        handler = _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        # Bodies are never inflated by the protocol, on any port: a chunk whose bytes
+        # inflate to nothing records no chunk end (gateway.chunk_framing could not count
+        # it), and the traffic servers pass bodies on as they came.
+        kwargs = {**self._kwargs, "auto_decompress": False}
+        handler = _ProblemRequestHandler(self, loop=self._loop, **kwargs)
         handler.stall_s = self.stall_s
         return handler
 

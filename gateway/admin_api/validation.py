@@ -54,9 +54,18 @@ async def read_raw(request: web.Request, within_s: float) -> bytes:
     :func:`gateway.admin_api.http.endpoint`) for longer."""
     try:
         async with asyncio.timeout(within_s):
-            return await request.read()
+            raw = await request.read()  # (a chunked body over its bound: 413 here)
     except TimeoutError:
         raise BodyTimeout(within_s) from None
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":  # never inflated (gateway.http_server): refused as such
+        raise Problem(
+            415,
+            "unsupported_content_encoding",
+            "Unsupported content encoding",
+            "the admin API takes request bodies without a Content-Encoding",
+        )
+    return raw
 
 
 class BadRequest(Exception):

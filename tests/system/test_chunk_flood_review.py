@@ -1,0 +1,201 @@
+"""Review of the chunk bound (gateway.chunk_framing): ways around it, and what it must
+not break."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+
+import orjson
+import pytest
+from yarl import URL
+
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, Running, free_credit
+from tests.support.rawhttp import RawConn
+from tests.support.settings import OPERATOR_TOKEN
+from tests.system.test_chunk_flood import APP, HANG_S, chunked, gw, post_chunked
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+__all__ = ["gw"]
+
+AUTH = f"Authorization: Bearer {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\n"
+
+
+def empty_stored_blocks(n: int) -> bytes:
+    """A zlib stream of a JSON body, then ``n`` empty non-final stored blocks (each
+    five bytes inflating to nothing), then the end."""
+    body = orjson.dumps({"email": "deflate@example.com", "name": "x"})
+    co = zlib.compressobj()
+    out = co.compress(body) + co.flush(zlib.Z_SYNC_FLUSH)  # ends byte-aligned
+    out += b"\x00\x00\x00\xff\xff" * n
+    return out + co.flush(zlib.Z_FINISH)
+
+
+async def test_a_compressed_flood_to_the_admin_api_is_refused(gw: Running) -> None:
+    """The admin port inflates request bodies (no auto_decompress=False there): a chunk
+    whose bytes inflate to nothing records no chunk end in aiohttp's stream, so a flood
+    of one-byte chunks of empty deflate blocks was never counted."""
+    wire = chunked(empty_stored_blocks(60_000), 1)  # 300,000 one-byte chunks
+    extra = AUTH + "Content-Encoding: deflate\r\n"
+    status, code = await post_chunked(gw, wire, "/v1/users", extra, url=gw.admin_url)
+    assert (status, code) == (413, "too_many_chunks")
+
+
+async def test_a_compressed_body_to_the_admin_api_is_refused_as_such(gw: Running) -> None:
+    """Bodies are no longer inflated on the admin port: a compressed one is 415."""
+    wire = chunked(empty_stored_blocks(10), 4096)
+    extra = AUTH + "Content-Encoding: deflate\r\n"
+    status, code = await post_chunked(gw, wire, "/v1/users", extra, url=gw.admin_url)
+    assert (status, code) == (415, "unsupported_content_encoding")
+
+
+async def test_a_flood_after_the_admin_ports_100_continue_is_answered(gw: Running) -> None:
+    """The admin routes keep aiohttp's own expect handler (its 100 written before the
+    handler runs, INTERIM_BYTES never set): the refusal must be answered all the same."""
+    u = URL(gw.admin_url)
+    body = orjson.dumps({"email": "flood@example.com", "name": "x" * 50_000})
+    head = (
+        f"POST /v1/users HTTP/1.1\r\nHost: {u.authority}\r\n{AUTH}"
+        "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    async with RawConn.open(gw.admin_url) as conn:
+        conn.send(head.encode())
+        assert (await conn.response(HANG_S)).status == 100
+        conn.send(chunked(body, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status == 413
+    assert orjson.loads(resp.body)["code"] == "too_many_chunks"
+
+
+async def test_a_flood_in_the_second_request_of_a_connection_is_refused(
+    gw: Running, bot: Bot
+) -> None:
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    plain = head.replace(b"Transfer-Encoding: chunked", b"Content-Length: 5000")
+    async with RawConn.open(gw.url) as conn:
+        # (a chunked request closes the connection after it: http_rules._close_after)
+        conn.send(plain + b"a" * 5000 + head + chunked(b"x" * 250_000, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        first = await conn.response(HANG_S)
+        second = await conn.response(HANG_S)
+    assert first.status == 200
+    assert second.status == 413
+    assert orjson.loads(second.body)["code"] == "too_many_chunks"
+    assert [c.body for c in bot.calls] == [b"a" * 5000]
+
+
+async def test_a_flood_trickled_in_small_writes_is_refused(gw: Running, bot: Bot) -> None:
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    wire = chunked(b"x" * 20_000, 1)
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head)
+        with contextlib.suppress(ConnectionError):
+            for i in range(0, len(wire), 600):
+                conn.send(wire[i : i + 600])
+                await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status == 413
+    assert bot.calls == []
+
+
+async def test_an_http10_flood_is_refused(gw: Running, bot: Bot) -> None:
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.0\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head + chunked(b"x" * 250_000, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status in (400, 413), resp.status
+    assert bot.calls == []
+
+
+async def test_extensions_and_leading_zeros_count(gw: Running, bot: Bot) -> None:
+    wire = b"".join(b"00000001;ext=" + b"v" * 20 + b"\r\nx\r\n" for _ in range(20_000))
+    status, code = await post_chunked(gw, wire + b"0\r\nT: 1\r\n\r\n", f"/hooks/web/{APP}/up")
+    assert (status, code) == (413, "too_many_chunks")
+    assert bot.calls == []
+
+
+async def test_a_large_content_length_body_passes_whole(gw: Running, bot: Bot) -> None:
+    body = bytes(range(256)) * 4000  # 1,024,000 bytes: many slices
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head + body + head + body)  # and a second, pipelined
+        await conn.writer.drain()
+        rs = [await conn.response(HANG_S), await conn.response(HANG_S)]
+    assert [r.status for r in rs] == [200, 200]
+    assert [c.body for c in bot.calls] == [body, body]
+
+
+async def test_a_flood_of_trailer_fields_is_refused(gw: Running, bot: Bot) -> None:
+    wire = b"1\r\nx\r\n0\r\n" + b"".join(b"t%d: v\r\n" % i for i in range(50_000)) + b"\r\n"
+    status, _ = await post_chunked(gw, wire, f"/hooks/web/{APP}/up")
+    assert status in (400, 413, 431), status
+    assert bot.calls == []
+
+
+async def test_an_upgrade_request_with_a_flood_is_not_forwarded(gw: Running, bot: Bot) -> None:
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    async with RawConn.open(gw.url) as conn:
+        conn.send(head + chunked(b"x" * 250_000, 1))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert resp.status != 200, resp.status
+    assert all(c.body != b"x" * 250_000 for c in bot.calls)
+
+
+async def test_floods_racing_admission_are_never_refunded_twice(
+    gw: Running, bot: Bot, rclient: RedisClient
+) -> None:
+    """The head first, the flood in a later write: the refusal lands before, during or
+    after admission. Whatever the timing, the account never ends above where it began
+    (a double refund), and a flood never reaches the bot whole."""
+    before = await free_credit(rclient, WS)
+    u = URL(gw.url)
+    head = (
+        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    for _ in range(15):
+        async with RawConn.open(gw.url) as conn:
+            conn.send(head)
+            await conn.writer.drain()
+            conn.send(chunked(b"x" * 100_000, 1))
+            with contextlib.suppress(ConnectionError):
+                await conn.writer.drain()
+            resp = await conn.response(HANG_S)
+        assert resp.status == 413
+    for _ in range(int(HANG_S / 0.05)):  # reservations settled (refunded or swept)
+        if not await rclient.zcard(keys.reservations_key(WS)):
+            break
+        await asyncio.sleep(0.05)
+    assert await free_credit(rclient, WS) <= before
+    assert bot.calls == []
