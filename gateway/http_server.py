@@ -65,18 +65,19 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
     _left = 0  # bytes buffered for the client when the bound started
     _framing: Framing | None = None  # the chunked body being parsed (gateway.chunk_framing)
     _quiet: asyncio.Future[None] | None = None  # set once the client of a refused body stops
+    _refused: StreamReader | None = None  # the body refused: nothing parsed after it
 
     def data_received(self, data: bytes) -> None:
         # A slice at a time, a chunked body's chunks counted after each: one call could
         # parse a whole read (256 KiB, 40,000 one-byte chunks) before any count. A paused
         # parser keeps what it is fed for later (its body's reader is behind): at once.
         at, size = 0, len(data)
-        while True:
+        while self._refused is None:  # once a body is refused, nothing more is parsed
             end = size if self._upgraded or self._reading_paused else at + SLICE
             self._parse(data[at:end] if at or end < size else data)
             at = end
             if at >= size or self._close or self._force_close:
-                return  # done, or a body refused: nothing more is parsed
+                return
 
     def _parse(self, data: bytes) -> None:
         queued = len(self._messages)
@@ -92,8 +93,12 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         if framing.over():
             self._framing = None
             framing.refuse()
-            self.close()  # nothing more is parsed; closed after the answer (_linger)
+            self._refused = framing.payload
             self._quiet = self._loop.create_future()
+            # Closed after its answer (_linger); a request still queued behind the one
+            # being answered (pipelined) is answered first (_handle_request closes).
+            if not any(payload is self._refused for _, payload in self._messages):
+                self.close()
         else:
             self._framing = None if framing.payload.is_eof() else framing
 
@@ -166,10 +171,13 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         return True  # keep the write side open until the last answer is out
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        request = args[0]
+        if self._refused is not None and request.content is self._refused:
+            self.close()  # refused while queued behind another: the last answered
         try:
             answered = await super()._handle_request(*args, **kwargs)
-            if self._quiet is not None:  # a body refused: its answer is written
-                await self._linger()
+            if self._refused is not None and request.content is self._refused:
+                await self._linger()  # its answer is written
             return answered
         finally:
             if self._peer_eof and not self._messages:
