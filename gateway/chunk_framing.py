@@ -7,9 +7,11 @@ Python calls whatever its size: a body sent one byte per chunk (``1\\r\\nx\\r\\n
 bytes on the wire a byte of body) cost a worker some 0.6 µs a chunk, 0.6 s of CPU for
 a 1 MiB body within ``max_body_bytes``, where the same body with a ``Content-Length``
 costs a few milliseconds: a client could pin a worker with a few MB. So a chunked body
-may have at most :data:`FREE` chunks plus one per :data:`PER_CHUNK` bytes of it. A body
-in chunks of 64 bytes or more never reaches the bound, nor does one of fewer than 1,025
-chunks; the worst body it lets through (1 MiB in 64-byte chunks) costs some 10-20 ms.
+may have at most :data:`FREE` chunks plus one per :data:`PER_CHUNK` bytes of it, at every
+point as it arrives (so 2,000 one-byte chunks are refused even if a 1 MiB chunk would
+have followed them). A body in chunks of 64 bytes or more never reaches the bound, nor
+does one of fewer than 1,025 chunks; the worst body it lets through (1 MiB in 64-byte
+chunks) costs some 10-20 ms.
 
 The protocol counts the chunks as its parser reads them (aiohttp's stream records where
 each ends), feeding the parser at most :data:`SLICE` bytes between two counts, so a body

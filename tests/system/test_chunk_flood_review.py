@@ -219,3 +219,16 @@ async def test_the_bound_is_exact(gw: Running, bot: Bot, chunks: int, status: in
     got, _ = await post_chunked(gw, chunked(body, 32), f"/hooks/web/{APP}/up")
     assert got == status
     assert [c.body for c in bot.calls] == ([body] if status == 200 else [])
+
+
+async def test_a_malformed_request_in_a_large_read_is_answered_once(gw: Running) -> None:
+    """The protocol feeds a read to the parser in slices: a parser failed in the first
+    must not make each later slice another answer."""
+    async with RawConn.open(gw.url) as conn:
+        conn.send(b"POST /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n" + b"j" * 200_000)
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
+        rest = b""
+        with contextlib.suppress(ConnectionError):
+            rest = await conn.rest(HANG_S)
+    assert rest.count(b"HTTP/1.") == 1, rest[:300]
