@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from tests.support.settings import HOST
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, in Sec-WebSocket-Accept
 
@@ -64,3 +67,17 @@ async def settled(rclient: RedisClient, ws: str) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def tight_bot(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, str]:
+    """A bot's listener and URL whose connections take 4 KiB at a time (the receive
+    buffer accepted sockets inherit, and the stream's limit): a client frame bigger than
+    the kernel's buffers then waits on the bot's reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((HOST, 0))
+    sock.listen(8)
+    url = f"http://{HOST}:{sock.getsockname()[1]}"
+    return await asyncio.start_server(handle, sock=sock, limit=4096), url

@@ -13,7 +13,6 @@ a failed one.
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
-from tests.support.settings import HOST, make_settings
-from tests.support.ws_frames import accept_upgrade, settled
+from tests.support.settings import make_settings
+from tests.support.ws_frames import accept_upgrade, settled, tight_bot
 from tests.system.test_fastpath_limits import unsent
 from tests.system.test_ws_stalled_bot import APP, CENT, SIZE, WS, gateway_with_sweeper
 
@@ -61,12 +60,7 @@ class PeekingBot:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> PeekingBot:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((HOST, 0))
-        sock.listen(8)
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
-        self._server = await asyncio.start_server(self._handle, sock=sock, limit=4096)
+        self._server, self.url = await tight_bot(self._handle)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

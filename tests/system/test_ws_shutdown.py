@@ -28,8 +28,7 @@ from meter.accounts.projection import read_balances
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
 from tests.support.serving import seeded_serve, tail
-from tests.support.settings import HOST
-from tests.support.ws_frames import accept_upgrade, client_frames, settled
+from tests.support.ws_frames import accept_upgrade, client_frames, settled, tight_bot
 
 WS = "wsshutdown"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
@@ -55,12 +54,7 @@ class TalkingBot:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> TalkingBot:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((HOST, 0))
-        sock.listen(8)
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
-        self._server = await asyncio.start_server(self._handle, sock=sock, limit=4096)
+        self._server, self.url = await tight_bot(self._handle)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

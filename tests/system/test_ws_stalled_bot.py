@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,8 +28,8 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.bot import Running, eventually, serve
-from tests.support.settings import HOST, make_settings
-from tests.support.ws_frames import accept_upgrade
+from tests.support.settings import make_settings
+from tests.support.ws_frames import accept_upgrade, tight_bot
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -75,12 +74,7 @@ class StalledBot:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> StalledBot:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((HOST, 0))
-        sock.listen(8)
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
-        self._server = await asyncio.start_server(self._handle, sock=sock, limit=4096)
+        self._server, self.url = await tight_bot(self._handle)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
