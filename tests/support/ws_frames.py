@@ -11,6 +11,8 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
+from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
+
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.settings import HOST
@@ -81,3 +83,13 @@ async def tight_bot(
     sock.listen(8)
     url = f"http://{HOST}:{sock.getsockname()[1]}"
     return await asyncio.start_server(handle, sock=sock, limit=4096), url
+
+
+async def after_pings(sock: ClientWebSocketResponse) -> WSMessage:
+    """Ping until something else than a pong comes (the gateway answers pings itself, and
+    they keep no socket alive: an idle one is closed meanwhile), and return that."""
+    while True:
+        await sock.ping()
+        msg = await sock.receive()
+        if msg.type is not WSMsgType.PONG:
+            return msg

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.usefixtures("traffic_server")
 WS = "chflood"
 APP = f"{WS}_app1"
 HANG_S = 60.0  # a bound for a hang only
+UP = f"/hooks/web/{APP}/up"
+CHUNKED = "Transfer-Encoding: chunked\r\n"
 
 
 @pytest.fixture
@@ -46,20 +48,29 @@ def chunked(body: bytes, size: int) -> bytes:
     return b"".join(parts) + b"0\r\n\r\n"
 
 
+def hook_head(
+    url: str, fields: str = CHUNKED, *, path: str = UP, version: str = "1.1", user: bool = True
+) -> bytes:
+    """A POST's head to ``path`` on ``url``'s server: its Host, a channel user (unless
+    ``user`` is false), then ``fields`` (each ending in CRLF)."""
+    who = "X-Channel-User-Id: u1\r\n" if user else ""
+    return f"POST {path} HTTP/{version}\r\nHost: {URL(url).authority}\r\n{who}{fields}\r\n".encode()
+
+
+async def sent(conn: RawConn, data: bytes) -> None:
+    """``data`` written as the socket takes it (the gateway may close before it took all)."""
+    conn.send(data)
+    with contextlib.suppress(ConnectionError):
+        await conn.writer.drain()
+
+
 async def post_chunked(
     gw: Running, wire: bytes, path: str, extra: str = "", *, url: str = ""
 ) -> tuple[int, str]:
     """POST a chunked body of these bytes at once (to the traffic port unless ``url``
     says); the answer's status and problem code."""
-    u = URL(url or gw.url)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        f"{extra}Transfer-Encoding: chunked\r\n\r\n"
-    )
-    async with RawConn.open(str(u)) as conn:
-        conn.send(head.encode() + wire)  # written as the socket takes it; read meanwhile
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()  # the gateway may close before taking it all
+    async with RawConn.open(url or gw.url) as conn:
+        await sent(conn, hook_head(url or gw.url, extra + CHUNKED, path=path) + wire)
         resp = await conn.response(HANG_S)
     code = orjson.loads(resp.body).get("code", "") if resp.is_problem else ""
     return resp.status, code
@@ -124,17 +135,10 @@ async def test_a_streamed_upload_of_many_medium_chunks_passes(
 async def test_a_flood_after_a_100_continue_is_answered(gw: Running, bot: Bot) -> None:
     """The client asked for a 100 and got it before its body was read: the refusal of
     its body is still answered (an interim answer is no answer begun)."""
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
     async with RawConn.open(gw.url) as conn:
-        conn.send(head.encode())
+        conn.send(hook_head(gw.url, "Expect: 100-continue\r\n" + CHUNKED))
         assert (await conn.response(HANG_S)).status == 100
-        conn.send(chunked(b"x" * 250_000, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, chunked(b"x" * 250_000, 1))
         resp = await conn.response(HANG_S)
     assert resp.status == 413
     assert orjson.loads(resp.body)["code"] == "too_many_chunks"
@@ -148,21 +152,14 @@ async def test_a_flood_after_the_bot_had_its_start_stays_charged(
     flood: 413 all the same, the bot never gets a complete request, and the charge
     stays, as for any body failing once the bot had its start (gateway.proxy)."""
     before = await free_credit(rclient, WS)
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n1000\r\n" + "a" * 4096 + "\r\n"
-    )
     async with RawConn.open(gw.url) as conn:
-        conn.send(head.encode())
+        conn.send(hook_head(gw.url) + b"1000\r\n" + b"a" * 4096 + b"\r\n")
         for _ in range(int(HANG_S / 0.05)):  # until the charge is confirmed (a hang bound)
             charged = await free_credit(rclient, WS) < before
             if charged and not await rclient.zcard(keys.reservations_key(WS)):
                 break
             await asyncio.sleep(0.05)
-        conn.send(chunked(b"x" * 250_000, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, chunked(b"x" * 250_000, 1))
         resp = await conn.response(HANG_S)
     assert resp.status == 413
     assert orjson.loads(resp.body)["code"] == "too_many_chunks"

@@ -9,14 +9,23 @@ import zlib
 
 import orjson
 import pytest
-from yarl import URL
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, free_credit
 from tests.support.rawhttp import Closed, RawConn
 from tests.support.settings import OPERATOR_TOKEN
-from tests.system.test_chunk_flood import APP, HANG_S, WS, chunked, gw, post_chunked
+from tests.system.test_chunk_flood import (
+    CHUNKED,
+    HANG_S,
+    UP,
+    WS,
+    chunked,
+    gw,
+    hook_head,
+    post_chunked,
+    sent,
+)
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 __all__ = ["gw"]
@@ -55,18 +64,12 @@ async def test_a_compressed_body_to_the_admin_api_is_refused_as_such(gw: Running
 async def test_a_flood_after_the_admin_ports_100_continue_is_answered(gw: Running) -> None:
     """The admin routes keep aiohttp's own expect handler (its 100 written before the
     handler runs, INTERIM_BYTES never set): the refusal must be answered all the same."""
-    u = URL(gw.admin_url)
     body = orjson.dumps({"email": "flood@example.com", "name": "x" * 50_000})
-    head = (
-        f"POST /v1/users HTTP/1.1\r\nHost: {u.authority}\r\n{AUTH}"
-        "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
+    fields = AUTH + "Expect: 100-continue\r\n" + CHUNKED
     async with RawConn.open(gw.admin_url) as conn:
-        conn.send(head.encode())
+        conn.send(hook_head(gw.admin_url, fields, path="/v1/users", user=False))
         assert (await conn.response(HANG_S)).status == 100
-        conn.send(chunked(body, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, chunked(body, 1))
         resp = await conn.response(HANG_S)
     assert resp.status == 413
     assert orjson.loads(resp.body)["code"] == "too_many_chunks"
@@ -75,17 +78,11 @@ async def test_a_flood_after_the_admin_ports_100_continue_is_answered(gw: Runnin
 async def test_a_flood_in_the_second_request_of_a_connection_is_refused(
     gw: Running, bot: Bot
 ) -> None:
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode()
-    plain = head.replace(b"Transfer-Encoding: chunked", b"Content-Length: 5000")
+    head = hook_head(gw.url)
+    plain = hook_head(gw.url, "Content-Length: 5000\r\n")
     async with RawConn.open(gw.url) as conn:
         # (a chunked request closes the connection after it: http_rules._close_after)
-        conn.send(plain + b"a" * 5000 + head + chunked(b"x" * 250_000, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, plain + b"a" * 5000 + head + chunked(b"x" * 250_000, 1))
         first = await conn.response(HANG_S)
         second = await conn.response(HANG_S)
     assert first.status == 200
@@ -95,11 +92,7 @@ async def test_a_flood_in_the_second_request_of_a_connection_is_refused(
 
 
 async def test_a_flood_trickled_in_small_writes_is_refused(gw: Running, bot: Bot) -> None:
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode()
+    head = hook_head(gw.url)
     wire = chunked(b"x" * 20_000, 1)
     async with RawConn.open(gw.url) as conn:
         conn.send(head)
@@ -113,15 +106,9 @@ async def test_a_flood_trickled_in_small_writes_is_refused(gw: Running, bot: Bot
 
 
 async def test_an_http10_flood_is_refused(gw: Running, bot: Bot) -> None:
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.0\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode()
+    head = hook_head(gw.url, version="1.0")
     async with RawConn.open(gw.url) as conn:
-        conn.send(head + chunked(b"x" * 250_000, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, head + chunked(b"x" * 250_000, 1))
         resp = await conn.response(HANG_S)
     assert resp.status in (400, 413), resp.status
     assert bot.calls == []
@@ -129,18 +116,14 @@ async def test_an_http10_flood_is_refused(gw: Running, bot: Bot) -> None:
 
 async def test_extensions_and_leading_zeros_count(gw: Running, bot: Bot) -> None:
     wire = b"".join(b"00000001;ext=" + b"v" * 20 + b"\r\nx\r\n" for _ in range(20_000))
-    status, code = await post_chunked(gw, wire + b"0\r\nT: 1\r\n\r\n", f"/hooks/web/{APP}/up")
+    status, code = await post_chunked(gw, wire + b"0\r\nT: 1\r\n\r\n", UP)
     assert (status, code) == (413, "too_many_chunks")
     assert bot.calls == []
 
 
 async def test_a_large_content_length_body_passes_whole(gw: Running, bot: Bot) -> None:
     body = bytes(range(256)) * 4000  # 1,024,000 bytes: many slices
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = hook_head(gw.url, f"Content-Length: {len(body)}\r\n")
     async with RawConn.open(gw.url) as conn:
         conn.send(head + body + head + body)  # and a second, pipelined
         await conn.writer.drain()
@@ -154,7 +137,7 @@ async def test_a_flood_of_trailer_fields_is_refused(gw: Running, bot: Bot) -> No
     gateway closing on what the client still sends)."""
     wire = b"1\r\nx\r\n0\r\n" + b"".join(b"t%d: v\r\n" % i for i in range(50_000)) + b"\r\n"
     try:
-        status, _ = await post_chunked(gw, wire, f"/hooks/web/{APP}/up")
+        status, _ = await post_chunked(gw, wire, UP)
     except (ConnectionError, Closed):
         status = 0
     assert status in (0, 400), status
@@ -162,16 +145,13 @@ async def test_a_flood_of_trailer_fields_is_refused(gw: Running, bot: Bot) -> No
 
 
 async def test_an_upgrade_request_with_a_flood_is_not_forwarded(gw: Running, bot: Bot) -> None:
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
+    upgrade = (
         "Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nTransfer-Encoding: chunked\r\n\r\n"
-    ).encode()
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    head = hook_head(gw.url, upgrade + CHUNKED)
     async with RawConn.open(gw.url) as conn:
-        conn.send(head + chunked(b"x" * 250_000, 1))
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, head + chunked(b"x" * 250_000, 1))
         resp = await conn.response(HANG_S)
     assert resp.status != 200, resp.status
     assert all(c.body != b"x" * 250_000 for c in bot.calls)
@@ -184,18 +164,12 @@ async def test_floods_racing_admission_are_never_refunded_twice(
     after admission. Whatever the timing, the account never ends above where it began
     (a double refund), and a flood never reaches the bot whole."""
     before = await free_credit(rclient, WS)
-    u = URL(gw.url)
-    head = (
-        f"POST /hooks/web/{APP}/up HTTP/1.1\r\nHost: {u.authority}\r\nX-Channel-User-Id: u1\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode()
+    head = hook_head(gw.url)
     for _ in range(15):
         async with RawConn.open(gw.url) as conn:
             conn.send(head)
             await conn.writer.drain()
-            conn.send(chunked(b"x" * 100_000, 1))
-            with contextlib.suppress(ConnectionError):
-                await conn.writer.drain()
+            await sent(conn, chunked(b"x" * 100_000, 1))
             resp = await conn.response(HANG_S)
         assert resp.status == 413
     for _ in range(int(HANG_S / 0.05)):  # reservations settled (refunded or swept)
@@ -216,7 +190,7 @@ async def test_floods_racing_admission_are_never_refunded_twice(
 async def test_the_bound_is_exact(gw: Running, bot: Bot, chunks: int, status: int) -> None:
     """Chunks of 32 bytes: each prefix of the body is within the bound up to 2,048."""
     body = b"y" * (32 * chunks)
-    got, _ = await post_chunked(gw, chunked(body, 32), f"/hooks/web/{APP}/up")
+    got, _ = await post_chunked(gw, chunked(body, 32), UP)
     assert got == status
     assert [c.body for c in bot.calls] == ([body] if status == 200 else [])
 
@@ -225,9 +199,7 @@ async def test_a_malformed_request_in_a_large_read_is_answered_once(gw: Running)
     """The protocol feeds a read to the parser in slices: a parser failed in the first
     must not make each later slice another answer."""
     async with RawConn.open(gw.url) as conn:
-        conn.send(b"POST /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n" + b"j" * 200_000)
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
+        await sent(conn, b"POST /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n" + b"j" * 200_000)
         rest = b""
         with contextlib.suppress(ConnectionError):
             rest = await conn.rest(HANG_S)

@@ -31,6 +31,7 @@ from tests.support.bot import Running, eventually, running_gateway, serve
 from tests.support.channel_keys import SECRET_KEY, hs256, set_secret
 from tests.support.held_bot import held_bot
 from tests.support.settings import make_settings
+from tests.support.ws_frames import after_pings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -227,11 +228,7 @@ async def test_a_websocket_that_sends_nothing_gives_its_seat_back_after_the_firs
         async with running_gateway(settings) as gw:
             sock_url = f"{gw.url}/hooks/web/wsfm_app1/s"
             async with http.ws_connect(f"{sock_url}?user=quiet", autoping=False) as sock:
-                while True:  # pings, answered by the gateway, until it closes the socket
-                    await sock.ping()
-                    msg = await sock.receive()
-                    if msg.type is not WSMsgType.PONG:
-                        break
+                msg = await after_pings(sock)  # until the gateway closes the socket
                 assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "idle")
             assert await eventually(lambda: bot.closes == [1001])
             # The seat serves the next socket. Its "hi" has the same 0.2 s: a busy machine

@@ -26,6 +26,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, eventually, running_gateway, serve
 from tests.support.settings import make_settings
+from tests.support.ws_frames import after_pings
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -219,11 +220,7 @@ async def test_an_idle_websocket_is_closed_1001_both_ways_pings_or_not(
                         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "idle")
                         continue  # closed before the echo: too late, again
                     assert msg.data == "echo:hi"
-                    while True:  # pings, answered by the gateway, until it closes the socket
-                        await sock.ping()
-                        msg = await sock.receive()
-                        if msg.type is not WSMsgType.PONG:
-                            break
+                    msg = await after_pings(sock)  # until the gateway closes the socket
                     assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "idle")
                     break
         assert await eventually(lambda: sbot.closes == [1001] * opened)
