@@ -20,11 +20,12 @@ local D = function(x) return string.format('%d', x) end
 local ENTRY_RE = '^(%d+),(%d+),(%d+),([^,]+),(%d+),(%d+),(.*)$'
 
 -- An alive conversation's newest entry is at most IDLE + BLOCK old, so a lookup walks a
--- few buckets, newest first; the newest allows for a replica whose clock is up to a
--- minute behind. Their keys are formatted once per call.
+-- few buckets, newest first (SR_NEW down to SR_OLD, step SB); the newest allows for a
+-- replica whose clock is up to a minute behind. Their keys are formatted once per call.
+-- (A range, not a table of the buckets: a table and its growth cost every call.)
 local SB = math.max(1, math.floor(BLOCK / 1000))
 local function sbucket_of(ms) return math.floor(ms / 1000 / SB) * SB end
-local SRB, SRK = {}, {} -- the buckets looked at, newest first; bucket -> key
+local SRK = {} -- bucket -> key
 local function sr_key(b)
   local k = SRK[b]
   if not k then
@@ -33,14 +34,11 @@ local function sr_key(b)
   end
   return k
 end
-for b = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK), -SB do
-  SRB[#SRB + 1] = b
-end
+local SR_NEW, SR_OLD = sbucket_of(now + 60000), sbucket_of(now - IDLE - BLOCK)
 
 -- The entry of field "app\tchannel\tuser" and its bucket, or nil.
 local function session_find(fld)
-  for i = 1, #SRB do
-    local b = SRB[i]
+  for b = SR_NEW, SR_OLD, -SB do
     local v = redis.call('HGET', SRK[b] or sr_key(b), fld)
     if v then return v, b end
   end

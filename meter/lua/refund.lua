@@ -82,8 +82,7 @@ local NONE = {0, 0, 0, 0, 0}
 -- whether it is the conversation's newest; nil when none is found.
 local function entry_of(fld, bsid)
   local alt, newest = fld .. '\t' .. bsid, true
-  for i = 1, #SRB do
-    local b = SRB[i]
+  for b = SR_NEW, SR_OLD, -SB do
     local r = redis.call('HMGET', sr_key(b), fld, alt)
     if r[1] then
       if string.match(r[1], '^%d+,%d+,%d+,([^,]+),') == bsid then return r[1], b, fld, newest end
