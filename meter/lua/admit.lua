@@ -166,11 +166,12 @@ for i = FIRST, #ARGV do
 end
 
 -- Crossings, each announced once ------------------------------------------------------
-if W0.free > 0 and W.free == 0 then
+if W0free > 0 and W.free == 0 then
   -- Each time the set runs out, once: "exhausted:<set>", then (a refund gave some back and
   -- they ran out again) "exhausted:<set>:<n>", n counted in free_exhausted ("<set>:<n>") in
   -- the workspace hash, so a Redis that lost a crossing does it again under the same n.
   local last, n = redis.call('HGET', wsk, 'free_exhausted') or '', 1
+  local FREE_SET = free_set()
   if string.sub(last, 1, #FREE_SET + 1) == FREE_SET .. ':' then
     n = tonumber(string.sub(last, #FREE_SET + 2)) + 1
   end
@@ -181,9 +182,9 @@ if W0.free > 0 and W.free == 0 then
 end
 local paid_total = W.pool + W.apps
 -- Zero or below: a payment given back (reverse.lua) may leave the paid total negative.
-if W0.pool + W0.apps > 0 and paid_total <= 0 then event('paid_balance.zero', {}) end
+if W0pool + W0apps > 0 and paid_total <= 0 then event('paid_balance.zero', {}) end
 local usable = (free_valid and W.free or 0) + paid_total
-local debited = W.free ~= W0.free or W.pool ~= W0.pool or W.apps ~= W0.apps
+local debited = W.free ~= W0free or W.pool ~= W0pool or W.apps ~= W0apps
 if debited and not W.low then
   local low = tonumber(wr[10] or '') or ARGV[6] + 0 -- the owner's own threshold, if set
   if usable < low then
@@ -193,17 +194,20 @@ if debited and not W.low then
 end
 
 -- Write back --------------------------------------------------------------------------
-local wset = {}
-if W.free ~= W0.free or W.lapsed ~= W0.lapsed then
-  wset[#wset + 1] = 'free'; wset[#wset + 1] = D(W.free)
-  wset[#wset + 1] = 'lapsed'; wset[#wset + 1] = D(W.lapsed)
-  if LAPSED_SET then wset[#wset + 1] = 'free_lapsed'; wset[#wset + 1] = LAPSED_SET end
+-- The workspace's balances that changed, in one HSET (a table made only then).
+if debited or W.lapsed ~= W0lapsed or W.seq ~= W0seq or W.low ~= W0low then
+  local wset = {}
+  if W.free ~= W0free or W.lapsed ~= W0lapsed then
+    wset[#wset + 1] = 'free'; wset[#wset + 1] = D(W.free)
+    wset[#wset + 1] = 'lapsed'; wset[#wset + 1] = D(W.lapsed)
+    if LAPSED_SET then wset[#wset + 1] = 'free_lapsed'; wset[#wset + 1] = LAPSED_SET end
+  end
+  if W.pool ~= W0pool then wset[#wset + 1] = F_POOL; wset[#wset + 1] = D(W.pool) end
+  if W.apps ~= W0apps then wset[#wset + 1] = F_APPS; wset[#wset + 1] = D(W.apps) end
+  if W.seq ~= W0seq then wset[#wset + 1] = 'seq'; wset[#wset + 1] = D(W.seq) end
+  if W.low ~= W0low then wset[#wset + 1] = 'low'; wset[#wset + 1] = W.low and '1' or '0' end
+  redis.call('HSET', wsk, unpack(wset))
 end
-if W.pool ~= W0.pool then wset[#wset + 1] = F_POOL; wset[#wset + 1] = D(W.pool) end
-if W.apps ~= W0.apps then wset[#wset + 1] = F_APPS; wset[#wset + 1] = D(W.apps) end
-if W.seq ~= W0.seq then wset[#wset + 1] = 'seq'; wset[#wset + 1] = D(W.seq) end
-if W.low ~= W0.low then wset[#wset + 1] = 'low'; wset[#wset + 1] = W.low and '1' or '0' end
-if #wset > 0 then redis.call('HSET', wsk, unpack(wset)) end
 
 for id, a in pairs(apps) do
   if a and a.dirty then
@@ -244,8 +248,10 @@ for _, r in pairs(rates) do
     end
   end
 end
-for uk, u in pairs(usage) do
-  if u.add > 0 then redis.call('INCRBY', uk, u.add) end
+if usage then
+  for uk, u in pairs(usage) do
+    if u.add > 0 then redis.call('INCRBY', uk, u.add) end
+  end
 end
 local bs = D(bucket)
 local agk = P .. ':ag:' .. bs
@@ -257,16 +263,23 @@ local agk = P .. ':ag:' .. bs
 -- answer indexes the bucket (again, harmlessly, for a field that was 0); any other
 -- answer means the hash was there, hence indexed. Most calls thus skip the ZADD.
 local fresh = false
+local METRICS = 'nmfapi'
 for fkey, g in pairs(agg) do
   for j = 1, 6 do
     local v = g[j]
-    if v ~= 0 and redis.call('HINCRBY', agk, fkey .. METRICS[j], v) == v then fresh = true end
+    if v ~= 0 and redis.call('HINCRBY', agk, fkey .. string.sub(METRICS, j, j), v) == v then
+      fresh = true
+    end
   end
 end
-for field, v in pairs(refused) do
-  if redis.call('HINCRBY', agk, field, v) == v then fresh = true end
+if refused then
+  for field, v in pairs(refused) do
+    if redis.call('HINCRBY', agk, field, v) == v then fresh = true end
+  end
 end
 if fresh then redis.call('ZADD', P .. ':agi', bs, bs) end
-for b in pairs(sri) do redis.call('ZADD', P .. ':sri', b, b) end
-if #events > 0 then redis.call('RPUSH', P .. ':ev', unpack(events)) end
+if sri then
+  for b in pairs(sri) do redis.call('ZADD', P .. ':sri', b, b) end
+end
+if events then redis.call('RPUSH', P .. ':ev', unpack(events)) end
 return out

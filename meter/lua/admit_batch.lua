@@ -48,19 +48,27 @@ local W = {
 -- owner event by it, so a Redis that lost them and does them again is not counted twice.
 -- free_lapsed names the set that lapsed last (refund.lua gives such credits back as
 -- lapsed, whatever its clock says).
-local FREE_SET = D(W.free_exp) .. ':' .. D((wr[11] or 0) + 0)
+-- FREE_SET ("<free_exp>:<free_granted>") is formatted only where a lapse or exhaustion
+-- needs it (free_set()); free_granted is read here all the same.
+local FREE_GRANTED, FREE_SET = (wr[11] or 0) + 0, nil
+local function free_set()
+  FREE_SET = FREE_SET or D(W.free_exp) .. ':' .. D(FREE_GRANTED)
+  return FREE_SET
+end
 local LAPSED_SET -- the set this call lapsed: written back as free_lapsed
 -- An id (event e<n>, billing session s<n>) is at least now x 1000: a Redis that lost
 -- recent writes (failover, restart from an older file) never gives one again.
 if W.seq < now * 1000 then W.seq = now * 1000 - 1 end
-local W0 = {free = W.free, pool = W.pool, apps = W.apps, seq = W.seq, low = W.low,
-  lapsed = W.lapsed}
-local events = {}
+-- The balances as read (the write-back writes what changed): locals, not a table.
+local W0free, W0pool, W0apps, W0seq, W0low, W0lapsed = W.free, W.pool, W.apps, W.seq, W.low,
+  W.lapsed
+local events -- made by the first event
 local function event(kind, fields)
   W.seq = W.seq + 1
   fields.id = 'e' .. D(W.seq)
   fields.type = kind
   fields.at = now
+  events = events or {}
   events[#events + 1] = cjson.encode(fields)
 end
 
@@ -70,22 +78,24 @@ end
 -- with the lapsed total before it: the store takes them too, and once from a Redis that
 -- lost them.
 if W.free > 0 and now >= W.free_exp then
-  local once = 'expiry:' .. FREE_SET
+  local once = 'expiry:' .. free_set()
   if wr[12] == FREE_SET then once = once .. ':' .. D(W.lapsed) end
   event('free_credits.expired', {amount = W.free, once = once})
   LAPSED_SET = FREE_SET
   W.lapsed = W.lapsed + W.free
   W.free = 0
-  W0.free = 0
+  W0free = 0
 end
 local free_valid = now < W.free_exp
 
 -- Per-batch caches --------------------------------------------------------------------
-local apps, prods, rates, usage = {}, {}, {}, {}
+-- usage, refused and sri are made when first written (admit_rules.lua): most calls
+-- write none of them, and each table made costs every call.
+local apps, prods, rates, usage = {}, {}, {}, nil
 -- Aggregates: per field prefix (fkey_of) the sums of the metrics
 -- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
-local agg, refused, METRICS = {}, {}, {'n', 'm', 'f', 'a', 'p', 'i'}
-local sri = {} -- session-record buckets that got a new entry
+local agg, refused = {}, nil
+local sri -- session-record buckets that got a new entry
 
 -- The app's configuration and app balance, or false for an unknown app; a.pr: its
 -- product's unit, price and (enterprise) licence, read right after the app (one function

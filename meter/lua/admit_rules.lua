@@ -6,6 +6,7 @@
 -- Enterprise usage of a product in the billing period (counted, never debited).
 local function usage_of(product)
   local uk = P .. ':lu:' .. product .. ':' .. PERIOD
+  usage = usage or {}
   local u = usage[uk]
   if u == nil then
     u = {used = tonumber(redis.call('GET', uk) or '0'), add = 0}
@@ -38,6 +39,7 @@ local REFUSAL_MARK_MS = 10000
 local function refuse(fkey, code, retry, token)
   if redis.call('SET', P .. ':rf:' .. token, code, 'NX', 'PX', REFUSAL_MARK_MS) then
     local rk = fkey .. 'r:' .. REASON[code]
+    refused = refused or {}
     refused[rk] = (refused[rk] or 0) + 1
   end
   result(code, 0, 0, 0, 0, 0, retry or 0, '', 0)
@@ -46,6 +48,7 @@ end
 -- Shadow mode: the refusal is counted (aggregate field "s:<reason>") but not applied.
 local function shadow(fkey, code)
   local sk = fkey .. 's:' .. REASON[code]
+  refused = refused or {}
   refused[sk] = (refused[sk] or 0) + 1
   return code
 end
@@ -195,6 +198,7 @@ local function write_session(S, a, charged)
       if m1 ~= '0' then redis.call('HSET', sr_key(nb), S.fld .. '\t' .. s1, S.found) end
     end
     S.fkb, S.msgs, S.amount, S.opened = nb, 1, charged, D(now)
+    sri = sri or {}
     sri[nb] = true
   else
     S.msgs = S.msgs + 1
