@@ -171,7 +171,7 @@ if W0free > 0 and W.free == 0 then
   -- they ran out again) "exhausted:<set>:<n>", n counted in free_exhausted ("<set>:<n>") in
   -- the workspace hash, so a Redis that lost a crossing does it again under the same n.
   local last, n = redis.call('HGET', wsk, 'free_exhausted') or '', 1
-  local FREE_SET = free_set()
+  FREE_SET = FREE_SET or D(W.free_exp) .. ':' .. D(FREE_GRANTED) -- as admit_batch.lua's
   if string.sub(last, 1, #FREE_SET + 1) == FREE_SET .. ':' then
     n = tonumber(string.sub(last, #FREE_SET + 2)) + 1
   end
@@ -237,9 +237,9 @@ for _, r in pairs(rates) do
       -- HINCRBY would), the total, and o and n where they changed (a new or reset window
       -- has neither; o changes only when trimmed; n when a newer bucket is written).
       if w.new or w.trimmed or not w.same_n then
-        redis.call('HSET', w.key, w.cs, D(w.c + w.add), 't', D(w.t), 'o', D(w.o), 'n', w.cs)
+        redis.call('HSET', w.key, w.cs, N(w.c + w.add), 't', D(w.t), 'o', D(w.o), 'n', w.cs)
       else
-        redis.call('HSET', w.key, w.cs, D(w.c + w.add), 't', D(w.t))
+        redis.call('HSET', w.key, w.cs, N(w.c + w.add), 't', D(w.t))
       end
       if w.new or w.n ~= w.cur then redis.call('PEXPIRE', w.key, math.ceil(w.g * (NB + 2))) end
     elseif w.trimmed then
@@ -253,7 +253,7 @@ if usage then
     if u.add > 0 then redis.call('INCRBY', uk, u.add) end
   end
 end
-local bs = D(bucket)
+local bs = AT and string.sub(AT, 3) or D(bucket) -- AT: "\t@<bucket>", if made
 local agk = P .. ':ag:' .. bs
 -- The bucket goes into the index P:agi only when this call made its hash. Every script
 -- that makes a P:ag:<b> indexes it at once (here, refund.lua), and claim.lua takes b out

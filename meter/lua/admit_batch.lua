@@ -48,13 +48,9 @@ local W = {
 -- owner event by it, so a Redis that lost them and does them again is not counted twice.
 -- free_lapsed names the set that lapsed last (refund.lua gives such credits back as
 -- lapsed, whatever its clock says).
--- FREE_SET ("<free_exp>:<free_granted>") is formatted only where a lapse or exhaustion
--- needs it (free_set()); free_granted is read here all the same.
+-- FREE_SET ("<free_exp>:<free_granted>") is formatted only where a lapse (below) or an
+-- exhaustion (admit.lua) needs it; free_granted is read here all the same.
 local FREE_GRANTED, FREE_SET = (wr[11] or 0) + 0, nil
-local function free_set()
-  FREE_SET = FREE_SET or D(W.free_exp) .. ':' .. D(FREE_GRANTED)
-  return FREE_SET
-end
 local LAPSED_SET -- the set this call lapsed: written back as free_lapsed
 -- An id (event e<n>, billing session s<n>) is at least now x 1000: a Redis that lost
 -- recent writes (failover, restart from an older file) never gives one again.
@@ -78,7 +74,8 @@ end
 -- with the lapsed total before it: the store takes them too, and once from a Redis that
 -- lost them.
 if W.free > 0 and now >= W.free_exp then
-  local once = 'expiry:' .. free_set()
+  FREE_SET = D(W.free_exp) .. ':' .. D(FREE_GRANTED)
+  local once = 'expiry:' .. FREE_SET
   if wr[12] == FREE_SET then once = once .. ':' .. D(W.lapsed) end
   event('free_credits.expired', {amount = W.free, once = once})
   LAPSED_SET = FREE_SET
