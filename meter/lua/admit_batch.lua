@@ -89,7 +89,7 @@ local free_valid = now < W.free_exp
 -- usage, refused and sri are made when first written (admit_rules.lua): most calls
 -- write none of them, and each table made costs every call.
 local apps, prods, rates, usage = {}, {}, {}, nil
--- Aggregates: per field prefix (fkey_of) the sums of the metrics
+-- Aggregates: per field prefix (admit_one's fkey) the sums of the metrics
 -- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
 local agg, refused = {}, nil
 local sri -- session-record buckets that got a new entry
@@ -119,7 +119,8 @@ local function app_of(id)
       a = {product = p, suspended = r[2] == '1', use_free = r[3] ~= '0',
         app = tonumber(r[4] or '0'), pm = r[5] and tonumber(r[5]) or ARGV[8] + 0,
         ph = r[6] and tonumber(r[6]) or ARGV[9] + 0,
-        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false, pr = x}
+        inactive = r[7] == '1', shadow = r[8] == '1', dirty = false, pr = x,
+        fch = false, funit = false, fkey = false}
     end
     apps[id] = a
   end
@@ -242,26 +243,4 @@ local function count_rate(rt)
     rt.m.t, rt.m.add = rt.m.t + 1, rt.m.add + 1
     rt.h.t, rt.h.add = rt.h.t + 1, rt.h.add + 1
   end
-end
-
--- Aggregate field prefix "<app>\t<ch>\t<product>\t<unit>\t" (keys.py agg_field), built once
--- per batch.
-local fkeys = {}
-local function fkey_of(app_id, ch, product, unit)
-  local byapp = fkeys[app_id]
-  if not byapp then
-    byapp = {}
-    fkeys[app_id] = byapp
-  end
-  local bych = byapp[ch]
-  if not bych then
-    bych = {}
-    byapp[ch] = bych
-  end
-  local k = bych[unit]
-  if not k then
-    k = app_id .. '\t' .. ch .. '\t' .. product .. '\t' .. unit .. '\t'
-    bych[unit] = k
-  end
-  return k
 end

@@ -85,7 +85,15 @@ local function admit_one(arg)
   end
   local unit, price = pr.unit, pr.price
   if kind == 'n' or kind == 'N' then unit, price = 'notification', W.np end
-  local fkey = fkey_of(app_id, ch, a.product, unit)
+  -- The aggregate field prefix "<app>\t<ch>\t<product>\t<unit>\t" (keys.py agg_field):
+  -- the app remembers the last one made (fch, funit, fkey), so a batch of one channel and
+  -- unit builds it once (and no table, nor a function, is made for it).
+  local fkey = a.fkey
+  if a.fch ~= ch or a.funit ~= unit then
+    local product = a.product
+    fkey = app_id .. '\t' .. ch .. '\t' .. product .. '\t' .. unit .. '\t'
+    a.fch, a.funit, a.fkey = ch, unit, fkey
+  end
   local found, fkb
   if unit == 'session' then
     found, fkb = session_find(sfld)

@@ -15,7 +15,7 @@ local function usage_of(product)
   return u
 end
 
--- One admission's charge in the aggregates of its field prefix (fkey_of).
+-- One admission's charge in the aggregates of its field prefix (admit_one's fkey).
 local function tally(fkey, units, free, app, pool, inv)
   local g = agg[fkey]
   if g == nil then
