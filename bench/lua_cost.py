@@ -2,8 +2,8 @@
 throughput is noisy (a shared machine), measured under valgrind (callgrind).
 
 Runs redis-server under ``valgrind --tool=callgrind`` twice, with the same set-up (one
-workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 22 calls of
-``--batch`` admissions; the difference over 20 calls is the cost of those admissions
+workspace of bench/admission.py, 1,024 open billing sessions) and 2 then 2 + ``--calls``
+(20) calls of ``--batch`` admissions; the difference is the cost of those admissions
 alone, per admission (at batch 1: per call, the call's fixed cost included). Not
 counted: serverCron, timer work that grows with the wall time valgrind stretches (on a
 busy machine it added tens of thousands of instructions per call of batch 1). Rows:
@@ -17,6 +17,11 @@ fixed cost of a call, large ones the cost of an admission.
 
     .venv/bin/python -m bench.lua_cost [--batch 256]     # needs valgrind; ~1 min
     .venv/bin/python -m bench.lua_cost --batch 1 16 256  # ~3 min
+    .venv/bin/python -m bench.lua_cost --batch 1 16 --calls 400  # ~4 min
+
+Over 20 calls a batch of 1 moves by 10,000-30,000 instructions run to run (a step of
+Lua's garbage collector falls inside them or not); over 400 calls by about 1,000, and
+variants of the script that do the same work differ by up to 3,000.
 """
 
 from __future__ import annotations
@@ -104,14 +109,15 @@ async def _prepare(port: int) -> list[int | str]:
     return [v if isinstance(v, int) else str(v) for v in head]  # type: ignore[misc]
 
 
-def per_admission(kind: str, batch: int) -> float:
-    """Instructions per admission of 20 calls of ``batch`` (the set-up subtracted)."""
-    return (instructions(kind, 22, batch) - instructions(kind, 2, batch)) / (20 * batch)
+def per_admission(kind: str, batch: int, calls: int = 20) -> float:
+    """Instructions per admission of ``calls`` calls of ``batch`` (the set-up subtracted)."""
+    return (instructions(kind, 2 + calls, batch) - instructions(kind, 2, batch)) / (calls * batch)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[256], help="one or more sizes")
+    ap.add_argument("--calls", type=int, default=20, help="calls measured per figure")
     opt = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("bench.lua_cost needs valgrind")
@@ -124,7 +130,7 @@ def main() -> None:
         ("long", "the same, a 60-character key (a WhatsApp id)"),
         ("new", "opening a new billing session"),
     ):
-        costs = [per_admission(kind, b) for b in opt.batch]
+        costs = [per_admission(kind, b, opt.calls) for b in opt.batch]
         print(f"  {label:<52}" + "".join(f" {c:>11,.0f}" for c in costs), flush=True)
 
 
