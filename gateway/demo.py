@@ -196,7 +196,7 @@ async def _seed_store(settings: Settings, client: Any, bot_url: str) -> Seeded:
         ample = await apps.create_app(d, user.id, ws, "Ample bot", "automation", bot_url)
         tight = await apps.create_app(d, user.id, ws, "Tight bot", "automation", bot_url)
         actor = f"user:{user.id}"
-        await apps.update_app(d, actor, tight, {"use_free_credits": False})
+        await apps.update_app(d, actor, tight, {"use_free_credits": False}, owner=None)
         await credits.add_funds(d, actor, ws, "0.60", app_id=tight.id, reference="demo-tight")
         return Seeded(ws.id, ample.id, tight.id, token)
     finally:

@@ -62,6 +62,18 @@ class Grant:
     app: App | None = None
     roles: frozenset[str] = frozenset()
 
+    @property
+    def relied_owner(self) -> str | None:
+        """The app owner this grant relied on, whom an app write must still find owning
+        the app (the store's ``expect_owner``; else 409 ``owner_changed``): ``app.owner_id``
+        when the caller holds the route's role as the app's owner alone, ``None`` for the
+        operator and the workspace owner (who never changes), whose rights hold whoever
+        owns the app. The pipeline reads the app again once the body is in; a transfer
+        landing after that and before the write is what this guards against."""
+        if self.app is None or self.roles & {"operator", "workspace_owner"}:
+            return None
+        return self.app.owner_id
+
 
 Check = Callable[[Store, Principal, Mapping[str, str]], Awaitable[Grant]]
 

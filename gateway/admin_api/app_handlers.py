@@ -109,7 +109,8 @@ async def patch_app(call: Call) -> web.Response:
     app = call.app
     body = call.parsed(s.AppPatch)
     changes = body.model_dump(include=body.model_fields_set)
-    updated = await apps.update_app(call.deps, call.principal.actor, app, changes)
+    owner = call.grant.relied_owner
+    updated = await apps.update_app(call.deps, call.principal.actor, app, changes, owner=owner)
     return await app_response(call, updated)
 
 
@@ -118,7 +119,13 @@ async def add_collaborator(call: Call) -> web.Response:
     inviter = authz.require_user(call.principal)
     body = call.parsed(s.CollaboratorAdd)
     done = await invitations.invite_collaborator(
-        call.deps, call.principal.actor, inviter, app, body.user_id, body.role
+        call.deps,
+        call.principal.actor,
+        inviter,
+        app,
+        body.user_id,
+        body.role,
+        owner=call.grant.relied_owner,
     )
     out = s.CollaboratorOut(app_id=app.id, user_id=body.user_id, role=body.role, status=done.status)
     return json_response(out, 201)
@@ -127,7 +134,8 @@ async def add_collaborator(call: Call) -> web.Response:
 async def transfer(call: Call) -> web.Response:
     app = call.app
     body = call.parsed(s.Transfer)
-    updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id)
+    owner = call.grant.relied_owner
+    updated = await apps.transfer(call.deps, call.principal.actor, app, body.user_id, owner=owner)
     return await app_response(call, updated)
 
 
@@ -157,7 +165,13 @@ async def put_channel(call: Call) -> web.Response:
     body = call.parsed(s.ChannelSet)
     channel = call.path("channel")
     ch = await channel_secrets.set_channel(
-        call.deps, call.principal.actor, app, channel, body.secret, body.notify_secret
+        call.deps,
+        call.principal.actor,
+        app,
+        channel,
+        body.secret,
+        body.notify_secret,
+        owner=call.grant.relied_owner,
     )
     return json_response(channel_out(app.id, channel, ch))
 
@@ -165,5 +179,6 @@ async def put_channel(call: Call) -> web.Response:
 async def delete_channel(call: Call) -> web.Response:
     app = call.app
     channel = call.path("channel")
-    await channel_secrets.remove_channel(call.deps, call.principal.actor, app, channel)
+    owner = call.grant.relied_owner
+    await channel_secrets.remove_channel(call.deps, call.principal.actor, app, channel, owner=owner)
     return json_response(channel_out(app.id, channel, None))

@@ -25,7 +25,7 @@ from meter.errors import (
     NotFound,
     Unauthorized,
 )
-from meter.store import BadValue, DuplicateKey, Rejected, StoreError
+from meter.store import BadValue, DuplicateKey, OwnerChanged, Rejected, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,28 @@ def _refusal(exc: Exception) -> web.Response | None:
             )
         case Conflict():
             return _problem(409, exc.code, "Conflict", str(exc), field=exc.field)
+        case PaymentsNotConfigured():
+            return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
+        case ProviderError():
+            return _problem(502, "payment_provider_error", "Payment provider error", str(exc))
+    return _store_refusal(exc)
+
+
+def _store_refusal(exc: Exception) -> web.Response | None:
+    """The answer to a write the store refused for the request's sake (4xx)."""
+    match exc:
+        case OwnerChanged():
+            # The caller was authorized as the app's owner, and the app changed hands
+            # before the write: nothing was written (a former owner never changes what
+            # the new owner now runs and pays for).
+            detail = f"{exc}: it was handed over after your role was checked; nothing changed"
+            return _problem(409, "owner_changed", "App owner changed", detail)
         case DuplicateKey():
             return _problem(409, "conflict", "Conflict", str(exc))
         case BadValue():
             log.warning("admin API: the store refused a value (validation missed it): %r", exc)
             detail = "a value of this request cannot be stored (e.g. a control character)"
             return _problem(422, "invalid_input", "Invalid input", detail, errors=[])
-        case PaymentsNotConfigured():
-            return _problem(503, "payments_not_configured", "Payments not configured", str(exc))
-        case ProviderError():
-            return _problem(502, "payment_provider_error", "Payment provider error", str(exc))
     return None
 
 

@@ -132,7 +132,9 @@ async def list_collaborators(call: Call) -> web.Response:
 
 async def remove_collaborator(call: Call) -> web.Response:
     app = call.app
-    await apps.remove_collaborator(call.deps, call.principal.actor, app, call.path("user"))
+    await apps.remove_collaborator(
+        call.deps, call.principal.actor, app, call.path("user"), owner=call.grant.relied_owner
+    )
     return web.Response(status=204)
 
 

@@ -41,6 +41,12 @@ WS_USER = {"ws": keys.ID_RE, "user": keys.ID_RE}
 APP_USER = {"app": keys.APP_RE, "user": keys.ID_RE}
 INVITATION = {"invitation": keys.ID_RE}
 CHANNEL = {"app": keys.APP_RE, "channel": keys.CHANNEL_RE}
+# Every app write allowed to the app owner: the write lands only while the owner checked
+# still owns the app (meter/store: expect_owner; gateway.admin_api.access.Grant).
+OWNER_CHANGED = (
+    "; 409 owner_changed (nothing changed) when the caller, allowed as the app's owner, "
+    "no longer owns it: the app was handed over after their role was checked"
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/users", acc.create_user, "Create a user", a.OPERATOR,
@@ -69,7 +75,7 @@ ROUTES: tuple[Route, ...] = (
           status=201, errors=(400, 401, 403, 404, 409, 422), params=WS),
     Route("GET", "/v1/apps/{app}", apps.get_app, "Read an app",
           a.app("app.read"), response=s.AppOut, params=APP),
-    Route("PATCH", "/v1/apps/{app}", apps.patch_app, "Change an app",
+    Route("PATCH", "/v1/apps/{app}", apps.patch_app, "Change an app" + OWNER_CHANGED,
           a.app("app.update", members=APP_SPENDING), body=s.AppPatch, response=s.AppOut,
           params=APP),
     Route("PUT", "/v1/apps/{app}/shadow", apps.set_shadow,
@@ -79,21 +85,22 @@ ROUTES: tuple[Route, ...] = (
           "Invite a collaborator: they hold the role once they accept (status invited); an "
           "active collaborator's role changes at once (status active); 409 "
           "too_many_invitations past 100 pending (to the app, from the inviter, or of the "
-          "user from this workspace and its apps)", a.app("collaborators.add"),
+          "user from this workspace and its apps)" + OWNER_CHANGED, a.app("collaborators.add"),
           body=s.CollaboratorAdd, response=s.CollaboratorOut, status=201, params=APP),
     Route("POST", "/v1/apps/{app}/transfer", apps.transfer,
-          "Hand the app to another workspace user", a.app("app.transfer"),
+          "Hand the app to another workspace user" + OWNER_CHANGED, a.app("app.transfer"),
           body=s.Transfer, response=s.AppOut, params=APP),
     Route("GET", "/v1/apps/{app}/channels", apps.list_channels,
           "Channels of the app with a verification secret (never the secret)",
           a.app("channels.read"), response=s.ChannelList, params=APP),
     Route("PUT", "/v1/apps/{app}/channels/{channel}", apps.put_channel,
           "Enable channel authentication with its secret (never returned); 409 "
-          "too_many_channels when the app has max_channels_per_app (default 20) others",
+          "too_many_channels when the app has max_channels_per_app (default 20) others"
+          + OWNER_CHANGED,
           a.app("channels.set"), body=s.ChannelSet, response=s.ChannelOut,
           params=CHANNEL),
     Route("DELETE", "/v1/apps/{app}/channels/{channel}", apps.delete_channel,
-          "Remove the channel's secret: its traffic is unauthenticated again",
+          "Remove the channel's secret: its traffic is unauthenticated again" + OWNER_CHANGED,
           a.app("channels.set"), response=s.ChannelOut, params=CHANNEL),
     Route("POST", "/v1/workspaces/{ws}/funds", money.add_funds,
           "Credit paid funds by hand, e.g. a bank transfer (idempotent by reference)",
@@ -158,7 +165,7 @@ ROUTES: tuple[Route, ...] = (
           "Collaborators of the app", a.app("collaborators.read"),
           query=ls.ListQuery, response=ls.CollaboratorList, params=APP),
     Route("DELETE", "/v1/apps/{app}/collaborators/{user}", lists.remove_collaborator,
-          "Take a collaborator off the app, or withdraw their invitation",
+          "Take a collaborator off the app, or withdraw their invitation" + OWNER_CHANGED,
           a.app("collaborators.remove"), status=204,
           params=APP_USER),
     Route("GET", "/v1/workspaces/{ws}/upgrade-requests",

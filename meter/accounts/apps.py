@@ -137,8 +137,15 @@ async def set_shadow(d: Deps, actor: str, app: App, on: bool) -> App:
     return updated
 
 
-async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> App:
-    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it) or ``suspended``."""
+async def update_app(
+    d: Deps, actor: str, app: App, changes: dict[str, Any], *, owner: str | None
+) -> App:
+    """Change ``use_free_credits``, ``upstream_url`` (``None`` clears it) or ``suspended``.
+
+    ``owner``: the app owner the caller's authorization relied on (``None``: none, the
+    operator or workspace owner); the write is made only while they still own the app,
+    else :class:`~meter.store.OwnerChanged` and nothing changes (every app write takes
+    it alike)."""
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "cannot be changed")
@@ -146,7 +153,7 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
         await check_reachable(d, "upstream_url", changes["upstream_url"], app.workspace_id)
     if not changes:
         return app
-    updated = await d.store.update_app(app.id, **changes)
+    updated = await d.store.update_app(app.id, expect_owner=owner, **changes)
     if updated is None:
         raise NotFound("app", app.id)
     await project_app(d, updated)
@@ -156,14 +163,18 @@ async def update_app(d: Deps, actor: str, app: App, changes: dict[str, Any]) -> 
     return updated
 
 
-async def remove_collaborator(d: Deps, actor: str, app: App, user_id: str) -> None:
+async def remove_collaborator(
+    d: Deps, actor: str, app: App, user_id: str, *, owner: str | None
+) -> None:
     """Take a collaborator off the app, or withdraw their pending invitation; 404 if
-    they are neither."""
-    await invitations.withdraw(d, actor, "app", app.id, user_id)
+    they are neither. ``owner``: as for :func:`update_app`."""
+    await invitations.withdraw(d, actor, "app", app.id, user_id, owner=owner)
 
 
-async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
-    """Hand the app to another user of its workspace, who gets all the owner's rights."""
+async def transfer(d: Deps, actor: str, app: App, user_id: str, *, owner: str | None) -> App:
+    """Hand the app to another user of its workspace, who gets all the owner's rights.
+    ``owner``: as for :func:`update_app` (a former owner cannot give away an app that
+    was handed over meanwhile)."""
     # Membership alone decides (an unknown user is no member): the answer must not tell
     # an unknown user id from a known one.
     if not await d.store.is_member(app.workspace_id, user_id):
@@ -171,7 +182,7 @@ async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
     if user_id == app.owner_id:
         return app
     try:  # checked again in the transfer's own step: a removal may race it
-        return await invitations.transfer(d, actor, app, user_id)
+        return await invitations.transfer(d, actor, app, user_id, owner=owner)
     except NotMember:
         raise InvalidInput(
             "user_id", f"{user_id} is not a member of workspace {app.workspace_id}"

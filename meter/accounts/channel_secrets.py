@@ -127,11 +127,19 @@ def _check_channel(channel: str) -> str:
 
 
 async def set_channel(
-    d: Deps, actor: str, app: App, channel: str, secret: str, notify_secret: str | None = None
+    d: Deps,
+    actor: str,
+    app: App,
+    channel: str,
+    secret: str,
+    notify_secret: str | None = None,
+    *,
+    owner: str | None,
 ) -> AppChannel:
     """Enable ``channel`` of ``app`` with its verification secret (replacing any). Any
     well-formed channel name is a channel (header-only rules), so an app holds at most
-    ``max_channels_per_app`` of them: one more is 409 ``too_many_channels``."""
+    ``max_channels_per_app`` of them: one more is 409 ``too_many_channels``. ``owner``:
+    the app owner the authorization relied on, who must still own it (``apps.update_app``)."""
     _check_channel(channel)
     _check_secret("secret", secret)
     if notify_secret is not None:
@@ -147,7 +155,7 @@ async def set_channel(
     )
     before = await d.store.get_app_channel(app.id, channel)
     cap = d.settings.max_channels_per_app
-    if not await d.store.put_app_channel(ch, cap):
+    if not await d.store.put_app_channel(ch, cap, expect_owner=owner):
         raise Conflict(
             f"app {app.id} already has {cap} channels: the limit is {cap} per app (setting "
             "max_channels_per_app); remove one, or ask the operator to raise it",
@@ -162,11 +170,14 @@ async def set_channel(
     return ch
 
 
-async def remove_channel(d: Deps, actor: str, app: App, channel: str) -> AppChannel | None:
-    """Remove ``channel``'s secret (it becomes unauthenticated); the removed row, if any."""
+async def remove_channel(
+    d: Deps, actor: str, app: App, channel: str, *, owner: str | None
+) -> AppChannel | None:
+    """Remove ``channel``'s secret (it becomes unauthenticated); the removed row, if any.
+    ``owner``: as for :func:`set_channel`."""
     _check_channel(channel)
     before = await d.store.get_app_channel(app.id, channel)
-    await d.store.delete_app_channel(app.id, channel)
+    await d.store.delete_app_channel(app.id, channel, expect_owner=owner)
     await project(d.redis, app.id, channel, None)
     await announce(d, app.id)
     if before is not None:

@@ -55,10 +55,12 @@ def swept_before(since: int, d: Deps) -> int:
     return since - int(d.settings.invitation_ttl_s * 1000)
 
 
-async def _invite(d: Deps, actor: str, inv: Invitation, what: str) -> Invited:
+async def _invite(
+    d: Deps, actor: str, inv: Invitation, what: str, owner: str | None = None
+) -> Invited:
     caps = Caps(MAX_PENDING, MAX_BY_INVITER, MAX_PER_INVITEE)
     since = open_since(d)
-    outcome, before = await d.store.invite(inv, caps, since, swept_before(since, d))
+    outcome, before = await d.store.invite(inv, caps, since, swept_before(since, d), owner)
     role: Role | None = inv.role  # type: ignore[assignment]  # checked by the caller
     if outcome == "gone":
         raise NotFound(inv.kind, inv.target)
@@ -97,11 +99,13 @@ async def invite_member(d: Deps, actor: str, inviter: str, ws: Workspace, user_i
 
 
 async def invite_collaborator(
-    d: Deps, actor: str, inviter: str, app: App, user_id: str, role: str
+    d: Deps, actor: str, inviter: str, app: App, user_id: str, role: str, *, owner: str | None
 ) -> Invited:
     """Invite ``user_id`` to the app as ``developer``, ``tester`` or ``viewer``; an active
     collaborator's role is changed at once; a pending invitation with another role is
-    replaced by a new one (the invitee accepts only what they were shown)."""
+    replaced by a new one (the invitee accepts only what they were shown). ``owner``: the
+    app owner the authorization relied on (``apps.update_app``): a former owner's offer
+    never outlives the handover that withdrew the app's invitations."""
     if role not in ROLES:
         raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
     if user_id == app.owner_id:
@@ -109,14 +113,17 @@ async def invite_collaborator(
     inv = Invitation(
         new_id("i"), "app", app.id, app.workspace_id, app.id, user_id, role, inviter, d.now_ms()
     )
-    return await _invite(d, actor, inv, f"app {app.id}")
+    return await _invite(d, actor, inv, f"app {app.id}", owner)
 
 
-async def withdraw(d: Deps, actor: str, kind: Kind, target_id: str, user_id: str) -> None:
+async def withdraw(
+    d: Deps, actor: str, kind: Kind, target_id: str, user_id: str, *, owner: str | None = None
+) -> None:
     """Take the user out of the workspace or off the app and withdraw their invitation to
     it, in one step; out of a workspace, off its apps too (collaborations and invitations:
-    each audited on its app, ``reason`` the removal). :class:`NotFound` if they had none."""
-    done = await d.store.withdraw(kind, target_id, user_id, open_since(d))
+    each audited on its app, ``reason`` the removal). :class:`NotFound` if they had none.
+    ``owner``: an app's owner the authorization relied on (``apps.update_app``)."""
+    done = await d.store.withdraw(kind, target_id, user_id, open_since(d), expect_owner=owner)
     target, who = f"{kind}:{target_id}", {"user_id": user_id}
     if done.active and kind == "workspace":
         await audit(d, actor, "member.remove", target, who, None)
@@ -133,10 +140,10 @@ async def withdraw(d: Deps, actor: str, kind: Kind, target_id: str, user_id: str
         raise NotFound("member" if kind == "workspace" else "collaborator", user_id)
 
 
-async def transfer(d: Deps, actor: str, app: App, user_id: str) -> App:
+async def transfer(d: Deps, actor: str, app: App, user_id: str, *, owner: str | None) -> App:
     """Make ``user_id`` the app's owner; every invitation to the app (the previous owner's
-    offers) is withdrawn in the same step."""
-    updated, withdrawn = await d.store.transfer_app(app.id, user_id)
+    offers) is withdrawn in the same step. ``owner``: as for ``apps.update_app``."""
+    updated, withdrawn = await d.store.transfer_app(app.id, user_id, expect_owner=owner)
     if updated is None:
         raise NotFound("app", app.id)
     target = f"app:{app.id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
-from meter.store.errors import NotMember
+from meter.store.errors import NotMember, OwnerChanged
 from meter.store.models import APP_FIELDS, ROLES, App, Collaborator, Role
 
 APP_COLUMNS = (
@@ -25,6 +25,23 @@ async def locked_member(c: Conn, for_update: str, workspace_id: str, user_id: st
     the commit (``for_update``: the store's); a removal of them waits, or was first."""
     sql = f"SELECT 1 AS x FROM memberships WHERE workspace_id = ? AND user_id = ?{for_update}"
     return await c.fetchval(sql, workspace_id, user_id) is not None
+
+
+def check_owner(locked: Row | None, app_id: str, expect_owner: str | None) -> None:
+    """:class:`OwnerChanged` when ``expect_owner`` is given and the app's locked row
+    (``None``: gone) names another owner by now."""
+    if locked is not None and expect_owner is not None and locked["owner_id"] != expect_owner:
+        raise OwnerChanged(app_id, expect_owner)
+
+
+async def locked_owner(c: Conn, for_update: str, app_id: str, expect_owner: str | None) -> bool:
+    """Lock the app's row until the commit (``for_update``: the store's) and return
+    whether it exists; :class:`OwnerChanged` when ``expect_owner`` is given and the app
+    is owned by someone else by now. A transfer locks the same row, so it lands wholly
+    before the check (refused here) or after the caller's write (``transfer_app``)."""
+    row = await c.fetchrow(f"SELECT owner_id FROM apps WHERE id = ?{for_update}", app_id)
+    check_owner(row, app_id, expect_owner)
+    return row is not None
 
 
 class Apps(StoreCore):
@@ -65,9 +82,14 @@ class Apps(StoreCore):
             args.append(owner_id)
         return await self.many(app_row, sql + " ORDER BY created_at, id", *args)
 
-    async def update_app(self, app_id: str, **changes: Any) -> App | None:
+    async def update_app(
+        self, app_id: str, *, expect_owner: str | None = None, **changes: Any
+    ) -> App | None:
         """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
-        ``suspended`` or ``shadow``; return the updated app, ``None`` if it does not exist."""
+        ``suspended`` or ``shadow``; return the updated app, ``None`` if it does not exist.
+
+        With ``expect_owner`` the write is conditional on the app still being owned by
+        that user (one statement): :class:`OwnerChanged`, nothing written, otherwise."""
         unknown = set(changes) - APP_FIELDS
         if unknown:
             raise ValueError(f"cannot change app fields {sorted(unknown)}")
@@ -75,12 +97,15 @@ class Apps(StoreCore):
             return await self.get_app(app_id)
         names = sorted(changes)
         sets = ", ".join(f"{n} = ?" for n in names)
-        return await self.one(
-            app_row,
-            f"UPDATE apps SET {sets} WHERE id = ? RETURNING {APP_COLUMNS}",
-            *(changes[n] for n in names),
-            app_id,
-        )
+        args = [*(changes[n] for n in names), app_id]
+        owned = ""
+        if expect_owner is not None:
+            owned, args = " AND owner_id = ?", [*args, expect_owner]
+        sql = f"UPDATE apps SET {sets} WHERE id = ?{owned} RETURNING {APP_COLUMNS}"
+        updated = await self.one(app_row, sql, *args)
+        if updated is None and expect_owner is not None and await self.get_app(app_id):
+            raise OwnerChanged(app_id, expect_owner)  # matched nothing: another owner
+        return updated
 
     # ---------------------------------------------------------- collaborators
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meter.store.apps import locked_owner
 from meter.store.db import Row, StoreCore, insert_sql, row_as, values
 from meter.store.models import AppChannel
 
@@ -15,16 +16,21 @@ def _channel(r: Row) -> AppChannel:
 class Channels(StoreCore):
     """Rows of ``app_channels``: at most one per app and channel."""
 
-    async def put_app_channel(self, ch: AppChannel, cap: int | None = None) -> bool:
+    async def put_app_channel(
+        self, ch: AppChannel, cap: int | None = None, *, expect_owner: str | None = None
+    ) -> bool:
         """Insert or replace the secret of ``(ch.app_id, ch.channel)``; ``False`` (nothing
         written) when that is a new channel and the app already has ``cap`` others.
 
         With ``cap`` the count and the write are one step: the app's row is locked first,
         so concurrent new channels of one app never pass the cap together (PostgreSQL:
-        ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start)."""
+        ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start).
+        With ``expect_owner``, :class:`OwnerChanged` (nothing written) unless the app,
+        locked so, is still that user's."""
         async with self.transaction() as c:
+            if cap is not None or expect_owner is not None:
+                await locked_owner(c, self.for_update, ch.app_id, expect_owner)
             if cap is not None:
-                await c.fetch(f"SELECT id FROM apps WHERE id = ?{self.for_update}", ch.app_id)
                 others = await c.fetchval(
                     "SELECT COUNT(*) AS n FROM app_channels WHERE app_id = ? AND channel <> ?",
                     ch.app_id,
@@ -55,11 +61,17 @@ class Channels(StoreCore):
             before.secret_enc,
         )
 
-    async def delete_app_channel(self, app_id: str, channel: str) -> bool:
-        """Remove the secret; ``False`` if there was none."""
-        return await self.changed(
-            "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
-        )
+    async def delete_app_channel(
+        self, app_id: str, channel: str, *, expect_owner: str | None = None
+    ) -> bool:
+        """Remove the secret; ``False`` if there was none. With ``expect_owner``,
+        :class:`OwnerChanged` (nothing deleted) unless the app is still that user's."""
+        async with self.transaction() as c:
+            await locked_owner(c, self.for_update, app_id, expect_owner)
+            n = await c.execute(
+                "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
+            )
+        return n > 0
 
     async def get_app_channel(self, app_id: str, channel: str) -> AppChannel | None:
         return await self.one(

@@ -42,6 +42,17 @@ class NotMember(Exception):
     must be; nothing was written (the caller answers it as for any non-member)."""
 
 
+class OwnerChanged(Exception):
+    """The app is no longer owned by the user the caller's authorization relied on (a
+    transfer landed between the check and the write); nothing was written (the caller
+    answers it, 409 ``owner_changed``)."""
+
+    def __init__(self, app_id: str, owner_id: str) -> None:
+        super().__init__(f"app {app_id} is no longer owned by {owner_id}")
+        self.app_id = app_id
+        self.owner_id = owner_id
+
+
 class OwnsApps(Exception):
     """The member still owns apps of the workspace (``app_ids``), so they cannot be
     removed; nothing was written (the caller answers it, 409 ``member_owns_apps``)."""

@@ -28,10 +28,12 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from meter.store.apps import check_owner
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 
 Kind = Literal["workspace", "app"]
 Outcome = Literal["created", "pending", "active", "full", "inviter_full", "invitee_full", "gone"]
+Done = tuple[Outcome, str | None]  # what an invitation did, and the role held before
 
 INVITATION_COLUMNS = "id, kind, target, workspace_id, app_id, user_id, role, invited_by, created_at"
 
@@ -88,12 +90,8 @@ def _cols(alias: str) -> str:
 class Invitations(StoreCore):
     async def _lock_target(self, c: Conn, kind: str, target: str) -> Row | None:
         """Lock the workspace's or app's row until the commit; ``None`` if it is gone."""
-        sql = (
-            "SELECT id, owner_id FROM workspaces WHERE id = ?"
-            if kind == "workspace"
-            else "SELECT id, owner_id FROM apps WHERE id = ?"
-        )
-        return await c.fetchrow(sql + self.for_update, target)
+        sql = f"SELECT id, owner_id FROM {'workspaces' if kind == 'workspace' else 'apps'}"
+        return await c.fetchrow(f"{sql} WHERE id = ?{self.for_update}", target)
 
     async def _lock_people(self, c: Conn, *user_ids: str) -> None:
         """Hold the caps of these users until the commit (PostgreSQL; SQLite's write lock
@@ -119,17 +117,16 @@ class Invitations(StoreCore):
         return int(await c.fetchval(sql, *args) or 0)
 
     async def invite(
-        self, inv: Invitation, caps: Caps, since: int, swept: int
-    ) -> tuple[Outcome, str | None]:
+        self, inv: Invitation, caps: Caps, since: int, swept: int, expect_owner: str | None = None
+    ) -> Done:
         """:meth:`_invite`, then the inviter's invitations made at or before ``swept``
-        (long expired: nothing reads them) go; expired rows used to stay until replaced.
-        ``swept`` is a lifetime before ``since``, so a process with a clock ahead, or a
-        shorter lifetime during a rolling deploy, never deletes an invitation another
-        still counts as open. In a transaction of its own that skips rows another one
-        holds: it waits for nothing, so it can be in no deadlock (inside the invitation's,
-        it held rows a replacing invitation waited for while it waited for that one's
-        workspace)."""
-        outcome = await self._invite(inv, caps, since)
+        (long expired: nothing reads them) go. ``swept`` is a lifetime before ``since``, so
+        a process with a clock ahead, or a shorter lifetime during a rolling deploy, never
+        deletes an invitation another still counts as open. In a transaction of its own
+        that skips rows another one holds: it waits for nothing, so it can be in no
+        deadlock (inside the invitation's, it held rows a replacing invitation waited for
+        while it waited for that one's workspace)."""
+        outcome = await self._invite(inv, caps, since, expect_owner)
         async with self.transaction() as c:
             await c.execute(
                 "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "
@@ -139,7 +136,7 @@ class Invitations(StoreCore):
             )
         return outcome
 
-    async def _invite(self, inv: Invitation, caps: Caps, since: int) -> tuple[Outcome, str | None]:
+    async def _invite(self, inv: Invitation, caps: Caps, since: int, owner: str | None) -> Done:
         """Invite ``inv.user_id`` to ``inv.target``, in one step; returns what happened
         and, for an app, the role the user had before (active or offered):
 
@@ -151,12 +148,15 @@ class Invitations(StoreCore):
         * ``invitee_full``: the invitee holds ``caps.invitee`` open invitations of this
           workspace and its apps; no invitation is written;
         * ``created``: a new pending invitation;
-        * ``gone``: the workspace or app no longer exists.
+        * ``gone``: the workspace or app no longer exists (an app no longer owned by
+          ``owner``, if given: :class:`~meter.store.OwnerChanged`, nothing written).
         """
         async with self.transaction() as c:
             await self._lock_people(c, inv.invited_by, inv.user_id)
-            if await self._lock_target(c, inv.kind, inv.target) is None:
+            locked = await self._lock_target(c, inv.kind, inv.target)
+            if locked is None:
                 return "gone", None  # the workspace or app was deleted meanwhile
+            check_owner(locked, inv.target, owner)  # nothing written if another's by now
             if inv.kind == "workspace":
                 member = await c.fetchval(
                     "SELECT 1 AS x FROM memberships WHERE workspace_id = ? AND user_id = ?",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meter.store.apps import APP_COLUMNS, app_row, locked_member
+from meter.store.apps import APP_COLUMNS, app_row, check_owner, locked_member
 from meter.store.db import Conn
 from meter.store.errors import NotMember, OwnsApps
 from meter.store.invitations import Invitations, Kind
@@ -35,13 +35,17 @@ class Withdrawn:
 
 
 class Withdrawals(Invitations):
-    async def withdraw(self, kind: Kind, target: str, user_id: str, since: int) -> Withdrawn:
+    async def withdraw(
+        self, kind: Kind, target: str, user_id: str, since: int, *, expect_owner: str | None = None
+    ) -> Withdrawn:
         """Delete ``user_id``'s membership of workspace ``target`` (``kind`` workspace) or
         collaboration on app ``target``, and their invitation to it, in one step; for a
         workspace, their collaborations on its apps and invitations to them too.
-        :class:`OwnsApps` (nothing deleted) while they own apps of workspace ``target``."""
+        :class:`OwnsApps` (nothing deleted) while they own apps of workspace ``target``;
+        :class:`OwnerChanged` (nothing deleted) when ``expect_owner`` is given and no
+        longer owns the target."""
         async with self.transaction() as c:
-            await self._lock_target(c, kind, target)
+            check_owner(await self._lock_target(c, kind, target), target, expect_owner)
             if kind == "workspace":
                 # A member who owns apps stays (their apps would have no reachable owner);
                 # with their membership locked, no app can be created for or handed to
@@ -103,18 +107,22 @@ class Withdrawals(Invitations):
             tuple(sorted(str(r["target"]) for r in open_ if r["kind"] == "app")),
         )
 
-    async def transfer_app(self, app_id: str, user_id: str) -> tuple[App | None, list[str]]:
+    async def transfer_app(
+        self, app_id: str, user_id: str, *, expect_owner: str | None = None
+    ) -> tuple[App | None, list[str]]:
         """Make ``user_id`` the app's owner: no longer a collaborator of it (the owner's
         rights include every role's), and every invitation to the app withdrawn (they were
         the previous owner's offers). Returns the app (``None`` if it is gone) and the
         user ids whose invitations were withdrawn. :class:`NotMember` (nothing written)
-        unless ``user_id`` is a member of the app's workspace."""
+        unless ``user_id`` is a member of the app's workspace; :class:`OwnerChanged`
+        (nothing written) when ``expect_owner`` is given and no longer owns the app."""
         async with self.transaction() as c:
             found = await c.fetchrow(
-                f"SELECT workspace_id FROM apps WHERE id = ?{self.for_update}", app_id
+                f"SELECT workspace_id, owner_id FROM apps WHERE id = ?{self.for_update}", app_id
             )
             if found is None:
                 return None, []
+            check_owner(found, app_id, expect_owner)
             # Locked, the membership cannot be withdrawn before the commit; withdrawn
             # first, the new owner is no member and nothing is written.
             if not await locked_member(c, self.for_update, found["workspace_id"], user_id):

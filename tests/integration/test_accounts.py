@@ -171,7 +171,7 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
     ak = keys.app_key(ws.id, app.id)
     assert await deps.redis.hget(ak, "up") == b"http://127.0.0.1:1/b"
     changes = {"suspended": True, "upstream_url": None, "use_free_credits": False}
-    await apps.update_app(deps, f"user:{owner}", app, changes)
+    await apps.update_app(deps, f"user:{owner}", app, changes, owner=None)
     fields = await deps.redis.hmget(ak, ["suspended", "up", "use_free"])
     assert fields == [b"1", b"", b"0"]
     admitter = make_admitter(deps.redis, deps.settings, deps.clock)
@@ -184,7 +184,7 @@ async def test_app_changes_reach_redis_and_the_audit_log(deps: Deps) -> None:
                             "use_free_credits": True}  # fmt: skip
     assert entry.after == changes
     with pytest.raises(InvalidInput, match="upstream_url"):
-        await apps.update_app(deps, "x", app, {"upstream_url": "ftp://127.0.0.1/"})
+        await apps.update_app(deps, "x", app, {"upstream_url": "ftp://127.0.0.1/"}, owner=None)
 
 
 async def accept_all(d: Deps, user_id: str) -> None:
@@ -204,20 +204,20 @@ async def test_transfer_and_collaborators(deps: Deps) -> None:
     bob, _ = await workspaces.create_user(deps, "operator", "bob@example.com", "Bob")
     eve, _ = await workspaces.create_user(deps, "operator", "eve@example.com", "Eve")
     app = await apps.create_app(deps, owner, ws, "Bot", "automation", None)
-    await invitations.invite_collaborator(deps, "x", owner, app, bob.id, "developer")
+    await invitations.invite_collaborator(deps, "x", owner, app, bob.id, "developer", owner=None)
     await accept_all(deps, bob.id)
     assert await deps.store.get_collaborator_role(app.id, bob.id) == "developer"
     with pytest.raises(InvalidInput, match="user_id"):
-        await apps.transfer(deps, "x", app, bob.id)  # not a workspace member
+        await apps.transfer(deps, "x", app, bob.id, owner=None)  # not a member
     await join(deps, ws, bob.id)
-    moved = await apps.transfer(deps, "x", app, bob.id)
+    moved = await apps.transfer(deps, "x", app, bob.id, owner=None)
     assert moved.owner_id == bob.id
     assert await deps.store.get_collaborator_role(app.id, bob.id) is None
     principal = authz.Principal(user_id=bob.id)
     _, roles = await authz.authorize_app(deps.store, principal, app.id, "app.update")
     assert roles >= {"app_owner", "member"}
     with pytest.raises(InvalidInput, match="role"):
-        await invitations.invite_collaborator(deps, "x", bob.id, moved, eve.id, "admin")
+        await invitations.invite_collaborator(deps, "x", bob.id, moved, eve.id, "admin", owner=None)
     with pytest.raises(NotFound):
         await authz.authorize_app(deps.store, authz.Principal(eve.id), app.id, "app.read")
 
@@ -244,7 +244,7 @@ async def test_plan_usage_statuses(deps: Deps) -> None:
     owner, ws = await owner_and_ws(d)
     free = await apps.create_app(d, owner, ws, "free", "automation", None)
     paid = await apps.create_app(d, owner, ws, "paid", "automation", None)
-    await apps.update_app(d, "x", paid, {"use_free_credits": False})
+    await apps.update_app(d, "x", paid, {"use_free_credits": False}, owner=None)
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "inactive"}
     await credits.add_funds(d, "x", ws, "100.00", app_id=paid.id, reference="p1")
     assert await statuses(d, ws) == {"free": "using_free_credits", "paid": "sufficient_funds"}

@@ -117,11 +117,11 @@ async def test_removal_and_transfer_never_leave_a_non_member_owner(
         app = await a.store.get_app(app_id)
         assert app is not None
         assert app.owner_id == owner.id
-        return await apps.transfer(a, "t", app, uid)
+        return await apps.transfer(a, "t", app, uid, owner=None)
 
     async def hand_back() -> None:
         app = await a.store.get_app(app_id)
         assert app is not None
-        await apps.transfer(a, "t", app, owner.id)
+        await apps.transfer(a, "t", app, owner.id, owner=None)
 
     await run_rounds(a, b, ws, transfer, hand_back)

@@ -62,7 +62,7 @@ async def w(
         app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
         await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
         await credits.add_funds(d, "operator", ws, "100.00", app_id=app.id, reference="bank-2")
-        await channel_secrets.set_channel(d, "operator", app, "slack", SLACK)
+        await channel_secrets.set_channel(d, "operator", app, "slack", SLACK, owner=None)
         adm = admitter(rclient, cfg, clock)
         for i in range(700):
             assert (await adm.admit(app.id, "web", f"u{i}")).admitted
@@ -228,7 +228,7 @@ async def test_an_app_written_again_keeps_its_channel_secret(w: World) -> None:
     assert await w.redis.hget(ak, field) == secret
     # An owner's change re-projects the app with its secret.
     await w.redis.hdel(ak, field)
-    await apps.update_app(w.d, f"user:{w.user}", w.app, {"suspended": False})
+    await apps.update_app(w.d, f"user:{w.user}", w.app, {"suspended": False}, owner=None)
     assert await w.redis.hget(ak, field) == secret
     # reconcile --apply restores it on an app Redis still holds.
     await w.redis.hdel(ak, field)
@@ -242,7 +242,7 @@ async def test_an_app_with_funds_lost_alone_waits_for_reconcile(w: World) -> Non
     before = await balances(w)
     ak = keys.app_key(w.ws.id, w.app.id)
     await w.redis.delete(ak)
-    await apps.update_app(w.d, f"user:{w.user}", w.app, {"suspended": False})
+    await apps.update_app(w.d, f"user:{w.user}", w.app, {"suspended": False}, owner=None)
     assert not await w.redis.exists(ak)
     (rep,) = await reconcile(w.store, w.redis, w.cfg, workspace=w.ws.id, apply=True)
     assert rep.applied

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,11 +13,15 @@ import pytest
 
 from meter.store import (
     App,
+    AppChannel,
+    Caps,
     DuplicateKey,
+    Invitation,
     LedgerEntry,
     Licence,
     MissingReference,
     OutboxEvent,
+    OwnerChanged,
     SessionRow,
     Store,
     UpgradeRequest,
@@ -616,3 +621,61 @@ async def test_console_sessions_are_capped_per_user_and_end_with_their_token(
     assert not await store.create_console_session(sess(22, "u2", first, T0 + 31), 5)
     assert await hashes("u1") == {"u1-020"}
     assert await hashes("u2") == {"u2-000"}
+
+
+# ------------------------------------------------------------------ owner-conditional writes
+
+
+async def test_app_writes_land_only_while_the_expected_owner_owns_the_app(
+    ws: Store, stores: StoreFactory
+) -> None:
+    """The store layer of the admin API's owner check (tests/system/test_owner_race.py):
+    u1 was authorized as the app's owner, then another connection (another gateway)
+    handed the app to u2, then u1's write comes. Each app write given ``expect_owner``
+    refuses it with :class:`OwnerChanged`, nothing written; the same write expecting the
+    current owner lands, and a write on an app that is gone is no conflict."""
+    for uid in ("u2", "u3"):
+        await ws.create_user(User(uid, f"{uid}@example.com", uid, f"hash-{uid}", T0))
+    await ws.add_member(WS, "u2")
+    await ws.add_collaborator(APP, "u3", "viewer")
+    ch = AppChannel(APP, "web", "jwt_hs256", "enc", T0)
+    assert await ws.put_app_channel(ch)
+    inv = Invitation("inv1", "app", APP, WS, APP, "u3", "tester", "u1", T0)
+    caps = Caps(10, 10, 10)
+    moved, _ = await stores().transfer_app(APP, "u2")  # the other gateway's handover
+    assert moved is not None
+    assert moved.owner_id == "u2"
+
+    def writes(owner: str) -> list[Callable[[], Awaitable[object]]]:
+        return [
+            lambda: ws.update_app(APP, expect_owner=owner, upstream_url="http://x.example/"),
+            lambda: ws.put_app_channel(replace(ch, secret_enc="new"), 20, expect_owner=owner),
+            lambda: ws.put_app_channel(replace(ch, channel="chat"), expect_owner=owner),
+            lambda: ws.invite(replace(inv, user_id="u1"), caps, 0, 0, owner),
+            lambda: ws.withdraw("app", APP, "u3", 0, expect_owner=owner),
+            lambda: ws.delete_app_channel(APP, "web", expect_owner=owner),
+            lambda: ws.transfer_app(APP, "u1", expect_owner=owner),
+        ]
+
+    for write in writes("u1"):
+        with pytest.raises(OwnerChanged):
+            await write()
+    app = await ws.get_app(APP)
+    assert app is not None
+    assert (app.owner_id, app.upstream_url) == ("u2", None)
+    assert await ws.list_app_channels(APP) == [ch]
+    assert await ws.get_collaborator_role(APP, "u3") == "viewer"
+    assert await ws.user_invitations_page("u1", 0, after=None, limit=10) == []
+
+    for write in writes("u2"):  # the owner as checked: each lands
+        await write()
+    app = await ws.get_app(APP)
+    assert app is not None
+    assert (app.owner_id, app.upstream_url) == ("u1", "http://x.example/")
+    assert [c.channel for c in await ws.list_app_channels(APP)] == ["chat"]
+    assert await ws.get_collaborator_role(APP, "u3") is None
+
+    gone = "ws0001_gone"
+    assert await ws.update_app(gone, expect_owner="u1", name="x") is None
+    assert await ws.transfer_app(gone, "u1", expect_owner="u1") == (None, [])
+    assert not await ws.delete_app_channel(gone, "web", expect_owner="u1")

@@ -117,10 +117,10 @@ async def test_withdrawing_while_the_invitee_accepts_leaves_no_member(any_admin:
     real = admin.store.withdraw
     reached, accepted = asyncio.Event(), asyncio.Event()
 
-    async def held_back(*args: Any) -> Any:
+    async def held_back(*args: Any, **kwargs: Any) -> Any:
         reached.set()
         await accepted.wait()
-        return await real(*args)
+        return await real(*args, **kwargs)
 
     admin.store.withdraw = held_back  # type: ignore[method-assign]
     delete = asyncio.ensure_future(
