@@ -3,7 +3,8 @@
 A body not in within the admin port's deadline is :class:`BodyTimeout` (408, the
 connection closed: :func:`read_raw`); malformed input is :class:`BadRequest` (400);
 input that breaks the schema is :class:`Invalid` (422) naming its bad fields (the first
-:data:`MAX_PROBLEMS`), with a hint for a pattern mismatch.
+:data:`MAX_PROBLEMS`, each name cut to :data:`MAX_ECHO` characters), with a hint for a
+pattern mismatch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ MAX_PROBLEMS = 50
 # members, refused before pydantic builds one error for each (some 0.3 s of the event loop
 # for the 110,000 a 1 MiB body holds).
 MAX_MEMBERS = 64
+# Characters of a field's name a problem echoes at most: a member's name is the caller's,
+# as long as the body limit allows (a 1 MiB name came back whole, in `field`, `errors` and
+# `detail`); a longer one ends in an ellipsis.
+MAX_ECHO = 80
+
+
+def echoed(name: str) -> str:
+    """``name`` as a problem may echo it: at most :data:`MAX_ECHO` characters."""
+    return name if len(name) <= MAX_ECHO else name[: MAX_ECHO - 1] + "\u2026"
 
 
 class BodyTimeout(Problem):
@@ -97,7 +107,7 @@ def _field(err: ErrorDetails, unions: set[str]) -> str:
     loc = list(err["loc"])
     if len(loc) > 1 and loc[0] in unions:
         del loc[1]  # the union member's tag, e.g. "constrained-str"
-    return ".".join(str(p) for p in loc if p != "[key]") or "body"
+    return echoed(".".join(str(p) for p in loc if p != "[key]") or "body")
 
 
 def _message(err: ErrorDetails) -> str:
@@ -156,6 +166,6 @@ def read_query(request: web.Request, model: type[M]) -> M:
     data: dict[str, str] = {}
     for name, value in request.query.items():
         if name in data:
-            raise Invalid([{"field": name, "message": "given more than once"}])
+            raise Invalid([{"field": echoed(name), "message": "given more than once"}])
         data[name] = value
     return validate(model, data)

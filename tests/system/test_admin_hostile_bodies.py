@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from gateway.admin_api import ROUTES
-from gateway.admin_api.validation import MAX_MEMBERS, MAX_PROBLEMS
+from gateway.admin_api.validation import MAX_ECHO, MAX_MEMBERS, MAX_PROBLEMS
 from gateway.webhooks import WebhookOptions
 from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 
@@ -71,3 +71,27 @@ async def test_a_422_names_the_first_problems_each_once(admin: Admin) -> None:
 def test_every_body_of_the_table_fits_the_member_cap() -> None:
     widest = max(len(r.body.model_fields) for r in ROUTES if r.body is not None)
     assert widest < MAX_MEMBERS
+
+
+async def test_a_422_echoes_member_names_cut_short(admin: Admin) -> None:
+    """A member's name is the caller's, as long as the body limit allows: a 200,000
+    character unknown member came back whole three times (``field``, ``errors``,
+    ``detail``), and a query parameter's name given twice likewise. Each echoed name is
+    now at most MAX_ECHO characters, the cut one ending in an ellipsis."""
+    _, token = await admin.new_user("mallory")
+    long = "m" * 200_000
+    status, problem = await post(admin, token, {"name": "Shop", long: 1, "short": 1})
+    assert status == 422, problem
+    cut = "m" * (MAX_ECHO - 1) + "\u2026"
+    assert problem["field"] == cut
+    assert problem["errors"] == [
+        {"field": cut, "message": "unknown member"},
+        {"field": "short", "message": "unknown member"},
+    ]
+    assert len(orjson.dumps(problem)) < 1_000, len(orjson.dumps(problem))
+    name = "q" * 2_000
+    status, problem = await admin.api("GET", f"/v1/workspaces?{name}=1&{name}=2", token)
+    assert status == 422, problem
+    assert problem["errors"] == [
+        {"field": "q" * (MAX_ECHO - 1) + "\u2026", "message": "given more than once"}
+    ]
