@@ -189,11 +189,22 @@ def check_free_text(field: str, value: str) -> str:
     """``value`` with its ``\r\n`` line ends as newlines (as a browser's text area or
     a Windows client sends them), if it then holds no control character but newline and
     tab (Unicode Cc: NUL, which PostgreSQL cannot store in text, escapes, a carriage
-    return alone, which overwrites a terminal's line) nor lone surrogate: the same text
-    on every store, and no terminal escape in a log or an export."""
+    return alone, which overwrites a terminal's line), lone surrogate, nor format
+    character (Cf) that :func:`check_name` refuses (:func:`_invisible`: bidi embeddings,
+    overrides and isolates U+202A-U+202E, U+2066-U+2069 and marks, which reorder what
+    the operator or the owner reads; zero-width characters, a joiner outside a joining
+    context): the same text on every store, and no terminal escape nor text displayed
+    out of order in a log, a list or an export. Unlike a name, it may hold line and
+    paragraph separators, private-use characters, fillers and stacked marks."""
     value = value.replace("\r\n", "\n")
-    if any(ch not in _KEPT and unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise InvalidInput(field, "must not contain control characters (but newline and tab)")
+    for i, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if ch in _KEPT or category not in ("Cc", "Cs", "Cf"):
+            continue
+        if category != "Cf" or _invisible(value, i):
+            raise InvalidInput(
+                field, "must not contain control or format characters (but newline and tab)"
+            )
     return value
 
 

@@ -113,3 +113,25 @@ async def test_the_length_of_free_text_counts_a_crlf_as_one_newline(any_admin: A
     _refused(*await a.api("POST", decline, OPERATOR_TOKEN, {"reason": too_long}), "reason")
     body = {"products": ["automation"], "message": too_long}
     _refused(*await a.api("POST", path, tok, body), "message")
+
+
+async def test_free_text_with_a_bidi_control_is_422(any_admin: Admin) -> None:
+    """An upgrade request's message (read by operators in their queue) and a decline's
+    reason (read by the owner) refuse the bidi embeddings, overrides and isolates a name
+    refuses, which make text display in another order than it is stored; nothing is
+    recorded."""
+    a = any_admin
+    tok, ws = await a.owner_workspace()
+    path = f"/v1/workspaces/{ws}/upgrade-requests"
+    bidi = [chr(cp) for cp in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+    for ch in bidi:
+        body = {"products": ["search"], "message": f"grant {ch}tsil-on"}
+        _refused(*await a.api("POST", path, tok, body), "message")
+    assert (await a.ok("GET", path, tok))["requests"] == []
+    made = await a.ok("POST", path, tok, {"products": ["search"], "message": "please"})
+    decline = f"/v1/upgrade-requests/{made['id']}/decline"
+    for ch in bidi:
+        body = {"reason": f"declined {ch}devorppa"}
+        _refused(*await a.api("POST", decline, OPERATOR_TOKEN, body), "reason")
+    [still] = (await a.ok("GET", path, tok))["requests"]
+    assert still["status"] == "open", still

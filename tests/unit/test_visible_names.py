@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from meter.accounts.deps import MAX_MARKS, check_text
+from meter.accounts.deps import MAX_MARKS, check_free_text, check_text
 from meter.errors import InvalidInput
 
 REFUSED = {
@@ -150,6 +150,40 @@ def test_names_people_write_are_accepted(name: str) -> None:
 
 def test_free_text_keeps_what_names_may_not_hold() -> None:
     """An upgrade request's message or a decline's reason is no name: line breaks and
-    invisible characters there are not refused (only control characters)."""
+    invisible characters there are not refused (only control and format characters)."""
     for text in ("pay\u2028ment", "\u3164", "a" + "\u0301" * 50, "\ue000"):
         assert check_text("reason", text, 2000, name=False) == text
+
+
+# Bidi embeddings, overrides, isolates and marks, and the zero-width format characters:
+# they reorder or hide what an operator reads in the upgrade queue, the owner in a
+# decline's reason. A name refuses them; free text let them through.
+FORMAT = {
+    **{f"U+{cp:04X}": f"please {chr(cp)}approve" for cp in range(0x202A, 0x202F)},
+    **{f"U+{cp:04X}": f"please {chr(cp)}approve" for cp in range(0x2066, 0x206A)},
+    "LRM": "a\u200eb",
+    "RLM": "a\u200fb",
+    "arabic letter mark": "a\u061cb",
+    "zero-width space": "a\u200bb",
+    "ZWJ between latin letters": "a\u200db",
+    "BOM inside": "a\ufeffb",
+    "soft hyphen": "pay\u00adment",
+    "tag character": "a\U000e0041",
+}
+
+
+@pytest.mark.parametrize("text", FORMAT.values(), ids=FORMAT.keys())
+def test_free_text_refuses_format_characters(text: str) -> None:
+    for field in ("reason", "message"):
+        with pytest.raises(InvalidInput) as caught:
+            check_text(field, text, 2000, name=False)
+        assert caught.value.field == field
+        with pytest.raises(InvalidInput):
+            check_free_text(field, text)
+
+
+def test_free_text_keeps_joiners_where_they_join() -> None:
+    """A joiner inside a word that needs it (Persian, Devanagari) is no format trick:
+    kept, as in a name (whose rule, RFC 5892's joining contexts, decides)."""
+    for text in ("فن\u200cآوران", "क्\u200dष", "a\n\tb"):
+        assert check_free_text("message", text) == text
