@@ -83,16 +83,19 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         if self._framing is not None:
+            self._framing.fed(len(data))
             self._count(self._framing)
         for msg, payload in itertools.islice(self._messages, queued, None):  # begun here
             if getattr(msg, "chunked", False) and type(payload) is StreamReader:
                 self._count(Framing(payload))  # (aiohttp gives every chunked body one)
 
     def _count(self, framing: Framing) -> None:
-        """Refuse a chunked body over its bound; else watch it until it is complete."""
-        if framing.over():
+        """Refuse a chunked body over its bounds; else watch it until it is complete."""
+        # Reading paused: the parser may hold back some of what it was fed, unparsed.
+        problem = framing.over(parsed=not self._reading_paused)
+        if problem is not None:
             self._framing = None
-            framing.refuse()
+            framing.refuse(problem)
             self._refused = framing.payload
             self._quiet = self._loop.create_future()
             # Closed after its answer (_linger); a request still queued behind the one

@@ -384,8 +384,27 @@ def chunked(site: Site, tail: str, chunks: str, extra: str = "") -> bytes:
         '1;a\r\na\r\n1;b=c;d\r\nb\r\n1;e=""\r\nc\r\n0\r\n\r\n',
         "0003\r\nabc\r\n0\r\n\r\n",
         "3\r\nabc\r\n0\r\nX-Trailer: t\r\nX-Channel-User-Id: u9\r\n\r\n",
+        # llhttp takes these, though RFC 9112's grammar has no empty extension name
+        "3;=v\r\nabc\r\n0\r\n\r\n",
+        "3;;a\r\nabc\r\n0\r\n\r\n",
+        '3;a="\\x"\r\nabc\r\n0\r\n\r\n',
+        # framing within its bound (gateway.chunk_framing): an extension of 4 KB, 20 zeros
+        "3;n=" + "v" * 4000 + "\r\nabc\r\n0\r\n\r\n",
+        "0" * 20 + "3\r\nabc\r\n0\r\n\r\n",
     ],
-    ids=["plain", "extensions", "quoted-extension", "many-extensions", "leading-zeros", "trailer"],
+    ids=[
+        "plain",
+        "extensions",
+        "quoted-extension",
+        "many-extensions",
+        "leading-zeros",
+        "trailer",
+        "empty-extension-name",
+        "empty-extension",
+        "quoted-pair",
+        "4KB-extension",
+        "20-leading-zeros",
+    ],
 )
 async def test_chunk_extensions_and_trailers_are_ignored(site: Site, chunks: str) -> None:
     """The bot gets the decoded body with a length of its own; extensions and trailer
@@ -453,6 +472,23 @@ async def test_whitespace_before_a_chunk_extension_is_handled_or_refused(site: S
         "fffffffffffffffffff\r\nabc\r\n0\r\n\r\n",  # size overflows 64 bits
         "3\r\nabc\r\n0\r\nContent-Length: 50\r\n\r\n",  # framing field as trailer
         "3\r\nabc\r\n0\r\nX-T: 1\n\r\n",  # bare LF in the trailer section
+        # chunk extensions RFC 9112 §7.1.1 does not allow (llhttp refuses each)
+        "3;a b\r\nabc\r\n0\r\n\r\n",  # space inside a name
+        "3; a\r\nabc\r\n0\r\n\r\n",  # space after the semicolon
+        "3;a = b\r\nabc\r\n0\r\n\r\n",  # spaces around =
+        "3;a,b\r\nabc\r\n0\r\n\r\n",  # a separator in a name
+        "3;\r\nabc\r\n0\r\n\r\n",  # a semicolon and nothing
+        "3;a;\r\nabc\r\n0\r\n\r\n",  # a trailing semicolon
+        "3;a\x00\r\nabc\r\n0\r\n\r\n",  # NUL
+        "3;a=\x7f\r\nabc\r\n0\r\n\r\n",  # DEL
+        "3;a=\xff\r\nabc\r\n0\r\n\r\n",  # a byte over 0x7f (UTF-8 encoded)
+        "3;a\rb\r\nabc\r\n0\r\n\r\n",  # bare CR
+        '3;a="x\r\nabc\r\n0\r\n\r\n',  # an unterminated quoted string
+        '3;a="x\x01"\r\nabc\r\n0\r\n\r\n',  # a control character quoted
+        '3;a="x\ny"\r\nabc\r\n0\r\n\r\n',  # LF quoted
+        '3;a="x"y\r\nabc\r\n0\r\n\r\n',  # junk after a quoted string
+        "3\t;a\r\nabc\r\n0\r\n\r\n",  # tab before the semicolon
+        "3\r\nabc\r\n0;x\n\r\n",  # bare LF after the last chunk's extension
     ],
     ids=[
         "bare-lf",
@@ -466,10 +502,50 @@ async def test_whitespace_before_a_chunk_extension_is_handled_or_refused(site: S
         "overflow",
         "cl-trailer",
         "trailer-bare-lf",
+        "ext-space-in-name",
+        "ext-space-after-semicolon",
+        "ext-spaces-around-equals",
+        "ext-comma",
+        "ext-empty",
+        "ext-trailing-semicolon",
+        "ext-nul",
+        "ext-del",
+        "ext-high-byte",
+        "ext-bare-cr",
+        "ext-unterminated-quote",
+        "ext-quoted-control",
+        "ext-quoted-lf",
+        "ext-junk-after-quote",
+        "ext-tab-before-semicolon",
+        "last-ext-bare-lf",
     ],
 )
 async def test_malformed_chunks_are_refused_and_nothing_smuggled(site: Site, chunks: str) -> None:
     await refused_and_closed(site, chunked(site, "/c", chunks + smuggled(site)))
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        "3;n=" + "v" * 300_000 + "\r\nabc\r\n0\r\n\r\n",
+        "0" * 300_000 + "3\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabc\r\n0;n=" + "v" * 300_000 + "\r\n\r\n",
+        "3\r\nabc\r\n0\r\n" + "".join(f"t{i}: {'v' * 8000}\r\n" for i in range(30)) + "\r\n",
+    ],
+    ids=["extension", "leading-zeros", "last-chunk-extension", "trailer-section"],
+)
+async def test_framing_over_its_bound_is_413_and_nothing_smuggled(site: Site, chunks: str) -> None:
+    """A chunked body's framing (sizes, extensions, trailers) past 8 KiB plus 32 bytes a
+    chunk (gateway.chunk_framing): 413, closed, nothing charged or forwarded."""
+    async with conn(site) as c:
+        c.send(chunked(site, "/c", chunks + smuggled(site)))
+        resp = await c.response()
+        assert_problem(resp, 413)
+        assert orjson.loads(resp.body)["code"] == "chunk_framing_too_large"
+        rest = await c.rest()
+        assert b"HTTP/1." not in rest, rest[:300]
+        assert await c.closed()
+    assert await site.books() == (0, [])
 
 
 # ------------------------------------------------------------------------ pipelining

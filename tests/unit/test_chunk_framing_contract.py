@@ -1,8 +1,10 @@
-"""The chunk bound (gateway.chunk_framing) reads private parts of aiohttp (the pinned
+"""The chunk bounds (gateway.chunk_framing) read private parts of aiohttp (the pinned
 3.14.5): each chunk end its C parser records in the body's stream
 (``StreamReader._http_chunk_splits``), and the protocol's ``_messages``,
-``_reading_paused``, ``_upgraded``. Should an upgrade rename or stop filling any of
-them, this fails here, before any server runs, rather than letting floods through."""
+``_reading_paused``, ``_upgraded``; the framing bound counts on the parser taking all it
+is fed unless reading is paused, and on its taking chunk extensions and leading zeros
+without a bound of its own (else the bound would be aiohttp's). Should an upgrade change
+any of it, this fails here, before any server runs, rather than letting floods through."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.chunk_framing import FREE, PER_CHUNK, Framing
+from gateway.chunk_framing import FRAMING_FREE, FRAMING_PER_CHUNK, FREE, PER_CHUNK, Framing
 
 HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def _parsed(wire: bytes) -> Framing:
+def _parsed(wire: bytes, then: bytes = b"", *, paused: bool = False) -> Framing:
+    """The body of ``wire`` as the protocol counts it, ``then`` fed after (as its next
+    slice: counted), with reading paused first if ``paused``."""
     loop = asyncio.new_event_loop()
     try:
         proto = BaseProtocol(loop)
@@ -28,20 +32,58 @@ def _parsed(wire: bytes) -> Framing:
         msg, payload = messages[0]
         assert msg.chunked
         assert type(payload) is StreamReader  # what the protocol counts
-        return Framing(payload)
+        framing = Framing(payload)
+        if paused:
+            proto.pause_reading()
+        if then:
+            parser.feed_data(then)
+            framing.fed(len(then))
+        return framing
     finally:
         loop.close()
 
 
 def test_each_chunk_end_is_recorded_and_counted() -> None:
     framing = _parsed(b"1\r\nx\r\n" * 2000)  # 2,000 > 1,024 + 2,000 // 64
-    assert framing.over()
+    problem = framing.over(parsed=True)
+    assert problem is not None
+    assert problem.code == "too_many_chunks"
     assert framing._chunks == 2000
 
 
 def test_a_body_within_the_bound_is_not_over() -> None:
     framing = _parsed(b"40\r\n" + b"y" * PER_CHUNK + b"\r\n" * 1 + b"1\r\nx\r\n" * FREE)
-    assert not framing.over()
+    assert framing.over(parsed=True) is None
+
+
+def test_extensions_and_leading_zeros_are_parsed_without_a_bound_and_counted() -> None:
+    """llhttp takes a megabyte of extension or of zeros in a chunk's size, records no
+    data for it and raises nothing: only the framing count refuses it."""
+    for wire in (b"5;n=" + b"v" * 1_000_000, b"0" * 1_000_000):
+        framing = _parsed(b"", wire)
+        assert framing.payload.total_bytes == 0
+        assert not framing.payload.is_eof()
+        problem = framing.over(parsed=True)
+        assert problem is not None
+        assert problem.code == "chunk_framing_too_large"
+
+
+def test_framing_within_its_bound_is_not_over() -> None:
+    """Each chunk's size line and CRLFs, and extensions up to the allowance, pass."""
+    chunks = b"".join(b"%08x;e=1\r\n%b\r\n" % (PER_CHUNK, b"y" * PER_CHUNK) for _ in range(100))
+    assert len(b"%08x;e=1\r\n\r\n" % 0) <= FRAMING_PER_CHUNK
+    framing = _parsed(b"", chunks + b"1;n=" + b"v" * (FRAMING_FREE - 10))
+    assert framing.over(parsed=True) is None
+    assert framing.payload.total_bytes == 100 * PER_CHUNK
+
+
+def test_a_paused_parser_holds_back_what_it_is_fed() -> None:
+    """Reading paused, the parser stops after the next piece of data and keeps the rest
+    unparsed: the framing is not counted then (the wire fed is not the wire parsed)."""
+    data = b"".join(b"40\r\n" + b"y" * 64 + b"\r\n" for _ in range(1000))
+    framing = _parsed(b"", data, paused=True)
+    assert framing.payload.total_bytes < 64 * 1000
+    assert framing.over(parsed=False) is None
 
 
 def test_the_protocol_attributes_read_exist() -> None:

@@ -1,0 +1,144 @@
+"""A chunked body whose framing is no body (gateway.chunk_framing), on both traffic
+servers and the admin port: chunk extensions (``5;name=value``), leading zeros in a
+chunk's size and trailer fields were parsed by aiohttp's parser without a bound (it
+keeps neither) and counted nowhere: five bytes of body in one chunk with a 200 MB
+extension were parsed whole, answered 200, forwarded and charged as a five-byte
+message. A chunked body's framing may be 8 KiB plus 32 bytes a chunk: more is refused
+413 ``chunk_framing_too_large`` as it arrives, never reaches the bot, and is not
+charged; chunks with ordinary extensions pass."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from meter.redis_layer.client import RedisClient
+from tests.support.bot import Bot, Running, SeededGateway, free_credit
+from tests.support.rawhttp import Closed, RawConn
+from tests.support.settings import OPERATOR_TOKEN
+from tests.system.test_chunk_flood import APP, HANG_S, UP, WS, gw, hook_head, post_chunked
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+__all__ = ["gw"]
+
+MB = 2_000_000  # framing bytes an attack sends: far over the bound, well within a read or two
+AUTH = f"Authorization: Bearer {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\n"
+OVER = ("chunk_framing_too_large", 413)
+
+ATTACKS = {
+    # one chunk of five bytes whose size line carries megabytes of extension
+    "one-huge-extension": b"5;n=" + b"v" * MB + b"\r\nhello\r\n0\r\n\r\n",
+    # 1,000 one-byte chunks (within the chunk bound), each with a 10 KiB extension
+    "10KiB-extension-a-chunk": b"".join(b"1;n=" + b"v" * 10240 + b"\r\nx\r\n" for _ in range(1000))
+    + b"0\r\n\r\n",
+    # a size line of megabytes of zeros
+    "leading-zeros": b"0" * MB + b"5\r\nhello\r\n0\r\n\r\n",
+    # the last chunk's extension
+    "last-chunk-extension": b"5\r\nhello\r\n0;n=" + b"v" * MB + b"\r\n\r\n",
+    # a trailer section of 100 fields of 8,000 bytes: each within aiohttp's field limit
+    # (8,190) and their number within its 128 fields, 800 KB in all (the head: 64 KiB)
+    "trailer-section": b"5\r\nhello\r\n0\r\n"
+    + b"".join(b"t%d: %b\r\n" % (i, b"v" * 8000) for i in range(100))
+    + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("extra", ["", "Idempotency-Key: k1\r\n"], ids=["streamed", "keyed"])
+@pytest.mark.parametrize("case", list(ATTACKS))
+async def test_framing_past_its_bound_is_refused_uncharged(
+    gw: Running, bot: Bot, rclient: RedisClient, case: str, extra: str
+) -> None:
+    before = await free_credit(rclient, WS)
+    status, code = await post_chunked(gw, ATTACKS[case], UP, extra)
+    assert (code, status) == OVER
+    assert bot.calls == []
+    assert await free_credit(rclient, WS) == before
+
+
+async def test_framing_past_its_bound_to_the_admin_api_is_refused(gw: Running) -> None:
+    """The admin port runs the same protocol: a valid body with a huge extension, which
+    was parsed whole and served (201), is refused."""
+    body = orjson.dumps({"email": "ext@example.com", "name": "x"})
+    wire = b"%x;n=%b\r\n%b\r\n0\r\n\r\n" % (len(body), b"v" * MB, body)
+    status, code = await post_chunked(gw, wire, "/v1/users", AUTH, url=gw.admin_url)
+    assert (code, status) == OVER
+
+
+async def test_framing_trickled_after_the_head_is_refused(gw: Running, bot: Bot) -> None:
+    """The extension arrives in many small writes after the head (counted slice by slice,
+    none of it with the head): refused within the bound, before the client sent it all."""
+    wire = ATTACKS["one-huge-extension"]
+    async with RawConn.open(gw.url) as conn:
+        conn.send(hook_head(gw.url))
+        await conn.writer.drain()
+        with contextlib.suppress(ConnectionError):
+            for i in range(0, len(wire), 600):
+                conn.send(wire[i : i + 600])
+                await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert (orjson.loads(resp.body)["code"], resp.status) == OVER
+    assert bot.calls == []
+
+
+async def test_bodies_with_ordinary_framing_pass(gw: Running, bot: Bot) -> None:
+    """Extensions of a few bytes on every chunk, leading zeros, a short trailer section:
+    as before, forwarded whole."""
+    body = bytes(range(250)) * 2000  # 500,000 bytes in 1,000 chunks
+    wire = b"".join(
+        b"%08x;name=%b\r\n%b\r\n" % (500, b"v" * 12, body[i : i + 500])
+        for i in range(0, len(body), 500)
+    )
+    wire += b"0;last\r\nX-Checksum: " + b"c" * 4000 + b"\r\n\r\n"
+    status, _ = await post_chunked(gw, wire, f"/hooks/web/{APP}/up")
+    assert status == 200
+    assert [c.body for c in bot.calls] == [body]
+
+
+async def test_a_trailer_field_over_aiohttps_limit_is_refused(gw: Running, bot: Bot) -> None:
+    """aiohttp's parser limits each trailer field, as a header field, to 8,190 bytes
+    (its max_field_size): one longer is 400, or a reset (the gateway closing on what the
+    client still sends), whatever the framing bound says."""
+    wire = b"5\r\nhello\r\n0\r\nT: " + b"v" * 8200 + b"\r\n\r\n"
+    try:
+        status, _ = await post_chunked(gw, wire, UP)
+    except (ConnectionError, Closed):
+        status = 0
+    assert status in (0, 400), status
+    assert bot.calls == []
+
+
+@pytest.fixture
+async def quick_gw(seeded_gateway: SeededGateway) -> AsyncIterator[Running]:
+    """A gateway whose bodies time out after 2 s without data."""
+    apps = {APP: {"product": "automation"}}
+    async with seeded_gateway(WS, apps, free=500_000_000, body_timeout_s=2.0) as running:
+        yield running
+
+
+async def test_extension_bytes_alone_do_not_keep_a_body_alive(quick_gw: Running, bot: Bot) -> None:
+    """The traffic port's body timeout waits for body data, not wire bytes: a client
+    trickling a chunk's extension a byte at a time (never reaching the framing bound)
+    is answered 408 ``body_timeout`` once no data came for ``body_timeout_s``; the
+    message was admitted before (streamed), and the bot never gets it whole."""
+    gw = quick_gw
+    async with RawConn.open(gw.url) as conn:
+        conn.send(hook_head(gw.url) + b"5;n=")
+        answer = asyncio.ensure_future(conn.response(HANG_S))
+        sent = 0
+        try:
+            # Pacing, not a measure: one byte every 20 ms until the gateway answers.
+            while not answer.done() and sent < 4096:
+                conn.send(b"v")
+                await conn.writer.drain()
+                sent += 1
+                await asyncio.wait([answer], timeout=0.02)
+            resp = await answer
+        finally:
+            answer.cancel()
+    assert sent < 4096  # answered by the timeout, not by the framing bound
+    assert (orjson.loads(resp.body)["code"], resp.status) == ("body_timeout", 408)
+    assert bot.calls == []
