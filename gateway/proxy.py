@@ -28,8 +28,9 @@ doing; the bot got its start); one that stops arriving for ``body_timeout_s`` is
 turned invalid 400, one whose client left 499 (:mod:`gateway.request_body`): the client's
 failures, not the bot's (never observed as one), refunded by the sweeper if never
 forwarded, kept charged once the bot got its start (its first chunk: a bot never answers
-for free, as its answer is never passed on). A chunked body of too many chunks is 413
-(:mod:`gateway.chunk_framing`): refused, or refunded at once, if found before that.
+for free, as its answer is never passed on). A chunked body of too many chunks, or of
+too much framing (chunk extensions, trailers), is 413 (:mod:`gateway.chunk_framing`):
+refused, or refunded at once, if found before that.
 A non-billable callback gets a fixed status, never the bot's (:mod:`gateway.unbilled`);
 a looping request (:mod:`gateway.traffic_rules`) is refused before anything is metered.
 """

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httptools
+import pytest
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -89,3 +92,65 @@ def test_a_paused_parser_holds_back_what_it_is_fed() -> None:
 def test_the_protocol_attributes_read_exist() -> None:
     for name in ("_messages", "_reading_paused", "_upgraded", "_close", "_force_close"):
         assert hasattr(RequestHandler, name), name
+
+
+# Chunk extensions llhttp refuses (RFC 9112 §7.1.1 has none of them) and odd ones it
+# takes. The fast path (httptools, its own llhttp) hands every chunked body to aiohttp
+# before parsing it; should it ever parse one, it must agree with aiohttp on each.
+EXTENSIONS = {
+    b"3;a b": False,
+    b"3; a": False,
+    b"3;a = b": False,
+    b"3;a,b": False,
+    b"3;": False,
+    b"3;a;": False,
+    b"3;a\x00": False,
+    b"3;a=\x7f": False,
+    b"3;a=\xff": False,
+    b"3;a\rb": False,
+    b'3;a="x': False,
+    b'3;a="x\x01"': False,
+    b'3;a="x"y': False,
+    b"3\t;a": False,
+    b"3;=v": True,
+    b"3;;a": True,
+    b'3;a="\\x"': True,
+    b"3;a=b;c": True,
+}
+
+
+def _aiohttp_takes(wire: bytes) -> bool:
+    loop = asyncio.new_event_loop()
+    try:
+        proto = BaseProtocol(loop)
+        parser = HttpRequestParser(proto, loop, 2**16, auto_decompress=False)
+        proto._parser = parser
+        try:
+            messages, _, _ = parser.feed_data(HEAD + wire)
+        except BadHttpMessage:
+            return False
+        return bool(messages[0][1].is_eof())
+    finally:
+        loop.close()
+
+
+def _httptools_takes(wire: bytes) -> bool:
+    class Done:
+        complete = False
+
+        def on_message_complete(self) -> None:
+            self.complete = True
+
+    done = Done()
+    try:
+        httptools.HttpRequestParser(done).feed_data(HEAD + wire)
+    except httptools.HttpParserError:
+        return False
+    return done.complete
+
+
+@pytest.mark.parametrize("ext", list(EXTENSIONS), ids=repr)
+def test_both_parsers_agree_on_chunk_extensions(ext: bytes) -> None:
+    wire = ext + b"\r\nabc\r\n0\r\n\r\n"
+    assert _aiohttp_takes(wire) is EXTENSIONS[ext]
+    assert _httptools_takes(wire) is EXTENSIONS[ext]
