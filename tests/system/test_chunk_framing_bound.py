@@ -84,14 +84,22 @@ async def test_framing_trickled_after_the_head_is_refused(gw: Running, bot: Bot)
     assert bot.calls == []
 
 
-async def test_bodies_with_ordinary_framing_pass(gw: Running, bot: Bot) -> None:
+@pytest.mark.parametrize(
+    ("size", "chunk", "ext"),
+    [
+        pytest.param(500_000, 500, b";name=" + b"v" * 12, id="500B-chunks-18B-extensions"),
+        # 16,383 chunks: the stream pauses its reading past 4,096 unread chunk ends
+        pytest.param(1_048_500, 64, b";e=1", id="1MB-in-64B-chunks-with-extensions"),
+    ],
+)
+async def test_bodies_with_ordinary_framing_pass(
+    gw: Running, bot: Bot, size: int, chunk: int, ext: bytes
+) -> None:
     """Extensions of a few bytes on every chunk, leading zeros, a short trailer section:
     as before, forwarded whole."""
-    body = bytes(range(250)) * 2000  # 500,000 bytes in 1,000 chunks
-    wire = b"".join(
-        b"%08x;name=%b\r\n%b\r\n" % (500, b"v" * 12, body[i : i + 500])
-        for i in range(0, len(body), 500)
-    )
+    body = bytes(range(250)) * (size // 250)
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    wire = b"".join(b"%08x%b\r\n%b\r\n" % (len(piece), ext, piece) for piece in pieces)
     wire += b"0;last\r\nX-Checksum: " + b"c" * 4000 + b"\r\n\r\n"
     status, _ = await post_chunked(gw, wire, f"/hooks/web/{APP}/up")
     assert status == 200
