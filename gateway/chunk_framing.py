@@ -46,8 +46,12 @@ full, at most 16 KiB too many where the allowance is over 128 KiB.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_right
+from collections.abc import Iterable
 
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web import Request
 
@@ -124,6 +128,18 @@ class Framing:
         (:func:`gateway.request_body.chunks` checks at the end too)."""
         self.payload.feed_eof()
         self.payload.set_exception(problem)
+
+
+def parser_failed(messages: Iterable[tuple[object, object]], queued: int) -> BadHttpMessage | None:
+    """The parser's error in the messages after the first ``queued``, if any: aiohttp
+    queues it as a message of its own (answered 400 after the requests before it) and
+    tells no body of it, so a chunked body whose framing turned invalid after its head
+    was handed on waited for ``body_timeout_s``, its connection held, then 408."""
+    for msg, _ in itertools.islice(messages, queued, None):
+        exc = getattr(msg, "exc", None)
+        if not isinstance(msg, RawRequestMessage) and isinstance(exc, BadHttpMessage):
+            return exc
+    return None
 
 
 def refused(request: Request) -> Problem | None:

@@ -37,6 +37,7 @@ from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -45,11 +46,12 @@ from config import Settings
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.access_log import AccessLogger
 from gateway.appkeys import METRICS
-from gateway.chunk_framing import SLICE, Framing
+from gateway.chunk_framing import SLICE, Framing, parser_failed
 from gateway.client_gone import LostCallbacks
 from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
 from gateway.problems import INTERIM_BYTES, problem_response
+from gateway.request_body import invalid_body
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +86,18 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         super().data_received(data)
         if self._framing is not None:
             self._framing.fed(len(data))
-            self._count(self._framing)
+            self._count(self._framing, parser_failed(self._messages, queued))
         for msg, payload in itertools.islice(self._messages, queued, None):  # begun here
             if getattr(msg, "chunked", False) and type(payload) is StreamReader:
                 self._count(Framing(payload))  # (aiohttp gives every chunked body one)
 
-    def _count(self, framing: Framing) -> None:
-        """Refuse a chunked body over its bounds; else watch it until it is complete."""
+    def _count(self, framing: Framing, failed: BadHttpMessage | None = None) -> None:
+        """Refuse a chunked body over its bounds, or whose framing the parser ``failed``
+        on; else watch it until it is complete."""
         # Reading paused: the parser may hold back some of what it was fed, unparsed.
         problem = framing.over(parsed=not self._reading_paused)
+        if problem is None and failed is not None and not framing.payload.is_eof():
+            problem = invalid_body(failed)  # its own error (a complete body's is not)
         if problem is not None:
             self._framing = None
             framing.refuse(problem)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, SeededGateway, free_credit
 from tests.support.rawhttp import Closed, RawConn
@@ -68,9 +69,13 @@ async def test_framing_past_its_bound_to_the_admin_api_is_refused(gw: Running) -
     assert (code, status) == OVER
 
 
-async def test_framing_trickled_after_the_head_is_refused(gw: Running, bot: Bot) -> None:
+async def test_framing_trickled_after_the_head_is_refused(
+    gw: Running, bot: Bot, rclient: RedisClient
+) -> None:
     """The extension arrives in many small writes after the head (counted slice by slice,
-    none of it with the head): refused within the bound, before the client sent it all."""
+    none of it with the head): refused within the bound, before the client sent it all;
+    the message, admitted meanwhile or not, is not charged (refunded at once)."""
+    before = await free_credit(rclient, WS)
     wire = ATTACKS["one-huge-extension"]
     async with RawConn.open(gw.url) as conn:
         conn.send(hook_head(gw.url))
@@ -82,6 +87,11 @@ async def test_framing_trickled_after_the_head_is_refused(gw: Running, bot: Bot)
         resp = await conn.response(HANG_S)
     assert (orjson.loads(resp.body)["code"], resp.status) == OVER
     assert bot.calls == []
+    for _ in range(int(HANG_S / 0.05)):  # its reservation settled (a hang bound)
+        if not await rclient.zcard(keys.reservations_key(WS)):
+            break
+        await asyncio.sleep(0.05)
+    assert await free_credit(rclient, WS) == before
 
 
 @pytest.mark.parametrize(
@@ -150,3 +160,39 @@ async def test_extension_bytes_alone_do_not_keep_a_body_alive(quick_gw: Running,
     assert sent < 4096  # answered by the timeout, not by the framing bound
     assert (orjson.loads(resp.body)["code"], resp.status) == ("body_timeout", 408)
     assert bot.calls == []
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"0\r\n" + b"".join(b"t%d: v\r\n" % i for i in range(200)) + b"\r\n",  # > 128 fields
+        b"zz\r\nabc\r\n0\r\n\r\n",  # not a size
+        b"3;x\nabc\r\n0\r\n\r\n",  # bare LF after an extension
+        b"3;a b\r\nabc\r\n0\r\n\r\n",  # space in an extension's name
+    ],
+    ids=["trailer-fields-past-128", "bad-size", "extension-bare-lf", "extension-space"],
+)
+async def test_framing_invalid_after_the_head_is_400_at_once(
+    gw: Running, bot: Bot, rclient: RedisClient, tail: bytes
+) -> None:
+    """A streamed body's first chunk reached the bot (its charge confirmed), then the
+    parser fails on what follows: aiohttp queued its error behind the request and told
+    the body nothing, so the gateway waited out ``body_timeout_s`` (30 s, the connection
+    and its bot connection held) and answered 408. Now 400 ``invalid_body`` at once; the
+    bot never gets a complete request and the charge stays, as for any body failing
+    once the bot had its start."""
+    before = await free_credit(rclient, WS)
+    async with RawConn.open(gw.url) as conn:
+        conn.send(hook_head(gw.url) + b"5\r\nhello\r\n")
+        for _ in range(int(HANG_S / 0.05)):  # until the charge is confirmed (a hang bound)
+            charged = await free_credit(rclient, WS) < before
+            if charged and not await rclient.zcard(keys.reservations_key(WS)):
+                break
+            await asyncio.sleep(0.05)
+        conn.send(tail)
+        await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+        assert await conn.closed()
+    assert (orjson.loads(resp.body)["code"], resp.status) == ("invalid_body", 400)
+    assert bot.calls == []
+    assert await free_credit(rclient, WS) < before

@@ -1,10 +1,11 @@
 """The chunk bounds (gateway.chunk_framing) read private parts of aiohttp (the pinned
 3.14.5): each chunk end its C parser records in the body's stream
-(``StreamReader._http_chunk_splits``), and the protocol's ``_messages``,
-``_reading_paused``, ``_upgraded``; the framing bound counts on the parser taking all it
-is fed unless reading is paused, and on its taking chunk extensions and leading zeros
-without a bound of its own (else the bound would be aiohttp's). Should an upgrade change
-any of it, this fails here, before any server runs, rather than letting floods through."""
+(``StreamReader._http_chunk_splits``), the protocol's ``_messages``,
+``_reading_paused``, ``_upgraded``, and the parser's error queued as an ``_ErrInfo``
+with its ``exc``; the framing bound counts on the parser taking all it is fed unless
+reading is paused, and on its taking chunk extensions and leading zeros without a bound
+of its own (else the bound would be aiohttp's). Should an upgrade change any of it, this
+fails here, before any server runs, rather than letting floods through."""
 
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from gateway.chunk_framing import FRAMING_FREE, FRAMING_PER_CHUNK, FREE, PER_CHUNK, Framing
+from gateway.chunk_framing import (
+    FRAMING_FREE,
+    FRAMING_PER_CHUNK,
+    FREE,
+    PER_CHUNK,
+    Framing,
+    parser_failed,
+)
 
 HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -154,3 +162,16 @@ def test_both_parsers_agree_on_chunk_extensions(ext: bytes) -> None:
     wire = ext + b"\r\nabc\r\n0\r\n\r\n"
     assert _aiohttp_takes(wire) is EXTENSIONS[ext]
     assert _httptools_takes(wire) is EXTENSIONS[ext]
+
+
+def test_a_parser_error_is_queued_as_a_message_with_its_exception() -> None:
+    """aiohttp's protocol queues the parser's error as an ``_ErrInfo`` with ``exc``
+    (gateway.chunk_framing.parser_failed finds it there to fail the body being read)."""
+    exc = BadHttpMessage("bad chunk")
+    queued = [
+        (object(), EMPTY_PAYLOAD),
+        (_ErrInfo(status=400, exc=exc, message="x"), EMPTY_PAYLOAD),
+    ]
+    assert parser_failed(queued, 0) is exc
+    assert parser_failed(queued[:1], 0) is None
+    assert parser_failed(queued, 2) is None
