@@ -196,3 +196,17 @@ async def test_framing_invalid_after_the_head_is_400_at_once(
     assert (orjson.loads(resp.body)["code"], resp.status) == ("invalid_body", 400)
     assert bot.calls == []
     assert await free_credit(rclient, WS) < before
+
+
+async def test_framing_invalid_after_the_admin_ports_100_continue_is_400(gw: Running) -> None:
+    """The admin port alike: its 100 says the head was handed on (aiohttp's own expect
+    handler), then a malformed chunk size waited out ``admin_body_timeout_s`` (15 s),
+    answered 408; now 400 ``invalid_body`` at once."""
+    fields = AUTH + "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n"
+    async with RawConn.open(gw.admin_url) as conn:
+        conn.send(hook_head(gw.admin_url, fields, path="/v1/users", user=False))
+        assert (await conn.response(HANG_S)).status == 100
+        conn.send(b'5\r\n{"a":\r\nzz\r\n1\r\n}\r\n0\r\n\r\n')
+        await conn.writer.drain()
+        resp = await conn.response(HANG_S)
+    assert (orjson.loads(resp.body)["code"], resp.status) == ("invalid_body", 400)
