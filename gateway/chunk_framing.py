@@ -42,6 +42,9 @@ either side uncounted) less the body's data, only while the parser keeps nothing
 stream asks for past 4,096 unread chunk ends takes effect at the next piece of data,
 which may come a slice later, with reading resumed by then: that slice is counted in
 full, at most 16 KiB too many where the allowance is over 128 KiB.
+
+A body whose framing the parser fails on (:func:`parser_failed`) is ended the same way,
+with 400 ``invalid_body``, at once rather than after ``body_timeout_s``.
 """
 
 from __future__ import annotations
