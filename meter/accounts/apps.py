@@ -56,18 +56,33 @@ async def project_app(d: Deps, app: App) -> bool:
             app.id,
         )
         return False
-    await projection.put_app(
-        d.redis,
-        app.id,
-        product=app.product,
-        use_free_credits=app.use_free_credits,
-        suspended=app.suspended,
-        upstream_url=app.upstream_url,
-        shadow=app.shadow,
-    )
+    await _put_latest(d, app)
     await channel_secrets.project_app_channels(d.store, d.redis, app.id)
     await announce(d, app.id)
     return True
+
+
+async def _put_latest(d: Deps, app: App) -> None:
+    """Write ``app`` (as the store held it when written) to Redis, then again as the
+    store holds it now, until the two agree: concurrent changes of one app (a former
+    owner's, landed before a handover, and the new owner's) reach Redis in any order,
+    and the projection written last must not be the older one. Whoever writes Redis
+    last reads the store after that write, so Redis ends as the store ends."""
+    for _ in range(channel_secrets.PASSES):
+        await projection.put_app(
+            d.redis,
+            app.id,
+            product=app.product,
+            use_free_credits=app.use_free_credits,
+            suspended=app.suspended,
+            upstream_url=app.upstream_url,
+            shadow=app.shadow,
+        )
+        latest = await d.store.get_app(app.id)
+        if latest is None or latest == app:
+            return
+        app = latest
+    log.warning("app %s kept changing while projected; the projection check repairs it", app.id)
 
 
 def app_dict(app: App) -> dict[str, Any]:

@@ -46,6 +46,9 @@ MIN_SECRET = 32  # HS256 keys below 32 bytes are weak (RFC 7518 §3.2); Slack/Me
 MAX_SECRET = 512
 FIELD_PREFIX = "ch:"
 _INFO = b"creditgate channel secrets v1"
+# A projection written again at most this often while what it projects keeps changing
+# (the projection check repairs what is left).
+PASSES = 8
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,20 @@ async def project(client: RedisClient, app_id: str, channel: str, ch: AppChannel
         await client.hset(ak, field_of(channel), projected(ch))
 
 
+async def project_latest(d: Deps, app_id: str, channel: str, ch: AppChannel | None) -> None:
+    """Write ``ch`` (the store's row as this change left it; ``None``: removed) to Redis,
+    then again as the store holds it now, until the two agree: changes of one channel
+    (a former owner's, landed before a handover, and the new owner's) reach Redis in any
+    order, and whoever writes it last reads the store after that write."""
+    for _ in range(PASSES):
+        await project(d.redis, app_id, channel, ch)
+        latest = await d.store.get_app_channel(app_id, channel)
+        if latest == ch:
+            return
+        ch = latest
+    log.warning("channel %s of app %s kept changing while projected", channel, app_id)
+
+
 async def project_app_channels(store: Store, client: RedisClient, app_id: str) -> None:
     """Rebuild every channel secret of an app in Redis from the store."""
     for ch in await store.list_app_channels(app_id):
@@ -161,7 +178,7 @@ async def set_channel(
             "max_channels_per_app); remove one, or ask the operator to raise it",
             code="too_many_channels",
         )
-    await project(d.redis, app.id, channel, ch)
+    await project_latest(d, app.id, channel, ch)
     await announce(d, app.id)
     # Never the secret itself: only that it was set, and when.
     after = {"channel": channel, "scheme": ch.scheme, "notify_secret": bool(notify_secret)}
@@ -178,7 +195,7 @@ async def remove_channel(
     _check_channel(channel)
     before = await d.store.get_app_channel(app.id, channel)
     await d.store.delete_app_channel(app.id, channel, expect_owner=owner)
-    await project(d.redis, app.id, channel, None)
+    await project_latest(d, app.id, channel, None)
     await announce(d, app.id)
     if before is not None:
         prior = {"channel": channel, "scheme": before.scheme}

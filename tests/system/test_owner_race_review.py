@@ -1,0 +1,112 @@
+"""Second pass over the owner races (tests/system/test_owner_race.py): what the store's
+``expect_owner`` does not reach.
+
+* A former owner's write that landed before the handover (rightly: they owned the app
+  then) is projected to Redis after it; its projection, held, must not overwrite the new
+  owner's later write there: Redis ends as the store ends, whatever the order in which
+  the two projections reach it.
+* The workspace owner's handover to the user a stale read names as the owner must not
+  be answered "done" while the app stays with someone else.
+
+Real sockets, a real redis-server, SQLite and PostgreSQL stores. The race is forced, not
+timed: the projection (or the handler's own read) is held while the other writes go
+through, then let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from meter.accounts import channel_secrets, projection
+from meter.redis_layer import keys
+from tests.support.adminkit import Admin
+from tests.system.test_owner_race import SECRET, Scene
+from tests.system.test_owner_race import scene as scene
+
+FORMER, NEW = "http://127.0.0.1:9/former-owner", "http://127.0.0.1:9/new-owner"
+
+
+@asynccontextmanager
+async def held_call(
+    module: Any, name: str, when: Callable[..., bool] = lambda *a, **k: True
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Hold the first call of ``module.<name>`` that ``when`` accepts until released;
+    yields a waiter that returns once that call is held. Other calls run unheld."""
+    real = getattr(module, name)
+    reached, go = asyncio.Event(), asyncio.Event()
+
+    async def paused(*args: Any, **kwargs: Any) -> Any:
+        if not reached.is_set() and when(*args, **kwargs):
+            reached.set()
+            await go.wait()
+        return await real(*args, **kwargs)
+
+    setattr(module, name, paused)
+    try:
+        yield reached.wait
+    finally:
+        go.set()
+        setattr(module, name, real)
+
+
+async def started(task: asyncio.Future[Any], reached: Callable[[], Awaitable[None]]) -> None:
+    """Return once ``task`` is held (fails at once if it ended instead)."""
+    first = asyncio.ensure_future(reached())
+    await asyncio.wait([task, first], return_when=asyncio.FIRST_COMPLETED)
+    assert first.done(), await task
+
+
+async def live(admin: Admin, app: str, field: str) -> bytes | None:
+    ws = keys.workspace_of(app)
+    assert ws is not None
+    value: bytes | None = await admin.redis.hget(keys.app_key(ws, app), field)
+    return value
+
+
+async def test_a_former_owners_late_projection_never_outlives_the_new_owners_write(
+    scene: Scene,
+) -> None:
+    """Alice's PATCH lands in the store while she owns the app; its projection is held;
+    the app is handed to Bob, who sets his own upstream. Let go, Alice's projection
+    must not leave her upstream live in Redis while the store holds Bob's (on the old
+    code it did: traffic of Bob's app went to Alice's URL until a repair pass)."""
+    s = scene
+    async with held_call(projection, "put_app") as reached:
+        alice = asyncio.ensure_future(
+            s.admin.api("PATCH", f"/v1/apps/{s.app}", s.alice[1], {"upstream_url": FORMER})
+        )
+        await started(alice, reached)  # her write is in the store, not yet in Redis
+        await s.admin.ok("POST", f"/v1/apps/{s.app}/transfer", s.owner, {"user_id": s.bob[0]})
+        await s.admin.ok("PATCH", f"/v1/apps/{s.app}", s.bob[1], {"upstream_url": NEW})
+    status, body = await alice
+    assert status == 200, body  # she owned the app when it was written
+    stored = await s.admin.store.get_app(s.app)
+    assert stored is not None
+    assert (stored.owner_id, stored.upstream_url) == (s.bob[0], NEW)
+    assert await live(s.admin, s.app, "up") == NEW.encode()
+
+
+async def test_a_former_owners_late_channel_removal_never_outlives_the_new_secret(
+    scene: Scene,
+) -> None:
+    """Alice removes the web channel's secret (in the store while she owns the app); its
+    projection is held; Bob, the owner now, sets a new secret. Let go, Alice's removal
+    must not leave the channel unauthenticated in Redis while the store holds Bob's
+    secret (on the old code it did)."""
+    s = scene
+    path = f"/v1/apps/{s.app}/channels/web"
+    await s.admin.ok("PUT", path, s.alice[1], {"secret": SECRET})
+    async with held_call(channel_secrets, "project", lambda *a, **k: a[3] is None) as reached:
+        alice = asyncio.ensure_future(s.admin.api("DELETE", path, s.alice[1]))
+        await started(alice, reached)
+        await s.admin.ok("POST", f"/v1/apps/{s.app}/transfer", s.owner, {"user_id": s.bob[0]})
+        await s.admin.ok("PUT", path, s.bob[1], {"secret": "b" * 40})
+    status, body = await alice
+    assert status == 200, body
+    stored = await s.admin.store.get_app_channel(s.app, "web")
+    assert stored is not None
+    field = channel_secrets.field_of("web")
+    assert await live(s.admin, s.app, field) == channel_secrets.projected(stored)
