@@ -194,8 +194,13 @@ async def transfer(d: Deps, actor: str, app: App, user_id: str, *, owner: str | 
     # an unknown user id from a known one.
     if not await d.store.is_member(app.workspace_id, user_id):
         raise InvalidInput("user_id", f"{user_id} is not a member of workspace {app.workspace_id}")
-    if user_id == app.owner_id:
-        return app
+    # Already theirs: answered as the store holds it now (the app the route read may
+    # have been handed over since, to someone else or to them).
+    latest = await d.store.get_app(app.id)
+    if latest is None:
+        raise NotFound("app", app.id)
+    if user_id == latest.owner_id:
+        return latest
     try:  # checked again in the transfer's own step: a removal may race it
         return await invitations.transfer(d, actor, app, user_id, owner=owner)
     except NotMember:

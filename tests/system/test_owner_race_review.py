@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from meter.accounts import channel_secrets, projection
 from meter.redis_layer import keys
 from tests.support.adminkit import Admin
@@ -110,3 +112,43 @@ async def test_a_former_owners_late_channel_removal_never_outlives_the_new_secre
     assert stored is not None
     field = channel_secrets.field_of("web")
     assert await live(s.admin, s.app, field) == channel_secrets.projected(stored)
+
+
+@pytest.mark.parametrize("by", ["owner", "alice"])
+async def test_a_handover_to_the_stale_owner_is_made_or_refused_never_only_answered(
+    scene: Scene, by: str
+) -> None:
+    """The workspace owner hands the app to Alice, its owner when the route read it;
+    meanwhile Alice herself hands it to Bob. The workspace owner's handover must land
+    (the app is Alice's again) rather than be answered 200 with Alice as the owner while
+    Bob keeps the app (the old code's shortcut on the stale read). Alice's own handover
+    to herself, held the same way while the workspace owner gives the app to Bob, is
+    409 owner_changed, not a 200 that says she still owns it."""
+    s = scene
+    caller, mover = (s.owner, s.alice[1]) if by == "owner" else (s.alice[1], s.owner)
+
+    # Held in the handler: its membership check of the new owner (Alice), after the
+    # route's grant was decided on the app as it was. Alice's own grant checks her
+    # membership twice first (before and after the body): hers is the third such call.
+    nth = [1 if by == "owner" else 3]
+
+    def handler_check(ws: str, user: str) -> bool:
+        if (ws, user) == (s.ws, s.alice[0]):
+            nth[0] -= 1
+        return nth[0] == 0
+
+    async with held_call(s.admin.store, "is_member", handler_check) as reached:
+        write = s.admin.api("POST", f"/v1/apps/{s.app}/transfer", caller, {"user_id": s.alice[0]})
+        task = asyncio.ensure_future(write)
+        await started(task, reached)
+        await s.admin.ok("POST", f"/v1/apps/{s.app}/transfer", mover, {"user_id": s.bob[0]})
+    status, body = await task
+    stored = await s.admin.store.get_app(s.app)
+    assert stored is not None
+    if by == "owner":
+        assert status == 200, body
+        assert (body["owner_id"], stored.owner_id) == (s.alice[0], s.alice[0])
+    else:
+        assert status == 409, body
+        assert body["code"] == "owner_changed", body
+        assert stored.owner_id == s.bob[0]
