@@ -32,6 +32,7 @@ from meter.store.models import ROLES, Role
 MAX_PENDING = 100  # open invitations per workspace and per app
 MAX_BY_INVITER = 200  # open invitations made by one user, all targets together
 MAX_PER_INVITEE = 100  # open invitations one user holds from one workspace and its apps
+OWNER_NO_COLLABORATOR = "the app owner cannot also be a collaborator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ async def _invite(
     role: Role | None = inv.role  # type: ignore[assignment]  # checked by the caller
     if outcome == "gone":
         raise NotFound(inv.kind, inv.target)
+    if outcome == "owner":  # handed to the invitee after the route read the app
+        raise InvalidInput("user_id", OWNER_NO_COLLABORATOR)
     if outcome in ("full", "inviter_full", "invitee_full"):
         many = f"{MAX_PENDING} invitations to {what} are"
         if outcome == "inviter_full":
@@ -109,7 +112,7 @@ async def invite_collaborator(
     if role not in ROLES:
         raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
     if user_id == app.owner_id:
-        raise InvalidInput("user_id", "the app owner cannot also be a collaborator")
+        raise InvalidInput("user_id", OWNER_NO_COLLABORATOR)
     inv = Invitation(
         new_id("i"), "app", app.id, app.workspace_id, app.id, user_id, role, inviter, d.now_ms()
     )

@@ -32,7 +32,8 @@ from meter.store.apps import check_owner
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 
 Kind = Literal["workspace", "app"]
-Outcome = Literal["created", "pending", "active", "full", "inviter_full", "invitee_full", "gone"]
+Full = Literal["full", "inviter_full", "invitee_full"]  # a cap reached: nothing written
+Outcome = Literal["created", "pending", "active", "gone", "owner"] | Full
 Done = tuple[Outcome, str | None]  # what an invitation did, and the role held before
 
 INVITATION_COLUMNS = "id, kind, target, workspace_id, app_id, user_id, role, invited_by, created_at"
@@ -123,9 +124,8 @@ class Invitations(StoreCore):
         (long expired: nothing reads them) go. ``swept`` is a lifetime before ``since``, so
         a process with a clock ahead, or a shorter lifetime during a rolling deploy, never
         deletes an invitation another still counts as open. In a transaction of its own
-        that skips rows another one holds: it waits for nothing, so it can be in no
-        deadlock (inside the invitation's, it held rows a replacing invitation waited for
-        while it waited for that one's workspace)."""
+        that skips rows another one holds: it waits for nothing, so it is in no deadlock
+        (inside the invitation's, it held rows a replacing one waited for while it waited)."""
         outcome = await self._invite(inv, caps, since, expect_owner)
         async with self.transaction() as c:
             await c.execute(
@@ -148,6 +148,7 @@ class Invitations(StoreCore):
         * ``invitee_full``: the invitee holds ``caps.invitee`` open invitations of this
           workspace and its apps; no invitation is written;
         * ``created``: a new pending invitation;
+        * ``owner``: the invitee owns the app by now (no collaborator); nothing written;
         * ``gone``: the workspace or app no longer exists (an app no longer owned by
           ``owner``, if given: :class:`~meter.store.OwnerChanged`, nothing written).
         """
@@ -157,6 +158,8 @@ class Invitations(StoreCore):
             if locked is None:
                 return "gone", None  # the workspace or app was deleted meanwhile
             check_owner(locked, inv.target, owner)  # nothing written if another's by now
+            if inv.kind == "app" and locked["owner_id"] == inv.user_id:  # handed to them
+                return "owner", None
             if inv.kind == "workspace":
                 member = await c.fetchval(
                     "SELECT 1 AS x FROM memberships WHERE workspace_id = ? AND user_id = ?",

@@ -152,3 +152,23 @@ async def test_a_handover_to_the_stale_owner_is_made_or_refused_never_only_answe
         assert status == 409, body
         assert body["code"] == "owner_changed", body
         assert stored.owner_id == s.bob[0]
+
+
+async def test_the_new_owner_is_not_invited_to_collaborate_on_their_own_app(
+    scene: Scene,
+) -> None:
+    """The workspace owner invites Bob to collaborate on Alice's app (as the route read
+    it); meanwhile Alice hands the app to Bob. The owner is no collaborator: the
+    invitation is refused (422, as when the route sees Bob owning it), never left
+    pending in Bob's list for his own app (as the old code did)."""
+    s = scene
+    offer = {"user_id": s.bob[0], "role": "developer"}
+    async with held_call(s.admin.store, "invite") as reached:
+        write = s.admin.api("POST", f"/v1/apps/{s.app}/collaborators", s.owner, offer)
+        task = asyncio.ensure_future(write)
+        await started(task, reached)
+        await s.admin.ok("POST", f"/v1/apps/{s.app}/transfer", s.alice[1], {"user_id": s.bob[0]})
+    status, body = await task
+    assert status == 422, body
+    assert body["field"] == "user_id", body
+    assert (await s.admin.ok("GET", "/v1/invitations", s.bob[1]))["invitations"] == []
