@@ -132,9 +132,22 @@ async def project_latest(d: Deps, app_id: str, channel: str, ch: AppChannel | No
 
 
 async def project_app_channels(store: Store, client: RedisClient, app_id: str) -> None:
-    """Rebuild every channel secret of an app in Redis from the store."""
-    for ch in await store.list_app_channels(app_id):
-        await project(client, app_id, ch.channel, ch)
+    """Rebuild every channel secret of an app in Redis from the store, then again while
+    the store moved on meanwhile (as :func:`project_latest`): a secret set or removed
+    during the rebuild is never undone in Redis by the rebuild's older read of it."""
+    chans = await store.list_app_channels(app_id)
+    gone: set[str] = set()
+    for _ in range(PASSES):
+        for name in gone:
+            await project(client, app_id, name, None)
+        for ch in chans:
+            await project(client, app_id, ch.channel, ch)
+        latest = await store.list_app_channels(app_id)
+        if latest == chans:
+            return
+        gone = {ch.channel for ch in chans} - {ch.channel for ch in latest}
+        chans = latest
+    log.warning("the channels of app %s kept changing while projected", app_id)
 
 
 def _check_channel(channel: str) -> str:

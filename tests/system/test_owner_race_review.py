@@ -172,3 +172,31 @@ async def test_the_new_owner_is_not_invited_to_collaborate_on_their_own_app(
     assert status == 422, body
     assert body["field"] == "user_id", body
     assert (await s.admin.ok("GET", "/v1/invitations", s.bob[1]))["invitations"] == []
+
+
+@pytest.mark.parametrize("change", ["rotate", "remove"])
+async def test_an_app_projection_never_undoes_a_secret_changed_meanwhile(
+    scene: Scene, change: str
+) -> None:
+    """Alice's PATCH projects the app with its channel secrets as the store held them;
+    held there, she rotates the web channel's secret (a leaked one, say) or removes it.
+    Let go, the PATCH's projection must not put the old secret back in Redis while the
+    store holds the new one, or none (on the old code it did: the leaked secret verified
+    and the new one was refused until a projection-check pass; a removed secret stayed
+    live, which no pass repairs)."""
+    s = scene
+    path = f"/v1/apps/{s.app}/channels/web"
+    await s.admin.ok("PUT", path, s.alice[1], {"secret": SECRET})
+    async with held_call(channel_secrets, "project") as reached:
+        patch = {"upstream_url": NEW}
+        task = asyncio.ensure_future(s.admin.api("PATCH", f"/v1/apps/{s.app}", s.alice[1], patch))
+        await started(task, reached)  # projecting the channels it read: the old secret
+        if change == "rotate":
+            await s.admin.ok("PUT", path, s.alice[1], {"secret": "r" * 40})
+        else:
+            await s.admin.ok("DELETE", path, s.alice[1])
+    status, body = await task
+    assert status == 200, body
+    stored = await s.admin.store.get_app_channel(s.app, "web")
+    want = channel_secrets.projected(stored) if stored else None
+    assert await live(s.admin, s.app, channel_secrets.field_of("web")) == want
