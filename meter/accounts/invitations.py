@@ -146,11 +146,12 @@ async def withdraw(
 async def transfer(d: Deps, actor: str, app: App, user_id: str, *, owner: str | None) -> App:
     """Make ``user_id`` the app's owner; every invitation to the app (the previous owner's
     offers) is withdrawn in the same step. ``owner``: as for ``apps.update_app``."""
-    updated, withdrawn = await d.store.transfer_app(app.id, user_id, expect_owner=owner)
+    updated, withdrawn, previous = await d.store.transfer_app(app.id, user_id, expect_owner=owner)
     if updated is None:
         raise NotFound("app", app.id)
     target = f"app:{app.id}"
-    before, after = {"owner_id": app.owner_id}, {"owner_id": user_id}
+    # Whom the store took it from (a handover may have landed since the route read it).
+    before, after = {"owner_id": previous}, {"owner_id": user_id}
     await audit(d, actor, "app.transfer", target, before, after)
     if withdrawn:
         reason = {"reason": "app.transfer", "user_ids": withdrawn}

@@ -109,19 +109,21 @@ class Withdrawals(Invitations):
 
     async def transfer_app(
         self, app_id: str, user_id: str, *, expect_owner: str | None = None
-    ) -> tuple[App | None, list[str]]:
+    ) -> tuple[App | None, list[str], str | None]:
         """Make ``user_id`` the app's owner: no longer a collaborator of it (the owner's
         rights include every role's), and every invitation to the app withdrawn (they were
-        the previous owner's offers). Returns the app (``None`` if it is gone) and the
-        user ids whose invitations were withdrawn. :class:`NotMember` (nothing written)
-        unless ``user_id`` is a member of the app's workspace; :class:`OwnerChanged`
-        (nothing written) when ``expect_owner`` is given and no longer owns the app."""
+        the previous owner's offers). Returns the app (``None`` if it is gone), the user
+        ids whose invitations were withdrawn, and the owner it was taken from (read with
+        the row locked: the audit's, whatever the caller read before).
+        :class:`NotMember` (nothing written) unless ``user_id`` is a member of the app's
+        workspace; :class:`OwnerChanged` (nothing written) when ``expect_owner`` is given
+        and no longer owns the app."""
         async with self.transaction() as c:
             found = await c.fetchrow(
                 f"SELECT workspace_id, owner_id FROM apps WHERE id = ?{self.for_update}", app_id
             )
             if found is None:
-                return None, []
+                return None, [], None
             check_owner(found, app_id, expect_owner)
             # Locked, the membership cannot be withdrawn before the commit; withdrawn
             # first, the new owner is no member and nothing is written.
@@ -138,4 +140,5 @@ class Withdrawals(Invitations):
             gone = await c.fetch(
                 "DELETE FROM invitations WHERE app_id = ? RETURNING user_id", app_id
             )
-        return (app_row(row) if row else None), sorted(str(r["user_id"]) for r in gone)
+        withdrawn = sorted(str(r["user_id"]) for r in gone)
+        return (app_row(row) if row else None), withdrawn, str(found["owner_id"])

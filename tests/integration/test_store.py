@@ -642,9 +642,9 @@ async def test_app_writes_land_only_while_the_expected_owner_owns_the_app(
     assert await ws.put_app_channel(ch)
     inv = Invitation("inv1", "app", APP, WS, APP, "u3", "tester", "u1", T0)
     caps = Caps(10, 10, 10)
-    moved, _ = await stores().transfer_app(APP, "u2")  # the other gateway's handover
+    moved, _, before = await stores().transfer_app(APP, "u2")  # the other gateway's handover
     assert moved is not None
-    assert moved.owner_id == "u2"
+    assert (moved.owner_id, before) == ("u2", "u1")
 
     def writes(owner: str) -> list[Callable[[], Awaitable[object]]]:
         return [
@@ -677,5 +677,5 @@ async def test_app_writes_land_only_while_the_expected_owner_owns_the_app(
 
     gone = "ws0001_gone"
     assert await ws.update_app(gone, expect_owner="u1", name="x") is None
-    assert await ws.transfer_app(gone, "u1", expect_owner="u1") == (None, [])
+    assert await ws.transfer_app(gone, "u1", expect_owner="u1") == (None, [], None)
     assert not await ws.delete_app_channel(gone, "web", expect_owner="u1")

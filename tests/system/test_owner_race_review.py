@@ -200,3 +200,27 @@ async def test_an_app_projection_never_undoes_a_secret_changed_meanwhile(
     stored = await s.admin.store.get_app_channel(s.app, "web")
     want = channel_secrets.projected(stored) if stored else None
     assert await live(s.admin, s.app, channel_secrets.field_of("web")) == want
+
+
+async def test_a_handover_audits_whom_the_app_was_taken_from(scene: Scene) -> None:
+    """The workspace owner hands Alice's app (as the route read it) to Carol; meanwhile
+    Alice hands it to Bob. The workspace owner's handover lands, taking it from Bob: the
+    audit must say so (the old code recorded Alice, from the route's stale read)."""
+    s = scene
+    await s.admin.join(s.ws, s.owner, s.carol)
+    async with held_call(s.admin.store, "transfer_app") as reached:
+        write = s.admin.api("POST", f"/v1/apps/{s.app}/transfer", s.owner, {"user_id": s.carol[0]})
+        task = asyncio.ensure_future(write)
+        await started(task, reached)
+        await s.admin.ok("POST", f"/v1/apps/{s.app}/transfer", s.alice[1], {"user_id": s.bob[0]})
+    status, body = await task
+    assert status == 200, body
+    entries = await s.admin.store.list_audit(target=f"app:{s.app}")
+    moves = [(e.before, e.after) for e in entries if e.action == "app.transfer"]
+    assert sorted(moves, key=repr) == sorted(
+        [
+            ({"owner_id": s.alice[0]}, {"owner_id": s.bob[0]}),
+            ({"owner_id": s.bob[0]}, {"owner_id": s.carol[0]}),
+        ],
+        key=repr,
+    )
