@@ -69,6 +69,10 @@ class Settings(
             # refund window the sweeper refunds it, and then it would be sent for free.
             # The margin is for its confirmation to reach Redis before the sweeper looks.
             raise ValueError("refund_window_s must be at least 1.5 x upstream_connect_timeout_s")
+        if self.ws_send_timeout_s is not None and self.ws_send_timeout_s > self.refund_window_s / 2:
+            # A WebSocket message is charged before its send: past the refund window the
+            # sweeper refunds it, and a send still waiting could then deliver it for free.
+            raise ValueError("ws_send_timeout_s must be at most half of refund_window_s")
         if self.rate_minute_window_s > self.rate_hour_window_s:
             raise ValueError("rate_minute_window_s must not exceed rate_hour_window_s")
         if self.idempotency_ttl_s <= self.channel_jwt_leeway_s:
@@ -89,6 +93,13 @@ class Settings(
         """``upstream_connections_per_tenant_bot``, or its default."""
         given = self.upstream_connections_per_tenant_bot
         return given if given is not None else share(self.upstream_connections_per_bot)
+
+    @property
+    def ws_send_s(self) -> float:
+        """``ws_send_timeout_s``, or its default: half the refund window, at most the
+        WebSocket idle timeout."""
+        given = self.ws_send_timeout_s
+        return given if given is not None else min(self.refund_window_s / 2, self.ws_idle_timeout_s)
 
     @property
     def ws_tenant_connections(self) -> int:

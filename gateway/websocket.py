@@ -236,7 +236,7 @@ async def proxy_websocket(
     client = await _accept(request, upstream, watch, proxy.max_body)
     charges = Charges(proxy, app_id, channel, user, proxy.channels.get(channel).label)
     settings = request.app[SETTINGS]
-    send_s = min(settings.refund_window_s / 2, settings.ws_idle_timeout_s)
+    send_s = settings.ws_send_s
     linger = Linger(settings.ws_linger_s)  # a dropped bot connection's last bytes
     try:
         credential = Credential(

@@ -4,8 +4,8 @@ Client -> bot: each text or binary message is admitted
 (:class:`~gateway.ws_charges.Charges`), then written to the bot's connection and
 confirmed as forwarded once its whole frame is with the kernel (:mod:`gateway.ws_wire`:
 a send waits for that), which delivers it to a bot that reads it. A send that waits on a
-bot that stopped reading waits at most ``send_s``: half the refund window, never longer
-than the idle timeout. Past it the bot's connection is dropped
+bot that stopped reading waits at most ``send_s`` (``ws_send_timeout_s``; unset, half the
+refund window, never longer than the idle timeout). Past it the bot's connection is dropped
 (:class:`~gateway.ws_wire.Linger`: the transport's buffer discarded, what the kernel
 took still sent, never reset), and the client closed 1011 ``upstream_timeout``; the
 message is refunded, whatever ``refund_on`` says, if the frame's tail was still in the

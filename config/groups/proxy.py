@@ -37,6 +37,10 @@ class ProxySettings(BaseModel):
     ws_idle_timeout_s: Seconds = 300.0
     ws_first_message_timeout_s: Seconds = 30.0
     ws_linger_s: Seconds = 5.0  # a dropped bot connection's last bytes (gateway/ws_wire.py)
+    # How long a client message (or a pong) may wait for the bot to take it before the
+    # bot's connection is dropped (gateway/ws_pump.py); unset, half the refund window, at
+    # most ws_idle_timeout_s (Settings.ws_send_s). At most half the refund window.
+    ws_send_timeout_s: Seconds | None = None
     max_body_bytes: int = Field(1 << 20, ge=1)
     refund_on: RefundOn = ["connect", "timeout", "5xx"]
     shutdown_grace_s: Seconds = 20.0

@@ -99,3 +99,18 @@ def test_the_idempotency_window_must_outlast_the_channel_clock_skew() -> None:
     with pytest.raises(ValidationError, match="must exceed channel_jwt_leeway_s"):
         Settings(idempotency_ttl_s=300, channel_jwt_leeway_s=300)
     assert settings_accept(idempotency_ttl_s=301, channel_jwt_leeway_s=300)
+
+
+def test_the_websocket_send_deadline_defaults_to_half_the_refund_window() -> None:
+    """Unset, the deadline it replaced (min(half the refund window, the idle timeout));
+    set, its own; never over half the refund window: a message is charged before its
+    send, and one still being sent past the window would be refunded, then delivered."""
+    assert Settings().ws_send_s == 60.0
+    assert Settings(refund_window_s=10).ws_send_s == 5.0
+    assert Settings(ws_idle_timeout_s=3).ws_send_s == 3.0
+    assert Settings(ws_send_timeout_s=1).ws_send_s == 1.0
+    assert Settings(ws_send_timeout_s=60).ws_send_s == 60.0
+    with pytest.raises(ValidationError, match="ws_send_timeout_s must be at most half"):
+        Settings(ws_send_timeout_s=61)
+    with pytest.raises(ValidationError, match="ws_send_timeout_s must be at most half"):
+        Settings(refund_window_s=10, ws_send_timeout_s=5.5)
