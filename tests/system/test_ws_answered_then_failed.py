@@ -24,10 +24,16 @@ from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
-from tests.support.settings import make_settings
 from tests.support.ws_frames import accept_upgrade, settled, tight_bot
 from tests.system.test_fastpath_limits import unsent
-from tests.system.test_ws_stalled_bot import APP, CENT, SIZE, WS, gateway_with_sweeper
+from tests.system.test_ws_stalled_bot import (
+    APP,
+    CENT,
+    SIZE,
+    WS,
+    gateway_with_sweeper,
+    send_deadline_settings,
+)
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
@@ -107,11 +113,14 @@ async def test_a_refunded_message_never_gets_the_answer_the_bot_sent_while_it_wa
     http: aiohttp.ClientSession,
     case: str,
 ) -> None:
-    settings = make_settings(
+    # The send waits at most 1 s; the sweeper refunds what is left to it 2 s after its
+    # charge (a send cut short: every message here is to be refunded, so it can only
+    # help). The connect to the bot has a hang bound (it had 1 s: a busy machine's 502).
+    settings = send_deadline_settings(
         redis_url,
         tmp_path,
-        upstream_connect_timeout_s=1.0,
-        refund_window_s=2.0,  # the send waits at most 1 s; the sweeper's window
+        1.0,
+        refund_window_s=2.0,
         max_body_bytes=16 << 20,
         ws_linger_s=60.0,  # a bound for a hang only
     )

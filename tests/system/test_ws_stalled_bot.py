@@ -1,9 +1,10 @@
-"""A bot that stops reading a WebSocket: the client's message waits at most half the
-refund window to be taken, then the bot's connection is dropped with the message still
-buffered, the message refunded, the client closed 1011 ``upstream_timeout`` and its seat
-freed. The sweeper (running here) never refunds it a second time, and the bot never
-gets the refunded message to answer (it was: swept as never forwarded, then read and
-answered for free, the seat held for good)."""
+"""A bot that stops reading a WebSocket: the client's message waits at most the send
+deadline (``ws_send_timeout_s``) to be taken, then the bot's connection is dropped with
+the message still buffered, the message refunded, the client closed 1011
+``upstream_timeout`` and its seat freed. Nothing is left for the sweeper (running here)
+to refund a second time, and the bot never gets the refunded message to answer (it
+was: swept as never forwarded, then read and answered for free, the seat held for
+good)."""
 
 from __future__ import annotations
 
@@ -44,20 +45,15 @@ CONNECT_HANG_S = 60.0
 
 
 def send_deadline_settings(redis_url: str, tmp_path: Path, send_s: float, **extra: Any) -> Settings:
-    """Settings whose WebSocket send waits at most ``send_s``: half the refund window
-    (gateway/websocket.py), and the settings refuse a connect timeout over two thirds of
-    it (config/settings.py), 1.33 s for a 1 s send: a bound a busy machine passes while
-    the gateway connects to the loopback bot (a spurious 502, the test failed). That check
+    """Settings whose WebSocket send waits at most ``send_s`` (``ws_send_timeout_s``),
+    under the default refund window (120 s) unless ``extra`` sets one. The send deadline
+    was half the refund window, so a 1 s send meant a 2 s window, and the sweeper refunded
+    a message confirmed later than that on a busy machine although the bot read it (a
+    charge missing, the test failed). The connect to the bot has :data:`CONNECT_HANG_S`
+    even under a short window (the settings refuse one over two thirds of it): that check
     is for an HTTP message, admitted before it waits for its connection; a WebSocket's
-    messages are admitted once it is connected. So the connect timeout here is
-    :data:`CONNECT_HANG_S`, set past the check."""
-    settings = make_settings(
-        redis_url,
-        tmp_path,
-        upstream_connect_timeout_s=send_s,
-        refund_window_s=2 * send_s,
-        **extra,
-    )
+    messages are admitted once it is connected."""
+    settings = make_settings(redis_url, tmp_path, ws_send_timeout_s=send_s, **extra)
     return settings.model_copy(update={"upstream_connect_timeout_s": CONNECT_HANG_S})
 
 

@@ -17,7 +17,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,9 @@ from tests.system.test_ws_stalled_bot import (
 )
 
 FUNDS = 100 * CENT
-SEND_S = 1.0  # half the refund window below
+SEND_S = 1.0  # the send deadline, waited out (the refund window: the default 120 s)
+# The send deadline of the test that ends it itself (a bound for a hang only).
+HELD_SEND_S = 600.0
 
 
 def _settings(redis_url: str, tmp_path: Path, **extra: Any) -> Any:
@@ -68,7 +69,7 @@ class ThreadBot:
         self.url = f"http://{HOST}:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._run, daemon=True).start()
 
-    def has_read(self, n: int, within_s: float = 30.0) -> bool:
+    def has_read(self, n: int, within_s: float = 60.0) -> bool:
         with self._more:
             return self._more.wait_for(lambda: self.read >= n, within_s)
 
@@ -109,7 +110,13 @@ async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
 ) -> None:
     size = 3 << 20  # more than the kernel takes at once, not twice as much
     frame = 10 + 4 + size  # header, mask, payload
-    settings = _settings(redis_url, tmp_path)
+    # The send's deadline is the test's to end: with a real one (1 s), a busy machine
+    # passed it before the test had the loop blocked (the tail still in the buffer:
+    # refunded, the test failed), and its refund window (2 s) was passed by the time the
+    # send was confirmed (the sweeper refunded the message the bot read).
+    settings = send_deadline_settings(
+        redis_url, tmp_path, HELD_SEND_S, refund_window_s=2 * HELD_SEND_S, max_body_bytes=16 << 20
+    )
     bots: list[aiohttp.ClientWebSocketResponse] = []
     send_bytes = aiohttp.ClientWebSocketResponse.send_bytes
 
@@ -117,7 +124,17 @@ async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
         bots.append(self)
         await send_bytes(self, data, **kw)
 
+    deadlines: list[asyncio.Timeout] = []  # the send's (gateway/ws_pump.py)
+    timeout = asyncio.timeout
+
+    def kept(delay: float | None) -> asyncio.Timeout:
+        deadline = timeout(delay)
+        if delay == HELD_SEND_S:
+            deadlines.append(deadline)
+        return deadline
+
     monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_bytes", seen)
+    monkeypatch.setattr(asyncio, "timeout", kept)
     bot = ThreadBot()
     spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
     await seed(rclient, settings, WS, {APP: spec})
@@ -128,22 +145,22 @@ async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
     ):
         try:
             await ws.send_bytes(b"Q" * size)
-            # The gateway's send started (its deadline is at most SEND_S from now) ...
-            assert await loop.run_in_executor(None, bot.arrived.wait, 30)
-            started = time.monotonic()
+            # The gateway's send started ...
+            assert await loop.run_in_executor(None, bot.arrived.wait, 60)
             transport = next(b for b in bots if b is not ws)._writer.transport
             # ... and waits with the frame's tail in its transport's buffer.
             assert await eventually(lambda: transport.get_write_buffer_size() > 0)
-            # Now the gateway's loop is blocked across the deadline while the bot reads
-            # all the kernel holds: the tail then leaves the buffer in the same pass as
-            # the deadline passes (time.sleep: the loop itself must not run).
+            # Now the gateway's loop is held (the bot's thread waited on here: the loop
+            # itself must not run) while the bot reads all the kernel holds, and the
+            # deadline is ended: the tail then leaves the buffer in the same loop pass as
+            # the deadline passes.
             left = transport.get_write_buffer_size()
             assert left <= frame - left, "the kernel could not take the tail at once"
             bot.go.set()
-            assert bot.has_read(frame - left)
-            while time.monotonic() <= started + SEND_S:
-                time.sleep(0.01)  # noqa: ASYNC251 (the loop must not run)
-            closed = await ws.receive(timeout=30)
+            assert bot.has_read(frame - left, within_s=60)
+            [deadline] = deadlines
+            deadline.reschedule(loop.time())
+            closed = await ws.receive(timeout=60)
         finally:
             bot.go.set()
         assert (closed.type, closed.data, closed.extra) == (
@@ -151,7 +168,7 @@ async def test_a_frame_the_kernel_took_at_the_deadline_is_charged(
             1011,
             "upstream_timeout",
         )
-        assert await loop.run_in_executor(None, bot.ended.wait, 30)
+        assert await loop.run_in_executor(None, bot.ended.wait, 60)
         assert bot.got == [size]  # the bot read it whole: it is paid
         assert await settled(rclient, WS)
         assert (await read_balances(rclient, WS)).app[APP] == FUNDS - CENT
@@ -198,7 +215,7 @@ async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await flooding
             assert (closed.data, closed.extra) == (1011, "upstream_timeout")
-            await asyncio.wait_for(bot.done.wait(), 30)
+            await asyncio.wait_for(bot.done.wait(), 60)
             assert len(bot.got) > 1
             # Once nothing is left for the sweeper, every charge is a message the bot read.
             assert await settled(rclient, WS)
@@ -247,7 +264,7 @@ async def test_the_bots_ping_is_answered_by_the_pump(
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u") as ws,
         ):
             await ws.send_str("hello")
-            assert (await ws.receive(timeout=30)).data == "answered"
+            assert (await ws.receive(timeout=60)).data == "answered"
     assert answers == [(WSMsgType.PONG, b"hi")]
 
 
