@@ -17,7 +17,13 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.servers import free_port
-from tests.support.settings import LOOPBACK, REDIS_TIMEOUT_S, TRAFFIC_SERVER_ENV, make_settings
+from tests.support.settings import (
+    LOOPBACK,
+    REDIS_TIMEOUT_S,
+    TRAFFIC_SERVER_ENV,
+    connect_bound,
+    make_settings,
+)
 
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 
@@ -64,8 +70,9 @@ class Served:
 async def creditgate_serve(
     redis_url: str, tmp_path: Path, **settings: object
 ) -> AsyncIterator[Served]:
-    """``creditgate serve`` (2 workers, loopback, a migrated SQLite store, the Redis timeout
-    of :func:`make_settings` with ``tmp_path``) until the block ends; ``settings`` win."""
+    """``creditgate serve`` (2 workers, loopback, a migrated SQLite store, the Redis and
+    bot connect timeouts of :func:`make_settings` with ``tmp_path``) until the block ends;
+    ``settings`` win."""
     store_url = make_settings(redis_url, tmp_path).store_url
     store = open_store(store_url)
     await store.migrate()
@@ -86,6 +93,9 @@ async def creditgate_serve(
             # Redis reply may come too late and a message be refused 503 for the machine's
             # speed. Tests of Redis timeouts set their own.
             "redis_timeout_s": REDIS_TIMEOUT_S,
+            # The connect to a loopback bot, a hang bound as in-process (it had the 2 s
+            # default). Tests of the connect timeout set their own.
+            "upstream_connect_timeout_s": connect_bound(settings),
             **settings,
         },
     )

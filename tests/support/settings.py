@@ -4,6 +4,7 @@ environment, and the values tests share (the operator token, the loopback ranges
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ REDIS_TIMEOUT_S = 10.0
 # default is 2 s): the connect shares its event loop with the test, and a busy machine
 # passed 2 s (a 504, the test failed). A hang bound; the settings refuse one over two
 # thirds of the refund window, so a test with a short refund window gets that much.
-# Tests of the connect timeout, or of a wait for a place past it, set their own.
+# Tests of the connect timeout, or of a wait for a place past it, set their own. The
+# same for the tests' `creditgate serve` (tests.support.serving), which had the 2 s.
 CONNECT_TIMEOUT_S = 60.0
 
 # A flusher that moves closed buckets at once, with limits no test reaches by accident.
@@ -84,7 +86,13 @@ def make_settings(
     if operator:
         base["operator_token"] = OPERATOR_TOKEN
     base.update(overrides)
-    if "upstream_connect_timeout_s" not in base:
-        refund_window_s = float(base.get("refund_window_s", DEFAULT_REFUND_WINDOW_S))
-        base["upstream_connect_timeout_s"] = min(CONNECT_TIMEOUT_S, refund_window_s / 1.5)
+    base.setdefault("upstream_connect_timeout_s", connect_bound(base))
     return load_settings(env={}, **base)
+
+
+def connect_bound(settings: Mapping[str, object]) -> float:
+    """The bot connect timeout of a test that sets none (:data:`CONNECT_TIMEOUT_S`, at most
+    two thirds of ``settings``' refund window, as the settings require): in-process
+    gateways (:func:`make_settings`) and ``creditgate serve`` (tests.support.serving)."""
+    refund_window_s = float(str(settings.get("refund_window_s", DEFAULT_REFUND_WINDOW_S)))
+    return min(CONNECT_TIMEOUT_S, refund_window_s / 1.5)

@@ -128,9 +128,13 @@ async def test_hanging_names_of_one_tenant_stall_no_others_bot(
                 "funds": FUNDS,
             },
         }
+        # The production connect timeout (the helper's is a 60 s hang bound): the victim
+        # not stalled is its messages answered within it (a stalled one waited for
+        # libc's threads, 5 s x 2, and was 504), and the hostile messages end by it.
         async with seeded_serve(
             rclient, redis_url, tmp_path, "victim", victim, workers=1,
             egress_allow="127.0.0.0/8", traffic_server=traffic_server,
+            upstream_connect_timeout_s=2.0,
         ) as gw:  # fmt: skip
             url = f"{gw.traffic}/hooks/web/victim_app1/x"
             assert [await post(http, url, f"v{i}") for i in range(2)] == [200] * 2
