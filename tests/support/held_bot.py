@@ -11,15 +11,25 @@ Usage::
 
     async with held_bot() as bot:
         ...  await eventually(lambda: bot.held == 2); bot.release.set()
+
+A test of a message waiting past the connect timeout for a place held here gives the
+connects that must succeed (the held messages', another tenant's) the settings' hang
+bound, and only the messages it starts inside :func:`connect_wait` a short one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import attr
+import pytest
+
+from gateway.appkeys import HTTP
+from gateway.fastpath.pool import Pool
+from tests.support.bot import Running
 from tests.support.settings import HOST
 
 
@@ -94,3 +104,24 @@ async def held_bot(journal: list[str] | None = None) -> AsyncIterator[HeldBot]:
         for writer in list(bot.writers):
             writer.close()
         await server.wait_closed()
+
+
+@contextlib.contextmanager
+def connect_wait(gw: Running, seconds: float) -> Iterator[None]:
+    """Within the block, a message the in-process gateway ``gw`` starts to send waits at
+    most ``seconds`` for its bot connection (a place, then the connect), on both traffic
+    servers; before and after it, ``upstream_connect_timeout_s``. One setting bounds
+    both in production, so a test of a wait past it would otherwise give the connects
+    that must succeed meanwhile that short bound too (a busy machine passed it: a
+    spurious 504). Each message takes its bound as it starts (``Pool.deadline`` on the
+    fast path, the bot session's ``ClientTimeout`` on aiohttp's)."""
+    session = gw.gateway.traffic[HTTP]
+    short = attr.evolve(session.timeout, connect=seconds, sock_connect=seconds)
+
+    def deadline(pool: Pool) -> float:
+        return pool.loop.time() + seconds
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "_timeout", short)
+        patch.setattr(Pool, "deadline", deadline)
+        yield

@@ -32,7 +32,7 @@ from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Bot, Running, eventually, running_gateway
 from tests.support.channel_keys import SECRET_KEY, hs256, set_secret
-from tests.support.held_bot import HeldBot, held_bot
+from tests.support.held_bot import HeldBot, connect_wait, held_bot
 from tests.support.serving import seeded_serve, tail
 from tests.support.settings import make_settings
 
@@ -48,11 +48,12 @@ CAP = 4  # upstream_connections_per_bot of the one-bot tests: A's share there is
 SHARE = 3
 NOTIFY = "notify-" + "n" * 30  # the apps' notify secret (the /notify test)
 LONG_WAIT: dict[str, Any] = {"upstream_connect_timeout_s": 600, "refund_window_s": 1200}
-# The connect timeout of the tests where a message must wait past it for a place (504).
-# It also bounds the connects that must succeed meanwhile (the held messages', B's), one
-# setting for both: 1 s, a busy machine passed it while connecting on loopback (a
-# spurious 504); long enough that none does, short enough to be waited out.
-PAST_WAIT_S = 5.0
+# The wait for a place of the messages that must wait past it (504), given them alone
+# (tests.support.held_bot.connect_wait): the connects that must succeed meanwhile (the
+# held messages', B's) have the settings' hang bound. One setting bounds both in
+# production; at 1 s, then 5 s for both, a busy machine's connect on loopback could pass
+# it (a spurious 504).
+PAST_WAIT_S = 1.0
 
 
 async def post(
@@ -70,7 +71,7 @@ async def post(
 
 async def until(cond: Callable[[], Awaitable[bool]]) -> bool:
     """Poll ``cond`` (state the gateway changes) until true or a long while."""
-    for _ in range(600):
+    for _ in range(1200):
         if await cond():
             return True
         await asyncio.sleep(0.05)
@@ -228,11 +229,12 @@ async def test_a_wait_for_the_share_past_the_connect_timeout_is_504_and_refunded
     one_bot: Gateway, slow: HeldBot, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
     # Only the connect timeout ends a wait here (a message sent is held past this test).
-    async with one_bot(upstream_connect_timeout_s=PAST_WAIT_S, upstream_read_timeout_s=600) as gw:
+    async with one_bot(upstream_read_timeout_s=600) as gw:
         held = await hold_a_share(http, gw, slow)
         url = f"{gw.url}/hooks/web/{APP_A}/late"
-        late = [asyncio.create_task(post(http, f"{url}/{i}", f"late{i}")) for i in (1, 2)]
-        assert await until(lambda: asyncio.sleep(0, all(t.done() for t in late)))
+        with connect_wait(gw, PAST_WAIT_S):
+            late = [asyncio.create_task(post(http, f"{url}/{i}", f"late{i}")) for i in (1, 2)]
+            assert await until(lambda: asyncio.sleep(0, all(t.done() for t in late)))
         assert [t.result() for t in late] == [504, 504]
         assert await spent(rclient, A, SHARE)()  # each refunded, exactly once
         assert await metric(http, gw, "creditgate_refunds_total 2.0")()
