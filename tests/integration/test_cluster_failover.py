@@ -46,6 +46,7 @@ from meter.redis_layer.client import RedisClient, connect
 from tests.support.clock import T0, Clock
 from tests.support.metering import agg_totals
 from tests.support.servers import RedisCluster, redis_command, start_redis_cluster
+from tests.support.servers.redis_server import READY_BOUND_S
 from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.cluster
@@ -89,7 +90,7 @@ def _restore(cluster: RedisCluster) -> None:
         if not n.running:
             n.start()  # a killed master rejoins as a replica of its successor
         n.command("CONFIG", "SET", "masterauth", "")  # undo cut_replication()
-    cluster.wait_ok(30)
+    cluster.wait_ok()
 
 
 @pytest.fixture
@@ -427,11 +428,11 @@ async def test_graceful_failover_mid_run_loses_and_doubles_nothing(
     async def failover(run: Run) -> None:
         def go() -> None:
             assert redis_command(replica, "CLUSTER", "FAILOVER") == "OK"
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + READY_BOUND_S  # a bound for a hang only
             while role(replica) != "master" or ha.slot_owner(ws_slot(shops[0].ws)) != replica:
                 assert time.monotonic() < deadline, "manual failover did not complete"
                 time.sleep(0.01)
-            ha.wait_ok(15)
+            ha.wait_ok()
 
         await asyncio.to_thread(go)
 
@@ -457,7 +458,7 @@ def cut_replication(ha: RedisCluster, master: int) -> None:
     replica = replica_of(ha, master)
     ha.node(replica).command("CONFIG", "SET", "masterauth", "not-the-password")
     ha.node(master).command("CLIENT", "KILL", "TYPE", "replica")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + READY_BOUND_S  # a bound for a hang only
     while "connected_slaves:0" not in str(ha.node(master).command("INFO", "replication")):
         assert time.monotonic() < deadline, "replica link did not drop"
         time.sleep(0.01)
@@ -473,11 +474,11 @@ def kill_and_fail_over(
         time.sleep(outage_s)
     ha.kill_node(failed)
     t = time.monotonic()
-    notes["new_master"] = ha.wait_failover(failed, timeout=20)
+    notes["new_master"] = ha.wait_failover(failed)
     notes["kill_to_promotion_s"] = round(time.monotonic() - t, 2)
     ha.node(notes["new_master"]).command("CONFIG", "SET", "masterauth", "")
     ha.node(failed).start()
-    ha.wait_ok(20)
+    ha.wait_ok()
 
 
 OUTAGE_S = 0.3  # replication outage before the crash, in the "replica lagging" runs

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.servers.process import HOST, ServerError, Stoppable, free_port, register, tail
-from tests.support.servers.redis_server import RedisServer
+from tests.support.servers.redis_server import READY_BOUND_S, RedisServer
 from tests.support.servers.resp import RedisReplyError, info_fields, redis_command
 
 CLUSTER_SLOTS = 16384
@@ -126,7 +126,7 @@ class RedisCluster(Stoppable):
                 return f"{n.port}: {exc!r}"
         return ""
 
-    def wait_ok(self, timeout: float = 15.0) -> None:
+    def wait_ok(self, timeout: float = READY_BOUND_S) -> None:
         """Wait until every running node reports cluster_state:ok with all slots covered."""
         deadline = time.monotonic() + timeout
         while problem := self._check_ok(self._alive()):
@@ -144,7 +144,7 @@ class RedisCluster(Stoppable):
             ]
         node.kill()
 
-    def wait_failover(self, port_killed: int, timeout: float = 30.0) -> int:
+    def wait_failover(self, port_killed: int, timeout: float = READY_BOUND_S) -> int:
         """Wait until a replica took over ``port_killed``'s slots and the cluster is ok.
 
         Returns the port of the new master serving the killed master's (first) slot
@@ -187,7 +187,7 @@ class RedisCluster(Stoppable):
         dst_id = self.node(dst).command("CLUSTER", "MYID")
         for port in (dst, src, *self.master_ports()):
             self.node(port).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        self.wait_ok(15)
+        self.wait_ok()
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -203,7 +203,7 @@ def start_redis_cluster(
     masters: int = 3,
     replicas_per_master: int = 0,
     *,
-    timeout: float = 30.0,
+    timeout: float = READY_BOUND_S,
 ) -> RedisCluster:
     """Start ``masters * (1 + replicas_per_master)`` nodes and join them into a cluster."""
     if masters < 3:

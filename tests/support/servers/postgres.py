@@ -134,7 +134,7 @@ class PostgresServer(Stoppable):
     def running(self) -> bool:
         return self.pid is not None
 
-    def start(self, timeout: float = 30.0) -> Self:
+    def start(self, timeout: float = 60.0) -> Self:  # a bound for a hang only
         """Start (again) on the same data directory and port; no-op if running."""
         if self.running:
             return self

@@ -12,6 +12,11 @@ from typing import Any, Self
 from tests.support.servers.process import HOST, ServerError, Stoppable, free_port, register, tail
 from tests.support.servers.resp import RedisReplyError, info_fields, redis_command
 
+# How long a redis-server may take to answer after it is started: a bound for a hang
+# only (it was 10 s; a loaded machine's start can take longer, and start_redis then
+# killed it and tried another port).
+READY_BOUND_S = 60.0
+
 
 @dataclass(eq=False)
 class RedisServer(Stoppable):
@@ -45,7 +50,7 @@ class RedisServer(Stoppable):
         except (OSError, RedisReplyError):
             return False
 
-    def start(self, *, wait: bool = True, timeout: float = 10.0) -> Self:
+    def start(self, *, wait: bool = True, timeout: float = READY_BOUND_S) -> Self:
         """(Re)start on the same port and directory; no-op if already running."""
         if self.running:
             return self
@@ -79,7 +84,7 @@ class RedisServer(Stoppable):
             return False
         return self.proc is not None and info.get("process_id") == str(self.proc.pid)
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
+    def wait_ready(self, timeout: float = READY_BOUND_S) -> None:
         """Block until our server answers; raise ServerError (and stop) if it never does."""
         deadline = time.monotonic() + timeout
         while True:
@@ -129,7 +134,7 @@ def start_redis(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     *,
-    timeout: float = 10.0,
+    timeout: float = READY_BOUND_S,
 ) -> RedisServer:
     """Start a standalone redis-server on ``port`` (a free one if None) and wait for PING."""
     attempts = 1 if port is not None else 3

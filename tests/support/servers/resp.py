@@ -45,13 +45,21 @@ def _read_reply(f: Any) -> Any:
     raise ConnectionError(f"unexpected RESP reply: {line!r}")
 
 
+# How long one command may wait for its connection and its reply: a bound for a hang
+# only. It was 2 s: a SAVE, MIGRATE or INFO on a loaded 2-core machine could pass that
+# and fail its test's setup (FLUSHALL already had 120 s for it). Nothing waits on it to
+# tell a server is down: a stopped or missing one refuses the connection at once.
+COMMAND_BOUND_S = 60.0
+
+
 def redis_command(
-    port: int, *args: str | bytes | int, host: str = HOST, timeout: float = 2.0
+    port: int, *args: str | bytes | int, host: str = HOST, timeout: float = COMMAND_BOUND_S
 ) -> Any:
     """Send one command over a fresh connection and return the decoded reply.
 
     Synchronous and dependency-free (no event loop), for setup/teardown code.
-    Raises ``OSError`` when nothing listens and ``RedisReplyError`` on ``-ERR``.
+    Raises ``OSError`` when nothing listens (or past ``timeout``) and
+    ``RedisReplyError`` on ``-ERR``.
     """
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(_encode(args))
