@@ -10,6 +10,7 @@ charged, to the micro-dollar, and its charge records, reservations and aggregate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -359,7 +360,7 @@ async def test_script_flush_under_load_costs_no_admission(rclient: RedisClient) 
 
 
 async def test_a_paused_redis_times_calls_out_as_ambiguous_then_serves_again(
-    rclient: RedisClient,
+    rclient: RedisClient, redis_server: RedisServer
 ) -> None:
     clock, cfg = Clock(), attack_settings(redis_timeout_s=0.3)
     books = await workspaces(rclient, cfg, clock)
@@ -370,12 +371,17 @@ async def test_a_paused_redis_times_calls_out_as_ambiguous_then_serves_again(
         while not isinstance(await books[0].admit(adm, f"warm{next(_users)}"), Decision):
             pass
     before = decided(books), ambiguous(books)
-    # Longer than the timeout by far; every client (this one too) waits it out.
-    await rclient.execute_command("CLIENT", "PAUSE", 4000, "ALL")
-    await asyncio.wait_for(asyncio.gather(*(k() for k in traffic(books, adm) * 8)), FAR)
-    assert (decided(books), ambiguous(books)) == (before[0], before[1] + 32)
-    assert not any(b.unsent for b in books)
-    # Calls on new connections time out until the pause ends; then they are decided.
+    # Redis answers nothing until every call has timed out (it was CLIENT PAUSE 4000:
+    # a busy machine could reach the calls, or their timeouts, after it ended, and
+    # Redis then decided them).
+    with redis_server.frozen():
+        await asyncio.wait_for(asyncio.gather(*(k() for k in traffic(books, adm) * 8)), FAR)
+        assert (decided(books), ambiguous(books)) == (before[0], before[1] + 32)
+        assert not any(b.unsent for b in books)
+        # Calls on new connections time out too while it lasts ...
+        await asyncio.wait_for(asyncio.gather(*(k() for k in traffic(books, adm))), FAR)
+        assert decided(books) == before[0]
+    # ... then they are decided.
     await asyncio.wait_for(until_decided(books, adm), FAR)
     await settle_all(books, adm, rclient)
 
@@ -409,19 +415,27 @@ async def test_a_redis_at_maxclients_fails_calls_then_serves_again(rclient: Redi
 # --- closing -----------------------------------------------------------------------------
 
 
-async def test_close_waits_for_calls_in_flight_then_refuses(rclient: RedisClient) -> None:
+async def test_close_waits_for_calls_in_flight_then_refuses(
+    rclient: RedisClient, redis_server: RedisServer
+) -> None:
     clock, cfg = Clock(), attack_settings()
     books = await workspaces(rclient, cfg, clock)
     for connected in (True, False):  # calls written and unanswered / still connecting
         adm = admitter(rclient, cfg, clock)
         if connected:
             await books[0].admit(adm, f"warm{next(_users)}")
-            await rclient.execute_command("CLIENT", "PAUSE", 2000, "ALL")
-        users = [f"c{next(_users)}" for _ in range(40)]
-        calls = [asyncio.ensure_future(books[i % 4].admit(adm, u)) for i, u in enumerate(users)]
-        await asyncio.sleep(0)  # dispatched
-        assert not any(c.done() for c in calls)
-        await asyncio.wait_for(asyncio.gather(adm.close(), adm.close()), FAR)  # two closers
+        with redis_server.frozen() if connected else contextlib.nullcontext():
+            # Frozen until the closers wait (it was CLIENT PAUSE 2000: on a busy machine
+            # the calls could be answered before close() was called, and nothing was in
+            # flight when it was).
+            users = [f"c{next(_users)}" for _ in range(40)]
+            calls = [asyncio.ensure_future(books[i % 4].admit(adm, u)) for i, u in enumerate(users)]
+            await asyncio.sleep(0)  # dispatched
+            assert not any(c.done() for c in calls)
+            closing = asyncio.gather(adm.close(), adm.close())  # two closers
+            await asyncio.sleep(0)
+            assert not closing.done()
+        await asyncio.wait_for(closing, FAR)
         assert all(c.done() for c in calls)  # no future left pending
         assert all(isinstance(c.result(), Decision) for c in calls)
         late = await asyncio.wait_for(outcome(adm.admit(books[0].w.apps[0], "web", "late")), FAR)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -115,6 +118,20 @@ class RedisServer(Stoppable):
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block the server answers nothing (SIGSTOP; SIGCONT at its end,
+        whatever happens): what its clients write waits, new connections complete in
+        the kernel and wait too. Unlike ``CLIENT PAUSE`` with a duration, it lasts
+        exactly as long as the test needs, however slow the machine."""
+        assert self.proc is not None, "not running"
+        pid = self.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL (simulates a crash); ``start()`` brings it back on the same port."""
