@@ -56,14 +56,29 @@ async def metrics(http: aiohttp.ClientSession, gw: Running) -> dict[str, float]:
     return out
 
 
+# How long a poll below waits for what it waits for: a bound for a hang only (they
+# waited without one: a test that went wrong hung the run).
+POLLS = 1200  # of 0.05 s: 60 s
+
+
 async def counted(http: aiohttp.ClientSession, gw: Running, n: int = 1) -> dict[str, float]:
     """The metrics once ``n`` requests are counted (waits for it)."""
     outcomes = ("admitted", "unmetered", "refused", "client_error", "bot_error", "error")
-    while True:
+    for _ in range(POLLS):
         got = await metrics(http, gw)
         if sum(got.get(o, 0) for o in outcomes) >= n:
             return got
         await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} requests not counted: {got}")
+
+
+async def being_handled(http: aiohttp.ClientSession, gw: Running) -> None:
+    """Until the gateway counts a request in flight."""
+    for _ in range(POLLS):
+        if (await metrics(http, gw)).get("in_flight"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request in flight")
 
 
 def only_a_client_error(got: dict[str, float]) -> None:
@@ -79,8 +94,7 @@ async def send_then_vanish(http: aiohttp.ClientSession, gw: Running, data: bytes
     come), then reset: observed progress, so a busy machine cannot reset it unread."""
     async with RawConn.open(gw.url) as conn:
         conn.send(data)
-        while not (await metrics(http, gw)).get("in_flight"):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await being_handled(http, gw)
         conn.writer.transport.abort()
 
 
@@ -171,8 +185,7 @@ async def test_a_streamed_body_turned_invalid_is_the_clients_error(
         data = head(f"/hooks/web/{APP}/echo", "Transfer-Encoding: chunked\r\n")
         async with RawConn.open(gw.url) as conn:
             conn.send(data + b"5\r\nhello\r\n")
-            while not (await metrics(http, gw)).get("in_flight"):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # being handled (else aiohttp refuses it at once)
+            await being_handled(http, gw)  # (else aiohttp refuses it at once)
             conn.send(b"zz\r\n")
             resp = await conn.response()
         got = await counted(http, gw)
