@@ -172,7 +172,7 @@ async def test_store_outage_keeps_claim_and_retries(rclient: RedisClient, tmp_pa
         assert await flusher.measure_lag() > 0  # read from Redis while the pass is stuck
         lock.execute("COMMIT")
         lock.close()
-        res = await asyncio.wait_for(task, 10)
+        res = await asyncio.wait_for(task, 60)  # a bound for a hang only
         assert res.batches >= 1
         assert res.failed == 0
         assert await rclient.hlen(keys.claims_key(w.ws)) == 0

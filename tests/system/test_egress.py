@@ -404,7 +404,7 @@ async def test_webhook_delivery_loop_obeys_the_policy(redis_url: str, tmp_path: 
         await admin.store.set_webhook(ws, f"http://localhost:{port}/hook", SECRET)
         await enqueue(admin.store, ws, "e1")
         ev: OutboxEvent | None = None
-        for _ in range(400):  # the loop polls every 50 ms here
+        for _ in range(1200):  # the loop polls every 50 ms here
             ev = await admin.store.get_event(f"{ws}:e1")
             if ev is not None and ev.attempts:
                 break

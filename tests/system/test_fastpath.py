@@ -142,7 +142,7 @@ async def test_websocket_through_the_fast_server(
 ) -> None:
     async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u1") as ws:
         await ws.send_str("hello")
-        assert (await ws.receive(timeout=10)).data == "echo:hello"
+        assert (await ws.receive(timeout=60)).data == "echo:hello"
     assert bot.ws_messages == ["hello"]
     assert stats(gw).handed_off == 1
 

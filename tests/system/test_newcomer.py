@@ -250,7 +250,7 @@ def test_a_state_dir_that_cannot_be_written_is_one_line(tmp_path: Path, redis_ur
 
 def _get(url: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(url, timeout=60) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -371,7 +371,7 @@ def test_a_second_demo_refuses_and_the_first_keeps_its_files(tmp_path: Path) -> 
                 headers={"X-Channel-User-Id": user},
             )
             try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
+                with urllib.request.urlopen(req, timeout=60) as resp:
                     codes.append(resp.status)
             except urllib.error.HTTPError as exc:
                 codes.append(exc.code)

@@ -84,7 +84,7 @@ async def test_the_check_runs_beside_the_flusher_and_counts_in_metrics(
         ws, app = await setup(admin, bot)
         await admin.store.update_app(app, suspended=True)
         ak = keys.app_key(ws, app)
-        for _ in range(600):
+        for _ in range(1200):
             if await admin.redis.hget(ak, "suspended") == b"1":
                 break
             await asyncio.sleep(0.05)

@@ -145,7 +145,7 @@ async def test_ten_megabyte_response_is_streamed_not_buffered(
         assert resp.headers["Content-Length"] == str(size)
         # The bot holds everything after its first chunk until we release it: a
         # buffering proxy would deadlock here.
-        first = await asyncio.wait_for(resp.content.readexactly(CHUNK), 10)
+        first = await asyncio.wait_for(resp.content.readexactly(CHUNK), 60)
         assert not bot.finished.is_set()
         bot.release.set()
         rest = await resp.content.read()

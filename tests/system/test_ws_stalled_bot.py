@@ -136,14 +136,14 @@ async def test_a_message_the_bot_does_not_take_is_refunded_and_never_delivered(
             assert sockets.held(tenant) == 1
             try:
                 await ws.send_bytes(b"Q" * SIZE)
-                closed = await ws.receive(timeout=30)  # a bound for a hang only
+                closed = await ws.receive(timeout=60)  # a bound for a hang only
             finally:
                 bot.read.set()  # whatever happened, nothing is left waiting on the bot
             assert closed.type is WSMsgType.CLOSE
             assert (closed.data, closed.extra) == (1011, "upstream_timeout")
             assert await eventually(lambda: sockets.held(tenant) == 0)  # the seat is free
             # The bot reads now: nothing whole is left to read.
-            await asyncio.wait_for(bot.done.wait(), 30)
+            await asyncio.wait_for(bot.done.wait(), 60)
             assert bot.got == []
             # Refunded once (before the close was sent): nothing left for the sweeper.
             assert await rclient.zcard(keys.reservations_key(WS)) == 0
