@@ -129,11 +129,13 @@ async def test_a_refusal_still_delivers_the_bot_s_answers_to_paid_messages(
     never won). This bot answers only once the gateway's close frame comes: it went
     unanswered every time, on both servers. A bot that then never answers the close is
     dropped once its wait is over, and the client still gets its 1008."""
-    # The bot's wait for the close: half the refund window, as for a send; the answers
-    # must arrive within it on a busy machine, so it is a hang bound, not a timer: the
+    # The bot's wait for the close: the send deadline, at most 10 s; the answers must
+    # arrive within it on a busy machine, so it is a hang bound, not a timer: the
     # default 10 s for a bot that answers, 5 s for one that never does (its test waits
-    # the whole bound).
-    settings = make_settings(redis_url, tmp_path, refund_window_s=120.0 if answer_close else 10.0)
+    # the whole bound). Set alone (it was half a 10 s refund window, which left the
+    # connect to the bot 6.7 s).
+    send = {} if answer_close else {"ws_send_timeout_s": 5.0}
+    settings = make_settings(redis_url, tmp_path, **send)
     async with closing_bot(answer_close) as (url, answered):
         app = {"product": "contact_center", "upstream_url": url, "funds": 2 * CENT}
         await seed(rclient, settings, "wslate", {"wslate_app1": app})
