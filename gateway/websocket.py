@@ -37,11 +37,13 @@ costs one message per connection; a connection whose client speaks first, nothin
 A bot's close frame before the client's first message (its code is passed on) answers it
 too: the handshake is admitted as one message before the close is passed on (refused:
 1008 with the refusal code, not the bot's). A bot that answers the upgrade with an
-ordinary response handled the request: one message, refunded as on HTTP when it is a
-failure (5xx, the gateway's own 508 on a loop; :func:`gateway.counting.bot_failing`).
+ordinary response (any status but 101) handled the request but served the client
+nothing (it gets 502 ``upstream_unavailable``, never the bot's status, headers or body):
+one message admitted, then refunded as a bot's ``5xx`` failure (``refund_on``).
 
 What still reaches a client of a handshake for free: the sub-protocol the bot picks among
-the client's offers (at most log2(8) = 3 bits), and how the bot's connection ends without
+the client's offers (at most log2(8) = 3 bits), whether the bot opened the socket at all
+(a refunded 502 says only that it did not), and how the bot's connection ends without
 a close frame (1000 at end of stream, 1011 dropped, a protocol error's code); any answer
 longer than that is charged.
 
@@ -87,7 +89,6 @@ from gateway.bot_connector import ShuttingDown
 from gateway.channel_credentials import TOKEN_PARAM, without_token
 from gateway.channels import USER_HEADER
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
-from gateway.counting import bot_failing
 from gateway.egress import UpstreamForbidden
 from gateway.forwarding import WS_HANDSHAKE, target_url, upstream_headers
 from gateway.problems import Problem, problem_response
@@ -221,7 +222,7 @@ async def proxy_websocket(
     except aiohttp.WSServerHandshakeError as exc:
         log.info("websocket upstream %s answered the upgrade with %s", url.host, exc.status)
         if proxy.metering:
-            await _answered(proxy, exc.status, app_id, channel, user)
+            await _answered(proxy, app_id, channel, user)
         raise Problem(
             502, "upstream_unavailable", "Bot unavailable", "the bot refused the WebSocket"
         ) from None
@@ -274,13 +275,12 @@ async def _accept(
     return client
 
 
-async def _answered(proxy: Proxy, status: int, app_id: str, channel: str, user: str) -> None:
-    """The bot answered the handshake with an ordinary response: it handled a request
-    (path, query and all), a billable message like any other; a failing answer (5xx, the
-    gateway's own 508 on a loop) is refunded as on HTTP (``refund_on``)."""
+async def _answered(proxy: Proxy, app_id: str, channel: str, user: str) -> None:
+    """The bot answered the handshake with an ordinary response instead of a 101: it
+    handled a request (path, query and all), so it is admitted as one message (counted in
+    the rate windows), but the client gets the gateway's 502, never that answer, so it
+    was not served: refunded as a bot's failure (``5xx`` of ``refund_on``), whatever the
+    status (a 403 or a 200 is no more an answer the client gets than a 500)."""
     with contextlib.suppress(Problem):
         handled = await proxy.meter.admit(app_id, channel, user, "")
-        if bot_failing(status):
-            await proxy.meter.failed(handled, "5xx")
-        else:
-            proxy.meter.forwarded(handled)
+        await proxy.meter.failed(handled, "5xx")

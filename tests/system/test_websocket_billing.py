@@ -1,7 +1,8 @@
 """What a bot can answer a WebSocket handshake with, and what it costs: a close before the
 client's first message is an answer (one message, refused: 1008, the bot's code never
-passed on); a failing answer to the upgrade (5xx) is refunded, another one is charged; a
-client offers at most 8 sub-protocols (the bot's pick reaches it for free)."""
+passed on); an upgrade the bot does not open (any answer but a 101) is refunded, the
+client answered 502 without the bot's answer; a client offers at most 8 sub-protocols
+(the bot's pick reaches it for free)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -27,6 +29,7 @@ WS = "wsbill"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
 POOR = f"{WS}_poor"  # credit for one request
 CENT = 10_000
+BOT_ANSWER = "the bot's own answer"
 FUNDS = 100 * CENT
 
 
@@ -50,7 +53,7 @@ async def closing() -> AsyncIterator[ClosingBot]:
         if request.method == "POST":
             return web.Response(text="ok")
         if request.path.startswith("/status/"):
-            return web.Response(status=int(request.path.rsplit("/", 1)[1]), text="no")
+            return web.Response(status=int(request.path.rsplit("/", 1)[1]), text=BOT_ANSWER)
         b.offers.append(request.headers.get("Sec-WebSocket-Protocol", ""))
         sock = web.WebSocketResponse(protocols=("p1",))
         await sock.prepare(request)
@@ -120,15 +123,32 @@ async def test_a_refused_close_answer_is_1008_not_the_bots_code(
     assert await charged(rclient, POOR, CENT) == CENT
 
 
-async def test_a_failing_answer_to_the_upgrade_is_refunded(
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+async def test_an_upgrade_the_bot_does_not_open_is_refunded(
     gw: Running, http: aiohttp.ClientSession, rclient: RedisClient
 ) -> None:
-    for status in (503, 500, 403):
-        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-            await http.ws_connect(f"{gw.url}/hooks/web/{APP}/status/{status}?user=u1")
-        assert err.value.status == 502
-        expected = CENT if status == 403 else 0  # a refusal is an answer, a 5xx a failure
-        assert await charged(rclient, APP) == expected, status
+    # Whatever the bot answers instead of a 101 (a failure, a refusal, a page), the client
+    # is not served: it gets the gateway's 502, never the bot's answer, and pays nothing.
+    for status in (503, 500, 403, 404, 200, 302):
+        url = f"{gw.url}/hooks/web/{APP}/status/{status}?user=u1"
+        async with http.get(url, headers=UPGRADE, allow_redirects=False) as resp:
+            body = await resp.read()
+            assert (resp.status, resp.content_type) == (502, "application/problem+json")
+        assert orjson.loads(body)["code"] == "upstream_unavailable", status
+        assert BOT_ANSWER.encode() not in body
+        assert await charged(rclient, APP) == 0, status
+    # Each was admitted then refunded once: the user's next message costs one message.
+    async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/echo?user=u1") as ws:
+        await ws.send_str("m")
+        assert (await ws.receive()).data == "echo:m"
+    assert await charged(rclient, APP) == CENT
 
 
 async def test_at_most_eight_sub_protocols_are_offered(
@@ -140,14 +160,8 @@ async def test_at_most_eight_sub_protocols_are_offered(
         await http.ws_connect(url, protocols=nine)
     assert err.value.status == 400
     # Over two header lines, the same count.
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    }
     lines = [("Sec-WebSocket-Protocol", v) for v in ("p0, p1, p2, p3, p4", "p5,p6,p7,p8")]
-    async with http.get(url, headers=[*headers.items(), *lines]) as resp:
+    async with http.get(url, headers=[*UPGRADE.items(), *lines]) as resp:
         assert resp.status == 400
         assert (await resp.json(content_type=None))["code"] == "invalid_upgrade"
     assert closing.offers == []
