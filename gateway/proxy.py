@@ -15,7 +15,9 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 A failure after the response started cannot be answered any more: the client connection
-is aborted (truncated body) and nothing is refunded (the bot did answer).
+is aborted (truncated body) and nothing is refunded (the bot did answer). The response
+starts with its first body bytes (or its end), its head held until then: a bot that sends
+a head and then nothing fails as one that sent nothing (:mod:`gateway.answer_back`).
 
 A charged message is confirmed as forwarded (:meth:`Meter.forwarded`) once its request is
 with the bot's socket: a buffered body once its first 64 KiB are written (a bot could hold
@@ -51,19 +53,19 @@ from yarl import URL
 from gateway import chunk_framing as framing
 from gateway import misframed
 from gateway import traffic_rules as rules
+from gateway.answer_back import stream_back
 from gateway.bot_connector import ShuttingDown
 from gateway.channel_auth import ChannelAuth, Verified
 from gateway.channels import Channels
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
-from gateway.counting import Forwarded, bot_failing, counted
+from gateway.counting import Forwarded, counted
 from gateway.egress import UpstreamForbidden
-from gateway.forwarding import downstream_headers, upstream_headers
-from gateway.header_text import answer_reason
+from gateway.forwarding import upstream_headers
 from gateway.http_rules import body_stalled
 from gateway.inbound import inbound_of
 from gateway.metering import Charge, Failure, Meter
 from gateway.metrics import Metrics
-from gateway.problems import Problem, bot_failed, bot_timeout, bot_unavailable
+from gateway.problems import Problem, bot_timeout, bot_unavailable
 from gateway.request_body import BodyFailed, BodyState, chunks, client_gone
 from gateway.sent_body import SentBytes, sent_stream
 from gateway.traffic_rules import check_length, forbidden, too_large
@@ -195,7 +197,7 @@ class Proxy:
                 return await verified.answer_handshake(upstream)  # only the challenge
             if unbilled is not None:
                 return await answer(unbilled, upstream, self.metrics, t0)
-            return await self._stream_back(request, upstream, admission, t0)
+            return await stream_back(self.meter, self.metrics, request, upstream, admission, t0)
         finally:
             CLIENT_GONE.reset(gone)
             watch.release()
@@ -227,55 +229,6 @@ class Proxy:
     async def _failed(self, admission: Charge | None, failure: Failure) -> None:
         if admission is not None:
             await self.meter.failed(admission, failure)
-
-    async def _stream_back(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        admission: Charge | None,
-        t0: float,
-    ) -> web.StreamResponse:
-        try:
-            status = upstream.status
-            if bot_failing(status):
-                self.metrics.upstream_children["5xx"].observe(time.perf_counter() - t0)
-                await self._failed(admission, "5xx")
-                if status < 200:  # a 101 (see the module)
-                    raise bot_unavailable()
-                if admission is not None:
-                    raise bot_failed()
-            else:
-                self.metrics.upstream_children["ok"].observe(time.perf_counter() - t0)
-            reason = answer_reason(status, upstream.reason or "")
-            resp = web.StreamResponse(
-                status=status, reason=reason, headers=downstream_headers(upstream.headers)
-            )
-            head = False
-            try:
-                await resp.prepare(request)
-                head = True
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-            except ConnectionError as exc:
-                # The client went away (aiohttp's ClientConnectionResetError is one): a
-                # fact of life under load, not an error of the gateway.
-                self.metrics.client_disconnects.inc()
-                log.debug("client went away mid-response: %r", exc)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The answer is half sent: abort so the client sees a truncated body.
-                log.info("upstream failed mid-response: %r", exc)
-                if request.transport is not None:
-                    request.transport.abort()
-            except ValueError as exc:
-                if head:  # not a head the writer refused
-                    raise
-                log.info("upstream answer refused by the writer: %s", exc)  # nothing sent
-                await self._failed(admission, "5xx")
-                raise bot_unavailable() from None
-            return resp
-        finally:
-            upstream.release()
 
 
 async def hooks(proxy: Proxy, request: web.Request) -> web.StreamResponse:

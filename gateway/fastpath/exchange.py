@@ -11,9 +11,11 @@ worker's connection cap, counts toward the connect timeout; a message whose clie
 meanwhile is refunded, never sent, ``client_error``: see :mod:`.pool`), no answer within
 ``upstream_read_timeout_s`` -> 504 (``timeout``), the connection lost before an answer or
 a 5xx to a metered message -> 502 (``5xx``, the bot's body withheld); a failure after the
-answer started aborts the client connection. A skipped callback's answer is held
-(:mod:`gateway.unbilled`). The charge is confirmed as forwarded once handed to the socket.
-A failure of the gateway's own while answering is ``error``, 500 (:meth:`Exchange.broken`).
+answer started (its first body bytes or its end; its head is kept until then, so a head
+and then nothing is a failure before answering: :mod:`gateway.answer_back`) aborts the
+client connection. A skipped callback's answer is held (:mod:`gateway.unbilled`).
+The charge is confirmed as forwarded once handed to the socket. A failure of the
+gateway's own while answering is ``error``, 500 (:meth:`Exchange.broken`).
 """
 
 from __future__ import annotations
@@ -139,15 +141,25 @@ class Exchange:
             return
         upstream.close()
         self.upstream = None
-        if self.status:  # half answered: the client sees a truncated body
+        if self.status and not self.head:  # half answered: the client sees a truncated body
             log.info("upstream timed out mid-response")
             self.conn.abort()
             self.finish(False)
+        elif self.status:
+            log.info("upstream timed out after its head")
+            self._unanswered("timeout", problems.bot_timeout())
         else:
             self._failed("timeout", problems.bot_timeout())
 
     def _failed(self, failure: Failure, problem: Problem) -> None:
         self.server.proxy.metrics.upstream_children[failure].observe(time.perf_counter() - self.t0)
+        self.outcome = "bot_error"
+        self.server.spawn(self._refund_then(failure, problem))
+
+    def _unanswered(self, failure: Failure, problem: Problem) -> None:
+        """The bot failed after its head (kept, unsent), before any body: answered and
+        refunded as before a head (its time observed ``ok``); the head is never sent."""
+        self.head, self.chunked, self.close_delimited = b"", False, False
         self.outcome = "bot_error"
         self.server.spawn(self._refund_then(failure, problem))
 
@@ -216,6 +228,9 @@ class Exchange:
         elif not self.status:
             log.info("upstream closed the connection before answering")
             self._failed("5xx", problems.bot_unavailable())
+        elif self.head:
+            log.info("upstream closed the connection after its head")
+            self._unanswered("5xx", problems.bot_unavailable())
         else:
             log.info("upstream failed mid-response")
             self.conn.abort()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDict
 
-from gateway import proxy
+from gateway import answer_back
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import SeededGateway, free_credit
 from tests.support.rawbot import Answer, running_raw_bot
@@ -123,14 +123,14 @@ async def test_a_head_the_writer_refuses_is_a_refunded_502(
     """Whatever aiohttp's writer refuses of an answer (its ValueError from prepare) is the
     bot's invalid answer: 502 and refunded, never a 500 that stays charged. HTTP/1.0: the
     fast path hands it to aiohttp too."""
-    real = proxy.downstream_headers
+    real = answer_back.downstream_headers
 
     def with_control(src: CIMultiDict[str]) -> CIMultiDict[str]:
         out = real(src)
         out["X-Bad"] = "a\x01b"  # what no check let through
         return out
 
-    monkeypatch.setattr(proxy, "downstream_headers", with_control)
+    monkeypatch.setattr(answer_back, "downstream_headers", with_control)
     edge.bot.answers["/b/x"] = Answer(OK + HELLO, keep=True)
     before = await edge_credit(edge)
     data = message("/x").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n")
