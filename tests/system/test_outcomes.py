@@ -10,8 +10,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import gateway.answer_back
 import gateway.fastpath.exchange
-import gateway.proxy
 from tests.support.bot import Running, SeededGateway
 from tests.support.servers import free_port
 
@@ -125,7 +125,7 @@ async def test_a_gateway_failure_while_answering_is_its_error_not_the_bots(
         raise RuntimeError("a gateway bug")
 
     monkeypatch.setattr(gateway.fastpath.exchange, "answer_head", broken)
-    monkeypatch.setattr(gateway.proxy, "downstream_headers", broken)
+    monkeypatch.setattr(gateway.answer_back, "downstream_headers", broken)
     async with seeded_gateway(WS, apps()) as gw:
         assert await post(http, f"{gw.url}/hooks/web/{APP}/ok") == (500, "internal_error")
         counted = await outcomes(http, gw)

@@ -122,7 +122,8 @@ async def test_an_answer_to_the_upgrade_is_one_metered_message(
 async def test_a_redirect_answering_the_upgrade_is_not_followed(
     gw: Running, http: aiohttp.ClientSession, rclient: RedisClient, answering: AnsweringBot
 ) -> None:
-    """As plain HTTP: the redirect is the bot's answer (a refused upgrade, one message)."""
+    """The redirect is not followed: the bot refused the upgrade, which served the client
+    nothing (502), so the message admitted for it is refunded."""
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/moved?user=u1"):
             pass
@@ -131,8 +132,8 @@ async def test_a_redirect_answering_the_upgrade_is_not_followed(
         assert (await ws.receive()).data == "hello"
     assert await answering.opened.get() == ""  # the greeting, not /answer
     assert answering.opened.empty()
-    assert await charged(rclient, APP) == 2 * CENT
-    assert await counted(rclient, APP, "contact_center", "request", "m") == 2
+    assert await charged(rclient, APP) == CENT  # the greeting
+    assert await counted(rclient, APP, "contact_center", "request", "m") == 1
 
 
 async def test_without_credit_the_answer_never_reaches_the_client(
