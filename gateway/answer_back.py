@@ -26,6 +26,7 @@ from gateway.header_text import answer_reason
 from gateway.metering import Charge, Failure, Meter
 from gateway.metrics import Metrics
 from gateway.problems import bot_failed, bot_timeout, bot_unavailable
+from gateway.request_body import BodyState
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ async def stream_back(
     upstream: aiohttp.ClientResponse,
     admission: Charge | None,
     t0: float,
+    state: BodyState,
 ) -> web.StreamResponse:
     try:
         status = upstream.status
@@ -58,7 +60,7 @@ async def stream_back(
         resp = web.StreamResponse(
             status=status, reason=reason, headers=downstream_headers(upstream.headers)
         )
-        first = await _first_bytes(meter, upstream, admission)
+        first = await _first_bytes(meter, upstream, admission, state)
         head = False
         try:
             await resp.prepare(request)
@@ -90,13 +92,20 @@ async def stream_back(
 
 
 async def _first_bytes(
-    meter: Meter, upstream: aiohttp.ClientResponse, admission: Charge | None
+    meter: Meter, upstream: aiohttp.ClientResponse, admission: Charge | None, state: BodyState
 ) -> bytes:
     """The answer's first body bytes (empty: it has none), read before its head goes out
-    (see the module): failing, the bot failed before answering."""
+    (see the module): failing, the bot failed before answering, unless the request's body
+    failed meanwhile (the client's problem, charged per :mod:`gateway.proxy`; the answer is
+    then closed, see :class:`BodyState`, also once its head went out: a cut answer)."""
+    state.on_failed = upstream.close
     try:
+        if state.failed is not None:
+            raise state.failed
         return await upstream.content.readany()
     except (aiohttp.ClientError, TimeoutError) as exc:
+        if state.failed is not None:
+            raise state.failed from None
         log.info("upstream failed after its head: %r", exc)
         timeout = isinstance(exc, TimeoutError)
         await _failed(meter, admission, "timeout" if timeout else "5xx")

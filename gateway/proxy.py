@@ -120,7 +120,7 @@ class Proxy:
                     raise too_large(self.max_body)
                 yield chunk
         except Problem as exc:
-            state.failed = exc
+            state.fail(exc)
             raise BodyFailed from exc
 
     def check_length(self, request: web.Request) -> None:
@@ -197,7 +197,9 @@ class Proxy:
                 return await verified.answer_handshake(upstream)  # only the challenge
             if unbilled is not None:
                 return await answer(unbilled, upstream, self.metrics, t0)
-            return await stream_back(self.meter, self.metrics, request, upstream, admission, t0)
+            return await stream_back(
+                self.meter, self.metrics, request, upstream, admission, t0, state
+            )
         finally:
             CLIENT_GONE.reset(gone)
             watch.release()

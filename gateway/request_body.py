@@ -18,7 +18,7 @@ client's problem as it is raised, so the proxy answers that, not the bot's failu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -37,13 +37,22 @@ class BodyFailed(Exception):
 class BodyState:
     """What went wrong with a request body while it was streamed to the bot: its
     client's problem (``failed``) and whether it was over the size limit (``too_large``,
-    which stays charged whatever the bot got)."""
+    which stays charged whatever the bot got). ``on_failed`` is called (soon) when it
+    fails: aiohttp tells its reader of the bot's answer nothing once the answer's head
+    came (and stops the read timeout), so the reader is closed from here
+    (:mod:`gateway.answer_back`), never left waiting for good."""
 
-    __slots__ = ("failed", "too_large")
+    __slots__ = ("failed", "on_failed", "too_large")
 
     def __init__(self) -> None:
         self.failed: Problem | None = None
         self.too_large = False
+        self.on_failed: Callable[[], object] | None = None
+
+    def fail(self, problem: Problem) -> None:
+        self.failed = problem
+        if self.on_failed is not None:  # not from inside aiohttp's body writer
+            asyncio.get_running_loop().call_soon(self.on_failed)
 
 
 def client_gone() -> Problem:

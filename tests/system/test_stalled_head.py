@@ -12,6 +12,8 @@ first body bytes (or the answer's end), so both answer a head that stalls alike.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 
@@ -22,6 +24,7 @@ from meter.redis_layer.client import RedisClient
 from tests.support.bot import SeededGateway, free_credit
 from tests.support.rawbot import Answer, running_raw_bot
 from tests.support.rawhttp import RawConn
+from tests.support.settings import HOST
 from tests.system.test_forwarding_attack import APP, FREE, WS, Edge, message
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -89,3 +92,75 @@ async def test_an_answer_whose_body_started_stays_charged_and_is_cut(edge: Edge)
     assert b"X-Answer: the bot's secret\r\n" in got
     assert got.endswith(b"\r\n\r\nhalf")  # cut short: 4 bytes of the 10 announced
     assert charged == SESSION
+
+
+@contextlib.asynccontextmanager
+async def early_head_bot(got_start: asyncio.Event, answer: bytes) -> AsyncIterator[str]:
+    """A bot that answers a request's head at once with ``answer`` (a head, or a head and
+    the start of its body), then reads the body (setting ``got_start`` at its first bytes)
+    and sends nothing more."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await r.readuntil(b"\r\n\r\n")
+            w.write(answer)
+            await w.drain()
+            while await r.read(65536):
+                got_start.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    try:
+        yield f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def stalled_body(seeded_gateway: SeededGateway, answer: bytes) -> AsyncIterator[RawConn]:
+    """A client connection whose message's streamed body stops after its first chunk,
+    once the bot (which answered ``answer`` at once) has that chunk."""
+    got_start = asyncio.Event()
+    async with early_head_bot(got_start, answer) as url:
+        apps = {APP: {"product": "automation", "upstream_url": url}}
+        # The body stalls for good: any body timeout ends the wait; 1 s keeps it short,
+        # and so does a short linger of the stalled body once answered.
+        settings = {"body_timeout_s": 1.0, "body_linger_s": 0.1}
+        async with (
+            seeded_gateway(WS, apps, free=FREE, **settings) as gw,
+            RawConn.open(gw.url) as conn,
+        ):
+            conn.send(
+                f"POST /hooks/web/{APP}/early HTTP/1.1\r\nHost: gw\r\n"
+                "X-Channel-User-Id: u1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "5\r\nhello\r\n".encode()
+            )
+            await got_start.wait()
+            yield conn
+
+
+async def test_a_body_the_client_stalls_after_the_bots_head_stays_charged(
+    seeded_gateway: SeededGateway, rclient: RedisClient
+) -> None:
+    # The client's failure, not the bot's (gateway.proxy: charged once the bot has the
+    # body's start), though the bot's head is held: answered as such, never a refund, and
+    # never a wait for good (aiohttp stops the bot's read timeout when the body fails).
+    async with stalled_body(seeded_gateway, HEADS["length"]) as conn:
+        got = await conn.rest(HANG_S)
+    assert problem_code(got, 408) == "body_timeout"
+    assert FREE - await free_credit(rclient, WS) == SESSION
+
+
+async def test_a_body_the_client_stalls_after_the_answer_started_cuts_it(
+    seeded_gateway: SeededGateway, rclient: RedisClient
+) -> None:
+    # The bot's answer started (head and "half" went out): the client's connection is cut
+    # as soon as its body fails, not held until the bot ends, and the charge stands.
+    async with stalled_body(seeded_gateway, HEADS["length"] + b"half") as conn:
+        got = await conn.reader.readuntil(b"\r\n\r\nhalf")
+        assert await conn.closed(HANG_S)
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert FREE - await free_credit(rclient, WS) == SESSION
