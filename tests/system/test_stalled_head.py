@@ -7,7 +7,9 @@ The fast path keeps a head until the first body bytes (one write, not two) and t
 aiohttp server did not (its head went out at once): a stalled head left a fast-path
 client with a reset and nothing, the message charged, and an aiohttp client with the
 bot's status and headers, then a reset, charged too. Both now hold the head until the
-first body bytes (or the answer's end), so both answer a head that stalls alike.
+first body bytes (or the answer's end), so both answer a head that stalls alike. And a
+client whose streamed body fails after the bot's head came gets its own problem (or a cut
+answer), charged, where aiohttp's reader used to wait for the bot for good.
 """
 
 from __future__ import annotations
