@@ -124,11 +124,15 @@ class Framing:
                 return chunk_framing_too_large()
         return None
 
-    def refuse(self, problem: Problem) -> None:
+    def refuse(self, problem: Problem, *, handled: bool) -> None:
         """End the body's stream (the protocol parses no more of it), failed with the
-        problem: a read waiting now gets what was parsed, or the end (aiohttp's lingering
-        read of a body left unread ends there); any read after, the problem
-        (:func:`gateway.request_body.chunks` checks at the end too)."""
+        problem. While its handler runs (``handled``), a read waiting now fails with the
+        problem too: ended first, the read got the end, and ``request.read()`` (the admin
+        API's) took what came before as the whole body and acted on it. Else a read
+        waiting now (aiohttp's lingering read of a body left unread) ends quietly; any
+        read after, the problem (:func:`gateway.request_body.chunks` checks at the end)."""
+        if handled:
+            self.payload.set_exception(problem)
         self.payload.feed_eof()
         self.payload.set_exception(problem)
 

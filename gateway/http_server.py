@@ -68,6 +68,7 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
     _framing: Framing | None = None  # the chunked body being parsed (gateway.chunk_framing)
     _quiet: asyncio.Future[None] | None = None  # set once the client of a refused body stops
     _refused: StreamReader | None = None  # the body refused: nothing parsed after it
+    _handled: StreamReader | None = None  # the body of the request whose handler runs
 
     def data_received(self, data: bytes) -> None:
         # A slice at a time, a chunked body's chunks counted after each: one call could
@@ -100,7 +101,7 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
             problem = invalid_body(failed)  # its own error (a complete body's is not)
         if problem is not None:
             self._framing = None
-            framing.refuse(problem)
+            framing.refuse(problem, handled=framing.payload is self._handled)
             self._refused = framing.payload
             self._quiet = self._loop.create_future()
             # Closed after its answer (_linger); a request still queued behind the one
@@ -182,12 +183,14 @@ class _ProblemRequestHandler(LostCallbacks, RequestHandler):
         request = args[0]
         if self._refused is not None and request.content is self._refused:
             self.close()  # refused while queued behind another: the last answered
+        self._handled = request.content
         try:
             answered = await super()._handle_request(*args, **kwargs)
             if self._refused is not None and request.content is self._refused:
                 await self._linger()  # its answer is written
             return answered
         finally:
+            self._handled = None  # (aiohttp reads what is left of it after, lingering)
             if self._peer_eof and not self._messages:
                 self.close()  # the last answer is written: close after it
 

@@ -1,0 +1,46 @@
+"""Second-pass review of the chunk framing bound (gateway.chunk_framing): ways a chunked
+body's framing was parsed uncounted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+import pytest
+
+from tests.support.bot import Running
+from tests.support.rawhttp import RawConn
+from tests.system.test_chunk_flood import HANG_S, gw, sent
+from tests.system.test_chunk_framing_bound import AUTH
+
+pytestmark = pytest.mark.usefixtures("traffic_server")
+__all__ = ["gw"]
+
+
+async def test_a_body_refused_while_its_handler_waits_is_not_taken_whole(gw: Running) -> None:
+    """The admin API reads a body whole (aiohttp's ``request.read()``). Its first chunk,
+    a complete JSON object, was read; the last chunk's extension then ran past the bound
+    while the read waited for more: the refusal ended the stream, the waiting read got
+    its end, and the API took the first chunk as the whole body, created the user and
+    answered 201. Now the waiting read fails with the refusal: 413, nothing created."""
+    host = gw.admin_url.split("//", 1)[1]
+    body = orjson.dumps({"email": "waiting@example.com", "name": "x"})
+    head = f"POST /v1/users HTTP/1.1\r\nHost: {host}\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n"
+    bomb = b"0;n=" + b"v" * 200_000
+    async with RawConn.open(gw.admin_url) as conn:
+        await sent(conn, head.encode() + b"%x\r\n%b\r\n" % (len(body), body))
+        answer = asyncio.ensure_future(conn.response(HANG_S))
+        try:
+            with contextlib.suppress(ConnectionError):
+                # The extension in small writes until the gateway answers (it refuses
+                # past 8 KiB; the handler waits in its read meanwhile).
+                for i in range(0, len(bomb), 600):
+                    if answer.done():
+                        break
+                    await sent(conn, bomb[i : i + 600])
+                    await asyncio.wait([answer], timeout=0.01)
+            resp = await answer
+        finally:
+            answer.cancel()
+    assert (resp.status, orjson.loads(resp.body).get("code")) == (413, "chunk_framing_too_large")
