@@ -52,11 +52,12 @@ from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
 from gateway.problems import INTERIM_BYTES, problem_response
 from gateway.request_body import invalid_body
+from gateway.upgrade_tail import UpgradeTail
 
 log = logging.getLogger(__name__)
 
 
-class _ProblemRequestHandler(LostCallbacks, RequestHandler):
+class _ProblemRequestHandler(LostCallbacks, UpgradeTail):
     """aiohttp's per-connection protocol, answering its own errors as problem+json and
     half-closed clients in full, telling when the connection is lost (see the module)."""
 

@@ -12,10 +12,30 @@ import pytest
 from tests.support.bot import Running
 from tests.support.rawhttp import RawConn
 from tests.system.test_chunk_flood import HANG_S, gw, sent
-from tests.system.test_chunk_framing_bound import AUTH
+from tests.system.test_chunk_framing_bound import AUTH, MB
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 __all__ = ["gw"]
+
+
+async def test_a_body_begun_after_a_declined_upgrade_is_bounded(gw: Running) -> None:
+    """A request asking for a WebSocket, answered without one (any answer but 101), and
+    on the admin port kept alive: aiohttp kept what followed it unparsed and, once the
+    answer was on its way, fed it to its parser itself, past the protocol's count. A
+    chunked request begun there was never watched: its body's framing and chunks went
+    uncounted to its end (a 2 MB extension created the user, 201)."""
+    host = gw.admin_url.split("//", 1)[1]
+    body = orjson.dumps({"email": "upg@example.com", "name": "x"})
+    ws = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    upgrade = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n{ws}\r\n"
+    post = f"POST /v1/users HTTP/1.1\r\nHost: {host}\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n"
+    async with RawConn.open(gw.admin_url) as conn:
+        await sent(conn, (upgrade + post).encode())  # one write: the POST's head with it
+        first = await conn.response(HANG_S)
+        assert first.status == 200
+        await sent(conn, b"%x;n=%b\r\n%b\r\n0\r\n\r\n" % (len(body), b"v" * MB, body))
+        resp = await conn.response(HANG_S)
+    assert (resp.status, orjson.loads(resp.body).get("code")) == (413, "chunk_framing_too_large")
 
 
 async def test_a_body_refused_while_its_handler_waits_is_not_taken_whole(gw: Running) -> None:
