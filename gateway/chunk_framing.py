@@ -37,8 +37,10 @@ far, at every point as it arrives (a chunk without extensions has at most 20: a 
 16 hex digits and two CRLFs), else 413 ``chunk_framing_too_large``, refused and charged
 as ``too_many_chunks``. The protocol counts the wire bytes it feeds the parser for the
 body (from the slice after the one its head ended in, up to the one it ends in: a slice
-either side uncounted) less the body's data, only while the parser keeps nothing back
-(reading not paused: a paused parser holds what it was fed unparsed). A pause the
+either side uncounted; what the parser cannot take yet waits in the protocol,
+:mod:`gateway.chunk_feed`, so a call parses at most a slice and what the parser kept of
+the one before) less the body's data, only while the parser keeps nothing back (reading
+not paused: a paused parser holds what it was fed unparsed). A pause the
 stream asks for past 4,096 unread chunk ends takes effect at the next piece of data,
 which may come a slice later, with reading resumed by then: that slice is counted in
 full, at most 16 KiB too many where the allowance is over 128 KiB.

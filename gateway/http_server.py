@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -37,8 +36,6 @@ from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.http_exceptions import BadHttpMessage
-from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -46,18 +43,16 @@ from config import Settings
 from gateway.access_log import LOGGER as ACCESS_LOGGER
 from gateway.access_log import AccessLogger
 from gateway.appkeys import METRICS
-from gateway.chunk_framing import SLICE, Framing, parser_failed
+from gateway.chunk_feed import ChunkFeed
 from gateway.client_gone import LostCallbacks
 from gateway.forwarding import SERVER
 from gateway.logs import access_log_on
 from gateway.problems import INTERIM_BYTES, problem_response
-from gateway.request_body import invalid_body
-from gateway.upgrade_tail import UpgradeTail
 
 log = logging.getLogger(__name__)
 
 
-class _ProblemRequestHandler(LostCallbacks, UpgradeTail):
+class _ProblemRequestHandler(LostCallbacks, ChunkFeed):
     """aiohttp's per-connection protocol, answering its own errors as problem+json and
     half-closed clients in full, telling when the connection is lost (see the module)."""
 
@@ -66,51 +61,6 @@ class _ProblemRequestHandler(LostCallbacks, UpgradeTail):
     _own: asyncio.Transport | None = None  # aiohttp drops self.transport as it closes
     _cut: asyncio.TimerHandle | None = None
     _left = 0  # bytes buffered for the client when the bound started
-    _framing: Framing | None = None  # the chunked body being parsed (gateway.chunk_framing)
-    _quiet: asyncio.Future[None] | None = None  # set once the client of a refused body stops
-    _refused: StreamReader | None = None  # the body refused: nothing parsed after it
-    _handled: StreamReader | None = None  # the body of the request whose handler runs
-
-    def data_received(self, data: bytes) -> None:
-        # A slice at a time, a chunked body's chunks counted after each: one call could
-        # parse a whole read (256 KiB, 40,000 one-byte chunks) before any count. A paused
-        # parser keeps what it is fed for later (its body's reader is behind): at once.
-        at, size = 0, len(data)
-        while self._refused is None:  # once a body is refused, nothing more is parsed
-            end = size if self._upgraded or self._reading_paused else at + SLICE
-            self._parse(data[at:end] if at or end < size else data)
-            at = end
-            if at >= size or self._close or self._force_close:
-                return
-
-    def _parse(self, data: bytes) -> None:
-        queued = len(self._messages)
-        super().data_received(data)
-        if self._framing is not None:
-            self._framing.fed(len(data))
-            self._count(self._framing, parser_failed(self._messages, queued))
-        for msg, payload in itertools.islice(self._messages, queued, None):  # begun here
-            if getattr(msg, "chunked", False) and type(payload) is StreamReader:
-                self._count(Framing(payload))  # (aiohttp gives every chunked body one)
-
-    def _count(self, framing: Framing, failed: BadHttpMessage | None = None) -> None:
-        """Refuse a chunked body over its bounds, or whose framing the parser ``failed``
-        on; else watch it until it is complete."""
-        # Reading paused: the parser may hold back some of what it was fed, unparsed.
-        problem = framing.over(parsed=not self._reading_paused)
-        if problem is None and failed is not None and not framing.payload.is_eof():
-            problem = invalid_body(failed)  # its own error (a complete body's is not)
-        if problem is not None:
-            self._framing = None
-            framing.refuse(problem, handled=framing.payload is self._handled)
-            self._refused = framing.payload
-            self._quiet = self._loop.create_future()
-            # Closed after its answer (_linger); a request still queued behind the one
-            # being answered (pipelined) is answered first (_handle_request closes).
-            if not any(payload is self._refused for _, payload in self._messages):
-                self.close()
-        else:
-            self._framing = None if framing.payload.is_eof() else framing
 
     def _hush(self) -> None:
         if self._quiet is not None and not self._quiet.done():
