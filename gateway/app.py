@@ -116,8 +116,12 @@ def _setup_admin(
 ) -> None:
     from gateway.admin_api import setup_admin_api
     from gateway.health import setup_health
+    from gateway.http_rules import close_announced
 
     admin.cleanup_ctx.append(_store_ctx(settings, store))
+    # As on the traffic port: no request follows a chunked one (its trailer would reach
+    # the next request as a header) nor a declined upgrade on a connection.
+    admin.on_response_prepare.append(close_announced)
     if run_flusher:
         from gateway.flusher_ctx import run_flusher_ctx
 

@@ -165,12 +165,12 @@ async def http_rules(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def close_announced(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` of the traffic app: whether the connection closes after
-    this answer is decided as its head is written, so the head says ``Connection: close``
-    (RFC 9112 §9.6). A streamed answer (the proxy's) is prepared inside the handler:
-    closed once the handler returned, its head would not say so, and a keep-alive client
-    would send its next request into the close. aiohttp writes ``Connection`` before this
-    signal runs: set here."""
+    """``on_response_prepare`` of the traffic and admin apps: whether the connection
+    closes after this answer is decided as its head is written, so the head says
+    ``Connection: close`` (RFC 9112 §9.6). A streamed answer (the proxy's) is prepared
+    inside the handler: closed once the handler returned, its head would not say so, and
+    a keep-alive client would send its next request into the close. aiohttp writes
+    ``Connection`` before this signal runs: set here."""
     if _close_after(request, response):
         response.headers[hdrs.CONNECTION] = "close"
 
