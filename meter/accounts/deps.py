@@ -195,17 +195,30 @@ def check_free_text(field: str, value: str) -> str:
     the operator or the owner reads; zero-width characters, a joiner outside a joining
     context): the same text on every store, and no terminal escape nor text displayed
     out of order in a log, a list or an export. Unlike a name, it may hold line and
-    paragraph separators, private-use characters, fillers and stacked marks."""
+    paragraph separators, private-use characters, fillers, stacked marks and emoji
+    joined by a zero-width joiner (:func:`_emoji_join`)."""
     value = value.replace("\r\n", "\n")
     for i, ch in enumerate(value):
         category = unicodedata.category(ch)
         if ch in _KEPT or category not in ("Cc", "Cs", "Cf"):
             continue
-        if category != "Cf" or _invisible(value, i):
+        if category != "Cf" or (_invisible(value, i) and not _emoji_join(value, i)):
             raise InvalidInput(
                 field, "must not contain control or format characters (but newline and tab)"
             )
     return value
+
+
+def _emoji_join(value: str, i: int) -> bool:
+    """Whether ``value[i]`` is a zero-width joiner between two emoji (a family, a
+    profession, a flag: one picture, shown as such), allowed in free text though not in
+    a name; skin tones and the emoji presentation selector may follow the first."""
+    if value[i] != "\u200d" or i + 1 >= len(value):
+        return False
+    j = i - 1
+    while j >= 0 and (value[j] == "\ufe0f" or "\U0001f3fb" <= value[j] <= "\U0001f3ff"):
+        j -= 1
+    return j >= 0 and unicodedata.category(value[j]) == unicodedata.category(value[i + 1]) == "So"
 
 
 async def audit(d: Deps, actor: str, action: str, target: str, before: Any, after: Any) -> None:

@@ -166,6 +166,9 @@ FORMAT = {
     "arabic letter mark": "a\u061cb",
     "zero-width space": "a\u200bb",
     "ZWJ between latin letters": "a\u200db",
+    "ZWJ after an emoji, before a letter": "\U0001f468\u200da",
+    "ZWJ trailing an emoji": "\U0001f468\u200d",
+    "ZWJ before an emoji, after a letter": "a\u200d\U0001f469",
     "BOM inside": "a\ufeffb",
     "soft hyphen": "pay\u00adment",
     "tag character": "a\U000e0041",
@@ -186,4 +189,15 @@ def test_free_text_keeps_joiners_where_they_join() -> None:
     """A joiner inside a word that needs it (Persian, Devanagari) is no format trick:
     kept, as in a name (whose rule, RFC 5892's joining contexts, decides)."""
     for text in ("فن\u200cآوران", "क्\u200dष", "a\n\tb"):
+        assert check_free_text("message", text) == text
+
+
+def test_free_text_keeps_emoji_zwj_sequences() -> None:
+    """A family, a profession with a skin tone, a flag: one picture each, kept in free
+    text (a name still refuses them: test above)."""
+    for text in (
+        "thanks \U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "\U0001f469\U0001f3fd\u200d\U0001f4bb on it",
+        "\U0001f3f3\ufe0f\u200d\U0001f308",
+    ):
         assert check_free_text("message", text) == text
