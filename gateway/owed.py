@@ -207,8 +207,18 @@ class Owed:
                 for d, keep in zip(chunk, results, strict=True):
                     if not keep:
                         self._log("s", d.token)
-                del self.debts[: len(chunk)]
-                self.debts.extend(d for d, keep in zip(chunk, results, strict=True) if keep)
+                # What is left of the chunk: forgive() may have taken some of it out
+                # meanwhile (owe() only appends), so the rest is the list's head, shorter
+                # than the chunk (deleting the chunk's length dropped a later debt).
+                taken = {d.token for d in chunk}
+                n = 0
+                while n < len(self.debts) and self.debts[n].token in taken:
+                    n += 1
+                left = {d.token for d in self.debts[:n]}
+                del self.debts[:n]
+                self.debts.extend(
+                    d for d, keep in zip(chunk, results, strict=True) if keep and d.token in left
+                )
                 if all(results):
                     break
             while self.voids:
