@@ -10,6 +10,7 @@ from gateway.debts import Debt
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision
+from meter.errors import InvalidInput
 
 log = logging.getLogger("gateway.owed")  # the logger these lines had in gateway/owed.py
 
@@ -20,10 +21,18 @@ async def settle_debt(admitter: Admitter, metrics: Metrics, d: Debt, within_s: f
     A keyed debt Redis refuses as ``duplicate_delivery`` (its key names another
     message, or was honoured as often as allowed) was served all the same: it is
     charged as a message of its own, without the key (same token, so settling it
-    again finds that charge)."""
-    dec = await _settle_as(admitter, d, d.key, within_s)
-    if dec.reason == "duplicate_delivery" and d.key:
-        dec = await _settle_as(admitter, d, "", within_s)
+    again finds that charge).
+
+    A debt no admission can take (a channel user or key invalid, e.g. from a journal of
+    another version, or damaged) is dropped, logged: raised, it ended the settling task
+    and left every debt behind it unsettled."""
+    try:
+        dec = await _settle_as(admitter, d, d.key, within_s)
+        if dec.reason == "duplicate_delivery" and d.key:
+            dec = await _settle_as(admitter, d, "", within_s)
+    except InvalidInput as exc:
+        log.error("served message of app %s cannot be settled (%s): dropped", d.app_id, exc)
+        return False
     if dec.reason == "unknown_app":
         return True
     if dec.admitted:

@@ -60,3 +60,27 @@ async def test_a_debt_forgiven_during_a_settlement_pass_loses_no_other_debt(
     finally:
         await owed.close(0)
         await adm.close()
+
+
+async def test_a_debt_that_can_never_be_settled_does_not_stop_the_others(
+    rclient: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """A journal taken over (another version's, or damaged) lists a debt whose channel
+    user no admission accepts (a tab inside), ahead of a good one. Before: its settlement
+    raised InvalidChannelUser out of the pass, which ended the settling task for the
+    life of the process: every debt behind it stayed unsettled, served free. Now it is
+    dropped (logged), the others settled."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0)
+    try:
+        assert owed.owe(Debt(app, "web", "bad\tuser", "", "tok0", "m", clock.now))
+        assert owed.owe(Debt(app, "web", "good", "", "tok1", "m", clock.now))
+        assert await owed.settle()
+        assert not owed
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
