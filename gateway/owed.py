@@ -101,14 +101,19 @@ class Owed:
         self._changed()
         return True
 
-    def void_later(self, app_id: str, rid: str, token: str) -> None:
+    def void_later(self, app_id: str, rid: str, token: str, *, settled: str = "") -> None:
         """Void the charge of attempt ``token`` (if any) when Redis answers again;
-        ``rid`` is its charge record's id (:func:`meter.redis_layer.keys.record_id`)."""
+        ``rid`` is its charge record's id (:func:`meter.redis_layer.keys.record_id`).
+        ``settled``: the token of a debt dropped with it, journaled in the same write
+        (a kill between the two left neither the debt nor its void owed)."""
+        lines = [f"s {settled}"] if settled else []
         if len(self.voids) >= self._limit:
             log.error("void list full: charge %s of app %s may stay", token, app_id)
+            if lines:
+                self._log_all(lines)
             return
         void = Void(app_id, rid, token)
-        self._log("V", orjson.dumps(list(void)).decode())
+        self._log_all([*lines, "V " + orjson.dumps(list(void)).decode()])
         self.voids.append(void)
         self._changed()
 
@@ -117,12 +122,14 @@ class Owed:
         (Settled meanwhile without its key, see
         :func:`gateway.debt_settlement.settle_debt`, its charge stays: only a client
         reusing a key for another message, during an outage, gets there.)"""
-        with contextlib.suppress(ValueError):
+        try:
             self.debts.remove(debt)
-            self._log("s", debt.token)
-        self.void_later(
-            debt.app_id, record_id(debt.channel, debt.user, debt.key, debt.token), debt.token
-        )
+        except ValueError:
+            settled = ""  # settled already: its "s" line is written
+        else:
+            settled = debt.token
+        rid = record_id(debt.channel, debt.user, debt.key, debt.token)
+        self.void_later(debt.app_id, rid, debt.token, settled=settled)
 
     def _log(self, kind: str, text: str) -> None:
         self._log_all([f"{kind} {text}"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from gateway.debts import Debt
+from gateway.debts import Debt, read_journal
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from meter.accounts import projection
@@ -81,6 +81,41 @@ async def test_a_debt_that_can_never_be_settled_does_not_stop_the_others(
         assert await owed.settle()
         assert not owed
         assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
+async def test_a_forgiven_debt_is_journaled_settled_and_voided_in_one_write(
+    rclient: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """A served message whose bot failed is forgiven: its debt settled and its charge (if
+    any landed) voided. A process killed at any write of its journal leaves the debt or
+    the void owed, never neither. Before: the ``s`` line and the ``V`` line were two
+    writes, and a kill between them left a charge that landed standing for a message the
+    bot failed (its void lost). Every write boundary is checked by a journal reader."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=tmp_path / "st")
+    journal = owed._journal
+    assert journal is not None
+    written: list[int] = []
+    append_all = journal.append_all
+
+    def counted(lines: list[str]) -> None:
+        append_all(lines)
+        written.append(journal.size)
+
+    journal.append_all = counted  # type: ignore[method-assign]
+    try:
+        debt = Debt("w1_app1", "web", "u", "k", "tok0", "m", clock.now)
+        assert owed.owe(debt)
+        owed.forgive(debt)
+        data = journal.path.read_bytes()
+        assert written[-1] == len(data)
+        for end in written:
+            debts, voids = read_journal(data[:end].decode().splitlines())
+            assert [d.token for d in debts] + [v.token for v in voids] == ["tok0"], end
     finally:
         await owed.close(0)
         await adm.close()
