@@ -23,7 +23,7 @@ from meter.accounts.plan_usage import plan_usage
 from meter.errors import Forbidden, InvalidInput, MeteringUnavailable, NotFound, Unauthorized
 from meter.store import UsagePoint
 from meter.timestamps import iso
-from meter.usage.export import formula_safe
+from meter.usage.csv_text import formula_safe
 from meter.usage.live_sessions import Listed, every_session, sessions_page
 from meter.usage.series import usage
 

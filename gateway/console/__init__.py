@@ -28,7 +28,7 @@ from meter.redis_layer import keys
 from meter.store import Store
 from meter.timestamps import iso
 from meter.usage.breakdown import METRICS, breakdown, periods_of
-from meter.usage.export import formula_safe
+from meter.usage.csv_text import formula_safe
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(resources.files("gateway").joinpath("static")))

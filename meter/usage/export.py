@@ -34,6 +34,7 @@ from meter.errors import InvalidInput
 from meter.store import SessionRow, Store, UsageRow
 from meter.store.models import GRANULARITIES, REFUSAL_REASONS
 from meter.store.periods import DAY_MS, next_period, period_start
+from meter.usage.csv_text import formula_safe
 
 Format = Literal["csv", "ndjson"]
 FORMATS: tuple[str, ...] = ("csv", "ndjson")
@@ -226,17 +227,9 @@ async def _session_records(
                 yield _session_record(s)
 
 
-def formula_safe(text: str) -> str:
-    """A tenant's or client's text (a channel user id, an app name) as a CSV cell that a
-    spreadsheet shows and never runs as a formula (OWASP's CSV injection advice)."""
-    return "'" + text if text.startswith(_FORMULA) else text
-
-
 def _cell(name: str, value: Any) -> Any:
+    """A CSV cell: the channel user, the one text a tenant's channel wrote, formula-safe."""
     return formula_safe(value) if name == "channel_user" and isinstance(value, str) else value
-
-
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 async def encode(
