@@ -20,6 +20,7 @@ from gateway.console.session import MAX_SESSIONS
 from tests.support.adminkit import Admin, admin_server, snapshot
 from tests.support.bot import running_bot
 from tests.support.settings import make_settings
+from tests.unit.test_csv_formulas import formulas
 
 
 async def sign_in(
@@ -272,3 +273,32 @@ async def test_chart_csv_money_is_exact_to_the_micro_dollar(redis_url: str, tmp_
     assert sum(values) == 3 * 1_500  # three requests at $0.0015
     assert [row[1:] for row in rows] == [[format_amount(v)] for v in values]
     assert "0.0045" in [row[1] for row in rows]
+
+
+async def test_the_console_csvs_run_no_formula_under_a_semicolon_separator(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A member names an app, a channel names its user: both reach the owner's downloads
+    # (the chart's CSV by app, the sessions CSV). Excel with ";" as its list separator
+    # splits each line there, so the text after a ";" is a cell of its own.
+    settings = make_settings(redis_url, tmp_path, operator=True)
+    name, user = "Helpdesk;=cmd|' /C calc'!A0", "u1; @SUM(1+1)"
+    async with running_bot() as bot, admin_server(settings, traffic=True) as admin:
+        tok, ws = await admin.owner_workspace()
+        app = await admin.new_app(tok, ws, bot.url, name=name)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            url = f"{admin.traffic_url}/hooks/web/{app}/msg"
+            async with http.post(url, json={}, headers={"X-Channel-User-Id": user}) as r:
+                assert r.status == 200
+            await sign_in(http, admin.url, tok)
+            async with http.get(f"{admin.url}/ui/api/usage-chart?ws={ws}&by=app&format=csv") as r:
+                chart = await r.text()
+            csv_accept = {"Accept": "text/csv"}
+            async with http.get(
+                f"{admin.url}/v1/workspaces/{ws}/sessions", headers=csv_accept
+            ) as r:
+                sessions = await r.text()
+    assert formulas(chart) == []
+    assert formulas(sessions) == []
+    assert next(csv.reader(io.StringIO(chart)))[1] == "Helpdesk;'=cmd|' /C calc'!A0"
+    assert [r["channel_user"] for r in csv.DictReader(io.StringIO(sessions))] == ["u1;' @SUM(1+1)"]
