@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 from config import Settings
@@ -170,6 +169,7 @@ async def _preflight(settings: Settings, *, redis: bool) -> None:
 
 
 async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to_ms: int) -> int:
+    from gateway.export_output import output
     from gateway.startup import open_ready_store
     from meter.usage.export import export_stream
 
@@ -190,22 +190,12 @@ async def _export(settings: Settings, args: argparse.Namespace, from_ms: int, to
             return 2
         path = getattr(args, "output", "-") or "-"
         try:
-            with _output(path) as out:
+            with output(path) as out:
                 await _copy(chunks, out)
         except OSError as exc:
             _err(f"creditgate export: --output {path}: {exc.strerror or exc}")
             return 2
     return 0
-
-
-@contextlib.contextmanager
-def _output(path: str) -> Iterator[BinaryIO]:
-    if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.flush()
-    else:
-        with open(path, "wb") as f:
-            yield f
 
 
 async def _copy(chunks: AsyncIterator[bytes], out: BinaryIO) -> None:

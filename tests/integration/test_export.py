@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,3 +228,49 @@ async def test_usage_merges_live_buckets_without_double_counting(
         assert sum(p.requests for p in stored) == flushed + 1
         other = await usage(st, rclient, w.ws, start_ms, end_ms, "day", channel="slack")
         assert sum(p.requests for p in other) == 0
+
+
+async def test_a_failed_export_leaves_the_output_as_it_was(tmp_path: Path) -> None:
+    # A billing job runs `creditgate export -o FILE`. An export that fails midway (here a
+    # row the store gives back but the export cannot read; in life the store gone
+    # midway) must not leave at FILE a file that looks whole, nor destroy the last good one.
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    start = ms("2026-10-01T00:00:00")
+    async for st in opened_store(url):
+        sessions = [
+            SessionRow(
+                WS,
+                f"s{i:05d}",
+                f"{WS}_app1",
+                "web",
+                f"user-{i:05d}",
+                "automation",
+                start + i * 1000,
+                start + i * 1000 + 500,
+                1,
+                200_000,
+            )
+            for i in range(1500)
+        ]  # fmt: skip  (about 150 kB of CSV: several chunks before the last row)
+        assert await st.write_flush_batch("b0", WS, "sr", start, session_rows=sessions)
+    cfg = make_settings(fast_flush=True, store_url=url)
+    out = tmp_path / "sessions.csv"
+    args = argparse.Namespace(
+        from_="2026-10-01", to="2026-10-02", workspace=WS, granularity="day",
+        format="csv", sessions=True, output=str(out),
+    )  # fmt: skip
+    assert await cli_commands_in_thread(cfg, args) == 0
+    good = out.read_bytes()
+    assert good.count(b"\n") == 1501
+    with sqlite3.connect(tmp_path / "x.db") as db:  # the last row, unreadable
+        db.execute("UPDATE billing_sessions SET amount = 'lost' WHERE id = 's01499'")
+    with pytest.raises(TypeError):
+        await cli_commands_in_thread(cfg, args)  # `creditgate` exits 1 on it
+    got = out.read_bytes()
+    assert (len(got), got.count(b"\n")) == (len(good), 1501)
+    assert got == good
+    assert partial_files(tmp_path) == []  # none left behind
+
+
+def partial_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.endswith(".partial")]
