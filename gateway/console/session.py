@@ -37,6 +37,7 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 # Live sessions one user keeps: a new sign-in beyond it ends their oldest session, so
 # signing in in a loop cannot grow the store (each row lives console_session_ttl_s).
 MAX_SESSIONS = 20
+_OWS = " \t"
 
 
 def _hash(raw: str) -> str:
@@ -51,8 +52,25 @@ def secure(request: web.Request) -> bool:
     mode = request.config_dict[appkeys.SETTINGS].console_secure_cookie
     if mode != "auto":
         return bool(mode == "always")
-    # Trusting X-Forwarded-Proto here can only make the cookie stricter.
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    return request.secure or "https" in forwarded_protos(request)
+
+
+def forwarded_protos(request: web.Request) -> set[str]:
+    """Every scheme a proxy in front names: ``X-Forwarded-Proto`` (one value, or a list
+    where proxies append to it) and RFC 7239 ``Forwarded``'s ``proto=``. Believing any of
+    them can only make the cookie stricter (a client that names https itself over plain
+    HTTP is given a Secure cookie its browser refuses)."""
+    found = {
+        p.strip(_OWS).lower()
+        for v in request.headers.getall("X-Forwarded-Proto", ())
+        for p in v.split(",")
+    }
+    for v in request.headers.getall("Forwarded", ()):
+        for pair in v.replace(",", ";").split(";"):
+            key, _, value = pair.partition("=")
+            if key.strip(_OWS).lower() == "proto":
+                found.add(value.strip(_OWS).strip('"').lower())
+    return found
 
 
 async def load(request: web.Request) -> ConsoleSession | None:

@@ -302,3 +302,33 @@ async def test_the_console_csvs_run_no_formula_under_a_semicolon_separator(
     assert formulas(sessions) == []
     assert next(csv.reader(io.StringIO(chart)))[1] == "Helpdesk;'=cmd|' /C calc'!A0"
     assert [r["channel_user"] for r in csv.DictReader(io.StringIO(sessions))] == ["u1;' @SUM(1+1)"]
+
+
+async def test_tls_named_by_any_front_proxy_makes_the_cookie_secure(any_admin: Admin) -> None:
+    # `console_secure_cookie: auto` behind proxies: one that appends to X-Forwarded-Proto
+    # (a chain writes "https, http"), or one that speaks RFC 7239 (`Forwarded: proto=`).
+    # Missed, the TLS visitor got a plain cookie: no Secure flag (sent over plain HTTP
+    # too) and no __Host- prefix (planted by a sibling subdomain). Believing a proxy can
+    # only make the cookie stricter: a client naming https itself over plain HTTP gets a
+    # cookie its browser refuses.
+    _, tok = await any_admin.new_user("owner")
+    tls = [
+        {"X-Forwarded-Proto": "https, http"},
+        {"X-Forwarded-Proto": "HTTPS"},
+        {"Forwarded": "for=192.0.2.60;proto=https;by=203.0.113.43"},
+        {"Forwarded": 'for="[2001:db8:cafe::17]:4711";Proto="https", for=10.0.0.1;proto=http'},
+    ]
+    plain = [{}, {"X-Forwarded-Proto": "http"}, {"Forwarded": "for=192.0.2.60;proto=http"}]
+    for headers in tls + plain:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            status, _, resp = await sign_in(http, any_admin.url, tok, **headers)
+            assert status == 201
+            cookie = resp.headers["Set-Cookie"]
+            name = cookie.split("=", 1)[0]
+            url = f"{any_admin.url}/ui/session"
+            sent = {**headers, "Cookie": cookie.split(";")[0]}
+            async with http.get(url, headers=sent) as r:
+                signed_in = (await r.json())["signed_in"]
+        secure = "; Secure" in cookie or cookie.endswith("Secure")
+        expected = ("__Host-cg_session", True) if headers in tls else ("cg_session", False)
+        assert (name, secure, signed_in) == (*expected, True), headers
