@@ -68,6 +68,9 @@ Closing codes sent to the client:
   a client message (refunded, never delivered) or the answer to its ping within half the
   refund window (it stopped reading; :mod:`gateway.ws_pump`), or ``upstream_unavailable``
   when a message cannot be sent at all;
+* the client's own code, answering its close frame: passed on to the bot, whose answers
+  to messages paid for still reach the client until the bot answers (within
+  ``CLOSE_ANSWER_S``; before any was paid for, the bot's side is closed at once);
 * otherwise the bot's own close code is passed on (its reason is not), unless its close
   cut short a client message that is then refunded (1011 then, :mod:`gateway.ws_pump`).
 """
@@ -263,7 +266,11 @@ async def _accept(
     """The client's side, with the bot's sub-protocol; the bot's closed if the client left
     while the bot answered (no socket to hold for it) or its 101 cannot be written."""
     client = web.WebSocketResponse(
-        protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=size
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        max_msg_size=size,
+        # The client's close is answered by the handler, once the bot's answers to what
+        # it paid for came (gateway.ws_charges.Charges.answers_due).
+        autoclose=False,
     )
     try:
         if watch.gone():

@@ -110,6 +110,22 @@ class Charges:
             raise self.refuse(POLICY_VIOLATION, INVALID_CREDENTIAL)
         return msg, await self.client_message(until)
 
+    def answers_due(self, client: web.WebSocketResponse, code: int, reason: str) -> int:
+        """The code of the close frame the bot gets before the client's side is closed
+        when what the bot sends until it answers still reaches the client; 0 when the
+        bot's side is closed without that. Due after a refusal (``code`` 1008, as the
+        pump's client side ended: the answers to messages paid for) and after the
+        client's own close frame (``reason`` empty, the client's close not answered yet:
+        its code passed on) once the connection has paid its way: RFC 6455 §5.5.1 lets
+        an endpoint finish what it sends before it answers a close, and the bot's answer
+        to a paid message on its way as the client closed is the client's (it was lost).
+        Not before: a greeting that races a client's close unheard would be charged."""
+        if code == POLICY_VIOLATION:
+            return 1000
+        if reason or client.closed or client.close_code is None or not self._paid:
+            return 0
+        return sendable(code)
+
     def refuse(self, code: int, reason: str) -> Closing:
         """A refusal that is not the meter's (the credential): nothing is admitted after
         it either, a bot message answering the handshake (the bot's farewell, its answer

@@ -36,7 +36,9 @@ Bot -> client: each message is delivered once the connection has paid its way
 
 The upgrade's credential (:mod:`gateway.ws_credential`) ending (its token expired, the
 channel's key changed) ends the client's side as a refused message does: the bot gets a
-close frame, its answers still reach the client until it answers. Whether its close frame
+close frame, its answers still reach the client until it answers. So does the client's
+own close frame once the connection has paid its way (its code passed on to the bot:
+:meth:`~gateway.ws_charges.Charges.answers_due`). Whether its close frame
 came is part of what the pump returns (:class:`Ended`): the handshake then needs no more
 than the gateway's own answer, if not written yet.
 """
@@ -52,7 +54,7 @@ from aiohttp import WSMsgType, web
 from gateway.metering import Admission
 from gateway.proxy import Proxy
 from gateway.ws_budget import GOING_AWAY, WebSockets
-from gateway.ws_charges import POLICY_VIOLATION, Charges, Closing
+from gateway.ws_charges import Charges, Closing
 from gateway.ws_credential import Credential
 from gateway.ws_wire import (
     Linger,
@@ -111,10 +113,11 @@ async def pump(
             # finished, and the reason is the stalled send's.
             await asyncio.wait(tasks[:1])
         first = next((task for task in tasks if task.done()), None)
-        if first is tasks[0] and first.result()[0] == POLICY_VIOLATION:
+        if first is tasks[0] and (bot_code := charges.answers_due(client, *first.result())):
             within = min(send_s, CLOSE_ANSWER_S)
             going = sockets.going_away()
-            if not await answers_then_close(upstream, wire.lock, tasks[1], going, within):
+            relay = tasks[1]
+            if not await answers_then_close(upstream, wire.lock, relay, going, within, bot_code):
                 wire.drop()
     finally:
         # Cancelled itself (the handler), the pump leaves nothing running behind it.

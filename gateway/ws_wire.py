@@ -102,18 +102,21 @@ async def answers_then_close(
     relay: asyncio.Future[Any],
     going: asyncio.Future[Any],
     within_s: float,
+    code: int = 1000,
 ) -> bool:
-    """A client message refused (or its credential no longer good): nothing more goes to
-    the bot but a close frame (under the pump's ``lock``: after a pong being written), and
-    what the bot sends before it answers that close, its answers to messages already paid
-    for, still reaches the client (``relay``, which ends at the bot's close frame), within
+    """A client message refused (or its credential no longer good, or the client's own
+    close frame came): nothing more goes to the bot but a close frame with ``code``
+    (under the pump's ``lock``: after a pong being written), and what the bot sends
+    before it answers that close, its answers to messages already paid for, still
+    reaches the client (``relay``, which ends at the bot's close frame), within
     ``within_s`` (cut short by the gateway stopping, ``going``, as the pump is); the
-    client is closed 1008 after. ``upstream.close()`` would stop the read under way and
-    drop what comes before the bot's close frame. False: the bot did not answer in time
-    (its connection is to be dropped, not closed: it has had its wait). The close frame's
-    own write, waiting on a bot that does not read, is cut short by the stop too: the
-    handler's close of the bot must still fit the shutdown grace."""
-    closing = asyncio.ensure_future(_close_frame(upstream, lock))
+    client is closed after (1008, or its own close answered). ``upstream.close()`` would
+    stop the read under way and drop what comes before the bot's close frame. False:
+    the bot did not answer in time (its connection is to be dropped, not closed: it has
+    had its wait). The close frame's own write, waiting on a bot that does not read, is
+    cut short by the stop too: the handler's close of the bot must still fit the
+    shutdown grace."""
+    closing = asyncio.ensure_future(_close_frame(upstream, lock, code))
     try:
         async with asyncio.timeout(within_s):
             await asyncio.wait([closing, going], return_when=asyncio.FIRST_COMPLETED)
@@ -132,9 +135,11 @@ async def answers_then_close(
     return relay.done() or going.done()  # an error: gone meanwhile, the relay ends too
 
 
-async def _close_frame(upstream: aiohttp.ClientWebSocketResponse, lock: asyncio.Lock) -> None:
+async def _close_frame(
+    upstream: aiohttp.ClientWebSocketResponse, lock: asyncio.Lock, code: int
+) -> None:
     async with lock:
-        await _writer(upstream).close(1000, b"")
+        await _writer(upstream).close(code, b"")
 
 
 def close_written(upstream: aiohttp.ClientWebSocketResponse) -> bool:

@@ -93,3 +93,48 @@ async def after_pings(sock: ClientWebSocketResponse) -> WSMessage:
         msg = await sock.receive()
         if msg.type is not WSMsgType.PONG:
             return msg
+
+
+def frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
+    """One final frame (at most 64 KiB of payload), masked as a client's must be."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    head += bytes([bit | n]) if n < 126 else bytes([bit | 126]) + struct.pack("!H", n)
+    if not mask:
+        return head + payload
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame's opcode and (unmasked) payload."""
+    b0, b1 = await r.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", await r.readexactly(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", await r.readexactly(8))
+    key = await r.readexactly(4) if b1 & 0x80 else b""
+    payload = await r.readexactly(n)
+    if key:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return b0 & 0x0F, payload
+
+
+async def raw_upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client's WebSocket to ``url`` (``http://host:port/path?query``) over a plain
+    socket, its 101 read: frames are then the test's to write and read."""
+    rest = url.removeprefix("http://")
+    hostport, _, target = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    r, w = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(b"k" * 16).decode()
+    w.write(
+        f"GET /{target} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await r.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return r, w
