@@ -24,8 +24,7 @@ is taken, which is long before the sweeper's deadline (``refund_window_s`` after
 charge), so the sweeper never refunds one the bot may read; a refunded one can no longer
 reach the bot. A send cut short because the other direction ended is confirmed the same
 way if its frame was taken, and otherwise drops the bot's connection (the unconfirmed
-message is then the sweeper's to refund). Over TLS the count is not exact
-(:mod:`gateway.ws_wire`): a send past its deadline there is aborted and refunded.
+message is then the sweeper's to refund). Over TLS, the same (:mod:`gateway.ws_tls`).
 A bot reading raw bytes can answer a frame's start, so no bot message is passed to the
 client while a frame is in flight: it waits for the send, and is never passed once the
 send failed and the message is not charged (the bot could have answered it); nor is the
@@ -63,6 +62,7 @@ from gateway.ws_wire import (
     buffered_again,
     close_written,
     pending,
+    sent,
     unbuffered,
 )
 
@@ -192,6 +192,7 @@ async def _client_to_bot(
                 written = True
                 wire.between.clear()
                 await send(msg.data)
+                await sent(upstream)  # over TLS: the layer under it is empty too
         except TimeoutError:
             dropped.set()
             await _stalled(proxy, wire, charges, admission, written)

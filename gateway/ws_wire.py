@@ -31,10 +31,11 @@ lingering socket at once. The head of a frame whose tail was discarded goes out 
 cannot be taken back from the kernel): a bot reading raw bytes may see the start of that
 refunded message, never its end (no WebSocket library delivers an unfinished frame).
 
-Over TLS the transport's count leaves out the ciphertext queued under it, so nothing
-exact can be said: such a connection is left as it is (:func:`unbuffered` is False) and
-a send past its deadline is treated as not taken: refunded, the connection aborted as
-before (a linger would deliver the refunded message's records the kernel may hold).
+Over TLS the same holds with the TLS layer's buffer counted too (:mod:`gateway.ws_tls`:
+each send also waits until the socket transport under it is empty); where that layer
+cannot be reached nothing exact can be said: the connection is left as it is
+(:func:`unbuffered` is False) and a send past its deadline is treated as not taken:
+refunded, the connection aborted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from gateway import ws_tls
 
 # aiohttp's own default for the writer's drain check (its DEFAULT_CHUNK_SIZE).
 _WRITER_LIMIT = 2**16
@@ -62,37 +65,44 @@ def _transport(upstream: aiohttp.ClientWebSocketResponse) -> Any:
 
 def unbuffered(upstream: aiohttp.ClientWebSocketResponse) -> bool:
     """Make every send wait until its frame has left the transport's buffer (see the
-    module); False (nothing changed) when that cannot be known: TLS, no transport."""
+    module; over TLS with :func:`sent`); False (nothing changed) when that cannot be
+    known: no transport, or TLS over a transport not found."""
     transport = _transport(upstream)
-    if transport is None or transport.get_extra_info("sslcontext") is not None:
+    if transport is None or not ws_tls.exact(transport):
         return False
-    transport.set_write_buffer_limits(high=0)
     _writer(upstream)._limit = 0
     return True
+
+
+async def sent(upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """After a send to an :func:`unbuffered` connection: over TLS, until the socket
+    transport under the TLS layer is empty too (aiohttp's send waited for the layer)."""
+    await ws_tls.flushed(_transport(upstream), _writer(upstream).protocol)
 
 
 def buffered_again(upstream: aiohttp.ClientWebSocketResponse) -> None:
     """Undo :func:`unbuffered` (a close frame sent afterwards must not wait on a bot
     that does not read: aiohttp bounds the close by its own timeout)."""
     transport = _transport(upstream)
-    if transport is not None and not transport.is_closing():
-        transport.set_write_buffer_limits()
+    if transport is not None:
+        ws_tls.loose(transport)
     _writer(upstream)._limit = _WRITER_LIMIT
 
 
 def buffered(upstream: aiohttp.ClientWebSocketResponse) -> int:
     """Bytes written to the bot's connection that the kernel has not taken yet."""
     transport = _transport(upstream)
-    return 0 if transport is None else int(transport.get_write_buffer_size())
+    return 0 if transport is None else ws_tls.buffered(transport)
 
 
 def pending(upstream: aiohttp.ClientWebSocketResponse) -> bool:
     """Whether anything written to an :func:`unbuffered` connection is still (or was,
     when the connection was lost: the transport's buffer is then gone) in the
-    transport's buffer: aiohttp's protocol is paused exactly while it is (high-water 0)."""
+    transport's buffer: aiohttp's protocol is paused exactly while it is (high-water 0;
+    over TLS nothing tells once the connection is lost: not taken)."""
     protocol = _writer(upstream).protocol
     if protocol.transport is None:
-        return bool(protocol._paused)
+        return bool(protocol._paused) or ws_tls.tls(_transport(upstream))
     return buffered(upstream) > 0
 
 
@@ -208,7 +218,7 @@ class Linger:
 
     def _duplicate(self, upstream: aiohttp.ClientWebSocketResponse) -> socket.socket | None:
         transport = _transport(upstream)
-        if self._task is not None or transport.get_extra_info("sslcontext") is not None:
+        if self._task is not None or (ws_tls.tls(transport) and not ws_tls.under(transport)):
             return None
         with contextlib.suppress(OSError, AttributeError):
             return transport.get_extra_info("socket").dup()  # type: ignore[no-any-return]

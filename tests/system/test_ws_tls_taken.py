@@ -1,0 +1,128 @@
+"""A message to a ``wss`` bot is charged exactly when its whole frame reached the kernel
+of the bot's connection, as over plain TCP (tests/system/test_ws_taken.py): under TLS
+the bytes pass two buffers of the gateway's own (the TLS layer's and the socket
+transport's under it), and a send counted as taken while its records still sat there
+(aiohttp waits for them only past 64 KiB, and the TLS layer's count leaves out the
+transport under it). A bot that stopped reading had its connection dropped at a stalled
+send with those buffers discarded: hundreds of messages charged that never left the
+gateway, the bot reading again all it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from meter.accounts.projection import read_balances
+from meter.accounts.seeding import seed
+from meter.redis_layer.client import RedisClient
+from tests.support.settings import HOST
+from tests.support.tls import bot_context, make_ca, trusting
+from tests.support.ws_frames import accept_upgrade, client_frames, settled
+from tests.system.test_ws_stalled_bot import (
+    APP,
+    CENT,
+    WS,
+    gateway_with_sweeper,
+    send_deadline_settings,
+)
+from tests.system.test_ws_taken import _flood
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+SEND_S = 1.0  # the send deadline, waited out (the refund window: the default 120 s)
+HANG_S = 60.0  # a bound for a hang only
+
+
+class TlsReadingBot:
+    """A wss bot whose connection takes 4 KiB at a time: after the handshake it reads
+    nothing until ``read`` is set, then everything to the end of its stream (``got``: the
+    sizes of the client's messages it read whole), answering none."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.read = asyncio.Event()
+        self.done = asyncio.Event()
+        self.got: list[int] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TlsReadingBot:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((HOST, 0))
+        sock.listen(8)
+        self.url = f"https://{HOST}:{sock.getsockname()[1]}"
+        self._server = await asyncio.start_server(
+            self._handle, sock=sock, ssl=self.context, limit=4096
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = bytearray()
+        try:
+            await accept_upgrade(r, w)
+            await w.drain()
+            await self.read.wait()
+            with contextlib.suppress(OSError):  # the stream ends without TLS's close
+                while chunk := await r.read(1 << 20):
+                    data += chunk
+        except OSError:
+            pass
+        finally:
+            self.got = client_frames(bytes(data))
+            self.done.set()
+            w.close()
+
+
+async def test_messages_charged_before_a_stalled_one_all_reach_a_tls_bot(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca = make_ca(tmp_path)
+    trusting(monkeypatch, ca)
+    funds = 1_000_000 * CENT
+    settings = send_deadline_settings(
+        redis_url,
+        tmp_path,
+        SEND_S,
+        max_body_bytes=16 << 20,
+        rate_per_minute=1_000_000,
+        rate_per_hour=10_000_000,
+        ws_linger_s=HANG_S,  # the bot reads to its end before it
+    )
+    async with TlsReadingBot(bot_context(ca, tmp_path)) as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            flooding = asyncio.create_task(_flood(ws))
+            try:
+                closed = await ws.receive(timeout=HANG_S)
+            finally:
+                bot.read.set()
+                flooding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await flooding
+            assert (closed.data, closed.extra) == (1011, "upstream_timeout")
+            await asyncio.wait_for(bot.done.wait(), HANG_S)
+            assert len(bot.got) > 1
+            # Once nothing is left for the sweeper, every charge is a message the bot read.
+            assert await settled(rclient, WS)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged == len(bot.got)
