@@ -14,10 +14,13 @@ import contextlib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import WSMsgType
 
+from gateway import ws_pump
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -31,7 +34,7 @@ from tests.system.test_ws_stalled_bot import (
     gateway_with_sweeper,
     send_deadline_settings,
 )
-from tests.system.test_ws_taken import _flood
+from tests.system.test_ws_taken import ChattyBot, _flood
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -45,8 +48,9 @@ class TlsReadingBot:
     nothing until ``read`` is set, then everything to the end of its stream (``got``: the
     sizes of the client's messages it read whole), answering none."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, chatty: bool = False) -> None:
         self.context = context
+        self.chatty = chatty
         self.read = asyncio.Event()
         self.done = asyncio.Event()
         self.got: list[int] = []
@@ -70,16 +74,25 @@ class TlsReadingBot:
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         data = bytearray()
+        talking: asyncio.Task[None] | None = None
         try:
             await accept_upgrade(r, w)
             await w.drain()
+            if self.chatty:
+                data += await r.readexactly(2)
+                data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small
+                talking = asyncio.create_task(ChattyBot._chat(w))
             await self.read.wait()
             with contextlib.suppress(OSError):  # the stream ends without TLS's close
                 while chunk := await r.read(1 << 20):
                     data += chunk
-        except OSError:
+        except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            if talking is not None:
+                talking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await talking
             self.got = client_frames(bytes(data))
             self.done.set()
             w.close()
@@ -126,3 +139,59 @@ async def test_messages_charged_before_a_stalled_one_all_reach_a_tls_bot(
             assert await settled(rclient, WS)
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged == len(bot.got)
+
+
+async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its input left unread in the gateway's socket made the drop (an abort over TLS,
+    never a linger) a reset, which throws away what the kernel still held for the bot."""
+    ca = make_ca(tmp_path)
+    trusting(monkeypatch, ca)
+    funds = 1_000_000 * CENT
+    settings = send_deadline_settings(
+        redis_url,
+        tmp_path,
+        SEND_S,
+        max_body_bytes=16 << 20,
+        rate_per_minute=1_000_000,
+        rate_per_hour=10_000_000,
+        ws_linger_s=HANG_S,  # the bot reads to its end before it
+    )
+    dropped = asyncio.Event()
+    stalled = ws_pump._stalled
+
+    async def seen(*args: Any) -> None:
+        await stalled(*args)
+        dropped.set()
+
+    monkeypatch.setattr(ws_pump, "_stalled", seen)
+    async with TlsReadingBot(bot_context(ca, tmp_path), chatty=True) as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        await seed(rclient, settings, WS, {APP: spec})
+        async with (
+            gateway_with_sweeper(settings) as gw,
+            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+        ):
+            # The client reads nothing either: the gateway stops reading the bot.
+            flooding = asyncio.create_task(_flood(ws))
+            try:
+                await asyncio.wait_for(dropped.wait(), HANG_S)
+                bot.read.set()
+                await asyncio.wait_for(bot.done.wait(), HANG_S)
+                while (closed := await ws.receive(timeout=HANG_S)).type is WSMsgType.TEXT:
+                    pass
+            finally:
+                bot.read.set()
+                flooding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await flooding
+            assert closed.type is not WSMsgType.TEXT
+            assert await settled(rclient, WS)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged > 1
+            assert len(bot.got) == charged
