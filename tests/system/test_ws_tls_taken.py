@@ -24,6 +24,7 @@ from gateway import ws_pump
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
+from tests.support.serving import seeded_serve
 from tests.support.settings import HOST
 from tests.support.tls import bot_context, make_ca, trusting
 from tests.support.ws_frames import accept_upgrade, client_frames, settled
@@ -195,3 +196,46 @@ async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
             charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged > 1
             assert len(bot.got) == charged
+
+
+async def test_a_tls_bot_gets_every_message_charged_under_creditgate_serve(
+    redis_url: str,
+    tmp_path: Path,
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on uvloop, whose TLS layer keeps the transport under it elsewhere."""
+    ca = make_ca(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_file))
+    funds = 1_000_000 * CENT
+    async with TlsReadingBot(bot_context(ca, tmp_path)) as bot:
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        async with seeded_serve(
+            rclient,
+            redis_url,
+            tmp_path,
+            WS,
+            {APP: spec},
+            ws_send_timeout_s=SEND_S,
+            max_body_bytes=16 << 20,
+            rate_per_minute=1_000_000,
+            rate_per_hour=10_000_000,
+            ws_linger_s=HANG_S,
+        ) as served:
+            url = f"{served.traffic}/hooks/web/{APP}/slow?user=u"
+            async with http.ws_connect(url, max_msg_size=0) as ws:
+                flooding = asyncio.create_task(_flood(ws))
+                try:
+                    closed = await ws.receive(timeout=HANG_S)
+                finally:
+                    bot.read.set()
+                    flooding.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                        await flooding
+                assert (closed.data, closed.extra) == (1011, "upstream_timeout")
+                await asyncio.wait_for(bot.done.wait(), HANG_S)
+            assert len(bot.got) > 1
+            assert await settled(rclient, WS)
+            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            assert charged == len(bot.got)
