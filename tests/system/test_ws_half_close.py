@@ -108,3 +108,48 @@ async def test_aiohttp_clients_close_still_completes(
     finally:
         server.close()
     assert (await read_balances(rclient, WS)).app[APP] == FUNDS - CENT
+
+
+class GreetingBot(LateBot):
+    """Reads the first frame (the client's close passed on), then greets and closes."""
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await accept_upgrade(r, w)
+            self.got.append(await read_frame(r))
+            w.write(frame(TEXT, b"hello there", mask=False))
+            w.write(frame(CLOSE, struct.pack("!H", 1000), mask=False))
+            await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+async def test_a_client_that_closes_before_a_message_pays_for_no_greeting(
+    redis_url: str, tmp_path: Path, rclient: RedisClient
+) -> None:
+    """Before anything was paid the bot's side is closed at once: a greeting is an answer
+    to the handshake, charged, and the client that closed heard nothing."""
+    bot = GreetingBot()
+    server = await asyncio.start_server(bot.handle, HOST, 0)
+    settings = make_settings(redis_url, tmp_path)
+    url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+    spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    try:
+        async with running_gateway(settings) as gw:
+            r, w = await raw_upgrade(f"{gw.url}/hooks/web/{APP}/q?user=u")
+            try:
+                w.write(frame(CLOSE, struct.pack("!H", 1000), mask=True))
+                await w.drain()
+                opcode, _ = await asyncio.wait_for(read_frame(r), HANG_S)
+            finally:
+                w.close()
+            assert opcode == CLOSE
+            assert await eventually(lambda: len(bot.got) == 1)
+            assert bot.got[0][0] == CLOSE
+            assert await settled(rclient, WS)
+    finally:
+        server.close()
+    assert (await read_balances(rclient, WS)).app[APP] == FUNDS
