@@ -36,7 +36,9 @@ SLOW_FIRST = (
     "tests/system/test_channel_auth.py",  # 55
     "tests/integration/test_cluster_failover.py",  # 55
     "tests/system/test_redteam.py",  # 51
+    "tests/system/test_ws_tls_taken.py",  # 51
     "tests/system/test_refund_credit_back.py",  # 48
+    "tests/system/test_tls_bots.py",  # 46
     "tests/integration/test_admission_model.py",  # 45
     "tests/system/test_forwarding_attack.py",  # 43
     "tests/integration/test_flush_rollback.py",  # 43
