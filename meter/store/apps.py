@@ -1,4 +1,26 @@
-"""Apps and their collaborators."""
+"""Apps and their collaborators; the order in which admin writes lock rows.
+
+Lock order. A write that locks more than one row of these tables takes them in this
+order (each write a subsequence of it), so no two ever wait for each other in a cycle;
+on PostgreSQL a cycle is a deadlock that aborts one of them (SQLSTATE 40P01, its
+request answered 503 though nothing was wrong with it). SQLite's writers hold the one
+write lock from ``BEGIN IMMEDIATE``: no cycle there.
+
+1. the advisory locks of the people an invitation counts against (``_lock_people``);
+2. the workspace's row: ``FOR UPDATE`` by a write to the workspace itself (a member
+   added, accepted or removed, an app created, a capped insert); ``FOR KEY SHARE`` by a
+   write to one of its apps (:func:`lock_app_workspace`), the lock a foreign-key check of
+   a row naming the workspace takes anyway: taken late (an invitation to an app inserted
+   after the app's row and the replaced offer's were held), it closed a cycle with a
+   member's removal, which holds the workspace and waits for that member's offers;
+3. the app's row (``FOR UPDATE``);
+4. membership rows;
+5. invitation rows, then collaborator rows (deleted or updated).
+
+A new row (a membership, a collaboration, an app) waits only for a transaction writing
+the same key, which took the same rows above first. A user's row is locked (token,
+session and workspace caps) first in transactions that lock nothing else of these.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +47,13 @@ async def locked_member(c: Conn, for_update: str, workspace_id: str, user_id: st
     the commit (``for_update``: the store's); a removal of them waits, or was first."""
     sql = f"SELECT 1 AS x FROM memberships WHERE workspace_id = ? AND user_id = ?{for_update}"
     return await c.fetchval(sql, workspace_id, user_id) is not None
+
+
+async def lock_app_workspace(c: Conn, for_key_share: str, app_id: str) -> None:
+    """Hold the app's workspace row shared until the commit (``for_key_share``: the
+    store's): step 2 of the lock order, before the app's own row."""
+    sql = "SELECT id FROM workspaces WHERE id = (SELECT workspace_id FROM apps WHERE id = ?)"
+    await c.fetch(sql + for_key_share, app_id)
 
 
 def check_owner(locked: Row | None, app_id: str, expect_owner: str | None) -> None:

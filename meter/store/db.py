@@ -4,8 +4,8 @@ SQL in ``meter.store`` is written once, with ``?`` placeholders, in the subset t
 SQLite >= 3.35 and PostgreSQL >= 13 share (``ON CONFLICT ... DO UPDATE``, ``RETURNING``,
 row values, partial indexes). The PostgreSQL connection rewrites ``?`` to ``$n``.
 The only dialect-specific pieces are the functions named by :attr:`StoreCore.greatest`
-and :attr:`StoreCore.least`, :attr:`StoreCore.skip_locked`, :attr:`StoreCore.for_update`,
-the migration lock and the bulk upserts of a flush.
+and :attr:`StoreCore.least`, the row locks (:attr:`StoreCore.skip_locked`, ``for_update``,
+``for_key_share``), the migration lock and the bulk upserts of a flush.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class StoreCore(ABC):
     least: ClassVar[str]
     skip_locked: ClassVar[str]  # appended to a SELECT that claims rows for an update
     for_update: ClassVar[str]  # appended to a SELECT that locks its row until the commit
+    for_key_share: ClassVar[str]  # ... that holds its row's key (as a foreign key check)
     url: str
 
     @abstractmethod

@@ -6,13 +6,12 @@ A pending invitation is a row here and nowhere else: ``memberships`` and
 them treats a pending invitee as a stranger. Accepting moves the row over in one
 transaction; declining or cancelling deletes it.
 
-Writes lock the target's row (the workspace or the app) first, so an invitation, its
-acceptance, its withdrawal (:mod:`meter.store.withdrawals`) and the cap on pending
-invitations are decided one at a time per target (PostgreSQL: ``FOR UPDATE``; SQLite:
-the transaction holds the write lock from the start). A new invitation first takes the
-inviter's and the invitee's advisory locks, whose caps span targets (``_lock_people``):
-the invitee's counts only the invitations of the inviting workspace and its apps, so no
-outsider can use up the room that another workspace's invitations need.
+Writes lock the target's row (an app's after its workspace's: the lock order of
+:mod:`meter.store.apps`), so an invitation, its acceptance, its withdrawal and the cap
+on pending invitations are decided one at a time per target. A new invitation first
+takes the inviter's and the invitee's advisory locks, whose caps span targets
+(``_lock_people``): the invitee's counts only the invitations of the inviting workspace
+and its apps, so no outsider can use up the room another workspace's invitations need.
 
 An invitation is open while ``created_at > since`` (the caller's clock less the
 invitation lifetime): an expired one is neither listed, accepted nor counted, and a new
@@ -28,7 +27,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from meter.store.apps import check_owner
+from meter.store.apps import check_owner, lock_app_workspace
 from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 
 Kind = Literal["workspace", "app"]
@@ -91,19 +90,20 @@ def _cols(alias: str) -> str:
 class Invitations(StoreCore):
     async def _lock_target(self, c: Conn, kind: str, target: str) -> Row | None:
         """Lock the workspace's or app's row until the commit; ``None`` if it is gone."""
+        if kind == "app":
+            await lock_app_workspace(c, self.for_key_share, target)
         sql = f"SELECT id, owner_id FROM {'workspaces' if kind == 'workspace' else 'apps'}"
         return await c.fetchrow(f"{sql} WHERE id = ?{self.for_update}", target)
 
     async def _lock_people(self, c: Conn, *user_ids: str) -> None:
         """Hold the caps of these users until the commit (PostgreSQL; SQLite's write lock
-        already makes invitations one at a time).
-
-        The inviter's and the invitee's caps span targets, which the target's lock does
-        not serialize: without this, concurrent invitations to other targets would all see
-        room and pass a cap together. Advisory locks, taken first and in one order, so
-        they never close a cycle with a row lock: a transaction waits for them holding
-        nothing, and no other transaction takes them (user rows, whose locks meet every
-        foreign-key check on them, deadlocked with app creation and acceptance)."""
+        already makes invitations one at a time). The inviter's and the invitee's caps
+        span targets, which the target's lock does not serialize: without this,
+        concurrent invitations to other targets would all see room and pass a cap
+        together. Advisory locks, taken first and in one order, so they never close a
+        cycle with a row lock: a transaction waits for them holding nothing, and no other
+        transaction takes them (user rows, whose locks meet every foreign-key check on
+        them, deadlocked with app creation and acceptance)."""
         if self.dialect != "postgresql":
             return
         for key in sorted({_lock_key(u) for u in user_ids}):

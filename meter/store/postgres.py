@@ -126,6 +126,7 @@ class PostgresStore(Store):
     least = "LEAST"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
+    for_key_share = " FOR KEY SHARE"
 
     def __init__(
         self,

@@ -88,6 +88,7 @@ class SqliteStore(Store):
     least = "MIN"
     skip_locked = ""  # BEGIN IMMEDIATE already serializes writers
     for_update = ""
+    for_key_share = ""
 
     def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = f"sqlite:///{path}"

@@ -1,13 +1,14 @@
 """Withdrawals: taking a member out of a workspace or a collaborator off an app together
 with any invitation of theirs to it, and handing an app over, which withdraws every
-invitation to the app. Each is one transaction with the target's row locked first, like
-every write of :mod:`meter.store.invitations`, so an acceptance lands wholly before or
-wholly after it: a withdrawn user can never be left a member, nor hold an invitation
-that lets them back in (a gateway of before migration 11 could add a member directly
-while their invitation was open). Removing a member locks their membership too and
-refuses while they own apps of the workspace; app creation and transfer lock the new
-owner's membership, so neither lands on a member being removed. It also takes them off
-the workspace's apps: their collaborations and invitations there go in the same step.
+invitation to the app. Each is one transaction that locks rows in the order of
+:mod:`meter.store.apps`, like every write of :mod:`meter.store.invitations`, so an
+acceptance lands wholly before or wholly after it: a withdrawn user can never be left a
+member, nor hold an invitation that lets them back in (a gateway of before migration 11
+could add a member directly while their invitation was open). Removing a member locks
+their membership too and refuses while they own apps of the workspace; app creation and
+transfer lock the new owner's membership, so neither lands on a member being removed.
+It also takes them off the workspace's apps: their collaborations and invitations there
+go in the same step.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ class Withdrawals(Invitations):
                     user_id,
                 )
                 return await self._off_apps(c, target, user_id, since, row is not None)
-            row = await c.fetchrow(
-                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ? RETURNING role",
+            inv = await c.fetchrow(  # invitations, then collaborators: the lock order
+                "DELETE FROM invitations WHERE target = ? AND user_id = ? RETURNING created_at",
                 target,
                 user_id,
             )
-            inv = await c.fetchrow(
-                "DELETE FROM invitations WHERE target = ? AND user_id = ? RETURNING created_at",
+            row = await c.fetchrow(
+                "DELETE FROM collaborators WHERE app_id = ? AND user_id = ? RETURNING role",
                 target,
                 user_id,
             )
@@ -134,11 +135,11 @@ class Withdrawals(Invitations):
                 user_id,
                 app_id,
             )
+            gone = await c.fetch(  # invitations, then collaborators: the lock order
+                "DELETE FROM invitations WHERE app_id = ? RETURNING user_id", app_id
+            )
             await c.execute(
                 "DELETE FROM collaborators WHERE app_id = ? AND user_id = ?", app_id, user_id
-            )
-            gone = await c.fetch(
-                "DELETE FROM invitations WHERE app_id = ? RETURNING user_id", app_id
             )
         withdrawn = sorted(str(r["user_id"]) for r in gone)
         return (app_row(row) if row else None), withdrawn, str(found["owner_id"])

@@ -1,0 +1,65 @@
+"""Admin writes that lock several rows take them in one order (meter/store/apps.py), so
+two of them never wait for each other in a cycle: on PostgreSQL a cycle is a deadlock,
+one of the two aborted (SQLSTATE 40P01) and its request answered 503 though nothing
+was wrong with it.
+
+Real sockets, a real redis-server and a real PostgreSQL (SQLite's writers take the one
+write lock up front: no cycle is possible there). The interleaving is forced, not timed:
+one transaction is held before a statement with its locks taken; the other is let run
+until PostgreSQL reports it waiting for a lock; then the first is let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.webhooks import WebhookOptions
+from tests.support.adminkit import Admin, admin_server
+from tests.support.held_sql import held_statement, until_waiting
+from tests.support.settings import make_settings
+
+
+@pytest.fixture
+async def pg_admin(redis_url: str, pg_dsn: str, tmp_path: Path) -> AsyncIterator[Admin]:
+    settings = make_settings(redis_url, store_url=pg_dsn, operator=True)
+    async with admin_server(settings, webhooks=WebhookOptions(poll_s=3600)) as a:
+        yield a
+
+
+async def test_a_new_offer_and_the_invitees_removal_from_the_workspace(pg_admin: Admin) -> None:
+    """Alice offers Carol another role on her app (the open offer is replaced: deleted,
+    then a new one inserted) while the workspace owner removes Carol from the workspace.
+    The new offer's insert checks its workspace key (a share lock on the workspace row);
+    the removal holds that row and waits for the old offer's row, which the offer's
+    transaction deleted: on the old code a cycle, one request aborted as a deadlock (503
+    store_unavailable). Both must land: the removal after the offer, taking it with it."""
+    a = pg_admin
+    owner, ws = await a.owner_workspace()
+    alice, carol = await a.new_user("alice"), await a.new_user("carol")
+    await a.join(ws, owner, alice)
+    await a.join(ws, owner, carol)
+    app = await a.new_app(alice[1], ws, "http://127.0.0.1:9/bot")
+    path = f"/v1/apps/{app}/collaborators"
+    await a.ok("POST", path, alice[1], {"user_id": carol[0], "role": "viewer"})
+    async with held_statement(a.store, "INSERT INTO invitations") as (reached, release):
+        offer = asyncio.ensure_future(
+            a.api("POST", path, alice[1], {"user_id": carol[0], "role": "developer"})
+        )
+        first = asyncio.ensure_future(reached())
+        await asyncio.wait([offer, first], return_when=asyncio.FIRST_COMPLETED)
+        assert first.done(), await offer  # held with the old offer deleted, locks taken
+        removal = asyncio.ensure_future(
+            a.api("DELETE", f"/v1/workspaces/{ws}/members/{carol[0]}", owner)
+        )
+        await until_waiting(a.store, removal)  # queued behind the offer's locks
+        release()
+        (offered, body), (removed, gone) = await offer, await removal
+    assert 200 <= offered < 300, body
+    assert removed == 204, gone
+    assert not await a.store.is_member(ws, carol[0])
+    listed = await a.ok("GET", "/v1/invitations", carol[1])
+    assert listed["invitations"] == []  # the removal took the new offer with it
