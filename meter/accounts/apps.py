@@ -144,11 +144,12 @@ async def create_app(
 
 async def set_shadow(d: Deps, actor: str, app: App, on: bool) -> App:
     """Shadow mode on or off (an operator's action: see meter/accounts/authz.py ``app.shadow``)."""
-    updated = await d.store.update_app(app.id, shadow=on)
-    if updated is None:
+    changed = await d.store.update_app(app.id, shadow=on)
+    if changed is None:
         raise NotFound("app", app.id)
+    was, updated = changed
     await project_app(d, updated)
-    await audit(d, actor, "app.shadow", f"app:{app.id}", {"shadow": app.shadow}, {"shadow": on})
+    await audit(d, actor, "app.shadow", f"app:{app.id}", {"shadow": was.shadow}, {"shadow": on})
     return updated
 
 
@@ -168,11 +169,12 @@ async def update_app(
         await check_reachable(d, "upstream_url", changes["upstream_url"], app.workspace_id)
     if not changes:
         return app
-    updated = await d.store.update_app(app.id, expect_owner=owner, **changes)
-    if updated is None:
+    changed = await d.store.update_app(app.id, expect_owner=owner, **changes)
+    if changed is None:
         raise NotFound("app", app.id)
+    was, updated = changed  # "before": what this change replaced (read under its lock)
     await project_app(d, updated)
-    before = {k: app_dict(app)[k] for k in changes}
+    before = {k: app_dict(was)[k] for k in changes}
     after = {k: app_dict(updated)[k] for k in changes}
     await audit(d, actor, "app.update", f"app:{app.id}", before, after)
     return updated

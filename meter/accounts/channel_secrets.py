@@ -38,7 +38,7 @@ from meter.accounts.deps import Deps, announce, audit
 from meter.errors import Conflict, InvalidInput
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from meter.store import App, AppChannel, Store
+from meter.store import App, AppChannel, CapReached, Store
 
 SCHEMES = {"slack": "slack_v0", "whatsapp": "meta_sha256", "msteams": "botframework_jwt"}
 HS256 = "jwt_hs256"
@@ -183,14 +183,15 @@ async def set_channel(
         notify_secret_enc=f.encrypt(notify_secret.encode()).decode() if notify_secret else None,
         updated_at=d.now_ms(),
     )
-    before = await d.store.get_app_channel(app.id, channel)
     cap = d.settings.max_channels_per_app
-    if not await d.store.put_app_channel(ch, cap, expect_owner=owner):
+    try:  # the row replaced, read in the write's transaction: the audit's "before"
+        before = await d.store.put_app_channel(ch, cap, expect_owner=owner)
+    except CapReached:
         raise Conflict(
             f"app {app.id} already has {cap} channels: the limit is {cap} per app (setting "
             "max_channels_per_app); remove one, or ask the operator to raise it",
             code="too_many_channels",
-        )
+        ) from None
     await project_latest(d, app.id, channel, ch)
     await announce(d, app.id)
     # Never the secret itself: only that it was set, and when.
@@ -206,8 +207,10 @@ async def remove_channel(
     """Remove ``channel``'s secret (it becomes unauthenticated); the removed row, if any.
     ``owner``: as for :func:`set_channel`."""
     _check_channel(channel)
-    before = await d.store.get_app_channel(app.id, channel)
-    await d.store.delete_app_channel(app.id, channel, expect_owner=owner)
+    # The row this removal deleted (``None``: none by then), not one read before it: a
+    # removal that raced another removes and audits nothing; one that raced a set
+    # removes and audits that secret.
+    before = await d.store.delete_app_channel(app.id, channel, expect_owner=owner)
     await project_latest(d, app.id, channel, None)
     await announce(d, app.id)
     if before is not None:

@@ -113,28 +113,32 @@ class Apps(StoreCore):
 
     async def update_app(
         self, app_id: str, *, expect_owner: str | None = None, **changes: Any
-    ) -> App | None:
+    ) -> tuple[App, App] | None:
         """Change ``name``, ``owner_id``, ``upstream_url``, ``use_free_credits``,
-        ``suspended`` or ``shadow``; return the updated app, ``None`` if it does not exist.
+        ``suspended`` or ``shadow``; return the app before and after the change, ``None``
+        if it does not exist. The before-value is read with the app's row locked, in the
+        change's own transaction: what this change replaced, whatever landed before it
+        (the audit's "before").
 
         With ``expect_owner`` the write is conditional on the app still being owned by
-        that user (one statement): :class:`OwnerChanged`, nothing written, otherwise."""
+        that user: :class:`OwnerChanged`, nothing written, otherwise."""
         unknown = set(changes) - APP_FIELDS
         if unknown:
             raise ValueError(f"cannot change app fields {sorted(unknown)}")
-        if not changes:
-            return await self.get_app(app_id)
         names = sorted(changes)
         sets = ", ".join(f"{n} = ?" for n in names)
-        args = [*(changes[n] for n in names), app_id]
-        owned = ""
-        if expect_owner is not None:
-            owned, args = " AND owner_id = ?", [*args, expect_owner]
-        sql = f"UPDATE apps SET {sets} WHERE id = ?{owned} RETURNING {APP_COLUMNS}"
-        updated = await self.one(app_row, sql, *args)
-        if updated is None and expect_owner is not None and await self.get_app(app_id):
-            raise OwnerChanged(app_id, expect_owner)  # matched nothing: another owner
-        return updated
+        async with self.transaction() as c:
+            sql = f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?{self.for_update}"
+            found = await c.fetchrow(sql, app_id)
+            if found is None:
+                return None
+            check_owner(found, app_id, expect_owner)
+            if not changes:
+                return app_row(found), app_row(found)
+            sql = f"UPDATE apps SET {sets} WHERE id = ? RETURNING {APP_COLUMNS}"
+            updated = await c.fetchrow(sql, *(changes[n] for n in names), app_id)
+        assert updated is not None  # the row is locked: still there
+        return app_row(found), app_row(updated)
 
     # ---------------------------------------------------------- collaborators
 

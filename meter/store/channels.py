@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meter.store.apps import locked_owner
 from meter.store.db import Row, StoreCore, insert_sql, row_as, values
+from meter.store.errors import CapReached
 from meter.store.models import AppChannel
 
 _COLS = "app_id, channel, scheme, secret_enc, notify_secret_enc, updated_at"
@@ -18,26 +19,29 @@ class Channels(StoreCore):
 
     async def put_app_channel(
         self, ch: AppChannel, cap: int | None = None, *, expect_owner: str | None = None
-    ) -> bool:
-        """Insert or replace the secret of ``(ch.app_id, ch.channel)``; ``False`` (nothing
-        written) when that is a new channel and the app already has ``cap`` others.
+    ) -> AppChannel | None:
+        """Insert or replace the secret of ``(ch.app_id, ch.channel)``; return the row it
+        replaced (``None``: a new channel), read in the same transaction. When that is a
+        new channel and the app already has ``cap`` others: :class:`CapReached`, nothing
+        written.
 
-        With ``cap`` the count and the write are one step: the app's row is locked first,
-        so concurrent new channels of one app never pass the cap together (PostgreSQL:
-        ``FOR UPDATE``; SQLite: the transaction holds the write lock from the start).
-        With ``expect_owner``, :class:`OwnerChanged` (nothing written) unless the app,
-        locked so, is still that user's."""
+        With ``cap`` (or ``expect_owner``) the app's row is locked first, so concurrent
+        new channels of one app never pass the cap together and the replaced row is the
+        one this write replaced (PostgreSQL: ``FOR UPDATE``; SQLite: the transaction
+        holds the write lock from the start). With ``expect_owner``,
+        :class:`OwnerChanged` (nothing written) unless the app, locked so, is still that
+        user's."""
         async with self.transaction() as c:
             if cap is not None or expect_owner is not None:
                 await locked_owner(c, self.for_update, ch.app_id, expect_owner)
-            if cap is not None:
+            sql = f"SELECT {_COLS} FROM app_channels WHERE app_id = ? AND channel = ?"
+            before = await c.fetchrow(sql, ch.app_id, ch.channel)
+            if cap is not None and before is None:
                 others = await c.fetchval(
-                    "SELECT COUNT(*) AS n FROM app_channels WHERE app_id = ? AND channel <> ?",
-                    ch.app_id,
-                    ch.channel,
+                    "SELECT COUNT(*) AS n FROM app_channels WHERE app_id = ?", ch.app_id
                 )
                 if int(others or 0) >= cap:
-                    return False
+                    raise CapReached(f"app {ch.app_id} has {cap} channels")
             await c.execute(
                 insert_sql("app_channels", _COLS)
                 + " ON CONFLICT (app_id, channel) DO UPDATE SET scheme = excluded.scheme, "
@@ -46,7 +50,7 @@ class Channels(StoreCore):
                 "updated_at = excluded.updated_at",
                 *values(ch, _COLS),
             )
-        return True
+        return _channel(before) if before is not None else None
 
     async def reencrypt_app_channel(self, before: AppChannel, after: AppChannel) -> bool:
         """Replace ``before``'s encrypted secrets with ``after``'s only if the row still
@@ -63,15 +67,18 @@ class Channels(StoreCore):
 
     async def delete_app_channel(
         self, app_id: str, channel: str, *, expect_owner: str | None = None
-    ) -> bool:
-        """Remove the secret; ``False`` if there was none. With ``expect_owner``,
-        :class:`OwnerChanged` (nothing deleted) unless the app is still that user's."""
+    ) -> AppChannel | None:
+        """Remove the secret; the row removed (``None``: there was none when this ran).
+        With ``expect_owner``, :class:`OwnerChanged` (nothing deleted) unless the app is
+        still that user's."""
         async with self.transaction() as c:
             await locked_owner(c, self.for_update, app_id, expect_owner)
-            n = await c.execute(
-                "DELETE FROM app_channels WHERE app_id = ? AND channel = ?", app_id, channel
+            gone = await c.fetchrow(
+                f"DELETE FROM app_channels WHERE app_id = ? AND channel = ? RETURNING {_COLS}",
+                app_id,
+                channel,
             )
-        return n > 0
+        return _channel(gone) if gone is not None else None
 
     async def get_app_channel(self, app_id: str, channel: str) -> AppChannel | None:
         return await self.one(

@@ -196,8 +196,10 @@ async def test_workspace_membership_and_apps(ws: Store) -> None:
     assert [x.id for x in await store.list_user_workspaces("u2")] == [WS]
 
     assert [a.id for a in await store.list_apps(WS)] == [APP, APP2]
-    app = await store.update_app(APP, owner_id="u2", use_free_credits=False, suspended=True)
-    assert app is not None
+    changed = await store.update_app(APP, owner_id="u2", use_free_credits=False, suspended=True)
+    assert changed is not None
+    was, app = changed  # before and after, read in the change's transaction
+    assert (was.owner_id, was.use_free_credits, was.suspended) == ("u1", True, False)
     assert app.owner_id == "u2"
     assert app.use_free_credits is False
     assert app.suspended is True
@@ -639,7 +641,7 @@ async def test_app_writes_land_only_while_the_expected_owner_owns_the_app(
     await ws.add_member(WS, "u2")
     await ws.add_collaborator(APP, "u3", "viewer")
     ch = AppChannel(APP, "web", "jwt_hs256", "enc", T0)
-    assert await ws.put_app_channel(ch)
+    assert await ws.put_app_channel(ch) is None  # a new channel: none replaced
     inv = Invitation("inv1", "app", APP, WS, APP, "u3", "tester", "u1", T0)
     caps = Caps(10, 10, 10)
     moved, _, before = await stores().transfer_app(APP, "u2")  # the other gateway's handover
