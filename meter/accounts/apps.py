@@ -34,18 +34,21 @@ async def project_app(d: Deps, app: App) -> bool:
     workers' caches.
 
     Redis without the workspace: the workspace is rebuilt whole from the store (this app
-    included). Redis without the app alone: it is written again when its balance is
-    surely zero (no funds were ever tied to it); otherwise its balance cannot be known
-    under live traffic and it is left to ``creditgate reconcile --apply`` (logged);
-    ``False`` then, and when a lost workspace could not be rebuilt yet.
+    included). Found there by then (another path rebuilt it, from a read of the store
+    that may predate this change), the app is written as below. Redis without the app
+    alone: it is written again when its balance is surely zero (no funds were ever tied
+    to it); otherwise its balance cannot be known under live traffic and it is left to
+    ``creditgate reconcile --apply`` (logged); ``False`` then, and when a lost workspace
+    could not be rebuilt yet.
     """
     ws_id = app.workspace_id
     if not await d.redis.hexists(keys.ws_key(ws_id), "type"):
         outcome = await rebuild.rebuild_workspace(
             d.store, d.redis, d.settings, d.catalog, ws_id, now_s=d.clock()
         )
-        await announce(d, app.id)
-        return outcome != "refused"
+        if outcome != "present":  # rebuilt here, after this change: as the store holds it
+            await announce(d, app.id)
+            return outcome != "refused"
     if not await d.redis.exists(keys.app_key(ws_id, app.id)) and await d.store.ledger_entries(
         ws_id, app_id=app.id
     ):

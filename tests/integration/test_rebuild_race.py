@@ -1,0 +1,69 @@
+"""A workspace rebuild racing an app write never leaves Redis with the app as it was
+before the write: the write's projection finds the workspace missing and rebuilds it;
+if another rebuild, made from a read of the store older than the write, lands first,
+the write's own rebuild finds the workspace present and writes nothing, so the app is
+written again from the store (the old code stopped there: traffic ran on the old
+upstream or suspension until the projection check's next pass).
+
+Real Redis, SQLite and PostgreSQL. The race is forced, not timed: the first rebuild is
+held after reading the app, the write's rebuild before it looks at Redis; the first is
+let go and lands, then the write's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from config import load_catalog
+from meter.accounts import apps, rebuild, workspaces
+from meter.accounts.deps import Deps
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from meter.store import App
+from tests.support.clock import Clock
+from tests.support.flushkit import opened_store, store_url
+from tests.support.settings import make_settings
+from tests.system.test_owner_race_review import held_call, started
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def made(
+    request: pytest.FixtureRequest, tmp_path: Path, rclient: RedisClient, redis_url: str
+) -> AsyncIterator[tuple[Deps, App]]:
+    """An app in a workspace Redis has lost (every key of it)."""
+    url = store_url(request.param, request, tmp_path)
+    cfg = make_settings(store_url=url, redis_url=redis_url, secret_key="k" * 32)
+    async for store in opened_store(url):
+        d = Deps(store, rclient, cfg, load_catalog(), Clock.past())
+        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
+        ws = await workspaces.create_workspace(d, user.id, "Acme")
+        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
+        async for k in rclient.scan_iter(match=f"cg:{{{ws.id}}}*"):
+            await rclient.delete(k)
+        yield d, app
+
+
+async def test_a_rebuild_read_before_an_app_write_never_outlives_it(
+    made: tuple[Deps, App],
+) -> None:
+    d, app = made
+    ws, ak = app.workspace_id, keys.app_key(app.workspace_id, app.id)
+    first = rebuild.rebuild_workspace  # the periodic check's, say (not held at its call)
+    async with held_call(rebuild, "rebuild_workspace") as write_rebuilds:
+        async with held_call(d.store, "list_app_channels") as read_app:
+            check = asyncio.ensure_future(
+                first(d.store, d.redis, d.settings, d.catalog, ws, now_s=d.clock())
+            )
+            await started(check, read_app)  # the app read: not suspended
+            change = {"suspended": True}
+            write = asyncio.ensure_future(apps.update_app(d, "operator", app, change, owner=None))
+            await started(write, write_rebuilds)  # stored; found the workspace missing
+        assert await check == "rebuilt"  # landed first, with the app as it read it
+        assert await d.redis.hget(ak, "suspended") == b"0"
+    updated = await write
+    assert updated.suspended
+    assert await d.redis.hget(ak, "suspended") == b"1"  # as the store holds it
