@@ -26,15 +26,17 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import replace
-from typing import Any
 
-import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from config import Settings, SettingsError
+from meter.accounts import rebuild
 from meter.accounts.deps import Deps, announce, audit
+from meter.accounts.projection import FIELD_PREFIX as FIELD_PREFIX
+from meter.accounts.projection import field_of as field_of
+from meter.accounts.projection import projected as projected
 from meter.errors import Conflict, InvalidInput
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -44,7 +46,6 @@ SCHEMES = {"slack": "slack_v0", "whatsapp": "meta_sha256", "msteams": "botframew
 HS256 = "jwt_hs256"
 MIN_SECRET = 32  # HS256 keys below 32 bytes are weak (RFC 7518 §3.2); Slack/Meta use 32
 MAX_SECRET = 512
-FIELD_PREFIX = "ch:"
 _INFO = b"creditgate channel secrets v1"
 # A projection written again at most this often while what it projects keeps changing
 # (the projection check repairs what is left).
@@ -55,11 +56,6 @@ log = logging.getLogger(__name__)
 
 def scheme_of(channel: str) -> str:
     return SCHEMES.get(channel, HS256)
-
-
-def field_of(channel: str) -> str:
-    """The app-hash field holding a channel's projected secret."""
-    return FIELD_PREFIX + channel
 
 
 def _fernet(material: str) -> Fernet:
@@ -97,14 +93,6 @@ def _require_cipher(d: Deps) -> MultiFernet:
     return f
 
 
-def projected(ch: AppChannel) -> bytes:
-    """The Redis value of a channel's secret: still encrypted."""
-    doc: dict[str, Any] = {"scheme": ch.scheme, "secret": ch.secret_enc}
-    if ch.notify_secret_enc:
-        doc["notify"] = ch.notify_secret_enc
-    return orjson.dumps(doc)
-
-
 async def project(client: RedisClient, app_id: str, channel: str, ch: AppChannel | None) -> None:
     """Write (or, for ``None``, remove) a channel's secret in the app's Redis hash."""
     ws = keys.workspace_of(app_id)
@@ -129,6 +117,16 @@ async def project_latest(d: Deps, app_id: str, channel: str, ch: AppChannel | No
             return
         ch = latest
     log.warning("channel %s of app %s kept changing while projected", channel, app_id)
+
+
+async def _workspace_first(d: Deps, app: App) -> None:
+    """Rebuild the app's workspace if Redis lost it, before a channel change is
+    projected: a rebuild that read the channels before the change and landed after its
+    projection would rewrite the app's hash whole (``rebuild.lua``), undoing it. Once
+    Redis holds the workspace, no rebuild writes anything."""
+    if not await d.redis.hexists(keys.ws_key(app.workspace_id), "type"):
+        ws, now = app.workspace_id, d.clock()
+        await rebuild.rebuild_workspace(d.store, d.redis, d.settings, d.catalog, ws, now_s=now)
 
 
 async def project_app_channels(store: Store, client: RedisClient, app_id: str) -> None:
@@ -192,6 +190,7 @@ async def set_channel(
             "max_channels_per_app); remove one, or ask the operator to raise it",
             code="too_many_channels",
         ) from None
+    await _workspace_first(d, app)
     await project_latest(d, app.id, channel, ch)
     await announce(d, app.id)
     # Never the secret itself: only that it was set, and when.
@@ -211,6 +210,7 @@ async def remove_channel(
     # removal that raced another removes and audits nothing; one that raced a set
     # removes and audits that secret.
     before = await d.store.delete_app_channel(app.id, channel, expect_owner=owner)
+    await _workspace_first(d, app)
     await project_latest(d, app.id, channel, None)
     await announce(d, app.id)
     if before is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 from redis.typing import EncodableT, FieldT
 
 from config import Catalog
@@ -22,7 +23,9 @@ from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.redis_layer.keys import F_APP, F_POOL
 from meter.redis_layer.scripts import register
-from meter.store import App
+from meter.store import App, AppChannel
+
+FIELD_PREFIX = "ch:"  # an app hash's channel secrets: meter/accounts/channel_secrets.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,19 @@ def workspace_fields(
             raise InvalidInput(f"licences.{product}", "unknown product")
         fields[f"l:{product}"] = f"{li.usage_limit},{li.per_minute},{li.per_hour}"
     return fields
+
+
+def field_of(channel: str) -> str:
+    """The app-hash field holding a channel's projected secret (``ch:<channel>``)."""
+    return FIELD_PREFIX + channel
+
+
+def projected(ch: AppChannel) -> bytes:
+    """The Redis value of a channel's secret: still encrypted."""
+    doc: dict[str, Any] = {"scheme": ch.scheme, "secret": ch.secret_enc}
+    if ch.notify_secret_enc:
+        doc["notify"] = ch.notify_secret_enc
+    return orjson.dumps(doc)
 
 
 def app_fields(app: App) -> dict[str, str | int]:

@@ -25,7 +25,7 @@ from typing import Literal
 import orjson
 
 from config import Catalog, Settings
-from meter.accounts import channel_secrets, projection
+from meter.accounts import projection
 from meter.redis_layer import keys
 from meter.redis_layer.billing_period import billing_period
 from meter.redis_layer.client import RedisClient
@@ -217,5 +217,5 @@ async def _app_fields(store: Store, app: App, values: dict[str, int]) -> dict[st
     fields = {k: str(v) for k, v in projection.app_fields(app).items()}
     fields[F_APP] = str(values.get(f"app:{app.id}", 0))
     for ch in await store.list_app_channels(app.id):
-        fields[channel_secrets.field_of(ch.channel)] = channel_secrets.projected(ch).decode()
+        fields[projection.field_of(ch.channel)] = projection.projected(ch).decode()
     return fields

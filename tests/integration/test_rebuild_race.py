@@ -8,18 +8,25 @@ upstream or suspension until the projection check's next pass).
 Real Redis, SQLite and PostgreSQL. The race is forced, not timed: the first rebuild is
 held after reading the app, the write's rebuild before it looks at Redis; the first is
 let go and lands, then the write's.
+
+A channel secret set or removed is written into the app's hash alone, whether Redis
+holds the workspace or not; a rebuild that read the channels before and lands after
+rewrites the hash whole, undoing it (a secret set: the channel unauthenticated in
+Redis; removed: still accepted), so a channel write rebuilds a lost workspace first.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config import load_catalog
-from meter.accounts import apps, rebuild, workspaces
+from meter.accounts import apps, channel_secrets, rebuild, workspaces
 from meter.accounts.deps import Deps
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -28,6 +35,30 @@ from tests.support.clock import Clock
 from tests.support.flushkit import opened_store, store_url
 from tests.support.settings import make_settings
 from tests.system.test_owner_race_review import held_call, started
+
+SECRET = "c" * 40
+
+
+@asynccontextmanager
+async def held_after(obj: Any, name: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Hold the first call of ``obj.<name>`` once it has returned, until released; yields
+    a waiter that returns once it is held. Other calls run unheld."""
+    real = getattr(obj, name)
+    reached, go = asyncio.Event(), asyncio.Event()
+
+    async def paused(*args: Any, **kwargs: Any) -> Any:
+        out = await real(*args, **kwargs)
+        if not reached.is_set():
+            reached.set()
+            await go.wait()
+        return out
+
+    setattr(obj, name, paused)
+    try:
+        yield reached.wait
+    finally:
+        go.set()
+        setattr(obj, name, real)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -67,3 +98,40 @@ async def test_a_rebuild_read_before_an_app_write_never_outlives_it(
     updated = await write
     assert updated.suspended
     assert await d.redis.hget(ak, "suspended") == b"1"  # as the store holds it
+
+
+async def rebuilt_around(d: Deps, app: App, change: Awaitable[Any]) -> None:
+    """A rebuild reads the app's channels and is held; ``change`` runs to its end; then
+    the rebuild is let go (it lands, or finds the workspace there by then)."""
+    held = rebuild.rebuild_workspace(d.store, d.redis, d.settings, d.catalog, app.workspace_id)
+    async with held_after(d.store, "list_app_channels") as read:
+        check = asyncio.ensure_future(held)
+        await started(check, read)
+        await change
+    await check
+
+
+async def test_a_channel_set_during_a_rebuild_read_before_it_stays_set(
+    made: tuple[Deps, App],
+) -> None:
+    d, app = made
+    set_ = channel_secrets.set_channel(d, "operator", app, "web", SECRET, owner=None)
+    await rebuilt_around(d, app, set_)
+    stored = await d.store.get_app_channel(app.id, "web")
+    assert stored is not None
+    field = channel_secrets.field_of("web")
+    ak = keys.app_key(app.workspace_id, app.id)
+    assert await d.redis.hget(ak, field) == channel_secrets.projected(stored)
+
+
+async def test_a_channel_removed_during_a_rebuild_read_before_it_stays_removed(
+    made: tuple[Deps, App],
+) -> None:
+    d, app = made
+    await channel_secrets.set_channel(d, "operator", app, "web", SECRET, owner=None)
+    async for k in d.redis.scan_iter(match=f"cg:{{{app.workspace_id}}}*"):
+        await d.redis.delete(k)  # lost again, with the secret
+    removal = channel_secrets.remove_channel(d, "operator", app, "web", owner=None)
+    await rebuilt_around(d, app, removal)
+    ak = keys.app_key(app.workspace_id, app.id)
+    assert await d.redis.hget(ak, channel_secrets.field_of("web")) is None
