@@ -20,6 +20,9 @@ write lock from ``BEGIN IMMEDIATE``: no cycle there.
 A new row (a membership, a collaboration, an app) waits only for a transaction writing
 the same key, which took the same rows above first. A user's row is locked (token,
 session and workspace caps) first in transactions that lock nothing else of these.
+A write that still loses a deadlock (to a gateway of before this order, during a rolling
+deploy) is run again (``StoreCore._retry``): an invitation, a member's or
+collaborator's removal, a handover, an app's creation.
 """
 
 from __future__ import annotations
@@ -88,7 +91,10 @@ class Apps(StoreCore):
         membership are locked first, so a removal of the owner (``withdraw``, which
         refuses a member who owns apps) lands wholly before or after the creation, on
         any number of gateways (PostgreSQL: ``FOR UPDATE``; SQLite: the transaction holds
-        the write lock from the start)."""
+        the write lock from the start). Run again when aborted to break a deadlock."""
+        return await self._retry(lambda: self._create_app_within(app, cap))
+
+    async def _create_app_within(self, app: App, cap: int) -> bool:
         async with self.transaction() as c:
             lock = f"SELECT id FROM workspaces WHERE id = ?{self.for_update}"
             await c.fetch(lock, app.workspace_id)

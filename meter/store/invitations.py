@@ -126,7 +126,7 @@ class Invitations(StoreCore):
         deletes an invitation another still counts as open. In a transaction of its own
         that skips rows another one holds: it waits for nothing, so it is in no deadlock
         (inside the invitation's, it held rows a replacing one waited for while it waited)."""
-        outcome = await self._invite(inv, caps, since, expect_owner)
+        outcome = await self._retry(lambda: self._invite(inv, caps, since, expect_owner))
         async with self.transaction() as c:
             await c.execute(
                 "DELETE FROM invitations WHERE id IN (SELECT id FROM invitations "

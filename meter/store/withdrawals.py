@@ -44,7 +44,13 @@ class Withdrawals(Invitations):
         workspace, their collaborations on its apps and invitations to them too.
         :class:`OwnsApps` (nothing deleted) while they own apps of workspace ``target``;
         :class:`OwnerChanged` (nothing deleted) when ``expect_owner`` is given and no
-        longer owns the target."""
+        longer owns the target. Run again when PostgreSQL aborted it to break a deadlock
+        (a gateway of before the lock order, during a rolling deploy)."""
+        return await self._retry(lambda: self._withdraw(kind, target, user_id, since, expect_owner))
+
+    async def _withdraw(
+        self, kind: Kind, target: str, user_id: str, since: int, expect_owner: str | None
+    ) -> Withdrawn:
         async with self.transaction() as c:
             check_owner(await self._lock_target(c, kind, target), target, expect_owner)
             if kind == "workspace":
@@ -118,7 +124,12 @@ class Withdrawals(Invitations):
         the row locked: the audit's, whatever the caller read before).
         :class:`NotMember` (nothing written) unless ``user_id`` is a member of the app's
         workspace; :class:`OwnerChanged` (nothing written) when ``expect_owner`` is given
-        and no longer owns the app."""
+        and no longer owns the app. Run again when aborted to break a deadlock."""
+        return await self._retry(lambda: self._transfer(app_id, user_id, expect_owner))
+
+    async def _transfer(
+        self, app_id: str, user_id: str, expect_owner: str | None
+    ) -> tuple[App | None, list[str], str | None]:
         async with self.transaction() as c:
             found = await c.fetchrow(
                 f"SELECT workspace_id, owner_id FROM apps WHERE id = ?{self.for_update}", app_id

@@ -63,3 +63,44 @@ async def test_a_new_offer_and_the_invitees_removal_from_the_workspace(pg_admin:
     assert not await a.store.is_member(ws, carol[0])
     listed = await a.ok("GET", "/v1/invitations", carol[1])
     assert listed["invitations"] == []  # the removal took the new offer with it
+
+
+async def test_a_removal_that_loses_a_deadlock_is_retried(pg_admin: Admin) -> None:
+    """During a rolling deploy a gateway of before the lock order still offers a role the
+    old way: the app's row, the replaced offer's, then the workspace's (its insert's key
+    check). Played here by a transaction of the test's own, which never gives up first
+    (a long ``deadlock_timeout``): the removal of that member, waiting first, is the one
+    PostgreSQL aborts (40P01). It is run again, not answered 503: 204, once the other
+    transaction is through."""
+    a = pg_admin
+    owner, ws = await a.owner_workspace()
+    alice, carol = await a.new_user("alice"), await a.new_user("carol")
+    await a.join(ws, owner, alice)
+    await a.join(ws, owner, carol)
+    app = await a.new_app(alice[1], ws, "http://127.0.0.1:9/bot")
+    offer = {"user_id": carol[0], "role": "viewer"}
+    await a.ok("POST", f"/v1/apps/{app}/collaborators", alice[1], offer)
+    locked, go = asyncio.Event(), asyncio.Event()
+
+    async def older_gateway() -> None:
+        async with a.store.transaction() as c:
+            await c.execute("SET LOCAL deadlock_timeout = '1h'")
+            await c.fetch("SELECT id FROM apps WHERE id = ? FOR UPDATE", app)
+            sql = "SELECT id FROM invitations WHERE target = ? AND user_id = ? FOR UPDATE"
+            assert await c.fetch(sql, app, carol[0])
+            locked.set()
+            await go.wait()
+            await c.fetch("SELECT id FROM workspaces WHERE id = ? FOR KEY SHARE", ws)
+
+    other = asyncio.ensure_future(older_gateway())
+    await locked.wait()
+    removal = asyncio.ensure_future(
+        a.api("DELETE", f"/v1/workspaces/{ws}/members/{carol[0]}", owner)
+    )
+    await until_waiting(a.store, removal)  # holds the workspace, waits for the offer
+    go.set()
+    await other  # the removal was aborted (the cycle broken), else this never returns
+    status, body = await removal
+    assert status == 204, body
+    assert not await a.store.is_member(ws, carol[0])
+    assert (await a.ok("GET", "/v1/invitations", carol[1]))["invitations"] == []
