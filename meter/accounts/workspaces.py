@@ -11,12 +11,14 @@ what, when and the before/after values. Authorization is checked by the caller
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import replace
 
 from config.catalog import PRODUCTS
 from meter.accounts import authz, invitations, projection, rebuild
+from meter.accounts.channel_secrets import PASSES
 from meter.accounts.deps import (
     EMAIL_RE,
     Deps,
@@ -38,6 +40,8 @@ from meter.store import (
     User,
     Workspace,
 )
+
+log = logging.getLogger(__name__)
 
 
 def free_reference(ws_id: str) -> str:
@@ -139,24 +143,17 @@ async def project_workspace(d: Deps, ws: Workspace, *, new: bool = False) -> Non
     (:mod:`meter.accounts.rebuild`): balances are the ledger minus the usage the store
     holds, so a change after a loss never hands out spent credit again. ``new``: a
     workspace just created (its free grant, if any, is all its ledger holds).
+
+    Otherwise what is written is the workspace as the store holds it (``ws`` only names
+    it: a caller's copy, read before a concurrent change, would undo that change in
+    Redis), read again after each write until it stands: of two changes projected in
+    either order, Redis ends as the store ends (as ``apps._put_latest``).
     """
     outcome = await rebuild.rebuild_workspace(
         d.store, d.redis, d.settings, d.catalog, ws.id, now_s=d.clock(), new=new
     )
     if outcome == "present":
-        lic = {
-            li.product: projection.Licence(li.usage_limit, li.per_minute, li.per_hour)
-            for li in await d.store.get_licences(ws.id)
-        }
-        await projection.put_workspace(
-            d.redis,
-            ws.id,
-            plan=ws.type,
-            catalog=d.catalog,
-            licences=lic,
-            low_threshold=ws.low_balance_threshold,
-            owner=ws.owner_id,
-        )
+        await _put_latest(d, ws.id)
     await announce(d, ws.id)
 
 
@@ -175,6 +172,26 @@ async def remove_member(d: Deps, actor: str, ws: Workspace, user_id: str) -> Non
             f"{user_id} owns apps of this workspace ({names}); transfer them first",
             code="member_owns_apps",
         ) from None
+
+
+async def _put_latest(d: Deps, ws_id: str) -> None:
+    """Write the workspace's configuration as the store holds it, then read it again,
+    until what was written still stands (:func:`project_workspace`)."""
+    written: tuple[Workspace | None, list[Licence]] | None = None
+    for _ in range(PASSES):
+        latest = (await d.store.get_workspace(ws_id), await d.store.get_licences(ws_id))
+        ws, rows = latest
+        if ws is None or latest == written:
+            return
+        lic = {r.product: projection.Licence(r.usage_limit, r.per_minute, r.per_hour) for r in rows}
+        await projection.put_workspace(
+            d.redis, ws_id, plan=ws.type, catalog=d.catalog, licences=lic,
+            low_threshold=ws.low_balance_threshold, owner=ws.owner_id,
+        )  # fmt: skip
+        written = latest
+    log.warning(
+        "workspace %s kept changing while projected; the projection check repairs it", ws_id
+    )
 
 
 WAKE_EVERY_S = 3600.0
