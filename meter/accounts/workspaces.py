@@ -215,9 +215,10 @@ async def set_webhook(d: Deps, actor: str, ws: Workspace, url: str, secret: str)
     ):
         overdue = most
     lease_end = d.now_ms() + lease_ms(d.settings.webhook_timeout_s)
-    if not await d.store.set_webhook(ws.id, url, secret, overdue=overdue, lease_end_ms=lease_end):
+    was = await d.store.set_webhook(ws.id, url, secret, overdue=overdue, lease_end_ms=lease_end)
+    if was is None:
         raise NotFound("workspace", ws.id)
-    before = {"url": ws.webhook_url}
+    before = {"url": was.webhook_url}  # what this write replaced (read under its lock)
     await audit(d, actor, "webhook.set", f"workspace:{ws.id}", before, {"url": url})
 
 
@@ -227,18 +228,14 @@ async def set_low_balance_threshold(
     """The owner's own low-balance alert threshold (``None``: back to the default)."""
     if micros is not None and micros < 0:
         raise InvalidInput("low_balance_threshold", "must not be negative")
-    if not await d.store.set_low_balance_threshold(ws.id, micros):
+    was = await d.store.set_low_balance_threshold(ws.id, micros)
+    if was is None:
         raise NotFound("workspace", ws.id)
-    updated = replace(ws, low_balance_threshold=micros)
+    updated = replace(was, low_balance_threshold=micros)
     await project_workspace(d, updated)
-    await audit(
-        d,
-        actor,
-        "workspace.update",
-        f"workspace:{ws.id}",
-        {"low_balance_threshold": ws.low_balance_threshold},
-        {"low_balance_threshold": micros},
-    )
+    before = {"low_balance_threshold": was.low_balance_threshold}  # what this replaced
+    after = {"low_balance_threshold": micros}
+    await audit(d, actor, "workspace.update", f"workspace:{ws.id}", before, after)
     return updated
 
 
@@ -271,12 +268,12 @@ async def upgrade(
     rows = [
         Licence(ws.id, p, li.usage_limit, li.per_minute, li.per_hour) for p, li in licences.items()
     ]
-    before_lic = {li.product: _licence_dict(li) for li in await d.store.get_licences(ws.id)}
-    if not await d.store.upgrade_workspace(ws.id, rows):
+    was = await d.store.upgrade_workspace(ws.id, rows)  # what it replaced, read under its lock
+    if was is None:
         raise NotFound("workspace", ws.id)
     await project_workspace(d, replace(ws, type="enterprise"))
     after = {"type": "enterprise", "licences": {r.product: _licence_dict(r) for r in rows}}
-    before = {"type": ws.type, "licences": before_lic}
+    before = {"type": was[0], "licences": {li.product: _licence_dict(li) for li in was[1]}}
     await audit(d, actor, "workspace.upgrade", f"workspace:{ws.id}", before, after)
     updated = await d.store.get_workspace(ws.id)
     if updated is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meter.store.db import Row, StoreCore, insert_sql, row_as, values
+from meter.store.db import Conn, Row, StoreCore, insert_sql, row_as, values
 from meter.store.errors import CapReached
 from meter.store.ledger import insert_ledger_entry
 from meter.store.models import (
@@ -152,31 +152,46 @@ class Accounts(StoreCore):
         *,
         overdue: int = 0,
         lease_end_ms: int = 0,
-    ) -> bool:
-        """Set where owner notifications go; ``False`` if there is no such workspace.
+    ) -> Workspace | None:
+        """Set where owner notifications go; the workspace as it was before (read with its
+        row locked, in this transaction: the audit's "before"), ``None`` if there is no
+        such workspace.
 
         Its parked events, and those failed ``overdue`` times or more (``0``: none) whose
         next attempt is after ``lease_end_ms`` (now plus the notifiers' lease: earlier
         ones may be claimed, being sent), become due at once
         (:data:`meter.store.outbox.WAKE`)."""
         async with self.transaction() as c:
-            n = await c.execute(
+            was = await self.locked_workspace(c, workspace_id)
+            if was is None:
+                return None
+            await c.execute(
                 "UPDATE workspaces SET webhook_url = ?, webhook_secret = ? WHERE id = ?",
                 url,
                 secret,
                 workspace_id,
             )
-            if n and url and secret:
+            if url and secret:
                 overdue = overdue if overdue > 0 else 2**31 - 1
                 await c.execute(WAKE, NO_WEBHOOK, workspace_id, NO_WEBHOOK, overdue, lease_end_ms)
-        return n > 0
+        return was
 
-    async def set_low_balance_threshold(self, workspace_id: str, micros: int | None) -> bool:
-        """The owner's low-balance threshold (``None``: the default); ``False`` if there is
-        no such workspace."""
-        return await self.changed(
-            "UPDATE workspaces SET low_balance_threshold = ? WHERE id = ?", micros, workspace_id
-        )
+    async def set_low_balance_threshold(
+        self, workspace_id: str, micros: int | None
+    ) -> Workspace | None:
+        """The owner's low-balance threshold (``None``: the default); the workspace as it
+        was before (as :meth:`set_webhook`), ``None`` if there is no such workspace."""
+        async with self.transaction() as c:
+            was = await self.locked_workspace(c, workspace_id)
+            sql = "UPDATE workspaces SET low_balance_threshold = ? WHERE id = ?"
+            await c.execute(sql, micros, workspace_id)
+        return was
+
+    async def locked_workspace(self, c: Conn, workspace_id: str) -> Workspace | None:
+        """The workspace, its row locked until the commit (``None``: no such workspace)."""
+        sql = f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?{self.for_update}"
+        row = await c.fetchrow(sql, workspace_id)
+        return workspace_row(row) if row is not None else None
 
     async def set_free_expires_at(self, workspace_id: str, expires_at: int | None) -> bool:
         return await self.changed(

@@ -36,16 +36,22 @@ class Licences(StoreCore):
         async with self.transaction() as c:
             await _replace_licences(c, workspace_id, licences)
 
-    async def upgrade_workspace(self, workspace_id: str, licences: Sequence[Licence]) -> bool:
+    async def upgrade_workspace(
+        self, workspace_id: str, licences: Sequence[Licence]
+    ) -> tuple[str, list[Licence]] | None:
         """Make the workspace enterprise with exactly these licences and grant its open
-        upgrade requests, in one transaction; ``False`` if there is no such workspace."""
+        upgrade requests, in one transaction; its type and licences before (read with its
+        row locked, in this transaction: the audit's "before"), ``None`` if there is no
+        such workspace."""
         now = now_ms()
         async with self.transaction() as c:
-            n = await c.execute(
-                "UPDATE workspaces SET type = 'enterprise' WHERE id = ?", workspace_id
-            )
-            if n == 0:
-                return False
+            sql = f"SELECT type FROM workspaces WHERE id = ?{self.for_update}"
+            was = await c.fetchval(sql, workspace_id)
+            if was is None:
+                return None
+            sql = f"SELECT {LICENCE_COLUMNS} FROM licences WHERE workspace_id = ? ORDER BY product"
+            before = [licence_row(r) for r in await c.fetch(sql, workspace_id)]
+            await c.execute("UPDATE workspaces SET type = 'enterprise' WHERE id = ?", workspace_id)
             await _replace_licences(c, workspace_id, licences)
             await c.execute(
                 "UPDATE upgrade_requests SET status = 'granted', granted_at = ?, decided_at = ? "
@@ -54,7 +60,7 @@ class Licences(StoreCore):
                 now,
                 workspace_id,
             )
-        return True
+        return str(was), before
 
     # ------------------------------------------------------- upgrade requests
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.support.settings import OPERATOR_TOKEN
 from tests.system.test_owner_race import SECRET, Scene
 from tests.system.test_owner_race import scene as scene
 from tests.system.test_owner_race_review import held_call, started
@@ -87,3 +88,53 @@ async def test_a_removal_audits_the_secret_it_removed(scene: Scene) -> None:
                     ("PUT", path, {"secret": SECRET}))  # fmt: skip
     assert await s.admin.store.list_app_channels(s.app) == []
     assert await audited(s, "channel.remove") == [(WEB, None)]
+
+
+async def workspace_audited(s: Scene, action: str) -> list[tuple[Any, Any]]:
+    entries = await s.admin.store.list_audit(target=f"workspace:{s.ws}")
+    return [(e.before, e.after) for e in reversed(entries) if e.action == action]
+
+
+async def test_a_threshold_audits_the_value_it_replaced(scene: Scene) -> None:
+    s = scene
+    path = f"/v1/workspaces/{s.ws}"
+    mine = s.admin.api("PATCH", path, s.owner, {"low_balance_threshold": "5.00"})
+    await meanwhile(s, "set_low_balance_threshold", mine,
+                    ("PATCH", path, {"low_balance_threshold": "7.00"}))  # fmt: skip
+    assert await workspace_audited(s, "workspace.update") == [
+        ({"low_balance_threshold": None}, {"low_balance_threshold": 7_000_000}),
+        ({"low_balance_threshold": 7_000_000}, {"low_balance_threshold": 5_000_000}),
+    ]
+
+
+async def test_a_webhook_audits_the_url_it_replaced(scene: Scene) -> None:
+    s = scene
+    path, first, other = f"/v1/workspaces/{s.ws}/webhook", FIRST + "/a", FIRST + "/b"
+    mine = s.admin.api("PUT", path, s.owner, {"url": first, "secret": SECRET})
+    await meanwhile(s, "set_webhook", mine, ("PUT", path, {"url": other, "secret": SECRET}))
+    assert await workspace_audited(s, "webhook.set") == [
+        ({"url": None}, {"url": other}),
+        ({"url": other}, {"url": first}),
+    ]
+
+
+async def test_an_upgrade_audits_the_licences_it_replaced(scene: Scene) -> None:
+    s = scene
+    path = f"/v1/workspaces/{s.ws}/upgrade"
+    one = {"usage_limit": 10, "per_minute": 5, "per_hour": 50}
+    two = {"usage_limit": 20, "per_minute": 5, "per_hour": 50}
+    mine = s.admin.api("POST", path, OPERATOR_TOKEN, {"licences": {"search": two}})
+    # meanwhile() makes its calls as the workspace owner; the upgrade is the operator's
+    async with held_call(s.admin.store, "upgrade_workspace") as reached:
+        task = asyncio.ensure_future(mine)
+        await started(task, reached)
+        await s.admin.ok("POST", path, OPERATOR_TOKEN, {"licences": {"search": one}})
+    status, body = await task
+    assert status == 200, body
+    assert await workspace_audited(s, "workspace.upgrade") == [
+        ({"type": "standard", "licences": {}}, {"type": "enterprise", "licences": {"search": one}}),
+        (
+            {"type": "enterprise", "licences": {"search": one}},
+            {"type": "enterprise", "licences": {"search": two}},
+        ),
+    ]
