@@ -1,7 +1,7 @@
 -- lib_peek.lua: one snapshot of a kind of flush record not yet acked into the durable
--- store, shared by peek.lua (kind "ag": aggregates) and peek_sessions.lua (kind "sr":
--- billing-session records); the scripts loader, meter/redis_layer/scripts.py, puts it
--- where a script says "-- #include lib_peek.lua".
+-- store, for peek.lua (kind "ag": aggregates; billing-session records, kind "sr", are
+-- read in bounded steps instead: meter/usage/live_scan.py); the scripts loader,
+-- meter/redis_layer/scripts.py, puts it where a script says "-- #include lib_peek.lua".
 --
 -- peek(P, lo, hi, kind) for buckets lo..hi (s, inclusive) returns a list of
 -- {bucket, gen, items}: gen 0 for a live hash P:<kind>:<b> (indexed in P:<kind>i), else an

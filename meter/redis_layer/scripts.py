@@ -34,7 +34,7 @@ def lua_source(name: str) -> str:
     the order the script includes them (``admit.lua``: ``lib_sessions``, ``lib_records``,
     ``admit_batch``, ``admit_message``, ``admit_rules``, ``admit_full``; ``refund.lua``:
     ``lib_sessions``, ``lib_records``, ``refund_free``, ``refund_counts``;
-    ``peek.lua`` and ``peek_sessions.lua``: ``lib_peek``). admit.lua includes
+    ``peek.lua``: ``lib_peek``). admit.lua includes
     ``admit_rules`` and ``admit_full`` inside a function of its loop, made only when needed.
     """
     return _INCLUDE.sub(lambda m: _read(m.group(1)), _read(f"{name}.lua"))

@@ -15,7 +15,6 @@ SCRIPTS = (
     "claim",
     "ack",
     "peek",
-    "peek_sessions",
     "rename_fields",
     "rebuild",
     "reindex",
@@ -32,6 +31,5 @@ def test_scripts_are_assembled_whole() -> None:
     assert admit.count("local function admit_one(") == 1
     assert "local function session_find(" in lua_source("refund")
     assert "local function peek(" in lua_source("peek")
-    assert "local function peek(" in lua_source("peek_sessions")
     for name in SCRIPTS:
         assert not re.search(r"^-- #include", lua_source(name), re.M), name
