@@ -226,3 +226,37 @@ async def test_an_entry_displaced_during_the_scan_is_listed(
     displaced = await rclient.hlen(keys.sessions_key(w.ws, bucket))
     assert displaced == 2 * len(users)  # every first session moved within the bucket
     assert not before - listed, f"{len(before - listed)} sessions missed"
+
+
+@pytest.mark.parametrize("desc", [False, True])
+async def test_a_page_reads_only_the_buckets_its_rows_can_come_from(
+    desc: bool, redis_server: RedisServer, rclient: RedisClient, store: Store
+) -> None:
+    """Sessions in ten blocks two hours apart: a first page of 20 reads one bucket's hash
+    (its rows are all there; the others' sessions all start after, or before, them)."""
+    cfg = make_settings(flush_bucket_s=60, flush_grace_s=1)
+    clock = Clock.past()
+    w = await seed_ws(rclient, store, cfg, clock, products=["automation"], pool=1_000 * USD)
+    adm = admitter(rclient, cfg, clock)
+    lo = int((clock.now - 60) * 1000)
+    for part in range(10):
+        got = await asyncio.gather(
+            *(adm.admit(w.apps[0], "web", f"u{part}-{i}") for i in range(30))
+        )
+        assert all(d.units == 1 for d in got)
+        clock.advance(7200)
+    hi = int(clock.now * 1000)
+    expected = await _all_live(rclient, w.ws, int(cfg.session_block_s * 1000))
+    assert len(expected) == 300
+    if desc:
+        expected.reverse()
+    p, sizes = await _recorded(
+        redis_server,
+        rclient,
+        lambda: sessions_page(
+            store, rclient, w.ws, lo, hi, cursor=None, limit=20, **_opts(cfg, clock, desc)
+        ),
+    )
+    assert [(x.row.start_ms, x.row.id) for x in p.items] == expected[:20]
+    read = {c[1] for _, c in sizes if c[0].upper() in {"HGETALL", "HSCAN"} and ":sr:" in c[1]}
+    assert len(read) == 1, sorted(read)
