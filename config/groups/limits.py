@@ -42,3 +42,7 @@ class LimitsSettings(BaseModel):
     max_workspaces_per_user: int = Field(20, ge=1, le=100_000)
     max_apps_per_workspace: int = Field(100, ge=1, le=100_000)
     max_channels_per_app: int = Field(20, ge=1, le=10_000)  # one more: 409 too_many_channels
+    # Fields of a workspace's usage bucket (P:ag:<b>) past which a refusal on a channel
+    # with no field there yet is counted under channel "(overflow)" (admit.lua): channel
+    # names cost nothing, so refused traffic must not grow the hash (or the store's rows).
+    max_usage_fields: int = Field(1000, ge=1, le=1_000_000)
