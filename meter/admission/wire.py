@@ -1,6 +1,6 @@
 """The encoding between :class:`~meter.admission.admitter.Admitter` and ``admit.lua``.
 
-ARGV is a head (:class:`AdmitHead`, ARGV[1..17]) followed by one argument per admission
+ARGV is a head (:class:`AdmitHead`, ARGV[1..18]) followed by one argument per admission
 (:class:`AdmitArgs`, fields joined by tabs); the reply is three values per admission, read
 back by :meth:`~meter.admission.decision.Decision.from_reply` (:func:`resolve` hands each
 waiter its own, :func:`fail` tells them all there is none). Refusal codes and reasons:
@@ -43,7 +43,7 @@ def check_channel_text(field: str, value: str, limit: int = MAX_USER_LEN) -> Non
 
 
 class AdmitHead(NamedTuple):
-    """``admit.lua``'s ARGV[1..16] by name, in the script's order (its header says what
+    """``admit.lua``'s ARGV[1..18] by name, in the script's order (its header says what
     each means; tests/unit/test_protocol.py pins the count)."""
 
     now_ms: int
@@ -63,6 +63,7 @@ class AdmitHead(NamedTuple):
     reserve_ms: int
     free_keys: int  # keyed records that took no money, kept a whole idempotency window
     free_keys_ws: int  # the same, for all of a workspace's apps together
+    usage_fields: int  # a usage bucket's fields past which refusals of new channels pool
 
     @classmethod
     def of(cls, s: Settings, now: float) -> AdmitHead:
@@ -88,11 +89,12 @@ class AdmitHead(NamedTuple):
             reserve_ms=reserve_ms,
             free_keys=s.idempotency_max_free_keys_per_app,
             free_keys_ws=s.idempotency_max_free_keys_per_workspace,
+            usage_fields=s.max_usage_fields,
         )
 
 
 class AdmitArgs(NamedTuple):
-    """One admission, ``admit.lua``'s ARGV[17..]: one argument each, these fields joined
+    """One admission, ``admit.lua``'s ARGV[19..]: one argument each, these fields joined
     by tabs in this order. No field holds a tab (ids and channels are ``[a-z0-9_-]``,
     users and keys pass :func:`check_channel_text`, tokens are hex, digests alphanumeric).
 

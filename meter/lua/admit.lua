@@ -27,7 +27,8 @@
 -- ARGV[16]  keyed records that took no money kept the whole idempotency window, per app
 --           and window (past it such a record lives the refund window: free_ttl below)
 -- ARGV[17]  the same for all of the workspace's apps together
--- ARGV[18..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
+-- ARGV[18]  the aggregate bucket's fields past which refusals pool (admit_batch.lua)
+-- ARGV[19..] one admission each: "app\tchannel\tuser\tkey\ttoken\tkind\tdigest"
 --           digest: the message's fingerprint (hex) or "": a redelivery whose digest
 --           differs from the recorded one is another message under a reused key (code 8);
 --           "<digest>L<legacy>": <digest> is recorded, and a record holding either is
@@ -119,7 +120,7 @@ local OWED = 0
 local MAX_DELIVERIES, DEADLINE -- ARGV[14]; now + ARGV[15]: made when first needed
 local FREE_KEYS, FREE_KEYS_WS -- ARGV[16], ARGV[17]: made when first needed
 local AT -- "\t@<bucket>", where a charge record notes it was counted: made when first needed
-local FIRST = 18
+local FIRST = 19
 local NB = 60 -- buckets per rolling window
 local bucket = math.floor(now / 1000 / FB) * FB
 
@@ -273,8 +274,22 @@ for fkey, g in pairs(agg) do
   end
 end
 if refused then
+  -- Past ARGV[18] fields, a refusal new to the bucket on a channel that admitted
+  -- nothing in it counts under "(overflow)" (admit_batch.lua's refused says why).
+  local room = ARGV[18] - redis.call('HLEN', agk)
   for field, v in pairs(refused) do
-    if redis.call('HINCRBY', agk, field, v) == v then fresh = true end
+    local f = field -- (a generic for's control variable must not change)
+    if room <= 0 and redis.call('HEXISTS', agk, f) == 0 then
+      local app_id, ch, pu, metric = string.match(field, '^([^\t]*)\t([^\t]*)\t([^\t]*\t[^\t]*\t)(.*)$')
+      local fk = app_id .. '\t' .. ch .. '\t' .. pu -- agg_field's prefix, as admit_one's
+      if not agg[fk] and redis.call('HEXISTS', agk, fk .. 'm') == 0 then
+        f = app_id .. '\t(overflow)\t' .. pu .. metric
+      end
+    end
+    if redis.call('HINCRBY', agk, f, v) == v then
+      fresh = true
+      room = room - 1
+    end
   end
 end
 if fresh then redis.call('ZADD', P .. ':agi', bs, bs) end

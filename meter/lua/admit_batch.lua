@@ -91,6 +91,15 @@ local free_valid = now < W.free_exp
 local apps, prods, rates, usage = {}, {}, {}, nil
 -- Aggregates: per field prefix (admit_one's fkey) the sums of the metrics
 -- n, m, f, a, p, i (in that order); refusals by reason apart. Written once at the end.
+-- Refusals cost nothing and channel names are free (require_channel_auth is off by
+-- default): in a bucket that holds ARGV[18] fields already, a refusal whose field is not
+-- there yet, on a channel that admitted nothing in the bucket (no "m" field, none this
+-- call), is counted under channel "(overflow)" (no channel is so named: keys.CHANNEL_RE)
+-- of its app, product, unit and reason. Totals stay exact, and the bucket holds at most
+-- ARGV[18] fields plus the overflow's (apps x units x reasons). Admitted messages keep
+-- their channel: they are paid, or inside a session that was. One HLEN per call that
+-- refused something; HEXISTS only past the bound. Workers of a version without ARGV[18]
+-- (a rolling deploy) still add a field per name until they are replaced.
 local agg, refused = {}, nil
 local sri -- session-record buckets that got a new entry
 

@@ -62,6 +62,12 @@ def head(now: int, order: str = "f") -> list[Any]:
             3_600_000, "202701", 600_000, 2, 30_000, 2, 3]  # fmt: skip
 
 
+# ARGV[18], which the reference does not have: the usage fields past which a refusal on a
+# channel new to the bucket is counted under "(overflow)" (branch chan-cap). Far above
+# what the workload writes, so the two scripts must agree call by call.
+USAGE_FIELDS = 1000
+
+
 def seed(r: redis.Redis) -> None:
     r.hset("cg:{wa}:ws", mapping={
         "type": "standard", "free": 150_000, "free_exp": T0 + 2_000_000, "pool": 700_000,
@@ -179,9 +185,10 @@ def test_admit_lua_answers_and_writes_as_the_reference(
     spent = 0  # ms between the same call on the two servers, all calls together
     for step, (ws, now, order, admissions) in enumerate(workload()):
         started = time.time()
+        heads = (head(now, order), [*head(now, order), USAGE_FIELDS])
         replies = [
-            r.evalsha(sha, 2, f"cg:{{{ws}}}", f"cg:{{{ws}}}:~", *head(now, order), *admissions)
-            for r, sha in zip(clients, shas, strict=True)
+            r.evalsha(sha, 2, f"cg:{{{ws}}}", f"cg:{{{ws}}}:~", *h, *admissions)
+            for r, sha, h in zip(clients, shas, heads, strict=True)
         ]
         spent += int((time.time() - started) * 1000) + 2
         assert replies[1] == replies[0], f"call {step}"
@@ -200,3 +207,49 @@ def test_admit_lua_answers_and_writes_as_the_reference(
         "app.inactive", "balance.low", "free_credits.exhausted", "free_credits.expired",
         "paid_balance.zero", "usage_limit.reached",
     }  # fmt: skip
+
+
+def test_past_the_usage_fields_a_refusal_on_a_new_channel_is_counted_as_overflow(
+    servers: tuple[RedisServer, RedisServer],
+) -> None:
+    """The one intended difference from the reference: with ARGV[18] = 4, refusals (wa_3
+    is suspended) on ever new channel names stop adding fields once the bucket holds 4;
+    each is counted under channel "(overflow)" instead, so the bucket's sums are the
+    reference's. A refusal keeps its channel where the field exists already, or where the
+    channel admitted something in the bucket (wa_5's third message, over its minute
+    limit). Replies and every other key are the reference's."""
+    reference, today = reference_source(), lua_source("admit")
+    clients = [redis.Redis(port=s.port) for s in servers]
+    shas = []
+    for r, src in zip(clients, (reference, today), strict=True):
+        seed(r)
+        shas.append(r.script_load(src))
+    calls = [
+        [m("wa_1", "u1", "q1"), "wa_3\tch0\tu1\t\tq2\tm"],  # 3 fields + 1
+        *[[f"wa_3\tch{i}\tu1\t\tq{i + 9}\tm"] for i in range(1, 8)],
+        [m("wa_5", f"u{i}", f"r{i}") for i in range(3)],
+        ["wa_3\tch0\tu1\t\tq20\tm"],
+    ]
+    for admissions in calls:
+        heads = (head(T0), [*head(T0), 4])
+        replies = [
+            r.evalsha(sha, 2, "cg:{wa}", "cg:{wa}:~", *h, *admissions)
+            for r, sha, h in zip(clients, shas, heads, strict=True)
+        ]
+        assert replies[1] == replies[0]
+    old, new = keyspace(clients[0]), keyspace(clients[1])
+    agk = f"cg:{{wa}}:ag:{T0 // 60_000 * 60}".encode()
+    assert {k: v for k, v in old.items() if k != agk} == {k: v for k, v in new.items() if k != agk}
+    fields = [{k.decode(): int(v) for k, v in dict(ks[agk][2]).items()} for ks in (old, new)]
+    refusals = [{k: v for k, v in f.items() if "\tr:" in k} for f in fields]
+    suspended = "\tauto\tsession\tr:app_suspended"
+    limited = {"wa_5\tweb\tauto\tsession\tr:rate_limited": 1}
+    assert (
+        refusals[0]
+        == {f"wa_3\tch{i}{suspended}": 1 for i in range(1, 8)}
+        | {f"wa_3\tch0{suspended}": 2}
+        | limited
+    )
+    assert refusals[1] == {f"wa_3\tch0{suspended}": 2, f"wa_3\t(overflow){suspended}": 7} | limited
+    admitted = [{k: v for k, v in f.items() if "\tr:" not in k} for f in fields]
+    assert admitted[1] == admitted[0]

@@ -1,0 +1,88 @@
+"""Refused traffic on ever new channel names cannot grow a workspace's usage bucket.
+
+Channel names cost nothing (``require_channel_auth`` is off by default and any name of
+``keys.CHANNEL_RE`` is taken): before the bound, each refused message on a new name added
+a field to the live usage hash ``P:ag:<b>`` (read whole by every usage request and by
+the flusher, one store row per channel), so anyone knowing an app id could grow it
+without limit. Past ``max_usage_fields`` fields such refusals are counted under channel
+``(overflow)``: the bucket stays bounded and the usage API's totals stay exact.
+
+Everything real: the gateway (admin and traffic ports), redis-server, a SQLite store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from meter.redis_layer import keys
+from meter.redis_layer.client import RedisClient
+from tests.support.adminkit import admin_server, admin_settings
+from tests.support.bot import Bot
+
+# Each test runs against both traffic servers (aiohttp, the fast path).
+pytestmark = pytest.mark.usefixtures("traffic_server")
+
+BOUND = 20  # max_usage_fields
+EXTRA = 25  # refused channel names past it
+REGULAR = ("web", "sdk", "slack")  # the app's real channels
+
+
+async def post(http: aiohttp.ClientSession, url: str, want: int) -> None:
+    async with http.post(url, json={"text": "hi"}, headers={"X-Channel-User-Id": "u1"}) as r:
+        body = await r.read()
+        assert r.status == want, (url, r.status, body)
+
+
+async def buckets(rclient: RedisClient, ws: str) -> dict[bytes, dict[bytes, bytes]]:
+    out = {}
+    async for key in rclient.scan_iter(match=f"{keys.ws_prefix(ws)}:ag:*"):
+        out[key] = await rclient.hgetall(key)
+    return out
+
+
+async def test_refusals_on_new_channel_names_leave_the_usage_bucket_bounded(
+    redis_url: str, tmp_path: Path, bot: Bot, rclient: RedisClient
+) -> None:
+    settings = admin_settings(redis_url, tmp_path, max_usage_fields=BOUND)
+    async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
+        token, ws = await admin.owner_workspace()
+        app = await admin.new_app(token, ws, bot.url)
+        base = f"{admin.traffic_url}/hooks"
+        for ch in REGULAR:  # normal traffic: one admitted message each
+            await post(http, f"{base}/{ch}/{app}/msg", 200)
+        await admin.ok("PATCH", f"/v1/apps/{app}", token, {"suspended": True})
+        for ch in REGULAR:  # refused on channels the bucket has: counted under them
+            await post(http, f"{base}/{ch}/{app}/msg", 403)
+        names = [f"probe-{i}" for i in range(BOUND + EXTRA)]
+        for ch in names:
+            await post(http, f"{base}/{ch}/{app}/msg", 403)
+        assert bot.count() == len(REGULAR)
+
+        found = await buckets(rclient, ws)
+        assert found
+        for key, fields in found.items():
+            # The bound, plus the overflow's one field (one app, unit and reason).
+            assert len(fields) <= BOUND + 1, (key, len(fields))
+        refused = {
+            ch: int(v)
+            for fields in found.values()
+            for f, v in fields.items()
+            for _, ch, _, _, metric in [keys.agg_field_parts(f)]
+            if metric == "r:app_suspended"
+        }
+        assert sum(refused.values()) == len(REGULAR) + len(names)
+        assert "(overflow)" in refused
+
+        # The usage API: every message counted once, the real channels as before.
+        used = await admin.ok("GET", f"/v1/workspaces/{ws}/usage?granularity=hour", token)
+        assert used["totals"]["messages"] == len(REGULAR)
+        assert used["totals"]["refused"] == {"app_suspended": len(REGULAR) + len(names)}
+        for ch in REGULAR:
+            one = await admin.ok(
+                "GET", f"/v1/workspaces/{ws}/usage?granularity=hour&channel={ch}", token
+            )
+            assert one["totals"]["messages"] == 1, ch
+            assert one["totals"]["refused"] == {"app_suspended": 1}, ch
