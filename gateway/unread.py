@@ -50,6 +50,25 @@ def unread(fd: int) -> bool:
         return False
 
 
+def watch(fd: int) -> select.poll | None:
+    """What :func:`waiting` asks about socket ``fd``, made once for a socket asked before
+    each reuse (a poll object holds no descriptor of its own; None: ``fd`` cannot say)."""
+    poller = select.poll()
+    try:
+        poller.register(fd, _WAITING)
+    except (OSError, ValueError):
+        return None
+    return poller
+
+
+def waiting(poller: select.poll) -> bool:
+    """:func:`unread` of the socket ``poller`` watches (:func:`watch`)."""
+    try:
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def transport_unread(transport: asyncio.BaseTransport | None) -> bool:
     """Whether bytes or the bot's close wait unread in ``transport``'s socket (a TLS
     transport's: the encrypted bytes under it; ``get_extra_info("socket")``)."""

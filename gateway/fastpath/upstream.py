@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from typing import Protocol, cast
 
 import httptools
@@ -21,7 +22,7 @@ import httptools
 from gateway.header_text import writable_fields
 from gateway.misframed import declares_body_raw
 from gateway.tenant_share import Ticket
-from gateway.unread import unread
+from gateway.unread import waiting, watch
 
 log = logging.getLogger(__name__)
 # A response head is refused (502) past aiohttp's client limits (max_line_size,
@@ -102,6 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.last_read = 0.0
         self._parser = _parser(self)
+        self._fresh = True  # the parser is at a message's start: no need of a new one
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
@@ -109,13 +111,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_before = 0  # head bytes of the reads before the current one
         self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
         self._lenient = False
-        self._fd = -1
+        self._watch: select.poll | None = None  # its socket, asked before each reuse
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        self._watch = watch(sock.fileno()) if sock is not None else None
 
     def reusable(self) -> bool:
         """Open, with nothing unread: a message may be sent on it now (by the pool, as it
@@ -127,7 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return False
-        if self._fd >= 0 and unread(self._fd):
+        if self._watch is not None and waiting(self._watch):
             log.info("upstream %s sent bytes or closed between answers", self.key[0])
             self.close()
             return False
@@ -176,7 +178,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._invalid(str(exc))
                 return
         self._lenient = True  # the head failed: read again (_parser), outside the except
-        self._parser = _parser(self, True)
+        self._parser = _parser(self, True)  # never kept past this answer (_fresh)
         self._feed(receiver, b"".join(self._head))
 
     def _invalid(self, why: str) -> None:
@@ -190,7 +192,9 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, receiver: Receiver, data: bytes) -> None:
         self.receiver = receiver
         self.last_read = self.pool.loop.time()
-        self._parser = _parser(self)
+        if not self._fresh:  # else kept: llhttp is back at a message's start
+            self._parser = _parser(self)
+        self._fresh = False
         self._head_left = HEAD_BYTES
         self._head_before = 0
         self._head = []
@@ -223,6 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self._fresh = False  # bytes after an answer (out of turn): a new parser next
         self._reason = b""
         self._headers = []
 
@@ -273,4 +278,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
-            receiver.on_complete(self._parser.should_keep_alive())
+            keep = self._parser.should_keep_alive()
+            # The next message may use this parser (see send): llhttp, strict, is at a
+            # message's start again; not a lenient one, nor one that reads on after this.
+            self._fresh = keep and not self._lenient
+            receiver.on_complete(keep)
