@@ -82,7 +82,77 @@ def answer_head(
     control character; a reason phrase with one is the standard one (gateway.header_text).
     A value with a control character never comes here: only the lenient parse lets one in,
     and it drops it (gateway.fastpath.upstream, gateway.header_text.writable_fields).
+
+    One pass over the fields, each classified by its name as the bot wrote it
+    (:data:`_KINDS`); a head it cannot finish so (a ``Connection`` that lists a name of
+    its own, a length beside a ``Transfer-Encoding``) is made by :func:`_answer_head`.
     """
+    kinds = _KINDS
+    noted = 0  # 1 << kind of each field kept, and of a Transfer-Encoding
+    out = [b"HTTP/1.1 %d %b\r\n" % (status, reason_bytes(status, reason))]
+    for name, value in raw:
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind and kind < _LENGTH:  # dropped: hop-by-hop, Proxy-*, Clear-Site-Data
+            if kind == _CONNECTION and _drops_of(value) is not _DROP_BYTES:
+                return _answer_head(status, reason, raw, date, keep_alive)  # names its own
+            noted |= 1 << kind
+            continue
+        if not (value.isascii() or utf8(value)):
+            continue  # not UTF-8: as aiohttp cannot write it (gateway.header_text)
+        if (kind == _LENGTH and status == 204) or (  # no body at all
+            kind == _COOKIE and sets_console_cookie(value.decode("utf-8", "surrogateescape"))
+        ):
+            continue  # never the console's cookie (gateway.console_cookies)
+        noted |= 1 << kind
+        out += (name, b": ", value, b"\r\n")
+    if noted & _TE_AND_LENGTH == _TE_AND_LENGTH:  # framing changes: the length goes
+        return _answer_head(status, reason, raw, date, keep_alive)
+    length = noted & (1 << _LENGTH)
+    chunked = not length and status != 204 and status != 304
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if not noted & (1 << _DATE):
+        out += (b"Date: ", date.encode(), b"\r\n")
+    if not noted & (1 << _SERVER):
+        out.append(_SERVER_BYTES)
+    if not keep_alive:
+        out.append(b"Connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out), chunked
+
+
+# What answer_head does with a field, by its lower-case name: kept (0), dropped (1 to 3:
+# 2 and 3 also read), or kept and noted (4 and up).
+_KEEP, _DROPPED, _CONNECTION, _TE, _LENGTH, _DATE, _SERVER, _COOKIE = range(8)
+_TE_AND_LENGTH = 1 << _TE | 1 << _LENGTH
+_NOTED = {b"content-length": _LENGTH, b"date": _DATE, b"server": _SERVER, b"set-cookie": _COOKIE,
+          b"connection": _CONNECTION, b"transfer-encoding": _TE}  # fmt: skip
+# Kinds by a name as a bot wrote it, remembered: bots send a few names, in one case.
+_KINDS: dict[bytes, int] = {}
+_KINDS_MAX = 1024
+_NAME_MAX = 64
+
+
+def _kind(name: bytes) -> int:
+    low = name.lower()
+    kind = _NOTED.get(low, _KEEP)
+    if kind < _LENGTH and (low in _DROP_BYTES or low[:6] == b"proxy-"):
+        kind = kind or _DROPPED
+    if len(name) <= _NAME_MAX and len(_KINDS) < _KINDS_MAX:
+        _KINDS[name] = kind
+    return kind
+
+
+def _answer_head(
+    status: int,
+    reason: bytes,
+    raw: list[tuple[bytes, bytes]],
+    date: str,
+    keep_alive: bool,
+) -> tuple[bytes, bool]:
+    """:func:`answer_head`, any head: a ``Connection`` listing more names, say."""
     drop, te = _hop_by_hop(raw)
     length = has_date = has_server = False
     fields = []
@@ -135,8 +205,10 @@ def _drops_of(value: bytes) -> frozenset[bytes]:
     """What :func:`answer_head` always drops, plus the names one ``Connection`` value lists
     (as text, as :func:`gateway.forwarding.downstream_headers` reads them), lower case."""
     text = value.decode("utf-8", "surrogateescape")
-    return _DROP_BYTES.union(t.strip().lower().encode("utf-8", "surrogateescape")
-                            for t in text.split(","))  # fmt: skip
+    listed = frozenset(t.strip().lower().encode("utf-8", "surrogateescape")
+                       for t in text.split(","))  # fmt: skip
+    # _DROP_BYTES itself when nothing more is listed ("keep-alive"): answer_head's test.
+    return _DROP_BYTES if listed <= _DROP_BYTES else _DROP_BYTES | listed
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
