@@ -237,6 +237,18 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if (
+            self._lenient
+            or len(name) > MAX_FIELD
+            or len(value) > MAX_FIELD
+            or len(headers) == MAX_HEADERS
+            or (value and value[-1] in _BLANKS)
+        ):  # all checked, and blanks removed, where any of this may apply
+            name, value = self._field(name, value)
+        headers.append((name, value))
+
+    def _field(self, name: bytes, value: bytes) -> tuple[bytes, bytes]:
         if self._lenient and name[-1:] in (b" ", b"\t"):
             # "Content-Length : 5": the lenient parse reads it as that field (and frames by
             # it); a proxy removes the whitespace before passing it on (RFC 9112 §5.1), so
@@ -250,7 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise InvalidAnswer("too many headers")
         if self._lenient and 0 in value:  # a NUL: aiohttp's client refuses it
             raise InvalidAnswer("NUL in a header value")
-        self._headers.append((name, value))
+        return name, value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
