@@ -60,7 +60,6 @@ class RequestParser:
         self.pipelined = False  # a request began after a complete one, in one feed
         self.done: Message | None = None  # completed in the current feed
         self._msg = Message()
-        self._count = 0
         self._size = 0  # bytes of header fields
         self._seen: set[bytes] = set()  # headers of _ONCE_HERE seen
         self._url = b""
@@ -79,7 +78,6 @@ class RequestParser:
         self._msg = Message()
         self._url = b""
         self._body = []
-        self._count = 0
         self._size = 0
         self._seen = set()
 
@@ -93,15 +91,14 @@ class RequestParser:
         # not part of the value); aiohttp strips it, and so must this path, or it would
         # meter "k1 " and "k1" as two keys, users, credentials, where aiohttp sees one.
         value = value.rstrip(b" \t")
-        self._count += 1
-        if self._count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
-            raise Stop
         msg = self._msg
-        msg.headers.append((name, value))
-        low = name.lower()
-        self._size += len(name) + len(value)
-        if self._size > HEAD_LIMIT:
+        headers = msg.headers
+        size = len(name) + len(value)
+        self._size += size
+        if len(headers) >= MAX_HEADERS or size > MAX_FIELD or self._size > HEAD_LIMIT:
             raise Stop
+        headers.append((name, value))
+        low = name.lower()
         if low in _ONCE_HERE:
             if low in self._seen or (low == b"host" and not _valid_host(value)):
                 raise Stop  # aiohttp refuses it (gateway.http_rules)
