@@ -181,8 +181,15 @@ class Shares:
     def _freed(self, t: _Tenant, key: Hashable) -> None:
         """A ticket of ``t`` at ``key`` came back: its places to the next waiters."""
         t.held -= 1
-        self._unplace(t, key)
-        self._serve(t)
+        if not t.size:  # nobody of t waits (most messages): _unplace's count, _tidy
+            at = t.at[key] - 1
+            if at:
+                t.at[key] = at
+                return
+            del t.at[key]
+        else:
+            self._unplace(t, key)
+            self._serve(t)
         self._tidy(t)
 
     def _unplace(self, t: _Tenant, key: Hashable) -> None:
