@@ -36,8 +36,9 @@ def request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes 
         headers["Content-Length"] = str(len(body or b""))
     lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
     # ": ".join, not an f-string: multidict's keys are istr, a str subclass, which an
-    # f-string formats through __format__ (some 900 instructions a field).
-    lines += [": ".join(field) for field in headers.items()]
+    # f-string formats through __format__ (some 900 instructions a field); by map, no
+    # Python step per field.
+    lines += map(": ".join, headers.items())
     lines += ("", "")  # the head's last field line and the empty line
     head = _enc("\r\n".join(lines))
     return head + body if body else head
