@@ -131,7 +131,7 @@ class ClientConnection(asyncio.Protocol):
         """Feed what waits while no request is being answered and the client reads its
         answers; reading paused while more than ``BACKLOG_HIGH`` bytes wait."""
         backlog, req = self._backlog, self._req
-        while backlog and not (self.busy or self.write_paused or self._handed):
+        while backlog.size and not (self.busy or self.write_paused or self._handed):
             self._feed(backlog.take(HEAD_BYTES - self._fed if req.in_head else backlog.size))
             if req.in_head and self._fed >= HEAD_BYTES and not self._handed:
                 self.hand_off(b"".join(self._chunks))  # a head too long to serve here
@@ -218,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.write_paused:
             return
-        if self._backlog:
+        if self._backlog.size:
             # A pipelined request waits: parsed on the next loop pass, never from inside
             # the callbacks of the bot answer that ended this one. Its message runs at once
             # (gateway.fastpath.flow) and may take that bot connection back from the pool
