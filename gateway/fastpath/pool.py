@@ -49,8 +49,7 @@ from meter.accounts.egress import Policy
 
 IDLE_S = 30.0  # an idle connection is closed after this long (aiohttp's keepalive_timeout)
 Key = tuple[str, int]
-# What a waiter is woken with: a connection to use, or None: a place to open one in.
-Wait = asyncio.Future[UpstreamConnection | None]
+Wait = asyncio.Future[UpstreamConnection | None]  # a connection, or None: a place to open one
 
 
 class ClientGone(Exception):
@@ -250,7 +249,8 @@ class Pool:
         if bot is None or self._closed:
             conn.close()
             return
-        own, first = bot.head(), self._first()
+        own = bot.head() if bot.waiters else None  # no call without waiters (most messages)
+        first = self._first() if self._ready else None
         if own is not None and (first is None or own[0] <= first.waiters[0][0]):
             bot.waiters.popleft()
             own[1].set_result(conn)
