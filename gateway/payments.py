@@ -30,7 +30,6 @@ from meter.accounts.reversals import ReversalEvent
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"
 CHARGE_ID = re.compile(r"^(ch|py)_[A-Za-z0-9_]{1,200}$")
-LOOKUP_TIMEOUT_S = 5.0  # the charge lookup's one attempt (capped by stripe_timeout_s)
 
 
 class BadSignature(Exception):
@@ -90,9 +89,10 @@ class StripeProvider:
 
     def _stripe(self, lookup: bool = False) -> stripe.StripeClient:
         """The client of checkouts (``stripe_timeout_s``, ``stripe_max_network_retries``)
-        or, ``lookup``, of the dispute's charge lookup: one attempt of at most
-        :data:`LOOKUP_TIMEOUT_S` (Stripe redelivers a webhook answered 502, so a stalled
-        Stripe holds a delivery seconds, not the ~61 s of three general attempts)."""
+        or, ``lookup``, of the lookups (a dispute's charge, a charge's refunds listed):
+        one attempt of at most ``stripe_lookup_timeout_s``, or ``stripe_timeout_s`` if less
+        (Stripe redelivers a webhook answered 502, so a stalled Stripe holds a delivery
+        seconds, not the ~61 s of three general attempts)."""
         key = self._settings.stripe_secret_key
         if key is None:
             raise ProviderError("the payment provider is not configured")
@@ -101,12 +101,12 @@ class StripeProvider:
         client = self._lookup if lookup else self._client
         if client is None:
             timeout = self._settings.stripe_timeout_s
+            if lookup:
+                timeout = min(timeout, self._settings.stripe_lookup_timeout_s)
             client = stripe.StripeClient(
                 key.get_secret_value(),
                 base_addresses={"api": self._settings.stripe_api_base.rstrip("/")},
-                http_client=StripeHTTP(
-                    self._session, min(timeout, LOOKUP_TIMEOUT_S) if lookup else timeout
-                ),
+                http_client=StripeHTTP(self._session, timeout),
                 max_network_retries=0 if lookup else self._settings.stripe_max_network_retries,
             )
             if lookup:

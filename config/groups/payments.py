@@ -23,6 +23,10 @@ class PaymentsSettings(BaseModel):
     stripe_webhook_tolerance_s: int = Field(300, ge=1, le=86_400)
     stripe_timeout_s: Seconds = 20.0
     stripe_max_network_retries: int = Field(2, ge=0, le=5)
+    # A webhook's Stripe lookups (a dispute's charge, a charge's refunds) are one attempt
+    # of at most this long (or stripe_timeout_s if less), never retried in the gateway: it
+    # answers 502 and Stripe redelivers, so a stalled Stripe holds a delivery seconds.
+    stripe_lookup_timeout_s: Seconds = 5.0
     checkout_currency: Literal["usd"] = "usd"
     # Checkouts one workspace may hold open with the provider at once (its API rate limit
     # is one account's, shared by every tenant): those 'creating' or 'open' and started

@@ -163,11 +163,20 @@ def _session(form: dict[str, str], offset: int) -> dict[str, Any]:
     }
 
 
+# The bound of the gateway's calls to the stand-in (the production defaults: 20 s, and 5 s
+# for a lookup): the stand-in shares its event loop with the test and the admin server,
+# and a busy machine could pass a lookup's 5 s (a 502 where the test waits for Stripe's
+# answer, or for a stall it holds to be released). A hang bound; tests of the bounds
+# themselves set their own, on a stall that never ends.
+STRIPE_HANG_S = 60.0
+
+
 def settings_with_stripe(
     store_url: str, redis_url: str, standin: StripeStandIn, **overrides: Any
 ) -> Settings:
     """Admin settings (operator token, ``store_url``) with payments configured against
-    the stand-in, so a checkout can succeed; then ``overrides``."""
+    the stand-in, so a checkout can succeed, its calls bounded by :data:`STRIPE_HANG_S`;
+    then ``overrides``."""
     return make_settings(
         redis_url,
         store_url=store_url,
@@ -176,6 +185,8 @@ def settings_with_stripe(
             "stripe_api_base": standin.url,
             "stripe_secret_key": standin.key,
             "stripe_webhook_secret": WEBHOOK_SECRET,
+            "stripe_timeout_s": STRIPE_HANG_S,
+            "stripe_lookup_timeout_s": STRIPE_HANG_S,
             **overrides,
         },
     )

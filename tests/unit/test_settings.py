@@ -7,7 +7,8 @@ import calendar
 import pytest
 from pydantic import ValidationError
 
-from config import Settings
+from config import Settings, load_settings
+from config.loading import SettingsError
 from config.settings import share
 from meter.redis_layer.billing_period import billing_period
 
@@ -114,3 +115,15 @@ def test_the_websocket_send_deadline_defaults_to_half_the_refund_window() -> Non
         Settings(ws_send_timeout_s=61)
     with pytest.raises(ValidationError, match="ws_send_timeout_s must be at most half"):
         Settings(refund_window_s=10, ws_send_timeout_s=5.5)
+
+
+def test_the_stripe_lookup_bound_is_a_setting_of_5_s_by_default() -> None:
+    """It was a constant (gateway.payments.LOOKUP_TIMEOUT_S): tests could not give the
+    lookups that must succeed a hang bound. A bound of 0 or less, or no number, stops
+    start-up naming the variable."""
+    assert Settings().stripe_lookup_timeout_s == 5.0
+    env = {"CREDITGATE_STRIPE_LOOKUP_TIMEOUT_S": "60"}
+    assert load_settings(env=env).stripe_lookup_timeout_s == 60.0
+    for bad, why in (("0", "greater than 0"), ("-1", "greater than 0"), ("5s", "valid number")):
+        with pytest.raises(SettingsError, match=f"CREDITGATE_STRIPE_LOOKUP_TIMEOUT_S: .*{why}"):
+            load_settings(env={"CREDITGATE_STRIPE_LOOKUP_TIMEOUT_S": bad})
