@@ -268,9 +268,16 @@ async def seed_app(redis_url: str, tmp_path: Path, rclient: RedisClient, bot: Bo
 
 # The messages waiting for a bot connection must not time out before a test's kill,
 # however busy the machine: a connect timeout far above any wait of these tests, and so
-# a longer refund window (the settings refuse one under 1.5 x the connect timeout).
+# a longer refund window (the settings refuse one under 1.5 x the connect timeout). Nor
+# may the answers the bot holds: past the read timeout (30 s by default, which a loaded
+# machine passed between the bot's first bytes and the kill) the gateway ends one, its
+# connection goes to a waiting message, and the bot gets one more than it held.
 HELD_WAIT_S = 600
 HELD_REFUND_S = 900
+# The clients of held answers wait for them whatever the time (aiohttp's default gives
+# up at 5 min, and a client gone ends its held answer too); the tests' waits for
+# progress are the hang bounds.
+UNBOUNDED = aiohttp.ClientTimeout(total=None)
 
 
 def held_places(held: int) -> dict[str, object]:
@@ -279,6 +286,7 @@ def held_places(held: int) -> dict[str, object]:
             "upstream_connections_per_tenant": held,
             "upstream_connections_per_tenant_bot": held,
             "upstream_connect_timeout_s": HELD_WAIT_S,
+            "upstream_read_timeout_s": HELD_WAIT_S,
             "refund_window_s": HELD_REFUND_S}  # fmt: skip
 
 
@@ -352,7 +360,7 @@ async def test_kill_9_while_every_bot_connection_is_held_charges_exactly_what_wa
         return (await free_credit(rclient, WS), await reserved(rclient)) == (charged_all, n - held)
 
     async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=UNBOUNDED) as http,
         creditgate_serve(redis_url, tmp_path, workers=1, **limits) as sv,
     ):
         url = f"{sv.traffic}/hooks/web/{APP}/stream/{1 << 20}"
@@ -394,7 +402,7 @@ async def test_kill_9_with_confirmations_only_in_the_journal_charges_exactly_wha
         return sum(len(log.read_bytes().splitlines()) for log in logs)
 
     async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=UNBOUNDED) as http,
         creditgate_serve(redis_url, tmp_path, workers=1, **limits) as sv,
     ):
         url = f"{sv.traffic}/hooks/web/{APP}/stream/{2 * CHUNK}"
