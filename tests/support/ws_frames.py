@@ -60,11 +60,12 @@ def client_frames(data: bytes) -> list[int]:
     return sizes
 
 
-async def settled(rclient: RedisClient, ws: str) -> bool:
+async def settled(rclient: RedisClient, ws: str, within_s: float = 60.0) -> bool:
     """Whether every charge of workspace ``ws`` was confirmed or refunded (nothing left
-    for the sweeper), polled for up to 60 s (a bound for a hang: a refund window
-    must pass first for a charge left to the sweeper)."""
-    for _ in range(1200):
+    for the sweeper), polled for up to ``within_s`` (a bound for a hang: a refund window
+    must pass first for a charge left to the sweeper, so a test with a window past some
+    seconds gives the window and more)."""
+    for _ in range(int(within_s / 0.05)):
         if await rclient.zcard(keys.reservations_key(ws)) == 0:
             return True
         await asyncio.sleep(0.05)

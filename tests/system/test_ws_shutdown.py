@@ -36,6 +36,8 @@ CENT = 10_000
 FUNDS = 1_000_000 * CENT
 SENT = 50  # the messages a client that does not flood sends
 FIN_WAIT = {"04", "05", "0B"}  # /proc/net/tcp states once a socket sent (or queued) its FIN
+CONNECT_S = 60.0  # the gateway's connect to the bot: a hang bound
+REFUND_WINDOW_S = 1.5 * CONNECT_S  # the least the settings accept with it
 
 
 class TalkingBot:
@@ -139,7 +141,7 @@ async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 async def _charged(rclient: RedisClient, n: int) -> bool:
-    for _ in range(600):
+    for _ in range(1200):  # 60 s: a hang bound
         if FUNDS - (await read_balances(rclient, WS)).app[APP] == n * CENT:
             return True
         await asyncio.sleep(0.05)
@@ -157,14 +159,16 @@ async def test_sigterm_ends_every_bot_connection_with_what_it_was_charged(
     spec = {"product": "contact_center", "funds": FUNDS}
     settings = {
         "workers": 1,
-        # The connect to the bot must succeed: 1 s, a busy machine passed it (a 502). It
-        # may be at most two thirds of the refund window (the settings' check), whose end
-        # must come: the untaken message of a dropped stalled send is the sweeper's to
-        # refund, waited for by settled() below.
-        "upstream_connect_timeout_s": 8.0,
-        # A stalled send waits 6 s: the flooding client's socket is mid-stall at the
-        # SIGTERM or already closed 1011, and either way its bot gets what it was charged.
-        "refund_window_s": 12.0,
+        # The connect to the bot must succeed: a hang bound (1 s, then 8 s, were bounds a
+        # busy machine could pass: a 502). It may be at most two thirds of the refund
+        # window (the settings' check), whose end must come: the untaken message of a
+        # dropped stalled send is the sweeper's to refund, waited for by settled() below.
+        "upstream_connect_timeout_s": CONNECT_S,
+        "refund_window_s": REFUND_WINDOW_S,
+        # A stalled send waits 6 s (at most half the refund window, the settings' check):
+        # the flooding client's socket is mid-stall at the SIGTERM or already closed
+        # 1011, and either way its bot gets what it was charged.
+        "ws_send_timeout_s": 6.0,
         "rate_per_minute": 10_000_000,
         "rate_per_hour": 10_000_000,
         "ws_linger_s": 120.0,  # a hang bound only: the bot reads to its end before it
@@ -200,7 +204,7 @@ async def test_sigterm_ends_every_bot_connection_with_what_it_was_charged(
             if not flood:
                 assert bot.got == [20] * SENT
             # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await settled(rclient, WS)
+            assert await settled(rclient, WS, within_s=REFUND_WINDOW_S + 60)
             charged = (FUNDS - (await read_balances(rclient, WS)).app[APP]) // CENT
             assert charged == len(bot.got)
             assert charged > 1
