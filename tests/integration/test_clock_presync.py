@@ -158,7 +158,7 @@ async def test_fail_open_debt_served_before_the_sync_settles_by_redis_clock(
         assert len(owed.debts) == 1
         assert owed.debts[0].host
         clock.blocked = False
-        assert await eventually(lambda: not owed.debts, within_s=30)
+        assert await eventually(lambda: not owed.debts)
         free, exp, lapsed = await _free_credits(redis_url, app)
         assert (exp, lapsed) == (free_exp, 0)
         assert 0 < free < 5 * USD  # the debt was charged to them, not lapsed
@@ -186,7 +186,7 @@ async def test_fail_open_debt_settles_by_redis_clock_after_a_host_clock_step(
         assert owed.debts[0].host is not None
         clock.ahead = 0.0  # NTP steps the host clock right
         clock.blocked = False
-        assert await eventually(lambda: not owed.debts, within_s=30)
+        assert await eventually(lambda: not owed.debts)
         free, exp, lapsed = await _free_credits(redis_url, app)
         assert (exp, lapsed) == (free_exp, 0)
         assert 0 < free < 5 * USD  # the debt was charged to them, not lapsed

@@ -47,7 +47,7 @@ async def send(
         await asyncio.gather(*(one(i) for i in items[k : k + 32]))
 
 
-async def wait_for(rec: Receiver, count: int, seconds: float = 20.0) -> None:
+async def wait_for(rec: Receiver, count: int, seconds: float = 60.0) -> None:
     try:
         async with asyncio.timeout(seconds):
             while len(rec.got) < count:

@@ -47,7 +47,8 @@ FREE = 10_000_000  # $10
 SESSION_PRICE = 200_000  # automation: $0.20 a session
 
 
-async def wait_for(cond: Any, within_s: float = 10.0) -> bool:
+async def wait_for(cond: Any, within_s: float = 60.0) -> bool:
+    """Poll ``cond`` until true: a hang bound (60 s), never waited out on a busy machine."""
     for _ in range(int(within_s / 0.05)):
         if await cond():
             return True
@@ -288,7 +289,7 @@ async def test_a_bot_that_stops_reading_a_large_body_cannot_outwait_the_refund_w
                 assert await wait_for(lambda: credit_is(rclient, FREE - REQ_PRICE))
                 # Charged, the bot stalled: the charge is to be confirmed as forwarded
                 # now, not once the bot has read everything (which it does not do).
-                await wait_for(lambda: _nothing_reserved(rclient), within_s=30)
+                assert await wait_for(lambda: _nothing_reserved(rclient))
                 # Then the window passes (a sweeper whose clock is past it), and the bot
                 # reads on and answers.
                 refunds = make_admitter(rclient, settings)
