@@ -67,7 +67,7 @@ async def test_a_websockets_bot_is_looked_up_as_its_owners(
         http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u1") as ws,
     ):
         await ws.send_str("hi")
-        assert (await ws.receive(timeout=30)).data == "echo:hi"
+        assert (await ws.receive(timeout=60)).data == "echo:hi"
     assert ("bot.test", f"@{OWNER}") in lookups
     assert all(tenant == f"@{OWNER}" for host, tenant in lookups if host == "bot.test")
 

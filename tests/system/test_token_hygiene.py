@@ -56,7 +56,7 @@ async def raw_call(port: int, header: bytes, path: bytes = b"/v1/upgrade-request
         end = b"\r\nConnection: close\r\n\r\n"
         writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + header + end)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 30)
+        return await asyncio.wait_for(reader.read(), 60)
     finally:
         writer.close()
 

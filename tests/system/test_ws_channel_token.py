@@ -106,12 +106,12 @@ async def test_a_socket_is_closed_once_its_channel_secret_changes(
             await channel_secrets.project(rclient, APP, "web", None)
         # The cache reads the key again within channel_secret_max_age_s (a read under
         # way may still bring the old one): wait until it has the change.
-        for _ in range(600):
+        for _ in range(1200):  # 60 s: a hang bound
             if await keys.get(APP, "web") != verified_with:
                 break
             await asyncio.sleep(0.05)
         await ws.send_str("after")
-        closed = await ws.receive(timeout=30)
+        closed = await ws.receive(timeout=60)
         assert closed.type is WSMsgType.CLOSE
         assert (closed.data, closed.extra) == (1008, "invalid_channel_signature")
     assert await charged(rclient) == CENT  # "after" was neither charged nor answered

@@ -52,7 +52,7 @@ async def test_a_cancelled_pump_leaves_no_task_behind(
         http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u1") as ws,
     ):
         await ws.send_str("hi")
-        assert (await ws.receive(timeout=30)).data == "echo:hi"
+        assert (await ws.receive(timeout=60)).data == "echo:hi"
         assert len(pumping()) == 2
         handlers[0].cancel()
         assert await eventually(handlers[0].done)
