@@ -49,32 +49,60 @@ class Void(NamedTuple):
 
 def read_journal(lines: list[str]) -> tuple[list[Debt], list[Void]]:
     """What a dead process's journal (lines of :func:`journal_lines`, ``V`` voids, ``s``
-    and ``v`` settlements) left owed; malformed lines are skipped."""
+    and ``v`` settlements) left owed; malformed lines are skipped, a field of the wrong
+    type too (a debt or void with one, settled, raised out of the settling task: every
+    debt and void behind it left unsettled for the life of the process)."""
     debts: dict[str, Debt] = {}
     voids: dict[str, Void] = {}
     for line in lines:
         kind, _, text = line.partition(" ")
         with contextlib.suppress(ValueError, TypeError):
             if kind == "D":
-                fields = orjson.loads(text)
-                # Builds since 0.1.0 wrote the digest as an 8th field, "host" (true) a 9th.
-                if len(fields) == 9:
-                    fields[8] = HostStamp(0.0, "") if fields[8] else None
-                d = Debt(*fields)
+                d = _debt(orjson.loads(text))
                 debts[d.token] = d
             elif kind == "K":
-                token, digest = orjson.loads(text)
+                token, digest = _texts(orjson.loads(text), 2)
                 if token in debts:
-                    debts[token] = debts[token]._replace(digest=str(digest))
+                    debts[token] = debts[token]._replace(digest=digest)
             elif kind == "H":
                 token, timer, source = orjson.loads(text)
-                if token in debts:
-                    debts[token] = debts[token]._replace(host=HostStamp(float(timer), str(source)))
+                stamp = HostStamp(_number(timer), *_texts([source], 1))
+                if _texts([token], 1)[0] in debts:
+                    debts[token] = debts[token]._replace(host=stamp)
             elif kind == "V":
-                v = Void(*orjson.loads(text))
+                v = Void(*_texts(orjson.loads(text), 3))
                 voids[v.token] = v
             elif kind == "s":
                 debts.pop(text, None)
             elif kind == "v":
                 voids.pop(text, None)
     return list(debts.values()), list(voids.values())
+
+
+def _texts(fields: object, n: int) -> list[str]:
+    """``fields``, a list of ``n`` strings; ValueError otherwise."""
+    if not isinstance(fields, list) or len(fields) != n:
+        raise ValueError("fields")
+    if not all(isinstance(f, str) for f in fields):
+        raise ValueError("not a string")
+    return fields
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("not a number")
+    return float(value)
+
+
+def _debt(fields: object) -> Debt:
+    """A ``D`` line's fields as a Debt. Builds since 0.1.0 wrote the digest as an 8th
+    field, "host" (true) a 9th."""
+    if not isinstance(fields, list) or not RELEASED_FIELDS <= len(fields) <= 9:
+        raise ValueError("fields")
+    app_id, channel, user, key, token = _texts(fields[:5], 5)
+    kind: MessageKind = fields[5]
+    if kind not in ("m", "n", "c"):
+        raise ValueError("kind")
+    digest = _texts(fields[7:8], 1)[0] if len(fields) > 7 else ""
+    host = HostStamp(0.0, "") if len(fields) == 9 and fields[8] else None
+    return Debt(app_id, channel, user, key, token, kind, _number(fields[6]), digest, host)
