@@ -88,6 +88,7 @@ class Owed:
         self.voids: list[Void] = []
         self._wake = asyncio.Event()
         self._settling = asyncio.Lock()
+        self._forgiven: set[str] = set()  # tokens forgiven during the pass's chunk
 
     def __len__(self) -> int:
         return len(self.debts) + len(self.voids)
@@ -105,9 +106,11 @@ class Owed:
         """Void the charge of attempt ``token`` (if any) when Redis answers again;
         ``rid`` is its charge record's id (:func:`meter.redis_layer.keys.record_id`).
         ``settled``: the token of a debt dropped with it, journaled in the same write
-        (a kill between the two left neither the debt nor its void owed)."""
+        (a kill between the two left neither the debt nor its void owed); its void takes
+        the debt's place, kept up to twice the limit (dropped, a charge that landed
+        stood for a message the bot failed)."""
         lines = [f"s {settled}"] if settled else []
-        if len(self.voids) >= self._limit:
+        if len(self.voids) >= self._limit * (2 if settled else 1):
             log.error("void list full: charge %s of app %s may stay", token, app_id)
             if lines:
                 self._log_all(lines)
@@ -128,6 +131,8 @@ class Owed:
             settled = ""  # settled already: its "s" line is written
         else:
             settled = debt.token
+            if self._settling.locked():  # not to be charged by the pass if not sent yet
+                self._forgiven.add(debt.token)
         rid = record_id(debt.channel, debt.user, debt.key, debt.token)
         self.void_later(debt.app_id, rid, debt.token, settled=settled)
 
@@ -204,11 +209,15 @@ class Owed:
     async def _settle_pass(self) -> bool:
         try:
             while self.debts:
+                self._forgiven.clear()  # what forgive() took out before is not in the chunk
                 chunk = self.debts[: self._chunk]
                 # One at a time, in the order served: a conversation's messages must meet
-                # its billing session in order.
+                # its billing session in order. One forgiven before its turn is not sent
+                # (charged, then voided: a settlement left waiting on a timeout could
+                # land after the void and stand).
                 results = [
-                    await settle_debt(self._admitter, self._metrics, d, self._timeout)
+                    d.token not in self._forgiven
+                    and await settle_debt(self._admitter, self._metrics, d, self._timeout)
                     for d in chunk
                 ]
                 for d, keep in zip(chunk, results, strict=True):
@@ -240,6 +249,7 @@ class Owed:
             log.warning("settlement waits for redis (%d owed): %r", len(self), exc)
             return False
         finally:
+            self._forgiven.clear()
             self._metrics.unsettled.set(len(self))
         if not self and self._journal is not None and self._journal.size:
             self._journal.truncate()  # all settled

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.debts import Debt
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from meter.accounts import projection
@@ -60,6 +61,68 @@ async def test_a_damaged_journal_line_does_not_stop_the_settling(
         assert await owed.settle()
         assert not owed
         assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
+async def test_a_debt_forgiven_before_its_turn_is_not_sent(
+    rclient: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """Two debts in one chunk; the second one's bot fails while the first is being
+    settled. Before: the pass settled the second all the same (charged, then voided if
+    the void list had room: a settlement that timed out could land after its void and
+    stand). Now it is not sent: one admission call, for the first."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    debts = [Debt(app, "web", f"u{i}", "", f"tok{i}", "m", clock.now) for i in range(2)]
+    owed: Owed | None = None
+    calls: list[int] = []
+
+    def on_batch(size: int) -> None:
+        calls.append(size)
+        if len(calls) == 1:
+            assert owed is not None
+            owed.forgive(debts[1])
+
+    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, chunk=2)
+    try:
+        for d in debts:
+            assert owed.owe(d)
+        assert await owed.settle()
+        assert not owed
+        assert sum(calls) == 1  # tok1 never reached Redis
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
+async def test_a_forgiven_debt_keeps_its_void_when_the_void_list_is_full(
+    rclient: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """A message's admission reached Redis (charged) but its answer did not: served
+    fail-open, owed with the attempt's token. Its bot fails while the void list is full.
+    Before: the debt was dropped and its void with it ("void list full"): the charge
+    stood for a message the bot failed. Now the void takes the debt's place."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, limit=1)
+    try:
+        dec = await adm.admit(app, "web", "u0", token="tok0")  # the lost answer
+        assert dec.admitted
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+        debt = Debt(app, "web", "u0", "", "tok0", "m", clock.now)
+        assert owed.owe(debt)
+        owed.void_later(app, "t:other", "other")  # the void list is full
+        owed.forgive(debt)
+        assert await owed.settle()
+        assert not owed
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL
     finally:
         await owed.close(0)
         await adm.close()
