@@ -11,6 +11,7 @@ from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
 from meter.admission.decision import Decision
 from meter.errors import InvalidInput
+from meter.redis_layer import keys
 
 log = logging.getLogger("gateway.owed")  # the logger these lines had in gateway/owed.py
 
@@ -25,7 +26,13 @@ async def settle_debt(admitter: Admitter, metrics: Metrics, d: Debt, within_s: f
 
     A debt no admission can take (a channel user or key invalid, e.g. from a journal of
     another version, or damaged) is dropped, logged: raised, it ended the settling task
-    and left every debt behind it unsettled."""
+    and left every debt behind it unsettled. So is one whose app id or channel cannot
+    exist (the admitter answers ``unknown_app`` without asking Redis): kept owed as an
+    app Redis does not know yet, it was retried forever and its journal never emptied."""
+    if keys.workspace_of(d.app_id) is None or not keys.CHANNEL_RE.fullmatch(d.channel):
+        log.error("served message of app %r cannot be settled (no such app id or channel)"
+                  ": dropped", d.app_id)  # fmt: skip
+        return False
     try:
         dec = await _settle_as(admitter, d, d.key, within_s)
         if dec.reason == "duplicate_delivery" and d.key:

@@ -66,6 +66,39 @@ async def test_a_damaged_journal_line_does_not_stop_the_settling(
         await adm.close()
 
 
+@pytest.mark.parametrize(("app_id", "channel"), [("nope", "web"), ("APP", "Web!")])
+async def test_a_debt_that_names_no_possible_app_is_not_kept_for_ever(
+    rclient: RedisClient, redis_url: str, tmp_path: Path, app_id: str, channel: str
+) -> None:
+    """A journal taken over lists a debt whose app id or channel cannot exist (damaged,
+    well typed). Before: settling it answered ``unknown_app`` (without asking Redis) and
+    it was kept as an app Redis did not know yet: retried every half second for the life
+    of the process, the journal never emptied (every later line kept). Now dropped,
+    logged, as a debt of an invalid channel user is."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    state = tmp_path / "st"
+    state.mkdir()
+    lines = [
+        f'D ["{app_id.replace("APP", app)}", "{channel}", "u", "", "bad", "m", {clock.now}]',
+        f'D ["{app}", "web", "good", "", "tok1", "m", {clock.now}]',
+    ]
+    (state / "owed-1-dead.log").write_text("".join(f"{line}\n" for line in lines))
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
+    try:
+        assert owed.recover() == 2
+        assert await owed.settle()
+        assert not owed
+        assert owed._journal is not None
+        assert owed._journal.size == 0
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
 async def test_a_debt_forgiven_before_its_turn_is_not_sent(
     rclient: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
