@@ -16,13 +16,20 @@ from meter.redis_layer import keys
 log = logging.getLogger("gateway.owed")  # the logger these lines had in gateway/owed.py
 
 
-async def settle_debt(admitter: Admitter, metrics: Metrics, d: Debt, within_s: float) -> bool:
+async def settle_debt(
+    admitter: Admitter,
+    metrics: Metrics,
+    d: Debt,
+    within_s: float,
+    rekeyed: dict[str, None] | None = None,
+) -> bool:
     """Settle one debt; True when it must stay owed.
 
     A keyed debt Redis refuses as ``duplicate_delivery`` (its key names another
     message, or was honoured as often as allowed) was served all the same: it is
     charged as a message of its own, without the key (same token, so settling it
-    again finds that charge).
+    again finds that charge), and its token added to ``rekeyed``: a void of its charge
+    names the record without the key.
 
     A debt no admission can take (a channel user or key invalid, e.g. from a journal of
     another version, or damaged) is dropped, logged: raised, it ended the settling task
@@ -36,6 +43,8 @@ async def settle_debt(admitter: Admitter, metrics: Metrics, d: Debt, within_s: f
     try:
         dec = await _settle_as(admitter, d, d.key, within_s)
         if dec.reason == "duplicate_delivery" and d.key:
+            if rekeyed is not None:
+                rekeyed[d.token] = None
             dec = await _settle_as(admitter, d, "", within_s)
     except InvalidInput as exc:
         log.error("served message of app %s cannot be settled (%s): dropped", d.app_id, exc)

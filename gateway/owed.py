@@ -89,6 +89,7 @@ class Owed:
         self._wake = asyncio.Event()
         self._settling = asyncio.Lock()
         self._forgiven: set[str] = set()  # tokens forgiven during the pass's chunk
+        self._rekeyed: dict[str, None] = {}  # the latest debts settled without their key
 
     def __len__(self) -> int:
         return len(self.debts) + len(self.voids)
@@ -121,10 +122,9 @@ class Owed:
         self._changed()
 
     def forgive(self, debt: Debt) -> None:
-        """The served message failed after all: drop it, and void any charge it left.
-        (Settled meanwhile without its key, see
-        :func:`gateway.debt_settlement.settle_debt`, its charge stays: only a client
-        reusing a key for another message, during an outage, gets there.)"""
+        """The served message failed after all: drop it, and void any charge it left
+        (settled without its key, see :func:`gateway.debt_settlement.settle_debt`: that
+        charge's record; it stood when the void named the key's)."""
         try:
             self.debts.remove(debt)
         except ValueError:
@@ -133,7 +133,8 @@ class Owed:
             settled = debt.token
             if self._settling.locked():  # not to be charged by the pass if not sent yet
                 self._forgiven.add(debt.token)
-        rid = record_id(debt.channel, debt.user, debt.key, debt.token)
+        key = "" if debt.token in self._rekeyed else debt.key
+        rid = record_id(debt.channel, debt.user, key, debt.token)
         self.void_later(debt.app_id, rid, debt.token, settled=settled)
 
     def _log(self, kind: str, text: str) -> None:
@@ -217,12 +218,21 @@ class Owed:
                 # land after the void and stand).
                 results = [
                     d.token not in self._forgiven
-                    and await settle_debt(self._admitter, self._metrics, d, self._timeout)
+                    and await settle_debt(
+                        self._admitter, self._metrics, d, self._timeout, self._rekeyed
+                    )
                     for d in chunk
                 ]
                 for d, keep in zip(chunk, results, strict=True):
                     if not keep:
                         self._log("s", d.token)
+                    if d.token in self._forgiven and d.token in self._rekeyed:
+                        # Forgiven while its settlement was on its way: voided by the key's
+                        # record, which is another message's.
+                        rid = record_id(d.channel, d.user, "", d.token)
+                        self.void_later(d.app_id, rid, d.token)
+                while len(self._rekeyed) > self._limit:
+                    del self._rekeyed[next(iter(self._rekeyed))]
                 # What is left of the chunk: forgive() may have taken some of it out
                 # meanwhile (owe() only appends), so the rest is the list's head, shorter
                 # than the chunk (deleting the chunk's length dropped a later debt).

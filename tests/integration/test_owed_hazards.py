@@ -159,3 +159,44 @@ async def test_a_forgiven_debt_keeps_its_void_when_the_void_list_is_full(
     finally:
         await owed.close(0)
         await adm.close()
+
+
+@pytest.mark.parametrize("when", ["settled", "in_flight"])
+async def test_a_debt_settled_without_its_key_is_voided_when_forgiven(
+    rclient: RedisClient, redis_url: str, tmp_path: Path, when: str
+) -> None:
+    """A client reuses an idempotency key for another message during an outage: served
+    fail-open, the debt is settled as a message of its own (``duplicate_delivery``:
+    charged without the key). Its bot fails once it is settled, or while its settlement
+    is on its way. Before: the void named the key's record, the other message's (its
+    token no delivery of it: nothing voided), and the charge stood for a message the bot
+    failed. Now the void names the record the charge went to."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    debt = Debt(app, "web", "u0", "k1", "tok1", "m", clock.now, "bbbb")
+    owed: Owed | None = None
+    calls: list[int] = []
+
+    def on_batch(size: int) -> None:
+        calls.append(size)
+        if when == "in_flight" and len(calls) == 2:  # the keyed settlement is on its way
+            assert owed is not None
+            owed.forgive(debt)
+
+    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0)
+    try:
+        assert (await adm.admit(app, "web", "u0", "k1", token="tok0", digest="aaaa")).admitted
+        assert owed.owe(debt)
+        assert await owed.settle()
+        assert len(calls) == 3  # tok0; tok1 keyed, refused; tok1 without the key
+        if when == "settled":  # charged twice, then its bot fails
+            assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
+            owed.forgive(debt)
+            assert await owed.settle()
+        assert not owed
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
