@@ -216,23 +216,10 @@ class Owed:
                 # its billing session in order. One forgiven before its turn is not sent
                 # (charged, then voided: a settlement left waiting on a timeout could
                 # land after the void and stand).
-                results = [
-                    d.token not in self._forgiven
-                    and await settle_debt(
-                        self._admitter, self._metrics, d, self._timeout, self._rekeyed
-                    )
-                    for d in chunk
-                ]
+                results = [await self._settle_one(d) for d in chunk]
                 for d, keep in zip(chunk, results, strict=True):
                     if not keep:
                         self._log("s", d.token)
-                    if d.token in self._forgiven and d.token in self._rekeyed:
-                        # Forgiven while its settlement was on its way: voided by the key's
-                        # record, which is another message's.
-                        rid = record_id(d.channel, d.user, "", d.token)
-                        self.void_later(d.app_id, rid, d.token)
-                while len(self._rekeyed) > self._limit:
-                    del self._rekeyed[next(iter(self._rekeyed))]
                 # What is left of the chunk: forgive() may have taken some of it out
                 # meanwhile (owe() only appends), so the rest is the list's head, shorter
                 # than the chunk (deleting the chunk's length dropped a later debt).
@@ -264,6 +251,19 @@ class Owed:
         if not self and self._journal is not None and self._journal.size:
             self._journal.truncate()  # all settled
         return True
+
+    async def _settle_one(self, d: Debt) -> bool:
+        """Settle a debt of the chunk; True when it stays owed."""
+        if d.token in self._forgiven:
+            return False
+        keep = await settle_debt(self._admitter, self._metrics, d, self._timeout, self._rekeyed)
+        if d.token in self._forgiven and d.token in self._rekeyed:
+            # Forgiven while its settlement was on its way, its void named the key's
+            # record (another message's): this one's, journaled now.
+            self.void_later(d.app_id, record_id(d.channel, d.user, "", d.token), d.token)
+        while len(self._rekeyed) > self._limit:
+            del self._rekeyed[next(iter(self._rekeyed))]
+        return keep
 
     async def close(self, grace_s: float) -> None:
         """A last settlement attempt; logs what is lost if Redis still does not answer."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.debts import Debt
+from gateway.debts import Debt, Void, read_journal
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from meter.accounts import projection
@@ -197,6 +197,47 @@ async def test_a_debt_settled_without_its_key_is_voided_when_forgiven(
             assert await owed.settle()
         assert not owed
         assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
+async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
+    rclient: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """As above, forgiven while its settlement is on its way, ahead of another debt in
+    the chunk: the void of the record its charge went to is in the journal before the
+    next debt is settled (a process killed while the chunk's later debts settle would
+    lose it: the charge standing for a message the bot failed)."""
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    debt = Debt(app, "web", "u0", "k1", "tok1", "m", clock.now, "bbbb")
+    later = Debt(app, "web", "u1", "", "tok2", "m", clock.now)
+    owed: Owed | None = None
+    calls: list[int] = []
+    seen: list[list[Void]] = []
+
+    def on_batch(size: int) -> None:
+        calls.append(size)
+        assert owed is not None
+        if len(calls) == 2:  # tok1's keyed settlement is on its way
+            owed.forgive(debt)
+        if len(calls) == 4:  # tok2's: read the journal a kill -9 now would leave
+            assert owed._journal is not None
+            seen.append(read_journal(owed._journal.path.read_text().splitlines())[1])
+
+    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=tmp_path / "st")
+    try:
+        assert (await adm.admit(app, "web", "u0", "k1", token="tok0", digest="aaaa")).admitted
+        assert owed.owe(debt)
+        assert owed.owe(later)
+        assert await owed.settle()
+        assert len(calls) == 4
+        assert Void(app, "t:tok1", "tok1") in seen[0]
+        assert not owed
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
     finally:
         await owed.close(0)
         await adm.close()
