@@ -47,6 +47,15 @@ class Void(NamedTuple):
     token: str
 
 
+def void_line(void: Void) -> str:
+    return "V " + orjson.dumps(list(void)).decode()
+
+
+def owed_lines(debts: list[Debt], voids: list[Void]) -> list[str]:
+    """The journal of what is owed, and nothing else."""
+    return [line for d in debts for line in journal_lines(d)] + [void_line(v) for v in voids]
+
+
 def read_journal(lines: list[str]) -> tuple[list[Debt], list[Void]]:
     """What a dead process's journal (lines of :func:`journal_lines`, ``V`` voids, ``s``
     and ``v`` settlements) left owed; malformed lines are skipped, a field of the wrong

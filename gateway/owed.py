@@ -19,19 +19,20 @@ Two lists, worked off by one background task with a back-off:
   (an ambiguous Redis error answered 503, or a refund that could not reach Redis).
 
 Nothing is forgiven silently. Both lists are journaled (:mod:`meter.admission.journal`,
-``owed-*.log`` in ``state_dir``): every debt and void is written before it is relied
-on, and its settlement after; the journal is fsync'd in the background, and emptied
-whenever both lists are. A process that dies leaves its journal; the next one to start
-takes it over (:meth:`Owed.recover`) and settles what it lists. Settling a debt twice
-(a crash right after settling, before the journal says so) is harmless while the
-attempt's charge record lives: settlement reuses the original attempt's token, so Redis
-finds its charge record and charges nothing more. A settlement's record lives the
-idempotency window (``IDEMPOTENCY_TTL_S``, 24 h by default), not the refund window of
-other unkeyed records: only a host crash (the settled line written but not yet on disk;
-a killed process's writes survive) followed by a takeover more than that later charges
-the debt twice. Both lists are bounded by ``limit``;
-when full, :meth:`owe` returns False and the caller refuses the message as in fail mode
-``closed``.
+``owed-*.log`` in ``state_dir``): every debt and void is written before it is relied on,
+and its settlement after; the journal is fsync'd in the background, emptied whenever
+both lists are, rewritten with what they hold once grown. A process that dies leaves its
+journal; the next one to start takes it over (:meth:`Owed.recover`) and settles what it
+lists. Settling a debt twice (a crash right after settling, before the journal says so)
+is harmless while the attempt's charge record lives: settlement reuses the original
+attempt's token, so Redis finds its charge record and charges nothing more. A
+settlement's record lives the idempotency window (``IDEMPOTENCY_TTL_S``, 24 h by
+default), not the refund window of other unkeyed records: only a host crash (the settled
+line written but not yet on disk; a killed process's writes survive) followed by a
+takeover more than that later charges the debt twice. Both lists are bounded by
+``limit`` (the voids of forgiven debts by twice that); when full, :meth:`owe` returns
+False and the message is refused as in fail mode ``closed``, a void is dropped (logged:
+the charge may stay).
 """
 
 from __future__ import annotations
@@ -41,11 +42,10 @@ import contextlib
 import logging
 from pathlib import Path
 
-import orjson
 from redis.exceptions import RedisError
 
 from gateway.debt_settlement import settle_debt
-from gateway.debts import Debt, Void, journal_lines, read_journal
+from gateway.debts import Debt, Void, journal_lines, owed_lines, read_journal, void_line
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
 from meter.admission.journal import Journal, take_over_dead
@@ -57,6 +57,7 @@ _UNAVAILABLE = (MeteringUnavailable, RedisError, OSError, TimeoutError)
 
 
 JOURNAL_KIND = "owed"
+COMPACT_BYTES = 16 << 20  # a journal past this, and twice its last rewrite, is rewritten
 
 
 class Owed:
@@ -76,6 +77,7 @@ class Owed:
     ) -> None:
         """``state_dir``: where the journal lives (none: memory only, for tests)."""
         self._journal = Journal(state_dir, JOURNAL_KIND) if state_dir is not None else None
+        self._compacted = 0  # the journal's size when last rewritten
         self._syncing = False
         self._admitter = admitter
         self._metrics = metrics
@@ -117,7 +119,7 @@ class Owed:
                 self._log_all(lines)
             return
         void = Void(app_id, rid, token)
-        self._log_all([*lines, "V " + orjson.dumps(list(void)).decode()])
+        self._log_all([*lines, void_line(void)])
         self.voids.append(void)
         self._changed()
 
@@ -171,7 +173,7 @@ class Owed:
                 self._log_all(journal_lines(d))
                 self.debts.append(d)
             for v in voids:
-                self._log("V", orjson.dumps(list(v)).decode())
+                self._log_all([void_line(v)])
                 self.voids.append(v)
             n += len(debts) + len(voids)
             dead.done()
@@ -250,7 +252,22 @@ class Owed:
             self._metrics.unsettled.set(len(self))
         if not self and self._journal is not None and self._journal.size:
             self._journal.truncate()  # all settled
+        await self._compact()
         return True
+
+    async def _compact(self) -> None:
+        """Rewrite a grown journal with only what is owed: emptied only once nothing is,
+        it kept every line since while a debt of an app Redis does not know stayed."""
+        old = self._journal
+        if old is None or old.size <= max(COMPACT_BYTES, 2 * self._compacted):
+            return
+        new = Journal(old.path.parent, JOURNAL_KIND)
+        new.append_all(owed_lines(self.debts, self.voids))
+        self._journal, self._compacted = new, new.size  # what comes now is written there
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, new.sync)
+        finally:  # on disk before the old one goes (a kill before: both taken over)
+            old.close(remove=True)
 
     async def _settle_one(self, d: Debt) -> bool:
         """Settle a debt of the chunk; True when it stays owed."""

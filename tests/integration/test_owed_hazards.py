@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway import owed as owed_module
 from gateway.debts import Debt, Void, read_journal
 from gateway.metrics import Metrics
 from gateway.owed import Owed
 from meter.accounts import projection
 from meter.admission.admitter import Admitter
 from meter.redis_layer.client import RedisClient
+from tests.support.bot import eventually
 from tests.support.clock import Clock
-from tests.support.metering import seed
+from tests.support.metering import new_ws_id, seed
 from tests.support.settings import make_settings
 
 PRICE = 10_000  # contact_center: a request unit
@@ -238,6 +240,48 @@ async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
         assert Void(app, "t:tok1", "tok1") in seen[0]
         assert not owed
         assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
+
+
+async def test_the_journal_is_compacted_while_a_debt_stays_owed(
+    rclient: RedisClient, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A debt of an app Redis does not know stays owed (until it does); meanwhile
+    outages come and go, their debts settled. Before: the journal was emptied only
+    when nothing at all was owed, so it kept every line of every later outage for the
+    life of the process (here 40 rounds of 25 debts: 76 KB for one debt owed).
+    Now, past a bound, it is rewritten with what is owed, and a process taking it over
+    finds exactly that."""
+    monkeypatch.setattr(owed_module, "COMPACT_BYTES", 4096, raising=False)
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    state = tmp_path / "st"
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
+    stuck = Debt(f"{new_ws_id()}_app1", "web", "u", "", "stuck", "m", clock.now)
+    try:
+        assert owed.owe(stuck)
+        for r in range(40):
+            for i in range(25):
+                assert owed.owe(Debt(app, "web", f"u{i}", "", f"t{r}.{i}", "m", clock.now))
+            assert await owed.settle()
+            assert owed.debts == [stuck]
+        journal = owed._journal
+        assert journal is not None
+        assert journal.size < 3 * 4096
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 1000 * PRICE
+        files = list(state.glob("owed-*.log"))
+        assert files == [journal.path]
+        assert await eventually(lambda: not owed._syncing)  # a running fsync holds the lock
+        journal.close(remove=False)  # the process dies: its journal is taken over
+        owed._journal = None
+        heir = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
+        assert heir.recover() == 1
+        assert heir.debts == [stuck]
+        await heir.close(0)
     finally:
         await owed.close(0)
         await adm.close()
