@@ -116,10 +116,10 @@ class Owed:
         if len(self.voids) >= self._limit * (2 if settled else 1):
             log.error("void list full: charge %s of app %s may stay", token, app_id)
             if lines:
-                self._log_all(lines)
+                self._log_all(lines, or_log=True)
             return
         void = Void(app_id, rid, token)
-        self._log_all([*lines, void_line(void)])
+        self._log_all([*lines, void_line(void)], or_log=True)
         self.voids.append(void)
         self._changed()
 
@@ -140,12 +140,14 @@ class Owed:
         self.void_later(debt.app_id, rid, debt.token, settled=settled)
 
     def _log(self, kind: str, text: str) -> None:
-        self._log_all([f"{kind} {text}"])
+        self._log_all([f"{kind} {text}"], or_log=True)
 
-    def _log_all(self, lines: list[str]) -> None:
-        """``lines`` in one write: a killed process wrote all of them or none."""
+    def _log_all(self, lines: list[str], *, or_log: bool = False) -> None:
+        """``lines`` in one write: a killed process wrote all of them or none. ``or_log``:
+        a failed write (full disk) is logged, not raised (it failed every settling pass)."""
         if self._journal is not None:
-            self._journal.append_all(lines)
+            write = self._journal.append_or_log if or_log else self._journal.append_all
+            write(lines)
             if not self._syncing:
                 self._syncing = True
                 asyncio.get_running_loop().call_soon(self._sync)
@@ -185,8 +187,6 @@ class Owed:
     def _changed(self) -> None:
         self._metrics.unsettled.set(len(self))
         self._wake.set()
-        if not self and self._journal is not None and self._journal.size:
-            self._journal.truncate()  # all settled
 
     async def run(self) -> None:
         """Settle forever (cancel to stop)."""
@@ -251,7 +251,8 @@ class Owed:
             self._forgiven.clear()
             self._metrics.unsettled.set(len(self))
         if not self and self._journal is not None and self._journal.size:
-            self._journal.truncate()  # all settled
+            with contextlib.suppress(OSError):  # all settled (replayed as such if kept)
+                self._journal.truncate()
         await self._compact()
         return True
 
