@@ -4,11 +4,13 @@ decision, fail mode ``open``) and voids (charges to reverse once Redis answers).
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import NamedTuple
 
 import orjson
 
 from meter.admission.decision import MessageKind
+from meter.admission.journal import Journal
 from meter.redis_layer.timer import HostStamp
 
 
@@ -24,6 +26,7 @@ class Debt(NamedTuple):
     host: HostStamp | None = None  # "at" is the host's clock (served before the first sync)
 
 
+log = logging.getLogger("gateway.owed")
 RELEASED_FIELDS = 7  # a Debt of 0.1.0: app_id .. at (it drops a D line of more)
 
 
@@ -54,6 +57,23 @@ def void_line(void: Void) -> str:
 def owed_lines(debts: list[Debt], voids: list[Void]) -> list[str]:
     """The journal of what is owed, and nothing else."""
     return [line for d in debts for line in journal_lines(d)] + [void_line(v) for v in voids]
+
+
+def rewritten(old: Journal, kind: str, debts: list[Debt], voids: list[Void]) -> Journal | None:
+    """A new journal beside ``old`` holding what is owed; None, logged, when it cannot
+    be written (a full disk: raised, it ended the settling task)."""
+    try:
+        new = Journal(old.path.parent, kind)
+    except OSError as exc:
+        log.error("journal %s not rewritten: %r", old.path, exc)
+        return None
+    try:
+        new.append_all(owed_lines(debts, voids))
+    except OSError as exc:
+        new.close(remove=True)
+        log.error("journal %s not rewritten: %r", old.path, exc)
+        return None
+    return new
 
 
 def read_journal(lines: list[str]) -> tuple[list[Debt], list[Void]]:

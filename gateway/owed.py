@@ -45,7 +45,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from gateway.debt_settlement import settle_debt
-from gateway.debts import Debt, Void, journal_lines, owed_lines, read_journal, void_line
+from gateway.debts import Debt, Void, journal_lines, read_journal, rewritten, void_line
 from gateway.metrics import Metrics
 from meter.admission.admitter import Admitter
 from meter.admission.journal import Journal, take_over_dead
@@ -139,9 +139,6 @@ class Owed:
         rid = record_id(debt.channel, debt.user, key, debt.token)
         self.void_later(debt.app_id, rid, debt.token, settled=settled)
 
-    def _log(self, kind: str, text: str) -> None:
-        self._log_all([f"{kind} {text}"], or_log=True)
-
     def _log_all(self, lines: list[str], *, or_log: bool = False) -> None:
         """``lines`` in one write: a killed process wrote all of them or none. ``or_log``:
         a failed write (full disk) is logged, not raised (it failed every settling pass)."""
@@ -215,13 +212,11 @@ class Owed:
                 self._forgiven.clear()  # what forgive() took out before is not in the chunk
                 chunk = self.debts[: self._chunk]
                 # One at a time, in the order served: a conversation's messages must meet
-                # its billing session in order. One forgiven before its turn is not sent
-                # (charged, then voided: a settlement left waiting on a timeout could
-                # land after the void and stand).
+                # its billing session in order.
                 results = [await self._settle_one(d) for d in chunk]
                 for d, keep in zip(chunk, results, strict=True):
                     if not keep:
-                        self._log("s", d.token)
+                        self._log_all([f"s {d.token}"], or_log=True)
                 # What is left of the chunk: forgive() may have taken some of it out
                 # meanwhile (owe() only appends), so the rest is the list's head, shorter
                 # than the chunk (deleting the chunk's length dropped a later debt).
@@ -243,7 +238,7 @@ class Owed:
                 ):
                     self._metrics.refunds.inc()
                 self.voids.pop(0)
-                self._log("v", v.token)
+                self._log_all([f"v {v.token}"], or_log=True)
         except _UNAVAILABLE as exc:
             log.warning("settlement waits for redis (%d owed): %r", len(self), exc)
             return False
@@ -257,27 +252,30 @@ class Owed:
         return True
 
     async def _compact(self) -> None:
-        """Rewrite a grown journal with only what is owed: emptied only once nothing is,
-        it kept every line since while a debt of an app Redis does not know stayed."""
+        """Rewrite a grown journal with only what is owed (emptied only when nothing is)."""
         old = self._journal
         if old is None or old.size <= max(COMPACT_BYTES, 2 * self._compacted):
             return
-        new = Journal(old.path.parent, JOURNAL_KIND)
-        new.append_all(owed_lines(self.debts, self.voids))
-        self._journal, self._compacted = new, new.size  # what comes now is written there
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, new.sync)
-        finally:  # on disk before the old one goes (a kill before: both taken over)
-            old.close(remove=True)
+        new = rewritten(old, JOURNAL_KIND, self.debts, self.voids)
+        self._compacted = (new or old).size  # not written: tried again at twice the size
+        if new is None:
+            return
+        self._journal = new  # what comes from now on is written there
+        with contextlib.suppress(OSError):  # written: the kernel has it (fsync: host crash)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, new.sync)
+            finally:  # on disk before the old one goes (a kill before: both taken over)
+                old.close(remove=True)
 
     async def _settle_one(self, d: Debt) -> bool:
-        """Settle a debt of the chunk; True when it stays owed."""
+        """Settle a debt of the chunk; True when it stays owed. One forgiven before its
+        turn is not sent (charged, then voided: a settlement left on a timeout could land
+        after its void and stand)."""
         if d.token in self._forgiven:
             return False
         keep = await settle_debt(self._admitter, self._metrics, d, self._timeout, self._rekeyed)
         if d.token in self._forgiven and d.token in self._rekeyed:
-            # Forgiven while its settlement was on its way, its void named the key's
-            # record (another message's): this one's, journaled now.
+            # Forgiven while on its way: the void named the key's record, another message's.
             self.void_later(d.app_id, record_id(d.channel, d.user, "", d.token), d.token)
         while len(self._rekeyed) > self._limit:
             del self._rekeyed[next(iter(self._rekeyed))]

@@ -321,3 +321,32 @@ async def test_a_full_disk_does_not_stop_the_settling(
     finally:
         await owed.close(0)
         await adm.close()
+
+
+async def test_a_journal_that_cannot_be_rewritten_does_not_stop_the_settling(
+    rclient: RedisClient, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the new journal cannot be made (its folder's path now names a
+    file). Before (the rewrite as first written): the OSError ended the settling task.
+    Now it is logged, the journal kept as it is, and settling goes on."""
+    monkeypatch.setattr(owed_module, "COMPACT_BYTES", 1024, raising=False)
+    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
+    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
+    app = w.apps[0]
+    state = tmp_path / "st"
+    adm = Admitter(rclient, cfg, clock=clock)
+    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
+    stuck = Debt(f"{new_ws_id()}_app1", "web", "u", "", "stuck", "m", clock.now)
+    try:
+        assert owed.owe(stuck)
+        state.rename(tmp_path / "moved")
+        state.write_text("")
+        for r in range(2):
+            for i in range(25):
+                assert owed.owe(Debt(app, "web", f"u{i}", "", f"t{r}.{i}", "m", clock.now))
+            assert await owed.settle()
+            assert owed.debts == [stuck]
+        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 50 * PRICE
+    finally:
+        await owed.close(0)
+        await adm.close()
