@@ -275,7 +275,9 @@ class Owed:
             return False
         keep = await settle_debt(self._admitter, self._metrics, d, self._timeout, self._rekeyed)
         if d.token in self._forgiven and d.token in self._rekeyed:
-            # Forgiven while on its way: the void named the key's record, another message's.
+            # Forgiven while on its way: the void named the key's record, another message's
+            # (nothing to void; its "v" line, applied first, dropped this one's): replaced.
+            self.voids = [v for v in self.voids if v.token != d.token]
             self.void_later(d.app_id, record_id(d.channel, d.user, "", d.token), d.token)
         while len(self._rekeyed) > self._limit:
             del self._rekeyed[next(iter(self._rekeyed))]
