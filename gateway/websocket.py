@@ -249,7 +249,10 @@ async def proxy_websocket(
         ended = await pump(proxy, client, upstream, charges, sockets, send_s, credential, linger)
         code = sendable(ended.code)
         if not upstream.closed:
-            bot_code = 1000 if code in (POLICY_VIOLATION, TRY_AGAIN_LATER) else code
+            # A refusal's code (it has a reason) is the client's business, not the bot's;
+            # a client's own close with the same code (no reason) is passed on.
+            refused = ended.reason and code in (POLICY_VIOLATION, TRY_AGAIN_LATER)
+            bot_code = 1000 if refused else code
             within = min(send_s, CLOSE_ANSWER_S)
             await linger.close(upstream, bot_code, within, ended.bot_closed)
         if not client.closed:

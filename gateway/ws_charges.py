@@ -119,8 +119,9 @@ class Charges:
         its code passed on) once the connection has paid its way: RFC 6455 §5.5.1 lets
         an endpoint finish what it sends before it answers a close, and the bot's answer
         to a paid message on its way as the client closed is the client's (it was lost).
-        Not before: a greeting that races a client's close unheard would be charged."""
-        if code == POLICY_VIOLATION:
+        Not before: a greeting that races a client's close unheard would be charged.
+        A refusal has its reason; a client's own close with 1008 has none (no refusal)."""
+        if code == POLICY_VIOLATION and reason:
             return 1000
         if reason or client.closed or client.close_code is None or not self._paid:
             return 0

@@ -87,10 +87,12 @@ async def test_the_bots_answer_reaches_a_client_that_closed(
     assert (await read_balances(rclient, WS)).app[APP] == FUNDS - CENT
 
 
+@pytest.mark.parametrize("code", [4001, 1008])
 async def test_aiohttp_clients_close_still_completes(
-    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession
+    redis_url: str, tmp_path: Path, rclient: RedisClient, http: aiohttp.ClientSession, code: int
 ) -> None:
-    """An ordinary client's close: answered, its code passed on, once the bot answers."""
+    """An ordinary client's close: answered, its code passed on, once the bot answers
+    (1008 too: the client's, no refusal's, which the bot got as 1000)."""
     bot = LateBot()
     server = await asyncio.start_server(bot.handle, HOST, 0)
     settings = make_settings(redis_url, tmp_path)
@@ -101,9 +103,9 @@ async def test_aiohttp_clients_close_still_completes(
         async with running_gateway(settings) as gw:
             ws = await http.ws_connect(f"{gw.url}/hooks/web/{APP}/q?user=u")
             await ws.send_str("question")
-            assert await asyncio.wait_for(ws.close(code=4001), HANG_S)
+            assert await asyncio.wait_for(ws.close(code=code), HANG_S)
             assert await eventually(lambda: len(bot.got) == 2)
-            assert bot.got[1] == (CLOSE, struct.pack("!H", 4001))
+            assert bot.got[1] == (CLOSE, struct.pack("!H", code))
             assert await settled(rclient, WS)
     finally:
         server.close()
@@ -149,6 +151,39 @@ async def test_a_client_that_closes_before_a_message_pays_for_no_greeting(
             assert opcode == CLOSE
             assert await eventually(lambda: len(bot.got) == 1)
             assert bot.got[0][0] == CLOSE
+            assert await settled(rclient, WS)
+    finally:
+        server.close()
+    assert (await read_balances(rclient, WS)).app[APP] == FUNDS
+
+
+@pytest.mark.parametrize("code", [1008, 1000])
+async def test_a_client_closing_1008_before_a_message_pays_for_no_greeting(
+    redis_url: str, tmp_path: Path, rclient: RedisClient, code: int
+) -> None:
+    """The client's own close with 1008 (policy violation) is the client's close, not a
+    refusal of the gateway's: before anything was paid the bot's side is closed at once.
+    It was taken for a refusal (the pump's client side ending 1008): the bot's greeting
+    was then admitted as the handshake's answer, charged and relayed to a client that
+    had closed."""
+    bot = GreetingBot()
+    server = await asyncio.start_server(bot.handle, HOST, 0)
+    settings = make_settings(redis_url, tmp_path)
+    url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}"
+    spec = {"product": "contact_center", "upstream_url": url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    try:
+        async with running_gateway(settings) as gw:
+            r, w = await raw_upgrade(f"{gw.url}/hooks/web/{APP}/q?user=u")
+            try:
+                w.write(frame(CLOSE, struct.pack("!H", code), mask=True))
+                await w.drain()
+                frames = [await asyncio.wait_for(read_frame(r), HANG_S)]
+            finally:
+                w.close()
+            assert frames == [(CLOSE, struct.pack("!H", code))]
+            assert await eventually(lambda: len(bot.got) == 1)
+            assert bot.got[0] == (CLOSE, struct.pack("!H", code))
             assert await settled(rclient, WS)
     finally:
         server.close()
