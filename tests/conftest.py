@@ -45,6 +45,7 @@ SLOW_FIRST = (
     "tests/system/test_authz_matrix.py",  # 41
     "tests/system/test_egress_dns.py",  # 41, one test (the others run inside it)
     "tests/integration/test_store.py",  # 40
+    "tests/system/test_ws_tls_large.py",  # 40
     "tests/system/test_console_browser.py",  # 39
     "tests/system/test_payments.py",  # 39
     "tests/integration/test_lapse_once.py",  # 38
