@@ -75,10 +75,13 @@ async def flushed(transport: Any, protocol: Any) -> None:
     layer (at once for a plain one): aiohttp's ``protocol`` is paused (the TLS layer's
     high-water 0: it pauses at once) and waited on, the TLS layer resuming it once the
     socket transport under it drained (raises as aiohttp's drain does once the
-    connection is lost)."""
+    connection is lost). Not cut short by the TLS layer closing (the bot's close_notify:
+    asyncio then resumes the writer as the socket transport drains once, its buffer
+    refilled from the TLS layer's, which a drop discards): what is left is still ours
+    until the kernel takes it or the connection is gone (then the layer's is empty)."""
     if under(transport) is None:
         return
-    while not transport.is_closing() and buffered(transport):
+    while buffered(transport):
         transport.set_write_buffer_limits(high=0)
         try:
             await protocol._drain_helper()
