@@ -14,8 +14,8 @@ from config.fields import DAY, Seconds
 
 class ConsoleSettings(BaseModel):
     # Owner console at /ui (issue 11): sign-in session lifetime, the session cookie's
-    # Secure flag ("auto": when the request came over TLS, directly or per
-    # X-Forwarded-Proto), and the help links it shows.
+    # Secure flag ("auto": when the request came over TLS, directly or as any
+    # X-Forwarded-Proto value or Forwarded proto= says), and the help links it shows.
     console_session_ttl_s: Seconds = 12 * 3600.0
     invitation_ttl_s: Seconds = 14 * DAY  # then unanswered invitations expire (decision 0009)
     console_secure_cookie: Literal["auto", "always", "never"] = "auto"
