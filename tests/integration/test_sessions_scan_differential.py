@@ -14,7 +14,11 @@ same bucket: displaced entries, later blocks), refunds, and flushes taken step b
   session once, in order, past its cursor, only sessions that were admitted, and every
   session the reference lists both before and after the read that falls on the page.
 
-No timing: every interleaving is the seeded RNG's choice, run from the reader's commands.
+No timing: every interleaving is the seeded RNG's choice, run from the reader's commands
+(the interleaved reads step one field, bucket start and claim at a time, every hash a hash
+table). Which fields an ``HSCAN`` step returns follows Redis's hashing (seeded per server
+start), so the run is not replayed bit for bit: the checks hold for any order, and a
+failure names the seed, query and cursor.
 """
 
 from __future__ import annotations
