@@ -130,7 +130,8 @@ _KEEP, _DROPPED, _CONNECTION, _TE, _LENGTH, _DATE, _SERVER, _COOKIE = range(8)
 _TE_AND_LENGTH = 1 << _TE | 1 << _LENGTH
 _NOTED = {b"content-length": _LENGTH, b"date": _DATE, b"server": _SERVER, b"set-cookie": _COOKIE,
           b"connection": _CONNECTION, b"transfer-encoding": _TE}  # fmt: skip
-# Kinds by a name as a bot wrote it, remembered: bots send a few names, in one case.
+# Kinds by a name as a bot wrote it, remembered: bots send a few names, in one case;
+# emptied when full, so that a bot writing ever new names never keeps it from the rest.
 _KINDS: dict[bytes, int] = {}
 _KINDS_MAX = 1024
 _NAME_MAX = 64
@@ -141,7 +142,9 @@ def _kind(name: bytes) -> int:
     kind = _NOTED.get(low, _KEEP)
     if kind < _LENGTH and (low in _DROP_BYTES or low[:6] == b"proxy-"):
         kind = kind or _DROPPED
-    if len(name) <= _NAME_MAX and len(_KINDS) < _KINDS_MAX:
+    if len(name) <= _NAME_MAX:
+        if len(_KINDS) >= _KINDS_MAX:
+            _KINDS.clear()  # a bot writing ever new names: the next bots' are kept again
         _KINDS[name] = kind
     return kind
 

@@ -132,6 +132,17 @@ def test_connection_values_are_remembered_within_bounds() -> None:
     assert wire._drops_of.cache_info().misses == info.misses  # worked out, not kept
 
 
+def test_a_bots_many_names_never_take_the_memo_from_the_next_bot() -> None:
+    """One bot writing ever new names (any tenant's) fills the memo of names; it must not
+    keep it: the names other bots write are remembered again, within the bound."""
+    for n in range(2 * wire._KINDS_MAX):
+        answer_head(200, b"OK", [(b"X-Junk-%d" % n, b"v")], DATE, True)
+    for _ in range(2):
+        answer_head(200, b"OK", [(b"X-Next-Bot", b"v"), (b"Content-Length", b"0")], DATE, True)
+    assert b"X-Next-Bot" in wire._KINDS
+    assert len(wire._KINDS) <= wire._KINDS_MAX
+
+
 def test_a_forwarded_request_is_its_fields_one_per_line() -> None:
     url = URL("http://127.0.0.1:9000/bot/chat?q=1", encoded=True)
     empty: CIMultiDict[str] = CIMultiDict()
