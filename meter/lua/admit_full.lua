@@ -163,7 +163,14 @@ local function full(m)
     bsid = S.bsid
     if charged then flags = 2 end
   end
-  tally(m.fkey, units, free, app, pool, inv)
+  if charged or S then
+    tally(m.fkey, units, free, app, pool, inv)
+  else
+    -- Served free (shadow mode, no credit): counted with the refusals, so past the
+    -- bound a channel new to the bucket pools under "(overflow)" (admit.lua).
+    refused = refused or {}
+    refused[m.fkey .. 'm'] = (refused[m.fkey .. 'm'] or 0) + 1
+  end
   if units > 0 or m.idem ~= '' then record(m, units, bsid, free, app, pool, inv) end
   -- A settlement's retry slot carries the part of its pool amount taken on credit.
   result(0, units, free, app, pool, inv, OWED, bsid, flags + 8 * shadowed)

@@ -12,6 +12,7 @@ Everything real: the gateway (admin and traffic ports), redis-server, a SQLite s
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,8 +20,11 @@ import pytest
 
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
+from meter.usage.breakdown import breakdown
+from meter.usage.flusher import Flusher
 from tests.support.adminkit import admin_server, admin_settings
 from tests.support.bot import Bot
+from tests.support.settings import OPERATOR_TOKEN
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -86,3 +90,61 @@ async def test_refusals_on_new_channel_names_leave_the_usage_bucket_bounded(
             )
             assert one["totals"]["messages"] == 1, ch
             assert one["totals"]["refused"] == {"app_suspended": 1}, ch
+
+
+async def test_shadow_served_messages_on_new_channel_names_leave_the_usage_bucket_bounded(
+    redis_url: str, tmp_path: Path, bot: Bot, rclient: RedisClient
+) -> None:
+    """Shadow mode serves a message the workspace cannot pay, uncharged: before the fix
+    each new channel name added two fields (its ``m`` and ``s:credits_exhausted``) for
+    free. Past the bound they pool under ``(overflow)``; totals stay exact in Redis, in
+    the store after a flush, and in the console's breakdown by channel."""
+    settings = admin_settings(redis_url, tmp_path, max_usage_fields=BOUND, free_credits=0)
+    async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
+        token, ws = await admin.owner_workspace()
+        app = await admin.new_app(token, ws, bot.url)
+        await admin.ok("PUT", f"/v1/apps/{app}/shadow", OPERATOR_TOKEN, {"shadow": True})
+        base = f"{admin.traffic_url}/hooks"
+        names = [f"shadow-{i}" for i in range(BOUND + EXTRA)]
+        for ch in names:  # no credit: each served uncharged (shadow mode)
+            await post(http, f"{base}/{ch}/{app}/msg", 200)
+        assert bot.count() == len(names)
+
+        found = await buckets(rclient, ws)
+        assert found
+        for key, fields in found.items():
+            # The bound, plus the overflow's two fields (m, s:credits_exhausted).
+            assert len(fields) <= BOUND + 2, (key, len(fields))
+        assert any("(overflow)" in keys.agg_field_parts(f)[1] for v in found.values() for f in v)
+
+        shadowed = sum(
+            int(v)
+            for fields in found.values()
+            for f, v in fields.items()
+            if keys.agg_field_parts(f)[4] == "s:credits_exhausted"
+        )
+        assert shadowed == len(names)
+        want = {"messages": len(names)}
+
+        async def totals() -> None:
+            used = await admin.ok("GET", f"/v1/workspaces/{ws}/usage?granularity=hour", token)
+            assert used["totals"]["messages"] == want["messages"], used["totals"]
+            assert used["totals"]["amount"] == "0.00", used["totals"]
+            now_ms = int(time.time() * 1000)
+            for metric, total in (("messages", len(names)), ("amount", 0)):
+                data = await breakdown(
+                    admin.store,
+                    admin.redis,
+                    ws,
+                    now_ms - 86_400_000,
+                    now_ms + 3_600_000,
+                    "hour",
+                    metric,
+                    "channel",
+                )
+                assert sum(sum(v) for v in data.series.values()) == total, data.series
+
+        await totals()
+        await Flusher(admin.redis, admin.store, settings).flush_once(force=True)
+        assert not await buckets(rclient, ws)  # all in the store now
+        await totals()
