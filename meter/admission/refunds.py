@@ -25,6 +25,7 @@ class Refunds:
         self._bucket_s = settings.flush_bucket_s
         self._block_ms = int(settings.session_block_s * 1000)
         self._idle_ms = int(settings.session_idle_s * 1000)
+        self._usage_fields = settings.max_usage_fields  # refund.lua ARGV[13]
 
     async def refund(self, app_id: str, decision: Decision) -> bool:
         """One delivery of a message was not served: reverse its charge once no delivery of
@@ -89,6 +90,7 @@ class Refunds:
                 self._idle_ms,
                 *session,
                 at,
+                self._usage_fields,
             ],
         )
         return bool(res[0])

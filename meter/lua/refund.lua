@@ -51,6 +51,7 @@
 -- ARGV[9]  (optional) the billing session the failed delivery was admitted in without a
 --          charge, or "": then ARGV[10] its channel and ARGV[11] its channel user
 -- ARGV[12] (optional) the failed delivery's admission time (ms; refund_counts.lua)
+-- ARGV[13] (optional) MAX_USAGE_FIELDS (refund_counts.lua reverse_agg)
 -- Returns {refunded (0|1), free, app, pool, invoiced} (amounts given back: of the session's
 -- opener when an un-counted message's failure gave that back). Not refunded: no such
 -- record, a token that is no delivery of it (or whose failure already counted), nothing
@@ -167,13 +168,8 @@ local function give_back(ik, member, r, e, b, hf, newest)
   local bucket = r.at and tonumber(r.at) or math.floor(now / 1000 / FB) * FB
   local agk = P .. ':ag:' .. D(bucket)
   local fk = app_id .. '\t' .. r.ch .. '\t' .. product .. '\t' .. r.unit .. '\t' -- agg_field
-  redis.call('HINCRBY', agk, fk .. 'n', -1)
-  redis.call('HINCRBY', agk, fk .. 'm', -1)
-  redis.call('HINCRBY', agk, fk .. 'x', 1)
-  if free > 0 then redis.call('HINCRBY', agk, fk .. 'f', -free) end
-  if app > 0 then redis.call('HINCRBY', agk, fk .. 'a', -app) end
-  if pool > 0 then redis.call('HINCRBY', agk, fk .. 'p', -pool) end
-  if inv > 0 then redis.call('HINCRBY', agk, fk .. 'i', -inv) end
+  reverse_agg(agk, fk, app_id .. '\t(overflow)\t' .. product .. '\t' .. r.unit .. '\t',
+    {f = free, a = app, p = pool, i = inv})
   redis.call('ZADD', P .. ':agi', bucket, bucket)
   return {1, free, app, pool, inv}
 end

@@ -151,19 +151,14 @@ async def test_shadow_served_messages_on_new_channel_names_leave_the_usage_bucke
         await totals()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review rev-cap2, MEDIUM, not fixed: a refunded charge leaves its channel's "
-    "fields (n, m, f at 0, x at 1) in the bucket, past MAX_USAGE_FIELDS too; refund.lua "
-    "does not know the bound (see the lead's report)",
-)
 async def test_refunded_messages_on_new_channel_names_leave_the_usage_bucket_bounded(
     redis_url: str, tmp_path: Path, bot: Bot, rclient: RedisClient
 ) -> None:
     """A message whose delivery failed (the bot's 5xx, refund_on's default) is charged,
     then refunded: free in the end. On new channel names each leaves four fields of its
     own in the bucket (n, m, f back at 0, x at 1): 180 for 45 names with the bound at 20,
-    whoever can make the bot fail (a path or body it fails on, or while it is down)."""
+    whoever can make the bot fail (a path or body it fails on, or while it is down). Past
+    the bound such a refund is counted under ``(overflow)``."""
     settings = admin_settings(redis_url, tmp_path, max_usage_fields=BOUND)
     async with admin_server(settings, traffic=True) as admin, aiohttp.ClientSession() as http:
         token, ws = await admin.owner_workspace()
@@ -183,3 +178,17 @@ async def test_refunded_messages_on_new_channel_names_leave_the_usage_bucket_bou
         for key, fields in found.items():
             # The bound, plus the overflow's few fields (one app, unit).
             assert len(fields) <= BOUND + 8, (key, len(fields))
+        refunds = sum(
+            int(v)
+            for fields in found.values()
+            for f, v in fields.items()
+            if keys.agg_field_parts(f)[4] == "x"
+        )
+        assert refunds == len(names)
+        for flushed in (False, True):
+            if flushed:
+                await Flusher(admin.redis, admin.store, settings).flush_once(force=True)
+                assert not await buckets(rclient, ws)
+            used = await admin.ok("GET", f"/v1/workspaces/{ws}/usage?granularity=hour", token)
+            assert used["totals"]["messages"] == 0, used["totals"]
+            assert used["totals"]["amount"] == "0.00", used["totals"]
