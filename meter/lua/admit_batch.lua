@@ -99,8 +99,9 @@ local apps, prods, rates, usage = {}, {}, {}, nil
 -- ARGV[18] fields plus the overflow's (apps x units x reasons). Admitted messages keep
 -- their channel: they are paid, or inside a session that was; a message shadow mode
 -- serves without credit costs nothing, so its "m" goes with the refusals
--- (admit_full.lua). One HLEN per call that refused something; HEXISTS only past the bound. Workers of a version without ARGV[18]
--- (a rolling deploy) still add a field per name until they are replaced.
+-- (admit_full.lua). One HLEN per call that refused something; HEXISTS only past the
+-- bound. Workers of a version without ARGV[18] (a rolling deploy) still add a field per
+-- name until they are replaced.
 local agg, refused = {}, nil
 local sri -- session-record buckets that got a new entry
 
