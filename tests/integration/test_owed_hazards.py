@@ -11,22 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from gateway import owed as owed_module
-from gateway.debts import Debt, Void, read_journal
-from gateway.metrics import Metrics
+from gateway.debts import Void, read_journal
 from gateway.owed import Owed
-from meter.accounts import projection
-from meter.admission.admitter import Admitter
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
-from tests.support.clock import Clock
-from tests.support.metering import new_ws_id, seed
-from tests.support.settings import make_settings
-
-PRICE = 10_000  # contact_center: a request unit
-POOL = 1_000_000
+from tests.support.owed_kit import POOL, PRICE, new_owed, owe_rounds, owed_world, owing
 
 # A dead process's journal line of the right shape with a field of the wrong type
 # ("APP": the app id, "AT": the clock's now): each, settled, raised out of the pass.
@@ -49,24 +40,23 @@ async def test_a_damaged_journal_line_does_not_stop_the_settling(
     of the process (or, for a void whose record id is a list, a DataError taken for
     Redis being away: every pass failed there, for good): the good debt and every one
     owed after it served free. Now the line is skipped as malformed, the rest settled."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    state = tmp_path / "st"
-    state.mkdir()
-    good = f'D ["{app}", "web", "good", "", "tok1", "m", {clock.now}]'
-    damaged = line.replace("APP", app).replace("AT", str(clock.now))
-    (state / "owed-1-dead.log").write_text(f"{damaged}\n{good}\n")
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
-    try:
+    world = await owed_world(rclient, redis_url, tmp_path)
+    app, now = world.app, world.clock.now
+    good = f'D ["{app}", "web", "good", "", "tok1", "m", {now}]'
+    damaged = line.replace("APP", app).replace("AT", str(now))
+    async with owing(world, state_dir=taken_over(tmp_path, [damaged, good])) as (_, owed):
         owed.recover()
         assert await owed.settle()
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - PRICE
+
+
+def taken_over(tmp_path: Path, lines: list[str]) -> Path:
+    """A state folder holding a dead process's journal of ``lines``."""
+    state = tmp_path / "st"
+    state.mkdir()
+    (state / "owed-1-dead.log").write_text("".join(f"{line}\n" for line in lines))
+    return state
 
 
 @pytest.mark.parametrize(("app_id", "channel"), [("nope", "web"), ("APP", "Web!")])
@@ -78,28 +68,19 @@ async def test_a_debt_that_names_no_possible_app_is_not_kept_for_ever(
     it was kept as an app Redis did not know yet: retried every half second for the life
     of the process, the journal never emptied (every later line kept). Now dropped,
     logged, as a debt of an invalid channel user is."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    state = tmp_path / "st"
-    state.mkdir()
+    world = await owed_world(rclient, redis_url, tmp_path)
+    app, now = world.app, world.clock.now
     lines = [
-        f'D ["{app_id.replace("APP", app)}", "{channel}", "u", "", "bad", "m", {clock.now}]',
-        f'D ["{app}", "web", "good", "", "tok1", "m", {clock.now}]',
+        f'D ["{app_id.replace("APP", app)}", "{channel}", "u", "", "bad", "m", {now}]',
+        f'D ["{app}", "web", "good", "", "tok1", "m", {now}]',
     ]
-    (state / "owed-1-dead.log").write_text("".join(f"{line}\n" for line in lines))
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
-    try:
+    async with owing(world, state_dir=taken_over(tmp_path, lines)) as (_, owed):
         assert owed.recover() == 2
         assert await owed.settle()
         assert not owed
         assert owed._journal is not None
         assert owed._journal.size == 0
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - PRICE
 
 
 async def test_a_debt_forgiven_before_its_turn_is_not_sent(
@@ -109,11 +90,9 @@ async def test_a_debt_forgiven_before_its_turn_is_not_sent(
     settled. Before: the pass settled the second all the same (charged, then voided if
     the void list had room: a settlement that timed out could land after its void and
     stand). Now it is not sent: one admission call, for the first."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    debts = [Debt(app, "web", f"u{i}", "", f"tok{i}", "m", clock.now) for i in range(2)]
-    owed: Owed | None = None
+    world = await owed_world(rclient, redis_url, tmp_path)
+    debts = [world.debt(f"u{i}", f"tok{i}") for i in range(2)]
+    owed: Owed | None  # bound by owing() below, before any admit call
     calls: list[int] = []
 
     def on_batch(size: int) -> None:
@@ -122,18 +101,13 @@ async def test_a_debt_forgiven_before_its_turn_is_not_sent(
             assert owed is not None
             owed.forgive(debts[1])
 
-    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, chunk=2)
-    try:
+    async with owing(world, on_batch=on_batch, chunk=2) as (_, owed):
         for d in debts:
             assert owed.owe(d)
         assert await owed.settle()
         assert not owed
         assert sum(calls) == 1  # tok1 never reached Redis
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - PRICE
 
 
 async def test_a_forgiven_debt_keeps_its_void_when_the_void_list_is_full(
@@ -143,25 +117,19 @@ async def test_a_forgiven_debt_keeps_its_void_when_the_void_list_is_full(
     fail-open, owed with the attempt's token. Its bot fails while the void list is full.
     Before: the debt was dropped and its void with it ("void list full"): the charge
     stood for a message the bot failed. Now the void takes the debt's place."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, limit=1)
-    try:
+    world = await owed_world(rclient, redis_url, tmp_path)
+    app = world.app
+    async with owing(world, limit=1) as (adm, owed):
         dec = await adm.admit(app, "web", "u0", token="tok0")  # the lost answer
         assert dec.admitted
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-        debt = Debt(app, "web", "u0", "", "tok0", "m", clock.now)
+        assert await world.pool() == POOL - PRICE
+        debt = world.debt("u0", "tok0")
         assert owed.owe(debt)
         owed.void_later(app, "t:other", "other")  # the void list is full
         owed.forgive(debt)
         assert await owed.settle()
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL
 
 
 @pytest.mark.parametrize("when", ["settled", "in_flight"])
@@ -174,11 +142,10 @@ async def test_a_debt_settled_without_its_key_is_voided_when_forgiven(
     is on its way. Before: the void named the key's record, the other message's (its
     token no delivery of it: nothing voided), and the charge stood for a message the bot
     failed. Now the void names the record the charge went to."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    debt = Debt(app, "web", "u0", "k1", "tok1", "m", clock.now, "bbbb")
-    owed: Owed | None = None
+    world = await owed_world(rclient, redis_url, tmp_path)
+    app = world.app
+    debt = world.debt("u0", "tok1", key="k1", digest="bbbb")
+    owed: Owed | None  # bound by owing() below, before any admit call
     calls: list[int] = []
 
     def on_batch(size: int) -> None:
@@ -187,22 +154,17 @@ async def test_a_debt_settled_without_its_key_is_voided_when_forgiven(
             assert owed is not None
             owed.forgive(debt)
 
-    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0)
-    try:
+    async with owing(world, on_batch=on_batch) as (adm, owed):
         assert (await adm.admit(app, "web", "u0", "k1", token="tok0", digest="aaaa")).admitted
         assert owed.owe(debt)
         assert await owed.settle()
         assert len(calls) == 3  # tok0; tok1 keyed, refused; tok1 without the key
         if when == "settled":  # charged twice, then its bot fails
-            assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
+            assert await world.pool() == POOL - 2 * PRICE
             owed.forgive(debt)
             assert await owed.settle()
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - PRICE
 
 
 async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
@@ -212,12 +174,11 @@ async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
     the chunk: the void of the record its charge went to is in the journal before the
     next debt is settled (a process killed while the chunk's later debts settle would
     lose it: the charge standing for a message the bot failed)."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    debt = Debt(app, "web", "u0", "k1", "tok1", "m", clock.now, "bbbb")
-    later = Debt(app, "web", "u1", "", "tok2", "m", clock.now)
-    owed: Owed | None = None
+    world = await owed_world(rclient, redis_url, tmp_path)
+    app = world.app
+    debt = world.debt("u0", "tok1", key="k1", digest="bbbb")
+    later = world.debt("u1", "tok2")
+    owed: Owed | None  # bound by owing() below, before any admit call
     calls: list[int] = []
     seen: list[list[Void]] = []
 
@@ -230,18 +191,16 @@ async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
             assert owed._journal is not None
             seen.append(read_journal(owed._journal.path.read_text().splitlines())[1])
 
-    adm = Admitter(rclient, cfg, clock=clock, on_batch=on_batch)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=tmp_path / "st")
-    void = adm.void
+    async with owing(world, on_batch=on_batch, state_dir=tmp_path / "st") as (adm, owed):
+        void = adm.void
 
-    async def voided(app_id: str, rid: str, token: str) -> bool:
-        assert owed is not None  # each void's journal
-        assert owed._journal is not None
-        seen.append(read_journal(owed._journal.path.read_text().splitlines())[1])
-        return await void(app_id, rid, token)
+        async def voided(app_id: str, rid: str, token: str) -> bool:
+            assert owed is not None  # each void's journal
+            assert owed._journal is not None
+            seen.append(read_journal(owed._journal.path.read_text().splitlines())[1])
+            return await void(app_id, rid, token)
 
-    adm.void = voided  # type: ignore[method-assign]
-    try:
+        adm.void = voided  # type: ignore[method-assign]
         assert (await adm.admit(app, "web", "u0", "k1", token="tok0", digest="aaaa")).admitted
         assert owed.owe(debt)
         assert owed.owe(later)
@@ -253,10 +212,7 @@ async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
         assert seen
         assert all(Void(app, "t:tok1", "tok1") in voids for voids in seen)
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - 2 * PRICE
 
 
 async def test_the_journal_is_compacted_while_a_debt_stays_owed(
@@ -269,36 +225,25 @@ async def test_the_journal_is_compacted_while_a_debt_stays_owed(
     Now, past a bound, it is rewritten with what is owed, and a process taking it over
     finds exactly that."""
     monkeypatch.setattr(owed_module, "COMPACT_BYTES", 4096, raising=False)
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
+    world = await owed_world(rclient, redis_url, tmp_path)
     state = tmp_path / "st"
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
-    stuck = Debt(f"{new_ws_id()}_app1", "web", "u", "", "stuck", "m", clock.now)
-    try:
+    stuck = world.stuck()
+    async with owing(world, state_dir=state) as (adm, owed):
         assert owed.owe(stuck)
-        for r in range(40):
-            for i in range(25):
-                assert owed.owe(Debt(app, "web", f"u{i}", "", f"t{r}.{i}", "m", clock.now))
-            assert await owed.settle()
-            assert owed.debts == [stuck]
+        await owe_rounds(owed, world, 40, stuck)
         journal = owed._journal
         assert journal is not None
         assert journal.size < 3 * 4096
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 1000 * PRICE
+        assert await world.pool() == POOL - 1000 * PRICE
         files = list(state.glob("owed-*.log"))
         assert files == [journal.path]
         assert await eventually(lambda: not owed._syncing)  # a running fsync holds the lock
         journal.close(remove=False)  # the process dies: its journal is taken over
         owed._journal = None
-        heir = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
+        heir = new_owed(adm, state_dir=state)
         assert heir.recover() == 1
         assert heir.debts == [stuck]
         await heir.close(0)
-    finally:
-        await owed.close(0)
-        await adm.close()
 
 
 async def test_a_full_disk_does_not_stop_the_settling(
@@ -310,15 +255,11 @@ async def test_a_full_disk_does_not_stop_the_settling(
     was full, nothing settled (the debts, charged, never left the list; no void ever
     applied), and a bot failing then lost its void (the OSError raised out of forgive()).
     Now a failed settled or void line is logged, kept in memory only."""
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
-    debts = [Debt(app, "web", f"u{i}", "", f"tok{i}", "m", clock.now) for i in range(2)]
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=tmp_path / "st")
-    journal = owed._journal
-    assert journal is not None
-    try:
+    world = await owed_world(rclient, redis_url, tmp_path)
+    debts = [world.debt(f"u{i}", f"tok{i}") for i in range(2)]
+    async with owing(world, state_dir=tmp_path / "st") as (_, owed):
+        journal = owed._journal
+        assert journal is not None
         for d in debts:
             assert owed.owe(d)
         full = os.open("/dev/full", os.O_WRONLY)
@@ -326,14 +267,11 @@ async def test_a_full_disk_does_not_stop_the_settling(
         os.close(full)
         assert await owed.settle()
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 2 * PRICE
+        assert await world.pool() == POOL - 2 * PRICE
         owed.forgive(debts[0])  # its bot fails after its settlement
         assert await owed.settle()
         assert not owed
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        assert await world.pool() == POOL - PRICE
 
 
 async def test_a_journal_that_cannot_be_rewritten_does_not_stop_the_settling(
@@ -343,23 +281,12 @@ async def test_a_journal_that_cannot_be_rewritten_does_not_stop_the_settling(
     file). Before (the rewrite as first written): the OSError ended the settling task.
     Now it is logged, the journal kept as it is, and settling goes on."""
     monkeypatch.setattr(owed_module, "COMPACT_BYTES", 1024, raising=False)
-    clock, cfg = Clock(), make_settings(redis_url, tmp_path, fail_mode="open")
-    w = await seed(rclient, cfg, clock, pool=POOL, products=("contact_center",))
-    app = w.apps[0]
+    world = await owed_world(rclient, redis_url, tmp_path)
     state = tmp_path / "st"
-    adm = Admitter(rclient, cfg, clock=clock)
-    owed = Owed(adm, Metrics(CollectorRegistry()), timeout=30.0, state_dir=state)
-    stuck = Debt(f"{new_ws_id()}_app1", "web", "u", "", "stuck", "m", clock.now)
-    try:
+    stuck = world.stuck()
+    async with owing(world, state_dir=state) as (_, owed):
         assert owed.owe(stuck)
         state.rename(tmp_path / "moved")
         state.write_text("")
-        for r in range(2):
-            for i in range(25):
-                assert owed.owe(Debt(app, "web", f"u{i}", "", f"t{r}.{i}", "m", clock.now))
-            assert await owed.settle()
-            assert owed.debts == [stuck]
-        assert (await projection.read_balances(rclient, w.ws)).pool == POOL - 50 * PRICE
-    finally:
-        await owed.close(0)
-        await adm.close()
+        await owe_rounds(owed, world, 2, stuck)
+        assert await world.pool() == POOL - 50 * PRICE
