@@ -18,8 +18,7 @@ Redis; removed: still accepted), so a channel write rebuilds a lost workspace fi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +32,10 @@ from meter.redis_layer.client import RedisClient
 from meter.store import App
 from tests.support.clock import Clock
 from tests.support.flushkit import opened_store, store_url
+from tests.support.held_call import held_call, started
 from tests.support.settings import make_settings
-from tests.system.test_owner_race_review import held_call, started
 
 SECRET = "c" * 40
-
-
-@asynccontextmanager
-async def held_after(obj: Any, name: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Hold the first call of ``obj.<name>`` once it has returned, until released; yields
-    a waiter that returns once it is held. Other calls run unheld."""
-    real = getattr(obj, name)
-    reached, go = asyncio.Event(), asyncio.Event()
-
-    async def paused(*args: Any, **kwargs: Any) -> Any:
-        out = await real(*args, **kwargs)
-        if not reached.is_set():
-            reached.set()
-            await go.wait()
-        return out
-
-    setattr(obj, name, paused)
-    try:
-        yield reached.wait
-    finally:
-        go.set()
-        setattr(obj, name, real)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -104,7 +81,7 @@ async def rebuilt_around(d: Deps, app: App, change: Awaitable[Any]) -> None:
     """A rebuild reads the app's channels and is held; ``change`` runs to its end; then
     the rebuild is let go (it lands, or finds the workspace there by then)."""
     held = rebuild.rebuild_workspace(d.store, d.redis, d.settings, d.catalog, app.workspace_id)
-    async with held_after(d.store, "list_app_channels") as read:
+    async with held_call(d.store, "list_app_channels", after=True) as read:
         check = asyncio.ensure_future(held)
         await started(check, read)
         await change

@@ -110,6 +110,14 @@ class Admin:
         await self.ok("POST", f"/v1/workspaces/{ws}/members", owner_token, {"user_id": user[0]})
         await self.accept_invitations(user[1])
 
+    async def new_members(self, ws: str, owner_token: str, *names: str) -> list[tuple[str, str]]:
+        """New users named ``names`` (:meth:`new_user`), then each made a member of ``ws``
+        (:meth:`join`) in that order; returns their ``(id, token)``."""
+        users = [await self.new_user(name) for name in names]
+        for user in users:
+            await self.join(ws, owner_token, user)
+        return users
+
     async def owner_workspace(self, user: str = "owner", name: str = "Acme") -> tuple[str, str]:
         """A new user and a workspace it owns; returns ``(token, workspace id)``."""
         _, token = await self.new_user(user)

@@ -19,6 +19,7 @@ import pytest
 
 from gateway.webhooks import WebhookOptions
 from tests.support.adminkit import Admin, admin_server
+from tests.support.held_call import started
 from tests.support.held_sql import held_statement, until_waiting
 from tests.support.settings import make_settings
 
@@ -39,9 +40,7 @@ async def test_a_new_offer_and_the_invitees_removal_from_the_workspace(pg_admin:
     store_unavailable). Both must land: the removal after the offer, taking it with it."""
     a = pg_admin
     owner, ws = await a.owner_workspace()
-    alice, carol = await a.new_user("alice"), await a.new_user("carol")
-    await a.join(ws, owner, alice)
-    await a.join(ws, owner, carol)
+    alice, carol = await a.new_members(ws, owner, "alice", "carol")
     app = await a.new_app(alice[1], ws, "http://127.0.0.1:9/bot")
     path = f"/v1/apps/{app}/collaborators"
     await a.ok("POST", path, alice[1], {"user_id": carol[0], "role": "viewer"})
@@ -49,9 +48,7 @@ async def test_a_new_offer_and_the_invitees_removal_from_the_workspace(pg_admin:
         offer = asyncio.ensure_future(
             a.api("POST", path, alice[1], {"user_id": carol[0], "role": "developer"})
         )
-        first = asyncio.ensure_future(reached())
-        await asyncio.wait([offer, first], return_when=asyncio.FIRST_COMPLETED)
-        assert first.done(), await offer  # held with the old offer deleted, locks taken
+        await started(offer, reached)  # held with the old offer deleted, locks taken
         removal = asyncio.ensure_future(
             a.api("DELETE", f"/v1/workspaces/{ws}/members/{carol[0]}", owner)
         )
@@ -74,9 +71,7 @@ async def test_a_removal_that_loses_a_deadlock_is_retried(pg_admin: Admin) -> No
     transaction is through."""
     a = pg_admin
     owner, ws = await a.owner_workspace()
-    alice, carol = await a.new_user("alice"), await a.new_user("carol")
-    await a.join(ws, owner, alice)
-    await a.join(ws, owner, carol)
+    alice, carol = await a.new_members(ws, owner, "alice", "carol")
     app = await a.new_app(alice[1], ws, "http://127.0.0.1:9/bot")
     offer = {"user_id": carol[0], "role": "viewer"}
     await a.ok("POST", f"/v1/apps/{app}/collaborators", alice[1], offer)

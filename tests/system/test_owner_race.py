@@ -13,14 +13,14 @@ write not begun); the handover goes through meanwhile; then the write is let go.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.support.adminkit import Admin, snapshot
+from tests.support.held_call import held_call, started
 from tests.support.settings import OPERATOR_TOKEN
 
 SECRET = "s" * 40
@@ -43,33 +43,9 @@ class Scene:
 async def scene(any_admin: Admin) -> Scene:
     admin = any_admin
     owner, ws = await admin.owner_workspace()
-    alice, bob = await admin.new_user("alice"), await admin.new_user("bob")
-    await admin.join(ws, owner, alice)
-    await admin.join(ws, owner, bob)
+    alice, bob = await admin.new_members(ws, owner, "alice", "bob")
     app = await admin.new_app(alice[1], ws, "http://127.0.0.1:9/first")
     return Scene(admin, ws, owner, alice, bob, await admin.new_user("carol"), app)
-
-
-@asynccontextmanager
-async def held(admin: Admin, method: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Hold the first call of ``admin.store.<method>`` until released; yields a waiter
-    that returns once that call is held (the route's check done, its write not begun).
-    The store method itself runs unchanged once released."""
-    real = getattr(admin.store, method)
-    reached, go = asyncio.Event(), asyncio.Event()
-
-    async def paused(*args: Any, **kwargs: Any) -> Any:
-        if not reached.is_set():
-            reached.set()
-            await go.wait()
-        return await real(*args, **kwargs)
-
-    setattr(admin.store, method, paused)
-    try:
-        yield reached.wait
-    finally:
-        go.set()
-        setattr(admin.store, method, real)
 
 
 async def handed_over_meanwhile(
@@ -78,11 +54,9 @@ async def handed_over_meanwhile(
     """Run ``write`` (Alice's, as the app's owner) with ``store.<method>`` held; while it
     is held, the app is handed to Bob (by ``by``'s token: Alice's own by default). Returns
     the write's answer and the store and Redis as they were before it was let go."""
-    async with held(s.admin, method) as reached:
+    async with held_call(s.admin.store, method) as reached:
         task = asyncio.ensure_future(write)
-        first = asyncio.ensure_future(reached())
-        await asyncio.wait([task, first], return_when=asyncio.FIRST_COMPLETED)
-        assert first.done(), await task  # the write is held between check and write
+        await started(task, reached)  # the write is held between check and write
         moved = await s.admin.ok(
             "POST", f"/v1/apps/{s.app}/transfer", by or s.alice[1], {"user_id": s.bob[0]}
         )

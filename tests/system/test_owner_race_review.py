@@ -16,49 +16,17 @@ through, then let go.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 
 from meter.accounts import channel_secrets, projection
 from meter.redis_layer import keys
 from tests.support.adminkit import Admin
+from tests.support.held_call import held_call, started
 from tests.system.test_owner_race import SECRET, Scene
 from tests.system.test_owner_race import scene as scene
 
 FORMER, NEW = "http://127.0.0.1:9/former-owner", "http://127.0.0.1:9/new-owner"
-
-
-@asynccontextmanager
-async def held_call(
-    module: Any, name: str, when: Callable[..., bool] = lambda *a, **k: True
-) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Hold the first call of ``module.<name>`` that ``when`` accepts until released;
-    yields a waiter that returns once that call is held. Other calls run unheld."""
-    real = getattr(module, name)
-    reached, go = asyncio.Event(), asyncio.Event()
-
-    async def paused(*args: Any, **kwargs: Any) -> Any:
-        if not reached.is_set() and when(*args, **kwargs):
-            reached.set()
-            await go.wait()
-        return await real(*args, **kwargs)
-
-    setattr(module, name, paused)
-    try:
-        yield reached.wait
-    finally:
-        go.set()
-        setattr(module, name, real)
-
-
-async def started(task: asyncio.Future[Any], reached: Callable[[], Awaitable[None]]) -> None:
-    """Return once ``task`` is held (fails at once if it ended instead)."""
-    first = asyncio.ensure_future(reached())
-    await asyncio.wait([task, first], return_when=asyncio.FIRST_COMPLETED)
-    assert first.done(), await task
 
 
 async def live(admin: Admin, app: str, field: str) -> bytes | None:
