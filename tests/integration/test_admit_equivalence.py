@@ -172,15 +172,21 @@ def servers(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
     new.kill()
 
 
+def loaded(servers: tuple[RedisServer, RedisServer]) -> tuple[list[redis.Redis], list[str]]:
+    """A client of each server, both seeded, and the sha of the reference admit.lua
+    loaded on the first and of today's on the second."""
+    clients = [redis.Redis(port=s.port) for s in servers]
+    shas = []
+    for r, src in zip(clients, (reference_source(), lua_source("admit")), strict=True):
+        seed(r)
+        shas.append(r.script_load(src))
+    return clients, shas
+
+
 def test_admit_lua_answers_and_writes_as_the_reference(
     servers: tuple[RedisServer, RedisServer],
 ) -> None:
-    reference, today = reference_source(), lua_source("admit")
-    clients = [redis.Redis(port=s.port) for s in servers]
-    shas = []
-    for r, src in zip(clients, (reference, today), strict=True):
-        seed(r)
-        shas.append(r.script_load(src))
+    clients, shas = loaded(servers)
     codes: set[int] = set()
     spent = 0  # ms between the same call on the two servers, all calls together
     for step, (ws, now, order, admissions) in enumerate(workload()):
@@ -218,12 +224,7 @@ def test_past_the_usage_fields_a_refusal_on_a_new_channel_is_counted_as_overflow
     reference's. A refusal keeps its channel where the field exists already, or where the
     channel admitted something in the bucket (wa_5's third message, over its minute
     limit). Replies and every other key are the reference's."""
-    reference, today = reference_source(), lua_source("admit")
-    clients = [redis.Redis(port=s.port) for s in servers]
-    shas = []
-    for r, src in zip(clients, (reference, today), strict=True):
-        seed(r)
-        shas.append(r.script_load(src))
+    clients, shas = loaded(servers)
     calls = [
         [m("wa_1", "u1", "q1"), "wa_3\tch0\tu1\t\tq2\tm"],  # 3 fields + 1
         *[[f"wa_3\tch{i}\tu1\t\tq{i + 9}\tm"] for i in range(1, 8)],

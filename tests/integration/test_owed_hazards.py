@@ -8,16 +8,29 @@ bot failed not at all (or its charge voided).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from gateway import owed as owed_module
-from gateway.debts import Void, read_journal
+from gateway.debts import Debt, Void, read_journal
 from gateway.owed import Owed
+from meter.admission.admitter import Admitter
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually
-from tests.support.owed_kit import POOL, PRICE, new_owed, owe_rounds, owed_world, owing
+from tests.support.owed_kit import (
+    POOL,
+    PRICE,
+    OwedWorld,
+    forgiven_at_first_call,
+    new_owed,
+    owe_all,
+    owe_rounds,
+    owed_world,
+    owing,
+)
 
 # A dead process's journal line of the right shape with a field of the wrong type
 # ("APP": the app id, "AT": the clock's now): each, settled, raised out of the pass.
@@ -46,9 +59,7 @@ async def test_a_damaged_journal_line_does_not_stop_the_settling(
     damaged = line.replace("APP", app).replace("AT", str(now))
     async with owing(world, state_dir=taken_over(tmp_path, [damaged, good])) as (_, owed):
         owed.recover()
-        assert await owed.settle()
-        assert not owed
-        assert await world.pool() == POOL - PRICE
+        await world.settled(owed, POOL - PRICE)
 
 
 def taken_over(tmp_path: Path, lines: list[str]) -> Path:
@@ -91,19 +102,9 @@ async def test_a_debt_forgiven_before_its_turn_is_not_sent(
     the void list had room: a settlement that timed out could land after its void and
     stand). Now it is not sent: one admission call, for the first."""
     world = await owed_world(rclient, redis_url, tmp_path)
-    debts = [world.debt(f"u{i}", f"tok{i}") for i in range(2)]
-    owed: Owed | None  # bound by owing() below, before any admit call
-    calls: list[int] = []
-
-    def on_batch(size: int) -> None:
-        calls.append(size)
-        if len(calls) == 1:
-            assert owed is not None
-            owed.forgive(debts[1])
-
-    async with owing(world, on_batch=on_batch, chunk=2) as (_, owed):
-        for d in debts:
-            assert owed.owe(d)
+    debts = world.debts(2)
+    async with forgiven_at_first_call(world, debts[1], chunk=2) as (owed, calls):
+        owe_all(owed, debts)
         assert await owed.settle()
         assert not owed
         assert sum(calls) == 1  # tok1 never reached Redis
@@ -127,9 +128,7 @@ async def test_a_forgiven_debt_keeps_its_void_when_the_void_list_is_full(
         assert owed.owe(debt)
         owed.void_later(app, "t:other", "other")  # the void list is full
         owed.forgive(debt)
-        assert await owed.settle()
-        assert not owed
-        assert await world.pool() == POOL
+        await world.settled(owed, POOL)
 
 
 @pytest.mark.parametrize("when", ["settled", "in_flight"])
@@ -215,6 +214,15 @@ async def test_the_void_of_a_debt_settled_without_its_key_is_journaled_at_once(
         assert await world.pool() == POOL - 2 * PRICE
 
 
+@asynccontextmanager
+async def stuck_owed(world: OwedWorld, state: Path) -> AsyncIterator[tuple[Admitter, Owed, Debt]]:
+    """:func:`owing` with its journal in ``state``, owing a debt that stays owed."""
+    stuck = world.stuck()
+    async with owing(world, state_dir=state) as (adm, owed):
+        assert owed.owe(stuck)
+        yield adm, owed, stuck
+
+
 async def test_the_journal_is_compacted_while_a_debt_stays_owed(
     rclient: RedisClient, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,9 +235,7 @@ async def test_the_journal_is_compacted_while_a_debt_stays_owed(
     monkeypatch.setattr(owed_module, "COMPACT_BYTES", 4096, raising=False)
     world = await owed_world(rclient, redis_url, tmp_path)
     state = tmp_path / "st"
-    stuck = world.stuck()
-    async with owing(world, state_dir=state) as (adm, owed):
-        assert owed.owe(stuck)
+    async with stuck_owed(world, state) as (adm, owed, stuck):
         await owe_rounds(owed, world, 40, stuck)
         journal = owed._journal
         assert journal is not None
@@ -256,22 +262,17 @@ async def test_a_full_disk_does_not_stop_the_settling(
     applied), and a bot failing then lost its void (the OSError raised out of forgive()).
     Now a failed settled or void line is logged, kept in memory only."""
     world = await owed_world(rclient, redis_url, tmp_path)
-    debts = [world.debt(f"u{i}", f"tok{i}") for i in range(2)]
+    debts = world.debts(2)
     async with owing(world, state_dir=tmp_path / "st") as (_, owed):
         journal = owed._journal
         assert journal is not None
-        for d in debts:
-            assert owed.owe(d)
+        owe_all(owed, debts)
         full = os.open("/dev/full", os.O_WRONLY)
         os.dup2(full, journal._fd)
         os.close(full)
-        assert await owed.settle()
-        assert not owed
-        assert await world.pool() == POOL - 2 * PRICE
+        await world.settled(owed, POOL - 2 * PRICE)
         owed.forgive(debts[0])  # its bot fails after its settlement
-        assert await owed.settle()
-        assert not owed
-        assert await world.pool() == POOL - PRICE
+        await world.settled(owed, POOL - PRICE)
 
 
 async def test_a_journal_that_cannot_be_rewritten_does_not_stop_the_settling(
@@ -283,9 +284,7 @@ async def test_a_journal_that_cannot_be_rewritten_does_not_stop_the_settling(
     monkeypatch.setattr(owed_module, "COMPACT_BYTES", 1024, raising=False)
     world = await owed_world(rclient, redis_url, tmp_path)
     state = tmp_path / "st"
-    stuck = world.stuck()
-    async with owing(world, state_dir=state) as (_, owed):
-        assert owed.owe(stuck)
+    async with stuck_owed(world, state) as (_, owed, stuck):
         state.rename(tmp_path / "moved")
         state.write_text("")
         await owe_rounds(owed, world, 2, stuck)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.debts import Debt, read_journal
-from gateway.owed import Owed
 from meter.redis_layer.client import RedisClient
-from tests.support.owed_kit import POOL, PRICE, owed_world, owing
+from tests.support.owed_kit import POOL, PRICE, forgiven_at_first_call, owe_all, owed_world, owing
 
 
 async def test_a_debt_forgiven_during_a_settlement_pass_loses_no_other_debt(
@@ -24,19 +23,10 @@ async def test_a_debt_forgiven_during_a_settlement_pass_loses_no_other_debt(
     front of the list, which had lost the forgiven debt meanwhile: the third debt went
     with it, never charged (its journal emptied with the list): a message served free."""
     world = await owed_world(rclient, redis_url, tmp_path)
-    debts = [world.debt(f"u{i}", f"tok{i}") for i in range(3)]
-    owed: Owed | None  # bound by owing() below, before any admit call
-    calls: list[int] = []
-
-    def on_batch(size: int) -> None:
-        calls.append(size)
-        if len(calls) == 1:  # the first debt's settlement is on its way to Redis
-            assert owed is not None
-            owed.forgive(debts[0])
-
-    async with owing(world, on_batch=on_batch, chunk=2) as (_, owed):
-        for d in debts:
-            assert owed.owe(d)
+    debts = world.debts(3)
+    # Forgiven while the first debt's settlement is on its way to Redis.
+    async with forgiven_at_first_call(world, debts[0], chunk=2) as (owed, calls):
+        owe_all(owed, debts)
         assert await owed.settle()
         assert calls  # the pass did meet the forgiveness
         assert not owed  # nothing left owed, no void left pending
@@ -57,9 +47,7 @@ async def test_a_debt_that_can_never_be_settled_does_not_stop_the_others(
     async with owing(world) as (_, owed):
         assert owed.owe(world.debt("bad\tuser", "tok0"))
         assert owed.owe(world.debt("good", "tok1"))
-        assert await owed.settle()
-        assert not owed
-        assert await world.pool() == POOL - PRICE
+        await world.settled(owed, POOL - PRICE)
 
 
 async def test_a_forgiven_debt_is_journaled_settled_and_voided_in_one_write(

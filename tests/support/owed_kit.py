@@ -42,6 +42,10 @@ class OwedWorld:
         """A debt of the app on the web channel, served now."""
         return Debt(self.app, "web", user, key, token, "m", self.clock.now, digest)
 
+    def debts(self, n: int) -> list[Debt]:
+        """``n`` debts of users ``u0``.. with tokens ``tok0``.."""
+        return [self.debt(f"u{i}", f"tok{i}") for i in range(n)]
+
     def stuck(self) -> Debt:
         """A debt of an app Redis does not know: it stays owed."""
         return Debt(f"{new_ws_id()}_app1", "web", "u", "", "stuck", "m", self.clock.now)
@@ -49,6 +53,13 @@ class OwedWorld:
     async def pool(self) -> int:
         """The workspace's paid pool as Redis holds it."""
         return (await projection.read_balances(self.rclient, self.w.ws)).pool
+
+    async def settled(self, owed: Owed, pool: int) -> None:
+        """A settlement pass of ``owed`` succeeds and leaves nothing owed (no debt, no
+        void pending); the pool is then ``pool``."""
+        assert await owed.settle()
+        assert not owed
+        assert await self.pool() == pool
 
 
 async def owed_world(rclient: RedisClient, redis_url: str, tmp_path: Path) -> OwedWorld:
@@ -76,6 +87,32 @@ async def owing(
     finally:
         await owed.close(0)
         await adm.close()
+
+
+@asynccontextmanager
+async def forgiven_at_first_call(
+    world: OwedWorld, debt: Debt, **kw: Any
+) -> AsyncIterator[tuple[Owed, list[int]]]:
+    """:func:`owing` (``kw``: the Owed's) where ``debt`` is forgiven (its bot fails) at
+    the admitter's first admit call, while that call is on its way to Redis; yields the
+    Owed and the sizes of the admit calls made."""
+    owed: Owed | None  # bound by owing() below, before any admit call
+    calls: list[int] = []
+
+    def on_batch(size: int) -> None:
+        calls.append(size)
+        if len(calls) == 1:
+            assert owed is not None
+            owed.forgive(debt)
+
+    async with owing(world, on_batch=on_batch, **kw) as (_, owed):
+        yield owed, calls
+
+
+def owe_all(owed: Owed, debts: list[Debt]) -> None:
+    """Owe each of ``debts``, each accepted."""
+    for d in debts:
+        assert owed.owe(d)
 
 
 async def owe_rounds(owed: Owed, world: OwedWorld, rounds: int, stuck: Debt) -> None:

@@ -48,6 +48,26 @@ async def buckets(rclient: RedisClient, ws: str) -> dict[bytes, dict[bytes, byte
     return out
 
 
+async def bounded(rclient: RedisClient, ws: str, most: int) -> dict[bytes, dict[bytes, bytes]]:
+    """The workspace's live usage buckets: there is one, and none holds over ``most``
+    fields."""
+    found = await buckets(rclient, ws)
+    assert found
+    for key, fields in found.items():
+        assert len(fields) <= most, (key, len(fields))
+    return found
+
+
+def metric_sum(found: dict[bytes, dict[bytes, bytes]], metric: str) -> int:
+    """The sum of ``metric``'s fields over the buckets ``found``, every channel's."""
+    return sum(
+        int(v)
+        for fields in found.values()
+        for f, v in fields.items()
+        if keys.agg_field_parts(f)[4] == metric
+    )
+
+
 async def test_refusals_on_new_channel_names_leave_the_usage_bucket_bounded(
     redis_url: str, tmp_path: Path, bot: Bot, rclient: RedisClient
 ) -> None:
@@ -66,11 +86,8 @@ async def test_refusals_on_new_channel_names_leave_the_usage_bucket_bounded(
             await post(http, f"{base}/{ch}/{app}/msg", 403)
         assert bot.count() == len(REGULAR)
 
-        found = await buckets(rclient, ws)
-        assert found
-        for key, fields in found.items():
-            # The bound, plus the overflow's one field (one app, unit and reason).
-            assert len(fields) <= BOUND + 1, (key, len(fields))
+        # The bound, plus the overflow's one field (one app, unit and reason).
+        found = await bounded(rclient, ws, BOUND + 1)
         refused = {
             ch: int(v)
             for fields in found.values()
@@ -111,19 +128,11 @@ async def test_shadow_served_messages_on_new_channel_names_leave_the_usage_bucke
             await post(http, f"{base}/{ch}/{app}/msg", 200)
         assert bot.count() == len(names)
 
-        found = await buckets(rclient, ws)
-        assert found
-        for key, fields in found.items():
-            # The bound, plus the overflow's two fields (m, s:credits_exhausted).
-            assert len(fields) <= BOUND + 2, (key, len(fields))
+        # The bound, plus the overflow's two fields (m, s:credits_exhausted).
+        found = await bounded(rclient, ws, BOUND + 2)
         assert any("(overflow)" in keys.agg_field_parts(f)[1] for v in found.values() for f in v)
 
-        shadowed = sum(
-            int(v)
-            for fields in found.values()
-            for f, v in fields.items()
-            if keys.agg_field_parts(f)[4] == "s:credits_exhausted"
-        )
+        shadowed = metric_sum(found, "s:credits_exhausted")
         assert shadowed == len(names)
         want = {"messages": len(names)}
 
@@ -173,17 +182,9 @@ async def test_refunded_messages_on_new_channel_names_leave_the_usage_bucket_bou
         while (left := await free_credit(rclient, ws)) != before:
             assert time.monotonic() < deadline, (left, before)
             await asyncio.sleep(0.05)
-        found = await buckets(rclient, ws)
-        assert found
-        for key, fields in found.items():
-            # The bound, plus the overflow's few fields (one app, unit).
-            assert len(fields) <= BOUND + 8, (key, len(fields))
-        refunds = sum(
-            int(v)
-            for fields in found.values()
-            for f, v in fields.items()
-            if keys.agg_field_parts(f)[4] == "x"
-        )
+        # The bound, plus the overflow's few fields (one app, unit).
+        found = await bounded(rclient, ws, BOUND + 8)
+        refunds = metric_sum(found, "x")
         assert refunds == len(names)
         for flushed in (False, True):
             if flushed:
