@@ -24,13 +24,18 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from gateway import ws_pump
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import eventually, serve
 from tests.support.settings import HOST
 from tests.support.ws_frames import accept_upgrade, client_frames, settled, switching_protocols
+from tests.support.ws_stall import (
+    flood_until_closed,
+    flood_until_dropped,
+    settled_charges,
+    watch_stalls,
+)
 from tests.system.test_ws_stalled_bot import (
     APP,
     CENT,
@@ -206,21 +211,10 @@ async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
             gateway_with_sweeper(settings) as gw,
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
         ):
-            flooding = asyncio.create_task(_flood(ws))
-            try:
-                closed = await ws.receive(timeout=60)  # a bound for a hang only
-            finally:
-                bot.read.set()
-                flooding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await flooding
-            assert (closed.data, closed.extra) == (1011, "upstream_timeout")
-            await asyncio.wait_for(bot.done.wait(), 60)
+            await flood_until_closed(ws, bot, _flood(ws))
             assert len(bot.got) > 1
             # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
-            assert charged == len(bot.got)
+            assert await settled_charges(rclient, WS, APP, funds, CENT) == len(bot.got)
 
 
 async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -327,14 +321,7 @@ async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
         rate_per_hour=10_000_000,
         ws_linger_s=60.0,  # a bound for a hang only: the bot reads to its end before it
     )
-    dropped = asyncio.Event()
-    stalled = ws_pump._stalled
-
-    async def seen(*args: Any) -> None:
-        await stalled(*args)
-        dropped.set()
-
-    monkeypatch.setattr(ws_pump, "_stalled", seen)
+    dropped = watch_stalls(monkeypatch)
     async with ChattyBot() as bot:
         spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
         await seed(rclient, settings, WS, {APP: spec})
@@ -342,23 +329,9 @@ async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
             gateway_with_sweeper(settings) as gw,
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
         ):
-            # The client reads nothing either: the gateway stops reading the bot, whose
-            # messages wait unread in the gateway's socket when the send stalls.
-            flooding = asyncio.create_task(_flood(ws))
-            try:
-                await asyncio.wait_for(dropped.wait(), 60)  # a bound for a hang only
-                bot.read.set()
-                await asyncio.wait_for(bot.done.wait(), 60)
-                while (closed := await ws.receive(timeout=60)).type is WSMsgType.TEXT:
-                    pass
-            finally:
-                bot.read.set()
-                flooding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await flooding
-            assert closed.type is not WSMsgType.TEXT
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            # The bot's messages wait unread in the gateway's socket when the send stalls.
+            await flood_until_dropped(ws, bot, dropped, _flood(ws))
+            charged = await settled_charges(rclient, WS, APP, funds, CENT)
             assert charged > 1
             assert len(bot.got) == charged  # was 1 read of 53,062 charged
 

@@ -18,16 +18,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
 
-from gateway import ws_pump
-from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.serving import seeded_serve
 from tests.support.settings import HOST
 from tests.support.tls import bot_context, make_ca, trusting
-from tests.support.ws_frames import accept_upgrade, client_frames, settled
+from tests.support.ws_frames import accept_upgrade, client_frames
+from tests.support.ws_stall import (
+    HANG_S,
+    flood_until_closed,
+    flood_until_dropped,
+    settled_charges,
+    watch_stalls,
+)
 from tests.system.test_ws_stalled_bot import (
     APP,
     CENT,
@@ -41,7 +45,13 @@ from tests.system.test_ws_taken import ChattyBot, _flood
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
 SEND_S = 1.0  # the send deadline, waited out (the refund window: the default 120 s)
-HANG_S = 60.0  # a bound for a hang only
+FUNDS = 1_000_000 * CENT
+OPTS: dict[str, Any] = {
+    "max_body_bytes": 16 << 20,
+    "rate_per_minute": 1_000_000,
+    "rate_per_hour": 10_000_000,
+    "ws_linger_s": HANG_S,  # the bot reads to its end before it
+}
 
 
 class TlsReadingBot:
@@ -73,16 +83,24 @@ class TlsReadingBot:
         assert self._server is not None
         self._server.close()
 
+    async def _talk(
+        self, r: asyncio.StreamReader, w: asyncio.StreamWriter, data: bytearray
+    ) -> asyncio.Task[None] | None:
+        """Once upgraded, before it reads: a chatty bot reads the client's first message
+        (into ``data``) and then talks without pause (the task, cancelled at its end)."""
+        if not self.chatty:
+            return None
+        data += await r.readexactly(2)
+        data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small
+        return asyncio.create_task(ChattyBot._chat(w))
+
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         data = bytearray()
         talking: asyncio.Task[None] | None = None
         try:
             await accept_upgrade(r, w)
             await w.drain()
-            if self.chatty:
-                data += await r.readexactly(2)
-                data += await r.readexactly(4 + (data[1] & 0x7F))  # the first one is small
-                talking = asyncio.create_task(ChattyBot._chat(w))
+            talking = await self._talk(r, w, data)
             await self.read.wait()
             with contextlib.suppress(OSError):  # the stream ends without TLS's close
                 while chunk := await r.read(1 << 20):
@@ -108,38 +126,18 @@ async def test_messages_charged_before_a_stalled_one_all_reach_a_tls_bot(
 ) -> None:
     ca = make_ca(tmp_path)
     trusting(monkeypatch, ca)
-    funds = 1_000_000 * CENT
-    settings = send_deadline_settings(
-        redis_url,
-        tmp_path,
-        SEND_S,
-        max_body_bytes=16 << 20,
-        rate_per_minute=1_000_000,
-        rate_per_hour=10_000_000,
-        ws_linger_s=HANG_S,  # the bot reads to its end before it
-    )
+    settings = send_deadline_settings(redis_url, tmp_path, SEND_S, **OPTS)
     async with TlsReadingBot(bot_context(ca, tmp_path)) as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
         await seed(rclient, settings, WS, {APP: spec})
         async with (
             gateway_with_sweeper(settings) as gw,
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
         ):
-            flooding = asyncio.create_task(_flood(ws))
-            try:
-                closed = await ws.receive(timeout=HANG_S)
-            finally:
-                bot.read.set()
-                flooding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await flooding
-            assert (closed.data, closed.extra) == (1011, "upstream_timeout")
-            await asyncio.wait_for(bot.done.wait(), HANG_S)
+            await flood_until_closed(ws, bot, _flood(ws))
             assert len(bot.got) > 1
             # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
-            assert charged == len(bot.got)
+            assert await settled_charges(rclient, WS, APP, FUNDS, CENT) == len(bot.got)
 
 
 async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
@@ -153,47 +151,17 @@ async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
     never a linger) a reset, which throws away what the kernel still held for the bot."""
     ca = make_ca(tmp_path)
     trusting(monkeypatch, ca)
-    funds = 1_000_000 * CENT
-    settings = send_deadline_settings(
-        redis_url,
-        tmp_path,
-        SEND_S,
-        max_body_bytes=16 << 20,
-        rate_per_minute=1_000_000,
-        rate_per_hour=10_000_000,
-        ws_linger_s=HANG_S,  # the bot reads to its end before it
-    )
-    dropped = asyncio.Event()
-    stalled = ws_pump._stalled
-
-    async def seen(*args: Any) -> None:
-        await stalled(*args)
-        dropped.set()
-
-    monkeypatch.setattr(ws_pump, "_stalled", seen)
+    settings = send_deadline_settings(redis_url, tmp_path, SEND_S, **OPTS)
+    dropped = watch_stalls(monkeypatch)
     async with TlsReadingBot(bot_context(ca, tmp_path), chatty=True) as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
         await seed(rclient, settings, WS, {APP: spec})
         async with (
             gateway_with_sweeper(settings) as gw,
             http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
         ):
-            # The client reads nothing either: the gateway stops reading the bot.
-            flooding = asyncio.create_task(_flood(ws))
-            try:
-                await asyncio.wait_for(dropped.wait(), HANG_S)
-                bot.read.set()
-                await asyncio.wait_for(bot.done.wait(), HANG_S)
-                while (closed := await ws.receive(timeout=HANG_S)).type is WSMsgType.TEXT:
-                    pass
-            finally:
-                bot.read.set()
-                flooding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await flooding
-            assert closed.type is not WSMsgType.TEXT
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+            await flood_until_dropped(ws, bot, dropped, _flood(ws))
+            charged = await settled_charges(rclient, WS, APP, FUNDS, CENT)
             assert charged > 1
             assert len(bot.got) == charged
 
@@ -208,34 +176,13 @@ async def test_a_tls_bot_gets_every_message_charged_under_creditgate_serve(
     """The same on uvloop, whose TLS layer keeps the transport under it elsewhere."""
     ca = make_ca(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_file))
-    funds = 1_000_000 * CENT
     async with TlsReadingBot(bot_context(ca, tmp_path)) as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
+        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
         async with seeded_serve(
-            rclient,
-            redis_url,
-            tmp_path,
-            WS,
-            {APP: spec},
-            ws_send_timeout_s=SEND_S,
-            max_body_bytes=16 << 20,
-            rate_per_minute=1_000_000,
-            rate_per_hour=10_000_000,
-            ws_linger_s=HANG_S,
+            rclient, redis_url, tmp_path, WS, {APP: spec}, ws_send_timeout_s=SEND_S, **OPTS
         ) as served:
             url = f"{served.traffic}/hooks/web/{APP}/slow?user=u"
             async with http.ws_connect(url, max_msg_size=0) as ws:
-                flooding = asyncio.create_task(_flood(ws))
-                try:
-                    closed = await ws.receive(timeout=HANG_S)
-                finally:
-                    bot.read.set()
-                    flooding.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                        await flooding
-                assert (closed.data, closed.extra) == (1011, "upstream_timeout")
-                await asyncio.wait_for(bot.done.wait(), HANG_S)
+                await flood_until_closed(ws, bot, _flood(ws))
             assert len(bot.got) > 1
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
-            assert charged == len(bot.got)
+            assert await settled_charges(rclient, WS, APP, FUNDS, CENT) == len(bot.got)
