@@ -17,6 +17,7 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,25 @@ HELD_SEND_S = 600.0
 
 def _settings(redis_url: str, tmp_path: Path, **extra: Any) -> Any:
     return send_deadline_settings(redis_url, tmp_path, SEND_S, max_body_bytes=16 << 20, **extra)
+
+
+@contextlib.asynccontextmanager
+async def slow_socket(
+    rclient: RedisClient,
+    http: aiohttp.ClientSession,
+    settings: Any,
+    bot_url: str,
+    funds: int,
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A client's socket to the bot at ``bot_url`` (``funds`` seeded) through a gateway,
+    with its sweeper, under ``settings``."""
+    spec = {"product": "contact_center", "upstream_url": bot_url, "funds": funds}
+    await seed(rclient, settings, WS, {APP: spec})
+    async with (
+        gateway_with_sweeper(settings) as gw,
+        http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
+    ):
+        yield ws
 
 
 class ThreadBot:
@@ -204,17 +224,11 @@ async def test_messages_charged_before_a_stalled_one_all_reach_the_bot(
 ) -> None:
     funds = 1_000_000 * CENT
     settings = _settings(redis_url, tmp_path, rate_per_minute=1_000_000, rate_per_hour=10_000_000)
-    async with ReadingBot() as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
-        await seed(rclient, settings, WS, {APP: spec})
-        async with (
-            gateway_with_sweeper(settings) as gw,
-            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
-        ):
-            await flood_until_closed(ws, bot, _flood(ws))
-            assert len(bot.got) > 1
-            # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await settled_charges(rclient, WS, APP, funds, CENT) == len(bot.got)
+    async with ReadingBot() as bot, slow_socket(rclient, http, settings, bot.url, funds) as ws:
+        await flood_until_closed(ws, bot, _flood(ws))
+        assert len(bot.got) > 1
+        # Once nothing is left for the sweeper, every charge is a message the bot read.
+        assert await settled_charges(rclient, WS, APP, funds, CENT) == len(bot.got)
 
 
 async def _flood(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -322,18 +336,12 @@ async def test_a_bot_that_talks_while_it_stalls_gets_every_message_charged(
         ws_linger_s=60.0,  # a bound for a hang only: the bot reads to its end before it
     )
     dropped = watch_stalls(monkeypatch)
-    async with ChattyBot() as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
-        await seed(rclient, settings, WS, {APP: spec})
-        async with (
-            gateway_with_sweeper(settings) as gw,
-            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
-        ):
-            # The bot's messages wait unread in the gateway's socket when the send stalls.
-            await flood_until_dropped(ws, bot, dropped, _flood(ws))
-            charged = await settled_charges(rclient, WS, APP, funds, CENT)
-            assert charged > 1
-            assert len(bot.got) == charged  # was 1 read of 53,062 charged
+    async with ChattyBot() as bot, slow_socket(rclient, http, settings, bot.url, funds) as ws:
+        # The bot's messages wait unread in the gateway's socket when the send stalls.
+        await flood_until_dropped(ws, bot, dropped, _flood(ws))
+        charged = await settled_charges(rclient, WS, APP, funds, CENT)
+        assert charged > 1
+        assert len(bot.got) == charged  # was 1 read of 53,062 charged
 
 
 class PingingBot(StalledBot):
@@ -405,26 +413,20 @@ async def test_a_bot_that_talks_without_reading_gets_every_message_at_a_close(
         await send_bytes(self, data, **kw)
 
     monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_bytes", seen)
-    async with ChattyBot() as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": funds}
-        await seed(rclient, settings, WS, {APP: spec})
-        async with (
-            gateway_with_sweeper(settings) as gw,
-            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
-        ):
-            try:
-                for _ in range(200):
-                    await ws.send_bytes(b"Q" * 20)
-                assert await eventually(lambda: len(bots) == 400)  # ours and the gateway's
-                upstream = next(b for b in bots if b is not ws)
-                await ws.close()
-                # The gateway closed the bot's connection (its close never answered).
-                assert await eventually(upstream._writer.transport.is_closing, within_s=60)
-                bot.read.set()
-                await asyncio.wait_for(bot.done.wait(), 60)
-            finally:
-                bot.read.set()
-            assert await settled(rclient, WS)
-            charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
-            assert charged == 200
-            assert len(bot.got) == charged
+    async with ChattyBot() as bot, slow_socket(rclient, http, settings, bot.url, funds) as ws:
+        try:
+            for _ in range(200):
+                await ws.send_bytes(b"Q" * 20)
+            assert await eventually(lambda: len(bots) == 400)  # ours and the gateway's
+            upstream = next(b for b in bots if b is not ws)
+            await ws.close()
+            # The gateway closed the bot's connection (its close never answered).
+            assert await eventually(upstream._writer.transport.is_closing, within_s=60)
+            bot.read.set()
+            await asyncio.wait_for(bot.done.wait(), 60)
+        finally:
+            bot.read.set()
+        assert await settled(rclient, WS)
+        charged = (funds - (await read_balances(rclient, WS)).app[APP]) // CENT
+        assert charged == 200
+        assert len(bot.got) == charged

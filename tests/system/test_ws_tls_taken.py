@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.serving import seeded_serve
 from tests.support.settings import HOST
@@ -36,10 +35,9 @@ from tests.system.test_ws_stalled_bot import (
     APP,
     CENT,
     WS,
-    gateway_with_sweeper,
     send_deadline_settings,
 )
-from tests.system.test_ws_taken import ChattyBot, _flood
+from tests.system.test_ws_taken import ChattyBot, _flood, slow_socket
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -127,17 +125,14 @@ async def test_messages_charged_before_a_stalled_one_all_reach_a_tls_bot(
     ca = make_ca(tmp_path)
     trusting(monkeypatch, ca)
     settings = send_deadline_settings(redis_url, tmp_path, SEND_S, **OPTS)
-    async with TlsReadingBot(bot_context(ca, tmp_path)) as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
-        await seed(rclient, settings, WS, {APP: spec})
-        async with (
-            gateway_with_sweeper(settings) as gw,
-            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
-        ):
-            await flood_until_closed(ws, bot, _flood(ws))
-            assert len(bot.got) > 1
-            # Once nothing is left for the sweeper, every charge is a message the bot read.
-            assert await settled_charges(rclient, WS, APP, FUNDS, CENT) == len(bot.got)
+    async with (
+        TlsReadingBot(bot_context(ca, tmp_path)) as bot,
+        slow_socket(rclient, http, settings, bot.url, FUNDS) as ws,
+    ):
+        await flood_until_closed(ws, bot, _flood(ws))
+        assert len(bot.got) > 1
+        # Once nothing is left for the sweeper, every charge is a message the bot read.
+        assert await settled_charges(rclient, WS, APP, FUNDS, CENT) == len(bot.got)
 
 
 async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
@@ -153,17 +148,14 @@ async def test_a_tls_bot_that_talks_while_it_stalls_gets_every_message_charged(
     trusting(monkeypatch, ca)
     settings = send_deadline_settings(redis_url, tmp_path, SEND_S, **OPTS)
     dropped = watch_stalls(monkeypatch)
-    async with TlsReadingBot(bot_context(ca, tmp_path), chatty=True) as bot:
-        spec = {"product": "contact_center", "upstream_url": bot.url, "funds": FUNDS}
-        await seed(rclient, settings, WS, {APP: spec})
-        async with (
-            gateway_with_sweeper(settings) as gw,
-            http.ws_connect(f"{gw.url}/hooks/web/{APP}/slow?user=u", max_msg_size=0) as ws,
-        ):
-            await flood_until_dropped(ws, bot, dropped, _flood(ws))
-            charged = await settled_charges(rclient, WS, APP, FUNDS, CENT)
-            assert charged > 1
-            assert len(bot.got) == charged
+    async with (
+        TlsReadingBot(bot_context(ca, tmp_path), chatty=True) as bot,
+        slow_socket(rclient, http, settings, bot.url, FUNDS) as ws,
+    ):
+        await flood_until_dropped(ws, bot, dropped, _flood(ws))
+        charged = await settled_charges(rclient, WS, APP, FUNDS, CENT)
+        assert charged > 1
+        assert len(bot.got) == charged
 
 
 async def test_a_tls_bot_gets_every_message_charged_under_creditgate_serve(
