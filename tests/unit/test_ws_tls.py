@@ -39,14 +39,23 @@ class _Bot(asyncio.Protocol):
         self.more.set()
 
 
-async def _exercise(directory: Path) -> None:
-    loop = asyncio.get_running_loop()
+def _tls_pair(
+    directory: Path,
+) -> tuple[ssl.SSLContext, ssl.SSLContext, socket.socket, socket.socket]:
+    """A bot's and a client's TLS contexts (a CA of their own under ``directory``) and a
+    connected socket pair whose buffers are small: ours sends 4 KiB, theirs takes 4 KiB."""
     ca = make_ca(directory)
     server_context = bot_context(ca, directory)
     client_context = ssl.create_default_context(cafile=str(ca.cert_file))
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return server_context, client_context, ours, theirs
+
+
+async def _exercise(directory: Path) -> None:
+    loop = asyncio.get_running_loop()
+    server_context, client_context, ours, theirs = _tls_pair(directory)
     bot = _Bot()
     accepting = asyncio.ensure_future(
         loop.connect_accepted_socket(lambda: bot, theirs, ssl=server_context)
@@ -132,12 +141,7 @@ async def _bot_handshake(sock: socket.socket, sslobj: ssl.SSLObject, bio: Any) -
 
 async def _close_notify_mid_send(directory: Path) -> None:
     loop = asyncio.get_running_loop()
-    ca = make_ca(directory)
-    server_context = bot_context(ca, directory)
-    client_context = ssl.create_default_context(cafile=str(ca.cert_file))
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server_context, client_context, ours, theirs = _tls_pair(directory)
     theirs.setblocking(False)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     sslobj = server_context.wrap_bio(incoming, outgoing, server_side=True)
