@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+from config import Settings
 from meter.accounts.projection import read_balances
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
@@ -77,6 +78,14 @@ async def tls_bot(ca: Ca, tmp_path: Path) -> AsyncIterator[TlsBot]:
         yield bot
 
 
+async def _seeded(redis_url: str, tmp_path: Path, rclient: RedisClient, bot_url: str) -> Settings:
+    """The gateway's settings, its app (the bot at ``bot_url``) seeded with ``FUNDS``."""
+    settings = make_settings(redis_url, tmp_path)
+    spec = {"product": "contact_center", "upstream_url": bot_url, "funds": FUNDS}
+    await seed(rclient, settings, WS, {APP: spec})
+    return settings
+
+
 async def _balance(rclient: RedisClient) -> int:
     return (await read_balances(rclient, WS)).app[APP]
 
@@ -91,9 +100,7 @@ async def test_an_https_bot_answers_a_message_charged_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     trusting(monkeypatch, ca)
-    settings = make_settings(redis_url, tmp_path)
-    spec = {"product": "contact_center", "upstream_url": tls_bot.url, "funds": FUNDS}
-    await seed(rclient, settings, WS, {APP: spec})
+    settings = await _seeded(redis_url, tmp_path, rclient, tls_bot.url)
     async with (
         running_gateway(settings) as gw,
         http.post(f"{gw.url}/hooks/web/{APP}/m", data=b"hello", headers=USER) as resp,
@@ -115,9 +122,7 @@ async def test_a_wss_bot_gets_each_message_charged_and_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     trusting(monkeypatch, ca)
-    settings = make_settings(redis_url, tmp_path)
-    spec = {"product": "contact_center", "upstream_url": tls_bot.url, "funds": FUNDS}
-    await seed(rclient, settings, WS, {APP: spec})
+    settings = await _seeded(redis_url, tmp_path, rclient, tls_bot.url)
     async with running_gateway(settings) as gw:
         async with http.ws_connect(f"{gw.url}/hooks/web/{APP}/ws?user=u") as ws:
             for text in ("one", "two", "three"):
@@ -137,9 +142,7 @@ async def test_a_bot_whose_certificate_does_not_verify_is_502_refunded(
     tls_bot: TlsBot,
 ) -> None:
     """The bot's CA is not one the gateway trusts: nothing reaches it, nothing is paid."""
-    settings = make_settings(redis_url, tmp_path)
-    spec = {"product": "contact_center", "upstream_url": tls_bot.url, "funds": FUNDS}
-    await seed(rclient, settings, WS, {APP: spec})
+    settings = await _seeded(redis_url, tmp_path, rclient, tls_bot.url)
     async with running_gateway(settings) as gw:
         async with http.post(f"{gw.url}/hooks/web/{APP}/m", data=b"hello", headers=USER) as resp:
             assert resp.status == 502
