@@ -108,19 +108,26 @@ def frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
-    """The next frame's opcode and (unmasked) payload."""
+async def read_header(r: asyncio.StreamReader) -> tuple[int, bool, int]:
+    """The next frame's opcode, whether it is masked and its payload's length (its mask
+    key, if any, and payload left to read)."""
     b0, b1 = await r.readexactly(2)
     n = b1 & 0x7F
     if n == 126:
         (n,) = struct.unpack("!H", await r.readexactly(2))
     elif n == 127:
         (n,) = struct.unpack("!Q", await r.readexactly(8))
-    key = await r.readexactly(4) if b1 & 0x80 else b""
+    return b0 & 0x0F, bool(b1 & 0x80), n
+
+
+async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame's opcode and (unmasked) payload."""
+    opcode, masked, n = await read_header(r)
+    key = await r.readexactly(4) if masked else b""
     payload = await r.readexactly(n)
     if key:
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return b0 & 0x0F, payload
+    return opcode, payload
 
 
 async def raw_upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

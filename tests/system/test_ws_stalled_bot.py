@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from meter.redis_layer.client import RedisClient
 from meter.store import open_store
 from tests.support.bot import Running, eventually, serve
 from tests.support.settings import make_settings
-from tests.support.ws_frames import accept_upgrade, tight_bot
+from tests.support.ws_frames import accept_upgrade, read_header, tight_bot
 
 # Each test runs against both traffic servers (aiohttp, the fast path).
 pytestmark = pytest.mark.usefixtures("traffic_server")
@@ -83,19 +82,14 @@ class StalledBot:
             await w.drain()
             await self.read.wait()
             while True:
-                b0, b1 = await r.readexactly(2)
-                n = b1 & 0x7F
-                if n == 126:
-                    (n,) = struct.unpack("!H", await r.readexactly(2))
-                elif n == 127:
-                    (n,) = struct.unpack("!Q", await r.readexactly(8))
+                opcode, _, n = await read_header(r)
                 await r.readexactly(4 + n)  # mask, payload
-                if b0 & 0x0F in (1, 2):
+                if opcode in (1, 2):
                     self.got.append(n)
                     answer = b"answered"
                     w.write(bytes([0x81, len(answer)]) + answer)
                     await w.drain()
-                elif b0 & 0x0F == 8:
+                elif opcode == 8:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
