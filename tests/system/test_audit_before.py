@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.support.held_call import held_call, started
 from tests.support.settings import OPERATOR_TOKEN
 from tests.system.test_owner_race import SECRET, Scene
 from tests.system.test_owner_race import scene as scene
-from tests.system.test_owner_race_review import held_call, started
 
 FIRST = "http://127.0.0.1:9/first"  # the scene's app's upstream
 OWNER, ALICE = "http://127.0.0.1:9/ws-owner", "http://127.0.0.1:9/alice"

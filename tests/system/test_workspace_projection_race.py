@@ -17,8 +17,8 @@ import asyncio
 from meter.accounts import projection
 from meter.redis_layer import keys
 from tests.support.adminkit import Admin
+from tests.support.held_call import held_call, started
 from tests.support.settings import OPERATOR_TOKEN
-from tests.system.test_owner_race_review import held_call, started
 
 LICENCE = {"usage_limit": 10, "per_minute": 5, "per_hour": 50}
 
