@@ -14,6 +14,7 @@ process took it over) is skipped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -46,15 +47,22 @@ class Journal:
 
     def append(self, line: str) -> None:
         """One line (no newline inside), handed to the kernel before this returns."""
-        data = (line + "\n").encode()
-        os.write(self._fd, data)
-        self.size += len(data)
+        self._write((line + "\n").encode())
 
     def append_all(self, lines: list[str]) -> None:
         """Several lines in one ``write(2)``: a process killed after it lost none of
         them, one killed before it wrote none (never part of a batch)."""
-        data = "".join(line + "\n" for line in lines).encode()
-        os.write(self._fd, data)
+        self._write("".join(line + "\n" for line in lines).encode())
+
+    def _write(self, data: bytes) -> None:
+        """``data`` whole, or ``OSError`` with the file as it was. A full disk (or a file
+        size limit) can take the first part of a write and return a short count: the
+        part is cut off again, else the next append would join the line left without
+        its newline and the journal's reader would take two records for one garbled."""
+        written = os.write(self._fd, data)  # O_APPEND: starts at self.size, ours alone
+        if written != len(data):
+            os.ftruncate(self._fd, self.size)
+            raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
         self.size += len(data)
 
     def append_or_log(self, lines: list[str]) -> bool:
