@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -37,6 +38,26 @@ HOSTILE = [
     'x;"=1+1',  # the ;-cell starts with a quote: unquoted, it is "=1+1..."
     'x; ""@SUM(1+1)',
     "a;b",  # harmless: unchanged
+    # Full-width and other compatibility forms: a CJK-locale Excel reads "＝" as "="
+    # (as it does when the formula is typed); NFKC names what each one stands for.
+    "\uff1d1+1",  # ＝
+    "\uff0bcmd|' /C calc'!A0",  # ＋
+    "\uff0d2+3",  # －
+    "\uff20SUM(1+1)",  # ＠
+    "\ufe661+1",  # small equals
+    "x;\uff1dcmd|' /C calc'!A0",
+    # Blanks other than the space, and invisible characters, that an importer may trim
+    # or skip before it reads the cell (a channel user id is printable text, an app name
+    # any text: these reach a CSV from both).
+    "\u00a0=1+1",  # no-break space
+    "\u3000=1+1",  # ideographic space
+    "\u200b=1+1",  # zero-width space
+    "\ufeff=1+1",  # byte order mark
+    "\x00=1+1",
+    "\x0b=1+1",
+    "\x0c@SUM(1+1)",
+    "x;\u00a0=1+1",
+    "x;\u200b\uff0b1",
 ]
 
 
@@ -46,8 +67,20 @@ def cells(text: str, delimiter: str) -> list[str]:
     return [c for row in csv.reader(io.StringIO(text), delimiter=delimiter) for c in row]
 
 
+def runs(cell: str) -> bool:
+    """Whether a spreadsheet may run ``cell`` as a formula: it starts with a formula
+    character, in any compatibility form (full-width), after any blanks or invisible
+    characters an importer may trim or skip."""
+    for ch in cell:
+        if unicodedata.normalize("NFKC", ch)[:1] in FORMULA or ch in FORMULA:
+            return True
+        if not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs")):
+            return False
+    return False
+
+
 def formulas(text: str) -> list[str]:
-    return [c for sep in (",", ";") for c in cells(text, sep) if c.lstrip(" ").startswith(FORMULA)]
+    return [c for sep in (",", ";") for c in cells(text, sep) if runs(c)]
 
 
 def session(user: str) -> dict[str, Any]:
@@ -69,7 +102,7 @@ async def test_the_billing_export_carries_no_formula(user: str) -> None:
     text = b"".join([c async for c in encode(records([user]), SESSION_FIELDS, "csv")]).decode()
     assert formulas(text) == []
     [row] = list(csv.DictReader(io.StringIO(text)))
-    if not any(ch in user for ch in "=+-@"):
+    if not runs(user) and ";" not in user:
         assert row["channel_user"] == user  # text with nothing to defuse is kept as it is
 
 
