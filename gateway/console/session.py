@@ -3,7 +3,8 @@
 The browser keeps only an opaque random cookie (HttpOnly, SameSite=Strict, Secure when
 the request came over TLS); the store keeps its SHA-256 with the user, the API token
 signed in with (revoking that token deletes its sessions) and a synchronizer CSRF token.
-A user keeps at most :data:`MAX_SESSIONS`: a sign-in beyond them ends the oldest.
+A user keeps at most :data:`MAX_SESSIONS`: a sign-in beyond them ends the oldest; a
+sign-in ends the session its browser had (re-authentication renews the session).
 Requests the console makes to ``/v1`` carry the cookie instead of a bearer token
 (:func:`cookie_auth`); every state-changing one must echo the CSRF token in
 ``X-CSRF-Token``. The API token itself never reaches a URL or browser storage.
@@ -191,6 +192,11 @@ async def sign_in(request: web.Request) -> web.Response:
     )
     if not await store.create_console_session(sess, MAX_SESSIONS):
         raise Problem(401, "unauthorized", "Unauthorized", "unknown or revoked token")
+    # Signing in again renews the session: the one this browser had ends (its cookie is
+    # overwritten here; a copy of it elsewhere would otherwise act on until its expiry).
+    previous = await load(request)
+    if previous is not None:
+        await store.delete_console_session(previous.id_hash)
     resp = _json(await _user_view(request, sess), 201)
     tls = secure(request)
     resp.set_cookie(
