@@ -7,7 +7,7 @@ whose response ended cleanly and may be kept alive returns to its
 :class:`~gateway.fastpath.pool.Pool`; one that failed, was abandoned, or idled is
 closed, and so is one with bytes waiting unread as the pool hands it to a message
 (:meth:`UpstreamConnection.reusable`); its end (however it came) frees its place in the
-pool.
+pool. An answer is complete once the read it ended in is parsed (:meth:`_end`).
 """
 
 from __future__ import annotations
@@ -19,43 +19,26 @@ from typing import Protocol, cast
 
 import httptools
 
+from gateway.fastpath.answer_parser import (
+    BLANKS,
+    HEAD_BYTES,
+    MAX_FIELD,
+    MAX_HEADERS,
+    InvalidAnswer,
+    answer_parser,
+    checked_field,
+)
 from gateway.header_text import writable_fields
 from gateway.misframed import declares_body_raw
 from gateway.tenant_share import Ticket
 from gateway.unread import waiting, watch
 
 log = logging.getLogger(__name__)
-# A response head is refused (502) past aiohttp's client limits (max_line_size,
-# max_field_size, max_headers), so the fast path passes on no head that aiohttp would
-# refuse; HEAD_BYTES bounds what llhttp buffers before a field ends (interim 1xx heads
-# included): a bot cannot grow the gateway's memory with an endless head. It is twice
-# the most those limits allow, so body bytes read with a head never make it refused.
-MAX_FIELD = 8190
-MAX_HEADERS = 128
-HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
 # Interim (1xx) heads before the final one, all together: they are kept with it (read
 # again if it must be), so a bot sending 102s without end held up to HEAD_BYTES per
 # connection. Past this (checked as each ends, against the reads before its last), the
 # answer is the bot's failure (502, refunded); a 100, 102s or 103s take far less.
 INTERIM_BYTES = 64 * 1024
-_BLANKS = (32, 9)  # SP, HTAB
-
-
-def _parser(conn: UpstreamConnection, lenient: bool = False) -> httptools.HttpResponseParser:
-    """llhttp as aiohttp's client parser reads a bot's answer (``_http_parser`` outside dev
-    mode: optional CR before LF, blanks after a chunk size, and ``lenient`` headers: a
-    folded line, a control character in a value, blanks before the colon of a framing
-    field), so both traffic servers read it alike. A head is first read without
-    ``lenient`` headers and read again with them only where it fails (rare): what the
-    leniency lets in is then dropped (gateway.header_text), or for a name's blanks
-    removed (:meth:`UpstreamConnection.on_header`)."""
-    parser = httptools.HttpResponseParser(conn)
-    parser.set_dangerous_leniencies(
-        lenient_headers=lenient,
-        lenient_optional_cr_before_lf=True,
-        lenient_spaces_after_chunk_size=True,
-    )
-    return parser
 
 
 class ConnectTimeout(Exception):
@@ -64,10 +47,6 @@ class ConnectTimeout(Exception):
 
 class ConnectFailed(Exception):
     """The bot's address refused or reset the connection."""
-
-
-class InvalidAnswer(Exception):
-    """Raised in a parser callback: the bot's answer is not one the gateway passes on."""
 
 
 class Owner(Protocol):
@@ -102,7 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused = False  # not reading: its exchange's client is not reading either
         self.idle_since = 0.0
         self.last_read = 0.0
-        self._parser = _parser(self)
+        self._parser = answer_parser(self)
         self._fresh = True  # the parser is at a message's start: no need of a new one
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -112,6 +91,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
         self._lenient = False
         self._watch: select.poll | None = None  # its socket, asked before each reuse
+        self._ended: Receiver | None = None  # its answer ended in the read being parsed
+        self._keep = False  # and may be kept alive (llhttp), unless ...
+        self._stray = False  # ... more came after it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
@@ -162,24 +144,44 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _feed(self, receiver: Receiver, data: bytes) -> None:
         # receiver: the one to tell if the gateway fails (on_complete lets go of it)
+        again = False
         try:
             self._parser.feed_data(data)
-            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback raised
-            if cause is None or isinstance(cause, InvalidAnswer):
+            if self._ended is not None:  # by what came after the answer: not the answer's
+                self._stray = True
+            elif cause is None or isinstance(cause, InvalidAnswer):
                 self._invalid(str(cause or exc))
             else:  # the gateway's own failure (the receiver's callbacks), not the bot's
                 self.close()
                 receiver.broken(cause)
-            return
         except httptools.HttpParserError as exc:
-            if not self._head_left or self._lenient:
+            if self._ended is not None:
+                self._stray = True
+            elif not self._head_left or self._lenient:
                 self._invalid(str(exc))
-                return
-        self._lenient = True  # the head failed: read again (_parser), outside the except
-        self._parser = _parser(self, True)  # never kept past this answer (_fresh)
-        self._feed(receiver, b"".join(self._head))
+            else:
+                again = True
+        if self._ended is not None:
+            self._end()
+        elif again:  # the head failed: read again (_parser), outside the except
+            self._lenient = True
+            self._parser = answer_parser(self, True)  # never kept past this answer (_fresh)
+            self._feed(receiver, b"".join(self._head))
+
+    def _end(self) -> None:
+        """The answer is complete; its connection is closed if bytes came after it in the
+        read (a second answer, bytes past its length: a later message would read them).
+        Else llhttp, strict, is at a message's start: the next message may use it."""
+        receiver, self._ended = self._ended, None
+        keep = self._keep and not self._stray
+        if self._stray:
+            log.info("upstream %s sent bytes after its answer", self.key[0])
+        self._fresh = keep and not self._lenient  # see send
+        self._stray = False
+        if receiver is not None:
+            receiver.on_complete(keep)
 
     def _invalid(self, why: str) -> None:
         """Not an HTTP answer the gateway passes on: the exchange fails as if lost."""
@@ -193,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver = receiver
         self.last_read = self.pool.loop.time()
         if not self._fresh:  # else kept: llhttp is back at a message's start
-            self._parser = _parser(self)
+            self._parser = answer_parser(self)
         self._fresh = False
         self._head_left = HEAD_BYTES
         self._head_before = 0
@@ -228,6 +230,7 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._fresh = False  # bytes after an answer (out of turn): a new parser next
+        self._stray = self._ended is not None  # bytes after the answer, in its read
         self._reason = b""
         self._headers = []
 
@@ -243,26 +246,10 @@ class UpstreamConnection(asyncio.Protocol):
             or len(name) > MAX_FIELD
             or len(value) > MAX_FIELD
             or len(headers) == MAX_HEADERS
-            or (value and value[-1] in _BLANKS)
+            or (value and value[-1] in BLANKS)
         ):  # all checked, and blanks removed, where any of this may apply
-            name, value = self._field(name, value)
+            name, value = checked_field(name, value, self._lenient, len(headers))
         headers.append((name, value))
-
-    def _field(self, name: bytes, value: bytes) -> tuple[bytes, bytes]:
-        if self._lenient and name[-1:] in (b" ", b"\t"):
-            # "Content-Length : 5": the lenient parse reads it as that field (and frames by
-            # it); a proxy removes the whitespace before passing it on (RFC 9112 §5.1), so
-            # the client never gets a second framing field, nor this path a wrong one.
-            name = name.rstrip(b" \t")
-        if value and value[-1] in _BLANKS:  # not part of the value (RFC 9110 §5.5)
-            value = value.rstrip(b" \t")  # as aiohttp strips them
-        if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
-            raise InvalidAnswer("header field too long")
-        if len(self._headers) == MAX_HEADERS:
-            raise InvalidAnswer("too many headers")
-        if self._lenient and 0 in value:  # a NUL: aiohttp's client refuses it
-            raise InvalidAnswer("NUL in a header value")
-        return name, value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -289,9 +276,6 @@ class UpstreamConnection(asyncio.Protocol):
                 raise InvalidAnswer("interim answers too large")
             return
         receiver, self.receiver = self.receiver, None
-        if receiver is not None:
-            keep = self._parser.should_keep_alive()
-            # The next message may use this parser (see send): llhttp, strict, is at a
-            # message's start again; not a lenient one, nor one that reads on after this.
-            self._fresh = keep and not self._lenient
-            receiver.on_complete(keep)
+        if receiver is not None:  # told once the rest of this read is parsed (_end)
+            self._ended = receiver
+            self._keep = self._parser.should_keep_alive()

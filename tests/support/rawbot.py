@@ -31,6 +31,7 @@ class RawBot:
     url: str = ""
     heads: list[bytes] = field(default_factory=list)  # each request head, CRLFCRLF included
     bodies: list[bytes] = field(default_factory=list)
+    conns: list[int] = field(default_factory=list)  # each request's connection, by number
     answers: dict[str, Answer] = field(default_factory=dict)  # by path, query excluded
     continues: bool = True  # answers Expect: 100-continue with a 100 (False: never does)
 
@@ -80,8 +81,12 @@ async def _body(reader: asyncio.StreamReader, head: bytes) -> bytes:
 @contextlib.asynccontextmanager
 async def running_raw_bot() -> AsyncIterator[RawBot]:
     bot = RawBot()
+    opened = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        conn = opened
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -90,6 +95,7 @@ async def running_raw_bot() -> AsyncIterator[RawBot]:
                 body = await _body(reader, head)
                 bot.heads.append(head)
                 bot.bodies.append(body)
+                bot.conns.append(conn)
                 path = head.split(b" ", 2)[1].partition(b"?")[0].decode("latin-1")
                 answer = bot.answers.get(path)
                 writer.write(echo(head) if answer is None else answer.data)
