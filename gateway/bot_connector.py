@@ -48,6 +48,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
 from aiohttp.helpers import ceil_timeout
 
+from gateway.bot_answers import BotAnswers
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.unread import transport_unread
 from gateway.waiters import Waiters
@@ -89,6 +90,8 @@ class BotConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
+        # A subclass of aiohttp's protocol (gateway.bot_answers): mypy reads partial invariant.
+        self._factory = functools.partial(BotAnswers, loop=self._loop)  # type: ignore[assignment]
         self._queues: dict[ConnectionKey, _Queue] = {}
         self._arrivals = itertools.count()
         self._refusing = False

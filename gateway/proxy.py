@@ -10,8 +10,9 @@ arrive. A bot that fails is answered 502/504 and its message refunded per ``refu
 * no response within ``upstream_read_timeout_s``: ``timeout``, 504;
 * a 5xx response: ``5xx``, 502; the bot's body is never passed on for a metered message
   (a bot cannot answer for free by answering 5xx); an invalid answer (one aiohttp's writer
-  refuses too, a 204 that declares a body: :mod:`gateway.misframed`) or a 101 no request
-  asked for (``Upgrade`` is not forwarded) is ``5xx``, 502 whether metered or not.
+  refuses too, a 204 that declares a body: :mod:`gateway.misframed`, a status line not
+  HTTP/1.x: :mod:`gateway.status_lines`) or a 101 no request asked for (``Upgrade`` is
+  not forwarded) is ``5xx``, 502 whether metered or not.
 * an address the egress policy refuses (:mod:`gateway.egress`): 502
   ``upstream_forbidden``, refunded like ``connect``, nothing sent.
 A failure after the response started cannot be answered any more: the client connection

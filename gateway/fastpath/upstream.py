@@ -7,7 +7,8 @@ whose response ended cleanly and may be kept alive returns to its
 :class:`~gateway.fastpath.pool.Pool`; one that failed, was abandoned, or idled is
 closed, and so is one with bytes waiting unread as the pool hands it to a message
 (:meth:`UpstreamConnection.reusable`); its end (however it came) frees its place in the
-pool. An answer is complete once the read it ended in is parsed (:meth:`_end`).
+pool. An answer is complete once the read it ended in is parsed (:meth:`_end`); a
+status line that is not HTTP/1.x is the bot's failure (:mod:`gateway.status_lines`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.fastpath.answer_parser import (
 )
 from gateway.header_text import writable_fields
 from gateway.misframed import declares_body_raw
+from gateway.status_lines import StatusLines
 from gateway.tenant_share import Ticket
 from gateway.unread import waiting, watch
 
@@ -91,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head: list[bytes] = []  # what came of it, read again if it must be (_parser)
         self._lenient = False
         self._watch: select.poll | None = None  # its socket, asked before each reuse
+        self._lines = StatusLines()
         self._ended: Receiver | None = None  # its answer ended in the read being parsed
         self._keep = False  # and may be kept alive (llhttp), unless ...
         self._stray = False  # ... more came after it
@@ -140,6 +143,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._invalid("response head too large")
                 return
             self._head.append(data)
+            if not self._lines.feed(data):
+                self._invalid("not an HTTP/1.x answer")
+                return
         self._feed(self.receiver, data)
 
     def _feed(self, receiver: Receiver, data: bytes) -> None:
@@ -200,6 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_left = HEAD_BYTES
         self._head_before = 0
         self._head = []
+        self._lines = StatusLines()
         self._lenient = False
         assert self.transport is not None
         self.transport.write(data)

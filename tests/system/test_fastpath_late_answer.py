@@ -6,6 +6,8 @@ shared by address).
   answer, an interim head): the answer is passed on, and its connection is never used
   again; the next message gets a fresh one. The fast path kept it (llhttp read the
   stray with no one to tell; the next message got a new parser on the same socket).
+* A status line that is not ``HTTP/1.x`` (llhttp also reads ``RTSP/1.0``, ``ICE/1.0``,
+  ``HTTP/0.9`` and ``HTTP/2.0``): the bot's failure, 502 and refunded, on both servers.
 * An answer with both ``Content-Length`` and ``Transfer-Encoding``, and an interim head
   with a length: never followed by a message on that connection.
 * Known, not fixed (xfail): a bot that answers before it has read a request's body, keeps
@@ -113,6 +115,37 @@ async def test_bytes_glued_to_an_answer_close_its_connection(
         assert (first.status, first.body) == (200, b"mine"), first.raw_head
         assert await shared.spent() == 1
     await victim_after(shared)
+
+
+STATUS_LINES = {
+    "RTSP": b"RTSP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    "ICE": b"ICE/1.0 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    "HTTP/0.9": b"HTTP/0.9 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    "HTTP/2.0": b"HTTP/2.0 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    "an RTSP interim": b"RTSP/1.0 100 Continue\r\n\r\n" + ok(b"EVIL"),
+    "RTSP after an interim": b"HTTP/1.1 100 Continue\r\n\r\n"
+    b"RTSP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    "an HTTP/2.0 interim": b"HTTP/2.0 103 Early Hints\r\n\r\n" + ok(b"EVIL"),
+}
+
+
+@pytest.mark.parametrize("case", STATUS_LINES, ids=list(STATUS_LINES))
+async def test_a_status_line_that_is_not_http_1_is_502_and_refunded(
+    shared: Shared, case: str
+) -> None:
+    shared.bot.answers["/a/odd"] = Answer(STATUS_LINES[case], keep=True)
+    first = await one(shared.gw, get(APP, "/odd"))
+    assert (first.status, first.is_problem) == (502, True), first.raw_head
+    assert b"EVIL" not in first.body
+    assert await shared.spent() == 0  # refunded
+    await victim_after(shared)
+
+
+async def test_an_http_1_0_answer_passes(shared: Shared) -> None:
+    shared.bot.answers["/a/old"] = Answer(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+    first = await one(shared.gw, get(APP, "/old"))
+    assert (first.status, first.body) == (200, b"mine"), first.raw_head
+    assert await shared.spent() == 1
 
 
 async def test_an_answer_with_a_length_and_chunked_closes_its_connection(shared: Shared) -> None:
