@@ -20,7 +20,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -50,6 +50,8 @@ def marked(e: LedgerEntry) -> bool:
 # After a data loss the id counter restarts here: ms since the epoch x 1000 stays above
 # any count a workspace could reach, and below 2^53 (Lua numbers) for centuries.
 SEQ_FLOOR_PER_MS = 1000
+# Store reads a rebuild makes while flushes keep landing, before it gives up for now.
+READS = 3
 Outcome = Literal["present", "rebuilt", "refused", "unknown"]
 
 
@@ -130,12 +132,56 @@ async def rebuild_workspace(
     ``creditgate reconcile --apply``); ``unknown``: the store has no such workspace.
     ``new``: its first projection (a rebuild too, logged quietly).
     """
-    if await client.hexists(keys.ws_key(ws_id), "type"):
+    script = register(client, "rebuild")
+    for _ in range(READS):
+        # The acks counted before the store is read: a flush acked after is refused (-2).
+        asked = await script(keys=keys.ws_keys(ws_id), args=["", ""])
+        if not isinstance(asked, list):
+            return "present" if int(asked) == 0 else _refused(ws_id)
+        ws = await store.get_workspace(ws_id)
+        if ws is None:
+            return "unknown"
+        now = time.time() if now_s is None else now_s
+        doc, values = await _read(store, settings, catalog, ws, now, new)
+        res = int(await script(keys=keys.ws_keys(ws_id), args=[orjson.dumps(doc), asked[0]]))
+        if res != -2:
+            break
+    else:
+        return _refused(ws_id)
+    if res == 0:
         return "present"
-    ws = await store.get_workspace(ws_id)
-    if ws is None:
-        return "unknown"
-    now = time.time() if now_s is None else now_s
+    if res < 0:
+        return _refused(ws_id)
+    await client.sadd(keys.WORKSPACES, ws_id)
+    log.log(
+        logging.DEBUG if new else logging.WARNING,
+        "rebuilt workspace %s in redis from the store: free=%d pool=%d apps=%d "
+        "(ledger minus the usage the store holds)",
+        ws_id, values["free"], values[F_POOL], values[F_APPS],
+    )  # fmt: skip
+    return "rebuilt"
+
+
+def _refused(ws_id: str) -> Outcome:
+    log.error(
+        "redis lost workspace %s but still holds usage of it not yet in the store: not "
+        "rebuilt now (the flusher moves that usage to the store, then the next projection "
+        "check rebuilds it; or run `creditgate reconcile --apply` with traffic stopped)",
+        ws_id,
+    )
+    return "refused"
+
+
+async def _read(
+    store: Store,
+    settings: Settings,
+    catalog: Catalog,
+    ws: Workspace,
+    now: float,
+    new: bool,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """What rebuild.lua writes, as the store holds it now; and the balances in it."""
+    ws_id = ws.id
     entries = await store.ledger_entries(ws_id)
     values = await store_values(store, ws_id, now, entries)
     fields = await _workspace_fields(store, settings, catalog, ws, values, now, new)
@@ -153,27 +199,7 @@ async def rebuild_workspace(
             [f"{k[3:]}:{billing_period(now)}", str(v)] for k, v in values.items() if k[:3] == "lu:"
         ],
     }
-    res = int(await register(client, "rebuild")(keys=keys.ws_keys(ws_id), args=[
-        orjson.dumps(doc)
-    ]))  # fmt: skip
-    if res == 0:
-        return "present"
-    if res < 0:
-        log.error(
-            "redis lost workspace %s but still holds usage of it not yet in the store: not "
-            "rebuilt now (the flusher moves that usage to the store, then the next projection "
-            "check rebuilds it; or run `creditgate reconcile --apply` with traffic stopped)",
-            ws_id,
-        )
-        return "refused"
-    await client.sadd(keys.WORKSPACES, ws_id)
-    log.log(
-        logging.DEBUG if new else logging.WARNING,
-        "rebuilt workspace %s in redis from the store: free=%d pool=%d apps=%d "
-        "(ledger minus the usage the store holds)",
-        ws_id, values["free"], values[F_POOL], values[F_APPS],
-    )  # fmt: skip
-    return "rebuilt"
+    return doc, values
 
 
 async def _workspace_fields(

@@ -5,13 +5,17 @@
 --          "grants": [reference], "lu": [["<product>:<period>", units]]}, every value a
 --          string: the workspace hash whole (configuration, balances = the ledger minus the
 --          usage the store holds, alert flags, "gm" and a "g:<reference>" per grant), each
---          app hash whole (configuration, "app" balance, channel secrets).
+--          app hash whole (configuration, "app" balance, channel secrets); "" only asks.
+-- ARGV[2]  P:acks (claims acked, ack.lua) as returned by an asking call before the caller
+--          read the store
 -- Returns 1 rebuilt; 0 the workspace is there (nothing written: another rebuild won, or
 -- nothing was lost); -1 refused: Redis still holds charges or events of the workspace not
 -- yet in the store (aggregates P:agi, events P:ev, or a claim of either in P:cl), so
 -- balances from the store alone would be wrong: the flusher moves them to the store, or
 -- `creditgate reconcile --apply` counts them. (Billing-session records, P:sri, carry no
--- charge of their own: the aggregates hold every amount.)
+-- charge of their own: the aggregates hold every amount.) -2: a claim was acked since
+-- ARGV[2], so the store read may lack its batch, leaving no claim to see: read it again.
+-- Asking (ARGV[1] ""): 0, -1 as above, else {P:acks} to pass as ARGV[2] after the read.
 --
 -- Admission refuses every message of a workspace without its hash, so nothing is charged
 -- between the caller's reading of the store and this script; one script, so two rebuilds
@@ -27,6 +31,9 @@ for _, claim in ipairs(redis.call('HKEYS', P .. ':cl')) do
   local kind = string.sub(claim, 1, 3)
   if kind == 'ag:' or kind == 'ev:' then return -1 end
 end
+local acks = redis.call('GET', P .. ':acks') or '0'
+if ARGV[1] == '' then return {acks} end
+if acks ~= ARGV[2] then return -2 end
 local doc = cjson.decode(ARGV[1])
 local function hset_all(key, fields)
   local flat = {}

@@ -23,11 +23,10 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              ``g:<reference>`` 1 once that grant was applied (in the hash it
                              credits, so a marker cannot be lost without its balance), ``gm``
                              1 once every grant of the ledger has its ``g:`` field.
-``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``app``
-                             paid funds tied to the app, ``pm``/``ph`` rate overrides,
-                             ``inactive`` 0|1, ``v`` config version, ``up`` upstream url,
-                             ``ch:<channel>``
-                             the channel's verification secret (JSON, Fernet-encrypted).
+``P:a:<app>``         hash   app: ``product``, ``use_free`` 0|1, ``suspended`` 0|1, ``app`` paid
+                             funds tied to the app, ``pm``/``ph`` rate overrides, ``inactive`` 0|1,
+                             ``v`` config version, ``up`` upstream url, ``ch:<channel>`` the
+                             channel's verification secret (JSON, Fernet-encrypted).
 ``P:rm:<app>``        hash   rolling per-minute window: bucket index -> count, ``t`` total,
                              ``o`` oldest and ``n`` newest bucket index.
 ``P:rh:<app>``        hash   rolling per-hour window, same shape.
@@ -69,6 +68,7 @@ Layout (``P`` = ``cg:{<ws>}``; times in ms unless named ``_s``):
                              (how a restarted flusher finds a crashed one's claims).
                              The events list is claimed as bucket ``0``.
 ``P:clk``             hash   ``<kind>:<bucket_s>`` -> the known gen of that outstanding claim.
+``P:acks``            string claims acked (ack.lua): a rebuild whose store read spans one redoes it.
 ``P:fl``              zset   claim records: ``<kind>:<bucket_s>`` -> gen of that bucket's newest
                              claim (kept for a horizon), ``~`` -> the gen at or below which a
                              bucket without a member counts as known (meter/usage/claims.py).

@@ -13,6 +13,11 @@ A channel secret set or removed is written into the app's hash alone, whether Re
 holds the workspace or not; a rebuild that read the channels before and lands after
 rewrites the hash whole, undoing it (a secret set: the channel unauthenticated in
 Redis; removed: still accepted), so a channel write rebuilds a lost workspace first.
+
+A flush committed and acknowledged between a rebuild's read of the store and its script
+left no claim for the script to see: the rebuilt balances lacked that batch's usage,
+spendable again. The rebuild reads the workspace's count of acknowledged claims before
+the store and is refused (read again) when it moved.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from typing import Any
 import pytest
 
 from config import load_catalog
-from meter.accounts import apps, channel_secrets, rebuild, workspaces
+from meter.accounts import apps, channel_secrets, credits, projection, rebuild, workspaces
 from meter.accounts.deps import Deps
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
 from meter.store import App
+from meter.usage.flusher import Flusher
 from tests.support.clock import Clock
 from tests.support.flushkit import opened_store, store_url
 from tests.support.held_call import held_call, started
+from tests.support.metering import admitter
 from tests.support.settings import make_settings
 
 SECRET = "c" * 40
@@ -112,3 +119,97 @@ async def test_a_channel_removed_during_a_rebuild_read_before_it_stays_removed(
     await rebuilt_around(d, app, removal)
     ak = keys.app_key(app.workspace_id, app.id)
     assert await d.redis.hget(ak, channel_secrets.field_of("web")) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_flush_landing_during_a_rebuild_read_is_not_lost(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    rclient: RedisClient,
+    redis_url: str,
+) -> None:
+    """$100 in the pool, 5 messages ($0.20 each) charged and flushed, then Redis loses the
+    workspace's hash alone. A rebuild finds nothing pending, reads the store and is held;
+    one message is refunded (refund.lua counts it in a new aggregate, as without the
+    loss), the flusher commits that refund and acknowledges its claim; the rebuild goes
+    on: the pool is $99.20, not the $99.00 of its read (the payer's $0.20 lost)."""
+    url = store_url(backend, request, tmp_path)
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
+    async for store in opened_store(url):
+        d = Deps(store, rclient, cfg, load_catalog(), clock)
+        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
+        ws = await workspaces.create_workspace(d, user.id, "Acme")
+        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
+        await apps.update_app(d, "operator", app, {"use_free_credits": False}, owner=None)
+        await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
+        adm = admitter(rclient, cfg, clock)
+        charged = [await adm.admit(app.id, "web", f"u{i}") for i in range(5)]
+        assert all(c.admitted for c in charged)
+        clock.advance(120)
+        flusher = Flusher(rclient, store, cfg, clock=clock)
+        await flusher.flush_once()
+        assert (await store.usage_spent(ws.id)).shared == 5 * 200_000
+        await rclient.delete(keys.ws_key(ws.id))  # the hash alone
+        check = asyncio.ensure_future(
+            rebuild.rebuild_workspace(store, rclient, cfg, d.catalog, ws.id, now_s=clock())
+        )
+        async with held_call(store, "usage_spent", after=True) as read:
+            await started(check, read)  # the store read: 5 charges
+            assert await adm.refund(app.id, charged[0])
+            clock.advance(120)
+            await flusher.flush_once()
+            assert (await store.usage_spent(ws.id)).shared == 4 * 200_000  # committed, acked
+        assert await check == "rebuilt"
+        pool = (await projection.read_balances(rclient, ws.id)).pool
+        assert pool == 100_000_000 - 4 * 200_000
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_flush_landing_during_a_rebuild_read_is_not_spent_again(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    rclient: RedisClient,
+    redis_url: str,
+) -> None:
+    """$100 in the pool, 5 messages ($0.20 each) charged and not flushed yet, then Redis
+    loses the workspace's hash alone (its usage stays). A rebuild starts; should it read
+    the store (the old code did, then looked for claims), it is held there while the
+    flusher commits those 5 charges and acknowledges the claim. Either way it never
+    makes the pool $100.00 again; the next rebuild makes it $99.00."""
+    url = store_url(backend, request, tmp_path)
+    cfg = make_settings(fast_flush=True, store_url=url, redis_url=redis_url)
+    clock = Clock.past()
+    async for store in opened_store(url):
+        d = Deps(store, rclient, cfg, load_catalog(), clock)
+        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
+        ws = await workspaces.create_workspace(d, user.id, "Acme")
+        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
+        await apps.update_app(d, "operator", app, {"use_free_credits": False}, owner=None)
+        await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
+        adm = admitter(rclient, cfg, clock)
+        for i in range(5):
+            assert (await adm.admit(app.id, "web", f"u{i}")).admitted
+        clock.advance(120)
+        want = 100_000_000 - 5 * 200_000
+        assert (await projection.read_balances(rclient, ws.id)).pool == want
+        await rclient.delete(keys.ws_key(ws.id))  # the hash alone: its usage is still there
+        args = (store, rclient, cfg, d.catalog, ws.id)
+        flusher = Flusher(rclient, store, cfg, clock=clock)
+        async with held_call(store, "usage_spent", after=True) as read:
+            check = asyncio.ensure_future(rebuild.rebuild_workspace(*args, now_s=clock()))
+            held = asyncio.ensure_future(read())
+            await asyncio.wait([check, held], return_when=asyncio.FIRST_COMPLETED)
+            if held.done():  # it read the store: the flush lands while it is held there
+                await flusher.flush_once()
+            held.cancel()
+        await flusher.flush_once()  # (nothing left, if it ran above)
+        assert (await store.usage_spent(ws.id)).shared == 5 * 200_000  # committed, acked
+        if await check == "rebuilt":
+            assert (await projection.read_balances(rclient, ws.id)).pool == want
+        else:
+            assert await check == "refused"
+            assert await rebuild.rebuild_workspace(*args, now_s=clock()) == "rebuilt"
+        assert (await projection.read_balances(rclient, ws.id)).pool == want
