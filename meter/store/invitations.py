@@ -182,20 +182,15 @@ class Invitations(StoreCore):
                         inv.user_id,
                     )
                     return "active", str(role)
-            offered = await c.fetchrow(
-                "SELECT role, created_at FROM invitations WHERE target = ? AND user_id = ?",
-                inv.target,
-                inv.user_id,
-            )
+            # Locked: a decline (which locks no target) waits, or has deleted it already.
+            mine = "invitations WHERE target = ? AND user_id = ?"
+            sql = f"SELECT role, created_at FROM {mine}{self.for_update}"
+            offered = await c.fetchrow(sql, inv.target, inv.user_id)
             insert = insert_sql("invitations", INVITATION_COLUMNS)
             if offered is not None:
                 if int(offered["created_at"]) > since and offered["role"] == inv.role:
                     return "pending", offered["role"]  # the same offer stands, unchanged
-                await c.execute(
-                    "DELETE FROM invitations WHERE target = ? AND user_id = ?",
-                    inv.target,
-                    inv.user_id,
-                )
+                await c.execute(f"DELETE FROM {mine}", inv.target, inv.user_id)
                 if int(offered["created_at"]) > since:  # another role: a new offer
                     await c.execute(insert, *values(inv, INVITATION_COLUMNS))
                     return "pending", offered["role"]

@@ -99,3 +99,42 @@ async def test_a_removal_that_loses_a_deadlock_is_retried(pg_admin: Admin) -> No
     assert status == 204, body
     assert not await a.store.is_member(ws, carol[0])
     assert (await a.ok("GET", "/v1/invitations", carol[1]))["invitations"] == []
+
+
+async def test_an_offer_declined_while_another_role_replaces_it(pg_admin: Admin) -> None:
+    """Alice offers Carol viewer, then developer: that second offer read the viewer offer
+    under the app's lock and is held before it replaces it; Carol declines the viewer
+    offer meanwhile (a decline locks no app). The old code read the offer unlocked: the
+    decline went through (200), and the second offer was audited as an update of the
+    declined one (before: viewer). Read locked, the decline waits; the offer replaces
+    the viewer one, and the decline of a replaced offer is 404."""
+    a = pg_admin
+    owner, ws = await a.owner_workspace()
+    alice, carol = await a.new_user("alice"), await a.new_user("carol")
+    await a.join(ws, owner, alice)
+    await a.join(ws, owner, carol)
+    app = await a.new_app(alice[1], ws, "http://127.0.0.1:9/bot")
+    path = f"/v1/apps/{app}/collaborators"
+    await a.ok("POST", path, alice[1], {"user_id": carol[0], "role": "viewer"})
+    (viewer,) = (await a.ok("GET", "/v1/invitations", carol[1]))["invitations"]
+    async with held_statement(a.store, "DELETE FROM invitations WHERE target") as (reached, go):
+        offer = asyncio.ensure_future(
+            a.api("POST", path, alice[1], {"user_id": carol[0], "role": "developer"})
+        )
+        await started(offer, reached)  # read the viewer offer; replaces it next
+        decline = asyncio.ensure_future(
+            a.api("POST", f"/v1/invitations/{viewer['id']}/decline", carol[1])
+        )
+        await until_waiting(a.store, decline)  # on the offer's row (the old code: 200)
+        go()
+    status, body = await offer
+    assert status in (200, 201), body
+    assert (await decline)[0] == 404  # it named the replaced offer
+    (held,) = (await a.ok("GET", "/v1/invitations", carol[1]))["invitations"]
+    assert held["role"] == "developer"
+    trail = await a.store.list_audit(target=f"app:{app}")
+    offers = [(e.action, e.before) for e in reversed(trail) if "invitation" in e.action]
+    assert offers == [
+        ("invitation.create", None),
+        ("invitation.update", {"user_id": carol[0], "role": "viewer"}),
+    ]
