@@ -60,6 +60,29 @@ def client_frames(data: bytes) -> list[int]:
     return sizes
 
 
+def client_close(data: bytes) -> int | None:
+    """The status code of the first whole close frame in ``data`` (masked, from a client),
+    0 for one without a code; None when there is none."""
+    at = 0
+    while at + 2 <= len(data):
+        b0, n = data[at], data[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            (n,) = struct.unpack("!H", data[at : at + 2])
+            at += 2
+        elif n == 127:
+            (n,) = struct.unpack("!Q", data[at : at + 8])
+            at += 8
+        if at + 4 + n > len(data):
+            return None
+        if b0 & 0x0F == 8:
+            mask, body = data[at : at + 4], data[at + 4 : at + 4 + min(n, 2)]
+            code = bytes(b ^ mask[i] for i, b in enumerate(body))
+            return struct.unpack("!H", code)[0] if len(code) == 2 else 0
+        at += 4 + n
+    return None
+
+
 async def settled(rclient: RedisClient, ws: str, within_s: float = 60.0) -> bool:
     """Whether every charge of workspace ``ws`` was confirmed or refunded (nothing left
     for the sweeper), polled for up to ``within_s`` (a bound for a hang: a refund window

@@ -33,7 +33,7 @@ from tests.support.bot import eventually
 from tests.support.metering import admitter
 from tests.support.serving import seeded_serve, tail
 from tests.support.settings import make_settings
-from tests.support.ws_frames import accept_upgrade, client_frames, tight_bot
+from tests.support.ws_frames import accept_upgrade, client_close, client_frames, tight_bot
 
 WS = "wsshutdown"
 APP = f"{WS}_app1"  # contact_center: $0.01 per request
@@ -50,12 +50,14 @@ class TalkingBot:
     reads nothing until the gateway half-closed its connection (``half_closed``, seen
     from the gateway's side); then reads to the end of its stream. ``got``: the sizes of
     the client's messages read whole; ``end``: how its reading ended ("eof" or the
-    error's name); ``stalled`` once the gateway stopped reading it (its writes wait)."""
+    error's name); ``close``: the code of the gateway's close frame among what it read
+    (None without one); ``stalled`` once the gateway stopped reading it (its writes wait)."""
 
     def __init__(self) -> None:
         self.stalled = asyncio.Event()
         self.done = asyncio.Event()
         self.got: list[int] = []
+        self.close: int | None = None
         self.end = ""
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -87,6 +89,7 @@ class TalkingBot:
                 except ConnectionError as exc:
                     self.end = type(exc).__name__
             self.got = client_frames(bytes(data))
+            self.close = client_close(bytes(data))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             self.end = f"early {type(exc).__name__}"
         finally:
@@ -228,6 +231,9 @@ async def test_sigterm_ends_every_bot_connection_with_what_it_was_charged(
             assert bot.end == "eof"  # the gateway's end of stream, after all it held
             if not flood:
                 assert bot.got == [20] * SENT
+                # No send in flight: the bot's side was closed, 1001, after them (a stalled
+                # send's connection is dropped without a close frame).
+                assert bot.close == 1001
     # The gateway stopped: nothing sends or confirms any more. Once nothing is left for
     # the sweeper, every charge is a message the bot read.
     swept = await _sweep_as_the_next_start(redis_url, tmp_path, rclient)
