@@ -1,8 +1,11 @@
 """A stand-in DNS server on 127.0.0.1 (UDP, a free port) for resolver tests.
 
 It answers ``A`` queries for the names in ``answers`` (an IPv4 address each), answers
-every other known query with no record, and never answers a name ending in one of
-``hanging`` (a DNS server that swallows queries): nothing leaves loopback. c-ares
+every other known query with no record, and holds every query of a name ending in one of
+``hanging`` unanswered (a DNS server that swallows queries) until :meth:`release`, which
+answers each held one (and every later one) with no such name: a resolver stuck on them
+then ends at once, not when its own timeouts run out (a test that fails must not wait
+for libc's threads before its gateway can stop). Nothing leaves loopback. c-ares
 (:mod:`meter.accounts.names`) is pointed at it through its configured nameservers; in a
 network namespace, on port 53, it is the system's (tests/system/test_egress_dns.py).
 """
@@ -35,6 +38,8 @@ class StandInDNS(asyncio.DatagramProtocol):
         self.answers = answers
         self.hanging = tuple(hanging)
         self.asked: Counter[str] = Counter()  # queries received per name (all types)
+        self.held: list[tuple[bytes, tuple[str, int]]] = []  # hanging queries, unanswered
+        self.released = False
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
 
@@ -43,10 +48,22 @@ class StandInDNS(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        name, end, qtype = _question(data)
+        name, _, _ = _question(data)
         self.asked[name] += 1
-        if name.endswith(self.hanging):
-            return  # swallowed: the lookup hangs until the resolver gives up
+        if name.endswith(self.hanging) and not self.released:
+            self.held.append((data, addr))  # the lookup hangs until released (or given up)
+            return
+        self._answer(data, addr)
+
+    def release(self) -> None:
+        """Answer every held query, and every later one, with no such name."""
+        self.released = True
+        held, self.held = self.held, []
+        for data, addr in held:
+            self._answer(data, addr)
+
+    def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        name, end, qtype = _question(data)
         ip = self.answers.get(name)
         flags = 0x8180 if ip is not None or qtype != A else 0x8183  # NXDOMAIN: unknown
         records = b""

@@ -1,9 +1,22 @@
 """A tenant's host names whose DNS never answers stall no other tenant (the whole gateway).
 
-libc's resolver runs on a few threads per process (uvloop: 4) that such a lookup holds
-for resolv.conf's ``timeout`` x ``attempts`` (here 5 s x 2), past any deadline: before
-meter/accounts/names.py, four of a hostile tenant's names made every lookup of the
-process wait, and another tenant's bot (504) and owner webhook (failed attempt) with it.
+libc's resolver runs on a few threads per process (uvloop: libuv's, 2 lookups at once)
+that such a lookup holds for resolv.conf's ``timeout`` x ``attempts``, past any
+deadline: before meter/accounts/names.py, a few of a hostile tenant's names made every
+lookup of the process wait, and another tenant's bot (504) and owner webhook (failed
+attempt) with it.
+
+What is asserted is what the resolver did, never how long it took: while the stand-in
+DNS holds every hostile query unanswered (it answers none before the test is done), the
+victim's name is asked of it and the victim served. A victim waiting for libc's threads
+cannot be while the DNS holds them: resolv.conf makes libc hold a lookup 30 s x 5 (its
+most of each), past the tests' hang bound (:data:`HANG_S`). So a broken build fails at
+that bound and never hangs: the DNS then answers every held query
+(:meth:`StandInDNS.release`), libc's threads are free at once and the gateway stops.
+(It was the production 2 s connect and 5 s webhook timeouts against libc's 10 s hold:
+an assertion on time, which a busy machine could fail with a victim that was not
+stalled; 60 s hang bounds against a 150 s hold, tried before, waited on libc's threads
+for minutes on a broken build.)
 
 The system's DNS must be one that swallows queries, so the tests run in a network and
 mount namespace of their own (``unshare -mn``, root: CI's case), where loopback is the
@@ -40,8 +53,14 @@ from tests.support.settings import OPERATOR_TOKEN, make_settings
 IN_NETNS = "CREDITGATE_TEST_IN_NETNS"
 ROOT = Path(__file__).resolve().parents[2]
 FUNDS = 100 * 200_000
-HOSTILE_NAMES = 24  # more than libc's threads and than a tenant's share of lookups
-VICTIM = {"bot.victim.test": "127.0.0.1", "hook.victim.test": "127.0.0.1"}
+HOSTILE_NAMES = 24  # more than libc's lookups at once and than a tenant's share of them
+VICTIM = {
+    "bot.victim.test": "127.0.0.1",
+    "late.victim.test": "127.0.0.1",  # first asked while the hostile queries are held
+    "hook.victim.test": "127.0.0.1",
+}
+LIBC_TIMEOUT_S, LIBC_ATTEMPTS = 30, 5  # libc holds a lookup 150 s: past HANG_S
+HANG_S = 60.0  # a bound for a hang only (the victim is served in milliseconds)
 inside = pytest.mark.skipif(not os.environ.get(IN_NETNS), reason="runs in test_in_a_namespace")
 
 
@@ -58,7 +77,8 @@ async def test_in_a_namespace(tmp_path: Path) -> None:
     refused = _unshare_refusal()
     if refused is not None:
         pytest.skip(refused)
-    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
+    resolv = f"nameserver 127.0.0.1\noptions timeout:{LIBC_TIMEOUT_S} attempts:{LIBC_ATTEMPTS}\n"
+    (tmp_path / "resolv.conf").write_text(resolv)
     shutil.copyfile("/etc/hosts", tmp_path / "hosts")
     script = (
         "set -e; ip link set lo up; "
@@ -71,7 +91,13 @@ async def test_in_a_namespace(tmp_path: Path) -> None:
         cwd=ROOT, env={**os.environ, IN_NETNS: "1"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(10 * HANG_S):  # a bound for a hang only
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()  # its gateways stop as orphans
+        out, _ = await proc.communicate()
+        pytest.fail(f"the tests in the namespace hung:\n{out.decode(errors='replace')}")
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     assert " passed" in text, text
@@ -127,30 +153,40 @@ async def test_hanging_names_of_one_tenant_stall_no_others_bot(
                 "upstream_url": f"http://gone.victim.test:{port}",
                 "funds": FUNDS,
             },
+            "victim_app3": {  # a name first looked up while the hostile ones hang
+                "product": "automation",
+                "upstream_url": f"http://late.victim.test:{port}",
+                "funds": FUNDS,
+            },
         }
-        # The production connect timeout (the helper's is a 60 s hang bound): the victim
-        # not stalled is its messages answered within it (a stalled one waited for
-        # libc's threads, 5 s x 2, and was 504), and the hostile messages end by it.
+        # The connect timeout is the helper's (a 60 s hang bound, as HANG_S).
         async with seeded_serve(
             rclient, redis_url, tmp_path, "victim", victim, workers=1,
             egress_allow="127.0.0.0/8", traffic_server=traffic_server,
-            upstream_connect_timeout_s=2.0,
         ) as gw:  # fmt: skip
-            url = f"{gw.traffic}/hooks/web/victim_app1/x"
-            assert [await post(http, url, f"v{i}") for i in range(2)] == [200] * 2
-            gone = f"{gw.traffic}/hooks/web/victim_app2/x"
-            assert await post(http, gone, "v0") == 502  # the bot cannot be reached
-            hostile = [
-                asyncio.create_task(
-                    post(http, f"{gw.traffic}/hooks/web/hostile_app{i % HOSTILE_NAMES}/x", f"h{i}")
-                )
-                for i in range(3 * HOSTILE_NAMES)
-            ]
-            # libc's threads would all be held by now
-            assert await eventually(lambda: hanging(dns) >= 4)
-            during = [await post(http, url, f"w{i}") for i in range(3)]
+            try:
+                async with asyncio.timeout(2 * HANG_S):  # a bound for a hang only
+                    url = f"{gw.traffic}/hooks/web/victim_app1/x"
+                    assert [await post(http, url, f"v{i}") for i in range(2)] == [200] * 2
+                    gone = f"{gw.traffic}/hooks/web/victim_app2/x"
+                    assert await post(http, gone, "v0") == 502  # the bot cannot be reached
+                    hostile = [
+                        asyncio.create_task(
+                            post(http, f"{gw.traffic}/hooks/web/hostile_app{i % HOSTILE_NAMES}/x",
+                                 f"h{i}")
+                        )
+                        for i in range(3 * HOSTILE_NAMES)
+                    ]  # fmt: skip
+                    # libc's threads would all be held by now (libuv runs 2 lookups)
+                    assert await eventually(lambda: hanging(dns) >= 2)
+                    late = f"{gw.traffic}/hooks/web/victim_app3/x"
+                    during = [await post(http, late, f"w{i}") for i in range(3)]
+                    asked = dns.asked["late.victim.test"]  # meanwhile, nothing released
+            finally:
+                dns.release()  # a broken build's libc threads freed: its gateway stops
             statuses = await asyncio.gather(*hostile)
         assert during == [200] * 3, f"the victim stalled: {during}"
+        assert asked >= 1, dns.asked  # its name was asked of the DNS, not of a cache
         # the hostile tenant's own messages: no answer in time (504) or none at all (502)
         assert set(statuses) <= {502, 504}, statuses
 
@@ -171,66 +207,93 @@ async def test_hanging_names_saved_by_one_tenant_stall_no_others_webhook(
         stand_in_dns(VICTIM, hanging=(".hang.test",), port=53) as dns,
         receiver() as rec,
         aiohttp.ClientSession() as http,
+        # The webhook's timeout a hang bound, not the production 5 s (which a busy
+        # machine could pass with a victim not stalled).
         creditgate_serve(
-            redis_url, tmp_path, operator_token=OPERATOR_TOKEN, egress_allow="127.0.0.0/8"
+            redis_url, tmp_path, operator_token=OPERATOR_TOKEN, egress_allow="127.0.0.0/8",
+            webhook_timeout_s=HANG_S,
         ) as gw,
-    ):
+    ):  # fmt: skip
         a = gw.admin
-        body = {"email": "h@x.example", "name": "h"}
-        _, h = await call(http, "POST", f"{a}/v1/users", OPERATOR_TOKEN, body)
-        _, hws = await call(http, "POST", f"{a}/v1/workspaces", h["token"], {"name": "hostile"})
-        body = {"name": "b", "product": "automation"}
-        _, app = await call(http, "POST", f"{a}/v1/workspaces/{hws['id']}/apps", h["token"], body)
-        # the hostile owner's webhook hangs too (it is delivered by the same process)
-        hook = {"url": "http://hook.hang.test/", "secret": "whsec-" + "h" * 26}
-        assert (
-            await call(http, "PUT", f"{a}/v1/workspaces/{hws['id']}/webhook", h["token"], hook)
-        )[0] == 200
-        n = itertools.count()
         stop = asyncio.Event()
         saved: list[int] = []
-
-        async def save_hanging_urls() -> None:
-            while not stop.is_set():
-                patches = (
-                    call(http, "PATCH", f"{a}/v1/apps/{app['id']}", h["token"],
-                         {"upstream_url": f"http://h{next(n)}.hang.test/"})
-                    for _ in range(8)
-                )  # fmt: skip
-                saved.extend(r[0] for r in await asyncio.gather(*patches))
-
-        spammer = asyncio.create_task(save_hanging_urls())
-        assert await eventually(lambda: hanging(dns) >= 4)
-        body = {"email": "v@x.example", "name": "v"}
-        _, v = await call(http, "POST", f"{a}/v1/users", OPERATOR_TOKEN, body)
-        _, vws = await call(http, "POST", f"{a}/v1/workspaces", v["token"], {"name": "victim"})
-        hook = {
-            "url": rec.url.replace("127.0.0.1", "hook.victim.test"),
-            "secret": "whsec-" + "v" * 26,
-        }
-        st, _ = await call(http, "PUT", f"{a}/v1/workspaces/{vws['id']}/webhook", v["token"], hook)
-        assert st == 200
-        body = {"amount": "100.00", "reference": "ref-2"}
-        st, _ = await call(
-            http, "POST", f"{a}/v1/workspaces/{vws['id']}/funds", OPERATOR_TOKEN, body
-        )
-        assert st == 201
-        db = gw.store_url.removeprefix("sqlite:///")
-        query = (
-            "SELECT attempts, last_error, delivered_at FROM outbox"
-            " WHERE workspace_id=? ORDER BY id DESC LIMIT 1"
-        )
-
-        def victims_event() -> Any:
-            with sqlite3.connect(db) as c:
-                return c.execute(query, (vws["id"],)).fetchone()
-
-        done = await eventually(lambda: (row := victims_event()) is not None and (row[1] or row[2]))
-        assert done, victims_event()
-        stop.set()
-        await spammer
-        row = victims_event()
+        spammer: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(2 * HANG_S):  # a bound for a hang only
+                hostile = await _hostile_owner(http, a)
+                spammer = asyncio.create_task(_save_hanging_urls(http, a, hostile, stop, saved))
+                assert await eventually(lambda: hanging(dns) >= 2)  # as above
+                row = await _victims_webhook(http, gw.store_url, a, rec.url)
+                asked = dns.asked["hook.victim.test"]  # meanwhile, nothing released
+        finally:
+            dns.release()  # a broken build's libc threads freed: its gateway stops
+            stop.set()
+            if spammer is not None:
+                await spammer
         assert row[1] is None, f"the victim's webhook failed: {row}"
         assert row[2] is not None, row
         assert len(rec.got) == 1
+        assert asked >= 1, dns.asked  # its name was asked of the DNS, not of a cache
         assert set(saved) == {200}  # saving such URLs is accepted (checked at connection)
+
+
+async def _hostile_owner(http: aiohttp.ClientSession, a: str) -> tuple[str, str]:
+    """A hostile owner whose webhook hangs too (it is delivered by the same process as
+    the victim's): its token and its app's id."""
+    body = {"email": "h@x.example", "name": "h"}
+    _, h = await call(http, "POST", f"{a}/v1/users", OPERATOR_TOKEN, body)
+    _, hws = await call(http, "POST", f"{a}/v1/workspaces", h["token"], {"name": "hostile"})
+    body = {"name": "b", "product": "automation"}
+    _, app = await call(http, "POST", f"{a}/v1/workspaces/{hws['id']}/apps", h["token"], body)
+    hook = {"url": "http://hook.hang.test/", "secret": "whsec-" + "h" * 26}
+    put = await call(http, "PUT", f"{a}/v1/workspaces/{hws['id']}/webhook", h["token"], hook)
+    assert put[0] == 200
+    return h["token"], app["id"]
+
+
+async def _save_hanging_urls(
+    http: aiohttp.ClientSession, a: str, hostile: tuple[str, str], stop: asyncio.Event,
+    saved: list[int],
+) -> None:  # fmt: skip
+    """The hostile owner saves new hanging upstream URLs, 8 at a time, until ``stop``."""
+    token, app = hostile
+    n = itertools.count()
+    while not stop.is_set():
+        patches = (
+            call(http, "PATCH", f"{a}/v1/apps/{app}", token,
+                 {"upstream_url": f"http://h{next(n)}.hang.test/"})
+            for _ in range(8)
+        )  # fmt: skip
+        saved.extend(r[0] for r in await asyncio.gather(*patches))
+
+
+async def _victims_webhook(
+    http: aiohttp.ClientSession, store_url: str, a: str, receiver_url: str
+) -> Any:
+    """A victim owner with a webhook at ``hook.victim.test`` is credited funds: its
+    event's outbox row (attempts, last_error, delivered_at) once delivered or failed."""
+    body = {"email": "v@x.example", "name": "v"}
+    _, v = await call(http, "POST", f"{a}/v1/users", OPERATOR_TOKEN, body)
+    _, vws = await call(http, "POST", f"{a}/v1/workspaces", v["token"], {"name": "victim"})
+    hook = {
+        "url": receiver_url.replace("127.0.0.1", "hook.victim.test"),
+        "secret": "whsec-" + "v" * 26,
+    }
+    st, _ = await call(http, "PUT", f"{a}/v1/workspaces/{vws['id']}/webhook", v["token"], hook)
+    assert st == 200
+    body = {"amount": "100.00", "reference": "ref-2"}
+    st, _ = await call(http, "POST", f"{a}/v1/workspaces/{vws['id']}/funds", OPERATOR_TOKEN, body)
+    assert st == 201
+    db = store_url.removeprefix("sqlite:///")
+    query = (
+        "SELECT attempts, last_error, delivered_at FROM outbox"
+        " WHERE workspace_id=? ORDER BY id DESC LIMIT 1"
+    )
+
+    def victims_event() -> Any:
+        with sqlite3.connect(db) as c:
+            return c.execute(query, (vws["id"],)).fetchone()
+
+    done = await eventually(lambda: (row := victims_event()) is not None and (row[1] or row[2]))
+    assert done, victims_event()
+    return victims_event()
