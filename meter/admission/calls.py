@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
@@ -60,6 +60,8 @@ class AdmitCalls:
         self._tasks: set[asyncio.Task[None]] = set()
         self._period = PeriodCache()
         self._period_bulk = (b"", b"")  # the period and its RESP bulk, as last sent
+        self._head_rest = b""  # the head after now_ms, as last sent
+        self._ws_bulks: dict[str, bytes] = {}  # workspace -> its keys as RESP bulks
         self._head = AdmitHead.of(settings, 0.0)
         # The head's fields but now_ms (the first) and period never change: encoded once
         # (most of a call's bytes under moderate load, when batches are small).
@@ -90,64 +92,43 @@ class AdmitCalls:
     def _send_piped(
         self, pipe: RedisPipe, now: float, batch: Batch, done: Callable[[], None]
     ) -> None:
-        """One EVALSHA per workspace down the pipe; the replies resolve their waiters."""
-        left = len(batch)
+        """One EVALSHA per workspace down the pipe; the replies resolve their waiters.
+
+        Built from bytes kept between calls (a workspace's keys, the head but ``now``, the
+        count's line) and without ``%`` formatting, closures or comprehensions: each costs
+        a message's worth of instructions a call (one call a message when traffic is light).
+        """
         period = self._period(now).encode()
         if period != self._period_bulk[0]:
             self._period_bulk = (period, bulks([period]))
+            self._head_rest = b"".join((self._head_mid, self._period_bulk[1], self._head_end))
         at = int(now * 1000)  # the decisions' "at"
-        now_ms = b"%d" % at
-        now_bulk = b"$%d\r\n%b\r\n" % (len(now_ms), now_ms)
-        head = b"".join((now_bulk, self._head_mid, self._period_bulk[1], self._head_end))
-
-        def answered() -> None:
-            nonlocal left
-            left -= 1
-            if left == 0:
-                done()
-
+        now_ms = str(at).encode()
+        head = b"".join((_BULK[len(now_ms)], now_ms, b"\r\n", self._head_rest))
+        answered = done if len(batch) == 1 else _countdown(len(batch), done)
+        ws_bulks = self._ws_bulks
         for ws, chunk in batch:
             if self._on_batch is not None:
                 self._on_batch(len(chunk))
             # Everything after "numkeys": the keys, the head, one argument per admission.
-            key = bulks([k.encode() for k in keys.ws_keys(ws)])
-            args = b"".join((key, head, bulks([p.arg for p in chunk])))
-            count = b"*%d\r\n" % (self._argc + len(chunk))
-            on_reply = self._on_reply(pipe, chunk, count, args, answered, at)
+            key = ws_bulks.get(ws)
+            if key is None:
+                key = bulks([k.encode() for k in keys.ws_keys(ws)])
+                if len(ws_bulks) >= _WS_BULKS_MAX:
+                    ws_bulks.clear()
+                ws_bulks[ws] = key
+            parts = [key, head]
+            for p in chunk:
+                a = p.arg
+                parts += (_BULK[len(a)], a, b"\r\n") if len(a) < _BULK_MAX else (bulks([a]),)
+            args = b"".join(parts)
+            n = self._argc + len(chunk)
+            count = _COUNT[n] if n < _BULK_MAX else b"*%d\r\n" % n
+            reply = tuple.__new__(_Reply, (self, pipe, chunk, count, args, answered, at, False))
             try:
-                pipe.send(b"".join((count, self._evalsha, args)), on_reply)
+                pipe.send(b"".join((count, self._evalsha, args)), reply.on_reply)
             except Exception as exc:  # never sent: its waiters must hear, its slot return
-                asyncio.get_running_loop().call_soon(on_reply, exc, False)
-
-    def _on_reply(
-        self,
-        pipe: RedisPipe,
-        chunk: list[Pending],
-        count: bytes,
-        args: bytes,
-        answered: Callable[[], None],
-        at: int,
-    ) -> Callable[[Any, bool], None]:
-        def on_reply(reply: Any, sent: bool) -> None:
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-                # A restarted or flushed server: EVAL loads the script again on the way.
-                script = b"$4\r\nEVAL\r\n" + bulks([self._script])
-                pipe.send(b"".join((count, script, b"$1\r\n2\r\n", args)), finish)
-                return
-            finish(reply, sent)
-
-        def finish(reply: Any, sent: bool) -> None:
-            try:
-                if isinstance(reply, Exception):
-                    fail(chunk, reply, ambiguous=sent)
-                else:
-                    resolve(chunk, reply, at)
-            except Exception as exc:  # a reply that does not decode: no decision
-                fail(chunk, exc)
-            finally:
-                answered()
-
-        return on_reply
+                asyncio.get_running_loop().call_soon(reply.on_reply, exc, False)
 
     async def _send(self, head: list[EncodableT], batch: Batch, done: Callable[[], None]) -> None:
         try:
@@ -219,3 +200,57 @@ def _at(head: list[EncodableT]) -> int:
     """A call's ``now_ms`` (the head's first argument, :class:`AdmitHead`)."""
     now_ms = head[0]
     return now_ms if isinstance(now_ms, int) else 0
+
+
+_BULK_MAX = 4096
+_BULK = tuple(b"$%d\r\n" % n for n in range(_BULK_MAX))  # a bulk string's first line
+_COUNT = tuple(b"*%d\r\n" % n for n in range(_BULK_MAX))  # a command's first line
+_WS_BULKS_MAX = 65_536  # workspaces whose keys are kept encoded
+
+
+def _countdown(calls: int, done: Callable[[], None]) -> Callable[[], None]:
+    """``done`` once the last of ``calls`` is answered."""
+    left = calls
+
+    def answered() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            done()
+
+    return answered
+
+
+class _Reply(NamedTuple):
+    """One EVALSHA's admissions, answered by :meth:`on_reply` (a tuple, made without a
+    frame: no closure per call)."""
+
+    calls: AdmitCalls
+    pipe: RedisPipe
+    chunk: list[Pending]
+    line: bytes  # the command's first line
+    args: bytes  # everything after "numkeys" (resent as EVAL)
+    answered: Callable[[], None]
+    at: int  # the call's now_ms
+    resent: bool  # as EVAL, after NOSCRIPT
+
+    def on_reply(self, reply: Any, sent: bool) -> None:
+        if (
+            isinstance(reply, ResponseError)
+            and not self.resent
+            and str(reply).startswith("NOSCRIPT")
+        ):
+            # A restarted or flushed server: EVAL loads the script again on the way.
+            script = b"$4\r\nEVAL\r\n" + bulks([self.calls._script])
+            again = self._replace(resent=True)
+            self.pipe.send(b"".join((self.line, script, b"$1\r\n2\r\n", self.args)), again.on_reply)
+            return
+        try:
+            if isinstance(reply, Exception):
+                fail(self.chunk, reply, ambiguous=sent)
+            else:
+                resolve(self.chunk, reply, self.at)
+        except Exception as exc:  # a reply that does not decode: no decision
+            fail(self.chunk, exc)
+        finally:
+            self.answered()

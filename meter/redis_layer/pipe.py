@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis.asyncio import Redis
@@ -63,12 +63,12 @@ def bulks(args: Sequence[bytes]) -> bytes:
     return b"".join([b"$%d\r\n%b\r\n" % (len(b), b) for b in args])
 
 
-class _Call:
-    __slots__ = ("deadline", "on_reply")
+class _Call(NamedTuple):
+    """A command sent and the callback its reply goes to (made with ``tuple.__new__``
+    on the hot path: no frame per call)."""
 
-    def __init__(self, on_reply: OnReply, deadline: float) -> None:
-        self.on_reply = on_reply
-        self.deadline = deadline
+    on_reply: OnReply
+    deadline: float
 
 
 class _Connection(asyncio.Protocol):
@@ -211,7 +211,7 @@ class RedisPipe:
     def send(self, command: bytes, on_reply: OnReply) -> None:
         """:meth:`call` with the command already encoded (:func:`encode`)."""
         loop = self._loop or self._bind()
-        c = _Call(on_reply, loop.time() + self._timeout)
+        c = tuple.__new__(_Call, (on_reply, loop.time() + self._timeout))
         if self._closed:
             loop.call_soon(on_reply, RedisConnectionError("pipe closed"), False)
         elif self._conn is not None:
