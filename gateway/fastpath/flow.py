@@ -6,7 +6,9 @@ first step), another after each wait (a finished future schedules the Task's wak
 which schedules nothing more but runs a pass later), and a scheduled done-callback at
 its end: about 5% of a message's instructions (``bench.worker_cost``). A Flow runs its
 first step at once, in the caller's frame, and its next step straight from the
-callback of the future it waited on; a message that never waits (unmetered, a bot
+callback of the future it waited on, or, for an admission's
+:class:`~meter.admission.ticket.Ticket`, from the reply that decides it (no loop handle
+either: :meth:`Flow.wake`); a message that never waits (unmetered, a bot
 connection idle in the pool) finishes before :meth:`Flow.start` returns.
 
 It keeps what code inside it may count on from a Task: ``asyncio.current_task()`` is the
@@ -28,6 +30,8 @@ import logging
 from asyncio import tasks
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from meter.admission.ticket import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,10 @@ class Flow:
         self._cancels += 1
         waiting = self._waiting
         if waiting is not None and waiting.cancel(msg):
+            if waiting.__class__ is Ticket and waiting.waiter is self:
+                # A ticket waited on calls nothing back once cancelled: resume here.
+                waiting.waiter = None
+                self._loop.call_soon(self._step, context=self._ctx)
             return True
         self._must_cancel = True
         return True
@@ -101,6 +109,11 @@ class Flow:
         return f"Flow-{id(self):x}"
 
     # ------------------------------------------------------------ stepping
+
+    def wake(self) -> None:
+        """Resume after the ticket waited on was completed (:mod:`meter.admission.ticket`:
+        called with no step running)."""
+        self._ctx.run(self._step)
 
     def _step(self, _: object = None) -> None:
         """One step: resume the coroutine until it waits or ends (run in ``_ctx``)."""
@@ -129,6 +142,11 @@ class Flow:
         else:
             if yielded is None:  # a bare yield: resume on the next loop pass
                 loop.call_soon(self._step, context=self._ctx)
+            elif yielded.__class__ is Ticket and not self._must_cancel:
+                # Woken by whoever completes it (no done-callback, no loop handle).
+                yielded._asyncio_future_blocking = False
+                self._waiting = yielded
+                yielded.waiter = self
             elif getattr(yielded, "_asyncio_future_blocking", None):
                 yielded._asyncio_future_blocking = False
                 self._waiting = yielded

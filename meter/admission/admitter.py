@@ -22,6 +22,7 @@ from meter.admission.calls import AdmitCalls, Batch
 from meter.admission.decision import Decision, MessageKind, unknown_app
 from meter.admission.refunds import Refunds
 from meter.admission.targets import Targets
+from meter.admission.ticket import Ticket, ticket
 from meter.admission.wire import AdmitArgs, Pending, encode_args, fail
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
@@ -111,14 +112,16 @@ class Admitter:
         kind: MessageKind,
         token: str,
         digest: str,
-    ) -> asyncio.Future[Decision]:
+    ) -> Ticket[Decision]:
         """:meth:`admit` as a future to await (its arguments all given): a caller that
         awaits it directly resumes with one frame fewer per message than through
-        :meth:`admit`. Raises what :meth:`admit` raises for a value that cannot be sent."""
+        :meth:`admit`, and a Flow without a loop handle (:mod:`.ticket`). Raises what
+        :meth:`admit` raises for a value that cannot be sent."""
         if digest and not digest.isalnum():
             raise ValueError("digest must be alphanumeric")
         loop = self._loop or self._bind()
-        fut: asyncio.Future[Decision] = loop.create_future()
+        fut: Ticket[Decision] = Ticket(loop=loop)  # ticket(loop), minus a frame
+        fut.waiter = None
         ws = self._targets.workspace(app_id, channel, user, key)
         if ws is None:
             fut.set_result(unknown_app(key, token))
@@ -237,7 +240,7 @@ class Admitter:
         arg = AdmitArgs(app_id, channel, user, key, token, kind, digest).settled().encode()
         loop = asyncio.get_running_loop()
         rid = keys.record_id(channel, user, key, token)
-        pending = Pending(arg, key, token, rid, loop.create_future(), channel, user)
+        pending = Pending(arg, key, token, rid, ticket(loop), channel, user)
         await self._calls.call(head, ws, [pending])
         return await pending.future
 

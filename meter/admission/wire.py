@@ -9,7 +9,6 @@ waiter its own, :func:`fail` tells them all there is none). Refusal codes and re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, NamedTuple
 
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from meter.admission.decision import Decision
+from meter.admission.ticket import Ticket, Waiter, wake
 from meter.errors import InvalidChannelUser, MeteringUnavailable
 from meter.redis_layer.billing_period import billing_period
 
@@ -133,19 +133,27 @@ class Pending(NamedTuple):
     key: str
     token: str
     rid: str
-    future: asyncio.Future[Decision]
+    future: Ticket[Decision]
     channel: str = ""  # the admission's channel and channel user (a refund may need them)
     user: str = ""
 
 
 def resolve(chunk: list[Pending], raw: list[Any], at: int = 0) -> None:
     """Hand each waiter of ``chunk`` its decision from ``admit.lua``'s reply ``raw`` to
-    the call made as of ``at`` (ms: its ``now_ms``)."""
+    the call made as of ``at`` (ms: its ``now_ms``), then resume the Flows awaiting them
+    (all decisions first: one that does not decode fails only those after it)."""
     from_reply = Decision.from_reply
-    for i, p in enumerate(chunk):
-        fut = p.future
-        if not fut.done():  # else the caller gave up (cancelled)
-            fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user, at))
+    woken: list[Waiter] = []
+    try:
+        for i, p in enumerate(chunk):
+            fut = p.future
+            if not fut.done():  # else the caller gave up (cancelled)
+                fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user, at))
+                if fut.waiter is not None:
+                    woken.append(fut.waiter)
+    finally:
+        if woken:
+            wake(chunk[0].future.get_loop(), woken)
 
 
 def fail(chunk: list[Pending], exc: BaseException, *, ambiguous: bool = True) -> None:
@@ -159,6 +167,12 @@ def fail(chunk: list[Pending], exc: BaseException, *, ambiguous: bool = True) ->
     if not isinstance(exc, (RedisError, OSError, TimeoutError, MeteringUnavailable)):
         log.error("admission call failed unexpectedly", exc_info=exc)
     err = MeteringUnavailable(f"redis: {type(exc).__name__}: {exc}", ambiguous=ambiguous)
+    woken: list[Waiter] = []
     for p in chunk:
-        if not p.future.done():
-            p.future.set_exception(err)
+        fut = p.future
+        if not fut.done():
+            fut.set_exception(err)
+            if fut.waiter is not None:
+                woken.append(fut.waiter)
+    if woken:
+        wake(chunk[0].future.get_loop(), woken)
