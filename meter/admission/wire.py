@@ -145,12 +145,22 @@ def resolve(chunk: list[Pending], raw: list[Any], at: int = 0) -> None:
     from_reply = Decision.from_reply
     woken: list[Waiter] = []
     try:
-        for i, p in enumerate(chunk):
-            fut = p.future
-            if not fut.done():  # else the caller gave up (cancelled)
-                fut.set_result(from_reply(raw, i, p.key, p.token, p.rid, p.channel, p.user, at))
-                if fut.waiter is not None:
-                    woken.append(fut.waiter)
+        # Unpacked: a field read by name is an attribute look-up (six a message).
+        for i, (_, key, token, rid, fut, channel, user) in enumerate(chunk):
+            if fut.done():  # the caller gave up (cancelled)
+                continue
+            j = i * 3
+            status, bsid, amounts = raw[j], raw[j + 1], raw[j + 2]
+            if status < 16 and amounts == 0 and bsid.__class__ is bytes:
+                # Most messages (no flags, no amounts): Decision.from_reply's first case,
+                # inline (a frame a message).
+                dec = tuple.__new__(Decision, (status, 0, 0, 0, 0, 0, 0, bsid.decode(), False,
+                    False, key, token, rid, 0, channel, user, at))  # fmt: skip
+            else:
+                dec = from_reply(raw, i, key, token, rid, channel, user, at)
+            fut.set_result(dec)
+            if fut.waiter is not None:
+                woken.append(fut.waiter)
     finally:
         if woken:
             wake(chunk[0].future.get_loop(), woken)

@@ -7,12 +7,14 @@ the store derive from that one table.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from gateway.metrics import REFUSALS
 from gateway.problems import REFUSAL_STATUS
 from meter.admission.decision import Decision
-from meter.admission.wire import AdmitArgs, AdmitHead
+from meter.admission.ticket import ticket
+from meter.admission.wire import AdmitArgs, AdmitHead, Pending, resolve
 from meter.redis_layer.scripts import lua_source
 from meter.refusals import COUNTED, REASONS, Code, Refusal
 from meter.store.models import REFUSAL_REASONS
@@ -83,6 +85,23 @@ def test_decision_from_reply() -> None:
     assert Decision.from_reply([0, "s1", 0], 0, "", "t5", "r") == inside._replace(
         bsid="s1", token="t5", rid="r"
     )  # a str reply (redis-py decoding) reads the same
+
+
+async def test_resolve_hands_out_what_from_reply_reads() -> None:
+    """wire.resolve decides the common message inline (no frame): the same Decision."""
+    raw = [0 + 16 * 2, b"s9", b"1,5,6,7,0,0", 4 + 16 * (1 + 8 * 6), b"", b"0,0,0,0,0,1500"]
+    raw += [0, b"s9", 0, 6, b"", 0, 0, "s1", 0]
+    loop = asyncio.get_running_loop()
+    chunk = [
+        Pending(b"", f"k{i}", f"t{i}", f"r{i}", ticket(loop), "web", f"u{i}") for i in range(5)
+    ]
+    resolve(chunk, raw, 1234)
+    for i, p in enumerate(chunk):
+        want = Decision.from_reply(raw, i, p.key, p.token, p.rid, "web", p.user, 1234)
+        got = p.future.result()
+        assert got == want
+        assert type(got) is Decision
+        assert type(got.bsid) is str
 
 
 def test_admit_lua_reply_layout_is_three_per_admission() -> None:
