@@ -30,7 +30,9 @@ class Targets:
                 return None
             if len(self._channels) < _CACHE_MAX:
                 self._channels.add(channel)
-        check_channel_text("user", user, MAX_USER_LEN)
+        # check_channel_text's test, its frame only for a value it refuses (once a message)
+        if not (0 < len(user) <= MAX_USER_LEN and user.isprintable()):
+            check_channel_text("user", user, MAX_USER_LEN)
         if key:
             check_channel_text("idempotency_key", key, MAX_KEY_LEN)
         return ws

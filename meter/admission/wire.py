@@ -159,8 +159,8 @@ def resolve(chunk: list[Pending], raw: list[Any], at: int = 0) -> None:
             else:
                 dec = from_reply(raw, i, key, token, rid, channel, user, at)
             fut.set_result(dec)
-            if fut.waiter is not None:
-                woken.append(fut.waiter)
+            if (w := fut.waiter) is not None:
+                woken.append(w)
     finally:
         if woken:
             wake(chunk[0].future.get_loop(), woken)

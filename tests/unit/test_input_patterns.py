@@ -14,7 +14,7 @@ from meter.accounts.authz import bearer
 from meter.accounts.channel_secrets import _check_channel
 from meter.accounts.credits import funds_reference
 from meter.admission.targets import Targets
-from meter.errors import InvalidInput, Unauthorized
+from meter.errors import InvalidChannelUser, InvalidInput, Unauthorized
 from meter.redis_layer import keys
 
 APP = "abcd_efgh"
@@ -26,6 +26,13 @@ def test_an_app_id_or_channel_with_a_final_newline_has_no_workspace() -> None:
     assert Targets().workspace(APP, "web", "u", "") == "abcd"
     assert Targets().workspace(APP, "web\n", "u", "") is None
     assert Targets().workspace(APP + "\n", "web", "u", "") is None
+
+
+@pytest.mark.parametrize("user", ["", "x" * 257, "a\tb", "a\nb", "\ud800"])
+def test_a_channel_user_that_cannot_be_sent_is_refused(user: str) -> None:
+    with pytest.raises(InvalidChannelUser):
+        Targets().workspace(APP, "web", user, "")
+    assert Targets().workspace(APP, "web", "x" * 256, "") == "abcd"  # the longest taken
 
 
 def test_remembered_workspaces_are_well_formed_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
