@@ -202,7 +202,7 @@ def _at(head: list[EncodableT]) -> int:
     return now_ms if isinstance(now_ms, int) else 0
 
 
-_BULK_MAX = 4096
+_BULK_MAX = 2048  # longer (never on the fast path: an argument is some 100 bytes) formatted
 _BULK = tuple(b"$%d\r\n" % n for n in range(_BULK_MAX))  # a bulk string's first line
 _COUNT = tuple(b"*%d\r\n" % n for n in range(_BULK_MAX))  # a command's first line
 _WS_BULKS_MAX = 65_536  # workspaces whose keys are kept encoded
