@@ -1,7 +1,8 @@
 """A decision's future that resumes the coroutine awaiting it without a loop handle.
 
 A plain future told its result schedules each done-callback with ``loop.call_soon``: a
-handle per message, run a loop pass later, for the coroutine awaiting its decision. A
+handle per message, run once the current callbacks are done, for the coroutine awaiting
+its decision. A
 :class:`Ticket` is such a future (a Task awaits it as any other), plus one slot: a
 :class:`Waiter` that stepped its coroutine to the ticket and asked, instead of a
 done-callback, to be resumed by whoever decides it (``gateway.fastpath.flow.Flow``).
