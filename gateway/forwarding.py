@@ -78,7 +78,7 @@ APP_HEADER = "X-Creditgate-App"
 CHANNEL_AUTH_HEADER = "X-Creditgate-Channel-Auth"
 # Request headers the client side re-creates for the upstream connection, the
 # expectation the gateway meets itself (see the module), and the gateway's own.
-_REQUEST_ONLY = _HOP | {"host", "expect", APP_HEADER.lower(), CHANNEL_AUTH_HEADER.lower()}
+REQUEST_ONLY = _HOP | {"host", "expect", APP_HEADER.lower(), CHANNEL_AUTH_HEADER.lower()}
 # The WebSocket handshake is negotiated anew with the upstream.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",
@@ -92,13 +92,16 @@ WS_HANDSHAKE = (
 # server of its own (a bot's own passes unchanged): the product, never a version.
 SERVER = "creditgate"
 
-_ids = itertools.count(1)
-_id_format = os.urandom(6).hex() + "-%x"
+# Request ids: this process's prefix and a count, shared with the fast path, which
+# writes them as bytes (gateway.fastpath.head).
+REQUEST_IDS = itertools.count(1)
+REQUEST_ID_PREFIX = os.urandom(6).hex()
+_id_format = REQUEST_ID_PREFIX + "-%x"
 
 
 def new_request_id() -> str:
     """Unique per process and request; cheaper than a UUID on the hot path."""
-    return _id_format % next(_ids)
+    return _id_format % next(REQUEST_IDS)
 
 
 def _end_to_end(src: Headers, hop: frozenset[str], request: bool = False) -> CIMultiDict[str]:
@@ -136,7 +139,7 @@ def forwarded_headers(
     """End-to-end request headers plus the X-Forwarded-* set (and ``APP_HEADER`` naming
     ``app``), and the request id."""
     out = _end_to_end(
-        src, _REQUEST_ONLY.union(name.lower() for name in drop) if drop else _REQUEST_ONLY, True
+        src, REQUEST_ONLY.union(name.lower() for name in drop) if drop else REQUEST_ONLY, True
     )
     xff = _joined(src, "X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
@@ -146,7 +149,7 @@ def forwarded_headers(
         out["X-Forwarded-Host"] = host
     fwd = _joined(src, "Forwarded")
     if fwd:
-        out["Forwarded"] = f"{fwd}, for={_node(peer)}"
+        out["Forwarded"] = f"{fwd}, for={forwarded_node(peer)}"
     if "X-Real-IP" in src:  # one address by convention: only the peer's is true
         out["X-Real-IP"] = peer
     vias = [v for v in src.getall("Via", ()) if v.isascii() or clean(v)]  # as _joined
@@ -190,7 +193,7 @@ def _joined(src: Headers, name: str) -> str:
     return ", ".join([v for v in values if v.isascii() or clean(v)])
 
 
-def _node(peer: str) -> str:
+def forwarded_node(peer: str) -> str:
     """``peer`` as a ``Forwarded`` node (RFC 7239 §6): IPv6 quoted in brackets."""
     if not peer:
         return "unknown"

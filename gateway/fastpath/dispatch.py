@@ -14,12 +14,12 @@ from gateway.counting import outcome_of
 from gateway.egress import UpstreamForbidden
 from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.exchange import Exchange
+from gateway.fastpath.head import forward_bytes
 from gateway.fastpath.message import Message
 from gateway.fastpath.pool import ClientGone, expire
 from gateway.fastpath.serving import FastServer
 from gateway.fastpath.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection
-from gateway.fastpath.wire import request_bytes, text_headers
-from gateway.forwarding import forwarded_headers
+from gateway.fastpath.wire import text_headers
 from gateway.inbound import Inbound
 from gateway.problems import Problem, problem_of
 from gateway.tenant_share import OnWait, Wait
@@ -59,15 +59,11 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         if admitted.unbilled is not None:
             ex.held = Held(admitted.unbilled)
         out_body = admitted.body if admitted.have_body else (body or None)
-        headers, _ = forwarded_headers(inbound.headers, conn.peer, "http", app=app_id)
-        to.verified.rewrite(headers)
-        if admitted.user is not None:  # what was metered (an authenticated channel's)
-            admitted.vouch(headers)
+        data = forward_bytes(msg, inbound.headers, conn.peer, url, to.verified, admitted, out_body)
         t0 = time.perf_counter()
         upstream = await _upstream(server, ex, url, t0)
         if upstream is None:
             return
-        data = request_bytes(msg.method, url, headers, out_body)
         ex.outcome = "unmetered" if admission is None else "admitted"
         ex.start(upstream, data, t0)
         proxy.meter.forwarded(admission)  # handed to the socket

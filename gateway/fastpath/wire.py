@@ -20,7 +20,7 @@ from gateway.header_text import reason_bytes, utf8
 from gateway.inbound import Headers
 from gateway.memo import short_memo
 
-_GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _SERVER_FIELD = f"Server: {SERVER}\r\n"
 _SERVER_BYTES = _SERVER_FIELD.encode()
 _DROP_BYTES = frozenset(name.lower().encode() for name in ANSWER_DROPPED)
@@ -32,7 +32,7 @@ def _enc(text: str) -> bytes:
 
 def request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes | None) -> bytes:
     """The whole request to the bot: head and body, written at once."""
-    if (body is not None or method not in _GET_METHODS) and "Content-Length" not in headers:
+    if (body is not None or method not in GET_METHODS) and "Content-Length" not in headers:
         headers["Content-Length"] = str(len(body or b""))
     lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
     # ": ".join, not an f-string: multidict's keys are istr, a str subclass, which an

@@ -11,46 +11,27 @@ give the same outcome, callback for callback.
 * gateway.fastpath.request before 2001bba: the header count and size at their limits;
 * gateway.tenant_share before 9c27e15: takes, waits, frees and give-ups of several
   tenants at several bots.
+
+The request head forwarded to the bot (gateway.fastpath.head) has its own file,
+tests/unit/test_fastpath_head.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
-import sys
-import types
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httptools
-import pytest
 
 from gateway import tenant_share as share_now
 from gateway.fastpath import request as request_now
 from gateway.fastpath import upstream as upstream_now
 from gateway.fastpath import wire as wire_now
+from tests.support.pinned import pinned
 
-ROOT = Path(__file__).resolve().parents[2]
 DATE = "Wed, 02 Dec 2026 01:40:00 GMT"
-
-
-def pinned(commit: str, path: str) -> Any:
-    """``path`` (a module of this repository) as it was at ``commit``, as a module."""
-    if shutil.which("git") is None:
-        pytest.skip("git is needed to read the reference")
-    done = subprocess.run(
-        ["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"the reference {path} ({commit}) is not in this checkout")
-    name = "pinned_" + commit.replace("^", "_") + "_" + path.replace("/", "_")[:-3]
-    module = types.ModuleType(name)
-    sys.modules[name] = module  # dataclasses and typing look their module up
-    exec(compile(done.stdout, f"{commit}:{path}", "exec"), module.__dict__)
-    return module
 
 
 # ---------------------------------------------------------------- bot answers
