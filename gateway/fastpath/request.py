@@ -107,7 +107,9 @@ class RequestParser:
             msg.content_length = int(value)  # llhttp checked: digits, only one
         elif low in (b"transfer-encoding", b"expect", b"upgrade"):
             raise Stop
-        elif low == b"connection" and lists_decided(value.decode("latin-1")):
+        elif low == b"connection" and lists_decided(value.decode("utf-8", "surrogateescape")):
+            # Decoded as forwarding reads it (wire.text_headers): as Latin-1, a name with
+            # NBSP or a Kelvin sign passed here and forwarding still dropped it.
             raise Stop  # aiohttp refuses it (gateway.http_rules)
 
     def on_headers_complete(self) -> None:
