@@ -4,9 +4,10 @@ Hop-by-hop headers (``Connection`` and every header it lists, ``Keep-Alive``,
 ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped both
 ways, and request header names with ``_`` on the way in (as nginx does);
 ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto``/``-Host`` are
-set, ``X-Creditgate-App`` names the app and ``X-Creditgate-Channel-Auth`` says whether the
-channel's credential was verified (a client's of either is replaced), and an ``X-Request-Id``
-is generated when the request has none. A client's ``Forwarded`` (RFC 7239) is appended
+set (a client's ``-Host`` dropped when the request names no host), ``X-Creditgate-App``
+names the app and ``X-Creditgate-Channel-Auth`` says whether the channel's credential was
+verified (a client's of either is replaced), and an ``X-Request-Id`` is generated when
+the request has none. A client's ``Forwarded`` (RFC 7239) is appended
 to and its ``X-Real-IP`` replaced by the peer: the last address the bot reads is always
 the one the gateway saw.
 
@@ -147,6 +148,8 @@ def forwarded_headers(
     host = src.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
+    elif "X-Forwarded-Host" in out:  # no host to tell: a client's would pass as the gateway's
+        del out["X-Forwarded-Host"]
     fwd = _joined(src, "Forwarded")
     if fwd:
         out["Forwarded"] = f"{fwd}, for={forwarded_node(peer)}"

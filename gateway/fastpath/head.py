@@ -208,6 +208,8 @@ def _forwarding(
     _set(out, at, _XFP, b"X-Forwarded-Proto", b"http")
     if host:
         _set(out, at, _XFH, b"X-Forwarded-Host", host)
+    else:  # a client's would pass as the gateway's (gateway.forwarding)
+        _drop(out, at, _XFH)
     i = at.get(_FORWARDED)
     if i is not None and out[i + 2]:
         out[i] = b"Forwarded"

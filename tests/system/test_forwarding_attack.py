@@ -195,6 +195,22 @@ async def test_the_bot_is_never_told_a_client_address_the_gateway_did_not_see(
     assert not bot.header_values("X-Real-IP")
 
 
+@pytest.mark.parametrize("how", ["empty Host", "HTTP/1.0, no Host"])
+async def test_a_clients_forwarded_host_never_stands_for_the_gateways(edge: Edge, how: str) -> None:
+    # The gateway sets X-Forwarded-Host from the Host it was sent; with none to tell, a
+    # client's own passed on as if the gateway had set it (a bot building links from it
+    # would point them at the client's choice).
+    data = message(extra=b"X-Forwarded-Host: bank.example\r\n")
+    if how == "empty Host":
+        data = data.replace(b"Host: gw.example\r\n", b"Host:\r\n")
+    else:
+        data = data.replace(b" HTTP/1.1\r\nHost: gw.example\r\n", b" HTTP/1.0\r\n")
+    (resp,) = await edge.send(data)
+    assert resp.status == 200, resp.body[:300]
+    assert edge.bot.header_values("X-Forwarded-Host") == []
+    assert edge.bot.header_values("X-Forwarded-For") == [b"127.0.0.1"]
+
+
 async def test_a_chain_sent_as_several_lines_reaches_the_bot_whole(edge: Edge) -> None:
     # Several lines of one list header are one comma-joined list (RFC 9110 §5.3): keeping
     # only the first line would drop the rest of the chain, and with it the proxies the

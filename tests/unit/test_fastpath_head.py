@@ -1,7 +1,8 @@
 """The request the fast path forwards (gateway.fastpath.head.forward_bytes) is byte for
 byte what it forwarded before a193673's successor: the message's headers as text through
 forwarded_headers, Verified.rewrite, Admitted.vouch and request_bytes, with
-gateway.forwarding and gateway.fastpath.wire pinned from git (tests/support/pinned.py).
+gateway.forwarding and gateway.fastpath.wire pinned from git (tests/support/pinned.py),
+less a client's X-Forwarded-Host when the request names no host (dropped since).
 Random client fields (every name the gateway sets, reads or drops, in several cases,
 given once or twice, values not UTF-8, console cookies, Connection lists), channel
 verdicts, methods and bodies; and the usual messages never take the text route."""
@@ -63,7 +64,10 @@ def _message(raw: list[tuple[bytes, bytes]], method: str, app: str) -> Message:
 def _before(fwd: Any, wire: Any, case: tuple[Any, ...]) -> bytes:
     """What gateway.fastpath.dispatch did at BEFORE (its modules pinned)."""
     msg, peer, url, verified, admitted, body = case
-    headers, _ = fwd.forwarded_headers(wire.text_headers(msg.headers), peer, "http", app=msg.app_id)
+    text = wire.text_headers(msg.headers)
+    headers, _ = fwd.forwarded_headers(text, peer, "http", app=msg.app_id)
+    if not text.get("Host"):  # since: a client's X-Forwarded-Host never passes without one
+        headers.popall("X-Forwarded-Host", None)
     verified.rewrite(headers)
     if admitted.user is not None:
         admitted.vouch(headers)
