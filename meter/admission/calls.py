@@ -155,7 +155,7 @@ class AdmitCalls:
         except Exception as exc:  # see fail()
             fail(chunk, exc)
             return
-        resolve(chunk, raw, _at(head))
+        _decide(chunk, raw, _at(head))
 
     async def _pipelined(self, head: list[EncodableT], batch: Batch) -> None:
         """Several workspaces on one server, through redis-py: one pipelined round trip.
@@ -184,7 +184,7 @@ class AdmitCalls:
             elif isinstance(res, Exception):
                 fail(chunk, res)
             else:
-                resolve(chunk, res, _at(head))
+                _decide(chunk, res, _at(head))
 
     async def close(self) -> None:
         """Close the pipe and the replicated calls' connection (calls are answered)."""
@@ -194,6 +194,16 @@ class AdmitCalls:
             self._pipe.close()
         if self._replicated is not None:
             await self._replicated.close()
+
+
+def _decide(chunk: list[Pending], raw: Any, at: int) -> None:
+    """:func:`resolve`, and a reply that does not decode fails the waiters it left
+    undecided (the piped route's :meth:`_Reply.on_reply` does the same): raised instead,
+    it would end the batch's task with those waiters never answered."""
+    try:
+        resolve(chunk, raw, at)
+    except Exception as exc:
+        fail(chunk, exc)
 
 
 def _at(head: list[EncodableT]) -> int:
