@@ -16,10 +16,12 @@ import aiohttp
 import pytest
 
 from gateway.admin_api.openapi import build
+from gateway.appkeys import PROXY
 from gateway.webhooks import WebhookOptions
 from tests.support.adminkit import Admin, admin_server, admin_settings, snapshot
 from tests.support.bot import Bot, running_bot
 from tests.support.receiver import Receiver, receiver
+from tests.support.rounds import Rounds, nothing_left_to_send
 from tests.support.settings import OPERATOR_TOKEN
 
 SECRET = "owner-webhook-secret-0123456789"
@@ -75,6 +77,8 @@ async def test_owner_journey_from_free_credits_to_funds(
         admin_server(settings, traffic=True, run_flusher=True) as admin,
         aiohttp.ClientSession() as http,
     ):
+        flushes = Rounds(admin.store, "dead_letters")
+        deliveries = Rounds(admin.store, "due_events")
         token, ws = await admin.owner_workspace()
         hook = {"url": rec.url, "secret": SECRET}
         await admin.ok("PUT", f"/v1/workspaces/{ws}/webhook", token, hook)
@@ -107,7 +111,8 @@ async def test_owner_journey_from_free_credits_to_funds(
         assert bot.count() == 2500
 
         await wait_for(rec, 3)
-        await asyncio.sleep(0.5)  # more flush and delivery rounds: nothing is sent twice
+        # More flush and delivery rounds, counted: nothing is sent twice.
+        await nothing_left_to_send(admin.store, flushes, deliveries)
         assert sorted(rec.types()) == ["app.inactive", "balance.low", "free_credits.exhausted"]
         assert len(rec.valid(SECRET)) == 3
         inactive = next(r.json for r in rec.got if r.json["type"] == "app.inactive")
@@ -124,7 +129,7 @@ async def test_owner_journey_from_free_credits_to_funds(
         assert view["allowed_sessions"] == 495
         assert [a["status"] for a in view["apps"]] == ["sufficient_funds"] * 2
         await wait_for(rec, 4)
-        await asyncio.sleep(0.3)
+        await nothing_left_to_send(admin.store, flushes, deliveries)
         assert rec.types().count("funds.added") == 1
         assert len(rec.valid(SECRET)) == 4
 
@@ -136,6 +141,15 @@ async def test_owner_journey_from_free_credits_to_funds(
         assert totals["amount"] == "501.00"
         assert totals["amount_free"] == "500.00"
         assert totals["refused"] == {"credits_exhausted": 3}
+
+
+async def following(admin: Admin, app: str, url: str) -> None:
+    """Until the gateway's upstream cache (each entry read again within a second) serves
+    ``url`` for ``app``: asked as a message asks it, so no message is sent meanwhile."""
+    upstreams = admin.gateway.traffic[PROXY].upstreams
+    async with asyncio.timeout(60):  # a hang bound
+        while await upstreams.resolve(app) != url:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # between polls; the cache decides when it reads again
 
 
 async def test_changes_reach_the_gateway_within_a_second(
@@ -155,7 +169,7 @@ async def test_changes_reach_the_gateway_within_a_second(
         await admin.ok("PATCH", f"/v1/apps/{app}", token, {"suspended": False})
         await send(http, admin.traffic_url, app, range(2, 3))
         await admin.ok("PATCH", f"/v1/apps/{app}", token, {"upstream_url": bot2.url})
-        await asyncio.sleep(1.1)  # the gateway caches upstream URLs for at most 1 s
+        await following(admin, app, bot2.url)
         await send(http, admin.traffic_url, app, range(3, 4))
         assert (bot.count(), bot2.count()) == (2, 1)
         lic = {"licences": {"search": {"usage_limit": 5, "per_minute": 5, "per_hour": 5}}}
