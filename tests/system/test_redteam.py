@@ -40,6 +40,7 @@ from tests.support.channel_keys import auth_settings, hs256, set_secret
 from tests.support.metering import admitter as make_admitter
 from tests.support.rawhttp import RawConn
 from tests.support.settings import make_settings
+from tests.support.ws_frames import settled
 
 WS = "redteam"
 APP = f"{WS}_app1"
@@ -213,10 +214,9 @@ async def test_a_small_body_trickled_in_past_the_refund_window_is_never_served_f
                 await resp.read()
         except aiohttp.ClientError:
             status = 0  # answered early and closed while the body was still coming
-        # Past the deadline of any reservation the message may still have (the premise
-        # of the attack is time passing, so this waits for it).
-        await asyncio.sleep(window + 1)
-        await sweeper.sweep_once()
+        # Until the message's charge is settled: confirmed, refunded, or (the premise of
+        # the attack: time passing) swept past its reservation's deadline.
+        assert await settled(rclient, WS)
         sweeping.cancel()
     charged = (FREE - await free_credit(rclient, WS)) // REQ_PRICE
     assert charged == bot.count(), (status, charged, bot.count())  # served iff charged
