@@ -464,14 +464,31 @@ def cut_replication(ha: RedisCluster, master: int) -> None:
         time.sleep(0.01)
 
 
-def kill_and_fail_over(
-    ha: RedisCluster, failed: int, notes: dict[str, Any], *, outage_s: float = 0.0
-) -> None:
-    """SIGKILL ``failed`` (after ``outage_s`` of broken replication, if any); wait for
-    its replica to take over; restart it, so it rejoins as the new master's replica."""
-    if outage_s:
-        cut_replication(ha, failed)
-        time.sleep(outage_s)
+OUTAGE = 5  # admissions the replication outage before the crash holds ("replica lagging")
+
+
+async def outage(ha: RedisCluster, run: Run, failed: int) -> None:
+    """Break ``failed``'s replication, then wait until the outage was felt: ``OUTAGE``
+    admissions of its shard sent since answered (the master alone has them) or failed
+    unavailable (replicated durability: no replica took them)."""
+    await asyncio.to_thread(cut_replication, ha, failed)
+    cut = time.monotonic()
+    mine = [m for m in run.msgs if m.shop.master == failed]
+    before = sum(m.unavailable for m in mine)
+
+    def felt() -> int:
+        answered = sum(m.started >= cut and m.decision is not None for m in mine)
+        return answered + sum(m.unavailable for m in mine) - before
+
+    deadline = cut + READY_BOUND_S  # a bound for a hang only
+    while felt() < OUTAGE:
+        assert time.monotonic() < deadline, f"the outage was felt {felt()} times"
+        await asyncio.sleep(0.01)  # polls the clients' progress
+
+
+def kill_and_fail_over(ha: RedisCluster, failed: int, notes: dict[str, Any]) -> None:
+    """SIGKILL ``failed``; wait for its replica to take over; restart it, so it rejoins
+    as the new master's replica."""
     ha.kill_node(failed)
     t = time.monotonic()
     notes["new_master"] = ha.wait_failover(failed)
@@ -481,22 +498,21 @@ def kill_and_fail_over(
     ha.wait_ok()
 
 
-OUTAGE_S = 0.3  # replication outage before the crash, in the "replica lagging" runs
-
-
-@pytest.mark.parametrize("outage_s", [0.0, OUTAGE_S], ids=["in_sync", "replica_lagging"])
+@pytest.mark.parametrize("lagging", [False, True], ids=["in_sync", "replica_lagging"])
 async def test_kill_9_of_a_master_mid_run_never_charges_twice(
     ha: RedisCluster,
     client: RedisClient,
     record_property: Callable[[str, object], None],
-    outage_s: float,
+    lagging: bool,
 ) -> None:
     cfg = make_settings(**FAULT_CFG)
     shops = await seed_shops(client, ha, cfg)
     failed = shops[0].master
 
     async def crash(run: Run) -> None:
-        await asyncio.to_thread(kill_and_fail_over, ha, failed, run.notes, outage_s=outage_s)
+        if lagging:
+            await outage(ha, run, failed)
+        await asyncio.to_thread(kill_and_fail_over, ha, failed, run.notes)
 
     run = await run_load(new_admitter(client, cfg), shops, crash)
 
@@ -509,14 +525,14 @@ async def test_kill_9_of_a_master_mid_run_never_charges_twice(
             assert b[s.ws].lost == 0, (s, b[s.ws])  # untouched shards are exact
     values = summary(run, shops, failed, b)
     report(
-        record_property, f"kill9_async_replication_{'lagging' if outage_s else 'in_sync'}", values
+        record_property, f"kill9_async_replication_{'lagging' if lagging else 'in_sync'}", values
     )
     # Units acknowledged to clients but gone from Redis are Redis's asynchronous
     # replication at work: reported above, not hidden. With the replica in sync on
     # loopback the window is tiny (the kernel still delivers what the master wrote);
-    # with replication broken for OUTAGE_S, every admission of that window is lost:
-    # the run must show it, or it did not exercise the case WAIT is meant to close.
-    if outage_s:
+    # with replication broken for OUTAGE admissions, every admission of that window is
+    # lost: the run must show it, or it did not exercise the case WAIT is meant to close.
+    if lagging:
         assert values["lost_units"] > 0, values
 
 
@@ -530,7 +546,8 @@ async def test_kill_9_of_a_master_with_replicated_durability_loses_nothing(
     failed = shops[0].master
 
     async def crash(run: Run) -> None:
-        await asyncio.to_thread(kill_and_fail_over, ha, failed, run.notes, outage_s=OUTAGE_S)
+        await outage(ha, run, failed)
+        await asyncio.to_thread(kill_and_fail_over, ha, failed, run.notes)
 
     adm = new_admitter(client, cfg)
     run = await run_load(adm, shops, crash)
