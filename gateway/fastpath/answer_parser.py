@@ -13,6 +13,11 @@ MAX_FIELD = 8190
 MAX_HEADERS = 128
 HEAD_BYTES = 4 * MAX_FIELD * (MAX_HEADERS + 1)
 BLANKS = (32, 9)  # SP, HTAB
+# Interim (1xx) heads before the final one, all together: they are kept with it (read
+# again if it must be), so a bot sending 102s without end held up to HEAD_BYTES per
+# connection. Past this (checked as each ends, against the reads before its last), the
+# answer is the bot's failure (502, refunded); a 100, 102s or 103s take far less.
+INTERIM_BYTES = 64 * 1024
 
 
 def answer_parser(conn: object, lenient: bool = False) -> httptools.HttpResponseParser:

@@ -65,7 +65,7 @@ async def serve_message(server: FastServer, conn: ClientConnection, msg: Message
         if upstream is None:
             return
         ex.outcome = "unmetered" if admission is None else "admitted"
-        ex.start(upstream, data, t0)
+        ex.start(upstream, data, t0, bool(out_body))
         proxy.meter.forwarded(admission)  # handed to the socket
     except Exception as exc:
         ex.outcome = outcome_of(exc)

@@ -125,13 +125,13 @@ class Exchange:
 
     # ------------------------------------------------------------ forwarding
 
-    def start(self, upstream: UpstreamConnection, data: bytes, t0: float) -> None:
+    def start(self, upstream: UpstreamConnection, data: bytes, t0: float, body: bool) -> None:
         self.upstream = upstream
         self.t0 = t0
         self.conn.stream_from(self)
         # Last: the caller journals the message as forwarded right after (a kill -9 in
         # between refunds a message the bot got; see meter.admission.reservations).
-        upstream.send(self, data)
+        upstream.send(self, data, body)
 
     def check_timeout(self, now: float) -> None:
         """The bot sent nothing for ``upstream_read_timeout_s``: 504, or a truncated answer.

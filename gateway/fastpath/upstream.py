@@ -8,7 +8,9 @@ whose response ended cleanly and may be kept alive returns to its
 closed, and so is one with bytes waiting unread as the pool hands it to a message
 (:meth:`UpstreamConnection.reusable`); its end (however it came) frees its place in the
 pool. An answer is complete once the read it ended in is parsed (:meth:`_end`); a
-status line that is not HTTP/1.x is the bot's failure (:mod:`gateway.status_lines`).
+status line that is not HTTP/1.x is the bot's failure (:mod:`gateway.status_lines`);
+one whose head came before its request was all with the bot's kernel is passed on and
+its connection closed (:mod:`gateway.unsent`, :class:`~.written.Written`).
 """
 
 from __future__ import annotations
@@ -23,24 +25,22 @@ import httptools
 from gateway.fastpath.answer_parser import (
     BLANKS,
     HEAD_BYTES,
+    INTERIM_BYTES,
     MAX_FIELD,
     MAX_HEADERS,
     InvalidAnswer,
     answer_parser,
     checked_field,
 )
+from gateway.fastpath.written import Written
 from gateway.header_text import writable_fields
 from gateway.misframed import declares_body_raw
 from gateway.status_lines import StatusLines
 from gateway.tenant_share import Ticket
 from gateway.unread import waiting, watch
+from gateway.unsent import unacked
 
 log = logging.getLogger(__name__)
-# Interim (1xx) heads before the final one, all together: they are kept with it (read
-# again if it must be), so a bot sending 102s without end held up to HEAD_BYTES per
-# connection. Past this (checked as each ends, against the reads before its last), the
-# answer is the bot's failure (502, refunded); a 100, 102s or 103s take far less.
-INTERIM_BYTES = 64 * 1024
 
 
 class ConnectTimeout(Exception):
@@ -69,7 +69,7 @@ class Receiver(Protocol):
     def broken(self, exc: BaseException) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Written):
     """One connection to a bot; serves one exchange at a time."""
 
     def __init__(self, pool: Owner, key: tuple[str, int]) -> None:
@@ -97,10 +97,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._ended: Receiver | None = None  # its answer ended in the read being parsed
         self._keep = False  # and may be kept alive (llhttp), unless ...
         self._stray = False  # ... more came after it
+        self._early = False  # ... or its head came before its request was all sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API.
         self.transport = cast(asyncio.Transport, transport)
+        self.watch_writes(self.transport)
         sock = transport.get_extra_info("socket")
         self._watch = watch(sock.fileno()) if sock is not None else None
 
@@ -181,8 +183,10 @@ class UpstreamConnection(asyncio.Protocol):
         read (a second answer, bytes past its length: a later message would read them).
         Else llhttp, strict, is at a message's start: the next message may use it."""
         receiver, self._ended = self._ended, None
-        keep = self._keep and not self._stray
-        if self._stray:
+        keep = self._keep and not self._stray and not self._early
+        if self._early:
+            log.info("upstream %s answered before it had the whole request", self.key[0])
+        elif self._stray:
             log.info("upstream %s sent bytes after its answer", self.key[0])
         self._fresh = keep and not self._lenient  # see send
         self._stray = False
@@ -197,8 +201,9 @@ class UpstreamConnection(asyncio.Protocol):
         if receiver is not None:
             receiver.on_lost()
 
-    def send(self, receiver: Receiver, data: bytes) -> None:
+    def send(self, receiver: Receiver, data: bytes, body: bool = False) -> None:
         self.receiver = receiver
+        self.body = body
         self.last_read = self.pool.loop.time()
         if not self._fresh:  # else kept: llhttp is back at a message's start
             self._parser = answer_parser(self)
@@ -268,6 +273,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise InvalidAnswer("a 204 that declares a body")
             self._head_left = 0
             self._head = []
+            self._early = self.unsent or (self.body and unacked(self.fd, self.outq) > 0)
             headers = writable_fields(self._headers) if self._lenient else self._headers
             if self.receiver is not None:
                 self.receiver.on_head(status, self._reason, headers)
