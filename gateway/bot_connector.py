@@ -51,6 +51,7 @@ from aiohttp.helpers import ceil_timeout
 from gateway.bot_answers import BotAnswers
 from gateway.client_gone import CLIENT_GONE, ClientGone, ClientWatch
 from gateway.unread import transport_unread
+from gateway.unsent import unsent
 from gateway.waiters import Waiters
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class BotConnector(aiohttp.TCPConnector):
     def _release(
         self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
     ) -> None:
+        should_close = should_close or unsent(protocol.transport)  # early (gateway.unsent)
         keep = not (should_close or self._force_close or protocol.should_close)
         if keep and self._queues and not self._closed:
             self._drop(key, protocol)
