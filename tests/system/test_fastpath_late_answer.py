@@ -34,16 +34,15 @@ import pytest
 from meter.accounts.seeding import seed
 from meter.redis_layer.client import RedisClient
 from tests.support.bot import Running, SeededGateway, free_credit
-from tests.support.rawbot import Answer, RawBot, running_raw_bot
+from tests.support.rawbot import Answer
 from tests.support.rawhttp import RawConn, Response
 from tests.support.settings import HOST
+from tests.support.shared_bot import FREE, Shared, shared_bot
 
 pytestmark = pytest.mark.usefixtures("traffic_server")
 
 WS, OTHER = "lateone", "latetwo"
 APP, VICTIM = f"{WS}_appa", f"{OTHER}_appb"
-FREE = 10_000_000
-PRICE = 10_000  # contact_center: one cent a message
 EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
 
 
@@ -51,26 +50,10 @@ def ok(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
 
 
-@dataclass
-class Shared:
-    """Two tenants' apps on one raw bot (paths ``/a`` and ``/b``)."""
-
-    gw: Running
-    bot: RawBot
-    rclient: RedisClient
-
-    async def spent(self, ws: str = WS) -> int:
-        return (FREE - await free_credit(self.rclient, ws)) // PRICE
-
-
 @pytest.fixture
 async def shared(seeded_gateway: SeededGateway, rclient: RedisClient) -> AsyncIterator[Shared]:
-    async with running_raw_bot() as bot:
-        apps = {APP: {"product": "contact_center", "upstream_url": bot.url + "/a"}}
-        async with seeded_gateway(WS, apps, free=FREE) as gw:
-            victim = {VICTIM: {"product": "contact_center", "upstream_url": bot.url + "/b"}}
-            await seed(rclient, gw.gateway.settings, OTHER, victim, free=FREE)
-            yield Shared(gw, bot, rclient)
+    async with shared_bot(seeded_gateway, rclient, APP, VICTIM) as s:
+        yield s
 
 
 def get(app: str, tail: str, user: str = "u1") -> bytes:
