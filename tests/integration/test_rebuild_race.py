@@ -34,7 +34,7 @@ from meter.accounts import apps, channel_secrets, credits, projection, rebuild, 
 from meter.accounts.deps import Deps
 from meter.redis_layer import keys
 from meter.redis_layer.client import RedisClient
-from meter.store import App
+from meter.store import App, Workspace
 from meter.usage.flusher import Flusher
 from tests.support.clock import Clock
 from tests.support.flushkit import opened_store, store_url
@@ -43,6 +43,21 @@ from tests.support.metering import admitter
 from tests.support.settings import make_settings
 
 SECRET = "c" * 40
+
+
+async def new_app(d: Deps) -> tuple[Workspace, App]:
+    """Ada's workspace Acme and its app, made through the admin's operations."""
+    user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
+    ws = await workspaces.create_workspace(d, user.id, "Acme")
+    return ws, await apps.create_app(d, user.id, ws, "bot", "automation", None)
+
+
+async def paid_app(d: Deps) -> tuple[Workspace, App]:
+    """:func:`new_app` on $100 of paid funds alone (no free credit)."""
+    ws, app = await new_app(d)
+    await apps.update_app(d, "operator", app, {"use_free_credits": False}, owner=None)
+    await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
+    return ws, app
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -54,9 +69,7 @@ async def made(
     cfg = make_settings(store_url=url, redis_url=redis_url, secret_key="k" * 32)
     async for store in opened_store(url):
         d = Deps(store, rclient, cfg, load_catalog(), Clock.past())
-        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
-        ws = await workspaces.create_workspace(d, user.id, "Acme")
-        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
+        ws, app = await new_app(d)
         async for k in rclient.scan_iter(match=f"cg:{{{ws.id}}}*"):
             await rclient.delete(k)
         yield d, app
@@ -139,11 +152,7 @@ async def test_a_flush_landing_during_a_rebuild_read_is_not_lost(
     clock = Clock.past()
     async for store in opened_store(url):
         d = Deps(store, rclient, cfg, load_catalog(), clock)
-        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
-        ws = await workspaces.create_workspace(d, user.id, "Acme")
-        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
-        await apps.update_app(d, "operator", app, {"use_free_credits": False}, owner=None)
-        await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
+        ws, app = await paid_app(d)
         adm = admitter(rclient, cfg, clock)
         charged = [await adm.admit(app.id, "web", f"u{i}") for i in range(5)]
         assert all(c.admitted for c in charged)
@@ -184,11 +193,7 @@ async def test_a_flush_landing_during_a_rebuild_read_is_not_spent_again(
     clock = Clock.past()
     async for store in opened_store(url):
         d = Deps(store, rclient, cfg, load_catalog(), clock)
-        user, _ = await workspaces.create_user(d, "operator", "ada@example.com", "Ada")
-        ws = await workspaces.create_workspace(d, user.id, "Acme")
-        app = await apps.create_app(d, user.id, ws, "bot", "automation", None)
-        await apps.update_app(d, "operator", app, {"use_free_credits": False}, owner=None)
-        await credits.add_funds(d, "operator", ws, "100.00", reference="bank-1")
+        ws, app = await paid_app(d)
         adm = admitter(rclient, cfg, clock)
         for i in range(5):
             assert (await adm.admit(app.id, "web", f"u{i}")).admitted
